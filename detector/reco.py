@@ -1,0 +1,319 @@
+"""MSADC reconstruction, waveform -> pedestal, amplitude, time, flags, energy (numba, with a numpy
+reference implementation of the same algorithm).
+
+Per waveform (32 samples of 12-bit ADC counts):
+
+1. pedestals: mean of the first 4 even and the first 4 odd samples (two interleaved ADC phases);
+2. zero suppression: if the largest pedestal-subtracted sample is below ``threshold`` (ADC counts) the
+   channel has no signal: amplitude = energy = 0, time = NaN, flag ``NO_SIGNAL``;
+3. peak sample k = argmax; amplitude and time from the template (detector.pulse) by the 3-point ratio
+   ``R = (s[k+1] - s[k-1]) / s[k]``, which is a monotonic function of the peak's offset from sample k
+   (inverted with a precomputed table): exact for a noise-free single pulse, about 0.2 ns RMS at 100 counts;
+4. saturated pulses (a sample at 4095): amplitude and time in closed form from the two samples after the
+   saturated plateau (else the two before it), flag ``SATURATED``;
+5. pile-up: a second local maximum of at least ``threshold`` with a prominence of ``PILEUP_PROMINENCE``
+   counts, or a residual against the fitted template beyond ``max(8, 3% of A)`` counts at k +/- 2, flag
+   ``PILEUP``;
+6. energy = amplitude x GeV-per-count of the channel.
+
+``time_ns`` is the pulse onset in the window (ns), the same ``t0`` that :mod:`detector.pulse` takes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+
+from .channels import ADC_MAX, N_SAMPLES, SAMPLE_NS
+from .pulse import PEAK_DELAY_NS, template, template_value
+
+FLAG_SATURATED = np.uint8(1)
+FLAG_PILEUP = np.uint8(2)
+FLAG_NO_SIGNAL = np.uint8(4)
+FLAG_EDGE = np.uint8(8)          #: peak in the first or last sample: no interpolation
+
+ZS_THRESHOLD = 10.0              #: default zero-suppression threshold, ADC counts (~6.7 sigma of the noise)
+PILEUP_PROMINENCE = 8.0          #: ADC counts a second peak must stand above the valley before it
+N_PED = 4                        #: samples per phase used for the pedestal
+
+
+def _peak_table(n: int = 3001, span: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """Table of (R, delta): delta = offset (in samples) of the true peak after the max sample k."""
+    delta = np.linspace(-span, span, n)
+    v = [template(PEAK_DELAY_NS + (j - delta) * SAMPLE_NS) for j in (-1, 0, 1)]
+    r = (v[2] - v[0]) / v[1]
+    assert np.all(np.diff(r) > 0), "peak table is not monotonic"
+    return r.astype(np.float64), delta.astype(np.float64)
+
+
+PEAK_R, PEAK_DELTA = _peak_table()
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _interp_sorted(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
+    n = xs.shape[0]
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[n - 1]:
+        return ys[n - 1]
+    lo, hi = 0, n - 1
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if xs[mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    f = (x - xs[lo]) / (xs[hi] - xs[lo])
+    return ys[lo] + f * (ys[hi] - ys[lo])
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def reco_waveform(w: np.ndarray, threshold: float, r_tab: np.ndarray, d_tab: np.ndarray):
+    """Reconstruct one waveform ``w`` (int16, 32). Returns (pedestal_even, pedestal_odd, amplitude,
+    time_ns, flags). Used by :func:`reconstruct` and fused into the trigger kernel."""
+    se = 0
+    so = 0
+    for i in range(N_PED):
+        se += w[2 * i]
+        so += w[2 * i + 1]
+    pe = se * 0.25
+    po = so * 0.25
+    me = w[0]
+    mo = w[1]
+    for i in range(1, N_SAMPLES // 2):
+        a = w[2 * i]
+        b = w[2 * i + 1]
+        if a > me:
+            me = a
+        if b > mo:
+            mo = b
+    sat = me >= ADC_MAX or mo >= ADC_MAX
+    if (me - pe) < threshold and (mo - po) < threshold and not sat:
+        return pe, po, 0.0, np.nan, FLAG_NO_SIGNAL
+    # peak sample (first maximum of the pedestal-subtracted samples)
+    k = 0
+    best = -1e30
+    for j in range(N_SAMPLES):
+        v = w[j] - (pe if (j & 1) == 0 else po)
+        if v > best:
+            best = v
+            k = j
+    flags = np.uint8(0)
+    amp = best
+    t0 = k * SAMPLE_NS - PEAK_DELAY_NS
+    if sat:
+        flags |= FLAG_SATURATED
+        # the first two samples after the saturated plateau (else the two before it) fix onset and
+        # amplitude in closed form: s[j+1]/s[j] = ((d+T)/d)^2 exp(-T/tau) for a sample d ns after onset
+        je = N_SAMPLES - 1
+        while je >= 0 and w[je] < ADC_MAX:
+            je -= 1
+        j1 = je + 1
+        if j1 + 1 >= N_SAMPLES:
+            j1 = 0
+            while j1 < N_SAMPLES and w[j1] < ADC_MAX:
+                j1 += 1
+            j1 -= 2
+        if j1 >= 0:
+            v1 = w[j1] - (pe if (j1 & 1) == 0 else po)
+            v2 = w[j1 + 1] - (pe if ((j1 + 1) & 1) == 0 else po)
+            if v1 > threshold and v2 > 0.0:
+                q = math.sqrt((v2 / v1) * math.exp(SAMPLE_NS / 12.0))
+                if q > 1.0:
+                    d = SAMPLE_NS / (q - 1.0)
+                    tv = template_value(d)
+                    if tv > 0.0:
+                        amp = v1 / tv
+                        t0 = j1 * SAMPLE_NS - d
+    elif 0 < k < N_SAMPLES - 1:
+        sm = w[k - 1] - (pe if ((k - 1) & 1) == 0 else po)
+        sp = w[k + 1] - (pe if ((k + 1) & 1) == 0 else po)
+        r = (sp - sm) / best
+        delta = _interp_sorted(r, r_tab, d_tab)
+        amp = best / template_value(PEAK_DELAY_NS - delta * SAMPLE_NS)
+        t0 = (k + delta) * SAMPLE_NS - PEAK_DELAY_NS
+        # residual against the template two samples either side (merged pile-up)
+        tol = max(8.0, 0.03 * amp)
+        for j in (k - 2, k + 2):
+            if 0 <= j < N_SAMPLES:
+                sj = w[j] - (pe if (j & 1) == 0 else po)
+                if abs(sj - amp * template_value(j * SAMPLE_NS - t0)) > tol:
+                    flags |= FLAG_PILEUP
+    else:
+        flags |= FLAG_EDGE
+    # a second peak: a local maximum >= threshold standing PILEUP_PROMINENCE above the valley to k
+    if (flags & FLAG_PILEUP) == 0:
+        for j in range(1, N_SAMPLES - 1):
+            if (j >= k - 1 and j <= k + 1) or w[j] >= ADC_MAX:
+                continue
+            sj = w[j] - (pe if (j & 1) == 0 else po)
+            if sj < threshold:
+                continue
+            if not (sj > w[j - 1] - (pe if ((j - 1) & 1) == 0 else po)
+                    and sj >= w[j + 1] - (pe if ((j + 1) & 1) == 0 else po)):
+                continue
+            lo, hi = (j + 1, k) if j < k else (k + 1, j)
+            valley = 1e30
+            for m in range(lo, hi):
+                vm = w[m] - (pe if (m & 1) == 0 else po)
+                if vm < valley:
+                    valley = vm
+            if sj - valley >= PILEUP_PROMINENCE:
+                flags |= FLAG_PILEUP
+                break
+    return pe, po, amp, t0, flags
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _reco_event(wf, e, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags):
+    for c in range(wf.shape[1]):
+        pe, po, a, t, f = reco_waveform(wf[e, c], threshold, r_tab, d_tab)
+        ped_e[e, c] = pe
+        ped_o[e, c] = po
+        amp[e, c] = a
+        time[e, c] = t
+        energy[e, c] = a * gev_per_count[c]
+        flags[e, c] = f
+
+
+@nb.njit(cache=True, nogil=True)
+def _reconstruct_serial(wf, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags):
+    for e in range(wf.shape[0]):
+        _reco_event(wf, e, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags)
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _reconstruct_parallel(wf, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags):
+    for e in nb.prange(wf.shape[0]):
+        _reco_event(wf, e, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags)
+
+
+@dataclass
+class RecoResult:
+    """Reconstructed quantities, arrays of shape (n_events, n_channels)."""
+
+    pedestal_even: np.ndarray   #: ADC counts (float32)
+    pedestal_odd: np.ndarray    #: ADC counts (float32)
+    amplitude: np.ndarray       #: pedestal-subtracted peak, ADC counts (float32); 0 below threshold
+    time_ns: np.ndarray         #: pulse onset in the window, ns (float32); NaN without signal
+    energy_gev: np.ndarray      #: GeV (float32)
+    flags: np.ndarray           #: uint8 bit set of FLAG_*
+
+
+def _alloc(n_e: int, n_c: int) -> RecoResult:
+    f4 = lambda: np.empty((n_e, n_c), dtype=np.float32)  # noqa: E731
+    return RecoResult(f4(), f4(), f4(), f4(), f4(), np.empty((n_e, n_c), dtype=np.uint8))
+
+
+def _check(waveforms: np.ndarray, gev_per_count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    wf = np.asarray(waveforms)
+    if wf.dtype != np.int16 or wf.ndim != 3 or wf.shape[2] != N_SAMPLES:
+        raise ValueError(f"waveforms must be int16 of shape (events, channels, {N_SAMPLES}); "
+                         f"got {wf.dtype} {wf.shape}")
+    g = np.ascontiguousarray(gev_per_count, dtype=np.float32)
+    if g.shape != (wf.shape[1],):
+        raise ValueError(f"gev_per_count must have one value per channel ({wf.shape[1]}); got {g.shape}")
+    return np.ascontiguousarray(wf), g
+
+
+def reconstruct(waveforms: np.ndarray, gev_per_count: np.ndarray, threshold: float = ZS_THRESHOLD,
+                parallel: bool = False) -> RecoResult:
+    """Reconstruct every waveform of ``waveforms`` (int16, (events, channels, 32)) with numba.
+    ``gev_per_count`` has one value per channel (GeV per ADC count); ``threshold`` in ADC counts."""
+    wf, g = _check(waveforms, gev_per_count)
+    r = _alloc(wf.shape[0], wf.shape[1])
+    fn = _reconstruct_parallel if parallel else _reconstruct_serial
+    fn(wf, g, float(threshold), PEAK_R, PEAK_DELTA, r.pedestal_even, r.pedestal_odd, r.amplitude, r.time_ns,
+       r.energy_gev, r.flags)
+    return r
+
+
+def reconstruct_numpy(waveforms: np.ndarray, gev_per_count: np.ndarray,
+                      threshold: float = ZS_THRESHOLD) -> RecoResult:
+    """The same algorithm as :func:`reconstruct`, vectorised with numpy (the reference and the
+    benchmark baseline)."""
+    wf, g = _check(waveforms, gev_per_count)
+    n_e, n_c, _ = wf.shape
+    w = wf.reshape(-1, N_SAMPLES).astype(np.float64)
+    m = w.shape[0]
+    pe = w[:, 0:2 * N_PED:2].sum(axis=1) * 0.25
+    po = w[:, 1:2 * N_PED:2].sum(axis=1) * 0.25
+    ped = np.empty_like(w)
+    ped[:, 0::2] = pe[:, None]
+    ped[:, 1::2] = po[:, None]
+    s = w - ped
+    sat = (w >= ADC_MAX).any(axis=1)
+    k = s.argmax(axis=1)
+    rows = np.arange(m)
+    best = s[rows, k]
+    nosig = (best < threshold) & ~sat
+    amp = best.copy()
+    t0 = k * SAMPLE_NS - PEAK_DELAY_NS
+    flags = np.zeros(m, dtype=np.uint8)
+    flags[nosig] |= FLAG_NO_SIGNAL
+    flags[sat] |= FLAG_SATURATED
+    inner = (k > 0) & (k < N_SAMPLES - 1) & ~sat & ~nosig
+    edge = ~inner & ~sat & ~nosig
+    flags[edge] |= FLAG_EDGE
+    # interpolation
+    ki = k[inner]
+    ri = rows[inner]
+    r = (s[ri, ki + 1] - s[ri, ki - 1]) / best[inner]
+    delta = np.interp(r, PEAK_R, PEAK_DELTA)
+    amp[inner] = best[inner] / template(PEAK_DELAY_NS - delta * SAMPLE_NS)
+    t0[inner] = (ki + delta) * SAMPLE_NS - PEAK_DELAY_NS
+    tol = np.maximum(8.0, 0.03 * amp)
+    for dj in (-2, 2):
+        j = k + dj
+        ok = inner & (j >= 0) & (j < N_SAMPLES)
+        jj = j[ok]
+        pred = amp[ok] * template(jj * SAMPLE_NS - t0[ok])
+        bad = np.abs(s[rows[ok], jj] - pred) > tol[ok]
+        flags[rows[ok][bad]] |= FLAG_PILEUP
+    # saturation: closed form on the two samples after the plateau (else before it)
+    if sat.any():
+        rs = rows[sat]
+        satm = w[rs] >= ADC_MAX
+        last = N_SAMPLES - 1 - satm[:, ::-1].argmax(axis=1)
+        first = satm.argmax(axis=1)
+        j1 = np.where(last + 2 < N_SAMPLES, last + 1, first - 2)
+        ok = j1 >= 0
+        rs, j1 = rs[ok], j1[ok]
+        v1 = s[rs, j1]
+        v2 = s[rs, j1 + 1]
+        good = (v1 > threshold) & (v2 > 0)
+        rs, j1, v1, v2 = rs[good], j1[good], v1[good], v2[good]
+        q = np.sqrt((v2 / v1) * math.exp(SAMPLE_NS / 12.0))
+        good = q > 1.0
+        rs, j1, v1, q = rs[good], j1[good], v1[good], q[good]
+        d = SAMPLE_NS / (q - 1.0)
+        tv = template(d)
+        good = tv > 0
+        amp[rs[good]] = v1[good] / tv[good]
+        t0[rs[good]] = j1[good] * SAMPLE_NS - d[good]
+    # second local maximum with prominence
+    idx = np.arange(N_SAMPLES)[None, :]
+    loc = np.zeros_like(s, dtype=bool)
+    loc[:, 1:-1] = (s[:, 1:-1] > s[:, :-2]) & (s[:, 1:-1] >= s[:, 2:]) & (s[:, 1:-1] >= threshold)
+    loc &= (np.abs(idx - k[:, None]) > 1) & (w < ADC_MAX)
+    left = np.where(idx < k[:, None], s, np.inf)
+    suffix_min = np.minimum.accumulate(left[:, ::-1], axis=1)[:, ::-1]       # min(left[j:])
+    valley_l = np.full_like(s, np.inf)
+    valley_l[:, :-1] = suffix_min[:, 1:]                                       # min(s[j+1:k])
+    right = np.where(idx > k[:, None], s, np.inf)
+    prefix_min = np.minimum.accumulate(right, axis=1)                          # min(right[:j+1])
+    valley_r = np.full_like(s, np.inf)
+    valley_r[:, 1:] = prefix_min[:, :-1]                                       # min(s[k+1:j])
+    valley = np.where(idx < k[:, None], valley_l, valley_r)
+    second = (loc & (s - valley >= PILEUP_PROMINENCE)).any(axis=1)
+    flags[second & ~nosig] |= FLAG_PILEUP
+    amp[nosig] = 0.0
+    t0 = t0.astype(np.float64)
+    t0[nosig] = np.nan
+    shape = (n_e, n_c)
+    amp32 = amp.astype(np.float32).reshape(shape)
+    return RecoResult(pe.astype(np.float32).reshape(shape), po.astype(np.float32).reshape(shape), amp32,
+                      t0.astype(np.float32).reshape(shape), (amp32 * g[None, :]).astype(np.float32),
+                      flags.reshape(shape))

@@ -1,0 +1,226 @@
+"""The recorded-data layout: one directory per run, one HDF5 file per spill, a JSON run record.
+
+The ONE writer and ONE reader, used by the recorder (online), the monitor's replay and offline.
+
+Run directory ``<out>/run-<number>/``:
+- ``spill-<number>.h5`` per spill (layout below), written to ``.spill-<number>.h5.tmp-<pid>``, flushed,
+  fsync'd, closed and atomically renamed, then the directory is fsync'd: a crash loses at most the spill
+  in flight and never corrupts a finished one (an unflushed HDF5 file is unreadable; STACK.md);
+- ``run.json``: the run record, replaced atomically the same way after every spill.
+
+Spill file::
+
+    /                      attrs: schema_version, run, spill, crate_spill, start_unix, length_s,
+                                  n_particles, n_accepted, n_read_out, n_recorded, eot, written_unix,
+                                  and JSON strings: flags, scalers, triggers, trigger_menu, hv, table, extra
+    /events/event_id       (n,) uint32   record index in the spill's trigger primitives
+    /events/trigger_mask   (n,) uint8    detector.records.TRIGGER_BITS
+    /events/time_ns        (n,) float64  arrival time since spill start
+    /events/waveforms      (n, 121, 32) int16
+    /truth                 (n,) detector.records.TRUTH_DTYPE   (only when recorded from the emulator)
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .channels import N_CHANNELS, N_SAMPLES
+from .records import TRUTH_DTYPE
+
+SCHEMA_VERSION = 1
+RUN_RECORD = "run.json"
+_SPILL_RE = re.compile(r"^spill-(\d+)\.h5$")
+_JSON_ATTRS = ("flags", "scalers", "triggers", "trigger_menu", "hv", "table", "extra")
+_INT_ATTRS = ("run", "spill", "crate_spill", "n_particles", "n_accepted", "n_read_out", "n_recorded", "eot")
+
+
+class SpillFileError(OSError):
+    """A spill file or run record is missing, truncated or malformed; the message names the file."""
+
+
+@dataclass
+class SpillData:
+    """Contents of one spill file. Arrays are loaded into memory."""
+
+    path: pathlib.Path
+    attrs: dict[str, Any]
+    event_id: np.ndarray
+    trigger_mask: np.ndarray
+    time_ns: np.ndarray
+    waveforms: np.ndarray
+    truth: np.ndarray | None = None
+
+    @property
+    def n_events(self) -> int:
+        return int(self.event_id.shape[0])
+
+    @property
+    def flags(self) -> list[str]:
+        return list(self.attrs.get("flags", []))
+
+
+@dataclass
+class SpillContent:
+    """What the recorder hands to :func:`write_spill`."""
+
+    run: int
+    spill: int
+    event_id: np.ndarray
+    trigger_mask: np.ndarray
+    time_ns: np.ndarray
+    waveforms: np.ndarray
+    truth: np.ndarray | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def run_dir(out: str | os.PathLike, run: int) -> pathlib.Path:
+    """``<out>/run-<run>`` (6-digit zero-padded)."""
+    return pathlib.Path(out) / f"run-{int(run):06d}"
+
+
+def spill_path(rdir: str | os.PathLike, spill: int) -> pathlib.Path:
+    return pathlib.Path(rdir) / f"spill-{int(spill):06d}.h5"
+
+
+def _fsync_dir(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _validate_content(c: SpillContent) -> None:
+    n = c.event_id.shape[0]
+    if c.waveforms.dtype != np.int16 or c.waveforms.shape != (n, N_CHANNELS, N_SAMPLES):
+        raise ValueError(f"waveforms must be int16 ({n}, {N_CHANNELS}, {N_SAMPLES}); got "
+                         f"{c.waveforms.dtype} {c.waveforms.shape}")
+    for name in ("trigger_mask", "time_ns"):
+        if getattr(c, name).shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},); got {getattr(c, name).shape}")
+    if c.truth is not None and (c.truth.dtype != TRUTH_DTYPE or c.truth.shape != (n,)):
+        raise ValueError(f"truth must be TRUTH_DTYPE of shape ({n},)")
+
+
+def write_spill(rdir: str | os.PathLike, content: SpillContent, compression: str | None = None) -> pathlib.Path:
+    """Write one spill file atomically into run directory ``rdir`` and return its path.
+    Refuses to overwrite an existing finished spill file (FileExistsError)."""
+    _validate_content(content)
+    rdir = pathlib.Path(rdir)
+    rdir.mkdir(parents=True, exist_ok=True)
+    final = spill_path(rdir, content.spill)
+    if final.exists():
+        raise FileExistsError(f"{final} exists already; a finished spill is never overwritten")
+    tmp = rdir / f".{final.name}.tmp-{os.getpid()}"
+    n = content.event_id.shape[0]
+    attrs = dict(content.attrs)
+    attrs.update(schema_version=SCHEMA_VERSION, run=int(content.run), spill=int(content.spill),
+                 n_recorded=int(n), written_unix=time.time())
+    try:
+        with h5py.File(tmp, "w", libver="latest") as f:
+            for k, v in attrs.items():
+                f.attrs[k] = json.dumps(v) if k in _JSON_ATTRS else v
+            g = f.create_group("events")
+            g.create_dataset("event_id", data=np.asarray(content.event_id, dtype=np.uint32))
+            g.create_dataset("trigger_mask", data=np.asarray(content.trigger_mask, dtype=np.uint8))
+            g.create_dataset("time_ns", data=np.asarray(content.time_ns, dtype=np.float64))
+            chunks = (max(1, min(n, 256)), N_CHANNELS, N_SAMPLES) if n else None
+            g.create_dataset("waveforms", data=content.waveforms, chunks=chunks, compression=compression)
+            if content.truth is not None:
+                f.create_dataset("truth", data=content.truth)
+            f.flush()
+            os.fsync(f.id.get_vfd_handle())
+        os.replace(tmp, final)
+        _fsync_dir(rdir)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def read_spill(path: str | os.PathLike, waveforms: bool = True) -> SpillData:
+    """Read a spill file. Raises :class:`SpillFileError` naming the file if it is truncated, not HDF5,
+    of another schema, or inconsistent. ``waveforms=False`` skips the largest dataset."""
+    p = pathlib.Path(path)
+    try:
+        with h5py.File(p, "r") as f:
+            attrs: dict[str, Any] = {}
+            for k, v in f.attrs.items():
+                if k in _JSON_ATTRS:
+                    attrs[k] = json.loads(v)
+                elif isinstance(v, np.generic):
+                    attrs[k] = v.item()
+                else:
+                    attrs[k] = v
+            if attrs.get("schema_version") != SCHEMA_VERSION:
+                raise SpillFileError(f"{p}: schema version {attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+            g = f["events"]
+            eid = g["event_id"][()]
+            n = eid.shape[0]
+            wf = g["waveforms"][()] if waveforms else np.empty((0, N_CHANNELS, N_SAMPLES), np.int16)
+            data = SpillData(p, attrs, eid, g["trigger_mask"][()], g["time_ns"][()], wf,
+                             f["truth"][()] if "truth" in f else None)
+    except SpillFileError:
+        raise
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+        raise SpillFileError(f"{p}: unreadable or incomplete spill file ({exc})") from None
+    if waveforms and data.waveforms.shape != (n, N_CHANNELS, N_SAMPLES):
+        raise SpillFileError(f"{p}: waveforms have shape {data.waveforms.shape}, expected ({n}, {N_CHANNELS}, {N_SAMPLES})")
+    if data.attrs.get("n_recorded") != n:
+        raise SpillFileError(f"{p}: n_recorded = {data.attrs.get('n_recorded')} but {n} events are stored")
+    return data
+
+
+def list_spills(rdir: str | os.PathLike) -> list[pathlib.Path]:
+    """Finished spill files of a run directory, by spill number (temporary files are ignored)."""
+    rdir = pathlib.Path(rdir)
+    if not rdir.is_dir():
+        raise SpillFileError(f"{rdir}: no such run directory")
+    found = [(int(m.group(1)), p) for p in rdir.iterdir() if (m := _SPILL_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def write_run_record(rdir: str | os.PathLike, record: dict[str, Any]) -> pathlib.Path:
+    """Replace ``run.json`` atomically (temporary file, fsync, rename, fsync of the directory)."""
+    rdir = pathlib.Path(rdir)
+    rdir.mkdir(parents=True, exist_ok=True)
+    final = rdir / RUN_RECORD
+    tmp = rdir / f".{RUN_RECORD}.tmp-{os.getpid()}"
+    text = json.dumps(record, indent=1, sort_keys=True, allow_nan=False, default=_json_default)
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(rdir)
+    return final
+
+
+def read_run_record(rdir: str | os.PathLike) -> dict[str, Any]:
+    """The run record of a run directory; SpillFileError if missing or malformed."""
+    p = pathlib.Path(rdir) / RUN_RECORD
+    try:
+        rec = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SpillFileError(f"{p}: cannot read run record ({exc.strerror or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise SpillFileError(f"{p}: run record is not valid JSON ({exc})") from None
+    if not isinstance(rec, dict):
+        raise SpillFileError(f"{p}: run record is not a JSON object")
+    return rec
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
