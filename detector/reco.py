@@ -11,9 +11,9 @@ Per waveform (32 samples of 12-bit ADC counts):
    (inverted with a precomputed table): exact for a noise-free single pulse, about 0.2 ns RMS at 100 counts;
 4. saturated pulses (a sample at 4095): amplitude and time in closed form from the two samples after the
    saturated plateau (else the two before it), flag ``SATURATED``;
-5. pile-up: a second local maximum of at least ``threshold`` with a prominence of ``PILEUP_PROMINENCE``
-   counts, or a residual against the fitted template beyond ``max(8, 3% of A)`` counts at k +/- 2, flag
-   ``PILEUP``;
+5. pile-up: a sample away from the peak that differs from the fitted template by more than
+   ``max(8 counts, 3% of A)``, or (for saturated and edge pulses) a second local maximum of at least
+   ``threshold`` standing ``PILEUP_PROMINENCE`` counts above the valley, flag ``PILEUP``;
 6. energy = amplitude x GeV-per-count of the channel.
 
 ``time_ns`` is the pulse onset in the window (ns), the same ``t0`` that :mod:`detector.pulse` takes.
@@ -27,7 +27,7 @@ import numba as nb
 import numpy as np
 
 from .channels import ADC_MAX, N_SAMPLES, SAMPLE_NS
-from .pulse import PEAK_DELAY_NS, template, template_value
+from .pulse import PEAK_DELAY_NS, TEMPLATE_LENGTH_NS, TEMPLATE_N, TEMPLATE_TAU_NS, template, template_value
 
 FLAG_SATURATED = np.uint8(1)
 FLAG_PILEUP = np.uint8(2)
@@ -36,7 +36,10 @@ FLAG_EDGE = np.uint8(8)          #: peak in the first or last sample: no interpo
 
 ZS_THRESHOLD = 10.0              #: default zero-suppression threshold, ADC counts (~6.7 sigma of the noise)
 PILEUP_PROMINENCE = 8.0          #: ADC counts a second peak must stand above the valley before it
+RESIDUAL_MIN = 8.0               #: ADC counts: a sample this far from the fitted template means pile-up ...
+RESIDUAL_FRACTION = 0.03         #: ... or this fraction of the amplitude, whichever is larger
 N_PED = 4                        #: samples per phase used for the pedestal
+DECAY_PER_SAMPLE = math.exp(-SAMPLE_NS / TEMPLATE_TAU_NS)
 
 
 def _peak_table(n: int = 3001, span: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
@@ -80,18 +83,25 @@ def reco_waveform(w: np.ndarray, threshold: float, r_tab: np.ndarray, d_tab: np.
         so += w[2 * i + 1]
     pe = se * 0.25
     po = so * 0.25
-    me = w[0]
-    mo = w[1]
-    for i in range(1, N_SAMPLES // 2):
-        a = w[2 * i]
-        b = w[2 * i + 1]
-        if a > me:
-            me = a
-        if b > mo:
-            mo = b
-    sat = me >= ADC_MAX or mo >= ADC_MAX
-    if (me - pe) < threshold and (mo - po) < threshold and not sat:
+    # cheap, vectorisable test first: the plain maximum against the lower pedestal is an upper bound
+    # of both phases' pedestal-subtracted maxima, so below threshold means no signal for sure
+    mx = w[0]
+    for j in range(1, N_SAMPLES):
+        if w[j] > mx:
+            mx = w[j]
+    if mx - min(pe, po) < threshold:
         return pe, po, 0.0, np.nan, FLAG_NO_SIGNAL
+    sat = mx >= ADC_MAX
+    if not sat:
+        me = w[0]
+        mo = w[1]
+        for i in range(1, N_SAMPLES // 2):
+            if w[2 * i] > me:
+                me = w[2 * i]
+            if w[2 * i + 1] > mo:
+                mo = w[2 * i + 1]
+        if (me - pe) < threshold and (mo - po) < threshold:
+            return pe, po, 0.0, np.nan, FLAG_NO_SIGNAL
     # peak sample (first maximum of the pedestal-subtracted samples)
     k = 0
     best = -1e30
@@ -134,13 +144,28 @@ def reco_waveform(w: np.ndarray, threshold: float, r_tab: np.ndarray, d_tab: np.
         delta = _interp_sorted(r, r_tab, d_tab)
         amp = best / template_value(PEAK_DELAY_NS - delta * SAMPLE_NS)
         t0 = (k + delta) * SAMPLE_NS - PEAK_DELAY_NS
-        # residual against the template two samples either side (merged pile-up)
-        tol = max(8.0, 0.03 * amp)
-        for j in (k - 2, k + 2):
-            if 0 <= j < N_SAMPLES:
-                sj = w[j] - (pe if (j & 1) == 0 else po)
-                if abs(sj - amp * template_value(j * SAMPLE_NS - t0)) > tol:
-                    flags |= FLAG_PILEUP
+        # residual against the fitted template over the window (a second pulse, merged or on the tail)
+        # template on the sample grid by recurrence: exp(-(d + T)/tau) = exp(-d/tau) * exp(-T/tau)
+        tol = max(RESIDUAL_MIN, RESIDUAL_FRACTION * amp)
+        j0 = int(math.floor(t0 / SAMPLE_NS)) + 1
+        if j0 < 0:
+            j0 = 0
+        d = j0 * SAMPLE_NS - t0
+        ex = amp * math.exp(TEMPLATE_N - d / TEMPLATE_TAU_NS)
+        for j in range(N_SAMPLES):
+            if j < j0 or d >= TEMPLATE_LENGTH_NS:
+                pred = 0.0
+            else:
+                u = d / PEAK_DELAY_NS
+                pred = u * u * ex
+                d += SAMPLE_NS
+                ex *= DECAY_PER_SAMPLE
+            if j >= k - 1 and j <= k + 1:
+                continue
+            sj = w[j] - (pe if (j & 1) == 0 else po)
+            if abs(sj - pred) > tol:
+                flags |= FLAG_PILEUP
+                break
     else:
         flags |= FLAG_EDGE
     # a second peak: a local maximum >= threshold standing PILEUP_PROMINENCE above the valley to k
@@ -264,14 +289,11 @@ def reconstruct_numpy(waveforms: np.ndarray, gev_per_count: np.ndarray,
     delta = np.interp(r, PEAK_R, PEAK_DELTA)
     amp[inner] = best[inner] / template(PEAK_DELAY_NS - delta * SAMPLE_NS)
     t0[inner] = (ki + delta) * SAMPLE_NS - PEAK_DELAY_NS
-    tol = np.maximum(8.0, 0.03 * amp)
-    for dj in (-2, 2):
-        j = k + dj
-        ok = inner & (j >= 0) & (j < N_SAMPLES)
-        jj = j[ok]
-        pred = amp[ok] * template(jj * SAMPLE_NS - t0[ok])
-        bad = np.abs(s[rows[ok], jj] - pred) > tol[ok]
-        flags[rows[ok][bad]] |= FLAG_PILEUP
+    tol = np.maximum(RESIDUAL_MIN, RESIDUAL_FRACTION * amp[inner])
+    pred = amp[inner, None] * template(np.arange(N_SAMPLES)[None, :] * SAMPLE_NS - t0[inner, None])
+    far = np.abs(np.arange(N_SAMPLES)[None, :] - ki[:, None]) > 1
+    bad = (far & (np.abs(s[inner] - pred) > tol[:, None])).any(axis=1)
+    flags[ri[bad]] |= FLAG_PILEUP
     # saturation: closed form on the two samples after the plateau (else before it)
     if sat.any():
         rs = rows[sat]

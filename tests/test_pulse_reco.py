@@ -1,0 +1,132 @@
+"""MSADC signal chain both ways: synthesis -> reconstruction round trip, flags, numpy == numba."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from detector import pulse, reco
+from detector.channels import ADC_MAX, N_SAMPLES, SAMPLE_NS
+from detector.gain import gamma_from_points, hv_for_amplitude, relative_gain
+
+
+def test_template_peaks_at_n_tau_with_unit_value():      # physics.md check 31
+    d = np.linspace(0, 200, 200001)
+    v = pulse.template(d)
+    assert d[v.argmax()] == pytest.approx(24.0, abs=1e-3)
+    assert v.max() == pytest.approx(1.0, abs=1e-12)
+    assert pulse.template(100.0) == pytest.approx((100 / 24) ** 2 * math.exp(2 - 100 / 12))
+    assert pulse.template(-1.0) == 0.0
+
+
+def test_samples_12p5ns_32_and_12bit_clip():             # physics.md check 31
+    t = pulse.sample_times_ns()
+    assert t.shape == (32,) and np.all(np.diff(t) == SAMPLE_NS)
+    wf = pulse.synthesize([[10000.0]], [[100.0]], 150, 150, 0.0)
+    assert wf.dtype == np.int16 and wf.shape == (1, 1, N_SAMPLES)
+    assert wf.max() == ADC_MAX and wf.min() == 150
+
+
+def test_even_odd_pedestals_are_separate():
+    wf = pulse.synthesize(np.zeros((200, 1)), np.zeros((200, 1)), 140.0, 170.0, 1.5, seed=2)
+    r = reco.reconstruct(wf, np.ones(1))
+    assert abs(r.pedestal_even.mean() - 140.0) < 0.2 and abs(r.pedestal_odd.mean() - 170.0) < 0.2
+    assert np.all(r.flags == reco.FLAG_NO_SIGNAL) and np.all(r.energy_gev == 0) and np.all(np.isnan(r.time_ns))
+
+
+@given(amp=st.floats(100, 3700), t0=st.floats(88, 260), pe=st.floats(50, 300), po=st.floats(50, 300),
+       seed=st.integers(0, 2**31))
+def test_round_trip_single_pulse(amp, t0, pe, po, seed):
+    wf = pulse.synthesize([[amp]], [[t0]], pe, po, 1.5, seed=seed)
+    if wf.max() >= ADC_MAX:        # a high pedestal plus a large pulse saturates: checked below
+        return
+    r = reco.reconstruct(wf, np.array([0.03]))
+    assert r.flags[0, 0] == 0
+    assert abs(r.amplitude[0, 0] - amp) < 5.0 + 0.01 * amp
+    assert abs(r.time_ns[0, 0] - t0) < 1.0
+    assert r.energy_gev[0, 0] == pytest.approx(r.amplitude[0, 0] * 0.03, rel=1e-6)
+
+
+def test_time_resolution_better_than_1ns_above_100_counts():
+    rng = np.random.default_rng(7)
+    n = 5000
+    amp = rng.uniform(100, 400, (n, 1))
+    t0 = rng.uniform(90, 250, (n, 1))
+    r = reco.reconstruct(pulse.synthesize(amp, t0, 150, 156, 1.5, seed=11), np.ones(1))
+    dt = r.time_ns[:, 0] - t0[:, 0]
+    assert np.std(dt) < 1.0 and abs(np.mean(dt)) < 0.1
+    assert np.std(r.amplitude[:, 0] / amp[:, 0] - 1) < 0.02
+
+
+def test_saturation_flag_and_recovery():
+    rng = np.random.default_rng(3)
+    amp = rng.uniform(4200, 9000, (500, 1))
+    t0 = rng.uniform(90, 250, (500, 1))
+    r = reco.reconstruct(pulse.synthesize(amp, t0, 150, 156, 1.5, seed=4), np.ones(1))
+    assert np.all(r.flags[:, 0] & reco.FLAG_SATURATED)
+    assert not np.any(r.flags[:, 0] & reco.FLAG_PILEUP)
+    assert np.std(r.amplitude[:, 0] / amp[:, 0] - 1) < 0.03
+    assert np.std(r.time_ns[:, 0] - t0[:, 0]) < 1.0
+
+
+def _two_pulses(n, a1, t1, a2, t2, seed=5):
+    analog = np.zeros((n, N_SAMPLES), np.float32)
+    idx = np.arange(n)
+    pulse.add_pulses(analog, idx, np.full(n, a1), np.full(n, t1))
+    pulse.add_pulses(analog, idx, np.full(n, a2), np.asarray(t2, float) * np.ones(n))
+    out = np.empty((n, 1, N_SAMPLES), np.int16)
+    pulse.digitize(analog.reshape(n, 1, N_SAMPLES), np.array([150.], np.float32), np.array([156.], np.float32),
+                   1.5, pulse.make_noise_bank(seed), seed, out)
+    return out
+
+
+@pytest.mark.parametrize("a2, dt", [(200.0, 60.0), (100.0, 120.0), (300.0, -50.0), (800.0, 15.0)])
+def test_pileup_flag_for_a_second_pulse(a2, dt):
+    wf = _two_pulses(300, 1000.0, 120.0, a2, 120.0 + dt)
+    r = reco.reconstruct(wf, np.ones(1))
+    assert np.mean(r.flags[:, 0] & reco.FLAG_PILEUP > 0) > 0.99
+
+
+def test_no_pileup_flag_on_clean_pulses():
+    rng = np.random.default_rng(9)
+    n = 20000
+    wf = pulse.synthesize(rng.uniform(12, 3800, (n, 1)), rng.uniform(90, 250, (n, 1)), 150, 156, 1.5, seed=12)
+    r = reco.reconstruct(wf, np.ones(1))
+    assert np.mean(r.flags[:, 0] & reco.FLAG_PILEUP > 0) < 1e-3
+
+
+def test_numba_equals_numpy_reference_on_a_mixed_sample():
+    rng = np.random.default_rng(21)
+    n, c = 3000, 8
+    amp = rng.choice([0.0, 5.0, 50.0, 500.0, 3000.0, 6000.0], size=(n, c)) * rng.uniform(0.8, 1.2, (n, c))
+    t0 = rng.uniform(60, 300, (n, c))
+    wf = pulse.synthesize(amp, t0, rng.uniform(100, 200, c), rng.uniform(100, 200, c), 1.5, seed=8)
+    g = rng.uniform(0.01, 0.05, c)
+    a, b = reco.reconstruct(wf, g), reco.reconstruct_numpy(wf, g)
+    p = reco.reconstruct(wf, g, parallel=True)
+    for name in ("pedestal_even", "pedestal_odd", "amplitude", "time_ns", "energy_gev", "flags"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-3, err_msg=name)
+        np.testing.assert_array_equal(getattr(a, name), getattr(p, name), err_msg=name)
+    assert set(np.unique(a.flags)) >= {0, int(reco.FLAG_NO_SIGNAL), int(reco.FLAG_SATURATED)}
+
+
+def test_reconstruct_rejects_bad_input():
+    with pytest.raises(ValueError, match="int16"):
+        reco.reconstruct(np.zeros((2, 3, 32), np.float32), np.ones(3))
+    with pytest.raises(ValueError, match="one value per channel"):
+        reco.reconstruct(np.zeros((2, 3, 32), np.int16), np.ones(2))
+
+
+def test_gain_law_hv_update_logbook_example():           # physics.md checks 24, 25
+    assert hv_for_amplitude(942.0, 2445.0, 2500.0, 7.5) == pytest.approx(944.8, abs=0.2)
+    assert hv_for_amplitude(990.0, 2380.0, 2500.0, 7.5) == pytest.approx(996.5, abs=0.2)
+    assert hv_for_amplitude(900.0, 2500.0, 2500.0, 7.5) == 900.0
+    assert hv_for_amplitude(900.0, 2000.0, 2500.0, 1e12) == pytest.approx(900.0, abs=1e-6)
+    assert gamma_from_points(900.0, 1000.0, 950.0, 1000.0 * (950 / 900) ** 7.2) == pytest.approx(7.2)
+    assert relative_gain(1000.0, 900.0, 7.5) == pytest.approx((1000 / 900) ** 7.5)
+    assert relative_gain(0.0, 900.0, 7.5) == 0.0
+    for bad in (0.0, -5.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            hv_for_amplitude(900.0, bad, 2500.0, 7.5)
+        with pytest.raises(ValueError):
+            hv_for_amplitude(900.0, 2500.0, 2500.0, bad)

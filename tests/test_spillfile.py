@@ -1,0 +1,107 @@
+"""The spill-file layout: atomic writes, readable after a kill, clear errors on damaged files."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from detector import spillfile as sf
+from detector.records import TRUTH_DTYPE
+
+
+def content(spill, n=4, truth=True):
+    wf = np.random.default_rng(spill).integers(100, 200, (n, 121, 32)).astype(np.int16)
+    t = np.zeros(n, TRUTH_DTYPE) if truth else None
+    return sf.SpillContent(run=3, spill=spill, event_id=np.arange(n, dtype=np.uint32) * 7,
+                           trigger_mask=np.ones(n, np.uint8), time_ns=np.linspace(0, 1e9, n), waveforms=wf,
+                           truth=t, attrs={"flags": ["retried"], "scalers": {"S1": 10}, "n_accepted": n})
+
+
+def test_write_read_round_trip(tmp_path):
+    rdir = sf.run_dir(tmp_path, 3)
+    p = sf.write_spill(rdir, content(1))
+    assert p.name == "spill-000001.h5" and rdir.name == "run-000003"
+    d = sf.read_spill(p)
+    assert d.n_events == 4 and d.flags == ["retried"] and d.attrs["scalers"] == {"S1": 10}
+    np.testing.assert_array_equal(d.waveforms, content(1).waveforms)
+    assert list(d.event_id) == [0, 7, 14, 21] and d.truth.dtype == TRUTH_DTYPE
+    assert not [x for x in rdir.iterdir() if ".tmp" in x.name]
+
+
+def test_a_finished_spill_is_never_overwritten(tmp_path):
+    rdir = sf.run_dir(tmp_path, 3)
+    sf.write_spill(rdir, content(1))
+    with pytest.raises(FileExistsError):
+        sf.write_spill(rdir, content(1, n=2))
+    assert sf.read_spill(sf.spill_path(rdir, 1)).n_events == 4
+
+
+def test_list_ignores_temporaries_and_sorts(tmp_path):
+    rdir = sf.run_dir(tmp_path, 3)
+    for s in (10, 2, 1):
+        sf.write_spill(rdir, content(s, truth=False))
+    (rdir / ".spill-000011.h5.tmp-123").write_bytes(b"partial")
+    assert [p.name for p in sf.list_spills(rdir)] == ["spill-000001.h5", "spill-000002.h5", "spill-000010.h5"]
+
+
+def test_truncated_and_garbage_files_raise_naming_the_file(tmp_path):
+    rdir = sf.run_dir(tmp_path, 3)
+    p = sf.write_spill(rdir, content(1))
+    raw = p.read_bytes()
+    bad = rdir / "spill-000002.h5"
+    bad.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(sf.SpillFileError, match="spill-000002.h5"):
+        sf.read_spill(bad)
+    bad.write_bytes(b"not hdf5 at all")
+    with pytest.raises(sf.SpillFileError, match="unreadable"):
+        sf.read_spill(bad)
+    assert sf.read_spill(p).n_events == 4
+
+
+def test_bad_content_is_refused(tmp_path):
+    c = content(1)
+    c.waveforms = c.waveforms[:, :100]
+    with pytest.raises(ValueError, match="waveforms"):
+        sf.write_spill(tmp_path, c)
+
+
+def test_run_record_round_trip_and_errors(tmp_path):
+    rec = {"run": 3, "spills": [1, 2], "eot": np.int64(5), "hv": np.arange(3.0)}
+    sf.write_run_record(tmp_path, rec)
+    back = sf.read_run_record(tmp_path)
+    assert back["eot"] == 5 and back["hv"] == [0.0, 1.0, 2.0]
+    (tmp_path / "run.json").write_text("{broken")
+    with pytest.raises(sf.SpillFileError, match="not valid JSON"):
+        sf.read_run_record(tmp_path)
+    with pytest.raises(sf.SpillFileError, match="cannot read"):
+        sf.read_run_record(tmp_path / "nope")
+
+
+WRITER = r"""
+import sys, numpy as np
+from detector import spillfile as sf
+rdir = sys.argv[1]
+for s in range(1, 10000):
+    n = 2000
+    sf.write_spill(rdir, sf.SpillContent(1, s, np.arange(n, dtype=np.uint32), np.ones(n, np.uint8), np.zeros(n),
+                   np.full((n, 121, 32), s % 1000, np.int16)))
+    print(s, flush=True)
+"""
+
+
+def test_kill_minus_9_leaves_every_finished_spill_readable(tmp_path):
+    rdir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(rdir)], stdout=subprocess.PIPE, text=True)
+    done = 0
+    while done < 4:
+        done = int(proc.stdout.readline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    files = sf.list_spills(rdir)
+    assert len(files) >= 4
+    for p in files:
+        d = sf.read_spill(p)
+        assert d.n_events == 2000 and d.waveforms[0, 0, 0] == d.attrs["spill"] % 1000
