@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""The project's entry points, with nothing but python3 (stdlib only):
+
+    python3 tasks.py demo    set up .venv if needed, then run the full emulated beam time
+    python3 tasks.py test    set up .venv if needed, then run the whole test suite
+    python3 tasks.py bench   set up .venv if needed, then run every benchmark (bench/run_all)
+    python3 tasks.py setup   only set up .venv
+
+Setup creates ``.venv`` beside this file and installs the project with its test extras (``pip install
+-e '.[test]'``); it is redone when pyproject.toml changes. On a slim Linux image PyQt5 needs a few system
+libraries; when they are missing and we are root, they are installed with apt-get.
+Extra arguments after the task go to the program (e.g. ``python3 tasks.py test -k trigger``).
+"""
+from __future__ import annotations
+
+import ctypes.util
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import venv
+
+ROOT = pathlib.Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PY = VENV / "bin" / "python"
+STAMP = VENV / ".na64-installed"
+QT_SYSTEM_LIBS = {"GL": "libgl1", "glib-2.0": "libglib2.0-0", "fontconfig": "libfontconfig1", "X11": "libx11-6",
+                  "xkbcommon": "libxkbcommon0", "dbus-1": "libdbus-1-3", "EGL": "libegl1"}
+
+
+def say(text: str) -> None:
+    print(f"[tasks] {text}", flush=True)
+
+
+def ensure_system_libs() -> None:
+    missing = [pkg for lib, pkg in QT_SYSTEM_LIBS.items() if ctypes.util.find_library(lib) is None]
+    if not shutil.which("fc-list") or not subprocess.run(["fc-list"], capture_output=True, text=True).stdout.strip():
+        missing.append("fonts-dejavu-core")
+    if not missing:
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        say(f"installing system libraries for Qt: {' '.join(missing)}")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, "fontconfig"],
+                       check=True, env=env)
+    else:
+        say(f"warning: Qt may need these system packages: {' '.join(missing)} (install them as root)")
+
+
+def ensure_venv() -> None:
+    ensure_system_libs()
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if PY.exists() and STAMP.exists() and STAMP.read_text().strip() == digest:
+        return
+    if not PY.exists():
+        say(f"creating {VENV}")
+        venv.EnvBuilder(with_pip=True, clear=False).create(VENV)
+    say("installing na64-hil and its dependencies into .venv (about a minute)")
+    subprocess.run([str(PY), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
+    subprocess.run([str(PY), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]"], check=True, cwd=ROOT)
+    STAMP.write_text(digest)
+
+
+def run(argv: list[str], env: dict[str, str] | None = None) -> int:
+    return subprocess.run(argv, cwd=ROOT, env=env).returncode
+
+
+def main(args: list[str]) -> int:
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0 if args else 2
+    task, rest = args[0], args[1:]
+    if task not in ("demo", "test", "bench", "setup"):
+        print(f"unknown task {task!r}; one of: demo, test, bench, setup", file=sys.stderr)
+        return 2
+    ensure_venv()
+    env = dict(os.environ, PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    if task == "setup":
+        return 0
+    if task == "demo":
+        return run([str(PY), "-m", "demo.beamtime", *rest], env)
+    if task == "bench":
+        return run([str(PY), str(ROOT / "bench" / "run_all"), *rest], env)
+    env["QT_QPA_PLATFORM"] = "offscreen"
+    code = run([str(PY), "-m", "pytest", "-m", "not soak", *rest], env)
+    return 1 if code == 5 else code       # "no tests ran" is a failure too
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
