@@ -192,27 +192,64 @@ def reco_waveform(w: np.ndarray, threshold: float, r_tab: np.ndarray, d_tab: np.
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _reco_event(wf, e, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags):
+def _max32(wf, e, c, t):
+    """Maximum of the 32 samples of wf[e, c] by a tree of element-wise maxima (vectorises; ``t`` is
+    a scratch array of 16 int16)."""
+    for j in range(16):
+        a = wf[e, c, j]
+        b = wf[e, c, j + 16]
+        t[j] = a if a > b else b
+    for j in range(8):
+        a = t[j]
+        b = t[j + 8]
+        t[j] = a if a > b else b
+    for j in range(4):
+        a = t[j]
+        b = t[j + 4]
+        t[j] = a if a > b else b
+    a = t[0] if t[0] > t[2] else t[2]
+    b = t[1] if t[1] > t[3] else t[3]
+    return a if a > b else b
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _reco_event(wf, e, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags, t):
     for c in range(wf.shape[1]):
-        pe, po, a, t, f = reco_waveform(wf[e, c], threshold, r_tab, d_tab)
+        # exact pre-filter, the same condition reco_waveform starts with: most channels are empty
+        mx = _max32(wf, e, c, t)
+        se = np.int32(wf[e, c, 0]) + wf[e, c, 2] + wf[e, c, 4] + wf[e, c, 6]
+        so = np.int32(wf[e, c, 1]) + wf[e, c, 3] + wf[e, c, 5] + wf[e, c, 7]
+        pe = se * 0.25
+        po = so * 0.25
+        if mx - min(pe, po) < threshold:
+            ped_e[e, c] = pe
+            ped_o[e, c] = po
+            amp[e, c] = 0.0
+            time[e, c] = np.nan
+            energy[e, c] = 0.0
+            flags[e, c] = FLAG_NO_SIGNAL
+            continue
+        pe, po, a, tm, f = reco_waveform(wf[e, c], threshold, r_tab, d_tab)
         ped_e[e, c] = pe
         ped_o[e, c] = po
         amp[e, c] = a
-        time[e, c] = t
+        time[e, c] = tm
         energy[e, c] = a * gev_per_count[c]
         flags[e, c] = f
 
 
 @nb.njit(cache=True, nogil=True)
 def _reconstruct_serial(wf, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags):
+    t = np.empty(16, np.int16)
     for e in range(wf.shape[0]):
-        _reco_event(wf, e, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags)
+        _reco_event(wf, e, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags, t)
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
 def _reconstruct_parallel(wf, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags):
     for e in nb.prange(wf.shape[0]):
-        _reco_event(wf, e, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags)
+        t = np.empty(16, np.int16)
+        _reco_event(wf, e, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags, t)
 
 
 @dataclass
