@@ -267,7 +267,7 @@ def sigma_x_range(
     x_hi: ArrayLike | None = None,
     eps: ArrayLike = 1.0,
     flux: FluxModel = "elastic",
-    n_nodes: int = 192,
+    n_nodes: int = 128,
 ) -> NDArray[np.float64]:
     """Integral of the IWW dsigma/dx (c) over x in [x_lo, x_hi] [pb], vectorised over all arguments.
 

@@ -139,13 +139,27 @@ def _sample_pair_x() -> float:
             return x
 
 
+def _bin_lookup(edges: NDArray[np.float64]) -> tuple[NDArray[np.int64], float]:
+    """Uniform cells over [edges[0], edges[-1]] holding the index of the bin that contains each cell start,
+    so the kernel finds a bin in O(1) (cell lookup + a short forward scan) instead of a binary search."""
+    n_cells = 16 * (len(edges) - 1)
+    inv_cell = n_cells / (edges[-1] - edges[0])
+    starts = edges[0] + np.arange(n_cells + 1) / inv_cell
+    lookup = np.clip(np.searchsorted(edges, starts, side="right") - 1, 0, len(edges) - 2)
+    return lookup.astype(np.int64), float(inv_cell)
+
+
 @numba.njit(cache=True)
-def _record(hist: np.ndarray, edges: np.ndarray, energy: float, length: float) -> None:
-    index = np.searchsorted(edges, energy, side="right") - 1
-    if index == len(edges) - 1 and energy == edges[-1]:
-        index -= 1
-    if 0 <= index < len(hist):
-        hist[index] += length
+def _record(
+    hist: np.ndarray, edges: np.ndarray, lookup: np.ndarray, inv_cell: float, energy: float, length: float
+) -> None:
+    """Add ``length`` to the bin of ``energy`` (the last bin includes the upper edge; outside: ignored)."""
+    if energy < edges[0] or energy > edges[-1]:
+        return
+    index = lookup[int((energy - edges[0]) * inv_cell)]
+    while index + 2 < len(edges) and edges[index + 1] <= energy:
+        index += 1
+    hist[index] += length
 
 
 @numba.njit(cache=True)
@@ -157,6 +171,8 @@ def _cascade_kernel(
     t_max: float,
     y_min: float,
     edges: np.ndarray,
+    lookup: np.ndarray,
+    inv_cell: float,
     hist_all: np.ndarray,
     hist_primary: np.ndarray,
     dropped: np.ndarray,
@@ -174,7 +190,6 @@ def _cascade_kernel(
     for shower in range(n_showers):
         e_drop = 0.0
         e_leave = 0.0
-        top = 0
         st_energy[0] = e0
         st_depth[0] = 0.0
         st_photon[0] = False
@@ -204,15 +219,13 @@ def _cascade_kernel(
             # charged particle: emit photons until it drops below E_cut or leaves the target
             while True:
                 step = -math.log(1.0 - np.random.random()) / rate_b
+                length = min(step, t_max - depth)
+                _record(hist_all, edges, lookup, inv_cell, energy, length)
+                if primary:
+                    _record(hist_primary, edges, lookup, inv_cell, energy, length)
                 if depth + step >= t_max:
-                    _record(hist_all, edges, energy, t_max - depth)
-                    if primary:
-                        _record(hist_primary, edges, energy, t_max - depth)
                     e_leave += energy
                     break
-                _record(hist_all, edges, energy, step)
-                if primary:
-                    _record(hist_primary, edges, energy, step)
                 depth += step
                 k = _sample_brems_y(y_min) * energy
                 energy -= k
@@ -249,9 +262,10 @@ def simulate_cascade(
     hist_primary = np.zeros(len(edges) - 1)
     dropped = np.zeros(n_showers)
     leaving = np.zeros(n_showers)
+    lookup, inv_cell = _bin_lookup(edges)
     _cascade_kernel(
         float(e0_gev), int(n_showers), int(seed), float(e_cut_gev), float(t_max_x0), float(y_min),
-        edges, hist_all, hist_primary, dropped, leaving,
+        edges, lookup, inv_cell, hist_all, hist_primary, dropped, leaving,
     )
     return TrackLengthTable(
         float(e0_gev), float(e_cut_gev), float(t_max_x0), float(y_min), int(n_showers), int(seed),

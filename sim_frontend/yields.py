@@ -45,6 +45,9 @@ def track_length_table(
 ) -> TrackLengthTable:
     """Cached cascade track-length table for electrons of ``e0_gev`` [GeV] in 40 X0 of lead
     (computed once per process and argument set)."""
+    if not (np.isfinite(e0_gev) and e0_gev > 2.0 * e_cut_gev):
+        raise ValueError(f"beam energy {e0_gev} GeV is too low for a track-length table with "
+                         f"E_cut = {e_cut_gev} GeV (needs E0 > {2.0 * e_cut_gev} GeV)")
     return simulate_cascade(float(e0_gev), int(n_showers), seed=int(seed), e_cut_gev=float(e_cut_gev))
 
 
