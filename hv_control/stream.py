@@ -1,0 +1,93 @@
+"""Cell amplitudes from the DAQ's monitoring stream (ZeroMQ SUB, topic ``amplitudes``,
+docs/protocols.md 4.2): the measurement input of ``hv-tune``.
+
+Only spills that started after the HV settled (``meta.start_unix > since``) and with the table on the
+wanted cell (``meta.table.cell``) count. The stream is lossy by design; missed messages are counted from
+the sequence numbers and malformed ones are counted and skipped, never fatal.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import zmq
+
+from detector.framing import FramingError, SeqTracker, recv_message
+
+from .tune import BeamLossError
+
+log = logging.getLogger(__name__)
+
+
+class StreamAmplitudes:
+    """Subscriber to the ``amplitudes`` (and ``status``) topics of a running ``na64-daq``."""
+
+    def __init__(self, address: str, context: zmq.Context | None = None) -> None:
+        self.address = address
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.RCVHWM, 1000)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        for topic in (b"amplitudes", b"status"):
+            self._sock.setsockopt(zmq.SUBSCRIBE, topic)
+        self._sock.connect(address)
+        self.seq = SeqTracker()
+        self.malformed = 0
+        self.last_status: dict | None = None
+
+    def close(self) -> None:
+        self._sock.close(0)
+
+    def _next(self, timeout_s: float):
+        if not self._sock.poll(int(max(timeout_s, 0.0) * 1000)):
+            return None
+        try:
+            msg = recv_message(self._sock)
+        except FramingError as exc:
+            self.malformed += 1
+            log.warning("malformed message on %s: %s", self.address, exc)
+            return False
+        self.seq.update(msg.seq)
+        if msg.topic == "status":
+            self.last_status = msg.meta
+        return msg
+
+    def wait_for_daq(self, timeout_s: float) -> dict:
+        """Block until a ``status`` heartbeat arrives; returns its meta. BeamLossError on timeout."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            msg = self._next(end - time.monotonic())
+            if msg and msg.topic == "status":
+                return msg.meta
+        raise BeamLossError(f"no heartbeat from the DAQ at {self.address} within {timeout_s:.0f} s")
+
+    def collect(self, channel_id: int, cell: str, since_unix: float, min_events: int, max_spills: int,
+                timeout_s: float) -> np.ndarray:
+        """Amplitudes (ADC counts, > 0 only) of calorimeter channel ``channel_id`` from spills with the beam
+        on ``cell`` that started after ``since_unix``, until ``min_events`` or ``max_spills`` spills.
+        BeamLossError if fewer than ``min_events // 5`` events arrive within ``timeout_s`` seconds."""
+        end = time.monotonic() + timeout_s
+        parts: list[np.ndarray] = []
+        n = spills = 0
+        while time.monotonic() < end and n < min_events and spills < max_spills:
+            msg = self._next(min(0.5, end - time.monotonic()))
+            if not msg or msg.topic != "amplitudes":
+                continue
+            table = msg.meta.get("table") or {}
+            if msg.meta.get("start_unix", 0.0) <= since_unix or table.get("cell") != cell:
+                continue
+            amps = msg.arrays.get("amplitudes")
+            if amps is None or amps.ndim != 2 or amps.shape[1] <= channel_id:
+                self.malformed += 1
+                continue
+            a = np.asarray(amps[:, channel_id], dtype=np.float64)
+            a = a[a > 0]
+            parts.append(a)
+            n += a.size
+            spills += 1
+        if n < max(1, min_events // 5):
+            raise BeamLossError(f"beam loss: {n} events on cell {cell} in {spills} spill(s) within "
+                                f"{timeout_s:.0f} s (need {min_events}); DAQ state "
+                                f"{(self.last_status or {}).get('state', 'unknown')}")
+        return np.concatenate(parts) if parts else np.empty(0)

@@ -1,0 +1,277 @@
+"""The HCAL HV equalisation campaign behind ``hv-tune`` (physics.md section 7).
+
+For every cell: steer the beam onto it with the table, measure the amplitude peak from the DAQ's
+monitoring stream (topic ``amplitudes``, spills that started after the HV settled and with the table on
+that cell), compute ``HV_new = HV_old (A_target / A)^(1/gamma)`` with gamma learnt per cell from the
+points seen so far (ln A against ln V; the configured default before two points exist), ramp through
+:class:`~hv_control.supply.HVSupply` (which refuses anything beyond a limit), verify, and iterate until the
+cell is within tolerance or the iteration limit. The last logbook line of each cell is the verification
+measurement at its final HV.
+
+Steps larger than ``hv.max_step_v`` are not sent: the campaign takes an explicit step of max_step_v
+toward the target and says so in the logbook (physics.md: at most 50 V per step). A set point beyond a
+cell's limit is never requested: the cell is marked failed with the reason.
+
+A trip, a beam loss or a failed fit pauses the campaign (:class:`CampaignPaused`): the state file
+records every cell, every channel stays at its last verified voltage (a tripped channel is switched
+off at ``hv.safe_v``), and ``--resume STATE`` continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Protocol
+
+import numpy as np
+
+from detector import channels as chmap
+from detector.gain import hv_for_amplitude
+
+from .peak import PeakFit, PeakFitError, fit_peak
+from .supply import HVError, HVTripError
+from .table import TableError
+
+STATE_VERSION = 1
+
+
+class CampaignPaused(RuntimeError):
+    """The campaign stopped safely; the message says why and how to resume."""
+
+
+class BeamLossError(RuntimeError):
+    """No usable beam spills arrived for a measurement."""
+
+
+class AmplitudeSource(Protocol):
+    def collect(self, channel_id: int, cell: str, since_unix: float, min_events: int, max_spills: int,
+                timeout_s: float) -> np.ndarray:
+        """Amplitudes (ADC counts) of ``channel_id`` from spills with the beam on ``cell`` that started
+        after ``since_unix``; BeamLossError if not enough arrive within ``timeout_s``."""
+        ...
+
+
+@dataclass
+class Point:
+    """One measurement of a cell: HV (V), amplitude peak and its error (ADC counts), events, time."""
+
+    hv: float
+    amp: float
+    err: float
+    sigma: float
+    n: int
+    unix: float
+
+
+@dataclass
+class CellState:
+    cell: str
+    channel_id: int
+    points: list[Point] = field(default_factory=list)
+    status: str = "pending"          #: pending, done, failed, not_converged, planned
+    message: str = ""
+    iterations: int = 0              #: HV changes made
+    hv_start: float | None = None
+    planned_hv: float | None = None  #: --dry-run: the HV the campaign would set
+
+    @property
+    def last(self) -> Point | None:
+        return self.points[-1] if self.points else None
+
+
+def learn_gamma(points: Iterable[Point], default: float) -> float:
+    """Gain-law exponent from the points (least-squares slope of ln A vs ln V over distinct voltages);
+    ``default`` with fewer than two distinct voltages. ValueError if the result is absurd (<= 1 or > 20)."""
+    pts = [p for p in points if p.amp > 0 and p.hv > 0]
+    v = np.log([p.hv for p in pts]) if pts else np.empty(0)
+    if len(pts) < 2 or np.ptp(v) < 1e-4:
+        return float(default)
+    a = np.log([p.amp for p in pts])
+    slope = float(np.polyfit(v, a, 1)[0])
+    if not (1.0 < slope <= 20.0):
+        raise ValueError(f"learnt gain-law exponent {slope:.2f} is not plausible (expected 1-20): "
+                         "the measurements do not follow the PMT gain law")
+    return slope
+
+
+def propose_hv(hv_now: float, amp: float, target: float, gamma: float, max_step: float) -> tuple[float, bool]:
+    """Next HV (V) and whether the step was limited to ``max_step`` (V)."""
+    want = hv_for_amplitude(hv_now, amp, target, gamma)
+    step = want - hv_now
+    if abs(step) > max_step:
+        return hv_now + math.copysign(max_step, step), True
+    return want, False
+
+
+def validate_target(target: float, pedestal: float = 200.0, adc_max: int = chmap.ADC_MAX) -> None:
+    """Refuse a target beyond the ADC range (physics.md: keep A_target + 5 sigma below 4095 - pedestal)."""
+    if not math.isfinite(target) or target <= 0:
+        raise ValueError(f"target amplitude {target!r} must be a positive number of ADC counts")
+    if target > 0.9 * (adc_max - pedestal):
+        raise ValueError(f"target amplitude {target:.0f} counts leaves no headroom below the ADC range "
+                         f"({adc_max} - pedestal ~{pedestal:.0f}); use at most {0.9 * (adc_max - pedestal):.0f}")
+
+
+class Campaign:
+    """One HV equalisation campaign over ``cells`` (logbook names ``x-y-module``)."""
+
+    def __init__(self, *, hv: Any, table: Any, source: AmplitudeSource, cfg: dict[str, Any], cells: list[str],
+                 target: float, tolerance: float, max_iterations: int, logbook: str | os.PathLike,
+                 state_path: str | os.PathLike, dry_run: bool = False, measure_timeout_s: float = 60.0,
+                 progress: Callable[[str, CellState], None] | None = None,
+                 states: dict[str, CellState] | None = None) -> None:
+        validate_target(target)
+        if not 0 < tolerance < 0.5:
+            raise ValueError(f"tolerance {tolerance!r} must be in (0, 0.5)")
+        if max_iterations < 1:
+            raise ValueError(f"max_iterations {max_iterations!r} must be >= 1")
+        self.hv, self.table, self.source = hv, table, source
+        self.cfg = cfg
+        self.tune_cfg, self.hv_cfg = cfg["hv_tune"], cfg["hv"]
+        self.target, self.tolerance, self.max_iterations = float(target), float(tolerance), int(max_iterations)
+        self.logbook = pathlib.Path(logbook)
+        self.state_path = pathlib.Path(state_path)
+        self.dry_run = dry_run
+        self.measure_timeout_s = measure_timeout_s
+        self.progress = progress or (lambda what, st: None)
+        self.states: dict[str, CellState] = states or {}
+        for cell in cells:
+            x, y, m = chmap.parse_hcal_cell(cell)
+            self.states.setdefault(cell, CellState(cell, chmap.hcal_id(x, y, m)))
+        self.cells = list(cells)
+
+    # ------------------------------------------------------------------ state and logbook
+    def save_state(self) -> None:
+        data = {"version": STATE_VERSION, "target": self.target, "tolerance": self.tolerance,
+                "max_iterations": self.max_iterations, "dry_run": self.dry_run,
+                "cells": {c: asdict(s) for c, s in self.states.items()}}
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.state_path)
+
+    @staticmethod
+    def load_states(path: str | os.PathLike) -> dict[str, CellState]:
+        """Cell states of an interrupted campaign (``--resume``); ValueError if the file is not one."""
+        p = pathlib.Path(path)
+        try:
+            data = json.loads(p.read_text())
+            if data.get("version") != STATE_VERSION:
+                raise ValueError(f"state version {data.get('version')!r}")
+            out = {}
+            for cell, s in data["cells"].items():
+                pts = [Point(**pt) for pt in s.pop("points")]
+                out[cell] = CellState(points=pts, **s)
+            return out
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{p}: not a readable hv-tune state file ({exc})") from None
+
+    def _log(self, st: CellState, p: Point, note: str) -> None:
+        line = f"{st.cell}   A={p.amp:.0f} HV={p.hv:.1f}   # +/-{p.err:.0f}, {p.n} events{', ' + note if note else ''}"
+        with open(self.logbook, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    # ------------------------------------------------------------------ measurement
+    def _measure(self, st: CellState, note: str) -> Point:
+        hv_now = float(self.hv.read_channel(st.channel_id)["vmon"])
+        since = time.time()
+        amps = self.source.collect(st.channel_id, st.cell, since, int(self.tune_cfg["min_events"]),
+                                   int(self.tune_cfg["max_spills_per_point"]), self.measure_timeout_s)
+        fit: PeakFit = fit_peak(amps, min_events=min(100, int(self.tune_cfg["min_events"])))
+        p = Point(hv=hv_now, amp=fit.mean, err=fit.error, sigma=fit.sigma, n=fit.n_events, unix=since)
+        st.points.append(p)
+        self._log(st, p, note)
+        self.save_state()
+        return p
+
+    def _within(self, p: Point) -> bool:
+        return abs(p.amp / self.target - 1.0) < self.tolerance
+
+    def _tune_cell(self, st: CellState) -> None:
+        self.progress("move", st)
+        self.table.move_to_cell(st.cell)
+        if st.hv_start is None:
+            st.hv_start = float(self.hv.read_channel(st.channel_id)["vmon"])
+        p = self._measure(st, "start" if not st.points else "resumed")
+        max_step = float(self.hv_cfg["max_step_v"])
+        limit = float(self.hv.limit(st.channel_id))
+        while not self._within(p):
+            if st.iterations >= self.max_iterations:
+                st.status, st.message = "not_converged", f"{abs(p.amp / self.target - 1):.1%} off after {st.iterations} iterations"
+                return
+            try:
+                gamma = learn_gamma(st.points, float(self.tune_cfg["gamma_default"]))
+            except ValueError as exc:
+                raise CampaignPaused(f"cell {st.cell}: {exc}") from None
+            hv_new, limited = propose_hv(p.hv, p.amp, self.target, gamma, max_step)
+            if not hv_new <= limit or hv_new < float(self.hv_cfg["min_v"]):
+                st.status = "failed"
+                st.message = (f"needs {hv_new:.1f} V, outside [{self.hv_cfg['min_v']:.0f}, {limit:.0f}] V: "
+                              "not set; check the PMT")
+                self.save_state()
+                return
+            if self.dry_run:
+                st.status, st.planned_hv = "planned", hv_new
+                st.message = f"would set {hv_new:.1f} V (gamma {gamma:.2f}{', step limited' if limited else ''})"
+                self.save_state()
+                return
+            self.progress("ramp", st)
+            self.hv.set_voltage(st.channel_id, hv_new, max_step=max_step)
+            st.iterations += 1
+            note = f"iteration {st.iterations}, gamma {gamma:.2f}" + (f", step limited to {max_step:.0f} V" if limited else "")
+            self.progress("measure", st)
+            p = self._measure(st, note)
+        st.status, st.message = "done", f"{p.amp / self.target - 1:+.1%} at {p.hv:.1f} V"
+
+    def _make_safe(self, st: CellState | None, exc: BaseException) -> str:
+        """After a fault: a tripped channel is switched off at the safe voltage; the others stay at their
+        last verified voltage. Returns a description of what was done."""
+        done = []
+        if isinstance(exc, HVTripError) and st is not None:
+            try:
+                self.hv.shutdown([st.channel_id])
+                done.append(f"{st.cell} switched off at {self.hv_cfg['safe_v']:.0f} V")
+            except HVError as exc2:
+                done.append(f"{st.cell}: shutdown failed ({exc2}) - check the supply")
+        return "; ".join(done) or "all channels left at their last verified voltage"
+
+    def run(self) -> dict[str, CellState]:
+        """Tune every cell not yet done; returns the states. Raises CampaignPaused on a fault."""
+        self.logbook.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.logbook, "a", encoding="utf-8") as fh:
+            fh.write(f"# hv-tune {time.strftime('%Y-%m-%d %H:%M:%S')} target {self.target:.0f} tolerance "
+                     f"{self.tolerance:.1%}{' DRY RUN' if self.dry_run else ''}\n")
+        current = None
+        try:
+            for cell in self.cells:
+                st = self.states[cell]
+                if st.status in ("done", "failed"):
+                    continue
+                current = st
+                self._tune_cell(st)
+                self.save_state()
+                self.progress("cell_done", st)
+        except (HVError, BeamLossError, PeakFitError, TableError) as exc:
+            what = self._make_safe(current, exc)
+            if current is not None:
+                current.status, current.message = "paused", f"{type(exc).__name__}: {exc}"
+            self.save_state()
+            cell = current.cell if current else "?"
+            raise CampaignPaused(f"campaign paused at cell {cell}: {type(exc).__name__}: {exc}. {what}. "
+                                 f"Resume with --resume {self.state_path}") from exc
+        self.save_state()
+        return self.states
+
+
+def cells_of_modules(modules: Iterable[int]) -> list[str]:
+    """Logbook names of all cells of the given HCAL modules, module by module, row by row."""
+    out = []
+    for m in modules:
+        if not 0 <= m < chmap.N_HCAL_MODULES:
+            raise ValueError(f"no HCAL module {m} (0..{chmap.N_HCAL_MODULES - 1})")
+        out += [chmap.hcal_cell_name(x, y, m) for y in range(chmap.N_HCAL_Y) for x in range(chmap.N_HCAL_X)]
+    return out
