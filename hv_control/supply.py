@@ -1,0 +1,477 @@
+"""HV safety layer: channel map, limits, software ramps with read-back, trips, safe shutdown.
+
+:class:`HVSupply` sits on :class:`~hv_control.caen.CAENMainframe` and speaks in channel ids
+(``detector.channels``) and volts. Rules it enforces (STYLE.md; QCoDeS #2125, ophyd #886):
+
+- The limit of a channel is ``min(calibration hv_limit, hv.max_v)``; an unset, NaN or negative limit
+  denies every set point of that channel. Values above the limit, negative, NaN or
+  infinite are refused with :class:`HVLimitError` - never clamped. A step larger than ``max_step``
+  (from the read-back) is refused too.
+- Every voltage that leaves this module (VSET, MAXV) goes through ONE function,
+  :meth:`HVSupply._send_voltage`, which calls :meth:`HVSupply.check_voltage` on the exact value that
+  is put on the wire (``%.1f``; a value whose rounding would exceed the limit is quantised down by at
+  most 0.1 V of wire resolution, never up).
+- A ramp starts from the READ-BACK VMON; if it cannot be read, nothing is sent (HVReadbackError).
+  Steps of ``hv.ramp_step_v``; after every step the VSET echo is checked and VMON must settle within
+  ``hv.settle_tolerance_v`` before ``hv.settle_timeout_s``. A trip (status bit 7) during a ramp stops
+  it with :class:`HVTripError` naming the channels.
+- Ramping down from above a (since lowered) limit goes straight to the limit first: no intermediate
+  set point is ever above the limit.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from detector import channels as chmap
+from detector.config import Calibration, load_calibration, load_config
+
+from .caen import CAENMainframe, HVProtocolError
+from .transport import TransportError, open_transport
+
+log = logging.getLogger(__name__)
+
+ST_ON = 1 << 0
+ST_TRIP = 1 << 7
+WIRE_RESOLUTION_V = 0.1      #: VSET / MAXV are sent as %.1f
+ECHO_TOLERANCE_V = 0.051     #: |VSET echo - sent| allowed (formatting), V
+
+
+class HVError(Exception):
+    """Base of the HV safety-layer errors."""
+
+
+class HVLimitError(HVError, ValueError):
+    """A set point (or step, or limit) is refused; nothing was sent for it."""
+
+
+class HVTripError(HVError):
+    """One or more channels tripped; ``channel_ids`` and ``names`` list them."""
+
+    def __init__(self, message: str, channel_ids: Iterable[int] = ()) -> None:
+        super().__init__(message)
+        self.channel_ids = list(channel_ids)
+        self.names = [chmap.CHANNELS[c].name for c in self.channel_ids]
+
+
+class HVReadbackError(HVError):
+    """A read-back failed or disagrees with what was set."""
+
+
+class HVSettleError(HVReadbackError):
+    """VMON did not settle at the set point within the settle timeout."""
+
+
+class HVStateError(HVError):
+    """The channel is not in a state that allows the operation (off, no HV supply)."""
+
+
+class HVCommunicationError(HVError):
+    """A command was refused by the mainframe or the line failed (the cause is chained)."""
+
+
+@contextmanager
+def _command(what: str) -> Iterator[None]:
+    """Turn protocol and transport failures of one command into HVCommunicationError naming ``what``."""
+    try:
+        yield
+    except (HVProtocolError, TransportError) as exc:
+        raise HVCommunicationError(f"{what} failed: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class HVAddress:
+    """Where a channel's PMT is powered."""
+
+    channel_id: int
+    name: str
+    board: int
+    ch: int
+
+
+def _finite_or_nan(x: Any) -> float:
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return math.nan
+    v = float(x)
+    return v if math.isfinite(v) else math.nan
+
+
+class HVSupply:
+    """The HV supply as the rest of the project sees it (units: V, uA, V/s, s).
+
+    ``cfg`` is the validated configuration (section ``hv``), ``calib`` gives ``hv_limit`` per channel.
+    ``poll_s`` is the read-back polling period during a ramp; ``sleep``/``clock`` are injectable for
+    tests under a fake clock.
+    """
+
+    def __init__(self, mainframe: CAENMainframe, cfg: Mapping[str, Any] | None = None,
+                 calib: Calibration | None = None, *, poll_s: float = 0.05,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+        cfg = load_config(None) if cfg is None else cfg
+        calib = load_calibration(dict(cfg)) if calib is None else calib
+        self.mainframe = mainframe
+        self.hv = dict(cfg["hv"])
+        self.poll_s = float(poll_s)
+        self._sleep = sleep
+        self._clock = clock
+        self._lock = threading.RLock()
+        max_v = _finite_or_nan(self.hv.get("max_v"))
+        per_channel = np.array([_finite_or_nan(x) for x in np.asarray(calib.hv_limit, dtype=float)])
+        if per_channel.shape != (chmap.N_CHANNELS,):
+            raise ValueError(f"calibration hv_limit must have {chmap.N_CHANNELS} entries, got {per_channel.shape}")
+        self._limits = np.minimum(per_channel, max_v)          # NaN anywhere -> NaN -> denied
+        self._addr = {c.id: HVAddress(c.id, c.name, c.hv_board, c.hv_channel)
+                      for c in chmap.CHANNELS if c.hv_board is not None and c.hv_channel is not None}
+        self.channel_ids = np.array(sorted(self._addr), dtype=np.int64)   #: every channel with HV
+
+    @classmethod
+    def connect(cls, address: str, cfg: Mapping[str, Any] | None = None, calib: Calibration | None = None, *,
+                backend: str | None = None, **kw: Any) -> "HVSupply":
+        """Open ``address`` (``/dev/pts/N``, ``socket://host:port`` or a VISA ``ASRL...::INSTR`` name)
+        with the timeout and retries of ``cfg['hv']``."""
+        cfg = load_config(None) if cfg is None else cfg
+        transport = open_transport(address, backend=backend, timeout_s=cfg["hv"]["timeout_s"],
+                                   retries=cfg["hv"]["retries"])
+        return cls(CAENMainframe(transport), cfg, calib, **kw)
+
+    def close(self) -> None:
+        """Close the connection (the HV stays as it is)."""
+        self.mainframe.transport.close()
+
+    # ------------------------------------------------------------------ channel map and limits
+    def address(self, channel_id: int) -> HVAddress:
+        """HV address of a channel id; HVStateError if it has no HV supply."""
+        try:
+            return self._addr[int(channel_id)]
+        except (KeyError, TypeError, ValueError):
+            raise HVStateError(f"channel id {channel_id!r} has no HV supply") from None
+
+    def limit(self, channel_id: int) -> float:
+        """Voltage limit (V) of a channel: min(hv_limit, hv.max_v); NaN means 'unset' and denies."""
+        self.address(channel_id)
+        return float(self._limits[int(channel_id)])
+
+    def check_voltage(self, channel_id: int, volts: float) -> float:
+        """The set point as it will be sent (V, wire resolution 0.1 V), or HVLimitError.
+
+        Refuses non-numbers, NaN/inf, negative values, values above the limit and any value for a
+        channel whose limit is unset (NaN/negative).
+        """
+        a = self.address(channel_id)
+        lim = float(self._limits[a.channel_id])
+        v = _finite_or_nan(volts)
+        if math.isnan(lim) or lim < 0:
+            raise HVLimitError(f"{a.name}: no valid HV limit is configured (unset or NaN); refusing {volts!r} V")
+        if math.isnan(v):
+            raise HVLimitError(f"{a.name}: set point {volts!r} is not a finite number of volts; refused")
+        if v < 0:
+            raise HVLimitError(f"{a.name}: set point {v:g} V is negative; refused")
+        if v > lim:
+            raise HVLimitError(f"{a.name}: set point {v:g} V is above the limit {lim:g} V; refused")
+        wire = float(f"{v:.1f}") + 0.0          # + 0.0: never "-0.0" on the wire
+        if wire > lim:                        # rounding up would cross the limit: quantise down
+            wire = float(f"{math.floor(v / WIRE_RESOLUTION_V) * WIRE_RESOLUTION_V:.1f}")
+        if not 0.0 <= wire <= lim:
+            raise HVLimitError(f"{a.name}: wire value {wire:.1f} V of {v:g} V is outside [0, {lim:g}] V; refused")
+        return wire
+
+    def _limit_valid(self, channel_id: int) -> bool:
+        lim = self.limit(channel_id)
+        return not math.isnan(lim) and lim >= 0.0
+
+    def _send_voltage(self, channel_id: int, par: str, volts: float) -> float:
+        """THE path by which a voltage leaves this module (VSET or MAXV); returns the value sent (V)."""
+        wire = self.check_voltage(channel_id, volts)
+        a = self.address(channel_id)
+        param = {"VSET": self.mainframe.vset, "MAXV": self.mainframe.maxv}[par]
+        with _command(f"{a.name}: {par} = {wire:.1f} V"):
+            param.set(a.board, a.ch, wire)
+        return wire
+
+    # ------------------------------------------------------------------ read-back
+    def _boards(self, ids: Iterable[int]) -> dict[int, list[HVAddress]]:
+        out: dict[int, list[HVAddress]] = {}
+        for cid in ids:
+            a = self.address(cid)
+            out.setdefault(a.board, []).append(a)
+        return out
+
+    def _read(self, ids: Iterable[int], pars: Iterable[str], what: str) -> dict[str, dict[int, float]]:
+        """Read parameters (``vset``, ``vmon``, ``imon``, ``stat``, ``maxv``, ``hvmax``) of channels,
+        one request per board and parameter; failures raise HVReadbackError naming ``what``."""
+        ids = list(ids)
+        out: dict[str, dict[int, float]] = {p: {} for p in pars}
+        try:
+            for board, addrs in self._boards(ids).items():
+                for p in out:
+                    values = getattr(self.mainframe, p).get_all(board)
+                    for a in addrs:
+                        out[p][a.channel_id] = values[a.ch]
+        except (TransportError, HVProtocolError, ValueError) as exc:
+            names = ", ".join(chmap.CHANNELS[c].name for c in ids[:4]) + (" ..." if len(ids) > 4 else "")
+            raise HVReadbackError(f"cannot read back {'/'.join(out)} of {names} {what}: {exc}") from exc
+        for p, values in out.items():
+            bad = [c for c, v in values.items() if not math.isfinite(v)]
+            if bad:
+                raise HVReadbackError(f"read-back {p} of {chmap.CHANNELS[bad[0]].name} is {values[bad[0]]!r} "
+                                      f"{what}")
+        return out
+
+    def read_channel(self, channel_id: int) -> dict[str, Any]:
+        """One channel: ``vset``, ``vmon`` (V), ``imon`` (uA), ``status`` (int), ``on``, ``tripped``."""
+        a = self.address(channel_id)
+        try:
+            vals = {p: getattr(self.mainframe, p).get(a.board, a.ch) for p in ("vset", "vmon", "imon", "stat")}
+        except (TransportError, HVProtocolError, ValueError) as exc:
+            raise HVReadbackError(f"cannot read {a.name} (board {a.board:02d} ch {a.ch}): {exc}") from exc
+        st = int(vals.pop("stat"))
+        return {**vals, "status": st, "on": bool(st & ST_ON), "tripped": bool(st & ST_TRIP)}
+
+    def read_all(self, channel_ids: Iterable[int] | None = None) -> dict[str, np.ndarray]:
+        """``channel_ids`` (int64), ``vset``, ``vmon`` (V), ``imon`` (uA) (float64), ``status`` (int64),
+        in ascending channel id; one MON request per board and parameter."""
+        ids = sorted(self.channel_ids.tolist() if channel_ids is None else {int(c) for c in channel_ids})
+        r = self._read(ids, ("vset", "vmon", "imon", "stat"), "for read_all")
+        return {"channel_ids": np.array(ids, dtype=np.int64),
+                "vset": np.array([r["vset"][c] for c in ids], dtype=np.float64),
+                "vmon": np.array([r["vmon"][c] for c in ids], dtype=np.float64),
+                "imon": np.array([r["imon"][c] for c in ids], dtype=np.float64),
+                "status": np.array([r["stat"][c] for c in ids], dtype=np.int64)}
+
+    def check_trips(self, channel_ids: Iterable[int] | None = None) -> None:
+        """HVTripError if any of the channels (default: all) has a latched trip."""
+        ids = self.channel_ids.tolist() if channel_ids is None else list(channel_ids)
+        stat = self._read(ids, ("stat",), "for the trip check")["stat"]
+        self._raise_trips(stat)
+
+    @staticmethod
+    def _raise_trips(stat: Mapping[int, float]) -> None:
+        tripped = sorted(c for c, s in stat.items() if int(s) & ST_TRIP)
+        if tripped:
+            names = ", ".join(chmap.CHANNELS[c].name for c in tripped)
+            raise HVTripError(f"HV trip on {names} (status bit 7 set); clear it with clear_trip() after "
+                              f"finding the cause", tripped)
+
+    # ------------------------------------------------------------------ setting voltages
+    def set_voltage(self, channel_id: int, volts: float, *, max_step: float | None = None) -> float:
+        """Ramp one channel to ``volts`` (V) and verify it; returns the settled VMON (V).
+        See :meth:`set_voltages`."""
+        return self.set_voltages({channel_id: volts}, max_step=max_step)[int(channel_id)]
+
+    def set_voltages(self, targets: Mapping[int, float], *, max_step: float | None = None) -> dict[int, float]:
+        """Ramp several channels together to their targets (V); returns the settled VMON per channel.
+
+        Everything is checked before anything is sent: every target against its limit, the channels
+        must be ON and not tripped, and with ``max_step`` (V) no target may be further than that from
+        the read-back VMON. Raises HVLimitError, HVStateError, HVTripError, HVReadbackError/HVSettleError.
+        """
+        with self._lock:
+            plan = {int(c): self.check_voltage(c, v) for c, v in targets.items()}
+            if not plan:
+                return {}
+            if max_step is not None and not (_finite_or_nan(max_step) > 0):
+                raise HVLimitError(f"max_step must be a positive number of volts, got {max_step!r}")
+            now = self._read(plan, ("vmon", "stat"), "before ramping; refusing to set")
+            self._raise_trips(now["stat"])
+            off = [c for c in plan if not int(now["stat"][c]) & ST_ON]
+            if off:
+                raise HVStateError(f"{', '.join(chmap.CHANNELS[c].name for c in off)} is/are OFF; "
+                                   "switch on first (switch_on / power_up)")
+            if max_step is not None:
+                for c, v in plan.items():
+                    if abs(v - now["vmon"][c]) > float(max_step):
+                        raise HVLimitError(f"{chmap.CHANNELS[c].name}: step from {now['vmon'][c]:.1f} V to "
+                                           f"{v:.1f} V is larger than max_step = {float(max_step):g} V; refused")
+            return self._ramp(plan, now["vmon"])
+
+    def _ramp(self, plan: Mapping[int, float], start: Mapping[int, float]) -> dict[int, float]:
+        """Lock-step software ramp from the read-back ``start`` to ``plan`` (V, wire values)."""
+        step = _finite_or_nan(self.hv.get("ramp_step_v"))
+        if not step > 0:
+            raise HVLimitError(f"hv.ramp_step_v = {self.hv.get('ramp_step_v')!r} is not a positive voltage")
+        pos = {c: float(start[c]) for c in plan}
+        pending = dict(plan)
+        max_iter = int(max(abs(plan[c] - pos[c]) for c in plan) / step) + 3
+        settled: dict[int, float] = {}
+        for _ in range(max_iter + 1):
+            if not pending:
+                return settled
+            sent: dict[int, float] = {}
+            for c, target in pending.items():
+                here = pos[c]
+                nxt = target if abs(target - here) <= step else here + math.copysign(step, target - here)
+                nxt = min(nxt, self.limit(c))            # from above a lowered limit: go to the limit
+                sent[c] = self._send_voltage(c, "VSET", nxt)
+            vmon = self._verify(sent)
+            for c, v in sent.items():
+                pos[c] = v
+                if v == pending[c]:
+                    del pending[c]
+                    settled[c] = vmon[c]
+        raise HVError(f"software ramp did not converge for {sorted(pending)} (internal error)")
+
+    def _verify(self, sent: Mapping[int, float]) -> dict[int, float]:
+        """Check the VSET echo, then wait until VMON is within tolerance of ``sent``; returns VMON (V)."""
+        echo = self._read(sent, ("vset",), "after setting VSET")["vset"]
+        wrong = [c for c, v in sent.items() if abs(echo[c] - v) > ECHO_TOLERANCE_V]
+        if wrong:
+            c = wrong[0]
+            raise HVReadbackError(f"{chmap.CHANNELS[c].name}: VSET echo {echo[c]:.1f} V differs from the "
+                                  f"{sent[c]:.1f} V sent")
+        tol = float(self.hv["settle_tolerance_v"])
+        deadline = self._clock() + float(self.hv["settle_timeout_s"])
+        while True:
+            r = self._read(sent, ("vmon", "stat"), "while ramping")
+            self._raise_trips(r["stat"])
+            off = [c for c in sent if not int(r["stat"][c]) & ST_ON]
+            if off:
+                raise HVStateError(f"{', '.join(chmap.CHANNELS[c].name for c in off)} switched OFF while ramping")
+            late = [c for c, v in sent.items() if abs(r["vmon"][c] - v) > tol]
+            if not late:
+                return r["vmon"]
+            if self._clock() >= deadline:
+                c = late[0]
+                raise HVSettleError(f"{chmap.CHANNELS[c].name}: VMON {r['vmon'][c]:.1f} V did not settle at "
+                                    f"{sent[c]:.1f} V +/- {tol:g} V within {self.hv['settle_timeout_s']:g} s "
+                                    f"({len(late)} channel(s) late)")
+            self._sleep(self.poll_s)
+
+    # ------------------------------------------------------------------ switching
+    def switch_on(self, channel_id: int) -> None:
+        """Switch a channel on at the safe voltage (VSET = hv.safe_v first, so ON never jumps to an old
+        set point); a channel already ON is left as it is. HVTripError while a trip is latched."""
+        with self._lock:
+            a = self.address(channel_id)
+            st = self.read_channel(channel_id)
+            if st["tripped"]:
+                raise HVTripError(f"{a.name} has a latched trip; clear_trip() first", [a.channel_id])
+            if st["on"]:
+                return
+            self._send_voltage(channel_id, "VSET", self.hv["safe_v"])
+            with _command(f"{a.name}: ON"):
+                self.mainframe.on(a.board, a.ch)
+            if not self.read_channel(channel_id)["on"]:
+                raise HVStateError(f"{a.name} did not switch on")
+
+    def power_up(self, targets: Mapping[int, float], *, max_step: float | None = None) -> dict[int, float]:
+        """Switch the channels on at the safe voltage and ramp them to ``targets`` (V)."""
+        for c, v in targets.items():
+            self.check_voltage(c, v)
+        for c in targets:
+            self.switch_on(c)
+        return self.set_voltages(targets, max_step=max_step)
+
+    def clear_trip(self, channel_id: int) -> None:
+        """Clear a latched trip (the channel stays OFF); HVReadbackError if it does not clear."""
+        with self._lock:
+            a = self.address(channel_id)
+            with _command(f"{a.name}: CLR"):
+                self.mainframe.clear_trip(a.board, a.ch)
+            if self.read_channel(channel_id)["tripped"]:
+                raise HVReadbackError(f"{a.name}: trip did not clear")
+
+    def shutdown(self, channel_ids: Iterable[int] | None = None) -> dict[str, np.ndarray]:
+        """Ramp the channels (default: all) down to ``hv.safe_v``, set VSET = safe_v and switch them
+        OFF; waits until they are OFF and discharged. Returns :meth:`read_all` of those channels.
+
+        If the software ramp is interrupted (trip, settle failure), the remaining channels are set to
+        safe_v and switched off directly (the hardware ramps down at RDW). HVError if a channel is not
+        OFF at the end; HVReadbackError (nothing sent) if the initial read-back fails.
+        """
+        with self._lock:
+            ids = sorted(self.channel_ids.tolist() if channel_ids is None else {int(c) for c in channel_ids})
+            if not ids:
+                return self.read_all([])
+            safe = float(self.hv["safe_v"])
+            now = self._read(ids, ("vmon", "stat"), "before shutdown")
+            ramp = {c: safe for c in ids if int(now["stat"][c]) & ST_ON and now["vmon"][c] > safe
+                    and self._limit_valid(c)}
+            try:
+                if ramp:
+                    self._ramp({c: self.check_voltage(c, v) for c, v in ramp.items()},
+                               {c: now["vmon"][c] for c in ramp})
+            except HVError as exc:
+                log.error("shutdown: software ramp interrupted (%s); switching off directly", exc)
+            problems: list[str] = []
+            for c in ids:
+                a = self.address(c)
+                if self._limit_valid(c):            # an unset limit denies even the safe set point
+                    try:
+                        self._send_voltage(c, "VSET", safe)
+                    except HVError as exc:
+                        problems.append(str(exc))
+                try:                                # OFF is not a voltage: always sent
+                    with _command(f"{a.name}: OFF"):
+                        self.mainframe.off(a.board, a.ch)
+                except HVError as exc:
+                    problems.append(str(exc))
+            self._wait_off(ids, problems)
+            if problems:
+                raise HVError("shutdown incomplete: " + "; ".join(problems))
+            return self.read_all(ids)
+
+    def _wait_off(self, ids: list[int], problems: list[str]) -> None:
+        """Wait until the channels are OFF and VMON <= tolerance: at most the time to ramp down from
+        the highest VMON at ``hv.ramp_down_v_per_s`` plus ``hv.settle_timeout_s``."""
+        tol = float(self.hv["settle_tolerance_v"])
+        deadline: float | None = None
+        while True:
+            r = self._read(ids, ("vmon", "stat"), "after switching off")
+            if deadline is None:
+                discharge_s = max(r["vmon"].values()) / float(self.hv["ramp_down_v_per_s"])
+                deadline = self._clock() + max(0.0, discharge_s) + float(self.hv["settle_timeout_s"])
+            late = [c for c in ids if int(r["stat"][c]) & ST_ON or r["vmon"][c] > tol]
+            if not late:
+                return
+            if self._clock() >= deadline:
+                problems.extend(f"{chmap.CHANNELS[c].name} not off/discharged (VMON {r['vmon'][c]:.1f} V, "
+                                f"status {int(r['stat'][c])})" for c in late)
+                return
+            self._sleep(self.poll_s)
+
+    # ------------------------------------------------------------------ configuration of the hardware
+    def ensure_max_v(self, channel_ids: Iterable[int] | None = None) -> dict[int, float]:
+        """Program MAXV of the channels (default: all) to their configured limit (V) and verify it.
+
+        Reads the hardware maximum HVMAX first and refuses (HVLimitError, nothing sent) when a
+        configured limit is above it or unset. Returns the MAXV programmed per channel.
+        """
+        with self._lock:
+            ids = sorted(self.channel_ids.tolist() if channel_ids is None else {int(c) for c in channel_ids})
+            hvmax = self._read(ids, ("hvmax",), "(hardware maximum)")["hvmax"]
+            for c in ids:
+                lim = self.limit(c)
+                if not self._limit_valid(c):
+                    raise HVLimitError(f"{chmap.CHANNELS[c].name}: no valid HV limit configured; MAXV not set")
+                if lim > hvmax[c]:
+                    raise HVLimitError(f"{chmap.CHANNELS[c].name}: configured limit {lim:g} V is above the "
+                                       f"hardware maximum HVMAX = {hvmax[c]:g} V; refusing")
+            sent = {c: self._send_voltage(c, "MAXV", self.limit(c)) for c in ids}
+            echo = self._read(ids, ("maxv",), "after setting MAXV")["maxv"]
+            wrong = [c for c in ids if abs(echo[c] - sent[c]) > ECHO_TOLERANCE_V]
+            if wrong:
+                raise HVReadbackError(f"{chmap.CHANNELS[wrong[0]].name}: MAXV echo {echo[wrong[0]]:.1f} V "
+                                      f"differs from {sent[wrong[0]]:.1f} V sent")
+            return sent
+
+    def configure(self, channel_ids: Iterable[int] | None = None) -> None:
+        """Program RUP/RDW (``hv.ramp_up_v_per_s``/``ramp_down_v_per_s``), ISET (``hv.max_current_ua``)
+        and MAXV (:meth:`ensure_max_v`) of the channels (default: all)."""
+        with self._lock:
+            ids = sorted(self.channel_ids.tolist() if channel_ids is None else {int(c) for c in channel_ids})
+            for c in ids:
+                a = self.address(c)
+                with _command(f"{a.name}: RUP/RDW/ISET"):
+                    self.mainframe.rup.set(a.board, a.ch, self.hv["ramp_up_v_per_s"])
+                    self.mainframe.rdw.set(a.board, a.ch, self.hv["ramp_down_v_per_s"])
+                    self.mainframe.iset.set(a.board, a.ch, self.hv["max_current_ua"])
+            self.ensure_max_v(ids)

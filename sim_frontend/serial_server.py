@@ -1,0 +1,480 @@
+"""Serve a line handler (``Callable[[str], str]``) as a serial instrument over a pty and over TCP.
+
+Two transports, the same framing:
+
+- :class:`PtyLineServer` opens a pseudo-terminal pair (``os.openpty``, raw mode, no echo) and answers
+  on the master side; clients open the slave device path (``/dev/pts/N``) with pyserial or as a VISA
+  ``ASRL/dev/pts/N::INSTR`` resource.
+- :class:`TcpLineServer` listens on ``127.0.0.1:<port>`` (port 0 = any free port); clients use the URL
+  ``socket://127.0.0.1:<port>`` with ``serial.serial_for_url`` (or VISA ``ASRLsocket://...::INSTR``).
+  One client at a time; a new connection replaces the previous one, so a client that lost its
+  connection can always reconnect.
+
+Framing: requests end in CR LF (a lone CR or LF also ends a line, empty lines are ignored); each
+non-empty line gets one reply followed by CR LF. Bytes that are not UTF-8 are replaced (U+FFFD) before
+the handler sees them. A line longer than ``max_line`` bytes is discarded while it arrives (the input
+buffer is bounded) and answered with the protocol's overlong reply (``#CMD:ERR`` for the HV mainframe,
+``ERR LINE TOO LONG`` for the table).
+
+Faults (docs/protocols.md section 5) are read from a thread-safe :class:`FaultState`:
+``delay`` (every reply waits ``seconds``), ``no_reply`` (the next ``count`` requests get no reply),
+``noise`` (random bytes are written before the next ``count`` replies) and ``drop``: over TCP the
+connection is closed at the next request (one shot; the client may reconnect); a pty cannot be closed
+without changing its device path, so over a pty ``drop`` makes the server read and discard every
+request, answering nothing, until the fault is cleared.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import select
+import socket
+import threading
+import time
+import tty
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+LineHandler = Callable[[str], str]
+MAX_LINE = 1024                  #: longest accepted request line, bytes
+EOL = b"\r\n"
+_WRITE_TIMEOUT_S = 1.0           #: a reply nobody reads within this time is dropped (pty)
+_LINE_END = re.compile(rb"[\r\n]")
+
+
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReplyAction:
+    """What the server does with one request: ``drop`` the connection, send or not, after ``delay_s`` s,
+    with ``noise`` bytes before the reply."""
+
+    drop: bool = False
+    reply: bool = True
+    delay_s: float = 0.0
+    noise: bytes = b""
+
+
+class FaultState:
+    """Injected faults of one serial endpoint (thread-safe). Kinds: ``delay`` (``seconds``),
+    ``no_reply`` (``count``), ``drop``, ``noise`` (``count``)."""
+
+    KINDS = ("delay", "no_reply", "drop", "noise")
+
+    def __init__(self, seed: int | None = 1234) -> None:
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self._delay_s, self._no_reply, self._noise, self._drop = 0.0, 0, 0, False
+
+    def set(self, kind: str, *, seconds: float | None = None, count: int | None = None) -> None:
+        """Activate fault ``kind``; ValueError names the problem on a bad kind or parameter."""
+        with self._lock:
+            if kind == "delay":
+                if seconds is None or not 0.0 <= float(seconds) <= 600.0:
+                    raise ValueError(f"fault 'delay' needs seconds in [0, 600], got {seconds!r}")
+                self._delay_s = float(seconds)
+            elif kind in ("no_reply", "noise"):
+                count = 1 if count is None else count
+                if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                    raise ValueError(f"fault {kind!r} needs a count >= 0, got {count!r}")
+                if kind == "no_reply":
+                    self._no_reply = count
+                else:
+                    self._noise = count
+            elif kind == "drop":
+                self._drop = True
+            else:
+                raise ValueError(f"unknown serial fault {kind!r}; known: {', '.join(self.KINDS)}")
+
+    def apply(self, spec: Mapping[str, Any]) -> None:
+        """Activate a fault given as a table, e.g. ``{"kind": "noise", "count": 3}`` (``endpoint`` ignored)."""
+        extra = set(spec) - {"kind", "seconds", "count", "endpoint"}
+        if extra:
+            raise ValueError(f"unknown fault parameter(s) {sorted(extra)} in {dict(spec)!r}")
+        self.set(str(spec.get("kind")), seconds=spec.get("seconds"), count=spec.get("count"))
+
+    def clear(self) -> None:
+        """Clear every fault."""
+        with self._lock:
+            self._delay_s, self._no_reply, self._noise, self._drop = 0.0, 0, 0, False
+
+    def snapshot(self) -> dict[str, Any]:
+        """The active faults as a dict."""
+        with self._lock:
+            return {"delay": self._delay_s, "no_reply": self._no_reply, "noise": self._noise, "drop": self._drop}
+
+    def next_action(self, *, consume_drop: bool) -> ReplyAction:
+        """Decide the fate of the next request and consume one count of the counted faults."""
+        with self._lock:
+            if self._drop:
+                self._drop = not consume_drop
+                return ReplyAction(drop=True, reply=False)
+            if self._no_reply > 0:
+                self._no_reply -= 1
+                return ReplyAction(reply=False, delay_s=self._delay_s)
+            noise = b""
+            if self._noise > 0:
+                self._noise -= 1
+                noise = self._rng.randbytes(self._rng.randint(1, 16))
+            return ReplyAction(delay_s=self._delay_s, noise=noise)
+
+
+# --------------------------------------------------------------------------------------------------
+class LineFramer:
+    """Split a byte stream into request lines at CR and/or LF, with a bounded buffer.
+
+    :meth:`feed` returns the complete non-empty lines (bytes, without terminator); ``None`` stands for
+    a line longer than ``max_line`` that was discarded.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._discarding = False
+
+    def feed(self, data: bytes) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        self._buf += data
+        while True:
+            m = _LINE_END.search(self._buf)
+            if m is None:
+                if len(self._buf) > self.max_line:
+                    self._buf.clear()
+                    self._discarding = True
+                return out
+            line = bytes(self._buf[:m.start()])
+            del self._buf[:m.end()]
+            if self._discarding:
+                self._discarding = False
+                out.append(None)
+            elif len(line) > self.max_line:
+                out.append(None)
+            elif line:
+                out.append(line)
+
+
+class _LineServer:
+    """Common part of the pty and TCP servers: framing, faults, the handler call, the thread."""
+
+    kind = "line"
+
+    def __init__(self, handler: LineHandler, *, faults: FaultState | None = None, max_line: int = MAX_LINE,
+                 overlong_reply: str | None = None, name: str = "") -> None:
+        self.handler = handler
+        self.faults = faults if faults is not None else FaultState()
+        self.max_line = max_line
+        owner = getattr(handler, "__self__", None)
+        self.overlong_reply = overlong_reply or getattr(owner, "OVERLONG_REPLY", None) or "ERR LINE TOO LONG"
+        self.name = name or (type(owner).__name__ if owner is not None else getattr(handler, "__name__", "handler"))
+        self.stats = {"requests": 0, "replies": 0, "overlong": 0, "no_reply": 0, "dropped": 0, "noise": 0,
+                      "write_failures": 0}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake_r = self._wake_w = -1
+
+    def _reply_for(self, line: bytes | None) -> bytes | None:
+        """Reply bytes (with CR LF) for one request, or None if the handler failed."""
+        self.stats["requests"] += 1
+        if line is None:
+            self.stats["overlong"] += 1
+            text = self.overlong_reply
+        else:
+            try:
+                text = self.handler(line.decode("utf-8", errors="replace"))
+            except Exception:  # noqa: BLE001 - a broken handler must not kill the server
+                log.exception("%s: handler failed on %r", self.name, line[:80])
+                return None
+        text = str(text).replace("\r", " ").replace("\n", " ")
+        return text.encode("utf-8", errors="replace") + EOL
+
+    def _serve_line(self, line: bytes | None, send: Callable[[bytes], bool]) -> bool:
+        """Handle one request line; returns False when the connection is to be dropped."""
+        action = self.faults.next_action(consume_drop=self.kind == "tcp")
+        if action.drop:
+            self.stats["dropped"] += 1
+            return False
+        reply = self._reply_for(line)
+        if action.delay_s > 0 and self._stop.wait(action.delay_s):
+            return True
+        if not action.reply:
+            self.stats["no_reply"] += 1
+            return True
+        if reply is None:
+            return True
+        if action.noise:
+            self.stats["noise"] += 1
+        if send(action.noise + reply):
+            self.stats["replies"] += 1
+        else:
+            self.stats["write_failures"] += 1
+        return True
+
+    def _start_thread(self, target: Callable[[], None]) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        self._stop.clear()
+        self._thread = threading.Thread(target=target, name=f"{self.kind}-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _stop_thread(self) -> None:
+        self._stop.set()
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> "_LineServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> "_LineServer":  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def stop(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------------
+class PtyLineServer(_LineServer):
+    """Serve ``handler`` on a pseudo-terminal; :attr:`device` is the slave path clients open."""
+
+    kind = "pty"
+
+    def __init__(self, handler: LineHandler, **kw: Any) -> None:
+        super().__init__(handler, **kw)
+        self._master = self._slave = -1
+        self.device = ""
+
+    def start(self) -> "PtyLineServer":
+        """Open the pty (raw mode) and start the serving thread; returns self."""
+        if self._thread is not None:
+            return self
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)            # no echo, no CR/LF translation in either direction
+        os.set_blocking(self._master, False)
+        self.device = os.ttyname(self._slave)
+        self._start_thread(self._run)
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread and close both ends of the pty."""
+        self._stop_thread()
+        for fd in (self._master, self._slave):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._master = self._slave = -1
+
+    def _send(self, data: bytes) -> bool:
+        deadline = time.monotonic() + _WRITE_TIMEOUT_S
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self._master, view)
+                view = view[n:]
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    return False      # nobody reads the line: the bytes are lost, as on a real wire
+                select.select([], [self._master], [], min(left, 0.05))
+            except OSError:
+                return False
+        return True
+
+    def _run(self) -> None:
+        framer = LineFramer(self.max_line)
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self._master, self._wake_r], [], [], 1.0)
+            except (OSError, ValueError):
+                return
+            if self._wake_r in ready:
+                return
+            if self._master not in ready:
+                continue
+            try:
+                data = os.read(self._master, 4096)
+            except BlockingIOError:
+                continue
+            except OSError:               # EIO cannot happen while we hold the slave; be safe anyway
+                self._stop.wait(0.05)
+                continue
+            for line in framer.feed(data):
+                self._serve_line(line, self._send)
+
+
+# --------------------------------------------------------------------------------------------------
+class TcpLineServer(_LineServer):
+    """Serve ``handler`` on a TCP socket; :attr:`url` is ``socket://host:port`` for pyserial."""
+
+    kind = "tcp"
+
+    def __init__(self, handler: LineHandler, *, host: str = "127.0.0.1", port: int = 0, **kw: Any) -> None:
+        super().__init__(handler, **kw)
+        self.host = host
+        self.port = port
+        self._listener: socket.socket | None = None
+        self.connections = 0          #: connections accepted so far
+
+    @property
+    def url(self) -> str:
+        """The pyserial URL of this server, ``socket://host:port``."""
+        return f"socket://{self.host}:{self.port}"
+
+    def start(self) -> "TcpLineServer":
+        """Bind, listen and start the serving thread; returns self (``port`` is the bound port)."""
+        if self._thread is not None:
+            return self
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(4)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._start_thread(self._run)
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread, close the client connection and the listening socket."""
+        self._stop_thread()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def _run(self) -> None:
+        assert self._listener is not None
+        listener = self._listener
+        conn: socket.socket | None = None
+        framer = LineFramer(self.max_line)
+
+        def close() -> None:
+            nonlocal conn
+            if conn is not None:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+                conn = None
+
+        def send(data: bytes) -> bool:
+            if conn is None:
+                return False
+            try:
+                conn.sendall(data)
+                return True
+            except OSError:
+                close()
+                return False
+
+        try:
+            while not self._stop.is_set():
+                watch: list[Any] = [listener, self._wake_r] + ([conn] if conn is not None else [])
+                try:
+                    ready, _, _ = select.select(watch, [], [], 1.0)
+                except (OSError, ValueError):
+                    return
+                if self._wake_r in ready:
+                    return
+                if listener in ready:
+                    try:
+                        new, _ = listener.accept()
+                    except OSError:
+                        continue
+                    close()                     # one client at a time: the newest wins
+                    new.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    new.settimeout(_WRITE_TIMEOUT_S)
+                    conn, framer = new, LineFramer(self.max_line)
+                    self.connections += 1
+                    continue
+                if conn is None or conn not in ready:
+                    continue
+                try:
+                    data = conn.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    close()
+                    continue
+                for line in framer.feed(data):
+                    if not self._serve_line(line, send):
+                        close()
+                        break
+                    if conn is None:
+                        break
+        finally:
+            close()
+
+
+# --------------------------------------------------------------------------------------------------
+class LineServers:
+    """A group of started servers (see :func:`serve_line_handlers`)."""
+
+    def __init__(self) -> None:
+        self.servers: dict[str, list[_LineServer]] = {}
+        self.faults: dict[str, FaultState] = {}
+
+    def addresses(self) -> dict[str, dict[str, str]]:
+        """``{endpoint: {"pty": "/dev/pts/N", "url": "socket://127.0.0.1:port"}}`` (what was started)."""
+        out: dict[str, dict[str, str]] = {}
+        for name, servers in self.servers.items():
+            for s in servers:
+                if isinstance(s, PtyLineServer):
+                    out.setdefault(name, {})["pty"] = s.device
+                elif isinstance(s, TcpLineServer):
+                    out.setdefault(name, {})["url"] = s.url
+        return out
+
+    def stop(self) -> None:
+        """Stop every server."""
+        for servers in self.servers.values():
+            for s in servers:
+                s.stop()
+
+    def __enter__(self) -> "LineServers":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_line_handlers(handlers: Mapping[str, LineHandler], *, pty: bool = True, tcp: bool = True,
+                        host: str = "127.0.0.1", ports: Mapping[str, int] | None = None,
+                        faults: Mapping[str, FaultState] | None = None) -> LineServers:
+    """Start a pty and/or TCP server for every named handler (e.g. ``{"hv": mainframe.handle,
+    "table": table.handle}``). The pty and TCP server of one endpoint share one :class:`FaultState`
+    (``result.faults[name]``). ``ports[name]`` is the TCP port (default 0 = any free port)."""
+    group = LineServers()
+    try:
+        for name, handler in handlers.items():
+            fs = (faults or {}).get(name) or FaultState()
+            group.faults[name] = fs
+            started: list[_LineServer] = []
+            group.servers[name] = started
+            if pty:
+                started.append(PtyLineServer(handler, faults=fs, name=name).start())
+            if tcp:
+                started.append(TcpLineServer(handler, host=host, port=(ports or {}).get(name, 0), faults=fs,
+                                             name=name).start())
+    except BaseException:
+        group.stop()
+        raise
+    return group
