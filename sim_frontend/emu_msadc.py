@@ -1,0 +1,785 @@
+"""The emulated MSADC crate: SCPI over a raw TCP socket (VISA ``TCPIP::127.0.0.1::<port>::SOCKET``).
+
+This module implements docs/protocols.md section 1 (the contract) in two layers:
+
+- :class:`MSADCCrate` holds the instrument state and the command semantics, with no transport: the
+  ring of the last ``k`` completed spills (:class:`SpillRecord`), the spill state (IDLE / SPILL / GAP),
+  the selected spill, the accepted lists, the configuration and the SCPI error queue.
+  :meth:`MSADCCrate.execute` runs one command and returns its reply (text, or a
+  :class:`BinaryReply` sent as an IEEE 488.2 definite-length block); a failing command adds an
+  entry to the error queue and returns no reply.
+- :class:`MSADCServer` serves a crate on TCP: a listening thread plus one thread per connection (at
+  most ``max_clients`` at a time; a client that lost its connection simply reconnects). The byte stream
+  is cut into commands by :class:`sim_frontend.scpi.StreamParser` (blocks of ``ACC:DATA`` may contain
+  ``\\n``; truncated or malformed blocks give ``-160`` and the parser resynchronises). Faults of
+  docs/protocols.md section 5 are read from a thread-safe :class:`MSADCFaults`.
+
+Full event waveforms are not stored: ``EVT:DATA?`` digitises the accepted events on demand with the
+digitiser's ``events(spill, deposits, indices, hv_vmon)`` and the HV snapshot of that spill, so the
+crate's memory is the primitive blocks plus the deposits of ``k`` spills.
+
+Nothing in here raises into the server loop: every exception of a command becomes an SCPI error
+(``-200`` for an unexpected one, logged with its traceback).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import select
+import socket
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from detector import channels as chmap
+from detector.records import PARTICLE_NAMES, TRUTH_APRIME, TRUTH_CALIBRATION, TRUTH_DIMUON, \
+    TRUTH_DTYPE, TRUTH_HADRONIC, TRUTH_PILEUP
+
+from .scpi import Block, CommandTable, ErrorQueue, Line, ParseError, ScpiError, StreamParser, parse_float, \
+    parse_int, split_args, split_header
+
+log = logging.getLogger(__name__)
+
+MANUFACTURER = "NA64-HIL"
+MODEL = "MSADC-CRATE"
+VERSION = "0.1"
+DEFAULT_LATENCY_NS = 800.0
+MAX_LATENCY_NS = 4000.0
+MAX_EVENTS_PER_QUERY = 1 << 16          #: EVT:DATA? / EVT:TRUT? records per query (-223 above)
+MAX_UPLOAD_BYTES = 128 << 20            #: largest accepted binary upload (ACC:DATA), bytes
+MAX_LINE_BYTES = 1 << 16                #: longest accepted command line, bytes
+SCALER_THRESHOLD_MIP = 0.5              #: the crate's hardware scalers count deposits above this
+STATES = ("IDLE", "SPILL", "GAP")
+
+
+# --------------------------------------------------------------------------------------------------
+class DigitizerLike(Protocol):
+    def events(self, spill: Any, dep: Any, indices: np.ndarray, hv_vmon: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class SpillRecord:
+    """One completed spill as the crate holds it.
+
+    ``spill`` is the beam spill (``.spill``, ``.start_unix``, ``.length_s``, ``.seed``, ``.truth`` of
+    TRUTH_DTYPE sorted by time), ``deposits`` what the response model made of it, ``primitives`` the
+    digitised trigger waveforms (N, 6, 32) int16 and ``times`` their arrival times (N,) ns since the
+    spill start. ``table`` and ``vmon`` are the HCAL table position and the HV VMON (V, by channel id)
+    at spill time; ``scalers`` the hardware counters; ``accepted`` the uploaded accepted list."""
+
+    spill: Any
+    deposits: Any
+    primitives: np.ndarray
+    times: np.ndarray
+    table: dict[str, Any]
+    vmon: np.ndarray
+    scalers: dict[str, int]
+    complete_unix: float = field(default_factory=time.time)
+    accepted: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint32))
+
+    @property
+    def spill_id(self) -> int:
+        return int(self.spill.spill)
+
+    @property
+    def particles(self) -> int:
+        return int(self.primitives.shape[0])
+
+    def info(self) -> dict[str, Any]:
+        """The JSON object of ``SPIL:INFO?``."""
+        t = self.table or {}
+        return {"spill": self.spill_id, "particles": self.particles,
+                "start_unix": float(self.spill.start_unix), "length_s": float(self.spill.length_s),
+                "complete_unix": float(self.complete_unix), "seed": int(getattr(self.spill, "seed", 0)),
+                "table": {"x_mm": float(t.get("x_mm", 0.0)), "y_mm": float(t.get("y_mm", 0.0)),
+                          "module": int(t.get("module", -1)), "cell": str(t.get("cell", "PHYSICS"))},
+                "scalers": {k: int(v) for k, v in self.scalers.items()},
+                "accepted": int(self.accepted.size)}
+
+
+def truth_summary(spill_id: int, truth: np.ndarray, accepted: int | None = None) -> dict[str, Any]:
+    """Per-spill truth counts (the JSON of ``SPIL:TRUT?`` and of the control ``truth`` request)."""
+    truth = np.asarray(truth)
+    out: dict[str, Any] = {"spill": int(spill_id), "particles": int(truth.size)}
+    if truth.dtype.names and "ptype" in truth.dtype.names:
+        codes, counts = np.unique(truth["ptype"], return_counts=True)
+        out["by_type"] = {PARTICLE_NAMES.get(int(c), f"type{int(c)}"): int(n) for c, n in zip(codes, counts)}
+        flags = truth["flags"]
+        for name, bit in (("aprime", TRUTH_APRIME), ("dimuon", TRUTH_DIMUON), ("pileup", TRUTH_PILEUP),
+                          ("hadronic", TRUTH_HADRONIC), ("calibration", TRUTH_CALIBRATION)):
+            out[name] = int(np.count_nonzero(flags & bit))
+        if "e_invisible" in truth.dtype.names:
+            out["e_invisible_gev"] = float(truth["e_invisible"].sum(dtype=np.float64))
+    else:
+        out["by_type"] = {}
+    if accepted is not None:
+        out["accepted"] = int(accepted)
+    return out
+
+
+@dataclass(frozen=True)
+class BinaryReply:
+    """A reply sent as an IEEE 488.2 definite-length block (raw little-endian bytes of ``array``)."""
+
+    array: np.ndarray
+
+    def header(self, nbytes: int | None = None) -> bytes:
+        n = self.array.nbytes if nbytes is None else nbytes
+        digits = str(n)
+        return f"#{len(digits)}{digits}".encode("ascii")
+
+    def payload(self) -> memoryview:
+        a = np.ascontiguousarray(self.array)
+        return memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b"")
+
+
+Reply = str | BinaryReply
+
+
+# --------------------------------------------------------------------------------------------------
+class MSADCCrate:
+    """State and SCPI semantics of the crate (thread-safe; no transport).
+
+    Parameters
+    ----------
+    digitizer:
+        Object with ``events(spill, deposits, indices, hv_vmon) -> int16 (n, 121, 32)``; used by ``EVT:DATA?``.
+    buffer:
+        How many completed spills are kept (``emulator.spill_buffer``).
+    serial:
+        Serial number reported by ``*IDN?``.
+    """
+
+    def __init__(self, digitizer: DigitizerLike | None, buffer: int = 2, serial: str = "EMU-0001") -> None:
+        if not 1 <= int(buffer) <= 1024:
+            raise ValueError(f"spill buffer must hold 1..1024 spills, got {buffer!r}")
+        self.digitizer = digitizer
+        self.buffer = int(buffer)
+        self.serial = serial
+        self.errors = ErrorQueue()
+        self._lock = threading.RLock()
+        self._ring: OrderedDict[int, SpillRecord] = OrderedDict()
+        self._state = "IDLE"
+        self._in_progress: dict[int, float] = {}    # spill id -> start (unix)
+        self._last_complete = -1
+        self._selected: int | None = None
+        self._latency_ns = DEFAULT_LATENCY_NS
+        self._samples = chmap.N_SAMPLES
+        self.commands = self._build_table()
+        self.counters = {"commands": 0, "queries": 0, "errors": 0, "spills_completed": 0, "spills_evicted": 0}
+
+    # ---------------------------------------------------------------- spill flow (called by the emulator)
+    def spill_started(self, spill_id: int, start_unix: float | None = None) -> None:
+        """The beam of ``spill_id`` is on: the state becomes SPILL until it completes."""
+        with self._lock:
+            self._in_progress[int(spill_id)] = time.time() if start_unix is None else float(start_unix)
+            self._state = "SPILL"
+
+    def spill_abandoned(self, spill_id: int) -> None:
+        """A started spill will never complete (e.g. feed stall): back to GAP (or IDLE) if none is on."""
+        with self._lock:
+            self._in_progress.pop(int(spill_id), None)
+            if not self._in_progress:
+                self._state = "GAP" if self._state != "IDLE" or self._ring else "IDLE"
+
+    def spill_completed(self, record: SpillRecord) -> None:
+        """Push a completed spill into the ring (evicting the oldest beyond ``buffer``); state GAP unless
+        another spill is still on."""
+        with self._lock:
+            sid = record.spill_id
+            self._in_progress.pop(sid, None)
+            self._ring.pop(sid, None)
+            self._ring[sid] = record
+            while len(self._ring) > self.buffer:
+                self._ring.popitem(last=False)
+                self.counters["spills_evicted"] += 1
+            self._last_complete = sid
+            self.counters["spills_completed"] += 1
+            self._state = "SPILL" if self._in_progress else "GAP"
+
+    def status(self) -> tuple[str, int]:
+        with self._lock:
+            return self._state, self._last_complete
+
+    def buffered(self) -> list[int]:
+        with self._lock:
+            return sorted(self._ring)
+
+    def record(self, spill_id: int) -> SpillRecord | None:
+        with self._lock:
+            return self._ring.get(int(spill_id))
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able state for the control endpoint."""
+        with self._lock:
+            return {"state": self._state, "last_complete": self._last_complete, "buffered": sorted(self._ring),
+                    "in_progress": sorted(self._in_progress), "selected": self._selected,
+                    "latency_ns": self._latency_ns, "errors_queued": len(self.errors),
+                    "errors_total": self.errors.total, **self.counters}
+
+    # ---------------------------------------------------------------- command execution
+    def execute(self, text: str, block: bytes | None = None) -> tuple[Any, Reply | None]:
+        """Run one command (``text`` = header and arguments; ``block`` = payload of a trailing IEEE
+        block). Returns (the matched :class:`sim_frontend.scpi.Command` or None, the reply or None).
+        Never raises: errors go to the error queue."""
+        cmd = None
+        try:
+            header, args = split_header(text)
+            if not header:
+                if block is None:
+                    return None, None          # empty command (e.g. a blank line): ignored
+                raise ScpiError(-102, "block data without a command header")
+            cmd = self.commands.lookup(header)
+            if cmd is None:
+                raise ScpiError(-113, header[:40])
+            self.counters["commands"] += 1
+            if cmd.query:
+                self.counters["queries"] += 1
+            if cmd.block:
+                if block is None:
+                    if not args:
+                        raise ScpiError(-109, "an IEEE 488.2 block (#<n><len><bytes>) is expected")
+                    raise ScpiError(-160, "expected an IEEE 488.2 definite-length block, got text data")
+                if args:
+                    raise ScpiError(-102, f"unexpected data before the block: {args[:40]!r}")
+                return cmd, cmd.handler(block)
+            if block is not None:
+                raise ScpiError(-102, f"{header} takes no block data")
+            return cmd, cmd.handler(split_args(args))
+        except ScpiError as exc:
+            self.counters["errors"] += 1
+            self.errors.push(exc.code, exc.detail)
+        except Exception as exc:  # noqa: BLE001 - a model bug must never kill the crate
+            log.exception("MSADC crate failed on %r", text[:80])
+            self.counters["errors"] += 1
+            self.errors.push(-200, f"internal error: {type(exc).__name__}: {exc}")
+        return cmd, None
+
+    # ---------------------------------------------------------------- helpers of the handlers
+    def _build_table(self) -> CommandTable:
+        t = CommandTable()
+        add = t.add
+        add("*IDN?", self._idn)
+        add("*RST", self._rst)
+        add("*CLS", self._cls)
+        add("*OPC?", lambda a: self._noargs(a, "*OPC?") or "1")
+        add("*OPC", lambda a: self._noargs(a, "*OPC"))
+        add("*WAI", lambda a: self._noargs(a, "*WAI"))
+        add("*TST?", lambda a: self._noargs(a, "*TST?") or "0")
+        add("SYSTem:ERRor[:NEXT]?", lambda a: self._noargs(a, "SYST:ERR?") or self.errors.pop())
+        add("SYSTem:ERRor:COUNt?", lambda a: self._noargs(a, "SYST:ERR:COUN?") or str(len(self.errors)))
+        add("CONFigure:SAMPles", self._conf_samples)
+        add("CONFigure:SAMPles?", lambda a: self._noargs(a, "CONF:SAMP?") or str(self._samples))
+        add("CONFigure:CHANnels?", lambda a: self._noargs(a, "CONF:CHAN?") or str(chmap.N_CHANNELS))
+        add("CONFigure:TRIGger:CHANnels?",
+            lambda a: self._noargs(a, "CONF:TRIG:CHAN?") or ",".join(chmap.TRIGGER_CHANNEL_NAMES))
+        add("CONFigure:LATency", self._conf_latency)
+        add("CONFigure:LATency?", lambda a: self._noargs(a, "CONF:LAT?") or _fmt_num(self._latency_ns))
+        add("CONFigure:SPILl:BUFFer?", lambda a: self._noargs(a, "CONF:SPIL:BUFF?") or str(self.buffer))
+        add("SPILl:STATus?", self._spill_status)
+        add("SPILl:LIST?", lambda a: self._noargs(a, "SPIL:LIST?") or ",".join(str(i) for i in self.buffered()))
+        add("SPILl:SELect", self._spill_select)
+        add("SPILl:SELect?", self._spill_selected)
+        add("SPILl:INFOrmation?", self._spill_info)
+        add("SPILl:TRUTh?", self._spill_truth)
+        add("PRIMitives:COUNt?", lambda a: self._noargs(a, "PRIM:COUN?") or str(self._selected_record().particles))
+        add("PRIMitives:DATA?", self._prim_data, data=True)
+        add("PRIMitives:TIME?", self._prim_time, data=True)
+        add("ACCepted:DATA", self._acc_data, block=True)
+        add("ACCepted:COUNt?", self._acc_count)
+        add("EVT|EVENT:COUNt?", self._acc_count)
+        add("EVT|EVENT:DATA?", self._evt_data, data=True)
+        add("EVT|EVENT:TRUTh?", self._evt_truth, data=True)
+        return t
+
+    @staticmethod
+    def _noargs(args: list[str], name: str) -> None:
+        if args:
+            raise ScpiError(-102, f"{name} takes no parameters")
+
+    def _idn(self, args: list[str]) -> str:
+        self._noargs(args, "*IDN?")
+        return f"{MANUFACTURER},{MODEL},{self.serial},{VERSION}"
+
+    def _rst(self, args: list[str]) -> None:
+        self._noargs(args, "*RST")
+        with self._lock:
+            self._latency_ns = DEFAULT_LATENCY_NS
+            self._samples = chmap.N_SAMPLES
+            self._selected = None
+            for rec in self._ring.values():
+                rec.accepted = np.empty(0, dtype=np.uint32)
+        self.errors.clear()
+
+    def _cls(self, args: list[str]) -> None:
+        self._noargs(args, "*CLS")
+        self.errors.clear()
+
+    def _one_arg(self, args: list[str], name: str) -> str:
+        if not args or not args[0]:
+            raise ScpiError(-109, f"{name} needs a value")
+        if len(args) > 1:
+            raise ScpiError(-102, f"{name} takes one value, got {len(args)}")
+        return args[0]
+
+    def _conf_samples(self, args: list[str]) -> None:
+        n = parse_int(self._one_arg(args, "CONF:SAMP"), "samples")
+        if n != chmap.N_SAMPLES:
+            raise ScpiError(-222, f"only {chmap.N_SAMPLES} samples per window are supported, got {n}")
+        self._samples = n
+
+    def _conf_latency(self, args: list[str]) -> None:
+        v = parse_float(self._one_arg(args, "CONF:LAT"), "latency")
+        if not 0.0 <= v <= MAX_LATENCY_NS:
+            raise ScpiError(-222, f"latency {v:g} ns is outside 0..{MAX_LATENCY_NS:g} ns")
+        with self._lock:
+            self._latency_ns = v
+
+    def _spill_status(self, args: list[str]) -> str:
+        self._noargs(args, "SPIL:STAT?")
+        state, last = self.status()
+        return f"{state},{last}"
+
+    def _spill_select(self, args: list[str]) -> None:
+        sid = parse_int(self._one_arg(args, "SPIL:SEL"), "spill id")
+        with self._lock:
+            if sid not in self._ring:
+                have = ",".join(str(i) for i in self._ring) or "none"
+                raise ScpiError(-230, f"spill {sid} is not buffered (buffered: {have})")
+            self._selected = sid
+
+    def _spill_selected(self, args: list[str]) -> str:
+        self._noargs(args, "SPIL:SEL?")
+        with self._lock:
+            return str(-1 if self._selected is None else self._selected)
+
+    def _selected_record(self) -> SpillRecord:
+        with self._lock:
+            if self._selected is None:
+                raise ScpiError(-221, "no spill selected (SPIL:SEL <id>)")
+            rec = self._ring.get(self._selected)
+            if rec is None:
+                raise ScpiError(-230, f"spill {self._selected} is no longer buffered")
+            return rec
+
+    def _spill_info(self, args: list[str]) -> str:
+        self._noargs(args, "SPIL:INFO?")
+        return json.dumps(self._selected_record().info(), separators=(",", ":"))
+
+    def _spill_truth(self, args: list[str]) -> str:
+        self._noargs(args, "SPIL:TRUT?")
+        rec = self._selected_record()
+        return json.dumps(truth_summary(rec.spill_id, rec.spill.truth, rec.accepted.size), separators=(",", ":"))
+
+    @staticmethod
+    def _range(args: list[str], n: int, name: str, max_count: int | None = None) -> tuple[int, int]:
+        """(first, count) of ``[<first>,<count>]`` within ``n`` records."""
+        if not args:
+            first, count = 0, n
+        elif len(args) == 1:
+            raise ScpiError(-109, f"{name} needs <first>,<count> (or no parameter for all)")
+        elif len(args) > 2:
+            raise ScpiError(-102, f"{name} takes <first>,<count>, got {len(args)} values")
+        else:
+            first = parse_int(args[0], "first")
+            count = parse_int(args[1], "count")
+        if first < 0 or count < 0 or first + count > n:
+            raise ScpiError(-222, f"records {first}..{first + count - 1} requested, {n} available")
+        if max_count is not None and count > max_count:
+            raise ScpiError(-223, f"{count} records requested, at most {max_count} per query")
+        return first, count
+
+    def _prim_data(self, args: list[str]) -> BinaryReply:
+        rec = self._selected_record()
+        first, count = self._range(args, rec.particles, "PRIM:DATA?")
+        return BinaryReply(rec.primitives[first:first + count])
+
+    def _prim_time(self, args: list[str]) -> BinaryReply:
+        rec = self._selected_record()
+        first, count = self._range(args, rec.particles, "PRIM:TIME?")
+        return BinaryReply(np.ascontiguousarray(rec.times[first:first + count], dtype="<f8"))
+
+    def _acc_data(self, payload: bytes) -> None:
+        rec = self._selected_record()
+        if len(payload) % 4:
+            raise ScpiError(-160, f"accepted list of {len(payload)} bytes is not a whole number of uint32")
+        idx = np.frombuffer(payload, dtype="<u4")
+        if idx.size > rec.particles:
+            raise ScpiError(-223, f"{idx.size} accepted indices for a spill of {rec.particles} records")
+        if idx.size:
+            if int(idx[-1]) >= rec.particles or int(idx.max()) >= rec.particles:
+                raise ScpiError(-222, f"accepted index {int(idx.max())} is not below N = {rec.particles}")
+            if idx.size > 1 and not bool(np.all(np.diff(idx.astype(np.int64)) > 0)):
+                raise ScpiError(-222, "accepted indices must be strictly increasing")
+        with self._lock:
+            rec.accepted = idx.astype(np.uint32, copy=True)
+
+    def _acc_count(self, args: list[str]) -> str:
+        self._noargs(args, "ACC:COUN?")
+        return str(self._selected_record().accepted.size)
+
+    def _evt_data(self, args: list[str]) -> BinaryReply:
+        rec = self._selected_record()
+        acc = rec.accepted
+        first, count = self._range(args, acc.size, "EVT:DATA?", MAX_EVENTS_PER_QUERY)
+        if self.digitizer is None:
+            raise ScpiError(-200, "this crate has no digitiser")
+        idx = np.ascontiguousarray(acc[first:first + count], dtype=np.int64)
+        if count == 0:
+            return BinaryReply(np.empty((0, chmap.N_CHANNELS, chmap.N_SAMPLES), dtype="<i2"))
+        wf = self.digitizer.events(rec.spill, rec.deposits, idx, rec.vmon)
+        wf = np.ascontiguousarray(wf, dtype="<i2")
+        if wf.shape != (count, chmap.N_CHANNELS, chmap.N_SAMPLES):
+            raise ScpiError(-200, f"digitiser returned shape {wf.shape}")
+        return BinaryReply(wf)
+
+    def _evt_truth(self, args: list[str]) -> BinaryReply:
+        rec = self._selected_record()
+        acc = rec.accepted
+        first, count = self._range(args, acc.size, "EVT:TRUT?", MAX_EVENTS_PER_QUERY)
+        truth = np.asarray(rec.spill.truth)
+        sel = truth[acc[first:first + count].astype(np.int64)]
+        return BinaryReply(np.ascontiguousarray(sel.astype(TRUTH_DTYPE, copy=False)))
+
+
+def _fmt_num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+# --------------------------------------------------------------------------------------------------
+class MSADCFaults:
+    """Injected faults of the crate (docs/protocols.md section 5), thread-safe.
+
+    ``delay`` (``seconds``: every reply waits), ``no_reply`` (``count``: the next queries get no reply),
+    ``drop`` (``count``, default 1: the connection is closed at the next data query), ``truncate``
+    (``count``, default 1: the next binary block is cut short, the header announcing more bytes than
+    follow), ``corrupt`` (``count``, default 1: the next binary block has a bad header: ``#<n>`` followed
+    by ``n`` question marks instead of the length digits, then the payload and the terminator)."""
+
+    KINDS = ("delay", "no_reply", "drop", "truncate", "corrupt")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._delay = 0.0
+        self._counts = {"no_reply": 0, "drop": 0, "truncate": 0, "corrupt": 0}
+
+    def set(self, kind: str, *, seconds: float | None = None, count: int | None = None) -> None:
+        """Activate ``kind``; ValueError names the problem. ``count = 0`` / ``seconds = 0`` clears it."""
+        with self._lock:
+            if kind == "delay":
+                if seconds is None or isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+                        or not math.isfinite(seconds) or not 0.0 <= seconds <= 600.0:
+                    raise ValueError(f"fault 'delay' needs seconds in [0, 600], got {seconds!r}")
+                self._delay = float(seconds)
+            elif kind in self._counts:
+                count = 1 if count is None else count
+                if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 10**6:
+                    raise ValueError(f"fault {kind!r} needs an integer count in [0, 1000000], got {count!r}")
+                self._counts[kind] = count
+            else:
+                raise ValueError(f"unknown msadc fault {kind!r}; known: {', '.join(self.KINDS)}")
+
+    def apply(self, spec: dict[str, Any]) -> None:
+        """Activate a fault given as a table ``{"kind": ..., "seconds"|"count": ...}`` (``endpoint`` ignored)."""
+        extra = set(spec) - {"kind", "seconds", "count", "endpoint"}
+        if extra:
+            raise ValueError(f"unknown fault parameter(s) {sorted(extra)} in {dict(spec)!r}")
+        self.set(str(spec.get("kind")), seconds=spec.get("seconds"), count=spec.get("count"))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._delay = 0.0
+            for k in self._counts:
+                self._counts[k] = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"delay": self._delay, **self._counts}
+
+    @property
+    def delay_s(self) -> float:
+        with self._lock:
+            return self._delay
+
+    def take(self, kind: str) -> bool:
+        """Consume one count of ``kind`` if it is pending."""
+        with self._lock:
+            if self._counts.get(kind, 0) > 0:
+                self._counts[kind] -= 1
+                return True
+            return False
+
+
+# --------------------------------------------------------------------------------------------------
+class _Dropped(Exception):
+    """The connection is to be closed (fault ``drop`` or a send failure)."""
+
+
+class MSADCServer:
+    """Serve an :class:`MSADCCrate` on ``host:port`` (port 0 = any free port).
+
+    ``idle_timeout_s``: a binary upload whose bytes stop arriving for this long is truncated (``-160``).
+    ``send_timeout_s``: a client that reads nothing for this long while a reply is sent is disconnected.
+    """
+
+    def __init__(self, crate: MSADCCrate, host: str = "127.0.0.1", port: int = 0, *,
+                 faults: MSADCFaults | None = None, idle_timeout_s: float = 1.0, send_timeout_s: float = 60.0,
+                 max_clients: int = 4) -> None:
+        self.crate = crate
+        self.host = host
+        self.port = port
+        self.faults = faults if faults is not None else MSADCFaults()
+        self.idle_timeout_s = idle_timeout_s
+        self.send_timeout_s = send_timeout_s
+        self.max_clients = max_clients
+        self.stats = {"connections": 0, "refused": 0, "dropped": 0, "no_reply": 0, "truncated": 0,
+                      "corrupted": 0, "bytes_in": 0, "bytes_out": 0, "disconnects": 0}
+        self._listener: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conns: dict[socket.socket, threading.Thread] = {}
+        self._conns_lock = threading.Lock()
+        self._wake_r = self._wake_w = -1
+
+    @property
+    def resource(self) -> str:
+        """The VISA resource string of this crate."""
+        return f"TCPIP::{self.host}::{self.port}::SOCKET"
+
+    # ---------------------------------------------------------------- life cycle
+    def start(self) -> "MSADCServer":
+        if self._thread is not None:
+            return self
+        lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            lst.bind((self.host, self.port))
+            lst.listen(8)
+        except OSError:
+            lst.close()
+            raise
+        self.port = lst.getsockname()[1]
+        self._listener = lst
+        self._wake_r, self._wake_w = os.pipe()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._accept_loop, name="msadc-accept", daemon=True)
+        self._thread.start()
+        log.info("MSADC crate listening on %s", self.resource)
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every connection; join the threads."""
+        self._stop.set()
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+        with self._conns_lock:
+            conns = list(self._conns.items())
+        for conn, _ in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for _, th in conns:
+            th.join(timeout=5.0)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> "MSADCServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def clients(self) -> int:
+        with self._conns_lock:
+            return len(self._conns)
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self._listener, self._wake_r], [], [], 1.0)
+            except (OSError, ValueError):
+                return
+            if self._wake_r in ready or self._stop.is_set():
+                return
+            if self._listener not in ready:
+                continue
+            try:
+                conn, addr = self._listener.accept()
+            except OSError:
+                continue
+            with self._conns_lock:
+                too_many = len(self._conns) >= self.max_clients
+            if too_many:
+                self.stats["refused"] += 1
+                log.warning("MSADC: refusing connection from %s: %d clients already", addr, self.max_clients)
+                conn.close()
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setblocking(False)
+            self.stats["connections"] += 1
+            th = threading.Thread(target=self._serve, args=(conn,), name=f"msadc-conn-{addr[1]}", daemon=True)
+            with self._conns_lock:
+                self._conns[conn] = th
+            th.start()
+
+    # ---------------------------------------------------------------- one connection
+    def _serve(self, conn: socket.socket) -> None:
+        parser = StreamParser(max_line=MAX_LINE_BYTES, max_block=MAX_UPLOAD_BYTES)
+        last_rx = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                try:
+                    ready, _, _ = select.select([conn, self._wake_r], [], [], 0.1)
+                except (OSError, ValueError):
+                    return
+                if self._wake_r in ready or self._stop.is_set():
+                    return
+                items: list[Any] = []
+                if conn in ready:
+                    try:
+                        data = conn.recv(1 << 16)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:
+                        return
+                    self.stats["bytes_in"] += len(data)
+                    last_rx = time.monotonic()
+                    items = parser.feed(data)
+                elif (parser.mid_block or parser.awaiting_terminator) and \
+                        time.monotonic() - last_rx > self.idle_timeout_s:
+                    items = parser.idle()
+                for item in items:
+                    self._handle_item(conn, item)
+        except _Dropped:
+            pass
+        except Exception:  # noqa: BLE001 - never let a connection thread die silently
+            log.exception("MSADC connection failed")
+        finally:
+            self.stats["disconnects"] += 1
+            try:
+                conn.close()
+            except OSError:
+                pass
+            with self._conns_lock:
+                self._conns.pop(conn, None)
+
+    def _handle_item(self, conn: socket.socket, item: Any) -> None:
+        crate = self.crate
+        if isinstance(item, ParseError):
+            crate.counters["errors"] += 1
+            crate.errors.push(item.code, item.detail)
+            return
+        if isinstance(item, Line):
+            head, block = item.text, None
+        else:
+            assert isinstance(item, Block)
+            head, block = item.head, item.payload
+        try:
+            text = head.decode("ascii")
+        except UnicodeDecodeError:
+            crate.counters["errors"] += 1
+            crate.errors.push(-102, "non-ASCII bytes in the command")
+            return
+        if not text.isprintable():
+            text = text.replace("\t", " ")
+            if not text.isprintable():
+                crate.counters["errors"] += 1
+                crate.errors.push(-102, "control characters in the command")
+                return
+        segments = text.split(";")
+        replies: list[Reply] = []
+        for i, seg in enumerate(segments):
+            last = i == len(segments) - 1
+            cmd, reply = crate.execute(seg, block if last else None)
+            if reply is None or cmd is None or not cmd.query:
+                continue
+            if cmd.data and self.faults.take("drop"):
+                self.stats["dropped"] += 1
+                log.info("MSADC fault: dropping the connection at %s", cmd.pattern)
+                raise _Dropped()
+            if self.faults.take("no_reply"):
+                self.stats["no_reply"] += 1
+                continue
+            replies.append(reply)
+        if not replies:
+            return
+        delay = self.faults.delay_s
+        if delay > 0 and self._stop.wait(delay):
+            raise _Dropped()
+        if all(isinstance(r, str) for r in replies):
+            self._send(conn, (";".join(replies) + "\n").encode("ascii", errors="replace"))   # type: ignore[arg-type]
+            return
+        for r in replies:
+            if isinstance(r, str):
+                self._send(conn, (r + "\n").encode("ascii", errors="replace"))
+            else:
+                self._send_block(conn, r)
+
+    def _send_block(self, conn: socket.socket, r: BinaryReply) -> None:
+        payload = r.payload()
+        if self.faults.take("corrupt"):
+            self.stats["corrupted"] += 1
+            hdr = r.header()
+            bad = hdr[:2] + b"?" * (len(hdr) - 2)            # '#<n>' then a length field that is no number
+            self._send(conn, bad)
+            self._send(conn, payload)
+            self._send(conn, b"\n")
+            return
+        if self.faults.take("truncate"):
+            self.stats["truncated"] += 1
+            self._send(conn, r.header(max(r.array.nbytes, 1)))
+            self._send(conn, payload[:len(payload) // 2])
+            return
+        self._send(conn, r.header())
+        if len(payload):
+            self._send(conn, payload)
+        self._send(conn, b"\n")
+
+    def _send(self, conn: socket.socket, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+        deadline = time.monotonic() + self.send_timeout_s
+        while view.nbytes:
+            if self._stop.is_set():
+                raise _Dropped()
+            try:
+                _, writable, _ = select.select([], [conn], [], 0.2)
+            except (OSError, ValueError):
+                raise _Dropped() from None
+            if not writable:
+                if time.monotonic() > deadline:
+                    log.warning("MSADC: client read nothing for %.0f s; disconnecting", self.send_timeout_s)
+                    raise _Dropped()
+                continue
+            try:
+                n = conn.send(view[:1 << 22])
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                raise _Dropped() from None
+            self.stats["bytes_out"] += n
+            view = view[n:]
+            deadline = time.monotonic() + self.send_timeout_s
