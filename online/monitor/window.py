@@ -1,0 +1,177 @@
+"""The monitor's main window: docks of the views, one repaint QTimer (``monitor.repaint_hz``, at most
+10 Hz) that drains the inbox into the model, evaluates the alarms and refreshes the views. Sources
+(ZeroMQ receiver, replay, in-process synthetic feed) run in worker threads and only ever touch the
+thread-safe :class:`~online.monitor.stream.Inbox`.
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+import time
+from typing import Any
+
+from PyQt5 import QtCore, QtGui, QtWidgets
+
+from . import model as M
+from . import views as V
+from .stream import Inbox, StreamReceiver
+
+log = logging.getLogger("online.monitor")
+
+
+class MonitorWindow(QtWidgets.QMainWindow):
+    """Dock-based control-room window. ``tick()`` is the whole update path (also called by tests and
+    the benchmark); nothing else changes the widgets."""
+
+    def __init__(self, settings: M.MonitorSettings | None = None, model: M.MonitorModel | None = None,
+                 inbox: Inbox | None = None, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.settings = settings or M.MonitorSettings()
+        self.model = model or M.MonitorModel(self.settings)
+        self.inbox = inbox or Inbox()
+        self.receiver: StreamReceiver | None = None
+        self.feeder: Any = None                    # stream.FeederThread (replay or synthetic)
+        self.setWindowTitle("NA64 monitor")
+        self.setDockOptions(QtWidgets.QMainWindow.AnimatedDocks | QtWidgets.QMainWindow.AllowNestedDocks)
+        self.status = V.StatusPanel()
+        self.alarms = V.AlarmPanel()
+        self.rates = V.RatesView()
+        self.maps = V.CaloMapsView()
+        self.ecal_hcal = V.EcalHcalView(self.settings.ecal_box_max_gev, self.settings.hcal_box_max_gev)
+        self.waveforms = V.WaveformView()
+        self.hv = V.HVView()
+        self.sensitivity = V.SensitivityView()
+        self.log_pane = V.LogPane(self.settings.log_lines)
+        self.views = [self.status, self.alarms, self.rates, self.maps, self.ecal_hcal, self.waveforms, self.hv,
+                      self.sensitivity, self.log_pane]
+        self.maps.channelSelected.connect(self.waveforms.set_channel)
+        self.waveforms.combo.currentIndexChanged.connect(self.maps.select_channel)
+        self.maps.select_channel(self.waveforms.channel)
+        self.setCentralWidget(self.maps)
+        self.docks: dict[str, QtWidgets.QDockWidget] = {}
+        d_status = self._dock("status", "Run and spill status", self.status, QtCore.Qt.TopDockWidgetArea)
+        d_alarms = self._dock("alarms", "Alarms", self.alarms, QtCore.Qt.TopDockWidgetArea)
+        self.splitDockWidget(d_status, d_alarms, QtCore.Qt.Horizontal)
+        self._dock("rates", "Rates per spill", self.rates, QtCore.Qt.LeftDockWidgetArea)
+        d_eh = self._dock("ecal_hcal", "E_ECAL vs E_HCAL", self.ecal_hcal, QtCore.Qt.RightDockWidgetArea)
+        d_hv = self._dock("hv", "High voltage", self.hv, QtCore.Qt.RightDockWidgetArea)
+        self.splitDockWidget(d_eh, d_hv, QtCore.Qt.Vertical)
+        d_sens = self._dock("sensitivity", "Expected sensitivity (ε reach, 90% CL)", self.sensitivity,
+                            QtCore.Qt.BottomDockWidgetArea)
+        d_wf = self._dock("waveforms", "Waveforms", self.waveforms, QtCore.Qt.BottomDockWidgetArea)
+        d_log = self._dock("log", "Log", self.log_pane, QtCore.Qt.BottomDockWidgetArea)
+        self.splitDockWidget(d_sens, d_wf, QtCore.Qt.Horizontal)
+        self.splitDockWidget(d_wf, d_log, QtCore.Qt.Horizontal)
+        self.setCorner(QtCore.Qt.BottomLeftCorner, QtCore.Qt.BottomDockWidgetArea)
+        self.setCorner(QtCore.Qt.BottomRightCorner, QtCore.Qt.RightDockWidgetArea)
+        self.resize(1920, 1080)
+        self._docks_laid_out = False
+        tb = self.addToolBar("monitor")
+        tb.setObjectName("toolbar")
+        act_reset = tb.addAction("Reset accumulators")
+        act_reset.triggered.connect(self.model.reset)
+        self.timer = QtCore.QTimer(self)
+        self.timer.setInterval(int(round(1000.0 / min(10.0, max(0.2, self.settings.repaint_hz)))))
+        self.timer.timeout.connect(self.tick)
+        self.last_tick_s = 0.0
+        self.tick()
+
+    def layout_docks(self) -> None:
+        """Default dock sizes for a 1920x1080 control-room screen (scaled to the actual size); must run
+        once the window is shown, Qt ignores resizeDocks before."""
+        d = self.docks
+        w, h = max(self.width(), 800), max(self.height(), 600)
+        self.resizeDocks([d["status"], d["alarms"]], [int(0.6 * w), int(0.4 * w)], QtCore.Qt.Horizontal)
+        self.resizeDocks([d["status"]], [int(0.14 * h)], QtCore.Qt.Vertical)
+        self.resizeDocks([d["rates"], d["ecal_hcal"]], [int(0.27 * w), int(0.29 * w)], QtCore.Qt.Horizontal)
+        self.resizeDocks([d["ecal_hcal"], d["hv"]], [int(0.47 * h), int(0.37 * h)], QtCore.Qt.Vertical)
+        self.resizeDocks([d["waveforms"]], [int(0.28 * h)], QtCore.Qt.Vertical)
+        self.resizeDocks([d["sensitivity"], d["waveforms"], d["log"]], [int(0.2 * w), int(0.27 * w), int(0.24 * w)],
+                         QtCore.Qt.Horizontal)
+        self._docks_laid_out = True
+
+    def showEvent(self, ev: QtGui.QShowEvent) -> None:   # noqa: N802 (Qt name)
+        super().showEvent(ev)
+        if not self._docks_laid_out:
+            self.layout_docks()
+
+    def _dock(self, key: str, title: str, widget: QtWidgets.QWidget, area: Any) -> QtWidgets.QDockWidget:
+        d = QtWidgets.QDockWidget(title, self)
+        d.setObjectName(f"dock_{key}")
+        d.setWidget(widget)
+        d.setFeatures(QtWidgets.QDockWidget.DockWidgetMovable | QtWidgets.QDockWidget.DockWidgetFloatable)
+        d.setStyleSheet("QDockWidget { font-size: 11pt; font-weight: bold; }")
+        self.addDockWidget(area, d)
+        self.docks[key] = d
+        return d
+
+    # ---------------------------------------------------------------------------------------------
+    def tick(self, now: float | None = None) -> None:
+        """Drain the inbox, update the model and the alarms, refresh every view (GUI thread only)."""
+        t0 = time.perf_counter()
+        now = time.time() if now is None else now
+        msgs, stats = self.inbox.drain()
+        self.model.apply(msgs, stats, now)
+        if self.feeder is not None and self.model.mode == "replay":
+            self.model.replay_finished = self.feeder.finished
+        self.model.evaluate(now)
+        for v in self.views:
+            v.refresh(self.model, now)
+        self.last_tick_s = time.perf_counter() - t0
+
+    def start_timer(self) -> None:
+        self.timer.start()
+
+    def connect_stream(self, endpoint: str) -> StreamReceiver:
+        """Subscribe to a DAQ's monitoring stream in a worker thread."""
+        self.model.mode, self.model.source = "live", endpoint
+        self.receiver = StreamReceiver(endpoint, self.inbox)
+        self.receiver.start()
+        if self.receiver.error:
+            self.model.add_log(logging.ERROR, "monitor", self.receiver.error)
+        else:
+            self.model.add_log(logging.INFO, "monitor", f"subscribed to {endpoint}")
+        return self.receiver
+
+    def start_replay(self, run_dir: str | pathlib.Path, cfg: dict[str, Any] | None = None,
+                     interval_s: float = 0.5) -> Any:
+        """Replay a recorded run through the same inbox and views."""
+        from .replay import replay_batches
+        from .stream import FeederThread
+
+        self.model.mode, self.model.source = "replay", str(run_dir)
+        self.model.add_log(logging.INFO, "monitor", f"replaying {run_dir}")
+        self.feeder = FeederThread(replay_batches(run_dir, cfg), self.inbox, interval_s, name="na64-monitor-replay",
+                                   on_error=self.inbox.put_malformed)
+        self.feeder.start()
+        return self.feeder
+
+    def start_synthetic(self, interval_s: float = 1.0, seed: int = 0, spills: int = 0) -> Any:
+        """Feed the in-process synthetic DAQ (no socket): for demonstrations and screenshots."""
+        from .stream import FeederThread
+        from .synthetic import SyntheticDAQ, synthetic_batches
+
+        self.model.mode, self.model.source = "live", "synthetic (in-process)"
+        self.model.add_log(logging.INFO, "monitor", "synthetic data (no DAQ)")
+        daq = SyntheticDAQ(seed=seed)
+        self.feeder = FeederThread(synthetic_batches(daq, spills), self.inbox, interval_s, name="na64-monitor-synth")
+        self.feeder.start()
+        return self.feeder
+
+    def stop_sources(self) -> None:
+        if self.receiver is not None:
+            self.receiver.close()
+            self.receiver = None
+        if self.feeder is not None:
+            self.feeder.stop()
+
+    def closeEvent(self, ev: QtGui.QCloseEvent) -> None:   # noqa: N802 (Qt name)
+        self.timer.stop()
+        self.stop_sources()
+        super().closeEvent(ev)
+
+    def screenshot(self, path: str | pathlib.Path) -> bool:
+        """Bring every view up to date and write a PNG of the whole window."""
+        self.tick()
+        QtWidgets.QApplication.processEvents()
+        return bool(self.grab().save(str(path), "PNG"))
