@@ -296,12 +296,12 @@ SUBCOMMANDS: dict[str, tuple[ParserBuilder, Handler]] = {
     "yields": (_yields_parser, _run_yields),
     "limits": (_limits_parser, _run_limits),
     "background": (_background_parser, _run_background),
-    # --- to be added by their owners (not implemented here): ---
-    # "simulate": signal/background MC through the detector simulation
-    # "select":   event selection on recorded runs (Dask)
-    # "report":   per-run results summary (input of `limits --runs`)
-    # "export":   export of histograms/results
 }
+
+# simulate, select, report, export: offline/commands.py (signal MC, Dask selection, full report, ROOT export)
+from offline import commands as _commands  # noqa: E402
+
+SUBCOMMANDS.update(_commands.SUBCOMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:

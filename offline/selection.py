@@ -1,0 +1,189 @@
+"""The event selection of the invisible-mode search (PAPER sec. V; physics.md 1.3-1.7, 6.6) as named,
+ordered cuts with a cut flow, the side bands, and the histograms.
+
+Cuts, in order (each applies on top of the previous ones):
+
+==============  ==========================================================================================
+``trigger``     physics-trigger bit set in the event's trigger mask (TRIGGER_BITS["physics"])
+``srd``         electron tag: every SRD section above ``offline.srd_min_gev`` and in time
+                (|t - t0| < ``trigger.window_ns``)
+``shower``      incoming-particle / shower-shape cut. We have NO Micromegas tracker, so the paper's
+                incoming-track cuts (momentum 100 +/- few GeV, angle < 5 mrad) are replaced by the ECAL shower
+                itself: the lateral profile must be that of an e-m shower (chi2/ndf of the 6x6 map against the
+                e-m expectation < ``shape_chi2_ndf_max``) and its centre must lie near the beam axis
+                (|x|, |y| < ``centre_max_mm``, about 4 sigma of the beam spot). Wide hadronic showers and
+                off-axis soft electrons fail it.
+``ps``          preshower energy E_PS > the physics-trigger threshold ``trigger.menu.physics.ps_min_gev``
+``v2``          V2 veto: E_V2 < ``offline.v2_max_mip`` MIP
+``hcal``        HCAL veto: E_HCAL < ``offline.hcal_box_max_gev``
+``pileup``      every ECAL cell above ``offline.cell_pileup_min_gev`` shows a single pulse (no pile-up flag)
+                within +/- ``offline.pileup_window_ns`` of the nominal t0 (PAPER)
+``box``         signal box E_ECAL < ``offline.ecal_box_max_gev``
+==============  ==========================================================================================
+
+Preselection = every cut but the vetoes (``v2``, ``hcal``) and the ``box``. Side bands (physics.md 6.6):
+
+- ``A``: preselected, E_ECAL < box edge and E_HCAL >= the HCAL threshold. The V2 veto is NOT applied here:
+  events with energy in the HCAL nearly always carry charged secondaries through V2 (dimuons, hadrons), so
+  with V2 the band would be empty;
+- ``C``: preselected, V2 veto passed, E_HCAL < the HCAL threshold and E_ECAL >= box edge: every cut of the
+  box except the E_ECAL one (the paper's example, run II, uses C). Its E_ECAL spectrum is extrapolated
+  into the box by ``offline/background.py``.
+
+Histograms use ``hist`` with Weight storage (uproot cannot write Int64 storage).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import hist
+import numpy as np
+
+from detector.records import TRIGGER_BITS
+
+from .events import Table, n_rows
+
+CUT_NAMES: tuple[str, ...] = ("trigger", "srd", "shower", "ps", "v2", "hcal", "pileup", "box")
+PRESELECTION: tuple[str, ...] = ("trigger", "srd", "shower", "ps", "pileup")
+SIDEBANDS: tuple[str, ...] = ("A", "C")
+ECAL_HCAL_RANGE_GEV = (0.0, 150.0)
+ECAL_HCAL_BINS = 150
+
+#: shower-shape cut defaults (no config key: documented here)
+SHAPE_CHI2_NDF_MAX = 4.0
+CENTRE_MAX_MM = 20.0
+
+
+@dataclass(frozen=True)
+class Cuts:
+    """Cut values. :meth:`from_config` reads them from a validated configuration."""
+
+    ps_min_gev: float = 0.3
+    srd_min_gev: float = 0.001
+    srd_window_ns: float = 10.0
+    shape_chi2_ndf_max: float = SHAPE_CHI2_NDF_MAX
+    centre_max_mm: float = CENTRE_MAX_MM
+    v2_max_mip: float = 0.5
+    hcal_max_gev: float = 1.0
+    ecal_max_gev: float = 50.0
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], **overrides: float) -> "Cuts":
+        off = cfg["offline"]
+        values = dict(ps_min_gev=float(cfg["trigger"]["menu"]["physics"]["ps_min_gev"]),
+                      srd_min_gev=float(off["srd_min_gev"]), srd_window_ns=float(cfg["trigger"]["window_ns"]),
+                      v2_max_mip=float(off["v2_max_mip"]), hcal_max_gev=float(off["hcal_box_max_gev"]),
+                      ecal_max_gev=float(off["ecal_box_max_gev"]))
+        values.update(overrides)
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def cut_masks(t: Table, cuts: Cuts) -> "OrderedDict[str, np.ndarray]":
+    """Each cut on its own (boolean arrays over the events of ``t``), in :data:`CUT_NAMES` order."""
+    srd_ok = np.ones(n_rows(t), dtype=bool)
+    for i in range(3):
+        srd_ok &= (t[f"srd{i}"] > cuts.srd_min_gev) & (np.abs(t[f"srd{i}_dt"]) < cuts.srd_window_ns)
+    chi2_ndf = t["ecal_chi2"] / np.maximum(t["ecal_ndf"], 1)
+    m = OrderedDict()
+    m["trigger"] = (t["trigger_mask"] & TRIGGER_BITS["physics"]) != 0
+    m["srd"] = srd_ok
+    m["shower"] = ((chi2_ndf < cuts.shape_chi2_ndf_max) & (np.abs(t["ecal_x_mm"]) < cuts.centre_max_mm)
+                   & (np.abs(t["ecal_y_mm"]) < cuts.centre_max_mm))            # NaN (no energy) fails
+    m["ps"] = t["e_ps"] > cuts.ps_min_gev
+    m["v2"] = t["v2_mip"] < cuts.v2_max_mip
+    m["hcal"] = t["e_hcal"] < cuts.hcal_max_gev
+    m["pileup"] = t["n_cells_pileup"] == 0
+    m["box"] = t["e_ecal"] < cuts.ecal_max_gev
+    return m
+
+
+def cumulative(masks: "OrderedDict[str, np.ndarray]", names: tuple[str, ...] = CUT_NAMES) -> "OrderedDict[str, np.ndarray]":
+    """Masks of the events passing all cuts up to and including each one."""
+    out = OrderedDict()
+    acc = None
+    for name in names:
+        acc = masks[name].copy() if acc is None else acc & masks[name]
+        out[name] = acc
+    return out
+
+
+@dataclass
+class Selection:
+    """Result of :func:`select` on one table."""
+
+    cuts: Cuts
+    masks: "OrderedDict[str, np.ndarray]"          #: single cuts
+    passed: "OrderedDict[str, np.ndarray]"         #: cumulative
+    preselected: np.ndarray
+    sidebands: dict[str, np.ndarray]
+
+    @property
+    def n_events(self) -> int:
+        return int(next(iter(self.masks.values())).shape[0])
+
+    @property
+    def in_box(self) -> np.ndarray:
+        return self.passed["box"]
+
+    def cut_flow(self) -> "OrderedDict[str, int]":
+        flow = OrderedDict(all=self.n_events)
+        for name, mask in self.passed.items():
+            flow[name] = int(mask.sum())
+        return flow
+
+
+def select(t: Table, cuts: Cuts) -> Selection:
+    """Apply the cuts to an event table."""
+    masks = cut_masks(t, cuts)
+    passed = cumulative(masks)
+    pre = cumulative(masks, PRESELECTION)["pileup"]
+    low_ecal = masks["box"]
+    low_hcal = masks["hcal"]
+    sidebands = {"A": pre & low_ecal & ~low_hcal, "C": pre & masks["v2"] & low_hcal & ~low_ecal}
+    return Selection(cuts, masks, passed, pre, sidebands)
+
+
+# ------------------------------------------------------------------------------------ histograms
+def new_histograms() -> dict[str, hist.Hist]:
+    """Empty histograms (Weight storage): E_ECAL vs E_HCAL for physics triggers and after the
+    preselection, and the cut flow."""
+    lo, hi = ECAL_HCAL_RANGE_GEV
+
+    def ecal_hcal(title: str) -> hist.Hist:
+        return hist.Hist(hist.axis.Regular(ECAL_HCAL_BINS, lo, hi, name="e_ecal", label="E_ECAL [GeV]"),
+                         hist.axis.Regular(ECAL_HCAL_BINS, lo, hi, name="e_hcal", label="E_HCAL [GeV]"),
+                         storage=hist.storage.Weight(), label=title)
+
+    return {
+        "ecal_vs_hcal_trigger": ecal_hcal("physics trigger"),
+        "ecal_vs_hcal": ecal_hcal("preselected (all cuts but the V2/HCAL vetoes and the box)"),
+        "cutflow": hist.Hist(hist.axis.Integer(0, len(CUT_NAMES) + 1, name="cut", label="cut (0 = all)"),
+                             storage=hist.storage.Weight(), label="cut flow"),
+    }
+
+
+def fill_histograms(h: dict[str, hist.Hist], t: Table, sel: Selection) -> None:
+    """Add the events of one table to the histograms (values beyond 150 GeV land in the overflow)."""
+    trig = sel.masks["trigger"]
+    h["ecal_vs_hcal_trigger"].fill(e_ecal=t["e_ecal"][trig], e_hcal=t["e_hcal"][trig])
+    pre = sel.preselected
+    h["ecal_vs_hcal"].fill(e_ecal=t["e_ecal"][pre], e_hcal=t["e_hcal"][pre])
+    flow = list(sel.cut_flow().values())
+    h["cutflow"].fill(cut=np.arange(len(flow)), weight=np.asarray(flow, dtype=np.float64))
+
+
+def histograms_to_arrays(h: dict[str, hist.Hist]) -> dict[str, np.ndarray]:
+    """Flat numpy arrays of the histograms (values, variances, edges) for an .npz file."""
+    out: dict[str, np.ndarray] = {}
+    for name, hh in h.items():
+        out[f"{name}__values"] = hh.values(flow=True)
+        out[f"{name}__variances"] = hh.variances(flow=True)
+        for i, ax in enumerate(hh.axes):
+            out[f"{name}__edges{i}"] = np.asarray(ax.edges)
+    out["cutflow__names"] = np.array(("all",) + CUT_NAMES)
+    return out

@@ -1,0 +1,192 @@
+"""A' signal efficiency from the SAME simulation, reconstruction, trigger and selection as the data
+(issue 8 part 7; ``na64-offline simulate``).
+
+Per mass:
+
+1. beam: ``N`` electrons of the configured beam (energy, spread, spot) from
+   :func:`sim_frontend.beam.generate_spill` (no other particle types); every one emits an invisibly decaying
+   A' with x = E_A'/E0 drawn from :func:`sim_frontend.aprime.sample_x` restricted to
+   E_A' > E_miss,min = E0 - ``offline.ecal_box_max_gev`` (the yield definition of ``sim_frontend.yields``
+   with the same E_miss,min, so efficiency x yield = the expected signal in the box);
+2. detector: :func:`sim_frontend.response.apply_response` (the ECAL sees E0 - E_A'), full events from
+   ``sim_frontend.digitizer.Digitizer.events`` at the nominal HV (calibration ``hv_set``, no hidden gain
+   spread);
+3. reconstruction: :func:`detector.reco.reconstruct` of all channels (the offline event table);
+4. trigger: the trigger's amplitude entry on the amplitudes and onsets of the six trigger channels
+   (S1, S2, S3, V1, PS_SUM, ECAL_SUM) reconstructed from the full event -- the same code as online;
+5. selection: :mod:`offline.selection` (every cut, box included).
+
+Efficiency = selected / generated, with the binomial error sqrt(e (1 - e) / N).
+
+Pile-up (``pileup=True``): the signal electrons are embedded in a beam of the configured composition and
+intensity (``beam.particles_per_spill`` per ``spill.length_s``): a beam spill is generated over a time
+slice holding ``PILEUP_BEAM_FACTOR`` x N particles and N of its beam electrons are turned into A' emitters;
+the digitizer adds the pulses of their neighbours in time.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from detector import channels as ch
+from detector.config import Calibration, load_calibration
+from detector.reco import reconstruct
+from detector.records import PARTICLE_CODES, TRIGGER_BITS, TRUTH_APRIME, TRUTH_DIMUON
+from sim_frontend import aprime
+from sim_frontend.beam import generate_spill
+from sim_frontend.response import apply_response
+
+from . import events as ev
+from . import selection as sel
+
+PILEUP_BEAM_FACTOR = 4          #: beam particles generated per signal event in pile-up mode
+SEED_OFFSET = 0x51A1            #: spill number offset of the signal simulation (independent of data spills)
+
+
+@dataclass
+class SignalResult:
+    """Signal efficiency at one A' mass."""
+
+    mass_mev: float
+    events: int
+    triggered: int
+    selected: int
+    cut_flow: dict[str, int]
+    emiss_min_gev: float
+    pileup: bool = False
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def efficiency(self) -> float:
+        return self.selected / self.events if self.events else 0.0
+
+    @property
+    def efficiency_err(self) -> float:
+        """Binomial error sqrt(e (1 - e) / N)."""
+        e = self.efficiency
+        return math.sqrt(e * (1.0 - e) / self.events) if self.events else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"mass_mev": self.mass_mev, "events": self.events, "triggered": self.triggered,
+                "selected": self.selected, "efficiency": self.efficiency, "efficiency_err": self.efficiency_err,
+                "cut_flow": dict(self.cut_flow), "emiss_min_gev": self.emiss_min_gev, "pileup": self.pileup,
+                "seed": self.seed, **self.extra}
+
+
+def emiss_min_gev(cfg: dict[str, Any]) -> float:
+    """E_miss,min = beam energy - signal-box edge (GeV)."""
+    return float(cfg["beam"]["energy_gev"]) - float(cfg["offline"]["ecal_box_max_gev"])
+
+
+def _electron_only(cfg: dict[str, Any]) -> dict[str, Any]:
+    c = copy.deepcopy(cfg)
+    for k in ("frac_pion", "frac_kaon", "frac_muon", "frac_halo", "frac_upstream"):
+        c["beam"][k] = 0.0
+    c["aprime"]["enabled"] = False
+    c["beam"]["dimuon_bias"] = 1.0
+    return c
+
+
+def _make_spill(cfg: dict[str, Any], mass_mev: float, n: int, seed: int, pileup: bool):
+    """A BeamSpill in which ``n`` beam electrons (their indices are returned) emit an A'."""
+    e0 = float(cfg["beam"]["energy_gev"])
+    if pileup:
+        c = copy.deepcopy(cfg)
+        c["aprime"]["enabled"] = False
+        rate = float(cfg["beam"]["particles_per_spill"]) / float(cfg["spill"]["length_s"])    # 1/s
+        n_beam = PILEUP_BEAM_FACTOR * n + 100
+        c["spill"]["length_s"] = n_beam / rate
+        spill = generate_spill(c, SEED_OFFSET + seed, n_particles=n_beam, start_unix=0.0)
+        electrons = np.flatnonzero(spill.truth["ptype"] == PARTICLE_CODES["e-"])
+        # evenly spaced electrons (not neighbours of each other in the list): every signal event keeps the
+        # pile-up environment of the beam
+        if electrons.size < n:
+            raise RuntimeError("not enough beam electrons for the signal events; raise PILEUP_BEAM_FACTOR")
+        pick = electrons[np.linspace(0, electrons.size - 1, n).round().astype(np.int64)]
+    else:
+        spill = generate_spill(_electron_only(cfg), SEED_OFFSET + seed, n_particles=n, start_unix=0.0)
+        pick = np.arange(n)
+    rng = np.random.default_rng([seed, int(round(mass_mev * 1000)), 0xA9])
+    x = aprime.sample_x(mass_mev * 1e-3, e0, pick.size, rng, x_min=emiss_min_gev(cfg) / e0)
+    t = spill.truth
+    t["flags"][pick] = (t["flags"][pick] & ~np.uint8(TRUTH_DIMUON)) | TRUTH_APRIME
+    t["e_invisible"][pick] = (x * t["e_beam"][pick]).astype(np.float32)
+    t["weight"][pick] = 1.0
+    return spill, pick
+
+
+def trigger_menu(cfg: dict[str, Any], calib: Calibration):
+    from trigger.menu import TriggerMenu
+
+    return TriggerMenu.from_config(cfg, calib)
+
+
+def amplitude_trigger(menu, amplitudes: np.ndarray, onsets_ns: np.ndarray, arrival_ns: np.ndarray):
+    """The trigger's amplitude entry (:func:`trigger.kernels.trigger_amplitudes`, the numba code online uses)."""
+    from trigger.kernels import trigger_amplitudes
+
+    return trigger_amplitudes(menu, np.ascontiguousarray(amplitudes), np.ascontiguousarray(onsets_ns),
+                              np.ascontiguousarray(arrival_ns, dtype=np.float64))
+
+
+def trigger_mask_from_reco(menu, reco, arrival_ns: np.ndarray) -> np.ndarray:
+    """Trigger mask (uint8 per event) from the full-event reconstruction: amplitudes and onsets of the
+    six trigger channels fed to the trigger's amplitude entry (the same code as online)."""
+    ids = ch.trigger_channel_ids()
+    order = np.argsort(arrival_ns, kind="stable")
+    res = amplitude_trigger(menu, reco.amplitude[order][:, ids], reco.time_ns[order][:, ids], arrival_ns[order])
+    mask_sorted = np.zeros(order.size, np.uint8)
+    mask_sorted[res.accepted] = res.mask
+    mask = np.zeros(order.size, np.uint8)
+    mask[order] = mask_sorted
+    return mask
+
+
+def simulate_events(cfg: dict[str, Any], mass_mev: float, n_events: int, calib: Calibration | None = None,
+                    seed: int = 1, pileup: bool = False, chunk: int = 4096) -> ev.Table:
+    """Event table (with truth and the re-computed trigger mask) of ``n_events`` A' signal events."""
+    from sim_frontend.digitizer import Digitizer
+
+    if n_events < 1:
+        raise ValueError(f"need at least one event, got {n_events}")
+    if not (mass_mev > 0 and math.isfinite(mass_mev)):
+        raise ValueError(f"A' mass must be > 0 MeV, got {mass_mev}")
+    calib = load_calibration(cfg) if calib is None else calib
+    spill, pick = _make_spill(cfg, mass_mev, n_events, seed, pileup)
+    dep = apply_response(spill, cfg)
+    digi = Digitizer(cfg, calib, hidden_seed=None)
+    menu = trigger_menu(cfg, calib)
+    # the physics trigger alone decides here: no prescale bookkeeping across chunks, no random ticks
+    menu = menu.replace(physics=dataclasses.replace(menu.physics, prescale=1),
+                        beam=dataclasses.replace(menu.beam, enabled=False),
+                        random=dataclasses.replace(menu.random, enabled=False))
+    hv = np.asarray(calib.hv_set, dtype=np.float64)
+    tables = []
+    for s in range(0, pick.size, chunk):
+        idx = pick[s:s + chunk]
+        wf = digi.events(spill, dep, idx, hv)
+        reco = reconstruct(wf, calib.gev_per_count)
+        arrival = spill.truth["time_ns"][idx].astype(np.float64)
+        mask = trigger_mask_from_reco(menu, reco, arrival)
+        tables.append(ev.event_table_from_arrays(wf, calib, cfg, event_id=idx, trigger_mask=mask, time_ns=arrival,
+                                                 truth=spill.truth[idx], run=0, spill=SEED_OFFSET + seed, reco=reco))
+    return ev.concat(tables)
+
+
+def simulate_signal(cfg: dict[str, Any], mass_mev: float, n_events: int, calib: Calibration | None = None,
+                    seed: int = 1, pileup: bool = False) -> SignalResult:
+    """Signal efficiency at one mass (see the module docstring)."""
+    t = simulate_events(cfg, mass_mev, n_events, calib, seed, pileup)
+    s = sel.select(t, sel.Cuts.from_config(cfg))
+    flow = s.cut_flow()
+    trig = int(((t["trigger_mask"] & TRIGGER_BITS["physics"]) != 0).sum())
+    extra = {"e_aprime_mean_gev": float(np.mean(t["truth_e_invisible"])),
+             "e_ecal_mean_gev": float(np.mean(t["e_ecal"]))}
+    return SignalResult(float(mass_mev), int(n_events), trig, int(flow["box"]), dict(flow), emiss_min_gev(cfg),
+                        bool(pileup), int(seed), extra)

@@ -1,0 +1,90 @@
+"""Dask scale-out of the selection: a real LocalCluster with 2 worker processes, and an existing scheduler
+given by address, give exactly the serial result; unreadable spill files are reported, not fatal."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import offline_fixtures as fx
+from detector.spillfile import list_spills
+from offline import dask_select as ds
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp() / "offline_runs"
+    return [fx.injected_run(base), fx.plain_run(base)]
+
+
+@pytest.fixture(scope="module")
+def serial(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("serial")
+    return out, ds.select_runs(runs, out, serial=True, progress=False)
+
+
+def _assert_same(a: ds.MergedSelection, b: ds.MergedSelection) -> None:
+    sa, sb = a.summary(), b.summary()
+    assert sa == sb
+    for name in a.hists:
+        np.testing.assert_array_equal(a.hists[name].values(flow=True), b.hists[name].values(flow=True))
+        np.testing.assert_array_equal(a.hists[name].variances(flow=True), b.hists[name].variances(flow=True))
+    for band in a.sidebands:
+        for col in a.sidebands[band]:
+            np.testing.assert_array_equal(a.sidebands[band][col], b.sidebands[band][col])
+
+
+def _assert_same_files(dir_a, dir_b) -> None:
+    ja = json.loads((dir_a / "selection.json").read_text())
+    jb = json.loads((dir_b / "selection.json").read_text())
+    ja.pop("files"), jb.pop("files")
+    assert ja == jb
+    for name in ("sideband_A.npy", "sideband_C.npy", "sideband_A_hcal.npy", "sideband_C_hcal.npy"):
+        np.testing.assert_array_equal(np.load(dir_a / name), np.load(dir_b / name))
+    za, zb = np.load(dir_a / "histograms.npz"), np.load(dir_b / "histograms.npz")
+    assert sorted(za.files) == sorted(zb.files)
+    for k in za.files:
+        np.testing.assert_array_equal(za[k], zb[k])
+
+
+def test_local_cluster_two_workers_equals_serial(runs, serial, tmp_path):
+    out_s, m_s = serial
+    m_d = ds.select_runs(runs, tmp_path, n_workers=2, progress=False)
+    assert m_d.n_spills == 6 and m_d.n_events > 0 and m_d.n_obs > 0
+    _assert_same(m_s, m_d)
+    _assert_same_files(out_s, tmp_path)
+    # the outputs are there: JSON, side bands, histograms, ROOT file with the histograms
+    js = json.loads((tmp_path / "selection.json").read_text())
+    assert js["box"]["n_obs"] == len(js["box"]["events"]) == m_d.n_obs
+    assert {"run", "spill", "event_id"} <= set(js["box"]["events"][0])
+    assert js["truth"]["aprime_in_box"] > 0 and js["eot"] == m_d.eot
+    assert set(js["by_run"]) == {str(r) for r in runs}
+    import uproot
+    with uproot.open(tmp_path / "histograms.root") as f:
+        np.testing.assert_array_equal(f["cutflow"].values(), list(m_d.cut_flow.values()))
+        assert f["ecal_vs_hcal"].values().shape == (150, 150)
+        assert f["box_events"].num_entries == m_d.n_obs
+
+
+def test_existing_scheduler_by_address_equals_serial(runs, serial, tmp_path):
+    from dask.distributed import LocalCluster
+
+    _, m_s = serial
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        m_d = ds.select_runs(runs, tmp_path, scheduler=cluster.scheduler_address, progress=False)
+    _assert_same(m_s, m_d)
+
+
+def test_unreadable_spill_file_is_reported_and_skipped(runs, serial, tmp_path):
+    _, m_s = serial
+    rd = tmp_path / runs[1].name
+    shutil.copytree(runs[1], rd)
+    victim = list_spills(rd)[1]
+    victim.write_bytes(victim.read_bytes()[:5000])           # truncated: not a valid HDF5 file any more
+    m = ds.select_runs([rd], tmp_path / "out", serial=True, progress=False)
+    assert m.n_spills == 2 and len(m.errors) == 1 and victim.name in m.errors[0]
+    assert 0 < m.eot < m_s.by_run[str(runs[1])]["eot"]
+    js = json.loads((tmp_path / "out" / "selection.json").read_text())
+    assert js["errors"] == m.errors

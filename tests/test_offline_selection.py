@@ -1,0 +1,194 @@
+"""Offline selection on small recorded runs made in-process (tests/offline_fixtures.py): cut flow, A' box
+events against the truth and the simulated efficiency, the background side band, the pile-up cut."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import offline_fixtures as fx
+from detector import channels as ch
+from detector.config import load_calibration
+from detector.pulse import pulse_samples
+from detector.reco import reconstruct
+from detector.records import PARTICLE_CODES, TRIGGER_BITS, TRUTH_APRIME, TRUTH_PILEUP
+from detector.spillfile import list_spills, read_run_record, read_spill
+from offline import dask_select as ds
+from offline import events as ev
+from offline import report
+from offline import selection as sel
+from offline.signal import simulate_events, simulate_signal
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "offline_runs"
+
+
+@pytest.fixture(scope="module")
+def injected(base):
+    rd = fx.injected_run(base)
+    return rd, ds.select_runs([rd], None, serial=True, progress=False)
+
+
+@pytest.fixture(scope="module")
+def plain(base):
+    rd = fx.plain_run(base)
+    return rd, ds.select_runs([rd], None, serial=True, progress=False)
+
+
+def test_event_table_columns_and_truth(injected):
+    rd, _ = injected
+    cfg, calib = ds.run_setup(rd)
+    data = read_spill(list_spills(rd)[0])
+    t = ev.event_table(data, calib, cfg)
+    n = data.n_events
+    assert n > 100 and all(v.shape == (n,) for v in t.values())
+    np.testing.assert_array_equal(t["event_id"], data.event_id)
+    # E_ECAL = PS + main, E_HCAL = sum of modules
+    np.testing.assert_allclose(t["e_ecal"], t["e_ps"] + t["e_ecal_main"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(t["e_hcal"], sum(t[f"e_hcal{m}"] for m in range(4)), rtol=1e-5, atol=1e-5)
+    # reconstructed calorimeter energies follow the truth deposits for e.m. showers of beam electrons
+    e = (t["truth_ptype"] == PARTICLE_CODES["e-"]) & (t["truth_e_ecal"] > 5) & (t["n_cells_pileup"] == 0)
+    assert e.sum() > 50
+    ratio = t["e_ecal"][e] / t["truth_e_ecal"][e]
+    assert abs(np.median(ratio) - 1.0) < 0.05
+    # e.m. showers have a small shape chi2, wide hadron showers a large one
+    em = e & (t["truth_e_hcal"] < 1)
+    assert np.median(t["ecal_chi2"][em] / t["ecal_ndf"][em]) < 1.0
+    assert np.all(np.abs(t["ecal_x_mm"][em]) < 30)
+
+
+def test_cut_flow_monotone_and_consistent(injected, plain):
+    for rd, m in (injected, plain):
+        flow = list(m.cut_flow.items())
+        assert [k for k, _ in flow] == ["all", *sel.CUT_NAMES]
+        counts = [n for _, n in flow]
+        assert counts[0] == m.n_events > 0
+        assert all(a >= b for a, b in zip(counts, counts[1:])), flow
+        assert counts[-1] == m.n_obs
+        # the trigger cut counts exactly the recorded physics triggers
+        n_phys = sum(int(((read_spill(p, waveforms=False).trigger_mask & TRIGGER_BITS["physics"]) != 0).sum())
+                     for p in list_spills(rd))
+        assert m.cut_flow["trigger"] == n_phys
+        # EOT is the sum of the spill attributes (= the run record's total)
+        assert m.eot == read_run_record(rd)["totals"]["eot"] > 0
+
+
+def test_box_events_are_the_aprime_events(injected, plain):
+    rd, m = injected
+    _, mp = plain
+    t = m.truth
+    box = m.box
+    is_ap = (box["truth_flags"] & TRUTH_APRIME) != 0
+    assert t["aprime_in_box"] == int(is_ap.sum()) > 100
+    # every A' event that was triggered and survives the selection has E_ECAL < 50: the box holds the A'
+    # events plus the known background, soft electrons from upstream interactions (no tracker here)
+    others = box["truth_ptype"][~is_ap]
+    assert set(np.unique(others).tolist()) <= {PARTICLE_CODES["upstream_e-"]}
+    purity = is_ap.mean()
+    assert purity > 0.7
+    # the non-A' box count agrees with the box count of the run without injection (same EOT within 1%)
+    assert abs(mp.eot / m.eot - 1) < 0.01
+    a, b = int((~is_ap).sum()), mp.n_obs
+    assert abs(a - b) < 3 * math.sqrt(a + b), (a, b)
+    assert mp.truth["aprime_recorded"] == 0 and mp.truth["box_ptype_upstream_e-"] == mp.n_obs
+
+
+def test_aprime_efficiency_matches_the_signal_simulation(injected):
+    rd, m = injected
+    cfg, calib = ds.run_setup(rd)
+    n_gen = sum(e["truth_counts"]["aprime"] for e in read_run_record(rd)["spills"])
+    assert n_gen > 300
+    sig = simulate_signal(cfg, fx.APRIME["mass_mev"], 3000, calib, seed=7)
+    assert sig.events == 3000 and 0.2 < sig.efficiency < 0.95
+    assert sig.cut_flow["all"] == 3000 and sig.cut_flow["box"] == sig.selected
+    expected = n_gen * sig.efficiency
+    sigma = math.sqrt(n_gen * sig.efficiency * (1 - sig.efficiency) + (n_gen * sig.efficiency_err) ** 2)
+    observed = m.truth["aprime_in_box"]
+    assert abs(observed - expected) < 3 * sigma, (observed, expected, sigma)
+    # the JSON form has the documented keys
+    js = sig.as_json()
+    assert {"mass_mev", "events", "triggered", "selected", "efficiency", "efficiency_err", "cut_flow"} <= set(js)
+    assert json.loads(json.dumps(js))["efficiency_err"] == pytest.approx(
+        math.sqrt(sig.efficiency * (1 - sig.efficiency) / 3000))
+
+
+def test_no_injection_box_consistent_with_sideband_background(plain):
+    rd, m = plain
+    cfg, _ = ds.run_setup(rd)
+    c = m.sidebands["C"]
+    assert ev.n_rows(c) >= 10
+    assert np.all(c["e_ecal"] >= cfg["offline"]["ecal_box_max_gev"]) and np.all(c["e_hcal"] < 1.0)
+    a = m.sidebands["A"]
+    assert np.all(a["e_ecal"] < 50) and np.all(a["e_hcal"] >= 1.0)
+    b = report.background_estimate(c["e_ecal"], cfg)
+    assert b["error"] is None and b["n_b"] > 0
+    sigma = math.sqrt(m.n_obs + b["stat_err"] ** 2 + b["syst_err"] ** 2)
+    assert abs(m.n_obs - b["n_b"]) < 2 * sigma, (m.n_obs, b)
+    # with a fit range that leaves no events the estimate reports its failure instead of a number
+    bad = report.background_estimate(c["e_ecal"], cfg, fit_range=(150.0, 160.0))
+    assert bad["error"] and bad["n_b"] == 0.0
+
+
+def _replace_cell(wf: np.ndarray, calib, cid: int, pulses: list[tuple[float, float]]) -> np.ndarray:
+    """Waveform of channel ``cid`` made of the given (amplitude, onset) pulses on its pedestals."""
+    s = np.zeros(ch.N_SAMPLES)
+    for a, t0 in pulses:
+        s += pulse_samples(a, t0)
+    ped = np.where(np.arange(ch.N_SAMPLES) % 2 == 0, calib.pedestal_even[cid], calib.pedestal_odd[cid])
+    out = wf.copy()
+    out[cid] = np.clip(np.rint(s + ped), 0, ch.ADC_MAX).astype(np.int16)
+    return out
+
+
+def test_pileup_cut_removes_overlapping_and_out_of_time_pulses(injected):
+    rd, _ = injected
+    cfg, calib = ds.run_setup(rd)
+    cuts = sel.Cuts.from_config(cfg)
+    data = read_spill(list_spills(rd)[0])
+    t = ev.event_table(data, calib, cfg)
+    s = sel.select(t, cuts)
+    good = np.flatnonzero(s.in_box & (t["e_ecal"] > 5))[:5]
+    assert good.size >= 3
+    wf = data.waveforms[good]
+    e_cells = reconstruct(wf, calib.gev_per_count).energy_gev[:, :ch.N_ECAL]
+    hot = e_cells.argmax(axis=1)
+    amp = e_cells[np.arange(good.size), hot] / calib.gev_per_count[hot]
+    t0 = calib.t0_ns[hot]
+    variants = {
+        "clean": np.stack([_replace_cell(wf[i], calib, hot[i], [(amp[i], t0[i])]) for i in range(good.size)]),
+        "second_pulse": np.stack([_replace_cell(wf[i], calib, hot[i], [(amp[i], t0[i]), (0.4 * amp[i], t0[i] + 60.0)])
+                                  for i in range(good.size)]),
+        "out_of_time": np.stack([_replace_cell(wf[i], calib, hot[i], [(amp[i], t0[i] + 6.0)])
+                                 for i in range(good.size)]),
+    }
+    for name, w in variants.items():
+        tt = ev.event_table_from_arrays(w, calib, cfg, trigger_mask=data.trigger_mask[good])
+        passed = sel.cut_masks(tt, cuts)["pileup"]
+        if name == "clean":
+            assert passed.all(), tt["max_cell_dt_ns"]
+        else:
+            assert not passed.any(), (name, tt["n_cells_pileup"], tt["max_cell_dt_ns"])
+            assert np.all(tt["n_cells_pileup"] >= 1)
+
+
+def test_pileup_cut_in_simulated_pileup():
+    cfg = fx.make_config(None)
+    calib = load_calibration(cfg)
+    cuts = sel.Cuts.from_config(cfg)
+    rates = {}
+    for pileup in (False, True):
+        t = simulate_events(cfg, 16.7, 1500, calib, seed=11, pileup=pileup)
+        s = sel.select(t, cuts)
+        pre = s.passed["hcal"]
+        rejected = pre & ~s.masks["pileup"]
+        rates[pileup] = rejected.sum() / pre.sum()
+        if pileup:
+            pu = pre & ((t["truth_flags"] & TRUTH_PILEUP) != 0)
+            assert pu.sum() >= 3
+            assert rejected[pu].mean() >= 0.8
+    assert rates[False] < 0.02
+    assert rates[True] > 3 * rates[False] + 0.02
