@@ -184,6 +184,7 @@ SCHEMA: dict[str, Any] = {
         "hv_deviation_v": F(NUM, 5.0, 0.1, 500.0, unit="V"),
         "stall_s": F(NUM, 60.0, 1.0, 3600.0, unit="s"),
         "history_spills": F(int, 500, 10, 100000),
+        "signal_efficiency": F(NUM, 0.5, 0.01, 1.0, doc="signal efficiency for the live sensitivity view"),
     },
     "offline": {
         "ecal_box_max_gev": F(NUM, 50.0, 0.0, 400.0, unit="GeV"),
@@ -192,6 +193,8 @@ SCHEMA: dict[str, Any] = {
         "pileup_window_ns": F(NUM, 2.0, 0.1, 100.0, unit="ns"),
         "srd_min_gev": F(NUM, 0.001, 0.0, 1.0, unit="GeV"),
         "v2_max_mip": F(NUM, 0.5, 0.0, 100.0),
+        "shape_chi2_ndf_max": F(NUM, 4.0, 0.1, 1000.0, doc="ECAL lateral profile vs e-m expectation, chi2/ndf"),
+        "centre_max_mm": F(NUM, 20.0, 1.0, 200.0, unit="mm", doc="shower centre distance from the beam axis"),
         "dask_workers": F(int, 2, 1, 64),
     },
 }

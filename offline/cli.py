@@ -186,8 +186,8 @@ def _run_yields(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- limits
 def _limits_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        "limits", help="90% CL CLs limits eps_90(m_A') and y_90",
-        description="CLs 90% CL upper limits on eps for each A' mass, and y = eps^2 alpha_D/81 for alpha_D = 0.5 "
+        "limits", help="90%% CL CLs limits eps_90(m_A') and y_90",
+        description="CLs 90%% CL upper limits on eps for each A' mass, and y = eps^2 alpha_D/81 for alpha_D = 0.5 "
                     "and 0.005 (m_A' = 3 m_chi). Defaults reproduce the 2016 configuration: 4.3e10 EOT split in the "
                     "three intensity bins, efficiency 0.50, background 0.12 +/- 0.04, 0 observed. Output: list of "
                     "{mass_mev, eps_90, n90, y90_alphaD_0.5, y90_alphaD_0.005}.",

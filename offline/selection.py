@@ -75,6 +75,7 @@ class Cuts:
         values = dict(ps_min_gev=float(cfg["trigger"]["menu"]["physics"]["ps_min_gev"]),
                       srd_min_gev=float(off["srd_min_gev"]), srd_window_ns=float(cfg["trigger"]["window_ns"]),
                       v2_max_mip=float(off["v2_max_mip"]), hcal_max_gev=float(off["hcal_box_max_gev"]),
+                      shape_chi2_ndf_max=float(off["shape_chi2_ndf_max"]), centre_max_mm=float(off["centre_max_mm"]),
                       ecal_max_gev=float(off["ecal_box_max_gev"]))
         values.update(overrides)
         return cls(**values)
