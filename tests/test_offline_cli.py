@@ -119,5 +119,10 @@ def test_each_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[st
     assert "--json" in capsys.readouterr().out
 
 
-def test_registry_has_only_implemented_commands() -> None:
-    assert set(cli.SUBCOMMANDS) == {"dimuon", "yields", "limits", "background"}
+def test_registry_has_every_subcommand_with_help() -> None:
+    assert set(cli.SUBCOMMANDS) == {"dimuon", "yields", "limits", "background", "simulate", "select", "report",
+                                    "export"}
+    for name in cli.SUBCOMMANDS:
+        with pytest.raises(SystemExit) as exc:
+            cli.main([name, "--help"])
+        assert exc.value.code == 0
