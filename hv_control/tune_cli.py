@@ -74,8 +74,9 @@ def start_daq(args: argparse.Namespace, out: pathlib.Path) -> tuple[subprocess.P
     address = f"tcp://127.0.0.1:{free_port()}"
     exe = shutil.which("na64-daq", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("na64-daq")
     cmd = [exe] if exe else [sys.executable, "-m", "online.daq_cli"]
+    # the HV serial line has one owner, hv-tune: the child DAQ must not read the HV back over it
     cmd += ["run", "--endpoints-file", args.endpoints_file, "--out", str(out), "--calibration-mode",
-            "--monitor", address]
+            "--no-hv", "--monitor", address]
     if args.config:
         cmd += ["--config", args.config]
     log = open(out / "na64-daq.log", "ab")

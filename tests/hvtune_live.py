@@ -1,0 +1,43 @@
+"""Run a real hv-tune campaign: na64-emulator (subprocess) + hv-tune (subprocess, which starts na64-daq in
+calibration mode itself). Shared by tests/test_hv_tune_live.py and bench/hvtune_bench.py."""
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Any
+
+from emulator_fixture import start_emulator
+
+BIN = pathlib.Path(sys.executable).parent
+
+#: the calibration bench: a compressed cycle, a low-intensity calibration beam, fast ramps and table
+CALIBRATION_BENCH = {
+    "spill": {"length_s": 0.3, "supercycle_s": 0.8},
+    "beam": {"particles_per_spill": 2e4, "calibration_particles_per_spill": 2500.0},
+    "emulator": {"hv_rup_v_per_s": 250.0, "hv_rdw_v_per_s": 250.0, "table_speed_mm_per_s": 4000.0},
+    "hv": {"ramp_step_v": 50.0, "ramp_up_v_per_s": 250.0, "ramp_down_v_per_s": 250.0},
+    "hv_tune": {"min_events": 800, "max_spills_per_point": 3},
+}
+
+
+def run_campaign(tmp: pathlib.Path, modules: str, extra: list[str] | None = None,
+                 timeout_s: float = 1200.0) -> dict[str, Any]:
+    """Tune ``modules`` (e.g. "0,1,2,3"); returns wall time, exit code, campaign states, the emulator's
+    HV set log and the config the emulator ran with."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    with start_emulator(tmp, CALIBRATION_BENCH) as emu:
+        t0 = time.monotonic()
+        proc = subprocess.run([str(BIN / "hv-tune"), "--config", str(emu.config_path), "--endpoints-file",
+                               str(emu.endpoints_path), "--modules", modules, "--target", "2500",
+                               "--tolerance", "0.02", "--max-iterations", "3", "--logbook", str(tmp / "logbook.txt"),
+                               "--daq-out", str(tmp / "daq"), *(extra or [])],
+                              capture_output=True, text=True, timeout=timeout_s)
+        wall = time.monotonic() - t0
+        hv_log = emu.control({"cmd": "hv_log"})["log"]
+        state = emu.control({"cmd": "state", "hv": True})
+    campaign = json.loads((tmp / "logbook.txt.campaign.json").read_text())
+    return {"wall_s": wall, "returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr,
+            "campaign": campaign, "hv_log": hv_log, "emulator_state": state, "logbook": tmp / "logbook.txt"}
