@@ -1,0 +1,706 @@
+"""Driver of the MSADC crate: SCPI over VISA (docs/protocols.md section 1).
+
+The whole protocol on one screen:
+
+=====================================  =========================================================
+configure (:meth:`MSADC.configure`)    ``*CLS``, ``CONF:SAMP 32``, ``CONF:SAMP?`` == 32, ``CONF:CHAN?`` == 121,
+                                       ``CONF:TRIG:CHAN?`` == S1,S2,S3,V1,PS_SUM,ECAL_SUM, then ``SYST:ERR?``
+                                       until ``0``; any entry raises :class:`MSADCCrateError`
+spill status                           ``SPIL:STAT?`` -> ``<STATE>,<last>``; ``SPIL:LIST?`` -> ids
+select / describe                      ``SPIL:SEL <id>`` (+ ``SYST:ERR?``: ``-230`` = spill no longer buffered),
+                                       ``SPIL:INFO?`` -> JSON
+trigger primitives                     ``PRIM:COUN?``; ``PRIM:DATA? f,n`` -> int16 (n, 6, 32);
+                                       ``PRIM:TIME? f,n`` -> float64 (n,)
+accepted list                          ``ACC:DATA <uint32 block>`` (+ ``SYST:ERR?``), ``ACC:COUN?``
+events                                 ``EVT:DATA? f,n`` -> int16 (n, 121, 32); ``EVT:TRUT? f,n`` (emulator)
+=====================================  =========================================================
+
+Transport rules, learnt from QCoDeS and pymeasure (shared/STYLE.md):
+
+- ONE :class:`pyvisa.ResourceManager` per process and backend (:func:`resource_manager`); closing a crate
+  session never closes it (pymeasure #894).
+- A half-open session (opened, but setting it up failed) is closed before the error is re-raised.
+- A write/read pair is never split by Ctrl-C: SIGINT is deferred until the transaction is complete.
+- Every transaction has an explicit timeout (``daq.timeout_ms``, an inactivity timeout: the longest
+  wait for the next byte) and is retried at most ``daq.retries`` times. Before a retry the session is
+  closed and reopened (a late reply to a timed-out query would otherwise be read as the reply to the
+  next one), the terminations and timeout are restored, the error queue is drained and the selected
+  spill is selected again. Every recovery is noted in :attr:`MSADC.incidents` (the DAQ turns them into
+  spill flags).
+- Binary blocks are parsed by hand (``#<n><len><bytes>\\n``): the header is checked against the expected
+  length, the payload is received straight into a preallocated numpy buffer, the terminator is checked.
+  With the pyvisa-py backend the bytes are taken from the session's socket with ``recv_into`` (no
+  intermediate copies); any other backend goes through ``read_bytes``. A bad header, a length mismatch,
+  a missing terminator or a block cut short raise :class:`MSADCBlockError` and the block is re-read.
+- One thread owns the driver at a time; a re-entrant lock serialises transactions anyway.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import select
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, TypeVar
+
+import numpy as np
+import pyvisa
+import pyvisa.constants
+import pyvisa.errors
+
+from detector.channels import N_CHANNELS, N_SAMPLES, N_TRIGGER_CHANNELS, TRIGGER_CHANNEL_NAMES
+from detector.records import TRUTH_DTYPE
+
+T = TypeVar("T")
+
+PRIM_DTYPE = np.dtype("<i2")
+TIME_DTYPE = np.dtype("<f8")
+EVT_DTYPE = np.dtype("<i2")
+PRIM_RECORD_BYTES = N_TRIGGER_CHANNELS * N_SAMPLES * PRIM_DTYPE.itemsize      # 384
+EVENT_RECORD_BYTES = N_CHANNELS * N_SAMPLES * EVT_DTYPE.itemsize               # 7744
+SPILL_STATES = ("IDLE", "SPILL", "GAP")
+_RECV_MAX = 1 << 22
+
+
+# ------------------------------------------------------------------------------------------ errors
+class MSADCError(RuntimeError):
+    """Base class of every MSADC driver error."""
+
+    flag = "crate_error"   #: the detector.records.SPILL_FLAGS entry a spill gets when this is not cured
+
+
+class MSADCConnectionError(MSADCError):
+    """The crate could not be reached or the connection was dropped."""
+
+    flag = "timeout"
+
+
+class MSADCTimeout(MSADCError):
+    """No (complete) reply within the timeout."""
+
+    flag = "timeout"
+
+
+class MSADCBlockError(MSADCError):
+    """A binary block was malformed (bad header, length mismatch, missing terminator) or cut short."""
+
+    flag = "truncated_block"
+
+    def __init__(self, message: str, kind: str = "corrupt") -> None:
+        super().__init__(message)
+        self.kind = kind   #: "corrupt" or "truncated"
+
+
+class MSADCCrateError(MSADCError):
+    """The crate's SCPI error queue reported errors: ``errors`` is a list of (code, text)."""
+
+    flag = "crate_error"
+
+    def __init__(self, context: str, errors: list[tuple[int, str]]) -> None:
+        listed = "; ".join(f"{c},\"{t}\"" for c, t in errors)
+        super().__init__(f"MSADC crate reported {len(errors)} error(s) after {context}: {listed}")
+        self.context = context
+        self.errors = errors
+
+    @property
+    def codes(self) -> list[int]:
+        return [c for c, _ in self.errors]
+
+
+class MSADCSpillLost(MSADCCrateError):
+    """The selected spill is no longer buffered by the crate (``-230``): the DAQ was too slow."""
+
+    flag = "spill_lost"
+
+
+class MSADCConfigError(MSADCError):
+    """The crate's configuration does not match what the DAQ needs (channels, samples, primitive order)."""
+
+
+# ------------------------------------------------------------------------------------- resources
+_RMS: dict[str, pyvisa.ResourceManager] = {}
+_RM_LOCK = threading.Lock()
+
+
+def resource_manager(library: str = "@py") -> pyvisa.ResourceManager:
+    """The process-wide ResourceManager of ``library`` (created once, never closed by a driver)."""
+    with _RM_LOCK:
+        rm = _RMS.get(library)
+        if rm is None:
+            rm = pyvisa.ResourceManager(library)
+            _RMS[library] = rm
+        return rm
+
+
+@contextlib.contextmanager
+def _deferred_sigint() -> Iterator[None]:
+    """Hold back SIGINT (Ctrl-C) while a write/read pair is in progress (main thread only; QCoDeS)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[Any] = []
+    try:
+        old = signal.signal(signal.SIGINT, lambda sig, frame: received.append((sig, frame)))
+    except (ValueError, TypeError):     # not in the main interpreter / no signal support
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if received and callable(old):
+            old(*received[0])
+
+
+def parse_error_line(line: str) -> tuple[int, str]:
+    """``-230,"Data corrupt or stale; spill 3"`` -> (-230, 'Data corrupt or stale; spill 3')."""
+    head, _, text = line.strip().partition(",")
+    try:
+        code = int(head)
+    except ValueError:
+        raise MSADCError(f"malformed SYST:ERR? reply {line!r}") from None
+    return code, text.strip().strip('"')
+
+
+def parse_block_header(head: bytes) -> int:
+    """Length announced by an IEEE 488.2 definite-length block header ``#<n><len>`` (bytes, complete).
+    Raises MSADCBlockError for anything else (indefinite ``#0`` blocks included)."""
+    if len(head) < 2 or head[:1] != b"#" or not head[1:2].isdigit() or head[1:2] == b"0":
+        raise MSADCBlockError(f"bad block header {bytes(head[:16])!r} (expected '#<1-9><length>')")
+    nd = int(head[1:2])
+    digits = head[2:2 + nd]
+    if len(digits) != nd or not digits.isdigit():
+        raise MSADCBlockError(f"bad block header {bytes(head[:2 + nd])!r}: length field is not {nd} digits")
+    return int(digits)
+
+
+@dataclass(frozen=True)
+class SpillStatus:
+    state: str            #: IDLE, SPILL or GAP
+    last_complete: int    #: id of the last complete spill, -1 if none
+
+
+# ------------------------------------------------------------------------------------------ driver
+class MSADC:
+    """The MSADC crate at VISA resource ``resource`` (``TCPIP::127.0.0.1::<port>::SOCKET``).
+
+    ``timeout_ms`` bounds every wait for a reply byte; a failed transaction is retried ``retries``
+    times after a reconnect. ``fast_read=False`` forces the portable ``read_bytes`` path."""
+
+    def __init__(self, resource: str, *, visa_library: str = "@py", timeout_ms: int = 10000, retries: int = 3,
+                 fast_read: bool = True, open_timeout_ms: int | None = None) -> None:
+        self.resource = resource
+        self.visa_library = visa_library
+        self.timeout_ms = int(timeout_ms)
+        self.retries = int(retries)
+        self.fast_read = fast_read
+        self.open_timeout_ms = int(open_timeout_ms if open_timeout_ms is not None else min(self.timeout_ms, 5000))
+        self._rm = resource_manager(visa_library)
+        self._res: Any = None
+        self._lock = threading.RLock()
+        self._selected: int | None = None
+        self._samples: int | None = None     #: CONF:SAMP value once configure() succeeded
+        self._truth_supported: bool | None = None
+        self.idn = ""
+        #: recoveries and errors since the last :meth:`take_incidents`: "timeout", "reconnected",
+        #: "truncated_block", "corrupt_block", "crate_error", "retried"
+        self.incidents: list[str] = []
+        #: drained SCPI error-queue entries noticed during recoveries (code, text)
+        self.crate_errors: list[tuple[int, str]] = []
+        self.stats = {"reconnects": 0, "retries": 0, "timeouts": 0, "block_errors": 0, "bytes": 0}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], resource: str, **kw: Any) -> "MSADC":
+        d = cfg["daq"]
+        return cls(resource, visa_library=d["visa_library"], timeout_ms=d["timeout_ms"], retries=d["retries"], **kw)
+
+    # ----------------------------------------------------------------------------- session
+    @property
+    def is_open(self) -> bool:
+        return self._res is not None
+
+    def open(self) -> "MSADC":
+        """Open the session (terminations ``\\n``, timeout) and read ``*IDN?``. A half-open session is closed
+        before the error is raised."""
+        with self._lock:
+            if self._res is not None:
+                return self
+            try:
+                res = self._rm.open_resource(self.resource, open_timeout=self.open_timeout_ms)
+            except Exception as exc:               # VisaIOError, OSError, a bad resource name, ...
+                raise MSADCConnectionError(f"cannot open MSADC crate at {self.resource}: {exc}") from exc
+            try:
+                res.read_termination = "\n"
+                res.write_termination = "\n"
+                res.timeout = self.timeout_ms
+                self._res = res
+                self._tune_socket()
+                idn = self._query_raw("*IDN?")
+                if "MSADC" not in idn.upper():
+                    raise MSADCConfigError(f"{self.resource} is not an MSADC crate (*IDN? -> {idn!r})")
+                self.idn = idn
+            except BaseException as exc:
+                self._res = None
+                with contextlib.suppress(Exception):
+                    res.close()
+                if isinstance(exc, MSADCConfigError):
+                    raise
+                if isinstance(exc, (MSADCError, pyvisa.errors.VisaIOError, OSError)):
+                    raise MSADCConnectionError(f"cannot reach the MSADC crate at {self.resource} (no answer to *IDN?): "
+                                               f"{exc}") from exc
+                raise
+            return self
+
+    def close(self) -> None:
+        """Close the session (the process-wide ResourceManager stays open)."""
+        with self._lock:
+            res, self._res = self._res, None
+            if res is not None:
+                with contextlib.suppress(Exception):
+                    res.close()
+
+    def __enter__(self) -> "MSADC":
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _tune_socket(self) -> None:
+        sock = self._socket()
+        if sock is not None:
+            import socket as _s
+            with contextlib.suppress(OSError):
+                sock.setsockopt(_s.SOL_SOCKET, _s.SO_RCVBUF, 8 << 20)
+                sock.setsockopt(_s.IPPROTO_TCP, _s.TCP_NODELAY, 1)
+
+    def reconnect(self) -> None:
+        """Close the (possibly half-open) session, reopen it (terminations, timeout), drain the error queue
+        into :attr:`crate_errors`, restore the configuration (``CONF:SAMP``) and select the previously
+        selected spill again."""
+        with self._lock:
+            self.close()
+            self.stats["reconnects"] += 1
+            self.incidents.append("reconnected")
+            self.open()
+            errs = self._drain_errors()
+            if errs:
+                self.crate_errors.extend(errs)
+            if self._samples is not None:        # restore the configuration (the crate may have rebooted)
+                self._write(f"CONF:SAMP {self._samples}")
+            if self._selected is not None:
+                self._select(self._selected)
+            elif self._samples is not None:
+                self._raise_errors("CONF:SAMP after a reconnect")
+
+    def take_incidents(self) -> list[str]:
+        """Return and clear the incidents noted since the last call."""
+        with self._lock:
+            out, self.incidents = self.incidents, []
+            return out
+
+    # --------------------------------------------------------------------------- primitives
+    def _require(self) -> Any:
+        if self._res is None:
+            raise MSADCConnectionError(f"MSADC crate session {self.resource} is not open")
+        return self._res
+
+    def _socket(self) -> Any:
+        """The raw socket of a pyvisa-py TCPIP SOCKET session (None for other backends)."""
+        if not self.fast_read or self._res is None:
+            return None
+        try:
+            sess = self._res.visalib.sessions[self._res.session]
+        except (AttributeError, KeyError, TypeError):
+            return None
+        sock = getattr(sess, "interface", None)
+        if sock is None or not hasattr(sock, "recv_into") or not hasattr(sess, "_pending_buffer"):
+            return None
+        return sock
+
+    def _write(self, text: str) -> None:
+        res = self._require()
+        try:
+            res.write(text)
+        except pyvisa.errors.VisaIOError as exc:
+            raise MSADCConnectionError(f"write {text!r} to {self.resource} failed: {exc}") from exc
+        except OSError as exc:
+            raise MSADCConnectionError(f"write {text!r} to {self.resource} failed: {exc}") from exc
+
+    def _read_line(self, what: str) -> str:
+        res = self._require()
+        sock = self._socket()
+        if sock is not None:
+            return self._read_line_socket(sock, what)
+        try:
+            return res.read()
+        except pyvisa.errors.VisaIOError as exc:
+            if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
+                raise MSADCTimeout(f"no reply to {what} from {self.resource} within {self.timeout_ms} ms") from exc
+            raise MSADCConnectionError(f"reading the reply to {what} from {self.resource} failed: {exc}") from exc
+        except OSError as exc:
+            raise MSADCConnectionError(f"reading the reply to {what} from {self.resource} failed: {exc}") from exc
+
+    def _read_line_socket(self, sock: Any, what: str) -> str:
+        """pyvisa-py fast path of a text reply: a dropped connection is seen at once (pyvisa-py would spin
+        until the timeout), bytes after the ``\n`` stay in the session's pending buffer."""
+        sess = self._res.visalib.sessions[self._res.session]
+        pend = sess._pending_buffer
+        deadline = time.monotonic() + self.timeout_ms / 1000.0
+        start = 0
+        while True:
+            i = pend.find(b"\n", start)
+            if i >= 0:
+                line = bytes(pend[:i])
+                del pend[:i + 1]
+                return line.decode("ascii", errors="replace").rstrip("\r")
+            start = len(pend)
+            if start > (16 << 20):
+                raise MSADCBlockError(f"reply to {what} exceeds 16 MiB without a line end", "corrupt")
+            wait = deadline - time.monotonic()
+            r, _, _ = select.select([sock], [], [], max(wait, 0.0)) if wait > 0 else ([], [], [])
+            if not r:
+                raise MSADCTimeout(f"no reply to {what} from {self.resource} within {self.timeout_ms} ms")
+            try:
+                data = sock.recv(65536)
+            except OSError as exc:
+                raise MSADCConnectionError(f"reading the reply to {what} failed: {exc}") from exc
+            if not data:
+                raise MSADCConnectionError(f"connection closed by the crate while waiting for the reply to {what}")
+            pend += data
+
+    def _query_raw(self, cmd: str) -> str:
+        with _deferred_sigint():
+            self._write(cmd)
+            return self._read_line(cmd).strip()
+
+    def _read_into(self, view: memoryview, what: str) -> None:
+        """Fill ``view`` (a writable byte memoryview) from the stream."""
+        n = view.nbytes
+        if n == 0:
+            return
+        sock = self._socket()
+        if sock is None:
+            res = self._require()
+            try:
+                data = res.read_bytes(n, break_on_termchar=False)
+            except pyvisa.errors.VisaIOError as exc:
+                raise MSADCBlockError(f"{what}: block cut short ({exc})", "truncated") from exc
+            view[:len(data)] = data
+            if len(data) != n:
+                raise MSADCBlockError(f"{what}: block cut short: {len(data)} of {n} bytes", "truncated")
+            return
+        sess = self._res.visalib.sessions[self._res.session]
+        pos = 0
+        pend = sess._pending_buffer
+        if pend:
+            k = min(len(pend), n)
+            view[:k] = pend[:k]
+            del pend[:k]
+            pos = k
+        timeout = self.timeout_ms / 1000.0
+        while pos < n:
+            r, _, _ = select.select([sock], [], [], timeout)
+            if not r:
+                raise MSADCBlockError(f"{what}: block cut short: {pos} of {n} bytes arrived, then nothing for "
+                                      f"{self.timeout_ms} ms", "truncated")
+            try:
+                got = sock.recv_into(view[pos:], min(n - pos, _RECV_MAX))
+            except OSError as exc:
+                raise MSADCConnectionError(f"{what}: connection lost after {pos} of {n} bytes ({exc})") from exc
+            if got == 0:
+                raise MSADCConnectionError(f"{what}: connection closed by the crate after {pos} of {n} bytes")
+            pos += got
+        self.stats["bytes"] += n
+
+    def _read_exact(self, n: int, what: str) -> bytes:
+        buf = bytearray(n)
+        self._read_into(memoryview(buf), what)
+        return bytes(buf)
+
+    def _read_block_header(self, what: str) -> int:
+        try:
+            head = self._read_exact(2, what)
+        except MSADCBlockError as exc:
+            raise MSADCTimeout(f"no reply to {what} from {self.resource} within {self.timeout_ms} ms") from exc
+        if head[:1] != b"#" or not head[1:2].isdigit() or head[1:2] == b"0":
+            raise MSADCBlockError(f"{what}: bad block header {head!r} (expected '#<1-9><length>')", "corrupt")
+        nd = int(head[1:2])
+        digits = self._read_exact(nd, what)
+        return parse_block_header(head + digits)
+
+    def _query_block_into(self, cmd: str, out: np.ndarray) -> np.ndarray:
+        """Send ``cmd`` and receive its block into ``out`` (C-contiguous); its byte length must match."""
+        with _deferred_sigint():
+            self._write(cmd)
+            length = self._read_block_header(cmd)
+            if length != out.nbytes:
+                raise MSADCBlockError(f"{cmd}: block announces {length} bytes, expected {out.nbytes}", "corrupt")
+            self._read_into(memoryview(out.reshape(-1).view(np.uint8)), cmd)
+            term = self._read_exact(1, cmd + " terminator")
+            if term != b"\n":
+                raise MSADCBlockError(f"{cmd}: block of {length} bytes is not followed by '\\n' (got {term!r}): "
+                                      "the header lied about its length", "corrupt")
+        return out
+
+    def _drain_errors(self, limit: int = 40) -> list[tuple[int, str]]:
+        errs: list[tuple[int, str]] = []
+        for _ in range(limit):
+            code, text = parse_error_line(self._query_raw("SYST:ERR?"))
+            if code == 0:
+                return errs
+            errs.append((code, text))
+        return errs
+
+    # ----------------------------------------------------------------------------- retries
+    def _transact(self, what: str, fn: Callable[[], T], retry: bool = True) -> T:
+        """Run ``fn`` (one complete transaction) under the lock; on a timeout, dropped connection or bad
+        block reconnect and retry, at most ``retries`` times; then raise the last error."""
+        with self._lock:
+            last: MSADCError | None = None
+            for attempt in range(self.retries + 1 if retry else 1):
+                if attempt:
+                    self.stats["retries"] += 1
+                    self.incidents.append("retried")
+                    try:
+                        self.reconnect()
+                    except MSADCCrateError:
+                        raise
+                    except MSADCError as exc:
+                        last = exc
+                        self.incidents.append("timeout")
+                        time.sleep(min(0.05 * attempt, 0.5))
+                        continue
+                try:
+                    if self._res is None:
+                        self.open()
+                    return fn()
+                except MSADCCrateError:
+                    raise
+                except MSADCBlockError as exc:
+                    self.stats["block_errors"] += 1
+                    self.incidents.append("truncated_block" if exc.kind == "truncated" else "corrupt_block")
+                    last = exc
+                except MSADCTimeout as exc:
+                    self.stats["timeouts"] += 1
+                    self.incidents.append("timeout")
+                    last = exc
+                except MSADCConnectionError as exc:
+                    self.incidents.append("timeout")
+                    last = exc
+                except MSADCConfigError:
+                    raise
+            assert last is not None
+            raise last
+
+    def query(self, cmd: str) -> str:
+        """One text query (retried)."""
+        return self._transact(cmd, lambda: self._query_raw(cmd))
+
+    def command(self, cmd: str, check: bool = True) -> None:
+        """One command without reply; with ``check`` the error queue is read and any entry raised."""
+        def run() -> None:
+            with _deferred_sigint():
+                self._write(cmd)
+                if check:
+                    self._raise_errors(cmd)
+        self._transact(cmd, run)
+
+    def _raise_errors(self, context: str) -> None:
+        errs = self._drain_errors()
+        if errs:
+            if any(c == -230 for c, _ in errs):
+                raise MSADCSpillLost(context, errs)
+            raise MSADCCrateError(context, errs)
+
+    def check_errors(self, context: str = "the last commands") -> None:
+        """Read ``SYST:ERR?`` until ``0``; raise :class:`MSADCCrateError` if the crate reported anything."""
+        self._transact("SYST:ERR?", lambda: self._raise_errors(context))
+
+    def errors(self) -> list[tuple[int, str]]:
+        """Drain and return the error queue."""
+        return self._transact("SYST:ERR?", self._drain_errors)
+
+    # ------------------------------------------------------------------------ configuration
+    def configure(self, samples: int = N_SAMPLES) -> dict[str, Any]:
+        """Clear the error queue and set up the crate; check channels and primitive order; raise
+        :class:`MSADCCrateError` if the crate reported an error, :class:`MSADCConfigError` on a mismatch."""
+        def run() -> dict[str, Any]:
+            with _deferred_sigint():
+                self._write("*CLS")
+                self._write(f"CONF:SAMP {int(samples)}")
+            samp = self._query_raw("CONF:SAMP?")
+            chans = self._query_raw("CONF:CHAN?")
+            trig = self._query_raw("CONF:TRIG:CHAN?")
+            try:
+                buff = int(self._query_raw("CONF:SPILL:BUFF?"))
+            except (MSADCTimeout, ValueError):
+                buff = -1
+            self._raise_errors("configuration")
+            return {"samples": samp, "channels": chans, "trigger_channels": trig, "spill_buffer": buff}
+
+        got = self._transact("configure", run)
+        order = tuple(s.strip() for s in got["trigger_channels"].split(","))
+        problems = []
+        if got["samples"] != str(samples):
+            problems.append(f"CONF:SAMP? = {got['samples']!r}, expected {samples}")
+        if got["channels"] != str(N_CHANNELS):
+            problems.append(f"CONF:CHAN? = {got['channels']!r}, expected {N_CHANNELS}")
+        if order != TRIGGER_CHANNEL_NAMES:
+            problems.append(f"CONF:TRIG:CHAN? = {got['trigger_channels']!r}, expected {','.join(TRIGGER_CHANNEL_NAMES)}")
+        if problems:
+            raise MSADCConfigError(f"MSADC crate at {self.resource}: " + "; ".join(problems))
+        self._samples = int(samples)
+        return {"idn": self.idn, "samples": samples, "channels": N_CHANNELS, "trigger_channels": list(order),
+                "spill_buffer": got["spill_buffer"]}
+
+    # ------------------------------------------------------------------------------- spills
+    def spill_status(self) -> SpillStatus:
+        reply = self.query("SPIL:STAT?")
+        state, _, last = reply.partition(",")
+        try:
+            return SpillStatus(state.strip().upper(), int(last))
+        except ValueError:
+            raise MSADCError(f"malformed SPIL:STAT? reply {reply!r}") from None
+
+    def spill_list(self) -> list[int]:
+        reply = self.query("SPIL:LIST?")
+        try:
+            return [int(x) for x in reply.split(",") if x.strip()]
+        except ValueError:
+            raise MSADCError(f"malformed SPIL:LIST? reply {reply!r}") from None
+
+    def _select(self, spill: int) -> None:
+        with _deferred_sigint():
+            self._write(f"SPIL:SEL {int(spill)}")
+            self._raise_errors(f"SPIL:SEL {int(spill)}")
+
+    def select_spill(self, spill: int) -> None:
+        """Select a buffered spill for the data commands; :class:`MSADCSpillLost` if it is gone."""
+        self._selected = None
+        self._transact(f"SPIL:SEL {spill}", lambda: self._select(spill))
+        self._selected = int(spill)
+
+    def release_spill(self) -> None:
+        """Forget the selected spill (a reconnect will not select it again)."""
+        self._selected = None
+
+    @property
+    def selected_spill(self) -> int | None:
+        return self._selected
+
+    def spill_info(self) -> dict[str, Any]:
+        reply = self.query("SPIL:INFO?")
+        try:
+            info = json.loads(reply)
+        except json.JSONDecodeError:
+            raise MSADCError(f"malformed SPIL:INFO? reply {reply[:200]!r}") from None
+        if not isinstance(info, dict):
+            raise MSADCError(f"SPIL:INFO? reply is not a JSON object: {reply[:200]!r}")
+        return info
+
+    def spill_truth(self) -> dict[str, Any]:
+        """*emulator only*: ``SPIL:TRUT?`` of the selected spill."""
+        return json.loads(self.query("SPIL:TRUT?"))
+
+    def _count(self, cmd: str) -> int:
+        reply = self.query(cmd)
+        try:
+            return int(reply)
+        except ValueError:
+            raise MSADCError(f"malformed {cmd} reply {reply!r}") from None
+
+    def prim_count(self) -> int:
+        return self._count("PRIM:COUN?")
+
+    def accepted_count(self) -> int:
+        return self._count("ACC:COUN?")
+
+    def event_count(self) -> int:
+        return self._count("EVT:COUN?")
+
+    # --------------------------------------------------------------------------------- data
+    def read_primitives(self, first: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Trigger primitives ``first..first+count-1``: int16 (count, 6, 32), into ``out`` if given."""
+        if out is None:
+            out = np.empty((count, N_TRIGGER_CHANNELS, N_SAMPLES), PRIM_DTYPE)
+        _check_out(out, (count, N_TRIGGER_CHANNELS, N_SAMPLES), PRIM_DTYPE)
+        cmd = f"PRIM:DATA? {int(first)},{int(count)}"
+        return self._transact(cmd, lambda: self._query_block_into(cmd, out))
+
+    def read_times(self, first: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Arrival times (ns since spill start) of primitives ``first..first+count-1``: float64 (count,)."""
+        if out is None:
+            out = np.empty(count, TIME_DTYPE)
+        _check_out(out, (count,), TIME_DTYPE)
+        cmd = f"PRIM:TIME? {int(first)},{int(count)}"
+        return self._transact(cmd, lambda: self._query_block_into(cmd, out))
+
+    def read_events(self, first: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Waveforms of accepted events ``first..first+count-1`` (accepted-list order): int16 (count, 121, 32)."""
+        if out is None:
+            out = np.empty((count, N_CHANNELS, N_SAMPLES), EVT_DTYPE)
+        _check_out(out, (count, N_CHANNELS, N_SAMPLES), EVT_DTYPE)
+        cmd = f"EVT:DATA? {int(first)},{int(count)}"
+        return self._transact(cmd, lambda: self._query_block_into(cmd, out))
+
+    def read_truth(self, first: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+        """*emulator only*: simulation truth of accepted events (detector.records.TRUTH_DTYPE)."""
+        if out is None:
+            out = np.empty(count, TRUTH_DTYPE)
+        _check_out(out, (count,), TRUTH_DTYPE)
+        cmd = f"EVT:TRUT? {int(first)},{int(count)}"
+        return self._transact(cmd, lambda: self._query_block_into(cmd, out))
+
+    def truth_supported(self) -> bool:
+        """Whether the crate answers ``EVT:TRUT?`` (the emulator does, real hardware does not). Probed once
+        per driver with ``EVT:TRUT? 0,1`` followed by ``*OPC?``: a block first means yes, ``1`` first means
+        no (the failed query's error is then drained). Needs a selected spill with an accepted event."""
+        if self._truth_supported is not None:
+            return self._truth_supported
+
+        def run() -> bool:
+            with _deferred_sigint():
+                self._write("EVT:TRUT? 0,1")
+                self._write("*OPC?")
+                first = self._read_exact(1, "EVT:TRUT? probe")
+                if first == b"#":
+                    nd = self._read_exact(1, "EVT:TRUT? probe")
+                    digits = self._read_exact(int(nd), "EVT:TRUT? probe") if nd.isdigit() else b""
+                    length = parse_block_header(b"#" + nd + digits)
+                    self._read_exact(length + 1, "EVT:TRUT? probe")
+                    self._read_line("*OPC?")
+                    return True
+                self._read_line("*OPC?")
+                self._drain_errors()
+                return False
+
+        self._truth_supported = self._transact("EVT:TRUT? probe", run)
+        return self._truth_supported
+
+    def upload_accepted(self, indices: np.ndarray) -> None:
+        """Upload the accepted record indices (strictly increasing, uint32) of the selected spill and check
+        the error queue (``-160``/``-222`` raise :class:`MSADCCrateError`)."""
+        idx = np.ascontiguousarray(indices, dtype="<u4")
+        if idx.size > 1 and not np.all(np.diff(idx.astype(np.int64)) > 0):
+            raise ValueError("accepted indices must be strictly increasing")
+
+        def run() -> None:
+            res = self._require()
+            with _deferred_sigint():
+                try:
+                    res.write_binary_values("ACC:DATA ", idx, datatype="I", is_big_endian=False)
+                except pyvisa.errors.VisaIOError as exc:
+                    raise MSADCConnectionError(f"ACC:DATA upload to {self.resource} failed: {exc}") from exc
+                except OSError as exc:
+                    raise MSADCConnectionError(f"ACC:DATA upload to {self.resource} failed: {exc}") from exc
+                self._raise_errors(f"ACC:DATA ({idx.size} indices)")
+
+        self._transact("ACC:DATA", run)
+
+
+def _check_out(out: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"output buffer must be a writable C-contiguous {dtype} array of shape {shape}; "
+                         f"got {out.dtype} {out.shape}")

@@ -1,0 +1,173 @@
+"""The DAQ's monitoring publisher: ZeroMQ PUB, lossy by design (docs/protocols.md section 4.2).
+
+- One PUB socket, bound (127.0.0.1 by default; any other host needs ``endpoints.zmq_curve`` and a CURVE
+  server key, see :func:`check_bind_address`).
+- One global sequence number over all topics, taken under a lock at the moment of sending, so the
+  numbers on the wire always increase; a message that could not be sent still consumes its number, so
+  subscribers see the gap and count it as missed.
+- Sends never block: ``SNDHWM`` bounds the queue of every subscriber and every send is ``zmq.NOBLOCK``.
+  A PUB socket drops a message for a subscriber whose queue is full without telling the sender (so one
+  stalled subscriber never starves the others, and never slows the DAQ); those losses show up as gaps in
+  the subscriber's sequence numbers. Messages the socket refused outright (``zmq.Again``, or an error)
+  are counted in :attr:`Publisher.dropped`. ``nodrop=True`` (``XPUB_NODROP``) would make every full
+  queue visible here as a drop, at the price of starving all subscribers while one is stalled.
+- Frames come from :mod:`detector.framing` (JSON header, raw numpy buffers, zero-copy). Arrays handed
+  to :meth:`Publisher.publish` must not be modified afterwards (ZeroMQ may still be reading them).
+- :class:`Heartbeat` publishes ``status`` every ``daq.heartbeat_s`` from its own thread.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+import urllib.parse
+from typing import Any, Callable
+
+import numpy as np
+import zmq
+
+from detector.framing import encode
+
+log = logging.getLogger("online.publisher")
+
+#: the topics of docs/protocols.md 4.2
+TOPICS = ("status", "scalers", "calo", "ecal_hcal", "waveforms", "amplitudes", "hv", "log")
+
+
+class PublisherError(RuntimeError):
+    """The monitoring endpoint cannot be bound as asked."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind_address(address: str, zmq_curve: bool = False) -> None:
+    """Refuse a non-loopback TCP bind unless CURVE is enabled (ARCHITECTURE.md: binding beyond loopback
+    must be asked for explicitly and then uses CURVE keys). ``ipc://`` and ``inproc://`` are local."""
+    u = urllib.parse.urlsplit(address)
+    if u.scheme in ("ipc", "inproc"):
+        return
+    if u.scheme != "tcp" or not u.netloc:
+        raise PublisherError(f"monitor address {address!r} is not tcp://host:port, ipc:// or inproc://")
+    host = u.netloc.rsplit(":", 1)[0]
+    if not _is_loopback(host) and not zmq_curve:
+        raise PublisherError(f"monitor address {address!r} binds beyond loopback: set endpoints.zmq_curve = true "
+                             "and give a CURVE server key")
+
+
+class Publisher:
+    """PUB socket with one sequence counter, non-blocking sends and drop counting.
+
+    ``curve_secret_key``/``curve_public_key`` (z85 bytes) make it a CURVE server (required off loopback)."""
+
+    def __init__(self, address: str, *, run: int | None = None, sndhwm: int = 64, zmq_curve: bool = False,
+                 curve_public_key: bytes | None = None, curve_secret_key: bytes | None = None,
+                 context: zmq.Context | None = None, nodrop: bool = False) -> None:
+        check_bind_address(address, zmq_curve)
+        self.address = address
+        self.run = run
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.PUB)
+        self._sock.setsockopt(zmq.SNDHWM, int(sndhwm))
+        self._sock.setsockopt(zmq.LINGER, 0)
+        if nodrop:
+            self._sock.setsockopt(zmq.XPUB_NODROP, 1)
+        if zmq_curve:
+            if not (curve_public_key and curve_secret_key):
+                self._sock.close(0)
+                raise PublisherError("endpoints.zmq_curve is set but no CURVE server key pair was given")
+            self._sock.curve_server = True
+            self._sock.curve_publickey = curve_public_key
+            self._sock.curve_secretkey = curve_secret_key
+        try:
+            self._sock.bind(address)
+        except zmq.ZMQError as exc:
+            self._sock.close(0)
+            raise PublisherError(f"cannot bind the monitoring publisher to {address}: {exc}") from None
+        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._lock = threading.Lock()
+        self.seq = 0            #: next sequence number
+        self.sent = 0
+        self.dropped = 0
+        self.by_topic: dict[str, int] = {}
+        self._closed = False
+
+    def publish(self, topic: str, arrays: dict[str, np.ndarray] | None = None, meta: dict[str, Any] | None = None,
+                spill: int | None = None) -> bool:
+        """Send one message without blocking; False if it was dropped (high-water mark or closed)."""
+        if topic not in TOPICS:
+            raise ValueError(f"unknown monitoring topic {topic!r}; topics: {', '.join(TOPICS)}")
+        with self._lock:
+            if self._closed:
+                return False
+            seq = self.seq
+            self.seq += 1
+            frames = encode(topic, seq, arrays, meta, self.run, spill)
+            try:
+                self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self.dropped += 1
+                return False
+            except zmq.ZMQError as exc:
+                self.dropped += 1
+                log.warning("monitoring message %s #%d not sent: %s", topic, seq, exc)
+                return False
+            self.sent += 1
+            self.by_topic[topic] = self.by_topic.get(topic, 0) + 1
+            return True
+
+    def log(self, level: str, text: str, spill: int | None = None) -> bool:
+        return self.publish("log", meta={"level": level, "text": text}, spill=spill)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"seq": self.seq, "sent": self.sent, "dropped": self.dropped, "by_topic": dict(self.by_topic)}
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._sock.close(0)
+
+    def __enter__(self) -> "Publisher":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Heartbeat(threading.Thread):
+    """Publishes ``status`` (from ``status()``, a dict of meta) every ``period_s`` until :meth:`stop`."""
+
+    def __init__(self, publisher: Publisher, status: Callable[[], tuple[dict[str, Any], int | None]],
+                 period_s: float = 1.0) -> None:
+        super().__init__(name="daq-heartbeat", daemon=True)
+        self.publisher = publisher
+        self.status = status
+        self.period_s = float(period_s)
+        self._stop_evt = threading.Event()
+        self.beats = 0
+
+    def run(self) -> None:
+        next_t = time.monotonic()
+        while not self._stop_evt.is_set():
+            try:
+                meta, spill = self.status()
+                self.publisher.publish("status", meta=meta, spill=spill)
+                self.beats += 1
+            except Exception:          # never let the heartbeat die silently: log and go on
+                log.exception("heartbeat failed")
+            next_t += self.period_s
+            self._stop_evt.wait(max(0.0, next_t - time.monotonic()))
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+        if self.is_alive():
+            self.join(timeout=5)

@@ -1,0 +1,104 @@
+"""Acceptance: na64-emulator and na64-daq as real subprocesses record spills that agree with the
+emulator's truth, and a SUB socket receives every monitoring topic with increasing sequence numbers."""
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
+from daq_helpers import DAQ_TEST_CONFIG, Subscriber, check_run, free_port, spills_recorded, start_daq, wait_until
+from detector.records import TRIGGER_BITS
+from detector.spillfile import list_spills, read_spill
+from emulator_fixture import start_emulator  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+def test_three_spills_recorded_and_published(tmp_path):
+    with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu:
+        mon = f"tcp://127.0.0.1:{free_port()}"
+        sub = Subscriber(mon)
+        sub.start()
+        sub.ready.wait(5)
+        daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=12, spills=3,
+                        monitor=mon)
+        rc = daq.wait(120)
+        time.sleep(0.3)
+        sub.stop()
+        assert rc == 0, daq.log()[-6000:]
+        rec = check_run(daq.rdir, emu)
+
+    files = list_spills(daq.rdir)
+    assert [p.name for p in files] == ["spill-000001.h5", "spill-000002.h5", "spill-000003.h5"]
+    assert rec["run"] == 12 and rec["totals"]["spills"] == 3
+    assert rec["totals"]["complete_spills"] == 3, [e["flags"] for e in rec["spills"]]
+    assert rec["totals"]["events_recorded"] == rec["totals"]["events_accepted"] > 0
+    crate = [e["crate_spill"] for e in rec["spills"]]
+    assert crate == list(range(crate[0], crate[0] + 3)), "consecutive crate spills, none skipped"
+    for e in rec["spills"]:
+        assert e["n_particles"] == e["n_seen"] > 1e4
+        assert e["eot"] > 0 and e["scalers"]["S0"] > 0 and e["truth"] is True
+        assert e["triggers"]["physics"]["accepted"] + e["triggers"]["beam"]["accepted"] > 0
+        assert e["hv"] is None or len(e["hv"]["vmon"]) == len(e["hv"]["channel_ids"]) > 100
+    assert "trigger_menu" in rec and rec["thresholds"]["physics"]["ecal_max_gev"] == 80.0
+    assert "[daq]" in rec["config_toml"] and rec["crate"]["trigger_channels"][0] == "S1"
+    assert rec["totals"]["eot"] == sum(e["eot"] for e in rec["spills"])
+    d = read_spill(files[0])
+    assert d.waveforms.shape == (d.n_events, 121, 32) and d.truth is not None
+    assert set(np.unique(d.trigger_mask)) <= set(range(1, 16))
+    assert d.attrs["trigger_menu"]["triggers"]["beam"]["prescale"] == 1000
+
+    # the monitoring stream: every topic (amplitudes only in calibration mode), one increasing sequence
+    assert not sub.malformed
+    assert {"status", "scalers", "calo", "ecal_hcal", "waveforms", "hv", "log"} <= sub.topics()
+    seqs = [m.seq for m in sub.messages]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    states = [m.meta["state"] for m in sub.of("status")]
+    assert {"END_OF_SPILL", "READOUT", "RECORDED"} <= set(states)
+    sc = sub.of("scalers")
+    assert [m.spill for m in sc] == [1, 2, 3]
+    by_spill = {e["spill"]: e for e in rec["spills"]}
+    for m in sc:
+        e = by_spill[m.spill]
+        assert m.meta["accepted"] == m.meta["recorded"] == e["n_accepted"]
+        assert m.meta["eot"] == e["eot"] and m.meta["particles"] == e["n_particles"] and m.meta["flags"] == []
+        assert set(m.meta["triggers"]) == set(TRIGGER_BITS)
+    calo = sub.of("calo")[0]
+    assert calo.arrays["ecal_energy"].shape == (2, 6, 6) and calo.arrays["hcal_occupancy"].shape == (4, 3, 3)
+    assert calo.arrays["ecal_energy"].sum() > 0
+    eh = sub.of("ecal_hcal")[0]
+    assert eh.arrays["counts"].shape == (eh.meta["ecal_edges"][2], eh.meta["hcal_edges"][2])
+    wf = sub.of("waveforms")[0]
+    assert wf.arrays["waveforms"].shape[1:] == (121, 32) and wf.arrays["event_ids"].shape == (wf.arrays["waveforms"].shape[0],)
+    hv = sub.of("hv")[0]
+    assert hv.arrays["vmon"].dtype == np.float32 and hv.arrays["channel_ids"].shape == hv.arrays["vset"].shape
+
+
+def test_calibration_mode_publishes_amplitudes_and_sigterm_stops_cleanly(tmp_path):
+    with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu:
+        mon = f"tcp://127.0.0.1:{free_port()}"
+        sub = Subscriber(mon)
+        sub.start()
+        sub.ready.wait(5)
+        daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=3, spills=None,
+                        monitor=mon, extra=["--calibration-mode", "--no-hv"])
+        wait_until(lambda: spills_recorded(daq) >= 2 or daq.proc.poll() is not None, 90, "two spills")
+        daq.proc.send_signal(signal.SIGTERM)
+        rc = daq.wait(60)
+        time.sleep(0.3)
+        sub.stop()
+        assert rc == 0, daq.log()[-6000:]
+        rec = check_run(daq.rdir, emu)
+    assert rec["trigger_menu"]["triggers"]["beam"]["prescale"] == 1
+    assert rec["sessions"][-1]["stop_reason"] == "SIGTERM"
+    amps = sub.of("amplitudes")
+    assert amps, sub.topics()
+    a = amps[0]
+    assert a.arrays["amplitudes"].shape[1] == 108 and a.arrays["amplitudes"].dtype == np.float32
+    assert a.arrays["amplitudes"].shape[0] > 0 and {"x_mm", "y_mm"} <= set(a.meta["table"])
+    e = {x["spill"]: x for x in rec["spills"]}[a.spill]
+    assert a.arrays["amplitudes"].shape[0] == e["triggers"]["beam"]["accepted"] or "retried" in e["flags"]
+    assert sub.of("status")[-1].meta["message"].startswith("stopped")

@@ -1,0 +1,56 @@
+"""Unit tests of the spill state machine and the na64-daq command line (no emulator)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from online import daq_cli
+from online.daq import TRANSITIONS, IllegalTransition, SpillStateMachine, State
+
+
+def test_state_machine_follows_the_table_and_reports_changes():
+    seen = []
+    sm = SpillStateMachine(lambda old, new, msg: seen.append((old.value, new.value, msg)))
+    assert sm.state is State.IDLE
+    for st in (State.SPILL, State.END_OF_SPILL, State.READOUT, State.RECORDED, State.IDLE):
+        sm.to(st, f"to {st.value}")
+    sm.to(State.IDLE)                                   # re-entering is not a change
+    assert [s[1] for s in seen] == ["SPILL", "END_OF_SPILL", "READOUT", "RECORDED", "IDLE"]
+    with pytest.raises(IllegalTransition, match="IDLE -> READOUT"):
+        sm.to(State.READOUT)
+    sm.to(State.ERROR, "boom")
+    assert sm.message == "boom" and seen[-1] == ("IDLE", "ERROR", "boom")
+    sm.to(State.RECORDED)                               # a flagged spill is still recorded
+    assert set(TRANSITIONS) == set(State)
+    assert all(State.ERROR in TRANSITIONS[s] for s in State if s is not State.ERROR)
+    assert State.RECORDED not in TRANSITIONS[State.IDLE] and State.READOUT not in TRANSITIONS[State.SPILL]
+
+
+def test_cli_bad_arguments_and_files(tmp_path, capsys):
+    with pytest.raises(SystemExit) as ei:
+        daq_cli.main(["run", "--out", str(tmp_path)])                 # --endpoints-file missing
+    assert ei.value.code == 2
+    assert daq_cli.main(["run", "--endpoints-file", str(tmp_path / "none.json"), "--out", str(tmp_path),
+                         "--wait-endpoints", "0"]) == 2
+    assert "endpoints file not found" in capsys.readouterr().err
+    bad = tmp_path / "ep.json"
+    bad.write_text(json.dumps({"hv": "socket://127.0.0.1:1"}))
+    assert daq_cli.main(["run", "--endpoints-file", str(bad), "--out", str(tmp_path)]) == 2
+    assert "no 'msadc'" in capsys.readouterr().err
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[daq]\ntimeout_ms = -5\n")
+    assert daq_cli.main(["run", "--config", str(cfg), "--endpoints-file", str(bad), "--out", str(tmp_path)]) == 2
+    assert "daq.timeout_ms" in capsys.readouterr().err
+    assert daq_cli.main(["run", "--endpoints-file", str(bad), "--out", str(tmp_path), "--spills", "0"]) == 2
+
+
+def test_unreachable_crate_exits_1(tmp_path, capsys):
+    ep = tmp_path / "ep.json"
+    ep.write_text(json.dumps({"msadc": "TCPIP::127.0.0.1::1::SOCKET"}))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[daq]\ntimeout_ms = 200\n[beam]\nparticles_per_spill = 1000.0\n")
+    rc = daq_cli.main(["run", "--config", str(cfg), "--endpoints-file", str(ep), "--out", str(tmp_path / "d"),
+                       "--monitor", "tcp://127.0.0.1:*", "--no-hv", "--quiet"])
+    assert rc == 1
+    assert "cannot reach the MSADC crate" in capsys.readouterr().err

@@ -1,0 +1,122 @@
+"""The monitoring publisher (online/publisher.py): real ZeroMQ sockets."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from detector.framing import SeqTracker, recv_message
+from online.publisher import Heartbeat, Publisher, PublisherError, check_bind_address
+
+
+def _sub(endpoint: str, rcvhwm: int = 1000) -> zmq.Socket:
+    s = zmq.Context.instance().socket(zmq.SUB)
+    s.setsockopt(zmq.RCVHWM, rcvhwm)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SUBSCRIBE, b"")
+    s.connect(endpoint)
+    return s
+
+
+def test_topics_sequence_and_zero_copy_arrays():
+    pub = Publisher("tcp://127.0.0.1:0", run=5)
+    sub = _sub(pub.endpoint)
+    time.sleep(0.2)                                   # slow joiner
+    a = np.arange(72, dtype=np.float64).reshape(2, 6, 6)
+    assert pub.publish("calo", arrays={"ecal_energy": a}, meta={"events": 3}, spill=2)
+    assert pub.publish("status", meta={"state": "IDLE"})
+    with pytest.raises(ValueError, match="unknown monitoring topic"):
+        pub.publish("nonsense")
+    sub.setsockopt(zmq.RCVTIMEO, 2000)
+    m1, m2 = recv_message(sub), recv_message(sub)
+    assert (m1.topic, m1.seq, m1.run, m1.spill, m1.meta["events"]) == ("calo", 0, 5, 2, 3)
+    assert np.array_equal(m1.arrays["ecal_energy"], a)
+    assert (m2.topic, m2.seq) == ("status", 1)
+    assert pub.stats()["sent"] == 2 and pub.dropped == 0
+    sub.close()
+    pub.close()
+    assert not pub.publish("status", meta={})
+
+
+@pytest.mark.parametrize("nodrop", [False, True])
+def test_slow_subscriber_never_blocks_and_losses_are_counted(nodrop):
+    pub = Publisher("tcp://127.0.0.1:0", sndhwm=4, nodrop=nodrop)
+    sub = _sub(pub.endpoint, rcvhwm=4)                # connected, never reads
+    time.sleep(0.2)
+    big = np.zeros(1 << 20, np.int16)                 # 2 MiB per message
+    t0 = time.perf_counter()
+    for _ in range(300):
+        pub.publish("waveforms", arrays={"waveforms": big})
+    dt = time.perf_counter() - t0
+    assert dt < 5.0
+    assert pub.seq == 300 and pub.sent + pub.dropped == 300
+    assert (pub.dropped > 0) == nodrop            # plain PUB drops per subscriber, silently
+    sub.setsockopt(zmq.RCVTIMEO, 500)
+    tr = SeqTracker()
+    try:
+        while True:
+            tr.update(recv_message(sub).seq)
+    except zmq.Again:
+        pass
+    assert tr.received < 300
+    if nodrop:
+        assert tr.received + pub.dropped == 300       # nothing lost silently
+    else:
+        assert tr.missed > 0                          # the subscriber sees the gaps in the sequence
+    sub.close()
+    pub.close()
+
+
+def test_heartbeat_publishes_status_periodically():
+    pub = Publisher("tcp://127.0.0.1:0", run=1)
+    sub = _sub(pub.endpoint)
+    time.sleep(0.2)
+    hb = Heartbeat(pub, lambda: ({"state": "IDLE", "run": 1}, None), period_s=0.05)
+    hb.start()
+    time.sleep(0.4)
+    hb.stop()
+    sub.setsockopt(zmq.RCVTIMEO, 500)
+    seqs = []
+    try:
+        while True:
+            m = recv_message(sub)
+            assert m.topic == "status" and m.meta["state"] == "IDLE"
+            seqs.append(m.seq)
+    except zmq.Again:
+        pass
+    assert len(seqs) >= 4 and seqs == sorted(seqs)
+    sub.close()
+    pub.close()
+
+
+def test_binding_beyond_loopback_needs_curve():
+    check_bind_address("tcp://127.0.0.1:5556")
+    check_bind_address("tcp://localhost:5556")
+    check_bind_address("ipc:///tmp/x")
+    with pytest.raises(PublisherError, match="beyond loopback"):
+        check_bind_address("tcp://0.0.0.0:5556")
+    with pytest.raises(PublisherError, match="beyond loopback"):
+        Publisher("tcp://10.1.2.3:5556")
+    with pytest.raises(PublisherError, match="no CURVE server key"):
+        Publisher("tcp://127.0.0.1:0", zmq_curve=True)
+    with pytest.raises(PublisherError, match="not tcp"):
+        check_bind_address("udp://127.0.0.1:1")
+
+
+def test_curve_publisher_talks_to_a_curve_subscriber():
+    spub, ssec = zmq.curve_keypair()
+    cpub, csec = zmq.curve_keypair()
+    pub = Publisher("tcp://127.0.0.1:0", zmq_curve=True, curve_public_key=spub, curve_secret_key=ssec)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.curve_serverkey, sub.curve_publickey, sub.curve_secretkey = spub, cpub, csec
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVTIMEO, 2000)
+    sub.connect(pub.endpoint)
+    time.sleep(0.3)
+    pub.publish("log", meta={"level": "INFO", "text": "hello"})
+    assert recv_message(sub).meta["text"] == "hello"
+    sub.close()
+    pub.close()

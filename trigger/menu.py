@@ -1,0 +1,397 @@
+"""The trigger menu (what the online trigger is configured with) and the trigger result (what it reports
+per spill).
+
+Definitions (physics.md 1.6; every number below is a field of :class:`TriggerMenu`):
+
+- **counter fired**: S1, S2, S3 or V1 has a reconstructed amplitude ``A >= counter_threshold_adc``
+  (``= counter_threshold_mip * mip_adc``, ADC counts; i.e. ``A / mip_adc >= counter_threshold_mip``
+  MIP) **and** its onset time ``t`` lies in ``[t0_ns - window_ns, t0_ns + window_ns]`` (both edges
+  included; ``t0_ns`` is the channel's nominal onset from the calibration). A channel without signal
+  has ``A = 0`` and ``t = NaN`` and never fires.
+- **counter scalers** ``S1``, ``S2``, ``S3``, ``V1``: records with the amplitude at or above threshold,
+  whatever its time (what a discriminator + scaler counts).
+- **PiSi**: S1, S2 and S3 all fired (in time).
+- **EOT** (electrons on target): PiSi AND NOT V1, i.e. a clean beam particle entering the ECAL.
+- **energies**: ``E = A * gev_per_count`` (GeV, float64 arithmetic on the float32 amplitude) of the
+  analogue sums PS_SUM and ECAL_SUM.
+- **physics** (Tr(A')): EOT AND ``E_PS > ps_min_gev`` AND ``E_ECAL < ecal_max_gev``, prescaled.
+- **dimuon**: the same structure as physics with its own thresholds and prescale.
+- **beam**: PiSi, prescaled.
+- **prescale** ``p``: of the raw triggers of one type in a spill, numbered 1, 2, ..., the numbers
+  ``p, 2p, 3p, ...`` are accepted (a deterministic counter, reset at every spill), so
+  ``accepted = raw // p``.
+- **random**: a pulser at ``rate_hz`` over the spill: ticks ``t_j = j * 1e9 / rate_hz`` ns for
+  ``j = 0 .. floor(rate_hz * spill_length_s)`` (``t_j <= spill length``, so ``floor(rate * L) + 1``
+  ticks). Tick ``j`` accepts the first record with arrival time ``>= t_j`` if that record arrives
+  before ``t_(j+1)``. Its raw count is the number of ticks, its accepted count the ticks that found a
+  record. Arrival times must be non-decreasing.
+
+The reconstruction the waveform trigger uses is that of :mod:`detector.reco` (zero-suppression
+threshold ``zs_threshold_adc``); amplitudes and times are rounded to float32 exactly as
+``detector.reco.reconstruct_numpy`` returns them, so re-triggering recorded float32 amplitudes gives
+the same decisions as the online waveform trigger.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from detector import channels as ch
+from detector.config import Calibration, ConfigError, load_calibration, load_config
+from detector.pulse import PEAK_DELAY_NS
+from detector.reco import ZS_THRESHOLD
+from detector.records import TRIGGER_BITS
+
+#: trigger names in bit order (physics, beam, random, dimuon)
+TRIGGER_NAMES: tuple[str, ...] = tuple(TRIGGER_BITS)
+#: the counters of the primitive block (indices 0..3 of TRIGGER_CHANNEL_NAMES)
+COUNTER_NAMES: tuple[str, ...] = ch.TRIGGER_CHANNEL_NAMES[:4]
+PS_INDEX = ch.TRIGGER_CHANNEL_NAMES.index("PS_SUM")
+ECAL_INDEX = ch.TRIGGER_CHANNEL_NAMES.index("ECAL_SUM")
+#: every scaler a :class:`TriggerResult` reports, in this order
+SCALER_KEYS: tuple[str, ...] = (("records",) + COUNTER_NAMES + ("PiSi", "EOT")
+                                + tuple(f"{n}_{k}" for n in TRIGGER_NAMES for k in ("raw", "accepted"))
+                                + ("accepted",))
+EOT_DEFINITION = "PiSi AND NOT V1: S1, S2, S3 above threshold and in time, V1 not (above threshold and in time)"
+#: onsets the reconstruction can return for an unsaturated pulse (ns): a coincidence window outside
+#: this range can never be met
+ONSET_RANGE_NS = (-PEAK_DELAY_NS - ch.SAMPLE_NS, ch.N_SAMPLES * ch.SAMPLE_NS)
+
+
+class MenuError(ConfigError):
+    """The trigger menu is unknown or inconsistent (it could never fire, a prescale below 1, ...)."""
+
+
+def _num(where: str, value: Any, lo: float | None = None, hi: float | None = None,
+         lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise MenuError(f"trigger menu: {where} = {value!r} must be a number")
+    v = float(value)
+    if not math.isfinite(v):
+        raise MenuError(f"trigger menu: {where} = {value!r} must be finite")
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        raise MenuError(f"trigger menu: {where} = {v} must be {'>' if lo_open else '>='} {lo}")
+    if hi is not None and v > hi:
+        raise MenuError(f"trigger menu: {where} = {v} must be <= {hi}")
+    return v
+
+
+def _prescale(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise MenuError(f"trigger menu: {where}.prescale = {value!r} must be an integer >= 1")
+    if value < 1:
+        raise MenuError(f"trigger menu: {where}.prescale = {value} must be >= 1 (1 accepts every raw trigger)")
+    if value > 2**62:
+        raise MenuError(f"trigger menu: {where}.prescale = {value} is absurdly large")
+    return int(value)
+
+
+def _flag(where: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise MenuError(f"trigger menu: {where}.enabled = {value!r} must be true or false")
+    return bool(value)
+
+
+@dataclass(frozen=True)
+class EnergyTrigger:
+    """EOT AND ``E_PS > ps_min_gev`` AND ``E_ECAL < ecal_max_gev`` (GeV), accepted every ``prescale``-th."""
+
+    enabled: bool = True
+    prescale: int = 1
+    ps_min_gev: float = 0.3        #: GeV, strict lower bound on the PS_SUM energy
+    ecal_max_gev: float = 80.0     #: GeV, strict upper bound on the ECAL_SUM energy
+
+
+@dataclass(frozen=True)
+class BeamTrigger:
+    """PiSi, accepted every ``prescale``-th."""
+
+    enabled: bool = True
+    prescale: int = 1000
+
+
+@dataclass(frozen=True)
+class RandomTrigger:
+    """Pulser at ``rate_hz`` (Hz) over the spill."""
+
+    enabled: bool = True
+    rate_hz: float = 10.0
+
+
+@dataclass(frozen=True)
+class TriggerMenu:
+    """The validated trigger menu plus the calibration of the six trigger channels.
+
+    Build it with :meth:`from_config` (or :func:`load_menu`); change thresholds for an offline
+    re-trigger with :meth:`replace` (re-validated). Per-channel tuples follow
+    ``detector.channels.TRIGGER_CHANNEL_NAMES`` = S1, S2, S3, V1, PS_SUM, ECAL_SUM.
+    """
+
+    window_ns: float = 10.0                 #: ns, half-width of the counter coincidence window
+    counter_threshold_mip: float = 0.5      #: MIP, S1..S3 and V1 threshold
+    mip_adc: float = 200.0                  #: ADC counts of one MIP in a counter
+    t0_ns: tuple[float, ...] = (100.0,) * 6          #: ns, nominal onset per trigger channel
+    gev_per_count: tuple[float, ...] = (5e-6,) * 4 + (0.008, 0.04)  #: GeV per ADC count per channel
+    spill_length_s: float = 4.8             #: s, spill (flat-top) length: span of the random ticks
+    physics: EnergyTrigger = field(default_factory=EnergyTrigger)
+    beam: BeamTrigger = field(default_factory=BeamTrigger)
+    random: RandomTrigger = field(default_factory=RandomTrigger)
+    dimuon: EnergyTrigger = field(default_factory=lambda: EnergyTrigger(True, 1, 0.3, 60.0))
+    zs_threshold_adc: float = ZS_THRESHOLD  #: ADC counts, zero suppression of the reconstruction
+    beam_energy_gev: float = 100.0          #: GeV, a PS threshold at or above it could never fire
+
+    # ------------------------------------------------------------------ validation
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "window_ns", _num("window_ns", self.window_ns, 0.0, lo_open=True))
+        set_(self, "counter_threshold_mip", _num("counter_threshold_mip", self.counter_threshold_mip, 0.0,
+                                                 lo_open=True))
+        set_(self, "mip_adc", _num("mip_adc", self.mip_adc, 0.0, lo_open=True))
+        set_(self, "spill_length_s", _num("spill_length_s", self.spill_length_s, 0.0, lo_open=True))
+        set_(self, "zs_threshold_adc", _num("zs_threshold_adc", self.zs_threshold_adc, 0.0, lo_open=True))
+        set_(self, "beam_energy_gev", _num("beam_energy_gev", self.beam_energy_gev, 0.0, lo_open=True))
+        for name in ("t0_ns", "gev_per_count"):
+            vals = getattr(self, name)
+            if isinstance(vals, (str, bytes)) or len(vals) != ch.N_TRIGGER_CHANNELS:
+                raise MenuError(f"trigger menu: {name} needs one value per trigger channel "
+                                f"({', '.join(ch.TRIGGER_CHANNEL_NAMES)}); got {vals!r}")
+            set_(self, name, tuple(_num(f"{name}[{ch.TRIGGER_CHANNEL_NAMES[i]}]", v, 0.0)
+                                   for i, v in enumerate(vals)))
+        for name, cls in (("physics", EnergyTrigger), ("beam", BeamTrigger), ("random", RandomTrigger),
+                          ("dimuon", EnergyTrigger)):
+            if not isinstance(getattr(self, name), cls):
+                raise MenuError(f"trigger menu: {name} must be a {cls.__name__}, got {getattr(self, name)!r}")
+        self._check_counters()
+        for name in ("physics", "dimuon"):
+            set_(self, name, self._check_energy(name, getattr(self, name)))
+        b = self.beam
+        set_(self, "beam", BeamTrigger(_flag("beam", b.enabled), _prescale("beam", b.prescale)))
+        r = self.random
+        rate = _num("random.rate_hz", r.rate_hz, 0.0, 1e9)
+        enabled = _flag("random", r.enabled)
+        if enabled and rate == 0.0:
+            raise MenuError("trigger menu: random.rate_hz = 0 with the random trigger enabled: it can never "
+                            "fire (disable it or give a rate)")
+        set_(self, "random", RandomTrigger(enabled, rate))
+        if not any(getattr(self, n).enabled for n in TRIGGER_NAMES):
+            raise MenuError("trigger menu enables no trigger: nothing would ever be accepted")
+
+    def _check_counters(self) -> None:
+        thr = self.counter_threshold_adc
+        if thr < self.zs_threshold_adc:
+            raise MenuError(f"trigger menu: counter threshold {self.counter_threshold_mip} MIP x {self.mip_adc} "
+                            f"ADC counts/MIP = {thr:g} ADC counts is below the reconstruction's zero-suppression "
+                            f"threshold ({self.zs_threshold_adc:g} ADC counts): it cannot be applied as set")
+        if thr >= ch.ADC_MAX:
+            raise MenuError(f"trigger menu: counter threshold {self.counter_threshold_mip} MIP x {self.mip_adc} "
+                            f"ADC counts/MIP = {thr:g} ADC counts is beyond the 12-bit range ({ch.ADC_MAX}): "
+                            "the counters could never fire")
+        lo, hi = ONSET_RANGE_NS
+        for c, name in enumerate(COUNTER_NAMES):
+            a, b = self.counter_window_ns(c)
+            if b < lo or a > hi:
+                raise MenuError(f"trigger menu: the {name} coincidence window [{a:g}, {b:g}] ns (t0_ns +/- "
+                                f"window_ns) lies outside the readout window [{lo:g}, {hi:g}] ns: {name} could "
+                                "never be in time")
+
+    def _check_energy(self, name: str, t: EnergyTrigger) -> EnergyTrigger:
+        if not isinstance(t, EnergyTrigger):
+            raise MenuError(f"trigger menu: {name} must be an EnergyTrigger, got {t!r}")
+        t = EnergyTrigger(_flag(name, t.enabled), _prescale(name, t.prescale),
+                          _num(f"{name}.ps_min_gev", t.ps_min_gev, 0.0),
+                          _num(f"{name}.ecal_max_gev", t.ecal_max_gev, 0.0))
+        if t.ps_min_gev >= t.ecal_max_gev:
+            raise MenuError(f"trigger menu: {name}.ps_min_gev = {t.ps_min_gev} must be below {name}.ecal_max_gev "
+                            f"= {t.ecal_max_gev} (the PS is part of the ECAL: the trigger could never fire)")
+        if t.enabled:
+            if t.ecal_max_gev <= 0.0:
+                raise MenuError(f"trigger menu: {name}.ecal_max_gev = {t.ecal_max_gev} GeV: E_ECAL < 0 can never "
+                                "hold")
+            if t.ps_min_gev >= self.beam_energy_gev:
+                raise MenuError(f"trigger menu: {name}.ps_min_gev = {t.ps_min_gev} GeV is at or above the beam "
+                                f"energy ({self.beam_energy_gev} GeV): the trigger could never fire")
+            if self.gev_per_count[PS_INDEX] <= 0.0:
+                raise MenuError(f"trigger menu: {name} needs E_PS > {t.ps_min_gev} GeV but PS_SUM has "
+                                "gev_per_count = 0 in the calibration: it could never fire")
+            if self.gev_per_count[ECAL_INDEX] <= 0.0:
+                raise MenuError(f"trigger menu: {name} cuts on E_ECAL but ECAL_SUM has gev_per_count = 0 in the "
+                                "calibration: the cut would be void")
+        return t
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None = None,
+                    calibration: Calibration | None = None) -> "TriggerMenu":
+        """Menu from a validated config (``detector.config.load_config``; None = the defaults) and the
+        calibration (``detector.config.load_calibration(cfg)`` when None). Raises :class:`MenuError`."""
+        cfg = load_config(None) if cfg is None else cfg
+        calibration = load_calibration(dict(cfg)) if calibration is None else calibration
+        try:
+            trig = cfg["trigger"]
+            menu = trig["menu"]
+        except (KeyError, TypeError):
+            raise MenuError("config has no [trigger] section with a [trigger.menu] table") from None
+        unknown = set(menu) - set(TRIGGER_NAMES)
+        if unknown:
+            raise MenuError(f"unknown trigger(s) {sorted(unknown)} in [trigger.menu]; known: {', '.join(TRIGGER_NAMES)}")
+        ids = ch.trigger_channel_ids()
+        try:
+            return cls(
+                window_ns=trig["window_ns"], counter_threshold_mip=trig["counter_threshold_mip"],
+                mip_adc=trig["mip_adc"],
+                t0_ns=tuple(float(x) for x in np.asarray(calibration.t0_ns)[ids]),
+                gev_per_count=tuple(float(x) for x in np.asarray(calibration.gev_per_count)[ids]),
+                spill_length_s=cfg["spill"]["length_s"],
+                physics=EnergyTrigger(**menu["physics"]), beam=BeamTrigger(**menu["beam"]),
+                random=RandomTrigger(**menu["random"]), dimuon=EnergyTrigger(**menu["dimuon"]),
+                beam_energy_gev=cfg["beam"]["energy_gev"],
+            )
+        except (KeyError, TypeError) as exc:
+            raise MenuError(f"trigger menu: incomplete or malformed config ({exc})") from None
+
+    def replace(self, **changes: Any) -> "TriggerMenu":
+        """A copy with some fields changed (re-validated), e.g. for an offline re-trigger::
+
+            menu.replace(physics=dataclasses.replace(menu.physics, ecal_max_gev=60.0))
+        """
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable description for the run record (with the derived numbers the kernels use)."""
+        return {
+            "window_ns": self.window_ns, "counter_threshold_mip": self.counter_threshold_mip,
+            "mip_adc": self.mip_adc, "counter_threshold_adc": self.counter_threshold_adc,
+            "zs_threshold_adc": self.zs_threshold_adc, "spill_length_s": self.spill_length_s,
+            "beam_energy_gev": self.beam_energy_gev,
+            "channels": list(ch.TRIGGER_CHANNEL_NAMES),
+            "t0_ns": list(self.t0_ns), "gev_per_count": list(self.gev_per_count),
+            "triggers": {n: {**dataclasses.asdict(getattr(self, n)), "bit": int(TRIGGER_BITS[n])}
+                         for n in TRIGGER_NAMES},
+            "random_ticks": self.n_random_ticks,
+            "eot_definition": EOT_DEFINITION,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TriggerMenu":
+        """Inverse of :meth:`to_dict` (derived keys are ignored), e.g. to re-trigger a recorded run with the
+        menu it was taken with."""
+        derived = {"counter_threshold_adc", "channels", "random_ticks", "eot_definition"}
+        known = {f.name for f in dataclasses.fields(cls)} - set(TRIGGER_NAMES)
+        unknown = set(d) - known - derived - {"triggers"}
+        if unknown:
+            raise MenuError(f"trigger menu: unknown key(s) {sorted(unknown)}")
+        trig = d.get("triggers", {})
+        if set(trig) - set(TRIGGER_NAMES):
+            raise MenuError(f"unknown trigger(s) {sorted(set(trig) - set(TRIGGER_NAMES))}; "
+                            f"known: {', '.join(TRIGGER_NAMES)}")
+        kinds = {"physics": EnergyTrigger, "beam": BeamTrigger, "random": RandomTrigger, "dimuon": EnergyTrigger}
+        kw: dict[str, Any] = {k: (tuple(v) if k in ("t0_ns", "gev_per_count") else v)
+                              for k, v in d.items() if k in known}
+        try:
+            for n, t in trig.items():
+                kw[n] = kinds[n](**{k: v for k, v in t.items() if k != "bit"})
+            return cls(**kw)
+        except TypeError as exc:
+            raise MenuError(f"trigger menu: malformed description ({exc})") from None
+
+    # ------------------------------------------------------------------ derived numbers
+    @property
+    def counter_threshold_adc(self) -> float:
+        """Counter threshold in ADC counts (``counter_threshold_mip * mip_adc``)."""
+        return self.counter_threshold_mip * self.mip_adc
+
+    def counter_window_ns(self, c: int) -> tuple[float, float]:
+        """Inclusive coincidence window ``(t0 - window_ns, t0 + window_ns)`` (ns) of counter ``c`` (0..3)."""
+        return self.t0_ns[c] - self.window_ns, self.t0_ns[c] + self.window_ns
+
+    def random_tick_ns(self, j: int) -> float:
+        """Time of random tick ``j`` (ns since spill start): ``(j * 1e9) / rate_hz``, as the kernels compute it."""
+        return (float(j) * 1e9) / self.random.rate_hz
+
+    @property
+    def n_random_ticks(self) -> int:
+        """Number of random ticks in the spill: ``t_j <= spill length`` (0 when disabled)."""
+        if not self.random.enabled:
+            return 0
+        length_ns = self.spill_length_s * 1e9
+        j = int(math.floor(self.random.rate_hz * self.spill_length_s))
+        while self.random_tick_ns(j + 1) <= length_ns:
+            j += 1
+        while j >= 0 and self.random_tick_ns(j) > length_ns:
+            j -= 1
+        return j + 1
+
+
+def load_menu(config_path: str | None = None) -> TriggerMenu:
+    """Load config (None = defaults) and its calibration and build the menu (``ConfigError`` /
+    :class:`MenuError` on any problem)."""
+    cfg = load_config(config_path)
+    return TriggerMenu.from_config(cfg, load_calibration(cfg))
+
+
+# ---------------------------------------------------------------------- result
+@dataclass(frozen=True, eq=False)
+class TriggerResult:
+    """What the trigger reports for one spill (or the part of it processed so far).
+
+    - ``accepted``: record indices in the spill (int64, strictly increasing);
+    - ``mask``: uint8 per accepted record, OR of the ``TRIGGER_BITS`` that fired and were accepted after
+      prescaling;
+    - ``scalers``: counts, keys :data:`SCALER_KEYS` (``records``; the counter scalers ``S1, S2, S3, V1``;
+      ``PiSi``; ``EOT``; ``<trigger>_raw`` and ``<trigger>_accepted`` for physics, beam, random, dimuon;
+      ``accepted`` = number of accepted records).
+    """
+
+    accepted: np.ndarray
+    mask: np.ndarray
+    scalers: dict[str, int]
+
+    @property
+    def eot(self) -> int:
+        """Electrons on target in this spill (PiSi AND NOT V1 coincidences)."""
+        return self.scalers["EOT"]
+
+    def triggers(self) -> dict[str, dict[str, int]]:
+        """``{name: {"raw": n, "accepted": n}}`` per trigger type (the monitoring ``scalers`` message)."""
+        return {n: {"raw": self.scalers[f"{n}_raw"], "accepted": self.scalers[f"{n}_accepted"]}
+                for n in TRIGGER_NAMES}
+
+    def scalers_with(self, crate_scalers: Mapping[str, Any]) -> dict[str, int]:
+        """Our scalers merged with the crate's hardware scalers (``SPIL:INFO?`` ``scalers``: S0 and V0
+        are not in the primitives). A crate counter we also compute (e.g. S1) is kept as ``crate_S1``."""
+        out = dict(self.scalers)
+        for k, v in crate_scalers.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not math.isfinite(float(v)) or float(v) < 0 or float(v) != int(v):
+                raise ValueError(f"crate scaler {k!r} = {v!r} is not a non-negative integer count")
+            out[f"crate_{k}" if k in self.scalers else str(k)] = int(v)
+        return out
+
+    def same_as(self, other: "TriggerResult") -> bool:
+        """Exact equality of accepted indices, masks and scalers."""
+        return (np.array_equal(self.accepted, other.accepted) and np.array_equal(self.mask, other.mask)
+                and self.scalers == other.scalers)
+
+    def difference(self, other: "TriggerResult") -> str:
+        """Human-readable description of how two results differ ('' if they do not)."""
+        msgs = []
+        if not np.array_equal(self.accepted, other.accepted):
+            a, b = set(self.accepted.tolist()), set(other.accepted.tolist())
+            msgs.append(f"accepted differ: only left {sorted(a - b)[:10]}, only right {sorted(b - a)[:10]}")
+        elif not np.array_equal(self.mask, other.mask):
+            bad = np.flatnonzero(self.mask != other.mask)[:10]
+            msgs.append(f"masks differ at records {self.accepted[bad].tolist()}: {self.mask[bad].tolist()} vs "
+                        f"{other.mask[bad].tolist()}")
+        for k in SCALER_KEYS:
+            if self.scalers.get(k) != other.scalers.get(k):
+                msgs.append(f"scaler {k}: {self.scalers.get(k)} vs {other.scalers.get(k)}")
+        return "; ".join(msgs)
+
+
+def empty_scalers() -> dict[str, int]:
+    """All scalers at zero."""
+    return {k: 0 for k in SCALER_KEYS}
