@@ -368,6 +368,13 @@ class Emulator:
 
     def _on_spill(self, spill: Any) -> None:
         self.stats["spills_received"] += 1
+        # the crate counts spills itself, like the hardware: a restarted or second feed (whose generator
+        # numbers from 1 again) must not reuse ids the DAQ has already seen
+        with self._lock:
+            self._spill_counter = max(getattr(self, "_spill_counter", 0) + 1, int(spill.spill))
+            if self._spill_counter != int(spill.spill):
+                log.info("feed spill %s becomes crate spill %s", spill.spill, self._spill_counter)
+            spill.spill = self._spill_counter
         if self._stalled():
             self.stats["spills_stalled"] += 1
             log.info("feed stall: spill %s discarded", spill.spill)
