@@ -233,7 +233,8 @@ def print_summary(out: pathlib.Path, seconds: float) -> None:
     from detector.spillfile import read_run_record
     step(f"Summary ({seconds:.0f} s)")
     t = Table(title="runs")
-    for col in ("run", "spills", "EOT", "triggers (physics)", "recorded", "events in the box", "flags"):
+    for col in ("run", "spills", "EOT", "physics triggers", "recorded / accepted", "events in the box",
+                "flagged spills"):
         t.add_column(col)
     for run, name in ((1, "offline-run1"), (2, "offline-run2")):
         rdir = out / "runs" / f"run-{run:06d}"
@@ -244,10 +245,14 @@ def print_summary(out: pathlib.Path, seconds: float) -> None:
         sel = {}
         if (out / name / "summary.json").exists():
             sel = json.loads((out / name / "summary.json").read_text())
-        t.add_row(str(run), str(len(rec.get("spills", []))), f"{rec.get('eot_total', rec.get('eot', 0)):.3g}",
-                  str(rec.get("triggers_total", {}).get("physics", {}).get("accepted", "-")),
-                  str(rec.get("events_recorded", "-")), str(sel.get("n_obs", "-")),
-                  str(sum(len(s.get("flags", [])) for s in rec.get("spill_records", [])) if rec.get("spill_records") else 0))
+        tot = rec.get("totals", {})
+        physics = sum(sp.get("triggers", {}).get("physics", {}).get("accepted", 0) for sp in rec.get("spills", []))
+        flagged = sum(1 for sp in rec.get("spills", []) if sp.get("flags"))
+        truth_ap = (sel.get("truth") or {}).get("aprime_in_box")
+        t.add_row(str(run), str(tot.get("spills", "-")), f"{tot.get('eot', 0):.3g}", str(physics),
+                  f"{tot.get('events_recorded', '-')} / {tot.get('events_accepted', '-')}",
+                  str(sel.get("n_obs", "-")) + (f" ({truth_ap} A' by truth)" if truth_ap is not None else ""),
+                  str(flagged))
     console.print(t)
     lim = out / "offline-run2" / "summary.json"
     if lim.exists():

@@ -57,7 +57,10 @@ TRIGGER_COLUMNS = ch.TRIGGER_CHANNEL_NAMES
 #: columns of Deposits.other
 OTHER_COLUMNS = ("S0", "S4", "V0", "V2", "SRD0", "SRD1", "SRD2")
 SRD_REF_GEV = 100.0             #: beam energy at which the SRD sees SRD_SECTION_GEV per section
-UPSTREAM_AFTER_MAGNET = 0.5     #: fraction of upstream interactions downstream of the magnets (full SR)
+#: fraction of upstream interactions downstream of the magnets (the e- had its full energy in the magnet,
+#: so full SR). Most such interactions are bremsstrahlung whose photon stays collinear and enters the ECAL
+#: too (no missing energy); only rare large-angle processes lose energy, which this 2% stands for.
+UPSTREAM_AFTER_MAGNET = 0.02
 
 _COUNTER_COL = {name: ("trigger", i) for i, name in enumerate(TRIGGER_COLUMNS)}
 _COUNTER_COL.update({name: ("other", i) for i, name in enumerate(OTHER_COLUMNS)})

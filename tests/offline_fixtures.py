@@ -38,6 +38,9 @@ def make_config(aprime: dict[str, Any] | None = None, seed: int = 4242, **offlin
     cfg["beam"]["seed"] = seed
     if aprime:
         cfg["aprime"].update(aprime)
+    # a loose SRD tag (the default rejects soft upstream electrons): these small runs then keep enough
+    # upstream-interacted electrons in the side bands to exercise the background fit
+    cfg["offline"]["srd_min_gev"] = 0.001
     cfg["offline"].update(offline)
     return cfg
 
