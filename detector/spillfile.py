@@ -194,7 +194,7 @@ def write_run_record(rdir: str | os.PathLike, record: dict[str, Any]) -> pathlib
     rdir.mkdir(parents=True, exist_ok=True)
     final = rdir / RUN_RECORD
     tmp = rdir / f".{RUN_RECORD}.tmp-{os.getpid()}"
-    text = json.dumps(record, indent=1, sort_keys=True, allow_nan=False, default=_json_default)
+    text = json.dumps(record, indent=1, sort_keys=True, allow_nan=False, default=json_default)
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
         fh.flush()
@@ -218,7 +218,8 @@ def read_run_record(rdir: str | os.PathLike) -> dict[str, Any]:
     return rec
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps`` default for numpy scalars and arrays."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

@@ -25,6 +25,7 @@ from rich.table import Table
 from offline import limits as lim
 from offline import paper2016
 from sim_frontend import dimuon, yields
+from .argtypes import float_list, float_pair
 
 _err = Console(stderr=True)
 _out = Console()
@@ -33,26 +34,8 @@ DEFAULT_LIMIT_MASSES_MEV = "1.1,2,5,16.7,20,100,200,500,950"
 
 
 # ----------------------------------------------------------------------------- helpers
-def _float_list(text: str) -> list[float]:
-    """Parse "1,16.7,100" into positive floats (argparse type)."""
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
-    if not values or any(not np.isfinite(v) or v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
-    return values
 
 
-def _float_pair(text: str) -> tuple[float, float]:
-    """Parse "LO,HI" (argparse type)."""
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}") from exc
-    if not lo < hi:
-        raise argparse.ArgumentTypeError(f"expected LO < HI, got {text!r}")
-    return lo, hi
 
 
 def _emit(result: object, json_path: Path | None, table: Table | None) -> None:
@@ -99,7 +82,7 @@ def _dimuon_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Total Bethe-Heitler muon-pair cross-section on lead (physics.md section 4) at the given "
                     "photon energies. Output: list of {energy_gev, sigma_ub}.",
     )
-    parser.add_argument("--energies", type=_float_list, default=[1.0, 10.0, 100.0], metavar="E1,E2,...",
+    parser.add_argument("--energies", type=float_list, default=[1.0, 10.0, 100.0], metavar="E1,E2,...",
                         help="photon energies in GeV (default 1,10,100)")
     _add_json(parser)
     return parser
@@ -133,7 +116,7 @@ def _yields_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "yields: [{mass_mev, yield_per_eot_eps1}], spectra (with --spectra)}. The control-room "
                     "monitor reads this file.",
     )
-    parser.add_argument("--masses", type=_float_list, default=[1.0, 16.7, 100.0], metavar="M1,M2,...",
+    parser.add_argument("--masses", type=float_list, default=[1.0, 16.7, 100.0], metavar="M1,M2,...",
                         help="A' masses in MeV (default 1,16.7,100)")
     _add_yield_options(parser)
     parser.add_argument("--spectra", action="store_true",
@@ -192,7 +175,7 @@ def _limits_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "three intensity bins, efficiency 0.50, background 0.12 +/- 0.04, 0 observed. Output: list of "
                     "{mass_mev, eps_90, n90, y90_alphaD_0.5, y90_alphaD_0.005}.",
     )
-    parser.add_argument("--masses", type=_float_list, default=_float_list(DEFAULT_LIMIT_MASSES_MEV),
+    parser.add_argument("--masses", type=float_list, default=float_list(DEFAULT_LIMIT_MASSES_MEV),
                         metavar="M1,M2,...", help=f"A' masses in MeV (default {DEFAULT_LIMIT_MASSES_MEV})")
     parser.add_argument("--eot", type=float, default=paper2016.TOTAL_EOT_2016,
                         help="electrons on target, split over the 2016 intensity bins (default 4.3e10)")
@@ -267,8 +250,8 @@ def _background_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     )
     parser.add_argument("--sideband", type=Path, required=True, metavar="FILE.npy",
                         help="1D numpy array of side-band energies in GeV")
-    parser.add_argument("--fit-range", type=_float_pair, required=True, metavar="LO,HI", help="fit range in GeV")
-    parser.add_argument("--box", type=_float_pair, required=True, metavar="LO,HI", help="signal-box range in GeV")
+    parser.add_argument("--fit-range", type=float_pair, required=True, metavar="LO,HI", help="fit range in GeV")
+    parser.add_argument("--box", type=float_pair, required=True, metavar="LO,HI", help="signal-box range in GeV")
     parser.add_argument("--bins", type=int, default=40, help="histogram bins in the fit range (default 40)")
     _add_json(parser)
     return parser

@@ -11,28 +11,14 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
+from .argtypes import float_list, float_pair
+
 _err = Console(stderr=True)
 _out = Console()
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
-    if not values or any(not v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
-    return values
 
 
-def _pair(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}") from exc
-    if not lo < hi:
-        raise argparse.ArgumentTypeError(f"expected LO < HI, got {text!r}")
-    return lo, hi
 
 
 def _positive_int(text: str) -> int:
@@ -85,7 +71,7 @@ def simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "offline.ecal_box_max_gev), through the detector response, the digitiser at nominal HV, the "
                     "reconstruction, the online trigger code and the offline selection. Output: {mass_mev, events, "
                     "triggered, selected, efficiency, efficiency_err, cut_flow} (a list for several masses).")
-    p.add_argument("--mass", type=_floats, required=True, metavar="M[,M2,...]", help="A' mass(es) in MeV")
+    p.add_argument("--mass", type=float_list, required=True, metavar="M[,M2,...]", help="A' mass(es) in MeV")
     p.add_argument("--events", type=_positive_int, default=2000, help="signal events per mass (default 2000)")
     p.add_argument("--config", type=pathlib.Path, help="configuration TOML (default: built-in defaults)")
     p.add_argument("--pileup", action="store_true",
@@ -177,13 +163,13 @@ def report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", type=pathlib.Path, metavar="RUN_DIR")
     p.add_argument("--out", type=pathlib.Path, required=True, metavar="DIR")
     _add_dask(p)
-    p.add_argument("--masses", type=_floats, default=[1.0, 16.7, 100.0, 500.0], metavar="M1,M2,...",
+    p.add_argument("--masses", type=float_list, default=[1.0, 16.7, 100.0, 500.0], metavar="M1,M2,...",
                    help="A' masses in MeV for the efficiency and limits (default 1,16.7,100,500)")
     p.add_argument("--signal-events", type=_positive_int, default=2000, help="simulated signal events per mass")
     p.add_argument("--signal-json", type=pathlib.Path, nargs="+", default=[], metavar="JSON",
                    help="use these simulate --json results instead of simulating")
     p.add_argument("--pileup", action="store_true", help="simulate the signal with pile-up")
-    p.add_argument("--fit-range", type=_pair, metavar="LO,HI",
+    p.add_argument("--fit-range", type=float_pair, metavar="LO,HI",
                    help="side-band C fit range in GeV (default: box edge .. physics E_ECAL threshold - 10)")
     return p
 

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 import hist
 import numpy as np
 
+from detector.spillfile import json_default
 from detector.config import Calibration, load_calibration, load_config, validate
 from detector.records import PARTICLE_NAMES, TRUTH_APRIME, TRUTH_DIMUON
 from detector.spillfile import SpillFileError, list_spills, read_run_record, read_spill
@@ -406,13 +407,7 @@ def write_outputs(m: MergedSelection, out_dir: str | os.PathLike, run_dirs: Sequ
     p = out / "selection.json"
     files.append(p)
     summary["files"] = [str(f) for f in files]
-    _atomic_write_text(p, json.dumps(summary, indent=1, default=_json_default) + "\n")
+    _atomic_write_text(p, json.dumps(summary, indent=1, default=json_default) + "\n")
     return files
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"{type(o).__name__} is not JSON-serialisable")

@@ -26,6 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from detector.spillfile import json_default
+
 from . import dask_select as ds
 
 TRIGGER_EDGE_MARGIN_GEV = 10.0
@@ -171,7 +173,7 @@ def make_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     for name, obj in (("background.json", bkg), ("signal.json", signal), ("limits.json", lim_result)):
         if obj is not None:
             p = out / name
-            p.write_text(json.dumps(obj, indent=1, default=_num) + "\n")
+            p.write_text(json.dumps(obj, indent=1, default=json_default) + "\n")
             files.append(p)
     if lim_result is not None:
         ref = signal[0]
@@ -192,17 +194,11 @@ def make_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     p_json, p_txt = out / "summary.json", out / "summary.txt"
     files += [p_json, p_txt]
     summary["files"] = [str(f) for f in files]
-    p_json.write_text(json.dumps(summary, indent=1, default=_num) + "\n")
+    p_json.write_text(json.dumps(summary, indent=1, default=json_default) + "\n")
     p_txt.write_text(summary_text(summary))
     return summary
 
 
-def _num(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
 
 
 def summary_text(s: dict[str, Any]) -> str:
