@@ -257,11 +257,17 @@ _RESOURCE_MANAGERS: dict[str, Any] = {}
 
 
 def resource_manager(library: str = "@py") -> Any:
-    """The process-wide pyvisa ResourceManager of ``library`` (created once, never closed here)."""
+    """The process-wide pyvisa ResourceManager of ``library`` (created once, never closed here; made
+    anew if other code closed it: pyvisa hands the same manager to every caller of a library)."""
     import pyvisa
 
     with _RM_LOCK:
         rm = _RESOURCE_MANAGERS.get(library)
+        if rm is not None:
+            try:
+                rm.session                      # raises once someone closed the shared manager
+            except pyvisa.errors.InvalidSession:
+                rm = None                       # pyvisa shares one manager per library (pymeasure #894)
         if rm is None:
             rm = pyvisa.ResourceManager(library)
             _RESOURCE_MANAGERS[library] = rm

@@ -47,6 +47,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import pyvisa
+
+from hv_control.transport import resource_manager as _shared_resource_manager
 import pyvisa.constants
 import pyvisa.errors
 
@@ -120,18 +122,12 @@ class MSADCConfigError(MSADCError):
 
 
 # ------------------------------------------------------------------------------------- resources
-_RMS: dict[str, pyvisa.ResourceManager] = {}
-_RM_LOCK = threading.Lock()
 
 
 def resource_manager(library: str = "@py") -> pyvisa.ResourceManager:
-    """The process-wide ResourceManager of ``library`` (created once, never closed by a driver)."""
-    with _RM_LOCK:
-        rm = _RMS.get(library)
-        if rm is None:
-            rm = pyvisa.ResourceManager(library)
-            _RMS[library] = rm
-        return rm
+    """The process-wide ResourceManager of ``library`` (shared with the HV drivers, never closed by a
+    driver, re-created if someone else closed it)."""
+    return _shared_resource_manager(library)
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ def run_campaign(tmp: pathlib.Path, modules: str, extra: list[str] | None = None
         proc = subprocess.run([str(BIN / "hv-tune"), "--config", str(emu.config_path), "--endpoints-file",
                                str(emu.endpoints_path), "--modules", modules, "--target", "2500",
                                "--tolerance", "0.02", "--max-iterations", "3", "--logbook", str(tmp / "logbook.txt"),
-                               "--daq-out", str(tmp / "daq"), *(extra or [])],
+                               "--daq-out", str(tmp / "daq"), "--measure-timeout", "120", *(extra or [])],
                               capture_output=True, text=True, timeout=timeout_s)
         wall = time.monotonic() - t0
         hv_log = emu.control({"cmd": "hv_log"})["log"]
