@@ -1,31 +1,47 @@
 """The numba online trigger, evaluated per spill (definitions in :mod:`trigger.menu`, numpy oracle in
-:mod:`trigger.reference`).
+:mod:`trigger.reference`). Public API: :class:`SpillTrigger` (chunked, state carried), the one-shot
+:func:`trigger_waveforms` / :func:`trigger_amplitudes`, and :func:`warm_up`.
 
-Two entries give identical decisions for identical physics:
+Two entries, the same decisions for the same physics (both are tested bit-exact against the oracle):
 
-- **waveform entry** (online): primitives int16 (N, 6, 32) + arrival times (N,) ns. Each channel is
-  reconstructed only as far as the decision needs: a vectorised pass gives the two pedestals and the
-  raw maximum, which bound the float32 amplitude that ``detector.reco.reconstruct_numpy`` would return
-  (``best <= A <= AMP_BOUND * best``); a threshold is decided on the bounds when it can be, and only
-  otherwise by the exact amplitude (the same arithmetic as the numpy reconstruction, incl. the
-  ``np.interp`` formula). Counter times are computed (peak sample + table interpolation, no exp) only
-  for counters above threshold; PS/ECAL only for PiSi AND NOT V1 records.
+- **waveform entry** (online): primitives int16 (N, 6, 32) + arrival times (N,) ns. A channel is
+  reconstructed only as far as the decision needs, with the arithmetic of
+  ``detector.reco.reconstruct_numpy`` wherever a number is computed:
+
+  * S1, S2, S3: exact peak sample and peak value in one vectorised pass (int32 keys that carry the
+    sample index); the float32 amplitude A satisfies ``best <= A <= AMP_BOUND * best``, so the
+    threshold is decided without the template (exp) unless it lies in that band; the coincidence
+    window is decided on the neighbour ratio ``r`` against per-(counter, peak sample) bounds
+    (:func:`window_table`) and only in a 1e-9 guard band by the interpolated onset;
+  * V1, PS_SUM, ECAL_SUM: pedestals and raw maximum bound A (``[m - max(ped), m - min(ped)]`` for
+    ``best``), exact reconstruction (:func:`_exact`, a call) only when the bounds straddle a cut;
+    PS/ECAL only for PiSi AND NOT V1 records.
 - **amplitude entry** (offline re-trigger): amplitudes (N, 6) ADC counts + onsets (N, 6) ns (NaN = no
-  signal) + arrival times (N,).
+  signal) + arrival times (N,), compared against thresholds pre-computed exactly in the inputs' own
+  dtype (:func:`amp_thresholds`): a branch-free loop that vectorises when each channel is contiguous
+  (columnar, i.e. Fortran-order (N, 6), input; row-major input works, ~4x slower).
 
 A chunk is processed in three passes over blocks of :data:`BLOCK` records (serial, or ``prange`` over
-blocks when ``parallel``): (A) per-record raw bits + per-block counts (no per-event scatter), (B) per
-block, from the block-start prescale counters (exclusive prefix sums of the counts) and the random-tick
-state (a function of the previous record's time only), the accepted masks, scanning only blocks where a
-prescale counter wraps or a random tick falls, (C) gather of the accepted indices. Serial, parallel and
-any chunking give bit-identical results.
+blocks when ``parallel``): (A) per-record raw bits (RB_*) + per-block counts, no per-event scatter;
+(B) per block, from the block-start prescale counters (exclusive prefix sums of the counts) and the
+random-tick state (a function of the previous record's time only), the accepted masks, touching only
+blocks where a prescale counter wraps or a tick falls; (C) gather of the accepted indices. Serial,
+parallel and any chunking give bit-identical results.
+
+Numba notes (measured on this code): hot helpers are ``inline="always"`` (numba calls are not inlined by
+LLVM); kernels that allocate nothing are compiled with numba's private ``_nrt=False`` option (no atomic
+reference counting of arrays in the hot loop); block loops run over block views from index 0 (no
+negative-index wraparound code, which otherwise blocks vectorisation); per-channel loops run to the
+run-time ``p.shape[2]`` (a constant trip count gets unrolled into branches instead of vectorised).
 
 The only possible difference to the numpy oracle: numpy's SIMD ``exp`` and libm's ``exp`` (numba)
-differ by 1 ulp (float64) in a few % of arguments; it reaches a float32 amplitude with probability
-~1e-10 per exactly-reconstructed channel, and a decision only if that amplitude sits on a threshold.
+differ by 1 ulp (float64) for a few % of arguments; that reaches a float32 amplitude with probability
+~1e-9 per exactly-reconstructed amplitude (rare: only near a cut), and a decision only if that
+amplitude then sits exactly on the cut.
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 
@@ -88,6 +104,9 @@ M_PHYS, M_BEAM, M_RAND, M_DIM = (int(TRIGGER_BITS[n]) for n in ("physics", "beam
 I_PHYS_EN, I_BEAM_EN, I_DIM_EN, I_P_PHYS, I_P_BEAM, I_P_DIM, I_NTICKS = range(7)
 
 _jit = dict(cache=True, nogil=True, error_model="numpy")
+#: kernels that allocate nothing run without NRT (numba's private ``_nrt`` target option): no reference
+#: counting of the arrays they pass around in the hot loop (atomic operations)
+_jit_nonrt = dict(_nrt=False, **_jit)
 #: hot helpers are inlined in numba IR (LLVM does not inline numba calls, and a call passing arrays costs
 #: NRT reference counting); they have a single exit so that the reference-count pruning succeeds
 _inl = dict(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -112,6 +131,7 @@ def _onset32(k: np.ndarray, r: np.ndarray) -> np.ndarray:
     return ((k + np.interp(r, XP, FP)) * SAMPLE_NS - PEAK_DELAY_NS).astype(np.float32).astype(np.float64)
 
 
+@functools.lru_cache(maxsize=32)
 def window_table(menu: TriggerMenu) -> np.ndarray:
     """Per counter S1..S3 and peak sample k, the neighbour ratios r for which the onset is in the
     coincidence window, so that the hot loop decides ``t0 - w <= t <= t0 + w`` with two comparisons
@@ -152,6 +172,7 @@ def window_table(menu: TriggerMenu) -> np.ndarray:
         for k in (0, NS - 1):
             t = float(np.float32(k * SAMPLE_NS - PEAK_DELAY_NS))
             tab[c, k] = (-np.inf, np.inf, -np.inf, np.inf) if lo <= t <= hi else (np.inf, -np.inf, np.inf, -np.inf)
+    tab.setflags(write=False)      # cached per menu
     return tab
 
 
@@ -247,7 +268,7 @@ def _window(rw, c, k, x):
     return d
 
 
-@nb.njit(**_jit)
+@nb.njit(**_jit_nonrt)
 def _exact(p, i, c, se, so, zs):
     """(amplitude ADC counts, onset ns) of p[i, c] as float32 values, exactly as
     ``detector.reco.reconstruct_numpy`` computes them, saturated pulses included. The rare path: a call."""
@@ -328,11 +349,9 @@ def _decide(lo, hi, g, x, above):
 
 # ====================================================================== pass A
 @nb.njit(**_inl)
-def _s_counter(p, i, c, thr, zs):
-    """S1/S2/S3 of record i: (above threshold, se, so, k, s4, onset known, onset ns). Exact peak in one
-    vectorised pass; the amplitude is decided on its bounds [best, AMP_BOUND * best] when they tell."""
-    se, so = _peds(p, i, c)
-    k, s4 = _keymax(p, i, c, se, so)
+def _s_counter(p, i, c, se, so, k, s4, thr, zs):
+    """S1/S2/S3 of record i with exact peak (k, s4): (above threshold, onset known, onset ns). The
+    amplitude is decided on its bounds [best, AMP_BOUND * best] when they tell."""
     best = s4 * 0.25
     up = False
     known = False
@@ -349,7 +368,20 @@ def _s_counter(p, i, c, thr, zs):
             t, a = _time_amp(k, s4, se * 0.25, so * 0.25, wm, wp, True)
             up = a >= thr
             known = True
-    return up, se, so, k, s4, known, t
+    return up, known, t
+
+
+@nb.njit(**_jit_nonrt)
+def _s_peaks(p, i):
+    """Pedestal sums and exact peak (k, 4x value) of S1, S2, S3 of record i. A separate (not inlined)
+    function: compiled on its own, LLVM vectorises the key loops in int32 lanes."""
+    se0, so0 = _peds(p, i, 0)
+    k0, q0 = _keymax(p, i, 0, se0, so0)
+    se1, so1 = _peds(p, i, 1)
+    k1, q1 = _keymax(p, i, 1, se1, so1)
+    se2, so2 = _peds(p, i, 2)
+    k2, q2 = _keymax(p, i, 2, se2, so2)
+    return se0, so0, k0, q0, se1, so1, k1, q1, se2, so2, k2, q2
 
 
 @nb.njit(**_inl)
@@ -371,7 +403,7 @@ def _s_in_window(p, i, c, se, so, k, s4, known, t, rw, lo, hi):
     return inside
 
 
-@nb.njit(**_jit)
+@nb.njit(**_jit_nonrt)
 def _wave_block(p, times, b, prev_t, f, ip, rw, bits, cnt):
     """Raw bits (RB_*) of the records of block b and the block's counts (C_*), from the waveforms."""
     n = times.shape[0]
@@ -387,11 +419,16 @@ def _wave_block(p, times, b, prev_t, f, ip, rw, bits, cnt):
     n1 = n2 = n3 = n4 = npisi = neot = nph = ndm = 0
     tp = prev_t if b0 == 0 else times[b0 - 1]
     bad = 0
-    for i in range(b0, b1):
+    # block views: loop indices from 0 are provably non-negative (no wraparound code in the hot loop)
+    p = p[b0:b1]
+    times = times[b0:b1]
+    bits = bits[b0:b1]
+    for i in range(b1 - b0):
         # --- counters above threshold (the scalers)
-        a0, se0, so0, k0, q0, kn0, t0 = _s_counter(p, i, 0, thr, zs)
-        a1, se1, so1, k1, q1, kn1, t1 = _s_counter(p, i, 1, thr, zs)
-        a2, se2, so2, k2, q2, kn2, t2 = _s_counter(p, i, 2, thr, zs)
+        se0, so0, k0, q0, se1, so1, k1, q1, se2, so2, k2, q2 = _s_peaks(p, i)
+        a0, kn0, t0 = _s_counter(p, i, 0, se0, so0, k0, q0, thr, zs)
+        a1, kn1, t1 = _s_counter(p, i, 1, se1, so1, k1, q1, thr, zs)
+        a2, kn2, t2 = _s_counter(p, i, 2, se2, so2, k2, q2, thr, zs)
         se3, so3 = _peds(p, i, 3)
         sat3, vlo, vhi = _bounds(se3, so3, _rawmax(p, i, 3), zs)
         a3 = vlo >= thr
@@ -478,75 +515,134 @@ def wave_pass_a_par(p, times, prev_t, f, ip, rw, bits, cnt):
         _wave_block(p, times, b, prev_t, f, ip, rw, bits, cnt)
 
 
-@nb.njit(**_jit)
-def _amp_block(a, t, times, b, prev_t, f, ip, bits, cnt):
-    """Raw bits and counts of block b from amplitudes and onsets (branch-free body: vectorisable)."""
+@nb.njit(**_jit_nonrt)
+def _amp_block(ac, tc, times, b, prev_t, tha, tht, ip, bits, cnt):
+    """Raw bits and counts of block b from amplitude columns ``ac`` (6 arrays) and onset columns ``tc``
+    (S1, S2, S3, V1): comparisons against thresholds in the inputs' own dtypes (:func:`amp_thresholds`),
+    a branch-free body that vectorises when each column is contiguous (columnar / Fortran-order input);
+    then the counts and the time-order check."""
     n = times.shape[0]
     b0 = b * BLOCK
     b1 = min(b0 + BLOCK, n)
-    thr = f[F_THR]
-    lo0, hi0, lo1, hi1 = f[F_LO0], f[F_HI0], f[F_LO1], f[F_HI1]
-    lo2, hi2, lo3, hi3 = f[F_LO2], f[F_HI2], f[F_LO3], f[F_HI3]
-    gps, gec = f[F_GPS], f[F_GEC]
-    psp, ecp, psd, ecd = f[F_PSP], f[F_ECP], f[F_PSD], f[F_ECD]
+    thr, psp, ecp, psd, ecd = tha[0], tha[1], tha[2], tha[3], tha[4]
+    lo0, hi0, lo1, hi1 = tht[0], tht[1], tht[2], tht[3]
+    lo2, hi2, lo3, hi3 = tht[4], tht[5], tht[6], tht[7]
     phys_en = ip[I_PHYS_EN] != 0
     dim_en = ip[I_DIM_EN] != 0
-    n1 = n2 = n3 = n4 = npisi = neot = nph = ndm = 0
-    tp = prev_t if b0 == 0 else times[b0 - 1]
-    bad = 0
-    for i in range(b0, b1):
-        s1 = np.float64(a[i, 0]) >= thr
-        s2 = np.float64(a[i, 1]) >= thr
-        s3 = np.float64(a[i, 2]) >= thr
-        s4 = np.float64(a[i, 3]) >= thr
-        u0 = np.float64(t[i, 0])
-        u1 = np.float64(t[i, 1])
-        u2 = np.float64(t[i, 2])
-        u3 = np.float64(t[i, 3])
-        pisi = s1 & s2 & s3 & (u0 >= lo0) & (u0 <= hi0) & (u1 >= lo1) & (u1 <= hi1) & (u2 >= lo2) & (u2 <= hi2)
-        v1 = s4 & (u3 >= lo3) & (u3 <= hi3)
+    # block views: loop indices from 0 are provably non-negative (no wraparound code: it vectorises)
+    a0, a1, a2, a3, a4, a5 = ac[0][b0:b1], ac[1][b0:b1], ac[2][b0:b1], ac[3][b0:b1], ac[4][b0:b1], ac[5][b0:b1]
+    t0, t1, t2, t3 = tc[0][b0:b1], tc[1][b0:b1], tc[2][b0:b1], tc[3][b0:b1]
+    out = bits[b0:b1]
+    for i in range(b1 - b0):
+        s1 = a0[i] >= thr
+        s2 = a1[i] >= thr
+        s3 = a2[i] >= thr
+        s4 = a3[i] >= thr
+        pisi = (s1 & s2 & s3 & (t0[i] >= lo0) & (t0[i] < hi0) & (t1[i] >= lo1) & (t1[i] < hi1)
+                & (t2[i] >= lo2) & (t2[i] < hi2))
+        v1 = s4 & (t3[i] >= lo3) & (t3[i] < hi3)
         eot = pisi & (v1 ^ True)
-        eps = np.float64(a[i, PS_INDEX]) * gps
-        eec = np.float64(a[i, ECAL_INDEX]) * gec
-        ph = eot & phys_en & (eps > psp) & (eec < ecp)
-        dm = eot & dim_en & (eps > psd) & (eec < ecd)
-        r = (np.int64(s1) | (np.int64(s2) << 1) | (np.int64(s3) << 2) | (np.int64(s4) << 3)
-             | (np.int64(pisi) << 4) | (np.int64(eot) << 5) | (np.int64(ph) << 6) | (np.int64(dm) << 7))
-        bits[i] = np.uint8(r)
-        n1 += np.int64(s1)
-        n2 += np.int64(s2)
-        n3 += np.int64(s3)
-        n4 += np.int64(s4)
-        npisi += np.int64(pisi)
-        neot += np.int64(eot)
-        nph += np.int64(ph)
-        ndm += np.int64(dm)
-        tau = times[i]
-        bad += np.int64(tau >= tp) ^ 1
-        tp = tau
-    cnt[b, C_S1] = n1
-    cnt[b, C_S2] = n2
-    cnt[b, C_S3] = n3
-    cnt[b, C_V1] = n4
-    cnt[b, C_PISI] = npisi
-    cnt[b, C_EOT] = neot
-    cnt[b, C_PHYS] = nph
-    cnt[b, C_DIM] = ndm
+        ph = eot & phys_en & (a4[i] >= psp) & (a5[i] < ecp)
+        dm = eot & dim_en & (a4[i] >= psd) & (a5[i] < ecd)
+        out[i] = np.uint8(np.uint8(s1) | (np.uint8(s2) << np.uint8(1)) | (np.uint8(s3) << np.uint8(2))
+                           | (np.uint8(s4) << np.uint8(3)) | (np.uint8(pisi) << np.uint8(4))
+                           | (np.uint8(eot) << np.uint8(5)) | (np.uint8(ph) << np.uint8(6))
+                           | (np.uint8(dm) << np.uint8(7)))
+    _block_counts(bits, times, b, b0, b1, prev_t, cnt)
+
+
+@nb.njit(**_jit_nonrt)
+def _block_counts(bits, times, b, b0, b1, prev_t, cnt):
+    """Counts C_S1..C_DIM of the raw bits of block b (SWAR: byte lanes of a uint64 view summed, at most
+    BLOCK / 8 = 128 per lane) and C_BAD, the records whose arrival time is not at or after the previous
+    one's."""
+    m = b1 - b0
+    nw = m >> 3
+    words = bits[b0:b0 + 8 * nw].view(np.uint64)
+    for k in range(8):
+        acc = np.uint64(0)
+        sh = np.uint64(k)
+        for i in range(nw):
+            acc += (words[i] >> sh) & ONES8
+        # fold the byte lanes (each <= 128) into one sum
+        acc = (acc & np.uint64(0x00FF00FF00FF00FF)) + ((acc >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF))
+        acc = (acc & np.uint64(0x0000FFFF0000FFFF)) + ((acc >> np.uint64(16)) & np.uint64(0x0000FFFF0000FFFF))
+        c = np.int64((acc & np.uint64(0xFFFFFFFF)) + (acc >> np.uint64(32)))
+        for i in range(b0 + 8 * nw, b1):
+            c += (bits[i] >> k) & 1
+        cnt[b, k] = c
+    tt = times[b0:b1]
+    bad = 0 if (m > 0 and tt[0] >= (prev_t if b0 == 0 else times[b0 - 1])) else 1
+    for i in range(1, m):
+        bad += np.int64(tt[i] >= tt[i - 1]) ^ 1
     cnt[b, C_BAD] = bad
 
 
 @nb.njit(**_jit)
-def amp_pass_a(a, t, times, prev_t, f, ip, bits, cnt):
+def amp_pass_a(ac, tc, times, prev_t, tha, tht, ip, bits, cnt):
     """Pass A of the amplitude entry, serial."""
     for b in range(cnt.shape[0]):
-        _amp_block(a, t, times, b, prev_t, f, ip, bits, cnt)
+        _amp_block(ac, tc, times, b, prev_t, tha, tht, ip, bits, cnt)
 
 
 @nb.njit(parallel=True, **_jit)
-def amp_pass_a_par(a, t, times, prev_t, f, ip, bits, cnt):
+def amp_pass_a_par(ac, tc, times, prev_t, tha, tht, ip, bits, cnt):
     """Pass A of the amplitude entry, prange over blocks."""
     for b in nb.prange(cnt.shape[0]):
-        _amp_block(a, t, times, b, prev_t, f, ip, bits, cnt)
+        _amp_block(ac, tc, times, b, prev_t, tha, tht, ip, bits, cnt)
+
+
+def _first_true(pred, dtype: np.dtype) -> float:
+    """Smallest non-NaN value x of the float ``dtype`` with ``pred(x)`` (a monotonic predicate, false then
+    true), by bisection over the ordered bit patterns: -inf if it holds everywhere, NaN if nowhere."""
+    dtype = np.dtype(dtype)
+    ut = {4: np.uint32, 8: np.uint64}[dtype.itemsize]
+    sign = 1 << (8 * dtype.itemsize - 1)
+
+    def val(key: int) -> float:
+        bits_ = key if key >= 0 else sign | -key
+        return float(np.array(bits_, dtype=ut).view(dtype))
+
+    inf_key = int(np.array(np.inf, dtype=dtype).view(ut))
+    lo, hi = -inf_key, inf_key
+    if pred(val(lo)):
+        return -np.inf
+    if not pred(val(hi)):
+        return np.nan
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if pred(val(mid)):
+            hi = mid
+        else:
+            lo = mid
+    return val(hi)
+
+
+@functools.lru_cache(maxsize=64)
+def amp_thresholds(menu: TriggerMenu, a_dtype: np.dtype, t_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The menu's cuts as exact thresholds on amplitude / onset values of the given float dtypes, so that
+    the amplitude kernel only compares (no conversion, no product) with the reference's decisions:
+
+    - amplitudes (``a_dtype``): ``A >= thr`` <=> ``float64(A) >= counter_threshold_adc``;
+      ``A >= ps`` <=> ``float64(A) * g_PS > ps_min_gev``; ``A < ec`` <=> ``float64(A) * g_ECAL < ecal_max_gev``
+      (physics, then dimuon);
+    - onsets (``t_dtype``), per counter: ``t >= lo`` and ``t < hi'`` <=> ``t0 - w <= float64(t) <= t0 + w``.
+    """
+    g_ps, g_ec = menu.gev_per_count[PS_INDEX], menu.gev_per_count[ECAL_INDEX]
+    thr = menu.counter_threshold_adc
+    tha = [_first_true(lambda x: x >= thr, a_dtype)]
+    for trg in (menu.physics, menu.dimuon):
+        tha.append(_first_true(lambda x, m=trg.ps_min_gev: x * g_ps > m, a_dtype))
+        tha.append(_first_true(lambda x, m=trg.ecal_max_gev: x * g_ec >= m, a_dtype))
+    tht = []
+    for c in range(4):
+        lo, hi = menu.counter_window_ns(c)
+        tht.append(_first_true(lambda x, v=lo: x >= v, t_dtype))
+        tht.append(_first_true(lambda x, v=hi: x > v, t_dtype))
+    out = np.array(tha, dtype=a_dtype), np.array(tht, dtype=t_dtype)
+    for x in out:
+        x.setflags(write=False)    # cached per menu and dtypes
+    return out
 
 
 # ====================================================================== pass B: prescale, random
@@ -581,11 +677,76 @@ def _next_tick(prev, rate, n_ticks):
     return _tick(j, rate)
 
 
-@nb.njit(**_jit)
-def _accept_block(bits, times, b, prev_t, cstart, cnt, f, ip, acc):
+ONES8 = np.uint64(0x0101010101010101)
+
+
+@nb.njit(**_inl)
+def _byte_sum(w):
+    """Sum of the 8 bytes of w when each byte is 0 or 1."""
+    return np.int64((w * ONES8) >> np.uint64(56))
+
+
+@nb.njit(**_inl)
+def _scan_prescaled(bits, amask, b0, b1, shift, c, p, total, m):
+    """Accept every p-th record with raw bit ``1 << shift`` in [b0, b1): the counter stands at c raw
+    triggers since the last accepted one and the block holds ``total`` raw ones, so (c + total) // p are
+    accepted; OR ``m`` into amask there. Eight records at a time (SWAR on a uint64 view of the bits) are
+    skipped while the next accept is not among them; the scan stops at the last accept. Returns the
+    number accepted."""
+    n_exp = (c + total) // p
+    need = p - c
+    n_acc = 0
+    nw = (b1 - b0) >> 3
+    words = bits[b0:b0 + 8 * nw].view(np.uint64)
+    sh = np.uint64(shift)
+    i = 0
+    while n_acc < n_exp and i < nw:
+        x = (words[i] >> sh) & ONES8
+        k = _byte_sum(x)
+        if k < need:
+            need -= k
+        else:
+            for j in range(8):
+                need -= (bits[b0 + 8 * i + j] >> shift) & 1
+                if need == 0:
+                    amask[b0 + 8 * i + j] |= m
+                    n_acc += 1
+                    need = p
+        i += 1
+    q = b0 + 8 * nw
+    while n_acc < n_exp and q < b1:
+        need -= (bits[q] >> shift) & 1
+        if need == 0:
+            amask[q] |= m
+            n_acc += 1
+            need = p
+        q += 1
+    return n_acc
+
+
+@nb.njit(**_inl)
+def _first_at_or_after(times, b0, b1, x):
+    """First index in [b0, b1) with times >= x (sorted times), b1 if none."""
+    lo = b0
+    hi = b1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if times[mid] >= x:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@nb.njit(**_jit_nonrt)
+def _accept_block(bits, amask, times, b, prev_t, cstart, cnt, f, ip, acc):
+    """Accepted masks of block b (into ``amask``, zeroed here for blocks with accepts) and its accepted
+    counts (A_*), from the block-start prescale counters and the previous record's time."""
     n = times.shape[0]
     b0 = b * BLOCK
     b1 = min(b0 + BLOCK, n)
+    for k in range(N_ACC):
+        acc[b, k] = 0
     phys_en = ip[I_PHYS_EN] != 0
     beam_en = ip[I_BEAM_EN] != 0
     dim_en = ip[I_DIM_EN] != 0
@@ -593,77 +754,79 @@ def _accept_block(bits, times, b, prev_t, cstart, cnt, f, ip, acc):
     n_ticks = ip[I_NTICKS]
     rate = f[F_RATE]
     cp, cb, cd = cstart[b, 0], cstart[b, 1], cstart[b, 2]
-    need = ((phys_en and cp + cnt[b, C_PHYS] >= pp) or (beam_en and cb + cnt[b, C_PISI] >= pb)
-            or (dim_en and cd + cnt[b, C_DIM] >= pd))
+    need_p = phys_en and cp + cnt[b, C_PHYS] >= pp
+    need_b = beam_en and cb + cnt[b, C_PISI] >= pb
+    need_d = dim_en and cd + cnt[b, C_DIM] >= pd
     next_t = np.inf
     if n_ticks > 0:
         next_t = _next_tick(prev_t if b0 == 0 else times[b0 - 1], rate, n_ticks)
-        need = need or times[b1 - 1] >= next_t
-    for k in range(N_ACC):
-        acc[b, k] = 0
-    if not need:
+    need_r = times[b1 - 1] >= next_t
+    if not (need_p or need_b or need_d or need_r):
         return
     for i in range(b0, b1):
-        r = bits[i]
-        m = 0
-        if phys_en and (r & RB_PHYS):
-            cp += 1
-            if cp == pp:
-                cp = 0
-                m |= M_PHYS
-                acc[b, A_PHYS] += 1
-        if beam_en and (r & RB_PISI):
-            cb += 1
-            if cb == pb:
-                cb = 0
-                m |= M_BEAM
-                acc[b, A_BEAM] += 1
-        if dim_en and (r & RB_DIM):
-            cd += 1
-            if cd == pd:
-                cd = 0
-                m |= M_DIM
-                acc[b, A_DIM] += 1
-        tau = times[i]
-        if tau >= next_t:
-            j = _bracket(tau, rate, n_ticks)
-            if j < n_ticks:
-                m |= M_RAND
-                acc[b, A_RAND] += 1
-                next_t = _tick(j + 1, rate) if j + 1 < n_ticks else np.inf
-            else:
-                next_t = np.inf
-        bits[i] = np.uint8(m)
-        if m:
-            acc[b, A_REC] += 1
+        amask[i] = 0
+    if need_p:
+        acc[b, A_PHYS] = _scan_prescaled(bits, amask, b0, b1, 6, cp, pp, cnt[b, C_PHYS], M_PHYS)
+    if need_b:
+        acc[b, A_BEAM] = _scan_prescaled(bits, amask, b0, b1, 4, cb, pb, cnt[b, C_PISI], M_BEAM)
+    if need_d:
+        acc[b, A_DIM] = _scan_prescaled(bits, amask, b0, b1, 7, cd, pd, cnt[b, C_DIM], M_DIM)
+    if need_r:
+        # sorted times: tick j accepts the first record at or after t_j if it comes before t_(j+1)
+        i = _first_at_or_after(times, b0, b1, next_t)
+        while i < b1:
+            j = _bracket(times[i], rate, n_ticks)
+            if j >= n_ticks:
+                break
+            amask[i] |= M_RAND
+            acc[b, A_RAND] += 1
+            if j + 1 >= n_ticks:
+                break
+            i = _first_at_or_after(times, i + 1, b1, _tick(j + 1, rate))
+    n_rec = 0
+    for i in range(b0, b1):
+        n_rec += amask[i] != 0
+    acc[b, A_REC] = n_rec
 
 
 @nb.njit(**_jit)
-def pass_b(bits, times, prev_t, cstart, cnt, f, ip, acc):
-    """Pass B (accepted masks into ``bits`` of scanned blocks, counts into ``acc``), serial."""
+def pass_b(bits, amask, times, prev_t, cstart, cnt, f, ip, acc):
+    """Pass B (accepted masks into ``amask``, counts into ``acc``), serial."""
     for b in range(cnt.shape[0]):
-        _accept_block(bits, times, b, prev_t, cstart, cnt, f, ip, acc)
+        _accept_block(bits, amask, times, b, prev_t, cstart, cnt, f, ip, acc)
 
 
 @nb.njit(parallel=True, **_jit)
-def pass_b_par(bits, times, prev_t, cstart, cnt, f, ip, acc):
+def pass_b_par(bits, amask, times, prev_t, cstart, cnt, f, ip, acc):
     """Pass B, prange over blocks."""
     for b in nb.prange(cnt.shape[0]):
-        _accept_block(bits, times, b, prev_t, cstart, cnt, f, ip, acc)
+        _accept_block(bits, amask, times, b, prev_t, cstart, cnt, f, ip, acc)
 
 
-@nb.njit(**_jit)
-def pass_c(bits, acc, offsets, first_index, out_idx, out_mask):
-    """Pass C: gather accepted indices (absolute, ``first_index`` + position) and masks."""
-    n = bits.shape[0]
+@nb.njit(**_jit_nonrt)
+def pass_c(amask, acc, offsets, first_index, out_idx, out_mask):
+    """Pass C: gather accepted indices (absolute, ``first_index`` + position) and masks (eight records at
+    a time skipped while their masks are all zero)."""
+    n = amask.shape[0]
     for b in range(acc.shape[0]):
         if acc[b, A_REC] == 0:
             continue
         k = offsets[b]
-        for i in range(b * BLOCK, min((b + 1) * BLOCK, n)):
-            if bits[i]:
+        b0 = b * BLOCK
+        b1 = min(b0 + BLOCK, n)
+        nw = (b1 - b0) >> 3
+        words = amask[b0:b0 + 8 * nw].view(np.uint64)
+        for w in range(nw):
+            if words[w] != 0:
+                for j in range(8 * w, 8 * w + 8):
+                    if amask[b0 + j]:
+                        out_idx[k] = first_index + b0 + j
+                        out_mask[k] = amask[b0 + j]
+                        k += 1
+        for i in range(b0 + 8 * nw, b1):
+            if amask[i]:
                 out_idx[k] = first_index + i
-                out_mask[k] = bits[i]
+                out_mask[k] = amask[i]
                 k += 1
 
 
@@ -684,7 +847,6 @@ class SpillTrigger:
         self.menu = menu
         self.parallel = bool(parallel)
         self._f, self._i = pack(menu)
-        self._rw = window_table(menu)
         self._prescale = np.array([menu.physics.prescale, menu.beam.prescale, menu.dimuon.prescale], np.int64)
         self._counter = np.zeros(3, np.int64)    # raw triggers since the last accepted one (phys, beam, dimuon)
         self._prev_t = -np.inf                   # arrival time of the last record seen (ns)
@@ -710,7 +872,7 @@ class SpillTrigger:
 
         def pass_a(bits: np.ndarray, cnt: np.ndarray) -> None:
             fn = wave_pass_a_par if self.parallel else wave_pass_a
-            fn(p, tau, self._prev_t, self._f, self._i, self._rw, bits, cnt)
+            fn(p, tau, self._prev_t, self._f, self._i, window_table(self.menu), bits, cnt)
         return self._chunk(pass_a, tau, first_index)
 
     def process_amplitudes(self, amplitudes: np.ndarray, onsets_ns: np.ndarray, arrival_ns: np.ndarray,
@@ -718,13 +880,13 @@ class SpillTrigger:
         """Trigger a chunk of reconstructed records: amplitudes (n, 6) float ADC counts, onsets (n, 6)
         float ns (NaN = no signal), arrival times (n,) ns. Returns the chunk's accepted indices and masks."""
         a, t, tau = check_inputs(amplitudes, onsets_ns, arrival_ns)
-        a = np.ascontiguousarray(a)
-        t = np.ascontiguousarray(t)
         tau = np.ascontiguousarray(tau)
+        tha, tht = amp_thresholds(self.menu, a.dtype, t.dtype)
 
         def pass_a(bits: np.ndarray, cnt: np.ndarray) -> None:
             fn = amp_pass_a_par if self.parallel else amp_pass_a
-            fn(a, t, tau, self._prev_t, self._f, self._i, bits, cnt)
+            fn(tuple(a[:, c] for c in range(6)), tuple(t[:, c] for c in range(4)), tau, self._prev_t, tha, tht,
+               self._i, bits, cnt)
         return self._chunk(pass_a, tau, first_index)
 
     def _chunk(self, pass_a, tau: np.ndarray, first_index: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -748,13 +910,15 @@ class SpillTrigger:
         csum = np.cumsum(raw, axis=0)
         cstart = (self._counter[None, :] + csum - raw) % self._prescale[None, :]
         acc = np.empty((n_blocks, N_ACC), np.int64)
-        (pass_b_par if self.parallel else pass_b)(bits, tau, self._prev_t, cstart, cnt, self._f, self._i, acc)
+        amask = np.empty(n, np.uint8)      # written (zeroed first) only in blocks with accepted records
+        (pass_b_par if self.parallel else pass_b)(bits, amask, tau, self._prev_t, cstart, cnt, self._f, self._i,
+                                                  acc)
         offsets = np.zeros(n_blocks + 1, np.int64)
         np.cumsum(acc[:, A_REC], out=offsets[1:])
         idx = np.empty(offsets[-1], np.int64)
         mask = np.empty(offsets[-1], np.uint8)
         if idx.size:
-            pass_c(bits, acc, offsets, first, idx, mask)
+            pass_c(amask, acc, offsets, first, idx, mask)
         # commit the state only now that the chunk is known good
         self._counter = (self._counter + csum[-1]) % self._prescale
         self._prev_t = float(tau[-1])
@@ -806,17 +970,22 @@ def trigger_amplitudes(menu: TriggerMenu, amplitudes: np.ndarray, onsets_ns: np.
     return st.finish()
 
 
-def warm_up() -> float:
-    """Compile (or load from the on-disk cache) every kernel with the real dtypes on tiny arrays; call
-    once at start-up. Returns the seconds it took."""
+def warm_up(amplitude: bool = True) -> float:
+    """Compile (or load from the on-disk cache: a few hundred ms) every kernel with the real dtypes on
+    tiny arrays: the waveform entry (int16 primitives, float64 times) and, with ``amplitude``, the
+    amplitude entry (float32 and float64, columnar and row-major), serial and parallel. Call once at
+    start-up. Returns the seconds it took."""
     import time
     t = time.perf_counter()
     menu = TriggerMenu()
     prims = np.zeros((3, ch.N_TRIGGER_CHANNELS, NS), np.int16)
+    prims[0, :3, 8:] = 300                    # one PiSi record, accepted by the random tick at t = 0
     tau = np.array([0.0, 1.0, 2.0])
     for par in (False, True):
         trigger_waveforms(menu, prims, tau, par)
-        for dt in (np.float32, np.float64):
-            a = np.zeros((3, ch.N_TRIGGER_CHANNELS), dt)
-            trigger_amplitudes(menu, a, a, tau, par)
+        if amplitude:
+            for dt in (np.float32, np.float64):
+                for order in ("C", "F"):
+                    a = np.zeros((3, ch.N_TRIGGER_CHANNELS), dt, order=order)
+                    trigger_amplitudes(menu, a, a, tau, par)
     return time.perf_counter() - t

@@ -27,14 +27,25 @@ def check_inputs(amplitudes: np.ndarray, onsets_ns: np.ndarray, arrival_ns: np.n
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate the amplitude-entry arrays: (N, 6) floating amplitudes (ADC counts) and onsets (ns),
     (N,) arrival times (ns, converted to float64). Raises ValueError."""
-    a, t = np.asarray(amplitudes), np.asarray(onsets_ns)
+    a, t = _native_float(amplitudes), _native_float(onsets_ns)
     n6 = ch.N_TRIGGER_CHANNELS
     for name, x in (("amplitudes", a), ("onsets_ns", t)):
-        if x.ndim != 2 or x.shape[1] != n6 or x.dtype.kind != "f":
+        if x.ndim != 2 or x.shape[1] != n6:
             raise ValueError(f"{name} must be a float array of shape (records, {n6}); got {x.dtype} {x.shape}")
     if a.shape != t.shape:
         raise ValueError(f"amplitudes {a.shape} and onsets_ns {t.shape} differ in shape")
     return a, t, check_times(arrival_ns, a.shape[0])
+
+
+def _native_float(x: np.ndarray) -> np.ndarray:
+    """float32/float64 in native byte order as is (any memory layout); other float dtypes as float64
+    (exact: the reference computes in float64 anyway). ValueError for non-float data."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise ValueError(f"expected a float array, got {x.dtype}")
+    if x.dtype in (np.float32, np.float64) and x.dtype.isnative:
+        return x
+    return x.astype(np.float64)
 
 
 def check_primitives(prims: np.ndarray, arrival_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +63,7 @@ def check_times(arrival_ns: np.ndarray, n: int) -> np.ndarray:
     t = np.asarray(arrival_ns)
     if t.shape != (n,) or t.dtype.kind != "f":
         raise ValueError(f"arrival times must be a float array of shape ({n},); got {t.dtype} {t.shape}")
-    return t.astype(np.float64, copy=False)
+    return np.ascontiguousarray(t, dtype=np.float64)
 
 
 def unsorted_error(where: int) -> ValueError:
@@ -193,8 +204,9 @@ def electron_spill(menu: TriggerMenu, n: int, seed: int = 0, spill_ns: float | N
     times float64 (n,) ns over the spill).
 
     ~86% electrons (S1..S3 ~1 MIP in time, V1 empty, E_PS ~ 0.5-8 GeV, E_ECAL ~ 100 GeV; a fraction
-    ``low_ecal_fraction`` of them with E_ECAL uniform in 5-100 GeV), 12% halo (counters partly out of time or missing, V1 for some), 1% hadron-like
-    (little ECAL energy), a few saturated sums, 10% pile-up pulses on random channels."""
+    ``low_ecal_fraction`` of them with E_ECAL uniform in 5-100 GeV), 12% halo (counters partly out of
+    time or missing, V1 for some), 1% hadron-like (little ECAL energy), a few saturated sums, 10% pile-up
+    pulses on random channels."""
     rng = np.random.default_rng(seed)
     mip, g = menu.mip_adc, np.asarray(menu.gev_per_count)
     t0 = np.asarray(menu.t0_ns)
