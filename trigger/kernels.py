@@ -218,18 +218,20 @@ def _rawmax(p, i, c):
 
 
 @nb.njit(**_inl)
-def _keymax(p, i, c, se, so):
-    """Peak sample k (numpy's argmax: the first maximum) of the pedestal-subtracted samples of p[i, c]
-    and 4x that maximum, exactly, in one vectorised pass over int32 keys
-    ``32 * (4 w_j - 4 ped_j) + (31 - j)`` (|key| < 2^24 for any int16 input)."""
-    se32 = np.int32(se)
-    so32 = np.int32(so)
+def _keymax(p, i, c):
+    """Peak sample k (numpy's argmax: the first maximum) of the pedestal-subtracted samples of p[i, c],
+    4x that maximum, and the pedestal sums (se, so), exactly, in one vectorised pass over int32 keys
+    ``32 * (4 w_j - 4 ped_j) + (31 - j)`` (|key| < 2^24 for any int16 input). The sums are computed here
+    in int32 (not passed in as int64): LLVM then keeps the whole loop in int32 lanes."""
+    se32 = np.int32(np.int32(p[i, c, 0]) + np.int32(p[i, c, 2]) + np.int32(p[i, c, 4]) + np.int32(p[i, c, 6]))
+    so32 = np.int32(np.int32(p[i, c, 1]) + np.int32(p[i, c, 3]) + np.int32(p[i, c, 5]) + np.int32(p[i, c, 7]))
     m = np.int32(-2147483648)
     for j in range(p.shape[2]):
         key = np.int32(np.int32(128) * np.int32(p[i, c, j]) - np.int32(32) * (se32 if (j & 1) == 0 else so32)
                        + KEY_J[j])
         m = key if key > m else m
-    return np.int64(NS - 1) - (np.int64(m) & 31), np.int64(m) >> 5
+    mm = np.int64(m)
+    return np.int64(NS - 1) - (mm & 31), mm >> 5, np.int64(se32), np.int64(so32)
 
 
 @nb.njit(**_inl)
@@ -259,7 +261,8 @@ def _neighbours(p, i, c, k):
 
 @nb.njit(**_inl)
 def _window(rw, c, k, x):
-    """In-window decision of counter c from the window table: 1 in, 0 out, 2 undecided (guard band)."""
+    """In-window decision of counter c from the window table on the ratio x: 1 in, 0 out, 2 undecided
+    (guard band)."""
     d = 2
     if rw[c, k, 0] <= x <= rw[c, k, 1]:
         d = 1
@@ -275,7 +278,7 @@ def _exact(p, i, c, se, so, zs):
     pe = se * 0.25
     po = so * 0.25
     sat = _rawmax(p, i, c) >= ADC_MAX
-    k, s4 = _keymax(p, i, c, se, so)
+    k, s4, _, _ = _keymax(p, i, c)
     best = s4 * 0.25
     amp = 0.0
     t = np.nan
@@ -375,12 +378,9 @@ def _s_counter(p, i, c, se, so, k, s4, thr, zs):
 def _s_peaks(p, i):
     """Pedestal sums and exact peak (k, 4x value) of S1, S2, S3 of record i. A separate (not inlined)
     function: compiled on its own, LLVM vectorises the key loops in int32 lanes."""
-    se0, so0 = _peds(p, i, 0)
-    k0, q0 = _keymax(p, i, 0, se0, so0)
-    se1, so1 = _peds(p, i, 1)
-    k1, q1 = _keymax(p, i, 1, se1, so1)
-    se2, so2 = _peds(p, i, 2)
-    k2, q2 = _keymax(p, i, 2, se2, so2)
+    k0, q0, se0, so0 = _keymax(p, i, 0)
+    k1, q1, se1, so1 = _keymax(p, i, 1)
+    k2, q2, se2, so2 = _keymax(p, i, 2)
     return se0, so0, k0, q0, se1, so1, k1, q1, se2, so2, k2, q2
 
 
@@ -394,8 +394,7 @@ def _s_in_window(p, i, c, se, so, k, s4, known, t, rw, lo, hi):
         po = so * 0.25
         wm, wp = _neighbours(p, i, c, k)
         ped = pe if ((k + 1) & 1) == 0 else po
-        x = ((wp - ped) - (wm - ped)) / (s4 * 0.25)
-        d = _window(rw, c, k, x)
+        d = _window(rw, c, k, ((wp - ped) - (wm - ped)) / (s4 * 0.25))
         if d == 2:
             tt = _time_amp(k, s4, pe, po, wm, wp, False)[0]
             d = 1 if lo <= tt <= hi else 0

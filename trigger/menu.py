@@ -237,7 +237,8 @@ class TriggerMenu:
             raise MenuError("config has no [trigger] section with a [trigger.menu] table") from None
         unknown = set(menu) - set(TRIGGER_NAMES)
         if unknown:
-            raise MenuError(f"unknown trigger(s) {sorted(unknown)} in [trigger.menu]; known: {', '.join(TRIGGER_NAMES)}")
+            raise MenuError(f"unknown trigger(s) {sorted(unknown)} in [trigger.menu]; "
+                            f"known: {', '.join(TRIGGER_NAMES)}")
         ids = ch.trigger_channel_ids()
         try:
             return cls(
