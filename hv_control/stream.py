@@ -54,13 +54,15 @@ class StreamAmplitudes:
         return msg
 
     def wait_for_daq(self, timeout_s: float) -> dict:
-        """Block until a ``status`` heartbeat arrives; returns its meta. BeamLossError on timeout."""
+        """Block until the DAQ says it is ready (``status`` with ``ready`` true: kernels compiled, crate
+        configured); returns that status meta. BeamLossError on timeout, naming what was last heard."""
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             msg = self._next(end - time.monotonic())
-            if msg and msg.topic == "status":
+            if msg and msg.topic == "status" and msg.meta.get("ready"):
                 return msg.meta
-        raise BeamLossError(f"no heartbeat from the DAQ at {self.address} within {timeout_s:.0f} s")
+        heard = f"last status {self.last_status}" if self.last_status else "no heartbeat at all"
+        raise BeamLossError(f"the DAQ at {self.address} was not ready within {timeout_s:.0f} s ({heard})")
 
     def collect(self, channel_id: int, cell: str, since_unix: float, min_events: int, max_spills: int,
                 timeout_s: float) -> np.ndarray:

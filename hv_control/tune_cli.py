@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             daq, address = start_daq(args, out)
             source = StreamAmplitudes(address)
-        source.wait_for_daq(180.0)          # a first start compiles the numba kernels
+        source.wait_for_daq(300.0)          # a first start compiles the numba kernels (cold cache)
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=False) as progress:
             bar = progress.add_task("hv-tune", total=len(cells))

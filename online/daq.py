@@ -212,6 +212,7 @@ class DAQ:
                 "last_spill_unix": self.last_spill_unix, "spills_done": int(tot.get("spills", 0)),
                 "events_recorded": int(tot.get("events_recorded", 0)), "lost_spills": int(tot.get("lost_spills", 0)),
                 "message": self.sm.message, "calibration_mode": self.calibration_mode,
+                "ready": bool(getattr(self, "ready", False)),
                 "monitor_dropped": self.publisher.dropped if self.publisher else 0}
         return meta, self.current_spill
 
@@ -279,6 +280,7 @@ class DAQ:
         self.crate.take_incidents()
         self.recorder.set("crate", info, save=True)
         self._log(logging.INFO, f"crate {info['idn']} configured; run {self.run_number} -> {self.recorder.rdir}")
+        self.ready = True              # kernels compiled, crate configured: spills will be taken from now on
 
     def _thresholds(self) -> dict[str, Any]:
         m = self.menu
