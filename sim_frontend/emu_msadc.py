@@ -41,6 +41,7 @@ from detector import channels as chmap
 from detector.records import PARTICLE_NAMES, TRUTH_APRIME, TRUTH_CALIBRATION, TRUTH_DIMUON, \
     TRUTH_DTYPE, TRUTH_HADRONIC, TRUTH_PILEUP
 
+from .faults import CountedFaults
 from .scpi import Block, CommandTable, ErrorQueue, Line, ParseError, ScpiError, StreamParser, parse_float, \
     parse_int, split_args, split_header
 
@@ -453,7 +454,7 @@ def _fmt_num(v: float) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-class MSADCFaults:
+class MSADCFaults(CountedFaults):
     """Injected faults of the crate (docs/protocols.md section 5), thread-safe.
 
     ``delay`` (``seconds``: every reply waits), ``no_reply`` (``count``: the next queries get no reply),
@@ -462,58 +463,8 @@ class MSADCFaults:
     follow), ``corrupt`` (``count``, default 1: the next binary block has a bad header: ``#<n>`` followed
     by ``n`` question marks instead of the length digits, then the payload and the terminator)."""
 
-    KINDS = ("delay", "no_reply", "drop", "truncate", "corrupt")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._delay = 0.0
-        self._counts = {"no_reply": 0, "drop": 0, "truncate": 0, "corrupt": 0}
-
-    def set(self, kind: str, *, seconds: float | None = None, count: int | None = None) -> None:
-        """Activate ``kind``; ValueError names the problem. ``count = 0`` / ``seconds = 0`` clears it."""
-        with self._lock:
-            if kind == "delay":
-                if seconds is None or isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
-                        or not math.isfinite(seconds) or not 0.0 <= seconds <= 600.0:
-                    raise ValueError(f"fault 'delay' needs seconds in [0, 600], got {seconds!r}")
-                self._delay = float(seconds)
-            elif kind in self._counts:
-                count = 1 if count is None else count
-                if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 10**6:
-                    raise ValueError(f"fault {kind!r} needs an integer count in [0, 1000000], got {count!r}")
-                self._counts[kind] = count
-            else:
-                raise ValueError(f"unknown msadc fault {kind!r}; known: {', '.join(self.KINDS)}")
-
-    def apply(self, spec: dict[str, Any]) -> None:
-        """Activate a fault given as a table ``{"kind": ..., "seconds"|"count": ...}`` (``endpoint`` ignored)."""
-        extra = set(spec) - {"kind", "seconds", "count", "endpoint"}
-        if extra:
-            raise ValueError(f"unknown fault parameter(s) {sorted(extra)} in {dict(spec)!r}")
-        self.set(str(spec.get("kind")), seconds=spec.get("seconds"), count=spec.get("count"))
-
-    def clear(self) -> None:
-        with self._lock:
-            self._delay = 0.0
-            for k in self._counts:
-                self._counts[k] = 0
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return {"delay": self._delay, **self._counts}
-
-    @property
-    def delay_s(self) -> float:
-        with self._lock:
-            return self._delay
-
-    def take(self, kind: str) -> bool:
-        """Consume one count of ``kind`` if it is pending."""
-        with self._lock:
-            if self._counts.get(kind, 0) > 0:
-                self._counts[kind] -= 1
-                return True
-            return False
+    ENDPOINT = "msadc"
+    COUNTED = ("no_reply", "drop", "truncate", "corrupt")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .faults import CountedFaults
+
 log = logging.getLogger(__name__)
 
 LineHandler = Callable[[str], str]
@@ -59,68 +61,30 @@ class ReplyAction:
     noise: bytes = b""
 
 
-class FaultState:
+class FaultState(CountedFaults):
     """Injected faults of one serial endpoint (thread-safe). Kinds: ``delay`` (``seconds``),
-    ``no_reply`` (``count``), ``drop``, ``noise`` (``count``)."""
+    ``no_reply``, ``noise`` and ``drop`` (``count``). Over TCP a drop closes the connection once per
+    count; a pty cannot be closed without changing its device, so there a pending drop means "answer
+    nothing" until it is cleared."""
 
-    KINDS = ("delay", "no_reply", "drop", "noise")
+    ENDPOINT = "serial"
+    COUNTED = ("no_reply", "drop", "noise")
 
     def __init__(self, seed: int | None = 1234) -> None:
-        self._lock = threading.Lock()
+        super().__init__()
         self._rng = random.Random(seed)
-        self._delay_s, self._no_reply, self._noise, self._drop = 0.0, 0, 0, False
-
-    def set(self, kind: str, *, seconds: float | None = None, count: int | None = None) -> None:
-        """Activate fault ``kind``; ValueError names the problem on a bad kind or parameter."""
-        with self._lock:
-            if kind == "delay":
-                if seconds is None or not 0.0 <= float(seconds) <= 600.0:
-                    raise ValueError(f"fault 'delay' needs seconds in [0, 600], got {seconds!r}")
-                self._delay_s = float(seconds)
-            elif kind in ("no_reply", "noise"):
-                count = 1 if count is None else count
-                if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-                    raise ValueError(f"fault {kind!r} needs a count >= 0, got {count!r}")
-                if kind == "no_reply":
-                    self._no_reply = count
-                else:
-                    self._noise = count
-            elif kind == "drop":
-                self._drop = True
-            else:
-                raise ValueError(f"unknown serial fault {kind!r}; known: {', '.join(self.KINDS)}")
-
-    def apply(self, spec: Mapping[str, Any]) -> None:
-        """Activate a fault given as a table, e.g. ``{"kind": "noise", "count": 3}`` (``endpoint`` ignored)."""
-        extra = set(spec) - {"kind", "seconds", "count", "endpoint"}
-        if extra:
-            raise ValueError(f"unknown fault parameter(s) {sorted(extra)} in {dict(spec)!r}")
-        self.set(str(spec.get("kind")), seconds=spec.get("seconds"), count=spec.get("count"))
-
-    def clear(self) -> None:
-        """Clear every fault."""
-        with self._lock:
-            self._delay_s, self._no_reply, self._noise, self._drop = 0.0, 0, 0, False
-
-    def snapshot(self) -> dict[str, Any]:
-        """The active faults as a dict."""
-        with self._lock:
-            return {"delay": self._delay_s, "no_reply": self._no_reply, "noise": self._noise, "drop": self._drop}
 
     def next_action(self, *, consume_drop: bool) -> ReplyAction:
         """Decide the fate of the next request and consume one count of the counted faults."""
         with self._lock:
-            if self._drop:
-                self._drop = not consume_drop
+            if self._counts["drop"] > 0:
+                if consume_drop:
+                    self._counts["drop"] -= 1
                 return ReplyAction(drop=True, reply=False)
-            if self._no_reply > 0:
-                self._no_reply -= 1
-                return ReplyAction(reply=False, delay_s=self._delay_s)
-            noise = b""
-            if self._noise > 0:
-                self._noise -= 1
-                noise = self._rng.randbytes(self._rng.randint(1, 16))
-            return ReplyAction(delay_s=self._delay_s, noise=noise)
+            if self._take_locked("no_reply"):
+                return ReplyAction(reply=False, delay_s=self._delay)
+            noise = self._rng.randbytes(self._rng.randint(1, 16)) if self._take_locked("noise") else b""
+            return ReplyAction(delay_s=self._delay, noise=noise)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -300,12 +300,12 @@ def test_fault_state_validation_and_snapshot() -> None:
     fs.set("no_reply", count=2)
     fs.set("noise", count=3)
     fs.set("drop")
-    assert fs.snapshot() == {"delay": 0.1, "no_reply": 2, "noise": 3, "drop": True}
+    assert fs.snapshot() == {"delay": 0.1, "no_reply": 2, "noise": 3, "drop": 1}
     for bad in ({"kind": "melt"}, {"kind": "delay"}, {"kind": "noise", "count": -1}, {"kind": "drop", "x": 1}):
         with pytest.raises(ValueError):
             fs.apply(bad)
     fs.clear()
-    assert fs.snapshot() == {"delay": 0.0, "no_reply": 0, "noise": 0, "drop": False}
+    assert fs.snapshot() == {"delay": 0.0, "no_reply": 0, "noise": 0, "drop": 0}
 
 
 def test_pty_drop_stops_answering_until_cleared() -> None:
