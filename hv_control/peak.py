@@ -59,8 +59,8 @@ def fit_peak(amplitudes: np.ndarray, min_events: int = 100, core_sigmas: float =
         c_lo, c_hi = norm.cdf(lo, mu, sigma), norm.cdf(hi, mu, sigma)
         return (model(x, mu, sigma) - c_lo) / max(c_hi - c_lo, 1e-300)
 
-    m = Minuit(BinnedNLL(counts, edges, truncated), mu=float(np.mean(core)), sigma=max(mad, 1e-3))
-    m.limits["sigma"] = (1e-3, 10 * mad)
+    m = Minuit(BinnedNLL(counts, edges, truncated), mu=float(np.mean(core)), sigma=mad)
+    m.limits["sigma"] = (1e-3 * mad, 10 * mad)     # relative: any width scale, however narrow
     m.limits["mu"] = (lo, hi)
     m.migrad()
     if not m.valid:

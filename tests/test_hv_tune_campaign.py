@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from detector import channels as chmap
 from detector.config import load_calibration, load_config
@@ -200,10 +200,19 @@ def test_peak_fit_refuses_garbage():
     assert abs(f.mean - 2400) < 3 * f.error and f.error < 10
 
 
+@pytest.mark.parametrize("rel_width", [1e-14, 1e-12, 1e-9, 1e-6, 1e-3, 0.1])
+def test_peak_fit_works_at_any_width_scale(rel_width):
+    """CI once found a campaign whose beam was almost noise-free: the fit's sigma bounds were absolute."""
+    f = fit_peak(np.random.default_rng(0).normal(2500.0, 2500.0 * rel_width, 800))
+    assert abs(f.mean - 2500.0) < 3 * f.error + 1e-9
+    assert f.sigma == pytest.approx(2500.0 * rel_width, rel=0.15)
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10**6), spread=st.floats(0.0, 0.8), gamma=st.floats(0.5, 15.0),
        limit=st.floats(700.0, 1300.0), max_v=st.floats(800.0, 1500.0), res=st.floats(0.0, 0.5),
        garbage=st.sampled_from([None, 0.0, np.nan, -100.0, 1e9]))
+@example(seed=0, spread=0.0, gamma=1.0, limit=700.0, max_v=800.0, res=1e-12, garbage=None)   # found by CI
 def test_no_measurement_or_config_sets_a_voltage_beyond_the_limit(tmp_path_factory, seed, spread, gamma, limit,
                                                                    max_v, res, garbage):
     tmp = tmp_path_factory.mktemp("h")
