@@ -154,6 +154,9 @@ SCHEMA: dict[str, Any] = {
         "calibration_mode": F(bool, False, doc="beam trigger unprescaled; publish amplitudes"),
         "heartbeat_s": F(NUM, 1.0, 0.05, 60.0, unit="s"),
         "spill_timeout_s": F(NUM, 120.0, 0.1, 3600.0, unit="s", doc="no spill for this long = DAQ stalled"),
+        "min_free_mb": F(NUM, 256.0, 0.0, 1e8, unit="MB",
+                         doc="disk kept free on the output filesystem: a spill that would cut into it is not "
+                             "written (flagged disk_full) and the run stops"),
     },
     "hv": {
         "max_v": F(NUM, 1500.0, 0.0, 2000.0, unit="V", doc="per-channel voltage limit (refuse above)"),

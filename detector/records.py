@@ -52,4 +52,6 @@ SPILL_FLAGS = (
     "feed_stall",           # the beam feed stalled (no spill for too long)
     "reconnected",          # the connection was dropped and re-established during this spill
     "retried",              # the readout of this spill was retried and succeeded
+    "disk_full",            # not written: the output disk had no room (daq.min_free_mb); the run stopped
+    "write_failed",         # writing the spill file failed (I/O error, quota); the run stopped
 )

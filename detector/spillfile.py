@@ -8,6 +8,13 @@ Run directory ``<out>/run-<number>/``:
   in flight and never corrupts a finished one (an unflushed HDF5 file is unreadable; STACK.md);
 - ``run.json``: the run record, replaced atomically the same way after every spill.
 
+HDF5 never sees a failed write: libhdf5 does not survive one (a write error while a file is open, e.g. a
+full disk, leaves the library in a state where the next HDF5 call, or the interpreter's exit, segfaults;
+measured with h5py 3 / HDF5 1.14). The spill file is therefore written through :class:`_FailSafeFile`,
+h5py's file-object driver on a plain file descriptor: the first failed ``pwrite``/``ftruncate`` is kept,
+every later write becomes a no-op, HDF5 closes normally, and :func:`write_spill` then removes the partial
+file and raises :class:`SpillWriteError` (an ``OSError`` with the original errno).
+
 Spill file::
 
     /                      attrs: schema_version, run, spill, crate_spill, start_unix, length_s,
@@ -21,6 +28,8 @@ Spill file::
 """
 from __future__ import annotations
 
+import errno as errno_mod
+import io
 import json
 import os
 import pathlib
@@ -44,6 +53,95 @@ _INT_ATTRS = ("run", "spill", "crate_spill", "n_particles", "n_accepted", "n_rea
 
 class SpillFileError(OSError):
     """A spill file or run record is missing, truncated or malformed; the message names the file."""
+
+
+class SpillWriteError(OSError):
+    """A spill file could not be written (disk full, quota, I/O error); ``errno`` is the system's, the
+    message names the file. Nothing was renamed into place: finished spills are untouched."""
+
+
+class _FailSafeFile(io.RawIOBase):
+    """A random-access file for h5py's file-object driver that turns the first I/O error into a
+    recorded :attr:`error` and every later write into a no-op (reads then return zeros), so that HDF5
+    completes and closes normally; the caller checks :attr:`error` and discards the file."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        super().__init__()
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.error: OSError | None = None
+        self._pos = 0
+        self._size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = base + int(offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        mv = memoryview(buffer).cast("B")
+        n = len(mv)
+        if self.error is None:
+            try:
+                n = os.preadv(self.fd, [mv], self._pos)
+            except OSError as exc:
+                self.error = exc
+                mv[:] = bytes(n)
+        else:
+            mv[:] = bytes(n)
+        self._pos += n
+        return n
+
+    def write(self, data: Any) -> int:
+        mv = memoryview(data).cast("B")
+        n = len(mv)
+        if self.error is None:
+            try:
+                done = 0
+                while done < n:
+                    done += os.pwrite(self.fd, mv[done:], self._pos + done)
+            except OSError as exc:
+                self.error = exc
+        self._pos += n
+        self._size = max(self._size, self._pos)
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else int(size)
+        if self.error is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as exc:
+                self.error = exc
+        self._size = size
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def fsync(self) -> None:
+        if self.error is None:
+            try:
+                os.fsync(self.fd)
+            except OSError as exc:
+                self.error = exc
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        super().close()
 
 
 @dataclass
@@ -110,9 +208,18 @@ def _validate_content(c: SpillContent) -> None:
         raise ValueError(f"truth must be TRUTH_DTYPE of shape ({n},)")
 
 
+def estimated_size(content: SpillContent) -> int:
+    """An upper estimate of the spill file's size (bytes): the arrays plus HDF5 metadata (1 MB is ample:
+    a 256-event chunk of waveforms needs one index entry of tens of bytes)."""
+    arrays = (content.event_id, content.trigger_mask, content.time_ns, content.waveforms, content.truth)
+    data = sum(int(np.asarray(a).nbytes) for a in arrays if a is not None)
+    return data + len(json.dumps(content.attrs, default=json_default)) + (1 << 20)
+
+
 def write_spill(rdir: str | os.PathLike, content: SpillContent, compression: str | None = None) -> pathlib.Path:
     """Write one spill file atomically into run directory ``rdir`` and return its path.
-    Refuses to overwrite an existing finished spill file (FileExistsError)."""
+    Refuses to overwrite an existing finished spill file (FileExistsError); a failed write (disk full,
+    I/O error) raises :class:`SpillWriteError` and leaves nothing behind."""
     _validate_content(content)
     rdir = pathlib.Path(rdir)
     rdir.mkdir(parents=True, exist_ok=True)
@@ -125,19 +232,26 @@ def write_spill(rdir: str | os.PathLike, content: SpillContent, compression: str
     attrs.update(schema_version=SCHEMA_VERSION, run=int(content.run), spill=int(content.spill),
                  n_recorded=int(n), written_unix=time.time())
     try:
-        with h5py.File(tmp, "w", libver="latest") as f:
-            for k, v in attrs.items():
-                f.attrs[k] = json.dumps(v) if k in _JSON_ATTRS else v
-            g = f.create_group("events")
-            g.create_dataset("event_id", data=np.asarray(content.event_id, dtype=np.uint32))
-            g.create_dataset("trigger_mask", data=np.asarray(content.trigger_mask, dtype=np.uint8))
-            g.create_dataset("time_ns", data=np.asarray(content.time_ns, dtype=np.float64))
-            chunks = (max(1, min(n, 256)), N_CHANNELS, N_SAMPLES) if n else None
-            g.create_dataset("waveforms", data=content.waveforms, chunks=chunks, compression=compression)
-            if content.truth is not None:
-                f.create_dataset("truth", data=content.truth)
-            f.flush()
-            os.fsync(f.id.get_vfd_handle())
+        sink = _FailSafeFile(tmp)
+        try:
+            with h5py.File(sink, "w", libver="latest") as f:
+                for k, v in attrs.items():
+                    f.attrs[k] = json.dumps(v) if k in _JSON_ATTRS else v
+                g = f.create_group("events")
+                g.create_dataset("event_id", data=np.asarray(content.event_id, dtype=np.uint32))
+                g.create_dataset("trigger_mask", data=np.asarray(content.trigger_mask, dtype=np.uint8))
+                g.create_dataset("time_ns", data=np.asarray(content.time_ns, dtype=np.float64))
+                chunks = (max(1, min(n, 256)), N_CHANNELS, N_SAMPLES) if n else None
+                g.create_dataset("waveforms", data=content.waveforms, chunks=chunks, compression=compression)
+                if content.truth is not None:
+                    f.create_dataset("truth", data=content.truth)
+            sink.fsync()
+        finally:
+            sink.close()
+        if sink.error is not None:
+            e = sink.error
+            raise SpillWriteError(e.errno or errno_mod.EIO,
+                                  f"spill {content.spill} not written to {rdir}: {e.strerror or e}")
         os.replace(tmp, final)
         _fsync_dir(rdir)
     except BaseException:
@@ -195,11 +309,15 @@ def write_run_record(rdir: str | os.PathLike, record: dict[str, Any]) -> pathlib
     final = rdir / RUN_RECORD
     tmp = rdir / f".{RUN_RECORD}.tmp-{os.getpid()}"
     text = json.dumps(record, indent=1, sort_keys=True, allow_nan=False, default=json_default)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)     # the previous run.json stays as it was
+        raise
     _fsync_dir(rdir)
     return final
 

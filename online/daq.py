@@ -46,7 +46,7 @@ from detector import channels as ch
 from detector.config import Calibration, dump_toml
 from detector.records import TRIGGER_BITS, TRUTH_DTYPE
 from detector.reco import reconstruct
-from detector.spillfile import SpillContent
+from detector.spillfile import SpillContent, estimated_size
 
 from .msadc import (EVENT_RECORD_BYTES, MSADC, PRIM_RECORD_BYTES, MSADCCrateError, MSADCError, MSADCSpillLost)
 from .publisher import Heartbeat, Publisher
@@ -195,6 +195,7 @@ class DAQ:
         self._errors_in_a_row = 0
         self._skipped: set[int] = set()      #: crate spill ids seen to be skipped (never completed)
         self._exit_reason = "stopped"
+        self._exit_status = 0           #: 1 once the run had to stop because nothing more could be recorded
 
     # ------------------------------------------------------------------------------ control
     def stop(self, reason: str = "signal") -> None:
@@ -241,7 +242,8 @@ class DAQ:
         self.recorder = RunRecorder(
             self.out, self.run_number, config_toml=dump_toml(self.cfg), trigger_menu=self.menu.to_dict(),
             thresholds=self._thresholds(), calibration=self._calibration_summary(), argv=self.argv,
-            extra={"endpoints": {k: v for k, v in self.endpoints.items() if isinstance(v, (str, int))}})
+            extra={"endpoints": {k: v for k, v in self.endpoints.items() if isinstance(v, (str, int))}},
+            min_free_bytes=float(self.daq_cfg["min_free_mb"]) * 1e6)
         self.recorder.open()
         if self.recorder.restarted:
             self._log(logging.WARNING, f"run {self.run_number} continues at spill {self.recorder.next_spill}"
@@ -308,7 +310,11 @@ class DAQ:
         if self.recorder is not None:
             if self.publisher is not None:
                 self.recorder.set("monitoring", self.publisher.stats())
-            self.recorder.close(self._exit_reason)
+            try:
+                self.recorder.close(self._exit_reason)
+            except OSError as exc:      # e.g. a full disk: the previous run.json stays intact
+                log.critical("run record not updated at the end of the run: %s", exc)
+                self._exit_status = 1
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if self.publisher is not None:
@@ -320,13 +326,14 @@ class DAQ:
 
     # ------------------------------------------------------------------------------ the loop
     def run(self) -> int:
-        """Run until ``max_spills`` spills are recorded or :meth:`stop`; returns the exit status."""
+        """Run until ``max_spills`` spills are recorded or :meth:`stop`; returns the exit status: 0, or 1 when
+        the run had to stop because nothing more could be recorded (disk full, write error)."""
         try:
             self.start()
             self._loop()
-            return 0
         finally:
             self.close()
+        return self._exit_status
 
     def _loop(self) -> None:
         assert self.crate is not None and self.recorder is not None
@@ -542,7 +549,16 @@ class DAQ:
         entry["timing"] = out.timing
         rec.session["crate_stats"] = dict(self.crate.stats)
         out.timing["daq_s_before_write"] = time.perf_counter() - t0
-        rec.record_spill(content, entry)
+        problem = rec.space_problem(estimated_size(content))
+        flag = "disk_full"
+        if problem is None:
+            try:
+                rec.record_spill(content, entry)
+            except OSError as exc:          # SpillWriteError (disk full, I/O error) or the run record
+                problem, flag = str(exc), "write_failed"
+        if problem is not None:
+            self._not_recorded(spill, out, entry, flag, problem)
+            return
         entry = rec.spills[-1]
         out.timing["record_s"] = time.perf_counter() - t_rec
         out.timing["total_s"] = time.perf_counter() - t0      # saved with the next run-record update
@@ -556,6 +572,37 @@ class DAQ:
             self.monitor_worker.submit(spill, content, out.info, out.events_base)
         else:
             self.release_events(out.events_base)
+        size = (rec.rdir / entry["file"]).stat().st_size
+        problem = rec.space_problem(size)
+        if problem is not None:         # the next spill would not fit: stop now, before anything is lost
+            self._stop_for_disk(f"the next spill may not fit ({problem}); the run stops after spill {spill}, "
+                                f"nothing lost: free disk space, then restart na64-daq with --run {self.run_number}")
+
+    def _not_recorded(self, spill: int, out: SpillOutcome, entry: dict[str, Any], flag: str, problem: str) -> None:
+        """The spill could not be written: flag it (an empty spill file keeps its accounting, if even that
+        can be written), keep the crate's copy (not released), and stop the run."""
+        assert self.recorder is not None
+        rec = self.recorder
+        n = int(entry.get("n_accepted", 0))
+        self.release_events(out.events_base)
+        keep = {k: entry[k] for k in ("start_unix", "length_s", "n_particles", "n_seen", "n_accepted", "n_read_out",
+                                      "eot", "scalers", "triggers", "errors", "incidents", "note") if k in entry}
+        flags = [flag] + [f for f in entry.get("flags", []) if f != flag]
+        try:
+            rec.record_empty(spill, int(out.crate_spill), flags, f"{n} accepted events not recorded: {problem}",
+                             **keep)
+            noted = "the spill is flagged " + flag
+        except OSError as exc:
+            noted = f"not even its flag could be written ({exc}); the run record marks it in flight"
+        self._publish_scalers(spill, rec.spills[-1] if rec.spills and rec.spills[-1]["spill"] == spill else entry)
+        self._stop_for_disk(f"spill {spill}: {n:,} accepted events NOT recorded: {problem}; {noted}. "
+                            f"Free disk space, then restart na64-daq with --run {self.run_number}")
+
+    def _stop_for_disk(self, message: str) -> None:
+        self._log(logging.CRITICAL, message)
+        self.sm.to(State.ERROR, message)
+        self._exit_status = 1
+        self.stop("disk_full")
 
     def read_spill(self, crate_spill: int) -> SpillOutcome:
         """One readout attempt of a crate spill; never raises a crate error: failures end up in

@@ -27,6 +27,7 @@ import fcntl
 import os
 import pathlib
 import re
+import shutil
 import socket
 import sys
 import time
@@ -41,7 +42,8 @@ from detector.spillfile import (RUN_RECORD, SpillContent, SpillFileError, list_s
 
 RECORD_SCHEMA = 1
 #: flags that explain why a spill is incomplete (the others - retried, reconnected, feed_stall - are notes)
-INCOMPLETE_FLAGS = frozenset({"readout_incomplete", "crate_error", "timeout", "truncated_block", "spill_lost"})
+INCOMPLETE_FLAGS = frozenset({"readout_incomplete", "crate_error", "timeout", "truncated_block", "spill_lost",
+                              "disk_full", "write_failed"})
 _TMP_RE = re.compile(r"^\.(spill-\d+\.h5|run\.json)\.tmp-(\d+)$")
 _RUN_RE = re.compile(r"^run-(\d+)$")
 
@@ -83,8 +85,9 @@ class RunRecorder:
 
     def __init__(self, out: str | os.PathLike, run: int, *, config_toml: str = "", trigger_menu: dict | None = None,
                  thresholds: dict | None = None, calibration: dict | None = None, argv: list[str] | None = None,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, min_free_bytes: float = 0.0) -> None:
         self.out = pathlib.Path(out)
+        self.min_free_bytes = float(min_free_bytes)   #: disk kept free on the output filesystem (bytes)
         self.run = int(run)
         self.rdir = run_dir(out, run)
         self.config_toml = config_toml
@@ -103,6 +106,9 @@ class RunRecorder:
     # ----------------------------------------------------------------------------- open/close
     def open(self) -> "RunRecorder":
         self.rdir.mkdir(parents=True, exist_ok=True)
+        problem = self.space_problem(0)
+        if problem:
+            raise RecorderError(f"not enough disk to record run {self.run}: {problem}")
         self._lock()
         cleaned = self._clean_tmp()
         if (self.rdir / RUN_RECORD).exists():
@@ -243,6 +249,20 @@ class RunRecorder:
     @property
     def totals(self) -> dict[str, Any]:
         return self.record["totals"]
+
+    # ------------------------------------------------------------------------------- disk
+    def free_bytes(self) -> int:
+        """Free bytes on the filesystem of the run directory, for this (unprivileged) user."""
+        return int(shutil.disk_usage(self.rdir).free)
+
+    def space_problem(self, need_bytes: float) -> str | None:
+        """None if ``need_bytes`` can be written and ``min_free_bytes`` still stay free, else why not."""
+        free = self.free_bytes()
+        if free - need_bytes >= self.min_free_bytes:
+            return None
+        return (f"{free / 1e6:,.0f} MB free on the filesystem of {self.rdir}; "
+                + (f"the spill needs about {need_bytes / 1e6:,.0f} MB and " if need_bytes else "")
+                + f"daq.min_free_mb keeps {self.min_free_bytes / 1e6:,.0f} MB free")
 
     # ------------------------------------------------------------------------------- spills
     def begin_spill(self, spill: int, crate_spill: int, **info: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -88,7 +89,9 @@ def _no_daq_left_behind():
 
 def start_daq(tmp_path: Path, config_path: Path, endpoints_path: Path, out: Path, *, run: int = 1,
               spills: int | None = 3, monitor: str | None = None, extra: Sequence[str] = (),
-              name: str = "daq") -> DAQProcess:
+              name: str = "daq", file_size_limit: int | None = None) -> DAQProcess:
+    """``file_size_limit`` (bytes): RLIMIT_FSIZE of the DAQ process, so that writing a larger file fails
+    with EFBIG as a full disk fails with ENOSPC (SIGXFSZ ignored: the write returns the error)."""
     cmd = [sys.executable, "-m", "online.daq_cli", "run", "--config", str(config_path), "--endpoints-file",
            str(endpoints_path), "--out", str(out), "--run", str(run),
            "--monitor", monitor or f"tcp://127.0.0.1:{free_port()}", *extra]
@@ -98,9 +101,15 @@ def start_daq(tmp_path: Path, config_path: Path, endpoints_path: Path, out: Path
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     log_path = tmp_path / f"{name}.log"
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
     with open(log_path, "ab") as fh:
         proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=env, stdin=subprocess.DEVNULL, stdout=fh,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT,
+                                preexec_fn=limit_file_size if file_size_limit is not None else None)
     _STARTED.append(proc)
     return DAQProcess(proc, out, run, log_path)
 
