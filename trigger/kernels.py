@@ -105,8 +105,14 @@ I_PHYS_EN, I_BEAM_EN, I_DIM_EN, I_P_PHYS, I_P_BEAM, I_P_DIM, I_NTICKS = range(7)
 
 _jit = dict(cache=True, nogil=True, error_model="numpy")
 #: kernels that allocate nothing run without NRT (numba's private ``_nrt`` target option): no reference
-#: counting of the arrays they pass around in the hot loop (atomic operations)
-_jit_nonrt = dict(_nrt=False, **_jit)
+#: counting of the arrays they pass around in the hot loop (atomic operations). A numba without the option
+#: compiles them with NRT: the same results, somewhat slower.
+try:
+    from numba.core.cpu import CPUTargetOptions
+    _HAS_NRT_OPTION = hasattr(CPUTargetOptions, "_nrt")
+except ImportError:                     # pragma: no cover - numba internals moved
+    _HAS_NRT_OPTION = False
+_jit_nonrt = dict(_nrt=False, **_jit) if _HAS_NRT_OPTION else dict(_jit)
 #: hot helpers are inlined in numba IR (LLVM does not inline numba calls, and a call passing arrays costs
 #: NRT reference counting); they have a single exit so that the reference-count pruning succeeds
 _inl = dict(cache=True, nogil=True, error_model="numpy", inline="always")
