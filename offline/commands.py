@@ -145,6 +145,10 @@ def select_run(args: argparse.Namespace) -> int:
     m = select_runs(_run_dirs(args.run_dirs), args.out, args.scheduler, _workers(args, cfg), config=cfg,
                     serial=args.serial)
     _out.print(_cutflow_table(f"cut flow: {m.n_spills} spills, EOT {m.eot:.4g}", dict(m.cut_flow)))
+    if m.excluded_spills:
+        _err.print(f"[yellow]{len(m.excluded_spills)} incomplete spill(s) left out with their EOT:[/] "
+                   + ", ".join(f"{pathlib.Path(x['run_dir']).name}/{x['spill']} ({','.join(x['flags'])})"
+                               for x in m.excluded_spills))
     if m.errors:
         _err.print(f"[yellow]{len(m.errors)} spill file(s) could not be read:[/]")
         for e in m.errors:

@@ -16,7 +16,10 @@ writes:
 - ``histograms.npz`` and ``histograms.root`` (uproot; E_ECAL vs E_HCAL, cut flow, and a TTree of the box
   events).
 
-A spill file that cannot be read is reported (``errors`` in the JSON) and skipped, never fatal.
+A spill file that cannot be read is reported (``errors`` in the JSON) and skipped, never fatal. A spill the
+DAQ flagged as incomplete (``detector.records.INCOMPLETE_SPILL_FLAGS``: some accepted events were not
+recorded) is left out with its EOT and listed in ``excluded_spills``: counting its EOT without all of its
+events would bias the signal yield per EOT.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ import numpy as np
 
 from detector.spillfile import json_default
 from detector.config import Calibration, load_calibration, load_config, validate
-from detector.records import PARTICLE_NAMES, TRUTH_APRIME, TRUTH_DIMUON
+from detector.records import INCOMPLETE_SPILL_FLAGS, PARTICLE_NAMES, TRUTH_APRIME, TRUTH_DIMUON
 from detector.spillfile import SpillFileError, list_spills, read_run_record, read_spill
 
 from . import events as ev
@@ -141,6 +144,8 @@ class MergedSelection:
     truth: dict[str, float] | None = None
     errors: list[str] = field(default_factory=list)
     flagged_spills: list[dict[str, Any]] = field(default_factory=list)
+    #: spills left out (events and EOT): their recorded events are not all their accepted events
+    excluded_spills: list[dict[str, Any]] = field(default_factory=list)
     task_seconds: float = 0.0
 
     @property
@@ -170,6 +175,7 @@ class MergedSelection:
             "truth": self.truth,
             "errors": self.errors,
             "flagged_spills": self.flagged_spills,
+            "excluded_spills": self.excluded_spills,
         }
 
 
@@ -190,6 +196,13 @@ def merge(results: Iterable[SpillResult], cuts: sel.Cuts) -> MergedSelection:
         if r.error is not None:
             m.errors.append(r.error)
             continue
+        if r.flags:
+            m.flagged_spills.append({"run_dir": r.run_dir, "spill": r.spill, "flags": list(r.flags)})
+        bad = sorted(set(r.flags) & INCOMPLETE_SPILL_FLAGS)
+        if bad:     # part of its accepted events is missing: counting its EOT would bias the yield
+            m.excluded_spills.append({"run_dir": r.run_dir, "spill": r.spill, "flags": bad,
+                                      "n_events": r.n_events, "eot": r.eot})
+            continue
         m.n_spills += 1
         m.n_events += r.n_events
         m.eot += r.eot
@@ -208,8 +221,6 @@ def merge(results: Iterable[SpillResult], cuts: sel.Cuts) -> MergedSelection:
             sides[name].append(r.sidebands.get(name, {}))
         if r.truth is not None:
             m.truth = dict(r.truth) if m.truth is None else {k: m.truth.get(k, 0) + v for k, v in r.truth.items()}
-        if r.flags:
-            m.flagged_spills.append({"run_dir": r.run_dir, "spill": r.spill, "flags": list(r.flags)})
     if not m.cut_flow:
         m.cut_flow = OrderedDict((name, 0) for name in ("all",) + sel.CUT_NAMES)
     m.box = ev.concat(boxes) or {c: np.zeros(0) for c in BOX_COLUMNS}

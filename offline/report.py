@@ -190,6 +190,7 @@ def make_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
         "cut_flow": dict(merged.cut_flow), "n_obs": merged.n_obs, "background": bkg,
         "signal": [{k: s[k] for k in ("mass_mev", "events", "efficiency", "efficiency_err") if k in s} for s in signal],
         "limits": lim_result, "limits_error": lim_error, "truth": merged.truth, "errors": merged.errors,
+        "excluded_spills": merged.excluded_spills,
     }
     p_json, p_txt = out / "summary.json", out / "summary.txt"
     files += [p_json, p_txt]
@@ -227,6 +228,10 @@ def summary_text(s: dict[str, Any]) -> str:
         t = s["truth"]
         lines += ["", f"truth: A' recorded {t['aprime_recorded']}, in the box {t['aprime_in_box']}, "
                       f"box events without A' {t['box_not_aprime']}"]
+    if s.get("excluded_spills"):
+        lines += ["", "incomplete spills left out (events and EOT):"] + [
+            f"  {x['run_dir']} spill {x['spill']}: {', '.join(x['flags'])}, EOT {x['eot']:.6g}"
+            for x in s["excluded_spills"]]
     if s["errors"]:
         lines += ["", "unreadable spill files:"] + [f"  {e}" for e in s["errors"]]
     lines += ["", "files written:"] + [f"  {f}" for f in s["files"]]

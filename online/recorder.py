@@ -36,14 +36,13 @@ from typing import Any
 import numpy as np
 
 from detector.channels import N_CHANNELS, N_SAMPLES
-from detector.records import SPILL_FLAGS
+from detector.records import INCOMPLETE_SPILL_FLAGS, SPILL_FLAGS
 from detector.spillfile import (RUN_RECORD, SpillContent, SpillFileError, list_spills, read_run_record,
                                 read_spill, run_dir, write_run_record, write_spill)
 
 RECORD_SCHEMA = 1
 #: flags that explain why a spill is incomplete (the others - retried, reconnected, feed_stall - are notes)
-INCOMPLETE_FLAGS = frozenset({"readout_incomplete", "crate_error", "timeout", "truncated_block", "spill_lost",
-                              "disk_full", "write_failed"})
+INCOMPLETE_FLAGS = INCOMPLETE_SPILL_FLAGS
 _TMP_RE = re.compile(r"^\.(spill-\d+\.h5|run\.json)\.tmp-(\d+)$")
 _RUN_RE = re.compile(r"^run-(\d+)$")
 

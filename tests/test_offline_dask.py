@@ -88,3 +88,31 @@ def test_unreadable_spill_file_is_reported_and_skipped(runs, serial, tmp_path):
     assert 0 < m.eot < m_s.by_run[str(runs[1])]["eot"]
     js = json.loads((tmp_path / "out" / "selection.json").read_text())
     assert js["errors"] == m.errors
+
+
+def test_incomplete_spill_is_left_out_with_its_eot(runs, serial, tmp_path):
+    """A spill the DAQ flagged as incomplete (here: readout_incomplete, as after a readout failure) counts
+    neither its events nor its EOT; a spill with a harmless flag (retried) counts in full."""
+    import h5py
+
+    from detector.spillfile import read_spill
+
+    _, m_s = serial
+    rd = tmp_path / runs[0].name
+    shutil.copytree(runs[0], rd)
+    files = list_spills(rd)
+    for path, flags in ((files[1], ["readout_incomplete"]), (files[2], ["retried"])):
+        with h5py.File(path, "r+") as f:
+            f.attrs["flags"] = json.dumps(flags)
+    victim = read_spill(files[1], waveforms=False)
+    whole = m_s.by_run[str(runs[0])]
+    m = ds.select_runs([rd], tmp_path / "out", serial=True, progress=False)
+    assert m.n_spills == whole["n_spills"] - 1
+    assert m.eot == pytest.approx(whole["eot"] - victim.attrs["eot"]) and victim.attrs["eot"] > 0
+    assert m.n_events == whole["n_events"] - victim.n_events
+    assert m.cut_flow["all"] == whole["cut_flow"]["all"] - victim.n_events
+    assert m.excluded_spills == [{"run_dir": str(rd), "spill": victim.attrs["spill"], "flags": ["readout_incomplete"],
+                                  "n_events": victim.n_events, "eot": float(victim.attrs["eot"])}]
+    assert [x["flags"] for x in m.flagged_spills] == [["readout_incomplete"], ["retried"]]
+    js = json.loads((tmp_path / "out" / "selection.json").read_text())
+    assert js["excluded_spills"] == m.excluded_spills
