@@ -701,9 +701,12 @@ class DAQ:
         if base is None:
             return
         with self._event_lock:
-            self._event_pool.append(base)
-            if len(self._event_pool) > 2:
-                self._event_pool.remove(min(self._event_pool, key=lambda b: b.shape[0]))
+            pool = self._event_pool
+            if any(b is base for b in pool):
+                return
+            pool.append(base)
+            if len(pool) > 2:      # drop the smallest, by position (list.remove would compare arrays with ==)
+                del pool[min(range(len(pool)), key=lambda i: pool[i].shape[0])]
 
     def _times(self, n: int) -> np.ndarray:
         """A reusable arrival-time buffer of at least ``n`` records (pre-faulted)."""
@@ -967,8 +970,10 @@ class MonitorWorker(threading.Thread):
                 self.done += 1
             except Exception:
                 log.exception("monitoring of spill %s failed", item[0])
-            finally:
+            try:
                 self.daq.release_events(item[3])
+            except Exception:       # the monitoring thread outlives any bug in the buffer recycling
+                log.exception("event buffer of spill %s not recycled", item[0])
 
     def stop(self) -> None:
         try:

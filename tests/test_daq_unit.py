@@ -54,3 +54,19 @@ def test_unreachable_crate_exits_1(tmp_path, capsys):
                        "--monitor", "tcp://127.0.0.1:*", "--no-hv", "--quiet"])
     assert rc == 1
     assert "cannot reach the MSADC crate" in capsys.readouterr().err
+
+
+def test_event_buffers_recycle_whatever_their_sizes(tmp_path):
+    """Found under load: with buffers of different sizes in the pool, list.remove compared numpy arrays
+    with == and raised, which killed the monitoring thread (and hv-tune then saw no beam)."""
+    from detector.config import load_calibration, load_config
+    from online.daq import DAQ
+
+    daq = DAQ(load_config(None), load_calibration(), {}, str(tmp_path), run=1)
+    bufs = [daq._event_buffer(n) for n in (5000, 300, 20000, 800)]
+    for b in bufs:
+        daq.release_events(b)
+        daq.release_events(b)                      # a second release of the same buffer is ignored
+    assert [id(b) for b in daq._event_pool] == [id(bufs[0]), id(bufs[2])]     # the two largest are kept
+    assert daq._event_buffer(10000) is bufs[2]
+    assert daq._event_buffer(100) is bufs[0] and daq._event_pool == []
