@@ -12,51 +12,72 @@ from hv_control.stream import StreamAmplitudes
 from hv_control.tune import BeamLossError
 
 
+class Publisher:
+    """A PUB socket fed by one thread at a time (ZeroMQ sockets are not thread-safe): a new
+    :meth:`publish_for` stops the previous feed first, and :meth:`close` joins the feed before the
+    socket is closed."""
+
+    def __init__(self) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.PUB)
+        self.address = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def publish_for(self, seconds: float, messages) -> None:
+        self._join()
+
+        def run():
+            end, seq = time.monotonic() + seconds, 0
+            while time.monotonic() < end and not self._stop.is_set():
+                for topic, meta, arrays in messages:
+                    send_message(self.sock, topic, seq, arrays, meta)
+                    seq += 1
+                self._stop.wait(0.05)
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(5)
+            assert not self._thread.is_alive()
+            self._thread = None
+
+    def close(self) -> None:
+        self._join()
+        self.sock.close(0)
+
+
 @pytest.fixture
 def pub():
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.PUB)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    yield sock, f"tcp://127.0.0.1:{port}"
-    sock.close(0)
-
-
-def publish_for(sock, seconds, messages):
-    def run():
-        end, seq = time.monotonic() + seconds, 0
-        while time.monotonic() < end:
-            for topic, meta, arrays in messages:
-                send_message(sock, topic, seq, arrays, meta)
-                seq += 1
-            time.sleep(0.05)
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
+    p = Publisher()
+    yield p
+    p.close()
 
 
 def test_a_live_but_not_ready_daq_is_not_taken_for_ready(pub):
-    sock, address = pub
-    src = StreamAmplitudes(address)
+    src = StreamAmplitudes(pub.address)
     try:
-        publish_for(sock, 2.0, [("status", {"state": "IDLE", "ready": False}, None)])
+        pub.publish_for(2.0, [("status", {"state": "IDLE", "ready": False}, None)])
         with pytest.raises(BeamLossError, match="not ready.*IDLE"):
             src.wait_for_daq(1.2)
-        publish_for(sock, 2.0, [("status", {"state": "IDLE", "ready": True}, None)])
+        pub.publish_for(2.0, [("status", {"state": "IDLE", "ready": True}, None)])
         assert src.wait_for_daq(1.5)["ready"] is True
     finally:
         src.close()
 
 
 def test_only_spills_on_the_cell_after_the_settle_time_count(pub):
-    sock, address = pub
-    src = StreamAmplitudes(address)
+    src = StreamAmplitudes(pub.address)
     since = time.time()
     amps = np.zeros((50, 108), np.float32)
     amps[:, 80] = 2500.0
     wrong = amps.copy()
     wrong[:, 80] = 1000.0
     try:
-        publish_for(sock, 3.0, [
+        pub.publish_for(3.0, [
             ("amplitudes", {"table": {"cell": "0-1-3"}, "start_unix": since + 1}, {"amplitudes": wrong}),
             ("amplitudes", {"table": {"cell": "2-2-0"}, "start_unix": since - 5}, {"amplitudes": wrong}),
             ("amplitudes", {"table": {"cell": "2-2-0"}, "start_unix": since + 1}, {"amplitudes": amps}),
