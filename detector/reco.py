@@ -79,7 +79,7 @@ def _interp_sorted(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
 @nb.njit(cache=True, nogil=True, inline="always")
 def reco_waveform(w: np.ndarray, threshold: float, r_tab: np.ndarray, d_tab: np.ndarray):
     """Reconstruct one waveform ``w`` (int16, 32). Returns (pedestal_even, pedestal_odd, amplitude,
-    time_ns, flags). Used by :func:`reconstruct` and fused into the trigger kernel."""
+    time_ns, flags). Used by :func:`reconstruct` (the trigger has its own pieces in trigger.kernels)."""
     se = 0
     so = 0
     for i in range(N_PED):
@@ -158,20 +158,23 @@ def reco_waveform(w: np.ndarray, threshold: float, r_tab: np.ndarray, d_tab: np.
         d = j0 * SAMPLE_NS - t0
         ex = amp * math.exp(TEMPLATE_N - d / TEMPLATE_TAU_NS)
         for j in range(N_SAMPLES):
-            slope = 0.0
+            dj = d
             if j < j0 or d >= TEMPLATE_LENGTH_NS:
                 pred = 0.0
             else:
                 u = d / PEAK_DELAY_NS
                 pred = u * u * ex
-                if d > 0.0:
-                    slope = abs(pred * (TEMPLATE_N / d - 1.0 / TEMPLATE_TAU_NS))
                 d += SAMPLE_NS
                 ex *= DECAY_PER_SAMPLE
             if j >= k - 1 and j <= k + 1:
                 continue
             sj = w[j] - (pe if (j & 1) == 0 else po)
-            if abs(sj - pred) > tol + slope * dt_tol:
+            res = abs(sj - pred)
+            if res <= tol:
+                continue
+            # rare: the onset's uncertainty on the template's slope there (pred > 0 only after the onset)
+            slope = abs(pred * (TEMPLATE_N / dj - 1.0 / TEMPLATE_TAU_NS)) if pred > 0.0 else 0.0
+            if res > tol + slope * dt_tol:
                 flags |= FLAG_PILEUP
                 break
     else:
