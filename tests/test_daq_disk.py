@@ -8,6 +8,7 @@ kernel refuses the write (EFBIG) exactly where a full disk refuses it (ENOSPC)."
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -118,3 +119,45 @@ def test_a_failed_spill_write_leaves_hdf5_usable_and_nothing_behind(tmp_path):
     r = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split() == ["['spill-000001.h5',", "'spill-000003.h5']", "50"]
+
+
+
+def test_the_run_stops_before_a_spill_that_would_not_fit(tmp_path):
+    """The disk reserve ``daq.min_free_mb`` set so that one more spill fits but not two: the DAQ records it,
+    sees that the next one would eat into the reserve, and stops before anything is lost (exit status 1);
+    a restarted DAQ with room again continues the run. Spills of 1e5 particles (~6 MB files) leave a
+    margin of megabytes on either side for what else writes to the filesystem meanwhile."""
+    cfg = deep_merge(DAQ_TEST_CONFIG, {"beam": {"particles_per_spill": 1e5}})
+    with start_emulator(tmp_path, cfg, ["--no-pty"]) as emu:
+        out = tmp_path / "data"
+        first = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=7, spills=2, name="daq1")
+        assert first.wait(120) == 0, first.log()[-4000:]
+        files = list_spills(first.rdir)
+        digests = {p.name: _digest(p) for p in files}
+        size = sum(p.stat().st_size for p in files) / len(files)
+        assert size > 3e6, f"spill files of {size:,.0f} B: too small for the margins of this test"
+
+        # keep free all but 1.5 spills: the next spill (size + 1 MB estimated) fits, two would not
+        reserve = deep_merge(load_config(emu.config_path), {"daq": {"min_free_mb": 1.0}})
+        reserve.pop("_path", None)
+        free = shutil.disk_usage(first.rdir).free
+        reserve["daq"]["min_free_mb"] = (free - 1.5 * size) / 1e6
+        tight = tmp_path / "tight.toml"
+        tight.write_text(dump_toml(reserve), encoding="utf-8")
+        second = start_daq(tmp_path, tight, emu.endpoints_path, out, run=7, spills=5, name="daq2")
+        rc = second.wait(120)
+        log = second.log()
+        assert rc == 1, f"exit status {rc}\n{log[-4000:]}"
+        assert "the next spill may not fit" in log and "nothing lost" in log and "--run 7" in log, log[-4000:]
+        assert "Traceback" not in log
+
+        rec = check_run(first.rdir, emu)
+        assert [e["spill"] for e in rec["spills"]] == [1, 2, 3]
+        assert all(e["flags"] == [] and e["n_recorded"] == e["n_accepted"] > 0 for e in rec["spills"])
+        assert rec["sessions"][-1]["stop_reason"] == "disk_full"
+        assert {p.name: _digest(p) for p in files} == digests, "a finished spill file changed"
+
+        third = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=7, spills=1, name="daq3")
+        assert third.wait(120) == 0, third.log()[-4000:]
+        rec = check_run(first.rdir, emu)
+        assert [e["spill"] for e in rec["spills"]] == [1, 2, 3, 4] and rec["spills"][-1]["flags"] == []
