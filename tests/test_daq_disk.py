@@ -29,13 +29,19 @@ def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _record_two_spills(tmp_path, emu, run: int):
+    """A first na64-daq records spills 1 and 2 of ``run``; returns it, its spill files and their digests."""
+    first = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=run, spills=2,
+                      name="daq1")
+    assert first.wait(120) == 0, first.log()[-4000:]
+    files = list_spills(first.rdir)
+    return first, files, {p.name: _digest(p) for p in files}
+
+
 def test_a_spill_that_cannot_be_written_is_flagged_and_the_run_stops_cleanly(tmp_path):
     with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu:
         out = tmp_path / "data"
-        first = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=5, spills=2, name="daq1")
-        assert first.wait(120) == 0, first.log()[-4000:]
-        files = list_spills(first.rdir)
-        digests = {p.name: _digest(p) for p in files}
+        first, files, digests = _record_two_spills(tmp_path, emu, run=5)
         smallest = min(p.stat().st_size for p in files)
         record_size = (first.rdir / "run.json").stat().st_size
         limit = smallest // 2
@@ -125,15 +131,13 @@ def test_a_failed_spill_write_leaves_hdf5_usable_and_nothing_behind(tmp_path):
 def test_the_run_stops_before_a_spill_that_would_not_fit(tmp_path):
     """The disk reserve ``daq.min_free_mb`` set so that one more spill fits but not two: the DAQ records it,
     sees that the next one would eat into the reserve, and stops before anything is lost (exit status 1);
-    a restarted DAQ with room again continues the run. Spills of 1e5 particles (~6 MB files) leave a
-    margin of megabytes on either side for what else writes to the filesystem meanwhile."""
-    cfg = deep_merge(DAQ_TEST_CONFIG, {"beam": {"particles_per_spill": 1e5}})
+    a restarted DAQ with room again continues the run. The beam trigger prescaled by 40 instead of 1000
+    makes spill files of ~7 MB (at the test intensity, which the compressed cycle sustains): margins of
+    megabytes on either side for what else writes to the filesystem meanwhile."""
+    cfg = deep_merge(DAQ_TEST_CONFIG, {"trigger": {"menu": {"beam": {"prescale": 40}}}})
     with start_emulator(tmp_path, cfg, ["--no-pty"]) as emu:
         out = tmp_path / "data"
-        first = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=7, spills=2, name="daq1")
-        assert first.wait(120) == 0, first.log()[-4000:]
-        files = list_spills(first.rdir)
-        digests = {p.name: _digest(p) for p in files}
+        first, files, digests = _record_two_spills(tmp_path, emu, run=7)
         size = sum(p.stat().st_size for p in files) / len(files)
         assert size > 3e6, f"spill files of {size:,.0f} B: too small for the margins of this test"
 
