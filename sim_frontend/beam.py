@@ -42,9 +42,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_DIMUON, TRUTH_DTYPE, TRUTH_PILEUP
-from sim_frontend.geometry import refresh_kernel_cache
 
-refresh_kernel_cache()          # numba caches do not see edits of other modules: drop them when sources change
 
 PILEUP_WINDOW_NS = 100.0        #: TRUTH_PILEUP: another particle within +/- this, ns
 X_MIN_APRIME = 0.5              #: A' energy fractions generated: x > 0.5 (E_miss > E0/2, where the beam e- dominates)

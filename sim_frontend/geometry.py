@@ -18,16 +18,12 @@ radius ~1.8 cm of Pb/Sc shashlik, 3.8 cm cells) and ~80% of a calibration electr
 MIP-like deposits (muons, non-interacting hadrons) are point-like: all in the cell that contains the track.
 
 The numba kernels of beam.py, response.py and digitizer.py are cached on disk (``cache=True``) and freeze the
-constants of this module and the small functions they inline from other modules; numba only notices edits
-of the kernel's own file. :func:`refresh_kernel_cache` (run on import of sim_frontend.beam) therefore drops
-those cache files whenever any of the simulation sources changed, so an edited constant always takes effect.
+constants of this module and the small functions they inline from other modules; the cache directory is
+keyed by the sources (:mod:`detector.jitcache`), so an edited constant always takes effect.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import pathlib
 
 import numba as nb
 import numpy as np
@@ -154,35 +150,3 @@ ECAL_LO_X, ECAL_HI_X = float(ECAL_EDGES_X[0]), float(ECAL_EDGES_X[-1])
 ECAL_LO_Y, ECAL_HI_Y = float(ECAL_EDGES_Y[0]), float(ECAL_EDGES_Y[-1])
 HCAL_HALF_MM = float(HCAL_EDGES[-1])
 assert N_HCAL_X == N_HCAL_Y == 3 and N_HCAL_MODULES == 4
-
-
-_KERNEL_MODULES = ("beam", "response", "digitizer", "geometry")
-
-
-def refresh_kernel_cache() -> bool:
-    """Delete the numba cache files of the simulation kernels if any of their sources (sim_frontend beam,
-    response, digitizer, geometry; detector channels, pulse, records) changed since the cache was written.
-    Returns True if the cache was dropped. Never raises (a read-only install keeps its cache)."""
-    try:
-        here = pathlib.Path(__file__).resolve().parent
-        det = here.parent / "detector"
-        deps = [here / f"{m}.py" for m in _KERNEL_MODULES]
-        deps += [det / f for f in ("channels.py", "pulse.py", "records.py")]
-        digest = hashlib.sha1(b"".join(p.read_bytes() for p in deps if p.exists())).hexdigest()
-        cache_dir = pathlib.Path(nb.config.CACHE_DIR) / "sim_frontend" if nb.config.CACHE_DIR else here / "__pycache__"
-        stamp = cache_dir / "sim_kernels.sha1"
-        try:
-            if stamp.read_text().strip() == digest:
-                return False
-        except OSError:
-            pass
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        for m in _KERNEL_MODULES:
-            for f in cache_dir.glob(f"{m}.*.nb[ic]"):
-                f.unlink(missing_ok=True)
-        tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}")
-        tmp.write_text(digest)
-        os.replace(tmp, stamp)
-        return True
-    except OSError:
-        return False

@@ -8,14 +8,15 @@ Two entries, the same decisions for the same physics (both are tested bit-exact 
   reconstructed only as far as the decision needs, with the arithmetic of
   ``detector.reco.reconstruct_numpy`` wherever a number is computed:
 
-  * S1, S2, S3: exact peak sample and peak value in one vectorised pass (int32 keys that carry the
-    sample index); the float32 amplitude A satisfies ``best <= A <= AMP_BOUND * best``, so the
-    threshold is decided without the template (exp) unless it lies in that band; the coincidence
-    window is decided on the neighbour ratio ``r`` against per-(counter, peak sample) bounds
-    (:func:`window_table`) and only in a 1e-9 guard band by the interpolated onset;
-  * V1, PS_SUM, ECAL_SUM: pedestals and raw maximum bound A (``[m - max(ped), m - min(ped)]`` for
-    ``best``), exact reconstruction (:func:`_exact`, a call) only when the bounds straddle a cut;
-    PS/ECAL only for PiSi AND NOT V1 records.
+  * every record starts with :func:`trigger.simd.record_summary` (explicit LLVM vectors, the six channels
+    reduced together): the exact pedestal-subtracted peak of each channel, the peak sample of S1..S3 and
+    the saturation bits; the next records' cache lines are prefetched (:data:`PREFETCH_RECORDS`);
+  * an unsaturated amplitude A satisfies ``best <= A <= AMP_BOUND * best`` (``best`` the peak value), so a
+    threshold or an energy cut is decided without the template fit (exp) unless the cut lies in that
+    band; saturated channels and the band take the exact reconstruction (:func:`_exact`, a call);
+  * S1..S3 coincidence window: decided on the neighbour ratio ``r`` against per-(counter, peak sample)
+    bounds (:func:`window_table`), by the interpolated onset only in a 1e-9 guard band;
+  * PS/ECAL only for PiSi AND NOT V1 records.
 - **amplitude entry** (offline re-trigger): amplitudes (N, 6) ADC counts + onsets (N, 6) ns (NaN = no
   signal) + arrival times (N,), compared against thresholds pre-computed exactly in the inputs' own
   dtype (:func:`amp_thresholds`): a branch-free loop that vectorises when each channel is contiguous
@@ -55,6 +56,7 @@ from detector.records import TRIGGER_BITS
 
 from .menu import COUNTER_NAMES, ECAL_INDEX, PS_INDEX, TriggerMenu, TriggerResult, empty_scalers
 from .reference import check_inputs, check_primitives, unsorted_error
+from .simd import prefetch_record, record_summary
 
 assert sys.byteorder == "little"
 
@@ -278,13 +280,13 @@ def _window(rw, c, k, x):
 
 
 @nb.njit(**_jit_nonrt)
-def _exact(p, i, c, se, so, zs):
+def _exact(p, i, c, zs):
     """(amplitude ADC counts, onset ns) of p[i, c] as float32 values, exactly as
     ``detector.reco.reconstruct_numpy`` computes them, saturated pulses included. The rare path: a call."""
+    sat = _rawmax(p, i, c) >= ADC_MAX
+    k, s4, se, so = _keymax(p, i, c)
     pe = se * 0.25
     po = so * 0.25
-    sat = _rawmax(p, i, c) >= ADC_MAX
-    k, s4, _, _ = _keymax(p, i, c)
     best = s4 * 0.25
     amp = 0.0
     t = np.nan
@@ -320,22 +322,18 @@ def _exact(p, i, c, se, so, zs):
 
 
 @nb.njit(**_inl)
-def _bounds(se, so, m, zs):
-    """(saturated, lo, hi): the float32 amplitude A (ADC counts) of a waveform with pedestal sums se, so
-    and raw maximum m lies in [lo, hi]. ``best`` (the pedestal-subtracted maximum) is in
-    [m - max(pe, po), m - min(pe, po)], and the reconstruction gives A = 0 if ``best < zs`` else
+def _amp_bounds(s4, zs):
+    """(lo, hi): the float32 amplitude A (ADC counts) of an unsaturated waveform whose pedestal-subtracted
+    peak is ``best = s4 / 4`` lies in [lo, hi]: the reconstruction gives A = 0 if ``best < zs``, else
     ``best <= A <= best / min(template) < AMP_BOUND * best`` (float32 rounding cannot cross ``best``, a
-    float32 value). A saturated waveform (m >= ADC_MAX) needs the exact reconstruction."""
-    pe = se * 0.25
-    po = so * 0.25
+    float32 value)."""
+    best = s4 * 0.25
     lo = 0.0
     hi = 0.0
-    bhi = m - min(pe, po)
-    if bhi >= zs:
-        blo = m - max(pe, po)
-        lo = blo if blo >= zs else 0.0
-        hi = bhi * AMP_BOUND
-    return m >= ADC_MAX, lo, hi
+    if best >= zs:
+        lo = best
+        hi = best * AMP_BOUND
+    return lo, hi
 
 
 @nb.njit(**_inl)
@@ -358,21 +356,22 @@ def _decide(lo, hi, g, x, above):
 
 # ====================================================================== pass A
 @nb.njit(**_inl)
-def _s_counter(p, i, c, se, so, k, s4, thr, zs):
-    """S1/S2/S3 of record i with exact peak (k, s4): (above threshold, onset known, onset ns). The
-    amplitude is decided on its bounds [best, AMP_BOUND * best] when they tell."""
+def _s_counter(p, i, c, sat, k, s4, thr, zs):
+    """S1/S2/S3 of record i with exact peak (sample k, 4x value s4) and saturation flag: (above threshold,
+    onset known, onset ns). The amplitude is decided on its bounds [best, AMP_BOUND * best] when they tell."""
     best = s4 * 0.25
     up = False
     known = False
     t = 0.0
-    if best + max(se, so) * 0.25 >= ADC_MAX:        # a sample may be saturated: exact reconstruction
-        a, t = _exact(p, i, c, se, so, zs)
+    if sat:                                         # exact reconstruction of the saturated pulse
+        a, t = _exact(p, i, c, zs)
         up = a >= thr
         known = True
     elif best >= zs:
         if best >= thr:
             up = True
         elif best * AMP_BOUND >= thr:
+            se, so = _peds(p, i, c)
             wm, wp = _neighbours(p, i, c, k)
             t, a = _time_amp(k, s4, se * 0.25, so * 0.25, wm, wp, True)
             up = a >= thr
@@ -380,32 +379,26 @@ def _s_counter(p, i, c, se, so, k, s4, thr, zs):
     return up, known, t
 
 
-@nb.njit(**_jit_nonrt)
-def _s_peaks(p, i):
-    """Pedestal sums and exact peak (k, 4x value) of S1, S2, S3 of record i. A separate (not inlined)
-    function: compiled on its own, LLVM vectorises the key loops in int32 lanes."""
-    k0, q0, se0, so0 = _keymax(p, i, 0)
-    k1, q1, se1, so1 = _keymax(p, i, 1)
-    k2, q2, se2, so2 = _keymax(p, i, 2)
-    return se0, so0, k0, q0, se1, so1, k1, q1, se2, so2, k2, q2
-
-
 @nb.njit(**_inl)
-def _s_in_window(p, i, c, se, so, k, s4, known, t, rw, lo, hi):
+def _s_in_window(p, i, c, k, s4, known, t, rw, lo, hi):
     """Is the onset of S-counter c (above threshold) in [lo, hi]? From the window table on the neighbour
-    ratio, the onset computed only in the guard bands."""
+    ratio ``(s[k+1] - s[k-1]) / best`` (both neighbours have the same parity, so the pedestal cancels
+    exactly: the ratio is (w[k+1] - w[k-1]) / best), the onset computed only in the guard bands."""
     inside = lo <= t <= hi
     if not known:
-        pe = se * 0.25
-        po = so * 0.25
         wm, wp = _neighbours(p, i, c, k)
-        ped = pe if ((k + 1) & 1) == 0 else po
-        d = _window(rw, c, k, ((wp - ped) - (wm - ped)) / (s4 * 0.25))
+        d = _window(rw, c, k, np.float64(wp - wm) / (s4 * 0.25))
         if d == 2:
-            tt = _time_amp(k, s4, pe, po, wm, wp, False)[0]
+            se, so = _peds(p, i, c)
+            tt = _time_amp(k, s4, se * 0.25, so * 0.25, wm, wp, False)[0]
             d = 1 if lo <= tt <= hi else 0
         inside = d == 1
     return inside
+
+
+#: records ahead of the one being triggered whose cache lines are prefetched (6 KB: measured best of
+#: 2..64 on the 5e6-record spill; without it the summary's loads and the memory stream do not overlap)
+PREFETCH_RECORDS = 16
 
 
 @nb.njit(**_jit_nonrt)
@@ -429,55 +422,57 @@ def _wave_block(p, times, b, prev_t, f, ip, rw, bits, cnt):
     times = times[b0:b1]
     bits = bits[b0:b1]
     for i in range(b1 - b0):
+        prefetch_record(p, i + PREFETCH_RECORDS)
+        # exact peaks (4x value) of the six channels, peak samples of S1..S3, saturation bits
+        q0, q1, q2, q3, qp, qe, k0, k1, k2, sat = record_summary(p, i)
         # --- counters above threshold (the scalers)
-        se0, so0, k0, q0, se1, so1, k1, q1, se2, so2, k2, q2 = _s_peaks(p, i)
-        a0, kn0, t0 = _s_counter(p, i, 0, se0, so0, k0, q0, thr, zs)
-        a1, kn1, t1 = _s_counter(p, i, 1, se1, so1, k1, q1, thr, zs)
-        a2, kn2, t2 = _s_counter(p, i, 2, se2, so2, k2, q2, thr, zs)
-        se3, so3 = _peds(p, i, 3)
-        sat3, vlo, vhi = _bounds(se3, so3, _rawmax(p, i, 3), zs)
+        a0, kn0, t0 = _s_counter(p, i, 0, (sat & 1) != 0, k0, q0, thr, zs)
+        a1, kn1, t1 = _s_counter(p, i, 1, (sat & 2) != 0, k1, q1, thr, zs)
+        a2, kn2, t2 = _s_counter(p, i, 2, (sat & 4) != 0, k2, q2, thr, zs)
+        sat3 = (sat & 8) != 0
+        vlo, vhi = _amp_bounds(q3, zs)
         a3 = vlo >= thr
         kn3 = False
         t3 = 0.0
         if sat3 or (not a3 and vhi >= thr):
-            a, t3 = _exact(p, i, 3, se3, so3, zs)
+            a, t3 = _exact(p, i, 3, zs)
             a3 = a >= thr
             kn3 = True
         r = np.int64(a0) | (np.int64(a1) << 1) | (np.int64(a2) << 2) | (np.int64(a3) << 3)
         # --- PiSi: S1, S2, S3 in their windows
         pisi = a0 and a1 and a2
         if pisi:
-            pisi = _s_in_window(p, i, 0, se0, so0, k0, q0, kn0, t0, rw, lo0, hi0)
+            pisi = _s_in_window(p, i, 0, k0, q0, kn0, t0, rw, lo0, hi0)
             if pisi:
-                pisi = _s_in_window(p, i, 1, se1, so1, k1, q1, kn1, t1, rw, lo1, hi1)
+                pisi = _s_in_window(p, i, 1, k1, q1, kn1, t1, rw, lo1, hi1)
                 if pisi:
-                    pisi = _s_in_window(p, i, 2, se2, so2, k2, q2, kn2, t2, rw, lo2, hi2)
+                    pisi = _s_in_window(p, i, 2, k2, q2, kn2, t2, rw, lo2, hi2)
         if pisi:
             r |= RB_PISI
             if a3 and not kn3:
-                t3 = _exact(p, i, 3, se3, so3, zs)[1]
+                t3 = _exact(p, i, 3, zs)[1]
             if not (a3 and lo3 <= t3 <= hi3):
                 r |= RB_EOT
                 if phys_en or dim_en:
                     # --- E_PS > ps_min and E_ECAL < ecal_max, on the amplitude bounds when they tell
-                    sep, sop = _peds(p, i, PS_INDEX)
-                    satp, plo, phi = _bounds(sep, sop, _rawmax(p, i, PS_INDEX), zs)
-                    see, soe = _peds(p, i, ECAL_INDEX)
-                    sate, elo, ehi = _bounds(see, soe, _rawmax(p, i, ECAL_INDEX), zs)
+                    satp = (sat & (1 << PS_INDEX)) != 0
+                    plo, phi = _amp_bounds(qp, zs)
+                    sate = (sat & (1 << ECAL_INDEX)) != 0
+                    elo, ehi = _amp_bounds(qe, zs)
                     for trig in range(2):
                         if (phys_en if trig == 0 else dim_en):
                             ps_min = f[F_PSP] if trig == 0 else f[F_PSD]
                             ec_max = f[F_ECP] if trig == 0 else f[F_ECD]
                             d = 2 if satp else _decide(plo, phi, gps, ps_min, True)
                             if d == 2:
-                                plo = _exact(p, i, PS_INDEX, sep, sop, zs)[0]
+                                plo = _exact(p, i, PS_INDEX, zs)[0]
                                 phi = plo
                                 satp = False
                                 d = _decide(plo, phi, gps, ps_min, True)
                             if d == 1:
                                 d = 2 if sate else _decide(elo, ehi, gec, ec_max, False)
                                 if d == 2:
-                                    elo = _exact(p, i, ECAL_INDEX, see, soe, zs)[0]
+                                    elo = _exact(p, i, ECAL_INDEX, zs)[0]
                                     ehi = elo
                                     sate = False
                                     d = _decide(elo, ehi, gec, ec_max, False)
