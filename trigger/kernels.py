@@ -78,14 +78,46 @@ FP = np.ascontiguousarray(PEAK_DELTA, dtype=np.float64)
 N_XP = XP.size
 SLOPE = (FP[1:] - FP[:-1]) / (XP[1:] - XP[:-1])
 # uniform bins over XP -> the segment containing the bin's start (fine enough that a bin holds at most one
-# table point, so one well-predicted comparison finds the segment); ITAB rows = xp[j], slope[j], fp[j],
-# xp[j + 1] (one cache line per lookup)
-N_GUIDE = 1 << 16
+# table point, so one well-predicted comparison finds the segment; 32 KB, so that it stays in cache next
+# to the streamed spill); ITAB rows = xp[j], slope[j], fp[j], xp[j + 1] (one cache line per lookup)
+N_GUIDE = 1 << 13
 GUIDE_X0 = float(XP[0])
 GUIDE_INV = N_GUIDE / float(XP[-1] - XP[0])
 GUIDE = np.clip(np.searchsorted(XP, GUIDE_X0 + np.arange(N_GUIDE) / GUIDE_INV, side="right") - 1,
                 0, N_XP - 2).astype(np.int32)
 ITAB = np.ascontiguousarray(np.stack([XP[:-1], SLOPE, FP[:-1], XP[1:]], axis=1))
+assert np.diff(XP).min() * GUIDE_INV > 1.0, "a guide bin must hold at most one knot"
+
+
+def _amp_over_peak_table(n_bins: int, margin: float) -> np.ndarray:
+    """Per bin of the neighbour ratio r (n_bins uniform bins over [XP[0], XP[-1]]; r outside clamps to
+    the end bins, as np.interp clamps delta): [lo, hi] bounding amplitude / peak value = 1 / template at
+    the interpolated delta, widened by ``margin`` (relative) for the float32 rounding of the amplitude and
+    the rounding of r, delta and exp. delta(r) is piecewise linear (extremes at the bin ends or at knots);
+    1 / template is log-convex in the onset (minimum 1 at delta = 0), so its extremes over a delta range are
+    at the range's ends or at 0."""
+    edges = XP[0] + np.arange(n_bins + 1) * ((XP[-1] - XP[0]) / n_bins)
+    d_edge = np.interp(edges, XP, FP)
+    which = np.clip(np.searchsorted(edges, XP, side="right") - 1, 0, n_bins - 1)
+    d_lo = np.minimum(d_edge[:-1], d_edge[1:])
+    d_hi = np.maximum(d_edge[:-1], d_edge[1:])
+    np.minimum.at(d_lo, which, FP)
+    np.maximum.at(d_hi, which, FP)
+    inv = lambda d: 1.0 / template(PEAK_DELAY_NS - d * SAMPLE_NS)  # noqa: E731
+    lo = np.where((d_lo <= 0.0) & (d_hi >= 0.0), 1.0, np.minimum(inv(d_lo), inv(d_hi)))
+    hi = np.maximum(inv(d_lo), inv(d_hi))
+    tab = np.stack([lo * (1.0 - margin), hi * (1.0 + margin)], axis=1)
+    assert np.all(tab[:, 0] >= 1.0 - 2 * margin) and np.all(tab[:, 1] < AMP_BOUND)
+    return np.ascontiguousarray(tab)
+
+
+#: amplitude bounds from the neighbour ratio (32 KB): decides a cut in AMP_BOUND's band without the template
+#: (exp) unless the cut is within ~1e-3 of the amplitude
+N_AMP_BINS = 2048
+AMP_RANGE = _amp_over_peak_table(N_AMP_BINS, 1e-6)
+AMP_X0 = float(XP[0])
+AMP_X1 = float(XP[-1])
+AMP_INV = N_AMP_BINS / (AMP_X1 - AMP_X0)
 assert NS == 32, "the peak key packs the sample index in 5 bits"
 KEY_J = (NS - 1 - np.arange(NS)).astype(np.int32)
 
@@ -268,13 +300,15 @@ def _neighbours(p, i, c, k):
 
 
 @nb.njit(**_inl)
-def _window(rw, c, k, x):
-    """In-window decision of counter c from the window table on the ratio x: 1 in, 0 out, 2 undecided
-    (guard band)."""
+def _window(rw, c, k, diff, best):
+    """In-window decision of counter c from the window table on the ratio x = diff / best (best > 0):
+    1 in, 0 out, 2 undecided (guard band). Compared as ``diff`` against ``best * r``, without the division:
+    the two differ only within a few ulp of a bound, deep inside the 1e-9 guard band around each
+    crossing, so the in and out verdicts are the same."""
     d = 2
-    if rw[c, k, 0] <= x <= rw[c, k, 1]:
+    if best * rw[c, k, 0] <= diff <= best * rw[c, k, 1]:
         d = 1
-    elif x < rw[c, k, 2] or x > rw[c, k, 3]:
+    elif diff < best * rw[c, k, 2] or diff > best * rw[c, k, 3]:
         d = 0
     return d
 
@@ -337,6 +371,30 @@ def _amp_bounds(s4, zs):
 
 
 @nb.njit(**_inl)
+def _amp_range(p, i, c, k, s4):
+    """(lo, hi) bounding the float32 amplitude A (ADC counts) of the unsaturated pulse p[i, c] with peak
+    sample k and 4x peak value s4 > 0, from the neighbour ratio and :data:`AMP_RANGE` (no template, no
+    exp): at an edge sample A is the peak value itself."""
+    best = s4 * 0.25
+    lo = best
+    hi = best
+    if k > 0 and k < NS - 1:
+        wm, wp = _neighbours(p, i, c, k)
+        x = min(max(np.float64(wp - wm) / best, AMP_X0), AMP_X1)
+        g = min(int((x - AMP_X0) * AMP_INV), N_AMP_BINS - 1)
+        lo = best * AMP_RANGE[g, 0]
+        hi = best * AMP_RANGE[g, 1]
+    return lo, hi
+
+
+@nb.njit(**_jit_nonrt)
+def _sum_amp_range(p, i, c, s4):
+    """:func:`_amp_range` of a channel whose peak sample is not known yet (PS, ECAL sums): a call, for the
+    few records whose energy is within AMP_BOUND of a cut."""
+    return _amp_range(p, i, c, _keymax(p, i, c)[0], s4)
+
+
+@nb.njit(**_inl)
 def _decide(lo, hi, g, x, above):
     """Decide ``A * g > x`` (``above``) or ``A * g < x`` for every A in [lo, hi]: 1 true, 0 false,
     2 undecided."""
@@ -371,29 +429,45 @@ def _s_counter(p, i, c, sat, k, s4, thr, zs):
         if best >= thr:
             up = True
         elif best * AMP_BOUND >= thr:
-            se, so = _peds(p, i, c)
-            wm, wp = _neighbours(p, i, c, k)
-            t, a = _time_amp(k, s4, se * 0.25, so * 0.25, wm, wp, True)
-            up = a >= thr
-            known = True
+            lo, hi = _amp_range(p, i, c, k, s4)
+            below = _decide(lo, hi, 1.0, thr, False)        # 1: A < thr, 0: A >= thr, 2: too close
+            up = below == 0
+            if below == 2:
+                t, a = _s_time_amp(p, i, c, k, s4)
+                up = a >= thr
+                known = True
     return up, known, t
 
 
+@nb.njit(**_jit_nonrt)
+def _s_time_amp(p, i, c, k, s4):
+    """(onset ns, amplitude ADC counts) of the unsaturated pulse p[i, c] (peak k, 4x value s4): the
+    template fit, a call (rare: the amplitude within ~1e-3 of the threshold)."""
+    se, so = _peds(p, i, c)
+    wm, wp = _neighbours(p, i, c, k)
+    return _time_amp(k, s4, se * 0.25, so * 0.25, wm, wp, True)
+
+
 @nb.njit(**_inl)
-def _s_in_window(p, i, c, k, s4, known, t, rw, lo, hi):
-    """Is the onset of S-counter c (above threshold) in [lo, hi]? From the window table on the neighbour
-    ratio ``(s[k+1] - s[k-1]) / best`` (both neighbours have the same parity, so the pedestal cancels
-    exactly: the ratio is (w[k+1] - w[k-1]) / best), the onset computed only in the guard bands."""
-    inside = lo <= t <= hi
-    if not known:
-        wm, wp = _neighbours(p, i, c, k)
-        d = _window(rw, c, k, np.float64(wp - wm) / (s4 * 0.25))
-        if d == 2:
-            se, so = _peds(p, i, c)
-            tt = _time_amp(k, s4, se * 0.25, so * 0.25, wm, wp, False)[0]
-            d = 1 if lo <= tt <= hi else 0
-        inside = d == 1
-    return inside
+def _s_window(p, i, c, k, s4, known, t, rw, lo, hi):
+    """Is the onset of S-counter c in [lo, hi]: 1 in, 0 out, 2 undecided (a 1e-9 guard band: the caller
+    computes the onset with :func:`_s_onset_in`). With ``known`` the onset t decides; else the window table
+    on the neighbour ratio ``(s[k+1] - s[k-1]) / best`` (both neighbours have the same parity, so the
+    pedestal cancels exactly: the ratio is (w[k+1] - w[k-1]) / best). Branch-free, evaluated for every
+    record (meaningful only for a counter above threshold: the caller combines)."""
+    wm, wp = _neighbours(p, i, c, k)
+    d = _window(rw, c, k, np.float64(wp - wm), s4 * 0.25)
+    dt = 1 if lo <= t <= hi else 0
+    return dt if known else d
+
+
+@nb.njit(**_jit_nonrt)
+def _s_onset_in(p, i, c, k, s4, lo, hi):
+    """The guard-band case of :func:`_s_window`: the onset from the interpolation, in [lo, hi]? A call."""
+    se, so = _peds(p, i, c)
+    wm, wp = _neighbours(p, i, c, k)
+    tt = _time_amp(k, s4, se * 0.25, so * 0.25, wm, wp, False)[0]
+    return 1 if lo <= tt <= hi else 0
 
 
 #: records ahead of the one being triggered whose cache lines are prefetched (6 KB: measured best of
@@ -414,12 +488,9 @@ def _wave_block(p, times, b, prev_t, f, ip, rw, bits, cnt):
     gps, gec = f[F_GPS], f[F_GEC]
     phys_en = ip[I_PHYS_EN] != 0
     dim_en = ip[I_DIM_EN] != 0
-    n1 = n2 = n3 = n4 = npisi = neot = nph = ndm = 0
-    tp = prev_t if b0 == 0 else times[b0 - 1]
-    bad = 0
+    bits_all, times_all = bits, times
     # block views: loop indices from 0 are provably non-negative (no wraparound code in the hot loop)
     p = p[b0:b1]
-    times = times[b0:b1]
     bits = bits[b0:b1]
     for i in range(b1 - b0):
         prefetch_record(p, i + PREFETCH_RECORDS)
@@ -439,14 +510,19 @@ def _wave_block(p, times, b, prev_t, f, ip, rw, bits, cnt):
             a3 = a >= thr
             kn3 = True
         r = np.int64(a0) | (np.int64(a1) << 1) | (np.int64(a2) << 2) | (np.int64(a3) << 3)
-        # --- PiSi: S1, S2, S3 in their windows
-        pisi = a0 and a1 and a2
-        if pisi:
-            pisi = _s_in_window(p, i, 0, k0, q0, kn0, t0, rw, lo0, hi0)
-            if pisi:
-                pisi = _s_in_window(p, i, 1, k1, q1, kn1, t1, rw, lo1, hi1)
-                if pisi:
-                    pisi = _s_in_window(p, i, 2, k2, q2, kn2, t2, rw, lo2, hi2)
+        # --- PiSi: S1, S2, S3 in their windows (branch-free; the guard band is rare)
+        d0 = _s_window(p, i, 0, k0, q0, kn0, t0, rw, lo0, hi0)
+        d1 = _s_window(p, i, 1, k1, q1, kn1, t1, rw, lo1, hi1)
+        d2 = _s_window(p, i, 2, k2, q2, kn2, t2, rw, lo2, hi2)
+        pisi = a0 & a1 & a2
+        if pisi and (d0 | d1 | d2) >= 2:
+            if d0 == 2:
+                d0 = _s_onset_in(p, i, 0, k0, q0, lo0, hi0)
+            if d1 == 2:
+                d1 = _s_onset_in(p, i, 1, k1, q1, lo1, hi1)
+            if d2 == 2:
+                d2 = _s_onset_in(p, i, 2, k2, q2, lo2, hi2)
+        pisi = pisi & ((d0 & d1 & d2) == 1)
         if pisi:
             r |= RB_PISI
             if a3 and not kn3:
@@ -459,11 +535,16 @@ def _wave_block(p, times, b, prev_t, f, ip, rw, bits, cnt):
                     plo, phi = _amp_bounds(qp, zs)
                     sate = (sat & (1 << ECAL_INDEX)) != 0
                     elo, ehi = _amp_bounds(qe, zs)
+                    ps_fine = ec_fine = False            # bounds already refined by the neighbour ratio
                     for trig in range(2):
                         if (phys_en if trig == 0 else dim_en):
                             ps_min = f[F_PSP] if trig == 0 else f[F_PSD]
                             ec_max = f[F_ECP] if trig == 0 else f[F_ECD]
                             d = 2 if satp else _decide(plo, phi, gps, ps_min, True)
+                            if d == 2 and not satp and plo > 0.0 and not ps_fine:
+                                plo, phi = _sum_amp_range(p, i, PS_INDEX, qp)
+                                ps_fine = True
+                                d = _decide(plo, phi, gps, ps_min, True)
                             if d == 2:
                                 plo = _exact(p, i, PS_INDEX, zs)[0]
                                 phi = plo
@@ -471,6 +552,10 @@ def _wave_block(p, times, b, prev_t, f, ip, rw, bits, cnt):
                                 d = _decide(plo, phi, gps, ps_min, True)
                             if d == 1:
                                 d = 2 if sate else _decide(elo, ehi, gec, ec_max, False)
+                                if d == 2 and not sate and elo > 0.0 and not ec_fine:
+                                    elo, ehi = _sum_amp_range(p, i, ECAL_INDEX, qe)
+                                    ec_fine = True
+                                    d = _decide(elo, ehi, gec, ec_max, False)
                                 if d == 2:
                                     elo = _exact(p, i, ECAL_INDEX, zs)[0]
                                     ehi = elo
@@ -479,26 +564,7 @@ def _wave_block(p, times, b, prev_t, f, ip, rw, bits, cnt):
                                 if d == 1:
                                     r |= RB_PHYS if trig == 0 else RB_DIM
         bits[i] = np.uint8(r)
-        n1 += r & 1
-        n2 += (r >> 1) & 1
-        n3 += (r >> 2) & 1
-        n4 += (r >> 3) & 1
-        npisi += (r >> 4) & 1
-        neot += (r >> 5) & 1
-        nph += (r >> 6) & 1
-        ndm += (r >> 7) & 1
-        tau = times[i]
-        bad += not (tau >= tp)
-        tp = tau
-    cnt[b, C_S1] = n1
-    cnt[b, C_S2] = n2
-    cnt[b, C_S3] = n3
-    cnt[b, C_V1] = n4
-    cnt[b, C_PISI] = npisi
-    cnt[b, C_EOT] = neot
-    cnt[b, C_PHYS] = nph
-    cnt[b, C_DIM] = ndm
-    cnt[b, C_BAD] = bad
+    _block_counts(bits_all, times_all, b, b0, b1, prev_t, cnt)
 
 
 @nb.njit(**_jit)
