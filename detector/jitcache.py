@@ -3,23 +3,27 @@
 Numba checks a cached kernel against the source file of the jitted function only, not against the modules
 whose functions and intrinsics it inlines (``trigger.kernels`` inlines ``trigger.simd``, ``detector.pulse``
 and ``detector.reco``; the simulation kernels inline each other across modules, and freeze their
-constants): after such a module
-changes, numba would load the stale machine code. So the cache directory is keyed by a hash of the
-sources of every package with jitted code (``.numba_cache/<hash>`` in the checkout; older keys are removed).
-An explicit ``NUMBA_CACHE_DIR`` in the environment wins. :func:`configure` runs when ``detector`` is
-imported, i.e. before any jitted function of the project is defined.
+constants): after such a module changes, numba would load the stale machine code. So the cache directory
+is keyed by a hash of the sources of those packages (``.numba_cache/<hash>`` in the checkout; older keys are
+removed). :func:`configure` runs when ``detector`` is imported, i.e. before any jitted function of the
+project is defined; it sets ``NUMBA_CACHE_DIR`` (inherited by the DAQ and emulator processes) without
+importing numba, and numba's live setting if numba is already imported. A ``NUMBA_CACHE_DIR`` set by the
+user (not by this module) wins.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 #: the packages whose functions, constants and intrinsics jitted code inlines across modules (hashed
 #: together; a jitted function elsewhere, e.g. in offline/events.py, only inlines from these)
 JIT_PACKAGES = ("detector", "trigger", "sim_frontend")
 ROOT = Path(__file__).resolve().parent.parent
+#: environment marker: NUMBA_CACHE_DIR was set by configure() (of the checkout it names), not by the user
+MARK = "NA64_HIL_JIT_CACHE_OF"
 
 
 def source_key(root: Path = ROOT) -> str:
@@ -33,16 +37,20 @@ def source_key(root: Path = ROOT) -> str:
 
 
 def configure(root: Path = ROOT) -> str | None:
-    """Point numba's cache at ``<root>/.numba_cache/<source key>`` (unless NUMBA_CACHE_DIR is set) and
-    remove the directories of other keys. Returns the directory used (None: the environment's)."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
+    """Point numba's cache at ``<root>/.numba_cache/<source key>`` unless the user set NUMBA_CACHE_DIR,
+    and remove the directories of other keys. Returns the directory used (None: the user's)."""
+    env = os.environ
+    if env.get("NUMBA_CACHE_DIR") and not env.get(MARK):
         return None
-    import numba
     cache_root = root / ".numba_cache"
-    cache_dir = cache_root / source_key(root)
-    numba.config.CACHE_DIR = str(cache_dir)
+    cache_dir = str(cache_root / source_key(root))
+    env["NUMBA_CACHE_DIR"] = cache_dir
+    env[MARK] = str(root)
+    config = sys.modules.get("numba.core.config")
+    if config is not None:                  # numba read its environment already
+        config.CACHE_DIR = cache_dir
     if cache_root.is_dir():
         for old in cache_root.iterdir():
-            if old != cache_dir and old.is_dir():
+            if str(old) != cache_dir and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
-    return str(cache_dir)
+    return cache_dir

@@ -2,6 +2,7 @@
 (detector.jitcache): an edit of an inlined module (e.g. trigger/simd.py) cannot leave stale machine code."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -41,22 +42,27 @@ def test_configure_uses_the_keyed_directory_and_removes_old_keys(tmp_path: Path,
     old.mkdir(parents=True)
     (old / "trigger_x").mkdir()
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.delenv(jitcache.MARK, raising=False)
     monkeypatch.setattr(numba.config, "CACHE_DIR", numba.config.CACHE_DIR)    # restored after the test
     used = jitcache.configure(tmp_path)
     assert used == str(tmp_path / ".numba_cache" / jitcache.source_key(tmp_path))
-    assert numba.config.CACHE_DIR == used
+    assert numba.config.CACHE_DIR == used and os.environ["NUMBA_CACHE_DIR"] == used   # live and for children
     assert not old.exists()
+    # set by configure (another checkout, or sources changed since): recomputed
+    assert jitcache.configure(tmp_path) == used
+    # set by the user: left alone
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.delenv(jitcache.MARK)
     numba.config.CACHE_DIR = "unchanged"
     assert jitcache.configure(tmp_path) is None and numba.config.CACHE_DIR == "unchanged"
 
 
-def test_the_project_kernels_are_cached_under_the_current_key() -> None:
-    """In this interpreter (imported with the package) and in a fresh one: the same keyed directory."""
+def test_a_fresh_interpreter_uses_the_current_key_and_detector_does_not_import_numba() -> None:
     assert detector.jitcache is jitcache
     want = str(jitcache.ROOT / ".numba_cache" / jitcache.source_key())
-    code = "import detector, numba; print(numba.config.CACHE_DIR)"
-    env_free = {k: v for k, v in __import__("os").environ.items() if k != "NUMBA_CACHE_DIR"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env_free,
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", jitcache.MARK)}
+    code = ("import sys, detector.channels; no_numba = 'numba' not in sys.modules; "
+            "import numba; print(no_numba, numba.config.CACHE_DIR)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
                          cwd=jitcache.ROOT)
-    assert out.stdout.strip() == want
+    assert out.stdout.split() == ["True", want]
