@@ -433,19 +433,20 @@ def _s_counter(p, i, c, sat, k, s4, thr, zs):
             below = _decide(lo, hi, 1.0, thr, False)        # 1: A < thr, 0: A >= thr, 2: too close
             up = below == 0
             if below == 2:
-                t, a = _s_time_amp(p, i, c, k, s4)
+                t, a = _s_fit(p, i, c, k, s4, True)
                 up = a >= thr
                 known = True
     return up, known, t
 
 
 @nb.njit(**_jit_nonrt)
-def _s_time_amp(p, i, c, k, s4):
-    """(onset ns, amplitude ADC counts) of the unsaturated pulse p[i, c] (peak k, 4x value s4): the
-    template fit, a call (rare: the amplitude within ~1e-3 of the threshold)."""
+def _s_fit(p, i, c, k, s4, need_amp):
+    """(onset ns, amplitude ADC counts) of the unsaturated pulse p[i, c] (peak k, 4x value s4), the
+    amplitude only with ``need_amp`` (else the peak value: no exp). A call, for the rare records: the
+    amplitude within 4.2e-4 of the threshold, or the onset in a window's guard band."""
     se, so = _peds(p, i, c)
     wm, wp = _neighbours(p, i, c, k)
-    return _time_amp(k, s4, se * 0.25, so * 0.25, wm, wp, True)
+    return _time_amp(k, s4, se * 0.25, so * 0.25, wm, wp, need_amp)
 
 
 @nb.njit(**_inl)
@@ -453,20 +454,19 @@ def _s_window(p, i, c, k, s4, known, t, rw, lo, hi):
     """Is the onset of S-counter c in [lo, hi]: 1 in, 0 out, 2 undecided (a 1e-9 guard band: the caller
     computes the onset with :func:`_s_onset_in`). With ``known`` the onset t decides; else the window table
     on the neighbour ratio ``(s[k+1] - s[k-1]) / best`` (both neighbours have the same parity, so the
-    pedestal cancels exactly: the ratio is (w[k+1] - w[k-1]) / best). Branch-free, evaluated for every
-    record (meaningful only for a counter above threshold: the caller combines)."""
+    pedestal cancels exactly: the ratio is (w[k+1] - w[k-1]) / best). The caller evaluates all three
+    counters of every record (measured as fast as short-circuiting: the table is in L1) and combines;
+    the verdict is meaningful only for a counter above threshold."""
     wm, wp = _neighbours(p, i, c, k)
     d = _window(rw, c, k, np.float64(wp - wm), s4 * 0.25)
     dt = 1 if lo <= t <= hi else 0
     return dt if known else d
 
 
-@nb.njit(**_jit_nonrt)
+@nb.njit(**_inl)
 def _s_onset_in(p, i, c, k, s4, lo, hi):
-    """The guard-band case of :func:`_s_window`: the onset from the interpolation, in [lo, hi]? A call."""
-    se, so = _peds(p, i, c)
-    wm, wp = _neighbours(p, i, c, k)
-    tt = _time_amp(k, s4, se * 0.25, so * 0.25, wm, wp, False)[0]
+    """The guard-band case of :func:`_s_window`: the onset from the interpolation, in [lo, hi]?"""
+    tt = _s_fit(p, i, c, k, s4, False)[0]
     return 1 if lo <= tt <= hi else 0
 
 
@@ -510,7 +510,7 @@ def _wave_block(p, times, b, prev_t, f, ip, rw, bits, cnt):
             a3 = a >= thr
             kn3 = True
         r = np.int64(a0) | (np.int64(a1) << 1) | (np.int64(a2) << 2) | (np.int64(a3) << 3)
-        # --- PiSi: S1, S2, S3 in their windows (branch-free; the guard band is rare)
+        # --- PiSi: S1, S2, S3 in their windows (the guard band, rare, computes the onset)
         d0 = _s_window(p, i, 0, k0, q0, kn0, t0, rw, lo0, hi0)
         d1 = _s_window(p, i, 1, k1, q1, kn1, t1, rw, lo1, hi1)
         d2 = _s_window(p, i, 2, k2, q2, kn2, t2, rw, lo2, hi2)
