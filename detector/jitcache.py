@@ -48,7 +48,7 @@ def configure(root: Path = ROOT) -> str | None:
     env[MARK] = str(root)
     config = sys.modules.get("numba.core.config")
     if config is not None:                  # numba read its environment already
-        config.CACHE_DIR = cache_dir
+        config.CACHE_DIR = cache_dir  # type: ignore[attr-defined]
     if cache_root.is_dir():
         for old in cache_root.iterdir():
             if str(old) != cache_dir and old.is_dir():

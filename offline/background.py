@@ -57,7 +57,7 @@ def _bin_integrals(edges: NDArray, shape: Shape, params: ArrayLike) -> NDArray[n
 class SidebandFit:
     """One fit: shape, fit range [GeV], parameters with errors and covariance, fit quality."""
 
-    shape: str
+    shape: Shape
     fit_range_gev: tuple[float, float]
     params: tuple[float, ...]
     errors: tuple[float, ...]

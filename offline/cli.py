@@ -15,7 +15,7 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 from rich.console import Console
@@ -128,7 +128,7 @@ def _yields_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def _compute_yields(masses_mev: Sequence[float], args: argparse.Namespace, progress: Progress) -> list[float]:
     """Per-EOT yields at eps = 1 for each mass [MeV], with a progress bar."""
-    model = "ETL" if args.etl else "IWW"
+    model: Literal["IWW", "ETL"] = "ETL" if args.etl else "IWW"
     task = progress.add_task("cascade track-length table", total=None)
     table = yields.track_length_table(args.e0, yields.table_e_cut_gev(args.emiss_min), args.n_showers, args.seed)
     progress.update(task, description="A' yields", total=len(masses_mev), completed=0)
@@ -140,7 +140,7 @@ def _compute_yields(masses_mev: Sequence[float], args: argparse.Namespace, progr
 
 
 def _run_yields(args: argparse.Namespace) -> int:
-    model = "ETL" if args.etl else "IWW"
+    model: Literal["IWW", "ETL"] = "ETL" if args.etl else "IWW"
     with _progress() as progress:
         values = _compute_yields(args.masses, args, progress)
         result: dict = {

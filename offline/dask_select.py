@@ -189,7 +189,8 @@ def merge(results: Iterable[SpillResult], cuts: sel.Cuts) -> MergedSelection:
     """Add partial results in (run directory, run, spill) order (deterministic)."""
     m = MergedSelection(cuts=cuts)
     ordered = sorted(results, key=lambda r: (r.run_dir, r.run, r.spill, r.path))
-    boxes, sides = [], {name: [] for name in sel.SIDEBANDS}
+    boxes: list[Any] = []
+    sides: dict[str, list[Any]] = {name: [] for name in sel.SIDEBANDS}
     for r in ordered:
         run = m.by_run.setdefault(r.run_dir, {"run": r.run, "n_spills": 0, "n_events": 0, "eot": 0.0, "n_obs": 0,
                                               "cut_flow": OrderedDict()})
@@ -345,25 +346,25 @@ def select_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     """Select every spill of ``run_dirs`` and write the outputs to ``out_dir`` (None: write nothing).
 
     ``config``/``calibration`` default to the run's stored configuration (see :func:`run_setup`)."""
-    run_dirs = [str(pathlib.Path(r)) for r in run_dirs]
-    if not run_dirs:
+    dirs = [str(pathlib.Path(r)) for r in run_dirs]
+    if not dirs:
         raise ValueError("no run directory given")
     if n_workers < 1:
         raise ValueError(f"n_workers must be >= 1, got {n_workers}")
-    setups = {rd: run_setup(rd, config, calibration) for rd in run_dirs}
+    setups = {rd: run_setup(rd, config, calibration) for rd in dirs}
     cfg_of = {rd: s[0] for rd, s in setups.items()}
     calib_of = {rd: s[1] for rd, s in setups.items()}
-    tasks = spill_tasks(run_dirs)
+    tasks = spill_tasks(dirs)
     if serial:
         results = run_serial(tasks, cfg_of, calib_of, progress)
     else:
         results = run_dask(tasks, cfg_of, calib_of, scheduler, n_workers, progress, client)
-    cuts = sel.Cuts.from_config(cfg_of[run_dirs[0]])
+    cuts = sel.Cuts.from_config(cfg_of[dirs[0]])
     merged = merge(results, cuts)
-    for rd in run_dirs:
+    for rd in dirs:
         merged.by_run.setdefault(rd, {"run": 0, "n_spills": 0, "n_events": 0, "eot": 0.0, "n_obs": 0, "cut_flow": {}})
     if out_dir is not None:
-        write_outputs(merged, out_dir, run_dirs)
+        write_outputs(merged, out_dir, dirs)
     return merged
 
 
@@ -409,7 +410,7 @@ def write_outputs(m: MergedSelection, out_dir: str | os.PathLike, run_dirs: Sequ
             files.append(p)
     p = out / "histograms.npz"
     tmp = out / f".histograms.tmp-{os.getpid()}.npz"
-    np.savez(tmp, **sel.histograms_to_arrays(m.hists))
+    np.savez(tmp, **sel.histograms_to_arrays(m.hists))  # type: ignore[arg-type]
     os.replace(tmp, p)
     files.append(p)
     files.append(write_root(out / "histograms.root", m.hists, {"box_events": m.box}))

@@ -251,7 +251,7 @@ def reco_columns(reco: RecoResult, calib: Calibration, params: EventParams) -> T
 
 def truth_columns(truth: np.ndarray) -> Table:
     """``truth_<field>`` columns of a TRUTH_DTYPE array."""
-    return {f"truth_{name}": np.ascontiguousarray(truth[name]) for name in TRUTH_DTYPE.names}
+    return {f"truth_{name}": np.ascontiguousarray(truth[name]) for name in TRUTH_DTYPE.names or ()}
 
 
 def event_table_from_arrays(waveforms: np.ndarray, calib: Calibration, cfg: dict[str, Any], *,

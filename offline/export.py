@@ -49,7 +49,7 @@ def export_run(run_dir: str | os.PathLike, out_file: str | os.PathLike, cfg: dic
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     hists = sel.new_histograms()
-    spills = {"run": [], "spill": [], "eot": [], "n_events": []}
+    spills: dict[str, list[Any]] = {"run": [], "spill": [], "eot": [], "n_events": []}
     skipped: list[str] = []
     n_events = 0
     branches: list[str] = []

@@ -284,6 +284,8 @@ class PyhfCLs:
         pars[:, self.model.config.poi_index] = mu_true
         for par_slice in self._nuisance_slices:
             pars[:, par_slice] = rng.standard_normal((self.ntoys, 1))
+        if self._batch_model is None:
+            raise RuntimeError("the batched model exists only for the hybrid-toys method")
         expected = np.asarray(self._batch_model.expected_actualdata(pars))
         counts = stats.poisson.ppf(rng.random(expected.shape), expected)
         distinct, index = np.unique(counts, axis=0, return_inverse=True)

@@ -100,7 +100,7 @@ def compute_limits(by_run: dict[str, dict[str, Any]], background: dict[str, Any]
     e0 = float(cfg["beam"]["energy_gev"])
     emiss = e0 - float(cfg["offline"]["ecal_box_max_gev"])
     table = yields.track_length_table(e0, yields.table_e_cut_gev(emiss))
-    points = []
+    points: list[dict[str, Any]] = []
     for s in signal:
         m, eff = float(s["mass_mev"]), float(s["efficiency"])
         yld = yields.yield_per_eot(m * 1e-3, e0, emiss, "IWW", table=table)

@@ -182,8 +182,9 @@ def histograms_to_arrays(h: dict[str, hist.Hist]) -> dict[str, np.ndarray]:
     """Flat numpy arrays of the histograms (values, variances, edges) for an .npz file."""
     out: dict[str, np.ndarray] = {}
     for name, hh in h.items():
+        variances = hh.variances(flow=True)
         out[f"{name}__values"] = hh.values(flow=True)
-        out[f"{name}__variances"] = hh.variances(flow=True)
+        out[f"{name}__variances"] = hh.values(flow=True) if variances is None else variances
         for i, ax in enumerate(hh.axes):
             out[f"{name}__edges{i}"] = np.asarray(ax.edges)
     out["cutflow__names"] = np.array(("all",) + CUT_NAMES)

@@ -410,13 +410,13 @@ def cumulative_sigma_grid(
     of the IWW dsigma/dx (c) from the grid start [pb] (trapezoid rule; relative accuracy ~1e-5)."""
     m = float(_positive("A' mass", mass_gev))
     e0 = float(_positive("electron energy", e0_gev))
-    _check_above_threshold(np.float64(m), np.float64(e0))
+    _check_above_threshold(np.asarray(m), np.asarray(e0))
     kin_lo, kin_hi = m / e0, 1.0 - pc.M_E_GEV / e0
     lo = kin_lo if x_min is None else max(kin_lo, float(x_min))
     if lo >= kin_hi:
         raise ValueError(f"x_min = {x_min} leaves no phase space for m = {m} GeV, E0 = {e0} GeV")
     tau = np.linspace(0.0, 1.0, n_grid)
-    x, jac = _x_of_tau(tau, np.float64(lo), np.float64(kin_hi))
+    x, jac = _x_of_tau(tau, np.asarray(lo), np.asarray(kin_hi))
     density = dsigma_dx_iww(x, m, e0, eps=eps) * jac
     steps = 0.5 * (density[1:] + density[:-1]) * np.diff(tau)
     return x, np.concatenate([[0.0], np.cumsum(steps)])

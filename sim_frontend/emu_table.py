@@ -138,12 +138,12 @@ class HCALTable:
         m = _MOVE_POS.match(upper)
         if not m:
             return "ERR BAD MOVE"
-        x, y, module = float(m.group(1)), float(m.group(2)), int(m.group(3))
-        if not (abs(x) <= TRAVEL_MM and abs(y) <= TRAVEL_MM):
+        xf, yf, module = float(m.group(1)), float(m.group(2)), int(m.group(3))
+        if not (abs(xf) <= TRAVEL_MM and abs(yf) <= TRAVEL_MM):
             return f"ERR OUT OF TRAVEL (+/-{TRAVEL_MM:.0f} MM)"
         if not 0 <= module < chmap.N_HCAL_MODULES:
             return f"ERR BAD MODULE {module}"
-        self._start(x, y, module, self._label(x, y, module), now)
+        self._start(xf, yf, module, self._label(xf, yf, module), now)
         return "OK"
 
     @staticmethod
