@@ -1,27 +1,22 @@
 """Run control: the spill loop of ``na64-daq`` (ARCHITECTURE.md "Processes and the loop").
 
-The spill state machine is explicit (H4DAQ's FSM): :class:`State`, the transition table
-:data:`TRANSITIONS`, and :class:`SpillStateMachine`, which refuses any other transition and publishes
-every change on the ``status`` topic::
+The DAQ is built of rooms, one job each; a spill passes through them in this order:
 
-    IDLE ──> SPILL ──> END_OF_SPILL ──> READOUT ──> RECORDED ──> IDLE | SPILL | END_OF_SPILL
-      └──────────────────^                 │
-     any state ──> ERROR ──> IDLE | SPILL | END_OF_SPILL | READOUT | RECORDED
-
-Per spill (:meth:`DAQ.read_spill`):
-
-1. poll ``SPIL:STAT?`` until a new completed spill; crate spills that were dropped from the crate's ring
-   before the DAQ got to them are recorded as empty spills flagged ``spill_lost``;
-2. ``SPIL:SEL``, ``SPIL:INFO?``, ``PRIM:COUN?``;
-3. primitives and times in chunks of ``daq.chunk_records``: a reader thread fills preallocated buffers
-   (a pool of 3, a queue of at most 2 full chunks) while the main thread runs the numba trigger on the
-   previous chunk, so transfer and trigger overlap;
-4. upload the accepted list, verify ``ACC:COUN?``; read ``EVT:DATA?`` (and ``EVT:TRUT?`` when
-   ``daq.record_truth`` and the crate offers it) in chunks straight into the event array;
-5. build the events and write the spill file atomically; update the run record (accounting, scalers,
-   EOT, HV read-back, flags);
-6. hand the spill to the monitoring worker (reconstruction for the calo maps, histograms, waveforms,
-   amplitudes) - a lossy path with a queue of 1 that never holds up the loop.
+- :mod:`online.spill_state`: the spill state machine (:class:`State`, :data:`TRANSITIONS`,
+  :class:`SpillStateMachine`); every change is published on the ``status`` topic;
+- this module, the run control (:class:`DAQ`): polls ``SPIL:STAT?`` until a new completed spill (crate
+  spills that were dropped from the crate's ring before the DAQ got to them are recorded as empty spills
+  flagged ``spill_lost``), has the spill read, retries a failed readout once, records the spill, keeps the
+  run's bookkeeping, stops before the disk is full, prints the progress line and, after a restart, picks
+  up the interrupted spill (restart recovery);
+- :mod:`online.readout`: crate spill -> :class:`~online.readout.SpillOutcome` (primitives and the trigger
+  overlapped, the accepted list, the events, the truth), through the recycled buffers of
+  :mod:`online.buffers`;
+- :mod:`online.record_content`: the outcome -> the spill file's content and the run record's entry, which
+  :mod:`online.recorder` writes (the spill file atomically);
+- the workers, off the loop: :mod:`online.monitor_worker` (reconstruction for the calo maps, histograms,
+  waveforms, amplitudes: a lossy path with a queue of 1 that never holds up the loop) and
+  :mod:`online.hv_readback` (the HV read-back).
 
 Faults: the driver retries every transaction after a reconnect (``daq.retries``); a spill whose
 readout still fails is retried once as a whole, and otherwise recorded with what was read and flagged
@@ -31,93 +26,44 @@ in hand is finished, then the DAQ exits 0.
 from __future__ import annotations
 
 import copy
-import enum
 import logging
-import os
-import queue
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from detector import channels as ch
 from detector.config import Calibration, dump_toml
-from detector.records import INCOMPLETE_SPILL_FLAGS, TRIGGER_BITS, TRUTH_DTYPE
+from detector.records import INCOMPLETE_SPILL_FLAGS
 from detector.reco import reconstruct
-from detector.spillfile import SpillContent, estimated_size
+from detector.spillfile import estimated_size
 
-from .msadc import (EVENT_RECORD_BYTES, MSADC, PRIM_RECORD_BYTES, MSADCCrateError, MSADCError, MSADCSpillLost)
+from .buffers import EventPool
+from .hv_readback import HVReader
+from .monitor_worker import MonitorWorker
+from .msadc import MSADC, MSADCCrateError, MSADCError, MSADCSpillLost
 from .publisher import Heartbeat, Publisher
+from .readout import CrateReadout, SpillOutcome
+from .record_content import build_spill, calibration_summary, run_thresholds, spill_flags
 from .recorder import RunRecorder
+from .recovery import buffered_spills, resume_point, still_holds
+from .spill_report import progress_line, scalers_meta
+from .spill_state import TRANSITIONS, IllegalTransition, SpillStateMachine, State
+
+__all__ = ["DAQ", "prepare_kernels", "State", "TRANSITIONS", "IllegalTransition", "SpillStateMachine",
+           "SpillOutcome", "HVReader", "MonitorWorker"]
 
 log = logging.getLogger("online.daq")
 
-MAX_EVENTS_PER_QUERY = 1 << 15        #: EVT:DATA? events per query (the crate refuses more than 2^16)
-ECAL_EDGES = [0.0, 150.0, 150]        #: GeV, E_ECAL axis of the ecal_hcal histogram [lo, hi, n]
-HCAL_EDGES = [0.0, 150.0, 150]        #: GeV, E_HCAL axis
-HV_PERIOD_S = 5.0                     #: hv topic period between spills
 ANY_SPILL = -1                        #: "the first spill the crate completes" (the crate had none at start)
-
-
-class State(enum.Enum):
-    IDLE = "IDLE"
-    SPILL = "SPILL"
-    END_OF_SPILL = "END_OF_SPILL"
-    READOUT = "READOUT"
-    RECORDED = "RECORDED"
-    ERROR = "ERROR"
-
-
-S = State
-#: allowed transitions (a state may always be re-entered, which is not a change)
-TRANSITIONS: dict[State, frozenset[State]] = {
-    S.IDLE: frozenset({S.SPILL, S.END_OF_SPILL, S.ERROR}),
-    S.SPILL: frozenset({S.IDLE, S.END_OF_SPILL, S.ERROR}),
-    S.END_OF_SPILL: frozenset({S.READOUT, S.ERROR}),
-    S.READOUT: frozenset({S.RECORDED, S.ERROR}),
-    S.RECORDED: frozenset({S.IDLE, S.SPILL, S.END_OF_SPILL, S.ERROR}),
-    S.ERROR: frozenset({S.IDLE, S.SPILL, S.END_OF_SPILL, S.READOUT, S.RECORDED}),
-}
-
-
-class IllegalTransition(RuntimeError):
-    """A transition the table does not allow (a bug in the loop, never a hardware condition)."""
-
-
-class SpillStateMachine:
-    """The DAQ state with its transition table; ``on_change(old, new, message)`` runs on every change."""
-
-    def __init__(self, on_change: Callable[[State, State, str], None] | None = None) -> None:
-        self.state = State.IDLE
-        self.message = ""
-        self.since = time.time()
-        self.history: list[tuple[float, str, str]] = []
-        self._on_change = on_change
-        self._lock = threading.Lock()
-
-    def to(self, new: State, message: str = "") -> None:
-        with self._lock:
-            old = self.state
-            if new == old:
-                if message:
-                    self.message = message
-                return
-            if new not in TRANSITIONS[old]:
-                raise IllegalTransition(f"DAQ state {old.value} -> {new.value} is not allowed")
-            self.state, self.message, self.since = new, message, time.time()
-            self.history.append((self.since, new.value, message))
-            del self.history[:-200]
-        if self._on_change is not None:
-            self._on_change(old, new, message)
 
 
 def prepare_kernels() -> float:
     """Compile (or load from numba's on-disk cache) every kernel the spill loop calls (the trigger, serial
     and parallel, and the parallel pulse reconstruction) with the real dtypes on tiny arrays, so that the
-    first spill is not spent compiling. Returns the seconds it took: about 90 s cold on 2 cores, about
-    1 s from the cache."""
+    first spill is not spent compiling. Returns the seconds it took (a cold compile takes minutes, a load
+    from the cache about a second)."""
     from trigger.kernels import warm_up
 
     t = time.perf_counter()
@@ -127,41 +73,9 @@ def prepare_kernels() -> float:
     return time.perf_counter() - t
 
 
-@dataclass
-class SpillOutcome:
-    """What one spill readout produced (the accounting the recorder stores)."""
-
-    crate_spill: int
-    info: dict[str, Any] = field(default_factory=dict)
-    n_particles: int = 0
-    n_seen: int = 0
-    accepted: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    mask: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))
-    times: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
-    events: np.ndarray = field(default_factory=lambda: np.empty((0, ch.N_CHANNELS, ch.N_SAMPLES), np.int16))
-    n_read_out: int = 0
-    truth: np.ndarray | None = None
-    events_base: np.ndarray | None = None     #: the pooled buffer ``events`` is a view of
-    scalers: dict[str, int] = field(default_factory=dict)
-    triggers: dict[str, dict[str, int]] = field(default_factory=dict)
-    eot: int = 0
-    flags: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    timing: dict[str, float] = field(default_factory=dict)
-    triggered: bool = False
-
-
-class _ReaderFailed(Exception):
-    def __init__(self, exc: BaseException, first: int) -> None:
-        super().__init__(str(exc))
-        self.exc = exc
-        self.first = first
-
-
 class DAQ:
     """One ``na64-daq`` session. ``endpoints`` is the emulator's / the setup's endpoints dict (``msadc``
-    VISA resource, ``hv`` serial address). ``trigger_factory(menu)`` makes the per-spill trigger (default
-    ``trigger.kernels.SpillTrigger``)."""
+    VISA resource, ``hv`` serial address)."""
 
     def __init__(self, cfg: dict[str, Any], calibration: Calibration, endpoints: dict[str, Any], out: str, *,
                  run: int, monitor: str | None = None, calibration_mode: bool | None = None,
@@ -199,12 +113,9 @@ class DAQ:
         self.current_spill: int | None = None
         self.last_spill_unix = 0.0
         self.spills_this_session = 0
-        self._pool: list[np.ndarray] = []
-        self._times_buf = np.zeros(0, np.float64)
-        #: the reader thread and the crate need cores too: a parallel trigger only pays with >= 4 of them
-        self._parallel_trigger = (os.cpu_count() or 1) >= 4
-        self._event_pool: list[np.ndarray] = []
-        self._event_lock = threading.Lock()
+        self.readout: CrateReadout | None = None
+        self.events = EventPool()        #: event buffers: taken by the readout, given back by the monitor worker
+        self.ready = False               #: kernels compiled, crate configured: spills are taken from now on
         self._pending_flags: list[str] = []
         self._errors_in_a_row = 0
         self._skipped: set[int] = set()      #: crate spill ids seen to be skipped (never completed)
@@ -227,7 +138,7 @@ class DAQ:
                 "last_spill_unix": self.last_spill_unix, "spills_done": int(tot.get("spills", 0)),
                 "events_recorded": int(tot.get("events_recorded", 0)), "lost_spills": int(tot.get("lost_spills", 0)),
                 "message": self.sm.message, "calibration_mode": self.calibration_mode,
-                "ready": bool(getattr(self, "ready", False)),
+                "ready": self.ready,
                 "monitor_dropped": self.publisher.dropped if self.publisher else 0}
         return meta, self.current_spill
 
@@ -253,7 +164,7 @@ class DAQ:
         self.heartbeat.start()
         self.recorder = RunRecorder(
             self.out, self.run_number, config_toml=dump_toml(self.cfg), trigger_menu=self.menu.to_dict(),
-            thresholds=self._thresholds(), calibration=self._calibration_summary(), argv=self.argv,
+            thresholds=run_thresholds(self.menu), calibration=calibration_summary(self.calibration), argv=self.argv,
             extra={"endpoints": {k: v for k, v in self.endpoints.items() if isinstance(v, (str, int))}},
             min_free_bytes=float(self.daq_cfg["min_free_mb"]) * 1e6)
         self.recorder.open()
@@ -264,14 +175,18 @@ class DAQ:
         self._log(logging.INFO, "preparing the trigger and reconstruction kernels (numba: loaded from its cache, "
                   "or compiled once after an install, about 1.5 min on 2 cores)")
         self._log(logging.INFO, f"kernels ready in {prepare_kernels():.1f} s")
-        # the primitive pool, faulted in now, sized for the expected intensity (it grows if needed)
-        self._buffers(int(min(self.daq_cfg["chunk_records"], max(self.cfg["beam"]["particles_per_spill"], 1))))
         self.crate = MSADC.from_config(self.cfg, self.endpoints["msadc"])
+        self.readout = CrateReadout(self.crate, self.menu, chunk_records=self.daq_cfg["chunk_records"],
+                                    record_truth=self.daq_cfg["record_truth"], events=self.events)
+        # the primitive pool, faulted in now, sized for the expected intensity (it grows if needed)
+        self.readout.prepare(int(min(self.daq_cfg["chunk_records"], max(self.cfg["beam"]["particles_per_spill"], 1))))
         self._connect_crate()
         if self.use_hv and self.endpoints.get("hv"):
             self.hv_reader = HVReader(self.cfg, self.calibration, str(self.endpoints["hv"]), self.publisher)
             self.hv_reader.start()
-        self.monitor_worker = MonitorWorker(self)
+        self.monitor_worker = MonitorWorker(self.publisher, self.gev_per_count,
+                                            sample_waveforms=self.daq_cfg["sample_waveforms"],
+                                            calibration_mode=self.calibration_mode, release=self.events.release)
         self.monitor_worker.start()
 
     def _connect_crate(self) -> None:
@@ -293,22 +208,7 @@ class DAQ:
         self.crate.take_incidents()
         self.recorder.set("crate", info, save=True)
         self._log(logging.INFO, f"crate {info['idn']} configured; run {self.run_number} -> {self.recorder.rdir}")
-        self.ready = True              # kernels compiled, crate configured: spills will be taken from now on
-
-    def _thresholds(self) -> dict[str, Any]:
-        m = self.menu
-        return {"counter_threshold_adc": m.counter_threshold_adc, "counter_threshold_mip": m.counter_threshold_mip,
-                "window_ns": m.window_ns, "zs_threshold_adc": m.zs_threshold_adc,
-                "physics": {"ps_min_gev": m.physics.ps_min_gev, "ecal_max_gev": m.physics.ecal_max_gev,
-                            "prescale": m.physics.prescale},
-                "dimuon": {"ps_min_gev": m.dimuon.ps_min_gev, "ecal_max_gev": m.dimuon.ecal_max_gev,
-                           "prescale": m.dimuon.prescale},
-                "beam": {"prescale": m.beam.prescale}, "random": {"rate_hz": m.random.rate_hz}}
-
-    def _calibration_summary(self) -> dict[str, Any]:
-        c = self.calibration
-        return {"source": c.source, "gev_per_count": np.asarray(c.gev_per_count).tolist(),
-                "hv_set": np.asarray(c.hv_set).tolist(), "t0_ns": np.asarray(c.t0_ns).tolist()}
+        self.ready = True
 
     def close(self) -> None:
         for worker in (self.monitor_worker, self.hv_reader):
@@ -436,8 +336,7 @@ class DAQ:
         if rec.interrupted:
             intr = rec.interrupted
             cs = int(intr.get("crate_spill", -1))
-            buffered = self._buffered()
-            if cs in buffered and self._same_spill(cs, float(intr.get("detected_unix", 0.0))):
+            if still_holds(self.crate, cs, float(intr.get("detected_unix", 0.0))):
                 self._log(logging.WARNING, f"re-reading interrupted spill {intr['spill']} (crate spill {cs})")
                 self._process(int(intr["spill"]), cs, extra_flags=["retried"],
                               note=f"interrupted by the death of DAQ pid {intr.get('pid')}; re-read after restart")
@@ -450,39 +349,16 @@ class DAQ:
                 self.spills_this_session += 1
                 self.sm.to(State.RECORDED)
             last = max(last if last is not None else -1, cs)
-        if last is None:
-            return None
-        if last > st.last_complete:
-            return None     # the crate was restarted since: start with its next spill
-        first_buffered = min([s for s in self._buffered() if s > last], default=st.last_complete + 1)
-        if first_buffered > last + 1:
-            rec.note_gap(last + 1, first_buffered - 1, "completed while no DAQ was running; no longer in the crate")
-            self._log(logging.WARNING, f"crate spills {last + 1}..{first_buffered - 1} passed while no DAQ was "
+        first, gap = resume_point(self.crate, last, st.last_complete)
+        if gap is not None:
+            rec.note_gap(gap[0], gap[1], "completed while no DAQ was running; no longer in the crate")
+            self._log(logging.WARNING, f"crate spills {gap[0]}..{gap[1]} passed while no DAQ was "
                       "running (noted as a gap in the run record)")
-        return first_buffered
-
-    def _same_spill(self, crate_spill: int, detected_unix: float) -> bool:
-        """Is crate spill ``crate_spill`` still the one a previous DAQ saw complete at ``detected_unix``
-        (and not a new spill of a restarted crate that reuses the number)?"""
-        try:
-            self.crate.select_spill(crate_spill)
-            info = self.crate.spill_info()
-        except MSADCError:
-            return False
-        finally:
-            self.crate.release_spill()
-        start = info.get("start_unix")
-        return not isinstance(start, (int, float)) or detected_unix <= 0 or float(start) <= detected_unix
-
-    def _buffered(self) -> list[int]:
-        try:
-            return self.crate.spill_list()
-        except MSADCError:
-            return []
+        return first
 
     def _take_spill(self, next_crate: int, last_complete: int) -> int:
         """Read the oldest unread spill; crate spills that left the ring unread are recorded as lost."""
-        buffered = [s for s in self._buffered() if s >= next_crate]
+        buffered = [s for s in buffered_spills(self.crate) if s >= next_crate]
         target = min(buffered) if buffered else last_complete
         if next_crate == ANY_SPILL:           # the crate had no spill when we started: take the first one
             next_crate = target
@@ -511,7 +387,7 @@ class DAQ:
     def _process(self, spill: int, crate_spill: int, extra_flags: list[str] | None = None, note: str = "") -> None:
         """Read, trigger, read out and record one crate spill as DAQ spill ``spill``."""
         rec = self.recorder
-        assert rec is not None and self.crate is not None
+        assert rec is not None and self.crate is not None and self.readout is not None
         t_detect = time.time()
         t0 = time.perf_counter()
         self.current_spill = spill
@@ -522,12 +398,23 @@ class DAQ:
         flags = list(extra_flags or []) + self._pending_flags
         self._pending_flags = []
         rec.begin_spill(spill, crate_spill, detected_unix=t_detect)
+        out = self._read_with_retry(spill, crate_spill, flags)
+        incidents = self.crate.take_incidents()
+        flags = spill_flags(flags, incidents, out.flags)
+        if set(flags) & INCOMPLETE_SPILL_FLAGS:
+            self.sm.to(State.ERROR, f"spill {spill}: {', '.join(out.errors) or ', '.join(flags)}")
+        self._record(spill, out, flags, incidents, note, t0)
+
+    def _read_with_retry(self, spill: int, crate_spill: int, flags: list[str]) -> SpillOutcome:
+        """Read the spill; a readout that failed (not because the spill is gone) is retried once after a
+        reconnect, and ``retried`` is appended to ``flags``."""
+        assert self.crate is not None and self.readout is not None
         out = None
         max_attempts = 2
         for attempt in range(max_attempts):
             if out is not None:
-                self.release_events(out.events_base)
-            out = self.read_spill(crate_spill)
+                self.events.release(out.events_base)
+            out = self.readout.read_spill(crate_spill, on_selected=self._reading)
             hard = [f for f in out.flags if f in INCOMPLETE_SPILL_FLAGS]
             if not hard or "spill_lost" in hard or attempt == max_attempts - 1 or self.stopping:
                 break
@@ -544,19 +431,25 @@ class DAQ:
                 break
             self.sm.to(State.READOUT, f"retrying spill {spill}")
         assert out is not None
-        incidents = self.crate.take_incidents()
-        if "reconnected" in incidents:
-            flags.append("reconnected")
-        if "retried" in incidents:
-            flags.append("retried")
-        flags += out.flags
-        if set(flags) & INCOMPLETE_SPILL_FLAGS:     # "retried" means: retried and succeeded
-            flags = [f for f in flags if f != "retried"]
-        flags = list(dict.fromkeys(flags))
-        if set(flags) & INCOMPLETE_SPILL_FLAGS:
-            self.sm.to(State.ERROR, f"spill {spill}: {', '.join(out.errors) or ', '.join(flags)}")
+        return out
+
+    def _reading(self, out: SpillOutcome) -> None:
+        """The readout selected the spill: the state goes to READOUT."""
+        self.sm.to(State.READOUT, f"crate spill {out.crate_spill}: {out.n_particles} particles")
+
+    def _record(self, spill: int, out: SpillOutcome, flags: list[str], incidents: list[str], note: str,
+                t0: float) -> None:
+        """Write the spill file and the run record (or flag the spill and stop the run when the disk cannot
+        take it), then publish the scalers, print the progress line and hand the events to the monitor
+        worker. ``t0``: ``time.perf_counter()`` when the spill was detected."""
+        rec = self.recorder
+        assert rec is not None and self.crate is not None
         t_rec = time.perf_counter()
-        content, entry = self._build(spill, out, flags, incidents, note)
+        hv = self.hv_reader.snapshot() if self.hv_reader is not None else None
+        content, entry = build_spill(self.run_number, spill, out, flags, incidents, note,
+                                     trigger_menu=self.menu.to_dict(), hv=hv, crate_errors=self.crate.crate_errors,
+                                     calibration_mode=self.calibration_mode)
+        self.crate.crate_errors.clear()
         entry["timing"] = out.timing
         rec.session["crate_stats"] = dict(self.crate.stats)
         out.timing["daq_s_before_write"] = time.perf_counter() - t0
@@ -578,11 +471,11 @@ class DAQ:
         self.last_spill_unix = float(out.info.get("start_unix", 0.0)) + float(out.info.get("length_s", 0.0))
         self.sm.to(State.RECORDED, f"spill {spill}: {content.event_id.shape[0]} events recorded")
         self._publish_scalers(spill, entry)
-        self._progress(spill, entry, out)
+        self._progress(spill, entry, out.timing.get("total_s", 0.0))
         if self.monitor_worker is not None and content.event_id.shape[0]:
             self.monitor_worker.submit(spill, content, out.info, out.events_base)
         else:
-            self.release_events(out.events_base)
+            self.events.release(out.events_base)
         size = (rec.rdir / entry["file"]).stat().st_size
         problem = rec.space_problem(size)
         if problem is not None:         # the next spill would not fit: stop now, before anything is lost
@@ -595,7 +488,7 @@ class DAQ:
         assert self.recorder is not None
         rec = self.recorder
         n = int(entry.get("n_accepted", 0))
-        self.release_events(out.events_base)
+        self.events.release(out.events_base)
         keep = {k: entry[k] for k in ("start_unix", "length_s", "n_particles", "n_seen", "n_accepted", "n_read_out",
                                       "eot", "scalers", "triggers", "errors", "incidents", "note") if k in entry}
         flags = [flag] + [f for f in entry.get("flags", []) if f != flag]
@@ -615,418 +508,16 @@ class DAQ:
         self._exit_status = 1
         self.stop("disk_full")
 
-    def read_spill(self, crate_spill: int) -> SpillOutcome:
-        """One readout attempt of a crate spill; never raises a crate error: failures end up in
-        ``flags``/``errors`` of the outcome together with whatever was read."""
-        crate = self.crate
-        assert crate is not None
-        out = SpillOutcome(crate_spill)
-        t = time.perf_counter()
-        try:
-            crate.select_spill(crate_spill)
-            out.info = crate.spill_info()
-            out.n_particles = crate.prim_count()
-        except MSADCError as exc:
-            self._fail(out, exc, "select")
-            return out
-        out.timing["select_s"] = time.perf_counter() - t
-        self.sm.to(State.READOUT, f"crate spill {crate_spill}: {out.n_particles} particles")
-        self._trigger_spill(out)
-        if not out.triggered:
-            return out
-        t = time.perf_counter()
-        n_acc = int(out.accepted.size)
-        try:
-            crate.upload_accepted(out.accepted)
-            got = crate.accepted_count()
-            if got != n_acc:
-                crate.upload_accepted(out.accepted)
-                got = crate.accepted_count()
-                if got != n_acc:
-                    raise MSADCCrateError("ACC:COUN? check", [(0, f"crate holds {got} accepted, {n_acc} uploaded")])
-        except MSADCError as exc:
-            self._fail(out, exc, "accepted-list upload")
-            return out
-        out.timing["upload_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        out.events_base = self._event_buffer(n_acc)
-        out.events = out.events_base[:n_acc]
-        step = max(1, min(MAX_EVENTS_PER_QUERY, self.daq_cfg["chunk_records"] * PRIM_RECORD_BYTES // EVENT_RECORD_BYTES))
-        try:
-            for first in range(0, n_acc, step):
-                c = min(step, n_acc - first)
-                crate.read_events(first, c, out=out.events[first:first + c])
-                out.n_read_out = first + c
-        except MSADCError as exc:
-            self._fail(out, exc, f"event readout ({out.n_read_out} of {n_acc})")
-            out.events = out.events[:out.n_read_out]
-            return out
-        out.timing["events_s"] = time.perf_counter() - t
-        out.timing["event_bytes"] = float(out.events.nbytes)
-        if self.daq_cfg["record_truth"] and n_acc:
-            t = time.perf_counter()
-            try:
-                if crate.truth_supported():
-                    truth = np.empty(n_acc, TRUTH_DTYPE)
-                    for first in range(0, n_acc, MAX_EVENTS_PER_QUERY):
-                        c = min(MAX_EVENTS_PER_QUERY, n_acc - first)
-                        crate.read_truth(first, c, out=truth[first:first + c])
-                    out.truth = truth
-            except MSADCError as exc:
-                out.errors.append(f"truth not recorded: {exc}")
-                log.warning("spill of crate spill %d: truth not recorded (%s)", crate_spill, exc)
-            out.timing["truth_s"] = time.perf_counter() - t
-        return out
-
-    def _fail(self, out: SpillOutcome, exc: BaseException, stage: str) -> None:
-        """Note a failure that retries did not cure: its flag (timeout, truncated_block, crate_error,
-        spill_lost) plus readout_incomplete."""
-        out.flags += [getattr(exc, "flag", "crate_error"), "readout_incomplete"]
-        out.errors.append(f"{stage}: {exc}")
-        log.error("crate spill %d: %s failed: %s", out.crate_spill, stage, exc)
-
-    def _buffers(self, n: int) -> list[np.ndarray]:
-        """The pool of 3 primitive chunk buffers, allocated and pre-faulted once (page faults of fresh
-        memory would otherwise cost more than the transfer of the first spill) and reused."""
-        chunk = int(self.daq_cfg["chunk_records"])
-        size = min(chunk, max(n, 1))
-        if not self._pool or self._pool[0].shape[0] < size:
-            self._pool = []
-            for _ in range(3):
-                b = np.empty((size, ch.N_TRIGGER_CHANNELS, ch.N_SAMPLES), np.int16)
-                b.fill(0)
-                self._pool.append(b)
-        return self._pool
-
-    def _event_buffer(self, n: int) -> np.ndarray:
-        """A buffer for at least ``n`` events: a recycled one (already faulted in: fresh memory costs
-        0.1-0.5 s per 600 MB in page faults) or a new one."""
-        with self._event_lock:
-            fits = [i for i, b in enumerate(self._event_pool) if b.shape[0] >= n]
-            if fits:
-                return self._event_pool.pop(min(fits, key=lambda i: self._event_pool[i].shape[0]))
-        return np.empty((max(int(n * 1.1) + 16, 1), ch.N_CHANNELS, ch.N_SAMPLES), np.int16)
-
-    def release_events(self, base: np.ndarray | None) -> None:
-        """Give an event buffer back once nothing uses it any more (the monitor worker calls this)."""
-        if base is None:
-            return
-        with self._event_lock:
-            pool = self._event_pool
-            if any(b is base for b in pool):
-                return
-            pool.append(base)
-            if len(pool) > 2:      # drop the smallest, by position (list.remove would compare arrays with ==)
-                del pool[min(range(len(pool)), key=lambda i: pool[i].shape[0])]
-
-    def _times(self, n: int) -> np.ndarray:
-        """A reusable arrival-time buffer of at least ``n`` records (pre-faulted)."""
-        if self._times_buf.shape[0] < n:
-            self._times_buf = np.zeros(max(n, int(1.25 * self._times_buf.shape[0])), np.float64)
-        return self._times_buf[:n]
-
-    def _trigger_spill(self, out: SpillOutcome) -> None:
-        """Primitives in chunks (reader thread) -> trigger (this thread), overlapped."""
-        from trigger.kernels import SpillTrigger
-
-        crate = self.crate
-        n = out.n_particles
-        chunk = int(self.daq_cfg["chunk_records"])
-        out.times = self._times(n)
-        pool = self._buffers(n)
-        free: queue.Queue[np.ndarray] = queue.Queue()
-        for b in pool:
-            free.put(b)
-        full: queue.Queue[Any] = queue.Queue(maxsize=2)
-        abort = threading.Event()
-        trig = SpillTrigger(self.menu, parallel=self._parallel_trigger)
-        t_wait = 0.0
-        t_trig = 0.0
-
-        def reader() -> None:
-            first = 0
-            try:
-                while first < n and not abort.is_set():
-                    c = min(chunk, n - first)
-                    buf = free.get()
-                    view = buf[:c]
-                    crate.read_primitives(first, c, out=view)
-                    crate.read_times(first, c, out=out.times[first:first + c])
-                    full.put((first, c, buf))
-                    first += c
-                full.put(None)
-            except BaseException as exc:      # handed to the main thread
-                full.put(_ReaderFailed(exc, first))
-
-        t0 = time.perf_counter()
-        th = threading.Thread(target=reader, name="prim-reader", daemon=True)
-        th.start()
-        failure: BaseException | None = None
-        try:
-            while True:
-                tw = time.perf_counter()
-                item = full.get()
-                t_wait += time.perf_counter() - tw
-                if item is None:
-                    break
-                if isinstance(item, _ReaderFailed):
-                    failure = item.exc
-                    break
-                first, c, buf = item
-                tt = time.perf_counter()
-                try:
-                    trig.process(buf[:c], out.times[first:first + c], first)
-                except ValueError as exc:        # e.g. arrival times not increasing: corrupt data
-                    failure = exc
-                    break
-                t_trig += time.perf_counter() - tt
-                out.n_seen = first + c
-                free.put(buf)
-        finally:
-            abort.set()
-            while th.is_alive():                 # unblock the reader if it waits for a buffer or a slot
-                try:
-                    full.get_nowait()
-                except queue.Empty:
-                    pass
-                free.put(pool[0])
-                th.join(timeout=0.05)
-        res = trig.finish()
-        out.accepted, out.mask = res.accepted, res.mask
-        out.eot = int(res.eot)
-        crate_sc = out.info.get("scalers", {}) if isinstance(out.info.get("scalers"), dict) else {}
-        try:
-            out.scalers = res.scalers_with(crate_sc)
-        except ValueError as exc:
-            log.warning("crate scalers ignored: %s", exc)
-            out.scalers = dict(res.scalers)
-        out.triggers = res.triggers()
-        out.timing.update(primitives_s=time.perf_counter() - t0, trigger_s=t_trig, trigger_wait_s=t_wait,
-                          primitive_bytes=float(n * (PRIM_RECORD_BYTES + 8)))
-        if failure is not None:
-            if not isinstance(failure, (MSADCError, ValueError)):
-                raise failure
-            # the spill is flagged; the whole spill is retried once by the caller
-            self._fail(out, failure, f"primitive readout/trigger ({out.n_seen} of {n} records)")
-            return
-        out.triggered = True
-
-    # --------------------------------------------------------------------------- recording
-    def _build(self, spill: int, out: SpillOutcome, flags: list[str], incidents: list[str],
-               note: str) -> tuple[SpillContent, dict[str, Any]]:
-        n = int(out.events.shape[0])
-        acc = out.accepted[:n]
-        times = out.times[acc] if out.times.size and n else np.zeros(n, np.float64)
-        hv = self.hv_reader.snapshot() if self.hv_reader is not None else None
-        info = out.info
-        table = info.get("table", {}) if isinstance(info.get("table"), dict) else {}
-        truth = out.truth[:n] if out.truth is not None and out.truth.shape[0] >= n else None
-        extra = {"timing": out.timing, "errors": out.errors, "incidents": incidents, "note": note,
-                 "crate_errors": [list(e) for e in (self.crate.crate_errors if self.crate else [])][-10:],
-                 "calibration_mode": self.calibration_mode}
-        if self.crate is not None:
-            self.crate.crate_errors.clear()
-        attrs = {"crate_spill": int(out.crate_spill), "start_unix": float(info.get("start_unix", 0.0)),
-                 "length_s": float(info.get("length_s", 0.0)), "eot": int(out.eot), "scalers": out.scalers,
-                 "triggers": out.triggers, "trigger_menu": self.menu.to_dict(), "hv": hv or {}, "table": table,
-                 "extra": extra}
-        content = SpillContent(self.run_number, spill, acc.astype(np.uint32), out.mask[:n].astype(np.uint8),
-                               np.ascontiguousarray(times, np.float64), out.events, truth, attrs)
-        entry = {"crate_spill": int(out.crate_spill), "start_unix": attrs["start_unix"], "length_s": attrs["length_s"],
-                 "n_particles": int(out.n_particles), "n_seen": int(out.n_seen), "n_accepted": int(out.accepted.size),
-                 "n_read_out": int(out.n_read_out), "eot": int(out.eot), "flags": flags, "scalers": out.scalers,
-                 "triggers": out.triggers, "table": table, "hv": hv, "errors": out.errors, "incidents": incidents,
-                 "truth": truth is not None, "note": note}
-        return content, entry
-
+    # --------------------------------------------------------------------------- reporting
     def _publish_scalers(self, spill: int, entry: dict[str, Any]) -> None:
-        if self.publisher is None:
-            return
-        sc = entry.get("scalers") or {}
-        tot = self.recorder.totals if self.recorder else {}
-        meta = {"S0": int(sc.get("S0", 0)), "S1": int(sc.get("S1", sc.get("crate_S1", 0))), "V0": int(sc.get("V0", 0)),
-                "eot": int(entry.get("eot", 0)), "eot_total": int(tot.get("eot", 0)),
-                "particles": int(entry.get("n_particles", 0)), "triggers": entry.get("triggers") or {},
-                "accepted": int(entry.get("n_accepted", 0)), "read_out": int(entry.get("n_read_out", 0)),
-                "recorded": int(entry.get("n_recorded", 0)), "flags": list(entry.get("flags", [])),
-                "spill_length_s": float(entry.get("length_s", 0.0)), "start_unix": float(entry.get("start_unix", 0.0)),
-                "crate_spill": int(entry.get("crate_spill", -1)), "scalers": sc}
-        self.publisher.publish("scalers", meta=meta, spill=spill)
+        if self.publisher is not None:
+            totals = self.recorder.totals if self.recorder else {}
+            self.publisher.publish("scalers", meta=scalers_meta(entry, totals), spill=spill)
 
-    def _progress(self, spill: int, entry: dict[str, Any], out: SpillOutcome) -> None:
-        tot = self.recorder.totals if self.recorder else {}
-        dt = out.timing.get("total_s", 0.0)
-        length = float(entry.get("length_s") or 0.0)
-        rate = entry["n_accepted"] / length if length > 0 else 0.0
-        flags = ",".join(entry.get("flags", [])) or "ok"
-        line = (f"spill {spill:>5} (crate {entry['crate_spill']}): {entry['n_particles']:>9,} particles  "
-                f"{entry['n_accepted']:>7,} accepted  {entry.get('n_recorded', 0):>7,} recorded  "
-                f"{rate:8.1f} Hz  EOT {entry['eot']:,}  {dt:6.2f} s  lost spills {tot.get('lost_spills', 0)}  [{flags}]")
+    def _progress(self, spill: int, entry: dict[str, Any], seconds: float) -> None:
+        totals = self.recorder.totals if self.recorder else {}
+        line, style = progress_line(spill, entry, seconds, int(totals.get("lost_spills", 0)))
         if self.console is not None:
-            style = "green" if flags == "ok" else ("yellow" if not set(entry.get("flags", [])) & INCOMPLETE_SPILL_FLAGS
-                                                   else "bold red")
             self.console.print(line, style=style, highlight=False, markup=False)
         else:
             log.info("%s", line)
-
-
-# ------------------------------------------------------------------------------------ workers
-class HVReader(threading.Thread):
-    """Reads the HV back (never sets it) every :data:`HV_PERIOD_S` and when poked at the end of a spill;
-    publishes ``hv`` and keeps the latest reading for the run record. A failing supply is retried."""
-
-    def __init__(self, cfg: dict[str, Any], calibration: Calibration, address: str, publisher: Publisher | None) -> None:
-        super().__init__(name="hv-reader", daemon=True)
-        self.cfg, self.calibration, self.address, self.publisher = cfg, calibration, address, publisher
-        self._stop_evt = threading.Event()
-        self._poke = threading.Event()
-        self._lock = threading.Lock()
-        self._latest: dict[str, Any] | None = None
-        self.supply: Any = None
-        self.errors = 0
-
-    def poke(self) -> None:
-        self._poke.set()
-
-    def snapshot(self) -> dict[str, Any] | None:
-        with self._lock:
-            return self._latest
-
-    def _read(self) -> None:
-        from hv_control.supply import HVSupply
-
-        if self.supply is None:
-            self.supply = HVSupply.connect(self.address, self.cfg, self.calibration)
-        r = self.supply.read_all()
-        now = time.time()
-        snap = {"unix": now, "channel_ids": r["channel_ids"].tolist(),
-                "vset": np.round(r["vset"], 1).tolist(), "vmon": np.round(r["vmon"], 1).tolist(),
-                "imon": np.round(r["imon"], 2).tolist(), "status": r["status"].astype(int).tolist()}
-        with self._lock:
-            self._latest = snap
-        if self.publisher is not None:
-            self.publisher.publish("hv", arrays={
-                "vset": r["vset"].astype(np.float32), "vmon": r["vmon"].astype(np.float32),
-                "imon": r["imon"].astype(np.float32), "status": r["status"].astype(np.int32),
-                "channel_ids": r["channel_ids"].astype(np.int64)}, meta={"unix": now})
-
-    def run(self) -> None:
-        while not self._stop_evt.is_set():
-            try:
-                self._read()
-            except Exception as exc:              # HV problems never stop the DAQ; they are logged
-                self.errors += 1
-                if self.errors in (1, 10) or self.errors % 100 == 0:
-                    log.warning("HV read-back from %s failed (%d times): %s", self.address, self.errors, exc)
-                if self.supply is not None:
-                    try:
-                        self.supply.close()
-                    except Exception:
-                        pass
-                    self.supply = None
-            self._poke.wait(HV_PERIOD_S)
-            self._poke.clear()
-
-    def stop(self) -> None:
-        self._stop_evt.set()
-        self._poke.set()
-        self.join(timeout=5)
-        if self.supply is not None:
-            try:
-                self.supply.close()
-            except Exception:
-                pass
-
-
-class MonitorWorker(threading.Thread):
-    """Reconstructs the recorded events of a spill and publishes ``calo``, ``ecal_hcal``, ``waveforms`` and
-    (calibration mode) ``amplitudes``. Lossy: while it is busy a newer spill replaces a waiting one."""
-
-    def __init__(self, daq: DAQ) -> None:
-        super().__init__(name="monitor-worker", daemon=True)
-        self.daq = daq
-        self._q: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self.skipped = 0
-        self.done = 0
-
-    def submit(self, spill: int, content: SpillContent, info: dict[str, Any], base: np.ndarray | None = None) -> None:
-        """Queue a spill for monitoring; a spill still waiting is replaced (and counted as skipped).
-        ``base`` (the event buffer) goes back to the DAQ once the spill is done with."""
-        item = (spill, content, info, base)
-        try:
-            self._q.put_nowait(item)
-            return
-        except queue.Full:
-            pass
-        try:
-            old = self._q.get_nowait()
-            self.skipped += 1
-            if old is not None:
-                self.daq.release_events(old[3])
-        except queue.Empty:
-            pass
-        try:
-            self._q.put_nowait(item)
-        except queue.Full:
-            self.skipped += 1
-            self.daq.release_events(base)
-
-    def run(self) -> None:
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            try:
-                self.publish(*item[:3])
-                self.done += 1
-            except Exception:
-                log.exception("monitoring of spill %s failed", item[0])
-            try:
-                self.daq.release_events(item[3])
-            except Exception:       # the monitoring thread outlives any bug in the buffer recycling
-                log.exception("event buffer of spill %s not recycled", item[0])
-
-    def stop(self) -> None:
-        try:
-            self._q.put(None, timeout=10)
-        except queue.Full:
-            pass
-        self.join(timeout=30)
-
-    def publish(self, spill: int, content: SpillContent, info: dict[str, Any]) -> None:
-        pub = self.daq.publisher
-        if pub is None:
-            return
-        wf = content.waveforms
-        r = reconstruct(wf, self.daq.gev_per_count, parallel=True)
-        e = r.energy_gev
-        amp = r.amplitude
-        hit = amp > 0
-        ecal = slice(ch.ECAL_FIRST, ch.ECAL_FIRST + ch.N_ECAL)
-        hcal = slice(ch.HCAL_FIRST, ch.HCAL_FIRST + ch.N_HCAL)
-        shape_e = (ch.N_ECAL_SECTIONS, ch.N_ECAL_X, ch.N_ECAL_Y)
-        shape_h = (ch.N_HCAL_MODULES, ch.N_HCAL_Y, ch.N_HCAL_X)
-        pub.publish("calo", arrays={
-            "ecal_energy": e[:, ecal].sum(axis=0, dtype=np.float64).reshape(shape_e),
-            "ecal_occupancy": hit[:, ecal].sum(axis=0).astype(np.int64).reshape(shape_e),
-            "hcal_energy": e[:, hcal].sum(axis=0, dtype=np.float64).reshape(shape_h),
-            "hcal_occupancy": hit[:, hcal].sum(axis=0).astype(np.int64).reshape(shape_h)},
-            meta={"events": int(wf.shape[0]), "ecal_axes": ["section", "x", "y"], "hcal_axes": ["module", "y", "x"]},
-            spill=spill)
-        e_ecal = e[:, ecal].sum(axis=1, dtype=np.float64)
-        e_hcal = e[:, hcal].sum(axis=1, dtype=np.float64)
-        counts, _, _ = np.histogram2d(e_ecal, e_hcal, bins=[ECAL_EDGES[2], HCAL_EDGES[2]],
-                                      range=[ECAL_EDGES[:2], HCAL_EDGES[:2]])
-        pub.publish("ecal_hcal", arrays={"counts": counts.astype(np.float64)},
-                    meta={"ecal_edges": ECAL_EDGES, "hcal_edges": HCAL_EDGES, "events": int(wf.shape[0])}, spill=spill)
-        k = int(self.daq.daq_cfg["sample_waveforms"])
-        if k > 0:
-            pick = np.unique(np.linspace(0, wf.shape[0] - 1, min(k, wf.shape[0])).astype(np.int64))
-            pub.publish("waveforms", arrays={"waveforms": np.ascontiguousarray(wf[pick]),
-                                             "event_ids": content.event_id[pick].astype(np.int64)}, spill=spill)
-        if self.daq.calibration_mode:
-            beam = (content.trigger_mask & TRIGGER_BITS["beam"]) != 0
-            table = info.get("table", {}) if isinstance(info.get("table"), dict) else {}
-            pub.publish("amplitudes", arrays={"amplitudes": np.ascontiguousarray(amp[beam][:, :ch.N_CALO], np.float32)},
-                        meta={"table": table, "start_unix": float(info.get("start_unix", 0.0)),
-                              "events": int(beam.sum())}, spill=spill)

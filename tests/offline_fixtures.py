@@ -3,7 +3,7 @@
 The chain is the one the DAQ runs against the emulator, called in-process: beam truth
 (``sim_frontend.beam.generate_spill``) -> detector response -> the crate's digitiser (trigger primitives of
 every particle) -> the numba trigger (``trigger.kernels.trigger_waveforms``) -> full events of the accepted
-records -> ``detector.spillfile.write_spill`` with the attributes the DAQ writes (``online/daq.py`` +
+records -> ``detector.spillfile.write_spill`` with the attributes the DAQ writes (``online/record_content.py`` +
 ``online/recorder.py``: crate_spill, start_unix, length_s, eot, scalers, triggers, trigger_menu, hv, table,
 extra, flags, n_particles, n_seen, n_accepted, n_read_out) and a run record like the recorder's
 (``config_toml``, ``trigger_menu``, ``calibration``, ``spills``, ``totals``).

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from online import daq_cli
-from online.daq import TRANSITIONS, IllegalTransition, SpillStateMachine, State
+from online.spill_state import TRANSITIONS, IllegalTransition, SpillStateMachine, State
 
 
 def test_state_machine_follows_the_table_and_reports_changes():
@@ -62,11 +62,11 @@ def test_event_buffers_recycle_whatever_their_sizes(tmp_path):
     from detector.config import load_calibration, load_config
     from online.daq import DAQ
 
-    daq = DAQ(load_config(None), load_calibration(), {}, str(tmp_path), run=1)
-    bufs = [daq._event_buffer(n) for n in (5000, 300, 20000, 800)]
+    pool = DAQ(load_config(None), load_calibration(), {}, str(tmp_path), run=1).events
+    bufs = [pool.take(n) for n in (5000, 300, 20000, 800)]
     for b in bufs:
-        daq.release_events(b)
-        daq.release_events(b)                      # a second release of the same buffer is ignored
-    assert [id(b) for b in daq._event_pool] == [id(bufs[0]), id(bufs[2])]     # the two largest are kept
-    assert daq._event_buffer(10000) is bufs[2]
-    assert daq._event_buffer(100) is bufs[0] and daq._event_pool == []
+        pool.release(b)
+        pool.release(b)                            # a second release of the same buffer is ignored
+    assert [id(b) for b in pool._pool] == [id(bufs[0]), id(bufs[2])]     # the two largest are kept
+    assert pool.take(10000) is bufs[2]
+    assert pool.take(100) is bufs[0] and pool._pool == []

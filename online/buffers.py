@@ -1,0 +1,81 @@
+"""The readout's recycled buffers: allocated and pre-faulted once, then reused spill after spill (page
+faults of fresh memory would otherwise cost more than the transfer of a spill's first chunks).
+
+- :class:`ChunkPool`: the primitive chunk buffers the reader thread fills while the trigger runs;
+- :class:`TimesBuffer`: the arrival times of a spill's primitives;
+- :class:`EventPool`: event buffers, handed out by the readout and given back by whoever is done with the
+  spill last (the monitor worker); thread-safe.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from detector import channels as ch
+
+
+class ChunkPool:
+    """``count`` primitive buffers of up to ``chunk_records`` records each (int16, trigger channels x
+    samples)."""
+
+    def __init__(self, chunk_records: int, count: int = 3) -> None:
+        self.chunk_records = int(chunk_records)
+        self.count = int(count)
+        self._pool: list[np.ndarray] = []
+
+    def buffers(self, n: int) -> list[np.ndarray]:
+        """The pool, sized for a spill of ``n`` records (grown, never shrunk; at most one chunk each)."""
+        size = min(self.chunk_records, max(n, 1))
+        if not self._pool or self._pool[0].shape[0] < size:
+            self._pool = []
+            for _ in range(self.count):
+                b = np.empty((size, ch.N_TRIGGER_CHANNELS, ch.N_SAMPLES), np.int16)
+                b.fill(0)
+                self._pool.append(b)
+        return self._pool
+
+
+class TimesBuffer:
+    """A reusable arrival-time buffer (float64, ns), grown by at least a quarter when too small."""
+
+    def __init__(self) -> None:
+        self._buf = np.zeros(0, np.float64)
+
+    def view(self, n: int) -> np.ndarray:
+        """The first ``n`` entries (pre-faulted)."""
+        if self._buf.shape[0] < n:
+            self._buf = np.zeros(max(n, int(1.25 * self._buf.shape[0])), np.float64)
+        return self._buf[:n]
+
+
+class EventPool:
+    """Event buffers (int16, events x channels x samples): at most ``keep`` idle ones are kept, the
+    largest."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = int(keep)
+        self._pool: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> np.ndarray:
+        """A buffer for at least ``n`` events: the smallest recycled one that fits (already faulted in)
+        or a new one with 10 % headroom."""
+        with self._lock:
+            fits = [i for i, b in enumerate(self._pool) if b.shape[0] >= n]
+            if fits:
+                return self._pool.pop(min(fits, key=lambda i: self._pool[i].shape[0]))
+        return np.empty((max(int(n * 1.1) + 16, 1), ch.N_CHANNELS, ch.N_SAMPLES), np.int16)
+
+    def release(self, base: np.ndarray | None) -> None:
+        """Give a buffer back once nothing uses it any more; a second release of the same buffer and
+        ``None`` are ignored."""
+        if base is None:
+            return
+        with self._lock:
+            pool = self._pool
+            if any(b is base for b in pool):
+                return
+            pool.append(base)
+            if len(pool) > self.keep:   # drop the smallest, by position (list.remove would compare arrays with ==)
+                del pool[min(range(len(pool)), key=lambda i: pool[i].shape[0])]

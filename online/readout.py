@@ -1,0 +1,276 @@
+"""Crate readout: one completed crate spill in, one :class:`SpillOutcome` out (:meth:`CrateReadout.read_spill`).
+
+The steps, in the order the data flows:
+
+1. select the spill on the crate: ``SPIL:SEL``, ``SPIL:INFO?``, ``PRIM:COUN?``;
+2. primitives and arrival times in chunks of ``chunk_records``: a reader thread fills the recycled chunk
+   buffers (a pool of 3, a queue of at most 2 full chunks) while this thread runs the numba trigger on
+   the previous chunk, so transfer and trigger overlap;
+3. upload the accepted list and verify it with ``ACC:COUN?``;
+4. read ``EVT:DATA?`` in chunks straight into a recycled event buffer;
+5. read ``EVT:TRUT?`` when ``record_truth`` is asked for and the crate offers it.
+
+A readout never raises a crate error: a step that fails after the driver's own retries ends the readout,
+and its flag (``timeout``, ``truncated_block``, ``crate_error``, ``spill_lost``) plus ``readout_incomplete``
+and the reason go into the outcome together with whatever was read. Retrying the spill, recording it
+and the state of the run are the run control's business (:mod:`online.daq`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from detector import channels as ch
+from detector.records import TRUTH_DTYPE
+
+from .buffers import ChunkPool, EventPool, TimesBuffer
+from .msadc import EVENT_RECORD_BYTES, MSADC, PRIM_RECORD_BYTES, MSADCCrateError, MSADCError
+
+if TYPE_CHECKING:
+    from trigger.menu import TriggerMenu
+
+log = logging.getLogger("online.daq")
+
+MAX_EVENTS_PER_QUERY = 1 << 15        #: EVT:DATA? events per query (the crate refuses more than 2^16)
+
+
+@dataclass
+class SpillOutcome:
+    """What one spill readout produced (the accounting the recorder stores)."""
+
+    crate_spill: int
+    info: dict[str, Any] = field(default_factory=dict)
+    n_particles: int = 0
+    n_seen: int = 0
+    accepted: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    mask: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))
+    times: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    events: np.ndarray = field(default_factory=lambda: np.empty((0, ch.N_CHANNELS, ch.N_SAMPLES), np.int16))
+    n_read_out: int = 0
+    truth: np.ndarray | None = None
+    events_base: np.ndarray | None = None     #: the pooled buffer ``events`` is a view of
+    scalers: dict[str, int] = field(default_factory=dict)
+    triggers: dict[str, dict[str, int]] = field(default_factory=dict)
+    eot: int = 0
+    flags: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)
+    triggered: bool = False
+
+
+class _ReaderFailed(Exception):
+    def __init__(self, exc: BaseException, first: int) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
+        self.first = first
+
+
+class CrateReadout:
+    """Reads completed spills of ``crate`` and triggers them with ``menu``. ``chunk_records``: primitive
+    records per transfer chunk; ``record_truth``: also read the crate's truth records; ``parallel_trigger``
+    (default: with at least 4 cores, since the reader thread and the crate need cores too) runs the
+    parallel trigger kernel. ``events`` is the pool the event buffers come from; whoever holds an
+    outcome last gives ``outcome.events_base`` back to it."""
+
+    def __init__(self, crate: MSADC, menu: TriggerMenu, *, chunk_records: int, record_truth: bool,
+                 parallel_trigger: bool | None = None, events: EventPool | None = None) -> None:
+        self.crate = crate
+        self.menu = menu
+        self.chunk_records = int(chunk_records)
+        self.record_truth = bool(record_truth)
+        self.parallel_trigger = (os.cpu_count() or 1) >= 4 if parallel_trigger is None else bool(parallel_trigger)
+        self.events = events if events is not None else EventPool()
+        self.chunks = ChunkPool(self.chunk_records)
+        self.times = TimesBuffer()
+
+    def prepare(self, n_records: int) -> None:
+        """Allocate and fault in the chunk buffers for spills of about ``n_records`` primitives."""
+        self.chunks.buffers(int(n_records))
+
+    def read_spill(self, crate_spill: int,
+                   on_selected: Callable[[SpillOutcome], None] | None = None) -> SpillOutcome:
+        """One readout attempt of crate spill ``crate_spill``; never raises a crate error (see the module
+        docstring). ``on_selected(outcome)`` runs once the spill is selected and its particle count known,
+        before the primitives are read."""
+        out = SpillOutcome(crate_spill)
+        if not self._select(out):
+            return out
+        if on_selected is not None:
+            on_selected(out)
+        self._trigger(out)
+        if not out.triggered:
+            return out
+        if not self._upload_accepted(out):
+            return out
+        if not self._read_events(out):
+            return out
+        if self.record_truth and out.accepted.size:
+            self._read_truth(out)
+        return out
+
+    # -------------------------------------------------------------------------- the steps
+    def _select(self, out: SpillOutcome) -> bool:
+        t = time.perf_counter()
+        try:
+            self.crate.select_spill(out.crate_spill)
+            out.info = self.crate.spill_info()
+            out.n_particles = self.crate.prim_count()
+        except MSADCError as exc:
+            self._fail(out, exc, "select")
+            return False
+        out.timing["select_s"] = time.perf_counter() - t
+        return True
+
+    def _trigger(self, out: SpillOutcome) -> None:
+        """Primitives in chunks (reader thread) -> trigger (this thread), overlapped. Sets ``triggered``
+        when every record was seen by the trigger."""
+        from trigger.kernels import SpillTrigger
+
+        crate = self.crate
+        n = out.n_particles
+        chunk = self.chunk_records
+        out.times = self.times.view(n)
+        pool = self.chunks.buffers(n)
+        free: queue.Queue[np.ndarray] = queue.Queue()
+        for b in pool:
+            free.put(b)
+        full: queue.Queue[Any] = queue.Queue(maxsize=2)
+        abort = threading.Event()
+        trig = SpillTrigger(self.menu, parallel=self.parallel_trigger)
+        t_wait = 0.0
+        t_trig = 0.0
+
+        def reader() -> None:
+            first = 0
+            try:
+                while first < n and not abort.is_set():
+                    c = min(chunk, n - first)
+                    buf = free.get()
+                    view = buf[:c]
+                    crate.read_primitives(first, c, out=view)
+                    crate.read_times(first, c, out=out.times[first:first + c])
+                    full.put((first, c, buf))
+                    first += c
+                full.put(None)
+            except BaseException as exc:      # handed to the main thread
+                full.put(_ReaderFailed(exc, first))
+
+        t0 = time.perf_counter()
+        th = threading.Thread(target=reader, name="prim-reader", daemon=True)
+        th.start()
+        failure: BaseException | None = None
+        try:
+            while True:
+                tw = time.perf_counter()
+                item = full.get()
+                t_wait += time.perf_counter() - tw
+                if item is None:
+                    break
+                if isinstance(item, _ReaderFailed):
+                    failure = item.exc
+                    break
+                first, c, buf = item
+                tt = time.perf_counter()
+                try:
+                    trig.process(buf[:c], out.times[first:first + c], first)
+                except ValueError as exc:        # e.g. arrival times not increasing: corrupt data
+                    failure = exc
+                    break
+                t_trig += time.perf_counter() - tt
+                out.n_seen = first + c
+                free.put(buf)
+        finally:
+            abort.set()
+            while th.is_alive():                 # unblock the reader if it waits for a buffer or a slot
+                try:
+                    full.get_nowait()
+                except queue.Empty:
+                    pass
+                free.put(pool[0])
+                th.join(timeout=0.05)
+        res = trig.finish()
+        out.accepted, out.mask = res.accepted, res.mask
+        out.eot = int(res.eot)
+        crate_sc = out.info.get("scalers", {}) if isinstance(out.info.get("scalers"), dict) else {}
+        try:
+            out.scalers = res.scalers_with(crate_sc)
+        except ValueError as exc:
+            log.warning("crate scalers ignored: %s", exc)
+            out.scalers = dict(res.scalers)
+        out.triggers = res.triggers()
+        out.timing.update(primitives_s=time.perf_counter() - t0, trigger_s=t_trig, trigger_wait_s=t_wait,
+                          primitive_bytes=float(n * (PRIM_RECORD_BYTES + 8)))
+        if failure is not None:
+            if not isinstance(failure, (MSADCError, ValueError)):
+                raise failure
+            # the spill is flagged; the whole spill is retried once by the caller
+            self._fail(out, failure, f"primitive readout/trigger ({out.n_seen} of {n} records)")
+            return
+        out.triggered = True
+
+    def _upload_accepted(self, out: SpillOutcome) -> bool:
+        t = time.perf_counter()
+        n_acc = int(out.accepted.size)
+        try:
+            self.crate.upload_accepted(out.accepted)
+            got = self.crate.accepted_count()
+            if got != n_acc:
+                self.crate.upload_accepted(out.accepted)
+                got = self.crate.accepted_count()
+                if got != n_acc:
+                    raise MSADCCrateError("ACC:COUN? check", [(0, f"crate holds {got} accepted, {n_acc} uploaded")])
+        except MSADCError as exc:
+            self._fail(out, exc, "accepted-list upload")
+            return False
+        out.timing["upload_s"] = time.perf_counter() - t
+        return True
+
+    def _read_events(self, out: SpillOutcome) -> bool:
+        t = time.perf_counter()
+        n_acc = int(out.accepted.size)
+        out.events_base = self.events.take(n_acc)
+        out.events = out.events_base[:n_acc]
+        step = max(1, min(MAX_EVENTS_PER_QUERY, self.chunk_records * PRIM_RECORD_BYTES // EVENT_RECORD_BYTES))
+        try:
+            for first in range(0, n_acc, step):
+                c = min(step, n_acc - first)
+                self.crate.read_events(first, c, out=out.events[first:first + c])
+                out.n_read_out = first + c
+        except MSADCError as exc:
+            self._fail(out, exc, f"event readout ({out.n_read_out} of {n_acc})")
+            out.events = out.events[:out.n_read_out]
+            return False
+        out.timing["events_s"] = time.perf_counter() - t
+        out.timing["event_bytes"] = float(out.events.nbytes)
+        return True
+
+    def _read_truth(self, out: SpillOutcome) -> None:
+        """The truth records of the accepted events; a failure costs the truth only (noted in ``errors``)."""
+        t = time.perf_counter()
+        n_acc = int(out.accepted.size)
+        try:
+            if self.crate.truth_supported():
+                truth = np.empty(n_acc, TRUTH_DTYPE)
+                for first in range(0, n_acc, MAX_EVENTS_PER_QUERY):
+                    c = min(MAX_EVENTS_PER_QUERY, n_acc - first)
+                    self.crate.read_truth(first, c, out=truth[first:first + c])
+                out.truth = truth
+        except MSADCError as exc:
+            out.errors.append(f"truth not recorded: {exc}")
+            log.warning("spill of crate spill %d: truth not recorded (%s)", out.crate_spill, exc)
+        out.timing["truth_s"] = time.perf_counter() - t
+
+    @staticmethod
+    def _fail(out: SpillOutcome, exc: BaseException, stage: str) -> None:
+        """Note a failure that retries did not cure: its flag (timeout, truncated_block, crate_error,
+        spill_lost) plus readout_incomplete."""
+        out.flags += [getattr(exc, "flag", "crate_error"), "readout_incomplete"]
+        out.errors.append(f"{stage}: {exc}")
+        log.error("crate spill %d: %s failed: %s", out.crate_spill, stage, exc)

@@ -1,0 +1,44 @@
+"""Restart recovery's questions to the crate: which spills its ring still holds, whether a spill a previous
+DAQ was reading is still there, and where a continued run resumes. The run control (:mod:`online.daq`)
+acts on the answers (re-reads, records lost spills, notes gaps)."""
+from __future__ import annotations
+
+from .msadc import MSADC, MSADCError
+
+
+def buffered_spills(crate: MSADC) -> list[int]:
+    """The crate spill ids the crate's ring holds (empty when the crate does not answer)."""
+    try:
+        return crate.spill_list()
+    except MSADCError:
+        return []
+
+
+def same_spill(crate: MSADC, crate_spill: int, detected_unix: float) -> bool:
+    """Is crate spill ``crate_spill`` still the one a previous DAQ saw complete at ``detected_unix`` (unix s;
+    and not a new spill of a restarted crate that reuses the number)?"""
+    try:
+        crate.select_spill(crate_spill)
+        info = crate.spill_info()
+    except MSADCError:
+        return False
+    finally:
+        crate.release_spill()
+    start = info.get("start_unix")
+    return not isinstance(start, (int, float)) or detected_unix <= 0 or float(start) <= detected_unix
+
+
+def still_holds(crate: MSADC, crate_spill: int, detected_unix: float) -> bool:
+    """Does the crate's ring still hold the spill a previous DAQ was reading when it died?"""
+    return crate_spill in buffered_spills(crate) and same_spill(crate, crate_spill, detected_unix)
+
+
+def resume_point(crate: MSADC, last: int | None, last_complete: int) -> tuple[int | None, tuple[int, int] | None]:
+    """Where a continued run resumes after crate spill ``last`` (the last one it recorded; ``None``: none):
+    the first crate spill to read (``None``: the next one to complete, also when the crate was restarted
+    since), and the range of crate spills (first, last) that completed while no DAQ ran and are no longer
+    in the crate (``None``: no gap). ``last_complete``: the crate's latest completed spill."""
+    if last is None or last > last_complete:
+        return None, None
+    first = min([s for s in buffered_spills(crate) if s > last], default=last_complete + 1)
+    return first, ((last + 1, first - 1) if first > last + 1 else None)
