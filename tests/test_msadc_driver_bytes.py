@@ -7,8 +7,6 @@ through pyvisa + pyvisa-py over a real socket, in the spirit of pymeasure's ``ex
 """
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import threading
 import time
@@ -402,19 +400,6 @@ def test_one_resource_manager_per_process():
     d2.close()
     a.check()
     b.check()
-
-
-def test_sigint_is_deferred_until_the_transaction_ends():
-    got: list[int] = []
-    old = signal.signal(signal.SIGINT, lambda s, f: got.append(s))
-    try:
-        with msadc._deferred_sigint():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-            assert got == []
-        assert got == [signal.SIGINT]
-    finally:
-        signal.signal(signal.SIGINT, old)
 
 
 def test_parse_helpers():
