@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 
 from detector import channels as chmap
 
+from .instrument import InstrumentProtocolError
 from .transport import LineTransport
 
 T = TypeVar("T")
@@ -31,9 +32,9 @@ _REPLY = re.compile(r"#(?:BD:([0-9]{2}),(CMD:OK(?:,VAL:([ -~]*))?|CMD:ERR|CH:ERR
 
 
 # --------------------------------------------------------------------------------------------------
-class HVProtocolError(Exception):
+class HVProtocolError(InstrumentProtocolError):
     """The mainframe refused a request or answered something unexpected; ``request`` and ``reply``
-    are kept for the operator."""
+    are kept for the operator. (Timeouts and lost connections are the transport's errors.)"""
 
     code = "ERR"
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from detector import channels as chmap
 
+from .instrument import InstrumentError, InstrumentProtocolError, InstrumentTimeoutError
 from .transport import LineTransport, TransportError, open_transport
 
 CELL_PITCH_MM = 194.0          #: HCAL cell pitch, mm
@@ -29,11 +30,12 @@ _ACK = re.compile(r"(OK|ERR [ -~]+)$")
 _IDN = re.compile(r"(NA64-HIL,HCAL-TABLE,[ -~]*)$")
 
 
-class TableError(Exception):
-    """The table refused a command or answered something unexpected."""
+class TableError(InstrumentError):
+    """The table refused a command, answered something unexpected or did not answer (then the
+    transport's error is chained)."""
 
 
-class TableBusyError(TableError):
+class TableBusyError(TableError, InstrumentProtocolError):
     """A move was refused because the table is still moving (``ERR BUSY``)."""
 
 
@@ -41,11 +43,11 @@ class TableLimitError(TableError, ValueError):
     """A target outside the travel or an unknown cell/module; nothing was sent."""
 
 
-class TablePositionError(TableError):
+class TablePositionError(TableError, InstrumentProtocolError):
     """The table came to rest somewhere else than commanded."""
 
 
-class TableTimeoutError(TableError, TimeoutError):
+class TableTimeoutError(TableError, InstrumentTimeoutError):
     """The table did not come to rest in time."""
 
 

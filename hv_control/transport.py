@@ -15,10 +15,14 @@ the robustness every serial driver needs, once:
   :class:`ConnectionLostError` naming the address and the request;
 - one lock per connection: concurrent callers never interleave a request/reply pair.
 
+The retry loop, the error kinds, the VISA session and the ResourceManager are the shared instrument
+layer's (:mod:`hv_control.instrument`, also used by the MSADC crate driver); this module adds the line
+framing and resynchronisation of the serial protocols.
+
 Implementations: :class:`SerialTransport` (pyserial ``serial_for_url``: ``/dev/pts/N``, ``/dev/ttyUSB0``,
 ``socket://host:port``), :class:`VisaTransport` (a pyvisa ASRL resource with the pyvisa-py backend,
-``ASRL/dev/pts/N::INSTR`` or ``ASRLsocket://host:port::INSTR``; one ResourceManager per process,
-never closed by a transport - pymeasure #894), :class:`HandlerTransport` (calls a line handler
+``ASRL/dev/pts/N::INSTR`` or ``ASRLsocket://host:port::INSTR``, through
+:class:`~hv_control.instrument.VisaSession`), :class:`HandlerTransport` (calls a line handler
 in-process, no bytes; for simulations and tests) and :class:`ScriptedTransport` (byte-exact expected
 request/reply pairs, for protocol tests in the style of pymeasure's ``expected_protocol``).
 """
@@ -31,6 +35,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .instrument import (InstrumentConnectionError, InstrumentError, InstrumentTimeoutError, VisaSession,
+                         resource_manager, run_with_retries)
+
+__all__ = ["ConnectionLostError", "HandlerTransport", "LineTransport", "ScriptedTransport", "SerialTransport",
+           "TransportError", "TransportTimeoutError", "VisaTransport", "open_transport", "resource_manager",
+           "visa_resource_name"]
+
 log = logging.getLogger(__name__)
 
 EOL = "\r\n"
@@ -39,24 +50,17 @@ MAX_REPLY_BYTES = 65536        #: a reply line longer than this is discarded as 
 Extractor = Callable[[str], "str | None"]
 
 
-class TransportError(Exception):
+class TransportError(InstrumentError):
     """The serial line failed (base class)."""
 
 
-class TransportTimeoutError(TransportError, TimeoutError):
+class TransportTimeoutError(TransportError, InstrumentTimeoutError):
     """No valid reply arrived before the deadline."""
 
 
-class ConnectionLostError(TransportError, ConnectionError):
+class ConnectionLostError(TransportError, InstrumentConnectionError):
     """The connection dropped and could not be re-established."""
 
-
-class _Lost(Exception):
-    """Internal: the connection dropped (EOF or I/O error)."""
-
-
-class _Timeout(Exception):
-    """Internal: a read deadline passed."""
 
 
 class LineTransport(ABC):
@@ -94,15 +98,16 @@ class LineTransport(ABC):
 
     @abstractmethod
     def _write(self, data: bytes) -> None:
-        """Write all bytes; raise ``_Lost`` if the connection is gone."""
+        """Write all bytes; raise :class:`InstrumentConnectionError` if the connection is gone."""
 
     @abstractmethod
     def _read_chunk(self, timeout_s: float) -> bytes:
-        """Return the bytes that arrive within ``timeout_s`` (s), b'' if none; ``_Lost`` on EOF/error."""
+        """Return the bytes that arrive within ``timeout_s`` (s), b'' if none (or raise
+        :class:`InstrumentTimeoutError`); :class:`InstrumentConnectionError` on EOF/error."""
 
     @abstractmethod
     def _discard_input(self) -> None:
-        """Drop everything already received; ``_Lost`` if the connection is gone."""
+        """Drop everything already received; :class:`InstrumentConnectionError` if the connection is gone."""
 
     # ------------------------------------------------------------------ public API
     def open(self) -> None:
@@ -111,7 +116,7 @@ class LineTransport(ABC):
             if not self._open:
                 try:
                     self._connect()
-                except _Lost as exc:
+                except InstrumentConnectionError as exc:
                     raise ConnectionLostError(f"cannot open {self.address}: {exc}") from None
                 self._open = True
                 self._buf.clear()
@@ -138,37 +143,45 @@ class LineTransport(ABC):
         :class:`ConnectionLostError` after ``retries`` re-sends.
         """
         data = (line + self.eol).encode("ascii", errors="strict")
-        last: Exception | None = None
+
+        def attempt() -> str:
+            if not self._open:
+                self.open()
+            self._discard_input()
+            self._buf.clear()
+            self._write(data)
+            return self._read_reply(extract, time.monotonic() + self.timeout_s)
+
+        def failed(exc: BaseException, n: int) -> BaseException:
+            err: TransportError
+            if isinstance(exc, InstrumentTimeoutError):
+                self.stats["timeouts"] += 1
+                err = TransportTimeoutError(f"no reply from {self.address} to {line!r} within {self.timeout_s:g} s "
+                                            f"({n + 1} attempt(s))")
+            else:
+                err = ConnectionLostError(f"connection to {self.address} lost during {line!r}: {exc} "
+                                          f"({n + 1} attempt(s))")
+                self.close()
+            log.warning("%s", err)
+            return err
+
         with self._lock:
             self.stats["queries"] += 1
-            for attempt in range(self.retries + 1):
-                try:
-                    if not self._open:
-                        if attempt:
-                            self.stats["reconnects"] += 1
-                        self.open()
-                    self._discard_input()
-                    self._buf.clear()
-                    self._write(data)
-                    return self._read_reply(extract, time.monotonic() + self.timeout_s)
-                except _Timeout:
-                    self.stats["timeouts"] += 1
-                    last = TransportTimeoutError(
-                        f"no reply from {self.address} to {line!r} within {self.timeout_s:g} s "
-                        f"({attempt + 1} attempt(s))")
-                    log.warning("%s", last)
-                except (_Lost, ConnectionLostError) as exc:
-                    last = ConnectionLostError(f"connection to {self.address} lost during {line!r}: {exc} "
-                                               f"({attempt + 1} attempt(s))")
-                    log.warning("%s", last)
-                    self.close()
-                    time.sleep(self.reconnect_delay_s * (attempt + 1))
-                except BaseException:
-                    # e.g. KeyboardInterrupt between write and read: drop the half-finished exchange
-                    self._buf.clear()
-                    raise
-            assert last is not None
-            raise last
+            try:
+                return run_with_retries(attempt, retries=self.retries,
+                                        retryable=(InstrumentTimeoutError, InstrumentConnectionError),
+                                        recover=self._reopen, on_failure=failed)
+            except BaseException:
+                # e.g. KeyboardInterrupt between write and read: drop the half-finished exchange
+                self._buf.clear()
+                raise
+
+    def _reopen(self, n: int) -> None:
+        """Before the n-th re-send: re-open a connection that was closed after it dropped."""
+        if not self._open:
+            time.sleep(self.reconnect_delay_s * n)
+            self.stats["reconnects"] += 1
+            self.open()
 
     def _read_reply(self, extract: Extractor | None, deadline: float) -> str:
         while True:
@@ -193,7 +206,7 @@ class LineTransport(ABC):
                 self._buf.clear()
             left = deadline - time.monotonic()
             if left <= 0:
-                raise _Timeout()
+                raise InstrumentTimeoutError("no reply")
             self._buf += self._read_chunk(left)
 
 
@@ -213,7 +226,7 @@ class SerialTransport(LineTransport):
             self._ser = serial.serial_for_url(self.address, baudrate=9600, timeout=self.timeout_s,
                                               write_timeout=self.timeout_s)
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise _Lost(str(exc)) from None
+            raise InstrumentConnectionError(str(exc)) from None
 
     def _disconnect(self) -> None:
         ser, self._ser = self._ser, None
@@ -230,7 +243,7 @@ class SerialTransport(LineTransport):
             self._ser.write(data)
             self._ser.flush()
         except (serial.SerialException, OSError) as exc:
-            raise _Lost(str(exc)) from None
+            raise InstrumentConnectionError(str(exc)) from None
 
     def _read_chunk(self, timeout_s: float) -> bytes:
         import serial
@@ -240,7 +253,7 @@ class SerialTransport(LineTransport):
             waiting = self._ser.in_waiting
             return self._ser.read(max(1, min(waiting, 4096)))
         except (serial.SerialException, OSError) as exc:
-            raise _Lost(str(exc)) from None
+            raise InstrumentConnectionError(str(exc)) from None
 
     def _discard_input(self) -> None:
         import serial
@@ -248,32 +261,10 @@ class SerialTransport(LineTransport):
         try:
             self._ser.reset_input_buffer()
         except (serial.SerialException, OSError) as exc:
-            raise _Lost(str(exc)) from None
+            raise InstrumentConnectionError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------------
-_RM_LOCK = threading.Lock()
-_RESOURCE_MANAGERS: dict[str, Any] = {}
-
-
-def resource_manager(library: str = "@py") -> Any:
-    """The process-wide pyvisa ResourceManager of ``library`` (created once, never closed here; made
-    anew if other code closed it: pyvisa hands the same manager to every caller of a library)."""
-    import pyvisa
-
-    with _RM_LOCK:
-        rm = _RESOURCE_MANAGERS.get(library)
-        if rm is not None:
-            try:
-                rm.session                      # raises once someone closed the shared manager
-            except pyvisa.errors.InvalidSession:
-                rm = None                       # pyvisa shares one manager per library (pymeasure #894)
-        if rm is None:
-            rm = pyvisa.ResourceManager(library)
-            _RESOURCE_MANAGERS[library] = rm
-        return rm
-
-
 def visa_resource_name(address: str) -> str:
     """VISA name of a serial address: ``/dev/pts/3`` -> ``ASRL/dev/pts/3::INSTR``,
     ``socket://127.0.0.1:5000`` -> ``ASRLsocket://127.0.0.1:5000::INSTR``; ASRL names pass through."""
@@ -283,66 +274,32 @@ def visa_resource_name(address: str) -> str:
 
 
 class VisaTransport(LineTransport):
-    """pyvisa transport over an ASRL INSTR resource (pyvisa-py backend by default).
-
-    Reads use ``read_termination = "\\n"`` and the latin-1 encoding so that noise bytes never raise a
-    decoding error; the CR is stripped here. Closing the transport closes only its resource.
-    """
+    """pyvisa transport over an ASRL INSTR resource (pyvisa-py backend by default), through the shared
+    :class:`~hv_control.instrument.VisaSession` (latin-1, so that noise bytes never raise a decoding
+    error; the CR is stripped here). Closing the transport closes only its resource."""
 
     def __init__(self, address: str, *, library: str = "@py", **kw: Any) -> None:
         super().__init__(visa_resource_name(address), **kw)
         self.library = library
-        self._res: Any = None
+        self._session = VisaSession(self.address, library=library, encoding="latin-1")
 
     def _connect(self) -> None:
-        import pyvisa
-
-        try:
-            res = resource_manager(self.library).open_resource(self.address)
-        except (pyvisa.errors.Error, OSError, ValueError) as exc:
-            raise _Lost(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - pyserial errors surface raw through pyvisa-py
-            raise _Lost(f"{type(exc).__name__}: {exc}") from None
-        res.read_termination = "\n"
-        res.write_termination = ""
-        res.encoding = "latin-1"
-        res.timeout = self.timeout_s * 1000.0
-        self._res = res
+        self._session.open(timeout_s=self.timeout_s)
 
     def _disconnect(self) -> None:
-        res, self._res = self._res, None
-        if res is not None:
-            try:
-                res.close()
-            except Exception:  # noqa: BLE001
-                pass
+        self._session.close()
 
     def _write(self, data: bytes) -> None:
-        try:
-            self._res.write_raw(data)
-        except Exception as exc:  # noqa: BLE001 - any write failure means the line is gone
-            raise _Lost(f"{type(exc).__name__}: {exc}") from None
+        self._session.write(data)
 
     def _read_chunk(self, timeout_s: float) -> bytes:
-        import pyvisa
-
         try:
-            self._res.timeout = max(1.0, timeout_s * 1000.0)
-            return (self._res.read() + "\n").encode("latin-1")
-        except pyvisa.errors.VisaIOError as exc:
-            if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
-                return b""
-            raise _Lost(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - pyserial's SerialException passes through pyvisa-py
-            raise _Lost(f"{type(exc).__name__}: {exc}") from None
+            return self._session.read_line(timeout_s, "a reply line") + b"\n"
+        except InstrumentTimeoutError:
+            return b""
 
     def _discard_input(self) -> None:
-        import pyvisa
-
-        try:
-            self._res.flush(pyvisa.constants.BufferOperation.discard_read_buffer)
-        except Exception as exc:  # noqa: BLE001
-            raise _Lost(f"{type(exc).__name__}: {exc}") from None
+        self._session.discard_input()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -368,7 +325,7 @@ class HandlerTransport(LineTransport):
     def _read_chunk(self, timeout_s: float) -> bytes:
         chunk, self._pending = self._pending, b""
         if not chunk:
-            raise _Timeout()
+            raise InstrumentTimeoutError("no reply")
         return chunk
 
     def _discard_input(self) -> None:
@@ -406,7 +363,7 @@ class ScriptedTransport(LineTransport):
     def _read_chunk(self, timeout_s: float) -> bytes:
         chunk, self._pending = self._pending, b""
         if not chunk:
-            raise _Timeout()
+            raise InstrumentTimeoutError("no reply")
         return chunk
 
     def _discard_input(self) -> None:

@@ -15,7 +15,8 @@ accepted list                          ``ACC:DATA <uint32 block>`` (+ ``SYST:ERR
 events                                 ``EVT:DATA? f,n`` -> int16 (n, 121, 32); ``EVT:TRUT? f,n`` (emulator)
 =====================================  =========================================================
 
-Transport rules, learnt from QCoDeS and pymeasure (shared/STYLE.md):
+Transport rules, learnt from QCoDeS and pymeasure; the transport, the retry loop, the error kinds and the
+ResourceManager are the shared instrument layer's (:mod:`hv_control.instrument`, used by the HV drivers too):
 
 - ONE :class:`pyvisa.ResourceManager` per process and backend (:func:`resource_manager`); closing a crate
   session never closes it (pymeasure #894).
@@ -30,28 +31,24 @@ Transport rules, learnt from QCoDeS and pymeasure (shared/STYLE.md):
 - Binary blocks are parsed by hand (``#<n><len><bytes>\\n``): the header is checked against the expected
   length, the payload is received straight into a preallocated numpy buffer, the terminator is checked.
   With the pyvisa-py backend the bytes are taken from the session's socket with ``recv_into`` (no
-  intermediate copies); any other backend goes through ``read_bytes``. A bad header, a length mismatch,
-  a missing terminator or a block cut short raise :class:`MSADCBlockError` and the block is re-read.
+  intermediate copies; :mod:`hv_control.instrument.readers`); ``fast_read=False`` or any other backend
+  goes through public pyvisa calls. A bad header, a length mismatch, a missing terminator or a block cut
+  short raise :class:`MSADCBlockError` and the block is re-read.
 - One thread owns the driver at a time; a re-entrant lock serialises transactions anyway.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import select
-import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 import numpy as np
-import pyvisa
 
-from hv_control.transport import resource_manager as _shared_resource_manager
-import pyvisa.constants
-import pyvisa.errors
-
+from hv_control.instrument import (ErrorKinds, InstrumentConnectionError, InstrumentError, InstrumentProtocolError,
+                                   InstrumentTimeoutError, VisaSession, deferred_sigint, resource_manager,
+                                   run_with_retries)
 from detector.channels import N_CHANNELS, N_SAMPLES, N_TRIGGER_CHANNELS, TRIGGER_CHANNEL_NAMES
 from detector.records import TRUTH_DTYPE
 
@@ -63,29 +60,28 @@ EVT_DTYPE = np.dtype("<i2")
 PRIM_RECORD_BYTES = N_TRIGGER_CHANNELS * N_SAMPLES * PRIM_DTYPE.itemsize      # 384
 EVENT_RECORD_BYTES = N_CHANNELS * N_SAMPLES * EVT_DTYPE.itemsize               # 7744
 SPILL_STATES = ("IDLE", "SPILL", "GAP")
-_RECV_MAX = 1 << 22
 
 
 # ------------------------------------------------------------------------------------------ errors
-class MSADCError(RuntimeError):
+class MSADCError(InstrumentError, RuntimeError):
     """Base class of every MSADC driver error."""
 
     flag = "crate_error"   #: the detector.records.SPILL_FLAGS entry a spill gets when this is not cured
 
 
-class MSADCConnectionError(MSADCError):
+class MSADCConnectionError(MSADCError, InstrumentConnectionError):
     """The crate could not be reached or the connection was dropped."""
 
     flag = "timeout"
 
 
-class MSADCTimeout(MSADCError):
+class MSADCTimeout(MSADCError, InstrumentTimeoutError):
     """No (complete) reply within the timeout."""
 
     flag = "timeout"
 
 
-class MSADCBlockError(MSADCError):
+class MSADCBlockError(MSADCError, InstrumentProtocolError):
     """A binary block was malformed (bad header, length mismatch, missing terminator) or cut short."""
 
     flag = "truncated_block"
@@ -95,7 +91,7 @@ class MSADCBlockError(MSADCError):
         self.kind = kind   #: "corrupt" or "truncated"
 
 
-class MSADCCrateError(MSADCError):
+class MSADCCrateError(MSADCError, InstrumentProtocolError):
     """The crate's SCPI error queue reported errors: ``errors`` is a list of (code, text)."""
 
     flag = "crate_error"
@@ -117,37 +113,18 @@ class MSADCSpillLost(MSADCCrateError):
     flag = "spill_lost"
 
 
-class MSADCConfigError(MSADCError):
+class MSADCConfigError(MSADCError, InstrumentProtocolError):
     """The crate's configuration does not match what the DAQ needs (channels, samples, primitive order)."""
 
 
-# ------------------------------------------------------------------------------------- resources
+#: the classes the shared VISA session raises for this driver
+_KINDS = ErrorKinds(timeout=MSADCTimeout, connection=MSADCConnectionError, protocol=MSADCBlockError)
+#: failures a reconnect and a retry may cure (crate errors and configuration mismatches are final)
+_RETRYABLE = (MSADCBlockError, MSADCTimeout, MSADCConnectionError)
 
-
-def resource_manager(library: str = "@py") -> pyvisa.ResourceManager:
-    """The process-wide ResourceManager of ``library`` (shared with the HV drivers, never closed by a
-    driver, re-created if someone else closed it)."""
-    return _shared_resource_manager(library)
-
-
-@contextlib.contextmanager
-def _deferred_sigint() -> Iterator[None]:
-    """Hold back SIGINT (Ctrl-C) while a write/read pair is in progress (main thread only; QCoDeS)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[Any] = []
-    try:
-        old = signal.signal(signal.SIGINT, lambda sig, frame: received.append((sig, frame)))
-    except (ValueError, TypeError):     # not in the main interpreter / no signal support
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-        if received and callable(old):
-            old(*received[0])
+__all__ = ["MSADC", "MSADCBlockError", "MSADCConfigError", "MSADCConnectionError", "MSADCCrateError", "MSADCError",
+           "MSADCSpillLost", "MSADCTimeout", "SpillStatus", "parse_block_header", "parse_error_line",
+           "resource_manager"]
 
 
 def parse_error_line(line: str) -> tuple[int, str]:
@@ -183,7 +160,7 @@ class MSADC:
     """The MSADC crate at VISA resource ``resource`` (``TCPIP::127.0.0.1::<port>::SOCKET``).
 
     ``timeout_ms`` bounds every wait for a reply byte; a failed transaction is retried ``retries``
-    times after a reconnect. ``fast_read=False`` forces the portable ``read_bytes`` path."""
+    times after a reconnect. ``fast_read=False`` forces the public-pyvisa read path (no pyvisa-py internals)."""
 
     def __init__(self, resource: str, *, visa_library: str = "@py", timeout_ms: int = 10000, retries: int = 3,
                  fast_read: bool = True, open_timeout_ms: int | None = None) -> None:
@@ -193,8 +170,7 @@ class MSADC:
         self.retries = int(retries)
         self.fast_read = fast_read
         self.open_timeout_ms = int(open_timeout_ms if open_timeout_ms is not None else min(self.timeout_ms, 5000))
-        self._rm = resource_manager(visa_library)
-        self._res: Any = None
+        self._session = VisaSession(resource, library=visa_library, fast=fast_read, kinds=_KINDS)
         self._lock = threading.RLock()
         self._selected: int | None = None
         self._samples: int | None = None     #: CONF:SAMP value once configure() succeeded
@@ -214,36 +190,35 @@ class MSADC:
 
     # ----------------------------------------------------------------------------- session
     @property
+    def _rm(self) -> Any:
+        """The process-wide ResourceManager the session opens through (shared with the HV drivers)."""
+        return resource_manager(self.visa_library)
+
+    @property
+    def _timeout_s(self) -> float:
+        return self.timeout_ms / 1000.0
+
+    @property
     def is_open(self) -> bool:
-        return self._res is not None
+        return self._session.is_open
 
     def open(self) -> "MSADC":
         """Open the session (terminations ``\\n``, timeout) and read ``*IDN?``. A half-open session is closed
         before the error is raised."""
         with self._lock:
-            if self._res is not None:
+            if self._session.is_open:
                 return self
+            self._session.open(timeout_s=self._timeout_s, open_timeout_s=self.open_timeout_ms / 1000.0)
             try:
-                res = self._rm.open_resource(self.resource, open_timeout=self.open_timeout_ms)
-            except Exception as exc:               # VisaIOError, OSError, a bad resource name, ...
-                raise MSADCConnectionError(f"cannot open MSADC crate at {self.resource}: {exc}") from exc
-            try:
-                res.read_termination = "\n"
-                res.write_termination = "\n"
-                res.timeout = self.timeout_ms
-                self._res = res
-                self._tune_socket()
                 idn = self._query_raw("*IDN?")
                 if "MSADC" not in idn.upper():
                     raise MSADCConfigError(f"{self.resource} is not an MSADC crate (*IDN? -> {idn!r})")
                 self.idn = idn
             except BaseException as exc:
-                self._res = None
-                with contextlib.suppress(Exception):
-                    res.close()
+                self._session.close()
                 if isinstance(exc, MSADCConfigError):
                     raise
-                if isinstance(exc, (MSADCError, pyvisa.errors.VisaIOError, OSError)):
+                if isinstance(exc, MSADCError):
                     raise MSADCConnectionError(f"cannot reach the MSADC crate at {self.resource} (no answer to *IDN?): "
                                                f"{exc}") from exc
                 raise
@@ -252,24 +227,13 @@ class MSADC:
     def close(self) -> None:
         """Close the session (the process-wide ResourceManager stays open)."""
         with self._lock:
-            res, self._res = self._res, None
-            if res is not None:
-                with contextlib.suppress(Exception):
-                    res.close()
+            self._session.close()
 
     def __enter__(self) -> "MSADC":
         return self.open()
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-    def _tune_socket(self) -> None:
-        sock = self._socket()
-        if sock is not None:
-            import socket as _s
-            with contextlib.suppress(OSError):
-                sock.setsockopt(_s.SOL_SOCKET, _s.SO_RCVBUF, 8 << 20)
-                sock.setsockopt(_s.IPPROTO_TCP, _s.TCP_NODELAY, 1)
 
     def reconnect(self) -> None:
         """Close the (possibly half-open) session, reopen it (terminations, timeout), drain the error queue
@@ -297,129 +261,35 @@ class MSADC:
             return out
 
     # --------------------------------------------------------------------------- primitives
-    def _require(self) -> Any:
-        if self._res is None:
-            raise MSADCConnectionError(f"MSADC crate session {self.resource} is not open")
-        return self._res
-
-    def _socket(self) -> Any:
-        """The raw socket of a pyvisa-py TCPIP SOCKET session (None for other backends)."""
-        if not self.fast_read or self._res is None:
-            return None
-        try:
-            sess = self._res.visalib.sessions[self._res.session]
-        except (AttributeError, KeyError, TypeError):
-            return None
-        sock = getattr(sess, "interface", None)
-        if sock is None or not hasattr(sock, "recv_into") or not hasattr(sess, "_pending_buffer"):
-            return None
-        return sock
-
     def _write(self, text: str) -> None:
-        res = self._require()
-        try:
-            res.write(text)
-        except pyvisa.errors.VisaIOError as exc:
-            raise MSADCConnectionError(f"write {text!r} to {self.resource} failed: {exc}") from exc
-        except OSError as exc:
-            raise MSADCConnectionError(f"write {text!r} to {self.resource} failed: {exc}") from exc
+        self._session.write((text + "\n").encode("ascii"), text)
 
     def _read_line(self, what: str) -> str:
-        res = self._require()
-        sock = self._socket()
-        if sock is not None:
-            return self._read_line_socket(sock, what)
-        try:
-            return res.read()
-        except pyvisa.errors.VisaIOError as exc:
-            if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
-                raise MSADCTimeout(f"no reply to {what} from {self.resource} within {self.timeout_ms} ms") from exc
-            raise MSADCConnectionError(f"reading the reply to {what} from {self.resource} failed: {exc}") from exc
-        except OSError as exc:
-            raise MSADCConnectionError(f"reading the reply to {what} from {self.resource} failed: {exc}") from exc
-
-    def _read_line_socket(self, sock: Any, what: str) -> str:
-        """pyvisa-py fast path of a text reply: a dropped connection is seen at once (pyvisa-py would spin
-        until the timeout), bytes after the ``\n`` stay in the session's pending buffer."""
-        sess = self._res.visalib.sessions[self._res.session]
-        pend = sess._pending_buffer
-        deadline = time.monotonic() + self.timeout_ms / 1000.0
-        start = 0
-        while True:
-            i = pend.find(b"\n", start)
-            if i >= 0:
-                line = bytes(pend[:i])
-                del pend[:i + 1]
-                return line.decode("ascii", errors="replace").rstrip("\r")
-            start = len(pend)
-            if start > (16 << 20):
-                raise MSADCBlockError(f"reply to {what} exceeds 16 MiB without a line end", "corrupt")
-            wait = deadline - time.monotonic()
-            r, _, _ = select.select([sock], [], [], max(wait, 0.0)) if wait > 0 else ([], [], [])
-            if not r:
-                raise MSADCTimeout(f"no reply to {what} from {self.resource} within {self.timeout_ms} ms")
-            try:
-                data = sock.recv(65536)
-            except OSError as exc:
-                raise MSADCConnectionError(f"reading the reply to {what} failed: {exc}") from exc
-            if not data:
-                raise MSADCConnectionError(f"connection closed by the crate while waiting for the reply to {what}")
-            pend += data
+        return self._session.read_line(self._timeout_s, what).decode("ascii", errors="replace").rstrip("\r")
 
     def _query_raw(self, cmd: str) -> str:
-        with _deferred_sigint():
+        with deferred_sigint():
             self._write(cmd)
             return self._read_line(cmd).strip()
 
-    def _read_into(self, view: memoryview, what: str) -> None:
-        """Fill ``view`` (a writable byte memoryview) from the stream."""
-        n = view.nbytes
-        if n == 0:
-            return
-        sock = self._socket()
-        if sock is None:
-            res = self._require()
-            try:
-                data = res.read_bytes(n, break_on_termchar=False)
-            except pyvisa.errors.VisaIOError as exc:
-                raise MSADCBlockError(f"{what}: block cut short ({exc})", "truncated") from exc
-            view[:len(data)] = data
-            if len(data) != n:
-                raise MSADCBlockError(f"{what}: block cut short: {len(data)} of {n} bytes", "truncated")
-            return
-        sess = self._res.visalib.sessions[self._res.session]
-        pos = 0
-        pend = sess._pending_buffer
-        if pend:
-            k = min(len(pend), n)
-            view[:k] = pend[:k]
-            del pend[:k]
-            pos = k
-        timeout = self.timeout_ms / 1000.0
-        while pos < n:
-            r, _, _ = select.select([sock], [], [], timeout)
-            if not r:
-                raise MSADCBlockError(f"{what}: block cut short: {pos} of {n} bytes arrived, then nothing for "
-                                      f"{self.timeout_ms} ms", "truncated")
-            try:
-                got = sock.recv_into(view[pos:], min(n - pos, _RECV_MAX))
-            except OSError as exc:
-                raise MSADCConnectionError(f"{what}: connection lost after {pos} of {n} bytes ({exc})") from exc
-            if got == 0:
-                raise MSADCConnectionError(f"{what}: connection closed by the crate after {pos} of {n} bytes")
-            pos += got
-        self.stats["bytes"] += n
+    def _read_into(self, view: memoryview, what: str, *, reply_start: bool = False) -> None:
+        """Fill ``view`` (a writable byte memoryview) from the stream. Silence inside a block is a block cut
+        short (:class:`MSADCBlockError`); silence at the start of a reply (``reply_start``) is :class:`MSADCTimeout`."""
+        try:
+            self._session.read_into(view, self._timeout_s, what)
+        except MSADCTimeout as exc:
+            if reply_start:
+                raise MSADCTimeout(f"no reply to {what} from {self.resource} within {self.timeout_ms} ms") from exc
+            raise MSADCBlockError(f"block cut short: {exc}", "truncated") from exc
+        self.stats["bytes"] += view.nbytes
 
-    def _read_exact(self, n: int, what: str) -> bytes:
+    def _read_exact(self, n: int, what: str, *, reply_start: bool = False) -> bytes:
         buf = bytearray(n)
-        self._read_into(memoryview(buf), what)
+        self._read_into(memoryview(buf), what, reply_start=reply_start)
         return bytes(buf)
 
     def _read_block_header(self, what: str) -> int:
-        try:
-            head = self._read_exact(2, what)
-        except MSADCBlockError as exc:
-            raise MSADCTimeout(f"no reply to {what} from {self.resource} within {self.timeout_ms} ms") from exc
+        head = self._read_exact(2, what, reply_start=True)
         if head[:1] != b"#" or not head[1:2].isdigit() or head[1:2] == b"0":
             raise MSADCBlockError(f"{what}: bad block header {head!r} (expected '#<1-9><length>')", "corrupt")
         nd = int(head[1:2])
@@ -428,7 +298,7 @@ class MSADC:
 
     def _query_block_into(self, cmd: str, out: np.ndarray) -> np.ndarray:
         """Send ``cmd`` and receive its block into ``out`` (C-contiguous); its byte length must match."""
-        with _deferred_sigint():
+        with deferred_sigint():
             self._write(cmd)
             length = self._read_block_header(cmd)
             if length != out.nbytes:
@@ -451,44 +321,40 @@ class MSADC:
 
     # ----------------------------------------------------------------------------- retries
     def _transact(self, what: str, fn: Callable[[], T], retry: bool = True) -> T:
-        """Run ``fn`` (one complete transaction) under the lock; on a timeout, dropped connection or bad
-        block reconnect and retry, at most ``retries`` times; then raise the last error."""
+        """Run ``fn`` (one complete transaction, ``what``) under the lock; on a timeout, dropped connection or
+        bad block reconnect and retry, at most ``retries`` times; then raise the last error."""
+        def attempt() -> T:
+            if not self._session.is_open:
+                self.open()
+            return fn()
+
         with self._lock:
-            last: MSADCError | None = None
-            for attempt in range(self.retries + 1 if retry else 1):
-                if attempt:
-                    self.stats["retries"] += 1
-                    self.incidents.append("retried")
-                    try:
-                        self.reconnect()
-                    except MSADCCrateError:
-                        raise
-                    except MSADCError as exc:
-                        last = exc
-                        self.incidents.append("timeout")
-                        time.sleep(min(0.05 * attempt, 0.5))
-                        continue
-                try:
-                    if self._res is None:
-                        self.open()
-                    return fn()
-                except MSADCCrateError:
-                    raise
-                except MSADCBlockError as exc:
-                    self.stats["block_errors"] += 1
-                    self.incidents.append("truncated_block" if exc.kind == "truncated" else "corrupt_block")
-                    last = exc
-                except MSADCTimeout as exc:
-                    self.stats["timeouts"] += 1
-                    self.incidents.append("timeout")
-                    last = exc
-                except MSADCConnectionError as exc:
-                    self.incidents.append("timeout")
-                    last = exc
-                except MSADCConfigError:
-                    raise
-            assert last is not None
-            raise last
+            return run_with_retries(attempt, retries=self.retries if retry else 0, retryable=_RETRYABLE,
+                                    recover=self._recover, on_failure=self._note_failure)
+
+    def _note_failure(self, exc: BaseException, attempt: int) -> None:
+        if isinstance(exc, MSADCBlockError):
+            self.stats["block_errors"] += 1
+            self.incidents.append("truncated_block" if exc.kind == "truncated" else "corrupt_block")
+            return
+        if isinstance(exc, MSADCTimeout):
+            self.stats["timeouts"] += 1
+        self.incidents.append("timeout")
+
+    def _recover(self, attempt: int) -> None:
+        """Before retry ``attempt``: reconnect (restoring configuration and selection). A crate error is
+        final; any other failure backs off and counts as a failed attempt."""
+        self.stats["retries"] += 1
+        self.incidents.append("retried")
+        try:
+            self.reconnect()
+        except MSADCCrateError:
+            raise
+        except MSADCError as exc:
+            time.sleep(min(0.05 * attempt, 0.5))
+            if isinstance(exc, _RETRYABLE):
+                raise
+            raise MSADCConnectionError(f"reconnecting to {self.resource} failed: {exc}") from exc
 
     def query(self, cmd: str) -> str:
         """One text query (retried)."""
@@ -497,7 +363,7 @@ class MSADC:
     def command(self, cmd: str, check: bool = True) -> None:
         """One command without reply; with ``check`` the error queue is read and any entry raised."""
         def run() -> None:
-            with _deferred_sigint():
+            with deferred_sigint():
                 self._write(cmd)
                 if check:
                     self._raise_errors(cmd)
@@ -523,7 +389,7 @@ class MSADC:
         """Clear the error queue and set up the crate; check channels and primitive order; raise
         :class:`MSADCCrateError` if the crate reported an error, :class:`MSADCConfigError` on a mismatch."""
         def run() -> dict[str, Any]:
-            with _deferred_sigint():
+            with deferred_sigint():
                 self._write("*CLS")
                 self._write(f"CONF:SAMP {int(samples)}")
             samp = self._query_raw("CONF:SAMP?")
@@ -568,7 +434,7 @@ class MSADC:
             raise MSADCError(f"malformed SPIL:LIST? reply {reply!r}") from None
 
     def _select(self, spill: int) -> None:
-        with _deferred_sigint():
+        with deferred_sigint():
             self._write(f"SPIL:SEL {int(spill)}")
             self._raise_errors(f"SPIL:SEL {int(spill)}")
 
@@ -657,7 +523,7 @@ class MSADC:
             return self._truth_supported
 
         def run() -> bool:
-            with _deferred_sigint():
+            with deferred_sigint():
                 self._write("EVT:TRUT? 0,1")
                 self._write("*OPC?")
                 first = self._read_exact(1, "EVT:TRUT? probe")
@@ -682,15 +548,13 @@ class MSADC:
         if idx.size > 1 and not np.all(np.diff(idx.astype(np.int64)) > 0):
             raise ValueError("accepted indices must be strictly increasing")
 
+        payload = idx.tobytes()
+        size = str(len(payload)).encode()
+        message = b"ACC:DATA #" + str(len(size)).encode() + size + payload + b"\n"   # IEEE 488.2 definite block
+
         def run() -> None:
-            res = self._require()
-            with _deferred_sigint():
-                try:
-                    res.write_binary_values("ACC:DATA ", idx, datatype="I", is_big_endian=False)
-                except pyvisa.errors.VisaIOError as exc:
-                    raise MSADCConnectionError(f"ACC:DATA upload to {self.resource} failed: {exc}") from exc
-                except OSError as exc:
-                    raise MSADCConnectionError(f"ACC:DATA upload to {self.resource} failed: {exc}") from exc
+            with deferred_sigint():
+                self._session.write(message, f"ACC:DATA ({idx.size} indices)")
                 self._raise_errors(f"ACC:DATA ({idx.size} indices)")
 
         self._transact("ACC:DATA", run)

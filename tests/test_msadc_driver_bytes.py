@@ -1,16 +1,11 @@
 """Byte-exact protocol tests of the MSADC driver (online/msadc.py), no emulator.
 
-A tiny scripted TCP server plays the crate: for every connection it holds a script of
-(expected request bytes -> reply) steps, reads exactly the expected bytes and compares them, then sends
-the reply (bytes), closes the connection (``DROP``) or stays silent (``SILENT``). The driver talks to it
-through pyvisa + pyvisa-py over a real socket, in the spirit of pymeasure's ``expected_protocol``.
+A tiny scripted TCP server (tests/scripted_server.py) plays the crate: for every connection it holds a
+script of (expected request bytes -> reply) steps. The driver talks to it through pyvisa + pyvisa-py over
+a real socket, in the spirit of pymeasure's ``expected_protocol``.
 """
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import threading
 import time
 
 import numpy as np
@@ -20,86 +15,10 @@ from detector.records import TRUTH_DTYPE
 from online import msadc
 from online.msadc import (MSADC, MSADCBlockError, MSADCConfigError, MSADCConnectionError, MSADCCrateError,
                           MSADCSpillLost, MSADCTimeout)
+from scripted_server import DROP, SILENT, ScriptedCrate, block
 
 IDN = b"NA64-HIL,MSADC-CRATE,EMU-0001,0.1\n"
 NOERR = b'0,"No error"\n'
-DROP = object()
-SILENT = object()
-
-
-def block(payload: bytes) -> bytes:
-    n = str(len(payload)).encode()
-    return b"#" + str(len(n)).encode() + n + payload + b"\n"
-
-
-class ScriptedCrate:
-    """Serves one script per accepted connection; records mismatches instead of raising in the thread."""
-
-    def __init__(self, *scripts: list[tuple[bytes, object]]) -> None:
-        self.scripts = list(scripts)
-        self.errors: list[str] = []
-        self.done: list[int] = []
-        self.eof_seen = threading.Event()
-        self.srv = socket.socket()
-        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(8)
-        self.port = self.srv.getsockname()[1]
-        self.resource = f"TCPIP::127.0.0.1::{self.port}::SOCKET"
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _recv_exact(self, conn: socket.socket, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = conn.recv(n - len(buf))
-            if not chunk:
-                break
-            buf += chunk
-        return buf
-
-    def _run(self) -> None:
-        for k, script in enumerate(self.scripts):
-            conn, _ = self.srv.accept()
-            conn.settimeout(10)
-            closed = False
-            try:
-                for i, (expect, reply) in enumerate(script):
-                    got = self._recv_exact(conn, len(expect))
-                    if got != expect:
-                        self.errors.append(f"connection {k} step {i}: expected {expect!r}, got {got!r}")
-                        return
-                    if reply is DROP:
-                        conn.close()
-                        closed = True
-                        break
-                    if reply is SILENT:
-                        continue
-                    conn.sendall(reply)  # type: ignore[arg-type]
-                self.done.append(k)
-                if not closed:
-                    # wait for the client to go away (or to send something unexpected)
-                    try:
-                        extra = conn.recv(1 << 16)
-                    except ConnectionResetError:    # the client closed with unread bytes: fine
-                        extra = b""
-                    if extra:
-                        self.errors.append(f"connection {k}: unexpected extra request {extra!r}")
-                    else:
-                        self.eof_seen.set()
-            except OSError as exc:
-                self.errors.append(f"connection {k}: {exc}")
-            finally:
-                if not closed:
-                    conn.close()
-
-    def check(self) -> None:
-        self.thread.join(timeout=5)
-        assert not self.errors, self.errors
-        assert self.done == list(range(len(self.scripts))), f"scripts finished: {self.done}"
-
-    def close(self) -> None:
-        self.srv.close()
 
 
 def _open(crate: ScriptedCrate, **kw) -> MSADC:
@@ -221,6 +140,7 @@ def test_read_primitives_times_events_bytes():
                       (b"EVT:DATA? 0,2\n", block(ev.tobytes()))]
     crate = ScriptedCrate(script)
     d = _open(crate)
+    assert d._session.fast                      # pyvisa-py TCPIP SOCKET: the socket fast path is taken
     out = np.empty((3, 6, 32), np.int16)
     got = d.read_primitives(10, 3, out=out)
     assert got is out and np.array_equal(out, p)
@@ -235,6 +155,7 @@ def test_portable_read_bytes_path_is_byte_identical():
     p = _prims(4, seed=5)
     crate = ScriptedCrate(HELLO + [(b"PRIM:DATA? 0,4\n", block(p.tobytes())), (b"ACC:COUN?\n", b"0\n")])
     d = _open(crate, fast_read=False)
+    assert not d._session.fast
     assert np.array_equal(d.read_primitives(0, 4), p)
     assert d.accepted_count() == 0
     d.close()
@@ -402,19 +323,6 @@ def test_one_resource_manager_per_process():
     d2.close()
     a.check()
     b.check()
-
-
-def test_sigint_is_deferred_until_the_transaction_ends():
-    got: list[int] = []
-    old = signal.signal(signal.SIGINT, lambda s, f: got.append(s))
-    try:
-        with msadc._deferred_sigint():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-            assert got == []
-        assert got == [signal.SIGINT]
-    finally:
-        signal.signal(signal.SIGINT, old)
 
 
 def test_parse_helpers():
