@@ -31,7 +31,6 @@ in hand is finished, then the DAQ exits 0.
 from __future__ import annotations
 
 import copy
-import enum
 import logging
 import os
 import queue
@@ -44,10 +43,12 @@ import numpy as np
 
 from detector import channels as ch
 from detector.config import Calibration, dump_toml
-from detector.records import INCOMPLETE_SPILL_FLAGS, TRIGGER_BITS, TRUTH_DTYPE
+from detector.monitoring import DAQState as State
+from detector.records import INCOMPLETE_SPILL_FLAGS, TRUTH_DTYPE
 from detector.reco import reconstruct
 from detector.spillfile import SpillContent, estimated_size
 
+from .monitor_messages import event_messages, scalers_message
 from .msadc import (EVENT_RECORD_BYTES, MSADC, PRIM_RECORD_BYTES, MSADCCrateError, MSADCError, MSADCSpillLost)
 from .publisher import Heartbeat, Publisher
 from .recorder import RunRecorder
@@ -55,19 +56,8 @@ from .recorder import RunRecorder
 log = logging.getLogger("online.daq")
 
 MAX_EVENTS_PER_QUERY = 1 << 15        #: EVT:DATA? events per query (the crate refuses more than 2^16)
-ECAL_EDGES = [0.0, 150.0, 150]        #: GeV, E_ECAL axis of the ecal_hcal histogram [lo, hi, n]
-HCAL_EDGES = [0.0, 150.0, 150]        #: GeV, E_HCAL axis
 HV_PERIOD_S = 5.0                     #: hv topic period between spills
 ANY_SPILL = -1                        #: "the first spill the crate completes" (the crate had none at start)
-
-
-class State(enum.Enum):
-    IDLE = "IDLE"
-    SPILL = "SPILL"
-    END_OF_SPILL = "END_OF_SPILL"
-    READOUT = "READOUT"
-    RECORDED = "RECORDED"
-    ERROR = "ERROR"
 
 
 S = State
@@ -842,16 +832,9 @@ class DAQ:
     def _publish_scalers(self, spill: int, entry: dict[str, Any]) -> None:
         if self.publisher is None:
             return
-        sc = entry.get("scalers") or {}
         tot = self.recorder.totals if self.recorder else {}
-        meta = {"S0": int(sc.get("S0", 0)), "S1": int(sc.get("S1", sc.get("crate_S1", 0))), "V0": int(sc.get("V0", 0)),
-                "eot": int(entry.get("eot", 0)), "eot_total": int(tot.get("eot", 0)),
-                "particles": int(entry.get("n_particles", 0)), "triggers": entry.get("triggers") or {},
-                "accepted": int(entry.get("n_accepted", 0)), "read_out": int(entry.get("n_read_out", 0)),
-                "recorded": int(entry.get("n_recorded", 0)), "flags": list(entry.get("flags", [])),
-                "spill_length_s": float(entry.get("length_s", 0.0)), "start_unix": float(entry.get("start_unix", 0.0)),
-                "crate_spill": int(entry.get("crate_spill", -1)), "scalers": sc}
-        self.publisher.publish("scalers", meta=meta, spill=spill)
+        m = scalers_message(entry, int(entry.get("n_recorded", 0)), int(tot.get("eot", 0)))
+        self.publisher.publish(m.topic, meta=m.meta, spill=spill)
 
     def _progress(self, spill: int, entry: dict[str, Any], out: SpillOutcome) -> None:
         tot = self.recorder.totals if self.recorder else {}
@@ -997,36 +980,8 @@ class MonitorWorker(threading.Thread):
         pub = self.daq.publisher
         if pub is None:
             return
-        wf = content.waveforms
-        r = reconstruct(wf, self.daq.gev_per_count, parallel=True)
-        e = r.energy_gev
-        amp = r.amplitude
-        hit = amp > 0
-        ecal = slice(ch.ECAL_FIRST, ch.ECAL_FIRST + ch.N_ECAL)
-        hcal = slice(ch.HCAL_FIRST, ch.HCAL_FIRST + ch.N_HCAL)
-        shape_e = (ch.N_ECAL_SECTIONS, ch.N_ECAL_X, ch.N_ECAL_Y)
-        shape_h = (ch.N_HCAL_MODULES, ch.N_HCAL_Y, ch.N_HCAL_X)
-        pub.publish("calo", arrays={
-            "ecal_energy": e[:, ecal].sum(axis=0, dtype=np.float64).reshape(shape_e),
-            "ecal_occupancy": hit[:, ecal].sum(axis=0).astype(np.int64).reshape(shape_e),
-            "hcal_energy": e[:, hcal].sum(axis=0, dtype=np.float64).reshape(shape_h),
-            "hcal_occupancy": hit[:, hcal].sum(axis=0).astype(np.int64).reshape(shape_h)},
-            meta={"events": int(wf.shape[0]), "ecal_axes": ["section", "x", "y"], "hcal_axes": ["module", "y", "x"]},
-            spill=spill)
-        e_ecal = e[:, ecal].sum(axis=1, dtype=np.float64)
-        e_hcal = e[:, hcal].sum(axis=1, dtype=np.float64)
-        counts, _, _ = np.histogram2d(e_ecal, e_hcal, bins=[ECAL_EDGES[2], HCAL_EDGES[2]],
-                                      range=[ECAL_EDGES[:2], HCAL_EDGES[:2]])
-        pub.publish("ecal_hcal", arrays={"counts": counts.astype(np.float64)},
-                    meta={"ecal_edges": ECAL_EDGES, "hcal_edges": HCAL_EDGES, "events": int(wf.shape[0])}, spill=spill)
-        k = int(self.daq.daq_cfg["sample_waveforms"])
-        if k > 0:
-            pick = np.unique(np.linspace(0, wf.shape[0] - 1, min(k, wf.shape[0])).astype(np.int64))
-            pub.publish("waveforms", arrays={"waveforms": np.ascontiguousarray(wf[pick]),
-                                             "event_ids": content.event_id[pick].astype(np.int64)}, spill=spill)
-        if self.daq.calibration_mode:
-            beam = (content.trigger_mask & TRIGGER_BITS["beam"]) != 0
-            table = info.get("table", {}) if isinstance(info.get("table"), dict) else {}
-            pub.publish("amplitudes", arrays={"amplitudes": np.ascontiguousarray(amp[beam][:, :ch.N_CALO], np.float32)},
-                        meta={"table": table, "start_unix": float(info.get("start_unix", 0.0)),
-                              "events": int(beam.sum())}, spill=spill)
+        for m in event_messages(content.waveforms, content.event_id, content.trigger_mask, self.daq.gev_per_count,
+                                n_waveforms=int(self.daq.daq_cfg["sample_waveforms"]),
+                                amplitudes=self.daq.calibration_mode, table=info.get("table"),
+                                start_unix=float(info.get("start_unix", 0.0))):
+            pub.publish(m.topic, m.arrays, m.meta, spill=spill)

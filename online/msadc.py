@@ -53,6 +53,7 @@ import pyvisa.constants
 import pyvisa.errors
 
 from detector.channels import N_CHANNELS, N_SAMPLES, N_TRIGGER_CHANNELS, TRIGGER_CHANNEL_NAMES
+from detector.hwstatus import CrateState
 from detector.records import TRUTH_DTYPE
 
 T = TypeVar("T")
@@ -62,7 +63,7 @@ TIME_DTYPE = np.dtype("<f8")
 EVT_DTYPE = np.dtype("<i2")
 PRIM_RECORD_BYTES = N_TRIGGER_CHANNELS * N_SAMPLES * PRIM_DTYPE.itemsize      # 384
 EVENT_RECORD_BYTES = N_CHANNELS * N_SAMPLES * EVT_DTYPE.itemsize               # 7744
-SPILL_STATES = ("IDLE", "SPILL", "GAP")
+SPILL_STATES = CrateState.names()      #: SPIL:STAT? states
 _RECV_MAX = 1 << 22
 
 
