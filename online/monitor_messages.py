@@ -83,15 +83,15 @@ def scalers_message(attrs: dict[str, Any], n_recorded: int, eot_total: int | flo
     sc = attrs.get("scalers") or {}
     if isinstance(sc, list) and len(sc) == len(SCALER_NAMES):
         sc = dict(zip(SCALER_NAMES, sc))
-    if not isinstance(sc, dict):
-        sc = {}
+    sc = {str(k): (v if _num(v) is None else _num(v)) for k, v in sc.items()} if isinstance(sc, dict) else {}
     count = lambda v, default: default if _num(v) is None else _num(v)   # noqa: E731
     s1 = sc.get("S1") if _num(sc.get("S1")) is not None else sc.get("crate_S1")
     eot = count(attrs.get("eot"), count(sc.get("eot"), 0))
     meta = {"S0": count(sc.get("S0"), 0), "S1": count(s1, 0), "V0": count(sc.get("V0"), 0), "eot": eot,
             "eot_total": eot_total, "particles": count(attrs.get("n_particles"), 0),
             "triggers": _triggers(attrs.get("triggers"), trigger_mask),
-            "accepted": count(attrs.get("n_accepted"), n_recorded), "read_out": count(attrs.get("n_read_out"), n_recorded),
+            "accepted": count(attrs.get("n_accepted"), n_recorded),
+            "read_out": count(attrs.get("n_read_out"), n_recorded),
             "recorded": int(n_recorded), "flags": [str(f) for f in attrs.get("flags", []) or []],
             "spill_length_s": float(count(attrs.get("length_s"), 0.0)),
             "start_unix": float(count(attrs.get("start_unix"), 0.0)),

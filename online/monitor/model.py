@@ -39,7 +39,8 @@ import numpy as np
 from detector import channels as ch
 from detector import monitoring as mon
 from detector.framing import Message
-from detector.hwstatus import HV_FAULT, HV_RAMPING, HVStatus
+from detector.hwstatus import HV_FAULT, HVStatus
+from detector.hwstatus import HV_RAMPING as HV_RAMP_BITS
 from detector.monitoring import ACCUMULATING, LATEST_WINS, TOPIC_NAMES, ContentError, DAQState  # noqa: F401
 
 log = logging.getLogger("online.monitor")
@@ -761,7 +762,7 @@ def hv_conditions(vset: np.ndarray, vmon: np.ndarray, status: np.ndarray, deviat
     out = np.full(st.shape, HV_OK, dtype=np.int8)
     on = (st & HVStatus.ON) != 0
     out[~on | ((st & HVStatus.DIS) != 0)] = HV_OFF
-    ramp = on & ((st & HV_RAMPING) != 0)
+    ramp = on & ((st & HV_RAMP_BITS) != 0)
     out[ramp] = HV_RAMPING
     dev = on & ~ramp & (np.abs(np.asarray(vmon, np.float64) - np.asarray(vset, np.float64)) > deviation_v)
     out[dev] = HV_DEVIATION

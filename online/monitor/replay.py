@@ -38,7 +38,8 @@ log = logging.getLogger("online.monitor.replay")
 class ReplayBuilder:
     """Turns spill files of one run into monitoring messages with a running sequence number."""
 
-    def __init__(self, cfg: dict[str, Any] | None = None, calibration: Any = None, n_waveforms: int | None = None) -> None:
+    def __init__(self, cfg: dict[str, Any] | None = None, calibration: Any = None,
+                 n_waveforms: int | None = None) -> None:
         from detector.config import load_calibration, load_config
 
         self.cfg = cfg if cfg is not None else load_config(None)
