@@ -29,23 +29,29 @@ def test_replay_gives_the_messages_the_live_daq_published(tmp_path):
                             monitor=address, extra=["--calibration-mode"])
             assert daq.wait(240) == 0, daq.log()[-4000:]
             # the monitor worker publishes after the spill is recorded: wait for the last spill's messages
-            wait_until(lambda: any(m.spill == 3 for m in sub.of("amplitudes")), 30, "amplitudes of spill 3")
+            # the DAQ's last message (status "stopped") comes after the monitor worker is done
+            wait_until(lambda: any(str(m.meta.get("message", "")).startswith("stopped") for m in sub.of("status")),
+                       30, "the DAQ's final status")
             cfg = load_config(emu.config_path)
     finally:
         sub.stop()
     assert not sub.malformed
     live = {(m.topic, m.spill): m for m in sub.messages if m.topic in SPILL_TOPICS}
     builder = ReplayBuilder(cfg)
-    compared = 0
+    compared = with_events = 0
     for path in list_spills(daq.rdir):
         sd = read_spill(path)
-        replayed = {m.topic: m for m in builder.messages(sd) if m.topic in SPILL_TOPICS}
         spill = int(sd.attrs["spill"])
-        assert sd.n_events > 0
-        assert set(replayed) == set(SPILL_TOPICS)
-        for topic in SPILL_TOPICS:
-            lm, rm = live.get((topic, spill)), replayed[topic]
-            assert lm is not None, f"the DAQ published no {topic} for spill {spill}"
+        replayed = {m.topic: m for m in builder.messages(sd) if m.topic in SPILL_TOPICS}
+        published = {t for t, s in live if s == spill}
+        # a spill with events: every topic, live and replayed; a lost (empty) spill: no event topics at all
+        if sd.n_events:
+            with_events += 1
+            assert set(replayed) == published == set(SPILL_TOPICS), (spill, set(replayed), published)
+        else:
+            assert set(replayed) == {"scalers"} and published <= {"scalers"}
+        for topic in published:
+            lm, rm = live[(topic, spill)], replayed[topic]
             assert (rm.run, rm.spill) == (lm.run, lm.spill)
             assert rm.meta == lm.meta, topic
             assert list(rm.arrays) == list(lm.arrays), topic
@@ -55,8 +61,9 @@ def test_replay_gives_the_messages_the_live_daq_published(tmp_path):
                 assert np.array_equal(b, a), (topic, name)
             mon.check(rm, strict=True)
             compared += 1
-    assert compared == 3 * len(SPILL_TOPICS)
+    assert with_events >= 1 and compared >= len(SPILL_TOPICS) * with_events
     # the samples are spread over the spill: first and last recorded events included
-    wf = live[("waveforms", 3)]
-    ids = np.asarray(read_spill(list_spills(daq.rdir)[-1]).event_id)
+    spill, wf = max((s, m) for (t, s), m in live.items() if t == "waveforms")
+    sd = read_spill(next(p for p in list_spills(daq.rdir) if int(read_spill(p).attrs["spill"]) == spill))
+    ids = np.asarray(sd.event_id)
     assert wf.arrays["event_ids"][0] == ids[0] and wf.arrays["event_ids"][-1] == ids[-1]
