@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2           #: 2: sequence numbers count per topic (detector.monitoring)
 MAX_HEADER_BYTES = 1 << 20
 MAX_ARRAYS = 64
 _ALLOWED_KINDS = set("biuf")   # bool, signed/unsigned int, float; structured dtypes via "descr"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from detector import channels as chmap
+from detector.hwstatus import HVStatus, hv_flag_names
 
 from .instrument import InstrumentProtocolError
 from .transport import LineTransport
@@ -188,16 +189,14 @@ class CAENMainframe:
     maxv = Parameter("MAXV", "V", float, strict_range(0.0, HVMAX_HARDWARE), "{:.1f}", doc="software limit")
     hvmax = Parameter("HVMAX", "V", float, doc="hardware maximum (read-only)")
     trip = Parameter("TRIP", "s", float, strict_range(0.0, 1000.0), "{:.1f}", doc="over-current time to trip")
-    stat = Parameter("STAT", "", _int_value, doc="status word, see STATUS_BITS")
+    stat = Parameter("STAT", "", _int_value, doc="status word, see detector.hwstatus.HVStatus")
     bdname = Parameter("BDNAME", "", _str, board_level=True, doc="board name")
     bdnch = Parameter("BDNCH", "", _int_value, board_level=True, doc="number of channels")
     bdsnum = Parameter("BDSNUM", "", _str, board_level=True, doc="serial number")
     bdfrel = Parameter("BDFREL", "", _str, board_level=True, doc="firmware release")
     SWITCHES = ("ON", "OFF", "CLR")     #: SET without VAL
 
-    STATUS_BITS = {"on": 0, "ramp_up": 1, "ramp_down": 2, "over_current": 3, "over_voltage": 4,
-                   "under_voltage": 5, "at_maxv": 6, "tripped": 7, "over_power": 8, "over_temperature": 9,
-                   "disabled": 10, "kill": 11, "interlock": 12, "no_calibration": 13}
+    STATUS = HVStatus
 
     def __init__(self, transport: LineTransport,
                  board_size: Callable[[int], int] = chmap.hv_board_size) -> None:
@@ -276,7 +275,7 @@ class CAENMainframe:
     @classmethod
     def status_flags(cls, word: int) -> set[str]:
         """Names of the bits set in a status word."""
-        return {name for name, bit in cls.STATUS_BITS.items() if word >> bit & 1}
+        return hv_flag_names(word)
 
     @classmethod
     def parameters(cls) -> dict[str, Parameter[Any]]:

@@ -2,8 +2,9 @@
 docs/protocols.md 4.2): the measurement input of ``hv-tune``.
 
 Only spills that started after the HV settled (``meta.start_unix > since``) and with the table on the
-wanted cell (``meta.table.cell``) count. The stream is lossy by design; missed messages are counted from
-the sequence numbers and malformed ones are counted and skipped, never fatal.
+wanted cell (``meta.table.cell``) count. The stream is lossy by design; missed messages are counted per
+topic from the per-topic sequence numbers (:class:`detector.monitoring.TopicSeqTracker`: only the two
+subscribed topics count) and malformed ones are counted and skipped, never fatal.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import time
 import numpy as np
 import zmq
 
-from detector.framing import FramingError, SeqTracker, recv_message
+from detector.framing import FramingError, recv_message
+from detector.monitoring import TopicSeqTracker
 
 from .tune import BeamLossError
 
@@ -23,16 +25,18 @@ log = logging.getLogger(__name__)
 class StreamAmplitudes:
     """Subscriber to the ``amplitudes`` (and ``status``) topics of a running ``na64-daq``."""
 
+    TOPICS = ("amplitudes", "status")
+
     def __init__(self, address: str, context: zmq.Context | None = None) -> None:
         self.address = address
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.RCVHWM, 1000)
         self._sock.setsockopt(zmq.LINGER, 0)
-        for topic in (b"amplitudes", b"status"):
-            self._sock.setsockopt(zmq.SUBSCRIBE, topic)
+        for topic in self.TOPICS:
+            self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self._sock.connect(address)
-        self.seq = SeqTracker()
+        self.seq = TopicSeqTracker()
         self.malformed = 0
         self.last_status: dict | None = None
 
@@ -48,7 +52,9 @@ class StreamAmplitudes:
             self.malformed += 1
             log.warning("malformed message on %s: %s", self.address, exc)
             return False
-        self.seq.update(msg.seq)
+        if msg.topic not in self.TOPICS:       # a SUBSCRIBE prefix also matches longer topic names
+            return False
+        self.seq.update(msg.topic, msg.seq)
         if msg.topic == "status":
             self.last_status = msg.meta
         return msg

@@ -34,14 +34,15 @@ import numpy as np
 
 from detector import channels as chmap
 from detector.config import Calibration, load_calibration, load_config
+from detector.hwstatus import HVStatus
 
 from .caen import CAENMainframe, HVProtocolError
 from .transport import TransportError, open_transport
 
 log = logging.getLogger(__name__)
 
-ST_ON = 1 << 0
-ST_TRIP = 1 << 7
+ST_ON = HVStatus.ON
+ST_TRIP = HVStatus.TRIP
 WIRE_RESOLUTION_V = 0.1      #: VSET / MAXV are sent as %.1f
 ECHO_TOLERANCE_V = 0.051     #: |VSET echo - sent| allowed (formatting), V
 

@@ -48,7 +48,8 @@ from .readout import CrateReadout, SpillOutcome
 from .record_content import build_spill, calibration_summary, run_thresholds, spill_flags
 from .recorder import RunRecorder
 from .recovery import buffered_spills, resume_point, still_holds
-from .spill_report import progress_line, scalers_meta
+from .monitor_messages import scalers_message
+from .spill_report import progress_line
 from .spill_state import TRANSITIONS, IllegalTransition, SpillStateMachine, State
 
 __all__ = ["DAQ", "prepare_kernels", "State", "TRANSITIONS", "IllegalTransition", "SpillStateMachine",
@@ -512,7 +513,8 @@ class DAQ:
     def _publish_scalers(self, spill: int, entry: dict[str, Any]) -> None:
         if self.publisher is not None:
             totals = self.recorder.totals if self.recorder else {}
-            self.publisher.publish("scalers", meta=scalers_meta(entry, totals), spill=spill)
+            m = scalers_message(entry, int(entry.get("n_recorded", 0)), int(totals.get("eot", 0)))
+            self.publisher.publish(m.topic, meta=m.meta, spill=spill)
 
     def _progress(self, spill: int, entry: dict[str, Any], seconds: float) -> None:
         totals = self.recorder.totals if self.recorder else {}

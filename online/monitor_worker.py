@@ -9,17 +9,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from detector import channels as ch
-from detector.records import TRIGGER_BITS
-from detector.reco import reconstruct
 from detector.spillfile import SpillContent
 
+from .monitor_messages import event_messages
 from .publisher import Publisher
 
 log = logging.getLogger("online.daq")
-
-ECAL_EDGES = [0.0, 150.0, 150]        #: GeV, E_ECAL axis of the ecal_hcal histogram [lo, hi, n]
-HCAL_EDGES = [0.0, 150.0, 150]        #: GeV, E_HCAL axis
 
 
 class MonitorWorker(threading.Thread):
@@ -91,36 +86,7 @@ class MonitorWorker(threading.Thread):
         pub = self.publisher
         if pub is None:
             return
-        wf = content.waveforms
-        r = reconstruct(wf, self.gev_per_count, parallel=True)
-        e = r.energy_gev
-        amp = r.amplitude
-        hit = amp > 0
-        ecal = slice(ch.ECAL_FIRST, ch.ECAL_FIRST + ch.N_ECAL)
-        hcal = slice(ch.HCAL_FIRST, ch.HCAL_FIRST + ch.N_HCAL)
-        shape_e = (ch.N_ECAL_SECTIONS, ch.N_ECAL_X, ch.N_ECAL_Y)
-        shape_h = (ch.N_HCAL_MODULES, ch.N_HCAL_Y, ch.N_HCAL_X)
-        pub.publish("calo", arrays={
-            "ecal_energy": e[:, ecal].sum(axis=0, dtype=np.float64).reshape(shape_e),
-            "ecal_occupancy": hit[:, ecal].sum(axis=0).astype(np.int64).reshape(shape_e),
-            "hcal_energy": e[:, hcal].sum(axis=0, dtype=np.float64).reshape(shape_h),
-            "hcal_occupancy": hit[:, hcal].sum(axis=0).astype(np.int64).reshape(shape_h)},
-            meta={"events": int(wf.shape[0]), "ecal_axes": ["section", "x", "y"], "hcal_axes": ["module", "y", "x"]},
-            spill=spill)
-        e_ecal = e[:, ecal].sum(axis=1, dtype=np.float64)
-        e_hcal = e[:, hcal].sum(axis=1, dtype=np.float64)
-        counts, _, _ = np.histogram2d(e_ecal, e_hcal, bins=[ECAL_EDGES[2], HCAL_EDGES[2]],
-                                      range=[ECAL_EDGES[:2], HCAL_EDGES[:2]])
-        pub.publish("ecal_hcal", arrays={"counts": counts.astype(np.float64)},
-                    meta={"ecal_edges": ECAL_EDGES, "hcal_edges": HCAL_EDGES, "events": int(wf.shape[0])}, spill=spill)
-        k = self.sample_waveforms
-        if k > 0:
-            pick = np.unique(np.linspace(0, wf.shape[0] - 1, min(k, wf.shape[0])).astype(np.int64))
-            pub.publish("waveforms", arrays={"waveforms": np.ascontiguousarray(wf[pick]),
-                                             "event_ids": content.event_id[pick].astype(np.int64)}, spill=spill)
-        if self.calibration_mode:
-            beam = (content.trigger_mask & TRIGGER_BITS["beam"]) != 0
-            table = info.get("table", {}) if isinstance(info.get("table"), dict) else {}
-            pub.publish("amplitudes", arrays={"amplitudes": np.ascontiguousarray(amp[beam][:, :ch.N_CALO], np.float32)},
-                        meta={"table": table, "start_unix": float(info.get("start_unix", 0.0)),
-                              "events": int(beam.sum())}, spill=spill)
+        for m in event_messages(content.waveforms, content.event_id, content.trigger_mask, self.gev_per_count,
+                                n_waveforms=self.sample_waveforms, amplitudes=self.calibration_mode,
+                                table=info.get("table"), start_unix=float(info.get("start_unix", 0.0))):
+            pub.publish(m.topic, m.arrays, m.meta, spill=spill)

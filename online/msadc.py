@@ -50,6 +50,7 @@ from hv_control.instrument import (ErrorKinds, InstrumentConnectionError, Instru
                                    InstrumentTimeoutError, VisaSession, deferred_sigint, resource_manager,
                                    run_with_retries)
 from detector.channels import N_CHANNELS, N_SAMPLES, N_TRIGGER_CHANNELS, TRIGGER_CHANNEL_NAMES
+from detector.hwstatus import CrateState
 from detector.records import TRUTH_DTYPE
 
 T = TypeVar("T")
@@ -59,7 +60,7 @@ TIME_DTYPE = np.dtype("<f8")
 EVT_DTYPE = np.dtype("<i2")
 PRIM_RECORD_BYTES = N_TRIGGER_CHANNELS * N_SAMPLES * PRIM_DTYPE.itemsize      # 384
 EVENT_RECORD_BYTES = N_CHANNELS * N_SAMPLES * EVT_DTYPE.itemsize               # 7744
-SPILL_STATES = ("IDLE", "SPILL", "GAP")
+SPILL_STATES = CrateState.names()      #: SPIL:STAT? states
 
 
 # ------------------------------------------------------------------------------------------ errors

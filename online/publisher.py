@@ -2,9 +2,11 @@
 
 - One PUB socket, bound (127.0.0.1 by default; any other host needs ``endpoints.zmq_curve`` and a CURVE
   server key, see :func:`check_bind_address`).
-- One global sequence number over all topics, taken under a lock at the moment of sending, so the
-  numbers on the wire always increase; a message that could not be sent still consumes its number, so
-  subscribers see the gap and count it as missed.
+- Topics and their content are the contract of :mod:`detector.monitoring`; an unknown topic is refused.
+- One sequence number per topic (:class:`detector.monitoring.TopicSequence`), taken under a lock at the
+  moment of sending, so the numbers of a topic on the wire always increase; a message that could not be
+  sent still consumes its number, so subscribers (of any subset of topics) see the gap and count it as
+  missed for that topic.
 - Sends never block: ``SNDHWM`` bounds the queue of every subscriber and every send is ``zmq.NOBLOCK``.
   A PUB socket drops a message for a subscriber whose queue is full without telling the sender (so one
   stalled subscriber never starves the others, and never slows the DAQ); those losses show up as gaps in
@@ -28,11 +30,9 @@ import numpy as np
 import zmq
 
 from detector.framing import encode
+from detector.monitoring import TOPICS, TopicSequence
 
 log = logging.getLogger("online.publisher")
-
-#: the topics of docs/protocols.md 4.2
-TOPICS = ("status", "scalers", "calo", "ecal_hcal", "waveforms", "amplitudes", "hv", "log")
 
 
 class PublisherError(RuntimeError):
@@ -63,7 +63,7 @@ def check_bind_address(address: str, zmq_curve: bool = False) -> None:
 
 
 class Publisher:
-    """PUB socket with one sequence counter, non-blocking sends and drop counting.
+    """PUB socket with per-topic sequence counters, non-blocking sends and drop counting.
 
     ``curve_secret_key``/``curve_public_key`` (z85 bytes) make it a CURVE server (required off loopback)."""
 
@@ -93,7 +93,7 @@ class Publisher:
             raise PublisherError(f"cannot bind the monitoring publisher to {address}: {exc}") from None
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._lock = threading.Lock()
-        self.seq = 0            #: next sequence number
+        self.sequence = TopicSequence()     #: next sequence number per topic
         self.sent = 0
         self.dropped = 0
         self.by_topic: dict[str, int] = {}
@@ -107,8 +107,7 @@ class Publisher:
         with self._lock:
             if self._closed:
                 return False
-            seq = self.seq
-            self.seq += 1
+            seq = self.sequence.take(topic)
             frames = encode(topic, seq, arrays, meta, self.run, spill)
             try:
                 self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
@@ -123,12 +122,18 @@ class Publisher:
             self.by_topic[topic] = self.by_topic.get(topic, 0) + 1
             return True
 
+    @property
+    def seq(self) -> int:
+        """Messages numbered so far, all topics together (sent + dropped)."""
+        with self._lock:
+            return self.sequence.total()
+
     def log(self, level: str, text: str, spill: int | None = None) -> bool:
         return self.publish("log", meta={"level": level, "text": text}, spill=spill)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"seq": self.seq, "sent": self.sent, "dropped": self.dropped, "by_topic": dict(self.by_topic)}
+            return {"seq": dict(self.sequence.next), "sent": self.sent, "dropped": self.dropped, "by_topic": dict(self.by_topic)}
 
     def close(self) -> None:
         with self._lock:

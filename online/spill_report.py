@@ -1,23 +1,10 @@
-"""What the run control says about each recorded spill: the ``scalers`` topic's meta and the console's
-progress line, both from the spill's run-record entry."""
+"""What the run control says about each recorded spill on the console: the progress line, from the spill's
+run-record entry (its ``scalers`` message comes from the one producer, :mod:`online.monitor_messages`)."""
 from __future__ import annotations
 
 from typing import Any
 
 from detector.records import INCOMPLETE_SPILL_FLAGS
-
-
-def scalers_meta(entry: dict[str, Any], totals: dict[str, Any]) -> dict[str, Any]:
-    """The meta of the ``scalers`` message of a spill: its counts, triggers, EOT (and the run's EOT so far,
-    from the run record's ``totals``), flags, spill length (s) and start (unix s)."""
-    sc = entry.get("scalers") or {}
-    return {"S0": int(sc.get("S0", 0)), "S1": int(sc.get("S1", sc.get("crate_S1", 0))), "V0": int(sc.get("V0", 0)),
-            "eot": int(entry.get("eot", 0)), "eot_total": int(totals.get("eot", 0)),
-            "particles": int(entry.get("n_particles", 0)), "triggers": entry.get("triggers") or {},
-            "accepted": int(entry.get("n_accepted", 0)), "read_out": int(entry.get("n_read_out", 0)),
-            "recorded": int(entry.get("n_recorded", 0)), "flags": list(entry.get("flags", [])),
-            "spill_length_s": float(entry.get("length_s", 0.0)), "start_unix": float(entry.get("start_unix", 0.0)),
-            "crate_spill": int(entry.get("crate_spill", -1)), "scalers": sc}
 
 
 def progress_line(spill: int, entry: dict[str, Any], seconds: float, lost_spills: int) -> tuple[str, str]:

@@ -9,19 +9,11 @@ The run control (:mod:`online.daq`) publishes each change on the ``status`` topi
 """
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from typing import Callable
 
-
-class State(enum.Enum):
-    IDLE = "IDLE"
-    SPILL = "SPILL"
-    END_OF_SPILL = "END_OF_SPILL"
-    READOUT = "READOUT"
-    RECORDED = "RECORDED"
-    ERROR = "ERROR"
+from detector.monitoring import DAQState as State
 
 
 S = State

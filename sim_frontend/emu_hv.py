@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from detector import channels as chmap
+from detector.hwstatus import HVStatus
 from detector.config import Calibration, load_calibration, load_config
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ TRIP_DISCHARGE_V_PER_S = 2000.0  #: VMON fall rate of a tripped channel, V/s
 SETTLED_BAND_V = 0.5             #: |VMON - target| below which a channel is not "ramping", V
 
 # status word bits (docs/protocols.md section 2)
-ST_ON, ST_RUP, ST_RDW, ST_OVC, ST_OVV, ST_UNV, ST_MAXV, ST_TRIP = (1 << b for b in range(8))
+ST_ON, ST_RUP, ST_RDW, ST_OVC, ST_MAXV, ST_TRIP = (HVStatus.ON, HVStatus.RUP, HVStatus.RDW, HVStatus.OVC,
+                                                  HVStatus.MAXV, HVStatus.TRIP)
 
 #: settable per-channel parameters -> (low, high) accepted range of VAL
 SET_RANGES: dict[str, tuple[float, float]] = {
@@ -247,7 +249,7 @@ class HVMainframe:
             word |= ST_RDW
         if st.tripped:
             word |= ST_TRIP
-        return word
+        return int(word)
 
     def _value(self, st: HVChannelState, par: str, now: float) -> str:
         v = st.v_at(now)

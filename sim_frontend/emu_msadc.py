@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from detector import channels as chmap
+from detector.hwstatus import CrateState
 from detector.records import PARTICLE_NAMES, TRUTH_APRIME, TRUTH_CALIBRATION, TRUTH_DIMUON, \
     TRUTH_DTYPE, TRUTH_HADRONIC, TRUTH_PILEUP
 
@@ -56,7 +57,7 @@ MAX_EVENTS_PER_QUERY = 1 << 16          #: EVT:DATA? / EVT:TRUT? records per que
 MAX_UPLOAD_BYTES = 128 << 20            #: largest accepted binary upload (ACC:DATA), bytes
 MAX_LINE_BYTES = 1 << 16                #: longest accepted command line, bytes
 SCALER_THRESHOLD_MIP = 0.5              #: the crate's hardware scalers count deposits above this
-STATES = ("IDLE", "SPILL", "GAP")
+STATES = CrateState.names()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -86,3 +86,36 @@ def test_only_spills_on_the_cell_after_the_settle_time_count(pub):
         assert got.size >= 100 and np.all(got == 2500.0)
     finally:
         src.close()
+
+
+def test_missed_messages_are_counted_per_subscribed_topic():
+    """The DAQ's real publisher interleaves every topic; hv-tune subscribes to two of them and counts
+    only their gaps (it used to count every message of the other topics as missed)."""
+    from online.publisher import Publisher as DAQPublisher
+
+    daq = DAQPublisher("tcp://127.0.0.1:0", run=3)
+    src = StreamAmplitudes(daq.endpoint)
+    try:
+        deadline = time.monotonic() + 10
+        while src.seq.received == 0 and time.monotonic() < deadline:     # the subscription is up
+            daq.publish("status", meta={"state": "IDLE", "ready": False})
+            src._next(0.05)
+        assert src.seq.received > 0
+        amps = np.zeros((4, 108), np.float32)
+        for i in range(20):
+            daq.publish("calo", meta={"events": 0})
+            daq.publish("log", meta={"level": "INFO", "text": "x"})
+            daq.publish("amplitudes", {"amplitudes": amps}, {"table": {"cell": "A"}, "start_unix": 1.0})
+            daq.publish("status", meta={"state": "RECORDED"})
+        daq.sequence.take("amplitudes")                 # one amplitudes message lost on the way
+        daq.publish("amplitudes", {"amplitudes": amps}, {"table": {"cell": "A"}, "start_unix": 1.0})
+        got = 0
+        while got < 21:
+            msg = src._next(5.0)
+            assert msg is not None, "stream went quiet"
+            got += bool(msg) and msg.topic == "amplitudes"
+        assert src.seq.missed_by_topic() == {"status": 0, "amplitudes": 1}
+        assert src.seq.missed == 1 and src.malformed == 0
+    finally:
+        src.close()
+        daq.close()

@@ -10,6 +10,7 @@ import pytest
 
 from detector import channels as ch
 from detector.framing import decode, encode
+from detector.monitoring import TopicSequence
 from online.monitor import model as M
 from online.monitor.stream import Inbox
 from online.monitor.synthetic import SyntheticDAQ, write_example_yields
@@ -198,10 +199,27 @@ def test_missed_count_from_sequence_gaps():
     assert model.alarms["missed"].level == M.WARN and "4 missed" in model.alarms["missed"].text
     model.evaluate(T0 + 61)
     assert model.alarms["missed"].level == M.OK and model.missed_total == 4      # still shown
-    daq.seq = 0                                       # publisher restart: not a gap
+    daq.seq = TopicSequence()                         # publisher restart: not a gap
     inbox.put(daq.status("IDLE"), T0 + 62)
     model.apply(*inbox.drain(), now=T0 + 62)
     assert model.link.restarts == 1 and model.link.missed == 4
+
+
+def test_sequence_numbers_count_per_topic():
+    """Each topic is numbered on its own: interleaved topics are no gap, a gap in one topic is counted
+    for that topic only."""
+    daq = SyntheticDAQ()
+    inbox = Inbox()
+    msgs = [daq.status("IDLE"), daq.hv(), daq.status("IDLE"), daq.hv(), daq.log("a")]
+    assert [(m.topic, m.seq) for m in msgs] == [("status", 0), ("hv", 0), ("status", 1), ("hv", 1), ("log", 0)]
+    for m in msgs:
+        inbox.put(m, T0)
+    daq.skip_seq = 3
+    inbox.put(daq.hv(), T0)                           # hv seq 5: hv 2..4 missed
+    inbox.put(daq.status("IDLE"), T0)                 # status seq 2: nothing missed
+    stats = inbox.stats()
+    assert stats.received == 7 and stats.missed == 3
+    assert stats.missed_by_topic == {"status": 0, "hv": 3, "log": 0}
 
 
 def test_inbox_latest_wins_and_counted_drops():

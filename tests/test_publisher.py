@@ -8,6 +8,7 @@ import pytest
 import zmq
 
 from detector.framing import SeqTracker, recv_message
+from detector.monitoring import TopicSeqTracker
 from online.publisher import Heartbeat, Publisher, PublisherError, check_bind_address
 
 
@@ -33,7 +34,7 @@ def test_topics_sequence_and_zero_copy_arrays():
     m1, m2 = recv_message(sub), recv_message(sub)
     assert (m1.topic, m1.seq, m1.run, m1.spill, m1.meta["events"]) == ("calo", 0, 5, 2, 3)
     assert np.array_equal(m1.arrays["ecal_energy"], a)
-    assert (m2.topic, m2.seq) == ("status", 1)
+    assert (m2.topic, m2.seq) == ("status", 0)         # sequence numbers count per topic
     assert pub.stats()["sent"] == 2 and pub.dropped == 0
     sub.close()
     pub.close()
@@ -65,6 +66,35 @@ def test_slow_subscriber_never_blocks_and_losses_are_counted(nodrop):
         assert tr.received + pub.dropped == 300       # nothing lost silently
     else:
         assert tr.missed > 0                          # the subscriber sees the gaps in the sequence
+    sub.close()
+    pub.close()
+
+
+def test_a_subscriber_of_some_topics_counts_only_their_gaps():
+    """Per-topic sequence numbers: a subscriber of ``status`` alone sees 0, 1, 2, ... although other
+    topics are published in between, and a message the publisher could not send shows as a gap of its
+    own topic only."""
+    pub = Publisher("tcp://127.0.0.1:0")
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"status")
+    sub.connect(pub.endpoint)
+    time.sleep(0.2)
+    for i in range(5):
+        assert pub.publish("log", meta={"level": "INFO", "text": f"line {i}"})
+        assert pub.publish("status", meta={"state": "IDLE"})
+    pub.sequence.take("status")                       # one status message numbered but never sent
+    assert pub.publish("status", meta={"state": "IDLE"})
+    sub.setsockopt(zmq.RCVTIMEO, 2000)
+    tr = TopicSeqTracker()
+    seqs = []
+    for _ in range(6):
+        m = recv_message(sub)
+        seqs.append(m.seq)
+        tr.update(m.topic, m.seq)
+    assert seqs == [0, 1, 2, 3, 4, 6]
+    assert tr.missed_by_topic() == {"status": 1} and tr.received == 6
+    assert pub.stats()["seq"] == {"log": 5, "status": 7} and pub.seq == 12
     sub.close()
     pub.close()
 

@@ -10,9 +10,12 @@ Data flow (one code path for live and replay)::
         -> MonitorModel.evaluate(now)             [alarms]
         -> views read the model; each view redraws only when its section's version changed.
 
-Topics and their content are those of docs/protocols.md section 4.2. A message whose content does not
-match the contract (missing meta key, wrong array shape) is counted as malformed and logged, never
-raises out of :meth:`MonitorModel.apply`.
+Topics and their content are the contract of :mod:`detector.monitoring` (docs/protocols.md section
+4.2). A message whose content does not match the contract (missing meta key, wrong array shape) is
+counted as malformed and logged, never raises out of :meth:`MonitorModel.apply`. A topic with a
+``_on_<topic>`` handler here gets its own state; any other topic of the contract is kept generically
+(:attr:`MonitorModel.latest` for latest-wins topics, :attr:`MonitorModel.sums` of the arrays for
+accumulating ones), and ``version[topic]`` counts its updates, so a new topic needs no code here.
 
 Sensitivity (see :class:`Sensitivity`): the 90% CL reach with zero observed events and no background is
 ``eps_90(m) = sqrt(2.3 / (EOT * efficiency * yield(m)))`` where ``yield(m)`` is the A' yield per EOT at
@@ -34,17 +37,19 @@ from typing import Any, Iterable
 import numpy as np
 
 from detector import channels as ch
+from detector import monitoring as mon
 from detector.framing import Message
+from detector.hwstatus import HV_FAULT, HVStatus
+from detector.hwstatus import HV_RAMPING as HV_RAMP_BITS
+from detector.monitoring import ACCUMULATING, LATEST_WINS, TOPIC_NAMES, ContentError, DAQState  # noqa: F401
 
 log = logging.getLogger("online.monitor")
 
-#: DAQ states of the spill state machine (docs/protocols.md 4.2 ``status``)
-STATES = ("IDLE", "SPILL", "END_OF_SPILL", "READOUT", "RECORDED", "ERROR")
-#: topics whose latest message supersedes the previous one (state, not increments)
-LATEST_WINS = frozenset({"status", "hv", "waveforms", "amplitudes"})
-#: topics that carry per-spill increments or lines: never dropped silently
-ACCUMULATING = frozenset({"scalers", "calo", "ecal_hcal", "log"})
-TOPICS = ("status", "scalers", "calo", "ecal_hcal", "waveforms", "amplitudes", "hv", "log")
+#: DAQ states of the spill state machine (``status`` meta ``state``)
+STATES = tuple(s.value for s in DAQState)
+TOPICS = TOPIC_NAMES
+#: version sections besides one per topic
+EXTRA_SECTIONS = ("rates", "sens", "alarms")
 
 #: alarm levels
 NONE, OK, WARN, ALARM = -1, 0, 1, 2
@@ -52,12 +57,6 @@ LEVEL_NAMES = {NONE: "n/a", OK: "OK", WARN: "WARNING", ALARM: "ALARM"}
 ALARM_KEYS = ("daq", "beam", "hv", "missed", "data")
 ALARM_TITLES = {"daq": "DAQ", "beam": "BEAM", "hv": "HV", "missed": "MISSED", "data": "DATA"}
 
-#: HV status-word bits (docs/protocols.md section 2)
-HV_ON = 1 << 0
-HV_RAMP = (1 << 1) | (1 << 2)
-HV_TRIP = 1 << 7
-HV_FAULT = (1 << 3) | (1 << 4) | (1 << 8) | (1 << 9) | (1 << 11) | (1 << 12)   # OC, OV, OP, OT, kill, interlock
-HV_DISABLED = 1 << 10
 #: per-channel HV condition codes, worst last
 HV_OK, HV_OFF, HV_RAMPING, HV_DEVIATION, HV_FAULTED, HV_TRIPPED = range(6)
 HV_CONDITION_NAMES = ("OK", "OFF", "RAMP", "DEV", "FAULT", "TRIP")
@@ -65,10 +64,6 @@ HV_CONDITION_NAMES = ("OK", "OFF", "RAMP", "DEV", "FAULT", "TRIP")
 #: the A' masses (MeV) shown in the sensitivity view by default
 SENSITIVITY_MASSES_MEV = (2.0, 16.7, 100.0, 500.0)
 N90_ZERO_BACKGROUND = 2.3        #: 90% CL upper limit on signal events for 0 observed, no background
-
-
-class ContentError(ValueError):
-    """A well-framed message whose content does not match the monitoring contract."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,6 +110,7 @@ class LinkStats:
 
     received: int = 0                 #: well-framed messages received
     missed: int = 0                   #: messages the publisher sent that never arrived (sequence gaps)
+    missed_by_topic: dict[str, int] = field(default_factory=dict)   #: the same, per topic
     restarts: int = 0                 #: publisher restarts (sequence went backwards)
     malformed: int = 0                #: messages that failed framing (FramingError)
     last_malformed: str = ""
@@ -128,8 +124,8 @@ class LinkStats:
         return sum(self.dropped.values())
 
     def copy(self) -> "LinkStats":
-        return LinkStats(self.received, self.missed, self.restarts, self.malformed, self.last_malformed,
-                         self.unknown, dict(self.superseded), dict(self.dropped), self.last_rx)
+        return LinkStats(self.received, self.missed, dict(self.missed_by_topic), self.restarts, self.malformed,
+                         self.last_malformed, self.unknown, dict(self.superseded), dict(self.dropped), self.last_rx)
 
 
 @dataclass
@@ -329,8 +325,9 @@ class MonitorModel:
         self.mode = "live"                     #: "live" or "replay"
         self.source = ""                       #: endpoint or run directory, for the status panel
         self.replay_finished = False
-        self.version: dict[str, int] = {k: 0 for k in ("status", "rates", "calo", "ecal_hcal", "waveforms",
-                                                         "amplitudes", "hv", "log", "sens", "alarms")}
+        self.version: dict[str, int] = {k: 0 for k in TOPIC_NAMES + EXTRA_SECTIONS}
+        self.latest: dict[str, Message] = {}               #: latest message of topics without a handler
+        self.sums: dict[str, dict[str, np.ndarray]] = {}   #: summed arrays of accumulating topics without one
         self.link = LinkStats()
         self.content_errors = 0
         self.last_content_error = ""
@@ -389,7 +386,8 @@ class MonitorModel:
         self.eh_hcal_edges: tuple[float, float, int] | None = None
         self.eh_spills = 0
         self.reach: list[tuple[float, float]] = self.sensitivity.reach(0.0)
-        for k in ("rates", "calo", "ecal_hcal", "sens"):
+        self.sums = {}
+        for k in ("rates", "calo", "ecal_hcal", "sens", *(t for t in ACCUMULATING if t != "log")):
             self.version[k] += 1
 
     def reset(self) -> None:
@@ -456,13 +454,29 @@ class MonitorModel:
     def ingest(self, msg: Message, now: float | None = None) -> None:
         """Update the state from one message. Content errors are counted, never raised."""
         now = time.time() if now is None else now
-        handler = getattr(self, f"_on_{msg.topic}", None)
-        if handler is None:
+        if msg.topic not in mon.TOPICS:
             return
+        handler = getattr(self, f"_on_{msg.topic}", self._on_generic)
         try:
             handler(msg, now)
         except (ContentError, KeyError, TypeError, ValueError, IndexError) as exc:
             self._content_error(msg, exc, now)
+
+    def _on_generic(self, msg: Message, now: float) -> None:
+        """A topic of the contract without its own handler: latest-wins topics keep their last message,
+        accumulating ones the sum of their arrays (restarted when a shape changes or a run starts)."""
+        spec = mon.check(msg)
+        self._check_run(msg.run, now)
+        if spec.accumulate:
+            acc = self.sums.setdefault(msg.topic, {})
+            for a in spec.arrays:
+                v = np.asarray(msg.arrays[a.name], dtype=np.float64)
+                if a.name not in acc or acc[a.name].shape != v.shape:
+                    acc[a.name] = np.zeros(v.shape)
+                acc[a.name] += v
+        self.latest[msg.topic] = Message(msg.topic, msg.seq, msg.time, msg.run, msg.spill, dict(msg.meta),
+                                         {k: np.array(v) for k, v in msg.arrays.items()})
+        self.version[msg.topic] += 1
 
     def _on_status(self, msg: Message, now: float) -> None:
         m = msg.meta
@@ -746,12 +760,12 @@ def hv_conditions(vset: np.ndarray, vmon: np.ndarray, status: np.ndarray, deviat
     A deviation counts only for a channel that is ON and not ramping."""
     st = np.asarray(status, dtype=np.int64)
     out = np.full(st.shape, HV_OK, dtype=np.int8)
-    on = (st & HV_ON) != 0
-    out[~on | ((st & HV_DISABLED) != 0)] = HV_OFF
-    ramp = on & ((st & HV_RAMP) != 0)
+    on = (st & HVStatus.ON) != 0
+    out[~on | ((st & HVStatus.DIS) != 0)] = HV_OFF
+    ramp = on & ((st & HV_RAMP_BITS) != 0)
     out[ramp] = HV_RAMPING
     dev = on & ~ramp & (np.abs(np.asarray(vmon, np.float64) - np.asarray(vset, np.float64)) > deviation_v)
     out[dev] = HV_DEVIATION
     out[(st & HV_FAULT) != 0] = HV_FAULTED
-    out[(st & HV_TRIP) != 0] = HV_TRIPPED
+    out[(st & HVStatus.TRIP) != 0] = HV_TRIPPED
     return out

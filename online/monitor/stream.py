@@ -12,9 +12,10 @@ as fast as it can and the inbox keeps, per topic:
   ``max_pending`` per topic; if the GUI falls that far behind the oldest is dropped and counted in
   ``LinkStats.dropped``, which the monitor shows as missed.
 
-The inbox also runs the :class:`~detector.framing.SeqTracker` on every message in arrival order (the
-publisher numbers all topics in one sequence), so gaps on the wire show up as ``missed``, and counts
-malformed messages (:class:`~detector.framing.FramingError`): logged and counted, never fatal.
+The inbox also runs the :class:`~detector.monitoring.TopicSeqTracker` on every message in arrival
+order (the publisher numbers each topic in its own sequence), so gaps on the wire show up as ``missed``
+(per topic in ``LinkStats.missed_by_topic``), and counts malformed messages
+(:class:`~detector.framing.FramingError`): logged and counted, never fatal.
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ import time
 from collections import deque
 from typing import Any
 
-from detector.framing import FramingError, Message, SeqTracker, recv_message
+from detector.framing import FramingError, Message, recv_message
+from detector.monitoring import ACCUMULATING, LATEST_WINS, TOPICS, TopicSeqTracker
 
-from .model import ACCUMULATING, LATEST_WINS, TOPICS, LinkStats
+from .model import LinkStats
 
 log = logging.getLogger("online.monitor.stream")
 
@@ -38,7 +40,7 @@ class Inbox:
     def __init__(self, max_pending: int = 256) -> None:
         self.max_pending = int(max_pending)
         self._lock = threading.Lock()
-        self._tracker = SeqTracker()
+        self._tracker = TopicSeqTracker()
         self._stats = LinkStats()
         self._pending: dict[int, Message] = {}          # arrival index -> message, in arrival order
         self._latest: dict[str, int] = {}               # latest-wins topic -> arrival index
@@ -50,13 +52,14 @@ class Inbox:
         with self._lock:
             st = self._stats
             before = self._tracker.restarts
-            self._tracker.update(msg.seq)
+            self._tracker.update(msg.topic, msg.seq)
             st.received = self._tracker.received
             st.missed = self._tracker.missed
+            st.missed_by_topic = self._tracker.missed_by_topic()
             st.restarts = self._tracker.restarts
             st.last_rx = time.time() if now is None else now
             if self._tracker.restarts != before:
-                log.info("publisher restarted: sequence number went back to %d", msg.seq)
+                log.info("publisher restarted: sequence number of %s went back to %d", msg.topic, msg.seq)
             topic = msg.topic
             if topic not in TOPICS:
                 st.unknown += 1
@@ -104,8 +107,8 @@ class StreamReceiver:
     """ZeroMQ SUB on ``endpoint`` in a worker thread, feeding an :class:`Inbox`.
 
     ``start()`` returns at once; ``stop()`` wakes the worker through an inproc PAIR socket and joins it
-    (no polling timeout to wait out). The SUB socket subscribes to every topic: the publisher's
-    sequence number runs over all topics, so a partial subscription would look like gaps."""
+    (no polling timeout to wait out). The SUB socket subscribes to every topic (sequence numbers run
+    per topic, so a partial subscription would count correctly too)."""
 
     def __init__(self, endpoint: str, inbox: Inbox, rcvhwm: int = 10000, max_burst: int = 5000) -> None:
         import zmq  # local: the model and the inbox do not need ZeroMQ

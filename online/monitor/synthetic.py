@@ -11,7 +11,9 @@ trigger prescaled 1/1000 (its raw count is the EOT), random trigger 10 Hz; the E
 has the 100 GeV electron peak, the hadron band E_ECAL + E_HCAL ~ 100 GeV, dimuons, muons and a few
 upstream-interaction events near the signal box. Waveforms are made with the detector's own pulse
 model (:func:`detector.pulse.synthesize`). Fault knobs: ``beam_factor`` (rate drop / no beam),
-``trip`` and ``deviate`` (HV), ``error`` (DAQ state ERROR), ``skip_seq`` (sequence gaps).
+``trip`` and ``deviate`` (HV), ``error`` (DAQ state ERROR), ``skip_seq`` (sequence gaps). Topics, binning,
+states and status bits come from the contract (:mod:`detector.monitoring`, :mod:`detector.hwstatus`); a
+topic of the contract without a generator here gets random arrays of its declared shapes.
 """
 from __future__ import annotations
 
@@ -23,15 +25,16 @@ from typing import Any
 import numpy as np
 
 from detector import channels as ch
+from detector import monitoring as mon
 from detector.framing import Message, decode, encode
+from detector.hwstatus import HVStatus
+from detector.monitoring import ECAL_EDGES, HCAL_EDGES, DAQState
 
 #: reference A' yields per EOT at eps = 1 (IWW, Pb, E0 = 100 GeV, E_A' > 50 GeV; physics.md 3.5, CALC) for
 #: demonstrations of the sensitivity view before `na64-offline yields --json` has been run
 REFERENCE_YIELDS_IWW = ((1.0, 1.59e-1), (2.0, 9.89e-2), (5.0, 3.50e-2), (10.0, 1.35e-2), (16.7, 6.30e-3),
                         (20.0, 4.76e-3), (50.0, 1.02e-3), (100.0, 2.57e-4), (200.0, 5.41e-5), (500.0, 5.41e-6),
                         (1000.0, 8.29e-7))
-ECAL_EDGES = (0.0, 150.0, 150)     #: GeV, bins: default E_ECAL axis of the synthetic histogram
-HCAL_EDGES = (0.0, 150.0, 150)     #: GeV, bins (the binning of online.daq)
 
 
 def _default_gev_per_count() -> np.ndarray:
@@ -53,7 +56,7 @@ def _default_hv_set() -> np.ndarray:
 
 
 class SyntheticDAQ:
-    """Generator of the monitoring messages a DAQ publishes, with a running sequence number."""
+    """Generator of the monitoring messages a DAQ publishes, with per-topic sequence numbers."""
 
     def __init__(self, run: int = 1, seed: int = 0, particles_per_spill: float = 5e6, spill_length_s: float = 4.8,
                  n_waveforms: int = 8, hist_events: int = 4000, amplitude_events: int = 200) -> None:
@@ -64,7 +67,7 @@ class SyntheticDAQ:
         self.n_waveforms = int(n_waveforms)
         self.hist_events = int(hist_events)
         self.amplitude_events = int(amplitude_events)
-        self.seq = 0
+        self.seq = mon.TopicSequence()
         self.spill = 0
         self.eot_total = 0
         self.events_recorded = 0
@@ -75,7 +78,7 @@ class SyntheticDAQ:
         self.trip: set[int] = set()               #: HV channel ids whose trip bit is set
         self.deviate: dict[int, float] = {}       #: channel id -> VMON - VSET (V)
         self.error = ""                           #: non-empty: the DAQ reports state ERROR
-        self.skip_seq = 0                         #: skip this many sequence numbers before the next message
+        self.skip_seq = 0                         #: skip this many sequence numbers of the next message's topic
         self.gev_per_count = _default_gev_per_count()
         self.hv_ids = np.array([c.id for c in ch.CHANNELS if c.hv_board is not None], dtype=np.int64)
         self.hv_vset = _default_hv_set()[self.hv_ids].astype(np.float32)
@@ -100,16 +103,16 @@ class SyntheticDAQ:
     def message(self, topic: str, arrays: dict[str, np.ndarray] | None = None, meta: dict[str, Any] | None = None,
                 spill: int | None = None, now: float | None = None) -> Message:
         """One message exactly as a subscriber decodes it (framed and decoded)."""
-        self.seq += self.skip_seq
+        for _ in range(self.skip_seq):
+            self.seq.take(topic)
         self.skip_seq = 0
-        frames = encode(topic, self.seq, arrays, meta, self.run, self.spill if spill is None else spill,
+        frames = encode(topic, self.seq.take(topic), arrays, meta, self.run, self.spill if spill is None else spill,
                         time.time() if now is None else now)
-        self.seq += 1
         return decode(frames)
 
     def status(self, state: str | None = None, now: float | None = None, message: str = "") -> Message:
         now = time.time() if now is None else now
-        st = "ERROR" if self.error else (state or "IDLE")
+        st = DAQState.ERROR.value if self.error else (state or DAQState.IDLE.value)
         meta = {"state": st, "run": self.run, "spill": self.spill, "last_spill_unix": self.last_spill_unix,
                 "spills_done": self.spill, "events_recorded": self.events_recorded,
                 "lost_spills": self.lost_spills, "message": self.error or message}
@@ -122,13 +125,13 @@ class SyntheticDAQ:
         n = self.hv_ids.size
         vset = self.hv_vset.copy()
         vmon = (vset + self.rng.normal(0.0, 0.3, n)).astype(np.float32)
-        status = np.ones(n, dtype=np.int32)
+        status = np.full(n, int(HVStatus.ON), dtype=np.int32)
         for i, cid in enumerate(self.hv_ids):
             if int(cid) in self.deviate:
                 vmon[i] = vset[i] + self.deviate[int(cid)]
             if int(cid) in self.trip:
                 vmon[i] = 0.0
-                status[i] = (1 << 7) | (1 << 3)
+                status[i] = HVStatus.TRIP | HVStatus.OVC
         imon = np.maximum(vmon * 0.2 + self.rng.normal(0, 0.05, n), 0.0).astype(np.float32)   # uA (5 MOhm)
         return self.message("hv", {"vset": vset, "vmon": vmon, "imon": imon, "status": status,
                                    "channel_ids": self.hv_ids}, now=now)
@@ -243,17 +246,29 @@ class SyntheticDAQ:
                             meta={"table": {"x_mm": 0.0, "y_mm": 0.0, "module": -1, "cell": ""},
                                   "start_unix": now}, now=now)
 
+    def generic(self, spec: mon.TopicSpec, now: float) -> Message:
+        """A message of a topic without its own generator: random values of each declared array (a
+        named dimension is 8), each meta key 0."""
+        dims: dict[str, int] = {}
+        arrays = {}
+        for a in spec.arrays:
+            shape = tuple(dims.setdefault(d, 8) if isinstance(d, str) else d for d in a.shape)
+            arrays[a.name] = (self.rng.random(shape) * 100).astype(a.dtype)
+        return self.message(spec.name, arrays, meta={k: 0 for k in spec.meta}, now=now)
+
     def spill_messages(self, now: float | None = None, states: bool = True) -> list[Message]:
         """Everything the DAQ publishes for one spill, in publishing order."""
         now = time.time() if now is None else now
         self.spill += 1
         out = []
         if states:
-            out += [self.status("SPILL", now), self.status("END_OF_SPILL", now), self.status("READOUT", now)]
+            out += [self.status(s.value, now) for s in (DAQState.SPILL, DAQState.END_OF_SPILL, DAQState.READOUT)]
         out.append(self.scalers(now))
         self.last_spill_unix = now
+        own = {"status", "scalers", "log", "calo", "ecal_hcal", "waveforms", "amplitudes", "hv"}
         out += [self.calo(now), self.ecal_hcal(now), self.waveforms(now), self.amplitudes(now), self.hv(now)]
-        out.append(self.status("RECORDED", now))
+        out += [self.generic(t, now) for t in mon.TOPICS.values() if t.name not in own]
+        out.append(self.status(DAQState.RECORDED.value, now))
         if self.spill % 10 == 0:
             out.append(self.log(f"run {self.run}: {self.spill} spills recorded, EOT {self.eot_total:.3g}", now=now))
         return out
@@ -274,7 +289,7 @@ def write_example_yields(path: str) -> str:
 def synthetic_batches(daq: SyntheticDAQ, spills: int = 0) -> Any:
     """Batches of messages, one per spill (``spills`` = 0: endless), starting with an IDLE status and
     an HV reading: the input of :class:`online.monitor.stream.FeederThread`."""
-    yield [daq.status("IDLE"), daq.hv()]
+    yield [daq.status(DAQState.IDLE.value), daq.hv()]
     i = 0
     while spills == 0 or i < spills:
         yield daq.spill_messages()
@@ -338,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             i += 1
             t_end = time.monotonic() + args.interval
             while time.monotonic() < t_end:
-                pub.send(daq.status("IDLE"))
+                pub.send(daq.status(DAQState.IDLE.value))
                 time.sleep(min(1.0, max(0.0, t_end - time.monotonic())))
     except KeyboardInterrupt:
         pass

@@ -18,6 +18,9 @@ from .stream import Inbox, StreamReceiver
 
 log = logging.getLogger("online.monitor")
 
+_AREAS = {"top": QtCore.Qt.TopDockWidgetArea, "left": QtCore.Qt.LeftDockWidgetArea,
+          "right": QtCore.Qt.RightDockWidgetArea, "bottom": QtCore.Qt.BottomDockWidgetArea}
+
 
 class MonitorWindow(QtWidgets.QMainWindow):
     """Dock-based control-room window. ``tick()`` is the whole update path (also called by tests and
@@ -33,35 +36,24 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.feeder: Any = None                    # stream.FeederThread (replay or synthetic)
         self.setWindowTitle("NA64 monitor")
         self.setDockOptions(QtWidgets.QMainWindow.AnimatedDocks | QtWidgets.QMainWindow.AllowNestedDocks)
-        self.status = V.StatusPanel()
-        self.alarms = V.AlarmPanel()
-        self.rates = V.RatesView()
-        self.maps = V.CaloMapsView()
-        self.ecal_hcal = V.EcalHcalView(self.settings.ecal_box_max_gev, self.settings.hcal_box_max_gev)
-        self.waveforms = V.WaveformView()
-        self.hv = V.HVView()
-        self.sensitivity = V.SensitivityView()
-        self.log_pane = V.LogPane(self.settings.log_lines)
-        self.views = [self.status, self.alarms, self.rates, self.maps, self.ecal_hcal, self.waveforms, self.hv,
-                      self.sensitivity, self.log_pane]
+        self.views: list[Any] = []
+        self.docks: dict[str, QtWidgets.QDockWidget] = {}
+        for spec in V.registered():                 # every view registered in online.monitor.views
+            w = spec.build(self.settings)
+            setattr(self, spec.attr, w)
+            self.views.append(w)
+            if spec.area == "central":
+                self.setCentralWidget(w)
+            else:
+                self._dock(spec.key, spec.title, w, _AREAS[spec.area])
         self.maps.channelSelected.connect(self.waveforms.set_channel)
         self.waveforms.combo.currentIndexChanged.connect(self.maps.select_channel)
         self.maps.select_channel(self.waveforms.channel)
-        self.setCentralWidget(self.maps)
-        self.docks: dict[str, QtWidgets.QDockWidget] = {}
-        d_status = self._dock("status", "Run and spill status", self.status, QtCore.Qt.TopDockWidgetArea)
-        d_alarms = self._dock("alarms", "Alarms", self.alarms, QtCore.Qt.TopDockWidgetArea)
-        self.splitDockWidget(d_status, d_alarms, QtCore.Qt.Horizontal)
-        self._dock("rates", "Rates per spill", self.rates, QtCore.Qt.LeftDockWidgetArea)
-        d_eh = self._dock("ecal_hcal", "E_ECAL vs E_HCAL", self.ecal_hcal, QtCore.Qt.RightDockWidgetArea)
-        d_hv = self._dock("hv", "High voltage", self.hv, QtCore.Qt.RightDockWidgetArea)
-        self.splitDockWidget(d_eh, d_hv, QtCore.Qt.Vertical)
-        d_sens = self._dock("sensitivity", "Expected sensitivity (ε reach, 90% CL)", self.sensitivity,
-                            QtCore.Qt.BottomDockWidgetArea)
-        d_wf = self._dock("waveforms", "Waveforms", self.waveforms, QtCore.Qt.BottomDockWidgetArea)
-        d_log = self._dock("log", "Log", self.log_pane, QtCore.Qt.BottomDockWidgetArea)
-        self.splitDockWidget(d_sens, d_wf, QtCore.Qt.Horizontal)
-        self.splitDockWidget(d_wf, d_log, QtCore.Qt.Horizontal)
+        d = self.docks
+        self.splitDockWidget(d["status"], d["alarms"], QtCore.Qt.Horizontal)
+        self.splitDockWidget(d["ecal_hcal"], d["hv"], QtCore.Qt.Vertical)
+        self.splitDockWidget(d["sensitivity"], d["waveforms"], QtCore.Qt.Horizontal)
+        self.splitDockWidget(d["waveforms"], d["log"], QtCore.Qt.Horizontal)
         self.setCorner(QtCore.Qt.BottomLeftCorner, QtCore.Qt.BottomDockWidgetArea)
         self.setCorner(QtCore.Qt.BottomRightCorner, QtCore.Qt.RightDockWidgetArea)
         self.resize(1920, 1080)

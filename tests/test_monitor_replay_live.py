@@ -1,0 +1,69 @@
+"""One producer of monitoring messages: the replay of a recorded run gives, topic by topic and array by
+array, the messages the live DAQ published for it (na64-emulator + na64-daq as subprocesses, the DAQ's
+real ZeroMQ stream, the spill files it wrote)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
+from daq_helpers import DAQ_TEST_CONFIG, Subscriber, free_port, start_daq, wait_until
+from detector import monitoring as mon
+from detector.config import load_config
+from detector.spillfile import list_spills, read_spill
+from emulator_fixture import start_emulator
+from online.monitor.replay import ReplayBuilder
+
+SPILL_TOPICS = ("scalers", "calo", "ecal_hcal", "waveforms", "amplitudes")
+
+
+@pytest.mark.slow
+def test_replay_gives_the_messages_the_live_daq_published(tmp_path):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    sub = Subscriber(address)
+    sub.start()
+    sub.ready.wait(5)
+    try:
+        with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu:
+            daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=3,
+                            monitor=address, extra=["--calibration-mode"])
+            assert daq.wait(240) == 0, daq.log()[-4000:]
+            # the monitor worker publishes after the spill is recorded: wait for the last spill's messages
+            # the DAQ's last message (status "stopped") comes after the monitor worker is done
+            wait_until(lambda: any(str(m.meta.get("message", "")).startswith("stopped") for m in sub.of("status")),
+                       30, "the DAQ's final status")
+            cfg = load_config(emu.config_path)
+    finally:
+        sub.stop()
+    assert not sub.malformed
+    live = {(m.topic, m.spill): m for m in sub.messages if m.topic in SPILL_TOPICS}
+    builder = ReplayBuilder(cfg)
+    compared = with_events = 0
+    for path in list_spills(daq.rdir):
+        sd = read_spill(path)
+        spill = int(sd.attrs["spill"])
+        replayed = {m.topic: m for m in builder.messages(sd) if m.topic in SPILL_TOPICS}
+        published = {t for t, s in live if s == spill}
+        # a spill with events: every topic, live and replayed; a lost (empty) spill: no event topics at all
+        if sd.n_events:
+            with_events += 1
+            assert set(replayed) == published == set(SPILL_TOPICS), (spill, set(replayed), published)
+        else:
+            assert set(replayed) == {"scalers"} and published <= {"scalers"}
+        for topic in published:
+            lm, rm = live[(topic, spill)], replayed[topic]
+            assert (rm.run, rm.spill) == (lm.run, lm.spill)
+            assert rm.meta == lm.meta, topic
+            assert list(rm.arrays) == list(lm.arrays), topic
+            for name, a in lm.arrays.items():
+                b = rm.arrays[name]
+                assert (b.dtype, b.shape) == (a.dtype, a.shape), (topic, name)
+                assert np.array_equal(b, a), (topic, name)
+            mon.check(rm, strict=True)
+            compared += 1
+    assert with_events >= 1 and compared >= len(SPILL_TOPICS) * with_events
+    # the samples are spread over the spill: first and last recorded events included
+    spill, wf = max((s, m) for (t, s), m in live.items() if t == "waveforms")
+    sd = read_spill(next(p for p in list_spills(daq.rdir) if int(read_spill(p).attrs["spill"]) == spill))
+    ids = np.asarray(sd.event_id)
+    assert wf.arrays["event_ids"][0] == ids[0] and wf.arrays["event_ids"][-1] == ids[-1]
