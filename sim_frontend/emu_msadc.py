@@ -42,7 +42,7 @@ from detector.hwstatus import CrateState
 from detector.records import PARTICLE_NAMES, TRUTH_APRIME, TRUTH_CALIBRATION, TRUTH_DIMUON, \
     TRUTH_DTYPE, TRUTH_HADRONIC, TRUTH_PILEUP
 
-from .faults import CountedFaults
+from .faults import MSADCFaults
 from .scpi import Block, CommandTable, ErrorQueue, Line, ParseError, ScpiError, StreamParser, parse_float, \
     parse_int, split_args, split_header
 
@@ -144,6 +144,19 @@ class BinaryReply:
 Reply = str | BinaryReply
 
 
+@dataclass
+class Session:
+    """Per-connection state. An observer connection (``SYST:OBS ON``, emulator only) is read-only, has an
+    error queue of its own and is exempt from injected faults (a test's independent client)."""
+
+    observer: bool = False
+    errors: ErrorQueue = field(default_factory=ErrorQueue)
+
+
+#: commands that change the crate state shared by all connections (refused on an observer connection)
+MUTATING = frozenset({"*RST", "SPILl:SELect", "ACCepted:DATA", "CONFigure:SAMPles", "CONFigure:LATency"})
+
+
 # --------------------------------------------------------------------------------------------------
 class MSADCCrate:
     """State and SCPI semantics of the crate (thread-safe; no transport).
@@ -174,6 +187,7 @@ class MSADCCrate:
         self._latency_ns = DEFAULT_LATENCY_NS
         self._samples = chmap.N_SAMPLES
         self.commands = self._build_table()
+        self._local = threading.local()
         self.counters = {"commands": 0, "queries": 0, "errors": 0, "spills_completed": 0, "spills_evicted": 0}
 
     # ---------------------------------------------------------------- spill flow (called by the emulator)
@@ -226,11 +240,13 @@ class MSADCCrate:
                     "errors_total": self.errors.total, **self.counters}
 
     # ---------------------------------------------------------------- command execution
-    def execute(self, text: str, block: bytes | None = None) -> tuple[Any, Reply | None]:
+    def execute(self, text: str, block: bytes | None = None, session: Session | None = None
+                ) -> tuple[Any, Reply | None]:
         """Run one command (``text`` = header and arguments; ``block`` = payload of a trailing IEEE
-        block). Returns (the matched :class:`sim_frontend.scpi.Command` or None, the reply or None).
-        Never raises: errors go to the error queue."""
+        block) for the connection ``session``. Returns (the matched :class:`sim_frontend.scpi.Command` or
+        None, the reply or None). Never raises: errors go to the error queue."""
         cmd = None
+        self._local.session = session
         try:
             header, args = split_header(text)
             if not header:
@@ -240,6 +256,8 @@ class MSADCCrate:
             cmd = self.commands.lookup(header)
             if cmd is None:
                 raise ScpiError(-113, header[:40])
+            if session is not None and session.observer and cmd.pattern in MUTATING:
+                raise ScpiError(-221, f"{header} refused: an observer connection is read-only")
             self.counters["commands"] += 1
             if cmd.query:
                 self.counters["queries"] += 1
@@ -256,12 +274,23 @@ class MSADCCrate:
             return cmd, cmd.handler(split_args(args))
         except ScpiError as exc:
             self.counters["errors"] += 1
-            self.errors.push(exc.code, exc.detail)
+            self._errq().push(exc.code, exc.detail)
         except Exception as exc:  # noqa: BLE001 - a model bug must never kill the crate
             log.exception("MSADC crate failed on %r", text[:80])
             self.counters["errors"] += 1
-            self.errors.push(-200, f"internal error: {type(exc).__name__}: {exc}")
+            self._errq().push(-200, f"internal error: {type(exc).__name__}: {exc}")
         return cmd, None
+
+    def _errq(self) -> ErrorQueue:
+        """The error queue of the connection executing a command (an observer's own, else the shared one)."""
+        session = getattr(self._local, "session", None)
+        return session.errors if session is not None and session.observer else self.errors
+
+    def _observer(self, args: list[str]) -> None:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            raise ScpiError(-221, "SYST:OBS needs a connection")
+        session.observer = self._one_arg(args, "SYST:OBS").upper() in ("ON", "1")
 
     # ---------------------------------------------------------------- helpers of the handlers
     def _build_table(self) -> CommandTable:
@@ -274,8 +303,9 @@ class MSADCCrate:
         add("*OPC", lambda a: self._noargs(a, "*OPC"))
         add("*WAI", lambda a: self._noargs(a, "*WAI"))
         add("*TST?", lambda a: self._noargs(a, "*TST?") or "0")
-        add("SYSTem:ERRor[:NEXT]?", lambda a: self._noargs(a, "SYST:ERR?") or self.errors.pop())
-        add("SYSTem:ERRor:COUNt?", lambda a: self._noargs(a, "SYST:ERR:COUN?") or str(len(self.errors)))
+        add("SYSTem:ERRor[:NEXT]?", lambda a: self._noargs(a, "SYST:ERR?") or self._errq().pop())
+        add("SYSTem:ERRor:COUNt?", lambda a: self._noargs(a, "SYST:ERR:COUN?") or str(len(self._errq())))
+        add("SYSTem:OBServer", self._observer)
         add("CONFigure:SAMPles", self._conf_samples)
         add("CONFigure:SAMPles?", lambda a: self._noargs(a, "CONF:SAMP?") or str(self._samples))
         add("CONFigure:CHANnels?", lambda a: self._noargs(a, "CONF:CHAN?") or str(chmap.N_CHANNELS))
@@ -290,14 +320,17 @@ class MSADCCrate:
         add("SPILl:SELect?", self._spill_selected)
         add("SPILl:INFOrmation?", self._spill_info)
         add("SPILl:TRUTh?", self._spill_truth)
-        add("PRIMitives:COUNt?", lambda a: self._noargs(a, "PRIM:COUN?") or str(self._selected_record().particles))
+        add("PRIMitives:COUNt?", lambda a: str(self._spill_arg(a, 0, "PRIM:COUN?")[0].particles))
         add("PRIMitives:DATA?", self._prim_data, data=True)
         add("PRIMitives:TIME?", self._prim_time, data=True)
         add("ACCepted:DATA", self._acc_data, block=True)
         add("ACCepted:COUNt?", self._acc_count)
+        add("ACCepted:DATA?", lambda a: BinaryReply(np.ascontiguousarray(
+            self._spill_arg(a, 0, "ACC:DATA?")[0].accepted, dtype="<u4")), data=True)
         add("EVT|EVENT:COUNt?", self._acc_count)
         add("EVT|EVENT:DATA?", self._evt_data, data=True)
         add("EVT|EVENT:TRUTh?", self._evt_truth, data=True)
+        add("EVT|EVENT:INDex:DATA?", self._evt_index_data, data=True)
         return t
 
     @staticmethod
@@ -321,7 +354,7 @@ class MSADCCrate:
 
     def _cls(self, args: list[str]) -> None:
         self._noargs(args, "*CLS")
-        self.errors.clear()
+        self._errq().clear()
 
     def _one_arg(self, args: list[str], name: str) -> str:
         if not args or not args[0]:
@@ -370,9 +403,26 @@ class MSADCCrate:
                 raise ScpiError(-230, f"spill {self._selected} is no longer buffered")
             return rec
 
+    def _buffered_record(self, text: str) -> SpillRecord:
+        sid = parse_int(text, "spill id")
+        with self._lock:
+            rec = self._ring.get(sid)
+        if rec is None:
+            raise ScpiError(-230, f"spill {sid} is not buffered")
+        return rec
+
+    def _spill_arg(self, args: list[str], n: int, name: str) -> tuple[SpillRecord, list[str]]:
+        """The record a query reads: a trailing ``<spill>`` after ``n`` arguments names a buffered spill
+        (read-only, the selection is not touched), else the selected spill. Returns (record, the rest)."""
+        if len(args) == n + 1:
+            return self._buffered_record(args[n]), args[:n]
+        if len(args) > n + 1:
+            raise ScpiError(-102, f"{name} takes at most {n + 1} values, got {len(args)}")
+        return self._selected_record(), args
+
     def _spill_info(self, args: list[str]) -> str:
-        self._noargs(args, "SPIL:INFO?")
-        return json.dumps(self._selected_record().info(), separators=(",", ":"))
+        rec, _ = self._spill_arg(args, 0, "SPIL:INFO?")
+        return json.dumps(rec.info(), separators=(",", ":"))
 
     def _spill_truth(self, args: list[str]) -> str:
         self._noargs(args, "SPIL:TRUT?")
@@ -398,12 +448,12 @@ class MSADCCrate:
         return first, count
 
     def _prim_data(self, args: list[str]) -> BinaryReply:
-        rec = self._selected_record()
+        rec, args = self._spill_arg(args, 2, "PRIM:DATA?")
         first, count = self._range(args, rec.particles, "PRIM:DATA?")
         return BinaryReply(rec.primitives[first:first + count])
 
     def _prim_time(self, args: list[str]) -> BinaryReply:
-        rec = self._selected_record()
+        rec, args = self._spill_arg(args, 2, "PRIM:TIME?")
         first, count = self._range(args, rec.particles, "PRIM:TIME?")
         return BinaryReply(np.ascontiguousarray(rec.times[first:first + count], dtype="<f8"))
 
@@ -441,6 +491,22 @@ class MSADCCrate:
             raise ScpiError(-200, f"digitiser returned shape {wf.shape}")
         return BinaryReply(wf)
 
+    def _evt_index_data(self, args: list[str]) -> BinaryReply:
+        """``EVT:IND:DATA? <spill>,<index>[,<index>...]``: the full waveforms of those records of a
+        buffered spill, whatever the accepted list (read-only: for an independent check of a readout)."""
+        if len(args) < 2:
+            raise ScpiError(-109, "EVT:IND:DATA? needs <spill>,<index>[,<index>...]")
+        if len(args) - 1 > MAX_EVENTS_PER_QUERY:
+            raise ScpiError(-223, f"{len(args) - 1} records requested, at most {MAX_EVENTS_PER_QUERY} per query")
+        rec = self._buffered_record(args[0])
+        idx = np.array([parse_int(a, "index") for a in args[1:]], dtype=np.int64)
+        if idx.min() < 0 or idx.max() >= rec.particles:
+            raise ScpiError(-222, f"record index {int(idx.max())} is not below N = {rec.particles}")
+        if self.digitizer is None:
+            raise ScpiError(-200, "this crate has no digitiser")
+        return BinaryReply(np.ascontiguousarray(self.digitizer.events(rec.spill, rec.deposits, idx, rec.vmon),
+                                                dtype="<i2"))
+
     def _evt_truth(self, args: list[str]) -> BinaryReply:
         rec = self._selected_record()
         acc = rec.accepted
@@ -452,20 +518,6 @@ class MSADCCrate:
 
 def _fmt_num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
-
-
-# --------------------------------------------------------------------------------------------------
-class MSADCFaults(CountedFaults):
-    """Injected faults of the crate (docs/protocols.md section 5), thread-safe.
-
-    ``delay`` (``seconds``: every reply waits), ``no_reply`` (``count``: the next queries get no reply),
-    ``drop`` (``count``, default 1: the connection is closed at the next data query), ``truncate``
-    (``count``, default 1: the next binary block is cut short, the header announcing more bytes than
-    follow), ``corrupt`` (``count``, default 1: the next binary block has a bad header: ``#<n>`` followed
-    by ``n`` question marks instead of the length digits, then the payload and the terminator)."""
-
-    ENDPOINT = "msadc"
-    COUNTED = ("no_reply", "drop", "truncate", "corrupt")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -487,11 +539,12 @@ class MSADCServer:
         self.host = host
         self.port = port
         self.faults = faults if faults is not None else MSADCFaults()
+        self.faults.resolve = crate.commands.lookup
         self.idle_timeout_s = idle_timeout_s
         self.send_timeout_s = send_timeout_s
         self.max_clients = max_clients
         self.stats = {"connections": 0, "refused": 0, "dropped": 0, "no_reply": 0, "truncated": 0,
-                      "corrupted": 0, "bytes_in": 0, "bytes_out": 0, "disconnects": 0}
+                      "corrupted": 0, "delayed": 0, "bytes_in": 0, "bytes_out": 0, "disconnects": 0}
         self._listener: socket.socket | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -599,6 +652,7 @@ class MSADCServer:
     # ---------------------------------------------------------------- one connection
     def _serve(self, conn: socket.socket) -> None:
         parser = StreamParser(max_line=MAX_LINE_BYTES, max_block=MAX_UPLOAD_BYTES)
+        session = Session()
         last_rx = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -625,7 +679,7 @@ class MSADCServer:
                         time.monotonic() - last_rx > self.idle_timeout_s:
                     items = parser.idle()
                 for item in items:
-                    self._handle_item(conn, item)
+                    self._handle_item(conn, item, session)
         except _Dropped:
             pass
         except Exception:  # noqa: BLE001 - never let a connection thread die silently
@@ -639,11 +693,13 @@ class MSADCServer:
             with self._conns_lock:
                 self._conns.pop(conn, None)
 
-    def _handle_item(self, conn: socket.socket, item: Any) -> None:
+    def _handle_item(self, conn: socket.socket, item: Any, session: Session) -> None:
         crate = self.crate
+        errors = session.errors if session.observer else crate.errors
+        faults = None if session.observer else self.faults        # an observer is exempt from faults
         if isinstance(item, ParseError):
             crate.counters["errors"] += 1
-            crate.errors.push(item.code, item.detail)
+            errors.push(item.code, item.detail)
             return
         if isinstance(item, Line):
             head, block = item.text, None
@@ -654,20 +710,26 @@ class MSADCServer:
             text = head.decode("ascii")
         except UnicodeDecodeError:
             crate.counters["errors"] += 1
-            crate.errors.push(-102, "non-ASCII bytes in the command")
+            errors.push(-102, "non-ASCII bytes in the command")
             return
         if not text.isprintable():
             text = text.replace("\t", " ")
             if not text.isprintable():
                 crate.counters["errors"] += 1
-                crate.errors.push(-102, "control characters in the command")
+                errors.push(-102, "control characters in the command")
                 return
         segments = text.split(";")
         replies: list[Reply] = []
         for i, seg in enumerate(segments):
             last = i == len(segments) - 1
-            cmd, reply = crate.execute(seg, block if last else None)
+            if faults is not None:
+                faults.maybe_pause(crate.commands.lookup(split_header(seg)[0]),
+                                   lambda: {"selected": crate.snapshot()["selected"]}, self._stop)
+            cmd, reply = crate.execute(seg, block if last else None, session)
             if reply is None or cmd is None or not cmd.query:
+                continue
+            if faults is None:
+                replies.append(reply)
                 continue
             if cmd.data and self.faults.take("drop"):
                 self.stats["dropped"] += 1
@@ -679,9 +741,11 @@ class MSADCServer:
             replies.append(reply)
         if not replies:
             return
-        delay = self.faults.delay_s
-        if delay > 0 and self._stop.wait(delay):
-            raise _Dropped()
+        delay = faults.take_delay() if faults is not None else 0.0
+        if delay > 0:
+            self.stats["delayed"] += 1
+            if self._stop.wait(delay):
+                raise _Dropped()
         if all(isinstance(r, str) for r in replies):
             self._send(conn, (";".join(replies) + "\n").encode("ascii", errors="replace"))   # type: ignore[arg-type]
             return
@@ -689,11 +753,11 @@ class MSADCServer:
             if isinstance(r, str):
                 self._send(conn, (r + "\n").encode("ascii", errors="replace"))
             else:
-                self._send_block(conn, r)
+                self._send_block(conn, r, faults is not None)
 
-    def _send_block(self, conn: socket.socket, r: BinaryReply) -> None:
+    def _send_block(self, conn: socket.socket, r: BinaryReply, faulty: bool = True) -> None:
         payload = r.payload()
-        if self.faults.take("corrupt"):
+        if faulty and self.faults.take("corrupt"):
             self.stats["corrupted"] += 1
             hdr = r.header()
             bad = hdr[:2] + b"?" * (len(hdr) - 2)            # '#<n>' then a length field that is no number
@@ -701,7 +765,7 @@ class MSADCServer:
             self._send(conn, payload)
             self._send(conn, b"\n")
             return
-        if self.faults.take("truncate"):
+        if faulty and self.faults.take("truncate"):
             self.stats["truncated"] += 1
             self._send(conn, r.header(max(r.array.nbytes, 1)))
             self._send(conn, payload[:len(payload) // 2])

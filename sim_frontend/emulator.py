@@ -571,6 +571,8 @@ class Emulator:
             "feed": {"external": self.external_feed, "child_alive": self.child_alive,
                      "malformed": int(getattr(self.receiver, "malformed", 0) or 0)},
             "msadc_server": dict(self.msadc_server.stats),
+            "faults_fired": {"msadc": self.msadc_faults.fired(),
+                             **{n: fs.fired() for n, fs in (self.serial.faults.items() if self.serial else ())}},
         }
         if full:
             out["hv"] = self.hv.state()

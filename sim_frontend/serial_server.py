@@ -79,12 +79,14 @@ class FaultState(CountedFaults):
         with self._lock:
             if self._counts["drop"] > 0:
                 if consume_drop:
-                    self._counts["drop"] -= 1
+                    self._take_locked("drop")
+                else:
+                    self._fired["drop"] += 1
                 return ReplyAction(drop=True, reply=False)
             if self._take_locked("no_reply"):
-                return ReplyAction(reply=False, delay_s=self._delay)
+                return ReplyAction(reply=False, delay_s=self._delay_locked())
             noise = self._rng.randbytes(self._rng.randint(1, 16)) if self._take_locked("noise") else b""
-            return ReplyAction(delay_s=self._delay, noise=noise)
+            return ReplyAction(delay_s=self._delay_locked(), noise=noise)
 
 
 # --------------------------------------------------------------------------------------------------
