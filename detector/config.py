@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import channels as ch
-from .settings import SCHEMA, Config, Field
+from .settings import SCHEMA, Config, EnergyLine, Field
 
 __all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "SCHEMA", "Calibration", "Config", "ConfigError", "Field", "as_config",
            "defaults", "dump_toml", "load_calibration", "load_config", "validate"]
@@ -86,32 +86,34 @@ def validate(data: Mapping[str, Any], source: str = "<config>") -> Config:
     :class:`~detector.settings.Config` (``path`` None)."""
     out = defaults()
     _merge(source, SCHEMA, dict(data), out, "")
-    _check_consistency(source, out)
-    return Config.from_dict(out)
+    cfg = Config.from_dict(out)
+    _check_consistency(source, cfg)
+    return cfg
 
 
-def _check_consistency(source: str, cfg: dict[str, Any]) -> None:
-    hv = cfg["hv"]
-    if hv["min_v"] > hv["max_v"]:
-        raise ConfigError(f"{source}: hv.min_v = {hv['min_v']} is above hv.max_v = {hv['max_v']}")
-    if hv["safe_v"] > hv["max_v"]:
-        raise ConfigError(f"{source}: hv.safe_v = {hv['safe_v']} is above hv.max_v = {hv['max_v']}")
-    if cfg["spill"]["length_s"] >= cfg["spill"]["supercycle_s"]:
-        raise ConfigError(f"{source}: spill.length_s = {cfg['spill']['length_s']} must be shorter than "
-                          f"spill.supercycle_s = {cfg['spill']['supercycle_s']}")
-    fracs = sum(cfg["beam"][k] for k in ("frac_pion", "frac_kaon", "frac_muon", "frac_halo", "frac_upstream"))
+def _check_consistency(source: str, cfg: Config) -> None:
+    hv = cfg.hv
+    if hv.min_v > hv.max_v:
+        raise ConfigError(f"{source}: hv.min_v = {hv.min_v} is above hv.max_v = {hv.max_v}")
+    if hv.safe_v > hv.max_v:
+        raise ConfigError(f"{source}: hv.safe_v = {hv.safe_v} is above hv.max_v = {hv.max_v}")
+    if cfg.spill.length_s >= cfg.spill.supercycle_s:
+        raise ConfigError(f"{source}: spill.length_s = {cfg.spill.length_s} must be shorter than "
+                          f"spill.supercycle_s = {cfg.spill.supercycle_s}")
+    b = cfg.beam
+    fracs = sum((b.frac_pion, b.frac_kaon, b.frac_muon, b.frac_halo, b.frac_upstream))
     if fracs >= 1.0:
         raise ConfigError(f"{source}: beam fractions (pion+kaon+muon+halo+upstream) add up to {fracs:.3f} >= 1")
-    host = cfg["endpoints"]["host"]
-    if not (host.startswith("127.") or host in ("localhost", "::1")) and not cfg["endpoints"]["zmq_curve"]:
+    host = cfg.endpoints.host
+    if not (host.startswith("127.") or host in ("localhost", "::1")) and not cfg.endpoints.zmq_curve:
         raise ConfigError(f"{source}: endpoints.host = {host!r} is not loopback; binding beyond loopback "
                           "needs endpoints.zmq_curve = true")
-    t = cfg["trigger"]["menu"]
-    for name in ("physics", "dimuon"):
-        if t[name]["ps_min_gev"] >= t[name]["ecal_max_gev"]:
-            raise ConfigError(f"{source}: trigger.menu.{name}: ps_min_gev = {t[name]['ps_min_gev']} must be "
-                              f"below ecal_max_gev = {t[name]['ecal_max_gev']}")
-    if not any(t[name]["enabled"] for name in t):
+    menu = cfg.trigger.menu
+    for name, line in menu.items():
+        if isinstance(line, EnergyLine) and line.ps_min_gev >= line.ecal_max_gev:
+            raise ConfigError(f"{source}: trigger.menu.{name}: ps_min_gev = {line.ps_min_gev} must be "
+                              f"below ecal_max_gev = {line.ecal_max_gev}")
+    if not any(line.enabled for line in menu.values()):
         raise ConfigError(f"{source}: trigger.menu enables no trigger")
 
 
@@ -151,8 +153,7 @@ def _plain(v: Any) -> Any:
 
 def dump_toml(cfg: Config | Mapping[str, Any]) -> str:
     """Write a (validated) config back as TOML text, for run records and reproducibility."""
-    if isinstance(cfg, Config):
-        cfg = cfg.to_dict()
+    data = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
     lines: list[str] = []
 
     def fmt(v: Any) -> str:
@@ -178,7 +179,7 @@ def dump_toml(cfg: Config | Mapping[str, Any]) -> str:
         for k, v in tables.items():
             walk(v, f"{prefix}.{k}" if prefix else k)
 
-    walk(cfg, "")
+    walk(data, "")
     return "\n".join(lines)
 
 

@@ -3,9 +3,12 @@
 The classes below ARE the schema. Each key is written once, as a dataclass field: its Python type is
 the annotation, and :func:`key` attaches the default, the allowed range or choices, the unit and the
 doc. :data:`SCHEMA` (section -> key -> :class:`Field`), which ``detector.config`` validates TOML
-against and which ``docs/configuration.md``-style tables are printed from, is derived from these classes
-at import time. So code reads ``cfg.daq.min_free_mb`` with a type mypy knows, and the meaning of the key
-(type, default, range, unit) lives in one place; there is no second list to keep in step.
+against, is derived from these classes at import time. So code reads ``cfg.daq.min_free_mb`` with a
+type mypy knows, and the meaning of a key (type, default, range, unit) is defined once.
+
+Why this way round (classes first, dict derived) and not ``dataclasses.make_dataclass`` from a SCHEMA
+dict: a type checker sees attribute types only in written class bodies, so generated classes would need
+hand-written twins for mypy, i.e. every key twice, held together only by a test.
 
 Annotation -> accepted TOML values: ``float`` takes an integer or a number (kept as written),
 ``int`` an integer, ``bool`` true/false, ``str`` a string, ``tuple[...]`` an array (stored as a tuple).
@@ -14,9 +17,10 @@ The trigger menu is a mapping name -> line record (:class:`EnergyLine`, :class:`
 :class:`RandomLine`), declared in :data:`MENU_LINES` with per-line default overrides, so that the number
 of lines is data, not attributes.
 
-:class:`Config` is built only by ``detector.config`` (``load_config``, ``validate``, and
-:meth:`Config.with_overrides`), i.e. always after validation; :meth:`Config.to_dict` gives the nested
-dict back (``detector.config.dump_toml`` writes it as TOML).
+:class:`Config` is built by ``detector.config`` (``load_config``, ``validate``) and by
+:meth:`Config.with_overrides`, i.e. always after validation; :meth:`Config.to_dict` gives the nested
+dict back (``detector.config.dump_toml`` writes it as TOML). ``dataclasses.replace`` makes an
+unvalidated variant where a program needs a value outside the file ranges (e.g. a very short spill).
 """
 import dataclasses
 from collections.abc import Iterator, Mapping
@@ -63,9 +67,9 @@ def key(default: Any, lo: float | None = None, hi: float | None = None, *, choic
 
 # ---------------------------------------------------------------------------------------------------
 # TRANSITION ONLY: mapping access (``cfg["daq"]["x"]``, ``.get``, ``in``, ``dict(...)``, ``**``) for the
-# code not yet converted to attributes. Remove this class (and its use as a base below) once
-# ``grep -rn 'cfg\["' --include=*.py`` finds nothing; it is the only place that knows about it.
-class _MappingAccess:
+# code not yet converted to attributes. Remove this class (the base of Section and Config) and the two
+# lines of Config marked "transition" once ``grep -rn 'cfg\["' --include=*.py`` finds nothing.
+class _MappingAccess(Mapping[str, Any]):
     _ALIASES: ClassVar[dict[str, str]] = {}
 
     def _names(self) -> list[str]:
@@ -76,21 +80,12 @@ class _MappingAccess:
             raise KeyError(name)
         return getattr(self, self._ALIASES.get(name, name))
 
-    def get(self, name: str, default: Any = None) -> Any:
-        return self[name] if name in self._names() else default
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names()
-
-    def keys(self) -> list[str]:
-        return self._names()
-
     def __iter__(self) -> Iterator[str]:
         return iter(self._names())
 
-    def items(self) -> list[tuple[str, Any]]:
-        return [(n, self[n]) for n in self._names()]
-# ---------------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._names())
+# --------------------------------------------------------------------------------- end of transition
 
 
 class Section(_MappingAccess):
@@ -138,16 +133,13 @@ def fields_schema(cls: type[Section], overrides: Mapping[str, Any] | None = None
     return out
 
 
-section = dataclass(frozen=True)
-
-
 # ------------------------------------------------------------------------------------------ sections
-@section
+@dataclass(frozen=True)
 class CalibrationSection(Section):
     file: str = key("calibration.toml", doc="per-channel constants, relative to this config file")
 
 
-@section
+@dataclass(frozen=True)
 class EndpointsSection(Section):
     host: str = key("127.0.0.1", doc="address every server binds to; non-loopback needs zmq_curve")
     zmq_curve: bool = key(False, doc="require ZeroMQ CURVE keys (mandatory off loopback)")
@@ -159,14 +151,14 @@ class EndpointsSection(Section):
     monitor: str = key("tcp://127.0.0.1:5556", doc="ZeroMQ PUB address of na64-daq's monitoring stream")
 
 
-@section
+@dataclass(frozen=True)
 class SpillSection(Section):
     length_s: float = key(4.8, 0.01, 60.0, unit="s", doc="beam (flat-top) duration of a spill")
     supercycle_s: float = key(30.0, 0.02, 120.0, unit="s", doc="spill period; physics.md: 14.4-48 s")
     count: int = key(0, 0, 10**9, doc="spills the feed generates; 0 = until stopped")
 
 
-@section
+@dataclass(frozen=True)
 class BeamSection(Section):
     particles_per_spill: float = key(5e6, 0, 2e7, doc="particles per spill (EOT scale)")
     energy_gev: float = key(100.0, 1.0, 400.0, unit="GeV")
@@ -187,7 +179,7 @@ class BeamSection(Section):
     calibration_particles_per_spill: float = key(2e4, 0, 1e7)
 
 
-@section
+@dataclass(frozen=True)
 class AprimeSection(Section):
     enabled: bool = key(False, doc="inject A' -> invisible signal events")
     mass_mev: float = key(16.7, 1.0, 1000.0, unit="MeV")
@@ -195,7 +187,7 @@ class AprimeSection(Section):
     bias: float = key(1.0, 1.0, 1e12, doc="rate bias (recorded in truth as a weight)")
 
 
-@section
+@dataclass(frozen=True)
 class EmulatorSection(Section):
     gain_spread: float = key(0.30, 0.0, 0.9, doc="hidden HCAL gain spread (+/- fraction, uniform)")
     gain_spread_other: float = key(0.02, 0.0, 0.9, doc="hidden gain spread of ECAL, counters, SRD (calibrated)")
@@ -211,21 +203,21 @@ class EmulatorSection(Section):
 
 
 # ------------------------------------------------------------------------------------- trigger menu
-@section
+@dataclass(frozen=True)
 class BeamLine(Section):
     """The beam trigger: S1*S2*S3, prescaled."""
     enabled: bool = key(True)
     prescale: int = key(1000, 1, 10**7)
 
 
-@section
+@dataclass(frozen=True)
 class RandomLine(Section):
     """The random (periodic) trigger."""
     enabled: bool = key(True)
     rate_hz: float = key(10.0, 0.0, 1e5, unit="Hz")
 
 
-@section
+@dataclass(frozen=True)
 class EnergyLine(Section):
     """An energy trigger: counters, E_PS above ``ps_min_gev``, E_ECAL below ``ecal_max_gev``."""
     enabled: bool = key(True)
@@ -275,7 +267,7 @@ def _menu_default() -> MenuLines:
     return MenuLines({n: kind(**over) for n, (kind, over) in MENU_LINES.items()})
 
 
-@section
+@dataclass(frozen=True)
 class TriggerSection(Section):
     window_ns: float = key(10.0, 0.5, 100.0, unit="ns", doc="counter coincidence half-window")
     counter_threshold_mip: float = key(0.5, 0.05, 10.0, doc="S and V threshold in MIP")
@@ -284,10 +276,11 @@ class TriggerSection(Section):
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TriggerSection":
-        return cls(**{k: (MenuLines.from_dict(v) if k == "menu" else v) for k, v in d.items()})
+        kw: dict[str, Any] = {k: (MenuLines.from_dict(v) if k == "menu" else v) for k, v in d.items()}
+        return cls(**kw)
 
 
-@section
+@dataclass(frozen=True)
 class DaqSection(Section):
     visa_library: str = key("@py", doc="pyvisa backend")
     timeout_ms: int = key(10000, 10, 600000, unit="ms")
@@ -304,7 +297,7 @@ class DaqSection(Section):
                                  "not written (flagged disk_full) and the run stops")
 
 
-@section
+@dataclass(frozen=True)
 class HvSection(Section):
     max_v: float = key(1500.0, 0.0, 2000.0, unit="V", doc="per-channel voltage limit (refuse above)")
     min_v: float = key(500.0, 0.0, 2000.0, unit="V", doc="lowest operating set point")
@@ -320,7 +313,7 @@ class HvSection(Section):
     max_current_ua: float = key(500.0, 1.0, 1000.0, unit="uA")
 
 
-@section
+@dataclass(frozen=True)
 class HvTuneSection(Section):
     target: float = key(2500.0, 100.0, 4000.0, unit="ADC counts")
     tolerance: float = key(0.02, 0.001, 0.5)
@@ -330,7 +323,7 @@ class HvTuneSection(Section):
     max_spills_per_point: int = key(5, 1, 1000)
 
 
-@section
+@dataclass(frozen=True)
 class MonitorSection(Section):
     repaint_hz: float = key(5.0, 0.2, 10.0, unit="Hz")
     yields_file: str = key("", doc="JSON written by `na64-offline yields --json` (empty: no sensitivity view)")
@@ -341,7 +334,7 @@ class MonitorSection(Section):
     signal_efficiency: float = key(0.5, 0.01, 1.0, doc="signal efficiency for the live sensitivity view")
 
 
-@section
+@dataclass(frozen=True)
 class OfflineSection(Section):
     ecal_box_max_gev: float = key(50.0, 0.0, 400.0, unit="GeV")
     hcal_box_max_gev: float = key(1.0, 0.0, 100.0, unit="GeV")
@@ -380,7 +373,7 @@ class Config(_MappingAccess):
     """A validated configuration. ``path``: the resolved file it was read from (None: defaults or a
     run record); a relative ``calibration.file`` is taken relative to it."""
 
-    _ALIASES: ClassVar[dict[str, str]] = {"_path": "path"}
+    _ALIASES: ClassVar[dict[str, str]] = {"_path": "path"}      # transition: the old ``cfg["_path"]``
 
     calibration: CalibrationSection
     endpoints: EndpointsSection
@@ -396,10 +389,14 @@ class Config(_MappingAccess):
     offline: OfflineSection
     path: str | None = None
 
+    def _names(self) -> list[str]:                              # transition: the keys of the old dict
+        return [*SECTIONS, *self._ALIASES]
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str | None = None) -> "Config":
         """From a validated nested dict (``detector.config.validate`` builds it; do not call directly)."""
-        return cls(**{n: kind.from_dict(d[n]) for n, kind in SECTIONS.items()}, path=path)
+        sections: dict[str, Any] = {n: kind.from_dict(d[n]) for n, kind in SECTIONS.items()}
+        return cls(**sections, path=path)
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a nested dict of plain values (no ``path``), as ``tomllib`` reads it."""
