@@ -136,11 +136,15 @@ def fields_schema(cls: type[Section], overrides: Mapping[str, Any] | None = None
 # ------------------------------------------------------------------------------------------ sections
 @dataclass(frozen=True)
 class CalibrationSection(Section):
+    """``[calibration]``: where the per-channel constants are."""
+
     file: str = key("calibration.toml", doc="per-channel constants, relative to this config file")
 
 
 @dataclass(frozen=True)
 class EndpointsSection(Section):
+    """``[endpoints]``: addresses and ports of the servers and streams."""
+
     host: str = key("127.0.0.1", doc="address every server binds to; non-loopback needs zmq_curve")
     zmq_curve: bool = key(False, doc="require ZeroMQ CURVE keys (mandatory off loopback)")
     msadc_port: int = key(0, 0, 65535, doc="VISA socket port of the MSADC crate; 0 = any free port")
@@ -153,6 +157,8 @@ class EndpointsSection(Section):
 
 @dataclass(frozen=True)
 class SpillSection(Section):
+    """``[spill]``: the SPS spill cycle."""
+
     length_s: float = key(4.8, 0.01, 60.0, unit="s", doc="beam (flat-top) duration of a spill")
     supercycle_s: float = key(30.0, 0.02, 120.0, unit="s", doc="spill period; physics.md: 14.4-48 s")
     count: int = key(0, 0, 10**9, doc="spills the feed generates; 0 = until stopped")
@@ -160,6 +166,8 @@ class SpillSection(Section):
 
 @dataclass(frozen=True)
 class BeamSection(Section):
+    """``[beam]``: the simulated beam (composition, spot, seeds)."""
+
     particles_per_spill: float = key(5e6, 0, 2e7, doc="particles per spill (EOT scale)")
     energy_gev: float = key(100.0, 1.0, 400.0, unit="GeV")
     energy_spread: float = key(0.01, 0.0, 0.2, doc="relative RMS momentum spread")
@@ -181,6 +189,8 @@ class BeamSection(Section):
 
 @dataclass(frozen=True)
 class AprimeSection(Section):
+    """``[aprime]``: injected A' -> invisible signal."""
+
     enabled: bool = key(False, doc="inject A' -> invisible signal events")
     mass_mev: float = key(16.7, 1.0, 1000.0, unit="MeV")
     epsilon: float = key(1e-4, 0.0, 1.0, doc="kinetic mixing")
@@ -189,6 +199,8 @@ class AprimeSection(Section):
 
 @dataclass(frozen=True)
 class EmulatorSection(Section):
+    """``[emulator]``: the emulated hardware and its hidden truth (gains the calibration must find)."""
+
     gain_spread: float = key(0.30, 0.0, 0.9, doc="hidden HCAL gain spread (+/- fraction, uniform)")
     gain_spread_other: float = key(0.02, 0.0, 0.9, doc="hidden gain spread of ECAL, counters, SRD (calibrated)")
     gamma_mean: float = key(7.5, 3.0, 12.0, doc="hidden gain-law exponent, mean")
@@ -269,6 +281,8 @@ def _menu_default() -> MenuLines:
 
 @dataclass(frozen=True)
 class TriggerSection(Section):
+    """``[trigger]``: counter coincidence settings and the menu of trigger lines."""
+
     window_ns: float = key(10.0, 0.5, 100.0, unit="ns", doc="counter coincidence half-window")
     counter_threshold_mip: float = key(0.5, 0.05, 10.0, doc="S and V threshold in MIP")
     mip_adc: float = key(200.0, 1.0, 4000.0, unit="ADC counts", doc="counter amplitude of one MIP")
@@ -282,6 +296,8 @@ class TriggerSection(Section):
 
 @dataclass(frozen=True)
 class DaqSection(Section):
+    """``[daq]``: readout, recording and monitoring of ``na64-daq``."""
+
     visa_library: str = key("@py", doc="pyvisa backend")
     timeout_ms: int = key(10000, 10, 600000, unit="ms")
     retries: int = key(3, 0, 20)
@@ -299,6 +315,8 @@ class DaqSection(Section):
 
 @dataclass(frozen=True)
 class HvSection(Section):
+    """``[hv]``: HV limits, ramps and the serial line."""
+
     max_v: float = key(1500.0, 0.0, 2000.0, unit="V", doc="per-channel voltage limit (refuse above)")
     min_v: float = key(500.0, 0.0, 2000.0, unit="V", doc="lowest operating set point")
     max_step_v: float = key(50.0, 0.1, 500.0, unit="V", doc="largest change of one calibration step")
@@ -315,6 +333,8 @@ class HvSection(Section):
 
 @dataclass(frozen=True)
 class HvTuneSection(Section):
+    """``[hv_tune]``: the HCAL HV equalisation campaign."""
+
     target: float = key(2500.0, 100.0, 4000.0, unit="ADC counts")
     tolerance: float = key(0.02, 0.001, 0.5)
     max_iterations: int = key(5, 1, 50)
@@ -325,6 +345,8 @@ class HvTuneSection(Section):
 
 @dataclass(frozen=True)
 class MonitorSection(Section):
+    """``[monitor]``: the online monitor's views and alarms."""
+
     repaint_hz: float = key(5.0, 0.2, 10.0, unit="Hz")
     yields_file: str = key("", doc="JSON written by `na64-offline yields --json` (empty: no sensitivity view)")
     rate_drop_fraction: float = key(0.5, 0.0, 1.0, doc="alarm when S1 falls below this x the running mean")
@@ -336,6 +358,8 @@ class MonitorSection(Section):
 
 @dataclass(frozen=True)
 class OfflineSection(Section):
+    """``[offline]``: offline reconstruction and selection cuts."""
+
     ecal_box_max_gev: float = key(50.0, 0.0, 400.0, unit="GeV")
     hcal_box_max_gev: float = key(1.0, 0.0, 100.0, unit="GeV")
     cell_pileup_min_gev: float = key(1.0, 0.0, 100.0, unit="GeV")
