@@ -33,8 +33,7 @@ from offline import selection as sel  # noqa: E402
 
 
 def make_run(out: pathlib.Path, n_spills: int, particles: int) -> pathlib.Path:
-    cfg = fx.make_config(fx.APRIME, seed=777)
-    cfg["trigger"]["menu"]["beam"]["prescale"] = 25
+    cfg = fx.make_config(fx.APRIME, seed=777).with_overrides({"trigger": {"menu": {"beam": {"prescale": 25}}}})
     return fx.make_run(out, 1, cfg, n_spills, particles)
 
 

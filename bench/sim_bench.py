@@ -104,7 +104,7 @@ def main() -> int:
     frac_e = float(np.mean(ecal_peak > 2000))
     expect_e = float(np.mean((sp.truth["ptype"] == 0) | (sp.truth["e_ecal"] > 60)))
 
-    length = float(cfg["spill"]["length_s"])
+    length = float(cfg.spill.length_s)
     out = {
         "case": "primitives_5e6" if n == 5_000_000 else f"primitives_{n}",
         "seconds": round(best[3], 3),

@@ -29,7 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from detector.config import dump_toml, load_config
+from detector.config import Config, dump_toml, load_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BIN = pathlib.Path(sys.executable).parent
@@ -99,13 +99,11 @@ class Processes:
             self.stop(name, proc)
 
 
-def write_config(base: dict[str, Any], path: pathlib.Path, **sections: dict[str, Any]) -> pathlib.Path:
-    cfg = json.loads(json.dumps({k: v for k, v in base.items() if not k.startswith("_")}))
-    for sec, values in sections.items():
-        cfg[sec].update(values)
-    cfg["calibration"]["file"] = str(ROOT / "config" / "calibration.toml")
+def write_config(base: Config, path: pathlib.Path, **sections: dict[str, Any]) -> pathlib.Path:
+    """``base`` with the keys of ``sections`` overridden (validated), written to ``path`` as TOML."""
+    cfg = base.with_overrides({**sections, "calibration": {"file": str(ROOT / "config" / "calibration.toml")}})
     path.write_text(dump_toml(cfg))
-    load_config(path)          # validate
+    load_config(path)          # the file reads back
     return path
 
 
@@ -168,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg_path = write_config(base, out / "beamtime.toml")
         calib_feed = write_config(base, out / "feed-calibration.toml",
-                                  beam={"particles_per_spill": base["beam"]["calibration_particles_per_spill"]},
+                                  beam={"particles_per_spill": base.beam.calibration_particles_per_spill},
                                   spill={"length_s": 0.3, "supercycle_s": 0.8})
         aprime_feed = write_config(base, out / "feed-aprime.toml", aprime={"enabled": True})
         plain_feed = write_config(base, out / "feed-physics.toml", aprime={"enabled": False})

@@ -1,5 +1,7 @@
-"""Configuration: TOML files under ``config/`` read with stdlib ``tomllib`` and validated against one
-declarative schema.
+"""Configuration: TOML files under ``config/`` read with stdlib ``tomllib``, validated against one
+declarative schema and returned as a typed, frozen :class:`~detector.settings.Config` (``cfg.daq.retries``).
+
+The schema is the section dataclasses of :mod:`detector.settings` (:data:`SCHEMA` is derived from them).
 
 Every key has a type, a default, an allowed range or set of choices and a unit. An unknown section or
 key, a wrong type or an out-of-range value raises :class:`ConfigError` naming the file, the key and what
@@ -12,15 +14,21 @@ Per-channel calibration (GeV per ADC count, HV set points, pedestals) lives in a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import pathlib
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import channels as ch
+from .settings import SCHEMA, Config, EnergyLine, Field
+
+__all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "SCHEMA", "Calibration", "Config", "ConfigError", "Field", "as_config",
+           "defaults", "dump_toml", "load_calibration", "load_config", "validate"]
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "config"
 DEFAULT_CONFIG = CONFIG_DIR / "default.toml"
@@ -28,180 +36,6 @@ DEFAULT_CONFIG = CONFIG_DIR / "default.toml"
 
 class ConfigError(ValueError):
     """A configuration file or value is invalid; the message names file, key and the allowed values."""
-
-
-@dataclass(frozen=True)
-class Field:
-    """One configuration key: its type, default, range and unit."""
-
-    type: type | tuple[type, ...]
-    default: Any
-    lo: float | None = None
-    hi: float | None = None
-    choices: tuple[Any, ...] | None = None
-    unit: str = ""
-    doc: str = ""
-
-    def allowed(self) -> str:
-        if self.choices is not None:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        names = {bool: "true/false", int: "an integer", float: "a number", str: "a string",
-                 list: "a list", dict: "a table"}
-        types = self.type if isinstance(self.type, tuple) else (self.type,)
-        kind = " or ".join(names.get(t, t.__name__) for t in types)
-        if self.lo is not None or self.hi is not None:
-            kind += f" in [{self.lo if self.lo is not None else '-inf'}, {self.hi if self.hi is not None else 'inf'}]"
-        return kind + (f" {self.unit}" if self.unit else "")
-
-
-F = Field
-NUM = (int, float)
-
-#: The whole schema: section -> key -> Field. Sub-tables (e.g. ``trigger.menu.physics``) are
-#: described by a nested dict.
-SCHEMA: dict[str, Any] = {
-    "calibration": {
-        "file": F(str, "calibration.toml", doc="per-channel constants, relative to this config file"),
-    },
-    "endpoints": {
-        "host": F(str, "127.0.0.1", doc="address every server binds to; non-loopback needs zmq_curve"),
-        "zmq_curve": F(bool, False, doc="require ZeroMQ CURVE keys (mandatory off loopback)"),
-        "msadc_port": F(int, 0, 0, 65535, doc="VISA socket port of the MSADC crate; 0 = any free port"),
-        "hv_port": F(int, 0, 0, 65535, doc="TCP port of the HV serial line; 0 = any free port"),
-        "table_port": F(int, 0, 0, 65535, doc="TCP port of the table serial line; 0 = any free port"),
-        "feed_port": F(int, 0, 0, 65535, doc="ZeroMQ port of the beam feed; 0 = any free port"),
-        "control_port": F(int, 0, 0, 65535, doc="ZeroMQ REP port of the emulator control; 0 = any"),
-        "monitor": F(str, "tcp://127.0.0.1:5556", doc="ZeroMQ PUB address of na64-daq's monitoring stream"),
-    },
-    "spill": {
-        "length_s": F(NUM, 4.8, 0.01, 60.0, unit="s", doc="beam (flat-top) duration of a spill"),
-        "supercycle_s": F(NUM, 30.0, 0.02, 120.0, unit="s", doc="spill period; physics.md: 14.4-48 s"),
-        "count": F(int, 0, 0, 10**9, doc="spills the feed generates; 0 = until stopped"),
-    },
-    "beam": {
-        "particles_per_spill": F(NUM, 5e6, 0, 2e7, doc="particles per spill (EOT scale)"),
-        "energy_gev": F(NUM, 100.0, 1.0, 400.0, unit="GeV"),
-        "energy_spread": F(NUM, 0.01, 0.0, 0.2, doc="relative RMS momentum spread"),
-        "x_mm": F(NUM, 0.0, -100.0, 100.0, unit="mm", doc="beam centre at the ECAL face"),
-        "y_mm": F(NUM, 0.0, -100.0, 100.0, unit="mm"),
-        "sigma_mm": F(NUM, 5.0, 0.1, 50.0, unit="mm", doc="beam spot RMS"),
-        "frac_pion": F(NUM, 3e-3, 0.0, 0.5, doc="pi- per particle"),
-        "frac_kaon": F(NUM, 3e-4, 0.0, 0.5),
-        "frac_muon": F(NUM, 1e-3, 0.0, 0.5),
-        "frac_halo": F(NUM, 0.126, 0.0, 0.9, doc="halo particles that fire V0 (physics.md: V0/S1 = 0.126)"),
-        "frac_halo_v1": F(NUM, 0.05, 0.0, 1.0, doc="fraction of the halo that also fires V1"),
-        "frac_upstream": F(NUM, 1e-3, 0.0, 0.2, doc="electrons that interacted upstream (soft e-)"),
-        "dimuon_bias": F(NUM, 200.0, 1.0, 1e6, doc="bias factor of gamma -> mu mu in showers"),
-        "seed": F(int, 12345, 0, 2**63 - 1),
-        "calibration_particle": F(str, "e-", choices=("e-", "pi-", "mu-"),
-                                  doc="particle of the calibration beam when the table is on an HCAL cell"),
-        "calibration_particles_per_spill": F(NUM, 2e4, 0, 1e7),
-    },
-    "aprime": {
-        "enabled": F(bool, False, doc="inject A' -> invisible signal events"),
-        "mass_mev": F(NUM, 16.7, 1.0, 1000.0, unit="MeV"),
-        "epsilon": F(NUM, 1e-4, 0.0, 1.0, doc="kinetic mixing"),
-        "bias": F(NUM, 1.0, 1.0, 1e12, doc="rate bias (recorded in truth as a weight)"),
-    },
-    "emulator": {
-        "gain_spread": F(NUM, 0.30, 0.0, 0.9, doc="hidden HCAL gain spread (+/- fraction, uniform)"),
-        "gain_spread_other": F(NUM, 0.02, 0.0, 0.9, doc="hidden gain spread of ECAL, counters, SRD (calibrated)"),
-        "gamma_mean": F(NUM, 7.5, 3.0, 12.0, doc="hidden gain-law exponent, mean"),
-        "gamma_spread": F(NUM, 0.5, 0.0, 3.0, doc="hidden gain-law exponent, RMS"),
-        "hidden_seed": F(int, 777, 0, 2**63 - 1),
-        "spill_buffer": F(int, 2, 1, 16, doc="completed spills the crate keeps"),
-        "wait_for_feed": F(bool, False, doc="do not start the internal simulation; wait for an external feed"),
-        "hv_rup_v_per_s": F(NUM, 50.0, 1.0, 500.0, unit="V/s"),
-        "hv_rdw_v_per_s": F(NUM, 50.0, 1.0, 500.0, unit="V/s"),
-        "table_speed_mm_per_s": F(NUM, 100.0, 1.0, 10000.0, unit="mm/s"),
-        "faults": F(list, [], doc="faults active at start, as tables {endpoint, kind, ...}"),
-    },
-    "trigger": {
-        "window_ns": F(NUM, 10.0, 0.5, 100.0, unit="ns", doc="counter coincidence half-window"),
-        "counter_threshold_mip": F(NUM, 0.5, 0.05, 10.0, doc="S and V threshold in MIP"),
-        "mip_adc": F(NUM, 200.0, 1.0, 4000.0, unit="ADC counts", doc="counter amplitude of one MIP"),
-        "menu": {
-            "physics": {
-                "enabled": F(bool, True),
-                "prescale": F(int, 1, 1, 10**7),
-                "ps_min_gev": F(NUM, 0.3, 0.0, 100.0, unit="GeV"),
-                "ecal_max_gev": F(NUM, 80.0, 0.0, 400.0, unit="GeV"),
-            },
-            "beam": {
-                "enabled": F(bool, True),
-                "prescale": F(int, 1000, 1, 10**7),
-            },
-            "random": {
-                "enabled": F(bool, True),
-                "rate_hz": F(NUM, 10.0, 0.0, 1e5, unit="Hz"),
-            },
-            "dimuon": {
-                "enabled": F(bool, True),
-                "prescale": F(int, 1, 1, 10**7),
-                "ps_min_gev": F(NUM, 0.3, 0.0, 100.0, unit="GeV"),
-                "ecal_max_gev": F(NUM, 60.0, 0.0, 400.0, unit="GeV"),
-            },
-        },
-    },
-    "daq": {
-        "visa_library": F(str, "@py", doc="pyvisa backend"),
-        "timeout_ms": F(int, 10000, 10, 600000, unit="ms"),
-        "retries": F(int, 3, 0, 20),
-        "chunk_records": F(int, 1 << 20, 1, 1 << 26, doc="primitive records per PRIM:DATA? read"),
-        "poll_interval_s": F(NUM, 0.05, 0.001, 10.0, unit="s"),
-        "record_truth": F(bool, True, doc="store emulator truth (EVT:TRUT?) when the crate offers it"),
-        "sample_waveforms": F(int, 8, 0, 1000, doc="waveforms per spill on the monitoring stream"),
-        "calibration_mode": F(bool, False, doc="beam trigger unprescaled; publish amplitudes"),
-        "heartbeat_s": F(NUM, 1.0, 0.05, 60.0, unit="s"),
-        "spill_timeout_s": F(NUM, 120.0, 0.1, 3600.0, unit="s", doc="no spill for this long = DAQ stalled"),
-        "min_free_mb": F(NUM, 256.0, 0.0, 1e8, unit="MB",
-                         doc="disk kept free on the output filesystem: a spill that would cut into it is not "
-                             "written (flagged disk_full) and the run stops"),
-    },
-    "hv": {
-        "max_v": F(NUM, 1500.0, 0.0, 2000.0, unit="V", doc="per-channel voltage limit (refuse above)"),
-        "min_v": F(NUM, 500.0, 0.0, 2000.0, unit="V", doc="lowest operating set point"),
-        "max_step_v": F(NUM, 50.0, 0.1, 500.0, unit="V", doc="largest change of one calibration step"),
-        "ramp_step_v": F(NUM, 20.0, 0.1, 500.0, unit="V", doc="software ramp step"),
-        "ramp_up_v_per_s": F(NUM, 50.0, 1.0, 500.0, unit="V/s"),
-        "ramp_down_v_per_s": F(NUM, 50.0, 1.0, 500.0, unit="V/s"),
-        "settle_tolerance_v": F(NUM, 1.0, 0.01, 50.0, unit="V"),
-        "settle_timeout_s": F(NUM, 60.0, 0.1, 3600.0, unit="s"),
-        "safe_v": F(NUM, 0.0, 0.0, 2000.0, unit="V", doc="voltage of the safe state"),
-        "timeout_s": F(NUM, 2.0, 0.01, 60.0, unit="s", doc="serial read timeout"),
-        "retries": F(int, 2, 0, 10),
-        "max_current_ua": F(NUM, 500.0, 1.0, 1000.0, unit="uA"),
-    },
-    "hv_tune": {
-        "target": F(NUM, 2500.0, 100.0, 4000.0, unit="ADC counts"),
-        "tolerance": F(NUM, 0.02, 0.001, 0.5),
-        "max_iterations": F(int, 5, 1, 50),
-        "gamma_default": F(NUM, 7.5, 1.0, 20.0, doc="gain-law exponent before it is measured"),
-        "min_events": F(int, 500, 10, 10**7),
-        "max_spills_per_point": F(int, 5, 1, 1000),
-    },
-    "monitor": {
-        "repaint_hz": F(NUM, 5.0, 0.2, 10.0, unit="Hz"),
-        "yields_file": F(str, "", doc="JSON written by `na64-offline yields --json` (empty: no sensitivity view)"),
-        "rate_drop_fraction": F(NUM, 0.5, 0.0, 1.0, doc="alarm when S1 falls below this x the running mean"),
-        "hv_deviation_v": F(NUM, 5.0, 0.1, 500.0, unit="V"),
-        "stall_s": F(NUM, 60.0, 1.0, 3600.0, unit="s"),
-        "history_spills": F(int, 500, 10, 100000),
-        "signal_efficiency": F(NUM, 0.5, 0.01, 1.0, doc="signal efficiency for the live sensitivity view"),
-    },
-    "offline": {
-        "ecal_box_max_gev": F(NUM, 50.0, 0.0, 400.0, unit="GeV"),
-        "hcal_box_max_gev": F(NUM, 1.0, 0.0, 100.0, unit="GeV"),
-        "cell_pileup_min_gev": F(NUM, 1.0, 0.0, 100.0, unit="GeV"),
-        "pileup_window_ns": F(NUM, 2.0, 0.1, 100.0, unit="ns"),
-        "srd_min_gev": F(NUM, 0.025, 0.0, 1.0, unit="GeV",
-                         doc="SR per SRD section: half of a 100 GeV e-'s, so soft upstream e- fail the tag"),
-        "v2_max_mip": F(NUM, 0.5, 0.0, 100.0),
-        "shape_chi2_ndf_max": F(NUM, 4.0, 0.1, 1000.0, doc="ECAL lateral profile vs e-m expectation, chi2/ndf"),
-        "centre_max_mm": F(NUM, 20.0, 1.0, 200.0, unit="mm", doc="shower centre distance from the beam axis"),
-        "dask_workers": F(int, 2, 1, 64),
-    },
-}
 
 
 def _is_field(x: Any) -> bool:
@@ -247,45 +81,47 @@ def _merge(source: str, schema: dict[str, Any], data: dict[str, Any], out: dict[
             _merge(source, spec, value, out[key], dotted + ".")
 
 
-def validate(data: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
-    """Validate a parsed config dict and return it merged over the defaults."""
+def validate(data: Mapping[str, Any], source: str = "<config>") -> Config:
+    """Validate a parsed config dict (as ``tomllib`` reads it) merged over the defaults; the typed
+    :class:`~detector.settings.Config` (``path`` None)."""
     out = defaults()
-    _merge(source, SCHEMA, data, out, "")
-    _check_consistency(source, out)
-    return out
+    _merge(source, SCHEMA, dict(data), out, "")
+    cfg = Config.from_dict(out)
+    _check_consistency(source, cfg)
+    return cfg
 
 
-def _check_consistency(source: str, cfg: dict[str, Any]) -> None:
-    hv = cfg["hv"]
-    if hv["min_v"] > hv["max_v"]:
-        raise ConfigError(f"{source}: hv.min_v = {hv['min_v']} is above hv.max_v = {hv['max_v']}")
-    if hv["safe_v"] > hv["max_v"]:
-        raise ConfigError(f"{source}: hv.safe_v = {hv['safe_v']} is above hv.max_v = {hv['max_v']}")
-    if cfg["spill"]["length_s"] >= cfg["spill"]["supercycle_s"]:
-        raise ConfigError(f"{source}: spill.length_s = {cfg['spill']['length_s']} must be shorter than "
-                          f"spill.supercycle_s = {cfg['spill']['supercycle_s']}")
-    fracs = sum(cfg["beam"][k] for k in ("frac_pion", "frac_kaon", "frac_muon", "frac_halo", "frac_upstream"))
+def _check_consistency(source: str, cfg: Config) -> None:
+    hv = cfg.hv
+    if hv.min_v > hv.max_v:
+        raise ConfigError(f"{source}: hv.min_v = {hv.min_v} is above hv.max_v = {hv.max_v}")
+    if hv.safe_v > hv.max_v:
+        raise ConfigError(f"{source}: hv.safe_v = {hv.safe_v} is above hv.max_v = {hv.max_v}")
+    if cfg.spill.length_s >= cfg.spill.supercycle_s:
+        raise ConfigError(f"{source}: spill.length_s = {cfg.spill.length_s} must be shorter than "
+                          f"spill.supercycle_s = {cfg.spill.supercycle_s}")
+    b = cfg.beam
+    fracs = sum((b.frac_pion, b.frac_kaon, b.frac_muon, b.frac_halo, b.frac_upstream))
     if fracs >= 1.0:
         raise ConfigError(f"{source}: beam fractions (pion+kaon+muon+halo+upstream) add up to {fracs:.3f} >= 1")
-    host = cfg["endpoints"]["host"]
-    if not (host.startswith("127.") or host in ("localhost", "::1")) and not cfg["endpoints"]["zmq_curve"]:
+    host = cfg.endpoints.host
+    if not (host.startswith("127.") or host in ("localhost", "::1")) and not cfg.endpoints.zmq_curve:
         raise ConfigError(f"{source}: endpoints.host = {host!r} is not loopback; binding beyond loopback "
                           "needs endpoints.zmq_curve = true")
-    t = cfg["trigger"]["menu"]
-    for name in ("physics", "dimuon"):
-        if t[name]["ps_min_gev"] >= t[name]["ecal_max_gev"]:
-            raise ConfigError(f"{source}: trigger.menu.{name}: ps_min_gev = {t[name]['ps_min_gev']} must be "
-                              f"below ecal_max_gev = {t[name]['ecal_max_gev']}")
-    if not any(t[name]["enabled"] for name in t):
+    menu = cfg.trigger.menu
+    for name, line in menu.items():
+        if isinstance(line, EnergyLine) and line.ps_min_gev >= line.ecal_max_gev:
+            raise ConfigError(f"{source}: trigger.menu.{name}: ps_min_gev = {line.ps_min_gev} must be "
+                              f"below ecal_max_gev = {line.ecal_max_gev}")
+    if not any(line.enabled for line in menu.values()):
         raise ConfigError(f"{source}: trigger.menu enables no trigger")
 
 
-def load_config(path: str | pathlib.Path | None = None) -> dict[str, Any]:
-    """Load and validate a TOML config (None: the built-in defaults). Adds ``_path`` (str or None)."""
+def load_config(path: str | pathlib.Path | None = None) -> Config:
+    """Load and validate a TOML config (None: the built-in defaults); ``Config.path`` is the resolved
+    file (None for the defaults)."""
     if path is None:
-        cfg = validate({}, "<defaults>")
-        cfg["_path"] = None
-        return cfg
+        return validate({}, "<defaults>")
     p = pathlib.Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -295,13 +131,29 @@ def load_config(path: str | pathlib.Path | None = None) -> dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML ({exc})") from None
-    cfg = validate(data, str(p))
-    cfg["_path"] = str(p.resolve())
-    return cfg
+    return dataclasses.replace(validate(data, str(p)), path=str(p.resolve()))
 
 
-def dump_toml(cfg: dict[str, Any]) -> str:
+def as_config(cfg: Config | Mapping[str, Any] | None) -> Config:
+    """``cfg`` as a :class:`Config`: itself, the defaults for None, or a nested dict validated (keeping a
+    ``_path`` key as ``Config.path``)."""
+    if cfg is None:
+        return load_config(None)
+    if isinstance(cfg, Config):
+        return cfg
+    plain = {k: _plain(v) for k, v in cfg.items() if k != "_path"}
+    return dataclasses.replace(validate(plain, "<config>"), path=cfg.get("_path"))
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "to_dict"):
+        return v.to_dict()
+    return {k: _plain(x) for k, x in v.items()} if isinstance(v, Mapping) else v
+
+
+def dump_toml(cfg: Config | Mapping[str, Any]) -> str:
     """Write a (validated) config back as TOML text, for run records and reproducibility."""
+    data = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
     lines: list[str] = []
 
     def fmt(v: Any) -> str:
@@ -327,7 +179,7 @@ def dump_toml(cfg: dict[str, Any]) -> str:
         for k, v in tables.items():
             walk(v, f"{prefix}.{k}" if prefix else k)
 
-    walk(cfg, "")
+    walk(data, "")
     return "\n".join(lines)
 
 
@@ -402,13 +254,14 @@ def _num(source: str, dotted: str, value: Any, lo: float, hi: float, unit: str) 
     return float(value)
 
 
-def load_calibration(cfg: dict[str, Any] | None = None, path: str | pathlib.Path | None = None) -> Calibration:
-    """Load the calibration file named by ``cfg['calibration']['file']`` (relative to the config file,
-    else to ``config/``), or ``path`` when given. Checks every HV limit against ``hv.max_v``."""
-    cfg = load_config(None) if cfg is None else cfg
+def load_calibration(cfg: Config | Mapping[str, Any] | None = None,
+                     path: str | pathlib.Path | None = None) -> Calibration:
+    """Load the calibration file named by ``cfg.calibration.file`` (relative to the config file, else to
+    ``config/``), or ``path`` when given. Checks every HV limit against ``hv.max_v``."""
+    cfg = as_config(cfg)
     if path is None:
-        name = pathlib.Path(cfg["calibration"]["file"])
-        base = pathlib.Path(cfg["_path"]).parent if cfg.get("_path") else CONFIG_DIR
+        name = pathlib.Path(cfg.calibration.file)
+        base = pathlib.Path(cfg.path).parent if cfg.path else CONFIG_DIR
         path = name if name.is_absolute() else base / name
         if not path.exists() and not name.is_absolute():
             path = CONFIG_DIR / name
@@ -427,7 +280,7 @@ def load_calibration(cfg: dict[str, Any] | None = None, path: str | pathlib.Path
     if missing:
         raise ConfigError(f"{src}: missing section(s) {sorted(missing)}")
     arrays = {k: _per_channel(src, k, data[k], *CALIBRATION_KEYS[k]) for k in CALIBRATION_KEYS}
-    max_v = cfg["hv"]["max_v"]
+    max_v = cfg.hv.max_v
     over = np.flatnonzero(arrays["hv_limit"] > max_v)
     if over.size:
         raise ConfigError(f"{src}: hv_limit of {ch.CHANNELS[over[0]].name} = {arrays['hv_limit'][over[0]]} V is "

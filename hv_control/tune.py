@@ -30,6 +30,7 @@ import numpy as np
 
 from detector import channels as chmap
 from detector.gain import hv_for_amplitude
+from detector.settings import Config
 
 from .peak import PeakFit, PeakFitError, fit_peak
 from .supply import HVError, HVTripError
@@ -118,7 +119,7 @@ def validate_target(target: float, pedestal: float = 200.0, adc_max: int = chmap
 class Campaign:
     """One HV equalisation campaign over ``cells`` (logbook names ``x-y-module``)."""
 
-    def __init__(self, *, hv: Any, table: Any, source: AmplitudeSource, cfg: dict[str, Any], cells: list[str],
+    def __init__(self, *, hv: Any, table: Any, source: AmplitudeSource, cfg: Config, cells: list[str],
                  target: float, tolerance: float, max_iterations: int, logbook: str | os.PathLike,
                  state_path: str | os.PathLike, dry_run: bool = False, measure_timeout_s: float = 60.0,
                  progress: Callable[[str, CellState], None] | None = None,
@@ -130,7 +131,7 @@ class Campaign:
             raise ValueError(f"max_iterations {max_iterations!r} must be >= 1")
         self.hv, self.table, self.source = hv, table, source
         self.cfg = cfg
-        self.tune_cfg, self.hv_cfg = cfg["hv_tune"], cfg["hv"]
+        self.tune_cfg, self.hv_cfg = cfg.hv_tune, cfg.hv
         self.target, self.tolerance, self.max_iterations = float(target), float(tolerance), int(max_iterations)
         self.logbook = pathlib.Path(logbook)
         self.state_path = pathlib.Path(state_path)
@@ -179,9 +180,9 @@ class Campaign:
     def _measure(self, st: CellState, note: str) -> Point:
         hv_now = float(self.hv.read_channel(st.channel_id)["vmon"])
         since = time.time()
-        amps = self.source.collect(st.channel_id, st.cell, since, int(self.tune_cfg["min_events"]),
-                                   int(self.tune_cfg["max_spills_per_point"]), self.measure_timeout_s)
-        fit: PeakFit = fit_peak(amps, min_events=min(100, int(self.tune_cfg["min_events"])))
+        amps = self.source.collect(st.channel_id, st.cell, since, int(self.tune_cfg.min_events),
+                                   int(self.tune_cfg.max_spills_per_point), self.measure_timeout_s)
+        fit: PeakFit = fit_peak(amps, min_events=min(100, int(self.tune_cfg.min_events)))
         p = Point(hv=hv_now, amp=fit.mean, err=fit.error, sigma=fit.sigma, n=fit.n_events, unix=since)
         st.points.append(p)
         self._log(st, p, note)
@@ -197,20 +198,20 @@ class Campaign:
         if st.hv_start is None:
             st.hv_start = float(self.hv.read_channel(st.channel_id)["vmon"])
         p = self._measure(st, "start" if not st.points else "resumed")
-        max_step = float(self.hv_cfg["max_step_v"])
+        max_step = float(self.hv_cfg.max_step_v)
         limit = float(self.hv.limit(st.channel_id))
         while not self._within(p):
             if st.iterations >= self.max_iterations:
                 st.status, st.message = "not_converged", f"{abs(p.amp / self.target - 1):.1%} off after {st.iterations} iterations"
                 return
             try:
-                gamma = learn_gamma(st.points, float(self.tune_cfg["gamma_default"]))
+                gamma = learn_gamma(st.points, float(self.tune_cfg.gamma_default))
             except ValueError as exc:
                 raise CampaignPaused(f"cell {st.cell}: {exc}") from None
             hv_new, limited = propose_hv(p.hv, p.amp, self.target, gamma, max_step)
-            if not hv_new <= limit or hv_new < float(self.hv_cfg["min_v"]):
+            if not hv_new <= limit or hv_new < float(self.hv_cfg.min_v):
                 st.status = "failed"
-                st.message = (f"needs {hv_new:.1f} V, outside [{self.hv_cfg['min_v']:.0f}, {limit:.0f}] V: "
+                st.message = (f"needs {hv_new:.1f} V, outside [{self.hv_cfg.min_v:.0f}, {limit:.0f}] V: "
                               "not set; check the PMT")
                 self.save_state()
                 return
@@ -234,7 +235,7 @@ class Campaign:
         if isinstance(exc, HVTripError) and st is not None:
             try:
                 self.hv.shutdown([st.channel_id])
-                done.append(f"{st.cell} switched off at {self.hv_cfg['safe_v']:.0f} V")
+                done.append(f"{st.cell} switched off at {self.hv_cfg.safe_v:.0f} V")
             except HVError as exc2:
                 done.append(f"{st.cell}: shutdown failed ({exc2}) - check the supply")
         return "; ".join(done) or "all channels left at their last verified voltage"

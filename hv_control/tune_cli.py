@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
         calib = load_calibration(cfg)
-        tune = cfg["hv_tune"]
-        target = args.target if args.target is not None else tune["target"]
-        tolerance = args.tolerance if args.tolerance is not None else tune["tolerance"]
-        iterations = args.max_iterations if args.max_iterations is not None else tune["max_iterations"]
+        tune = cfg.hv_tune
+        target = args.target if args.target is not None else tune.target
+        tolerance = args.tolerance if args.tolerance is not None else tune.tolerance
+        iterations = args.max_iterations if args.max_iterations is not None else tune.max_iterations
         validate_target(target)
         cells = args.cells.split(",") if args.cells else cells_of_modules(int(m) for m in args.modules.split(","))
         endpoints = json.loads(pathlib.Path(args.endpoints_file).read_text())
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     daq = source = hv = table = None
     try:
         hv = HVSupply.connect(hv_addr, cfg, calib, backend=args.backend)
-        table = HCALTableDriver.connect(table_addr, backend=args.backend, timeout_s=cfg["hv"]["timeout_s"])
+        table = HCALTableDriver.connect(table_addr, backend=args.backend, timeout_s=cfg.hv.timeout_s)
         if args.stream:
             source = StreamAmplitudes(args.stream)
         else:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
 from rich.table import Table
 
 from .argtypes import float_list, float_pair
+
+if TYPE_CHECKING:
+    from detector.settings import Config
 
 _err = Console(stderr=True)
 _out = Console()
@@ -31,7 +34,7 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _config(path: pathlib.Path | None) -> dict[str, Any] | None:
+def _config(path: pathlib.Path | None) -> Config | None:
     from detector.config import load_config
 
     return None if path is None else load_config(path)
@@ -118,12 +121,12 @@ def _add_dask(p: argparse.ArgumentParser) -> None:
                    help="configuration TOML (default: the one stored in the run record)")
 
 
-def _workers(args: argparse.Namespace, cfg: dict[str, Any] | None) -> int:
+def _workers(args: argparse.Namespace, cfg: Config | None) -> int:
     if args.workers is not None:
         return args.workers
     from detector.config import load_config
 
-    return int((cfg or load_config(None))["offline"]["dask_workers"])
+    return int((cfg or load_config(None)).offline.dask_workers)
 
 
 def select_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -37,7 +37,7 @@ import hist
 import numpy as np
 
 from detector.spillfile import json_default
-from detector.config import Calibration, load_calibration, load_config, validate
+from detector.config import Calibration, Config, load_calibration, load_config, validate
 from detector.records import INCOMPLETE_SPILL_FLAGS, PARTICLE_NAMES, TRUTH_APRIME, TRUTH_DIMUON
 from detector.spillfile import SpillFileError, list_spills, read_run_record, read_spill
 
@@ -107,7 +107,7 @@ def process_table(t: ev.Table, cuts: sel.Cuts, result: SpillResult) -> SpillResu
     return result
 
 
-def process_spill(path: str | os.PathLike, cfg: dict[str, Any], calib: Calibration, run_dir: str = "") -> SpillResult:
+def process_spill(path: str | os.PathLike, cfg: Config, calib: Calibration, run_dir: str = "") -> SpillResult:
     """One Dask task: read, reconstruct and select one spill file."""
     t0 = time.perf_counter()
     p = pathlib.Path(path)
@@ -230,8 +230,8 @@ def merge(results: Iterable[SpillResult], cuts: sel.Cuts) -> MergedSelection:
 
 
 # ------------------------------------------------------------------------------------------ config
-def run_setup(run_dir: str | os.PathLike, cfg: dict[str, Any] | None = None,
-              calib: Calibration | None = None) -> tuple[dict[str, Any], Calibration]:
+def run_setup(run_dir: str | os.PathLike, cfg: Config | None = None,
+              calib: Calibration | None = None) -> tuple[Config, Calibration]:
     """Configuration and calibration to analyse a run with. ``cfg`` when given, else the configuration the
     DAQ stored in the run record (``config_toml``, written by ``detector.config.dump_toml``), else the
     defaults. ``calib`` when given, else the calibration file named in the run record
@@ -247,7 +247,6 @@ def run_setup(run_dir: str | os.PathLike, cfg: dict[str, Any] | None = None,
         if isinstance(text, str) and text.strip():
             try:
                 cfg = validate(tomllib.loads(text), f"{run_dir}/run.json:config_toml")
-                cfg["_path"] = None
             except (ValueError, tomllib.TOMLDecodeError):
                 cfg = load_config(None)
     if calib is None:
@@ -281,7 +280,7 @@ def _rich_progress(total: int):
     return prog, prog.add_task("spills", total=total)
 
 
-def run_serial(tasks: Sequence[tuple[str, str]], cfg_of: dict[str, dict], calib_of: dict[str, Calibration],
+def run_serial(tasks: Sequence[tuple[str, str]], cfg_of: dict[str, Config], calib_of: dict[str, Calibration],
                progress: bool = True) -> list[SpillResult]:
     """In-process, no Dask (the benchmark baseline)."""
     out = []
@@ -299,7 +298,7 @@ def run_serial(tasks: Sequence[tuple[str, str]], cfg_of: dict[str, dict], calib_
     return out
 
 
-def run_dask(tasks: Sequence[tuple[str, str]], cfg_of: dict[str, dict], calib_of: dict[str, Calibration],
+def run_dask(tasks: Sequence[tuple[str, str]], cfg_of: dict[str, Config], calib_of: dict[str, Calibration],
              scheduler: str | None = None, n_workers: int = 2, progress: bool = True,
              client: Any = None) -> list[SpillResult]:
     """One task per spill file on a LocalCluster (``n_workers`` processes x 1 thread), on the scheduler at
@@ -340,7 +339,7 @@ def run_dask(tasks: Sequence[tuple[str, str]], cfg_of: dict[str, dict], calib_of
 
 
 def select_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None,
-                scheduler: str | None = None, n_workers: int = 2, *, config: dict[str, Any] | None = None,
+                scheduler: str | None = None, n_workers: int = 2, *, config: Config | None = None,
                 calibration: Calibration | None = None, serial: bool = False, progress: bool = True,
                 client: Any = None) -> MergedSelection:
     """Select every spill of ``run_dirs`` and write the outputs to ``out_dir`` (None: write nothing).

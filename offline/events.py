@@ -50,7 +50,7 @@ import numba as nb
 import numpy as np
 
 from detector import channels as ch
-from detector.config import Calibration
+from detector.config import Calibration, Config
 from detector.reco import FLAG_NO_SIGNAL, FLAG_PILEUP, RecoResult, reconstruct
 from detector.records import TRUTH_DTYPE
 from detector.spillfile import SpillData
@@ -82,9 +82,9 @@ class EventParams:
     mip_adc: float = 200.0
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> "EventParams":
-        off = cfg["offline"]
-        return cls(float(off["cell_pileup_min_gev"]), float(off["pileup_window_ns"]), float(cfg["trigger"]["mip_adc"]))
+    def from_config(cls, cfg: Config) -> "EventParams":
+        off = cfg.offline
+        return cls(float(off.cell_pileup_min_gev), float(off.pileup_window_ns), float(cfg.trigger.mip_adc))
 
 
 # ------------------------------------------------------------------------------------ shower shape
@@ -254,7 +254,7 @@ def truth_columns(truth: np.ndarray) -> Table:
     return {f"truth_{name}": np.ascontiguousarray(truth[name]) for name in TRUTH_DTYPE.names or ()}
 
 
-def event_table_from_arrays(waveforms: np.ndarray, calib: Calibration, cfg: dict[str, Any], *,
+def event_table_from_arrays(waveforms: np.ndarray, calib: Calibration, cfg: Config, *,
                             event_id: np.ndarray | None = None, trigger_mask: np.ndarray | None = None,
                             time_ns: np.ndarray | None = None, truth: np.ndarray | None = None,
                             run: int = 0, spill: int = 0, reco: RecoResult | None = None) -> Table:
@@ -278,7 +278,7 @@ def event_table_from_arrays(waveforms: np.ndarray, calib: Calibration, cfg: dict
     return t
 
 
-def event_table(data: SpillData, calib: Calibration, cfg: dict[str, Any]) -> Table:
+def event_table(data: SpillData, calib: Calibration, cfg: Config) -> Table:
     """Event table of one spill file read with :func:`detector.spillfile.read_spill`."""
     return event_table_from_arrays(data.waveforms, calib, cfg, event_id=data.event_id,
                                    trigger_mask=data.trigger_mask, time_ns=data.time_ns, truth=data.truth,

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.config import Calibration
+from detector.config import Calibration, Config
 from detector.spillfile import SpillFileError, list_spills, read_spill
 
 from . import events as ev
@@ -37,7 +37,7 @@ def _branches(t: ev.Table, s: sel.Selection) -> dict[str, np.ndarray]:
     return out
 
 
-def export_run(run_dir: str | os.PathLike, out_file: str | os.PathLike, cfg: dict[str, Any] | None = None,
+def export_run(run_dir: str | os.PathLike, out_file: str | os.PathLike, cfg: Config | None = None,
                calib: Calibration | None = None) -> dict[str, Any]:
     """Write ``out_file`` (ROOT) from the spill files of ``run_dir``; returns a summary dict
     (events, spills, skipped files, branch names)."""

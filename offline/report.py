@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from detector.settings import Config
 from detector.spillfile import json_default
 
 from . import dask_select as ds
@@ -36,15 +37,15 @@ DEFAULT_MASSES_MEV = (1.0, 16.7, 100.0, 500.0)
 DEFAULT_SIGNAL_EVENTS = 2000
 
 
-def background_estimate(sideband_e_ecal: np.ndarray, cfg: dict[str, Any],
+def background_estimate(sideband_e_ecal: np.ndarray, cfg: Config,
                         fit_range: tuple[float, float] | None = None, bins: int = BACKGROUND_BINS) -> dict[str, Any]:
     """Side-band C extrapolation into the box (see the module docstring); always returns a dict with
     ``n_b``, ``stat_err``, ``syst_err``, ``error`` (None when the fit worked)."""
     from . import background
 
-    box_hi = float(cfg["offline"]["ecal_box_max_gev"])
+    box_hi = float(cfg.offline.ecal_box_max_gev)
     if fit_range is None:
-        fit_range = (box_hi, float(cfg["trigger"]["menu"]["physics"]["ecal_max_gev"]) - TRIGGER_EDGE_MARGIN_GEV)
+        fit_range = (box_hi, float(cfg.trigger.menu["physics"].ecal_max_gev) - TRIGGER_EDGE_MARGIN_GEV)
     e = np.asarray(sideband_e_ecal, dtype=float)
     base = {"sideband": "C", "fit_range_gev": list(fit_range), "box_range_gev": [0.0, box_hi],
             "n_sideband": int(e.size), "n_in_fit_range": int(((e >= fit_range[0]) & (e < fit_range[1])).sum())}
@@ -58,7 +59,7 @@ def background_estimate(sideband_e_ecal: np.ndarray, cfg: dict[str, Any],
     return out
 
 
-def signal_efficiencies(cfg: dict[str, Any], calib, masses_mev: Sequence[float], n_events: int,
+def signal_efficiencies(cfg: Config, calib, masses_mev: Sequence[float], n_events: int,
                         pileup: bool = False, seed: int = 1) -> list[dict[str, Any]]:
     from .signal import simulate_signal
 
@@ -78,7 +79,7 @@ def load_signal_json(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]
 
 
 def compute_limits(by_run: dict[str, dict[str, Any]], background: dict[str, Any],
-                   signal: list[dict[str, Any]], cfg: dict[str, Any]) -> dict[str, Any]:
+                   signal: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
     """eps_90 and y_90 per mass (see the module docstring)."""
     from sim_frontend import yields
 
@@ -97,8 +98,8 @@ def compute_limits(by_run: dict[str, dict[str, Any]], background: dict[str, Any]
                                 background_err=b_err * r["eot"] / eot_total) for name, r in runs_in]
 
     n90 = lim.n90_for_runs(exposures(1.0), syst, "fast")
-    e0 = float(cfg["beam"]["energy_gev"])
-    emiss = e0 - float(cfg["offline"]["ecal_box_max_gev"])
+    e0 = float(cfg.beam.energy_gev)
+    emiss = e0 - float(cfg.offline.ecal_box_max_gev)
     table = yields.track_length_table(e0, yields.table_e_cut_gev(emiss))
     points: list[dict[str, Any]] = []
     for s in signal:
@@ -126,14 +127,14 @@ def _ecal_hcal_samples(h) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(cx[ix], n), np.repeat(cy[iy], n)
 
 
-def make_plots(merged: ds.MergedSelection, lim_result: dict[str, Any] | None, cfg: dict[str, Any],
+def make_plots(merged: ds.MergedSelection, lim_result: dict[str, Any] | None, cfg: Config,
                out: pathlib.Path) -> list[pathlib.Path]:
     from . import plots
 
     files = []
     ex, hy = _ecal_hcal_samples(merged.hists["ecal_vs_hcal"])
-    files.append(plots.plot_ecal_vs_hcal(ex, hy, out / "ecal_vs_hcal.png", float(cfg["offline"]["ecal_box_max_gev"]),
-                                         float(cfg["offline"]["hcal_box_max_gev"]), bins=(150, 150),
+    files.append(plots.plot_ecal_vs_hcal(ex, hy, out / "ecal_vs_hcal.png", float(cfg.offline.ecal_box_max_gev),
+                                         float(cfg.offline.hcal_box_max_gev), bins=(150, 150),
                                          ranges=((0.0, 150.0), (0.0, 150.0))))
     files.append(plots.plot_cutflow(dict(merged.cut_flow), out / "cutflow.png"))
     if lim_result:
@@ -149,7 +150,7 @@ def make_plots(merged: ds.MergedSelection, lim_result: dict[str, Any] | None, cf
 
 
 def make_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-                scheduler: str | None = None, n_workers: int = 2, config: dict[str, Any] | None = None,
+                scheduler: str | None = None, n_workers: int = 2, config: Config | None = None,
                 masses_mev: Sequence[float] = DEFAULT_MASSES_MEV, signal_events: int = DEFAULT_SIGNAL_EVENTS,
                 signal_json: Sequence[str | os.PathLike] = (), pileup: bool = False,
                 fit_range: tuple[float, float] | None = None, serial: bool = False, progress: bool = True

@@ -42,6 +42,7 @@ import hist
 import numpy as np
 
 from detector.records import TRIGGER_BITS
+from detector.settings import Config
 
 from .events import Table, n_rows
 
@@ -70,13 +71,13 @@ class Cuts:
     ecal_max_gev: float = 50.0
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], **overrides: float) -> "Cuts":
-        off = cfg["offline"]
-        values = dict(ps_min_gev=float(cfg["trigger"]["menu"]["physics"]["ps_min_gev"]),
-                      srd_min_gev=float(off["srd_min_gev"]), srd_window_ns=float(cfg["trigger"]["window_ns"]),
-                      v2_max_mip=float(off["v2_max_mip"]), hcal_max_gev=float(off["hcal_box_max_gev"]),
-                      shape_chi2_ndf_max=float(off["shape_chi2_ndf_max"]), centre_max_mm=float(off["centre_max_mm"]),
-                      ecal_max_gev=float(off["ecal_box_max_gev"]))
+    def from_config(cls, cfg: Config, **overrides: float) -> "Cuts":
+        off = cfg.offline
+        values = dict(ps_min_gev=float(cfg.trigger.menu["physics"].ps_min_gev),
+                      srd_min_gev=float(off.srd_min_gev), srd_window_ns=float(cfg.trigger.window_ns),
+                      v2_max_mip=float(off.v2_max_mip), hcal_max_gev=float(off.hcal_box_max_gev),
+                      shape_chi2_ndf_max=float(off.shape_chi2_ndf_max), centre_max_mm=float(off.centre_max_mm),
+                      ecal_max_gev=float(off.ecal_box_max_gev))
         values.update(overrides)
         return cls(**values)
 

@@ -25,7 +25,6 @@ the digitizer adds the pulses of their neighbours in time.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from detector import channels as ch
-from detector.config import Calibration, load_calibration
+from detector.config import Calibration, Config, load_calibration
 from detector.reco import reconstruct
 from detector.records import PARTICLE_CODES, TRIGGER_BITS, TRUTH_APRIME, TRUTH_DIMUON
 from sim_frontend import aprime
@@ -79,29 +78,25 @@ class SignalResult:
                 "seed": self.seed, **self.extra}
 
 
-def emiss_min_gev(cfg: dict[str, Any]) -> float:
+def emiss_min_gev(cfg: Config) -> float:
     """E_miss,min = beam energy - signal-box edge (GeV)."""
-    return float(cfg["beam"]["energy_gev"]) - float(cfg["offline"]["ecal_box_max_gev"])
+    return float(cfg.beam.energy_gev) - float(cfg.offline.ecal_box_max_gev)
 
 
-def _electron_only(cfg: dict[str, Any]) -> dict[str, Any]:
-    c = copy.deepcopy(cfg)
-    for k in ("frac_pion", "frac_kaon", "frac_muon", "frac_halo", "frac_upstream"):
-        c["beam"][k] = 0.0
-    c["aprime"]["enabled"] = False
-    c["beam"]["dimuon_bias"] = 1.0
-    return c
+def _electron_only(cfg: Config) -> Config:
+    no_others = dict.fromkeys(("frac_pion", "frac_kaon", "frac_muon", "frac_halo", "frac_upstream"), 0.0)
+    return cfg.with_overrides({"beam": {**no_others, "dimuon_bias": 1.0}, "aprime": {"enabled": False}})
 
 
-def _make_spill(cfg: dict[str, Any], mass_mev: float, n: int, seed: int, pileup: bool):
+def _make_spill(cfg: Config, mass_mev: float, n: int, seed: int, pileup: bool):
     """A BeamSpill in which ``n`` beam electrons (their indices are returned) emit an A'."""
-    e0 = float(cfg["beam"]["energy_gev"])
+    e0 = float(cfg.beam.energy_gev)
     if pileup:
-        c = copy.deepcopy(cfg)
-        c["aprime"]["enabled"] = False
-        rate = float(cfg["beam"]["particles_per_spill"]) / float(cfg["spill"]["length_s"])    # 1/s
+        rate = float(cfg.beam.particles_per_spill) / float(cfg.spill.length_s)    # 1/s
         n_beam = PILEUP_BEAM_FACTOR * n + 100
-        c["spill"]["length_s"] = n_beam / rate
+        # the short pile-up spill may be below the range a config file may ask for: replaced, not validated
+        c = dataclasses.replace(cfg, aprime=dataclasses.replace(cfg.aprime, enabled=False),
+                                spill=dataclasses.replace(cfg.spill, length_s=n_beam / rate))
         spill = generate_spill(c, SEED_OFFSET + seed, n_particles=n_beam, start_unix=0.0)
         electrons = np.flatnonzero(spill.truth["ptype"] == PARTICLE_CODES["e-"])
         # evenly spaced electrons (not neighbours of each other in the list): every signal event keeps the
@@ -121,7 +116,7 @@ def _make_spill(cfg: dict[str, Any], mass_mev: float, n: int, seed: int, pileup:
     return spill, pick
 
 
-def trigger_menu(cfg: dict[str, Any], calib: Calibration):
+def trigger_menu(cfg: Config, calib: Calibration):
     from trigger.menu import TriggerMenu
 
     return TriggerMenu.from_config(cfg, calib)
@@ -148,7 +143,7 @@ def trigger_mask_from_reco(menu, reco, arrival_ns: np.ndarray) -> np.ndarray:
     return mask
 
 
-def simulate_events(cfg: dict[str, Any], mass_mev: float, n_events: int, calib: Calibration | None = None,
+def simulate_events(cfg: Config, mass_mev: float, n_events: int, calib: Calibration | None = None,
                     seed: int = 1, pileup: bool = False, chunk: int = 4096) -> ev.Table:
     """Event table (with truth and the re-computed trigger mask) of ``n_events`` A' signal events."""
     from sim_frontend.digitizer import Digitizer
@@ -179,7 +174,7 @@ def simulate_events(cfg: dict[str, Any], mass_mev: float, n_events: int, calib: 
     return ev.concat(tables)
 
 
-def simulate_signal(cfg: dict[str, Any], mass_mev: float, n_events: int, calib: Calibration | None = None,
+def simulate_signal(cfg: Config, mass_mev: float, n_events: int, calib: Calibration | None = None,
                     seed: int = 1, pileup: bool = False) -> SignalResult:
     """Signal efficiency at one mass (see the module docstring)."""
     t = simulate_events(cfg, mass_mev, n_events, calib, seed, pileup)

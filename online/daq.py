@@ -25,7 +25,6 @@ in hand is finished, then the DAQ exits 0.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -84,13 +83,12 @@ class DAQ:
                  hv: bool = True, curve_keys: tuple[bytes, bytes] | None = None) -> None:
         from trigger.menu import TriggerMenu
 
-        self.cfg = copy.deepcopy(cfg)
-        self.daq_cfg = self.cfg["daq"]
-        self.calibration_mode = bool(self.daq_cfg["calibration_mode"] if calibration_mode is None else calibration_mode)
+        self.calibration_mode = bool(cfg.daq.calibration_mode if calibration_mode is None else calibration_mode)
         if self.calibration_mode:
-            self.cfg["daq"]["calibration_mode"] = True
-            self.cfg["trigger"]["menu"]["beam"]["enabled"] = True
-            self.cfg["trigger"]["menu"]["beam"]["prescale"] = 1
+            cfg = cfg.with_overrides({"daq": {"calibration_mode": True},
+                                      "trigger": {"menu": {"beam": {"enabled": True, "prescale": 1}}}})
+        self.cfg = cfg
+        self.daq_cfg = self.cfg["daq"]
         self.calibration = calibration
         self.menu = TriggerMenu.from_config(self.cfg, calibration)
         self.endpoints = dict(endpoints)

@@ -42,6 +42,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_DIMUON, TRUTH_DTYPE, TRUTH_PILEUP
+from detector.settings import Config
 
 
 PILEUP_WINDOW_NS = 100.0        #: TRUTH_PILEUP: another particle within +/- this, ns
@@ -222,13 +223,13 @@ def _aprime_yield_eps1(mass_gev: float, e0_gev: float) -> float:
                                       eps=1.0))
 
 
-def aprime_probability(cfg: dict) -> float:
+def aprime_probability(cfg: Config) -> float:
     """Unbiased A' probability per beam electron (E_A' > X_MIN_APRIME * E0) for the configured mass and
     epsilon; 0 when ``aprime.enabled`` is false."""
-    ap = cfg["aprime"]
-    if not ap["enabled"] or ap["epsilon"] <= 0:
+    ap = cfg.aprime
+    if not ap.enabled or ap.epsilon <= 0:
         return 0.0
-    return _aprime_yield_eps1(ap["mass_mev"] * 1e-3, float(cfg["beam"]["energy_gev"])) * ap["epsilon"] ** 2
+    return _aprime_yield_eps1(ap.mass_mev * 1e-3, float(cfg.beam.energy_gev)) * ap.epsilon ** 2
 
 
 # ------------------------------------------------------------------------------ generator kernel
@@ -306,35 +307,35 @@ def _gen_kernel(n, seed, length_ns, e0, spread, bx, by, sigma, cum, halo_v1, p_a
         flags[i] = fl
 
 
-def _beam_params(cfg: dict) -> dict:
-    b = cfg["beam"]
-    fr = [b["frac_pion"], b["frac_kaon"], b["frac_muon"], b["frac_halo"], b["frac_upstream"]]
+def _beam_params(cfg: Config) -> dict:
+    b = cfg.beam
+    fr = [b.frac_pion, b.frac_kaon, b.frac_muon, b.frac_halo, b.frac_upstream]
     if sum(fr) >= 1.0:
         raise ValueError(f"beam fractions add up to {sum(fr):.3f} >= 1")
-    return dict(e0=float(b["energy_gev"]), spread=float(b["energy_spread"]), bx=float(b["x_mm"]),
-                by=float(b["y_mm"]), sigma=float(b["sigma_mm"]), cum=np.cumsum(fr).astype(np.float64),
-                halo_v1=float(b["frac_halo_v1"]))
+    return dict(e0=float(b.energy_gev), spread=float(b.energy_spread), bx=float(b.x_mm),
+                by=float(b.y_mm), sigma=float(b.sigma_mm), cum=np.cumsum(fr).astype(np.float64),
+                halo_v1=float(b.frac_halo_v1))
 
 
-def generate_spill(cfg: dict, spill: int, n_particles: int | None = None,
+def generate_spill(cfg: Config, spill: int, n_particles: int | None = None,
                    start_unix: float | None = None) -> BeamSpill:
     """Generate the truth of one spill (types, times, energies, impact points, A'/dimuon decisions).
 
     ``cfg`` is a validated configuration (detector.config.load_config); ``n_particles`` overrides
     ``beam.particles_per_spill``; ``start_unix`` defaults to now. The detector response fields of the truth
     (e_ps, e_ecal, e_hcal, e_v2, e_srd) are zero until :func:`sim_frontend.response.apply_response`."""
-    n = int(round(cfg["beam"]["particles_per_spill"])) if n_particles is None else int(n_particles)
+    n = int(round(cfg.beam.particles_per_spill)) if n_particles is None else int(n_particles)
     if n < 0:
         raise ValueError(f"n_particles must be >= 0, got {n}")
     if n >= 2 ** 32:
         raise ValueError(f"n_particles = {n} does not fit the uint32 record index")
     p = _beam_params(cfg)
-    seed = spill_seed(cfg["beam"]["seed"], spill)
-    length_s = float(cfg["spill"]["length_s"])
+    seed = spill_seed(cfg.beam.seed, spill)
+    length_s = float(cfg.spill.length_s)
     p_a = aprime_probability(cfg)
     p_d = dimuon_probability(p["e0"])
-    b_a = float(cfg["aprime"]["bias"])
-    b_d = float(cfg["beam"]["dimuon_bias"])
+    b_a = float(cfg.aprime.bias)
+    b_d = float(cfg.beam.dimuon_bias)
     if p_a * b_a + p_d * b_d >= 0.5:
         raise ValueError(f"biased A' ({p_a:.3g} x {b_a:g}) plus dimuon ({p_d:.3g} x {b_d:g}) probabilities per "
                          "electron exceed 0.5: lower aprime.bias, aprime.epsilon or beam.dimuon_bias")
@@ -348,7 +349,7 @@ def generate_spill(cfg: dict, spill: int, n_particles: int | None = None,
     if ap.size:
         from sim_frontend import aprime
         rng = np.random.default_rng([seed, 0xA9])
-        x = aprime.sample_x(cfg["aprime"]["mass_mev"] * 1e-3, p["e0"], ap.size, rng, x_min=X_MIN_APRIME)
+        x = aprime.sample_x(cfg.aprime.mass_mev * 1e-3, p["e0"], ap.size, rng, x_min=X_MIN_APRIME)
         truth["e_invisible"][ap] = (x * truth["e_beam"][ap]).astype(np.float32)
     return BeamSpill(spill=int(spill), start_unix=time.time() if start_unix is None else float(start_unix),
                      length_s=length_s, truth=truth, seed=int(seed))

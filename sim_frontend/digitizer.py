@@ -30,7 +30,7 @@ import numpy as np
 from detector import channels as ch
 from detector import pulse
 from detector.channels import ADC_MAX, N_CHANNELS, N_SAMPLES, SAMPLE_NS
-from detector.config import Calibration
+from detector.config import Calibration, Config
 from detector.gain import relative_gain
 from sim_frontend.beam import BeamSpill, mix64
 from sim_frontend.response import Deposits, channel_deposits
@@ -184,18 +184,18 @@ class Digitizer:
     ~ N(``emulator.gamma_mean``, ``emulator.gamma_spread``), clipped to [3, 12]. Both come from
     ``hidden_seed`` (default ``emulator.hidden_seed``)."""
 
-    def __init__(self, cfg: dict, calibration: Calibration, hidden_seed: int | None = None,
+    def __init__(self, cfg: Config, calibration: Calibration, hidden_seed: int | None = None,
                  noise_rms: float = pulse.NOISE_RMS_COUNTS):
-        em = cfg["emulator"]
+        em = cfg.emulator
         self.cfg = cfg
         self.calibration = calibration
-        self.hidden_seed = int(em["hidden_seed"] if hidden_seed is None else hidden_seed)
+        self.hidden_seed = int(em.hidden_seed if hidden_seed is None else hidden_seed)
         rng = np.random.default_rng([self.hidden_seed, 0x6A1])
-        gain = rng.uniform(1.0 - em["gain_spread_other"], 1.0 + em["gain_spread_other"], N_CHANNELS)
+        gain = rng.uniform(1.0 - em.gain_spread_other, 1.0 + em.gain_spread_other, N_CHANNELS)
         hc = ch.ids_of_kind("hcal")
-        gain[hc] = rng.uniform(1.0 - em["gain_spread"], 1.0 + em["gain_spread"], hc.size)
+        gain[hc] = rng.uniform(1.0 - em.gain_spread, 1.0 + em.gain_spread, hc.size)
         self.hidden_gain = gain
-        self.hidden_gamma = np.clip(rng.normal(em["gamma_mean"], em["gamma_spread"], N_CHANNELS), 3.0, 12.0)
+        self.hidden_gamma = np.clip(rng.normal(em.gamma_mean, em.gamma_spread, N_CHANNELS), 3.0, 12.0)
         self.noise_rms = float(noise_rms)
         self.noise_bank = pulse.make_noise_bank(seed=self.hidden_seed ^ 0x5A5A, size=NOISE_BANK_SIZE)
         self.gev_per_count = np.asarray(calibration.gev_per_count, dtype=np.float64)

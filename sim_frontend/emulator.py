@@ -32,7 +32,6 @@ within that time, so no spill completes.
 from __future__ import annotations
 
 import collections
-import copy
 import dataclasses
 import logging
 import math
@@ -48,7 +47,7 @@ import numpy as np
 import zmq
 
 from detector import channels as chmap
-from detector.config import Calibration, load_calibration
+from detector.config import Calibration, Config, load_calibration
 
 from . import control as ctl
 from .emu_hv import HVMainframe
@@ -66,26 +65,26 @@ TRUTH_HISTORY = 1024          #: spills whose truth summary the control endpoint
 MAX_PENDING_SPILLS = 4        #: spills waiting for the worker; beyond, arriving spills are dropped
 
 
-def override_config(cfg: dict[str, Any], *, spills: int | None = None, particles: float | None = None,
-                    seed: int | None = None, external_feed: bool | None = None) -> dict[str, Any]:
-    """A copy of ``cfg`` with the command-line overrides applied (``spill.count``,
-    ``beam.particles_per_spill``, ``beam.seed``, ``emulator.wait_for_feed``); ValueError on bad values."""
-    out = copy.deepcopy(cfg)
+def override_config(cfg: Config, *, spills: int | None = None, particles: float | None = None,
+                    seed: int | None = None, external_feed: bool | None = None) -> Config:
+    """``cfg`` with the command-line overrides applied (``spill.count``, ``beam.particles_per_spill``,
+    ``beam.seed``, ``emulator.wait_for_feed``); ValueError on bad values."""
+    over: dict[str, dict[str, Any]] = {"spill": {}, "beam": {}, "emulator": {}}
     if spills is not None:
         if spills < 0:
             raise ValueError(f"--spills must be >= 0, got {spills}")
-        out["spill"]["count"] = int(spills)
+        over["spill"]["count"] = int(spills)
     if particles is not None:
         if not (math.isfinite(particles) and 0 <= particles <= 2e7):
             raise ValueError(f"--particles must be in [0, 2e7], got {particles}")
-        out["beam"]["particles_per_spill"] = float(particles)
+        over["beam"]["particles_per_spill"] = float(particles)
     if seed is not None:
         if not 0 <= seed < 2**63:
             raise ValueError(f"--seed must be in [0, 2^63), got {seed}")
-        out["beam"]["seed"] = int(seed)
+        over["beam"]["seed"] = int(seed)
     if external_feed is not None:
-        out["emulator"]["wait_for_feed"] = bool(external_feed)
-    return out
+        over["emulator"]["wait_for_feed"] = bool(external_feed)
+    return cfg.with_overrides(over)
 
 
 def parse_fault(text: str) -> dict[str, Any]:
@@ -122,7 +121,7 @@ class _Job:
     arrival: float          # monotonic
 
 
-def _feed_child(cfg: dict[str, Any], endpoint: str, parent_pid: int, stop: Any) -> None:
+def _feed_child(cfg: Config, endpoint: str, parent_pid: int, stop: Any) -> None:
     """Child process: run the beam simulation and push spills into the emulator's feed."""
     import signal
 
@@ -162,7 +161,7 @@ class Emulator:
     pty:
         Also serve HV and table over ptys (the socket servers are always started).
     faults:
-        Fault tables activated at start, in addition to ``cfg['emulator']['faults']``.
+        Fault tables activated at start, in addition to ``cfg.emulator.faults``.
     block_timeout_s:
         Silence (s) after which an incomplete binary upload to the crate counts as truncated (``-160``).
 
@@ -170,30 +169,30 @@ class Emulator:
     (threads joined, sockets and pty fds closed, the feed child process ended). Also a context manager.
     """
 
-    def __init__(self, cfg: dict[str, Any], calibration: Calibration | None = None, *, pty: bool = True,
+    def __init__(self, cfg: Config, calibration: Calibration | None = None, *, pty: bool = True,
                  faults: Sequence[Mapping[str, Any]] = (), block_timeout_s: float = 1.0) -> None:
         self.cfg = cfg
         self.calibration = calibration if calibration is not None else load_calibration(cfg)
-        self.host = cfg["endpoints"]["host"]
+        self.host = cfg.endpoints.host
         if not (self.host.startswith("127.") or self.host == "localhost"):
             raise ValueError(f"endpoints.host = {self.host!r}: the emulator serves loopback only (its VISA and "
                              "serial sockets have no authentication); run it on the DAQ host")
         self.pty = pty
-        self.external_feed = bool(cfg["emulator"]["wait_for_feed"])
-        self._initial_faults = [dict(f) for f in cfg["emulator"].get("faults", [])] + [dict(f) for f in faults]
+        self.external_feed = bool(cfg.emulator.wait_for_feed)
+        self._initial_faults = [dict(f) for f in cfg.emulator.faults] + [dict(f) for f in faults]
         for f in self._initial_faults:
             self._check_fault(f)
 
         from .digitizer import Digitizer
 
-        self.digitizer = Digitizer(cfg, self.calibration, hidden_seed=cfg["emulator"]["hidden_seed"])
+        self.digitizer = Digitizer(cfg, self.calibration, hidden_seed=cfg.emulator.hidden_seed)
         self.hv = HVMainframe(cfg, self.calibration)
         self.table = HCALTable(cfg)
-        self.crate = MSADCCrate(self.digitizer, buffer=cfg["emulator"]["spill_buffer"])
+        self.crate = MSADCCrate(self.digitizer, buffer=cfg.emulator.spill_buffer)
         self.msadc_faults = MSADCFaults()
         if not 0.01 <= block_timeout_s <= 60:
             raise ValueError(f"block timeout must be in [0.01, 60] s, got {block_timeout_s}")
-        self.msadc_server = MSADCServer(self.crate, self.host, cfg["endpoints"]["msadc_port"],
+        self.msadc_server = MSADCServer(self.crate, self.host, cfg.endpoints.msadc_port,
                                         faults=self.msadc_faults, idle_timeout_s=block_timeout_s)
         self.serial: LineServers | None = None
         self.receiver: Any = None
@@ -224,16 +223,16 @@ class Emulator:
     def _start(self) -> None:
         from .feed import FeedReceiver
 
-        ep = self.cfg["endpoints"]
+        ep = self.cfg.endpoints
         self._started_unix = time.time()
         self.warm_up()
         self.msadc_server.start()
         self.serial = serve_line_handlers({"hv": self.hv.handle, "table": self.table.handle}, pty=self.pty,
                                           tcp=True, host=self.host,
-                                          ports={"hv": ep["hv_port"], "table": ep["table_port"]})
-        self.receiver = FeedReceiver(_zmq_bind_address(self.host, ep["feed_port"]))
+                                          ports={"hv": ep.hv_port, "table": ep.table_port})
+        self.receiver = FeedReceiver(_zmq_bind_address(self.host, ep.feed_port))
         feed_addr = self.receiver.endpoint
-        self.control = ctl.ControlServer(self._handlers(), _zmq_bind_address(self.host, ep["control_port"])).start()
+        self.control = ctl.ControlServer(self._handlers(), _zmq_bind_address(self.host, ep.control_port)).start()
         for f in self._initial_faults:
             self.apply_fault(f)
         self._endpoints = self._make_endpoints(feed_addr)
@@ -395,7 +394,7 @@ class Emulator:
         """With the table on an HCAL module (``module >= 0``) the beam is the low-intensity calibration
         beam: the spill is thinned uniformly in time to ``beam.calibration_particles_per_spill`` particles
         (record indices renumbered 0..m-1). At the physics position the spill is returned unchanged."""
-        m = int(round(self.cfg["beam"]["calibration_particles_per_spill"]))
+        m = int(round(self.cfg.beam.calibration_particles_per_spill))
         n = int(spill.truth.shape[0])
         if int(table.get("module", -1)) < 0 or n <= m:
             return spill

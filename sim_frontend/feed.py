@@ -34,6 +34,7 @@ import zmq
 
 from detector import framing
 from detector.records import TRUTH_DTYPE
+from detector.settings import Config
 from sim_frontend.beam import BeamSpill, generate_spill, mix64_py
 
 log = logging.getLogger("sim_frontend.feed")
@@ -95,7 +96,7 @@ class FeedSender:
     ``send_timeout_s``: how long a send may block while the receiver is absent or its queue is full
     (FeedError afterwards; None = block forever)."""
 
-    def __init__(self, cfg: dict, endpoint: str, bind: bool = False, send_timeout_s: float | None = 30.0,
+    def __init__(self, cfg: Config, endpoint: str, bind: bool = False, send_timeout_s: float | None = 30.0,
                  context: zmq.Context | None = None):
         self.cfg = cfg
         self.endpoint = endpoint
@@ -136,8 +137,8 @@ class FeedSender:
         """Simulate and send ``n_spills`` spills (None: ``spill.count``, 0 = until ``stop`` is set).
         ``realtime``: one spill per ``spill.supercycle_s``, each sent at the start of its flat top;
         else back to back. ``stop``: an object with ``is_set()`` (threading.Event). Returns spills sent."""
-        n_total = self.cfg["spill"]["count"] if n_spills is None else int(n_spills)
-        period = float(self.cfg["spill"]["supercycle_s"])
+        n_total = self.cfg.spill.count if n_spills is None else int(n_spills)
+        period = float(self.cfg.spill.supercycle_s)
         k = 0
         next_start = time.time()
         while n_total == 0 or k < n_total:
@@ -164,7 +165,7 @@ class FeedSender:
         contains those particles (their arrival times kept); the seed is derived from the run and spill
         numbers. Spill files without truth are skipped with a warning. Returns spills sent."""
         from detector import spillfile
-        period = float(self.cfg["spill"]["supercycle_s"])
+        period = float(self.cfg.spill.supercycle_s)
         sent = 0
         next_start = time.time()
         for path in spillfile.list_spills(run_dir):
@@ -180,7 +181,7 @@ class FeedSender:
             if stop is not None and stop.is_set():
                 break
             sp = BeamSpill(spill=spill_no, start_unix=time.time(),
-                           length_s=float(data.attrs.get("length_s", self.cfg["spill"]["length_s"])),
+                           length_s=float(data.attrs.get("length_s", self.cfg.spill.length_s)),
                            truth=truth, seed=mix64_py((run << 32) ^ spill_no) & ((1 << 63) - 1))
             self.send_spill(sp)
             sent += 1

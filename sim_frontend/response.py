@@ -46,6 +46,7 @@ import numba as nb
 import numpy as np
 
 from detector import channels as ch
+from detector.settings import Config
 from detector.records import (PARTICLE_CODES, TRUTH_APRIME, TRUTH_CALIBRATION, TRUTH_DIMUON, TRUTH_HADRONIC,
                               TRUTH_PILEUP)
 from sim_frontend import geometry as g
@@ -575,7 +576,7 @@ def _response_kernel(seed, index, ptype, flags, e_beam, x_mm, y_mm, e_inv, ps_ta
         t_srd[i] = np.float32(other[i, 4]) + np.float32(other[i, 5]) + np.float32(other[i, 6])
 
 
-def _table_info(cfg: dict, table: dict | None) -> tuple[int, float, float, dict]:
+def _table_info(cfg: Config, table: dict | None) -> tuple[int, float, float, dict]:
     if not table:
         return -1, 0.0, 0.0, {}
     module = int(table.get("module", -1))
@@ -584,10 +585,10 @@ def _table_info(cfg: dict, table: dict | None) -> tuple[int, float, float, dict]
     if module >= ch.N_HCAL_MODULES:
         raise ValueError(f"table module {module} does not exist (0..{ch.N_HCAL_MODULES - 1} or -1)")
     tx, ty = float(table.get("x_mm", 0.0)), float(table.get("y_mm", 0.0))
-    return module, tx - float(cfg["beam"]["x_mm"]), ty - float(cfg["beam"]["y_mm"]), dict(table)
+    return module, tx - float(cfg.beam.x_mm), ty - float(cfg.beam.y_mm), dict(table)
 
 
-def apply_response(spill: BeamSpill, cfg: dict, table: dict | None = None) -> Deposits:
+def apply_response(spill: BeamSpill, cfg: Config, table: dict | None = None) -> Deposits:
     """Detector response of every particle of ``spill``: returns the compact :class:`Deposits` and fills
     the truth fields e_ps, e_ecal, e_hcal, e_v2, e_srd (and, in calibration mode, ptype/flags) in place.
 
@@ -596,15 +597,15 @@ def apply_response(spill: BeamSpill, cfg: dict, table: dict | None = None) -> De
     truth = spill.truth
     n = truth.shape[0]
     module, dx, dy, tinfo = _table_info(cfg, table)
-    e0 = float(cfg["beam"]["energy_gev"])
+    e0 = float(cfg.beam.energy_gev)
     k_q, log_kedges, xq = dimuon_tables(e0)
-    cal_ptype = PARTICLE_CODES[cfg["beam"]["calibration_particle"]]
+    cal_ptype = PARTICLE_CODES[cfg.beam.calibration_particle]
     dep = Deposits(trigger=np.empty((n, 6), np.float32), other=np.empty((n, 7), np.float32),
                    hcal=np.empty((n, 4), np.float32), shape=np.empty((n, 2), np.uint8),
                    hcal_shift_mm=(dx, dy), calibration_module=module, table=tinfo)
     _response_kernel(np.uint64(spill.seed), truth["index"], truth["ptype"], truth["flags"], truth["e_beam"],
                      truth["x_mm"], truth["y_mm"], truth["e_invisible"], PS_FRACTION_TABLE, k_q, log_kedges, xq,
-                     float(cfg["beam"]["frac_halo_v1"]), module, cal_ptype, dx, dy, SRD_REF_GEV,
+                     float(cfg.beam.frac_halo_v1), module, cal_ptype, dx, dy, SRD_REF_GEV,
                      dep.trigger, dep.other, dep.hcal, dep.shape, truth["e_ps"], truth["e_ecal"], truth["e_hcal"],
                      truth["e_v2"], truth["e_srd"])
     if module >= 0:

@@ -12,13 +12,12 @@ Runs are cached per test session under the session's base temporary directory.
 """
 from __future__ import annotations
 
-import copy
 import pathlib
 from typing import Any
 
 import numpy as np
 
-from detector.config import dump_toml, load_calibration, load_config
+from detector.config import Config, dump_toml, load_calibration, load_config
 from detector.records import TRUTH_APRIME
 from detector.spillfile import SpillContent, run_dir, write_run_record, write_spill
 from sim_frontend.beam import generate_spill
@@ -33,22 +32,17 @@ PARTICLES = 30_000
 START_UNIX = 1.7e9
 
 
-def make_config(aprime: dict[str, Any] | None = None, seed: int = 4242, **offline: Any) -> dict[str, Any]:
-    cfg = load_config(None)
-    cfg["beam"]["seed"] = seed
-    if aprime:
-        cfg["aprime"].update(aprime)
+def make_config(aprime: dict[str, Any] | None = None, seed: int = 4242, **offline: Any) -> Config:
     # a loose SRD tag (the default rejects soft upstream electrons): these small runs then keep enough
     # upstream-interacted electrons in the side bands to exercise the background fit
-    cfg["offline"]["srd_min_gev"] = 0.001
-    cfg["offline"].update(offline)
-    return cfg
+    return load_config(None).with_overrides({"beam": {"seed": seed}, "aprime": aprime or {},
+                                             "offline": {"srd_min_gev": 0.001, **offline}})
 
 
-def record_spill(rdir: pathlib.Path, cfg: dict, calib, menu: TriggerMenu, run: int, spill: int,
+def record_spill(rdir: pathlib.Path, cfg: Config, calib, menu: TriggerMenu, run: int, spill: int,
                  n_particles: int) -> dict[str, Any]:
     """Simulate, trigger and record one spill; returns the run-record entry."""
-    start = START_UNIX + spill * cfg["spill"]["supercycle_s"]
+    start = START_UNIX + spill * cfg.spill.supercycle_s
     beam = generate_spill(cfg, spill, n_particles=n_particles, start_unix=start)
     dep = apply_response(beam, cfg)
     digi = Digitizer(cfg, calib)
@@ -57,9 +51,9 @@ def record_spill(rdir: pathlib.Path, cfg: dict, calib, menu: TriggerMenu, run: i
     res = trigger_waveforms(menu, prims, times)
     acc = res.accepted
     events = digi.events(beam, dep, acc, hv)
-    scalers = res.scalers_with(hardware_scalers(dep, cfg["trigger"]["counter_threshold_mip"]))
+    scalers = res.scalers_with(hardware_scalers(dep, cfg.trigger.counter_threshold_mip))
     n = int(acc.size)
-    attrs = {"crate_spill": spill, "start_unix": start, "length_s": float(cfg["spill"]["length_s"]), "eot": int(res.eot),
+    attrs = {"crate_spill": spill, "start_unix": start, "length_s": float(cfg.spill.length_s), "eot": int(res.eot),
              "scalers": scalers, "triggers": res.triggers(), "trigger_menu": menu.to_dict(), "hv": {},
              "table": {}, "extra": {"note": "tests/offline_fixtures.py"}, "flags": [],
              "n_particles": beam.n, "n_seen": beam.n, "n_accepted": n, "n_read_out": n}
@@ -72,7 +66,7 @@ def record_spill(rdir: pathlib.Path, cfg: dict, calib, menu: TriggerMenu, run: i
             "truth": True, "truth_counts": {"particles": beam.n, "aprime": int(((beam.truth["flags"] & TRUTH_APRIME) != 0).sum())}}
 
 
-def make_run(out: str | pathlib.Path, run: int, cfg: dict, n_spills: int = 3, n_particles: int = PARTICLES
+def make_run(out: str | pathlib.Path, run: int, cfg: Config, n_spills: int = 3, n_particles: int = PARTICLES
              ) -> pathlib.Path:
     """A recorded run directory ``out/run-<run>`` with ``n_spills`` spill files and a run record."""
     calib = load_calibration(cfg)
@@ -90,14 +84,14 @@ def make_run(out: str | pathlib.Path, run: int, cfg: dict, n_spills: int = 3, n_
     return rdir
 
 
-def cached_run(base: pathlib.Path, name: str, run: int, cfg: dict, n_spills: int = 3,
+def cached_run(base: pathlib.Path, name: str, run: int, cfg: Config, n_spills: int = 3,
                n_particles: int = PARTICLES) -> pathlib.Path:
     """:func:`make_run` once per session (the run record is written last: its presence marks a finished run)."""
     out = pathlib.Path(base) / name
     rdir = run_dir(out, run)
     if (rdir / "run.json").exists():
         return rdir
-    return make_run(out, run, copy.deepcopy(cfg), n_spills, n_particles)
+    return make_run(out, run, cfg, n_spills, n_particles)
 
 
 def injected_run(base: pathlib.Path) -> pathlib.Path:

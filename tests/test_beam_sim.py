@@ -1,5 +1,4 @@
 """Beam generator and fast detector response (sim_frontend.beam, sim_frontend.response)."""
-import copy
 import math
 
 import numpy as np
@@ -29,11 +28,11 @@ def sim(cfg):
 
 
 def variant(cfg, **kw):
-    c = copy.deepcopy(cfg)
+    over: dict = {}
     for dotted, v in kw.items():
         sec, key = dotted.split("__")
-        c[sec][key] = v
-    return c
+        over.setdefault(sec, {})[key] = v
+    return cfg.with_overrides(over)
 
 
 def plain_electrons(t):
@@ -53,9 +52,9 @@ def test_truth_layout(sim):
 def test_composition_within_statistics(cfg, sim):
     sp, _ = sim
     counts = sp.counts_by_type()
-    b = cfg["beam"]
-    expected = {"pi-": b["frac_pion"], "K-": b["frac_kaon"], "mu-": b["frac_muon"], "halo": b["frac_halo"],
-                "upstream_e-": b["frac_upstream"]}
+    b = cfg.beam
+    expected = {"pi-": b.frac_pion, "K-": b.frac_kaon, "mu-": b.frac_muon, "halo": b.frac_halo,
+                "upstream_e-": b.frac_upstream}
     expected["e-"] = 1 - sum(expected.values())
     for name, f in expected.items():
         sigma = math.sqrt(N * f * (1 - f))
@@ -213,9 +212,9 @@ def test_dimuon_rate_weights_and_response(cfg):
     el = t["ptype"] == E_
     dm = (t["flags"] & TRUTH_DIMUON) != 0
     assert np.all(el[dm])
-    expect = p * cfg["beam"]["dimuon_bias"]
+    expect = p * cfg.beam.dimuon_bias
     assert abs(dm.sum() / el.sum() - expect) < 5 * math.sqrt(expect / el.sum())
-    assert np.allclose(t["weight"][dm], 1 / cfg["beam"]["dimuon_bias"])
+    assert np.allclose(t["weight"][dm], 1 / cfg.beam.dimuon_bias)
     assert np.all(t["weight"][el & ~dm] > 1.0)                           # unbiased remainder
     h = dep.hcal[dm]
     assert 7.0 < t["e_hcal"][dm].mean() < 13.0                          # region I: E_HCAL ~ 10 GeV

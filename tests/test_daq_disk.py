@@ -80,8 +80,7 @@ def test_a_spill_that_cannot_be_written_is_flagged_and_the_run_stops_cleanly(tmp
 
 def test_the_daq_refuses_to_start_without_its_disk_reserve(tmp_path):
     with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu:
-        cfg = deep_merge(load_config(emu.config_path), {"daq": {"min_free_mb": 1e8}})   # 100 TB kept free
-        cfg.pop("_path", None)
+        cfg = load_config(emu.config_path).with_overrides({"daq": {"min_free_mb": 1e8}})   # 100 TB kept free
         big = tmp_path / "reserve.toml"
         big.write_text(dump_toml(cfg), encoding="utf-8")
         d = start_daq(tmp_path, big, emu.endpoints_path, tmp_path / "data", run=1, spills=1)
@@ -147,8 +146,7 @@ def test_the_run_stops_before_a_spill_that_would_not_fit(tmp_path):
 
         # keep free all but 1.5 spills: the next spill (size + 1 MB estimated) fits, two would not
         free = shutil.disk_usage(first.rdir).free
-        reserve = deep_merge(load_config(emu.config_path), {"daq": {"min_free_mb": (free - 1.5 * size) / 1e6}})
-        reserve.pop("_path", None)
+        reserve = load_config(emu.config_path).with_overrides({"daq": {"min_free_mb": (free - 1.5 * size) / 1e6}})
         tight = tmp_path / "tight.toml"
         tight.write_text(dump_toml(reserve), encoding="utf-8")
         second = start_daq(tmp_path, tight, emu.endpoints_path, out, run=7, spills=5, name="daq2")

@@ -1,6 +1,5 @@
 """Digitiser of the emulated MSADC crate (sim_frontend.digitizer): energy scale through the real
 reconstruction, pile-up, PMT gain law, primitives == events."""
-import copy
 
 import numpy as np
 import pytest
@@ -33,10 +32,7 @@ def sim(cfg):
 
 
 def flat_gains(cfg):
-    c = copy.deepcopy(cfg)
-    c["emulator"]["gain_spread"] = 0.0
-    c["emulator"]["gain_spread_other"] = 0.0
-    return c
+    return cfg.with_overrides({"emulator": {"gain_spread": 0.0, "gain_spread_other": 0.0}})
 
 
 def isolated(times, window=700.0):

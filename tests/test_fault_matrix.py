@@ -201,7 +201,7 @@ def limits(matrix_emulator: EmulatorHandle) -> np.ndarray:
     """Per-channel HV limit (V): min(calibration hv_limit, hv.max_v)."""
     cfg = load_config(matrix_emulator.config_path)
     calib = load_calibration(cfg)
-    return np.minimum(np.asarray(calib.hv_limit, dtype=float), float(cfg["hv"]["max_v"]))
+    return np.minimum(np.asarray(calib.hv_limit, dtype=float), float(cfg.hv.max_v))
 
 
 # ------------------------------------------------------------------------------------------ table client

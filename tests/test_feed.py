@@ -1,5 +1,4 @@
 """Beam feed over real ZeroMQ PUSH/PULL sockets on loopback (sim_frontend.feed)."""
-import copy
 import json
 import os
 import subprocess
@@ -23,10 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def cfg():
-    c = copy.deepcopy(load_config(None))
-    c["spill"]["length_s"] = 0.05
-    c["spill"]["supercycle_s"] = 0.4
-    return c
+    return load_config(None).with_overrides({"spill": {"length_s": 0.05, "supercycle_s": 0.4}})
 
 
 @pytest.fixture
@@ -108,7 +104,7 @@ def test_run_follows_the_sps_cycle(cfg, receiver):
         th.join(10)
     assert [s.spill for s in got] == [1, 2, 3]
     starts = np.array([s.start_unix for s in got])
-    np.testing.assert_allclose(np.diff(starts), cfg["spill"]["supercycle_s"], atol=0.1)
+    np.testing.assert_allclose(np.diff(starts), cfg.spill.supercycle_s, atol=0.1)
     assert np.all(np.abs(np.array(arrival) - starts) < 0.3)                  # sent at the start of the flat top
 
 

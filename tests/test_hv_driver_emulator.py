@@ -23,10 +23,10 @@ from hv_control.transport import (ConnectionLostError, SerialTransport, Transpor
 from sim_frontend.emu_hv import HVMainframe
 from sim_frontend.serial_server import LineServers, serve_line_handlers
 
-CFG = load_config(None)
-CFG["hv"].update(ramp_step_v=50.0, ramp_up_v_per_s=500.0, ramp_down_v_per_s=500.0, settle_tolerance_v=1.0,
-                 settle_timeout_s=5.0, timeout_s=0.5, retries=2, safe_v=0.0)
-CFG["emulator"].update(hv_rup_v_per_s=500.0, hv_rdw_v_per_s=500.0)
+CFG = load_config(None).with_overrides({
+    "hv": dict(ramp_step_v=50.0, ramp_up_v_per_s=500.0, ramp_down_v_per_s=500.0, settle_tolerance_v=1.0,
+               settle_timeout_s=5.0, timeout_s=0.5, retries=2, safe_v=0.0),
+    "emulator": dict(hv_rup_v_per_s=500.0, hv_rdw_v_per_s=500.0)})
 CAL = load_calibration(CFG)
 CID = chmap.hcal_id(0, 2, 3)               # HCAL-0-2-3: board 3 ch 6, 942 V, limit 1300 V
 PATHS = [("serial", "pty"), ("serial", "tcp"), ("visa", "pty"), ("visa", "tcp")]

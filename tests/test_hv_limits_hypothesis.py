@@ -77,7 +77,7 @@ def build(hv_cfg: dict[str, Any], lims: list[float], handler: Any, clock: FakeCl
     limit_arr = BASE_CAL.hv_limit.copy()
     limit_arr[IDS] = lims
     cal = dataclasses.replace(BASE_CAL, hv_limit=limit_arr)
-    transport = HandlerTransport(handler, timeout_s=cfg["hv"]["timeout_s"], retries=cfg["hv"]["retries"])
+    transport = HandlerTransport(handler, timeout_s=cfg.hv.timeout_s, retries=cfg.hv.retries)
     return HVSupply(CAENMainframe(transport), cfg, cal, poll_s=0.05, sleep=clock.sleep, clock=clock)
 
 

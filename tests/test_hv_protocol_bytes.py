@@ -150,8 +150,8 @@ def test_unexpected_request_is_caught_by_the_script() -> None:
 
 # -------------------------------------------------------------------------------------------- supply
 def _supply(pairs: list[tuple[bytes, bytes | None]], **hv_cfg: float) -> tuple[HVSupply, ScriptedTransport]:
-    cfg = load_config(None)
-    cfg["hv"].update({"ramp_step_v": 20.0, "settle_tolerance_v": 1.0, "settle_timeout_s": 1.0, **hv_cfg})
+    cfg = load_config(None).with_overrides(
+        {"hv": {"ramp_step_v": 20.0, "settle_tolerance_v": 1.0, "settle_timeout_s": 1.0, **hv_cfg}})
     t = ScriptedTransport(pairs)
     clock = [0.0]
 

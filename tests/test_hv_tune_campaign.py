@@ -56,10 +56,10 @@ class GainBeam:
 
 
 def bench(tmp_path, seed=1, cfg_overrides=None, **beam_kw):
-    cfg = load_config(None)
-    cfg["hv"].update(ramp_step_v=50.0, settle_timeout_s=30.0)
+    over: dict = {"hv": {"ramp_step_v": 50.0, "settle_timeout_s": 30.0}}
     for k, v in (cfg_overrides or {}).items():
-        cfg[k[0]][k[1]] = v
+        over.setdefault(k[0], {})[k[1]] = v
+    cfg = load_config(None).with_overrides(over)
     cal = load_calibration(cfg)
     clock = FakeClock()
     mf = HVMainframe(cfg, cal, rup_v_per_s=100.0, rdw_v_per_s=100.0, clock=clock.now)
@@ -79,7 +79,7 @@ def campaign(tmp_path, cfg, hv, table, beam, cells, **kw):
 def assert_no_setpoint_beyond_limits(mf, hv, cal, cfg):
     for e in mf.set_log():
         if e["par"] == "VSET" and e["accepted"] and e["channel_id"] is not None:
-            assert e["value"] <= min(cal.hv_limit[e["channel_id"]], cfg["hv"]["max_v"]) + 1e-9, e
+            assert e["value"] <= min(cal.hv_limit[e["channel_id"]], cfg.hv.max_v) + 1e-9, e
 
 
 def test_module_converges_within_2_percent_in_3_iterations(tmp_path):
@@ -177,7 +177,7 @@ def test_trip_pauses_and_switches_the_channel_off(tmp_path):
     with pytest.raises(CampaignPaused, match="1-0-3.*HVTrip"):
         campaign(tmp_path, cfg, hv, table, beam, ["0-0-3", "1-0-3"]).run()
     ch = hv.read_channel(cid)
-    assert ch["vmon"] <= cfg["hv"]["safe_v"] + 1.0
+    assert ch["vmon"] <= cfg.hv.safe_v + 1.0
     assert mf.vmon_by_channel_id()[chmap.hcal_id(0, 0, 3)] > 500.0     # others left at their verified value
 
 
@@ -216,8 +216,7 @@ def test_peak_fit_works_at_any_width_scale(rel_width):
 def test_no_measurement_or_config_sets_a_voltage_beyond_the_limit(tmp_path_factory, seed, spread, gamma, limit,
                                                                    max_v, res, garbage):
     tmp = tmp_path_factory.mktemp("h")
-    cfg = load_config(None)
-    cfg["hv"].update(ramp_step_v=50.0, max_v=max_v, min_v=min(500.0, max_v))
+    cfg = load_config(None).with_overrides({"hv": {"ramp_step_v": 50.0, "max_v": max_v, "min_v": min(500.0, max_v)}})
     cal = load_calibration(load_config(None))
     cal.hv_limit[chmap.HCAL_FIRST:chmap.HCAL_FIRST + 9] = limit
     cal.hv_set[chmap.HCAL_FIRST:chmap.HCAL_FIRST + 9] = min(limit, max_v) - 1.0

@@ -35,7 +35,7 @@ def test_all_36_hcal_cells_equalised_in_at_most_3_iterations(tmp_path):
     sets = [e for e in r["hv_log"] if e["par"] == "VSET" and e["accepted"]]
     assert sets, "hv-tune set no voltage"
     for e in sets:
-        assert e["value"] <= min(cal.hv_limit[e["channel_id"]], cfg["hv"]["max_v"]), e
+        assert e["value"] <= min(cal.hv_limit[e["channel_id"]], cfg.hv.max_v), e
     # and the final voltages read back from the emulator match the campaign's verification points
     hv = {c["channel_id"]: c for c in r["emulator_state"]["hv"]["channels"]}
     for name, st in cells.items():

@@ -121,7 +121,7 @@ def test_no_injection_box_consistent_with_sideband_background(plain):
     cfg, _ = ds.run_setup(rd)
     c = m.sidebands["C"]
     assert ev.n_rows(c) >= 10
-    assert np.all(c["e_ecal"] >= cfg["offline"]["ecal_box_max_gev"]) and np.all(c["e_hcal"] < 1.0)
+    assert np.all(c["e_ecal"] >= cfg.offline.ecal_box_max_gev) and np.all(c["e_hcal"] < 1.0)
     a = m.sidebands["A"]
     assert np.all(a["e_ecal"] < 50) and np.all(a["e_hcal"] >= 1.0)
     b = report.background_estimate(c["e_ecal"], cfg)

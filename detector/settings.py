@@ -1,0 +1,444 @@
+"""Typed configuration: one frozen dataclass per config section, and the schema they define.
+
+The classes below ARE the schema. Each key is written once, as a dataclass field: its Python type is
+the annotation, and :func:`key` attaches the default, the allowed range or choices, the unit and the
+doc. :data:`SCHEMA` (section -> key -> :class:`Field`), which ``detector.config`` validates TOML
+against, is derived from these classes at import time. So code reads ``cfg.daq.min_free_mb`` with a
+type mypy knows, and the meaning of a key (type, default, range, unit) is defined once.
+
+Why this way round (classes first, dict derived) and not ``dataclasses.make_dataclass`` from a SCHEMA
+dict: a type checker sees attribute types only in written class bodies, so generated classes would need
+hand-written twins for mypy, i.e. every key twice, held together only by a test.
+
+Annotation -> accepted TOML values: ``float`` takes an integer or a number (kept as written),
+``int`` an integer, ``bool`` true/false, ``str`` a string, ``tuple[...]`` an array (stored as a tuple).
+
+The trigger menu is a mapping name -> line record (:class:`EnergyLine`, :class:`BeamLine`,
+:class:`RandomLine`), declared in :data:`MENU_LINES` with per-line default overrides, so that the number
+of lines is data, not attributes.
+
+:class:`Config` is built by ``detector.config`` (``load_config``, ``validate``) and by
+:meth:`Config.with_overrides`, i.e. always after validation; :meth:`Config.to_dict` gives the nested
+dict back (``detector.config.dump_toml`` writes it as TOML). ``dataclasses.replace`` makes an
+unvalidated variant where a program needs a value outside the file ranges (e.g. a very short spill).
+"""
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+NUM = (int, float)
+
+_TOML_TYPES: dict[Any, type | tuple[type, ...]] = {float: NUM, int: int, bool: bool, str: str}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One configuration key: its accepted TOML type(s), default, range and unit."""
+
+    type: type | tuple[type, ...]
+    default: Any
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[Any, ...] | None = None
+    unit: str = ""
+    doc: str = ""
+
+    def allowed(self) -> str:
+        """What the key accepts, in words (used in every ``ConfigError`` message)."""
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        names = {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+                 list: "a list", dict: "a table"}
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        kind = " or ".join(names.get(t, t.__name__) for t in types)
+        if self.lo is not None or self.hi is not None:
+            kind += f" in [{self.lo if self.lo is not None else '-inf'}, {self.hi if self.hi is not None else 'inf'}]"
+        return kind + (f" {self.unit}" if self.unit else "")
+
+
+def key(default: Any, lo: float | None = None, hi: float | None = None, *, choices: tuple[Any, ...] | None = None,
+        unit: str = "", doc: str = "") -> Any:
+    """A config key as a dataclass field: default, inclusive range ``[lo, hi]`` or ``choices``, unit, doc.
+    The key's type is the field's annotation."""
+    meta = {"lo": lo, "hi": hi, "choices": choices, "unit": unit, "doc": doc}
+    return dataclasses.field(default=default, metadata={"config": meta})
+
+
+# ---------------------------------------------------------------------------------------------------
+# TRANSITION ONLY: mapping access (``cfg["daq"]["x"]``, ``.get``, ``in``, ``dict(...)``, ``**``) for the
+# code not yet converted to attributes. Remove this class (the base of Section and Config) and the two
+# lines of Config marked "transition" once ``grep -rn 'cfg\["' --include=*.py`` finds nothing.
+class _MappingAccess(Mapping[str, Any]):
+    _ALIASES: ClassVar[dict[str, str]] = {}
+
+    def _names(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self)] + list(self._ALIASES)  # type: ignore[arg-type]
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._names():
+            raise KeyError(name)
+        return getattr(self, self._ALIASES.get(name, name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+# --------------------------------------------------------------------------------- end of transition
+
+
+class Section(_MappingAccess):
+    """Base of every section and menu-line record: ``to_dict`` and the schema of its fields."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as a plain nested dict (TOML arrays as lists), as ``tomllib`` would read it."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if isinstance(v, Section):
+                v = v.to_dict()
+            elif isinstance(v, MenuLines):
+                v = {n: line.to_dict() for n, line in v.items()}
+            elif isinstance(v, tuple):
+                v = [dict(x) if isinstance(x, Mapping) else x for x in v]
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls: type["S"], d: Mapping[str, Any]) -> "S":
+        """The section from a validated dict (every key present; done by ``detector.config.validate``)."""
+        kw = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            v = d[f.name]
+            kw[f.name] = tuple(dict(x) if isinstance(x, Mapping) else x for x in v) if isinstance(v, list) else v
+        return cls(**kw)
+
+
+S = TypeVar("S", bound=Section)
+
+
+def fields_schema(cls: type[Section], overrides: Mapping[str, Any] | None = None) -> dict[str, Field]:
+    """key -> :class:`Field` of the keys of a section class declared with :func:`key` (sub-tables are
+    left out); ``overrides``: other defaults, by key."""
+    out = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if "config" not in f.metadata:
+            continue
+        origin = getattr(f.type, "__origin__", f.type)
+        toml_type = list if origin is tuple else _TOML_TYPES[origin]
+        default = (overrides or {}).get(f.name, f.default)
+        out[f.name] = Field(toml_type, list(default) if isinstance(default, tuple) else default,
+                            **f.metadata["config"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------ sections
+@dataclass(frozen=True)
+class CalibrationSection(Section):
+    """``[calibration]``: where the per-channel constants are."""
+
+    file: str = key("calibration.toml", doc="per-channel constants, relative to this config file")
+
+
+@dataclass(frozen=True)
+class EndpointsSection(Section):
+    """``[endpoints]``: addresses and ports of the servers and streams."""
+
+    host: str = key("127.0.0.1", doc="address every server binds to; non-loopback needs zmq_curve")
+    zmq_curve: bool = key(False, doc="require ZeroMQ CURVE keys (mandatory off loopback)")
+    msadc_port: int = key(0, 0, 65535, doc="VISA socket port of the MSADC crate; 0 = any free port")
+    hv_port: int = key(0, 0, 65535, doc="TCP port of the HV serial line; 0 = any free port")
+    table_port: int = key(0, 0, 65535, doc="TCP port of the table serial line; 0 = any free port")
+    feed_port: int = key(0, 0, 65535, doc="ZeroMQ port of the beam feed; 0 = any free port")
+    control_port: int = key(0, 0, 65535, doc="ZeroMQ REP port of the emulator control; 0 = any")
+    monitor: str = key("tcp://127.0.0.1:5556", doc="ZeroMQ PUB address of na64-daq's monitoring stream")
+
+
+@dataclass(frozen=True)
+class SpillSection(Section):
+    """``[spill]``: the SPS spill cycle."""
+
+    length_s: float = key(4.8, 0.01, 60.0, unit="s", doc="beam (flat-top) duration of a spill")
+    supercycle_s: float = key(30.0, 0.02, 120.0, unit="s", doc="spill period; physics.md: 14.4-48 s")
+    count: int = key(0, 0, 10**9, doc="spills the feed generates; 0 = until stopped")
+
+
+@dataclass(frozen=True)
+class BeamSection(Section):
+    """``[beam]``: the simulated beam (composition, spot, seeds)."""
+
+    particles_per_spill: float = key(5e6, 0, 2e7, doc="particles per spill (EOT scale)")
+    energy_gev: float = key(100.0, 1.0, 400.0, unit="GeV")
+    energy_spread: float = key(0.01, 0.0, 0.2, doc="relative RMS momentum spread")
+    x_mm: float = key(0.0, -100.0, 100.0, unit="mm", doc="beam centre at the ECAL face")
+    y_mm: float = key(0.0, -100.0, 100.0, unit="mm")
+    sigma_mm: float = key(5.0, 0.1, 50.0, unit="mm", doc="beam spot RMS")
+    frac_pion: float = key(3e-3, 0.0, 0.5, doc="pi- per particle")
+    frac_kaon: float = key(3e-4, 0.0, 0.5)
+    frac_muon: float = key(1e-3, 0.0, 0.5)
+    frac_halo: float = key(0.126, 0.0, 0.9, doc="halo particles that fire V0 (physics.md: V0/S1 = 0.126)")
+    frac_halo_v1: float = key(0.05, 0.0, 1.0, doc="fraction of the halo that also fires V1")
+    frac_upstream: float = key(1e-3, 0.0, 0.2, doc="electrons that interacted upstream (soft e-)")
+    dimuon_bias: float = key(200.0, 1.0, 1e6, doc="bias factor of gamma -> mu mu in showers")
+    seed: int = key(12345, 0, 2**63 - 1)
+    calibration_particle: str = key("e-", choices=("e-", "pi-", "mu-"),
+                                    doc="particle of the calibration beam when the table is on an HCAL cell")
+    calibration_particles_per_spill: float = key(2e4, 0, 1e7)
+
+
+@dataclass(frozen=True)
+class AprimeSection(Section):
+    """``[aprime]``: injected A' -> invisible signal."""
+
+    enabled: bool = key(False, doc="inject A' -> invisible signal events")
+    mass_mev: float = key(16.7, 1.0, 1000.0, unit="MeV")
+    epsilon: float = key(1e-4, 0.0, 1.0, doc="kinetic mixing")
+    bias: float = key(1.0, 1.0, 1e12, doc="rate bias (recorded in truth as a weight)")
+
+
+@dataclass(frozen=True)
+class EmulatorSection(Section):
+    """``[emulator]``: the emulated hardware and its hidden truth (gains the calibration must find)."""
+
+    gain_spread: float = key(0.30, 0.0, 0.9, doc="hidden HCAL gain spread (+/- fraction, uniform)")
+    gain_spread_other: float = key(0.02, 0.0, 0.9, doc="hidden gain spread of ECAL, counters, SRD (calibrated)")
+    gamma_mean: float = key(7.5, 3.0, 12.0, doc="hidden gain-law exponent, mean")
+    gamma_spread: float = key(0.5, 0.0, 3.0, doc="hidden gain-law exponent, RMS")
+    hidden_seed: int = key(777, 0, 2**63 - 1)
+    spill_buffer: int = key(2, 1, 16, doc="completed spills the crate keeps")
+    wait_for_feed: bool = key(False, doc="do not start the internal simulation; wait for an external feed")
+    hv_rup_v_per_s: float = key(50.0, 1.0, 500.0, unit="V/s")
+    hv_rdw_v_per_s: float = key(50.0, 1.0, 500.0, unit="V/s")
+    table_speed_mm_per_s: float = key(100.0, 1.0, 10000.0, unit="mm/s")
+    faults: tuple[dict[str, Any], ...] = key((), doc="faults active at start, as tables {endpoint, kind, ...}")
+
+
+# ------------------------------------------------------------------------------------- trigger menu
+@dataclass(frozen=True)
+class BeamLine(Section):
+    """The beam trigger: S1*S2*S3, prescaled."""
+    enabled: bool = key(True)
+    prescale: int = key(1000, 1, 10**7)
+
+
+@dataclass(frozen=True)
+class RandomLine(Section):
+    """The random (periodic) trigger."""
+    enabled: bool = key(True)
+    rate_hz: float = key(10.0, 0.0, 1e5, unit="Hz")
+
+
+@dataclass(frozen=True)
+class EnergyLine(Section):
+    """An energy trigger: counters, E_PS above ``ps_min_gev``, E_ECAL below ``ecal_max_gev``."""
+    enabled: bool = key(True)
+    prescale: int = key(1, 1, 10**7)
+    ps_min_gev: float = key(0.3, 0.0, 100.0, unit="GeV")
+    ecal_max_gev: float = key(80.0, 0.0, 400.0, unit="GeV")
+
+
+MenuLine = EnergyLine | BeamLine | RandomLine
+
+#: the lines of ``[trigger.menu]``: name -> (record class, defaults that differ from the class's)
+MENU_LINES: dict[str, tuple[type[Section], dict[str, Any]]] = {
+    "physics": (EnergyLine, {}),
+    "beam": (BeamLine, {}),
+    "random": (RandomLine, {}),
+    "dimuon": (EnergyLine, {"ecal_max_gev": 60.0}),
+}
+
+
+class MenuLines(Mapping[str, Any]):
+    """Read-only mapping trigger name -> line record, in declaration order (picklable, unlike a
+    ``MappingProxyType``: configs travel to spawned children and dask workers)."""
+
+    def __init__(self, lines: Mapping[str, Any]) -> None:
+        self._lines = dict(lines)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._lines[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._lines)
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __repr__(self) -> str:
+        return f"MenuLines({self._lines!r})"
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MenuLines":
+        return cls({n: MENU_LINES[n][0].from_dict(v) for n, v in d.items()})
+
+
+def _menu_default() -> MenuLines:
+    return MenuLines({n: kind(**over) for n, (kind, over) in MENU_LINES.items()})
+
+
+@dataclass(frozen=True)
+class TriggerSection(Section):
+    """``[trigger]``: counter coincidence settings and the menu of trigger lines."""
+
+    window_ns: float = key(10.0, 0.5, 100.0, unit="ns", doc="counter coincidence half-window")
+    counter_threshold_mip: float = key(0.5, 0.05, 10.0, doc="S and V threshold in MIP")
+    mip_adc: float = key(200.0, 1.0, 4000.0, unit="ADC counts", doc="counter amplitude of one MIP")
+    menu: MenuLines = dataclasses.field(default_factory=_menu_default)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TriggerSection":
+        kw: dict[str, Any] = {k: (MenuLines.from_dict(v) if k == "menu" else v) for k, v in d.items()}
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class DaqSection(Section):
+    """``[daq]``: readout, recording and monitoring of ``na64-daq``."""
+
+    visa_library: str = key("@py", doc="pyvisa backend")
+    timeout_ms: int = key(10000, 10, 600000, unit="ms")
+    retries: int = key(3, 0, 20)
+    chunk_records: int = key(1 << 20, 1, 1 << 26, doc="primitive records per PRIM:DATA? read")
+    poll_interval_s: float = key(0.05, 0.001, 10.0, unit="s")
+    record_truth: bool = key(True, doc="store emulator truth (EVT:TRUT?) when the crate offers it")
+    sample_waveforms: int = key(8, 0, 1000, doc="waveforms per spill on the monitoring stream")
+    calibration_mode: bool = key(False, doc="beam trigger unprescaled; publish amplitudes")
+    heartbeat_s: float = key(1.0, 0.05, 60.0, unit="s")
+    spill_timeout_s: float = key(120.0, 0.1, 3600.0, unit="s", doc="no spill for this long = DAQ stalled")
+    min_free_mb: float = key(256.0, 0.0, 1e8, unit="MB",
+                             doc="disk kept free on the output filesystem: a spill that would cut into it is "
+                                 "not written (flagged disk_full) and the run stops")
+
+
+@dataclass(frozen=True)
+class HvSection(Section):
+    """``[hv]``: HV limits, ramps and the serial line."""
+
+    max_v: float = key(1500.0, 0.0, 2000.0, unit="V", doc="per-channel voltage limit (refuse above)")
+    min_v: float = key(500.0, 0.0, 2000.0, unit="V", doc="lowest operating set point")
+    max_step_v: float = key(50.0, 0.1, 500.0, unit="V", doc="largest change of one calibration step")
+    ramp_step_v: float = key(20.0, 0.1, 500.0, unit="V", doc="software ramp step")
+    ramp_up_v_per_s: float = key(50.0, 1.0, 500.0, unit="V/s")
+    ramp_down_v_per_s: float = key(50.0, 1.0, 500.0, unit="V/s")
+    settle_tolerance_v: float = key(1.0, 0.01, 50.0, unit="V")
+    settle_timeout_s: float = key(60.0, 0.1, 3600.0, unit="s")
+    safe_v: float = key(0.0, 0.0, 2000.0, unit="V", doc="voltage of the safe state")
+    timeout_s: float = key(2.0, 0.01, 60.0, unit="s", doc="serial read timeout")
+    retries: int = key(2, 0, 10)
+    max_current_ua: float = key(500.0, 1.0, 1000.0, unit="uA")
+
+
+@dataclass(frozen=True)
+class HvTuneSection(Section):
+    """``[hv_tune]``: the HCAL HV equalisation campaign."""
+
+    target: float = key(2500.0, 100.0, 4000.0, unit="ADC counts")
+    tolerance: float = key(0.02, 0.001, 0.5)
+    max_iterations: int = key(5, 1, 50)
+    gamma_default: float = key(7.5, 1.0, 20.0, doc="gain-law exponent before it is measured")
+    min_events: int = key(500, 10, 10**7)
+    max_spills_per_point: int = key(5, 1, 1000)
+
+
+@dataclass(frozen=True)
+class MonitorSection(Section):
+    """``[monitor]``: the online monitor's views and alarms."""
+
+    repaint_hz: float = key(5.0, 0.2, 10.0, unit="Hz")
+    yields_file: str = key("", doc="JSON written by `na64-offline yields --json` (empty: no sensitivity view)")
+    rate_drop_fraction: float = key(0.5, 0.0, 1.0, doc="alarm when S1 falls below this x the running mean")
+    hv_deviation_v: float = key(5.0, 0.1, 500.0, unit="V")
+    stall_s: float = key(60.0, 1.0, 3600.0, unit="s")
+    history_spills: int = key(500, 10, 100000)
+    signal_efficiency: float = key(0.5, 0.01, 1.0, doc="signal efficiency for the live sensitivity view")
+
+
+@dataclass(frozen=True)
+class OfflineSection(Section):
+    """``[offline]``: offline reconstruction and selection cuts."""
+
+    ecal_box_max_gev: float = key(50.0, 0.0, 400.0, unit="GeV")
+    hcal_box_max_gev: float = key(1.0, 0.0, 100.0, unit="GeV")
+    cell_pileup_min_gev: float = key(1.0, 0.0, 100.0, unit="GeV")
+    pileup_window_ns: float = key(2.0, 0.1, 100.0, unit="ns")
+    srd_min_gev: float = key(0.025, 0.0, 1.0, unit="GeV",
+                             doc="SR per SRD section: half of a 100 GeV e-'s, so soft upstream e- fail the tag")
+    v2_max_mip: float = key(0.5, 0.0, 100.0)
+    shape_chi2_ndf_max: float = key(4.0, 0.1, 1000.0, doc="ECAL lateral profile vs e-m expectation, chi2/ndf")
+    centre_max_mm: float = key(20.0, 1.0, 200.0, unit="mm", doc="shower centre distance from the beam axis")
+    dask_workers: int = key(2, 1, 64)
+
+
+#: section name -> class, in file order
+SECTIONS: dict[str, type[Section]] = {
+    "calibration": CalibrationSection, "endpoints": EndpointsSection, "spill": SpillSection,
+    "beam": BeamSection, "aprime": AprimeSection, "emulator": EmulatorSection, "trigger": TriggerSection,
+    "daq": DaqSection, "hv": HvSection, "hv_tune": HvTuneSection, "monitor": MonitorSection,
+    "offline": OfflineSection,
+}
+
+
+def _schema() -> dict[str, Any]:
+    out: dict[str, Any] = {name: fields_schema(cls) for name, cls in SECTIONS.items()}
+    out["trigger"]["menu"] = {n: fields_schema(kind, over) for n, (kind, over) in MENU_LINES.items()}
+    return out
+
+
+#: The whole schema: section -> key -> Field; sub-tables (``trigger.menu.physics``) as nested dicts.
+SCHEMA: dict[str, Any] = _schema()
+
+
+# ------------------------------------------------------------------------------------------ config
+@dataclass(frozen=True)
+class Config(_MappingAccess):
+    """A validated configuration. ``path``: the resolved file it was read from (None: defaults or a
+    run record); a relative ``calibration.file`` is taken relative to it."""
+
+    _ALIASES: ClassVar[dict[str, str]] = {"_path": "path"}      # transition: the old ``cfg["_path"]``
+
+    calibration: CalibrationSection
+    endpoints: EndpointsSection
+    spill: SpillSection
+    beam: BeamSection
+    aprime: AprimeSection
+    emulator: EmulatorSection
+    trigger: TriggerSection
+    daq: DaqSection
+    hv: HvSection
+    hv_tune: HvTuneSection
+    monitor: MonitorSection
+    offline: OfflineSection
+    path: str | None = None
+
+    def _names(self) -> list[str]:                              # transition: the keys of the old dict
+        return [*SECTIONS, *self._ALIASES]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], path: str | None = None) -> "Config":
+        """From a validated nested dict (``detector.config.validate`` builds it; do not call directly)."""
+        sections: dict[str, Any] = {n: kind.from_dict(d[n]) for n, kind in SECTIONS.items()}
+        return cls(**sections, path=path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a nested dict of plain values (no ``path``), as ``tomllib`` reads it."""
+        return {n: getattr(self, n).to_dict() for n in SECTIONS}
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":
+        """A new config with ``overrides`` (nested dict, e.g. ``{"daq": {"min_free_mb": 1e3}}``) merged in,
+        validated by the same schema and checks as a file (``ConfigError`` on a bad value)."""
+        from .config import validate
+
+        return dataclasses.replace(validate(merge_dicts(self.to_dict(), overrides), self.path or "<overrides>"),
+                                   path=self.path)
+
+
+def merge_dicts(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated recursively with ``over`` (a new dict; the arguments are not modified)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge_dicts(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
