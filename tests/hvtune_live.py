@@ -42,4 +42,5 @@ def run_campaign(tmp: pathlib.Path, modules: str, extra: list[str] | None = None
         state = emu.control({"cmd": "state", "hv": True})
     campaign = json.loads((tmp / "logbook.txt.campaign.json").read_text())
     return {"wall_s": wall, "returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr,
-            "campaign": campaign, "hv_log": hv_log, "emulator_state": state, "logbook": tmp / "logbook.txt"}
+            "campaign": campaign, "hv_log": hv_log, "emulator_state": state, "logbook": tmp / "logbook.txt",
+            "config_path": emu.config_path}

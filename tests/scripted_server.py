@@ -82,7 +82,7 @@ class ScriptedCrate:
                     conn.close()
 
     def check(self) -> None:
-        self.thread.join(timeout=5)
+        self.thread.join(timeout=60)
         assert not self.errors, self.errors
         assert self.done == list(range(len(self.scripts))), f"scripts finished: {self.done}"
 

@@ -21,6 +21,7 @@ from sim_frontend import scpi
 from sim_frontend.emu_msadc import MSADCCrate, MSADCServer, SpillRecord, truth_summary
 
 N_REC = 1000
+REPLY_TIMEOUT_MS = 30000     #: a reply that must arrive gets this long (generous on a loaded machine)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -63,7 +64,7 @@ def rm():
     manager.close()
 
 
-def open_crate(rm, server, timeout_ms=2000):
+def open_crate(rm, server, timeout_ms=REPLY_TIMEOUT_MS):
     res = rm.open_resource(server.resource, read_termination="\n", write_termination="\n", timeout=timeout_ms)
     return res
 
@@ -79,7 +80,7 @@ def read_block(res) -> bytes:
 
 
 def raw_conn(server) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", server.port), timeout=3.0)
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=REPLY_TIMEOUT_MS / 1000)
     return s
 
 
@@ -163,9 +164,9 @@ def test_stock_pyvisa_session(crate_server, rm):
         assert res.query("SPILl:STATus?") == "GAP,5"
         res.write("PRIM:COUN?")           # nothing selected: no reply, -221
         with pytest.raises(pyvisa.errors.VisaIOError):
-            res.timeout = 300
+            res.timeout = 300                                  # must expire: no reply is sent
             res.read()
-        res.timeout = 2000
+        res.timeout = REPLY_TIMEOUT_MS
         assert res.query("SYST:ERR?").startswith("-221,")
         res.write("SPIL:SEL 5")
         assert res.query("SPIL:SEL?") == "5"
@@ -243,8 +244,12 @@ def test_truncated_upload_gives_160_and_server_resyncs(crate_server, rm):
     res = open_crate(rm, server)
     try:
         res.write("SPIL:SEL 1")
+        errors0 = crate.counters["errors"]
         res.write_raw(b"ACC:DATA #240" + b"\x01\x00\x00\x00" * 3)     # 12 of 40 bytes, then silence
-        time.sleep(0.6)                                                  # > idle timeout (0.3 s)
+        deadline = time.monotonic() + 60                                 # until the idle timeout (0.3 s) hit
+        while crate.counters["errors"] == errors0:
+            assert time.monotonic() < deadline, "the unfinished upload was never abandoned"
+            time.sleep(0.01)
         err = res.query("SYST:ERR?")
         assert err.startswith("-160,") and "truncated" in err
         assert res.query("ACC:COUN?") == "0"
@@ -325,21 +330,29 @@ def test_reconnect_and_two_clients(crate_server, rm):
 def test_faults_on_the_crate(crate_server, rm):
     crate, server = crate_server
     crate.spill_completed(make_record(9))
-    res = open_crate(rm, server, timeout_ms=500)
+    res = open_crate(rm, server)
+    expire = 500                                                 # ms; for replies that never come
     try:
         res.write("SPIL:SEL 9")
         server.faults.set("delay", seconds=0.3)
         t0 = time.monotonic()
         assert "MSADC" in res.query("*IDN?")
-        assert time.monotonic() - t0 >= 0.28
+        # the wait is the behaviour under test; load can only lengthen it (a broken delay passes only if
+        # this one query happened to stall 0.3 s by itself)
+        assert time.monotonic() - t0 >= 0.3
         server.faults.set("delay", seconds=0)
         server.faults.set("no_reply", count=1)
+        res.timeout = expire
         with pytest.raises(pyvisa.errors.VisaIOError):
             res.query("*IDN?")
+        res.timeout = REPLY_TIMEOUT_MS
+        assert server.stats["no_reply"] == 1
         assert "MSADC" in res.query("*IDN?")                    # recovered
         server.faults.set("truncate")
+        res.timeout = expire
         with pytest.raises(pyvisa.errors.VisaIOError):           # the block never completes
             res.query_binary_values("PRIM:DATA? 0,100", datatype="h", container=np.ndarray)
+        res.timeout = REPLY_TIMEOUT_MS
         res.clear()
         assert "MSADC" in res.query("*IDN?")
         server.faults.set("corrupt")
@@ -349,6 +362,7 @@ def test_faults_on_the_crate(crate_server, rm):
         assert "MSADC" in res.query("*IDN?")
         server.faults.set("drop")
         assert res.query("PRIM:COUN?") == str(N_REC)            # not a data query: served
+        res.timeout = expire                                     # the connection is closed: nothing comes
         with pytest.raises(pyvisa.errors.VisaIOError):
             res.query_binary_values("PRIM:DATA? 0,10", datatype="h", container=np.ndarray)
     finally:

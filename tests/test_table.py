@@ -3,7 +3,7 @@ over a REAL pty and a REAL TCP socket; plus the model's kinematics under a fake 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import serial
@@ -14,18 +14,30 @@ from sim_frontend.emu_table import HCALTable
 from sim_frontend.serial_server import LineServers, serve_line_handlers
 
 SPEED = 1000.0     # mm/s
+REPLY_TIMEOUT_S = 10.0     # a reply must arrive within this (generous on a loaded machine)
+
+
+class FakeClock:
+    """Model time of the table (s), advanced by the test: the table moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.t = 50.0
+
+    def __call__(self) -> float:
+        return self.t
 
 
 class TableRig:
-    def __init__(self, kind: str) -> None:
-        self.table = HCALTable(speed_mm_per_s=SPEED)
+    def __init__(self, kind: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.table = HCALTable(speed_mm_per_s=SPEED, clock=clock)
         self.servers: LineServers = serve_line_handlers({"table": self.table.handle}, pty=kind == "pty",
                                                         tcp=kind == "tcp")
         addr = self.servers.addresses()["table"]
         self.address = addr["pty"] if kind == "pty" else addr["url"]
         self.server = self.servers.servers["table"][0]
         self.faults = self.servers.faults["table"]
-        self.driver = HCALTableDriver.connect(self.address, timeout_s=0.5, poll_s=0.01, move_timeout_s=5.0)
+        self.driver = HCALTableDriver.connect(self.address, timeout_s=REPLY_TIMEOUT_S, poll_s=0.01,
+                                              move_timeout_s=60.0)
 
     def close(self) -> None:
         self.driver.close()
@@ -46,6 +58,15 @@ def pty_rig() -> Iterator[TableRig]:
     r.close()
 
 
+@pytest.fixture(params=["pty", "tcp"])
+def frozen_rig(request: pytest.FixtureRequest) -> Iterator[tuple[TableRig, FakeClock]]:
+    """A rig whose table runs on a :class:`FakeClock`: motion happens only when the test advances it."""
+    clock = FakeClock()
+    r = TableRig(request.param, clock)
+    yield r, clock
+    r.close()
+
+
 # -------------------------------------------------------------------------------------------- driver + emulator
 def test_move_to_cell_and_verify(rig: TableRig) -> None:
     assert rig.driver.identify().startswith("NA64-HIL,HCAL-TABLE,")
@@ -58,26 +79,37 @@ def test_move_to_cell_and_verify(rig: TableRig) -> None:
     assert (pos.x_mm, pos.y_mm, pos.module, pos.cell) == (0.0, 0.0, -1, "PHYSICS")
 
 
-def test_busy_while_moving_and_move_refused(rig: TableRig) -> None:
-    t0 = time.monotonic()
-    rig.driver.move_to_cell("0-0-1", wait=False)            # 274 mm at 1000 mm/s: ~0.27 s
+def test_busy_while_moving_and_move_refused(frozen_rig: tuple[TableRig, FakeClock]) -> None:
+    rig, clock = frozen_rig
+    rig.driver.move_to_cell("0-0-1", wait=False)            # 274.4 mm at 1000 mm/s: 0.2744 s of model time
     assert rig.driver.busy()
     assert rig.driver.position().cell == "NONE"
     with pytest.raises(TableBusyError):
         rig.driver.move_to_cell("2-2-1")
-    pos = rig.driver.wait_idle(2.0)
-    assert time.monotonic() - t0 >= 274.0 / SPEED - 0.02
+    clock.t += 0.5 * 274.36 / SPEED                         # half way: still busy, half the travel done
+    pos = rig.driver.position()
+    assert rig.driver.busy() and (pos.x_mm, pos.y_mm, pos.cell) == (-97.0, -97.0, "NONE")
+    clock.t += 0.5 * 274.36 / SPEED + 1e-3                  # arrived
+    pos = rig.driver.wait_idle(60.0)
     assert (pos.x_mm, pos.y_mm, pos.cell) == (-194.0, -194.0, "0-0-1")
+    assert [(m["x_mm"], m["y_mm"], m["module"]) for m in rig.table.moves] == [(-194.0, -194.0, 1)]
 
 
-def test_move_to_position_and_stop(pty_rig: TableRig) -> None:
-    pos = pty_rig.driver.move_to(100.0, -200.5, 1)
+def test_move_to_position_and_stop(frozen_rig: tuple[TableRig, FakeClock]) -> None:
+    rig, clock = frozen_rig
+    rig.driver.move_to(100.0, -200.5, 1, wait=False)
+    clock.t += 10.0
+    pos = rig.driver.wait_idle(60.0)
     assert (pos.x_mm, pos.y_mm, pos.module, pos.cell) == (100.0, -200.5, 1, "NONE")
-    pty_rig.driver.move_to(-400.0, 400.0, 1, wait=False)
-    time.sleep(0.1)
-    stopped = pty_rig.driver.stop()
-    assert not pty_rig.driver.busy()
-    assert -400.0 < stopped.x_mm < 100.0 and stopped.cell == "NONE"
+    rig.driver.move_to(-400.0, 400.0, 1, wait=False)        # (-500, 600.5) mm away: 781.4 mm
+    clock.t += 0.1                                          # 100 mm travelled when the STOP arrives
+    stopped = rig.driver.stop()
+    assert not rig.driver.busy()
+    assert stopped.x_mm == pytest.approx(100.0 - 100.0 * 500.0 / 781.42, abs=0.1)
+    assert stopped.y_mm == pytest.approx(-200.5 + 100.0 * 600.5 / 781.42, abs=0.1)
+    assert stopped.cell == "NONE"
+    clock.t += 10.0                                         # a stopped table does not move on
+    assert rig.driver.position().x_mm == stopped.x_mm and not rig.driver.busy()
 
 
 def test_out_of_range_is_refused(pty_rig: TableRig) -> None:
@@ -124,7 +156,7 @@ def test_wait_idle_times_out(pty_rig: TableRig) -> None:
 
 def test_garbage_on_the_line_is_survived(rig: TableRig) -> None:
     rig.driver.close()
-    raw = serial.serial_for_url(rig.address, timeout=0.5)
+    raw = serial.serial_for_url(rig.address, timeout=REPLY_TIMEOUT_S)
     raw.write(b"\x00\xff\xfe garbage \x1b[2J\r\n" + b"Z" * 5000 + b"\r\n\xc3\x28MOVE\r\n")
     replies = [raw.readline() for _ in range(3)]
     assert replies == [b"ERR UNKNOWN COMMAND\r\n", b"ERR LINE TOO LONG\r\n", b"ERR UNKNOWN COMMAND\r\n"]
@@ -147,14 +179,6 @@ def test_dropped_connection_is_survived() -> None:
 
 
 # -------------------------------------------------------------------------------------------- model
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 50.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_model_moves_linearly_in_time() -> None:
     clock = FakeClock()
     t = HCALTable(speed_mm_per_s=100.0, clock=clock)

@@ -1,0 +1,116 @@
+"""End to end: ``na64-daq`` records a run from ``na64-emulator`` (both real subprocesses), then
+``na64-offline select`` (the real command line) selects it. Its numbers are checked against the spill files
+themselves: the EOT is the sum of the recorded spills' EOT scalers, the event count the sum of the files'
+events, and the cut flow what the cuts, written out by hand here with numpy on the recorded events, give.
+
+The reconstruction (``offline.events``: waveforms -> energies, times, shower shape) is shared with the
+command; everything after it (the cuts, their order, the per-spill partial results, the merge, the EOT
+bookkeeping, the JSON output) is recomputed independently."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
+from daq_helpers import DAQ_TEST_CONFIG, REPO_ROOT, check_run, start_daq
+from detector.config import load_calibration, load_config
+from detector.records import TRIGGER_BITS
+from detector.spillfile import list_spills, read_run_record, read_spill
+from emulator_fixture import deep_merge, start_emulator
+from offline.events import event_table_from_arrays
+
+pytestmark = pytest.mark.slow
+
+SPILLS = 3
+#: a loose SRD tag, as in tests/offline_fixtures.py: these small runs then keep events past every cut
+RUN_CONFIG = deep_merge(DAQ_TEST_CONFIG, {"offline": {"srd_min_gev": 0.001}})
+
+
+def cut_flow_by_hand(cfg: dict, calib, path) -> tuple[dict[str, int], set[tuple[int, int]]]:
+    """The selection of one spill file, the cuts written out here (docs of offline/selection.py), applied in
+    order: the cut flow and the (spill, event id) of the events in the box."""
+    d = read_spill(path)
+    t = event_table_from_arrays(d.waveforms, calib, cfg, event_id=d.event_id, trigger_mask=d.trigger_mask,
+                                time_ns=d.time_ns, truth=d.truth, run=int(d.attrs["run"]), spill=int(d.attrs["spill"]))
+    off, window = cfg["offline"], cfg["trigger"]["window_ns"]
+    chi2_ndf = t["ecal_chi2"] / np.maximum(t["ecal_ndf"], 1)
+    srd = np.ones(d.n_events, bool)
+    for i in range(3):
+        srd &= (t[f"srd{i}"] > off["srd_min_gev"]) & (np.abs(t[f"srd{i}_dt"]) < window)
+    with np.errstate(invalid="ignore"):           # NaN (no energy) fails the comparisons, as it must
+        cuts = [
+            ("trigger", (d.trigger_mask & TRIGGER_BITS["physics"]) != 0),     # the RECORDED mask, not a column
+            ("srd", srd),
+            ("shower", (chi2_ndf < off["shape_chi2_ndf_max"]) & (np.abs(t["ecal_x_mm"]) < off["centre_max_mm"])
+             & (np.abs(t["ecal_y_mm"]) < off["centre_max_mm"])),
+            ("ps", t["e_ps"] > cfg["trigger"]["menu"]["physics"]["ps_min_gev"]),
+            ("v2", t["v2_mip"] < off["v2_max_mip"]),
+            ("hcal", t["e_hcal"] < off["hcal_box_max_gev"]),
+            ("pileup", t["n_cells_pileup"] == 0),
+            ("box", t["e_ecal"] < off["ecal_box_max_gev"]),
+        ]
+    flow = {"all": d.n_events}
+    passed = np.ones(d.n_events, bool)
+    for name, mask in cuts:
+        passed &= mask
+        flow[name] = int(passed.sum())
+    spill = int(d.attrs["spill"])
+    return flow, {(spill, int(e)) for e in d.event_id[passed]}
+
+
+def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
+    with start_emulator(tmp_path, RUN_CONFIG, ["--no-pty"]) as emu:
+        daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=21, spills=SPILLS)
+        rc = daq.wait(300)
+        assert rc == 0, daq.log()[-6000:]
+        rec = check_run(daq.rdir, emu)
+        cfg = load_config(emu.config_path)
+
+    files = list_spills(daq.rdir)
+    assert len(files) == SPILLS and rec["totals"]["complete_spills"] == SPILLS, [e["flags"] for e in rec["spills"]]
+    heads = [read_spill(p, waveforms=False) for p in files]
+
+    out = tmp_path / "selection"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", ""))
+                                                      if p))
+    proc = subprocess.run([sys.executable, "-m", "offline.cli", "select", str(daq.rdir), "--out", str(out),
+                           "--serial"], cwd=str(REPO_ROOT), env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sel = json.loads((out / "selection.json").read_text())
+
+    # bookkeeping: every spill in, none excluded or flagged, no read error
+    assert sel["errors"] == [] and sel["excluded_spills"] == [] and sel["flagged_spills"] == []
+    assert sel["n_spills"] == SPILLS
+    # EOT: the sum of the recorded spills' EOT scalers (and what the DAQ's run record says)
+    eot = sum(int(h.attrs["scalers"]["EOT"]) for h in heads)
+    assert eot > 0 and all(int(h.attrs["eot"]) == int(h.attrs["scalers"]["EOT"]) for h in heads)
+    assert sel["eot"] == eot == rec["totals"]["eot"]
+    # events: every recorded event of every file
+    n_events = sum(h.n_events for h in heads)
+    assert sel["n_events"] == n_events == rec["totals"]["events_recorded"] > 0
+    by_run = sel["by_run"][str(daq.rdir)]
+    assert (by_run["n_spills"], by_run["eot"], by_run["n_events"]) == (SPILLS, eot, n_events)
+
+    # the cut flow and the events in the box: the cuts applied by hand, spill by spill, summed here
+    calib = load_calibration(cfg)
+    flow: dict[str, int] = {}
+    box: set[tuple[int, int]] = set()
+    for p in files:
+        f, b = cut_flow_by_hand(cfg, calib, p)
+        flow = {k: flow.get(k, 0) + v for k, v in f.items()}
+        box |= b
+    assert sel["cut_order"] == [k for k in flow if k != "all"]
+    assert sel["cut_flow"] == flow
+    assert flow["trigger"] > 0 and flow["srd"] > 0, flow          # a selection that selects something
+    assert sel["box"]["n_obs"] == flow["box"] == len(box)
+    assert {(e["spill"], e["event_id"]) for e in sel["box"]["events"]} == box
+    assert all(e["run"] == 21 for e in sel["box"]["events"])
+    # the side-band files hold one entry per side-band event
+    for name in ("A", "C"):
+        assert np.load(out / f"sideband_{name}.npy").shape == (sel["sidebands"][name]["n"],)
+    assert read_run_record(daq.rdir)["totals"]["spills"] == SPILLS
