@@ -88,7 +88,7 @@ def assert_never_above_limit(rig: Rig) -> None:
 # -------------------------------------------------------------------------------------------- basic
 def test_set_ramp_and_verify(rig: Rig) -> None:
     vmon = rig.supply.set_voltage(CID, 1092.0)
-    assert abs(vmon - 1092.0) <= CFG["hv"]["settle_tolerance_v"]
+    assert abs(vmon - 1092.0) <= CFG.hv.settle_tolerance_v
     assert rig.emu.vmon_by_channel_id()[CID] == pytest.approx(1092.0, abs=1.0)
     # software ramp from the read-back 942 V in 50 V steps, every step verified
     assert [v for c, v in rig.sent_voltages() if c == CID] == [992.0, 1042.0, 1092.0]
@@ -173,7 +173,7 @@ def test_power_up_from_off(pty_rig: Rig) -> None:
 
 
 def test_shutdown_reaches_the_safe_state(pty_rig: Rig) -> None:
-    cfg = {**CFG, "hv": {**CFG["hv"], "ramp_step_v": 250.0}}
+    cfg = CFG.with_overrides({"hv": {"ramp_step_v": 250.0}})
     supply = HVSupply(pty_rig.supply.mainframe, cfg, CAL, poll_s=0.01)
     pty_rig.emu.inject_trip(chmap.by_name("S2").id)     # a tripped channel must not stop the shutdown
     r = supply.shutdown()
@@ -206,7 +206,7 @@ def test_dropped_socket_is_survived(tcp_rig: Rig) -> None:
 
 def test_no_reply_gives_a_clear_timeout(pty_rig: Rig) -> None:
     pty_rig.supply.close()
-    cfg = {**CFG, "hv": {**CFG["hv"], "timeout_s": 0.1, "retries": 1}}
+    cfg = CFG.with_overrides({"hv": {"timeout_s": 0.1, "retries": 1}})
     supply = HVSupply.connect(pty_rig.address, cfg, CAL)
     pty_rig.faults.set("no_reply", count=100)
     with pytest.raises(TransportTimeoutError, match=r"no reply from /dev/pts/\d+ to '\$BD:03,CMD:MON,CH:6,"
@@ -279,7 +279,7 @@ def test_shutdown_reports_a_channel_that_does_not_switch_off(pty_rig: Rig) -> No
 
     pty_rig.server.handler = stuck
     with pytest.raises(HVError, match="HCAL-0-2-3 not off"):
-        cfg = {**CFG, "hv": {**CFG["hv"], "settle_timeout_s": 0.3}}
+        cfg = CFG.with_overrides({"hv": {"settle_timeout_s": 0.3}})
         HVSupply(pty_rig.supply.mainframe, cfg, CAL, poll_s=0.01).shutdown([CID])
 
 
