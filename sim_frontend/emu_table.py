@@ -39,8 +39,9 @@ def cell_centre_mm(x: int, y: int) -> tuple[float, float]:
 class HCALTable:
     """Time-dynamic model of the HCAL table, served line by line by :meth:`handle`.
 
-    ``speed_mm_per_s`` defaults to ``cfg.emulator.table_speed_mm_per_s`` (that key's default without a config). ``clock`` is
-    the model time source in s. Thread-safe (one lock). The table starts at rest in the physics position.
+    ``speed_mm_per_s`` defaults to ``cfg.emulator.table_speed_mm_per_s`` (that key's default without a
+    config). ``clock`` is the model time source in s. Thread-safe (one lock). The table starts at rest in
+    the physics position.
     """
 
     OVERLONG_REPLY = "ERR LINE TOO LONG"

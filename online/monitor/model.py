@@ -38,11 +38,11 @@ import numpy as np
 
 from detector import channels as ch
 from detector import monitoring as mon
-from detector.settings import Config
 from detector.framing import Message
 from detector.hwstatus import HV_FAULT, HVStatus
 from detector.hwstatus import HV_RAMPING as HV_RAMP_BITS
 from detector.monitoring import ACCUMULATING, LATEST_WINS, TOPIC_NAMES, ContentError, DAQState  # noqa: F401
+from detector.settings import Config
 
 log = logging.getLogger("online.monitor")
 
