@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         procs.run("yields", tool("na64-offline") + ["yields", "--masses", "2,5,16.7,50,100,200,500",
                                                     "--json", str(yields)], timeout=300)
 
-        step(f"4. physics run 1: {args.spills} spills with A' injected (m = {base['aprime']['mass_mev']} MeV, "
+        step(f"4. physics run 1: {args.spills} spills with A' injected (m = {base.aprime.mass_mev} MeV, "
              f"eps = {base['aprime']['epsilon']}, bias {base['aprime']['bias']:.0f})")
         run1 = physics_run(procs, out, cfg_path, aprime_feed, endpoints, endpoints_file, 1, args.spills,
                            out / "monitor-live.png", yields)
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
         step("6. offline: signal efficiency, selection, background, limits, plots")
         procs.run("simulate", tool("na64-offline") + [
-            "simulate", "--mass", str(base["aprime"]["mass_mev"]), "--events", "2000", "--config", str(cfg_path),
+            "simulate", "--mass", str(base.aprime.mass_mev), "--events", "2000", "--config", str(cfg_path),
             "--json", str(out / "signal-efficiency.json")], timeout=600)
         for run, rdir in ((1, run1), (2, run2)):
             procs.run(f"report-run{run}", tool("na64-offline") + [

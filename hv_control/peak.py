@@ -3,7 +3,9 @@ iminuit's binned likelihood, giving the peak position (ADC counts) and its error
 
 The core is found robustly first (median and MAD), the fit runs on +/- ``core_sigmas`` around it, so the
 low tail of showers leaking out of the cell does not pull the peak. A fit that does not converge, that
-has too few events or whose peak lies outside the fit window raises :class:`PeakFitError`.
+has too few events, whose peak lies outside the fit window or whose distribution has no width (none at
+all, or one too narrow to histogram at its amplitude in float64) raises :class:`PeakFitError`, which the
+HV campaign (``hv_control.tune``) turns into a pause.
 """
 from __future__ import annotations
 
@@ -46,6 +48,11 @@ def fit_peak(amplitudes: np.ndarray, min_events: int = 100, core_sigmas: float =
     if not mad > 0:
         raise PeakFitError(f"amplitude distribution has no width (median {med:.1f} counts)")
     lo, hi = med - core_sigmas * mad, med + core_sigmas * mad
+    # the same test np.histogram makes: a window a few float64 steps wide cannot hold `bins` distinct bins
+    edges = np.linspace(lo, hi, bins + 1)
+    if not np.all(edges[1:] > edges[:-1]):
+        raise PeakFitError(f"amplitude distribution has no width resolvable at its amplitude (spread {mad:.3g} "
+                           f"counts at median {med:.1f} counts: below float64 resolution for {bins} bins)")
     core = a[(a >= lo) & (a <= hi)]
     if core.size < min_events // 2:
         raise PeakFitError(f"only {core.size} events in the peak window [{lo:.0f}, {hi:.0f}] counts")

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from detector import channels as chmap
-from detector.config import Calibration, load_calibration, load_config
+from detector.config import Calibration, Config, load_calibration, load_config
 from detector.hwstatus import HVStatus
 
 from .caen import CAENMainframe, HVProtocolError
@@ -114,18 +114,18 @@ class HVSupply:
     tests under a fake clock.
     """
 
-    def __init__(self, mainframe: CAENMainframe, cfg: Mapping[str, Any] | None = None,
+    def __init__(self, mainframe: CAENMainframe, cfg: Config | None = None,
                  calib: Calibration | None = None, *, poll_s: float = 0.05,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         cfg = load_config(None) if cfg is None else cfg
-        calib = load_calibration(dict(cfg)) if calib is None else calib
+        calib = load_calibration(cfg) if calib is None else calib
         self.mainframe = mainframe
-        self.hv = dict(cfg["hv"])
+        self.hv = cfg.hv
         self.poll_s = float(poll_s)
         self._sleep = sleep
         self._clock = clock
         self._lock = threading.RLock()
-        max_v = _finite_or_nan(self.hv.get("max_v"))
+        max_v = _finite_or_nan(self.hv.max_v)
         per_channel = np.array([_finite_or_nan(x) for x in np.asarray(calib.hv_limit, dtype=float)])
         if per_channel.shape != (chmap.N_CHANNELS,):
             raise ValueError(f"calibration hv_limit must have {chmap.N_CHANNELS} entries, got {per_channel.shape}")
@@ -135,13 +135,13 @@ class HVSupply:
         self.channel_ids = np.array(sorted(self._addr), dtype=np.int64)   #: every channel with HV
 
     @classmethod
-    def connect(cls, address: str, cfg: Mapping[str, Any] | None = None, calib: Calibration | None = None, *,
+    def connect(cls, address: str, cfg: Config | None = None, calib: Calibration | None = None, *,
                 backend: str | None = None, **kw: Any) -> "HVSupply":
         """Open ``address`` (``/dev/pts/N``, ``socket://host:port`` or a VISA ``ASRL...::INSTR`` name)
-        with the timeout and retries of ``cfg['hv']``."""
+        with the timeout and retries of ``cfg.hv``."""
         cfg = load_config(None) if cfg is None else cfg
-        transport = open_transport(address, backend=backend, timeout_s=cfg["hv"]["timeout_s"],
-                                   retries=cfg["hv"]["retries"])
+        transport = open_transport(address, backend=backend, timeout_s=cfg.hv.timeout_s,
+                                   retries=cfg.hv.retries)
         return cls(CAENMainframe(transport), cfg, calib, **kw)
 
     def close(self) -> None:
@@ -296,9 +296,9 @@ class HVSupply:
 
     def _ramp(self, plan: Mapping[int, float], start: Mapping[int, float]) -> dict[int, float]:
         """Lock-step software ramp from the read-back ``start`` to ``plan`` (V, wire values)."""
-        step = _finite_or_nan(self.hv.get("ramp_step_v"))
+        step = _finite_or_nan(self.hv.ramp_step_v)
         if not step > 0:
-            raise HVLimitError(f"hv.ramp_step_v = {self.hv.get('ramp_step_v')!r} is not a positive voltage")
+            raise HVLimitError(f"hv.ramp_step_v = {self.hv.ramp_step_v!r} is not a positive voltage")
         pos = {c: float(start[c]) for c in plan}
         pending = dict(plan)
         max_iter = int(max(abs(plan[c] - pos[c]) for c in plan) / step) + 3
@@ -328,8 +328,8 @@ class HVSupply:
             c = wrong[0]
             raise HVReadbackError(f"{chmap.CHANNELS[c].name}: VSET echo {echo[c]:.1f} V differs from the "
                                   f"{sent[c]:.1f} V sent")
-        tol = float(self.hv["settle_tolerance_v"])
-        deadline = self._clock() + float(self.hv["settle_timeout_s"])
+        tol = float(self.hv.settle_tolerance_v)
+        deadline = self._clock() + float(self.hv.settle_timeout_s)
         while True:
             r = self._read(sent, ("vmon", "stat"), "while ramping")
             self._raise_trips(r["stat"])
@@ -342,7 +342,7 @@ class HVSupply:
             if self._clock() >= deadline:
                 c = late[0]
                 raise HVSettleError(f"{chmap.CHANNELS[c].name}: VMON {r['vmon'][c]:.1f} V did not settle at "
-                                    f"{sent[c]:.1f} V +/- {tol:g} V within {self.hv['settle_timeout_s']:g} s "
+                                    f"{sent[c]:.1f} V +/- {tol:g} V within {self.hv.settle_timeout_s:g} s "
                                     f"({len(late)} channel(s) late)")
             self._sleep(self.poll_s)
 
@@ -357,7 +357,7 @@ class HVSupply:
                 raise HVTripError(f"{a.name} has a latched trip; clear_trip() first", [a.channel_id])
             if st["on"]:
                 return
-            self._send_voltage(channel_id, "VSET", self.hv["safe_v"])
+            self._send_voltage(channel_id, "VSET", self.hv.safe_v)
             with _command(f"{a.name}: ON"):
                 self.mainframe.on(a.board, a.ch)
             if not self.read_channel(channel_id)["on"]:
@@ -392,7 +392,7 @@ class HVSupply:
             ids = sorted(self.channel_ids.tolist() if channel_ids is None else {int(c) for c in channel_ids})
             if not ids:
                 return self.read_all([])
-            safe = float(self.hv["safe_v"])
+            safe = float(self.hv.safe_v)
             now = self._read(ids, ("vmon", "stat"), "before shutdown")
             ramp = {c: safe for c in ids if int(now["stat"][c]) & ST_ON and now["vmon"][c] > safe
                     and self._limit_valid(c)}
@@ -423,13 +423,13 @@ class HVSupply:
     def _wait_off(self, ids: list[int], problems: list[str]) -> None:
         """Wait until the channels are OFF and VMON <= tolerance: at most the time to ramp down from
         the highest VMON at ``hv.ramp_down_v_per_s`` plus ``hv.settle_timeout_s``."""
-        tol = float(self.hv["settle_tolerance_v"])
+        tol = float(self.hv.settle_tolerance_v)
         deadline: float | None = None
         while True:
             r = self._read(ids, ("vmon", "stat"), "after switching off")
             if deadline is None:
-                discharge_s = max(r["vmon"].values()) / float(self.hv["ramp_down_v_per_s"])
-                deadline = self._clock() + max(0.0, discharge_s) + float(self.hv["settle_timeout_s"])
+                discharge_s = max(r["vmon"].values()) / float(self.hv.ramp_down_v_per_s)
+                deadline = self._clock() + max(0.0, discharge_s) + float(self.hv.settle_timeout_s)
             late = [c for c in ids if int(r["stat"][c]) & ST_ON or r["vmon"][c] > tol]
             if not late:
                 return
@@ -472,7 +472,7 @@ class HVSupply:
             for c in ids:
                 a = self.address(c)
                 with _command(f"{a.name}: RUP/RDW/ISET"):
-                    self.mainframe.rup.set(a.board, a.ch, self.hv["ramp_up_v_per_s"])
-                    self.mainframe.rdw.set(a.board, a.ch, self.hv["ramp_down_v_per_s"])
-                    self.mainframe.iset.set(a.board, a.ch, self.hv["max_current_ua"])
+                    self.mainframe.rup.set(a.board, a.ch, self.hv.ramp_up_v_per_s)
+                    self.mainframe.rdw.set(a.board, a.ch, self.hv.ramp_down_v_per_s)
+                    self.mainframe.iset.set(a.board, a.ch, self.hv.max_current_ua)
             self.ensure_max_v(ids)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from detector import channels as ch
-from detector.config import Calibration, dump_toml
+from detector.config import Calibration, Config, dump_toml
 from detector.records import INCOMPLETE_SPILL_FLAGS
 from detector.reco import reconstruct
 from detector.spillfile import estimated_size
@@ -77,7 +77,7 @@ class DAQ:
     """One ``na64-daq`` session. ``endpoints`` is the emulator's / the setup's endpoints dict (``msadc``
     VISA resource, ``hv`` serial address)."""
 
-    def __init__(self, cfg: dict[str, Any], calibration: Calibration, endpoints: dict[str, Any], out: str, *,
+    def __init__(self, cfg: Config, calibration: Calibration, endpoints: dict[str, Any], out: str, *,
                  run: int, monitor: str | None = None, calibration_mode: bool | None = None,
                  max_spills: int | None = None, console: Any = None, argv: list[str] | None = None,
                  hv: bool = True, curve_keys: tuple[bytes, bytes] | None = None) -> None:
@@ -88,13 +88,13 @@ class DAQ:
             cfg = cfg.with_overrides({"daq": {"calibration_mode": True},
                                       "trigger": {"menu": {"beam": {"enabled": True, "prescale": 1}}}})
         self.cfg = cfg
-        self.daq_cfg = self.cfg["daq"]
+        self.daq_cfg = self.cfg.daq
         self.calibration = calibration
         self.menu = TriggerMenu.from_config(self.cfg, calibration)
         self.endpoints = dict(endpoints)
         self.out = out
         self.run_number = int(run)
-        self.monitor_address = monitor or self.cfg["endpoints"]["monitor"]
+        self.monitor_address = monitor or self.cfg.endpoints.monitor
         self.max_spills = max_spills
         self.console = console
         self.argv = argv
@@ -156,16 +156,16 @@ class DAQ:
     def start(self) -> None:
         """Open the publisher, the recorder, the crate, the HV read-back and the workers."""
         self.publisher = Publisher(self.monitor_address, run=self.run_number,
-                                   zmq_curve=self.cfg["endpoints"]["zmq_curve"],
+                                   zmq_curve=self.cfg.endpoints.zmq_curve,
                                    curve_public_key=self.curve_keys[0] if self.curve_keys else None,
                                    curve_secret_key=self.curve_keys[1] if self.curve_keys else None)
-        self.heartbeat = Heartbeat(self.publisher, self._status_meta, self.daq_cfg["heartbeat_s"])
+        self.heartbeat = Heartbeat(self.publisher, self._status_meta, self.daq_cfg.heartbeat_s)
         self.heartbeat.start()
         self.recorder = RunRecorder(
             self.out, self.run_number, config_toml=dump_toml(self.cfg), trigger_menu=self.menu.to_dict(),
             thresholds=run_thresholds(self.menu), calibration=calibration_summary(self.calibration), argv=self.argv,
             extra={"endpoints": {k: v for k, v in self.endpoints.items() if isinstance(v, (str, int))}},
-            min_free_bytes=float(self.daq_cfg["min_free_mb"]) * 1e6)
+            min_free_bytes=float(self.daq_cfg.min_free_mb) * 1e6)
         self.recorder.open()
         if self.recorder.restarted:
             self._log(logging.WARNING, f"run {self.run_number} continues at spill {self.recorder.next_spill}"
@@ -175,22 +175,22 @@ class DAQ:
                   "or compiled once after an install, about 1.5 min on 2 cores)")
         self._log(logging.INFO, f"kernels ready in {prepare_kernels():.1f} s")
         self.crate = MSADC.from_config(self.cfg, self.endpoints["msadc"])
-        self.readout = CrateReadout(self.crate, self.menu, chunk_records=self.daq_cfg["chunk_records"],
-                                    record_truth=self.daq_cfg["record_truth"], events=self.events)
+        self.readout = CrateReadout(self.crate, self.menu, chunk_records=self.daq_cfg.chunk_records,
+                                    record_truth=self.daq_cfg.record_truth, events=self.events)
         # the primitive pool, faulted in now, sized for the expected intensity (it grows if needed)
-        self.readout.prepare(int(min(self.daq_cfg["chunk_records"], max(self.cfg["beam"]["particles_per_spill"], 1))))
+        self.readout.prepare(int(min(self.daq_cfg.chunk_records, max(self.cfg.beam.particles_per_spill, 1))))
         self._connect_crate()
         if self.use_hv and self.endpoints.get("hv"):
             self.hv_reader = HVReader(self.cfg, self.calibration, str(self.endpoints["hv"]), self.publisher)
             self.hv_reader.start()
         self.monitor_worker = MonitorWorker(self.publisher, self.gev_per_count,
-                                            sample_waveforms=self.daq_cfg["sample_waveforms"],
+                                            sample_waveforms=self.daq_cfg.sample_waveforms,
                                             calibration_mode=self.calibration_mode, release=self.events.release)
         self.monitor_worker.start()
 
     def _connect_crate(self) -> None:
         assert self.crate is not None
-        deadline = time.monotonic() + max(5.0, 3 * self.daq_cfg["timeout_ms"] / 1000.0)
+        deadline = time.monotonic() + max(5.0, 3 * self.daq_cfg.timeout_ms / 1000.0)
         while True:
             try:
                 self.crate.open()
@@ -248,8 +248,8 @@ class DAQ:
     def _loop(self) -> None:
         assert self.crate is not None and self.recorder is not None
         rec = self.recorder
-        poll = self.daq_cfg["poll_interval_s"]
-        stall_s = self.daq_cfg["spill_timeout_s"]
+        poll = self.daq_cfg.poll_interval_s
+        stall_s = self.daq_cfg.spill_timeout_s
         while True:
             try:
                 next_crate = self._initial_crate_spill()

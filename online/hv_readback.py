@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.config import Calibration
+from detector.config import Calibration, Config
 
 from .publisher import Publisher
 
@@ -22,7 +22,7 @@ class HVReader(threading.Thread):
     """Reads the HV back (never sets it) every :data:`HV_PERIOD_S` and when poked at the end of a spill;
     publishes ``hv`` and keeps the latest reading for the run record. A failing supply is retried."""
 
-    def __init__(self, cfg: dict[str, Any], calibration: Calibration, address: str, publisher: Publisher | None) -> None:
+    def __init__(self, cfg: Config, calibration: Calibration, address: str, publisher: Publisher | None) -> None:
         super().__init__(name="hv-reader", daemon=True)
         self.cfg, self.calibration, self.address, self.publisher = cfg, calibration, address, publisher
         self._stop_evt = threading.Event()

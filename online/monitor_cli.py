@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.synthetic:
         win.start_synthetic(args.replay_interval)
     else:
-        win.connect_stream(args.connect or cfg["endpoints"]["monitor"])
+        win.connect_stream(args.connect or cfg.endpoints.monitor)
     win.show()
     win.start_timer()
     status = {"code": 0}

@@ -52,6 +52,7 @@ from hv_control.instrument import (ErrorKinds, InstrumentConnectionError, Instru
 from detector.channels import N_CHANNELS, N_SAMPLES, N_TRIGGER_CHANNELS, TRIGGER_CHANNEL_NAMES
 from detector.hwstatus import CrateState
 from detector.records import TRUTH_DTYPE
+from detector.settings import Config
 
 T = TypeVar("T")
 
@@ -185,9 +186,9 @@ class MSADC:
         self.stats = {"reconnects": 0, "retries": 0, "timeouts": 0, "block_errors": 0, "bytes": 0}
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], resource: str, **kw: Any) -> "MSADC":
-        d = cfg["daq"]
-        return cls(resource, visa_library=d["visa_library"], timeout_ms=d["timeout_ms"], retries=d["retries"], **kw)
+    def from_config(cls, cfg: Config, resource: str, **kw: Any) -> "MSADC":
+        d = cfg.daq
+        return cls(resource, visa_library=d.visa_library, timeout_ms=d.timeout_ms, retries=d.retries, **kw)
 
     # ----------------------------------------------------------------------------- session
     @property

@@ -20,7 +20,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from detector import channels as chmap
 from detector.hwstatus import HVStatus
-from detector.config import Calibration, load_calibration, load_config
+from detector.config import Calibration, Config, load_calibration, load_config
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class HVMainframe:
     ----------
     cfg, calib:
         Configuration (``detector.config.load_config``) and calibration; the initial VSET of every
-        channel is ``calib.hv_set`` (V), ramp rates come from ``cfg['emulator']['hv_rup_v_per_s']`` and
+        channel is ``calib.hv_set`` (V), ramp rates come from ``cfg.emulator.hv_rup_v_per_s`` and
         ``hv_rdw_v_per_s`` (V/s) unless given explicitly.
     maxv:
         MAXV per channel (V): None = the hardware ``HVMAX_V`` (2000 V); a number for all channels; or an
@@ -139,16 +139,15 @@ class HVMainframe:
 
     OVERLONG_REPLY = "#CMD:ERR"
 
-    def __init__(self, cfg: Mapping[str, Any] | None = None, calib: Calibration | None = None, *,
+    def __init__(self, cfg: Config | None = None, calib: Calibration | None = None, *,
                  rup_v_per_s: float | None = None, rdw_v_per_s: float | None = None,
                  maxv: float | np.ndarray | None = None, iset_ua: float = DEFAULT_ISET_UA,
                  trip_s: float = DEFAULT_TRIP_S, load_ua: float = DEFAULT_LOAD_UA,
                  clock: Callable[[], float] = time.monotonic) -> None:
         cfg = load_config(None) if cfg is None else cfg
-        calib = load_calibration(dict(cfg)) if calib is None else calib
-        emu = cfg.get("emulator", {})
-        rup = float(rup_v_per_s if rup_v_per_s is not None else emu.get("hv_rup_v_per_s", 50.0))
-        rdw = float(rdw_v_per_s if rdw_v_per_s is not None else emu.get("hv_rdw_v_per_s", 50.0))
+        calib = load_calibration(cfg) if calib is None else calib
+        rup = float(rup_v_per_s if rup_v_per_s is not None else cfg.emulator.hv_rup_v_per_s)
+        rdw = float(rdw_v_per_s if rdw_v_per_s is not None else cfg.emulator.hv_rdw_v_per_s)
         self._lock = threading.RLock()
         self._clock = clock
         self._log: list[dict[str, Any]] = []

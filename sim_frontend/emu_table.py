@@ -14,16 +14,16 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from detector import channels as chmap
+from detector.settings import Config, EmulatorSection
 
 log = logging.getLogger(__name__)
 
 CELL_PITCH_MM = 194.0        #: HCAL cell pitch, mm
 TRAVEL_MM = 450.0            #: travel limit of each axis, +/- mm
-DEFAULT_SPEED_MM_PER_S = 100.0
 PHYSICS = "PHYSICS"
 NONE = "NONE"
 _ON_CELL_MM = 0.05           #: a rest position this close to a cell centre is reported as that cell
@@ -39,16 +39,17 @@ def cell_centre_mm(x: int, y: int) -> tuple[float, float]:
 class HCALTable:
     """Time-dynamic model of the HCAL table, served line by line by :meth:`handle`.
 
-    ``speed_mm_per_s`` defaults to ``cfg['emulator']['table_speed_mm_per_s']`` (100 mm/s). ``clock`` is
-    the model time source in s. Thread-safe (one lock). The table starts at rest in the physics position.
+    ``speed_mm_per_s`` defaults to ``cfg.emulator.table_speed_mm_per_s`` (that key's default without a
+    config). ``clock`` is the model time source in s. Thread-safe (one lock). The table starts at rest in
+    the physics position.
     """
 
     OVERLONG_REPLY = "ERR LINE TOO LONG"
 
-    def __init__(self, cfg: Mapping[str, Any] | None = None, *, speed_mm_per_s: float | None = None,
+    def __init__(self, cfg: Config | None = None, *, speed_mm_per_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic, serial: str = "EMU-TABLE-0001") -> None:
         if speed_mm_per_s is None:
-            speed_mm_per_s = (cfg or {}).get("emulator", {}).get("table_speed_mm_per_s", DEFAULT_SPEED_MM_PER_S)
+            speed_mm_per_s = (cfg.emulator if cfg is not None else EmulatorSection()).table_speed_mm_per_s
         if not (isinstance(speed_mm_per_s, (int, float)) and math.isfinite(speed_mm_per_s) and speed_mm_per_s > 0):
             raise ValueError(f"table speed must be a positive number of mm/s, got {speed_mm_per_s!r}")
         self.speed = float(speed_mm_per_s)

@@ -47,7 +47,7 @@ def run_menu(config_path: Path, calibration_mode: bool = False) -> TriggerMenu:
     :meth:`Oracle.check` verifies it against the menu the run record says was used."""
     cfg = load_config(config_path)
     menu = TriggerMenu.from_config(cfg, load_calibration(cfg))
-    if calibration_mode or cfg["daq"]["calibration_mode"]:
+    if calibration_mode or cfg.daq.calibration_mode:
         menu = dataclasses.replace(menu, beam=dataclasses.replace(menu.beam, enabled=True, prescale=1))
     return menu
 

@@ -299,6 +299,19 @@ def test_settings_from_config():
 
     cfg = load_config(None)
     s = M.MonitorSettings.from_config(cfg)
-    assert s.repaint_hz == cfg["monitor"]["repaint_hz"] <= 10
-    assert s.stall_s == cfg["monitor"]["stall_s"] and s.efficiency == 0.5
+    assert s.repaint_hz == cfg.monitor.repaint_hz <= 10
+    assert s.stall_s == cfg.monitor.stall_s and s.efficiency == 0.5
     assert s.ecal_box_max_gev == 50.0 and s.hcal_box_max_gev == 1.0
+    assert s.supercycle_s == cfg.spill.supercycle_s and s.yields_file == ""
+
+
+def test_settings_from_config_file_resolves_the_yields_file_next_to_it(tmp_path):
+    from detector.config import load_config
+
+    p = tmp_path / "m.toml"
+    p.write_text('[monitor]\nyields_file = "y.json"\nrepaint_hz = 8.0\n[spill]\nsupercycle_s = 20.0\n')
+    s = M.MonitorSettings.from_config(load_config(p))
+    assert s.yields_file == str(tmp_path.resolve() / "y.json")
+    assert s.repaint_hz == 8.0 and s.supercycle_s == 20.0
+    absolute = load_config(None).with_overrides({"monitor": {"yields_file": "/abs/y.json"}})
+    assert M.MonitorSettings.from_config(absolute).yields_file == "/abs/y.json"

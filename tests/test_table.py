@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import serial
 
+from detector.config import load_config
 from hv_control.table import (HCALTableDriver, TableBusyError, TableLimitError, TablePositionError,
                               TableTimeoutError)
 from sim_frontend.emu_table import HCALTable
@@ -196,6 +197,7 @@ def test_model_moves_linearly_in_time() -> None:
 
 
 def test_model_speed_from_config_and_validation() -> None:
-    assert HCALTable({"emulator": {"table_speed_mm_per_s": 250.0}}).speed == 250.0
+    assert HCALTable(load_config(None).with_overrides({"emulator": {"table_speed_mm_per_s": 250.0}})).speed == 250.0
+    assert HCALTable().speed == load_config(None).emulator.table_speed_mm_per_s == 100.0
     with pytest.raises(ValueError, match="speed"):
         HCALTable(speed_mm_per_s=0.0)

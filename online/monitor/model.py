@@ -42,6 +42,7 @@ from detector.framing import Message
 from detector.hwstatus import HV_FAULT, HVStatus
 from detector.hwstatus import HV_RAMPING as HV_RAMP_BITS
 from detector.monitoring import ACCUMULATING, LATEST_WINS, TOPIC_NAMES, ContentError, DAQState  # noqa: F401
+from detector.settings import Config
 
 log = logging.getLogger("online.monitor")
 
@@ -85,23 +86,16 @@ class MonitorSettings:
     log_lines: int = 2000
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> "MonitorSettings":
-        m = cfg.get("monitor", {})
-        off = cfg.get("offline", {})
-        s = cls()
-        s.repaint_hz = min(10.0, float(m.get("repaint_hz", s.repaint_hz)))
-        s.yields_file = str(m.get("yields_file", ""))
-        s.rate_drop_fraction = float(m.get("rate_drop_fraction", s.rate_drop_fraction))
-        s.hv_deviation_v = float(m.get("hv_deviation_v", s.hv_deviation_v))
-        s.stall_s = float(m.get("stall_s", s.stall_s))
-        s.history_spills = int(m.get("history_spills", s.history_spills))
-        s.efficiency = float(m.get("signal_efficiency", s.efficiency))
-        s.ecal_box_max_gev = float(off.get("ecal_box_max_gev", s.ecal_box_max_gev))
-        s.hcal_box_max_gev = float(off.get("hcal_box_max_gev", s.hcal_box_max_gev))
-        s.supercycle_s = float(cfg.get("spill", {}).get("supercycle_s", s.supercycle_s))
-        if cfg.get("_path") and s.yields_file and not pathlib.Path(s.yields_file).is_absolute():
-            s.yields_file = str(pathlib.Path(cfg["_path"]).parent / s.yields_file)
-        return s
+    def from_config(cls, cfg: Config) -> "MonitorSettings":
+        m, off = cfg.monitor, cfg.offline
+        yields_file = m.yields_file
+        if cfg.path and yields_file and not pathlib.Path(yields_file).is_absolute():
+            yields_file = str(pathlib.Path(cfg.path).parent / yields_file)
+        return cls(repaint_hz=min(10.0, float(m.repaint_hz)), yields_file=yields_file,
+                   rate_drop_fraction=float(m.rate_drop_fraction), hv_deviation_v=float(m.hv_deviation_v),
+                   stall_s=float(m.stall_s), history_spills=int(m.history_spills),
+                   efficiency=float(m.signal_efficiency), ecal_box_max_gev=float(off.ecal_box_max_gev),
+                   hcal_box_max_gev=float(off.hcal_box_max_gev), supercycle_s=float(cfg.spill.supercycle_s))
 
 
 @dataclass

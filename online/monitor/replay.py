@@ -28,6 +28,7 @@ import numpy as np
 from detector import channels as ch
 from detector.framing import Message, decode, encode
 from detector.monitoring import DAQState, TopicSequence
+from detector.settings import Config
 from detector.spillfile import SpillData, SpillFileError, list_spills, read_run_record, read_spill
 
 from ..monitor_messages import event_messages, scalers_message
@@ -38,14 +39,13 @@ log = logging.getLogger("online.monitor.replay")
 class ReplayBuilder:
     """Turns spill files of one run into monitoring messages with a running sequence number."""
 
-    def __init__(self, cfg: dict[str, Any] | None = None, calibration: Any = None,
+    def __init__(self, cfg: Config | None = None, calibration: Any = None,
                  n_waveforms: int | None = None) -> None:
         from detector.config import load_calibration, load_config
 
         self.cfg = cfg if cfg is not None else load_config(None)
         self.calibration = calibration if calibration is not None else load_calibration(self.cfg)
-        self.n_waveforms = int(self.cfg.get("daq", {}).get("sample_waveforms", 8) if n_waveforms is None
-                               else n_waveforms)
+        self.n_waveforms = int(self.cfg.daq.sample_waveforms if n_waveforms is None else n_waveforms)
         self.seq = TopicSequence()
         self.eot_total: int | float = 0
         self.events_total = 0
@@ -114,7 +114,7 @@ class ReplayBuilder:
         return out
 
 
-def replay_batches(run_dir: str | pathlib.Path, cfg: dict[str, Any] | None = None,
+def replay_batches(run_dir: str | pathlib.Path, cfg: Config | None = None,
                    builder: ReplayBuilder | None = None) -> Iterator[list[Message]]:
     """One batch of messages per spill file of ``run_dir`` (run in the replay worker thread)."""
     rdir = pathlib.Path(run_dir)

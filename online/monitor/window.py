@@ -12,6 +12,8 @@ from typing import Any
 
 from PyQt5 import QtCore, QtGui, QtWidgets
 
+from detector.settings import Config
+
 from . import model as M
 from . import views as V
 from .stream import Inbox, StreamReceiver
@@ -125,7 +127,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
             self.model.add_log(logging.INFO, "monitor", f"subscribed to {endpoint}")
         return self.receiver
 
-    def start_replay(self, run_dir: str | pathlib.Path, cfg: dict[str, Any] | None = None,
+    def start_replay(self, run_dir: str | pathlib.Path, cfg: Config | None = None,
                      interval_s: float = 0.5) -> Any:
         """Replay a recorded run through the same inbox and views."""
         from .replay import replay_batches
