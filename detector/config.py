@@ -57,6 +57,24 @@ class Field:
 F = Field
 NUM = (int, float)
 
+#: schema key of a table's open-ended sub-tables: a sub-table of another name that sets ``kind`` follows
+#: this schema (e.g. a further trigger line ``[trigger.menu.<name>]``)
+WILDCARD = "*"
+
+#: one energy trigger line (``[trigger.menu.physics]``, ``[trigger.menu.dimuon]`` and any further
+#: ``[trigger.menu.<name>]`` with ``kind = "energy"``); definitions in trigger/menu.py. A Field whose
+#: default is None is optional: absent unless set
+ENERGY_LINE: dict[str, Field] = {
+    "kind": Field(str, "energy", choices=("energy",), doc="an energy trigger line"),
+    "enabled": Field(bool, True),
+    "prescale": Field(int, 1, 1, 10**7),
+    "ps_min_gev": Field(NUM, 0.3, 0.0, 100.0, unit="GeV", doc="E_PS above this (strict)"),
+    "ecal_max_gev": Field(NUM, 80.0, 0.0, 400.0, unit="GeV", doc="E_ECAL below this (strict)"),
+    "ps_max_gev": Field(NUM, None, 0.0, 400.0, unit="GeV", doc="optional: E_PS below this (strict)"),
+    "ecal_min_gev": Field(NUM, None, 0.0, 400.0, unit="GeV", doc="optional: E_ECAL above this (strict)"),
+    "veto": Field(bool, True, doc="true: EOT (PiSi AND NOT V1) required; false: PiSi"),
+}
+
 #: The whole schema: section -> key -> Field. Sub-tables (e.g. ``trigger.menu.physics``) are
 #: described by a nested dict.
 SCHEMA: dict[str, Any] = {
@@ -121,12 +139,7 @@ SCHEMA: dict[str, Any] = {
         "counter_threshold_mip": F(NUM, 0.5, 0.05, 10.0, doc="S and V threshold in MIP"),
         "mip_adc": F(NUM, 200.0, 1.0, 4000.0, unit="ADC counts", doc="counter amplitude of one MIP"),
         "menu": {
-            "physics": {
-                "enabled": F(bool, True),
-                "prescale": F(int, 1, 1, 10**7),
-                "ps_min_gev": F(NUM, 0.3, 0.0, 100.0, unit="GeV"),
-                "ecal_max_gev": F(NUM, 80.0, 0.0, 400.0, unit="GeV"),
-            },
+            "physics": ENERGY_LINE,
             "beam": {
                 "enabled": F(bool, True),
                 "prescale": F(int, 1000, 1, 10**7),
@@ -135,12 +148,9 @@ SCHEMA: dict[str, Any] = {
                 "enabled": F(bool, True),
                 "rate_hz": F(NUM, 10.0, 0.0, 1e5, unit="Hz"),
             },
-            "dimuon": {
-                "enabled": F(bool, True),
-                "prescale": F(int, 1, 1, 10**7),
-                "ps_min_gev": F(NUM, 0.3, 0.0, 100.0, unit="GeV"),
-                "ecal_max_gev": F(NUM, 60.0, 0.0, 400.0, unit="GeV"),
-            },
+            "dimuon": {**ENERGY_LINE, "ecal_max_gev": F(NUM, 60.0, 0.0, 400.0, unit="GeV")},
+            #: any further table that declares ``kind = "energy"`` is one more energy trigger line
+            WILDCARD: ENERGY_LINE,
         },
     },
     "daq": {
@@ -213,6 +223,8 @@ def defaults(schema: dict[str, Any] | None = None) -> dict[str, Any]:
     schema = SCHEMA if schema is None else schema
     out: dict[str, Any] = {}
     for key, spec in schema.items():
+        if key == WILDCARD or (_is_field(spec) and spec.default is None):
+            continue
         out[key] = copy.deepcopy(spec.default) if _is_field(spec) else defaults(spec)
     return out
 
@@ -235,10 +247,17 @@ def _check_value(source: str, dotted: str, field: Field, value: Any) -> Any:
 def _merge(source: str, schema: dict[str, Any], data: dict[str, Any], out: dict[str, Any], prefix: str) -> None:
     for key, value in data.items():
         dotted = f"{prefix}{key}"
-        if key not in schema:
-            known = ", ".join(sorted(schema))
-            raise ConfigError(f"{source}: unknown key '{dotted}'; known keys here: {known}")
-        spec = schema[key]
+        spec = schema.get(key)
+        if spec is None and WILDCARD in schema and isinstance(value, dict) and "kind" in value:
+            if not key.isidentifier():
+                raise ConfigError(f"{source}: '{dotted}' is not a valid name (letters, digits, _)")
+            spec = schema[WILDCARD]
+            out[key] = defaults(spec)
+        if spec is None or key == WILDCARD:
+            known = ", ".join(sorted(k for k in schema if k != WILDCARD))
+            more = (f"; a further sub-table needs kind = {schema[WILDCARD]['kind'].default!r}"
+                    if WILDCARD in schema else "")
+            raise ConfigError(f"{source}: unknown key '{dotted}'; known keys here: {known}{more}")
         if _is_field(spec):
             out[key] = _check_value(source, dotted, spec, value)
         else:
@@ -272,7 +291,7 @@ def _check_consistency(source: str, cfg: dict[str, Any]) -> None:
         raise ConfigError(f"{source}: endpoints.host = {host!r} is not loopback; binding beyond loopback "
                           "needs endpoints.zmq_curve = true")
     t = cfg["trigger"]["menu"]
-    for name in ("physics", "dimuon"):
+    for name in (n for n, v in t.items() if "kind" in v):
         if t[name]["ps_min_gev"] >= t[name]["ecal_max_gev"]:
             raise ConfigError(f"{source}: trigger.menu.{name}: ps_min_gev = {t[name]['ps_min_gev']} must be "
                               f"below ecal_max_gev = {t[name]['ecal_max_gev']}")
