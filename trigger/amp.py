@@ -11,28 +11,57 @@ import numba as nb
 import numpy as np
 
 from .accept import BLOCK, block_counts
-from .jit import JIT, JIT_NONRT
+from .jit import INLINE, JIT, JIT_NONRT
 from .menu import ECAL_INDEX, PS_INDEX, TriggerMenu
-from .params import RB_EOT, RB_LINE0, RB_PISI
+from .params import MAX_LINES, RB_EOT, RB_LINE0, RB_PISI
+
+assert RB_LINE0 == 6 and MAX_LINES == 6, "the slots below: lines 0, 1 in bits 6, 7 of plane 0, lines 2-5 in plane 1"
+
+
+@nb.njit(**INLINE)
+def _slot(tha, lines, k):
+    """Thresholds (ps, ps_not, ec, ec_min) of energy line k and its veto flag, as loop-invariant scalars; a
+    line beyond the menu's or disabled never fires (ps = NaN)."""
+    nan = tha[tha.shape[0] - 1]                 # a NaN of the thresholds' dtype
+    ps, ps_not, ec, ec_min, veto = nan, nan, nan, nan, True
+    if k < lines.shape[0]:
+        if lines[k].enabled != 0:
+            ps, ps_not, ec, ec_min = tha[1 + 4 * k], tha[2 + 4 * k], tha[3 + 4 * k], tha[4 + 4 * k]
+        veto = lines[k].veto != 0
+    return ps, ps_not, ec, ec_min, veto
+
+
+@nb.njit(**INLINE)
+def _fires(x, y, pisi, eot, slot):
+    """Energy line with thresholds ``slot`` (:func:`_slot`) on PS amplitude x and ECAL amplitude y: 0 or 1."""
+    ps, ps_not, ec, ec_min, veto = slot
+    base = (eot & veto) | (pisi & (veto ^ True))
+    return np.uint8(base & (x >= ps) & ((x >= ps_not) ^ True) & (y < ec) & (y >= ec_min))
 
 
 @nb.njit(**JIT_NONRT)
 def _amp_block(ac, tc, times, b, prev_t, tha, tht, params, bits, cnt):
     """Raw bits and counts of block b from amplitude columns ``ac`` (6 arrays) and onset columns ``tc``
-    (S1, S2, S3, V1): comparisons against thresholds in the inputs' own dtypes (:func:`amp_thresholds`),
-    one branch-free loop for the counters and the coincidences, one per enabled energy line; then the
-    counts and the time-order check. Planes above the first must come in zeroed."""
+    (S1, S2, S3, V1): comparisons against thresholds in the inputs' own dtypes (:func:`amp_thresholds`), a
+    branch-free body that vectorises when each column is contiguous (columnar / Fortran-order input); then
+    the counts and the time-order check. The energy lines are evaluated in MAX_LINES slots of loop-invariant
+    thresholds; the slots of the second bit plane only when the record's line count (a compile-time
+    constant) reaches them."""
     n = times.shape[0]
     b0 = b * BLOCK
     b1 = min(b0 + BLOCK, n)
     lines = params[0].lines
+    nl = lines.shape[0]
     thr = tha[0]
     lo0, hi0, lo1, hi1 = tht[0], tht[1], tht[2], tht[3]
     lo2, hi2, lo3, hi3 = tht[4], tht[5], tht[6], tht[7]
+    l0, l1, l2, l3 = _slot(tha, lines, 0), _slot(tha, lines, 1), _slot(tha, lines, 2), _slot(tha, lines, 3)
+    l4, l5 = _slot(tha, lines, 4), _slot(tha, lines, 5)
     # block views: loop indices from 0 are provably non-negative (no wraparound code: it vectorises)
     a0, a1, a2, a3, a4, a5 = ac[0][b0:b1], ac[1][b0:b1], ac[2][b0:b1], ac[3][b0:b1], ac[4][b0:b1], ac[5][b0:b1]
     t0, t1, t2, t3 = tc[0][b0:b1], tc[1][b0:b1], tc[2][b0:b1], tc[3][b0:b1]
     out = bits[0, b0:b1]
+    out1 = bits[bits.shape[0] - 1, b0:b1]
     for i in range(b1 - b0):
         s1 = a0[i] >= thr
         s2 = a1[i] >= thr
@@ -42,22 +71,16 @@ def _amp_block(ac, tc, times, b, prev_t, tha, tht, params, bits, cnt):
                 & (t2[i] >= lo2) & (t2[i] < hi2))
         v1 = s4 & (t3[i] >= lo3) & (t3[i] < hi3)
         eot = pisi & (v1 ^ True)
+        x = a4[i]
+        y = a5[i]
         out[i] = np.uint8(np.uint8(s1) | (np.uint8(s2) << np.uint8(1)) | (np.uint8(s3) << np.uint8(2))
                           | (np.uint8(s4) << np.uint8(3)) | (np.uint8(pisi) << np.uint8(RB_PISI))
-                          | (np.uint8(eot) << np.uint8(RB_EOT)))
-    for j in range(lines.shape[0]):
-        if lines[j].enabled == 0:
-            continue
-        base = np.uint8(RB_EOT if lines[j].veto != 0 else RB_PISI)
-        ps_ge, ps_ge_not, ec_lt, ec_ge = tha[1 + 4 * j], tha[2 + 4 * j], tha[3 + 4 * j], tha[4 + 4 * j]
-        shift = np.uint8((RB_LINE0 + j) & 7)
-        dst = bits[(RB_LINE0 + j) >> 3, b0:b1]
-        for i in range(b1 - b0):
-            x = a4[i]
-            y = a5[i]
-            fire = ((((out[i] >> base) & np.uint8(1)) != 0) & (x >= ps_ge) & ((x >= ps_ge_not) ^ True)
-                    & (y < ec_lt) & (y >= ec_ge))
-            dst[i] |= np.uint8(fire) << shift
+                          | (np.uint8(eot) << np.uint8(RB_EOT)) | (_fires(x, y, pisi, eot, l0) << np.uint8(6))
+                          | (_fires(x, y, pisi, eot, l1) << np.uint8(7)))
+        if nl > 2:
+            out1[i] = np.uint8(_fires(x, y, pisi, eot, l2) | (_fires(x, y, pisi, eot, l3) << np.uint8(1))
+                               | (_fires(x, y, pisi, eot, l4) << np.uint8(2))
+                               | (_fires(x, y, pisi, eot, l5) << np.uint8(3)))
     block_counts(bits, times, b, b0, b1, prev_t, cnt)
 
 
@@ -111,7 +134,7 @@ def amp_thresholds(menu: TriggerMenu, a_dtype: np.dtype, t_dtype: np.dtype) -> t
       ``A >= ps`` <=> ``float64(A) * g_PS > ps_min_gev``; ``not (A >= ps_not)`` <=> ``float64(A) * g_PS <
       ps_max_gev`` (NaN without the cut: always true); ``A < ec`` <=> ``float64(A) * g_ECAL < ecal_max_gev``;
       ``A >= ec_min`` <=> ``float64(A) * g_ECAL > ecal_min_gev`` (-inf without the cut; a NaN amplitude fails
-      ``A < ec`` anyway);
+      ``A < ec`` anyway); last a NaN;
     - onsets (``t_dtype``), per counter: ``t >= lo`` and ``t < hi'`` <=> ``t0 - w <= float64(t) <= t0 + w``.
     """
     g_ps, g_ec = menu.gev_per_count[PS_INDEX], menu.gev_per_count[ECAL_INDEX]
@@ -124,6 +147,7 @@ def amp_thresholds(menu: TriggerMenu, a_dtype: np.dtype, t_dtype: np.dtype) -> t
         tha.append(_first_true(lambda x, m=trg.ecal_max_gev: x * g_ec >= m, a_dtype))
         tha.append(-np.inf if trg.ecal_min_gev is None
                    else _first_true(lambda x, m=trg.ecal_min_gev: x * g_ec > m, a_dtype))
+    tha.append(np.nan)                          # the last value: NaN (a slot without a line)
     tht = []
     for c in range(4):
         lo, hi = menu.counter_window_ns(c)

@@ -47,7 +47,7 @@ from detector import channels as ch
 from detector.config import Calibration, ConfigError, load_calibration, load_config
 from detector.pulse import PEAK_DELAY_NS
 from detector.reco import ZS_THRESHOLD
-from detector.records import TRIGGER_BITS, TRIGGER_MASK_DTYPE, trigger_bits
+from detector.records import TRIGGER_BITS, trigger_bits
 
 #: trigger names every menu has, in bit order (physics, beam, random, dimuon)
 TRIGGER_NAMES: tuple[str, ...] = tuple(TRIGGER_BITS)
@@ -374,7 +374,7 @@ class TriggerMenu:
 
     @property
     def trigger_bits(self) -> dict[str, np.uint8]:
-        """Bit of each trigger in the recorded trigger mask (:data:`TRIGGER_MASK_DTYPE`)."""
+        """Bit of each trigger in the recorded trigger mask (:data:`detector.records.TRIGGER_MASK_DTYPE`)."""
         return dict(self._bits)     # type: ignore[attr-defined]
 
     @property
@@ -426,7 +426,7 @@ class TriggerResult:
     """What the trigger reports for one spill (or the part of it processed so far).
 
     - ``accepted``: record indices in the spill (int64, strictly increasing);
-    - ``mask``: :data:`TRIGGER_MASK_DTYPE` per accepted record, OR of the menu's trigger bits
+    - ``mask``: :data:`detector.records.TRIGGER_MASK_DTYPE` per accepted record, OR of the menu's trigger bits
       (:attr:`TriggerMenu.trigger_bits`) that fired and were accepted after prescaling;
     - ``scalers``: counts, keys :attr:`TriggerMenu.scaler_keys` (``records``; the counter scalers ``S1, S2,
       S3, V1``; ``PiSi``; ``EOT``; ``<trigger>_raw`` and ``<trigger>_accepted`` per trigger of the menu;

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.records import TRIGGER_MASK_DTYPE
+from detector.records import MAX_TRIGGERS, TRIGGER_MASK_DTYPE
 
 from .menu import ECAL_INDEX, PS_INDEX, TriggerMenu
 
@@ -34,6 +34,8 @@ A_REC, A_BEAM, A_RAND = range(3)
 A_LINE0 = 3
 #: dtype of the accepted masks
 MASK_DTYPE = TRIGGER_MASK_DTYPE
+#: most energy lines a menu can have (every trigger takes a bit of the mask; beam and random take two)
+MAX_LINES = MAX_TRIGGERS - 2
 
 
 @dataclass(frozen=True)
