@@ -15,6 +15,7 @@ order) in the last column. Accepted-count columns (pass B): ``A_REC``, ``A_BEAM`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass
 
@@ -113,17 +114,14 @@ def kernel_params(menu: TriggerMenu) -> KernelParams:
                         int(menu.beam.enabled), menu.beam.prescale, int(bits["beam"]), int(bits["random"]), lines)
 
 
+@functools.lru_cache(maxsize=32)
 def pack(menu: TriggerMenu) -> np.ndarray:
-    """The menu as the kernels' parameter record: a (1,) array of :func:`params_dtype` (kernels read
-    ``params[0]``)."""
+    """The menu as the kernels' parameter record: a read-only (1,) array of :func:`params_dtype` (kernels
+    read ``params[0]``), cached per menu."""
     kp = kernel_params(menu)
-    rec = np.zeros(1, params_dtype(len(kp.lines)))
-    for f in dataclasses.fields(KernelParams):
-        if f.name != "lines":
-            rec[0][f.name] = getattr(kp, f.name)
-    for j, line in enumerate(kp.lines):
-        for f in dataclasses.fields(LineParams):
-            rec[0]["lines"][j][f.name] = getattr(line, f.name)
+    lines = [dataclasses.astuple(line) for line in kp.lines]
+    rec = np.array([tuple(lines if f.name == "lines" else getattr(kp, f.name)
+                          for f in dataclasses.fields(KernelParams))], params_dtype(len(lines)))
     rec.setflags(write=False)
     return rec
 

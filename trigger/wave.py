@@ -7,8 +7,8 @@ primitives (N, 6, 32), reconstructing a channel only as far as the decision need
 * counters above threshold and in their windows on the bounds, the exact reconstruction where they do not
   tell;
 * PS/ECAL only for PiSi records, and only as far as the menu's energy lines need: each line's cuts are
-  decided on the amplitude bounds, refined once per channel by the neighbour ratio, exactly if still
-  undecided.
+  decided on the amplitude bounds, in the rare undecided case by a call that refines them by the
+  neighbour ratio, exactly if still undecided.
 
 Numba notes (measured on this code): block loops run over block views from index 0 (no negative-index
 wraparound code, which otherwise blocks vectorisation); the line loop's trip count is the parameter
@@ -80,22 +80,32 @@ PREFETCH_RECORDS = 16
 
 
 @nb.njit(**INLINE)
-def _refined(p, i, c, q, zs, lo, hi, sat, fine, g, x, above):
-    """Decide ``A * g > x`` (``above``) or ``A * g < x`` for the sum channel c of record i (4x peak q): on
-    the amplitude bounds [lo, hi] (meaningless if ``sat``), refined by the neighbour ratio once per channel
-    (``fine``), exactly if still undecided. Returns (verdict 1/0, lo, hi, sat, fine) with the bounds as
-    refined, for the next cut on the same channel."""
-    d = 2 if sat else _decide(lo, hi, g, x, above)
-    if d == 2 and not sat and lo > 0.0 and not fine:
-        lo, hi = _sum_amp_range(p, i, c, q)
-        fine = True
-        d = _decide(lo, hi, g, x, above)
+def _inside(lo, hi, g, gt, lt):
+    """Is ``gt < A * g < lt`` for every amplitude A in [lo, hi] (g >= 0, A * g monotonic in A): 1 yes,
+    0 no, 2 undecided. An absent cut is -inf / +inf."""
+    r = 2
+    if lo * g > gt and hi * g < lt:
+        r = 1
+    elif hi * g <= gt or lo * g >= lt:
+        r = 0
+    return r
+
+
+@nb.njit(**JIT_NONRT)
+def _sum_inside(p, i, c, q, sat, zs, g, gt, lt):
+    """:func:`_inside` for the sum channel c of record i (4x peak q, saturated or not), decided: on the
+    neighbour-ratio bounds of an unsaturated pulse, else on the exact amplitude. A call: only for the
+    records whose amplitude bounds straddle a cut, or a saturated sum."""
+    d = 2
+    if not sat:
+        lo, hi = _amp_bounds(q, zs)
+        if lo > 0.0:
+            lo, hi = _sum_amp_range(p, i, c, q)
+        d = _inside(lo, hi, g, gt, lt)
     if d == 2:
-        lo = exact(p, i, c, zs)[0]
-        hi = lo
-        sat = False
-        d = _decide(lo, hi, g, x, above)
-    return d, lo, hi, sat, fine
+        a = exact(p, i, c, zs)[0]
+        d = _inside(a, a, g, gt, lt)
+    return d
 
 
 @nb.njit(**JIT_NONRT)
@@ -123,7 +133,8 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt):
     n_planes = bits.shape[0]
     # block views: loop indices from 0 are provably non-negative (no wraparound code in the hot loop)
     p = p[b0:b1]
-    bv = bits[:, b0:b1]
+    bv0 = bits[0, b0:b1]
+    bv1 = bits[n_planes - 1, b0:b1]
     for i in range(b1 - b0):
         prefetch_record(p, i + PREFETCH_RECORDS)
         # exact peaks (4x value) of the six channels, peak samples of S1..S3, saturation bits
@@ -168,25 +179,20 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt):
                 plo, phi = _amp_bounds(qp, zs)
                 sate = (sat & (1 << ECAL_INDEX)) != 0
                 elo, ehi = _amp_bounds(qe, zs)
-                ps_fine = ec_fine = False            # bounds already refined by the neighbour ratio
                 for j in range(lines.shape[0]):
                     ln = lines[j]
                     if ln.enabled != 0 and (eot or ln.veto == 0):
-                        d, plo, phi, satp, ps_fine = _refined(p, i, PS_INDEX, qp, zs, plo, phi, satp, ps_fine, gps,
-                                                              ln.ps_gt, True)
-                        if d == 1:
-                            d, plo, phi, satp, ps_fine = _refined(p, i, PS_INDEX, qp, zs, plo, phi, satp, ps_fine,
-                                                                  gps, ln.ps_lt, False)
-                        if d == 1:
-                            d, elo, ehi, sate, ec_fine = _refined(p, i, ECAL_INDEX, qe, zs, elo, ehi, sate, ec_fine,
-                                                                  gec, ln.ec_lt, False)
-                        if d == 1:
-                            d, elo, ehi, sate, ec_fine = _refined(p, i, ECAL_INDEX, qe, zs, elo, ehi, sate, ec_fine,
-                                                                  gec, ln.ec_gt, True)
-                        if d == 1:
+                        dp = 2 if satp else _inside(plo, phi, gps, ln.ps_gt, ln.ps_lt)
+                        de = 2 if sate else _inside(elo, ehi, gec, ln.ec_gt, ln.ec_lt)
+                        if dp == 2 and de != 0:
+                            dp = _sum_inside(p, i, PS_INDEX, qp, satp, zs, gps, ln.ps_gt, ln.ps_lt)
+                        if de == 2 and dp != 0:
+                            de = _sum_inside(p, i, ECAL_INDEX, qe, sate, zs, gec, ln.ec_gt, ln.ec_lt)
+                        if dp == 1 and de == 1:
                             r |= np.int64(1) << (RB_LINE0 + j)
-        for q in range(n_planes):
-            bv[q, i] = np.uint8((r >> (8 * q)) & 255)
+        bv0[i] = np.uint8(r & 255)
+        if n_planes > 1:
+            bv1[i] = np.uint8(r >> 8)
     block_counts(bits, times, b, b0, b1, prev_t, cnt)
 
 
