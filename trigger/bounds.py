@@ -18,7 +18,7 @@ import numpy as np
 
 from detector import channels as ch
 from detector.pulse import PEAK_DELAY_NS, template
-from detector.reco import PEAK_DELTA, PEAK_R, peak_delta, peak_fit, saturated_fit
+from detector.reco import PEAK_DELTA, PEAK_R, peak_fit, saturated_fit
 
 from .jit import INLINE, JIT_NONRT
 from .menu import TriggerMenu
@@ -120,12 +120,6 @@ def window_table(menu: TriggerMenu) -> np.ndarray:
 
 
 # ====================================================================== reconstruction pieces
-@nb.njit(**INLINE)
-def _interp(x):
-    """``np.interp(x, PEAK_R, PEAK_DELTA)`` bit for bit: :func:`detector.reco.peak_delta`."""
-    return peak_delta(x)
-
-
 @nb.njit(**INLINE)
 def _peds(p, i, c):
     """Sums of the 4 even and 4 odd pedestal samples of p[i, c] (ADC counts; pedestal = sum / 4)."""
