@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import channels as ch
-from .settings import SCHEMA, Config, EnergyLine, Field
+from .settings import SCHEMA, WILDCARD, Config, EnergyLine, Field
 
 __all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "SCHEMA", "Calibration", "Config", "ConfigError", "Field", "as_config",
            "defaults", "dump_toml", "load_calibration", "load_config", "validate"]
@@ -47,6 +47,8 @@ def defaults(schema: dict[str, Any] | None = None) -> dict[str, Any]:
     schema = SCHEMA if schema is None else schema
     out: dict[str, Any] = {}
     for key, spec in schema.items():
+        if key == WILDCARD or (_is_field(spec) and spec.default is None):
+            continue                    # a further sub-table, or an optional key: absent unless set
         out[key] = copy.deepcopy(spec.default) if _is_field(spec) else defaults(spec)
     return out
 
@@ -69,10 +71,17 @@ def _check_value(source: str, dotted: str, field: Field, value: Any) -> Any:
 def _merge(source: str, schema: dict[str, Any], data: dict[str, Any], out: dict[str, Any], prefix: str) -> None:
     for key, value in data.items():
         dotted = f"{prefix}{key}"
-        if key not in schema:
-            known = ", ".join(sorted(schema))
-            raise ConfigError(f"{source}: unknown key '{dotted}'; known keys here: {known}")
-        spec = schema[key]
+        spec = schema.get(key)
+        if spec is None and WILDCARD in schema and isinstance(value, dict) and "kind" in value:
+            if not key.isidentifier():
+                raise ConfigError(f"{source}: '{dotted}' is not a valid name (letters, digits, _)")
+            spec = schema[WILDCARD]
+            out[key] = defaults(spec)
+        if spec is None or key == WILDCARD:
+            known = ", ".join(sorted(k for k in schema if k != WILDCARD))
+            more = (f"; a further sub-table needs kind = {schema[WILDCARD]['kind'].default!r}"
+                    if WILDCARD in schema else "")
+            raise ConfigError(f"{source}: unknown key '{dotted}'; known keys here: {known}{more}")
         if _is_field(spec):
             out[key] = _check_value(source, dotted, spec, value)
         else:
@@ -134,21 +143,9 @@ def load_config(path: str | pathlib.Path | None = None) -> Config:
     return dataclasses.replace(validate(data, str(p)), path=str(p.resolve()))
 
 
-def as_config(cfg: Config | Mapping[str, Any] | None) -> Config:
-    """``cfg`` as a :class:`Config`: itself, the defaults for None, or a nested dict validated (keeping a
-    ``_path`` key as ``Config.path``)."""
-    if cfg is None:
-        return load_config(None)
-    if isinstance(cfg, Config):
-        return cfg
-    plain = {k: _plain(v) for k, v in cfg.items() if k != "_path"}
-    return dataclasses.replace(validate(plain, "<config>"), path=cfg.get("_path"))
-
-
-def _plain(v: Any) -> Any:
-    if hasattr(v, "to_dict"):
-        return v.to_dict()
-    return {k: _plain(x) for k, x in v.items()} if isinstance(v, Mapping) else v
+def as_config(cfg: Config | None) -> Config:
+    """``cfg`` itself, or the defaults for None."""
+    return load_config(None) if cfg is None else cfg
 
 
 def dump_toml(cfg: Config | Mapping[str, Any]) -> str:
@@ -254,7 +251,7 @@ def _num(source: str, dotted: str, value: Any, lo: float, hi: float, unit: str) 
     return float(value)
 
 
-def load_calibration(cfg: Config | Mapping[str, Any] | None = None,
+def load_calibration(cfg: Config | None = None,
                      path: str | pathlib.Path | None = None) -> Calibration:
     """Load the calibration file named by ``cfg.calibration.file`` (relative to the config file, else to
     ``config/``), or ``path`` when given. Checks every HV limit against ``hv.max_v``."""

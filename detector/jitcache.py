@@ -1,7 +1,7 @@
 """Where numba keeps its compiled kernels on disk (``cache=True``).
 
 Numba checks a cached kernel against the source file of the jitted function only, not against the modules
-whose functions and intrinsics it inlines (``trigger.kernels`` inlines ``trigger.simd``, ``detector.pulse``
+whose functions and intrinsics it inlines (the trigger kernels inline ``trigger.simd``, ``detector.pulse``
 and ``detector.reco``; the simulation kernels inline each other across modules, and freeze their
 constants): after such a module changes, numba would load the stale machine code. So the cache directory
 is keyed by a hash of the sources of those packages (``.numba_cache/<hash>`` in the checkout; older keys are

@@ -58,28 +58,96 @@ def _peak_table(n: int = 3001, span: float = 0.8) -> tuple[np.ndarray, np.ndarra
 PEAK_R, PEAK_DELTA = _peak_table()
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
-def _interp_sorted(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
-    n = xs.shape[0]
-    if x <= xs[0]:
-        return ys[0]
-    if x >= xs[n - 1]:
-        return ys[n - 1]
-    lo, hi = 0, n - 1
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if xs[mid] <= x:
-            lo = mid
-        else:
-            hi = mid
-    f = (x - xs[lo]) / (xs[hi] - xs[lo])
-    return ys[lo] + f * (ys[hi] - ys[lo])
+# The peak table as module constants (numba freezes global arrays into the compiled code: no reference
+# counting in a hot loop). SLOPE is what np.interp computes per segment. Uniform bins over PEAK_R -> the
+# segment containing the bin's start (fine enough that a bin holds at most one knot, so one well-predicted
+# comparison finds the segment; 32 KB, so that it stays in cache next to a streamed spill); ITAB rows =
+# xp[j], slope[j], fp[j], xp[j + 1] (one cache line per lookup)
+_XP = np.ascontiguousarray(PEAK_R)
+_FP = np.ascontiguousarray(PEAK_DELTA)
+_N_XP = _XP.size
+_N_GUIDE = 1 << 13
+_GUIDE_X0 = float(_XP[0])
+_GUIDE_INV = _N_GUIDE / float(_XP[-1] - _XP[0])
+_GUIDE = np.clip(np.searchsorted(_XP, _GUIDE_X0 + np.arange(_N_GUIDE) / _GUIDE_INV, side="right") - 1,
+                 0, _N_XP - 2).astype(np.int32)
+_ITAB = np.ascontiguousarray(np.stack([_XP[:-1], (_FP[1:] - _FP[:-1]) / (_XP[1:] - _XP[:-1]), _FP[:-1], _XP[1:]],
+                                      axis=1))
+assert np.diff(_XP).min() * _GUIDE_INV > 1.0, "a guide bin must hold at most one knot"
+#: exp(T / tau) of the closed form of saturated pulses
+_EXP_SAMPLE = math.exp(SAMPLE_NS / 12.0)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def reco_waveform(w: np.ndarray, threshold: float, r_tab: np.ndarray, d_tab: np.ndarray):
+def peak_delta(x: float) -> float:
+    """``np.interp(x, PEAK_R, PEAK_DELTA)`` bit for bit (numpy's formula ``slope * (x - xp[j]) + fp[j]``
+    with numpy's per-segment slope): the peak's offset (samples) after the peak sample for the neighbour
+    ratio ``x = (s[k+1] - s[k-1]) / s[k]`` (x not NaN)."""
+    xc = min(max(x, _XP[0]), _XP[_N_XP - 2])
+    g = min(max(int((xc - _GUIDE_X0) * _GUIDE_INV), 0), _N_GUIDE - 1)
+    j = np.int64(_GUIDE[g])
+    if _ITAB[j, 3] <= xc:        # the next knot lies in the bin (or rounding): predictable branches
+        j += 1
+        while _ITAB[j, 3] <= xc:
+            j += 1
+    while _ITAB[j, 0] > xc:
+        j -= 1
+    y = _ITAB[j, 1] * (x - _ITAB[j, 0]) + _ITAB[j, 2]
+    if x >= _XP[_N_XP - 1]:
+        y = _FP[_N_XP - 1]
+    elif x < _XP[0]:
+        y = _FP[0]
+    return y
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def peak_fit(k: int, best: float, sm: float, sp: float, need_amp: bool) -> tuple[float, float]:
+    """(onset ns, amplitude ADC counts) of an unsaturated pulse from its peak sample k (inner: 0 < k < 31),
+    pedestal-subtracted peak ``best`` > 0 and neighbours ``sm = s[k-1]``, ``sp = s[k+1]``: the 3-point
+    ratio through the peak table, then the template. Without ``need_amp`` the amplitude returned is
+    ``best`` (no exp)."""
+    delta = peak_delta((sp - sm) / best)
+    amp = best
+    if need_amp:
+        amp = best / template_value(PEAK_DELAY_NS - delta * SAMPLE_NS)
+    return (k + delta) * SAMPLE_NS - PEAK_DELAY_NS, amp
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def saturated_fit(w: np.ndarray, pe: float, po: float, threshold: float, amp: float, t0: float
+                  ) -> tuple[float, float]:
+    """(amplitude ADC counts, onset ns) of a saturated waveform ``w`` (a sample at ADC_MAX; pedestals pe, po):
+    the first two samples after the saturated plateau (else the two before it) fix onset and amplitude in
+    closed form, ``s[j+1]/s[j] = ((d+T)/d)^2 exp(-T/tau)`` for a sample d ns after the onset. Returns
+    ``(amp, t0)`` as given (the peak sample's) when the closed form does not apply."""
+    je = N_SAMPLES - 1
+    while je >= 0 and w[je] < ADC_MAX:
+        je -= 1
+    j1 = je + 1
+    if j1 + 1 >= N_SAMPLES:
+        j1 = 0
+        while j1 < N_SAMPLES and w[j1] < ADC_MAX:
+            j1 += 1
+        j1 -= 2
+    if j1 >= 0:
+        v1 = w[j1] - (pe if (j1 & 1) == 0 else po)
+        v2 = w[j1 + 1] - (pe if ((j1 + 1) & 1) == 0 else po)
+        if v1 > threshold and v2 > 0.0:
+            q = math.sqrt((v2 / v1) * _EXP_SAMPLE)
+            if q > 1.0:
+                d = SAMPLE_NS / (q - 1.0)
+                tv = template_value(d)
+                if tv > 0.0:
+                    amp = v1 / tv
+                    t0 = j1 * SAMPLE_NS - d
+    return amp, t0
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def reco_waveform(w: np.ndarray, threshold: float):
     """Reconstruct one waveform ``w`` (int16, 32). Returns (pedestal_even, pedestal_odd, amplitude,
-    time_ns, flags). Used by :func:`reconstruct` (the trigger has its own pieces in trigger.kernels)."""
+    time_ns, flags). Used by :func:`reconstruct`; the online trigger computes its amplitudes and onsets
+    with the same helpers (:func:`peak_fit`, :func:`saturated_fit`)."""
     se = 0
     so = 0
     for i in range(N_PED):
@@ -119,35 +187,11 @@ def reco_waveform(w: np.ndarray, threshold: float, r_tab: np.ndarray, d_tab: np.
     t0 = k * SAMPLE_NS - PEAK_DELAY_NS
     if sat:
         flags |= FLAG_SATURATED
-        # the first two samples after the saturated plateau (else the two before it) fix onset and
-        # amplitude in closed form: s[j+1]/s[j] = ((d+T)/d)^2 exp(-T/tau) for a sample d ns after onset
-        je = N_SAMPLES - 1
-        while je >= 0 and w[je] < ADC_MAX:
-            je -= 1
-        j1 = je + 1
-        if j1 + 1 >= N_SAMPLES:
-            j1 = 0
-            while j1 < N_SAMPLES and w[j1] < ADC_MAX:
-                j1 += 1
-            j1 -= 2
-        if j1 >= 0:
-            v1 = w[j1] - (pe if (j1 & 1) == 0 else po)
-            v2 = w[j1 + 1] - (pe if ((j1 + 1) & 1) == 0 else po)
-            if v1 > threshold and v2 > 0.0:
-                q = math.sqrt((v2 / v1) * math.exp(SAMPLE_NS / 12.0))
-                if q > 1.0:
-                    d = SAMPLE_NS / (q - 1.0)
-                    tv = template_value(d)
-                    if tv > 0.0:
-                        amp = v1 / tv
-                        t0 = j1 * SAMPLE_NS - d
+        amp, t0 = saturated_fit(w, pe, po, threshold, amp, t0)
     elif 0 < k < N_SAMPLES - 1:
         sm = w[k - 1] - (pe if ((k - 1) & 1) == 0 else po)
         sp = w[k + 1] - (pe if ((k + 1) & 1) == 0 else po)
-        r = (sp - sm) / best
-        delta = _interp_sorted(r, r_tab, d_tab)
-        amp = best / template_value(PEAK_DELAY_NS - delta * SAMPLE_NS)
-        t0 = (k + delta) * SAMPLE_NS - PEAK_DELAY_NS
+        t0, amp = peak_fit(k, best, sm, sp, True)
         # residual against the fitted template over the window (a second pulse, merged or on the tail)
         # template on the sample grid by recurrence: exp(-(d + T)/tau) = exp(-d/tau) * exp(-T/tau)
         tol = max(RESIDUAL_MIN, RESIDUAL_FRACTION * amp)
@@ -224,7 +268,7 @@ def _max32(wf, e, c, t):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _reco_event(wf, e, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags, t):
+def _reco_event(wf, e, gev_per_count, threshold, ped_e, ped_o, amp, time, energy, flags, t):
     for c in range(wf.shape[1]):
         # exact pre-filter, the same condition reco_waveform starts with: most channels are empty
         mx = _max32(wf, e, c, t)
@@ -240,7 +284,7 @@ def _reco_event(wf, e, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp
             energy[e, c] = 0.0
             flags[e, c] = FLAG_NO_SIGNAL
             continue
-        pe, po, a, tm, f = reco_waveform(wf[e, c], threshold, r_tab, d_tab)
+        pe, po, a, tm, f = reco_waveform(wf[e, c], threshold)
         ped_e[e, c] = pe
         ped_o[e, c] = po
         amp[e, c] = a
@@ -250,17 +294,17 @@ def _reco_event(wf, e, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp
 
 
 @nb.njit(cache=True, nogil=True)
-def _reconstruct_serial(wf, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags):
+def _reconstruct_serial(wf, gev_per_count, threshold, ped_e, ped_o, amp, time, energy, flags):
     t = np.empty(16, np.int16)
     for e in range(wf.shape[0]):
-        _reco_event(wf, e, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags, t)
+        _reco_event(wf, e, gev_per_count, threshold, ped_e, ped_o, amp, time, energy, flags, t)
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def _reconstruct_parallel(wf, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags):
+def _reconstruct_parallel(wf, gev_per_count, threshold, ped_e, ped_o, amp, time, energy, flags):
     for e in nb.prange(wf.shape[0]):
         t = np.empty(16, np.int16)
-        _reco_event(wf, e, gev_per_count, threshold, r_tab, d_tab, ped_e, ped_o, amp, time, energy, flags, t)
+        _reco_event(wf, e, gev_per_count, threshold, ped_e, ped_o, amp, time, energy, flags, t)
 
 
 @dataclass
@@ -298,7 +342,7 @@ def reconstruct(waveforms: np.ndarray, gev_per_count: np.ndarray, threshold: flo
     wf, g = _check(waveforms, gev_per_count)
     r = _alloc(wf.shape[0], wf.shape[1])
     fn = _reconstruct_parallel if parallel else _reconstruct_serial
-    fn(wf, g, float(threshold), PEAK_R, PEAK_DELTA, r.pedestal_even, r.pedestal_odd, r.amplitude, r.time_ns,
+    fn(wf, g, float(threshold), r.pedestal_even, r.pedestal_odd, r.amplitude, r.time_ns,
        r.energy_gev, r.flags)
     return r
 

@@ -36,8 +36,24 @@ TRUTH_DTYPE = np.dtype([
     ("weight", "<f4"),         # event weight (1, or 1/bias of a biased process)
 ], align=False)
 
-#: trigger-type bits in ``events/trigger_mask`` of a spill file, keyed by the trigger-menu name
+#: dtype of ``events/trigger_mask`` of a spill file (one bit per trigger of the menu)
+TRIGGER_MASK_DTYPE = np.dtype(np.uint8)
+#: most triggers a menu can have: one bit each in :data:`TRIGGER_MASK_DTYPE`
+MAX_TRIGGERS = 8 * TRIGGER_MASK_DTYPE.itemsize
+#: trigger-type bits in ``events/trigger_mask`` of a spill file, keyed by the trigger-menu name: the
+#: triggers every menu has; further energy lines of a menu take the next bits (:func:`trigger_bits`)
 TRIGGER_BITS = {"physics": np.uint8(1), "beam": np.uint8(2), "random": np.uint8(4), "dimuon": np.uint8(8)}
+
+
+def trigger_bits(further: tuple[str, ...] = ()) -> dict[str, np.uint8]:
+    """Bits of a menu's triggers: :data:`TRIGGER_BITS`, then one bit per further energy line in the menu's
+    order (``further``: their names). ValueError beyond :data:`MAX_TRIGGERS` or on a repeated name."""
+    names = tuple(TRIGGER_BITS) + tuple(further)
+    if len(set(names)) != len(names):
+        raise ValueError(f"trigger names repeat: {names}")
+    if len(names) > MAX_TRIGGERS:
+        raise ValueError(f"{len(names)} triggers, but the trigger mask ({TRIGGER_MASK_DTYPE}) holds {MAX_TRIGGERS}")
+    return {**TRIGGER_BITS, **{n: TRIGGER_MASK_DTYPE.type(1 << (len(TRIGGER_BITS) + k)) for k, n in enumerate(further)}}
 
 #: hardware scaler names reported by the crate per spill
 SCALER_NAMES = ("S0", "S1", "S2", "S3", "V0", "V1")

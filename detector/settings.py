@@ -23,11 +23,15 @@ dict back (``detector.config.dump_toml`` writes it as TOML). ``dataclasses.repla
 unvalidated variant where a program needs a value outside the file ranges (e.g. a very short spill).
 """
 import dataclasses
+import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 NUM = (int, float)
+#: schema key of a table's open-ended sub-tables: a sub-table of another name that sets ``kind`` follows
+#: this schema (a further trigger line ``[trigger.menu.<name>]`` with ``kind = "energy"``)
+WILDCARD = "*"
 
 _TOML_TYPES: dict[Any, type | tuple[type, ...]] = {float: NUM, int: int, bool: bool, str: str}
 
@@ -65,30 +69,7 @@ def key(default: Any, lo: float | None = None, hi: float | None = None, *, choic
     return dataclasses.field(default=default, metadata={"config": meta})
 
 
-# ---------------------------------------------------------------------------------------------------
-# TRANSITION ONLY: mapping access (``cfg["daq"]["x"]``, ``.get``, ``in``, ``dict(...)``, ``**``) for the
-# code not yet converted to attributes. Remove this class (the base of Section and Config) and the two
-# lines of Config marked "transition" once ``grep -rn 'cfg\["' --include=*.py`` finds nothing.
-class _MappingAccess(Mapping[str, Any]):
-    _ALIASES: ClassVar[dict[str, str]] = {}
-
-    def _names(self) -> list[str]:
-        return [f.name for f in dataclasses.fields(self)] + list(self._ALIASES)  # type: ignore[arg-type]
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in self._names():
-            raise KeyError(name)
-        return getattr(self, self._ALIASES.get(name, name))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names())
-
-    def __len__(self) -> int:
-        return len(self._names())
-# --------------------------------------------------------------------------------- end of transition
-
-
-class Section(_MappingAccess):
+class Section:
     """Base of every section and menu-line record: ``to_dict`` and the schema of its fields."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +83,8 @@ class Section(_MappingAccess):
                 v = {n: line.to_dict() for n, line in v.items()}
             elif isinstance(v, tuple):
                 v = [dict(x) if isinstance(x, Mapping) else x for x in v]
+            elif v is None:
+                continue                                 # an optional key that is not set
             out[f.name] = v
         return out
 
@@ -110,6 +93,8 @@ class Section(_MappingAccess):
         """The section from a validated dict (every key present; done by ``detector.config.validate``)."""
         kw = {}
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name not in d and f.default is None:
+                continue                                 # an optional key that is not set
             v = d[f.name]
             kw[f.name] = tuple(dict(x) if isinstance(x, Mapping) else x for x in v) if isinstance(v, list) else v
         return cls(**kw)
@@ -125,7 +110,10 @@ def fields_schema(cls: type[Section], overrides: Mapping[str, Any] | None = None
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if "config" not in f.metadata:
             continue
-        origin = getattr(f.type, "__origin__", f.type)
+        ftype: Any = f.type
+        if isinstance(ftype, types.UnionType):          # ``float | None``: an optional key (default None)
+            ftype = next(t for t in ftype.__args__ if t is not type(None))
+        origin = getattr(ftype, "__origin__", ftype)
         toml_type = list if origin is tuple else _TOML_TYPES[origin]
         default = (overrides or {}).get(f.name, f.default)
         out[f.name] = Field(toml_type, list(default) if isinstance(default, tuple) else default,
@@ -231,11 +219,18 @@ class RandomLine(Section):
 
 @dataclass(frozen=True)
 class EnergyLine(Section):
-    """An energy trigger: counters, E_PS above ``ps_min_gev``, E_ECAL below ``ecal_max_gev``."""
+    """An energy trigger line (physics, dimuon, and any further ``[trigger.menu.<name>]`` with
+    ``kind = "energy"``): counters (EOT, or PiSi when ``veto`` is false), E_PS above ``ps_min_gev``, E_ECAL
+    below ``ecal_max_gev``, optionally E_PS below ``ps_max_gev`` and E_ECAL above ``ecal_min_gev``;
+    definitions in trigger/menu.py."""
+    kind: str = key("energy", choices=("energy",), doc="an energy trigger line")
     enabled: bool = key(True)
     prescale: int = key(1, 1, 10**7)
-    ps_min_gev: float = key(0.3, 0.0, 100.0, unit="GeV")
-    ecal_max_gev: float = key(80.0, 0.0, 400.0, unit="GeV")
+    ps_min_gev: float = key(0.3, 0.0, 100.0, unit="GeV", doc="E_PS above this (strict)")
+    ecal_max_gev: float = key(80.0, 0.0, 400.0, unit="GeV", doc="E_ECAL below this (strict)")
+    ps_max_gev: float | None = key(None, 0.0, 400.0, unit="GeV", doc="optional: E_PS below this (strict)")
+    ecal_min_gev: float | None = key(None, 0.0, 400.0, unit="GeV", doc="optional: E_ECAL above this (strict)")
+    veto: bool = key(True, doc="true: EOT (PiSi AND NOT V1) required; false: PiSi")
 
 
 MenuLine = EnergyLine | BeamLine | RandomLine
@@ -272,7 +267,7 @@ class MenuLines(Mapping[str, Any]):
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "MenuLines":
-        return cls({n: MENU_LINES[n][0].from_dict(v) for n, v in d.items()})
+        return cls({n: (MENU_LINES[n][0] if n in MENU_LINES else EnergyLine).from_dict(v) for n, v in d.items()})
 
 
 def _menu_default() -> MenuLines:
@@ -384,6 +379,7 @@ SECTIONS: dict[str, type[Section]] = {
 def _schema() -> dict[str, Any]:
     out: dict[str, Any] = {name: fields_schema(cls) for name, cls in SECTIONS.items()}
     out["trigger"]["menu"] = {n: fields_schema(kind, over) for n, (kind, over) in MENU_LINES.items()}
+    out["trigger"]["menu"][WILDCARD] = fields_schema(EnergyLine)    # any further energy line
     return out
 
 
@@ -393,11 +389,9 @@ SCHEMA: dict[str, Any] = _schema()
 
 # ------------------------------------------------------------------------------------------ config
 @dataclass(frozen=True)
-class Config(_MappingAccess):
+class Config:
     """A validated configuration. ``path``: the resolved file it was read from (None: defaults or a
     run record); a relative ``calibration.file`` is taken relative to it."""
-
-    _ALIASES: ClassVar[dict[str, str]] = {"_path": "path"}      # transition: the old ``cfg["_path"]``
 
     calibration: CalibrationSection
     endpoints: EndpointsSection
@@ -412,9 +406,6 @@ class Config(_MappingAccess):
     monitor: MonitorSection
     offline: OfflineSection
     path: str | None = None
-
-    def _names(self) -> list[str]:                              # transition: the keys of the old dict
-        return [*SECTIONS, *self._ALIASES]
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str | None = None) -> "Config":

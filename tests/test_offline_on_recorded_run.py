@@ -37,22 +37,22 @@ def cut_flow_by_hand(cfg: dict, calib, path) -> tuple[dict[str, int], set[tuple[
     d = read_spill(path)
     t = event_table_from_arrays(d.waveforms, calib, cfg, event_id=d.event_id, trigger_mask=d.trigger_mask,
                                 time_ns=d.time_ns, truth=d.truth, run=int(d.attrs["run"]), spill=int(d.attrs["spill"]))
-    off, window = cfg["offline"], cfg["trigger"]["window_ns"]
+    off, window = cfg.offline, cfg.trigger.window_ns
     chi2_ndf = t["ecal_chi2"] / np.maximum(t["ecal_ndf"], 1)
     srd = np.ones(d.n_events, bool)
     for i in range(3):
-        srd &= (t[f"srd{i}"] > off["srd_min_gev"]) & (np.abs(t[f"srd{i}_dt"]) < window)
+        srd &= (t[f"srd{i}"] > off.srd_min_gev) & (np.abs(t[f"srd{i}_dt"]) < window)
     with np.errstate(invalid="ignore"):           # NaN (no energy) fails the comparisons, as it must
         cuts = [
             ("trigger", (d.trigger_mask & TRIGGER_BITS["physics"]) != 0),     # the RECORDED mask, not a column
             ("srd", srd),
-            ("shower", (chi2_ndf < off["shape_chi2_ndf_max"]) & (np.abs(t["ecal_x_mm"]) < off["centre_max_mm"])
-             & (np.abs(t["ecal_y_mm"]) < off["centre_max_mm"])),
-            ("ps", t["e_ps"] > cfg["trigger"]["menu"]["physics"]["ps_min_gev"]),
-            ("v2", t["v2_mip"] < off["v2_max_mip"]),
-            ("hcal", t["e_hcal"] < off["hcal_box_max_gev"]),
+            ("shower", (chi2_ndf < off.shape_chi2_ndf_max) & (np.abs(t["ecal_x_mm"]) < off.centre_max_mm)
+             & (np.abs(t["ecal_y_mm"]) < off.centre_max_mm)),
+            ("ps", t["e_ps"] > cfg.trigger.menu["physics"].ps_min_gev),
+            ("v2", t["v2_mip"] < off.v2_max_mip),
+            ("hcal", t["e_hcal"] < off.hcal_box_max_gev),
             ("pileup", t["n_cells_pileup"] == 0),
-            ("box", t["e_ecal"] < off["ecal_box_max_gev"]),
+            ("box", t["e_ecal"] < off.ecal_box_max_gev),
         ]
     flow = {"all": d.n_events}
     passed = np.ones(d.n_events, bool)

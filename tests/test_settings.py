@@ -4,6 +4,7 @@ import dataclasses
 import pickle
 import tomllib
 import typing
+from collections.abc import Mapping
 
 import pytest
 
@@ -18,11 +19,12 @@ from detector.config import (
     load_config,
     validate,
 )
-from detector.settings import MENU_LINES, NUM, SECTIONS, BeamLine, Config, EnergyLine, MenuLines, RandomLine, Section
+from detector.settings import WILDCARD, MENU_LINES, NUM, SECTIONS, BeamLine, Config, EnergyLine, MenuLines, RandomLine
 
 #: (dotted key, Field) of every key, menu lines included
 KEYS = [(f"{s}.{k}", f) for s, sec in SCHEMA.items() for k, f in sec.items() if isinstance(f, Field)] + \
-       [(f"trigger.menu.{n}.{k}", f) for n, line in SCHEMA["trigger"]["menu"].items() for k, f in line.items()]
+       [(f"trigger.menu.{n}.{k}", f) for n, line in SCHEMA["trigger"]["menu"].items() for k, f in line.items()
+        if n != WILDCARD]
 
 
 def _nested(dotted: str, value: object) -> dict:
@@ -45,8 +47,10 @@ def _get(cfg: Config, dotted: str) -> object:
 def _other_value(dotted: str, f: Field) -> object:
     """A valid value different from the default (toward ``lo``, else toward ``hi``)."""
     d = f.default
-    if f.choices is not None:
-        return next(c for c in f.choices if c != d)
+    if f.choices is not None:                   # a one-choice key (``kind``) can only be set to itself
+        return next((c for c in f.choices if c != d), d)
+    if d is None:                               # an optional key: absent by default, any valid value sets it
+        return (f.lo + f.hi) / 2
     if f.type is bool:
         return not d
     if f.type is list:
@@ -79,6 +83,9 @@ def test_schema_is_the_dataclasses_field_for_field():
         assert value == f.default or (f.type is list and list(value) == f.default), dotted
         cls = type(_get(built, ".".join(owner)))
         hint = typing.get_type_hints(cls)[key]
+        if f.default is None:                           # an optional key: ``float | None``
+            assert type(None) in typing.get_args(hint), dotted
+            hint = next(t for t in typing.get_args(hint) if t is not type(None))
         assert f.type == (list if typing.get_origin(hint) is tuple else toml_of[hint]), dotted
     assert built == load_config(None)
 
@@ -209,16 +216,12 @@ def test_calibration_file_is_relative_to_the_config_file_also_after_overrides(tm
     assert load_calibration(load_config(None)).source == str(CONFIG_DIR / "calibration.toml")
 
 
-# TRANSITION ONLY: mapping access for the code not yet converted (removed with _MappingAccess)
-def test_transitional_mapping_access_reads_the_same_values():
+def test_config_is_read_by_attribute_only():
+    """No dict access: a config key is read as ``cfg.section.key``; ``to_dict()`` gives the plain dict."""
     cfg = load_config(None)
-    assert cfg["daq"]["min_free_mb"] == cfg.daq.min_free_mb
-    assert cfg["trigger"]["menu"]["dimuon"]["ecal_max_gev"] == 60.0
-    assert cfg.get("_path") is None and cfg.get("nope", 3) == 3 and "hv" in cfg and "nope" not in cfg
-    assert "prescale" in cfg["trigger"]["menu"]["beam"] and cfg["emulator"].get("faults", []) == ()
-    assert dict(**cfg["trigger"]["menu"]["physics"]) == cfg.trigger.menu["physics"].to_dict()
-    with pytest.raises(KeyError):
-        cfg["daq"]["bogus"]
-    assert as_config(dict(cfg)) == cfg                  # dict(cfg) carries _path and the sections
-    assert as_config(cfg.to_dict()) == cfg and as_config(None) == cfg
-    assert all(isinstance(cfg[n], Section) for n in SECTIONS)
+    assert not isinstance(cfg, Mapping) and not isinstance(cfg.daq, Mapping)
+    with pytest.raises(TypeError):
+        cfg["daq"]                                                       # type: ignore[index]
+    with pytest.raises(TypeError):
+        cfg.daq["min_free_mb"]                                           # type: ignore[index]
+    assert as_config(cfg) is cfg and as_config(None) == cfg

@@ -13,7 +13,10 @@ import pytest
 
 from detector import channels as ch
 from detector.config import ConfigError, load_calibration, load_config, validate
+from detector.reco import peak_delta
 from detector.records import TRIGGER_BITS
+from trigger import amp as A
+from trigger import bounds as B
 from trigger import kernels as K
 from trigger import reference as R
 from trigger.menu import (SCALER_KEYS, BeamTrigger, EnergyTrigger, MenuError, RandomTrigger, TriggerMenu,
@@ -142,8 +145,8 @@ def test_thresholds_exactly_at_value(menu: TriggerMenu) -> None:
     smallest float32 amplitude that passes and the one below."""
     thr = menu.counter_threshold_adc
     lo, hi = menu.counter_window_ns(0)
-    tha, _ = K.amp_thresholds(menu, np.dtype(np.float32), np.dtype(np.float32))
-    ps_at, ec_at = float(tha[1]), float(tha[2])
+    tha, _ = A.amp_thresholds(menu, np.dtype(np.float32), np.dtype(np.float32))
+    ps_at, ec_at = float(tha[1]), float(tha[3])       # physics: ps, ps_not, ec, ec_min (amp_thresholds)
     below = lambda x: float(np.nextafter(np.float32(x), np.float32(-np.inf)))  # noqa: E731
     above = lambda x: float(np.nextafter(np.float32(x), np.float32(np.inf)))   # noqa: E731
     rows, expect = [], []
@@ -194,13 +197,13 @@ def test_window_table_decisions(menu: TriggerMenu) -> None:
     """The per-(counter, peak sample) ratio bounds, compared as ``diff`` against ``best * r`` (no
     division), decide the window exactly like the onset computed from ``diff / best``, also for integer
     differences one count either side of every crossing."""
-    tab = K.window_table(menu)
+    tab = B.window_table(menu)
     rng = np.random.default_rng(0)
     for c in range(3):
         lo, hi = menu.counter_window_ns(c)
         for k in range(1, ch.N_SAMPLES - 1):
             best = rng.integers(40, 4 * 4095, 400) * 0.25          # pedestal-subtracted peaks: quarter counts
-            diff = [np.rint(rng.uniform(K.XP[0] - 0.1, K.XP[-1] + 0.1, best.size) * best)]
+            diff = [np.rint(rng.uniform(B.XP[0] - 0.1, B.XP[-1] + 0.1, best.size) * best)]
             bb = [best]
             for x in tab[c, k]:
                 if np.isfinite(x):
@@ -208,9 +211,9 @@ def test_window_table_decisions(menu: TriggerMenu) -> None:
                         diff.append(np.floor(x * best) + step)
                         bb.append(best)
             diff, bb = np.concatenate(diff), np.concatenate(bb)
-            onset = K._onset32(np.full(diff.size, k), diff / bb)
+            onset = B._onset32(np.full(diff.size, k), diff / bb)
             inside = (onset >= lo) & (onset <= hi)
-            d = np.array([K._window(tab, c, k, x, b) for x, b in zip(diff, bb)])
+            d = np.array([B._window(tab, c, k, x, b) for x, b in zip(diff, bb)])
             assert np.all((d == 2) | ((d == 1) == inside)), (c, k)
             assert np.mean(d == 2) < 0.01
 
@@ -226,7 +229,7 @@ def test_amplitude_range_contains_the_reconstructed_amplitude() -> None:
     peak = rng.integers(10, 4000, n)
     ped = rng.integers(0, 60, n)
     p[:, 0, :] = ped[:, None]
-    r = rng.uniform(K.XP[0] - 0.3, K.XP[-1] + 0.3, n)            # (w[k+1] - w[k-1]) / best
+    r = rng.uniform(B.XP[0] - 0.3, B.XP[-1] + 0.3, n)            # (w[k+1] - w[k-1]) / best
     side = np.clip(rng.uniform(0.2, 0.9, n) * peak, 0, None)
     wm = np.rint(ped + side - 0.5 * r * peak)
     wp = np.rint(ped + side + 0.5 * r * peak)
@@ -237,12 +240,12 @@ def test_amplitude_range_contains_the_reconstructed_amplitude() -> None:
     p[rows[k < ch.N_SAMPLES - 1], 0, k[k < ch.N_SAMPLES - 1] + 1] = np.where(ok, wp, ped)[k < ch.N_SAMPLES - 1]
     width = []
     for i in range(n):
-        kk, s4, se, so = K._keymax(p, i, 0)
+        kk, s4, se, so = B._keymax(p, i, 0)
         if s4 * 0.25 < 10.0:
             continue
-        lo, hi = K._amp_range(p, i, 0, kk, s4)
-        wmm, wpp = K._neighbours(p, i, 0, kk)
-        _, amp = K._time_amp(kk, s4, se * 0.25, so * 0.25, wmm, wpp, True)
+        lo, hi = B._amp_range(p, i, 0, kk, s4)
+        wmm, wpp = B._neighbours(p, i, 0, kk)
+        _, amp = B._time_amp(kk, s4, se * 0.25, so * 0.25, wmm, wpp, True)
         assert lo <= amp <= hi, (i, lo, amp, hi)
         width.append(hi / lo - 1.0)
     assert len(width) > n // 2 and max(width) < 5e-4
@@ -250,11 +253,11 @@ def test_amplitude_range_contains_the_reconstructed_amplitude() -> None:
 
 def test_interp_is_numpy_interp() -> None:
     rng = np.random.default_rng(1)
-    xp = K.XP
+    xp = B.XP
     x = np.concatenate([rng.uniform(xp[0] - 0.2, xp[-1] + 0.2, 20000), xp, np.nextafter(xp, -np.inf),
                         np.nextafter(xp, np.inf), [np.inf, -np.inf]])
-    got = np.array([K._interp(v) for v in x])
-    assert np.array_equal(got, np.interp(x, K.XP, K.FP))
+    got = np.array([peak_delta(v) for v in x])
+    assert np.array_equal(got, np.interp(x, B.XP, B.FP))
 
 
 # ---------------------------------------------------------------------- prescale, random trigger

@@ -1,16 +1,19 @@
 """Property tests of the online trigger: on hypothesis-generated spills (S1, S2, S3, V1, PS, ECAL
 waveforms from detector.pulse with random energies and times, V1 hits, pile-up, out-of-time counters,
 saturation) and menus, numba == numpy reference exactly (accepted indices, masks, scalers), for the
-waveform and the amplitude entry, serial, parallel and in random chunks."""
+waveform and the amplitude entry, serial, parallel and in random chunks; spills of several kernel blocks
+(:data:`trigger.accept.BLOCK` records) cut at and around block boundaries, with prescale counters and random
+ticks that carry across blocks and chunks, and menus with further energy lines."""
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trigger import kernels as K
+from trigger.accept import BLOCK
 from trigger import reference as R
 from trigger.menu import BeamTrigger, EnergyTrigger, RandomTrigger, TriggerMenu, TriggerResult
 
@@ -19,6 +22,18 @@ BASE = TriggerMenu.from_config()
 
 def assert_same(a: TriggerResult, b: TriggerResult) -> None:
     assert a.same_as(b), a.difference(b)
+
+
+def chunked(menu: TriggerMenu, prims: np.ndarray, tau: np.ndarray, cuts: list[int], parallel: bool
+            ) -> TriggerResult:
+    """The waveform entry fed in consecutive chunks of the sizes ``cuts`` (cycled)."""
+    trig = K.SpillTrigger(menu, parallel=parallel)
+    start, i = 0, 0
+    while start < tau.size:
+        stop = min(start + cuts[i % len(cuts)], tau.size)
+        trig.process(prims[start:stop], tau[start:stop], start)
+        start, i = stop, i + 1
+    return trig.finish()
 
 
 @st.composite
@@ -90,13 +105,7 @@ def test_chunked_matches_whole(s, cuts, parallel) -> None:
     menu, amp, ons, extra, tau, noise, seed = s
     prims = R.synthesize_primitives(amp, ons, extra, noise_rms=noise, seed=seed % 1000)
     whole = R.waveform_trigger(menu, prims, tau)
-    trig = K.SpillTrigger(menu, parallel=parallel)
-    start, i = 0, 0
-    while start < tau.size:
-        stop = min(start + cuts[i % len(cuts)], tau.size)
-        trig.process(prims[start:stop], tau[start:stop], start)
-        start, i = stop, i + 1
-    assert_same(trig.finish(), whole)
+    assert_same(chunked(menu, prims, tau, cuts, parallel), whole)
 
 
 @given(spills(max_records=200), st.sampled_from([np.float32, np.float64]), st.booleans())
@@ -121,3 +130,61 @@ def test_amplitude_entry_matches_reference(s, dtype, fortran) -> None:
     # offline re-trigger with other thresholds: the same code, the same agreement
     other = menu.replace(physics=dataclasses.replace(menu.physics, enabled=True, ecal_max_gev=50.0))
     assert_same(K.trigger_amplitudes(other, a, t, tau), R.amplitude_trigger(other, a, t, tau))
+
+
+@st.composite
+def lines(draw) -> tuple:
+    """0-2 further energy lines (some without the veto, some with the optional cuts)."""
+    out = []
+    for k in range(draw(st.integers(0, 2))):
+        ps = draw(st.sampled_from([0.0, 0.5, 2.0]))
+        ec = draw(st.sampled_from([30.0, 90.0, 105.0]))
+        out.append((f"extra{k}", EnergyTrigger(draw(st.booleans()), draw(st.integers(1, 7)), ps, ec,
+                                               draw(st.sampled_from([None, ps + 3.0])),
+                                               draw(st.sampled_from([None, ec - 25.0])), draw(st.booleans()))))
+    return tuple(out)
+
+
+@st.composite
+def big_spills(draw) -> tuple:
+    """(menu, primitives, arrival times, chunk sizes): 1-5 blocks of records; prescales of 1-7 so that the
+    counters wrap inside blocks and carry over their ends; a random rate of 0.2-3 ticks per block's time
+    span; chunk sizes at, around and between block sizes."""
+    menu, amp, ons, extra, _, noise, seed = draw(spills(max_records=0))
+    n = draw(st.one_of(st.integers(BLOCK + 1, 5 * BLOCK),
+                       st.sampled_from([BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK, 3 * BLOCK - 1, 4 * BLOCK + 7])))
+    rng = np.random.default_rng(seed)
+    prims, _ = R.electron_spill(menu, n, seed=seed % 1000, low_ecal_fraction=draw(st.sampled_from([0.1, 0.5])))
+    junk = rng.random(n) < 0.05                               # noise-only and saturated records among them
+    prims[junk] = rng.integers(0, 4096, (int(junk.sum()), 6, 32), dtype=np.int16)
+    span_ns = draw(st.sampled_from([1e6, 1e8]))
+    tau = np.sort(rng.uniform(0.0, span_ns, n))
+    same = np.flatnonzero(rng.random(n - 1) < 0.02) + 1
+    tau[same] = tau[same - 1]                                 # equal arrival times (still sorted)
+    ticks_per_block = draw(st.sampled_from([0.2, 1.0, 3.0]))
+    rate = min(1e9 / (span_ns * BLOCK / n) * ticks_per_block, 1e9)
+    menu = menu.replace(
+        random=RandomTrigger(draw(st.booleans()), rate),
+        beam=BeamTrigger(True, draw(st.integers(1, 7))),          # a menu must enable something
+        physics=dataclasses.replace(menu.physics, prescale=draw(st.integers(1, 7))),
+        dimuon=dataclasses.replace(menu.dimuon, prescale=draw(st.integers(1, 7))),
+        spill_length_s=span_ns * 1e-9 * draw(st.sampled_from([0.5, 1.0])),
+        further_lines=draw(lines()))
+    cuts = draw(st.lists(st.one_of(st.sampled_from([1, 7, 8, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK]),
+                                   st.integers(1, 3 * BLOCK)), min_size=1, max_size=5))
+    return menu, prims, tau, cuts
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(big_spills(), st.booleans())
+def test_blocks_and_chunks_match_reference(s, parallel) -> None:
+    """Several blocks, chunked across block boundaries: the waveform entry (chunked, serial or parallel) and
+    the amplitude entry equal the reference on the whole spill."""
+    menu, prims, tau, cuts = s
+    ref = R.waveform_trigger(menu, prims, tau)
+    assert_same(chunked(menu, prims, tau, cuts, parallel), ref)
+    a, t = R.reconstruct_trigger_channels(menu, prims)
+    amp = K.SpillTrigger(menu, parallel=not parallel)
+    for s0 in range(0, tau.size, cuts[0]):
+        amp.process_amplitudes(a[s0:s0 + cuts[0]], t[s0:s0 + cuts[0]], tau[s0:s0 + cuts[0]], s0)
+    assert_same(amp.finish(), ref)

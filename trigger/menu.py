@@ -14,8 +14,11 @@ Definitions (physics.md 1.6; every number below is a field of :class:`TriggerMen
 - **EOT** (electrons on target): PiSi AND NOT V1, i.e. a clean beam particle entering the ECAL.
 - **energies**: ``E = A * gev_per_count`` (GeV, float64 arithmetic on the float32 amplitude) of the
   analogue sums PS_SUM and ECAL_SUM.
-- **physics** (Tr(A')): EOT AND ``E_PS > ps_min_gev`` AND ``E_ECAL < ecal_max_gev``, prescaled.
-- **dimuon**: the same structure as physics with its own thresholds and prescale.
+- **energy lines**: EOT (PiSi when the line's ``veto`` is off) AND ``E_PS > ps_min_gev`` AND
+  ``E_ECAL < ecal_max_gev`` (and, when set, ``E_PS < ps_max_gev`` and ``E_ECAL > ecal_min_gev``), prescaled.
+  **physics** (Tr(A')) and **dimuon** are the two every menu has; a config adds further ones as
+  ``[trigger.menu.<name>]`` tables with ``kind = "energy"`` (bits after dimuon's, in config order:
+  :func:`detector.records.trigger_bits`).
 - **beam**: PiSi, prescaled.
 - **prescale** ``p``: of the raw triggers of one type in a spill, numbered 1, 2, ..., the numbers
   ``p, 2p, 3p, ...`` are accepted (a deterministic counter, reset at every spill), so
@@ -41,21 +44,29 @@ from typing import Any, Mapping
 import numpy as np
 
 from detector import channels as ch
-from detector.config import Calibration, ConfigError, load_calibration, load_config
+from detector.config import Calibration, Config, ConfigError, load_calibration, load_config
 from detector.pulse import PEAK_DELAY_NS
 from detector.reco import ZS_THRESHOLD
-from detector.records import TRIGGER_BITS
+from detector.records import TRIGGER_BITS, trigger_bits
 
-#: trigger names in bit order (physics, beam, random, dimuon)
+#: trigger names every menu has, in bit order (physics, beam, random, dimuon)
 TRIGGER_NAMES: tuple[str, ...] = tuple(TRIGGER_BITS)
+#: the energy lines every menu has (further ones: :attr:`TriggerMenu.further_lines`)
+ENERGY_NAMES: tuple[str, ...] = ("physics", "dimuon")
 #: the counters of the primitive block (indices 0..3 of TRIGGER_CHANNEL_NAMES)
 COUNTER_NAMES: tuple[str, ...] = ch.TRIGGER_CHANNEL_NAMES[:4]
 PS_INDEX = ch.TRIGGER_CHANNEL_NAMES.index("PS_SUM")
 ECAL_INDEX = ch.TRIGGER_CHANNEL_NAMES.index("ECAL_SUM")
-#: every scaler a :class:`TriggerResult` reports, in this order
-SCALER_KEYS: tuple[str, ...] = (("records",) + COUNTER_NAMES + ("PiSi", "EOT")
-                                + tuple(f"{n}_{k}" for n in TRIGGER_NAMES for k in ("raw", "accepted"))
-                                + ("accepted",))
+
+
+def scaler_keys(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Every scaler a :class:`TriggerResult` of a menu with triggers ``names`` reports, in this order."""
+    return (("records",) + COUNTER_NAMES + ("PiSi", "EOT")
+            + tuple(f"{n}_{k}" for n in names for k in ("raw", "accepted")) + ("accepted",))
+
+
+#: the scalers of a menu without further energy lines (:attr:`TriggerMenu.scaler_keys` in general)
+SCALER_KEYS: tuple[str, ...] = scaler_keys(TRIGGER_NAMES)
 EOT_DEFINITION = "PiSi AND NOT V1: S1, S2, S3 above threshold and in time, V1 not (above threshold and in time)"
 #: onsets the reconstruction can return for an unsaturated pulse (ns): a coincidence window outside
 #: this range can never be met
@@ -98,12 +109,24 @@ def _flag(where: str, value: Any) -> bool:
 
 @dataclass(frozen=True)
 class EnergyTrigger:
-    """EOT AND ``E_PS > ps_min_gev`` AND ``E_ECAL < ecal_max_gev`` (GeV), accepted every ``prescale``-th."""
+    """EOT (PiSi without ``veto``) AND ``E_PS > ps_min_gev`` AND ``E_ECAL < ecal_max_gev`` (GeV) AND, when
+    set, ``E_PS < ps_max_gev`` and ``E_ECAL > ecal_min_gev``; accepted every ``prescale``-th."""
 
     enabled: bool = True
     prescale: int = 1
     ps_min_gev: float = 0.3        #: GeV, strict lower bound on the PS_SUM energy
     ecal_max_gev: float = 80.0     #: GeV, strict upper bound on the ECAL_SUM energy
+    ps_max_gev: float | None = None     #: GeV, strict upper bound on the PS_SUM energy (None: no cut)
+    ecal_min_gev: float | None = None   #: GeV, strict lower bound on the ECAL_SUM energy (None: no cut)
+    veto: bool = True              #: V1 vetoes (the line requires EOT); False: PiSi is enough
+
+    @classmethod
+    def from_table(cls, where: str, table: Mapping[str, Any]) -> "EnergyTrigger":
+        """From a config table or a :meth:`TriggerMenu.to_dict` entry (``kind`` and ``bit`` ignored)."""
+        try:
+            return cls(**{k: v for k, v in table.items() if k not in ("kind", "bit")})
+        except TypeError as exc:
+            raise MenuError(f"trigger menu: {where}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -143,6 +166,8 @@ class TriggerMenu:
     dimuon: EnergyTrigger = field(default_factory=lambda: EnergyTrigger(True, 1, 0.3, 60.0))
     zs_threshold_adc: float = ZS_THRESHOLD  #: ADC counts, zero suppression of the reconstruction
     beam_energy_gev: float = 100.0          #: GeV, a PS threshold at or above it could never fire
+    #: further energy lines (name, line), bits after dimuon's in this order
+    further_lines: tuple[tuple[str, EnergyTrigger], ...] = ()
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -166,8 +191,22 @@ class TriggerMenu:
             if not isinstance(getattr(self, name), cls):
                 raise MenuError(f"trigger menu: {name} must be a {cls.__name__}, got {getattr(self, name)!r}")
         self._check_counters()
-        for name in ("physics", "dimuon"):
+        for name in ENERGY_NAMES:
             set_(self, name, self._check_energy(name, getattr(self, name)))
+        further = []
+        for item in self.further_lines:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+                raise MenuError(f"trigger menu: further_lines holds (name, EnergyTrigger) pairs, got {item!r}")
+            name, line = item
+            if not name.isidentifier() or name in TRIGGER_NAMES:
+                raise MenuError(f"trigger menu: {name!r} cannot name a further line (an identifier other than "
+                                f"{', '.join(TRIGGER_NAMES)})")
+            further.append((name, self._check_energy(name, line)))
+        set_(self, "further_lines", tuple(further))
+        try:
+            set_(self, "_bits", trigger_bits(tuple(n for n, _ in further)))
+        except ValueError as exc:
+            raise MenuError(f"trigger menu: {exc}") from None
         b = self.beam
         set_(self, "beam", BeamTrigger(_flag("beam", b.enabled), _prescale("beam", b.prescale)))
         r = self.random
@@ -177,7 +216,7 @@ class TriggerMenu:
             raise MenuError("trigger menu: random.rate_hz = 0 with the random trigger enabled: it can never "
                             "fire (disable it or give a rate)")
         set_(self, "random", RandomTrigger(enabled, rate))
-        if not any(getattr(self, n).enabled for n in TRIGGER_NAMES):
+        if not (self.beam.enabled or self.random.enabled or any(t.enabled for _, t in self.energy_lines)):
             raise MenuError("trigger menu enables no trigger: nothing would ever be accepted")
 
     def _check_counters(self) -> None:
@@ -201,9 +240,19 @@ class TriggerMenu:
     def _check_energy(self, name: str, t: EnergyTrigger) -> EnergyTrigger:
         if not isinstance(t, EnergyTrigger):
             raise MenuError(f"trigger menu: {name} must be an EnergyTrigger, got {t!r}")
+        opt = lambda key: None if getattr(t, key) is None else _num(f"{name}.{key}", getattr(t, key), 0.0)  # noqa: E731
+        if not isinstance(t.veto, (bool, np.bool_)):
+            raise MenuError(f"trigger menu: {name}.veto = {t.veto!r} must be true or false")
         t = EnergyTrigger(_flag(name, t.enabled), _prescale(name, t.prescale),
                           _num(f"{name}.ps_min_gev", t.ps_min_gev, 0.0),
-                          _num(f"{name}.ecal_max_gev", t.ecal_max_gev, 0.0))
+                          _num(f"{name}.ecal_max_gev", t.ecal_max_gev, 0.0),
+                          opt("ps_max_gev"), opt("ecal_min_gev"), bool(t.veto))
+        if t.ps_max_gev is not None and t.ps_max_gev <= t.ps_min_gev:
+            raise MenuError(f"trigger menu: {name}.ps_max_gev = {t.ps_max_gev} must be above ps_min_gev = "
+                            f"{t.ps_min_gev}: the trigger could never fire")
+        if t.ecal_min_gev is not None and t.ecal_min_gev >= t.ecal_max_gev:
+            raise MenuError(f"trigger menu: {name}.ecal_min_gev = {t.ecal_min_gev} must be below ecal_max_gev = "
+                            f"{t.ecal_max_gev}: the trigger could never fire")
         if t.ps_min_gev >= t.ecal_max_gev:
             raise MenuError(f"trigger menu: {name}.ps_min_gev = {t.ps_min_gev} must be below {name}.ecal_max_gev "
                             f"= {t.ecal_max_gev} (the PS is part of the ECAL: the trigger could never fire)")
@@ -224,32 +273,31 @@ class TriggerMenu:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None = None,
+    def from_config(cls, cfg: Config | None = None,
                     calibration: Calibration | None = None) -> "TriggerMenu":
         """Menu from a validated config (``detector.config.load_config``; None = the defaults) and the
         calibration (``detector.config.load_calibration(cfg)`` when None). Raises :class:`MenuError`."""
         cfg = load_config(None) if cfg is None else cfg
-        calibration = load_calibration(dict(cfg)) if calibration is None else calibration
-        try:
-            trig = cfg["trigger"]
-            menu = trig["menu"]
-        except (KeyError, TypeError):
-            raise MenuError("config has no [trigger] section with a [trigger.menu] table") from None
-        unknown = set(menu) - set(TRIGGER_NAMES)
+        calibration = load_calibration(cfg) if calibration is None else calibration
+        trig = cfg.trigger
+        menu = {n: line.to_dict() for n, line in trig.menu.items()}
+        further = tuple((n, v) for n, v in menu.items() if n not in TRIGGER_NAMES and v.get("kind") == "energy")
+        unknown = set(menu) - set(TRIGGER_NAMES) - {n for n, _ in further}
         if unknown:
             raise MenuError(f"unknown trigger(s) {sorted(unknown)} in [trigger.menu]; "
                             f"known: {', '.join(TRIGGER_NAMES)}")
         ids = ch.trigger_channel_ids()
         try:
             return cls(
-                window_ns=trig["window_ns"], counter_threshold_mip=trig["counter_threshold_mip"],
-                mip_adc=trig["mip_adc"],
+                window_ns=trig.window_ns, counter_threshold_mip=trig.counter_threshold_mip,
+                mip_adc=trig.mip_adc,
                 t0_ns=tuple(float(x) for x in np.asarray(calibration.t0_ns)[ids]),
                 gev_per_count=tuple(float(x) for x in np.asarray(calibration.gev_per_count)[ids]),
-                spill_length_s=cfg["spill"]["length_s"],
-                physics=EnergyTrigger(**menu["physics"]), beam=BeamTrigger(**menu["beam"]),
-                random=RandomTrigger(**menu["random"]), dimuon=EnergyTrigger(**menu["dimuon"]),
-                beam_energy_gev=cfg["beam"]["energy_gev"],
+                spill_length_s=cfg.spill.length_s,
+                physics=EnergyTrigger.from_table("physics", menu["physics"]), beam=BeamTrigger(**menu["beam"]),
+                random=RandomTrigger(**menu["random"]), dimuon=EnergyTrigger.from_table("dimuon", menu["dimuon"]),
+                beam_energy_gev=cfg.beam.energy_gev,
+                further_lines=tuple((n, EnergyTrigger.from_table(n, v)) for n, v in further),
             )
         except (KeyError, TypeError) as exc:
             raise MenuError(f"trigger menu: incomplete or malformed config ({exc})") from None
@@ -270,8 +318,9 @@ class TriggerMenu:
             "beam_energy_gev": self.beam_energy_gev,
             "channels": list(ch.TRIGGER_CHANNEL_NAMES),
             "t0_ns": list(self.t0_ns), "gev_per_count": list(self.gev_per_count),
-            "triggers": {n: {**dataclasses.asdict(getattr(self, n)), "bit": int(TRIGGER_BITS[n])}
-                         for n in TRIGGER_NAMES},
+            "triggers": {n: {**({"kind": "energy"} if isinstance(t, EnergyTrigger) else {}),
+                             **dataclasses.asdict(t), "bit": int(self.trigger_bits[n])}
+                         for n, t in self.triggers.items()},
             "random_ticks": self.n_random_ticks,
             "eot_definition": EOT_DEFINITION,
         }
@@ -281,25 +330,58 @@ class TriggerMenu:
         """Inverse of :meth:`to_dict` (derived keys are ignored), e.g. to re-trigger a recorded run with the
         menu it was taken with."""
         derived = {"counter_threshold_adc", "channels", "random_ticks", "eot_definition"}
-        known = {f.name for f in dataclasses.fields(cls)} - set(TRIGGER_NAMES)
+        known = {f.name for f in dataclasses.fields(cls)} - set(TRIGGER_NAMES) - {"further_lines"}
         unknown = set(d) - known - derived - {"triggers"}
         if unknown:
             raise MenuError(f"trigger menu: unknown key(s) {sorted(unknown)}")
         trig = d.get("triggers", {})
-        if set(trig) - set(TRIGGER_NAMES):
-            raise MenuError(f"unknown trigger(s) {sorted(set(trig) - set(TRIGGER_NAMES))}; "
-                            f"known: {', '.join(TRIGGER_NAMES)}")
+        further = [n for n, t in trig.items() if n not in TRIGGER_NAMES and t.get("kind") == "energy"]
+        if set(trig) - set(TRIGGER_NAMES) - set(further):
+            raise MenuError(f"unknown trigger(s) {sorted(set(trig) - set(TRIGGER_NAMES) - set(further))}; "
+                            f"known: {', '.join(TRIGGER_NAMES)} and lines with kind = 'energy'")
         kinds = {"physics": EnergyTrigger, "beam": BeamTrigger, "random": RandomTrigger, "dimuon": EnergyTrigger}
         kw: dict[str, Any] = {k: (tuple(v) if k in ("t0_ns", "gev_per_count") else v)
                               for k, v in d.items() if k in known}
         try:
             for n, t in trig.items():
-                kw[n] = kinds[n](**{k: v for k, v in t.items() if k != "bit"})
+                if n in kinds:
+                    kw[n] = kinds[n](**{k: v for k, v in t.items() if k not in ("bit", "kind")})
+            kw["further_lines"] = tuple((n, EnergyTrigger.from_table(n, trig[n])) for n in further)
             return cls(**kw)
         except TypeError as exc:
             raise MenuError(f"trigger menu: malformed description ({exc})") from None
 
     # ------------------------------------------------------------------ derived numbers
+    @property
+    def energy_lines(self) -> tuple[tuple[str, EnergyTrigger], ...]:
+        """(name, line) of every energy line: physics, dimuon, then the further lines."""
+        return (("physics", self.physics), ("dimuon", self.dimuon)) + self.further_lines
+
+    @property
+    def triggers(self) -> dict[str, EnergyTrigger | BeamTrigger | RandomTrigger]:
+        """Every trigger of the menu by name, in bit order."""
+        return {"physics": self.physics, "beam": self.beam, "random": self.random, "dimuon": self.dimuon,
+                **dict(self.further_lines)}
+
+    @property
+    def trigger_names(self) -> tuple[str, ...]:
+        """Names of the menu's triggers in bit order (:data:`TRIGGER_NAMES`, then the further lines)."""
+        return TRIGGER_NAMES + tuple(n for n, _ in self.further_lines)
+
+    @property
+    def trigger_bits(self) -> dict[str, np.uint8]:
+        """Bit of each trigger in the recorded trigger mask (:data:`detector.records.TRIGGER_MASK_DTYPE`)."""
+        return dict(self._bits)     # type: ignore[attr-defined]
+
+    @property
+    def scaler_keys(self) -> tuple[str, ...]:
+        """The scalers a result of this menu reports (:func:`scaler_keys`)."""
+        return scaler_keys(self.trigger_names)
+
+    def empty_scalers(self) -> dict[str, int]:
+        """All of this menu's scalers at zero."""
+        return {k: 0 for k in self.scaler_keys}
+
     @property
     def counter_threshold_adc(self) -> float:
         """Counter threshold in ADC counts (``counter_threshold_mip * mip_adc``)."""
@@ -340,16 +422,18 @@ class TriggerResult:
     """What the trigger reports for one spill (or the part of it processed so far).
 
     - ``accepted``: record indices in the spill (int64, strictly increasing);
-    - ``mask``: uint8 per accepted record, OR of the ``TRIGGER_BITS`` that fired and were accepted after
-      prescaling;
-    - ``scalers``: counts, keys :data:`SCALER_KEYS` (``records``; the counter scalers ``S1, S2, S3, V1``;
-      ``PiSi``; ``EOT``; ``<trigger>_raw`` and ``<trigger>_accepted`` for physics, beam, random, dimuon;
-      ``accepted`` = number of accepted records).
+    - ``mask``: :data:`detector.records.TRIGGER_MASK_DTYPE` per accepted record, OR of the menu's trigger bits
+      (:attr:`TriggerMenu.trigger_bits`) that fired and were accepted after prescaling;
+    - ``scalers``: counts, keys :attr:`TriggerMenu.scaler_keys` (``records``; the counter scalers ``S1, S2,
+      S3, V1``; ``PiSi``; ``EOT``; ``<trigger>_raw`` and ``<trigger>_accepted`` per trigger of the menu;
+      ``accepted`` = number of accepted records);
+    - ``names``: the menu's trigger names in bit order.
     """
 
     accepted: np.ndarray
     mask: np.ndarray
     scalers: dict[str, int]
+    names: tuple[str, ...] = TRIGGER_NAMES
 
     @property
     def eot(self) -> int:
@@ -359,7 +443,7 @@ class TriggerResult:
     def triggers(self) -> dict[str, dict[str, int]]:
         """``{name: {"raw": n, "accepted": n}}`` per trigger type (the monitoring ``scalers`` message)."""
         return {n: {"raw": self.scalers[f"{n}_raw"], "accepted": self.scalers[f"{n}_accepted"]}
-                for n in TRIGGER_NAMES}
+                for n in self.names}
 
     def scalers_with(self, crate_scalers: Mapping[str, Any]) -> dict[str, int]:
         """Our scalers merged with the crate's hardware scalers (``SPIL:INFO?`` ``scalers``: S0 and V0
@@ -387,12 +471,12 @@ class TriggerResult:
             bad = np.flatnonzero(self.mask != other.mask)[:10]
             msgs.append(f"masks differ at records {self.accepted[bad].tolist()}: {self.mask[bad].tolist()} vs "
                         f"{other.mask[bad].tolist()}")
-        for k in SCALER_KEYS:
+        for k in dict.fromkeys([*self.scalers, *other.scalers]):
             if self.scalers.get(k) != other.scalers.get(k):
                 msgs.append(f"scaler {k}: {self.scalers.get(k)} vs {other.scalers.get(k)}")
         return "; ".join(msgs)
 
 
 def empty_scalers() -> dict[str, int]:
-    """All scalers at zero."""
+    """All scalers of a menu without further lines at zero (:meth:`TriggerMenu.empty_scalers` in general)."""
     return {k: 0 for k in SCALER_KEYS}

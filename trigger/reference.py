@@ -15,9 +15,9 @@ import numpy as np
 from detector import channels as ch
 from detector import pulse
 from detector.reco import reconstruct_numpy
-from detector.records import TRIGGER_BITS
+from detector.records import TRIGGER_MASK_DTYPE
 
-from .menu import COUNTER_NAMES, ECAL_INDEX, PS_INDEX, TriggerMenu, TriggerResult, empty_scalers
+from .menu import COUNTER_NAMES, ECAL_INDEX, PS_INDEX, TriggerMenu, TriggerResult
 
 #: records per call of ``reconstruct_numpy`` (its temporaries are ~30 float64 copies of the block)
 RECO_CHUNK = 1 << 14
@@ -113,17 +113,21 @@ def amplitude_trigger(menu: TriggerMenu, amplitudes: np.ndarray, onsets_ns: np.n
     e_ps = a[:, PS_INDEX] * menu.gev_per_count[PS_INDEX]
     e_ecal = a[:, ECAL_INDEX] * menu.gev_per_count[ECAL_INDEX]
     raw = {}
-    for name in ("physics", "dimuon"):
-        trg = getattr(menu, name)
-        raw[name] = (eot & (e_ps > trg.ps_min_gev) & (e_ecal < trg.ecal_max_gev)) if trg.enabled \
-            else np.zeros(n, bool)
+    for name, trg in menu.energy_lines:
+        ok = (eot if trg.veto else pisi) & (e_ps > trg.ps_min_gev) & (e_ecal < trg.ecal_max_gev)
+        if trg.ps_max_gev is not None:
+            ok &= e_ps < trg.ps_max_gev
+        if trg.ecal_min_gev is not None:
+            ok &= e_ecal > trg.ecal_min_gev
+        raw[name] = ok if trg.enabled else np.zeros(n, bool)
     raw["beam"] = pisi if menu.beam.enabled else np.zeros(n, bool)
-    mask = np.zeros(n, np.uint8)
-    sc = empty_scalers()
-    for name in ("physics", "beam", "dimuon"):
-        p = getattr(menu, name).prescale
+    bits = menu.trigger_bits
+    mask = np.zeros(n, TRIGGER_MASK_DTYPE)
+    sc = menu.empty_scalers()
+    for name in raw:
+        p = menu.triggers[name].prescale
         acc = raw[name] & (np.cumsum(raw[name]) % p == 0)
-        mask[acc] |= TRIGGER_BITS[name]
+        mask[acc] |= bits[name]
         sc[f"{name}_raw"] = int(raw[name].sum())
         sc[f"{name}_accepted"] = int(acc.sum())
     n_ticks = menu.n_random_ticks
@@ -132,7 +136,7 @@ def amplitude_trigger(menu: TriggerMenu, amplitudes: np.ndarray, onsets_ns: np.n
         prev = np.concatenate([[-np.inf], tau[:-1]])
         jc = np.clip(j, 0, None).astype(np.float64)
         rnd = (j >= 0) & (j < n_ticks) & (prev < (jc * 1e9) / menu.random.rate_hz)
-        mask[rnd] |= TRIGGER_BITS["random"]
+        mask[rnd] |= bits["random"]
         sc["random_accepted"] = int(rnd.sum())
     sc["random_raw"] = n_ticks
     sc["records"] = n
@@ -142,7 +146,7 @@ def amplitude_trigger(menu: TriggerMenu, amplitudes: np.ndarray, onsets_ns: np.n
     sc["EOT"] = int(eot.sum())
     idx = np.flatnonzero(mask).astype(np.int64)
     sc["accepted"] = int(idx.size)
-    return TriggerResult(idx, mask[idx], sc)
+    return TriggerResult(idx, mask[idx], sc, menu.trigger_names)
 
 
 def reconstruct_trigger_channels(menu: TriggerMenu, prims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

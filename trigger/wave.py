@@ -1,0 +1,210 @@
+"""Pass A of the waveform entry (online): per record, the raw bits (:mod:`trigger.params`) from the int16
+primitives (N, 6, 32), reconstructing a channel only as far as the decision needs (:mod:`trigger.bounds`):
+
+* every record starts with :func:`trigger.simd.record_summary` (explicit LLVM vectors, the six channels
+  reduced together): the exact pedestal-subtracted peak of each channel, the peak sample of S1..S3 and
+  the saturation bits; the next records' cache lines are prefetched (:data:`PREFETCH_RECORDS`);
+* counters above threshold and in their windows on the bounds, the exact reconstruction where they do not
+  tell;
+* PS/ECAL only for PiSi records, and only as far as the menu's energy lines need: each line's cuts are
+  decided on the amplitude bounds, in the rare undecided case by a call that refines them by the
+  neighbour ratio, exactly if still undecided.
+
+Numba notes (measured on this code): block loops run over block views from index 0 (no negative-index
+wraparound code, which otherwise blocks vectorisation); the line loop's trip count is the parameter
+record's line count, a compile-time constant.
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from .accept import BLOCK, block_counts
+from .bounds import (AMP_BOUND, _amp_bounds, _amp_range, _decide, _neighbours, _s_fit, _sum_amp_range, _window,
+                     exact)
+from .jit import INLINE, JIT, JIT_NONRT
+from .menu import ECAL_INDEX, PS_INDEX
+from .params import RB_EOT, RB_LINE0, RB_PISI
+from .simd import prefetch_record, record_summary
+
+@nb.njit(**INLINE)
+def _s_counter(p, i, c, sat, k, s4, thr, zs):
+    """S1/S2/S3 of record i with exact peak (sample k, 4x value s4) and saturation flag: (above threshold,
+    onset known, onset ns). The amplitude is decided on its bounds [best, AMP_BOUND * best] when they tell."""
+    best = s4 * 0.25
+    up = False
+    known = False
+    t = 0.0
+    if sat:                                         # exact reconstruction of the saturated pulse
+        a, t = exact(p, i, c, zs)
+        up = a >= thr
+        known = True
+    elif best >= zs:
+        if best >= thr:
+            up = True
+        elif best * AMP_BOUND >= thr:
+            lo, hi = _amp_range(p, i, c, k, s4)
+            below = _decide(lo, hi, 1.0, thr, False)        # 1: A < thr, 0: A >= thr, 2: too close
+            up = below == 0
+            if below == 2:
+                t, a = _s_fit(p, i, c, k, s4, True)
+                up = a >= thr
+                known = True
+    return up, known, t
+
+
+@nb.njit(**INLINE)
+def _s_window(p, i, c, k, s4, known, t, rw, lo, hi):
+    """Is the onset of S-counter c in [lo, hi]: 1 in, 0 out, 2 undecided (a 1e-9 guard band: the caller
+    computes the onset with :func:`_s_onset_in`). With ``known`` the onset t decides; else the window table
+    on the neighbour ratio ``(s[k+1] - s[k-1]) / best`` (both neighbours have the same parity, so the
+    pedestal cancels exactly: the ratio is (w[k+1] - w[k-1]) / best). The caller evaluates all three
+    counters of every record (measured as fast as short-circuiting: the table is in L1) and combines;
+    the verdict is meaningful only for a counter above threshold."""
+    wm, wp = _neighbours(p, i, c, k)
+    d = _window(rw, c, k, np.float64(wp - wm), s4 * 0.25)
+    dt = 1 if lo <= t <= hi else 0
+    return dt if known else d
+
+
+@nb.njit(**INLINE)
+def _s_onset_in(p, i, c, k, s4, lo, hi):
+    """The guard-band case of :func:`_s_window`: the onset from the interpolation, in [lo, hi]?"""
+    tt = _s_fit(p, i, c, k, s4, False)[0]
+    return 1 if lo <= tt <= hi else 0
+
+
+#: records ahead of the one being triggered whose cache lines are prefetched (6 KB: measured best of
+#: 2..64 on the 5e6-record spill; without it the summary's loads and the memory stream do not overlap)
+PREFETCH_RECORDS = 16
+
+
+@nb.njit(**INLINE)
+def _inside(lo, hi, g, gt, lt):
+    """Is ``gt < A * g < lt`` for every amplitude A in [lo, hi] (g >= 0, A * g monotonic in A): 1 yes,
+    0 no, 2 undecided. An absent cut is -inf / +inf."""
+    r = 2
+    if lo * g > gt and hi * g < lt:
+        r = 1
+    elif hi * g <= gt or lo * g >= lt:
+        r = 0
+    return r
+
+
+@nb.njit(**JIT_NONRT)
+def _sum_inside(p, i, c, q, sat, zs, g, gt, lt):
+    """:func:`_inside` for the sum channel c of record i (4x peak q, saturated or not), decided: on the
+    neighbour-ratio bounds of an unsaturated pulse, else on the exact amplitude. A call: only for the
+    records whose amplitude bounds straddle a cut, or a saturated sum."""
+    d = 2
+    if not sat:
+        lo, hi = _amp_bounds(q, zs)
+        if lo > 0.0:
+            lo, hi = _sum_amp_range(p, i, c, q)
+        d = _inside(lo, hi, g, gt, lt)
+    if d == 2:
+        a = exact(p, i, c, zs)[0]
+        d = _inside(a, a, g, gt, lt)
+    return d
+
+
+@nb.njit(**JIT_NONRT)
+def _wave_block(p, times, b, prev_t, params, rw, bits, cnt):
+    """Raw bits of the records of block b (into the bit planes ``bits``) and the block's counts, from the
+    waveforms."""
+    n = times.shape[0]
+    b0 = b * BLOCK
+    b1 = min(b0 + BLOCK, n)
+    P = params[0]
+    lines = P.lines
+    thr = P.thr_adc
+    zs = P.zs_adc
+    lo0, hi0, lo1, hi1 = P.win_lo[0], P.win_hi[0], P.win_lo[1], P.win_hi[1]
+    lo2, hi2, lo3, hi3 = P.win_lo[2], P.win_hi[2], P.win_lo[3], P.win_hi[3]
+    gps, gec = P.gev_ps, P.gev_ecal
+    eot_lines = False               # an enabled line that needs EOT / that takes PiSi without the veto
+    pisi_lines = False
+    for j in range(lines.shape[0]):
+        if lines[j].enabled != 0:
+            if lines[j].veto != 0:
+                eot_lines = True
+            else:
+                pisi_lines = True
+    n_planes = bits.shape[0]
+    # block views: loop indices from 0 are provably non-negative (no wraparound code in the hot loop)
+    p = p[b0:b1]
+    bv0 = bits[0, b0:b1]
+    bv1 = bits[n_planes - 1, b0:b1]
+    for i in range(b1 - b0):
+        prefetch_record(p, i + PREFETCH_RECORDS)
+        # exact peaks (4x value) of the six channels, peak samples of S1..S3, saturation bits
+        q0, q1, q2, q3, qp, qe, k0, k1, k2, sat = record_summary(p, i)
+        # --- counters above threshold (the scalers)
+        a0, kn0, t0 = _s_counter(p, i, 0, (sat & 1) != 0, k0, q0, thr, zs)
+        a1, kn1, t1 = _s_counter(p, i, 1, (sat & 2) != 0, k1, q1, thr, zs)
+        a2, kn2, t2 = _s_counter(p, i, 2, (sat & 4) != 0, k2, q2, thr, zs)
+        sat3 = (sat & 8) != 0
+        vlo, vhi = _amp_bounds(q3, zs)
+        a3 = vlo >= thr
+        kn3 = False
+        t3 = 0.0
+        if sat3 or (not a3 and vhi >= thr):
+            a, t3 = exact(p, i, 3, zs)
+            a3 = a >= thr
+            kn3 = True
+        r = np.int64(a0) | (np.int64(a1) << 1) | (np.int64(a2) << 2) | (np.int64(a3) << 3)
+        # --- PiSi: S1, S2, S3 in their windows (the guard band, rare, computes the onset)
+        d0 = _s_window(p, i, 0, k0, q0, kn0, t0, rw, lo0, hi0)
+        d1 = _s_window(p, i, 1, k1, q1, kn1, t1, rw, lo1, hi1)
+        d2 = _s_window(p, i, 2, k2, q2, kn2, t2, rw, lo2, hi2)
+        pisi = a0 & a1 & a2
+        if pisi and (d0 | d1 | d2) >= 2:
+            if d0 == 2:
+                d0 = _s_onset_in(p, i, 0, k0, q0, lo0, hi0)
+            if d1 == 2:
+                d1 = _s_onset_in(p, i, 1, k1, q1, lo1, hi1)
+            if d2 == 2:
+                d2 = _s_onset_in(p, i, 2, k2, q2, lo2, hi2)
+        pisi = pisi & ((d0 & d1 & d2) == 1)
+        if pisi:
+            r |= 1 << RB_PISI
+            if a3 and not kn3:
+                t3 = exact(p, i, 3, zs)[1]
+            eot = not (a3 and lo3 <= t3 <= hi3)
+            if eot:
+                r |= 1 << RB_EOT
+            if pisi_lines or (eot and eot_lines):
+                # --- the energy lines' cuts on E_PS and E_ECAL, on the amplitude bounds when they tell
+                satp = (sat & (1 << PS_INDEX)) != 0
+                plo, phi = _amp_bounds(qp, zs)
+                sate = (sat & (1 << ECAL_INDEX)) != 0
+                elo, ehi = _amp_bounds(qe, zs)
+                for j in range(lines.shape[0]):
+                    ln = lines[j]
+                    if ln.enabled != 0 and (eot or ln.veto == 0):
+                        dp = 2 if satp else _inside(plo, phi, gps, ln.ps_gt, ln.ps_lt)
+                        de = 2 if sate else _inside(elo, ehi, gec, ln.ec_gt, ln.ec_lt)
+                        if dp == 2 and de != 0:
+                            dp = _sum_inside(p, i, PS_INDEX, qp, satp, zs, gps, ln.ps_gt, ln.ps_lt)
+                        if de == 2 and dp != 0:
+                            de = _sum_inside(p, i, ECAL_INDEX, qe, sate, zs, gec, ln.ec_gt, ln.ec_lt)
+                        if dp == 1 and de == 1:
+                            r |= np.int64(1) << (RB_LINE0 + j)
+        bv0[i] = np.uint8(r & 255)
+        if n_planes > 1:
+            bv1[i] = np.uint8(r >> 8)
+    block_counts(bits, times, b, b0, b1, prev_t, cnt)
+
+
+@nb.njit(**JIT)
+def wave_pass_a(p, times, prev_t, params, rw, bits, cnt):
+    """Pass A of the waveform entry, serial."""
+    for b in range(cnt.shape[0]):
+        _wave_block(p, times, b, prev_t, params, rw, bits, cnt)
+
+
+@nb.njit(parallel=True, **JIT)
+def wave_pass_a_par(p, times, prev_t, params, rw, bits, cnt):
+    """Pass A of the waveform entry, prange over blocks."""
+    for b in nb.prange(cnt.shape[0]):
+        _wave_block(p, times, b, prev_t, params, rw, bits, cnt)
