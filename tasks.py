@@ -64,6 +64,25 @@ def ensure_venv() -> None:
     STAMP.write_text(digest)
 
 
+#: compiles (or loads from numba's on-disk cache) the kernels of the DAQ (trigger, reconstruction) and of the
+#: emulator's spill chain, so that neither the tests nor the demo wait for a cold compile
+WARM_KERNELS = """
+import time
+t = time.perf_counter()
+from detector.config import load_config
+from online.daq import prepare_kernels
+from sim_frontend.emulator import Emulator
+prepare_kernels()
+Emulator(load_config(None), pty=False).warm_up()
+print(f"[tasks] kernels ready in {time.perf_counter() - t:.1f} s", flush=True)
+"""
+
+
+def ensure_kernels(env: dict[str, str]) -> None:
+    say("preparing the numba kernels (loaded from the cache, or compiled once: about 2 minutes on 2 cores)")
+    subprocess.run([str(PY), "-c", WARM_KERNELS], cwd=ROOT, env=env, check=True)
+
+
 def run(argv: list[str], env: dict[str, str] | None = None) -> int:
     return subprocess.run(argv, cwd=ROOT, env=env).returncode
 
@@ -78,6 +97,8 @@ def main(args: list[str]) -> int:
         return 2
     ensure_venv()
     env = dict(os.environ, PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    if task in ("setup", "demo", "test"):
+        ensure_kernels(env)
     if task == "setup":
         return 0
     if task == "demo":
@@ -85,7 +106,8 @@ def main(args: list[str]) -> int:
     if task == "bench":
         return run([str(PY), str(ROOT / "bench" / "run_all"), *rest], env)
     env["QT_QPA_PLATFORM"] = "offscreen"
-    code = run([str(PY), "-m", "pytest", "-m", "not soak", *rest], env)
+    # two workers, one test file each at a time (module fixtures stay in one process)
+    code = run([str(PY), "-m", "pytest", "-m", "not soak", "-n", "2", "--dist", "loadfile", *rest], env)
     return 1 if code == 5 else code       # "no tests ran" is a failure too
 
 
