@@ -8,7 +8,7 @@ the fault is injected once the first spill is recorded. Table faults are exercis
 (:class:`hv_control.table.HCALTableDriver`, in this process) polling the position and moving to a cell
 and HOME while the run goes on: every call must succeed or raise a clear ``TableError``. In every case an
 HV-writing client (:class:`hv_control.supply.HVSupply`, in this process) sets voltages on a few channels
-in a loop and asks for one above the limit each round (which the supply layer must refuse): every
+in a loop and asks for one above the limit (the test's own) each round, which the supply layer must refuse: every
 outcome is a success or an ``HVError``, and it must have set voltages.
 
 Every case ends with:
@@ -270,12 +270,13 @@ class TableClient(threading.Thread):
 
 class HVWriter(threading.Thread):
     """Sets the voltages of :data:`HV_WRITER_CHANNELS` through the supply layer in a loop, between their
-    set point and a few volts below it, and asks for one above the limit each round; every outcome kept.
+    set point and a few volts below it, and asks for one above ``limits`` (V, by channel id) each round;
+    every outcome kept.
     Ends with the channels back at their set points (retried after the case's fault is cleared)."""
 
-    def __init__(self, address: str, cfg: Any, calib: Any) -> None:
+    def __init__(self, address: str, cfg: Any, calib: Any, limits: np.ndarray) -> None:
         super().__init__(name="hv-writer", daemon=True)
-        self.address, self.cfg, self.calib = address, cfg, calib
+        self.address, self.cfg, self.calib, self.limits = address, cfg, calib, limits
         self.ids = [chmap.by_name(n).id for n in HV_WRITER_CHANNELS]
         self.sets_ok = 0
         self.refused = 0                  #: over-limit requests refused by the supply layer (HVLimitError)
@@ -300,7 +301,7 @@ class HVWriter(threading.Thread):
             self.other_errors.append(f"{type(exc).__name__}: {exc}")
         over = self.ids[0]
         try:
-            self.supply.set_voltage(over, self.supply.limit(over) + HV_OVER_LIMIT_V)
+            self.supply.set_voltage(over, float(self.limits[over]) + HV_OVER_LIMIT_V)
             self.over_limit_sent.append(f"{chmap.CHANNELS[over].name}: set above its limit without an error")
         except HVLimitError:
             self.refused += 1
@@ -421,7 +422,7 @@ def test_fault_matrix(endpoint: str, kind: str, matrix_emulator: EmulatorHandle,
     before = emu.state()
     hv_log_from = len(emu.control({"cmd": "hv_log"})["log"])
     cfg = load_config(emu.config_path)
-    writer = HVWriter(emu.hv, cfg, load_calibration(cfg))
+    writer = HVWriter(emu.hv, cfg, load_calibration(cfg), limits)
     writer.start()
     oracle = start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1))
     daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=n_spills,
