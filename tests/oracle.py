@@ -253,11 +253,13 @@ class Oracle(threading.Thread):
             out.append(f"{where}: {n} events recorded in a complete spill, the reference trigger accepts {ids.size}")
         if complete or e["n_seen"] == dec.particles:   # the whole spill went through the DAQ's trigger
             scalers = ref.scalers_with(dec.info.get("scalers", {}))
+            # a spill that could not be written keeps its accounting in the run record only
+            attrs = d.attrs if "write_failed" not in e["flags"] else {"eot": e["eot"], "scalers": e["scalers"]}
             if e["n_accepted"] != ids.size:
                 out.append(f"{where}: {e['n_accepted']} accepted, the reference trigger accepts {ids.size}")
-            if not (e["eot"] == d.attrs["eot"] == int(ref.eot)):
-                out.append(f"{where}: EOT {e['eot']} (file {d.attrs['eot']}), reference {int(ref.eot)}")
-            if e["scalers"] != scalers or d.attrs["scalers"] != scalers:
+            if not (e["eot"] == attrs["eot"] == int(ref.eot)):
+                out.append(f"{where}: EOT {e['eot']} (file {attrs['eot']}), reference {int(ref.eot)}")
+            if e["scalers"] != scalers or attrs["scalers"] != scalers:
                 diff = {k: (e["scalers"].get(k), v) for k, v in scalers.items() if e["scalers"].get(k) != v}
                 out.append(f"{where}: scalers differ from the reference (recorded, reference): {diff}")
             if e["triggers"] != ref.triggers():
