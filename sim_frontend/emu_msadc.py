@@ -39,12 +39,12 @@ import numpy as np
 
 from detector import channels as chmap
 from detector.hwstatus import CrateState
-from detector.records import PARTICLE_NAMES, TRUTH_APRIME, TRUTH_CALIBRATION, TRUTH_DIMUON, \
-    TRUTH_DTYPE, TRUTH_HADRONIC, TRUTH_PILEUP
+from detector.records import TRUTH_DTYPE
 
+from .crate_spill import SpillRecord, truth_summary
 from .faults import MSADCFaults
-from .scpi import Block, CommandTable, ErrorQueue, Line, ParseError, ScpiError, StreamParser, parse_float, \
-    parse_int, split_args, split_header
+from .scpi import BinaryReply, Block, CommandTable, ErrorQueue, Line, ParseError, Reply, ScpiError, StreamParser, \
+    parse_float, parse_int, split_args, split_header
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ MAX_LATENCY_NS = 4000.0
 MAX_EVENTS_PER_QUERY = 1 << 16          #: EVT:DATA? / EVT:TRUT? records per query (-223 above)
 MAX_UPLOAD_BYTES = 128 << 20            #: largest accepted binary upload (ACC:DATA), bytes
 MAX_LINE_BYTES = 1 << 16                #: longest accepted command line, bytes
+MAX_HELD = 64                           #: spills kept for holding observers beyond the ring (oldest dropped)
 SCALER_THRESHOLD_MIP = 0.5              #: the crate's hardware scalers count deposits above this
 STATES = CrateState.names()
 
@@ -66,90 +67,13 @@ class DigitizerLike(Protocol):
 
 
 @dataclass
-class SpillRecord:
-    """One completed spill as the crate holds it.
-
-    ``spill`` is the beam spill (``.spill``, ``.start_unix``, ``.length_s``, ``.seed``, ``.truth`` of
-    TRUTH_DTYPE sorted by time), ``deposits`` what the response model made of it, ``primitives`` the
-    digitised trigger waveforms (N, 6, 32) int16 and ``times`` their arrival times (N,) ns since the
-    spill start. ``table`` and ``vmon`` are the HCAL table position and the HV VMON (V, by channel id)
-    at spill time; ``scalers`` the hardware counters; ``accepted`` the uploaded accepted list."""
-
-    spill: Any
-    deposits: Any
-    primitives: np.ndarray
-    times: np.ndarray
-    table: dict[str, Any]
-    vmon: np.ndarray
-    scalers: dict[str, int]
-    complete_unix: float = field(default_factory=time.time)
-    accepted: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint32))
-
-    @property
-    def spill_id(self) -> int:
-        return int(self.spill.spill)
-
-    @property
-    def particles(self) -> int:
-        return int(self.primitives.shape[0])
-
-    def info(self) -> dict[str, Any]:
-        """The JSON object of ``SPIL:INFO?``."""
-        t = self.table or {}
-        return {"spill": self.spill_id, "particles": self.particles,
-                "start_unix": float(self.spill.start_unix), "length_s": float(self.spill.length_s),
-                "complete_unix": float(self.complete_unix), "seed": int(getattr(self.spill, "seed", 0)),
-                "table": {"x_mm": float(t.get("x_mm", 0.0)), "y_mm": float(t.get("y_mm", 0.0)),
-                          "module": int(t.get("module", -1)), "cell": str(t.get("cell", "PHYSICS"))},
-                "scalers": {k: int(v) for k, v in self.scalers.items()},
-                "accepted": int(self.accepted.size)}
-
-
-def truth_summary(spill_id: int, truth: np.ndarray, accepted: int | None = None) -> dict[str, Any]:
-    """Per-spill truth counts (the JSON of ``SPIL:TRUT?`` and of the control ``truth`` request)."""
-    truth = np.asarray(truth)
-    out: dict[str, Any] = {"spill": int(spill_id), "particles": int(truth.size)}
-    if truth.dtype.names and "ptype" in truth.dtype.names:
-        codes, counts = np.unique(truth["ptype"], return_counts=True)
-        out["by_type"] = {PARTICLE_NAMES.get(int(c), f"type{int(c)}"): int(n) for c, n in zip(codes, counts)}
-        flags = truth["flags"]
-        for name, bit in (("aprime", TRUTH_APRIME), ("dimuon", TRUTH_DIMUON), ("pileup", TRUTH_PILEUP),
-                          ("hadronic", TRUTH_HADRONIC), ("calibration", TRUTH_CALIBRATION)):
-            out[name] = int(np.count_nonzero(flags & bit))
-        if "e_invisible" in truth.dtype.names:
-            out["e_invisible_gev"] = float(truth["e_invisible"].sum(dtype=np.float64))
-    else:
-        out["by_type"] = {}
-    if accepted is not None:
-        out["accepted"] = int(accepted)
-    return out
-
-
-@dataclass(frozen=True)
-class BinaryReply:
-    """A reply sent as an IEEE 488.2 definite-length block (raw little-endian bytes of ``array``)."""
-
-    array: np.ndarray
-
-    def header(self, nbytes: int | None = None) -> bytes:
-        n = self.array.nbytes if nbytes is None else nbytes
-        digits = str(n)
-        return f"#{len(digits)}{digits}".encode("ascii")
-
-    def payload(self) -> memoryview:
-        a = np.ascontiguousarray(self.array)
-        return memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b"")
-
-
-Reply = str | BinaryReply
-
-
-@dataclass
 class Session:
     """Per-connection state. An observer connection (``SYST:OBS ON``, emulator only) is read-only, has an
-    error queue of its own and is exempt from injected faults (a test's independent client)."""
+    error queue of its own and is exempt from injected faults (a test's independent client). A holding
+    observer (``SYST:OBS:HOLD ON``) keeps evicted spills readable for itself until it releases them."""
 
     observer: bool = False
+    hold: bool = False
     errors: ErrorQueue = field(default_factory=ErrorQueue)
 
 
@@ -180,6 +104,9 @@ class MSADCCrate:
         self.errors = ErrorQueue()
         self._lock = threading.RLock()
         self._ring: OrderedDict[int, SpillRecord] = OrderedDict()
+        self._held: OrderedDict[int, SpillRecord] = OrderedDict()   # evicted, kept for holding observers
+        self._holders = 0
+        self._released: set[int] = set()           # buffered spills the holders are done with
         self._state = "IDLE"
         self._in_progress: dict[int, float] = {}    # spill id -> start (unix)
         self._last_complete = -1
@@ -188,7 +115,8 @@ class MSADCCrate:
         self._samples = chmap.N_SAMPLES
         self.commands = self._build_table()
         self._local = threading.local()
-        self.counters = {"commands": 0, "queries": 0, "errors": 0, "spills_completed": 0, "spills_evicted": 0}
+        self.counters = {"commands": 0, "queries": 0, "errors": 0, "spills_completed": 0, "spills_evicted": 0,
+                         "held_dropped": 0}
 
     # ---------------------------------------------------------------- spill flow (called by the emulator)
     def spill_started(self, spill_id: int, start_unix: float | None = None) -> None:
@@ -213,8 +141,14 @@ class MSADCCrate:
             self._ring.pop(sid, None)
             self._ring[sid] = record
             while len(self._ring) > self.buffer:
-                self._ring.popitem(last=False)
+                old_id, old = self._ring.popitem(last=False)
                 self.counters["spills_evicted"] += 1
+                if self._holders and old_id not in self._released:
+                    self._held[old_id] = old
+                    while len(self._held) > MAX_HELD:
+                        self._held.popitem(last=False)
+                        self.counters["held_dropped"] += 1
+                self._released.discard(old_id)
             self._last_complete = sid
             self.counters["spills_completed"] += 1
             self._state = "SPILL" if self._in_progress else "GAP"
@@ -236,6 +170,7 @@ class MSADCCrate:
         with self._lock:
             return {"state": self._state, "last_complete": self._last_complete, "buffered": sorted(self._ring),
                     "in_progress": sorted(self._in_progress), "selected": self._selected,
+                    "held": sorted(self._held), "holders": self._holders,
                     "latency_ns": self._latency_ns, "errors_queued": len(self.errors),
                     "errors_total": self.errors.total, **self.counters}
 
@@ -290,7 +225,56 @@ class MSADCCrate:
         session = getattr(self._local, "session", None)
         if session is None:
             raise ScpiError(-221, "SYST:OBS needs a connection")
-        session.observer = self._one_arg(args, "SYST:OBS").upper() in ("ON", "1")
+        on = self._one_arg(args, "SYST:OBS").upper() in ("ON", "1")
+        if not on:
+            self._set_hold(session, False)
+        session.observer = on
+
+    def _observer_session(self, name: str) -> Session:
+        session = getattr(self._local, "session", None)
+        if session is None or not session.observer:
+            raise ScpiError(-221, f"{name} is for observer connections only (SYST:OBS ON)")
+        return session
+
+    def _observer_hold(self, args: list[str]) -> None:
+        """``SYST:OBS:HOLD ON|OFF``: while any observer holds, a spill evicted from the ring (and not
+        released) stays readable by observers (spill-argument forms) until released or the last holder
+        leaves; what the crate's other clients see is unchanged."""
+        session = self._observer_session("SYST:OBS:HOLD")
+        self._set_hold(session, self._one_arg(args, "SYST:OBS:HOLD").upper() in ("ON", "1"))
+
+    def _set_hold(self, session: Session, on: bool) -> None:
+        with self._lock:
+            if on == session.hold:
+                return
+            session.hold = on
+            self._holders += 1 if on else -1
+            if not self._holders:
+                self._held.clear()
+                self._released.clear()
+
+    def session_closed(self, session: Session) -> None:
+        """A connection ended: its hold (if any) ends with it."""
+        self._set_hold(session, False)
+
+    def _spill_release(self, args: list[str]) -> None:
+        """``SPIL:REL <spill>[,<spill>...]`` (observer): the holders are done with these spills."""
+        self._observer_session("SPIL:REL")
+        if not args:
+            raise ScpiError(-109, "SPIL:REL needs <spill>[,<spill>...]")
+        ids = [parse_int(a, "spill id") for a in args]
+        with self._lock:
+            for sid in ids:
+                if self._held.pop(sid, None) is None and sid in self._ring:
+                    self._released.add(sid)
+
+    def _spill_list(self, args: list[str]) -> str:
+        """``SPIL:LIST?``: the buffered spills; on a holding observer connection the held ones too."""
+        self._noargs(args, "SPIL:LIST?")
+        session = getattr(self._local, "session", None)
+        with self._lock:
+            ids = sorted({*self._ring, *self._held}) if session is not None and session.hold else sorted(self._ring)
+        return ",".join(str(i) for i in ids)
 
     # ---------------------------------------------------------------- helpers of the handlers
     def _build_table(self) -> CommandTable:
@@ -306,6 +290,7 @@ class MSADCCrate:
         add("SYSTem:ERRor[:NEXT]?", lambda a: self._noargs(a, "SYST:ERR?") or self._errq().pop())
         add("SYSTem:ERRor:COUNt?", lambda a: self._noargs(a, "SYST:ERR:COUN?") or str(len(self._errq())))
         add("SYSTem:OBServer", self._observer)
+        add("SYSTem:OBServer:HOLD", self._observer_hold)
         add("CONFigure:SAMPles", self._conf_samples)
         add("CONFigure:SAMPles?", lambda a: self._noargs(a, "CONF:SAMP?") or str(self._samples))
         add("CONFigure:CHANnels?", lambda a: self._noargs(a, "CONF:CHAN?") or str(chmap.N_CHANNELS))
@@ -315,7 +300,8 @@ class MSADCCrate:
         add("CONFigure:LATency?", lambda a: self._noargs(a, "CONF:LAT?") or _fmt_num(self._latency_ns))
         add("CONFigure:SPILl:BUFFer?", lambda a: self._noargs(a, "CONF:SPIL:BUFF?") or str(self.buffer))
         add("SPILl:STATus?", self._spill_status)
-        add("SPILl:LIST?", lambda a: self._noargs(a, "SPIL:LIST?") or ",".join(str(i) for i in self.buffered()))
+        add("SPILl:LIST?", self._spill_list)
+        add("SPILl:RELease", self._spill_release)
         add("SPILl:SELect", self._spill_select)
         add("SPILl:SELect?", self._spill_selected)
         add("SPILl:INFOrmation?", self._spill_info)
@@ -404,9 +390,13 @@ class MSADCCrate:
             return rec
 
     def _buffered_record(self, text: str) -> SpillRecord:
+        """The record of a buffered spill (for an observer also a held one), else -230."""
         sid = parse_int(text, "spill id")
+        session = getattr(self._local, "session", None)
         with self._lock:
             rec = self._ring.get(sid)
+            if rec is None and session is not None and session.observer:
+                rec = self._held.get(sid)
         if rec is None:
             raise ScpiError(-230, f"spill {sid} is not buffered")
         return rec
@@ -685,6 +675,7 @@ class MSADCServer:
         except Exception:  # noqa: BLE001 - never let a connection thread die silently
             log.exception("MSADC connection failed")
         finally:
+            self.crate.session_closed(session)
             self.stats["disconnects"] += 1
             try:
                 conn.close()

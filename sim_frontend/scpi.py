@@ -14,6 +14,7 @@ Three transport-free pieces, each testable on its own:
   contain ``\\n``), then the terminator ``\\n`` is expected. Malformed headers, oversize blocks and blocks
   that never complete become :class:`ParseError` items and the parser resynchronises at the next
   line end (see :class:`StreamParser` for the exact rules). Memory is bounded.
+- :class:`BinaryReply`: a query reply sent as a definite-length block (header and payload bytes).
 
 Nothing here touches sockets or threads; ``sim_frontend.emu_msadc`` wires it to a TCP server.
 """
@@ -25,6 +26,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
+
+import numpy as np
 
 #: SCPI error codes used by the emulated crate and their standard texts
 ERROR_TEXTS: dict[int, str] = {
@@ -453,3 +456,22 @@ class StreamParser:
         self._reset_block()
         self._mode = _SKIP_LINE
         return True
+
+
+@dataclass(frozen=True)
+class BinaryReply:
+    """A reply sent as an IEEE 488.2 definite-length block (raw little-endian bytes of ``array``)."""
+
+    array: np.ndarray
+
+    def header(self, nbytes: int | None = None) -> bytes:
+        n = self.array.nbytes if nbytes is None else nbytes
+        digits = str(n)
+        return f"#{len(digits)}{digits}".encode("ascii")
+
+    def payload(self) -> memoryview:
+        a = np.ascontiguousarray(self.array)
+        return memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b"")
+
+
+Reply = str | BinaryReply

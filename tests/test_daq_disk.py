@@ -18,8 +18,9 @@ import pytest
 from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
 from daq_helpers import DAQ_TEST_CONFIG, check_run, start_daq
 from detector.config import dump_toml, load_config
-from detector.spillfile import list_spills, read_run_record, read_spill
+from detector.spillfile import list_spills, read_run_record, read_spill, run_dir
 from emulator_fixture import REPO_ROOT, deep_merge, start_emulator
+from oracle import start_oracle
 from online.recorder import RecorderError, RunRecorder
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,8 @@ def _record_two_spills(tmp_path, emu, run: int):
 
 
 def test_a_spill_that_cannot_be_written_is_flagged_and_the_run_stops_cleanly(tmp_path):
-    with start_emulator(tmp_path, RESTART_CONFIG, ["--no-pty"]) as emu:
+    with start_emulator(tmp_path, RESTART_CONFIG, ["--no-pty"]) as emu, \
+            start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 5)) as oracle:
         out = tmp_path / "data"
         first, files, digests = _record_two_spills(tmp_path, emu, run=5)
         smallest = min(p.stat().st_size for p in files)
@@ -61,7 +63,7 @@ def test_a_spill_that_cannot_be_written_is_flagged_and_the_run_stops_cleanly(tmp
         assert "accepted events NOT recorded" in log and "File too large" in log and "--run 5" in log
         assert "Traceback" not in log and "Segmentation fault" not in log
 
-        rec = check_run(first.rdir, emu)         # files and record agree, no temporary file left behind
+        rec = check_run(first.rdir, emu, oracle)     # files and record agree, no temporary file left behind
         assert {p.name: _digest(p) for p in files} == digests, "a finished spill file changed"
         bad = rec["spills"][-1]
         assert bad["spill"] == 3 and bad["flags"][0] == "write_failed"
@@ -73,7 +75,7 @@ def test_a_spill_that_cannot_be_written_is_flagged_and_the_run_stops_cleanly(tmp
         # room again: a restarted DAQ continues the run after the flagged spill
         third = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=5, spills=1, name="daq3")
         assert third.wait(120) == 0, third.log()[-4000:]
-        rec = check_run(first.rdir, emu)
+        rec = check_run(first.rdir, emu, oracle)
         assert [e["spill"] for e in rec["spills"]] == [1, 2, 3, 4]
         assert rec["spills"][-1]["flags"] == [] and rec["spills"][-1]["n_recorded"] > 0
 
@@ -138,7 +140,8 @@ def test_the_run_stops_before_a_spill_that_would_not_fit(tmp_path):
     makes spill files of ~8 MB (at the test intensity, which the compressed cycle sustains): margins of
     megabytes on either side for what else writes to the filesystem meanwhile."""
     cfg = deep_merge(RESTART_CONFIG, {"trigger": {"menu": {"beam": {"prescale": 40}}}})
-    with start_emulator(tmp_path, cfg, ["--no-pty"]) as emu:
+    with start_emulator(tmp_path, cfg, ["--no-pty"]) as emu, \
+            start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 7)) as oracle:
         out = tmp_path / "data"
         first, files, digests = _record_two_spills(tmp_path, emu, run=7)
         size = sum(p.stat().st_size for p in files) / len(files)
@@ -156,7 +159,7 @@ def test_the_run_stops_before_a_spill_that_would_not_fit(tmp_path):
         assert "the next spill may not fit" in log and "nothing lost" in log and "--run 7" in log, log[-4000:]
         assert "Traceback" not in log
 
-        rec = check_run(first.rdir, emu)
+        rec = check_run(first.rdir, emu, oracle)
         assert [e["spill"] for e in rec["spills"]] == [1, 2, 3]
         assert all(e["flags"] == [] and e["n_recorded"] == e["n_accepted"] > 0 for e in rec["spills"])
         assert rec["sessions"][-1]["stop_reason"] == "disk_full"
@@ -164,5 +167,5 @@ def test_the_run_stops_before_a_spill_that_would_not_fit(tmp_path):
 
         third = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=7, spills=1, name="daq3")
         assert third.wait(120) == 0, third.log()[-4000:]
-        rec = check_run(first.rdir, emu)
+        rec = check_run(first.rdir, emu, oracle)
         assert [e["spill"] for e in rec["spills"]] == [1, 2, 3, 4] and rec["spills"][-1]["flags"] == []

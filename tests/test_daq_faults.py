@@ -6,14 +6,16 @@ goes on, and the accounting reconciles (accepted == recorded unless a flag says 
 from __future__ import annotations
 
 import signal
-import time
+from typing import Any
 
 import pytest
 
 from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
 from daq_helpers import DAQ_TEST_CONFIG, check_run, spills_recorded, start_daq, wait_until
-from emulator_fixture import deep_merge, start_emulator
 from detector.records import INCOMPLETE_SPILL_FLAGS
+from detector.spillfile import run_dir
+from emulator_fixture import EmulatorHandle, deep_merge, start_emulator
+from oracle import start_oracle
 
 pytestmark = pytest.mark.slow
 
@@ -22,13 +24,34 @@ def _sessions_stat(rec: dict, key: str) -> int:
     return sum(int((s.get("crate_stats") or {}).get(key, 0)) for s in rec["sessions"])
 
 
+def _fired(emu: EmulatorHandle, kind: str) -> int:
+    return int(emu.state()["faults_fired"]["msadc"][kind])
+
+
+def _pause_at(emu: EmulatorHandle, header: str, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Arm the crate's pause hook at the DAQ's next ``header`` command and wait until the DAQ blocks
+    there; returns where (``at``, ``selected`` spill)."""
+    reply = emu.control({"cmd": "fault", "endpoint": "msadc", "kind": "pause", "at": header, "count": 1})
+    assert reply.get("ok"), reply
+    st = emu.wait_for(lambda s: s["faults"]["msadc"]["pause"]["paused"] is not None, timeout_s,
+                      f"the DAQ to block at {header}")
+    return st["faults"]["msadc"]["pause"]["paused"]
+
+
+def _release(emu: EmulatorHandle) -> None:
+    reply = emu.control({"cmd": "fault", "endpoint": "msadc", "kind": "pause", "count": 0})
+    assert reply.get("ok"), reply
+
+
 @pytest.mark.parametrize("fault", ["drop", "truncate", "corrupt"])
 def test_block_and_connection_faults_are_retried(tmp_path, fault):
     """The fault hits the first data query of the run: the driver reconnects, re-selects and re-reads."""
-    with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty", "--fault", f"msadc:{fault}"]) as emu:
+    with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty", "--fault", f"msadc:{fault}"]) as emu, \
+            start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1)) as oracle:
         daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=3, extra=["--no-hv"])
         assert daq.wait(120) == 0, daq.log()[-6000:]
-        rec = check_run(daq.rdir, emu)
+        rec = check_run(daq.rdir, emu, oracle)
+        assert _fired(emu, fault) == 1
         assert emu.state()["msadc_server"][{"drop": "dropped", "truncate": "truncated",
                                             "corrupt": "corrupted"}[fault]] == 1
     first = rec["spills"][0]
@@ -39,47 +62,59 @@ def test_block_and_connection_faults_are_retried(tmp_path, fault):
 
 
 def test_no_reply_and_slow_crate(tmp_path):
-    """Queries without reply (timeouts) and, for a while, a crate slower than the timeout: spills are
-    retried or flagged with the reason (a DAQ that falls behind loses spills: flagged spill_lost), nothing
-    recorded is lost, and once the crate is fast again the run records complete spills."""
-    with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu:
+    """Queries without reply (timeouts) are retried; then a crate slower than the DAQ's timeout while it
+    reads a spill's primitives (the DAQ is paused at ``PRIM:DATA?``, the delay set, the pause released):
+    that spill is flagged with the timeout and recorded as far as it was read, and once the crate is fast
+    again the run records complete spills."""
+    with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu, \
+            start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1)) as oracle:
         daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=None,
                         extra=["--no-hv"])
         wait_until(lambda: spills_recorded(daq) >= 1, 90, "first spill")
         emu.control({"cmd": "fault", "endpoint": "msadc", "kind": "no_reply", "count": 2})
-        wait_until(lambda: spills_recorded(daq) >= 3, 90, "third spill")
+        emu.wait_for(lambda s: s["faults_fired"]["msadc"]["no_reply"] == 2, 90, "both replies withheld")
+
+        paused = _pause_at(emu, "PRIM:DATA?")
+        slow = int(paused["selected"])
+        assert daq.record()["in_flight"]["crate_spill"] == slow
         emu.control({"cmd": "fault", "endpoint": "msadc", "kind": "delay", "seconds": 2.0})   # > timeout_ms
-        time.sleep(2.5)
-        emu.control({"cmd": "clear_faults"})
-        t_clear = time.time()
+        _release(emu)
 
-        def recovered() -> bool:
+        def entry_of(crate_spill: int) -> dict | None:
             try:
-                sp = daq.record()["spills"]
+                return next((e for e in daq.record()["spills"] if e["crate_spill"] == crate_spill), None)
             except Exception:
-                return False
-            return sum(1 for e in sp if e.get("recorded_unix", 0) > t_clear + 0.5 and not e["flags"]) >= 2
+                return None
 
-        wait_until(recovered, 60, "two complete spills after the crate recovered")
+        flagged = wait_until(lambda: entry_of(slow), 120, f"crate spill {slow} recorded")
+        assert _fired(emu, "delay") >= 1
+        emu.control({"cmd": "clear_faults"})
+        n_flagged = len(daq.record()["spills"])
+        wait_until(lambda: sum(1 for e in daq.record()["spills"][n_flagged:] if not e["flags"]) >= 2, 90,
+                   "two complete spills after the crate recovered")
         daq.proc.send_signal(signal.SIGINT)
         assert daq.wait(60) == 0, daq.log()[-6000:]
-        rec = check_run(daq.rdir, emu)
+        rec = check_run(daq.rdir, emu, oracle)
     assert _sessions_stat(rec, "timeouts") >= 2
+    assert {"timeout", "readout_incomplete"} <= set(flagged["flags"]), flagged
+    assert flagged["n_seen"] < flagged["n_particles"] and flagged["n_recorded"] == 0, flagged
     for e in rec["spills"]:
         if set(e["flags"]) & INCOMPLETE_SPILL_FLAGS:
             assert set(e["flags"]) & {"timeout", "spill_lost", "crate_error", "truncated_block"}, e
-            assert "retried" not in e["flags"]
     assert rec["sessions"][-1]["stop_reason"] == "SIGINT"
 
 
 def test_feed_stall_is_noted_and_the_run_continues(tmp_path):
     cfg = deep_merge(DAQ_TEST_CONFIG, {"daq": {"spill_timeout_s": 1.2}})
-    with start_emulator(tmp_path, cfg, ["--no-pty"]) as emu:
+    with start_emulator(tmp_path, cfg, ["--no-pty"]) as emu, \
+            start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1)) as oracle:
         daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=3, extra=["--no-hv"])
         wait_until(lambda: spills_recorded(daq) >= 1, 90, "first spill")
+        stalled_before = emu.state()["spills"]["spills_stalled"]
         emu.control({"cmd": "fault", "endpoint": "feed", "kind": "stall", "seconds": 2.5})
         assert daq.wait(120) == 0, daq.log()[-6000:]
-        rec = check_run(daq.rdir, emu)
+        assert emu.state()["spills"]["spills_stalled"] > stalled_before
+        rec = check_run(daq.rdir, emu, oracle)
     assert rec["totals"]["spills"] == 3 and rec["totals"]["complete_spills"] == 3
     stalled = [e for e in rec["spills"] if "feed_stall" in e["flags"]]
     assert len(stalled) == 1 and stalled[0]["spill"] >= 2
@@ -87,36 +122,44 @@ def test_feed_stall_is_noted_and_the_run_continues(tmp_path):
     assert "feed stalled" in daq.log()
 
 
-def test_kill_9_mid_run_then_restart_with_the_same_run_number(tmp_path):
-    with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu:
+def test_kill_9_mid_readout_then_restart_with_the_same_run_number(tmp_path):
+    """The DAQ is paused by the crate at its ``EVT:DATA?`` of a spill (in flight in the run record) and
+    killed there; the feed is stalled meanwhile so that the crate still holds that spill when the DAQ is
+    restarted: the restarted DAQ re-reads it (flagged retried) and continues the numbering."""
+    with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu, \
+            start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 5)) as oracle:
         out = tmp_path / "data"
         daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=5, spills=None, extra=["--no-hv"])
         wait_until(lambda: spills_recorded(daq) >= 2, 90, "two spills")
-        # kill it in the middle of a readout if we can catch one (in_flight is set before the readout starts)
-        try:
-            wait_until(lambda: daq.record().get("in_flight") is not None, 5, "a spill in flight", poll_s=0.002)
-        except (AssertionError, Exception):
-            pass
+        paused = _pause_at(emu, "EVT:DATA?")
+        emu.control({"cmd": "fault", "endpoint": "feed", "kind": "stall", "seconds": 600})
         daq.proc.send_signal(signal.SIGKILL)
         daq.proc.wait(10)
+        _release(emu)
         before = daq.record()
         n_before = len(before["spills"])
-        in_flight = before.get("in_flight")
+        in_flight = before["in_flight"]
+        assert in_flight is not None and in_flight["crate_spill"] == int(paused["selected"]), (in_flight, paused)
+        assert in_flight["crate_spill"] in emu.state()["crate"]["buffered"]
 
         again = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=5, spills=2, extra=["--no-hv"],
                           name="daq2")
+        wait_until(lambda: spills_recorded(again) > n_before or again.proc.poll() is not None, 120,
+                   "the interrupted spill re-read")
+        emu.control({"cmd": "clear_faults"})
         assert again.wait(120) == 0, again.log()[-6000:]
-        rec = check_run(again.rdir, emu)
+        rec = check_run(again.rdir, emu, oracle)
     spills = rec["spills"]
     assert [e["spill"] for e in spills] == list(range(1, len(spills) + 1)), "numbering continues without holes"
     s2 = rec["sessions"][-1]
-    assert len(spills) == n_before + 2 + len(s2["adopted_files"])
+    assert s2["adopted_files"] == []
+    assert len(spills) == n_before + 2
     assert spills[:n_before] == before["spills"], "finished spills untouched"
     assert s2["restart"] is True and s2["stop_reason"] == "stopped"
-    if in_flight is not None:
-        e = spills[in_flight["spill"] - 1]
-        assert e["crate_spill"] == in_flight["crate_spill"]
-        assert "retried" in e["flags"] or {"spill_lost", "readout_incomplete"} <= set(e["flags"]), e
-        assert s2["interrupted"]["spill"] == in_flight["spill"]
+    e = spills[in_flight["spill"] - 1]
+    assert e["crate_spill"] == in_flight["crate_spill"]
+    assert "retried" in e["flags"] and not set(e["flags"]) & INCOMPLETE_SPILL_FLAGS, e
+    assert e["n_recorded"] == e["n_accepted"] > 0
+    assert s2["interrupted"]["spill"] == in_flight["spill"]
     crate = [e["crate_spill"] for e in spills]
     assert crate == sorted(crate) and len(set(crate)) == len(crate)

@@ -1,9 +1,10 @@
-"""Acceptance: na64-emulator and na64-daq as real subprocesses record spills that agree with the
-emulator's truth, and a SUB socket receives every monitoring topic with increasing sequence numbers."""
+"""Acceptance: na64-emulator and na64-daq as real subprocesses record spills that agree exactly with an
+independent oracle (tests/oracle.py: the reference trigger on the crate's primitives, the crate's
+waveforms), and a SUB socket receives every monitoring topic with increasing sequence numbers; the
+published waveforms are the crate's waveforms of their records."""
 from __future__ import annotations
 
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -11,8 +12,9 @@ import pytest
 from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
 from daq_helpers import DAQ_TEST_CONFIG, Subscriber, check_run, free_port, spills_recorded, start_daq, wait_until
 from detector.records import TRIGGER_BITS
-from detector.spillfile import list_spills, read_spill
-from emulator_fixture import start_emulator  # noqa: F401
+from detector.spillfile import list_spills, read_spill, run_dir
+from emulator_fixture import start_emulator
+from oracle import start_oracle
 
 pytestmark = pytest.mark.slow
 
@@ -22,14 +24,18 @@ def test_three_spills_recorded_and_published(tmp_path):
         mon = f"tcp://127.0.0.1:{free_port()}"
         sub = Subscriber(mon)
         sub.start()
-        sub.ready.wait(5)
-        daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=12, spills=3,
-                        monitor=mon)
-        rc = daq.wait(120)
-        time.sleep(0.3)
-        sub.stop()
-        assert rc == 0, daq.log()[-6000:]
-        rec = check_run(daq.rdir, emu)
+        assert sub.ready.wait(30)
+        with start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 12)) as oracle:
+            daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=12, spills=3,
+                            monitor=mon)
+            rc = daq.wait(120)
+            assert rc == 0, daq.log()[-6000:]
+            # published in the spill loop, before the DAQ exits: the scalers of its last spill
+            wait_until(lambda: [m.spill for m in sub.of("scalers")][-1:] == [3], 30, "the scalers of spill 3")
+            sub.stop()
+            rec = check_run(daq.rdir, emu, oracle)
+            published = oracle.check_published(daq.rdir, sub.of("waveforms"))
+        assert not published, published
 
     files = list_spills(daq.rdir)
     assert [p.name for p in files] == ["spill-000001.h5", "spill-000002.h5", "spill-000003.h5"]
@@ -83,16 +89,21 @@ def test_calibration_mode_publishes_amplitudes_and_sigterm_stops_cleanly(tmp_pat
         mon = f"tcp://127.0.0.1:{free_port()}"
         sub = Subscriber(mon)
         sub.start()
-        sub.ready.wait(5)
-        daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=3, spills=None,
-                        monitor=mon, extra=["--calibration-mode", "--no-hv"])
-        wait_until(lambda: spills_recorded(daq) >= 2 or daq.proc.poll() is not None, 90, "two spills")
-        daq.proc.send_signal(signal.SIGTERM)
-        rc = daq.wait(60)
-        time.sleep(0.3)
-        sub.stop()
-        assert rc == 0, daq.log()[-6000:]
-        rec = check_run(daq.rdir, emu)
+        assert sub.ready.wait(30)
+        with start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 3),
+                          calibration_mode=True) as oracle:
+            daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=3, spills=None,
+                            monitor=mon, extra=["--calibration-mode", "--no-hv"])
+            wait_until(lambda: spills_recorded(daq) >= 2 or daq.proc.poll() is not None, 90, "two spills")
+            daq.proc.send_signal(signal.SIGTERM)
+            rc = daq.wait(60)
+            assert rc == 0, daq.log()[-6000:]
+            wait_until(lambda: sub.of("status") and sub.of("status")[-1].meta["message"].startswith("stopped"), 30,
+                       "the final status message")
+            sub.stop()
+            rec = check_run(daq.rdir, emu, oracle)
+            published = oracle.check_published(daq.rdir, sub.of("waveforms"))
+        assert not published, published
     assert rec["trigger_menu"]["triggers"]["beam"]["prescale"] == 1
     assert rec["sessions"][-1]["stop_reason"] == "SIGTERM"
     amps = sub.of("amplitudes")

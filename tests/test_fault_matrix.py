@@ -6,15 +6,22 @@ One emulator (``--no-pty``: HV and table on TCP) serves every case; faults are c
 ``SPILLS_PER_CASE`` spills into its own run directory with the HV read-back on (so hv faults hit it);
 the fault is injected once the first spill is recorded. Table faults are exercised by a table client
 (:class:`hv_control.table.HCALTableDriver`, in this process) polling the position and moving to a cell
-and HOME while the run goes on: every call must succeed or raise a clear ``TableError``.
+and HOME while the run goes on: every call must succeed or raise a clear ``TableError``. In every case an
+HV-writing client (:class:`hv_control.supply.HVSupply`, in this process) sets voltages on a few channels
+in a loop and asks for one above the limit (the test's own) each round, which the supply layer must refuse: every
+outcome is a success or an ``HVError``, and it must have set voltages.
 
 Every case ends with:
 - the DAQ exited 0 after the requested spills, every finished spill file intact (``read_spill``), no
   temporary file, run record and files agree;
 - accounting reconciled (``online.recorder.reconcile``): a spill is complete (seen == particles,
   accepted == read out == recorded, and accepted == the emulator's truth) or flagged with the reason;
-- the fault left its mark when it fired (msadc block/connection faults: the spill retried and marked,
-  or flagged), hv/table/feed faults do no damage to the data;
+- every recorded spill agrees exactly with an independent oracle (tests/oracle.py: the reference trigger
+  on the crate's primitives, the crate's waveforms of the accepted records); a spill the fault damaged
+  must still be right for what it recorded;
+- the fault took effect (the emulator's ``faults_fired`` counters; the feed's ``spills_stalled``; the
+  trip in the HV read-back) and left its mark (msadc block/connection faults: the spill retried and
+  marked, or flagged), hv/table/feed faults do no damage to the data;
 - no accepted VSET above min(calibration hv_limit, hv.max_v) in the emulator's ``hv_log``;
 - no na64-daq / sim_frontend process left behind (psutil, children of this process; the shared
   emulator and its feed child excepted until the module ends, when they must be gone too).
@@ -38,10 +45,11 @@ from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
 from daq_helpers import spills_recorded, start_daq, wait_until
 from detector import channels as chmap
 from detector.config import load_calibration, load_config
-from detector.spillfile import list_spills, read_run_record, read_spill
-from emulator_fixture import EmulatorHandle, start_emulator
 from detector.records import INCOMPLETE_SPILL_FLAGS
+from detector.spillfile import list_spills, read_run_record, read_spill, run_dir
+from emulator_fixture import EmulatorHandle, start_emulator
 from online.recorder import reconcile
+from oracle import start_oracle
 
 pytestmark = pytest.mark.slow
 
@@ -82,8 +90,13 @@ CASES: dict[tuple[str, str], tuple[dict[str, Any], float | None]] = {
 #: hv.timeout_s (two in one failed read, one more after the reconnect), one read per spill
 EXTRA_SPILLS = {("hv", "no_reply"): 4}
 
-COLUMNS = ("endpoint", "fault", "spills recorded", "flagged spills", "flags", "reconciled", "HV ok", "leftovers",
-           "result", "notes")
+#: channels the HV-writing client sets (ECAL0 cells: not the tripped one), volts around their set point
+HV_WRITER_CHANNELS = ("ECAL0-0-0", "ECAL0-0-1", "ECAL0-0-2")
+HV_WRITER_OFFSETS_V = (-4.0, 0.0)
+HV_OVER_LIMIT_V = 20.0           #: the writer asks for limit + this each round: the supply must refuse it
+
+COLUMNS = ("endpoint", "fault", "spills recorded", "flagged spills", "flags", "reconciled", "oracle", "HV ok",
+           "leftovers", "result", "notes")
 
 
 # ------------------------------------------------------------------------------------------ summary
@@ -95,6 +108,7 @@ class Row:
     flagged: int = 0
     flags: str = ""
     reconciled: str = "?"
+    oracle: str = "?"
     hv_ok: str = "?"
     leftovers: int | str = "?"
     result: str = "FAIL"
@@ -103,7 +117,7 @@ class Row:
 
     def cells(self) -> list[str]:
         return [self.endpoint, self.fault, str(self.spills), str(self.flagged), self.flags or "-", self.reconciled,
-                self.hv_ok, str(self.leftovers), self.result, "; ".join(self.notes)]
+                self.oracle, self.hv_ok, str(self.leftovers), self.result, "; ".join(self.notes)]
 
 
 class _MatrixReport:
@@ -254,6 +268,75 @@ class TableClient(threading.Thread):
         self.join(timeout=60)
 
 
+class HVWriter(threading.Thread):
+    """Sets the voltages of :data:`HV_WRITER_CHANNELS` through the supply layer in a loop, between their
+    set point and a few volts below it, and asks for one above ``limits`` (V, by channel id) each round;
+    every outcome kept.
+    Ends with the channels back at their set points (retried after the case's fault is cleared)."""
+
+    def __init__(self, address: str, cfg: Any, calib: Any, limits: np.ndarray) -> None:
+        super().__init__(name="hv-writer", daemon=True)
+        self.address, self.cfg, self.calib, self.limits = address, cfg, calib, limits
+        self.ids = [chmap.by_name(n).id for n in HV_WRITER_CHANNELS]
+        self.sets_ok = 0
+        self.refused = 0                  #: over-limit requests refused by the supply layer (HVLimitError)
+        self.hv_errors: list[str] = []
+        self.other_errors: list[str] = []
+        self.over_limit_sent: list[str] = []
+        self._stop_evt = threading.Event()
+        self.supply: Any = None
+
+    def targets(self, offset: float) -> dict[int, float]:
+        return {c: float(self.calib.hv_set[c]) + offset for c in self.ids}
+
+    def _round(self, offset: float) -> None:
+        from hv_control.supply import HVError, HVLimitError
+
+        try:
+            self.supply.set_voltages(self.targets(offset))
+            self.sets_ok += 1
+        except HVError as exc:
+            self.hv_errors.append(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:                       # anything else is a bug of the supply layer
+            self.other_errors.append(f"{type(exc).__name__}: {exc}")
+        over = self.ids[0]
+        try:
+            self.supply.set_voltage(over, float(self.limits[over]) + HV_OVER_LIMIT_V)
+            self.over_limit_sent.append(f"{chmap.CHANNELS[over].name}: set above its limit without an error")
+        except HVLimitError:
+            self.refused += 1
+        except HVError as exc:
+            self.hv_errors.append(f"over-limit request: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            self.other_errors.append(f"over-limit request: {type(exc).__name__}: {exc}")
+
+    def run(self) -> None:
+        from hv_control.supply import HVSupply
+
+        self.supply = HVSupply.connect(self.address, self.cfg, self.calib)
+        i = 0
+        while not self._stop_evt.is_set():
+            self._round(HV_WRITER_OFFSETS_V[i % len(HV_WRITER_OFFSETS_V)])
+            i += 1
+            self._stop_evt.wait(0.3)
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+        self.join(timeout=120)
+
+    def restore(self) -> bool:
+        """Back to the set points (after the fault is cleared); whether that worked."""
+        from hv_control.supply import HVError
+
+        for _ in range(3):
+            try:
+                self.supply.set_voltages(self.targets(0.0))
+                return True
+            except HVError as exc:
+                self.hv_errors.append(f"restore: {type(exc).__name__}: {exc}")
+        return False
+
+
 # ------------------------------------------------------------------------------------------ the check
 def check_case(rdir: Path, emu: EmulatorHandle, row: Row) -> tuple[list[str], dict[str, Any]]:
     """Spill files intact, record and files agree, accounting reconciled; fills ``row``; returns problems."""
@@ -309,9 +392,14 @@ def check_case(rdir: Path, emu: EmulatorHandle, row: Row) -> tuple[list[str], di
     return problems, rec
 
 
-def hv_check(emu: EmulatorHandle, limits: np.ndarray, row: Row) -> list[str]:
-    log = emu.control({"cmd": "hv_log"})["log"]
+def hv_check(emu: EmulatorHandle, limits: np.ndarray, row: Row, since: int = 0) -> list[str]:
+    """No accepted VSET above the limit in the emulator's HV log (entries from ``since`` on), and at
+    least one accepted VSET there (the check has something to check)."""
+    log = emu.control({"cmd": "hv_log"})["log"][since:]
     vset = [e for e in log if e["par"] == "VSET" and e["accepted"]]
+    if not vset:
+        row.hv_ok = "NO (no VSET)"
+        return ["no VSET accepted by the HV mainframe during the case: the HV check had nothing to check"]
     bad = [e for e in vset if e["channel_id"] is None or e["value"] is None
            or float(e["value"]) > float(limits[int(e["channel_id"])])]
     row.hv_ok = "yes" if not bad else f"NO ({len(bad)})"
@@ -332,34 +420,69 @@ def test_fault_matrix(endpoint: str, kind: str, matrix_emulator: EmulatorHandle,
     emu.check_alive()
     emu.control({"cmd": "clear_faults"})
     before = emu.state()
+    hv_log_from = len(emu.control({"cmd": "hv_log"})["log"])
+    cfg = load_config(emu.config_path)
+    writer = HVWriter(emu.hv, cfg, load_calibration(cfg), limits)
+    writer.start()
+    oracle = start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1))
     daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=n_spills,
                     name=f"daq-{endpoint}-{kind}")
     client: TableClient | None = None
     trip_id = chmap.by_name(TRIP_CHANNEL).id
+
+    def fired() -> int:
+        st = emu.state()
+        if endpoint == "feed":
+            return st["spills"]["spills_stalled"] - before["spills"]["spills_stalled"]
+        if kind == "trip":
+            return int(any(c["tripped"] for c in emu.control({"cmd": "state", "hv": True})["hv"]["channels"]
+                           if c["channel_id"] == trip_id))
+        return st["faults_fired"][endpoint][kind] - before["faults_fired"][endpoint][kind]
+
     try:
         wait_until(lambda: spills_recorded(daq) >= 1 or daq.proc.poll() is not None, 120, "the first spill")
         assert daq.proc.poll() is None, f"na64-daq exited early ({daq.proc.returncode})\n{daq.log()[-4000:]}"
+        wait_until(lambda: writer.sets_ok >= 1 or not writer.is_alive(), 60, "the HV writer's first setting")
         t_inject = time.time()
         if endpoint == "table":
             client = TableClient(emu.table)
             client.start()
-            time.sleep(0.3)                            # the client is talking to the table when the fault hits
+            wait_until(lambda: client.ok >= 1 or not client.is_alive(), 60, "the table client's first call")
         reply = emu.control({"cmd": "fault", "endpoint": endpoint, "kind": kind, **params})
         assert reply.get("ok"), reply
         t_clear = t_inject
         if hold_s is not None:
-            time.sleep(hold_s)
+            wait_until(fired, 60, f"the {endpoint} {kind} fault to take effect")
+            left = hold_s - (time.time() - t_inject)
+            if left > 0:
+                time.sleep(left)                       # the fault's duration (not a synchronisation)
             emu.control({"cmd": "clear_faults"})
             t_clear = time.time()
         rc = daq.wait(120)
+        n_fired = fired()
         after = emu.state()
+        writer.stop()
+        restored = writer.restore()
+        row.notes.append(f"fired {n_fired}; HV writer sets ok {writer.sets_ok}, refused {writer.refused}, "
+                         f"HVError {len(writer.hv_errors)}")
         if rc != 0:
             problems.append(f"na64-daq exited {rc}")
-        pending = {k: v for k, v in after["faults"].get(endpoint, {}).items() if v and k not in ("delay", "stall_s")}
+        if n_fired < 1:
+            problems.append(f"the {endpoint} {kind} fault never took effect (fired {n_fired})")
+        pending = {k: v for k, v in after["faults"].get(endpoint, {}).items()
+                   if v and k not in ("delay", "stall_s", "pause")}
         if pending:
             problems.append(f"the fault never hit: still pending {pending}")
+        if writer.other_errors or writer.over_limit_sent:
+            problems.append(f"HV writer: {(writer.other_errors + writer.over_limit_sent)[:3]}")
+        if not writer.sets_ok or not writer.refused or not restored:
+            problems.append(f"HV writer: {writer.sets_ok} settings, {writer.refused} over-limit requests refused, "
+                            f"restored {restored}; errors {writer.hv_errors[-3:]}")
         # ---- the data
         found, rec = check_case(daq.rdir, emu, row)
+        problems += found
+        found = oracle.check(daq.rdir)
+        row.oracle = "yes" if not found else f"NO ({len(found)})"
         problems += found
         spills = rec["spills"]
         if len(spills) != n_spills:
@@ -433,10 +556,14 @@ def test_fault_matrix(endpoint: str, kind: str, matrix_emulator: EmulatorHandle,
             if not stalled or not rec.get("stalls") or not all(x.get("until_unix") for x in rec["stalls"]):
                 problems.append(f"feed stall not noted: {len(stalled)} spill(s) flagged feed_stall, "
                                 f"stalls {rec.get('stalls')}")
-        problems += hv_check(emu, limits, row)
+        problems += hv_check(emu, limits, row, since=hv_log_from)
     finally:
         if client is not None and client.is_alive():
             client.stop()
+        writer.stop()
+        if writer.supply is not None:
+            writer.supply.close()
+        oracle.stop()
         daq.kill()
         emu.control({"cmd": "clear_faults"})
         if endpoint == "hv" and kind == "trip":

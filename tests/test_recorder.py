@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -162,11 +161,26 @@ def test_accounting_is_reconciled(tmp_path):
 
 
 WRITER = textwrap.dedent("""
-    import sys, time
+    import os, sys, threading
     import numpy as np
     sys.path.insert(0, {repo!r})
     from detector.spillfile import SpillContent
     from online.recorder import RunRecorder
+    pause_at, pause_spill = sys.argv[1], int(sys.argv[2])
+    target = f"spill-{{pause_spill:06d}}.h5"
+    real_replace = os.replace
+
+    def replace(src, dst):           # the named pause points: block there until killed
+        name = os.path.basename(os.fspath(dst))
+        if name == target and pause_at == "before_rename":
+            print("paused", flush=True)
+            threading.Event().wait()
+        real_replace(src, dst)
+        if name == target and pause_at == "after_rename":
+            print("paused", flush=True)
+            threading.Event().wait()
+
+    os.replace = replace
     r = RunRecorder({out!r}, 9).open()
     n = 3000
     rng = np.random.default_rng(1)
@@ -174,7 +188,6 @@ WRITER = textwrap.dedent("""
     s = r.next_spill
     while True:
         r.begin_spill(s, 1000 + s)
-        print(s, flush=True)
         c = SpillContent(9, s, np.arange(n, dtype=np.uint32), np.ones(n, np.uint8), np.arange(n, dtype=float), wf,
                          None, {{"crate_spill": 1000 + s}})
         r.record_spill(c, {{"crate_spill": 1000 + s, "n_particles": n, "n_seen": n, "n_accepted": n,
@@ -183,34 +196,60 @@ WRITER = textwrap.dedent("""
 """)
 
 
+def _kill_writer_at(script: Path, pause_at: str, spill: int) -> int:
+    """Run the writer until it blocks at ``pause_at`` while recording ``spill``, then SIGKILL it;
+    returns its pid."""
+    proc = subprocess.Popen([sys.executable, str(script), pause_at, str(spill)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()          # blocks until the writer reached the pause point (or died)
+        assert line.strip() == "paused", f"the writer ended before {pause_at} of spill {spill}: {line!r}"
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        proc.stdout.close()
+    return proc.pid
+
+
+def _check_finished_spills(r: RunRecorder) -> list[int]:
+    files = list_spills(r.rdir)
+    numbers = [int(p.name[6:12]) for p in files]
+    assert numbers == list(range(1, len(files) + 1))
+    by_spill = {e["spill"]: e for e in r.spills}
+    assert set(by_spill) == set(numbers)
+    for p, n in zip(files, numbers):
+        expected = 0 if "spill_lost" in by_spill[n]["flags"] else 3000
+        assert read_spill(p, waveforms=False).n_events == by_spill[n]["n_recorded"] == expected
+    assert all(reconcile(e) == [] for e in r.spills)
+    return numbers
+
+
 def test_kill_minus_9_while_writing_leaves_every_finished_spill_readable(tmp_path):
+    """The writer is killed at two named points of recording a spill: with the spill file written but not
+    yet renamed (the restart finds the spill interrupted and removes the temporary file), and with the
+    file renamed but the run record not yet updated (the restart adopts the file)."""
     script = tmp_path / "writer.py"
     script.write_text(WRITER.format(repo=str(REPO), out=str(tmp_path)))
-    for round_ in range(2):
-        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-        started = []
-        deadline = time.monotonic() + 60
-        while len(started) < 4 and time.monotonic() < deadline:
-            started.append(int(proc.stdout.readline()))
-        time.sleep(0.013 * (round_ + 1))          # somewhere inside the next write
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
-        r = RunRecorder(tmp_path, 9).open()
-        files = list_spills(r.rdir)
-        assert not [p for p in r.rdir.iterdir() if ".tmp-" in p.name]
-        numbers = [int(p.name[6:12]) for p in files]
-        assert numbers == list(range(1, len(files) + 1))
-        by_spill = {e["spill"]: e for e in r.spills}
-        assert set(by_spill) == set(numbers)
-        for p, n in zip(files, numbers):
-            expected = 0 if "spill_lost" in by_spill[n]["flags"] else 3000
-            assert read_spill(p, waveforms=False).n_events == by_spill[n]["n_recorded"] == expected
-        if r.interrupted is not None:
-            assert r.interrupted["spill"] == max(numbers, default=0) + 1
-            r.record_empty(r.interrupted["spill"], r.interrupted["crate_spill"], ["spill_lost", "readout_incomplete"],
-                           "killed")
-        assert all(reconcile(e) == [] for e in r.spills)
-        r.close()
+
+    pid = _kill_writer_at(script, "before_rename", 4)
+    r = RunRecorder(tmp_path, 9).open()
+    assert r.interrupted is not None and r.interrupted["spill"] == 4 and r.interrupted["crate_spill"] == 1004
+    assert r.interrupted["tmp_files"] == [f".spill-000004.h5.tmp-{pid}"]
+    assert f".spill-000004.h5.tmp-{pid}" in r.session["cleaned_tmp_files"]
+    assert not [p for p in r.rdir.iterdir() if ".tmp-" in p.name]
+    assert r.session["adopted_files"] == []
+    assert _check_finished_spills(r) == [1, 2, 3]
+    r.record_empty(4, 1004, ["spill_lost", "readout_incomplete"], "killed")
+    r.close()
+
+    _kill_writer_at(script, "after_rename", 7)
+    r = RunRecorder(tmp_path, 9).open()
+    assert r.interrupted is None
+    assert r.session["adopted_files"] == [7]
+    assert not [p for p in r.rdir.iterdir() if ".tmp-" in p.name]
+    assert _check_finished_spills(r) == [1, 2, 3, 4, 5, 6, 7]
+    assert r.spills[6]["adopted"] is True and r.next_spill == 8
+    r.close()
     rec = read_run_record(r.rdir)
     assert len(rec["sessions"]) == 4          # two writers, two restarts by this test
+    assert [e["spill"] for e in rec["spills"] if e["flags"]] == [4]

@@ -1,0 +1,73 @@
+"""What the emulated crate holds of one completed spill (:class:`SpillRecord`) and the per-spill truth
+counts it reports (:func:`truth_summary`): the data of docs/protocols.md section 1, without the
+command semantics (:mod:`sim_frontend.emu_msadc`)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from detector.records import PARTICLE_NAMES, TRUTH_APRIME, TRUTH_CALIBRATION, TRUTH_DIMUON, TRUTH_HADRONIC, \
+    TRUTH_PILEUP
+
+
+@dataclass
+class SpillRecord:
+    """One completed spill as the crate holds it.
+
+    ``spill`` is the beam spill (``.spill``, ``.start_unix``, ``.length_s``, ``.seed``, ``.truth`` of
+    TRUTH_DTYPE sorted by time), ``deposits`` what the response model made of it, ``primitives`` the
+    digitised trigger waveforms (N, 6, 32) int16 and ``times`` their arrival times (N,) ns since the
+    spill start. ``table`` and ``vmon`` are the HCAL table position and the HV VMON (V, by channel id)
+    at spill time; ``scalers`` the hardware counters; ``accepted`` the uploaded accepted list."""
+
+    spill: Any
+    deposits: Any
+    primitives: np.ndarray
+    times: np.ndarray
+    table: dict[str, Any]
+    vmon: np.ndarray
+    scalers: dict[str, int]
+    complete_unix: float = field(default_factory=time.time)
+    accepted: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint32))
+
+    @property
+    def spill_id(self) -> int:
+        return int(self.spill.spill)
+
+    @property
+    def particles(self) -> int:
+        return int(self.primitives.shape[0])
+
+    def info(self) -> dict[str, Any]:
+        """The JSON object of ``SPIL:INFO?``."""
+        t = self.table or {}
+        return {"spill": self.spill_id, "particles": self.particles,
+                "start_unix": float(self.spill.start_unix), "length_s": float(self.spill.length_s),
+                "complete_unix": float(self.complete_unix), "seed": int(getattr(self.spill, "seed", 0)),
+                "table": {"x_mm": float(t.get("x_mm", 0.0)), "y_mm": float(t.get("y_mm", 0.0)),
+                          "module": int(t.get("module", -1)), "cell": str(t.get("cell", "PHYSICS"))},
+                "scalers": {k: int(v) for k, v in self.scalers.items()},
+                "accepted": int(self.accepted.size)}
+
+
+def truth_summary(spill_id: int, truth: np.ndarray, accepted: int | None = None) -> dict[str, Any]:
+    """Per-spill truth counts (the JSON of ``SPIL:TRUT?`` and of the control ``truth`` request)."""
+    truth = np.asarray(truth)
+    out: dict[str, Any] = {"spill": int(spill_id), "particles": int(truth.size)}
+    if truth.dtype.names and "ptype" in truth.dtype.names:
+        codes, counts = np.unique(truth["ptype"], return_counts=True)
+        out["by_type"] = {PARTICLE_NAMES.get(int(c), f"type{int(c)}"): int(n) for c, n in zip(codes, counts)}
+        flags = truth["flags"]
+        for name, bit in (("aprime", TRUTH_APRIME), ("dimuon", TRUTH_DIMUON), ("pileup", TRUTH_PILEUP),
+                          ("hadronic", TRUTH_HADRONIC), ("calibration", TRUTH_CALIBRATION)):
+            out[name] = int(np.count_nonzero(flags & bit))
+        if "e_invisible" in truth.dtype.names:
+            out["e_invisible_gev"] = float(truth["e_invisible"].sum(dtype=np.float64))
+    else:
+        out["by_type"] = {}
+    if accepted is not None:
+        out["accepted"] = int(accepted)
+    return out
