@@ -31,13 +31,35 @@ pytestmark = pytest.mark.slow
 RESTART_CONFIG = deep_merge(DAQ_TEST_CONFIG, {"emulator": {"spill_buffer": 16}})
 
 
+@pytest.fixture
+def private_disk(tmp_path):
+    """A filesystem of this test's own (a 512 MB tmpfs), so that its free space changes only with what this
+    test writes: on the shared disk, other tests and processes writing meanwhile moved the free space by
+    more than the test's margin. Mounting needs root (as in CI); elsewhere the shared disk is used, with its
+    margins, and a warning says so."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m,mode=0700", "tmpfs", str(disk)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        import warnings
+        warnings.warn("cannot mount a private tmpfs (needs root): the disk-reserve test runs on the shared disk, "
+                      "where other writers can move the free space by more than its margin", stacklevel=1)
+    try:
+        yield disk
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _record_two_spills(tmp_path, emu, run: int):
-    """A first na64-daq records spills 1 and 2 of ``run``; returns it, its spill files and their digests."""
-    first = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=run, spills=2,
+def _record_two_spills(tmp_path, emu, run: int, out=None):
+    """A first na64-daq records spills 1 and 2 of ``run`` (into ``out``, default ``tmp_path/data``); returns
+    it, its spill files and their digests."""
+    first = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out or tmp_path / "data", run=run, spills=2,
                       name="daq1")
     assert first.wait(120) == 0, first.log()[-4000:]
     files = list_spills(first.rdir)
@@ -133,7 +155,7 @@ def test_a_failed_spill_write_leaves_hdf5_usable_and_nothing_behind(tmp_path):
     assert r.stdout.split() == ["['spill-000001.h5',", "'spill-000003.h5']", "50"]
 
 
-def test_the_run_stops_before_a_spill_that_would_not_fit(tmp_path):
+def test_the_run_stops_before_a_spill_that_would_not_fit(tmp_path, private_disk):
     """The disk reserve ``daq.min_free_mb`` set so that one more spill fits but not two: the DAQ records it,
     sees that the next one would eat into the reserve, and stops before anything is lost (exit status 1);
     a restarted DAQ with room again continues the run. The beam trigger prescaled by 40 instead of 1000
@@ -141,9 +163,9 @@ def test_the_run_stops_before_a_spill_that_would_not_fit(tmp_path):
     megabytes on either side for what else writes to the filesystem meanwhile."""
     cfg = deep_merge(RESTART_CONFIG, {"trigger": {"menu": {"beam": {"prescale": 40}}}})
     with start_emulator(tmp_path, cfg, ["--no-pty"]) as emu, \
-            start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 7)) as oracle:
-        out = tmp_path / "data"
-        first, files, digests = _record_two_spills(tmp_path, emu, run=7)
+            start_oracle(emu.endpoints_path, emu.config_path, run_dir(private_disk / "data", 7)) as oracle:
+        out = private_disk / "data"
+        first, files, digests = _record_two_spills(tmp_path, emu, run=7, out=out)
         size = sum(p.stat().st_size for p in files) / len(files)
         assert size > 3e6, f"spill files of {size:,.0f} B: too small for the margins of this test"
 
