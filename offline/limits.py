@@ -116,14 +116,16 @@ def load_runs(path: str | Path) -> tuple[list[RunExposure], SignalSystematics | 
     runs = []
     for i, item in enumerate(raw_runs):
         try:
-            runs.append(RunExposure(
-                name=str(item.get("name", f"run{i}")),
-                n_eot=float(item["n_eot"]),
-                efficiency=float(item["efficiency"]),
-                n_obs=int(item.get("n_obs", 0)),
-                background=float(item.get("background", 0.0)),
-                background_err=float(item.get("background_err", 0.0)),
-            ))
+            runs.append(
+                RunExposure(
+                    name=str(item.get("name", f"run{i}")),
+                    n_eot=float(item["n_eot"]),
+                    efficiency=float(item["efficiency"]),
+                    n_obs=int(item.get("n_obs", 0)),
+                    background=float(item.get("background", 0.0)),
+                    background_err=float(item.get("background_err", 0.0)),
+                )
+            )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{path}: run {i} is missing or has a bad field: {exc}") from exc
     syst = data.get("systematics") if isinstance(data, dict) else None
@@ -276,7 +278,9 @@ class PyhfCLs:
 
     def _q_tilde(self, mu: float, counts: Sequence[float]) -> float:
         data = list(counts) + self.model.config.auxdata
-        return float(self._pyhf.infer.test_statistics.qmu_tilde(mu, data, self.model, self._init, self._bounds, self._fixed))
+        return float(
+            self._pyhf.infer.test_statistics.qmu_tilde(mu, data, self.model, self._init, self._bounds, self._fixed)
+        )
 
     def _tail_probability(self, mu: float, mu_true: float, q_obs: float, stream: int) -> float:
         rng = np.random.default_rng([self.seed, stream])

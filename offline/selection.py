@@ -32,6 +32,7 @@ Preselection = every cut but the vetoes (``v2``, ``hcal``) and the ``box``. Side
 
 Histograms use ``hist`` with Weight storage (uproot cannot write Int64 storage).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -73,11 +74,16 @@ class Cuts:
     @classmethod
     def from_config(cls, cfg: Config, **overrides: float) -> "Cuts":
         off = cfg.offline
-        values = dict(ps_min_gev=float(cfg.trigger.menu["physics"].ps_min_gev),
-                      srd_min_gev=float(off.srd_min_gev), srd_window_ns=float(cfg.trigger.window_ns),
-                      v2_max_mip=float(off.v2_max_mip), hcal_max_gev=float(off.hcal_box_max_gev),
-                      shape_chi2_ndf_max=float(off.shape_chi2_ndf_max), centre_max_mm=float(off.centre_max_mm),
-                      ecal_max_gev=float(off.ecal_box_max_gev))
+        values = dict(
+            ps_min_gev=float(cfg.trigger.menu["physics"].ps_min_gev),
+            srd_min_gev=float(off.srd_min_gev),
+            srd_window_ns=float(cfg.trigger.window_ns),
+            v2_max_mip=float(off.v2_max_mip),
+            hcal_max_gev=float(off.hcal_box_max_gev),
+            shape_chi2_ndf_max=float(off.shape_chi2_ndf_max),
+            centre_max_mm=float(off.centre_max_mm),
+            ecal_max_gev=float(off.ecal_box_max_gev),
+        )
         values.update(overrides)
         return cls(**values)
 
@@ -94,8 +100,11 @@ def cut_masks(t: Table, cuts: Cuts) -> "OrderedDict[str, np.ndarray]":
     m = OrderedDict()
     m["trigger"] = (t["trigger_mask"] & TRIGGER_BITS["physics"]) != 0
     m["srd"] = srd_ok
-    m["shower"] = ((chi2_ndf < cuts.shape_chi2_ndf_max) & (np.abs(t["ecal_x_mm"]) < cuts.centre_max_mm)
-                   & (np.abs(t["ecal_y_mm"]) < cuts.centre_max_mm))            # NaN (no energy) fails
+    m["shower"] = (
+        (chi2_ndf < cuts.shape_chi2_ndf_max)
+        & (np.abs(t["ecal_x_mm"]) < cuts.centre_max_mm)
+        & (np.abs(t["ecal_y_mm"]) < cuts.centre_max_mm)
+    )  # NaN (no energy) fails
     m["ps"] = t["e_ps"] > cuts.ps_min_gev
     m["v2"] = t["v2_mip"] < cuts.v2_max_mip
     m["hcal"] = t["e_hcal"] < cuts.hcal_max_gev
@@ -104,7 +113,9 @@ def cut_masks(t: Table, cuts: Cuts) -> "OrderedDict[str, np.ndarray]":
     return m
 
 
-def cumulative(masks: "OrderedDict[str, np.ndarray]", names: tuple[str, ...] = CUT_NAMES) -> "OrderedDict[str, np.ndarray]":
+def cumulative(
+    masks: "OrderedDict[str, np.ndarray]", names: tuple[str, ...] = CUT_NAMES
+) -> "OrderedDict[str, np.ndarray]":
     """Masks of the events passing all cuts up to and including each one."""
     out = OrderedDict()
     acc = None
@@ -119,8 +130,8 @@ class Selection:
     """Result of :func:`select` on one table."""
 
     cuts: Cuts
-    masks: "OrderedDict[str, np.ndarray]"          #: single cuts
-    passed: "OrderedDict[str, np.ndarray]"         #: cumulative
+    masks: "OrderedDict[str, np.ndarray]"  #: single cuts
+    passed: "OrderedDict[str, np.ndarray]"  #: cumulative
     preselected: np.ndarray
     sidebands: dict[str, np.ndarray]
 
@@ -157,15 +168,21 @@ def new_histograms() -> dict[str, hist.Hist]:
     lo, hi = ECAL_HCAL_RANGE_GEV
 
     def ecal_hcal(title: str) -> hist.Hist:
-        return hist.Hist(hist.axis.Regular(ECAL_HCAL_BINS, lo, hi, name="e_ecal", label="E_ECAL [GeV]"),
-                         hist.axis.Regular(ECAL_HCAL_BINS, lo, hi, name="e_hcal", label="E_HCAL [GeV]"),
-                         storage=hist.storage.Weight(), label=title)
+        return hist.Hist(
+            hist.axis.Regular(ECAL_HCAL_BINS, lo, hi, name="e_ecal", label="E_ECAL [GeV]"),
+            hist.axis.Regular(ECAL_HCAL_BINS, lo, hi, name="e_hcal", label="E_HCAL [GeV]"),
+            storage=hist.storage.Weight(),
+            label=title,
+        )
 
     return {
         "ecal_vs_hcal_trigger": ecal_hcal("physics trigger"),
         "ecal_vs_hcal": ecal_hcal("preselected (all cuts but the V2/HCAL vetoes and the box)"),
-        "cutflow": hist.Hist(hist.axis.Integer(0, len(CUT_NAMES) + 1, name="cut", label="cut (0 = all)"),
-                             storage=hist.storage.Weight(), label="cut flow"),
+        "cutflow": hist.Hist(
+            hist.axis.Integer(0, len(CUT_NAMES) + 1, name="cut", label="cut (0 = all)"),
+            storage=hist.storage.Weight(),
+            label="cut flow",
+        ),
     }
 
 

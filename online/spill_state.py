@@ -7,6 +7,7 @@ and :class:`SpillStateMachine`, which refuses any other transition and reports e
 
 The run control (:mod:`online.daq`) publishes each change on the ``status`` topic.
 """
+
 from __future__ import annotations
 
 import threading

@@ -45,8 +45,7 @@ def _check_above_threshold(mass_gev: NDArray, e0_gev: NDArray) -> None:
     threshold = kinematic_threshold_gev(mass_gev)
     if np.any(e0_gev <= np.maximum(threshold, pc.M_E_GEV + mass_gev)):
         raise ValueError(
-            f"electron energy {e0_gev!r} GeV is below the A' production threshold "
-            f"for m = {mass_gev!r} GeV"
+            f"electron energy {e0_gev!r} GeV is below the A' production threshold for m = {mass_gev!r} GeV"
         )
 
 
@@ -201,8 +200,8 @@ def dsigma_dx_ww(
     inside = _inside(x, m, e0)
     xs = np.where(inside, x, 0.5)
     beta = np.sqrt(np.maximum(1.0 - m * m / (e0 * e0), 0.0))
-    value = 4.0 * _XS_PB * eps**2 * chi * beta * (1.0 - xs + xs * xs / 3.0) / (
-        m * m * (1.0 - xs) / xs + pc.M_E_GEV**2 * xs
+    value = (
+        4.0 * _XS_PB * eps**2 * chi * beta * (1.0 - xs + xs * xs / 3.0) / (m * m * (1.0 - xs) / xs + pc.M_E_GEV**2 * xs)
     )
     return np.where(inside, value, 0.0)
 
@@ -246,9 +245,7 @@ def sigma_leading_log(
     return 4.0 / 3.0 * _XS_PB * eps**2 * chi * beta * np.log(1.0 / delta) / (m * m)
 
 
-def _x_of_tau(
-    tau: NDArray, x_lo: NDArray, x_hi: NDArray
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _x_of_tau(tau: NDArray, x_lo: NDArray, x_hi: NDArray) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Map tau in [0, 1] to x in [x_lo, x_hi] through w = -ln(1 - x) = w_lo + (w_hi - w_lo) tau^2.
 
     The w variable resolves the peak of dsigma/dx at 1 - x ~ m_e^2/m^2; the tau^2 removes the
@@ -300,8 +297,32 @@ def sigma_iww(
 
 # ----------------------------------------------------------------------------- K-factors (ETL)
 _K_MASS_GEV = np.array(
-    [0.001, 0.002, 0.004, 0.006, 0.008, 0.010, 0.020, 0.030, 0.040, 0.050, 0.060, 0.070, 0.080, 0.090,
-     0.100, 0.200, 0.300, 0.400, 0.500, 0.600, 0.700, 0.800, 0.900, 1.000]
+    [
+        0.001,
+        0.002,
+        0.004,
+        0.006,
+        0.008,
+        0.010,
+        0.020,
+        0.030,
+        0.040,
+        0.050,
+        0.060,
+        0.070,
+        0.080,
+        0.090,
+        0.100,
+        0.200,
+        0.300,
+        0.400,
+        0.500,
+        0.600,
+        0.700,
+        0.800,
+        0.900,
+        1.000,
+    ]
 )
 """Mass grid of the DMG4 K-factor table [GeV], with the 0.03/0.04 GeV rows corrected (physics.md 2.4)."""
 
@@ -395,7 +416,9 @@ def width_complex_scalar(mass_gev: ArrayLike, m_chi_gev: ArrayLike, alpha_d: Arr
     return alpha_d * m / 12.0 * (1.0 - 4.0 * r) ** 1.5
 
 
-def y_parameter(eps: ArrayLike, alpha_d: ArrayLike, m_chi_gev: ArrayLike, m_aprime_gev: ArrayLike) -> NDArray[np.float64]:
+def y_parameter(
+    eps: ArrayLike, alpha_d: ArrayLike, m_chi_gev: ArrayLike, m_aprime_gev: ArrayLike
+) -> NDArray[np.float64]:
     """Thermal-relic variable y = eps^2 alpha_D (m_chi/m_A')^4 (dimensionless)."""
     eps, alpha_d = _positive("eps", eps), _positive("alpha_D", alpha_d)
     m_chi, m_a = _positive("chi mass", m_chi_gev), _positive("A' mass", m_aprime_gev)

@@ -53,7 +53,9 @@ def _photon_energy(e_gamma_gev: ArrayLike) -> NDArray[np.float64]:
     return e
 
 
-def w_factor(x_plus: ArrayLike, e_gamma_gev: ArrayLike, z: float = pc.PB_Z, a_target: float = pc.PB_A) -> NDArray[np.float64]:
+def w_factor(
+    x_plus: ArrayLike, e_gamma_gev: ArrayLike, z: float = pc.PB_Z, a_target: float = pc.PB_A
+) -> NDArray[np.float64]:
     """Screening argument W(x+, E_gamma) (dimensionless); x+ in (0, 1)."""
     e = _photon_energy(e_gamma_gev)
     x = np.asarray(x_plus, dtype=float)
@@ -64,7 +66,9 @@ def w_factor(x_plus: ArrayLike, e_gamma_gev: ArrayLike, z: float = pc.PB_Z, a_ta
     return w_inf(z, a_target) * numerator / denominator
 
 
-def dsigma_dx_plus(x_plus: ArrayLike, e_gamma_gev: ArrayLike, z: float = pc.PB_Z, a_target: float = pc.PB_A) -> NDArray[np.float64]:
+def dsigma_dx_plus(
+    x_plus: ArrayLike, e_gamma_gev: ArrayLike, z: float = pc.PB_Z, a_target: float = pc.PB_A
+) -> NDArray[np.float64]:
     """dsigma/dx+ [cm^2] = 4 alpha Z^2 r_mu^2 (1 - (4/3) x+ x-) ln W; 0 outside the x+ limits.
     Symmetric under x+ <-> x-."""
     x = np.asarray(x_plus, dtype=float)

@@ -23,6 +23,7 @@ connection is closed at the next request (one shot; the client may reconnect); a
 without changing its device path, so over a pty ``drop`` makes the server read and discard every
 request, answering nothing, until the fault is cleared.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,9 +44,9 @@ from .faults import CountedFaults
 log = logging.getLogger(__name__)
 
 LineHandler = Callable[[str], str]
-MAX_LINE = 1024                  #: longest accepted request line, bytes
+MAX_LINE = 1024  #: longest accepted request line, bytes
 EOL = b"\r\n"
-_WRITE_TIMEOUT_S = 1.0           #: a reply nobody reads within this time is dropped (pty)
+_WRITE_TIMEOUT_S = 1.0  #: a reply nobody reads within this time is dropped (pty)
 _LINE_END = re.compile(rb"[\r\n]")
 
 
@@ -112,8 +113,8 @@ class LineFramer:
                     self._buf.clear()
                     self._discarding = True
                 return out
-            line = bytes(self._buf[:m.start()])
-            del self._buf[:m.end()]
+            line = bytes(self._buf[: m.start()])
+            del self._buf[: m.end()]
             if self._discarding:
                 self._discarding = False
                 out.append(None)
@@ -128,16 +129,30 @@ class _LineServer:
 
     kind = "line"
 
-    def __init__(self, handler: LineHandler, *, faults: FaultState | None = None, max_line: int = MAX_LINE,
-                 overlong_reply: str | None = None, name: str = "") -> None:
+    def __init__(
+        self,
+        handler: LineHandler,
+        *,
+        faults: FaultState | None = None,
+        max_line: int = MAX_LINE,
+        overlong_reply: str | None = None,
+        name: str = "",
+    ) -> None:
         self.handler = handler
         self.faults = faults if faults is not None else FaultState()
         self.max_line = max_line
         owner = getattr(handler, "__self__", None)
         self.overlong_reply = overlong_reply or getattr(owner, "OVERLONG_REPLY", None) or "ERR LINE TOO LONG"
         self.name = name or (type(owner).__name__ if owner is not None else getattr(handler, "__name__", "handler"))
-        self.stats = {"requests": 0, "replies": 0, "overlong": 0, "no_reply": 0, "dropped": 0, "noise": 0,
-                      "write_failures": 0}
+        self.stats = {
+            "requests": 0,
+            "replies": 0,
+            "overlong": 0,
+            "no_reply": 0,
+            "dropped": 0,
+            "noise": 0,
+            "write_failures": 0,
+        }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
@@ -233,7 +248,7 @@ class PtyLineServer(_LineServer):
         if self._thread is not None:
             return self
         self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)            # no echo, no CR/LF translation in either direction
+        tty.setraw(self._slave)  # no echo, no CR/LF translation in either direction
         os.set_blocking(self._master, False)
         self.device = os.ttyname(self._slave)
         self._start_thread(self._run)
@@ -260,7 +275,7 @@ class PtyLineServer(_LineServer):
             except BlockingIOError:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stop.is_set():
-                    return False      # nobody reads the line: the bytes are lost, as on a real wire
+                    return False  # nobody reads the line: the bytes are lost, as on a real wire
                 select.select([], [self._master], [], min(left, 0.05))
             except OSError:
                 return False
@@ -281,7 +296,7 @@ class PtyLineServer(_LineServer):
                 data = os.read(self._master, 4096)
             except BlockingIOError:
                 continue
-            except OSError:               # EIO cannot happen while we hold the slave; be safe anyway
+            except OSError:  # EIO cannot happen while we hold the slave; be safe anyway
                 self._stop.wait(0.05)
                 continue
             for line in framer.feed(data):
@@ -299,7 +314,7 @@ class TcpLineServer(_LineServer):
         self.host = host
         self.port = port
         self._listener: socket.socket | None = None
-        self.connections = 0          #: connections accepted so far
+        self.connections = 0  #: connections accepted so far
 
     @property
     def url(self) -> str:
@@ -365,7 +380,7 @@ class TcpLineServer(_LineServer):
                         new, _ = listener.accept()
                     except OSError:
                         continue
-                    close()                     # one client at a time: the newest wins
+                    close()  # one client at a time: the newest wins
                     new.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     new.settimeout(_WRITE_TIMEOUT_S)
                     conn, framer = new, LineFramer(self.max_line)
@@ -422,9 +437,15 @@ class LineServers:
         self.stop()
 
 
-def serve_line_handlers(handlers: Mapping[str, LineHandler], *, pty: bool = True, tcp: bool = True,
-                        host: str = "127.0.0.1", ports: Mapping[str, int] | None = None,
-                        faults: Mapping[str, FaultState] | None = None) -> LineServers:
+def serve_line_handlers(
+    handlers: Mapping[str, LineHandler],
+    *,
+    pty: bool = True,
+    tcp: bool = True,
+    host: str = "127.0.0.1",
+    ports: Mapping[str, int] | None = None,
+    faults: Mapping[str, FaultState] | None = None,
+) -> LineServers:
     """Start a pty and/or TCP server for every named handler (e.g. ``{"hv": mainframe.handle,
     "table": table.handle}``). The pty and TCP server of one endpoint share one :class:`FaultState`
     (``result.faults[name]``). ``ports[name]`` is the TCP port (default 0 = any free port)."""
@@ -438,8 +459,9 @@ def serve_line_handlers(handlers: Mapping[str, LineHandler], *, pty: bool = True
             if pty:
                 started.append(PtyLineServer(handler, faults=fs, name=name).start())
             if tcp:
-                started.append(TcpLineServer(handler, host=host, port=(ports or {}).get(name, 0), faults=fs,
-                                             name=name).start())
+                started.append(
+                    TcpLineServer(handler, host=host, port=(ports or {}).get(name, 0), faults=fs, name=name).start()
+                )
     except BaseException:
         group.stop()
         raise

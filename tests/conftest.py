@@ -1,4 +1,5 @@
 """Test-session settings shared by every test module."""
+
 import os
 
 # Qt must run offscreen; this has to happen before anything imports Qt (shared/STACK.md).

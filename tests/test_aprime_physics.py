@@ -74,7 +74,10 @@ def test_double_differential_integrates_to_iww(x: float) -> None:
     mass, e0 = 0.0167, 100.0
     u0 = (mass**2 * (1 - x) / x + pc.M_E_GEV**2 * x) / (2 * e0**2 * x)  # angular scale of U
     value, _ = integrate.quad(
-        lambda lu: aprime.d2sigma_dx_du(x, np.exp(lu), mass, e0) * np.exp(lu), np.log(u0) - 30, np.log(u0) + 40, limit=500
+        lambda lu: aprime.d2sigma_dx_du(x, np.exp(lu), mass, e0) * np.exp(lu),
+        np.log(u0) - 30,
+        np.log(u0) + 40,
+        limit=500,
     )
     assert value == pytest.approx(float(aprime.dsigma_dx_iww(x, mass, e0)), rel=1e-6)
 

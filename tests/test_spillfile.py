@@ -1,4 +1,5 @@
 """The spill-file layout: atomic writes, readable after a kill, clear errors on damaged files."""
+
 import json
 import os
 import signal
@@ -15,9 +16,16 @@ from detector.records import TRUTH_DTYPE
 def content(spill, n=4, truth=True):
     wf = np.random.default_rng(spill).integers(100, 200, (n, 121, 32)).astype(np.int16)
     t = np.zeros(n, TRUTH_DTYPE) if truth else None
-    return sf.SpillContent(run=3, spill=spill, event_id=np.arange(n, dtype=np.uint32) * 7,
-                           trigger_mask=np.ones(n, np.uint8), time_ns=np.linspace(0, 1e9, n), waveforms=wf,
-                           truth=t, attrs={"flags": ["retried"], "scalers": {"S1": 10}, "n_accepted": n})
+    return sf.SpillContent(
+        run=3,
+        spill=spill,
+        event_id=np.arange(n, dtype=np.uint32) * 7,
+        trigger_mask=np.ones(n, np.uint8),
+        time_ns=np.linspace(0, 1e9, n),
+        waveforms=wf,
+        truth=t,
+        attrs={"flags": ["retried"], "scalers": {"S1": 10}, "n_accepted": n},
+    )
 
 
 def test_write_read_round_trip(tmp_path):

@@ -3,6 +3,7 @@
 (ZeroMQ receiver, replay, in-process synthetic feed) run in worker threads and only ever touch the
 thread-safe :class:`~online.monitor.stream.Inbox`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,27 +21,36 @@ from .stream import Inbox, StreamReceiver
 
 log = logging.getLogger("online.monitor")
 
-_AREAS = {"top": QtCore.Qt.TopDockWidgetArea, "left": QtCore.Qt.LeftDockWidgetArea,
-          "right": QtCore.Qt.RightDockWidgetArea, "bottom": QtCore.Qt.BottomDockWidgetArea}
+_AREAS = {
+    "top": QtCore.Qt.TopDockWidgetArea,
+    "left": QtCore.Qt.LeftDockWidgetArea,
+    "right": QtCore.Qt.RightDockWidgetArea,
+    "bottom": QtCore.Qt.BottomDockWidgetArea,
+}
 
 
 class MonitorWindow(QtWidgets.QMainWindow):
     """Dock-based control-room window. ``tick()`` is the whole update path (also called by tests and
     the benchmark); nothing else changes the widgets."""
 
-    def __init__(self, settings: M.MonitorSettings | None = None, model: M.MonitorModel | None = None,
-                 inbox: Inbox | None = None, parent: QtWidgets.QWidget | None = None) -> None:
+    def __init__(
+        self,
+        settings: M.MonitorSettings | None = None,
+        model: M.MonitorModel | None = None,
+        inbox: Inbox | None = None,
+        parent: QtWidgets.QWidget | None = None,
+    ) -> None:
         super().__init__(parent)
         self.settings = settings or M.MonitorSettings()
         self.model = model or M.MonitorModel(self.settings)
         self.inbox = inbox or Inbox()
         self.receiver: StreamReceiver | None = None
-        self.feeder: Any = None                    # stream.FeederThread (replay or synthetic)
+        self.feeder: Any = None  # stream.FeederThread (replay or synthetic)
         self.setWindowTitle("NA64 monitor")
         self.setDockOptions(QtWidgets.QMainWindow.AnimatedDocks | QtWidgets.QMainWindow.AllowNestedDocks)
         self.views: list[Any] = []
         self.docks: dict[str, QtWidgets.QDockWidget] = {}
-        for spec in V.registered():                 # every view registered in online.monitor.views
+        for spec in V.registered():  # every view registered in online.monitor.views
             w = spec.build(self.settings)
             setattr(self, spec.attr, w)
             self.views.append(w)
@@ -80,11 +90,14 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.resizeDocks([d["rates"], d["ecal_hcal"]], [int(0.27 * w), int(0.29 * w)], QtCore.Qt.Horizontal)
         self.resizeDocks([d["ecal_hcal"], d["hv"]], [int(0.47 * h), int(0.37 * h)], QtCore.Qt.Vertical)
         self.resizeDocks([d["waveforms"]], [int(0.28 * h)], QtCore.Qt.Vertical)
-        self.resizeDocks([d["sensitivity"], d["waveforms"], d["log"]], [int(0.2 * w), int(0.27 * w), int(0.24 * w)],
-                         QtCore.Qt.Horizontal)
+        self.resizeDocks(
+            [d["sensitivity"], d["waveforms"], d["log"]],
+            [int(0.2 * w), int(0.27 * w), int(0.24 * w)],
+            QtCore.Qt.Horizontal,
+        )
         self._docks_laid_out = True
 
-    def showEvent(self, ev: QtGui.QShowEvent) -> None:   # noqa: N802 (Qt name)
+    def showEvent(self, ev: QtGui.QShowEvent) -> None:  # noqa: N802 (Qt name)
         super().showEvent(ev)
         if not self._docks_laid_out:
             self.layout_docks()
@@ -127,16 +140,20 @@ class MonitorWindow(QtWidgets.QMainWindow):
             self.model.add_log(logging.INFO, "monitor", f"subscribed to {endpoint}")
         return self.receiver
 
-    def start_replay(self, run_dir: str | pathlib.Path, cfg: Config | None = None,
-                     interval_s: float = 0.5) -> Any:
+    def start_replay(self, run_dir: str | pathlib.Path, cfg: Config | None = None, interval_s: float = 0.5) -> Any:
         """Replay a recorded run through the same inbox and views."""
         from .replay import replay_batches
         from .stream import FeederThread
 
         self.model.mode, self.model.source = "replay", str(run_dir)
         self.model.add_log(logging.INFO, "monitor", f"replaying {run_dir}")
-        self.feeder = FeederThread(replay_batches(run_dir, cfg), self.inbox, interval_s, name="na64-monitor-replay",
-                                   on_error=self.inbox.put_malformed)
+        self.feeder = FeederThread(
+            replay_batches(run_dir, cfg),
+            self.inbox,
+            interval_s,
+            name="na64-monitor-replay",
+            on_error=self.inbox.put_malformed,
+        )
         self.feeder.start()
         return self.feeder
 
@@ -159,7 +176,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         if self.feeder is not None:
             self.feeder.stop()
 
-    def closeEvent(self, ev: QtGui.QCloseEvent) -> None:   # noqa: N802 (Qt name)
+    def closeEvent(self, ev: QtGui.QCloseEvent) -> None:  # noqa: N802 (Qt name)
         self.timer.stop()
         self.stop_sources()
         super().closeEvent(ev)
