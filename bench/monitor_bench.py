@@ -22,15 +22,15 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import argparse  # noqa: E402
-import gc  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import time
 
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
+import numpy as np
+import psutil
 
 
 def _stats(samples_s: list[float], cpu_s: list[float] | None = None) -> dict[str, float]:
@@ -53,7 +53,7 @@ class _Timer:
         self.wall: list[float] = []
         self.cpu: list[float] = []
 
-    def __enter__(self) -> "_Timer":
+    def __enter__(self) -> _Timer:
         self._w, self._c = time.perf_counter(), time.process_time()
         return self
 

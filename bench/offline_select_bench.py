@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import offline_fixtures as fx  # noqa: E402
+
 from offline import dask_select as ds  # noqa: E402
 from offline import selection as sel  # noqa: E402
 

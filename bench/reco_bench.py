@@ -16,7 +16,8 @@ import time
 import numba
 import numpy as np
 
-from detector import channels as ch, pulse, reco
+from detector import channels as ch
+from detector import pulse, reco
 from detector.config import load_calibration
 
 

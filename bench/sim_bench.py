@@ -26,14 +26,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
+import numba
+import numpy as np
 
-from detector import channels as ch  # noqa: E402
-from detector import pulse  # noqa: E402
-from detector.config import load_calibration, load_config  # noqa: E402
-from sim_frontend import beam, response  # noqa: E402
-from sim_frontend.digitizer import Digitizer  # noqa: E402
+from detector import channels as ch
+from detector import pulse
+from detector.config import load_calibration, load_config
+from sim_frontend import beam, response
+from sim_frontend.digitizer import Digitizer
 
 
 def one_spill(cfg, dz, hv, spill, n):

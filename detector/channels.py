@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -179,7 +179,7 @@ def hv_board_size(board: int) -> int:
     return sum(1 for c in CHANNELS if c.hv_board == board)
 
 
-@lru_cache(maxsize=None)
+@cache
 def trigger_channel_ids() -> np.ndarray:
     """Channel ids of the trigger primitives, in primitive-block order (int64 array of 6)."""
     return np.array([_BY_NAME[n].id for n in TRIGGER_CHANNEL_NAMES], dtype=np.int64)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import enum
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 
@@ -31,20 +31,20 @@ from . import channels as ch
 from .framing import SCHEMA_VERSION, Message, SeqTracker
 
 __all__ = [
-    "SCHEMA_VERSION",
-    "DAQState",
-    "ArraySpec",
-    "TopicSpec",
-    "TOPICS",
-    "TOPIC_NAMES",
-    "LATEST_WINS",
     "ACCUMULATING",
     "ECAL_EDGES",
     "HCAL_EDGES",
+    "LATEST_WINS",
+    "SCHEMA_VERSION",
+    "TOPICS",
+    "TOPIC_NAMES",
+    "ArraySpec",
     "ContentError",
-    "check",
-    "TopicSequence",
+    "DAQState",
     "TopicSeqTracker",
+    "TopicSequence",
+    "TopicSpec",
+    "check",
     "markdown_table",
     "update_docs",
 ]

@@ -81,4 +81,4 @@ SPILL_FLAGS = (
 INCOMPLETE_SPILL_FLAGS = frozenset(
     {"readout_incomplete", "crate_error", "timeout", "truncated_block", "spill_lost", "disk_full", "write_failed"}
 )
-assert INCOMPLETE_SPILL_FLAGS <= set(SPILL_FLAGS)
+assert set(SPILL_FLAGS) >= INCOMPLETE_SPILL_FLAGS

@@ -139,7 +139,7 @@ class Parameter(Generic[T]):
     def __set_name__(self, owner: type, name: str) -> None:
         object.__setattr__(self, "_attr", name)
 
-    def __get__(self, obj: "CAENMainframe | None", owner: type) -> Any:
+    def __get__(self, obj: CAENMainframe | None, owner: type) -> Any:
         return self if obj is None else BoundParameter(self, obj)
 
 
@@ -147,7 +147,7 @@ class BoundParameter(Generic[T]):
     """A :class:`Parameter` bound to one mainframe: ``get(board, ch)``, ``get_all(board)``,
     ``set(board, ch, value)``."""
 
-    def __init__(self, param: Parameter[T], hv: "CAENMainframe") -> None:
+    def __init__(self, param: Parameter[T], hv: CAENMainframe) -> None:
         self.param = param
         self.hv = hv
 

@@ -154,7 +154,7 @@ class HVSupply:
         *,
         backend: str | None = None,
         **kw: Any,
-    ) -> "HVSupply":
+    ) -> HVSupply:
         """Open ``address`` (``/dev/pts/N``, ``socket://host:port`` or a VISA ``ASRL...::INSTR`` name)
         with the timeout and retries of ``cfg.hv``."""
         cfg = load_config(None) if cfg is None else cfg

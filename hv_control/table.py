@@ -106,7 +106,7 @@ class HCALTableDriver:
     @classmethod
     def connect(
         cls, address: str, *, backend: str | None = None, timeout_s: float = 2.0, retries: int = 2, **kw: Any
-    ) -> "HCALTableDriver":
+    ) -> HCALTableDriver:
         """Open ``address`` (``/dev/pts/N``, ``socket://host:port`` or ``ASRL...::INSTR``)."""
         return cls(open_transport(address, backend=backend, timeout_s=timeout_s, retries=retries), **kw)
 

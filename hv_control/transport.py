@@ -145,7 +145,7 @@ class LineTransport(ABC):
                 self._open = False
                 self._disconnect()
 
-    def __enter__(self) -> "LineTransport":
+    def __enter__(self) -> LineTransport:
         self.open()
         return self
 

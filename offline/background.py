@@ -10,8 +10,9 @@ Pure functions: no file I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 from iminuit import Minuit

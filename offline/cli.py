@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from rich.console import Console
@@ -25,6 +26,7 @@ from rich.table import Table
 from offline import limits as lim
 from offline import paper2016
 from sim_frontend import dimuon, yields
+
 from .argtypes import float_list, float_pair
 
 _err = Console(stderr=True)

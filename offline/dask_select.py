@@ -31,16 +31,16 @@ import time
 import tomllib
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import hist
 import numpy as np
 
-from detector.spillfile import json_default
 from detector.config import Calibration, Config, load_calibration, load_config, validate
 from detector.records import INCOMPLETE_SPILL_FLAGS, PARTICLE_NAMES, TRUTH_APRIME, TRUTH_DIMUON
-from detector.spillfile import SpillFileError, list_spills, read_run_record, read_spill
+from detector.spillfile import SpillFileError, json_default, list_spills, read_run_record, read_spill
 
 from . import events as ev
 from . import selection as sel
@@ -150,7 +150,7 @@ class MergedSelection:
     n_spills: int = 0
     n_events: int = 0
     eot: float = 0.0
-    cut_flow: "OrderedDict[str, int]" = field(default_factory=OrderedDict)
+    cut_flow: OrderedDict[str, int] = field(default_factory=OrderedDict)
     by_run: dict[str, dict[str, Any]] = field(default_factory=dict)
     hists: dict[str, hist.Hist] = field(default_factory=sel.new_histograms)
     box: ev.Table = field(default_factory=dict)

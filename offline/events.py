@@ -45,7 +45,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import numba as nb
 import numpy as np
@@ -82,7 +81,7 @@ class EventParams:
     mip_adc: float = 200.0
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "EventParams":
+    def from_config(cls, cfg: Config) -> EventParams:
         off = cfg.offline
         return cls(float(off.cell_pileup_min_gev), float(off.pileup_window_ns), float(cfg.trigger.mip_adc))
 

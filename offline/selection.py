@@ -37,7 +37,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import hist
 import numpy as np
@@ -72,7 +71,7 @@ class Cuts:
     ecal_max_gev: float = 50.0
 
     @classmethod
-    def from_config(cls, cfg: Config, **overrides: float) -> "Cuts":
+    def from_config(cls, cfg: Config, **overrides: float) -> Cuts:
         off = cfg.offline
         values = dict(
             ps_min_gev=float(cfg.trigger.menu["physics"].ps_min_gev),
@@ -91,7 +90,7 @@ class Cuts:
         return asdict(self)
 
 
-def cut_masks(t: Table, cuts: Cuts) -> "OrderedDict[str, np.ndarray]":
+def cut_masks(t: Table, cuts: Cuts) -> OrderedDict[str, np.ndarray]:
     """Each cut on its own (boolean arrays over the events of ``t``), in :data:`CUT_NAMES` order."""
     srd_ok = np.ones(n_rows(t), dtype=bool)
     for i in range(3):
@@ -114,8 +113,8 @@ def cut_masks(t: Table, cuts: Cuts) -> "OrderedDict[str, np.ndarray]":
 
 
 def cumulative(
-    masks: "OrderedDict[str, np.ndarray]", names: tuple[str, ...] = CUT_NAMES
-) -> "OrderedDict[str, np.ndarray]":
+    masks: OrderedDict[str, np.ndarray], names: tuple[str, ...] = CUT_NAMES
+) -> OrderedDict[str, np.ndarray]:
     """Masks of the events passing all cuts up to and including each one."""
     out = OrderedDict()
     acc = None
@@ -130,8 +129,8 @@ class Selection:
     """Result of :func:`select` on one table."""
 
     cuts: Cuts
-    masks: "OrderedDict[str, np.ndarray]"  #: single cuts
-    passed: "OrderedDict[str, np.ndarray]"  #: cumulative
+    masks: OrderedDict[str, np.ndarray]  #: single cuts
+    passed: OrderedDict[str, np.ndarray]  #: cumulative
     preselected: np.ndarray
     sidebands: dict[str, np.ndarray]
 
@@ -143,7 +142,7 @@ class Selection:
     def in_box(self) -> np.ndarray:
         return self.passed["box"]
 
-    def cut_flow(self) -> "OrderedDict[str, int]":
+    def cut_flow(self) -> OrderedDict[str, int]:
         flow = OrderedDict(all=self.n_events)
         for name, mask in self.passed.items():
             flow[name] = int(mask.sum())

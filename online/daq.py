@@ -35,12 +35,13 @@ import numpy as np
 
 from detector import channels as ch
 from detector.config import Calibration, Config, dump_toml
-from detector.records import INCOMPLETE_SPILL_FLAGS
 from detector.reco import reconstruct
+from detector.records import INCOMPLETE_SPILL_FLAGS
 from detector.spillfile import estimated_size
 
 from .buffers import EventPool
 from .hv_readback import HVReader
+from .monitor_messages import scalers_message
 from .monitor_worker import MonitorWorker
 from .msadc import MSADC, MSADCCrateError, MSADCError, MSADCSpillLost
 from .publisher import Heartbeat, Publisher
@@ -48,20 +49,19 @@ from .readout import CrateReadout, SpillOutcome
 from .record_content import build_spill, calibration_summary, run_thresholds, spill_flags
 from .recorder import RunRecorder
 from .recovery import buffered_spills, resume_point, still_holds
-from .monitor_messages import scalers_message
 from .spill_report import progress_line
 from .spill_state import TRANSITIONS, IllegalTransition, SpillStateMachine, State
 
 __all__ = [
     "DAQ",
-    "prepare_kernels",
-    "State",
     "TRANSITIONS",
-    "IllegalTransition",
-    "SpillStateMachine",
-    "SpillOutcome",
     "HVReader",
+    "IllegalTransition",
     "MonitorWorker",
+    "SpillOutcome",
+    "SpillStateMachine",
+    "State",
+    "prepare_kernels",
 ]
 
 log = logging.getLogger("online.daq")

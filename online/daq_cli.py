@@ -14,7 +14,8 @@ import pathlib
 import signal
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 DESCRIPTION = """\
 Run control of the NA64 bench. Connects to the MSADC crate (VISA) and the HV supplies (read-back only),

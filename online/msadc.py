@@ -42,11 +42,16 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
+from detector.channels import N_CHANNELS, N_SAMPLES, N_TRIGGER_CHANNELS, TRIGGER_CHANNEL_NAMES
+from detector.hwstatus import CrateState
+from detector.records import TRUTH_DTYPE
+from detector.settings import Config
 from hv_control.instrument import (
     ErrorKinds,
     InstrumentConnectionError,
@@ -58,10 +63,6 @@ from hv_control.instrument import (
     resource_manager,
     run_with_retries,
 )
-from detector.channels import N_CHANNELS, N_SAMPLES, N_TRIGGER_CHANNELS, TRIGGER_CHANNEL_NAMES
-from detector.hwstatus import CrateState
-from detector.records import TRUTH_DTYPE
-from detector.settings import Config
 
 T = TypeVar("T")
 
@@ -214,7 +215,7 @@ class MSADC:
         self.stats = {"reconnects": 0, "retries": 0, "timeouts": 0, "block_errors": 0, "bytes": 0}
 
     @classmethod
-    def from_config(cls, cfg: Config, resource: str, **kw: Any) -> "MSADC":
+    def from_config(cls, cfg: Config, resource: str, **kw: Any) -> MSADC:
         d = cfg.daq
         return cls(resource, visa_library=d.visa_library, timeout_ms=d.timeout_ms, retries=d.retries, **kw)
 
@@ -232,7 +233,7 @@ class MSADC:
     def is_open(self) -> bool:
         return self._session.is_open
 
-    def open(self) -> "MSADC":
+    def open(self) -> MSADC:
         """Open the session (terminations ``\\n``, timeout) and read ``*IDN?``. A half-open session is closed
         before the error is raised."""
         with self._lock:
@@ -260,7 +261,7 @@ class MSADC:
         with self._lock:
             self._session.close()
 
-    def __enter__(self) -> "MSADC":
+    def __enter__(self) -> MSADC:
         return self.open()
 
     def __exit__(self, *exc: Any) -> None:

@@ -25,7 +25,8 @@ import logging
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import zmq
@@ -163,7 +164,7 @@ class Publisher:
                 self._closed = True
                 self._sock.close(0)
 
-    def __enter__(self) -> "Publisher":
+    def __enter__(self) -> Publisher:
         return self
 
     def __exit__(self, *exc: Any) -> None:

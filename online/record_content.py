@@ -4,7 +4,8 @@ recorder (:mod:`online.recorder`) writes them; the layout is :mod:`detector.spil
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 

@@ -121,7 +121,7 @@ class RunRecorder:
         self.restarted = False
 
     # ----------------------------------------------------------------------------- open/close
-    def open(self) -> "RunRecorder":
+    def open(self) -> RunRecorder:
         self.rdir.mkdir(parents=True, exist_ok=True)
         problem = self.space_problem(0)
         if problem:

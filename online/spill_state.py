@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from detector.monitoring import DAQState as State
-
 
 S = State
 #: allowed transitions (a state may always be re-entered, which is not a change)

@@ -45,7 +45,6 @@ from scipy.special import ndtri
 from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_DIMUON, TRUTH_DTYPE, TRUTH_PILEUP
 from detector.settings import Config
 
-
 PILEUP_WINDOW_NS = 100.0  #: TRUTH_PILEUP: another particle within +/- this, ns
 X_MIN_APRIME = 0.5  #: A' energy fractions generated: x > 0.5 (E_miss > E0/2, where the beam e- dominates)
 UPSTREAM_E_RANGE_GEV = (10.0, 70.0)
@@ -224,7 +223,8 @@ class BeamSpill:
 def dimuon_probability(e0_gev: float) -> float:
     """Unbiased probability that an electron of ``e0_gev`` produces gamma -> mu+ mu- in the lead of the
     ECAL: N_X0 * Integral_{4 m_mu}^{E0} 0.572 E0/k^2 sigma_BH(k) dk (Rossi approximation A)."""
-    from sim_frontend import dimuon, physics_constants as pc
+    from sim_frontend import dimuon
+    from sim_frontend import physics_constants as pc
 
     lo = dimuon.THRESHOLD_GEV * 1.0001
     if e0_gev <= lo:

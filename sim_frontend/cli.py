@@ -13,8 +13,9 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 DESCRIPTION = """\
 Stand-in for the NA64 hardware, for development and CI. One process serves:

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from detector import channels as chmap
-from detector.hwstatus import HVStatus
 from detector.config import Calibration, Config, load_calibration, load_config
+from detector.hwstatus import HVStatus
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ class HVMainframe:
                 return self._handle(line)
         except _Reply as r:
             return r.text
-        except Exception:  # noqa: BLE001 - a model bug must not kill the serial server
+        except Exception:  # a model bug must not kill the serial server
             log.exception("HV emulator failed on request %r", line)
             return "#CMD:ERR"
 

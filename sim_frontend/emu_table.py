@@ -102,7 +102,7 @@ class HCALTable:
         try:
             with self._lock:
                 return self._handle(" ".join(line.strip().split()))
-        except Exception:  # noqa: BLE001 - a model bug must not kill the serial server
+        except Exception:  # a model bug must not kill the serial server
             log.exception("table emulator failed on request %r", line)
             return "ERR INTERNAL"
 

@@ -41,8 +41,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import zmq
@@ -342,7 +343,7 @@ class Emulator:
             child.kill()
             child.join(timeout=2.0)
 
-    def __enter__(self) -> "Emulator":
+    def __enter__(self) -> Emulator:
         self.start()
         return self
 
@@ -390,7 +391,7 @@ class Emulator:
         while not self._stop.is_set():
             try:
                 spill = rx.recv(timeout_s=0.2)
-            except Exception:  # noqa: BLE001 - a feed problem must not stop the emulator
+            except Exception:  # a feed problem must not stop the emulator
                 log.exception("feed receive failed")
                 self._stop.wait(0.2)
                 continue
@@ -449,7 +450,7 @@ class Emulator:
                 return
             try:
                 record = self.process_spill(job.spill, job.table, job.vmon)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("processing spill %s failed", getattr(job.spill, "spill", "?"))
                 self.stats["spills_failed"] += 1
                 self.crate.spill_abandoned(int(job.spill.spill))

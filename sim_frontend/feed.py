@@ -28,7 +28,8 @@ import logging
 import pathlib
 import sys
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import zmq
@@ -223,7 +224,7 @@ class FeedSender:
         if self._own_ctx:
             self.ctx.term()
 
-    def __enter__(self) -> "FeedSender":
+    def __enter__(self) -> FeedSender:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -325,7 +326,7 @@ class FeedReceiver:
         if self._own_ctx:
             self.ctx.term()
 
-    def __enter__(self) -> "FeedReceiver":
+    def __enter__(self) -> FeedReceiver:
         return self
 
     def __exit__(self, *exc: Any) -> None:

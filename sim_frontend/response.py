@@ -47,8 +47,8 @@ import numba as nb
 import numpy as np
 
 from detector import channels as ch
-from detector.settings import Config
 from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_CALIBRATION, TRUTH_DIMUON, TRUTH_HADRONIC, TRUTH_PILEUP
+from detector.settings import Config
 from sim_frontend import geometry as g
 from sim_frontend.beam import (
     E_MINUS,

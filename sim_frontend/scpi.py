@@ -24,8 +24,9 @@ import itertools
 import re
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 #: SCPI error codes used by the emulated crate and their standard texts
 ERROR_TEXTS: dict[int, str] = {

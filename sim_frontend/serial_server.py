@@ -166,7 +166,7 @@ class _LineServer:
         else:
             try:
                 text = self.handler(line.decode("utf-8", errors="replace"))
-            except Exception:  # noqa: BLE001 - a broken handler must not kill the server
+            except Exception:  # a broken handler must not kill the server
                 log.exception("%s: handler failed on %r", self.name, line[:80])
                 return None
         text = str(text).replace("\r", " ").replace("\n", " ")
@@ -218,14 +218,14 @@ class _LineServer:
                     pass
         self._wake_r = self._wake_w = -1
 
-    def __enter__(self) -> "_LineServer":
+    def __enter__(self) -> _LineServer:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> "_LineServer":  # pragma: no cover - overridden
+    def start(self) -> _LineServer:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def stop(self) -> None:  # pragma: no cover - overridden
@@ -243,7 +243,7 @@ class PtyLineServer(_LineServer):
         self._master = self._slave = -1
         self.device = ""
 
-    def start(self) -> "PtyLineServer":
+    def start(self) -> PtyLineServer:
         """Open the pty (raw mode) and start the serving thread; returns self."""
         if self._thread is not None:
             return self
@@ -321,7 +321,7 @@ class TcpLineServer(_LineServer):
         """The pyserial URL of this server, ``socket://host:port``."""
         return f"socket://{self.host}:{self.port}"
 
-    def start(self) -> "TcpLineServer":
+    def start(self) -> TcpLineServer:
         """Bind, listen and start the serving thread; returns self (``port`` is the bound port)."""
         if self._thread is not None:
             return self
@@ -430,7 +430,7 @@ class LineServers:
             for s in servers:
                 s.stop()
 
-    def __enter__(self) -> "LineServers":
+    def __enter__(self) -> LineServers:
         return self
 
     def __exit__(self, *exc: object) -> None:

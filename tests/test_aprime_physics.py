@@ -13,7 +13,7 @@ Z2 = pc.PB_Z**2
 
 
 def test_n_x0_of_lead() -> None:
-    assert pc.PB_N_X0_PER_CM2 == pytest.approx(1.851e22, rel=1e-3)
+    assert pytest.approx(1.851e22, rel=1e-3) == pc.PB_N_X0_PER_CM2
 
 
 @pytest.mark.parametrize("mass_gev, e0_gev", [(0.001, 100.0), (0.0167, 100.0), (0.1, 100.0), (0.5, 30.0), (1.0, 150.0)])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from detector import channels as ch
-from detector.config import ConfigError, load_calibration, load_config, validate, DEFAULT_CONFIG
+from detector.config import DEFAULT_CONFIG, ConfigError, load_calibration, load_config, validate
 
 
 def test_channel_counts_and_ids_are_stable():

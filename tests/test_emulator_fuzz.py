@@ -9,10 +9,9 @@ import struct
 import time
 
 import pytest
+from emulator_fixture import start_emulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from emulator_fixture import start_emulator
 
 HEADERS = [
     "*IDN?",
@@ -122,7 +121,7 @@ def _read_until(s: socket.socket, marker: bytes, timeout_s: float) -> bool:
         s.settimeout(max(0.01, deadline - time.monotonic()))
         try:
             chunk = s.recv(1 << 20)
-        except socket.timeout:
+        except TimeoutError:
             return False
         if not chunk:
             raise ConnectionError("the crate closed the connection")

@@ -9,14 +9,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import pyvisa
 import serial
-
 from emulator_fixture import EmulatorError, group_alive, start_emulator
 
 pytestmark = pytest.mark.timeout(120)

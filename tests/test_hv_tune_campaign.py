@@ -1,17 +1,17 @@
 """The hv-tune campaign logic, closed loop against the emulator's HV and table models (in process, under
 a fake clock) and a beam source whose amplitudes follow hidden per-cell gains and gain-law exponents."""
 
-import math
 
 import numpy as np
 import pytest
-from hypothesis import example, given, settings, strategies as st
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from detector import channels as chmap
 from detector.config import load_calibration, load_config
+from hv_control.caen import CAENMainframe
 from hv_control.peak import PeakFitError, fit_peak
 from hv_control.supply import HVSupply
-from hv_control.caen import CAENMainframe
 from hv_control.table import HCALTableDriver
 from hv_control.transport import HandlerTransport
 from hv_control.tune import (

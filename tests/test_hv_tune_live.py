@@ -6,10 +6,10 @@ import re
 
 import numpy as np
 import pytest
+from hvtune_live import run_campaign
 
 from detector import channels as chmap
 from detector.config import load_calibration, load_config
-from hvtune_live import run_campaign
 from sim_frontend.digitizer import Digitizer
 
 TOLERANCE = 0.02  #: the campaign's --tolerance

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from scripted_server import DROP, SILENT, ScriptedCrate, block
 
 from hv_control.caen import HVCommandError, HVProtocolError, HVReplyError
 from hv_control.instrument import (
@@ -37,7 +38,6 @@ from online.msadc import (
     MSADCSpillLost,
     MSADCTimeout,
 )
-from scripted_server import DROP, SILENT, ScriptedCrate, block
 
 
 # ------------------------------------------------------------------------------------------- errors

@@ -47,7 +47,7 @@ def test_configure_uses_the_keyed_directory_and_removes_old_keys(tmp_path: Path,
     monkeypatch.setattr(numba.config, "CACHE_DIR", numba.config.CACHE_DIR)  # restored after the test
     used = jitcache.configure(tmp_path)
     assert used == str(tmp_path / ".numba_cache" / jitcache.source_key(tmp_path))
-    assert numba.config.CACHE_DIR == used and os.environ["NUMBA_CACHE_DIR"] == used  # live and for children
+    assert used == numba.config.CACHE_DIR and os.environ["NUMBA_CACHE_DIR"] == used  # live and for children
     assert not old.exists()
     # set by configure (another checkout, or sources changed since): recomputed
     assert jitcache.configure(tmp_path) == used

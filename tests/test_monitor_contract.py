@@ -26,9 +26,9 @@ def test_protocols_doc_table_is_generated_from_the_contract():
 
 
 def test_every_topic_is_accumulating_or_latest_wins():
-    assert mon.ACCUMULATING | mon.LATEST_WINS == set(mon.TOPICS)
+    assert set(mon.TOPICS) == mon.ACCUMULATING | mon.LATEST_WINS
     assert not mon.ACCUMULATING & mon.LATEST_WINS
-    assert mon.ACCUMULATING == {"scalers", "calo", "ecal_hcal", "log"}
+    assert {"scalers", "calo", "ecal_hcal", "log"} == mon.ACCUMULATING
 
 
 def _msg(topic, arrays=None, meta=None):

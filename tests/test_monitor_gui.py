@@ -8,22 +8,22 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before anything imports Qt (shared/STACK.md)
 
-import math  # noqa: E402
-import time  # noqa: E402
+import math
+import time
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PyQt5 import QtCore, QtGui  # noqa: E402
+import numpy as np
+import pytest
+from PyQt5 import QtCore, QtGui
 
-from detector import channels as ch  # noqa: E402
-from detector.config import load_calibration  # noqa: E402
-from detector.records import TRIGGER_BITS  # noqa: E402
-from detector.spillfile import SpillContent, write_run_record, write_spill  # noqa: E402
-from online.monitor import model as M  # noqa: E402
-from online.monitor import views as V  # noqa: E402
-from online.monitor.synthetic import SyntheticDAQ, SyntheticPublisher, write_example_yields  # noqa: E402
-from online.monitor.window import MonitorWindow  # noqa: E402
-from online.monitor_cli import main  # noqa: E402
+from detector import channels as ch
+from detector.config import load_calibration
+from detector.records import TRIGGER_BITS
+from detector.spillfile import SpillContent, write_run_record, write_spill
+from online.monitor import model as M
+from online.monitor import views as V
+from online.monitor.synthetic import SyntheticDAQ, SyntheticPublisher, write_example_yields
+from online.monitor.window import MonitorWindow
+from online.monitor_cli import main
 
 
 @pytest.fixture

@@ -6,16 +6,20 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
+from daq_helpers import (
+    DAQ_TEST_CONFIG,
+    _no_daq_left_behind,  # noqa: F401  (autouse fixture)
+    free_port,
+    start_daq,
+)
+from emulator_fixture import start_emulator
 
-from daq_helpers import _no_daq_left_behind  # noqa: E402,F401  (autouse fixture)
-from daq_helpers import DAQ_TEST_CONFIG, free_port, start_daq  # noqa: E402
-from emulator_fixture import start_emulator  # noqa: E402
-from online.monitor import model as M  # noqa: E402
-from online.monitor import views as V  # noqa: E402
-from online.monitor.synthetic import write_example_yields  # noqa: E402
-from online.monitor.window import MonitorWindow  # noqa: E402
+from online.monitor import model as M
+from online.monitor import views as V
+from online.monitor.synthetic import write_example_yields
+from online.monitor.window import MonitorWindow
 
 
 @pytest.mark.slow

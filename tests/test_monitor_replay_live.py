@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from daq_helpers import (
+    DAQ_TEST_CONFIG,
+    Subscriber,
+    _no_daq_left_behind,  # noqa: F401  (autouse fixture)
+    free_port,
+    start_daq,
+    wait_until,
+)
+from emulator_fixture import start_emulator
 
-from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
-from daq_helpers import DAQ_TEST_CONFIG, Subscriber, free_port, start_daq, wait_until
 from detector import monitoring as mon
 from detector.config import load_config
 from detector.spillfile import list_spills, read_spill
-from emulator_fixture import start_emulator
 from online.monitor.replay import ReplayBuilder
 
 SPILL_TOPICS = ("scalers", "calo", "ecal_hcal", "waveforms", "amplitudes")

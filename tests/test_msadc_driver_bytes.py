@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from scripted_server import DROP, SILENT, ScriptedCrate, block
 
 from detector.records import TRUTH_DTYPE
 from online import msadc
@@ -23,7 +24,6 @@ from online.msadc import (
     MSADCSpillLost,
     MSADCTimeout,
 )
-from scripted_server import DROP, SILENT, ScriptedCrate, block
 
 IDN = b"NA64-HIL,MSADC-CRATE,EMU-0001,0.1\n"
 NOERR = b'0,"No error"\n'

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from emulator_fixture import start_emulator
 
 from detector.records import TRUTH_DTYPE
-from emulator_fixture import start_emulator
 from online.msadc import MSADC, MSADCConnectionError, MSADCCrateError, MSADCSpillLost, MSADCTimeout, resource_manager
 
 pytestmark = pytest.mark.slow

@@ -7,9 +7,9 @@ import json
 import shutil
 
 import numpy as np
+import offline_fixtures as fx
 import pytest
 
-import offline_fixtures as fx
 from detector.spillfile import list_spills
 from offline import dask_select as ds
 

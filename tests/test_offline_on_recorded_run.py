@@ -16,13 +16,18 @@ import sys
 
 import numpy as np
 import pytest
+from daq_helpers import (
+    DAQ_TEST_CONFIG,
+    REPO_ROOT,
+    _no_daq_left_behind,  # noqa: F401  (autouse fixture)
+    check_run,
+    start_daq,
+)
+from emulator_fixture import deep_merge, start_emulator
 
-from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
-from daq_helpers import DAQ_TEST_CONFIG, REPO_ROOT, check_run, start_daq
 from detector.config import load_calibration, load_config
 from detector.records import TRIGGER_BITS
 from detector.spillfile import list_spills, read_run_record, read_spill
-from emulator_fixture import deep_merge, start_emulator
 from offline.events import event_table_from_arrays
 
 pytestmark = pytest.mark.slow

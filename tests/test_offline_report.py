@@ -6,9 +6,9 @@ import json
 import pathlib
 
 import numpy as np
+import offline_fixtures as fx
 import pytest
 
-import offline_fixtures as fx
 from detector.spillfile import list_spills, read_run_record, read_spill
 from offline import dask_select as ds
 from offline import events as ev

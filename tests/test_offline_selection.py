@@ -7,9 +7,9 @@ import json
 import math
 
 import numpy as np
+import offline_fixtures as fx
 import pytest
 
-import offline_fixtures as fx
 from detector import channels as ch
 from detector.config import load_calibration
 from detector.pulse import pulse_samples

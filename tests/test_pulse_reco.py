@@ -4,7 +4,8 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import example, given, strategies as st
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from detector import pulse, reco
 from detector.channels import ADC_MAX, N_SAMPLES, SAMPLE_NS

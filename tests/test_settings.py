@@ -20,7 +20,7 @@ from detector.config import (
     load_config,
     validate,
 )
-from detector.settings import WILDCARD, MENU_LINES, NUM, SECTIONS, BeamLine, Config, EnergyLine, MenuLines, RandomLine
+from detector.settings import MENU_LINES, NUM, SECTIONS, WILDCARD, BeamLine, Config, EnergyLine, MenuLines, RandomLine
 
 #: (dotted key, Field) of every key, menu lines included
 KEYS = [(f"{s}.{k}", f) for s, sec in SCHEMA.items() for k, f in sec.items() if isinstance(f, Field)] + [

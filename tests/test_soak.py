@@ -44,11 +44,13 @@ from typing import Any
 
 import psutil
 import pytest
-
-from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
-from daq_helpers import start_daq
-from detector.spillfile import list_spills, read_run_record, read_spill
+from daq_helpers import (
+    _no_daq_left_behind,  # noqa: F401  (autouse fixture)
+    start_daq,
+)
 from emulator_fixture import REPO_ROOT, start_emulator
+
+from detector.spillfile import list_spills, read_run_record, read_spill
 
 SPILLS = int(os.environ.get("NA64_SOAK_SPILLS", "200"))
 PARTICLES = float(os.environ.get("NA64_SOAK_PARTICLES", "5e6"))

@@ -1,6 +1,5 @@
 """The spill-file layout: atomic writes, readable after a kill, clear errors on damaged files."""
 
-import json
 import os
 import signal
 import subprocess

@@ -151,7 +151,7 @@ def test_empty_spill(menu: TriggerMenu) -> None:
     for par in (False, True):
         r = K.trigger_waveforms(menu, np.zeros((0, 6, 32), np.int16), np.zeros(0), parallel=par)
         assert r.accepted.size == 0 and r.accepted.dtype == np.int64 and r.mask.dtype == np.uint8
-        assert r.scalers == {**{k: 0 for k in SCALER_KEYS}, "random_raw": 49}
+        assert r.scalers == {**dict.fromkeys(SCALER_KEYS, 0), "random_raw": 49}
         assert_same(r, R.waveform_trigger(menu, np.zeros((0, 6, 32), np.int16), np.zeros(0)))
         ra = K.trigger_amplitudes(menu, np.zeros((0, 6)), np.zeros((0, 6)), np.zeros(0), parallel=par)
         assert_same(ra, r)

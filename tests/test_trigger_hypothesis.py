@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trigger import kernels as K
-from trigger.accept import BLOCK
 from trigger import reference as R
+from trigger.accept import BLOCK
 from trigger.menu import BeamTrigger, EnergyTrigger, RandomTrigger, TriggerMenu, TriggerResult
 
 BASE = TriggerMenu.from_config()

@@ -22,7 +22,7 @@ amplitude then sits exactly on the cut.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -126,7 +127,7 @@ class EnergyTrigger:
     veto: bool = True  #: V1 vetoes (the line requires EOT); False: PiSi is enough
 
     @classmethod
-    def from_table(cls, where: str, table: Mapping[str, Any]) -> "EnergyTrigger":
+    def from_table(cls, where: str, table: Mapping[str, Any]) -> EnergyTrigger:
         """From a config table or a :meth:`TriggerMenu.to_dict` entry (``kind`` and ``bit`` ignored)."""
         try:
             return cls(**{k: v for k, v in table.items() if k not in ("kind", "bit")})
@@ -310,7 +311,7 @@ class TriggerMenu:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, cfg: Config | None = None, calibration: Calibration | None = None) -> "TriggerMenu":
+    def from_config(cls, cfg: Config | None = None, calibration: Calibration | None = None) -> TriggerMenu:
         """Menu from a validated config (``detector.config.load_config``; None = the defaults) and the
         calibration (``detector.config.load_calibration(cfg)`` when None). Raises :class:`MenuError`."""
         cfg = load_config(None) if cfg is None else cfg
@@ -342,7 +343,7 @@ class TriggerMenu:
         except (KeyError, TypeError) as exc:
             raise MenuError(f"trigger menu: incomplete or malformed config ({exc})") from None
 
-    def replace(self, **changes: Any) -> "TriggerMenu":
+    def replace(self, **changes: Any) -> TriggerMenu:
         """A copy with some fields changed (re-validated), e.g. for an offline re-trigger::
 
         menu.replace(physics=dataclasses.replace(menu.physics, ecal_max_gev=60.0))
@@ -375,7 +376,7 @@ class TriggerMenu:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TriggerMenu":
+    def from_dict(cls, d: Mapping[str, Any]) -> TriggerMenu:
         """Inverse of :meth:`to_dict` (derived keys are ignored), e.g. to re-trigger a recorded run with the
         menu it was taken with."""
         derived = {"counter_threshold_adc", "channels", "random_ticks", "eot_definition"}
@@ -437,7 +438,7 @@ class TriggerMenu:
 
     def empty_scalers(self) -> dict[str, int]:
         """All of this menu's scalers at zero."""
-        return {k: 0 for k in self.scaler_keys}
+        return dict.fromkeys(self.scaler_keys, 0)
 
     @property
     def counter_threshold_adc(self) -> float:
@@ -517,7 +518,7 @@ class TriggerResult:
             out[f"crate_{k}" if k in self.scalers else str(k)] = int(v)
         return out
 
-    def same_as(self, other: "TriggerResult") -> bool:
+    def same_as(self, other: TriggerResult) -> bool:
         """Exact equality of accepted indices, masks and scalers."""
         return (
             np.array_equal(self.accepted, other.accepted)
@@ -525,7 +526,7 @@ class TriggerResult:
             and self.scalers == other.scalers
         )
 
-    def difference(self, other: "TriggerResult") -> str:
+    def difference(self, other: TriggerResult) -> str:
         """Human-readable description of how two results differ ('' if they do not)."""
         msgs = []
         if not np.array_equal(self.accepted, other.accepted):
@@ -545,4 +546,4 @@ class TriggerResult:
 
 def empty_scalers() -> dict[str, int]:
     """All scalers of a menu without further lines at zero (:meth:`TriggerMenu.empty_scalers` in general)."""
-    return {k: 0 for k in SCALER_KEYS}
+    return dict.fromkeys(SCALER_KEYS, 0)

@@ -72,7 +72,7 @@ class PublicReader:
         try:
             self._set_timeout(timeout_s)
             raw = self.res.read_raw()
-        except Exception as exc:  # noqa: BLE001 - pyvisa-py passes pyserial/socket errors through raw
+        except Exception as exc:  # pyvisa-py passes pyserial/socket errors through raw
             if _is_timeout(exc):
                 raise self.kinds.timeout(
                     f"no reply to {what} from {self.name} within {timeout_s * 1000:.0f} ms"
@@ -89,7 +89,7 @@ class PublicReader:
         try:
             self._set_timeout(timeout_s)
             data = self.res.read_bytes(n, break_on_termchar=False)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if _is_timeout(exc):
                 raise self.kinds.timeout(
                     f"{what}: fewer than {n} bytes arrived, then nothing for {timeout_s * 1000:.0f} ms"
@@ -106,7 +106,7 @@ class PublicReader:
 
         try:
             self.res.flush(pyvisa.constants.BufferOperation.discard_read_buffer)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self.kinds.connection(
                 f"discarding the input of {self.name} failed: {type(exc).__name__}: {exc}"
             ) from exc
@@ -127,7 +127,7 @@ class SocketReader:
     @classmethod
     def attach(
         cls, resource: Any, name: str, kinds: ErrorKinds = DEFAULT_KINDS, rcvbuf_bytes: int | None = 8 << 20
-    ) -> "SocketReader | None":
+    ) -> SocketReader | None:
         """The fast reader of ``resource``, or None when pyvisa-py's internals are not there. Sets
         TCP_NODELAY and, if given, the socket's receive buffer size (bytes)."""
         try:

@@ -83,7 +83,7 @@ class VisaSession:
         kw = {} if open_timeout_s is None else {"open_timeout": int(open_timeout_s * 1000)}
         try:
             res = resource_manager(self.library).open_resource(self.name, **kw)
-        except Exception as exc:  # noqa: BLE001 - VisaIOError, OSError, a bad name, raw pyserial errors
+        except Exception as exc:  # VisaIOError, OSError, a bad name, raw pyserial errors
             raise self.kinds.connection(f"cannot open {self.name}: {type(exc).__name__}: {exc}") from exc
         try:
             res.read_termination = "\n"
@@ -119,7 +119,7 @@ class VisaSession:
             raise self.kinds.connection(f"write {what or data[:40]!r}: session {self.name} is not open")
         try:
             self.resource.write_raw(data)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self.kinds.connection(
                 f"write {what or data[:40]!r} to {self.name} failed: {type(exc).__name__}: {exc}"
             ) from exc

@@ -32,8 +32,9 @@ import math
 import pathlib
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,7 @@ class MonitorSettings:
     log_lines: int = 2000
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "MonitorSettings":
+    def from_config(cls, cfg: Config) -> MonitorSettings:
         m, off = cfg.monitor, cfg.offline
         yields_file = m.yields_file
         if cfg.path and yields_file and not pathlib.Path(yields_file).is_absolute():
@@ -125,7 +126,7 @@ class LinkStats:
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
 
-    def copy(self) -> "LinkStats":
+    def copy(self) -> LinkStats:
         return LinkStats(
             self.received,
             self.missed,
@@ -338,7 +339,7 @@ class MonitorModel:
         self.mode = "live"  #: "live" or "replay"
         self.source = ""  #: endpoint or run directory, for the status panel
         self.replay_finished = False
-        self.version: dict[str, int] = {k: 0 for k in TOPIC_NAMES + EXTRA_SECTIONS}
+        self.version: dict[str, int] = dict.fromkeys(TOPIC_NAMES + EXTRA_SECTIONS, 0)
         self.latest: dict[str, Message] = {}  #: latest message of topics without a handler
         self.sums: dict[str, dict[str, np.ndarray]] = {}  #: summed arrays of accumulating topics without one
         self.link = LinkStats()
@@ -762,7 +763,7 @@ class MonitorModel:
         cond = self.hv_condition
         names = lambda mask: (
             ", ".join(ch.CHANNELS[i].name for i in self.hv_ids[mask][:4]) + (" ..." if mask.sum() > 4 else "")
-        )  # noqa: E731
+        )
         trip = cond == HV_TRIPPED
         fault = cond == HV_FAULTED
         dev = cond == HV_DEVIATION

@@ -335,7 +335,7 @@ class SyntheticDAQ:
         for a in spec.arrays:
             shape = tuple(dims.setdefault(d, 8) if isinstance(d, str) else d for d in a.shape)
             arrays[a.name] = (self.rng.random(shape) * 100).astype(a.dtype)
-        return self.message(spec.name, arrays, meta={k: 0 for k in spec.meta}, now=now)
+        return self.message(spec.name, arrays, meta=dict.fromkeys(spec.meta, 0), now=now)
 
     def spill_messages(self, now: float | None = None, states: bool = True) -> list[Message]:
         """Everything the DAQ publishes for one spill, in publishing order."""

@@ -97,7 +97,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         )
         self._docks_laid_out = True
 
-    def showEvent(self, ev: QtGui.QShowEvent) -> None:  # noqa: N802 (Qt name)
+    def showEvent(self, ev: QtGui.QShowEvent) -> None:
         super().showEvent(ev)
         if not self._docks_laid_out:
             self.layout_docks()
@@ -176,7 +176,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         if self.feeder is not None:
             self.feeder.stop()
 
-    def closeEvent(self, ev: QtGui.QCloseEvent) -> None:  # noqa: N802 (Qt name)
+    def closeEvent(self, ev: QtGui.QCloseEvent) -> None:
         self.timer.stop()
         self.stop_sources()
         super().closeEvent(ev)

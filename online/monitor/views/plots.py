@@ -15,8 +15,8 @@ from detector import channels as ch
 from .. import model as M
 from .base import (
     EXTRA_COLOURS,
-    StableRange,
     TRIGGER_COLOURS,
+    StableRange,
     _bar,
     _elastic,
     _font,
@@ -146,7 +146,7 @@ class RatesView(pg.GraphicsLayoutWidget):
                 1.05
                 * max(
                     [
-                        np.nanmax(c) if np.any(np.isfinite(c)) else 0.0  # noqa: E731
+                        np.nanmax(c) if np.any(np.isfinite(c)) else 0.0
                         for c in cols
                     ]
                     + [0.0]
