@@ -19,6 +19,7 @@ Options: ``--particles 5e6 --spills 2 --scan 1e6,2e6,5e6,1e7`` (``--scan ''`` sk
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -34,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from detector.spillfile import read_run_record, run_dir  # noqa: E402
+from detector.spillfile import SpillFileError, read_run_record, run_dir  # noqa: E402
 
 SPILL_S = 4.8
 SUPERCYCLE_S = 14.4
@@ -91,7 +92,7 @@ def _wait(pred, timeout: float, what: str, procs: list[subprocess.Popen], poll: 
 def _record(rdir: Path) -> dict[str, Any] | None:
     try:
         return read_run_record(rdir)
-    except Exception:
+    except SpillFileError:  # not written yet
         return None
 
 
@@ -103,98 +104,97 @@ def run_point(particles: float, spills: int, work: Path, timeout_per_spill: floa
     ep = work / "endpoints.json"
     out = work / "data"
     env = _env()
-    logs = {n: open(work / f"{n}.log", "wb") for n in ("emulator", "daq", "feed")}
-    emu = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sim_frontend.cli",
-            "--config",
-            str(cfg),
-            "--endpoints-file",
-            str(ep),
-            "--external-feed",
-            "--no-pty",
-            "--log-level",
-            "WARNING",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=logs["emulator"],
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    daq = None
-    try:
-        _wait(ep.exists, 120, "emulator endpoints", [emu])
-        endpoints = json.loads(ep.read_text())
-        daq = subprocess.Popen(
+    with contextlib.ExitStack() as stack:  # the log files, closed after the processes stopped
+        logs = {n: stack.enter_context(open(work / f"{n}.log", "wb")) for n in ("emulator", "daq", "feed")}
+        emu = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "online.daq_cli",
-                "run",
+                "sim_frontend.cli",
                 "--config",
                 str(cfg),
                 "--endpoints-file",
                 str(ep),
-                "--out",
-                str(out),
-                "--run",
-                "1",
-                "--spills",
-                str(spills),
-                "--monitor",
-                "tcp://127.0.0.1:*",
+                "--external-feed",
+                "--no-pty",
                 "--log-level",
                 "WARNING",
             ],
             cwd=REPO,
             env=env,
-            stdout=logs["daq"],
+            stdout=logs["emulator"],
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        rdir = run_dir(out, 1)
-        _wait(lambda: (r := _record(rdir)) is not None and "crate" in r, 600, "DAQ ready", [emu, daq])
-        time.sleep(1.0)
-        for k in range(spills):
-            subprocess.run(
+        daq = None
+        try:
+            _wait(ep.exists, 120, "emulator endpoints", [emu])
+            endpoints = json.loads(ep.read_text())
+            daq = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
-                    "sim_frontend.feed",
+                    "online.daq_cli",
+                    "run",
                     "--config",
                     str(cfg),
-                    "--endpoint",
-                    endpoints["feed"],
-                    "--spills",
+                    "--endpoints-file",
+                    str(ep),
+                    "--out",
+                    str(out),
+                    "--run",
                     "1",
-                    "--first-spill",
-                    str(k + 1),
-                    "--fast",
+                    "--spills",
+                    str(spills),
+                    "--monitor",
+                    "tcp://127.0.0.1:*",
+                    "--log-level",
+                    "WARNING",
                 ],
                 cwd=REPO,
                 env=env,
-                stdout=logs["feed"],
+                stdout=logs["daq"],
                 stderr=subprocess.STDOUT,
-                check=True,
-                timeout=timeout_per_spill,
+                start_new_session=True,
             )
-            _wait(
-                lambda: (r := _record(rdir)) is not None and len(r["spills"]) >= k + 1,
-                timeout_per_spill,
-                f"spill {k + 1} recorded",
-                [emu, daq],
-            )
-        daq.wait(timeout_per_spill)
-        rec = read_run_record(rdir)
-    finally:
-        if daq is not None:
-            _stop(daq)
-        _stop(emu)
-        for f in logs.values():
-            f.close()
+            rdir = run_dir(out, 1)
+            _wait(lambda: (r := _record(rdir)) is not None and "crate" in r, 600, "DAQ ready", [emu, daq])
+            time.sleep(1.0)
+            for k in range(spills):
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "sim_frontend.feed",
+                        "--config",
+                        str(cfg),
+                        "--endpoint",
+                        endpoints["feed"],
+                        "--spills",
+                        "1",
+                        "--first-spill",
+                        str(k + 1),
+                        "--fast",
+                    ],
+                    cwd=REPO,
+                    env=env,
+                    stdout=logs["feed"],
+                    stderr=subprocess.STDOUT,
+                    check=True,
+                    timeout=timeout_per_spill,
+                )
+                _wait(
+                    lambda k=k: (r := _record(rdir)) is not None and len(r["spills"]) >= k + 1,
+                    timeout_per_spill,
+                    f"spill {k + 1} recorded",
+                    [emu, daq],
+                )
+            daq.wait(timeout_per_spill)
+            rec = read_run_record(rdir)
+        finally:
+            if daq is not None:
+                _stop(daq)
+            _stop(emu)
     sp = rec["spills"]
     t = [e.get("timing", {}) for e in sp]
     prim_bytes = sum(x.get("primitive_bytes", 0.0) for x in t)
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         if p not in points:
             try:
                 points[p] = run_point(p, 1, work / f"p{p:g}", args.timeout_per_spill)
-            except Exception as exc:  # a point that cannot run did not keep up
+            except Exception as exc:  # noqa: BLE001 - a point that cannot run, for whatever reason, did not keep up
                 points[p] = {"particles": p, "error": str(exc)}
         pt = points[p]
         ok = (

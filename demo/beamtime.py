@@ -58,8 +58,10 @@ class Processes:
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
     def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.logdir / f"{name}.log", "ab")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT, env=env)
+        with open(self.logdir / f"{name}.log", "ab") as log:  # the child holds its own copy of the descriptor
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT, env=env
+            )
         self.procs.append((name, proc))
         return proc
 
@@ -77,7 +79,9 @@ class Processes:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.stop(name, proc)
-            raise RuntimeError(f"{name} did not finish within {timeout:.0f} s (log: {self.logdir / (name + '.log')})")
+            raise RuntimeError(
+                f"{name} did not finish within {timeout:.0f} s (log: {self.logdir / (name + '.log')})"
+            ) from None
         if code not in ok_codes:
             tail = (self.logdir / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
             raise RuntimeError(f"{name} exited with {code}; last lines of its log:\n" + "\n".join(tail))
@@ -197,7 +201,7 @@ def physics_run(
         code = daq.wait(timeout=60 + spills * 30)
     except subprocess.TimeoutExpired:
         procs.stop("na64-daq", daq)
-        raise RuntimeError(f"na64-daq run {run} did not finish (log in {procs.logdir})")
+        raise RuntimeError(f"na64-daq run {run} did not finish (log in {procs.logdir})") from None
     procs.stop("feed", feed)
     if code != 0:
         raise RuntimeError(f"na64-daq run {run} exited with {code} (log in {procs.logdir})")

@@ -76,9 +76,12 @@ def _check_value(source: str, dotted: str, field: Field, value: Any) -> Any:
         raise ConfigError(f"{source}: key '{dotted}' = {value!r} is not finite; allowed: {field.allowed()}")
     if field.choices is not None and value not in field.choices:
         raise ConfigError(f"{source}: key '{dotted}' = {value!r} is not allowed; allowed: {field.allowed()}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if (field.lo is not None and value < field.lo) or (field.hi is not None and value > field.hi):
-            raise ConfigError(f"{source}: key '{dotted}' = {value!r} is out of range; allowed: {field.allowed()}")
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and ((field.lo is not None and value < field.lo) or (field.hi is not None and value > field.hi))
+    ):
+        raise ConfigError(f"{source}: key '{dotted}' = {value!r} is out of range; allowed: {field.allowed()}")
     return value
 
 

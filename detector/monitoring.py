@@ -339,8 +339,10 @@ def markdown_table() -> str:
         DOC_BEGIN,
         *_rows(),
         "",
-        f"Schema version {SCHEMA_VERSION}; `seq` counts per topic; `?` marks optional meta keys; "
-        f"histogram binning: {edges} (GeV).",
+        (
+            f"Schema version {SCHEMA_VERSION}; `seq` counts per topic; `?` marks optional meta keys; "
+            f"histogram binning: {edges} (GeV)."
+        ),
         DOC_END,
     ]
     return "\n".join(lines)

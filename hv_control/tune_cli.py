@@ -91,8 +91,8 @@ def start_daq(args: argparse.Namespace, out: pathlib.Path) -> tuple[subprocess.P
     ]
     if args.config:
         cmd += ["--config", args.config]
-    log = open(out / "na64-daq.log", "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(out / "na64-daq.log", "ab") as log:  # the child holds its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, address
 
 

@@ -271,7 +271,7 @@ class PyhfCLs:
             warnings.simplefilter("ignore", DeprecationWarning)  # percentile(interpolation=) inside pyhf 0.7
             if self.method == "hybrid-toys":
                 return self._hybrid_cls(mu)
-            np.random.seed(self.seed)
+            np.random.seed(self.seed)  # noqa: NPY002 - pyhf's toys draw from numpy's global random state
             kwargs: dict = {"calctype": "asymptotics"}
             if self.method == "frequentist-toys":
                 kwargs = {"calctype": "toybased", "ntoys": self.ntoys, "track_progress": False}

@@ -332,8 +332,10 @@ def summary_text(s: dict[str, Any]) -> str:
         t = s["truth"]
         lines += [
             "",
-            f"truth: A' recorded {t['aprime_recorded']}, in the box {t['aprime_in_box']}, "
-            f"box events without A' {t['box_not_aprime']}",
+            (
+                f"truth: A' recorded {t['aprime_recorded']}, in the box {t['aprime_in_box']}, "
+                f"box events without A' {t['box_not_aprime']}"
+            ),
         ]
     if s.get("excluded_spills"):
         lines += ["", "incomplete spills left out (events and EOT):"] + [

@@ -112,9 +112,7 @@ def cut_masks(t: Table, cuts: Cuts) -> OrderedDict[str, np.ndarray]:
     return m
 
 
-def cumulative(
-    masks: OrderedDict[str, np.ndarray], names: tuple[str, ...] = CUT_NAMES
-) -> OrderedDict[str, np.ndarray]:
+def cumulative(masks: OrderedDict[str, np.ndarray], names: tuple[str, ...] = CUT_NAMES) -> OrderedDict[str, np.ndarray]:
     """Masks of the events passing all cuts up to and including each one."""
     out = OrderedDict()
     acc = None

@@ -74,14 +74,14 @@ class HVReader(threading.Thread):
         while not self._stop_evt.is_set():
             try:
                 self._read()
-            except Exception as exc:  # HV problems never stop the DAQ; they are logged
+            except Exception as exc:  # noqa: BLE001 - HV problems never stop the DAQ; they are logged
                 self.errors += 1
                 if self.errors in (1, 10) or self.errors % 100 == 0:
                     log.warning("HV read-back from %s failed (%d times): %s", self.address, self.errors, exc)
                 if self.supply is not None:
                     try:
                         self.supply.close()
-                    except Exception:
+                    except Exception:  # noqa: BLE001 - closing a broken connection must not raise
                         pass
                     self.supply = None
             self._poke.wait(HV_PERIOD_S)
@@ -94,5 +94,5 @@ class HVReader(threading.Thread):
         if self.supply is not None:
             try:
                 self.supply.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - closing a broken connection must not raise
                 pass

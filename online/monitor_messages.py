@@ -59,9 +59,10 @@ def _triggers(given: Any, trigger_mask: np.ndarray | None) -> dict[str, dict[str
     recorded table, the counts of the recorded events' trigger bits (raw = accepted)."""
     out: dict[str, dict[str, int | float]] = {}
     mask = None if trigger_mask is None else np.asarray(trigger_mask)
-    n_bit = lambda name: (
-        int(np.count_nonzero(mask & TRIGGER_BITS[name])) if mask is not None and name in TRIGGER_BITS else 0
-    )
+
+    def n_bit(name: str) -> int:
+        return int(np.count_nonzero(mask & TRIGGER_BITS[name])) if mask is not None and name in TRIGGER_BITS else 0
+
     if isinstance(given, dict) and given:
         for name, t in given.items():
             if isinstance(t, dict) and _num(t.get("raw")) is not None:

@@ -168,7 +168,7 @@ class CrateReadout:
                     full.put((first, c, buf))
                     first += c
                 full.put(None)
-            except BaseException as exc:  # handed to the main thread
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
                 full.put(_ReaderFailed(exc, first))
 
         t0 = time.perf_counter()

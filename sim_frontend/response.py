@@ -392,7 +392,7 @@ def _response_kernel(
             st, s2 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
             st, s3 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
             st, s4 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
-            if pt == E_MINUS or pt == UPSTREAM:
+            if pt == E_MINUS or pt == UPSTREAM:  # noqa: SIM109 - two int compares in the numba kernel, no tuple
                 # ------------------------------------------------------------------ e.m. shower
                 esh_e = e
                 if (fl & TRUTH_APRIME) != 0:

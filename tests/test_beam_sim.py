@@ -114,7 +114,7 @@ def test_reproducible_by_seed_and_subset(cfg, sim):
 
 # ----------------------------------------------------------------------------------- electrons
 def test_electron_energy_and_resolution(cfg, sim):
-    sp, dep = sim
+    sp, _dep = sim
     t = sp.truth
     e = t[plain_electrons(t)]
     assert abs(np.median(e["e_ecal"]) / 100.0 - 1) < 0.01

@@ -155,13 +155,13 @@ sum = 100.0
 
 def test_calibration_limit_above_global_max_is_refused(tmp_path):
     p = write(tmp_path, CAL.replace("LIMIT", "1800.0"), "cal.toml")
-    with pytest.raises(ConfigError, match="above the global hv.max_v"):
+    with pytest.raises(ConfigError, match=r"above the global hv\.max_v"):
         load_calibration(load_config(None), p)
 
 
 def test_calibration_set_point_above_its_limit_is_refused(tmp_path):
     p = write(tmp_path, CAL.replace("LIMIT", "850.0"), "cal.toml")
-    with pytest.raises(ConfigError, match="HCAL-0-0-0.*above its hv_limit"):
+    with pytest.raises(ConfigError, match=r"HCAL-0-0-0.*above its hv_limit"):
         load_calibration(load_config(None), p)
 
 

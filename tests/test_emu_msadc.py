@@ -316,7 +316,7 @@ def test_error_queue_overflow_over_the_wire(crate_server, rm):
 
 
 def test_reconnect_and_two_clients(crate_server, rm):
-    crate, server = crate_server
+    _crate, server = crate_server
     a = open_crate(rm, server)
     b = open_crate(rm, server)
     try:
@@ -388,7 +388,7 @@ def test_faults_on_the_crate(crate_server, rm):
 
 
 def test_garbage_never_kills_the_server(crate_server, rm):
-    crate, server = crate_server
+    _crate, server = crate_server
     s = raw_conn(server)
     s.sendall(bytes(range(256)) * 4 + b"\n\xff\xfe#9\x00\n" + b"#" * 100 + b"\n")
     s.sendall(b"\n" * 10 + b"*IDN?\n")

@@ -175,7 +175,7 @@ def test_spill_cycle_idle_spill_gap(tmp_path):
                 for k in (1, 2):
                     sender.send_spill(generate_spill(cfg, k, n_particles=5000))
                     wait_until(lambda: status()[0] == "SPILL", 60, f"SPILL of spill {k}")
-                    wait_until(lambda: status() == ("GAP", k), 60, f"GAP after spill {k}")
+                    wait_until(lambda k=k: status() == ("GAP", k), 60, f"GAP after spill {k}")
         finally:
             res.close()
             rm.close()

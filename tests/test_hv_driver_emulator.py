@@ -264,7 +264,7 @@ def test_server_gone_raises_connection_lost() -> None:
     t = SerialTransport(servers.addresses()["hv"]["url"], timeout_s=0.3, retries=1, reconnect_delay_s=0.01)
     t.open()
     servers.stop()
-    with pytest.raises((ConnectionLostError, TransportTimeoutError), match="127.0.0.1"):
+    with pytest.raises((ConnectionLostError, TransportTimeoutError), match=r"127\.0\.0\.1"):
         t.query("$BD:00,CMD:MON,CH:0,PAR:VMON")
     t.close()
 
@@ -322,7 +322,9 @@ def test_stock_pyserial_client_sets_and_reads_hv(pty_rig: Rig) -> None:
             return port.readline().decode().strip()
         print(ask("$BD:03,CMD:SET,CH:6,PAR:VSET,VAL:1000.0"))
         deadline = time.monotonic() + 60                   # until the ramp reached the set point
-        while (vmon := ask("$BD:03,CMD:MON,CH:6,PAR:VMON")) != "#BD:03,CMD:OK,VAL:1000.0" and time.monotonic() < deadline:
+        while (
+            vmon := ask("$BD:03,CMD:MON,CH:6,PAR:VMON")
+        ) != "#BD:03,CMD:OK,VAL:1000.0" and time.monotonic() < deadline:
             time.sleep(0.01)
         print(vmon)
         print(ask("$BD:03,CMD:SET,CH:6,PAR:VSET,VAL:2500"))

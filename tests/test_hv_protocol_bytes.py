@@ -254,7 +254,7 @@ def test_supply_unset_limit_denies() -> None:
 
 def test_supply_refuses_when_read_back_fails() -> None:
     s, t = _supply([(b"$BD:00,CMD:MON,CH:9,PAR:VMON\r\n", None)])
-    with pytest.raises(Exception, match="cannot read back .* refusing to set"):
+    with pytest.raises(Exception, match=r"cannot read back .* refusing to set"):
         s.set_voltage(chmap.hcal_id(0, 0, 0), 860.0)
     t.assert_done()  # the only exchange was the read-back: no SET went out
 

@@ -1,7 +1,6 @@
 """The hv-tune campaign logic, closed loop against the emulator's HV and table models (in process, under
 a fake clock) and a beam source whose amplitudes follow hidden per-cell gains and gain-law exponents."""
 
-
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -103,7 +102,7 @@ def assert_no_setpoint_beyond_limits(mf, hv, cal, cfg):
 
 
 def test_module_converges_within_2_percent_in_3_iterations(tmp_path):
-    cfg, cal, mf, tab, hv, table, beam = bench(tmp_path)
+    cfg, cal, mf, _tab, hv, table, beam = bench(tmp_path)
     cells = cells_of_modules([3])
     states = campaign(tmp_path, cfg, hv, table, beam, cells).run()
     for cell in cells:
@@ -139,7 +138,7 @@ def test_large_steps_are_explicitly_limited_not_silently_clamped():
 
 
 def test_a_cell_needing_more_than_its_limit_is_refused_and_never_set(tmp_path):
-    cfg, cal, mf, tab, hv, table, beam = bench(tmp_path)
+    cfg, cal, mf, _tab, hv, table, beam = bench(tmp_path)
     cid = chmap.hcal_id(0, 0, 3)
     beam.a_ref[cid] = 60.0  # a dying PMT: would need ~1500 V > its 1300 V limit
     states = campaign(tmp_path, cfg, hv, table, beam, ["0-0-3"], max_iterations=10).run()
@@ -149,7 +148,7 @@ def test_a_cell_needing_more_than_its_limit_is_refused_and_never_set(tmp_path):
 
 
 def test_dry_run_sets_nothing(tmp_path):
-    cfg, cal, mf, tab, hv, table, beam = bench(tmp_path)
+    cfg, _cal, mf, _tab, hv, table, beam = bench(tmp_path)
     before = mf.vmon_by_channel_id().copy()
     states = campaign(tmp_path, cfg, hv, table, beam, cells_of_modules([2]), dry_run=True).run()
     assert not [e for e in mf.set_log() if e["par"] == "VSET"]
@@ -159,7 +158,7 @@ def test_dry_run_sets_nothing(tmp_path):
 
 
 def test_beam_loss_pauses_and_resume_continues(tmp_path):
-    cfg, cal, mf, tab, hv, table, beam = bench(tmp_path)
+    cfg, _cal, mf, _tab, hv, table, beam = bench(tmp_path)
     cells = cells_of_modules([3])
     c1 = campaign(tmp_path, cfg, hv, table, beam, cells)
     real_collect = beam.collect
@@ -170,7 +169,7 @@ def test_beam_loss_pauses_and_resume_continues(tmp_path):
         return real_collect(*a, **k)
 
     beam.collect = flaky
-    with pytest.raises(CampaignPaused, match="beam loss.*Resume with --resume"):
+    with pytest.raises(CampaignPaused, match=r"beam loss.*Resume with --resume"):
         c1.run()
     volts = mf.vmon_by_channel_id().copy()
     done_before = [c for c, s in c1.states.items() if s.status == "done"]
@@ -187,7 +186,7 @@ def test_beam_loss_pauses_and_resume_continues(tmp_path):
 
 
 def test_trip_pauses_and_switches_the_channel_off(tmp_path):
-    cfg, cal, mf, tab, hv, table, beam = bench(tmp_path)
+    cfg, _cal, mf, _tab, hv, table, beam = bench(tmp_path)
     cid = chmap.hcal_id(1, 0, 3)
     real_collect = beam.collect
 
@@ -198,7 +197,7 @@ def test_trip_pauses_and_switches_the_channel_off(tmp_path):
 
     beam.collect = trip_then
     beam.a_ref[cid] = 2000.0  # so the cell needs a change
-    with pytest.raises(CampaignPaused, match="1-0-3.*HVTrip"):
+    with pytest.raises(CampaignPaused, match=r"1-0-3.*HVTrip"):
         campaign(tmp_path, cfg, hv, table, beam, ["0-0-3", "1-0-3"]).run()
     ch = hv.read_channel(cid)
     assert ch["vmon"] <= cfg.hv.safe_v + 1.0

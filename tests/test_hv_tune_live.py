@@ -61,7 +61,7 @@ def test_all_36_hcal_cells_equalised_in_at_most_3_iterations(tmp_path):
     # the logbook: one line per measurement, the last of each cell its verification at the final HV
     lines = [l for l in r["logbook"].read_text().splitlines() if not l.startswith("#")]
     assert len(lines) == sum(len(st["points"]) for st in cells.values())
-    for name, st in cells.items():
+    for name in cells:
         mine = [l for l in lines if l.startswith(name + " ")]
         m = re.match(rf"{name}\s+A=(\d+) HV=([\d.]+)", mine[-1])
         assert m and abs(int(m.group(1)) / 2500 - 1) < 0.02 + 1e-3

@@ -62,7 +62,7 @@ def test_a_live_but_not_ready_daq_is_not_taken_for_ready(pub):
     src = StreamAmplitudes(pub.address)
     try:
         pub.publish_for(2.0, [("status", {"state": "IDLE", "ready": False}, None)])
-        with pytest.raises(BeamLossError, match="not ready.*IDLE"):
+        with pytest.raises(BeamLossError, match=r"not ready.*IDLE"):
             src.wait_for_daq(1.2)
         pub.publish_for(2.0, [("status", {"state": "IDLE", "ready": True}, None)])
         assert src.wait_for_daq(1.5)["ready"] is True
@@ -106,7 +106,7 @@ def test_missed_messages_are_counted_per_subscribed_topic():
             src._next(0.05)
         assert src.seq.received > 0
         amps = np.zeros((4, 108), np.float32)
-        for i in range(20):
+        for _ in range(20):
             daq.publish("calo", meta={"events": 0})
             daq.publish("log", meta={"level": "INFO", "text": "x"})
             daq.publish("amplitudes", {"amplitudes": amps}, {"table": {"cell": "A"}, "start_unix": 1.0})

@@ -314,7 +314,7 @@ def test_one_resource_manager_outlives_its_sessions():
     sa, sb = _session(a, True), _session(b, False)
     sa.close()  # closes its resource only (pymeasure #894)
     assert resource_manager() is rm
-    rm.session  # still open: raises InvalidSession otherwise
+    _ = rm.session  # still open: raises InvalidSession otherwise
     sb.write(b"Q\n")
     assert sb.read_line(1.0, "Q") == b"2"
     sb.close()

@@ -123,7 +123,7 @@ def test_maps_histogram_and_occupancy_toggle(window):
     win.maps.set_mode("occupancy")
     win.tick()
     np.testing.assert_allclose(win.maps.image_of("ps"), exp["ecal_occupancy"][0])
-    lo, hi = win.maps.bars["ps"].levels()
+    _lo, hi = win.maps.bars["ps"].levels()
     assert hi == V.nice_ceil(exp["ecal_occupancy"][0].max()) >= exp["ecal_occupancy"][0].max()
     assert V.nice_ceil(1234.0) == 1500.0 and V.nice_ceil(0.0) == 1.0 and V.nice_ceil(5e6) == 5e6
     # a cell label shows its name and value
@@ -242,7 +242,7 @@ def test_sensitivity_view_against_hand_computation(window, qtbot, tmp_path):
     daq = SyntheticDAQ(seed=1)
     for _ in range(2):
         inject(win, daq.spill_messages())
-    yields = {m: y for m, y in [(2.0, 9.89e-2), (16.7, 6.30e-3), (100.0, 2.57e-4), (500.0, 5.41e-6)]}
+    yields = {2.0: 9.89e-2, 16.7: 6.30e-3, 100.0: 2.57e-4, 500.0: 5.41e-6}
     for mass, y in yields.items():
         eps = math.sqrt(2.3 / (daq.eot_total * 0.5 * y))
         assert win.sensitivity.values[mass].text() == f"{eps:.2e}"

@@ -3,6 +3,7 @@ events against the truth and the simulated efficiency, the background side band,
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -68,7 +69,7 @@ def test_cut_flow_monotone_and_consistent(injected, plain):
         assert [k for k, _ in flow] == ["all", *sel.CUT_NAMES]
         counts = [n for _, n in flow]
         assert counts[0] == m.n_events > 0
-        assert all(a >= b for a, b in zip(counts, counts[1:])), flow
+        assert all(a >= b for a, b in itertools.pairwise(counts)), flow
         assert counts[-1] == m.n_obs
         # the trigger cut counts exactly the recorded physics triggers
         n_phys = sum(
@@ -81,7 +82,7 @@ def test_cut_flow_monotone_and_consistent(injected, plain):
 
 
 def test_box_events_are_the_aprime_events(injected, plain):
-    rd, m = injected
+    _rd, m = injected
     _, mp = plain
     t = m.truth
     box = m.box

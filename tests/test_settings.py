@@ -140,7 +140,10 @@ def test_every_key_loads_into_its_attribute(tmp_path, dotted, field):
         ({"daq": {"retries": -1}}, "f.toml: key 'daq.retries' = -1 is out of range; allowed: an integer in [0, 20]"),
         (
             {"beam": {"energy_gev": "a"}},
-            "f.toml: key 'beam.energy_gev' = 'a' has the wrong type; allowed: an integer or a number in [1.0, 400.0] GeV",
+            (
+                "f.toml: key 'beam.energy_gev' = 'a' has the wrong type; "
+                "allowed: an integer or a number in [1.0, 400.0] GeV"
+            ),
         ),
         (
             {"beam": {"calibration_particle": "p+"}},

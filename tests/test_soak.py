@@ -50,7 +50,7 @@ from daq_helpers import (
 )
 from emulator_fixture import REPO_ROOT, start_emulator
 
-from detector.spillfile import list_spills, read_run_record, read_spill
+from detector.spillfile import SpillFileError, list_spills, read_run_record, read_spill
 
 SPILLS = int(os.environ.get("NA64_SOAK_SPILLS", "200"))
 PARTICLES = float(os.environ.get("NA64_SOAK_PARTICLES", "5e6"))
@@ -127,7 +127,7 @@ class _Feeder:
             "1",
             "--fast",
         ]
-        self.log = open(tmp_path / "soak-feed.log", "ab")
+        self.log = open(tmp_path / "soak-feed.log", "ab")  # noqa: SIM115 - held open for every feed; close() closes it
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), self.env.get("PYTHONPATH", "")) if p)
         self.proc: subprocess.Popen | None = None
@@ -197,7 +197,7 @@ def _soak_loop(daq: Any, emu: Any, feeder: _Feeder | None, samples: dict[int, di
             rec = read_run_record(daq.rdir)
             n = len(rec["spills"])
             ready = ready or "crate" in rec
-        except Exception:
+        except SpillFileError:  # not written yet
             n = 0
         if feeder is not None and ready:
             feeder.step(n)
@@ -274,12 +274,16 @@ def _evaluate(
     )
     mb = 1 / 2**20
     figures.lines += [
-        f"spills {len(spills)} of {SPILLS} at {PARTICLES:g} particles, feed {FEED} "
-        f"({'at the DAQ pace, at least ' if FEED == 'paced' else 'flat top ' + format(LENGTH_S, 'g') + ' s every '}"
-        f"{SUPERCYCLE_S:g} s); wall {wall:.0f} s; DAQ time per spill mean {fig['daq_s_per_spill_mean']} s, "
-        f"max {fig['daq_s_per_spill_max']} s",
-        f"events accepted {fig['events_accepted']:,} recorded {fig['events_recorded']:,} lost {lost_events}; "
-        f"flagged spills {len(flagged)}; gaps {fig['gaps']}",
+        (
+            f"spills {len(spills)} of {SPILLS} at {PARTICLES:g} particles, feed {FEED} "
+            f"({'at the DAQ pace, at least ' if FEED == 'paced' else 'flat top ' + format(LENGTH_S, 'g') + ' s every '}"
+            f"{SUPERCYCLE_S:g} s); wall {wall:.0f} s; DAQ time per spill mean {fig['daq_s_per_spill_mean']} s, "
+            f"max {fig['daq_s_per_spill_max']} s"
+        ),
+        (
+            f"events accepted {fig['events_accepted']:,} recorded {fig['events_recorded']:,} lost {lost_events}; "
+            f"flagged spills {len(flagged)}; gaps {fig['gaps']}"
+        ),
         *(
             f"{who:9s} RSS after spill {REFERENCE}: {fig[f'{who}_rss_ref'] * mb:8.1f} MB, after spill {last_sampled}: "
             f"{fig[f'{who}_rss_end'] * mb:8.1f} MB; open fds {fig[f'{who}_fds_ref']} -> {fig[f'{who}_fds_end']}"
@@ -313,7 +317,7 @@ def _evaluate(
             d = read_spill(p, waveforms=False)
             if d.n_events != d.attrs["n_recorded"]:
                 problems.append(f"{p.name}: {d.n_events} events, attrs say {d.attrs['n_recorded']}")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever makes a file unreadable is reported as a problem
             problems.append(f"{p.name} unreadable: {exc}")
     if last_sampled >= REFERENCE + WINDOW:
         for who in ("daq", "emulator"):

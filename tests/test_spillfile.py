@@ -60,7 +60,7 @@ def test_truncated_and_garbage_files_raise_naming_the_file(tmp_path):
     raw = p.read_bytes()
     bad = rdir / "spill-000002.h5"
     bad.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(sf.SpillFileError, match="spill-000002.h5"):
+    with pytest.raises(sf.SpillFileError, match=r"spill-000002\.h5"):
         sf.read_spill(bad)
     bad.write_bytes(b"not hdf5 at all")
     with pytest.raises(sf.SpillFileError, match="unreadable"):

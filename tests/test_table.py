@@ -154,7 +154,7 @@ def test_wait_idle_times_out(pty_rig: TableRig) -> None:
     slow = HCALTable(speed_mm_per_s=1.0)
     pty_rig.server.handler = slow.handle
     pty_rig.driver.move_to_cell("0-0-0", wait=False)
-    with pytest.raises(TableTimeoutError, match="still moving after 0.1 s"):
+    with pytest.raises(TableTimeoutError, match=r"still moving after 0\.1 s"):
         pty_rig.driver.wait_idle(0.1)
 
 

@@ -102,14 +102,14 @@ def test_bad_menus_refused(menu: TriggerMenu, change: dict, match: str) -> None:
 
 
 def test_bad_config_refused() -> None:
-    with pytest.raises(ConfigError, match="unknown key 'trigger.menu.calib'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'trigger\.menu\.calib'"):
         validate({"trigger": {"menu": {"calib": {"enabled": True}}}})
     with pytest.raises(ConfigError, match="prescale"):
         validate({"trigger": {"menu": {"beam": {"prescale": 0}}}})
     cfg = load_config(None).with_overrides({"trigger": {"menu": {"random": {"rate_hz": 0.0}}}})
     with pytest.raises(MenuError, match="never fire"):
         TriggerMenu.from_config(cfg)
-    with pytest.raises(ConfigError, match="unknown key 'trigger.menu.muon'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'trigger\.menu\.muon'"):
         load_config(None).with_overrides({"trigger": {"menu": {"muon": {"enabled": True}}}})
     with pytest.raises(MenuError, match="unknown key"):
         TriggerMenu.from_dict({"window_ns": 10.0, "thresholds": 3})

@@ -165,7 +165,7 @@ def big_spills(draw) -> tuple:
     """(menu, primitives, arrival times, chunk sizes): 1-5 blocks of records; prescales of 1-7 so that the
     counters wrap inside blocks and carry over their ends; a random rate of 0.2-3 ticks per block's time
     span; chunk sizes at, around and between block sizes."""
-    menu, amp, ons, extra, _, noise, seed = draw(spills(max_records=0))
+    menu, _amp, _ons, _extra, _, _noise, seed = draw(spills(max_records=0))
     n = draw(
         st.one_of(
             st.integers(BLOCK + 1, 5 * BLOCK),

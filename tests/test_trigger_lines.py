@@ -105,11 +105,11 @@ def test_a_full_menu_spans_two_bit_planes(spill: tuple[np.ndarray, np.ndarray]) 
 
 
 def test_bad_lines_refused() -> None:
-    with pytest.raises(ConfigError, match="unknown key 'trigger.menu.muon'.*kind"):
+    with pytest.raises(ConfigError, match=r"unknown key 'trigger\.menu\.muon'.*kind"):
         validate({"trigger": {"menu": {"muon": {"prescale": 2}}}})
     with pytest.raises(ConfigError, match="must be below"):
         validate({"trigger": {"menu": {"muon": {"kind": "energy", "ps_min_gev": 90.0, "ecal_max_gev": 50.0}}}})
-    with pytest.raises(ConfigError, match="unknown key 'trigger.menu.muon.ps_max'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'trigger\.menu\.muon\.ps_max'"):
         validate({"trigger": {"menu": {"muon": {"kind": "energy", "ps_max": 3.0}}}})
     with pytest.raises(MenuError, match="never fire"):
         TriggerMenu.from_config(

@@ -17,7 +17,8 @@ index in the key) and pays a full horizontal reduction per channel. Here:
 code is portable; the result is the scalar definition below, bit for bit, whatever the target.
 
 Definition of ``record_summary(p, i)`` (p a C-contiguous int16 array of shape (N, 6, 32): the layout is
-typed, the shape is the caller's to check; 0 <= i < N is NOT bounds-checked: the caller owns the index). For channel c with samples w_j (ADC counts):
+typed, the shape is the caller's to check; 0 <= i < N is NOT bounds-checked: the caller owns the index).
+For channel c with samples w_j (ADC counts):
 ``best4_c = max_j (4 w_j - P_j)`` (4x the pedestal-subtracted peak value, exact int32),
 ``k_c`` = the first j reaching it (numpy's argmax; returned for the counters c = 0, 1, 2),
 ``sat_c = max_j w_j >= ADC_MAX``. Returns the int32 tuple

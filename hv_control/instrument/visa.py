@@ -30,7 +30,7 @@ def resource_manager(library: str = "@py") -> Any:
         rm = _RESOURCE_MANAGERS.get(library)
         if rm is not None:
             try:
-                rm.session  # raises once someone closed the shared manager
+                _ = rm.session  # raises once someone closed the shared manager
             except pyvisa.errors.InvalidSession:
                 rm = None  # pyvisa shares one manager per library (pymeasure #894)
         if rm is None:

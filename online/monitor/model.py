@@ -761,9 +761,10 @@ class MonitorModel:
         if self.hv_ids.size == 0:
             return NONE, "no HV data"
         cond = self.hv_condition
-        names = lambda mask: (
-            ", ".join(ch.CHANNELS[i].name for i in self.hv_ids[mask][:4]) + (" ..." if mask.sum() > 4 else "")
-        )
+
+        def names(mask: np.ndarray) -> str:
+            return ", ".join(ch.CHANNELS[i].name for i in self.hv_ids[mask][:4]) + (" ..." if mask.sum() > 4 else "")
+
         trip = cond == HV_TRIPPED
         fault = cond == HV_FAULTED
         dev = cond == HV_DEVIATION

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyqtgraph as pg
@@ -142,16 +142,10 @@ class RatesView(pg.GraphicsLayoutWidget):
             # x from a multiple of 10 to a round span; y from 0 (a rate drop reads as a proportion)
             x_lo = math.floor(x[0] / 10.0) * 10.0
             xr = (x_lo, x_lo + nice_ceil(x[-1] - x_lo + 1.0))
-            top = lambda *cols: nice_ceil(
-                1.05
-                * max(
-                    [
-                        np.nanmax(c) if np.any(np.isfinite(c)) else 0.0
-                        for c in cols
-                    ]
-                    + [0.0]
-                )
-            )
+
+            def top(*cols: np.ndarray) -> float:
+                return nice_ceil(1.05 * max([np.nanmax(c) if np.any(np.isfinite(c)) else 0.0 for c in cols] + [0.0]))
+
             # the same x range everywhere (no setXLink: it aligns linked views by pixel, and the plots'
             # left axes differ in width)
             self.ranges["counters"].set(xr, (0.0, top(*(h.column(n) for n in ("S0", "S1", "V0")))))
@@ -255,7 +249,11 @@ class CaloMapsView(QtWidgets.QWidget):
 
     channelSelected = QtCore.pyqtSignal(int)
     MODES = ("energy", "occupancy")
-    TITLES = {"ps": "ECAL preshower (PS)", "main": "ECAL main", **{f"hcal{m}": f"HCAL module {m}" for m in range(4)}}
+    TITLES: ClassVar[dict[str, str]] = {
+        "ps": "ECAL preshower (PS)",
+        "main": "ECAL main",
+        **{f"hcal{m}": f"HCAL module {m}" for m in range(4)},
+    }
 
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
@@ -315,7 +313,7 @@ class CaloMapsView(QtWidgets.QWidget):
         self.mode_box.setCurrentIndex(self.MODES.index(mode))
 
     def _clicked(self, ev: Any) -> None:
-        for key, cm in self.maps.items():
+        for cm in self.maps.values():
             xy = cm.contains_scene(ev.scenePos())
             if xy is not None:
                 self.select_channel(int(cm.ids[xy]))
