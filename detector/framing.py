@@ -59,7 +59,7 @@ def _parse_dtype(spec: Any) -> np.dtype:
             return dt
         if isinstance(spec, list):
             dt = np.dtype([tuple(x) for x in spec])
-            if any(dt.fields[n][0].kind not in _ALLOWED_KINDS for n in dt.names):
+            if any(f[0].kind not in _ALLOWED_KINDS for f in (dt.fields or {}).values()):
                 raise FramingError(f"structured dtype {spec!r} has a field that is not numeric")
             return dt
     except (TypeError, ValueError) as exc:
@@ -89,7 +89,7 @@ def encode(
     for name, arr in arrays.items():
         a = np.ascontiguousarray(arr)
         specs.append({"name": str(name), "dtype": _dtype_spec(a.dtype), "shape": list(a.shape)})
-        payloads.append(memoryview(a.reshape(-1).view(np.uint8)) if a.size else b"")
+        payloads.append(a.reshape(-1).view(np.uint8).data if a.size else b"")
     header = {
         "schema": SCHEMA_VERSION,
         "topic": topic,

@@ -15,6 +15,7 @@ replies, each mapped to an :class:`HVProtocolError` subclass carrying the reques
 
 from __future__ import annotations
 
+import builtins
 import math
 import numbers
 import re
@@ -281,7 +282,7 @@ class CAENMainframe:
         self.set(board, ch, "CLR")
 
     @classmethod
-    def status_flags(cls, word: int) -> set[str]:
+    def status_flags(cls, word: int) -> builtins.set[str]:  # builtins: the class has a set() method
         """Names of the bits set in a status word."""
         return hv_flag_names(word)
 

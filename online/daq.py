@@ -243,7 +243,7 @@ class DAQ:
         self.monitor_worker.start()
 
     def _connect_crate(self) -> None:
-        assert self.crate is not None
+        assert self.crate is not None and self.recorder is not None
         deadline = time.monotonic() + max(5.0, 3 * self.daq_cfg.timeout_ms / 1000.0)
         while True:
             try:
@@ -375,6 +375,7 @@ class DAQ:
         if n <= 3 or n % 50 == 0:
             self._log(logging.ERROR, message + (f" (failure {n} in a row)" if n > 1 else ""))
         self.sm.to(State.ERROR, message)
+        assert self.crate is not None
         try:
             self.crate.close()
             self.crate.open()
@@ -427,6 +428,7 @@ class DAQ:
 
     def _take_spill(self, next_crate: int, last_complete: int) -> int:
         """Read the oldest unread spill; crate spills that left the ring unread are recorded as lost."""
+        assert self.crate is not None and self.recorder is not None
         buffered = [s for s in buffered_spills(self.crate) if s >= next_crate]
         target = min(buffered) if buffered else last_complete
         if next_crate == ANY_SPILL:  # the crate had no spill when we started: take the first one

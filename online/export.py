@@ -68,7 +68,7 @@ def export_run(run_dir: str | os.PathLike, out_root: str | os.PathLike) -> dict[
         "waveforms": np.dtype((np.int16, (N_CHANNELS, N_SAMPLES))),
     }
     if with_truth:
-        for name in TRUTH_DTYPE.names:
+        for name in TRUTH_DTYPE.names or ():
             ev_types[f"truth_{name}"] = TRUTH_DTYPE[name].newbyteorder("=")
     n_events = 0
     with uproot.recreate(out) as f:
@@ -94,7 +94,7 @@ def export_run(run_dir: str | os.PathLike, out_root: str | os.PathLike) -> dict[
             }
             if with_truth:
                 tr = d.truth if d.truth is not None else np.zeros(n, TRUTH_DTYPE)
-                for name in TRUTH_DTYPE.names:
+                for name in TRUTH_DTYPE.names or ():
                     arrays[f"truth_{name}"] = np.ascontiguousarray(tr[name]).astype(ev_types[f"truth_{name}"])
             f["events"].extend(arrays)
             n_events += n

@@ -16,6 +16,7 @@ import logging
 import os
 import pathlib
 import sys
+from typing import cast
 
 DESCRIPTION = """\
 Control-room monitor of the NA64 DAQ. Shows run/spill/DAQ state, rates per spill (S0, S1, V0, every
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.yields_file = args.yields
     if args.efficiency is not None:
         settings.efficiency = args.efficiency
-    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
+    app = cast(QtWidgets.QApplication, QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1]))
     apply_dark_theme(app)
     win = MonitorWindow(settings)
     if win.model.sensitivity.error:

@@ -65,11 +65,11 @@ def _triggers(given: Any, trigger_mask: np.ndarray | None) -> dict[str, dict[str
 
     if isinstance(given, dict) and given:
         for name, t in given.items():
-            if isinstance(t, dict) and _num(t.get("raw")) is not None:
-                acc = _num(t.get("accepted"))
-                out[str(name)] = {"raw": _num(t["raw"]), "accepted": acc if acc is not None else n_bit(name)}
-            elif _num(t) is not None:
-                out[str(name)] = {"raw": _num(t), "accepted": n_bit(name)}
+            raw = _num(t.get("raw")) if isinstance(t, dict) else _num(t)
+            if raw is None:
+                continue
+            acc = _num(t.get("accepted")) if isinstance(t, dict) else None
+            out[str(name)] = {"raw": raw, "accepted": acc if acc is not None else n_bit(name)}
         return out
     if mask is not None:
         for name in TRIGGER_BITS:
@@ -88,7 +88,11 @@ def scalers_message(
     if isinstance(sc, list) and len(sc) == len(SCALER_NAMES):
         sc = dict(zip(SCALER_NAMES, sc))
     sc = {str(k): (v if _num(v) is None else _num(v)) for k, v in sc.items()} if isinstance(sc, dict) else {}
-    count = lambda v, default: default if _num(v) is None else _num(v)  # noqa: E731
+
+    def count(v: Any, default: int | float) -> int | float:
+        n = _num(v)
+        return default if n is None else n
+
     s1 = sc.get("S1") if _num(sc.get("S1")) is not None else sc.get("crate_S1")
     eot = count(attrs.get("eot"), count(sc.get("eot"), 0))
     meta = {

@@ -335,7 +335,7 @@ class MSADC:
             length = self._read_block_header(cmd)
             if length != out.nbytes:
                 raise MSADCBlockError(f"{cmd}: block announces {length} bytes, expected {out.nbytes}", "corrupt")
-            self._read_into(memoryview(out.reshape(-1).view(np.uint8)), cmd)
+            self._read_into(out.reshape(-1).view(np.uint8).data, cmd)
             term = self._read_exact(1, cmd + " terminator")
             if term != b"\n":
                 raise MSADCBlockError(

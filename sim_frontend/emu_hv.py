@@ -176,7 +176,9 @@ class HVMainframe:
         self._lock = threading.RLock()
         self._clock = clock
         self._log: list[dict[str, Any]] = []
-        self._init = dict(calib=calib, rup=rup, rdw=rdw, maxv=maxv, iset=iset_ua, trip=trip_s, load=load_ua)
+        self._init: dict[str, Any] = dict(
+            calib=calib, rup=rup, rdw=rdw, maxv=maxv, iset=iset_ua, trip=trip_s, load=load_ua
+        )
         self.boards: list[list[HVChannelState]] = []
         self.reset()
 
@@ -220,7 +222,7 @@ class HVMainframe:
 
     def _channel(self, channel_id: int) -> HVChannelState:
         info = chmap.CHANNELS[channel_id]
-        if info.hv_board is None:
+        if info.hv_board is None or info.hv_channel is None:
             raise KeyError(f"channel {info.name} (id {channel_id}) has no HV supply")
         return self.boards[info.hv_board][info.hv_channel]
 

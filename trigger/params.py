@@ -82,7 +82,7 @@ def record_dtype(cls: type, shapes: dict[str, tuple[np.dtype, tuple[int, ...]]] 
     its tuple fields."""
     shapes = shapes or {}
     hints = typing.get_type_hints(cls)
-    fields = []
+    fields: list[tuple[typing.Any, ...]] = []
     for f in dataclasses.fields(cls):
         if f.name in shapes:
             fields.append((f.name, *shapes[f.name]))

@@ -11,6 +11,8 @@ benchmark baseline. Definitions are in :mod:`trigger.menu`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from detector import channels as ch
@@ -119,7 +121,9 @@ def amplitude_trigger(
     e_ps = a[:, PS_INDEX] * menu.gev_per_count[PS_INDEX]
     e_ecal = a[:, ECAL_INDEX] * menu.gev_per_count[ECAL_INDEX]
     raw = {}
+    prescale = {"beam": menu.beam.prescale}
     for name, trg in menu.energy_lines:
+        prescale[name] = trg.prescale
         ok = (eot if trg.veto else pisi) & (e_ps > trg.ps_min_gev) & (e_ecal < trg.ecal_max_gev)
         if trg.ps_max_gev is not None:
             ok &= e_ps < trg.ps_max_gev
@@ -131,7 +135,7 @@ def amplitude_trigger(
     mask = np.zeros(n, TRIGGER_MASK_DTYPE)
     sc = menu.empty_scalers()
     for name in raw:
-        p = menu.triggers[name].prescale
+        p = prescale[name]
         acc = raw[name] & (np.cumsum(raw[name]) % p == 0)
         mask[acc] |= bits[name]
         sc[f"{name}_raw"] = int(raw[name].sum())
@@ -182,8 +186,8 @@ def synthesize_primitives(
     amplitudes: np.ndarray,
     onsets_ns: np.ndarray,
     extra: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
-    pedestal_even: float | np.ndarray = (120.0, 120.0, 120.0, 120.0, 160.0, 160.0),
-    pedestal_odd: float | np.ndarray = (125.0, 125.0, 125.0, 118.0, 152.0, 152.0),
+    pedestal_even: float | Sequence[float] | np.ndarray = (120.0, 120.0, 120.0, 120.0, 160.0, 160.0),
+    pedestal_odd: float | Sequence[float] | np.ndarray = (125.0, 125.0, 125.0, 118.0, 152.0, 152.0),
     noise_rms: float = pulse.NOISE_RMS_COUNTS,
     seed: int = 0,
 ) -> np.ndarray:

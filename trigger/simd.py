@@ -55,7 +55,7 @@ _QUAD_LO, _QUAD_HI = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
 _PAIR_LO, _PAIR_HI = [0, 8, 2, 10, 4, 12, 6, 14], [1, 9, 3, 11, 5, 13, 7, 15]
 
 
-def _const(ty: ir.Type, values: list[int]) -> ir.Constant:
+def _const(ty: ir.Type, values: int | list[int]) -> ir.Constant:
     return ir.Constant(ty, values)
 
 

@@ -119,7 +119,7 @@ class StreamReceiver:
         self.rcvhwm = int(rcvhwm)
         self.max_burst = int(max_burst)
         self._zmq = zmq
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._ctrl_addr = f"inproc://na64-monitor-ctrl-{id(self):x}"
         self._ctrl = self._ctx.socket(zmq.PAIR)
         self._ctrl.setsockopt(zmq.LINGER, 0)

@@ -394,11 +394,11 @@ class SyntheticPublisher:
         import zmq
 
         self._zmq = zmq
-        self.sock = zmq.Context.instance().socket(zmq.PUB)
+        self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, sndhwm)
         self.sock.bind(bind)
-        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def send(self, msg: Message) -> None:
         self.sock.send_multipart(frames_of(msg), copy=False)

@@ -22,10 +22,10 @@ from .stream import Inbox, StreamReceiver
 log = logging.getLogger("online.monitor")
 
 _AREAS = {
-    "top": QtCore.Qt.TopDockWidgetArea,
-    "left": QtCore.Qt.LeftDockWidgetArea,
-    "right": QtCore.Qt.RightDockWidgetArea,
-    "bottom": QtCore.Qt.BottomDockWidgetArea,
+    "top": QtCore.Qt.DockWidgetArea.TopDockWidgetArea,
+    "left": QtCore.Qt.DockWidgetArea.LeftDockWidgetArea,
+    "right": QtCore.Qt.DockWidgetArea.RightDockWidgetArea,
+    "bottom": QtCore.Qt.DockWidgetArea.BottomDockWidgetArea,
 }
 
 
@@ -62,17 +62,19 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.waveforms.combo.currentIndexChanged.connect(self.maps.select_channel)
         self.maps.select_channel(self.waveforms.channel)
         d = self.docks
-        self.splitDockWidget(d["status"], d["alarms"], QtCore.Qt.Horizontal)
-        self.splitDockWidget(d["ecal_hcal"], d["hv"], QtCore.Qt.Vertical)
-        self.splitDockWidget(d["sensitivity"], d["waveforms"], QtCore.Qt.Horizontal)
-        self.splitDockWidget(d["waveforms"], d["log"], QtCore.Qt.Horizontal)
-        self.setCorner(QtCore.Qt.BottomLeftCorner, QtCore.Qt.BottomDockWidgetArea)
-        self.setCorner(QtCore.Qt.BottomRightCorner, QtCore.Qt.RightDockWidgetArea)
+        self.splitDockWidget(d["status"], d["alarms"], QtCore.Qt.Orientation.Horizontal)
+        self.splitDockWidget(d["ecal_hcal"], d["hv"], QtCore.Qt.Orientation.Vertical)
+        self.splitDockWidget(d["sensitivity"], d["waveforms"], QtCore.Qt.Orientation.Horizontal)
+        self.splitDockWidget(d["waveforms"], d["log"], QtCore.Qt.Orientation.Horizontal)
+        self.setCorner(QtCore.Qt.Corner.BottomLeftCorner, QtCore.Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.setCorner(QtCore.Qt.Corner.BottomRightCorner, QtCore.Qt.DockWidgetArea.RightDockWidgetArea)
         self.resize(1920, 1080)
         self._docks_laid_out = False
         tb = self.addToolBar("monitor")
+        assert tb is not None  # addToolBar(title) creates it
         tb.setObjectName("toolbar")
         act_reset = tb.addAction("Reset accumulators")
+        assert act_reset is not None  # addAction(text) creates it
         act_reset.triggered.connect(self.model.reset)
         self.timer = QtCore.QTimer(self)
         self.timer.setInterval(int(round(1000.0 / min(10.0, max(0.2, self.settings.repaint_hz)))))
@@ -85,19 +87,19 @@ class MonitorWindow(QtWidgets.QMainWindow):
         once the window is shown, Qt ignores resizeDocks before."""
         d = self.docks
         w, h = max(self.width(), 800), max(self.height(), 600)
-        self.resizeDocks([d["status"], d["alarms"]], [int(0.6 * w), int(0.4 * w)], QtCore.Qt.Horizontal)
-        self.resizeDocks([d["status"]], [int(0.14 * h)], QtCore.Qt.Vertical)
-        self.resizeDocks([d["rates"], d["ecal_hcal"]], [int(0.27 * w), int(0.29 * w)], QtCore.Qt.Horizontal)
-        self.resizeDocks([d["ecal_hcal"], d["hv"]], [int(0.47 * h), int(0.37 * h)], QtCore.Qt.Vertical)
-        self.resizeDocks([d["waveforms"]], [int(0.28 * h)], QtCore.Qt.Vertical)
+        self.resizeDocks([d["status"], d["alarms"]], [int(0.6 * w), int(0.4 * w)], QtCore.Qt.Orientation.Horizontal)
+        self.resizeDocks([d["status"]], [int(0.14 * h)], QtCore.Qt.Orientation.Vertical)
+        self.resizeDocks([d["rates"], d["ecal_hcal"]], [int(0.27 * w), int(0.29 * w)], QtCore.Qt.Orientation.Horizontal)
+        self.resizeDocks([d["ecal_hcal"], d["hv"]], [int(0.47 * h), int(0.37 * h)], QtCore.Qt.Orientation.Vertical)
+        self.resizeDocks([d["waveforms"]], [int(0.28 * h)], QtCore.Qt.Orientation.Vertical)
         self.resizeDocks(
             [d["sensitivity"], d["waveforms"], d["log"]],
             [int(0.2 * w), int(0.27 * w), int(0.24 * w)],
-            QtCore.Qt.Horizontal,
+            QtCore.Qt.Orientation.Horizontal,
         )
         self._docks_laid_out = True
 
-    def showEvent(self, ev: QtGui.QShowEvent) -> None:
+    def showEvent(self, ev: QtGui.QShowEvent | None) -> None:
         super().showEvent(ev)
         if not self._docks_laid_out:
             self.layout_docks()
@@ -176,7 +178,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         if self.feeder is not None:
             self.feeder.stop()
 
-    def closeEvent(self, ev: QtGui.QCloseEvent) -> None:
+    def closeEvent(self, ev: QtGui.QCloseEvent | None) -> None:
         self.timer.stop()
         self.stop_sources()
         super().closeEvent(ev)

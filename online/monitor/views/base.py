@@ -214,14 +214,14 @@ class Tile(QtWidgets.QFrame):
         self.caption.setFont(_font(9.5, True))
         self.value = QtWidgets.QLabel("—")
         self.value.setFont(_font(value_pt, True))
-        self.value.setAlignment(QtCore.Qt.AlignCenter)
+        self.value.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
         lay.addWidget(self.caption)
         lay.addWidget(self.value, 1)
         self.detail: QtWidgets.QLabel | None = None
         if detail:
             self.detail = _elastic(QtWidgets.QLabel(""))
             self.detail.setFont(_font(9.5))
-            self.detail.setAlignment(QtCore.Qt.AlignCenter)
+            self.detail.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
             lay.addWidget(self.detail)
         self.bg = ""
         self.set_colour(NEUTRAL)

@@ -134,15 +134,19 @@ class HVView(QtWidgets.QWidget):
         self.table = QtWidgets.QTableWidget(0, len(self.COLUMNS))
         self.table.setHorizontalHeaderLabels(self.COLUMNS)
         for i, tip in enumerate(self.TIPS):
-            self.table.horizontalHeaderItem(i).setToolTip(tip)
-        self.table.verticalHeader().setVisible(False)
-        self.table.verticalHeader().setDefaultSectionSize(20)
+            head = self.table.horizontalHeaderItem(i)
+            assert head is not None  # set by setHorizontalHeaderLabels
+            head.setToolTip(tip)
+        vhead, hhead = self.table.verticalHeader(), self.table.horizontalHeader()
+        assert vhead is not None and hhead is not None  # a QTableWidget has both headers
+        vhead.setVisible(False)
+        vhead.setDefaultSectionSize(20)
         self.table.setEditTriggers(QtWidgets.QAbstractItemView.NoEditTriggers)
         self.table.setSelectionMode(QtWidgets.QAbstractItemView.NoSelection)
         # fixed widths (sized once when the rows are created): ResizeToContents re-measures every row
         # on every setText and costs ~2 ms per cell
-        self.table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.Interactive)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        hhead.setSectionResizeMode(QtWidgets.QHeaderView.Interactive)
+        hhead.setStretchLastSection(True)
         self.table.setFont(_font(10))
         lay.addWidget(self.table, 1)
         self.row_ids = np.empty(0, np.int64)  # channel id shown in each row
@@ -153,7 +157,8 @@ class HVView(QtWidgets.QWidget):
         hit = np.flatnonzero(self.row_ids == cid)
         return int(hit[0]) if hit.size else -1
 
-    def cell(self, cid: int, column: str) -> QtWidgets.QTableWidgetItem:
+    def cell(self, cid: int, column: str) -> QtWidgets.QTableWidgetItem | None:
+        """The table cell of channel ``cid`` in ``column``; None if the channel has no row."""
         return self.table.item(self.row_of(cid), self.COLUMNS.index(column))
 
     def refresh(self, m: M.MonitorModel, now: float) -> None:
@@ -166,10 +171,10 @@ class HVView(QtWidgets.QWidget):
             self.table.setRowCount(n)
             self._cells = []
             for r in range(n):
-                row = []
+                row: list[tuple[str, str | None]] = []
                 for c in range(len(self.COLUMNS)):
                     it = QtWidgets.QTableWidgetItem("")
-                    it.setTextAlignment(QtCore.Qt.AlignCenter)
+                    it.setTextAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
                     self.table.setItem(r, c, it)
                     row.append(("", "init"))
                 self._cells.append(row)
@@ -178,11 +183,11 @@ class HVView(QtWidgets.QWidget):
         self.row_ids = m.hv_ids[order]
         for r, i in enumerate(order):
             cid = int(m.hv_ids[i])
-            c = ch.CHANNELS[cid]
+            chan = ch.CHANNELS[cid]
             colour = HV_COLOURS[int(cond[i])]
             texts = (
-                c.name,
-                f"{c.hv_board}/{c.hv_channel}",
+                chan.name,
+                f"{chan.hv_board}/{chan.hv_channel}",
                 f"{m.hv_vset[i]:.1f}",
                 f"{m.hv_vmon[i]:.1f}",
                 f"{m.hv_imon[i]:.2f}",
@@ -192,14 +197,15 @@ class HVView(QtWidgets.QWidget):
             for col, text in enumerate(texts):
                 if self._cells[r][col] != (text, colour):
                     self._cells[r][col] = (text, colour)
-                    it = self.table.item(r, col)
-                    it.setText(text)
+                    item = self.table.item(r, col)
+                    assert item is not None  # every cell got its item when the rows were made
+                    item.setText(text)
                     if colour is None:
-                        it.setData(QtCore.Qt.BackgroundRole, None)
-                        it.setData(QtCore.Qt.ForegroundRole, None)
+                        item.setData(QtCore.Qt.ItemDataRole.BackgroundRole, None)
+                        item.setData(QtCore.Qt.ItemDataRole.ForegroundRole, None)
                     else:
-                        it.setBackground(QtGui.QBrush(QtGui.QColor(colour)))
-                        it.setForeground(QtGui.QBrush(QtGui.QColor("#000000" if colour == "#f9a825" else "#ffffff")))
+                        item.setBackground(QtGui.QBrush(QtGui.QColor(colour)))
+                        item.setForeground(QtGui.QBrush(QtGui.QColor("#000000" if colour == "#f9a825" else "#ffffff")))
         if new_rows and n:
             self.table.resizeColumnsToContents()
         a = m.alarms["hv"]
@@ -233,10 +239,10 @@ class SensitivityView(QtWidgets.QWidget):
         for i, mass in enumerate(self.masses):
             cap = QtWidgets.QLabel(f"{mass:g} MeV")
             cap.setFont(_font(10, True))
-            cap.setAlignment(QtCore.Qt.AlignCenter)
+            cap.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
             val = QtWidgets.QLabel("—")
             val.setFont(_font(16, True))
-            val.setAlignment(QtCore.Qt.AlignCenter)
+            val.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
             val.setStyleSheet("color: #ffd740")
             grid.addWidget(cap, 0, i)
             grid.addWidget(val, 1, i)

@@ -41,7 +41,7 @@ class StatusPanel(QtWidgets.QWidget):
         self.info.setFont(_font(10))
         self.info.setWordWrap(True)
         self.info.setSizePolicy(QtWidgets.QSizePolicy.Ignored, QtWidgets.QSizePolicy.Preferred)
-        self.info.setTextInteractionFlags(QtCore.Qt.TextSelectableByMouse)
+        self.info.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
         grid.addWidget(self.info, 1, 0, 1, len(spec))
 
     def refresh(self, m: M.MonitorModel, now: float) -> None:
@@ -117,7 +117,9 @@ class LogPane(QtWidgets.QPlainTextEdit):
         self.setReadOnly(True)
         self.setMaximumBlockCount(max_lines)
         self.setFont(QtGui.QFontDatabase.systemFont(QtGui.QFontDatabase.FixedFont))
-        self.document().setDefaultStyleSheet("")
+        doc = self.document()
+        assert doc is not None  # a QPlainTextEdit owns its document
+        doc.setDefaultStyleSheet("")
         self._last_id = 0
 
     def refresh(self, m: M.MonitorModel, now: float) -> None:
@@ -131,6 +133,7 @@ class LogPane(QtWidgets.QPlainTextEdit):
             lvl = logging.getLevelName(e.level)
             self.appendHtml(f'<span style="color:{col}">{ts} {lvl:<7} [{e.source}] {html.escape(e.text)}</span>')
         sb = self.verticalScrollBar()
+        assert sb is not None  # a QAbstractScrollArea owns its scroll bars
         sb.setValue(sb.maximum())
 
     def lines(self) -> list[str]:

@@ -107,7 +107,7 @@ class RatesView(pg.GraphicsLayoutWidget):
             self._set_trigger_title()
             self.curves[key] = self.p_triggers.plot([], [], pen=pg.mkPen(col, width=2), connect="finite")
             self.curves[f"trig:{name}:raw"] = self.p_triggers.plot(
-                [], [], pen=pg.mkPen(col, width=1.5, style=QtCore.Qt.DashLine), connect="finite"
+                [], [], pen=pg.mkPen(col, width=1.5, style=QtCore.Qt.PenStyle.DashLine), connect="finite"
             )
             if self._symbols:
                 self._symbols = False
@@ -189,7 +189,7 @@ class CellMap:
                 t = QtWidgets.QGraphicsSimpleTextItem("")
                 t.setFont(font)
                 t.setBrush(QtGui.QBrush(QtGui.QColor("#ffffff")))
-                t.setFlag(QtWidgets.QGraphicsItem.ItemIgnoresTransformations, True)
+                t.setFlag(QtWidgets.QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations, True)
                 t.setZValue(5)
                 plot.addItem(t, ignoreBounds=True)
                 t.setPos(x + 0.5, y + 0.5)
@@ -325,7 +325,7 @@ class CaloMapsView(QtWidgets.QWidget):
         self.selected = cid
         for cm in self.maps.values():
             hit = np.argwhere(cm.ids == cid)
-            cm.select(tuple(int(v) for v in hit[0]) if hit.size else None)
+            cm.select((int(hit[0][0]), int(hit[0][1])) if hit.size else None)
 
     def image_of(self, key: str) -> np.ndarray:
         """The data shown by a map (x, y)."""
@@ -428,10 +428,9 @@ class EcalHcalView(QtWidgets.QWidget):
         if m.version["ecal_hcal"] == self._version:
             return
         self._version = m.version["ecal_hcal"]
-        c = m.eh_counts
-        if c is None:
+        c, ex, hx = m.eh_counts, m.eh_ecal_edges, m.eh_hcal_edges
+        if c is None or ex is None or hx is None:  # the edges are set with the first counts
             return
-        ex, hx = m.eh_ecal_edges, m.eh_hcal_edges
         with np.errstate(divide="ignore"):
             logc = np.where(c > 0, np.log10(np.where(c > 0, c, 1.0)), np.nan)
         hi = float(np.nanmax(logc)) if np.any(c > 0) else 1.0
