@@ -1,6 +1,6 @@
 """MSADC pulse model, energy/time -> waveform (the simulation direction).
 
-Template (physics.md 1.5, CR-RC^2-like, unit peak at ``d = n*tau``)::
+Template (docs/physics.md 1.5, CR-RC^2-like, unit peak at ``d = n*tau``)::
 
     p(t) = A * (d / (n tau))^n * exp(n - d / tau)   for d = t - t0 >= 0, else 0;  n = 2, tau = 12 ns
 

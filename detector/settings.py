@@ -161,7 +161,7 @@ class SpillSection(Section):
     """``[spill]``: the SPS spill cycle."""
 
     length_s: float = key(4.8, 0.01, 60.0, unit="s", doc="beam (flat-top) duration of a spill")
-    supercycle_s: float = key(30.0, 0.02, 120.0, unit="s", doc="spill period; physics.md: 14.4-48 s")
+    supercycle_s: float = key(30.0, 0.02, 120.0, unit="s", doc="spill period; docs/physics.md: 14.4-48 s")
     count: int = key(0, 0, 10**9, doc="spills the feed generates; 0 = until stopped")
 
 
@@ -178,7 +178,7 @@ class BeamSection(Section):
     frac_pion: float = key(3e-3, 0.0, 0.5, doc="pi- per particle")
     frac_kaon: float = key(3e-4, 0.0, 0.5)
     frac_muon: float = key(1e-3, 0.0, 0.5)
-    frac_halo: float = key(0.126, 0.0, 0.9, doc="halo particles that fire V0 (physics.md: V0/S1 = 0.126)")
+    frac_halo: float = key(0.126, 0.0, 0.9, doc="halo particles that fire V0 (docs/physics.md: V0/S1 = 0.126)")
     frac_halo_v1: float = key(0.05, 0.0, 1.0, doc="fraction of the halo that also fires V1")
     frac_upstream: float = key(1e-3, 0.0, 0.2, doc="electrons that interacted upstream (soft e-)")
     dimuon_bias: float = key(200.0, 1.0, 1e6, doc="bias factor of gamma -> mu mu in showers")

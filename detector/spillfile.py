@@ -5,7 +5,7 @@ The ONE writer and ONE reader, used by the recorder (online), the monitor's repl
 Run directory ``<out>/run-<number>/``:
 - ``spill-<number>.h5`` per spill (layout below), written to ``.spill-<number>.h5.tmp-<pid>``, flushed,
   fsync'd, closed and atomically renamed, then the directory is fsync'd: a crash loses at most the spill
-  in flight and never corrupts a finished one (an unflushed HDF5 file is unreadable; STACK.md);
+  in flight and never corrupts a finished one (an unflushed HDF5 file is unreadable; docs/stack.md);
 - ``run.json``: the run record, replaced atomically the same way after every spill.
 
 HDF5 never sees a failed write: libhdf5 does not survive one (a write error while a file is open, e.g. a

@@ -1,7 +1,7 @@
 """HV safety layer: channel map, limits, software ramps with read-back, trips, safe shutdown.
 
 :class:`HVSupply` sits on :class:`~hv_control.caen.CAENMainframe` and speaks in channel ids
-(``detector.channels``) and volts. Rules it enforces (STYLE.md; QCoDeS #2125, ophyd #886):
+(``detector.channels``) and volts. Rules it enforces (QCoDeS #2125, ophyd #886):
 
 - The limit of a channel is ``min(calibration hv_limit, hv.max_v)``; an unset, NaN or negative limit
   denies every set point of that channel. Values above the limit, negative, NaN or

@@ -1,4 +1,4 @@
-"""The HCAL HV equalisation campaign behind ``hv-tune`` (physics.md section 7).
+"""The HCAL HV equalisation campaign behind ``hv-tune`` (docs/physics.md section 7).
 
 For every cell: steer the beam onto it with the table, measure the amplitude peak from the DAQ's
 monitoring stream (topic ``amplitudes``, spills that started after the HV settled and with the table on
@@ -9,7 +9,7 @@ cell is within tolerance or the iteration limit. The last logbook line of each c
 measurement at its final HV.
 
 Steps larger than ``hv.max_step_v`` are not sent: the campaign takes an explicit step of max_step_v
-toward the target and says so in the logbook (physics.md: at most 50 V per step). A set point beyond a
+toward the target and says so in the logbook (docs/physics.md: at most 50 V per step). A set point beyond a
 cell's limit is never requested: the cell is marked failed with the reason.
 
 A trip, a beam loss or a failed fit pauses the campaign (:class:`CampaignPaused`): the state file
@@ -113,7 +113,7 @@ def propose_hv(hv_now: float, amp: float, target: float, gamma: float, max_step:
 
 
 def validate_target(target: float, pedestal: float = 200.0, adc_max: int = chmap.ADC_MAX) -> None:
-    """Refuse a target beyond the ADC range (physics.md: keep A_target + 5 sigma below 4095 - pedestal)."""
+    """Refuse a target beyond the ADC range (docs/physics.md: keep A_target + 5 sigma below 4095 - pedestal)."""
     if not math.isfinite(target) or target <= 0:
         raise ValueError(f"target amplitude {target!r} must be a positive number of ADC counts")
     if target > 0.9 * (adc_max - pedestal):

@@ -1,4 +1,4 @@
-"""Background in the signal box from a side-band fit (physics.md 6.6).
+"""Background in the signal box from a side-band fit (docs/physics.md 6.6).
 
 The side-band spectrum (energies in GeV) is histogrammed in the fit range and fitted with an extended
 binned Poisson likelihood (iminuit ``ExtendedBinnedNLL``) by f(E) = exp(p0 + p1 E) [events/GeV]; the fit

@@ -87,7 +87,7 @@ def _dimuon_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "dimuon",
         help="Bethe-Heitler gamma Pb -> mu+ mu- cross-section",
-        description="Total Bethe-Heitler muon-pair cross-section on lead (physics.md section 4) at the given "
+        description="Total Bethe-Heitler muon-pair cross-section on lead (docs/physics.md section 4) at the given "
         "photon energies. Output: list of {energy_gev, sigma_ub}.",
     )
     parser.add_argument(

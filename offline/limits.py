@@ -1,4 +1,4 @@
-"""CLs upper limits on the A' signal and their translation into eps_90(m_A') and y_90 (physics.md 6-7).
+"""CLs upper limits on the A' signal and their translation into eps_90(m_A') and y_90 (docs/physics.md 6-7).
 
 Two calculations of N_90, the signal count excluded at 90% CL (CLs = 0.10):
 
@@ -63,7 +63,7 @@ class RunExposure:
 
 @dataclass(frozen=True)
 class SignalSystematics:
-    """Relative systematic uncertainties on the signal, fully correlated across runs (physics.md 6.2)."""
+    """Relative systematic uncertainties on the signal, fully correlated across runs (docs/physics.md 6.2)."""
 
     n_eot: float = 0.02
     efficiency: float = 0.15
@@ -84,7 +84,7 @@ def paper_2016_runs(
     background_rel_err: float = paper2016.TABLE_III_TOTAL[1] / paper2016.TABLE_III_TOTAL[0],
     n_obs_total: int = paper2016.OBSERVED_2016,
 ) -> list[RunExposure]:
-    """The 2016 configuration: EOT split in the three intensity bins of physics.md 6.1 (rescaled to
+    """The 2016 configuration: EOT split in the three intensity bins of docs/physics.md 6.1 (rescaled to
     ``n_eot_total``), one efficiency, background shared in proportion to EOT, observed events in the
     first bin (the paper observed 0)."""
     bins = paper2016.EXPOSURE_2016

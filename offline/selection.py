@@ -1,4 +1,4 @@
-"""The event selection of the invisible-mode search (PAPER sec. V; physics.md 1.3-1.7, 6.6) as named,
+"""The event selection of the invisible-mode search (PAPER sec. V; docs/physics.md 1.3-1.7, 6.6) as named,
 ordered cuts with a cut flow, the side bands, and the histograms.
 
 Cuts, in order (each applies on top of the previous ones):
@@ -21,7 +21,7 @@ Cuts, in order (each applies on top of the previous ones):
 ``box``         signal box E_ECAL < ``offline.ecal_box_max_gev``
 ==============  ==========================================================================================
 
-Preselection = every cut but the vetoes (``v2``, ``hcal``) and the ``box``. Side bands (physics.md 6.6):
+Preselection = every cut but the vetoes (``v2``, ``hcal``) and the ``box``. Side bands (docs/physics.md 6.6):
 
 - ``A``: preselected, E_ECAL < box edge and E_HCAL >= the HCAL threshold. The V2 veto is NOT applied here:
   events with energy in the HCAL nearly always carry charged secondaries through V2 (dimuons, hadrons), so

@@ -1,4 +1,4 @@
-"""Run control: the spill loop of ``na64-daq`` (ARCHITECTURE.md "Processes and the loop").
+"""Run control: the spill loop of ``na64-daq`` (docs/architecture.md "Processes and the loop").
 
 The DAQ is built of rooms, one job each; a spill passes through them in this order:
 

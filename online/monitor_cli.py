@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"na64-monitor: --replay {args.replay}: no such run directory", file=sys.stderr)
         return 2
     if _need_offscreen(args):
-        # must happen before Qt is imported (shared/STACK.md)
+        # must happen before Qt is imported (docs/stack.md)
         if not args.screenshot and args.exit_after is None:
             logger.warning("no display: using the offscreen Qt platform")
         os.environ["QT_QPA_PLATFORM"] = "offscreen"

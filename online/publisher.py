@@ -51,8 +51,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def check_bind_address(address: str, zmq_curve: bool = False) -> None:
-    """Refuse a non-loopback TCP bind unless CURVE is enabled (ARCHITECTURE.md: binding beyond loopback
-    must be asked for explicitly and then uses CURVE keys). ``ipc://`` and ``inproc://`` are local."""
+    """Refuse a non-loopback TCP bind unless CURVE is enabled (binding beyond loopback must be asked for
+    explicitly and then uses CURVE keys). ``ipc://`` and ``inproc://`` are local."""
     u = urllib.parse.urlsplit(address)
     if u.scheme in ("ipc", "inproc"):
         return

@@ -1,4 +1,4 @@
-"""Dark photon (A') production by electrons on a nucleus, e- Z -> e- Z A' (physics.md section 2).
+"""Dark photon (A') production by electrons on a nucleus, e- Z -> e- Z A' (docs/physics.md section 2).
 
 Pure numpy/scipy functions, vectorised over their array arguments (numpy broadcasting).
 
@@ -104,7 +104,7 @@ def iww_t_limits(mass_gev: ArrayLike, e0_gev: ArrayLike) -> tuple[NDArray[np.flo
 def chi_elastic(
     mass_gev: ArrayLike, e0_gev: ArrayLike, z: float = pc.PB_Z, a_target: float = pc.PB_A
 ) -> NDArray[np.float64]:
-    """Effective photon flux chi from the elastic form factor, closed form (physics.md 2.2),
+    """Effective photon flux chi from the elastic form factor, closed form (docs/physics.md 2.2),
     with IWW limits. Dimensionless (~Z^2 x O(10) for Pb)."""
     tmin, tmax = iww_t_limits(mass_gev, e0_gev)
     a, _, d = screening_parameters(z, a_target)
@@ -144,7 +144,7 @@ def chi_numerical(
 def photon_flux(
     mass_gev: ArrayLike, e0_gev: ArrayLike, flux: FluxModel = "elastic", z: float = pc.PB_Z, a_target: float = pc.PB_A
 ) -> NDArray[np.float64]:
-    """chi for the chosen flux model: ``"elastic"`` (closed form, the reference of physics.md 3.5)
+    """chi for the chosen flux model: ``"elastic"`` (closed form, the reference of docs/physics.md 3.5)
     or ``"elastic+inelastic"`` (numerical)."""
     if flux == "elastic":
         return chi_elastic(mass_gev, e0_gev, z, a_target)
@@ -210,7 +210,7 @@ def dsigma_dx_iww(
     x: ArrayLike, mass_gev: ArrayLike, e0_gev: ArrayLike, eps: ArrayLike = 1.0, chi: ArrayLike | None = None
 ) -> NDArray[np.float64]:
     """(c) Improved-WW single-differential cross-section dsigma/dx [pb] after exact angular
-    integration (physics.md 2.3 (c)). Zero outside the kinematic x range."""
+    integration (docs/physics.md 2.3 (c)). Zero outside the kinematic x range."""
     m, e0 = _positive("A' mass", mass_gev), _positive("electron energy", e0_gev)
     eps = _positive("eps", eps)
     x = np.asarray(x, dtype=float)
@@ -324,7 +324,7 @@ _K_MASS_GEV = np.array(
         1.000,
     ]
 )
-"""Mass grid of the DMG4 K-factor table [GeV], with the 0.03/0.04 GeV rows corrected (physics.md 2.4)."""
+"""Mass grid of the DMG4 K-factor table [GeV], with the 0.03/0.04 GeV rows corrected (docs/physics.md 2.4)."""
 
 _K_E0_GEV = np.array([20.0, 40.0, 60.0, 80.0, 100.0, 120.0, 140.0, 160.0])
 """Electron-energy grid of the K-factor table [GeV]."""

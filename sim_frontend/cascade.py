@@ -1,4 +1,4 @@
-"""One-dimensional electromagnetic cascade Monte Carlo and the Tsai primary track length (physics.md 3.2-3.4).
+"""One-dimensional electromagnetic cascade Monte Carlo and the Tsai primary track length (docs/physics.md 3.2-3.4).
 
 The cascade follows e+/e- and photons along the beam axis in a thick target, in units of the radiation
 length X0 (approximation A: complete-screening bremsstrahlung and pair production, no ionisation, no LPM):

@@ -1,4 +1,4 @@
-"""Bethe-Heitler muon-pair production by photons, gamma Z -> mu+ mu- Z (physics.md section 4; PAPER Eqs. 17-22;
+"""Bethe-Heitler muon-pair production by photons, gamma Z -> mu+ mu- Z (docs/physics.md section 4; PAPER Eqs. 17-22;
 Geant4 Physics Reference Manual, "Muon pair production by photons").
 
 x+ = E_mu+/E_gamma, x- = 1 - x+. Energies in GeV; cross-sections in cm^2 (``*_ub`` variants in microbarn).

@@ -2,7 +2,7 @@
 
 Sockets: the emulator BINDS a PULL socket at its feed endpoint (:class:`FeedReceiver`, ``bind=True`` by
 default); the simulation CONNECTS a PUSH socket to it (:class:`FeedSender`, ``bind=False`` by default).
-PUSH/PULL is lossless (a full queue blocks the sender, it never drops; shared/STACK.md).
+PUSH/PULL is lossless (a full queue blocks the sender, it never drops; docs/stack.md).
 
 Messages (detector.framing, docs/protocols.md section 4.1):
 

@@ -6,7 +6,7 @@ e_hcal, e_v2, e_srd). :func:`channel_deposits` expands any subset of particles i
 deposits (N_sub, 121), deterministically and consistently with the compact arrays (the ECAL PS cells sum
 to the PS total, PS + main cells to the ECAL total, the HCAL cells of a module to its total).
 
-Models (constants in :mod:`sim_frontend.geometry`; physics.md sections 1.3, 1.4, 1.6, 4):
+Models (constants in :mod:`sim_frontend.geometry`; docs/physics.md sections 1.3, 1.4, 1.6, 4):
 
 - e- (beam, upstream-interacted, A' recoil, dimuon): e.m. shower of the visible energy in the ECAL with a
   Gamma longitudinal profile ``t^(a-1) e^(-b t)``, ``b = 0.5``, ``a = 1 + b (ln(E/E_c) - 0.5)`` (E_c = 11 MeV

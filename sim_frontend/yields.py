@@ -1,4 +1,4 @@
-"""A' yield per electron on target in a thick lead target (physics.md 3.1, PAPER Eq. 8).
+"""A' yield per electron on target in a thick lead target (docs/physics.md 3.1, PAPER Eq. 8).
 
     n_A'(eps, m, E0) = N_X0 * Integral dE (dT/dE)(E0, E) * sigma_cut(E)
 

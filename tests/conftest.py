@@ -2,7 +2,7 @@
 
 import os
 
-# Qt must run offscreen; this has to happen before anything imports Qt (shared/STACK.md).
+# Qt must run offscreen; this has to happen before anything imports Qt (docs/stack.md).
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("PYQTGRAPH_QT_LIB", "PyQt5")
 

@@ -1,4 +1,4 @@
-"""A' production physics against physics.md section 9 (checks 4-10, 15, 16, 22, 23) and self-consistency."""
+"""A' production physics against docs/physics.md section 9 (checks 4-10, 15, 16, 22, 23) and self-consistency."""
 
 from __future__ import annotations
 

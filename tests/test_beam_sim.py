@@ -86,7 +86,7 @@ def test_times_sorted_uniform_and_poisson_spaced(sim):
     mean = length / N
     assert abs(gaps.mean() / mean - 1) < 0.02
     assert stats.kstest(gaps / mean, "expon").pvalue > 1e-3
-    # pile-up flag: another particle within +/-100 ns (physics.md 1.7 rate formula)
+    # pile-up flag: another particle within +/-100 ns (docs/physics.md 1.7 rate formula)
     close = np.zeros(N, bool)
     close[1:] |= gaps < 100
     close[:-1] |= gaps < 100
@@ -193,7 +193,7 @@ def test_hadron_response(cfg):
     pi = sp.truth["ptype"] == PI
     t = sp.truth[pi]
     f_ps = np.mean(t["e_ps"] > 0.3)
-    assert abs(f_ps - (1 - math.exp(-geometry.PS_LAMBDA))) < 0.02  # ~14% shower in the PS (physics.md 1.6)
+    assert abs(f_ps - (1 - math.exp(-geometry.PS_LAMBDA))) < 0.02  # ~14% shower in the PS (docs/physics.md 1.6)
     assert abs(np.mean(t["e_ecal"] < 1.0) - math.exp(-geometry.ECAL_LAMBDA)) < 0.04  # MIP through the ECAL
     assert abs(np.mean((t["e_ecal"] + t["e_hcal"]) / t["e_beam"]) - 1) < 0.03
     h = dep.hcal[pi]
@@ -211,7 +211,7 @@ def test_muon_response(cfg):
     t = sp.truth[mu]
     assert 0.28 < np.median(t["e_ecal"]) < 0.36  # ECAL MIP ~0.3 GeV
     for m in range(4):
-        assert 2.4 < np.median(dep.hcal[mu, m]) < 2.9  # ~2.5 GeV per module (physics.md 1.4)
+        assert 2.4 < np.median(dep.hcal[mu, m]) < 2.9  # ~2.5 GeV per module (docs/physics.md 1.4)
     assert np.all(t["e_v2"] > 0.5 * geometry.V2_MIP_GEV) and np.all(t["e_srd"] == 0)
     assert np.all(dep.shape[mu, 1] == geometry.SHAPE_MIP)
 
@@ -240,7 +240,7 @@ def test_dimuon_rate_weights_and_response(cfg):
 def test_aprime_injection(cfg):
     c = variant(cfg, aprime__enabled=True, aprime__epsilon=1e-2, aprime__bias=1e4)  # visible test point
     p = beam.aprime_probability(c)
-    assert 0.5e-6 < p < 0.8e-6  # 6.3e-3 eps^2 (physics.md 3.5)
+    assert 0.5e-6 < p < 0.8e-6  # 6.3e-3 eps^2 (docs/physics.md 3.5)
     sp = beam.generate_spill(c, 9, n_particles=40_000)
     response.apply_response(sp, c)
     t = sp.truth

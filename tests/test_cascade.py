@@ -1,4 +1,4 @@
-"""1D e-m cascade and Tsai primary track length against physics.md section 9 (checks 11-14)."""
+"""1D e-m cascade and Tsai primary track length against docs/physics.md section 9 (checks 11-14)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bethe-Heitler gamma Pb -> mu+ mu- against physics.md section 9 (checks 1-3)."""
+"""Bethe-Heitler gamma Pb -> mu+ mu- against docs/physics.md section 9 (checks 1-3)."""
 
 from __future__ import annotations
 

@@ -109,7 +109,7 @@ def test_pyhf_frequentist_toys_without_nuisances_give_ln10() -> None:
 
 
 def test_pyhf_asymptotic_is_wrong_at_zero_background() -> None:
-    # documented pyhf limitation (STACK.md): ~1.35-1.5 events instead of 2.30
+    # documented pyhf limitation (docs/stack.md): ~1.35-1.5 events instead of 2.30
     runs = [limits.RunExposure("a", 4.3e10, 0.5, background=0.01)]
     assert limits.n90_for_runs(runs, NO_SYST, "pyhf-asymptotic") < 0.8 * LN10
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before anything imports Qt (shared/STACK.md)
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before anything imports Qt (docs/stack.md)
 
 import math
 import time

@@ -12,7 +12,7 @@ from detector.channels import ADC_MAX, N_SAMPLES, SAMPLE_NS
 from detector.gain import gamma_from_points, hv_for_amplitude, relative_gain
 
 
-def test_template_peaks_at_n_tau_with_unit_value():  # physics.md check 31
+def test_template_peaks_at_n_tau_with_unit_value():  # docs/physics.md check 31
     d = np.linspace(0, 200, 200001)
     v = pulse.template(d)
     assert d[v.argmax()] == pytest.approx(24.0, abs=1e-3)
@@ -21,7 +21,7 @@ def test_template_peaks_at_n_tau_with_unit_value():  # physics.md check 31
     assert pulse.template(-1.0) == 0.0
 
 
-def test_samples_12p5ns_32_and_12bit_clip():  # physics.md check 31
+def test_samples_12p5ns_32_and_12bit_clip():  # docs/physics.md check 31
     t = pulse.sample_times_ns()
     assert t.shape == (32,) and np.all(np.diff(t) == SAMPLE_NS)
     wf = pulse.synthesize([[10000.0]], [[100.0]], 150, 150, 0.0)
@@ -132,7 +132,7 @@ def test_reconstruct_rejects_bad_input():
         reco.reconstruct(np.zeros((2, 3, 32), np.int16), np.ones(2))
 
 
-def test_gain_law_hv_update_logbook_example():  # physics.md checks 24, 25
+def test_gain_law_hv_update_logbook_example():  # docs/physics.md checks 24, 25
     assert hv_for_amplitude(942.0, 2445.0, 2500.0, 7.5) == pytest.approx(944.8, abs=0.2)
     assert hv_for_amplitude(990.0, 2380.0, 2500.0, 7.5) == pytest.approx(996.5, abs=0.2)
     assert hv_for_amplitude(900.0, 2500.0, 2500.0, 7.5) == 900.0

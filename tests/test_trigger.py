@@ -1,4 +1,4 @@
-"""The online trigger (issue 4): menu validation, physics.md check 30, edge cases, prescale and random
+"""The online trigger (issue 4): menu validation, docs/physics.md check 30, edge cases, prescale and random
 trigger, chunked == whole spill, parallel == serial, numba == numpy reference, warm-up and cache."""
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def test_bad_config_refused() -> None:
         TriggerMenu.from_dict({"window_ns": 10.0, "thresholds": 3})
 
 
-# ---------------------------------------------------------------------- physics.md check 30
+# ---------------------------------------------------------------------- docs/physics.md check 30
 @pytest.mark.parametrize(
     "e_ps, e_ecal, v1, fires",
     [

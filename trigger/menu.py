@@ -1,7 +1,7 @@
 """The trigger menu (what the online trigger is configured with) and the trigger result (what it reports
 per spill).
 
-Definitions (physics.md 1.6; every number below is a field of :class:`TriggerMenu`):
+Definitions (docs/physics.md 1.6; every number below is a field of :class:`TriggerMenu`):
 
 - **counter fired**: S1, S2, S3 or V1 has a reconstructed amplitude ``A >= counter_threshold_adc``
   (``= counter_threshold_mip * mip_adc``, ADC counts; i.e. ``A / mip_adc >= counter_threshold_mip``

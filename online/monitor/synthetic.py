@@ -6,7 +6,7 @@ exists::
     na64-monitor --connect tcp://127.0.0.1:5556                                     # viewer
     na64-monitor --synthetic --screenshot /tmp/monitor.png --exit-after 3           # no socket at all
 
-Numbers follow ARCHITECTURE.md / physics.md: ~5e6 electrons per 4.8 s spill, V0/S1 = 0.126, beam
+Numbers follow docs/architecture.md / docs/physics.md: ~5e6 electrons per 4.8 s spill, V0/S1 = 0.126, beam
 trigger prescaled 1/1000 (its raw count is the EOT), random trigger 10 Hz; the E_ECAL vs E_HCAL plane
 has the 100 GeV electron peak, the hadron band E_ECAL + E_HCAL ~ 100 GeV, dimuons, muons and a few
 upstream-interaction events near the signal box. Waveforms are made with the detector's own pulse
@@ -31,7 +31,7 @@ from detector.framing import Message, decode, encode
 from detector.hwstatus import HVStatus
 from detector.monitoring import ECAL_EDGES, HCAL_EDGES, DAQState
 
-#: reference A' yields per EOT at eps = 1 (IWW, Pb, E0 = 100 GeV, E_A' > 50 GeV; physics.md 3.5, CALC) for
+#: reference A' yields per EOT at eps = 1 (IWW, Pb, E0 = 100 GeV, E_A' > 50 GeV; docs/physics.md 3.5, CALC) for
 #: demonstrations of the sensitivity view before `na64-offline yields --json` has been run
 REFERENCE_YIELDS_IWW = (
     (1.0, 1.59e-1),
@@ -356,7 +356,7 @@ class SyntheticDAQ:
 
 
 def write_example_yields(path: str) -> str:
-    """Write a yields file in the layout of `na64-offline yields --json` from the physics.md reference
+    """Write a yields file in the layout of `na64-offline yields --json` from the docs/physics.md reference
     table (for demonstrations and tests; a real run uses the offline result)."""
     import json
 
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--write-yields",
         metavar="JSON",
-        help="only write an example yields file (physics.md reference values) for the sensitivity view, and exit",
+        help="only write an example yields file (docs/physics.md reference values) for the sensitivity view, and exit",
     )
     args = p.parse_args(argv)
     if args.write_yields:
