@@ -15,9 +15,11 @@ Prints one JSON line:
 
 Options: ``--particles 5e6 --spills 2 --scan 1e6,2e6,5e6,1e7`` (``--scan ''`` skips the scan).
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -33,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from detector.spillfile import read_run_record, run_dir  # noqa: E402
+from detector.spillfile import SpillFileError, read_run_record, run_dir  # noqa: E402
 
 SPILL_S = 4.8
 SUPERCYCLE_S = 14.4
@@ -80,8 +82,9 @@ def _wait(pred, timeout: float, what: str, procs: list[subprocess.Popen], poll: 
             return v
         for p in procs:
             if p.poll() is not None:
-                raise RuntimeError(f"{what}: process {p.args[2] if len(p.args) > 2 else p.args} exited "
-                                   f"with {p.returncode}")
+                raise RuntimeError(
+                    f"{what}: process {p.args[2] if len(p.args) > 2 else p.args} exited with {p.returncode}"
+                )
         time.sleep(poll)
     raise RuntimeError(f"timeout after {timeout} s waiting for {what}")
 
@@ -89,7 +92,7 @@ def _wait(pred, timeout: float, what: str, procs: list[subprocess.Popen], poll: 
 def _record(rdir: Path) -> dict[str, Any] | None:
     try:
         return read_run_record(rdir)
-    except Exception:
+    except SpillFileError:  # not written yet
         return None
 
 
@@ -101,36 +104,97 @@ def run_point(particles: float, spills: int, work: Path, timeout_per_spill: floa
     ep = work / "endpoints.json"
     out = work / "data"
     env = _env()
-    logs = {n: open(work / f"{n}.log", "wb") for n in ("emulator", "daq", "feed")}
-    emu = subprocess.Popen([sys.executable, "-m", "sim_frontend.cli", "--config", str(cfg), "--endpoints-file",
-                            str(ep), "--external-feed", "--no-pty", "--log-level", "WARNING"], cwd=REPO, env=env,
-                           stdout=logs["emulator"], stderr=subprocess.STDOUT, start_new_session=True)
-    daq = None
-    try:
-        _wait(ep.exists, 120, "emulator endpoints", [emu])
-        endpoints = json.loads(ep.read_text())
-        daq = subprocess.Popen([sys.executable, "-m", "online.daq_cli", "run", "--config", str(cfg),
-                                "--endpoints-file", str(ep), "--out", str(out), "--run", "1", "--spills", str(spills),
-                                "--monitor", "tcp://127.0.0.1:*", "--log-level", "WARNING"], cwd=REPO, env=env,
-                               stdout=logs["daq"], stderr=subprocess.STDOUT, start_new_session=True)
-        rdir = run_dir(out, 1)
-        _wait(lambda: (r := _record(rdir)) is not None and "crate" in r, 600, "DAQ ready", [emu, daq])
-        time.sleep(1.0)
-        for k in range(spills):
-            subprocess.run([sys.executable, "-m", "sim_frontend.feed", "--config", str(cfg), "--endpoint",
-                            endpoints["feed"], "--spills", "1", "--first-spill", str(k + 1), "--fast"],
-                           cwd=REPO, env=env, stdout=logs["feed"], stderr=subprocess.STDOUT, check=True,
-                           timeout=timeout_per_spill)
-            _wait(lambda: (r := _record(rdir)) is not None and len(r["spills"]) >= k + 1, timeout_per_spill,
-                  f"spill {k + 1} recorded", [emu, daq])
-        daq.wait(timeout_per_spill)
-        rec = read_run_record(rdir)
-    finally:
-        if daq is not None:
-            _stop(daq)
-        _stop(emu)
-        for f in logs.values():
-            f.close()
+    with contextlib.ExitStack() as stack:  # the log files, closed after the processes stopped
+        logs = {n: stack.enter_context(open(work / f"{n}.log", "wb")) for n in ("emulator", "daq", "feed")}
+        emu = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sim_frontend.cli",
+                "--config",
+                str(cfg),
+                "--endpoints-file",
+                str(ep),
+                "--external-feed",
+                "--no-pty",
+                "--log-level",
+                "WARNING",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=logs["emulator"],
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        daq = None
+        try:
+            _wait(ep.exists, 120, "emulator endpoints", [emu])
+            endpoints = json.loads(ep.read_text())
+            daq = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "online.daq_cli",
+                    "run",
+                    "--config",
+                    str(cfg),
+                    "--endpoints-file",
+                    str(ep),
+                    "--out",
+                    str(out),
+                    "--run",
+                    "1",
+                    "--spills",
+                    str(spills),
+                    "--monitor",
+                    "tcp://127.0.0.1:*",
+                    "--log-level",
+                    "WARNING",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=logs["daq"],
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            rdir = run_dir(out, 1)
+            _wait(lambda: (r := _record(rdir)) is not None and "crate" in r, 600, "DAQ ready", [emu, daq])
+            time.sleep(1.0)
+            for k in range(spills):
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "sim_frontend.feed",
+                        "--config",
+                        str(cfg),
+                        "--endpoint",
+                        endpoints["feed"],
+                        "--spills",
+                        "1",
+                        "--first-spill",
+                        str(k + 1),
+                        "--fast",
+                    ],
+                    cwd=REPO,
+                    env=env,
+                    stdout=logs["feed"],
+                    stderr=subprocess.STDOUT,
+                    check=True,
+                    timeout=timeout_per_spill,
+                )
+                _wait(
+                    lambda k=k: (r := _record(rdir)) is not None and len(r["spills"]) >= k + 1,
+                    timeout_per_spill,
+                    f"spill {k + 1} recorded",
+                    [emu, daq],
+                )
+            daq.wait(timeout_per_spill)
+            rec = read_run_record(rdir)
+        finally:
+            if daq is not None:
+                _stop(daq)
+            _stop(emu)
     sp = rec["spills"]
     t = [e.get("timing", {}) for e in sp]
     prim_bytes = sum(x.get("primitive_bytes", 0.0) for x in t)
@@ -138,9 +202,13 @@ def run_point(particles: float, spills: int, work: Path, timeout_per_spill: floa
     xfer_s = sum(x.get("primitives_s", 0.0) + x.get("events_s", 0.0) for x in t)
     total = [x.get("total_s", float("nan")) for x in t]
     return {
-        "particles": float(particles), "spills": len(sp), "seconds_per_spill": float(np.mean(total)),
-        "seconds": total, "flags": [e["flags"] for e in sp],
-        "accepted": [e["n_accepted"] for e in sp], "recorded": [e["n_recorded"] for e in sp],
+        "particles": float(particles),
+        "spills": len(sp),
+        "seconds_per_spill": float(np.mean(total)),
+        "seconds": total,
+        "flags": [e["flags"] for e in sp],
+        "accepted": [e["n_accepted"] for e in sp],
+        "recorded": [e["n_recorded"] for e in sp],
         "transfer_gb_per_s": (prim_bytes + ev_bytes) / xfer_s / 1e9 if xfer_s > 0 else float("nan"),
         "primitive_gb_per_s": prim_bytes / sum(x.get("primitives_s", 0.0) for x in t) / 1e9 if prim_bytes else 0.0,
         "trigger_s": [round(x.get("trigger_s", 0.0), 3) for x in t],
@@ -182,11 +250,15 @@ def main(argv: list[str] | None = None) -> int:
         if p not in points:
             try:
                 points[p] = run_point(p, 1, work / f"p{p:g}", args.timeout_per_spill)
-            except Exception as exc:                       # a point that cannot run did not keep up
+            except Exception as exc:  # noqa: BLE001 - a point that cannot run, for whatever reason, did not keep up
                 points[p] = {"particles": p, "error": str(exc)}
         pt = points[p]
-        ok = ("error" not in pt and pt["seconds_per_spill"] <= SUPERCYCLE_S
-              and not any(pt["flags"]) and pt["accepted"] == pt["recorded"])
+        ok = (
+            "error" not in pt
+            and pt["seconds_per_spill"] <= SUPERCYCLE_S
+            and not any(pt["flags"])
+            and pt["accepted"] == pt["recorded"]
+        )
         pt["kept_up"] = ok
         if ok:
             kept.append(p)
@@ -201,19 +273,30 @@ def main(argv: list[str] | None = None) -> int:
         "highest_intensity_without_loss": max(kept) if kept else 0.0,
         "transfer_to_roofline": round(main_pt["transfer_gb_per_s"] / base, 3),
         "primitive_transfer_gb_per_s": round(main_pt["primitive_gb_per_s"], 3),
-        "spills_measured": main_pt["spills"], "per_spill_seconds": [round(x, 3) for x in main_pt["seconds"]],
-        "trigger_s": main_pt["trigger_s"], "trigger_wait_s": main_pt["trigger_wait_s"],
-        "events_s": main_pt["events_s"], "record_s": main_pt["record_s"],
-        "accepted": main_pt["accepted"], "flags": main_pt["flags"],
-        "scan": {f"{p:g}": ({"seconds_per_spill": round(pt["seconds_per_spill"], 3), "kept_up": pt["kept_up"],
-                             "flags": pt["flags"]} if "error" not in pt else {"error": pt["error"][:200],
-                                                                              "kept_up": False})
-                 for p, pt in sorted(points.items()) if p in scan},
-        "goal_seconds": SUPERCYCLE_S, "stretch_seconds": SPILL_S,
+        "spills_measured": main_pt["spills"],
+        "per_spill_seconds": [round(x, 3) for x in main_pt["seconds"]],
+        "trigger_s": main_pt["trigger_s"],
+        "trigger_wait_s": main_pt["trigger_wait_s"],
+        "events_s": main_pt["events_s"],
+        "record_s": main_pt["record_s"],
+        "accepted": main_pt["accepted"],
+        "flags": main_pt["flags"],
+        "scan": {
+            f"{p:g}": (
+                {"seconds_per_spill": round(pt["seconds_per_spill"], 3), "kept_up": pt["kept_up"], "flags": pt["flags"]}
+                if "error" not in pt
+                else {"error": pt["error"][:200], "kept_up": False}
+            )
+            for p, pt in sorted(points.items())
+            if p in scan
+        },
+        "goal_seconds": SUPERCYCLE_S,
+        "stretch_seconds": SPILL_S,
     }
     print(json.dumps(result))
     if not args.keep:
         import shutil
+
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -15,29 +15,33 @@ Cases (one JSON line each):
 
 Usage: ``QT_QPA_PLATFORM=offscreen python bench/monitor_bench.py [--spills 1000] [--repeats 60]``
 """
+
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import argparse  # noqa: E402
-import gc  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import time
 
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
+import numpy as np
+import psutil
 
 
 def _stats(samples_s: list[float], cpu_s: list[float] | None = None) -> dict[str, float]:
     """Wall-clock median and p95 (ms); with ``cpu_s`` also the process CPU time, which is what the
     monitor costs when the 2 shared cores are busy with other work (wall time then includes waiting)."""
     a = np.asarray(samples_s) * 1e3
-    out = {"median_ms": round(float(np.median(a)), 3), "p95_ms": round(float(np.percentile(a, 95)), 3),
-           "n": int(a.size)}
+    out = {
+        "median_ms": round(float(np.median(a)), 3),
+        "p95_ms": round(float(np.percentile(a, 95)), 3),
+        "n": int(a.size),
+    }
     if cpu_s is not None:
         c = np.asarray(cpu_s) * 1e3
         out.update(cpu_median_ms=round(float(np.median(c)), 3), cpu_p95_ms=round(float(np.percentile(c, 95)), 3))
@@ -49,7 +53,7 @@ class _Timer:
         self.wall: list[float] = []
         self.cpu: list[float] = []
 
-    def __enter__(self) -> "_Timer":
+    def __enter__(self) -> _Timer:
         self._w, self._c = time.perf_counter(), time.process_time()
         return self
 
@@ -90,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         win.tick()
         win.repaint()
         app.processEvents()
-    common = {"bench": "monitor", "window": [win.width(), win.height()], "platform": os.environ["QT_QPA_PLATFORM"],
-              "cpus": os.cpu_count(), "loadavg_1min": round(os.getloadavg()[0], 2)}
+    common = {
+        "bench": "monitor",
+        "window": [win.width(), win.height()],
+        "platform": os.environ["QT_QPA_PLATFORM"],
+        "cpus": os.cpu_count(),
+        "loadavg_1min": round(os.getloadavg()[0], 2),
+    }
 
     t_empty = _Timer()
     for _ in range(args.repeats):
@@ -116,11 +125,22 @@ def main(argv: list[str] | None = None) -> int:
             win.tick()
             app.processEvents()
     f = t_full.stats()
-    print(json.dumps({**common, "case": "repaint_spill", **f,
-                      "ratio_to_empty": round(f["median_ms"] / e["median_ms"], 1),
-                      "ratio_to_full_window_paint": round(f["median_ms"] / g["median_ms"], 2),
-                      "goal_ms": 50.0, "ok_wall": f["median_ms"] <= 50.0, "ok_cpu": f["cpu_median_ms"] <= 50.0,
-                      "messages_per_spill": len(batches[0])}), flush=True)
+    print(
+        json.dumps(
+            {
+                **common,
+                "case": "repaint_spill",
+                **f,
+                "ratio_to_empty": round(f["median_ms"] / e["median_ms"], 1),
+                "ratio_to_full_window_paint": round(f["median_ms"] / g["median_ms"], 2),
+                "goal_ms": 50.0,
+                "ok_wall": f["median_ms"] <= 50.0,
+                "ok_cpu": f["cpu_median_ms"] <= 50.0,
+                "messages_per_spill": len(batches[0]),
+            }
+        ),
+        flush=True,
+    )
 
     batches = [daq.spill_messages() for _ in range(args.repeats)]
     t_upd = _Timer()
@@ -131,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             win.tick()
         app.processEvents()
     u = t_upd.stats()
-    print(json.dumps({**common, "case": "update_only", **u,
-                      "ratio_to_empty": round(u["median_ms"] / e["median_ms"], 2)}),
-          flush=True)
+    print(
+        json.dumps({**common, "case": "update_only", **u, "ratio_to_empty": round(u["median_ms"] / e["median_ms"], 2)}),
+        flush=True,
+    )
 
     # memory over a long run: fresh window and model, spills 1..N, RSS after spill 100 and N
     win.close()
@@ -156,13 +177,25 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()
             rss[i] = proc.memory_info().rss
     growth = (rss[args.spills] - rss[100]) / rss[100] * 100.0
-    print(json.dumps({**common, "case": "memory", "spills": args.spills,
-                      "rss_mb_at_100": round(rss[100] / 2**20, 1),
-                      f"rss_mb_at_{args.spills}": round(rss[args.spills] / 2**20, 1),
-                      "growth_pct": round(growth, 2), "goal_pct": 10.0, "ok": abs(growth) <= 10.0,
-                      "history_points": len(win.model.history), "log_lines": win.log_pane.blockCount(),
-                      "seconds": round(time.perf_counter() - t_start, 1), "loadavg_1min_at_start": round(load, 2)}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                **common,
+                "case": "memory",
+                "spills": args.spills,
+                "rss_mb_at_100": round(rss[100] / 2**20, 1),
+                f"rss_mb_at_{args.spills}": round(rss[args.spills] / 2**20, 1),
+                "growth_pct": round(growth, 2),
+                "goal_pct": 10.0,
+                "ok": abs(growth) <= 10.0,
+                "history_points": len(win.model.history),
+                "log_lines": win.log_pane.blockCount(),
+                "seconds": round(time.perf_counter() - t_start, 1),
+                "loadavg_1min_at_start": round(load, 2),
+            }
+        ),
+        flush=True,
+    )
     win.close()
     return 0
 

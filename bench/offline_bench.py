@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from sim_frontend import cascade, yields  # noqa: E402
+from sim_frontend import cascade, yields
 
 E0_GEV = 100.0
 CASCADE_SHOWERS = 3000

@@ -13,6 +13,7 @@ Prints one JSON line:
   {"case": "select", "events": ..., "events_per_s_1_worker": ..., "events_per_s_2_workers": ...,
    "speedup": ..., "baseline_serial_no_dask_events_per_s": ..., ...}
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import offline_fixtures as fx  # noqa: E402
+
 from offline import dask_select as ds  # noqa: E402
 from offline import selection as sel  # noqa: E402
 
@@ -66,17 +68,24 @@ def main() -> int:
 
         ref = ds.merge(ds.run_serial(tasks, cfg_of, calib_of, progress=False), sel.Cuts.from_config(cfg))
         n_events = ref.n_events
-        t_serial = timed(lambda: ds.merge(ds.run_serial(tasks, cfg_of, calib_of, progress=False),
-                                          sel.Cuts.from_config(cfg)), args.repeat)
+        t_serial = timed(
+            lambda: ds.merge(ds.run_serial(tasks, cfg_of, calib_of, progress=False), sel.Cuts.from_config(cfg)),
+            args.repeat,
+        )
         rates = {}
         for n_workers in (1, 2):
-            with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                              dashboard_address=None) as cluster, Client(cluster) as client:
-                ds.run_dask(tasks[:n_workers], cfg_of, calib_of, client=client, progress=False)     # warm-up
+            with (
+                LocalCluster(
+                    n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
+                ) as cluster,
+                Client(cluster) as client,
+            ):
+                ds.run_dask(tasks[:n_workers], cfg_of, calib_of, client=client, progress=False)  # warm-up
 
                 def one_pass() -> None:
-                    m = ds.merge(ds.run_dask(tasks, cfg_of, calib_of, client=client, progress=False),
-                                 sel.Cuts.from_config(cfg))
+                    m = ds.merge(
+                        ds.run_dask(tasks, cfg_of, calib_of, client=client, progress=False), sel.Cuts.from_config(cfg)
+                    )
                     assert m.summary() == ref.summary(), "Dask result differs from the serial one"
 
                 rates[n_workers] = n_events / timed(one_pass, args.repeat)

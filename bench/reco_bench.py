@@ -6,6 +6,7 @@ algorithm and against a memory roofline (numpy ``max`` over the same bytes), all
 Prints one JSON line: events_per_s, gb_per_s, speedup_vs_numpy, roofline_fraction (0..1), and the
 measured baselines. Goals (issue 2): >= 5x numpy and >= 40% of the roofline on one core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,8 @@ import time
 import numba
 import numpy as np
 
-from detector import channels as ch, pulse, reco
+from detector import channels as ch
+from detector import pulse, reco
 from detector.config import load_calibration
 
 
@@ -31,7 +33,7 @@ def realistic_block(n_events: int, seed: int = 1) -> np.ndarray:
             for k, scale in ((0, 800.0), (1, 2500.0)):
                 ids = 36 * k + 6 * (cx + dx) + (cy + dy)
                 amp[np.arange(n_events), ids] = share * scale * rng.uniform(0.8, 1.2, n_events)
-    amp[:, ch.HCAL_FIRST:ch.HCAL_FIRST + 9] = rng.exponential(5.0, (n_events, 9))
+    amp[:, ch.HCAL_FIRST : ch.HCAL_FIRST + 9] = rng.exponential(5.0, (n_events, 9))
     t0 = rng.normal(100.0, 2.0, amp.shape)
     cal = load_calibration()
     return pulse.synthesize(amp, t0, cal.pedestal_even[:108], cal.pedestal_odd[:108], 1.5, seed=seed)
@@ -57,23 +59,30 @@ def main() -> None:
     wf = np.ascontiguousarray(np.tile(block, (args.events // block.shape[0] + 1, 1, 1))[: args.events])
     g = load_calibration().gev_per_count[:108].astype(np.float32)
     nbytes = wf.nbytes
-    reco.reconstruct(wf[:10], g)                      # compile / load from cache
+    reco.reconstruct(wf[:10], g)  # compile / load from cache
     t_roof = best_of(lambda: wf.max(), args.repeat)
     t_nb = best_of(lambda: reco.reconstruct(wf, g), args.repeat)
     sub = wf[: args.numpy_events]
     t_np = best_of(lambda: reco.reconstruct_numpy(sub, g), 1) * (args.events / sub.shape[0])
     r_nb, r_np = reco.reconstruct(sub, g), reco.reconstruct_numpy(sub, g)
-    agree = bool(np.array_equal(r_nb.flags, r_np.flags) and np.allclose(r_nb.amplitude, r_np.amplitude, rtol=1e-5, atol=1e-3))
+    agree = bool(
+        np.array_equal(r_nb.flags, r_np.flags) and np.allclose(r_nb.amplitude, r_np.amplitude, rtol=1e-5, atol=1e-3)
+    )
     out = {
         "case": "reco",
-        "events": args.events, "channels": 108, "bytes": nbytes,
+        "events": args.events,
+        "channels": 108,
+        "bytes": nbytes,
         "events_per_s": args.events / t_nb,
         "gb_per_s": nbytes / t_nb / 1e9,
         "speedup_vs_numpy": t_np / t_nb,
         "roofline_fraction": min(1.0, t_roof / t_nb),
         "roofline_gb_per_s": nbytes / t_roof / 1e9,
-        "numpy_seconds_scaled": t_np, "numba_seconds": t_nb, "numpy_subset_events": sub.shape[0],
-        "numba_equals_numpy_on_subset": agree, "threads": 1,
+        "numpy_seconds_scaled": t_np,
+        "numba_seconds": t_nb,
+        "numpy_subset_events": sub.shape[0],
+        "numba_equals_numpy_on_subset": agree,
+        "threads": 1,
     }
     print(json.dumps(out))
 

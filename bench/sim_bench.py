@@ -14,6 +14,7 @@ A warm-up spill (numba compilation or cache load, first touch of the process mem
 ``--repeat`` spills are timed and the best is reported (the others are listed: the machine is shared).
 Prints one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,14 +26,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
+import numba
+import numpy as np
 
-from detector import channels as ch  # noqa: E402
-from detector import pulse  # noqa: E402
-from detector.config import load_calibration, load_config  # noqa: E402
-from sim_frontend import beam, response  # noqa: E402
-from sim_frontend.digitizer import Digitizer  # noqa: E402
+from detector import channels as ch
+from detector import pulse
+from detector.config import load_calibration, load_config
+from sim_frontend import beam, response
+from sim_frontend.digitizer import Digitizer
 
 
 def one_spill(cfg, dz, hv, spill, n):
@@ -58,7 +59,7 @@ def reference_path(dz, sp, dep, hv, n_ref):
     bank = pulse.make_noise_bank(1)
     pe = dz.ped_e[ids].astype(np.float32)
     po = dz.ped_o[ids].astype(np.float32)
-    pulse.add_pulses(analog[:6], target[:6], amp[:6], t0[:6])                 # compile / load
+    pulse.add_pulses(analog[:6], target[:6], amp[:6], t0[:6])  # compile / load
     pulse.digitize(analog[:6].reshape(1, 6, -1), pe, po, 1.5, bank, 1, out[:1])
     analog[:] = 0
     t = time.perf_counter()
@@ -80,8 +81,8 @@ def main() -> int:
     hv = dz.nominal_vmon()
     n = args.particles
 
-    one_spill(cfg, dz, hv, 1, 20_000)                                             # compile / cache load
-    sp, dep, wf, _ = one_spill(cfg, dz, hv, 2, n)                                 # warm-up (memory)
+    one_spill(cfg, dz, hv, 1, 20_000)  # compile / cache load
+    sp, dep, wf, _ = one_spill(cfg, dz, hv, 2, n)  # warm-up (memory)
     del sp, dep, wf
     gc.collect()
     runs = []
@@ -120,8 +121,11 @@ def main() -> int:
         "digitize_GBps": round(wf.nbytes / best[2] / 1e9, 2),
         "detector_pulse_reference_s": round(ref, 3),
         "speedup_vs_reference": round(ref / best[2], 2),
-        "check": {"max_sample": peak, "ecal_sum_gt_2000_fraction": round(frac_e, 4),
-                  "electron_like_fraction": round(expect_e, 4)},
+        "check": {
+            "max_sample": peak,
+            "ecal_sum_gt_2000_fraction": round(frac_e, 4),
+            "electron_like_fraction": round(expect_e, 4),
+        },
         "passes": best[3] < length,
     }
     print(json.dumps(out))

@@ -17,6 +17,7 @@ memory roofline: numpy ``max`` over the same bytes the kernel reads, timed in tu
 serial kernel's time over the ``parallel=True`` kernel's with 2 threads. Prints one JSON line per case.
 Goals: waveform >= 1e7 events/s, >= 5x numpy, >= 40% of the roofline; amplitude >= 2x numpy, >= 40%.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,7 +64,7 @@ def waveform_case(menu: TriggerMenu, n: int, n_numpy: int, repeat: int) -> dict:
     block, _ = R.electron_spill(menu, 50_000, seed=7, low_ecal_fraction=0.002)
     prims = np.empty((n, 6, 32), np.int16)
     for s in range(0, n, block.shape[0]):
-        prims[s:s + block.shape[0]] = block[: n - s]
+        prims[s : s + block.shape[0]] = block[: n - s]
     tau = spill_times(n, menu.spill_length_s * 1e9)
     nbytes = prims.nbytes
     numba.set_num_threads(1)
@@ -86,17 +87,26 @@ def waveform_case(menu: TriggerMenu, n: int, n_numpy: int, repeat: int) -> dict:
     res = K.trigger_waveforms(menu, sub_p, sub_t)
     full = K.trigger_waveforms(menu, prims, tau)
     return {
-        "case": "waveform", "events": n, "bytes": nbytes,
-        "events_per_s": n / t_nb, "gb_per_s": nbytes / t_nb / 1e9,
-        "speedup_vs_numpy": t_np / t_nb, "roofline_fraction": min(1.0, t_roof / t_nb),
+        "case": "waveform",
+        "events": n,
+        "bytes": nbytes,
+        "events_per_s": n / t_nb,
+        "gb_per_s": nbytes / t_nb / 1e9,
+        "speedup_vs_numpy": t_np / t_nb,
+        "roofline_fraction": min(1.0, t_roof / t_nb),
         "parallel_speedup": t_nb / t_par,
-        "roofline_gb_per_s": nbytes / t_roof / 1e9, "numba_seconds": t_nb, "numba_parallel_seconds": t_par,
-        "ns_per_record": t_nb / n * 1e9, "ns_per_record_in_cache": t_hot * 1e9,
+        "roofline_gb_per_s": nbytes / t_roof / 1e9,
+        "numba_seconds": t_nb,
+        "numba_parallel_seconds": t_par,
+        "ns_per_record": t_nb / n * 1e9,
+        "ns_per_record_in_cache": t_hot * 1e9,
         "roofline_ns_per_record": t_roof / n * 1e9,
-        "numpy_seconds_scaled": t_np, "numpy_subset_events": n_numpy,
+        "numpy_seconds_scaled": t_np,
+        "numpy_subset_events": n_numpy,
         "numpy_note": f"numpy reference timed on the first {n_numpy} records and scaled per event",
         "numba_equals_numpy_on_subset": bool(res.same_as(ref)),
-        "accepted": full.scalers["accepted"], "eot": full.scalers["EOT"],
+        "accepted": full.scalers["accepted"],
+        "eot": full.scalers["EOT"],
         "threads": 1,
     }
 
@@ -111,12 +121,13 @@ def amplitude_case(menu: TriggerMenu, n: int, n_numpy: int, repeat: int) -> dict
         amp[:, c] = np.tile(a_blk[:, c], reps)[:n]
         ons[:, c] = np.tile(t_blk[:, c], reps)[:n]
     tau = spill_times(n, menu.spill_length_s * 1e9)
-    used = ons[:, :4]                      # the kernel reads S1, S2, S3, V1 onsets only (contiguous)
+    used = ons[:, :4]  # the kernel reads S1, S2, S3, V1 onsets only (contiguous)
     nbytes = amp.nbytes + used.nbytes + tau.nbytes
     numba.set_num_threads(1)
     K.trigger_amplitudes(menu, amp[:2048], ons[:2048], tau[:2048])
-    t_roof, t_nb = best_interleaved([lambda: (amp.max(), used.max(), tau.max()),
-                                     lambda: K.trigger_amplitudes(menu, amp, ons, tau)], repeat)
+    t_roof, t_nb = best_interleaved(
+        [lambda: (amp.max(), used.max(), tau.max()), lambda: K.trigger_amplitudes(menu, amp, ons, tau)], repeat
+    )
     numba.set_num_threads(2)
     K.trigger_amplitudes(menu, amp[:2048], ons[:2048], tau[:2048], parallel=True)
     t_par = best_of(lambda: K.trigger_amplitudes(menu, amp, ons, tau, parallel=True), repeat)
@@ -130,12 +141,20 @@ def amplitude_case(menu: TriggerMenu, n: int, n_numpy: int, repeat: int) -> dict
     K.trigger_amplitudes(menu, amp_c[:2048], ons_c[:2048], tau[:2048])
     t_rm = best_of(lambda: K.trigger_amplitudes(menu, amp_c, ons_c, tau[:n_rm]), repeat)
     return {
-        "case": "amplitude", "events": n, "bytes": nbytes, "layout": "columnar (Fortran-order (N, 6))",
-        "events_per_s": n / t_nb, "gb_per_s": nbytes / t_nb / 1e9,
-        "speedup_vs_numpy": t_np / t_nb, "roofline_fraction": min(1.0, t_roof / t_nb),
+        "case": "amplitude",
+        "events": n,
+        "bytes": nbytes,
+        "layout": "columnar (Fortran-order (N, 6))",
+        "events_per_s": n / t_nb,
+        "gb_per_s": nbytes / t_nb / 1e9,
+        "speedup_vs_numpy": t_np / t_nb,
+        "roofline_fraction": min(1.0, t_roof / t_nb),
         "parallel_speedup": t_nb / t_par,
-        "roofline_gb_per_s": nbytes / t_roof / 1e9, "numba_seconds": t_nb, "numba_parallel_seconds": t_par,
-        "numpy_seconds_scaled": t_np, "numpy_subset_events": n_numpy,
+        "roofline_gb_per_s": nbytes / t_roof / 1e9,
+        "numba_seconds": t_nb,
+        "numba_parallel_seconds": t_par,
+        "numpy_seconds_scaled": t_np,
+        "numpy_subset_events": n_numpy,
         "numpy_note": f"numpy reference timed on the first {n_numpy} events and scaled per event",
         "numba_equals_numpy_on_subset": bool(agree),
         "events_per_s_row_major": n_rm / t_rm,

@@ -12,6 +12,7 @@
 
 Everything it starts runs in its own process group and is stopped at the end, on an error and on Ctrl-C.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,21 +58,30 @@ class Processes:
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
     def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.logdir / f"{name}.log", "ab")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
-                                env=env)
+        with open(self.logdir / f"{name}.log", "ab") as log:  # the child holds its own copy of the descriptor
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT, env=env
+            )
         self.procs.append((name, proc))
         return proc
 
-    def run(self, name: str, cmd: list[str], timeout: float, env: dict[str, str] | None = None,
-            ok_codes: tuple[int, ...] = (0,)) -> int:
+    def run(
+        self,
+        name: str,
+        cmd: list[str],
+        timeout: float,
+        env: dict[str, str] | None = None,
+        ok_codes: tuple[int, ...] = (0,),
+    ) -> int:
         """Run to completion (stopped after ``timeout`` s); returns the exit code, raises if not in ok_codes."""
         proc = self.start(name, cmd, env)
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.stop(name, proc)
-            raise RuntimeError(f"{name} did not finish within {timeout:.0f} s (log: {self.logdir / (name + '.log')})")
+            raise RuntimeError(
+                f"{name} did not finish within {timeout:.0f} s (log: {self.logdir / (name + '.log')})"
+            ) from None
         if code not in ok_codes:
             tail = (self.logdir / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
             raise RuntimeError(f"{name} exited with {code}; last lines of its log:\n" + "\n".join(tail))
@@ -103,7 +113,7 @@ def write_config(base: Config, path: pathlib.Path, **sections: dict[str, Any]) -
     """``base`` with the keys of ``sections`` overridden (validated), written to ``path`` as TOML."""
     cfg = base.with_overrides({**sections, "calibration": {"file": str(ROOT / "config" / "calibration.toml")}})
     path.write_text(dump_toml(cfg))
-    load_config(path)          # the file reads back
+    load_config(path)  # the file reads back
     return path
 
 
@@ -122,26 +132,76 @@ def step(text: str) -> None:
     console.rule(f"[bold cyan]{text}")
 
 
-def physics_run(procs: Processes, out: pathlib.Path, cfg_path: pathlib.Path, feed_cfg: pathlib.Path,
-                endpoints: dict[str, Any], endpoints_file: pathlib.Path, run: int, spills: int,
-                screenshot: pathlib.Path | None, yields: pathlib.Path) -> pathlib.Path:
+def physics_run(
+    procs: Processes,
+    out: pathlib.Path,
+    cfg_path: pathlib.Path,
+    feed_cfg: pathlib.Path,
+    endpoints: dict[str, Any],
+    endpoints_file: pathlib.Path,
+    run: int,
+    spills: int,
+    screenshot: pathlib.Path | None,
+    yields: pathlib.Path,
+) -> pathlib.Path:
     monitor = f"tcp://127.0.0.1:{free_port()}"
-    daq = procs.start(f"na64-daq-run{run}", tool("na64-daq") + [
-        "run", "--config", str(cfg_path), "--endpoints-file", str(endpoints_file), "--out", str(out / "runs"),
-        "--run", str(run), "--spills", str(spills), "--monitor", monitor])
-    time.sleep(3.0)                                       # the DAQ compiles its kernels at start-up
+    daq = procs.start(
+        f"na64-daq-run{run}",
+        tool("na64-daq")
+        + [
+            "run",
+            "--config",
+            str(cfg_path),
+            "--endpoints-file",
+            str(endpoints_file),
+            "--out",
+            str(out / "runs"),
+            "--run",
+            str(run),
+            "--spills",
+            str(spills),
+            "--monitor",
+            monitor,
+        ],
+    )
+    time.sleep(3.0)  # the DAQ compiles its kernels at start-up
     if screenshot is not None:
-        procs.start(f"na64-monitor-run{run}", tool("na64-monitor") + [
-            "--config", str(cfg_path), "--connect", monitor, "--yields", str(yields),
-            "--screenshot", str(screenshot), "--exit-after", str(0.8 * spills * 3.0 + 8)],
-            env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
-    feed = procs.start(f"feed-run{run}", [sys.executable, "-m", "sim_frontend.feed", "--config", str(feed_cfg),
-                                          "--endpoint", endpoints["feed"], "--spills", str(spills + 2)])
+        procs.start(
+            f"na64-monitor-run{run}",
+            tool("na64-monitor")
+            + [
+                "--config",
+                str(cfg_path),
+                "--connect",
+                monitor,
+                "--yields",
+                str(yields),
+                "--screenshot",
+                str(screenshot),
+                "--exit-after",
+                str(0.8 * spills * 3.0 + 8),
+            ],
+            env=dict(os.environ, QT_QPA_PLATFORM="offscreen"),
+        )
+    feed = procs.start(
+        f"feed-run{run}",
+        [
+            sys.executable,
+            "-m",
+            "sim_frontend.feed",
+            "--config",
+            str(feed_cfg),
+            "--endpoint",
+            endpoints["feed"],
+            "--spills",
+            str(spills + 2),
+        ],
+    )
     try:
         code = daq.wait(timeout=60 + spills * 30)
     except subprocess.TimeoutExpired:
         procs.stop("na64-daq", daq)
-        raise RuntimeError(f"na64-daq run {run} did not finish (log in {procs.logdir})")
+        raise RuntimeError(f"na64-daq run {run} did not finish (log in {procs.logdir})") from None
     procs.stop("feed", feed)
     if code != 0:
         raise RuntimeError(f"na64-daq run {run} exited with {code} (log in {procs.logdir})")
@@ -165,56 +225,133 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {}
     try:
         cfg_path = write_config(base, out / "beamtime.toml")
-        calib_feed = write_config(base, out / "feed-calibration.toml",
-                                  beam={"particles_per_spill": base.beam.calibration_particles_per_spill},
-                                  spill={"length_s": 0.3, "supercycle_s": 0.8})
+        calib_feed = write_config(
+            base,
+            out / "feed-calibration.toml",
+            beam={"particles_per_spill": base.beam.calibration_particles_per_spill},
+            spill={"length_s": 0.3, "supercycle_s": 0.8},
+        )
         aprime_feed = write_config(base, out / "feed-aprime.toml", aprime={"enabled": True})
         plain_feed = write_config(base, out / "feed-physics.toml", aprime={"enabled": False})
 
         step("1. na64-emulator: MSADC crate, HV mainframe, HCAL table")
         endpoints_file = out / "endpoints.json"
-        emu = procs.start("na64-emulator", tool("na64-emulator") + [
-            "--config", str(cfg_path), "--endpoints-file", str(endpoints_file), "--external-feed"])
+        emu = procs.start(
+            "na64-emulator",
+            tool("na64-emulator")
+            + ["--config", str(cfg_path), "--endpoints-file", str(endpoints_file), "--external-feed"],
+        )
         endpoints = wait_for_file(endpoints_file, 60, emu)
         console.print(endpoints)
 
         step(f"2. calibration: hv-tune on HCAL module {args.module}")
-        feed = procs.start("feed-calibration", [sys.executable, "-m", "sim_frontend.feed", "--config",
-                                                str(calib_feed), "--endpoint", endpoints["feed"]])
-        code = procs.run("hv-tune", tool("hv-tune") + [
-            "--config", str(cfg_path), "--endpoints-file", str(endpoints_file), "--modules", str(args.module),
-            "--logbook", str(out / "logbook.txt"), "--daq-out", str(out / "calibration")],
-            timeout=900, ok_codes=(0, 1))
+        feed = procs.start(
+            "feed-calibration",
+            [sys.executable, "-m", "sim_frontend.feed", "--config", str(calib_feed), "--endpoint", endpoints["feed"]],
+        )
+        code = procs.run(
+            "hv-tune",
+            tool("hv-tune")
+            + [
+                "--config",
+                str(cfg_path),
+                "--endpoints-file",
+                str(endpoints_file),
+                "--modules",
+                str(args.module),
+                "--logbook",
+                str(out / "logbook.txt"),
+                "--daq-out",
+                str(out / "calibration"),
+            ],
+            timeout=900,
+            ok_codes=(0, 1),
+        )
         procs.stop("feed-calibration", feed)
         console.print((out / "logbook.txt").read_text())
         summary["hv_tune_exit"] = code
 
         step("3. offline: A' yields for the live sensitivity view")
         yields = out / "yields.json"
-        procs.run("yields", tool("na64-offline") + ["yields", "--masses", "2,5,16.7,50,100,200,500",
-                                                    "--json", str(yields)], timeout=300)
+        procs.run(
+            "yields",
+            tool("na64-offline") + ["yields", "--masses", "2,5,16.7,50,100,200,500", "--json", str(yields)],
+            timeout=300,
+        )
 
-        step(f"4. physics run 1: {args.spills} spills with A' injected (m = {base.aprime.mass_mev} MeV, "
-             f"eps = {base['aprime']['epsilon']}, bias {base['aprime']['bias']:.0f})")
-        run1 = physics_run(procs, out, cfg_path, aprime_feed, endpoints, endpoints_file, 1, args.spills,
-                           out / "monitor-live.png", yields)
+        step(
+            f"4. physics run 1: {args.spills} spills with A' injected (m = {base.aprime.mass_mev} MeV, "
+            f"eps = {base['aprime']['epsilon']}, bias {base['aprime']['bias']:.0f})"
+        )
+        run1 = physics_run(
+            procs,
+            out,
+            cfg_path,
+            aprime_feed,
+            endpoints,
+            endpoints_file,
+            1,
+            args.spills,
+            out / "monitor-live.png",
+            yields,
+        )
 
         step(f"5. physics run 2: {args.spills} spills without A'")
         run2 = physics_run(procs, out, cfg_path, plain_feed, endpoints, endpoints_file, 2, args.spills, None, yields)
 
         step("6. offline: signal efficiency, selection, background, limits, plots")
-        procs.run("simulate", tool("na64-offline") + [
-            "simulate", "--mass", str(base.aprime.mass_mev), "--events", "2000", "--config", str(cfg_path),
-            "--json", str(out / "signal-efficiency.json")], timeout=600)
+        procs.run(
+            "simulate",
+            tool("na64-offline")
+            + [
+                "simulate",
+                "--mass",
+                str(base.aprime.mass_mev),
+                "--events",
+                "2000",
+                "--config",
+                str(cfg_path),
+                "--json",
+                str(out / "signal-efficiency.json"),
+            ],
+            timeout=600,
+        )
         for run, rdir in ((1, run1), (2, run2)):
-            procs.run(f"report-run{run}", tool("na64-offline") + [
-                "report", str(rdir), "--out", str(out / f"offline-run{run}"), "--config", str(cfg_path),
-                "--masses", "2,5,16.7,50,100,200,500", "--signal-json", str(out / "signal-efficiency.json")],
-                timeout=900)
-        procs.run("monitor-replay", tool("na64-monitor") + [
-            "--config", str(cfg_path), "--replay", str(run2), "--yields", str(yields),
-            "--screenshot", str(out / "monitor-replay.png"), "--exit-after", "8"],
-            env=dict(os.environ, QT_QPA_PLATFORM="offscreen"), timeout=300)
+            procs.run(
+                f"report-run{run}",
+                tool("na64-offline")
+                + [
+                    "report",
+                    str(rdir),
+                    "--out",
+                    str(out / f"offline-run{run}"),
+                    "--config",
+                    str(cfg_path),
+                    "--masses",
+                    "2,5,16.7,50,100,200,500",
+                    "--signal-json",
+                    str(out / "signal-efficiency.json"),
+                ],
+                timeout=900,
+            )
+        procs.run(
+            "monitor-replay",
+            tool("na64-monitor")
+            + [
+                "--config",
+                str(cfg_path),
+                "--replay",
+                str(run2),
+                "--yields",
+                str(yields),
+                "--screenshot",
+                str(out / "monitor-replay.png"),
+                "--exit-after",
+                "8",
+            ],
+            env=dict(os.environ, QT_QPA_PLATFORM="offscreen"),
+            timeout=300,
+        )
     except KeyboardInterrupt:
         console.print("[bold red]interrupted: stopping everything the demo started[/]")
         return 130
@@ -229,10 +366,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_summary(out: pathlib.Path, seconds: float) -> None:
     from detector.spillfile import read_run_record
+
     step(f"Summary ({seconds:.0f} s)")
     t = Table(title="runs")
-    for col in ("run", "spills", "EOT", "physics triggers", "recorded / accepted", "events in the box",
-                "flagged spills"):
+    for col in (
+        "run",
+        "spills",
+        "EOT",
+        "physics triggers",
+        "recorded / accepted",
+        "events in the box",
+        "flagged spills",
+    ):
         t.add_column(col)
     for run, name in ((1, "offline-run1"), (2, "offline-run2")):
         rdir = out / "runs" / f"run-{run:06d}"
@@ -247,10 +392,15 @@ def print_summary(out: pathlib.Path, seconds: float) -> None:
         physics = sum(sp.get("triggers", {}).get("physics", {}).get("accepted", 0) for sp in rec.get("spills", []))
         flagged = sum(1 for sp in rec.get("spills", []) if sp.get("flags"))
         truth_ap = (sel.get("truth") or {}).get("aprime_in_box")
-        t.add_row(str(run), str(tot.get("spills", "-")), f"{tot.get('eot', 0):.3g}", str(physics),
-                  f"{tot.get('events_recorded', '-')} / {tot.get('events_accepted', '-')}",
-                  str(sel.get("n_obs", "-")) + (f" ({truth_ap} A' by truth)" if truth_ap is not None else ""),
-                  str(flagged))
+        t.add_row(
+            str(run),
+            str(tot.get("spills", "-")),
+            f"{tot.get('eot', 0):.3g}",
+            str(physics),
+            f"{tot.get('events_recorded', '-')} / {tot.get('events_accepted', '-')}",
+            str(sel.get("n_obs", "-")) + (f" ({truth_ap} A' by truth)" if truth_ap is not None else ""),
+            str(flagged),
+        )
     console.print(t)
     lim = out / "offline-run2" / "summary.json"
     if lim.exists():

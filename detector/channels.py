@@ -25,24 +25,25 @@ boards 0..3 are the HCAL modules 0..3 (9 channels, channel ``3*y + x``); boards 
 quadrants q = 2*(x >= 3) + (y >= 3), 18 channels each (``2*(3*(y%3) + x%3) + k``); board 8 carries
 the counters, vetoes and SRD (11 channels, in id order from S0). The analogue sums have no PMT.
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
-N_SAMPLES = 32                 #: samples per MSADC readout window
-SAMPLE_NS = 12.5               #: MSADC sampling period (80 MS/s), ns
-ADC_MAX = 4095                 #: 12-bit full scale, ADC counts
+N_SAMPLES = 32  #: samples per MSADC readout window
+SAMPLE_NS = 12.5  #: MSADC sampling period (80 MS/s), ns
+ADC_MAX = 4095  #: 12-bit full scale, ADC counts
 MSADC_CHANNELS_PER_BOARD = 32
 
 N_ECAL_SECTIONS, N_ECAL_X, N_ECAL_Y = 2, 6, 6
 N_HCAL_MODULES, N_HCAL_X, N_HCAL_Y = 4, 3, 3
-N_ECAL = N_ECAL_SECTIONS * N_ECAL_X * N_ECAL_Y          # 72
-N_HCAL = N_HCAL_MODULES * N_HCAL_X * N_HCAL_Y           # 36
-N_CALO = N_ECAL + N_HCAL                                 # 108
+N_ECAL = N_ECAL_SECTIONS * N_ECAL_X * N_ECAL_Y  # 72
+N_HCAL = N_HCAL_MODULES * N_HCAL_X * N_HCAL_Y  # 36
+N_CALO = N_ECAL + N_HCAL  # 108
 ECAL_FIRST, HCAL_FIRST = 0, N_ECAL
 COUNTER_NAMES = ("S0", "S1", "S2", "S3", "S4")
 VETO_NAMES = ("V0", "V1", "V2")
@@ -68,15 +69,15 @@ class Channel:
 
     id: int
     name: str
-    kind: str                      #: one of KINDS
+    kind: str  #: one of KINDS
     msadc_board: int
     msadc_input: int
-    hv_board: int | None           #: None for channels without a PMT (analogue sums)
+    hv_board: int | None  #: None for channels without a PMT (analogue sums)
     hv_channel: int | None
-    section: int = -1              #: ECAL section k (0 = PS, 1 = main); -1 otherwise
-    module: int = -1               #: HCAL module 0..3; -1 otherwise
-    x: int = -1                    #: cell column
-    y: int = -1                    #: cell row
+    section: int = -1  #: ECAL section k (0 = PS, 1 = main); -1 otherwise
+    module: int = -1  #: HCAL module 0..3; -1 otherwise
+    x: int = -1  #: cell column
+    y: int = -1  #: cell row
 
 
 def ecal_id(k: int, x: int, y: int) -> int:
@@ -116,8 +117,18 @@ def _build() -> tuple[Channel, ...]:
 
     def add(name: str, kind: str, hv: tuple[int, int] | None, **kw: int) -> None:
         i = len(chans)
-        chans.append(Channel(i, name, kind, i // MSADC_CHANNELS_PER_BOARD, i % MSADC_CHANNELS_PER_BOARD,
-                             hv[0] if hv else None, hv[1] if hv else None, **kw))
+        chans.append(
+            Channel(
+                i,
+                name,
+                kind,
+                i // MSADC_CHANNELS_PER_BOARD,
+                i % MSADC_CHANNELS_PER_BOARD,
+                hv[0] if hv else None,
+                hv[1] if hv else None,
+                **kw,
+            )
+        )
 
     for k in range(N_ECAL_SECTIONS):
         for x in range(N_ECAL_X):
@@ -128,8 +139,7 @@ def _build() -> tuple[Channel, ...]:
     for m in range(N_HCAL_MODULES):
         for y in range(N_HCAL_Y):
             for x in range(N_HCAL_X):
-                add(f"HCAL-{hcal_cell_name(x, y, m)}", "hcal", (HV_BOARD_HCAL0 + m, 3 * y + x),
-                    module=m, x=x, y=y)
+                add(f"HCAL-{hcal_cell_name(x, y, m)}", "hcal", (HV_BOARD_HCAL0 + m, 3 * y + x), module=m, x=x, y=y)
     hv_ch = 0
     for names, kind in ((COUNTER_NAMES, "counter"), (VETO_NAMES, "veto"), (SRD_NAMES, "srd")):
         for name in names:
@@ -169,7 +179,7 @@ def hv_board_size(board: int) -> int:
     return sum(1 for c in CHANNELS if c.hv_board == board)
 
 
-@lru_cache(maxsize=None)
+@cache
 def trigger_channel_ids() -> np.ndarray:
     """Channel ids of the trigger primitives, in primitive-block order (int64 array of 6)."""
     return np.array([_BY_NAME[n].id for n in TRIGGER_CHANNEL_NAMES], dtype=np.int64)
@@ -184,11 +194,13 @@ def ids_of_kind(kind: str) -> np.ndarray:
 
 def ecal_map(values: np.ndarray) -> np.ndarray:
     """Reshape per-channel values (first 72 entries = ECAL ids) into [k][x][y] = (2, 6, 6)."""
-    return np.asarray(values)[..., ECAL_FIRST:ECAL_FIRST + N_ECAL].reshape(
-        values.shape[:-1] + (N_ECAL_SECTIONS, N_ECAL_X, N_ECAL_Y))
+    return np.asarray(values)[..., ECAL_FIRST : ECAL_FIRST + N_ECAL].reshape(
+        values.shape[:-1] + (N_ECAL_SECTIONS, N_ECAL_X, N_ECAL_Y)
+    )
 
 
 def hcal_map(values: np.ndarray) -> np.ndarray:
     """Reshape per-channel values (ids 72..107) into [module][y][x] = (4, 3, 3)."""
-    return np.asarray(values)[..., HCAL_FIRST:HCAL_FIRST + N_HCAL].reshape(
-        values.shape[:-1] + (N_HCAL_MODULES, N_HCAL_Y, N_HCAL_X))
+    return np.asarray(values)[..., HCAL_FIRST : HCAL_FIRST + N_HCAL].reshape(
+        values.shape[:-1] + (N_HCAL_MODULES, N_HCAL_Y, N_HCAL_X)
+    )

@@ -11,6 +11,7 @@ documented default that runs everything against the emulator on loopback.
 Per-channel calibration (GeV per ADC count, HV set points, pedestals) lives in a second file named by
 ``calibration.file`` and is loaded by :func:`load_calibration` into a :class:`Calibration`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,21 @@ import numpy as np
 from . import channels as ch
 from .settings import SCHEMA, WILDCARD, Config, EnergyLine, Field
 
-__all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "SCHEMA", "Calibration", "Config", "ConfigError", "Field", "as_config",
-           "defaults", "dump_toml", "load_calibration", "load_config", "validate"]
+__all__ = [
+    "CONFIG_DIR",
+    "DEFAULT_CONFIG",
+    "SCHEMA",
+    "Calibration",
+    "Config",
+    "ConfigError",
+    "Field",
+    "as_config",
+    "defaults",
+    "dump_toml",
+    "load_calibration",
+    "load_config",
+    "validate",
+]
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "config"
 DEFAULT_CONFIG = CONFIG_DIR / "default.toml"
@@ -48,7 +62,7 @@ def defaults(schema: dict[str, Any] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, spec in schema.items():
         if key == WILDCARD or (_is_field(spec) and spec.default is None):
-            continue                    # a further sub-table, or an optional key: absent unless set
+            continue  # a further sub-table, or an optional key: absent unless set
         out[key] = copy.deepcopy(spec.default) if _is_field(spec) else defaults(spec)
     return out
 
@@ -62,9 +76,12 @@ def _check_value(source: str, dotted: str, field: Field, value: Any) -> Any:
         raise ConfigError(f"{source}: key '{dotted}' = {value!r} is not finite; allowed: {field.allowed()}")
     if field.choices is not None and value not in field.choices:
         raise ConfigError(f"{source}: key '{dotted}' = {value!r} is not allowed; allowed: {field.allowed()}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if (field.lo is not None and value < field.lo) or (field.hi is not None and value > field.hi):
-            raise ConfigError(f"{source}: key '{dotted}' = {value!r} is out of range; allowed: {field.allowed()}")
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and ((field.lo is not None and value < field.lo) or (field.hi is not None and value > field.hi))
+    ):
+        raise ConfigError(f"{source}: key '{dotted}' = {value!r} is out of range; allowed: {field.allowed()}")
     return value
 
 
@@ -79,8 +96,9 @@ def _merge(source: str, schema: dict[str, Any], data: dict[str, Any], out: dict[
             out[key] = defaults(spec)
         if spec is None or key == WILDCARD:
             known = ", ".join(sorted(k for k in schema if k != WILDCARD))
-            more = (f"; a further sub-table needs kind = {schema[WILDCARD]['kind'].default!r}"
-                    if WILDCARD in schema else "")
+            more = (
+                f"; a further sub-table needs kind = {schema[WILDCARD]['kind'].default!r}" if WILDCARD in schema else ""
+            )
             raise ConfigError(f"{source}: unknown key '{dotted}'; known keys here: {known}{more}")
         if _is_field(spec):
             out[key] = _check_value(source, dotted, spec, value)
@@ -107,21 +125,27 @@ def _check_consistency(source: str, cfg: Config) -> None:
     if hv.safe_v > hv.max_v:
         raise ConfigError(f"{source}: hv.safe_v = {hv.safe_v} is above hv.max_v = {hv.max_v}")
     if cfg.spill.length_s >= cfg.spill.supercycle_s:
-        raise ConfigError(f"{source}: spill.length_s = {cfg.spill.length_s} must be shorter than "
-                          f"spill.supercycle_s = {cfg.spill.supercycle_s}")
+        raise ConfigError(
+            f"{source}: spill.length_s = {cfg.spill.length_s} must be shorter than "
+            f"spill.supercycle_s = {cfg.spill.supercycle_s}"
+        )
     b = cfg.beam
     fracs = sum((b.frac_pion, b.frac_kaon, b.frac_muon, b.frac_halo, b.frac_upstream))
     if fracs >= 1.0:
         raise ConfigError(f"{source}: beam fractions (pion+kaon+muon+halo+upstream) add up to {fracs:.3f} >= 1")
     host = cfg.endpoints.host
     if not (host.startswith("127.") or host in ("localhost", "::1")) and not cfg.endpoints.zmq_curve:
-        raise ConfigError(f"{source}: endpoints.host = {host!r} is not loopback; binding beyond loopback "
-                          "needs endpoints.zmq_curve = true")
+        raise ConfigError(
+            f"{source}: endpoints.host = {host!r} is not loopback; binding beyond loopback "
+            "needs endpoints.zmq_curve = true"
+        )
     menu = cfg.trigger.menu
     for name, line in menu.items():
         if isinstance(line, EnergyLine) and line.ps_min_gev >= line.ecal_max_gev:
-            raise ConfigError(f"{source}: trigger.menu.{name}: ps_min_gev = {line.ps_min_gev} must be "
-                              f"below ecal_max_gev = {line.ecal_max_gev}")
+            raise ConfigError(
+                f"{source}: trigger.menu.{name}: ps_min_gev = {line.ps_min_gev} must be "
+                f"below ecal_max_gev = {line.ecal_max_gev}"
+            )
     if not any(line.enabled for line in menu.values()):
         raise ConfigError(f"{source}: trigger.menu enables no trigger")
 
@@ -159,9 +183,16 @@ def dump_toml(cfg: Config | Mapping[str, Any]) -> str:
         if isinstance(v, str):
             return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
         if isinstance(v, list):
-            return "[" + ", ".join(fmt(x) if not isinstance(x, dict) else
-                                   "{" + ", ".join(f"{k} = {fmt(y)}" for k, y in x.items()) + "}"
-                                   for x in v) + "]"
+            return (
+                "["
+                + ", ".join(
+                    fmt(x)
+                    if not isinstance(x, dict)
+                    else "{" + ", ".join(f"{k} = {fmt(y)}" for k, y in x.items()) + "}"
+                    for x in v
+                )
+                + "]"
+            )
         return repr(v)
 
     def walk(d: dict[str, Any], prefix: str) -> None:
@@ -251,8 +282,7 @@ def _num(source: str, dotted: str, value: Any, lo: float, hi: float, unit: str) 
     return float(value)
 
 
-def load_calibration(cfg: Config | None = None,
-                     path: str | pathlib.Path | None = None) -> Calibration:
+def load_calibration(cfg: Config | None = None, path: str | pathlib.Path | None = None) -> Calibration:
     """Load the calibration file named by ``cfg.calibration.file`` (relative to the config file, else to
     ``config/``), or ``path`` when given. Checks every HV limit against ``hv.max_v``."""
     cfg = as_config(cfg)
@@ -280,11 +310,15 @@ def load_calibration(cfg: Config | None = None,
     max_v = cfg.hv.max_v
     over = np.flatnonzero(arrays["hv_limit"] > max_v)
     if over.size:
-        raise ConfigError(f"{src}: hv_limit of {ch.CHANNELS[over[0]].name} = {arrays['hv_limit'][over[0]]} V is "
-                          f"above the global hv.max_v = {max_v} V")
+        raise ConfigError(
+            f"{src}: hv_limit of {ch.CHANNELS[over[0]].name} = {arrays['hv_limit'][over[0]]} V is "
+            f"above the global hv.max_v = {max_v} V"
+        )
     bad = np.flatnonzero(arrays["hv_set"] > arrays["hv_limit"])
     if bad.size:
         c = ch.CHANNELS[bad[0]]
-        raise ConfigError(f"{src}: hv_set of {c.name} = {arrays['hv_set'][bad[0]]} V is above its "
-                          f"hv_limit = {arrays['hv_limit'][bad[0]]} V")
+        raise ConfigError(
+            f"{src}: hv_set of {c.name} = {arrays['hv_set'][bad[0]]} V is above its "
+            f"hv_limit = {arrays['hv_limit'][bad[0]]} V"
+        )
     return Calibration(source=src, **arrays)

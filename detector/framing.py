@@ -8,19 +8,21 @@ copying and decoded with ``numpy.frombuffer`` on the received frames. Never pick
 This module does not import ZeroMQ: :func:`send_message` and :func:`recv_message` take any socket with
 ``send_multipart`` / ``recv_multipart`` (pyzmq's), so every package can use them.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 2           #: 2: sequence numbers count per topic (detector.monitoring)
+SCHEMA_VERSION = 2  #: 2: sequence numbers count per topic (detector.monitoring)
 MAX_HEADER_BYTES = 1 << 20
 MAX_ARRAYS = 64
-_ALLOWED_KINDS = set("biuf")   # bool, signed/unsigned int, float; structured dtypes via "descr"
+_ALLOWED_KINDS = set("biuf")  # bool, signed/unsigned int, float; structured dtypes via "descr"
 
 
 class FramingError(ValueError):
@@ -57,7 +59,7 @@ def _parse_dtype(spec: Any) -> np.dtype:
             return dt
         if isinstance(spec, list):
             dt = np.dtype([tuple(x) for x in spec])
-            if any(dt.fields[n][0].kind not in _ALLOWED_KINDS for n in dt.names):
+            if any(f[0].kind not in _ALLOWED_KINDS for f in (dt.fields or {}).values()):
                 raise FramingError(f"structured dtype {spec!r} has a field that is not numeric")
             return dt
     except (TypeError, ValueError) as exc:
@@ -67,8 +69,15 @@ def _parse_dtype(spec: Any) -> np.dtype:
     raise FramingError(f"bad dtype {spec!r}")
 
 
-def encode(topic: str, seq: int, arrays: dict[str, np.ndarray] | None = None, meta: dict[str, Any] | None = None,
-           run: int | None = None, spill: int | None = None, now: float | None = None) -> list[Any]:
+def encode(
+    topic: str,
+    seq: int,
+    arrays: dict[str, np.ndarray] | None = None,
+    meta: dict[str, Any] | None = None,
+    run: int | None = None,
+    spill: int | None = None,
+    now: float | None = None,
+) -> list[Any]:
     """Frames of one message. Array payloads are memoryviews on the arrays' own memory (zero-copy);
     non-contiguous arrays are made contiguous first."""
     if not topic or not topic.isascii() or len(topic) > 64:
@@ -80,10 +89,17 @@ def encode(topic: str, seq: int, arrays: dict[str, np.ndarray] | None = None, me
     for name, arr in arrays.items():
         a = np.ascontiguousarray(arr)
         specs.append({"name": str(name), "dtype": _dtype_spec(a.dtype), "shape": list(a.shape)})
-        payloads.append(memoryview(a.reshape(-1).view(np.uint8)) if a.size else b"")
-    header = {"schema": SCHEMA_VERSION, "topic": topic, "seq": int(seq),
-              "time": time.time() if now is None else float(now), "run": run, "spill": spill,
-              "arrays": specs, "meta": meta or {}}
+        payloads.append(a.reshape(-1).view(np.uint8).data if a.size else b"")
+    header = {
+        "schema": SCHEMA_VERSION,
+        "topic": topic,
+        "seq": int(seq),
+        "time": time.time() if now is None else float(now),
+        "run": run,
+        "spill": spill,
+        "arrays": specs,
+        "meta": meta or {},
+    }
     try:
         head = json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:
@@ -92,7 +108,7 @@ def encode(topic: str, seq: int, arrays: dict[str, np.ndarray] | None = None, me
 
 
 def _frame_bytes(frame: Any) -> memoryview:
-    buf = getattr(frame, "buffer", None)     # zmq.Frame
+    buf = getattr(frame, "buffer", None)  # zmq.Frame
     return memoryview(buf if buf is not None else frame)
 
 
@@ -144,13 +160,27 @@ def decode(frames: Iterable[Any]) -> Message:
     if not isinstance(meta, dict):
         raise FramingError("meta is not a JSON object")
     t = header.get("time", 0.0)
-    return Message(topic=topic, seq=seq, time=float(t) if isinstance(t, (int, float)) else 0.0,
-                   run=header.get("run"), spill=header.get("spill"), meta=meta, arrays=arrays)
+    return Message(
+        topic=topic,
+        seq=seq,
+        time=float(t) if isinstance(t, (int, float)) else 0.0,
+        run=header.get("run"),
+        spill=header.get("spill"),
+        meta=meta,
+        arrays=arrays,
+    )
 
 
-def send_message(sock: Any, topic: str, seq: int, arrays: dict[str, np.ndarray] | None = None,
-                 meta: dict[str, Any] | None = None, run: int | None = None, spill: int | None = None,
-                 flags: int = 0) -> None:
+def send_message(
+    sock: Any,
+    topic: str,
+    seq: int,
+    arrays: dict[str, np.ndarray] | None = None,
+    meta: dict[str, Any] | None = None,
+    run: int | None = None,
+    spill: int | None = None,
+    flags: int = 0,
+) -> None:
     """Encode and send one message on a pyzmq socket, zero-copy."""
     sock.send_multipart(encode(topic, seq, arrays, meta, run, spill), flags=flags, copy=False)
 
@@ -176,7 +206,7 @@ class SeqTracker:
         if self.last is not None:
             if seq > self.last + 1:
                 gap = seq - self.last - 1
-            elif seq <= self.last:       # the publisher restarted
+            elif seq <= self.last:  # the publisher restarted
                 self.restarts += 1
         self.missed += gap
         self.last = seq

@@ -1,6 +1,7 @@
-"""PMT gain law (physics.md section 7): gain G = C * V^gamma, so a pulse amplitude scales as
+"""PMT gain law (docs/physics.md section 7): gain G = C * V^gamma, so a pulse amplitude scales as
 ``(HV / HV_ref) ** gamma`` and the HV that reaches a target amplitude is
 ``HV_new = HV_old * (A_target / A_meas) ** (1 / gamma)``."""
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ The driver (:mod:`hv_control.caen`, :mod:`hv_control.supply`), the emulator (:mo
 the DAQ's monitoring stream and the monitor (:mod:`online.monitor.model`) all read these names; nobody
 writes a bit number or a state string of their own.
 """
+
 from __future__ import annotations
 
 import enum
@@ -13,20 +14,20 @@ import enum
 class HVStatus(enum.IntFlag):
     """Bits of a CAEN N1470-style channel status word (bit 0 is the least significant)."""
 
-    ON = 1 << 0          #: channel on
-    RUP = 1 << 1         #: ramping up
-    RDW = 1 << 2         #: ramping down
-    OVC = 1 << 3         #: over-current
-    OVV = 1 << 4         #: over-voltage
-    UNV = 1 << 5         #: under-voltage
-    MAXV = 1 << 6        #: VSET at the software limit MAXV
-    TRIP = 1 << 7        #: tripped (latched until CLR)
-    OVP = 1 << 8         #: over-power
-    OVT = 1 << 9         #: over-temperature
-    DIS = 1 << 10        #: disabled
-    KILL = 1 << 11       #: kill input active
-    ILK = 1 << 12        #: interlock
-    NOCAL = 1 << 13      #: calibration missing
+    ON = 1 << 0  #: channel on
+    RUP = 1 << 1  #: ramping up
+    RDW = 1 << 2  #: ramping down
+    OVC = 1 << 3  #: over-current
+    OVV = 1 << 4  #: over-voltage
+    UNV = 1 << 5  #: under-voltage
+    MAXV = 1 << 6  #: VSET at the software limit MAXV
+    TRIP = 1 << 7  #: tripped (latched until CLR)
+    OVP = 1 << 8  #: over-power
+    OVT = 1 << 9  #: over-temperature
+    DIS = 1 << 10  #: disabled
+    KILL = 1 << 11  #: kill input active
+    ILK = 1 << 12  #: interlock
+    NOCAL = 1 << 13  #: calibration missing
 
 
 #: bits that mean the channel is moving towards its set point
@@ -36,10 +37,21 @@ HV_FAULT = HVStatus.OVC | HVStatus.OVV | HVStatus.OVP | HVStatus.OVT | HVStatus.
 
 #: the driver's long names of the bits (``CAENMainframe.status_flags``), bit by bit
 HV_FLAG_NAMES: dict[HVStatus, str] = {
-    HVStatus.ON: "on", HVStatus.RUP: "ramp_up", HVStatus.RDW: "ramp_down", HVStatus.OVC: "over_current",
-    HVStatus.OVV: "over_voltage", HVStatus.UNV: "under_voltage", HVStatus.MAXV: "at_maxv",
-    HVStatus.TRIP: "tripped", HVStatus.OVP: "over_power", HVStatus.OVT: "over_temperature",
-    HVStatus.DIS: "disabled", HVStatus.KILL: "kill", HVStatus.ILK: "interlock", HVStatus.NOCAL: "no_calibration"}
+    HVStatus.ON: "on",
+    HVStatus.RUP: "ramp_up",
+    HVStatus.RDW: "ramp_down",
+    HVStatus.OVC: "over_current",
+    HVStatus.OVV: "over_voltage",
+    HVStatus.UNV: "under_voltage",
+    HVStatus.MAXV: "at_maxv",
+    HVStatus.TRIP: "tripped",
+    HVStatus.OVP: "over_power",
+    HVStatus.OVT: "over_temperature",
+    HVStatus.DIS: "disabled",
+    HVStatus.KILL: "kill",
+    HVStatus.ILK: "interlock",
+    HVStatus.NOCAL: "no_calibration",
+}
 
 
 def hv_flag_names(word: int) -> set[str]:
@@ -50,9 +62,9 @@ def hv_flag_names(word: int) -> set[str]:
 class CrateState(str, enum.Enum):
     """Spill state of the MSADC crate as ``SPIL:STAT?`` reports it."""
 
-    IDLE = "IDLE"        #: no beam feed yet
-    SPILL = "SPILL"      #: beam on, a spill in progress
-    GAP = "GAP"          #: between spills
+    IDLE = "IDLE"  #: no beam feed yet
+    SPILL = "SPILL"  #: beam on, a spill in progress
+    GAP = "GAP"  #: between spills
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

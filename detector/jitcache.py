@@ -10,6 +10,7 @@ project is defined; it sets ``NUMBA_CACHE_DIR`` (inherited by the DAQ and emulat
 importing numba, and numba's live setting if numba is already imported. A ``NUMBA_CACHE_DIR`` set by the
 user (not by this module) wins.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,7 +48,7 @@ def configure(root: Path = ROOT) -> str | None:
     env["NUMBA_CACHE_DIR"] = cache_dir
     env[MARK] = str(root)
     config = sys.modules.get("numba.core.config")
-    if config is not None:                  # numba read its environment already
+    if config is not None:  # numba read its environment already
         config.CACHE_DIR = cache_dir  # type: ignore[attr-defined]
     if cache_root.is_dir():
         for old in cache_root.iterdir():

@@ -17,21 +17,37 @@ The DAQ's spill state machine states are :class:`DAQState` (the ``state`` of ``s
 (JSON header, raw buffers) is :mod:`detector.framing`; its ``SCHEMA_VERSION`` is the version of this
 contract too.
 """
+
 from __future__ import annotations
 
 import enum
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 
 from . import channels as ch
 from .framing import SCHEMA_VERSION, Message, SeqTracker
 
-__all__ = ["SCHEMA_VERSION", "DAQState", "ArraySpec", "TopicSpec", "TOPICS", "TOPIC_NAMES", "LATEST_WINS",
-           "ACCUMULATING", "ECAL_EDGES", "HCAL_EDGES", "ContentError", "check", "TopicSequence",
-           "TopicSeqTracker", "markdown_table", "update_docs"]
+__all__ = [
+    "ACCUMULATING",
+    "ECAL_EDGES",
+    "HCAL_EDGES",
+    "LATEST_WINS",
+    "SCHEMA_VERSION",
+    "TOPICS",
+    "TOPIC_NAMES",
+    "ArraySpec",
+    "ContentError",
+    "DAQState",
+    "TopicSeqTracker",
+    "TopicSequence",
+    "TopicSpec",
+    "check",
+    "markdown_table",
+    "update_docs",
+]
 
 
 class DAQState(str, enum.Enum):
@@ -87,13 +103,13 @@ class TopicSpec:
     """One topic of the monitoring stream."""
 
     name: str
-    when: str                                   #: when the DAQ publishes it
-    accumulate: bool                            #: True: per-spill increments/lines; False: latest-wins
+    when: str  #: when the DAQ publishes it
+    accumulate: bool  #: True: per-spill increments/lines; False: latest-wins
     arrays: tuple[ArraySpec, ...] = ()
-    meta: tuple[str, ...] = ()                  #: meta keys every message carries
-    optional: tuple[str, ...] = ()              #: meta keys a message may carry
-    doc: str = ""                               #: what the arrays/meta mean, units
-    edges: dict[str, tuple[float, float, int]] = field(default_factory=dict)   #: meta key -> histogram binning
+    meta: tuple[str, ...] = ()  #: meta keys every message carries
+    optional: tuple[str, ...] = ()  #: meta keys a message may carry
+    doc: str = ""  #: what the arrays/meta mean, units
+    edges: dict[str, tuple[float, float, int]] = field(default_factory=dict)  #: meta key -> histogram binning
 
     def array(self, name: str) -> ArraySpec:
         for a in self.arrays:
@@ -107,49 +123,120 @@ _CALO_H = (ch.N_HCAL_MODULES, ch.N_HCAL_Y, ch.N_HCAL_X)
 _STATES = ", ".join(s.value for s in DAQState)
 
 #: every topic of the monitoring stream, in publishing order of a spill
-TOPICS: dict[str, TopicSpec] = {t.name: t for t in (
-    TopicSpec("status", "every second (heartbeat) and on every state change", accumulate=False,
-              meta=("state",),
-              optional=("ready", "run", "spill", "last_spill_unix", "spills_done", "events_recorded", "lost_spills",
-                        "message", "calibration_mode", "monitor_dropped"),
-              doc=f"`state` ({_STATES}), `ready` (true once kernels are compiled and the crate is configured), "
-                  "`monitor_dropped` (messages the PUB socket refused)"),
-    TopicSpec("scalers", "per spill", accumulate=True,
-              meta=("S0", "S1", "V0", "eot"),
-              optional=("eot_total", "particles", "triggers", "accepted", "read_out", "recorded", "flags",
-                        "spill_length_s", "start_unix", "crate_spill", "scalers"),
-              doc="counts of the spill; `triggers` {name: {raw, accepted}}; `scalers` the crate's hardware counters"),
-    TopicSpec("calo", "per spill", accumulate=True,
-              arrays=(ArraySpec("ecal_energy", "<f8", _CALO_E, "GeV summed over the events, [section][x][y]"),
-                      ArraySpec("ecal_occupancy", "<i8", _CALO_E, "events with the cell above zero"),
-                      ArraySpec("hcal_energy", "<f8", _CALO_H, "GeV summed, [module][y][x]"),
-                      ArraySpec("hcal_occupancy", "<i8", _CALO_H, "events with the cell above zero")),
-              meta=("events",), optional=("ecal_axes", "hcal_axes")),
-    TopicSpec("ecal_hcal", "per spill", accumulate=True,
-              arrays=(ArraySpec("counts", "<f8", ("n_ecal", "n_hcal"),
-                                "the spill's increment of the E_ECAL vs E_HCAL histogram"),),
-              meta=("ecal_edges", "hcal_edges"), optional=("events",),
-              doc="edges are [lo, hi, n] in GeV, n = n_ecal, n_hcal",
-              edges={"ecal_edges": ECAL_EDGES, "hcal_edges": HCAL_EDGES}),
-    TopicSpec("waveforms", "per spill", accumulate=False,
-              arrays=(ArraySpec("waveforms", "<i2", ("k", ch.N_CHANNELS, ch.N_SAMPLES), "ADC counts"),
-                      ArraySpec("event_ids", "<i8", ("k",), "event numbers in the spill")),
-              doc="k sample events, evenly spaced over the spill's recorded events "
-                  "(`online.monitor_messages.sample_indices`)"),
-    TopicSpec("amplitudes", "per spill", accumulate=False,
-              arrays=(ArraySpec("amplitudes", "<f4", ("n", ch.N_CALO),
-                                "pedestal-subtracted ADC counts of the calorimeter cells for the events of the "
-                                "calibration (beam) trigger"),),
-              meta=("table", "start_unix"), optional=("events",),
-              doc="`table` {x_mm, y_mm, module, cell}"),
-    TopicSpec("hv", "per spill and every 5 s", accumulate=False,
-              arrays=(ArraySpec("vset", "<f4", ("n_hv",), "V"), ArraySpec("vmon", "<f4", ("n_hv",), "V"),
-                      ArraySpec("imon", "<f4", ("n_hv",), "uA"),
-                      ArraySpec("status", "<i4", ("n_hv",), "status word, `detector.hwstatus.HVStatus`"),
-                      ArraySpec("channel_ids", "<i8", ("n_hv",), "channel ids")),
-              optional=("unix",)),
-    TopicSpec("log", "on events worth a line", accumulate=True, meta=("level", "text")),
-)}
+TOPICS: dict[str, TopicSpec] = {
+    t.name: t
+    for t in (
+        TopicSpec(
+            "status",
+            "every second (heartbeat) and on every state change",
+            accumulate=False,
+            meta=("state",),
+            optional=(
+                "ready",
+                "run",
+                "spill",
+                "last_spill_unix",
+                "spills_done",
+                "events_recorded",
+                "lost_spills",
+                "message",
+                "calibration_mode",
+                "monitor_dropped",
+            ),
+            doc=f"`state` ({_STATES}), `ready` (true once kernels are compiled and the crate is configured), "
+            "`monitor_dropped` (messages the PUB socket refused)",
+        ),
+        TopicSpec(
+            "scalers",
+            "per spill",
+            accumulate=True,
+            meta=("S0", "S1", "V0", "eot"),
+            optional=(
+                "eot_total",
+                "particles",
+                "triggers",
+                "accepted",
+                "read_out",
+                "recorded",
+                "flags",
+                "spill_length_s",
+                "start_unix",
+                "crate_spill",
+                "scalers",
+            ),
+            doc="counts of the spill; `triggers` {name: {raw, accepted}}; `scalers` the crate's hardware counters",
+        ),
+        TopicSpec(
+            "calo",
+            "per spill",
+            accumulate=True,
+            arrays=(
+                ArraySpec("ecal_energy", "<f8", _CALO_E, "GeV summed over the events, [section][x][y]"),
+                ArraySpec("ecal_occupancy", "<i8", _CALO_E, "events with the cell above zero"),
+                ArraySpec("hcal_energy", "<f8", _CALO_H, "GeV summed, [module][y][x]"),
+                ArraySpec("hcal_occupancy", "<i8", _CALO_H, "events with the cell above zero"),
+            ),
+            meta=("events",),
+            optional=("ecal_axes", "hcal_axes"),
+        ),
+        TopicSpec(
+            "ecal_hcal",
+            "per spill",
+            accumulate=True,
+            arrays=(
+                ArraySpec(
+                    "counts", "<f8", ("n_ecal", "n_hcal"), "the spill's increment of the E_ECAL vs E_HCAL histogram"
+                ),
+            ),
+            meta=("ecal_edges", "hcal_edges"),
+            optional=("events",),
+            doc="edges are [lo, hi, n] in GeV, n = n_ecal, n_hcal",
+            edges={"ecal_edges": ECAL_EDGES, "hcal_edges": HCAL_EDGES},
+        ),
+        TopicSpec(
+            "waveforms",
+            "per spill",
+            accumulate=False,
+            arrays=(
+                ArraySpec("waveforms", "<i2", ("k", ch.N_CHANNELS, ch.N_SAMPLES), "ADC counts"),
+                ArraySpec("event_ids", "<i8", ("k",), "event numbers in the spill"),
+            ),
+            doc="k sample events, evenly spaced over the spill's recorded events "
+            "(`online.monitor_messages.sample_indices`)",
+        ),
+        TopicSpec(
+            "amplitudes",
+            "per spill",
+            accumulate=False,
+            arrays=(
+                ArraySpec(
+                    "amplitudes",
+                    "<f4",
+                    ("n", ch.N_CALO),
+                    "pedestal-subtracted ADC counts of the calorimeter cells for the events of the "
+                    "calibration (beam) trigger",
+                ),
+            ),
+            meta=("table", "start_unix"),
+            optional=("events",),
+            doc="`table` {x_mm, y_mm, module, cell}",
+        ),
+        TopicSpec(
+            "hv",
+            "per spill and every 5 s",
+            accumulate=False,
+            arrays=(
+                ArraySpec("vset", "<f4", ("n_hv",), "V"),
+                ArraySpec("vmon", "<f4", ("n_hv",), "V"),
+                ArraySpec("imon", "<f4", ("n_hv",), "uA"),
+                ArraySpec("status", "<i4", ("n_hv",), "status word, `detector.hwstatus.HVStatus`"),
+                ArraySpec("channel_ids", "<i8", ("n_hv",), "channel ids"),
+            ),
+            optional=("unix",),
+        ),
+        TopicSpec("log", "on events worth a line", accumulate=True, meta=("level", "text")),
+    )
+}
 
 TOPIC_NAMES: tuple[str, ...] = tuple(TOPICS)
 #: topics whose latest message supersedes the previous one (state, not increments)
@@ -227,8 +314,13 @@ def _rows() -> Iterator[str]:
     yield "| topic | when | kind | arrays | meta |"
     yield "|---|---|---|---|---|"
     for t in TOPICS.values():
-        arrays = ", ".join(f"`{a.name}` {a.shape_text()} {np.dtype(a.dtype).str[1:]}"
-                           + (f" ({a.doc})" if a.doc else "") for a in t.arrays) or "–"
+        arrays = (
+            ", ".join(
+                f"`{a.name}` {a.shape_text()} {np.dtype(a.dtype).str[1:]}" + (f" ({a.doc})" if a.doc else "")
+                for a in t.arrays
+            )
+            or "–"
+        )
         meta = ", ".join([f"`{k}`" for k in t.meta] + [f"`{k}`?" for k in t.optional]) or "–"
         if t.doc:
             meta += f"; {t.doc}"
@@ -243,9 +335,16 @@ DOC_END = "<!-- end of generated monitoring topics -->"
 def markdown_table() -> str:
     """The topic table of docs/protocols.md section 4.2, between its generated-section markers."""
     edges = ", ".join(f"`{k}` = {list(v)}" for t in TOPICS.values() for k, v in t.edges.items())
-    lines = [DOC_BEGIN, *_rows(), "",
-             f"Schema version {SCHEMA_VERSION}; `seq` counts per topic; `?` marks optional meta keys; "
-             f"histogram binning: {edges} (GeV).", DOC_END]
+    lines = [
+        DOC_BEGIN,
+        *_rows(),
+        "",
+        (
+            f"Schema version {SCHEMA_VERSION}; `seq` counts per topic; `?` marks optional meta keys; "
+            f"histogram binning: {edges} (GeV)."
+        ),
+        DOC_END,
+    ]
     return "\n".join(lines)
 
 
@@ -254,7 +353,7 @@ def update_docs(text: str) -> str:
     i, j = text.find(DOC_BEGIN), text.find(DOC_END)
     if i < 0 or j < i:
         raise ValueError("docs have no generated monitoring-topics section (markers missing)")
-    return text[:i] + markdown_table() + text[j + len(DOC_END):]
+    return text[:i] + markdown_table() + text[j + len(DOC_END) :]
 
 
 def _main(argv: list[str]) -> int:
@@ -270,4 +369,3 @@ def _main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))
-

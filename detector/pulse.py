@@ -1,6 +1,6 @@
 """MSADC pulse model, energy/time -> waveform (the simulation direction).
 
-Template (physics.md 1.5, CR-RC^2-like, unit peak at ``d = n*tau``)::
+Template (docs/physics.md 1.5, CR-RC^2-like, unit peak at ``d = n*tau``)::
 
     p(t) = A * (d / (n tau))^n * exp(n - d / tau)   for d = t - t0 >= 0, else 0;  n = 2, tau = 12 ns
 
@@ -10,6 +10,7 @@ the result is rounded and clipped to the 12-bit range 0..4095.
 
 Pile-up is made by adding several pulses to one waveform before digitising (:func:`add_pulses`).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,9 +22,9 @@ from .channels import ADC_MAX, N_SAMPLES, SAMPLE_NS
 
 TEMPLATE_N = 2
 TEMPLATE_TAU_NS = 12.0
-PEAK_DELAY_NS = TEMPLATE_N * TEMPLATE_TAU_NS      #: onset -> peak, ns (24 ns)
-TEMPLATE_LENGTH_NS = 250.0                        #: beyond this the template is < 1e-6 and treated as 0
-NOISE_RMS_COUNTS = 1.5                            #: default white noise per sample, ADC counts
+PEAK_DELAY_NS = TEMPLATE_N * TEMPLATE_TAU_NS  #: onset -> peak, ns (24 ns)
+TEMPLATE_LENGTH_NS = 250.0  #: beyond this the template is < 1e-6 and treated as 0
+NOISE_RMS_COUNTS = 1.5  #: default white noise per sample, ADC counts
 NOISE_BANK_SIZE = 1 << 20
 
 
@@ -40,7 +41,7 @@ def template(d_ns: np.ndarray | float) -> np.ndarray:
     """Vectorised unit-peak template (numpy), ``d_ns`` in ns after onset."""
     d = np.asarray(d_ns, dtype=np.float64)
     u = np.where(d > 0, d / PEAK_DELAY_NS, 0.0)
-    out = u ** TEMPLATE_N * np.exp(TEMPLATE_N - np.where(d > 0, d, 0.0) / TEMPLATE_TAU_NS)
+    out = u**TEMPLATE_N * np.exp(TEMPLATE_N - np.where(d > 0, d, 0.0) / TEMPLATE_TAU_NS)
     return np.where((d > 0) & (d < TEMPLATE_LENGTH_NS), out, 0.0)
 
 
@@ -92,8 +93,15 @@ def _xorshift(state: np.uint64) -> np.uint64:
 
 
 @nb.njit(cache=True, nogil=True)
-def digitize(analog: np.ndarray, pedestal_even: np.ndarray, pedestal_odd: np.ndarray, noise_rms: float,
-             noise_bank: np.ndarray, seed: int, out: np.ndarray) -> None:
+def digitize(
+    analog: np.ndarray,
+    pedestal_even: np.ndarray,
+    pedestal_odd: np.ndarray,
+    noise_rms: float,
+    noise_bank: np.ndarray,
+    seed: int,
+    out: np.ndarray,
+) -> None:
     """Digitise ``analog`` (float32, shape (W, C, 32), ADC counts above pedestal) into ``out``
     (int16, same shape): add the per-channel even/odd pedestal (arrays of C), add white noise of
     ``noise_rms`` counts (drawn from ``noise_bank`` at a pseudo-random offset per waveform), round, and
@@ -117,9 +125,14 @@ def digitize(analog: np.ndarray, pedestal_even: np.ndarray, pedestal_odd: np.nda
                 out[w, c, k] = np.int16(v)
 
 
-def synthesize(amplitude: np.ndarray, t0_ns: np.ndarray, pedestal_even: float | np.ndarray = 150.0,
-               pedestal_odd: float | np.ndarray = 156.0, noise_rms: float = NOISE_RMS_COUNTS,
-               seed: int = 0) -> np.ndarray:
+def synthesize(
+    amplitude: np.ndarray,
+    t0_ns: np.ndarray,
+    pedestal_even: float | np.ndarray = 150.0,
+    pedestal_odd: float | np.ndarray = 156.0,
+    noise_rms: float = NOISE_RMS_COUNTS,
+    seed: int = 0,
+) -> np.ndarray:
     """Waveforms of single pulses (convenience for tests and small samples).
 
     ``amplitude`` (ADC counts) and ``t0_ns`` (onset, ns) have shape (W, C); pedestals are scalars or

@@ -19,6 +19,7 @@ Per waveform (32 samples of 12-bit ADC counts):
 
 ``time_ns`` is the pulse onset in the window (ns), the same ``t0`` that :mod:`detector.pulse` takes.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,16 +34,16 @@ from .pulse import PEAK_DELAY_NS, TEMPLATE_LENGTH_NS, TEMPLATE_N, TEMPLATE_TAU_N
 FLAG_SATURATED = np.uint8(1)
 FLAG_PILEUP = np.uint8(2)
 FLAG_NO_SIGNAL = np.uint8(4)
-FLAG_EDGE = np.uint8(8)          #: peak in the first or last sample: no interpolation
+FLAG_EDGE = np.uint8(8)  #: peak in the first or last sample: no interpolation
 
-ZS_THRESHOLD = 10.0              #: default zero-suppression threshold, ADC counts (~6.7 sigma of the noise)
-PILEUP_PROMINENCE = 8.0          #: ADC counts a second peak must stand above the valley before it
-RESIDUAL_MIN = 8.0               #: ADC counts: a sample this far from the fitted template means pile-up ...
-RESIDUAL_FRACTION = 0.03         #: ... or this fraction of the amplitude, whichever is larger, ...
+ZS_THRESHOLD = 10.0  #: default zero-suppression threshold, ADC counts (~6.7 sigma of the noise)
+PILEUP_PROMINENCE = 8.0  #: ADC counts a second peak must stand above the valley before it
+RESIDUAL_MIN = 8.0  #: ADC counts: a sample this far from the fitted template means pile-up ...
+RESIDUAL_FRACTION = 0.03  #: ... or this fraction of the amplitude, whichever is larger, ...
 RESIDUAL_TIME_NS_COUNTS = 100.0  #: ... plus the template's slope there times this / A (ns): the onset is
 #: known to about 20/A ns RMS (0.2 ns at 100 counts), and on a steep edge a 5-sigma timing error alone
 #: moves a sample by more than 8 counts (a false PILEUP on 0.14% of 100-400 count pulses without it)
-N_PED = 4                        #: samples per phase used for the pedestal
+N_PED = 4  #: samples per phase used for the pedestal
 DECAY_PER_SAMPLE = math.exp(-SAMPLE_NS / TEMPLATE_TAU_NS)
 
 
@@ -69,10 +70,12 @@ _N_XP = _XP.size
 _N_GUIDE = 1 << 13
 _GUIDE_X0 = float(_XP[0])
 _GUIDE_INV = _N_GUIDE / float(_XP[-1] - _XP[0])
-_GUIDE = np.clip(np.searchsorted(_XP, _GUIDE_X0 + np.arange(_N_GUIDE) / _GUIDE_INV, side="right") - 1,
-                 0, _N_XP - 2).astype(np.int32)
-_ITAB = np.ascontiguousarray(np.stack([_XP[:-1], (_FP[1:] - _FP[:-1]) / (_XP[1:] - _XP[:-1]), _FP[:-1], _XP[1:]],
-                                      axis=1))
+_GUIDE = np.clip(
+    np.searchsorted(_XP, _GUIDE_X0 + np.arange(_N_GUIDE) / _GUIDE_INV, side="right") - 1, 0, _N_XP - 2
+).astype(np.int32)
+_ITAB = np.ascontiguousarray(
+    np.stack([_XP[:-1], (_FP[1:] - _FP[:-1]) / (_XP[1:] - _XP[:-1]), _FP[:-1], _XP[1:]], axis=1)
+)
 assert np.diff(_XP).min() * _GUIDE_INV > 1.0, "a guide bin must hold at most one knot"
 #: exp(T / tau) of the closed form of saturated pulses
 _EXP_SAMPLE = math.exp(SAMPLE_NS / 12.0)
@@ -86,7 +89,7 @@ def peak_delta(x: float) -> float:
     xc = min(max(x, _XP[0]), _XP[_N_XP - 2])
     g = min(max(int((xc - _GUIDE_X0) * _GUIDE_INV), 0), _N_GUIDE - 1)
     j = np.int64(_GUIDE[g])
-    if _ITAB[j, 3] <= xc:        # the next knot lies in the bin (or rounding): predictable branches
+    if _ITAB[j, 3] <= xc:  # the next knot lies in the bin (or rounding): predictable branches
         j += 1
         while _ITAB[j, 3] <= xc:
             j += 1
@@ -114,8 +117,7 @@ def peak_fit(k: int, best: float, sm: float, sp: float, need_amp: bool) -> tuple
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def saturated_fit(w: np.ndarray, pe: float, po: float, threshold: float, amp: float, t0: float
-                  ) -> tuple[float, float]:
+def saturated_fit(w: np.ndarray, pe: float, po: float, threshold: float, amp: float, t0: float) -> tuple[float, float]:
     """(amplitude ADC counts, onset ns) of a saturated waveform ``w`` (a sample at ADC_MAX; pedestals pe, po):
     the first two samples after the saturated plateau (else the two before it) fix onset and amplitude in
     closed form, ``s[j+1]/s[j] = ((d+T)/d)^2 exp(-T/tau)`` for a sample d ns after the onset. Returns
@@ -231,8 +233,10 @@ def reco_waveform(w: np.ndarray, threshold: float):
             sj = w[j] - (pe if (j & 1) == 0 else po)
             if sj < threshold:
                 continue
-            if not (sj > w[j - 1] - (pe if ((j - 1) & 1) == 0 else po)
-                    and sj >= w[j + 1] - (pe if ((j + 1) & 1) == 0 else po)):
+            if not (
+                sj > w[j - 1] - (pe if ((j - 1) & 1) == 0 else po)
+                and sj >= w[j + 1] - (pe if ((j + 1) & 1) == 0 else po)
+            ):
                 continue
             lo, hi = (j + 1, k) if j < k else (k + 1, j)
             valley = 1e30
@@ -311,12 +315,12 @@ def _reconstruct_parallel(wf, gev_per_count, threshold, ped_e, ped_o, amp, time,
 class RecoResult:
     """Reconstructed quantities, arrays of shape (n_events, n_channels)."""
 
-    pedestal_even: np.ndarray   #: ADC counts (float32)
-    pedestal_odd: np.ndarray    #: ADC counts (float32)
-    amplitude: np.ndarray       #: pedestal-subtracted peak, ADC counts (float32); 0 below threshold
-    time_ns: np.ndarray         #: pulse onset in the window, ns (float32); NaN without signal
-    energy_gev: np.ndarray      #: GeV (float32)
-    flags: np.ndarray           #: uint8 bit set of FLAG_*
+    pedestal_even: np.ndarray  #: ADC counts (float32)
+    pedestal_odd: np.ndarray  #: ADC counts (float32)
+    amplitude: np.ndarray  #: pedestal-subtracted peak, ADC counts (float32); 0 below threshold
+    time_ns: np.ndarray  #: pulse onset in the window, ns (float32); NaN without signal
+    energy_gev: np.ndarray  #: GeV (float32)
+    flags: np.ndarray  #: uint8 bit set of FLAG_*
 
 
 def _alloc(n_e: int, n_c: int) -> RecoResult:
@@ -327,36 +331,34 @@ def _alloc(n_e: int, n_c: int) -> RecoResult:
 def _check(waveforms: np.ndarray, gev_per_count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     wf = np.asarray(waveforms)
     if wf.dtype != np.int16 or wf.ndim != 3 or wf.shape[2] != N_SAMPLES:
-        raise ValueError(f"waveforms must be int16 of shape (events, channels, {N_SAMPLES}); "
-                         f"got {wf.dtype} {wf.shape}")
+        raise ValueError(f"waveforms must be int16 of shape (events, channels, {N_SAMPLES}); got {wf.dtype} {wf.shape}")
     g = np.ascontiguousarray(gev_per_count, dtype=np.float32)
     if g.shape != (wf.shape[1],):
         raise ValueError(f"gev_per_count must have one value per channel ({wf.shape[1]}); got {g.shape}")
     return np.ascontiguousarray(wf), g
 
 
-def reconstruct(waveforms: np.ndarray, gev_per_count: np.ndarray, threshold: float = ZS_THRESHOLD,
-                parallel: bool = False) -> RecoResult:
+def reconstruct(
+    waveforms: np.ndarray, gev_per_count: np.ndarray, threshold: float = ZS_THRESHOLD, parallel: bool = False
+) -> RecoResult:
     """Reconstruct every waveform of ``waveforms`` (int16, (events, channels, 32)) with numba.
     ``gev_per_count`` has one value per channel (GeV per ADC count); ``threshold`` in ADC counts."""
     wf, g = _check(waveforms, gev_per_count)
     r = _alloc(wf.shape[0], wf.shape[1])
     fn = _reconstruct_parallel if parallel else _reconstruct_serial
-    fn(wf, g, float(threshold), r.pedestal_even, r.pedestal_odd, r.amplitude, r.time_ns,
-       r.energy_gev, r.flags)
+    fn(wf, g, float(threshold), r.pedestal_even, r.pedestal_odd, r.amplitude, r.time_ns, r.energy_gev, r.flags)
     return r
 
 
-def reconstruct_numpy(waveforms: np.ndarray, gev_per_count: np.ndarray,
-                      threshold: float = ZS_THRESHOLD) -> RecoResult:
+def reconstruct_numpy(waveforms: np.ndarray, gev_per_count: np.ndarray, threshold: float = ZS_THRESHOLD) -> RecoResult:
     """The same algorithm as :func:`reconstruct`, vectorised with numpy (the reference and the
     benchmark baseline)."""
     wf, g = _check(waveforms, gev_per_count)
     n_e, n_c, _ = wf.shape
     w = wf.reshape(-1, N_SAMPLES).astype(np.float64)
     m = w.shape[0]
-    pe = w[:, 0:2 * N_PED:2].sum(axis=1) * 0.25
-    po = w[:, 1:2 * N_PED:2].sum(axis=1) * 0.25
+    pe = w[:, 0 : 2 * N_PED : 2].sum(axis=1) * 0.25
+    po = w[:, 1 : 2 * N_PED : 2].sum(axis=1) * 0.25
     ped = np.empty_like(w)
     ped[:, 0::2] = pe[:, None]
     ped[:, 1::2] = po[:, None]
@@ -382,7 +384,7 @@ def reconstruct_numpy(waveforms: np.ndarray, gev_per_count: np.ndarray,
     amp[inner] = best[inner] / template(PEAK_DELAY_NS - delta * SAMPLE_NS)
     t0[inner] = (ki + delta) * SAMPLE_NS - PEAK_DELAY_NS
     tol = np.maximum(RESIDUAL_MIN, RESIDUAL_FRACTION * amp[inner])
-    dj = np.arange(N_SAMPLES)[None, :] * SAMPLE_NS - t0[inner, None]          # ns after the onset
+    dj = np.arange(N_SAMPLES)[None, :] * SAMPLE_NS - t0[inner, None]  # ns after the onset
     pred = amp[inner, None] * template(dj)
     with np.errstate(divide="ignore", invalid="ignore"):
         slope = np.where((dj > 0) & (pred > 0), np.abs(pred * (TEMPLATE_N / dj - 1.0 / TEMPLATE_TAU_NS)), 0.0)
@@ -417,13 +419,13 @@ def reconstruct_numpy(waveforms: np.ndarray, gev_per_count: np.ndarray,
     loc[:, 1:-1] = (s[:, 1:-1] > s[:, :-2]) & (s[:, 1:-1] >= s[:, 2:]) & (s[:, 1:-1] >= threshold)
     loc &= (np.abs(idx - k[:, None]) > 1) & (w < ADC_MAX)
     left = np.where(idx < k[:, None], s, np.inf)
-    suffix_min = np.minimum.accumulate(left[:, ::-1], axis=1)[:, ::-1]       # min(left[j:])
+    suffix_min = np.minimum.accumulate(left[:, ::-1], axis=1)[:, ::-1]  # min(left[j:])
     valley_l = np.full_like(s, np.inf)
-    valley_l[:, :-1] = suffix_min[:, 1:]                                       # min(s[j+1:k])
+    valley_l[:, :-1] = suffix_min[:, 1:]  # min(s[j+1:k])
     right = np.where(idx > k[:, None], s, np.inf)
-    prefix_min = np.minimum.accumulate(right, axis=1)                          # min(right[:j+1])
+    prefix_min = np.minimum.accumulate(right, axis=1)  # min(right[:j+1])
     valley_r = np.full_like(s, np.inf)
-    valley_r[:, 1:] = prefix_min[:, :-1]                                       # min(s[k+1:j])
+    valley_r[:, 1:] = prefix_min[:, :-1]  # min(s[k+1:j])
     valley = np.where(idx < k[:, None], valley_l, valley_r)
     second = (loc & (s - valley >= PILEUP_PROMINENCE)).any(axis=1)
     flags[second & ~nosig] |= FLAG_PILEUP
@@ -432,6 +434,11 @@ def reconstruct_numpy(waveforms: np.ndarray, gev_per_count: np.ndarray,
     t0[nosig] = np.nan
     shape = (n_e, n_c)
     amp32 = amp.astype(np.float32).reshape(shape)
-    return RecoResult(pe.astype(np.float32).reshape(shape), po.astype(np.float32).reshape(shape), amp32,
-                      t0.astype(np.float32).reshape(shape), (amp32 * g[None, :]).astype(np.float32),
-                      flags.reshape(shape))
+    return RecoResult(
+        pe.astype(np.float32).reshape(shape),
+        po.astype(np.float32).reshape(shape),
+        amp32,
+        t0.astype(np.float32).reshape(shape),
+        (amp32 * g[None, :]).astype(np.float32),
+        flags.reshape(shape),
+    )

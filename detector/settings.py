@@ -22,6 +22,7 @@ of lines is data, not attributes.
 dict back (``detector.config.dump_toml`` writes it as TOML). ``dataclasses.replace`` makes an
 unvalidated variant where a program needs a value outside the file ranges (e.g. a very short spill).
 """
+
 import dataclasses
 import types
 from collections.abc import Iterator, Mapping
@@ -52,8 +53,14 @@ class Field:
         """What the key accepts, in words (used in every ``ConfigError`` message)."""
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
-        names = {bool: "true/false", int: "an integer", float: "a number", str: "a string",
-                 list: "a list", dict: "a table"}
+        names = {
+            bool: "true/false",
+            int: "an integer",
+            float: "a number",
+            str: "a string",
+            list: "a list",
+            dict: "a table",
+        }
         types = self.type if isinstance(self.type, tuple) else (self.type,)
         kind = " or ".join(names.get(t, t.__name__) for t in types)
         if self.lo is not None or self.hi is not None:
@@ -61,8 +68,15 @@ class Field:
         return kind + (f" {self.unit}" if self.unit else "")
 
 
-def key(default: Any, lo: float | None = None, hi: float | None = None, *, choices: tuple[Any, ...] | None = None,
-        unit: str = "", doc: str = "") -> Any:
+def key(
+    default: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    choices: tuple[Any, ...] | None = None,
+    unit: str = "",
+    doc: str = "",
+) -> Any:
     """A config key as a dataclass field: default, inclusive range ``[lo, hi]`` or ``choices``, unit, doc.
     The key's type is the field's annotation."""
     meta = {"lo": lo, "hi": hi, "choices": choices, "unit": unit, "doc": doc}
@@ -84,7 +98,7 @@ class Section:
             elif isinstance(v, tuple):
                 v = [dict(x) if isinstance(x, Mapping) else x for x in v]
             elif v is None:
-                continue                                 # an optional key that is not set
+                continue  # an optional key that is not set
             out[f.name] = v
         return out
 
@@ -94,7 +108,7 @@ class Section:
         kw = {}
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             if f.name not in d and f.default is None:
-                continue                                 # an optional key that is not set
+                continue  # an optional key that is not set
             v = d[f.name]
             kw[f.name] = tuple(dict(x) if isinstance(x, Mapping) else x for x in v) if isinstance(v, list) else v
         return cls(**kw)
@@ -111,13 +125,12 @@ def fields_schema(cls: type[Section], overrides: Mapping[str, Any] | None = None
         if "config" not in f.metadata:
             continue
         ftype: Any = f.type
-        if isinstance(ftype, types.UnionType):          # ``float | None``: an optional key (default None)
+        if isinstance(ftype, types.UnionType):  # ``float | None``: an optional key (default None)
             ftype = next(t for t in ftype.__args__ if t is not type(None))
         origin = getattr(ftype, "__origin__", ftype)
         toml_type = list if origin is tuple else _TOML_TYPES[origin]
         default = (overrides or {}).get(f.name, f.default)
-        out[f.name] = Field(toml_type, list(default) if isinstance(default, tuple) else default,
-                            **f.metadata["config"])
+        out[f.name] = Field(toml_type, list(default) if isinstance(default, tuple) else default, **f.metadata["config"])
     return out
 
 
@@ -148,7 +161,7 @@ class SpillSection(Section):
     """``[spill]``: the SPS spill cycle."""
 
     length_s: float = key(4.8, 0.01, 60.0, unit="s", doc="beam (flat-top) duration of a spill")
-    supercycle_s: float = key(30.0, 0.02, 120.0, unit="s", doc="spill period; physics.md: 14.4-48 s")
+    supercycle_s: float = key(30.0, 0.02, 120.0, unit="s", doc="spill period; docs/physics.md: 14.4-48 s")
     count: int = key(0, 0, 10**9, doc="spills the feed generates; 0 = until stopped")
 
 
@@ -165,13 +178,14 @@ class BeamSection(Section):
     frac_pion: float = key(3e-3, 0.0, 0.5, doc="pi- per particle")
     frac_kaon: float = key(3e-4, 0.0, 0.5)
     frac_muon: float = key(1e-3, 0.0, 0.5)
-    frac_halo: float = key(0.126, 0.0, 0.9, doc="halo particles that fire V0 (physics.md: V0/S1 = 0.126)")
+    frac_halo: float = key(0.126, 0.0, 0.9, doc="halo particles that fire V0 (docs/physics.md: V0/S1 = 0.126)")
     frac_halo_v1: float = key(0.05, 0.0, 1.0, doc="fraction of the halo that also fires V1")
     frac_upstream: float = key(1e-3, 0.0, 0.2, doc="electrons that interacted upstream (soft e-)")
     dimuon_bias: float = key(200.0, 1.0, 1e6, doc="bias factor of gamma -> mu mu in showers")
     seed: int = key(12345, 0, 2**63 - 1)
-    calibration_particle: str = key("e-", choices=("e-", "pi-", "mu-"),
-                                    doc="particle of the calibration beam when the table is on an HCAL cell")
+    calibration_particle: str = key(
+        "e-", choices=("e-", "pi-", "mu-"), doc="particle of the calibration beam when the table is on an HCAL cell"
+    )
     calibration_particles_per_spill: float = key(2e4, 0, 1e7)
 
 
@@ -206,6 +220,7 @@ class EmulatorSection(Section):
 @dataclass(frozen=True)
 class BeamLine(Section):
     """The beam trigger: S1*S2*S3, prescaled."""
+
     enabled: bool = key(True)
     prescale: int = key(1000, 1, 10**7)
 
@@ -213,6 +228,7 @@ class BeamLine(Section):
 @dataclass(frozen=True)
 class RandomLine(Section):
     """The random (periodic) trigger."""
+
     enabled: bool = key(True)
     rate_hz: float = key(10.0, 0.0, 1e5, unit="Hz")
 
@@ -223,6 +239,7 @@ class EnergyLine(Section):
     ``kind = "energy"``): counters (EOT, or PiSi when ``veto`` is false), E_PS above ``ps_min_gev``, E_ECAL
     below ``ecal_max_gev``, optionally E_PS below ``ps_max_gev`` and E_ECAL above ``ecal_min_gev``;
     definitions in trigger/menu.py."""
+
     kind: str = key("energy", choices=("energy",), doc="an energy trigger line")
     enabled: bool = key(True)
     prescale: int = key(1, 1, 10**7)
@@ -303,9 +320,14 @@ class DaqSection(Section):
     calibration_mode: bool = key(False, doc="beam trigger unprescaled; publish amplitudes")
     heartbeat_s: float = key(1.0, 0.05, 60.0, unit="s")
     spill_timeout_s: float = key(120.0, 0.1, 3600.0, unit="s", doc="no spill for this long = DAQ stalled")
-    min_free_mb: float = key(256.0, 0.0, 1e8, unit="MB",
-                             doc="disk kept free on the output filesystem: a spill that would cut into it is "
-                                 "not written (flagged disk_full) and the run stops")
+    min_free_mb: float = key(
+        256.0,
+        0.0,
+        1e8,
+        unit="MB",
+        doc="disk kept free on the output filesystem: a spill that would cut into it is "
+        "not written (flagged disk_full) and the run stops",
+    )
 
 
 @dataclass(frozen=True)
@@ -359,8 +381,9 @@ class OfflineSection(Section):
     hcal_box_max_gev: float = key(1.0, 0.0, 100.0, unit="GeV")
     cell_pileup_min_gev: float = key(1.0, 0.0, 100.0, unit="GeV")
     pileup_window_ns: float = key(2.0, 0.1, 100.0, unit="ns")
-    srd_min_gev: float = key(0.025, 0.0, 1.0, unit="GeV",
-                             doc="SR per SRD section: half of a 100 GeV e-'s, so soft upstream e- fail the tag")
+    srd_min_gev: float = key(
+        0.025, 0.0, 1.0, unit="GeV", doc="SR per SRD section: half of a 100 GeV e-'s, so soft upstream e- fail the tag"
+    )
     v2_max_mip: float = key(0.5, 0.0, 100.0)
     shape_chi2_ndf_max: float = key(4.0, 0.1, 1000.0, doc="ECAL lateral profile vs e-m expectation, chi2/ndf")
     centre_max_mm: float = key(20.0, 1.0, 200.0, unit="mm", doc="shower centre distance from the beam axis")
@@ -369,9 +392,17 @@ class OfflineSection(Section):
 
 #: section name -> class, in file order
 SECTIONS: dict[str, type[Section]] = {
-    "calibration": CalibrationSection, "endpoints": EndpointsSection, "spill": SpillSection,
-    "beam": BeamSection, "aprime": AprimeSection, "emulator": EmulatorSection, "trigger": TriggerSection,
-    "daq": DaqSection, "hv": HvSection, "hv_tune": HvTuneSection, "monitor": MonitorSection,
+    "calibration": CalibrationSection,
+    "endpoints": EndpointsSection,
+    "spill": SpillSection,
+    "beam": BeamSection,
+    "aprime": AprimeSection,
+    "emulator": EmulatorSection,
+    "trigger": TriggerSection,
+    "daq": DaqSection,
+    "hv": HvSection,
+    "hv_tune": HvTuneSection,
+    "monitor": MonitorSection,
     "offline": OfflineSection,
 }
 
@@ -379,7 +410,7 @@ SECTIONS: dict[str, type[Section]] = {
 def _schema() -> dict[str, Any]:
     out: dict[str, Any] = {name: fields_schema(cls) for name, cls in SECTIONS.items()}
     out["trigger"]["menu"] = {n: fields_schema(kind, over) for n, (kind, over) in MENU_LINES.items()}
-    out["trigger"]["menu"][WILDCARD] = fields_schema(EnergyLine)    # any further energy line
+    out["trigger"]["menu"][WILDCARD] = fields_schema(EnergyLine)  # any further energy line
     return out
 
 
@@ -422,8 +453,9 @@ class Config:
         validated by the same schema and checks as a file (``ConfigError`` on a bad value)."""
         from .config import validate
 
-        return dataclasses.replace(validate(merge_dicts(self.to_dict(), overrides), self.path or "<overrides>"),
-                                   path=self.path)
+        return dataclasses.replace(
+            validate(merge_dicts(self.to_dict(), overrides), self.path or "<overrides>"), path=self.path
+        )
 
 
 def merge_dicts(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -432,4 +464,3 @@ def merge_dicts(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, A
     for k, v in over.items():
         out[k] = merge_dicts(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
     return out
-

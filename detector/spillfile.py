@@ -5,7 +5,7 @@ The ONE writer and ONE reader, used by the recorder (online), the monitor's repl
 Run directory ``<out>/run-<number>/``:
 - ``spill-<number>.h5`` per spill (layout below), written to ``.spill-<number>.h5.tmp-<pid>``, flushed,
   fsync'd, closed and atomically renamed, then the directory is fsync'd: a crash loses at most the spill
-  in flight and never corrupts a finished one (an unflushed HDF5 file is unreadable; STACK.md);
+  in flight and never corrupts a finished one (an unflushed HDF5 file is unreadable; docs/stack.md);
 - ``run.json``: the run record, replaced atomically the same way after every spill.
 
 HDF5 never sees a failed write: libhdf5 does not survive one (a write error while a file is open, e.g. a
@@ -26,6 +26,7 @@ Spill file::
     /events/waveforms      (n, 121, 32) int16
     /truth                 (n,) detector.records.TRUTH_DTYPE   (only when recorded from the emulator)
 """
+
 from __future__ import annotations
 
 import errno as errno_mod
@@ -199,8 +200,9 @@ def _fsync_dir(path: pathlib.Path) -> None:
 def _validate_content(c: SpillContent) -> None:
     n = c.event_id.shape[0]
     if c.waveforms.dtype != np.int16 or c.waveforms.shape != (n, N_CHANNELS, N_SAMPLES):
-        raise ValueError(f"waveforms must be int16 ({n}, {N_CHANNELS}, {N_SAMPLES}); got "
-                         f"{c.waveforms.dtype} {c.waveforms.shape}")
+        raise ValueError(
+            f"waveforms must be int16 ({n}, {N_CHANNELS}, {N_SAMPLES}); got {c.waveforms.dtype} {c.waveforms.shape}"
+        )
     for name in ("trigger_mask", "time_ns"):
         if getattr(c, name).shape != (n,):
             raise ValueError(f"{name} must have shape ({n},); got {getattr(c, name).shape}")
@@ -229,8 +231,13 @@ def write_spill(rdir: str | os.PathLike, content: SpillContent, compression: str
     tmp = rdir / f".{final.name}.tmp-{os.getpid()}"
     n = content.event_id.shape[0]
     attrs = dict(content.attrs)
-    attrs.update(schema_version=SCHEMA_VERSION, run=int(content.run), spill=int(content.spill),
-                 n_recorded=int(n), written_unix=time.time())
+    attrs.update(
+        schema_version=SCHEMA_VERSION,
+        run=int(content.run),
+        spill=int(content.spill),
+        n_recorded=int(n),
+        written_unix=time.time(),
+    )
     try:
         sink = _FailSafeFile(tmp)
         try:
@@ -250,8 +257,9 @@ def write_spill(rdir: str | os.PathLike, content: SpillContent, compression: str
             sink.close()
         if sink.error is not None:
             e = sink.error
-            raise SpillWriteError(e.errno or errno_mod.EIO,
-                                  f"spill {content.spill} not written to {rdir}: {e.strerror or e}")
+            raise SpillWriteError(
+                e.errno or errno_mod.EIO, f"spill {content.spill} not written to {rdir}: {e.strerror or e}"
+            )
         os.replace(tmp, final)
         _fsync_dir(rdir)
     except BaseException:
@@ -280,14 +288,17 @@ def read_spill(path: str | os.PathLike, waveforms: bool = True) -> SpillData:
             eid = g["event_id"][()]
             n = eid.shape[0]
             wf = g["waveforms"][()] if waveforms else np.empty((0, N_CHANNELS, N_SAMPLES), np.int16)
-            data = SpillData(p, attrs, eid, g["trigger_mask"][()], g["time_ns"][()], wf,
-                             f["truth"][()] if "truth" in f else None)
+            data = SpillData(
+                p, attrs, eid, g["trigger_mask"][()], g["time_ns"][()], wf, f["truth"][()] if "truth" in f else None
+            )
     except SpillFileError:
         raise
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
         raise SpillFileError(f"{p}: unreadable or incomplete spill file ({exc})") from None
     if waveforms and data.waveforms.shape != (n, N_CHANNELS, N_SAMPLES):
-        raise SpillFileError(f"{p}: waveforms have shape {data.waveforms.shape}, expected ({n}, {N_CHANNELS}, {N_SAMPLES})")
+        raise SpillFileError(
+            f"{p}: waveforms have shape {data.waveforms.shape}, expected ({n}, {N_CHANNELS}, {N_SAMPLES})"
+        )
     if data.attrs.get("n_recorded") != n:
         raise SpillFileError(f"{p}: n_recorded = {data.attrs.get('n_recorded')} but {n} events are stored")
     return data
@@ -316,7 +327,7 @@ def write_run_record(rdir: str | os.PathLike, record: dict[str, Any]) -> pathlib
             os.fsync(fh.fileno())
         os.replace(tmp, final)
     except BaseException:
-        tmp.unlink(missing_ok=True)     # the previous run.json stays as it was
+        tmp.unlink(missing_ok=True)  # the previous run.json stays as it was
         raise
     _fsync_dir(rdir)
     return final

@@ -12,8 +12,10 @@ replies, each mapped to an :class:`HVProtocolError` subclass carrying the reques
     hv.vmon.get_all(0)                # -> [v0, ..., v8] via CH:9 (VAL:a;b;c)
     hv.on(0, 3); hv.clear_trip(0, 3)
 """
+
 from __future__ import annotations
 
+import builtins
 import math
 import numbers
 import re
@@ -74,11 +76,18 @@ class HVReplyError(HVProtocolError):
 
 
 _ERRORS: dict[str, type[HVProtocolError]] = {
-    "CMD:ERR": HVCommandError, "CH:ERR": HVChannelError, "PAR:ERR": HVParameterError, "VAL:ERR": HVValueError}
+    "CMD:ERR": HVCommandError,
+    "CH:ERR": HVChannelError,
+    "PAR:ERR": HVParameterError,
+    "VAL:ERR": HVValueError,
+}
 
-_MEANING = {"CMD:ERR": "unknown command, malformed request or no such board",
-            "CH:ERR": "no such channel", "PAR:ERR": "unknown or read-only parameter",
-            "VAL:ERR": "value missing, unparsable or out of range"}
+_MEANING = {
+    "CMD:ERR": "unknown command, malformed request or no such board",
+    "CH:ERR": "no such channel",
+    "PAR:ERR": "unknown or read-only parameter",
+    "VAL:ERR": "value missing, unparsable or out of range",
+}
 
 
 def extract_reply(text: str) -> str | None:
@@ -131,7 +140,7 @@ class Parameter(Generic[T]):
     def __set_name__(self, owner: type, name: str) -> None:
         object.__setattr__(self, "_attr", name)
 
-    def __get__(self, obj: "CAENMainframe | None", owner: type) -> Any:
+    def __get__(self, obj: CAENMainframe | None, owner: type) -> Any:
         return self if obj is None else BoundParameter(self, obj)
 
 
@@ -139,7 +148,7 @@ class BoundParameter(Generic[T]):
     """A :class:`Parameter` bound to one mainframe: ``get(board, ch)``, ``get_all(board)``,
     ``set(board, ch, value)``."""
 
-    def __init__(self, param: Parameter[T], hv: "CAENMainframe") -> None:
+    def __init__(self, param: Parameter[T], hv: CAENMainframe) -> None:
         self.param = param
         self.hv = hv
 
@@ -162,8 +171,7 @@ class BoundParameter(Generic[T]):
         try:
             v = p.validator(value)
         except ValueError as exc:
-            raise ValueError(f"refusing to send {p.par} = {value!r} {p.unit} to board {board} ch {ch}: "
-                             f"{exc}") from None
+            raise ValueError(f"refusing to send {p.par} = {value!r} {p.unit} to board {board} ch {ch}: {exc}") from None
         self.hv.set(board, ch, p.par, p.fmt.format(v))
 
 
@@ -177,7 +185,7 @@ class CAENMainframe:
     Units: V for voltages, uA for currents, V/s for ramp rates, s for the trip time.
     """
 
-    HVMAX_HARDWARE = 2000.0   #: no set point above this is ever formatted (V)
+    HVMAX_HARDWARE = 2000.0  #: no set point above this is ever formatted (V)
 
     # ---- the protocol on one screen -------------------------------------------------------------
     vset = Parameter("VSET", "V", float, strict_range(0.0, HVMAX_HARDWARE), "{:.1f}", doc="set point")
@@ -194,12 +202,11 @@ class CAENMainframe:
     bdnch = Parameter("BDNCH", "", _int_value, board_level=True, doc="number of channels")
     bdsnum = Parameter("BDSNUM", "", _str, board_level=True, doc="serial number")
     bdfrel = Parameter("BDFREL", "", _str, board_level=True, doc="firmware release")
-    SWITCHES = ("ON", "OFF", "CLR")     #: SET without VAL
+    SWITCHES = ("ON", "OFF", "CLR")  #: SET without VAL
 
     STATUS = HVStatus
 
-    def __init__(self, transport: LineTransport,
-                 board_size: Callable[[int], int] = chmap.hv_board_size) -> None:
+    def __init__(self, transport: LineTransport, board_size: Callable[[int], int] = chmap.hv_board_size) -> None:
         self.transport = transport
         self.board_size = board_size
 
@@ -227,8 +234,7 @@ class CAENMainframe:
         if m.group(4):
             raise HVCommandError(f"mainframe answered {reply!r} to {req!r}: line not understood", req, reply)
         if int(m.group(1)) != board:
-            raise HVReplyError(f"reply {reply!r} to {req!r} comes from board {m.group(1)}, not {board:02d}",
-                               req, reply)
+            raise HVReplyError(f"reply {reply!r} to {req!r} comes from board {m.group(1)}, not {board:02d}", req, reply)
         status = m.group(2)
         if status in _ERRORS:
             raise _ERRORS[status](f"{status} ({_MEANING[status]}) for request {req!r}", req, reply)
@@ -251,8 +257,11 @@ class CAENMainframe:
         parts = value.split(";")
         if len(parts) != n:
             req = self.request(board, "MON", n, par)
-            raise HVReplyError(f"{par} of board {board:02d}: expected {n} values, got {len(parts)} "
-                               f"({value!r}) for request {req!r}", req, value)
+            raise HVReplyError(
+                f"{par} of board {board:02d}: expected {n} values, got {len(parts)} ({value!r}) for request {req!r}",
+                req,
+                value,
+            )
         return parts
 
     def set(self, board: int, ch: int, par: str, val: str | None = None) -> None:
@@ -273,7 +282,7 @@ class CAENMainframe:
         self.set(board, ch, "CLR")
 
     @classmethod
-    def status_flags(cls, word: int) -> set[str]:
+    def status_flags(cls, word: int) -> builtins.set[str]:  # builtins: the class has a set() method
         """Names of the bits set in a status word."""
         return hv_flag_names(word)
 

@@ -7,6 +7,7 @@ has too few events, whose peak lies outside the fit window or whose distribution
 all, or one too narrow to histogram at its amplitude in float64) raises :class:`PeakFitError`, which the
 HV campaign (``hv_control.tune``) turns into a pause.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,10 @@ def fit_peak(amplitudes: np.ndarray, min_events: int = 100, core_sigmas: float =
     # the same test np.histogram makes: a window a few float64 steps wide cannot hold `bins` distinct bins
     edges = np.linspace(lo, hi, bins + 1)
     if not np.all(edges[1:] > edges[:-1]):
-        raise PeakFitError(f"amplitude distribution has no width resolvable at its amplitude (spread {mad:.3g} "
-                           f"counts at median {med:.1f} counts: below float64 resolution for {bins} bins)")
+        raise PeakFitError(
+            f"amplitude distribution has no width resolvable at its amplitude (spread {mad:.3g} "
+            f"counts at median {med:.1f} counts: below float64 resolution for {bins} bins)"
+        )
     core = a[(a >= lo) & (a <= hi)]
     if core.size < min_events // 2:
         raise PeakFitError(f"only {core.size} events in the peak window [{lo:.0f}, {hi:.0f}] counts")
@@ -67,7 +70,7 @@ def fit_peak(amplitudes: np.ndarray, min_events: int = 100, core_sigmas: float =
         return (model(x, mu, sigma) - c_lo) / max(c_hi - c_lo, 1e-300)
 
     m = Minuit(BinnedNLL(counts, edges, truncated), mu=float(np.mean(core)), sigma=mad)
-    m.limits["sigma"] = (1e-3 * mad, 10 * mad)     # relative: any width scale, however narrow
+    m.limits["sigma"] = (1e-3 * mad, 10 * mad)  # relative: any width scale, however narrow
     m.limits["mu"] = (lo, hi)
     m.migrad()
     if not m.valid:

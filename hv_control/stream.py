@@ -6,6 +6,7 @@ wanted cell (``meta.table.cell``) count. The stream is lossy by design; missed m
 topic from the per-topic sequence numbers (:class:`detector.monitoring.TopicSeqTracker`: only the two
 subscribed topics count) and malformed ones are counted and skipped, never fatal.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,7 +53,7 @@ class StreamAmplitudes:
             self.malformed += 1
             log.warning("malformed message on %s: %s", self.address, exc)
             return False
-        if msg.topic not in self.TOPICS:       # a SUBSCRIBE prefix also matches longer topic names
+        if msg.topic not in self.TOPICS:  # a SUBSCRIBE prefix also matches longer topic names
             return False
         self.seq.update(msg.topic, msg.seq)
         if msg.topic == "status":
@@ -70,8 +71,9 @@ class StreamAmplitudes:
         heard = f"last status {self.last_status}" if self.last_status else "no heartbeat at all"
         raise BeamLossError(f"the DAQ at {self.address} was not ready within {timeout_s:.0f} s ({heard})")
 
-    def collect(self, channel_id: int, cell: str, since_unix: float, min_events: int, max_spills: int,
-                timeout_s: float) -> np.ndarray:
+    def collect(
+        self, channel_id: int, cell: str, since_unix: float, min_events: int, max_spills: int, timeout_s: float
+    ) -> np.ndarray:
         """Amplitudes (ADC counts, > 0 only) of calorimeter channel ``channel_id`` from spills with the beam
         on ``cell`` that started after ``since_unix``, until ``min_events`` or ``max_spills`` spills.
         BeamLossError if fewer than ``min_events // 5`` events arrive within ``timeout_s`` seconds."""
@@ -95,7 +97,9 @@ class StreamAmplitudes:
             n += a.size
             spills += 1
         if n < max(1, min_events // 5):
-            raise BeamLossError(f"beam loss: {n} events on cell {cell} in {spills} spill(s) within "
-                                f"{timeout_s:.0f} s (need {min_events}); DAQ state "
-                                f"{(self.last_status or {}).get('state', 'unknown')}")
+            raise BeamLossError(
+                f"beam loss: {n} events on cell {cell} in {spills} spill(s) within "
+                f"{timeout_s:.0f} s (need {min_events}); DAQ state "
+                f"{(self.last_status or {}).get('state', 'unknown')}"
+            )
         return np.concatenate(parts) if parts else np.empty(0)

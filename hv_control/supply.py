@@ -1,7 +1,7 @@
 """HV safety layer: channel map, limits, software ramps with read-back, trips, safe shutdown.
 
 :class:`HVSupply` sits on :class:`~hv_control.caen.CAENMainframe` and speaks in channel ids
-(``detector.channels``) and volts. Rules it enforces (STYLE.md; QCoDeS #2125, ophyd #886):
+(``detector.channels``) and volts. Rules it enforces (QCoDeS #2125, ophyd #886):
 
 - The limit of a channel is ``min(calibration hv_limit, hv.max_v)``; an unset, NaN or negative limit
   denies every set point of that channel. Values above the limit, negative, NaN or
@@ -18,6 +18,7 @@
 - Ramping down from above a (since lowered) limit goes straight to the limit first: no intermediate
   set point is ever above the limit.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,8 @@ log = logging.getLogger(__name__)
 
 ST_ON = HVStatus.ON
 ST_TRIP = HVStatus.TRIP
-WIRE_RESOLUTION_V = 0.1      #: VSET / MAXV are sent as %.1f
-ECHO_TOLERANCE_V = 0.051     #: |VSET echo - sent| allowed (formatting), V
+WIRE_RESOLUTION_V = 0.1  #: VSET / MAXV are sent as %.1f
+ECHO_TOLERANCE_V = 0.051  #: |VSET echo - sent| allowed (formatting), V
 
 
 class HVError(Exception):
@@ -114,9 +115,16 @@ class HVSupply:
     tests under a fake clock.
     """
 
-    def __init__(self, mainframe: CAENMainframe, cfg: Config | None = None,
-                 calib: Calibration | None = None, *, poll_s: float = 0.05,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        mainframe: CAENMainframe,
+        cfg: Config | None = None,
+        calib: Calibration | None = None,
+        *,
+        poll_s: float = 0.05,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         cfg = load_config(None) if cfg is None else cfg
         calib = load_calibration(cfg) if calib is None else calib
         self.mainframe = mainframe
@@ -129,19 +137,28 @@ class HVSupply:
         per_channel = np.array([_finite_or_nan(x) for x in np.asarray(calib.hv_limit, dtype=float)])
         if per_channel.shape != (chmap.N_CHANNELS,):
             raise ValueError(f"calibration hv_limit must have {chmap.N_CHANNELS} entries, got {per_channel.shape}")
-        self._limits = np.minimum(per_channel, max_v)          # NaN anywhere -> NaN -> denied
-        self._addr = {c.id: HVAddress(c.id, c.name, c.hv_board, c.hv_channel)
-                      for c in chmap.CHANNELS if c.hv_board is not None and c.hv_channel is not None}
-        self.channel_ids = np.array(sorted(self._addr), dtype=np.int64)   #: every channel with HV
+        self._limits = np.minimum(per_channel, max_v)  # NaN anywhere -> NaN -> denied
+        self._addr = {
+            c.id: HVAddress(c.id, c.name, c.hv_board, c.hv_channel)
+            for c in chmap.CHANNELS
+            if c.hv_board is not None and c.hv_channel is not None
+        }
+        self.channel_ids = np.array(sorted(self._addr), dtype=np.int64)  #: every channel with HV
 
     @classmethod
-    def connect(cls, address: str, cfg: Config | None = None, calib: Calibration | None = None, *,
-                backend: str | None = None, **kw: Any) -> "HVSupply":
+    def connect(
+        cls,
+        address: str,
+        cfg: Config | None = None,
+        calib: Calibration | None = None,
+        *,
+        backend: str | None = None,
+        **kw: Any,
+    ) -> HVSupply:
         """Open ``address`` (``/dev/pts/N``, ``socket://host:port`` or a VISA ``ASRL...::INSTR`` name)
         with the timeout and retries of ``cfg.hv``."""
         cfg = load_config(None) if cfg is None else cfg
-        transport = open_transport(address, backend=backend, timeout_s=cfg.hv.timeout_s,
-                                   retries=cfg.hv.retries)
+        transport = open_transport(address, backend=backend, timeout_s=cfg.hv.timeout_s, retries=cfg.hv.retries)
         return cls(CAENMainframe(transport), cfg, calib, **kw)
 
     def close(self) -> None:
@@ -178,8 +195,8 @@ class HVSupply:
             raise HVLimitError(f"{a.name}: set point {v:g} V is negative; refused")
         if v > lim:
             raise HVLimitError(f"{a.name}: set point {v:g} V is above the limit {lim:g} V; refused")
-        wire = float(f"{v:.1f}") + 0.0          # + 0.0: never "-0.0" on the wire
-        if wire > lim:                        # rounding up would cross the limit: quantise down
+        wire = float(f"{v:.1f}") + 0.0  # + 0.0: never "-0.0" on the wire
+        if wire > lim:  # rounding up would cross the limit: quantise down
             wire = float(f"{math.floor(v / WIRE_RESOLUTION_V) * WIRE_RESOLUTION_V:.1f}")
         if not 0.0 <= wire <= lim:
             raise HVLimitError(f"{a.name}: wire value {wire:.1f} V of {v:g} V is outside [0, {lim:g}] V; refused")
@@ -223,8 +240,7 @@ class HVSupply:
         for p, values in out.items():
             bad = [c for c, v in values.items() if not math.isfinite(v)]
             if bad:
-                raise HVReadbackError(f"read-back {p} of {chmap.CHANNELS[bad[0]].name} is {values[bad[0]]!r} "
-                                      f"{what}")
+                raise HVReadbackError(f"read-back {p} of {chmap.CHANNELS[bad[0]].name} is {values[bad[0]]!r} {what}")
         return out
 
     def read_channel(self, channel_id: int) -> dict[str, Any]:
@@ -242,11 +258,13 @@ class HVSupply:
         in ascending channel id; one MON request per board and parameter."""
         ids = sorted(self.channel_ids.tolist() if channel_ids is None else {int(c) for c in channel_ids})
         r = self._read(ids, ("vset", "vmon", "imon", "stat"), "for read_all")
-        return {"channel_ids": np.array(ids, dtype=np.int64),
-                "vset": np.array([r["vset"][c] for c in ids], dtype=np.float64),
-                "vmon": np.array([r["vmon"][c] for c in ids], dtype=np.float64),
-                "imon": np.array([r["imon"][c] for c in ids], dtype=np.float64),
-                "status": np.array([r["stat"][c] for c in ids], dtype=np.int64)}
+        return {
+            "channel_ids": np.array(ids, dtype=np.int64),
+            "vset": np.array([r["vset"][c] for c in ids], dtype=np.float64),
+            "vmon": np.array([r["vmon"][c] for c in ids], dtype=np.float64),
+            "imon": np.array([r["imon"][c] for c in ids], dtype=np.float64),
+            "status": np.array([r["stat"][c] for c in ids], dtype=np.int64),
+        }
 
     def check_trips(self, channel_ids: Iterable[int] | None = None) -> None:
         """HVTripError if any of the channels (default: all) has a latched trip."""
@@ -259,8 +277,9 @@ class HVSupply:
         tripped = sorted(c for c, s in stat.items() if int(s) & ST_TRIP)
         if tripped:
             names = ", ".join(chmap.CHANNELS[c].name for c in tripped)
-            raise HVTripError(f"HV trip on {names} (status bit 7 set); clear it with clear_trip() after "
-                              f"finding the cause", tripped)
+            raise HVTripError(
+                f"HV trip on {names} (status bit 7 set); clear it with clear_trip() after finding the cause", tripped
+            )
 
     # ------------------------------------------------------------------ setting voltages
     def set_voltage(self, channel_id: int, volts: float, *, max_step: float | None = None) -> float:
@@ -285,13 +304,17 @@ class HVSupply:
             self._raise_trips(now["stat"])
             off = [c for c in plan if not int(now["stat"][c]) & ST_ON]
             if off:
-                raise HVStateError(f"{', '.join(chmap.CHANNELS[c].name for c in off)} is/are OFF; "
-                                   "switch on first (switch_on / power_up)")
+                raise HVStateError(
+                    f"{', '.join(chmap.CHANNELS[c].name for c in off)} is/are OFF; "
+                    "switch on first (switch_on / power_up)"
+                )
             if max_step is not None:
                 for c, v in plan.items():
                     if abs(v - now["vmon"][c]) > float(max_step):
-                        raise HVLimitError(f"{chmap.CHANNELS[c].name}: step from {now['vmon'][c]:.1f} V to "
-                                           f"{v:.1f} V is larger than max_step = {float(max_step):g} V; refused")
+                        raise HVLimitError(
+                            f"{chmap.CHANNELS[c].name}: step from {now['vmon'][c]:.1f} V to "
+                            f"{v:.1f} V is larger than max_step = {float(max_step):g} V; refused"
+                        )
             return self._ramp(plan, now["vmon"])
 
     def _ramp(self, plan: Mapping[int, float], start: Mapping[int, float]) -> dict[int, float]:
@@ -310,7 +333,7 @@ class HVSupply:
             for c, target in pending.items():
                 here = pos[c]
                 nxt = target if abs(target - here) <= step else here + math.copysign(step, target - here)
-                nxt = min(nxt, self.limit(c))            # from above a lowered limit: go to the limit
+                nxt = min(nxt, self.limit(c))  # from above a lowered limit: go to the limit
                 sent[c] = self._send_voltage(c, "VSET", nxt)
             vmon = self._verify(sent)
             for c, v in sent.items():
@@ -326,8 +349,9 @@ class HVSupply:
         wrong = [c for c, v in sent.items() if abs(echo[c] - v) > ECHO_TOLERANCE_V]
         if wrong:
             c = wrong[0]
-            raise HVReadbackError(f"{chmap.CHANNELS[c].name}: VSET echo {echo[c]:.1f} V differs from the "
-                                  f"{sent[c]:.1f} V sent")
+            raise HVReadbackError(
+                f"{chmap.CHANNELS[c].name}: VSET echo {echo[c]:.1f} V differs from the {sent[c]:.1f} V sent"
+            )
         tol = float(self.hv.settle_tolerance_v)
         deadline = self._clock() + float(self.hv.settle_timeout_s)
         while True:
@@ -341,9 +365,11 @@ class HVSupply:
                 return r["vmon"]
             if self._clock() >= deadline:
                 c = late[0]
-                raise HVSettleError(f"{chmap.CHANNELS[c].name}: VMON {r['vmon'][c]:.1f} V did not settle at "
-                                    f"{sent[c]:.1f} V +/- {tol:g} V within {self.hv.settle_timeout_s:g} s "
-                                    f"({len(late)} channel(s) late)")
+                raise HVSettleError(
+                    f"{chmap.CHANNELS[c].name}: VMON {r['vmon'][c]:.1f} V did not settle at "
+                    f"{sent[c]:.1f} V +/- {tol:g} V within {self.hv.settle_timeout_s:g} s "
+                    f"({len(late)} channel(s) late)"
+                )
             self._sleep(self.poll_s)
 
     # ------------------------------------------------------------------ switching
@@ -394,23 +420,25 @@ class HVSupply:
                 return self.read_all([])
             safe = float(self.hv.safe_v)
             now = self._read(ids, ("vmon", "stat"), "before shutdown")
-            ramp = {c: safe for c in ids if int(now["stat"][c]) & ST_ON and now["vmon"][c] > safe
-                    and self._limit_valid(c)}
+            ramp = {
+                c: safe for c in ids if int(now["stat"][c]) & ST_ON and now["vmon"][c] > safe and self._limit_valid(c)
+            }
             try:
                 if ramp:
-                    self._ramp({c: self.check_voltage(c, v) for c, v in ramp.items()},
-                               {c: now["vmon"][c] for c in ramp})
+                    self._ramp(
+                        {c: self.check_voltage(c, v) for c, v in ramp.items()}, {c: now["vmon"][c] for c in ramp}
+                    )
             except HVError as exc:
                 log.error("shutdown: software ramp interrupted (%s); switching off directly", exc)
             problems: list[str] = []
             for c in ids:
                 a = self.address(c)
-                if self._limit_valid(c):            # an unset limit denies even the safe set point
+                if self._limit_valid(c):  # an unset limit denies even the safe set point
                     try:
                         self._send_voltage(c, "VSET", safe)
                     except HVError as exc:
                         problems.append(str(exc))
-                try:                                # OFF is not a voltage: always sent
+                try:  # OFF is not a voltage: always sent
                     with _command(f"{a.name}: OFF"):
                         self.mainframe.off(a.board, a.ch)
                 except HVError as exc:
@@ -434,8 +462,11 @@ class HVSupply:
             if not late:
                 return
             if self._clock() >= deadline:
-                problems.extend(f"{chmap.CHANNELS[c].name} not off/discharged (VMON {r['vmon'][c]:.1f} V, "
-                                f"status {int(r['stat'][c])})" for c in late)
+                problems.extend(
+                    f"{chmap.CHANNELS[c].name} not off/discharged (VMON {r['vmon'][c]:.1f} V, "
+                    f"status {int(r['stat'][c])})"
+                    for c in late
+                )
                 return
             self._sleep(self.poll_s)
 
@@ -454,14 +485,18 @@ class HVSupply:
                 if not self._limit_valid(c):
                     raise HVLimitError(f"{chmap.CHANNELS[c].name}: no valid HV limit configured; MAXV not set")
                 if lim > hvmax[c]:
-                    raise HVLimitError(f"{chmap.CHANNELS[c].name}: configured limit {lim:g} V is above the "
-                                       f"hardware maximum HVMAX = {hvmax[c]:g} V; refusing")
+                    raise HVLimitError(
+                        f"{chmap.CHANNELS[c].name}: configured limit {lim:g} V is above the "
+                        f"hardware maximum HVMAX = {hvmax[c]:g} V; refusing"
+                    )
             sent = {c: self._send_voltage(c, "MAXV", self.limit(c)) for c in ids}
             echo = self._read(ids, ("maxv",), "after setting MAXV")["maxv"]
             wrong = [c for c in ids if abs(echo[c] - sent[c]) > ECHO_TOLERANCE_V]
             if wrong:
-                raise HVReadbackError(f"{chmap.CHANNELS[wrong[0]].name}: MAXV echo {echo[wrong[0]]:.1f} V "
-                                      f"differs from {sent[wrong[0]]:.1f} V sent")
+                raise HVReadbackError(
+                    f"{chmap.CHANNELS[wrong[0]].name}: MAXV echo {echo[wrong[0]]:.1f} V "
+                    f"differs from {sent[wrong[0]]:.1f} V sent"
+                )
             return sent
 
     def configure(self, channel_ids: Iterable[int] | None = None) -> None:

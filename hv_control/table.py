@@ -5,6 +5,7 @@ the table rests and verifies the final position (x, y within ``tolerance_mm``, m
 a mismatch raises :class:`TablePositionError`. Coordinates are the beam impact point in the module
 plane in mm; cell ``x-y-m`` is centred at ``((x-1)*194, (y-1)*194)`` mm; travel is +/-450 mm.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,10 +20,10 @@ from detector import channels as chmap
 from .instrument import InstrumentError, InstrumentProtocolError, InstrumentTimeoutError
 from .transport import LineTransport, TransportError, open_transport
 
-CELL_PITCH_MM = 194.0          #: HCAL cell pitch, mm
-TRAVEL_MM = 450.0              #: travel limit of each axis, +/- mm
-PHYSICS = "PHYSICS"            #: cell label of the physics position (module -1)
-NONE = "NONE"                  #: cell label when the beam is on no cell centre (or while moving)
+CELL_PITCH_MM = 194.0  #: HCAL cell pitch, mm
+TRAVEL_MM = 450.0  #: travel limit of each axis, +/- mm
+PHYSICS = "PHYSICS"  #: cell label of the physics position (module -1)
+NONE = "NONE"  #: cell label when the beam is on no cell centre (or while moving)
 
 _POS = re.compile(r"POS (-?[0-9]+(?:\.[0-9]+)?) (-?[0-9]+(?:\.[0-9]+)?) (-1|[0-9]) ([0-9]-[0-9]-[0-9]|PHYSICS|NONE)$")
 _BUSY = re.compile(r"BUSY ([01])$")
@@ -85,9 +86,16 @@ class HCALTableDriver:
     ``move_timeout_s``: default time allowed for one move (s); ``sleep``/``clock`` injectable for tests.
     """
 
-    def __init__(self, transport: LineTransport, *, poll_s: float = 0.05, tolerance_mm: float = 0.5,
-                 move_timeout_s: float = 60.0, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        transport: LineTransport,
+        *,
+        poll_s: float = 0.05,
+        tolerance_mm: float = 0.5,
+        move_timeout_s: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.transport = transport
         self.poll_s = poll_s
         self.tolerance_mm = tolerance_mm
@@ -96,8 +104,9 @@ class HCALTableDriver:
         self._clock = clock
 
     @classmethod
-    def connect(cls, address: str, *, backend: str | None = None, timeout_s: float = 2.0, retries: int = 2,
-                **kw: Any) -> "HCALTableDriver":
+    def connect(
+        cls, address: str, *, backend: str | None = None, timeout_s: float = 2.0, retries: int = 2, **kw: Any
+    ) -> HCALTableDriver:
         """Open ``address`` (``/dev/pts/N``, ``socket://host:port`` or ``ASRL...::INSTR``)."""
         return cls(open_transport(address, backend=backend, timeout_s=timeout_s, retries=retries), **kw)
 
@@ -161,8 +170,9 @@ class HCALTableDriver:
         cx, cy = cell_centre_mm(x, y)
         return self._verify(self.wait_idle(timeout), cx, cy, module, name)
 
-    def move_to(self, x_mm: float, y_mm: float, module: int, *, wait: bool = True,
-                timeout: float | None = None) -> TablePosition:
+    def move_to(
+        self, x_mm: float, y_mm: float, module: int, *, wait: bool = True, timeout: float | None = None
+    ) -> TablePosition:
         """Move the beam impact point to (``x_mm``, ``y_mm``) mm on ``module`` (0..3); refuses (nothing
         sent) outside the +/-450 mm travel. With ``wait``, wait and verify the final position."""
         for name, v in (("x", x_mm), ("y", y_mm)):
@@ -188,10 +198,15 @@ class HCALTableDriver:
         return self.position()
 
     def _verify(self, pos: TablePosition, x: float, y: float, module: int, cell: str | None) -> TablePosition:
-        ok = (abs(pos.x_mm - x) <= self.tolerance_mm and abs(pos.y_mm - y) <= self.tolerance_mm
-              and pos.module == module and (cell is None or pos.cell == cell))
+        ok = (
+            abs(pos.x_mm - x) <= self.tolerance_mm
+            and abs(pos.y_mm - y) <= self.tolerance_mm
+            and pos.module == module
+            and (cell is None or pos.cell == cell)
+        )
         if not ok:
             want = f"({x:.1f}, {y:.1f}) mm module {module}" + (f" cell {cell}" if cell else "")
-            raise TablePositionError(f"table rests at ({pos.x_mm:.1f}, {pos.y_mm:.1f}) mm module {pos.module} "
-                                     f"cell {pos.cell}, not at {want}")
+            raise TablePositionError(
+                f"table rests at ({pos.x_mm:.1f}, {pos.y_mm:.1f}) mm module {pos.module} cell {pos.cell}, not at {want}"
+            )
         return pos

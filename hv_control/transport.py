@@ -26,6 +26,7 @@ Implementations: :class:`SerialTransport` (pyserial ``serial_for_url``: ``/dev/p
 in-process, no bytes; for simulations and tests) and :class:`ScriptedTransport` (byte-exact expected
 request/reply pairs, for protocol tests in the style of pymeasure's ``expected_protocol``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,17 +36,33 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .instrument import (InstrumentConnectionError, InstrumentError, InstrumentTimeoutError, VisaSession,
-                         resource_manager, run_with_retries)
+from .instrument import (
+    InstrumentConnectionError,
+    InstrumentError,
+    InstrumentTimeoutError,
+    VisaSession,
+    resource_manager,
+    run_with_retries,
+)
 
-__all__ = ["ConnectionLostError", "HandlerTransport", "LineTransport", "ScriptedTransport", "SerialTransport",
-           "TransportError", "TransportTimeoutError", "VisaTransport", "open_transport", "resource_manager",
-           "visa_resource_name"]
+__all__ = [
+    "ConnectionLostError",
+    "HandlerTransport",
+    "LineTransport",
+    "ScriptedTransport",
+    "SerialTransport",
+    "TransportError",
+    "TransportTimeoutError",
+    "VisaTransport",
+    "open_transport",
+    "resource_manager",
+    "visa_resource_name",
+]
 
 log = logging.getLogger(__name__)
 
 EOL = "\r\n"
-MAX_REPLY_BYTES = 65536        #: a reply line longer than this is discarded as garbage
+MAX_REPLY_BYTES = 65536  #: a reply line longer than this is discarded as garbage
 
 Extractor = Callable[[str], "str | None"]
 
@@ -62,7 +79,6 @@ class ConnectionLostError(TransportError, InstrumentConnectionError):
     """The connection dropped and could not be re-established."""
 
 
-
 class LineTransport(ABC):
     """Request/reply over a line-oriented byte stream (see the module docstring).
 
@@ -71,8 +87,9 @@ class LineTransport(ABC):
     and ``_discard_input``.
     """
 
-    def __init__(self, address: str, *, timeout_s: float = 2.0, retries: int = 2, eol: str = EOL,
-                 reconnect_delay_s: float = 0.05) -> None:
+    def __init__(
+        self, address: str, *, timeout_s: float = 2.0, retries: int = 2, eol: str = EOL, reconnect_delay_s: float = 0.05
+    ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0 s, got {timeout_s!r}")
         if retries < 0:
@@ -128,7 +145,7 @@ class LineTransport(ABC):
                 self._open = False
                 self._disconnect()
 
-    def __enter__(self) -> "LineTransport":
+    def __enter__(self) -> LineTransport:
         self.open()
         return self
 
@@ -156,11 +173,13 @@ class LineTransport(ABC):
             err: TransportError
             if isinstance(exc, InstrumentTimeoutError):
                 self.stats["timeouts"] += 1
-                err = TransportTimeoutError(f"no reply from {self.address} to {line!r} within {self.timeout_s:g} s "
-                                            f"({n + 1} attempt(s))")
+                err = TransportTimeoutError(
+                    f"no reply from {self.address} to {line!r} within {self.timeout_s:g} s ({n + 1} attempt(s))"
+                )
             else:
-                err = ConnectionLostError(f"connection to {self.address} lost during {line!r}: {exc} "
-                                          f"({n + 1} attempt(s))")
+                err = ConnectionLostError(
+                    f"connection to {self.address} lost during {line!r}: {exc} ({n + 1} attempt(s))"
+                )
                 self.close()
             log.warning("%s", err)
             return err
@@ -168,9 +187,13 @@ class LineTransport(ABC):
         with self._lock:
             self.stats["queries"] += 1
             try:
-                return run_with_retries(attempt, retries=self.retries,
-                                        retryable=(InstrumentTimeoutError, InstrumentConnectionError),
-                                        recover=self._reopen, on_failure=failed)
+                return run_with_retries(
+                    attempt,
+                    retries=self.retries,
+                    retryable=(InstrumentTimeoutError, InstrumentConnectionError),
+                    recover=self._reopen,
+                    on_failure=failed,
+                )
             except BaseException:
                 # e.g. KeyboardInterrupt between write and read: drop the half-finished exchange
                 self._buf.clear()
@@ -198,8 +221,8 @@ class LineTransport(ABC):
         while True:
             i = self._buf.find(b"\n")
             if i >= 0:
-                line = bytes(self._buf[:i + 1])
-                del self._buf[:i + 1]
+                line = bytes(self._buf[: i + 1])
+                del self._buf[: i + 1]
                 return line
             if len(self._buf) > MAX_REPLY_BYTES:
                 self.stats["garbage_lines"] += 1
@@ -223,8 +246,9 @@ class SerialTransport(LineTransport):
         import serial
 
         try:
-            self._ser = serial.serial_for_url(self.address, baudrate=9600, timeout=self.timeout_s,
-                                              write_timeout=self.timeout_s)
+            self._ser = serial.serial_for_url(
+                self.address, baudrate=9600, timeout=self.timeout_s, write_timeout=self.timeout_s
+            )
         except (serial.SerialException, OSError, ValueError) as exc:
             raise InstrumentConnectionError(str(exc)) from None
 
@@ -338,8 +362,9 @@ class ScriptedTransport(LineTransport):
     reply of ``None`` simulates silence (the read times out). :meth:`assert_done` checks that every
     pair was used."""
 
-    def __init__(self, pairs: Sequence[tuple[bytes, bytes | None]], *, timeout_s: float = 0.01,
-                 retries: int = 0, **kw: Any) -> None:
+    def __init__(
+        self, pairs: Sequence[tuple[bytes, bytes | None]], *, timeout_s: float = 0.01, retries: int = 0, **kw: Any
+    ) -> None:
         super().__init__("<scripted>", timeout_s=timeout_s, retries=retries, **kw)
         self.pairs = list(pairs)
         self.index = 0
@@ -372,13 +397,16 @@ class ScriptedTransport(LineTransport):
     def assert_done(self) -> None:
         """AssertionError unless every expected exchange happened."""
         if self.index != len(self.pairs):
-            raise AssertionError(f"only {self.index} of {len(self.pairs)} expected exchanges happened; "
-                                 f"next expected request {self.pairs[self.index][0]!r}")
+            raise AssertionError(
+                f"only {self.index} of {len(self.pairs)} expected exchanges happened; "
+                f"next expected request {self.pairs[self.index][0]!r}"
+            )
 
 
 # --------------------------------------------------------------------------------------------------
-def open_transport(address: str, *, backend: str | None = None, timeout_s: float = 2.0, retries: int = 2,
-                   visa_library: str = "@py") -> LineTransport:
+def open_transport(
+    address: str, *, backend: str | None = None, timeout_s: float = 2.0, retries: int = 2, visa_library: str = "@py"
+) -> LineTransport:
     """A connected transport for ``address``: ``backend`` ``"serial"`` (pyserial) or ``"visa"``; by
     default VISA for names starting with ``ASRL``, pyserial otherwise."""
     if backend is None:

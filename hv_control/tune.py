@@ -1,4 +1,4 @@
-"""The HCAL HV equalisation campaign behind ``hv-tune`` (physics.md section 7).
+"""The HCAL HV equalisation campaign behind ``hv-tune`` (docs/physics.md section 7).
 
 For every cell: steer the beam onto it with the table, measure the amplitude peak from the DAQ's
 monitoring stream (topic ``amplitudes``, spills that started after the HV settled and with the table on
@@ -9,13 +9,14 @@ cell is within tolerance or the iteration limit. The last logbook line of each c
 measurement at its final HV.
 
 Steps larger than ``hv.max_step_v`` are not sent: the campaign takes an explicit step of max_step_v
-toward the target and says so in the logbook (physics.md: at most 50 V per step). A set point beyond a
+toward the target and says so in the logbook (docs/physics.md: at most 50 V per step). A set point beyond a
 cell's limit is never requested: the cell is marked failed with the reason.
 
 A trip, a beam loss or a failed fit pauses the campaign (:class:`CampaignPaused`): the state file
 records every cell, every channel stays at its last verified voltage (a tripped channel is switched
 off at ``hv.safe_v``), and ``--resume STATE`` continues where it stopped.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ import math
 import os
 import pathlib
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -48,8 +50,9 @@ class BeamLossError(RuntimeError):
 
 
 class AmplitudeSource(Protocol):
-    def collect(self, channel_id: int, cell: str, since_unix: float, min_events: int, max_spills: int,
-                timeout_s: float) -> np.ndarray:
+    def collect(
+        self, channel_id: int, cell: str, since_unix: float, min_events: int, max_spills: int, timeout_s: float
+    ) -> np.ndarray:
         """Amplitudes (ADC counts) of ``channel_id`` from spills with the beam on ``cell`` that started
         after ``since_unix``; BeamLossError if not enough arrive within ``timeout_s``."""
         ...
@@ -72,9 +75,9 @@ class CellState:
     cell: str
     channel_id: int
     points: list[Point] = field(default_factory=list)
-    status: str = "pending"          #: pending, done, failed, not_converged, planned
+    status: str = "pending"  #: pending, done, failed, not_converged, planned
     message: str = ""
-    iterations: int = 0              #: HV changes made
+    iterations: int = 0  #: HV changes made
     hv_start: float | None = None
     planned_hv: float | None = None  #: --dry-run: the HV the campaign would set
 
@@ -93,8 +96,10 @@ def learn_gamma(points: Iterable[Point], default: float) -> float:
     a = np.log([p.amp for p in pts])
     slope = float(np.polyfit(v, a, 1)[0])
     if not (1.0 < slope <= 20.0):
-        raise ValueError(f"learnt gain-law exponent {slope:.2f} is not plausible (expected 1-20): "
-                         "the measurements do not follow the PMT gain law")
+        raise ValueError(
+            f"learnt gain-law exponent {slope:.2f} is not plausible (expected 1-20): "
+            "the measurements do not follow the PMT gain law"
+        )
     return slope
 
 
@@ -108,22 +113,37 @@ def propose_hv(hv_now: float, amp: float, target: float, gamma: float, max_step:
 
 
 def validate_target(target: float, pedestal: float = 200.0, adc_max: int = chmap.ADC_MAX) -> None:
-    """Refuse a target beyond the ADC range (physics.md: keep A_target + 5 sigma below 4095 - pedestal)."""
+    """Refuse a target beyond the ADC range (docs/physics.md: keep A_target + 5 sigma below 4095 - pedestal)."""
     if not math.isfinite(target) or target <= 0:
         raise ValueError(f"target amplitude {target!r} must be a positive number of ADC counts")
     if target > 0.9 * (adc_max - pedestal):
-        raise ValueError(f"target amplitude {target:.0f} counts leaves no headroom below the ADC range "
-                         f"({adc_max} - pedestal ~{pedestal:.0f}); use at most {0.9 * (adc_max - pedestal):.0f}")
+        raise ValueError(
+            f"target amplitude {target:.0f} counts leaves no headroom below the ADC range "
+            f"({adc_max} - pedestal ~{pedestal:.0f}); use at most {0.9 * (adc_max - pedestal):.0f}"
+        )
 
 
 class Campaign:
     """One HV equalisation campaign over ``cells`` (logbook names ``x-y-module``)."""
 
-    def __init__(self, *, hv: Any, table: Any, source: AmplitudeSource, cfg: Config, cells: list[str],
-                 target: float, tolerance: float, max_iterations: int, logbook: str | os.PathLike,
-                 state_path: str | os.PathLike, dry_run: bool = False, measure_timeout_s: float = 60.0,
-                 progress: Callable[[str, CellState], None] | None = None,
-                 states: dict[str, CellState] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        hv: Any,
+        table: Any,
+        source: AmplitudeSource,
+        cfg: Config,
+        cells: list[str],
+        target: float,
+        tolerance: float,
+        max_iterations: int,
+        logbook: str | os.PathLike,
+        state_path: str | os.PathLike,
+        dry_run: bool = False,
+        measure_timeout_s: float = 60.0,
+        progress: Callable[[str, CellState], None] | None = None,
+        states: dict[str, CellState] | None = None,
+    ) -> None:
         validate_target(target)
         if not 0 < tolerance < 0.5:
             raise ValueError(f"tolerance {tolerance!r} must be in (0, 0.5)")
@@ -146,9 +166,14 @@ class Campaign:
 
     # ------------------------------------------------------------------ state and logbook
     def save_state(self) -> None:
-        data = {"version": STATE_VERSION, "target": self.target, "tolerance": self.tolerance,
-                "max_iterations": self.max_iterations, "dry_run": self.dry_run,
-                "cells": {c: asdict(s) for c, s in self.states.items()}}
+        data = {
+            "version": STATE_VERSION,
+            "target": self.target,
+            "tolerance": self.tolerance,
+            "max_iterations": self.max_iterations,
+            "dry_run": self.dry_run,
+            "cells": {c: asdict(s) for c, s in self.states.items()},
+        }
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
         tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, self.state_path)
@@ -180,8 +205,14 @@ class Campaign:
     def _measure(self, st: CellState, note: str) -> Point:
         hv_now = float(self.hv.read_channel(st.channel_id)["vmon"])
         since = time.time()
-        amps = self.source.collect(st.channel_id, st.cell, since, int(self.tune_cfg.min_events),
-                                   int(self.tune_cfg.max_spills_per_point), self.measure_timeout_s)
+        amps = self.source.collect(
+            st.channel_id,
+            st.cell,
+            since,
+            int(self.tune_cfg.min_events),
+            int(self.tune_cfg.max_spills_per_point),
+            self.measure_timeout_s,
+        )
         fit: PeakFit = fit_peak(amps, min_events=min(100, int(self.tune_cfg.min_events)))
         p = Point(hv=hv_now, amp=fit.mean, err=fit.error, sigma=fit.sigma, n=fit.n_events, unix=since)
         st.points.append(p)
@@ -202,7 +233,10 @@ class Campaign:
         limit = float(self.hv.limit(st.channel_id))
         while not self._within(p):
             if st.iterations >= self.max_iterations:
-                st.status, st.message = "not_converged", f"{abs(p.amp / self.target - 1):.1%} off after {st.iterations} iterations"
+                st.status, st.message = (
+                    "not_converged",
+                    f"{abs(p.amp / self.target - 1):.1%} off after {st.iterations} iterations",
+                )
                 return
             try:
                 gamma = learn_gamma(st.points, float(self.tune_cfg.gamma_default))
@@ -211,8 +245,9 @@ class Campaign:
             hv_new, limited = propose_hv(p.hv, p.amp, self.target, gamma, max_step)
             if not hv_new <= limit or hv_new < float(self.hv_cfg.min_v):
                 st.status = "failed"
-                st.message = (f"needs {hv_new:.1f} V, outside [{self.hv_cfg.min_v:.0f}, {limit:.0f}] V: "
-                              "not set; check the PMT")
+                st.message = (
+                    f"needs {hv_new:.1f} V, outside [{self.hv_cfg.min_v:.0f}, {limit:.0f}] V: not set; check the PMT"
+                )
                 self.save_state()
                 return
             if self.dry_run:
@@ -223,7 +258,9 @@ class Campaign:
             self.progress("ramp", st)
             self.hv.set_voltage(st.channel_id, hv_new, max_step=max_step)
             st.iterations += 1
-            note = f"iteration {st.iterations}, gamma {gamma:.2f}" + (f", step limited to {max_step:.0f} V" if limited else "")
+            note = f"iteration {st.iterations}, gamma {gamma:.2f}" + (
+                f", step limited to {max_step:.0f} V" if limited else ""
+            )
             self.progress("measure", st)
             p = self._measure(st, note)
         st.status, st.message = "done", f"{p.amp / self.target - 1:+.1%} at {p.hv:.1f} V"
@@ -244,8 +281,10 @@ class Campaign:
         """Tune every cell not yet done; returns the states. Raises CampaignPaused on a fault."""
         self.logbook.parent.mkdir(parents=True, exist_ok=True)
         with open(self.logbook, "a", encoding="utf-8") as fh:
-            fh.write(f"# hv-tune {time.strftime('%Y-%m-%d %H:%M:%S')} target {self.target:.0f} tolerance "
-                     f"{self.tolerance:.1%}{' DRY RUN' if self.dry_run else ''}\n")
+            fh.write(
+                f"# hv-tune {time.strftime('%Y-%m-%d %H:%M:%S')} target {self.target:.0f} tolerance "
+                f"{self.tolerance:.1%}{' DRY RUN' if self.dry_run else ''}\n"
+            )
         current = None
         try:
             for cell in self.cells:
@@ -262,8 +301,10 @@ class Campaign:
                 current.status, current.message = "paused", f"{type(exc).__name__}: {exc}"
             self.save_state()
             cell = current.cell if current else "?"
-            raise CampaignPaused(f"campaign paused at cell {cell}: {type(exc).__name__}: {exc}. {what}. "
-                                 f"Resume with --resume {self.state_path}") from exc
+            raise CampaignPaused(
+                f"campaign paused at cell {cell}: {type(exc).__name__}: {exc}. {what}. "
+                f"Resume with --resume {self.state_path}"
+            ) from exc
         self.save_state()
         return self.states
 

@@ -1,17 +1,15 @@
 """``hv-tune``: the HCAL PMT high-voltage equalisation campaign (see hv_control/tune.py)."""
+
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -41,8 +39,9 @@ max-size steps. A trip, a beam loss or a failed fit pauses the campaign safely (
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="hv-tune", description=DESCRIPTION,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="hv-tune", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", help="config TOML (default: built-in defaults = emulator on loopback)")
     ap.add_argument("--endpoints-file", required=True, help="JSON with the 'hv' and 'table' serial addresses")
     ap.add_argument("--modules", default="0,1,2,3", help="HCAL modules to tune, e.g. 0,1,2,3 (default all)")
@@ -53,11 +52,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--logbook", required=True, help="logbook file (lines are appended)")
     ap.add_argument("--campaign-file", help="campaign/state JSON (default: LOGBOOK.campaign.json)")
     ap.add_argument("--resume", metavar="STATE", help="continue an interrupted campaign from its campaign file")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="measure and show the planned HV changes; set no HV (the table still moves)")
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="measure and show the planned HV changes; set no HV (the table still moves)",
+    )
     ap.add_argument("--stream", help="monitoring stream of a running na64-daq (tcp://127.0.0.1:PORT)")
-    ap.add_argument("--daq-out", help="where the child na64-daq records the calibration run "
-                                      "(default: beside the logbook)")
+    ap.add_argument(
+        "--daq-out", help="where the child na64-daq records the calibration run (default: beside the logbook)"
+    )
     ap.add_argument("--backend", choices=("serial", "visa"), help="serial transport (default: pyserial)")
     ap.add_argument("--measure-timeout", type=float, default=60.0, help="seconds to wait for beam per point")
     return ap.parse_args(argv)
@@ -75,12 +78,21 @@ def start_daq(args: argparse.Namespace, out: pathlib.Path) -> tuple[subprocess.P
     exe = shutil.which("na64-daq", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("na64-daq")
     cmd = [exe] if exe else [sys.executable, "-m", "online.daq_cli"]
     # the HV serial line has one owner, hv-tune: the child DAQ must not read the HV back over it
-    cmd += ["run", "--endpoints-file", args.endpoints_file, "--out", str(out), "--calibration-mode",
-            "--no-hv", "--monitor", address]
+    cmd += [
+        "run",
+        "--endpoints-file",
+        args.endpoints_file,
+        "--out",
+        str(out),
+        "--calibration-mode",
+        "--no-hv",
+        "--monitor",
+        address,
+    ]
     if args.config:
         cmd += ["--config", args.config]
-    log = open(out / "na64-daq.log", "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(out / "na64-daq.log", "ab") as log:  # the child holds its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, address
 
 
@@ -101,10 +113,15 @@ def summary_table(states: dict[str, CellState], target: float) -> Table:
         t.add_column(col)
     for cell, st in states.items():
         last = st.last
-        t.add_row(cell, f"{st.hv_start:.1f}" if st.hv_start is not None else "-",
-                  f"{last.hv:.1f}" if last else "-", f"{last.amp:.0f}" if last else "-",
-                  f"{last.amp / target - 1:+.1%}" if last else "-", str(st.iterations),
-                  f"{st.status} {st.message}".strip())
+        t.add_row(
+            cell,
+            f"{st.hv_start:.1f}" if st.hv_start is not None else "-",
+            f"{last.hv:.1f}" if last else "-",
+            f"{last.amp:.0f}" if last else "-",
+            f"{last.amp / target - 1:+.1%}" if last else "-",
+            str(st.iterations),
+            f"{st.status} {st.message}".strip(),
+        )
     return t
 
 
@@ -146,29 +163,51 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             daq, address = start_daq(args, out)
             source = StreamAmplitudes(address)
-        source.wait_for_daq(300.0)          # a first start compiles the numba kernels (cold cache)
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, transient=False) as progress:
+        source.wait_for_daq(300.0)  # a first start compiles the numba kernels (cold cache)
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as progress:
             bar = progress.add_task("hv-tune", total=len(cells))
 
             def report(what: str, st: CellState) -> None:
-                progress.update(bar, description=f"{st.cell}: {what}"
-                                + (f" (A={st.last.amp:.0f}, HV={st.last.hv:.1f})" if st.last else ""))
+                progress.update(
+                    bar,
+                    description=f"{st.cell}: {what}"
+                    + (f" (A={st.last.amp:.0f}, HV={st.last.hv:.1f})" if st.last else ""),
+                )
                 if what == "cell_done":
                     progress.advance(bar)
 
-            campaign = Campaign(hv=hv, table=table, source=source, cfg=cfg, cells=cells, target=target,
-                                tolerance=tolerance, max_iterations=iterations, logbook=logbook,
-                                state_path=state_path, dry_run=args.dry_run,
-                                measure_timeout_s=args.measure_timeout, progress=report, states=states)
+            campaign = Campaign(
+                hv=hv,
+                table=table,
+                source=source,
+                cfg=cfg,
+                cells=cells,
+                target=target,
+                tolerance=tolerance,
+                max_iterations=iterations,
+                logbook=logbook,
+                state_path=state_path,
+                dry_run=args.dry_run,
+                measure_timeout_s=args.measure_timeout,
+                progress=report,
+                states=states,
+            )
             progress.update(bar, completed=sum(1 for c in cells if campaign.states[c].status in ("done", "failed")))
             states = campaign.run()
     except CampaignPaused as exc:
         console.print(f"[bold red]PAUSED[/]: {exc}")
         return EXIT_PAUSED
     except KeyboardInterrupt:
-        console.print(f"[bold red]interrupted[/]: channels left at their last verified voltage; "
-                      f"resume with --resume {state_path}")
+        console.print(
+            f"[bold red]interrupted[/]: channels left at their last verified voltage; resume with --resume {state_path}"
+        )
         return EXIT_PAUSED
     except (HVError, TableError, BeamLossError, OSError) as exc:
         console.print(f"[bold red]hv-tune stopped[/]: {type(exc).__name__}: {exc}")

@@ -1,4 +1,5 @@
 """argparse value types shared by the na64-offline subcommands."""
+
 from __future__ import annotations
 
 import argparse

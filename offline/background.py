@@ -1,4 +1,4 @@
-"""Background in the signal box from a side-band fit (physics.md 6.6).
+"""Background in the signal box from a side-band fit (docs/physics.md 6.6).
 
 The side-band spectrum (energies in GeV) is histogrammed in the fit range and fitted with an extended
 binned Poisson likelihood (iminuit ``ExtendedBinnedNLL``) by f(E) = exp(p0 + p1 E) [events/GeV]; the fit
@@ -10,8 +10,9 @@ Pure functions: no file I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 from iminuit import Minuit

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from rich.console import Console
@@ -25,6 +26,7 @@ from rich.table import Table
 from offline import limits as lim
 from offline import paper2016
 from sim_frontend import dimuon, yields
+
 from .argtypes import float_list, float_pair
 
 _err = Console(stderr=True)
@@ -34,8 +36,6 @@ DEFAULT_LIMIT_MASSES_MEV = "1.1,2,5,16.7,20,100,200,500,950"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
 
 
 def _emit(result: object, json_path: Path | None, table: Table | None) -> None:
@@ -56,8 +56,13 @@ def _emit(result: object, json_path: Path | None, table: Table | None) -> None:
 @contextmanager
 def _progress() -> Iterator[Progress]:
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=_err, transient=True,
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=_err,
+        transient=True,
     ) as progress:
         yield progress
 
@@ -72,18 +77,26 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]])
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write the result as JSON to PATH (default: print JSON)")
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="write the result as JSON to PATH (default: print JSON)"
+    )
 
 
 # ----------------------------------------------------------------------------- dimuon
 def _dimuon_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        "dimuon", help="Bethe-Heitler gamma Pb -> mu+ mu- cross-section",
-        description="Total Bethe-Heitler muon-pair cross-section on lead (physics.md section 4) at the given "
-                    "photon energies. Output: list of {energy_gev, sigma_ub}.",
+        "dimuon",
+        help="Bethe-Heitler gamma Pb -> mu+ mu- cross-section",
+        description="Total Bethe-Heitler muon-pair cross-section on lead (docs/physics.md section 4) at the given "
+        "photon energies. Output: list of {energy_gev, sigma_ub}.",
     )
-    parser.add_argument("--energies", type=float_list, default=[1.0, 10.0, 100.0], metavar="E1,E2,...",
-                        help="photon energies in GeV (default 1,10,100)")
+    parser.add_argument(
+        "--energies",
+        type=float_list,
+        default=[1.0, 10.0, 100.0],
+        metavar="E1,E2,...",
+        help="photon energies in GeV (default 1,10,100)",
+    )
     _add_json(parser)
     return parser
 
@@ -99,28 +112,44 @@ def _run_dimuon(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- yields
 def _add_yield_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--e0", type=float, default=100.0, help="beam energy in GeV (default 100)")
-    parser.add_argument("--emiss-min", type=float, default=50.0,
-                        help="missing-energy cut E_A' > EMISS_MIN in GeV (default 50: E_ECAL < 50 GeV box)")
-    parser.add_argument("--etl", action="store_true",
-                        help="exact-tree-level model: divide the IWW cross-section by the K-factor")
-    parser.add_argument("--n-showers", type=int, default=yields.DEFAULT_N_SHOWERS,
-                        help=f"cascades for the track-length table (default {yields.DEFAULT_N_SHOWERS})")
+    parser.add_argument(
+        "--emiss-min",
+        type=float,
+        default=50.0,
+        help="missing-energy cut E_A' > EMISS_MIN in GeV (default 50: E_ECAL < 50 GeV box)",
+    )
+    parser.add_argument(
+        "--etl", action="store_true", help="exact-tree-level model: divide the IWW cross-section by the K-factor"
+    )
+    parser.add_argument(
+        "--n-showers",
+        type=int,
+        default=yields.DEFAULT_N_SHOWERS,
+        help=f"cascades for the track-length table (default {yields.DEFAULT_N_SHOWERS})",
+    )
     parser.add_argument("--seed", type=int, default=yields.DEFAULT_SEED, help="cascade random seed")
 
 
 def _yields_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        "yields", help="A' yield per EOT (eps = 1) in the lead ECAL",
+        "yields",
+        help="A' yield per EOT (eps = 1) in the lead ECAL",
         description="A' yield per electron on target for eps = 1, E_A' > EMISS_MIN (PAPER Eq. 8: 1D cascade "
-                    "track length x IWW cross-section). Output: {e0_gev, emiss_min_gev, model, "
-                    "yields: [{mass_mev, yield_per_eot_eps1}], spectra (with --spectra)}. The control-room "
-                    "monitor reads this file.",
+        "track length x IWW cross-section). Output: {e0_gev, emiss_min_gev, model, "
+        "yields: [{mass_mev, yield_per_eot_eps1}], spectra (with --spectra)}. The control-room "
+        "monitor reads this file.",
     )
-    parser.add_argument("--masses", type=float_list, default=[1.0, 16.7, 100.0], metavar="M1,M2,...",
-                        help="A' masses in MeV (default 1,16.7,100)")
+    parser.add_argument(
+        "--masses",
+        type=float_list,
+        default=[1.0, 16.7, 100.0],
+        metavar="M1,M2,...",
+        help="A' masses in MeV (default 1,16.7,100)",
+    )
     _add_yield_options(parser)
-    parser.add_argument("--spectra", action="store_true",
-                        help="also write the A' energy spectra dn/dE_A' (1/GeV per EOT, eps = 1)")
+    parser.add_argument(
+        "--spectra", action="store_true", help="also write the A' energy spectra dn/dE_A' (1/GeV per EOT, eps = 1)"
+    )
     parser.add_argument("--spectrum-bins", type=int, default=50, help="E_A' bins from 0 to E0 (default 50)")
     _add_json(parser)
     return parser
@@ -151,7 +180,9 @@ def _run_yields(args: argparse.Namespace) -> int:
         }
         if args.spectra:
             edges = np.linspace(0.0, args.e0, args.spectrum_bins + 1)
-            table = yields.track_length_table(args.e0, yields.table_e_cut_gev(args.emiss_min), args.n_showers, args.seed)
+            table = yields.track_length_table(
+                args.e0, yields.table_e_cut_gev(args.emiss_min), args.n_showers, args.seed
+            )
             task = progress.add_task("A' spectra", total=len(args.masses))
             result["spectra"] = {}
             for mass in args.masses:
@@ -169,36 +200,71 @@ def _run_yields(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- limits
 def _limits_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        "limits", help="90%% CL CLs limits eps_90(m_A') and y_90",
+        "limits",
+        help="90%% CL CLs limits eps_90(m_A') and y_90",
         description="CLs 90%% CL upper limits on eps for each A' mass, and y = eps^2 alpha_D/81 for alpha_D = 0.5 "
-                    "and 0.005 (m_A' = 3 m_chi). Defaults reproduce the 2016 configuration: 4.3e10 EOT split in the "
-                    "three intensity bins, efficiency 0.50, background 0.12 +/- 0.04, 0 observed. Output: list of "
-                    "{mass_mev, eps_90, n90, y90_alphaD_0.5, y90_alphaD_0.005}.",
+        "and 0.005 (m_A' = 3 m_chi). Defaults reproduce the 2016 configuration: 4.3e10 EOT split in the "
+        "three intensity bins, efficiency 0.50, background 0.12 +/- 0.04, 0 observed. Output: list of "
+        "{mass_mev, eps_90, n90, y90_alphaD_0.5, y90_alphaD_0.005}.",
     )
-    parser.add_argument("--masses", type=float_list, default=float_list(DEFAULT_LIMIT_MASSES_MEV),
-                        metavar="M1,M2,...", help=f"A' masses in MeV (default {DEFAULT_LIMIT_MASSES_MEV})")
-    parser.add_argument("--eot", type=float, default=paper2016.TOTAL_EOT_2016,
-                        help="electrons on target, split over the 2016 intensity bins (default 4.3e10)")
+    parser.add_argument(
+        "--masses",
+        type=float_list,
+        default=float_list(DEFAULT_LIMIT_MASSES_MEV),
+        metavar="M1,M2,...",
+        help=f"A' masses in MeV (default {DEFAULT_LIMIT_MASSES_MEV})",
+    )
+    parser.add_argument(
+        "--eot",
+        type=float,
+        default=paper2016.TOTAL_EOT_2016,
+        help="electrons on target, split over the 2016 intensity bins (default 4.3e10)",
+    )
     parser.add_argument("--efficiency", type=float, default=0.50, help="signal efficiency (default 0.50, Table II)")
-    parser.add_argument("--background", type=float, default=paper2016.TABLE_III_TOTAL[0],
-                        help="expected background events (default 0.12, Table III)")
-    parser.add_argument("--background-err", type=float, default=paper2016.TABLE_III_TOTAL[1],
-                        help="absolute background uncertainty (default 0.04)")
+    parser.add_argument(
+        "--background",
+        type=float,
+        default=paper2016.TABLE_III_TOTAL[0],
+        help="expected background events (default 0.12, Table III)",
+    )
+    parser.add_argument(
+        "--background-err",
+        type=float,
+        default=paper2016.TABLE_III_TOTAL[1],
+        help="absolute background uncertainty (default 0.04)",
+    )
     parser.add_argument("--observed", type=int, default=paper2016.OBSERVED_2016, help="observed events (default 0)")
-    parser.add_argument("--runs", type=Path, metavar="RESULTS_JSON",
-                        help="per-run results ({'runs': [{name, n_eot, efficiency, n_obs, background, "
-                             "background_err}], 'systematics': {...}}); replaces --eot/--efficiency/--background/--observed")
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="per-run results ({'runs': [{name, n_eot, efficiency, n_obs, background, "
+        "background_err}], 'systematics': {...}}); replaces --eot/--efficiency/--background/--observed",
+    )
     parser.add_argument("--eot-syst", type=float, default=0.02, help="relative n_EOT systematic (default 0.02)")
-    parser.add_argument("--efficiency-syst", type=float, default=0.15,
-                        help="relative efficiency systematic (default 0.15, paper: 10-20%%)")
-    parser.add_argument("--yield-syst", type=float, default=paper2016.A_PRIME_YIELD_REL_SYST,
-                        help="relative A' yield systematic (default 0.10)")
-    parser.add_argument("--method", choices=["fast", "pyhf-toys", "pyhf-asymptotic"], default="fast",
-                        help="fast: counting model with log-normal smearing (default); pyhf-toys: pyhf multi-bin "
-                             "model with toys (~20 s); pyhf-asymptotic: wrong at near-zero background")
+    parser.add_argument(
+        "--efficiency-syst",
+        type=float,
+        default=0.15,
+        help="relative efficiency systematic (default 0.15, paper: 10-20%%)",
+    )
+    parser.add_argument(
+        "--yield-syst",
+        type=float,
+        default=paper2016.A_PRIME_YIELD_REL_SYST,
+        help="relative A' yield systematic (default 0.10)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=["fast", "pyhf-toys", "pyhf-asymptotic"],
+        default="fast",
+        help="fast: counting model with log-normal smearing (default); pyhf-toys: pyhf multi-bin "
+        "model with toys (~20 s); pyhf-asymptotic: wrong at near-zero background",
+    )
     parser.add_argument("--ntoys", type=int, default=20_000, help="toys per CLs evaluation for pyhf-toys")
-    parser.add_argument("--plot", type=Path, metavar="PNG",
-                        help="write the exclusion plot there (and the y plot next to it, *_y.png)")
+    parser.add_argument(
+        "--plot", type=Path, metavar="PNG", help="write the exclusion plot there (and the y plot next to it, *_y.png)"
+    )
     _add_yield_options(parser)
     _add_json(parser)
     return parser
@@ -219,8 +285,10 @@ def _runs_from_args(args: argparse.Namespace) -> tuple[list[lim.RunExposure], li
 def _run_limits(args: argparse.Namespace) -> int:
     runs, syst = _runs_from_args(args)
     if args.method == "pyhf-asymptotic":
-        _err.print("[yellow]warning:[/] pyhf asymptotic CLs is wrong at near-zero background "
-                   "(about 1.4-1.5 instead of 2.3 events for 0 observed); use fast or pyhf-toys for small counts")
+        _err.print(
+            "[yellow]warning:[/] pyhf asymptotic CLs is wrong at near-zero background "
+            "(about 1.4-1.5 instead of 2.3 events for 0 observed); use fast or pyhf-toys for small counts"
+        )
     with _progress() as progress:
         task = progress.add_task(f"N_90 ({args.method})", total=None)
         n90 = lim.n90_for_runs(runs, syst, args.method, **({"ntoys": args.ntoys} if args.method == "pyhf-toys" else {}))
@@ -244,12 +312,14 @@ def _run_limits(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- background
 def _background_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        "background", help="side-band exponential fit extrapolated into the signal box",
+        "background",
+        help="side-band exponential fit extrapolated into the signal box",
         description="Fit exp(p0 + p1 E) to the side-band energies (binned extended likelihood) and integrate it "
-                    "over the signal-box range; systematic from alternative shapes and fit ranges.",
+        "over the signal-box range; systematic from alternative shapes and fit ranges.",
     )
-    parser.add_argument("--sideband", type=Path, required=True, metavar="FILE.npy",
-                        help="1D numpy array of side-band energies in GeV")
+    parser.add_argument(
+        "--sideband", type=Path, required=True, metavar="FILE.npy", help="1D numpy array of side-band energies in GeV"
+    )
     parser.add_argument("--fit-range", type=float_pair, required=True, metavar="LO,HI", help="fit range in GeV")
     parser.add_argument("--box", type=float_pair, required=True, metavar="LO,HI", help="signal-box range in GeV")
     parser.add_argument("--bins", type=int, default=40, help="histogram bins in the fit range (default 40)")

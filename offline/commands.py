@@ -1,12 +1,14 @@
 """``na64-offline`` subcommands on recorded runs and the signal simulation: ``simulate``, ``select``,
 ``report``, ``export`` (registered in :data:`offline.cli.SUBCOMMANDS`). Results go to files; progress to
 stderr; bad input raises ValueError (exit status 2 in ``offline.cli.main``)."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import pathlib
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -18,10 +20,6 @@ if TYPE_CHECKING:
 
 _err = Console(stderr=True)
 _out = Console()
-
-
-
-
 
 
 def _positive_int(text: str) -> int:
@@ -69,16 +67,19 @@ def _cutflow_table(title: str, flow: dict[str, int]) -> Table:
 # ------------------------------------------------------------------------------------------ simulate
 def simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "simulate", help="A' signal efficiency through the full simulation, trigger and selection",
+        "simulate",
+        help="A' signal efficiency through the full simulation, trigger and selection",
         description="Simulate A' -> invisible signal events (every beam electron emits an A' with E_A' > E0 - "
-                    "offline.ecal_box_max_gev), through the detector response, the digitiser at nominal HV, the "
-                    "reconstruction, the online trigger code and the offline selection. Output: {mass_mev, events, "
-                    "triggered, selected, efficiency, efficiency_err, cut_flow} (a list for several masses).")
+        "offline.ecal_box_max_gev), through the detector response, the digitiser at nominal HV, the "
+        "reconstruction, the online trigger code and the offline selection. Output: {mass_mev, events, "
+        "triggered, selected, efficiency, efficiency_err, cut_flow} (a list for several masses).",
+    )
     p.add_argument("--mass", type=float_list, required=True, metavar="M[,M2,...]", help="A' mass(es) in MeV")
     p.add_argument("--events", type=_positive_int, default=2000, help="signal events per mass (default 2000)")
     p.add_argument("--config", type=pathlib.Path, help="configuration TOML (default: built-in defaults)")
-    p.add_argument("--pileup", action="store_true",
-                   help="embed the signal in the beam at the configured intensity (pile-up)")
+    p.add_argument(
+        "--pileup", action="store_true", help="embed the signal in the beam at the configured intensity (pile-up)"
+    )
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--json", type=pathlib.Path, metavar="PATH", help="write the result there (default: print JSON)")
     return p
@@ -104,21 +105,32 @@ def simulate_run(args: argparse.Namespace) -> int:
     for c in ("m_A' [MeV]", "events", "triggered", "selected", "efficiency"):
         t.add_column(c, justify="right")
     for r in results:
-        t.add_row(f"{r['mass_mev']:g}", str(r["events"]), str(r["triggered"]), str(r["selected"]),
-                  f"{r['efficiency']:.4f} +/- {r['efficiency_err']:.4f}")
+        t.add_row(
+            f"{r['mass_mev']:g}",
+            str(r["events"]),
+            str(r["triggered"]),
+            str(r["selected"]),
+            f"{r['efficiency']:.4f} +/- {r['efficiency_err']:.4f}",
+        )
     _out.print(t)
     return 0
 
 
 # ------------------------------------------------------------------------------------------ select
 def _add_dask(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="address of a running Dask scheduler (default: a LocalCluster on this machine)")
-    p.add_argument("--workers", type=_positive_int, default=None,
-                   help="LocalCluster worker processes (default offline.dask_workers)")
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="address of a running Dask scheduler (default: a LocalCluster on this machine)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="LocalCluster worker processes (default offline.dask_workers)",
+    )
     p.add_argument("--serial", action="store_true", help="no Dask: process the spills in this process")
-    p.add_argument("--config", type=pathlib.Path,
-                   help="configuration TOML (default: the one stored in the run record)")
+    p.add_argument("--config", type=pathlib.Path, help="configuration TOML (default: the one stored in the run record)")
 
 
 def _workers(args: argparse.Namespace, cfg: Config | None) -> int:
@@ -131,10 +143,12 @@ def _workers(args: argparse.Namespace, cfg: Config | None) -> int:
 
 def select_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "select", help="event selection on recorded runs (one Dask task per spill file)",
+        "select",
+        help="event selection on recorded runs (one Dask task per spill file)",
         description="Reconstruct and select every spill file of the runs. Writes DIR/selection.json (cut flow, EOT, "
-                    "events in the box, side bands, truth summary), DIR/sideband_{A,C}[_hcal].npy, "
-                    "DIR/histograms.npz and DIR/histograms.root.")
+        "events in the box, side bands, truth summary), DIR/sideband_{A,C}[_hcal].npy, "
+        "DIR/histograms.npz and DIR/histograms.root.",
+    )
     p.add_argument("run_dirs", nargs="+", type=pathlib.Path, metavar="RUN_DIR")
     p.add_argument("--out", type=pathlib.Path, required=True, metavar="DIR")
     _add_dask(p)
@@ -145,13 +159,17 @@ def select_run(args: argparse.Namespace) -> int:
     from .dask_select import select_runs
 
     cfg = _config(args.config)
-    m = select_runs(_run_dirs(args.run_dirs), args.out, args.scheduler, _workers(args, cfg), config=cfg,
-                    serial=args.serial)
+    m = select_runs(
+        _run_dirs(args.run_dirs), args.out, args.scheduler, _workers(args, cfg), config=cfg, serial=args.serial
+    )
     _out.print(_cutflow_table(f"cut flow: {m.n_spills} spills, EOT {m.eot:.4g}", dict(m.cut_flow)))
     if m.excluded_spills:
-        _err.print(f"[yellow]{len(m.excluded_spills)} incomplete spill(s) left out with their EOT:[/] "
-                   + ", ".join(f"{pathlib.Path(x['run_dir']).name}/{x['spill']} ({','.join(x['flags'])})"
-                               for x in m.excluded_spills))
+        _err.print(
+            f"[yellow]{len(m.excluded_spills)} incomplete spill(s) left out with their EOT:[/] "
+            + ", ".join(
+                f"{pathlib.Path(x['run_dir']).name}/{x['spill']} ({','.join(x['flags'])})" for x in m.excluded_spills
+            )
+        )
     if m.errors:
         _err.print(f"[yellow]{len(m.errors)} spill file(s) could not be read:[/]")
         for e in m.errors:
@@ -163,21 +181,38 @@ def select_run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ report
 def report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "report", help="selection -> background -> signal efficiency -> limits -> plots",
+        "report",
+        help="selection -> background -> signal efficiency -> limits -> plots",
         description="Full analysis of recorded runs: selection (Dask), side-band background estimate, A' signal "
-                    "efficiency (simulated, or from simulate --json files), CLs limits with the runs' EOT and the "
-                    "observed box events, plots; writes DIR/summary.json and DIR/summary.txt listing every file.")
+        "efficiency (simulated, or from simulate --json files), CLs limits with the runs' EOT and the "
+        "observed box events, plots; writes DIR/summary.json and DIR/summary.txt listing every file.",
+    )
     p.add_argument("run_dirs", nargs="+", type=pathlib.Path, metavar="RUN_DIR")
     p.add_argument("--out", type=pathlib.Path, required=True, metavar="DIR")
     _add_dask(p)
-    p.add_argument("--masses", type=float_list, default=[1.0, 16.7, 100.0, 500.0], metavar="M1,M2,...",
-                   help="A' masses in MeV for the efficiency and limits (default 1,16.7,100,500)")
+    p.add_argument(
+        "--masses",
+        type=float_list,
+        default=[1.0, 16.7, 100.0, 500.0],
+        metavar="M1,M2,...",
+        help="A' masses in MeV for the efficiency and limits (default 1,16.7,100,500)",
+    )
     p.add_argument("--signal-events", type=_positive_int, default=2000, help="simulated signal events per mass")
-    p.add_argument("--signal-json", type=pathlib.Path, nargs="+", default=[], metavar="JSON",
-                   help="use these simulate --json results instead of simulating")
+    p.add_argument(
+        "--signal-json",
+        type=pathlib.Path,
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="use these simulate --json results instead of simulating",
+    )
     p.add_argument("--pileup", action="store_true", help="simulate the signal with pile-up")
-    p.add_argument("--fit-range", type=float_pair, metavar="LO,HI",
-                   help="side-band C fit range in GeV (default: box edge .. physics E_ECAL threshold - 10)")
+    p.add_argument(
+        "--fit-range",
+        type=float_pair,
+        metavar="LO,HI",
+        help="side-band C fit range in GeV (default: box edge .. physics E_ECAL threshold - 10)",
+    )
     return p
 
 
@@ -185,9 +220,19 @@ def report_run(args: argparse.Namespace) -> int:
     from .report import make_report
 
     cfg = _config(args.config)
-    s = make_report(_run_dirs(args.run_dirs), args.out, scheduler=args.scheduler, n_workers=_workers(args, cfg),
-                    config=cfg, masses_mev=args.masses, signal_events=args.signal_events,
-                    signal_json=args.signal_json, pileup=args.pileup, fit_range=args.fit_range, serial=args.serial)
+    s = make_report(
+        _run_dirs(args.run_dirs),
+        args.out,
+        scheduler=args.scheduler,
+        n_workers=_workers(args, cfg),
+        config=cfg,
+        masses_mev=args.masses,
+        signal_events=args.signal_events,
+        signal_json=args.signal_json,
+        pileup=args.pileup,
+        fit_range=args.fit_range,
+        serial=args.serial,
+    )
     _out.print((args.out / "summary.txt").read_text())
     return 0 if s["limits"] is not None else 1
 
@@ -195,9 +240,11 @@ def report_run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ export
 def export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "export", help="spill files (HDF5) -> ROOT file (TTree of events + histograms), via uproot",
+        "export",
+        help="spill files (HDF5) -> ROOT file (TTree of events + histograms), via uproot",
         description="Write a ROOT file with a TTree 'events' of the event-level reconstructed quantities (and truth), "
-                    "a TTree 'spills' and the selection histograms.")
+        "a TTree 'spills' and the selection histograms.",
+    )
     p.add_argument("run_dir", type=pathlib.Path, metavar="RUN_DIR")
     p.add_argument("--out", type=pathlib.Path, required=True, metavar="FILE.root")
     p.add_argument("--config", type=pathlib.Path, help="configuration TOML (default: the one in the run record)")

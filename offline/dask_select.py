@@ -21,6 +21,7 @@ DAQ flagged as incomplete (``detector.records.INCOMPLETE_SPILL_FLAGS``: some acc
 recorded) is left out with its EOT and listed in ``excluded_spills``: counting its EOT without all of its
 events would bias the signal yield per EOT.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,23 +31,36 @@ import time
 import tomllib
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import hist
 import numpy as np
 
-from detector.spillfile import json_default
 from detector.config import Calibration, Config, load_calibration, load_config, validate
 from detector.records import INCOMPLETE_SPILL_FLAGS, PARTICLE_NAMES, TRUTH_APRIME, TRUTH_DIMUON
-from detector.spillfile import SpillFileError, list_spills, read_run_record, read_spill
+from detector.spillfile import SpillFileError, json_default, list_spills, read_run_record, read_spill
 
 from . import events as ev
 from . import selection as sel
 
 #: columns kept for every event in the box and in the side bands
-BOX_COLUMNS = ("run", "spill", "event_id", "time_ns", "trigger_mask", "e_ecal", "e_ps", "e_hcal", "v2_mip",
-               "ecal_chi2", "ecal_x_mm", "ecal_y_mm", "n_cells_pileup")
+BOX_COLUMNS = (
+    "run",
+    "spill",
+    "event_id",
+    "time_ns",
+    "trigger_mask",
+    "e_ecal",
+    "e_ps",
+    "e_hcal",
+    "v2_mip",
+    "ecal_chi2",
+    "ecal_x_mm",
+    "ecal_y_mm",
+    "n_cells_pileup",
+)
 TRUTH_BOX_COLUMNS = ("truth_ptype", "truth_flags", "truth_e_beam", "truth_e_invisible", "truth_weight")
 
 
@@ -136,7 +150,7 @@ class MergedSelection:
     n_spills: int = 0
     n_events: int = 0
     eot: float = 0.0
-    cut_flow: "OrderedDict[str, int]" = field(default_factory=OrderedDict)
+    cut_flow: OrderedDict[str, int] = field(default_factory=OrderedDict)
     by_run: dict[str, dict[str, Any]] = field(default_factory=dict)
     hists: dict[str, hist.Hist] = field(default_factory=sel.new_histograms)
     box: ev.Table = field(default_factory=dict)
@@ -170,8 +184,9 @@ class MergedSelection:
             "cut_flow": dict(self.cut_flow),
             "by_run": self.by_run,
             "box": {"n_obs": self.n_obs, "events": box_events},
-            "sidebands": {name: {"n": ev.n_rows(t), "definition": _SIDEBAND_DOC[name]}
-                          for name, t in self.sidebands.items()},
+            "sidebands": {
+                name: {"n": ev.n_rows(t), "definition": _SIDEBAND_DOC[name]} for name, t in self.sidebands.items()
+            },
             "truth": self.truth,
             "errors": self.errors,
             "flagged_spills": self.flagged_spills,
@@ -192,17 +207,19 @@ def merge(results: Iterable[SpillResult], cuts: sel.Cuts) -> MergedSelection:
     boxes: list[Any] = []
     sides: dict[str, list[Any]] = {name: [] for name in sel.SIDEBANDS}
     for r in ordered:
-        run = m.by_run.setdefault(r.run_dir, {"run": r.run, "n_spills": 0, "n_events": 0, "eot": 0.0, "n_obs": 0,
-                                              "cut_flow": OrderedDict()})
+        run = m.by_run.setdefault(
+            r.run_dir, {"run": r.run, "n_spills": 0, "n_events": 0, "eot": 0.0, "n_obs": 0, "cut_flow": OrderedDict()}
+        )
         if r.error is not None:
             m.errors.append(r.error)
             continue
         if r.flags:
             m.flagged_spills.append({"run_dir": r.run_dir, "spill": r.spill, "flags": list(r.flags)})
         bad = sorted(set(r.flags) & INCOMPLETE_SPILL_FLAGS)
-        if bad:     # part of its accepted events is missing: counting its EOT would bias the yield
-            m.excluded_spills.append({"run_dir": r.run_dir, "spill": r.spill, "flags": bad,
-                                      "n_events": r.n_events, "eot": r.eot})
+        if bad:  # part of its accepted events is missing: counting its EOT would bias the yield
+            m.excluded_spills.append(
+                {"run_dir": r.run_dir, "spill": r.spill, "flags": bad, "n_events": r.n_events, "eot": r.eot}
+            )
             continue
         m.n_spills += 1
         m.n_events += r.n_events
@@ -230,8 +247,9 @@ def merge(results: Iterable[SpillResult], cuts: sel.Cuts) -> MergedSelection:
 
 
 # ------------------------------------------------------------------------------------------ config
-def run_setup(run_dir: str | os.PathLike, cfg: Config | None = None,
-              calib: Calibration | None = None) -> tuple[Config, Calibration]:
+def run_setup(
+    run_dir: str | os.PathLike, cfg: Config | None = None, calib: Calibration | None = None
+) -> tuple[Config, Calibration]:
     """Configuration and calibration to analyse a run with. ``cfg`` when given, else the configuration the
     DAQ stored in the run record (``config_toml``, written by ``detector.config.dump_toml``), else the
     defaults. ``calib`` when given, else the calibration file named in the run record
@@ -275,13 +293,20 @@ def _rich_progress(total: int):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    prog = Progress(TextColumn("selecting spills"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True), transient=True)
+    prog = Progress(
+        TextColumn("selecting spills"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
     return prog, prog.add_task("spills", total=total)
 
 
-def run_serial(tasks: Sequence[tuple[str, str]], cfg_of: dict[str, Config], calib_of: dict[str, Calibration],
-               progress: bool = True) -> list[SpillResult]:
+def run_serial(
+    tasks: Sequence[tuple[str, str]], cfg_of: dict[str, Config], calib_of: dict[str, Calibration], progress: bool = True
+) -> list[SpillResult]:
     """In-process, no Dask (the benchmark baseline)."""
     out = []
     prog, tid = _rich_progress(len(tasks)) if progress else (None, None)
@@ -298,9 +323,15 @@ def run_serial(tasks: Sequence[tuple[str, str]], cfg_of: dict[str, Config], cali
     return out
 
 
-def run_dask(tasks: Sequence[tuple[str, str]], cfg_of: dict[str, Config], calib_of: dict[str, Calibration],
-             scheduler: str | None = None, n_workers: int = 2, progress: bool = True,
-             client: Any = None) -> list[SpillResult]:
+def run_dask(
+    tasks: Sequence[tuple[str, str]],
+    cfg_of: dict[str, Config],
+    calib_of: dict[str, Calibration],
+    scheduler: str | None = None,
+    n_workers: int = 2,
+    progress: bool = True,
+    client: Any = None,
+) -> list[SpillResult]:
     """One task per spill file on a LocalCluster (``n_workers`` processes x 1 thread), on the scheduler at
     ``scheduler`` (an address such as ``tcp://127.0.0.1:8786``), or on an existing ``client``."""
     from dask.distributed import Client, LocalCluster, as_completed
@@ -311,12 +342,15 @@ def run_dask(tasks: Sequence[tuple[str, str]], cfg_of: dict[str, Config], calib_
             if scheduler:
                 client = own_client = Client(scheduler, timeout="30s")
             else:
-                own_cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=None)
+                own_cluster = LocalCluster(
+                    n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
+                )
                 client = own_client = Client(own_cluster)
-        token = uuid.uuid4().hex[:12]          # fresh keys: never a stale result of an earlier call
-        futures = [client.submit(process_spill, p, cfg_of[rd], calib_of[rd], rd, key=f"select-{token}-{i}", pure=False)
-                   for i, (rd, p) in enumerate(tasks)]
+        token = uuid.uuid4().hex[:12]  # fresh keys: never a stale result of an earlier call
+        futures = [
+            client.submit(process_spill, p, cfg_of[rd], calib_of[rd], rd, key=f"select-{token}-{i}", pure=False)
+            for i, (rd, p) in enumerate(tasks)
+        ]
         results = []
         prog, tid = _rich_progress(len(futures)) if progress else (None, None)
         if prog:
@@ -338,10 +372,18 @@ def run_dask(tasks: Sequence[tuple[str, str]], cfg_of: dict[str, Config], calib_
             own_cluster.close()
 
 
-def select_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None,
-                scheduler: str | None = None, n_workers: int = 2, *, config: Config | None = None,
-                calibration: Calibration | None = None, serial: bool = False, progress: bool = True,
-                client: Any = None) -> MergedSelection:
+def select_runs(
+    run_dirs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike | None,
+    scheduler: str | None = None,
+    n_workers: int = 2,
+    *,
+    config: Config | None = None,
+    calibration: Calibration | None = None,
+    serial: bool = False,
+    progress: bool = True,
+    client: Any = None,
+) -> MergedSelection:
     """Select every spill of ``run_dirs`` and write the outputs to ``out_dir`` (None: write nothing).
 
     ``config``/``calibration`` default to the run's stored configuration (see :func:`run_setup`)."""
@@ -380,7 +422,9 @@ def _save_npy(path: pathlib.Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def write_root(path: str | os.PathLike, hists: dict[str, hist.Hist], trees: dict[str, ev.Table] | None = None) -> pathlib.Path:
+def write_root(
+    path: str | os.PathLike, hists: dict[str, hist.Hist], trees: dict[str, ev.Table] | None = None
+) -> pathlib.Path:
     """Histograms (and flat TTrees of tables) into a ROOT file with uproot."""
     import uproot
 
@@ -420,5 +464,3 @@ def write_outputs(m: MergedSelection, out_dir: str | os.PathLike, run_dirs: Sequ
     summary["files"] = [str(f) for f in files]
     _atomic_write_text(p, json.dumps(summary, indent=1, default=json_default) + "\n")
     return files
-
-

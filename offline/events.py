@@ -39,12 +39,12 @@ shower of a beam electron is compact (~75% in one cell) and centred near the bea
 in the PS is wide and a soft upstream electron enters off axis. The expectation is the lateral profile of
 :mod:`sim_frontend.geometry` (the detector description shared with the simulation).
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import numba as nb
 import numpy as np
@@ -61,14 +61,13 @@ Table = dict[str, np.ndarray]
 #: shower-shape error model per cell of the 6x6 map (GeV^2): stochastic x E_expected + (constant x E)^2 +
 #: noise^2. With it, recorded beam and upstream electrons give chi2/ndf 0.65 (median), 1.8 (99%), hadrons
 #: showering in the ECAL 70 (median), > 25 (99%) in the simulation; offline.selection cuts at 4.
-SHAPE_STOCH_GEV = 0.15            #: GeV^(1/2): sampling fluctuation of a cell
-SHAPE_CONST = 0.03                #: relative shower-to-shower fluctuation of a cell fraction
-SHAPE_NOISE_GEV = 0.05            #: GeV: noise and threshold effects
-SHAPE_GRID_STEP_MM = 0.5          #: step of the 1D centre scan
+SHAPE_STOCH_GEV = 0.15  #: GeV^(1/2): sampling fluctuation of a cell
+SHAPE_CONST = 0.03  #: relative shower-to-shower fluctuation of a cell fraction
+SHAPE_NOISE_GEV = 0.05  #: GeV: noise and threshold effects
+SHAPE_GRID_STEP_MM = 0.5  #: step of the 1D centre scan
 _PIX = ch.N_ECAL_X * ch.N_ECAL_Y
 
-_ID = {name: ch.by_name(name).id for name in
-       (*ch.COUNTER_NAMES, *ch.VETO_NAMES, *ch.SRD_NAMES, *ch.SUM_NAMES)}
+_ID = {name: ch.by_name(name).id for name in (*ch.COUNTER_NAMES, *ch.VETO_NAMES, *ch.SRD_NAMES, *ch.SUM_NAMES)}
 COUNTER_COLUMNS = ("S0", "S1", "S2", "S3", "S4", "V0", "V1")
 SRD_COLUMNS = ("srd0", "srd1", "srd2")
 
@@ -82,7 +81,7 @@ class EventParams:
     mip_adc: float = 200.0
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "EventParams":
+    def from_config(cls, cfg: Config) -> EventParams:
         off = cfg.offline
         return cls(float(off.cell_pileup_min_gev), float(off.pileup_window_ns), float(cfg.trigger.mip_adc))
 
@@ -99,8 +98,11 @@ def _profile_tables(step_mm: float = SHAPE_GRID_STEP_MM) -> tuple[np.ndarray, np
 
     def fractions(edges: np.ndarray) -> np.ndarray:
         d = edges[None, :] - grid[:, None]
-        cdf = np.where(d < 0, w * 0.5 * np.exp(np.minimum(d, 0) / b1) + (1 - w) * 0.5 * np.exp(np.minimum(d, 0) / b2),
-                       w * (1 - 0.5 * np.exp(-np.maximum(d, 0) / b1)) + (1 - w) * (1 - 0.5 * np.exp(-np.maximum(d, 0) / b2)))
+        cdf = np.where(
+            d < 0,
+            w * 0.5 * np.exp(np.minimum(d, 0) / b1) + (1 - w) * 0.5 * np.exp(np.minimum(d, 0) / b2),
+            w * (1 - 0.5 * np.exp(-np.maximum(d, 0) / b1)) + (1 - w) * (1 - 0.5 * np.exp(-np.maximum(d, 0) / b2)),
+        )
         f = np.diff(cdf, axis=1)
         return f / f.sum(axis=1, keepdims=True)
 
@@ -209,8 +211,8 @@ def reco_columns(reco: RecoResult, calib: Calibration, params: EventParams) -> T
     """Per-event columns from a reconstruction of all 121 channels (arrays (n, 121))."""
     e = reco.energy_gev
     n = e.shape[0]
-    ecal = ch.ecal_map(e).astype(np.float64)                                   # (n, 2, 6, 6)
-    hcal = ch.hcal_map(e).astype(np.float64)                                   # (n, 4, 3, 3)
+    ecal = ch.ecal_map(e).astype(np.float64)  # (n, 2, 6, 6)
+    hcal = ch.hcal_map(e).astype(np.float64)  # (n, 4, 3, 3)
     e_ps = ecal[:, 0].sum(axis=(1, 2))
     e_main = ecal[:, 1].sum(axis=(1, 2))
     e_mod = hcal.sum(axis=(2, 3))
@@ -254,10 +256,19 @@ def truth_columns(truth: np.ndarray) -> Table:
     return {f"truth_{name}": np.ascontiguousarray(truth[name]) for name in TRUTH_DTYPE.names or ()}
 
 
-def event_table_from_arrays(waveforms: np.ndarray, calib: Calibration, cfg: Config, *,
-                            event_id: np.ndarray | None = None, trigger_mask: np.ndarray | None = None,
-                            time_ns: np.ndarray | None = None, truth: np.ndarray | None = None,
-                            run: int = 0, spill: int = 0, reco: RecoResult | None = None) -> Table:
+def event_table_from_arrays(
+    waveforms: np.ndarray,
+    calib: Calibration,
+    cfg: Config,
+    *,
+    event_id: np.ndarray | None = None,
+    trigger_mask: np.ndarray | None = None,
+    time_ns: np.ndarray | None = None,
+    truth: np.ndarray | None = None,
+    run: int = 0,
+    spill: int = 0,
+    reco: RecoResult | None = None,
+) -> Table:
     """Event table of full-event waveforms (int16 (n, 121, 32)), e.g. straight from the digitizer
     (the signal simulation) or from a spill file. ``reco`` may pass a reconstruction already done."""
     n = waveforms.shape[0]
@@ -280,9 +291,17 @@ def event_table_from_arrays(waveforms: np.ndarray, calib: Calibration, cfg: Conf
 
 def event_table(data: SpillData, calib: Calibration, cfg: Config) -> Table:
     """Event table of one spill file read with :func:`detector.spillfile.read_spill`."""
-    return event_table_from_arrays(data.waveforms, calib, cfg, event_id=data.event_id,
-                                   trigger_mask=data.trigger_mask, time_ns=data.time_ns, truth=data.truth,
-                                   run=int(data.attrs.get("run", 0)), spill=int(data.attrs.get("spill", 0)))
+    return event_table_from_arrays(
+        data.waveforms,
+        calib,
+        cfg,
+        event_id=data.event_id,
+        trigger_mask=data.trigger_mask,
+        time_ns=data.time_ns,
+        truth=data.truth,
+        run=int(data.attrs.get("run", 0)),
+        spill=int(data.attrs.get("spill", 0)),
+    )
 
 
 def n_rows(table: Table) -> int:

@@ -11,6 +11,7 @@ The ROOT file, written with uproot (no ROOT installation needed), holds:
   ``ecal_vs_hcal``, ``cutflow`` (Weight storage: uproot cannot write Int64 storage);
 - TTree ``spills``: per spill run, spill, EOT, number of events.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,14 +32,15 @@ def _branches(t: ev.Table, s: sel.Selection) -> dict[str, np.ndarray]:
     out = {k: np.ascontiguousarray(v) for k, v in t.items()}
     bits = np.zeros(ev.n_rows(t), np.uint16)
     for i, name in enumerate(sel.CUT_NAMES):
-        bits |= (s.masks[name].astype(np.uint16) << i)
+        bits |= s.masks[name].astype(np.uint16) << i
     out["cut_bits"] = bits
     out["in_box"] = s.in_box.astype(np.bool_)
     return out
 
 
-def export_run(run_dir: str | os.PathLike, out_file: str | os.PathLike, cfg: Config | None = None,
-               calib: Calibration | None = None) -> dict[str, Any]:
+def export_run(
+    run_dir: str | os.PathLike, out_file: str | os.PathLike, cfg: Config | None = None, calib: Calibration | None = None
+) -> dict[str, Any]:
     """Write ``out_file`` (ROOT) from the spill files of ``run_dir``; returns a summary dict
     (events, spills, skipped files, branch names)."""
     import uproot
@@ -82,12 +84,22 @@ def export_run(run_dir: str | os.PathLike, out_file: str | os.PathLike, cfg: Con
                 n_events += ev.n_rows(t)
             for name, h in hists.items():
                 f[name] = h
-            f["spills"] = {"run": np.asarray(spills["run"], np.int32), "spill": np.asarray(spills["spill"], np.int32),
-                           "eot": np.asarray(spills["eot"], np.float64),
-                           "n_events": np.asarray(spills["n_events"], np.int64)}
+            f["spills"] = {
+                "run": np.asarray(spills["run"], np.int32),
+                "spill": np.asarray(spills["spill"], np.int32),
+                "eot": np.asarray(spills["eot"], np.float64),
+                "n_events": np.asarray(spills["n_events"], np.int64),
+            }
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return {"file": str(out), "run_dir": str(run_dir), "events": n_events, "spills": len(spills["spill"]),
-            "eot": float(sum(spills["eot"])), "skipped": skipped, "branches": branches}
+    return {
+        "file": str(out),
+        "run_dir": str(run_dir),
+        "events": n_events,
+        "spills": len(spills["spill"]),
+        "eot": float(sum(spills["eot"])),
+        "skipped": skipped,
+        "branches": branches,
+    }

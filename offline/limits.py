@@ -1,4 +1,4 @@
-"""CLs upper limits on the A' signal and their translation into eps_90(m_A') and y_90 (physics.md 6-7).
+"""CLs upper limits on the A' signal and their translation into eps_90(m_A') and y_90 (docs/physics.md 6-7).
 
 Two calculations of N_90, the signal count excluded at 90% CL (CLs = 0.10):
 
@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -62,7 +63,7 @@ class RunExposure:
 
 @dataclass(frozen=True)
 class SignalSystematics:
-    """Relative systematic uncertainties on the signal, fully correlated across runs (physics.md 6.2)."""
+    """Relative systematic uncertainties on the signal, fully correlated across runs (docs/physics.md 6.2)."""
 
     n_eot: float = 0.02
     efficiency: float = 0.15
@@ -83,7 +84,7 @@ def paper_2016_runs(
     background_rel_err: float = paper2016.TABLE_III_TOTAL[1] / paper2016.TABLE_III_TOTAL[0],
     n_obs_total: int = paper2016.OBSERVED_2016,
 ) -> list[RunExposure]:
-    """The 2016 configuration: EOT split in the three intensity bins of physics.md 6.1 (rescaled to
+    """The 2016 configuration: EOT split in the three intensity bins of docs/physics.md 6.1 (rescaled to
     ``n_eot_total``), one efficiency, background shared in proportion to EOT, observed events in the
     first bin (the paper observed 0)."""
     bins = paper2016.EXPOSURE_2016
@@ -116,14 +117,16 @@ def load_runs(path: str | Path) -> tuple[list[RunExposure], SignalSystematics | 
     runs = []
     for i, item in enumerate(raw_runs):
         try:
-            runs.append(RunExposure(
-                name=str(item.get("name", f"run{i}")),
-                n_eot=float(item["n_eot"]),
-                efficiency=float(item["efficiency"]),
-                n_obs=int(item.get("n_obs", 0)),
-                background=float(item.get("background", 0.0)),
-                background_err=float(item.get("background_err", 0.0)),
-            ))
+            runs.append(
+                RunExposure(
+                    name=str(item.get("name", f"run{i}")),
+                    n_eot=float(item["n_eot"]),
+                    efficiency=float(item["efficiency"]),
+                    n_obs=int(item.get("n_obs", 0)),
+                    background=float(item.get("background", 0.0)),
+                    background_err=float(item.get("background_err", 0.0)),
+                )
+            )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{path}: run {i} is missing or has a bad field: {exc}") from exc
     syst = data.get("systematics") if isinstance(data, dict) else None
@@ -268,7 +271,7 @@ class PyhfCLs:
             warnings.simplefilter("ignore", DeprecationWarning)  # percentile(interpolation=) inside pyhf 0.7
             if self.method == "hybrid-toys":
                 return self._hybrid_cls(mu)
-            np.random.seed(self.seed)
+            np.random.seed(self.seed)  # noqa: NPY002 - pyhf's toys draw from numpy's global random state
             kwargs: dict = {"calctype": "asymptotics"}
             if self.method == "frequentist-toys":
                 kwargs = {"calctype": "toybased", "ntoys": self.ntoys, "track_progress": False}
@@ -276,7 +279,9 @@ class PyhfCLs:
 
     def _q_tilde(self, mu: float, counts: Sequence[float]) -> float:
         data = list(counts) + self.model.config.auxdata
-        return float(self._pyhf.infer.test_statistics.qmu_tilde(mu, data, self.model, self._init, self._bounds, self._fixed))
+        return float(
+            self._pyhf.infer.test_statistics.qmu_tilde(mu, data, self.model, self._init, self._bounds, self._fixed)
+        )
 
     def _tail_probability(self, mu: float, mu_true: float, q_obs: float, stream: int) -> float:
         rng = np.random.default_rng([self.seed, stream])

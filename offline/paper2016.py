@@ -1,5 +1,5 @@
 """Published numbers of the NA64 2016 invisible-mode analysis (PAPER = Phys. Rev. D 97, 072002 (2018);
-physics.md section 6). Data only, plus the small derived quantities the limit defaults use.
+docs/physics.md section 6). Data only, plus the small derived quantities the limit defaults use.
 """
 
 from __future__ import annotations

@@ -4,17 +4,17 @@ path, writes the figure there and returns the path."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import mplhep  # noqa: E402
-import numpy as np  # noqa: E402
-from numpy.typing import ArrayLike  # noqa: E402
+import matplotlib.pyplot as plt
+import mplhep
+import numpy as np
+from numpy.typing import ArrayLike
 
 _LABEL = "NA64-like"
 
@@ -86,7 +86,9 @@ def plot_ecal_vs_hcal(
     mesh = ax.pcolormesh(x_edges, y_edges, masked.T, norm=norm, cmap="viridis")
     fig.colorbar(mesh, ax=ax, label="events")
     ax.add_patch(matplotlib.patches.Rectangle((0, 0), box_ecal_max_gev, box_hcal_max_gev, fill=False, ec="red", lw=2))
-    ax.annotate("signal box", (box_ecal_max_gev, box_hcal_max_gev), color="red", xytext=(5, 5), textcoords="offset points")
+    ax.annotate(
+        "signal box", (box_ecal_max_gev, box_hcal_max_gev), color="red", xytext=(5, 5), textcoords="offset points"
+    )
     ax.set(xlabel=r"$E_{ECAL}$ [GeV]", ylabel=r"$E_{HCAL}$ [GeV]")
     return _finish(fig, path)
 
@@ -102,8 +104,13 @@ def plot_cutflow(cutflow: Mapping[str, float], path: str | Path) -> Path:
     previous = np.concatenate([[counts[0]], counts[:-1]])
     for bar, n, prev in zip(bars, counts, previous):
         frac = n / prev if prev > 0 else 0.0
-        ax.annotate(f"{n:.3g}\n(x{frac:.3g})", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=10)
+        ax.annotate(
+            f"{n:.3g}\n(x{frac:.3g})",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=10,
+        )
     ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
     ax.set(yscale="log", ylabel="events", ylim=(0.3, 30.0 * max(counts.max(), 1.0)))
     return _finish(fig, path)

@@ -16,13 +16,15 @@
 6. ``summary.json`` and ``summary.txt`` listing every file written, plus ``runs.json`` (input of
    ``na64-offline limits --runs``, efficiency of the reference mass).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import pathlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +39,9 @@ DEFAULT_MASSES_MEV = (1.0, 16.7, 100.0, 500.0)
 DEFAULT_SIGNAL_EVENTS = 2000
 
 
-def background_estimate(sideband_e_ecal: np.ndarray, cfg: Config,
-                        fit_range: tuple[float, float] | None = None, bins: int = BACKGROUND_BINS) -> dict[str, Any]:
+def background_estimate(
+    sideband_e_ecal: np.ndarray, cfg: Config, fit_range: tuple[float, float] | None = None, bins: int = BACKGROUND_BINS
+) -> dict[str, Any]:
     """Side-band C extrapolation into the box (see the module docstring); always returns a dict with
     ``n_b``, ``stat_err``, ``syst_err``, ``error`` (None when the fit worked)."""
     from . import background
@@ -47,8 +50,13 @@ def background_estimate(sideband_e_ecal: np.ndarray, cfg: Config,
     if fit_range is None:
         fit_range = (box_hi, float(cfg.trigger.menu["physics"].ecal_max_gev) - TRIGGER_EDGE_MARGIN_GEV)
     e = np.asarray(sideband_e_ecal, dtype=float)
-    base = {"sideband": "C", "fit_range_gev": list(fit_range), "box_range_gev": [0.0, box_hi],
-            "n_sideband": int(e.size), "n_in_fit_range": int(((e >= fit_range[0]) & (e < fit_range[1])).sum())}
+    base = {
+        "sideband": "C",
+        "fit_range_gev": list(fit_range),
+        "box_range_gev": [0.0, box_hi],
+        "n_sideband": int(e.size),
+        "n_in_fit_range": int(((e >= fit_range[0]) & (e < fit_range[1])).sum()),
+    }
     try:
         est = background.estimate_background(e, fit_range, (0.0, box_hi), bins)
     except (ValueError, RuntimeError) as exc:
@@ -59,8 +67,9 @@ def background_estimate(sideband_e_ecal: np.ndarray, cfg: Config,
     return out
 
 
-def signal_efficiencies(cfg: Config, calib, masses_mev: Sequence[float], n_events: int,
-                        pileup: bool = False, seed: int = 1) -> list[dict[str, Any]]:
+def signal_efficiencies(
+    cfg: Config, calib, masses_mev: Sequence[float], n_events: int, pileup: bool = False, seed: int = 1
+) -> list[dict[str, Any]]:
     from .signal import simulate_signal
 
     return [simulate_signal(cfg, m, n_events, calib, seed, pileup).as_json() for m in masses_mev]
@@ -71,15 +80,16 @@ def load_signal_json(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]
     out = []
     for p in paths:
         data = json.loads(pathlib.Path(p).read_text())
-        for d in (data if isinstance(data, list) else [data]):
+        for d in data if isinstance(data, list) else [data]:
             if not {"mass_mev", "efficiency"} <= set(d):
                 raise ValueError(f"{p}: not a simulate result (needs mass_mev and efficiency)")
             out.append(d)
     return out
 
 
-def compute_limits(by_run: dict[str, dict[str, Any]], background: dict[str, Any],
-                   signal: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
+def compute_limits(
+    by_run: dict[str, dict[str, Any]], background: dict[str, Any], signal: list[dict[str, Any]], cfg: Config
+) -> dict[str, Any]:
     """eps_90 and y_90 per mass (see the module docstring)."""
     from sim_frontend import yields
 
@@ -93,9 +103,17 @@ def compute_limits(by_run: dict[str, dict[str, Any]], background: dict[str, Any]
     syst = lim.SignalSystematics()
 
     def exposures(eff: float) -> list:
-        return [lim.RunExposure(name=pathlib.Path(name).name, n_eot=float(r["eot"]), efficiency=eff,
-                                n_obs=int(r["n_obs"]), background=b * r["eot"] / eot_total,
-                                background_err=b_err * r["eot"] / eot_total) for name, r in runs_in]
+        return [
+            lim.RunExposure(
+                name=pathlib.Path(name).name,
+                n_eot=float(r["eot"]),
+                efficiency=eff,
+                n_obs=int(r["n_obs"]),
+                background=b * r["eot"] / eot_total,
+                background_err=b_err * r["eot"] / eot_total,
+            )
+            for name, r in runs_in
+        ]
 
     n90 = lim.n90_for_runs(exposures(1.0), syst, "fast")
     e0 = float(cfg.beam.energy_gev)
@@ -106,16 +124,39 @@ def compute_limits(by_run: dict[str, dict[str, Any]], background: dict[str, Any]
         m, eff = float(s["mass_mev"]), float(s["efficiency"])
         yld = yields.yield_per_eot(m * 1e-3, e0, emiss, "IWW", table=table)
         if eff <= 0.0:
-            points.append({"mass_mev": m, "efficiency": eff, "yield_per_eot_eps1": yld, "eps_90": math.inf,
-                           "n90": n90, "y90_alphaD_0.5": math.inf, "y90_alphaD_0.005": math.inf})
+            points.append(
+                {
+                    "mass_mev": m,
+                    "efficiency": eff,
+                    "yield_per_eot_eps1": yld,
+                    "eps_90": math.inf,
+                    "n90": n90,
+                    "y90_alphaD_0.5": math.inf,
+                    "y90_alphaD_0.005": math.inf,
+                }
+            )
             continue
         p = lim.limit_points([m], [yld], exposures(min(eff, 1.0)), n90)[0]
-        points.append({**p.as_json(), "efficiency": eff, "efficiency_err": s.get("efficiency_err"),
-                       "yield_per_eot_eps1": yld, "n_aprime_eps1": p.n_aprime_eps1})
-    return {"n90": n90, "n_obs": int(sum(r["n_obs"] for _, r in runs_in)), "eot": eot_total,
-            "background": b, "background_err": b_err, "systematics": syst.as_dict(), "method": "fast",
-            "points": points,
-            "runs": [{"name": pathlib.Path(n).name, "n_eot": r["eot"], "n_obs": r["n_obs"]} for n, r in runs_in]}
+        points.append(
+            {
+                **p.as_json(),
+                "efficiency": eff,
+                "efficiency_err": s.get("efficiency_err"),
+                "yield_per_eot_eps1": yld,
+                "n_aprime_eps1": p.n_aprime_eps1,
+            }
+        )
+    return {
+        "n90": n90,
+        "n_obs": int(sum(r["n_obs"] for _, r in runs_in)),
+        "eot": eot_total,
+        "background": b,
+        "background_err": b_err,
+        "systematics": syst.as_dict(),
+        "method": "fast",
+        "points": points,
+        "runs": [{"name": pathlib.Path(n).name, "n_eot": r["eot"], "n_obs": r["n_obs"]} for n, r in runs_in],
+    }
 
 
 def _ecal_hcal_samples(h) -> tuple[np.ndarray, np.ndarray]:
@@ -127,44 +168,83 @@ def _ecal_hcal_samples(h) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(cx[ix], n), np.repeat(cy[iy], n)
 
 
-def make_plots(merged: ds.MergedSelection, lim_result: dict[str, Any] | None, cfg: Config,
-               out: pathlib.Path) -> list[pathlib.Path]:
+def make_plots(
+    merged: ds.MergedSelection, lim_result: dict[str, Any] | None, cfg: Config, out: pathlib.Path
+) -> list[pathlib.Path]:
     from . import plots
 
     files = []
     ex, hy = _ecal_hcal_samples(merged.hists["ecal_vs_hcal"])
-    files.append(plots.plot_ecal_vs_hcal(ex, hy, out / "ecal_vs_hcal.png", float(cfg.offline.ecal_box_max_gev),
-                                         float(cfg.offline.hcal_box_max_gev), bins=(150, 150),
-                                         ranges=((0.0, 150.0), (0.0, 150.0))))
+    files.append(
+        plots.plot_ecal_vs_hcal(
+            ex,
+            hy,
+            out / "ecal_vs_hcal.png",
+            float(cfg.offline.ecal_box_max_gev),
+            float(cfg.offline.hcal_box_max_gev),
+            bins=(150, 150),
+            ranges=((0.0, 150.0), (0.0, 150.0)),
+        )
+    )
     files.append(plots.plot_cutflow(dict(merged.cut_flow), out / "cutflow.png"))
     if lim_result:
         pts = [p for p in lim_result["points"] if math.isfinite(p["eps_90"])]
         if len(pts) >= 1:
             m = [p["mass_mev"] for p in pts]
-            files.append(plots.plot_exclusion(m, [p["eps_90"] for p in pts], out / "exclusion.png",
-                                              title=f"{lim_result['eot']:.3g} EOT, {lim_result['n_obs']} observed"))
-            files.append(plots.plot_y_vs_mchi([x / 3.0 for x in m],
-                                              {a: [p[f"y90_alphaD_{a:g}"] for p in pts] for a in (0.5, 0.005)},
-                                              out / "y_vs_mchi.png"))
+            files.append(
+                plots.plot_exclusion(
+                    m,
+                    [p["eps_90"] for p in pts],
+                    out / "exclusion.png",
+                    title=f"{lim_result['eot']:.3g} EOT, {lim_result['n_obs']} observed",
+                )
+            )
+            files.append(
+                plots.plot_y_vs_mchi(
+                    [x / 3.0 for x in m],
+                    {a: [p[f"y90_alphaD_{a:g}"] for p in pts] for a in (0.5, 0.005)},
+                    out / "y_vs_mchi.png",
+                )
+            )
     return files
 
 
-def make_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-                scheduler: str | None = None, n_workers: int = 2, config: Config | None = None,
-                masses_mev: Sequence[float] = DEFAULT_MASSES_MEV, signal_events: int = DEFAULT_SIGNAL_EVENTS,
-                signal_json: Sequence[str | os.PathLike] = (), pileup: bool = False,
-                fit_range: tuple[float, float] | None = None, serial: bool = False, progress: bool = True
-                ) -> dict[str, Any]:
+def make_report(
+    run_dirs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    scheduler: str | None = None,
+    n_workers: int = 2,
+    config: Config | None = None,
+    masses_mev: Sequence[float] = DEFAULT_MASSES_MEV,
+    signal_events: int = DEFAULT_SIGNAL_EVENTS,
+    signal_json: Sequence[str | os.PathLike] = (),
+    pileup: bool = False,
+    fit_range: tuple[float, float] | None = None,
+    serial: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run the whole chain and write the report into ``out_dir``; returns the summary dict."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg, calib = ds.run_setup(run_dirs[0], config)
-    merged = ds.select_runs(run_dirs, out / "selection", scheduler, n_workers, config=cfg, calibration=calib,
-                            serial=serial, progress=progress)
+    merged = ds.select_runs(
+        run_dirs,
+        out / "selection",
+        scheduler,
+        n_workers,
+        config=cfg,
+        calibration=calib,
+        serial=serial,
+        progress=progress,
+    )
     files = [pathlib.Path(p) for p in json.loads((out / "selection" / "selection.json").read_text())["files"]]
     bkg = background_estimate(merged.sidebands["C"]["e_ecal"], cfg, fit_range)
-    signal = load_signal_json(signal_json) if signal_json else signal_efficiencies(cfg, calib, masses_mev,
-                                                                                   signal_events, pileup)
+    signal = (
+        load_signal_json(signal_json)
+        if signal_json
+        else signal_efficiencies(cfg, calib, masses_mev, signal_events, pileup)
+    )
     lim_result, lim_error = None, None
     try:
         lim_result = compute_limits(merged.by_run, bkg, signal, cfg)
@@ -178,19 +258,37 @@ def make_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
             files.append(p)
     if lim_result is not None:
         ref = signal[0]
-        runs_file = {"runs": [{"name": r["name"], "n_eot": r["n_eot"], "efficiency": max(min(ref["efficiency"], 1.0), 1e-9),
-                               "n_obs": r["n_obs"], "background": bkg["n_b"] * r["n_eot"] / lim_result["eot"],
-                               "background_err": lim_result["background_err"] * r["n_eot"] / lim_result["eot"]}
-                              for r in lim_result["runs"]],
-                     "systematics": lim_result["systematics"], "efficiency_mass_mev": ref["mass_mev"]}
+        runs_file = {
+            "runs": [
+                {
+                    "name": r["name"],
+                    "n_eot": r["n_eot"],
+                    "efficiency": max(min(ref["efficiency"], 1.0), 1e-9),
+                    "n_obs": r["n_obs"],
+                    "background": bkg["n_b"] * r["n_eot"] / lim_result["eot"],
+                    "background_err": lim_result["background_err"] * r["n_eot"] / lim_result["eot"],
+                }
+                for r in lim_result["runs"]
+            ],
+            "systematics": lim_result["systematics"],
+            "efficiency_mass_mev": ref["mass_mev"],
+        }
         p = out / "runs.json"
         p.write_text(json.dumps(runs_file, indent=1) + "\n")
         files.append(p)
     summary = {
-        "runs": [str(r) for r in run_dirs], "eot": merged.eot, "n_spills": merged.n_spills, "n_events": merged.n_events,
-        "cut_flow": dict(merged.cut_flow), "n_obs": merged.n_obs, "background": bkg,
+        "runs": [str(r) for r in run_dirs],
+        "eot": merged.eot,
+        "n_spills": merged.n_spills,
+        "n_events": merged.n_events,
+        "cut_flow": dict(merged.cut_flow),
+        "n_obs": merged.n_obs,
+        "background": bkg,
         "signal": [{k: s[k] for k in ("mass_mev", "events", "efficiency", "efficiency_err") if k in s} for s in signal],
-        "limits": lim_result, "limits_error": lim_error, "truth": merged.truth, "errors": merged.errors,
+        "limits": lim_result,
+        "limits_error": lim_error,
+        "truth": merged.truth,
+        "errors": merged.errors,
         "excluded_spills": merged.excluded_spills,
     }
     p_json, p_txt = out / "summary.json", out / "summary.txt"
@@ -199,8 +297,6 @@ def make_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     p_json.write_text(json.dumps(summary, indent=1, default=json_default) + "\n")
     p_txt.write_text(summary_text(summary))
     return summary
-
-
 
 
 def summary_text(s: dict[str, Any]) -> str:
@@ -213,26 +309,39 @@ def summary_text(s: dict[str, Any]) -> str:
         lines.append(f"  {name:<10s} {n:>10d}{frac}")
         prev = n
     b = s["background"]
-    lines += ["", f"observed in the box: {s['n_obs']}",
-              f"background (side band C, fit {b['fit_range_gev']}): {b['n_b']:.3g} +/- {b['stat_err']:.3g} (stat) "
-              f"+/- {b['syst_err']:.3g} (syst)" + (f"  [{b['error']}]" if b.get("error") else ""), "", "signal efficiency:"]
+    lines += [
+        "",
+        f"observed in the box: {s['n_obs']}",
+        f"background (side band C, fit {b['fit_range_gev']}): {b['n_b']:.3g} +/- {b['stat_err']:.3g} (stat) "
+        f"+/- {b['syst_err']:.3g} (syst)" + (f"  [{b['error']}]" if b.get("error") else ""),
+        "",
+        "signal efficiency:",
+    ]
     for e in s["signal"]:
         lines.append(f"  m_A' = {e['mass_mev']:g} MeV: {e['efficiency']:.4f} +/- {e.get('efficiency_err') or 0:.4f}")
     if s["limits"]:
         lines += ["", f"N_90 = {s['limits']['n90']:.4g}", "90% CL limits:"]
         for p in s["limits"]["points"]:
-            lines.append(f"  m_A' = {p['mass_mev']:g} MeV: eps_90 = {p['eps_90']:.3g}, y_90(alpha_D = 0.5) = "
-                         f"{p['y90_alphaD_0.5']:.3g}")
+            lines.append(
+                f"  m_A' = {p['mass_mev']:g} MeV: eps_90 = {p['eps_90']:.3g}, y_90(alpha_D = 0.5) = "
+                f"{p['y90_alphaD_0.5']:.3g}"
+            )
     elif s.get("limits_error"):
         lines += ["", f"no limits: {s['limits_error']}"]
     if s["truth"]:
         t = s["truth"]
-        lines += ["", f"truth: A' recorded {t['aprime_recorded']}, in the box {t['aprime_in_box']}, "
-                      f"box events without A' {t['box_not_aprime']}"]
+        lines += [
+            "",
+            (
+                f"truth: A' recorded {t['aprime_recorded']}, in the box {t['aprime_in_box']}, "
+                f"box events without A' {t['box_not_aprime']}"
+            ),
+        ]
     if s.get("excluded_spills"):
         lines += ["", "incomplete spills left out (events and EOT):"] + [
             f"  {x['run_dir']} spill {x['spill']}: {', '.join(x['flags'])}, EOT {x['eot']:.6g}"
-            for x in s["excluded_spills"]]
+            for x in s["excluded_spills"]
+        ]
     if s["errors"]:
         lines += ["", "unreadable spill files:"] + [f"  {e}" for e in s["errors"]]
     lines += ["", "files written:"] + [f"  {f}" for f in s["files"]]

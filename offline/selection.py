@@ -1,4 +1,4 @@
-"""The event selection of the invisible-mode search (PAPER sec. V; physics.md 1.3-1.7, 6.6) as named,
+"""The event selection of the invisible-mode search (PAPER sec. V; docs/physics.md 1.3-1.7, 6.6) as named,
 ordered cuts with a cut flow, the side bands, and the histograms.
 
 Cuts, in order (each applies on top of the previous ones):
@@ -21,7 +21,7 @@ Cuts, in order (each applies on top of the previous ones):
 ``box``         signal box E_ECAL < ``offline.ecal_box_max_gev``
 ==============  ==========================================================================================
 
-Preselection = every cut but the vetoes (``v2``, ``hcal``) and the ``box``. Side bands (physics.md 6.6):
+Preselection = every cut but the vetoes (``v2``, ``hcal``) and the ``box``. Side bands (docs/physics.md 6.6):
 
 - ``A``: preselected, E_ECAL < box edge and E_HCAL >= the HCAL threshold. The V2 veto is NOT applied here:
   events with energy in the HCAL nearly always carry charged secondaries through V2 (dimuons, hadrons), so
@@ -32,11 +32,11 @@ Preselection = every cut but the vetoes (``v2``, ``hcal``) and the ``box``. Side
 
 Histograms use ``hist`` with Weight storage (uproot cannot write Int64 storage).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import hist
 import numpy as np
@@ -71,13 +71,18 @@ class Cuts:
     ecal_max_gev: float = 50.0
 
     @classmethod
-    def from_config(cls, cfg: Config, **overrides: float) -> "Cuts":
+    def from_config(cls, cfg: Config, **overrides: float) -> Cuts:
         off = cfg.offline
-        values = dict(ps_min_gev=float(cfg.trigger.menu["physics"].ps_min_gev),
-                      srd_min_gev=float(off.srd_min_gev), srd_window_ns=float(cfg.trigger.window_ns),
-                      v2_max_mip=float(off.v2_max_mip), hcal_max_gev=float(off.hcal_box_max_gev),
-                      shape_chi2_ndf_max=float(off.shape_chi2_ndf_max), centre_max_mm=float(off.centre_max_mm),
-                      ecal_max_gev=float(off.ecal_box_max_gev))
+        values = dict(
+            ps_min_gev=float(cfg.trigger.menu["physics"].ps_min_gev),
+            srd_min_gev=float(off.srd_min_gev),
+            srd_window_ns=float(cfg.trigger.window_ns),
+            v2_max_mip=float(off.v2_max_mip),
+            hcal_max_gev=float(off.hcal_box_max_gev),
+            shape_chi2_ndf_max=float(off.shape_chi2_ndf_max),
+            centre_max_mm=float(off.centre_max_mm),
+            ecal_max_gev=float(off.ecal_box_max_gev),
+        )
         values.update(overrides)
         return cls(**values)
 
@@ -85,7 +90,7 @@ class Cuts:
         return asdict(self)
 
 
-def cut_masks(t: Table, cuts: Cuts) -> "OrderedDict[str, np.ndarray]":
+def cut_masks(t: Table, cuts: Cuts) -> OrderedDict[str, np.ndarray]:
     """Each cut on its own (boolean arrays over the events of ``t``), in :data:`CUT_NAMES` order."""
     srd_ok = np.ones(n_rows(t), dtype=bool)
     for i in range(3):
@@ -94,8 +99,11 @@ def cut_masks(t: Table, cuts: Cuts) -> "OrderedDict[str, np.ndarray]":
     m = OrderedDict()
     m["trigger"] = (t["trigger_mask"] & TRIGGER_BITS["physics"]) != 0
     m["srd"] = srd_ok
-    m["shower"] = ((chi2_ndf < cuts.shape_chi2_ndf_max) & (np.abs(t["ecal_x_mm"]) < cuts.centre_max_mm)
-                   & (np.abs(t["ecal_y_mm"]) < cuts.centre_max_mm))            # NaN (no energy) fails
+    m["shower"] = (
+        (chi2_ndf < cuts.shape_chi2_ndf_max)
+        & (np.abs(t["ecal_x_mm"]) < cuts.centre_max_mm)
+        & (np.abs(t["ecal_y_mm"]) < cuts.centre_max_mm)
+    )  # NaN (no energy) fails
     m["ps"] = t["e_ps"] > cuts.ps_min_gev
     m["v2"] = t["v2_mip"] < cuts.v2_max_mip
     m["hcal"] = t["e_hcal"] < cuts.hcal_max_gev
@@ -104,7 +112,7 @@ def cut_masks(t: Table, cuts: Cuts) -> "OrderedDict[str, np.ndarray]":
     return m
 
 
-def cumulative(masks: "OrderedDict[str, np.ndarray]", names: tuple[str, ...] = CUT_NAMES) -> "OrderedDict[str, np.ndarray]":
+def cumulative(masks: OrderedDict[str, np.ndarray], names: tuple[str, ...] = CUT_NAMES) -> OrderedDict[str, np.ndarray]:
     """Masks of the events passing all cuts up to and including each one."""
     out = OrderedDict()
     acc = None
@@ -119,8 +127,8 @@ class Selection:
     """Result of :func:`select` on one table."""
 
     cuts: Cuts
-    masks: "OrderedDict[str, np.ndarray]"          #: single cuts
-    passed: "OrderedDict[str, np.ndarray]"         #: cumulative
+    masks: OrderedDict[str, np.ndarray]  #: single cuts
+    passed: OrderedDict[str, np.ndarray]  #: cumulative
     preselected: np.ndarray
     sidebands: dict[str, np.ndarray]
 
@@ -132,7 +140,7 @@ class Selection:
     def in_box(self) -> np.ndarray:
         return self.passed["box"]
 
-    def cut_flow(self) -> "OrderedDict[str, int]":
+    def cut_flow(self) -> OrderedDict[str, int]:
         flow = OrderedDict(all=self.n_events)
         for name, mask in self.passed.items():
             flow[name] = int(mask.sum())
@@ -157,15 +165,21 @@ def new_histograms() -> dict[str, hist.Hist]:
     lo, hi = ECAL_HCAL_RANGE_GEV
 
     def ecal_hcal(title: str) -> hist.Hist:
-        return hist.Hist(hist.axis.Regular(ECAL_HCAL_BINS, lo, hi, name="e_ecal", label="E_ECAL [GeV]"),
-                         hist.axis.Regular(ECAL_HCAL_BINS, lo, hi, name="e_hcal", label="E_HCAL [GeV]"),
-                         storage=hist.storage.Weight(), label=title)
+        return hist.Hist(
+            hist.axis.Regular(ECAL_HCAL_BINS, lo, hi, name="e_ecal", label="E_ECAL [GeV]"),
+            hist.axis.Regular(ECAL_HCAL_BINS, lo, hi, name="e_hcal", label="E_HCAL [GeV]"),
+            storage=hist.storage.Weight(),
+            label=title,
+        )
 
     return {
         "ecal_vs_hcal_trigger": ecal_hcal("physics trigger"),
         "ecal_vs_hcal": ecal_hcal("preselected (all cuts but the V2/HCAL vetoes and the box)"),
-        "cutflow": hist.Hist(hist.axis.Integer(0, len(CUT_NAMES) + 1, name="cut", label="cut (0 = all)"),
-                             storage=hist.storage.Weight(), label="cut flow"),
+        "cutflow": hist.Hist(
+            hist.axis.Integer(0, len(CUT_NAMES) + 1, name="cut", label="cut (0 = all)"),
+            storage=hist.storage.Weight(),
+            label="cut flow",
+        ),
     }
 
 

@@ -23,6 +23,7 @@ intensity (``beam.particles_per_spill`` per ``spill.length_s``): a beam spill is
 slice holding ``PILEUP_BEAM_FACTOR`` x N particles and N of its beam electrons are turned into A' emitters;
 the digitizer adds the pulses of their neighbours in time.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,8 +44,8 @@ from sim_frontend.response import apply_response
 from . import events as ev
 from . import selection as sel
 
-PILEUP_BEAM_FACTOR = 4          #: beam particles generated per signal event in pile-up mode
-SEED_OFFSET = 0x51A1            #: spill number offset of the signal simulation (independent of data spills)
+PILEUP_BEAM_FACTOR = 4  #: beam particles generated per signal event in pile-up mode
+SEED_OFFSET = 0x51A1  #: spill number offset of the signal simulation (independent of data spills)
 
 
 @dataclass
@@ -72,10 +73,19 @@ class SignalResult:
         return math.sqrt(e * (1.0 - e) / self.events) if self.events else 0.0
 
     def as_json(self) -> dict[str, Any]:
-        return {"mass_mev": self.mass_mev, "events": self.events, "triggered": self.triggered,
-                "selected": self.selected, "efficiency": self.efficiency, "efficiency_err": self.efficiency_err,
-                "cut_flow": dict(self.cut_flow), "emiss_min_gev": self.emiss_min_gev, "pileup": self.pileup,
-                "seed": self.seed, **self.extra}
+        return {
+            "mass_mev": self.mass_mev,
+            "events": self.events,
+            "triggered": self.triggered,
+            "selected": self.selected,
+            "efficiency": self.efficiency,
+            "efficiency_err": self.efficiency_err,
+            "cut_flow": dict(self.cut_flow),
+            "emiss_min_gev": self.emiss_min_gev,
+            "pileup": self.pileup,
+            "seed": self.seed,
+            **self.extra,
+        }
 
 
 def emiss_min_gev(cfg: Config) -> float:
@@ -92,11 +102,14 @@ def _make_spill(cfg: Config, mass_mev: float, n: int, seed: int, pileup: bool):
     """A BeamSpill in which ``n`` beam electrons (their indices are returned) emit an A'."""
     e0 = float(cfg.beam.energy_gev)
     if pileup:
-        rate = float(cfg.beam.particles_per_spill) / float(cfg.spill.length_s)    # 1/s
+        rate = float(cfg.beam.particles_per_spill) / float(cfg.spill.length_s)  # 1/s
         n_beam = PILEUP_BEAM_FACTOR * n + 100
         # the short pile-up spill may be below the range a config file may ask for: replaced, not validated
-        c = dataclasses.replace(cfg, aprime=dataclasses.replace(cfg.aprime, enabled=False),
-                                spill=dataclasses.replace(cfg.spill, length_s=n_beam / rate))
+        c = dataclasses.replace(
+            cfg,
+            aprime=dataclasses.replace(cfg.aprime, enabled=False),
+            spill=dataclasses.replace(cfg.spill, length_s=n_beam / rate),
+        )
         spill = generate_spill(c, SEED_OFFSET + seed, n_particles=n_beam, start_unix=0.0)
         electrons = np.flatnonzero(spill.truth["ptype"] == PARTICLE_CODES["e-"])
         # evenly spaced electrons (not neighbours of each other in the list): every signal event keeps the
@@ -126,8 +139,12 @@ def amplitude_trigger(menu, amplitudes: np.ndarray, onsets_ns: np.ndarray, arriv
     """The trigger's amplitude entry (:func:`trigger.kernels.trigger_amplitudes`, the numba code online uses)."""
     from trigger.kernels import trigger_amplitudes
 
-    return trigger_amplitudes(menu, np.ascontiguousarray(amplitudes), np.ascontiguousarray(onsets_ns),
-                              np.ascontiguousarray(arrival_ns, dtype=np.float64))
+    return trigger_amplitudes(
+        menu,
+        np.ascontiguousarray(amplitudes),
+        np.ascontiguousarray(onsets_ns),
+        np.ascontiguousarray(arrival_ns, dtype=np.float64),
+    )
 
 
 def trigger_mask_from_reco(menu, reco, arrival_ns: np.ndarray) -> np.ndarray:
@@ -143,8 +160,15 @@ def trigger_mask_from_reco(menu, reco, arrival_ns: np.ndarray) -> np.ndarray:
     return mask
 
 
-def simulate_events(cfg: Config, mass_mev: float, n_events: int, calib: Calibration | None = None,
-                    seed: int = 1, pileup: bool = False, chunk: int = 4096) -> ev.Table:
+def simulate_events(
+    cfg: Config,
+    mass_mev: float,
+    n_events: int,
+    calib: Calibration | None = None,
+    seed: int = 1,
+    pileup: bool = False,
+    chunk: int = 4096,
+) -> ev.Table:
     """Event table (with truth and the re-computed trigger mask) of ``n_events`` A' signal events."""
     from sim_frontend.digitizer import Digitizer
 
@@ -158,30 +182,56 @@ def simulate_events(cfg: Config, mass_mev: float, n_events: int, calib: Calibrat
     digi = Digitizer(cfg, calib, hidden_seed=None)
     menu = trigger_menu(cfg, calib)
     # the physics trigger alone decides here: no prescale bookkeeping across chunks, no random ticks
-    menu = menu.replace(physics=dataclasses.replace(menu.physics, prescale=1),
-                        beam=dataclasses.replace(menu.beam, enabled=False),
-                        random=dataclasses.replace(menu.random, enabled=False))
+    menu = menu.replace(
+        physics=dataclasses.replace(menu.physics, prescale=1),
+        beam=dataclasses.replace(menu.beam, enabled=False),
+        random=dataclasses.replace(menu.random, enabled=False),
+    )
     hv = np.asarray(calib.hv_set, dtype=np.float64)
     tables = []
     for s in range(0, pick.size, chunk):
-        idx = pick[s:s + chunk]
+        idx = pick[s : s + chunk]
         wf = digi.events(spill, dep, idx, hv)
         reco = reconstruct(wf, calib.gev_per_count)
         arrival = spill.truth["time_ns"][idx].astype(np.float64)
         mask = trigger_mask_from_reco(menu, reco, arrival)
-        tables.append(ev.event_table_from_arrays(wf, calib, cfg, event_id=idx, trigger_mask=mask, time_ns=arrival,
-                                                 truth=spill.truth[idx], run=0, spill=SEED_OFFSET + seed, reco=reco))
+        tables.append(
+            ev.event_table_from_arrays(
+                wf,
+                calib,
+                cfg,
+                event_id=idx,
+                trigger_mask=mask,
+                time_ns=arrival,
+                truth=spill.truth[idx],
+                run=0,
+                spill=SEED_OFFSET + seed,
+                reco=reco,
+            )
+        )
     return ev.concat(tables)
 
 
-def simulate_signal(cfg: Config, mass_mev: float, n_events: int, calib: Calibration | None = None,
-                    seed: int = 1, pileup: bool = False) -> SignalResult:
+def simulate_signal(
+    cfg: Config, mass_mev: float, n_events: int, calib: Calibration | None = None, seed: int = 1, pileup: bool = False
+) -> SignalResult:
     """Signal efficiency at one mass (see the module docstring)."""
     t = simulate_events(cfg, mass_mev, n_events, calib, seed, pileup)
     s = sel.select(t, sel.Cuts.from_config(cfg))
     flow = s.cut_flow()
     trig = int(((t["trigger_mask"] & TRIGGER_BITS["physics"]) != 0).sum())
-    extra = {"e_aprime_mean_gev": float(np.mean(t["truth_e_invisible"])),
-             "e_ecal_mean_gev": float(np.mean(t["e_ecal"]))}
-    return SignalResult(float(mass_mev), int(n_events), trig, int(flow["box"]), dict(flow), emiss_min_gev(cfg),
-                        bool(pileup), int(seed), extra)
+    extra = {
+        "e_aprime_mean_gev": float(np.mean(t["truth_e_invisible"])),
+        "e_ecal_mean_gev": float(np.mean(t["e_ecal"])),
+    }
+    return SignalResult(
+        float(mass_mev),
+        int(n_events),
+        trig,
+        int(flow["box"]),
+        dict(flow),
+        emiss_min_gev(cfg),
+        bool(pileup),
+        int(seed),
+        extra,
+    )

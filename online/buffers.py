@@ -6,6 +6,7 @@ faults of fresh memory would otherwise cost more than the transfer of a spill's 
 - :class:`EventPool`: event buffers, handed out by the readout and given back by whoever is done with the
   spill last (the monitor worker); thread-safe.
 """
+
 from __future__ import annotations
 
 import threading
@@ -77,5 +78,5 @@ class EventPool:
             if any(b is base for b in pool):
                 return
             pool.append(base)
-            if len(pool) > self.keep:   # drop the smallest, by position (list.remove would compare arrays with ==)
+            if len(pool) > self.keep:  # drop the smallest, by position (list.remove would compare arrays with ==)
                 del pool[min(range(len(pool)), key=lambda i: pool[i].shape[0])]

@@ -1,4 +1,4 @@
-"""Run control: the spill loop of ``na64-daq`` (ARCHITECTURE.md "Processes and the loop").
+"""Run control: the spill loop of ``na64-daq`` (docs/architecture.md "Processes and the loop").
 
 The DAQ is built of rooms, one job each; a spill passes through them in this order:
 
@@ -23,6 +23,7 @@ readout still fails is retried once as a whole, and otherwise recorded with what
 with the reason (``detector.records.SPILL_FLAGS``). The run goes on. Stop with SIGINT/SIGTERM: the spill
 in hand is finished, then the DAQ exits 0.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,12 +35,13 @@ import numpy as np
 
 from detector import channels as ch
 from detector.config import Calibration, Config, dump_toml
-from detector.records import INCOMPLETE_SPILL_FLAGS
 from detector.reco import reconstruct
+from detector.records import INCOMPLETE_SPILL_FLAGS
 from detector.spillfile import estimated_size
 
 from .buffers import EventPool
 from .hv_readback import HVReader
+from .monitor_messages import scalers_message
 from .monitor_worker import MonitorWorker
 from .msadc import MSADC, MSADCCrateError, MSADCError, MSADCSpillLost
 from .publisher import Heartbeat, Publisher
@@ -47,16 +49,24 @@ from .readout import CrateReadout, SpillOutcome
 from .record_content import build_spill, calibration_summary, run_thresholds, spill_flags
 from .recorder import RunRecorder
 from .recovery import buffered_spills, resume_point, still_holds
-from .monitor_messages import scalers_message
 from .spill_report import progress_line
 from .spill_state import TRANSITIONS, IllegalTransition, SpillStateMachine, State
 
-__all__ = ["DAQ", "prepare_kernels", "State", "TRANSITIONS", "IllegalTransition", "SpillStateMachine",
-           "SpillOutcome", "HVReader", "MonitorWorker"]
+__all__ = [
+    "DAQ",
+    "TRANSITIONS",
+    "HVReader",
+    "IllegalTransition",
+    "MonitorWorker",
+    "SpillOutcome",
+    "SpillStateMachine",
+    "State",
+    "prepare_kernels",
+]
 
 log = logging.getLogger("online.daq")
 
-ANY_SPILL = -1                        #: "the first spill the crate completes" (the crate had none at start)
+ANY_SPILL = -1  #: "the first spill the crate completes" (the crate had none at start)
 
 
 def prepare_kernels() -> float:
@@ -68,8 +78,7 @@ def prepare_kernels() -> float:
 
     t = time.perf_counter()
     warm_up()
-    reconstruct(np.zeros((1, ch.N_CHANNELS, ch.N_SAMPLES), np.int16), np.ones(ch.N_CHANNELS, np.float32),
-                parallel=True)
+    reconstruct(np.zeros((1, ch.N_CHANNELS, ch.N_SAMPLES), np.int16), np.ones(ch.N_CHANNELS, np.float32), parallel=True)
     return time.perf_counter() - t
 
 
@@ -77,16 +86,29 @@ class DAQ:
     """One ``na64-daq`` session. ``endpoints`` is the emulator's / the setup's endpoints dict (``msadc``
     VISA resource, ``hv`` serial address)."""
 
-    def __init__(self, cfg: Config, calibration: Calibration, endpoints: dict[str, Any], out: str, *,
-                 run: int, monitor: str | None = None, calibration_mode: bool | None = None,
-                 max_spills: int | None = None, console: Any = None, argv: list[str] | None = None,
-                 hv: bool = True, curve_keys: tuple[bytes, bytes] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        calibration: Calibration,
+        endpoints: dict[str, Any],
+        out: str,
+        *,
+        run: int,
+        monitor: str | None = None,
+        calibration_mode: bool | None = None,
+        max_spills: int | None = None,
+        console: Any = None,
+        argv: list[str] | None = None,
+        hv: bool = True,
+        curve_keys: tuple[bytes, bytes] | None = None,
+    ) -> None:
         from trigger.menu import TriggerMenu
 
         self.calibration_mode = bool(cfg.daq.calibration_mode if calibration_mode is None else calibration_mode)
         if self.calibration_mode:
-            cfg = cfg.with_overrides({"daq": {"calibration_mode": True},
-                                      "trigger": {"menu": {"beam": {"enabled": True, "prescale": 1}}}})
+            cfg = cfg.with_overrides(
+                {"daq": {"calibration_mode": True}, "trigger": {"menu": {"beam": {"enabled": True, "prescale": 1}}}}
+            )
         self.cfg = cfg
         self.daq_cfg = self.cfg.daq
         self.calibration = calibration
@@ -113,13 +135,13 @@ class DAQ:
         self.last_spill_unix = 0.0
         self.spills_this_session = 0
         self.readout: CrateReadout | None = None
-        self.events = EventPool()        #: event buffers: taken by the readout, given back by the monitor worker
-        self.ready = False               #: kernels compiled, crate configured: spills are taken from now on
+        self.events = EventPool()  #: event buffers: taken by the readout, given back by the monitor worker
+        self.ready = False  #: kernels compiled, crate configured: spills are taken from now on
         self._pending_flags: list[str] = []
         self._errors_in_a_row = 0
-        self._skipped: set[int] = set()      #: crate spill ids seen to be skipped (never completed)
+        self._skipped: set[int] = set()  #: crate spill ids seen to be skipped (never completed)
         self._exit_reason = "stopped"
-        self._exit_status = 0           #: 1 once the run had to stop because nothing more could be recorded
+        self._exit_status = 0  #: 1 once the run had to stop because nothing more could be recorded
 
     # ------------------------------------------------------------------------------ control
     def stop(self, reason: str = "signal") -> None:
@@ -133,12 +155,19 @@ class DAQ:
 
     def _status_meta(self) -> tuple[dict[str, Any], int | None]:
         tot = self.recorder.totals if self.recorder else {}
-        meta = {"state": self.sm.state.value, "run": self.run_number, "spill": self.current_spill,
-                "last_spill_unix": self.last_spill_unix, "spills_done": int(tot.get("spills", 0)),
-                "events_recorded": int(tot.get("events_recorded", 0)), "lost_spills": int(tot.get("lost_spills", 0)),
-                "message": self.sm.message, "calibration_mode": self.calibration_mode,
-                "ready": self.ready,
-                "monitor_dropped": self.publisher.dropped if self.publisher else 0}
+        meta = {
+            "state": self.sm.state.value,
+            "run": self.run_number,
+            "spill": self.current_spill,
+            "last_spill_unix": self.last_spill_unix,
+            "spills_done": int(tot.get("spills", 0)),
+            "events_recorded": int(tot.get("events_recorded", 0)),
+            "lost_spills": int(tot.get("lost_spills", 0)),
+            "message": self.sm.message,
+            "calibration_mode": self.calibration_mode,
+            "ready": self.ready,
+            "monitor_dropped": self.publisher.dropped if self.publisher else 0,
+        }
         return meta, self.current_spill
 
     def _on_state(self, old: State, new: State, message: str) -> None:
@@ -155,41 +184,66 @@ class DAQ:
     # ---------------------------------------------------------------------------- start-up
     def start(self) -> None:
         """Open the publisher, the recorder, the crate, the HV read-back and the workers."""
-        self.publisher = Publisher(self.monitor_address, run=self.run_number,
-                                   zmq_curve=self.cfg.endpoints.zmq_curve,
-                                   curve_public_key=self.curve_keys[0] if self.curve_keys else None,
-                                   curve_secret_key=self.curve_keys[1] if self.curve_keys else None)
+        self.publisher = Publisher(
+            self.monitor_address,
+            run=self.run_number,
+            zmq_curve=self.cfg.endpoints.zmq_curve,
+            curve_public_key=self.curve_keys[0] if self.curve_keys else None,
+            curve_secret_key=self.curve_keys[1] if self.curve_keys else None,
+        )
         self.heartbeat = Heartbeat(self.publisher, self._status_meta, self.daq_cfg.heartbeat_s)
         self.heartbeat.start()
         self.recorder = RunRecorder(
-            self.out, self.run_number, config_toml=dump_toml(self.cfg), trigger_menu=self.menu.to_dict(),
-            thresholds=run_thresholds(self.menu), calibration=calibration_summary(self.calibration), argv=self.argv,
+            self.out,
+            self.run_number,
+            config_toml=dump_toml(self.cfg),
+            trigger_menu=self.menu.to_dict(),
+            thresholds=run_thresholds(self.menu),
+            calibration=calibration_summary(self.calibration),
+            argv=self.argv,
             extra={"endpoints": {k: v for k, v in self.endpoints.items() if isinstance(v, (str, int))}},
-            min_free_bytes=float(self.daq_cfg.min_free_mb) * 1e6)
+            min_free_bytes=float(self.daq_cfg.min_free_mb) * 1e6,
+        )
         self.recorder.open()
         if self.recorder.restarted:
-            self._log(logging.WARNING, f"run {self.run_number} continues at spill {self.recorder.next_spill}"
-                      + (f"; spill {self.recorder.interrupted['spill']} was interrupted"
-                         if self.recorder.interrupted else ""))
-        self._log(logging.INFO, "preparing the trigger and reconstruction kernels (numba: loaded from its cache, "
-                  "or compiled once after an install, about 1.5 min on 2 cores)")
+            self._log(
+                logging.WARNING,
+                f"run {self.run_number} continues at spill {self.recorder.next_spill}"
+                + (
+                    f"; spill {self.recorder.interrupted['spill']} was interrupted" if self.recorder.interrupted else ""
+                ),
+            )
+        self._log(
+            logging.INFO,
+            "preparing the trigger and reconstruction kernels (numba: loaded from its cache, "
+            "or compiled once after an install, about 1.5 min on 2 cores)",
+        )
         self._log(logging.INFO, f"kernels ready in {prepare_kernels():.1f} s")
         self.crate = MSADC.from_config(self.cfg, self.endpoints["msadc"])
-        self.readout = CrateReadout(self.crate, self.menu, chunk_records=self.daq_cfg.chunk_records,
-                                    record_truth=self.daq_cfg.record_truth, events=self.events)
+        self.readout = CrateReadout(
+            self.crate,
+            self.menu,
+            chunk_records=self.daq_cfg.chunk_records,
+            record_truth=self.daq_cfg.record_truth,
+            events=self.events,
+        )
         # the primitive pool, faulted in now, sized for the expected intensity (it grows if needed)
         self.readout.prepare(int(min(self.daq_cfg.chunk_records, max(self.cfg.beam.particles_per_spill, 1))))
         self._connect_crate()
         if self.use_hv and self.endpoints.get("hv"):
             self.hv_reader = HVReader(self.cfg, self.calibration, str(self.endpoints["hv"]), self.publisher)
             self.hv_reader.start()
-        self.monitor_worker = MonitorWorker(self.publisher, self.gev_per_count,
-                                            sample_waveforms=self.daq_cfg.sample_waveforms,
-                                            calibration_mode=self.calibration_mode, release=self.events.release)
+        self.monitor_worker = MonitorWorker(
+            self.publisher,
+            self.gev_per_count,
+            sample_waveforms=self.daq_cfg.sample_waveforms,
+            calibration_mode=self.calibration_mode,
+            release=self.events.release,
+        )
         self.monitor_worker.start()
 
     def _connect_crate(self) -> None:
-        assert self.crate is not None
+        assert self.crate is not None and self.recorder is not None
         deadline = time.monotonic() + max(5.0, 3 * self.daq_cfg.timeout_ms / 1000.0)
         while True:
             try:
@@ -222,7 +276,7 @@ class DAQ:
                 self.recorder.set("monitoring", self.publisher.stats())
             try:
                 self.recorder.close(self._exit_reason)
-            except OSError as exc:      # e.g. a full disk: the previous run.json stays intact
+            except OSError as exc:  # e.g. a full disk: the previous run.json stays intact
                 log.critical("run record not updated at the end of the run: %s", exc)
                 self._exit_status = 1
         if self.heartbeat is not None:
@@ -261,8 +315,8 @@ class DAQ:
                 self._wait(max(poll, 0.5))
         last_progress = time.monotonic()
         stall_since: float | None = None
-        observed: int | None = None      # last_complete of the previous status poll
-        busy = True                      # something other than polling happened since that poll
+        observed: int | None = None  # last_complete of the previous status poll
+        busy = True  # something other than polling happened since that poll
         while not self.stopping and not self._done():
             t_poll = time.monotonic()
             try:
@@ -279,11 +333,14 @@ class DAQ:
                 # (the emulator's feed discards spills during a stall); they are not lost spills
                 self._skipped.update(range(observed + 1, st.last_complete))
             observed, busy = st.last_complete, False
-            if next_crate is None:            # first status after a fresh start: wait for the next spill
+            if next_crate is None:  # first status after a fresh start: wait for the next spill
                 next_crate = st.last_complete + 1 if st.last_complete >= 0 else ANY_SPILL
             if st.last_complete < next_crate - 1 and st.last_complete >= -1 and rec.spills:
-                self._log(logging.WARNING, f"crate spill counter went back ({st.last_complete} < {next_crate - 1}): "
-                          "the crate was restarted; following its numbering")
+                self._log(
+                    logging.WARNING,
+                    f"crate spill counter went back ({st.last_complete} < {next_crate - 1}): "
+                    "the crate was restarted; following its numbering",
+                )
                 next_crate = st.last_complete + 1 if st.last_complete >= 0 else ANY_SPILL
             if st.last_complete >= max(next_crate, 0):
                 if stall_since is not None:
@@ -297,8 +354,11 @@ class DAQ:
             if time.monotonic() - last_progress > stall_s and stall_since is None:
                 stall_since = time.time()
                 self._pending_flags.append("feed_stall")
-                self._log(logging.WARNING, f"no spill for {stall_s:g} s: the beam feed stalled (crate state "
-                          f"{st.state}, last spill {st.last_complete})")
+                self._log(
+                    logging.WARNING,
+                    f"no spill for {stall_s:g} s: the beam feed stalled (crate state "
+                    f"{st.state}, last spill {st.last_complete})",
+                )
                 self.sm.to(State.IDLE, f"feed stalled: no spill for {stall_s:g} s")
             self._wait(poll)
 
@@ -315,6 +375,7 @@ class DAQ:
         if n <= 3 or n % 50 == 0:
             self._log(logging.ERROR, message + (f" (failure {n} in a row)" if n > 1 else ""))
         self.sm.to(State.ERROR, message)
+        assert self.crate is not None
         try:
             self.crate.close()
             self.crate.open()
@@ -337,13 +398,21 @@ class DAQ:
             cs = int(intr.get("crate_spill", -1))
             if still_holds(self.crate, cs, float(intr.get("detected_unix", 0.0))):
                 self._log(logging.WARNING, f"re-reading interrupted spill {intr['spill']} (crate spill {cs})")
-                self._process(int(intr["spill"]), cs, extra_flags=["retried"],
-                              note=f"interrupted by the death of DAQ pid {intr.get('pid')}; re-read after restart")
+                self._process(
+                    int(intr["spill"]),
+                    cs,
+                    extra_flags=["retried"],
+                    note=f"interrupted by the death of DAQ pid {intr.get('pid')}; re-read after restart",
+                )
             else:
                 self.sm.to(State.ERROR, f"interrupted spill {intr['spill']} is no longer in the crate")
-                rec.record_empty(int(intr["spill"]), cs, ["spill_lost", "readout_incomplete"],
-                                 f"interrupted by the death of DAQ pid {intr.get('pid')}; the crate no longer "
-                                 "held it at restart", start_unix=float(intr.get("start_unix", 0.0)))
+                rec.record_empty(
+                    int(intr["spill"]),
+                    cs,
+                    ["spill_lost", "readout_incomplete"],
+                    f"interrupted by the death of DAQ pid {intr.get('pid')}; the crate no longer held it at restart",
+                    start_unix=float(intr.get("start_unix", 0.0)),
+                )
                 self._log(logging.ERROR, f"interrupted spill {intr['spill']} (crate spill {cs}) is lost: flagged")
                 self.spills_this_session += 1
                 self.sm.to(State.RECORDED)
@@ -351,20 +420,26 @@ class DAQ:
         first, gap = resume_point(self.crate, last, st.last_complete)
         if gap is not None:
             rec.note_gap(gap[0], gap[1], "completed while no DAQ was running; no longer in the crate")
-            self._log(logging.WARNING, f"crate spills {gap[0]}..{gap[1]} passed while no DAQ was "
-                      "running (noted as a gap in the run record)")
+            self._log(
+                logging.WARNING,
+                f"crate spills {gap[0]}..{gap[1]} passed while no DAQ was running (noted as a gap in the run record)",
+            )
         return first
 
     def _take_spill(self, next_crate: int, last_complete: int) -> int:
         """Read the oldest unread spill; crate spills that left the ring unread are recorded as lost."""
+        assert self.crate is not None and self.recorder is not None
         buffered = [s for s in buffered_spills(self.crate) if s >= next_crate]
         target = min(buffered) if buffered else last_complete
-        if next_crate == ANY_SPILL:           # the crate had no spill when we started: take the first one
+        if next_crate == ANY_SPILL:  # the crate had no spill when we started: take the first one
             next_crate = target
         skipped = [i for i in range(next_crate, target) if i in self._skipped]
         if skipped:
-            self.recorder.note_gap(skipped[0], skipped[-1], "crate spill ids skipped: these spills never completed "
-                                   "in the crate (feed stall or numbering gap)")
+            self.recorder.note_gap(
+                skipped[0],
+                skipped[-1],
+                "crate spill ids skipped: these spills never completed in the crate (feed stall or numbering gap)",
+            )
             self._log(logging.WARNING, f"crate spill ids {skipped[0]}..{skipped[-1]} never completed (skipped)")
         for lost in range(next_crate, target):
             if lost in self._skipped:
@@ -436,8 +511,9 @@ class DAQ:
         """The readout selected the spill: the state goes to READOUT."""
         self.sm.to(State.READOUT, f"crate spill {out.crate_spill}: {out.n_particles} particles")
 
-    def _record(self, spill: int, out: SpillOutcome, flags: list[str], incidents: list[str], note: str,
-                t0: float) -> None:
+    def _record(
+        self, spill: int, out: SpillOutcome, flags: list[str], incidents: list[str], note: str, t0: float
+    ) -> None:
         """Write the spill file and the run record (or flag the spill and stop the run when the disk cannot
         take it), then publish the scalers, print the progress line and hand the events to the monitor
         worker. ``t0``: ``time.perf_counter()`` when the spill was detected."""
@@ -445,9 +521,18 @@ class DAQ:
         assert rec is not None and self.crate is not None
         t_rec = time.perf_counter()
         hv = self.hv_reader.snapshot() if self.hv_reader is not None else None
-        content, entry = build_spill(self.run_number, spill, out, flags, incidents, note,
-                                     trigger_menu=self.menu.to_dict(), hv=hv, crate_errors=self.crate.crate_errors,
-                                     calibration_mode=self.calibration_mode)
+        content, entry = build_spill(
+            self.run_number,
+            spill,
+            out,
+            flags,
+            incidents,
+            note,
+            trigger_menu=self.menu.to_dict(),
+            hv=hv,
+            crate_errors=self.crate.crate_errors,
+            calibration_mode=self.calibration_mode,
+        )
         self.crate.crate_errors.clear()
         entry["timing"] = out.timing
         rec.session["crate_stats"] = dict(self.crate.stats)
@@ -457,14 +542,14 @@ class DAQ:
         if problem is None:
             try:
                 rec.record_spill(content, entry)
-            except OSError as exc:          # SpillWriteError (disk full, I/O error) or the run record
+            except OSError as exc:  # SpillWriteError (disk full, I/O error) or the run record
                 problem, flag = str(exc), "write_failed"
         if problem is not None:
             self._not_recorded(spill, out, entry, flag, problem)
             return
         entry = rec.spills[-1]
         out.timing["record_s"] = time.perf_counter() - t_rec
-        out.timing["total_s"] = time.perf_counter() - t0      # saved with the next run-record update
+        out.timing["total_s"] = time.perf_counter() - t0  # saved with the next run-record update
         self.crate.release_spill()
         self.spills_this_session += 1
         self.last_spill_unix = float(out.info.get("start_unix", 0.0)) + float(out.info.get("length_s", 0.0))
@@ -477,9 +562,11 @@ class DAQ:
             self.events.release(out.events_base)
         size = (rec.rdir / entry["file"]).stat().st_size
         problem = rec.space_problem(size)
-        if problem is not None:         # the next spill would not fit: stop now, before anything is lost
-            self._stop_for_disk(f"the next spill may not fit ({problem}); the run stops after spill {spill}, "
-                                f"nothing lost: free disk space, then restart na64-daq with --run {self.run_number}")
+        if problem is not None:  # the next spill would not fit: stop now, before anything is lost
+            self._stop_for_disk(
+                f"the next spill may not fit ({problem}); the run stops after spill {spill}, "
+                f"nothing lost: free disk space, then restart na64-daq with --run {self.run_number}"
+            )
 
     def _not_recorded(self, spill: int, out: SpillOutcome, entry: dict[str, Any], flag: str, problem: str) -> None:
         """The spill could not be written: flag it (an empty spill file keeps its accounting, if even that
@@ -488,18 +575,35 @@ class DAQ:
         rec = self.recorder
         n = int(entry.get("n_accepted", 0))
         self.events.release(out.events_base)
-        keep = {k: entry[k] for k in ("start_unix", "length_s", "n_particles", "n_seen", "n_accepted", "n_read_out",
-                                      "eot", "scalers", "triggers", "errors", "incidents", "note") if k in entry}
+        keep = {
+            k: entry[k]
+            for k in (
+                "start_unix",
+                "length_s",
+                "n_particles",
+                "n_seen",
+                "n_accepted",
+                "n_read_out",
+                "eot",
+                "scalers",
+                "triggers",
+                "errors",
+                "incidents",
+                "note",
+            )
+            if k in entry
+        }
         flags = [flag] + [f for f in entry.get("flags", []) if f != flag]
         try:
-            rec.record_empty(spill, int(out.crate_spill), flags, f"{n} accepted events not recorded: {problem}",
-                             **keep)
+            rec.record_empty(spill, int(out.crate_spill), flags, f"{n} accepted events not recorded: {problem}", **keep)
             noted = "the spill is flagged " + flag
         except OSError as exc:
             noted = f"not even its flag could be written ({exc}); the run record marks it in flight"
         self._publish_scalers(spill, rec.spills[-1] if rec.spills and rec.spills[-1]["spill"] == spill else entry)
-        self._stop_for_disk(f"spill {spill}: {n:,} accepted events NOT recorded: {problem}; {noted}. "
-                            f"Free disk space, then restart na64-daq with --run {self.run_number}")
+        self._stop_for_disk(
+            f"spill {spill}: {n:,} accepted events NOT recorded: {problem}; {noted}. "
+            f"Free disk space, then restart na64-daq with --run {self.run_number}"
+        )
 
     def _stop_for_disk(self, message: str) -> None:
         self._log(logging.CRITICAL, message)

@@ -4,6 +4,7 @@ Exit status: 0 after a normal stop (N spills, SIGINT or SIGTERM: the spill in ha
 1 when the run cannot go on (crate unreachable at start, run directory locked or unreadable), 2 for bad
 command-line arguments or configuration.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,8 @@ import pathlib
 import signal
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 DESCRIPTION = """\
 Run control of the NA64 bench. Connects to the MSADC crate (VISA) and the HV supplies (read-back only),
@@ -32,35 +34,69 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="na64-daq", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="na64-daq", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run the spill loop", description=DESCRIPTION, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = sub.add_parser(
+        "run",
+        help="run the spill loop",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument("--config", metavar="FILE", help="TOML configuration (default: the built-in defaults)")
-    r.add_argument("--endpoints-file", metavar="PATH", required=True,
-                   help="JSON with the addresses of the hardware (written by na64-emulator --endpoints-file)")
+    r.add_argument(
+        "--endpoints-file",
+        metavar="PATH",
+        required=True,
+        help="JSON with the addresses of the hardware (written by na64-emulator --endpoints-file)",
+    )
     r.add_argument("--out", metavar="DIR", required=True, help="data directory (runs go to DIR/run-<number>/)")
-    r.add_argument("--spills", type=int, metavar="N",
-                   help="stop after N spills, recorded or flagged lost (default: until SIGINT/SIGTERM)")
-    r.add_argument("--run", type=int, metavar="NUMBER",
-                   help="run number (default: one above the highest in DIR); an existing run is continued")
-    r.add_argument("--monitor", metavar="ADDRESS", help="ZeroMQ PUB address of the monitoring stream "
-                                                        "(default: endpoints.monitor of the config)")
-    r.add_argument("--calibration-mode", action="store_true",
-                   help="beam trigger unprescaled; publish the amplitudes topic for hv-tune")
+    r.add_argument(
+        "--spills",
+        type=int,
+        metavar="N",
+        help="stop after N spills, recorded or flagged lost (default: until SIGINT/SIGTERM)",
+    )
+    r.add_argument(
+        "--run",
+        type=int,
+        metavar="NUMBER",
+        help="run number (default: one above the highest in DIR); an existing run is continued",
+    )
+    r.add_argument(
+        "--monitor",
+        metavar="ADDRESS",
+        help="ZeroMQ PUB address of the monitoring stream (default: endpoints.monitor of the config)",
+    )
+    r.add_argument(
+        "--calibration-mode",
+        action="store_true",
+        help="beam trigger unprescaled; publish the amplitudes topic for hv-tune",
+    )
     r.add_argument("--no-hv", action="store_true", help="do not read the HV back")
-    r.add_argument("--curve-secret", metavar="FILE",
-                   help="ZeroMQ CURVE server certificate (needed with endpoints.zmq_curve for a non-loopback "
-                        "--monitor)")
-    r.add_argument("--wait-endpoints", type=float, default=10.0, metavar="SECONDS",
-                   help="wait this long for the endpoints file to appear (default 10)")
+    r.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        help="ZeroMQ CURVE server certificate (needed with endpoints.zmq_curve for a non-loopback --monitor)",
+    )
+    r.add_argument(
+        "--wait-endpoints",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="wait this long for the endpoints file to appear (default 10)",
+    )
     r.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     r.add_argument("--quiet", action="store_true", help="no per-spill progress lines")
-    e = sub.add_parser("export", help="convert a recorded run's raw data (waveforms, truth) to ROOT",
-                       description="Write the raw events of a recorded run (waveforms, trigger masks, times, "
-                                   "truth) and a per-spill tree to one ROOT file with uproot. For the "
-                                   "reconstructed analysis ntuple use `na64-offline export`.")
+    e = sub.add_parser(
+        "export",
+        help="convert a recorded run's raw data (waveforms, truth) to ROOT",
+        description="Write the raw events of a recorded run (waveforms, trigger masks, times, "
+        "truth) and a per-spill tree to one ROOT file with uproot. For the "
+        "reconstructed analysis ntuple use `na64-offline export`.",
+    )
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--out", metavar="FILE.root", required=True)
     e.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -71,6 +107,7 @@ def _export(args: argparse.Namespace) -> int:
     from detector.spillfile import SpillFileError
 
     from .export import export_run
+
     try:
         export_run(args.run_dir, args.out)
     except (SpillFileError, OSError, ValueError) as exc:
@@ -89,8 +126,9 @@ def _read_endpoints(path: str, wait_s: float) -> dict[str, Any]:
             break
         except FileNotFoundError:
             if time.monotonic() > deadline:
-                raise ValueError(f"{p}: endpoints file not found (is na64-emulator running with "
-                                 f"--endpoints-file {p}?)") from None
+                raise ValueError(
+                    f"{p}: endpoints file not found (is na64-emulator running with --endpoints-file {p}?)"
+                ) from None
             time.sleep(0.1)
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{p}: cannot read the endpoints file ({exc})") from None
@@ -101,8 +139,11 @@ def _read_endpoints(path: str, wait_s: float) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
-                        format="%(asctime)s na64-daq[%(process)d] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        stream=sys.stderr,
+        format="%(asctime)s na64-daq[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
     if args.command == "export":
         return _export(args)
     from detector.config import ConfigError, load_calibration, load_config
@@ -123,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys = None
     if args.curve_secret:
         import zmq.auth
+
         try:
             pub, sec = zmq.auth.load_certificate(args.curve_secret)
         except (OSError, ValueError) as exc:
@@ -144,10 +186,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     console = None if args.quiet else Console(highlight=False, soft_wrap=True)
     try:
-        daq = DAQ(cfg, calibration, endpoints, args.out, run=run, monitor=args.monitor,
-                  calibration_mode=True if args.calibration_mode else None, max_spills=args.spills,
-                  console=console, argv=list(sys.argv if argv is None else ["na64-daq", *argv]),
-                  hv=not args.no_hv, curve_keys=keys)
+        daq = DAQ(
+            cfg,
+            calibration,
+            endpoints,
+            args.out,
+            run=run,
+            monitor=args.monitor,
+            calibration_mode=True if args.calibration_mode else None,
+            max_spills=args.spills,
+            console=console,
+            argv=list(sys.argv if argv is None else ["na64-daq", *argv]),
+            hv=not args.no_hv,
+            curve_keys=keys,
+        )
     except (ConfigError, ValueError) as exc:
         print(f"na64-daq: {exc}", file=sys.stderr)
         return 2
@@ -167,15 +219,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RecorderError, PublisherError, MSADCError) as exc:
         print(f"na64-daq: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:             # e.g. the data disk is full: nothing more can be recorded
+    except OSError as exc:  # e.g. the data disk is full: nothing more can be recorded
         print(f"na64-daq: cannot record: {exc}", file=sys.stderr)
         return 1
     rec = daq.recorder
     if rec is not None and rec.record:
         t = rec.totals
-        print(f"na64-daq: run {run} in {rec.rdir}: {t.get('spills', 0)} spills "
-              f"({t.get('flagged_spills', 0)} flagged, {t.get('lost_spills', 0)} lost), "
-              f"{t.get('events_recorded', 0)} events, EOT {t.get('eot', 0)}", file=sys.stderr)
+        print(
+            f"na64-daq: run {run} in {rec.rdir}: {t.get('spills', 0)} spills "
+            f"({t.get('flagged_spills', 0)} flagged, {t.get('lost_spills', 0)} lost), "
+            f"{t.get('events_recorded', 0)} events, EOT {t.get('eot', 0)}",
+            file=sys.stderr,
+        )
     return status
 
 

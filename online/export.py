@@ -12,6 +12,7 @@ Layout of the ROOT file:
 
 Spills are appended one at a time (``TTree.extend``), so memory holds one spill.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,18 @@ from detector.channels import N_CHANNELS, N_SAMPLES
 from detector.records import SPILL_FLAGS, TRUTH_DTYPE
 from detector.spillfile import list_spills, read_spill
 
-SPILL_BRANCHES = {"spill": np.int32, "crate_spill": np.int64, "start_unix": np.float64, "length_s": np.float64,
-                  "n_particles": np.int64, "n_accepted": np.int64, "n_read_out": np.int64, "n_recorded": np.int64,
-                  "eot": np.int64, "flags": np.uint32}
+SPILL_BRANCHES = {
+    "spill": np.int32,
+    "crate_spill": np.int64,
+    "start_unix": np.float64,
+    "length_s": np.float64,
+    "n_particles": np.int64,
+    "n_accepted": np.int64,
+    "n_read_out": np.int64,
+    "n_recorded": np.int64,
+    "eot": np.int64,
+    "flags": np.uint32,
+}
 
 
 def flags_bits(flags: list[str]) -> int:
@@ -45,15 +55,20 @@ def export_run(run_dir: str | os.PathLike, out_root: str | os.PathLike) -> dict[
     files = list_spills(run_dir)
     out = pathlib.Path(out_root)
     with_truth = False
-    for p in files:                       # the first spill with events decides
+    for p in files:  # the first spill with events decides
         d = read_spill(p, waveforms=False)
         if d.n_events:
             with_truth = d.truth is not None
             break
-    ev_types: dict[str, Any] = {"spill": np.int32, "event_id": np.uint32, "trigger_mask": np.uint8,
-                                "time_ns": np.float64, "waveforms": np.dtype((np.int16, (N_CHANNELS, N_SAMPLES)))}
+    ev_types: dict[str, Any] = {
+        "spill": np.int32,
+        "event_id": np.uint32,
+        "trigger_mask": np.uint8,
+        "time_ns": np.float64,
+        "waveforms": np.dtype((np.int16, (N_CHANNELS, N_SAMPLES))),
+    }
     if with_truth:
-        for name in TRUTH_DTYPE.names:
+        for name in TRUTH_DTYPE.names or ():
             ev_types[f"truth_{name}"] = TRUTH_DTYPE[name].newbyteorder("=")
     n_events = 0
     with uproot.recreate(out) as f:
@@ -63,18 +78,23 @@ def export_run(run_dir: str | os.PathLike, out_root: str | os.PathLike) -> dict[
             d = read_spill(p)
             n = d.n_events
             a = d.attrs
-            row = {k: np.array([a.get(k, 0) if k != "flags" else flags_bits(a.get("flags", []))],
-                               dtype=t) for k, t in SPILL_BRANCHES.items()}
+            row = {
+                k: np.array([a.get(k, 0) if k != "flags" else flags_bits(a.get("flags", []))], dtype=t)
+                for k, t in SPILL_BRANCHES.items()
+            }
             f["spills"].extend(row)
             if n == 0:
                 continue
             arrays: dict[str, np.ndarray] = {
-                "spill": np.full(n, int(a["spill"]), np.int32), "event_id": d.event_id.astype(np.uint32),
-                "trigger_mask": d.trigger_mask.astype(np.uint8), "time_ns": d.time_ns.astype(np.float64),
-                "waveforms": np.ascontiguousarray(d.waveforms, dtype=np.int16)}
+                "spill": np.full(n, int(a["spill"]), np.int32),
+                "event_id": d.event_id.astype(np.uint32),
+                "trigger_mask": d.trigger_mask.astype(np.uint8),
+                "time_ns": d.time_ns.astype(np.float64),
+                "waveforms": np.ascontiguousarray(d.waveforms, dtype=np.int16),
+            }
             if with_truth:
                 tr = d.truth if d.truth is not None else np.zeros(n, TRUTH_DTYPE)
-                for name in TRUTH_DTYPE.names:
+                for name in TRUTH_DTYPE.names or ():
                     arrays[f"truth_{name}"] = np.ascontiguousarray(tr[name]).astype(ev_types[f"truth_{name}"])
             f["events"].extend(arrays)
             n_events += n

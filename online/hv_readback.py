@@ -1,5 +1,6 @@
 """The DAQ's HV read-back thread: reads the supplies back (never sets them), publishes the ``hv`` topic
 and keeps the latest reading for the run record."""
+
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,7 @@ from .publisher import Publisher
 
 log = logging.getLogger("online.daq")
 
-HV_PERIOD_S = 5.0                     #: hv topic period between spills
+HV_PERIOD_S = 5.0  #: hv topic period between spills
 
 
 class HVReader(threading.Thread):
@@ -46,29 +47,41 @@ class HVReader(threading.Thread):
             self.supply = HVSupply.connect(self.address, self.cfg, self.calibration)
         r = self.supply.read_all()
         now = time.time()
-        snap = {"unix": now, "channel_ids": r["channel_ids"].tolist(),
-                "vset": np.round(r["vset"], 1).tolist(), "vmon": np.round(r["vmon"], 1).tolist(),
-                "imon": np.round(r["imon"], 2).tolist(), "status": r["status"].astype(int).tolist()}
+        snap = {
+            "unix": now,
+            "channel_ids": r["channel_ids"].tolist(),
+            "vset": np.round(r["vset"], 1).tolist(),
+            "vmon": np.round(r["vmon"], 1).tolist(),
+            "imon": np.round(r["imon"], 2).tolist(),
+            "status": r["status"].astype(int).tolist(),
+        }
         with self._lock:
             self._latest = snap
         if self.publisher is not None:
-            self.publisher.publish("hv", arrays={
-                "vset": r["vset"].astype(np.float32), "vmon": r["vmon"].astype(np.float32),
-                "imon": r["imon"].astype(np.float32), "status": r["status"].astype(np.int32),
-                "channel_ids": r["channel_ids"].astype(np.int64)}, meta={"unix": now})
+            self.publisher.publish(
+                "hv",
+                arrays={
+                    "vset": r["vset"].astype(np.float32),
+                    "vmon": r["vmon"].astype(np.float32),
+                    "imon": r["imon"].astype(np.float32),
+                    "status": r["status"].astype(np.int32),
+                    "channel_ids": r["channel_ids"].astype(np.int64),
+                },
+                meta={"unix": now},
+            )
 
     def run(self) -> None:
         while not self._stop_evt.is_set():
             try:
                 self._read()
-            except Exception as exc:              # HV problems never stop the DAQ; they are logged
+            except Exception as exc:  # noqa: BLE001 - HV problems never stop the DAQ; they are logged
                 self.errors += 1
                 if self.errors in (1, 10) or self.errors % 100 == 0:
                     log.warning("HV read-back from %s failed (%d times): %s", self.address, self.errors, exc)
                 if self.supply is not None:
                     try:
                         self.supply.close()
-                    except Exception:
+                    except Exception:  # noqa: BLE001 - closing a broken connection must not raise
                         pass
                     self.supply = None
             self._poke.wait(HV_PERIOD_S)
@@ -81,5 +94,5 @@ class HVReader(threading.Thread):
         if self.supply is not None:
             try:
                 self.supply.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - closing a broken connection must not raise
                 pass

@@ -8,6 +8,7 @@ Examples::
     na64-monitor --synthetic                          # built-in synthetic DAQ, no socket
     na64-monitor --synthetic --screenshot /tmp/m.png --exit-after 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,6 +16,7 @@ import logging
 import os
 import pathlib
 import sys
+from typing import cast
 
 DESCRIPTION = """\
 Control-room monitor of the NA64 DAQ. Shows run/spill/DAQ state, rates per spill (S0, S1, V0, every
@@ -31,22 +33,35 @@ monitor.signal_efficiency if present, else 0.5 (--efficiency overrides)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="na64-monitor", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="na64-monitor", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", metavar="FILE", help="TOML config (default: built-in defaults, config/default.toml)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--connect", metavar="ENDPOINT",
-                     help="ZeroMQ PUB address of the DAQ's monitoring stream, e.g. tcp://127.0.0.1:5556 "
-                          "(default: endpoints.monitor of the config)")
+    src.add_argument(
+        "--connect",
+        metavar="ENDPOINT",
+        help="ZeroMQ PUB address of the DAQ's monitoring stream, e.g. tcp://127.0.0.1:5556 "
+        "(default: endpoints.monitor of the config)",
+    )
     src.add_argument("--replay", metavar="RUN_DIR", help="replay a recorded run directory through the same views")
     src.add_argument("--synthetic", action="store_true", help="show a built-in synthetic DAQ stream (no socket)")
-    p.add_argument("--replay-interval", type=float, default=0.5, metavar="S",
-                   help="seconds between replayed (or synthetic) spills (default %(default)s)")
-    p.add_argument("--yields", metavar="FILE",
-                   help="yields JSON for the sensitivity view (overrides monitor.yields_file)")
+    p.add_argument(
+        "--replay-interval",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="seconds between replayed (or synthetic) spills (default %(default)s)",
+    )
+    p.add_argument(
+        "--yields", metavar="FILE", help="yields JSON for the sensitivity view (overrides monitor.yields_file)"
+    )
     p.add_argument("--efficiency", type=float, metavar="X", help="signal efficiency for the sensitivity (default 0.5)")
-    p.add_argument("--screenshot", metavar="PNG", help="write a PNG of the whole window after --exit-after seconds "
-                                                       "(default 3 s) and exit")
+    p.add_argument(
+        "--screenshot",
+        metavar="PNG",
+        help="write a PNG of the whole window after --exit-after seconds (default 3 s) and exit",
+    )
     p.add_argument("--exit-after", type=float, metavar="S", help="quit after S seconds (exit status 0)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -60,8 +75,9 @@ def _need_offscreen(args: argparse.Namespace) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logger = logging.getLogger("online.monitor")
     if args.exit_after is not None and args.exit_after < 0:
         print("na64-monitor: --exit-after must be >= 0", file=sys.stderr)
@@ -73,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"na64-monitor: --replay {args.replay}: no such run directory", file=sys.stderr)
         return 2
     if _need_offscreen(args):
-        # must happen before Qt is imported (shared/STACK.md)
+        # must happen before Qt is imported (docs/stack.md)
         if not args.screenshot and args.exit_after is None:
             logger.warning("no display: using the offscreen Qt platform")
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
@@ -97,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.yields_file = args.yields
     if args.efficiency is not None:
         settings.efficiency = args.efficiency
-    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
+    app = cast(QtWidgets.QApplication, QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1]))
     apply_dark_theme(app)
     win = MonitorWindow(settings)
     if win.model.sensitivity.error:

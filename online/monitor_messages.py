@@ -15,6 +15,7 @@ evenly spaced over the spill, first and last included. Reconstruction runs in ch
 :data:`RECO_CHUNK` events (bounded memory; the sums are added chunk by chunk in the same order live
 and in replay).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from detector import channels as ch
 from detector import monitoring as mon
 from detector.records import SCALER_NAMES, TRIGGER_BITS
 
-RECO_CHUNK = 16384                 #: events reconstructed at a time
+RECO_CHUNK = 16384  #: events reconstructed at a time
 
 
 @dataclass
@@ -58,15 +59,17 @@ def _triggers(given: Any, trigger_mask: np.ndarray | None) -> dict[str, dict[str
     recorded table, the counts of the recorded events' trigger bits (raw = accepted)."""
     out: dict[str, dict[str, int | float]] = {}
     mask = None if trigger_mask is None else np.asarray(trigger_mask)
-    n_bit = (lambda name: int(np.count_nonzero(mask & TRIGGER_BITS[name]))
-             if mask is not None and name in TRIGGER_BITS else 0)
+
+    def n_bit(name: str) -> int:
+        return int(np.count_nonzero(mask & TRIGGER_BITS[name])) if mask is not None and name in TRIGGER_BITS else 0
+
     if isinstance(given, dict) and given:
         for name, t in given.items():
-            if isinstance(t, dict) and _num(t.get("raw")) is not None:
-                acc = _num(t.get("accepted"))
-                out[str(name)] = {"raw": _num(t["raw"]), "accepted": acc if acc is not None else n_bit(name)}
-            elif _num(t) is not None:
-                out[str(name)] = {"raw": _num(t), "accepted": n_bit(name)}
+            raw = _num(t.get("raw")) if isinstance(t, dict) else _num(t)
+            if raw is None:
+                continue
+            acc = _num(t.get("accepted")) if isinstance(t, dict) else None
+            out[str(name)] = {"raw": raw, "accepted": acc if acc is not None else n_bit(name)}
         return out
     if mask is not None:
         for name in TRIGGER_BITS:
@@ -74,8 +77,9 @@ def _triggers(given: Any, trigger_mask: np.ndarray | None) -> dict[str, dict[str
     return out
 
 
-def scalers_message(attrs: dict[str, Any], n_recorded: int, eot_total: int | float,
-                    trigger_mask: np.ndarray | None = None) -> Outgoing:
+def scalers_message(
+    attrs: dict[str, Any], n_recorded: int, eot_total: int | float, trigger_mask: np.ndarray | None = None
+) -> Outgoing:
     """``scalers`` of one spill from its accounting ``attrs`` (keys of the run-record entry / spill-file
     attributes: ``scalers``, ``triggers``, ``eot``, ``n_particles``, ``n_accepted``, ``n_read_out``,
     ``flags``, ``length_s`` (s), ``start_unix`` (unix s), ``crate_spill``); ``eot_total`` is the run's
@@ -84,24 +88,44 @@ def scalers_message(attrs: dict[str, Any], n_recorded: int, eot_total: int | flo
     if isinstance(sc, list) and len(sc) == len(SCALER_NAMES):
         sc = dict(zip(SCALER_NAMES, sc))
     sc = {str(k): (v if _num(v) is None else _num(v)) for k, v in sc.items()} if isinstance(sc, dict) else {}
-    count = lambda v, default: default if _num(v) is None else _num(v)   # noqa: E731
+
+    def count(v: Any, default: int | float) -> int | float:
+        n = _num(v)
+        return default if n is None else n
+
     s1 = sc.get("S1") if _num(sc.get("S1")) is not None else sc.get("crate_S1")
     eot = count(attrs.get("eot"), count(sc.get("eot"), 0))
-    meta = {"S0": count(sc.get("S0"), 0), "S1": count(s1, 0), "V0": count(sc.get("V0"), 0), "eot": eot,
-            "eot_total": eot_total, "particles": count(attrs.get("n_particles"), 0),
-            "triggers": _triggers(attrs.get("triggers"), trigger_mask),
-            "accepted": count(attrs.get("n_accepted"), n_recorded),
-            "read_out": count(attrs.get("n_read_out"), n_recorded),
-            "recorded": int(n_recorded), "flags": [str(f) for f in attrs.get("flags", []) or []],
-            "spill_length_s": float(count(attrs.get("length_s"), 0.0)),
-            "start_unix": float(count(attrs.get("start_unix"), 0.0)),
-            "crate_spill": int(count(attrs.get("crate_spill"), -1)), "scalers": sc}
+    meta = {
+        "S0": count(sc.get("S0"), 0),
+        "S1": count(s1, 0),
+        "V0": count(sc.get("V0"), 0),
+        "eot": eot,
+        "eot_total": eot_total,
+        "particles": count(attrs.get("n_particles"), 0),
+        "triggers": _triggers(attrs.get("triggers"), trigger_mask),
+        "accepted": count(attrs.get("n_accepted"), n_recorded),
+        "read_out": count(attrs.get("n_read_out"), n_recorded),
+        "recorded": int(n_recorded),
+        "flags": [str(f) for f in attrs.get("flags", []) or []],
+        "spill_length_s": float(count(attrs.get("length_s"), 0.0)),
+        "start_unix": float(count(attrs.get("start_unix"), 0.0)),
+        "crate_spill": int(count(attrs.get("crate_spill"), -1)),
+        "scalers": sc,
+    }
     return Outgoing("scalers", meta=meta)
 
 
-def event_messages(waveforms: np.ndarray, event_id: np.ndarray, trigger_mask: np.ndarray,
-                   gev_per_count: np.ndarray, *, n_waveforms: int, amplitudes: bool,
-                   table: dict[str, Any] | None = None, start_unix: float = 0.0) -> list[Outgoing]:
+def event_messages(
+    waveforms: np.ndarray,
+    event_id: np.ndarray,
+    trigger_mask: np.ndarray,
+    gev_per_count: np.ndarray,
+    *,
+    n_waveforms: int,
+    amplitudes: bool,
+    table: dict[str, Any] | None = None,
+    start_unix: float = 0.0,
+) -> list[Outgoing]:
     """``calo``, ``ecal_hcal``, ``waveforms`` (if ``n_waveforms`` > 0) and ``amplitudes`` (if
     ``amplitudes``: calibration mode) of one spill's recorded events. ``waveforms`` int16
     (events, channels, samples); ``gev_per_count`` GeV per ADC count per channel; ``table`` the HCAL-table
@@ -119,27 +143,58 @@ def event_messages(waveforms: np.ndarray, event_id: np.ndarray, trigger_mask: np
     beam = (np.asarray(trigger_mask) & TRIGGER_BITS["beam"]) != 0
     amps: list[np.ndarray] = []
     for lo in range(0, n, RECO_CHUNK):
-        r = reconstruct(waveforms[lo:lo + RECO_CHUNK], g, parallel=True)
+        r = reconstruct(waveforms[lo : lo + RECO_CHUNK], g, parallel=True)
         e = r.energy_gev
         cell_e += e.sum(axis=0, dtype=np.float64)
         cell_occ += (r.amplitude > 0).sum(axis=0)
-        c, _, _ = np.histogram2d(e[:, ecal].sum(axis=1, dtype=np.float64), e[:, hcal].sum(axis=1, dtype=np.float64),
-                                 bins=[en, hn], range=[(elo, ehi), (hlo, hhi)])
+        c, _, _ = np.histogram2d(
+            e[:, ecal].sum(axis=1, dtype=np.float64),
+            e[:, hcal].sum(axis=1, dtype=np.float64),
+            bins=[en, hn],
+            range=[(elo, ehi), (hlo, hhi)],
+        )
         counts += c
         if amplitudes:
-            amps.append(np.asarray(r.amplitude[beam[lo:lo + RECO_CHUNK]][:, :ch.N_CALO], np.float32))
-    out = [Outgoing("calo", {"ecal_energy": ch.ecal_map(cell_e), "ecal_occupancy": ch.ecal_map(cell_occ),
-                             "hcal_energy": ch.hcal_map(cell_e), "hcal_occupancy": ch.hcal_map(cell_occ)},
-                    {"events": n, "ecal_axes": ["section", "x", "y"], "hcal_axes": ["module", "y", "x"]}),
-           Outgoing("ecal_hcal", {"counts": counts},
-                    {"ecal_edges": list(mon.ECAL_EDGES), "hcal_edges": list(mon.HCAL_EDGES), "events": n})]
+            amps.append(np.asarray(r.amplitude[beam[lo : lo + RECO_CHUNK]][:, : ch.N_CALO], np.float32))
+    out = [
+        Outgoing(
+            "calo",
+            {
+                "ecal_energy": ch.ecal_map(cell_e),
+                "ecal_occupancy": ch.ecal_map(cell_occ),
+                "hcal_energy": ch.hcal_map(cell_e),
+                "hcal_occupancy": ch.hcal_map(cell_occ),
+            },
+            {"events": n, "ecal_axes": ["section", "x", "y"], "hcal_axes": ["module", "y", "x"]},
+        ),
+        Outgoing(
+            "ecal_hcal",
+            {"counts": counts},
+            {"ecal_edges": list(mon.ECAL_EDGES), "hcal_edges": list(mon.HCAL_EDGES), "events": n},
+        ),
+    ]
     if n_waveforms > 0:
         pick = sample_indices(n, n_waveforms)
-        out.append(Outgoing("waveforms", {"waveforms": np.ascontiguousarray(waveforms[pick]),
-                                          "event_ids": np.asarray(event_id)[pick].astype(np.int64)}))
+        out.append(
+            Outgoing(
+                "waveforms",
+                {
+                    "waveforms": np.ascontiguousarray(waveforms[pick]),
+                    "event_ids": np.asarray(event_id)[pick].astype(np.int64),
+                },
+            )
+        )
     if amplitudes:
         a = np.concatenate(amps) if amps else np.zeros((0, ch.N_CALO), np.float32)
-        out.append(Outgoing("amplitudes", {"amplitudes": np.ascontiguousarray(a)},
-                            {"table": table if isinstance(table, dict) else {}, "start_unix": float(start_unix),
-                             "events": int(a.shape[0])}))
+        out.append(
+            Outgoing(
+                "amplitudes",
+                {"amplitudes": np.ascontiguousarray(a)},
+                {
+                    "table": table if isinstance(table, dict) else {},
+                    "start_unix": float(start_unix),
+                    "events": int(a.shape[0]),
+                },
+            )
+        )
     return out

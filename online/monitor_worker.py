@@ -1,11 +1,13 @@
 """The DAQ's monitoring worker: reconstructs the recorded events of a spill and publishes the monitoring
 topics built from them, off the spill loop (lossy: it never holds the loop up)."""
+
 from __future__ import annotations
 
 import logging
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -26,8 +28,15 @@ class MonitorWorker(threading.Thread):
     publish ``amplitudes`` too; ``release(base)``: gives a spill's event buffer back once it is done with
     (or skipped)."""
 
-    def __init__(self, publisher: Publisher | None, gev_per_count: np.ndarray, *, sample_waveforms: int,
-                 calibration_mode: bool, release: Callable[[np.ndarray | None], None]) -> None:
+    def __init__(
+        self,
+        publisher: Publisher | None,
+        gev_per_count: np.ndarray,
+        *,
+        sample_waveforms: int,
+        calibration_mode: bool,
+        release: Callable[[np.ndarray | None], None],
+    ) -> None:
         super().__init__(name="monitor-worker", daemon=True)
         self.publisher = publisher
         self.gev_per_count = gev_per_count
@@ -72,7 +81,7 @@ class MonitorWorker(threading.Thread):
                 log.exception("monitoring of spill %s failed", item[0])
             try:
                 self.release(item[3])
-            except Exception:       # the monitoring thread outlives any bug in the buffer recycling
+            except Exception:  # the monitoring thread outlives any bug in the buffer recycling
                 log.exception("event buffer of spill %s not recycled", item[0])
 
     def stop(self) -> None:
@@ -86,7 +95,14 @@ class MonitorWorker(threading.Thread):
         pub = self.publisher
         if pub is None:
             return
-        for m in event_messages(content.waveforms, content.event_id, content.trigger_mask, self.gev_per_count,
-                                n_waveforms=self.sample_waveforms, amplitudes=self.calibration_mode,
-                                table=info.get("table"), start_unix=float(info.get("start_unix", 0.0))):
+        for m in event_messages(
+            content.waveforms,
+            content.event_id,
+            content.trigger_mask,
+            self.gev_per_count,
+            n_waveforms=self.sample_waveforms,
+            amplitudes=self.calibration_mode,
+            table=info.get("table"),
+            start_unix=float(info.get("start_unix", 0.0)),
+        ):
             pub.publish(m.topic, m.arrays, m.meta, spill=spill)

@@ -36,39 +36,49 @@ ResourceManager are the shared instrument layer's (:mod:`hv_control.instrument`,
   short raise :class:`MSADCBlockError` and the block is re-read.
 - One thread owns the driver at a time; a re-entrant lock serialises transactions anyway.
 """
+
 from __future__ import annotations
 
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
-from hv_control.instrument import (ErrorKinds, InstrumentConnectionError, InstrumentError, InstrumentProtocolError,
-                                   InstrumentTimeoutError, VisaSession, deferred_sigint, resource_manager,
-                                   run_with_retries)
 from detector.channels import N_CHANNELS, N_SAMPLES, N_TRIGGER_CHANNELS, TRIGGER_CHANNEL_NAMES
 from detector.hwstatus import CrateState
 from detector.records import TRUTH_DTYPE
 from detector.settings import Config
+from hv_control.instrument import (
+    ErrorKinds,
+    InstrumentConnectionError,
+    InstrumentError,
+    InstrumentProtocolError,
+    InstrumentTimeoutError,
+    VisaSession,
+    deferred_sigint,
+    resource_manager,
+    run_with_retries,
+)
 
 T = TypeVar("T")
 
 PRIM_DTYPE = np.dtype("<i2")
 TIME_DTYPE = np.dtype("<f8")
 EVT_DTYPE = np.dtype("<i2")
-PRIM_RECORD_BYTES = N_TRIGGER_CHANNELS * N_SAMPLES * PRIM_DTYPE.itemsize      # 384
-EVENT_RECORD_BYTES = N_CHANNELS * N_SAMPLES * EVT_DTYPE.itemsize               # 7744
-SPILL_STATES = CrateState.names()      #: SPIL:STAT? states
+PRIM_RECORD_BYTES = N_TRIGGER_CHANNELS * N_SAMPLES * PRIM_DTYPE.itemsize  # 384
+EVENT_RECORD_BYTES = N_CHANNELS * N_SAMPLES * EVT_DTYPE.itemsize  # 7744
+SPILL_STATES = CrateState.names()  #: SPIL:STAT? states
 
 
 # ------------------------------------------------------------------------------------------ errors
 class MSADCError(InstrumentError, RuntimeError):
     """Base class of every MSADC driver error."""
 
-    flag = "crate_error"   #: the detector.records.SPILL_FLAGS entry a spill gets when this is not cured
+    flag = "crate_error"  #: the detector.records.SPILL_FLAGS entry a spill gets when this is not cured
 
 
 class MSADCConnectionError(MSADCError, InstrumentConnectionError):
@@ -90,7 +100,7 @@ class MSADCBlockError(MSADCError, InstrumentProtocolError):
 
     def __init__(self, message: str, kind: str = "corrupt") -> None:
         super().__init__(message)
-        self.kind = kind   #: "corrupt" or "truncated"
+        self.kind = kind  #: "corrupt" or "truncated"
 
 
 class MSADCCrateError(MSADCError, InstrumentProtocolError):
@@ -99,7 +109,7 @@ class MSADCCrateError(MSADCError, InstrumentProtocolError):
     flag = "crate_error"
 
     def __init__(self, context: str, errors: list[tuple[int, str]]) -> None:
-        listed = "; ".join(f"{c},\"{t}\"" for c, t in errors)
+        listed = "; ".join(f'{c},"{t}"' for c, t in errors)
         super().__init__(f"MSADC crate reported {len(errors)} error(s) after {context}: {listed}")
         self.context = context
         self.errors = errors
@@ -124,9 +134,20 @@ _KINDS = ErrorKinds(timeout=MSADCTimeout, connection=MSADCConnectionError, proto
 #: failures a reconnect and a retry may cure (crate errors and configuration mismatches are final)
 _RETRYABLE = (MSADCBlockError, MSADCTimeout, MSADCConnectionError)
 
-__all__ = ["MSADC", "MSADCBlockError", "MSADCConfigError", "MSADCConnectionError", "MSADCCrateError", "MSADCError",
-           "MSADCSpillLost", "MSADCTimeout", "SpillStatus", "parse_block_header", "parse_error_line",
-           "resource_manager"]
+__all__ = [
+    "MSADC",
+    "MSADCBlockError",
+    "MSADCConfigError",
+    "MSADCConnectionError",
+    "MSADCCrateError",
+    "MSADCError",
+    "MSADCSpillLost",
+    "MSADCTimeout",
+    "SpillStatus",
+    "parse_block_header",
+    "parse_error_line",
+    "resource_manager",
+]
 
 
 def parse_error_line(line: str) -> tuple[int, str]:
@@ -145,16 +166,16 @@ def parse_block_header(head: bytes) -> int:
     if len(head) < 2 or head[:1] != b"#" or not head[1:2].isdigit() or head[1:2] == b"0":
         raise MSADCBlockError(f"bad block header {bytes(head[:16])!r} (expected '#<1-9><length>')")
     nd = int(head[1:2])
-    digits = head[2:2 + nd]
+    digits = head[2 : 2 + nd]
     if len(digits) != nd or not digits.isdigit():
-        raise MSADCBlockError(f"bad block header {bytes(head[:2 + nd])!r}: length field is not {nd} digits")
+        raise MSADCBlockError(f"bad block header {bytes(head[: 2 + nd])!r}: length field is not {nd} digits")
     return int(digits)
 
 
 @dataclass(frozen=True)
 class SpillStatus:
-    state: str            #: IDLE, SPILL or GAP
-    last_complete: int    #: id of the last complete spill, -1 if none
+    state: str  #: IDLE, SPILL or GAP
+    last_complete: int  #: id of the last complete spill, -1 if none
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -164,8 +185,16 @@ class MSADC:
     ``timeout_ms`` bounds every wait for a reply byte; a failed transaction is retried ``retries``
     times after a reconnect. ``fast_read=False`` forces the public-pyvisa read path (no pyvisa-py internals)."""
 
-    def __init__(self, resource: str, *, visa_library: str = "@py", timeout_ms: int = 10000, retries: int = 3,
-                 fast_read: bool = True, open_timeout_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        resource: str,
+        *,
+        visa_library: str = "@py",
+        timeout_ms: int = 10000,
+        retries: int = 3,
+        fast_read: bool = True,
+        open_timeout_ms: int | None = None,
+    ) -> None:
         self.resource = resource
         self.visa_library = visa_library
         self.timeout_ms = int(timeout_ms)
@@ -175,7 +204,7 @@ class MSADC:
         self._session = VisaSession(resource, library=visa_library, fast=fast_read, kinds=_KINDS)
         self._lock = threading.RLock()
         self._selected: int | None = None
-        self._samples: int | None = None     #: CONF:SAMP value once configure() succeeded
+        self._samples: int | None = None  #: CONF:SAMP value once configure() succeeded
         self._truth_supported: bool | None = None
         self.idn = ""
         #: recoveries and errors since the last :meth:`take_incidents`: "timeout", "reconnected",
@@ -186,7 +215,7 @@ class MSADC:
         self.stats = {"reconnects": 0, "retries": 0, "timeouts": 0, "block_errors": 0, "bytes": 0}
 
     @classmethod
-    def from_config(cls, cfg: Config, resource: str, **kw: Any) -> "MSADC":
+    def from_config(cls, cfg: Config, resource: str, **kw: Any) -> MSADC:
         d = cfg.daq
         return cls(resource, visa_library=d.visa_library, timeout_ms=d.timeout_ms, retries=d.retries, **kw)
 
@@ -204,7 +233,7 @@ class MSADC:
     def is_open(self) -> bool:
         return self._session.is_open
 
-    def open(self) -> "MSADC":
+    def open(self) -> MSADC:
         """Open the session (terminations ``\\n``, timeout) and read ``*IDN?``. A half-open session is closed
         before the error is raised."""
         with self._lock:
@@ -221,8 +250,9 @@ class MSADC:
                 if isinstance(exc, MSADCConfigError):
                     raise
                 if isinstance(exc, MSADCError):
-                    raise MSADCConnectionError(f"cannot reach the MSADC crate at {self.resource} (no answer to *IDN?): "
-                                               f"{exc}") from exc
+                    raise MSADCConnectionError(
+                        f"cannot reach the MSADC crate at {self.resource} (no answer to *IDN?): {exc}"
+                    ) from exc
                 raise
             return self
 
@@ -231,7 +261,7 @@ class MSADC:
         with self._lock:
             self._session.close()
 
-    def __enter__(self) -> "MSADC":
+    def __enter__(self) -> MSADC:
         return self.open()
 
     def __exit__(self, *exc: Any) -> None:
@@ -249,7 +279,7 @@ class MSADC:
             errs = self._drain_errors()
             if errs:
                 self.crate_errors.extend(errs)
-            if self._samples is not None:        # restore the configuration (the crate may have rebooted)
+            if self._samples is not None:  # restore the configuration (the crate may have rebooted)
                 self._write(f"CONF:SAMP {self._samples}")
             if self._selected is not None:
                 self._select(self._selected)
@@ -305,11 +335,14 @@ class MSADC:
             length = self._read_block_header(cmd)
             if length != out.nbytes:
                 raise MSADCBlockError(f"{cmd}: block announces {length} bytes, expected {out.nbytes}", "corrupt")
-            self._read_into(memoryview(out.reshape(-1).view(np.uint8)), cmd)
+            self._read_into(out.reshape(-1).view(np.uint8).data, cmd)
             term = self._read_exact(1, cmd + " terminator")
             if term != b"\n":
-                raise MSADCBlockError(f"{cmd}: block of {length} bytes is not followed by '\\n' (got {term!r}): "
-                                      "the header lied about its length", "corrupt")
+                raise MSADCBlockError(
+                    f"{cmd}: block of {length} bytes is not followed by '\\n' (got {term!r}): "
+                    "the header lied about its length",
+                    "corrupt",
+                )
         return out
 
     def _drain_errors(self, limit: int = 40) -> list[tuple[int, str]]:
@@ -325,14 +358,20 @@ class MSADC:
     def _transact(self, what: str, fn: Callable[[], T], retry: bool = True) -> T:
         """Run ``fn`` (one complete transaction, ``what``) under the lock; on a timeout, dropped connection or
         bad block reconnect and retry, at most ``retries`` times; then raise the last error."""
+
         def attempt() -> T:
             if not self._session.is_open:
                 self.open()
             return fn()
 
         with self._lock:
-            return run_with_retries(attempt, retries=self.retries if retry else 0, retryable=_RETRYABLE,
-                                    recover=self._recover, on_failure=self._note_failure)
+            return run_with_retries(
+                attempt,
+                retries=self.retries if retry else 0,
+                retryable=_RETRYABLE,
+                recover=self._recover,
+                on_failure=self._note_failure,
+            )
 
     def _note_failure(self, exc: BaseException, attempt: int) -> None:
         if isinstance(exc, MSADCBlockError):
@@ -364,11 +403,13 @@ class MSADC:
 
     def command(self, cmd: str, check: bool = True) -> None:
         """One command without reply; with ``check`` the error queue is read and any entry raised."""
+
         def run() -> None:
             with deferred_sigint():
                 self._write(cmd)
                 if check:
                     self._raise_errors(cmd)
+
         self._transact(cmd, run)
 
     def _raise_errors(self, context: str) -> None:
@@ -390,6 +431,7 @@ class MSADC:
     def configure(self, samples: int = N_SAMPLES) -> dict[str, Any]:
         """Clear the error queue and set up the crate; check channels and primitive order; raise
         :class:`MSADCCrateError` if the crate reported an error, :class:`MSADCConfigError` on a mismatch."""
+
         def run() -> dict[str, Any]:
             with deferred_sigint():
                 self._write("*CLS")
@@ -412,12 +454,19 @@ class MSADC:
         if got["channels"] != str(N_CHANNELS):
             problems.append(f"CONF:CHAN? = {got['channels']!r}, expected {N_CHANNELS}")
         if order != TRIGGER_CHANNEL_NAMES:
-            problems.append(f"CONF:TRIG:CHAN? = {got['trigger_channels']!r}, expected {','.join(TRIGGER_CHANNEL_NAMES)}")
+            problems.append(
+                f"CONF:TRIG:CHAN? = {got['trigger_channels']!r}, expected {','.join(TRIGGER_CHANNEL_NAMES)}"
+            )
         if problems:
             raise MSADCConfigError(f"MSADC crate at {self.resource}: " + "; ".join(problems))
         self._samples = int(samples)
-        return {"idn": self.idn, "samples": samples, "channels": N_CHANNELS, "trigger_channels": list(order),
-                "spill_buffer": got["spill_buffer"]}
+        return {
+            "idn": self.idn,
+            "samples": samples,
+            "channels": N_CHANNELS,
+            "trigger_channels": list(order),
+            "spill_buffer": got["spill_buffer"],
+        }
 
     # ------------------------------------------------------------------------------- spills
     def spill_status(self) -> SpillStatus:
@@ -552,7 +601,7 @@ class MSADC:
 
         payload = idx.tobytes()
         size = str(len(payload)).encode()
-        message = b"ACC:DATA #" + str(len(size)).encode() + size + payload + b"\n"   # IEEE 488.2 definite block
+        message = b"ACC:DATA #" + str(len(size)).encode() + size + payload + b"\n"  # IEEE 488.2 definite block
 
         def run() -> None:
             with deferred_sigint():
@@ -564,5 +613,6 @@ class MSADC:
 
 def _check_out(out: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> None:
     if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"output buffer must be a writable C-contiguous {dtype} array of shape {shape}; "
-                         f"got {out.dtype} {out.shape}")
+        raise ValueError(
+            f"output buffer must be a writable C-contiguous {dtype} array of shape {shape}; got {out.dtype} {out.shape}"
+        )

@@ -17,6 +17,7 @@
   to :meth:`Publisher.publish` must not be modified afterwards (ZeroMQ may still be reading them).
 - :class:`Heartbeat` publishes ``status`` every ``daq.heartbeat_s`` from its own thread.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -24,7 +25,8 @@ import logging
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import zmq
@@ -49,8 +51,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def check_bind_address(address: str, zmq_curve: bool = False) -> None:
-    """Refuse a non-loopback TCP bind unless CURVE is enabled (ARCHITECTURE.md: binding beyond loopback
-    must be asked for explicitly and then uses CURVE keys). ``ipc://`` and ``inproc://`` are local."""
+    """Refuse a non-loopback TCP bind unless CURVE is enabled (binding beyond loopback must be asked for
+    explicitly and then uses CURVE keys). ``ipc://`` and ``inproc://`` are local."""
     u = urllib.parse.urlsplit(address)
     if u.scheme in ("ipc", "inproc"):
         return
@@ -58,8 +60,10 @@ def check_bind_address(address: str, zmq_curve: bool = False) -> None:
         raise PublisherError(f"monitor address {address!r} is not tcp://host:port, ipc:// or inproc://")
     host = u.netloc.rsplit(":", 1)[0]
     if not _is_loopback(host) and not zmq_curve:
-        raise PublisherError(f"monitor address {address!r} binds beyond loopback: set endpoints.zmq_curve = true "
-                             "and give a CURVE server key")
+        raise PublisherError(
+            f"monitor address {address!r} binds beyond loopback: set endpoints.zmq_curve = true "
+            "and give a CURVE server key"
+        )
 
 
 class Publisher:
@@ -67,9 +71,18 @@ class Publisher:
 
     ``curve_secret_key``/``curve_public_key`` (z85 bytes) make it a CURVE server (required off loopback)."""
 
-    def __init__(self, address: str, *, run: int | None = None, sndhwm: int = 64, zmq_curve: bool = False,
-                 curve_public_key: bytes | None = None, curve_secret_key: bytes | None = None,
-                 context: zmq.Context | None = None, nodrop: bool = False) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        run: int | None = None,
+        sndhwm: int = 64,
+        zmq_curve: bool = False,
+        curve_public_key: bytes | None = None,
+        curve_secret_key: bytes | None = None,
+        context: zmq.Context | None = None,
+        nodrop: bool = False,
+    ) -> None:
         check_bind_address(address, zmq_curve)
         self.address = address
         self.run = run
@@ -93,14 +106,19 @@ class Publisher:
             raise PublisherError(f"cannot bind the monitoring publisher to {address}: {exc}") from None
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._lock = threading.Lock()
-        self.sequence = TopicSequence()     #: next sequence number per topic
+        self.sequence = TopicSequence()  #: next sequence number per topic
         self.sent = 0
         self.dropped = 0
         self.by_topic: dict[str, int] = {}
         self._closed = False
 
-    def publish(self, topic: str, arrays: dict[str, np.ndarray] | None = None, meta: dict[str, Any] | None = None,
-                spill: int | None = None) -> bool:
+    def publish(
+        self,
+        topic: str,
+        arrays: dict[str, np.ndarray] | None = None,
+        meta: dict[str, Any] | None = None,
+        spill: int | None = None,
+    ) -> bool:
         """Send one message without blocking; False if it was dropped (high-water mark or closed)."""
         if topic not in TOPICS:
             raise ValueError(f"unknown monitoring topic {topic!r}; topics: {', '.join(TOPICS)}")
@@ -133,7 +151,12 @@ class Publisher:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"seq": dict(self.sequence.next), "sent": self.sent, "dropped": self.dropped, "by_topic": dict(self.by_topic)}
+            return {
+                "seq": dict(self.sequence.next),
+                "sent": self.sent,
+                "dropped": self.dropped,
+                "by_topic": dict(self.by_topic),
+            }
 
     def close(self) -> None:
         with self._lock:
@@ -141,7 +164,7 @@ class Publisher:
                 self._closed = True
                 self._sock.close(0)
 
-    def __enter__(self) -> "Publisher":
+    def __enter__(self) -> Publisher:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -151,8 +174,9 @@ class Publisher:
 class Heartbeat(threading.Thread):
     """Publishes ``status`` (from ``status()``, a dict of meta) every ``period_s`` until :meth:`stop`."""
 
-    def __init__(self, publisher: Publisher, status: Callable[[], tuple[dict[str, Any], int | None]],
-                 period_s: float = 1.0) -> None:
+    def __init__(
+        self, publisher: Publisher, status: Callable[[], tuple[dict[str, Any], int | None]], period_s: float = 1.0
+    ) -> None:
         super().__init__(name="daq-heartbeat", daemon=True)
         self.publisher = publisher
         self.status = status
@@ -167,7 +191,7 @@ class Heartbeat(threading.Thread):
                 meta, spill = self.status()
                 self.publisher.publish("status", meta=meta, spill=spill)
                 self.beats += 1
-            except Exception:          # never let the heartbeat die silently: log and go on
+            except Exception:  # never let the heartbeat die silently: log and go on
                 log.exception("heartbeat failed")
             next_t += self.period_s
             self._stop_evt.wait(max(0.0, next_t - time.monotonic()))

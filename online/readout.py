@@ -15,6 +15,7 @@ and its flag (``timeout``, ``truncated_block``, ``crate_error``, ``spill_lost``)
 and the reason go into the outcome together with whatever was read. Retrying the spill, recording it
 and the state of the run are the run control's business (:mod:`online.daq`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("online.daq")
 
-MAX_EVENTS_PER_QUERY = 1 << 15        #: EVT:DATA? events per query (the crate refuses more than 2^16)
+MAX_EVENTS_PER_QUERY = 1 << 15  #: EVT:DATA? events per query (the crate refuses more than 2^16)
 
 
 @dataclass
@@ -55,7 +57,7 @@ class SpillOutcome:
     events: np.ndarray = field(default_factory=lambda: np.empty((0, ch.N_CHANNELS, ch.N_SAMPLES), np.int16))
     n_read_out: int = 0
     truth: np.ndarray | None = None
-    events_base: np.ndarray | None = None     #: the pooled buffer ``events`` is a view of
+    events_base: np.ndarray | None = None  #: the pooled buffer ``events`` is a view of
     scalers: dict[str, int] = field(default_factory=dict)
     triggers: dict[str, dict[str, int]] = field(default_factory=dict)
     eot: int = 0
@@ -79,8 +81,16 @@ class CrateReadout:
     parallel trigger kernel. ``events`` is the pool the event buffers come from; whoever holds an
     outcome last gives ``outcome.events_base`` back to it."""
 
-    def __init__(self, crate: MSADC, menu: TriggerMenu, *, chunk_records: int, record_truth: bool,
-                 parallel_trigger: bool | None = None, events: EventPool | None = None) -> None:
+    def __init__(
+        self,
+        crate: MSADC,
+        menu: TriggerMenu,
+        *,
+        chunk_records: int,
+        record_truth: bool,
+        parallel_trigger: bool | None = None,
+        events: EventPool | None = None,
+    ) -> None:
         self.crate = crate
         self.menu = menu
         self.chunk_records = int(chunk_records)
@@ -94,8 +104,7 @@ class CrateReadout:
         """Allocate and fault in the chunk buffers for spills of about ``n_records`` primitives."""
         self.chunks.buffers(int(n_records))
 
-    def read_spill(self, crate_spill: int,
-                   on_selected: Callable[[SpillOutcome], None] | None = None) -> SpillOutcome:
+    def read_spill(self, crate_spill: int, on_selected: Callable[[SpillOutcome], None] | None = None) -> SpillOutcome:
         """One readout attempt of crate spill ``crate_spill``; never raises a crate error (see the module
         docstring). ``on_selected(outcome)`` runs once the spill is selected and its particle count known,
         before the primitives are read."""
@@ -155,11 +164,11 @@ class CrateReadout:
                     buf = free.get()
                     view = buf[:c]
                     crate.read_primitives(first, c, out=view)
-                    crate.read_times(first, c, out=out.times[first:first + c])
+                    crate.read_times(first, c, out=out.times[first : first + c])
                     full.put((first, c, buf))
                     first += c
                 full.put(None)
-            except BaseException as exc:      # handed to the main thread
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
                 full.put(_ReaderFailed(exc, first))
 
         t0 = time.perf_counter()
@@ -179,8 +188,8 @@ class CrateReadout:
                 first, c, buf = item
                 tt = time.perf_counter()
                 try:
-                    trig.process(buf[:c], out.times[first:first + c], first)
-                except ValueError as exc:        # e.g. arrival times not increasing: corrupt data
+                    trig.process(buf[:c], out.times[first : first + c], first)
+                except ValueError as exc:  # e.g. arrival times not increasing: corrupt data
                     failure = exc
                     break
                 t_trig += time.perf_counter() - tt
@@ -188,7 +197,7 @@ class CrateReadout:
                 free.put(buf)
         finally:
             abort.set()
-            while th.is_alive():                 # unblock the reader if it waits for a buffer or a slot
+            while th.is_alive():  # unblock the reader if it waits for a buffer or a slot
                 try:
                     full.get_nowait()
                 except queue.Empty:
@@ -205,8 +214,12 @@ class CrateReadout:
             log.warning("crate scalers ignored: %s", exc)
             out.scalers = dict(res.scalers)
         out.triggers = res.triggers()
-        out.timing.update(primitives_s=time.perf_counter() - t0, trigger_s=t_trig, trigger_wait_s=t_wait,
-                          primitive_bytes=float(n * (PRIM_RECORD_BYTES + 8)))
+        out.timing.update(
+            primitives_s=time.perf_counter() - t0,
+            trigger_s=t_trig,
+            trigger_wait_s=t_wait,
+            primitive_bytes=float(n * (PRIM_RECORD_BYTES + 8)),
+        )
         if failure is not None:
             if not isinstance(failure, (MSADCError, ValueError)):
                 raise failure
@@ -241,11 +254,11 @@ class CrateReadout:
         try:
             for first in range(0, n_acc, step):
                 c = min(step, n_acc - first)
-                self.crate.read_events(first, c, out=out.events[first:first + c])
+                self.crate.read_events(first, c, out=out.events[first : first + c])
                 out.n_read_out = first + c
         except MSADCError as exc:
             self._fail(out, exc, f"event readout ({out.n_read_out} of {n_acc})")
-            out.events = out.events[:out.n_read_out]
+            out.events = out.events[: out.n_read_out]
             return False
         out.timing["events_s"] = time.perf_counter() - t
         out.timing["event_bytes"] = float(out.events.nbytes)
@@ -260,7 +273,7 @@ class CrateReadout:
                 truth = np.empty(n_acc, TRUTH_DTYPE)
                 for first in range(0, n_acc, MAX_EVENTS_PER_QUERY):
                     c = min(MAX_EVENTS_PER_QUERY, n_acc - first)
-                    self.crate.read_truth(first, c, out=truth[first:first + c])
+                    self.crate.read_truth(first, c, out=truth[first : first + c])
                 out.truth = truth
         except MSADCError as exc:
             out.errors.append(f"truth not recorded: {exc}")

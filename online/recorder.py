@@ -21,6 +21,7 @@ Accounting per spill (spill attrs and run record): ``n_particles`` (primitive re
 *complete* when ``n_seen == n_particles`` and ``n_accepted == n_read_out == n_recorded``; a spill that is
 not complete must carry at least one of :data:`detector.records.INCOMPLETE_SPILL_FLAGS` saying why (:func:`reconcile`).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -37,8 +38,17 @@ import numpy as np
 
 from detector.channels import N_CHANNELS, N_SAMPLES
 from detector.records import INCOMPLETE_SPILL_FLAGS, SPILL_FLAGS
-from detector.spillfile import (RUN_RECORD, SpillContent, SpillFileError, list_spills, read_run_record,
-                                read_spill, run_dir, write_run_record, write_spill)
+from detector.spillfile import (
+    RUN_RECORD,
+    SpillContent,
+    SpillFileError,
+    list_spills,
+    read_run_record,
+    read_spill,
+    run_dir,
+    write_run_record,
+    write_spill,
+)
 
 RECORD_SCHEMA = 1
 _TMP_RE = re.compile(r"^\.(spill-\d+\.h5|run\.json)\.tmp-(\d+)$")
@@ -80,11 +90,21 @@ def is_complete(entry: dict[str, Any]) -> bool:
 class RunRecorder:
     """Owns ``<out>/run-<run>/`` for one DAQ session. Call :meth:`open` first, :meth:`close` at the end."""
 
-    def __init__(self, out: str | os.PathLike, run: int, *, config_toml: str = "", trigger_menu: dict | None = None,
-                 thresholds: dict | None = None, calibration: dict | None = None, argv: list[str] | None = None,
-                 extra: dict[str, Any] | None = None, min_free_bytes: float = 0.0) -> None:
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        run: int,
+        *,
+        config_toml: str = "",
+        trigger_menu: dict | None = None,
+        thresholds: dict | None = None,
+        calibration: dict | None = None,
+        argv: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
+        min_free_bytes: float = 0.0,
+    ) -> None:
         self.out = pathlib.Path(out)
-        self.min_free_bytes = float(min_free_bytes)   #: disk kept free on the output filesystem (bytes)
+        self.min_free_bytes = float(min_free_bytes)  #: disk kept free on the output filesystem (bytes)
         self.run = int(run)
         self.rdir = run_dir(out, run)
         self.config_toml = config_toml
@@ -94,14 +114,14 @@ class RunRecorder:
         self.argv = list(sys.argv if argv is None else argv)
         self.extra = extra or {}
         self.record: dict[str, Any] = {}
-        self.interrupted: dict[str, Any] | None = None   #: the spill in flight when a previous DAQ died
+        self.interrupted: dict[str, Any] | None = None  #: the spill in flight when a previous DAQ died
         self.next_spill = 1
         self.session: dict[str, Any] = {}
         self._lock_fd: int | None = None
         self.restarted = False
 
     # ----------------------------------------------------------------------------- open/close
-    def open(self) -> "RunRecorder":
+    def open(self) -> RunRecorder:
         self.rdir.mkdir(parents=True, exist_ok=True)
         problem = self.space_problem(0)
         if problem:
@@ -116,8 +136,9 @@ class RunRecorder:
                 raise RecorderError(f"cannot continue run {self.run}: {exc}") from None
             if self.record.get("run") != self.run:
                 self._unlock()
-                raise RecorderError(f"{self.rdir / RUN_RECORD}: belongs to run {self.record.get('run')!r}, "
-                                    f"not {self.run}")
+                raise RecorderError(
+                    f"{self.rdir / RUN_RECORD}: belongs to run {self.record.get('run')!r}, not {self.run}"
+                )
             self.restarted = True
         else:
             self.record = self._new_record()
@@ -142,14 +163,24 @@ class RunRecorder:
         done = {int(e["spill"]) for e in rec["spills"]}
         if in_flight and int(in_flight["spill"]) not in done:
             self.interrupted = dict(in_flight)
-            self.interrupted["tmp_files"] = [c for c in cleaned if c.startswith(f".spill-{int(in_flight['spill']):06d}")]
+            self.interrupted["tmp_files"] = [
+                c for c in cleaned if c.startswith(f".spill-{int(in_flight['spill']):06d}")
+            ]
         rec["in_flight"] = None
         highest = max(done | {int(x["spill"]) for x in [in_flight] if x}, default=0)
         self.next_spill = highest + 1
-        self.session = {"pid": os.getpid(), "host": socket.gethostname(), "start_unix": time.time(),
-                        "argv": self.argv, "restart": self.restarted, "cleaned_tmp_files": cleaned,
-                        "adopted_files": adopted, "unreadable_files": unreadable,
-                        "interrupted": self.interrupted, "spills_recorded": 0}
+        self.session = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "start_unix": time.time(),
+            "argv": self.argv,
+            "restart": self.restarted,
+            "cleaned_tmp_files": cleaned,
+            "adopted_files": adopted,
+            "unreadable_files": unreadable,
+            "interrupted": self.interrupted,
+            "spills_recorded": 0,
+        }
         if self.restarted and self.config_toml and self.config_toml != rec.get("config_toml"):
             self.session["config_toml"] = self.config_toml
             self.session["config_changed"] = True
@@ -160,10 +191,24 @@ class RunRecorder:
 
     def _new_record(self) -> dict[str, Any]:
         now = time.time()
-        return {"schema_version": RECORD_SCHEMA, "run": self.run, "created_unix": now, "updated_unix": now,
-                "config_toml": self.config_toml, "trigger_menu": self.trigger_menu, "thresholds": self.thresholds,
-                "calibration": self.calibration, "spills": [], "in_flight": None, "sessions": [], "gaps": [],
-                "stalls": [], "flags": [], "totals": {}, **self.extra}
+        return {
+            "schema_version": RECORD_SCHEMA,
+            "run": self.run,
+            "created_unix": now,
+            "updated_unix": now,
+            "config_toml": self.config_toml,
+            "trigger_menu": self.trigger_menu,
+            "thresholds": self.thresholds,
+            "calibration": self.calibration,
+            "spills": [],
+            "in_flight": None,
+            "sessions": [],
+            "gaps": [],
+            "stalls": [],
+            "flags": [],
+            "totals": {},
+            **self.extra,
+        }
 
     def close(self, reason: str = "stopped") -> None:
         if not self.record:
@@ -205,8 +250,22 @@ class RunRecorder:
 
     @staticmethod
     def _entry_from_attrs(attrs: dict[str, Any], name: str) -> dict[str, Any]:
-        keys = ("spill", "crate_spill", "start_unix", "length_s", "n_particles", "n_seen", "n_accepted", "n_read_out",
-                "n_recorded", "eot", "flags", "scalers", "triggers", "table")
+        keys = (
+            "spill",
+            "crate_spill",
+            "start_unix",
+            "length_s",
+            "n_particles",
+            "n_seen",
+            "n_accepted",
+            "n_read_out",
+            "n_recorded",
+            "eot",
+            "flags",
+            "scalers",
+            "triggers",
+            "table",
+        )
         e = {k: attrs[k] for k in keys if k in attrs}
         e.setdefault("n_seen", e.get("n_particles", 0))
         e["file"] = name
@@ -220,8 +279,11 @@ class RunRecorder:
 
     @property
     def last_crate_spill(self) -> int | None:
-        ids = [int(e["crate_spill"]) for e in self.spills if e.get("crate_spill", -1) is not None
-               and int(e.get("crate_spill", -1)) >= 0]
+        ids = [
+            int(e["crate_spill"])
+            for e in self.spills
+            if e.get("crate_spill", -1) is not None and int(e.get("crate_spill", -1)) >= 0
+        ]
         return max(ids, default=None)
 
     def save(self) -> None:
@@ -257,18 +319,27 @@ class RunRecorder:
         free = self.free_bytes()
         if free - need_bytes >= self.min_free_bytes:
             return None
-        return (f"{free / 1e6:,.0f} MB free on the filesystem of {self.rdir}; "
-                + (f"the spill needs about {need_bytes / 1e6:,.0f} MB and " if need_bytes else "")
-                + f"daq.min_free_mb keeps {self.min_free_bytes / 1e6:,.0f} MB free")
+        return (
+            f"{free / 1e6:,.0f} MB free on the filesystem of {self.rdir}; "
+            + (f"the spill needs about {need_bytes / 1e6:,.0f} MB and " if need_bytes else "")
+            + f"daq.min_free_mb keeps {self.min_free_bytes / 1e6:,.0f} MB free"
+        )
 
     # ------------------------------------------------------------------------------- spills
     def begin_spill(self, spill: int, crate_spill: int, **info: Any) -> None:
         """Note the spill in flight (durably) before its readout starts."""
-        self.record["in_flight"] = {"spill": int(spill), "crate_spill": int(crate_spill), "since_unix": time.time(),
-                                    "pid": os.getpid(), **info}
+        self.record["in_flight"] = {
+            "spill": int(spill),
+            "crate_spill": int(crate_spill),
+            "since_unix": time.time(),
+            "pid": os.getpid(),
+            **info,
+        }
         self.save()
 
-    def record_spill(self, content: SpillContent, entry: dict[str, Any], compression: str | None = None) -> pathlib.Path:
+    def record_spill(
+        self, content: SpillContent, entry: dict[str, Any], compression: str | None = None
+    ) -> pathlib.Path:
         """Write the spill file and add ``entry`` (accounting, flags, scalers, ...) to the run record.
         ``n_recorded`` is set from the content; an entry that does not reconcile gets ``readout_incomplete``."""
         entry = dict(entry)
@@ -297,18 +368,41 @@ class RunRecorder:
 
     def record_empty(self, spill: int, crate_spill: int, flags: list[str], reason: str, **entry: Any) -> pathlib.Path:
         """A spill with no events (lost by the crate, or interrupted and gone): an empty, flagged file."""
-        e = {"crate_spill": int(crate_spill), "n_particles": 0, "n_seen": 0, "n_accepted": 0, "n_read_out": 0,
-             "eot": 0, "flags": list(flags), "reason": reason, **entry}
-        attrs = {"crate_spill": int(crate_spill), "start_unix": float(entry.get("start_unix", 0.0)),
-                 "length_s": float(entry.get("length_s", 0.0)), "eot": 0, "extra": {"reason": reason}}
-        content = SpillContent(self.run, spill, np.zeros(0, np.uint32), np.zeros(0, np.uint8), np.zeros(0, np.float64),
-                               np.zeros((0, N_CHANNELS, N_SAMPLES), np.int16), None, attrs)
+        e = {
+            "crate_spill": int(crate_spill),
+            "n_particles": 0,
+            "n_seen": 0,
+            "n_accepted": 0,
+            "n_read_out": 0,
+            "eot": 0,
+            "flags": list(flags),
+            "reason": reason,
+            **entry,
+        }
+        attrs = {
+            "crate_spill": int(crate_spill),
+            "start_unix": float(entry.get("start_unix", 0.0)),
+            "length_s": float(entry.get("length_s", 0.0)),
+            "eot": 0,
+            "extra": {"reason": reason},
+        }
+        content = SpillContent(
+            self.run,
+            spill,
+            np.zeros(0, np.uint32),
+            np.zeros(0, np.uint8),
+            np.zeros(0, np.float64),
+            np.zeros((0, N_CHANNELS, N_SAMPLES), np.int16),
+            None,
+            attrs,
+        )
         return self.record_spill(content, e)
 
     def note_gap(self, crate_from: int, crate_to: int, reason: str) -> None:
         """Crate spills ``crate_from..crate_to`` were never read (e.g. the DAQ was not running)."""
-        self.record.setdefault("gaps", []).append({"crate_from": int(crate_from), "crate_to": int(crate_to),
-                                                   "reason": reason, "unix": time.time()})
+        self.record.setdefault("gaps", []).append(
+            {"crate_from": int(crate_from), "crate_to": int(crate_to), "reason": reason, "unix": time.time()}
+        )
         self._refresh_totals()
         self.save()
 

@@ -1,6 +1,7 @@
 """Restart recovery's questions to the crate: which spills its ring still holds, whether a spill a previous
 DAQ was reading is still there, and where a continued run resumes. The run control (:mod:`online.daq`)
 acts on the answers (re-reads, records lost spills, notes gaps)."""
+
 from __future__ import annotations
 
 from .msadc import MSADC, MSADCError

@@ -7,14 +7,14 @@ and :class:`SpillStateMachine`, which refuses any other transition and reports e
 
 The run control (:mod:`online.daq`) publishes each change on the ``status`` topic.
 """
+
 from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from detector.monitoring import DAQState as State
-
 
 S = State
 #: allowed transitions (a state may always be re-entered, which is not a change)

@@ -1,4 +1,4 @@
-"""Dark photon (A') production by electrons on a nucleus, e- Z -> e- Z A' (physics.md section 2).
+"""Dark photon (A') production by electrons on a nucleus, e- Z -> e- Z A' (docs/physics.md section 2).
 
 Pure numpy/scipy functions, vectorised over their array arguments (numpy broadcasting).
 
@@ -45,8 +45,7 @@ def _check_above_threshold(mass_gev: NDArray, e0_gev: NDArray) -> None:
     threshold = kinematic_threshold_gev(mass_gev)
     if np.any(e0_gev <= np.maximum(threshold, pc.M_E_GEV + mass_gev)):
         raise ValueError(
-            f"electron energy {e0_gev!r} GeV is below the A' production threshold "
-            f"for m = {mass_gev!r} GeV"
+            f"electron energy {e0_gev!r} GeV is below the A' production threshold for m = {mass_gev!r} GeV"
         )
 
 
@@ -105,7 +104,7 @@ def iww_t_limits(mass_gev: ArrayLike, e0_gev: ArrayLike) -> tuple[NDArray[np.flo
 def chi_elastic(
     mass_gev: ArrayLike, e0_gev: ArrayLike, z: float = pc.PB_Z, a_target: float = pc.PB_A
 ) -> NDArray[np.float64]:
-    """Effective photon flux chi from the elastic form factor, closed form (physics.md 2.2),
+    """Effective photon flux chi from the elastic form factor, closed form (docs/physics.md 2.2),
     with IWW limits. Dimensionless (~Z^2 x O(10) for Pb)."""
     tmin, tmax = iww_t_limits(mass_gev, e0_gev)
     a, _, d = screening_parameters(z, a_target)
@@ -145,7 +144,7 @@ def chi_numerical(
 def photon_flux(
     mass_gev: ArrayLike, e0_gev: ArrayLike, flux: FluxModel = "elastic", z: float = pc.PB_Z, a_target: float = pc.PB_A
 ) -> NDArray[np.float64]:
-    """chi for the chosen flux model: ``"elastic"`` (closed form, the reference of physics.md 3.5)
+    """chi for the chosen flux model: ``"elastic"`` (closed form, the reference of docs/physics.md 3.5)
     or ``"elastic+inelastic"`` (numerical)."""
     if flux == "elastic":
         return chi_elastic(mass_gev, e0_gev, z, a_target)
@@ -201,8 +200,8 @@ def dsigma_dx_ww(
     inside = _inside(x, m, e0)
     xs = np.where(inside, x, 0.5)
     beta = np.sqrt(np.maximum(1.0 - m * m / (e0 * e0), 0.0))
-    value = 4.0 * _XS_PB * eps**2 * chi * beta * (1.0 - xs + xs * xs / 3.0) / (
-        m * m * (1.0 - xs) / xs + pc.M_E_GEV**2 * xs
+    value = (
+        4.0 * _XS_PB * eps**2 * chi * beta * (1.0 - xs + xs * xs / 3.0) / (m * m * (1.0 - xs) / xs + pc.M_E_GEV**2 * xs)
     )
     return np.where(inside, value, 0.0)
 
@@ -211,7 +210,7 @@ def dsigma_dx_iww(
     x: ArrayLike, mass_gev: ArrayLike, e0_gev: ArrayLike, eps: ArrayLike = 1.0, chi: ArrayLike | None = None
 ) -> NDArray[np.float64]:
     """(c) Improved-WW single-differential cross-section dsigma/dx [pb] after exact angular
-    integration (physics.md 2.3 (c)). Zero outside the kinematic x range."""
+    integration (docs/physics.md 2.3 (c)). Zero outside the kinematic x range."""
     m, e0 = _positive("A' mass", mass_gev), _positive("electron energy", e0_gev)
     eps = _positive("eps", eps)
     x = np.asarray(x, dtype=float)
@@ -246,9 +245,7 @@ def sigma_leading_log(
     return 4.0 / 3.0 * _XS_PB * eps**2 * chi * beta * np.log(1.0 / delta) / (m * m)
 
 
-def _x_of_tau(
-    tau: NDArray, x_lo: NDArray, x_hi: NDArray
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _x_of_tau(tau: NDArray, x_lo: NDArray, x_hi: NDArray) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Map tau in [0, 1] to x in [x_lo, x_hi] through w = -ln(1 - x) = w_lo + (w_hi - w_lo) tau^2.
 
     The w variable resolves the peak of dsigma/dx at 1 - x ~ m_e^2/m^2; the tau^2 removes the
@@ -300,10 +297,34 @@ def sigma_iww(
 
 # ----------------------------------------------------------------------------- K-factors (ETL)
 _K_MASS_GEV = np.array(
-    [0.001, 0.002, 0.004, 0.006, 0.008, 0.010, 0.020, 0.030, 0.040, 0.050, 0.060, 0.070, 0.080, 0.090,
-     0.100, 0.200, 0.300, 0.400, 0.500, 0.600, 0.700, 0.800, 0.900, 1.000]
+    [
+        0.001,
+        0.002,
+        0.004,
+        0.006,
+        0.008,
+        0.010,
+        0.020,
+        0.030,
+        0.040,
+        0.050,
+        0.060,
+        0.070,
+        0.080,
+        0.090,
+        0.100,
+        0.200,
+        0.300,
+        0.400,
+        0.500,
+        0.600,
+        0.700,
+        0.800,
+        0.900,
+        1.000,
+    ]
 )
-"""Mass grid of the DMG4 K-factor table [GeV], with the 0.03/0.04 GeV rows corrected (physics.md 2.4)."""
+"""Mass grid of the DMG4 K-factor table [GeV], with the 0.03/0.04 GeV rows corrected (docs/physics.md 2.4)."""
 
 _K_E0_GEV = np.array([20.0, 40.0, 60.0, 80.0, 100.0, 120.0, 140.0, 160.0])
 """Electron-energy grid of the K-factor table [GeV]."""
@@ -395,7 +416,9 @@ def width_complex_scalar(mass_gev: ArrayLike, m_chi_gev: ArrayLike, alpha_d: Arr
     return alpha_d * m / 12.0 * (1.0 - 4.0 * r) ** 1.5
 
 
-def y_parameter(eps: ArrayLike, alpha_d: ArrayLike, m_chi_gev: ArrayLike, m_aprime_gev: ArrayLike) -> NDArray[np.float64]:
+def y_parameter(
+    eps: ArrayLike, alpha_d: ArrayLike, m_chi_gev: ArrayLike, m_aprime_gev: ArrayLike
+) -> NDArray[np.float64]:
     """Thermal-relic variable y = eps^2 alpha_D (m_chi/m_A')^4 (dimensionless)."""
     eps, alpha_d = _positive("eps", eps), _positive("alpha_D", alpha_d)
     m_chi, m_a = _positive("chi mass", m_chi_gev), _positive("A' mass", m_aprime_gev)

@@ -30,6 +30,7 @@ All randomness is counter based: a particle's random numbers are a pure function
 index and a stream number (splitmix64), so any subset can be re-simulated, in any order and on any number of
 threads, with the same result. The spill seed is derived from ``beam.seed`` and the spill number.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,16 +45,16 @@ from scipy.special import ndtri
 from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_DIMUON, TRUTH_DTYPE, TRUTH_PILEUP
 from detector.settings import Config
 
-
-PILEUP_WINDOW_NS = 100.0        #: TRUTH_PILEUP: another particle within +/- this, ns
-X_MIN_APRIME = 0.5              #: A' energy fractions generated: x > 0.5 (E_miss > E0/2, where the beam e- dominates)
+PILEUP_WINDOW_NS = 100.0  #: TRUTH_PILEUP: another particle within +/- this, ns
+X_MIN_APRIME = 0.5  #: A' energy fractions generated: x > 0.5 (E_miss > E0/2, where the beam e- dominates)
 UPSTREAM_E_RANGE_GEV = (10.0, 70.0)
-HALO_R_MM = (40.0, 300.0)       #: halo radius range at the ECAL face (uniform in r), mm
-HALO_E_FRACTION = (0.2, 1.0)    #: halo muon energy as a fraction of the beam energy (uniform)
-PHOTON_TRACK_LENGTH_A = 0.572   #: Rossi approx. A: photon track length dT/dk = 0.572 X0 E0/k^2
+HALO_R_MM = (40.0, 300.0)  #: halo radius range at the ECAL face (uniform in r), mm
+HALO_E_FRACTION = (0.2, 1.0)  #: halo muon energy as a fraction of the beam energy (uniform)
+PHOTON_TRACK_LENGTH_A = 0.572  #: Rossi approx. A: photon track length dT/dk = 0.572 X0 E0/k^2
 
-E_MINUS, PION, KAON, MUON, HALO, UPSTREAM = (PARTICLE_CODES[k] for k in ("e-", "pi-", "K-", "mu-", "halo",
-                                                                          "upstream_e-"))
+E_MINUS, PION, KAON, MUON, HALO, UPSTREAM = (
+    PARTICLE_CODES[k] for k in ("e-", "pi-", "K-", "mu-", "halo", "upstream_e-")
+)
 
 # ------------------------------------------------------------------------------ counter-based RNG
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -99,13 +100,24 @@ def spill_seed(base_seed: int, spill: int) -> int:
 
 
 # Acklam's rational approximation of the normal quantile function (relative error < 1.2e-9), no tables.
-_A = (-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02, 1.383577518672690e+02,
-      -3.066479806614716e+01, 2.506628277459239e+00)
-_B = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02, 6.680131188771972e+01,
-      -1.328068155288572e+01)
-_C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00, -2.549732539343734e+00,
-      4.374664141464968e+00, 2.938163982698783e+00)
-_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00, 3.754408661907416e+00)
+_A = (
+    -3.969683028665376e01,
+    2.209460984245205e02,
+    -2.759285104469687e02,
+    1.383577518672690e02,
+    -3.066479806614716e01,
+    2.506628277459239e00,
+)
+_B = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01, -1.328068155288572e01)
+_C = (
+    -7.784894002430293e-03,
+    -3.223964580411365e-01,
+    -2.400758277161838e00,
+    -2.549732539343734e00,
+    4.374664141464968e00,
+    2.938163982698783e00,
+)
+_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
 _P_LOW = 0.02425
 
 
@@ -116,16 +128,20 @@ def normal_ppf_exact(u: float) -> float:
         u = 5.551115123125783e-17
     if u < _P_LOW:
         q = math.sqrt(-2.0 * math.log(u))
-        return ((((((_C[0] * q + _C[1]) * q + _C[2]) * q + _C[3]) * q + _C[4]) * q + _C[5])
-                / ((((_D[0] * q + _D[1]) * q + _D[2]) * q + _D[3]) * q + 1.0))
+        return (((((_C[0] * q + _C[1]) * q + _C[2]) * q + _C[3]) * q + _C[4]) * q + _C[5]) / (
+            (((_D[0] * q + _D[1]) * q + _D[2]) * q + _D[3]) * q + 1.0
+        )
     if u > 1.0 - _P_LOW:
         q = math.sqrt(-2.0 * math.log(1.0 - u))
-        return -((((((_C[0] * q + _C[1]) * q + _C[2]) * q + _C[3]) * q + _C[4]) * q + _C[5])
-                 / ((((_D[0] * q + _D[1]) * q + _D[2]) * q + _D[3]) * q + 1.0))
+        return -(
+            (((((_C[0] * q + _C[1]) * q + _C[2]) * q + _C[3]) * q + _C[4]) * q + _C[5])
+            / ((((_D[0] * q + _D[1]) * q + _D[2]) * q + _D[3]) * q + 1.0)
+        )
     q = u - 0.5
     r = q * q
-    return (((((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5]) * q)
-            / (((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0))
+    return ((((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5]) * q) / (
+        ((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0
+    )
 
 
 # Moyal distribution (Landau approximation, most probable value 0): quantile X(u) = -2 ln(-Phi^-1(u/2)).
@@ -186,11 +202,11 @@ def draw_normal(state: np.uint64):
 class BeamSpill:
     """One simulated spill: the truth of every beam particle, sorted by arrival time."""
 
-    spill: int              #: spill number from the generator
-    start_unix: float       #: start of the flat top, unix seconds
-    length_s: float         #: flat-top length, s
-    truth: np.ndarray       #: (N,) detector.records.TRUTH_DTYPE sorted by time_ns
-    seed: int               #: per-spill seed: all later randomness derives from it and the particle index
+    spill: int  #: spill number from the generator
+    start_unix: float  #: start of the flat top, unix seconds
+    length_s: float  #: flat-top length, s
+    truth: np.ndarray  #: (N,) detector.records.TRUTH_DTYPE sorted by time_ns
+    seed: int  #: per-spill seed: all later randomness derives from it and the particle index
 
     @property
     def n(self) -> int:
@@ -207,20 +223,22 @@ class BeamSpill:
 def dimuon_probability(e0_gev: float) -> float:
     """Unbiased probability that an electron of ``e0_gev`` produces gamma -> mu+ mu- in the lead of the
     ECAL: N_X0 * Integral_{4 m_mu}^{E0} 0.572 E0/k^2 sigma_BH(k) dk (Rossi approximation A)."""
-    from sim_frontend import dimuon, physics_constants as pc
+    from sim_frontend import dimuon
+    from sim_frontend import physics_constants as pc
+
     lo = dimuon.THRESHOLD_GEV * 1.0001
     if e0_gev <= lo:
         return 0.0
     k = np.geomspace(lo, e0_gev, 4001)
-    f = PHOTON_TRACK_LENGTH_A * e0_gev / k ** 2 * dimuon.sigma_total_cm2(k)
+    f = PHOTON_TRACK_LENGTH_A * e0_gev / k**2 * dimuon.sigma_total_cm2(k)
     return float(pc.PB_N_X0_PER_CM2 * np.sum(0.5 * (f[1:] + f[:-1]) * np.diff(k)))
 
 
 @lru_cache(maxsize=16)
 def _aprime_yield_eps1(mass_gev: float, e0_gev: float) -> float:
     from sim_frontend import yields
-    return float(yields.yield_per_eot(mass_gev, e0_gev, emiss_min_gev=X_MIN_APRIME * e0_gev, model="IWW",
-                                      eps=1.0))
+
+    return float(yields.yield_per_eot(mass_gev, e0_gev, emiss_min_gev=X_MIN_APRIME * e0_gev, model="IWW", eps=1.0))
 
 
 def aprime_probability(cfg: Config) -> float:
@@ -229,13 +247,37 @@ def aprime_probability(cfg: Config) -> float:
     ap = cfg.aprime
     if not ap.enabled or ap.epsilon <= 0:
         return 0.0
-    return _aprime_yield_eps1(ap.mass_mev * 1e-3, float(cfg.beam.energy_gev)) * ap.epsilon ** 2
+    return _aprime_yield_eps1(ap.mass_mev * 1e-3, float(cfg.beam.energy_gev)) * ap.epsilon**2
 
 
 # ------------------------------------------------------------------------------ generator kernel
 @nb.njit(cache=True, nogil=True)
-def _gen_kernel(n, seed, length_ns, e0, spread, bx, by, sigma, cum, halo_v1, p_a, p_d, w_a, w_d, w_norm,
-                index, t_out, ptype, flags, e_beam, x_mm, y_mm, weight, e_inv):
+def _gen_kernel(
+    n,
+    seed,
+    length_ns,
+    e0,
+    spread,
+    bx,
+    by,
+    sigma,
+    cum,
+    halo_v1,
+    p_a,
+    p_d,
+    w_a,
+    w_d,
+    w_norm,
+    index,
+    t_out,
+    ptype,
+    flags,
+    e_beam,
+    x_mm,
+    y_mm,
+    weight,
+    e_inv,
+):
     s = np.uint64(seed)
     # arrival times: normalised cumulative sum of n + 1 exponential gaps (uniform order statistics)
     acc = 0.0
@@ -312,13 +354,20 @@ def _beam_params(cfg: Config) -> dict:
     fr = [b.frac_pion, b.frac_kaon, b.frac_muon, b.frac_halo, b.frac_upstream]
     if sum(fr) >= 1.0:
         raise ValueError(f"beam fractions add up to {sum(fr):.3f} >= 1")
-    return dict(e0=float(b.energy_gev), spread=float(b.energy_spread), bx=float(b.x_mm),
-                by=float(b.y_mm), sigma=float(b.sigma_mm), cum=np.cumsum(fr).astype(np.float64),
-                halo_v1=float(b.frac_halo_v1))
+    return dict(
+        e0=float(b.energy_gev),
+        spread=float(b.energy_spread),
+        bx=float(b.x_mm),
+        by=float(b.y_mm),
+        sigma=float(b.sigma_mm),
+        cum=np.cumsum(fr).astype(np.float64),
+        halo_v1=float(b.frac_halo_v1),
+    )
 
 
-def generate_spill(cfg: Config, spill: int, n_particles: int | None = None,
-                   start_unix: float | None = None) -> BeamSpill:
+def generate_spill(
+    cfg: Config, spill: int, n_particles: int | None = None, start_unix: float | None = None
+) -> BeamSpill:
     """Generate the truth of one spill (types, times, energies, impact points, A'/dimuon decisions).
 
     ``cfg`` is a validated configuration (detector.config.load_config); ``n_particles`` overrides
@@ -327,7 +376,7 @@ def generate_spill(cfg: Config, spill: int, n_particles: int | None = None,
     n = int(round(cfg.beam.particles_per_spill)) if n_particles is None else int(n_particles)
     if n < 0:
         raise ValueError(f"n_particles must be >= 0, got {n}")
-    if n >= 2 ** 32:
+    if n >= 2**32:
         raise ValueError(f"n_particles = {n} does not fit the uint32 record index")
     p = _beam_params(cfg)
     seed = spill_seed(cfg.beam.seed, spill)
@@ -337,19 +386,49 @@ def generate_spill(cfg: Config, spill: int, n_particles: int | None = None,
     b_a = float(cfg.aprime.bias)
     b_d = float(cfg.beam.dimuon_bias)
     if p_a * b_a + p_d * b_d >= 0.5:
-        raise ValueError(f"biased A' ({p_a:.3g} x {b_a:g}) plus dimuon ({p_d:.3g} x {b_d:g}) probabilities per "
-                         "electron exceed 0.5: lower aprime.bias, aprime.epsilon or beam.dimuon_bias")
+        raise ValueError(
+            f"biased A' ({p_a:.3g} x {b_a:g}) plus dimuon ({p_d:.3g} x {b_d:g}) probabilities per "
+            "electron exceed 0.5: lower aprime.bias, aprime.epsilon or beam.dimuon_bias"
+        )
     w_norm = (1.0 - p_a - p_d) / (1.0 - p_a * b_a - p_d * b_d)
     truth = np.zeros(n, dtype=TRUTH_DTYPE)
-    _gen_kernel(n, np.uint64(seed), length_s * 1e9, p["e0"], p["spread"], p["bx"], p["by"], p["sigma"], p["cum"],
-                p["halo_v1"], p_a * b_a, p_d * b_d, 1.0 / b_a, 1.0 / b_d, w_norm, truth["index"], truth["time_ns"],
-                truth["ptype"], truth["flags"], truth["e_beam"], truth["x_mm"], truth["y_mm"], truth["weight"],
-                truth["e_invisible"])
+    _gen_kernel(
+        n,
+        np.uint64(seed),
+        length_s * 1e9,
+        p["e0"],
+        p["spread"],
+        p["bx"],
+        p["by"],
+        p["sigma"],
+        p["cum"],
+        p["halo_v1"],
+        p_a * b_a,
+        p_d * b_d,
+        1.0 / b_a,
+        1.0 / b_d,
+        w_norm,
+        truth["index"],
+        truth["time_ns"],
+        truth["ptype"],
+        truth["flags"],
+        truth["e_beam"],
+        truth["x_mm"],
+        truth["y_mm"],
+        truth["weight"],
+        truth["e_invisible"],
+    )
     ap = np.flatnonzero(truth["flags"] & TRUTH_APRIME)
     if ap.size:
         from sim_frontend import aprime
+
         rng = np.random.default_rng([seed, 0xA9])
         x = aprime.sample_x(cfg.aprime.mass_mev * 1e-3, p["e0"], ap.size, rng, x_min=X_MIN_APRIME)
         truth["e_invisible"][ap] = (x * truth["e_beam"][ap]).astype(np.float32)
-    return BeamSpill(spill=int(spill), start_unix=time.time() if start_unix is None else float(start_unix),
-                     length_s=length_s, truth=truth, seed=int(seed))
+    return BeamSpill(
+        spill=int(spill),
+        start_unix=time.time() if start_unix is None else float(start_unix),
+        length_s=length_s,
+        truth=truth,
+        seed=int(seed),
+    )

@@ -1,4 +1,4 @@
-"""One-dimensional electromagnetic cascade Monte Carlo and the Tsai primary track length (physics.md 3.2-3.4).
+"""One-dimensional electromagnetic cascade Monte Carlo and the Tsai primary track length (docs/physics.md 3.2-3.4).
 
 The cascade follows e+/e- and photons along the beam axis in a thick target, in units of the radiation
 length X0 (approximation A: complete-screening bremsstrahlung and pair production, no ionisation, no LPM):
@@ -91,7 +91,9 @@ class TrackLengthTable:
         return float(np.max(np.abs(total - self.e0_gev)) / self.e0_gev)
 
 
-def default_edges(e0_gev: float, e_cut_gev: float, n_log: int = 400, top_width_gev: float | None = None) -> NDArray[np.float64]:
+def default_edges(
+    e0_gev: float, e_cut_gev: float, n_log: int = 400, top_width_gev: float | None = None
+) -> NDArray[np.float64]:
     """Histogram edges [GeV]: ``n_log`` log-spaced bins from E_cut to E0/2, then linear bins of width
     ``top_width_gev`` (default E0/1000) up to E0, so that E0/2 is an edge and the region near E0, which
     dominates the A' yield, is finely binned."""
@@ -264,12 +266,32 @@ def simulate_cascade(
     leaving = np.zeros(n_showers)
     lookup, inv_cell = _bin_lookup(edges)
     _cascade_kernel(
-        float(e0_gev), int(n_showers), int(seed), float(e_cut_gev), float(t_max_x0), float(y_min),
-        edges, lookup, inv_cell, hist_all, hist_primary, dropped, leaving,
+        float(e0_gev),
+        int(n_showers),
+        int(seed),
+        float(e_cut_gev),
+        float(t_max_x0),
+        float(y_min),
+        edges,
+        lookup,
+        inv_cell,
+        hist_all,
+        hist_primary,
+        dropped,
+        leaving,
     )
     return TrackLengthTable(
-        float(e0_gev), float(e_cut_gev), float(t_max_x0), float(y_min), int(n_showers), int(seed),
-        edges, hist_all / n_showers, hist_primary / n_showers, dropped, leaving,
+        float(e0_gev),
+        float(e_cut_gev),
+        float(t_max_x0),
+        float(y_min),
+        int(n_showers),
+        int(seed),
+        edges,
+        hist_all / n_showers,
+        hist_primary / n_showers,
+        dropped,
+        leaving,
     )
 
 
@@ -359,8 +381,17 @@ def simulate_cascade_numpy(
         e_pr = np.concatenate([e_pr, np.zeros(int((~soft).sum()), dtype=bool)])
         g_en, g_dep, g_sh = new_g
     return TrackLengthTable(
-        float(e0_gev), float(e_cut_gev), float(t_max_x0), float(y_min), int(n_showers), int(seed),
-        edges, hist_all / n_showers, hist_primary / n_showers, dropped, leaving,
+        float(e0_gev),
+        float(e_cut_gev),
+        float(t_max_x0),
+        float(y_min),
+        int(n_showers),
+        int(seed),
+        edges,
+        hist_all / n_showers,
+        hist_primary / n_showers,
+        dropped,
+        leaving,
     )
 
 

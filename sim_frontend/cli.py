@@ -2,6 +2,7 @@
 
 Run ``na64-emulator --help`` for the description of the bench and the options.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,9 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 DESCRIPTION = """\
 Stand-in for the NA64 hardware, for development and CI. One process serves:
@@ -53,27 +55,57 @@ log = logging.getLogger("na64-emulator")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="na64-emulator", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE", help="TOML configuration (default: the built-in defaults, "
-                                                    "config/default.toml)")
-    p.add_argument("--endpoints-file", metavar="PATH",
-                   help="write the addresses of all servers here as JSON once they listen")
-    p.add_argument("--external-feed", action="store_true",
-                   help="do not simulate the beam; wait for spills pushed to the feed endpoint")
-    p.add_argument("--spills", type=int, metavar="N", help="spills to simulate, then stop the feed "
-                                                           "(overrides spill.count; 0 = forever)")
-    p.add_argument("--particles", type=float, metavar="N",
-                   help="particles per spill (overrides beam.particles_per_spill; e.g. 2e4 for tests)")
+    p = argparse.ArgumentParser(
+        prog="na64-emulator",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config", metavar="FILE", help="TOML configuration (default: the built-in defaults, config/default.toml)"
+    )
+    p.add_argument(
+        "--endpoints-file", metavar="PATH", help="write the addresses of all servers here as JSON once they listen"
+    )
+    p.add_argument(
+        "--external-feed",
+        action="store_true",
+        help="do not simulate the beam; wait for spills pushed to the feed endpoint",
+    )
+    p.add_argument(
+        "--spills",
+        type=int,
+        metavar="N",
+        help="spills to simulate, then stop the feed (overrides spill.count; 0 = forever)",
+    )
+    p.add_argument(
+        "--particles",
+        type=float,
+        metavar="N",
+        help="particles per spill (overrides beam.particles_per_spill; e.g. 2e4 for tests)",
+    )
     p.add_argument("--seed", type=int, metavar="S", help="beam seed (overrides beam.seed)")
-    p.add_argument("--fault", action="append", default=[], metavar="ENDPOINT:KIND[:VALUE]",
-                   help="inject a fault at start (repeatable; see below)")
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="ENDPOINT:KIND[:VALUE]",
+        help="inject a fault at start (repeatable; see below)",
+    )
     p.add_argument("--no-pty", action="store_true", help="serve HV and table over TCP only (no ptys)")
-    p.add_argument("--block-timeout", type=float, default=1.0, metavar="S",
-                   help="silence after which an incomplete binary upload to the crate is truncated (-160); "
-                        "default 1.0 s")
-    p.add_argument("--parent-pid", type=int, metavar="PID",
-                   help="shut down when process PID ends (test fixtures pass their own pid)")
+    p.add_argument(
+        "--block-timeout",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="silence after which an incomplete binary upload to the crate is truncated (-160); default 1.0 s",
+    )
+    p.add_argument(
+        "--parent-pid",
+        type=int,
+        metavar="PID",
+        help="shut down when process PID ends (test fixtures pass their own pid)",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -100,16 +132,24 @@ def write_endpoints(path: str | os.PathLike[str], endpoints: dict[str, Any]) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
-                        format="%(asctime)s na64-emulator[%(process)d] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        stream=sys.stderr,
+        format="%(asctime)s na64-emulator[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
     from detector.config import ConfigError, load_calibration, load_config
 
     from .emulator import Emulator, override_config, parse_fault
 
     try:
         cfg = load_config(args.config)
-        cfg = override_config(cfg, spills=args.spills, particles=args.particles, seed=args.seed,
-                              external_feed=True if args.external_feed else None)
+        cfg = override_config(
+            cfg,
+            spills=args.spills,
+            particles=args.particles,
+            seed=args.seed,
+            external_feed=True if args.external_feed else None,
+        )
         faults = [parse_fault(f) for f in args.fault]
         calibration = load_calibration(cfg)
     except (ConfigError, ValueError, KeyError) as exc:
@@ -137,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"na64-emulator: cannot start the servers: {exc}", file=sys.stderr)
         return 1
-    except ValueError as exc:          # a fault with a bad parameter
+    except ValueError as exc:  # a fault with a bad parameter
         print(f"na64-emulator: {exc}", file=sys.stderr)
         return 2
     try:

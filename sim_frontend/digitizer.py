@@ -20,6 +20,7 @@ The two kernels (:meth:`Digitizer.primitives` over a whole spill, :meth:`Digitiz
 records, all channels) share one inline waveform routine, so a record's trigger channels are bit-identical
 in both.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,12 +37,12 @@ from sim_frontend.beam import BeamSpill, mix64
 from sim_frontend.response import Deposits, channel_deposits
 
 N_PHASES = 1024
-N_TSAMP = int(math.ceil(pulse.TEMPLATE_LENGTH_NS / SAMPLE_NS))      # 20 samples cover the template
-BLOCK = 4096                                                         # records per parallel work item
+N_TSAMP = int(math.ceil(pulse.TEMPLATE_LENGTH_NS / SAMPLE_NS))  # 20 samples cover the template
+BLOCK = 4096  # records per parallel work item
 #: noise bank length: 128 kB stays in the L2 cache (random offsets into a 4 MB bank cost 3x the run time);
 #: a waveform reads 32 consecutive values at one of 32736 offsets
 NOISE_BANK_SIZE = 1 << 15
-PAD = N_TSAMP                      #: padding before the window in the float buffer (pulses that began earlier)
+PAD = N_TSAMP  #: padding before the window in the float buffer (pulses that began earlier)
 BUF_LEN = PAD + N_SAMPLES + N_TSAMP
 
 
@@ -58,7 +59,7 @@ TEMPLATE_TABLE = template_table()
 @nb.njit(cache=True, nogil=True, inline="always")
 def _noise_offset(seed, rec, cid, bank_n):
     h = mix64(seed ^ mix64(np.uint64(rec) * np.uint64(N_CHANNELS) + np.uint64(cid) + np.uint64(0x9E37)))
-    return int(((h >> np.uint64(32)) * np.uint64(bank_n)) >> np.uint64(32))      # multiply-shift, no division
+    return int(((h >> np.uint64(32)) * np.uint64(bank_n)) >> np.uint64(32))  # multiply-shift, no division
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -68,7 +69,7 @@ def _pulse_geom(onset):
     means that the pulse has ended before the window (nothing to add)."""
     s = onset / SAMPLE_NS
     k0 = int(math.floor(s)) + 1
-    ph = int((k0 - s) * N_PHASES + 0.5)           # sample k0 is (ph / N_PHASES) * 12.5 ns after the onset
+    ph = int((k0 - s) * N_PHASES + 0.5)  # sample k0 is (ph / N_PHASES) * 12.5 ns after the onset
     if k0 < -N_TSAMP or k0 >= N_SAMPLES:
         return -1, 0
     return k0 + PAD, ph
@@ -107,7 +108,7 @@ def _primitives_kernel(times, dep, scale, t0, ped, rms, bank, cids, seed, tmpl, 
     for b in nb.prange(nblk):
         i0 = b * BLOCK
         i1 = min(n, i0 + BLOCK)
-        buf = np.zeros((nc, BUF_LEN), dtype=np.float32)          # pulses only (pedestal + noise at the end)
+        buf = np.zeros((nc, BUF_LEN), dtype=np.float32)  # pulses only (pedestal + noise at the end)
         touched = np.zeros(nc, dtype=np.bool_)
         # first particle that can reach the window of record i0 (binary search)
         lo_t = times[i0] - before
@@ -134,7 +135,7 @@ def _primitives_kernel(times, dep, scale, t0, ped, rms, bank, cids, seed, tmpl, 
                     d = dep[j, c]
                     if d != 0.0:
                         onset = t0[c] + dt
-                        if onset != last:          # channels with the same t0 share the pulse placement
+                        if onset != last:  # channels with the same t0 share the pulse placement
                             p0, ph = _pulse_geom(onset)
                             last = onset
                         if p0 >= 0:
@@ -147,8 +148,9 @@ def _primitives_kernel(times, dep, scale, t0, ped, rms, bank, cids, seed, tmpl, 
 
 
 @nb.njit(cache=True, nogil=True)
-def _events_kernel(rec_index, rec_row, row_first, row_count, times_u, dep_u, scale, t0, ped, rms, bank,
-                   seed, tmpl, before, after, out):
+def _events_kernel(
+    rec_index, rec_row, row_first, row_count, times_u, dep_u, scale, t0, ped, rms, bank, seed, tmpl, before, after, out
+):
     """Full-channel records: record r is particle rec_index[r] (row rec_row[r] of the neighbour set);
     its window neighbours are rows row_first[r] .. row_first[r] + row_count[r] - 1 of times_u/dep_u."""
     nc = dep_u.shape[1]
@@ -159,7 +161,7 @@ def _events_kernel(rec_index, rec_row, row_first, row_count, times_u, dep_u, sca
         i = rec_index[r]
         ti = times_u[rec_row[r]]
         for q in range(row_first[r], row_first[r] + row_count[r]):
-            if times_u[q] <= ti - before:          # the same comparisons as _primitives_kernel
+            if times_u[q] <= ti - before:  # the same comparisons as _primitives_kernel
                 continue
             dt = times_u[q] - ti
             if dt >= after:
@@ -184,8 +186,13 @@ class Digitizer:
     ~ N(``emulator.gamma_mean``, ``emulator.gamma_spread``), clipped to [3, 12]. Both come from
     ``hidden_seed`` (default ``emulator.hidden_seed``)."""
 
-    def __init__(self, cfg: Config, calibration: Calibration, hidden_seed: int | None = None,
-                 noise_rms: float = pulse.NOISE_RMS_COUNTS):
+    def __init__(
+        self,
+        cfg: Config,
+        calibration: Calibration,
+        hidden_seed: int | None = None,
+        noise_rms: float = pulse.NOISE_RMS_COUNTS,
+    ):
         em = cfg.emulator
         self.cfg = cfg
         self.calibration = calibration
@@ -234,15 +241,16 @@ class Digitizer:
         return self.hv_set.copy()
 
     # ---------------------------------------------------------------------------------- primitives
-    def primitives(self, spill: BeamSpill, dep: Deposits, hv_vmon: np.ndarray,
-                   out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def primitives(
+        self, spill: BeamSpill, dep: Deposits, hv_vmon: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Trigger primitives of the whole spill: int16 (N, 6, 32) waveforms of S1, S2, S3, V1, PS_SUM,
         ECAL_SUM (pile-up, noise, pedestals, 12-bit clip) and float64 (N,) arrival times (ns since the spill
         start). ``out`` may pass a reusable (>= N, 6, 32) int16 buffer (its first N records are used)."""
         n = spill.n
         if dep.n != n:
             raise ValueError(f"deposits are for {dep.n} particles, the spill has {n}")
-        times = np.array(spill.truth["time_ns"], dtype=np.float64)        # contiguous copy, also returned
+        times = np.array(spill.truth["time_ns"], dtype=np.float64)  # contiguous copy, also returned
         ids = self.trigger_ids
         scale = self.amplitude_scale(hv_vmon)[ids]
         if out is None:
@@ -251,10 +259,21 @@ class Digitizer:
             raise ValueError(f"out must be int16 (>= {n}, 6, 32); got {out.dtype} {out.shape}")
         out = out[:n]
         if n:
-            _primitives_kernel(times, np.ascontiguousarray(dep.trigger), scale, self.t0_ns[ids],
-                               np.ascontiguousarray(self.ped_pattern[ids]), np.float32(self.noise_rms),
-                               self.noise_bank, ids.astype(np.int64), np.uint64(spill.seed), TEMPLATE_TABLE,
-                               self._before, self._after, out)
+            _primitives_kernel(
+                times,
+                np.ascontiguousarray(dep.trigger),
+                scale,
+                self.t0_ns[ids],
+                np.ascontiguousarray(self.ped_pattern[ids]),
+                np.float32(self.noise_rms),
+                self.noise_bank,
+                ids.astype(np.int64),
+                np.uint64(spill.seed),
+                TEMPLATE_TABLE,
+                self._before,
+                self._after,
+                out,
+            )
         return out, times
 
     # -------------------------------------------------------------------------------------- events
@@ -271,8 +290,8 @@ class Digitizer:
         times = spill.truth["time_ns"]
         scale = self.amplitude_scale(hv_vmon)
         # neighbour ranges [lo, hi) of every record, and their union
-        lo = np.searchsorted(times, times[idx] - self._before - 1.0, side="right")   # 1 ns margin: the kernel
-        hi = np.searchsorted(times, times[idx] + self._after + 1.0, side="left")     # makes the exact cut
+        lo = np.searchsorted(times, times[idx] - self._before - 1.0, side="right")  # 1 ns margin: the kernel
+        hi = np.searchsorted(times, times[idx] + self._after + 1.0, side="left")  # makes the exact cut
         lo = np.minimum(lo, idx)
         hi = np.maximum(hi, idx + 1)
         cover = np.zeros(n + 1, dtype=np.int32)
@@ -284,7 +303,22 @@ class Digitizer:
         row_first = np.searchsorted(union, lo)
         row_count = hi - lo
         rec_row = np.searchsorted(union, idx)
-        _events_kernel(idx, rec_row, row_first, row_count, times_u, dep_u, scale, self.t0_ns, self.ped_pattern,
-                       np.float32(self.noise_rms), self.noise_bank, np.uint64(spill.seed), TEMPLATE_TABLE,
-                       self._before, self._after, out)
+        _events_kernel(
+            idx,
+            rec_row,
+            row_first,
+            row_count,
+            times_u,
+            dep_u,
+            scale,
+            self.t0_ns,
+            self.ped_pattern,
+            np.float32(self.noise_rms),
+            self.noise_bank,
+            np.uint64(spill.seed),
+            TEMPLATE_TABLE,
+            self._before,
+            self._after,
+            out,
+        )
         return out

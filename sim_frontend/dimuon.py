@@ -1,4 +1,4 @@
-"""Bethe-Heitler muon-pair production by photons, gamma Z -> mu+ mu- Z (physics.md section 4; PAPER Eqs. 17-22;
+"""Bethe-Heitler muon-pair production by photons, gamma Z -> mu+ mu- Z (docs/physics.md section 4; PAPER Eqs. 17-22;
 Geant4 Physics Reference Manual, "Muon pair production by photons").
 
 x+ = E_mu+/E_gamma, x- = 1 - x+. Energies in GeV; cross-sections in cm^2 (``*_ub`` variants in microbarn).
@@ -53,7 +53,9 @@ def _photon_energy(e_gamma_gev: ArrayLike) -> NDArray[np.float64]:
     return e
 
 
-def w_factor(x_plus: ArrayLike, e_gamma_gev: ArrayLike, z: float = pc.PB_Z, a_target: float = pc.PB_A) -> NDArray[np.float64]:
+def w_factor(
+    x_plus: ArrayLike, e_gamma_gev: ArrayLike, z: float = pc.PB_Z, a_target: float = pc.PB_A
+) -> NDArray[np.float64]:
     """Screening argument W(x+, E_gamma) (dimensionless); x+ in (0, 1)."""
     e = _photon_energy(e_gamma_gev)
     x = np.asarray(x_plus, dtype=float)
@@ -64,7 +66,9 @@ def w_factor(x_plus: ArrayLike, e_gamma_gev: ArrayLike, z: float = pc.PB_Z, a_ta
     return w_inf(z, a_target) * numerator / denominator
 
 
-def dsigma_dx_plus(x_plus: ArrayLike, e_gamma_gev: ArrayLike, z: float = pc.PB_Z, a_target: float = pc.PB_A) -> NDArray[np.float64]:
+def dsigma_dx_plus(
+    x_plus: ArrayLike, e_gamma_gev: ArrayLike, z: float = pc.PB_Z, a_target: float = pc.PB_A
+) -> NDArray[np.float64]:
     """dsigma/dx+ [cm^2] = 4 alpha Z^2 r_mu^2 (1 - (4/3) x+ x-) ln W; 0 outside the x+ limits.
     Symmetric under x+ <-> x-."""
     x = np.asarray(x_plus, dtype=float)

@@ -13,6 +13,7 @@ Every SET request is kept in :meth:`HVMainframe.set_log` (accepted or refused), 
 no set point beyond a limit was ever applied. :meth:`HVMainframe.handle` is the line handler served by
 ``sim_frontend.serial_server``; it never raises.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,26 +28,32 @@ from typing import Any
 import numpy as np
 
 from detector import channels as chmap
-from detector.hwstatus import HVStatus
 from detector.config import Calibration, Config, load_calibration, load_config
+from detector.hwstatus import HVStatus
 
 log = logging.getLogger(__name__)
 
-HVMAX_V = 2000.0                 #: hardware maximum of every channel, V
-R_DIVIDER_MOHM = 6.0             #: divider resistance, MOhm (V / MOhm = uA)
-DEFAULT_ISET_UA = 500.0          #: current limit at power-up, uA
-DEFAULT_TRIP_S = 1.0             #: over-current time before a trip, s
-DEFAULT_LOAD_UA = 0.5            #: small constant load current while VMON > 0, uA
+HVMAX_V = 2000.0  #: hardware maximum of every channel, V
+R_DIVIDER_MOHM = 6.0  #: divider resistance, MOhm (V / MOhm = uA)
+DEFAULT_ISET_UA = 500.0  #: current limit at power-up, uA
+DEFAULT_TRIP_S = 1.0  #: over-current time before a trip, s
+DEFAULT_LOAD_UA = 0.5  #: small constant load current while VMON > 0, uA
 TRIP_DISCHARGE_V_PER_S = 2000.0  #: VMON fall rate of a tripped channel, V/s
-SETTLED_BAND_V = 0.5             #: |VMON - target| below which a channel is not "ramping", V
+SETTLED_BAND_V = 0.5  #: |VMON - target| below which a channel is not "ramping", V
 
 # status word bits (docs/protocols.md section 2)
-ST_ON, ST_RUP, ST_RDW, ST_OVC, ST_MAXV, ST_TRIP = (HVStatus.ON, HVStatus.RUP, HVStatus.RDW, HVStatus.OVC,
-                                                  HVStatus.MAXV, HVStatus.TRIP)
+ST_ON, ST_RUP, ST_RDW, ST_OVC, ST_MAXV, ST_TRIP = (
+    HVStatus.ON,
+    HVStatus.RUP,
+    HVStatus.RDW,
+    HVStatus.OVC,
+    HVStatus.MAXV,
+    HVStatus.TRIP,
+)
 
 #: settable per-channel parameters -> (low, high) accepted range of VAL
 SET_RANGES: dict[str, tuple[float, float]] = {
-    "VSET": (0.0, HVMAX_V),      # upper bound is the channel's MAXV, checked separately
+    "VSET": (0.0, HVMAX_V),  # upper bound is the channel's MAXV, checked separately
     "ISET": (0.0, 1000.0),
     "RUP": (1.0, 500.0),
     "RDW": (1.0, 500.0),
@@ -56,8 +63,18 @@ SET_RANGES: dict[str, tuple[float, float]] = {
 SWITCHES = ("ON", "OFF", "CLR")
 MON_CHANNEL_PARS = ("VSET", "VMON", "ISET", "IMON", "RUP", "RDW", "MAXV", "HVMAX", "TRIP", "STAT")
 BOARD_PARS = ("BDNAME", "BDNCH", "BDSNUM", "BDFREL")
-_FORMATS = {"VSET": "{:.1f}", "VMON": "{:.1f}", "MAXV": "{:.1f}", "HVMAX": "{:.1f}", "RUP": "{:.1f}",
-            "RDW": "{:.1f}", "TRIP": "{:.1f}", "ISET": "{:.2f}", "IMON": "{:.2f}", "STAT": "{:d}"}
+_FORMATS = {
+    "VSET": "{:.1f}",
+    "VMON": "{:.1f}",
+    "MAXV": "{:.1f}",
+    "HVMAX": "{:.1f}",
+    "RUP": "{:.1f}",
+    "RDW": "{:.1f}",
+    "TRIP": "{:.1f}",
+    "ISET": "{:.2f}",
+    "IMON": "{:.2f}",
+    "STAT": "{:d}",
+}
 _NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$")
 _FIELD_KEYS = ("BD", "CMD", "CH", "PAR", "VAL")
 
@@ -85,7 +102,7 @@ class HVChannelState:
     target: float = 0.0
     rate: float = 1.0
     last_eval: float = 0.0
-    oc_since: float | None = None   #: start of the present over-current period, or None
+    oc_since: float | None = None  #: start of the present over-current period, or None
 
     def v_at(self, t: float) -> float:
         """VMON (V) at model time ``t`` on the current segment."""
@@ -139,11 +156,19 @@ class HVMainframe:
 
     OVERLONG_REPLY = "#CMD:ERR"
 
-    def __init__(self, cfg: Config | None = None, calib: Calibration | None = None, *,
-                 rup_v_per_s: float | None = None, rdw_v_per_s: float | None = None,
-                 maxv: float | np.ndarray | None = None, iset_ua: float = DEFAULT_ISET_UA,
-                 trip_s: float = DEFAULT_TRIP_S, load_ua: float = DEFAULT_LOAD_UA,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        cfg: Config | None = None,
+        calib: Calibration | None = None,
+        *,
+        rup_v_per_s: float | None = None,
+        rdw_v_per_s: float | None = None,
+        maxv: float | np.ndarray | None = None,
+        iset_ua: float = DEFAULT_ISET_UA,
+        trip_s: float = DEFAULT_TRIP_S,
+        load_ua: float = DEFAULT_LOAD_UA,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         cfg = load_config(None) if cfg is None else cfg
         calib = load_calibration(cfg) if calib is None else calib
         rup = float(rup_v_per_s if rup_v_per_s is not None else cfg.emulator.hv_rup_v_per_s)
@@ -151,7 +176,9 @@ class HVMainframe:
         self._lock = threading.RLock()
         self._clock = clock
         self._log: list[dict[str, Any]] = []
-        self._init = dict(calib=calib, rup=rup, rdw=rdw, maxv=maxv, iset=iset_ua, trip=trip_s, load=load_ua)
+        self._init: dict[str, Any] = dict(
+            calib=calib, rup=rup, rdw=rdw, maxv=maxv, iset=iset_ua, trip=trip_s, load=load_ua
+        )
         self.boards: list[list[HVChannelState]] = []
         self.reset()
 
@@ -160,8 +187,11 @@ class HVMainframe:
         """Back to the power-up state (VSET = calibration, ON, settled); the SET log is kept."""
         p = self._init
         calib: Calibration = p["calib"]
-        maxv_arr = np.full(chmap.N_CHANNELS, HVMAX_V) if p["maxv"] is None else (
-            np.broadcast_to(np.asarray(p["maxv"], dtype=float), (chmap.N_CHANNELS,)))
+        maxv_arr = (
+            np.full(chmap.N_CHANNELS, HVMAX_V)
+            if p["maxv"] is None
+            else (np.broadcast_to(np.asarray(p["maxv"], dtype=float), (chmap.N_CHANNELS,)))
+        )
         with self._lock:
             now = self._clock()
             self.boards = []
@@ -171,8 +201,19 @@ class HVMainframe:
                     info = chmap.by_hv_address(b, c)
                     maxv = float(min(HVMAX_V, maxv_arr[info.id]))
                     vset = float(calib.hv_set[info.id])
-                    st = HVChannelState(b, c, info.id, info.name, vset, maxv, float(p["iset"]), p["rup"],
-                                        p["rdw"], float(p["trip"]), float(p["load"]))
+                    st = HVChannelState(
+                        b,
+                        c,
+                        info.id,
+                        info.name,
+                        vset,
+                        maxv,
+                        float(p["iset"]),
+                        p["rup"],
+                        p["rdw"],
+                        float(p["trip"]),
+                        float(p["load"]),
+                    )
                     st.t0 = st.last_eval = now
                     st.v0 = st.target = min(vset, maxv)
                     st.rate = p["rup"]
@@ -181,7 +222,7 @@ class HVMainframe:
 
     def _channel(self, channel_id: int) -> HVChannelState:
         info = chmap.CHANNELS[channel_id]
-        if info.hv_board is None:
+        if info.hv_board is None or info.hv_channel is None:
             raise KeyError(f"channel {info.name} (id {channel_id}) has no HV supply")
         return self.boards[info.hv_board][info.hv_channel]
 
@@ -219,8 +260,9 @@ class HVMainframe:
         st.last_eval = now
 
     @staticmethod
-    def _first_time(st: HVChannelState, ta: float, tb: float, cond: Callable[[float], bool],
-                    vth: float) -> float | None:
+    def _first_time(
+        st: HVChannelState, ta: float, tb: float, cond: Callable[[float], bool], vth: float
+    ) -> float | None:
         """First time in [ta, tb] where ``cond(VMON)`` holds, for a monotone segment crossing ``vth``."""
         if cond(st.v_at(ta)):
             return ta
@@ -253,9 +295,17 @@ class HVMainframe:
     def _value(self, st: HVChannelState, par: str, now: float) -> str:
         v = st.v_at(now)
         values: dict[str, float | int] = {
-            "VSET": st.vset, "VMON": v, "ISET": st.iset, "IMON": st.imon_of(v), "RUP": st.rup,
-            "RDW": st.rdw, "MAXV": st.maxv, "HVMAX": HVMAX_V, "TRIP": st.trip_s,
-            "STAT": self._status(st, now)}
+            "VSET": st.vset,
+            "VMON": v,
+            "ISET": st.iset,
+            "IMON": st.imon_of(v),
+            "RUP": st.rup,
+            "RDW": st.rdw,
+            "MAXV": st.maxv,
+            "HVMAX": HVMAX_V,
+            "TRIP": st.trip_s,
+            "STAT": self._status(st, now),
+        }
         return _FORMATS[par].format(values[par])
 
     # ------------------------------------------------------------------ protocol
@@ -266,15 +316,15 @@ class HVMainframe:
                 return self._handle(line)
         except _Reply as r:
             return r.text
-        except Exception:  # noqa: BLE001 - a model bug must not kill the serial server
+        except Exception:  # a model bug must not kill the serial server
             log.exception("HV emulator failed on request %r", line)
             return "#CMD:ERR"
 
     def _handle(self, line: str) -> str:
-        start = line.rfind("$")          # noise bytes before the '$' are discarded
+        start = line.rfind("$")  # noise bytes before the '$' are discarded
         if start < 0:
             return "#CMD:ERR"
-        req = self._parse(line[start + 1:].strip())
+        req = self._parse(line[start + 1 :].strip())
         prefix = f"#BD:{int(req.board_text):02d}"
         board = int(req.board_text)
         now = self._clock()
@@ -303,8 +353,7 @@ class HVMainframe:
             setattr(req, {"CMD": "cmd", "CH": "ch_text", "PAR": "par", "VAL": "val"}[key], value)
         return req
 
-    def _channels_of(self, board: int, ch_text: str | None, prefix: str, allow_all: bool
-                     ) -> list[HVChannelState]:
+    def _channels_of(self, board: int, ch_text: str | None, prefix: str, allow_all: bool) -> list[HVChannelState]:
         n = len(self.boards[board])
         if ch_text is None or not re.fullmatch(r"[0-9]{1,3}", ch_text):
             raise _Reply(prefix + ",CH:ERR")
@@ -321,7 +370,7 @@ class HVMainframe:
             return prefix + ",CMD:ERR"
         if par in BOARD_PARS:
             n = len(self.boards[board])
-            name = ("HCAL" + str(board) if board < 4 else "ECAL" + str(board - 4) if board < 8 else "COUNTERS")
+            name = "HCAL" + str(board) if board < 4 else "ECAL" + str(board - 4) if board < 8 else "COUNTERS"
             value = {"BDNAME": name, "BDNCH": str(n), "BDSNUM": f"EMU-HV-{board:02d}", "BDFREL": "1.00"}[par]
             return f"{prefix},CMD:OK,VAL:{value}"
         if par not in MON_CHANNEL_PARS:
@@ -369,9 +418,20 @@ class HVMainframe:
             cid: int | None = chmap.by_hv_address(board, ch).id if ch is not None else None
         except KeyError:
             cid = None
-        self._log.append({"time": time.time(), "t_model": now, "board": board, "ch": ch, "channel_id": cid,
-                          "par": req.par, "value": _parse_number(req.val), "raw": req.val,
-                          "accepted": reply.endswith("CMD:OK"), "reply": reply})
+        self._log.append(
+            {
+                "time": time.time(),
+                "t_model": now,
+                "board": board,
+                "ch": ch,
+                "channel_id": cid,
+                "par": req.par,
+                "value": _parse_number(req.val),
+                "raw": req.val,
+                "accepted": reply.endswith("CMD:OK"),
+                "reply": reply,
+            }
+        )
 
     # ------------------------------------------------------------------ direct access
     def vmon_by_channel_id(self) -> np.ndarray:
@@ -419,13 +479,31 @@ class HVMainframe:
                 for st in board:
                     self._advance(st, now)
                     v = st.v_at(now)
-                    chans.append({"channel_id": st.channel_id, "name": st.name, "board": st.board, "ch": st.ch,
-                                  "vset": st.vset, "vmon": v, "imon": st.imon_of(v),
-                                  "status": self._status(st, now), "on": st.on, "tripped": st.tripped,
-                                  "maxv": st.maxv, "iset": st.iset, "rup": st.rup, "rdw": st.rdw,
-                                  "trip_s": st.trip_s})
-            return {"hvmax": HVMAX_V, "boards": [len(b) for b in self.boards], "channels": chans,
-                    "set_requests": len(self._log)}
+                    chans.append(
+                        {
+                            "channel_id": st.channel_id,
+                            "name": st.name,
+                            "board": st.board,
+                            "ch": st.ch,
+                            "vset": st.vset,
+                            "vmon": v,
+                            "imon": st.imon_of(v),
+                            "status": self._status(st, now),
+                            "on": st.on,
+                            "tripped": st.tripped,
+                            "maxv": st.maxv,
+                            "iset": st.iset,
+                            "rup": st.rup,
+                            "rdw": st.rdw,
+                            "trip_s": st.trip_s,
+                        }
+                    )
+            return {
+                "hvmax": HVMAX_V,
+                "boards": [len(b) for b in self.boards],
+                "channels": chans,
+                "set_requests": len(self._log),
+            }
 
 
 def _parse_number(text: str | None) -> float | None:

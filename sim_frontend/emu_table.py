@@ -7,6 +7,7 @@ speed (mm/s) computed from the elapsed time since the move was accepted; while m
 busy and refuses another MOVE with ``ERR BUSY``. During a move, ``POS?`` reports the module the move
 goes to and cell ``NONE``; the cell name is reported only once the table rests on a cell centre.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,11 +23,11 @@ from detector.settings import Config, EmulatorSection
 
 log = logging.getLogger(__name__)
 
-CELL_PITCH_MM = 194.0        #: HCAL cell pitch, mm
-TRAVEL_MM = 450.0            #: travel limit of each axis, +/- mm
+CELL_PITCH_MM = 194.0  #: HCAL cell pitch, mm
+TRAVEL_MM = 450.0  #: travel limit of each axis, +/- mm
 PHYSICS = "PHYSICS"
 NONE = "NONE"
-_ON_CELL_MM = 0.05           #: a rest position this close to a cell centre is reported as that cell
+_ON_CELL_MM = 0.05  #: a rest position this close to a cell centre is reported as that cell
 _NUM = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 _MOVE_POS = re.compile(rf"^MOVE POS ({_NUM}) ({_NUM}) ([+-]?[0-9]{{1,2}})$")
 
@@ -46,8 +47,14 @@ class HCALTable:
 
     OVERLONG_REPLY = "ERR LINE TOO LONG"
 
-    def __init__(self, cfg: Config | None = None, *, speed_mm_per_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, serial: str = "EMU-TABLE-0001") -> None:
+    def __init__(
+        self,
+        cfg: Config | None = None,
+        *,
+        speed_mm_per_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        serial: str = "EMU-TABLE-0001",
+    ) -> None:
         if speed_mm_per_s is None:
             speed_mm_per_s = (cfg.emulator if cfg is not None else EmulatorSection()).table_speed_mm_per_s
         if not (isinstance(speed_mm_per_s, (int, float)) and math.isfinite(speed_mm_per_s) and speed_mm_per_s > 0):
@@ -62,7 +69,7 @@ class HCALTable:
         self._t0 = now
         self._module = -1
         self._cell = PHYSICS
-        self.moves: list[dict[str, Any]] = []   #: accepted moves: time, x_mm, y_mm, module
+        self.moves: list[dict[str, Any]] = []  #: accepted moves: time, x_mm, y_mm, module
 
     # ------------------------------------------------------------------ kinematics
     def _where(self, now: float) -> tuple[float, float, bool]:
@@ -87,8 +94,7 @@ class HCALTable:
         (``x-y-m``, ``PHYSICS`` or ``NONE``) and ``busy`` (bool)."""
         with self._lock:
             x, y, busy = self._where(self._clock())
-            return {"x_mm": x, "y_mm": y, "module": self._module, "cell": NONE if busy else self._cell,
-                    "busy": busy}
+            return {"x_mm": x, "y_mm": y, "module": self._module, "cell": NONE if busy else self._cell, "busy": busy}
 
     # ------------------------------------------------------------------ protocol
     def handle(self, line: str) -> str:
@@ -96,7 +102,7 @@ class HCALTable:
         try:
             with self._lock:
                 return self._handle(" ".join(line.strip().split()))
-        except Exception:  # noqa: BLE001 - a model bug must not kill the serial server
+        except Exception:  # a model bug must not kill the serial server
             log.exception("table emulator failed on request %r", line)
             return "ERR INTERNAL"
 
@@ -127,7 +133,7 @@ class HCALTable:
         if self._where(now)[2]:
             return "ERR BUSY"
         if upper.startswith("MOVE CELL "):
-            name = upper[len("MOVE CELL "):]
+            name = upper[len("MOVE CELL ") :]
             try:
                 x, y, module = chmap.parse_hcal_cell(name)
             except ValueError:

@@ -29,6 +29,7 @@ Faults (docs/protocols.md section 5) come from ``[emulator] faults`` at start an
 endpoint at run time; ``feed: stall (seconds)`` discards every spill that arrives, or would complete,
 within that time, so no spill completes.
 """
+
 from __future__ import annotations
 
 import collections
@@ -40,8 +41,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import zmq
@@ -59,14 +61,24 @@ log = logging.getLogger(__name__)
 
 ENDPOINT_NAMES = ("msadc", "hv", "table", "feed")
 #: fault kinds of every endpoint (docs/protocols.md section 5)
-FAULT_KINDS = {"msadc": MSADCFaults.KINDS, "hv": FaultState.KINDS + ("trip",), "table": FaultState.KINDS,
-               "feed": ("stall",)}
-TRUTH_HISTORY = 1024          #: spills whose truth summary the control endpoint keeps
-MAX_PENDING_SPILLS = 4        #: spills waiting for the worker; beyond, arriving spills are dropped
+FAULT_KINDS = {
+    "msadc": MSADCFaults.KINDS,
+    "hv": FaultState.KINDS + ("trip",),
+    "table": FaultState.KINDS,
+    "feed": ("stall",),
+}
+TRUTH_HISTORY = 1024  #: spills whose truth summary the control endpoint keeps
+MAX_PENDING_SPILLS = 4  #: spills waiting for the worker; beyond, arriving spills are dropped
 
 
-def override_config(cfg: Config, *, spills: int | None = None, particles: float | None = None,
-                    seed: int | None = None, external_feed: bool | None = None) -> Config:
+def override_config(
+    cfg: Config,
+    *,
+    spills: int | None = None,
+    particles: float | None = None,
+    seed: int | None = None,
+    external_feed: bool | None = None,
+) -> Config:
     """``cfg`` with the command-line overrides applied (``spill.count``, ``beam.particles_per_spill``,
     ``beam.seed``, ``emulator.wait_for_feed``); ValueError on bad values."""
     over: dict[str, dict[str, Any]] = {"spill": {}, "beam": {}, "emulator": {}}
@@ -118,19 +130,19 @@ class _Job:
     spill: Any
     table: dict[str, Any]
     vmon: np.ndarray
-    arrival: float          # monotonic
+    arrival: float  # monotonic
 
 
 def _feed_child(cfg: Config, endpoint: str, parent_pid: int, stop: Any) -> None:
     """Child process: run the beam simulation and push spills into the emulator's feed."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)       # the parent decides when we stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
 
     def watchdog() -> None:
         while not stop.is_set():
             if os.getppid() != parent_pid:
-                os._exit(0)                             # the emulator died: never linger as an orphan
+                os._exit(0)  # the emulator died: never linger as an orphan
             time.sleep(0.5)
 
     threading.Thread(target=watchdog, daemon=True).start()
@@ -169,14 +181,23 @@ class Emulator:
     (threads joined, sockets and pty fds closed, the feed child process ended). Also a context manager.
     """
 
-    def __init__(self, cfg: Config, calibration: Calibration | None = None, *, pty: bool = True,
-                 faults: Sequence[Mapping[str, Any]] = (), block_timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        calibration: Calibration | None = None,
+        *,
+        pty: bool = True,
+        faults: Sequence[Mapping[str, Any]] = (),
+        block_timeout_s: float = 1.0,
+    ) -> None:
         self.cfg = cfg
         self.calibration = calibration if calibration is not None else load_calibration(cfg)
         self.host = cfg.endpoints.host
         if not (self.host.startswith("127.") or self.host == "localhost"):
-            raise ValueError(f"endpoints.host = {self.host!r}: the emulator serves loopback only (its VISA and "
-                             "serial sockets have no authentication); run it on the DAQ host")
+            raise ValueError(
+                f"endpoints.host = {self.host!r}: the emulator serves loopback only (its VISA and "
+                "serial sockets have no authentication); run it on the DAQ host"
+            )
         self.pty = pty
         self.external_feed = bool(cfg.emulator.wait_for_feed)
         self._initial_faults = [dict(f) for f in cfg.emulator.faults] + [dict(f) for f in faults]
@@ -192,8 +213,9 @@ class Emulator:
         self.msadc_faults = MSADCFaults()
         if not 0.01 <= block_timeout_s <= 60:
             raise ValueError(f"block timeout must be in [0.01, 60] s, got {block_timeout_s}")
-        self.msadc_server = MSADCServer(self.crate, self.host, cfg.endpoints.msadc_port,
-                                        faults=self.msadc_faults, idle_timeout_s=block_timeout_s)
+        self.msadc_server = MSADCServer(
+            self.crate, self.host, cfg.endpoints.msadc_port, faults=self.msadc_faults, idle_timeout_s=block_timeout_s
+        )
         self.serial: LineServers | None = None
         self.receiver: Any = None
         self.control: ctl.ControlServer | None = None
@@ -207,8 +229,15 @@ class Emulator:
         self._child_stop: Any = None
         self._started_unix = 0.0
         self._endpoints: dict[str, Any] = {}
-        self.stats = {"spills_received": 0, "spills_completed": 0, "spills_stalled": 0, "spills_overrun": 0,
-                      "spills_failed": 0, "feed_ended": False, "last_processing_s": 0.0}
+        self.stats = {
+            "spills_received": 0,
+            "spills_completed": 0,
+            "spills_stalled": 0,
+            "spills_overrun": 0,
+            "spills_failed": 0,
+            "feed_ended": False,
+            "last_processing_s": 0.0,
+        }
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> dict[str, Any]:
@@ -227,9 +256,13 @@ class Emulator:
         self._started_unix = time.time()
         self.warm_up()
         self.msadc_server.start()
-        self.serial = serve_line_handlers({"hv": self.hv.handle, "table": self.table.handle}, pty=self.pty,
-                                          tcp=True, host=self.host,
-                                          ports={"hv": ep.hv_port, "table": ep.table_port})
+        self.serial = serve_line_handlers(
+            {"hv": self.hv.handle, "table": self.table.handle},
+            pty=self.pty,
+            tcp=True,
+            host=self.host,
+            ports={"hv": ep.hv_port, "table": ep.table_port},
+        )
         self.receiver = FeedReceiver(_zmq_bind_address(self.host, ep.feed_port))
         feed_addr = self.receiver.endpoint
         self.control = ctl.ControlServer(self._handlers(), _zmq_bind_address(self.host, ep.control_port)).start()
@@ -252,8 +285,9 @@ class Emulator:
 
         t0 = time.monotonic()
         spill = generate_spill(self.cfg, 0, n_particles=16, start_unix=time.time())
-        record = self.process_spill(spill, {"x_mm": 0.0, "y_mm": 0.0, "module": -1, "cell": "PHYSICS"},
-                                    self.digitizer.nominal_vmon())
+        record = self.process_spill(
+            spill, {"x_mm": 0.0, "y_mm": 0.0, "module": -1, "cell": "PHYSICS"}, self.digitizer.nominal_vmon()
+        )
         self.digitizer.events(spill, record.deposits, np.arange(2), record.vmon)
         dt = time.monotonic() - t0
         log.info("spill chain ready in %.2f s", dt)
@@ -262,9 +296,12 @@ class Emulator:
     def _start_child(self, feed_addr: str) -> None:
         ctx = mp.get_context("spawn")
         self._child_stop = ctx.Event()
-        self._child = ctx.Process(target=_feed_child, args=(self.cfg, _connect_address(feed_addr), os.getpid(),
-                                                            self._child_stop),
-                                  name="na64-emulator-feed", daemon=True)
+        self._child = ctx.Process(
+            target=_feed_child,
+            args=(self.cfg, _connect_address(feed_addr), os.getpid(), self._child_stop),
+            name="na64-emulator-feed",
+            daemon=True,
+        )
         self._child.start()
 
     def stop(self) -> None:
@@ -295,7 +332,7 @@ class Emulator:
     def _stop_child(self) -> None:
         child, self._child = self._child, None
         self._child_stop.set()
-        if child.pid is None:                       # never started
+        if child.pid is None:  # never started
             return
         child.join(timeout=3.0)
         if child.is_alive():
@@ -306,7 +343,7 @@ class Emulator:
             child.kill()
             child.join(timeout=2.0)
 
-    def __enter__(self) -> "Emulator":
+    def __enter__(self) -> Emulator:
         self.start()
         return self
 
@@ -354,7 +391,7 @@ class Emulator:
         while not self._stop.is_set():
             try:
                 spill = rx.recv(timeout_s=0.2)
-            except Exception:  # noqa: BLE001 - a feed problem must not stop the emulator
+            except Exception:  # a feed problem must not stop the emulator
                 log.exception("feed receive failed")
                 self._stop.wait(0.2)
                 continue
@@ -413,7 +450,7 @@ class Emulator:
                 return
             try:
                 record = self.process_spill(job.spill, job.table, job.vmon)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("processing spill %s failed", getattr(job.spill, "spill", "?"))
                 self.stats["spills_failed"] += 1
                 self.crate.spill_abandoned(int(job.spill.spill))
@@ -444,9 +481,15 @@ class Emulator:
         prim, times = self.digitizer.primitives(spill, dep, vmon)
         scalers = self.scalers(spill, dep)
         self.stats["last_processing_s"] = time.monotonic() - t0
-        return SpillRecord(spill=spill, deposits=dep, primitives=np.ascontiguousarray(prim, dtype="<i2"),
-                           times=np.ascontiguousarray(times, dtype="<f8"), table=dict(table),
-                           vmon=np.asarray(vmon, dtype=np.float64).copy(), scalers=scalers)
+        return SpillRecord(
+            spill=spill,
+            deposits=dep,
+            primitives=np.ascontiguousarray(prim, dtype="<i2"),
+            times=np.ascontiguousarray(times, dtype="<f8"),
+            table=dict(table),
+            vmon=np.asarray(vmon, dtype=np.float64).copy(),
+            scalers=scalers,
+        )
 
     def scalers(self, spill: Any, dep: Any) -> dict[str, int]:
         """Hardware scalers S0..S3, V0, V1 of a spill: particles depositing above 0.5 MIP."""
@@ -483,8 +526,12 @@ class Emulator:
             cid = spec.get("channel_id")
             if isinstance(cid, str):
                 cid = chmap.by_name(cid).id
-            if isinstance(cid, bool) or not isinstance(cid, int) or not 0 <= cid < chmap.N_CHANNELS \
-                    or chmap.CHANNELS[cid].hv_board is None:
+            if (
+                isinstance(cid, bool)
+                or not isinstance(cid, int)
+                or not 0 <= cid < chmap.N_CHANNELS
+                or chmap.CHANNELS[cid].hv_board is None
+            ):
                 raise ValueError(f"hv trip needs the channel_id of a channel with a PMT, got {cid!r}")
             self.hv.inject_trip(cid)
         elif ep in ("hv", "table"):
@@ -523,8 +570,15 @@ class Emulator:
 
     # ------------------------------------------------------------------ control endpoint
     def _handlers(self) -> dict[str, ctl.Handler]:
-        return {"ping": self._c_ping, "fault": self._c_fault, "clear_faults": self._c_clear, "hv_log": self._c_hv_log,
-                "truth": self._c_truth, "state": self._c_state, "trip": self._c_trip}
+        return {
+            "ping": self._c_ping,
+            "fault": self._c_fault,
+            "clear_faults": self._c_clear,
+            "hv_log": self._c_hv_log,
+            "truth": self._c_truth,
+            "state": self._c_state,
+            "trip": self._c_trip,
+        }
 
     def _c_ping(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "pong": True, "pid": os.getpid(), "time": time.time()}
@@ -564,14 +618,24 @@ class Emulator:
         """JSON-able state: crate, spill counters, faults, table, and (``full``) the whole HV state."""
         crate = self.crate.snapshot()
         out: dict[str, Any] = {
-            "state": crate["state"], "last_spill": crate["last_complete"], "crate": crate,
-            "spills": dict(self.stats), "faults": self.faults(), "table": self.table.position(),
-            "endpoints": self.endpoints(), "uptime_s": time.time() - self._started_unix,
-            "feed": {"external": self.external_feed, "child_alive": self.child_alive,
-                     "malformed": int(getattr(self.receiver, "malformed", 0) or 0)},
+            "state": crate["state"],
+            "last_spill": crate["last_complete"],
+            "crate": crate,
+            "spills": dict(self.stats),
+            "faults": self.faults(),
+            "table": self.table.position(),
+            "endpoints": self.endpoints(),
+            "uptime_s": time.time() - self._started_unix,
+            "feed": {
+                "external": self.external_feed,
+                "child_alive": self.child_alive,
+                "malformed": int(getattr(self.receiver, "malformed", 0) or 0),
+            },
             "msadc_server": dict(self.msadc_server.stats),
-            "faults_fired": {"msadc": self.msadc_faults.fired(),
-                             **{n: fs.fired() for n, fs in (self.serial.faults.items() if self.serial else ())}},
+            "faults_fired": {
+                "msadc": self.msadc_faults.fired(),
+                **{n: fs.fired() for n, fs in (self.serial.faults.items() if self.serial else ())},
+            },
         }
         if full:
             out["hv"] = self.hv.state()

@@ -2,7 +2,7 @@
 
 Sockets: the emulator BINDS a PULL socket at its feed endpoint (:class:`FeedReceiver`, ``bind=True`` by
 default); the simulation CONNECTS a PUSH socket to it (:class:`FeedSender`, ``bind=False`` by default).
-PUSH/PULL is lossless (a full queue blocks the sender, it never drops; shared/STACK.md).
+PUSH/PULL is lossless (a full queue blocks the sender, it never drops; docs/stack.md).
 
 Messages (detector.framing, docs/protocols.md section 4.1):
 
@@ -19,6 +19,7 @@ during the gap. ``realtime=False`` sends back to back (tests, offline production
 CLI: ``python -m sim_frontend.feed --config FILE --endpoint tcp://127.0.0.1:PORT [--spills N]
 [--particles N] [--fast] [--replay RUN_DIR]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,8 @@ import logging
 import pathlib
 import sys
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import zmq
@@ -41,7 +43,7 @@ log = logging.getLogger("sim_frontend.feed")
 
 TOPIC_SPILL = "spill"
 TOPIC_END = "end"
-SNDHWM = 4                 #: spills queued in the sender before send blocks (each may be ~285 MB)
+SNDHWM = 4  #: spills queued in the sender before send blocks (each may be ~285 MB)
 
 
 class FeedError(RuntimeError):
@@ -54,8 +56,13 @@ def spill_frames(spill: BeamSpill, seq: int) -> list[Any]:
     truth = np.ascontiguousarray(spill.truth)
     if truth.dtype != TRUTH_DTYPE:
         raise ValueError(f"truth must have detector.records.TRUTH_DTYPE, got {truth.dtype}")
-    meta = {"spill": int(spill.spill), "start_unix": float(spill.start_unix), "length_s": float(spill.length_s),
-            "seed": int(spill.seed), "n_particles": int(truth.shape[0])}
+    meta = {
+        "spill": int(spill.spill),
+        "start_unix": float(spill.start_unix),
+        "length_s": float(spill.length_s),
+        "seed": int(spill.seed),
+        "n_particles": int(truth.shape[0]),
+    }
     return framing.encode(TOPIC_SPILL, seq, {"truth": truth}, meta=meta, spill=int(spill.spill))
 
 
@@ -68,25 +75,28 @@ def spill_from_message(msg: framing.Message, copy: bool = True) -> BeamSpill:
         raise framing.FramingError(f"a spill message carries exactly the array 'truth'; got {sorted(msg.arrays)}")
     truth = msg.arrays["truth"]
     if truth.dtype != TRUTH_DTYPE or truth.ndim != 1:
-        raise framing.FramingError(f"truth must be 1-D detector.records.TRUTH_DTYPE; got {truth.dtype} "
-                                   f"{truth.shape}")
+        raise framing.FramingError(f"truth must be 1-D detector.records.TRUTH_DTYPE; got {truth.dtype} {truth.shape}")
     meta = msg.meta
-    for key, types in (("spill", (int,)), ("start_unix", (int, float)), ("length_s", (int, float)),
-                       ("seed", (int,))):
+    for key, types in (("spill", (int,)), ("start_unix", (int, float)), ("length_s", (int, float)), ("seed", (int,))):
         v = meta.get(key)
         if not isinstance(v, types) or isinstance(v, bool):
             raise framing.FramingError(f"spill message meta {key!r} = {v!r} is missing or has the wrong type")
     if not meta["length_s"] > 0:
         raise framing.FramingError(f"spill message length_s = {meta['length_s']!r} must be > 0")
     if meta.get("n_particles", truth.shape[0]) != truth.shape[0]:
-        raise framing.FramingError(f"meta n_particles = {meta.get('n_particles')} but truth has "
-                                   f"{truth.shape[0]} records")
+        raise framing.FramingError(
+            f"meta n_particles = {meta.get('n_particles')} but truth has {truth.shape[0]} records"
+        )
     t = truth["time_ns"]
     if t.size > 1 and not np.all(t[1:] >= t[:-1]):
         raise framing.FramingError("truth is not sorted by time_ns")
-    return BeamSpill(spill=int(meta["spill"]), start_unix=float(meta["start_unix"]),
-                     length_s=float(meta["length_s"]), truth=truth.copy() if copy else truth,
-                     seed=int(meta["seed"]))
+    return BeamSpill(
+        spill=int(meta["spill"]),
+        start_unix=float(meta["start_unix"]),
+        length_s=float(meta["length_s"]),
+        truth=truth.copy() if copy else truth,
+        seed=int(meta["seed"]),
+    )
 
 
 # ------------------------------------------------------------------------------------ sender
@@ -96,8 +106,14 @@ class FeedSender:
     ``send_timeout_s``: how long a send may block while the receiver is absent or its queue is full
     (FeedError afterwards; None = block forever)."""
 
-    def __init__(self, cfg: Config, endpoint: str, bind: bool = False, send_timeout_s: float | None = 30.0,
-                 context: zmq.Context | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        endpoint: str,
+        bind: bool = False,
+        send_timeout_s: float | None = 30.0,
+        context: zmq.Context | None = None,
+    ):
         self.cfg = cfg
         self.endpoint = endpoint
         self._own_ctx = context is None
@@ -132,8 +148,15 @@ class FeedSender:
         """Send the ``end`` message."""
         self._send(framing.encode(TOPIC_END, self.seq, meta={"spills_sent": self.spills_sent}))
 
-    def run(self, n_spills: int | None = None, n_particles: int | None = None, realtime: bool = True,
-            first_spill: int = 1, stop: Any = None, send_end: bool = True) -> int:
+    def run(
+        self,
+        n_spills: int | None = None,
+        n_particles: int | None = None,
+        realtime: bool = True,
+        first_spill: int = 1,
+        stop: Any = None,
+        send_end: bool = True,
+    ) -> int:
         """Simulate and send ``n_spills`` spills (None: ``spill.count``, 0 = until ``stop`` is set).
         ``realtime``: one spill per ``spill.supercycle_s``, each sent at the start of its flat top;
         else back to back. ``stop``: an object with ``is_set()`` (threading.Event). Returns spills sent."""
@@ -158,13 +181,15 @@ class FeedSender:
             self.send_end()
         return k
 
-    def replay(self, run_dir: str | pathlib.Path, realtime: bool = False, stop: Any = None,
-               send_end: bool = True) -> int:
+    def replay(
+        self, run_dir: str | pathlib.Path, realtime: bool = False, stop: Any = None, send_end: bool = True
+    ) -> int:
         """Send the truth of a recorded run (detector.spillfile, files with a ``/truth`` dataset) as spills,
         in spill order. A recorded spill holds the truth of its recorded events only, so the replayed spill
         contains those particles (their arrival times kept); the seed is derived from the run and spill
         numbers. Spill files without truth are skipped with a warning. Returns spills sent."""
         from detector import spillfile
+
         period = float(self.cfg.spill.supercycle_s)
         sent = 0
         next_start = time.time()
@@ -180,9 +205,13 @@ class FeedSender:
                 break
             if stop is not None and stop.is_set():
                 break
-            sp = BeamSpill(spill=spill_no, start_unix=time.time(),
-                           length_s=float(data.attrs.get("length_s", self.cfg.spill.length_s)),
-                           truth=truth, seed=mix64_py((run << 32) ^ spill_no) & ((1 << 63) - 1))
+            sp = BeamSpill(
+                spill=spill_no,
+                start_unix=time.time(),
+                length_s=float(data.attrs.get("length_s", self.cfg.spill.length_s)),
+                truth=truth,
+                seed=mix64_py((run << 32) ^ spill_no) & ((1 << 63) - 1),
+            )
             self.send_spill(sp)
             sent += 1
             next_start = sp.start_unix + period
@@ -195,7 +224,7 @@ class FeedSender:
         if self._own_ctx:
             self.ctx.term()
 
-    def __enter__(self) -> "FeedSender":
+    def __enter__(self) -> FeedSender:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -284,15 +313,20 @@ class FeedReceiver:
             yield sp
 
     def stats(self) -> dict[str, Any]:
-        return {"received": self.received, "malformed": self.malformed, "missed": self.seq.missed,
-                "ended": self.ended, "last_error": self.last_error}
+        return {
+            "received": self.received,
+            "malformed": self.malformed,
+            "missed": self.seq.missed,
+            "ended": self.ended,
+            "last_error": self.last_error,
+        }
 
     def close(self) -> None:
         self.sock.close()
         if self._own_ctx:
             self.ctx.term()
 
-    def __enter__(self) -> "FeedReceiver":
+    def __enter__(self) -> FeedReceiver:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -302,22 +336,27 @@ class FeedReceiver:
 # ------------------------------------------------------------------------------------ CLI
 def main(argv: list[str] | None = None) -> int:
     from detector.config import ConfigError, load_config
-    ap = argparse.ArgumentParser(prog="python -m sim_frontend.feed",
-                                 description="Run the beam simulation as its own process and push spills to "
-                                             "the emulator's feed endpoint (PUSH, connects).")
+
+    ap = argparse.ArgumentParser(
+        prog="python -m sim_frontend.feed",
+        description="Run the beam simulation as its own process and push spills to "
+        "the emulator's feed endpoint (PUSH, connects).",
+    )
     ap.add_argument("--config", default=None, help="TOML config (default: built-in defaults)")
     ap.add_argument("--endpoint", required=True, help="feed endpoint of the emulator, e.g. tcp://127.0.0.1:5560")
     ap.add_argument("--spills", type=int, default=None, help="spills to send (default spill.count; 0 = forever)")
-    ap.add_argument("--particles", type=int, default=None,
-                    help="particles per spill (default beam.particles_per_spill)")
+    ap.add_argument(
+        "--particles", type=int, default=None, help="particles per spill (default beam.particles_per_spill)"
+    )
     ap.add_argument("--first-spill", type=int, default=1)
     ap.add_argument("--fast", action="store_true", help="send back to back instead of on the SPS cycle")
     ap.add_argument("--replay", default=None, help="replay the truth of a recorded run directory instead")
     ap.add_argument("--send-timeout", type=float, default=60.0, help="s a send may block (no receiver)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -328,8 +367,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.replay:
                 n = sender.replay(args.replay, realtime=not args.fast)
             else:
-                n = sender.run(args.spills, n_particles=args.particles, realtime=not args.fast,
-                               first_spill=args.first_spill)
+                n = sender.run(
+                    args.spills, n_particles=args.particles, realtime=not args.fast, first_spill=args.first_spill
+                )
     except FeedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,7 +1,7 @@
 """Physical constants and the lead (Pb) target parameters used by the A' and dimuon physics.
 
 Every name carries its unit. Sources: CODATA 2018 / PDG for the fundamental constants,
-physics.md sections 2-4 for the target parameters (Z, A, X0, density, N_X0).
+docs/physics.md sections 2-4 for the target parameters (Z, A, X0, density, N_X0).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ PB_X0_CM: float = PB_X0_G_CM2 / PB_RHO_G_CM3
 """Radiation length of lead [cm] (= 0.561 cm)."""
 
 PB_N_X0_PER_CM2: float = AVOGADRO_PER_MOL * PB_X0_G_CM2 / PB_A
-"""Lead atoms per cm^2 in one radiation length, N_A X0/A = 1.851e22 cm^-2 (physics.md 3.1)."""
+"""Lead atoms per cm^2 in one radiation length, N_A X0/A = 1.851e22 cm^-2 (docs/physics.md 3.1)."""
 
 PB_NUCLEUS_MASS_GEV: float = PB_A * AMU_GEV
 """Approximate mass of the lead nucleus [GeV] (A * amu; binding and electrons neglected)."""

@@ -6,7 +6,7 @@ e_hcal, e_v2, e_srd). :func:`channel_deposits` expands any subset of particles i
 deposits (N_sub, 121), deterministically and consistently with the compact arrays (the ECAL PS cells sum
 to the PS total, PS + main cells to the ECAL total, the HCAL cells of a module to its total).
 
-Models (constants in :mod:`sim_frontend.geometry`; physics.md sections 1.3, 1.4, 1.6, 4):
+Models (constants in :mod:`sim_frontend.geometry`; docs/physics.md sections 1.3, 1.4, 1.6, 4):
 
 - e- (beam, upstream-interacted, A' recoil, dimuon): e.m. shower of the visible energy in the ECAL with a
   Gamma longitudinal profile ``t^(a-1) e^(-b t)``, ``b = 0.5``, ``a = 1 + b (ln(E/E_c) - 0.5)`` (E_c = 11 MeV
@@ -36,6 +36,7 @@ Models (constants in :mod:`sim_frontend.geometry`; physics.md sections 1.3, 1.4,
 Counters and vetoes: Landau-like (Moyal) MIPs of 1 MeV (8 MeV in the 4 cm V2), most probable value fixed,
 12% width.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,18 +47,28 @@ import numba as nb
 import numpy as np
 
 from detector import channels as ch
+from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_CALIBRATION, TRUTH_DIMUON, TRUTH_HADRONIC, TRUTH_PILEUP
 from detector.settings import Config
-from detector.records import (PARTICLE_CODES, TRUTH_APRIME, TRUTH_CALIBRATION, TRUTH_DIMUON, TRUTH_HADRONIC,
-                              TRUTH_PILEUP)
 from sim_frontend import geometry as g
-from sim_frontend.beam import (E_MINUS, HALO, MUON, PHOTON_TRACK_LENGTH_A, UPSTREAM, BeamSpill,
-                               moyal_ppf, normal_ppf, rng_next, rng_state, table_draw)
+from sim_frontend.beam import (
+    E_MINUS,
+    HALO,
+    MUON,
+    PHOTON_TRACK_LENGTH_A,
+    UPSTREAM,
+    BeamSpill,
+    moyal_ppf,
+    normal_ppf,
+    rng_next,
+    rng_state,
+    table_draw,
+)
 
 #: columns of Deposits.trigger (the primitive channels, detector.channels.TRIGGER_CHANNEL_NAMES)
 TRIGGER_COLUMNS = ch.TRIGGER_CHANNEL_NAMES
 #: columns of Deposits.other
 OTHER_COLUMNS = ("S0", "S4", "V0", "V2", "SRD0", "SRD1", "SRD2")
-SRD_REF_GEV = 100.0             #: beam energy at which the SRD sees SRD_SECTION_GEV per section
+SRD_REF_GEV = 100.0  #: beam energy at which the SRD sees SRD_SECTION_GEV per section
 #: fraction of upstream interactions downstream of the magnets (the e- had its full energy in the magnet,
 #: so full SR). Most such interactions are bremsstrahlung whose photon stays collinear and enters the ECAL
 #: too (no missing energy); only rare large-angle processes lose energy, which this 2% stands for.
@@ -106,8 +117,9 @@ def mip_gev(name: str) -> float:
     return g.V2_MIP_GEV if name == "V2" else g.COUNTER_MIP_GEV
 
 
-def hardware_scalers(dep: Deposits, threshold_mip: float = 0.5,
-                     names: tuple[str, ...] = ("S0", "S1", "S2", "S3", "V0", "V1")) -> dict[str, int]:
+def hardware_scalers(
+    dep: Deposits, threshold_mip: float = 0.5, names: tuple[str, ...] = ("S0", "S1", "S2", "S3", "V0", "V1")
+) -> dict[str, int]:
     """Counts of particles whose deposit in each counter is above ``threshold_mip`` MIPs (the crate's
     discriminator scalers)."""
     return {n: int(np.count_nonzero(dep.counter(n) > threshold_mip * mip_gev(n))) for n in names}
@@ -183,10 +195,11 @@ def dimuon_tables(e0_gev: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     the quantiles of x+ from dsigma/dx+ at the bin centre (_N_KBINS, _N_XQ + 1). All from
     sim_frontend.dimuon."""
     from sim_frontend import dimuon
+
     lo = dimuon.THRESHOLD_GEV * 1.0001
     e0 = max(float(e0_gev), lo * 1.01)
     k = np.geomspace(lo, e0, 8001)
-    dens = PHOTON_TRACK_LENGTH_A * e0 / k ** 2 * dimuon.sigma_total_cm2(k)
+    dens = PHOTON_TRACK_LENGTH_A * e0 / k**2 * dimuon.sigma_total_cm2(k)
     cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(k))])
     cdf /= cdf[-1]
     u = np.linspace(0.0, 1.0, 4097)
@@ -232,15 +245,41 @@ def _hadron_profile_share(a, start, lo, hi):
 
 
 @nb.njit(cache=True, nogil=True)
-def _response_kernel(seed, index, ptype, flags, e_beam, x_mm, y_mm, e_inv, ps_tab, k_q, log_kedges, xq,
-                     halo_v1, cal_module, cal_ptype, cal_dx, cal_dy, e_ref,
-                     trig, other, hcal, shape, t_ps, t_ecal, t_hcal, t_v2, t_srd):
+def _response_kernel(
+    seed,
+    index,
+    ptype,
+    flags,
+    e_beam,
+    x_mm,
+    y_mm,
+    e_inv,
+    ps_tab,
+    k_q,
+    log_kedges,
+    xq,
+    halo_v1,
+    cal_module,
+    cal_ptype,
+    cal_dx,
+    cal_dy,
+    e_ref,
+    trig,
+    other,
+    hcal,
+    shape,
+    t_ps,
+    t_ecal,
+    t_hcal,
+    t_v2,
+    t_srd,
+):
     s = np.uint64(seed)
     n = ptype.shape[0]
     n_kb = log_kedges.shape[0] - 1
     nxq = xq.shape[1] - 1
     for i in range(n):
-        st = rng_state(s, np.uint64(index[i]), np.uint64(2))      # keyed by the particle index: subsets agree
+        st = rng_state(s, np.uint64(index[i]), np.uint64(2))  # keyed by the particle index: subsets agree
         pt = ptype[i]
         fl = flags[i]
         e = np.float64(e_beam[i])
@@ -303,8 +342,9 @@ def _response_kernel(seed, index, ptype, flags, e_beam, x_mm, y_mm, e_inv, ps_ta
                     hsh = g.SHAPE_NONE
             else:
                 p = g.HCAL_PROFILES[hsh]
-                hm *= g.containment(hx, hy, -g.HCAL_HALF_MM, g.HCAL_HALF_MM, -g.HCAL_HALF_MM, g.HCAL_HALF_MM,
-                                    p[0], p[1], p[2])
+                hm *= g.containment(
+                    hx, hy, -g.HCAL_HALF_MM, g.HCAL_HALF_MM, -g.HCAL_HALF_MM, g.HCAL_HALF_MM, p[0], p[1], p[2]
+                )
             if cal_module == 0:
                 h0 = hm
             elif cal_module == 1:
@@ -352,7 +392,7 @@ def _response_kernel(seed, index, ptype, flags, e_beam, x_mm, y_mm, e_inv, ps_ta
             st, s2 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
             st, s3 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
             st, s4 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
-            if pt == E_MINUS or pt == UPSTREAM:
+            if pt == E_MINUS or pt == UPSTREAM:  # noqa: SIM109 - two int compares in the numba kernel, no tuple
                 # ------------------------------------------------------------------ e.m. shower
                 esh_e = e
                 if (fl & TRUTH_APRIME) != 0:
@@ -409,8 +449,12 @@ def _response_kernel(seed, index, ptype, flags, e_beam, x_mm, y_mm, e_inv, ps_ta
                     ps = max(ps * c, 0.0)
                     mn = max(mn * c, 0.0)
                     # lateral containment in the matrix (only showers near its edge lose energy)
-                    if (x - g.ECAL_LO_X < 80.0 or g.ECAL_HI_X - x < 80.0 or y - g.ECAL_LO_Y < 80.0
-                            or g.ECAL_HI_Y - y < 80.0):
+                    if (
+                        x - g.ECAL_LO_X < 80.0
+                        or g.ECAL_HI_X - x < 80.0
+                        or y - g.ECAL_LO_Y < 80.0
+                        or g.ECAL_HI_Y - y < 80.0
+                    ):
                         p = g.ECAL_PROFILES[g.SHAPE_EM]
                         cf = g.containment(x, y, g.ECAL_LO_X, g.ECAL_HI_X, g.ECAL_LO_Y, g.ECAL_HI_Y, p[0], p[1], p[2])
                         ps *= cf
@@ -477,7 +521,7 @@ def _response_kernel(seed, index, ptype, flags, e_beam, x_mm, y_mm, e_inv, ps_ta
             else:
                 # ------------------------------------------------------------------ hadron (pi-, K-)
                 st, u = rng_next(st)
-                z = -math.log(1.0 - u)                      # first-interaction depth, lambda
+                z = -math.log(1.0 - u)  # first-interaction depth, lambda
                 st, u = rng_next(st)
                 a = g.HAD_A * math.exp(g.HAD_A_SIGMA * normal_ppf(u))
                 st, lf = _mip(st, 1.0, g.LANDAU_WIDTH)
@@ -498,7 +542,7 @@ def _response_kernel(seed, index, ptype, flags, e_beam, x_mm, y_mm, e_inv, ps_ta
                     if ecal < ps:
                         ecal = ps
                     e_rest = e - ecal_t
-                    start = -(g.ECAL_LAMBDA - z)            # shower start relative to the HCAL front
+                    start = -(g.ECAL_LAMBDA - z)  # shower start relative to the HCAL front
                     esh = g.SHAPE_HAD
                 else:
                     ps = g.PS_MIP_GEV * lf
@@ -506,7 +550,7 @@ def _response_kernel(seed, index, ptype, flags, e_beam, x_mm, y_mm, e_inv, ps_ta
                     esh = g.SHAPE_MIP
                     e_rest = e - g.MU_LOSS_ECAL_GEV
                     start = z - g.ECAL_LAMBDA
-                    if start >= g.HCAL_MODULE_LAMBDA:       # punch-through a module as a MIP
+                    if start >= g.HCAL_MODULE_LAMBDA:  # punch-through a module as a MIP
                         fl |= TRUTH_HADRONIC
                 if not (g.ECAL_LO_X <= x < g.ECAL_HI_X and g.ECAL_LO_Y <= y < g.ECAL_HI_Y) and esh == g.SHAPE_MIP:
                     ps = 0.0
@@ -522,7 +566,7 @@ def _response_kernel(seed, index, ptype, flags, e_beam, x_mm, y_mm, e_inv, ps_ta
                         lo = m * g.HCAL_MODULE_LAMBDA
                         hi = lo + g.HCAL_MODULE_LAMBDA
                         if start >= hi:
-                            st, hm = _mip(st, g.HCAL_MIP_GEV, g.HCAL_MIP_WIDTH)   # not yet interacted
+                            st, hm = _mip(st, g.HCAL_MIP_GEV, g.HCAL_MIP_WIDTH)  # not yet interacted
                         else:
                             hm = e_rest * _hadron_profile_share(a, start, max(lo, start), hi) / rem
                         tot += hm
@@ -600,14 +644,44 @@ def apply_response(spill: BeamSpill, cfg: Config, table: dict | None = None) -> 
     e0 = float(cfg.beam.energy_gev)
     k_q, log_kedges, xq = dimuon_tables(e0)
     cal_ptype = PARTICLE_CODES[cfg.beam.calibration_particle]
-    dep = Deposits(trigger=np.empty((n, 6), np.float32), other=np.empty((n, 7), np.float32),
-                   hcal=np.empty((n, 4), np.float32), shape=np.empty((n, 2), np.uint8),
-                   hcal_shift_mm=(dx, dy), calibration_module=module, table=tinfo)
-    _response_kernel(np.uint64(spill.seed), truth["index"], truth["ptype"], truth["flags"], truth["e_beam"],
-                     truth["x_mm"], truth["y_mm"], truth["e_invisible"], PS_FRACTION_TABLE, k_q, log_kedges, xq,
-                     float(cfg.beam.frac_halo_v1), module, cal_ptype, dx, dy, SRD_REF_GEV,
-                     dep.trigger, dep.other, dep.hcal, dep.shape, truth["e_ps"], truth["e_ecal"], truth["e_hcal"],
-                     truth["e_v2"], truth["e_srd"])
+    dep = Deposits(
+        trigger=np.empty((n, 6), np.float32),
+        other=np.empty((n, 7), np.float32),
+        hcal=np.empty((n, 4), np.float32),
+        shape=np.empty((n, 2), np.uint8),
+        hcal_shift_mm=(dx, dy),
+        calibration_module=module,
+        table=tinfo,
+    )
+    _response_kernel(
+        np.uint64(spill.seed),
+        truth["index"],
+        truth["ptype"],
+        truth["flags"],
+        truth["e_beam"],
+        truth["x_mm"],
+        truth["y_mm"],
+        truth["e_invisible"],
+        PS_FRACTION_TABLE,
+        k_q,
+        log_kedges,
+        xq,
+        float(cfg.beam.frac_halo_v1),
+        module,
+        cal_ptype,
+        dx,
+        dy,
+        SRD_REF_GEV,
+        dep.trigger,
+        dep.other,
+        dep.hcal,
+        dep.shape,
+        truth["e_ps"],
+        truth["e_ecal"],
+        truth["e_hcal"],
+        truth["e_v2"],
+        truth["e_srd"],
+    )
     if module >= 0:
         truth["weight"][truth["ptype"] != PARTICLE_CODES["halo"]] = 1.0
     return dep
@@ -641,11 +715,17 @@ def channel_deposits(spill: BeamSpill, dep: Deposits, indices: np.ndarray) -> np
     main = trig[:, 5].astype(np.float64) - ps
     out[:, _ECAL_PS] = ps[:, None] * fe
     out[:, _ECAL_MAIN] = main[:, None] * fe
-    fh = g.cell_fractions(x + dep.hcal_shift_mm[0], y + dep.hcal_shift_mm[1], dep.shape[idx, 1], g.HCAL_EDGES,
-                          g.HCAL_EDGES, g.HCAL_PROFILES)          # (m, x, y)
-    fh = np.transpose(fh, (0, 2, 1)).reshape(m, 1, 9)             # index 3*y + x
-    h = dep.hcal[idx].astype(np.float64)[:, :, None] * fh         # (m, 4, 9)
-    out[:, ch.HCAL_FIRST:ch.HCAL_FIRST + ch.N_HCAL] = h.reshape(m, 36)
+    fh = g.cell_fractions(
+        x + dep.hcal_shift_mm[0],
+        y + dep.hcal_shift_mm[1],
+        dep.shape[idx, 1],
+        g.HCAL_EDGES,
+        g.HCAL_EDGES,
+        g.HCAL_PROFILES,
+    )  # (m, x, y)
+    fh = np.transpose(fh, (0, 2, 1)).reshape(m, 1, 9)  # index 3*y + x
+    h = dep.hcal[idx].astype(np.float64)[:, :, None] * fh  # (m, 4, 9)
+    out[:, ch.HCAL_FIRST : ch.HCAL_FIRST + ch.N_HCAL] = h.reshape(m, 36)
     for name in ch.COUNTER_NAMES + ch.VETO_NAMES + ch.SRD_NAMES + ch.SUM_NAMES:
         out[:, ch.by_name(name).id] = dep.counter(name)[idx]
     return out

@@ -18,14 +18,16 @@ Three transport-free pieces, each testable on its own:
 
 Nothing here touches sockets or threads; ``sim_frontend.emu_msadc`` wires it to a TCP server.
 """
+
 from __future__ import annotations
 
 import itertools
 import re
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +81,7 @@ class ErrorQueue:
         self.size = size
         self._q: deque[str] = deque()
         self._lock = threading.Lock()
-        self.total = 0          #: errors ever pushed (for the emulator's state report)
+        self.total = 0  #: errors ever pushed (for the emulator's state report)
 
     def push(self, code: int, detail: str = "") -> None:
         with self._lock:
@@ -153,8 +155,8 @@ class Command:
     pattern: str
     handler: Callable[..., Any]
     query: bool
-    block: bool = False        #: takes an IEEE block argument
-    data: bool = False         #: a data query (the ``drop`` fault closes the connection at it)
+    block: bool = False  #: takes an IEEE block argument
+    data: bool = False  #: a data query (the ``drop`` fault closes the connection at it)
 
 
 class CommandTable:
@@ -185,7 +187,7 @@ def split_header(text: str) -> tuple[str, str]:
     text = text.strip()
     for i, c in enumerate(text):
         if c in " \t":
-            return text[:i], text[i + 1:].strip()
+            return text[:i], text[i + 1 :].strip()
     return text, ""
 
 
@@ -316,13 +318,16 @@ class StreamParser:
             self._mode = _TEXT
         elif self._mode in (_BLOCK, _DISCARD):
             got = self._announced - self._need
-            out.append(ParseError(-160, f"truncated block: header announced {self._announced} bytes, "
-                                        f"{got} arrived", self._head))
+            out.append(
+                ParseError(
+                    -160, f"truncated block: header announced {self._announced} bytes, {got} arrived", self._head
+                )
+            )
             self._reset_block()
             self._buf.clear()
             self._mode = _TEXT
         elif self._mode == _TEXT and self._pending_header():
-            out.append(ParseError(-160, "incomplete block header", bytes(self._buf[:self._buf.find(b"#")])))
+            out.append(ParseError(-160, "incomplete block header", bytes(self._buf[: self._buf.find(b"#")])))
             self._buf.clear()
         while self._step(out):
             pass
@@ -351,7 +356,7 @@ class StreamParser:
                         return True
                     return False
                 line = bytes(buf[:nl])
-                del buf[:nl + 1]
+                del buf[: nl + 1]
                 if line.endswith(b"\r"):
                     line = line[:-1]
                 if len(line) > self.max_line:
@@ -369,30 +374,33 @@ class StreamParser:
                 return False
             head = bytes(buf[:h])
             nd = buf[h + 1]
-            if not (0x31 <= nd <= 0x39):       # '1'..'9'
-                what = "indefinite-length blocks (#0) are not supported" if nd == 0x30 else \
-                    f"bad block header: '#' followed by {bytes([nd])!r}, expected a digit 1..9"
+            if not (0x31 <= nd <= 0x39):  # '1'..'9'
+                what = (
+                    "indefinite-length blocks (#0) are not supported"
+                    if nd == 0x30
+                    else f"bad block header: '#' followed by {bytes([nd])!r}, expected a digit 1..9"
+                )
                 out.append(ParseError(-160, what, head))
-                del buf[:h + 1]
+                del buf[: h + 1]
                 self._mode = _SKIP_LINE
                 return True
             n = nd - 0x30
             if len(buf) < h + 2 + n:
-                digits = bytes(buf[h + 2:])
+                digits = bytes(buf[h + 2 :])
                 if digits.isdigit() or not digits:
                     return False
                 out.append(ParseError(-160, f"bad block length field {digits!r}", head))
-                del buf[:h + 2]
+                del buf[: h + 2]
                 self._mode = _SKIP_LINE
                 return True
-            digits = bytes(buf[h + 2:h + 2 + n])
+            digits = bytes(buf[h + 2 : h + 2 + n])
             if not digits.isdigit():
                 out.append(ParseError(-160, f"bad block length field {digits!r}", head))
-                del buf[:h + 2]
+                del buf[: h + 2]
                 self._mode = _SKIP_LINE
                 return True
             length = int(digits)
-            del buf[:h + 2 + n]
+            del buf[: h + 2 + n]
             self._head = head
             self._need = length
             self._announced = length
@@ -445,14 +453,20 @@ class StreamParser:
             if nl < 0:
                 buf.clear()
                 return False
-            del buf[:nl + 1]
+            del buf[: nl + 1]
             self._mode = _TEXT
             return True
         raise AssertionError(self._mode)
 
     def _overlong(self, out: list[Item]) -> bool:
-        out.append(ParseError(-160, f"block is longer than its header says ({self._announced} bytes) "
-                                    "or not followed by the line terminator", self._head))
+        out.append(
+            ParseError(
+                -160,
+                f"block is longer than its header says ({self._announced} bytes) "
+                "or not followed by the line terminator",
+                self._head,
+            )
+        )
         self._reset_block()
         self._mode = _SKIP_LINE
         return True

@@ -23,6 +23,7 @@ connection is closed at the next request (one shot; the client may reconnect); a
 without changing its device path, so over a pty ``drop`` makes the server read and discard every
 request, answering nothing, until the fault is cleared.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,9 +44,9 @@ from .faults import CountedFaults
 log = logging.getLogger(__name__)
 
 LineHandler = Callable[[str], str]
-MAX_LINE = 1024                  #: longest accepted request line, bytes
+MAX_LINE = 1024  #: longest accepted request line, bytes
 EOL = b"\r\n"
-_WRITE_TIMEOUT_S = 1.0           #: a reply nobody reads within this time is dropped (pty)
+_WRITE_TIMEOUT_S = 1.0  #: a reply nobody reads within this time is dropped (pty)
 _LINE_END = re.compile(rb"[\r\n]")
 
 
@@ -112,8 +113,8 @@ class LineFramer:
                     self._buf.clear()
                     self._discarding = True
                 return out
-            line = bytes(self._buf[:m.start()])
-            del self._buf[:m.end()]
+            line = bytes(self._buf[: m.start()])
+            del self._buf[: m.end()]
             if self._discarding:
                 self._discarding = False
                 out.append(None)
@@ -128,16 +129,30 @@ class _LineServer:
 
     kind = "line"
 
-    def __init__(self, handler: LineHandler, *, faults: FaultState | None = None, max_line: int = MAX_LINE,
-                 overlong_reply: str | None = None, name: str = "") -> None:
+    def __init__(
+        self,
+        handler: LineHandler,
+        *,
+        faults: FaultState | None = None,
+        max_line: int = MAX_LINE,
+        overlong_reply: str | None = None,
+        name: str = "",
+    ) -> None:
         self.handler = handler
         self.faults = faults if faults is not None else FaultState()
         self.max_line = max_line
         owner = getattr(handler, "__self__", None)
         self.overlong_reply = overlong_reply or getattr(owner, "OVERLONG_REPLY", None) or "ERR LINE TOO LONG"
         self.name = name or (type(owner).__name__ if owner is not None else getattr(handler, "__name__", "handler"))
-        self.stats = {"requests": 0, "replies": 0, "overlong": 0, "no_reply": 0, "dropped": 0, "noise": 0,
-                      "write_failures": 0}
+        self.stats = {
+            "requests": 0,
+            "replies": 0,
+            "overlong": 0,
+            "no_reply": 0,
+            "dropped": 0,
+            "noise": 0,
+            "write_failures": 0,
+        }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
@@ -151,7 +166,7 @@ class _LineServer:
         else:
             try:
                 text = self.handler(line.decode("utf-8", errors="replace"))
-            except Exception:  # noqa: BLE001 - a broken handler must not kill the server
+            except Exception:  # a broken handler must not kill the server
                 log.exception("%s: handler failed on %r", self.name, line[:80])
                 return None
         text = str(text).replace("\r", " ").replace("\n", " ")
@@ -203,14 +218,14 @@ class _LineServer:
                     pass
         self._wake_r = self._wake_w = -1
 
-    def __enter__(self) -> "_LineServer":
+    def __enter__(self) -> _LineServer:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> "_LineServer":  # pragma: no cover - overridden
+    def start(self) -> _LineServer:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def stop(self) -> None:  # pragma: no cover - overridden
@@ -228,12 +243,12 @@ class PtyLineServer(_LineServer):
         self._master = self._slave = -1
         self.device = ""
 
-    def start(self) -> "PtyLineServer":
+    def start(self) -> PtyLineServer:
         """Open the pty (raw mode) and start the serving thread; returns self."""
         if self._thread is not None:
             return self
         self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)            # no echo, no CR/LF translation in either direction
+        tty.setraw(self._slave)  # no echo, no CR/LF translation in either direction
         os.set_blocking(self._master, False)
         self.device = os.ttyname(self._slave)
         self._start_thread(self._run)
@@ -260,7 +275,7 @@ class PtyLineServer(_LineServer):
             except BlockingIOError:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stop.is_set():
-                    return False      # nobody reads the line: the bytes are lost, as on a real wire
+                    return False  # nobody reads the line: the bytes are lost, as on a real wire
                 select.select([], [self._master], [], min(left, 0.05))
             except OSError:
                 return False
@@ -281,7 +296,7 @@ class PtyLineServer(_LineServer):
                 data = os.read(self._master, 4096)
             except BlockingIOError:
                 continue
-            except OSError:               # EIO cannot happen while we hold the slave; be safe anyway
+            except OSError:  # EIO cannot happen while we hold the slave; be safe anyway
                 self._stop.wait(0.05)
                 continue
             for line in framer.feed(data):
@@ -299,14 +314,14 @@ class TcpLineServer(_LineServer):
         self.host = host
         self.port = port
         self._listener: socket.socket | None = None
-        self.connections = 0          #: connections accepted so far
+        self.connections = 0  #: connections accepted so far
 
     @property
     def url(self) -> str:
         """The pyserial URL of this server, ``socket://host:port``."""
         return f"socket://{self.host}:{self.port}"
 
-    def start(self) -> "TcpLineServer":
+    def start(self) -> TcpLineServer:
         """Bind, listen and start the serving thread; returns self (``port`` is the bound port)."""
         if self._thread is not None:
             return self
@@ -365,7 +380,7 @@ class TcpLineServer(_LineServer):
                         new, _ = listener.accept()
                     except OSError:
                         continue
-                    close()                     # one client at a time: the newest wins
+                    close()  # one client at a time: the newest wins
                     new.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     new.settimeout(_WRITE_TIMEOUT_S)
                     conn, framer = new, LineFramer(self.max_line)
@@ -415,16 +430,22 @@ class LineServers:
             for s in servers:
                 s.stop()
 
-    def __enter__(self) -> "LineServers":
+    def __enter__(self) -> LineServers:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def serve_line_handlers(handlers: Mapping[str, LineHandler], *, pty: bool = True, tcp: bool = True,
-                        host: str = "127.0.0.1", ports: Mapping[str, int] | None = None,
-                        faults: Mapping[str, FaultState] | None = None) -> LineServers:
+def serve_line_handlers(
+    handlers: Mapping[str, LineHandler],
+    *,
+    pty: bool = True,
+    tcp: bool = True,
+    host: str = "127.0.0.1",
+    ports: Mapping[str, int] | None = None,
+    faults: Mapping[str, FaultState] | None = None,
+) -> LineServers:
     """Start a pty and/or TCP server for every named handler (e.g. ``{"hv": mainframe.handle,
     "table": table.handle}``). The pty and TCP server of one endpoint share one :class:`FaultState`
     (``result.faults[name]``). ``ports[name]`` is the TCP port (default 0 = any free port)."""
@@ -438,8 +459,9 @@ def serve_line_handlers(handlers: Mapping[str, LineHandler], *, pty: bool = True
             if pty:
                 started.append(PtyLineServer(handler, faults=fs, name=name).start())
             if tcp:
-                started.append(TcpLineServer(handler, host=host, port=(ports or {}).get(name, 0), faults=fs,
-                                             name=name).start())
+                started.append(
+                    TcpLineServer(handler, host=host, port=(ports or {}).get(name, 0), faults=fs, name=name).start()
+                )
     except BaseException:
         group.stop()
         raise

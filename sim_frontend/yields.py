@@ -1,4 +1,4 @@
-"""A' yield per electron on target in a thick lead target (physics.md 3.1, PAPER Eq. 8).
+"""A' yield per electron on target in a thick lead target (docs/physics.md 3.1, PAPER Eq. 8).
 
     n_A'(eps, m, E0) = N_X0 * Integral dE (dT/dE)(E0, E) * sigma_cut(E)
 
@@ -46,8 +46,10 @@ def track_length_table(
     """Cached cascade track-length table for electrons of ``e0_gev`` [GeV] in 40 X0 of lead
     (computed once per process and argument set)."""
     if not (np.isfinite(e0_gev) and e0_gev > 2.0 * e_cut_gev):
-        raise ValueError(f"beam energy {e0_gev} GeV is too low for a track-length table with "
-                         f"E_cut = {e_cut_gev} GeV (needs E0 > {2.0 * e_cut_gev} GeV)")
+        raise ValueError(
+            f"beam energy {e0_gev} GeV is too low for a track-length table with "
+            f"E_cut = {e_cut_gev} GeV (needs E0 > {2.0 * e_cut_gev} GeV)"
+        )
     return simulate_cascade(float(e0_gev), int(n_showers), seed=int(seed), e_cut_gev=float(e_cut_gev))
 
 
@@ -75,8 +77,9 @@ def _table_for(e0_gev: float, emiss_min_gev: float, table: TrackLengthTable | No
 def _radiating_bins(table: TrackLengthTable, mass_gev: float, e_min_gev: float) -> tuple[NDArray, NDArray]:
     """Centres [GeV] and track lengths [X0] of the bins whose electrons can emit the A' with E_A' > e_min."""
     energy = table.centres_gev
-    usable = (table.track_all_x0 > 0) & (energy > max(float(aprime.kinematic_threshold_gev(mass_gev)),
-                                                      mass_gev + pc.M_E_GEV, e_min_gev))
+    usable = (table.track_all_x0 > 0) & (
+        energy > max(float(aprime.kinematic_threshold_gev(mass_gev)), mass_gev + pc.M_E_GEV, e_min_gev)
+    )
     return energy[usable], table.track_all_x0[usable]
 
 

@@ -1,5 +1,6 @@
 """Run a real hv-tune campaign: na64-emulator (subprocess) + hv-tune (subprocess, which starts na64-daq in
 calibration mode itself). Shared by tests/test_hv_tune_live.py and bench/hvtune_bench.py."""
+
 from __future__ import annotations
 
 import json
@@ -24,23 +25,54 @@ CALIBRATION_BENCH = {
 }
 
 
-def run_campaign(tmp: pathlib.Path, modules: str, extra: list[str] | None = None,
-                 timeout_s: float = 1200.0) -> dict[str, Any]:
+def run_campaign(
+    tmp: pathlib.Path, modules: str, extra: list[str] | None = None, timeout_s: float = 1200.0
+) -> dict[str, Any]:
     """Tune ``modules`` (e.g. "0,1,2,3"); returns wall time, exit code, campaign states, the emulator's
     HV set log and the config the emulator ran with."""
     tmp.mkdir(parents=True, exist_ok=True)
-    ensure_kernels_cached()            # hv-tune's own na64-daq then starts in seconds
+    ensure_kernels_cached()  # hv-tune's own na64-daq then starts in seconds
     with start_emulator(tmp, CALIBRATION_BENCH) as emu:
         t0 = time.monotonic()
-        proc = subprocess.run([str(BIN / "hv-tune"), "--config", str(emu.config_path), "--endpoints-file",
-                               str(emu.endpoints_path), "--modules", modules, "--target", "2500",
-                               "--tolerance", "0.02", "--max-iterations", "3", "--logbook", str(tmp / "logbook.txt"),
-                               "--daq-out", str(tmp / "daq"), "--measure-timeout", "120", *(extra or [])],
-                              capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(
+            [
+                str(BIN / "hv-tune"),
+                "--config",
+                str(emu.config_path),
+                "--endpoints-file",
+                str(emu.endpoints_path),
+                "--modules",
+                modules,
+                "--target",
+                "2500",
+                "--tolerance",
+                "0.02",
+                "--max-iterations",
+                "3",
+                "--logbook",
+                str(tmp / "logbook.txt"),
+                "--daq-out",
+                str(tmp / "daq"),
+                "--measure-timeout",
+                "120",
+                *(extra or []),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
         wall = time.monotonic() - t0
         hv_log = emu.control({"cmd": "hv_log"})["log"]
         state = emu.control({"cmd": "state", "hv": True})
     campaign = json.loads((tmp / "logbook.txt.campaign.json").read_text())
-    return {"wall_s": wall, "returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr,
-            "campaign": campaign, "hv_log": hv_log, "emulator_state": state, "logbook": tmp / "logbook.txt",
-            "config_path": emu.config_path}
+    return {
+        "wall_s": wall,
+        "returncode": proc.returncode,
+        "stdout": proc.stdout,
+        "stderr": proc.stderr,
+        "campaign": campaign,
+        "hv_log": hv_log,
+        "emulator_state": state,
+        "logbook": tmp / "logbook.txt",
+        "config_path": emu.config_path,
+    }

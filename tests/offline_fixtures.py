@@ -10,6 +10,7 @@ extra, flags, n_particles, n_seen, n_accepted, n_read_out) and a run record like
 
 Runs are cached per test session under the session's base temporary directory.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -35,12 +36,14 @@ START_UNIX = 1.7e9
 def make_config(aprime: dict[str, Any] | None = None, seed: int = 4242, **offline: Any) -> Config:
     # a loose SRD tag (the default rejects soft upstream electrons): these small runs then keep enough
     # upstream-interacted electrons in the side bands to exercise the background fit
-    return load_config(None).with_overrides({"beam": {"seed": seed}, "aprime": aprime or {},
-                                             "offline": {"srd_min_gev": 0.001, **offline}})
+    return load_config(None).with_overrides(
+        {"beam": {"seed": seed}, "aprime": aprime or {}, "offline": {"srd_min_gev": 0.001, **offline}}
+    )
 
 
-def record_spill(rdir: pathlib.Path, cfg: Config, calib, menu: TriggerMenu, run: int, spill: int,
-                 n_particles: int) -> dict[str, Any]:
+def record_spill(
+    rdir: pathlib.Path, cfg: Config, calib, menu: TriggerMenu, run: int, spill: int, n_particles: int
+) -> dict[str, Any]:
     """Simulate, trigger and record one spill; returns the run-record entry."""
     start = START_UNIX + spill * cfg.spill.supercycle_s
     beam = generate_spill(cfg, spill, n_particles=n_particles, start_unix=start)
@@ -53,39 +56,86 @@ def record_spill(rdir: pathlib.Path, cfg: Config, calib, menu: TriggerMenu, run:
     events = digi.events(beam, dep, acc, hv)
     scalers = res.scalers_with(hardware_scalers(dep, cfg.trigger.counter_threshold_mip))
     n = int(acc.size)
-    attrs = {"crate_spill": spill, "start_unix": start, "length_s": float(cfg.spill.length_s), "eot": int(res.eot),
-             "scalers": scalers, "triggers": res.triggers(), "trigger_menu": menu.to_dict(), "hv": {},
-             "table": {}, "extra": {"note": "tests/offline_fixtures.py"}, "flags": [],
-             "n_particles": beam.n, "n_seen": beam.n, "n_accepted": n, "n_read_out": n}
-    content = SpillContent(run, spill, acc.astype(np.uint32), res.mask.astype(np.uint8),
-                           times[acc].astype(np.float64), events, beam.truth[acc].copy(), attrs)
+    attrs = {
+        "crate_spill": spill,
+        "start_unix": start,
+        "length_s": float(cfg.spill.length_s),
+        "eot": int(res.eot),
+        "scalers": scalers,
+        "triggers": res.triggers(),
+        "trigger_menu": menu.to_dict(),
+        "hv": {},
+        "table": {},
+        "extra": {"note": "tests/offline_fixtures.py"},
+        "flags": [],
+        "n_particles": beam.n,
+        "n_seen": beam.n,
+        "n_accepted": n,
+        "n_read_out": n,
+    }
+    content = SpillContent(
+        run,
+        spill,
+        acc.astype(np.uint32),
+        res.mask.astype(np.uint8),
+        times[acc].astype(np.float64),
+        events,
+        beam.truth[acc].copy(),
+        attrs,
+    )
     path = write_spill(rdir, content)
-    return {"spill": spill, "crate_spill": spill, "start_unix": start, "length_s": attrs["length_s"],
-            "n_particles": beam.n, "n_seen": beam.n, "n_accepted": n, "n_read_out": n, "n_recorded": n,
-            "eot": int(res.eot), "flags": [], "scalers": scalers, "triggers": res.triggers(), "file": path.name,
-            "truth": True, "truth_counts": {"particles": beam.n, "aprime": int(((beam.truth["flags"] & TRUTH_APRIME) != 0).sum())}}
+    return {
+        "spill": spill,
+        "crate_spill": spill,
+        "start_unix": start,
+        "length_s": attrs["length_s"],
+        "n_particles": beam.n,
+        "n_seen": beam.n,
+        "n_accepted": n,
+        "n_read_out": n,
+        "n_recorded": n,
+        "eot": int(res.eot),
+        "flags": [],
+        "scalers": scalers,
+        "triggers": res.triggers(),
+        "file": path.name,
+        "truth": True,
+        "truth_counts": {"particles": beam.n, "aprime": int(((beam.truth["flags"] & TRUTH_APRIME) != 0).sum())},
+    }
 
 
-def make_run(out: str | pathlib.Path, run: int, cfg: Config, n_spills: int = 3, n_particles: int = PARTICLES
-             ) -> pathlib.Path:
+def make_run(
+    out: str | pathlib.Path, run: int, cfg: Config, n_spills: int = 3, n_particles: int = PARTICLES
+) -> pathlib.Path:
     """A recorded run directory ``out/run-<run>`` with ``n_spills`` spill files and a run record."""
     calib = load_calibration(cfg)
     menu = TriggerMenu.from_config(cfg, calib)
     rdir = run_dir(out, run)
     rdir.mkdir(parents=True, exist_ok=True)
     entries = [record_spill(rdir, cfg, calib, menu, run, s, n_particles) for s in range(1, n_spills + 1)]
-    record = {"schema_version": 1, "run": run, "config_toml": dump_toml(cfg), "trigger_menu": menu.to_dict(),
-              "calibration": {"source": calib.source, "t0_ns": np.asarray(calib.t0_ns).tolist()},
-              "spills": entries, "in_flight": None, "flags": [],
-              "totals": {"spills": len(entries), "eot": sum(e["eot"] for e in entries),
-                         "events_recorded": sum(e["n_recorded"] for e in entries),
-                         "particles": sum(e["n_particles"] for e in entries)}}
+    record = {
+        "schema_version": 1,
+        "run": run,
+        "config_toml": dump_toml(cfg),
+        "trigger_menu": menu.to_dict(),
+        "calibration": {"source": calib.source, "t0_ns": np.asarray(calib.t0_ns).tolist()},
+        "spills": entries,
+        "in_flight": None,
+        "flags": [],
+        "totals": {
+            "spills": len(entries),
+            "eot": sum(e["eot"] for e in entries),
+            "events_recorded": sum(e["n_recorded"] for e in entries),
+            "particles": sum(e["n_particles"] for e in entries),
+        },
+    }
     write_run_record(rdir, record)
     return rdir
 
 
-def cached_run(base: pathlib.Path, name: str, run: int, cfg: Config, n_spills: int = 3,
-               n_particles: int = PARTICLES) -> pathlib.Path:
+def cached_run(
+    base: pathlib.Path, name: str, run: int, cfg: Config, n_spills: int = 3, n_particles: int = PARTICLES
+) -> pathlib.Path:
     """:func:`make_run` once per session (the run record is written last: its presence marks a finished run)."""
     out = pathlib.Path(base) / name
     rdir = run_dir(out, run)

@@ -6,6 +6,7 @@ reads exactly the expected bytes and compares them, then sends the reply (bytes)
 (``DROP``) or stays silent (``SILENT``). :meth:`ScriptedCrate.check` fails on any mismatch, on an
 unexpected extra request, or if a script was not played to the end.
 """
+
 from __future__ import annotations
 
 import socket
@@ -69,7 +70,7 @@ class ScriptedCrate:
                     # wait for the client to go away (or to send something unexpected)
                     try:
                         extra = conn.recv(1 << 16)
-                    except ConnectionResetError:    # the client closed with unread bytes: fine
+                    except ConnectionResetError:  # the client closed with unread bytes: fine
                         extra = b""
                     if extra:
                         self.errors.append(f"connection {k}: unexpected extra request {extra!r}")

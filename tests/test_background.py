@@ -48,9 +48,7 @@ def test_integral_matches_closed_form() -> None:
     fit = background.SidebandFit("exp", (1.0, 7.0), params, (0.1, 0.01), ((0.01, 0.0), (0.0, 1e-4)), 0.0, 1, True)
     value, error = background.box_integral(fit, (1.0, 7.0))
     # d integral / d p0 = integral: with var(p0) = 0.01 and var(p1) = 1e-4
-    d_p1 = math.exp(2.0) * (
-        (-1.0 / 0.4 - 1.0 / 0.16) * math.exp(-0.4) - (-7.0 / 0.4 - 1.0 / 0.16) * math.exp(-2.8)
-    )
+    d_p1 = math.exp(2.0) * ((-1.0 / 0.4 - 1.0 / 0.16) * math.exp(-0.4) - (-7.0 / 0.4 - 1.0 / 0.16) * math.exp(-2.8))
     assert value == pytest.approx(exact, rel=1e-10)
     assert error == pytest.approx(math.sqrt(exact**2 * 0.01 + d_p1**2 * 1e-4), rel=1e-5)
 

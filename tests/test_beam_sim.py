@@ -1,4 +1,5 @@
 """Beam generator and fast detector response (sim_frontend.beam, sim_frontend.response)."""
+
 import math
 
 import numpy as np
@@ -7,8 +8,15 @@ from scipy import stats
 
 from detector import channels as ch
 from detector.config import load_config
-from detector.records import (PARTICLE_CODES, TRUTH_APRIME, TRUTH_CALIBRATION, TRUTH_DIMUON, TRUTH_DTYPE,
-                              TRUTH_HADRONIC, TRUTH_PILEUP)
+from detector.records import (
+    PARTICLE_CODES,
+    TRUTH_APRIME,
+    TRUTH_CALIBRATION,
+    TRUTH_DIMUON,
+    TRUTH_DTYPE,
+    TRUTH_HADRONIC,
+    TRUTH_PILEUP,
+)
 from sim_frontend import beam, geometry, response
 
 N = 50_000
@@ -53,8 +61,13 @@ def test_composition_within_statistics(cfg, sim):
     sp, _ = sim
     counts = sp.counts_by_type()
     b = cfg.beam
-    expected = {"pi-": b.frac_pion, "K-": b.frac_kaon, "mu-": b.frac_muon, "halo": b.frac_halo,
-                "upstream_e-": b.frac_upstream}
+    expected = {
+        "pi-": b.frac_pion,
+        "K-": b.frac_kaon,
+        "mu-": b.frac_muon,
+        "halo": b.frac_halo,
+        "upstream_e-": b.frac_upstream,
+    }
     expected["e-"] = 1 - sum(expected.values())
     for name, f in expected.items():
         sigma = math.sqrt(N * f * (1 - f))
@@ -73,7 +86,7 @@ def test_times_sorted_uniform_and_poisson_spaced(sim):
     mean = length / N
     assert abs(gaps.mean() / mean - 1) < 0.02
     assert stats.kstest(gaps / mean, "expon").pvalue > 1e-3
-    # pile-up flag: another particle within +/-100 ns (physics.md 1.7 rate formula)
+    # pile-up flag: another particle within +/-100 ns (docs/physics.md 1.7 rate formula)
     close = np.zeros(N, bool)
     close[1:] |= gaps < 100
     close[:-1] |= gaps < 100
@@ -101,13 +114,13 @@ def test_reproducible_by_seed_and_subset(cfg, sim):
 
 # ----------------------------------------------------------------------------------- electrons
 def test_electron_energy_and_resolution(cfg, sim):
-    sp, dep = sim
+    sp, _dep = sim
     t = sp.truth
     e = t[plain_electrons(t)]
     assert abs(np.median(e["e_ecal"]) / 100.0 - 1) < 0.01
     tot = (e["e_ecal"] + e["e_hcal"]) / e["e_beam"]
-    assert abs(tot.mean() - 1) < 0.002                          # energy conserved (leakage in the HCAL)
-    expect = math.hypot(0.10 / math.sqrt(100), 0.01)             # 10%/sqrt(E) (+) 1%
+    assert abs(tot.mean() - 1) < 0.002  # energy conserved (leakage in the HCAL)
+    expect = math.hypot(0.10 / math.sqrt(100), 0.01)  # 10%/sqrt(E) (+) 1%
     assert abs(tot.std() / expect - 1) < 0.08
     assert e["e_hcal"].mean() < 0.5 and np.all(e["e_v2"] == 0)
     # lower energy: the stochastic term shows
@@ -123,10 +136,10 @@ def test_preshower_fraction(sim):
     sp, _ = sim
     e = sp.truth[plain_electrons(sp.truth)]
     f = e["e_ps"] / e["e_ecal"]
-    assert 0.03 < f.mean() < 0.06                               # PS = first ~4 X0: 3-8% of 100 GeV
+    assert 0.03 < f.mean() < 0.06  # PS = first ~4 X0: 3-8% of 100 GeV
     lo, med, hi = np.percentile(e["e_ps"], [10, 50, 90])
     assert 1.0 < lo < med < hi < 10.0 and 3.0 < med < 6.0
-    assert np.mean(e["e_ps"] < 0.3) < 0.005                      # electrons pass the PS trigger threshold
+    assert np.mean(e["e_ps"] < 0.3) < 0.005  # electrons pass the PS trigger threshold
 
 
 def test_central_cell_fraction_and_channel_sums(sim):
@@ -143,13 +156,13 @@ def test_central_cell_fraction_and_channel_sums(sim):
     cd = response.channel_deposits(sp, dep, idx)
     np.testing.assert_allclose(cd[:, :36].sum(1), dep.trigger[idx, 4], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(cd[:, :72].sum(1), t["e_ecal"][idx], rtol=1e-5, atol=1e-6)
-    hc = cd[:, ch.HCAL_FIRST:ch.HCAL_FIRST + ch.N_HCAL].reshape(-1, 4, 9).sum(2)
+    hc = cd[:, ch.HCAL_FIRST : ch.HCAL_FIRST + ch.N_HCAL].reshape(-1, 4, 9).sum(2)
     np.testing.assert_allclose(hc, dep.hcal[idx], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(hc.sum(1), t["e_hcal"][idx], rtol=1e-5, atol=1e-6)
     for name in ("S1", "S2", "S3", "V1", "PS_SUM", "ECAL_SUM", "S0", "V0", "V2", "SRD1"):
         assert np.array_equal(cd[:, ch.by_name(name).id], dep.counter(name)[idx])
     np.testing.assert_allclose(cd[:, [ch.by_name(n).id for n in ch.SRD_NAMES]].sum(1), t["e_srd"][idx], rtol=1e-6)
-    assert np.array_equal(response.channel_deposits(sp, dep, idx), cd)      # deterministic
+    assert np.array_equal(response.channel_deposits(sp, dep, idx), cd)  # deterministic
 
 
 def test_counters_srd_and_halo(sim):
@@ -157,8 +170,8 @@ def test_counters_srd_and_halo(sim):
     t = sp.truth
     beamlike = t["ptype"] != HALO
     s1 = dep.counter("S1")
-    assert np.all(s1 > 0.5e-3)                                  # everything crosses S1
-    assert abs(np.median(s1[beamlike]) / 1e-3 - 1.08) < 0.06     # Moyal MIP: mode 1 MeV, median ~1.08
+    assert np.all(s1 > 0.5e-3)  # everything crosses S1
+    assert abs(np.median(s1[beamlike]) / 1e-3 - 1.08) < 0.06  # Moyal MIP: mode 1 MeV, median ~1.08
     halo = t["ptype"] == HALO
     assert np.all(dep.counter("V0")[halo] > 0) and np.all(dep.counter("V0")[~halo] == 0)
     assert np.all(dep.counter("S2")[halo] == 0) and np.all(dep.counter("S3")[halo] == 0)
@@ -168,7 +181,7 @@ def test_counters_srd_and_halo(sim):
     scal = response.hardware_scalers(dep)
     assert scal["S1"] == N and scal["V0"] == halo.sum() and scal["S2"] == (~halo).sum()
     e = plain_electrons(t)
-    assert abs(np.median(t["e_srd"][e]) - 0.15) < 0.01          # ~50 MeV per section, 3 sections
+    assert abs(np.median(t["e_srd"][e]) - 0.15) < 0.01  # ~50 MeV per section, 3 sections
     assert np.all(t["e_srd"][(t["ptype"] == PI) | (t["ptype"] == MU) | halo] == 0)
 
 
@@ -180,11 +193,11 @@ def test_hadron_response(cfg):
     pi = sp.truth["ptype"] == PI
     t = sp.truth[pi]
     f_ps = np.mean(t["e_ps"] > 0.3)
-    assert abs(f_ps - (1 - math.exp(-geometry.PS_LAMBDA))) < 0.02      # ~14% shower in the PS (physics.md 1.6)
-    assert abs(np.mean(t["e_ecal"] < 1.0) - math.exp(-geometry.ECAL_LAMBDA)) < 0.04   # MIP through the ECAL
+    assert abs(f_ps - (1 - math.exp(-geometry.PS_LAMBDA))) < 0.02  # ~14% shower in the PS (docs/physics.md 1.6)
+    assert abs(np.mean(t["e_ecal"] < 1.0) - math.exp(-geometry.ECAL_LAMBDA)) < 0.04  # MIP through the ECAL
     assert abs(np.mean((t["e_ecal"] + t["e_hcal"]) / t["e_beam"]) - 1) < 0.03
     h = dep.hcal[pi]
-    assert h[:, 0].mean() > 10 * h[:, 1].mean() > 0                     # mostly module 0, some punch-through
+    assert h[:, 0].mean() > 10 * h[:, 1].mean() > 0  # mostly module 0, some punch-through
     assert np.all(t["e_v2"] > 0)
     had = (t["flags"] & TRUTH_HADRONIC) != 0
     assert abs(had.mean() - (1 - math.exp(-geometry.ECAL_LAMBDA))) < 0.03
@@ -196,16 +209,16 @@ def test_muon_response(cfg):
     dep = response.apply_response(sp, c)
     mu = sp.truth["ptype"] == MU
     t = sp.truth[mu]
-    assert 0.28 < np.median(t["e_ecal"]) < 0.36                         # ECAL MIP ~0.3 GeV
+    assert 0.28 < np.median(t["e_ecal"]) < 0.36  # ECAL MIP ~0.3 GeV
     for m in range(4):
-        assert 2.4 < np.median(dep.hcal[mu, m]) < 2.9                   # ~2.5 GeV per module (physics.md 1.4)
+        assert 2.4 < np.median(dep.hcal[mu, m]) < 2.9  # ~2.5 GeV per module (docs/physics.md 1.4)
     assert np.all(t["e_v2"] > 0.5 * geometry.V2_MIP_GEV) and np.all(t["e_srd"] == 0)
     assert np.all(dep.shape[mu, 1] == geometry.SHAPE_MIP)
 
 
 def test_dimuon_rate_weights_and_response(cfg):
     p = beam.dimuon_probability(100.0)
-    assert 1.4e-4 < p < 1.8e-4                                          # N_X0 * int 0.572 E0/k^2 sigma_BH dk
+    assert 1.4e-4 < p < 1.8e-4  # N_X0 * int 0.572 E0/k^2 sigma_BH dk
     sp = beam.generate_spill(cfg, 5, n_particles=100_000)
     dep = response.apply_response(sp, cfg)
     t = sp.truth
@@ -215,19 +228,19 @@ def test_dimuon_rate_weights_and_response(cfg):
     expect = p * cfg.beam.dimuon_bias
     assert abs(dm.sum() / el.sum() - expect) < 5 * math.sqrt(expect / el.sum())
     assert np.allclose(t["weight"][dm], 1 / cfg.beam.dimuon_bias)
-    assert np.all(t["weight"][el & ~dm] > 1.0)                           # unbiased remainder
+    assert np.all(t["weight"][el & ~dm] > 1.0)  # unbiased remainder
     h = dep.hcal[dm]
-    assert 7.0 < t["e_hcal"][dm].mean() < 13.0                          # region I: E_HCAL ~ 10 GeV
-    assert np.mean((h[:, 0] > 1) & (h[:, 0] < 6)) > 0.7                  # two MIPs: 1-6 GeV per module
+    assert 7.0 < t["e_hcal"][dm].mean() < 13.0  # region I: E_HCAL ~ 10 GeV
+    assert np.mean((h[:, 0] > 1) & (h[:, 0] < 6)) > 0.7  # two MIPs: 1-6 GeV per module
     plain = plain_electrons(t)
-    assert (t["e_beam"] - t["e_ecal"])[dm].mean() > (t["e_beam"] - t["e_ecal"])[plain].mean() + 3.0   # muons escape
+    assert (t["e_beam"] - t["e_ecal"])[dm].mean() > (t["e_beam"] - t["e_ecal"])[plain].mean() + 3.0  # muons escape
     assert np.mean(t["e_v2"][dm] > 0.5 * geometry.V2_MIP_GEV) > 0.9
 
 
 def test_aprime_injection(cfg):
-    c = variant(cfg, aprime__enabled=True, aprime__epsilon=1e-2, aprime__bias=1e4)   # visible test point
+    c = variant(cfg, aprime__enabled=True, aprime__epsilon=1e-2, aprime__bias=1e4)  # visible test point
     p = beam.aprime_probability(c)
-    assert 0.5e-6 < p < 0.8e-6                                           # 6.3e-3 eps^2 (physics.md 3.5)
+    assert 0.5e-6 < p < 0.8e-6  # 6.3e-3 eps^2 (docs/physics.md 3.5)
     sp = beam.generate_spill(c, 9, n_particles=40_000)
     response.apply_response(sp, c)
     t = sp.truth
@@ -240,7 +253,7 @@ def test_aprime_injection(cfg):
     visible = a["e_beam"] - a["e_invisible"]
     sigma = np.sqrt(0.01 * visible + (0.01 * visible) ** 2) + 0.05
     pull = (a["e_ecal"] + a["e_hcal"] - visible) / sigma
-    assert abs(pull.mean()) < 0.3 and pull.std() < 1.5                  # E_ECAL = (1 - x) E
+    assert abs(pull.mean()) < 0.3 and pull.std() < 1.5  # E_ECAL = (1 - x) E
     assert np.all(a["e_ecal"] < 0.55 * a["e_beam"]) and np.mean(a["e_hcal"] < 1.0) > 0.98
     assert np.allclose(a["weight"], 1e-4)
 
@@ -253,21 +266,24 @@ def test_calibration_beam_lands_in_the_commanded_cell(cfg):
     t = sp.truth
     cal = t["ptype"] != HALO
     assert np.all(t["flags"][cal] & ~TRUTH_PILEUP == TRUTH_CALIBRATION) and np.all(t["ptype"][cal] == E_)
-    assert np.any(t["flags"][cal] & TRUTH_PILEUP)                        # the pile-up flag survives
+    assert np.any(t["flags"][cal] & TRUTH_PILEUP)  # the pile-up flag survives
     assert np.all(t["e_ecal"] == 0) and np.all(t["e_v2"] == 0)
     assert np.all(dep.hcal[:, [0, 1, 3]] == 0)
     cd = response.channel_deposits(sp, dep, np.flatnonzero(cal))
     cell = cd[:, ch.hcal_id(2, 0, 2)]
     frac = cell / dep.hcal[cal, 2]
-    assert abs(np.mean(cell / t["e_beam"][cal]) - 0.80) < 0.02            # ~80% of the energy in the hit cell
-    assert abs(cell.mean() / 80.0 - 1) < 0.02                             # 100 GeV e- x 80%
-    assert 0.85 < frac.mean() < 0.95                                      # corner cell: the rest leaks out
+    assert abs(np.mean(cell / t["e_beam"][cal]) - 0.80) < 0.02  # ~80% of the energy in the hit cell
+    assert abs(cell.mean() / 80.0 - 1) < 0.02  # 100 GeV e- x 80%
+    assert 0.85 < frac.mean() < 0.95  # corner cell: the rest leaks out
     hres = dep.hcal[cal, 2] / t["e_beam"][cal]
-    assert abs(hres.std() / math.hypot(0.65 / 10, 0.05) - 1) < 0.1        # HCAL resolution
-    hc = cd[:, ch.HCAL_FIRST:ch.HCAL_FIRST + ch.N_HCAL]
+    assert abs(hres.std() / math.hypot(0.65 / 10, 0.05) - 1) < 0.1  # HCAL resolution
+    hc = cd[:, ch.HCAL_FIRST : ch.HCAL_FIRST + ch.N_HCAL]
     assert np.argmax(hc.mean(0)) + ch.HCAL_FIRST == ch.hcal_id(2, 0, 2)
     assert np.all(dep.counter("S1")[cal] > 0.5e-3) and np.all(dep.trigger[:, 4:] == 0)
     # physics position again: the ECAL sees the beam
-    dep0 = response.apply_response(beam.generate_spill(cfg, 11, n_particles=5000), cfg,
-                                   table={"x_mm": 0.0, "y_mm": 0.0, "module": -1, "cell": "PHYSICS"})
+    dep0 = response.apply_response(
+        beam.generate_spill(cfg, 11, n_particles=5000),
+        cfg,
+        table={"x_mm": 0.0, "y_mm": 0.0, "module": -1, "cell": "PHYSICS"},
+    )
     assert dep0.calibration_module == -1 and np.median(dep0.trigger[:, 5]) > 90

@@ -1,4 +1,4 @@
-"""1D e-m cascade and Tsai primary track length against physics.md section 9 (checks 11-14)."""
+"""1D e-m cascade and Tsai primary track length against docs/physics.md section 9 (checks 11-14)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ def test_thin_target_lets_energy_leave() -> None:
     thin = cascade.simulate_cascade(E0, 500, seed=2, t_max_x0=2.0)
     assert thin.max_energy_imbalance() < 1e-9
     assert thin.energy_leaving_gev.mean() > 0.3 * E0
-    # total charged track length per electron cannot exceed (number of charged particles) x depth; the primary alone <= T
+    # total charged track length per electron cannot exceed (number of charged particles) x depth;
+    # the primary alone <= T
     assert thin.track_primary_x0.sum() <= 2.0 + 1e-12
 
 

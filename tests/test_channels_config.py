@@ -1,9 +1,10 @@
 """Channel map and configuration loading/validation."""
+
 import numpy as np
 import pytest
 
 from detector import channels as ch
-from detector.config import ConfigError, load_calibration, load_config, validate, DEFAULT_CONFIG
+from detector.config import DEFAULT_CONFIG, ConfigError, load_calibration, load_config, validate
 
 
 def test_channel_counts_and_ids_are_stable():
@@ -54,19 +55,22 @@ def write(tmp_path, text, name="c.toml"):
     return p
 
 
-@pytest.mark.parametrize("text, words", [
-    ("[beam]\nenergy_gev = 'a'\n", ["beam.energy_gev", "wrong type", "a number"]),
-    ("[beam]\nenergy_gev = 1000.0\n", ["beam.energy_gev", "out of range", "400.0"]),
-    ("[beam]\nenergy = 100.0\n", ["unknown key 'beam.energy'", "energy_gev"]),
-    ("[bogus]\nx = 1\n", ["unknown key 'bogus'"]),
-    ("[trigger.menu.physics]\nps_min_gev = 90.0\n", ["ps_min_gev", "ecal_max_gev"]),
-    ("[hv]\nmax_v = 600.0\nmin_v = 700.0\n", ["hv.min_v", "hv.max_v"]),
-    ("[endpoints]\nhost = '0.0.0.0'\n", ["not loopback", "zmq_curve"]),
-    ("[spill]\nlength_s = 5.0\nsupercycle_s = 4.0\n", ["length_s", "supercycle_s"]),
-    ("[beam\n", ["not valid TOML"]),
-    ("[beam]\nenergy_gev = nan\n", ["not finite"]),
-    ("[trigger.menu.beam]\nprescale = true\n", ["prescale", "wrong type"]),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("[beam]\nenergy_gev = 'a'\n", ["beam.energy_gev", "wrong type", "a number"]),
+        ("[beam]\nenergy_gev = 1000.0\n", ["beam.energy_gev", "out of range", "400.0"]),
+        ("[beam]\nenergy = 100.0\n", ["unknown key 'beam.energy'", "energy_gev"]),
+        ("[bogus]\nx = 1\n", ["unknown key 'bogus'"]),
+        ("[trigger.menu.physics]\nps_min_gev = 90.0\n", ["ps_min_gev", "ecal_max_gev"]),
+        ("[hv]\nmax_v = 600.0\nmin_v = 700.0\n", ["hv.min_v", "hv.max_v"]),
+        ("[endpoints]\nhost = '0.0.0.0'\n", ["not loopback", "zmq_curve"]),
+        ("[spill]\nlength_s = 5.0\nsupercycle_s = 4.0\n", ["length_s", "supercycle_s"]),
+        ("[beam\n", ["not valid TOML"]),
+        ("[beam]\nenergy_gev = nan\n", ["not finite"]),
+        ("[trigger.menu.beam]\nprescale = true\n", ["prescale", "wrong type"]),
+    ],
+)
 def test_bad_config_names_file_key_and_allowed(tmp_path, text, words):
     p = write(tmp_path, text)
     with pytest.raises(ConfigError) as exc:
@@ -91,7 +95,7 @@ def test_partial_config_keeps_defaults(tmp_path):
 def test_default_calibration_loads():
     cal = load_calibration()
     assert cal.gev_per_count.shape == (121,)
-    assert cal.hv_set[ch.by_name("HCAL-0-2-3").id] == 942.0          # 2017 logbook
+    assert cal.hv_set[ch.by_name("HCAL-0-2-3").id] == 942.0  # 2017 logbook
     assert np.all(cal.hv_set <= cal.hv_limit)
     assert cal.gev_per_count[ch.by_name("PS_SUM").id] == 0.008
 
@@ -151,13 +155,13 @@ sum = 100.0
 
 def test_calibration_limit_above_global_max_is_refused(tmp_path):
     p = write(tmp_path, CAL.replace("LIMIT", "1800.0"), "cal.toml")
-    with pytest.raises(ConfigError, match="above the global hv.max_v"):
+    with pytest.raises(ConfigError, match=r"above the global hv\.max_v"):
         load_calibration(load_config(None), p)
 
 
 def test_calibration_set_point_above_its_limit_is_refused(tmp_path):
     p = write(tmp_path, CAL.replace("LIMIT", "850.0"), "cal.toml")
-    with pytest.raises(ConfigError, match="HCAL-0-0-0.*above its hv_limit"):
+    with pytest.raises(ConfigError, match=r"HCAL-0-0-0.*above its hv_limit"):
         load_calibration(load_config(None), p)
 
 

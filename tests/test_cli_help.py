@@ -1,4 +1,5 @@
 """Every console script is installed and explains itself with --help."""
+
 import pathlib
 import subprocess
 import sys

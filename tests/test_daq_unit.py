@@ -1,4 +1,5 @@
 """Unit tests of the spill state machine and the na64-daq command line (no emulator)."""
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,13 @@ def test_state_machine_follows_the_table_and_reports_changes():
     assert sm.state is State.IDLE
     for st in (State.SPILL, State.END_OF_SPILL, State.READOUT, State.RECORDED, State.IDLE):
         sm.to(st, f"to {st.value}")
-    sm.to(State.IDLE)                                   # re-entering is not a change
+    sm.to(State.IDLE)  # re-entering is not a change
     assert [s[1] for s in seen] == ["SPILL", "END_OF_SPILL", "READOUT", "RECORDED", "IDLE"]
     with pytest.raises(IllegalTransition, match="IDLE -> READOUT"):
         sm.to(State.READOUT)
     sm.to(State.ERROR, "boom")
     assert sm.message == "boom" and seen[-1] == ("IDLE", "ERROR", "boom")
-    sm.to(State.RECORDED)                               # a flagged spill is still recorded
+    sm.to(State.RECORDED)  # a flagged spill is still recorded
     assert set(TRANSITIONS) == set(State)
     assert all(State.ERROR in TRANSITIONS[s] for s in State if s is not State.ERROR)
     assert State.RECORDED not in TRANSITIONS[State.IDLE] and State.READOUT not in TRANSITIONS[State.SPILL]
@@ -29,10 +30,14 @@ def test_state_machine_follows_the_table_and_reports_changes():
 
 def test_cli_bad_arguments_and_files(tmp_path, capsys):
     with pytest.raises(SystemExit) as ei:
-        daq_cli.main(["run", "--out", str(tmp_path)])                 # --endpoints-file missing
+        daq_cli.main(["run", "--out", str(tmp_path)])  # --endpoints-file missing
     assert ei.value.code == 2
-    assert daq_cli.main(["run", "--endpoints-file", str(tmp_path / "none.json"), "--out", str(tmp_path),
-                         "--wait-endpoints", "0"]) == 2
+    assert (
+        daq_cli.main(
+            ["run", "--endpoints-file", str(tmp_path / "none.json"), "--out", str(tmp_path), "--wait-endpoints", "0"]
+        )
+        == 2
+    )
     assert "endpoints file not found" in capsys.readouterr().err
     bad = tmp_path / "ep.json"
     bad.write_text(json.dumps({"hv": "socket://127.0.0.1:1"}))
@@ -50,8 +55,21 @@ def test_unreachable_crate_exits_1(tmp_path, capsys):
     ep.write_text(json.dumps({"msadc": "TCPIP::127.0.0.1::1::SOCKET"}))
     cfg = tmp_path / "c.toml"
     cfg.write_text("[daq]\ntimeout_ms = 200\n[beam]\nparticles_per_spill = 1000.0\n")
-    rc = daq_cli.main(["run", "--config", str(cfg), "--endpoints-file", str(ep), "--out", str(tmp_path / "d"),
-                       "--monitor", "tcp://127.0.0.1:*", "--no-hv", "--quiet"])
+    rc = daq_cli.main(
+        [
+            "run",
+            "--config",
+            str(cfg),
+            "--endpoints-file",
+            str(ep),
+            "--out",
+            str(tmp_path / "d"),
+            "--monitor",
+            "tcp://127.0.0.1:*",
+            "--no-hv",
+            "--quiet",
+        ]
+    )
     assert rc == 1
     assert "cannot reach the MSADC crate" in capsys.readouterr().err
 
@@ -66,7 +84,7 @@ def test_event_buffers_recycle_whatever_their_sizes(tmp_path):
     bufs = [pool.take(n) for n in (5000, 300, 20000, 800)]
     for b in bufs:
         pool.release(b)
-        pool.release(b)                            # a second release of the same buffer is ignored
-    assert [id(b) for b in pool._pool] == [id(bufs[0]), id(bufs[2])]     # the two largest are kept
+        pool.release(b)  # a second release of the same buffer is ignored
+    assert [id(b) for b in pool._pool] == [id(bufs[0]), id(bufs[2])]  # the two largest are kept
     assert pool.take(10000) is bufs[2]
     assert pool.take(100) is bufs[0] and pool._pool == []

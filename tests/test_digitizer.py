@@ -55,11 +55,11 @@ def test_shapes_times_and_hidden_constants(cfg, cal, sim):
     assert np.all(np.abs(dz.hidden_gain[hc] - 1) <= 0.3) and dz.hidden_gain[hc].std() > 0.1
     assert np.all(np.abs(dz.hidden_gain[rest] - 1) <= 0.02)
     assert abs(dz.hidden_gamma.mean() - 7.5) < 0.3 and 0.3 < dz.hidden_gamma.std() < 0.7
-    again = Digitizer(cfg, cal)                                 # same hidden seed -> same hidden constants
+    again = Digitizer(cfg, cal)  # same hidden seed -> same hidden constants
     assert np.array_equal(again.hidden_gain, dz.hidden_gain) and np.array_equal(again.hidden_gamma, dz.hidden_gamma)
     assert not np.array_equal(Digitizer(cfg, cal, hidden_seed=1).hidden_gain, dz.hidden_gain)
     wf2, _ = again.primitives(sp, dep, dz.nominal_vmon())
-    assert np.array_equal(wf2, wf)                               # deterministic
+    assert np.array_equal(wf2, wf)  # deterministic
 
 
 def test_reconstruction_recovers_the_deposits(cfg, cal, sim):
@@ -77,10 +77,10 @@ def test_reconstruction_recovers_the_deposits(cfg, cal, sim):
         assert abs(np.median(ratio) - 1) < 0.01, (name, np.median(ratio))
         assert abs(np.mean(r.energy_gev[ok, col]) / np.mean(true[ok, col]) - 1) < 0.015, name
     assert np.all(r.flags[:, 5] & reco.FLAG_PILEUP == 0)
-    assert np.all(np.abs(r.time_ns[:, 5] - cal.t0_ns[TRIG[5]]) < 1.0)      # the pulse sits at t0 of the window
+    assert np.all(np.abs(r.time_ns[:, 5] - cal.t0_ns[TRIG[5]]) < 1.0)  # the pulse sits at t0 of the window
     e100 = r.energy_gev[:, 5]
-    assert abs(np.median(e100) - 100) < 2                                 # 100 GeV e- -> 2500 counts x 0.04
-    assert np.all(r.flags[:, 3] == reco.FLAG_NO_SIGNAL)                  # V1 silent for beam electrons
+    assert abs(np.median(e100) - 100) < 2  # 100 GeV e- -> 2500 counts x 0.04
+    assert np.all(r.flags[:, 3] == reco.FLAG_NO_SIGNAL)  # V1 silent for beam electrons
     # with the hidden gains the amplitudes move by exactly the hidden gain
     dzh = Digitizer(cfg, cal)
     rh = reco.reconstruct(dzh.primitives(sp, dep, dzh.nominal_vmon())[0][iso], cal.gev_per_count[TRIG])
@@ -109,15 +109,15 @@ def test_pileup_appears_when_two_particles_are_close(cfg, cal):
     assert r.flags[2, ecal] == 0
     # the second particle's pulse is in record 0's window 60 ns (4.8 samples) after the first
     s0 = wf[0, ecal].astype(float) - cal.pedestal_even[ch.by_name("ECAL_SUM").id]
-    k1, k2 = 8 + 2, 8 + 2 + 5                          # peaks: onset 100 ns + 24 ns, and 60 ns later
+    k1, k2 = 8 + 2, 8 + 2 + 5  # peaks: onset 100 ns + 24 ns, and 60 ns later
     assert s0[k2] > 0.5 * s0[k1] and s0[k2 + 8] < s0[k2]
     clean = wf[2, ecal].astype(float) - cal.pedestal_even[ch.by_name("ECAL_SUM").id]
-    assert clean[k2 + 2] < 0.3 * clean[k1]                # a lone pulse has decayed by then
+    assert clean[k2 + 2] < 0.3 * clean[k1]  # a lone pulse has decayed by then
     # noise-free check of the superposition: the sum of the two single pulses
     sp1 = hand_spill([1000.0])
     d1 = response.apply_response(sp1, cfg)
     w1, _ = dz.primitives(sp1, d1, dz.nominal_vmon())
-    assert np.abs(wf[0, ecal, :8].astype(int) - w1[0, ecal, :8]).max() <= 6      # before the pulses: pedestal
+    assert np.abs(wf[0, ecal, :8].astype(int) - w1[0, ecal, :8]).max() <= 6  # before the pulses: pedestal
     # pile-up also seen by the crate counters: S1 of record 0 has two pulses
     rs = reco.reconstruct(wf[:, :1], cal.gev_per_count[TRIG[:1]])
     assert rs.flags[0, 0] & reco.FLAG_PILEUP
@@ -126,7 +126,7 @@ def test_pileup_appears_when_two_particles_are_close(cfg, cal):
 def test_hv_gain_law(cfg, cal):
     dz = Digitizer(cfg, cal)
     hc = ch.ids_of_kind("hcal")
-    cell = int(hc[np.argmin(dz.hidden_gain[hc] * 1.05 ** dz.hidden_gamma[hc])])   # stays below saturation
+    cell = int(hc[np.argmin(dz.hidden_gain[hc] * 1.05 ** dz.hidden_gamma[hc])])  # stays below saturation
     c = ch.CHANNELS[cell]
     v1 = dz.nominal_vmon()
     v2 = v1.copy()
@@ -138,15 +138,19 @@ def test_hv_gain_law(cfg, cal):
     assert a1[cell] == pytest.approx(dz.hidden_gain[cell] / cal.gev_per_count[cell])
     v0 = v1.copy()
     v0[cell] = 0.0
-    assert dz.amplitude_scale(v0)[cell] == 0.0                # PMT off
+    assert dz.amplitude_scale(v0)[cell] == 0.0  # PMT off
     # the sums follow the ECAL HV
     ve = v1.copy()
     ve[ch.ids_of_kind("ecal")] *= 1.02
     ratio = dz.amplitude_scale(ve)[TRIG[5]] / a1[TRIG[5]]
     assert ratio == pytest.approx(np.mean(1.02 ** dz.hidden_gamma[ch.ids_of_kind("ecal")]), rel=1e-12)
     # digitised: calibration beam on that cell, amplitudes through the reconstruction
-    table = {"x_mm": (c.x - 1) * 194.0, "y_mm": (c.y - 1) * 194.0, "module": c.module,
-             "cell": ch.hcal_cell_name(c.x, c.y, c.module)}
+    table = {
+        "x_mm": (c.x - 1) * 194.0,
+        "y_mm": (c.y - 1) * 194.0,
+        "module": c.module,
+        "cell": ch.hcal_cell_name(c.x, c.y, c.module),
+    }
     sp = beam.generate_spill(cfg, 31, n_particles=3000)
     dep = response.apply_response(sp, cfg, table=table)
     idx = np.flatnonzero(isolated(sp.truth["time_ns"]) & (sp.truth["ptype"] != HALO))[:400]
@@ -172,7 +176,7 @@ def test_primitives_and_events_agree(cfg, cal, sim):
     idx = np.random.default_rng(3).permutation(np.unique(idx))
     ev = dz.events(sp, dep, idx, hv)
     assert ev.shape == (idx.size, ch.N_CHANNELS, 32) and ev.dtype == np.int16
-    assert np.array_equal(ev[:, TRIG], wf[idx])                  # bit-identical trigger channels
+    assert np.array_equal(ev[:, TRIG], wf[idx])  # bit-identical trigger channels
     assert dz.events(sp, dep, np.array([], dtype=np.int64), hv).shape == (0, ch.N_CHANNELS, 32)
 
 
@@ -190,5 +194,5 @@ def test_events_cells_reconstruct_the_channel_deposits(cfg, cal, sim):
     srd = [ch.by_name(n).id for n in ch.SRD_NAMES]
     assert abs(np.median(r.energy_gev[:, srd].sum(1) / sp.truth["e_srd"][idx]) - 1) < 0.02
     v2 = ch.by_name("V2").id
-    assert np.all(r.flags[cd[:, v2] == 0, v2] == reco.FLAG_NO_SIGNAL)        # showers do not reach V2
-    assert np.all(r.flags[cd[:, v2] > 0, v2] != reco.FLAG_NO_SIGNAL)         # the muons of dimuons do
+    assert np.all(r.flags[cd[:, v2] == 0, v2] == reco.FLAG_NO_SIGNAL)  # showers do not reach V2
+    assert np.all(r.flags[cd[:, v2] > 0, v2] != reco.FLAG_NO_SIGNAL)  # the muons of dimuons do

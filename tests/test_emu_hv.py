@@ -1,5 +1,6 @@
 """The emulated HV mainframe (sim_frontend.emu_hv) and the serial line server (sim_frontend.serial_server):
 ramp timing, trips, CLR, every error reply, and fuzzing of the line handler and of the pty server."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ from sim_frontend.serial_server import FaultState, LineFramer, PtyLineServer, Tc
 
 CFG = load_config(None)
 CAL = load_calibration(CFG)
-REPLY_TIMEOUT_S = 30.0       #: a reply that must arrive gets this long (generous on a loaded machine)
+REPLY_TIMEOUT_S = 30.0  #: a reply that must arrive gets this long (generous on a loaded machine)
 
 
 class FakeClock:
@@ -64,8 +65,8 @@ def test_fresh_emulator_is_in_the_physics_state(emu: HVMainframe) -> None:
     has_hv = np.array([c.hv_board is not None for c in chmap.CHANNELS])
     np.testing.assert_allclose(v[has_hv], CAL.hv_set[has_hv])
     assert np.all(v[~has_hv] == 0.0)
-    assert mon(emu, 3, 6, "VMON") == 942.0                   # HCAL-0-2-3 from the 2017 logbook
-    assert int(mon(emu, 3, 6, "STAT")) == 1                  # ON, settled
+    assert mon(emu, 3, 6, "VMON") == 942.0  # HCAL-0-2-3 from the 2017 logbook
+    assert int(mon(emu, 3, 6, "STAT")) == 1  # ON, settled
 
 
 def test_ramp_up_and_down_follow_the_rates(emu: HVMainframe, clock: FakeClock) -> None:
@@ -73,30 +74,30 @@ def test_ramp_up_and_down_follow_the_rates(emu: HVMainframe, clock: FakeClock) -
     assert q(emu, 0, 0, "VSET", "950.0") == "#BD:00,CMD:OK"
     clock.advance(1.0)
     assert mon(emu, 0, 0, "VMON") == pytest.approx(900.0)
-    assert int(mon(emu, 0, 0, "STAT")) & 0b10                # ramping up
+    assert int(mon(emu, 0, 0, "STAT")) & 0b10  # ramping up
     clock.advance(1.5)
     assert mon(emu, 0, 0, "VMON") == pytest.approx(950.0)
     assert int(mon(emu, 0, 0, "STAT")) == 1
     q(emu, 0, 0, "VSET", "900")
     clock.advance(1.0)
     assert mon(emu, 0, 0, "VMON") == pytest.approx(925.0)
-    assert int(mon(emu, 0, 0, "STAT")) & 0b100               # ramping down
+    assert int(mon(emu, 0, 0, "STAT")) & 0b100  # ramping down
     assert mon(emu, 0, 0, "IMON") == pytest.approx(925.0 / R_DIVIDER_MOHM + 0.5, abs=0.006)
 
 
 def test_ramp_from_mid_ramp_value_and_rate_change(emu: HVMainframe, clock: FakeClock) -> None:
     q(emu, 0, 1, "VSET", "1050")
-    clock.advance(2.0)                                       # 850 -> 950
+    clock.advance(2.0)  # 850 -> 950
     assert q(emu, 0, 1, "RUP", "100") == "#BD:00,CMD:OK"
-    clock.advance(0.5)                                       # 950 -> 1000 at the new rate
+    clock.advance(0.5)  # 950 -> 1000 at the new rate
     assert mon(emu, 0, 1, "VMON") == pytest.approx(1000.0)
 
 
 def test_ramp_in_real_time() -> None:
     e = HVMainframe(CFG, CAL, rup_v_per_s=200.0, rdw_v_per_s=200.0)
-    t0 = time.monotonic()                                    # before the SET: elapsed bounds the ramp time
+    t0 = time.monotonic()  # before the SET: elapsed bounds the ramp time
     e.handle("$BD:00,CMD:SET,CH:2,PAR:VSET,VAL:1250.0")
-    time.sleep(0.25)              # real time passing IS the behaviour under test (lower bound below)
+    time.sleep(0.25)  # real time passing IS the behaviour under test (lower bound below)
     v = float(e.handle("$BD:00,CMD:MON,CH:2,PAR:VMON").rsplit(":", 1)[1])
     elapsed = time.monotonic() - t0
     # load can only lengthen the ramp time, and elapsed includes it: both bounds hold on any machine
@@ -109,10 +110,10 @@ def test_over_current_trips_after_trip_time(emu: HVMainframe, clock: FakeClock) 
     assert q(emu, 0, 4, "ISET", "100") == "#BD:00,CMD:OK"
     clock.advance(0.4)
     stat = int(mon(emu, 0, 4, "STAT"))
-    assert stat & (1 << 3) and not stat & (1 << 7)           # over-current, not yet tripped
-    clock.advance(0.2)                                       # trip at +0.5 s, now +0.6 s
+    assert stat & (1 << 3) and not stat & (1 << 7)  # over-current, not yet tripped
+    clock.advance(0.2)  # trip at +0.5 s, now +0.6 s
     stat = int(mon(emu, 0, 4, "STAT"))
-    assert stat & (1 << 7) and not stat & 1                  # tripped and OFF
+    assert stat & (1 << 7) and not stat & 1  # tripped and OFF
     assert mon(emu, 0, 4, "VMON") == pytest.approx(850.0 - TRIP_DISCHARGE_V_PER_S * 0.1)
 
 
@@ -132,7 +133,7 @@ def test_trip_time_counts_from_the_threshold_crossing(emu: HVMainframe, clock: F
     q(emu, 0, 6, "VSET", "1000")
     clock.advance(1.9)
     assert not int(mon(emu, 0, 6, "STAT")) & (1 << 7)
-    clock.advance(0.1)                                       # +2.0 s > 0.94 + 1.0
+    clock.advance(0.1)  # +2.0 s > 0.94 + 1.0
     assert int(mon(emu, 0, 6, "STAT")) & (1 << 7)
 
 
@@ -142,14 +143,14 @@ def test_injected_trip_clear_and_on_again(emu: HVMainframe, clock: FakeClock) ->
     assert b is not None and c is not None
     emu.inject_trip(cid)
     assert int(mon(emu, b, c, "STAT")) & (1 << 7)
-    assert q(emu, b, c, "ON") == f"#BD:{b:02d},VAL:ERR"    # refused while latched
+    assert q(emu, b, c, "ON") == f"#BD:{b:02d},VAL:ERR"  # refused while latched
     clock.advance(1.0)
     assert mon(emu, b, c, "VMON") == 0.0
     assert q(emu, b, c, "CLR") == f"#BD:{b:02d},CMD:OK"
-    assert int(mon(emu, b, c, "STAT")) == 0                  # cleared, still OFF
+    assert int(mon(emu, b, c, "STAT")) == 0  # cleared, still OFF
     assert q(emu, b, c, "ON") == f"#BD:{b:02d},CMD:OK"
     clock.advance(2.0)
-    assert mon(emu, b, c, "VMON") == pytest.approx(100.0)    # ramps from 0 at RUP 50 V/s
+    assert mon(emu, b, c, "VMON") == pytest.approx(100.0)  # ramps from 0 at RUP 50 V/s
     assert emu.vmon_by_channel_id()[cid] == pytest.approx(100.0)
 
 
@@ -161,12 +162,12 @@ def test_off_ramps_down_at_rdw(emu: HVMainframe, clock: FakeClock) -> None:
 
 
 def test_value_errors(emu: HVMainframe) -> None:
-    assert q(emu, 0, 3, "VSET", f"{HVMAX_V + 0.1:.1f}") == "#BD:00,VAL:ERR"     # above MAXV (= HVMAX)
+    assert q(emu, 0, 3, "VSET", f"{HVMAX_V + 0.1:.1f}") == "#BD:00,VAL:ERR"  # above MAXV (= HVMAX)
     assert q(emu, 0, 3, "VSET", "-1") == "#BD:00,VAL:ERR"
     for bad in ("nan", "inf", "1e9", "abc", "", "9 00"):
         assert q(emu, 0, 3, "VSET", bad) == "#BD:00,VAL:ERR", bad
-    assert emu.handle("$BD:00,CMD:SET,CH:3,PAR:VSET") == "#BD:00,VAL:ERR"         # missing value
-    assert q(emu, 0, 3, "MAXV", "2000.1") == "#BD:00,VAL:ERR"                      # above HVMAX
+    assert emu.handle("$BD:00,CMD:SET,CH:3,PAR:VSET") == "#BD:00,VAL:ERR"  # missing value
+    assert q(emu, 0, 3, "MAXV", "2000.1") == "#BD:00,VAL:ERR"  # above HVMAX
     assert q(emu, 0, 3, "MAXV", "1200") == "#BD:00,CMD:OK"
     assert q(emu, 0, 3, "VSET", "1200.1") == "#BD:00,VAL:ERR"
     assert q(emu, 0, 3, "VSET", "1200.0") == "#BD:00,CMD:OK"
@@ -178,19 +179,19 @@ def test_value_errors(emu: HVMainframe) -> None:
 
 def test_channel_parameter_and_command_errors(emu: HVMainframe) -> None:
     assert q(emu, 0, 10, "VMON") == "#BD:00,CH:ERR"
-    assert q(emu, 0, 9, "VSET", "900") == "#BD:00,CH:ERR"         # CH:n is MON only
+    assert q(emu, 0, 9, "VSET", "900") == "#BD:00,CH:ERR"  # CH:n is MON only
     assert q(emu, 4, 19, "VMON") == "#BD:04,CH:ERR"
     assert emu.handle("$BD:00,CMD:MON,CH:x,PAR:VMON") == "#BD:00,CH:ERR"
     assert emu.handle("$BD:00,CMD:MON,PAR:VMON") == "#BD:00,CH:ERR"
     assert q(emu, 0, 3, "FOO") == "#BD:00,PAR:ERR"
-    assert q(emu, 0, 3, "VMON", "900") == "#BD:00,PAR:ERR"        # read-only
+    assert q(emu, 0, 3, "VMON", "900") == "#BD:00,PAR:ERR"  # read-only
     assert q(emu, 0, 3, "HVMAX", "1000") == "#BD:00,PAR:ERR"
     assert emu.handle("$BD:00,CMD:SET,CH:3,PAR:BDNAME,VAL:x") == "#BD:00,PAR:ERR"
     assert emu.handle("$BD:00,CMD:GET,CH:3,PAR:VMON") == "#BD:00,CMD:ERR"
-    assert emu.handle("$BD:09,CMD:MON,CH:0,PAR:VMON") == "#BD:09,CMD:ERR"     # no such board
+    assert emu.handle("$BD:09,CMD:MON,CH:0,PAR:VMON") == "#BD:09,CMD:ERR"  # no such board
     assert emu.handle("$BD:00,CMD:MON,CH:3,PAR:VMON,VAL:1") == "#BD:00,CMD:ERR"
     assert emu.handle("$BD:00,CMD:MON,CH:3,PAR:VMON,XYZ") == "#BD:00,CMD:ERR"
-    assert emu.handle("BD:00,CMD:MON,CH:3,PAR:VMON") == "#CMD:ERR"            # no '$'
+    assert emu.handle("BD:00,CMD:MON,CH:3,PAR:VMON") == "#CMD:ERR"  # no '$'
     assert emu.handle("$XX:00") == "#CMD:ERR"
     assert emu.handle("") == "#CMD:ERR"
 
@@ -216,7 +217,9 @@ def test_set_log_records_every_set(emu: HVMainframe) -> None:
     q(emu, 0, 3, "VMON")
     log = emu.set_log()
     assert [(e["par"], e["value"], e["accepted"], e["channel_id"]) for e in log] == [
-        ("VSET", 900.0, True, chmap.hcal_id(0, 1, 0)), ("VSET", 2500.0, False, chmap.hcal_id(0, 1, 0))]
+        ("VSET", 900.0, True, chmap.hcal_id(0, 1, 0)),
+        ("VSET", 2500.0, False, chmap.hcal_id(0, 1, 0)),
+    ]
     json.dumps(emu.state())
     json.dumps(log)
 
@@ -234,14 +237,20 @@ def test_inject_trip_on_channel_without_hv_is_refused(emu: HVMainframe) -> None:
 
 # -------------------------------------------------------------------------------------------- fuzz
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.text(max_size=200),
-                 st.binary(max_size=200).map(lambda b: b.decode("utf-8", errors="replace")),
-                 st.builds(lambda *p: "$" + ",".join(p),
-                           st.sampled_from(["BD:00", "BD:8", "BD:99", "BD:", "BD:-1", "XX:1"]),
-                           st.sampled_from(["CMD:MON", "CMD:SET", "CMD:", "CMD:ON"]),
-                           st.sampled_from(["CH:0", "CH:9", "CH:18", "CH:-1", "CH:", "CH:999999", "CH:٣"]),
-                           st.sampled_from(["PAR:VSET", "PAR:ON", "PAR:CLR", "PAR:STAT", "PAR:BDNAME", "PAR:"]),
-                           st.text(max_size=12))))
+@given(
+    st.one_of(
+        st.text(max_size=200),
+        st.binary(max_size=200).map(lambda b: b.decode("utf-8", errors="replace")),
+        st.builds(
+            lambda *p: "$" + ",".join(p),
+            st.sampled_from(["BD:00", "BD:8", "BD:99", "BD:", "BD:-1", "XX:1"]),
+            st.sampled_from(["CMD:MON", "CMD:SET", "CMD:", "CMD:ON"]),
+            st.sampled_from(["CH:0", "CH:9", "CH:18", "CH:-1", "CH:", "CH:999999", "CH:٣"]),
+            st.sampled_from(["PAR:VSET", "PAR:ON", "PAR:CLR", "PAR:STAT", "PAR:BDNAME", "PAR:"]),
+            st.text(max_size=12),
+        ),
+    )
+)
 def test_handle_never_raises(line: str) -> None:
     e = HVMainframe(CFG, CAL)
     reply = e.handle(line)
@@ -281,7 +290,7 @@ def test_framer_splits_and_bounds_lines() -> None:
     f = LineFramer(max_line=8)
     assert f.feed(b"ab\r\ncd\rxy") == [b"ab", b"cd"]
     assert f.feed(b"z\n\r\n") == [b"xyz"]
-    assert f.feed(b"0123456789abcdef") == []          # discarded while it arrives
+    assert f.feed(b"0123456789abcdef") == []  # discarded while it arrives
     assert f.feed(b"gh\r\nok\n") == [None, b"ok"]
 
 
@@ -317,13 +326,13 @@ def test_pty_drop_stops_answering_until_cleared() -> None:
         srv.faults.set("drop")
         port.write(b"$BD:00,CMD:MON,CH:0,PAR:BDNCH\r\n")
         port.write(b"$BD:01,CMD:MON,CH:0,PAR:BDNCH\r\n")
-        deadline = time.monotonic() + 60                     # both requests read and discarded
+        deadline = time.monotonic() + 60  # both requests read and discarded
         while srv.stats["dropped"] < 2:
             assert time.monotonic() < deadline, srv.stats
             time.sleep(0.01)
         srv.faults.clear()
         port.write(b"$BD:04,CMD:MON,CH:0,PAR:BDNCH\r\n")
-        assert port.readline() == b"#BD:04,CMD:OK,VAL:18\r\n"    # the first reply is the one after the clear
+        assert port.readline() == b"#BD:04,CMD:OK,VAL:18\r\n"  # the first reply is the one after the clear
         assert srv.stats["replies"] == 1 and srv.stats["requests"] == 1
         port.close()
 
@@ -332,7 +341,7 @@ def test_tcp_newest_client_wins_and_stop_releases_everything() -> None:
     e = HVMainframe(CFG, CAL)
     srv = TcpLineServer(e.handle).start()
     a = serial.serial_for_url(srv.url, timeout=REPLY_TIMEOUT_S)
-    b = serial.serial_for_url(srv.url, timeout=REPLY_TIMEOUT_S)   # replaces a (a half-open client cannot block us)
+    b = serial.serial_for_url(srv.url, timeout=REPLY_TIMEOUT_S)  # replaces a (a half-open client cannot block us)
     b.write(b"$BD:00,CMD:MON,CH:0,PAR:BDNCH\r\n")
     assert b.readline() == b"#BD:00,CMD:OK,VAL:9\r\n"
     a.close()

@@ -4,6 +4,7 @@ TCP socket with a stock pyvisa '@py' client (docs/protocols.md section 1).
 Spills here are built directly (no feed): a small hand-made record with a stand-in digitiser for the
 protocol tests, and one real spill (beam + response + Digitizer) for the bit-identity check.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ from sim_frontend import scpi
 from sim_frontend.emu_msadc import MSADCCrate, MSADCServer, SpillRecord, truth_summary
 
 N_REC = 1000
-REPLY_TIMEOUT_MS = 30000     #: a reply that must arrive gets this long (generous on a loaded machine)
+REPLY_TIMEOUT_MS = 30000  #: a reply that must arrive gets this long (generous on a loaded machine)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -44,9 +45,15 @@ def make_record(spill_id: int, n: int = N_REC) -> SpillRecord:
     truth["flags"][::100] = 2
     spill = SimpleNamespace(spill=spill_id, start_unix=1.7e9 + spill_id, length_s=0.3, truth=truth, seed=spill_id)
     prim = ((np.arange(n * 6 * 32) + spill_id) % 4096).astype(np.int16).reshape(n, 6, 32)
-    return SpillRecord(spill=spill, deposits=None, primitives=prim, times=truth["time_ns"].copy(),
-                       table={"x_mm": 0.0, "y_mm": 0.0, "module": -1, "cell": "PHYSICS"},
-                       vmon=np.zeros(chmap.N_CHANNELS), scalers={"S0": n, "S1": n - 1, "S2": 5, "S3": 4, "V0": 3, "V1": 2})
+    return SpillRecord(
+        spill=spill,
+        deposits=None,
+        primitives=prim,
+        times=truth["time_ns"].copy(),
+        table={"x_mm": 0.0, "y_mm": 0.0, "module": -1, "cell": "PHYSICS"},
+        vmon=np.zeros(chmap.N_CHANNELS),
+        scalers={"S0": n, "S1": n - 1, "S2": 5, "S3": 4, "V0": 3, "V1": 2},
+    )
 
 
 @pytest.fixture
@@ -104,8 +111,8 @@ def test_header_spellings():
     table.add("SPILl:STATus?", lambda a: "x")
     assert table.lookup("spil:stat?") is not None
     assert table.lookup(":Spill:Status?") is not None
-    assert table.lookup("SPI:STAT?") is None           # neither the short nor the long form
-    assert table.lookup("SPIL:STAT") is None           # the query only
+    assert table.lookup("SPI:STAT?") is None  # neither the short nor the long form
+    assert table.lookup("SPIL:STAT") is None  # the query only
 
 
 def test_error_queue_overflow_keeps_oldest_and_marks_loss():
@@ -121,27 +128,27 @@ def test_error_queue_overflow_keeps_oldest_and_marks_loss():
 
 def test_stream_parser_block_with_newlines_and_split_delivery():
     p = scpi.StreamParser()
-    payload = bytes([10, 0, 0, 0, 13, 10, 35, 10])       # contains \n, \r, '#'
+    payload = bytes([10, 0, 0, 0, 13, 10, 35, 10])  # contains \n, \r, '#'
     msg = b"ACC:DATA #18" + payload + b"\n*IDN?\n"
     items = []
-    for i in range(len(msg)):                             # one byte at a time
-        items += p.feed(msg[i:i + 1])
+    for i in range(len(msg)):  # one byte at a time
+        items += p.feed(msg[i : i + 1])
     assert items == [scpi.Block(b"ACC:DATA ", payload), scpi.Line(b"*IDN?")]
 
 
 def test_stream_parser_resynchronises():
     p = scpi.StreamParser(max_line=64, max_block=16)
-    out = p.feed(b"ACC:DATA #x123\n*IDN?\n")                        # bad header
+    out = p.feed(b"ACC:DATA #x123\n*IDN?\n")  # bad header
     assert isinstance(out[0], scpi.ParseError) and out[0].code == -160 and out[1] == scpi.Line(b"*IDN?")
-    out = p.feed(b"ACC:DATA #0abc\n*OPC?\n")                        # indefinite block unsupported
+    out = p.feed(b"ACC:DATA #0abc\n*OPC?\n")  # indefinite block unsupported
     assert out[0].code == -160 and out[1] == scpi.Line(b"*OPC?")
-    out = p.feed(b"ACC:DATA #220" + b"y" * 20 + b"\nA?\n")          # too big: counted off, not stored
+    out = p.feed(b"ACC:DATA #220" + b"y" * 20 + b"\nA?\n")  # too big: counted off, not stored
     assert out[0].code == -223 and out[1] == scpi.Line(b"A?")
-    out = p.feed(b"ACC:DATA #12abc\nB?\n")                          # longer than announced
+    out = p.feed(b"ACC:DATA #12abc\nB?\n")  # longer than announced
     assert out[0].code == -160 and out[1] == scpi.Line(b"B?")
-    out = p.feed(b"x" * 100 + b"\nC?\n")                            # overlong line
+    out = p.feed(b"x" * 100 + b"\nC?\n")  # overlong line
     assert out[0].code == -100 and out[1] == scpi.Line(b"C?")
-    out = p.feed(b"ACC:DATA #15ab")                                 # truncated: nothing until idle
+    out = p.feed(b"ACC:DATA #15ab")  # truncated: nothing until idle
     assert out == [] and p.mid_block
     out = p.idle()
     assert out[0].code == -160 and "truncated" in out[0].detail
@@ -162,9 +169,9 @@ def test_stock_pyvisa_session(crate_server, rm):
         assert res.query("spil:stat?") == "SPILL,-1"
         crate.spill_completed(make_record(5))
         assert res.query("SPILl:STATus?") == "GAP,5"
-        res.write("PRIM:COUN?")           # nothing selected: no reply, -221
+        res.write("PRIM:COUN?")  # nothing selected: no reply, -221
         with pytest.raises(pyvisa.errors.VisaIOError):
-            res.timeout = 300                                  # must expire: no reply is sent
+            res.timeout = 300  # must expire: no reply is sent
             res.read()
         res.timeout = REPLY_TIMEOUT_MS
         assert res.query("SYST:ERR?").startswith("-221,")
@@ -173,8 +180,11 @@ def test_stock_pyvisa_session(crate_server, rm):
         assert res.query("SYSTem:ERRor:NEXT?") == '0,"No error"'
         assert res.query("PRIM:COUN?") == str(N_REC)
         info = json.loads(res.query("SPIL:INFO?"))
-        assert info["spill"] == 5 and info["particles"] == N_REC and set(info["table"]) == \
-            {"x_mm", "y_mm", "module", "cell"}
+        assert (
+            info["spill"] == 5
+            and info["particles"] == N_REC
+            and set(info["table"]) == {"x_mm", "y_mm", "module", "cell"}
+        )
         assert set(info["scalers"]) >= {"S0", "S1", "S2", "S3", "V0", "V1"}
         prim = res.query_binary_values("PRIM:DATA? 0,10", datatype="h", container=np.ndarray)
         rec = crate.record(5)
@@ -203,7 +213,7 @@ def test_accepted_upload_and_event_readout(crate_server, rm):
     res = open_crate(rm, server)
     try:
         res.write("SPIL:SEL 7")
-        idx = np.array([3, 10, 266, 522, 999], dtype=np.uint32)      # 10 = 0x0A, 266 = 0x010A: '\n' bytes
+        idx = np.array([3, 10, 266, 522, 999], dtype=np.uint32)  # 10 = 0x0A, 266 = 0x010A: '\n' bytes
         res.write_binary_values("ACC:DATA ", idx, datatype="I")
         assert res.query("SYST:ERR?") == '0,"No error"'
         assert res.query("ACC:COUN?") == "5" and res.query("EVT:COUN?") == "5"
@@ -223,13 +233,13 @@ def test_accepted_upload_and_event_readout(crate_server, rm):
             res.write_binary_values("ACC:DATA ", np.array(bad, dtype=np.uint32), datatype="I")
             assert res.query("SYST:ERR?").startswith(code + ",")
             assert res.query("ACC:COUN?") == "5"
-        res.write_raw(b"ACC:DATA #13abc\n")                   # 3 bytes: not whole uint32
+        res.write_raw(b"ACC:DATA #13abc\n")  # 3 bytes: not whole uint32
         assert res.query("SYST:ERR?").startswith("-160,")
-        res.write("ACC:DATA 1,2,3")                            # text instead of a block
+        res.write("ACC:DATA 1,2,3")  # text instead of a block
         assert res.query("SYST:ERR?").startswith("-160,")
         res.write("ACC:DATA")
         assert res.query("SYST:ERR?").startswith("-109,")
-        res.write("EVT:DATA? 4,2")                             # beyond the accepted list
+        res.write("EVT:DATA? 4,2")  # beyond the accepted list
         assert res.query("SYST:ERR?").startswith("-222,")
         res.write_binary_values("ACC:DATA ", np.array([], dtype=np.uint32), datatype="I")
         assert res.query("ACC:COUN?") == "0"
@@ -245,8 +255,8 @@ def test_truncated_upload_gives_160_and_server_resyncs(crate_server, rm):
     try:
         res.write("SPIL:SEL 1")
         errors0 = crate.counters["errors"]
-        res.write_raw(b"ACC:DATA #240" + b"\x01\x00\x00\x00" * 3)     # 12 of 40 bytes, then silence
-        deadline = time.monotonic() + 60                                 # until the idle timeout (0.3 s) hit
+        res.write_raw(b"ACC:DATA #240" + b"\x01\x00\x00\x00" * 3)  # 12 of 40 bytes, then silence
+        deadline = time.monotonic() + 60  # until the idle timeout (0.3 s) hit
         while crate.counters["errors"] == errors0:
             assert time.monotonic() < deadline, "the unfinished upload was never abandoned"
             time.sleep(0.01)
@@ -266,7 +276,7 @@ def test_ring_eviction_and_stale_selection(crate_server, rm):
             crate.spill_completed(make_record(sid))
         res.write("SPIL:SEL 1")
         assert res.query("SPIL:LIST?") == "1,2"
-        crate.spill_completed(make_record(3))                    # evicts 1, the selected spill
+        crate.spill_completed(make_record(3))  # evicts 1, the selected spill
         assert res.query("SPIL:LIST?") == "2,3"
         res.write("PRIM:DATA? 0,1")
         res.write("SPIL:SEL 1")
@@ -296,7 +306,7 @@ def test_error_queue_overflow_over_the_wire(crate_server, rm):
         res.write("SPIL:SEL 4")
         res.write_binary_values("ACC:DATA ", np.array([1, 2], dtype=np.uint32), datatype="I")
         res.write("NOPE")
-        res.write("*RST")                                     # clears the queue and the accepted lists
+        res.write("*RST")  # clears the queue and the accepted lists
         assert res.query("SYST:ERR?") == '0,"No error"'
         assert res.query("SPIL:SEL?") == "-1"
         res.write("SPIL:SEL 4")
@@ -306,7 +316,7 @@ def test_error_queue_overflow_over_the_wire(crate_server, rm):
 
 
 def test_reconnect_and_two_clients(crate_server, rm):
-    crate, server = crate_server
+    _crate, server = crate_server
     a = open_crate(rm, server)
     b = open_crate(rm, server)
     try:
@@ -315,7 +325,7 @@ def test_reconnect_and_two_clients(crate_server, rm):
         a = open_crate(rm, server)
         assert "MSADC" in a.query("*IDN?")
         s = raw_conn(server)
-        s.sendall(b"*IDN?")                       # half a command, then the client vanishes
+        s.sendall(b"*IDN?")  # half a command, then the client vanishes
         s.close()
         assert "MSADC" in b.query("*IDN?")
         # several queries on one line: replies joined with ';'
@@ -331,7 +341,7 @@ def test_faults_on_the_crate(crate_server, rm):
     crate, server = crate_server
     crate.spill_completed(make_record(9))
     res = open_crate(rm, server)
-    expire = 500                                                 # ms; for replies that never come
+    expire = 500  # ms; for replies that never come
     try:
         res.write("SPIL:SEL 9")
         server.faults.set("delay", seconds=0.3)
@@ -347,10 +357,10 @@ def test_faults_on_the_crate(crate_server, rm):
             res.query("*IDN?")
         res.timeout = REPLY_TIMEOUT_MS
         assert server.stats["no_reply"] == 1
-        assert "MSADC" in res.query("*IDN?")                    # recovered
+        assert "MSADC" in res.query("*IDN?")  # recovered
         server.faults.set("truncate")
         res.timeout = expire
-        with pytest.raises(pyvisa.errors.VisaIOError):           # the block never completes
+        with pytest.raises(pyvisa.errors.VisaIOError):  # the block never completes
             res.query_binary_values("PRIM:DATA? 0,100", datatype="h", container=np.ndarray)
         res.timeout = REPLY_TIMEOUT_MS
         res.clear()
@@ -361,8 +371,8 @@ def test_faults_on_the_crate(crate_server, rm):
         res.clear()
         assert "MSADC" in res.query("*IDN?")
         server.faults.set("drop")
-        assert res.query("PRIM:COUN?") == str(N_REC)            # not a data query: served
-        res.timeout = expire                                     # the connection is closed: nothing comes
+        assert res.query("PRIM:COUN?") == str(N_REC)  # not a data query: served
+        res.timeout = expire  # the connection is closed: nothing comes
         with pytest.raises(pyvisa.errors.VisaIOError):
             res.query_binary_values("PRIM:DATA? 0,10", datatype="h", container=np.ndarray)
     finally:
@@ -378,7 +388,7 @@ def test_faults_on_the_crate(crate_server, rm):
 
 
 def test_garbage_never_kills_the_server(crate_server, rm):
-    crate, server = crate_server
+    _crate, server = crate_server
     s = raw_conn(server)
     s.sendall(bytes(range(256)) * 4 + b"\n\xff\xfe#9\x00\n" + b"#" * 100 + b"\n")
     s.sendall(b"\n" * 10 + b"*IDN?\n")
@@ -407,8 +417,17 @@ def test_real_digitizer_events_match_primitives(rm):
     vmon = dig.nominal_vmon()
     prim, times = dig.primitives(spill, dep, vmon)
     crate = MSADCCrate(dig, buffer=1)
-    crate.spill_completed(SpillRecord(spill, dep, prim, times, {"x_mm": 0, "y_mm": 0, "module": -1, "cell": "PHYSICS"},
-                                      vmon, hardware_scalers(dep)))
+    crate.spill_completed(
+        SpillRecord(
+            spill,
+            dep,
+            prim,
+            times,
+            {"x_mm": 0, "y_mm": 0, "module": -1, "cell": "PHYSICS"},
+            vmon,
+            hardware_scalers(dep),
+        )
+    )
     with MSADCServer(crate) as server:
         res = open_crate(rm, server, timeout_ms=10000)
         try:

@@ -1,6 +1,7 @@
 """Fuzz the crate socket of a running ``na64-emulator``: random bytes, SCPI-like text and binary blocks
 (well-formed, lying about their length, malformed headers, huge announced lengths). Whatever arrives,
 a fresh connection must still get an answer to ``*IDN?``, and connections must not pile up."""
+
 from __future__ import annotations
 
 import socket
@@ -8,19 +9,52 @@ import struct
 import time
 
 import pytest
+from emulator_fixture import start_emulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emulator_fixture import start_emulator
-
-HEADERS = ["*IDN?", "*RST", "*CLS", "*OPC?", "SYST:ERR?", "SYSTem:ERRor:NEXT?", "CONF:SAMP", "CONF:SAMP?",
-           "CONF:LAT", "CONF:LAT?", "CONF:CHAN?", "CONF:TRIG:CHAN?", "CONF:SPILL:BUFF?", "SPIL:STAT?",
-           "SPIL:LIST?", "SPIL:SEL", "SPIL:SEL?", "SPIL:INFO?", "SPIL:TRUT?", "PRIM:COUN?", "PRIM:DATA?",
-           "PRIM:TIME?", "ACC:DATA", "ACC:COUN?", "EVT:COUN?", "EVT:DATA?", "EVT:TRUT?", "spil:sel", "FOO:BAR?",
-           ":SYST:ERR?", "*IDN", "ACC:DATA?"]
-ARGS = st.one_of(st.just(""), st.integers(-5, 10**7).map(str),
-                 st.tuples(st.integers(-3, 30000), st.integers(-3, 300)).map(lambda t: f"{t[0]},{t[1]}"),
-                 st.text(alphabet="0123456789,.-+eE #;:?abc", max_size=12), st.just("1e999"), st.just("nan"))
+HEADERS = [
+    "*IDN?",
+    "*RST",
+    "*CLS",
+    "*OPC?",
+    "SYST:ERR?",
+    "SYSTem:ERRor:NEXT?",
+    "CONF:SAMP",
+    "CONF:SAMP?",
+    "CONF:LAT",
+    "CONF:LAT?",
+    "CONF:CHAN?",
+    "CONF:TRIG:CHAN?",
+    "CONF:SPILL:BUFF?",
+    "SPIL:STAT?",
+    "SPIL:LIST?",
+    "SPIL:SEL",
+    "SPIL:SEL?",
+    "SPIL:INFO?",
+    "SPIL:TRUT?",
+    "PRIM:COUN?",
+    "PRIM:DATA?",
+    "PRIM:TIME?",
+    "ACC:DATA",
+    "ACC:COUN?",
+    "EVT:COUN?",
+    "EVT:DATA?",
+    "EVT:TRUT?",
+    "spil:sel",
+    "FOO:BAR?",
+    ":SYST:ERR?",
+    "*IDN",
+    "ACC:DATA?",
+]
+ARGS = st.one_of(
+    st.just(""),
+    st.integers(-5, 10**7).map(str),
+    st.tuples(st.integers(-3, 30000), st.integers(-3, 300)).map(lambda t: f"{t[0]},{t[1]}"),
+    st.text(alphabet="0123456789,.-+eE #;:?abc", max_size=12),
+    st.just("1e999"),
+    st.just("nan"),
+)
 
 
 @st.composite
@@ -59,10 +93,15 @@ PROBE_REPLY = b"1234.5\n"
 
 @pytest.fixture(scope="module")
 def fuzz_emulator(tmp_path_factory):
-    handle = start_emulator(tmp_path_factory.mktemp("fuzz"),
-                            {"spill": {"length_s": 0.1, "supercycle_s": 0.5}, "beam": {"particles_per_spill": 2000},
-                             "emulator": {"spill_buffer": 16}},
-                            ["--block-timeout", str(BLOCK_TIMEOUT_S), "--no-pty"])
+    handle = start_emulator(
+        tmp_path_factory.mktemp("fuzz"),
+        {
+            "spill": {"length_s": 0.1, "supercycle_s": 0.5},
+            "beam": {"particles_per_spill": 2000},
+            "emulator": {"spill_buffer": 16},
+        },
+        ["--block-timeout", str(BLOCK_TIMEOUT_S), "--no-pty"],
+    )
     try:
         handle.wait_for_spills(1)
         yield handle
@@ -82,7 +121,7 @@ def _read_until(s: socket.socket, marker: bytes, timeout_s: float) -> bool:
         s.settimeout(max(0.01, deadline - time.monotonic()))
         try:
             chunk = s.recv(1 << 20)
-        except socket.timeout:
+        except TimeoutError:
             return False
         if not chunk:
             raise ConnectionError("the crate closed the connection")
@@ -111,7 +150,7 @@ def test_crate_survives_anything(fuzz_emulator, chunks, select):
     and a new connection is served."""
     port = _port(fuzz_emulator)
     with socket.create_connection(("127.0.0.1", port), timeout=30.0) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # RST on close
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
         if select:
             s.sendall(b"SPIL:SEL " + fuzz_emulator.state()["last_spill"].__str__().encode() + b"\n")
         for c in chunks:
@@ -132,7 +171,7 @@ def test_after_fuzzing_the_crate_is_clean(fuzz_emulator):
     port = _port(fuzz_emulator)
     assert _idn(port).startswith(b"NA64-HIL,MSADC-CRATE,")
     deadline = time.monotonic() + 60
-    while True:                        # every fuzz connection was closed on the server side too
+    while True:  # every fuzz connection was closed on the server side too
         st_ = fuzz_emulator.state()["msadc_server"]
         if st_["connections"] - st_["disconnects"] == 0 or time.monotonic() > deadline:
             break

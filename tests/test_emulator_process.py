@@ -1,5 +1,6 @@
 """``na64-emulator`` as a real subprocess: endpoints file, a stock pyvisa client with no project code,
 the spill cycle, the control endpoint, fault injection, the serial instruments, clean shutdown."""
+
 from __future__ import annotations
 
 import json
@@ -8,21 +9,23 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import pyvisa
 import serial
-
 from emulator_fixture import EmulatorError, group_alive, start_emulator
 
 pytestmark = pytest.mark.timeout(120)
 
-CYCLE = {"spill": {"length_s": 0.2, "supercycle_s": 0.5}, "beam": {"particles_per_spill": 2e4},
-         "emulator": {"spill_buffer": 16}}
-REPLY_TIMEOUT_MS = 30000      #: a reply that must arrive gets this long (generous on a loaded machine)
+CYCLE = {
+    "spill": {"length_s": 0.2, "supercycle_s": 0.5},
+    "beam": {"particles_per_spill": 2e4},
+    "emulator": {"spill_buffer": 16},
+}
+REPLY_TIMEOUT_MS = 30000  #: a reply that must arrive gets this long (generous on a loaded machine)
 REPLY_TIMEOUT_S = REPLY_TIMEOUT_MS / 1000.0
 
 
@@ -68,7 +71,7 @@ def select_last(res) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-STOCK_CLIENT = textwrap.dedent('''
+STOCK_CLIENT = textwrap.dedent("""
     import json, sys, time
     import numpy as np
     import pyvisa
@@ -101,15 +104,21 @@ STOCK_CLIENT = textwrap.dedent('''
     out["err_end"] = crate.query("SYST:ERR?")
     crate.close()
     print(json.dumps(out))
-''')
+""")
 
 
 def test_stock_pyvisa_client_without_project_code(emu, tmp_path):
     script = tmp_path / "stock_client.py"
     script.write_text(STOCK_CLIENT)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-I", str(script), emu.msadc], capture_output=True, text=True,
-                          timeout=110, env=env, cwd=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-I", str(script), emu.msadc],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=env,
+        cwd=str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert "MSADC" in out["idn"].split(",")[1]
@@ -144,8 +153,11 @@ def test_spill_cycle_idle_spill_gap(tmp_path):
     from sim_frontend.feed import FeedSender
 
     spill_s = 3.0
-    with start_emulator(tmp_path, {"spill": {"length_s": spill_s, "supercycle_s": spill_s + 1.0},
-                                   "beam": {"particles_per_spill": 5000}}, ["--external-feed", "--no-pty"]) as h:
+    with start_emulator(
+        tmp_path,
+        {"spill": {"length_s": spill_s, "supercycle_s": spill_s + 1.0}, "beam": {"particles_per_spill": 5000}},
+        ["--external-feed", "--no-pty"],
+    ) as h:
         cfg = load_config(h.config_path)
         rm = pyvisa.ResourceManager("@py")
         res = rm.open_resource(h.msadc, read_termination="\n", write_termination="\n", timeout=REPLY_TIMEOUT_MS)
@@ -163,7 +175,7 @@ def test_spill_cycle_idle_spill_gap(tmp_path):
                 for k in (1, 2):
                     sender.send_spill(generate_spill(cfg, k, n_particles=5000))
                     wait_until(lambda: status()[0] == "SPILL", 60, f"SPILL of spill {k}")
-                    wait_until(lambda: status() == ("GAP", k), 60, f"GAP after spill {k}")
+                    wait_until(lambda k=k: status() == ("GAP", k), 60, f"GAP after spill {k}")
         finally:
             res.close()
             rm.close()
@@ -179,12 +191,20 @@ def test_control_endpoint(emu):
     assert truth["ok"] and truth["particles"] == 20000 and sum(truth["by_type"].values()) == 20000
     assert not emu.control({"cmd": "truth", "spill": 10**6})["ok"]
     import zmq
+
     ctx = zmq.Context.instance()
-    for bad in (b"not json", b"[1, 2]", b'{"no": "cmd"}', b'{"cmd": "explode"}', b"\xff\xfe",
-                b'{"cmd": "fault", "endpoint": "msadc", "kind": "melt"}',
-                b'{"cmd": "fault", "endpoint": "nowhere", "kind": "delay", "seconds": 1}',
-                b'{"cmd": "fault", "endpoint": "msadc", "kind": "delay", "seconds": -1}',
-                b'{"cmd": "truth", "spill": "x"}', b'{"cmd": "trip", "channel_id": 119}'):
+    for bad in (
+        b"not json",
+        b"[1, 2]",
+        b'{"no": "cmd"}',
+        b'{"cmd": "explode"}',
+        b"\xff\xfe",
+        b'{"cmd": "fault", "endpoint": "msadc", "kind": "melt"}',
+        b'{"cmd": "fault", "endpoint": "nowhere", "kind": "delay", "seconds": 1}',
+        b'{"cmd": "fault", "endpoint": "msadc", "kind": "delay", "seconds": -1}',
+        b'{"cmd": "truth", "spill": "x"}',
+        b'{"cmd": "trip", "channel_id": 119}',
+    ):
         sock = ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, REPLY_TIMEOUT_MS)
@@ -241,7 +261,7 @@ def test_msadc_faults_via_control(emu, crate):
     emu.control({"cmd": "clear_faults"})
     # no_reply: a pyvisa timeout, then the crate answers again
     emu.control({"cmd": "fault", "endpoint": "msadc", "kind": "no_reply", "count": 1})
-    crate.timeout = 400                                 # must expire: the reply is never sent
+    crate.timeout = 400  # must expire: the reply is never sent
     with pytest.raises(pyvisa.errors.VisaIOError):
         crate.query("*IDN?")
     crate.timeout = REPLY_TIMEOUT_MS
@@ -249,7 +269,7 @@ def test_msadc_faults_via_control(emu, crate):
     # truncate: the block never completes; the client clears and goes on
     select_last(crate)
     emu.control({"cmd": "fault", "endpoint": "msadc", "kind": "truncate"})
-    crate.timeout = 500                                 # must expire: the block never completes
+    crate.timeout = 500  # must expire: the block never completes
     with pytest.raises(pyvisa.errors.VisaIOError):
         crate.query_binary_values("PRIM:DATA? 0,1000", datatype="h", container=np.ndarray)
     crate.clear()
@@ -273,13 +293,13 @@ def test_msadc_drop_then_reconnect(emu):
         res = rm.open_resource(emu.msadc, read_termination="\n", write_termination="\n", timeout=REPLY_TIMEOUT_MS)
         select_last(res)
         emu.control({"cmd": "fault", "endpoint": "msadc", "kind": "drop"})
-        assert res.query("PRIM:COUN?") == "20000"           # text query: still served
-        res.timeout = 1000                                  # must expire: the crate closed the connection
+        assert res.query("PRIM:COUN?") == "20000"  # text query: still served
+        res.timeout = 1000  # must expire: the crate closed the connection
         with pytest.raises(pyvisa.errors.VisaIOError):
             res.query_binary_values("PRIM:DATA? 0,10", datatype="h", container=np.ndarray)
         res.close()
         res = rm.open_resource(emu.msadc, read_termination="\n", write_termination="\n", timeout=REPLY_TIMEOUT_MS)
-        select_last(res)                                    # the newest spill: no race with the ring
+        select_last(res)  # the newest spill: no race with the ring
         assert res.query_binary_values("PRIM:DATA? 0,10", datatype="h", container=np.ndarray).size == 1920
         res.close()
     finally:
@@ -296,7 +316,7 @@ def test_hv_faults_via_control(emu):
             # swallowed: the emulator consumed the fault on this request, so no reply to it exists
             wait_until(lambda: emu.state()["faults"]["hv"]["no_reply"] == 0, 60, "no_reply consumed")
             hv.write(b"$BD:08,CMD:MON,CH:1,PAR:BDNAME\r\n")
-            assert hv.readline() == b"#BD:08,CMD:OK,VAL:COUNTERS\r\n"      # the reply to the second one
+            assert hv.readline() == b"#BD:08,CMD:OK,VAL:COUNTERS\r\n"  # the reply to the second one
         emu.control({"cmd": "fault", "endpoint": "table", "kind": "noise", "count": 1})
         with serial.serial_for_url(emu.table, timeout=REPLY_TIMEOUT_S) as tab:
             tab.write(b"BUSY?\r\n")
@@ -323,11 +343,14 @@ def test_feed_stall(emu):
 
 
 def test_faults_from_the_command_line_and_config(tmp_path):
-    with start_emulator(tmp_path, {"emulator": {"faults": [{"endpoint": "table", "kind": "delay", "seconds": 0.2}]}},
-                        ["--external-feed", "--fault", "msadc:delay:0.25", "--fault", "hv:trip:HCAL-1-1-2"]) as h:
+    with start_emulator(
+        tmp_path,
+        {"emulator": {"faults": [{"endpoint": "table", "kind": "delay", "seconds": 0.2}]}},
+        ["--external-feed", "--fault", "msadc:delay:0.25", "--fault", "hv:trip:HCAL-1-1-2"],
+    ) as h:
         faults = h.state()["faults"]
         assert faults["msadc"]["delay"] == 0.25 and faults["table"]["delay"] == 0.2
-        assert h.state()["state"] == "IDLE"                  # external feed: no beam yet
+        assert h.state()["state"] == "IDLE"  # external feed: no beam yet
         hv = h.control({"cmd": "state", "hv": True})["hv"]
         tripped = [c["name"] for c in hv["channels"] if c["tripped"]]
         assert tripped == ["HCAL-1-1-2"]
@@ -337,8 +360,12 @@ def test_bad_command_line_and_config(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[spill]\nlength_s = -1\n")
     for args in (["--config", str(bad)], ["--fault", "msadc"], ["--fault", "msadc:melt"], ["--particles", "-5"]):
-        proc = subprocess.run([sys.executable, "-m", "sim_frontend.cli", *args, "--endpoints-file",
-                               str(tmp_path / "ep.json")], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "sim_frontend.cli", *args, "--endpoints-file", str(tmp_path / "ep.json")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 2, (args, proc.stderr)
         assert "na64-emulator:" in proc.stderr and "Traceback" not in proc.stderr
         assert not (tmp_path / "ep.json").exists()
@@ -354,7 +381,7 @@ def test_sigterm_shuts_down_cleanly(tmp_path):
         h.proc.send_signal(signal.SIGTERM)
         assert h.proc.wait(timeout=60) == 0
         assert not h.endpoints_path.exists()
-        h.stop()                                                 # idempotent; checks the process group
+        h.stop()  # idempotent; checks the process group
         assert not group_alive(pid)
         assert "stopped" in h.log_path.read_text()
 
@@ -366,8 +393,10 @@ def test_external_feed_and_gains_follow_the_hv(tmp_path):
     from sim_frontend.beam import generate_spill
     from sim_frontend.feed import FeedSender
 
-    over = {"spill": {"length_s": 0.1, "supercycle_s": 0.5},
-            "emulator": {"hv_rup_v_per_s": 500.0, "hv_rdw_v_per_s": 500.0}}
+    over = {
+        "spill": {"length_s": 0.1, "supercycle_s": 0.5},
+        "emulator": {"hv_rup_v_per_s": 500.0, "hv_rdw_v_per_s": 500.0},
+    }
     with start_emulator(tmp_path, over, ["--external-feed", "--no-pty"]) as h:
         assert h.state()["state"] == "IDLE" and "hv_pty" not in h.endpoints
         cfg = load_config(h.config_path)
@@ -386,13 +415,14 @@ def test_external_feed_and_gains_follow_the_hv(tmp_path):
 
         try:
             a0 = push_and_measure(1)
-            with serial.serial_for_url(h.hv, timeout=REPLY_TIMEOUT_S) as hv:   # S1 = HV board 8, channel 1
+            with serial.serial_for_url(h.hv, timeout=REPLY_TIMEOUT_S) as hv:  # S1 = HV board 8, channel 1
                 hv.write(b"$BD:08,CMD:SET,CH:1,PAR:VSET,VAL:1100.0\r\n")
                 assert hv.readline() == b"#BD:08,CMD:OK\r\n"
 
                 def vmon() -> bytes:
                     hv.write(b"$BD:08,CMD:MON,CH:1,PAR:VMON\r\n")
                     return hv.readline()
+
                 wait_until(lambda: vmon() == b"#BD:08,CMD:OK,VAL:1100.0\r\n", 60, "VMON at 1100 V")
             a1 = push_and_measure(2)
             truth = h.control({"cmd": "truth", "spill": 2})
@@ -401,19 +431,19 @@ def test_external_feed_and_gains_follow_the_hv(tmp_path):
             res.close()
             rm.close()
         ratio = a1 / a0
-        assert 0.25 < ratio < 0.8, (a0, a1)          # (1100/1200)^gamma with gamma in [3, 12]
+        assert 0.25 < ratio < 0.8, (a0, a1)  # (1100/1200)^gamma with gamma in [3, 12]
 
 
 def test_emulator_follows_a_dead_test_process(tmp_path):
     """A test process that dies without cleaning up does not leave its emulator behind (--parent-pid)."""
-    code = textwrap.dedent(f'''
+    code = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from emulator_fixture import start_emulator
         h = start_emulator({str(tmp_path)!r}, None, ["--external-feed", "--no-pty"])
         print(h.proc.pid, flush=True)
         os._exit(0)                      # no teardown, no atexit
-    ''')
+    """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     pid = int(proc.stdout.split()[0])

@@ -1,7 +1,9 @@
 """The crate counts spills itself: a second feed whose generator numbers from 1 again must not make the
 crate reuse spill ids the DAQ has already seen (found by the demo: the DAQ ignored the whole run)."""
-from detector.config import load_config
+
 from emulator_fixture import start_emulator
+
+from detector.config import load_config
 from sim_frontend.feed import FeedSender
 
 

@@ -1,4 +1,5 @@
 """Beam feed over real ZeroMQ PUSH/PULL sockets on loopback (sim_frontend.feed)."""
+
 import json
 import os
 import subprocess
@@ -45,7 +46,7 @@ def test_spills_arrive_intact(cfg, receiver):
         assert b is not None
         assert (b.spill, b.start_unix, b.length_s, b.seed) == (a.spill, a.start_unix, a.length_s, a.seed)
         assert b.truth.dtype == TRUTH_DTYPE and b.truth.tobytes() == a.truth.tobytes()
-        assert b.truth.flags.writeable                                  # the emulator fills the deposits
+        assert b.truth.flags.writeable  # the emulator fills the deposits
     assert receiver.stats() == {"received": 2, "malformed": 0, "missed": 0, "ended": True, "last_error": None}
 
 
@@ -68,16 +69,25 @@ def test_malformed_messages_are_counted_and_the_receiver_keeps_working(cfg, rece
         unsorted = sp.truth.copy()
         unsorted["time_ns"] = unsorted["time_ns"][::-1]
         bad = [
-            [b"spill"],                                                             # too few frames
-            [b"spill", b"{not json"],                                               # bad header
-            framing.encode("spill", 0, {"waveforms": np.zeros((2, 3), np.int16)},
-                           meta={"spill": 1, "start_unix": 0.0, "length_s": 4.8, "seed": 1}),  # wrong array
-            framing.encode("spill", 1, {"truth": np.zeros(3, np.float64)},
-                           meta={"spill": 1, "start_unix": 0.0, "length_s": 4.8, "seed": 1}),  # wrong dtype
-            framing.encode("spill", 2, {"truth": unsorted},
-                           meta={"spill": 1, "start_unix": 0.0, "length_s": 4.8, "seed": 1}),  # unsorted
+            [b"spill"],  # too few frames
+            [b"spill", b"{not json"],  # bad header
+            framing.encode(
+                "spill",
+                0,
+                {"waveforms": np.zeros((2, 3), np.int16)},
+                meta={"spill": 1, "start_unix": 0.0, "length_s": 4.8, "seed": 1},
+            ),  # wrong array
+            framing.encode(
+                "spill",
+                1,
+                {"truth": np.zeros(3, np.float64)},
+                meta={"spill": 1, "start_unix": 0.0, "length_s": 4.8, "seed": 1},
+            ),  # wrong dtype
+            framing.encode(
+                "spill", 2, {"truth": unsorted}, meta={"spill": 1, "start_unix": 0.0, "length_s": 4.8, "seed": 1}
+            ),  # unsorted
             framing.encode("spill", 3, {"truth": sp.truth}, meta={"spill": "x", "seed": 1}),  # bad meta
-            good[:2] + [bytes(good[2])[:-57]],                                      # truncated payload
+            good[:2] + [bytes(good[2])[:-57]],  # truncated payload
         ]
         for frames in bad:
             raw.send_multipart(frames)
@@ -119,9 +129,15 @@ def test_replay_of_a_recorded_run(cfg, receiver, tmp_path):
     sel = np.array([3, 50, 700, 1999])
     for k in (1, 2):
         content = spillfile.SpillContent(
-            run=4, spill=k, event_id=sel.astype(np.uint32), trigger_mask=np.ones(4, np.uint8),
-            time_ns=sp.truth["time_ns"][sel], waveforms=np.zeros((4, N_CHANNELS, N_SAMPLES), np.int16),
-            truth=sp.truth[sel], attrs={"length_s": 4.8})
+            run=4,
+            spill=k,
+            event_id=sel.astype(np.uint32),
+            trigger_mask=np.ones(4, np.uint8),
+            time_ns=sp.truth["time_ns"][sel],
+            waveforms=np.zeros((4, N_CHANNELS, N_SAMPLES), np.int16),
+            truth=sp.truth[sel],
+            attrs={"length_s": 4.8},
+        )
         spillfile.write_spill(rdir, content)
     with FeedSender(cfg, receiver.endpoint) as tx:
         assert tx.replay(rdir) == 2
@@ -134,15 +150,36 @@ def test_replay_of_a_recorded_run(cfg, receiver, tmp_path):
 
 def test_cli_process_feeds_spills(receiver):
     env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-m", "sim_frontend.feed", "--endpoint", receiver.endpoint,
-                           "--spills", "2", "--particles", "1000", "--fast"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sim_frontend.feed",
+            "--endpoint",
+            receiver.endpoint,
+            "--spills",
+            "2",
+            "--particles",
+            "1000",
+            "--fast",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["spills_sent"] == 2
     got = [receiver.recv(timeout_s=10) for _ in range(2)]
     assert [g.spill for g in got] == [1, 2] and all(g.n == 1000 for g in got)
     assert receiver.recv(timeout_s=10) is None and receiver.ended
-    bad = subprocess.run([sys.executable, "-m", "sim_frontend.feed", "--endpoint", receiver.endpoint,
-                          "--config", "/nonexistent.toml"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "sim_frontend.feed", "--endpoint", receiver.endpoint, "--config", "/nonexistent.toml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "cannot read config" in bad.stderr

@@ -1,4 +1,5 @@
 """ZeroMQ framing: round trip over real sockets, zero-copy decode, malformed messages rejected."""
+
 import json
 
 import numpy as np
@@ -33,7 +34,7 @@ def test_round_trip_over_tcp(push_pull):
     np.testing.assert_array_equal(m.arrays["wf"], wf)
     assert m.arrays["truth"].dtype == TRUTH_DTYPE and list(m.arrays["truth"]["e_beam"]) == [100.0, 99.0, 98.0]
     assert m.arrays["empty"].shape == (0, 4)
-    assert not m.arrays["wf"].flags.owndata            # a view on the received frame, not a copy
+    assert not m.arrays["wf"].flags.owndata  # a view on the received frame, not a copy
 
 
 def test_encode_is_zero_copy():
@@ -52,29 +53,35 @@ def mutate_header(frames, **changes):
     return [frames[0], json.dumps(h).encode(), *frames[2:]]
 
 
-@pytest.mark.parametrize("frames, reason", [
-    ([b"calo"], "at least 2 frames"),
-    ([b"calo", b"{not json"], "not UTF-8 JSON"),
-    ([b"calo", b"[1,2]"], "not a JSON object"),
-    ([b"\xff\xfe", b"{}"], "not ASCII"),
-])
+@pytest.mark.parametrize(
+    "frames, reason",
+    [
+        ([b"calo"], "at least 2 frames"),
+        ([b"calo", b"{not json"], "not UTF-8 JSON"),
+        ([b"calo", b"[1,2]"], "not a JSON object"),
+        ([b"\xff\xfe", b"{}"], "not ASCII"),
+    ],
+)
 def test_malformed_frames_are_rejected(frames, reason):
     with pytest.raises(fr.FramingError, match=reason):
         fr.decode(frames)
 
 
-@pytest.mark.parametrize("changes, reason", [
-    ({"schema": 99}, "schema version"),
-    ({"topic": "other"}, "does not match"),
-    ({"seq": -1}, "sequence number"),
-    ({"seq": "3"}, "sequence number"),
-    ({"arrays": []}, "announces 0 arrays but 1"),
-    ({"arrays": [{"name": "a", "dtype": "<f8", "shape": [4, 3]}]}, "needs 96"),
-    ({"arrays": [{"name": "a", "dtype": "O", "shape": [6]}]}, "not allowed"),
-    ({"arrays": [{"name": "a", "dtype": "<f8", "shape": [-6]}]}, "bad shape"),
-    ({"arrays": [{"name": "a", "dtype": "nonsense", "shape": [6]}]}, "bad dtype"),
-    ({"meta": [1]}, "meta is not"),
-])
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"schema": 99}, "schema version"),
+        ({"topic": "other"}, "does not match"),
+        ({"seq": -1}, "sequence number"),
+        ({"seq": "3"}, "sequence number"),
+        ({"arrays": []}, "announces 0 arrays but 1"),
+        ({"arrays": [{"name": "a", "dtype": "<f8", "shape": [4, 3]}]}, "needs 96"),
+        ({"arrays": [{"name": "a", "dtype": "O", "shape": [6]}]}, "not allowed"),
+        ({"arrays": [{"name": "a", "dtype": "<f8", "shape": [-6]}]}, "bad shape"),
+        ({"arrays": [{"name": "a", "dtype": "nonsense", "shape": [6]}]}, "bad dtype"),
+        ({"meta": [1]}, "meta is not"),
+    ],
+)
 def test_mismatched_headers_are_rejected(changes, reason):
     with pytest.raises(fr.FramingError, match=reason):
         fr.decode(mutate_header(good_frames(), **changes))

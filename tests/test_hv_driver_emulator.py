@@ -1,6 +1,7 @@
 """HVSupply + CAENMainframe + transports against the emulated mainframe served over a REAL pty and a
 REAL TCP socket, through pyserial and through a pyvisa (pyvisa-py) ASRL resource. Fast ramp rates
 keep it quick; the emulator's SET log shows what actually reached the 'hardware'."""
+
 from __future__ import annotations
 
 import math
@@ -18,17 +19,34 @@ from detector import channels as chmap
 from detector.config import load_calibration, load_config
 from hv_control.caen import CAENMainframe
 from hv_control.supply import HVError, HVLimitError, HVReadbackError, HVStateError, HVSupply, HVTripError
-from hv_control.transport import (ConnectionLostError, SerialTransport, TransportTimeoutError, VisaTransport,
-                                  open_transport, resource_manager)
+from hv_control.transport import (
+    ConnectionLostError,
+    SerialTransport,
+    TransportTimeoutError,
+    VisaTransport,
+    open_transport,
+    resource_manager,
+)
 from sim_frontend.emu_hv import HVMainframe
 from sim_frontend.serial_server import LineServers, serve_line_handlers
 
-CFG = load_config(None).with_overrides({   # generous timeouts: replies must come
-    "hv": dict(ramp_step_v=50.0, ramp_up_v_per_s=500.0, ramp_down_v_per_s=500.0, settle_tolerance_v=1.0,
-               settle_timeout_s=60.0, timeout_s=30.0, retries=2, safe_v=0.0),
-    "emulator": dict(hv_rup_v_per_s=500.0, hv_rdw_v_per_s=500.0)})
+CFG = load_config(None).with_overrides(
+    {  # generous timeouts: replies must come
+        "hv": dict(
+            ramp_step_v=50.0,
+            ramp_up_v_per_s=500.0,
+            ramp_down_v_per_s=500.0,
+            settle_tolerance_v=1.0,
+            settle_timeout_s=60.0,
+            timeout_s=30.0,
+            retries=2,
+            safe_v=0.0,
+        ),
+        "emulator": dict(hv_rup_v_per_s=500.0, hv_rdw_v_per_s=500.0),
+    }
+)
 CAL = load_calibration(CFG)
-CID = chmap.hcal_id(0, 2, 3)               # HCAL-0-2-3: board 3 ch 6, 942 V, limit 1300 V
+CID = chmap.hcal_id(0, 2, 3)  # HCAL-0-2-3: board 3 ch 6, 942 V, limit 1300 V
 PATHS = [("serial", "pty"), ("serial", "tcp"), ("visa", "pty"), ("visa", "tcp")]
 
 
@@ -38,8 +56,7 @@ class Rig:
     def __init__(self, backend: str, kind: str) -> None:
         # 2000 V/s: faster than the protocol's RUP/RDW range allows, set by the constructor for test speed
         self.emu = HVMainframe(CFG, CAL, rup_v_per_s=2000.0, rdw_v_per_s=2000.0)
-        self.servers: LineServers = serve_line_handlers({"hv": self.emu.handle}, pty=kind == "pty",
-                                                        tcp=kind == "tcp")
+        self.servers: LineServers = serve_line_handlers({"hv": self.emu.handle}, pty=kind == "pty", tcp=kind == "tcp")
         addr = self.servers.addresses()["hv"]
         self.address = addr["pty"] if kind == "pty" else addr["url"]
         self.faults = self.servers.faults["hv"]
@@ -107,8 +124,8 @@ def test_refuse_above_limit_sends_nothing(rig: Rig) -> None:
             rig.supply.set_voltage(CID, bad)
     with pytest.raises(HVLimitError, match="max_step"):
         rig.supply.set_voltage(CID, 1100.0, max_step=50.0)
-    assert rig.emu.set_log() == []                     # nothing reached the mainframe
-    rig.supply.set_voltage(CID, limit)                 # exactly at the limit is allowed
+    assert rig.emu.set_log() == []  # nothing reached the mainframe
+    rig.supply.set_voltage(CID, limit)  # exactly at the limit is allowed
     assert_never_above_limit(rig)
     assert max(v for _, v in rig.sent_voltages()) == limit
 
@@ -117,19 +134,20 @@ def test_ensure_max_v_programs_the_configured_limits(pty_rig: Rig) -> None:
     sent = pty_rig.supply.ensure_max_v()
     assert sent[CID] == 1300.0 and sent[chmap.by_name("S1").id] == 1400.0
     assert_never_above_limit(pty_rig)
-    assert pty_rig.emu.handle("$BD:03,CMD:SET,CH:6,PAR:VSET,VAL:1300.1") == "#BD:03,VAL:ERR"   # now enforced
+    assert pty_rig.emu.handle("$BD:03,CMD:SET,CH:6,PAR:VSET,VAL:1300.1") == "#BD:03,VAL:ERR"  # now enforced
 
 
 def test_ensure_max_v_refuses_limit_above_hardware_maximum(pty_rig: Rig) -> None:
     real = pty_rig.emu.handle
 
-    def low_voltage_board(line: str) -> str:           # a mainframe whose boards only reach 1200 V
+    def low_voltage_board(line: str) -> str:  # a mainframe whose boards only reach 1200 V
         reply = real(line)
         return reply.replace("2000.0", "1200.0") if line.endswith("PAR:HVMAX") else reply
 
     pty_rig.server.handler = low_voltage_board
-    with pytest.raises(HVLimitError, match="HCAL-0-0-0: configured limit 1300 V is above the hardware maximum "
-                                           "HVMAX = 1200 V"):
+    with pytest.raises(
+        HVLimitError, match="HCAL-0-0-0: configured limit 1300 V is above the hardware maximum HVMAX = 1200 V"
+    ):
         pty_rig.supply.ensure_max_v([chmap.hcal_id(0, 0, 0), CID])
     assert pty_rig.emu.set_log() == []
 
@@ -147,7 +165,7 @@ def test_trip_during_ramp_raises_with_channel_name(rig: Rig) -> None:
         rig.supply.switch_on(CID)
     rig.supply.clear_trip(CID)
     rig.emu.handle("$BD:03,CMD:SET,CH:6,PAR:ISET,VAL:500")
-    rig.supply.switch_on(CID)                           # at safe_v, then a software ramp
+    rig.supply.switch_on(CID)  # at safe_v, then a software ramp
     assert rig.supply.set_voltage(CID, 150.0) == pytest.approx(150.0, abs=1.0)
 
 
@@ -169,13 +187,13 @@ def test_power_up_from_off(pty_rig: Rig) -> None:
     final = pty_rig.supply.power_up({CID: 300.0})
     assert final[CID] == pytest.approx(300.0, abs=1.0)
     vsets = [v for c, v in pty_rig.sent_voltages() if c == CID]
-    assert vsets[-7:] == [0.0, 50.0, 100.0, 150.0, 200.0, 250.0, 300.0]    # ON at 0 V, then ramped
+    assert vsets[-7:] == [0.0, 50.0, 100.0, 150.0, 200.0, 250.0, 300.0]  # ON at 0 V, then ramped
 
 
 def test_shutdown_reaches_the_safe_state(pty_rig: Rig) -> None:
     cfg = CFG.with_overrides({"hv": {"ramp_step_v": 250.0}})
     supply = HVSupply(pty_rig.supply.mainframe, cfg, CAL, poll_s=0.01)
-    pty_rig.emu.inject_trip(chmap.by_name("S2").id)     # a tripped channel must not stop the shutdown
+    pty_rig.emu.inject_trip(chmap.by_name("S2").id)  # a tripped channel must not stop the shutdown
     r = supply.shutdown()
     assert np.all(r["vmon"] <= 1.0) and np.all(r["status"] & 1 == 0)
     assert np.all(r["vset"] == 0.0)
@@ -209,14 +227,17 @@ def test_no_reply_gives_a_clear_timeout(pty_rig: Rig) -> None:
     cfg = CFG.with_overrides({"hv": {"timeout_s": 0.1, "retries": 1}})
     supply = HVSupply.connect(pty_rig.address, cfg, CAL)
     pty_rig.faults.set("no_reply", count=100)
-    with pytest.raises(TransportTimeoutError, match=r"no reply from /dev/pts/\d+ to '\$BD:03,CMD:MON,CH:6,"
-                                                   r"PAR:VMON' within 0.1 s \(2 attempt"):
+    with pytest.raises(
+        TransportTimeoutError,
+        match=r"no reply from /dev/pts/\d+ to '\$BD:03,CMD:MON,CH:6,"
+        r"PAR:VMON' within 0.1 s \(2 attempt",
+    ):
         supply.mainframe.vmon.get(3, 6)
     with pytest.raises(HVReadbackError, match="no reply") as info:
         supply.set_voltage(CID, 950.0)
     supply.close()
     assert isinstance(info.value.__cause__, TransportTimeoutError)
-    assert not any(e["par"] == "VSET" for e in pty_rig.emu.set_log())    # refused: no read-back
+    assert not any(e["par"] == "VSET" for e in pty_rig.emu.set_log())  # refused: no read-back
 
 
 def test_a_lost_reply_is_retried(pty_rig: Rig) -> None:
@@ -243,7 +264,7 @@ def test_server_gone_raises_connection_lost() -> None:
     t = SerialTransport(servers.addresses()["hv"]["url"], timeout_s=0.3, retries=1, reconnect_delay_s=0.01)
     t.open()
     servers.stop()
-    with pytest.raises((ConnectionLostError, TransportTimeoutError), match="127.0.0.1"):
+    with pytest.raises((ConnectionLostError, TransportTimeoutError), match=r"127\.0\.0\.1"):
         t.query("$BD:00,CMD:MON,CH:0,PAR:VMON")
     t.close()
 
@@ -252,7 +273,7 @@ def test_one_resource_manager_survives_closing_a_resource(tcp_rig: Rig) -> None:
     rm = resource_manager()
     t1 = open_transport(tcp_rig.address, backend="visa", timeout_s=30.0)
     assert isinstance(t1, VisaTransport) and t1.address.startswith("ASRLsocket://")
-    t1.close()                                         # closes its resource only (pymeasure #894)
+    t1.close()  # closes its resource only (pymeasure #894)
     assert resource_manager() is rm
     t2 = open_transport(tcp_rig.address, backend="visa", timeout_s=30.0)
     assert CAENMainframe(t2).bdnch.get(0) == 9
@@ -281,7 +302,7 @@ def test_concurrent_callers_do_not_interleave(pty_rig: Rig) -> None:
 def test_shutdown_reports_a_channel_that_does_not_switch_off(pty_rig: Rig) -> None:
     real = pty_rig.emu.handle
 
-    def stuck(line: str) -> str:                       # a broken channel that ignores OFF
+    def stuck(line: str) -> str:  # a broken channel that ignores OFF
         return "#BD:03,CMD:OK" if line.endswith("CH:6,PAR:OFF") else real(line)
 
     pty_rig.server.handler = stuck
@@ -301,7 +322,9 @@ def test_stock_pyserial_client_sets_and_reads_hv(pty_rig: Rig) -> None:
             return port.readline().decode().strip()
         print(ask("$BD:03,CMD:SET,CH:6,PAR:VSET,VAL:1000.0"))
         deadline = time.monotonic() + 60                   # until the ramp reached the set point
-        while (vmon := ask("$BD:03,CMD:MON,CH:6,PAR:VMON")) != "#BD:03,CMD:OK,VAL:1000.0" and time.monotonic() < deadline:
+        while (
+            vmon := ask("$BD:03,CMD:MON,CH:6,PAR:VMON")
+        ) != "#BD:03,CMD:OK,VAL:1000.0" and time.monotonic() < deadline:
             time.sleep(0.01)
         print(vmon)
         print(ask("$BD:03,CMD:SET,CH:6,PAR:VSET,VAL:2500"))

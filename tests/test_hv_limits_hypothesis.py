@@ -5,6 +5,7 @@ Two 'hardwares' receive the traffic: a hostile fake whose read-backs are random 
 errors, silence, trips), and the real emulator model under a fake clock with injected trips. Both
 record what reached them; the property is checked on those records, not on what the driver believes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,41 +25,69 @@ from hv_control.supply import HVError, HVLimitError, HVSupply
 from hv_control.transport import HandlerTransport, TransportError
 from sim_frontend.emu_hv import HVMainframe
 
-IDS = [chmap.hcal_id(0, 0, 0), chmap.hcal_id(0, 2, 3), chmap.hcal_id(2, 2, 3), chmap.ecal_id(0, 0, 0),
-       chmap.ecal_id(1, 5, 5), chmap.by_name("S1").id, chmap.by_name("SRD2").id]
+IDS = [
+    chmap.hcal_id(0, 0, 0),
+    chmap.hcal_id(0, 2, 3),
+    chmap.hcal_id(2, 2, 3),
+    chmap.ecal_id(0, 0, 0),
+    chmap.ecal_id(1, 5, 5),
+    chmap.by_name("S1").id,
+    chmap.by_name("SRD2").id,
+]
 BASE_CFG = validate({})
 BASE_CAL = load_calibration(BASE_CFG)
 _REQ = re.compile(r"\$BD:([0-9]{2}),CMD:(MON|SET),CH:([0-9]+),PAR:([A-Z]+)(?:,VAL:(.*))?")
 EXPECTED = (HVError, HVProtocolError, TransportError, ValueError)
 
 plausible = st.floats(0.0, 1400.0)
-volts = st.one_of(plausible, plausible, plausible, st.floats(-100.0, 2500.0), st.integers(-10, 3000),
-                  st.sampled_from([math.nan, math.inf, -math.inf, 1e300, -0.0, -1e-9]))
+volts = st.one_of(
+    plausible,
+    plausible,
+    plausible,
+    st.floats(-100.0, 2500.0),
+    st.integers(-10, 3000),
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e300, -0.0, -1e-9]),
+)
 good_limit = st.floats(0.0, 2000.0)
-limits = st.lists(st.one_of(good_limit, good_limit, good_limit, st.just(math.nan), st.floats(-10.0, -0.1)),
-                  min_size=len(IDS), max_size=len(IDS))
+limits = st.lists(
+    st.one_of(good_limit, good_limit, good_limit, st.just(math.nan), st.floats(-10.0, -0.1)),
+    min_size=len(IDS),
+    max_size=len(IDS),
+)
 
 
 def hv_cfgs(settle_timeout_s: st.SearchStrategy[float]) -> st.SearchStrategy[dict[str, Any]]:
-    return st.fixed_dictionaries({
-        "max_v": st.one_of(st.floats(800.0, 2000.0), st.floats(0.0, 2000.0)), "ramp_step_v": st.floats(20.0, 500.0),
-        "settle_tolerance_v": st.floats(0.01, 50.0), "settle_timeout_s": settle_timeout_s,
-        "ramp_down_v_per_s": st.floats(1.0, 500.0), "timeout_s": st.just(0.01), "retries": st.integers(0, 2),
-        "safe_v": st.just(0.0), "min_v": st.just(0.0)})
+    return st.fixed_dictionaries(
+        {
+            "max_v": st.one_of(st.floats(800.0, 2000.0), st.floats(0.0, 2000.0)),
+            "ramp_step_v": st.floats(20.0, 500.0),
+            "settle_tolerance_v": st.floats(0.01, 50.0),
+            "settle_timeout_s": settle_timeout_s,
+            "ramp_down_v_per_s": st.floats(1.0, 500.0),
+            "timeout_s": st.just(0.01),
+            "retries": st.integers(0, 2),
+            "safe_v": st.just(0.0),
+            "min_v": st.just(0.0),
+        }
+    )
 
 
-ops = st.lists(st.one_of(
-    st.tuples(st.just("set"), st.integers(0, len(IDS) - 1), volts, st.none() | st.none() | st.floats(-5.0, 600.0)),
-    st.tuples(st.just("set_many"), st.lists(st.tuples(st.integers(0, len(IDS) - 1), volts), max_size=4)),
-    st.tuples(st.just("shutdown"), st.lists(st.integers(0, len(IDS) - 1), max_size=3)),
-    st.tuples(st.just("ensure_max_v"), st.lists(st.integers(0, len(IDS) - 1), max_size=3)),
-    st.tuples(st.just("configure"), st.lists(st.integers(0, len(IDS) - 1), max_size=2)),
-    st.tuples(st.just("switch_on"), st.integers(0, len(IDS) - 1)),
-    st.tuples(st.just("power_up"), st.integers(0, len(IDS) - 1), volts),
-    st.tuples(st.just("clear_trip"), st.integers(0, len(IDS) - 1)),
-    st.tuples(st.just("trip"), st.integers(0, len(IDS) - 1)),
-    st.tuples(st.just("wait"), st.floats(0.0, 5.0)),
-    st.tuples(st.just("read_all"))), max_size=8)
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), st.integers(0, len(IDS) - 1), volts, st.none() | st.none() | st.floats(-5.0, 600.0)),
+        st.tuples(st.just("set_many"), st.lists(st.tuples(st.integers(0, len(IDS) - 1), volts), max_size=4)),
+        st.tuples(st.just("shutdown"), st.lists(st.integers(0, len(IDS) - 1), max_size=3)),
+        st.tuples(st.just("ensure_max_v"), st.lists(st.integers(0, len(IDS) - 1), max_size=3)),
+        st.tuples(st.just("configure"), st.lists(st.integers(0, len(IDS) - 1), max_size=2)),
+        st.tuples(st.just("switch_on"), st.integers(0, len(IDS) - 1)),
+        st.tuples(st.just("power_up"), st.integers(0, len(IDS) - 1), volts),
+        st.tuples(st.just("clear_trip"), st.integers(0, len(IDS) - 1)),
+        st.tuples(st.just("trip"), st.integers(0, len(IDS) - 1)),
+        st.tuples(st.just("wait"), st.floats(0.0, 5.0)),
+        st.tuples(st.just("read_all")),
+    ),
+    max_size=8,
+)
 
 
 class FakeClock:
@@ -158,8 +187,9 @@ class HostileMainframe:
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hv_cfgs(st.floats(0.1, 2.0)), limits, ops, st.randoms(use_true_random=False))
-def test_no_vset_above_limit_with_hostile_read_backs(hv_cfg: dict[str, Any], lims: list[float],
-                                                     sequence: list[tuple[Any, ...]], rnd: random.Random) -> None:
+def test_no_vset_above_limit_with_hostile_read_backs(
+    hv_cfg: dict[str, Any], lims: list[float], sequence: list[tuple[Any, ...]], rnd: random.Random
+) -> None:
     fake = HostileMainframe(rnd)
     clock = FakeClock()
     supply = build(hv_cfg, lims, fake.handle, clock)
@@ -169,15 +199,15 @@ def test_no_vset_above_limit_with_hostile_read_backs(hv_cfg: dict[str, Any], lim
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hv_cfgs(st.floats(0.5, 5.0)), limits, ops, st.floats(200.0, 2000.0))
-def test_no_vset_above_limit_against_the_emulator(hv_cfg: dict[str, Any], lims: list[float],
-                                                  sequence: list[tuple[Any, ...]], rate: float) -> None:
+def test_no_vset_above_limit_against_the_emulator(
+    hv_cfg: dict[str, Any], lims: list[float], sequence: list[tuple[Any, ...]], rate: float
+) -> None:
     clock = FakeClock()
     emu = HVMainframe(BASE_CFG, BASE_CAL, rup_v_per_s=rate, rdw_v_per_s=rate, clock=clock)
     supply = build(hv_cfg, lims, emu.handle, clock)
     run(supply, sequence, clock, trip=emu.inject_trip)
     log = emu.set_log()
-    assert_within_limits(supply, [(e["channel_id"], e["par"], e["value"]) for e in log
-                                  if e["par"] in ("VSET", "MAXV")])
+    assert_within_limits(supply, [(e["channel_id"], e["par"], e["value"]) for e in log if e["par"] in ("VSET", "MAXV")])
     assert all(e["accepted"] for e in log if e["par"] in ("VSET", "MAXV")), "the driver sent a refused set point"
 
 
@@ -187,8 +217,9 @@ def test_check_voltage_is_the_gate(cid: int, v: float, lim: float, max_v: float)
     limit_arr = BASE_CAL.hv_limit.copy()
     limit_arr[cid] = lim
     cfg = validate({"hv": {"max_v": max_v, "min_v": 0.0}})
-    supply = HVSupply(CAENMainframe(HandlerTransport(lambda line: "")), cfg,
-                      dataclasses.replace(BASE_CAL, hv_limit=limit_arr))
+    supply = HVSupply(
+        CAENMainframe(HandlerTransport(lambda line: "")), cfg, dataclasses.replace(BASE_CAL, hv_limit=limit_arr)
+    )
     effective = min(lim, max_v)
     try:
         wire = supply.check_voltage(cid, v)

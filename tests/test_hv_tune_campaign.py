@@ -1,20 +1,28 @@
 """The hv-tune campaign logic, closed loop against the emulator's HV and table models (in process, under
 a fake clock) and a beam source whose amplitudes follow hidden per-cell gains and gain-law exponents."""
-import math
 
 import numpy as np
 import pytest
-from hypothesis import example, given, settings, strategies as st
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from detector import channels as chmap
 from detector.config import load_calibration, load_config
+from hv_control.caen import CAENMainframe
 from hv_control.peak import PeakFitError, fit_peak
 from hv_control.supply import HVSupply
-from hv_control.caen import CAENMainframe
 from hv_control.table import HCALTableDriver
 from hv_control.transport import HandlerTransport
-from hv_control.tune import (BeamLossError, Campaign, CampaignPaused, Point, cells_of_modules, learn_gamma,
-                             propose_hv, validate_target)
+from hv_control.tune import (
+    BeamLossError,
+    Campaign,
+    CampaignPaused,
+    Point,
+    cells_of_modules,
+    learn_gamma,
+    propose_hv,
+    validate_target,
+)
 from sim_frontend.emu_hv import HVMainframe
 from sim_frontend.emu_table import HCALTable
 
@@ -33,8 +41,9 @@ class FakeClock:
 class GainBeam:
     """Amplitudes of the cell under the beam: A = A_ref (VMON/HV_ref)^gamma x shower fluctuation."""
 
-    def __init__(self, mainframe, table, cal, seed=1, spread=0.3, gamma_mean=7.5, gamma_rms=0.5, resolution=0.08,
-                 events=800):
+    def __init__(
+        self, mainframe, table, cal, seed=1, spread=0.3, gamma_mean=7.5, gamma_rms=0.5, resolution=0.08, events=800
+    ):
         rng = np.random.default_rng(seed)
         self.mf, self.table, self.cal = mainframe, table, cal
         self.a_ref = 2500.0 * rng.uniform(1 - spread, 1 + spread, chmap.N_CHANNELS)
@@ -71,9 +80,19 @@ def bench(tmp_path, seed=1, cfg_overrides=None, **beam_kw):
 
 
 def campaign(tmp_path, cfg, hv, table, beam, cells, **kw):
-    return Campaign(hv=hv, table=table, source=beam, cfg=cfg, cells=cells, target=kw.pop("target", 2500.0),
-                    tolerance=kw.pop("tolerance", 0.02), max_iterations=kw.pop("max_iterations", 5),
-                    logbook=tmp_path / "logbook.txt", state_path=tmp_path / "state.json", **kw)
+    return Campaign(
+        hv=hv,
+        table=table,
+        source=beam,
+        cfg=cfg,
+        cells=cells,
+        target=kw.pop("target", 2500.0),
+        tolerance=kw.pop("tolerance", 0.02),
+        max_iterations=kw.pop("max_iterations", 5),
+        logbook=tmp_path / "logbook.txt",
+        state_path=tmp_path / "state.json",
+        **kw,
+    )
 
 
 def assert_no_setpoint_beyond_limits(mf, hv, cal, cfg):
@@ -83,7 +102,7 @@ def assert_no_setpoint_beyond_limits(mf, hv, cal, cfg):
 
 
 def test_module_converges_within_2_percent_in_3_iterations(tmp_path):
-    cfg, cal, mf, tab, hv, table, beam = bench(tmp_path)
+    cfg, cal, mf, _tab, hv, table, beam = bench(tmp_path)
     cells = cells_of_modules([3])
     states = campaign(tmp_path, cfg, hv, table, beam, cells).run()
     for cell in cells:
@@ -91,13 +110,15 @@ def test_module_converges_within_2_percent_in_3_iterations(tmp_path):
         cid = s.channel_id
         assert s.status == "done", (cell, s.message)
         assert s.iterations <= 3
-        assert abs(beam.true_amp(cid) / 2500.0 - 1) < 0.02          # the truth, not only the measurement
+        assert abs(beam.true_amp(cid) / 2500.0 - 1) < 0.02  # the truth, not only the measurement
     lines = (tmp_path / "logbook.txt").read_text().splitlines()
     entries = [l for l in lines if not l.startswith("#")]
     assert len(entries) == sum(len(states[c].points) for c in cells)
     last = [l for l in entries if l.startswith("2-2-3")][-1]
     amp, volts = float(last.split("A=")[1].split()[0]), float(last.split("HV=")[1].split()[0])
-    assert abs(amp / 2500 - 1) < 0.02 and volts == pytest.approx(mf.vmon_by_channel_id()[chmap.hcal_id(2, 2, 3)], abs=1.0)
+    assert abs(amp / 2500 - 1) < 0.02 and volts == pytest.approx(
+        mf.vmon_by_channel_id()[chmap.hcal_id(2, 2, 3)], abs=1.0
+    )
     assert_no_setpoint_beyond_limits(mf, hv, cal, cfg)
 
 
@@ -117,9 +138,9 @@ def test_large_steps_are_explicitly_limited_not_silently_clamped():
 
 
 def test_a_cell_needing_more_than_its_limit_is_refused_and_never_set(tmp_path):
-    cfg, cal, mf, tab, hv, table, beam = bench(tmp_path)
+    cfg, cal, mf, _tab, hv, table, beam = bench(tmp_path)
     cid = chmap.hcal_id(0, 0, 3)
-    beam.a_ref[cid] = 60.0                        # a dying PMT: would need ~1500 V > its 1300 V limit
+    beam.a_ref[cid] = 60.0  # a dying PMT: would need ~1500 V > its 1300 V limit
     states = campaign(tmp_path, cfg, hv, table, beam, ["0-0-3"], max_iterations=10).run()
     assert states["0-0-3"].status == "failed" and "outside" in states["0-0-3"].message
     assert_no_setpoint_beyond_limits(mf, hv, cal, cfg)
@@ -127,7 +148,7 @@ def test_a_cell_needing_more_than_its_limit_is_refused_and_never_set(tmp_path):
 
 
 def test_dry_run_sets_nothing(tmp_path):
-    cfg, cal, mf, tab, hv, table, beam = bench(tmp_path)
+    cfg, _cal, mf, _tab, hv, table, beam = bench(tmp_path)
     before = mf.vmon_by_channel_id().copy()
     states = campaign(tmp_path, cfg, hv, table, beam, cells_of_modules([2]), dry_run=True).run()
     assert not [e for e in mf.set_log() if e["par"] == "VSET"]
@@ -137,7 +158,7 @@ def test_dry_run_sets_nothing(tmp_path):
 
 
 def test_beam_loss_pauses_and_resume_continues(tmp_path):
-    cfg, cal, mf, tab, hv, table, beam = bench(tmp_path)
+    cfg, _cal, mf, _tab, hv, table, beam = bench(tmp_path)
     cells = cells_of_modules([3])
     c1 = campaign(tmp_path, cfg, hv, table, beam, cells)
     real_collect = beam.collect
@@ -146,8 +167,9 @@ def test_beam_loss_pauses_and_resume_continues(tmp_path):
         if beam.calls >= 6:
             beam.beam_on = False
         return real_collect(*a, **k)
+
     beam.collect = flaky
-    with pytest.raises(CampaignPaused, match="beam loss.*Resume with --resume"):
+    with pytest.raises(CampaignPaused, match=r"beam loss.*Resume with --resume"):
         c1.run()
     volts = mf.vmon_by_channel_id().copy()
     done_before = [c for c, s in c1.states.items() if s.status == "done"]
@@ -158,13 +180,13 @@ def test_beam_loss_pauses_and_resume_continues(tmp_path):
     calls = beam.calls
     out = c2.run()
     assert all(s.status == "done" for s in out.values())
-    assert beam.calls - calls < 4 * len(cells) - len(done_before)      # finished cells were not redone
+    assert beam.calls - calls < 4 * len(cells) - len(done_before)  # finished cells were not redone
     for c in done_before:
         assert mf.vmon_by_channel_id()[out[c].channel_id] == pytest.approx(volts[out[c].channel_id])
 
 
 def test_trip_pauses_and_switches_the_channel_off(tmp_path):
-    cfg, cal, mf, tab, hv, table, beam = bench(tmp_path)
+    cfg, _cal, mf, _tab, hv, table, beam = bench(tmp_path)
     cid = chmap.hcal_id(1, 0, 3)
     real_collect = beam.collect
 
@@ -172,13 +194,14 @@ def test_trip_pauses_and_switches_the_channel_off(tmp_path):
         if a[0] == cid:
             mf.inject_trip(cid)
         return real_collect(*a, **k)
+
     beam.collect = trip_then
-    beam.a_ref[cid] = 2000.0                         # so the cell needs a change
-    with pytest.raises(CampaignPaused, match="1-0-3.*HVTrip"):
+    beam.a_ref[cid] = 2000.0  # so the cell needs a change
+    with pytest.raises(CampaignPaused, match=r"1-0-3.*HVTrip"):
         campaign(tmp_path, cfg, hv, table, beam, ["0-0-3", "1-0-3"]).run()
     ch = hv.read_channel(cid)
     assert ch["vmon"] <= cfg.hv.safe_v + 1.0
-    assert mf.vmon_by_channel_id()[chmap.hcal_id(0, 0, 3)] > 500.0     # others left at their verified value
+    assert mf.vmon_by_channel_id()[chmap.hcal_id(0, 0, 3)] > 500.0  # others left at their verified value
 
 
 @pytest.mark.parametrize("bad", [0.0, -5.0, float("nan"), 4000.0])
@@ -196,7 +219,7 @@ def test_peak_fit_refuses_garbage():
         fit_peak(np.full(1000, 2500.0))
     with pytest.raises(PeakFitError):
         fit_peak(np.full(1000, np.nan))
-    for rel_width in (1e-15, 3e-16, 2e-16):      # a spread of about one float64 step at the peak: no width
+    for rel_width in (1e-15, 3e-16, 2e-16):  # a spread of about one float64 step at the peak: no width
         with pytest.raises(PeakFitError, match="no width"):
             fit_peak(np.random.default_rng(0).normal(2500.0, 2500.0 * rel_width, 800))
     f = fit_peak(np.random.default_rng(0).normal(2400, 200, 2000))
@@ -204,9 +227,12 @@ def test_peak_fit_refuses_garbage():
 
 
 @settings(max_examples=60, deadline=None)
-@given(scale=st.floats(1.0, 4000.0), rel_width=st.sampled_from([0.0, 1e-17, 1e-16, 2e-16, 5e-16, 1e-15, 3e-15, 1e-14]),
-       seed=st.integers(0, 1000))
-@example(scale=2500.0, rel_width=2e-16, seed=0)                  # found by hypothesis: np.histogram raised
+@given(
+    scale=st.floats(1.0, 4000.0),
+    rel_width=st.sampled_from([0.0, 1e-17, 1e-16, 2e-16, 5e-16, 1e-15, 3e-15, 1e-14]),
+    seed=st.integers(0, 1000),
+)
+@example(scale=2500.0, rel_width=2e-16, seed=0)  # found by hypothesis: np.histogram raised
 def test_peak_fit_of_a_near_zero_width_distribution_fails_cleanly(scale, rel_width, seed):
     """Near float64 resolution a fit may work or not, but it ends in a result or PeakFitError (which the
     campaign turns into a pause), never in another exception."""
@@ -228,18 +254,25 @@ def test_peak_fit_works_at_any_width_scale(rel_width):
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10**6), spread=st.floats(0.0, 0.8), gamma=st.floats(0.5, 15.0),
-       limit=st.floats(700.0, 1300.0), max_v=st.floats(800.0, 1500.0), res=st.floats(0.0, 0.5),
-       garbage=st.sampled_from([None, 0.0, np.nan, -100.0, 1e9]))
-@example(seed=0, spread=0.0, gamma=1.0, limit=700.0, max_v=800.0, res=1e-12, garbage=None)   # found by CI
-@example(seed=0, spread=0.0, gamma=1.0, limit=700.0, max_v=800.0, res=2e-16, garbage=None)   # width ~ 1 ulp
-def test_no_measurement_or_config_sets_a_voltage_beyond_the_limit(tmp_path_factory, seed, spread, gamma, limit,
-                                                                   max_v, res, garbage):
+@given(
+    seed=st.integers(0, 10**6),
+    spread=st.floats(0.0, 0.8),
+    gamma=st.floats(0.5, 15.0),
+    limit=st.floats(700.0, 1300.0),
+    max_v=st.floats(800.0, 1500.0),
+    res=st.floats(0.0, 0.5),
+    garbage=st.sampled_from([None, 0.0, np.nan, -100.0, 1e9]),
+)
+@example(seed=0, spread=0.0, gamma=1.0, limit=700.0, max_v=800.0, res=1e-12, garbage=None)  # found by CI
+@example(seed=0, spread=0.0, gamma=1.0, limit=700.0, max_v=800.0, res=2e-16, garbage=None)  # width ~ 1 ulp
+def test_no_measurement_or_config_sets_a_voltage_beyond_the_limit(
+    tmp_path_factory, seed, spread, gamma, limit, max_v, res, garbage
+):
     tmp = tmp_path_factory.mktemp("h")
     cfg = load_config(None).with_overrides({"hv": {"ramp_step_v": 50.0, "max_v": max_v, "min_v": min(500.0, max_v)}})
     cal = load_calibration(load_config(None))
-    cal.hv_limit[chmap.HCAL_FIRST:chmap.HCAL_FIRST + 9] = limit
-    cal.hv_set[chmap.HCAL_FIRST:chmap.HCAL_FIRST + 9] = min(limit, max_v) - 1.0
+    cal.hv_limit[chmap.HCAL_FIRST : chmap.HCAL_FIRST + 9] = limit
+    cal.hv_set[chmap.HCAL_FIRST : chmap.HCAL_FIRST + 9] = min(limit, max_v) - 1.0
     clock = FakeClock()
     mf = HVMainframe(cfg, cal, rup_v_per_s=200.0, rdw_v_per_s=200.0, clock=clock.now)
     tab = HCALTable(cfg, speed_mm_per_s=5000.0, clock=clock.now)
@@ -249,8 +282,18 @@ def test_no_measurement_or_config_sets_a_voltage_beyond_the_limit(tmp_path_facto
     if garbage is not None:
         real = beam.collect
         beam.collect = lambda *a, **k: np.where(np.arange(800) % 3 == 0, garbage, real(*a, **k))
-    c = Campaign(hv=hv, table=table, source=beam, cfg=cfg, cells=cells_of_modules([0])[:3], target=2500.0,
-                 tolerance=0.02, max_iterations=4, logbook=tmp / "l.txt", state_path=tmp / "s.json")
+    c = Campaign(
+        hv=hv,
+        table=table,
+        source=beam,
+        cfg=cfg,
+        cells=cells_of_modules([0])[:3],
+        target=2500.0,
+        tolerance=0.02,
+        max_iterations=4,
+        logbook=tmp / "l.txt",
+        state_path=tmp / "s.json",
+    )
     try:
         c.run()
     except CampaignPaused:
@@ -258,4 +301,4 @@ def test_no_measurement_or_config_sets_a_voltage_beyond_the_limit(tmp_path_facto
     for e in mf.set_log():
         if e["par"] == "VSET" and e["accepted"] and e["channel_id"] is not None:
             assert e["value"] <= min(limit, max_v) + 1e-9
-    assert np.all(mf.vmon_by_channel_id()[chmap.HCAL_FIRST:chmap.HCAL_FIRST + 9] <= min(limit, max_v) + 1e-6)
+    assert np.all(mf.vmon_by_channel_id()[chmap.HCAL_FIRST : chmap.HCAL_FIRST + 9] <= min(limit, max_v) + 1e-6)

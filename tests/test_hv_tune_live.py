@@ -1,17 +1,18 @@
 """Acceptance of hv-tune: the closed loop against the emulator (hidden HCAL gains spread +/-30%, hidden
 gain-law exponents), through the real protocols: HV and table over serial sockets, amplitudes from a real
 na64-daq (started by hv-tune in calibration mode) over ZeroMQ."""
+
 import re
 
 import numpy as np
 import pytest
+from hvtune_live import run_campaign
 
 from detector import channels as chmap
 from detector.config import load_calibration, load_config
-from hvtune_live import run_campaign
 from sim_frontend.digitizer import Digitizer
 
-TOLERANCE = 0.02         #: the campaign's --tolerance
+TOLERANCE = 0.02  #: the campaign's --tolerance
 
 
 def check_against_hidden_gains(config_path, final_hv: dict[int, float]) -> None:
@@ -33,8 +34,11 @@ def check_against_hidden_gains(config_path, final_hv: dict[int, float]) -> None:
     gain, gamma, hv_set = digi.hidden_gain[ids] / digi.gev_per_count[ids], digi.hidden_gamma[ids], digi.hv_set[ids]
     needed = hv_set * (s / gain) ** (1.0 / gamma)
     window = needed * ((1.0 + 2 * TOLERANCE) ** (1.0 / gamma) - 1.0)
-    bad = {chmap.CHANNELS[c].name: (round(final_hv[c], 1), round(v, 1), round(w, 1))
-           for c, v, w in zip(ids, needed, window) if abs(final_hv[c] - v) > w}
+    bad = {
+        chmap.CHANNELS[c].name: (round(final_hv[c], 1), round(v, 1), round(w, 1))
+        for c, v, w in zip(ids, needed, window)
+        if abs(final_hv[c] - v) > w
+    }
     assert not bad, f"final HV, needed HV, window (V): {bad}"
     # the check can fail: at the nominal HVs the hidden gains put most cells outside their windows
     untuned = digi.amplitude_scale(digi.nominal_vmon())[ids]
@@ -57,7 +61,7 @@ def test_all_36_hcal_cells_equalised_in_at_most_3_iterations(tmp_path):
     # the logbook: one line per measurement, the last of each cell its verification at the final HV
     lines = [l for l in r["logbook"].read_text().splitlines() if not l.startswith("#")]
     assert len(lines) == sum(len(st["points"]) for st in cells.values())
-    for name, st in cells.items():
+    for name in cells:
         mine = [l for l in lines if l.startswith(name + " ")]
         m = re.match(rf"{name}\s+A=(\d+) HV=([\d.]+)", mine[-1])
         assert m and abs(int(m.group(1)) / 2500 - 1) < 0.02 + 1e-3
@@ -73,5 +77,10 @@ def test_all_36_hcal_cells_equalised_in_at_most_3_iterations(tmp_path):
         x, y, m = chmap.parse_hcal_cell(name)
         assert abs(hv[chmap.hcal_id(x, y, m)]["vmon"] - st["points"][-1]["hv"]) < 2.0
     # and they are the HVs the emulator's hidden gains call for
-    check_against_hidden_gains(r["config_path"], {chmap.hcal_id(*chmap.parse_hcal_cell(name)): hv[
-        chmap.hcal_id(*chmap.parse_hcal_cell(name))]["vmon"] for name in cells})
+    check_against_hidden_gains(
+        r["config_path"],
+        {
+            chmap.hcal_id(*chmap.parse_hcal_cell(name)): hv[chmap.hcal_id(*chmap.parse_hcal_cell(name))]["vmon"]
+            for name in cells
+        },
+    )

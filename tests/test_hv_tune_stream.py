@@ -1,5 +1,6 @@
 """hv-tune's stream source: it waits for a DAQ that is ready (kernels compiled, crate configured), not
 merely alive, and takes amplitudes only from spills on the wanted cell that started after the HV settled."""
+
 import threading
 import time
 
@@ -61,7 +62,7 @@ def test_a_live_but_not_ready_daq_is_not_taken_for_ready(pub):
     src = StreamAmplitudes(pub.address)
     try:
         pub.publish_for(2.0, [("status", {"state": "IDLE", "ready": False}, None)])
-        with pytest.raises(BeamLossError, match="not ready.*IDLE"):
+        with pytest.raises(BeamLossError, match=r"not ready.*IDLE"):
             src.wait_for_daq(1.2)
         pub.publish_for(2.0, [("status", {"state": "IDLE", "ready": True}, None)])
         assert src.wait_for_daq(1.5)["ready"] is True
@@ -77,11 +78,14 @@ def test_only_spills_on_the_cell_after_the_settle_time_count(pub):
     wrong = amps.copy()
     wrong[:, 80] = 1000.0
     try:
-        pub.publish_for(3.0, [
-            ("amplitudes", {"table": {"cell": "0-1-3"}, "start_unix": since + 1}, {"amplitudes": wrong}),
-            ("amplitudes", {"table": {"cell": "2-2-0"}, "start_unix": since - 5}, {"amplitudes": wrong}),
-            ("amplitudes", {"table": {"cell": "2-2-0"}, "start_unix": since + 1}, {"amplitudes": amps}),
-        ])
+        pub.publish_for(
+            3.0,
+            [
+                ("amplitudes", {"table": {"cell": "0-1-3"}, "start_unix": since + 1}, {"amplitudes": wrong}),
+                ("amplitudes", {"table": {"cell": "2-2-0"}, "start_unix": since - 5}, {"amplitudes": wrong}),
+                ("amplitudes", {"table": {"cell": "2-2-0"}, "start_unix": since + 1}, {"amplitudes": amps}),
+            ],
+        )
         got = src.collect(80, "2-2-0", since, min_events=100, max_spills=5, timeout_s=2.5)
         assert got.size >= 100 and np.all(got == 2500.0)
     finally:
@@ -97,17 +101,17 @@ def test_missed_messages_are_counted_per_subscribed_topic():
     src = StreamAmplitudes(daq.endpoint)
     try:
         deadline = time.monotonic() + 10
-        while src.seq.received == 0 and time.monotonic() < deadline:     # the subscription is up
+        while src.seq.received == 0 and time.monotonic() < deadline:  # the subscription is up
             daq.publish("status", meta={"state": "IDLE", "ready": False})
             src._next(0.05)
         assert src.seq.received > 0
         amps = np.zeros((4, 108), np.float32)
-        for i in range(20):
+        for _ in range(20):
             daq.publish("calo", meta={"events": 0})
             daq.publish("log", meta={"level": "INFO", "text": "x"})
             daq.publish("amplitudes", {"amplitudes": amps}, {"table": {"cell": "A"}, "start_unix": 1.0})
             daq.publish("status", meta={"state": "RECORDED"})
-        daq.sequence.take("amplitudes")                 # one amplitudes message lost on the way
+        daq.sequence.take("amplitudes")  # one amplitudes message lost on the way
         daq.publish("amplitudes", {"amplitudes": amps}, {"table": {"cell": "A"}, "start_unix": 1.0})
         got = 0
         while got < 21:

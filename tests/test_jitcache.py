@@ -1,5 +1,6 @@
 """The numba cache directory is keyed by the sources of the packages whose code jitted functions inline
 (detector.jitcache): an edit of an inlined module (e.g. trigger/simd.py) cannot leave stale machine code."""
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,7 @@ def test_the_key_follows_every_inlined_source(tmp_path: Path) -> None:
     (tmp_path / "sim_frontend" / "new_module.py").write_text("X = 1\n")
     k3 = jitcache.source_key(tmp_path)
     assert len({k0, k1, k2, k3}) == 4
-    (tmp_path / "README.md").write_text("not a source")           # outside the packages: same key
+    (tmp_path / "README.md").write_text("not a source")  # outside the packages: same key
     assert jitcache.source_key(tmp_path) == k3
 
 
@@ -43,10 +44,10 @@ def test_configure_uses_the_keyed_directory_and_removes_old_keys(tmp_path: Path,
     (old / "trigger_x").mkdir()
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.delenv(jitcache.MARK, raising=False)
-    monkeypatch.setattr(numba.config, "CACHE_DIR", numba.config.CACHE_DIR)    # restored after the test
+    monkeypatch.setattr(numba.config, "CACHE_DIR", numba.config.CACHE_DIR)  # restored after the test
     used = jitcache.configure(tmp_path)
     assert used == str(tmp_path / ".numba_cache" / jitcache.source_key(tmp_path))
-    assert numba.config.CACHE_DIR == used and os.environ["NUMBA_CACHE_DIR"] == used   # live and for children
+    assert used == numba.config.CACHE_DIR and os.environ["NUMBA_CACHE_DIR"] == used  # live and for children
     assert not old.exists()
     # set by configure (another checkout, or sources changed since): recomputed
     assert jitcache.configure(tmp_path) == used
@@ -61,8 +62,11 @@ def test_a_fresh_interpreter_uses_the_current_key_and_detector_does_not_import_n
     assert detector.jitcache is jitcache
     want = str(jitcache.ROOT / ".numba_cache" / jitcache.source_key())
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", jitcache.MARK)}
-    code = ("import sys, detector.channels; no_numba = 'numba' not in sys.modules; "
-            "import numba; print(no_numba, numba.config.CACHE_DIR)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
-                         cwd=jitcache.ROOT)
+    code = (
+        "import sys, detector.channels; no_numba = 'numba' not in sys.modules; "
+        "import numba; print(no_numba, numba.config.CACHE_DIR)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=jitcache.ROOT
+    )
     assert out.stdout.split() == ["True", want]

@@ -1,4 +1,5 @@
-"""The package arrows of ARCHITECTURE.md, checked on the source: no package imports one it may not."""
+"""The package arrows of docs/architecture.md, checked on the source: no package imports one it may not."""
+
 import ast
 import pathlib
 

@@ -85,8 +85,10 @@ def test_bad_inputs() -> None:
 # --- pyhf cross-checks ----------------------------------------------------------------
 def test_fast_agrees_with_pyhf_asymptotic_at_large_background() -> None:
     for syst in (NO_SYST, limits.SignalSystematics(0.02, 0.10, 0.10)):
-        runs = [limits.RunExposure("a", 2e10, 0.5, n_obs=60, background=60.0),
-                limits.RunExposure("b", 2e10, 0.5, n_obs=60, background=60.0)]
+        runs = [
+            limits.RunExposure("a", 2e10, 0.5, n_obs=60, background=60.0),
+            limits.RunExposure("b", 2e10, 0.5, n_obs=60, background=60.0),
+        ]
         fast = limits.n90_for_runs(runs, syst, "fast")
         asym = limits.n90_for_runs(runs, syst, "pyhf-asymptotic")
         assert asym == pytest.approx(fast, rel=0.05)
@@ -107,7 +109,7 @@ def test_pyhf_frequentist_toys_without_nuisances_give_ln10() -> None:
 
 
 def test_pyhf_asymptotic_is_wrong_at_zero_background() -> None:
-    # documented pyhf limitation (STACK.md): ~1.35-1.5 events instead of 2.30
+    # documented pyhf limitation (docs/stack.md): ~1.35-1.5 events instead of 2.30
     runs = [limits.RunExposure("a", 4.3e10, 0.5, background=0.01)]
     assert limits.n90_for_runs(runs, NO_SYST, "pyhf-asymptotic") < 0.8 * LN10
 
@@ -135,10 +137,23 @@ def test_y90_for_both_alpha_d() -> None:
 
 def test_load_runs(tmp_path: Path) -> None:
     path = tmp_path / "results.json"
-    path.write_text(json.dumps({
-        "runs": [{"name": "r1", "n_eot": 1e10, "efficiency": 0.6, "n_obs": 1, "background": 0.2, "background_err": 0.05}],
-        "systematics": {"n_eot": 0.03, "efficiency": 0.1, "aprime_yield": 0.1},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "runs": [
+                    {
+                        "name": "r1",
+                        "n_eot": 1e10,
+                        "efficiency": 0.6,
+                        "n_obs": 1,
+                        "background": 0.2,
+                        "background_err": 0.05,
+                    }
+                ],
+                "systematics": {"n_eot": 0.03, "efficiency": 0.1, "aprime_yield": 0.1},
+            }
+        )
+    )
     runs, syst = limits.load_runs(path)
     assert runs[0].n_obs == 1 and runs[0].efficiency == 0.6 and syst is not None and syst.n_eot == 0.03
     path.write_text(json.dumps([{"name": "r1", "efficiency": 0.6}]))

@@ -1,5 +1,6 @@
 """The monitoring contract (detector/monitoring.py): docs generated from it, checks of message content,
 the producer's messages exactly as declared, the status words declared once."""
+
 from __future__ import annotations
 
 import pathlib
@@ -25,9 +26,9 @@ def test_protocols_doc_table_is_generated_from_the_contract():
 
 
 def test_every_topic_is_accumulating_or_latest_wins():
-    assert mon.ACCUMULATING | mon.LATEST_WINS == set(mon.TOPICS)
+    assert set(mon.TOPICS) == mon.ACCUMULATING | mon.LATEST_WINS
     assert not mon.ACCUMULATING & mon.LATEST_WINS
-    assert mon.ACCUMULATING == {"scalers", "calo", "ecal_hcal", "log"}
+    assert {"scalers", "calo", "ecal_hcal", "log"} == mon.ACCUMULATING
 
 
 def _msg(topic, arrays=None, meta=None):
@@ -35,8 +36,12 @@ def _msg(topic, arrays=None, meta=None):
 
 
 def test_check_names_what_is_wrong():
-    good = {"ecal_energy": np.zeros((2, 6, 6)), "ecal_occupancy": np.zeros((2, 6, 6), np.int64),
-            "hcal_energy": np.zeros((4, 3, 3)), "hcal_occupancy": np.zeros((4, 3, 3), np.int64)}
+    good = {
+        "ecal_energy": np.zeros((2, 6, 6)),
+        "ecal_occupancy": np.zeros((2, 6, 6), np.int64),
+        "hcal_energy": np.zeros((4, 3, 3)),
+        "hcal_occupancy": np.zeros((4, 3, 3), np.int64),
+    }
     assert mon.check(_msg("calo", good, {"events": 1}), strict=True).name == "calo"
     with pytest.raises(mon.ContentError, match="meta key 'events' missing"):
         mon.check(_msg("calo", good))
@@ -51,8 +56,9 @@ def test_check_names_what_is_wrong():
         mon.check(_msg("nonsense"))
 
 
-@pytest.mark.parametrize("n,k,expected", [(12, 8, [0, 1, 3, 4, 6, 7, 9, 11]), (3, 8, [0, 1, 2]), (100, 1, [0]),
-                                          (5, 0, []), (0, 4, [])])
+@pytest.mark.parametrize(
+    "n,k,expected", [(12, 8, [0, 1, 3, 4, 6, 7, 9, 11]), (3, 8, [0, 1, 2]), (100, 1, [0]), (5, 0, []), (0, 4, [])]
+)
 def test_sample_indices_are_evenly_spread(n, k, expected):
     assert sample_indices(n, k).tolist() == expected
 
@@ -67,8 +73,16 @@ def test_producer_messages_are_exactly_as_declared():
     wf = synthesize(amp, np.full(amp.shape, 100.0), 150.0, 156.0, noise_rms=0.0, seed=1)
     mask = np.where(np.arange(n) % 2 == 0, TRIGGER_BITS["beam"], TRIGGER_BITS["physics"]).astype(np.uint8)
     g = np.full(ch.N_CHANNELS, 0.01)
-    msgs = event_messages(wf, np.arange(n, dtype=np.uint32) * 3, mask, g, n_waveforms=4, amplitudes=True,
-                          table={"cell": "A"}, start_unix=5.0)
+    msgs = event_messages(
+        wf,
+        np.arange(n, dtype=np.uint32) * 3,
+        mask,
+        g,
+        n_waveforms=4,
+        amplitudes=True,
+        table={"cell": "A"},
+        start_unix=5.0,
+    )
     assert [m.topic for m in msgs] == ["calo", "ecal_hcal", "waveforms", "amplitudes"]
     for m in msgs:
         spec = mon.check(_msg(m.topic, m.arrays, m.meta), strict=True)
@@ -78,10 +92,22 @@ def test_producer_messages_are_exactly_as_declared():
     assert calo.arrays["ecal_energy"][1, 2, 3] == pytest.approx(n * 9.0, rel=2e-3)
     assert eh.arrays["counts"].sum() == n and eh.meta["ecal_edges"] == list(mon.ECAL_EDGES)
     assert w.arrays["event_ids"].tolist() == [0, 9, 18, 27]
-    assert a.arrays["amplitudes"].shape == (5, ch.N_CALO) and a.meta == {"table": {"cell": "A"}, "start_unix": 5.0,
-                                                                          "events": 5}
-    sc = scalers_message({"scalers": {"S0": 7, "S1": np.int64(6), "V0": 1}, "eot": 4, "n_particles": 9,
-                          "triggers": {"physics": {"raw": 3, "accepted": 2}}, "flags": ["retried"]}, n, 11)
+    assert a.arrays["amplitudes"].shape == (5, ch.N_CALO) and a.meta == {
+        "table": {"cell": "A"},
+        "start_unix": 5.0,
+        "events": 5,
+    }
+    sc = scalers_message(
+        {
+            "scalers": {"S0": 7, "S1": np.int64(6), "V0": 1},
+            "eot": 4,
+            "n_particles": 9,
+            "triggers": {"physics": {"raw": 3, "accepted": 2}},
+            "flags": ["retried"],
+        },
+        n,
+        11,
+    )
     assert sc.meta["S1"] == 6 and type(sc.meta["S1"]) is int and sc.meta["eot_total"] == 11
     assert sc.meta["triggers"] == {"physics": {"raw": 3, "accepted": 2}} and sc.meta["recorded"] == n
     mon.check(_msg("scalers", meta=sc.meta), strict=True)

@@ -1,28 +1,29 @@
 """The na64-monitor window on offscreen Qt: a real ZeroMQ PUB on a free loopback port, direct injection
 through the inbox, a replayed run directory written with detector.spillfile, and the CLI screenshot.
 Assertions are on what the widgets show (image data, curve data, labels, table colours)."""
+
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # before anything imports Qt (shared/STACK.md)
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before anything imports Qt (docs/stack.md)
 
-import math  # noqa: E402
-import time  # noqa: E402
+import math
+import time
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PyQt5 import QtCore, QtGui  # noqa: E402
+import numpy as np
+import pytest
+from PyQt5 import QtCore, QtGui
 
-from detector import channels as ch  # noqa: E402
-from detector.config import load_calibration  # noqa: E402
-from detector.records import TRIGGER_BITS  # noqa: E402
-from detector.spillfile import SpillContent, write_run_record, write_spill  # noqa: E402
-from online.monitor import model as M  # noqa: E402
-from online.monitor import views as V  # noqa: E402
-from online.monitor.synthetic import SyntheticDAQ, SyntheticPublisher, write_example_yields  # noqa: E402
-from online.monitor.window import MonitorWindow  # noqa: E402
-from online.monitor_cli import main  # noqa: E402
+from detector import channels as ch
+from detector.config import load_calibration
+from detector.records import TRIGGER_BITS
+from detector.spillfile import SpillContent, write_run_record, write_spill
+from online.monitor import model as M
+from online.monitor import views as V
+from online.monitor.synthetic import SyntheticDAQ, SyntheticPublisher, write_example_yields
+from online.monitor.window import MonitorWindow
+from online.monitor_cli import main
 
 
 @pytest.fixture
@@ -70,22 +71,22 @@ def test_live_stream_over_real_zeromq(qtbot, window):
         win.connect_stream(pub.endpoint)
         assert win.receiver.running
 
-        def joined() -> bool:                       # PUB/SUB slow joiner: heartbeat until one arrives
+        def joined() -> bool:  # PUB/SUB slow joiner: heartbeat until one arrives
             pub.send(daq.status("IDLE"))
             return win.inbox.stats().received > 0
+
         qtbot.waitUntil(joined, timeout=5000)
         sent = []
         for i in range(3):
             if i == 1:
-                daq.skip_seq = 3                    # the publisher "loses" three messages
+                daq.skip_seq = 3  # the publisher "loses" three messages
             msgs = daq.spill_messages()
             for m in msgs:
                 pub.send(m)
             sent += msgs
             if i == 1:
                 pub.send_raw([b"calo", b"{not json"])
-        qtbot.waitUntil(lambda: (win.tick(), win.model.spill == 3 and win.model.state == "RECORDED")[1],
-                        timeout=5000)
+        qtbot.waitUntil(lambda: (win.tick(), win.model.spill == 3 and win.model.state == "RECORDED")[1], timeout=5000)
         exp = totals(sent)
         t = win.status.tiles
         assert t["run"].value.text() == "1" and t["spill"].value.text() == "3"
@@ -101,7 +102,7 @@ def test_live_stream_over_real_zeromq(qtbot, window):
         np.testing.assert_allclose(win.rates.curves["eot_total"].yData, np.cumsum(exp["eot"]))
         assert win.hv.table.rowCount() == 119
         t0 = time.perf_counter()
-        win.stop_sources()                          # inproc control socket: no poll timeout to wait out
+        win.stop_sources()  # inproc control socket: no poll timeout to wait out
         assert time.perf_counter() - t0 < 1.0
     finally:
         pub.close()
@@ -117,12 +118,12 @@ def test_maps_histogram_and_occupancy_toggle(window):
         inject(win, batch)
     exp = totals(msgs)
     np.testing.assert_allclose(win.maps.image_of("main"), exp["ecal_energy"][1])
-    for mod in range(4):   # HCAL arrays are [module][y][x]; the image is [x][y]
+    for mod in range(4):  # HCAL arrays are [module][y][x]; the image is [x][y]
         np.testing.assert_allclose(win.maps.image_of(f"hcal{mod}"), exp["hcal_energy"][mod].T)
     win.maps.set_mode("occupancy")
     win.tick()
     np.testing.assert_allclose(win.maps.image_of("ps"), exp["ecal_occupancy"][0])
-    lo, hi = win.maps.bars["ps"].levels()
+    _lo, hi = win.maps.bars["ps"].levels()
     assert hi == V.nice_ceil(exp["ecal_occupancy"][0].max()) >= exp["ecal_occupancy"][0].max()
     assert V.nice_ceil(1234.0) == 1500.0 and V.nice_ceil(0.0) == 1.0 and V.nice_ceil(5e6) == 5e6
     # a cell label shows its name and value
@@ -193,7 +194,7 @@ def test_hv_table_alarm_colours(window):
     daq.trip = {trip}
     daq.deviate = {dev: 9.0}
     inject(win, [daq.hv()])
-    assert win.hv.row_of(trip) == 0                      # worst first
+    assert win.hv.row_of(trip) == 0  # worst first
     st = win.hv.cell(trip, "State")
     assert st.text() == "TRIP" and st.background().color().name() == V.HV_COLOURS[M.HV_TRIPPED]
     assert win.hv.cell(trip, "Status").text() == "0x0088"
@@ -204,7 +205,7 @@ def test_hv_table_alarm_colours(window):
     assert "HCAL-2-0-3" in win.alarms.tiles["hv"].detail.text()
     assert win.hv.summary.bg == V.LEVEL_COLOURS[M.ALARM]
     assert any("HV ALARM" in line and "HCAL-2-0-3" in line for line in win.log_pane.lines())
-    daq.trip = set()                                     # trip cleared: back to normal colours
+    daq.trip = set()  # trip cleared: back to normal colours
     inject(win, [daq.hv()])
     assert win.hv.cell(trip, "State").data(QtCore.Qt.BackgroundRole) is None
     assert win.alarms.colour("hv") == V.LEVEL_COLOURS[M.WARN]
@@ -222,7 +223,7 @@ def test_rate_drop_stall_and_error_alarms(window):
     assert win.alarms.colour("beam") == V.LEVEL_COLOURS[M.ALARM]
     assert "RATE DROP" in win.alarms.tiles["beam"].detail.text()
     assert win.alarms.tiles["beam"].value.text() == "ALARM"
-    win.tick(time.time() + 61.0)                         # no status for longer than monitor.stall_s
+    win.tick(time.time() + 61.0)  # no status for longer than monitor.stall_s
     assert win.alarms.colour("daq") == V.LEVEL_COLOURS[M.ALARM]
     assert "STALLED" in win.alarms.tiles["daq"].detail.text()
     daq.error = "MSADC crate not responding"
@@ -241,7 +242,7 @@ def test_sensitivity_view_against_hand_computation(window, qtbot, tmp_path):
     daq = SyntheticDAQ(seed=1)
     for _ in range(2):
         inject(win, daq.spill_messages())
-    yields = {m: y for m, y in [(2.0, 9.89e-2), (16.7, 6.30e-3), (100.0, 2.57e-4), (500.0, 5.41e-6)]}
+    yields = {2.0: 9.89e-2, 16.7: 6.30e-3, 100.0: 2.57e-4, 500.0: 5.41e-6}
     for mass, y in yields.items():
         eps = math.sqrt(2.3 / (daq.eot_total * 0.5 * y))
         assert win.sensitivity.values[mass].text() == f"{eps:.2e}"
@@ -276,17 +277,31 @@ def write_small_run(rdir) -> None:
         amp = _amplitudes(spill)
         wf = synthesize(amp, np.full(amp.shape, 100.0), 150.0, 156.0, noise_rms=0.0, seed=spill)
         mask = np.where(np.arange(N_EV) % 3 == 0, TRIGGER_BITS["beam"], TRIGGER_BITS["physics"]).astype(np.uint8)
-        attrs = {"scalers": {"S0": 5.0e6 + spill, "S1": 4.7e6 + spill, "S2": 4.6e6, "S3": 4.5e6, "V0": 6.0e5,
-                             "V1": 3.0e4},
-                 "triggers": {"physics": {"raw": 9000 + spill, "accepted": 8}, "beam": {"raw": 4.2e6, "accepted": 4}},
-                 "eot": 4_200_000 + spill, "length_s": 4.8, "start_unix": 1.7e9 + 30 * spill,
-                 "n_particles": 5_000_000, "n_accepted": N_EV, "n_read_out": N_EV,
-                 "flags": ["retried"] if spill == 2 else [],
-                 "hv": {"channel_ids": hv_ids, "vset": [850.0] * 9, "vmon": [850.2] * 8 + [0.0],
-                        "imon": [170.0] * 9, "status": [1] * 8 + [0x88]}}
-        write_spill(rdir, SpillContent(RUN, spill, np.arange(N_EV, dtype=np.uint32) * 7, mask,
-                                       np.arange(N_EV) * 1e3, wf, None, attrs))
-    (rdir / "spill-000003.h5").write_bytes(b"not an HDF5 file")     # a corrupt spill: skipped, logged
+        attrs = {
+            "scalers": {"S0": 5.0e6 + spill, "S1": 4.7e6 + spill, "S2": 4.6e6, "S3": 4.5e6, "V0": 6.0e5, "V1": 3.0e4},
+            "triggers": {"physics": {"raw": 9000 + spill, "accepted": 8}, "beam": {"raw": 4.2e6, "accepted": 4}},
+            "eot": 4_200_000 + spill,
+            "length_s": 4.8,
+            "start_unix": 1.7e9 + 30 * spill,
+            "n_particles": 5_000_000,
+            "n_accepted": N_EV,
+            "n_read_out": N_EV,
+            "flags": ["retried"] if spill == 2 else [],
+            "hv": {
+                "channel_ids": hv_ids,
+                "vset": [850.0] * 9,
+                "vmon": [850.2] * 8 + [0.0],
+                "imon": [170.0] * 9,
+                "status": [1] * 8 + [0x88],
+            },
+        }
+        write_spill(
+            rdir,
+            SpillContent(
+                RUN, spill, np.arange(N_EV, dtype=np.uint32) * 7, mask, np.arange(N_EV) * 1e3, wf, None, attrs
+            ),
+        )
+    (rdir / "spill-000003.h5").write_bytes(b"not an HDF5 file")  # a corrupt spill: skipped, logged
     write_run_record(rdir, {"run": RUN, "spills": [1, 2, 3]})
 
 
@@ -305,7 +320,7 @@ def test_replay_of_a_recorded_run(window, qtbot, tmp_path):
     e_hcal = 2 * N_EV * 500.0 * g[ch.hcal_id(1, 1, 0)]
     img = win.maps.image_of("main")
     assert img[2, 3] == pytest.approx(e_main, rel=2e-3)
-    assert img.sum() == pytest.approx(e_main, rel=2e-3)          # zero suppression: other cells empty
+    assert img.sum() == pytest.approx(e_main, rel=2e-3)  # zero suppression: other cells empty
     assert win.maps.image_of("hcal0")[1, 1] == pytest.approx(e_hcal, rel=2e-3)
     win.maps.set_mode("occupancy")
     win.tick()
@@ -334,13 +349,24 @@ def _check_png(path, min_w=1200, min_h=700):
     assert img.width() >= min_w and img.height() >= min_h
     small = img.scaled(64, 36)
     colours = {small.pixel(x, y) for x in range(64) for y in range(36)}
-    assert len(colours) > 50                     # not a blank window
+    assert len(colours) > 50  # not a blank window
 
 
 def test_cli_screenshot_synthetic(qapp, tmp_path, yields_file):
     png = tmp_path / "monitor.png"
-    rc = main(["--synthetic", "--replay-interval", "0.1", "--yields", yields_file,
-               "--screenshot", str(png), "--exit-after", "1.2"])
+    rc = main(
+        [
+            "--synthetic",
+            "--replay-interval",
+            "0.1",
+            "--yields",
+            yields_file,
+            "--screenshot",
+            str(png),
+            "--exit-after",
+            "1.2",
+        ]
+    )
     assert rc == 0
     _check_png(png)
 

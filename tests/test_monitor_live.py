@@ -1,27 +1,33 @@
 """The control-room monitor on a LIVE stream: na64-emulator + na64-daq as subprocesses, the monitor window
 in this process (offscreen Qt) subscribed to the DAQ's real monitoring stream. Every view must fill with
 what the DAQ published, and the screenshot of the whole window is written to tmp_path/monitor-live.png."""
+
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
+from daq_helpers import (
+    DAQ_TEST_CONFIG,
+    _no_daq_left_behind,  # noqa: F401  (autouse fixture)
+    free_port,
+    start_daq,
+)
+from emulator_fixture import start_emulator
 
-from daq_helpers import _no_daq_left_behind  # noqa: E402,F401  (autouse fixture)
-from daq_helpers import DAQ_TEST_CONFIG, free_port, start_daq  # noqa: E402
-from emulator_fixture import start_emulator  # noqa: E402
-from online.monitor import model as M  # noqa: E402
-from online.monitor import views as V  # noqa: E402
-from online.monitor.synthetic import write_example_yields  # noqa: E402
-from online.monitor.window import MonitorWindow  # noqa: E402
+from online.monitor import model as M
+from online.monitor import views as V
+from online.monitor.synthetic import write_example_yields
+from online.monitor.window import MonitorWindow
 
 
 @pytest.mark.slow
 def test_every_view_fills_from_a_live_emulator_and_daq_run(qtbot, qapp, tmp_path):
     V.apply_dark_theme(qapp)
-    win = MonitorWindow(M.MonitorSettings(yields_file=write_example_yields(str(tmp_path / "yields.json")),
-                                          stall_s=60.0))
+    win = MonitorWindow(
+        M.MonitorSettings(yields_file=write_example_yields(str(tmp_path / "yields.json")), stall_s=60.0)
+    )
     qtbot.addWidget(win)
     win.show()
     qtbot.waitExposed(win)
@@ -29,11 +35,15 @@ def test_every_view_fills_from_a_live_emulator_and_daq_run(qtbot, qapp, tmp_path
     try:
         with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu:
             win.connect_stream(address)
-            daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=4,
-                            monitor=address)
+            daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=4, monitor=address)
             m = win.model
-            qtbot.waitUntil(lambda: (win.tick(), m.spill is not None and m.spill >= 3
-                                     and m.hv_ids.size > 0 and m.waveforms.shape[0] > 0)[1], timeout=180_000)
+            qtbot.waitUntil(
+                lambda: (
+                    win.tick(),
+                    m.spill is not None and m.spill >= 3 and m.hv_ids.size > 0 and m.waveforms.shape[0] > 0,
+                )[1],
+                timeout=180_000,
+            )
             assert daq.wait(120) == 0
             win.tick()
             # status and rates

@@ -1,5 +1,6 @@
 """The monitor's pure model (no Qt): accumulation, rate history, alarms (rate drop, no beam, HV trip,
 DAQ stall/ERROR, missed and malformed messages), the latest-wins inbox and the sensitivity estimate."""
+
 from __future__ import annotations
 
 import json
@@ -86,7 +87,7 @@ def test_history_capacity_is_bounded():
     assert len(h.column("S1")) == 10
     np.testing.assert_array_equal(h.column("spill"), np.arange(47, 57))
     assert h._buf.shape == (20, 2)
-    h.append({"spill": 57, "S1": 1.0, "trig:new:raw": 5.0})      # a column added late reads NaN before
+    h.append({"spill": 57, "S1": 1.0, "trig:new:raw": 5.0})  # a column added late reads NaN before
     col = h.column("trig:new:raw")
     assert np.isnan(col[:-1]).all() and col[-1] == 5.0
 
@@ -100,7 +101,7 @@ def test_rate_drop_and_no_beam_alarms():
         feed(model, daq.spill_messages(now=t), t)
     model.evaluate(t)
     assert model.alarms["beam"].level == M.OK
-    daq.beam_factor = 0.3                      # S1 at 30% of the running mean
+    daq.beam_factor = 0.3  # S1 at 30% of the running mean
     t += 20
     feed(model, daq.spill_messages(now=t), t)
     model.evaluate(t)
@@ -125,8 +126,10 @@ def test_rate_drop_threshold_against_running_mean(last_s1, level):
     # running mean of the spills before the last: (3 x 1e6 + 0.51e6) / 4 = 877 500; x 0.5 = 438 750
     model = make_model(rate_drop_fraction=0.5)
     base = {"S0": 1e6, "V0": 1e5, "eot": 1e6, "triggers": {}}
-    msgs = [decode(encode("scalers", i, meta=dict(base, S1=s1), run=1, spill=i + 1))
-            for i, s1 in enumerate([1e6, 1e6, 1e6, 0.51e6, last_s1])]
+    msgs = [
+        decode(encode("scalers", i, meta=dict(base, S1=s1), run=1, spill=i + 1))
+        for i, s1 in enumerate([1e6, 1e6, 1e6, 0.51e6, last_s1])
+    ]
     feed(model, msgs)
     assert model.s1_running_mean() == pytest.approx(877_500.0)
     model.evaluate(T0)
@@ -166,9 +169,9 @@ def test_daq_stall_and_error():
     daq = SyntheticDAQ()
     model = make_model(stall_s=60.0)
     model.evaluate(T0 + 1)
-    assert model.alarms["daq"].level == M.NONE                  # waiting for the first status
+    assert model.alarms["daq"].level == M.NONE  # waiting for the first status
     model.evaluate(T0 + 61)
-    assert model.alarms["daq"].level == M.ALARM                 # never heard from the DAQ
+    assert model.alarms["daq"].level == M.ALARM  # never heard from the DAQ
     feed(model, [daq.status("IDLE")], T0 + 100)
     model.evaluate(T0 + 100)
     assert model.alarms["daq"].level == M.OK
@@ -188,18 +191,18 @@ def test_missed_count_from_sequence_gaps():
     inbox = Inbox()
     model = make_model(stall_s=60.0)
     for _ in range(3):
-        inbox.put(daq.status("IDLE"), T0)             # seq 0, 1, 2
+        inbox.put(daq.status("IDLE"), T0)  # seq 0, 1, 2
     daq.skip_seq = 4
-    inbox.put(daq.status("IDLE"), T0)                 # seq 7: 3..6 missed
-    inbox.put(daq.status("IDLE"), T0)                 # seq 8
+    inbox.put(daq.status("IDLE"), T0)  # seq 7: 3..6 missed
+    inbox.put(daq.status("IDLE"), T0)  # seq 8
     model.apply(*inbox.drain(), now=T0)
     model.evaluate(T0)
     assert model.link.missed == 4 and model.missed_total == 4
     assert model.link.received == 5
     assert model.alarms["missed"].level == M.WARN and "4 missed" in model.alarms["missed"].text
     model.evaluate(T0 + 61)
-    assert model.alarms["missed"].level == M.OK and model.missed_total == 4      # still shown
-    daq.seq = TopicSequence()                         # publisher restart: not a gap
+    assert model.alarms["missed"].level == M.OK and model.missed_total == 4  # still shown
+    daq.seq = TopicSequence()  # publisher restart: not a gap
     inbox.put(daq.status("IDLE"), T0 + 62)
     model.apply(*inbox.drain(), now=T0 + 62)
     assert model.link.restarts == 1 and model.link.missed == 4
@@ -215,8 +218,8 @@ def test_sequence_numbers_count_per_topic():
     for m in msgs:
         inbox.put(m, T0)
     daq.skip_seq = 3
-    inbox.put(daq.hv(), T0)                           # hv seq 5: hv 2..4 missed
-    inbox.put(daq.status("IDLE"), T0)                 # status seq 2: nothing missed
+    inbox.put(daq.hv(), T0)  # hv seq 5: hv 2..4 missed
+    inbox.put(daq.status("IDLE"), T0)  # status seq 2: nothing missed
     stats = inbox.stats()
     assert stats.received == 7 and stats.missed == 3
     assert stats.missed_by_topic == {"status": 0, "hv": 3, "log": 0}
@@ -228,7 +231,7 @@ def test_inbox_latest_wins_and_counted_drops():
     hv = [daq.hv() for _ in range(5)]
     msgs = daq.spill_messages()
     calos = [m for m in msgs if m.topic == "calo"]
-    extra = [daq.calo(T0) for _ in range(4)]          # 5 calo messages, FIFO of 3
+    extra = [daq.calo(T0) for _ in range(4)]  # 5 calo messages, FIFO of 3
     for m in hv + calos + extra:
         inbox.put(m)
     got, stats = inbox.drain()

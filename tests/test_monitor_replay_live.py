@@ -1,17 +1,24 @@
 """One producer of monitoring messages: the replay of a recorded run gives, topic by topic and array by
 array, the messages the live DAQ published for it (na64-emulator + na64-daq as subprocesses, the DAQ's
 real ZeroMQ stream, the spill files it wrote)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from daq_helpers import (
+    DAQ_TEST_CONFIG,
+    Subscriber,
+    _no_daq_left_behind,  # noqa: F401  (autouse fixture)
+    free_port,
+    start_daq,
+    wait_until,
+)
+from emulator_fixture import start_emulator
 
-from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
-from daq_helpers import DAQ_TEST_CONFIG, Subscriber, free_port, start_daq, wait_until
 from detector import monitoring as mon
 from detector.config import load_config
 from detector.spillfile import list_spills, read_spill
-from emulator_fixture import start_emulator
 from online.monitor.replay import ReplayBuilder
 
 SPILL_TOPICS = ("scalers", "calo", "ecal_hcal", "waveforms", "amplitudes")
@@ -25,13 +32,23 @@ def test_replay_gives_the_messages_the_live_daq_published(tmp_path):
     sub.ready.wait(5)
     try:
         with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu:
-            daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=3,
-                            monitor=address, extra=["--calibration-mode"])
+            daq = start_daq(
+                tmp_path,
+                emu.config_path,
+                emu.endpoints_path,
+                tmp_path / "data",
+                spills=3,
+                monitor=address,
+                extra=["--calibration-mode"],
+            )
             assert daq.wait(240) == 0, daq.log()[-4000:]
             # the monitor worker publishes after the spill is recorded: wait for the last spill's messages
             # the DAQ's last message (status "stopped") comes after the monitor worker is done
-            wait_until(lambda: any(str(m.meta.get("message", "")).startswith("stopped") for m in sub.of("status")),
-                       30, "the DAQ's final status")
+            wait_until(
+                lambda: any(str(m.meta.get("message", "")).startswith("stopped") for m in sub.of("status")),
+                30,
+                "the DAQ's final status",
+            )
             cfg = load_config(emu.config_path)
     finally:
         sub.stop()

@@ -4,18 +4,26 @@ A tiny scripted TCP server (tests/scripted_server.py) plays the crate: for every
 script of (expected request bytes -> reply) steps. The driver talks to it through pyvisa + pyvisa-py over
 a real socket, in the spirit of pymeasure's ``expected_protocol``.
 """
+
 from __future__ import annotations
 
 import time
 
 import numpy as np
 import pytest
+from scripted_server import DROP, SILENT, ScriptedCrate, block
 
 from detector.records import TRUTH_DTYPE
 from online import msadc
-from online.msadc import (MSADC, MSADCBlockError, MSADCConfigError, MSADCConnectionError, MSADCCrateError,
-                          MSADCSpillLost, MSADCTimeout)
-from scripted_server import DROP, SILENT, ScriptedCrate, block
+from online.msadc import (
+    MSADC,
+    MSADCBlockError,
+    MSADCConfigError,
+    MSADCConnectionError,
+    MSADCCrateError,
+    MSADCSpillLost,
+    MSADCTimeout,
+)
 
 IDN = b"NA64-HIL,MSADC-CRATE,EMU-0001,0.1\n"
 NOERR = b'0,"No error"\n'
@@ -36,9 +44,12 @@ def _open(crate: ScriptedCrate, **kw) -> MSADC:
 
 HELLO = [(b"*IDN?\n", IDN)]
 CONFIG_OK = [
-    (b"*CLS\n", SILENT), (b"CONF:SAMP 32\n", SILENT),
-    (b"CONF:SAMP?\n", b"32\n"), (b"CONF:CHAN?\n", b"121\n"),
-    (b"CONF:TRIG:CHAN?\n", b"S1,S2,S3,V1,PS_SUM,ECAL_SUM\n"), (b"CONF:SPILL:BUFF?\n", b"2\n"),
+    (b"*CLS\n", SILENT),
+    (b"CONF:SAMP 32\n", SILENT),
+    (b"CONF:SAMP?\n", b"32\n"),
+    (b"CONF:CHAN?\n", b"121\n"),
+    (b"CONF:TRIG:CHAN?\n", b"S1,S2,S3,V1,PS_SUM,ECAL_SUM\n"),
+    (b"CONF:SPILL:BUFF?\n", b"2\n"),
     (b"SYST:ERR?\n", NOERR),
 ]
 # after a reconnect: *IDN?, drain of the error queue, re-selection of the spill
@@ -57,9 +68,15 @@ def test_open_and_configure_bytes():
 
 
 def test_configure_reports_crate_errors():
-    script = HELLO + CONFIG_OK[:-1] + [(b"SYST:ERR?\n", b'-222,"Data out of range; samples must be 32"\n'),
-                                        (b"SYST:ERR?\n", b'-113,"Undefined header"\n'),
-                                        (b"SYST:ERR?\n", NOERR)]
+    script = (
+        HELLO
+        + CONFIG_OK[:-1]
+        + [
+            (b"SYST:ERR?\n", b'-222,"Data out of range; samples must be 32"\n'),
+            (b"SYST:ERR?\n", b'-113,"Undefined header"\n'),
+            (b"SYST:ERR?\n", NOERR),
+        ]
+    )
     crate = ScriptedCrate(script)
     d = _open(crate)
     with pytest.raises(MSADCCrateError) as ei:
@@ -70,10 +87,13 @@ def test_configure_reports_crate_errors():
     assert "samples must be 32" in str(ei.value) and "configuration" in str(ei.value)
 
 
-@pytest.mark.parametrize("chan,trig,needle", [
-    (b"120\n", b"S1,S2,S3,V1,PS_SUM,ECAL_SUM\n", "CONF:CHAN?"),
-    (b"121\n", b"S2,S1,S3,V1,PS_SUM,ECAL_SUM\n", "CONF:TRIG:CHAN?"),
-])
+@pytest.mark.parametrize(
+    "chan,trig,needle",
+    [
+        (b"120\n", b"S1,S2,S3,V1,PS_SUM,ECAL_SUM\n", "CONF:CHAN?"),
+        (b"121\n", b"S2,S1,S3,V1,PS_SUM,ECAL_SUM\n", "CONF:TRIG:CHAN?"),
+    ],
+)
 def test_configure_checks_channels_and_primitive_order(chan, trig, needle):
     script = HELLO + CONFIG_OK[:3] + [(b"CONF:CHAN?\n", chan), (b"CONF:TRIG:CHAN?\n", trig)] + CONFIG_OK[5:]
     crate = ScriptedCrate(script)
@@ -94,7 +114,7 @@ def test_not_an_msadc_is_refused_and_session_closed():
 
 def test_half_open_session_is_closed_on_timeout():
     crate = ScriptedCrate([(b"*IDN?\n", SILENT)])
-    d = MSADC(crate.resource, timeout_ms=200)                  # must expire: *IDN? is never answered
+    d = MSADC(crate.resource, timeout_ms=200)  # must expire: *IDN? is never answered
     with pytest.raises(MSADCConnectionError):
         d.open()
     assert not d.is_open
@@ -104,10 +124,15 @@ def test_half_open_session_is_closed_on_timeout():
 
 def test_status_list_info_counts():
     script = HELLO + [
-        (b"SPIL:STAT?\n", b"GAP,17\n"), (b"SPIL:LIST?\n", b"16,17\n"), (b"SPIL:LIST?\n", b"\n"),
-        (b"SPIL:SEL 17\n", SILENT), (b"SYST:ERR?\n", NOERR),
+        (b"SPIL:STAT?\n", b"GAP,17\n"),
+        (b"SPIL:LIST?\n", b"16,17\n"),
+        (b"SPIL:LIST?\n", b"\n"),
+        (b"SPIL:SEL 17\n", SILENT),
+        (b"SYST:ERR?\n", NOERR),
         (b"SPIL:INFO?\n", b'{"spill": 17, "particles": 5, "table": {"x_mm": 0}, "scalers": {"S0": 5}}\n'),
-        (b"PRIM:COUN?\n", b"5\n"), (b"ACC:COUN?\n", b"2\n"), (b"EVT:COUN?\n", b"2\n"),
+        (b"PRIM:COUN?\n", b"5\n"),
+        (b"ACC:COUN?\n", b"2\n"),
+        (b"EVT:COUN?\n", b"2\n"),
     ]
     crate = ScriptedCrate(script)
     d = _open(crate)
@@ -124,8 +149,11 @@ def test_status_list_info_counts():
 
 
 def test_select_lost_spill_raises_spill_lost():
-    script = HELLO + [(b"SPIL:SEL 4\n", SILENT), (b"SYST:ERR?\n", b'-230,"Data corrupt or stale; spill 4"\n'),
-                      (b"SYST:ERR?\n", NOERR)]
+    script = HELLO + [
+        (b"SPIL:SEL 4\n", SILENT),
+        (b"SYST:ERR?\n", b'-230,"Data corrupt or stale; spill 4"\n'),
+        (b"SYST:ERR?\n", NOERR),
+    ]
     crate = ScriptedCrate(script)
     d = _open(crate)
     with pytest.raises(MSADCSpillLost) as ei:
@@ -143,11 +171,14 @@ def test_read_primitives_times_events_bytes():
     p = _prims(3)
     t = np.array([1.5, 20.25, 1e6], "<f8")
     ev = np.random.default_rng(2).integers(0, 4095, (2, 121, 32)).astype("<i2")
-    script = HELLO + [(b"PRIM:DATA? 10,3\n", block(p.tobytes())), (b"PRIM:TIME? 10,3\n", block(t.tobytes())),
-                      (b"EVT:DATA? 0,2\n", block(ev.tobytes()))]
+    script = HELLO + [
+        (b"PRIM:DATA? 10,3\n", block(p.tobytes())),
+        (b"PRIM:TIME? 10,3\n", block(t.tobytes())),
+        (b"EVT:DATA? 0,2\n", block(ev.tobytes())),
+    ]
     crate = ScriptedCrate(script)
     d = _open(crate)
-    assert d._session.fast                      # pyvisa-py TCPIP SOCKET: the socket fast path is taken
+    assert d._session.fast  # pyvisa-py TCPIP SOCKET: the socket fast path is taken
     out = np.empty((3, 6, 32), np.int16)
     got = d.read_primitives(10, 3, out=out)
     assert got is out and np.array_equal(out, p)
@@ -172,8 +203,12 @@ def test_portable_read_bytes_path_is_byte_identical():
 def test_upload_accepted_bytes():
     idx = np.array([0, 7, 4_000_000], np.int64)
     payload = np.array(idx, "<u4").tobytes()
-    script = HELLO + [(b"ACC:DATA #212" + payload + b"\n", SILENT), (b"SYST:ERR?\n", NOERR),
-                      (b"ACC:DATA #10\n", SILENT), (b"SYST:ERR?\n", NOERR)]
+    script = HELLO + [
+        (b"ACC:DATA #212" + payload + b"\n", SILENT),
+        (b"SYST:ERR?\n", NOERR),
+        (b"ACC:DATA #10\n", SILENT),
+        (b"SYST:ERR?\n", NOERR),
+    ]
     crate = ScriptedCrate(script)
     d = _open(crate)
     d.upload_accepted(idx)
@@ -186,8 +221,11 @@ def test_upload_accepted_bytes():
 
 def test_upload_rejected_by_crate():
     payload = np.array([5], "<u4").tobytes()
-    script = HELLO + [(b"ACC:DATA #14" + payload + b"\n", SILENT),
-                      (b"SYST:ERR?\n", b'-222,"Data out of range; index 5 >= 5"\n'), (b"SYST:ERR?\n", NOERR)]
+    script = HELLO + [
+        (b"ACC:DATA #14" + payload + b"\n", SILENT),
+        (b"SYST:ERR?\n", b'-222,"Data out of range; index 5 >= 5"\n'),
+        (b"SYST:ERR?\n", NOERR),
+    ]
     crate = ScriptedCrate(script)
     d = _open(crate)
     with pytest.raises(MSADCCrateError) as ei:
@@ -204,14 +242,17 @@ def _select3(d: MSADC) -> None:
 SEL3 = [(b"SPIL:SEL 3\n", SILENT), (b"SYST:ERR?\n", NOERR)]
 
 
-@pytest.mark.parametrize("bad,kind", [
-    (b"X3768", "corrupt_block"),                           # not a block
-    (b"#0", "corrupt_block"),                              # indefinite length
-    (b"#4999", "truncated_block"),                         # header digits missing, then nothing
-    (block(b"\0" * 1000), "corrupt_block"),                # length mismatch (1000 != 768)
-    (b"#3768" + b"\0" * 768 + b"Z", "corrupt_block"),       # no terminator
-    (b"#3768" + b"\0" * 100, "truncated_block"),           # cut short, then silence
-])
+@pytest.mark.parametrize(
+    "bad,kind",
+    [
+        (b"X3768", "corrupt_block"),  # not a block
+        (b"#0", "corrupt_block"),  # indefinite length
+        (b"#4999", "truncated_block"),  # header digits missing, then nothing
+        (block(b"\0" * 1000), "corrupt_block"),  # length mismatch (1000 != 768)
+        (b"#3768" + b"\0" * 768 + b"Z", "corrupt_block"),  # no terminator
+        (b"#3768" + b"\0" * 100, "truncated_block"),  # cut short, then silence
+    ],
+)
 def test_bad_block_is_detected_and_reread_after_reconnect(bad, kind):
     p = _prims(2, seed=3)
     first = HELLO + SEL3 + [(b"PRIM:DATA? 0,2\n", bad)]
@@ -247,9 +288,14 @@ def test_dropped_connection_is_reopened_and_spill_reselected():
 
 def test_reconnect_restores_configuration_and_selection():
     first = HELLO + CONFIG_OK + SEL3 + [(b"PRIM:COUN?\n", DROP)]
-    second = HELLO + [(b"SYST:ERR?\n", b'-350,"Queue overflow"\n'), (b"SYST:ERR?\n", NOERR),
-                      (b"CONF:SAMP 32\n", SILENT), (b"SPIL:SEL 3\n", SILENT), (b"SYST:ERR?\n", NOERR),
-                      (b"PRIM:COUN?\n", b"77\n")]
+    second = HELLO + [
+        (b"SYST:ERR?\n", b'-350,"Queue overflow"\n'),
+        (b"SYST:ERR?\n", NOERR),
+        (b"CONF:SAMP 32\n", SILENT),
+        (b"SPIL:SEL 3\n", SILENT),
+        (b"SYST:ERR?\n", NOERR),
+        (b"PRIM:COUN?\n", b"77\n"),
+    ]
     crate = ScriptedCrate(first, second)
     d = _open(crate)
     d.configure()
@@ -272,8 +318,9 @@ def test_no_reply_times_out_and_retries():
 
 
 def test_retries_exhausted_raise_timeout():
-    crate = ScriptedCrate(HELLO + [(b"PRIM:COUN?\n", SILENT)], HELLO + [(b"SYST:ERR?\n", NOERR),
-                                                                        (b"PRIM:COUN?\n", SILENT)])
+    crate = ScriptedCrate(
+        HELLO + [(b"PRIM:COUN?\n", SILENT)], HELLO + [(b"SYST:ERR?\n", NOERR), (b"PRIM:COUN?\n", SILENT)]
+    )
     d = _open(crate, timeout_ms=EXPIRE_MS, retries=1)
     with pytest.raises(MSADCTimeout) as ei:
         d.prim_count()
@@ -284,8 +331,12 @@ def test_retries_exhausted_raise_timeout():
 
 def test_reconnect_finds_spill_gone():
     first = HELLO + SEL3 + [(b"EVT:DATA? 0,1\n", DROP)]
-    second = HELLO + [(b"SYST:ERR?\n", NOERR), (b"SPIL:SEL 3\n", SILENT),
-                      (b"SYST:ERR?\n", b'-230,"Data corrupt or stale"\n'), (b"SYST:ERR?\n", NOERR)]
+    second = HELLO + [
+        (b"SYST:ERR?\n", NOERR),
+        (b"SPIL:SEL 3\n", SILENT),
+        (b"SYST:ERR?\n", b'-230,"Data corrupt or stale"\n'),
+        (b"SYST:ERR?\n", NOERR),
+    ]
     crate = ScriptedCrate(first, second)
     d = _open(crate)
     _select3(d)
@@ -298,20 +349,25 @@ def test_reconnect_finds_spill_gone():
 def test_truth_probe_supported_and_read():
     tr = np.zeros(1, TRUTH_DTYPE)
     tr["index"] = 9
-    script = HELLO + [(b"EVT:TRUT? 0,1\n*OPC?\n", block(tr.tobytes()) + b"1\n"),
-                      (b"EVT:TRUT? 0,1\n", block(tr.tobytes()))]
+    script = HELLO + [
+        (b"EVT:TRUT? 0,1\n*OPC?\n", block(tr.tobytes()) + b"1\n"),
+        (b"EVT:TRUT? 0,1\n", block(tr.tobytes())),
+    ]
     crate = ScriptedCrate(script)
     d = _open(crate)
     assert d.truth_supported() is True
-    assert d.truth_supported() is True          # cached
+    assert d.truth_supported() is True  # cached
     assert d.read_truth(0, 1)["index"][0] == 9
     d.close()
     crate.check()
 
 
 def test_truth_probe_unsupported():
-    script = HELLO + [(b"EVT:TRUT? 0,1\n*OPC?\n", b"1\n"), (b"SYST:ERR?\n", b'-113,"Undefined header"\n'),
-                      (b"SYST:ERR?\n", NOERR)]
+    script = HELLO + [
+        (b"EVT:TRUT? 0,1\n*OPC?\n", b"1\n"),
+        (b"SYST:ERR?\n", b'-113,"Undefined header"\n'),
+        (b"SYST:ERR?\n", NOERR),
+    ]
     crate = ScriptedCrate(script)
     d = _open(crate)
     assert d.truth_supported() is False
@@ -325,7 +381,7 @@ def test_one_resource_manager_per_process():
     da, db = _open(a), _open(b)
     assert da._rm is db._rm is msadc.resource_manager("@py")
     assert da.prim_count() == 1
-    da.close()                                   # must not close the shared manager (pymeasure #894)
+    da.close()  # must not close the shared manager (pymeasure #894)
     assert db.prim_count() == 2
     db.close()
     d2 = _open(ScriptedCrate(HELLO))

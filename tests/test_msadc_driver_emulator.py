@@ -1,19 +1,22 @@
 """The MSADC driver (online/msadc.py) against the emulated crate (na64-emulator subprocess), over
 pyvisa + pyvisa-py and a real TCP socket, including the crate's injected faults."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from emulator_fixture import start_emulator
 
 from detector.records import TRUTH_DTYPE
-from emulator_fixture import start_emulator
-from online.msadc import (MSADC, MSADCConnectionError, MSADCCrateError, MSADCSpillLost, MSADCTimeout,
-                          resource_manager)
+from online.msadc import MSADC, MSADCConnectionError, MSADCCrateError, MSADCSpillLost, MSADCTimeout, resource_manager
 
 pytestmark = pytest.mark.slow
 
-SMALL = {"spill": {"length_s": 0.3, "supercycle_s": 1.0}, "beam": {"particles_per_spill": 5e3},
-         "emulator": {"spill_buffer": 8}}
+SMALL = {
+    "spill": {"length_s": 0.3, "supercycle_s": 1.0},
+    "beam": {"particles_per_spill": 5e3},
+    "emulator": {"spill_buffer": 8},
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +61,8 @@ def test_full_readout_matches_the_reference_reader(emu):
     step = 1500
     for first in range(0, n, step):
         c = min(step, n - first)
-        d.read_primitives(first, c, out=prims[first:first + c])
-        d.read_times(first, c, out=times[first:first + c])
+        d.read_primitives(first, c, out=prims[first : first + c])
+        d.read_times(first, c, out=times[first : first + c])
     ref = resource_manager().open_resource(emu.msadc, read_termination="\n", write_termination="\n", timeout=5000)
     try:
         ref.write(f"SPIL:SEL {sid}")
@@ -77,15 +80,17 @@ def test_full_readout_matches_the_reference_reader(emu):
     tr = d.read_truth(0, acc.size)
     assert tr.dtype == TRUTH_DTYPE and (tr["index"] == acc).all()
     assert d.spill_truth()["particles"] == n
-    with pytest.raises(MSADCCrateError) as ei:          # index beyond N: -222, previous list kept
+    with pytest.raises(MSADCCrateError) as ei:  # index beyond N: -222, previous list kept
         d.upload_accepted(np.array([n + 5]))
     assert -222 in ei.value.codes and d.accepted_count() == acc.size
     assert d.take_incidents() == []
     d.close()
 
 
-@pytest.mark.parametrize("kind,incident", [("drop", "reconnected"), ("truncate", "truncated_block"),
-                                           ("corrupt", "corrupt_block"), ("no_reply", "timeout")])
+@pytest.mark.parametrize(
+    "kind,incident",
+    [("drop", "reconnected"), ("truncate", "truncated_block"), ("corrupt", "corrupt_block"), ("no_reply", "timeout")],
+)
 def test_faults_are_survived(emu, kind, incident):
     d = _crate(emu)
     _latest(d)
@@ -95,7 +100,7 @@ def test_faults_are_survived(emu, kind, incident):
     if kind == "no_reply":
         spec["count"] = 1
     assert emu.control(spec)["ok"]
-    again = d.read_primitives(0, n)                     # retried after a reconnect, spill re-selected
+    again = d.read_primitives(0, n)  # retried after a reconnect, spill re-selected
     assert np.array_equal(good, again)
     inc = d.take_incidents()
     assert incident in inc and "retried" in inc, inc
@@ -107,9 +112,9 @@ def test_slow_replies_within_the_timeout_and_beyond(emu):
     d = _crate(emu, timeout_ms=600, retries=1)
     _latest(d)
     emu.control({"cmd": "fault", "endpoint": "msadc", "kind": "delay", "seconds": 0.2})
-    assert d.prim_count() > 0                           # slow, but inside the timeout
+    assert d.prim_count() > 0  # slow, but inside the timeout
     emu.control({"cmd": "fault", "endpoint": "msadc", "kind": "delay", "seconds": 1.5})
-    with pytest.raises((MSADCTimeout, MSADCConnectionError)) as ei:   # the reconnect's *IDN? is slow too
+    with pytest.raises((MSADCTimeout, MSADCConnectionError)) as ei:  # the reconnect's *IDN? is slow too
         d.prim_count()
     assert ei.value.flag == "timeout"
     emu.control({"cmd": "clear_faults"})

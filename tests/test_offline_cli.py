@@ -77,10 +77,16 @@ def test_limits_default_configuration(tmp_path: Path) -> None:
 
 def test_limits_from_runs_file_and_eot_scaling(tmp_path: Path) -> None:
     runs = tmp_path / "runs.json"
-    runs.write_text(json.dumps({"runs": [
-        {"name": "a", "n_eot": 1.0e10, "efficiency": 0.5, "n_obs": 0, "background": 0.05},
-        {"name": "b", "n_eot": 3.3e10, "efficiency": 0.5, "n_obs": 0, "background": 0.07},
-    ]}))
+    runs.write_text(
+        json.dumps(
+            {
+                "runs": [
+                    {"name": "a", "n_eot": 1.0e10, "efficiency": 0.5, "n_obs": 0, "background": 0.05},
+                    {"name": "b", "n_eot": 3.3e10, "efficiency": 0.5, "n_obs": 0, "background": 0.07},
+                ]
+            }
+        )
+    )
     out_runs, out_default = tmp_path / "runs_limits.json", tmp_path / "default.json"
     assert _run(["limits", "--masses", "20", "--runs", str(runs), "--json", str(out_runs)]) == 0
     assert _run(["limits", "--masses", "20", "--json", str(out_default), "--background-err", "0"]) == 0
@@ -120,8 +126,16 @@ def test_each_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[st
 
 
 def test_registry_has_every_subcommand_with_help() -> None:
-    assert set(cli.SUBCOMMANDS) == {"dimuon", "yields", "limits", "background", "simulate", "select", "report",
-                                    "export"}
+    assert set(cli.SUBCOMMANDS) == {
+        "dimuon",
+        "yields",
+        "limits",
+        "background",
+        "simulate",
+        "select",
+        "report",
+        "export",
+    }
     for name in cli.SUBCOMMANDS:
         with pytest.raises(SystemExit) as exc:
             cli.main([name, "--help"])

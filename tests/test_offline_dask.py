@@ -1,14 +1,15 @@
 """Dask scale-out of the selection: a real LocalCluster with 2 worker processes, and an existing scheduler
 given by address, give exactly the serial result; unreadable spill files are reported, not fatal."""
+
 from __future__ import annotations
 
 import json
 import shutil
 
 import numpy as np
+import offline_fixtures as fx
 import pytest
 
-import offline_fixtures as fx
 from detector.spillfile import list_spills
 from offline import dask_select as ds
 
@@ -62,6 +63,7 @@ def test_local_cluster_two_workers_equals_serial(runs, serial, tmp_path):
     assert js["truth"]["aprime_in_box"] > 0 and js["eot"] == m_d.eot
     assert set(js["by_run"]) == {str(r) for r in runs}
     import uproot
+
     with uproot.open(tmp_path / "histograms.root") as f:
         np.testing.assert_array_equal(f["cutflow"].values(), list(m_d.cut_flow.values()))
         assert f["ecal_vs_hcal"].values().shape == (150, 150)
@@ -82,7 +84,7 @@ def test_unreadable_spill_file_is_reported_and_skipped(runs, serial, tmp_path):
     rd = tmp_path / runs[1].name
     shutil.copytree(runs[1], rd)
     victim = list_spills(rd)[1]
-    victim.write_bytes(victim.read_bytes()[:5000])           # truncated: not a valid HDF5 file any more
+    victim.write_bytes(victim.read_bytes()[:5000])  # truncated: not a valid HDF5 file any more
     m = ds.select_runs([rd], tmp_path / "out", serial=True, progress=False)
     assert m.n_spills == 2 and len(m.errors) == 1 and victim.name in m.errors[0]
     assert 0 < m.eot < m_s.by_run[str(runs[1])]["eot"]
@@ -111,8 +113,15 @@ def test_incomplete_spill_is_left_out_with_its_eot(runs, serial, tmp_path):
     assert m.eot == pytest.approx(whole["eot"] - victim.attrs["eot"]) and victim.attrs["eot"] > 0
     assert m.n_events == whole["n_events"] - victim.n_events
     assert m.cut_flow["all"] == whole["cut_flow"]["all"] - victim.n_events
-    assert m.excluded_spills == [{"run_dir": str(rd), "spill": victim.attrs["spill"], "flags": ["readout_incomplete"],
-                                  "n_events": victim.n_events, "eot": float(victim.attrs["eot"])}]
+    assert m.excluded_spills == [
+        {
+            "run_dir": str(rd),
+            "spill": victim.attrs["spill"],
+            "flags": ["readout_incomplete"],
+            "n_events": victim.n_events,
+            "eot": float(victim.attrs["eot"]),
+        }
+    ]
     assert [x["flags"] for x in m.flagged_spills] == [["readout_incomplete"], ["retried"]]
     js = json.loads((tmp_path / "out" / "selection.json").read_text())
     assert js["excluded_spills"] == m.excluded_spills

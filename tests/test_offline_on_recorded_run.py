@@ -6,6 +6,7 @@ events, and the cut flow what the cuts, written out by hand here with numpy on t
 The reconstruction (``offline.events``: waveforms -> energies, times, shower shape) is shared with the
 command; everything after it (the cuts, their order, the per-spill partial results, the merge, the EOT
 bookkeeping, the JSON output) is recomputed independently."""
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,18 @@ import sys
 
 import numpy as np
 import pytest
+from daq_helpers import (
+    DAQ_TEST_CONFIG,
+    REPO_ROOT,
+    _no_daq_left_behind,  # noqa: F401  (autouse fixture)
+    check_run,
+    start_daq,
+)
+from emulator_fixture import deep_merge, start_emulator
 
-from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
-from daq_helpers import DAQ_TEST_CONFIG, REPO_ROOT, check_run, start_daq
 from detector.config import load_calibration, load_config
 from detector.records import TRIGGER_BITS
 from detector.spillfile import list_spills, read_run_record, read_spill
-from emulator_fixture import deep_merge, start_emulator
 from offline.events import event_table_from_arrays
 
 pytestmark = pytest.mark.slow
@@ -35,19 +41,32 @@ def cut_flow_by_hand(cfg: dict, calib, path) -> tuple[dict[str, int], set[tuple[
     """The selection of one spill file, the cuts written out here (docs of offline/selection.py), applied in
     order: the cut flow and the (spill, event id) of the events in the box."""
     d = read_spill(path)
-    t = event_table_from_arrays(d.waveforms, calib, cfg, event_id=d.event_id, trigger_mask=d.trigger_mask,
-                                time_ns=d.time_ns, truth=d.truth, run=int(d.attrs["run"]), spill=int(d.attrs["spill"]))
+    t = event_table_from_arrays(
+        d.waveforms,
+        calib,
+        cfg,
+        event_id=d.event_id,
+        trigger_mask=d.trigger_mask,
+        time_ns=d.time_ns,
+        truth=d.truth,
+        run=int(d.attrs["run"]),
+        spill=int(d.attrs["spill"]),
+    )
     off, window = cfg.offline, cfg.trigger.window_ns
     chi2_ndf = t["ecal_chi2"] / np.maximum(t["ecal_ndf"], 1)
     srd = np.ones(d.n_events, bool)
     for i in range(3):
         srd &= (t[f"srd{i}"] > off.srd_min_gev) & (np.abs(t[f"srd{i}_dt"]) < window)
-    with np.errstate(invalid="ignore"):           # NaN (no energy) fails the comparisons, as it must
+    with np.errstate(invalid="ignore"):  # NaN (no energy) fails the comparisons, as it must
         cuts = [
-            ("trigger", (d.trigger_mask & TRIGGER_BITS["physics"]) != 0),     # the RECORDED mask, not a column
+            ("trigger", (d.trigger_mask & TRIGGER_BITS["physics"]) != 0),  # the RECORDED mask, not a column
             ("srd", srd),
-            ("shower", (chi2_ndf < off.shape_chi2_ndf_max) & (np.abs(t["ecal_x_mm"]) < off.centre_max_mm)
-             & (np.abs(t["ecal_y_mm"]) < off.centre_max_mm)),
+            (
+                "shower",
+                (chi2_ndf < off.shape_chi2_ndf_max)
+                & (np.abs(t["ecal_x_mm"]) < off.centre_max_mm)
+                & (np.abs(t["ecal_y_mm"]) < off.centre_max_mm),
+            ),
             ("ps", t["e_ps"] > cfg.trigger.menu["physics"].ps_min_gev),
             ("v2", t["v2_mip"] < off.v2_max_mip),
             ("hcal", t["e_hcal"] < off.hcal_box_max_gev),
@@ -76,10 +95,17 @@ def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
     heads = [read_spill(p, waveforms=False) for p in files]
 
     out = tmp_path / "selection"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", ""))
-                                                      if p))
-    proc = subprocess.run([sys.executable, "-m", "offline.cli", "select", str(daq.rdir), "--out", str(out),
-                           "--serial"], cwd=str(REPO_ROOT), env=env, capture_output=True, text=True, timeout=400)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "offline.cli", "select", str(daq.rdir), "--out", str(out), "--serial"],
+        cwd=str(REPO_ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     sel = json.loads((out / "selection.json").read_text())
 
@@ -106,7 +132,7 @@ def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
         box |= b
     assert sel["cut_order"] == [k for k in flow if k != "all"]
     assert sel["cut_flow"] == flow
-    assert flow["trigger"] > 0 and flow["srd"] > 0, flow          # a selection that selects something
+    assert flow["trigger"] > 0 and flow["srd"] > 0, flow  # a selection that selects something
     assert sel["box"]["n_obs"] == flow["box"] == len(box)
     assert {(e["spill"], e["event_id"]) for e in sel["box"]["events"]} == box
     assert all(e["run"] == 21 for e in sel["box"]["events"])

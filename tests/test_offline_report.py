@@ -1,13 +1,14 @@
 """``na64-offline report``, ``export`` and ``simulate`` through the command line (offline.cli.main)."""
+
 from __future__ import annotations
 
 import json
 import pathlib
 
 import numpy as np
+import offline_fixtures as fx
 import pytest
 
-import offline_fixtures as fx
 from detector.spillfile import list_spills, read_run_record, read_spill
 from offline import dask_select as ds
 from offline import events as ev
@@ -29,8 +30,16 @@ def test_report_writes_plots_limits_and_summary(runs, tmp_path):
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
     files = [pathlib.Path(f) for f in s["files"]]
-    for name in ("exclusion.png", "y_vs_mchi.png", "ecal_vs_hcal.png", "cutflow.png", "summary.txt", "limits.json",
-                 "background.json", "runs.json"):
+    for name in (
+        "exclusion.png",
+        "y_vs_mchi.png",
+        "ecal_vs_hcal.png",
+        "cutflow.png",
+        "summary.txt",
+        "limits.json",
+        "background.json",
+        "runs.json",
+    ):
         assert out / name in files
     for f in files:
         assert f.exists() and f.stat().st_size > 0, f
@@ -48,9 +57,10 @@ def test_report_writes_plots_limits_and_summary(runs, tmp_path):
     for p in limits["points"]:
         assert 0 < p["efficiency"] < 1 and np.isfinite(p["eps_90"]) and p["eps_90"] > 0
         # eps_90 = sqrt(N_90 / (EOT x efficiency x yield))
-        assert p["eps_90"] == pytest.approx(np.sqrt(limits["n90"] / (s["eot"] * p["efficiency"] * p["yield_per_eot_eps1"])),
-                                            rel=1e-6)
-    assert limits["points"][1]["eps_90"] > limits["points"][0]["eps_90"]      # fewer A' at 100 MeV
+        assert p["eps_90"] == pytest.approx(
+            np.sqrt(limits["n90"] / (s["eot"] * p["efficiency"] * p["yield_per_eot_eps1"])), rel=1e-6
+        )
+    assert limits["points"][1]["eps_90"] > limits["points"][0]["eps_90"]  # fewer A' at 100 MeV
     # runs.json is the input format of `limits --runs`
     runs_list, syst = lim.load_runs(out / "runs.json")
     assert runs_list[0].n_eot == s["eot"] and runs_list[0].n_obs == s["n_obs"] and syst is not None
@@ -70,8 +80,21 @@ def test_export_round_trips_through_uproot(runs, tmp_path):
         tree = f["events"]
         assert tree.num_entries == ev.n_rows(t)
         arrays = tree.arrays(library="np")
-        for col in ("run", "spill", "event_id", "trigger_mask", "e_ecal", "e_ps", "e_hcal", "v2_mip", "ecal_chi2",
-                    "srd0", "n_cells_pileup", "truth_flags", "truth_e_invisible"):
+        for col in (
+            "run",
+            "spill",
+            "event_id",
+            "trigger_mask",
+            "e_ecal",
+            "e_ps",
+            "e_hcal",
+            "v2_mip",
+            "ecal_chi2",
+            "srd0",
+            "n_cells_pileup",
+            "truth_flags",
+            "truth_e_invisible",
+        ):
             np.testing.assert_array_equal(arrays[col], t[col], err_msg=col)
             assert arrays[col].dtype == t[col].dtype
         np.testing.assert_array_equal(arrays["in_box"], s.in_box)

@@ -1,14 +1,16 @@
 """Offline selection on small recorded runs made in-process (tests/offline_fixtures.py): cut flow, A' box
 events against the truth and the simulated efficiency, the background side band, the pile-up cut."""
+
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
 import numpy as np
+import offline_fixtures as fx
 import pytest
 
-import offline_fixtures as fx
 from detector import channels as ch
 from detector.config import load_calibration
 from detector.pulse import pulse_samples
@@ -67,18 +69,20 @@ def test_cut_flow_monotone_and_consistent(injected, plain):
         assert [k for k, _ in flow] == ["all", *sel.CUT_NAMES]
         counts = [n for _, n in flow]
         assert counts[0] == m.n_events > 0
-        assert all(a >= b for a, b in zip(counts, counts[1:])), flow
+        assert all(a >= b for a, b in itertools.pairwise(counts)), flow
         assert counts[-1] == m.n_obs
         # the trigger cut counts exactly the recorded physics triggers
-        n_phys = sum(int(((read_spill(p, waveforms=False).trigger_mask & TRIGGER_BITS["physics"]) != 0).sum())
-                     for p in list_spills(rd))
+        n_phys = sum(
+            int(((read_spill(p, waveforms=False).trigger_mask & TRIGGER_BITS["physics"]) != 0).sum())
+            for p in list_spills(rd)
+        )
         assert m.cut_flow["trigger"] == n_phys
         # EOT is the sum of the spill attributes (= the run record's total)
         assert m.eot == read_run_record(rd)["totals"]["eot"] > 0
 
 
 def test_box_events_are_the_aprime_events(injected, plain):
-    rd, m = injected
+    _rd, m = injected
     _, mp = plain
     t = m.truth
     box = m.box
@@ -113,7 +117,8 @@ def test_aprime_efficiency_matches_the_signal_simulation(injected):
     js = sig.as_json()
     assert {"mass_mev", "events", "triggered", "selected", "efficiency", "efficiency_err", "cut_flow"} <= set(js)
     assert json.loads(json.dumps(js))["efficiency_err"] == pytest.approx(
-        math.sqrt(sig.efficiency * (1 - sig.efficiency) / 3000))
+        math.sqrt(sig.efficiency * (1 - sig.efficiency) / 3000)
+    )
 
 
 def test_no_injection_box_consistent_with_sideband_background(plain):
@@ -154,16 +159,21 @@ def test_pileup_cut_removes_overlapping_and_out_of_time_pulses(injected):
     good = np.flatnonzero(s.in_box & (t["e_ecal"] > 5))[:5]
     assert good.size >= 3
     wf = data.waveforms[good]
-    e_cells = reconstruct(wf, calib.gev_per_count).energy_gev[:, :ch.N_ECAL]
+    e_cells = reconstruct(wf, calib.gev_per_count).energy_gev[:, : ch.N_ECAL]
     hot = e_cells.argmax(axis=1)
     amp = e_cells[np.arange(good.size), hot] / calib.gev_per_count[hot]
     t0 = calib.t0_ns[hot]
     variants = {
         "clean": np.stack([_replace_cell(wf[i], calib, hot[i], [(amp[i], t0[i])]) for i in range(good.size)]),
-        "second_pulse": np.stack([_replace_cell(wf[i], calib, hot[i], [(amp[i], t0[i]), (0.4 * amp[i], t0[i] + 60.0)])
-                                  for i in range(good.size)]),
-        "out_of_time": np.stack([_replace_cell(wf[i], calib, hot[i], [(amp[i], t0[i] + 6.0)])
-                                 for i in range(good.size)]),
+        "second_pulse": np.stack(
+            [
+                _replace_cell(wf[i], calib, hot[i], [(amp[i], t0[i]), (0.4 * amp[i], t0[i] + 60.0)])
+                for i in range(good.size)
+            ]
+        ),
+        "out_of_time": np.stack(
+            [_replace_cell(wf[i], calib, hot[i], [(amp[i], t0[i] + 6.0)]) for i in range(good.size)]
+        ),
     }
     for name, w in variants.items():
         tt = ev.event_table_from_arrays(w, calib, cfg, trigger_mask=data.trigger_mask[good])

@@ -1,4 +1,5 @@
 """The monitoring publisher (online/publisher.py): real ZeroMQ sockets."""
+
 from __future__ import annotations
 
 import threading
@@ -57,7 +58,7 @@ def test_topics_sequence_and_zero_copy_arrays():
     m1, m2 = recv_message(sub), recv_message(sub)
     assert (m1.topic, m1.seq, m1.run, m1.spill, m1.meta["events"]) == ("calo", 0, 5, 2, 3)
     assert np.array_equal(m1.arrays["ecal_energy"], a)
-    assert (m2.topic, m2.seq) == ("status", 0)         # sequence numbers count per topic (log has n_log)
+    assert (m2.topic, m2.seq) == ("status", 0)  # sequence numbers count per topic (log has n_log)
     assert pub.stats()["sent"] == n_log + 2 and pub.dropped == 0 and pub.stats()["seq"]["log"] == n_log
     sub.close()
     pub.close()
@@ -67,16 +68,17 @@ def test_topics_sequence_and_zero_copy_arrays():
 @pytest.mark.parametrize("nodrop", [False, True])
 def test_slow_subscriber_never_blocks_and_losses_are_counted(nodrop):
     pub = Publisher("tcp://127.0.0.1:0", sndhwm=4, nodrop=nodrop)
-    sub = _sub(pub.endpoint, rcvhwm=4)                # connected, after the handshake never reads
+    sub = _sub(pub.endpoint, rcvhwm=4)  # connected, after the handshake never reads
     n_log = _join(pub, sub)
-    big = np.zeros(1 << 20, np.int16)                 # 2 MiB per message
-    publishing = threading.Thread(target=lambda: [pub.publish("waveforms", arrays={"waveforms": big})
-                                                  for _ in range(300)], daemon=True)
+    big = np.zeros(1 << 20, np.int16)  # 2 MiB per message
+    publishing = threading.Thread(
+        target=lambda: [pub.publish("waveforms", arrays={"waveforms": big}) for _ in range(300)], daemon=True
+    )
     publishing.start()
     publishing.join(JOIN_DEADLINE_S)
     assert not publishing.is_alive(), "a slow subscriber blocked the publisher"
     assert pub.stats()["seq"]["waveforms"] == 300 and pub.sent + pub.dropped == 300 + n_log
-    assert (pub.dropped > 0) == nodrop            # plain PUB drops per subscriber, silently
+    assert (pub.dropped > 0) == nodrop  # plain PUB drops per subscriber, silently
     sub.setsockopt(zmq.RCVTIMEO, 500)
     tr = SeqTracker()
     try:
@@ -86,9 +88,9 @@ def test_slow_subscriber_never_blocks_and_losses_are_counted(nodrop):
         pass
     assert tr.received < 300
     if nodrop:
-        assert tr.received + pub.dropped == 300       # nothing lost silently
+        assert tr.received + pub.dropped == 300  # nothing lost silently
     else:
-        assert tr.missed > 0                          # the subscriber sees the gaps in the sequence
+        assert tr.missed > 0  # the subscriber sees the gaps in the sequence
     sub.close()
     pub.close()
 
@@ -102,14 +104,14 @@ def test_a_subscriber_of_some_topics_counts_only_their_gaps():
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"status")
     sub.connect(pub.endpoint)
-    base = _join(pub, sub, "status")                  # status messages 0 .. base - 1 were the handshake
+    base = _join(pub, sub, "status")  # status messages 0 .. base - 1 were the handshake
     for i in range(5):
         assert pub.publish("log", meta={"level": "INFO", "text": f"line {i}"})
         assert pub.publish("status", meta={"state": "IDLE"})
-    pub.sequence.take("status")                       # one status message numbered but never sent
+    pub.sequence.take("status")  # one status message numbered but never sent
     assert pub.publish("status", meta={"state": "IDLE"})
     tr = TopicSeqTracker()
-    tr.update("status", base - 1)                     # the marker
+    tr.update("status", base - 1)  # the marker
     seqs = []
     for _ in range(6):
         m = recv_message(sub)
@@ -130,13 +132,13 @@ def test_heartbeat_publishes_status_periodically():
     hb.start()
     seqs = []
     try:
-        while len(seqs) < 4:                          # RCVTIMEO of the handshake: a generous deadline
+        while len(seqs) < 4:  # RCVTIMEO of the handshake: a generous deadline
             m = recv_message(sub)
             assert m.topic == "status" and m.meta["state"] == "IDLE"
             seqs.append(m.seq)
     finally:
         hb.stop()
-    assert seqs == list(range(seqs[0], seqs[0] + 4))   # periodic, numbered per topic, none missed
+    assert seqs == list(range(seqs[0], seqs[0] + 4))  # periodic, numbered per topic, none missed
     sub.close()
     pub.close()
 

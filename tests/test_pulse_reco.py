@@ -1,16 +1,18 @@
 """MSADC signal chain both ways: synthesis -> reconstruction round trip, flags, numpy == numba."""
+
 import math
 
 import numpy as np
 import pytest
-from hypothesis import example, given, strategies as st
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from detector import pulse, reco
 from detector.channels import ADC_MAX, N_SAMPLES, SAMPLE_NS
 from detector.gain import gamma_from_points, hv_for_amplitude, relative_gain
 
 
-def test_template_peaks_at_n_tau_with_unit_value():      # physics.md check 31
+def test_template_peaks_at_n_tau_with_unit_value():  # docs/physics.md check 31
     d = np.linspace(0, 200, 200001)
     v = pulse.template(d)
     assert d[v.argmax()] == pytest.approx(24.0, abs=1e-3)
@@ -19,7 +21,7 @@ def test_template_peaks_at_n_tau_with_unit_value():      # physics.md check 31
     assert pulse.template(-1.0) == 0.0
 
 
-def test_samples_12p5ns_32_and_12bit_clip():             # physics.md check 31
+def test_samples_12p5ns_32_and_12bit_clip():  # docs/physics.md check 31
     t = pulse.sample_times_ns()
     assert t.shape == (32,) and np.all(np.diff(t) == SAMPLE_NS)
     wf = pulse.synthesize([[10000.0]], [[100.0]], 150, 150, 0.0)
@@ -34,12 +36,17 @@ def test_even_odd_pedestals_are_separate():
     assert np.all(r.flags == reco.FLAG_NO_SIGNAL) and np.all(r.energy_gev == 0) and np.all(np.isnan(r.time_ns))
 
 
-@given(amp=st.floats(100, 3700), t0=st.floats(88, 260), pe=st.floats(50, 300), po=st.floats(50, 300),
-       seed=st.integers(0, 2**31))
-@example(amp=100.0, t0=207.0, pe=50.0, po=50.0, seed=1901)   # a 0.8 ns timing error on the steep edge: not pile-up
+@given(
+    amp=st.floats(100, 3700),
+    t0=st.floats(88, 260),
+    pe=st.floats(50, 300),
+    po=st.floats(50, 300),
+    seed=st.integers(0, 2**31),
+)
+@example(amp=100.0, t0=207.0, pe=50.0, po=50.0, seed=1901)  # a 0.8 ns timing error on the steep edge: not pile-up
 def test_round_trip_single_pulse(amp, t0, pe, po, seed):
     wf = pulse.synthesize([[amp]], [[t0]], pe, po, 1.5, seed=seed)
-    if wf.max() >= ADC_MAX:        # a high pedestal plus a large pulse saturates: checked below
+    if wf.max() >= ADC_MAX:  # a high pedestal plus a large pulse saturates: checked below
         return
     r = reco.reconstruct(wf, np.array([0.03]))
     assert r.flags[0, 0] == 0
@@ -76,8 +83,15 @@ def _two_pulses(n, a1, t1, a2, t2, seed=5):
     pulse.add_pulses(analog, idx, np.full(n, a1), np.full(n, t1))
     pulse.add_pulses(analog, idx, np.full(n, a2), np.asarray(t2, float) * np.ones(n))
     out = np.empty((n, 1, N_SAMPLES), np.int16)
-    pulse.digitize(analog.reshape(n, 1, N_SAMPLES), np.array([150.], np.float32), np.array([156.], np.float32),
-                   1.5, pulse.make_noise_bank(seed), seed, out)
+    pulse.digitize(
+        analog.reshape(n, 1, N_SAMPLES),
+        np.array([150.0], np.float32),
+        np.array([156.0], np.float32),
+        1.5,
+        pulse.make_noise_bank(seed),
+        seed,
+        out,
+    )
     return out
 
 
@@ -118,7 +132,7 @@ def test_reconstruct_rejects_bad_input():
         reco.reconstruct(np.zeros((2, 3, 32), np.int16), np.ones(2))
 
 
-def test_gain_law_hv_update_logbook_example():           # physics.md checks 24, 25
+def test_gain_law_hv_update_logbook_example():  # docs/physics.md checks 24, 25
     assert hv_for_amplitude(942.0, 2445.0, 2500.0, 7.5) == pytest.approx(944.8, abs=0.2)
     assert hv_for_amplitude(990.0, 2380.0, 2500.0, 7.5) == pytest.approx(996.5, abs=0.2)
     assert hv_for_amplitude(900.0, 2500.0, 2500.0, 7.5) == 900.0

@@ -1,5 +1,6 @@
 """Typed configuration (detector/settings.py): the dataclasses are the schema, every key loads into its
 attribute, bad values are refused with the validator's messages, TOML round trips, the object is frozen."""
+
 import dataclasses
 import pickle
 import tomllib
@@ -19,12 +20,15 @@ from detector.config import (
     load_config,
     validate,
 )
-from detector.settings import WILDCARD, MENU_LINES, NUM, SECTIONS, BeamLine, Config, EnergyLine, MenuLines, RandomLine
+from detector.settings import MENU_LINES, NUM, SECTIONS, WILDCARD, BeamLine, Config, EnergyLine, MenuLines, RandomLine
 
 #: (dotted key, Field) of every key, menu lines included
-KEYS = [(f"{s}.{k}", f) for s, sec in SCHEMA.items() for k, f in sec.items() if isinstance(f, Field)] + \
-       [(f"trigger.menu.{n}.{k}", f) for n, line in SCHEMA["trigger"]["menu"].items() for k, f in line.items()
-        if n != WILDCARD]
+KEYS = [(f"{s}.{k}", f) for s, sec in SCHEMA.items() for k, f in sec.items() if isinstance(f, Field)] + [
+    (f"trigger.menu.{n}.{k}", f)
+    for n, line in SCHEMA["trigger"]["menu"].items()
+    for k, f in line.items()
+    if n != WILDCARD
+]
 
 
 def _nested(dotted: str, value: object) -> dict:
@@ -47,9 +51,9 @@ def _get(cfg: Config, dotted: str) -> object:
 def _other_value(dotted: str, f: Field) -> object:
     """A valid value different from the default (toward ``lo``, else toward ``hi``)."""
     d = f.default
-    if f.choices is not None:                   # a one-choice key (``kind``) can only be set to itself
+    if f.choices is not None:  # a one-choice key (``kind``) can only be set to itself
         return next((c for c in f.choices if c != d), d)
-    if d is None:                               # an optional key: absent by default, any valid value sets it
+    if d is None:  # an optional key: absent by default, any valid value sets it
         return (f.lo + f.hi) / 2
     if f.type is bool:
         return not d
@@ -70,7 +74,7 @@ def test_schema_is_the_dataclasses_field_for_field():
         section_fields = {f.name: f for f in dataclasses.fields(cls)}
         keys = {k for k, v in SCHEMA[name].items() if isinstance(v, Field)}
         assert keys == {k for k, f in section_fields.items() if "config" in f.metadata}
-        assert set(SCHEMA[name]) == set(section_fields), name          # sub-tables are fields too (the menu)
+        assert set(SCHEMA[name]) == set(section_fields), name  # sub-tables are fields too (the menu)
     for line, (kind, over) in MENU_LINES.items():
         assert set(SCHEMA["trigger"]["menu"][line]) == {f.name for f in dataclasses.fields(kind)}
         assert set(over) <= set(SCHEMA["trigger"]["menu"][line])
@@ -83,7 +87,7 @@ def test_schema_is_the_dataclasses_field_for_field():
         assert value == f.default or (f.type is list and list(value) == f.default), dotted
         cls = type(_get(built, ".".join(owner)))
         hint = typing.get_type_hints(cls)[key]
-        if f.default is None:                           # an optional key: ``float | None``
+        if f.default is None:  # an optional key: ``float | None``
             assert type(None) in typing.get_args(hint), dotted
             hint = next(t for t in typing.get_args(hint) if t is not type(None))
         assert f.type == (list if typing.get_origin(hint) is tuple else toml_of[hint]), dotted
@@ -126,45 +130,69 @@ def test_every_key_loads_into_its_attribute(tmp_path, dotted, field):
     section[last] = value
     if dotted == "endpoints.host":
         expected["endpoints"]["zmq_curve"] = True
-    assert cfg.to_dict() == expected                       # the other keys kept their defaults
+    assert cfg.to_dict() == expected  # the other keys kept their defaults
     assert cfg.path == str(p.resolve())
 
 
-@pytest.mark.parametrize("over, message", [
-    ({"daq": {"retries": -1}}, "f.toml: key 'daq.retries' = -1 is out of range; allowed: an integer in [0, 20]"),
-    ({"beam": {"energy_gev": "a"}},
-     "f.toml: key 'beam.energy_gev' = 'a' has the wrong type; allowed: an integer or a number in [1.0, 400.0] GeV"),
-    ({"beam": {"calibration_particle": "p+"}},
-     "f.toml: key 'beam.calibration_particle' = 'p+' is not allowed; allowed: one of 'e-', 'pi-', 'mu-'"),
-    ({"trigger": {"menu": {"beam": {"prescale": True}}}},
-     "f.toml: key 'trigger.menu.beam.prescale' = True has the wrong type; allowed: an integer in [1, 10000000]"),
-    ({"daq": {"bogus": 1}},
-     ("f.toml: unknown key 'daq.bogus'; known keys here: calibration_mode, chunk_records, heartbeat_s, "
-      "min_free_mb, poll_interval_s, record_truth, retries, sample_waveforms, spill_timeout_s, timeout_ms, "
-      "visa_library")),
-    ({"hv": {"min_v": 900.0, "max_v": 800.0}}, "f.toml: hv.min_v = 900.0 is above hv.max_v = 800.0"),
-    ({"trigger": {"menu": {"dimuon": {"ps_min_gev": 70.0}}}},
-     "f.toml: trigger.menu.dimuon: ps_min_gev = 70.0 must be below ecal_max_gev = 60.0"),
-    ({"trigger": {"menu": {n: {"enabled": False} for n in MENU_LINES}}}, "f.toml: trigger.menu enables no trigger"),
-    ({"emulator": {"faults": {}}}, "f.toml: key 'emulator.faults' = {} has the wrong type; allowed: a list"),
-    ({"spill": {"length_s": float("inf")}},
-     "f.toml: key 'spill.length_s' = inf is not finite; allowed: an integer or a number in [0.01, 60.0] s"),
-    ({"trigger": {"menu": "x"}}, "f.toml: 'trigger.menu' must be a table [trigger.menu], got 'x'"),
-])
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"daq": {"retries": -1}}, "f.toml: key 'daq.retries' = -1 is out of range; allowed: an integer in [0, 20]"),
+        (
+            {"beam": {"energy_gev": "a"}},
+            (
+                "f.toml: key 'beam.energy_gev' = 'a' has the wrong type; "
+                "allowed: an integer or a number in [1.0, 400.0] GeV"
+            ),
+        ),
+        (
+            {"beam": {"calibration_particle": "p+"}},
+            "f.toml: key 'beam.calibration_particle' = 'p+' is not allowed; allowed: one of 'e-', 'pi-', 'mu-'",
+        ),
+        (
+            {"trigger": {"menu": {"beam": {"prescale": True}}}},
+            "f.toml: key 'trigger.menu.beam.prescale' = True has the wrong type; allowed: an integer in [1, 10000000]",
+        ),
+        (
+            {"daq": {"bogus": 1}},
+            (
+                "f.toml: unknown key 'daq.bogus'; known keys here: calibration_mode, chunk_records, heartbeat_s, "
+                "min_free_mb, poll_interval_s, record_truth, retries, sample_waveforms, spill_timeout_s, timeout_ms, "
+                "visa_library"
+            ),
+        ),
+        ({"hv": {"min_v": 900.0, "max_v": 800.0}}, "f.toml: hv.min_v = 900.0 is above hv.max_v = 800.0"),
+        (
+            {"trigger": {"menu": {"dimuon": {"ps_min_gev": 70.0}}}},
+            "f.toml: trigger.menu.dimuon: ps_min_gev = 70.0 must be below ecal_max_gev = 60.0",
+        ),
+        ({"trigger": {"menu": {n: {"enabled": False} for n in MENU_LINES}}}, "f.toml: trigger.menu enables no trigger"),
+        ({"emulator": {"faults": {}}}, "f.toml: key 'emulator.faults' = {} has the wrong type; allowed: a list"),
+        (
+            {"spill": {"length_s": float("inf")}},
+            "f.toml: key 'spill.length_s' = inf is not finite; allowed: an integer or a number in [0.01, 60.0] s",
+        ),
+        ({"trigger": {"menu": "x"}}, "f.toml: 'trigger.menu' must be a table [trigger.menu], got 'x'"),
+    ],
+)
 def test_invalid_values_are_refused_with_the_validator_text(over, message):
     with pytest.raises(ConfigError) as exc:
         validate(over, "f.toml")
     assert str(exc.value) == message
-    with pytest.raises(ConfigError) as exc:          # the same schema guards the typed overrides
+    with pytest.raises(ConfigError) as exc:  # the same schema guards the typed overrides
         load_config(None).with_overrides(over)
     assert str(exc.value) == message.replace("f.toml", "<overrides>", 1)
 
 
 def test_round_trip_through_toml(tmp_path):
-    cfg = load_config(None).with_overrides({
-        "beam": {"particles_per_spill": 1000, "seed": 9}, "daq": {"min_free_mb": 12.5},
-        "trigger": {"menu": {"dimuon": {"enabled": False, "ecal_max_gev": 55.0}}},
-        "emulator": {"faults": [{"endpoint": "msadc", "kind": "no_reply", "value": 2}]}})
+    cfg = load_config(None).with_overrides(
+        {
+            "beam": {"particles_per_spill": 1000, "seed": 9},
+            "daq": {"min_free_mb": 12.5},
+            "trigger": {"menu": {"dimuon": {"enabled": False, "ecal_max_gev": 55.0}}},
+            "emulator": {"faults": [{"endpoint": "msadc", "kind": "no_reply", "value": 2}]},
+        }
+    )
     text = dump_toml(cfg)
     assert tomllib.loads(text) == cfg.to_dict()
     assert validate(tomllib.loads(text)) == cfg
@@ -174,23 +202,23 @@ def test_round_trip_through_toml(tmp_path):
     assert back == dataclasses.replace(cfg, path=str(p.resolve()))
     assert back.beam.particles_per_spill == 1000 and type(back.beam.particles_per_spill) is int  # kept as written
     assert back.emulator.faults == ({"endpoint": "msadc", "kind": "no_reply", "value": 2},)
-    assert pickle.loads(pickle.dumps(back)) == back                     # spawned children and dask workers
+    assert pickle.loads(pickle.dumps(back)) == back  # spawned children and dask workers
 
 
 def test_config_is_frozen():
     cfg = load_config(None)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.daq = cfg.daq                                                # type: ignore[misc]
+        cfg.daq = cfg.daq  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.daq.min_free_mb = 1.0                                        # type: ignore[misc]
+        cfg.daq.min_free_mb = 1.0  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.trigger.menu["beam"].prescale = 1                            # type: ignore[misc]
+        cfg.trigger.menu["beam"].prescale = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
-        cfg.trigger.menu["beam"] = cfg.trigger.menu["physics"]           # type: ignore[index]
+        cfg.trigger.menu["beam"] = cfg.trigger.menu["physics"]  # type: ignore[index]
     with pytest.raises(TypeError):
-        cfg["daq"]["min_free_mb"] = 1.0                                  # type: ignore[index]
+        cfg["daq"]["min_free_mb"] = 1.0  # type: ignore[index]
     d = cfg.to_dict()
-    d["daq"]["min_free_mb"] = 1.0                                        # a copy: the config is untouched
+    d["daq"]["min_free_mb"] = 1.0  # a copy: the config is untouched
     assert cfg.daq.min_free_mb == 256.0
 
 
@@ -201,7 +229,7 @@ def test_with_overrides_makes_a_new_validated_config(tmp_path):
     new = base.with_overrides({"daq": {"min_free_mb": 1e3}, "trigger": {"menu": {"beam": {"prescale": 25}}}})
     assert (new.daq.min_free_mb, new.daq.retries, new.trigger.menu["beam"].prescale) == (1e3, 5, 25)
     assert (base.daq.min_free_mb, base.trigger.menu["beam"].prescale) == (256.0, 1000)
-    assert new.path == base.path                    # a relative calibration file still resolves the same way
+    assert new.path == base.path  # a relative calibration file still resolves the same way
     assert base.with_overrides({}) == base
 
 
@@ -221,7 +249,7 @@ def test_config_is_read_by_attribute_only():
     cfg = load_config(None)
     assert not isinstance(cfg, Mapping) and not isinstance(cfg.daq, Mapping)
     with pytest.raises(TypeError):
-        cfg["daq"]                                                       # type: ignore[index]
+        cfg["daq"]  # type: ignore[index]
     with pytest.raises(TypeError):
-        cfg.daq["min_free_mb"]                                           # type: ignore[index]
+        cfg.daq["min_free_mb"]  # type: ignore[index]
     assert as_config(cfg) is cfg and as_config(None) == cfg

@@ -30,6 +30,7 @@ shipped to tape: at 5e6 e-/spill 200 spills would need ~146 GB of disk; the rest
 passing run). The figures are printed in the terminal
 summary and written to ``soak_figures.json`` in the test's tmp directory.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,11 +44,13 @@ from typing import Any
 
 import psutil
 import pytest
-
-from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
-from daq_helpers import start_daq
-from detector.spillfile import list_spills, read_run_record, read_spill
+from daq_helpers import (
+    _no_daq_left_behind,  # noqa: F401  (autouse fixture)
+    start_daq,
+)
 from emulator_fixture import REPO_ROOT, start_emulator
+
+from detector.spillfile import SpillFileError, list_spills, read_run_record, read_spill
 
 SPILLS = int(os.environ.get("NA64_SOAK_SPILLS", "200"))
 PARTICLES = float(os.environ.get("NA64_SOAK_PARTICLES", "5e6"))
@@ -56,8 +59,8 @@ LENGTH_S = float(os.environ.get("NA64_SOAK_LENGTH_S", "1.5"))
 FEED = os.environ.get("NA64_SOAK_FEED", "paced")
 #: the paced cycle is the DAQ's own pace: allow generously for a loaded machine
 SECONDS_PER_SPILL_MAX = max(SUPERCYCLE_S, 60.0) if FEED == "paced" else SUPERCYCLE_S
-REFERENCE = min(20, max(2, SPILLS // 2))   #: the spill after which the reference figures are taken
-WINDOW = 5                                 #: figures: the largest sample over this many spills
+REFERENCE = min(20, max(2, SPILLS // 2))  #: the spill after which the reference figures are taken
+WINDOW = 5  #: figures: the largest sample over this many spills
 TOLERANCE = 0.10
 
 SOAK_CONFIG: dict[str, Any] = {
@@ -112,9 +115,19 @@ class _Feeder:
     """Paced feed: one ``sim_frontend.feed`` subprocess per spill, started when the DAQ is ready for it."""
 
     def __init__(self, tmp_path: Path, config_path: Path, endpoint: str) -> None:
-        self.cmd = [sys.executable, "-m", "sim_frontend.feed", "--config", str(config_path), "--endpoint", endpoint,
-                    "--spills", "1", "--fast"]
-        self.log = open(tmp_path / "soak-feed.log", "ab")
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "sim_frontend.feed",
+            "--config",
+            str(config_path),
+            "--endpoint",
+            endpoint,
+            "--spills",
+            "1",
+            "--fast",
+        ]
+        self.log = open(tmp_path / "soak-feed.log", "ab")  # noqa: SIM115 - held open for every feed; close() closes it
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), self.env.get("PYTHONPATH", "")) if p)
         self.proc: subprocess.Popen | None = None
@@ -133,8 +146,14 @@ class _Feeder:
             return
         self.sent += 1
         self.last_push = time.monotonic()
-        self.proc = subprocess.Popen([*self.cmd, "--first-spill", str(self.sent)], cwd=str(REPO_ROOT), env=self.env,
-                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [*self.cmd, "--first-spill", str(self.sent)],
+            cwd=str(REPO_ROOT),
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -148,8 +167,9 @@ def test_soak(tmp_path: Path, figures: _Figures) -> None:
     args = ["--no-pty"] + (["--external-feed"] if FEED == "paced" else [])
     with start_emulator(tmp_path, SOAK_CONFIG, args, base=None, name="soak-emulator") as emu:
         out = tmp_path / "data"
-        daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, spills=SPILLS, name="soak-daq",
-                        extra=["--quiet"])
+        daq = start_daq(
+            tmp_path, emu.config_path, emu.endpoints_path, out, spills=SPILLS, name="soak-daq", extra=["--quiet"]
+        )
         feeder = _Feeder(tmp_path, emu.config_path, emu.feed) if FEED == "paced" else None
         samples: dict[int, dict[str, Any]] = {}
         t0 = time.monotonic()
@@ -167,8 +187,7 @@ def test_soak(tmp_path: Path, figures: _Figures) -> None:
     _evaluate(tmp_path, daq, rec, emu_state, samples, wall, figures)
 
 
-def _soak_loop(daq: Any, emu: Any, feeder: _Feeder | None, samples: dict[int, dict[str, Any]],
-               deadline: float) -> None:
+def _soak_loop(daq: Any, emu: Any, feeder: _Feeder | None, samples: dict[int, dict[str, Any]], deadline: float) -> None:
     seen = 0
     ready = False
     while daq.proc.poll() is None:
@@ -178,7 +197,7 @@ def _soak_loop(daq: Any, emu: Any, feeder: _Feeder | None, samples: dict[int, di
             rec = read_run_record(daq.rdir)
             n = len(rec["spills"])
             ready = ready or "crate" in rec
-        except Exception:
+        except SpillFileError:  # not written yet
             n = 0
         if feeder is not None and ready:
             feeder.step(n)
@@ -186,7 +205,7 @@ def _soak_loop(daq: Any, emu: Any, feeder: _Feeder | None, samples: dict[int, di
             try:
                 samples[n] = {"unix": time.time(), "daq": _sample(daq.proc.pid), "emulator": _sample(emu.pid)}
             except psutil.NoSuchProcess:
-                break                         # the DAQ finished between the poll and the sample
+                break  # the DAQ finished between the poll and the sample
             seen = n
             _ship_to_tape(daq.rdir, VERIFIED)
         time.sleep(0.1)
@@ -209,8 +228,15 @@ def _ship_to_tape(rdir: Path, verified: dict[str, int]) -> None:
         p.unlink()
 
 
-def _evaluate(tmp_path: Path, daq: Any, rec: dict[str, Any], emu_state: dict[str, Any],
-              samples: dict[int, dict[str, Any]], wall: float, figures: _Figures) -> None:
+def _evaluate(
+    tmp_path: Path,
+    daq: Any,
+    rec: dict[str, Any],
+    emu_state: dict[str, Any],
+    samples: dict[int, dict[str, Any]],
+    wall: float,
+    figures: _Figures,
+) -> None:
     out = daq.out
     spills = rec["spills"]
 
@@ -220,9 +246,15 @@ def _evaluate(tmp_path: Path, daq: Any, rec: dict[str, Any], emu_state: dict[str
         return max(vals) if vals else -1
 
     last_sampled = max((k for k in samples), default=0)
-    fig: dict[str, Any] = {"spills": len(spills), "particles_per_spill": PARTICLES, "supercycle_s": SUPERCYCLE_S,
-                           "length_s": LENGTH_S, "wall_s": round(wall, 1), "reference_spill": REFERENCE,
-                           "last_sampled_spill": last_sampled}
+    fig: dict[str, Any] = {
+        "spills": len(spills),
+        "particles_per_spill": PARTICLES,
+        "supercycle_s": SUPERCYCLE_S,
+        "length_s": LENGTH_S,
+        "wall_s": round(wall, 1),
+        "reference_spill": REFERENCE,
+        "last_sampled_spill": last_sampled,
+    }
     for who in ("daq", "emulator"):
         for key in ("rss", "fds"):
             fig[f"{who}_{key}_ref"] = window(REFERENCE, who, key)
@@ -230,22 +262,33 @@ def _evaluate(tmp_path: Path, daq: Any, rec: dict[str, Any], emu_state: dict[str
     totals = [float(e.get("timing", {}).get("total_s", 0.0)) for e in spills]
     flagged = [(e["spill"], e["flags"]) for e in spills if e.get("flags")]
     lost_events = sum(int(e["n_accepted"]) - int(e["n_recorded"]) for e in spills)
-    fig.update(events_accepted=rec["totals"]["events_accepted"], events_recorded=rec["totals"]["events_recorded"],
-               events_lost=lost_events, flagged_spills=len(flagged), gaps=len(rec.get("gaps", [])),
-               daq_s_per_spill_mean=round(sum(totals) / max(len(totals), 1), 3),
-               daq_s_per_spill_max=round(max(totals, default=0.0), 3),
-               emulator_spills=emu_state.get("spills"))
+    fig.update(
+        events_accepted=rec["totals"]["events_accepted"],
+        events_recorded=rec["totals"]["events_recorded"],
+        events_lost=lost_events,
+        flagged_spills=len(flagged),
+        gaps=len(rec.get("gaps", [])),
+        daq_s_per_spill_mean=round(sum(totals) / max(len(totals), 1), 3),
+        daq_s_per_spill_max=round(max(totals, default=0.0), 3),
+        emulator_spills=emu_state.get("spills"),
+    )
     mb = 1 / 2**20
     figures.lines += [
-        f"spills {len(spills)} of {SPILLS} at {PARTICLES:g} particles, feed {FEED} "
-        f"({'at the DAQ pace, at least ' if FEED == 'paced' else 'flat top ' + format(LENGTH_S, 'g') + ' s every '}"
-        f"{SUPERCYCLE_S:g} s); wall {wall:.0f} s; DAQ time per spill mean {fig['daq_s_per_spill_mean']} s, "
-        f"max {fig['daq_s_per_spill_max']} s",
-        f"events accepted {fig['events_accepted']:,} recorded {fig['events_recorded']:,} lost {lost_events}; "
-        f"flagged spills {len(flagged)}; gaps {fig['gaps']}",
-        *(f"{who:9s} RSS after spill {REFERENCE}: {fig[f'{who}_rss_ref'] * mb:8.1f} MB, after spill {last_sampled}: "
-          f"{fig[f'{who}_rss_end'] * mb:8.1f} MB; open fds {fig[f'{who}_fds_ref']} -> {fig[f'{who}_fds_end']}"
-          for who in ("daq", "emulator")),
+        (
+            f"spills {len(spills)} of {SPILLS} at {PARTICLES:g} particles, feed {FEED} "
+            f"({'at the DAQ pace, at least ' if FEED == 'paced' else 'flat top ' + format(LENGTH_S, 'g') + ' s every '}"
+            f"{SUPERCYCLE_S:g} s); wall {wall:.0f} s; DAQ time per spill mean {fig['daq_s_per_spill_mean']} s, "
+            f"max {fig['daq_s_per_spill_max']} s"
+        ),
+        (
+            f"events accepted {fig['events_accepted']:,} recorded {fig['events_recorded']:,} lost {lost_events}; "
+            f"flagged spills {len(flagged)}; gaps {fig['gaps']}"
+        ),
+        *(
+            f"{who:9s} RSS after spill {REFERENCE}: {fig[f'{who}_rss_ref'] * mb:8.1f} MB, after spill {last_sampled}: "
+            f"{fig[f'{who}_rss_end'] * mb:8.1f} MB; open fds {fig[f'{who}_fds_ref']} -> {fig[f'{who}_fds_end']}"
+            for who in ("daq", "emulator")
+        ),
     ]
     (tmp_path / "soak_figures.json").write_text(json.dumps({"figures": fig, "samples": samples}, indent=1))
 
@@ -257,8 +300,10 @@ def _evaluate(tmp_path: Path, daq: Any, rec: dict[str, Any], emu_state: dict[str
         problems.append(f"flagged spills: {flagged[:10]}")
     for e in spills:
         if not (e["n_accepted"] == e["n_read_out"] == e["n_recorded"] and e["n_seen"] == e["n_particles"]):
-            problems.append(f"spill {e['spill']}: counts do not match: "
-                            f"{ {k: e[k] for k in ('n_particles', 'n_seen', 'n_accepted', 'n_read_out', 'n_recorded')} }")
+            problems.append(
+                f"spill {e['spill']}: counts do not match: "
+                f"{ {k: e[k] for k in ('n_particles', 'n_seen', 'n_accepted', 'n_read_out', 'n_recorded')} }"
+            )
     if rec.get("gaps"):
         problems.append(f"gaps in the crate numbering: {rec['gaps']}")
     crate = [int(e["crate_spill"]) for e in spills]
@@ -272,7 +317,7 @@ def _evaluate(tmp_path: Path, daq: Any, rec: dict[str, Any], emu_state: dict[str
             d = read_spill(p, waveforms=False)
             if d.n_events != d.attrs["n_recorded"]:
                 problems.append(f"{p.name}: {d.n_events} events, attrs say {d.attrs['n_recorded']}")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever makes a file unreadable is reported as a problem
             problems.append(f"{p.name} unreadable: {exc}")
     if last_sampled >= REFERENCE + WINDOW:
         for who in ("daq", "emulator"):

@@ -1,5 +1,5 @@
 """The spill-file layout: atomic writes, readable after a kill, clear errors on damaged files."""
-import json
+
 import os
 import signal
 import subprocess
@@ -15,9 +15,16 @@ from detector.records import TRUTH_DTYPE
 def content(spill, n=4, truth=True):
     wf = np.random.default_rng(spill).integers(100, 200, (n, 121, 32)).astype(np.int16)
     t = np.zeros(n, TRUTH_DTYPE) if truth else None
-    return sf.SpillContent(run=3, spill=spill, event_id=np.arange(n, dtype=np.uint32) * 7,
-                           trigger_mask=np.ones(n, np.uint8), time_ns=np.linspace(0, 1e9, n), waveforms=wf,
-                           truth=t, attrs={"flags": ["retried"], "scalers": {"S1": 10}, "n_accepted": n})
+    return sf.SpillContent(
+        run=3,
+        spill=spill,
+        event_id=np.arange(n, dtype=np.uint32) * 7,
+        trigger_mask=np.ones(n, np.uint8),
+        time_ns=np.linspace(0, 1e9, n),
+        waveforms=wf,
+        truth=t,
+        attrs={"flags": ["retried"], "scalers": {"S1": 10}, "n_accepted": n},
+    )
 
 
 def test_write_read_round_trip(tmp_path):
@@ -53,7 +60,7 @@ def test_truncated_and_garbage_files_raise_naming_the_file(tmp_path):
     raw = p.read_bytes()
     bad = rdir / "spill-000002.h5"
     bad.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(sf.SpillFileError, match="spill-000002.h5"):
+    with pytest.raises(sf.SpillFileError, match=r"spill-000002\.h5"):
         sf.read_spill(bad)
     bad.write_bytes(b"not hdf5 at all")
     with pytest.raises(sf.SpillFileError, match="unreadable"):

@@ -1,5 +1,6 @@
-"""The online trigger (issue 4): menu validation, physics.md check 30, edge cases, prescale and random
+"""The online trigger (issue 4): menu validation, docs/physics.md check 30, edge cases, prescale and random
 trigger, chunked == whole spill, parallel == serial, numba == numpy reference, warm-up and cache."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,16 @@ from trigger import amp as A
 from trigger import bounds as B
 from trigger import kernels as K
 from trigger import reference as R
-from trigger.menu import (SCALER_KEYS, BeamTrigger, EnergyTrigger, MenuError, RandomTrigger, TriggerMenu,
-                          TriggerResult, load_menu)
+from trigger.menu import (
+    SCALER_KEYS,
+    BeamTrigger,
+    EnergyTrigger,
+    MenuError,
+    RandomTrigger,
+    TriggerMenu,
+    TriggerResult,
+    load_menu,
+)
 
 PHYS, BEAM, RAND, DIM = (int(TRIGGER_BITS[n]) for n in ("physics", "beam", "random", "dimuon"))
 
@@ -34,8 +43,9 @@ def assert_same(a: TriggerResult, b: TriggerResult) -> None:
     assert a.same_as(b), a.difference(b)
 
 
-def amp_record(menu: TriggerMenu, e_ps: float, e_ecal: float, v1: bool = False, mip: float = 1.0
-               ) -> tuple[np.ndarray, np.ndarray]:
+def amp_record(
+    menu: TriggerMenu, e_ps: float, e_ecal: float, v1: bool = False, mip: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """One record of amplitudes (ADC counts) and onsets (ns): S1..S3 at ``mip`` MIP in time, V1 in time
     if ``v1``, the sums at the given energies (GeV)."""
     g = menu.gev_per_count
@@ -53,7 +63,7 @@ def test_menu_from_default_config(menu: TriggerMenu) -> None:
     assert menu.t0_ns == tuple(cal.t0_ns[ids])
     assert menu.counter_threshold_adc == 100.0
     assert (menu.physics.ps_min_gev, menu.physics.ecal_max_gev, menu.beam.prescale) == (0.3, 80.0, 1000)
-    assert menu.n_random_ticks == 49            # 10 Hz over 4.8 s: floor(48) + 1 (tick 0)
+    assert menu.n_random_ticks == 49  # 10 Hz over 4.8 s: floor(48) + 1 (tick 0)
     d = menu.to_dict()
     json.dumps(d)
     assert d["triggers"]["physics"]["bit"] == PHYS and d["eot_definition"].startswith("PiSi AND NOT V1")
@@ -61,44 +71,60 @@ def test_menu_from_default_config(menu: TriggerMenu) -> None:
     assert load_menu(None) == menu
 
 
-@pytest.mark.parametrize("change, match", [
-    (dict(beam=BeamTrigger(True, 0)), "prescale"),
-    (dict(physics=EnergyTrigger(True, 1, 0.3, 0.2)), "must be below"),
-    (dict(dimuon=EnergyTrigger(True, 1, 150.0, 200.0)), "beam energy"),
-    (dict(random=RandomTrigger(True, 0.0)), "never fire"),
-    (dict(counter_threshold_mip=30.0), "12-bit range"),
-    (dict(counter_threshold_mip=0.01), "zero-suppression"),
-    (dict(t0_ns=(1000.0,) + (100.0,) * 5), "never be in time"),
-    (dict(gev_per_count=(5e-6,) * 4 + (0.0, 0.04)), "never fire"),
-    (dict(physics=EnergyTrigger(False), beam=BeamTrigger(False), random=RandomTrigger(False),
-          dimuon=EnergyTrigger(False)), "enables no trigger"),
-    (dict(window_ns=-1.0), "window_ns"),
-    (dict(mip_adc=float("nan")), "finite"),
-    (dict(beam=BeamTrigger(True, 2.5)), "integer"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(beam=BeamTrigger(True, 0)), "prescale"),
+        (dict(physics=EnergyTrigger(True, 1, 0.3, 0.2)), "must be below"),
+        (dict(dimuon=EnergyTrigger(True, 1, 150.0, 200.0)), "beam energy"),
+        (dict(random=RandomTrigger(True, 0.0)), "never fire"),
+        (dict(counter_threshold_mip=30.0), "12-bit range"),
+        (dict(counter_threshold_mip=0.01), "zero-suppression"),
+        (dict(t0_ns=(1000.0,) + (100.0,) * 5), "never be in time"),
+        (dict(gev_per_count=(5e-6,) * 4 + (0.0, 0.04)), "never fire"),
+        (
+            dict(
+                physics=EnergyTrigger(False),
+                beam=BeamTrigger(False),
+                random=RandomTrigger(False),
+                dimuon=EnergyTrigger(False),
+            ),
+            "enables no trigger",
+        ),
+        (dict(window_ns=-1.0), "window_ns"),
+        (dict(mip_adc=float("nan")), "finite"),
+        (dict(beam=BeamTrigger(True, 2.5)), "integer"),
+    ],
+)
 def test_bad_menus_refused(menu: TriggerMenu, change: dict, match: str) -> None:
     with pytest.raises(MenuError, match=match):
         menu.replace(**change)
 
 
 def test_bad_config_refused() -> None:
-    with pytest.raises(ConfigError, match="unknown key 'trigger.menu.calib'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'trigger\.menu\.calib'"):
         validate({"trigger": {"menu": {"calib": {"enabled": True}}}})
     with pytest.raises(ConfigError, match="prescale"):
         validate({"trigger": {"menu": {"beam": {"prescale": 0}}}})
     cfg = load_config(None).with_overrides({"trigger": {"menu": {"random": {"rate_hz": 0.0}}}})
     with pytest.raises(MenuError, match="never fire"):
         TriggerMenu.from_config(cfg)
-    with pytest.raises(ConfigError, match="unknown key 'trigger.menu.muon'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'trigger\.menu\.muon'"):
         load_config(None).with_overrides({"trigger": {"menu": {"muon": {"enabled": True}}}})
     with pytest.raises(MenuError, match="unknown key"):
         TriggerMenu.from_dict({"window_ns": 10.0, "thresholds": 3})
 
 
-# ---------------------------------------------------------------------- physics.md check 30
-@pytest.mark.parametrize("e_ps, e_ecal, v1, fires", [
-    (0.5, 40.0, False, True), (0.5, 95.0, False, False), (0.5, 40.0, True, False), (0.2, 40.0, False, False),
-])
+# ---------------------------------------------------------------------- docs/physics.md check 30
+@pytest.mark.parametrize(
+    "e_ps, e_ecal, v1, fires",
+    [
+        (0.5, 40.0, False, True),
+        (0.5, 95.0, False, False),
+        (0.5, 40.0, True, False),
+        (0.2, 40.0, False, False),
+    ],
+)
 def test_check30_amplitude_entry(menu: TriggerMenu, e_ps: float, e_ecal: float, v1: bool, fires: bool) -> None:
     a, t = amp_record(menu, e_ps, e_ecal, v1)
     m = menu.replace(dimuon=dataclasses.replace(menu.dimuon, enabled=False))
@@ -125,7 +151,7 @@ def test_empty_spill(menu: TriggerMenu) -> None:
     for par in (False, True):
         r = K.trigger_waveforms(menu, np.zeros((0, 6, 32), np.int16), np.zeros(0), parallel=par)
         assert r.accepted.size == 0 and r.accepted.dtype == np.int64 and r.mask.dtype == np.uint8
-        assert r.scalers == {**{k: 0 for k in SCALER_KEYS}, "random_raw": 49}
+        assert r.scalers == {**dict.fromkeys(SCALER_KEYS, 0), "random_raw": 49}
         assert_same(r, R.waveform_trigger(menu, np.zeros((0, 6, 32), np.int16), np.zeros(0)))
         ra = K.trigger_amplitudes(menu, np.zeros((0, 6)), np.zeros((0, 6)), np.zeros(0), parallel=par)
         assert_same(ra, r)
@@ -133,7 +159,7 @@ def test_empty_spill(menu: TriggerMenu) -> None:
 
 def test_all_saturated(menu: TriggerMenu) -> None:
     prims = np.full((40, 6, 32), ch.ADC_MAX, np.int16)
-    prims[20:, :, :8] = 150                    # pedestals present, the pulse saturates the rest
+    prims[20:, :, :8] = 150  # pedestals present, the pulse saturates the rest
     prims[30:, :, 28:] = 3000
     tau = np.linspace(0.0, 4.7e9, 40)
     for par in (False, True):
@@ -146,14 +172,18 @@ def test_thresholds_exactly_at_value(menu: TriggerMenu) -> None:
     thr = menu.counter_threshold_adc
     lo, hi = menu.counter_window_ns(0)
     tha, _ = A.amp_thresholds(menu, np.dtype(np.float32), np.dtype(np.float32))
-    ps_at, ec_at = float(tha[1]), float(tha[3])       # physics: ps, ps_not, ec, ec_min (amp_thresholds)
+    ps_at, ec_at = float(tha[1]), float(tha[3])  # physics: ps, ps_not, ec, ec_min (amp_thresholds)
     below = lambda x: float(np.nextafter(np.float32(x), np.float32(-np.inf)))  # noqa: E731
-    above = lambda x: float(np.nextafter(np.float32(x), np.float32(np.inf)))   # noqa: E731
+    above = lambda x: float(np.nextafter(np.float32(x), np.float32(np.inf)))  # noqa: E731
     rows, expect = [], []
     for a_s, t_s, a_ps, a_ec, phys in [
-        (thr, lo, ps_at, below(ec_at), True), (thr, hi, ps_at, 0.0, True), (below(thr), 100.0, 50.0, 100.0, False),
-        (thr, below(lo), 50.0, 100.0, False), (thr, above(hi), 50.0, 100.0, False),
-        (thr, 100.0, below(ps_at), 100.0, False), (thr, 100.0, 50.0, ec_at, False),
+        (thr, lo, ps_at, below(ec_at), True),
+        (thr, hi, ps_at, 0.0, True),
+        (below(thr), 100.0, 50.0, 100.0, False),
+        (thr, below(lo), 50.0, 100.0, False),
+        (thr, above(hi), 50.0, 100.0, False),
+        (thr, 100.0, below(ps_at), 100.0, False),
+        (thr, 100.0, 50.0, ec_at, False),
     ]:
         rows.append(([a_s] * 3 + [0.0, a_ps, a_ec], [t_s] * 3 + [np.nan, 100.0, 100.0]))
         expect.append(phys)
@@ -202,7 +232,7 @@ def test_window_table_decisions(menu: TriggerMenu) -> None:
     for c in range(3):
         lo, hi = menu.counter_window_ns(c)
         for k in range(1, ch.N_SAMPLES - 1):
-            best = rng.integers(40, 4 * 4095, 400) * 0.25          # pedestal-subtracted peaks: quarter counts
+            best = rng.integers(40, 4 * 4095, 400) * 0.25  # pedestal-subtracted peaks: quarter counts
             diff = [np.rint(rng.uniform(B.XP[0] - 0.1, B.XP[-1] + 0.1, best.size) * best)]
             bb = [best]
             for x in tab[c, k]:
@@ -229,11 +259,11 @@ def test_amplitude_range_contains_the_reconstructed_amplitude() -> None:
     peak = rng.integers(10, 4000, n)
     ped = rng.integers(0, 60, n)
     p[:, 0, :] = ped[:, None]
-    r = rng.uniform(B.XP[0] - 0.3, B.XP[-1] + 0.3, n)            # (w[k+1] - w[k-1]) / best
+    r = rng.uniform(B.XP[0] - 0.3, B.XP[-1] + 0.3, n)  # (w[k+1] - w[k-1]) / best
     side = np.clip(rng.uniform(0.2, 0.9, n) * peak, 0, None)
     wm = np.rint(ped + side - 0.5 * r * peak)
     wp = np.rint(ped + side + 0.5 * r * peak)
-    ok = (wm - ped < peak) & (wp - ped < peak)                  # the peak stays the maximum
+    ok = (wm - ped < peak) & (wp - ped < peak)  # the peak stays the maximum
     rows = np.arange(n)
     p[rows, 0, k] = ped + peak
     p[rows[k > 0], 0, k[k > 0] - 1] = np.where(ok, wm, ped)[k > 0]
@@ -254,8 +284,15 @@ def test_amplitude_range_contains_the_reconstructed_amplitude() -> None:
 def test_interp_is_numpy_interp() -> None:
     rng = np.random.default_rng(1)
     xp = B.XP
-    x = np.concatenate([rng.uniform(xp[0] - 0.2, xp[-1] + 0.2, 20000), xp, np.nextafter(xp, -np.inf),
-                        np.nextafter(xp, np.inf), [np.inf, -np.inf]])
+    x = np.concatenate(
+        [
+            rng.uniform(xp[0] - 0.2, xp[-1] + 0.2, 20000),
+            xp,
+            np.nextafter(xp, -np.inf),
+            np.nextafter(xp, np.inf),
+            [np.inf, -np.inf],
+        ]
+    )
     got = np.array([peak_delta(v) for v in x])
     assert np.array_equal(got, np.interp(x, B.XP, B.FP))
 
@@ -264,12 +301,16 @@ def test_interp_is_numpy_interp() -> None:
 def test_prescale_counts_exact(menu: TriggerMenu) -> None:
     n = 5000
     rng = np.random.default_rng(3)
-    a = np.tile([200.0, 200.0, 200.0, 0.0, 100.0, 500.0], (n, 1))   # PiSi, E_PS 0.8, E_ECAL 20 GeV
-    a[rng.random(n) < 0.3, 0] = 0.0                                  # 30% no PiSi
+    a = np.tile([200.0, 200.0, 200.0, 0.0, 100.0, 500.0], (n, 1))  # PiSi, E_PS 0.8, E_ECAL 20 GeV
+    a[rng.random(n) < 0.3, 0] = 0.0  # 30% no PiSi
     t = np.tile(np.array(menu.t0_ns), (n, 1))
     tau = np.sort(rng.uniform(0, 4e9, n))
-    m = menu.replace(beam=BeamTrigger(True, 7), physics=EnergyTrigger(True, 13, 0.3, 80.0),
-                     dimuon=EnergyTrigger(True, 1, 0.3, 60.0), random=RandomTrigger(False, 10.0))
+    m = menu.replace(
+        beam=BeamTrigger(True, 7),
+        physics=EnergyTrigger(True, 13, 0.3, 80.0),
+        dimuon=EnergyTrigger(True, 1, 0.3, 60.0),
+        random=RandomTrigger(False, 10.0),
+    )
     r = K.trigger_amplitudes(m, a, t, tau)
     assert_same(r, R.amplitude_trigger(m, a, t, tau))
     pisi = np.flatnonzero(a[:, 0] > 0)
@@ -290,7 +331,7 @@ def test_random_tick_count(menu: TriggerMenu, rate: float, length: float) -> Non
     # three records after every tick (also beyond the last tick's window): one accept per tick
     tau = np.sort(np.concatenate([ticks, ticks + 1.0, ticks + 2e6]))
     n = tau.size
-    a = np.zeros((n, 6))                                              # no counter fires
+    a = np.zeros((n, 6))  # no counter fires
     t = np.full((n, 6), np.nan)
     r = K.trigger_amplitudes(m, a, t, tau)
     assert_same(r, R.amplitude_trigger(m, a, t, tau))
@@ -321,8 +362,10 @@ def test_waveform_numba_equals_numpy(menu: TriggerMenu, spill: tuple[np.ndarray,
     assert_same(K.trigger_amplitudes(m, amp, ons, tau), ref)
     assert_same(K.trigger_amplitudes(m, np.asfortranarray(amp), np.asfortranarray(ons), tau), ref)
     assert_same(K.trigger_amplitudes(m, amp.astype(np.float64), ons.astype(np.float64), tau), ref)
-    assert_same(K.trigger_amplitudes(m, amp.astype(">f4"), ons, tau.astype(np.float32).astype(np.float64)),
-                R.amplitude_trigger(m, amp, ons, tau.astype(np.float32).astype(np.float64)))
+    assert_same(
+        K.trigger_amplitudes(m, amp.astype(">f4"), ons, tau.astype(np.float32).astype(np.float64)),
+        R.amplitude_trigger(m, amp, ons, tau.astype(np.float32).astype(np.float64)),
+    )
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000, 1024, 2500])
@@ -337,8 +380,8 @@ def test_chunked_equals_whole(menu: TriggerMenu, spill: tuple[np.ndarray, np.nda
         st, sa = K.SpillTrigger(m, parallel=par), K.SpillTrigger(m, parallel=par)
         parts = []
         for s in range(0, n, chunk):
-            parts.append(st.process(prims[s:s + chunk], tau[s:s + chunk], s)[0])
-            sa.process_amplitudes(amp[s:s + chunk], ons[s:s + chunk], tau[s:s + chunk], s)
+            parts.append(st.process(prims[s : s + chunk], tau[s : s + chunk], s)[0])
+            sa.process_amplitudes(amp[s : s + chunk], ons[s : s + chunk], tau[s : s + chunk], s)
         r = st.finish()
         assert_same(r, whole)
         assert_same(sa.finish(), whole)
@@ -376,9 +419,9 @@ def test_bad_input_refused(menu: TriggerMenu, spill: tuple[np.ndarray, np.ndarra
     st.process(prims[:10], tau[:10], 0)
     with pytest.raises(ValueError, match="expected 10"):
         st.process(prims[20:30], tau[20:30], 20)
-    with pytest.raises(ValueError, match="record 10"):          # a chunk going back in time
+    with pytest.raises(ValueError, match="record 10"):  # a chunk going back in time
         st.process(prims[10:20], tau[:10], 10)
-    st.process(prims[10:20], tau[10:20], 10)                     # the failed chunk left no trace
+    st.process(prims[10:20], tau[10:20], 10)  # the failed chunk left no trace
     r = st.finish()
     assert_same(r, K.trigger_waveforms(menu, prims[:20], tau[:20]))
     with pytest.raises(RuntimeError, match="finish"):
@@ -399,11 +442,13 @@ def test_scalers_with_crate(menu: TriggerMenu) -> None:
 
 
 def test_warm_up_and_cache() -> None:
-    K.warm_up()                                    # compiles (or loads) every kernel and fills the cache
-    code = ("import json; from numba.core.dispatcher import Dispatcher; import trigger.kernels as K; K.warm_up(); "
-            "d = [v for v in vars(K).values() if isinstance(v, Dispatcher)]; "
-            "print(json.dumps([sum(sum(v.stats.cache_hits.values()) for v in d), "
-            "sum(sum(v.stats.cache_misses.values()) for v in d)]))")
+    K.warm_up()  # compiles (or loads) every kernel and fills the cache
+    code = (
+        "import json; from numba.core.dispatcher import Dispatcher; import trigger.kernels as K; K.warm_up(); "
+        "d = [v for v in vars(K).values() if isinstance(v, Dispatcher)]; "
+        "print(json.dumps([sum(sum(v.stats.cache_hits.values()) for v in d), "
+        "sum(sum(v.stats.cache_misses.values()) for v in d)]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
     hits, misses = json.loads(out.stdout.strip().splitlines()[-1])
     # loaded from the on-disk cache: no compilation in a fresh process

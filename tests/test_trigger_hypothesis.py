@@ -4,6 +4,7 @@ saturation) and menus, numba == numpy reference exactly (accepted indices, masks
 waveform and the amplitude entry, serial, parallel and in random chunks; spills of several kernel blocks
 (:data:`trigger.accept.BLOCK` records) cut at and around block boundaries, with prescale counters and random
 ticks that carry across blocks and chunks, and menus with further energy lines."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trigger import kernels as K
-from trigger.accept import BLOCK
 from trigger import reference as R
+from trigger.accept import BLOCK
 from trigger.menu import BeamTrigger, EnergyTrigger, RandomTrigger, TriggerMenu, TriggerResult
 
 BASE = TriggerMenu.from_config()
@@ -24,8 +25,7 @@ def assert_same(a: TriggerResult, b: TriggerResult) -> None:
     assert a.same_as(b), a.difference(b)
 
 
-def chunked(menu: TriggerMenu, prims: np.ndarray, tau: np.ndarray, cuts: list[int], parallel: bool
-            ) -> TriggerResult:
+def chunked(menu: TriggerMenu, prims: np.ndarray, tau: np.ndarray, cuts: list[int], parallel: bool) -> TriggerResult:
     """The waveform entry fed in consecutive chunks of the sizes ``cuts`` (cycled)."""
     trig = K.SpillTrigger(menu, parallel=parallel)
     start, i = 0, 0
@@ -41,7 +41,7 @@ def menus(draw) -> TriggerMenu:
     ps = draw(st.sampled_from([0.0, 0.1, 0.3, 0.5, 2.0]))
     ec = draw(st.sampled_from([20.0, 60.0, 80.0, 100.0]))
     on = draw(st.lists(st.booleans(), min_size=4, max_size=4))
-    on[1] = on[1] or not any(on)                      # a menu must enable something
+    on[1] = on[1] or not any(on)  # a menu must enable something
     return BASE.replace(
         window_ns=draw(st.sampled_from([2.0, 5.0, 10.0, 25.0])),
         counter_threshold_mip=draw(st.sampled_from([0.2, 0.5, 0.75, 1.0])),
@@ -63,10 +63,10 @@ def spills(draw, max_records: int = 160) -> tuple:
     rng = np.random.default_rng(seed)
     mip = menu.mip_adc
     g = np.asarray(menu.gev_per_count)
-    kind = rng.choice(4, n, p=[0.6, 0.2, 0.1, 0.1])          # electron, halo, V1 hit, junk
+    kind = rng.choice(4, n, p=[0.6, 0.2, 0.1, 0.1])  # electron, halo, V1 hit, junk
     amp = np.zeros((n, 6))
     ons = np.asarray(menu.t0_ns)[None, :] + rng.normal(0.0, draw(st.sampled_from([0.5, 3.0, 10.0])), (n, 6))
-    amp[:, :3] = mip * rng.gamma(4.0, 0.25, (n, 3))            # many near the counter thresholds
+    amp[:, :3] = mip * rng.gamma(4.0, 0.25, (n, 3))  # many near the counter thresholds
     amp[kind == 1, rng.integers(0, 3)] = 0.0
     ons[kind == 1, :3] += rng.choice([-40.0, -12.0, 11.0, 30.0], (int((kind == 1).sum()), 3))
     amp[kind == 2, 3] = mip * rng.uniform(0.1, 3.0, int((kind == 2).sum()))
@@ -78,12 +78,16 @@ def spills(draw, max_records: int = 160) -> tuple:
     amp[junk] = rng.uniform(0.0, 6000.0, (int(junk.sum()), 6))  # incl. saturated pulses
     ons[junk] = rng.uniform(-60.0, 420.0, (int(junk.sum()), 6))
     m = int(draw(st.integers(0, max(n // 4, 0)))) if n else 0
-    extra = (rng.integers(0, max(n, 1), m), rng.integers(0, 6, m), rng.uniform(5.0, 2000.0, m),
-             rng.uniform(-80.0, 400.0, m))
+    extra = (
+        rng.integers(0, max(n, 1), m),
+        rng.integers(0, 6, m),
+        rng.uniform(5.0, 2000.0, m),
+        rng.uniform(-80.0, 400.0, m),
+    )
     span = draw(st.sampled_from([1e5, 1e7, menu.spill_length_s * 1e9]))
     tau = np.sort(rng.uniform(-1e3, span, n))
     if n > 3 and draw(st.booleans()):
-        tau[1:3] = tau[0]                                     # equal arrival times
+        tau[1:3] = tau[0]  # equal arrival times
     noise = draw(st.sampled_from([0.0, 1.5, 4.0]))
     return menu, amp, ons, extra, tau, noise, seed
 
@@ -139,9 +143,20 @@ def lines(draw) -> tuple:
     for k in range(draw(st.integers(0, 2))):
         ps = draw(st.sampled_from([0.0, 0.5, 2.0]))
         ec = draw(st.sampled_from([30.0, 90.0, 105.0]))
-        out.append((f"extra{k}", EnergyTrigger(draw(st.booleans()), draw(st.integers(1, 7)), ps, ec,
-                                               draw(st.sampled_from([None, ps + 3.0])),
-                                               draw(st.sampled_from([None, ec - 25.0])), draw(st.booleans()))))
+        out.append(
+            (
+                f"extra{k}",
+                EnergyTrigger(
+                    draw(st.booleans()),
+                    draw(st.integers(1, 7)),
+                    ps,
+                    ec,
+                    draw(st.sampled_from([None, ps + 3.0])),
+                    draw(st.sampled_from([None, ec - 25.0])),
+                    draw(st.booleans()),
+                ),
+            )
+        )
     return tuple(out)
 
 
@@ -150,28 +165,38 @@ def big_spills(draw) -> tuple:
     """(menu, primitives, arrival times, chunk sizes): 1-5 blocks of records; prescales of 1-7 so that the
     counters wrap inside blocks and carry over their ends; a random rate of 0.2-3 ticks per block's time
     span; chunk sizes at, around and between block sizes."""
-    menu, amp, ons, extra, _, noise, seed = draw(spills(max_records=0))
-    n = draw(st.one_of(st.integers(BLOCK + 1, 5 * BLOCK),
-                       st.sampled_from([BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK, 3 * BLOCK - 1, 4 * BLOCK + 7])))
+    menu, _amp, _ons, _extra, _, _noise, seed = draw(spills(max_records=0))
+    n = draw(
+        st.one_of(
+            st.integers(BLOCK + 1, 5 * BLOCK),
+            st.sampled_from([BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK, 3 * BLOCK - 1, 4 * BLOCK + 7]),
+        )
+    )
     rng = np.random.default_rng(seed)
     prims, _ = R.electron_spill(menu, n, seed=seed % 1000, low_ecal_fraction=draw(st.sampled_from([0.1, 0.5])))
-    junk = rng.random(n) < 0.05                               # noise-only and saturated records among them
+    junk = rng.random(n) < 0.05  # noise-only and saturated records among them
     prims[junk] = rng.integers(0, 4096, (int(junk.sum()), 6, 32), dtype=np.int16)
     span_ns = draw(st.sampled_from([1e6, 1e8]))
     tau = np.sort(rng.uniform(0.0, span_ns, n))
     same = np.flatnonzero(rng.random(n - 1) < 0.02) + 1
-    tau[same] = tau[same - 1]                                 # equal arrival times (still sorted)
+    tau[same] = tau[same - 1]  # equal arrival times (still sorted)
     ticks_per_block = draw(st.sampled_from([0.2, 1.0, 3.0]))
     rate = min(1e9 / (span_ns * BLOCK / n) * ticks_per_block, 1e9)
     menu = menu.replace(
         random=RandomTrigger(draw(st.booleans()), rate),
-        beam=BeamTrigger(True, draw(st.integers(1, 7))),          # a menu must enable something
+        beam=BeamTrigger(True, draw(st.integers(1, 7))),  # a menu must enable something
         physics=dataclasses.replace(menu.physics, prescale=draw(st.integers(1, 7))),
         dimuon=dataclasses.replace(menu.dimuon, prescale=draw(st.integers(1, 7))),
         spill_length_s=span_ns * 1e-9 * draw(st.sampled_from([0.5, 1.0])),
-        further_lines=draw(lines()))
-    cuts = draw(st.lists(st.one_of(st.sampled_from([1, 7, 8, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK]),
-                                   st.integers(1, 3 * BLOCK)), min_size=1, max_size=5))
+        further_lines=draw(lines()),
+    )
+    cuts = draw(
+        st.lists(
+            st.one_of(st.sampled_from([1, 7, 8, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK]), st.integers(1, 3 * BLOCK)),
+            min_size=1,
+            max_size=5,
+        )
+    )
     return menu, prims, tau, cuts
 
 
@@ -186,5 +211,5 @@ def test_blocks_and_chunks_match_reference(s, parallel) -> None:
     a, t = R.reconstruct_trigger_channels(menu, prims)
     amp = K.SpillTrigger(menu, parallel=not parallel)
     for s0 in range(0, tau.size, cuts[0]):
-        amp.process_amplitudes(a[s0:s0 + cuts[0]], t[s0:s0 + cuts[0]], tau[s0:s0 + cuts[0]], s0)
+        amp.process_amplitudes(a[s0 : s0 + cuts[0]], t[s0 : s0 + cuts[0]], tau[s0 : s0 + cuts[0]], s0)
     assert_same(amp.finish(), ref)

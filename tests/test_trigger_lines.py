@@ -1,6 +1,7 @@
 """Energy trigger lines declared in config only: a third line (and the most a menu can hold) goes through
 the normal loader and validator, gets the next trigger bit and its own scalers, and the numba kernels
 (waveform and amplitude entries, serial, parallel, chunked) equal the numpy reference on it."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,7 +34,7 @@ def menu(tmp_path_factory) -> TriggerMenu:
 
 @pytest.fixture(scope="module")
 def spill(menu: TriggerMenu) -> tuple[np.ndarray, np.ndarray]:
-    return R.electron_spill(menu, 6000, seed=11, low_ecal_fraction=0.5)   # six blocks
+    return R.electron_spill(menu, 6000, seed=11, low_ecal_fraction=0.5)  # six blocks
 
 
 def test_line_from_config_gets_the_next_bit_and_its_scalers(menu: TriggerMenu) -> None:
@@ -43,7 +44,7 @@ def test_line_from_config_gets_the_next_bit_and_its_scalers(menu: TriggerMenu) -
     line = dict(menu.further_lines)["highps"]
     assert (line.prescale, line.ps_max_gev, line.ecal_min_gev, line.veto) == (3, 6.0, 20.0, False)
     assert TriggerMenu.from_dict(menu.to_dict()) == menu
-    assert TriggerMenu.from_config() .trigger_names == tuple(TRIGGER_BITS)      # the default menu is unchanged
+    assert TriggerMenu.from_config().trigger_names == tuple(TRIGGER_BITS)  # the default menu is unchanged
 
 
 def test_third_line_kernels_equal_reference(menu: TriggerMenu, spill: tuple[np.ndarray, np.ndarray]) -> None:
@@ -61,14 +62,17 @@ def test_third_line_kernels_equal_reference(menu: TriggerMenu, spill: tuple[np.n
     assert ref.scalers["highps_accepted"] == raw.sum() // 3
     fired = ref.accepted[(ref.mask & 16) != 0]
     assert np.array_equal(fired, np.flatnonzero(raw)[2::3])
-    for res in (K.trigger_waveforms(menu, prims, tau), K.trigger_waveforms(menu, prims, tau, parallel=True),
-                K.trigger_amplitudes(menu, np.asfortranarray(a), np.asfortranarray(t), tau),
-                K.trigger_amplitudes(menu, a, t, tau, parallel=True)):
+    for res in (
+        K.trigger_waveforms(menu, prims, tau),
+        K.trigger_waveforms(menu, prims, tau, parallel=True),
+        K.trigger_amplitudes(menu, np.asfortranarray(a), np.asfortranarray(t), tau),
+        K.trigger_amplitudes(menu, a, t, tau, parallel=True),
+    ):
         assert res.same_as(ref), res.difference(ref)
         assert res.mask.dtype == np.uint8
     st = K.SpillTrigger(menu)
     for s in range(0, tau.size, 1500):
-        st.process(prims[s:s + 1500], tau[s:s + 1500], s)
+        st.process(prims[s : s + 1500], tau[s : s + 1500], s)
     res = st.finish()
     assert res.same_as(ref), res.difference(ref)
     assert res.triggers()["highps"] == {"raw": int(raw.sum()), "accepted": int(raw.sum()) // 3}
@@ -77,8 +81,16 @@ def test_third_line_kernels_equal_reference(menu: TriggerMenu, spill: tuple[np.n
 def test_a_full_menu_spans_two_bit_planes(spill: tuple[np.ndarray, np.ndarray]) -> None:
     """MAX_TRIGGERS - 4 further lines: 6 energy lines, 12 raw bits, two uint8 planes in the kernels."""
     n_further = MAX_TRIGGERS - len(TRIGGER_BITS)
-    lines = {f"l{k}": {"kind": "energy", "prescale": k + 1, "ps_min_gev": 0.2 * k, "ecal_max_gev": 100.0 - 10 * k,
-                       "veto": k % 2 == 0} for k in range(n_further)}
+    lines = {
+        f"l{k}": {
+            "kind": "energy",
+            "prescale": k + 1,
+            "ps_min_gev": 0.2 * k,
+            "ecal_max_gev": 100.0 - 10 * k,
+            "veto": k % 2 == 0,
+        }
+        for k in range(n_further)
+    }
     menu = TriggerMenu.from_config(validate({"trigger": {"menu": {**lines, "dimuon": {"prescale": 2}}}}))
     assert [int(menu.trigger_bits[n]) for n in lines] == [16, 32, 64, 128]
     prims, tau = spill
@@ -93,12 +105,13 @@ def test_a_full_menu_spans_two_bit_planes(spill: tuple[np.ndarray, np.ndarray]) 
 
 
 def test_bad_lines_refused() -> None:
-    with pytest.raises(ConfigError, match="unknown key 'trigger.menu.muon'.*kind"):
+    with pytest.raises(ConfigError, match=r"unknown key 'trigger\.menu\.muon'.*kind"):
         validate({"trigger": {"menu": {"muon": {"prescale": 2}}}})
     with pytest.raises(ConfigError, match="must be below"):
         validate({"trigger": {"menu": {"muon": {"kind": "energy", "ps_min_gev": 90.0, "ecal_max_gev": 50.0}}}})
-    with pytest.raises(ConfigError, match="unknown key 'trigger.menu.muon.ps_max'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'trigger\.menu\.muon\.ps_max'"):
         validate({"trigger": {"menu": {"muon": {"kind": "energy", "ps_max": 3.0}}}})
     with pytest.raises(MenuError, match="never fire"):
-        TriggerMenu.from_config(validate({"trigger": {"menu": {"muon": {"kind": "energy", "ps_min_gev": 3.0,
-                                                                         "ps_max_gev": 2.0}}}}))
+        TriggerMenu.from_config(
+            validate({"trigger": {"menu": {"muon": {"kind": "energy", "ps_min_gev": 3.0, "ps_max_gev": 2.0}}}})
+        )

@@ -1,6 +1,7 @@
 """The explicit-vector record summary of the waveform trigger (trigger.simd) against its numpy definition:
 exact peaks (4x pedestal-subtracted value), first peak samples of S1..S3 and saturation bits, on
 hypothesis-generated int16 records (any value, ties, flat records, full scale, extremes of int16)."""
+
 from __future__ import annotations
 
 import numba as nb
@@ -27,7 +28,7 @@ def _summaries(p: np.ndarray, first: int) -> np.ndarray:
 @nb.njit(cache=True)
 def _prefetch_all(p: np.ndarray, ahead: int) -> int:
     for i in range(p.shape[0]):
-        simd.prefetch_record(p, i + ahead)      # beyond the end too: a prefetch never faults
+        simd.prefetch_record(p, i + ahead)  # beyond the end too: a prefetch never faults
     return p.shape[0]
 
 
@@ -38,9 +39,11 @@ def check(prims: np.ndarray) -> None:
     assert bad.size == 0, f"record {bad[0]}: {got[bad[0]].tolist()} != {want[bad[0]].tolist()}"
 
 
-sample_values = st.one_of(st.integers(-32768, 32767), st.sampled_from([-32768, 32767, 0, 1, ADC_MAX - 1, ADC_MAX,
-                                                                       ADC_MAX + 1]),
-                          st.integers(-3, 3))
+sample_values = st.one_of(
+    st.integers(-32768, 32767),
+    st.sampled_from([-32768, 32767, 0, 1, ADC_MAX - 1, ADC_MAX, ADC_MAX + 1]),
+    st.integers(-3, 3),
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -58,7 +61,7 @@ def test_summary_on_pulses_noise_and_ties() -> None:
     pulses = rng.normal(100.0, 3.0, (5000, 6, 32))
     pulses[:, :, 10:14] += rng.uniform(0, 5000, (5000, 6, 1)) * np.array([0.3, 1.0, 0.8, 0.5])
     prims = np.clip(np.rint(pulses), -32768, 32767).astype(np.int16)
-    ties = rng.integers(0, 3, (5000, 6, 32)).astype(np.int16)      # many equal maxima, both parities
+    ties = rng.integers(0, 3, (5000, 6, 32)).astype(np.int16)  # many equal maxima, both parities
     for p in (prims, ties):
         check(p)
         got = _summaries(p, 0)
@@ -75,7 +78,7 @@ def test_summary_on_pulses_noise_and_ties() -> None:
 def test_summary_on_an_unaligned_view_and_the_last_record() -> None:
     rng = np.random.default_rng(5)
     raw = np.empty(7 * 384 + 2, np.uint8)
-    p = raw[2:].view(np.int16).reshape(7, 6, 32)         # 2-byte aligned records
+    p = raw[2:].view(np.int16).reshape(7, 6, 32)  # 2-byte aligned records
     p[:] = rng.integers(-500, 5000, p.shape)
     check(p)
     assert (_summaries(p, 6) == simd.record_summary_numpy(p[6:])).all()

@@ -8,6 +8,7 @@ time only), the accepted masks, touching only blocks where a prescale counter wr
 (C) gather of the accepted indices. Serial, parallel and any chunking give bit-identical results.
 Layouts of the raw bits and the count columns: :mod:`trigger.params`.
 """
+
 from __future__ import annotations
 
 import numba as nb
@@ -16,7 +17,7 @@ import numpy as np
 from .jit import INLINE, JIT, JIT_NONRT
 from .params import A_BEAM, A_LINE0, A_RAND, A_REC, C_PISI, RB_LINE0, RB_PISI
 
-BLOCK = 1024                                #: records per block (pass A/B/C grain)
+BLOCK = 1024  #: records per block (pass A/B/C grain)
 ONES8 = np.uint64(0x0101010101010101)
 
 
@@ -29,7 +30,7 @@ def block_counts(bits, times, b, b0, b1, prev_t, cnt):
     nw = m >> 3
     for pl in range(bits.shape[0]):
         plane = bits[pl]
-        words = plane[b0:b0 + 8 * nw].view(np.uint64)
+        words = plane[b0 : b0 + 8 * nw].view(np.uint64)
         for k in range(8):
             acc = np.uint64(0)
             sh = np.uint64(k)
@@ -98,7 +99,7 @@ def _scan_prescaled(bits, amask, b0, b1, shift, c, p, total, m):
     need = p - c
     n_acc = 0
     nw = (b1 - b0) >> 3
-    words = bits[b0:b0 + 8 * nw].view(np.uint64)
+    words = bits[b0 : b0 + 8 * nw].view(np.uint64)
     sh = np.uint64(shift)
     i = 0
     while n_acc < n_exp and i < nw:
@@ -166,16 +167,18 @@ def _accept_block(bits, amask, times, b, prev_t, cstart, cnt, params, acc):
     for i in range(b0, b1):
         amask[i] = 0
     if need_b:
-        acc[b, A_BEAM] = _scan_prescaled(bits[0], amask, b0, b1, RB_PISI, cstart[b, 0], P.beam_prescale,
-                                         cnt[b, C_PISI], P.beam_mask)
+        acc[b, A_BEAM] = _scan_prescaled(
+            bits[0], amask, b0, b1, RB_PISI, cstart[b, 0], P.beam_prescale, cnt[b, C_PISI], P.beam_mask
+        )
     for j in range(lines.shape[0]):
         ln = lines[j]
         c = cstart[b, 1 + j]
         raw = cnt[b, RB_LINE0 + j]
         if ln.enabled != 0 and c + raw >= ln.prescale:
             q = (RB_LINE0 + j) >> 3
-            acc[b, A_LINE0 + j] = _scan_prescaled(bits[q], amask, b0, b1, (RB_LINE0 + j) & 7, c, ln.prescale, raw,
-                                                  ln.mask)
+            acc[b, A_LINE0 + j] = _scan_prescaled(
+                bits[q], amask, b0, b1, (RB_LINE0 + j) & 7, c, ln.prescale, raw, ln.mask
+            )
     if need_r:
         # sorted times: tick j accepts the first record at or after t_j if it comes before t_(j+1)
         i = _first_at_or_after(times, b0, b1, next_t)
@@ -220,7 +223,7 @@ def pass_c(amask, acc, offsets, first_index, out_idx, out_mask):
         b0 = b * BLOCK
         b1 = min(b0 + BLOCK, n)
         nw = (b1 - b0) >> 3
-        words = amask[b0:b0 + 8 * nw].view(np.uint64)
+        words = amask[b0 : b0 + 8 * nw].view(np.uint64)
         for w in range(nw):
             if words[w] != 0:
                 for j in range(8 * w, 8 * w + 8):

@@ -3,6 +3,7 @@ no signal) + arrival times (N,), compared against thresholds pre-computed exactl
 (:func:`amp_thresholds`): branch-free loops that vectorise when each channel is contiguous (columnar, i.e.
 Fortran-order (N, 6), input; row-major input works, ~4x slower).
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,7 +23,7 @@ assert RB_LINE0 == 6 and MAX_LINES == 6, "the slots below: lines 0, 1 in bits 6,
 def _slot(tha, lines, k):
     """Thresholds (ps, ps_not, ec, ec_min) of energy line k and its veto flag, as loop-invariant scalars; a
     line beyond the menu's or disabled never fires (ps = NaN)."""
-    nan = tha[tha.shape[0] - 1]                 # a NaN of the thresholds' dtype
+    nan = tha[tha.shape[0] - 1]  # a NaN of the thresholds' dtype
     ps, ps_not, ec, ec_min, veto = nan, nan, nan, nan, True
     if k < lines.shape[0]:
         if lines[k].enabled != 0:
@@ -67,20 +68,38 @@ def _amp_block(ac, tc, times, b, prev_t, tha, tht, params, bits, cnt):
         s2 = a1[i] >= thr
         s3 = a2[i] >= thr
         s4 = a3[i] >= thr
-        pisi = (s1 & s2 & s3 & (t0[i] >= lo0) & (t0[i] < hi0) & (t1[i] >= lo1) & (t1[i] < hi1)
-                & (t2[i] >= lo2) & (t2[i] < hi2))
+        pisi = (
+            s1
+            & s2
+            & s3
+            & (t0[i] >= lo0)
+            & (t0[i] < hi0)
+            & (t1[i] >= lo1)
+            & (t1[i] < hi1)
+            & (t2[i] >= lo2)
+            & (t2[i] < hi2)
+        )
         v1 = s4 & (t3[i] >= lo3) & (t3[i] < hi3)
         eot = pisi & (v1 ^ True)
         x = a4[i]
         y = a5[i]
-        out[i] = np.uint8(np.uint8(s1) | (np.uint8(s2) << np.uint8(1)) | (np.uint8(s3) << np.uint8(2))
-                          | (np.uint8(s4) << np.uint8(3)) | (np.uint8(pisi) << np.uint8(RB_PISI))
-                          | (np.uint8(eot) << np.uint8(RB_EOT)) | (_fires(x, y, pisi, eot, l0) << np.uint8(6))
-                          | (_fires(x, y, pisi, eot, l1) << np.uint8(7)))
+        out[i] = np.uint8(
+            np.uint8(s1)
+            | (np.uint8(s2) << np.uint8(1))
+            | (np.uint8(s3) << np.uint8(2))
+            | (np.uint8(s4) << np.uint8(3))
+            | (np.uint8(pisi) << np.uint8(RB_PISI))
+            | (np.uint8(eot) << np.uint8(RB_EOT))
+            | (_fires(x, y, pisi, eot, l0) << np.uint8(6))
+            | (_fires(x, y, pisi, eot, l1) << np.uint8(7))
+        )
         if nl > 2:
-            out1[i] = np.uint8(_fires(x, y, pisi, eot, l2) | (_fires(x, y, pisi, eot, l3) << np.uint8(1))
-                               | (_fires(x, y, pisi, eot, l4) << np.uint8(2))
-                               | (_fires(x, y, pisi, eot, l5) << np.uint8(3)))
+            out1[i] = np.uint8(
+                _fires(x, y, pisi, eot, l2)
+                | (_fires(x, y, pisi, eot, l3) << np.uint8(1))
+                | (_fires(x, y, pisi, eot, l4) << np.uint8(2))
+                | (_fires(x, y, pisi, eot, l5) << np.uint8(3))
+            )
     block_counts(bits, times, b, b0, b1, prev_t, cnt)
 
 
@@ -142,12 +161,14 @@ def amp_thresholds(menu: TriggerMenu, a_dtype: np.dtype, t_dtype: np.dtype) -> t
     tha = [_first_true(lambda x: x >= thr, a_dtype)]
     for _, trg in menu.energy_lines:
         tha.append(_first_true(lambda x, m=trg.ps_min_gev: x * g_ps > m, a_dtype))
-        tha.append(np.nan if trg.ps_max_gev is None
-                   else _first_true(lambda x, m=trg.ps_max_gev: x * g_ps >= m, a_dtype))
+        tha.append(
+            np.nan if trg.ps_max_gev is None else _first_true(lambda x, m=trg.ps_max_gev: x * g_ps >= m, a_dtype)
+        )
         tha.append(_first_true(lambda x, m=trg.ecal_max_gev: x * g_ec >= m, a_dtype))
-        tha.append(-np.inf if trg.ecal_min_gev is None
-                   else _first_true(lambda x, m=trg.ecal_min_gev: x * g_ec > m, a_dtype))
-    tha.append(np.nan)                          # the last value: NaN (a slot without a line)
+        tha.append(
+            -np.inf if trg.ecal_min_gev is None else _first_true(lambda x, m=trg.ecal_min_gev: x * g_ec > m, a_dtype)
+        )
+    tha.append(np.nan)  # the last value: NaN (a slot without a line)
     tht = []
     for c in range(4):
         lo, hi = menu.counter_window_ns(c)
@@ -155,5 +176,5 @@ def amp_thresholds(menu: TriggerMenu, a_dtype: np.dtype, t_dtype: np.dtype) -> t
         tht.append(_first_true(lambda x, v=hi: x > v, t_dtype))
     out = np.array(tha, dtype=a_dtype), np.array(tht, dtype=t_dtype)
     for x in out:
-        x.setflags(write=False)    # cached per menu and dtypes
+        x.setflags(write=False)  # cached per menu and dtypes
     return out

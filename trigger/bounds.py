@@ -9,6 +9,7 @@ decide a cut without it.
 - S1..S3 coincidence window: decided on the neighbour ratio ``r`` against per-(counter, peak sample)
   bounds (:func:`window_table`), by the interpolated onset only in a 1e-9 guard band.
 """
+
 from __future__ import annotations
 
 import functools
@@ -111,11 +112,11 @@ def window_table(menu: TriggerMenu) -> np.ndarray:
         b = crossing(hi, False)
         ga = np.where(np.isfinite(a), 1e-9 * np.abs(a) + 1e-12, 0.0)
         gb = np.where(np.isfinite(b), 1e-9 * np.abs(b) + 1e-12, 0.0)
-        tab[c, 1:NS - 1] = np.stack([a + ga, b - gb, a - ga, b + gb], axis=1)
+        tab[c, 1 : NS - 1] = np.stack([a + ga, b - gb, a - ga, b + gb], axis=1)
         for k in (0, NS - 1):
             t = float(np.float32(k * SAMPLE_NS - PEAK_DELAY_NS))
             tab[c, k] = (-np.inf, np.inf, -np.inf, np.inf) if lo <= t <= hi else (np.inf, -np.inf, np.inf, -np.inf)
-    tab.setflags(write=False)      # cached per menu
+    tab.setflags(write=False)  # cached per menu
     return tab
 
 
@@ -149,8 +150,9 @@ def _keymax(p, i, c):
     so32 = np.int32(np.int32(p[i, c, 1]) + np.int32(p[i, c, 3]) + np.int32(p[i, c, 5]) + np.int32(p[i, c, 7]))
     m = np.int32(-2147483648)
     for j in range(p.shape[2]):
-        key = np.int32(np.int32(128) * np.int32(p[i, c, j]) - np.int32(32) * (se32 if (j & 1) == 0 else so32)
-                       + KEY_J[j])
+        key = np.int32(
+            np.int32(128) * np.int32(p[i, c, j]) - np.int32(32) * (se32 if (j & 1) == 0 else so32) + KEY_J[j]
+        )
         m = key if key > m else m
     mm = np.int64(m)
     return np.int64(NS - 1) - (mm & 31), mm >> 5, np.int64(se32), np.int64(so32)

@@ -8,6 +8,7 @@
   arrays costs NRT reference counting); they have a single exit so that the reference-count pruning
   succeeds.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,8 +16,9 @@ from typing import Any
 JIT: dict[str, Any] = dict(cache=True, nogil=True, error_model="numpy")
 try:
     from numba.core.cpu import CPUTargetOptions
+
     HAS_NRT_OPTION = hasattr(CPUTargetOptions, "_nrt")
-except ImportError:                     # pragma: no cover - numba internals moved
+except ImportError:  # pragma: no cover - numba internals moved
     HAS_NRT_OPTION = False
 JIT_NONRT: dict[str, Any] = dict(_nrt=False, **JIT) if HAS_NRT_OPTION else dict(JIT)
 INLINE: dict[str, Any] = dict(JIT, inline="always")

@@ -18,10 +18,11 @@ differ by 1 ulp (float64) for a few % of arguments; that reaches a float32 ampli
 ~1e-9 per exactly-reconstructed amplitude (rare: only near a cut), and a decision only if that
 amplitude then sits exactly on the cut.
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class SpillTrigger:
         # prescale counters (raw triggers since the last accepted one): beam, then the energy lines
         self._prescale = np.array([menu.beam.prescale] + [t.prescale for _, t in menu.energy_lines], np.int64)
         self._counter = np.zeros(self._prescale.size, np.int64)
-        self._prev_t = -np.inf                   # arrival time of the last record seen (ns)
+        self._prev_t = -np.inf  # arrival time of the last record seen (ns)
         self._next_index = 0
         self._counts = np.zeros(8 * self._planes + 1, np.int64)
         self._acc = np.zeros(A_LINE0 + self._n_lines, np.int64)
@@ -72,8 +73,9 @@ class SpillTrigger:
         """Records processed so far."""
         return self._next_index
 
-    def process(self, prims: np.ndarray, arrival_ns: np.ndarray, first_index: int | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def process(
+        self, prims: np.ndarray, arrival_ns: np.ndarray, first_index: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Trigger a chunk of primitives: int16 (n, 6, 32) waveforms of S1, S2, S3, V1, PS_SUM, ECAL_SUM
         and (n,) arrival times (ns). Returns the chunk's accepted spill indices and masks."""
         p, tau = check_primitives(prims, arrival_ns)
@@ -83,10 +85,12 @@ class SpillTrigger:
         def pass_a(bits: np.ndarray, cnt: np.ndarray) -> None:
             fn = wave_pass_a_par if self.parallel else wave_pass_a
             fn(p, tau, self._prev_t, self._params, window_table(self.menu), bits, cnt)
+
         return self._chunk(pass_a, tau, first_index)
 
-    def process_amplitudes(self, amplitudes: np.ndarray, onsets_ns: np.ndarray, arrival_ns: np.ndarray,
-                           first_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def process_amplitudes(
+        self, amplitudes: np.ndarray, onsets_ns: np.ndarray, arrival_ns: np.ndarray, first_index: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Trigger a chunk of reconstructed records: amplitudes (n, 6) float ADC counts, onsets (n, 6)
         float ns (NaN = no signal), arrival times (n,) ns. Returns the chunk's accepted indices and masks."""
         a, t, tau = check_inputs(amplitudes, onsets_ns, arrival_ns)
@@ -95,34 +99,46 @@ class SpillTrigger:
 
         def pass_a(bits: np.ndarray, cnt: np.ndarray) -> None:
             fn = amp_pass_a_par if self.parallel else amp_pass_a
-            fn(tuple(a[:, c] for c in range(6)), tuple(t[:, c] for c in range(4)), tau, self._prev_t, tha, tht,
-               self._params, bits, cnt)
+            fn(
+                tuple(a[:, c] for c in range(6)),
+                tuple(t[:, c] for c in range(4)),
+                tau,
+                self._prev_t,
+                tha,
+                tht,
+                self._params,
+                bits,
+                cnt,
+            )
+
         return self._chunk(pass_a, tau, first_index)
 
-    def _chunk(self, pass_a: Callable[[np.ndarray, np.ndarray], None], tau: np.ndarray, first_index: int | None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def _chunk(
+        self, pass_a: Callable[[np.ndarray, np.ndarray], None], tau: np.ndarray, first_index: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if self._done:
             raise RuntimeError("SpillTrigger.finish() was called: start a new SpillTrigger for the next spill")
         first = self._next_index if first_index is None else int(first_index)
         if first != self._next_index:
-            raise ValueError(f"chunk starts at record {first}, expected {self._next_index}: chunks must be "
-                             "consecutive and in order")
+            raise ValueError(
+                f"chunk starts at record {first}, expected {self._next_index}: chunks must be consecutive and in order"
+            )
         n = tau.shape[0]
         if n == 0:
             return np.empty(0, np.int64), np.empty(0, MASK_DTYPE)
         n_blocks = (n + BLOCK - 1) // BLOCK
         bits = np.empty((self._planes, n), np.uint8)
-        bits[1:] = 0                       # the amplitude entry only ORs line bits into the upper planes
+        bits[1:] = 0  # the amplitude entry only ORs line bits into the upper planes
         cnt = np.empty((n_blocks, self._counts.size), np.int64)
         pass_a(bits, cnt)
         if cnt[:, -1].any():
             prev = np.concatenate([[self._prev_t], tau[:-1]])
             raise unsorted_error(first + int(np.argmax(~(tau >= prev))))
-        raw = np.concatenate([cnt[:, C_PISI:C_PISI + 1], cnt[:, RB_LINE0:RB_LINE0 + self._n_lines]], axis=1)
+        raw = np.concatenate([cnt[:, C_PISI : C_PISI + 1], cnt[:, RB_LINE0 : RB_LINE0 + self._n_lines]], axis=1)
         csum = np.cumsum(raw, axis=0)
         cstart = np.ascontiguousarray((self._counter[None, :] + csum - raw) % self._prescale[None, :])
         acc = np.empty((n_blocks, self._acc.size), np.int64)
-        amask = np.empty(n, MASK_DTYPE)      # written (zeroed first) only in blocks with accepted records
+        amask = np.empty(n, MASK_DTYPE)  # written (zeroed first) only in blocks with accepted records
         (pass_b_par if self.parallel else pass_b)(bits, amask, tau, self._prev_t, cstart, cnt, self._params, acc)
         offsets = np.zeros(n_blocks + 1, np.int64)
         np.cumsum(acc[:, A_REC], out=offsets[1:])
@@ -164,16 +180,18 @@ class SpillTrigger:
         return TriggerResult(idx, mask, sc, m.trigger_names)
 
 
-def trigger_waveforms(menu: TriggerMenu, prims: np.ndarray, arrival_ns: np.ndarray,
-                      parallel: bool = False) -> TriggerResult:
+def trigger_waveforms(
+    menu: TriggerMenu, prims: np.ndarray, arrival_ns: np.ndarray, parallel: bool = False
+) -> TriggerResult:
     """Trigger a whole spill from its primitives (int16 (N, 6, 32), arrival times (N,) ns)."""
     st = SpillTrigger(menu, parallel)
     st.process(prims, arrival_ns, 0)
     return st.finish()
 
 
-def trigger_amplitudes(menu: TriggerMenu, amplitudes: np.ndarray, onsets_ns: np.ndarray,
-                       arrival_ns: np.ndarray, parallel: bool = False) -> TriggerResult:
+def trigger_amplitudes(
+    menu: TriggerMenu, amplitudes: np.ndarray, onsets_ns: np.ndarray, arrival_ns: np.ndarray, parallel: bool = False
+) -> TriggerResult:
     """Trigger a whole spill from amplitudes (N, 6) ADC counts, onsets (N, 6) ns, arrival times (N,) ns."""
     st = SpillTrigger(menu, parallel)
     st.process_amplitudes(amplitudes, onsets_ns, arrival_ns, 0)
@@ -186,10 +204,11 @@ def warm_up(amplitude: bool = True) -> float:
     amplitude entry (float32 and float64, columnar and row-major), serial and parallel. Call once at
     start-up. Returns the seconds it took."""
     import time
+
     t = time.perf_counter()
     menu = TriggerMenu()
     prims = np.zeros((3, ch.N_TRIGGER_CHANNELS, ch.N_SAMPLES), np.int16)
-    prims[0, :3, 8:] = 300                    # one PiSi record, accepted by the random tick at t = 0
+    prims[0, :3, 8:] = 300  # one PiSi record, accepted by the random tick at t = 0
     tau = np.array([0.0, 1.0, 2.0])
     for par in (False, True):
         trigger_waveforms(menu, prims, tau, par)

@@ -1,7 +1,7 @@
 """The trigger menu (what the online trigger is configured with) and the trigger result (what it reports
 per spill).
 
-Definitions (physics.md 1.6; every number below is a field of :class:`TriggerMenu`):
+Definitions (docs/physics.md 1.6; every number below is a field of :class:`TriggerMenu`):
 
 - **counter fired**: S1, S2, S3 or V1 has a reconstructed amplitude ``A >= counter_threshold_adc``
   (``= counter_threshold_mip * mip_adc``, ADC counts; i.e. ``A / mip_adc >= counter_threshold_mip``
@@ -34,12 +34,14 @@ threshold ``zs_threshold_adc``); amplitudes and times are rounded to float32 exa
 ``detector.reco.reconstruct_numpy`` returns them, so re-triggering recorded float32 amplitudes gives
 the same decisions as the online waveform trigger.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -61,8 +63,13 @@ ECAL_INDEX = ch.TRIGGER_CHANNEL_NAMES.index("ECAL_SUM")
 
 def scaler_keys(names: tuple[str, ...]) -> tuple[str, ...]:
     """Every scaler a :class:`TriggerResult` of a menu with triggers ``names`` reports, in this order."""
-    return (("records",) + COUNTER_NAMES + ("PiSi", "EOT")
-            + tuple(f"{n}_{k}" for n in names for k in ("raw", "accepted")) + ("accepted",))
+    return (
+        ("records",)
+        + COUNTER_NAMES
+        + ("PiSi", "EOT")
+        + tuple(f"{n}_{k}" for n in names for k in ("raw", "accepted"))
+        + ("accepted",)
+    )
 
 
 #: the scalers of a menu without further energy lines (:attr:`TriggerMenu.scaler_keys` in general)
@@ -77,8 +84,7 @@ class MenuError(ConfigError):
     """The trigger menu is unknown or inconsistent (it could never fire, a prescale below 1, ...)."""
 
 
-def _num(where: str, value: Any, lo: float | None = None, hi: float | None = None,
-         lo_open: bool = False) -> float:
+def _num(where: str, value: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise MenuError(f"trigger menu: {where} = {value!r} must be a number")
     v = float(value)
@@ -114,14 +120,14 @@ class EnergyTrigger:
 
     enabled: bool = True
     prescale: int = 1
-    ps_min_gev: float = 0.3        #: GeV, strict lower bound on the PS_SUM energy
-    ecal_max_gev: float = 80.0     #: GeV, strict upper bound on the ECAL_SUM energy
-    ps_max_gev: float | None = None     #: GeV, strict upper bound on the PS_SUM energy (None: no cut)
-    ecal_min_gev: float | None = None   #: GeV, strict lower bound on the ECAL_SUM energy (None: no cut)
-    veto: bool = True              #: V1 vetoes (the line requires EOT); False: PiSi is enough
+    ps_min_gev: float = 0.3  #: GeV, strict lower bound on the PS_SUM energy
+    ecal_max_gev: float = 80.0  #: GeV, strict upper bound on the ECAL_SUM energy
+    ps_max_gev: float | None = None  #: GeV, strict upper bound on the PS_SUM energy (None: no cut)
+    ecal_min_gev: float | None = None  #: GeV, strict lower bound on the ECAL_SUM energy (None: no cut)
+    veto: bool = True  #: V1 vetoes (the line requires EOT); False: PiSi is enough
 
     @classmethod
-    def from_table(cls, where: str, table: Mapping[str, Any]) -> "EnergyTrigger":
+    def from_table(cls, where: str, table: Mapping[str, Any]) -> EnergyTrigger:
         """From a config table or a :meth:`TriggerMenu.to_dict` entry (``kind`` and ``bit`` ignored)."""
         try:
             return cls(**{k: v for k, v in table.items() if k not in ("kind", "bit")})
@@ -154,18 +160,18 @@ class TriggerMenu:
     ``detector.channels.TRIGGER_CHANNEL_NAMES`` = S1, S2, S3, V1, PS_SUM, ECAL_SUM.
     """
 
-    window_ns: float = 10.0                 #: ns, half-width of the counter coincidence window
-    counter_threshold_mip: float = 0.5      #: MIP, S1..S3 and V1 threshold
-    mip_adc: float = 200.0                  #: ADC counts of one MIP in a counter
-    t0_ns: tuple[float, ...] = (100.0,) * 6          #: ns, nominal onset per trigger channel
+    window_ns: float = 10.0  #: ns, half-width of the counter coincidence window
+    counter_threshold_mip: float = 0.5  #: MIP, S1..S3 and V1 threshold
+    mip_adc: float = 200.0  #: ADC counts of one MIP in a counter
+    t0_ns: tuple[float, ...] = (100.0,) * 6  #: ns, nominal onset per trigger channel
     gev_per_count: tuple[float, ...] = (5e-6,) * 4 + (0.008, 0.04)  #: GeV per ADC count per channel
-    spill_length_s: float = 4.8             #: s, spill (flat-top) length: span of the random ticks
+    spill_length_s: float = 4.8  #: s, spill (flat-top) length: span of the random ticks
     physics: EnergyTrigger = field(default_factory=EnergyTrigger)
     beam: BeamTrigger = field(default_factory=BeamTrigger)
     random: RandomTrigger = field(default_factory=RandomTrigger)
     dimuon: EnergyTrigger = field(default_factory=lambda: EnergyTrigger(True, 1, 0.3, 60.0))
     zs_threshold_adc: float = ZS_THRESHOLD  #: ADC counts, zero suppression of the reconstruction
-    beam_energy_gev: float = 100.0          #: GeV, a PS threshold at or above it could never fire
+    beam_energy_gev: float = 100.0  #: GeV, a PS threshold at or above it could never fire
     #: further energy lines (name, line), bits after dimuon's in this order
     further_lines: tuple[tuple[str, EnergyTrigger], ...] = ()
 
@@ -173,8 +179,9 @@ class TriggerMenu:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "window_ns", _num("window_ns", self.window_ns, 0.0, lo_open=True))
-        set_(self, "counter_threshold_mip", _num("counter_threshold_mip", self.counter_threshold_mip, 0.0,
-                                                 lo_open=True))
+        set_(
+            self, "counter_threshold_mip", _num("counter_threshold_mip", self.counter_threshold_mip, 0.0, lo_open=True)
+        )
         set_(self, "mip_adc", _num("mip_adc", self.mip_adc, 0.0, lo_open=True))
         set_(self, "spill_length_s", _num("spill_length_s", self.spill_length_s, 0.0, lo_open=True))
         set_(self, "zs_threshold_adc", _num("zs_threshold_adc", self.zs_threshold_adc, 0.0, lo_open=True))
@@ -182,12 +189,17 @@ class TriggerMenu:
         for name in ("t0_ns", "gev_per_count"):
             vals = getattr(self, name)
             if isinstance(vals, (str, bytes)) or len(vals) != ch.N_TRIGGER_CHANNELS:
-                raise MenuError(f"trigger menu: {name} needs one value per trigger channel "
-                                f"({', '.join(ch.TRIGGER_CHANNEL_NAMES)}); got {vals!r}")
-            set_(self, name, tuple(_num(f"{name}[{ch.TRIGGER_CHANNEL_NAMES[i]}]", v, 0.0)
-                                   for i, v in enumerate(vals)))
-        for name, cls in (("physics", EnergyTrigger), ("beam", BeamTrigger), ("random", RandomTrigger),
-                          ("dimuon", EnergyTrigger)):
+                raise MenuError(
+                    f"trigger menu: {name} needs one value per trigger channel "
+                    f"({', '.join(ch.TRIGGER_CHANNEL_NAMES)}); got {vals!r}"
+                )
+            set_(self, name, tuple(_num(f"{name}[{ch.TRIGGER_CHANNEL_NAMES[i]}]", v, 0.0) for i, v in enumerate(vals)))
+        for name, cls in (
+            ("physics", EnergyTrigger),
+            ("beam", BeamTrigger),
+            ("random", RandomTrigger),
+            ("dimuon", EnergyTrigger),
+        ):
             if not isinstance(getattr(self, name), cls):
                 raise MenuError(f"trigger menu: {name} must be a {cls.__name__}, got {getattr(self, name)!r}")
         self._check_counters()
@@ -199,8 +211,10 @@ class TriggerMenu:
                 raise MenuError(f"trigger menu: further_lines holds (name, EnergyTrigger) pairs, got {item!r}")
             name, line = item
             if not name.isidentifier() or name in TRIGGER_NAMES:
-                raise MenuError(f"trigger menu: {name!r} cannot name a further line (an identifier other than "
-                                f"{', '.join(TRIGGER_NAMES)})")
+                raise MenuError(
+                    f"trigger menu: {name!r} cannot name a further line (an identifier other than "
+                    f"{', '.join(TRIGGER_NAMES)})"
+                )
             further.append((name, self._check_energy(name, line)))
         set_(self, "further_lines", tuple(further))
         try:
@@ -213,8 +227,10 @@ class TriggerMenu:
         rate = _num("random.rate_hz", r.rate_hz, 0.0, 1e9)
         enabled = _flag("random", r.enabled)
         if enabled and rate == 0.0:
-            raise MenuError("trigger menu: random.rate_hz = 0 with the random trigger enabled: it can never "
-                            "fire (disable it or give a rate)")
+            raise MenuError(
+                "trigger menu: random.rate_hz = 0 with the random trigger enabled: it can never "
+                "fire (disable it or give a rate)"
+            )
         set_(self, "random", RandomTrigger(enabled, rate))
         if not (self.beam.enabled or self.random.enabled or any(t.enabled for _, t in self.energy_lines)):
             raise MenuError("trigger menu enables no trigger: nothing would ever be accepted")
@@ -222,20 +238,26 @@ class TriggerMenu:
     def _check_counters(self) -> None:
         thr = self.counter_threshold_adc
         if thr < self.zs_threshold_adc:
-            raise MenuError(f"trigger menu: counter threshold {self.counter_threshold_mip} MIP x {self.mip_adc} "
-                            f"ADC counts/MIP = {thr:g} ADC counts is below the reconstruction's zero-suppression "
-                            f"threshold ({self.zs_threshold_adc:g} ADC counts): it cannot be applied as set")
+            raise MenuError(
+                f"trigger menu: counter threshold {self.counter_threshold_mip} MIP x {self.mip_adc} "
+                f"ADC counts/MIP = {thr:g} ADC counts is below the reconstruction's zero-suppression "
+                f"threshold ({self.zs_threshold_adc:g} ADC counts): it cannot be applied as set"
+            )
         if thr >= ch.ADC_MAX:
-            raise MenuError(f"trigger menu: counter threshold {self.counter_threshold_mip} MIP x {self.mip_adc} "
-                            f"ADC counts/MIP = {thr:g} ADC counts is beyond the 12-bit range ({ch.ADC_MAX}): "
-                            "the counters could never fire")
+            raise MenuError(
+                f"trigger menu: counter threshold {self.counter_threshold_mip} MIP x {self.mip_adc} "
+                f"ADC counts/MIP = {thr:g} ADC counts is beyond the 12-bit range ({ch.ADC_MAX}): "
+                "the counters could never fire"
+            )
         lo, hi = ONSET_RANGE_NS
         for c, name in enumerate(COUNTER_NAMES):
             a, b = self.counter_window_ns(c)
             if b < lo or a > hi:
-                raise MenuError(f"trigger menu: the {name} coincidence window [{a:g}, {b:g}] ns (t0_ns +/- "
-                                f"window_ns) lies outside the readout window [{lo:g}, {hi:g}] ns: {name} could "
-                                "never be in time")
+                raise MenuError(
+                    f"trigger menu: the {name} coincidence window [{a:g}, {b:g}] ns (t0_ns +/- "
+                    f"window_ns) lies outside the readout window [{lo:g}, {hi:g}] ns: {name} could "
+                    "never be in time"
+                )
 
     def _check_energy(self, name: str, t: EnergyTrigger) -> EnergyTrigger:
         if not isinstance(t, EnergyTrigger):
@@ -243,38 +265,53 @@ class TriggerMenu:
         opt = lambda key: None if getattr(t, key) is None else _num(f"{name}.{key}", getattr(t, key), 0.0)  # noqa: E731
         if not isinstance(t.veto, (bool, np.bool_)):
             raise MenuError(f"trigger menu: {name}.veto = {t.veto!r} must be true or false")
-        t = EnergyTrigger(_flag(name, t.enabled), _prescale(name, t.prescale),
-                          _num(f"{name}.ps_min_gev", t.ps_min_gev, 0.0),
-                          _num(f"{name}.ecal_max_gev", t.ecal_max_gev, 0.0),
-                          opt("ps_max_gev"), opt("ecal_min_gev"), bool(t.veto))
+        t = EnergyTrigger(
+            _flag(name, t.enabled),
+            _prescale(name, t.prescale),
+            _num(f"{name}.ps_min_gev", t.ps_min_gev, 0.0),
+            _num(f"{name}.ecal_max_gev", t.ecal_max_gev, 0.0),
+            opt("ps_max_gev"),
+            opt("ecal_min_gev"),
+            bool(t.veto),
+        )
         if t.ps_max_gev is not None and t.ps_max_gev <= t.ps_min_gev:
-            raise MenuError(f"trigger menu: {name}.ps_max_gev = {t.ps_max_gev} must be above ps_min_gev = "
-                            f"{t.ps_min_gev}: the trigger could never fire")
+            raise MenuError(
+                f"trigger menu: {name}.ps_max_gev = {t.ps_max_gev} must be above ps_min_gev = "
+                f"{t.ps_min_gev}: the trigger could never fire"
+            )
         if t.ecal_min_gev is not None and t.ecal_min_gev >= t.ecal_max_gev:
-            raise MenuError(f"trigger menu: {name}.ecal_min_gev = {t.ecal_min_gev} must be below ecal_max_gev = "
-                            f"{t.ecal_max_gev}: the trigger could never fire")
+            raise MenuError(
+                f"trigger menu: {name}.ecal_min_gev = {t.ecal_min_gev} must be below ecal_max_gev = "
+                f"{t.ecal_max_gev}: the trigger could never fire"
+            )
         if t.ps_min_gev >= t.ecal_max_gev:
-            raise MenuError(f"trigger menu: {name}.ps_min_gev = {t.ps_min_gev} must be below {name}.ecal_max_gev "
-                            f"= {t.ecal_max_gev} (the PS is part of the ECAL: the trigger could never fire)")
+            raise MenuError(
+                f"trigger menu: {name}.ps_min_gev = {t.ps_min_gev} must be below {name}.ecal_max_gev "
+                f"= {t.ecal_max_gev} (the PS is part of the ECAL: the trigger could never fire)"
+            )
         if t.enabled:
             if t.ecal_max_gev <= 0.0:
-                raise MenuError(f"trigger menu: {name}.ecal_max_gev = {t.ecal_max_gev} GeV: E_ECAL < 0 can never "
-                                "hold")
+                raise MenuError(f"trigger menu: {name}.ecal_max_gev = {t.ecal_max_gev} GeV: E_ECAL < 0 can never hold")
             if t.ps_min_gev >= self.beam_energy_gev:
-                raise MenuError(f"trigger menu: {name}.ps_min_gev = {t.ps_min_gev} GeV is at or above the beam "
-                                f"energy ({self.beam_energy_gev} GeV): the trigger could never fire")
+                raise MenuError(
+                    f"trigger menu: {name}.ps_min_gev = {t.ps_min_gev} GeV is at or above the beam "
+                    f"energy ({self.beam_energy_gev} GeV): the trigger could never fire"
+                )
             if self.gev_per_count[PS_INDEX] <= 0.0:
-                raise MenuError(f"trigger menu: {name} needs E_PS > {t.ps_min_gev} GeV but PS_SUM has "
-                                "gev_per_count = 0 in the calibration: it could never fire")
+                raise MenuError(
+                    f"trigger menu: {name} needs E_PS > {t.ps_min_gev} GeV but PS_SUM has "
+                    "gev_per_count = 0 in the calibration: it could never fire"
+                )
             if self.gev_per_count[ECAL_INDEX] <= 0.0:
-                raise MenuError(f"trigger menu: {name} cuts on E_ECAL but ECAL_SUM has gev_per_count = 0 in the "
-                                "calibration: the cut would be void")
+                raise MenuError(
+                    f"trigger menu: {name} cuts on E_ECAL but ECAL_SUM has gev_per_count = 0 in the "
+                    "calibration: the cut would be void"
+                )
         return t
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, cfg: Config | None = None,
-                    calibration: Calibration | None = None) -> "TriggerMenu":
+    def from_config(cls, cfg: Config | None = None, calibration: Calibration | None = None) -> TriggerMenu:
         """Menu from a validated config (``detector.config.load_config``; None = the defaults) and the
         calibration (``detector.config.load_calibration(cfg)`` when None). Raises :class:`MenuError`."""
         cfg = load_config(None) if cfg is None else cfg
@@ -284,49 +321,62 @@ class TriggerMenu:
         further = tuple((n, v) for n, v in menu.items() if n not in TRIGGER_NAMES and v.get("kind") == "energy")
         unknown = set(menu) - set(TRIGGER_NAMES) - {n for n, _ in further}
         if unknown:
-            raise MenuError(f"unknown trigger(s) {sorted(unknown)} in [trigger.menu]; "
-                            f"known: {', '.join(TRIGGER_NAMES)}")
+            raise MenuError(
+                f"unknown trigger(s) {sorted(unknown)} in [trigger.menu]; known: {', '.join(TRIGGER_NAMES)}"
+            )
         ids = ch.trigger_channel_ids()
         try:
             return cls(
-                window_ns=trig.window_ns, counter_threshold_mip=trig.counter_threshold_mip,
+                window_ns=trig.window_ns,
+                counter_threshold_mip=trig.counter_threshold_mip,
                 mip_adc=trig.mip_adc,
                 t0_ns=tuple(float(x) for x in np.asarray(calibration.t0_ns)[ids]),
                 gev_per_count=tuple(float(x) for x in np.asarray(calibration.gev_per_count)[ids]),
                 spill_length_s=cfg.spill.length_s,
-                physics=EnergyTrigger.from_table("physics", menu["physics"]), beam=BeamTrigger(**menu["beam"]),
-                random=RandomTrigger(**menu["random"]), dimuon=EnergyTrigger.from_table("dimuon", menu["dimuon"]),
+                physics=EnergyTrigger.from_table("physics", menu["physics"]),
+                beam=BeamTrigger(**menu["beam"]),
+                random=RandomTrigger(**menu["random"]),
+                dimuon=EnergyTrigger.from_table("dimuon", menu["dimuon"]),
                 beam_energy_gev=cfg.beam.energy_gev,
                 further_lines=tuple((n, EnergyTrigger.from_table(n, v)) for n, v in further),
             )
         except (KeyError, TypeError) as exc:
             raise MenuError(f"trigger menu: incomplete or malformed config ({exc})") from None
 
-    def replace(self, **changes: Any) -> "TriggerMenu":
+    def replace(self, **changes: Any) -> TriggerMenu:
         """A copy with some fields changed (re-validated), e.g. for an offline re-trigger::
 
-            menu.replace(physics=dataclasses.replace(menu.physics, ecal_max_gev=60.0))
+        menu.replace(physics=dataclasses.replace(menu.physics, ecal_max_gev=60.0))
         """
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable description for the run record (with the derived numbers the kernels use)."""
         return {
-            "window_ns": self.window_ns, "counter_threshold_mip": self.counter_threshold_mip,
-            "mip_adc": self.mip_adc, "counter_threshold_adc": self.counter_threshold_adc,
-            "zs_threshold_adc": self.zs_threshold_adc, "spill_length_s": self.spill_length_s,
+            "window_ns": self.window_ns,
+            "counter_threshold_mip": self.counter_threshold_mip,
+            "mip_adc": self.mip_adc,
+            "counter_threshold_adc": self.counter_threshold_adc,
+            "zs_threshold_adc": self.zs_threshold_adc,
+            "spill_length_s": self.spill_length_s,
             "beam_energy_gev": self.beam_energy_gev,
             "channels": list(ch.TRIGGER_CHANNEL_NAMES),
-            "t0_ns": list(self.t0_ns), "gev_per_count": list(self.gev_per_count),
-            "triggers": {n: {**({"kind": "energy"} if isinstance(t, EnergyTrigger) else {}),
-                             **dataclasses.asdict(t), "bit": int(self.trigger_bits[n])}
-                         for n, t in self.triggers.items()},
+            "t0_ns": list(self.t0_ns),
+            "gev_per_count": list(self.gev_per_count),
+            "triggers": {
+                n: {
+                    **({"kind": "energy"} if isinstance(t, EnergyTrigger) else {}),
+                    **dataclasses.asdict(t),
+                    "bit": int(self.trigger_bits[n]),
+                }
+                for n, t in self.triggers.items()
+            },
             "random_ticks": self.n_random_ticks,
             "eot_definition": EOT_DEFINITION,
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TriggerMenu":
+    def from_dict(cls, d: Mapping[str, Any]) -> TriggerMenu:
         """Inverse of :meth:`to_dict` (derived keys are ignored), e.g. to re-trigger a recorded run with the
         menu it was taken with."""
         derived = {"counter_threshold_adc", "channels", "random_ticks", "eot_definition"}
@@ -337,11 +387,14 @@ class TriggerMenu:
         trig = d.get("triggers", {})
         further = [n for n, t in trig.items() if n not in TRIGGER_NAMES and t.get("kind") == "energy"]
         if set(trig) - set(TRIGGER_NAMES) - set(further):
-            raise MenuError(f"unknown trigger(s) {sorted(set(trig) - set(TRIGGER_NAMES) - set(further))}; "
-                            f"known: {', '.join(TRIGGER_NAMES)} and lines with kind = 'energy'")
+            raise MenuError(
+                f"unknown trigger(s) {sorted(set(trig) - set(TRIGGER_NAMES) - set(further))}; "
+                f"known: {', '.join(TRIGGER_NAMES)} and lines with kind = 'energy'"
+            )
         kinds = {"physics": EnergyTrigger, "beam": BeamTrigger, "random": RandomTrigger, "dimuon": EnergyTrigger}
-        kw: dict[str, Any] = {k: (tuple(v) if k in ("t0_ns", "gev_per_count") else v)
-                              for k, v in d.items() if k in known}
+        kw: dict[str, Any] = {
+            k: (tuple(v) if k in ("t0_ns", "gev_per_count") else v) for k, v in d.items() if k in known
+        }
         try:
             for n, t in trig.items():
                 if n in kinds:
@@ -360,8 +413,13 @@ class TriggerMenu:
     @property
     def triggers(self) -> dict[str, EnergyTrigger | BeamTrigger | RandomTrigger]:
         """Every trigger of the menu by name, in bit order."""
-        return {"physics": self.physics, "beam": self.beam, "random": self.random, "dimuon": self.dimuon,
-                **dict(self.further_lines)}
+        return {
+            "physics": self.physics,
+            "beam": self.beam,
+            "random": self.random,
+            "dimuon": self.dimuon,
+            **dict(self.further_lines),
+        }
 
     @property
     def trigger_names(self) -> tuple[str, ...]:
@@ -371,7 +429,7 @@ class TriggerMenu:
     @property
     def trigger_bits(self) -> dict[str, np.uint8]:
         """Bit of each trigger in the recorded trigger mask (:data:`detector.records.TRIGGER_MASK_DTYPE`)."""
-        return dict(self._bits)     # type: ignore[attr-defined]
+        return dict(self._bits)  # type: ignore[attr-defined]
 
     @property
     def scaler_keys(self) -> tuple[str, ...]:
@@ -380,7 +438,7 @@ class TriggerMenu:
 
     def empty_scalers(self) -> dict[str, int]:
         """All of this menu's scalers at zero."""
-        return {k: 0 for k in self.scaler_keys}
+        return dict.fromkeys(self.scaler_keys, 0)
 
     @property
     def counter_threshold_adc(self) -> float:
@@ -442,26 +500,33 @@ class TriggerResult:
 
     def triggers(self) -> dict[str, dict[str, int]]:
         """``{name: {"raw": n, "accepted": n}}`` per trigger type (the monitoring ``scalers`` message)."""
-        return {n: {"raw": self.scalers[f"{n}_raw"], "accepted": self.scalers[f"{n}_accepted"]}
-                for n in self.names}
+        return {n: {"raw": self.scalers[f"{n}_raw"], "accepted": self.scalers[f"{n}_accepted"]} for n in self.names}
 
     def scalers_with(self, crate_scalers: Mapping[str, Any]) -> dict[str, int]:
         """Our scalers merged with the crate's hardware scalers (``SPIL:INFO?`` ``scalers``: S0 and V0
         are not in the primitives). A crate counter we also compute (e.g. S1) is kept as ``crate_S1``."""
         out = dict(self.scalers)
         for k, v in crate_scalers.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
-                    or not math.isfinite(float(v)) or float(v) < 0 or float(v) != int(v):
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float, np.integer, np.floating))
+                or not math.isfinite(float(v))
+                or float(v) < 0
+                or float(v) != int(v)
+            ):
                 raise ValueError(f"crate scaler {k!r} = {v!r} is not a non-negative integer count")
             out[f"crate_{k}" if k in self.scalers else str(k)] = int(v)
         return out
 
-    def same_as(self, other: "TriggerResult") -> bool:
+    def same_as(self, other: TriggerResult) -> bool:
         """Exact equality of accepted indices, masks and scalers."""
-        return (np.array_equal(self.accepted, other.accepted) and np.array_equal(self.mask, other.mask)
-                and self.scalers == other.scalers)
+        return (
+            np.array_equal(self.accepted, other.accepted)
+            and np.array_equal(self.mask, other.mask)
+            and self.scalers == other.scalers
+        )
 
-    def difference(self, other: "TriggerResult") -> str:
+    def difference(self, other: TriggerResult) -> str:
         """Human-readable description of how two results differ ('' if they do not)."""
         msgs = []
         if not np.array_equal(self.accepted, other.accepted):
@@ -469,8 +534,10 @@ class TriggerResult:
             msgs.append(f"accepted differ: only left {sorted(a - b)[:10]}, only right {sorted(b - a)[:10]}")
         elif not np.array_equal(self.mask, other.mask):
             bad = np.flatnonzero(self.mask != other.mask)[:10]
-            msgs.append(f"masks differ at records {self.accepted[bad].tolist()}: {self.mask[bad].tolist()} vs "
-                        f"{other.mask[bad].tolist()}")
+            msgs.append(
+                f"masks differ at records {self.accepted[bad].tolist()}: {self.mask[bad].tolist()} vs "
+                f"{other.mask[bad].tolist()}"
+            )
         for k in dict.fromkeys([*self.scalers, *other.scalers]):
             if self.scalers.get(k) != other.scalers.get(k):
                 msgs.append(f"scaler {k}: {self.scalers.get(k)} vs {other.scalers.get(k)}")
@@ -479,4 +546,4 @@ class TriggerResult:
 
 def empty_scalers() -> dict[str, int]:
     """All scalers of a menu without further lines at zero (:meth:`TriggerMenu.empty_scalers` in general)."""
-    return {k: 0 for k in SCALER_KEYS}
+    return dict.fromkeys(SCALER_KEYS, 0)

@@ -12,6 +12,7 @@ two energy lines. Count columns (per block) are the raw-bit indices, then ``bad`
 order) in the last column. Accepted-count columns (pass B): ``A_REC``, ``A_BEAM``, ``A_RAND``, then line j at
 ``A_LINE0 + j``. Prescale counters: beam, then the lines.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,33 +45,33 @@ class LineParams:
     """One energy line: fires on EOT (PiSi without ``veto``) with ``ps_gt < E_PS < ps_lt`` and
     ``ec_gt < E_ECAL < ec_lt`` (GeV; an absent cut is -inf / +inf)."""
 
-    enabled: int            #: 0 or 1
-    prescale: int           #: accept every prescale-th raw trigger
-    veto: int               #: 1: V1 vetoes (EOT required), 0: PiSi is enough
-    ps_gt: float            #: GeV
-    ps_lt: float            #: GeV
-    ec_gt: float            #: GeV
-    ec_lt: float            #: GeV
-    mask: int               #: the line's bit in the trigger mask
+    enabled: int  #: 0 or 1
+    prescale: int  #: accept every prescale-th raw trigger
+    veto: int  #: 1: V1 vetoes (EOT required), 0: PiSi is enough
+    ps_gt: float  #: GeV
+    ps_lt: float  #: GeV
+    ec_gt: float  #: GeV
+    ec_lt: float  #: GeV
+    mask: int  #: the line's bit in the trigger mask
 
 
 @dataclass(frozen=True)
 class KernelParams:
     """Everything else the kernels read from the menu (ADC counts, ns, GeV per ADC count, Hz)."""
 
-    thr_adc: float                      #: counter threshold, ADC counts
-    zs_adc: float                       #: zero suppression of the reconstruction, ADC counts
-    win_lo: tuple[float, ...]           #: (4,) ns, coincidence window start of S1, S2, S3, V1 (inclusive)
-    win_hi: tuple[float, ...]           #: (4,) ns, window end (inclusive)
-    gev_ps: float                       #: GeV per ADC count of PS_SUM
-    gev_ecal: float                     #: GeV per ADC count of ECAL_SUM
-    rate_hz: float                      #: random trigger rate (1 when disabled: no division by 0)
-    n_ticks: int                        #: random ticks in the spill (0 when disabled)
-    beam_enabled: int                   #: 0 or 1
+    thr_adc: float  #: counter threshold, ADC counts
+    zs_adc: float  #: zero suppression of the reconstruction, ADC counts
+    win_lo: tuple[float, ...]  #: (4,) ns, coincidence window start of S1, S2, S3, V1 (inclusive)
+    win_hi: tuple[float, ...]  #: (4,) ns, window end (inclusive)
+    gev_ps: float  #: GeV per ADC count of PS_SUM
+    gev_ecal: float  #: GeV per ADC count of ECAL_SUM
+    rate_hz: float  #: random trigger rate (1 when disabled: no division by 0)
+    n_ticks: int  #: random ticks in the spill (0 when disabled)
+    beam_enabled: int  #: 0 or 1
     beam_prescale: int
-    beam_mask: int                      #: bits in the trigger mask
+    beam_mask: int  #: bits in the trigger mask
     random_mask: int
-    lines: tuple[LineParams, ...]       #: the energy lines (physics, dimuon, further ones)
+    lines: tuple[LineParams, ...]  #: the energy lines (physics, dimuon, further ones)
 
 
 _SCALAR = {int: np.int64, float: np.float64}
@@ -81,7 +82,7 @@ def record_dtype(cls: type, shapes: dict[str, tuple[np.dtype, tuple[int, ...]]] 
     its tuple fields."""
     shapes = shapes or {}
     hints = typing.get_type_hints(cls)
-    fields = []
+    fields: list[tuple[typing.Any, ...]] = []
     for f in dataclasses.fields(cls):
         if f.name in shapes:
             fields.append((f.name, *shapes[f.name]))
@@ -95,23 +96,49 @@ LINE_DTYPE = record_dtype(LineParams)
 
 def params_dtype(n_lines: int) -> np.dtype:
     """Record dtype of :class:`KernelParams` for ``n_lines`` energy lines."""
-    return record_dtype(KernelParams, {"win_lo": (np.dtype(np.float64), (4,)), "win_hi": (np.dtype(np.float64), (4,)),
-                                       "lines": (LINE_DTYPE, (n_lines,))})
+    return record_dtype(
+        KernelParams,
+        {
+            "win_lo": (np.dtype(np.float64), (4,)),
+            "win_hi": (np.dtype(np.float64), (4,)),
+            "lines": (LINE_DTYPE, (n_lines,)),
+        },
+    )
 
 
 def kernel_params(menu: TriggerMenu) -> KernelParams:
     """The menu's numbers as the kernels use them."""
     bits = menu.trigger_bits
     inf = float("inf")
-    lines = tuple(LineParams(int(t.enabled), t.prescale, int(t.veto), t.ps_min_gev,
-                             inf if t.ps_max_gev is None else t.ps_max_gev,
-                             -inf if t.ecal_min_gev is None else t.ecal_min_gev, t.ecal_max_gev, int(bits[n]))
-                  for n, t in menu.energy_lines)
+    lines = tuple(
+        LineParams(
+            int(t.enabled),
+            t.prescale,
+            int(t.veto),
+            t.ps_min_gev,
+            inf if t.ps_max_gev is None else t.ps_max_gev,
+            -inf if t.ecal_min_gev is None else t.ecal_min_gev,
+            t.ecal_max_gev,
+            int(bits[n]),
+        )
+        for n, t in menu.energy_lines
+    )
     w = [menu.counter_window_ns(c) for c in range(4)]
-    return KernelParams(menu.counter_threshold_adc, menu.zs_threshold_adc, tuple(x[0] for x in w),
-                        tuple(x[1] for x in w), menu.gev_per_count[PS_INDEX], menu.gev_per_count[ECAL_INDEX],
-                        menu.random.rate_hz if menu.random.enabled else 1.0, menu.n_random_ticks,
-                        int(menu.beam.enabled), menu.beam.prescale, int(bits["beam"]), int(bits["random"]), lines)
+    return KernelParams(
+        menu.counter_threshold_adc,
+        menu.zs_threshold_adc,
+        tuple(x[0] for x in w),
+        tuple(x[1] for x in w),
+        menu.gev_per_count[PS_INDEX],
+        menu.gev_per_count[ECAL_INDEX],
+        menu.random.rate_hz if menu.random.enabled else 1.0,
+        menu.n_random_ticks,
+        int(menu.beam.enabled),
+        menu.beam.prescale,
+        int(bits["beam"]),
+        int(bits["random"]),
+        lines,
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -120,8 +147,10 @@ def pack(menu: TriggerMenu) -> np.ndarray:
     read ``params[0]``), cached per menu."""
     kp = kernel_params(menu)
     lines = [dataclasses.astuple(line) for line in kp.lines]
-    rec = np.array([tuple(lines if f.name == "lines" else getattr(kp, f.name)
-                          for f in dataclasses.fields(KernelParams))], params_dtype(len(lines)))
+    rec = np.array(
+        [tuple(lines if f.name == "lines" else getattr(kp, f.name) for f in dataclasses.fields(KernelParams))],
+        params_dtype(len(lines)),
+    )
     rec.setflags(write=False)
     return rec
 

@@ -8,7 +8,10 @@ benchmark baseline. Definitions are in :mod:`trigger.menu`.
 - :func:`synthesize_primitives` and :func:`electron_spill`: reference inputs (waveforms built with
   ``detector.pulse``) for tests and benchmarks.
 """
+
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -23,8 +26,9 @@ from .menu import COUNTER_NAMES, ECAL_INDEX, PS_INDEX, TriggerMenu, TriggerResul
 RECO_CHUNK = 1 << 14
 
 
-def check_inputs(amplitudes: np.ndarray, onsets_ns: np.ndarray, arrival_ns: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def check_inputs(
+    amplitudes: np.ndarray, onsets_ns: np.ndarray, arrival_ns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate the amplitude-entry arrays: (N, 6) floating amplitudes (ADC counts) and onsets (ns),
     (N,) arrival times (ns, converted to float64). Raises ValueError."""
     a, t = _native_float(amplitudes), _native_float(onsets_ns)
@@ -53,8 +57,9 @@ def check_primitives(prims: np.ndarray, arrival_ns: np.ndarray) -> tuple[np.ndar
     p = np.asarray(prims)
     shape = (ch.N_TRIGGER_CHANNELS, ch.N_SAMPLES)
     if p.dtype != np.int16 or p.ndim != 3 or p.shape[1:] != shape:
-        raise ValueError(f"trigger primitives must be int16 of shape (records, {shape[0]}, {shape[1]}); "
-                         f"got {p.dtype} {p.shape}")
+        raise ValueError(
+            f"trigger primitives must be int16 of shape (records, {shape[0]}, {shape[1]}); got {p.dtype} {p.shape}"
+        )
     return p, check_times(arrival_ns, p.shape[0])
 
 
@@ -68,8 +73,10 @@ def check_times(arrival_ns: np.ndarray, n: int) -> np.ndarray:
 
 def unsorted_error(where: int) -> ValueError:
     """The error both implementations raise for decreasing or NaN arrival times."""
-    return ValueError(f"arrival times must be non-decreasing and not NaN (record {where} breaks it): "
-                      "the random trigger and the chunking rely on time order")
+    return ValueError(
+        f"arrival times must be non-decreasing and not NaN (record {where} breaks it): "
+        "the random trigger and the chunking rely on time order"
+    )
 
 
 def _bracket(menu: TriggerMenu, tau: np.ndarray) -> np.ndarray:
@@ -89,8 +96,9 @@ def _bracket(menu: TriggerMenu, tau: np.ndarray) -> np.ndarray:
     return np.where(tau >= (n * 1e9) / rate, n, j)
 
 
-def amplitude_trigger(menu: TriggerMenu, amplitudes: np.ndarray, onsets_ns: np.ndarray,
-                      arrival_ns: np.ndarray) -> TriggerResult:
+def amplitude_trigger(
+    menu: TriggerMenu, amplitudes: np.ndarray, onsets_ns: np.ndarray, arrival_ns: np.ndarray
+) -> TriggerResult:
     """Trigger one whole spill from reconstructed quantities.
 
     ``amplitudes``: (N, 6) float ADC counts (0 = no signal) of S1, S2, S3, V1, PS_SUM, ECAL_SUM;
@@ -113,7 +121,9 @@ def amplitude_trigger(menu: TriggerMenu, amplitudes: np.ndarray, onsets_ns: np.n
     e_ps = a[:, PS_INDEX] * menu.gev_per_count[PS_INDEX]
     e_ecal = a[:, ECAL_INDEX] * menu.gev_per_count[ECAL_INDEX]
     raw = {}
+    prescale = {"beam": menu.beam.prescale}
     for name, trg in menu.energy_lines:
+        prescale[name] = trg.prescale
         ok = (eot if trg.veto else pisi) & (e_ps > trg.ps_min_gev) & (e_ecal < trg.ecal_max_gev)
         if trg.ps_max_gev is not None:
             ok &= e_ps < trg.ps_max_gev
@@ -125,7 +135,7 @@ def amplitude_trigger(menu: TriggerMenu, amplitudes: np.ndarray, onsets_ns: np.n
     mask = np.zeros(n, TRIGGER_MASK_DTYPE)
     sc = menu.empty_scalers()
     for name in raw:
-        p = menu.triggers[name].prescale
+        p = prescale[name]
         acc = raw[name] & (np.cumsum(raw[name]) % p == 0)
         mask[acc] |= bits[name]
         sc[f"{name}_raw"] = int(raw[name].sum())
@@ -157,9 +167,9 @@ def reconstruct_trigger_channels(menu: TriggerMenu, prims: np.ndarray) -> tuple[
     amp = np.empty((n, ch.N_TRIGGER_CHANNELS), np.float32)
     t = np.empty((n, ch.N_TRIGGER_CHANNELS), np.float32)
     for s in range(0, n, RECO_CHUNK):
-        r = reconstruct_numpy(prims[s:s + RECO_CHUNK], g, menu.zs_threshold_adc)
-        amp[s:s + RECO_CHUNK] = r.amplitude
-        t[s:s + RECO_CHUNK] = r.time_ns
+        r = reconstruct_numpy(prims[s : s + RECO_CHUNK], g, menu.zs_threshold_adc)
+        amp[s : s + RECO_CHUNK] = r.amplitude
+        t[s : s + RECO_CHUNK] = r.time_ns
     return amp, t
 
 
@@ -172,11 +182,15 @@ def waveform_trigger(menu: TriggerMenu, prims: np.ndarray, arrival_ns: np.ndarra
 
 
 # ---------------------------------------------------------------------- reference inputs
-def synthesize_primitives(amplitudes: np.ndarray, onsets_ns: np.ndarray,
-                          extra: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
-                          pedestal_even: float | np.ndarray = (120.0, 120.0, 120.0, 120.0, 160.0, 160.0),
-                          pedestal_odd: float | np.ndarray = (125.0, 125.0, 125.0, 118.0, 152.0, 152.0),
-                          noise_rms: float = pulse.NOISE_RMS_COUNTS, seed: int = 0) -> np.ndarray:
+def synthesize_primitives(
+    amplitudes: np.ndarray,
+    onsets_ns: np.ndarray,
+    extra: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    pedestal_even: float | Sequence[float] | np.ndarray = (120.0, 120.0, 120.0, 120.0, 160.0, 160.0),
+    pedestal_odd: float | Sequence[float] | np.ndarray = (125.0, 125.0, 125.0, 118.0, 152.0, 152.0),
+    noise_rms: float = pulse.NOISE_RMS_COUNTS,
+    seed: int = 0,
+) -> np.ndarray:
     """Primitive waveforms int16 (N, 6, 32) with ``detector.pulse``.
 
     ``amplitudes`` (ADC counts, 0 = no pulse) and ``onsets_ns`` (ns) are (N, 6); ``extra`` =
@@ -197,13 +211,13 @@ def synthesize_primitives(amplitudes: np.ndarray, onsets_ns: np.ndarray,
     pe = np.broadcast_to(np.asarray(pedestal_even, dtype=np.float32), (c,)).copy()
     po = np.broadcast_to(np.asarray(pedestal_odd, dtype=np.float32), (c,)).copy()
     out = np.empty((n, c, ch.N_SAMPLES), dtype=np.int16)
-    pulse.digitize(analog.reshape(n, c, ch.N_SAMPLES), pe, po, float(noise_rms),
-                   pulse.make_noise_bank(seed), seed, out)
+    pulse.digitize(analog.reshape(n, c, ch.N_SAMPLES), pe, po, float(noise_rms), pulse.make_noise_bank(seed), seed, out)
     return out
 
 
-def electron_spill(menu: TriggerMenu, n: int, seed: int = 0, spill_ns: float | None = None,
-                   low_ecal_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def electron_spill(
+    menu: TriggerMenu, n: int, seed: int = 0, spill_ns: float | None = None, low_ecal_fraction: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
     """A realistic mix of records for tests and benchmarks: (primitives int16 (n, 6, 32), sorted arrival
     times float64 (n,) ns over the spill).
 
@@ -231,10 +245,9 @@ def electron_spill(menu: TriggerMenu, n: int, seed: int = 0, spill_ns: float | N
     e_ecal[had] = rng.exponential(10.0, int(had.sum()))
     amp[:, PS_INDEX] = np.clip(e_ps, 0, None) / g[PS_INDEX]
     amp[:, ECAL_INDEX] = np.clip(e_ecal, 0, None) / g[ECAL_INDEX]
-    amp[rng.random(n) < 0.005, ECAL_INDEX] *= 2.0            # a few saturated sums
+    amp[rng.random(n) < 0.005, ECAL_INDEX] *= 2.0  # a few saturated sums
     m = int(0.1 * n)
-    extra = (rng.integers(0, n, m), rng.integers(0, 6, m), rng.uniform(30.0, 1500.0, m),
-             rng.uniform(-50.0, 350.0, m))
+    extra = (rng.integers(0, n, m), rng.integers(0, 6, m), rng.uniform(30.0, 1500.0, m), rng.uniform(-50.0, 350.0, m))
     prims = synthesize_primitives(amp, ons, extra, seed=seed)
     spill_ns = menu.spill_length_s * 1e9 if spill_ns is None else spill_ns
     times = np.sort(rng.uniform(0.0, spill_ns, n))

@@ -17,12 +17,14 @@ index in the key) and pays a full horizontal reduction per channel. Here:
 code is portable; the result is the scalar definition below, bit for bit, whatever the target.
 
 Definition of ``record_summary(p, i)`` (p a C-contiguous int16 array of shape (N, 6, 32): the layout is
-typed, the shape is the caller's to check; 0 <= i < N is NOT bounds-checked: the caller owns the index). For channel c with samples w_j (ADC counts):
+typed, the shape is the caller's to check; 0 <= i < N is NOT bounds-checked: the caller owns the index).
+For channel c with samples w_j (ADC counts):
 ``best4_c = max_j (4 w_j - P_j)`` (4x the pedestal-subtracted peak value, exact int32),
 ``k_c`` = the first j reaching it (numpy's argmax; returned for the counters c = 0, 1, 2),
 ``sat_c = max_j w_j >= ADC_MAX``. Returns the int32 tuple
 ``(best4_0, ..., best4_5, k_0, k_1, k_2, sat)`` with bit c of ``sat`` = ``sat_c``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,14 +36,14 @@ from numba.extending import intrinsic
 from detector.channels import ADC_MAX
 
 N_CHANNELS = 6
-N_COUNTERS = 3                              #: channels whose peak sample is returned (S1, S2, S3)
+N_COUNTERS = 3  #: channels whose peak sample is returned (S1, S2, S3)
 N_SAMPLES = 32
 _I1 = ir.IntType(1)
 _I16 = ir.IntType(16)
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
-_W16 = ir.VectorType(_I16, 16)              # 16 samples
-_W8 = ir.VectorType(_I16, 8)                # 8 samples (the pedestal window)
+_W16 = ir.VectorType(_I16, 16)  # 16 samples
+_W8 = ir.VectorType(_I16, 8)  # 8 samples (the pedestal window)
 _V32 = ir.VectorType(_I32, 8)
 _V32x16 = ir.VectorType(_I32, 16)
 SUMMARY = types.UniTuple(types.int32, N_CHANNELS + N_COUNTERS + 1)
@@ -53,7 +55,7 @@ _QUAD_LO, _QUAD_HI = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
 _PAIR_LO, _PAIR_HI = [0, 8, 2, 10, 4, 12, 6, 14], [1, 9, 3, 11, 5, 13, 7, 15]
 
 
-def _const(ty: ir.Type, values: list[int]) -> ir.Constant:
+def _const(ty: ir.Type, values: int | list[int]) -> ir.Constant:
     return ir.Constant(ty, values)
 
 
@@ -75,14 +77,14 @@ def _combine(b: ir.IRBuilder, x, y, lo: list[int], hi: list[int], op):
 def _tree(b: ir.IRBuilder, vecs: list, op, last: bool):
     """Reduce six vectors of eight 32-bit units jointly: to one unit per channel (``last``; channel c in
     unit UNIT_OF[c] of the result) or to one 64-bit pair per channel (units [c0 c2 c1 c3], [c4 c4 c5 c5])."""
-    t01 = _combine(b, vecs[0], vecs[1], _HALF_LO, _HALF_HI, op)    # [a a a a b b b b]
+    t01 = _combine(b, vecs[0], vecs[1], _HALF_LO, _HALF_HI, op)  # [a a a a b b b b]
     t23 = _combine(b, vecs[2], vecs[3], _HALF_LO, _HALF_HI, op)
     t45 = _combine(b, vecs[4], vecs[5], _HALF_LO, _HALF_HI, op)
-    u0 = _combine(b, t01, t23, _QUAD_LO, _QUAD_HI, op)              # [a a c c b b d d]
-    u1 = _combine(b, t45, t45, _QUAD_LO, _QUAD_HI, op)              # [e e e e f f f f]
+    u0 = _combine(b, t01, t23, _QUAD_LO, _QUAD_HI, op)  # [a a c c b b d d]
+    u1 = _combine(b, t45, t45, _QUAD_LO, _QUAD_HI, op)  # [e e e e f f f f]
     if not last:
         return u0, u1
-    return _combine(b, u0, u1, _PAIR_LO, _PAIR_HI, op)              # [a e c e b f d f]
+    return _combine(b, u0, u1, _PAIR_LO, _PAIR_HI, op)  # [a e c e b f d f]
 
 
 def _ptr(b: ir.IRBuilder, rec, byte_offset: int, ty: ir.Type):
@@ -92,8 +94,13 @@ def _ptr(b: ir.IRBuilder, rec, byte_offset: int, ty: ir.Type):
 @intrinsic
 def record_summary(typingctx, prims, index):
     """See the module docstring."""
-    if not (isinstance(prims, types.Array) and prims.dtype == types.int16 and prims.ndim == 3
-            and prims.layout == "C" and isinstance(index, types.Integer)):
+    if not (
+        isinstance(prims, types.Array)
+        and prims.dtype == types.int16
+        and prims.ndim == 3
+        and prims.layout == "C"
+        and isinstance(index, types.Integer)
+    ):
         return None
     sig = SUMMARY(prims, index)
 
@@ -106,13 +113,13 @@ def record_summary(typingctx, prims, index):
             lo = b.load(_ptr(b, rec, 2 * N_SAMPLES * c, _W16), align=2)
             hi = b.load(_ptr(b, rec, 2 * N_SAMPLES * c + 32, _W16), align=2)
             halves.append((lo, hi))
-            peaks.append(_smax(b, lo, hi))                 # lane l: max of samples l and l + 16
+            peaks.append(_smax(b, lo, hi))  # lane l: max of samples l and l + 16
             peds.append(b.sext(b.load(_ptr(b, rec, 2 * N_SAMPLES * c, _W8), align=2), _V32))
-        v = _tree(b, peaks, _smax, last=True)              # units: (max even, max odd) per channel
+        v = _tree(b, peaks, _smax, last=True)  # units: (max even, max odd) per channel
         s0, s1 = _tree(b, peds, lambda bb, x, y: bb.add(x, y), last=False)
         # pedestal sums in the layout of v's units, as int32 pairs (se, so)
         sums = b.shuffle_vector(s0, s1, _mask([0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15]))
-        m = b.sext(b.bitcast(v, _W16), _V32x16)            # (max even, max odd) per unit, int32
+        m = b.sext(b.bitcast(v, _W16), _V32x16)  # (max even, max odd) per unit, int32
         cand = b.sub(b.shl(m, _const(_V32x16, [2] * 16)), sums)
         best = _smax(b, cand, b.shuffle_vector(cand, cand, _mask([j ^ 1 for j in range(16)])))
         wins = b.zext(b.bitcast(b.icmp_signed("==", cand, best), _I16), _I32)
@@ -121,15 +128,16 @@ def record_summary(typingctx, prims, index):
         vu = b.bitcast(v, _V32)
         for c in range(N_COUNTERS):
             u = UNIT_OF[c]
-            pair = b.bitcast(b.shuffle_vector(vu, vu, _mask([u] * 8)), _W16)   # (even, odd) max in every unit
+            pair = b.bitcast(b.shuffle_vector(vu, vu, _mask([u] * 8)), _W16)  # (even, odd) max in every unit
             lo, hi = halves[c]
             eq_lo = b.zext(b.bitcast(b.icmp_signed("==", lo, pair), _I16), _I32)
             eq_hi = b.zext(b.bitcast(b.icmp_signed("==", hi, pair), _I16), _I32)
-            eq = b.or_(eq_lo, b.shl(eq_hi, _const(_I32, 16)))                 # bit j: w_j = its parity's max
+            eq = b.or_(eq_lo, b.shl(eq_hi, _const(_I32, 16)))  # bit j: w_j = its parity's max
             w = b.lshr(wins, _const(_I32, 2 * u))
             even = b.select(b.trunc(w, _I1), _const(_I32, 0x55555555), _const(_I32, 0))
-            odd = b.select(b.trunc(b.lshr(w, _const(_I32, 1)), _I1), _const(_I32, 0xAAAAAAAA - (1 << 32)),
-                           _const(_I32, 0))
+            odd = b.select(
+                b.trunc(b.lshr(w, _const(_I32, 1)), _I1), _const(_I32, 0xAAAAAAAA - (1 << 32)), _const(_I32, 0)
+            )
             cttz = cgutils.get_or_insert_function(b.module, ir.FunctionType(_I32, [_I32, _I1]), "llvm.cttz.i32")
             out.append(b.call(cttz, [b.and_(eq, b.or_(even, odd)), _const(_I1, 0)]))
         bits = _const(_I32, 0)
@@ -151,7 +159,7 @@ def record_summary_numpy(prims: np.ndarray) -> np.ndarray:
     v = 4 * p - np.where(j % 2 == 0, se[:, :, None], so[:, :, None])
     out = np.empty((p.shape[0], N_CHANNELS + N_COUNTERS + 1), np.int64)
     out[:, :N_CHANNELS] = v.max(axis=2)
-    out[:, N_CHANNELS:N_CHANNELS + N_COUNTERS] = v[:, :N_COUNTERS].argmax(axis=2)
+    out[:, N_CHANNELS : N_CHANNELS + N_COUNTERS] = v[:, :N_COUNTERS].argmax(axis=2)
     out[:, -1] = ((p.max(axis=2) >= ADC_MAX) << np.arange(N_CHANNELS)).sum(axis=1)
     return out
 
@@ -170,8 +178,9 @@ def prefetch_record(typingctx, prims, index):
         stride = b.extract_value(arr.strides, 0)
         rec = cgutils.pointer_add(b, arr.data, b.mul(i, stride))
         i8p = ir.IntType(8).as_pointer()
-        fn = cgutils.get_or_insert_function(b.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
-                                            "llvm.prefetch.p0")
+        fn = cgutils.get_or_insert_function(
+            b.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]), "llvm.prefetch.p0"
+        )
         n_lines = prims.dtype.bitwidth // 8 * N_CHANNELS * N_SAMPLES // 64
         for line in range(n_lines):
             ptr = cgutils.pointer_add(b, rec, _const(_I64, 64 * line), return_type=i8p)

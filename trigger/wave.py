@@ -14,18 +14,19 @@ Numba notes (measured on this code): block loops run over block views from index
 wraparound code, which otherwise blocks vectorisation); the line loop's trip count is the parameter
 record's line count, a compile-time constant.
 """
+
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
 
 from .accept import BLOCK, block_counts
-from .bounds import (AMP_BOUND, _amp_bounds, _amp_range, _decide, _neighbours, _s_fit, _sum_amp_range, _window,
-                     exact)
+from .bounds import AMP_BOUND, _amp_bounds, _amp_range, _decide, _neighbours, _s_fit, _sum_amp_range, _window, exact
 from .jit import INLINE, JIT, JIT_NONRT
 from .menu import ECAL_INDEX, PS_INDEX
 from .params import RB_EOT, RB_LINE0, RB_PISI
 from .simd import prefetch_record, record_summary
+
 
 @nb.njit(**INLINE)
 def _s_counter(p, i, c, sat, k, s4, thr, zs):
@@ -35,7 +36,7 @@ def _s_counter(p, i, c, sat, k, s4, thr, zs):
     up = False
     known = False
     t = 0.0
-    if sat:                                         # exact reconstruction of the saturated pulse
+    if sat:  # exact reconstruction of the saturated pulse
         a, t = exact(p, i, c, zs)
         up = a >= thr
         known = True
@@ -44,7 +45,7 @@ def _s_counter(p, i, c, sat, k, s4, thr, zs):
             up = True
         elif best * AMP_BOUND >= thr:
             lo, hi = _amp_range(p, i, c, k, s4)
-            below = _decide(lo, hi, 1.0, thr, False)        # 1: A < thr, 0: A >= thr, 2: too close
+            below = _decide(lo, hi, 1.0, thr, False)  # 1: A < thr, 0: A >= thr, 2: too close
             up = below == 0
             if below == 2:
                 t, a = _s_fit(p, i, c, k, s4, True)
@@ -122,7 +123,7 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt):
     lo0, hi0, lo1, hi1 = P.win_lo[0], P.win_hi[0], P.win_lo[1], P.win_hi[1]
     lo2, hi2, lo3, hi3 = P.win_lo[2], P.win_hi[2], P.win_lo[3], P.win_hi[3]
     gps, gec = P.gev_ps, P.gev_ecal
-    eot_lines = False               # an enabled line that needs EOT / that takes PiSi without the veto
+    eot_lines = False  # an enabled line that needs EOT / that takes PiSi without the veto
     pisi_lines = False
     for j in range(lines.shape[0]):
         if lines[j].enabled != 0:

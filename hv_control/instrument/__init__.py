@@ -22,14 +22,32 @@ pyserial); ``online`` cannot hold it (``hv_control`` may not import ``online``),
 depend on pyvisa, and a new top-level package would add package arrows. ``hv_control`` is also the
 package that owns slow-control instruments already.
 """
+
 from __future__ import annotations
 
-from .errors import (ErrorKinds, InstrumentConnectionError, InstrumentError, InstrumentProtocolError,
-                     InstrumentTimeoutError)
+from .errors import (
+    ErrorKinds,
+    InstrumentConnectionError,
+    InstrumentError,
+    InstrumentProtocolError,
+    InstrumentTimeoutError,
+)
 from .readers import ByteReader, PublicReader, SocketReader, reader_for
 from .transaction import deferred_sigint, run_with_retries
 from .visa import VisaSession, resource_manager
 
-__all__ = ["ByteReader", "ErrorKinds", "InstrumentConnectionError", "InstrumentError", "InstrumentProtocolError",
-           "InstrumentTimeoutError", "PublicReader", "SocketReader", "VisaSession", "deferred_sigint",
-           "reader_for", "resource_manager", "run_with_retries"]
+__all__ = [
+    "ByteReader",
+    "ErrorKinds",
+    "InstrumentConnectionError",
+    "InstrumentError",
+    "InstrumentProtocolError",
+    "InstrumentTimeoutError",
+    "PublicReader",
+    "SocketReader",
+    "VisaSession",
+    "deferred_sigint",
+    "reader_for",
+    "resource_manager",
+    "run_with_retries",
+]

@@ -13,6 +13,7 @@ types derive from the kind they mean, so a caller can catch either the driver's 
 :class:`ErrorKinds` names the classes the transport layer raises for a driver, so that a driver gets its
 own types straight from the layer without wrapping every call.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,11 @@ class ErrorKinds:
     protocol: type[InstrumentProtocolError] = InstrumentProtocolError
 
     def __post_init__(self) -> None:
-        for name, base in (("timeout", InstrumentTimeoutError), ("connection", InstrumentConnectionError),
-                           ("protocol", InstrumentProtocolError)):
+        for name, base in (
+            ("timeout", InstrumentTimeoutError),
+            ("connection", InstrumentConnectionError),
+            ("protocol", InstrumentProtocolError),
+        ):
             if not issubclass(getattr(self, name), base):
                 raise TypeError(f"ErrorKinds.{name} must derive from {base.__name__}")
 

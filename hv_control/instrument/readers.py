@@ -16,6 +16,7 @@ Two readers with one interface (:class:`ByteReader`); :func:`reader_for` picks o
 Both give the same bytes for the same stream (tests/test_instrument_layer.py checks this). Every read
 takes its timeout explicitly; errors are raised as the caller's :class:`~.errors.ErrorKinds`.
 """
+
 from __future__ import annotations
 
 import select
@@ -25,14 +26,14 @@ from typing import Any, Protocol
 
 from .errors import DEFAULT_KINDS, ErrorKinds
 
-MAX_LINE_BYTES = 16 << 20      #: a text reply longer than this without a line end is refused
-_RECV_MAX = 1 << 22            #: largest single recv_into
+MAX_LINE_BYTES = 16 << 20  #: a text reply longer than this without a line end is refused
+_RECV_MAX = 1 << 22  #: largest single recv_into
 
 
 class ByteReader(Protocol):
     """What a driver needs from the receiving side of a resource."""
 
-    fast: bool                 #: True for the pyvisa-py socket fast path
+    fast: bool  #: True for the pyvisa-py socket fast path
 
     def read_line(self, timeout_s: float, what: str) -> bytes:
         """The next line, without its ``\\n``; at most ``timeout_s`` (s) for the whole line."""
@@ -47,8 +48,7 @@ class ByteReader(Protocol):
 def _is_timeout(exc: BaseException) -> bool:
     import pyvisa
 
-    return (isinstance(exc, pyvisa.errors.VisaIOError)
-            and exc.error_code == pyvisa.constants.StatusCode.error_timeout)
+    return isinstance(exc, pyvisa.errors.VisaIOError) and exc.error_code == pyvisa.constants.StatusCode.error_timeout
 
 
 class PublicReader:
@@ -72,12 +72,14 @@ class PublicReader:
         try:
             self._set_timeout(timeout_s)
             raw = self.res.read_raw()
-        except Exception as exc:  # noqa: BLE001 - pyvisa-py passes pyserial/socket errors through raw
+        except Exception as exc:  # pyvisa-py passes pyserial/socket errors through raw
             if _is_timeout(exc):
-                raise self.kinds.timeout(f"no reply to {what} from {self.name} within "
-                                         f"{timeout_s * 1000:.0f} ms") from exc
-            raise self.kinds.connection(f"reading the reply to {what} from {self.name} failed: "
-                                        f"{type(exc).__name__}: {exc}") from exc
+                raise self.kinds.timeout(
+                    f"no reply to {what} from {self.name} within {timeout_s * 1000:.0f} ms"
+                ) from exc
+            raise self.kinds.connection(
+                f"reading the reply to {what} from {self.name} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         return raw[:-1] if raw.endswith(b"\n") else raw
 
     def read_into(self, view: memoryview, timeout_s: float, what: str) -> None:
@@ -87,13 +89,15 @@ class PublicReader:
         try:
             self._set_timeout(timeout_s)
             data = self.res.read_bytes(n, break_on_termchar=False)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if _is_timeout(exc):
-                raise self.kinds.timeout(f"{what}: fewer than {n} bytes arrived, then nothing for "
-                                         f"{timeout_s * 1000:.0f} ms") from exc
-            raise self.kinds.connection(f"{what}: reading {n} bytes from {self.name} failed: "
-                                        f"{type(exc).__name__}: {exc}") from exc
-        view[:len(data)] = data
+                raise self.kinds.timeout(
+                    f"{what}: fewer than {n} bytes arrived, then nothing for {timeout_s * 1000:.0f} ms"
+                ) from exc
+            raise self.kinds.connection(
+                f"{what}: reading {n} bytes from {self.name} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        view[: len(data)] = data
         if len(data) != n:
             raise self.kinds.timeout(f"{what}: {len(data)} of {n} bytes arrived")
 
@@ -102,9 +106,10 @@ class PublicReader:
 
         try:
             self.res.flush(pyvisa.constants.BufferOperation.discard_read_buffer)
-        except Exception as exc:  # noqa: BLE001
-            raise self.kinds.connection(f"discarding the input of {self.name} failed: "
-                                        f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            raise self.kinds.connection(
+                f"discarding the input of {self.name} failed: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 class SocketReader:
@@ -117,11 +122,12 @@ class SocketReader:
         self.sock = sock
         self.name = name
         self.kinds = kinds
-        self.socket_bytes = 0          #: bytes taken from the socket by this reader
+        self.socket_bytes = 0  #: bytes taken from the socket by this reader
 
     @classmethod
-    def attach(cls, resource: Any, name: str, kinds: ErrorKinds = DEFAULT_KINDS,
-               rcvbuf_bytes: int | None = 8 << 20) -> "SocketReader | None":
+    def attach(
+        cls, resource: Any, name: str, kinds: ErrorKinds = DEFAULT_KINDS, rcvbuf_bytes: int | None = 8 << 20
+    ) -> SocketReader | None:
         """The fast reader of ``resource``, or None when pyvisa-py's internals are not there. Sets
         TCP_NODELAY and, if given, the socket's receive buffer size (bytes)."""
         try:
@@ -167,7 +173,7 @@ class SocketReader:
             i = pend.find(b"\n", start)
             if i >= 0:
                 line = bytes(pend[:i])
-                del pend[:i + 1]
+                del pend[: i + 1]
                 return line
             start = len(pend)
             if start > MAX_LINE_BYTES:
@@ -191,8 +197,9 @@ class SocketReader:
         while pos < n:
             r, _, _ = select.select([self.sock], [], [], timeout_s)
             if not r:
-                raise self.kinds.timeout(f"{what}: {pos} of {n} bytes arrived, then nothing for "
-                                         f"{timeout_s * 1000:.0f} ms")
+                raise self.kinds.timeout(
+                    f"{what}: {pos} of {n} bytes arrived, then nothing for {timeout_s * 1000:.0f} ms"
+                )
             try:
                 got = self.sock.recv_into(view[pos:], min(n - pos, _RECV_MAX))
             except OSError as exc:
@@ -208,8 +215,14 @@ class SocketReader:
             pass
 
 
-def reader_for(resource: Any, name: str, *, fast: bool = True, kinds: ErrorKinds = DEFAULT_KINDS,
-               rcvbuf_bytes: int | None = 8 << 20) -> ByteReader:
+def reader_for(
+    resource: Any,
+    name: str,
+    *,
+    fast: bool = True,
+    kinds: ErrorKinds = DEFAULT_KINDS,
+    rcvbuf_bytes: int | None = 8 << 20,
+) -> ByteReader:
     """The fast :class:`SocketReader` when ``fast`` and pyvisa-py's internals allow it, else the
     :class:`PublicReader`."""
     if fast:

@@ -6,6 +6,7 @@ a retry, what to do before a retry (reconnect, restore state, back off) and how 
 holds back SIGINT while a write/read pair is in progress (QCoDeS does the same), so that Ctrl-C never
 leaves a reply unread on the line.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,10 +18,14 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def run_with_retries(attempt: Callable[[], T], *, retries: int,
-                     retryable: tuple[type[BaseException], ...],
-                     recover: Callable[[int], None] | None = None,
-                     on_failure: Callable[[BaseException, int], BaseException | None] | None = None) -> T:
+def run_with_retries(
+    attempt: Callable[[], T],
+    *,
+    retries: int,
+    retryable: tuple[type[BaseException], ...],
+    recover: Callable[[int], None] | None = None,
+    on_failure: Callable[[BaseException, int], BaseException | None] | None = None,
+) -> T:
     """Call ``attempt()`` and return its result; after a ``retryable`` error try again, at most
     ``retries`` more times, and then raise the last error.
 
@@ -55,7 +60,7 @@ def deferred_sigint() -> Iterator[None]:
     received: list[Any] = []
     try:
         old = signal.signal(signal.SIGINT, lambda sig, frame: received.append((sig, frame)))
-    except (ValueError, TypeError):     # not in the main interpreter / no signal support
+    except (ValueError, TypeError):  # not in the main interpreter / no signal support
         yield
         return
     try:

@@ -7,6 +7,7 @@
   the error is raised), writes raw bytes and reads through the :mod:`.readers` adapter: every read
   names its timeout, every failure is raised as the driver's :class:`~.errors.ErrorKinds`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,9 +30,9 @@ def resource_manager(library: str = "@py") -> Any:
         rm = _RESOURCE_MANAGERS.get(library)
         if rm is not None:
             try:
-                rm.session                      # raises once someone closed the shared manager
+                _ = rm.session  # raises once someone closed the shared manager
             except pyvisa.errors.InvalidSession:
-                rm = None                       # pyvisa shares one manager per library (pymeasure #894)
+                rm = None  # pyvisa shares one manager per library (pymeasure #894)
         if rm is None:
             rm = pyvisa.ResourceManager(library)
             _RESOURCE_MANAGERS[library] = rm
@@ -46,15 +47,23 @@ class VisaSession:
     ``rcvbuf_bytes`` is the socket receive buffer asked for on the fast path.
     """
 
-    def __init__(self, name: str, *, library: str = "@py", fast: bool = True, kinds: ErrorKinds = DEFAULT_KINDS,
-                 encoding: str = "ascii", rcvbuf_bytes: int | None = 8 << 20) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        library: str = "@py",
+        fast: bool = True,
+        kinds: ErrorKinds = DEFAULT_KINDS,
+        encoding: str = "ascii",
+        rcvbuf_bytes: int | None = 8 << 20,
+    ) -> None:
         self.name = name
         self.library = library
         self.fast_requested = fast
         self.kinds = kinds
         self.encoding = encoding
         self.rcvbuf_bytes = rcvbuf_bytes
-        self.resource: Any = None          #: the open pyvisa resource, None while closed
+        self.resource: Any = None  #: the open pyvisa resource, None while closed
         self.reader: ByteReader | None = None
 
     @property
@@ -74,15 +83,16 @@ class VisaSession:
         kw = {} if open_timeout_s is None else {"open_timeout": int(open_timeout_s * 1000)}
         try:
             res = resource_manager(self.library).open_resource(self.name, **kw)
-        except Exception as exc:  # noqa: BLE001 - VisaIOError, OSError, a bad name, raw pyserial errors
+        except Exception as exc:  # VisaIOError, OSError, a bad name, raw pyserial errors
             raise self.kinds.connection(f"cannot open {self.name}: {type(exc).__name__}: {exc}") from exc
         try:
             res.read_termination = "\n"
             res.write_termination = ""
             res.encoding = self.encoding
             res.timeout = max(1.0, timeout_s * 1000.0)
-            reader = reader_for(res, self.name, fast=self.fast_requested, kinds=self.kinds,
-                                rcvbuf_bytes=self.rcvbuf_bytes)
+            reader = reader_for(
+                res, self.name, fast=self.fast_requested, kinds=self.kinds, rcvbuf_bytes=self.rcvbuf_bytes
+            )
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 res.close()
@@ -109,9 +119,10 @@ class VisaSession:
             raise self.kinds.connection(f"write {what or data[:40]!r}: session {self.name} is not open")
         try:
             self.resource.write_raw(data)
-        except Exception as exc:  # noqa: BLE001
-            raise self.kinds.connection(f"write {what or data[:40]!r} to {self.name} failed: "
-                                        f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            raise self.kinds.connection(
+                f"write {what or data[:40]!r} to {self.name} failed: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def read_line(self, timeout_s: float, what: str) -> bytes:
         """The next line without its ``\\n`` (s: ``timeout_s`` for the whole line)."""

@@ -23,6 +23,7 @@ eps = 1 (``yield_per_eot_eps1`` in the JSON file written by ``na64-offline yield
 log-log in mass; ``efficiency`` is the signal efficiency (config ``monitor.signal_efficiency`` if the key
 exists, else 0.5; ``na64-monitor --efficiency`` overrides it).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ import math
 import pathlib
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +66,7 @@ HV_CONDITION_NAMES = ("OK", "OFF", "RAMP", "DEV", "FAULT", "TRIP")
 
 #: the A' masses (MeV) shown in the sensitivity view by default
 SENSITIVITY_MASSES_MEV = (2.0, 16.7, 100.0, 500.0)
-N90_ZERO_BACKGROUND = 2.3        #: 90% CL upper limit on signal events for 0 observed, no background
+N90_ZERO_BACKGROUND = 2.3  #: 90% CL upper limit on signal events for 0 observed, no background
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,44 +84,61 @@ class MonitorSettings:
     ecal_box_max_gev: float = 50.0
     hcal_box_max_gev: float = 1.0
     supercycle_s: float = 30.0
-    rate_mean_spills: int = 20       #: spills in the running mean of S1 for the rate-drop alarm
+    rate_mean_spills: int = 20  #: spills in the running mean of S1 for the rate-drop alarm
     log_lines: int = 2000
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "MonitorSettings":
+    def from_config(cls, cfg: Config) -> MonitorSettings:
         m, off = cfg.monitor, cfg.offline
         yields_file = m.yields_file
         if cfg.path and yields_file and not pathlib.Path(yields_file).is_absolute():
             yields_file = str(pathlib.Path(cfg.path).parent / yields_file)
-        return cls(repaint_hz=min(10.0, float(m.repaint_hz)), yields_file=yields_file,
-                   rate_drop_fraction=float(m.rate_drop_fraction), hv_deviation_v=float(m.hv_deviation_v),
-                   stall_s=float(m.stall_s), history_spills=int(m.history_spills),
-                   efficiency=float(m.signal_efficiency), ecal_box_max_gev=float(off.ecal_box_max_gev),
-                   hcal_box_max_gev=float(off.hcal_box_max_gev), supercycle_s=float(cfg.spill.supercycle_s))
+        return cls(
+            repaint_hz=min(10.0, float(m.repaint_hz)),
+            yields_file=yields_file,
+            rate_drop_fraction=float(m.rate_drop_fraction),
+            hv_deviation_v=float(m.hv_deviation_v),
+            stall_s=float(m.stall_s),
+            history_spills=int(m.history_spills),
+            efficiency=float(m.signal_efficiency),
+            ecal_box_max_gev=float(off.ecal_box_max_gev),
+            hcal_box_max_gev=float(off.hcal_box_max_gev),
+            supercycle_s=float(cfg.spill.supercycle_s),
+        )
 
 
 @dataclass
 class LinkStats:
     """What the receiving end counted: every message seen, sequence gaps, local drops."""
 
-    received: int = 0                 #: well-framed messages received
-    missed: int = 0                   #: messages the publisher sent that never arrived (sequence gaps)
-    missed_by_topic: dict[str, int] = field(default_factory=dict)   #: the same, per topic
-    restarts: int = 0                 #: publisher restarts (sequence went backwards)
-    malformed: int = 0                #: messages that failed framing (FramingError)
+    received: int = 0  #: well-framed messages received
+    missed: int = 0  #: messages the publisher sent that never arrived (sequence gaps)
+    missed_by_topic: dict[str, int] = field(default_factory=dict)  #: the same, per topic
+    restarts: int = 0  #: publisher restarts (sequence went backwards)
+    malformed: int = 0  #: messages that failed framing (FramingError)
     last_malformed: str = ""
-    unknown: int = 0                  #: well-framed messages of a topic the monitor does not know
-    superseded: dict[str, int] = field(default_factory=dict)   #: latest-wins replacements (by design)
-    dropped: dict[str, int] = field(default_factory=dict)      #: accumulating messages dropped locally
-    last_rx: float | None = None      #: wall-clock time of the last message received
+    unknown: int = 0  #: well-framed messages of a topic the monitor does not know
+    superseded: dict[str, int] = field(default_factory=dict)  #: latest-wins replacements (by design)
+    dropped: dict[str, int] = field(default_factory=dict)  #: accumulating messages dropped locally
+    last_rx: float | None = None  #: wall-clock time of the last message received
 
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
 
-    def copy(self) -> "LinkStats":
-        return LinkStats(self.received, self.missed, dict(self.missed_by_topic), self.restarts, self.malformed,
-                         self.last_malformed, self.unknown, dict(self.superseded), dict(self.dropped), self.last_rx)
+    def copy(self) -> LinkStats:
+        return LinkStats(
+            self.received,
+            self.missed,
+            dict(self.missed_by_topic),
+            self.restarts,
+            self.malformed,
+            self.last_malformed,
+            self.unknown,
+            dict(self.superseded),
+            dict(self.dropped),
+            self.last_rx,
+        )
 
 
 @dataclass
@@ -134,8 +153,8 @@ class Alarm:
 class LogEntry:
     id: int
     time: float
-    level: int            #: python logging level
-    source: str           #: "alarm", "daq", "monitor"
+    level: int  #: python logging level
+    source: str  #: "alarm", "daq", "monitor"
     text: str
 
 
@@ -170,7 +189,7 @@ class History:
             self._ensure(name)
         if self._n == self._buf.shape[0]:
             keep = self.capacity - 1
-            self._buf[:keep] = self._buf[self._n - keep:self._n]
+            self._buf[:keep] = self._buf[self._n - keep : self._n]
             self._buf[keep:] = np.nan
             self._n = keep
         row = self._buf[self._n]
@@ -193,7 +212,7 @@ class History:
         lo = max(0, self._n - self.capacity)
         if j is None:
             return np.full(self._n - lo, np.nan)
-        return self._buf[lo:self._n, j]
+        return self._buf[lo : self._n, j]
 
     def last(self, name: str, default: float = math.nan) -> float:
         j = self._cols.get(name)
@@ -311,17 +330,18 @@ class MonitorModel:
     once per repaint; read the public attributes; ``version[section]`` increases when a section changes
     (sections: status, rates, calo, ecal_hcal, waveforms, amplitudes, hv, log, sens, alarms)."""
 
-    def __init__(self, settings: MonitorSettings | None = None, sensitivity: Sensitivity | None = None,
-                 now: float | None = None) -> None:
+    def __init__(
+        self, settings: MonitorSettings | None = None, sensitivity: Sensitivity | None = None, now: float | None = None
+    ) -> None:
         self.s = settings or MonitorSettings()
         self.sensitivity = sensitivity or Sensitivity(self.s.yields_file, self.s.efficiency)
         self.started = time.time() if now is None else now
-        self.mode = "live"                     #: "live" or "replay"
-        self.source = ""                       #: endpoint or run directory, for the status panel
+        self.mode = "live"  #: "live" or "replay"
+        self.source = ""  #: endpoint or run directory, for the status panel
         self.replay_finished = False
-        self.version: dict[str, int] = {k: 0 for k in TOPIC_NAMES + EXTRA_SECTIONS}
-        self.latest: dict[str, Message] = {}               #: latest message of topics without a handler
-        self.sums: dict[str, dict[str, np.ndarray]] = {}   #: summed arrays of accumulating topics without one
+        self.version: dict[str, int] = dict.fromkeys(TOPIC_NAMES + EXTRA_SECTIONS, 0)
+        self.latest: dict[str, Message] = {}  #: latest message of topics without a handler
+        self.sums: dict[str, dict[str, np.ndarray]] = {}  #: summed arrays of accumulating topics without one
         self.link = LinkStats()
         self.content_errors = 0
         self.last_content_error = ""
@@ -342,7 +362,7 @@ class MonitorModel:
         self.spills_done = 0
         self.events_recorded = 0
         self.lost_spills = 0
-        self.publisher_dropped = 0             #: messages the DAQ's PUB socket refused (status meta)
+        self.publisher_dropped = 0  #: messages the DAQ's PUB socket refused (status meta)
         self._lost_spills_time: float | None = None
         # hv
         self.hv_ids = np.empty(0, np.int64)
@@ -429,17 +449,29 @@ class MonitorModel:
         missed_total = stats.missed + stats.dropped_total
         if missed_total > self._last_missed_total:
             self._missed_time = now
-            self.add_log(logging.WARNING, "monitor",
-                         f"{missed_total - self._last_missed_total} message(s) missed "
-                         f"(total: {stats.missed} missed on the link, {stats.dropped_total} dropped locally)", now)
+            self.add_log(
+                logging.WARNING,
+                "monitor",
+                f"{missed_total - self._last_missed_total} message(s) missed "
+                f"(total: {stats.missed} missed on the link, {stats.dropped_total} dropped locally)",
+                now,
+            )
         if stats.malformed > self._last_bad_total:
             self._bad_time = now
-            self.add_log(logging.WARNING, "monitor",
-                         f"{stats.malformed - self._last_bad_total} malformed message(s): {stats.last_malformed}", now)
+            self.add_log(
+                logging.WARNING,
+                "monitor",
+                f"{stats.malformed - self._last_bad_total} malformed message(s): {stats.last_malformed}",
+                now,
+            )
         if stats.restarts > self.link.restarts:
             self.add_log(logging.INFO, "monitor", "publisher restarted (sequence number went back)", now)
         if (stats.received, stats.missed, stats.malformed, stats.dropped_total) != (
-                self.link.received, self.link.missed, self.link.malformed, self.link.dropped_total):
+            self.link.received,
+            self.link.missed,
+            self.link.malformed,
+            self.link.dropped_total,
+        ):
             self.version["status"] += 1
         self._last_missed_total = missed_total
         self._last_bad_total = stats.malformed
@@ -468,8 +500,15 @@ class MonitorModel:
                 if a.name not in acc or acc[a.name].shape != v.shape:
                     acc[a.name] = np.zeros(v.shape)
                 acc[a.name] += v
-        self.latest[msg.topic] = Message(msg.topic, msg.seq, msg.time, msg.run, msg.spill, dict(msg.meta),
-                                         {k: np.array(v) for k, v in msg.arrays.items()})
+        self.latest[msg.topic] = Message(
+            msg.topic,
+            msg.seq,
+            msg.time,
+            msg.run,
+            msg.spill,
+            dict(msg.meta),
+            {k: np.array(v) for k, v in msg.arrays.items()},
+        )
         self.version[msg.topic] += 1
 
     def _on_status(self, msg: Message, now: float) -> None:
@@ -516,8 +555,14 @@ class MonitorModel:
         trig = m.get("triggers", {})
         if not isinstance(trig, dict):
             raise ContentError(f"triggers = {trig!r} is not a table")
-        row = {"spill": float(msg.spill) if isinstance(msg.spill, int) else math.nan, "time": now,
-               "S0": s0, "S1": s1, "V0": v0, "eot": eot}
+        row = {
+            "spill": float(msg.spill) if isinstance(msg.spill, int) else math.nan,
+            "time": now,
+            "S0": s0,
+            "S1": s1,
+            "V0": v0,
+            "eot": eot,
+        }
         for name, tv in trig.items():
             if not isinstance(tv, dict):
                 raise ContentError(f"triggers[{name!r}] = {tv!r} is not {{raw, accepted}}")
@@ -528,14 +573,15 @@ class MonitorModel:
             self.spill = msg.spill
         self.eot_sum_seen += eot
         tot = m.get("eot_total")
-        self.eot_total = float(tot) if isinstance(tot, (int, float)) and not isinstance(tot, bool) \
-            else self.eot_total + eot
+        self.eot_total = (
+            float(tot) if isinstance(tot, (int, float)) and not isinstance(tot, bool) else self.eot_total + eot
+        )
         row["eot_total"] = self.eot_total
         for name in trig:
             if name not in self.trigger_names:
                 self.trigger_names.append(name)
         if len(self.history) and self.history.last("spill") == row["spill"]:
-            self.history.replace_last(row)           # the same spill published again
+            self.history.replace_last(row)  # the same spill published again
         else:
             self.history.append(row)
             self.spills_seen += 1
@@ -646,14 +692,19 @@ class MonitorModel:
     def s1_running_mean(self) -> float:
         """Mean S1 of the spills before the last one (up to ``rate_mean_spills``), spills with S1 > 0 only."""
         s1 = self.history.column("S1")[:-1]
-        s1 = s1[np.isfinite(s1) & (s1 > 0)][-self.s.rate_mean_spills:]
+        s1 = s1[np.isfinite(s1) & (s1 > 0)][-self.s.rate_mean_spills :]
         return float(s1.mean()) if s1.size else math.nan
 
     def evaluate(self, now: float | None = None) -> dict[str, Alarm]:
         """Recompute the alarms; logs every change of level."""
         now = time.time() if now is None else now
-        new = {"daq": self._alarm_daq(now), "beam": self._alarm_beam(now), "hv": self._alarm_hv(),
-               "missed": self._alarm_missed(now), "data": self._alarm_data(now)}
+        new = {
+            "daq": self._alarm_daq(now),
+            "beam": self._alarm_beam(now),
+            "hv": self._alarm_hv(),
+            "missed": self._alarm_missed(now),
+            "data": self._alarm_data(now),
+        }
         changed = False
         for key, (level, text) in new.items():
             a = self.alarms[key]
@@ -710,8 +761,10 @@ class MonitorModel:
         if self.hv_ids.size == 0:
             return NONE, "no HV data"
         cond = self.hv_condition
-        names = lambda mask: ", ".join(ch.CHANNELS[i].name for i in self.hv_ids[mask][:4]) + \
-            (" ..." if mask.sum() > 4 else "")  # noqa: E731
+
+        def names(mask: np.ndarray) -> str:
+            return ", ".join(ch.CHANNELS[i].name for i in self.hv_ids[mask][:4]) + (" ..." if mask.sum() > 4 else "")
+
         trip = cond == HV_TRIPPED
         fault = cond == HV_FAULTED
         dev = cond == HV_DEVIATION
@@ -728,8 +781,9 @@ class MonitorModel:
 
     def _alarm_missed(self, now: float) -> tuple[int, str]:
         tot = self.missed_total
-        recent = (self._missed_time is not None and now - self._missed_time < self.s.stall_s) or \
-                 (self._lost_spills_time is not None and now - self._lost_spills_time < self.s.stall_s)
+        recent = (self._missed_time is not None and now - self._missed_time < self.s.stall_s) or (
+            self._lost_spills_time is not None and now - self._lost_spills_time < self.s.stall_s
+        )
         text = f"{self.link.missed} missed, {self.link.dropped_total} dropped"
         if self.lost_spills:
             text += f", DAQ lost {self.lost_spills} spills"

@@ -16,12 +16,14 @@ Per spill (:class:`ReplayBuilder`):
 
 A missing or corrupt spill file is reported as a ``log`` ERROR line and skipped.
 """
+
 from __future__ import annotations
 
 import logging
 import pathlib
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +41,7 @@ log = logging.getLogger("online.monitor.replay")
 class ReplayBuilder:
     """Turns spill files of one run into monitoring messages with a running sequence number."""
 
-    def __init__(self, cfg: Config | None = None, calibration: Any = None,
-                 n_waveforms: int | None = None) -> None:
+    def __init__(self, cfg: Config | None = None, calibration: Any = None, n_waveforms: int | None = None) -> None:
         from detector.config import load_calibration, load_config
 
         self.cfg = cfg if cfg is not None else load_config(None)
@@ -52,8 +53,14 @@ class ReplayBuilder:
         self.spills_done = 0
         self.run: int | None = None
 
-    def message(self, topic: str, arrays: dict[str, np.ndarray] | None = None, meta: dict[str, Any] | None = None,
-                spill: int | None = None, now: float | None = None) -> Message:
+    def message(
+        self,
+        topic: str,
+        arrays: dict[str, np.ndarray] | None = None,
+        meta: dict[str, Any] | None = None,
+        spill: int | None = None,
+        now: float | None = None,
+    ) -> Message:
         frames = encode(topic, self.seq.take(topic), arrays, meta, self.run, spill, time.time() if now is None else now)
         return decode(frames)
 
@@ -62,10 +69,21 @@ class ReplayBuilder:
 
     def status(self, state: str, spill: int | None, message: str = "", now: float | None = None) -> Message:
         now = time.time() if now is None else now
-        return self.message("status", meta={"state": state, "run": self.run, "spill": spill,
-                                            "last_spill_unix": now, "spills_done": self.spills_done,
-                                            "events_recorded": self.events_total, "lost_spills": 0,
-                                            "message": message}, spill=spill, now=now)
+        return self.message(
+            "status",
+            meta={
+                "state": state,
+                "run": self.run,
+                "spill": spill,
+                "last_spill_unix": now,
+                "spills_done": self.spills_done,
+                "events_recorded": self.events_total,
+                "lost_spills": 0,
+                "message": message,
+            },
+            spill=spill,
+            now=now,
+        )
 
     @staticmethod
     def _hv_arrays(hv: Any) -> dict[str, np.ndarray] | None:
@@ -79,11 +97,13 @@ class ReplayBuilder:
             if isinstance(hv, dict) and hv and all(isinstance(v, dict) for v in hv.values()):
                 rows = [(ch.by_name(name).id, v) for name, v in hv.items() if all(k in v for k in keys)]
                 if rows:
-                    return {"vset": np.array([v["vset"] for _, v in rows], np.float32),
-                            "vmon": np.array([v["vmon"] for _, v in rows], np.float32),
-                            "imon": np.array([v["imon"] for _, v in rows], np.float32),
-                            "status": np.array([v["status"] for _, v in rows], np.int32),
-                            "channel_ids": np.array([i for i, _ in rows], np.int64)}
+                    return {
+                        "vset": np.array([v["vset"] for _, v in rows], np.float32),
+                        "vmon": np.array([v["vmon"] for _, v in rows], np.float32),
+                        "imon": np.array([v["imon"] for _, v in rows], np.float32),
+                        "status": np.array([v["status"] for _, v in rows], np.int32),
+                        "channel_ids": np.array([i for i, _ in rows], np.int64),
+                    }
         except (KeyError, TypeError, ValueError):
             return None
         return None
@@ -101,9 +121,16 @@ class ReplayBuilder:
         extra = sd.attrs.get("extra")
         calib = extra.get("calibration_mode", True) if isinstance(extra, dict) else True
         if sd.n_events:
-            for m in event_messages(sd.waveforms, sd.event_id, sd.trigger_mask, self.calibration.gev_per_count,
-                                    n_waveforms=self.n_waveforms, amplitudes=bool(calib),
-                                    table=sd.attrs.get("table"), start_unix=float(sd.attrs.get("start_unix", 0.0))):
+            for m in event_messages(
+                sd.waveforms,
+                sd.event_id,
+                sd.trigger_mask,
+                self.calibration.gev_per_count,
+                n_waveforms=self.n_waveforms,
+                amplitudes=bool(calib),
+                table=sd.attrs.get("table"),
+                start_unix=float(sd.attrs.get("start_unix", 0.0)),
+            ):
                 out.append(self.message(m.topic, m.arrays, m.meta, spill=spill, now=now))
         hv = self._hv_arrays(sd.attrs.get("hv"))
         if hv is not None:
@@ -114,8 +141,9 @@ class ReplayBuilder:
         return out
 
 
-def replay_batches(run_dir: str | pathlib.Path, cfg: Config | None = None,
-                   builder: ReplayBuilder | None = None) -> Iterator[list[Message]]:
+def replay_batches(
+    run_dir: str | pathlib.Path, cfg: Config | None = None, builder: ReplayBuilder | None = None
+) -> Iterator[list[Message]]:
     """One batch of messages per spill file of ``run_dir`` (run in the replay worker thread)."""
     rdir = pathlib.Path(run_dir)
     b = builder or ReplayBuilder(cfg)
@@ -137,5 +165,7 @@ def replay_batches(run_dir: str | pathlib.Path, cfg: Config | None = None,
             yield [b.log_message(f"skipped: {exc}", "ERROR")]
             continue
         yield b.messages(sd)
-    yield [b.status(DAQState.IDLE.value, None, "replay finished"),
-           b.log_message(f"replay finished: {b.spills_done} spills, {b.events_total} events, EOT {b.eot_total:.4g}")]
+    yield [
+        b.status(DAQState.IDLE.value, None, "replay finished"),
+        b.log_message(f"replay finished: {b.spills_done} spills, {b.events_total} events, EOT {b.eot_total:.4g}"),
+    ]

@@ -17,6 +17,7 @@ order (the publisher numbers each topic in its own sequence), so gaps on the wir
 (per topic in ``LinkStats.missed_by_topic``), and counts malformed messages
 (:class:`~detector.framing.FramingError`): logged and counted, never fatal.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -42,8 +43,8 @@ class Inbox:
         self._lock = threading.Lock()
         self._tracker = TopicSeqTracker()
         self._stats = LinkStats()
-        self._pending: dict[int, Message] = {}          # arrival index -> message, in arrival order
-        self._latest: dict[str, int] = {}               # latest-wins topic -> arrival index
+        self._pending: dict[int, Message] = {}  # arrival index -> message, in arrival order
+        self._latest: dict[str, int] = {}  # latest-wins topic -> arrival index
         self._fifo: dict[str, deque[int]] = {t: deque() for t in ACCUMULATING}
         self._counter = itertools.count()
 
@@ -118,7 +119,7 @@ class StreamReceiver:
         self.rcvhwm = int(rcvhwm)
         self.max_burst = int(max_burst)
         self._zmq = zmq
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._ctrl_addr = f"inproc://na64-monitor-ctrl-{id(self):x}"
         self._ctrl = self._ctx.socket(zmq.PAIR)
         self._ctrl.setsockopt(zmq.LINGER, 0)
@@ -171,7 +172,7 @@ class StreamReceiver:
                 self.error = f"cannot connect to {self.endpoint}: {exc}"
                 log.error("%s", self.error)
                 self._ready.set()
-                ctrl.recv()         # wait for stop
+                ctrl.recv()  # wait for stop
                 return
             poller = zmq.Poller()
             poller.register(sub, zmq.POLLIN)
@@ -184,7 +185,7 @@ class StreamReceiver:
                     return
                 if sub in events:
                     self._drain_socket(sub)
-        except Exception:   # the worker must never die silently
+        except Exception:  # the worker must never die silently
             log.exception("monitor receiver thread failed")
             self.error = "receiver thread failed (see log)"
         finally:
@@ -211,8 +212,9 @@ class FeederThread:
     thread and puts every message into the inbox, waiting ``interval_s`` between batches. ``stop()``
     interrupts the wait at once. ``finished`` turns true when the iterator is exhausted."""
 
-    def __init__(self, batches: Any, inbox: Inbox, interval_s: float = 0.5, name: str = "na64-monitor-feed",
-                 on_error: Any = None) -> None:
+    def __init__(
+        self, batches: Any, inbox: Inbox, interval_s: float = 0.5, name: str = "na64-monitor-feed", on_error: Any = None
+    ) -> None:
         self.batches = batches
         self.inbox = inbox
         self.interval_s = float(interval_s)
@@ -245,7 +247,7 @@ class FeederThread:
                 self.batches_done += 1
                 if self._stop.wait(self.interval_s):
                     return
-        except Exception as exc:    # a bad file must not kill the GUI; it is shown and logged
+        except Exception as exc:  # a bad file must not kill the GUI; it is shown and logged
             log.exception("feeder %s failed", self._thread.name)
             self.error = f"{type(exc).__name__}: {exc}"
             if self.on_error is not None:

@@ -6,7 +6,7 @@ exists::
     na64-monitor --connect tcp://127.0.0.1:5556                                     # viewer
     na64-monitor --synthetic --screenshot /tmp/monitor.png --exit-after 3           # no socket at all
 
-Numbers follow ARCHITECTURE.md / physics.md: ~5e6 electrons per 4.8 s spill, V0/S1 = 0.126, beam
+Numbers follow docs/architecture.md / docs/physics.md: ~5e6 electrons per 4.8 s spill, V0/S1 = 0.126, beam
 trigger prescaled 1/1000 (its raw count is the EOT), random trigger 10 Hz; the E_ECAL vs E_HCAL plane
 has the 100 GeV electron peak, the hadron band E_ECAL + E_HCAL ~ 100 GeV, dimuons, muons and a few
 upstream-interaction events near the signal box. Waveforms are made with the detector's own pulse
@@ -15,6 +15,7 @@ model (:func:`detector.pulse.synthesize`). Fault knobs: ``beam_factor`` (rate dr
 states and status bits come from the contract (:mod:`detector.monitoring`, :mod:`detector.hwstatus`); a
 topic of the contract without a generator here gets random arrays of its declared shapes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,18 +31,34 @@ from detector.framing import Message, decode, encode
 from detector.hwstatus import HVStatus
 from detector.monitoring import ECAL_EDGES, HCAL_EDGES, DAQState
 
-#: reference A' yields per EOT at eps = 1 (IWW, Pb, E0 = 100 GeV, E_A' > 50 GeV; physics.md 3.5, CALC) for
+#: reference A' yields per EOT at eps = 1 (IWW, Pb, E0 = 100 GeV, E_A' > 50 GeV; docs/physics.md 3.5, CALC) for
 #: demonstrations of the sensitivity view before `na64-offline yields --json` has been run
-REFERENCE_YIELDS_IWW = ((1.0, 1.59e-1), (2.0, 9.89e-2), (5.0, 3.50e-2), (10.0, 1.35e-2), (16.7, 6.30e-3),
-                        (20.0, 4.76e-3), (50.0, 1.02e-3), (100.0, 2.57e-4), (200.0, 5.41e-5), (500.0, 5.41e-6),
-                        (1000.0, 8.29e-7))
+REFERENCE_YIELDS_IWW = (
+    (1.0, 1.59e-1),
+    (2.0, 9.89e-2),
+    (5.0, 3.50e-2),
+    (10.0, 1.35e-2),
+    (16.7, 6.30e-3),
+    (20.0, 4.76e-3),
+    (50.0, 1.02e-3),
+    (100.0, 2.57e-4),
+    (200.0, 5.41e-5),
+    (500.0, 5.41e-6),
+    (1000.0, 8.29e-7),
+)
 
 
 def _default_gev_per_count() -> np.ndarray:
     g = np.empty(ch.N_CHANNELS)
     for c in ch.CHANNELS:
-        g[c.id] = {"ecal": 0.03 if c.section == 1 else 0.005, "hcal": 0.032, "counter": 5e-6, "veto": 5e-6,
-                   "srd": 5e-5, "sum": 0.04}[c.kind]
+        g[c.id] = {
+            "ecal": 0.03 if c.section == 1 else 0.005,
+            "hcal": 0.032,
+            "counter": 5e-6,
+            "veto": 5e-6,
+            "srd": 5e-5,
+            "sum": 0.04,
+        }[c.kind]
     g[ch.by_name("V2").id] = 4e-5
     g[ch.by_name("PS_SUM").id] = 0.008
     return g
@@ -50,16 +67,23 @@ def _default_gev_per_count() -> np.ndarray:
 def _default_hv_set() -> np.ndarray:
     v = np.zeros(ch.N_CHANNELS)
     for c in ch.CHANNELS:
-        v[c.id] = {"ecal": 1000.0, "hcal": 850.0, "counter": 1200.0, "veto": 1200.0, "srd": 1100.0,
-                   "sum": 0.0}[c.kind]
+        v[c.id] = {"ecal": 1000.0, "hcal": 850.0, "counter": 1200.0, "veto": 1200.0, "srd": 1100.0, "sum": 0.0}[c.kind]
     return v
 
 
 class SyntheticDAQ:
     """Generator of the monitoring messages a DAQ publishes, with per-topic sequence numbers."""
 
-    def __init__(self, run: int = 1, seed: int = 0, particles_per_spill: float = 5e6, spill_length_s: float = 4.8,
-                 n_waveforms: int = 8, hist_events: int = 4000, amplitude_events: int = 200) -> None:
+    def __init__(
+        self,
+        run: int = 1,
+        seed: int = 0,
+        particles_per_spill: float = 5e6,
+        spill_length_s: float = 4.8,
+        n_waveforms: int = 8,
+        hist_events: int = 4000,
+        amplitude_events: int = 200,
+    ) -> None:
         self.run = int(run)
         self.rng = np.random.default_rng(seed)
         self.particles_per_spill = float(particles_per_spill)
@@ -75,14 +99,14 @@ class SyntheticDAQ:
         self.last_spill_unix = 0.0
         # fault knobs
         self.beam_factor = 1.0
-        self.trip: set[int] = set()               #: HV channel ids whose trip bit is set
-        self.deviate: dict[int, float] = {}       #: channel id -> VMON - VSET (V)
-        self.error = ""                           #: non-empty: the DAQ reports state ERROR
-        self.skip_seq = 0                         #: skip this many sequence numbers of the next message's topic
+        self.trip: set[int] = set()  #: HV channel ids whose trip bit is set
+        self.deviate: dict[int, float] = {}  #: channel id -> VMON - VSET (V)
+        self.error = ""  #: non-empty: the DAQ reports state ERROR
+        self.skip_seq = 0  #: skip this many sequence numbers of the next message's topic
         self.gev_per_count = _default_gev_per_count()
         self.hv_ids = np.array([c.id for c in ch.CHANNELS if c.hv_board is not None], dtype=np.int64)
         self.hv_vset = _default_hv_set()[self.hv_ids].astype(np.float32)
-        self.beam_cell = (2.6, 2.4)               # shower centre in ECAL cell units
+        self.beam_cell = (2.6, 2.4)  # shower centre in ECAL cell units
         self._profiles()
         self._wave_pool: np.ndarray | None = None
 
@@ -93,29 +117,49 @@ class SyntheticDAQ:
         r = np.hypot(x - cx, y - cy)
         main = np.exp(-r / 0.55)
         ps = np.exp(-r / 0.35)
-        self.ecal_profile = np.stack([ps / ps.sum(), main / main.sum()])            # [k][x][y]
-        hx, hy = np.meshgrid(np.arange(3), np.arange(3), indexing="xy")            # [y][x]
+        self.ecal_profile = np.stack([ps / ps.sum(), main / main.sum()])  # [k][x][y]
+        hx, hy = np.meshgrid(np.arange(3), np.arange(3), indexing="xy")  # [y][x]
         hr = np.hypot(hx - 1.0, hy - 1.0)
         h = np.exp(-hr / 0.6)
-        self.hcal_profile = h / h.sum()                                             # [y][x]
+        self.hcal_profile = h / h.sum()  # [y][x]
         self.hcal_longitudinal = np.array([0.55, 0.27, 0.12, 0.06])
 
-    def message(self, topic: str, arrays: dict[str, np.ndarray] | None = None, meta: dict[str, Any] | None = None,
-                spill: int | None = None, now: float | None = None) -> Message:
+    def message(
+        self,
+        topic: str,
+        arrays: dict[str, np.ndarray] | None = None,
+        meta: dict[str, Any] | None = None,
+        spill: int | None = None,
+        now: float | None = None,
+    ) -> Message:
         """One message exactly as a subscriber decodes it (framed and decoded)."""
         for _ in range(self.skip_seq):
             self.seq.take(topic)
         self.skip_seq = 0
-        frames = encode(topic, self.seq.take(topic), arrays, meta, self.run, self.spill if spill is None else spill,
-                        time.time() if now is None else now)
+        frames = encode(
+            topic,
+            self.seq.take(topic),
+            arrays,
+            meta,
+            self.run,
+            self.spill if spill is None else spill,
+            time.time() if now is None else now,
+        )
         return decode(frames)
 
     def status(self, state: str | None = None, now: float | None = None, message: str = "") -> Message:
         now = time.time() if now is None else now
         st = DAQState.ERROR.value if self.error else (state or DAQState.IDLE.value)
-        meta = {"state": st, "run": self.run, "spill": self.spill, "last_spill_unix": self.last_spill_unix,
-                "spills_done": self.spill, "events_recorded": self.events_recorded,
-                "lost_spills": self.lost_spills, "message": self.error or message}
+        meta = {
+            "state": st,
+            "run": self.run,
+            "spill": self.spill,
+            "last_spill_unix": self.last_spill_unix,
+            "spills_done": self.spill,
+            "events_recorded": self.events_recorded,
+            "lost_spills": self.lost_spills,
+            "message": self.error or message,
+        }
         return self.message("status", meta=meta, now=now)
 
     def log(self, text: str, level: str = "INFO", now: float | None = None) -> Message:
@@ -132,15 +176,17 @@ class SyntheticDAQ:
             if int(cid) in self.trip:
                 vmon[i] = 0.0
                 status[i] = HVStatus.TRIP | HVStatus.OVC
-        imon = np.maximum(vmon * 0.2 + self.rng.normal(0, 0.05, n), 0.0).astype(np.float32)   # uA (5 MOhm)
-        return self.message("hv", {"vset": vset, "vmon": vmon, "imon": imon, "status": status,
-                                   "channel_ids": self.hv_ids}, now=now)
+        imon = np.maximum(vmon * 0.2 + self.rng.normal(0, 0.05, n), 0.0).astype(np.float32)  # uA (5 MOhm)
+        return self.message(
+            "hv", {"vset": vset, "vmon": vmon, "imon": imon, "status": status, "channel_ids": self.hv_ids}, now=now
+        )
 
     # ------------------------------------------------------------------------------------------
     def scalers(self, now: float) -> Message:
         rng = self.rng
-        particles = max(0, int(rng.normal(self.particles_per_spill, 0.03 * self.particles_per_spill)
-                               * self.beam_factor))
+        particles = max(
+            0, int(rng.normal(self.particles_per_spill, 0.03 * self.particles_per_spill) * self.beam_factor)
+        )
         s0 = int(particles * 0.985)
         s1 = int(particles * 0.95)
         v0 = int(rng.poisson(0.126 * s1)) if s1 else 0
@@ -156,9 +202,21 @@ class SyntheticDAQ:
         self.eot_total += pisi
         self.events_recorded += accepted
         self._accepted = accepted
-        meta = {"S0": s0, "S1": s1, "V0": v0, "eot": pisi, "eot_total": self.eot_total, "particles": particles,
-                "triggers": triggers, "accepted": accepted, "read_out": accepted, "recorded": accepted,
-                "flags": [], "spill_length_s": self.spill_length_s, "start_unix": now - self.spill_length_s}
+        meta = {
+            "S0": s0,
+            "S1": s1,
+            "V0": v0,
+            "eot": pisi,
+            "eot_total": self.eot_total,
+            "particles": particles,
+            "triggers": triggers,
+            "accepted": accepted,
+            "read_out": accepted,
+            "recorded": accepted,
+            "flags": [],
+            "spill_length_s": self.spill_length_s,
+            "start_unix": now - self.spill_length_s,
+        }
         return self.message("scalers", meta=meta, now=now)
 
     def calo(self, now: float) -> Message:
@@ -172,9 +230,17 @@ class SyntheticDAQ:
         he *= rng.normal(1.0, 0.03, he.shape).clip(0.5)
         eo = rng.binomial(n, np.clip(np.stack([self.ecal_profile[0], self.ecal_profile[1]]) * 6, 0, 1))
         ho = rng.binomial(n, np.clip(self.hcal_longitudinal[:, None, None] * self.hcal_profile[None] * 4, 0, 1))
-        return self.message("calo", {"ecal_energy": ee, "ecal_occupancy": eo.astype(np.int64),
-                                     "hcal_energy": he, "hcal_occupancy": ho.astype(np.int64)},
-                            meta={"events": n}, now=now)
+        return self.message(
+            "calo",
+            {
+                "ecal_energy": ee,
+                "ecal_occupancy": eo.astype(np.int64),
+                "hcal_energy": he,
+                "hcal_occupancy": ho.astype(np.int64),
+            },
+            meta={"events": n},
+            now=now,
+        )
 
     def ecal_hcal(self, now: float) -> Message:
         rng = self.rng
@@ -182,26 +248,30 @@ class SyntheticDAQ:
         kind = rng.choice(5, size=n, p=[0.42, 0.36, 0.12, 0.05, 0.05])
         e_ecal = np.empty(n)
         e_hcal = np.empty(n)
-        m = kind == 0       # electrons: full shower in the ECAL
+        m = kind == 0  # electrons: full shower in the ECAL
         e_ecal[m] = rng.normal(100.0, 2.0, m.sum())
         e_hcal[m] = rng.exponential(0.15, m.sum())
-        m = kind == 1       # hadrons: E_ECAL + E_HCAL ~ 100 GeV (HCAL resolution worse)
+        m = kind == 1  # hadrons: E_ECAL + E_HCAL ~ 100 GeV (HCAL resolution worse)
         ec = rng.uniform(1.0, 80.0, m.sum())
         e_ecal[m] = ec
         e_hcal[m] = np.clip((100.0 - ec) * rng.normal(0.9, 0.12, m.sum()), 0, None)
-        m = kind == 2       # upstream interactions: soft e- in the ECAL, nothing behind
+        m = kind == 2  # upstream interactions: soft e- in the ECAL, nothing behind
         e_ecal[m] = rng.uniform(20.0, 95.0, m.sum())
         e_hcal[m] = rng.exponential(0.4, m.sum())
-        m = kind == 3       # dimuons: two MIPs through the HCAL
+        m = kind == 3  # dimuons: two MIPs through the HCAL
         e_ecal[m] = rng.normal(75.0, 8.0, m.sum())
         e_hcal[m] = rng.normal(5.0, 1.2, m.sum())
-        m = kind == 4       # beam muons
+        m = kind == 4  # beam muons
         e_ecal[m] = rng.normal(0.6, 0.15, m.sum())
         e_hcal[m] = rng.normal(2.5, 0.6, m.sum())
         (elo, ehi, en), (hlo, hhi, hn) = ECAL_EDGES, HCAL_EDGES
         counts, _, _ = np.histogram2d(e_ecal, e_hcal, bins=(en, hn), range=((elo, ehi), (hlo, hhi)))
-        return self.message("ecal_hcal", {"counts": counts}, meta={"ecal_edges": list(ECAL_EDGES),
-                                                                   "hcal_edges": list(HCAL_EDGES)}, now=now)
+        return self.message(
+            "ecal_hcal",
+            {"counts": counts},
+            meta={"ecal_edges": list(ECAL_EDGES), "hcal_edges": list(HCAL_EDGES)},
+            now=now,
+        )
 
     def _pool(self) -> np.ndarray:
         if self._wave_pool is None:
@@ -211,14 +281,17 @@ class SyntheticDAQ:
             k = 32
             e_beam = rng.choice([100.0, 100.0, 60.0, 30.0], size=k)
             energy = np.zeros((k, ch.N_CHANNELS))
-            energy[:, :72] = (e_beam[:, None] * np.concatenate([0.05 * self.ecal_profile[0].ravel(),
-                                                                 0.95 * self.ecal_profile[1].ravel()])[None])
+            energy[:, :72] = (
+                e_beam[:, None]
+                * np.concatenate([0.05 * self.ecal_profile[0].ravel(), 0.95 * self.ecal_profile[1].ravel()])[None]
+            )
             had = np.clip(100.0 - e_beam, 0, None)
-            energy[:, 72:108] = had[:, None] * (self.hcal_longitudinal[:, None, None]
-                                                * self.hcal_profile[None]).ravel()[None]
+            energy[:, 72:108] = (
+                had[:, None] * (self.hcal_longitudinal[:, None, None] * self.hcal_profile[None]).ravel()[None]
+            )
             for name in ("S0", "S1", "S2", "S3", "S4"):
                 energy[:, ch.by_name(name).id] = 1e-3 * rng.gamma(8.0, 1 / 8.0, k)
-            energy[:, ch.by_name("SRD0").id:ch.by_name("SRD2").id + 1] = rng.gamma(4, 0.05 / 4, (k, 3)) / 3
+            energy[:, ch.by_name("SRD0").id : ch.by_name("SRD2").id + 1] = rng.gamma(4, 0.05 / 4, (k, 3)) / 3
             energy[:, ch.by_name("ECAL_SUM").id] = energy[:, :72].sum(1)
             energy[:, ch.by_name("PS_SUM").id] = energy[:, :36].sum(1)
             amp = np.clip(energy / self.gev_per_count[None] * rng.normal(1.0, 0.03, energy.shape), 0, 3900)
@@ -230,8 +303,11 @@ class SyntheticDAQ:
         pool = self._pool()
         k = min(self.n_waveforms, pool.shape[0]) if self._accepted else 0
         idx = (np.arange(k) + self.spill * k) % pool.shape[0]
-        ids = np.sort(self.rng.choice(max(self._accepted, k, 1), size=k, replace=False)).astype(np.int64) \
-            if k else np.zeros(0, np.int64)
+        ids = (
+            np.sort(self.rng.choice(max(self._accepted, k, 1), size=k, replace=False)).astype(np.int64)
+            if k
+            else np.zeros(0, np.int64)
+        )
         return self.message("waveforms", {"waveforms": np.ascontiguousarray(pool[idx]), "event_ids": ids}, now=now)
 
     def amplitudes(self, now: float) -> Message:
@@ -239,12 +315,17 @@ class SyntheticDAQ:
         a = np.zeros((n, ch.N_CALO), dtype=np.float32)
         if n:
             tot = self.rng.normal(100.0, 2.0, n)
-            a[:, :72] = (tot[:, None] * np.concatenate([0.05 * self.ecal_profile[0].ravel(),
-                                                         0.95 * self.ecal_profile[1].ravel()])[None]
-                         / self.gev_per_count[None, :72])
-        return self.message("amplitudes", {"amplitudes": a},
-                            meta={"table": {"x_mm": 0.0, "y_mm": 0.0, "module": -1, "cell": ""},
-                                  "start_unix": now}, now=now)
+            a[:, :72] = (
+                tot[:, None]
+                * np.concatenate([0.05 * self.ecal_profile[0].ravel(), 0.95 * self.ecal_profile[1].ravel()])[None]
+                / self.gev_per_count[None, :72]
+            )
+        return self.message(
+            "amplitudes",
+            {"amplitudes": a},
+            meta={"table": {"x_mm": 0.0, "y_mm": 0.0, "module": -1, "cell": ""}, "start_unix": now},
+            now=now,
+        )
 
     def generic(self, spec: mon.TopicSpec, now: float) -> Message:
         """A message of a topic without its own generator: random values of each declared array (a
@@ -254,7 +335,7 @@ class SyntheticDAQ:
         for a in spec.arrays:
             shape = tuple(dims.setdefault(d, 8) if isinstance(d, str) else d for d in a.shape)
             arrays[a.name] = (self.rng.random(shape) * 100).astype(a.dtype)
-        return self.message(spec.name, arrays, meta={k: 0 for k in spec.meta}, now=now)
+        return self.message(spec.name, arrays, meta=dict.fromkeys(spec.meta, 0), now=now)
 
     def spill_messages(self, now: float | None = None, states: bool = True) -> list[Message]:
         """Everything the DAQ publishes for one spill, in publishing order."""
@@ -275,12 +356,16 @@ class SyntheticDAQ:
 
 
 def write_example_yields(path: str) -> str:
-    """Write a yields file in the layout of `na64-offline yields --json` from the physics.md reference
+    """Write a yields file in the layout of `na64-offline yields --json` from the docs/physics.md reference
     table (for demonstrations and tests; a real run uses the offline result)."""
     import json
 
-    data = {"e0_gev": 100.0, "emiss_min_gev": 50.0, "model": "IWW",
-            "yields": [{"mass_mev": m, "yield_per_eot_eps1": y} for m, y in REFERENCE_YIELDS_IWW]}
+    data = {
+        "e0_gev": 100.0,
+        "emiss_min_gev": 50.0,
+        "model": "IWW",
+        "yields": [{"mass_mev": m, "yield_per_eot_eps1": y} for m, y in REFERENCE_YIELDS_IWW],
+    }
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=1)
     return path
@@ -309,11 +394,11 @@ class SyntheticPublisher:
         import zmq
 
         self._zmq = zmq
-        self.sock = zmq.Context.instance().socket(zmq.PUB)
+        self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, sndhwm)
         self.sock.bind(bind)
-        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def send(self, msg: Message) -> None:
         self.sock.send_multipart(frames_of(msg), copy=False)
@@ -327,16 +412,21 @@ class SyntheticPublisher:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m online.monitor.synthetic",
-                                description="Publish a synthetic NA64 monitoring stream (all topics).")
+    p = argparse.ArgumentParser(
+        prog="python -m online.monitor.synthetic",
+        description="Publish a synthetic NA64 monitoring stream (all topics).",
+    )
     p.add_argument("--bind", default="tcp://127.0.0.1:5556", help="PUB address (default %(default)s)")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between spills (default %(default)s)")
     p.add_argument("--spills", type=int, default=0, help="spills to send; 0 = until Ctrl-C")
     p.add_argument("--run", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trip", action="append", default=[], metavar="CHANNEL", help="HV channel to show tripped")
-    p.add_argument("--write-yields", metavar="JSON", help="only write an example yields file (physics.md "
-                                                           "reference values) for the sensitivity view, and exit")
+    p.add_argument(
+        "--write-yields",
+        metavar="JSON",
+        help="only write an example yields file (docs/physics.md reference values) for the sensitivity view, and exit",
+    )
     args = p.parse_args(argv)
     if args.write_yields:
         print(write_example_yields(args.write_yields))

@@ -3,6 +3,7 @@
 (ZeroMQ receiver, replay, in-process synthetic feed) run in worker threads and only ever touch the
 thread-safe :class:`~online.monitor.stream.Inbox`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,27 +21,36 @@ from .stream import Inbox, StreamReceiver
 
 log = logging.getLogger("online.monitor")
 
-_AREAS = {"top": QtCore.Qt.TopDockWidgetArea, "left": QtCore.Qt.LeftDockWidgetArea,
-          "right": QtCore.Qt.RightDockWidgetArea, "bottom": QtCore.Qt.BottomDockWidgetArea}
+_AREAS = {
+    "top": QtCore.Qt.DockWidgetArea.TopDockWidgetArea,
+    "left": QtCore.Qt.DockWidgetArea.LeftDockWidgetArea,
+    "right": QtCore.Qt.DockWidgetArea.RightDockWidgetArea,
+    "bottom": QtCore.Qt.DockWidgetArea.BottomDockWidgetArea,
+}
 
 
 class MonitorWindow(QtWidgets.QMainWindow):
     """Dock-based control-room window. ``tick()`` is the whole update path (also called by tests and
     the benchmark); nothing else changes the widgets."""
 
-    def __init__(self, settings: M.MonitorSettings | None = None, model: M.MonitorModel | None = None,
-                 inbox: Inbox | None = None, parent: QtWidgets.QWidget | None = None) -> None:
+    def __init__(
+        self,
+        settings: M.MonitorSettings | None = None,
+        model: M.MonitorModel | None = None,
+        inbox: Inbox | None = None,
+        parent: QtWidgets.QWidget | None = None,
+    ) -> None:
         super().__init__(parent)
         self.settings = settings or M.MonitorSettings()
         self.model = model or M.MonitorModel(self.settings)
         self.inbox = inbox or Inbox()
         self.receiver: StreamReceiver | None = None
-        self.feeder: Any = None                    # stream.FeederThread (replay or synthetic)
+        self.feeder: Any = None  # stream.FeederThread (replay or synthetic)
         self.setWindowTitle("NA64 monitor")
         self.setDockOptions(QtWidgets.QMainWindow.AnimatedDocks | QtWidgets.QMainWindow.AllowNestedDocks)
         self.views: list[Any] = []
         self.docks: dict[str, QtWidgets.QDockWidget] = {}
-        for spec in V.registered():                 # every view registered in online.monitor.views
+        for spec in V.registered():  # every view registered in online.monitor.views
             w = spec.build(self.settings)
             setattr(self, spec.attr, w)
             self.views.append(w)
@@ -52,17 +62,19 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.waveforms.combo.currentIndexChanged.connect(self.maps.select_channel)
         self.maps.select_channel(self.waveforms.channel)
         d = self.docks
-        self.splitDockWidget(d["status"], d["alarms"], QtCore.Qt.Horizontal)
-        self.splitDockWidget(d["ecal_hcal"], d["hv"], QtCore.Qt.Vertical)
-        self.splitDockWidget(d["sensitivity"], d["waveforms"], QtCore.Qt.Horizontal)
-        self.splitDockWidget(d["waveforms"], d["log"], QtCore.Qt.Horizontal)
-        self.setCorner(QtCore.Qt.BottomLeftCorner, QtCore.Qt.BottomDockWidgetArea)
-        self.setCorner(QtCore.Qt.BottomRightCorner, QtCore.Qt.RightDockWidgetArea)
+        self.splitDockWidget(d["status"], d["alarms"], QtCore.Qt.Orientation.Horizontal)
+        self.splitDockWidget(d["ecal_hcal"], d["hv"], QtCore.Qt.Orientation.Vertical)
+        self.splitDockWidget(d["sensitivity"], d["waveforms"], QtCore.Qt.Orientation.Horizontal)
+        self.splitDockWidget(d["waveforms"], d["log"], QtCore.Qt.Orientation.Horizontal)
+        self.setCorner(QtCore.Qt.Corner.BottomLeftCorner, QtCore.Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.setCorner(QtCore.Qt.Corner.BottomRightCorner, QtCore.Qt.DockWidgetArea.RightDockWidgetArea)
         self.resize(1920, 1080)
         self._docks_laid_out = False
         tb = self.addToolBar("monitor")
+        assert tb is not None  # addToolBar(title) creates it
         tb.setObjectName("toolbar")
         act_reset = tb.addAction("Reset accumulators")
+        assert act_reset is not None  # addAction(text) creates it
         act_reset.triggered.connect(self.model.reset)
         self.timer = QtCore.QTimer(self)
         self.timer.setInterval(int(round(1000.0 / min(10.0, max(0.2, self.settings.repaint_hz)))))
@@ -75,16 +87,19 @@ class MonitorWindow(QtWidgets.QMainWindow):
         once the window is shown, Qt ignores resizeDocks before."""
         d = self.docks
         w, h = max(self.width(), 800), max(self.height(), 600)
-        self.resizeDocks([d["status"], d["alarms"]], [int(0.6 * w), int(0.4 * w)], QtCore.Qt.Horizontal)
-        self.resizeDocks([d["status"]], [int(0.14 * h)], QtCore.Qt.Vertical)
-        self.resizeDocks([d["rates"], d["ecal_hcal"]], [int(0.27 * w), int(0.29 * w)], QtCore.Qt.Horizontal)
-        self.resizeDocks([d["ecal_hcal"], d["hv"]], [int(0.47 * h), int(0.37 * h)], QtCore.Qt.Vertical)
-        self.resizeDocks([d["waveforms"]], [int(0.28 * h)], QtCore.Qt.Vertical)
-        self.resizeDocks([d["sensitivity"], d["waveforms"], d["log"]], [int(0.2 * w), int(0.27 * w), int(0.24 * w)],
-                         QtCore.Qt.Horizontal)
+        self.resizeDocks([d["status"], d["alarms"]], [int(0.6 * w), int(0.4 * w)], QtCore.Qt.Orientation.Horizontal)
+        self.resizeDocks([d["status"]], [int(0.14 * h)], QtCore.Qt.Orientation.Vertical)
+        self.resizeDocks([d["rates"], d["ecal_hcal"]], [int(0.27 * w), int(0.29 * w)], QtCore.Qt.Orientation.Horizontal)
+        self.resizeDocks([d["ecal_hcal"], d["hv"]], [int(0.47 * h), int(0.37 * h)], QtCore.Qt.Orientation.Vertical)
+        self.resizeDocks([d["waveforms"]], [int(0.28 * h)], QtCore.Qt.Orientation.Vertical)
+        self.resizeDocks(
+            [d["sensitivity"], d["waveforms"], d["log"]],
+            [int(0.2 * w), int(0.27 * w), int(0.24 * w)],
+            QtCore.Qt.Orientation.Horizontal,
+        )
         self._docks_laid_out = True
 
-    def showEvent(self, ev: QtGui.QShowEvent) -> None:   # noqa: N802 (Qt name)
+    def showEvent(self, ev: QtGui.QShowEvent | None) -> None:
         super().showEvent(ev)
         if not self._docks_laid_out:
             self.layout_docks()
@@ -127,16 +142,20 @@ class MonitorWindow(QtWidgets.QMainWindow):
             self.model.add_log(logging.INFO, "monitor", f"subscribed to {endpoint}")
         return self.receiver
 
-    def start_replay(self, run_dir: str | pathlib.Path, cfg: Config | None = None,
-                     interval_s: float = 0.5) -> Any:
+    def start_replay(self, run_dir: str | pathlib.Path, cfg: Config | None = None, interval_s: float = 0.5) -> Any:
         """Replay a recorded run through the same inbox and views."""
         from .replay import replay_batches
         from .stream import FeederThread
 
         self.model.mode, self.model.source = "replay", str(run_dir)
         self.model.add_log(logging.INFO, "monitor", f"replaying {run_dir}")
-        self.feeder = FeederThread(replay_batches(run_dir, cfg), self.inbox, interval_s, name="na64-monitor-replay",
-                                   on_error=self.inbox.put_malformed)
+        self.feeder = FeederThread(
+            replay_batches(run_dir, cfg),
+            self.inbox,
+            interval_s,
+            name="na64-monitor-replay",
+            on_error=self.inbox.put_malformed,
+        )
         self.feeder.start()
         return self.feeder
 
@@ -159,7 +178,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         if self.feeder is not None:
             self.feeder.stop()
 
-    def closeEvent(self, ev: QtGui.QCloseEvent) -> None:   # noqa: N802 (Qt name)
+    def closeEvent(self, ev: QtGui.QCloseEvent | None) -> None:
         self.timer.stop()
         self.stop_sources()
         super().closeEvent(ev)

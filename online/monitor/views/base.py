@@ -5,12 +5,14 @@ in ``refresh(model, now)``, and only when the model section it shows changed (``
 are touched from the GUI thread only (the window's repaint timer), never from a worker thread
 (pyqtgraph #1398); nothing is re-created per update (pyqtgraph #2348).
 """
+
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
@@ -28,16 +30,38 @@ NEUTRAL = "#3a4049"
 FG = "#f0f0f0"
 LEVEL_COLOURS = {M.NONE: "#4a5059", M.OK: "#2e7d32", M.WARN: "#ef6c00", M.ALARM: "#c62828"}
 _S = DAQState
-STATE_COLOURS = {_S.IDLE.value: "#546e7a", _S.SPILL.value: "#1565c0", _S.END_OF_SPILL.value: "#00838f",
-                 _S.READOUT.value: "#6a1b9a", _S.RECORDED.value: "#2e7d32", _S.ERROR.value: "#c62828",
-                 "UNKNOWN": "#4a5059"}
-HV_COLOURS = {M.HV_OK: None, M.HV_OFF: "#5f6670", M.HV_RAMPING: "#f9a825", M.HV_DEVIATION: "#ef6c00",
-              M.HV_FAULTED: "#c62828", M.HV_TRIPPED: "#c62828"}
-TRIGGER_COLOURS = {"physics": "#ff5252", "beam": "#69f0ae", "random": "#b0bec5", "dimuon": "#e040fb",
-                   "calibration": "#ffd740"}
+STATE_COLOURS = {
+    _S.IDLE.value: "#546e7a",
+    _S.SPILL.value: "#1565c0",
+    _S.END_OF_SPILL.value: "#00838f",
+    _S.READOUT.value: "#6a1b9a",
+    _S.RECORDED.value: "#2e7d32",
+    _S.ERROR.value: "#c62828",
+    "UNKNOWN": "#4a5059",
+}
+HV_COLOURS = {
+    M.HV_OK: None,
+    M.HV_OFF: "#5f6670",
+    M.HV_RAMPING: "#f9a825",
+    M.HV_DEVIATION: "#ef6c00",
+    M.HV_FAULTED: "#c62828",
+    M.HV_TRIPPED: "#c62828",
+}
+TRIGGER_COLOURS = {
+    "physics": "#ff5252",
+    "beam": "#69f0ae",
+    "random": "#b0bec5",
+    "dimuon": "#e040fb",
+    "calibration": "#ffd740",
+}
 EXTRA_COLOURS = ("#40c4ff", "#ffab40", "#eeff41", "#ff80ab", "#a7ffeb")
-LOG_COLOURS = {logging.DEBUG: "#9e9e9e", logging.INFO: "#e0e0e0", logging.WARNING: "#ffb74d",
-               logging.ERROR: "#ff5252", logging.CRITICAL: "#ff1744"}
+LOG_COLOURS = {
+    logging.DEBUG: "#9e9e9e",
+    logging.INFO: "#e0e0e0",
+    logging.WARNING: "#ffb74d",
+    logging.ERROR: "#ff5252",
+    logging.CRITICAL: "#ff1744",
+}
 CMAP = "viridis"
 
 
@@ -49,7 +73,7 @@ def fmt_count(x: float | None) -> str:
     if abs(x) < 1e5:
         return f"{x:,.0f}".replace(",", "\u2009")
     e = int(math.floor(math.log10(abs(x))))
-    return f"{x / 10 ** e:.2f}e{e}"
+    return f"{x / 10**e:.2f}e{e}"
 
 
 def fmt_compact(v: float) -> str:
@@ -77,10 +101,10 @@ def nice_ceil(v: float) -> float:
     if not (v > 0 and np.isfinite(v)):
         return 1.0
     e = math.floor(math.log10(v))
-    f = v / 10.0 ** e
+    f = v / 10.0**e
     for m in _NICE:
         if f <= m * (1 + 1e-9):
-            return m * 10.0 ** e
+            return m * 10.0**e
     return 10.0 ** (e + 1)
 
 
@@ -95,8 +119,7 @@ def set_bar_levels(bar: Any, hi: float) -> None:
 
 def _bar(cmap: str = CMAP, label: str | None = None) -> pg.ColorBarItem:
     """A non-interactive colour bar with room for labels like '2.25M'."""
-    cb = pg.ColorBarItem(values=(0, 1), colorMap=cmap, interactive=False, width=14, label=label,
-                         colorMapMenu=False)
+    cb = pg.ColorBarItem(values=(0, 1), colorMap=cmap, interactive=False, width=14, label=label, colorMapMenu=False)
     cb.axis.setStyle(tickFont=_font(8), tickTextOffset=3, tickLength=4)
     cb.axis.setWidth(52)
     return cb
@@ -157,12 +180,19 @@ def apply_dark_theme(app: QtWidgets.QApplication) -> None:
     """Fusion style with a dark palette; pyqtgraph in the same colours."""
     app.setStyle("Fusion")
     pal = QtGui.QPalette()
-    for role, colour in ((QtGui.QPalette.Window, BG), (QtGui.QPalette.WindowText, FG),
-                         (QtGui.QPalette.Base, "#101316"), (QtGui.QPalette.AlternateBase, PANEL),
-                         (QtGui.QPalette.Text, FG), (QtGui.QPalette.Button, PANEL),
-                         (QtGui.QPalette.ButtonText, FG), (QtGui.QPalette.Highlight, "#1e88e5"),
-                         (QtGui.QPalette.HighlightedText, "#ffffff"), (QtGui.QPalette.ToolTipBase, PANEL),
-                         (QtGui.QPalette.ToolTipText, FG)):
+    for role, colour in (
+        (QtGui.QPalette.Window, BG),
+        (QtGui.QPalette.WindowText, FG),
+        (QtGui.QPalette.Base, "#101316"),
+        (QtGui.QPalette.AlternateBase, PANEL),
+        (QtGui.QPalette.Text, FG),
+        (QtGui.QPalette.Button, PANEL),
+        (QtGui.QPalette.ButtonText, FG),
+        (QtGui.QPalette.Highlight, "#1e88e5"),
+        (QtGui.QPalette.HighlightedText, "#ffffff"),
+        (QtGui.QPalette.ToolTipBase, PANEL),
+        (QtGui.QPalette.ToolTipText, FG),
+    ):
         pal.setColor(role, QtGui.QColor(colour))
     app.setPalette(pal)
     pg.setConfigOptions(background=BG, foreground="#d0d0d0", antialias=False, imageAxisOrder="col-major")
@@ -172,8 +202,9 @@ def apply_dark_theme(app: QtWidgets.QApplication) -> None:
 class Tile(QtWidgets.QFrame):
     """A caption and a big value on a coloured background (readable from across the room)."""
 
-    def __init__(self, caption: str, value_pt: float = 22.0, detail: bool = False,
-                 parent: QtWidgets.QWidget | None = None) -> None:
+    def __init__(
+        self, caption: str, value_pt: float = 22.0, detail: bool = False, parent: QtWidgets.QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self.setObjectName("tile")
         lay = QtWidgets.QVBoxLayout(self)
@@ -183,14 +214,14 @@ class Tile(QtWidgets.QFrame):
         self.caption.setFont(_font(9.5, True))
         self.value = QtWidgets.QLabel("—")
         self.value.setFont(_font(value_pt, True))
-        self.value.setAlignment(QtCore.Qt.AlignCenter)
+        self.value.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
         lay.addWidget(self.caption)
         lay.addWidget(self.value, 1)
         self.detail: QtWidgets.QLabel | None = None
         if detail:
             self.detail = _elastic(QtWidgets.QLabel(""))
             self.detail.setFont(_font(9.5))
-            self.detail.setAlignment(QtCore.Qt.AlignCenter)
+            self.detail.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
             lay.addWidget(self.detail)
         self.bg = ""
         self.set_colour(NEUTRAL)
@@ -208,8 +239,10 @@ class Tile(QtWidgets.QFrame):
         if bg == self.bg:
             return
         self.bg = bg
-        self.setStyleSheet(f"QFrame#tile {{ background-color: {bg}; border-radius: 6px; }}"
-                           f"QLabel {{ color: {fg}; background: transparent; }}")
+        self.setStyleSheet(
+            f"QFrame#tile {{ background-color: {bg}; border-radius: 6px; }}"
+            f"QLabel {{ color: {fg}; background: transparent; }}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -238,8 +271,14 @@ class ViewSpec:
 REGISTRY: dict[str, ViewSpec] = {}
 
 
-def register(key: str, title: str, area: str = "right", order: int = 100, attr: str = "",
-             make: Callable[[M.MonitorSettings], Any] | None = None) -> Callable[[type], type]:
+def register(
+    key: str,
+    title: str,
+    area: str = "right",
+    order: int = 100,
+    attr: str = "",
+    make: Callable[[M.MonitorSettings], Any] | None = None,
+) -> Callable[[type], type]:
     """Class decorator: show this view in the monitor window (a dock in ``area``, or the central widget)."""
     if area not in AREAS:
         raise ValueError(f"area {area!r} is not one of {AREAS}")
@@ -249,6 +288,7 @@ def register(key: str, title: str, area: str = "right", order: int = 100, attr: 
             raise ValueError(f"a view is already registered as {key!r}")
         REGISTRY[key] = ViewSpec(key, title, cls, area, order, attr or key, make)
         return cls
+
     return deco
 
 

@@ -1,4 +1,5 @@
 """Run and spill status tiles, the alarm panel and the log pane of the monitor."""
+
 from __future__ import annotations
 
 import html
@@ -21,9 +22,16 @@ class StatusPanel(QtWidgets.QWidget):
         grid.setContentsMargins(4, 4, 4, 4)
         grid.setSpacing(6)
         self.tiles: dict[str, Tile] = {}
-        spec = [("run", "RUN", 26), ("spill", "SPILL", 26), ("state", "DAQ STATE", 22),
-                ("since", "SINCE LAST SPILL", 22), ("eot_spill", "EOT LAST SPILL", 20),
-                ("eot_total", "EOT RUN TOTAL", 20), ("missed", "MISSED MSGS", 22), ("malformed", "MALFORMED", 22)]
+        spec = [
+            ("run", "RUN", 26),
+            ("spill", "SPILL", 26),
+            ("state", "DAQ STATE", 22),
+            ("since", "SINCE LAST SPILL", 22),
+            ("eot_spill", "EOT LAST SPILL", 20),
+            ("eot_total", "EOT RUN TOTAL", 20),
+            ("missed", "MISSED MSGS", 22),
+            ("malformed", "MALFORMED", 22),
+        ]
         for i, (key, cap, pt) in enumerate(spec):
             t = Tile(cap, pt)
             grid.addWidget(t, 0, i)
@@ -33,7 +41,7 @@ class StatusPanel(QtWidgets.QWidget):
         self.info.setFont(_font(10))
         self.info.setWordWrap(True)
         self.info.setSizePolicy(QtWidgets.QSizePolicy.Ignored, QtWidgets.QSizePolicy.Preferred)
-        self.info.setTextInteractionFlags(QtCore.Qt.TextSelectableByMouse)
+        self.info.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
         grid.addWidget(self.info, 1, 0, 1, len(spec))
 
     def refresh(self, m: M.MonitorModel, now: float) -> None:
@@ -56,11 +64,13 @@ class StatusPanel(QtWidgets.QWidget):
         sup = sum(link.superseded.values())
         rx_age = None if link.last_rx is None else now - link.last_rx
         src = f"{m.mode}: {m.source}" if m.source else m.mode
-        text = (f"{src}   |   received {link.received}, last {fmt_age(rx_age)} ago   |   missed on link "
-                f"{link.missed}, dropped locally {link.dropped_total}, superseded (latest-wins) {sup}, "
-                f"publisher restarts {link.restarts}   |   DAQ: {m.spills_done} spills, "
-                f"{fmt_count(m.events_recorded)} events recorded, {m.lost_spills} spills lost, "
-                f"{m.publisher_dropped} messages dropped by the DAQ publisher")
+        text = (
+            f"{src}   |   received {link.received}, last {fmt_age(rx_age)} ago   |   missed on link "
+            f"{link.missed}, dropped locally {link.dropped_total}, superseded (latest-wins) {sup}, "
+            f"publisher restarts {link.restarts}   |   DAQ: {m.spills_done} spills, "
+            f"{fmt_count(m.events_recorded)} events recorded, {m.lost_spills} spills lost, "
+            f"{m.publisher_dropped} messages dropped by the DAQ publisher"
+        )
         if m.state_message:
             text += f"   |   {m.state_message}"
         if self.info.text() != text:
@@ -107,7 +117,9 @@ class LogPane(QtWidgets.QPlainTextEdit):
         self.setReadOnly(True)
         self.setMaximumBlockCount(max_lines)
         self.setFont(QtGui.QFontDatabase.systemFont(QtGui.QFontDatabase.FixedFont))
-        self.document().setDefaultStyleSheet("")
+        doc = self.document()
+        assert doc is not None  # a QPlainTextEdit owns its document
+        doc.setDefaultStyleSheet("")
         self._last_id = 0
 
     def refresh(self, m: M.MonitorModel, now: float) -> None:
@@ -115,12 +127,13 @@ class LogPane(QtWidgets.QPlainTextEdit):
         if not new:
             return
         self._last_id = new[-1].id
-        for e in new[-self.maximumBlockCount():]:
+        for e in new[-self.maximumBlockCount() :]:
             ts = time.strftime("%H:%M:%S", time.localtime(e.time))
             col = LOG_COLOURS.get(e.level, FG)
             lvl = logging.getLevelName(e.level)
             self.appendHtml(f'<span style="color:{col}">{ts} {lvl:<7} [{e.source}] {html.escape(e.text)}</span>')
         sb = self.verticalScrollBar()
+        assert sb is not None  # a QAbstractScrollArea owns its scroll bars
         sb.setValue(sb.maximum())
 
     def lines(self) -> list[str]:

@@ -1,9 +1,10 @@
 """Rates per spill, calorimeter maps and the E_ECAL vs E_HCAL histogram of the monitor."""
+
 from __future__ import annotations
 
 import html
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyqtgraph as pg
@@ -12,8 +13,19 @@ from PyQt5 import QtCore, QtGui, QtWidgets
 from detector import channels as ch
 
 from .. import model as M
-from .base import (EXTRA_COLOURS, StableRange, TRIGGER_COLOURS, _bar, _elastic, _font, fmt_compact, fmt_count,
-                   nice_ceil, register, set_bar_levels)
+from .base import (
+    EXTRA_COLOURS,
+    TRIGGER_COLOURS,
+    StableRange,
+    _bar,
+    _elastic,
+    _font,
+    fmt_compact,
+    fmt_count,
+    nice_ceil,
+    register,
+    set_bar_levels,
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -46,16 +58,24 @@ class RatesView(pg.GraphicsLayoutWidget):
         self._counter_colours = {"S0": "#ffffff", "S1": "#ffd740", "V0": "#40c4ff"}
         for name, col in self._counter_colours.items():
             self.curves[name] = self.p_counters.plot([], [], pen=pg.mkPen(col, width=2), connect="finite")
-        self.p_counters.setTitle("Beam counters: " + "  ".join(
-            f"<span style='color:{c}'>{n}</span>" for n, c in self._counter_colours.items()))
+        self.p_counters.setTitle(
+            "Beam counters: "
+            + "  ".join(f"<span style='color:{c}'>{n}</span>" for n, c in self._counter_colours.items())
+        )
         self._trigger_colours: dict[str, str] = {}
         self._set_trigger_title()
         self.curves["eot"] = self.p_eot.plot([], [], pen=pg.mkPen("#69f0ae", width=2), connect="finite")
-        self.curves["eot_total"] = self.p_eot_total.plot([], [], pen=pg.mkPen("#ffab40", width=2.5),
-                                                         connect="finite")
+        self.curves["eot_total"] = self.p_eot_total.plot([], [], pen=pg.mkPen("#ffab40", width=2.5), connect="finite")
         self._symbols = False
-        self.ranges = {k: StableRange(p) for k, p in (("counters", self.p_counters), ("triggers", self.p_triggers),
-                                                      ("eot", self.p_eot), ("eot_total", self.p_eot_total))}
+        self.ranges = {
+            k: StableRange(p)
+            for k, p in (
+                ("counters", self.p_counters),
+                ("triggers", self.p_triggers),
+                ("eot", self.p_eot),
+                ("eot_total", self.p_eot_total),
+            )
+        }
         self._version = -1
 
     def _set_symbols(self, on: bool) -> None:
@@ -80,14 +100,15 @@ class RatesView(pg.GraphicsLayoutWidget):
 
     def _trigger_curves(self, name: str) -> tuple[pg.PlotDataItem, pg.PlotDataItem]:
         key = f"trig:{name}:acc"
-        if key not in self.curves:       # one pair per trigger type, created once
+        if key not in self.curves:  # one pair per trigger type, created once
             n_known = sum(1 for k in self.curves if k.endswith(":acc"))
             col = TRIGGER_COLOURS.get(name, EXTRA_COLOURS[n_known % len(EXTRA_COLOURS)])
             self._trigger_colours[name] = col
             self._set_trigger_title()
             self.curves[key] = self.p_triggers.plot([], [], pen=pg.mkPen(col, width=2), connect="finite")
             self.curves[f"trig:{name}:raw"] = self.p_triggers.plot(
-                [], [], pen=pg.mkPen(col, width=1.5, style=QtCore.Qt.DashLine), connect="finite")
+                [], [], pen=pg.mkPen(col, width=1.5, style=QtCore.Qt.PenStyle.DashLine), connect="finite"
+            )
             if self._symbols:
                 self._symbols = False
                 self._set_symbols(True)
@@ -102,11 +123,13 @@ class RatesView(pg.GraphicsLayoutWidget):
         if x.size and not np.all(np.isfinite(x)):
             x = np.arange(x.size, dtype=np.float64)
         self._set_symbols(x.size < 3)
+
         def put(curve: pg.PlotDataItem, y: np.ndarray) -> None:
             if np.isfinite(y).any():
                 curve.setData(x, y)
-            else:                       # nothing to draw (all NaN): an empty curve, not NaN bounds
+            else:  # nothing to draw (all NaN): an empty curve, not NaN bounds
                 curve.setData([], [])
+
         for name in ("S0", "S1", "V0"):
             put(self.curves[name], np.array(h.column(name)))
         for name in m.trigger_names:
@@ -119,18 +142,21 @@ class RatesView(pg.GraphicsLayoutWidget):
             # x from a multiple of 10 to a round span; y from 0 (a rate drop reads as a proportion)
             x_lo = math.floor(x[0] / 10.0) * 10.0
             xr = (x_lo, x_lo + nice_ceil(x[-1] - x_lo + 1.0))
-            top = lambda *cols: nice_ceil(1.05 * max([np.nanmax(c) if np.any(np.isfinite(c)) else 0.0  # noqa: E731
-                                                      for c in cols] + [0.0]))
+
+            def top(*cols: np.ndarray) -> float:
+                return nice_ceil(1.05 * max([np.nanmax(c) if np.any(np.isfinite(c)) else 0.0 for c in cols] + [0.0]))
+
             # the same x range everywhere (no setXLink: it aligns linked views by pixel, and the plots'
             # left axes differ in width)
             self.ranges["counters"].set(xr, (0.0, top(*(h.column(n) for n in ("S0", "S1", "V0")))))
             self.ranges["eot"].set(xr, (0.0, top(h.column("eot"))))
             self.ranges["eot_total"].set(xr, (0.0, top(h.column("eot_total"))))
             self.ranges["triggers"].set(xr)
-            tv = np.concatenate([h.column(f"trig:{n}:{k}") for n in m.trigger_names for k in ("raw", "acc")]
-                                + [np.empty(0)])
+            tv = np.concatenate(
+                [h.column(f"trig:{n}:{k}") for n in m.trigger_names for k in ("raw", "acc")] + [np.empty(0)]
+            )
             tv = tv[np.isfinite(tv) & (tv > 0)]
-            if tv.size:    # log axis: whole decades, in log10 units
+            if tv.size:  # log axis: whole decades, in log10 units
                 decades = (math.floor(math.log10(tv.min())), math.ceil(math.log10(tv.max()) + 1e-9))
                 self.ranges["triggers"].set(xr, decades)
 
@@ -140,7 +166,7 @@ class CellMap:
     """One calorimeter map: a PlotItem with an ImageItem, one text label per cell, a selection frame."""
 
     def __init__(self, plot: pg.PlotItem, nx: int, ny: int, labels: list[list[str]], ids: np.ndarray) -> None:
-        self.plot, self.nx, self.ny, self.ids = plot, nx, ny, ids      # ids[x, y] -> channel id
+        self.plot, self.nx, self.ny, self.ids = plot, nx, ny, ids  # ids[x, y] -> channel id
         self.names = labels
         vb = plot.getViewBox()
         vb.setMouseEnabled(False, False)
@@ -148,7 +174,7 @@ class CellMap:
         vb.setAspectLocked(True)
         vb.setRange(xRange=(0, nx), yRange=(0, ny), padding=0.02)
         plot.hideButtons()
-        plot.hideAxis("left")          # the cell labels carry x-y; an axis costs a repaint per update
+        plot.hideAxis("left")  # the cell labels carry x-y; an axis costs a repaint per update
         plot.hideAxis("bottom")
         self.image = pg.ImageItem(np.zeros((nx, ny)))
         plot.addItem(self.image)
@@ -163,7 +189,7 @@ class CellMap:
                 t = QtWidgets.QGraphicsSimpleTextItem("")
                 t.setFont(font)
                 t.setBrush(QtGui.QBrush(QtGui.QColor("#ffffff")))
-                t.setFlag(QtWidgets.QGraphicsItem.ItemIgnoresTransformations, True)
+                t.setFlag(QtWidgets.QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations, True)
                 t.setZValue(5)
                 plot.addItem(t, ignoreBounds=True)
                 t.setPos(x + 0.5, y + 0.5)
@@ -223,7 +249,11 @@ class CaloMapsView(QtWidgets.QWidget):
 
     channelSelected = QtCore.pyqtSignal(int)
     MODES = ("energy", "occupancy")
-    TITLES = {"ps": "ECAL preshower (PS)", "main": "ECAL main", **{f"hcal{m}": f"HCAL module {m}" for m in range(4)}}
+    TITLES: ClassVar[dict[str, str]] = {
+        "ps": "ECAL preshower (PS)",
+        "main": "ECAL main",
+        **{f"hcal{m}": f"HCAL module {m}" for m in range(4)},
+    }
 
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
@@ -283,7 +313,7 @@ class CaloMapsView(QtWidgets.QWidget):
         self.mode_box.setCurrentIndex(self.MODES.index(mode))
 
     def _clicked(self, ev: Any) -> None:
-        for key, cm in self.maps.items():
+        for cm in self.maps.values():
             xy = cm.contains_scene(ev.scenePos())
             if xy is not None:
                 self.select_channel(int(cm.ids[xy]))
@@ -295,7 +325,7 @@ class CaloMapsView(QtWidgets.QWidget):
         self.selected = cid
         for cm in self.maps.values():
             hit = np.argwhere(cm.ids == cid)
-            cm.select(tuple(int(v) for v in hit[0]) if hit.size else None)
+            cm.select((int(hit[0][0]), int(hit[0][1])) if hit.size else None)
 
     def image_of(self, key: str) -> np.ndarray:
         """The data shown by a map (x, y)."""
@@ -316,14 +346,16 @@ class CaloMapsView(QtWidgets.QWidget):
             set_bar_levels(self.bars[key], hi)
         hi = nice_ceil(float(hcal.max()) if hcal.size else 0.0)
         for mod in range(4):
-            self.maps[f"hcal{mod}"].set_values(hcal[mod].T, 0.0, hi)   # [y][x] -> [x][y]
+            self.maps[f"hcal{mod}"].set_values(hcal[mod].T, 0.0, hi)  # [y][x] -> [x][y]
         set_bar_levels(self.bars["hcal"], hi)
-        if unit != self._unit:       # the unit goes in the titles: a colour-bar label overlaps its ticks
+        if unit != self._unit:  # the unit goes in the titles: a colour-bar label overlaps its ticks
             self._unit = unit
             for key, cm in self.maps.items():
                 cm.plot.setTitle(f"{self.TITLES[key]} [{unit}]")
-        text = (f"{m.calo_spills} spills, {fmt_count(m.calo_events)} events"
-                f"   (x → right, y ↑ up; click a cell for its waveforms)")
+        text = (
+            f"{m.calo_spills} spills, {fmt_count(m.calo_events)} events"
+            f"   (x → right, y ↑ up; click a cell for its waveforms)"
+        )
         if self.info.text() != text:
             self.info.setText(text)
 
@@ -333,16 +365,16 @@ def _rect_path(x0: float, x1: float, y0: float, y1: float) -> tuple[list[float],
     return [x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0]
 
 
-@register("ecal_hcal", "E_ECAL vs E_HCAL", "right", 40,
-          make=lambda s: EcalHcalView(s.ecal_box_max_gev, s.hcal_box_max_gev))
+@register(
+    "ecal_hcal", "E_ECAL vs E_HCAL", "right", 40, make=lambda s: EcalHcalView(s.ecal_box_max_gev, s.hcal_box_max_gev)
+)
 class EcalHcalView(QtWidgets.QWidget):
     """E_ECAL vs E_HCAL accumulated from ``ecal_hcal`` increments, log10 colour, signal box drawn; a zoom
     on the low-E_HCAL region beside the full plane."""
 
     ZOOM_HCAL_GEV = 10.0
 
-    def __init__(self, ecal_box: float = 50.0, hcal_box: float = 1.0,
-                 parent: QtWidgets.QWidget | None = None) -> None:
+    def __init__(self, ecal_box: float = 50.0, hcal_box: float = 1.0, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self.ecal_box, self.hcal_box = float(ecal_box), float(hcal_box)
         lay = QtWidgets.QVBoxLayout(self)
@@ -372,8 +404,9 @@ class EcalHcalView(QtWidgets.QWidget):
         self.zoom.addItem(self.box_label)
         self.plot.setRange(xRange=(0, 150), yRange=(0, 150), padding=0.01)
         self.zoom.setRange(xRange=(0, 150), yRange=(0, self.ZOOM_HCAL_GEV), padding=0.01)
-        self.bar = pg.ColorBarItem(values=(0, 1), colorMap="inferno", interactive=False, width=14,
-                                   label="log10(entries)", colorMapMenu=False)
+        self.bar = pg.ColorBarItem(
+            values=(0, 1), colorMap="inferno", interactive=False, width=14, label="log10(entries)", colorMapMenu=False
+        )
         self.bar.setImageItem([self.images["full"], self.images["zoom"]])
         self.glw.addItem(self.bar, row=0, col=1, rowspan=2)
         self.glw.ci.layout.setRowStretchFactor(0, 3)
@@ -395,14 +428,13 @@ class EcalHcalView(QtWidgets.QWidget):
         if m.version["ecal_hcal"] == self._version:
             return
         self._version = m.version["ecal_hcal"]
-        c = m.eh_counts
-        if c is None:
+        c, ex, hx = m.eh_counts, m.eh_ecal_edges, m.eh_hcal_edges
+        if c is None or ex is None or hx is None:  # the edges are set with the first counts
             return
-        ex, hx = m.eh_ecal_edges, m.eh_hcal_edges
         with np.errstate(divide="ignore"):
             logc = np.where(c > 0, np.log10(np.where(c > 0, c, 1.0)), np.nan)
         hi = float(np.nanmax(logc)) if np.any(c > 0) else 1.0
-        hi = max(math.ceil(hi * 2.0 + 1e-9) / 2.0, 0.5)           # whole half-decades: a steady scale
+        hi = max(math.ceil(hi * 2.0 + 1e-9) / 2.0, 0.5)  # whole half-decades: a steady scale
         self.images["full"].setImage(logc, autoLevels=False, levels=(0.0, hi))
         hbin = (hx[1] - hx[0]) / hx[2]
         nz = int(min(hx[2], max(1, math.ceil((self.ZOOM_HCAL_GEV - hx[0]) / hbin))))
@@ -417,7 +449,9 @@ class EcalHcalView(QtWidgets.QWidget):
             self.bar.setLevels((0.0, hi))
         self.entries = float(c.sum())
         self.in_box = self.box_count(c, ex, hx)
-        text = (f"{fmt_count(self.entries)} entries in {m.eh_spills} spills;  signal box "
-                f"(E_ECAL < {self.ecal_box:g}, E_HCAL < {self.hcal_box:g} GeV): {fmt_count(self.in_box)}")
+        text = (
+            f"{fmt_count(self.entries)} entries in {m.eh_spills} spills;  signal box "
+            f"(E_ECAL < {self.ecal_box:g}, E_HCAL < {self.hcal_box:g} GeV): {fmt_count(self.in_box)}"
+        )
         if self.info.text() != text:
             self.info.setText(text)
