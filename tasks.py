@@ -2,7 +2,7 @@
 """The project's entry points, with nothing but python3 (stdlib only):
 
     python3 tasks.py demo    set up .venv if needed, then run the full emulated beam time
-    python3 tasks.py test    set up .venv if needed, then run the whole test suite
+    python3 tasks.py test    set up .venv if needed, then ruff, mypy and the whole test suite
     python3 tasks.py bench   set up .venv if needed, then run every benchmark (bench/run_all)
     python3 tasks.py setup   only set up .venv
 
@@ -11,6 +11,7 @@ Setup creates ``.venv`` beside this file and installs the project with its test 
 libraries; when they are missing and we are root, they are installed with apt-get.
 Extra arguments after the task go to the program (e.g. ``python3 tasks.py test -k trigger``).
 """
+
 from __future__ import annotations
 
 import ctypes.util
@@ -26,8 +27,23 @@ ROOT = pathlib.Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
 STAMP = VENV / ".na64-installed"
-QT_SYSTEM_LIBS = {"GL": "libgl1", "glib-2.0": "libglib2.0-0", "fontconfig": "libfontconfig1", "X11": "libx11-6",
-                  "xkbcommon": "libxkbcommon0", "dbus-1": "libdbus-1-3", "EGL": "libegl1"}
+QT_SYSTEM_LIBS = {
+    "GL": "libgl1",
+    "glib-2.0": "libglib2.0-0",
+    "fontconfig": "libfontconfig1",
+    "X11": "libx11-6",
+    "xkbcommon": "libxkbcommon0",
+    "dbus-1": "libdbus-1-3",
+    "EGL": "libegl1",
+}
+
+
+#: the static checks the test task runs before pytest (configured in pyproject.toml)
+STATIC_CHECKS = (
+    ("ruff check", ["ruff", "check", "."]),
+    ("ruff format --check", ["ruff", "format", "--check", "."]),
+    ("mypy", ["mypy"]),
+)
 
 
 def say(text: str) -> None:
@@ -44,8 +60,9 @@ def ensure_system_libs() -> None:
         say(f"installing system libraries for Qt: {' '.join(missing)}")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, "fontconfig"],
-                       check=True, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, "fontconfig"], check=True, env=env
+        )
     else:
         say(f"warning: Qt may need these system packages: {' '.join(missing)} (install them as root)")
 
@@ -106,9 +123,15 @@ def main(args: list[str]) -> int:
     if task == "bench":
         return run([str(PY), str(ROOT / "bench" / "run_all"), *rest], env)
     env["QT_QPA_PLATFORM"] = "offscreen"
+    if not rest:  # the whole suite: lint, format and types first (a selection of tests skips them)
+        for name, argv in STATIC_CHECKS:
+            say(name)
+            if run([str(PY), "-m", *argv], env) != 0:
+                say(f"{name} failed")
+                return 1
     # two workers, one test file each at a time (module fixtures stay in one process)
     code = run([str(PY), "-m", "pytest", "-m", "not soak", "-n", "2", "--dist", "loadfile", *rest], env)
-    return 1 if code == 5 else code       # "no tests ran" is a failure too
+    return 1 if code == 5 else code  # "no tests ran" is a failure too
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ JSON, not an object, no ``cmd``, an unknown command, several frames, a handler t
 handlers (``name -> callable(request dict) -> reply dict``) given by its owner (``sim_frontend.emulator``).
 :func:`request` is the matching client (REQ socket with timeouts, no linger), for tests and scripts.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,7 +77,7 @@ def dispatch(frames: list[bytes], handlers: Mapping[str, Handler]) -> dict[str, 
         reply = handler(req)
     except (ValueError, KeyError, TypeError) as exc:
         return {"ok": False, "error": f"{cmd}: {exc.args[0] if exc.args else exc}"}
-    except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the control endpoint
+    except Exception as exc:  # a handler bug must not kill the control endpoint
         log.exception("control handler %s failed", cmd)
         return {"ok": False, "error": f"{cmd}: internal error {type(exc).__name__}: {exc}"}
     if not isinstance(reply, dict):
@@ -91,8 +92,9 @@ class ControlServer:
     ``endpoint`` is a ZeroMQ bind address; ``tcp://127.0.0.1:*`` (or port 0) binds any free port, and
     :attr:`address` is the bound one after :meth:`start`."""
 
-    def __init__(self, handlers: Mapping[str, Handler], endpoint: str = "tcp://127.0.0.1:*",
-                 context: zmq.Context | None = None) -> None:
+    def __init__(
+        self, handlers: Mapping[str, Handler], endpoint: str = "tcp://127.0.0.1:*", context: zmq.Context | None = None
+    ) -> None:
         self.handlers = dict(handlers)
         self.endpoint = endpoint[:-2] + ":*" if endpoint.endswith(":0") else endpoint
         self._ctx = context or zmq.Context.instance()
@@ -103,7 +105,7 @@ class ControlServer:
         self.requests = 0
         self.malformed = 0
 
-    def start(self) -> "ControlServer":
+    def start(self) -> ControlServer:
         sock = self._ctx.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES * 4)
@@ -153,8 +155,9 @@ class ControlServer:
             self._sock = None
 
 
-def request(address: str, req: Mapping[str, Any] | bytes, timeout_s: float = 5.0,
-            context: zmq.Context | None = None) -> dict[str, Any]:
+def request(
+    address: str, req: Mapping[str, Any] | bytes, timeout_s: float = 5.0, context: zmq.Context | None = None
+) -> dict[str, Any]:
     """Send one request to a control endpoint and return the reply dict (ControlError on timeout)."""
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)

@@ -1,6 +1,7 @@
 """What the emulated crate holds of one completed spill (:class:`SpillRecord`) and the per-spill truth
 counts it reports (:func:`truth_summary`): the data of docs/protocols.md section 1, without the
 command semantics (:mod:`sim_frontend.emu_msadc`)."""
+
 from __future__ import annotations
 
 import time
@@ -9,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.records import PARTICLE_NAMES, TRUTH_APRIME, TRUTH_CALIBRATION, TRUTH_DIMUON, TRUTH_HADRONIC, \
-    TRUTH_PILEUP
+from detector.records import PARTICLE_NAMES, TRUTH_APRIME, TRUTH_CALIBRATION, TRUTH_DIMUON, TRUTH_HADRONIC, TRUTH_PILEUP
 
 
 @dataclass
@@ -44,13 +44,22 @@ class SpillRecord:
     def info(self) -> dict[str, Any]:
         """The JSON object of ``SPIL:INFO?``."""
         t = self.table or {}
-        return {"spill": self.spill_id, "particles": self.particles,
-                "start_unix": float(self.spill.start_unix), "length_s": float(self.spill.length_s),
-                "complete_unix": float(self.complete_unix), "seed": int(getattr(self.spill, "seed", 0)),
-                "table": {"x_mm": float(t.get("x_mm", 0.0)), "y_mm": float(t.get("y_mm", 0.0)),
-                          "module": int(t.get("module", -1)), "cell": str(t.get("cell", "PHYSICS"))},
-                "scalers": {k: int(v) for k, v in self.scalers.items()},
-                "accepted": int(self.accepted.size)}
+        return {
+            "spill": self.spill_id,
+            "particles": self.particles,
+            "start_unix": float(self.spill.start_unix),
+            "length_s": float(self.spill.length_s),
+            "complete_unix": float(self.complete_unix),
+            "seed": int(getattr(self.spill, "seed", 0)),
+            "table": {
+                "x_mm": float(t.get("x_mm", 0.0)),
+                "y_mm": float(t.get("y_mm", 0.0)),
+                "module": int(t.get("module", -1)),
+                "cell": str(t.get("cell", "PHYSICS")),
+            },
+            "scalers": {k: int(v) for k, v in self.scalers.items()},
+            "accepted": int(self.accepted.size),
+        }
 
 
 def truth_summary(spill_id: int, truth: np.ndarray, accepted: int | None = None) -> dict[str, Any]:
@@ -61,8 +70,13 @@ def truth_summary(spill_id: int, truth: np.ndarray, accepted: int | None = None)
         codes, counts = np.unique(truth["ptype"], return_counts=True)
         out["by_type"] = {PARTICLE_NAMES.get(int(c), f"type{int(c)}"): int(n) for c, n in zip(codes, counts)}
         flags = truth["flags"]
-        for name, bit in (("aprime", TRUTH_APRIME), ("dimuon", TRUTH_DIMUON), ("pileup", TRUTH_PILEUP),
-                          ("hadronic", TRUTH_HADRONIC), ("calibration", TRUTH_CALIBRATION)):
+        for name, bit in (
+            ("aprime", TRUTH_APRIME),
+            ("dimuon", TRUTH_DIMUON),
+            ("pileup", TRUTH_PILEUP),
+            ("hadronic", TRUTH_HADRONIC),
+            ("calibration", TRUTH_CALIBRATION),
+        ):
             out[name] = int(np.count_nonzero(flags & bit))
         if "e_invisible" in truth.dtype.names:
             out["e_invisible_gev"] = float(truth["e_invisible"].sum(dtype=np.float64))

@@ -8,11 +8,7 @@ This module implements docs/protocols.md section 1 (the contract) in two layers:
   :meth:`MSADCCrate.execute` runs one command and returns its reply (text, or a
   :class:`BinaryReply` sent as an IEEE 488.2 definite-length block); a failing command adds an
   entry to the error queue and returns no reply.
-- :class:`MSADCServer` serves a crate on TCP: a listening thread plus one thread per connection (at
-  most ``max_clients`` at a time; a client that lost its connection simply reconnects). The byte stream
-  is cut into commands by :class:`sim_frontend.scpi.StreamParser` (blocks of ``ACC:DATA`` may contain
-  ``\\n``; truncated or malformed blocks give ``-160`` and the parser resynchronises). Faults of
-  docs/protocols.md section 5 are read from a thread-safe :class:`MSADCFaults`.
+- :class:`sim_frontend.msadc_server.MSADCServer` serves a crate on TCP (the transport; its own module).
 
 Full event waveforms are not stored: ``EVT:DATA?`` digitises the accepted events on demand with the
 digitiser's ``events(spill, deposits, indices, hv_vmon)`` and the HV snapshot of that spill, so the
@@ -21,14 +17,11 @@ crate's memory is the primitive blocks plus the deposits of ``k`` spills.
 Nothing in here raises into the server loop: every exception of a command becomes an SCPI error
 (``-200`` for an unexpected one, logged with its traceback).
 """
+
 from __future__ import annotations
 
 import json
 import logging
-import math
-import os
-import select
-import socket
 import threading
 import time
 from collections import OrderedDict
@@ -42,9 +35,17 @@ from detector.hwstatus import CrateState
 from detector.records import TRUTH_DTYPE
 
 from .crate_spill import SpillRecord, truth_summary
-from .faults import MSADCFaults
-from .scpi import BinaryReply, Block, CommandTable, ErrorQueue, Line, ParseError, Reply, ScpiError, StreamParser, \
-    parse_float, parse_int, split_args, split_header
+from .scpi import (
+    BinaryReply,
+    CommandTable,
+    ErrorQueue,
+    Reply,
+    ScpiError,
+    parse_float,
+    parse_int,
+    split_args,
+    split_header,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,11 @@ MODEL = "MSADC-CRATE"
 VERSION = "0.1"
 DEFAULT_LATENCY_NS = 800.0
 MAX_LATENCY_NS = 4000.0
-MAX_EVENTS_PER_QUERY = 1 << 16          #: EVT:DATA? / EVT:TRUT? records per query (-223 above)
-MAX_UPLOAD_BYTES = 128 << 20            #: largest accepted binary upload (ACC:DATA), bytes
-MAX_LINE_BYTES = 1 << 16                #: longest accepted command line, bytes
-MAX_HELD = 64                           #: spills kept for holding observers beyond the ring (oldest dropped)
-SCALER_THRESHOLD_MIP = 0.5              #: the crate's hardware scalers count deposits above this
+MAX_EVENTS_PER_QUERY = 1 << 16  #: EVT:DATA? / EVT:TRUT? records per query (-223 above)
+MAX_UPLOAD_BYTES = 128 << 20  #: largest accepted binary upload (ACC:DATA), bytes
+MAX_LINE_BYTES = 1 << 16  #: longest accepted command line, bytes
+MAX_HELD = 64  #: spills kept for holding observers beyond the ring (oldest dropped)
+SCALER_THRESHOLD_MIP = 0.5  #: the crate's hardware scalers count deposits above this
 STATES = CrateState.names()
 
 
@@ -104,19 +105,25 @@ class MSADCCrate:
         self.errors = ErrorQueue()
         self._lock = threading.RLock()
         self._ring: OrderedDict[int, SpillRecord] = OrderedDict()
-        self._held: OrderedDict[int, SpillRecord] = OrderedDict()   # evicted, kept for holding observers
+        self._held: OrderedDict[int, SpillRecord] = OrderedDict()  # evicted, kept for holding observers
         self._holders = 0
-        self._released: set[int] = set()           # buffered spills the holders are done with
+        self._released: set[int] = set()  # buffered spills the holders are done with
         self._state = "IDLE"
-        self._in_progress: dict[int, float] = {}    # spill id -> start (unix)
+        self._in_progress: dict[int, float] = {}  # spill id -> start (unix)
         self._last_complete = -1
         self._selected: int | None = None
         self._latency_ns = DEFAULT_LATENCY_NS
         self._samples = chmap.N_SAMPLES
         self.commands = self._build_table()
         self._local = threading.local()
-        self.counters = {"commands": 0, "queries": 0, "errors": 0, "spills_completed": 0, "spills_evicted": 0,
-                         "held_dropped": 0}
+        self.counters = {
+            "commands": 0,
+            "queries": 0,
+            "errors": 0,
+            "spills_completed": 0,
+            "spills_evicted": 0,
+            "held_dropped": 0,
+        }
 
     # ---------------------------------------------------------------- spill flow (called by the emulator)
     def spill_started(self, spill_id: int, start_unix: float | None = None) -> None:
@@ -168,15 +175,24 @@ class MSADCCrate:
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state for the control endpoint."""
         with self._lock:
-            return {"state": self._state, "last_complete": self._last_complete, "buffered": sorted(self._ring),
-                    "in_progress": sorted(self._in_progress), "selected": self._selected,
-                    "held": sorted(self._held), "holders": self._holders,
-                    "latency_ns": self._latency_ns, "errors_queued": len(self.errors),
-                    "errors_total": self.errors.total, **self.counters}
+            return {
+                "state": self._state,
+                "last_complete": self._last_complete,
+                "buffered": sorted(self._ring),
+                "in_progress": sorted(self._in_progress),
+                "selected": self._selected,
+                "held": sorted(self._held),
+                "holders": self._holders,
+                "latency_ns": self._latency_ns,
+                "errors_queued": len(self.errors),
+                "errors_total": self.errors.total,
+                **self.counters,
+            }
 
     # ---------------------------------------------------------------- command execution
-    def execute(self, text: str, block: bytes | None = None, session: Session | None = None
-                ) -> tuple[Any, Reply | None]:
+    def execute(
+        self, text: str, block: bytes | None = None, session: Session | None = None
+    ) -> tuple[Any, Reply | None]:
         """Run one command (``text`` = header and arguments; ``block`` = payload of a trailing IEEE
         block) for the connection ``session``. Returns (the matched :class:`sim_frontend.scpi.Command` or
         None, the reply or None). Never raises: errors go to the error queue."""
@@ -186,7 +202,7 @@ class MSADCCrate:
             header, args = split_header(text)
             if not header:
                 if block is None:
-                    return None, None          # empty command (e.g. a blank line): ignored
+                    return None, None  # empty command (e.g. a blank line): ignored
                 raise ScpiError(-102, "block data without a command header")
             cmd = self.commands.lookup(header)
             if cmd is None:
@@ -210,7 +226,7 @@ class MSADCCrate:
         except ScpiError as exc:
             self.counters["errors"] += 1
             self._errq().push(exc.code, exc.detail)
-        except Exception as exc:  # noqa: BLE001 - a model bug must never kill the crate
+        except Exception as exc:  # a model bug must never kill the crate
             log.exception("MSADC crate failed on %r", text[:80])
             self.counters["errors"] += 1
             self._errq().push(-200, f"internal error: {type(exc).__name__}: {exc}")
@@ -294,8 +310,10 @@ class MSADCCrate:
         add("CONFigure:SAMPles", self._conf_samples)
         add("CONFigure:SAMPles?", lambda a: self._noargs(a, "CONF:SAMP?") or str(self._samples))
         add("CONFigure:CHANnels?", lambda a: self._noargs(a, "CONF:CHAN?") or str(chmap.N_CHANNELS))
-        add("CONFigure:TRIGger:CHANnels?",
-            lambda a: self._noargs(a, "CONF:TRIG:CHAN?") or ",".join(chmap.TRIGGER_CHANNEL_NAMES))
+        add(
+            "CONFigure:TRIGger:CHANnels?",
+            lambda a: self._noargs(a, "CONF:TRIG:CHAN?") or ",".join(chmap.TRIGGER_CHANNEL_NAMES),
+        )
         add("CONFigure:LATency", self._conf_latency)
         add("CONFigure:LATency?", lambda a: self._noargs(a, "CONF:LAT?") or _fmt_num(self._latency_ns))
         add("CONFigure:SPILl:BUFFer?", lambda a: self._noargs(a, "CONF:SPIL:BUFF?") or str(self.buffer))
@@ -311,8 +329,11 @@ class MSADCCrate:
         add("PRIMitives:TIME?", self._prim_time, data=True)
         add("ACCepted:DATA", self._acc_data, block=True)
         add("ACCepted:COUNt?", self._acc_count)
-        add("ACCepted:DATA?", lambda a: BinaryReply(np.ascontiguousarray(
-            self._spill_arg(a, 0, "ACC:DATA?")[0].accepted, dtype="<u4")), data=True)
+        add(
+            "ACCepted:DATA?",
+            lambda a: BinaryReply(np.ascontiguousarray(self._spill_arg(a, 0, "ACC:DATA?")[0].accepted, dtype="<u4")),
+            data=True,
+        )
         add("EVT|EVENT:COUNt?", self._acc_count)
         add("EVT|EVENT:DATA?", self._evt_data, data=True)
         add("EVT|EVENT:TRUTh?", self._evt_truth, data=True)
@@ -440,12 +461,12 @@ class MSADCCrate:
     def _prim_data(self, args: list[str]) -> BinaryReply:
         rec, args = self._spill_arg(args, 2, "PRIM:DATA?")
         first, count = self._range(args, rec.particles, "PRIM:DATA?")
-        return BinaryReply(rec.primitives[first:first + count])
+        return BinaryReply(rec.primitives[first : first + count])
 
     def _prim_time(self, args: list[str]) -> BinaryReply:
         rec, args = self._spill_arg(args, 2, "PRIM:TIME?")
         first, count = self._range(args, rec.particles, "PRIM:TIME?")
-        return BinaryReply(np.ascontiguousarray(rec.times[first:first + count], dtype="<f8"))
+        return BinaryReply(np.ascontiguousarray(rec.times[first : first + count], dtype="<f8"))
 
     def _acc_data(self, payload: bytes) -> None:
         rec = self._selected_record()
@@ -472,7 +493,7 @@ class MSADCCrate:
         first, count = self._range(args, acc.size, "EVT:DATA?", MAX_EVENTS_PER_QUERY)
         if self.digitizer is None:
             raise ScpiError(-200, "this crate has no digitiser")
-        idx = np.ascontiguousarray(acc[first:first + count], dtype=np.int64)
+        idx = np.ascontiguousarray(acc[first : first + count], dtype=np.int64)
         if count == 0:
             return BinaryReply(np.empty((0, chmap.N_CHANNELS, chmap.N_SAMPLES), dtype="<i2"))
         wf = self.digitizer.events(rec.spill, rec.deposits, idx, rec.vmon)
@@ -494,299 +515,18 @@ class MSADCCrate:
             raise ScpiError(-222, f"record index {int(idx.max())} is not below N = {rec.particles}")
         if self.digitizer is None:
             raise ScpiError(-200, "this crate has no digitiser")
-        return BinaryReply(np.ascontiguousarray(self.digitizer.events(rec.spill, rec.deposits, idx, rec.vmon),
-                                                dtype="<i2"))
+        return BinaryReply(
+            np.ascontiguousarray(self.digitizer.events(rec.spill, rec.deposits, idx, rec.vmon), dtype="<i2")
+        )
 
     def _evt_truth(self, args: list[str]) -> BinaryReply:
         rec = self._selected_record()
         acc = rec.accepted
         first, count = self._range(args, acc.size, "EVT:TRUT?", MAX_EVENTS_PER_QUERY)
         truth = np.asarray(rec.spill.truth)
-        sel = truth[acc[first:first + count].astype(np.int64)]
+        sel = truth[acc[first : first + count].astype(np.int64)]
         return BinaryReply(np.ascontiguousarray(sel.astype(TRUTH_DTYPE, copy=False)))
 
 
 def _fmt_num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
-
-
-# --------------------------------------------------------------------------------------------------
-class _Dropped(Exception):
-    """The connection is to be closed (fault ``drop`` or a send failure)."""
-
-
-class MSADCServer:
-    """Serve an :class:`MSADCCrate` on ``host:port`` (port 0 = any free port).
-
-    ``idle_timeout_s``: a binary upload whose bytes stop arriving for this long is truncated (``-160``).
-    ``send_timeout_s``: a client that reads nothing for this long while a reply is sent is disconnected.
-    """
-
-    def __init__(self, crate: MSADCCrate, host: str = "127.0.0.1", port: int = 0, *,
-                 faults: MSADCFaults | None = None, idle_timeout_s: float = 1.0, send_timeout_s: float = 60.0,
-                 max_clients: int = 4) -> None:
-        self.crate = crate
-        self.host = host
-        self.port = port
-        self.faults = faults if faults is not None else MSADCFaults()
-        self.faults.resolve = crate.commands.lookup
-        self.idle_timeout_s = idle_timeout_s
-        self.send_timeout_s = send_timeout_s
-        self.max_clients = max_clients
-        self.stats = {"connections": 0, "refused": 0, "dropped": 0, "no_reply": 0, "truncated": 0,
-                      "corrupted": 0, "delayed": 0, "bytes_in": 0, "bytes_out": 0, "disconnects": 0}
-        self._listener: socket.socket | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._conns: dict[socket.socket, threading.Thread] = {}
-        self._conns_lock = threading.Lock()
-        self._wake_r = self._wake_w = -1
-
-    @property
-    def resource(self) -> str:
-        """The VISA resource string of this crate."""
-        return f"TCPIP::{self.host}::{self.port}::SOCKET"
-
-    # ---------------------------------------------------------------- life cycle
-    def start(self) -> "MSADCServer":
-        if self._thread is not None:
-            return self
-        lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            lst.bind((self.host, self.port))
-            lst.listen(8)
-        except OSError:
-            lst.close()
-            raise
-        self.port = lst.getsockname()[1]
-        self._listener = lst
-        self._wake_r, self._wake_w = os.pipe()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._accept_loop, name="msadc-accept", daemon=True)
-        self._thread.start()
-        log.info("MSADC crate listening on %s", self.resource)
-        return self
-
-    def stop(self) -> None:
-        """Close the listener and every connection; join the threads."""
-        self._stop.set()
-        if self._wake_w >= 0:
-            try:
-                os.write(self._wake_w, b"x")
-            except OSError:
-                pass
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
-        with self._conns_lock:
-            conns = list(self._conns.items())
-        for conn, _ in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for _, th in conns:
-            th.join(timeout=5.0)
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._wake_r = self._wake_w = -1
-
-    def __enter__(self) -> "MSADCServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def clients(self) -> int:
-        with self._conns_lock:
-            return len(self._conns)
-
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        while not self._stop.is_set():
-            try:
-                ready, _, _ = select.select([self._listener, self._wake_r], [], [], 1.0)
-            except (OSError, ValueError):
-                return
-            if self._wake_r in ready or self._stop.is_set():
-                return
-            if self._listener not in ready:
-                continue
-            try:
-                conn, addr = self._listener.accept()
-            except OSError:
-                continue
-            with self._conns_lock:
-                too_many = len(self._conns) >= self.max_clients
-            if too_many:
-                self.stats["refused"] += 1
-                log.warning("MSADC: refusing connection from %s: %d clients already", addr, self.max_clients)
-                conn.close()
-                continue
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.setblocking(False)
-            self.stats["connections"] += 1
-            th = threading.Thread(target=self._serve, args=(conn,), name=f"msadc-conn-{addr[1]}", daemon=True)
-            with self._conns_lock:
-                self._conns[conn] = th
-            th.start()
-
-    # ---------------------------------------------------------------- one connection
-    def _serve(self, conn: socket.socket) -> None:
-        parser = StreamParser(max_line=MAX_LINE_BYTES, max_block=MAX_UPLOAD_BYTES)
-        session = Session()
-        last_rx = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                try:
-                    ready, _, _ = select.select([conn, self._wake_r], [], [], 0.1)
-                except (OSError, ValueError):
-                    return
-                if self._wake_r in ready or self._stop.is_set():
-                    return
-                items: list[Any] = []
-                if conn in ready:
-                    try:
-                        data = conn.recv(1 << 16)
-                    except (BlockingIOError, InterruptedError):
-                        continue
-                    except OSError:
-                        data = b""
-                    if not data:
-                        return
-                    self.stats["bytes_in"] += len(data)
-                    last_rx = time.monotonic()
-                    items = parser.feed(data)
-                elif (parser.mid_block or parser.awaiting_terminator) and \
-                        time.monotonic() - last_rx > self.idle_timeout_s:
-                    items = parser.idle()
-                for item in items:
-                    self._handle_item(conn, item, session)
-        except _Dropped:
-            pass
-        except Exception:  # noqa: BLE001 - never let a connection thread die silently
-            log.exception("MSADC connection failed")
-        finally:
-            self.crate.session_closed(session)
-            self.stats["disconnects"] += 1
-            try:
-                conn.close()
-            except OSError:
-                pass
-            with self._conns_lock:
-                self._conns.pop(conn, None)
-
-    def _handle_item(self, conn: socket.socket, item: Any, session: Session) -> None:
-        crate = self.crate
-        errors = session.errors if session.observer else crate.errors
-        faults = None if session.observer else self.faults        # an observer is exempt from faults
-        if isinstance(item, ParseError):
-            crate.counters["errors"] += 1
-            errors.push(item.code, item.detail)
-            return
-        if isinstance(item, Line):
-            head, block = item.text, None
-        else:
-            assert isinstance(item, Block)
-            head, block = item.head, item.payload
-        try:
-            text = head.decode("ascii")
-        except UnicodeDecodeError:
-            crate.counters["errors"] += 1
-            errors.push(-102, "non-ASCII bytes in the command")
-            return
-        if not text.isprintable():
-            text = text.replace("\t", " ")
-            if not text.isprintable():
-                crate.counters["errors"] += 1
-                errors.push(-102, "control characters in the command")
-                return
-        segments = text.split(";")
-        replies: list[Reply] = []
-        for i, seg in enumerate(segments):
-            last = i == len(segments) - 1
-            if faults is not None:
-                faults.maybe_pause(crate.commands.lookup(split_header(seg)[0]),
-                                   lambda: {"selected": crate.snapshot()["selected"]}, self._stop)
-            cmd, reply = crate.execute(seg, block if last else None, session)
-            if reply is None or cmd is None or not cmd.query:
-                continue
-            if faults is None:
-                replies.append(reply)
-                continue
-            if cmd.data and self.faults.take("drop"):
-                self.stats["dropped"] += 1
-                log.info("MSADC fault: dropping the connection at %s", cmd.pattern)
-                raise _Dropped()
-            if self.faults.take("no_reply"):
-                self.stats["no_reply"] += 1
-                continue
-            replies.append(reply)
-        if not replies:
-            return
-        delay = faults.take_delay() if faults is not None else 0.0
-        if delay > 0:
-            self.stats["delayed"] += 1
-            if self._stop.wait(delay):
-                raise _Dropped()
-        if all(isinstance(r, str) for r in replies):
-            self._send(conn, (";".join(replies) + "\n").encode("ascii", errors="replace"))   # type: ignore[arg-type]
-            return
-        for r in replies:
-            if isinstance(r, str):
-                self._send(conn, (r + "\n").encode("ascii", errors="replace"))
-            else:
-                self._send_block(conn, r, faults is not None)
-
-    def _send_block(self, conn: socket.socket, r: BinaryReply, faulty: bool = True) -> None:
-        payload = r.payload()
-        if faulty and self.faults.take("corrupt"):
-            self.stats["corrupted"] += 1
-            hdr = r.header()
-            bad = hdr[:2] + b"?" * (len(hdr) - 2)            # '#<n>' then a length field that is no number
-            self._send(conn, bad)
-            self._send(conn, payload)
-            self._send(conn, b"\n")
-            return
-        if faulty and self.faults.take("truncate"):
-            self.stats["truncated"] += 1
-            self._send(conn, r.header(max(r.array.nbytes, 1)))
-            self._send(conn, payload[:len(payload) // 2])
-            return
-        self._send(conn, r.header())
-        if len(payload):
-            self._send(conn, payload)
-        self._send(conn, b"\n")
-
-    def _send(self, conn: socket.socket, data: bytes | memoryview) -> None:
-        view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
-        deadline = time.monotonic() + self.send_timeout_s
-        while view.nbytes:
-            if self._stop.is_set():
-                raise _Dropped()
-            try:
-                _, writable, _ = select.select([], [conn], [], 0.2)
-            except (OSError, ValueError):
-                raise _Dropped() from None
-            if not writable:
-                if time.monotonic() > deadline:
-                    log.warning("MSADC: client read nothing for %.0f s; disconnecting", self.send_timeout_s)
-                    raise _Dropped()
-                continue
-            try:
-                n = conn.send(view[:1 << 22])
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                raise _Dropped() from None
-            self.stats["bytes_out"] += n
-            view = view[n:]
-            deadline = time.monotonic() + self.send_timeout_s

@@ -53,8 +53,10 @@ from detector.config import Calibration, Config, load_calibration
 
 from . import control as ctl
 from .emu_hv import HVMainframe
-from .emu_msadc import SCALER_THRESHOLD_MIP, MSADCCrate, MSADCFaults, MSADCServer, SpillRecord, truth_summary
+from .emu_msadc import SCALER_THRESHOLD_MIP, MSADCCrate, SpillRecord, truth_summary
 from .emu_table import HCALTable
+from .faults import MSADCFaults
+from .msadc_server import MSADCServer
 from .serial_server import FaultState, LineServers, serve_line_handlers
 
 log = logging.getLogger(__name__)

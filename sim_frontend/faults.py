@@ -4,7 +4,8 @@ that takes effect is counted (:meth:`CountedFaults.fired`: replies delayed, coun
 test can require an injected fault to have fired.
 
 Each endpoint declares its counted kinds (``COUNTED``) and decides how it consumes them
-(:class:`sim_frontend.emu_msadc.MSADCFaults`, :class:`sim_frontend.serial_server.FaultState`)."""
+(:class:`MSADCFaults`, :class:`sim_frontend.serial_server.FaultState`)."""
+
 from __future__ import annotations
 
 import math
@@ -22,26 +23,31 @@ class CountedFaults:
 
     ENDPOINT = "emulator"
     COUNTED: tuple[str, ...] = ()
-    EXTRA: tuple[str, ...] = ()             #: further kinds a subclass handles in :meth:`apply` itself
+    EXTRA: tuple[str, ...] = ()  #: further kinds a subclass handles in :meth:`apply` itself
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._delay = 0.0
-        self._counts = {k: 0 for k in self.COUNTED}
-        self._fired = {k: 0 for k in self.KINDS}
+        self._counts = dict.fromkeys(self.COUNTED, 0)
+        self._fired = dict.fromkeys(self.KINDS, 0)
 
     KINDS: tuple[str, ...] = ("delay",)
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
-        cls.KINDS = ("delay", *cls.COUNTED, *cls.EXTRA)      #: every kind the endpoint accepts
+        cls.KINDS = ("delay", *cls.COUNTED, *cls.EXTRA)  #: every kind the endpoint accepts
 
     def set(self, kind: str, *, seconds: float | None = None, count: int | None = None) -> None:
         """Activate ``kind``; ValueError names the problem. ``count = 0`` / ``seconds = 0`` clears it."""
         with self._lock:
             if kind == "delay":
-                if seconds is None or isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
-                        or not math.isfinite(seconds) or not 0.0 <= seconds <= MAX_DELAY_S:
+                if (
+                    seconds is None
+                    or isinstance(seconds, bool)
+                    or not isinstance(seconds, (int, float))
+                    or not math.isfinite(seconds)
+                    or not 0.0 <= seconds <= MAX_DELAY_S
+                ):
                     raise ValueError(f"fault 'delay' needs seconds in [0, {MAX_DELAY_S:.0f}], got {seconds!r}")
                 self._delay = float(seconds)
             elif kind in self._counts:
@@ -194,6 +200,9 @@ class MSADCFaults(CountedFaults):
         (None, or where it blocks: ``at``, ``unix``, ``selected`` spill)."""
         out = super().snapshot()
         with self._lock:
-            out["pause"] = {"at": self._pause_at, "remaining": self._pause_left,
-                            "paused": dict(self._paused) if self._paused else None}
+            out["pause"] = {
+                "at": self._pause_at,
+                "remaining": self._pause_left,
+                "paused": dict(self._paused) if self._paused else None,
+            }
         return out

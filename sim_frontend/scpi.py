@@ -485,7 +485,7 @@ class BinaryReply:
 
     def payload(self) -> memoryview:
         a = np.ascontiguousarray(self.array)
-        return memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b"")
+        return a.reshape(-1).view(np.uint8).data if a.size else memoryview(b"")
 
 
 Reply = str | BinaryReply

@@ -1,5 +1,6 @@
 """Helpers of the na64-daq acceptance tests: run ``na64-daq`` as a subprocess next to an emulator
 (tests/emulator_fixture.py), subscribe to its monitoring stream, read what it recorded."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 import zmq
@@ -28,8 +30,15 @@ DAQ_TEST_CONFIG: dict[str, Any] = {
     "spill": {"length_s": 0.3, "supercycle_s": 0.8},
     "beam": {"particles_per_spill": 3e4, "calibration_particles_per_spill": 2e3},
     "emulator": {"spill_buffer": 6},
-    "daq": {"timeout_ms": 1500, "retries": 2, "chunk_records": 8192, "heartbeat_s": 0.2, "spill_timeout_s": 10.0,
-            "poll_interval_s": 0.02, "sample_waveforms": 4},
+    "daq": {
+        "timeout_ms": 1500,
+        "retries": 2,
+        "chunk_records": 8192,
+        "heartbeat_s": 0.2,
+        "spill_timeout_s": 10.0,
+        "poll_interval_s": 0.02,
+        "sample_waveforms": 4,
+    },
 }
 
 
@@ -62,7 +71,9 @@ class DAQProcess:
         except subprocess.TimeoutExpired:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
-            raise AssertionError(f"na64-daq did not finish within {timeout_s} s\n--- daq log ---\n{self.log()[-6000:]}")
+            raise AssertionError(
+                f"na64-daq did not finish within {timeout_s} s\n--- daq log ---\n{self.log()[-6000:]}"
+            ) from None
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -101,14 +112,38 @@ def _no_daq_left_behind():
             p.wait(timeout=10)
 
 
-def start_daq(tmp_path: Path, config_path: Path, endpoints_path: Path, out: Path, *, run: int = 1,
-              spills: int | None = 3, monitor: str | None = None, extra: Sequence[str] = (),
-              name: str = "daq", file_size_limit: int | None = None) -> DAQProcess:
+def start_daq(
+    tmp_path: Path,
+    config_path: Path,
+    endpoints_path: Path,
+    out: Path,
+    *,
+    run: int = 1,
+    spills: int | None = 3,
+    monitor: str | None = None,
+    extra: Sequence[str] = (),
+    name: str = "daq",
+    file_size_limit: int | None = None,
+) -> DAQProcess:
     """``file_size_limit`` (bytes): RLIMIT_FSIZE of the DAQ process, so that writing a larger file fails
     with EFBIG as a full disk fails with ENOSPC (SIGXFSZ ignored: the write returns the error)."""
-    cmd = [sys.executable, "-m", "online.daq_cli", "run", "--config", str(config_path), "--endpoints-file",
-           str(endpoints_path), "--out", str(out), "--run", str(run),
-           "--monitor", monitor or f"tcp://127.0.0.1:{free_port()}", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "online.daq_cli",
+        "run",
+        "--config",
+        str(config_path),
+        "--endpoints-file",
+        str(endpoints_path),
+        "--out",
+        str(out),
+        "--run",
+        str(run),
+        "--monitor",
+        monitor or f"tcp://127.0.0.1:{free_port()}",
+        *extra,
+    ]
     if spills is not None:
         cmd += ["--spills", str(spills)]
     ensure_kernels_cached()
@@ -122,9 +157,15 @@ def start_daq(tmp_path: Path, config_path: Path, endpoints_path: Path, out: Path
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
     with open(log_path, "ab") as fh:
-        proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=env, stdin=subprocess.DEVNULL, stdout=fh,
-                                stderr=subprocess.STDOUT,
-                                preexec_fn=limit_file_size if file_size_limit is not None else None)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=str(REPO_ROOT),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            preexec_fn=limit_file_size if file_size_limit is not None else None,
+        )
     _STARTED.append(proc)
     return DAQProcess(proc, out, run, log_path)
 
@@ -142,7 +183,7 @@ def wait_until(pred, timeout_s: float, what: str, poll_s: float = 0.02) -> Any:
 def spills_recorded(d: DAQProcess) -> int:
     try:
         return len(d.record()["spills"])
-    except Exception:
+    except Exception:  # noqa: BLE001 - a run record not yet written, or caught mid-write: none recorded yet
         return 0
 
 

@@ -33,6 +33,7 @@ Endpoints (``handle.endpoints``, also as attributes): ``msadc`` (VISA resource s
 ``table`` (``socket://127.0.0.1:<port>``), ``hv_pty`` / ``table_pty`` (pty device paths), ``feed`` /
 ``control`` (ZeroMQ ``tcp://`` addresses), ``pid``.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -43,9 +44,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -75,7 +77,7 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)       # a JSON string is a valid TOML basic string
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
@@ -180,8 +182,13 @@ class EmulatorHandle:
             raise EmulatorError(f"state request failed: {reply}")
         return reply
 
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = 30.0,
-                 what: str = "condition", poll_s: float = 0.05) -> dict[str, Any]:
+    def wait_for(
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout_s: float = 30.0,
+        what: str = "condition",
+        poll_s: float = 0.05,
+    ) -> dict[str, Any]:
         """Poll :meth:`state` until ``predicate(state)`` holds; returns that state (EmulatorError on timeout)."""
         deadline = time.monotonic() + timeout_s
         st: dict[str, Any] = {}
@@ -191,8 +198,10 @@ class EmulatorHandle:
             if predicate(st):
                 return st
             time.sleep(poll_s)
-        raise EmulatorError(f"timeout after {timeout_s} s waiting for {what}; last state: "
-                            f"{st.get('crate')}, spills {st.get('spills')}\n{self.log_tail()}")
+        raise EmulatorError(
+            f"timeout after {timeout_s} s waiting for {what}; last state: "
+            f"{st.get('crate')}, spills {st.get('spills')}\n{self.log_tail()}"
+        )
 
     def wait_for_spills(self, n: int = 1, timeout_s: float = 60.0) -> dict[str, Any]:
         """Wait until at least ``n`` spills completed in the crate (counting from the emulator start)."""
@@ -214,7 +223,7 @@ class EmulatorHandle:
         """SIGTERM, wait up to ``timeout_s``, then SIGKILL the process group; returns the exit status."""
         return _terminate(self.proc, timeout_s)
 
-    def __enter__(self) -> "EmulatorHandle":
+    def __enter__(self) -> EmulatorHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -273,7 +282,7 @@ def group_alive(pgid: int) -> bool:
             stat = (d / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()      # after "pid (comm) ": state ppid pgrp ...
+        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
         if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
             return True
     return False
@@ -293,9 +302,16 @@ def _reap_group(pgid: int, timeout_s: float = 5.0) -> None:
         time.sleep(0.05)
 
 
-def start_emulator(tmp_path: Path, config_overrides: dict[str, Any] | None = None, extra_args: Sequence[str] = (),
-                   *, base: dict[str, Any] | None = FAST_CONFIG, startup_timeout_s: float = 240.0,
-                   env: dict[str, str] | None = None, name: str = "emulator") -> EmulatorHandle:
+def start_emulator(
+    tmp_path: Path,
+    config_overrides: dict[str, Any] | None = None,
+    extra_args: Sequence[str] = (),
+    *,
+    base: dict[str, Any] | None = FAST_CONFIG,
+    startup_timeout_s: float = 240.0,
+    env: dict[str, str] | None = None,
+    name: str = "emulator",
+) -> EmulatorHandle:
     """Start ``na64-emulator`` as a subprocess on free loopback ports and wait until it listens.
 
     ``config_overrides`` is a nested dict of config sections deep-merged over ``base`` (default
@@ -313,18 +329,32 @@ def start_emulator(tmp_path: Path, config_overrides: dict[str, Any] | None = Non
         endpoints_path.unlink()
     except FileNotFoundError:
         pass
-    cmd = [sys.executable, "-m", "sim_frontend.cli", "--config", str(config_path),
-           "--endpoints-file", str(endpoints_path), "--parent-pid", str(os.getpid()), *map(str, extra_args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sim_frontend.cli",
+        "--config",
+        str(config_path),
+        "--endpoints-file",
+        str(endpoints_path),
+        "--parent-pid",
+        str(os.getpid()),
+        *map(str, extra_args),
+    ]
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), full_env.get("PYTHONPATH", "")) if p)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     full_env.update(env or {})
-    log_file = open(log_path, "wb")
-    try:
-        proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=full_env, stdin=subprocess.DEVNULL, stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    finally:
-        log_file.close()
+    with open(log_path, "wb") as log_file:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            cmd,
+            cwd=str(REPO_ROOT),
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     handle = EmulatorHandle(proc, {}, config_path, endpoints_path, log_path, cfg)
     _LIVE[proc.pid] = proc
     try:
@@ -335,13 +365,16 @@ def start_emulator(tmp_path: Path, config_overrides: dict[str, Any] | None = Non
                     handle.endpoints = json.loads(endpoints_path.read_text(encoding="utf-8"))
                     break
                 except ValueError:
-                    pass                  # cannot happen with the atomic write; be patient anyway
+                    pass  # cannot happen with the atomic write; be patient anyway
             if proc.poll() is not None:
-                raise EmulatorError(f"na64-emulator exited with status {proc.returncode} before listening\n"
-                                    f"command: {cmd}\n{handle.log_tail()}")
+                raise EmulatorError(
+                    f"na64-emulator exited with status {proc.returncode} before listening\n"
+                    f"command: {cmd}\n{handle.log_tail()}"
+                )
             if time.monotonic() > deadline:
-                raise EmulatorError(f"na64-emulator did not write {endpoints_path} within {startup_timeout_s} s\n"
-                                    f"{handle.log_tail()}")
+                raise EmulatorError(
+                    f"na64-emulator did not write {endpoints_path} within {startup_timeout_s} s\n{handle.log_tail()}"
+                )
             time.sleep(0.05)
         if handle.endpoints.get("pid") != proc.pid:
             raise EmulatorError(f"endpoints file names pid {handle.endpoints.get('pid')}, expected {proc.pid}")
@@ -357,8 +390,9 @@ def emulator_factory(tmp_path: Path) -> Iterator[Callable[..., EmulatorHandle]]:
     started is stopped at teardown."""
     started: list[EmulatorHandle] = []
 
-    def factory(config_overrides: dict[str, Any] | None = None, extra_args: Sequence[str] = (),
-                **kw: Any) -> EmulatorHandle:
+    def factory(
+        config_overrides: dict[str, Any] | None = None, extra_args: Sequence[str] = (), **kw: Any
+    ) -> EmulatorHandle:
         handle = start_emulator(tmp_path, config_overrides, extra_args, name=f"emulator{len(started)}", **kw)
         started.append(handle)
         return handle

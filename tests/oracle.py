@@ -20,6 +20,7 @@ trigger saw whole: accepted count, EOT, scalers and trigger counts equal to the 
 spill the oracle cannot read is a failure, not a skip. :meth:`Oracle.check_published` holds the DAQ's
 published ``waveforms`` topic against the same crate waveforms.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,20 +76,21 @@ class Oracle(threading.Thread):
     """Holds every spill that completes in the crate at ``resource`` after :meth:`start` and checks the
     DAQ run in ``rdir`` against them."""
 
-    def __init__(self, resource: str, menu: TriggerMenu, rdir: Path, poll_s: float = 0.2,
-                 timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, resource: str, menu: TriggerMenu, rdir: Path, poll_s: float = 0.2, timeout_s: float = 120.0
+    ) -> None:
         super().__init__(name="daq-oracle", daemon=True)
         self.resource = resource
         self.menu = menu
         self.rdir = Path(rdir)
         self.poll_s = poll_s
         self.timeout_s = timeout_s
-        self.floor = -1                            #: spills up to this id completed before the oracle started
-        self.released: set[int] = set()            #: crate spills given back (the DAQ never recorded them)
+        self.floor = -1  #: spills up to this id completed before the oracle started
+        self.released: set[int] = set()  #: crate spills given back (the DAQ never recorded them)
         self.decided: dict[int, Decided] = {}
-        self.failure: str | None = None            #: the release thread broke (connection, ...)
+        self.failure: str | None = None  #: the release thread broke (connection, ...)
         self._stop_evt = threading.Event()
-        self._io = threading.Lock()                #: one pyvisa resource, used by the thread and check()
+        self._io = threading.Lock()  #: one pyvisa resource, used by the thread and check()
         self._rm: Any = None
         self._res: Any = None
 
@@ -96,8 +98,9 @@ class Oracle(threading.Thread):
     def start(self) -> None:  # type: ignore[override]
         """Connect, become a holding observer and start the release thread."""
         self._rm = pyvisa.ResourceManager("@py")
-        res = self._rm.open_resource(self.resource, read_termination="\n", write_termination="\n",
-                                     timeout=int(self.timeout_s * 1000))
+        res = self._rm.open_resource(
+            self.resource, read_termination="\n", write_termination="\n", timeout=int(self.timeout_s * 1000)
+        )
         res.chunk_size = 1 << 20
         res.write("SYST:OBS ON")
         res.write("SYST:OBS:HOLD ON")
@@ -118,7 +121,7 @@ class Oracle(threading.Thread):
                 self._rm.close()
                 self._res = None
 
-    def __enter__(self) -> "Oracle":
+    def __enter__(self) -> Oracle:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -167,8 +170,9 @@ class Oracle(threading.Thread):
 
     # ---------------------------------------------------------------------------------- reading
     def _query_block(self, cmd: str, datatype: str, points: int) -> np.ndarray:
-        return self._res.query_binary_values(cmd, datatype=datatype, is_big_endian=False, container=np.ndarray,
-                                             data_points=points)
+        return self._res.query_binary_values(
+            cmd, datatype=datatype, is_big_endian=False, container=np.ndarray, data_points=points
+        )
 
     def decide(self, crate_spill: int) -> Decided | str:
         """Read crate spill ``crate_spill`` (held or buffered), trigger it with the reference and read the
@@ -195,10 +199,13 @@ class Oracle(threading.Thread):
             wf = np.empty((ids.size, ch.N_CHANNELS, ch.N_SAMPLES), np.int16)
             with self._io:
                 for s in range(0, ids.size, INDICES_PER_QUERY):
-                    part = ids[s:s + INDICES_PER_QUERY]
-                    got = self._query_block(f"EVT:IND:DATA? {sid}," + ",".join(map(str, part.tolist())), "h",
-                                            part.size * ch.N_CHANNELS * ch.N_SAMPLES)
-                    wf[s:s + part.size] = got.reshape(part.size, ch.N_CHANNELS, ch.N_SAMPLES)
+                    part = ids[s : s + INDICES_PER_QUERY]
+                    got = self._query_block(
+                        f"EVT:IND:DATA? {sid}," + ",".join(map(str, part.tolist())),
+                        "h",
+                        part.size * ch.N_CHANNELS * ch.N_SAMPLES,
+                    )
+                    wf[s : s + part.size] = got.reshape(part.size, ch.N_CHANNELS, ch.N_SAMPLES)
         except pyvisa.VisaIOError as exc:
             with self._io:
                 err = self._res.query("SYST:ERR?").strip()
@@ -214,10 +221,12 @@ class Oracle(threading.Thread):
         problems: list[str] = [] if self.failure is None else [f"the oracle's release thread failed: {self.failure}"]
         rec = read_run_record(rdir)
         if json.loads(json.dumps(self.menu.to_dict())) != rec.get("trigger_menu"):
-            problems.append(f"the run's trigger menu {rec.get('trigger_menu')} is not the oracle's {self.menu.to_dict()}")
+            problems.append(
+                f"the run's trigger menu {rec.get('trigger_menu')} is not the oracle's {self.menu.to_dict()}"
+            )
         for e in rec["spills"]:
             if not e.get("n_particles") and not e.get("n_recorded"):
-                continue                                # nothing was read from the crate for this spill
+                continue  # nothing was read from the crate for this spill
             got = self.decide(int(e["crate_spill"]))
             if isinstance(got, str):
                 problems.append(f"spill {e['spill']}: {got}")
@@ -238,20 +247,24 @@ class Oracle(threading.Thread):
             return out + [f"{where}: {n} events recorded, the reference trigger accepts {ids.size}"]
         if not np.array_equal(got, ids[:n]):
             bad = int(np.argmax(got != ids[:n]))
-            out.append(f"{where}: event ids differ from the reference trigger from event {bad} on: recorded "
-                       f"{got[bad:bad + 3].tolist()}, reference {ids[bad:bad + 3].tolist()}")
+            out.append(
+                f"{where}: event ids differ from the reference trigger from event {bad} on: recorded "
+                f"{got[bad : bad + 3].tolist()}, reference {ids[bad : bad + 3].tolist()}"
+            )
         if not np.array_equal(d.trigger_mask, np.asarray(ref.mask, np.uint8)[:n]):
             bad = int(np.argmax(d.trigger_mask != np.asarray(ref.mask, np.uint8)[:n]))
             out.append(f"{where}: trigger masks differ from the reference trigger from event {bad} on")
         same = np.all(d.waveforms == dec.waveforms[:n], axis=(1, 2))
         if not same.all():
             bad = np.flatnonzero(~same)
-            out.append(f"{where}: {bad.size} of {n} recorded waveforms differ from the crate's waveform of the "
-                       f"reference record (first: event {bad[0]}, reference record {int(ids[bad[0]])})")
+            out.append(
+                f"{where}: {bad.size} of {n} recorded waveforms differ from the crate's waveform of the "
+                f"reference record (first: event {bad[0]}, reference record {int(ids[bad[0]])})"
+            )
         complete = not (set(e["flags"]) & INCOMPLETE_SPILL_FLAGS)
         if complete and n != ids.size:
             out.append(f"{where}: {n} events recorded in a complete spill, the reference trigger accepts {ids.size}")
-        if complete or e["n_seen"] == dec.particles:   # the whole spill went through the DAQ's trigger
+        if complete or e["n_seen"] == dec.particles:  # the whole spill went through the DAQ's trigger
             scalers = ref.scalers_with(dec.info.get("scalers", {}))
             # a spill that could not be written keeps its accounting in the run record only
             attrs = d.attrs if "write_failed" not in e["flags"] else {"eot": e["eot"], "scalers": e["scalers"]}
@@ -283,15 +296,20 @@ class Oracle(threading.Thread):
                 continue
             ev = np.asarray(m.arrays["event_ids"], np.int64)
             pos = np.searchsorted(dec.ids, ev)
-            ok = (pos < dec.waveforms.shape[0]) & (dec.ids[np.minimum(pos, dec.ids.size - 1)] == ev) \
-                if dec.ids.size else np.zeros(ev.size, bool)
+            ok = (
+                (pos < dec.waveforms.shape[0]) & (dec.ids[np.minimum(pos, dec.ids.size - 1)] == ev)
+                if dec.ids.size
+                else np.zeros(ev.size, bool)
+            )
             if not ok.all():
                 out.append(f"spill {m.spill}: published event ids {ev[~ok].tolist()} are not accepted records")
                 continue
             same = np.all(np.asarray(m.arrays["waveforms"]) == dec.waveforms[pos], axis=(1, 2))
             if not same.all():
-                out.append(f"spill {m.spill}: {int((~same).sum())} of {ev.size} published waveforms differ from the "
-                           f"crate's waveform of their record (ids {ev[~same].tolist()})")
+                out.append(
+                    f"spill {m.spill}: {int((~same).sum())} of {ev.size} published waveforms differ from the "
+                    f"crate's waveform of their record (ids {ev[~same].tolist()})"
+                )
         return out
 
 

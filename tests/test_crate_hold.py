@@ -1,5 +1,6 @@
 """The emulated crate's holding observers (docs/protocols.md 1.8): a spill that leaves the ring stays
 readable for a holding observer until released, and nothing else about the crate changes."""
+
 from __future__ import annotations
 
 import time
@@ -11,7 +12,8 @@ import pyvisa
 
 from detector import channels as chmap
 from detector.records import TRUTH_DTYPE
-from sim_frontend.emu_msadc import MSADCCrate, MSADCServer, SpillRecord
+from sim_frontend.emu_msadc import MSADCCrate, SpillRecord
+from sim_frontend.msadc_server import MSADCServer
 
 
 class IndexDigitizer:
@@ -29,8 +31,15 @@ def record(spill_id: int, n: int = 50) -> SpillRecord:
     truth["index"] = np.arange(n)
     spill = SimpleNamespace(spill=spill_id, start_unix=1.7e9, length_s=0.3, truth=truth, seed=spill_id)
     prim = np.full((n, 6, 32), spill_id, np.int16)
-    return SpillRecord(spill=spill, deposits=None, primitives=prim, times=np.arange(n) * 1000.0, table={},
-                       vmon=np.zeros(chmap.N_CHANNELS), scalers={"S0": n})
+    return SpillRecord(
+        spill=spill,
+        deposits=None,
+        primitives=prim,
+        times=np.arange(n) * 1000.0,
+        table={},
+        vmon=np.zeros(chmap.N_CHANNELS),
+        scalers={"S0": n},
+    )
 
 
 @pytest.fixture
@@ -46,7 +55,7 @@ def served():
             r.write("SYST:OBS ON")
         if hold:
             r.write("SYST:OBS:HOLD ON")
-        assert r.query("*OPC?") == "1"         # the commands before it have run
+        assert r.query("*OPC?") == "1"  # the commands before it have run
         conns.append(r)
         return r
 
@@ -58,7 +67,7 @@ def served():
 
 
 def test_a_holding_observer_keeps_evicted_spills_until_released(served):
-    crate, server, connect = served
+    crate, _server, connect = served
     daq, obs = connect(False), connect(True, hold=True)
     for sid in (1, 2, 3, 4):
         crate.spill_completed(record(sid))
@@ -77,9 +86,9 @@ def test_a_holding_observer_keeps_evicted_spills_until_released(served):
     obs.write("SPIL:REL 1,3")
     crate.spill_completed(record(5))
     assert obs.query("SPIL:LIST?") == "2,4,5"
-    obs.write("SPIL:INFO? 1")                              # no reply: an error
+    obs.write("SPIL:INFO? 1")  # no reply: an error
     assert obs.query("SYST:ERR?").startswith("-230")
-    assert daq.query("SYST:ERR?").startswith("0")          # the observer's errors are its own
+    assert daq.query("SYST:ERR?").startswith("0")  # the observer's errors are its own
     # SPIL:REL and the hold are for observers only
     daq.write("SPIL:REL 2")
     assert daq.query("SYST:ERR?").startswith("-221")
@@ -89,16 +98,16 @@ def test_a_holding_observer_keeps_evicted_spills_until_released(served):
 
 
 def test_the_hold_ends_with_the_holder(served):
-    crate, server, connect = served
+    crate, _server, connect = served
     obs = connect(True, hold=True)
     plain = connect(True)
     for sid in (1, 2, 3):
         crate.spill_completed(record(sid))
     assert crate.snapshot()["held"] == [1]
-    assert plain.query("SPIL:LIST?") == "2,3"                # an observer that does not hold sees the ring
-    assert plain.query("PRIM:COUN? 1") == "50"               # but may read what is held
+    assert plain.query("SPIL:LIST?") == "2,3"  # an observer that does not hold sees the ring
+    assert plain.query("PRIM:COUN? 1") == "50"  # but may read what is held
     obs.close()
-    deadline = time.monotonic() + 30                          # until the server notices the closed connection
+    deadline = time.monotonic() + 30  # until the server notices the closed connection
     while crate.snapshot()["holders"] and time.monotonic() < deadline:
         time.sleep(0.01)
     assert crate.snapshot()["holders"] == 0 and crate.snapshot()["held"] == []

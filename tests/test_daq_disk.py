@@ -5,6 +5,7 @@ status 1, and a restarted ``na64-daq`` continues the run.
 
 The failing write is real: the DAQ process runs with RLIMIT_FSIZE below the size of a spill file, so the
 kernel refuses the write (EFBIG) exactly where a full disk refuses it (ENOSPC)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,13 +15,17 @@ import sys
 import textwrap
 
 import pytest
-
-from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
-from daq_helpers import DAQ_TEST_CONFIG, check_run, start_daq
-from detector.config import dump_toml, load_config
-from detector.spillfile import list_spills, read_run_record, read_spill, run_dir
+from daq_helpers import (
+    DAQ_TEST_CONFIG,
+    _no_daq_left_behind,  # noqa: F401  (autouse fixture)
+    check_run,
+    start_daq,
+)
 from emulator_fixture import REPO_ROOT, deep_merge, start_emulator
 from oracle import start_oracle
+
+from detector.config import dump_toml, load_config
+from detector.spillfile import list_spills, read_spill, run_dir
 from online.recorder import RecorderError, RunRecorder
 
 pytestmark = pytest.mark.slow
@@ -39,12 +44,20 @@ def private_disk(tmp_path):
     margins, and a warning says so."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m,mode=0700", "tmpfs", str(disk)],
-                             capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=512m,mode=0700", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        == 0
+    )
     if not mounted:
         import warnings
-        warnings.warn("cannot mount a private tmpfs (needs root): the disk-reserve test runs on the shared disk, "
-                      "where other writers can move the free space by more than its margin", stacklevel=1)
+
+        warnings.warn(
+            "cannot mount a private tmpfs (needs root): the disk-reserve test runs on the shared disk, "
+            "where other writers can move the free space by more than its margin",
+            stacklevel=1,
+        )
     try:
         yield disk
     finally:
@@ -59,16 +72,19 @@ def _digest(path) -> str:
 def _record_two_spills(tmp_path, emu, run: int, out=None):
     """A first na64-daq records spills 1 and 2 of ``run`` (into ``out``, default ``tmp_path/data``); returns
     it, its spill files and their digests."""
-    first = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out or tmp_path / "data", run=run, spills=2,
-                      name="daq1")
+    first = start_daq(
+        tmp_path, emu.config_path, emu.endpoints_path, out or tmp_path / "data", run=run, spills=2, name="daq1"
+    )
     assert first.wait(120) == 0, first.log()[-4000:]
     files = list_spills(first.rdir)
     return first, files, {p.name: _digest(p) for p in files}
 
 
 def test_a_spill_that_cannot_be_written_is_flagged_and_the_run_stops_cleanly(tmp_path):
-    with start_emulator(tmp_path, RESTART_CONFIG, ["--no-pty"]) as emu, \
-            start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 5)) as oracle:
+    with (
+        start_emulator(tmp_path, RESTART_CONFIG, ["--no-pty"]) as emu,
+        start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 5)) as oracle,
+    ):
         out = tmp_path / "data"
         first, files, digests = _record_two_spills(tmp_path, emu, run=5)
         smallest = min(p.stat().st_size for p in files)
@@ -77,15 +93,16 @@ def test_a_spill_that_cannot_be_written_is_flagged_and_the_run_stops_cleanly(tmp
         assert record_size * 4 < limit, "the run record must still be writable under the limit"
 
         # the same run, continued by a DAQ whose spill files cannot be written
-        second = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=5, spills=3, name="daq2",
-                           file_size_limit=limit)
+        second = start_daq(
+            tmp_path, emu.config_path, emu.endpoints_path, out, run=5, spills=3, name="daq2", file_size_limit=limit
+        )
         rc = second.wait(120)
         log = second.log()
         assert rc == 1, f"exit status {rc} (a segfault is -11)\n{log[-4000:]}"
         assert "accepted events NOT recorded" in log and "File too large" in log and "--run 5" in log
         assert "Traceback" not in log and "Segmentation fault" not in log
 
-        rec = check_run(first.rdir, emu, oracle)     # files and record agree, no temporary file left behind
+        rec = check_run(first.rdir, emu, oracle)  # files and record agree, no temporary file left behind
         assert {p.name: _digest(p) for p in files} == digests, "a finished spill file changed"
         bad = rec["spills"][-1]
         assert bad["spill"] == 3 and bad["flags"][0] == "write_failed"
@@ -104,7 +121,7 @@ def test_a_spill_that_cannot_be_written_is_flagged_and_the_run_stops_cleanly(tmp
 
 def test_the_daq_refuses_to_start_without_its_disk_reserve(tmp_path):
     with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu:
-        cfg = load_config(emu.config_path).with_overrides({"daq": {"min_free_mb": 1e8}})   # 100 TB kept free
+        cfg = load_config(emu.config_path).with_overrides({"daq": {"min_free_mb": 1e8}})  # 100 TB kept free
         big = tmp_path / "reserve.toml"
         big.write_text(dump_toml(cfg), encoding="utf-8")
         d = start_daq(tmp_path, big, emu.endpoints_path, tmp_path / "data", run=1, spills=1)
@@ -162,8 +179,10 @@ def test_the_run_stops_before_a_spill_that_would_not_fit(tmp_path, private_disk)
     makes spill files of ~8 MB (at the test intensity, which the compressed cycle sustains): margins of
     megabytes on either side for what else writes to the filesystem meanwhile."""
     cfg = deep_merge(RESTART_CONFIG, {"trigger": {"menu": {"beam": {"prescale": 40}}}})
-    with start_emulator(tmp_path, cfg, ["--no-pty"]) as emu, \
-            start_oracle(emu.endpoints_path, emu.config_path, run_dir(private_disk / "data", 7)) as oracle:
+    with (
+        start_emulator(tmp_path, cfg, ["--no-pty"]) as emu,
+        start_oracle(emu.endpoints_path, emu.config_path, run_dir(private_disk / "data", 7)) as oracle,
+    ):
         out = private_disk / "data"
         first, files, digests = _record_two_spills(tmp_path, emu, run=7, out=out)
         size = sum(p.stat().st_size for p in files) / len(files)

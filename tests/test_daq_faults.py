@@ -3,19 +3,26 @@
 Each case runs the emulator and na64-daq as subprocesses over several spills, injects one fault, and
 checks: every finished spill is intact, the damaged spill is flagged (or retried and marked so), the run
 goes on, and the accounting reconciles (accepted == recorded unless a flag says why)."""
+
 from __future__ import annotations
 
 import signal
 from typing import Any
 
 import pytest
-
-from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
-from daq_helpers import DAQ_TEST_CONFIG, check_run, spills_recorded, start_daq, wait_until
-from detector.records import INCOMPLETE_SPILL_FLAGS
-from detector.spillfile import run_dir
+from daq_helpers import (
+    DAQ_TEST_CONFIG,
+    _no_daq_left_behind,  # noqa: F401  (autouse fixture)
+    check_run,
+    spills_recorded,
+    start_daq,
+    wait_until,
+)
 from emulator_fixture import EmulatorHandle, deep_merge, start_emulator
 from oracle import start_oracle
+
+from detector.records import INCOMPLETE_SPILL_FLAGS
+from detector.spillfile import run_dir
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +40,9 @@ def _pause_at(emu: EmulatorHandle, header: str, timeout_s: float = 120.0) -> dic
     there; returns where (``at``, ``selected`` spill)."""
     reply = emu.control({"cmd": "fault", "endpoint": "msadc", "kind": "pause", "at": header, "count": 1})
     assert reply.get("ok"), reply
-    st = emu.wait_for(lambda s: s["faults"]["msadc"]["pause"]["paused"] is not None, timeout_s,
-                      f"the DAQ to block at {header}")
+    st = emu.wait_for(
+        lambda s: s["faults"]["msadc"]["pause"]["paused"] is not None, timeout_s, f"the DAQ to block at {header}"
+    )
     return st["faults"]["msadc"]["pause"]["paused"]
 
 
@@ -46,14 +54,18 @@ def _release(emu: EmulatorHandle) -> None:
 @pytest.mark.parametrize("fault", ["drop", "truncate", "corrupt"])
 def test_block_and_connection_faults_are_retried(tmp_path, fault):
     """The fault hits the first data query of the run: the driver reconnects, re-selects and re-reads."""
-    with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty", "--fault", f"msadc:{fault}"]) as emu, \
-            start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1)) as oracle:
+    with (
+        start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty", "--fault", f"msadc:{fault}"]) as emu,
+        start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1)) as oracle,
+    ):
         daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=3, extra=["--no-hv"])
         assert daq.wait(120) == 0, daq.log()[-6000:]
         rec = check_run(daq.rdir, emu, oracle)
         assert _fired(emu, fault) == 1
-        assert emu.state()["msadc_server"][{"drop": "dropped", "truncate": "truncated",
-                                            "corrupt": "corrupted"}[fault]] == 1
+        assert (
+            emu.state()["msadc_server"][{"drop": "dropped", "truncate": "truncated", "corrupt": "corrupted"}[fault]]
+            == 1
+        )
     first = rec["spills"][0]
     assert "retried" in first["flags"] and "reconnected" in first["flags"], first
     assert rec["totals"]["complete_spills"] == 3
@@ -66,10 +78,13 @@ def test_no_reply_and_slow_crate(tmp_path):
     reads a spill's primitives (the DAQ is paused at ``PRIM:DATA?``, the delay set, the pause released):
     that spill is flagged with the timeout and recorded as far as it was read, and once the crate is fast
     again the run records complete spills."""
-    with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu, \
-            start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1)) as oracle:
-        daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=None,
-                        extra=["--no-hv"])
+    with (
+        start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu,
+        start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1)) as oracle,
+    ):
+        daq = start_daq(
+            tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=None, extra=["--no-hv"]
+        )
         wait_until(lambda: spills_recorded(daq) >= 1, 90, "first spill")
         emu.control({"cmd": "fault", "endpoint": "msadc", "kind": "no_reply", "count": 2})
         emu.wait_for(lambda s: s["faults_fired"]["msadc"]["no_reply"] == 2, 90, "both replies withheld")
@@ -77,21 +92,24 @@ def test_no_reply_and_slow_crate(tmp_path):
         paused = _pause_at(emu, "PRIM:DATA?")
         slow = int(paused["selected"])
         assert daq.record()["in_flight"]["crate_spill"] == slow
-        emu.control({"cmd": "fault", "endpoint": "msadc", "kind": "delay", "seconds": 2.0})   # > timeout_ms
+        emu.control({"cmd": "fault", "endpoint": "msadc", "kind": "delay", "seconds": 2.0})  # > timeout_ms
         _release(emu)
 
         def entry_of(crate_spill: int) -> dict | None:
             try:
                 return next((e for e in daq.record()["spills"] if e["crate_spill"] == crate_spill), None)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a run record not yet written, or caught mid-write: not yet
                 return None
 
         flagged = wait_until(lambda: entry_of(slow), 120, f"crate spill {slow} recorded")
         assert _fired(emu, "delay") >= 1
         emu.control({"cmd": "clear_faults"})
         n_flagged = len(daq.record()["spills"])
-        wait_until(lambda: sum(1 for e in daq.record()["spills"][n_flagged:] if not e["flags"]) >= 2, 90,
-                   "two complete spills after the crate recovered")
+        wait_until(
+            lambda: sum(1 for e in daq.record()["spills"][n_flagged:] if not e["flags"]) >= 2,
+            90,
+            "two complete spills after the crate recovered",
+        )
         daq.proc.send_signal(signal.SIGINT)
         assert daq.wait(60) == 0, daq.log()[-6000:]
         rec = check_run(daq.rdir, emu, oracle)
@@ -106,8 +124,10 @@ def test_no_reply_and_slow_crate(tmp_path):
 
 def test_feed_stall_is_noted_and_the_run_continues(tmp_path):
     cfg = deep_merge(DAQ_TEST_CONFIG, {"daq": {"spill_timeout_s": 1.2}})
-    with start_emulator(tmp_path, cfg, ["--no-pty"]) as emu, \
-            start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1)) as oracle:
+    with (
+        start_emulator(tmp_path, cfg, ["--no-pty"]) as emu,
+        start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1)) as oracle,
+    ):
         daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=3, extra=["--no-hv"])
         wait_until(lambda: spills_recorded(daq) >= 1, 90, "first spill")
         stalled_before = emu.state()["spills"]["spills_stalled"]
@@ -126,8 +146,10 @@ def test_kill_9_mid_readout_then_restart_with_the_same_run_number(tmp_path):
     """The DAQ is paused by the crate at its ``EVT:DATA?`` of a spill (in flight in the run record) and
     killed there; the feed is stalled meanwhile so that the crate still holds that spill when the DAQ is
     restarted: the restarted DAQ re-reads it (flagged retried) and continues the numbering."""
-    with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu, \
-            start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 5)) as oracle:
+    with (
+        start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu,
+        start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 5)) as oracle,
+    ):
         out = tmp_path / "data"
         daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=5, spills=None, extra=["--no-hv"])
         wait_until(lambda: spills_recorded(daq) >= 2, 90, "two spills")
@@ -142,10 +164,14 @@ def test_kill_9_mid_readout_then_restart_with_the_same_run_number(tmp_path):
         assert in_flight is not None and in_flight["crate_spill"] == int(paused["selected"]), (in_flight, paused)
         assert in_flight["crate_spill"] in emu.state()["crate"]["buffered"]
 
-        again = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=5, spills=2, extra=["--no-hv"],
-                          name="daq2")
-        wait_until(lambda: spills_recorded(again) > n_before or again.proc.poll() is not None, 120,
-                   "the interrupted spill re-read")
+        again = start_daq(
+            tmp_path, emu.config_path, emu.endpoints_path, out, run=5, spills=2, extra=["--no-hv"], name="daq2"
+        )
+        wait_until(
+            lambda: spills_recorded(again) > n_before or again.proc.poll() is not None,
+            120,
+            "the interrupted spill re-read",
+        )
         emu.control({"cmd": "clear_faults"})
         assert again.wait(120) == 0, again.log()[-6000:]
         rec = check_run(again.rdir, emu, oracle)

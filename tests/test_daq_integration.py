@@ -2,19 +2,28 @@
 independent oracle (tests/oracle.py: the reference trigger on the crate's primitives, the crate's
 waveforms), and a SUB socket receives every monitoring topic with increasing sequence numbers; the
 published waveforms are the crate's waveforms of their records."""
+
 from __future__ import annotations
 
 import signal
 
 import numpy as np
 import pytest
-
-from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
-from daq_helpers import DAQ_TEST_CONFIG, Subscriber, check_run, free_port, spills_recorded, start_daq, wait_until
-from detector.records import TRIGGER_BITS
-from detector.spillfile import list_spills, read_spill, run_dir
+from daq_helpers import (
+    DAQ_TEST_CONFIG,
+    Subscriber,
+    _no_daq_left_behind,  # noqa: F401  (autouse fixture)
+    check_run,
+    free_port,
+    spills_recorded,
+    start_daq,
+    wait_until,
+)
 from emulator_fixture import start_emulator
 from oracle import start_oracle
+
+from detector.records import TRIGGER_BITS
+from detector.spillfile import list_spills, read_spill, run_dir
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +35,9 @@ def test_three_spills_recorded_and_published(tmp_path):
         sub.start()
         assert sub.ready.wait(30)
         with start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 12)) as oracle:
-            daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=12, spills=3,
-                            monitor=mon)
+            daq = start_daq(
+                tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=12, spills=3, monitor=mon
+            )
             rc = daq.wait(120)
             assert rc == 0, daq.log()[-6000:]
             # published in the spill loop, before the DAQ exits: the scalers of its last spill
@@ -79,7 +89,8 @@ def test_three_spills_recorded_and_published(tmp_path):
     eh = sub.of("ecal_hcal")[0]
     assert eh.arrays["counts"].shape == (eh.meta["ecal_edges"][2], eh.meta["hcal_edges"][2])
     wf = sub.of("waveforms")[0]
-    assert wf.arrays["waveforms"].shape[1:] == (121, 32) and wf.arrays["event_ids"].shape == (wf.arrays["waveforms"].shape[0],)
+    n_wf = wf.arrays["waveforms"].shape[0]
+    assert wf.arrays["waveforms"].shape[1:] == (121, 32) and wf.arrays["event_ids"].shape == (n_wf,)
     hv = sub.of("hv")[0]
     assert hv.arrays["vmon"].dtype == np.float32 and hv.arrays["channel_ids"].shape == hv.arrays["vset"].shape
 
@@ -90,16 +101,28 @@ def test_calibration_mode_publishes_amplitudes_and_sigterm_stops_cleanly(tmp_pat
         sub = Subscriber(mon)
         sub.start()
         assert sub.ready.wait(30)
-        with start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 3),
-                          calibration_mode=True) as oracle:
-            daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=3, spills=None,
-                            monitor=mon, extra=["--calibration-mode", "--no-hv"])
+        with start_oracle(
+            emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 3), calibration_mode=True
+        ) as oracle:
+            daq = start_daq(
+                tmp_path,
+                emu.config_path,
+                emu.endpoints_path,
+                tmp_path / "data",
+                run=3,
+                spills=None,
+                monitor=mon,
+                extra=["--calibration-mode", "--no-hv"],
+            )
             wait_until(lambda: spills_recorded(daq) >= 2 or daq.proc.poll() is not None, 90, "two spills")
             daq.proc.send_signal(signal.SIGTERM)
             rc = daq.wait(60)
             assert rc == 0, daq.log()[-6000:]
-            wait_until(lambda: sub.of("status") and sub.of("status")[-1].meta["message"].startswith("stopped"), 30,
-                       "the final status message")
+            wait_until(
+                lambda: sub.of("status") and sub.of("status")[-1].meta["message"].startswith("stopped"),
+                30,
+                "the final status message",
+            )
             sub.stop()
             rec = check_run(daq.rdir, emu, oracle)
             published = oracle.check_published(daq.rdir, sub.of("waveforms"))

@@ -19,7 +19,8 @@ import pyvisa
 from detector import channels as chmap
 from detector.records import TRUTH_DTYPE
 from sim_frontend import scpi
-from sim_frontend.emu_msadc import MSADCCrate, MSADCServer, SpillRecord, truth_summary
+from sim_frontend.emu_msadc import MSADCCrate, SpillRecord, truth_summary
+from sim_frontend.msadc_server import MSADCServer
 
 N_REC = 1000
 REPLY_TIMEOUT_MS = 30000  #: a reply that must arrive gets this long (generous on a loaded machine)

@@ -28,9 +28,9 @@ Every case ends with:
 
 The matrix is printed in the terminal summary (no ``-s`` needed).
 """
+
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,16 +40,20 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
+from daq_helpers import (
+    _no_daq_left_behind,  # noqa: F401  (autouse fixture)
+    spills_recorded,
+    start_daq,
+    wait_until,
+)
+from emulator_fixture import EmulatorHandle, start_emulator
+from oracle import start_oracle
 
-from daq_helpers import _no_daq_left_behind  # noqa: F401  (autouse fixture)
-from daq_helpers import spills_recorded, start_daq, wait_until
 from detector import channels as chmap
 from detector.config import load_calibration, load_config
 from detector.records import INCOMPLETE_SPILL_FLAGS
 from detector.spillfile import list_spills, read_run_record, read_spill, run_dir
-from emulator_fixture import EmulatorHandle, start_emulator
 from online.recorder import reconcile
-from oracle import start_oracle
 
 pytestmark = pytest.mark.slow
 
@@ -58,32 +62,39 @@ MATRIX_CONFIG: dict[str, Any] = {
     "spill": {"length_s": 0.3, "supercycle_s": 1.0},
     "beam": {"particles_per_spill": 2e4, "calibration_particles_per_spill": 2e3},
     "emulator": {"spill_buffer": 6, "table_speed_mm_per_s": 1000.0},
-    "daq": {"timeout_ms": 1500, "retries": 2, "chunk_records": 8192, "heartbeat_s": 0.2, "spill_timeout_s": 2.0,
-            "poll_interval_s": 0.02, "sample_waveforms": 4},
+    "daq": {
+        "timeout_ms": 1500,
+        "retries": 2,
+        "chunk_records": 8192,
+        "heartbeat_s": 0.2,
+        "spill_timeout_s": 2.0,
+        "poll_interval_s": 0.02,
+        "sample_waveforms": 4,
+    },
     "hv": {"timeout_s": 1.0, "retries": 1},
 }
-SPILLS_PER_CASE = 4              #: plus one per second a fault is held (the run must go on after it)
+SPILLS_PER_CASE = 4  #: plus one per second a fault is held (the run must go on after it)
 TRIP_CHANNEL = "HCAL-1-1-2"
 ST_TRIP = 0x80
 TABLE_CELL = "0-0-0"
 
 #: (endpoint, kind) -> (fault parameters, seconds to hold the fault before clearing it; None = until the end)
 CASES: dict[tuple[str, str], tuple[dict[str, Any], float | None]] = {
-    ("msadc", "delay"): ({"seconds": 2.0}, 2.5),            # > daq.timeout_ms: queries time out
+    ("msadc", "delay"): ({"seconds": 2.0}, 2.5),  # > daq.timeout_ms: queries time out
     ("msadc", "no_reply"): ({"count": 2}, None),
     ("msadc", "drop"): ({}, None),
     ("msadc", "truncate"): ({}, None),
     ("msadc", "corrupt"): ({}, None),
-    ("hv", "delay"): ({"seconds": 2.5}, 4.0),               # > (retries+1) * hv.timeout_s: read-backs fail
+    ("hv", "delay"): ({"seconds": 2.5}, 4.0),  # > (retries+1) * hv.timeout_s: read-backs fail
     ("hv", "no_reply"): ({"count": 3}, None),
     ("hv", "drop"): ({}, None),
     ("hv", "noise"): ({"count": 5}, None),
     ("hv", "trip"): ({"channel_id": TRIP_CHANNEL}, None),
-    ("table", "delay"): ({"seconds": 2.5}, 4.0),            # > the table client's 2 x 1 s: TableError
+    ("table", "delay"): ({"seconds": 2.5}, 4.0),  # > the table client's 2 x 1 s: TableError
     ("table", "no_reply"): ({"count": 3}, None),
     ("table", "drop"): ({}, None),
     ("table", "noise"): ({"count": 5}, None),
-    ("feed", "stall"): ({"seconds": 3.5}, None),            # > daq.spill_timeout_s: noted as a stall
+    ("feed", "stall"): ({"seconds": 3.5}, None),  # > daq.spill_timeout_s: noted as a stall
 }
 
 #: cases whose fault takes a while to play out: an hv no_reply of 3 costs the read-back 3 timeouts of
@@ -93,10 +104,21 @@ EXTRA_SPILLS = {("hv", "no_reply"): 4}
 #: channels the HV-writing client sets (ECAL0 cells: not the tripped one), volts around their set point
 HV_WRITER_CHANNELS = ("ECAL0-0-0", "ECAL0-0-1", "ECAL0-0-2")
 HV_WRITER_OFFSETS_V = (-4.0, 0.0)
-HV_OVER_LIMIT_V = 20.0           #: the writer asks for limit + this each round: the supply must refuse it
+HV_OVER_LIMIT_V = 20.0  #: the writer asks for limit + this each round: the supply must refuse it
 
-COLUMNS = ("endpoint", "fault", "spills recorded", "flagged spills", "flags", "reconciled", "oracle", "HV ok",
-           "leftovers", "result", "notes")
+COLUMNS = (
+    "endpoint",
+    "fault",
+    "spills recorded",
+    "flagged spills",
+    "flags",
+    "reconciled",
+    "oracle",
+    "HV ok",
+    "leftovers",
+    "result",
+    "notes",
+)
 
 
 # ------------------------------------------------------------------------------------------ summary
@@ -116,8 +138,19 @@ class Row:
     seconds: float = 0.0
 
     def cells(self) -> list[str]:
-        return [self.endpoint, self.fault, str(self.spills), str(self.flagged), self.flags or "-", self.reconciled,
-                self.oracle, self.hv_ok, str(self.leftovers), self.result, "; ".join(self.notes)]
+        return [
+            self.endpoint,
+            self.fault,
+            str(self.spills),
+            str(self.flagged),
+            self.flags or "-",
+            self.reconciled,
+            self.oracle,
+            self.hv_ok,
+            str(self.leftovers),
+            self.result,
+            "; ".join(self.notes),
+        ]
 
 
 class _MatrixReport:
@@ -131,8 +164,8 @@ class _MatrixReport:
         cols = list(COLUMNS) + ["s"]
         data = [r.cells() + [f"{r.seconds:.1f}"] for r in self.rows]
         width = [max(len(c), *(len(d[i]) for d in data)) if data else len(c) for i, c in enumerate(cols)]
-        width[-2] = min(width[-2], 100)          # notes wrap-free but bounded
-        line = lambda cells: " | ".join(str(c)[:width[i]].ljust(width[i]) for i, c in enumerate(cells))  # noqa: E731
+        width[-2] = min(width[-2], 100)  # notes wrap-free but bounded
+        line = lambda cells: " | ".join(str(c)[: width[i]].ljust(width[i]) for i, c in enumerate(cells))  # noqa: E731
         out = [line(cols), "-+-".join("-" * w for w in width)]
         out += [line(d) for d in data]
         return out
@@ -205,8 +238,9 @@ def matrix_emulator(tmp_path_factory: pytest.TempPathFactory, matrix_report: _Ma
     finally:
         emu.stop()
         left = leftover_processes()
-        matrix_report.footer.append(f"shared emulator stopped; processes left after the module: "
-                                    f"{', '.join(left) if left else 'none'}")
+        matrix_report.footer.append(
+            f"shared emulator stopped; processes left after the module: {', '.join(left) if left else 'none'}"
+        )
         assert not left, f"processes left behind: {left}"
 
 
@@ -245,7 +279,7 @@ class TableClient(threading.Thread):
             self.table_errors.append(f"{type(exc).__name__}: {msg}")
             if not msg.strip():
                 self.other_errors.append(f"{type(exc).__name__} without a message")
-        except Exception as exc:                       # anything else is a driver bug
+        except Exception as exc:  # noqa: BLE001 - anything else is a driver bug, recorded as a problem
             self.other_errors.append(f"{type(exc).__name__}: {exc}")
         finally:
             self.slowest_s = max(self.slowest_s, time.monotonic() - t)
@@ -254,8 +288,7 @@ class TableClient(threading.Thread):
     def run(self) -> None:
         from hv_control.table import HCALTableDriver
 
-        self.driver = HCALTableDriver.connect(self.address, timeout_s=1.0, retries=1, move_timeout_s=10.0,
-                                              poll_s=0.02)
+        self.driver = HCALTableDriver.connect(self.address, timeout_s=1.0, retries=1, move_timeout_s=10.0, poll_s=0.02)
         while not self._stop_evt.is_set():
             self._call(self.driver.position)
             self._call(self.driver.move_to_cell, TABLE_CELL)
@@ -279,7 +312,7 @@ class HVWriter(threading.Thread):
         self.address, self.cfg, self.calib, self.limits = address, cfg, calib, limits
         self.ids = [chmap.by_name(n).id for n in HV_WRITER_CHANNELS]
         self.sets_ok = 0
-        self.refused = 0                  #: over-limit requests refused by the supply layer (HVLimitError)
+        self.refused = 0  #: over-limit requests refused by the supply layer (HVLimitError)
         self.hv_errors: list[str] = []
         self.other_errors: list[str] = []
         self.over_limit_sent: list[str] = []
@@ -297,7 +330,7 @@ class HVWriter(threading.Thread):
             self.sets_ok += 1
         except HVError as exc:
             self.hv_errors.append(f"{type(exc).__name__}: {exc}")
-        except Exception as exc:                       # anything else is a bug of the supply layer
+        except Exception as exc:  # noqa: BLE001 - anything else is a bug of the supply layer, recorded
             self.other_errors.append(f"{type(exc).__name__}: {exc}")
         over = self.ids[0]
         try:
@@ -307,7 +340,7 @@ class HVWriter(threading.Thread):
             self.refused += 1
         except HVError as exc:
             self.hv_errors.append(f"over-limit request: {type(exc).__name__}: {exc}")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - anything else is a bug of the supply layer, recorded
             self.other_errors.append(f"over-limit request: {type(exc).__name__}: {exc}")
 
     def run(self) -> None:
@@ -357,7 +390,7 @@ def check_case(rdir: Path, emu: EmulatorHandle, row: Row) -> tuple[list[str], di
     for p in files:
         try:
             d = read_spill(p)
-        except Exception as exc:                      # SpillFileError or worse: the file is damaged
+        except Exception as exc:  # noqa: BLE001 - SpillFileError or worse: the file is damaged, recorded
             problems.append(f"{p.name} unreadable: {exc}")
             continue
         e = entries.get(int(d.attrs["spill"]))
@@ -378,12 +411,14 @@ def check_case(rdir: Path, emu: EmulatorHandle, row: Row) -> tuple[list[str], di
                     recon.append(f"spill {e['spill']}: accepted {e['n_accepted']}, emulator truth {t['accepted']}")
                 if t.get("ok") and t["particles"] != e["n_particles"]:
                     recon.append(f"spill {e['spill']}: {e['n_particles']} particles, emulator {t['particles']}")
-        if d.n_events:
-            if not (d.event_id[1:] > d.event_id[:-1]).all() or not d.trigger_mask.all():
-                recon.append(f"{p.name}: event ids not increasing or untriggered events")
+        if d.n_events and (not (d.event_id[1:] > d.event_id[:-1]).all() or not d.trigger_mask.all()):
+            recon.append(f"{p.name}: event ids not increasing or untriggered events")
     tot = rec["totals"]
-    unflagged_loss = sum(int(e["n_accepted"]) - int(e["n_recorded"]) for e in rec["spills"]
-                         if not set(e["flags"]) & INCOMPLETE_SPILL_FLAGS)
+    unflagged_loss = sum(
+        int(e["n_accepted"]) - int(e["n_recorded"])
+        for e in rec["spills"]
+        if not set(e["flags"]) & INCOMPLETE_SPILL_FLAGS
+    )
     if unflagged_loss:
         recon.append(f"{unflagged_loss} accepted events not recorded in unflagged spills")
     row.reconciled = "yes" if not recon else "NO"
@@ -400,16 +435,25 @@ def hv_check(emu: EmulatorHandle, limits: np.ndarray, row: Row, since: int = 0) 
     if not vset:
         row.hv_ok = "NO (no VSET)"
         return ["no VSET accepted by the HV mainframe during the case: the HV check had nothing to check"]
-    bad = [e for e in vset if e["channel_id"] is None or e["value"] is None
-           or float(e["value"]) > float(limits[int(e["channel_id"])])]
+    bad = [
+        e
+        for e in vset
+        if e["channel_id"] is None or e["value"] is None or float(e["value"]) > float(limits[int(e["channel_id"])])
+    ]
     row.hv_ok = "yes" if not bad else f"NO ({len(bad)})"
     return [f"VSET beyond the limit: {e}" for e in bad[:5]]
 
 
 # ------------------------------------------------------------------------------------------ the cases
 @pytest.mark.parametrize("endpoint,kind", list(CASES), ids=[f"{e}-{k}" for e, k in CASES])
-def test_fault_matrix(endpoint: str, kind: str, matrix_emulator: EmulatorHandle, limits: np.ndarray,
-                      matrix_report: _MatrixReport, tmp_path: Path) -> None:
+def test_fault_matrix(
+    endpoint: str,
+    kind: str,
+    matrix_emulator: EmulatorHandle,
+    limits: np.ndarray,
+    matrix_report: _MatrixReport,
+    tmp_path: Path,
+) -> None:
     emu = matrix_emulator
     params, hold_s = CASES[(endpoint, kind)]
     n_spills = SPILLS_PER_CASE + (int(hold_s) + 1 if hold_s else 0) + EXTRA_SPILLS.get((endpoint, kind), 0)
@@ -425,8 +469,9 @@ def test_fault_matrix(endpoint: str, kind: str, matrix_emulator: EmulatorHandle,
     writer = HVWriter(emu.hv, cfg, load_calibration(cfg), limits)
     writer.start()
     oracle = start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1))
-    daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=n_spills,
-                    name=f"daq-{endpoint}-{kind}")
+    daq = start_daq(
+        tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=n_spills, name=f"daq-{endpoint}-{kind}"
+    )
     client: TableClient | None = None
     trip_id = chmap.by_name(TRIP_CHANNEL).id
 
@@ -435,8 +480,13 @@ def test_fault_matrix(endpoint: str, kind: str, matrix_emulator: EmulatorHandle,
         if endpoint == "feed":
             return st["spills"]["spills_stalled"] - before["spills"]["spills_stalled"]
         if kind == "trip":
-            return int(any(c["tripped"] for c in emu.control({"cmd": "state", "hv": True})["hv"]["channels"]
-                           if c["channel_id"] == trip_id))
+            return int(
+                any(
+                    c["tripped"]
+                    for c in emu.control({"cmd": "state", "hv": True})["hv"]["channels"]
+                    if c["channel_id"] == trip_id
+                )
+            )
         return st["faults_fired"][endpoint][kind] - before["faults_fired"][endpoint][kind]
 
     try:
@@ -455,7 +505,7 @@ def test_fault_matrix(endpoint: str, kind: str, matrix_emulator: EmulatorHandle,
             wait_until(fired, 60, f"the {endpoint} {kind} fault to take effect")
             left = hold_s - (time.time() - t_inject)
             if left > 0:
-                time.sleep(left)                       # the fault's duration (not a synchronisation)
+                time.sleep(left)  # the fault's duration (not a synchronisation)
             emu.control({"cmd": "clear_faults"})
             t_clear = time.time()
         rc = daq.wait(120)
@@ -463,21 +513,26 @@ def test_fault_matrix(endpoint: str, kind: str, matrix_emulator: EmulatorHandle,
         after = emu.state()
         writer.stop()
         restored = writer.restore()
-        row.notes.append(f"fired {n_fired}; HV writer sets ok {writer.sets_ok}, refused {writer.refused}, "
-                         f"HVError {len(writer.hv_errors)}")
+        row.notes.append(
+            f"fired {n_fired}; HV writer sets ok {writer.sets_ok}, refused {writer.refused}, "
+            f"HVError {len(writer.hv_errors)}"
+        )
         if rc != 0:
             problems.append(f"na64-daq exited {rc}")
         if n_fired < 1:
             problems.append(f"the {endpoint} {kind} fault never took effect (fired {n_fired})")
-        pending = {k: v for k, v in after["faults"].get(endpoint, {}).items()
-                   if v and k not in ("delay", "stall_s", "pause")}
+        pending = {
+            k: v for k, v in after["faults"].get(endpoint, {}).items() if v and k not in ("delay", "stall_s", "pause")
+        }
         if pending:
             problems.append(f"the fault never hit: still pending {pending}")
         if writer.other_errors or writer.over_limit_sent:
             problems.append(f"HV writer: {(writer.other_errors + writer.over_limit_sent)[:3]}")
         if not writer.sets_ok or not writer.refused or not restored:
-            problems.append(f"HV writer: {writer.sets_ok} settings, {writer.refused} over-limit requests refused, "
-                            f"restored {restored}; errors {writer.hv_errors[-3:]}")
+            problems.append(
+                f"HV writer: {writer.sets_ok} settings, {writer.refused} over-limit requests refused, "
+                f"restored {restored}; errors {writer.hv_errors[-3:]}"
+            )
         # ---- the data
         found, rec = check_case(daq.rdir, emu, row)
         problems += found
@@ -497,8 +552,10 @@ def test_fault_matrix(endpoint: str, kind: str, matrix_emulator: EmulatorHandle,
         # ---- fault-specific expectations
         if endpoint == "msadc":
             stat = {"drop": "dropped", "truncate": "truncated", "corrupt": "corrupted"}.get(kind)
-            crate_stats = {k: sum(int((s.get("crate_stats") or {}).get(k, 0)) for s in rec["sessions"])
-                           for k in ("timeouts", "reconnects", "retries")}
+            crate_stats = {
+                k: sum(int((s.get("crate_stats") or {}).get(k, 0)) for s in rec["sessions"])
+                for k in ("timeouts", "reconnects", "retries")
+            }
             row.notes.append("crate " + " ".join(f"{k}={v}" for k, v in crate_stats.items() if v))
             if stat:
                 fired = after["msadc_server"][stat] - before["msadc_server"][stat]
@@ -507,7 +564,7 @@ def test_fault_matrix(endpoint: str, kind: str, matrix_emulator: EmulatorHandle,
                 marked = [e for e in spills if "retried" in e["flags"] or set(e["flags"]) & INCOMPLETE_SPILL_FLAGS]
                 if fired and not marked:
                     problems.append(f"msadc {kind} fired but no spill is marked retried or flagged")
-            else:                                      # delay / no_reply: timeouts seen by the driver
+            else:  # delay / no_reply: timeouts seen by the driver
                 if not (crate_stats["timeouts"] or incomplete):
                     problems.append(f"msadc {kind}: neither a timeout nor a flagged spill")
         else:
@@ -518,13 +575,19 @@ def test_fault_matrix(endpoint: str, kind: str, matrix_emulator: EmulatorHandle,
             row.notes.append(f"HV read-back warnings {failures}")
             if kind == "delay" and not failures:
                 problems.append("hv delay: the DAQ's HV read-back never failed (the fault did not bite)")
-            fresh = [e for e in spills if e.get("recorded_unix", 0) > t_clear and e.get("hv")
-                     and e["hv"]["unix"] > t_clear]
+            fresh = [
+                e for e in spills if e.get("recorded_unix", 0) > t_clear and e.get("hv") and e["hv"]["unix"] > t_clear
+            ]
             if not fresh:
                 problems.append("the HV read-back did not recover after the fault (no fresh reading in a spill)")
             if kind == "trip":
-                seen = [e for e in after_inject if e.get("hv") and trip_id in e["hv"]["channel_ids"]
-                        and e["hv"]["status"][e["hv"]["channel_ids"].index(trip_id)] & ST_TRIP]
+                seen = [
+                    e
+                    for e in after_inject
+                    if e.get("hv")
+                    and trip_id in e["hv"]["channel_ids"]
+                    and e["hv"]["status"][e["hv"]["channel_ids"].index(trip_id)] & ST_TRIP
+                ]
                 row.notes.append(f"trip seen in the HV read-back of {len(seen)} spill(s)")
                 if not seen:
                     problems.append(f"the trip of {TRIP_CHANNEL} is not in any spill's HV read-back")
@@ -532,8 +595,9 @@ def test_fault_matrix(endpoint: str, kind: str, matrix_emulator: EmulatorHandle,
             assert client is not None
             client.stop()
             emu.control({"cmd": "clear_faults"})
-            row.notes.append(f"table calls ok {client.ok}, TableError {len(client.table_errors)}, "
-                             f"slowest {client.slowest_s:.1f} s")
+            row.notes.append(
+                f"table calls ok {client.ok}, TableError {len(client.table_errors)}, slowest {client.slowest_s:.1f} s"
+            )
             if client.other_errors:
                 problems.append(f"table client got non-TableError exceptions: {client.other_errors[:3]}")
             if client.is_alive():
@@ -551,11 +615,14 @@ def test_fault_matrix(endpoint: str, kind: str, matrix_emulator: EmulatorHandle,
             client.driver.close()
         if endpoint == "feed":
             stalled = [e for e in spills if "feed_stall" in e["flags"]]
-            row.notes.append(f"stalls noted {len(rec.get('stalls', []))}, spills stalled in the emulator "
-                             f"{after['spills'].get('spills_stalled', '?')}")
+            row.notes.append(
+                f"stalls noted {len(rec.get('stalls', []))}, spills stalled in the emulator "
+                f"{after['spills'].get('spills_stalled', '?')}"
+            )
             if not stalled or not rec.get("stalls") or not all(x.get("until_unix") for x in rec["stalls"]):
-                problems.append(f"feed stall not noted: {len(stalled)} spill(s) flagged feed_stall, "
-                                f"stalls {rec.get('stalls')}")
+                problems.append(
+                    f"feed stall not noted: {len(stalled)} spill(s) flagged feed_stall, stalls {rec.get('stalls')}"
+                )
         problems += hv_check(emu, limits, row, since=hv_log_from)
     finally:
         if client is not None and client.is_alive():
@@ -568,10 +635,11 @@ def test_fault_matrix(endpoint: str, kind: str, matrix_emulator: EmulatorHandle,
         emu.control({"cmd": "clear_faults"})
         if endpoint == "hv" and kind == "trip":
             from hv_control.supply import HVSupply
+
             cfg = load_config(emu.config_path)
             sup = HVSupply.connect(emu.hv, cfg, load_calibration(cfg))
             try:
-                sup.clear_trip(trip_id)             # CLR: the latched trip does not outlive the case
+                sup.clear_trip(trip_id)  # CLR: the latched trip does not outlive the case
             finally:
                 sup.close()
     left = leftover_processes(exclude={emu.pid})

@@ -24,10 +24,11 @@ from daq_helpers import (
     start_daq,
 )
 from emulator_fixture import deep_merge, start_emulator
+from oracle import start_oracle
 
 from detector.config import load_calibration, load_config
 from detector.records import TRIGGER_BITS
-from detector.spillfile import list_spills, read_run_record, read_spill
+from detector.spillfile import list_spills, read_run_record, read_spill, run_dir
 from offline.events import event_table_from_arrays
 
 pytestmark = pytest.mark.slow
@@ -83,11 +84,14 @@ def cut_flow_by_hand(cfg: dict, calib, path) -> tuple[dict[str, int], set[tuple[
 
 
 def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
-    with start_emulator(tmp_path, RUN_CONFIG, ["--no-pty"]) as emu:
+    with (
+        start_emulator(tmp_path, RUN_CONFIG, ["--no-pty"]) as emu,
+        start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 21)) as oracle,
+    ):
         daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=21, spills=SPILLS)
         rc = daq.wait(300)
         assert rc == 0, daq.log()[-6000:]
-        rec = check_run(daq.rdir, emu)
+        rec = check_run(daq.rdir, emu, oracle)  # the recorded events are the reference trigger's
         cfg = load_config(emu.config_path)
 
     files = list_spills(daq.rdir)

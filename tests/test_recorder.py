@@ -1,6 +1,7 @@
 """The recorder (online/recorder.py): run directory, restart, stale temporary files, accounting.
 
 The kill test runs a real writer process and SIGKILLs it in the middle of writing."""
+
 from __future__ import annotations
 
 import signal
@@ -13,8 +14,15 @@ import numpy as np
 import pytest
 
 from detector.channels import N_CHANNELS, N_SAMPLES
-from detector.spillfile import (SpillContent, SpillFileError, list_spills, read_run_record, read_spill, spill_path,
-                                write_spill)
+from detector.spillfile import (
+    SpillContent,
+    SpillFileError,
+    list_spills,
+    read_run_record,
+    read_spill,
+    spill_path,
+    write_spill,
+)
 from online.recorder import RecorderError, RunRecorder, is_complete, next_run_number, reconcile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,15 +30,29 @@ REPO = Path(__file__).resolve().parent.parent
 
 def content(run: int, spill: int, n: int, seed: int = 0) -> SpillContent:
     rng = np.random.default_rng(seed)
-    return SpillContent(run, spill, np.sort(rng.choice(10 * n + 10, n, replace=False)).astype(np.uint32),
-                        np.ones(n, np.uint8), np.sort(rng.uniform(0, 3e8, n)),
-                        rng.integers(0, 4095, (n, N_CHANNELS, N_SAMPLES)).astype(np.int16), None,
-                        {"crate_spill": 100 + spill, "start_unix": 1.0, "length_s": 0.3, "eot": 5 * n})
+    return SpillContent(
+        run,
+        spill,
+        np.sort(rng.choice(10 * n + 10, n, replace=False)).astype(np.uint32),
+        np.ones(n, np.uint8),
+        np.sort(rng.uniform(0, 3e8, n)),
+        rng.integers(0, 4095, (n, N_CHANNELS, N_SAMPLES)).astype(np.int16),
+        None,
+        {"crate_spill": 100 + spill, "start_unix": 1.0, "length_s": 0.3, "eot": 5 * n},
+    )
 
 
 def entry(n: int, crate: int, **kw) -> dict:
-    e = {"crate_spill": crate, "n_particles": 10 * n + 10, "n_seen": 10 * n + 10, "n_accepted": n,
-         "n_read_out": n, "n_recorded": n, "eot": 5 * n, "flags": []}
+    e = {
+        "crate_spill": crate,
+        "n_particles": 10 * n + 10,
+        "n_seen": 10 * n + 10,
+        "n_accepted": n,
+        "n_read_out": n,
+        "n_recorded": n,
+        "eot": 5 * n,
+        "flags": [],
+    }
     e.update(kw)
     return e
 
@@ -73,11 +95,11 @@ def test_stale_temporary_files_and_interrupted_spill(tmp_path):
     r = RunRecorder(tmp_path, 3).open()
     r.begin_spill(1, 50)
     r.record_spill(content(3, 1, 2), entry(2, 50))
-    r.begin_spill(2, 51)          # ... and the process dies while writing spill 2
+    r.begin_spill(2, 51)  # ... and the process dies while writing spill 2
     stale = r.rdir / ".spill-000002.h5.tmp-99999"
     stale.write_bytes(b"\x89HDF\r\n half a file")
     (r.rdir / ".run.json.tmp-99999").write_text("{")
-    r._unlock()                   # what the kernel does when the process dies
+    r._unlock()  # what the kernel does when the process dies
 
     r2 = RunRecorder(tmp_path, 3).open()
     assert not stale.exists() and not (r2.rdir / ".run.json.tmp-99999").exists()
@@ -101,7 +123,7 @@ def test_file_written_but_not_in_the_record_is_adopted(tmp_path):
     r.begin_spill(1, 10)
     c = content(4, 1, 3)
     c.attrs.update(n_particles=40, n_seen=40, n_accepted=3, n_read_out=3, flags=[], crate_spill=10)
-    write_spill(r.rdir, c)        # renamed, then killed before the run record was updated
+    write_spill(r.rdir, c)  # renamed, then killed before the run record was updated
     r._unlock()
     r2 = RunRecorder(tmp_path, 4).open()
     assert r2.interrupted is None and r2.next_spill == 2
@@ -119,18 +141,18 @@ def test_corrupt_and_truncated_spill_files_name_the_file(tmp_path):
     p = spill_path(r.rdir, 1)
     good = p.read_bytes()
     p.write_bytes(good[: len(good) // 3])
-    with pytest.raises(SpillFileError, match="spill-000001.h5"):
+    with pytest.raises(SpillFileError, match=r"spill-000001\.h5"):
         read_spill(p)
     junk = r.rdir / "spill-000009.h5"
     junk.write_bytes(b"not an hdf5 file at all")
-    with pytest.raises(SpillFileError, match="spill-000009.h5"):
+    with pytest.raises(SpillFileError, match=r"spill-000009\.h5"):
         read_spill(junk)
-    r2 = RunRecorder(tmp_path, 5).open()       # an unreadable unknown file is listed, never adopted
+    r2 = RunRecorder(tmp_path, 5).open()  # an unreadable unknown file is listed, never adopted
     assert r2.session["unreadable_files"][0]["file"] == "spill-000009.h5"
     assert r2.next_spill == 2
     r2.close()
     (r.rdir / "run.json").write_text("{broken")
-    with pytest.raises(RecorderError, match="run.json"):
+    with pytest.raises(RecorderError, match=r"run\.json"):
         RunRecorder(tmp_path, 5).open()
 
 
@@ -201,7 +223,7 @@ def _kill_writer_at(script: Path, pause_at: str, spill: int) -> int:
     returns its pid."""
     proc = subprocess.Popen([sys.executable, str(script), pause_at, str(spill)], stdout=subprocess.PIPE, text=True)
     try:
-        line = proc.stdout.readline()          # blocks until the writer reached the pause point (or died)
+        line = proc.stdout.readline()  # blocks until the writer reached the pause point (or died)
         assert line.strip() == "paused", f"the writer ended before {pause_at} of spill {spill}: {line!r}"
         assert proc.poll() is None
     finally:
@@ -251,5 +273,5 @@ def test_kill_minus_9_while_writing_leaves_every_finished_spill_readable(tmp_pat
     assert r.spills[6]["adopted"] is True and r.next_spill == 8
     r.close()
     rec = read_run_record(r.rdir)
-    assert len(rec["sessions"]) == 4          # two writers, two restarts by this test
+    assert len(rec["sessions"]) == 4  # two writers, two restarts by this test
     assert [e["spill"] for e in rec["spills"] if e["flags"]] == [4]
