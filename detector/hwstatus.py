@@ -1,5 +1,6 @@
-"""Hardware status words, declared once: the HV channel status word (``STAT``, docs/protocols.md section 2)
-and the MSADC crate's spill state (``SPIL:STAT?``, docs/protocols.md section 1.3).
+"""Hardware status words, declared once: the HV channel status word (``STAT``, docs/protocols.md section 2),
+the HV board alarm word (``BDALARM``), the serial line's refusal of a second client and the MSADC
+crate's spill state (``SPIL:STAT?``, docs/protocols.md section 1.3).
 
 The driver (:mod:`hv_control.caen`, :mod:`hv_control.supply`), the emulator (:mod:`sim_frontend.emu_hv`),
 the DAQ's monitoring stream and the monitor (:mod:`online.monitor.model`) all read these names; nobody
@@ -57,6 +58,33 @@ HV_FLAG_NAMES: dict[HVStatus, str] = {
 def hv_flag_names(word: int) -> set[str]:
     """Long names (:data:`HV_FLAG_NAMES`) of the bits set in a status word; unknown bits are ignored."""
     return {name for bit, name in HV_FLAG_NAMES.items() if int(word) & bit}
+
+
+class HVBoardAlarm(enum.IntFlag):
+    """Bits of the board alarm word (``BDALARM``, docs/protocols.md section 2) as on a 4-channel N1470:
+    channels 0..3 in alarm, power fail, over-power, HV clock fail. Channels 4 and up of our wider
+    boards use bit ``12 + ch`` (:func:`hv_channel_alarm_bit`)."""
+
+    CH0 = 1 << 0
+    CH1 = 1 << 1
+    CH2 = 1 << 2
+    CH3 = 1 << 3
+    PWFAIL = 1 << 4  #: board in power fail
+    OVP = 1 << 5  #: board in over-power
+    HVCKFAIL = 1 << 6  #: internal HV clock fail
+
+
+def hv_channel_alarm_bit(ch: int) -> int:
+    """The ``BDALARM`` bit of channel ``ch`` of a board: bit ``ch`` for 0..3 (the N1470 layout), bit
+    ``12 + ch`` from channel 4 on (bits 16 and up, clear of the board bits 4..6)."""
+    if not 0 <= ch <= 50:
+        raise ValueError(f"channel {ch!r} out of range 0..50")
+    return 1 << ch if ch < 4 else 1 << (12 + ch)
+
+
+#: the line a serial server sends to a second client before closing it: the line has one owner
+#: (docs/protocols.md section 2); transports recognise it and raise a clear error
+LINE_OWNED_REPLY = "LINE OWNED BY ANOTHER CLIENT"
 
 
 class CrateState(str, enum.Enum):

@@ -332,20 +332,22 @@ class DaqSection(Section):
 
 @dataclass(frozen=True)
 class HvSection(Section):
-    """``[hv]``: HV limits, ramps and the serial line."""
+    """``[hv]``: HV limits, ramps and the serial line. ``HVSupply.configure`` programs RUP, RDW, ISET, TRIP
+    and MAXV from these keys at the start of every tool that owns the HV line."""
 
     max_v: float = key(1500.0, 0.0, 2000.0, unit="V", doc="per-channel voltage limit (refuse above)")
     min_v: float = key(500.0, 0.0, 2000.0, unit="V", doc="lowest operating set point")
     max_step_v: float = key(50.0, 0.1, 500.0, unit="V", doc="largest change of one calibration step")
     ramp_step_v: float = key(20.0, 0.1, 500.0, unit="V", doc="software ramp step")
-    ramp_up_v_per_s: float = key(50.0, 1.0, 500.0, unit="V/s")
-    ramp_down_v_per_s: float = key(50.0, 1.0, 500.0, unit="V/s")
+    ramp_up_v_per_s: float = key(50.0, 1.0, 500.0, unit="V/s", doc="hardware ramp-up rate RUP")
+    ramp_down_v_per_s: float = key(50.0, 1.0, 500.0, unit="V/s", doc="hardware ramp-down rate RDW")
     settle_tolerance_v: float = key(1.0, 0.01, 50.0, unit="V")
     settle_timeout_s: float = key(60.0, 0.1, 3600.0, unit="s")
     safe_v: float = key(0.0, 0.0, 2000.0, unit="V", doc="voltage of the safe state")
     timeout_s: float = key(2.0, 0.01, 60.0, unit="s", doc="serial read timeout")
     retries: int = key(2, 0, 10)
-    max_current_ua: float = key(500.0, 1.0, 1000.0, unit="uA")
+    max_current_ua: float = key(500.0, 1.0, 1000.0, unit="uA", doc="current limit ISET of every channel")
+    trip_s: float = key(1.0, 0.0, 1000.0, unit="s", doc="over-current time before a channel trips (TRIP)")
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from detector import channels as chmap
-from detector.hwstatus import HVStatus, hv_flag_names
+from detector.hwstatus import HVBoardAlarm, HVStatus, hv_channel_alarm_bit, hv_flag_names
 
 from .instrument import InstrumentProtocolError
 from .transport import LineTransport
 
 T = TypeVar("T")
 
-_REPLY = re.compile(r"#(?:BD:([0-9]{2}),(CMD:OK(?:,VAL:([ -~]*))?|CMD:ERR|CH:ERR|PAR:ERR|VAL:ERR)|(CMD:ERR))")
+_REPLY = re.compile(r"#(?:BD:([0-9]{2}),(CMD:OK(?:,VAL:([ -~]*))?|CMD:ERR|CH:ERR|PAR:ERR|VAL:ERR|LOC:ERR)|(CMD:ERR))")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -71,6 +71,12 @@ class HVValueError(HVProtocolError):
     code = "VAL:ERR"
 
 
+class HVLocalError(HVProtocolError):
+    """``LOC:ERR``: a SET while the module is in LOCAL control (front panel); switch it to REMOTE."""
+
+    code = "LOC:ERR"
+
+
 class HVReplyError(HVProtocolError):
     """The reply does not fit the request (wrong board echo, missing or unparsable VAL, wrong count)."""
 
@@ -80,6 +86,7 @@ _ERRORS: dict[str, type[HVProtocolError]] = {
     "CH:ERR": HVChannelError,
     "PAR:ERR": HVParameterError,
     "VAL:ERR": HVValueError,
+    "LOC:ERR": HVLocalError,
 }
 
 _MEANING = {
@@ -87,6 +94,7 @@ _MEANING = {
     "CH:ERR": "no such channel",
     "PAR:ERR": "unknown or read-only parameter",
     "VAL:ERR": "value missing, unparsable or out of range",
+    "LOC:ERR": "SET refused: the module is in LOCAL control",
 }
 
 
@@ -122,8 +130,9 @@ def _int_value(text: str) -> int:
 
 @dataclass(frozen=True)
 class Parameter(Generic[T]):
-    """One protocol parameter: PAR string, unit, reply parser, and for settable ones the strict
-    validator and the wire format of VAL. ``board_level`` parameters ignore CH (MON only)."""
+    """One protocol parameter: PAR string, unit, reply parser, and for settable ones either the strict
+    numeric validator and the wire format of VAL, or the accepted words (``choices``). ``board_level``
+    parameters are sent without CH (``$BD:xx,CMD:MON,PAR:BDNAME``)."""
 
     par: str
     unit: str
@@ -132,10 +141,11 @@ class Parameter(Generic[T]):
     fmt: str = "{:.1f}"
     board_level: bool = False
     doc: str = ""
+    choices: tuple[str, ...] | None = None
 
     @property
     def settable(self) -> bool:
-        return self.validator is not None
+        return self.validator is not None or self.choices is not None
 
     def __set_name__(self, owner: type, name: str) -> None:
         object.__setattr__(self, "_attr", name)
@@ -146,14 +156,19 @@ class Parameter(Generic[T]):
 
 class BoundParameter(Generic[T]):
     """A :class:`Parameter` bound to one mainframe: ``get(board, ch)``, ``get_all(board)``,
-    ``set(board, ch, value)``."""
+    ``set(board, ch, value)``; for board parameters ``get(board)`` and ``set_board(board, value)``."""
 
     def __init__(self, param: Parameter[T], hv: CAENMainframe) -> None:
         self.param = param
         self.hv = hv
 
     def get(self, board: int, ch: int = 0) -> T:
-        """MON one channel (or the board, for board-level parameters)."""
+        """MON one channel (or the board, for board-level parameters: no CH is sent)."""
+        if self.param.board_level:
+            value = self.hv.exchange(board, "MON", None, self.param.par)
+            if value is None:  # pragma: no cover - exchange refuses a MON reply without VAL
+                raise HVReplyError(f"no VAL for {self.param.par}")
+            return self.param.parser(value)
         return self.param.parser(self.hv.mon(board, ch, self.param.par))
 
     def get_all(self, board: int) -> list[T]:
@@ -163,24 +178,45 @@ class BoundParameter(Generic[T]):
         values = self.hv.mon_all(board, self.param.par)
         return [self.param.parser(v) for v in values]
 
-    def set(self, board: int, ch: int, value: float) -> None:
-        """SET one channel; the strict validator raises ValueError before anything is sent."""
+    def _wire(self, value: Any, where: str) -> str:
         p = self.param
+        if p.choices is not None:
+            if value not in p.choices:
+                raise ValueError(f"refusing to send {p.par} = {value!r} to {where}: not one of {', '.join(p.choices)}")
+            return str(value)
         if p.validator is None:
             raise ValueError(f"{p.par} is read-only")
         try:
             v = p.validator(value)
         except ValueError as exc:
-            raise ValueError(f"refusing to send {p.par} = {value!r} {p.unit} to board {board} ch {ch}: {exc}") from None
-        self.hv.set(board, ch, p.par, p.fmt.format(v))
+            raise ValueError(f"refusing to send {p.par} = {value!r} {p.unit} to {where}: {exc}") from None
+        return p.fmt.format(v)
+
+    def set(self, board: int, ch: int, value: Any) -> None:
+        """SET one channel; the strict validator (or the list of words) raises ValueError before
+        anything is sent."""
+        if self.param.board_level:
+            raise ValueError(f"{self.param.par} is a board parameter; use set_board(board, value)")
+        self.hv.set(board, ch, self.param.par, self._wire(value, f"board {board} ch {ch}"))
+
+    def set_board(self, board: int, value: Any) -> None:
+        """SET a board parameter (no CH is sent)."""
+        if not self.param.board_level:
+            raise ValueError(f"{self.param.par} is a channel parameter; use set(board, ch, value)")
+        self.hv.exchange(board, "SET", None, self.param.par, self._wire(value, f"board {board}"))
 
 
 def _str(text: str) -> str:
     return text
 
 
+def _range(name: str, unit: str, doc: str) -> Parameter[float]:
+    return Parameter(name, unit, float, doc=doc)
+
+
 class CAENMainframe:
-    """The HV mainframe protocol over any :class:`~hv_control.transport.LineTransport`.
+    """The HV mainframe protocol (CAEN N1470/DT1470 command set) over any
+    :class:`~hv_control.transport.LineTransport`.
 
     Units: V for voltages, uA for currents, V/s for ramp rates, s for the trip time.
     """
@@ -189,20 +225,49 @@ class CAENMainframe:
 
     # ---- the protocol on one screen -------------------------------------------------------------
     vset = Parameter("VSET", "V", float, strict_range(0.0, HVMAX_HARDWARE), "{:.1f}", doc="set point")
+    vmin = _range("VMIN", "V", "lowest VSET the hardware accepts")
+    vmax = _range("VMAX", "V", "highest VSET the hardware accepts")
+    vdec = Parameter("VDEC", "", _int_value, doc="decimals of VSET")
     vmon = Parameter("VMON", "V", float, doc="monitored voltage (ramps toward VSET at RUP/RDW)")
     iset = Parameter("ISET", "uA", float, strict_range(0.0, 1000.0), "{:.2f}", doc="current limit")
+    imin = _range("IMIN", "uA", "lowest ISET the hardware accepts")
+    imax = _range("IMAX", "uA", "highest ISET the hardware accepts")
+    isdec = Parameter("ISDEC", "", _int_value, doc="decimals of ISET")
     imon = Parameter("IMON", "uA", float, doc="monitored current")
-    rup = Parameter("RUP", "V/s", float, strict_range(1.0, 500.0), "{:.1f}", doc="ramp-up rate")
-    rdw = Parameter("RDW", "V/s", float, strict_range(1.0, 500.0), "{:.1f}", doc="ramp-down rate")
+    imrange = Parameter("IMRANGE", "", _str, choices=("HIGH", "LOW"), doc="IMON range")
+    imdec = Parameter("IMDEC", "", _int_value, doc="decimals of IMON (2 in HIGH, 3 in LOW range)")
     maxv = Parameter("MAXV", "V", float, strict_range(0.0, HVMAX_HARDWARE), "{:.1f}", doc="software limit")
-    hvmax = Parameter("HVMAX", "V", float, doc="hardware maximum (read-only)")
+    mvmin = _range("MVMIN", "V", "lowest MAXV the hardware accepts")
+    mvmax = _range("MVMAX", "V", "highest MAXV the hardware accepts")
+    mvdec = Parameter("MVDEC", "", _int_value, doc="decimals of MAXV")
+    rup = Parameter("RUP", "V/s", float, strict_range(1.0, 500.0), "{:.1f}", doc="ramp-up rate")
+    rupmin = _range("RUPMIN", "V/s", "lowest RUP")
+    rupmax = _range("RUPMAX", "V/s", "highest RUP")
+    rupdec = Parameter("RUPDEC", "", _int_value, doc="decimals of RUP")
+    rdw = Parameter("RDW", "V/s", float, strict_range(1.0, 500.0), "{:.1f}", doc="ramp-down rate")
+    rdwmin = _range("RDWMIN", "V/s", "lowest RDW")
+    rdwmax = _range("RDWMAX", "V/s", "highest RDW")
+    rdwdec = Parameter("RDWDEC", "", _int_value, doc="decimals of RDW")
     trip = Parameter("TRIP", "s", float, strict_range(0.0, 1000.0), "{:.1f}", doc="over-current time to trip")
+    tripmin = _range("TRIPMIN", "s", "lowest TRIP")
+    tripmax = _range("TRIPMAX", "s", "highest TRIP")
+    tripdec = Parameter("TRIPDEC", "", _int_value, doc="decimals of TRIP")
+    pdwn = Parameter("PDWN", "", _str, choices=("RAMP", "KILL"), doc="power down: at RDW or at once")
+    pol = Parameter("POL", "", _str, doc="polarity, + or -")
     stat = Parameter("STAT", "", _int_value, doc="status word, see detector.hwstatus.HVStatus")
+    hvmax = Parameter("HVMAX", "V", float, doc="hardware maximum (emulator only; the manual's MVMAX)")
     bdname = Parameter("BDNAME", "", _str, board_level=True, doc="board name")
     bdnch = Parameter("BDNCH", "", _int_value, board_level=True, doc="number of channels")
     bdsnum = Parameter("BDSNUM", "", _str, board_level=True, doc="serial number")
     bdfrel = Parameter("BDFREL", "", _str, board_level=True, doc="firmware release")
-    SWITCHES = ("ON", "OFF", "CLR")  #: SET without VAL
+    bdilk = Parameter("BDILK", "", _str, board_level=True, doc="interlock active, YES or NO")
+    bdilkm = Parameter(
+        "BDILKM", "", _str, board_level=True, choices=("OPEN", "CLOSED"), doc="interlock acts on an OPEN/CLOSED input"
+    )
+    bdctr = Parameter("BDCTR", "", _str, board_level=True, doc="control mode, LOCAL or REMOTE")
+    bdterm = Parameter("BDTERM", "", _str, board_level=True, doc="local bus termination, ON or OFF")
+    bdalarm = Parameter("BDALARM", "", _int_value, board_level=True, doc="alarm word, see HVBoardAlarm")
+    SWITCHES = ("ON", "OFF", "CLR")  #: SET without VAL (CLR: the emulator's per-channel trip clear)
 
     STATUS = HVStatus
 
@@ -278,8 +343,21 @@ class CAENMainframe:
         self.set(board, ch, "OFF")
 
     def clear_trip(self, board: int, ch: int) -> None:
-        """Clear a latched trip; the channel stays off."""
+        """Clear a latched trip of one channel (``CLR``, an extension of the emulator); the channel
+        stays off. On an N1470 use :meth:`clear_alarm`."""
         self.set(board, ch, "CLR")
+
+    def clear_alarm(self, board: int) -> None:
+        """``BDCLR``: clear the board alarm and the latched TRIP/KILL/interlock of its channels (they
+        stay off)."""
+        self.exchange(board, "SET", None, "BDCLR")
+
+    @classmethod
+    def alarm_flags(cls, word: int) -> builtins.set[str]:
+        """Names of the board alarm bits (``BDALARM``) set in ``word``: ``CH<n>``, PWFAIL, OVP, HVCKFAIL."""
+        out = {f.name for f in HVBoardAlarm if f.name and int(word) & f and not f.name.startswith("CH")}
+        out |= {f"CH{ch}" for ch in range(51) if int(word) & hv_channel_alarm_bit(ch)}
+        return out
 
     @classmethod
     def status_flags(cls, word: int) -> builtins.set[str]:  # builtins: the class has a set() method

@@ -179,11 +179,17 @@ class HVSupply:
         return float(self._limits[int(channel_id)])
 
     def check_voltage(self, channel_id: int, volts: float) -> float:
-        """The set point as it will be sent (V, wire resolution 0.1 V), or HVLimitError.
+        """The operating set point as it will be sent (V, wire resolution 0.1 V), or HVLimitError.
 
-        Refuses non-numbers, NaN/inf, negative values, values above the limit and any value for a
-        channel whose limit is unset (NaN/negative).
+        Refuses non-numbers, NaN/inf, negative values, values above the limit, values below
+        ``hv.min_v`` (the lowest operating set point) and any value for a channel whose limit is unset
+        (NaN/negative). Only the safe-state paths (:meth:`switch_on` at ``hv.safe_v``, :meth:`shutdown`
+        and the steps of a software ramp between two checked points) go below ``hv.min_v``.
         """
+        return self._check(channel_id, volts, _finite_or_nan(self.hv.min_v))
+
+    def _check(self, channel_id: int, volts: float, floor_v: float) -> float:
+        """:meth:`check_voltage` with the lowest allowed value ``floor_v`` (V; NaN denies everything)."""
         a = self.address(channel_id)
         lim = float(self._limits[a.channel_id])
         v = _finite_or_nan(volts)
@@ -195,20 +201,29 @@ class HVSupply:
             raise HVLimitError(f"{a.name}: set point {v:g} V is negative; refused")
         if v > lim:
             raise HVLimitError(f"{a.name}: set point {v:g} V is above the limit {lim:g} V; refused")
+        if not v >= floor_v:
+            raise HVLimitError(
+                f"{a.name}: set point {v:g} V is below hv.min_v = {floor_v:g} V (lowest operating set point); "
+                "refused (use shutdown() for the safe state)"
+            )
         wire = float(f"{v:.1f}") + 0.0  # + 0.0: never "-0.0" on the wire
         if wire > lim:  # rounding up would cross the limit: quantise down
             wire = float(f"{math.floor(v / WIRE_RESOLUTION_V) * WIRE_RESOLUTION_V:.1f}")
-        if not 0.0 <= wire <= lim:
-            raise HVLimitError(f"{a.name}: wire value {wire:.1f} V of {v:g} V is outside [0, {lim:g}] V; refused")
+        if not 0.0 <= wire <= lim or not wire >= floor_v:
+            raise HVLimitError(
+                f"{a.name}: wire value {wire:.1f} V of {v:g} V is outside [{max(floor_v, 0.0):g}, {lim:g}] V; refused"
+            )
         return wire
 
     def _limit_valid(self, channel_id: int) -> bool:
         lim = self.limit(channel_id)
         return not math.isnan(lim) and lim >= 0.0
 
-    def _send_voltage(self, channel_id: int, par: str, volts: float) -> float:
-        """THE path by which a voltage leaves this module (VSET or MAXV); returns the value sent (V)."""
-        wire = self.check_voltage(channel_id, volts)
+    def _send_voltage(self, channel_id: int, par: str, volts: float, *, safe_path: bool = False) -> float:
+        """THE path by which a voltage leaves this module (VSET or MAXV); returns the value sent (V).
+        ``safe_path``: a safe-state set point, a ramp step between checked points or a limit (MAXV),
+        exempt from ``hv.min_v`` (never from the limit)."""
+        wire = self._check(channel_id, volts, 0.0) if safe_path else self.check_voltage(channel_id, volts)
         a = self.address(channel_id)
         param = {"VSET": self.mainframe.vset, "MAXV": self.mainframe.maxv}[par]
         with _command(f"{a.name}: {par} = {wire:.1f} V"):
@@ -334,7 +349,7 @@ class HVSupply:
                 here = pos[c]
                 nxt = target if abs(target - here) <= step else here + math.copysign(step, target - here)
                 nxt = min(nxt, self.limit(c))  # from above a lowered limit: go to the limit
-                sent[c] = self._send_voltage(c, "VSET", nxt)
+                sent[c] = self._send_voltage(c, "VSET", nxt, safe_path=True)  # between checked points
             vmon = self._verify(sent)
             for c, v in sent.items():
                 pos[c] = v
@@ -383,7 +398,7 @@ class HVSupply:
                 raise HVTripError(f"{a.name} has a latched trip; clear_trip() first", [a.channel_id])
             if st["on"]:
                 return
-            self._send_voltage(channel_id, "VSET", self.hv.safe_v)
+            self._send_voltage(channel_id, "VSET", self.hv.safe_v, safe_path=True)
             with _command(f"{a.name}: ON"):
                 self.mainframe.on(a.board, a.ch)
             if not self.read_channel(channel_id)["on"]:
@@ -425,9 +440,7 @@ class HVSupply:
             }
             try:
                 if ramp:
-                    self._ramp(
-                        {c: self.check_voltage(c, v) for c, v in ramp.items()}, {c: now["vmon"][c] for c in ramp}
-                    )
+                    self._ramp({c: self._check(c, v, 0.0) for c, v in ramp.items()}, {c: now["vmon"][c] for c in ramp})
             except HVError as exc:
                 log.error("shutdown: software ramp interrupted (%s); switching off directly", exc)
             problems: list[str] = []
@@ -435,7 +448,7 @@ class HVSupply:
                 a = self.address(c)
                 if self._limit_valid(c):  # an unset limit denies even the safe set point
                     try:
-                        self._send_voltage(c, "VSET", safe)
+                        self._send_voltage(c, "VSET", safe, safe_path=True)
                     except HVError as exc:
                         problems.append(str(exc))
                 try:  # OFF is not a voltage: always sent
@@ -471,43 +484,108 @@ class HVSupply:
             self._sleep(self.poll_s)
 
     # ------------------------------------------------------------------ configuration of the hardware
+    def _wanted(self, channel_id: int, attr: str) -> float:
+        """The configured value of a hardware setting (see :data:`SETTINGS`) for one channel."""
+        if attr == "maxv":
+            return self.limit(channel_id)
+        return _finite_or_nan(getattr(self.hv, SETTINGS[attr].key.removeprefix("hv.")))
+
+    def _program(self, ids: list[int], attrs: tuple[str, ...]) -> dict[int, dict[str, float]]:
+        """Check every setting of ``attrs`` against the hardware's own range (read from the mainframe)
+        and the driver's validator, refusing with HVLimitError before anything is sent; then send them
+        and verify each by read-back (HVReadbackError). Returns the values sent per channel."""
+        settings = [SETTINGS[x] for x in attrs]
+        rng = self._read(ids, tuple(p for st in settings for p in (st.lo, st.hi)), "(hardware ranges)")
+        problems: list[str] = []
+        for c in ids:
+            name = chmap.CHANNELS[c].name
+            for st in settings:
+                v = self._wanted(c, st.attr)
+                par = getattr(self.mainframe, st.attr).param
+                lo, hi = rng[st.lo][c], rng[st.hi][c]
+                if st.attr == "maxv" and not self._limit_valid(c):
+                    problems.append(f"{name}: no valid HV limit configured; MAXV not set")
+                elif not lo <= v <= hi:
+                    problems.append(
+                        f"{name}: {st.key} = {v:g} {st.unit} is outside the hardware range of {par.par} "
+                        f"[{lo:g}, {hi:g}] {st.unit} ({par.par} limits {st.lo.upper()}/{st.hi.upper()})"
+                    )
+                else:
+                    try:
+                        par.validator(v)
+                    except ValueError as exc:
+                        problems.append(f"{name}: {st.key} = {v:g} {st.unit}: {exc}")
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise HVLimitError("refusing to configure the HV, nothing sent: " + "; ".join(problems[:3]) + more)
+        sent: dict[int, dict[str, float]] = {c: {} for c in ids}
+        for c in ids:
+            a = self.address(c)
+            for st in settings:
+                v = self._wanted(c, st.attr)
+                if st.attr == "maxv":
+                    sent[c]["maxv"] = self._send_voltage(c, "MAXV", v, safe_path=True)  # a limit, not a set point
+                    continue
+                param = getattr(self.mainframe, st.attr)
+                with _command(f"{a.name}: {param.param.par} = {v:g} {st.unit}"):
+                    param.set(a.board, a.ch, v)
+                sent[c][st.attr] = float(param.param.fmt.format(v))
+        echo = self._read(ids, attrs, "after configuring")
+        for c in ids:
+            for st in settings:
+                if abs(echo[st.attr][c] - sent[c][st.attr]) > st.tolerance:
+                    par = getattr(self.mainframe, st.attr).param.par
+                    raise HVReadbackError(
+                        f"{chmap.CHANNELS[c].name}: {par} echo {echo[st.attr][c]:g} {st.unit} "
+                        f"differs from {sent[c][st.attr]:g} {st.unit} sent"
+                    )
+        return sent
+
+    def _ids(self, channel_ids: Iterable[int] | None) -> list[int]:
+        return sorted(self.channel_ids.tolist() if channel_ids is None else {int(c) for c in channel_ids})
+
     def ensure_max_v(self, channel_ids: Iterable[int] | None = None) -> dict[int, float]:
         """Program MAXV of the channels (default: all) to their configured limit (V) and verify it.
 
-        Reads the hardware maximum HVMAX first and refuses (HVLimitError, nothing sent) when a
-        configured limit is above it or unset. Returns the MAXV programmed per channel.
+        Reads the hardware's MAXV range (MVMIN/MVMAX) first and refuses (HVLimitError, nothing sent)
+        when a configured limit is outside it or unset. Returns the MAXV programmed per channel.
         """
         with self._lock:
-            ids = sorted(self.channel_ids.tolist() if channel_ids is None else {int(c) for c in channel_ids})
-            hvmax = self._read(ids, ("hvmax",), "(hardware maximum)")["hvmax"]
-            for c in ids:
-                lim = self.limit(c)
-                if not self._limit_valid(c):
-                    raise HVLimitError(f"{chmap.CHANNELS[c].name}: no valid HV limit configured; MAXV not set")
-                if lim > hvmax[c]:
-                    raise HVLimitError(
-                        f"{chmap.CHANNELS[c].name}: configured limit {lim:g} V is above the "
-                        f"hardware maximum HVMAX = {hvmax[c]:g} V; refusing"
-                    )
-            sent = {c: self._send_voltage(c, "MAXV", self.limit(c)) for c in ids}
-            echo = self._read(ids, ("maxv",), "after setting MAXV")["maxv"]
-            wrong = [c for c in ids if abs(echo[c] - sent[c]) > ECHO_TOLERANCE_V]
-            if wrong:
-                raise HVReadbackError(
-                    f"{chmap.CHANNELS[wrong[0]].name}: MAXV echo {echo[wrong[0]]:.1f} V "
-                    f"differs from {sent[wrong[0]]:.1f} V sent"
-                )
-            return sent
+            return {c: v["maxv"] for c, v in self._program(self._ids(channel_ids), ("maxv",)).items()}
 
-    def configure(self, channel_ids: Iterable[int] | None = None) -> None:
-        """Program RUP/RDW (``hv.ramp_up_v_per_s``/``ramp_down_v_per_s``), ISET (``hv.max_current_ua``)
-        and MAXV (:meth:`ensure_max_v`) of the channels (default: all)."""
+    def configure(self, channel_ids: Iterable[int] | None = None) -> dict[int, dict[str, float]]:
+        """Program and verify by read-back, for the channels (default: all): RUP/RDW
+        (``hv.ramp_up_v_per_s``/``ramp_down_v_per_s``, V/s), ISET (``hv.max_current_ua``, uA), TRIP
+        (``hv.trip_s``, s) and MAXV (the channel's limit, V).
+
+        Every value is checked against the range the hardware reports (RUPMIN/RUPMAX, RDWMIN/RDWMAX,
+        IMIN/IMAX, TRIPMIN/TRIPMAX, MVMIN/MVMAX) before anything is sent: one outside it refuses the
+        whole configuration with HVLimitError (never clamped). A read-back that differs from what was
+        sent raises HVReadbackError. Returns ``{channel_id: {"rup", "rdw", "iset", "trip", "maxv"}}``
+        as sent. Every tool that owns the HV line calls this once at start.
+        """
         with self._lock:
-            ids = sorted(self.channel_ids.tolist() if channel_ids is None else {int(c) for c in channel_ids})
-            for c in ids:
-                a = self.address(c)
-                with _command(f"{a.name}: RUP/RDW/ISET"):
-                    self.mainframe.rup.set(a.board, a.ch, self.hv.ramp_up_v_per_s)
-                    self.mainframe.rdw.set(a.board, a.ch, self.hv.ramp_down_v_per_s)
-                    self.mainframe.iset.set(a.board, a.ch, self.hv.max_current_ua)
-            self.ensure_max_v(ids)
+            return self._program(self._ids(channel_ids), tuple(SETTINGS))
+
+
+@dataclass(frozen=True)
+class HardwareSetting:
+    """A per-channel hardware setting programmed from the configuration: driver parameter ``attr``, its
+    range parameters ``lo``/``hi``, the config key it comes from, unit and read-back tolerance."""
+
+    attr: str
+    lo: str
+    hi: str
+    key: str
+    unit: str
+    tolerance: float
+
+
+#: the settings :meth:`HVSupply.configure` programs and verifies, in the order they are sent
+SETTINGS: dict[str, HardwareSetting] = {
+    "rup": HardwareSetting("rup", "rupmin", "rupmax", "hv.ramp_up_v_per_s", "V/s", ECHO_TOLERANCE_V),
+    "rdw": HardwareSetting("rdw", "rdwmin", "rdwmax", "hv.ramp_down_v_per_s", "V/s", ECHO_TOLERANCE_V),
+    "iset": HardwareSetting("iset", "imin", "imax", "hv.max_current_ua", "uA", 0.0051),
+    "trip": HardwareSetting("trip", "tripmin", "tripmax", "hv.trip_s", "s", ECHO_TOLERANCE_V),
+    "maxv": HardwareSetting("maxv", "mvmin", "mvmax", "the limit min(hv_limit, hv.max_v)", "V", ECHO_TOLERANCE_V),
+}

@@ -142,11 +142,11 @@ def test_ensure_max_v_refuses_limit_above_hardware_maximum(pty_rig: Rig) -> None
 
     def low_voltage_board(line: str) -> str:  # a mainframe whose boards only reach 1200 V
         reply = real(line)
-        return reply.replace("2000.0", "1200.0") if line.endswith("PAR:HVMAX") else reply
+        return reply.replace("2000.0", "1200.0") if line.endswith("PAR:MVMAX") else reply
 
     pty_rig.server.handler = low_voltage_board
     with pytest.raises(
-        HVLimitError, match="HCAL-0-0-0: configured limit 1300 V is above the hardware maximum HVMAX = 1200 V"
+        HVLimitError, match=r"HCAL-0-0-0: the limit .* = 1300 V is outside the hardware range of MAXV \[0, 1200\] V"
     ):
         pty_rig.supply.ensure_max_v([chmap.hcal_id(0, 0, 0), CID])
     assert pty_rig.emu.set_log() == []
@@ -165,8 +165,8 @@ def test_trip_during_ramp_raises_with_channel_name(rig: Rig) -> None:
         rig.supply.switch_on(CID)
     rig.supply.clear_trip(CID)
     rig.emu.handle("$BD:03,CMD:SET,CH:6,PAR:ISET,VAL:500")
-    rig.supply.switch_on(CID)  # at safe_v, then a software ramp
-    assert rig.supply.set_voltage(CID, 150.0) == pytest.approx(150.0, abs=1.0)
+    rig.supply.switch_on(CID)  # at safe_v, then a software ramp (to at least hv.min_v = 500 V)
+    assert rig.supply.set_voltage(CID, 600.0) == pytest.approx(600.0, abs=1.0)
 
 
 def test_injected_trip_is_detected_before_setting(pty_rig: Rig) -> None:
@@ -184,10 +184,10 @@ def test_off_channel_is_refused(pty_rig: Rig) -> None:
 
 def test_power_up_from_off(pty_rig: Rig) -> None:
     pty_rig.supply.shutdown([CID])
-    final = pty_rig.supply.power_up({CID: 300.0})
-    assert final[CID] == pytest.approx(300.0, abs=1.0)
+    final = pty_rig.supply.power_up({CID: 600.0})
+    assert final[CID] == pytest.approx(600.0, abs=1.0)
     vsets = [v for c, v in pty_rig.sent_voltages() if c == CID]
-    assert vsets[-7:] == [0.0, 50.0, 100.0, 150.0, 200.0, 250.0, 300.0]  # ON at 0 V, then ramped
+    assert vsets[-13:] == [50.0 * k for k in range(13)]  # ON at 0 V, then ramped in 50 V steps through min_v
 
 
 def test_shutdown_reaches_the_safe_state(pty_rig: Rig) -> None:

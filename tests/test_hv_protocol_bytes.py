@@ -99,8 +99,8 @@ def test_multi_channel_mon_with_wrong_count_is_refused() -> None:
 def test_board_parameters() -> None:
     m, t = hv(
         [
-            (b"$BD:08,CMD:MON,CH:0,PAR:BDNAME\r\n", b"#BD:08,CMD:OK,VAL:COUNTERS\r\n"),
-            (b"$BD:08,CMD:MON,CH:0,PAR:BDNCH\r\n", b"#BD:08,CMD:OK,VAL:11\r\n"),
+            (b"$BD:08,CMD:MON,PAR:BDNAME\r\n", b"#BD:08,CMD:OK,VAL:COUNTERS\r\n"),  # board commands carry no CH
+            (b"$BD:08,CMD:MON,PAR:BDNCH\r\n", b"#BD:08,CMD:OK,VAL:11\r\n"),
         ]
     )
     assert m.bdname.get(8) == "COUNTERS"
