@@ -6,6 +6,14 @@ the robustness every serial driver needs, once:
 - an explicit deadline on every read (``timeout_s``), never a blocking read;
 - the input is discarded before each request, so a late reply to an earlier request cannot be taken
   for the answer to this one (a half-finished exchange, e.g. after Ctrl-C, is cleaned up this way);
+- after a timeout (or an interrupted exchange) the line is resynchronised before the next request:
+  everything that arrives is discarded until the line has been quiet for ``resync_quiet_s`` (default
+  the reply timeout), bounded by ``resync_max_s``, so the late reply of the request that timed out is
+  never taken for the next one's;
+- one owner per line: :class:`SerialTransport` and :class:`VisaTransport` hold an exclusive lock keyed
+  by the endpoint (:mod:`hv_control.linelock`) from :meth:`LineTransport.open` to
+  :meth:`LineTransport.close`, and a server's refusal line (``LINE OWNED BY ANOTHER CLIENT``) is
+  recognised; both raise :class:`LineOwnedError`, which is not retried;
 - resynchronisation after line noise: the caller passes an ``extract`` function that finds the valid
   reply in a received line (e.g. from the last ``#`` for the HV protocol); lines without one are
   discarded and reading continues until the deadline;
@@ -36,6 +44,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from detector.hwstatus import LINE_OWNED_REPLY
+
 from .instrument import (
     InstrumentConnectionError,
     InstrumentError,
@@ -44,10 +54,12 @@ from .instrument import (
     resource_manager,
     run_with_retries,
 )
+from .linelock import LineBusy, LineLock
 
 __all__ = [
     "ConnectionLostError",
     "HandlerTransport",
+    "LineOwnedError",
     "LineTransport",
     "ScriptedTransport",
     "SerialTransport",
@@ -79,16 +91,31 @@ class ConnectionLostError(TransportError, InstrumentConnectionError):
     """The connection dropped and could not be re-established."""
 
 
+class LineOwnedError(TransportError):
+    """Another tool owns the line (this host's lock, or the server refused a second client); not
+    retried: the line has one owner."""
+
+
 class LineTransport(ABC):
     """Request/reply over a line-oriented byte stream (see the module docstring).
 
-    ``timeout_s``: deadline of one reply (s); ``retries``: re-sends after a timeout or a reconnect.
-    Subclasses implement the raw operations ``_connect``, ``_disconnect``, ``_write``, ``_read_chunk``
-    and ``_discard_input``.
+    ``timeout_s``: deadline of one reply (s); ``retries``: re-sends after a timeout or a reconnect;
+    ``resync_quiet_s``: silence (s) that ends the resynchronisation after a timeout (default
+    ``timeout_s``), ``resync_max_s``: its bound (s, default ``4 * timeout_s``). Subclasses implement the
+    raw operations ``_connect``, ``_disconnect``, ``_write``, ``_read_chunk`` and ``_discard_input``,
+    and :meth:`_line_lock` if the line needs an exclusive owner.
     """
 
     def __init__(
-        self, address: str, *, timeout_s: float = 2.0, retries: int = 2, eol: str = EOL, reconnect_delay_s: float = 0.05
+        self,
+        address: str,
+        *,
+        timeout_s: float = 2.0,
+        retries: int = 2,
+        eol: str = EOL,
+        reconnect_delay_s: float = 0.05,
+        resync_quiet_s: float | None = None,
+        resync_max_s: float | None = None,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0 s, got {timeout_s!r}")
@@ -100,9 +127,20 @@ class LineTransport(ABC):
         self.eol = eol
         self.reconnect_delay_s = reconnect_delay_s
         self._lock = threading.RLock()
+        self.resync_quiet_s = self.timeout_s if resync_quiet_s is None else float(resync_quiet_s)
+        self.resync_max_s = 4.0 * self.timeout_s if resync_max_s is None else float(resync_max_s)
         self._buf = bytearray()
         self._open = False
-        self.stats = {"queries": 0, "timeouts": 0, "reconnects": 0, "garbage_lines": 0}
+        self._stale = False  #: a reply may still be on its way: resynchronise before the next request
+        self._lock_file: LineLock | None = None
+        self.stats = {
+            "queries": 0,
+            "timeouts": 0,
+            "reconnects": 0,
+            "garbage_lines": 0,
+            "resyncs": 0,
+            "late_bytes": 0,
+        }
 
     # ------------------------------------------------------------------ raw operations
     @abstractmethod
@@ -123,27 +161,88 @@ class LineTransport(ABC):
         :class:`InstrumentTimeoutError`); :class:`InstrumentConnectionError` on EOF/error."""
 
     @abstractmethod
-    def _discard_input(self) -> None:
-        """Drop everything already received; :class:`InstrumentConnectionError` if the connection is gone."""
+    def _discard_input(self) -> bytes | None:
+        """Drop everything already received and return it (None if unknown);
+        :class:`InstrumentConnectionError` if the connection is gone."""
+
+    def _line_lock(self) -> LineLock | None:
+        """The exclusive lock of this line (None: no lock, e.g. in-process transports)."""
+        return None
 
     # ------------------------------------------------------------------ public API
     def open(self) -> None:
-        """Open the connection (also done lazily by :meth:`query`)."""
+        """Take the line (:class:`LineOwnedError` if another tool owns it) and open the connection
+        (also done lazily by :meth:`query`)."""
         with self._lock:
+            if self._lock_file is None:
+                self._lock_file = self._line_lock()
+            if self._lock_file is not None and not self._lock_file.held:
+                try:
+                    self._lock_file.acquire()
+                except LineBusy as exc:
+                    raise LineOwnedError(
+                        f"{self.address}: the line is owned by another tool ({exc.holder or 'unknown'}, lock "
+                        f"{self._lock_file.path}); one owner per line"
+                    ) from None
             if not self._open:
                 try:
                     self._connect()
                 except InstrumentConnectionError as exc:
+                    self._release()
                     raise ConnectionLostError(f"cannot open {self.address}: {exc}") from None
                 self._open = True
+                self._stale = False
                 self._buf.clear()
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection and give the line up (idempotent)."""
         with self._lock:
-            if self._open:
-                self._open = False
-                self._disconnect()
+            self._drop()
+            self._release()
+
+    def _drop(self) -> None:
+        """Close the connection but keep the line (a reconnect follows)."""
+        if self._open:
+            self._open = False
+            self._disconnect()
+
+    def _release(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.release()
+
+    def _check_owned(self, data: bytes | bytearray | None) -> None:
+        if data and LINE_OWNED_REPLY.encode() in data:
+            self._drop()
+            raise LineOwnedError(f"{self.address}: {LINE_OWNED_REPLY.lower()} (the server refused us); one owner per line")
+
+    def _resync(self) -> None:
+        """Discard everything until the line has been quiet for ``resync_quiet_s`` (at most
+        ``resync_max_s``): the late reply of a request that timed out is dropped, not taken for the next."""
+        drained = bytearray(self._buf)
+        self._buf.clear()
+        start = last = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now - last >= self.resync_quiet_s:
+                break
+            if now - start >= self.resync_max_s:
+                log.warning("%s: the line did not go quiet within %g s; sending anyway", self.address, self.resync_max_s)
+                break
+            try:
+                chunk = self._read_chunk(min(self.resync_quiet_s - (now - last), self.resync_max_s - (now - start)))
+            except InstrumentTimeoutError:
+                chunk = b""
+            if chunk:
+                drained += chunk
+                last = time.monotonic()
+        gone = self._discard_input()
+        drained += gone or b""
+        self.stats["resyncs"] += 1
+        self.stats["late_bytes"] += len(drained)
+        if drained:
+            log.info("%s: discarded %d late byte(s) after a timeout: %r", self.address, len(drained), bytes(drained[:80]))
+        self._stale = False
+        self._check_owned(drained)
 
     def __enter__(self) -> LineTransport:
         self.open()
@@ -164,10 +263,16 @@ class LineTransport(ABC):
         def attempt() -> str:
             if not self._open:
                 self.open()
-            self._discard_input()
+            if self._stale:
+                self._resync()
+            else:
+                self._check_owned(self._discard_input())
             self._buf.clear()
             self._write(data)
-            return self._read_reply(extract, time.monotonic() + self.timeout_s)
+            self._stale = True  # until the reply is in
+            reply = self._read_reply(extract, time.monotonic() + self.timeout_s)
+            self._stale = False
+            return reply
 
         def failed(exc: BaseException, n: int) -> BaseException:
             err: TransportError
@@ -180,7 +285,7 @@ class LineTransport(ABC):
                 err = ConnectionLostError(
                     f"connection to {self.address} lost during {line!r}: {exc} ({n + 1} attempt(s))"
                 )
-                self.close()
+                self._drop()
             log.warning("%s", err)
             return err
 
@@ -209,6 +314,7 @@ class LineTransport(ABC):
     def _read_reply(self, extract: Extractor | None, deadline: float) -> str:
         while True:
             raw = self._read_line(deadline)
+            self._check_owned(raw)
             text = raw.decode("latin-1").rstrip("\r\n")
             reply = text if extract is None else extract(text)
             if reply is not None:
@@ -279,13 +385,25 @@ class SerialTransport(LineTransport):
         except (serial.SerialException, OSError) as exc:
             raise InstrumentConnectionError(str(exc)) from None
 
-    def _discard_input(self) -> None:
+    def _discard_input(self) -> bytes:
         import serial
 
+        data = bytearray()
         try:
-            self._ser.reset_input_buffer()
+            self._ser.timeout = 0  # non-blocking: only what is already there
+            while len(data) <= MAX_REPLY_BYTES:
+                chunk = self._ser.read(4096)
+                if not chunk:
+                    break
+                data += chunk
         except (serial.SerialException, OSError) as exc:
+            if LINE_OWNED_REPLY.encode() in data:
+                return bytes(data)  # the refusal, then the server closed: reported by the caller
             raise InstrumentConnectionError(str(exc)) from None
+        return bytes(data)
+
+    def _line_lock(self) -> LineLock:
+        return LineLock(self.address)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,6 +443,9 @@ class VisaTransport(LineTransport):
     def _discard_input(self) -> None:
         self._session.discard_input()
 
+    def _line_lock(self) -> LineLock:
+        return LineLock(self.address)
+
 
 # --------------------------------------------------------------------------------------------------
 class HandlerTransport(LineTransport):
@@ -332,6 +453,7 @@ class HandlerTransport(LineTransport):
     no threads). Used to run a driver against an emulator model under a fake clock."""
 
     def __init__(self, handler: Callable[[str], str], *, address: str = "<in-process>", **kw: Any) -> None:
+        kw.setdefault("resync_quiet_s", 0.0)  # in-process: no reply can be late
         super().__init__(address, **kw)
         self.handler = handler
         self._pending = b""
@@ -365,6 +487,7 @@ class ScriptedTransport(LineTransport):
     def __init__(
         self, pairs: Sequence[tuple[bytes, bytes | None]], *, timeout_s: float = 0.01, retries: int = 0, **kw: Any
     ) -> None:
+        kw.setdefault("resync_quiet_s", 0.0)  # scripted: no reply can be late
         super().__init__("<scripted>", timeout_s=timeout_s, retries=retries, **kw)
         self.pairs = list(pairs)
         self.index = 0

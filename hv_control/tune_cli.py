@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     daq = source = hv = table = None
     try:
         hv = HVSupply.connect(hv_addr, cfg, calib, backend=args.backend)
+        if not args.dry_run:  # the owner of the HV programs MAXV, RUP/RDW, ISET, TRIP from config, verified
+            hv.configure()
         table = HCALTableDriver.connect(table_addr, backend=args.backend, timeout_s=cfg.hv.timeout_s)
         if args.stream:
             source = StreamAmplitudes(args.stream)

@@ -1,5 +1,9 @@
 """The DAQ's HV read-back thread: reads the supplies back (never sets them), publishes the ``hv`` topic
-and keeps the latest reading for the run record."""
+and keeps the latest reading for the run record.
+
+The HV line has one owner (docs/protocols.md section 2). When another tool (hv-tune) owns it, the
+read-back does not share the line: it reports "HV line owned by another tool", keeps no connection
+and tries again at the next period."""
 
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ class HVReader(threading.Thread):
         self._latest: dict[str, Any] | None = None
         self.supply: Any = None
         self.errors = 0
+        self.line_owned: str | None = None  #: why the line is not ours, while another tool owns it
 
     def poke(self) -> None:
         self._poke.set()
@@ -71,28 +76,41 @@ class HVReader(threading.Thread):
             )
 
     def run(self) -> None:
+        from hv_control.transport import LineOwnedError
+
         while not self._stop_evt.is_set():
             try:
                 self._read()
+                if self.line_owned is not None:
+                    log.info("HV line %s is ours again; HV read-back resumed", self.address)
+                    self.line_owned = None
             except Exception as exc:  # noqa: BLE001 - HV problems never stop the DAQ; they are logged
+                owned = exc if isinstance(exc, LineOwnedError) else exc.__cause__
+                if isinstance(owned, LineOwnedError):  # never share the line: report, leave it to its owner
+                    self._close_supply()
+                    if self.line_owned is None:
+                        log.warning("HV line owned by another tool: HV read-back paused (%s)", owned)
+                    self.line_owned = str(owned)
+                    self._poke.wait(HV_PERIOD_S)
+                    self._poke.clear()
+                    continue
                 self.errors += 1
                 if self.errors in (1, 10) or self.errors % 100 == 0:
                     log.warning("HV read-back from %s failed (%d times): %s", self.address, self.errors, exc)
-                if self.supply is not None:
-                    try:
-                        self.supply.close()
-                    except Exception:  # noqa: BLE001 - closing a broken connection must not raise
-                        pass
-                    self.supply = None
+                self._close_supply()
             self._poke.wait(HV_PERIOD_S)
             self._poke.clear()
 
-    def stop(self) -> None:
-        self._stop_evt.set()
-        self._poke.set()
-        self.join(timeout=5)
+    def _close_supply(self) -> None:
         if self.supply is not None:
             try:
                 self.supply.close()
             except Exception:  # noqa: BLE001 - closing a broken connection must not raise
                 pass
+            self.supply = None
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+        self._poke.set()
+        self.join(timeout=5)
+        self._close_supply()

@@ -7,8 +7,10 @@ Two transports, the same framing:
   ``ASRL/dev/pts/N::INSTR`` resource.
 - :class:`TcpLineServer` listens on ``127.0.0.1:<port>`` (port 0 = any free port); clients use the URL
   ``socket://127.0.0.1:<port>`` with ``serial.serial_for_url`` (or VISA ``ASRLsocket://...::INSTR``).
-  One client at a time; a new connection replaces the previous one, so a client that lost its
-  connection can always reconnect.
+  One owner per line: the first client owns it until it closes (or vanishes: TCP keep-alive); a
+  second client waits up to ``GRACE_S`` for the owner to leave, else it gets the line
+  ``LINE OWNED BY ANOTHER CLIENT`` (``detector.hwstatus.LINE_OWNED_REPLY``) and is closed. A pty cannot
+  tell its clients apart; there the client side's lock (``hv_control.linelock``) keeps one owner.
 
 Framing: requests end in CR LF (a lone CR or LF also ends a line, empty lines are ignored); each
 non-empty line gets one reply followed by CR LF. Bytes that are not UTF-8 are replaced (U+FFFD) before
@@ -39,6 +41,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from detector.hwstatus import LINE_OWNED_REPLY
+
 from .faults import CountedFaults
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,10 @@ LineHandler = Callable[[str], str]
 MAX_LINE = 1024  #: longest accepted request line, bytes
 EOL = b"\r\n"
 _WRITE_TIMEOUT_S = 1.0  #: a reply nobody reads within this time is dropped (pty)
+GRACE_S = 0.5  #: a second TCP client waits this long (s) for the owner to leave before it is refused
+_CLOSING_S = 2.0  #: a refused client is closed after this long (s) if it does not close first
+KEEPALIVE_IDLE_S = 10  #: s of silence before the first keep-alive probe of an owner connection
+KEEPALIVE_INTERVAL_S = 5  #: s between keep-alive probes
 _LINE_END = re.compile(rb"[\r\n]")
 
 
@@ -152,6 +160,7 @@ class _LineServer:
             "dropped": 0,
             "noise": 0,
             "write_failures": 0,
+            "refused": 0,
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -344,8 +353,10 @@ class TcpLineServer(_LineServer):
     def _run(self) -> None:
         assert self._listener is not None
         listener = self._listener
-        conn: socket.socket | None = None
+        conn: socket.socket | None = None  # the owner of the line
         framer = LineFramer(self.max_line)
+        waiting: list[tuple[socket.socket, float]] = []  # later clients, until the owner leaves or GRACE_S
+        closing: list[tuple[socket.socket, float]] = []  # refused clients: FIN sent, draining until they close
 
         def close() -> None:
             nonlocal conn
@@ -366,43 +377,94 @@ class TcpLineServer(_LineServer):
                 close()
                 return False
 
+        def refuse(sock: socket.socket) -> None:
+            self.stats["refused"] += 1
+            log.warning("%s: refused a second client; the line is owned by another one", self.name)
+            try:
+                sock.sendall(LINE_OWNED_REPLY.encode() + EOL)
+                sock.shutdown(socket.SHUT_WR)  # FIN after the refusal; no RST while the client still reads
+                closing.append((sock, time.monotonic() + _CLOSING_S))
+            except OSError:
+                sock.close()
+
+        def own(sock: socket.socket) -> None:
+            nonlocal conn, framer
+            conn, framer = sock, LineFramer(self.max_line)
+            _keepalive(sock)  # a dead owner (no FIN) is noticed and releases the line
+            self.connections += 1
+
         try:
             while not self._stop.is_set():
-                watch: list[Any] = [listener, self._wake_r] + ([conn] if conn is not None else [])
+                now = time.monotonic()
+                for sock, deadline in list(waiting):
+                    if conn is None:
+                        waiting.remove((sock, deadline))
+                        own(sock)
+                    elif now >= deadline:
+                        waiting.remove((sock, deadline))
+                        refuse(sock)
+                for sock, deadline in list(closing):
+                    if now >= deadline:
+                        closing.remove((sock, deadline))
+                        sock.close()
+                socks = [listener, self._wake_r] + ([conn] if conn is not None else []) + [c for c, _ in closing]
+                wait_s = min([1.0] + [max(0.0, d - now) for _, d in waiting + closing])
                 try:
-                    ready, _, _ = select.select(watch, [], [], 1.0)
+                    ready, _, _ = select.select(socks, [], [], wait_s)
                 except (OSError, ValueError):
                     return
                 if self._wake_r in ready:
                     return
+                for sock, deadline in list(closing):
+                    if sock in ready:
+                        try:
+                            gone = not sock.recv(4096)
+                        except OSError:
+                            gone = True
+                        if gone:
+                            closing.remove((sock, deadline))
+                            sock.close()
+                if conn is not None and conn in ready:  # the owner first: its FIN frees the line
+                    try:
+                        data = conn.recv(4096)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        close()
+                    else:
+                        for line in framer.feed(data):
+                            if not self._serve_line(line, send):
+                                close()
+                                break
+                            if conn is None:
+                                break
                 if listener in ready:
                     try:
                         new, _ = listener.accept()
                     except OSError:
                         continue
-                    close()  # one client at a time: the newest wins
                     new.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     new.settimeout(_WRITE_TIMEOUT_S)
-                    conn, framer = new, LineFramer(self.max_line)
-                    self.connections += 1
-                    continue
-                if conn is None or conn not in ready:
-                    continue
-                try:
-                    data = conn.recv(4096)
-                except OSError:
-                    data = b""
-                if not data:
-                    close()
-                    continue
-                for line in framer.feed(data):
-                    if not self._serve_line(line, send):
-                        close()
-                        break
-                    if conn is None:
-                        break
+                    if conn is None and not waiting:
+                        own(new)
+                    else:  # one owner per line: the newcomer waits a moment, then is refused
+                        waiting.append((new, time.monotonic() + GRACE_S))
         finally:
             close()
+            for sock, _ in waiting + closing:
+                sock.close()
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """TCP keep-alive probes on an owner connection, so that a peer that vanished without closing is
+    dropped after about ``KEEPALIVE_IDLE_S + 3 * KEEPALIVE_INTERVAL_S`` s."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    except (OSError, AttributeError):  # a platform without the TCP_KEEP* options keeps the default
+        pass
 
 
 # --------------------------------------------------------------------------------------------------

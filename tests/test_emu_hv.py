@@ -337,15 +337,26 @@ def test_pty_drop_stops_answering_until_cleared() -> None:
         port.close()
 
 
-def test_tcp_newest_client_wins_and_stop_releases_everything() -> None:
+def test_tcp_first_client_owns_the_line_a_second_is_refused_and_stop_releases_everything() -> None:
     e = HVMainframe(CFG, CAL)
     srv = TcpLineServer(e.handle).start()
     a = serial.serial_for_url(srv.url, timeout=REPLY_TIMEOUT_S)
-    b = serial.serial_for_url(srv.url, timeout=REPLY_TIMEOUT_S)  # replaces a (a half-open client cannot block us)
-    b.write(b"$BD:00,CMD:MON,CH:0,PAR:BDNCH\r\n")
-    assert b.readline() == b"#BD:00,CMD:OK,VAL:9\r\n"
-    a.close()
+    a.write(b"$BD:00,CMD:MON,CH:0,PAR:BDNCH\r\n")
+    assert a.readline() == b"#BD:00,CMD:OK,VAL:9\r\n"  # a owns the line
+    b = serial.serial_for_url(srv.url, timeout=REPLY_TIMEOUT_S)
+    b.write(b"$BD:00,CMD:SET,CH:0,PAR:VSET,VAL:900.0\r\n")
+    assert b.readline() == b"LINE OWNED BY ANOTHER CLIENT\r\n"  # refused, never served
+    with pytest.raises(serial.SerialException, match="disconnected"):
+        b.read(1)  # and closed by the server
     b.close()
+    assert e.set_log() == [] and srv.stats["refused"] == 1
+    a.write(b"$BD:01,CMD:MON,CH:0,PAR:BDNCH\r\n")
+    assert a.readline() == b"#BD:01,CMD:OK,VAL:9\r\n"  # the owner is not disturbed
+    a.close()
+    c = serial.serial_for_url(srv.url, timeout=REPLY_TIMEOUT_S)  # the owner left: the next one owns it
+    c.write(b"$BD:04,CMD:MON,CH:0,PAR:BDNCH\r\n")
+    assert c.readline() == b"#BD:04,CMD:OK,VAL:18\r\n"
+    c.close()
     fds_before = len(os.listdir("/proc/self/fd"))
     srv.stop()
     assert srv._thread is None and len(os.listdir("/proc/self/fd")) < fds_before

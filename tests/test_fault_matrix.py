@@ -231,7 +231,8 @@ def leftover_processes(exclude: set[int] = frozenset()) -> list[str]:
 @pytest.fixture(scope="module")
 def matrix_emulator(tmp_path_factory: pytest.TempPathFactory, matrix_report: _MatrixReport):
     tmp = tmp_path_factory.mktemp("fault_matrix")
-    emu = start_emulator(tmp, MATRIX_CONFIG, ["--no-pty"], name="matrix-emulator")
+    # the HV line has one owner: the DAQ's read-back takes the TCP port, the HV writer the pty port
+    emu = start_emulator(tmp, MATRIX_CONFIG, [], name="matrix-emulator")
     try:
         emu.wait_for_spills(1, timeout_s=120)
         yield emu
@@ -466,7 +467,7 @@ def test_fault_matrix(
     before = emu.state()
     hv_log_from = len(emu.control({"cmd": "hv_log"})["log"])
     cfg = load_config(emu.config_path)
-    writer = HVWriter(emu.hv, cfg, load_calibration(cfg), limits)
+    writer = HVWriter(emu.hv_pty or emu.hv, cfg, load_calibration(cfg), limits)
     writer.start()
     oracle = start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1))
     daq = start_daq(

@@ -270,6 +270,7 @@ def test_server_gone_raises_connection_lost() -> None:
 
 
 def test_one_resource_manager_survives_closing_a_resource(tcp_rig: Rig) -> None:
+    tcp_rig.supply.close()  # one owner per line: the rig's own connection gives the line up
     rm = resource_manager()
     t1 = open_transport(tcp_rig.address, backend="visa", timeout_s=30.0)
     assert isinstance(t1, VisaTransport) and t1.address.startswith("ASRLsocket://")
