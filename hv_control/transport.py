@@ -132,6 +132,7 @@ class LineTransport(ABC):
         self._buf = bytearray()
         self._open = False
         self._stale = False  #: a reply may still be on its way: resynchronise before the next request
+        self._unanswered = 0  #: requests sent since the line was last known quiet, minus replies read
         self._lock_file: LineLock | None = None
         self.stats = {
             "queries": 0,
@@ -192,6 +193,7 @@ class LineTransport(ABC):
                     raise ConnectionLostError(f"cannot open {self.address}: {exc}") from None
                 self._open = True
                 self._stale = False
+                self._unanswered = 0
                 self._buf.clear()
 
     def close(self) -> None:
@@ -213,7 +215,9 @@ class LineTransport(ABC):
     def _check_owned(self, data: bytes | bytearray | None) -> None:
         if data and LINE_OWNED_REPLY.encode() in data:
             self._drop()
-            raise LineOwnedError(f"{self.address}: {LINE_OWNED_REPLY.lower()} (the server refused us); one owner per line")
+            raise LineOwnedError(
+                f"{self.address}: {LINE_OWNED_REPLY.lower()} (the server refused us); one owner per line"
+            )
 
     def _resync(self) -> None:
         """Discard everything until the line has been quiet for ``resync_quiet_s`` (at most
@@ -226,7 +230,9 @@ class LineTransport(ABC):
             if now - last >= self.resync_quiet_s:
                 break
             if now - start >= self.resync_max_s:
-                log.warning("%s: the line did not go quiet within %g s; sending anyway", self.address, self.resync_max_s)
+                log.warning(
+                    "%s: the line did not go quiet within %g s; sending anyway", self.address, self.resync_max_s
+                )
                 break
             try:
                 chunk = self._read_chunk(min(self.resync_quiet_s - (now - last), self.resync_max_s - (now - start)))
@@ -239,8 +245,11 @@ class LineTransport(ABC):
         drained += gone or b""
         self.stats["resyncs"] += 1
         self.stats["late_bytes"] += len(drained)
+        self._unanswered = 0
         if drained:
-            log.info("%s: discarded %d late byte(s) after a timeout: %r", self.address, len(drained), bytes(drained[:80]))
+            log.info(
+                "%s: discarded %d late byte(s) after a timeout: %r", self.address, len(drained), bytes(drained[:80])
+            )
         self._stale = False
         self._check_owned(drained)
 
@@ -269,9 +278,11 @@ class LineTransport(ABC):
                 self._check_owned(self._discard_input())
             self._buf.clear()
             self._write(data)
+            self._unanswered += 1
             self._stale = True  # until the reply is in
             reply = self._read_reply(extract, time.monotonic() + self.timeout_s)
-            self._stale = False
+            self._unanswered -= 1
+            self._stale = self._unanswered > 0  # after a retry the first attempt's reply may still come
             return reply
 
         def failed(exc: BaseException, n: int) -> BaseException:

@@ -407,7 +407,12 @@ class TcpLineServer(_LineServer):
                     if now >= deadline:
                         closing.remove((sock, deadline))
                         sock.close()
-                socks = [listener, self._wake_r] + ([conn] if conn is not None else []) + [c for c, _ in closing]
+                socks: list[Any] = [
+                    listener,
+                    self._wake_r,
+                    *([conn] if conn is not None else []),
+                    *(c for c, _ in closing),
+                ]
                 wait_s = min([1.0] + [max(0.0, d - now) for _, d in waiting + closing])
                 try:
                     ready, _, _ = select.select(socks, [], [], wait_s)

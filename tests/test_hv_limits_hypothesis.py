@@ -229,3 +229,66 @@ def test_check_voltage_is_the_gate(cid: int, v: float, lim: float, max_v: float)
     assert not math.isnan(effective) and 0.0 <= wire <= effective
     assert abs(wire - v) <= 0.1 + 1e-9 and float(f"{wire:.1f}") == wire
     assert np.isfinite(wire)
+
+
+min_v_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), st.integers(0, len(IDS) - 1), volts),
+        st.tuples(
+            st.just("set_many"), st.lists(st.tuples(st.integers(0, len(IDS) - 1), volts), min_size=1, max_size=3)
+        ),
+        st.tuples(st.just("power_up"), st.integers(0, len(IDS) - 1), volts),
+        st.tuples(st.just("shutdown"), st.lists(st.integers(0, len(IDS) - 1), max_size=2)),
+        st.tuples(st.just("trip"), st.integers(0, len(IDS) - 1)),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.floats(0.0, 1400.0), min_v_ops)
+def test_no_operating_set_point_below_min_v(min_v: float, sequence: list[tuple[Any, ...]]) -> None:
+    """hv.min_v is enforced by the supply layer: a set request with a target below it raises HVLimitError
+    and puts no VSET on the wire; a set request that succeeds leaves every target channel's last VSET at
+    or above it. Only shutdown (the safe state) goes below."""
+    clock = FakeClock()
+    emu = HVMainframe(BASE_CFG, BASE_CAL, rup_v_per_s=500.0, rdw_v_per_s=500.0, clock=clock)
+    hv_cfg = {
+        "min_v": min_v,
+        "ramp_step_v": 100.0,
+        "settle_timeout_s": 5.0,
+        "timeout_s": 0.01,
+        "retries": 0,
+        "safe_v": 0.0,
+    }
+    supply = build(hv_cfg, [float(BASE_CAL.hv_limit[c]) for c in IDS], emu.handle, clock)
+    for op in sequence:
+        n0 = len(emu.set_log())
+        if op[0] == "shutdown":
+            try:
+                supply.shutdown([IDS[i] for i in op[1]] or None)
+            except EXPECTED:
+                pass
+            continue
+        if op[0] == "trip":
+            emu.inject_trip(IDS[op[1]])
+            continue
+        targets = {IDS[op[1]]: op[2]} if op[0] in ("set", "power_up") else {IDS[i]: v for i, v in op[1]}
+        below = any(isinstance(v, (int, float)) and not math.isnan(v) and v < min_v for v in targets.values())
+        refused = False
+        try:
+            if op[0] == "power_up":
+                supply.power_up(targets)
+            else:
+                supply.set_voltages(targets)
+        except HVLimitError:
+            refused = True
+        except EXPECTED:
+            continue
+        new = [e for e in emu.set_log()[n0:] if e["par"] == "VSET"]
+        if below:
+            assert refused and new == [], f"target below min_v {min_v} was not refused: {targets}, sent {new}"
+        if not refused:
+            last = {e["channel_id"]: e["value"] for e in new}
+            for c in targets:
+                assert last[c] >= min_v, (c, last[c], min_v)
