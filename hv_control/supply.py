@@ -17,6 +17,12 @@
   it with :class:`HVTripError` naming the channels.
 - Ramping down from above a (since lowered) limit goes straight to the limit first: no intermediate
   set point is ever above the limit.
+- ``hv.min_v`` is the lowest operating set point: :meth:`HVSupply.check_voltage` refuses below it. Only
+  the safe state (``hv.safe_v`` at switch-on and in :meth:`HVSupply.shutdown`) and the steps of a
+  software ramp between two checked points go below it.
+- :meth:`HVSupply.configure` programs RUP/RDW, ISET, TRIP and MAXV from the configuration, checked
+  against the ranges the hardware reports before anything is sent, and verified by read-back; every
+  tool that owns the HV line calls it once at start.
 """
 
 from __future__ import annotations

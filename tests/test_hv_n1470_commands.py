@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import serial
+from test_emu_hv import FakeClock
 
 from detector import channels as chmap
 from detector.config import load_calibration, load_config
@@ -22,17 +23,6 @@ CFG = load_config(None)
 CAL = load_calibration(CFG)
 REPLY_TIMEOUT_S = 30.0
 CID = chmap.hcal_id(0, 0, 0)  # board 0 ch 0, 850 V
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
 
 
 class Line:

@@ -15,6 +15,36 @@ from sim_frontend.digitizer import Digitizer
 TOLERANCE = 0.02  #: the campaign's --tolerance
 
 
+def assert_hv_programmed_first(hv_log: list[dict], config_path) -> None:
+    """The emulator's HV log: hv-tune programmed MAXV, RUP/RDW, ISET and TRIP of every channel from its
+    config before its first set point, every one accepted, MAXV never above a limit."""
+    cfg = load_config(config_path)
+    cal = load_calibration(cfg)
+    ids = sorted(c.id for c in chmap.CHANNELS if c.hv_board is not None)
+    first_vset = next(i for i, e in enumerate(hv_log) if e["par"] == "VSET")
+    before = hv_log[:first_vset]
+    want = {
+        "RUP": cfg.hv.ramp_up_v_per_s,
+        "RDW": cfg.hv.ramp_down_v_per_s,
+        "ISET": cfg.hv.max_current_ua,
+        "TRIP": cfg.hv.trip_s,
+    }
+    for par, value in want.items():
+        got = {e["channel_id"]: e["value"] for e in before if e["par"] == par and e["accepted"]}
+        assert sorted(got) == ids and set(got.values()) == {value}, par
+    maxv = {e["channel_id"]: e["value"] for e in before if e["par"] == "MAXV" and e["accepted"]}
+    assert sorted(maxv) == ids
+    assert all(v == min(cal.hv_limit[c], cfg.hv.max_v) for c, v in maxv.items())
+
+
+@pytest.mark.slow
+def test_one_cell_programs_the_hv_first_and_converges(tmp_path):
+    r = run_campaign(tmp_path, "0", extra=["--cells", "1-1-0"])
+    assert r["returncode"] == 0, r["stdout"][-3000:] + r["stderr"][-3000:]
+    assert r["campaign"]["cells"]["1-1-0"]["status"] == "done"
+    assert_hv_programmed_first(r["hv_log"], r["config_path"])
+
+
 def check_against_hidden_gains(config_path, final_hv: dict[int, float]) -> None:
     """The converged HVs against the emulator's HIDDEN gains, rebuilt from its own config and seed (the
     same ``Digitizer`` it runs): the ADC counts per GeV of cell i at HV V are
@@ -65,7 +95,8 @@ def test_all_36_hcal_cells_equalised_in_at_most_3_iterations(tmp_path):
         mine = [l for l in lines if l.startswith(name + " ")]
         m = re.match(rf"{name}\s+A=(\d+) HV=([\d.]+)", mine[-1])
         assert m and abs(int(m.group(1)) / 2500 - 1) < 0.02 + 1e-3
-    # the emulator's own log: no set point beyond any limit, ever
+    # the emulator's own log: MAXV, RUP/RDW, ISET, TRIP programmed first; no set point beyond any limit, ever
+    assert_hv_programmed_first(r["hv_log"], r["config_path"])
     cfg, cal = load_config(None), load_calibration()
     sets = [e for e in r["hv_log"] if e["par"] == "VSET" and e["accepted"]]
     assert sets, "hv-tune set no voltage"
