@@ -7,9 +7,10 @@ the robustness every serial driver needs, once:
 - the input is discarded before each request, so a late reply to an earlier request cannot be taken
   for the answer to this one (a half-finished exchange, e.g. after Ctrl-C, is cleaned up this way);
 - after a timeout (or an interrupted exchange) the line is resynchronised before the next request:
-  everything that arrives is discarded until the line has been quiet for ``resync_quiet_s`` (default
-  the reply timeout), bounded by ``resync_max_s``, so the late reply of the request that timed out is
-  never taken for the next one's;
+  everything that arrives is discarded until every request still unanswered has had its (late) reply
+  line and the line is then quiet for ``RESYNC_SETTLE_S``, bounded by ``resync_max_s`` (default four
+  reply timeouts), so a late reply is never taken for the next request's. A re-send of the same request
+  (a retry) is not preceded by this wait: a late reply to the identical request answers it;
 - one owner per line: :class:`SerialTransport` and :class:`VisaTransport` hold an exclusive lock keyed
   by the endpoint (:mod:`hv_control.linelock`) from :meth:`LineTransport.open` to
   :meth:`LineTransport.close`, and a server's refusal line (``LINE OWNED BY ANOTHER CLIENT``) is
@@ -75,6 +76,7 @@ log = logging.getLogger(__name__)
 
 EOL = "\r\n"
 MAX_REPLY_BYTES = 65536  #: a reply line longer than this is discarded as garbage
+RESYNC_SETTLE_S = 0.02  #: quiet (s) after the last late reply before the next request is sent
 
 Extractor = Callable[[str], "str | None"]
 
@@ -100,8 +102,8 @@ class LineTransport(ABC):
     """Request/reply over a line-oriented byte stream (see the module docstring).
 
     ``timeout_s``: deadline of one reply (s); ``retries``: re-sends after a timeout or a reconnect;
-    ``resync_quiet_s``: silence (s) that ends the resynchronisation after a timeout (default
-    ``timeout_s``), ``resync_max_s``: its bound (s, default ``4 * timeout_s``). Subclasses implement the
+    ``resync_max_s``: the longest wait (s, default ``4 * timeout_s``) for the late replies after a
+    timeout before the next request is sent anyway. Subclasses implement the
     raw operations ``_connect``, ``_disconnect``, ``_write``, ``_read_chunk`` and ``_discard_input``,
     and :meth:`_line_lock` if the line needs an exclusive owner.
     """
@@ -114,7 +116,6 @@ class LineTransport(ABC):
         retries: int = 2,
         eol: str = EOL,
         reconnect_delay_s: float = 0.05,
-        resync_quiet_s: float | None = None,
         resync_max_s: float | None = None,
     ) -> None:
         if not timeout_s > 0:
@@ -127,7 +128,6 @@ class LineTransport(ABC):
         self.eol = eol
         self.reconnect_delay_s = reconnect_delay_s
         self._lock = threading.RLock()
-        self.resync_quiet_s = self.timeout_s if resync_quiet_s is None else float(resync_quiet_s)
         self.resync_max_s = 4.0 * self.timeout_s if resync_max_s is None else float(resync_max_s)
         self._buf = bytearray()
         self._open = False
@@ -220,29 +220,34 @@ class LineTransport(ABC):
             )
 
     def _resync(self) -> None:
-        """Discard everything until the line has been quiet for ``resync_quiet_s`` (at most
-        ``resync_max_s``): the late reply of a request that timed out is dropped, not taken for the next."""
+        """Discard everything until each unanswered request has had its reply line and the line is then
+        quiet for ``RESYNC_SETTLE_S`` (at most ``resync_max_s``): a late reply is dropped, never taken
+        for the next request's."""
         drained = bytearray(self._buf)
         self._buf.clear()
         start = last = time.monotonic()
         while True:
             now = time.monotonic()
-            if now - last >= self.resync_quiet_s:
+            if drained.count(b"\n") >= self._unanswered and now - last >= RESYNC_SETTLE_S:
                 break
             if now - start >= self.resync_max_s:
-                log.warning(
-                    "%s: the line did not go quiet within %g s; sending anyway", self.address, self.resync_max_s
-                )
+                if self._unanswered and self.resync_max_s > 0:
+                    log.warning(
+                        "%s: %d of %d late repl(y/ies) did not come within %g s; sending anyway",
+                        self.address,
+                        max(0, self._unanswered - drained.count(b"\n")),
+                        self._unanswered,
+                        self.resync_max_s,
+                    )
                 break
             try:
-                chunk = self._read_chunk(min(self.resync_quiet_s - (now - last), self.resync_max_s - (now - start)))
+                chunk = self._read_chunk(max(0.001, min(RESYNC_SETTLE_S, self.resync_max_s - (now - start))))
             except InstrumentTimeoutError:
                 chunk = b""
             if chunk:
                 drained += chunk
                 last = time.monotonic()
-        gone = self._discard_input()
-        drained += gone or b""
+        drained += self._discard_input() or b""
         self.stats["resyncs"] += 1
         self.stats["late_bytes"] += len(drained)
         self._unanswered = 0
@@ -269,10 +274,13 @@ class LineTransport(ABC):
         """
         data = (line + self.eol).encode("ascii", errors="strict")
 
+        tries = [0]
+
         def attempt() -> str:
+            retry, tries[0] = tries[0] > 0, tries[0] + 1
             if not self._open:
                 self.open()
-            if self._stale:
+            if self._stale and not retry:  # a retry re-sends the same request: its late reply answers it
                 self._resync()
             else:
                 self._check_owned(self._discard_input())
@@ -464,7 +472,7 @@ class HandlerTransport(LineTransport):
     no threads). Used to run a driver against an emulator model under a fake clock."""
 
     def __init__(self, handler: Callable[[str], str], *, address: str = "<in-process>", **kw: Any) -> None:
-        kw.setdefault("resync_quiet_s", 0.0)  # in-process: no reply can be late
+        kw.setdefault("resync_max_s", 0.0)  # in-process: no reply can be late
         super().__init__(address, **kw)
         self.handler = handler
         self._pending = b""
@@ -498,7 +506,7 @@ class ScriptedTransport(LineTransport):
     def __init__(
         self, pairs: Sequence[tuple[bytes, bytes | None]], *, timeout_s: float = 0.01, retries: int = 0, **kw: Any
     ) -> None:
-        kw.setdefault("resync_quiet_s", 0.0)  # scripted: no reply can be late
+        kw.setdefault("resync_max_s", 0.0)  # scripted: no reply can be late
         super().__init__("<scripted>", timeout_s=timeout_s, retries=retries, **kw)
         self.pairs = list(pairs)
         self.index = 0

@@ -203,3 +203,18 @@ def test_the_supply_layer_reads_the_right_values_after_a_late_reply(pty: PtyLine
         assert set(r["status"].tolist()) == {1} and r["vset"][0] == r["vmon"][0] > 0  # STAT words, not voltages
     finally:
         supply.close()
+
+
+def test_a_retry_takes_the_late_reply_and_the_next_command_still_gets_its_own(pty: PtyLineServer) -> None:
+    t = SerialTransport(pty.device, timeout_s=0.3, retries=1)
+    hv = CAENMainframe(t)
+    try:
+        pty.faults.set("delay", seconds=0.45)  # each reply 0.15 s later than the timeout
+        assert hv.vset.get(0, 0) == 850.0  # the retry is answered by the first attempt's late reply
+        pty.faults.clear()
+        assert t.stats["timeouts"] == 1 and t.stats["resyncs"] == 0
+        # the retry's own reply ("850.0") is still on its way: it is drained, not taken for BDNCH
+        assert hv.bdnch.get(0) == 9
+        assert t.stats["resyncs"] == 1 and t.stats["late_bytes"] == len(b"#BD:00,CMD:OK,VAL:850.0\r\n")
+    finally:
+        t.close()
