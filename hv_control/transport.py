@@ -283,7 +283,10 @@ class LineTransport(ABC):
             if self._stale and not retry:  # a retry re-sends the same request: its late reply answers it
                 self._resync()
             else:
-                self._check_owned(self._discard_input())
+                gone = self._discard_input()
+                self._check_owned(gone)
+                if gone:  # late replies dropped here are no longer on their way
+                    self._unanswered = max(0, self._unanswered - gone.count(b"\n"))
             self._buf.clear()
             self._write(data)
             self._unanswered += 1
