@@ -43,7 +43,7 @@ from detector import channels as chmap
 from detector.config import Calibration, Config, load_calibration, load_config
 from detector.hwstatus import HVStatus
 
-from .caen import CAENMainframe, HVProtocolError
+from .caen import CAENMainframe, HVParameterError, HVProtocolError
 from .transport import TransportError, open_transport
 
 log = logging.getLogger(__name__)
@@ -419,11 +419,18 @@ class HVSupply:
         return self.set_voltages(targets, max_step=max_step)
 
     def clear_trip(self, channel_id: int) -> None:
-        """Clear a latched trip (the channel stays OFF); HVReadbackError if it does not clear."""
+        """Clear a latched trip (the channel stays OFF); HVReadbackError if it does not clear.
+
+        Sends the per-channel ``CLR`` (the emulator's); a module without it (a real N1470 answers
+        PAR:ERR) gets ``BDCLR``, which clears the latched alarms of the whole board (channels stay OFF).
+        """
         with self._lock:
             a = self.address(channel_id)
-            with _command(f"{a.name}: CLR"):
-                self.mainframe.clear_trip(a.board, a.ch)
+            with _command(f"{a.name}: CLR / BDCLR"):
+                try:
+                    self.mainframe.clear_trip(a.board, a.ch)
+                except HVParameterError:
+                    self.mainframe.clear_alarm(a.board)
             if self.read_channel(channel_id)["tripped"]:
                 raise HVReadbackError(f"{a.name}: trip did not clear")
 

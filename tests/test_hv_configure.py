@@ -186,3 +186,18 @@ def test_an_unset_limit_still_denies_the_safe_state_set_point() -> None:
     with pytest.raises(HVLimitError, match="no valid HV limit"):
         s._send_voltage(CID, "VSET", 0.0, safe_path=True)
     t.assert_done()
+
+
+def test_clear_trip_falls_back_to_bdclr_on_a_module_without_clr() -> None:
+    s, t = scripted(
+        [
+            (b"$BD:00,CMD:SET,CH:0,PAR:CLR\r\n", b"#BD:00,PAR:ERR\r\n"),  # a real N1470: no per-channel CLR
+            (b"$BD:00,CMD:SET,PAR:BDCLR\r\n", OK0),
+            (b"$BD:00,CMD:MON,CH:0,PAR:VSET\r\n", b"#BD:00,CMD:OK,VAL:850.0\r\n"),
+            (b"$BD:00,CMD:MON,CH:0,PAR:VMON\r\n", b"#BD:00,CMD:OK,VAL:0.0\r\n"),
+            (b"$BD:00,CMD:MON,CH:0,PAR:IMON\r\n", b"#BD:00,CMD:OK,VAL:0.00\r\n"),
+            (b"$BD:00,CMD:MON,CH:0,PAR:STAT\r\n", b"#BD:00,CMD:OK,VAL:0\r\n"),
+        ]
+    )
+    s.clear_trip(CID)
+    t.assert_done()
