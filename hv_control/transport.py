@@ -8,9 +8,10 @@ the robustness every serial driver needs, once:
   for the answer to this one (a half-finished exchange, e.g. after Ctrl-C, is cleaned up this way);
 - after a timeout (or an interrupted exchange) the line is resynchronised before the next request:
   everything that arrives is discarded until every request still unanswered has had its (late) reply
-  line and the line is then quiet for ``RESYNC_SETTLE_S``, bounded by ``resync_max_s`` (default four
-  reply timeouts), so a late reply is never taken for the next request's. A re-send of the same request
-  (a retry) is not preceded by this wait: a late reply to the identical request answers it;
+  line and the line is then quiet for ``RESYNC_SETTLE_S``, waiting at most ``resync_max_s`` (default two
+  reply timeouts; a reply that never comes costs that wait once, a later one is taken as lost). A
+  re-send of the same request (a retry) is not preceded by this wait: a late reply to the identical
+  request answers it;
 - one owner per line: :class:`SerialTransport` and :class:`VisaTransport` hold an exclusive lock keyed
   by the endpoint (:mod:`hv_control.linelock`) from :meth:`LineTransport.open` to
   :meth:`LineTransport.close`, and a server's refusal line (``LINE OWNED BY ANOTHER CLIENT``) is
@@ -102,8 +103,8 @@ class LineTransport(ABC):
     """Request/reply over a line-oriented byte stream (see the module docstring).
 
     ``timeout_s``: deadline of one reply (s); ``retries``: re-sends after a timeout or a reconnect;
-    ``resync_max_s``: the longest wait (s, default ``4 * timeout_s``) for the late replies after a
-    timeout before the next request is sent anyway. Subclasses implement the
+    ``resync_max_s``: the longest wait (s, default ``2 * timeout_s``) for the late replies after a timeout
+    before the next request is sent anyway. Subclasses implement the
     raw operations ``_connect``, ``_disconnect``, ``_write``, ``_read_chunk`` and ``_discard_input``,
     and :meth:`_line_lock` if the line needs an exclusive owner.
     """
@@ -128,7 +129,7 @@ class LineTransport(ABC):
         self.eol = eol
         self.reconnect_delay_s = reconnect_delay_s
         self._lock = threading.RLock()
-        self.resync_max_s = 4.0 * self.timeout_s if resync_max_s is None else float(resync_max_s)
+        self.resync_max_s = 2.0 * self.timeout_s if resync_max_s is None else float(resync_max_s)
         self._buf = bytearray()
         self._open = False
         self._stale = False  #: a reply may still be on its way: resynchronise before the next request
@@ -233,11 +234,11 @@ class LineTransport(ABC):
             if now - start >= self.resync_max_s:
                 if self._unanswered and self.resync_max_s > 0:
                     log.warning(
-                        "%s: %d of %d late repl(y/ies) did not come within %g s; sending anyway",
+                        "%s: %d of %d late repl(y/ies) did not come (taken as lost after %.2f s)",
                         self.address,
                         max(0, self._unanswered - drained.count(b"\n")),
                         self._unanswered,
-                        self.resync_max_s,
+                        now - start,
                     )
                 break
             try:
