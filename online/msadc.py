@@ -352,7 +352,7 @@ class MSADC:
         into :attr:`crate_errors`, restore the configuration (``CONF:SAMP``) and select the previously
         selected spill again."""
         with self._lock:
-            self.close()
+            self._session.close()  # not close(): the lock is kept (it is re-taken at once by open())
             self.stats["reconnects"] += 1
             self.incidents.append("reconnected")
             self.open()
