@@ -279,8 +279,9 @@ class MSADCCrate:
 
     def error_queue(self, session: Session | None) -> ErrorQueue:
         """The error queue (and status registers) of connection ``session``: an observer's own, and while
-        the crate is locked by another owner its own; else the shared one."""
-        if session is not None and (session.observer or not self._is_owner(session)):
+        the crate is locked by another owner its own (until that holds nothing more: its errors are read
+        there, not lost, if the lock expires meanwhile); else the shared one."""
+        if session is not None and (session.observer or len(session.errors) or not self._is_owner(session)):
             return session.errors
         return self.errors
 
