@@ -9,6 +9,7 @@ flag ``crate_error``, the reason kept). Pure functions, no transport.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -55,7 +56,7 @@ def parse_list(reply: str, max_ids: int = MAX_LIST_IDS) -> list[int]:
     if len(parts) > max_ids:
         raise ReplyError(f"SPIL:LIST?: {len(parts)} ids listed, the crate holds at most {max_ids}")
     ids = [parse_int(p, "SPIL:LIST? id", 0, MAX_SPILL_ID) for p in parts]
-    if any(b <= a for a, b in zip(ids, ids[1:])):
+    if any(b <= a for a, b in itertools.pairwise(ids)):
         raise ReplyError(f"SPIL:LIST?: ids {reply[:80]!r} are not strictly increasing")
     return ids
 

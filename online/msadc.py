@@ -52,8 +52,6 @@ from detector.channels import N_CHANNELS, N_SAMPLES, N_TRIGGER_CHANNELS, TRIGGER
 from detector.hwstatus import CrateState
 from detector.records import TRUTH_DTYPE
 from detector.settings import Config
-
-from . import crate_replies
 from hv_control.instrument import (
     ErrorKinds,
     InstrumentConnectionError,
@@ -65,6 +63,8 @@ from hv_control.instrument import (
     resource_manager,
     run_with_retries,
 )
+
+from . import crate_replies
 
 T = TypeVar("T")
 

@@ -283,10 +283,8 @@ class CrateReadout:
             sel = self.crate.selected_on_crate()
             got = self.crate.accepted_count()
             if sel != out.crate_spill or got != n_acc:
-                raise MSADCCrateError(
-                    "the readout check",
-                    [(0, f"crate has spill {sel} selected with {got} accepted, read spill {out.crate_spill} with {n_acc}")],
-                )
+                what = f"crate has spill {sel} selected with {got} accepted, read spill {out.crate_spill} with {n_acc}"
+                raise MSADCCrateError("the readout check", [(0, what)])
         except MSADCError as exc:
             self._fail(out, exc, "selection check after the event readout (events discarded)")
             out.n_read_out = 0

@@ -17,7 +17,10 @@ LIST_BACKOFF_S = 0.1  #: wait before the second try (s); doubles before each fur
 
 
 def buffered_spills(
-    crate: MSADC, attempts: int = LIST_ATTEMPTS, backoff_s: float = LIST_BACKOFF_S, stopping: Callable[[], bool] | None = None
+    crate: MSADC,
+    attempts: int = LIST_ATTEMPTS,
+    backoff_s: float = LIST_BACKOFF_S,
+    stopping: Callable[[], bool] | None = None,
 ) -> list[int]:
     """The crate spill ids the crate's ring holds. A failing ``SPIL:LIST?`` (after the driver's own
     retries) is tried again ``attempts`` times in all, waiting ``backoff_s``, then twice that, and so on;

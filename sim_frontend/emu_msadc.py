@@ -288,10 +288,10 @@ class MSADCCrate:
     # ---------------------------------------------------------------- ownership (SYST:LOCK)
     def _expire_lock(self) -> None:
         """Drop a lock whose owner has had no open connection for :data:`LOCK_GRACE_S` (caller holds the lock)."""
-        if self._owner is not None and self._owner_gone is not None:
-            if time.monotonic() - self._owner_gone > LOCK_GRACE_S:
-                log.info("MSADC lock of %s expired (no connection for %.0f s)", self._owner, LOCK_GRACE_S)
-                self._owner, self._owner_sessions, self._owner_gone = None, 0, None
+        gone = self._owner_gone
+        if self._owner is not None and gone is not None and time.monotonic() - gone > LOCK_GRACE_S:
+            log.info("MSADC lock of %s expired (no connection for %.0f s)", self._owner, LOCK_GRACE_S)
+            self._owner, self._owner_sessions, self._owner_gone = None, 0, None
 
     def _is_owner(self, session: Session | None) -> bool:
         """Whether ``session`` may use the shared state: the crate is not locked, or it is its owner's."""
@@ -410,7 +410,7 @@ class MSADCCrate:
         add("*RST", self._rst)
         add("*CLS", self._cls)
         add("*OPC?", lambda a: self._noargs(a, "*OPC?") or "1")
-        add("*OPC", lambda a: self._noargs(a, "*OPC") or self._errq().set_event(ESR_OPC))
+        add("*OPC", self._opc)
         add("*WAI", lambda a: self._noargs(a, "*WAI"))
         add("*TST?", lambda a: self._noargs(a, "*TST?") or "0")
         add("*ESE", lambda a: self._set_register(a, "*ESE", "ese"))
@@ -484,6 +484,11 @@ class MSADCCrate:
         """``*CLS``: clears the error queue and the standard event status register (not the enables)."""
         self._noargs(args, "*CLS")
         self._errq().clear_status()
+
+    def _opc(self, args: list[str]) -> None:
+        """``*OPC``: every operation is complete at once: the OPC bit of the event register is set."""
+        self._noargs(args, "*OPC")
+        self._errq().set_event(ESR_OPC)
 
     def _set_register(self, args: list[str], name: str, register: str) -> None:
         """``*ESE <n>`` / ``*SRE <n>``: an enable register, 0..255 (bit 6 of ``*SRE`` is ignored)."""

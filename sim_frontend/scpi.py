@@ -74,6 +74,8 @@ def esr_bit(code: int) -> int:
     if code != 0:
         return ESR_DDE  # -300..-399 and device-defined positive codes
     return 0
+
+
 MAX_DETAIL_CHARS = 160
 
 

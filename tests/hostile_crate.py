@@ -33,7 +33,9 @@ class ScriptedCrate(MSADCCrate):
         self.rewritten: dict[str, int] = {}  #: how often each pattern was rewritten
         self._script_lock = threading.Lock()
 
-    def execute(self, text: str, block: bytes | None = None, session: Session | None = None) -> tuple[Any, Reply | None]:
+    def execute(
+        self, text: str, block: bytes | None = None, session: Session | None = None
+    ) -> tuple[Any, Reply | None]:
         cmd, reply = super().execute(text, block, session)
         if cmd is None or reply is None or (session is not None and session.observer):
             return cmd, reply
