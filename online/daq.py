@@ -300,7 +300,12 @@ class DAQ:
                 self.crate.close()
                 time.sleep(0.5)
         self.crate.take_incidents()
+        before = dict(self.recorder.record.get("crate") or {})  # a continued run: the previous session's
+        info["restarts"] = list(before.get("restarts", []))
+        if before.get("boot_id") and before["boot_id"] != info["boot_id"]:
+            self.crate.restarts.append((str(before["boot_id"]), str(info["boot_id"])))
         self.recorder.set("crate", info, save=True)
+        self._note_restarts()
         self._log(logging.INFO, f"crate {info['idn']} configured; run {self.run_number} -> {self.recorder.rdir}")
         self.ready = True
 
