@@ -9,8 +9,7 @@ import socket
 import time
 
 import pytest
-import pyvisa
-from test_emu_msadc import StandInDigitizer, make_record
+from test_emu_msadc import StandInDigitizer, make_record, open_crate, rm  # noqa: F401  (rm: fixture)
 
 from online.msadc import MSADC, MSADCLockedError, MSADCSpillLost
 from sim_frontend import emu_msadc
@@ -28,15 +27,12 @@ def server():
     srv.stop()
 
 
-@pytest.fixture(scope="module")
-def rm():
-    manager = pyvisa.ResourceManager("@py")
-    yield manager
-    manager.close()
-
-
-def open_res(rm, srv):
-    return rm.open_resource(srv.resource, read_termination="\n", write_termination="\n", timeout=REPLY_TIMEOUT_MS)
+@pytest.fixture
+def res(server, rm):  # noqa: F811  (rm: the fixture of test_emu_msadc)
+    """A stock pyvisa '@py' session of the crate."""
+    r = open_crate(rm, server)
+    yield r
+    r.close()
 
 
 def raw(srv) -> socket.socket:
@@ -54,13 +50,9 @@ def ask(s: socket.socket, line: bytes) -> bytes:
 
 
 # ------------------------------------------------------------------------------ IEEE 488.2 common commands
-def test_power_on_bit_then_esr_reads_and_clears(server, rm):
-    res = open_res(rm, server)
-    try:
-        assert res.query("*ESR?") == "128"  # PON: the crate was just switched on
-        assert res.query("*ESR?") == "0"  # reading cleared it
-    finally:
-        res.close()
+def test_power_on_bit_then_esr_reads_and_clears(res):
+    assert res.query("*ESR?") == "128"  # PON: the crate was just switched on
+    assert res.query("*ESR?") == "0"  # reading cleared it
 
 
 @pytest.mark.parametrize(
@@ -71,62 +63,50 @@ def test_power_on_bit_then_esr_reads_and_clears(server, rm):
         ("SPIL:SEL 99", 0x10, -230),  # execution error (data stale) -> EXE
     ],
 )
-def test_errors_set_their_esr_bit_and_the_status_byte(server, rm, bad, bit, code):
-    res = open_res(rm, server)
-    try:
-        res.query("*ESR?")  # clear PON
-        res.write("*ESE 255")
-        assert res.query("*ESE?") == "255"
-        assert res.query("*STB?") == "0"
-        res.write(bad)
-        stb = int(res.query("*STB?"))
-        assert stb & 0x04  # EAV: the error queue holds an entry
-        assert stb & 0x20  # ESB: an enabled event bit is set
-        assert not stb & 0x40  # MSS: nothing enabled in *SRE
-        res.write("*SRE 32")
-        assert res.query("*SRE?") == "32"
-        assert int(res.query("*STB?")) & 0x40  # MSS now: ESB is enabled for service requests
-        assert int(res.query("*STB?")) & 0x40  # *STB? clears nothing
-        assert res.query("SYST:ERR?").startswith(f"{code},")
-        assert res.query("*ESR?") == str(bit)
-        assert int(res.query("*STB?")) == 0  # queue empty, ESR read: no EAV, no ESB, no MSS
-    finally:
-        res.close()
+def test_errors_set_their_esr_bit_and_the_status_byte(res, bad, bit, code):
+    res.query("*ESR?")  # clear PON
+    res.write("*ESE 255")
+    assert res.query("*ESE?") == "255"
+    assert res.query("*STB?") == "0"
+    res.write(bad)
+    stb = int(res.query("*STB?"))
+    assert stb & 0x04  # EAV: the error queue holds an entry
+    assert stb & 0x20  # ESB: an enabled event bit is set
+    assert not stb & 0x40  # MSS: nothing enabled in *SRE
+    res.write("*SRE 32")
+    assert res.query("*SRE?") == "32"
+    assert int(res.query("*STB?")) & 0x40  # MSS now: ESB is enabled for service requests
+    assert int(res.query("*STB?")) & 0x40  # *STB? clears nothing
+    assert res.query("SYST:ERR?").startswith(f"{code},")
+    assert res.query("*ESR?") == str(bit)
+    assert int(res.query("*STB?")) == 0  # queue empty, ESR read: no EAV, no ESB, no MSS
 
 
-def test_cls_clears_queue_and_event_register_but_not_the_enables(server, rm):
-    res = open_res(rm, server)
-    try:
-        res.write("*ESE 36")
-        res.write("*SRE 4")
-        res.write("NOPE")
-        res.write("*CLS")
-        assert res.query("SYST:ERR?") == '0,"No error"'
-        assert res.query("*ESR?") == "0"
-        assert (res.query("*ESE?"), res.query("*SRE?")) == ("36", "4")
-    finally:
-        res.close()
+def test_cls_clears_queue_and_event_register_but_not_the_enables(res):
+    res.write("*ESE 36")
+    res.write("*SRE 4")
+    res.write("NOPE")
+    res.write("*CLS")
+    assert res.query("SYST:ERR?") == '0,"No error"'
+    assert res.query("*ESR?") == "0"
+    assert (res.query("*ESE?"), res.query("*SRE?")) == ("36", "4")
 
 
-def test_opc_wai_tst_idn_rst(server, rm):
-    res = open_res(rm, server)
-    try:
-        res.query("*ESR?")
-        res.write("*OPC")
-        assert res.query("*ESR?") == "1"  # OPC: every operation is complete at once
-        assert res.query("*OPC?") == "1"
-        res.write("*WAI")
-        assert res.query("*TST?") == "0"  # self-test passed
-        idn = res.query("*IDN?").split(",")
-        assert len(idn) == 4 and idn[0] == emu_msadc.MANUFACTURER and idn[1] == emu_msadc.MODEL
-        res.write("*ESE 8")
-        res.write("CONF:LAT 100")
-        res.write("*RST")  # device settings to defaults; status and enables untouched
-        assert res.query("CONF:LAT?") == "800"
-        assert res.query("*ESE?") == "8"
-        assert res.query("SYST:ERR?") == '0,"No error"'
-    finally:
-        res.close()
+def test_opc_wai_tst_idn_rst(res):
+    res.query("*ESR?")
+    res.write("*OPC")
+    assert res.query("*ESR?") == "1"  # OPC: every operation is complete at once
+    assert res.query("*OPC?") == "1"
+    res.write("*WAI")
+    assert res.query("*TST?") == "0"  # self-test passed
+    idn = res.query("*IDN?").split(",")
+    assert len(idn) == 4 and idn[0] == emu_msadc.MANUFACTURER and idn[1] == emu_msadc.MODEL
+    res.write("*ESE 8")
+    res.write("CONF:LAT 100")
+    res.write("*RST")  # device settings to defaults; status and enables untouched
+    assert res.query("CONF:LAT?") == "800"
+    assert res.query("*ESE?") == "8"
+    assert res.query("SYST:ERR?") == '0,"No error"'
 
 
 @pytest.mark.parametrize("cmd", [b"*ESE 256", b"*SRE -1", b"*ESE", b"*ESE x"])
@@ -173,7 +153,7 @@ def test_boot_id_changes_with_a_restart_and_the_driver_reports_it(server):
         d.close()
 
 
-def test_one_owner_second_refused_observer_allowed(server, rm):
+def test_one_owner_second_refused_observer_allowed(server, rm):  # noqa: F811
     server.crate.spill_completed(make_record(5))
     a = MSADC(server.resource, timeout_ms=REPLY_TIMEOUT_MS, retries=0, owner="daq-a").open()
     try:
@@ -182,8 +162,8 @@ def test_one_owner_second_refused_observer_allowed(server, rm):
             MSADC(server.resource, timeout_ms=REPLY_TIMEOUT_MS, retries=0, owner="daq-b").open()
         assert ei.value.owner == "daq-a" and "daq-a" in str(ei.value)
         # a stock client without the lock cannot change the selection; its error goes to its own queue
-        other = open_res(rm, server)
-        obs = open_res(rm, server)
+        other = open_crate(rm, server)
+        obs = open_crate(rm, server)
         try:
             other.write("SPIL:SEL 5")
             assert other.query("SYST:ERR?").startswith('-221,"Settings conflict; SPIL:SEL refused: the crate is locked')
