@@ -177,7 +177,10 @@ def test_one_owner_second_refused_observer_allowed(server, rm):  # noqa: F811
         assert a.selected_on_crate() == 5
     finally:
         a.close()
-    assert server.crate.snapshot()["owner"] is None  # close() gave the lock back
+    deadline = time.monotonic() + 30
+    while server.crate.snapshot()["owner"] is not None:  # close() gave the lock back (SYST:LOCK:REL)
+        assert time.monotonic() < deadline, "the lock was not given back"
+        time.sleep(0.01)
     b = MSADC(server.resource, timeout_ms=REPLY_TIMEOUT_MS, retries=0, owner="daq-b").open()
     b.close()
 
