@@ -22,6 +22,8 @@ import numpy as np
 SCHEMA_VERSION = 2  #: 2: sequence numbers count per topic (detector.monitoring)
 MAX_HEADER_BYTES = 1 << 20
 MAX_ARRAYS = 64
+MAX_NDIM = 32  #: numpy's own limit is 64; no message of ours has more than 3 dimensions
+MAX_NAME_CHARS = 128
 _ALLOWED_KINDS = set("biuf")  # bool, signed/unsigned int, float; structured dtypes via "descr"
 
 
@@ -59,14 +61,14 @@ def _parse_dtype(spec: Any) -> np.dtype:
             return dt
         if isinstance(spec, list):
             dt = np.dtype([tuple(x) for x in spec])
-            if any(f[0].kind not in _ALLOWED_KINDS for f in (dt.fields or {}).values()):
-                raise FramingError(f"structured dtype {spec!r} has a field that is not numeric")
+            if not dt.fields or any(f[0].kind not in _ALLOWED_KINDS for f in dt.fields.values()):
+                raise FramingError(f"structured dtype {str(spec)[:200]} is empty or has a field that is not numeric")
             return dt
     except (TypeError, ValueError) as exc:
         if isinstance(exc, FramingError):
             raise
-        raise FramingError(f"bad dtype {spec!r}: {exc}") from None
-    raise FramingError(f"bad dtype {spec!r}")
+        raise FramingError(f"bad dtype {str(spec)[:200]}: {exc}") from None
+    raise FramingError(f"bad dtype {str(spec)[:200]}")
 
 
 def encode(
@@ -107,6 +109,11 @@ def encode(
     return [topic.encode("ascii"), head, *payloads]
 
 
+def _no_constant(name: str) -> Any:
+    """``json.loads`` hook: NaN and +/-Infinity are not JSON (``encode`` never writes them)."""
+    raise FramingError(f"header contains {name}, which is not JSON (only finite numbers are)")
+
+
 def _frame_bytes(frame: Any) -> memoryview:
     buf = getattr(frame, "buffer", None)  # zmq.Frame
     return memoryview(buf if buf is not None else frame)
@@ -114,8 +121,39 @@ def _frame_bytes(frame: Any) -> memoryview:
 
 def decode(frames: Iterable[Any]) -> Message:
     """Decode the frames of one message (bytes, memoryviews or ``zmq.Frame`` objects).
-    Raises :class:`FramingError` with the reason for anything malformed."""
-    frames = list(frames)
+    Raises :class:`FramingError` with the reason for anything malformed, and for nothing else: every
+    other failure while decoding (a frame that is no buffer, numpy refusing a dtype or a shape) is
+    wrapped as a :class:`FramingError` too, so a receiver loop that catches it never dies of bad input."""
+    try:
+        return _decode(list(frames))
+    except FramingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever bad input provokes is a malformed message
+        raise FramingError(f"malformed message: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _checked_shape(shape: Any, name: str, itemsize: int, nbytes: int) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints, bounded: at most :data:`MAX_NDIM` dimensions, each a non-negative int
+    (no bool), and ``product(shape) * itemsize`` (bytes, computed exactly, no int64 overflow) equal to
+    ``nbytes``, the bytes of the frame that carries the array."""
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+        raise FramingError(f"bad shape of array {name!r}: a list of at most {MAX_NDIM} dimensions is expected")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        raise FramingError(f"bad shape {str(shape)[:200]} of array {name!r}: dimensions must be integers >= 0")
+    count = 1
+    for s in shape:
+        count *= s  # Python ints: exact however large
+    if count * itemsize != nbytes:
+        raise FramingError(
+            f"array {name!r}: {nbytes} bytes received, {itemsize}-byte items x {str(shape)[:200]} "
+            f"needs {count * itemsize}"
+        )
+    if itemsize == 0 and count > nbytes + MAX_HEADER_BYTES:
+        raise FramingError(f"array {name!r}: zero-size items in a shape of {count} elements")
+    return tuple(shape)
+
+
+def _decode(frames: list[Any]) -> Message:
     if len(frames) < 2:
         raise FramingError(f"a message needs at least 2 frames (topic, header); got {len(frames)}")
     topic_b = bytes(_frame_bytes(frames[0]))
@@ -127,7 +165,7 @@ def decode(frames: Iterable[Any]) -> Message:
     if head_b.nbytes > MAX_HEADER_BYTES:
         raise FramingError(f"header of {head_b.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        header = json.loads(bytes(head_b).decode("utf-8"))
+        header = json.loads(bytes(head_b).decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FramingError(f"header is not UTF-8 JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -146,20 +184,22 @@ def decode(frames: Iterable[Any]) -> Message:
     arrays: dict[str, np.ndarray] = {}
     for spec, frame in zip(specs, frames[2:]):
         if not isinstance(spec, dict) or not {"name", "dtype", "shape"} <= set(spec):
-            raise FramingError(f"bad array description {spec!r}")
+            raise FramingError(f"bad array description {str(spec)[:200]}")
+        name = spec["name"]
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS or name in arrays:
+            raise FramingError(f"bad or repeated array name {str(name)[:200]!r}")
         dt = _parse_dtype(spec["dtype"])
-        shape = spec["shape"]
-        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-            raise FramingError(f"bad shape {shape!r} of array {spec['name']!r}")
         buf = _frame_bytes(frame)
-        expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-        if buf.nbytes != expected:
-            raise FramingError(f"array {spec['name']!r}: {buf.nbytes} bytes received, {dt} x {shape} needs {expected}")
-        arrays[str(spec["name"])] = np.frombuffer(buf, dtype=dt).reshape(shape) if expected else np.empty(shape, dt)
+        shape = _checked_shape(spec["shape"], name, dt.itemsize, buf.nbytes)
+        arrays[name] = np.frombuffer(buf, dtype=dt).reshape(shape) if buf.nbytes else np.empty(shape, dt)
     meta = header.get("meta", {})
     if not isinstance(meta, dict):
         raise FramingError("meta is not a JSON object")
     t = header.get("time", 0.0)
+    for key in ("run", "spill"):
+        v = header.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+            raise FramingError(f"header {key} {str(v)[:40]!r} is not an integer or null")
     return Message(
         topic=topic,
         seq=seq,

@@ -10,17 +10,41 @@ subscribed topics count) and malformed ones are counted and skipped, never fatal
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
 import zmq
 
-from detector.framing import FramingError, recv_message
+from detector.framing import FramingError, Message, recv_message
 from detector.monitoring import TopicSeqTracker
 
 from .tune import BeamLossError
 
 log = logging.getLogger(__name__)
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _meta_problem(msg: Message) -> str:
+    """Why the meta of a ``status`` / ``amplitudes`` message cannot be used ("" if it can): the fields this
+    reader uses must have their types (``ready``: bool; ``state``: str; ``start_unix``: a finite number, unix
+    s; ``table``: an object whose ``cell``, if given, is a str)."""
+    meta = msg.meta
+    if msg.topic == "status":
+        if "ready" in meta and not isinstance(meta["ready"], bool):
+            return f"status ready {str(meta['ready'])[:40]!r} is not true/false"
+        if "state" in meta and not isinstance(meta["state"], str):
+            return f"status state {str(meta['state'])[:40]!r} is not a string"
+        return ""
+    if not _finite(meta.get("start_unix")):
+        return f"start_unix {str(meta.get('start_unix'))[:40]!r} is not a finite number"
+    table = meta.get("table", {})
+    if not isinstance(table, dict) or not isinstance(table.get("cell", ""), str):
+        return f"table {str(table)[:80]!r} is not an object with a cell name"
+    return ""
 
 
 class StreamAmplitudes:
@@ -44,6 +68,16 @@ class StreamAmplitudes:
     def close(self) -> None:
         self._sock.close(0)
 
+    @property
+    def missed(self) -> dict[str, int]:
+        """Messages missed so far, per subscribed topic (sequence gaps on the receiving side)."""
+        return self.seq.missed_by_topic()
+
+    def link_report(self) -> str:
+        """One line: messages received, missed per topic, malformed."""
+        missed = ", ".join(f"{t} {n}" for t, n in sorted(self.missed.items()) if n) or "none"
+        return f"{self.seq.received} received, missed {missed}, {self.malformed} malformed"
+
     def _next(self, timeout_s: float):
         if not self._sock.poll(int(max(timeout_s, 0.0) * 1000)):
             return None
@@ -55,7 +89,14 @@ class StreamAmplitudes:
             return False
         if msg.topic not in self.TOPICS:  # a SUBSCRIBE prefix also matches longer topic names
             return False
-        self.seq.update(msg.topic, msg.seq)
+        gap = self.seq.update(msg.topic, msg.seq)
+        if gap:
+            log.warning("%d %s message(s) missed on %s (sequence gap before %d)", gap, msg.topic, self.address, msg.seq)
+        problem = _meta_problem(msg)
+        if problem:
+            self.malformed += 1
+            log.warning("%s message on %s skipped: %s", msg.topic, self.address, problem)
+            return False
         if msg.topic == "status":
             self.last_status = msg.meta
         return msg
@@ -84,11 +125,10 @@ class StreamAmplitudes:
             msg = self._next(min(0.5, end - time.monotonic()))
             if not msg or msg.topic != "amplitudes":
                 continue
-            table = msg.meta.get("table") or {}
-            if msg.meta.get("start_unix", 0.0) <= since_unix or table.get("cell") != cell:
+            if msg.meta["start_unix"] <= since_unix or msg.meta.get("table", {}).get("cell") != cell:
                 continue
             amps = msg.arrays.get("amplitudes")
-            if amps is None or amps.ndim != 2 or amps.shape[1] <= channel_id:
+            if amps is None or amps.ndim != 2 or amps.shape[1] <= channel_id or amps.dtype.kind not in "iuf":
                 self.malformed += 1
                 continue
             a = np.asarray(amps[:, channel_id], dtype=np.float64)
@@ -100,6 +140,6 @@ class StreamAmplitudes:
             raise BeamLossError(
                 f"beam loss: {n} events on cell {cell} in {spills} spill(s) within "
                 f"{timeout_s:.0f} s (need {min_events}); DAQ state "
-                f"{(self.last_status or {}).get('state', 'unknown')}"
+                f"{(self.last_status or {}).get('state', 'unknown')}; stream: {self.link_report()}"
             )
         return np.concatenate(parts) if parts else np.empty(0)

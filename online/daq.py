@@ -27,6 +27,8 @@ in hand is finished, then the DAQ exits 0.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from typing import Any
@@ -43,7 +45,7 @@ from .buffers import EventPool
 from .hv_readback import HVReader
 from .monitor_messages import scalers_message
 from .monitor_worker import MonitorWorker
-from .msadc import MSADC, MSADCCrateError, MSADCError, MSADCSpillLost
+from .msadc import MSADC, MSADCCrateError, MSADCError, MSADCLockedError, MSADCSpillLost
 from .publisher import Heartbeat, Publisher
 from .readout import CrateReadout, SpillOutcome
 from .record_content import build_spill, calibration_summary, run_thresholds, spill_flags
@@ -67,6 +69,11 @@ __all__ = [
 log = logging.getLogger("online.daq")
 
 ANY_SPILL = -1  #: "the first spill the crate completes" (the crate had none at start)
+LOCK_WAIT_S = 10.0  #: how long a refused SYST:LOCK is retried (a dead DAQ's lock expires in the crate) (s)
+#: more missing crate spill ids than this between two reads are a numbering jump (one gap note), not
+#: that many spills lost from the ring: no ring holds so many
+MAX_LOST_PER_TAKE = 64
+MAX_SKIPPED_RANGES = 256  #: skipped-id ranges remembered (oldest forgotten)
 
 
 def prepare_kernels() -> float:
@@ -80,6 +87,18 @@ def prepare_kernels() -> float:
     warm_up()
     reconstruct(np.zeros((1, ch.N_CHANNELS, ch.N_SAMPLES), np.int16), np.ones(ch.N_CHANNELS, np.float32), parallel=True)
     return time.perf_counter() - t
+
+
+def _ids_outside(first: int, last: int, ranges: list[tuple[int, int]]) -> list[int]:
+    """The ids of ``first..last`` not in any of ``ranges`` (inclusive (a, b) pairs); the caller bounds
+    their number."""
+    out: list[int] = []
+    k = first
+    for a, b in sorted(ranges):
+        out += range(k, min(a, last + 1))
+        k = max(k, b + 1)
+    out += range(k, last + 1)
+    return out
 
 
 class DAQ:
@@ -139,7 +158,8 @@ class DAQ:
         self.ready = False  #: kernels compiled, crate configured: spills are taken from now on
         self._pending_flags: list[str] = []
         self._errors_in_a_row = 0
-        self._skipped: set[int] = set()  #: crate spill ids seen to be skipped (never completed)
+        #: ranges (first, last) of crate spill ids seen to be skipped (never completed), oldest first
+        self._skipped: list[tuple[int, int]] = []
         self._exit_reason = "stopped"
         self._exit_status = 0  #: 1 once the run had to stop because nothing more could be recorded
 
@@ -193,6 +213,9 @@ class DAQ:
         )
         self.heartbeat = Heartbeat(self.publisher, self._status_meta, self.daq_cfg.heartbeat_s)
         self.heartbeat.start()
+        owner = f"na64-daq:{socket.gethostname()[:32]}:{os.getpid()}"
+        self.crate = MSADC.from_config(self.cfg, self.endpoints["msadc"], owner=owner)
+        self._claim_crate()  # before anything is recorded: a second DAQ on this crate stops here
         self.recorder = RunRecorder(
             self.out,
             self.run_number,
@@ -219,7 +242,6 @@ class DAQ:
             "or compiled once after an install, about 1.5 min on 2 cores)",
         )
         self._log(logging.INFO, f"kernels ready in {prepare_kernels():.1f} s")
-        self.crate = MSADC.from_config(self.cfg, self.endpoints["msadc"])
         self.readout = CrateReadout(
             self.crate,
             self.menu,
@@ -242,6 +264,25 @@ class DAQ:
         )
         self.monitor_worker.start()
 
+    def _claim_crate(self) -> None:
+        """Open the crate and take its data commands (``SYST:LOCK``). A refusal is retried for
+        :data:`LOCK_WAIT_S` (the lock of a DAQ that died expires in the crate), then raised
+        (:class:`MSADCLockedError`: na64-daq exits naming the owner). A crate not reachable yet is left to
+        :meth:`_connect_crate`."""
+        assert self.crate is not None
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                self.crate.open()
+                return
+            except MSADCLockedError as exc:
+                if time.monotonic() > deadline or self.stopping:
+                    raise
+                log.warning("%s; waiting for it to be released", exc)
+                time.sleep(0.5)
+            except MSADCError:
+                return
+
     def _connect_crate(self) -> None:
         assert self.crate is not None and self.recorder is not None
         deadline = time.monotonic() + max(5.0, 3 * self.daq_cfg.timeout_ms / 1000.0)
@@ -250,7 +291,7 @@ class DAQ:
                 self.crate.open()
                 info = self.crate.configure()
                 break
-            except MSADCCrateError:
+            except (MSADCCrateError, MSADCLockedError):
                 raise
             except MSADCError as exc:
                 if time.monotonic() > deadline or self.stopping:
@@ -259,7 +300,12 @@ class DAQ:
                 self.crate.close()
                 time.sleep(0.5)
         self.crate.take_incidents()
+        before = dict(self.recorder.record.get("crate") or {})  # a continued run: the previous session's
+        info["restarts"] = list(before.get("restarts", []))
+        if before.get("boot_id") and before["boot_id"] != info["boot_id"]:
+            self.crate.restarts.append((str(before["boot_id"]), str(info["boot_id"])))
         self.recorder.set("crate", info, save=True)
+        self._note_restarts()
         self._log(logging.INFO, f"crate {info['idn']} configured; run {self.run_number} -> {self.recorder.rdir}")
         self.ready = True
 
@@ -331,8 +377,9 @@ class DAQ:
             if observed is not None and not busy and st.last_complete > observed + 1:
                 # two quick polls in a row and the id jumped: those ids never completed in the crate
                 # (the emulator's feed discards spills during a stall); they are not lost spills
-                self._skipped.update(range(observed + 1, st.last_complete))
+                self._note_skipped(observed + 1, st.last_complete - 1)
             observed, busy = st.last_complete, False
+            self._note_restarts()
             if next_crate is None:  # first status after a fresh start: wait for the next spill
                 next_crate = st.last_complete + 1 if st.last_complete >= 0 else ANY_SPILL
             if st.last_complete < next_crate - 1 and st.last_complete >= -1 and rec.spills:
@@ -426,24 +473,67 @@ class DAQ:
             )
         return first
 
-    def _take_spill(self, next_crate: int, last_complete: int) -> int:
-        """Read the oldest unread spill; crate spills that left the ring unread are recorded as lost."""
+    def _note_skipped(self, first: int, last: int) -> None:
+        """Crate spill ids ``first..last`` never completed (one range, however many ids)."""
+        self._skipped.append((first, last))
+        del self._skipped[:-MAX_SKIPPED_RANGES]
+
+    def _skipped_in(self, first: int, last: int) -> list[tuple[int, int]]:
+        """The parts of ``first..last`` seen to be skipped, as ranges."""
+        return [(max(a, first), min(b, last)) for a, b in self._skipped if a <= last and b >= first]
+
+    def _note_restarts(self) -> None:
+        """Report the crate restarts the driver noticed (a new boot id: the crate's ring, selection and
+        configuration were lost) in the log, the monitoring log and the run record's crate entry."""
         assert self.crate is not None and self.recorder is not None
-        buffered = [s for s in buffered_spills(self.crate) if s >= next_crate]
+        for old, new in self.crate.take_restarts():
+            self._log(
+                logging.WARNING,
+                f"the MSADC crate restarted (boot id {old} -> {new}): spills it held unread are lost; "
+                "the configuration was restored",
+            )
+            crate_info = dict(self.recorder.record.get("crate") or {})
+            crate_info["boot_id"] = new
+            crate_info["restarts"] = [*crate_info.get("restarts", []), {"from": old, "to": new, "unix": time.time()}]
+            self.recorder.set("crate", crate_info, save=True)
+
+    def _take_spill(self, next_crate: int, last_complete: int) -> int:
+        """Read the oldest unread spill; crate spills that left the ring unread are recorded as lost.
+        If the crate's ring cannot be listed, nothing is recorded and ``next_crate`` is returned (the
+        loop asks again)."""
+        assert self.crate is not None and self.recorder is not None
+        try:
+            listed = buffered_spills(self.crate, stopping=lambda: self.stopping)
+        except MSADCError as exc:
+            self._error(f"the crate's spill list is unreadable ({exc}); nothing is taken for lost, asking again")
+            self._wait(max(self.daq_cfg.poll_interval_s, 0.5))
+            return next_crate
+        self._note_restarts()
+        buffered = [s for s in listed if s >= next_crate]
         target = min(buffered) if buffered else last_complete
         if next_crate == ANY_SPILL:  # the crate had no spill when we started: take the first one
             next_crate = target
-        skipped = [i for i in range(next_crate, target) if i in self._skipped]
-        if skipped:
+        skipped = self._skipped_in(next_crate, target - 1)
+        for a, b in skipped:
             self.recorder.note_gap(
-                skipped[0],
-                skipped[-1],
-                "crate spill ids skipped: these spills never completed in the crate (feed stall or numbering gap)",
+                a, b, "crate spill ids skipped: these spills never completed in the crate (feed stall or numbering gap)"
             )
-            self._log(logging.WARNING, f"crate spill ids {skipped[0]}..{skipped[-1]} never completed (skipped)")
-        for lost in range(next_crate, target):
-            if lost in self._skipped:
-                continue
+            self._log(logging.WARNING, f"crate spill ids {a}..{b} never completed (skipped)")
+        n_skipped = sum(b - a + 1 for a, b in skipped)
+        if target - next_crate - n_skipped > MAX_LOST_PER_TAKE:
+            # far more ids than any ring holds: a jump of the crate's numbering, not lost spills
+            self.recorder.note_gap(
+                next_crate,
+                target - 1,
+                f"crate spill id jumped from {next_crate - 1} to {target}: "
+                f"{target - next_crate} ids never read (numbering jump or crate restart)",
+            )
+            self._log(logging.WARNING, f"crate spill id jumped from {next_crate - 1} to {target} (noted as one gap)")
+            self._process(self.recorder.next_spill, target)
+            return target + 1
+        for lost in _ids_outside(next_crate, target - 1, skipped):
+            if self.stopping:
+                return lost
             self.sm.to(State.END_OF_SPILL, f"crate spill {lost} left the crate unread")
             self.sm.to(State.ERROR, f"crate spill {lost} lost: the DAQ was too slow")
             spill = self.recorder.next_spill

@@ -64,6 +64,8 @@ from hv_control.instrument import (
     run_with_retries,
 )
 
+from . import crate_replies
+
 T = TypeVar("T")
 
 PRIM_DTYPE = np.dtype("<i2")
@@ -72,6 +74,10 @@ EVT_DTYPE = np.dtype("<i2")
 PRIM_RECORD_BYTES = N_TRIGGER_CHANNELS * N_SAMPLES * PRIM_DTYPE.itemsize  # 384
 EVENT_RECORD_BYTES = N_CHANNELS * N_SAMPLES * EVT_DTYPE.itemsize  # 7744
 SPILL_STATES = CrateState.names()  #: SPIL:STAT? states
+#: the PRIM:COUN? bound is this many times the configured particles per spill (Poisson fluctuations
+#: and a crate configured for more intensity stay far below it; a corrupt count does not)
+RECORDS_PER_SPILL_FACTOR = 4
+MIN_RECORDS_BOUND = 1 << 20
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -129,6 +135,21 @@ class MSADCConfigError(MSADCError, InstrumentProtocolError):
     """The crate's configuration does not match what the DAQ needs (channels, samples, primitive order)."""
 
 
+class MSADCLockedError(MSADCConfigError):
+    """Another client owns the crate's data commands (``SYST:LOCK``): ``owner`` names it."""
+
+    def __init__(self, message: str, owner: str) -> None:
+        super().__init__(message)
+        self.owner = owner
+
+
+class MSADCReplyError(MSADCError, InstrumentProtocolError):
+    """A text reply of the crate had the wrong type or was out of bounds (a NaN, a string for a number, a
+    count of -1 or 1e12, an id beyond 2^31): the reply is not used, the spill is flagged ``crate_error``."""
+
+    flag = "crate_error"
+
+
 #: the classes the shared VISA session raises for this driver
 _KINDS = ErrorKinds(timeout=MSADCTimeout, connection=MSADCConnectionError, protocol=MSADCBlockError)
 #: failures a reconnect and a retry may cure (crate errors and configuration mismatches are final)
@@ -141,6 +162,8 @@ __all__ = [
     "MSADCConnectionError",
     "MSADCCrateError",
     "MSADCError",
+    "MSADCLockedError",
+    "MSADCReplyError",
     "MSADCSpillLost",
     "MSADCTimeout",
     "SpillStatus",
@@ -194,8 +217,16 @@ class MSADC:
         retries: int = 3,
         fast_read: bool = True,
         open_timeout_ms: int | None = None,
+        owner: str | None = None,
+        max_records: int = 1 << 24,
     ) -> None:
         self.resource = resource
+        self.owner = owner  #: ``SYST:LOCK`` owner name taken at every open (None: no lock taken)
+        self.max_records = int(max_records)  #: largest PRIM:COUN? accepted (records per spill)
+        self.max_list = crate_replies.MAX_LIST_IDS  #: most ids SPIL:LIST? may list (the crate's ring size)
+        self.boot_id: str | None = None  #: SYST:BOOT? at the last open
+        #: (old, new) boot ids of the crate restarts noticed since the last :meth:`take_restarts`
+        self.restarts: list[tuple[str, str]] = []
         self.visa_library = visa_library
         self.timeout_ms = int(timeout_ms)
         self.retries = int(retries)
@@ -216,7 +247,14 @@ class MSADC:
 
     @classmethod
     def from_config(cls, cfg: Config, resource: str, **kw: Any) -> MSADC:
+        """A driver with the DAQ's transport settings; ``max_records`` (the PRIM:COUN? bound) is
+        :data:`RECORDS_PER_SPILL_FACTOR` times the configured beam intensity (at least
+        :data:`MIN_RECORDS_BOUND`) unless given."""
         d = cfg.daq
+        kw.setdefault(
+            "max_records",
+            int(max(MIN_RECORDS_BOUND, RECORDS_PER_SPILL_FACTOR * float(cfg.beam.particles_per_spill))),
+        )
         return cls(resource, visa_library=d.visa_library, timeout_ms=d.timeout_ms, retries=d.retries, **kw)
 
     # ----------------------------------------------------------------------------- session
@@ -245,6 +283,9 @@ class MSADC:
                 if "MSADC" not in idn.upper():
                     raise MSADCConfigError(f"{self.resource} is not an MSADC crate (*IDN? -> {idn!r})")
                 self.idn = idn
+                self._check_boot(self._query_raw("SYST:BOOT?"))
+                if self.owner is not None:
+                    self._lock_crate()
             except BaseException as exc:
                 self._session.close()
                 if isinstance(exc, MSADCConfigError):
@@ -256,9 +297,48 @@ class MSADC:
                 raise
             return self
 
-    def close(self) -> None:
-        """Close the session (the process-wide ResourceManager stays open)."""
+    def _check_boot(self, reply: str) -> None:
+        """Note the crate's boot id (``SYST:BOOT?``); a new one means the crate restarted since the last
+        open: its ring, selection and configuration are gone (noted in :attr:`restarts`, incident
+        ``crate_restart``)."""
+        boot = reply.strip()
+        if not boot or len(boot) > 64 or not boot.isprintable():
+            raise MSADCReplyError(f"SYST:BOOT?: {boot[:60]!r} is not a boot id")
+        if self.boot_id is not None and boot != self.boot_id:
+            self.restarts.append((self.boot_id, boot))
+            self.incidents.append("crate_restart")
+        self.boot_id = boot
+
+    def _lock_crate(self) -> None:
+        """``SYST:LOCK <owner>``: take the crate's data commands; :class:`MSADCLockedError` if another
+        client owns them."""
+        self._write(f"SYST:LOCK {self.owner}")
+        errs = self._drain_errors()
+        if errs:
+            holder = self._query_raw("SYST:LOCK?")
+            raise MSADCLockedError(
+                f"the MSADC crate at {self.resource} is owned by {holder!r} (SYST:LOCK refused: "
+                + "; ".join(f"{c},{t}" for c, t in errs)
+                + "): another DAQ is reading it; stop that one first",
+                holder,
+            )
+
+    def take_restarts(self) -> list[tuple[str, str]]:
+        """Return and clear the (old, new) boot ids of the crate restarts noticed since the last call."""
         with self._lock:
+            out, self.restarts = self.restarts, []
+            return out
+
+    def close(self) -> None:
+        """Close the session (the process-wide ResourceManager stays open); a lock this driver holds is
+        given back first (best effort)."""
+        with self._lock:
+            if self.owner is not None and self._session.is_open:
+                try:
+                    with deferred_sigint():
+                        self._write("SYST:LOCK:REL")
+                except MSADCError:
+                    pass
             self._session.close()
 
     def __enter__(self) -> MSADC:
@@ -272,7 +352,7 @@ class MSADC:
         into :attr:`crate_errors`, restore the configuration (``CONF:SAMP``) and select the previously
         selected spill again."""
         with self._lock:
-            self.close()
+            self._session.close()  # not close(): the lock is kept (it is re-taken at once by open())
             self.stats["reconnects"] += 1
             self.incidents.append("reconnected")
             self.open()
@@ -440,7 +520,9 @@ class MSADC:
             chans = self._query_raw("CONF:CHAN?")
             trig = self._query_raw("CONF:TRIG:CHAN?")
             try:
-                buff = int(self._query_raw("CONF:SPILL:BUFF?"))
+                buff = crate_replies.parse_int(
+                    self._query_raw("CONF:SPILL:BUFF?"), "CONF:SPIL:BUFF?", 1, crate_replies.MAX_LIST_IDS
+                )
             except (MSADCTimeout, ValueError):
                 buff = -1
             self._raise_errors("configuration")
@@ -460,8 +542,11 @@ class MSADC:
         if problems:
             raise MSADCConfigError(f"MSADC crate at {self.resource}: " + "; ".join(problems))
         self._samples = int(samples)
+        if got["spill_buffer"] > 0:
+            self.max_list = min(crate_replies.MAX_LIST_IDS, int(got["spill_buffer"]))
         return {
             "idn": self.idn,
+            "boot_id": self.boot_id,
             "samples": samples,
             "channels": N_CHANNELS,
             "trigger_channels": list(order),
@@ -469,20 +554,27 @@ class MSADC:
         }
 
     # ------------------------------------------------------------------------------- spills
-    def spill_status(self) -> SpillStatus:
-        reply = self.query("SPIL:STAT?")
-        state, _, last = reply.partition(",")
+    def _checked(self, fn: Callable[[], T]) -> T:
         try:
-            return SpillStatus(state.strip().upper(), int(last))
-        except ValueError:
-            raise MSADCError(f"malformed SPIL:STAT? reply {reply!r}") from None
+            return fn()
+        except crate_replies.ReplyError as exc:
+            raise MSADCReplyError(f"MSADC crate at {self.resource}: bad reply: {exc}") from None
+
+    def spill_status(self) -> SpillStatus:
+        """``SPIL:STAT?``: the state and the last completed spill id (-1..2^31-1)."""
+        reply = self.query("SPIL:STAT?")
+        state, last = self._checked(lambda: crate_replies.parse_status(reply, SPILL_STATES))
+        return SpillStatus(state, last)
 
     def spill_list(self) -> list[int]:
+        """``SPIL:LIST?``: the buffered spill ids (at most the crate's ring size, strictly increasing)."""
         reply = self.query("SPIL:LIST?")
-        try:
-            return [int(x) for x in reply.split(",") if x.strip()]
-        except ValueError:
-            raise MSADCError(f"malformed SPIL:LIST? reply {reply!r}") from None
+        return self._checked(lambda: crate_replies.parse_list(reply, max(self.max_list, 1)))
+
+    def selected_on_crate(self) -> int:
+        """``SPIL:SEL?``: the spill the crate has selected now (-1: none), whoever selected it."""
+        reply = self.query("SPIL:SEL?")
+        return self._checked(lambda: crate_replies.parse_int(reply, "SPIL:SEL?", -1, crate_replies.MAX_SPILL_ID))
 
     def _select(self, spill: int) -> None:
         with deferred_sigint():
@@ -504,25 +596,18 @@ class MSADC:
         return self._selected
 
     def spill_info(self) -> dict[str, Any]:
+        """``SPIL:INFO?`` of the selected spill, validated (:func:`online.crate_replies.parse_info`)."""
         reply = self.query("SPIL:INFO?")
-        try:
-            info = json.loads(reply)
-        except json.JSONDecodeError:
-            raise MSADCError(f"malformed SPIL:INFO? reply {reply[:200]!r}") from None
-        if not isinstance(info, dict):
-            raise MSADCError(f"SPIL:INFO? reply is not a JSON object: {reply[:200]!r}")
-        return info
+        return self._checked(lambda: crate_replies.parse_info(reply, self._selected, self.max_records))
 
     def spill_truth(self) -> dict[str, Any]:
         """*emulator only*: ``SPIL:TRUT?`` of the selected spill."""
         return json.loads(self.query("SPIL:TRUT?"))
 
     def _count(self, cmd: str) -> int:
+        """A count query, 0..``max_records`` (anything else: :class:`MSADCReplyError`)."""
         reply = self.query(cmd)
-        try:
-            return int(reply)
-        except ValueError:
-            raise MSADCError(f"malformed {cmd} reply {reply!r}") from None
+        return self._checked(lambda: crate_replies.parse_int(reply, cmd, 0, self.max_records))
 
     def prim_count(self) -> int:
         return self._count("PRIM:COUN?")

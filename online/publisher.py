@@ -13,6 +13,12 @@
   the subscriber's sequence numbers. Messages the socket refused outright (``zmq.Again``, or an error)
   are counted in :attr:`Publisher.dropped`. ``nodrop=True`` (``XPUB_NODROP``) would make every full
   queue visible here as a drop, at the price of starving all subscribers while one is stalled.
+- A byte budget bounds what is queued (:class:`ByteBudget`, a token bucket: ``max_bytes_per_s``
+  sustained, ``burst_bytes`` at once). A message the budget cannot take is not handed to ZeroMQ: it is
+  dropped here and counted (:attr:`Publisher.dropped`, ``dropped_bytes``, ``dropped_by_topic``; the DAQ's
+  ``status`` reports it as ``monitor_dropped``) and its sequence number is gone, so every subscriber counts
+  it missed too. ``status`` and ``log`` (small, and what tells an operator what is going on) always go out
+  and only consume budget.
 - Frames come from :mod:`detector.framing` (JSON header, raw numpy buffers, zero-copy). Arrays handed
   to :meth:`Publisher.publish` must not be modified afterwards (ZeroMQ may still be reading them).
 - :class:`Heartbeat` publishes ``status`` every ``daq.heartbeat_s`` from its own thread.
@@ -66,8 +72,45 @@ def check_bind_address(address: str, zmq_curve: bool = False) -> None:
         )
 
 
+DEFAULT_MAX_BYTES_PER_S = 200e6  #: sustained monitoring output the DAQ allows itself (bytes/s)
+DEFAULT_BURST_BYTES = 1 << 30  #: bytes that may go out at once (a spill's messages) before the rate limits
+ALWAYS_SENT = frozenset({"status", "log"})
+
+
+class ByteBudget:
+    """Token bucket of bytes: refilled at ``rate`` bytes/s up to ``burst`` bytes. Not thread-safe (the
+    publisher calls it under its lock). ``now`` is ``time.monotonic`` unless given (tests)."""
+
+    def __init__(self, rate: float, burst: float, now: Callable[[], float] = time.monotonic) -> None:
+        if not rate > 0 or not burst > 0:
+            raise ValueError(f"byte budget needs rate > 0 and burst > 0, got {rate!r}, {burst!r}")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self._now = now
+        self._tokens = float(burst)
+        self._t = now()
+
+    def _refill(self) -> None:
+        t = self._now()
+        self._tokens = min(self.burst, self._tokens + (t - self._t) * self.rate)
+        self._t = t
+
+    def take(self, nbytes: int, force: bool = False) -> bool:
+        """Take ``nbytes`` if the bucket holds them (with ``force`` always, possibly going below zero)."""
+        self._refill()
+        if force or nbytes <= self._tokens:
+            self._tokens -= nbytes
+            return True
+        return False
+
+    @property
+    def available(self) -> float:
+        self._refill()
+        return self._tokens
+
+
 class Publisher:
-    """PUB socket with per-topic sequence counters, non-blocking sends and drop counting.
+    """PUB socket with per-topic sequence counters, non-blocking sends, a byte budget and drop counting.
 
     ``curve_secret_key``/``curve_public_key`` (z85 bytes) make it a CURVE server (required off loopback)."""
 
@@ -82,6 +125,8 @@ class Publisher:
         curve_secret_key: bytes | None = None,
         context: zmq.Context | None = None,
         nodrop: bool = False,
+        max_bytes_per_s: float = DEFAULT_MAX_BYTES_PER_S,
+        burst_bytes: float = DEFAULT_BURST_BYTES,
     ) -> None:
         check_bind_address(address, zmq_curve)
         self.address = address
@@ -108,7 +153,11 @@ class Publisher:
         self._lock = threading.Lock()
         self.sequence = TopicSequence()  #: next sequence number per topic
         self.sent = 0
-        self.dropped = 0
+        self.dropped = 0  #: messages not sent: over the byte budget, or refused by the socket
+        self.sent_bytes = 0
+        self.dropped_bytes = 0
+        self.dropped_by_topic: dict[str, int] = {}
+        self.budget = ByteBudget(max_bytes_per_s, burst_bytes)
         self.by_topic: dict[str, int] = {}
         self._closed = False
 
@@ -127,18 +176,28 @@ class Publisher:
                 return False
             seq = self.sequence.take(topic)
             frames = encode(topic, seq, arrays, meta, self.run, spill)
+            nbytes = sum(memoryview(f).nbytes for f in frames)
+            if not self.budget.take(nbytes, force=topic in ALWAYS_SENT):
+                self._drop(topic, nbytes)
+                return False
             try:
                 self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                self.dropped += 1
+                self._drop(topic, nbytes)
                 return False
             except zmq.ZMQError as exc:
-                self.dropped += 1
+                self._drop(topic, nbytes)
                 log.warning("monitoring message %s #%d not sent: %s", topic, seq, exc)
                 return False
             self.sent += 1
+            self.sent_bytes += nbytes
             self.by_topic[topic] = self.by_topic.get(topic, 0) + 1
             return True
+
+    def _drop(self, topic: str, nbytes: int) -> None:
+        self.dropped += 1
+        self.dropped_bytes += nbytes
+        self.dropped_by_topic[topic] = self.dropped_by_topic.get(topic, 0) + 1
 
     @property
     def seq(self) -> int:
@@ -155,6 +214,9 @@ class Publisher:
                 "seq": dict(self.sequence.next),
                 "sent": self.sent,
                 "dropped": self.dropped,
+                "sent_bytes": self.sent_bytes,
+                "dropped_bytes": self.dropped_bytes,
+                "dropped_by_topic": dict(self.dropped_by_topic),
                 "by_topic": dict(self.by_topic),
             }
 

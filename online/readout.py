@@ -8,7 +8,12 @@ The steps, in the order the data flows:
    the previous chunk, so transfer and trigger overlap;
 3. upload the accepted list and verify it with ``ACC:COUN?``;
 4. read ``EVT:DATA?`` in chunks straight into a recycled event buffer;
-5. read ``EVT:TRUT?`` when ``record_truth`` is asked for and the crate offers it.
+5. check that the crate still has this spill selected with this accepted list (``SPIL:SEL?``,
+   ``ACC:COUN?``): otherwise another client interfered and the events are discarded;
+6. read ``EVT:TRUT?`` when ``record_truth`` is asked for and the crate offers it.
+
+Every text reply is validated by the driver (:mod:`online.crate_replies`); a bad one ends the readout
+with ``crate_error``.
 
 A readout never raises a crate error: a step that fails after the driver's own retries ends the readout,
 and its flag (``timeout``, ``truncated_block``, ``crate_error``, ``spill_lost``) plus ``readout_incomplete``
@@ -33,7 +38,7 @@ from detector import channels as ch
 from detector.records import TRUTH_DTYPE
 
 from .buffers import ChunkPool, EventPool, TimesBuffer
-from .msadc import EVENT_RECORD_BYTES, MSADC, PRIM_RECORD_BYTES, MSADCCrateError, MSADCError
+from .msadc import EVENT_RECORD_BYTES, MSADC, PRIM_RECORD_BYTES, MSADCCrateError, MSADCError, MSADCReplyError
 
 if TYPE_CHECKING:
     from trigger.menu import TriggerMenu
@@ -120,6 +125,8 @@ class CrateReadout:
             return out
         if not self._read_events(out):
             return out
+        if not self._verify_selection(out):
+            return out
         if self.record_truth and out.accepted.size:
             self._read_truth(out)
         return out
@@ -131,6 +138,9 @@ class CrateReadout:
             self.crate.select_spill(out.crate_spill)
             out.info = self.crate.spill_info()
             out.n_particles = self.crate.prim_count()
+            declared = out.info.get("particles", out.n_particles)
+            if declared != out.n_particles:
+                raise MSADCReplyError(f"SPIL:INFO? declares {declared} particles, PRIM:COUN? {out.n_particles}")
         except MSADCError as exc:
             self._fail(out, exc, "select")
             return False
@@ -262,6 +272,24 @@ class CrateReadout:
             return False
         out.timing["events_s"] = time.perf_counter() - t
         out.timing["event_bytes"] = float(out.events.nbytes)
+        return True
+
+    def _verify_selection(self, out: SpillOutcome) -> bool:
+        """After the events: the crate still has this spill selected and holds this accepted list
+        (``SPIL:SEL?``, ``ACC:COUN?``). If another client changed either during the readout, the events
+        may not belong to the ids: none is kept (``crate_error``, ``readout_incomplete``)."""
+        n_acc = int(out.accepted.size)
+        try:
+            sel = self.crate.selected_on_crate()
+            got = self.crate.accepted_count()
+            if sel != out.crate_spill or got != n_acc:
+                what = f"crate has spill {sel} selected with {got} accepted, read spill {out.crate_spill} with {n_acc}"
+                raise MSADCCrateError("the readout check", [(0, what)])
+        except MSADCError as exc:
+            self._fail(out, exc, "selection check after the event readout (events discarded)")
+            out.n_read_out = 0
+            out.events = out.events[:0]
+            return False
         return True
 
     def _read_truth(self, out: SpillOutcome) -> None:

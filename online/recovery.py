@@ -4,15 +4,41 @@ acts on the answers (re-reads, records lost spills, notes gaps)."""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
+
 from .msadc import MSADC, MSADCError
 
+log = logging.getLogger("online.daq")
 
-def buffered_spills(crate: MSADC) -> list[int]:
-    """The crate spill ids the crate's ring holds (empty when the crate does not answer)."""
-    try:
-        return crate.spill_list()
-    except MSADCError:
-        return []
+LIST_ATTEMPTS = 4  #: SPIL:LIST? tries before the ring is reported unknown
+LIST_BACKOFF_S = 0.1  #: wait before the second try (s); doubles before each further one
+
+
+def buffered_spills(
+    crate: MSADC,
+    attempts: int = LIST_ATTEMPTS,
+    backoff_s: float = LIST_BACKOFF_S,
+    stopping: Callable[[], bool] | None = None,
+) -> list[int]:
+    """The crate spill ids the crate's ring holds. A failing ``SPIL:LIST?`` (after the driver's own
+    retries) is tried again ``attempts`` times in all, waiting ``backoff_s``, then twice that, and so on;
+    if it still fails the last :class:`MSADCError` is raised: an unanswered list is never an empty ring
+    (that would record buffered spills as lost). ``stopping()`` true ends the waiting early."""
+    last: MSADCError | None = None
+    for k in range(max(1, attempts)):
+        if k:
+            time.sleep(backoff_s * 2 ** (k - 1))
+        try:
+            return crate.spill_list()
+        except MSADCError as exc:
+            last = exc
+            log.warning("SPIL:LIST? failed (try %d of %d): %s", k + 1, attempts, exc)
+            if stopping is not None and stopping():
+                break
+    assert last is not None
+    raise last
 
 
 def same_spill(crate: MSADC, crate_spill: int, detected_unix: float) -> bool:
@@ -30,7 +56,8 @@ def same_spill(crate: MSADC, crate_spill: int, detected_unix: float) -> bool:
 
 
 def still_holds(crate: MSADC, crate_spill: int, detected_unix: float) -> bool:
-    """Does the crate's ring still hold the spill a previous DAQ was reading when it died?"""
+    """Does the crate's ring still hold the spill a previous DAQ was reading when it died? (MSADCError if
+    the crate cannot say.)"""
     return crate_spill in buffered_spills(crate) and same_spill(crate, crate_spill, detected_unix)
 
 
@@ -38,7 +65,8 @@ def resume_point(crate: MSADC, last: int | None, last_complete: int) -> tuple[in
     """Where a continued run resumes after crate spill ``last`` (the last one it recorded; ``None``: none):
     the first crate spill to read (``None``: the next one to complete, also when the crate was restarted
     since), and the range of crate spills (first, last) that completed while no DAQ ran and are no longer
-    in the crate (``None``: no gap). ``last_complete``: the crate's latest completed spill."""
+    in the crate (``None``: no gap). ``last_complete``: the crate's latest completed spill. MSADCError if
+    the crate's ring cannot be listed."""
     if last is None or last > last_complete:
         return None, None
     first = min([s for s in buffered_spills(crate) if s > last], default=last_complete + 1)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -36,6 +37,7 @@ from detector.records import TRUTH_DTYPE
 
 from .crate_spill import SpillRecord, truth_summary
 from .scpi import (
+    ESR_OPC,
     BinaryReply,
     CommandTable,
     ErrorQueue,
@@ -76,10 +78,19 @@ class Session:
     observer: bool = False
     hold: bool = False
     errors: ErrorQueue = field(default_factory=ErrorQueue)
+    owner: str | None = None  #: the owner name this connection presented with ``SYST:LOCK``
 
 
-#: commands that change the crate state shared by all connections (refused on an observer connection)
+#: commands that change the crate state shared by all connections (refused on an observer connection, and
+#: on any connection but the owner's while the crate is locked)
 MUTATING = frozenset({"*RST", "SPILl:SELect", "ACCepted:DATA", "CONFigure:SAMPles", "CONFigure:LATency"})
+LOCK_GRACE_S = 3.0  #: a lock whose owner has no open connection left expires after this (s)
+MAX_OWNER_CHARS = 64
+
+
+def new_boot_id() -> str:
+    """A fresh boot id (16 hex digits): the crate draws one at every start (``SYST:BOOT?``)."""
+    return os.urandom(8).hex()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -102,7 +113,11 @@ class MSADCCrate:
         self.digitizer = digitizer
         self.buffer = int(buffer)
         self.serial = serial
-        self.errors = ErrorQueue()
+        self.boot_id = new_boot_id()
+        self.errors = ErrorQueue(power_on=True)
+        self._owner: str | None = None  #: the ``SYST:LOCK`` owner name, None = not locked
+        self._owner_sessions = 0  #: open connections that presented the owner name
+        self._owner_gone: float | None = None  #: monotonic time the owner's last connection closed
         self._lock = threading.RLock()
         self._ring: OrderedDict[int, SpillRecord] = OrderedDict()
         self._held: OrderedDict[int, SpillRecord] = OrderedDict()  # evicted, kept for holding observers
@@ -123,6 +138,7 @@ class MSADCCrate:
             "spills_completed": 0,
             "spills_evicted": 0,
             "held_dropped": 0,
+            "restarts": 0,
         }
 
     # ---------------------------------------------------------------- spill flow (called by the emulator)
@@ -160,6 +176,27 @@ class MSADCCrate:
             self.counters["spills_completed"] += 1
             self._state = "SPILL" if self._in_progress else "GAP"
 
+    def restart(self) -> None:
+        """Simulate a reboot of the crate: the ring, the selection, the configuration, the lock and the
+        error queue are gone, the power-on bit is set and a new boot id is drawn (the spill numbering is
+        the emulator's and continues). The server drops every connection with it."""
+        with self._lock:
+            if self._holders:  # observers are exempt from faults: what they hold stays readable for them
+                for sid, rec in self._ring.items():
+                    if sid not in self._released:
+                        self._held[sid] = rec
+            self._ring.clear()
+            self._released.clear()
+            self._in_progress.clear()
+            self._state = "IDLE"
+            self._selected = None
+            self._latency_ns = DEFAULT_LATENCY_NS
+            self._samples = chmap.N_SAMPLES
+            self._owner, self._owner_sessions, self._owner_gone = None, 0, None
+            self.boot_id = new_boot_id()
+            self.errors = ErrorQueue(power_on=True)
+            self.counters["restarts"] += 1
+
     def status(self) -> tuple[str, int]:
         with self._lock:
             return self._state, self._last_complete
@@ -186,6 +223,8 @@ class MSADCCrate:
                 "latency_ns": self._latency_ns,
                 "errors_queued": len(self.errors),
                 "errors_total": self.errors.total,
+                "boot_id": self.boot_id,
+                "owner": self._owner,
                 **self.counters,
             }
 
@@ -209,6 +248,8 @@ class MSADCCrate:
                 raise ScpiError(-113, header[:40])
             if session is not None and session.observer and cmd.pattern in MUTATING:
                 raise ScpiError(-221, f"{header} refused: an observer connection is read-only")
+            if cmd.pattern in MUTATING and not self._is_owner(session):
+                raise ScpiError(-221, f"{header} refused: the crate is locked by {self._owner} (SYST:LOCK)")
             self.counters["commands"] += 1
             if cmd.query:
                 self.counters["queries"] += 1
@@ -233,9 +274,67 @@ class MSADCCrate:
         return cmd, None
 
     def _errq(self) -> ErrorQueue:
-        """The error queue of the connection executing a command (an observer's own, else the shared one)."""
+        """The error queue of the connection executing a command (:meth:`error_queue`)."""
+        return self.error_queue(getattr(self._local, "session", None))
+
+    def error_queue(self, session: Session | None) -> ErrorQueue:
+        """The error queue (and status registers) of connection ``session``: an observer's own, and while
+        the crate is locked by another owner its own (until that holds nothing more: its errors are read
+        there, not lost, if the lock expires meanwhile); else the shared one."""
+        if session is not None and (session.observer or len(session.errors) or not self._is_owner(session)):
+            return session.errors
+        return self.errors
+
+    # ---------------------------------------------------------------- ownership (SYST:LOCK)
+    def _expire_lock(self) -> None:
+        """Drop a lock whose owner has had no open connection for :data:`LOCK_GRACE_S` (caller holds the lock)."""
+        gone = self._owner_gone
+        if self._owner is not None and gone is not None and time.monotonic() - gone > LOCK_GRACE_S:
+            log.info("MSADC lock of %s expired (no connection for %.0f s)", self._owner, LOCK_GRACE_S)
+            self._owner, self._owner_sessions, self._owner_gone = None, 0, None
+
+    def _is_owner(self, session: Session | None) -> bool:
+        """Whether ``session`` may use the shared state: the crate is not locked, or it is its owner's."""
+        with self._lock:
+            self._expire_lock()
+            return self._owner is None or (session is not None and session.owner == self._owner)
+
+    def _sys_lock(self, args: list[str]) -> None:
+        """``SYST:LOCK <owner>``: take the crate's data commands for ``owner`` (a name, unique per client
+        process). Granted if the crate is free, already this owner's, or its owner has had no connection
+        for :data:`LOCK_GRACE_S`; else ``-221`` naming the owner."""
         session = getattr(self._local, "session", None)
-        return session.errors if session is not None and session.observer else self.errors
+        if session is None or session.observer:
+            raise ScpiError(-221, "SYST:LOCK needs a non-observer connection")
+        name = self._one_arg(args, "SYST:LOCK").strip().strip('"')
+        if not name or len(name) > MAX_OWNER_CHARS or not name.isprintable():
+            raise ScpiError(-222, f"owner name must be 1..{MAX_OWNER_CHARS} printable characters")
+        with self._lock:
+            self._expire_lock()
+            if self._owner is not None and self._owner != name:
+                raise ScpiError(-221, f"crate locked by {self._owner}")
+            if session.owner != name:
+                self._owner = name
+                session.owner = name
+                self._owner_sessions += 1
+                self._owner_gone = None
+
+    def _sys_lock_release(self, args: list[str]) -> None:
+        """``SYST:LOCK:REL``: the owner gives the crate up (a no-op on any other connection)."""
+        self._noargs(args, "SYST:LOCK:REL")
+        session = getattr(self._local, "session", None)
+        with self._lock:
+            if session is not None and session.owner is not None and session.owner == self._owner:
+                self._owner, self._owner_sessions, self._owner_gone = None, 0, None
+            if session is not None:
+                session.owner = None
+
+    def _sys_lock_query(self, args: list[str]) -> str:
+        """``SYST:LOCK?``: the owner's name, or ``NONE``."""
+        self._noargs(args, "SYST:LOCK?")
+        with self._lock:
+            self._expire_lock()
+            return self._owner or "NONE"
 
     def _observer(self, args: list[str]) -> None:
         session = getattr(self._local, "session", None)
@@ -270,8 +369,16 @@ class MSADCCrate:
                 self._released.clear()
 
     def session_closed(self, session: Session) -> None:
-        """A connection ended: its hold (if any) ends with it."""
+        """A connection ended: its hold (if any) ends with it; if it was the owner's last connection the
+        lock expires after :data:`LOCK_GRACE_S` unless the owner reconnects."""
         self._set_hold(session, False)
+        with self._lock:
+            if session.owner is not None and session.owner == self._owner:
+                self._owner_sessions -= 1
+                if self._owner_sessions <= 0:
+                    self._owner_sessions = 0
+                    self._owner_gone = time.monotonic()
+            session.owner = None
 
     def _spill_release(self, args: list[str]) -> None:
         """``SPIL:REL <spill>[,<spill>...]`` (observer): the holders are done with these spills."""
@@ -296,13 +403,26 @@ class MSADCCrate:
     def _build_table(self) -> CommandTable:
         t = CommandTable()
         add = t.add
+        # IEEE 488.2 mandatory common commands (10.x; docs/protocols.md 1.9). Commands run in order, one
+        # at a time, so every operation is complete when the next command is parsed: *OPC sets the OPC
+        # bit at once, *OPC? answers 1 at once, *WAI returns at once.
         add("*IDN?", self._idn)
         add("*RST", self._rst)
         add("*CLS", self._cls)
         add("*OPC?", lambda a: self._noargs(a, "*OPC?") or "1")
-        add("*OPC", lambda a: self._noargs(a, "*OPC"))
+        add("*OPC", self._opc)
         add("*WAI", lambda a: self._noargs(a, "*WAI"))
         add("*TST?", lambda a: self._noargs(a, "*TST?") or "0")
+        add("*ESE", lambda a: self._set_register(a, "*ESE", "ese"))
+        add("*ESE?", lambda a: self._noargs(a, "*ESE?") or str(self._errq().ese))
+        add("*ESR?", lambda a: self._noargs(a, "*ESR?") or str(self._errq().read_esr()))
+        add("*SRE", lambda a: self._set_register(a, "*SRE", "sre"))
+        add("*SRE?", lambda a: self._noargs(a, "*SRE?") or str(self._errq().sre))
+        add("*STB?", lambda a: self._noargs(a, "*STB?") or str(self._errq().status_byte()))
+        add("SYSTem:BOOT?", lambda a: self._noargs(a, "SYST:BOOT?") or self.boot_id)
+        add("SYSTem:LOCK", self._sys_lock)
+        add("SYSTem:LOCK?", self._sys_lock_query)
+        add("SYSTem:LOCK:RELease", self._sys_lock_release)
         add("SYSTem:ERRor[:NEXT]?", lambda a: self._noargs(a, "SYST:ERR?") or self._errq().pop())
         add("SYSTem:ERRor:COUNt?", lambda a: self._noargs(a, "SYST:ERR:COUN?") or str(len(self._errq())))
         add("SYSTem:OBServer", self._observer)
@@ -350,6 +470,8 @@ class MSADCCrate:
         return f"{MANUFACTURER},{MODEL},{self.serial},{VERSION}"
 
     def _rst(self, args: list[str]) -> None:
+        """``*RST``: the device settings to their defaults (latency, samples, no selection, no accepted
+        lists). As IEEE 488.2 10.32 prescribes, the status registers and the error queue are not touched."""
         self._noargs(args, "*RST")
         with self._lock:
             self._latency_ns = DEFAULT_LATENCY_NS
@@ -357,11 +479,23 @@ class MSADCCrate:
             self._selected = None
             for rec in self._ring.values():
                 rec.accepted = np.empty(0, dtype=np.uint32)
-        self.errors.clear()
 
     def _cls(self, args: list[str]) -> None:
+        """``*CLS``: clears the error queue and the standard event status register (not the enables)."""
         self._noargs(args, "*CLS")
-        self._errq().clear()
+        self._errq().clear_status()
+
+    def _opc(self, args: list[str]) -> None:
+        """``*OPC``: every operation is complete at once: the OPC bit of the event register is set."""
+        self._noargs(args, "*OPC")
+        self._errq().set_event(ESR_OPC)
+
+    def _set_register(self, args: list[str], name: str, register: str) -> None:
+        """``*ESE <n>`` / ``*SRE <n>``: an enable register, 0..255 (bit 6 of ``*SRE`` is ignored)."""
+        v = parse_int(self._one_arg(args, name), "register value")
+        if not 0 <= v <= 255:
+            raise ScpiError(-222, f"{name} value {v} is outside 0..255")
+        setattr(self._errq(), register, v & ~0x40 if register == "sre" else v)
 
     def _one_arg(self, args: list[str], name: str) -> str:
         if not args or not args[0]:

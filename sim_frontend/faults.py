@@ -120,6 +120,9 @@ class MSADCFaults(CountedFaults):
     follow), ``corrupt`` (``count``, default 1: the next binary block has a bad header: ``#<n>`` followed
     by ``n`` question marks instead of the length digits, then the payload and the terminator).
 
+    ``restart`` (``count``, default 1: at the next command the crate reboots: its ring, selection, lock
+    and error queue are gone, ``SYST:BOOT?`` reports a new boot id and every connection is dropped).
+
     ``pause`` (``at``: a command header such as ``EVT:DATA?``, ``count``: N, default 1) is a hook for
     deterministic tests: the N-th command ``at`` received from now on (observer connections excepted)
     blocks before it is executed, and :meth:`snapshot` reports ``pause.paused`` with the spill selected
@@ -127,7 +130,7 @@ class MSADCFaults(CountedFaults):
     then the command runs normally. ``resolve`` (set by the server) maps a header to its command."""
 
     ENDPOINT = "msadc"
-    COUNTED = ("no_reply", "drop", "truncate", "corrupt")
+    COUNTED = ("no_reply", "drop", "truncate", "corrupt", "restart")
     EXTRA = ("pause",)
 
     def __init__(self) -> None:

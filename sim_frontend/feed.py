@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import pathlib
 import sys
 import time
@@ -44,6 +45,16 @@ log = logging.getLogger("sim_frontend.feed")
 TOPIC_SPILL = "spill"
 TOPIC_END = "end"
 SNDHWM = 4  #: spills queued in the sender before send blocks (each may be ~285 MB)
+
+
+#: bounds of the numbers in a spill message's meta (inclusive): spill id (the crate numbers below 2^31),
+#: start (unix s, 1970..2286), flat-top length (s; the configuration allows 0.01..60), seed (uint64)
+META_BOUNDS: dict[str, tuple[float, float]] = {
+    "spill": (0, 2**31 - 1),
+    "start_unix": (0.0, 1e10),
+    "length_s": (0.0, 60.0),
+    "seed": (0, 2**64 - 1),
+}
 
 
 class FeedError(RuntimeError):
@@ -80,10 +91,14 @@ def spill_from_message(msg: framing.Message, copy: bool = True) -> BeamSpill:
     for key, types in (("spill", (int,)), ("start_unix", (int, float)), ("length_s", (int, float)), ("seed", (int,))):
         v = meta.get(key)
         if not isinstance(v, types) or isinstance(v, bool):
-            raise framing.FramingError(f"spill message meta {key!r} = {v!r} is missing or has the wrong type")
+            raise framing.FramingError(f"spill message meta {key!r} = {str(v)[:40]!r} is missing or has the wrong type")
+        lo, hi = META_BOUNDS[key]
+        if not (math.isfinite(v) and lo <= v <= hi):  # NaN and +/-Infinity fail here too
+            raise framing.FramingError(f"spill message meta {key!r} = {v!r} is outside [{lo:g}, {hi:g}]")
     if not meta["length_s"] > 0:
         raise framing.FramingError(f"spill message length_s = {meta['length_s']!r} must be > 0")
-    if meta.get("n_particles", truth.shape[0]) != truth.shape[0]:
+    n_meta = meta.get("n_particles", truth.shape[0])
+    if not isinstance(n_meta, int) or isinstance(n_meta, bool) or n_meta != truth.shape[0]:
         raise framing.FramingError(
             f"meta n_particles = {meta.get('n_particles')} but truth has {truth.shape[0]} records"
         )

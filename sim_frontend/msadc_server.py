@@ -66,11 +66,13 @@ class MSADCServer:
             "bytes_in": 0,
             "bytes_out": 0,
             "disconnects": 0,
+            "restarts": 0,
         }
         self._listener: socket.socket | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conns: dict[socket.socket, threading.Thread] = {}
+        self._sessions: dict[socket.socket, Session] = {}
         self._conns_lock = threading.Lock()
         self._wake_r = self._wake_w = -1
 
@@ -176,6 +178,8 @@ class MSADCServer:
     def _serve(self, conn: socket.socket) -> None:
         parser = StreamParser(max_line=MAX_LINE_BYTES, max_block=MAX_UPLOAD_BYTES)
         session = Session()
+        with self._conns_lock:
+            self._sessions[conn] = session
         last_rx = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -218,11 +222,29 @@ class MSADCServer:
                 pass
             with self._conns_lock:
                 self._conns.pop(conn, None)
+                self._sessions.pop(conn, None)
+
+    def restart_crate(self) -> None:
+        """Fault ``restart``: the crate reboots (:meth:`MSADCCrate.restart`) and every connection but the
+        observers' (exempt from faults) is dropped."""
+        self.stats["restarts"] += 1
+        log.info("MSADC fault: crate restart")
+        self.crate.restart()
+        with self._conns_lock:
+            conns = [c for c, s in self._sessions.items() if not s.observer]
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _handle_item(self, conn: socket.socket, item: Any, session: Session) -> None:
         crate = self.crate
-        errors = session.errors if session.observer else crate.errors
+        errors = crate.error_queue(session)
         faults = None if session.observer else self.faults  # an observer is exempt from faults
+        if faults is not None and faults.take("restart"):
+            self.restart_crate()
+            raise _Dropped()
         if isinstance(item, ParseError):
             crate.counters["errors"] += 1
             errors.push(item.code, item.detail)

@@ -48,6 +48,34 @@ ERROR_TEXTS: dict[int, str] = {
 }
 
 ERROR_QUEUE_SIZE = 32
+
+# IEEE 488.2 (11.5.1) standard event status register bits
+ESR_OPC = 0x01  #: operation complete (*OPC)
+ESR_QYE = 0x04  #: query error (-400..-499)
+ESR_DDE = 0x08  #: device-dependent error (-300..-399 and positive codes)
+ESR_EXE = 0x10  #: execution error (-200..-299)
+ESR_CME = 0x20  #: command error (-100..-199)
+ESR_PON = 0x80  #: power on (set when the instrument starts; cleared by reading *ESR? or *CLS)
+# IEEE 488.2 (11.2) status byte bits (SCPI-99 9.1 adds EAV)
+STB_EAV = 0x04  #: error/event queue not empty
+STB_MAV = 0x10  #: message available in the output queue
+STB_ESB = 0x20  #: event status bit: (*ESR and *ESE) != 0
+STB_MSS = 0x40  #: master summary status: (status byte and *SRE) != 0, bit 6 excluded
+
+
+def esr_bit(code: int) -> int:
+    """The standard event status register bit an error of SCPI ``code`` sets (SCPI-99 21.8.x)."""
+    if -199 <= code <= -100:
+        return ESR_CME
+    if -299 <= code <= -200:
+        return ESR_EXE
+    if -499 <= code <= -400:
+        return ESR_QYE
+    if code != 0:
+        return ESR_DDE  # -300..-399 and device-defined positive codes
+    return 0
+
+
 MAX_DETAIL_CHARS = 160
 
 
@@ -70,26 +98,57 @@ def format_error(code: int, detail: str = "") -> str:
 
 
 class ErrorQueue:
-    """Thread-safe FIFO of SCPI errors, ``size`` entries deep.
+    """Thread-safe FIFO of SCPI errors, ``size`` entries deep, with the IEEE 488.2 status registers it
+    feeds: the standard event status register (``esr``: every error sets its class bit, :func:`esr_bit`),
+    its enable register (``ese``) and the service request enable register (``sre``).
 
     When the queue is full a new error is not stored; instead the newest entry is replaced by ``-350``
     (so the client learns that errors were lost, and the oldest, most informative ones are kept)."""
 
-    def __init__(self, size: int = ERROR_QUEUE_SIZE) -> None:
+    def __init__(self, size: int = ERROR_QUEUE_SIZE, power_on: bool = False) -> None:
         if size < 2:
             raise ValueError("an error queue needs at least 2 entries")
         self.size = size
         self._q: deque[str] = deque()
         self._lock = threading.Lock()
         self.total = 0  #: errors ever pushed (for the emulator's state report)
+        self.esr = ESR_PON if power_on else 0
+        self.ese = 0
+        self.sre = 0
 
     def push(self, code: int, detail: str = "") -> None:
         with self._lock:
             self.total += 1
+            self.esr |= esr_bit(code)
             if len(self._q) < self.size:
                 self._q.append(format_error(code, detail))
             else:
                 self._q[-1] = format_error(-350)
+                self.esr |= ESR_DDE
+
+    def set_event(self, bits: int) -> None:
+        """Set bits of the standard event status register (e.g. :data:`ESR_OPC`)."""
+        with self._lock:
+            self.esr |= bits & 0xFF
+
+    def read_esr(self) -> int:
+        """``*ESR?``: the standard event status register, cleared by the reading."""
+        with self._lock:
+            v, self.esr = self.esr, 0
+            return v
+
+    def status_byte(self, mav: bool = False) -> int:
+        """``*STB?``: EAV (queue not empty), MAV, ESB ((ESR and ESE) != 0) and MSS (any bit enabled by
+        ``*SRE``); reading it clears nothing."""
+        with self._lock:
+            stb = (STB_EAV if self._q else 0) | (STB_MAV if mav else 0) | (STB_ESB if self.esr & self.ese else 0)
+            return stb | (STB_MSS if stb & self.sre & ~STB_MSS else 0)
+
+    def clear_status(self) -> None:
+        """``*CLS``: the queue and the event register are cleared (the enable registers are kept)."""
+        with self._lock:
+            self._q.clear()
+            self.esr = 0
 
     def pop(self) -> str:
         """The oldest entry, or ``0,"No error"``."""

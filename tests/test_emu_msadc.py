@@ -307,7 +307,8 @@ def test_error_queue_overflow_over_the_wire(crate_server, rm):
         res.write("SPIL:SEL 4")
         res.write_binary_values("ACC:DATA ", np.array([1, 2], dtype=np.uint32), datatype="I")
         res.write("NOPE")
-        res.write("*RST")  # clears the queue and the accepted lists
+        res.write("*RST")  # clears the accepted lists; the error queue is kept (IEEE 488.2 10.32)
+        assert res.query("SYST:ERR?") == '-113,"Undefined header; NOPE"'
         assert res.query("SYST:ERR?") == '0,"No error"'
         assert res.query("SPIL:SEL?") == "-1"
         res.write("SPIL:SEL 4")

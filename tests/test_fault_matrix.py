@@ -21,7 +21,8 @@ Every case ends with:
   must still be right for what it recorded;
 - the fault took effect (the emulator's ``faults_fired`` counters; the feed's ``spills_stalled``; the
   trip in the HV read-back) and left its mark (msadc block/connection faults: the spill retried and
-  marked, or flagged), hv/table/feed faults do no damage to the data;
+  marked, or flagged; a crate restart: reported in the run record by its new boot id), hv/table/feed
+  faults do no damage to the data;
 - no accepted VSET above min(calibration hv_limit, hv.max_v) in the emulator's ``hv_log``;
 - no na64-daq / sim_frontend process left behind (psutil, children of this process; the shared
   emulator and its feed child excepted until the module ends, when they must be gone too).
@@ -85,6 +86,7 @@ CASES: dict[tuple[str, str], tuple[dict[str, Any], float | None]] = {
     ("msadc", "drop"): ({}, None),
     ("msadc", "truncate"): ({}, None),
     ("msadc", "corrupt"): ({}, None),
+    ("msadc", "restart"): ({}, None),  # the crate reboots: new boot id, ring and connections gone
     ("hv", "delay"): ({"seconds": 2.5}, 4.0),  # > (retries+1) * hv.timeout_s: read-backs fail
     ("hv", "no_reply"): ({"count": 3}, None),
     ("hv", "drop"): ({}, None),
@@ -553,7 +555,7 @@ def test_fault_matrix(
             problems.append("no complete spill after the fault was over: the run did not recover")
         # ---- fault-specific expectations
         if endpoint == "msadc":
-            stat = {"drop": "dropped", "truncate": "truncated", "corrupt": "corrupted"}.get(kind)
+            stat = {"drop": "dropped", "truncate": "truncated", "corrupt": "corrupted", "restart": "restarts"}.get(kind)
             crate_stats = {
                 k: sum(int((s.get("crate_stats") or {}).get(k, 0)) for s in rec["sessions"])
                 for k in ("timeouts", "reconnects", "retries")
@@ -564,7 +566,12 @@ def test_fault_matrix(
                 if fired != 1:
                     problems.append(f"msadc {kind} fired {fired} times, expected once")
                 marked = [e for e in spills if "retried" in e["flags"] or set(e["flags"]) & INCOMPLETE_SPILL_FLAGS]
-                if fired and not marked:
+                if kind == "restart":  # reported whether or not a spill was in hand: the new boot id
+                    restarts = (rec.get("crate") or {}).get("restarts", [])
+                    row.notes.append(f"restarts reported {len(restarts)}")
+                    if len(restarts) != 1 or "the MSADC crate restarted" not in daq.log():
+                        problems.append(f"msadc restart not reported by boot id: {restarts}")
+                elif fired and not marked:
                     problems.append(f"msadc {kind} fired but no spill is marked retried or flagged")
             else:  # delay / no_reply: timeouts seen by the driver
                 if not (crate_stats["timeouts"] or incomplete):

@@ -42,7 +42,8 @@ def _open(crate: ScriptedCrate, **kw) -> MSADC:
     return MSADC(crate.resource, **kw).open()
 
 
-HELLO = [(b"*IDN?\n", IDN)]
+BOOT = b"0123456789abcdef\n"
+HELLO = [(b"*IDN?\n", IDN), (b"SYST:BOOT?\n", BOOT)]
 CONFIG_OK = [
     (b"*CLS\n", SILENT),
     (b"CONF:SAMP 32\n", SILENT),
