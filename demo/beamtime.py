@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_summary(out: pathlib.Path, seconds: float) -> None:
-    from detector.spillfile import read_run_record
+    from detector.runrecord import read_run_record
 
     step(f"Summary ({seconds:.0f} s)")
     t = Table(title="runs")

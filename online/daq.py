@@ -548,8 +548,9 @@ class DAQ:
             self._not_recorded(spill, out, entry, flag, problem)
             return
         entry = rec.spills[-1]
-        out.timing["record_s"] = time.perf_counter() - t_rec
-        out.timing["total_s"] = time.perf_counter() - t0  # saved with the next run-record update
+        done = {"record_s": time.perf_counter() - t_rec, "total_s": time.perf_counter() - t0}
+        out.timing.update(done)
+        rec.note_timing(spill, done)
         self.crate.release_spill()
         self.spills_this_session += 1
         self.last_spill_unix = float(out.info.get("start_unix", 0.0)) + float(out.info.get("length_s", 0.0))

@@ -21,7 +21,8 @@ import pytest
 import zmq
 
 from detector.framing import FramingError, recv_message
-from detector.spillfile import list_spills, read_run_record, read_spill, run_dir
+from detector.spillfile import list_spills, read_spill, run_dir
+from detector.runrecord import read_run_record
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -36,7 +36,8 @@ import pyvisa
 from detector import channels as ch
 from detector.config import load_calibration, load_config
 from detector.records import INCOMPLETE_SPILL_FLAGS
-from detector.spillfile import read_run_record, read_spill, spill_path
+from detector.spillfile import read_spill, spill_path
+from detector.runrecord import read_run_record
 from trigger.menu import TriggerMenu
 from trigger.reference import waveform_trigger
 

@@ -9,7 +9,8 @@ import numpy as np
 import offline_fixtures as fx
 import pytest
 
-from detector.spillfile import list_spills, read_run_record, read_spill
+from detector.spillfile import list_spills, read_spill
+from detector.runrecord import read_run_record
 from offline import dask_select as ds
 from offline import events as ev
 from offline import limits as lim

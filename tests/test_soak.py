@@ -50,7 +50,8 @@ from daq_helpers import (
 )
 from emulator_fixture import REPO_ROOT, start_emulator
 
-from detector.spillfile import SpillFileError, list_spills, read_run_record, read_spill
+from detector.spillfile import SpillFileError, list_spills, read_spill
+from detector.runrecord import read_run_record
 
 SPILLS = int(os.environ.get("NA64_SOAK_SPILLS", "200"))
 PARTICLES = float(os.environ.get("NA64_SOAK_PARTICLES", "5e6"))
