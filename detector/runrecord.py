@@ -192,7 +192,7 @@ def _read_journal(p: pathlib.Path) -> tuple[list[dict[str, Any]], dict[str, Any]
         elif kind == "hv":
             hv.update({k: v for k, v in obj.items() if k != "kind"})
         elif kind == "timing":
-            e2 = spills.get(obj.get("spill"))  # type: ignore[arg-type]
+            e2 = spills.get(obj.get("spill"))
             if e2 is not None and isinstance(obj.get("timing"), dict):
                 e2["timing"] = {**(e2.get("timing") or {}), **obj["timing"]}
         else:

@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--out", metavar="FILE.root", required=True)
+    e.add_argument("--force", action="store_true", help="replace FILE.root if it exists")
     e.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -109,7 +110,7 @@ def _export(args: argparse.Namespace) -> int:
     from .export import export_run
 
     try:
-        export_run(args.run_dir, args.out)
+        export_run(args.run_dir, args.out, overwrite=args.force)
     except (SpillFileError, OSError, ValueError) as exc:
         print(f"na64-daq export: {exc}", file=sys.stderr)
         return 2

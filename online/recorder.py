@@ -12,10 +12,11 @@ Restart and crash rules:
 - Opening an existing run continues it: spill numbers go on after the highest finished spill (from the
   run record and from the files; a file the record does not know yet - the process died between the
   rename and the record update - is adopted from its attributes).
-- Before the readout of a spill starts, the run record notes it as ``in_flight`` (a ``begin`` line). If the process dies,
-  the next start finds ``in_flight`` without a finished file: the spill is *interrupted*. Stale temporary
-  files (``.spill-*.h5.tmp-*``, ``.run.json.tmp-*``, ``.spills.jsonl.tmp-*``) are removed and listed in the run record. The DAQ
-  then re-reads the interrupted spill if the crate still holds it (flag ``retried``) or records it as
+- Before the readout of a spill starts, the run record notes it as ``in_flight`` (a ``begin`` line). If
+  the process dies, the next start finds ``in_flight`` without a finished file: the spill is
+  *interrupted*. Stale temporary files (``.spill-*.h5.tmp-*``, ``.run.json.tmp-*``,
+  ``.spills.jsonl.tmp-*``) are removed and listed in the run record. The DAQ then re-reads the
+  interrupted spill if the crate still holds it (flag ``retried``) or records it as
   lost (flags ``spill_lost``, ``readout_incomplete``).
 
 Accounting per spill (spill attrs and run record): ``n_particles`` (primitive records the crate holds),
@@ -274,6 +275,7 @@ class RunRecorder:
             "n_accepted",
             "n_read_out",
             "n_recorded",
+            "max_events",
             "eot",
             "flags",
             "scalers",
@@ -356,6 +358,8 @@ class RunRecorder:
         content.attrs["flags"] = flags
         for k in ("n_particles", "n_seen", "n_accepted", "n_read_out"):
             content.attrs[k] = int(entry.get(k, 0))
+        if "max_events" in entry:
+            content.attrs["max_events"] = int(entry["max_events"])
         t0 = time.perf_counter()
         path = write_spill(self.rdir, content, compression=compression)
         entry["file"] = path.name

@@ -18,8 +18,8 @@ from PyQt5 import QtCore, QtGui
 from detector import channels as ch
 from detector.config import load_calibration
 from detector.records import TRIGGER_BITS
-from detector.spillfile import SpillContent, write_spill
 from detector.runrecord import write_run_record
+from detector.spillfile import SpillContent, write_spill
 from online.monitor import model as M
 from online.monitor import views as V
 from online.monitor.synthetic import SyntheticDAQ, SyntheticPublisher, write_example_yields

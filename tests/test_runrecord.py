@@ -42,7 +42,12 @@ def _hv(unix: float, vmon: float, status: int = 1) -> dict:
 
 
 def test_round_trip_totals_and_damaged_files(tmp_path):
-    rec = {"run": 3, "eot_extra": np.int64(5), "cal": np.arange(3.0), "spills": [_entry(2), _entry(1, flags=["retried"])]}
+    rec = {
+        "run": 3,
+        "eot_extra": np.int64(5),
+        "cal": np.arange(3.0),
+        "spills": [_entry(2), _entry(1, flags=["retried"])],
+    }
     write_run_record(tmp_path, rec)
     back = read_run_record(tmp_path)
     assert back["eot_extra"] == 5 and back["cal"] == [0.0, 1.0, 2.0] and back["schema_version"] == 2
