@@ -32,6 +32,7 @@ the file (and the journal line) instead of a ``KeyError`` deep inside a caller.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import time
@@ -43,7 +44,6 @@ from .spillfile import SpillFileError, fsync_dir, json_default
 RUN_RECORD = "run.json"  #: the summary, replaced atomically
 RUN_JOURNAL = "spills.jsonl"  #: the journal, appended one line per event
 SCHEMA_VERSION = 2  #: summary + journal; 1 is the older single-file record
-HV_FIELDS = ("channel_ids", "vset", "vmon", "imon", "status")
 #: keys of a run record that live in the journal, not in the summary
 JOURNAL_KEYS = ("spills", "in_flight", "journal_problems")
 _COUNTS = ("n_particles", "n_seen", "n_accepted", "n_read_out", "n_recorded", "eot")
@@ -125,8 +125,8 @@ def _check_entry(e: Any, where: str) -> None:
         if k in e and not (_is_int(e[k]) and e[k] >= 0):
             raise RunRecordError(f"{where}: {k!r} must be an integer >= 0, got {e[k]!r}")
     for k in ("start_unix", "length_s"):
-        if k in e and not _is_num(e[k]):
-            raise RunRecordError(f"{where}: {k!r} must be a number, got {e[k]!r}")
+        if e.get(k) is not None and not _is_num(e[k]):
+            raise RunRecordError(f"{where}: {k!r} must be a number or null, got {e[k]!r}")
     flags = e.get("flags", [])
     if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
         raise RunRecordError(f"{where}: 'flags' must be a list of strings, got {flags!r}")
@@ -231,8 +231,29 @@ def read_run_record(rdir: str | os.PathLike) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------- writers
+def _finite(obj: Any, path: str, found: list[str]) -> Any:
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN); their paths go to ``found``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        found.append(f"{path}={obj}")
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v, f"{path}.{k}" if path else str(k), found) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v, f"{path}[{i}]", found) for i, v in enumerate(obj)]
+    return obj
+
+
 def _dumps(obj: Any, **kw: Any) -> bytes:
-    return json.dumps(obj, allow_nan=False, default=json_default, separators=(",", ":"), **kw).encode()
+    """Compact JSON of ``obj``. A non-finite number (from a bad crate reply, say) never stops the record: it
+    is written as null, and a dict gets ``nonfinite`` listing where (JSON cannot hold NaN or infinity)."""
+    try:
+        return json.dumps(obj, allow_nan=False, default=json_default, separators=(",", ":"), **kw).encode()
+    except ValueError:
+        found: list[str] = []
+        clean = _finite(json.loads(json.dumps(obj, default=json_default)), "", found)
+        if isinstance(clean, dict):
+            clean["nonfinite"] = found
+        return json.dumps(clean, allow_nan=False, separators=(",", ":"), **kw).encode()
 
 
 def _replace(final: pathlib.Path, data: bytes) -> int:
@@ -276,8 +297,6 @@ class RunRecordWriter:
         returns what was repaired."""
         repaired = []
         if spills is not None:
-            for i, e in enumerate(spills):
-                _check_entry(e, f"{self.journal} (being written, entry {i})")
             text = b"".join(self._spill_line(e) for e in spills)
             _replace(self.journal, text)
             self._hv = {}
@@ -335,7 +354,9 @@ class RunRecordWriter:
             e["hv_ref"] = True
         else:
             e["hv"] = hv
-        return out + _dumps({"kind": "spill", **e}) + b"\n"
+        line = _dumps({"kind": "spill", **e})
+        _check_entry(json.loads(line), f"{self.journal} (being written)")  # as the reader will see it
+        return out + line + b"\n"
 
     def begin(self, in_flight: dict[str, Any]) -> None:
         """Note a spill in flight (fsync'd)."""
@@ -343,11 +364,10 @@ class RunRecordWriter:
 
     def spill(self, entry: dict[str, Any]) -> None:
         """Append a recorded spill's entry (fsync'd); its HV read-back goes in only where it changed."""
-        _check_entry(entry, f"{self.journal} (being written)")
         hv = dict(self._hv)
         try:
             self._append(self._spill_line(entry), sync=True)
-        except OSError:
+        except (OSError, ValueError):
             self._hv = hv
             raise
 

@@ -514,7 +514,7 @@ class DAQ:
         out = self._read_with_retry(spill, crate_spill, flags)
         incidents = self.crate.take_incidents()
         flags = spill_flags(flags, incidents, out.flags)
-        if set(flags) & INCOMPLETE_SPILL_FLAGS:
+        if set(flags) & INCOMPLETE_SPILL_FLAGS - {"truncated"}:  # a cut at the event cap is no error
             self.sm.to(State.ERROR, f"spill {spill}: {', '.join(out.errors) or ', '.join(flags)}")
         self._record(spill, out, flags, incidents, note, t0, recovers)
 
@@ -528,7 +528,7 @@ class DAQ:
             if out is not None:
                 self.events.release(out.events_base)
             out = self.readout.read_spill(crate_spill, on_selected=self._reading)
-            hard = [f for f in out.flags if f in INCOMPLETE_SPILL_FLAGS]
+            hard = [f for f in out.flags if f in INCOMPLETE_SPILL_FLAGS and f != "truncated"]
             if not hard or "spill_lost" in hard or attempt == max_attempts - 1 or self.stopping:
                 break
             self.sm.to(State.ERROR, f"spill {spill} readout failed ({', '.join(out.errors)}); retrying the spill")

@@ -180,12 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("na64-daq: --run must be >= 0", file=sys.stderr)
         return 2
 
-    from rich.console import Console
-
     from .daq import DAQ
     from .msadc import MSADCError
+    from .spill_report import OperatorConsole
 
-    console = None if args.quiet else Console(highlight=False, soft_wrap=True)
+    console = None if args.quiet else OperatorConsole(highlight=False, soft_wrap=True)
     try:
         daq = DAQ(
             cfg,

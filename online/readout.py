@@ -250,7 +250,6 @@ class CrateReadout:
         out.max_events = cap
         out.accepted, out.mask = out.accepted[:cap], out.mask[:cap]
         out.flags.append("truncated")
-        out.errors.append(f"{out.n_accepted} events accepted, the first {cap} read out (daq.max_events_per_spill)")
         log.warning(
             "crate spill %d: %d events accepted, only the first %d read out", out.crate_spill, out.n_accepted, cap
         )

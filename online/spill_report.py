@@ -3,8 +3,11 @@ run-record entry (its ``scalers`` message comes from the one producer, :mod:`onl
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
+
+from rich.console import Console
 
 from detector.records import INCOMPLETE_SPILL_FLAGS
 
@@ -29,6 +32,15 @@ def progress_line(spill: int, entry: dict[str, Any], seconds: float, lost_spills
         else ("yellow" if not set(entry.get("flags", [])) & INCOMPLETE_SPILL_FLAGS else "bold red")
     )
     return line, style
+
+
+class OperatorConsole(Console):
+    """The rich console of the progress lines. A closed pipe is a ``BrokenPipeError`` for the caller
+    (:func:`print_line`), not rich's default, which exits the program (``SystemExit(1)``)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True  # nothing more is rendered
+        raise BrokenPipeError(errno.EPIPE, "the console's output was closed (broken pipe)")
 
 
 def print_line(console: Any, line: str, style: str) -> str | None:

@@ -34,8 +34,9 @@ pytestmark = pytest.mark.slow
 #: one stopped starts on the oldest buffered spill, which must not be overwritten while it is being read
 #: (with 6 spills it was, on a loaded machine: flagged spill_lost, correctly, but not what these tests test)
 RESTART_CONFIG = deep_merge(DAQ_TEST_CONFIG, {"emulator": {"spill_buffer": 16}})
-#: the spill the DAQ could not write must still be in the crate when the third DAQ starts: a longer ring
-RECOVERY_CONFIG = deep_merge(DAQ_TEST_CONFIG, {"emulator": {"spill_buffer": 40}})
+#: the spill the DAQ could not write must still be in the crate when the third DAQ starts: 16 spills of a
+#: slower cycle (32 s)
+RECOVERY_CONFIG = deep_merge(DAQ_TEST_CONFIG, {"spill": {"supercycle_s": 2.0}, "emulator": {"spill_buffer": 16}})
 
 
 @pytest.fixture

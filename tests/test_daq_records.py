@@ -49,7 +49,7 @@ def test_calibration_daq_at_high_intensity_reads_at_most_the_cap(tmp_path):
         assert "truncated" in e["flags"] and e["max_events"] == CAP, e["flags"]
         assert e["n_seen"] == e["n_particles"] > 5e4
         assert e["n_accepted"] > 10 * CAP and e["n_read_out"] == e["n_recorded"] == CAP
-        assert e["triggers"]["beam"]["accepted"] == e["n_accepted"]
+        assert 10 * CAP < e["triggers"]["beam"]["accepted"] <= e["n_accepted"]  # and a few random triggers
         d = read_spill(daq.rdir / e["file"], waveforms=False)
         assert d.attrs["max_events"] == CAP and d.attrs["n_accepted"] == e["n_accepted"] and d.n_events == CAP
     assert rec["totals"]["events_accepted"] == sum(e["n_accepted"] for e in rec["spills"])

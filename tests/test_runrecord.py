@@ -12,7 +12,6 @@ from detector.runrecord import (
     RUN_JOURNAL,
     RUN_RECORD,
     RunRecordError,
-    RunRecordWriter,
     read_run_record,
     write_run_record,
 )
@@ -175,15 +174,22 @@ def test_a_run_record_that_fails_its_schema_is_not_continued(tmp_path):
         RunRecorder(tmp_path, 6).open()
 
 
-def test_an_entry_json_refuses_is_refused_before_anything_is_written(tmp_path):
-    w = RunRecordWriter(tmp_path)
-    w.open(spills=[])
-    w.spill(_entry(1))
-    size = (tmp_path / RUN_JOURNAL).stat().st_size
-    with pytest.raises(ValueError, match="Out of range float"):
-        w.spill(_entry(2, length_s=float("nan")))  # refused before anything is written
-    w.close()
-    assert (tmp_path / RUN_JOURNAL).stat().st_size == size
+def test_a_non_finite_number_never_stops_the_record(tmp_path):
+    """JSON has no NaN: a NaN from a bad crate reply is written as null and noted, and the run goes on."""
+    r = RunRecorder(tmp_path, 9).open()
+    r.record_empty(1, 11, [], "test", start_unix=float("nan"), scalers={"S1": float("inf")})
+    r.record_empty(2, 12, [], "test")
+    r.set("crate", {"idn": "x", "temperature": float("nan")}, save=True)
+    r.close()
+    rec = read_run_record(r.rdir)
+    e = rec["spills"][0]
+    assert e["start_unix"] is None and e["scalers"] == {"S1": None}
+    assert sorted(e["nonfinite"]) == ["scalers.S1=inf", "start_unix=nan"]
+    assert rec["spills"][1]["spill"] == 2 and "nonfinite" not in rec["spills"][1]
+    assert rec["crate"]["temperature"] is None and rec["nonfinite"] == ["crate.temperature=nan"]
+    r2 = RunRecorder(tmp_path, 9).open()  # and a restart continues the run
+    assert r2.next_spill == 3
+    r2.close()
 
 
 def test_the_cost_per_spill_does_not_grow_with_the_run(tmp_path):
