@@ -20,8 +20,9 @@ from typing import Any
 DESCRIPTION = """\
 Run control of the NA64 bench. Connects to the MSADC crate (VISA) and the HV supplies (read-back only),
 then per spill: waits for the end of the spill, reads the trigger primitives, runs the trigger, uploads
-the accepted list, reads the events out, writes DIR/run-<number>/spill-<n>.h5 atomically, updates the
-run record DIR/run-<number>/run.json and publishes monitoring data on ZeroMQ PUB (--monitor).
+the accepted list, reads the events out (at most daq.max_events_per_spill), writes
+DIR/run-<number>/spill-<n>.h5 atomically, appends to the run record DIR/run-<number>/spills.jsonl (summary:
+run.json) and publishes monitoring data on ZeroMQ PUB (--monitor).
 """
 
 EPILOG = """\

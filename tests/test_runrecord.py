@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from test_recorder import entry
 
 from detector.runrecord import (
     RUN_JOURNAL,
@@ -20,19 +21,7 @@ from online.recorder import RecorderError, RunRecorder
 
 
 def _entry(spill: int, n: int = 4, **kw) -> dict:
-    e = {
-        "spill": spill,
-        "crate_spill": 100 + spill,
-        "n_particles": 10 * n,
-        "n_seen": 10 * n,
-        "n_accepted": n,
-        "n_read_out": n,
-        "n_recorded": n,
-        "eot": 5 * n,
-        "flags": [],
-    }
-    e.update(kw)
-    return e
+    return entry(n, 100 + spill, spill=spill, **kw)
 
 
 def _hv(unix: float, vmon: float, status: int = 1) -> dict:

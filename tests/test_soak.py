@@ -33,9 +33,11 @@ summary and written to ``soak_figures.json`` in the test's tmp directory.
 :func:`test_run_record_cost_is_flat` (issue 15): ``NA64_SOAK_RECORD_SPILLS`` (default 1000) small spills on
 the compressed cycle (the emulator's own feed, a spill every 0.5 s, HV read-back on); the run record's
 cost per spill (bytes written, seconds spent on its journal lines and summary: the ``run_record_bytes``
-and ``run_record_s`` timings of every spill) must be flat: the last 100 spills within 10% of the first
-100 (mean bytes, median seconds: single fsyncs on a shared machine have outliers). The figures (and the
-size the older whole-record rewrite would have written at the end) go to ``record_cost.json``.
+and ``run_record_s`` timings of every spill) must be flat: the mean bytes of the last 100 spills within
+10% of the first 100, and their median seconds not above the first 100's by more than 10% (seconds are
+mostly fsync latency, which moves with what else writes to the disk: they may fall as load goes, a
+growth is what an O(spills) record would show). The figures (and the size one rewrite of the whole
+record, the older layout, would have written at the end) go to ``record_cost.json``.
 """
 
 from __future__ import annotations
@@ -395,4 +397,4 @@ def test_run_record_cost_is_flat(tmp_path: Path, figures: _Figures) -> None:
         f"{whole:,} B; flagged spills {fig['flagged_spills']}"
     )
     assert abs(b1 - b0) <= 0.10 * b0, fig
-    assert abs(s1 - s0) <= 0.10 * s0, fig
+    assert s1 <= 1.10 * s0, fig
