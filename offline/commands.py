@@ -257,7 +257,10 @@ def export_run(args: argparse.Namespace) -> int:
 
     _run_dirs([args.run_dir])
     with _err.status(f"exporting {args.run_dir}"):
-        s = do_export(args.run_dir, args.out, _config(args.config), overwrite=args.force)
+        try:
+            s = do_export(args.run_dir, args.out, _config(args.config), overwrite=args.force)
+        except FileExistsError as exc:  # bad input: exit status 2 with the message
+            raise ValueError(str(exc)) from None
     _err.print(f"wrote {s['file']}: {s['events']} events from {s['spills']} spills")
     for e in s["skipped"]:
         _err.print(f"[yellow]skipped[/] {e}")
