@@ -205,6 +205,8 @@ class DAQ:
             min_free_bytes=float(self.daq_cfg.min_free_mb) * 1e6,
         )
         self.recorder.open()
+        for problem in self.recorder.session["journal_problems"] + self.recorder.session["journal_repaired"]:
+            self._log(logging.WARNING, f"run record: {problem}")
         if self.recorder.restarted:
             self._log(
                 logging.WARNING,

@@ -224,7 +224,8 @@ class RunRecorder:
         }
 
     def close(self, reason: str = "stopped") -> None:
-        if not self.record:
+        if not self.record or self._writer is None:  # never opened, or refused to open: nothing to write
+            self._unlock()
             return
         self.session["stop_unix"] = time.time()
         self.session["stop_reason"] = reason

@@ -201,3 +201,16 @@ def test_the_cost_per_spill_does_not_grow_with_the_run(tmp_path):
     assert len(rec["spills"]) == 400 and rec["spills"][-1]["timing"]["total_s"] == 0.01
     assert rec["spills"][-1]["timing"]["run_record_bytes"] == costs[-1]
     assert read_spill(list_spills(r.rdir)[-1], waveforms=False).attrs["spill"] == 400
+
+
+def test_a_foreign_run_record_is_refused_and_left_as_it_was(tmp_path):
+    rdir = tmp_path / "run-000005"
+    write_run_record(rdir, {"run": 99, "spills": [_entry(1)]})
+    before = {p.name: p.read_bytes() for p in rdir.iterdir() if p.is_file() and p.name != ".daq.lock"}
+    r = RunRecorder(tmp_path, 5)
+    with pytest.raises(RecorderError, match="belongs to run 99, not 5"):
+        r.open()
+    r.close()  # as the DAQ does on its way out: writes nothing
+    assert {p.name: p.read_bytes() for p in rdir.iterdir() if p.is_file() and p.name != ".daq.lock"} == before
+    with pytest.raises(RecorderError, match="belongs to run 99"):  # not "in use": the lock was released
+        RunRecorder(tmp_path, 5).open()
