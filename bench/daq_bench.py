@@ -35,7 +35,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from detector.spillfile import SpillFileError, read_run_record, run_dir  # noqa: E402
+from detector.runrecord import read_run_record  # noqa: E402
+from detector.spillfile import SpillFileError, run_dir  # noqa: E402
 
 SPILL_S = 4.8
 SUPERCYCLE_S = 14.4

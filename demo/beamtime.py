@@ -37,6 +37,33 @@ BIN = pathlib.Path(sys.executable).parent
 console = Console()
 
 
+#: the file that marks a directory the demo created: only such a directory is emptied and reused
+MARKER = ".na64-demo-output"
+
+
+def prepare_out(out: pathlib.Path) -> str | None:
+    """Make ``out`` the demo's output directory: create it (with :data:`MARKER`), take an empty directory,
+    or empty one the demo created before (it carries :data:`MARKER`). Returns why not, for anything
+    else: the demo never deletes or overwrites what it did not create."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} exists and is not a directory"
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            return (
+                f"--out {out} is not empty and was not created by the demo (no {MARKER} in it); "
+                "choose a new or empty directory"
+            )
+        for p in out.iterdir():  # the demo's own output of an earlier run
+            if p.name != MARKER:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("created by demo/beamtime.py; the demo empties and reuses this directory\n")
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -210,14 +237,20 @@ def physics_run(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(ROOT / "demo-output"), help="output directory (emptied first)")
+    ap.add_argument(
+        "--out",
+        default=str(ROOT / "demo-output"),
+        help="output directory: new or empty, or one the demo created before (emptied first)",
+    )
     ap.add_argument("--config", default=str(ROOT / "config" / "demo.toml"))
     ap.add_argument("--module", type=int, default=3, help="HCAL module to calibrate")
     ap.add_argument("--spills", type=int, default=6, help="spills per physics run")
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out).resolve()
-    if out.exists():
-        shutil.rmtree(out)
+    problem = prepare_out(out)
+    if problem is not None:
+        console.print(f"[bold red]demo:[/] {problem}")
+        return 2
     (out / "logs").mkdir(parents=True)
     base = load_config(args.config)
     procs = Processes(out / "logs")
@@ -365,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_summary(out: pathlib.Path, seconds: float) -> None:
-    from detector.spillfile import read_run_record
+    from detector.runrecord import read_run_record
 
     step(f"Summary ({seconds:.0f} s)")
     t = Table(title="runs")

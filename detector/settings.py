@@ -320,6 +320,14 @@ class DaqSection(Section):
     calibration_mode: bool = key(False, doc="beam trigger unprescaled; publish amplitudes")
     heartbeat_s: float = key(1.0, 0.05, 60.0, unit="s")
     spill_timeout_s: float = key(120.0, 0.1, 3600.0, unit="s", doc="no spill for this long = DAQ stalled")
+    max_events_per_spill: int = key(
+        200_000,
+        1,
+        10**8,
+        doc="most events read out per spill: a spill whose trigger accepted more has only its first ones read "
+        "(flagged truncated; its accounting keeps every accepted event). Bounds the event buffers at "
+        "this x 121 channels x 32 samples x 2 bytes",
+    )
     min_free_mb: float = key(
         256.0,
         0.0,

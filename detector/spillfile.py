@@ -1,4 +1,4 @@
-"""The recorded-data layout: one directory per run, one HDF5 file per spill, a JSON run record.
+"""The recorded-data layout: one directory per run, one HDF5 file per spill, a run record (:mod:`detector.runrecord`).
 
 The ONE writer and ONE reader, used by the recorder (online), the monitor's replay and offline.
 
@@ -6,7 +6,7 @@ Run directory ``<out>/run-<number>/``:
 - ``spill-<number>.h5`` per spill (layout below), written to ``.spill-<number>.h5.tmp-<pid>``, flushed,
   fsync'd, closed and atomically renamed, then the directory is fsync'd: a crash loses at most the spill
   in flight and never corrupts a finished one (an unflushed HDF5 file is unreadable; docs/stack.md);
-- ``run.json``: the run record, replaced atomically the same way after every spill.
+- the run record (``run.json`` summary and ``spills.jsonl`` journal): :mod:`detector.runrecord`.
 
 HDF5 never sees a failed write: libhdf5 does not survive one (a write error while a file is open, e.g. a
 full disk, leaves the library in a state where the next HDF5 call, or the interpreter's exit, segfaults;
@@ -46,7 +46,6 @@ from .channels import N_CHANNELS, N_SAMPLES
 from .records import TRUTH_DTYPE
 
 SCHEMA_VERSION = 1
-RUN_RECORD = "run.json"
 _SPILL_RE = re.compile(r"^spill-(\d+)\.h5$")
 _JSON_ATTRS = ("flags", "scalers", "triggers", "trigger_menu", "hv", "table", "extra")
 _INT_ATTRS = ("run", "spill", "crate_spill", "n_particles", "n_accepted", "n_read_out", "n_recorded", "eot")
@@ -189,7 +188,7 @@ def spill_path(rdir: str | os.PathLike, spill: int) -> pathlib.Path:
     return pathlib.Path(rdir) / f"spill-{int(spill):06d}.h5"
 
 
-def _fsync_dir(path: pathlib.Path) -> None:
+def fsync_dir(path: pathlib.Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -261,7 +260,7 @@ def write_spill(rdir: str | os.PathLike, content: SpillContent, compression: str
                 e.errno or errno_mod.EIO, f"spill {content.spill} not written to {rdir}: {e.strerror or e}"
             )
         os.replace(tmp, final)
-        _fsync_dir(rdir)
+        fsync_dir(rdir)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -311,40 +310,6 @@ def list_spills(rdir: str | os.PathLike) -> list[pathlib.Path]:
         raise SpillFileError(f"{rdir}: no such run directory")
     found = [(int(m.group(1)), p) for p in rdir.iterdir() if (m := _SPILL_RE.match(p.name))]
     return [p for _, p in sorted(found)]
-
-
-def write_run_record(rdir: str | os.PathLike, record: dict[str, Any]) -> pathlib.Path:
-    """Replace ``run.json`` atomically (temporary file, fsync, rename, fsync of the directory)."""
-    rdir = pathlib.Path(rdir)
-    rdir.mkdir(parents=True, exist_ok=True)
-    final = rdir / RUN_RECORD
-    tmp = rdir / f".{RUN_RECORD}.tmp-{os.getpid()}"
-    text = json.dumps(record, indent=1, sort_keys=True, allow_nan=False, default=json_default)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # the previous run.json stays as it was
-        raise
-    _fsync_dir(rdir)
-    return final
-
-
-def read_run_record(rdir: str | os.PathLike) -> dict[str, Any]:
-    """The run record of a run directory; SpillFileError if missing or malformed."""
-    p = pathlib.Path(rdir) / RUN_RECORD
-    try:
-        rec = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SpillFileError(f"{p}: cannot read run record ({exc.strerror or exc})") from None
-    except json.JSONDecodeError as exc:
-        raise SpillFileError(f"{p}: run record is not valid JSON ({exc})") from None
-    if not isinstance(rec, dict):
-        raise SpillFileError(f"{p}: run record is not a JSON object")
-    return rec
 
 
 def json_default(o: Any) -> Any:

@@ -248,6 +248,7 @@ def export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=pathlib.Path, metavar="RUN_DIR")
     p.add_argument("--out", type=pathlib.Path, required=True, metavar="FILE.root")
     p.add_argument("--config", type=pathlib.Path, help="configuration TOML (default: the one in the run record)")
+    p.add_argument("--force", action="store_true", help="replace FILE.root if it exists")
     return p
 
 
@@ -256,7 +257,10 @@ def export_run(args: argparse.Namespace) -> int:
 
     _run_dirs([args.run_dir])
     with _err.status(f"exporting {args.run_dir}"):
-        s = do_export(args.run_dir, args.out, _config(args.config))
+        try:
+            s = do_export(args.run_dir, args.out, _config(args.config), overwrite=args.force)
+        except FileExistsError as exc:  # bad input: exit status 2 with the message
+            raise ValueError(str(exc)) from None
     _err.print(f"wrote {s['file']}: {s['events']} events from {s['spills']} spills")
     for e in s["skipped"]:
         _err.print(f"[yellow]skipped[/] {e}")

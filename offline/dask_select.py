@@ -40,7 +40,8 @@ import numpy as np
 
 from detector.config import Calibration, Config, load_calibration, load_config, validate
 from detector.records import INCOMPLETE_SPILL_FLAGS, PARTICLE_NAMES, TRUTH_APRIME, TRUTH_DIMUON
-from detector.spillfile import SpillFileError, json_default, list_spills, read_run_record, read_spill
+from detector.runrecord import read_run_record
+from detector.spillfile import SpillFileError, json_default, list_spills, read_spill
 
 from . import events as ev
 from . import selection as sel

@@ -50,8 +50,8 @@ from .publisher import Heartbeat, Publisher
 from .readout import CrateReadout, SpillOutcome
 from .record_content import build_spill, calibration_summary, run_thresholds, spill_flags
 from .recorder import RunRecorder
-from .recovery import buffered_spills, resume_point, still_holds
-from .spill_report import progress_line
+from .recovery import RECOVERABLE_FLAGS, buffered_spills, resume_point, still_holds, unwritten
+from .spill_report import print_line, progress_line
 from .spill_state import TRANSITIONS, IllegalTransition, SpillStateMachine, State
 
 __all__ = [
@@ -228,6 +228,8 @@ class DAQ:
             min_free_bytes=float(self.daq_cfg.min_free_mb) * 1e6,
         )
         self.recorder.open()
+        for problem in self.recorder.session["journal_problems"] + self.recorder.session["journal_repaired"]:
+            self._log(logging.WARNING, f"run record: {problem}")
         if self.recorder.restarted:
             self._log(
                 logging.WARNING,
@@ -248,6 +250,7 @@ class DAQ:
             chunk_records=self.daq_cfg.chunk_records,
             record_truth=self.daq_cfg.record_truth,
             events=self.events,
+            max_events=self.daq_cfg.max_events_per_spill,
         )
         # the primitive pool, faulted in now, sized for the expected intensity (it grows if needed)
         self.readout.prepare(int(min(self.daq_cfg.chunk_records, max(self.cfg.beam.particles_per_spill, 1))))
@@ -464,6 +467,10 @@ class DAQ:
                 self.spills_this_session += 1
                 self.sm.to(State.RECORDED)
             last = max(last if last is not None else -1, cs)
+        for e in unwritten(rec.spills):
+            if self.stopping or self._done():
+                break
+            self._recover(e)
         first, gap = resume_point(self.crate, last, st.last_complete)
         if gap is not None:
             rec.note_gap(gap[0], gap[1], "completed while no DAQ was running; no longer in the crate")
@@ -481,6 +488,32 @@ class DAQ:
     def _skipped_in(self, first: int, last: int) -> list[tuple[int, int]]:
         """The parts of ``first..last`` seen to be skipped, as ranges."""
         return [(max(a, first), min(b, last)) for a, b in self._skipped if a <= last and b >= first]
+
+    def _recover(self, entry: dict[str, Any]) -> None:
+        """A spill a previous session could not write (``disk_full``, ``write_failed``) is read again from
+        the crate's buffer and recorded as a new DAQ spill (flag ``retried``, ``recovers``: its spill),
+        if the crate still holds it; the flagged entry stays as it is (the run record is append-only)."""
+        assert self.recorder is not None and self.crate is not None
+        cs = int(entry["crate_spill"])
+        why = ",".join(f for f in entry.get("flags", []) if f in RECOVERABLE_FLAGS)
+        if not still_holds(self.crate, cs, float(entry.get("recorded_unix") or 0.0)):
+            self._log(
+                logging.ERROR,
+                f"spill {entry['spill']} (crate spill {cs}) was not written ({why}) and the crate no longer "
+                "holds it: its events are lost",
+            )
+            return
+        spill = self.recorder.next_spill
+        self._log(
+            logging.WARNING, f"recovering spill {entry['spill']} ({why}) from the crate's buffer as spill {spill}"
+        )
+        self._process(
+            spill,
+            cs,
+            extra_flags=["retried"],
+            note=f"spill {entry['spill']} was not written ({why}); re-read from the crate's buffer after restart",
+            recovers=int(entry["spill"]),
+        )
 
     def _note_restarts(self) -> None:
         """Report the crate restarts the driver noticed (a new boot id: the crate's ring, selection and
@@ -548,8 +581,16 @@ class DAQ:
         return target + 1
 
     # ------------------------------------------------------------------------- one spill
-    def _process(self, spill: int, crate_spill: int, extra_flags: list[str] | None = None, note: str = "") -> None:
-        """Read, trigger, read out and record one crate spill as DAQ spill ``spill``."""
+    def _process(
+        self,
+        spill: int,
+        crate_spill: int,
+        extra_flags: list[str] | None = None,
+        note: str = "",
+        recovers: int | None = None,
+    ) -> None:
+        """Read, trigger, read out and record one crate spill as DAQ spill ``spill`` (``recovers``: the DAQ
+        spill, not written before, whose crate spill this is)."""
         rec = self.recorder
         assert rec is not None and self.crate is not None and self.readout is not None
         t_detect = time.time()
@@ -565,9 +606,9 @@ class DAQ:
         out = self._read_with_retry(spill, crate_spill, flags)
         incidents = self.crate.take_incidents()
         flags = spill_flags(flags, incidents, out.flags)
-        if set(flags) & INCOMPLETE_SPILL_FLAGS:
+        if set(flags) & INCOMPLETE_SPILL_FLAGS - {"truncated"}:  # a cut at the event cap is no error
             self.sm.to(State.ERROR, f"spill {spill}: {', '.join(out.errors) or ', '.join(flags)}")
-        self._record(spill, out, flags, incidents, note, t0)
+        self._record(spill, out, flags, incidents, note, t0, recovers)
 
     def _read_with_retry(self, spill: int, crate_spill: int, flags: list[str]) -> SpillOutcome:
         """Read the spill; a readout that failed (not because the spill is gone) is retried once after a
@@ -579,7 +620,7 @@ class DAQ:
             if out is not None:
                 self.events.release(out.events_base)
             out = self.readout.read_spill(crate_spill, on_selected=self._reading)
-            hard = [f for f in out.flags if f in INCOMPLETE_SPILL_FLAGS]
+            hard = [f for f in out.flags if f in INCOMPLETE_SPILL_FLAGS and f != "truncated"]
             if not hard or "spill_lost" in hard or attempt == max_attempts - 1 or self.stopping:
                 break
             self.sm.to(State.ERROR, f"spill {spill} readout failed ({', '.join(out.errors)}); retrying the spill")
@@ -602,7 +643,14 @@ class DAQ:
         self.sm.to(State.READOUT, f"crate spill {out.crate_spill}: {out.n_particles} particles")
 
     def _record(
-        self, spill: int, out: SpillOutcome, flags: list[str], incidents: list[str], note: str, t0: float
+        self,
+        spill: int,
+        out: SpillOutcome,
+        flags: list[str],
+        incidents: list[str],
+        note: str,
+        t0: float,
+        recovers: int | None = None,
     ) -> None:
         """Write the spill file and the run record (or flag the spill and stop the run when the disk cannot
         take it), then publish the scalers, print the progress line and hand the events to the monitor
@@ -625,6 +673,8 @@ class DAQ:
         )
         self.crate.crate_errors.clear()
         entry["timing"] = out.timing
+        if recovers is not None:
+            entry["recovers"] = int(recovers)
         rec.session["crate_stats"] = dict(self.crate.stats)
         out.timing["daq_s_before_write"] = time.perf_counter() - t0
         problem = rec.space_problem(estimated_size(content))
@@ -638,8 +688,9 @@ class DAQ:
             self._not_recorded(spill, out, entry, flag, problem)
             return
         entry = rec.spills[-1]
-        out.timing["record_s"] = time.perf_counter() - t_rec
-        out.timing["total_s"] = time.perf_counter() - t0  # saved with the next run-record update
+        done = {"record_s": time.perf_counter() - t_rec, "total_s": time.perf_counter() - t0}
+        out.timing.update(done)
+        rec.note_timing(spill, done)
         self.crate.release_spill()
         self.spills_this_session += 1
         self.last_spill_unix = float(out.info.get("start_unix", 0.0)) + float(out.info.get("length_s", 0.0))
@@ -711,7 +762,11 @@ class DAQ:
     def _progress(self, spill: int, entry: dict[str, Any], seconds: float) -> None:
         totals = self.recorder.totals if self.recorder else {}
         line, style = progress_line(spill, entry, seconds, int(totals.get("lost_spills", 0)))
-        if self.console is not None:
-            self.console.print(line, style=style, highlight=False, markup=False)
-        else:
+        if self.console is None:
             log.info("%s", line)
+            return
+        problem = print_line(self.console, line, style)
+        if problem is not None:
+            self.console = None
+            log.info("%s", line)
+            self._log(logging.WARNING, f"console output failed ({problem}); progress lines go to the log from now on")

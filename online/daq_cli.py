@@ -20,8 +20,9 @@ from typing import Any
 DESCRIPTION = """\
 Run control of the NA64 bench. Connects to the MSADC crate (VISA) and the HV supplies (read-back only),
 then per spill: waits for the end of the spill, reads the trigger primitives, runs the trigger, uploads
-the accepted list, reads the events out, writes DIR/run-<number>/spill-<n>.h5 atomically, updates the
-run record DIR/run-<number>/run.json and publishes monitoring data on ZeroMQ PUB (--monitor).
+the accepted list, reads the events out (at most daq.max_events_per_spill), writes
+DIR/run-<number>/spill-<n>.h5 atomically, appends to the run record DIR/run-<number>/spills.jsonl (summary:
+run.json) and publishes monitoring data on ZeroMQ PUB (--monitor).
 """
 
 EPILOG = """\
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--out", metavar="FILE.root", required=True)
+    e.add_argument("--force", action="store_true", help="replace FILE.root if it exists")
     e.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -109,7 +111,7 @@ def _export(args: argparse.Namespace) -> int:
     from .export import export_run
 
     try:
-        export_run(args.run_dir, args.out)
+        export_run(args.run_dir, args.out, overwrite=args.force)
     except (SpillFileError, OSError, ValueError) as exc:
         print(f"na64-daq export: {exc}", file=sys.stderr)
         return 2
@@ -179,12 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("na64-daq: --run must be >= 0", file=sys.stderr)
         return 2
 
-    from rich.console import Console
-
     from .daq import DAQ
     from .msadc import MSADCError
+    from .spill_report import OperatorConsole
 
-    console = None if args.quiet else Console(highlight=False, soft_wrap=True)
+    console = None if args.quiet else OperatorConsole(highlight=False, soft_wrap=True)
     try:
         daq = DAQ(
             cfg,

@@ -10,7 +10,9 @@ Layout of the ROOT file:
   ``n_particles``, ``n_accepted``, ``n_read_out``, ``n_recorded``, ``eot`` and ``flags`` (bit k set = the
   k-th entry of detector.records.SPILL_FLAGS).
 
-Spills are appended one at a time (``TTree.extend``), so memory holds one spill.
+Spills are appended one at a time (``TTree.extend``), so memory holds one spill. The file is written under
+a temporary name and renamed when complete (:func:`detector.outfile.new_output`): a failed export leaves
+nothing, and an existing file is replaced only when asked for (``overwrite``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from detector.channels import N_CHANNELS, N_SAMPLES
+from detector.outfile import new_output
 from detector.records import SPILL_FLAGS, TRUTH_DTYPE
 from detector.spillfile import list_spills, read_spill
 
@@ -47,9 +50,10 @@ def flags_bits(flags: list[str]) -> int:
     return bits
 
 
-def export_run(run_dir: str | os.PathLike, out_root: str | os.PathLike) -> dict[str, Any]:
+def export_run(run_dir: str | os.PathLike, out_root: str | os.PathLike, overwrite: bool = False) -> dict[str, Any]:
     """Write every spill of ``run_dir`` to ``out_root`` (ROOT); returns {"spills": n, "events": n, "path": ...}.
-    Raises detector.spillfile.SpillFileError for an unreadable spill file."""
+    Raises detector.spillfile.SpillFileError for an unreadable spill file (nothing is written), and
+    FileExistsError when ``out_root`` exists and ``overwrite`` is false."""
     import uproot
 
     files = list_spills(run_dir)
@@ -71,7 +75,7 @@ def export_run(run_dir: str | os.PathLike, out_root: str | os.PathLike) -> dict[
         for name in TRUTH_DTYPE.names or ():
             ev_types[f"truth_{name}"] = TRUTH_DTYPE[name].newbyteorder("=")
     n_events = 0
-    with uproot.recreate(out) as f:
+    with new_output(out, overwrite) as tmp, uproot.recreate(tmp) as f:
         f.mktree("events", ev_types, title="recorded events")
         f.mktree("spills", SPILL_BRANCHES, title="spill accounting")
         for p in files:

@@ -70,6 +70,13 @@ class SpillOutcome:
     errors: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
     triggered: bool = False
+    max_events: int | None = None  #: the cap that cut the accepted list (``daq.max_events_per_spill``)
+    n_cut: int = 0  #: accepted events not read out because of the cap
+
+    @property
+    def n_accepted(self) -> int:
+        """Events the trigger accepted (``accepted`` holds those read out: fewer when capped)."""
+        return int(self.accepted.size) + self.n_cut
 
 
 class _ReaderFailed(Exception):
@@ -84,7 +91,9 @@ class CrateReadout:
     records per transfer chunk; ``record_truth``: also read the crate's truth records; ``parallel_trigger``
     (default: with at least 4 cores, since the reader thread and the crate need cores too) runs the
     parallel trigger kernel. ``events`` is the pool the event buffers come from; whoever holds an
-    outcome last gives ``outcome.events_base`` back to it."""
+    outcome last gives ``outcome.events_base`` back to it. ``max_events``: most events read out per spill
+    (None: all); a spill whose trigger accepted more is flagged ``truncated`` and only its first
+    ``max_events`` accepted events are asked of the crate."""
 
     def __init__(
         self,
@@ -95,6 +104,7 @@ class CrateReadout:
         record_truth: bool,
         parallel_trigger: bool | None = None,
         events: EventPool | None = None,
+        max_events: int | None = None,
     ) -> None:
         self.crate = crate
         self.menu = menu
@@ -102,6 +112,7 @@ class CrateReadout:
         self.record_truth = bool(record_truth)
         self.parallel_trigger = (os.cpu_count() or 1) >= 4 if parallel_trigger is None else bool(parallel_trigger)
         self.events = events if events is not None else EventPool()
+        self.max_events = None if max_events is None else int(max_events)
         self.chunks = ChunkPool(self.chunk_records)
         self.times = TimesBuffer()
 
@@ -121,6 +132,7 @@ class CrateReadout:
         self._trigger(out)
         if not out.triggered:
             return out
+        self._cap(out)
         if not self._upload_accepted(out):
             return out
         if not self._read_events(out):
@@ -237,6 +249,20 @@ class CrateReadout:
             self._fail(out, failure, f"primitive readout/trigger ({out.n_seen} of {n} records)")
             return
         out.triggered = True
+
+    def _cap(self, out: SpillOutcome) -> None:
+        """Keep the first ``max_events`` accepted events for the readout; the rest are counted in ``n_cut``
+        and the spill is flagged ``truncated``."""
+        cap = self.max_events
+        if cap is None or out.accepted.size <= cap:
+            return
+        out.n_cut = int(out.accepted.size) - cap
+        out.max_events = cap
+        out.accepted, out.mask = out.accepted[:cap], out.mask[:cap]
+        out.flags.append("truncated")
+        log.warning(
+            "crate spill %d: %d events accepted, only the first %d read out", out.crate_spill, out.n_accepted, cap
+        )
 
     def _upload_accepted(self, out: SpillOutcome) -> bool:
         t = time.perf_counter()

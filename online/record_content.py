@@ -112,7 +112,7 @@ def build_spill(
         "length_s": attrs["length_s"],
         "n_particles": int(out.n_particles),
         "n_seen": int(out.n_seen),
-        "n_accepted": int(out.accepted.size),
+        "n_accepted": out.n_accepted,
         "n_read_out": int(out.n_read_out),
         "eot": int(out.eot),
         "flags": flags,
@@ -125,6 +125,8 @@ def build_spill(
         "truth": truth is not None,
         "note": note,
     }
+    if out.max_events is not None:
+        entry["max_events"] = out.max_events
     return content, entry
 
 

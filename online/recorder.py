@@ -1,7 +1,9 @@
 """The recorder: run directory, spill files, run record and the zero-loss accounting.
 
-Files are written with :mod:`detector.spillfile` only (the ONE writer): ``<out>/run-<number>/spill-<n>.h5``
-(atomic: temporary name, fsync, rename) and ``run.json`` (replaced atomically after every change).
+Files are written with :mod:`detector.spillfile` (the ONE spill-file writer): ``<out>/run-<number>/spill-<n>.h5``
+(atomic: temporary name, fsync, rename), and :mod:`detector.runrecord` (the run record): one line appended
+and fsync'd to the journal ``spills.jsonl`` per event (spill begun, spill recorded), and the small summary
+``run.json`` replaced atomically; both cost the same per spill however long the run.
 
 Restart and crash rules:
 
@@ -10,14 +12,16 @@ Restart and crash rules:
 - Opening an existing run continues it: spill numbers go on after the highest finished spill (from the
   run record and from the files; a file the record does not know yet - the process died between the
   rename and the record update - is adopted from its attributes).
-- Before the readout of a spill starts, the run record notes it as ``in_flight``. If the process dies,
-  the next start finds ``in_flight`` without a finished file: the spill is *interrupted*. Stale temporary
-  files (``.spill-*.h5.tmp-*``, ``.run.json.tmp-*``) are removed and listed in the run record. The DAQ
-  then re-reads the interrupted spill if the crate still holds it (flag ``retried``) or records it as
+- Before the readout of a spill starts, the run record notes it as ``in_flight`` (a ``begin`` line). If
+  the process dies, the next start finds ``in_flight`` without a finished file: the spill is
+  *interrupted*. Stale temporary files (``.spill-*.h5.tmp-*``, ``.run.json.tmp-*``,
+  ``.spills.jsonl.tmp-*``) are removed and listed in the run record. The DAQ then re-reads the
+  interrupted spill if the crate still holds it (flag ``retried``) or records it as
   lost (flags ``spill_lost``, ``readout_incomplete``).
 
 Accounting per spill (spill attrs and run record): ``n_particles`` (primitive records the crate holds),
-``n_seen`` (records the trigger processed), ``n_accepted``, ``n_read_out``, ``n_recorded``. A spill is
+``n_seen`` (records the trigger processed), ``n_accepted``, ``n_read_out``, ``n_recorded``; a spill whose
+readout stopped at ``daq.max_events_per_spill`` (``max_events``) is flagged ``truncated``. A spill is
 *complete* when ``n_seen == n_particles`` and ``n_accepted == n_read_out == n_recorded``; a spill that is
 not complete must carry at least one of :data:`detector.records.INCOMPLETE_SPILL_FLAGS` saying why (:func:`reconcile`).
 """
@@ -38,20 +42,20 @@ import numpy as np
 
 from detector.channels import N_CHANNELS, N_SAMPLES
 from detector.records import INCOMPLETE_SPILL_FLAGS, SPILL_FLAGS
-from detector.spillfile import (
+from detector.runrecord import (
     RUN_RECORD,
-    SpillContent,
-    SpillFileError,
-    list_spills,
+    SCHEMA_VERSION,
+    RunRecordWriter,
+    add_to_totals,
+    is_complete,
     read_run_record,
-    read_spill,
-    run_dir,
-    write_run_record,
-    write_spill,
+    run_totals,
 )
+from detector.spillfile import SpillContent, SpillFileError, list_spills, read_spill, run_dir, write_spill
 
-RECORD_SCHEMA = 1
-_TMP_RE = re.compile(r"^\.(spill-\d+\.h5|run\.json)\.tmp-(\d+)$")
+__all__ = ["RecorderError", "RunRecorder", "is_complete", "next_run_number", "reconcile"]
+
+_TMP_RE = re.compile(r"^\.(spill-\d+\.h5|run\.json|spills\.jsonl)\.tmp-(\d+)$")
 _RUN_RE = re.compile(r"^run-(\d+)$")
 
 
@@ -80,11 +84,9 @@ def reconcile(entry: dict[str, Any]) -> list[str]:
         problems.append(f"spill {entry.get('spill')}: counts {n} do not reconcile and no flag says why")
     if n["n_recorded"] > n["n_read_out"] or n["n_read_out"] > n["n_accepted"] or n["n_seen"] > n["n_particles"]:
         problems.append(f"spill {entry.get('spill')}: impossible counts {n}")
+    if "truncated" in flags and not n["n_read_out"] < n["n_accepted"]:
+        problems.append(f"spill {entry.get('spill')}: flagged truncated, but every accepted event was read: {n}")
     return problems
-
-
-def is_complete(entry: dict[str, Any]) -> bool:
-    return not (set(entry.get("flags", [])) & INCOMPLETE_SPILL_FLAGS)
 
 
 class RunRecorder:
@@ -118,6 +120,8 @@ class RunRecorder:
         self.next_spill = 1
         self.session: dict[str, Any] = {}
         self._lock_fd: int | None = None
+        self._writer: RunRecordWriter | None = None
+        self._io_mark = (0, 0.0)  #: the writer's (bytes, s) when the spill in hand began
         self.restarted = False
 
     # ----------------------------------------------------------------------------- open/close
@@ -128,6 +132,7 @@ class RunRecorder:
             raise RecorderError(f"not enough disk to record run {self.run}: {problem}")
         self._lock()
         cleaned = self._clean_tmp()
+        convert: list[dict[str, Any]] | None = []  # a new journal: empty, or the entries of an older record
         if (self.rdir / RUN_RECORD).exists():
             try:
                 self.record = read_run_record(self.rdir)
@@ -140,9 +145,12 @@ class RunRecorder:
                     f"{self.rdir / RUN_RECORD}: belongs to run {self.record.get('run')!r}, not {self.run}"
                 )
             self.restarted = True
+            convert = list(self.record["spills"]) if self.record.get("schema_version", 1) == 1 else None
         else:
             self.record = self._new_record()
         rec = self.record
+        self._writer = RunRecordWriter(self.rdir)
+        repaired = self._writer.open(spills=convert)
         known = {int(e["spill"]) for e in rec["spills"]}
         adopted = []
         unreadable = []
@@ -156,7 +164,9 @@ class RunRecorder:
             except SpillFileError as exc:
                 unreadable.append({"file": p.name, "error": str(exc)})
                 continue
-            rec["spills"].append(self._entry_from_attrs(data.attrs, p.name))
+            e = self._entry_from_attrs(data.attrs, p.name)
+            self._writer.spill(e)
+            rec["spills"].append(e)
             adopted.append(n)
         rec["spills"].sort(key=lambda e: e["spill"])
         in_flight = rec.get("in_flight")
@@ -166,7 +176,8 @@ class RunRecorder:
             self.interrupted["tmp_files"] = [
                 c for c in cleaned if c.startswith(f".spill-{int(in_flight['spill']):06d}")
             ]
-        rec["in_flight"] = None
+        else:  # in flight in the journal until the interrupted spill is recorded (re-read or flagged)
+            rec["in_flight"] = None
         highest = max(done | {int(x["spill"]) for x in [in_flight] if x}, default=0)
         self.next_spill = highest + 1
         self.session = {
@@ -178,6 +189,8 @@ class RunRecorder:
             "cleaned_tmp_files": cleaned,
             "adopted_files": adopted,
             "unreadable_files": unreadable,
+            "journal_problems": rec.get("journal_problems", []),
+            "journal_repaired": repaired,
             "interrupted": self.interrupted,
             "spills_recorded": 0,
         }
@@ -185,14 +198,14 @@ class RunRecorder:
             self.session["config_toml"] = self.config_toml
             self.session["config_changed"] = True
         rec["sessions"].append(self.session)
-        self._refresh_totals()
+        rec["totals"] = run_totals(rec["spills"], rec["gaps"])
         self.save()
         return self
 
     def _new_record(self) -> dict[str, Any]:
         now = time.time()
         return {
-            "schema_version": RECORD_SCHEMA,
+            "schema_version": SCHEMA_VERSION,
             "run": self.run,
             "created_unix": now,
             "updated_unix": now,
@@ -211,13 +224,16 @@ class RunRecorder:
         }
 
     def close(self, reason: str = "stopped") -> None:
-        if not self.record:
+        if not self.record or self._writer is None:  # never opened, or refused to open: nothing to write
+            self._unlock()
             return
         self.session["stop_unix"] = time.time()
         self.session["stop_reason"] = reason
         try:
             self.save()
         finally:
+            if self._writer is not None:
+                self._writer.close()
             self._unlock()
 
     def _lock(self) -> None:
@@ -260,6 +276,7 @@ class RunRecorder:
             "n_accepted",
             "n_read_out",
             "n_recorded",
+            "max_events",
             "eot",
             "flags",
             "scalers",
@@ -287,23 +304,10 @@ class RunRecorder:
         return max(ids, default=None)
 
     def save(self) -> None:
+        """Replace the summary ``run.json`` (atomically; its size does not grow with the spills)."""
+        assert self._writer is not None, "RunRecorder.open() first"
         self.record["updated_unix"] = time.time()
-        write_run_record(self.rdir, self.record)
-
-    def _refresh_totals(self) -> None:
-        sp = self.spills
-        self.record["totals"] = {
-            "spills": len(sp),
-            "complete_spills": sum(1 for e in sp if is_complete(e)),
-            "flagged_spills": sum(1 for e in sp if e.get("flags")),
-            "lost_spills": sum(1 for e in sp if "spill_lost" in e.get("flags", [])),
-            "events_recorded": int(sum(int(e.get("n_recorded", 0)) for e in sp)),
-            "events_accepted": int(sum(int(e.get("n_accepted", 0)) for e in sp)),
-            "events_not_recorded": int(sum(int(e.get("n_accepted", 0)) - int(e.get("n_recorded", 0)) for e in sp)),
-            "particles": int(sum(int(e.get("n_particles", 0)) for e in sp)),
-            "eot": int(sum(int(e.get("eot", 0)) for e in sp)),
-            "gaps": len(self.record.get("gaps", [])),
-        }
+        self._writer.summary(self.record)
 
     @property
     def totals(self) -> dict[str, Any]:
@@ -328,6 +332,8 @@ class RunRecorder:
     # ------------------------------------------------------------------------------- spills
     def begin_spill(self, spill: int, crate_spill: int, **info: Any) -> None:
         """Note the spill in flight (durably) before its readout starts."""
+        assert self._writer is not None, "RunRecorder.open() first"
+        self._io_mark = (self._writer.bytes_written, self._writer.seconds)
         self.record["in_flight"] = {
             "spill": int(spill),
             "crate_spill": int(crate_spill),
@@ -335,7 +341,7 @@ class RunRecorder:
             "pid": os.getpid(),
             **info,
         }
-        self.save()
+        self._writer.begin(self.record["in_flight"])
 
     def record_spill(
         self, content: SpillContent, entry: dict[str, Any], compression: str | None = None
@@ -353,18 +359,38 @@ class RunRecorder:
         content.attrs["flags"] = flags
         for k in ("n_particles", "n_seen", "n_accepted", "n_read_out"):
             content.attrs[k] = int(entry.get(k, 0))
+        if "max_events" in entry:
+            content.attrs["max_events"] = int(entry["max_events"])
         t0 = time.perf_counter()
         path = write_spill(self.rdir, content, compression=compression)
         entry["file"] = path.name
         entry["write_s"] = time.perf_counter() - t0
         entry["recorded_unix"] = time.time()
+        assert self._writer is not None, "RunRecorder.open() first"
+        if self.record.get("in_flight") is None or self.record["in_flight"].get("spill") != entry["spill"]:
+            self._io_mark = (self._writer.bytes_written, self._writer.seconds)  # no begin line (a lost spill)
+        self._writer.spill(entry)
         self.spills.append(entry)
         self.record["in_flight"] = None
         self.session["spills_recorded"] = self.session.get("spills_recorded", 0) + 1
-        self._refresh_totals()
+        add_to_totals(self.totals, entry)
         self.save()
         self.next_spill = max(self.next_spill, int(content.spill) + 1)
         return path
+
+    def note_timing(self, spill: int, timing: dict[str, Any]) -> None:
+        """Add timings known only after spill ``spill`` was recorded (s) to its entry, together with the
+        run record's own cost for the spill: ``run_record_bytes`` written and ``run_record_s`` spent on
+        its begin line, its entry and the summary."""
+        assert self._writer is not None, "RunRecorder.open() first"
+        t = dict(timing)
+        t["run_record_bytes"] = self._writer.bytes_written - self._io_mark[0]
+        t["run_record_s"] = self._writer.seconds - self._io_mark[1]
+        for e in reversed(self.spills):
+            if e["spill"] == spill:
+                e.setdefault("timing", {}).update(t)
+                break
+        self._writer.timing(spill, t)
 
     def record_empty(self, spill: int, crate_spill: int, flags: list[str], reason: str, **entry: Any) -> pathlib.Path:
         """A spill with no events (lost by the crate, or interrupted and gone): an empty, flagged file."""
@@ -403,7 +429,7 @@ class RunRecorder:
         self.record.setdefault("gaps", []).append(
             {"crate_from": int(crate_from), "crate_to": int(crate_to), "reason": reason, "unix": time.time()}
         )
-        self._refresh_totals()
+        self.totals["gaps"] = len(self.record["gaps"])
         self.save()
 
     def note_stall(self, since_unix: float, until_unix: float | None) -> None:
@@ -411,6 +437,9 @@ class RunRecorder:
         self.save()
 
     def set(self, key: str, value: Any, save: bool = False) -> None:
+        """Set a summary key of the run record (not one of the journal's: spills, in_flight)."""
+        if key in ("spills", "in_flight"):
+            raise ValueError(f"{key!r} lives in the run record's journal")
         self.record[key] = value
         if save:
             self.save()

@@ -1,12 +1,13 @@
 """Restart recovery's questions to the crate: which spills its ring still holds, whether a spill a previous
-DAQ was reading is still there, and where a continued run resumes. The run control (:mod:`online.daq`)
-acts on the answers (re-reads, records lost spills, notes gaps)."""
+DAQ was reading (or could not write) is still there, and where a continued run resumes. The run control
+(:mod:`online.daq`) acts on the answers (re-reads, records lost spills, notes gaps)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .msadc import MSADC, MSADCError
 
@@ -71,3 +72,18 @@ def resume_point(crate: MSADC, last: int | None, last_complete: int) -> tuple[in
         return None, None
     first = min([s for s in buffered_spills(crate) if s > last], default=last_complete + 1)
     return first, ((last + 1, first - 1) if first > last + 1 else None)
+
+
+#: flags of a spill whose events were read but not written: the crate's copy was kept for a restart
+RECOVERABLE_FLAGS = frozenset({"disk_full", "write_failed"})
+
+
+def unwritten(spills: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Entries of a run record (by spill number) whose spill was read but not written (a flag of
+    :data:`RECOVERABLE_FLAGS`) and whose crate spill has no later entry (no recovery recorded since)."""
+    last: dict[int, dict[str, Any]] = {}
+    for e in spills:
+        cs = e.get("crate_spill")
+        if isinstance(cs, int) and cs >= 0:
+            last[cs] = e
+    return [e for e in sorted(last.values(), key=lambda e: e["spill"]) if RECOVERABLE_FLAGS & set(e.get("flags", []))]

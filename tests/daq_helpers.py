@@ -21,7 +21,8 @@ import pytest
 import zmq
 
 from detector.framing import FramingError, recv_message
-from detector.spillfile import list_spills, read_run_record, read_spill, run_dir
+from detector.runrecord import read_run_record
+from detector.spillfile import list_spills, read_spill, run_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,9 +125,11 @@ def start_daq(
     extra: Sequence[str] = (),
     name: str = "daq",
     file_size_limit: int | None = None,
+    stdout: Any = None,
 ) -> DAQProcess:
     """``file_size_limit`` (bytes): RLIMIT_FSIZE of the DAQ process, so that writing a larger file fails
-    with EFBIG as a full disk fails with ENOSPC (SIGXFSZ ignored: the write returns the error)."""
+    with EFBIG as a full disk fails with ENOSPC (SIGXFSZ ignored: the write returns the error).
+    ``stdout``: where the DAQ's stdout goes (default: the log, with stderr)."""
     cmd = [
         sys.executable,
         "-m",
@@ -162,8 +165,8 @@ def start_daq(
             cwd=str(REPO_ROOT),
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
+            stdout=fh if stdout is None else stdout,
+            stderr=subprocess.STDOUT if stdout is None else fh,
             preexec_fn=limit_file_size if file_size_limit is not None else None,
         )
     _STARTED.append(proc)

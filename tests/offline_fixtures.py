@@ -20,7 +20,8 @@ import numpy as np
 
 from detector.config import Config, dump_toml, load_calibration, load_config
 from detector.records import TRUTH_APRIME
-from detector.spillfile import SpillContent, run_dir, write_run_record, write_spill
+from detector.runrecord import write_run_record
+from detector.spillfile import SpillContent, run_dir, write_spill
 from sim_frontend.beam import generate_spill
 from sim_frontend.digitizer import Digitizer
 from sim_frontend.response import apply_response, hardware_scalers

@@ -36,7 +36,8 @@ import pyvisa
 from detector import channels as ch
 from detector.config import load_calibration, load_config
 from detector.records import INCOMPLETE_SPILL_FLAGS
-from detector.spillfile import read_run_record, read_spill, spill_path
+from detector.runrecord import read_run_record
+from detector.spillfile import read_spill, spill_path
 from trigger.menu import TriggerMenu
 from trigger.reference import waveform_trigger
 
@@ -174,9 +175,10 @@ class Oracle(threading.Thread):
             cmd, datatype=datatype, is_big_endian=False, container=np.ndarray, data_points=points
         )
 
-    def decide(self, crate_spill: int) -> Decided | str:
+    def decide(self, crate_spill: int, upto: int | None = None) -> Decided | str:
         """Read crate spill ``crate_spill`` (held or buffered), trigger it with the reference and read the
-        waveforms of every accepted record; then release it. A string says why it could not be read."""
+        waveforms of every accepted record (of the first ``upto``: a spill the DAQ truncated); then release
+        it. A string says why it could not be read."""
         if crate_spill in self.decided:
             return self.decided[crate_spill]
         if crate_spill <= self.floor:
@@ -196,10 +198,11 @@ class Oracle(threading.Thread):
                     times = self._query_block(f"PRIM:TIME? 0,{n},{sid}", "d", n)
             ref = waveform_trigger(self.menu, prims, times)
             ids = np.asarray(ref.accepted, np.int64)
-            wf = np.empty((ids.size, ch.N_CHANNELS, ch.N_SAMPLES), np.int16)
+            want = ids[: ids.size if upto is None else upto]
+            wf = np.empty((want.size, ch.N_CHANNELS, ch.N_SAMPLES), np.int16)
             with self._io:
-                for s in range(0, ids.size, INDICES_PER_QUERY):
-                    part = ids[s : s + INDICES_PER_QUERY]
+                for s in range(0, want.size, INDICES_PER_QUERY):
+                    part = want[s : s + INDICES_PER_QUERY]
                     got = self._query_block(
                         f"EVT:IND:DATA? {sid}," + ",".join(map(str, part.tolist())),
                         "h",
@@ -227,7 +230,7 @@ class Oracle(threading.Thread):
         for e in rec["spills"]:
             if not e.get("n_particles") and not e.get("n_recorded"):
                 continue  # nothing was read from the crate for this spill
-            got = self.decide(int(e["crate_spill"]))
+            got = self.decide(int(e["crate_spill"]), None if "truncated" not in e["flags"] else int(e["n_recorded"]))
             if isinstance(got, str):
                 problems.append(f"spill {e['spill']}: {got}")
                 continue
@@ -261,6 +264,11 @@ class Oracle(threading.Thread):
                 f"{where}: {bad.size} of {n} recorded waveforms differ from the crate's waveform of the "
                 f"reference record (first: event {bad[0]}, reference record {int(ids[bad[0]])})"
             )
+        if "truncated" in e["flags"]:  # cut at daq.max_events_per_spill: exactly the first max_events read
+            cap = int(e.get("max_events", -1))
+            whole = not (set(e["flags"]) & INCOMPLETE_SPILL_FLAGS - {"truncated"})  # else a failure cut it shorter
+            if not (n <= cap < ids.size) or (whole and n != cap):
+                out.append(f"{where}: truncated at {cap} events, but {n} recorded of {ids.size} accepted")
         complete = not (set(e["flags"]) & INCOMPLETE_SPILL_FLAGS)
         if complete and n != ids.size:
             out.append(f"{where}: {n} events recorded in a complete spill, the reference trigger accepts {ids.size}")

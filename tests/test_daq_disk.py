@@ -34,6 +34,9 @@ pytestmark = pytest.mark.slow
 #: one stopped starts on the oldest buffered spill, which must not be overwritten while it is being read
 #: (with 6 spills it was, on a loaded machine: flagged spill_lost, correctly, but not what these tests test)
 RESTART_CONFIG = deep_merge(DAQ_TEST_CONFIG, {"emulator": {"spill_buffer": 16}})
+#: the spill the DAQ could not write must still be in the crate when the third DAQ starts: 16 spills of a
+#: slower cycle (32 s)
+RECOVERY_CONFIG = deep_merge(DAQ_TEST_CONFIG, {"spill": {"supercycle_s": 2.0}, "emulator": {"spill_buffer": 16}})
 
 
 @pytest.fixture
@@ -82,7 +85,7 @@ def _record_two_spills(tmp_path, emu, run: int, out=None):
 
 def test_a_spill_that_cannot_be_written_is_flagged_and_the_run_stops_cleanly(tmp_path):
     with (
-        start_emulator(tmp_path, RESTART_CONFIG, ["--no-pty"]) as emu,
+        start_emulator(tmp_path, RECOVERY_CONFIG, ["--no-pty"]) as emu,
         start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 5)) as oracle,
     ):
         out = tmp_path / "data"
@@ -111,12 +114,19 @@ def test_a_spill_that_cannot_be_written_is_flagged_and_the_run_stops_cleanly(tmp
         assert rec["sessions"][-1]["stop_reason"] == "disk_full"
         assert read_spill(first.rdir / "spill-000003.h5").flags[0] == "write_failed"
 
-        # room again: a restarted DAQ continues the run after the flagged spill
-        third = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=5, spills=1, name="daq3")
+        # room again: a restarted DAQ first recovers the flagged spill from the crate's buffer (a new spill,
+        # the flagged entry stays as it was), then continues the run
+        third = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=5, spills=2, name="daq3")
         assert third.wait(120) == 0, third.log()[-4000:]
+        assert "recovering spill 3 (write_failed) from the crate's buffer as spill 4" in third.log()
         rec = check_run(first.rdir, emu, oracle)
-        assert [e["spill"] for e in rec["spills"]] == [1, 2, 3, 4]
-        assert rec["spills"][-1]["flags"] == [] and rec["spills"][-1]["n_recorded"] > 0
+        assert [e["spill"] for e in rec["spills"]] == [1, 2, 3, 4, 5]
+        assert rec["spills"][2] == bad  # the flagged entry is never rewritten
+        again = rec["spills"][3]
+        assert again["recovers"] == 3 and again["flags"] == ["retried"] and again["crate_spill"] == bad["crate_spill"]
+        assert again["n_accepted"] == again["n_recorded"] == bad["n_accepted"] and again["eot"] == bad["eot"]
+        assert rec["spills"][4]["flags"] == [] and rec["spills"][4]["crate_spill"] > bad["crate_spill"]
+        assert rec["totals"]["complete_spills"] == 4 and rec["totals"]["events_not_recorded"] == bad["n_accepted"]
 
 
 def test_the_daq_refuses_to_start_without_its_disk_reserve(tmp_path):

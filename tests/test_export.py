@@ -7,7 +7,7 @@ import pytest
 import uproot
 
 from detector.records import SPILL_FLAGS, TRUTH_DTYPE
-from detector.spillfile import SpillContent, SpillFileError, spill_path
+from detector.spillfile import SpillContent, SpillFileError, list_spills, spill_path
 from online.export import export_run, flags_bits
 from online.recorder import RunRecorder
 
@@ -68,6 +68,8 @@ def test_export_without_truth_and_bad_file(tmp_path):
     spill_path(rdir, 2).write_bytes(b"garbage")
     with pytest.raises(SpillFileError, match=r"spill-000002\.h5"):
         export_run(rdir, tmp_path / "b.root")
+    assert not (tmp_path / "b.root").exists()  # a failed export leaves nothing, not half a file
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
     assert flags_bits(["retried", "bogus"]) == (1 << SPILL_FLAGS.index("retried")) | (1 << 31)
 
 
@@ -76,3 +78,19 @@ def test_na64_daq_export_command(tmp_path):
 
     assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "x.root")]) == 2
     assert not (tmp_path / "x.root").exists()
+
+
+def test_export_never_overwrites_a_file_it_was_not_asked_to(tmp_path):
+    from online.daq_cli import main
+
+    rdir, _ = _run(tmp_path, truth=False)
+    out = tmp_path / "mine.root"
+    out.write_bytes(b"someone's data")
+    with pytest.raises(FileExistsError, match=r"mine\.root exists"):
+        export_run(rdir, out)
+    assert main(["export", str(rdir), "--out", str(out)]) == 2
+    assert out.read_bytes() == b"someone's data"
+    assert main(["export", str(rdir), "--out", str(out), "--force"]) == 0
+    with uproot.open(out) as f:
+        assert f["spills"].num_entries == len(list_spills(rdir))
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]

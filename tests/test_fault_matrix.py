@@ -53,7 +53,8 @@ from oracle import start_oracle
 from detector import channels as chmap
 from detector.config import load_calibration, load_config
 from detector.records import INCOMPLETE_SPILL_FLAGS
-from detector.spillfile import list_spills, read_run_record, read_spill, run_dir
+from detector.runrecord import read_run_record
+from detector.spillfile import list_spills, read_spill, run_dir
 from online.recorder import reconcile
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,8 @@ from PyQt5 import QtCore, QtGui
 from detector import channels as ch
 from detector.config import load_calibration
 from detector.records import TRIGGER_BITS
-from detector.spillfile import SpillContent, write_run_record, write_spill
+from detector.runrecord import write_run_record
+from detector.spillfile import SpillContent, write_spill
 from online.monitor import model as M
 from online.monitor import views as V
 from online.monitor.synthetic import SyntheticDAQ, SyntheticPublisher, write_example_yields
@@ -302,7 +303,7 @@ def write_small_run(rdir) -> None:
             ),
         )
     (rdir / "spill-000003.h5").write_bytes(b"not an HDF5 file")  # a corrupt spill: skipped, logged
-    write_run_record(rdir, {"run": RUN, "spills": [1, 2, 3]})
+    write_run_record(rdir, {"run": RUN, "spills": [{"spill": s, "flags": []} for s in (1, 2, 3)]})
 
 
 def test_replay_of_a_recorded_run(window, qtbot, tmp_path):

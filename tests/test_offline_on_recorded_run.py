@@ -28,7 +28,8 @@ from oracle import start_oracle
 
 from detector.config import load_calibration, load_config
 from detector.records import TRIGGER_BITS
-from detector.spillfile import list_spills, read_run_record, read_spill, run_dir
+from detector.runrecord import read_run_record
+from detector.spillfile import list_spills, read_spill, run_dir
 from offline.events import event_table_from_arrays
 
 pytestmark = pytest.mark.slow

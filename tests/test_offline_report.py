@@ -9,7 +9,8 @@ import numpy as np
 import offline_fixtures as fx
 import pytest
 
-from detector.spillfile import list_spills, read_run_record, read_spill
+from detector.runrecord import read_run_record
+from detector.spillfile import list_spills, read_spill
 from offline import dask_select as ds
 from offline import events as ev
 from offline import limits as lim
@@ -72,6 +73,10 @@ def test_export_round_trips_through_uproot(runs, tmp_path):
     inj, _ = runs
     out = tmp_path / "run.root"
     assert main(["export", str(inj), "--out", str(out)]) == 0
+    before = out.read_bytes()
+    assert main(["export", str(inj), "--out", str(out)]) == 2  # an existing file is not overwritten ...
+    assert out.read_bytes() == before
+    assert main(["export", str(inj), "--out", str(out), "--force"]) == 0  # ... unless asked for
     cfg, calib = ds.run_setup(inj)
     tables = [ev.event_table(read_spill(p), calib, cfg) for p in list_spills(inj)]
     t = ev.concat(tables)

@@ -16,7 +16,8 @@ from detector.config import load_calibration
 from detector.pulse import pulse_samples
 from detector.reco import reconstruct
 from detector.records import PARTICLE_CODES, TRIGGER_BITS, TRUTH_APRIME, TRUTH_PILEUP
-from detector.spillfile import list_spills, read_run_record, read_spill
+from detector.runrecord import read_run_record
+from detector.spillfile import list_spills, read_spill
 from offline import dask_select as ds
 from offline import events as ev
 from offline import report

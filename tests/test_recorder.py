@@ -14,15 +14,8 @@ import numpy as np
 import pytest
 
 from detector.channels import N_CHANNELS, N_SAMPLES
-from detector.spillfile import (
-    SpillContent,
-    SpillFileError,
-    list_spills,
-    read_run_record,
-    read_spill,
-    spill_path,
-    write_spill,
-)
+from detector.runrecord import read_run_record
+from detector.spillfile import SpillContent, SpillFileError, list_spills, read_spill, spill_path, write_spill
 from online.recorder import RecorderError, RunRecorder, is_complete, next_run_number, reconcile
 
 REPO = Path(__file__).resolve().parent.parent

@@ -29,6 +29,15 @@ the recorded data (otherwise every finished spill file is read in full and remov
 shipped to tape: at 5e6 e-/spill 200 spills would need ~146 GB of disk; the rest is removed after a
 passing run). The figures are printed in the terminal
 summary and written to ``soak_figures.json`` in the test's tmp directory.
+
+:func:`test_run_record_cost_is_flat` (issue 15): ``NA64_SOAK_RECORD_SPILLS`` (default 1000) small spills on
+the compressed cycle (the emulator's own feed, a spill every 0.5 s, HV read-back on); the run record's
+cost per spill (bytes written, seconds spent on its journal lines and summary: the ``run_record_bytes``
+and ``run_record_s`` timings of every spill) must be flat: the mean bytes of the last 100 spills within
+10% of the first 100, and their median seconds not above the first 100's by more than 10% (seconds are
+mostly fsync latency, which moves with what else writes to the disk: they may fall as load goes, a
+growth is what an O(spills) record would show). The figures (and the size one rewrite of the whole
+record, the older layout, would have written at the end) go to ``record_cost.json``.
 """
 
 from __future__ import annotations
@@ -50,7 +59,8 @@ from daq_helpers import (
 )
 from emulator_fixture import REPO_ROOT, start_emulator
 
-from detector.spillfile import SpillFileError, list_spills, read_run_record, read_spill
+from detector.runrecord import read_run_record
+from detector.spillfile import SpillFileError, list_spills, read_spill
 
 SPILLS = int(os.environ.get("NA64_SOAK_SPILLS", "200"))
 PARTICLES = float(os.environ.get("NA64_SOAK_PARTICLES", "5e6"))
@@ -332,3 +342,59 @@ def _evaluate(
     assert not problems, "\n".join(problems[:30])
     if os.environ.get("NA64_SOAK_KEEP") != "1":
         shutil.rmtree(out, ignore_errors=True)
+
+
+RECORD_SPILLS = int(os.environ.get("NA64_SOAK_RECORD_SPILLS", "1000"))
+RECORD_CONFIG: dict[str, Any] = {
+    "spill": {"length_s": 0.1, "supercycle_s": 0.5},
+    "beam": {"particles_per_spill": 2e3, "calibration_particles_per_spill": 2e3},
+    "emulator": {"spill_buffer": 16},
+    "daq": {"timeout_ms": 20000, "spill_timeout_s": 600.0, "heartbeat_s": 1.0, "poll_interval_s": 0.02},
+}
+
+
+@pytest.mark.timeout(int(600 + RECORD_SPILLS * 3))
+def test_run_record_cost_is_flat(tmp_path: Path, figures: _Figures) -> None:
+    import statistics
+
+    with start_emulator(tmp_path, RECORD_CONFIG, ["--no-pty"], base=None, name="record-emulator") as emu:
+        daq = start_daq(
+            tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=RECORD_SPILLS,
+            name="record-daq", extra=["--quiet"],
+        )  # fmt: skip
+        t0 = time.monotonic()
+        rc = daq.wait(300 + RECORD_SPILLS * 2.5)
+        wall = time.monotonic() - t0
+        assert rc == 0, daq.log()[-6000:]
+    rec = read_run_record(daq.rdir)
+    spills = rec["spills"]
+    assert len(spills) == RECORD_SPILLS and rec["journal_problems"] == []
+    timed = [e["timing"] for e in spills if "run_record_bytes" in e.get("timing", {})]
+    assert len(timed) == RECORD_SPILLS, "every recorded spill carries its run-record cost"
+    n = min(100, RECORD_SPILLS // 2)
+    b0, b1 = (statistics.mean(t["run_record_bytes"] for t in part) for part in (timed[:n], timed[-n:]))
+    s0, s1 = (statistics.median(t["run_record_s"] for t in part) for part in (timed[:n], timed[-n:]))
+    whole = len(json.dumps(rec, separators=(",", ":")))  # what one rewrite of the whole record would write now
+    fig = {
+        "spills": RECORD_SPILLS,
+        "wall_s": round(wall, 1),
+        "flagged_spills": sum(1 for e in spills if e.get("flags")),
+        "bytes_per_spill_first": round(b0, 1),
+        "bytes_per_spill_last": round(b1, 1),
+        "seconds_per_spill_first_median": s0,
+        "seconds_per_spill_last_median": s1,
+        "seconds_per_spill_max": max(t["run_record_s"] for t in timed),
+        "journal_bytes": (daq.rdir / "spills.jsonl").stat().st_size,
+        "summary_bytes": (daq.rdir / "run.json").stat().st_size,
+        "whole_record_bytes_at_end": whole,
+        "hv_lines": sum(1 for ln in (daq.rdir / "spills.jsonl").read_text().splitlines() if '"kind":"hv"' in ln),
+    }
+    (tmp_path / "record_cost.json").write_text(json.dumps(fig, indent=1))
+    figures.lines.append(
+        f"run record over {RECORD_SPILLS} spills ({wall:.0f} s): bytes per spill {b0:.0f} (first {n}) -> {b1:.0f} "
+        f"(last {n}); median seconds per spill {s0 * 1e3:.2f} ms -> {s1 * 1e3:.2f} ms; journal "
+        f"{fig['journal_bytes']:,} B, summary {fig['summary_bytes']:,} B; one whole-record rewrite would now be "
+        f"{whole:,} B; flagged spills {fig['flagged_spills']}"
+    )
+    assert abs(b1 - b0) <= 0.10 * b0, fig
+    assert s1 <= 1.10 * s0, fig

@@ -75,18 +75,6 @@ def test_bad_content_is_refused(tmp_path):
         sf.write_spill(tmp_path, c)
 
 
-def test_run_record_round_trip_and_errors(tmp_path):
-    rec = {"run": 3, "spills": [1, 2], "eot": np.int64(5), "hv": np.arange(3.0)}
-    sf.write_run_record(tmp_path, rec)
-    back = sf.read_run_record(tmp_path)
-    assert back["eot"] == 5 and back["hv"] == [0.0, 1.0, 2.0]
-    (tmp_path / "run.json").write_text("{broken")
-    with pytest.raises(sf.SpillFileError, match="not valid JSON"):
-        sf.read_run_record(tmp_path)
-    with pytest.raises(sf.SpillFileError, match="cannot read"):
-        sf.read_run_record(tmp_path / "nope")
-
-
 WRITER = r"""
 import sys, numpy as np
 from detector import spillfile as sf

@@ -30,8 +30,9 @@ import numpy as np
 from detector import channels as ch
 from detector.framing import Message, decode, encode
 from detector.monitoring import DAQState, TopicSequence
+from detector.runrecord import read_run_record
 from detector.settings import Config
-from detector.spillfile import SpillData, SpillFileError, list_spills, read_run_record, read_spill
+from detector.spillfile import SpillData, SpillFileError, list_spills, read_spill
 
 from ..monitor_messages import event_messages, scalers_message
 
