@@ -23,13 +23,13 @@ Per waveform (32 samples of 12-bit ADC counts):
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 
 import numba as nb
 import numpy as np
 
 from .channels import ADC_MAX, N_SAMPLES, SAMPLE_NS
+from .parallel import run_ranges
 from .pulse import PEAK_DELAY_NS, TEMPLATE_LENGTH_NS, TEMPLATE_N, TEMPLATE_TAU_NS, template, template_value
 
 FLAG_SATURATED = np.uint8(1)
@@ -185,11 +185,11 @@ def _template_residual(wf, e, c, k, pe, po, best, amp, t0):
     tol = max(RESIDUAL_MIN, RESIDUAL_FRACTION * amp)
     dk = k * SAMPLE_NS - t0
     scale = best / (dk * dk)
-    o = N_SAMPLES - 1 - k
+    pw = DECAY_POW[N_SAMPLES - 1 - k :]  # pw[j] = exp(-(j - k) T / tau); indices from 0: no wraparound code
     off = False
     for j in range(n):
         d = j * SAMPLE_NS - t0
-        pred = scale * (d * d) * DECAY_POW[o + j]
+        pred = scale * (d * d) * pw[j]
         pred = pred if (d > 0.0) & (d < TEMPLATE_LENGTH_NS) else 0.0
         sj = wf[e, c, j] - (pe if (j & 1) == 0 else po)
         off |= ((j < k - 1) | (j > k + 1)) & (abs(sj - pred) > tol)
@@ -201,7 +201,7 @@ def _template_residual(wf, e, c, k, pe, po, best, amp, t0):
         if j >= k - 1 and j <= k + 1:
             continue
         d = j * SAMPLE_NS - t0
-        pred = scale * (d * d) * DECAY_POW[o + j] if (d > 0.0 and d < TEMPLATE_LENGTH_NS) else 0.0
+        pred = scale * (d * d) * pw[j] if (d > 0.0 and d < TEMPLATE_LENGTH_NS) else 0.0
         res = abs(wf[e, c, j] - (pe if (j & 1) == 0 else po) - pred)
         slope = abs(pred * (TEMPLATE_N / d - 1.0 / TEMPLATE_TAU_NS)) if pred > 0.0 else 0.0
         if res > tol + slope * dt_tol:
@@ -321,28 +321,17 @@ def reconstruct(
 ) -> RecoResult:
     """Reconstruct every waveform of ``waveforms`` (int16, (events, channels, 32)) with numba.
     ``gev_per_count`` has one value per channel (GeV per ADC count); ``threshold`` in ADC counts.
-    ``parallel`` splits the events into contiguous ranges, one per numba thread (``numba.get_num_threads()``),
-    reconstructed by the same compiled kernel in Python threads (it releases the GIL): the same result."""
+    ``parallel`` splits the events into contiguous ranges, one per numba thread, reconstructed by the one
+    compiled kernel in Python threads (:func:`detector.parallel.run_ranges`): the same result."""
     wf, g = _check(waveforms, gev_per_count)
     n_e = wf.shape[0]
     r = _alloc(n_e, wf.shape[1])
     out = (r.pedestal_even, r.pedestal_odd, r.amplitude, r.time_ns, r.energy_gev, r.flags)
-    n_parts = min(nb.get_num_threads(), n_e // MIN_EVENTS_PER_THREAD) if parallel else 1
-    if n_parts <= 1:
-        _reconstruct_range(wf, 0, n_e, g, float(threshold), *out)
-        return r
-    edges = [n_e * i // n_parts for i in range(n_parts + 1)]
-    threads = [
-        threading.Thread(target=_reconstruct_range, args=(wf, edges[i], edges[i + 1], g, float(threshold), *out))
-        for i in range(1, n_parts)
-    ]
-    for th in threads:
-        th.start()
-    try:
-        _reconstruct_range(wf, edges[0], edges[1], g, float(threshold), *out)
-    finally:
-        for th in threads:
-            th.join()
+    args = (g, float(threshold), *out)
+    if parallel:
+        run_ranges(lambda lo, hi: _reconstruct_range(wf, lo, hi, *args), n_e, MIN_EVENTS_PER_THREAD)
+    else:
+        _reconstruct_range(wf, 0, n_e, *args)
     return r
 
 
