@@ -29,13 +29,16 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from detector.jitcache import MARK  # noqa: E402
+
 GOAL_DAQ_COLD_S = 30.0
 GOAL_DAQ_WARM_S = 5.0
 
 
 def _child(groups: list[str]) -> dict[str, Any]:
     """Time the groups in this process (the parent gives it the numba cache directory)."""
-    sys.path.insert(0, str(REPO))
     out: dict[str, Any] = {}
 
     def timed(name: str, fn) -> None:
@@ -83,7 +86,7 @@ def _specialisations() -> dict[str, int]:
 
 def _run(cache: Path, groups: list[str], timeout: float) -> dict[str, Any]:
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), PYTHONPATH=str(REPO))
-    env.pop("NA64_HIL_JIT_CACHE_OF", None)  # our directory, not the checkout's (detector.jitcache)
+    env.pop(MARK, None)  # NUMBA_CACHE_DIR is ours, not the checkout's (detector.jitcache)
     w = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, __file__, "--child", ",".join(groups)],
