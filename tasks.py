@@ -82,21 +82,28 @@ def ensure_venv() -> None:
 
 
 #: compiles (or loads from numba's on-disk cache) the kernels of the DAQ (trigger, reconstruction) and of the
-#: emulator's spill chain, so that neither the tests nor the demo wait for a cold compile
+#: emulator's spill chain, so that neither the tests nor the demo wait for a cold compile; one progress line
+#: per group
 WARM_KERNELS = """
 import time
 t = time.perf_counter()
 from detector.config import load_config
 from online.daq import prepare_kernels
 from sim_frontend.emulator import Emulator
-prepare_kernels()
-Emulator(load_config(None), pty=False).warm_up()
+from trigger.menu import TriggerMenu
+cfg = load_config(None)
+steps = {}
+print("[tasks] kernels: the DAQ's trigger and reconstruction ...", end=" ", flush=True)
+prepare_kernels(TriggerMenu.from_config(cfg), timings=steps)
+print(", ".join(f"{k} {v:.1f} s" for k, v in steps.items()), flush=True)
+print("[tasks] kernels: the emulator's spill chain ...", end=" ", flush=True)
+print(f"{Emulator(cfg, pty=False).warm_up():.1f} s", flush=True)
 print(f"[tasks] kernels ready in {time.perf_counter() - t:.1f} s", flush=True)
 """
 
 
 def ensure_kernels(env: dict[str, str]) -> None:
-    say("preparing the numba kernels (loaded from the cache, or compiled once: about 2 minutes on 2 cores)")
+    say("preparing the numba kernels (loaded from the cache, or compiled once: about half a minute on 2 cores)")
     subprocess.run([str(PY), "-c", WARM_KERNELS], cwd=ROOT, env=env, check=True)
 
 

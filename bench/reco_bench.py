@@ -4,7 +4,9 @@ than the 260 MB L3 cache), numba (one core) against the vectorised numpy impleme
 algorithm and against a memory roofline (numpy ``max`` over the same bytes), all measured in this run.
 
 Prints one JSON line: events_per_s, gb_per_s, speedup_vs_numpy, roofline_fraction (0..1), and the
-measured baselines. Goals (issue 2): >= 5x numpy and >= 40% of the roofline on one core.
+measured baselines; ``events_per_cpu_s`` is the rate on the process's CPU time (on a busy machine the wall
+clock also counts the time other processes had the core). Goals (issue 20): >= 2.5e5 events/s and >= 5x
+numpy on one core, equal to numpy within rtol 1e-5 / atol 1e-3 (amplitudes) and exactly (flags).
 """
 
 from __future__ import annotations
@@ -39,12 +41,12 @@ def realistic_block(n_events: int, seed: int = 1) -> np.ndarray:
     return pulse.synthesize(amp, t0, cal.pedestal_even[:108], cal.pedestal_odd[:108], 1.5, seed=seed)
 
 
-def best_of(fn, repeat: int) -> float:
+def best_of(fn, repeat: int, clock=time.perf_counter) -> float:
     times = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return min(times)
 
 
@@ -62,6 +64,7 @@ def main() -> None:
     reco.reconstruct(wf[:10], g)  # compile / load from cache
     t_roof = best_of(lambda: wf.max(), args.repeat)
     t_nb = best_of(lambda: reco.reconstruct(wf, g), args.repeat)
+    t_cpu = best_of(lambda: reco.reconstruct(wf, g), args.repeat, time.process_time)
     sub = wf[: args.numpy_events]
     t_np = best_of(lambda: reco.reconstruct_numpy(sub, g), 1) * (args.events / sub.shape[0])
     r_nb, r_np = reco.reconstruct(sub, g), reco.reconstruct_numpy(sub, g)
@@ -74,6 +77,7 @@ def main() -> None:
         "channels": 108,
         "bytes": nbytes,
         "events_per_s": args.events / t_nb,
+        "events_per_cpu_s": args.events / t_cpu,
         "gb_per_s": nbytes / t_nb / 1e9,
         "speedup_vs_numpy": t_np / t_nb,
         "roofline_fraction": min(1.0, t_roof / t_nb),

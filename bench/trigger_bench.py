@@ -11,11 +11,13 @@
 
 Baselines: the numpy reference (:mod:`trigger.reference`, timed on a subset and scaled per event - on the
 whole spill it would need tens of GB of temporaries and minutes - the subset size is in the output) and a
-memory roofline: numpy ``max`` over the same bytes the kernel reads, timed in turn with the kernel (best of
-``--repeat`` rounds each). ``events_per_s``, ``gb_per_s`` and
-``roofline_fraction`` are for ONE core (serial kernel, numba threads = 1); ``parallel_speedup`` is the
-serial kernel's time over the ``parallel=True`` kernel's with 2 threads. Prints one JSON line per case.
-Goals: waveform >= 1e7 events/s, >= 5x numpy, >= 40% of the roofline; amplitude >= 2x numpy, >= 40%.
+memory roofline: numpy ``max`` over the same bytes the kernel reads (the primitives and the arrival times
+for the waveform entry), timed in turn with the kernel (best of ``--repeat`` rounds each): the waveform
+entry's ``roofline_fraction`` (goal >= 0.5, stretch 0.7) is measured and printed on every run.
+``events_per_s``, ``gb_per_s`` and ``roofline_fraction`` are for ONE core (serial kernel, numba threads =
+1); ``parallel_speedup`` is the serial kernel's time over the ``parallel=True`` kernel's with 2 threads.
+Prints one JSON line per case.
+Goals: waveform >= 1e7 events/s, >= 5x numpy, >= 50% of the roofline; amplitude >= 2x numpy, >= 40%.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ import numpy as np
 from trigger import kernels as K
 from trigger import reference as R
 from trigger.menu import TriggerMenu
+
+#: the waveform entry's share of the roofline aimed at (issue 20; 0.7 the stretch)
+ROOFLINE_GOAL = 0.5
 
 
 def best_of(fn, repeat: int) -> float:
@@ -66,10 +71,12 @@ def waveform_case(menu: TriggerMenu, n: int, n_numpy: int, repeat: int) -> dict:
     for s in range(0, n, block.shape[0]):
         prims[s : s + block.shape[0]] = block[: n - s]
     tau = spill_times(n, menu.spill_length_s * 1e9)
-    nbytes = prims.nbytes
+    nbytes = prims.nbytes + tau.nbytes  # what the kernel reads: the primitives and the arrival times
     numba.set_num_threads(1)
     K.trigger_waveforms(menu, prims[:2048], tau[:2048])
-    t_roof, t_nb = best_interleaved([lambda: prims.max(), lambda: K.trigger_waveforms(menu, prims, tau)], repeat)
+    t_roof, t_nb = best_interleaved(
+        [lambda: (prims.max(), tau.max()), lambda: K.trigger_waveforms(menu, prims, tau)], repeat
+    )
     # the same kernel on a cache-resident slice (20k records, 7.7 MB: in the L3 that other tenants of the
     # host share, so this figure is the noisiest): if it is hardly faster per record
     # than on the whole spill, the kernel is compute-bound, not memory-bound. Measured before the parallel
@@ -94,6 +101,8 @@ def waveform_case(menu: TriggerMenu, n: int, n_numpy: int, repeat: int) -> dict:
         "gb_per_s": nbytes / t_nb / 1e9,
         "speedup_vs_numpy": t_np / t_nb,
         "roofline_fraction": min(1.0, t_roof / t_nb),
+        "roofline_goal": ROOFLINE_GOAL,
+        "roofline_goal_met": t_roof / t_nb >= ROOFLINE_GOAL,
         "parallel_speedup": t_nb / t_par,
         "roofline_gb_per_s": nbytes / t_roof / 1e9,
         "numba_seconds": t_nb,

@@ -29,6 +29,7 @@ import numba as nb
 import numpy as np
 
 from .channels import ADC_MAX, N_SAMPLES, SAMPLE_NS
+from .parallel import run_ranges
 from .pulse import PEAK_DELAY_NS, TEMPLATE_LENGTH_NS, TEMPLATE_N, TEMPLATE_TAU_NS, template, template_value
 
 FLAG_SATURATED = np.uint8(1)
@@ -44,7 +45,8 @@ RESIDUAL_TIME_NS_COUNTS = 100.0  #: ... plus the template's slope there times th
 #: known to about 20/A ns RMS (0.2 ns at 100 counts), and on a steep edge a 5-sigma timing error alone
 #: moves a sample by more than 8 counts (a false PILEUP on 0.14% of 100-400 count pulses without it)
 N_PED = 4  #: samples per phase used for the pedestal
-DECAY_PER_SAMPLE = math.exp(-SAMPLE_NS / TEMPLATE_TAU_NS)
+#: exp(-m T / tau) at index m + 31, m = -31 .. 31: the template from one sample to another
+DECAY_POW = np.exp(-(np.arange(2 * N_SAMPLES - 1) - (N_SAMPLES - 1)) * (SAMPLE_NS / TEMPLATE_TAU_NS))
 
 
 def _peak_table(n: int = 3001, span: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
@@ -146,169 +148,141 @@ def saturated_fit(w: np.ndarray, pe: float, po: float, threshold: float, amp: fl
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def reco_waveform(w: np.ndarray, threshold: float):
-    """Reconstruct one waveform ``w`` (int16, 32). Returns (pedestal_even, pedestal_odd, amplitude,
-    time_ns, flags). Used by :func:`reconstruct`; the online trigger computes its amplitudes and onsets
-    with the same helpers (:func:`peak_fit`, :func:`saturated_fit`)."""
-    se = 0
-    so = 0
-    for i in range(N_PED):
-        se += w[2 * i]
-        so += w[2 * i + 1]
-    pe = se * 0.25
-    po = so * 0.25
-    # cheap, vectorisable test first: the plain maximum against the lower pedestal is an upper bound
-    # of both phases' pedestal-subtracted maxima, so below threshold means no signal for sure
-    mx = w[0]
-    for j in range(1, N_SAMPLES):
-        if w[j] > mx:
-            mx = w[j]
-    if mx - min(pe, po) < threshold:
-        return pe, po, 0.0, np.nan, FLAG_NO_SIGNAL
-    sat = mx >= ADC_MAX
-    if not sat:
-        me = w[0]
-        mo = w[1]
-        for i in range(1, N_SAMPLES // 2):
-            if w[2 * i] > me:
-                me = w[2 * i]
-            if w[2 * i + 1] > mo:
-                mo = w[2 * i + 1]
-        if (me - pe) < threshold and (mo - po) < threshold:
-            return pe, po, 0.0, np.nan, FLAG_NO_SIGNAL
-    # peak sample (first maximum of the pedestal-subtracted samples)
-    k = 0
-    best = -1e30
-    for j in range(N_SAMPLES):
-        v = w[j] - (pe if (j & 1) == 0 else po)
-        if v > best:
-            best = v
-            k = j
-    flags = np.uint8(0)
-    amp = best
-    t0 = k * SAMPLE_NS - PEAK_DELAY_NS
-    if sat:
-        flags |= FLAG_SATURATED
-        amp, t0 = saturated_fit(w, pe, po, threshold, amp, t0)
-    elif 0 < k < N_SAMPLES - 1:
-        sm = w[k - 1] - (pe if ((k - 1) & 1) == 0 else po)
-        sp = w[k + 1] - (pe if ((k + 1) & 1) == 0 else po)
-        t0, amp = peak_fit(k, best, sm, sp, True)
-        # residual against the fitted template over the window (a second pulse, merged or on the tail)
-        # template on the sample grid by recurrence: exp(-(d + T)/tau) = exp(-d/tau) * exp(-T/tau)
-        tol = max(RESIDUAL_MIN, RESIDUAL_FRACTION * amp)
-        dt_tol = RESIDUAL_TIME_NS_COUNTS / amp
-        j0 = int(math.floor(t0 / SAMPLE_NS)) + 1
-        if j0 < 0:
-            j0 = 0
-        d = j0 * SAMPLE_NS - t0
-        ex = amp * math.exp(TEMPLATE_N - d / TEMPLATE_TAU_NS)
-        for j in range(N_SAMPLES):
-            dj = d
-            if j < j0 or d >= TEMPLATE_LENGTH_NS:
-                pred = 0.0
-            else:
-                u = d / PEAK_DELAY_NS
-                pred = u * u * ex
-                d += SAMPLE_NS
-                ex *= DECAY_PER_SAMPLE
-            if j >= k - 1 and j <= k + 1:
-                continue
-            sj = w[j] - (pe if (j & 1) == 0 else po)
-            res = abs(sj - pred)
-            if res <= tol:
-                continue
-            # rare: the onset's uncertainty on the template's slope there (pred > 0 only after the onset)
-            slope = abs(pred * (TEMPLATE_N / dj - 1.0 / TEMPLATE_TAU_NS)) if pred > 0.0 else 0.0
-            if res > tol + slope * dt_tol:
-                flags |= FLAG_PILEUP
-                break
-    else:
-        flags |= FLAG_EDGE
-    # a second peak: a local maximum >= threshold standing PILEUP_PROMINENCE above the valley to k
-    if (flags & FLAG_PILEUP) == 0:
-        for j in range(1, N_SAMPLES - 1):
-            if (j >= k - 1 and j <= k + 1) or w[j] >= ADC_MAX:
-                continue
-            sj = w[j] - (pe if (j & 1) == 0 else po)
-            if sj < threshold:
-                continue
-            if not (
-                sj > w[j - 1] - (pe if ((j - 1) & 1) == 0 else po)
-                and sj >= w[j + 1] - (pe if ((j + 1) & 1) == 0 else po)
-            ):
-                continue
-            lo, hi = (j + 1, k) if j < k else (k + 1, j)
-            valley = 1e30
-            for m in range(lo, hi):
-                vm = w[m] - (pe if (m & 1) == 0 else po)
-                if vm < valley:
-                    valley = vm
-            if sj - valley >= PILEUP_PROMINENCE:
-                flags |= FLAG_PILEUP
-                break
-    return pe, po, amp, t0, flags
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _max32(wf, e, c, t):
-    """Maximum of the 32 samples of wf[e, c] by a tree of element-wise maxima (vectorises; ``t`` is
-    a scratch array of 16 int16)."""
-    for j in range(16):
-        a = wf[e, c, j]
-        b = wf[e, c, j + 16]
-        t[j] = a if a > b else b
-    for j in range(8):
-        a = t[j]
-        b = t[j + 8]
-        t[j] = a if a > b else b
-    for j in range(4):
-        a = t[j]
-        b = t[j + 4]
-        t[j] = a if a > b else b
-    a = t[0] if t[0] > t[2] else t[2]
-    b = t[1] if t[1] > t[3] else t[3]
-    return a if a > b else b
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _reco_event(wf, e, gev_per_count, threshold, ped_e, ped_o, amp, time, energy, flags, t):
-    for c in range(wf.shape[1]):
-        # exact pre-filter, the same condition reco_waveform starts with: most channels are empty
-        mx = _max32(wf, e, c, t)
-        se = np.int32(wf[e, c, 0]) + wf[e, c, 2] + wf[e, c, 4] + wf[e, c, 6]
-        so = np.int32(wf[e, c, 1]) + wf[e, c, 3] + wf[e, c, 5] + wf[e, c, 7]
-        pe = se * 0.25
-        po = so * 0.25
-        if mx - min(pe, po) < threshold:
-            ped_e[e, c] = pe
-            ped_o[e, c] = po
-            amp[e, c] = 0.0
-            time[e, c] = np.nan
-            energy[e, c] = 0.0
-            flags[e, c] = FLAG_NO_SIGNAL
-            continue
-        pe, po, a, tm, f = reco_waveform(wf[e, c], threshold)
-        ped_e[e, c] = pe
-        ped_o[e, c] = po
-        amp[e, c] = a
-        time[e, c] = tm
-        energy[e, c] = a * gev_per_count[c]
-        flags[e, c] = f
+def _scan(wf, e, c):
+    """One pass over waveform wf[e, c] (int16, 32 samples): (largest raw sample, 4x the pedestal-subtracted
+    peak ``max_j (4 w_j - P_j)`` (exact int), peak sample k = the first j reaching it (numpy's argmax), the
+    even and odd pedestal sums se, so (pedestal = sum / 4)). The peak is found as the maximum of int32 keys
+    ``128 w_j + (31 - j)`` per parity, the pedestal subtracted after: even and odd samples each in their own
+    lanes, so that the loop vectorises."""
+    se = np.int32(wf[e, c, 0]) + np.int32(wf[e, c, 2]) + np.int32(wf[e, c, 4]) + np.int32(wf[e, c, 6])
+    so = np.int32(wf[e, c, 1]) + np.int32(wf[e, c, 3]) + np.int32(wf[e, c, 5]) + np.int32(wf[e, c, 7])
+    me = np.int32(-2147483648)
+    mo = np.int32(-2147483648)
+    mx = np.int16(-32768)
+    for i in range(N_SAMPLES // 2):
+        ve = wf[e, c, 2 * i]
+        vo = wf[e, c, 2 * i + 1]
+        ke = np.int32(128) * np.int32(ve) + np.int32(N_SAMPLES - 1 - 2 * i)
+        ko = np.int32(128) * np.int32(vo) + np.int32(N_SAMPLES - 2 - 2 * i)
+        me = ke if ke > me else me
+        mo = ko if ko > mo else mo
+        v = ve if ve > vo else vo
+        mx = v if v > mx else mx
+    ke = me - np.int32(32) * se
+    ko = mo - np.int32(32) * so
+    m = ke if ke > ko else ko
+    return mx, m >> 5, np.int64(N_SAMPLES - 1) - (m & 31), se, so
 
 
 @nb.njit(cache=True, nogil=True)
-def _reconstruct_serial(wf, gev_per_count, threshold, ped_e, ped_o, amp, time, energy, flags):
-    t = np.empty(16, np.int16)
-    for e in range(wf.shape[0]):
-        _reco_event(wf, e, gev_per_count, threshold, ped_e, ped_o, amp, time, energy, flags, t)
+def _template_residual(wf, e, c, k, pe, po, best, amp, t0):
+    """Pile-up by the residual of the inner unsaturated pulse wf[e, c] (peak sample k, peak value ``best``,
+    fitted amplitude ``amp`` and onset ``t0``) against the fitted template, on the samples away from the
+    peak (module docstring, step 5). The template on the sample grid relative to the peak sample:
+    ``amp * template(d_j) = best * (d_j / d_k)^2 * exp(-(j - k) T / tau)`` (d_j = j T - t0 ns after the
+    onset), one branch-free pass that vectorises; the slope allowance only when a sample is off."""
+    n = wf.shape[2]
+    tol = max(RESIDUAL_MIN, RESIDUAL_FRACTION * amp)
+    dk = k * SAMPLE_NS - t0
+    scale = best / (dk * dk)
+    pw = DECAY_POW[N_SAMPLES - 1 - k :]  # pw[j] = exp(-(j - k) T / tau); indices from 0: no wraparound code
+    off = False
+    for j in range(n):
+        d = j * SAMPLE_NS - t0
+        pred = scale * (d * d) * pw[j]
+        pred = pred if (d > 0.0) & (d < TEMPLATE_LENGTH_NS) else 0.0
+        sj = wf[e, c, j] - (pe if (j & 1) == 0 else po)
+        off |= ((j < k - 1) | (j > k + 1)) & (abs(sj - pred) > tol)
+    if not off:
+        return False
+    # rare: allow for the onset's uncertainty on the template's slope there (pred > 0 only after the onset)
+    dt_tol = RESIDUAL_TIME_NS_COUNTS / amp
+    for j in range(n):
+        if j >= k - 1 and j <= k + 1:
+            continue
+        d = j * SAMPLE_NS - t0
+        pred = scale * (d * d) * pw[j] if (d > 0.0 and d < TEMPLATE_LENGTH_NS) else 0.0
+        res = abs(wf[e, c, j] - (pe if (j & 1) == 0 else po) - pred)
+        slope = abs(pred * (TEMPLATE_N / d - 1.0 / TEMPLATE_TAU_NS)) if pred > 0.0 else 0.0
+        if res > tol + slope * dt_tol:
+            return True
+    return False
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
-def _reconstruct_parallel(wf, gev_per_count, threshold, ped_e, ped_o, amp, time, energy, flags):
-    for e in nb.prange(wf.shape[0]):
-        t = np.empty(16, np.int16)
-        _reco_event(wf, e, gev_per_count, threshold, ped_e, ped_o, amp, time, energy, flags, t)
+@nb.njit(cache=True, nogil=True)
+def _second_peak(wf, e, c, k, se, so, threshold):
+    """Pile-up by a second peak in wf[e, c] (peak sample k, pedestal sums se, so): a local maximum at least
+    ``threshold`` above the pedestal, not next to k, unsaturated, standing PILEUP_PROMINENCE above the
+    valley to k (module docstring, step 5). In the exact integers ``q_j = 4 w_j - P_j`` (4x the
+    pedestal-subtracted samples); a branch-free screen for any candidate first."""
+    n = wf.shape[2]
+    thr4 = 4.0 * threshold
+    cand = False
+    for j in range(1, n - 1):
+        qm = np.int32(4) * np.int32(wf[e, c, j - 1]) - (so if (j & 1) == 0 else se)
+        q = np.int32(4) * np.int32(wf[e, c, j]) - (se if (j & 1) == 0 else so)
+        qp = np.int32(4) * np.int32(wf[e, c, j + 1]) - (so if (j & 1) == 0 else se)
+        cand |= (q > qm) & (q >= qp) & (q >= thr4) & ((j < k - 1) | (j > k + 1)) & (wf[e, c, j] < ADC_MAX)
+    if not cand:
+        return False
+    for j in range(1, n - 1):
+        if (j >= k - 1 and j <= k + 1) or wf[e, c, j] >= ADC_MAX:
+            continue
+        q = np.int32(4) * np.int32(wf[e, c, j]) - (se if (j & 1) == 0 else so)
+        qm = np.int32(4) * np.int32(wf[e, c, j - 1]) - (so if (j & 1) == 0 else se)
+        qp = np.int32(4) * np.int32(wf[e, c, j + 1]) - (so if (j & 1) == 0 else se)
+        if q < thr4 or not (q > qm and q >= qp):
+            continue
+        lo, hi = (j + 1, k) if j < k else (k + 1, j)
+        valley = np.int32(2147483647)
+        for m in range(lo, hi):
+            vm = np.int32(4) * np.int32(wf[e, c, m]) - (se if (m & 1) == 0 else so)
+            valley = vm if vm < valley else valley
+        if q - valley >= 4.0 * PILEUP_PROMINENCE:
+            return True
+    return False
+
+
+@nb.njit(cache=True, nogil=True)
+def _reconstruct_range(wf, e0, e1, gev_per_count, threshold, ped_e, ped_o, amp, time, energy, flags):
+    """Reconstruct events e0 .. e1 - 1 of wf (int16 (events, channels, 32)) into the output arrays (module
+    docstring, steps 1-6)."""
+    n = wf.shape[2]
+    for e in range(e0, e1):
+        for c in range(wf.shape[1]):
+            mx, b4, k, se, so = _scan(wf, e, c)
+            pe = se * 0.25
+            po = so * 0.25
+            ped_e[e, c] = pe
+            ped_o[e, c] = po
+            best = b4 * 0.25
+            sat = mx >= ADC_MAX
+            if best < threshold and not sat:  # most channels: no signal
+                amp[e, c] = 0.0
+                time[e, c] = np.nan
+                energy[e, c] = 0.0
+                flags[e, c] = FLAG_NO_SIGNAL
+                continue
+            f = np.uint8(0)
+            a = best
+            t0 = k * SAMPLE_NS - PEAK_DELAY_NS
+            if sat:
+                f |= FLAG_SATURATED
+                a, t0 = saturated_fit(wf[e, c], pe, po, threshold, a, t0)
+            elif 0 < k < n - 1:
+                sm = wf[e, c, k - 1] - (pe if ((k - 1) & 1) == 0 else po)
+                sp = wf[e, c, k + 1] - (pe if ((k + 1) & 1) == 0 else po)
+                t0, a = peak_fit(k, best, sm, sp, True)
+                if _template_residual(wf, e, c, k, pe, po, best, a, t0):
+                    f |= FLAG_PILEUP
+            else:
+                f |= FLAG_EDGE
+            if (f & FLAG_PILEUP) == 0 and _second_peak(wf, e, c, k, se, so, threshold):
+                f |= FLAG_PILEUP
+            amp[e, c] = a
+            time[e, c] = t0
+            energy[e, c] = a * gev_per_count[c]
+            flags[e, c] = f
 
 
 @dataclass
@@ -338,15 +312,26 @@ def _check(waveforms: np.ndarray, gev_per_count: np.ndarray) -> tuple[np.ndarray
     return np.ascontiguousarray(wf), g
 
 
+#: events per thread below which reconstruct(parallel=True) does not split the work
+MIN_EVENTS_PER_THREAD = 512
+
+
 def reconstruct(
     waveforms: np.ndarray, gev_per_count: np.ndarray, threshold: float = ZS_THRESHOLD, parallel: bool = False
 ) -> RecoResult:
     """Reconstruct every waveform of ``waveforms`` (int16, (events, channels, 32)) with numba.
-    ``gev_per_count`` has one value per channel (GeV per ADC count); ``threshold`` in ADC counts."""
+    ``gev_per_count`` has one value per channel (GeV per ADC count); ``threshold`` in ADC counts.
+    ``parallel`` splits the events into contiguous ranges, one per numba thread, reconstructed by the one
+    compiled kernel in Python threads (:func:`detector.parallel.run_ranges`): the same result."""
     wf, g = _check(waveforms, gev_per_count)
-    r = _alloc(wf.shape[0], wf.shape[1])
-    fn = _reconstruct_parallel if parallel else _reconstruct_serial
-    fn(wf, g, float(threshold), r.pedestal_even, r.pedestal_odd, r.amplitude, r.time_ns, r.energy_gev, r.flags)
+    n_e = wf.shape[0]
+    r = _alloc(n_e, wf.shape[1])
+    out = (r.pedestal_even, r.pedestal_odd, r.amplitude, r.time_ns, r.energy_gev, r.flags)
+    args = (g, float(threshold), *out)
+    if parallel:
+        run_ranges(lambda lo, hi: _reconstruct_range(wf, lo, hi, *args), n_e, MIN_EVENTS_PER_THREAD)
+    else:
+        _reconstruct_range(wf, 0, n_e, *args)
     return r
 
 

@@ -31,7 +31,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,12 +47,15 @@ from .monitor_messages import scalers_message
 from .monitor_worker import MonitorWorker
 from .msadc import MSADC, MSADCCrateError, MSADCError, MSADCLockedError, MSADCSpillLost
 from .publisher import Heartbeat, Publisher
-from .readout import CrateReadout, SpillOutcome
+from .readout import CrateReadout, SpillOutcome, parallel_trigger_default
 from .record_content import build_spill, calibration_summary, run_thresholds, spill_flags
 from .recorder import RunRecorder
 from .recovery import RECOVERABLE_FLAGS, buffered_spills, resume_point, still_holds, unwritten
 from .spill_report import print_line, progress_line
 from .spill_state import TRANSITIONS, IllegalTransition, SpillStateMachine, State
+
+if TYPE_CHECKING:
+    from trigger.menu import TriggerMenu
 
 __all__ = [
     "DAQ",
@@ -76,17 +79,26 @@ MAX_LOST_PER_TAKE = 64
 MAX_SKIPPED_RANGES = 256  #: skipped-id ranges remembered (oldest forgotten)
 
 
-def prepare_kernels() -> float:
-    """Compile (or load from numba's on-disk cache) every kernel the spill loop calls (the trigger, serial
-    and parallel, and the parallel pulse reconstruction) with the real dtypes on tiny arrays, so that the
-    first spill is not spent compiling. Returns the seconds it took (a cold compile takes minutes, a load
-    from the cache about a second)."""
+def prepare_kernels(
+    menu: TriggerMenu | None = None, parallel_trigger: bool | None = None, timings: dict[str, float] | None = None
+) -> float:
+    """Compile (or load from numba's on-disk cache) every kernel the spill loop and its monitor worker call,
+    with the real dtypes on tiny arrays, so that the first spill is not spent compiling: the trigger's
+    waveform entry for ``menu`` (None: the default menu), serial, and parallel only when the readout runs
+    it (``parallel_trigger``, default :func:`online.readout.parallel_trigger_default`), and the pulse
+    reconstruction. Returns the seconds it took (a load from the cache takes about a second); ``timings``,
+    when given, receives the seconds per group (``trigger``, ``reconstruction``)."""
     from trigger.kernels import warm_up
 
+    parallel = parallel_trigger_default() if parallel_trigger is None else bool(parallel_trigger)
     t = time.perf_counter()
-    warm_up()
+    t_trig = warm_up(menu, amplitude=False, parallel=parallel)
+    t_reco = time.perf_counter()
     reconstruct(np.zeros((1, ch.N_CHANNELS, ch.N_SAMPLES), np.int16), np.ones(ch.N_CHANNELS, np.float32), parallel=True)
-    return time.perf_counter() - t
+    t_end = time.perf_counter()
+    if timings is not None:
+        timings.update(trigger=t_trig, reconstruction=t_end - t_reco)
+    return t_end - t
 
 
 def _ids_outside(first: int, last: int, ranges: list[tuple[int, int]]) -> list[int]:
@@ -241,9 +253,9 @@ class DAQ:
         self._log(
             logging.INFO,
             "preparing the trigger and reconstruction kernels (numba: loaded from its cache, "
-            "or compiled once after an install, about 1.5 min on 2 cores)",
+            "or compiled once after an install: `python3 tasks.py setup` does that)",
         )
-        self._log(logging.INFO, f"kernels ready in {prepare_kernels():.1f} s")
+        self._log(logging.INFO, f"kernels ready in {prepare_kernels(self.menu):.1f} s")
         self.readout = CrateReadout(
             self.crate,
             self.menu,

@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("online.daq")
 
 MAX_EVENTS_PER_QUERY = 1 << 15  #: EVT:DATA? events per query (the crate refuses more than 2^16)
+#: EVT:DATA? events per query of the event readout: a crate that prepares the next block while it sends one
+#: (the emulator digitises it) overlaps all but the first block with the transfer
+EVENT_BLOCK = 1 << 14
 
 
 @dataclass
@@ -86,6 +89,12 @@ class _ReaderFailed(Exception):
         self.first = first
 
 
+def parallel_trigger_default() -> bool:
+    """Whether the readout runs the trigger's parallel kernels by default: with at least 4 cores (the reader
+    thread and the crate need cores too)."""
+    return (os.cpu_count() or 1) >= 4
+
+
 class CrateReadout:
     """Reads completed spills of ``crate`` and triggers them with ``menu``. ``chunk_records``: primitive
     records per transfer chunk; ``record_truth``: also read the crate's truth records; ``parallel_trigger``
@@ -110,7 +119,7 @@ class CrateReadout:
         self.menu = menu
         self.chunk_records = int(chunk_records)
         self.record_truth = bool(record_truth)
-        self.parallel_trigger = (os.cpu_count() or 1) >= 4 if parallel_trigger is None else bool(parallel_trigger)
+        self.parallel_trigger = parallel_trigger_default() if parallel_trigger is None else bool(parallel_trigger)
         self.events = events if events is not None else EventPool()
         self.max_events = None if max_events is None else int(max_events)
         self.chunks = ChunkPool(self.chunk_records)
@@ -286,7 +295,7 @@ class CrateReadout:
         n_acc = int(out.accepted.size)
         out.events_base = self.events.take(n_acc)
         out.events = out.events_base[:n_acc]
-        step = max(1, min(MAX_EVENTS_PER_QUERY, self.chunk_records * PRIM_RECORD_BYTES // EVENT_RECORD_BYTES))
+        step = max(1, min(EVENT_BLOCK, self.chunk_records * PRIM_RECORD_BYTES // EVENT_RECORD_BYTES))
         try:
             for first in range(0, n_acc, step):
                 c = min(step, n_acc - first)

@@ -33,6 +33,7 @@ from detector import pulse
 from detector.channels import ADC_MAX, N_CHANNELS, N_SAMPLES, SAMPLE_NS
 from detector.config import Calibration, Config
 from detector.gain import relative_gain
+from detector.parallel import run_ranges
 from sim_frontend.beam import BeamSpill, mix64
 from sim_frontend.response import Deposits, channel_deposits
 
@@ -178,6 +179,24 @@ def _events_kernel(
             touched[c] = False
 
 
+#: fewest records per thread of :meth:`Digitizer.events` (its records are independent: contiguous ranges of
+#: them are digitised in Python threads by the one serial kernel)
+EVENTS_PER_THREAD = 1024
+
+
+def _union_of_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Sorted indices covered by the half-open ranges [lo[i], hi[i]) (hi > lo), in time proportional to
+    their number (not to the spill's)."""
+    order = np.argsort(lo, kind="stable")
+    lo, hi = lo[order], hi[order]
+    reach = np.maximum.accumulate(hi)  # end of the merged range so far
+    first = np.flatnonzero(np.concatenate([[True], lo[1:] >= reach[:-1]]))  # a merged range begins
+    begin = lo[first]
+    length = reach[np.concatenate([first[1:] - 1, [lo.size - 1]])] - begin
+    offset = np.cumsum(length) - length
+    return np.repeat(begin - offset, length) + np.arange(int(length.sum()), dtype=np.int64)
+
+
 class Digitizer:
     """The emulated MSADC crate's signal chain, with hidden true gains that ``hv-tune`` has to find.
 
@@ -294,31 +313,29 @@ class Digitizer:
         hi = np.searchsorted(times, times[idx] + self._after + 1.0, side="left")  # makes the exact cut
         lo = np.minimum(lo, idx)
         hi = np.maximum(hi, idx + 1)
-        cover = np.zeros(n + 1, dtype=np.int32)
-        np.add.at(cover, lo, 1)
-        np.add.at(cover, hi, -1)
-        union = np.flatnonzero(np.cumsum(cover[:-1]) > 0)
+        union = _union_of_ranges(lo, hi)
         dep_u = channel_deposits(spill, dep, union)
         times_u = np.ascontiguousarray(times[union], dtype=np.float64)
         row_first = np.searchsorted(union, lo)
         row_count = hi - lo
         rec_row = np.searchsorted(union, idx)
-        _events_kernel(
-            idx,
-            rec_row,
-            row_first,
-            row_count,
-            times_u,
-            dep_u,
-            scale,
-            self.t0_ns,
-            self.ped_pattern,
-            np.float32(self.noise_rms),
-            self.noise_bank,
-            np.uint64(spill.seed),
-            TEMPLATE_TABLE,
-            self._before,
-            self._after,
-            out,
+        args = (self.t0_ns, self.ped_pattern, np.float32(self.noise_rms), self.noise_bank, np.uint64(spill.seed))
+        run_ranges(
+            lambda a, b: _events_kernel(
+                idx[a:b],
+                rec_row[a:b],
+                row_first[a:b],
+                row_count[a:b],
+                times_u,
+                dep_u,
+                scale,
+                *args,
+                TEMPLATE_TABLE,
+                self._before,
+                self._after,
+                out[a:b],
+            ),
+            idx.size,
+            EVENTS_PER_THREAD,
         )
         return out

@@ -94,6 +94,49 @@ def new_boot_id() -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+class _Lookahead:
+    """The next ``EVT:DATA?`` block, digitised in a background thread while the server sends the previous
+    one (a readout reads the accepted events block after block). A block is taken only by the query with the
+    same key (spill record, accepted list, first, count: compared by identity and value); anything else
+    discards it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[Any, ...] | None = None
+        self._thread: threading.Thread | None = None
+        self._result: list[np.ndarray] = []
+
+    @staticmethod
+    def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+        return a[0] is b[0] and a[1] is b[1] and a[2:] == b[2:]
+
+    def take(self, key: tuple[Any, ...]) -> np.ndarray | None:
+        """The block of ``key`` if it was started (waits for it); None otherwise or if it failed."""
+        with self._lock:
+            th, k, res = self._thread, self._key, self._result
+            self._thread, self._key, self._result = None, None, []
+        if th is None or k is None:
+            return None
+        th.join()
+        return res[0] if res and self._same(k, key) else None
+
+    def start(self, key: tuple[Any, ...], compute: Any) -> None:
+        """Compute ``compute()`` for ``key`` in a background thread (after the previous one ended)."""
+        self.take(("", "", None))  # wait for and drop any block still in flight
+        res: list[np.ndarray] = []
+
+        def run() -> None:
+            try:
+                res.append(compute())
+            except Exception:  # the query recomputes it and reports the error itself
+                log.debug("EVT:DATA? look-ahead failed", exc_info=True)
+
+        th = threading.Thread(target=run, name="evt-lookahead", daemon=True)
+        with self._lock:
+            self._thread, self._key, self._result = th, key, res
+        th.start()
+
+
 class MSADCCrate:
     """State and SCPI semantics of the crate (thread-safe; no transport).
 
@@ -131,6 +174,7 @@ class MSADCCrate:
         self._samples = chmap.N_SAMPLES
         self.commands = self._build_table()
         self._local = threading.local()
+        self._lookahead = _Lookahead()
         self.counters = {
             "commands": 0,
             "queries": 0,
@@ -627,11 +671,21 @@ class MSADCCrate:
         first, count = self._range(args, acc.size, "EVT:DATA?", MAX_EVENTS_PER_QUERY)
         if self.digitizer is None:
             raise ScpiError(-200, "this crate has no digitiser")
-        idx = np.ascontiguousarray(acc[first : first + count], dtype=np.int64)
         if count == 0:
             return BinaryReply(np.empty((0, chmap.N_CHANNELS, chmap.N_SAMPLES), dtype="<i2"))
-        wf = self.digitizer.events(rec.spill, rec.deposits, idx, rec.vmon)
-        wf = np.ascontiguousarray(wf, dtype="<i2")
+        digitizer = self.digitizer
+
+        def block(lo: int, n: int) -> np.ndarray:
+            idx = np.ascontiguousarray(acc[lo : lo + n], dtype=np.int64)
+            return np.ascontiguousarray(digitizer.events(rec.spill, rec.deposits, idx, rec.vmon), dtype="<i2")
+
+        wf = self._lookahead.take((rec, acc, first, count))
+        if wf is None:
+            wf = block(first, count)
+        nxt = first + count
+        if nxt < acc.size:  # the readout goes on with the next block: digitise it while this one is sent
+            n_next = min(count, acc.size - nxt)
+            self._lookahead.start((rec, acc, nxt, n_next), lambda: block(nxt, n_next))
         if wf.shape != (count, chmap.N_CHANNELS, chmap.N_SAMPLES):
             raise ScpiError(-200, f"digitiser returned shape {wf.shape}")
         return BinaryReply(wf)

@@ -198,19 +198,20 @@ def trigger_amplitudes(
     return st.finish()
 
 
-def warm_up(amplitude: bool = True) -> float:
-    """Compile (or load from the on-disk cache: a few hundred ms) every kernel with the real dtypes on
-    tiny arrays: the waveform entry (int16 primitives, float64 times) and, with ``amplitude``, the
-    amplitude entry (float32 and float64, columnar and row-major), serial and parallel. Call once at
+def warm_up(menu: TriggerMenu | None = None, amplitude: bool = True, parallel: bool = True) -> float:
+    """Compile (or load from the on-disk cache: a few hundred ms) the kernels with the real dtypes on tiny
+    arrays, for ``menu`` (None: the default menu; the kernels are compiled per number of energy lines): the
+    waveform entry (int16 primitives, float64 times) and, with ``amplitude``, the amplitude entry (float32 and
+    float64, columnar and row-major); serial, and with ``parallel`` also the parallel passes. Call once at
     start-up. Returns the seconds it took."""
     import time
 
     t = time.perf_counter()
-    menu = TriggerMenu()
+    menu = TriggerMenu() if menu is None else menu
     prims = np.zeros((3, ch.N_TRIGGER_CHANNELS, ch.N_SAMPLES), np.int16)
     prims[0, :3, 8:] = 300  # one PiSi record, accepted by the random tick at t = 0
     tau = np.array([0.0, 1.0, 2.0])
-    for par in (False, True):
+    for par in (False, True) if parallel else (False,):
         trigger_waveforms(menu, prims, tau, par)
         if amplitude:
             for dt in (np.float32, np.float64):

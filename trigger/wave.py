@@ -48,7 +48,7 @@ def _s_counter(p, i, c, sat, k, s4, thr, zs):
             below = _decide(lo, hi, 1.0, thr, False)  # 1: A < thr, 0: A >= thr, 2: too close
             up = below == 0
             if below == 2:
-                t, a = _s_fit(p, i, c, k, s4, True)
+                t, a = _s_fit(p, i, c, k, s4, np.bool_(True))
                 up = a >= thr
                 known = True
     return up, known, t
@@ -71,7 +71,7 @@ def _s_window(p, i, c, k, s4, known, t, rw, lo, hi):
 @nb.njit(**INLINE)
 def _s_onset_in(p, i, c, k, s4, lo, hi):
     """The guard-band case of :func:`_s_window`: the onset from the interpolation, in [lo, hi]?"""
-    tt = _s_fit(p, i, c, k, s4, False)[0]
+    tt = _s_fit(p, i, c, k, s4, np.bool_(False))[0]
     return 1 if lo <= tt <= hi else 0
 
 
@@ -132,6 +132,9 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt):
             else:
                 pisi_lines = True
     n_planes = bits.shape[0]
+    # channel indices as run-time integers: a literal argument compiles a callee once per channel
+    c0, c1, c2, c3 = np.int64(0), np.int64(1), np.int64(2), np.int64(3)
+    cps, cec = np.int64(PS_INDEX), np.int64(ECAL_INDEX)
     # block views: loop indices from 0 are provably non-negative (no wraparound code in the hot loop)
     p = p[b0:b1]
     bv0 = bits[0, b0:b1]
@@ -141,36 +144,36 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt):
         # exact peaks (4x value) of the six channels, peak samples of S1..S3, saturation bits
         q0, q1, q2, q3, qp, qe, k0, k1, k2, sat = record_summary(p, i)
         # --- counters above threshold (the scalers)
-        a0, kn0, t0 = _s_counter(p, i, 0, (sat & 1) != 0, k0, q0, thr, zs)
-        a1, kn1, t1 = _s_counter(p, i, 1, (sat & 2) != 0, k1, q1, thr, zs)
-        a2, kn2, t2 = _s_counter(p, i, 2, (sat & 4) != 0, k2, q2, thr, zs)
+        a0, kn0, t0 = _s_counter(p, i, c0, (sat & 1) != 0, k0, q0, thr, zs)
+        a1, kn1, t1 = _s_counter(p, i, c1, (sat & 2) != 0, k1, q1, thr, zs)
+        a2, kn2, t2 = _s_counter(p, i, c2, (sat & 4) != 0, k2, q2, thr, zs)
         sat3 = (sat & 8) != 0
         vlo, vhi = _amp_bounds(q3, zs)
         a3 = vlo >= thr
         kn3 = False
         t3 = 0.0
         if sat3 or (not a3 and vhi >= thr):
-            a, t3 = exact(p, i, 3, zs)
+            a, t3 = exact(p, i, c3, zs)
             a3 = a >= thr
             kn3 = True
         r = np.int64(a0) | (np.int64(a1) << 1) | (np.int64(a2) << 2) | (np.int64(a3) << 3)
         # --- PiSi: S1, S2, S3 in their windows (the guard band, rare, computes the onset)
-        d0 = _s_window(p, i, 0, k0, q0, kn0, t0, rw, lo0, hi0)
-        d1 = _s_window(p, i, 1, k1, q1, kn1, t1, rw, lo1, hi1)
-        d2 = _s_window(p, i, 2, k2, q2, kn2, t2, rw, lo2, hi2)
+        d0 = _s_window(p, i, c0, k0, q0, kn0, t0, rw, lo0, hi0)
+        d1 = _s_window(p, i, c1, k1, q1, kn1, t1, rw, lo1, hi1)
+        d2 = _s_window(p, i, c2, k2, q2, kn2, t2, rw, lo2, hi2)
         pisi = a0 & a1 & a2
         if pisi and (d0 | d1 | d2) >= 2:
             if d0 == 2:
-                d0 = _s_onset_in(p, i, 0, k0, q0, lo0, hi0)
+                d0 = _s_onset_in(p, i, c0, k0, q0, lo0, hi0)
             if d1 == 2:
-                d1 = _s_onset_in(p, i, 1, k1, q1, lo1, hi1)
+                d1 = _s_onset_in(p, i, c1, k1, q1, lo1, hi1)
             if d2 == 2:
-                d2 = _s_onset_in(p, i, 2, k2, q2, lo2, hi2)
+                d2 = _s_onset_in(p, i, c2, k2, q2, lo2, hi2)
         pisi = pisi & ((d0 & d1 & d2) == 1)
         if pisi:
             r |= 1 << RB_PISI
             if a3 and not kn3:
-                t3 = exact(p, i, 3, zs)[1]
+                t3 = exact(p, i, c3, zs)[1]
             eot = not (a3 and lo3 <= t3 <= hi3)
             if eot:
                 r |= 1 << RB_EOT
@@ -186,9 +189,9 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt):
                         dp = 2 if satp else _inside(plo, phi, gps, ln.ps_gt, ln.ps_lt)
                         de = 2 if sate else _inside(elo, ehi, gec, ln.ec_gt, ln.ec_lt)
                         if dp == 2 and de != 0:
-                            dp = _sum_inside(p, i, PS_INDEX, qp, satp, zs, gps, ln.ps_gt, ln.ps_lt)
+                            dp = _sum_inside(p, i, cps, qp, satp, zs, gps, ln.ps_gt, ln.ps_lt)
                         if de == 2 and dp != 0:
-                            de = _sum_inside(p, i, ECAL_INDEX, qe, sate, zs, gec, ln.ec_gt, ln.ec_lt)
+                            de = _sum_inside(p, i, cec, qe, sate, zs, gec, ln.ec_gt, ln.ec_lt)
                         if dp == 1 and de == 1:
                             r |= np.int64(1) << (RB_LINE0 + j)
         bv0[i] = np.uint8(r & 255)
