@@ -172,7 +172,7 @@ def target_interactions(
     hadrons = ((pi, b.frac_pion), (k, b.frac_kaon))
     samples = [
         Sample("cex", hadrons, pr.FORCE_HADRON_ECAL | pr.FORCE_CEX, accidental_sr=True),
-        Sample("inelastic", hadrons, pr.FORCE_HADRON_ECAL | pr.FORCE_NO_CEX, accidental_sr=True),
+        Sample("inelastic", hadrons, pr.FORCE_HADRON_ECAL | pr.FORCE_NO_CEX | pr.FORCE_V2_MISS, accidental_sr=True),
         Sample("muon_hard", ((mu, 1.0),), pr.FORCE_MU_HARD | pr.FORCE_V2_MISS, accidental_sr=True),
     ]
     p_sr = p_sr_accidental(cfg, intensity) if p_sr is None else float(p_sr)
@@ -226,9 +226,9 @@ def dimuon_loss(
     seed: int = 1,
     calib: Calibration | None = None,
 ) -> dict[str, Any]:
-    """gamma -> mu+ mu- in the shower with both muons lost (every MC event a dimuon, weight P(mu mu) per
-    e-, V2 misses forced with their probability)."""
-    samples = [Sample("dimuon_v2_miss", _E, pr.FORCE_V2_MISS, dimuon=True)]
+    """gamma -> mu+ mu- in the shower with both muons lost (every MC event a dimuon with the photon above
+    E0 - the box edge, weight P(mu mu) x P(k above it) per e-; V2 misses forced with their probability)."""
+    samples = [Sample("dimuon_v2_miss", _E, pr.FORCE_DIMUON_HARD | pr.FORCE_V2_MISS, dimuon=True)]
     return _electron_source("dimuon_loss", samples, cfg, n_eot, intensity, n_mc, seed, calib)
 
 

@@ -72,6 +72,7 @@ FORCE_MU_HARD = 8  #: beam muons interact hard in the ECAL, weight x MU_HARD_PRO
 FORCE_ELECTROPRODUCTION = 16  #: beam e- produce a leading hadron, weight x EP_PROB
 FORCE_PUNCHTHROUGH = 32  #: the leading hadron / a hard photon crosses the ECAL (and HCAL) unseen, weight x P
 FORCE_NO_CEX = 64  #: a (forced) ECAL interaction of pi-/K- is not charge exchange, weight x (1 - CEX_FRACTION)
+FORCE_DIMUON_HARD = 128  #: the dimuon photon takes k > E0 - the signal-box edge, weight x P(k above it)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -129,8 +130,9 @@ def pe_mip(st, mp_gev, n_pe, width, path):
 
 @nb.njit(cache=True, nogil=True)
 def pe_mip_miss(st, mp_gev, n_pe, width, n_max):
-    """Forced miss: (state, deposit, P) with the p.e. count conditioned on <= n_max; P = P(N <= n_max) at the
-    drawn ionisation."""
+    """Forced miss: (state, deposit, P) with the p.e. count conditioned on <= n_max (a count on the scale of
+    ``V2_PE_PER_MIP`` per MIP, so the threshold scales with ``mp_gev``); P = P(N <= n_max) at the drawn
+    ionisation."""
     st, u = rng_next(st)
     lf = 1.0 + width * moyal_ppf(u)
     if lf < 0.0:

@@ -189,6 +189,7 @@ def _response_kernel(
     e_ref,
     force,
     v2_nmax,
+    dimuon_u_min,
     weight,
     trig,
     other,
@@ -331,6 +332,9 @@ def _response_kernel(
                 mu_e1 = 0.0
                 if (fl & TRUTH_DIMUON) != 0:
                     st, u = rng_next(st)
+                    if (frc & pr.FORCE_DIMUON_HARD) != 0:
+                        u = dimuon_u_min + (1.0 - dimuon_u_min) * u
+                        w *= 1.0 - dimuon_u_min
                     k = table_draw(k_q, u)
                     if k > e:
                         k = e
@@ -401,7 +405,9 @@ def _response_kernel(
                         sr_, zz, p = pr.exp_depth(sr_, 0.0, math.inf)
                     sr_, u = rng_next(sr_)
                     a = g.HAD_A * math.exp(g.HAD_A_SIGMA * normal_ppf(u))
-                    sr_, he, d0, d1, d2, d3, hv = hadron_deposit(sr_, had_e, lam0 + zz, a, charged)
+                    v2f = v2_nmax if (frc & pr.FORCE_V2_MISS) != 0 else -1
+                    sr_, he, d0, d1, d2, d3, hv, wv = hadron_deposit(sr_, had_e, lam0 + zz, a, charged, v2f)
+                    w *= wv
                     ecal += he
                     h0 += d0
                     h1 += d1
@@ -499,7 +505,9 @@ def _response_kernel(
                     esh = g.SHAPE_EM
                     hsh = g.SHAPE_EM
                 else:
-                    st, ecal, h0, h1, h2, h3, v2 = hadron_deposit(st, e, z, a, True)
+                    v2f = v2_nmax if (frc & pr.FORCE_V2_MISS) != 0 else -1
+                    st, ecal, h0, h1, h2, h3, v2, wv = hadron_deposit(st, e, z, a, True, v2f)
+                    w *= wv
                     if z < g.ECAL_LAMBDA:
                         esh = g.SHAPE_HAD
                         if z < g.PS_LAMBDA:
@@ -568,9 +576,7 @@ def v2_pe_max(cfg: Config) -> int:
     return int(math.ceil(float(cfg.offline.v2_max_mip) * pr.V2_PE_PER_MIP)) - 1
 
 
-def apply_response(
-    spill: BeamSpill, cfg: Config, table: dict | None = None, force: int | np.ndarray = 0
-) -> Deposits:
+def apply_response(spill: BeamSpill, cfg: Config, table: dict | None = None, force: int | np.ndarray = 0) -> Deposits:
     """Detector response of every particle of ``spill``: returns the compact :class:`Deposits` and fills
     the truth fields e_ps, e_ecal, e_hcal, e_v2, e_srd (and, in calibration mode, ptype/flags) in place.
 
@@ -615,6 +621,7 @@ def apply_response(
         SRD_REF_GEV,
         np.broadcast_to(np.asarray(force, dtype=np.uint8), (n,)).copy(),
         v2_pe_max(cfg),
+        float(np.interp(e0 - float(cfg.offline.ecal_box_max_gev), k_q, np.linspace(0.0, 1.0, k_q.size))),
         truth["weight"],
         dep.trigger,
         dep.other,

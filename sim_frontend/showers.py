@@ -138,12 +138,13 @@ def em_shower(st, e, x, y, ps_tab, t0):
 
 
 @nb.njit(cache=True, nogil=True)
-def hadron_deposit(st, e, z, a, charged):
-    """(state, ecal, h0, h1, h2, h3, v2) of a hadron of ``e`` GeV whose first interaction is at depth ``z``
+def hadron_deposit(st, e, z, a, charged, v2_nmax):
+    """(state, ecal, h0, h1, h2, h3, v2, w) of a hadron of ``e`` GeV whose first interaction is at depth ``z``
     (lambda from the ECAL face; beyond the HCAL = punch-through): ionisation before it if ``charged``,
     then a Gamma longitudinal profile (shape ``a``) shared between the ECAL and the four HCAL modules; what
     passes the last module is lost. ECAL resolution 2 x the e.m. one, HCAL 65%/sqrt(E) (+) 5%; V2 sees
-    ~1 + E_HCAL/10 GeV charged secondaries of an ECAL interaction (photoelectron statistics)."""
+    ~1 + E_HCAL/10 GeV charged secondaries of an ECAL interaction (photoelectron statistics); ``v2_nmax`` >= 0
+    forces a V2 miss (at most that many p.e. per MIP) with the weight ``w`` = its probability."""
     st, lf = _mip(st, 1.0, g.LANDAU_WIDTH)
     ecal = 0.0
     e_rest = e
@@ -192,6 +193,11 @@ def hadron_deposit(st, e, z, a, charged):
                 h3 = hm
     nmip = 1.0 + (h0 + h1 + h2 + h3) / 10.0 if start < 0.0 else (1.0 if charged else 0.0)
     v2 = 0.0
+    w = 1.0
     if nmip > 0.0:
-        st, v2 = pr.pe_mip(st, g.V2_MIP_GEV * nmip, pr.V2_PE_PER_MIP * nmip, g.LANDAU_WIDTH / math.sqrt(nmip), 1.0)
-    return st, ecal, h0, h1, h2, h3, v2
+        width = g.LANDAU_WIDTH / math.sqrt(nmip)
+        if v2_nmax >= 0:
+            st, v2, w = pr.pe_mip_miss(st, g.V2_MIP_GEV * nmip, pr.V2_PE_PER_MIP * nmip, width, v2_nmax)
+        else:
+            st, v2 = pr.pe_mip(st, g.V2_MIP_GEV * nmip, pr.V2_PE_PER_MIP * nmip, width, 1.0)
+    return st, ecal, h0, h1, h2, h3, v2, w
