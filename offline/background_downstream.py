@@ -21,7 +21,9 @@ scaled to ``n_eot`` electrons on target at ``intensity`` e-/spill.
 Every estimator returns ``{"n", "err_stat", "err_syst", "mc_events", ...}``: n = N_EOT x (particles of the
 source per EOT) x sum of the weights of the MC events in the box / MC events; err_stat from the sum of the
 squared weights; err_syst from the relative uncertainty of the source's dominant input (:data:`SYST_REL`);
-``n_upper_90``: 90% CL upper bound when no MC event reaches the box (2.30 events x the mean forced weight).
+``n_upper_90``: 90% CL upper bound when no MC event of the source reaches the box (2.30 events x the mean
+forced weight of each sample, summed; per sample in ``samples``, where an unforced sample's bound is only
+as good as its MC statistics).
 Decays in flight and the accidental SR tag itself need the beam line and are not estimated here.
 """
 
@@ -188,13 +190,17 @@ def target_interactions(
 def _sum_parts(source: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
     n = sum(p["n"] for p in parts)
     ups = [p["n_upper_90"] if p["n_upper_90"] is not None else p["n"] for p in parts]
+    for p in parts:
+        p["samples"][0]["n"] = p["n"]
+        p["samples"][0]["n_upper_90"] = p["n_upper_90"]
     return {
         "n": n,
         "err_stat": math.sqrt(sum(p["err_stat"] ** 2 for p in parts)),
         "err_syst": SYST_REL[source] * n,
         "mc_events": int(sum(p["mc_events"] for p in parts)),
         "mc_selected": int(sum(p["mc_selected"] for p in parts)),
-        "n_upper_90": sum(ups) if any(p["n_upper_90"] is not None for p in parts) else None,
+        # only when no MC event reaches the box; else the per-sample bounds are in "samples"
+        "n_upper_90": sum(ups) if n == 0 else None,
         "seconds": float(sum(p["seconds"] for p in parts)),
         "samples": [s for p in parts for s in p["samples"]],
     }

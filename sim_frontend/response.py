@@ -6,26 +6,31 @@ e_hcal, e_v2, e_srd). :func:`channel_deposits` expands any subset of particles i
 deposits (N_sub, 121), deterministically and consistently with the compact arrays (the ECAL PS cells sum
 to the PS total, PS + main cells to the ECAL total, the HCAL cells of a module to its total).
 
-Models (constants in :mod:`sim_frontend.geometry`; docs/physics.md sections 1.3, 1.4, 1.6, 4):
+Models (constants in :mod:`sim_frontend.geometry` and :mod:`sim_frontend.processes`; shower functions in
+:mod:`sim_frontend.showers`; docs/physics.md sections 1.3, 1.4, 1.6, 4, 10):
 
 - e- (beam, upstream-interacted, A' recoil, dimuon): e.m. shower of the visible energy in the ECAL with a
   Gamma longitudinal profile ``t^(a-1) e^(-b t)``, ``b = 0.5``, ``a = 1 + b (ln(E/E_c) - 0.5)`` (E_c = 11 MeV
   effective), shower-to-shower log-normal fluctuation of ``a`` (10%); PS = the first 4 X0 (3-8% of 100 GeV);
   sampling fluctuations 10%/sqrt(E) split over PS and main, 1% constant term; an exponential leakage of
   mean 0.2% into HCAL module 0; lateral e.m. profile (75% in the central cell); SRD: 50 MeV per section of a
-  100 GeV electron scaled with (E/100 GeV)^2, 20% RMS; MIPs in S0..S4; nothing in V2.
+  100 GeV electron scaled with (E/100 GeV)^2, 20% RMS; MIPs in S0..S4; nothing in V2. A beam e- produces a
+  leading hadron (1e-4, docs/physics.md 10.5) that takes its energy out of the shower.
 - A': the ECAL sees ``e_beam - e_invisible``; nothing else changes.
 - dimuon: photon energy k from ``0.572 E0/k^2 sigma_BH(k)`` and x+ from ``dsigma/dx+`` of
-  :mod:`sim_frontend.dimuon`; the shower keeps ``E - k``, each muon loses 0.3 GeV (visible) in the ECAL, fires
-  V2, and crosses HCAL modules depositing a 2.5 GeV (e-equivalent) MIP each while it has energy
-  (1.5 GeV true loss per module).
+  :mod:`sim_frontend.dimuon`; the shower keeps ``E - k``, each muon loses 0.3 GeV (visible) in the ECAL, then
+  is transported behind it (:func:`sim_frontend.processes.muon_downstream`: production angle, multiple
+  scattering, V2 and the HCAL modules with photoelectron statistics, 2.5 GeV e-equivalent and 1.5 GeV true
+  loss per module, geometric losses).
 - pi-, K-: first interaction at an exponential depth (lambda units): in the PS (0.15 lambda, ~14%: PS gets
   1-15% of E, above the 0.3 GeV PS threshold), in the ECAL main section (1.5 lambda in all), else a MIP
   through the ECAL (0.3 GeV, 30 MeV in the PS) and an interaction in the HCAL. Longitudinal hadronic Gamma
   profile (a = 1.6, scale 1.2 lambda, 30% log-normal fluctuation) shares the energy between the ECAL and the
   HCAL modules (7 lambda each); what passes 4 modules is lost (punch-through); resolution 65%/sqrt(E) (+)
-  5% on the HCAL part; hadronic lateral profiles; V2 sees ~1 + E_HCAL/10 GeV MIPs.
-- mu-: MIPs everywhere (ECAL 0.3 GeV, each HCAL module 2.5 GeV, V2), no SRD.
+  5% on the HCAL part; hadronic lateral profiles; V2 sees ~1 + E_HCAL/10 GeV MIPs. A fraction of the ECAL
+  interactions is charge exchange: a forward pi0 shower, a slow neutron, nothing in V2 (docs/physics.md 10.3).
+- mu-: MIPs (ECAL 0.3 GeV), rarely a hard interaction in the ECAL (an e.m. shower of the energy transfer,
+  docs/physics.md 10.4), then the transport behind the ECAL as for dimuon muons; no SRD.
 - halo: muons off axis: S0, S1, V0 (and V1 for a fraction ``frac_halo_v1``), MIPs in the ECAL / V2 / HCAL
   only where the track crosses them.
 - calibration beam (table on an HCAL cell): every non-halo particle becomes the calibration particle
@@ -34,7 +39,10 @@ Models (constants in :mod:`sim_frontend.geometry`; docs/physics.md sections 1.3,
   e-), with the HCAL resolution; the ECAL, V2 and the other modules see nothing.
 
 Counters and vetoes: Landau-like (Moyal) MIPs of 1 MeV (8 MeV in the 4 cm V2), most probable value fixed,
-12% width.
+12% width; V2 and the HCAL modules add photoelectron statistics (60 and 175 p.e. per MIP).
+
+MC samples may force rare processes per particle (``force``, bits ``sim_frontend.processes.FORCE_*``); the
+truth weight then carries their probability. Recorded data never force anything.
 """
 
 from __future__ import annotations
