@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,67 +207,50 @@ def _sum_parts(source: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _electron_source(
-    source: str,
-    samples: list[Sample],
-    cfg: Config,
-    n_eot: float,
-    intensity: float,
-    n_mc: int,
-    seed: int,
-    calib: Calibration | None,
-) -> dict[str, Any]:
-    calib = _calib(cfg, calib)
-    runs = [run_sample(cfg, calib, s, n_mc, seed, intensity) for s in samples]
-    return _sum_parts(source, [combine(source, [r], 1.0, n_eot) for r in runs])
+def _electron_estimator(source: str, samples: tuple[Sample, ...], doc: str) -> Callable[..., dict[str, Any]]:
+    """An estimator of a source made of beam electrons: ``f(cfg, n_eot, intensity, n_mc=N_MC_DEFAULT, seed=1,
+    calib=None)``, the signature of :func:`target_interactions` without ``p_sr``."""
+
+    def estimate(
+        cfg: Config,
+        n_eot: float,
+        intensity: float,
+        n_mc: int = N_MC_DEFAULT,
+        seed: int = 1,
+        calib: Calibration | None = None,
+    ) -> dict[str, Any]:
+        cal = _calib(cfg, calib)
+        runs = [run_sample(cfg, cal, s, n_mc, seed, intensity) for s in samples]
+        return _sum_parts(source, [combine(source, [r], 1.0, n_eot) for r in runs])
+
+    estimate.__name__ = estimate.__qualname__ = source
+    estimate.__doc__ = doc
+    return estimate
 
 
 _E = ((PARTICLE_CODES["e-"], 1.0),)
 
-
-def dimuon_loss(
-    cfg: Config,
-    n_eot: float,
-    intensity: float,
-    n_mc: int = N_MC_DEFAULT,
-    seed: int = 1,
-    calib: Calibration | None = None,
-) -> dict[str, Any]:
+dimuon_loss = _electron_estimator(
+    "dimuon_loss",
+    (Sample("dimuon_v2_miss", _E, pr.FORCE_DIMUON_HARD | pr.FORCE_V2_MISS, dimuon=True),),
     """gamma -> mu+ mu- in the shower with both muons lost (every MC event a dimuon with the photon above
-    E0 - the box edge, weight P(mu mu) x P(k above it) per e-; V2 misses forced with their probability)."""
-    samples = [Sample("dimuon_v2_miss", _E, pr.FORCE_DIMUON_HARD | pr.FORCE_V2_MISS, dimuon=True)]
-    return _electron_source("dimuon_loss", samples, cfg, n_eot, intensity, n_mc, seed, calib)
-
-
-def punchthrough(
-    cfg: Config,
-    n_eot: float,
-    intensity: float,
-    n_mc: int = N_MC_DEFAULT,
-    seed: int = 1,
-    calib: Calibration | None = None,
-) -> dict[str, Any]:
+    E0 - the box edge, weight P(mu mu) x P(k above it) per e-; V2 misses forced with their probability).""",
+)
+punchthrough = _electron_estimator(
+    "punchthrough",
+    (Sample("photon_punchthrough", _E, pr.FORCE_PUNCHTHROUGH),),
     """A hard primary photon crossing the whole ECAL unconverted (forced, weight = expected photons x
-    survival); it showers in the HCAL."""
-    samples = [Sample("photon_punchthrough", _E, pr.FORCE_PUNCHTHROUGH)]
-    return _electron_source("punchthrough", samples, cfg, n_eot, intensity, n_mc, seed, calib)
-
-
-def hadron_electroproduction(
-    cfg: Config,
-    n_eot: float,
-    intensity: float,
-    n_mc: int = N_MC_DEFAULT,
-    seed: int = 1,
-    calib: Calibration | None = None,
-) -> dict[str, Any]:
-    """Leading-hadron electroproduction in the ECAL: forced in every event; its first interaction forced
-    beyond the HCAL in one sample (weight exp(-depth)), natural in the other."""
-    samples = [
+    survival); it showers in the HCAL.""",
+)
+hadron_electroproduction = _electron_estimator(
+    "hadron_electroproduction",
+    (
         Sample("ep_punchthrough", _E, pr.FORCE_ELECTROPRODUCTION | pr.FORCE_PUNCHTHROUGH),
         Sample("ep_natural", _E, pr.FORCE_ELECTROPRODUCTION),
-    ]
-    return _electron_source("hadron_electroproduction", samples, cfg, n_eot, intensity, n_mc, seed, calib)
+    ),
+    """Leading-hadron electroproduction in the ECAL: forced in every event; its first interaction forced
+    beyond the HCAL in one sample (weight exp(-depth)), natural in the other.""",
+)
 
 
 #: the estimators, by registry key

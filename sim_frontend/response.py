@@ -303,24 +303,12 @@ def _response_kernel(
                     ps = g.PS_MIP_GEV * lf
                     ecal = g.ECAL_MIP_GEV * lf
                     esh = g.SHAPE_MIP
-                if -g.V2_HALF_MM <= x < g.V2_HALF_MM and -g.V2_HALF_MM <= y < g.V2_HALF_MM:
-                    st, v2 = pr.pe_mip(st, g.V2_MIP_GEV, pr.V2_PE_PER_MIP, g.LANDAU_WIDTH, 1.0)
-                if -g.HCAL_HALF_MM <= x < g.HCAL_HALF_MM and -g.HCAL_HALF_MM <= y < g.HCAL_HALF_MM:
-                    el = e - g.MU_LOSS_ECAL_GEV
-                    for m in range(4):
-                        if el <= 0.0:
-                            break
-                        path = 1.0 if el >= g.MU_LOSS_HCAL_GEV else el / g.MU_LOSS_HCAL_GEV
-                        st, hm = pr.pe_mip(st, g.HCAL_MIP_GEV, pr.HCAL_PE_PER_MIP, pr.HCAL_LANDAU_WIDTH, path)
-                        el -= g.MU_LOSS_HCAL_GEV
-                        if m == 0:
-                            h0 = hm
-                        elif m == 1:
-                            h1 = hm
-                        elif m == 2:
-                            h2 = hm
-                        else:
-                            h3 = hm
+                # straight through V2 and the HCAL where it crosses them (photoelectron statistics)
+                st, v2, h0, h1, h2, h3, wm = pr.muon_downstream(
+                    st, e - g.MU_LOSS_ECAL_GEV, x, y, 0.0, 0.0, frc, v2_nmax
+                )
+                w *= wm
+                if h0 > 0.0:
                     hsh = g.SHAPE_MIP
         else:
             st, s0 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
@@ -417,11 +405,8 @@ def _response_kernel(
                     sr_, he, d0, d1, d2, d3, hv, wv = hadron_deposit(sr_, had_e, lam0 + zz, a, charged, v2f)
                     w *= wv
                     ecal += he
-                    h0 += d0
-                    h1 += d1
-                    h2 += d2
-                    h3 += d3
                     v2 += hv
+                    h0, h1, h2, h3 = h0 + d0, h1 + d1, h2 + d2, h3 + d3
                     if d0 + d1 + d2 + d3 > 0.0:
                         hsh = g.SHAPE_HAD
                 for mu in range(2):
@@ -442,10 +427,7 @@ def _response_kernel(
                     )
                     w *= wm
                     v2 += vv
-                    h0 += d0
-                    h1 += d1
-                    h2 += d2
-                    h3 += d3
+                    h0, h1, h2, h3 = h0 + d0, h1 + d1, h2 + d2, h3 + d3
                     if esh == g.SHAPE_NONE:
                         esh = g.SHAPE_MIP
                     hsh = g.SHAPE_MIP
