@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
         step(
             f"4. physics run 1: {args.spills} spills with A' injected (m = {base.aprime.mass_mev} MeV, "
-            f"eps = {base.aprime.epsilon}, bias {base.aprime.bias:.0f})"
+            f"eps = {base.aprime.epsilon}, physical rate)"
         )
         run1 = physics_run(
             procs,

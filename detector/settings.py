@@ -181,7 +181,9 @@ class BeamSection(Section):
     frac_halo: float = key(0.126, 0.0, 0.9, doc="halo particles that fire V0 (docs/physics.md: V0/S1 = 0.126)")
     frac_halo_v1: float = key(0.05, 0.0, 1.0, doc="fraction of the halo that also fires V1")
     frac_upstream: float = key(1e-3, 0.0, 0.2, doc="electrons that interacted upstream (soft e-)")
-    dimuon_bias: float = key(200.0, 1.0, 1e6, doc="bias factor of gamma -> mu mu in showers")
+    dimuon_bias: float = key(
+        200.0, 1.0, 1e6, doc="bias factor of gamma -> mu mu in showers of MC samples (recorded data: never biased)"
+    )
     seed: int = key(12345, 0, 2**63 - 1)
     calibration_particle: str = key(
         "e-", choices=("e-", "pi-", "mu-"), doc="particle of the calibration beam when the table is on an HCAL cell"
@@ -196,7 +198,7 @@ class AprimeSection(Section):
     enabled: bool = key(False, doc="inject A' -> invisible signal events")
     mass_mev: float = key(16.7, 1.0, 1000.0, unit="MeV")
     epsilon: float = key(1e-4, 0.0, 1.0, doc="kinetic mixing")
-    bias: float = key(1.0, 1.0, 1e12, doc="rate bias (recorded in truth as a weight)")
+    bias: float = key(1.0, 1.0, 1e12, doc="A' rate bias of MC samples, as a truth weight (recorded data: never biased)")
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,8 @@ def truth_counts(t: ev.Table, s: sel.Selection) -> dict[str, float]:
         "aprime_in_box_weighted": float(t["truth_weight"][ap & box].sum()),
         "box_not_aprime": int((~ap & box).sum()),
         "dimuon_recorded": int(((t["truth_flags"] & TRUTH_DIMUON) != 0).sum()),
+        # the physical count: equal to dimuon_recorded in recorded data (never biased), not in an MC sample
+        "dimuon_recorded_weighted": float(t["truth_weight"][(t["truth_flags"] & TRUTH_DIMUON) != 0].sum()),
     }
     for code, name in PARTICLE_NAMES.items():
         out[f"box_ptype_{name}"] = int(((t["truth_ptype"] == code) & box).sum())

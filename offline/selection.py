@@ -183,13 +183,22 @@ def new_histograms() -> dict[str, hist.Hist]:
     }
 
 
+def event_weights(t: Table) -> np.ndarray:
+    """Per-event weights: the truth weight of simulated events (1/bias or the probability of a forced
+    process in MC samples; 1 in recorded data, which are never biased), 1 for events without truth."""
+    w = t.get("truth_weight")
+    return np.ones(n_rows(t)) if w is None else np.asarray(w, dtype=np.float64)
+
+
 def fill_histograms(h: dict[str, hist.Hist], t: Table, sel: Selection) -> None:
-    """Add the events of one table to the histograms (values beyond 150 GeV land in the overflow)."""
+    """Add the events of one table, with their :func:`event_weights`, to the histograms (values beyond
+    150 GeV land in the overflow)."""
+    w = event_weights(t)
     trig = sel.masks["trigger"]
-    h["ecal_vs_hcal_trigger"].fill(e_ecal=t["e_ecal"][trig], e_hcal=t["e_hcal"][trig])
+    h["ecal_vs_hcal_trigger"].fill(e_ecal=t["e_ecal"][trig], e_hcal=t["e_hcal"][trig], weight=w[trig])
     pre = sel.preselected
-    h["ecal_vs_hcal"].fill(e_ecal=t["e_ecal"][pre], e_hcal=t["e_hcal"][pre])
-    flow = list(sel.cut_flow().values())
+    h["ecal_vs_hcal"].fill(e_ecal=t["e_ecal"][pre], e_hcal=t["e_hcal"][pre], weight=w[pre])
+    flow = [w.sum()] + [w[m].sum() for m in sel.passed.values()]
     h["cutflow"].fill(cut=np.arange(len(flow)), weight=np.asarray(flow, dtype=np.float64))
 
 

@@ -38,8 +38,8 @@ from detector.config import Calibration, Config, load_calibration
 from detector.reco import reconstruct
 from detector.records import PARTICLE_CODES, TRIGGER_BITS, TRUTH_APRIME, TRUTH_DIMUON
 from sim_frontend import aprime
-from sim_frontend.beam import generate_spill
-from sim_frontend.response import apply_response
+from sim_frontend.beam import BeamSpill, generate_spill
+from sim_frontend.response import Deposits, apply_response
 
 from . import events as ev
 from . import selection as sel
@@ -95,12 +95,15 @@ def emiss_min_gev(cfg: Config) -> float:
 
 def _electron_only(cfg: Config) -> Config:
     no_others = dict.fromkeys(("frac_pion", "frac_kaon", "frac_muon", "frac_halo", "frac_upstream"), 0.0)
-    return cfg.with_overrides({"beam": {**no_others, "dimuon_bias": 1.0}, "aprime": {"enabled": False}})
+    return cfg.with_overrides({"beam": no_others, "aprime": {"enabled": False}})
 
 
-def _make_spill(cfg: Config, mass_mev: float, n: int, seed: int, pileup: bool):
-    """A BeamSpill in which ``n`` beam electrons (their indices are returned) emit an A'."""
-    e0 = float(cfg.beam.energy_gev)
+def mc_beam(cfg: Config, n: int, spill_no: int, pileup: bool) -> tuple[BeamSpill, np.ndarray]:
+    """An unbiased MC spill and the indices of ``n`` of its beam electrons, for an MC sample to turn into
+    its own events (A' emitters, forced background processes). ``pileup``: the electrons are embedded in a
+    beam of the configured composition and intensity (``beam.particles_per_spill`` per ``spill.length_s``),
+    ``PILEUP_BEAM_FACTOR`` x n particles over the matching time slice, evenly spaced among its electrons;
+    else a spill of electrons only, far apart in time."""
     if pileup:
         rate = float(cfg.beam.particles_per_spill) / float(cfg.spill.length_s)  # 1/s
         n_beam = PILEUP_BEAM_FACTOR * n + 100
@@ -110,7 +113,7 @@ def _make_spill(cfg: Config, mass_mev: float, n: int, seed: int, pileup: bool):
             aprime=dataclasses.replace(cfg.aprime, enabled=False),
             spill=dataclasses.replace(cfg.spill, length_s=n_beam / rate),
         )
-        spill = generate_spill(c, SEED_OFFSET + seed, n_particles=n_beam, start_unix=0.0)
+        spill = generate_spill(c, spill_no, n_particles=n_beam, start_unix=0.0)
         electrons = np.flatnonzero(spill.truth["ptype"] == PARTICLE_CODES["e-"])
         # evenly spaced electrons (not neighbours of each other in the list): every signal event keeps the
         # pile-up environment of the beam
@@ -118,8 +121,15 @@ def _make_spill(cfg: Config, mass_mev: float, n: int, seed: int, pileup: bool):
             raise RuntimeError("not enough beam electrons for the signal events; raise PILEUP_BEAM_FACTOR")
         pick = electrons[np.linspace(0, electrons.size - 1, n).round().astype(np.int64)]
     else:
-        spill = generate_spill(_electron_only(cfg), SEED_OFFSET + seed, n_particles=n, start_unix=0.0)
+        spill = generate_spill(_electron_only(cfg), spill_no, n_particles=n, start_unix=0.0)
         pick = np.arange(n)
+    return spill, pick
+
+
+def _make_spill(cfg: Config, mass_mev: float, n: int, seed: int, pileup: bool):
+    """A BeamSpill in which ``n`` beam electrons (their indices are returned) emit an A'."""
+    e0 = float(cfg.beam.energy_gev)
+    spill, pick = mc_beam(cfg, n, SEED_OFFSET + seed, pileup)
     rng = np.random.default_rng([seed, int(round(mass_mev * 1000)), 0xA9])
     x = aprime.sample_x(mass_mev * 1e-3, e0, pick.size, rng, x_min=emiss_min_gev(cfg) / e0)
     t = spill.truth
@@ -170,7 +180,6 @@ def simulate_events(
     chunk: int = 4096,
 ) -> ev.Table:
     """Event table (with truth and the re-computed trigger mask) of ``n_events`` A' signal events."""
-    from sim_frontend.digitizer import Digitizer
 
     if n_events < 1:
         raise ValueError(f"need at least one event, got {n_events}")
@@ -179,6 +188,18 @@ def simulate_events(
     calib = load_calibration(cfg) if calib is None else calib
     spill, pick = _make_spill(cfg, mass_mev, n_events, seed, pileup)
     dep = apply_response(spill, cfg)
+    return mc_event_table(cfg, calib, spill, dep, pick, chunk)
+
+
+def mc_event_table(
+    cfg: Config, calib: Calibration, spill: BeamSpill, dep: Deposits, pick: np.ndarray, chunk: int = 4096
+) -> ev.Table:
+    """Event table of the MC particles ``pick`` of ``spill`` (after the response ``dep``): full events from
+    the digitiser at the nominal HV (pile-up of their neighbours included), the offline reconstruction, the
+    physics trigger recomputed from them (prescale 1, the beam and random triggers off) and the truth,
+    weights included -- the chain recorded data go through."""
+    from sim_frontend.digitizer import Digitizer
+
     digi = Digitizer(cfg, calib, hidden_seed=None)
     menu = trigger_menu(cfg, calib)
     # the physics trigger alone decides here: no prescale bookkeeping across chunks, no random ticks
@@ -205,7 +226,7 @@ def simulate_events(
                 time_ns=arrival,
                 truth=spill.truth[idx],
                 run=0,
-                spill=SEED_OFFSET + seed,
+                spill=spill.spill,
                 reco=reco,
             )
         )

@@ -12,18 +12,22 @@ Per spill (``generate_spill``):
   ``beam.energy_gev`` with a Gaussian relative spread ``energy_spread``; beam spot Gaussian of
   ``sigma_mm`` around (``x_mm``, ``y_mm``) at the ECAL face;
 - A' (``aprime.enabled``): each beam e- emits an invisibly decaying A' with probability
-  ``n_A'/eps^2 per EOT (sim_frontend.yields, IWW, E_A' > X_MIN_APRIME * E0) * eps^2 * aprime.bias``;
+  ``n_A'/eps^2 per EOT (sim_frontend.yields, IWW, E_A' > X_MIN_APRIME * E0) * eps^2 * b_A'``;
   its energy fraction x comes from ``sim_frontend.aprime.sample_x`` (x > X_MIN_APRIME), ``e_invisible =
-  x * e_beam``, ``weight = 1/bias``, flag TRUTH_APRIME. At physical couplings (eps ~ 1e-4) this is ~6e-11 per
-  electron, so tests and demos use a *visible test* epsilon and bias (e.g. eps = 1e-3, bias = 1e5) and the
-  weight carries the correction;
+  x * e_beam``, ``weight = 1/b_A'``, flag TRUTH_APRIME. At physical couplings (eps ~ 1e-4) this is ~6e-11 per
+  electron, so recorded test runs and demos inject a *visible test* epsilon (e.g. eps = 0.1, excluded long
+  ago) at its physical rate;
 - dimuons: each beam e- produces gamma -> mu+ mu- in its shower with probability
   ``P = N_X0 * Integral 0.572 E0/k^2 sigma_BH(k) dk`` (Rossi approximation-A photon track length times the
-  Bethe-Heitler cross-section of ``sim_frontend.dimuon``; 1.6e-4 per 100 GeV e- in Pb) times
-  ``beam.dimuon_bias``; weight = 1/bias, flag TRUTH_DIMUON. The muon kinematics are drawn by the detector
-  response (:mod:`sim_frontend.response`) from the same seed;
+  Bethe-Heitler cross-section of ``sim_frontend.dimuon``; 1.6e-4 per 100 GeV e- in Pb) times ``b_mumu``;
+  weight = 1/b_mumu, flag TRUTH_DIMUON. The muon kinematics are drawn by the detector response
+  (:mod:`sim_frontend.response`) from the same seed;
+- the biases b_A', b_mumu come from the ``bias`` argument (:class:`Bias`) and are 1 unless an MC sample asks
+  for them: recorded data (the emulator's feed) are never biased, so their rates are physical. MC samples
+  (offline simulation: signal efficiency, background estimates, dimuon studies) take
+  ``Bias.from_config(cfg)`` (``beam.dimuon_bias``, ``aprime.bias``) or their own;
 - unbiased electrons get the weight ``(1 - p_A' - p_mumu) / (1 - b_A' p_A' - b_mumu p_mumu)`` so that the
-  weighted sample stays unbiased;
+  weighted sample stays unbiased (1 when nothing is biased);
 - TRUTH_PILEUP for every particle with another one within +/- ``PILEUP_WINDOW_NS`` (100 ns).
 
 All randomness is counter based: a particle's random numbers are a pure function of the spill seed, its
@@ -218,6 +222,29 @@ class BeamSpill:
         return {name: int(c[code]) for name, code in PARTICLE_CODES.items()}
 
 
+# ------------------------------------------------------------------------------ MC biasing
+@dataclass(frozen=True)
+class Bias:
+    """Rate biases of the rare processes of an MC sample (1 = physical rate). Recorded data use
+    :data:`UNBIASED`; the truth weight of a biased event is 1/bias (the rest of the electrons are
+    reweighted so that the weighted sample stays unbiased)."""
+
+    dimuon: float = 1.0  #: gamma -> mu+ mu- in the shower
+    aprime: float = 1.0  #: A' emission
+
+    def __post_init__(self) -> None:
+        if not (self.dimuon >= 1.0 and self.aprime >= 1.0):
+            raise ValueError(f"biases must be >= 1, got dimuon {self.dimuon}, aprime {self.aprime}")
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Bias:
+        """The MC biases of the configuration (``beam.dimuon_bias``, ``aprime.bias``)."""
+        return cls(dimuon=float(cfg.beam.dimuon_bias), aprime=float(cfg.aprime.bias))
+
+
+UNBIASED = Bias()
+
+
 # ------------------------------------------------------------------------------ rare-process rates
 @lru_cache(maxsize=16)
 def dimuon_probability(e0_gev: float) -> float:
@@ -366,12 +393,17 @@ def _beam_params(cfg: Config) -> dict:
 
 
 def generate_spill(
-    cfg: Config, spill: int, n_particles: int | None = None, start_unix: float | None = None
+    cfg: Config,
+    spill: int,
+    n_particles: int | None = None,
+    start_unix: float | None = None,
+    bias: Bias = UNBIASED,
 ) -> BeamSpill:
     """Generate the truth of one spill (types, times, energies, impact points, A'/dimuon decisions).
 
     ``cfg`` is a validated configuration (detector.config.load_config); ``n_particles`` overrides
-    ``beam.particles_per_spill``; ``start_unix`` defaults to now. The detector response fields of the truth
+    ``beam.particles_per_spill``; ``start_unix`` defaults to now; ``bias``: the MC biases (default none,
+    as for recorded data). The detector response fields of the truth
     (e_ps, e_ecal, e_hcal, e_v2, e_srd) are zero until :func:`sim_frontend.response.apply_response`."""
     n = int(round(cfg.beam.particles_per_spill)) if n_particles is None else int(n_particles)
     if n < 0:
@@ -383,12 +415,12 @@ def generate_spill(
     length_s = float(cfg.spill.length_s)
     p_a = aprime_probability(cfg)
     p_d = dimuon_probability(p["e0"])
-    b_a = float(cfg.aprime.bias)
-    b_d = float(cfg.beam.dimuon_bias)
+    b_a = float(bias.aprime)
+    b_d = float(bias.dimuon)
     if p_a * b_a + p_d * b_d >= 0.5:
         raise ValueError(
-            f"biased A' ({p_a:.3g} x {b_a:g}) plus dimuon ({p_d:.3g} x {b_d:g}) probabilities per "
-            "electron exceed 0.5: lower aprime.bias, aprime.epsilon or beam.dimuon_bias"
+            f"A' ({p_a:.3g} x bias {b_a:g}) plus dimuon ({p_d:.3g} x bias {b_d:g}) probabilities per "
+            "electron exceed 0.5: lower the A' bias, aprime.epsilon or the dimuon bias"
         )
     w_norm = (1.0 - p_a - p_d) / (1.0 - p_a * b_a - p_d * b_d)
     truth = np.zeros(n, dtype=TRUTH_DTYPE)

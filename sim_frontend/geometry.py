@@ -79,7 +79,6 @@ LANDAU_WIDTH = 0.12  #: Moyal width of a counter MIP, relative to the most proba
 ECAL_MIP_GEV = 0.3  #: muon crossing the ECAL, e-equivalent (docs/physics.md 4, PAPER)
 PS_MIP_GEV = 0.03  #: its preshower part (docs/physics.md 1.6)
 HCAL_MIP_GEV = 2.5  #: muon crossing one HCAL module, e-equivalent (docs/physics.md 1.4)
-HCAL_MIP_WIDTH = 0.08  #: relative Moyal width of the HCAL MIP (150-200 p.e., 48 layers)
 MU_LOSS_ECAL_GEV = 0.3  #: true energy a muon loses crossing the ECAL
 MU_LOSS_HCAL_GEV = 1.5  #: true energy a muon loses crossing one HCAL module (1.2 m Fe)
 SRD_SECTION_GEV = 0.05  #: synchrotron light per SRD section of a 100 GeV electron (docs/physics.md 1.2)

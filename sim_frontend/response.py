@@ -6,26 +6,31 @@ e_hcal, e_v2, e_srd). :func:`channel_deposits` expands any subset of particles i
 deposits (N_sub, 121), deterministically and consistently with the compact arrays (the ECAL PS cells sum
 to the PS total, PS + main cells to the ECAL total, the HCAL cells of a module to its total).
 
-Models (constants in :mod:`sim_frontend.geometry`; docs/physics.md sections 1.3, 1.4, 1.6, 4):
+Models (constants in :mod:`sim_frontend.geometry` and :mod:`sim_frontend.processes`; shower functions in
+:mod:`sim_frontend.showers`; docs/physics.md sections 1.3, 1.4, 1.6, 4, 10):
 
 - e- (beam, upstream-interacted, A' recoil, dimuon): e.m. shower of the visible energy in the ECAL with a
   Gamma longitudinal profile ``t^(a-1) e^(-b t)``, ``b = 0.5``, ``a = 1 + b (ln(E/E_c) - 0.5)`` (E_c = 11 MeV
   effective), shower-to-shower log-normal fluctuation of ``a`` (10%); PS = the first 4 X0 (3-8% of 100 GeV);
   sampling fluctuations 10%/sqrt(E) split over PS and main, 1% constant term; an exponential leakage of
   mean 0.2% into HCAL module 0; lateral e.m. profile (75% in the central cell); SRD: 50 MeV per section of a
-  100 GeV electron scaled with (E/100 GeV)^2, 20% RMS; MIPs in S0..S4; nothing in V2.
+  100 GeV electron scaled with (E/100 GeV)^2, 20% RMS; MIPs in S0..S4; nothing in V2. A beam e- produces a
+  leading hadron (1e-4, docs/physics.md 10.5) that takes its energy out of the shower.
 - A': the ECAL sees ``e_beam - e_invisible``; nothing else changes.
 - dimuon: photon energy k from ``0.572 E0/k^2 sigma_BH(k)`` and x+ from ``dsigma/dx+`` of
-  :mod:`sim_frontend.dimuon`; the shower keeps ``E - k``, each muon loses 0.3 GeV (visible) in the ECAL, fires
-  V2, and crosses HCAL modules depositing a 2.5 GeV (e-equivalent) MIP each while it has energy
-  (1.5 GeV true loss per module).
+  :mod:`sim_frontend.dimuon`; the shower keeps ``E - k``, each muon loses 0.3 GeV (visible) in the ECAL, then
+  is transported behind it (:func:`sim_frontend.processes.muon_downstream`: production angle, multiple
+  scattering, V2 and the HCAL modules with photoelectron statistics, 2.5 GeV e-equivalent and 1.5 GeV true
+  loss per module, geometric losses).
 - pi-, K-: first interaction at an exponential depth (lambda units): in the PS (0.15 lambda, ~14%: PS gets
   1-15% of E, above the 0.3 GeV PS threshold), in the ECAL main section (1.5 lambda in all), else a MIP
   through the ECAL (0.3 GeV, 30 MeV in the PS) and an interaction in the HCAL. Longitudinal hadronic Gamma
   profile (a = 1.6, scale 1.2 lambda, 30% log-normal fluctuation) shares the energy between the ECAL and the
   HCAL modules (7 lambda each); what passes 4 modules is lost (punch-through); resolution 65%/sqrt(E) (+)
-  5% on the HCAL part; hadronic lateral profiles; V2 sees ~1 + E_HCAL/10 GeV MIPs.
-- mu-: MIPs everywhere (ECAL 0.3 GeV, each HCAL module 2.5 GeV, V2), no SRD.
+  5% on the HCAL part; hadronic lateral profiles; V2 sees ~1 + E_HCAL/10 GeV MIPs. A fraction of the ECAL
+  interactions is charge exchange: a forward pi0 shower, a slow neutron, nothing in V2 (docs/physics.md 10.3).
+- mu-: MIPs (ECAL 0.3 GeV), rarely a hard interaction in the ECAL (an e.m. shower of the energy transfer,
+  docs/physics.md 10.4), then the transport behind the ECAL as for dimuon muons; no SRD.
 - halo: muons off axis: S0, S1, V0 (and V1 for a fraction ``frac_halo_v1``), MIPs in the ECAL / V2 / HCAL
   only where the track crosses them.
 - calibration beam (table on an HCAL cell): every non-halo particle becomes the calibration particle
@@ -34,7 +39,10 @@ Models (constants in :mod:`sim_frontend.geometry`; docs/physics.md sections 1.3,
   e-), with the HCAL resolution; the ECAL, V2 and the other modules see nothing.
 
 Counters and vetoes: Landau-like (Moyal) MIPs of 1 MeV (8 MeV in the 4 cm V2), most probable value fixed,
-12% width.
+12% width; V2 and the HCAL modules add photoelectron statistics (60 and 175 p.e. per MIP).
+
+MC samples may force rare processes per particle (``force``, bits ``sim_frontend.processes.FORCE_*``); the
+truth weight then carries their probability. Recorded data never force anything.
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ from detector import channels as ch
 from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_CALIBRATION, TRUTH_DIMUON, TRUTH_HADRONIC, TRUTH_PILEUP
 from detector.settings import Config
 from sim_frontend import geometry as g
+from sim_frontend import physics_constants as pc
+from sim_frontend import processes as pr
 from sim_frontend.beam import (
     E_MINUS,
     HALO,
@@ -57,12 +67,12 @@ from sim_frontend.beam import (
     PHOTON_TRACK_LENGTH_A,
     UPSTREAM,
     BeamSpill,
-    moyal_ppf,
     normal_ppf,
     rng_next,
     rng_state,
     table_draw,
 )
+from sim_frontend.showers import PS_FRACTION_TABLE, _mip, em_shower, hadron_deposit
 
 #: columns of Deposits.trigger (the primitive channels, detector.channels.TRIGGER_CHANNEL_NAMES)
 TRIGGER_COLUMNS = ch.TRIGGER_CHANNEL_NAMES
@@ -125,64 +135,6 @@ def hardware_scalers(
     return {n: int(np.count_nonzero(dep.counter(n) > threshold_mip * mip_gev(n))) for n in names}
 
 
-# ------------------------------------------------------------------------------ special functions
-@nb.njit(cache=True, nogil=True)
-def gammp(a: float, x: float) -> float:
-    """Regularised lower incomplete gamma function P(a, x) (series / continued fraction)."""
-    if x <= 0.0:
-        return 0.0
-    gln = math.lgamma(a)
-    if x < a + 1.0:
-        ap = a
-        s = 1.0 / a
-        d = s
-        for _ in range(500):
-            ap += 1.0
-            d *= x / ap
-            s += d
-            if abs(d) < abs(s) * 1e-12:
-                break
-        return s * math.exp(-x + a * math.log(x) - gln)
-    tiny = 1e-300
-    b = x + 1.0 - a
-    c = 1.0 / tiny
-    d = 1.0 / b
-    h = d
-    for i in range(1, 500):
-        an = -i * (i - a)
-        b += 2.0
-        d = an * d + b
-        if abs(d) < tiny:
-            d = tiny
-        c = b + an / c
-        if abs(c) < tiny:
-            c = tiny
-        d = 1.0 / d
-        de = d * c
-        h *= de
-        if abs(de - 1.0) < 1e-12:
-            break
-    return 1.0 - math.exp(-x + a * math.log(x) - gln) * h
-
-
-_PS_A_LO, _PS_A_HI, _PS_N = 1.0, 16.0, 4096
-_PS_A = np.linspace(_PS_A_LO, _PS_A_HI, _PS_N)
-#: P(a, b * PS_X0): fraction of a Gamma-profile e.m. shower in the preshower, on a grid of a
-PS_FRACTION_TABLE = np.array([gammp(a, g.EM_B * g.PS_X0) for a in _PS_A])
-
-
-@nb.njit(cache=True, nogil=True)
-def _ps_fraction(a: float, table: np.ndarray) -> float:
-    pos = (a - _PS_A_LO) / (_PS_A_HI - _PS_A_LO) * (_PS_N - 1)
-    if pos <= 0.0:
-        return table[0]
-    if pos >= _PS_N - 1:
-        return table[_PS_N - 1]
-    i = int(pos)
-    f = pos - i
-    return table[i] + (table[i + 1] - table[i]) * f
-
-
 # ------------------------------------------------------------------------------ dimuon tables
 _N_KBINS = 48
 _N_XQ = 512
@@ -221,27 +173,6 @@ def dimuon_tables(e0_gev: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------ the response kernel
-@nb.njit(cache=True, nogil=True, inline="always")
-def _moyal(st):
-    st, u = rng_next(st)
-    return st, moyal_ppf(u)
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _mip(st, mp, width):
-    st, x = _moyal(st)
-    v = mp * (1.0 + width * x)
-    return st, (v if v > 0.0 else 0.0)
-
-
-@nb.njit(cache=True, nogil=True)
-def _hadron_profile_share(a, start, lo, hi):
-    """Fraction of a hadron shower (Gamma profile, shape a, scale HAD_SCALE_LAMBDA) that started at depth
-    ``start`` (lambda) deposited between depths lo and hi."""
-    s = g.HAD_SCALE_LAMBDA
-    p_hi = gammp(a, (hi - start) / s) if hi > start else 0.0
-    p_lo = gammp(a, (lo - start) / s) if lo > start else 0.0
-    return p_hi - p_lo
 
 
 @nb.njit(cache=True, nogil=True)
@@ -264,6 +195,10 @@ def _response_kernel(
     cal_dx,
     cal_dy,
     e_ref,
+    force,
+    v2_nmax,
+    dimuon_u_min,
+    weight,
     trig,
     other,
     hcal,
@@ -304,6 +239,8 @@ def _response_kernel(
         h3 = 0.0
         esh = g.SHAPE_NONE
         hsh = g.SHAPE_NONE
+        w = 1.0
+        frc = force[i]
         if cal_module >= 0 and pt != HALO:
             # ---------------------------------------------------------- calibration beam on an HCAL cell
             pt = cal_ptype
@@ -316,7 +253,7 @@ def _response_kernel(
             st, s3 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
             st, s4 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
             if pt == MUON:
-                st, hm = _mip(st, g.HCAL_MIP_GEV, g.HCAL_MIP_WIDTH)
+                st, hm = pr.pe_mip(st, g.HCAL_MIP_GEV, pr.HCAL_PE_PER_MIP, pr.HCAL_LANDAU_WIDTH, 1.0)
                 hsh = g.SHAPE_MIP
             else:
                 st, u = rng_next(st)
@@ -366,25 +303,12 @@ def _response_kernel(
                     ps = g.PS_MIP_GEV * lf
                     ecal = g.ECAL_MIP_GEV * lf
                     esh = g.SHAPE_MIP
-                if -g.V2_HALF_MM <= x < g.V2_HALF_MM and -g.V2_HALF_MM <= y < g.V2_HALF_MM:
-                    st, v2 = _mip(st, g.V2_MIP_GEV, g.LANDAU_WIDTH)
-                if -g.HCAL_HALF_MM <= x < g.HCAL_HALF_MM and -g.HCAL_HALF_MM <= y < g.HCAL_HALF_MM:
-                    el = e - g.MU_LOSS_ECAL_GEV
-                    for m in range(4):
-                        if el <= 0.0:
-                            break
-                        st, hm = _mip(st, g.HCAL_MIP_GEV, g.HCAL_MIP_WIDTH)
-                        if el < g.MU_LOSS_HCAL_GEV:
-                            hm *= el / g.MU_LOSS_HCAL_GEV
-                        el -= g.MU_LOSS_HCAL_GEV
-                        if m == 0:
-                            h0 = hm
-                        elif m == 1:
-                            h1 = hm
-                        elif m == 2:
-                            h2 = hm
-                        else:
-                            h3 = hm
+                # straight through V2 and the HCAL where it crosses them (photoelectron statistics)
+                st, v2, h0, h1, h2, h3, wm = pr.muon_downstream(
+                    st, e - g.MU_LOSS_ECAL_GEV, x, y, 0.0, 0.0, frc, v2_nmax
+                )
+                w *= wm
+                if h0 > 0.0:
                     hsh = g.SHAPE_MIP
         else:
             st, s0 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
@@ -392,6 +316,9 @@ def _response_kernel(
             st, s2 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
             st, s3 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
             st, s4 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
+            # rare downstream processes draw from their own stream (the common ones keep theirs)
+            sr_ = rng_state(s, np.uint64(index[i]), np.uint64(3))
+            inside = g.ECAL_LO_X <= x < g.ECAL_HI_X and g.ECAL_LO_Y <= y < g.ECAL_HI_Y
             if pt == E_MINUS or pt == UPSTREAM:  # noqa: SIM109 - two int compares in the numba kernel, no tuple
                 # ------------------------------------------------------------------ e.m. shower
                 esh_e = e
@@ -401,6 +328,9 @@ def _response_kernel(
                 mu_e1 = 0.0
                 if (fl & TRUTH_DIMUON) != 0:
                     st, u = rng_next(st)
+                    if (frc & pr.FORCE_DIMUON_HARD) != 0:
+                        u = dimuon_u_min + (1.0 - dimuon_u_min) * u
+                        w *= 1.0 - dimuon_u_min
                     k = table_draw(k_q, u)
                     if k > e:
                         k = e
@@ -418,6 +348,26 @@ def _response_kernel(
                     esh_e = e - k
                     if esh_e < 0.0:
                         esh_e = 0.0
+                # leading-hadron electroproduction, or (forced MC only) a hard photon punching through
+                had_e = 0.0
+                pt_k = 0.0
+                if pt == E_MINUS and (fl & (TRUTH_APRIME | TRUTH_DIMUON)) == 0:
+                    sr_, u = rng_next(sr_)
+                    ep = u < pr.EP_PROB
+                    if (frc & pr.FORCE_ELECTROPRODUCTION) != 0:
+                        ep = True
+                        w *= pr.EP_PROB
+                    if ep:
+                        fl |= TRUTH_HADRONIC
+                        sr_, v = pr.one_over_v(sr_, pr.EP_V_MIN)
+                        had_e = v * e
+                        esh_e -= had_e
+                    elif (frc & pr.FORCE_PUNCHTHROUGH) != 0:
+                        sr_, v = pr.one_over_v(sr_, pr.PT_V_MIN)
+                        sr_, u = rng_next(sr_)
+                        w *= pr.punchthrough_weight(pr.PT_DEPTH_X0 * u)
+                        pt_k = v * e
+                        esh_e -= pt_k
                 # SRD
                 if pt == E_MINUS:
                     sr = g.SRD_SECTION_GEV * (e / e_ref) ** 2
@@ -431,167 +381,145 @@ def _response_kernel(
                 st, u = rng_next(st)
                 srd2 = max(0.0, sr * (1.0 + g.SRD_REL_WIDTH * normal_ppf(u)))
                 if esh_e > 0.0:
-                    a = 1.0 + g.EM_B * (math.log(max(esh_e, 0.05) / g.EM_EC_GEV) - 0.5)
-                    st, u = rng_next(st)
-                    a *= math.exp(g.EM_A_SIGMA * normal_ppf(u) - 0.5 * g.EM_A_SIGMA * g.EM_A_SIGMA)
-                    fps = _ps_fraction(a, ps_tab)
-                    ps_t = fps * esh_e
-                    main_t = esh_e - ps_t
-                    st, u = rng_next(st)
-                    leak = -math.log(1.0 - u) * g.ECAL_LEAK_MEAN * main_t
-                    main_t -= leak
-                    st, u = rng_next(st)
-                    ps = ps_t + g.ECAL_STOCH * math.sqrt(ps_t) * normal_ppf(u)
-                    st, u = rng_next(st)
-                    mn = main_t + g.ECAL_STOCH * math.sqrt(main_t) * normal_ppf(u)
-                    st, u = rng_next(st)
-                    c = 1.0 + g.ECAL_CONST * normal_ppf(u)
-                    ps = max(ps * c, 0.0)
-                    mn = max(mn * c, 0.0)
-                    # lateral containment in the matrix (only showers near its edge lose energy)
-                    if (
-                        x - g.ECAL_LO_X < 80.0
-                        or g.ECAL_HI_X - x < 80.0
-                        or y - g.ECAL_LO_Y < 80.0
-                        or g.ECAL_HI_Y - y < 80.0
-                    ):
-                        p = g.ECAL_PROFILES[g.SHAPE_EM]
-                        cf = g.containment(x, y, g.ECAL_LO_X, g.ECAL_HI_X, g.ECAL_LO_Y, g.ECAL_HI_Y, p[0], p[1], p[2])
-                        ps *= cf
-                        mn *= cf
-                    ecal = ps + mn
+                    st, ps, ecal, h0 = em_shower(st, esh_e, x, y, ps_tab, 0.0)
                     esh = g.SHAPE_EM
-                    h0 = leak
                     hsh = g.SHAPE_EM
-                if mu_e0 > 0.0 or mu_e1 > 0.0:
-                    for mu in range(2):
-                        em = mu_e0 if mu == 0 else mu_e1
-                        st, lf = _mip(st, 1.0, g.LANDAU_WIDTH)
-                        vis = g.MU_LOSS_ECAL_GEV if em > g.MU_LOSS_ECAL_GEV else em
-                        ecal += vis * lf
-                        ps += g.PS_MIP_GEV * lf * (vis / g.MU_LOSS_ECAL_GEV)
-                        el = em - g.MU_LOSS_ECAL_GEV
-                        if el <= 0.0:
-                            continue
-                        st, vv = _mip(st, g.V2_MIP_GEV, g.LANDAU_WIDTH)
-                        v2 += vv
-                        for m in range(4):
-                            if el <= 0.0:
-                                break
-                            st, hm = _mip(st, g.HCAL_MIP_GEV, g.HCAL_MIP_WIDTH)
-                            if el < g.MU_LOSS_HCAL_GEV:
-                                hm *= el / g.MU_LOSS_HCAL_GEV
-                            el -= g.MU_LOSS_HCAL_GEV
-                            if m == 0:
-                                h0 += hm
-                            elif m == 1:
-                                h1 += hm
-                            elif m == 2:
-                                h2 += hm
-                            else:
-                                h3 += hm
+                if pt_k > 0.0:  # the photon showers in HCAL module 0
+                    sr_, u = rng_next(sr_)
+                    res = math.sqrt(g.HCAL_STOCH * g.HCAL_STOCH / pt_k + g.HCAL_CONST * g.HCAL_CONST)
+                    h0 += max(0.0, pt_k * (1.0 + res * normal_ppf(u)))
+                    hsh = g.SHAPE_EM
+                if had_e > 0.0:
+                    sr_, u = rng_next(sr_)
+                    charged = u >= pr.EP_NEUTRAL_FRACTION
+                    sr_, u = rng_next(sr_)
+                    lam0 = pr.EP_DEPTH_X0 * u * pr.HADRON_LAMBDA_PER_X0
+                    if (frc & pr.FORCE_PUNCHTHROUGH) != 0:
+                        sr_, zz, p = pr.exp_depth(sr_, g.ECAL_LAMBDA - lam0 + pr.HCAL_LAMBDA_TOTAL, math.inf)
+                        w *= p
+                    else:
+                        sr_, zz, p = pr.exp_depth(sr_, 0.0, math.inf)
+                    sr_, u = rng_next(sr_)
+                    a = g.HAD_A * math.exp(g.HAD_A_SIGMA * normal_ppf(u))
+                    v2f = v2_nmax if (frc & pr.FORCE_V2_MISS) != 0 else -1
+                    sr_, he, d0, d1, d2, d3, hv, wv = hadron_deposit(sr_, had_e, lam0 + zz, a, charged, v2f)
+                    w *= wv
+                    ecal += he
+                    v2 += hv
+                    h0, h1, h2, h3 = h0 + d0, h1 + d1, h2 + d2, h3 + d3
+                    if d0 + d1 + d2 + d3 > 0.0:
+                        hsh = g.SHAPE_HAD
+                for mu in range(2):
+                    em = mu_e0 if mu == 0 else mu_e1
+                    if em <= 0.0:
+                        continue
+                    st, lf = _mip(st, 1.0, g.LANDAU_WIDTH)
+                    vis = g.MU_LOSS_ECAL_GEV if em > g.MU_LOSS_ECAL_GEV else em
+                    ecal += vis * lf
+                    ps += g.PS_MIP_GEV * lf * (vis / g.MU_LOSS_ECAL_GEV)
+                    # production angle ~ m_mu/E_mu per projection, then transport behind the ECAL
+                    st, u = rng_next(st)
+                    tx = pc.M_MU_GEV / em * normal_ppf(u)
+                    st, u = rng_next(st)
+                    ty = pc.M_MU_GEV / em * normal_ppf(u)
+                    st, vv, d0, d1, d2, d3, wm = pr.muon_downstream(
+                        st, em - g.MU_LOSS_ECAL_GEV, x, y, tx, ty, frc, v2_nmax
+                    )
+                    w *= wm
+                    v2 += vv
+                    h0, h1, h2, h3 = h0 + d0, h1 + d1, h2 + d2, h3 + d3
                     if esh == g.SHAPE_NONE:
                         esh = g.SHAPE_MIP
                     hsh = g.SHAPE_MIP
             elif pt == MUON:
                 st, lf = _mip(st, 1.0, g.LANDAU_WIDTH)
-                inside = g.ECAL_LO_X <= x < g.ECAL_HI_X and g.ECAL_LO_Y <= y < g.ECAL_HI_Y
                 if inside:
                     ps = g.PS_MIP_GEV * lf
                     ecal = g.ECAL_MIP_GEV * lf
                     esh = g.SHAPE_MIP
-                st, v2 = _mip(st, g.V2_MIP_GEV, g.LANDAU_WIDTH)
                 el = e - g.MU_LOSS_ECAL_GEV
-                for m in range(4):
-                    if el <= 0.0:
-                        break
-                    st, hm = _mip(st, g.HCAL_MIP_GEV, g.HCAL_MIP_WIDTH)
-                    if el < g.MU_LOSS_HCAL_GEV:
-                        hm *= el / g.MU_LOSS_HCAL_GEV
-                    el -= g.MU_LOSS_HCAL_GEV
-                    if m == 0:
-                        h0 = hm
-                    elif m == 1:
-                        h1 = hm
-                    elif m == 2:
-                        h2 = hm
-                    else:
-                        h3 = hm
+                # hard interaction in the ECAL (bremsstrahlung, pairs, photonuclear): an e.m. shower of nu
+                sr_, u = rng_next(sr_)
+                hard = u < pr.MU_HARD_PROB
+                if (frc & pr.FORCE_MU_HARD) != 0:
+                    hard = True
+                    w *= pr.MU_HARD_PROB
+                if hard and inside:
+                    fl |= TRUTH_HADRONIC
+                    sr_, v = pr.one_over_v(sr_, pr.MU_V_MIN)
+                    sr_, u = rng_next(sr_)
+                    nu = v * e
+                    sr_, eps_, eec, lk = em_shower(sr_, nu, x, y, ps_tab, g.ECAL_X0 * u)
+                    ps += eps_
+                    ecal += eec
+                    h0 += lk
+                    el -= nu
+                    esh = g.SHAPE_EM
+                st, vv, d0, d1, d2, d3, wm = pr.muon_downstream(st, el, x, y, 0.0, 0.0, frc, v2_nmax)
+                w *= wm
+                v2 = vv
+                h0 += d0
+                h1 = d1
+                h2 = d2
+                h3 = d3
                 hsh = g.SHAPE_MIP
             else:
                 # ------------------------------------------------------------------ hadron (pi-, K-)
                 st, u = rng_next(st)
                 z = -math.log(1.0 - u)  # first-interaction depth, lambda
+                if (frc & pr.FORCE_HADRON_ECAL) != 0:
+                    st, z, p = pr.exp_depth(st, 0.0, g.ECAL_LAMBDA)
+                    w *= p
                 st, u = rng_next(st)
                 a = g.HAD_A * math.exp(g.HAD_A_SIGMA * normal_ppf(u))
                 st, lf = _mip(st, 1.0, g.LANDAU_WIDTH)
+                cex = False
                 if z < g.ECAL_LAMBDA:
                     fl |= TRUTH_HADRONIC
-                    frac_ecal = _hadron_profile_share(a, z, z, g.ECAL_LAMBDA)
-                    ecal_t = e * frac_ecal
-                    if z < g.PS_LAMBDA:
-                        st, u = rng_next(st)
-                        ps = e * (0.01 + 0.14 * u) * (1.0 - z / g.PS_LAMBDA) + g.PS_MIP_GEV * z / g.PS_LAMBDA * lf
-                        if ps > 0.9 * ecal_t:
-                            ps = 0.9 * ecal_t
+                    sr_, u = rng_next(sr_)
+                    cex = u < pr.CEX_FRACTION
+                    if (frc & pr.FORCE_CEX) != 0:
+                        cex = True
+                        w *= pr.CEX_FRACTION
+                    elif (frc & pr.FORCE_NO_CEX) != 0:
+                        cex = False
+                        w *= 1.0 - pr.CEX_FRACTION
+                if cex:
+                    # charge exchange: a forward pi0 (eta) shower from depth z, a slow recoil neutron
+                    sr_, tn = pr.cex_neutron_energy(sr_)
+                    t0 = z / pr.HADRON_LAMBDA_PER_X0
+                    st, ps, ecal, h0 = em_shower(st, e - tn, x, y, ps_tab, t0)
+                    before = min(t0, g.PS_X0) / g.PS_X0
+                    ps += g.PS_MIP_GEV * lf * before
+                    ecal += g.PS_MIP_GEV * lf * before + g.ECAL_MIP_GEV * lf * z / g.ECAL_LAMBDA + tn
+                    esh = g.SHAPE_EM
+                    hsh = g.SHAPE_EM
+                else:
+                    v2f = v2_nmax if (frc & pr.FORCE_V2_MISS) != 0 else -1
+                    st, ecal, h0, h1, h2, h3, v2, wv = hadron_deposit(st, e, z, a, True, v2f)
+                    w *= wv
+                    if z < g.ECAL_LAMBDA:
+                        esh = g.SHAPE_HAD
+                        if z < g.PS_LAMBDA:
+                            st, u = rng_next(st)
+                            ps = e * (0.01 + 0.14 * u) * (1.0 - z / g.PS_LAMBDA) + g.PS_MIP_GEV * z / g.PS_LAMBDA * lf
+                            if ps > 0.9 * ecal:
+                                ps = 0.9 * ecal
+                        else:
+                            ps = g.PS_MIP_GEV * lf
+                        if ecal < ps:
+                            ecal = ps
                     else:
                         ps = g.PS_MIP_GEV * lf
-                        ecal_t += g.ECAL_MIP_GEV * lf * z / g.ECAL_LAMBDA
-                    st, u = rng_next(st)
-                    ecal = ecal_t * (1.0 + 2.0 * g.ECAL_STOCH / math.sqrt(max(ecal_t, 0.1)) * normal_ppf(u))
-                    if ecal < ps:
-                        ecal = ps
-                    e_rest = e - ecal_t
-                    start = -(g.ECAL_LAMBDA - z)  # shower start relative to the HCAL front
-                    esh = g.SHAPE_HAD
-                else:
-                    ps = g.PS_MIP_GEV * lf
-                    ecal = g.ECAL_MIP_GEV * lf
-                    esh = g.SHAPE_MIP
-                    e_rest = e - g.MU_LOSS_ECAL_GEV
-                    start = z - g.ECAL_LAMBDA
-                    if start >= g.HCAL_MODULE_LAMBDA:  # punch-through a module as a MIP
-                        fl |= TRUTH_HADRONIC
-                if not (g.ECAL_LO_X <= x < g.ECAL_HI_X and g.ECAL_LO_Y <= y < g.ECAL_HI_Y) and esh == g.SHAPE_MIP:
+                        esh = g.SHAPE_MIP
+                        if z - g.ECAL_LAMBDA >= g.HCAL_MODULE_LAMBDA:  # punch-through a module as a MIP
+                            fl |= TRUTH_HADRONIC
+                    if h0 + h1 + h2 + h3 > 0.0:
+                        hsh = g.SHAPE_HAD
+                if not inside and esh == g.SHAPE_MIP:
                     ps = 0.0
                     ecal = 0.0
                     esh = g.SHAPE_NONE
-                if e_rest > 0.0:
-                    # share of the rest of the shower per HCAL module (conditional on leaving the ECAL)
-                    rem = 1.0 - (_hadron_profile_share(a, start, start, 0.0) if start < 0.0 else 0.0)
-                    if rem < 1e-9:
-                        rem = 1e-9
-                    tot = 0.0
-                    for m in range(4):
-                        lo = m * g.HCAL_MODULE_LAMBDA
-                        hi = lo + g.HCAL_MODULE_LAMBDA
-                        if start >= hi:
-                            st, hm = _mip(st, g.HCAL_MIP_GEV, g.HCAL_MIP_WIDTH)  # not yet interacted
-                        else:
-                            hm = e_rest * _hadron_profile_share(a, start, max(lo, start), hi) / rem
-                        tot += hm
-                        if m == 0:
-                            h0 = hm
-                        elif m == 1:
-                            h1 = hm
-                        elif m == 2:
-                            h2 = hm
-                        else:
-                            h3 = hm
-                    st, u = rng_next(st)
-                    res = math.sqrt(g.HCAL_STOCH * g.HCAL_STOCH / max(tot, 0.1) + g.HCAL_CONST * g.HCAL_CONST)
-                    c = 1.0 + res * normal_ppf(u)
-                    if c < 0.0:
-                        c = 0.0
-                    h0 *= c
-                    h1 *= c
-                    h2 *= c
-                    h3 *= c
-                    hsh = g.SHAPE_HAD
-                    # charged secondaries leaving the ECAL through V2
-                    nmip = 1.0 + (h0 + h1 + h2 + h3) / 10.0 if start < 0.0 else 1.0
-                    st, vv = _mip(st, 1.0, g.LANDAU_WIDTH / math.sqrt(nmip))
-                    v2 = g.V2_MIP_GEV * nmip * vv
         trig[i, 0] = s1
         trig[i, 1] = s2
         trig[i, 2] = s3
@@ -612,6 +540,7 @@ def _response_kernel(
         shape[i, 0] = esh
         shape[i, 1] = hsh
         flags[i] = fl
+        weight[i] *= w
         # truth: sums of the float32-rounded compact values (so that the truth equals the channel sums)
         t_ps[i] = trig[i, 4]
         t_ecal[i] = trig[i, 5]
@@ -632,11 +561,19 @@ def _table_info(cfg: Config, table: dict | None) -> tuple[int, float, float, dic
     return module, tx - float(cfg.beam.x_mm), ty - float(cfg.beam.y_mm), dict(table)
 
 
-def apply_response(spill: BeamSpill, cfg: Config, table: dict | None = None) -> Deposits:
+def v2_pe_max(cfg: Config) -> int:
+    """Largest V2 photoelectron count below the offline veto threshold ``offline.v2_max_mip``."""
+    return int(math.ceil(float(cfg.offline.v2_max_mip) * pr.V2_PE_PER_MIP)) - 1
+
+
+def apply_response(spill: BeamSpill, cfg: Config, table: dict | None = None, force: int | np.ndarray = 0) -> Deposits:
     """Detector response of every particle of ``spill``: returns the compact :class:`Deposits` and fills
     the truth fields e_ps, e_ecal, e_hcal, e_v2, e_srd (and, in calibration mode, ptype/flags) in place.
 
     ``table`` = {"x_mm", "y_mm", "module", "cell"} of the HCAL table; None or module -1 = physics position.
+    ``force``: forced processes of a biased MC sample (bits ``sim_frontend.processes.FORCE_*``, for every
+    particle or per particle as a uint8 array; 0 for recorded data); the truth weight of a forced particle is
+    multiplied by the probability of what was forced.
     Deterministic: the same spill (seed, truth) gives the same deposits."""
     truth = spill.truth
     n = truth.shape[0]
@@ -672,6 +609,10 @@ def apply_response(spill: BeamSpill, cfg: Config, table: dict | None = None) -> 
         dx,
         dy,
         SRD_REF_GEV,
+        np.broadcast_to(np.asarray(force, dtype=np.uint8), (n,)).copy(),
+        v2_pe_max(cfg),
+        float(np.interp(e0 - float(cfg.offline.ecal_box_max_gev), k_q, np.linspace(0.0, 1.0, k_q.size))),
+        truth["weight"],
         dep.trigger,
         dep.other,
         dep.hcal,

@@ -28,8 +28,9 @@ from sim_frontend.response import apply_response, hardware_scalers
 from trigger.kernels import trigger_waveforms
 from trigger.menu import TriggerMenu
 
-#: the visible test A' of the injected runs: m = 16.7 MeV, eps = 1e-3, rate bias 1e6 (weight 1e-6)
-APRIME = {"enabled": True, "mass_mev": 16.7, "epsilon": 1e-3, "bias": 1e6}
+#: the visible test A' of the injected runs: m = 16.7 MeV, eps = 1 at its physical rate (recorded data are
+#: never biased), about 6e-3 A' per beam electron
+APRIME = {"enabled": True, "mass_mev": 16.7, "epsilon": 1.0}
 PARTICLES = 30_000
 START_UNIX = 1.7e9
 

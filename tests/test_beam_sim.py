@@ -44,7 +44,7 @@ def variant(cfg, **kw):
 
 
 def plain_electrons(t):
-    return (t["ptype"] == E_) & ((t["flags"] & (TRUTH_APRIME | TRUTH_DIMUON)) == 0)
+    return (t["ptype"] == E_) & ((t["flags"] & (TRUTH_APRIME | TRUTH_DIMUON | TRUTH_HADRONIC)) == 0)
 
 
 # ----------------------------------------------------------------------------------- generator
@@ -198,7 +198,8 @@ def test_hadron_response(cfg):
     assert abs(np.mean((t["e_ecal"] + t["e_hcal"]) / t["e_beam"]) - 1) < 0.03
     h = dep.hcal[pi]
     assert h[:, 0].mean() > 10 * h[:, 1].mean() > 0  # mostly module 0, some punch-through
-    assert np.all(t["e_v2"] > 0)
+    silent = t["e_v2"] == 0  # only charge exchange (a neutral final state) leaves V2 dark
+    assert silent.sum() <= 5 and np.all(t["e_hcal"][silent] < 1.0)
     had = (t["flags"] & TRUTH_HADRONIC) != 0
     assert abs(had.mean() - (1 - math.exp(-geometry.ECAL_LAMBDA))) < 0.03
 
@@ -212,22 +213,25 @@ def test_muon_response(cfg):
     assert 0.28 < np.median(t["e_ecal"]) < 0.36  # ECAL MIP ~0.3 GeV
     for m in range(4):
         assert 2.4 < np.median(dep.hcal[mu, m]) < 2.9  # ~2.5 GeV per module (docs/physics.md 1.4)
-    assert np.all(t["e_v2"] > 0.5 * geometry.V2_MIP_GEV) and np.all(t["e_srd"] == 0)
+    # V2 misses a muon only through photoelectron statistics (~1e-4: test_downstream_processes.py)
+    assert np.sum(t["e_v2"] < 0.5 * geometry.V2_MIP_GEV) <= 3 and np.all(t["e_srd"] == 0)
     assert np.all(dep.shape[mu, 1] == geometry.SHAPE_MIP)
 
 
 def test_dimuon_rate_weights_and_response(cfg):
     p = beam.dimuon_probability(100.0)
     assert 1.4e-4 < p < 1.8e-4  # N_X0 * int 0.572 E0/k^2 sigma_BH dk
-    sp = beam.generate_spill(cfg, 5, n_particles=100_000)
+    bias = beam.Bias.from_config(cfg)  # an MC sample: dimuons biased, weights 1/bias
+    sp = beam.generate_spill(cfg, 5, n_particles=100_000, bias=bias)
     dep = response.apply_response(sp, cfg)
     t = sp.truth
     el = t["ptype"] == E_
     dm = (t["flags"] & TRUTH_DIMUON) != 0
     assert np.all(el[dm])
-    expect = p * cfg.beam.dimuon_bias
+    expect = p * bias.dimuon
     assert abs(dm.sum() / el.sum() - expect) < 5 * math.sqrt(expect / el.sum())
-    assert np.allclose(t["weight"][dm], 1 / cfg.beam.dimuon_bias)
+    assert np.allclose(t["weight"][dm], 1 / bias.dimuon)
+    assert t["weight"][el].sum() == pytest.approx(el.sum(), rel=1e-3)  # the weighted sample is unbiased
     assert np.all(t["weight"][el & ~dm] > 1.0)  # unbiased remainder
     h = dep.hcal[dm]
     assert 7.0 < t["e_hcal"][dm].mean() < 13.0  # region I: E_HCAL ~ 10 GeV
@@ -241,7 +245,7 @@ def test_aprime_injection(cfg):
     c = variant(cfg, aprime__enabled=True, aprime__epsilon=1e-2, aprime__bias=1e4)  # visible test point
     p = beam.aprime_probability(c)
     assert 0.5e-6 < p < 0.8e-6  # 6.3e-3 eps^2 (docs/physics.md 3.5)
-    sp = beam.generate_spill(c, 9, n_particles=40_000)
+    sp = beam.generate_spill(c, 9, n_particles=40_000, bias=beam.Bias.from_config(c))
     response.apply_response(sp, c)
     t = sp.truth
     ap = (t["flags"] & TRUTH_APRIME) != 0

@@ -27,7 +27,8 @@ def cal(cfg):
 
 @pytest.fixture(scope="module")
 def sim(cfg):
-    sp = beam.generate_spill(cfg, 21, n_particles=20_000)
+    # an MC sample with the configured dimuon bias (weights 1/bias), so that the dimuon muons show in V2
+    sp = beam.generate_spill(cfg, 21, n_particles=20_000, bias=beam.Bias.from_config(cfg))
     return sp, response.apply_response(sp, cfg)
 
 
@@ -196,3 +197,4 @@ def test_events_cells_reconstruct_the_channel_deposits(cfg, cal, sim):
     v2 = ch.by_name("V2").id
     assert np.all(r.flags[cd[:, v2] == 0, v2] == reco.FLAG_NO_SIGNAL)  # showers do not reach V2
     assert np.all(r.flags[cd[:, v2] > 0, v2] != reco.FLAG_NO_SIGNAL)  # the muons of dimuons do
+    assert np.count_nonzero(cd[:, v2] > 0) >= 3

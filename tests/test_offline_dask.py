@@ -61,6 +61,9 @@ def test_local_cluster_two_workers_equals_serial(runs, serial, tmp_path):
     assert js["box"]["n_obs"] == len(js["box"]["events"]) == m_d.n_obs
     assert {"run", "spill", "event_id"} <= set(js["box"]["events"][0])
     assert js["truth"]["aprime_in_box"] > 0 and js["eot"] == m_d.eot
+    # recorded data are unbiased: every truth weight is 1, the weighted counts are the counts
+    assert js["truth"]["dimuon_recorded_weighted"] == js["truth"]["dimuon_recorded"]
+    assert js["truth"]["aprime_in_box_weighted"] == js["truth"]["aprime_in_box"]
     assert set(js["by_run"]) == {str(r) for r in runs}
     import uproot
 
