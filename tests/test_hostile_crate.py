@@ -26,7 +26,8 @@ from emulator_fixture import to_toml
 from hostile_crate import HostileCrate
 from oracle import start_oracle
 
-from detector.spillfile import list_spills, read_run_record, read_spill, run_dir
+from detector.runrecord import read_run_record
+from detector.spillfile import list_spills, read_spill, run_dir
 from online.recorder import reconcile
 
 pytestmark = pytest.mark.slow
