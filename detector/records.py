@@ -75,10 +75,20 @@ SPILL_FLAGS = (
     "retried",  # the readout of this spill was retried and succeeded
     "disk_full",  # not written: the output disk had no room (daq.min_free_mb); the run stopped
     "write_failed",  # writing the spill file failed (I/O error, quota); the run stopped
+    "skipped_off_cell",  # calibration mode: not read out, the table was not on the requested cell
 )
 #: flags of a spill whose recorded events are not all its accepted events: the DAQ's accounting does not
 #: reconcile, and an analysis leaves the whole spill out (its events and its EOT)
 INCOMPLETE_SPILL_FLAGS = frozenset(
-    {"readout_incomplete", "crate_error", "timeout", "truncated_block", "spill_lost", "disk_full", "write_failed"}
+    {
+        "readout_incomplete",
+        "crate_error",
+        "timeout",
+        "truncated_block",
+        "spill_lost",
+        "disk_full",
+        "write_failed",
+        "skipped_off_cell",
+    }
 )
 assert set(SPILL_FLAGS) >= INCOMPLETE_SPILL_FLAGS

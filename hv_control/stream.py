@@ -18,7 +18,7 @@ import zmq
 from detector.framing import FramingError, recv_message
 from detector.monitoring import TopicSeqTracker
 
-from .tune import BeamLossError
+from .campaign import BeamLossError
 
 log = logging.getLogger(__name__)
 

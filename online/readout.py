@@ -65,6 +65,7 @@ class SpillOutcome:
     errors: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
     triggered: bool = False
+    skipped: str = ""  #: why the spill was not read out (calibration mode: the table was not on the cell)
 
 
 class _ReaderFailed(Exception):
@@ -79,7 +80,9 @@ class CrateReadout:
     records per transfer chunk; ``record_truth``: also read the crate's truth records; ``parallel_trigger``
     (default: with at least 4 cores, since the reader thread and the crate need cores too) runs the
     parallel trigger kernel. ``events`` is the pool the event buffers come from; whoever holds an
-    outcome last gives ``outcome.events_base`` back to it."""
+    outcome last gives ``outcome.events_base`` back to it. ``spill_filter(info)`` (calibration mode) says
+    why a spill is not to be read out (its ``SPIL:INFO?``): then nothing more is read and the outcome's
+    ``skipped`` holds the reason."""
 
     def __init__(
         self,
@@ -90,6 +93,7 @@ class CrateReadout:
         record_truth: bool,
         parallel_trigger: bool | None = None,
         events: EventPool | None = None,
+        spill_filter: Callable[[dict[str, Any]], str | None] | None = None,
     ) -> None:
         self.crate = crate
         self.menu = menu
@@ -97,6 +101,7 @@ class CrateReadout:
         self.record_truth = bool(record_truth)
         self.parallel_trigger = (os.cpu_count() or 1) >= 4 if parallel_trigger is None else bool(parallel_trigger)
         self.events = events if events is not None else EventPool()
+        self.spill_filter = spill_filter
         self.chunks = ChunkPool(self.chunk_records)
         self.times = TimesBuffer()
 
@@ -130,6 +135,11 @@ class CrateReadout:
         try:
             self.crate.select_spill(out.crate_spill)
             out.info = self.crate.spill_info()
+            if self.spill_filter is not None:
+                out.skipped = self.spill_filter(out.info) or ""
+                if out.skipped:
+                    out.timing["select_s"] = time.perf_counter() - t
+                    return False
             out.n_particles = self.crate.prim_count()
         except MSADCError as exc:
             self._fail(out, exc, "select")
