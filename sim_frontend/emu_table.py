@@ -1,9 +1,12 @@
-"""Emulated HCAL table (docs/protocols.md section 3): an x-y stage that moves linearly in time.
+"""Emulated calorimeter table (docs/protocols.md section 3): an x-y stage that moves linearly in time.
 
-The table carries the four HCAL modules. ``MOVE CELL x-y-m`` brings the centre of cell x-y of module m
-into the calibration beam, at ``((x-1)*194, (y-1)*194)`` mm in the module plane; ``HOME`` returns to
-the physics position (beam on the ECAL centre, module -1). Motion is a straight line at a constant
-speed (mm/s) computed from the elapsed time since the move was accepted; while moving the table is
+As in NA64, the ECAL and the HCAL sit on one movable platform. ``MOVE CELL x-y-m`` brings the centre of
+HCAL cell x-y of module m into the calibration beam, at ``((x-1)*194, (y-1)*194)`` mm in the module plane
+(the platform moved sideways so that the beam reaches the module directly); ``MOVE ECAL x-y`` shifts the
+platform so that the beam axis hits the centre of ECAL cell (x, y), at ``((x-3)*38.2, (y-3)*38.2)`` mm in
+the ECAL plane (module -1, cell label ``ECAL-x-y``; the HCAL behind moves along); ``HOME`` returns to the
+physics position (beam on the ECAL centre, which is the centre of ECAL cell (3, 3), module -1).
+Motion is a straight line at a constant speed (mm/s) computed from the elapsed time since the move was accepted; while moving the table is
 busy and refuses another MOVE with ``ERR BUSY``. During a move, ``POS?`` reports the module the move
 goes to and cell ``NONE``; the cell name is reported only once the table rests on a cell centre.
 """
@@ -21,9 +24,13 @@ from typing import Any
 from detector import channels as chmap
 from detector.settings import Config, EmulatorSection
 
+from .geometry import ECAL_CENTRAL_CELL
+from .geometry import ECAL_PITCH_MM as ECAL_CELL_PITCH_MM
+
 log = logging.getLogger(__name__)
 
 CELL_PITCH_MM = 194.0  #: HCAL cell pitch, mm
+ECAL_PITCH_MM = ECAL_CELL_PITCH_MM  #: ECAL cell pitch, mm
 TRAVEL_MM = 450.0  #: travel limit of each axis, +/- mm
 PHYSICS = "PHYSICS"
 NONE = "NONE"
@@ -35,6 +42,11 @@ _MOVE_POS = re.compile(rf"^MOVE POS ({_NUM}) ({_NUM}) ([+-]?[0-9]{{1,2}})$")
 def cell_centre_mm(x: int, y: int) -> tuple[float, float]:
     """Beam impact point (mm) that centres HCAL cell column ``x``, row ``y`` (0..2) in the beam."""
     return (x - 1) * CELL_PITCH_MM, (y - 1) * CELL_PITCH_MM
+
+
+def ecal_cell_centre_mm(x: int, y: int) -> tuple[float, float]:
+    """Beam impact point (mm, ECAL plane) that centres ECAL cell column ``x``, row ``y`` (0..5) in the beam."""
+    return (x - ECAL_CENTRAL_CELL[0]) * ECAL_PITCH_MM, (y - ECAL_CENTRAL_CELL[1]) * ECAL_PITCH_MM
 
 
 class HCALTable:
@@ -132,6 +144,16 @@ class HCALTable:
     def _move(self, upper: str, now: float) -> str:
         if self._where(now)[2]:
             return "ERR BUSY"
+        if upper.startswith("MOVE ECAL "):
+            name = "ECAL-" + upper[len("MOVE ECAL ") :]
+            try:
+                ex, ey = chmap.parse_ecal_cell(name)
+            except ValueError:
+                shown = "".join(c if " " <= c <= "~" else "?" for c in name[5:37])
+                return f"ERR BAD CELL {shown}"
+            cx, cy = ecal_cell_centre_mm(ex, ey)
+            self._start(cx, cy, -1, chmap.ecal_cell_name(ex, ey), now)
+            return "OK"
         if upper.startswith("MOVE CELL "):
             name = upper[len("MOVE CELL ") :]
             try:
