@@ -6,9 +6,10 @@ HCAL cell x-y of module m into the calibration beam, at ``((x-1)*194, (y-1)*194)
 platform so that the beam axis hits the centre of ECAL cell (x, y), at ``((x-3)*38.2, (y-3)*38.2)`` mm in
 the ECAL plane (module -1, cell label ``ECAL-x-y``; the HCAL behind moves along); ``HOME`` returns to the
 physics position (beam on the ECAL centre, which is the centre of ECAL cell (3, 3), module -1).
-Motion is a straight line at a constant speed (mm/s) computed from the elapsed time since the move was accepted; while moving the table is
-busy and refuses another MOVE with ``ERR BUSY``. During a move, ``POS?`` reports the module the move
-goes to and cell ``NONE``; the cell name is reported only once the table rests on a cell centre.
+Motion is a straight line at a constant speed (mm/s) computed from the elapsed time since the move was
+accepted; while moving the table is busy and refuses another MOVE with ``ERR BUSY``. During a move,
+``POS?`` reports the module the move goes to and cell ``NONE``; the cell name is reported only once the
+table rests on a cell centre.
 """
 
 from __future__ import annotations
