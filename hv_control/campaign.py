@@ -18,8 +18,9 @@ fit, decide: :meth:`CellCampaign.process_cell`). Around that it keeps:
   child DAQ (:func:`stop_daq`: its whole process group);
 - the supply is configured once at campaign start (MAXV, RUP/RDW, ISET, TRIP from config).
 
-A tool subclasses :class:`CellCampaign` and defines the per-cell step, the cell -> channel mapping,
-what a finished cell is and (optionally) what happens after the last cell.
+A tool subclasses :class:`CellCampaign` and defines the per-cell step (or several passes over the cells,
+:meth:`CellCampaign.passes`), the cell -> channel mapping, what a finished cell is and (optionally) what
+happens after a pass (:meth:`CellCampaign.after_pass`).
 """
 
 from __future__ import annotations
@@ -158,9 +159,6 @@ class CellCampaign:
         """Collect, fit and decide for one cell; the table is on it already."""
         raise NotImplementedError
 
-    def finish(self) -> None:
-        """After every cell was visited (e.g. a global fit and a verification pass)."""
-
     def make_safe(self, st: Any, exc: BaseException) -> str:
         """After a fault: a tripped channel is switched off at the safe voltage, all others stay at their
         last verified voltage. Returns what was done."""
@@ -275,23 +273,33 @@ class CellCampaign:
             with self.critical():
                 self.hv.configure()
 
+    def passes(self) -> list[tuple[str, frozenset[str], Callable[[Any], None]]]:
+        """The campaign's passes over the cells: name, the statuses that need no visit in that pass, and
+        the per-cell step. One pass of :meth:`process_cell` by default."""
+        return [("cells", self.FINISHED, self.process_cell)]
+
+    def after_pass(self, name: str) -> None:
+        """After every cell was visited in pass ``name`` (e.g. a global fit)."""
+
     def run(self) -> dict[str, Any]:
-        """Visit every cell not yet finished, then :meth:`finish`; returns the states. Raises
-        CampaignPaused on a fault or a signal (journal written, channels safe)."""
+        """Visit every cell not yet finished in each pass (then :meth:`after_pass`); returns the states.
+        Raises CampaignPaused on a fault or a signal (journal written, channels safe)."""
         current = None
         try:
             self.start()
-            for cell in self.cells:
-                st = self.states[cell]
-                if st.status in self.FINISHED:
-                    continue
-                current = st
-                self.process_cell(st)
+            for name, finished, step in self.passes():
+                for cell in self.cells:
+                    st = self.states[cell]
+                    if st.status in finished:
+                        continue
+                    current = st
+                    step(st)
+                    self.save_state()
+                    self.progress("cell_done", st)
+                    self.checkpoint()
+                current = None
+                self.after_pass(name)
                 self.save_state()
-                self.progress("cell_done", st)
-                self.checkpoint()
-            current = None
-            self.finish()
         except self.FAULTS as exc:
             what = self.make_safe(current, exc)
             self._pause(current, f"{type(exc).__name__}: {exc}", what, exc)
