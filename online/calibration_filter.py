@@ -5,10 +5,10 @@ cell it measures; any other spill (the table at the physics position with the fu
 moving) is skipped after ``SPIL:INFO?``: no primitives and no events are read, the spill is recorded
 empty and flagged ``skipped_off_cell`` with its accounting (particles, start, table position).
 
-The wanted cell comes from the campaign's request file (JSON ``{"cell": "0-2-3"}``, rewritten atomically
-by the campaign before every table move; ``null`` or a missing file: no cell wanted, every spill is
-skipped). Without a request file, every spill taken on a calibration cell is read out (the table not at
-``PHYSICS`` and not moving).
+The wanted cell comes from the campaign's request file (``na64-daq run --calibration-mode
+--calibration-request PATH``; JSON ``{"cell": "0-2-3"}``, rewritten atomically by the campaign before every
+table move; ``null`` or a missing file: no cell wanted, every spill is skipped). A calibration-mode DAQ
+without a request file reads out every spill, as before.
 """
 
 from __future__ import annotations
@@ -18,19 +18,16 @@ import os
 import pathlib
 from typing import Any
 
-OFF_CELLS = ("PHYSICS", "NONE", "")  #: table cell labels that are no calibration position
-
 
 class CellFilter:
     """``refuse(info)`` -> why a spill is not read out (``None``: read it). ``request_path``: the
-    campaign's request file, or None (then any calibration cell counts)."""
+    campaign's request file."""
 
-    def __init__(self, request_path: str | os.PathLike | None = None) -> None:
-        self.request_path = pathlib.Path(request_path) if request_path else None
+    def __init__(self, request_path: str | os.PathLike) -> None:
+        self.request_path = pathlib.Path(request_path)
 
     def wanted(self) -> str | None:
         """The cell the campaign asks for now (None: none, or no readable request)."""
-        assert self.request_path is not None
         try:
             cell = json.loads(self.request_path.read_text()).get("cell")
         except (OSError, ValueError, AttributeError):
@@ -42,8 +39,6 @@ class CellFilter:
         cell = table.get("cell") if isinstance(table, dict) else None
         if not isinstance(cell, str):
             return "the crate reports no table position for this spill"
-        if self.request_path is None:
-            return f"table at {cell or 'nowhere'}, not on a calibration cell" if cell in OFF_CELLS else None
         wanted = self.wanted()
         if wanted is None:
             return f"table at {cell}; the campaign requests no cell"

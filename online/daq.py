@@ -124,8 +124,8 @@ class DAQ:
         self.argv = argv
         self.use_hv = hv
         self.curve_keys = curve_keys
-        #: calibration mode: only spills with the table on the requested cell are read out
-        self.cell_filter = CellFilter(calibration_request) if self.calibration_mode else None
+        #: calibration mode with a campaign's request file: only spills on the requested cell are read out
+        self.cell_filter = CellFilter(calibration_request) if self.calibration_mode and calibration_request else None
         self.gev_per_count = np.asarray(calibration.gev_per_count, dtype=np.float32)
         self._stop = threading.Event()
         self.sm = SpillStateMachine(self._on_state)
@@ -232,8 +232,11 @@ class DAQ:
             events=self.events,
             spill_filter=self.cell_filter.refuse if self.cell_filter is not None else None,
         )
-        # the primitive pool, faulted in now, sized for the expected intensity (it grows if needed)
-        self.readout.prepare(int(min(self.daq_cfg.chunk_records, max(self.cfg.beam.particles_per_spill, 1))))
+        # the primitive pool, faulted in now, sized for the expected intensity (it grows if needed); a
+        # calibration DAQ reads only calibration-beam spills (the others are skipped unread)
+        beam = self.cfg.beam
+        expected = beam.calibration_particles_per_spill if self.cell_filter else beam.particles_per_spill
+        self.readout.prepare(int(min(self.daq_cfg.chunk_records, max(expected, 1))))
         self._connect_crate()
         if self.use_hv and self.endpoints.get("hv"):
             self.hv_reader = HVReader(self.cfg, self.calibration, str(self.endpoints["hv"]), self.publisher)

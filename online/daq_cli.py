@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration-request",
         metavar="PATH",
         help='calibration mode: JSON file naming the cell a campaign wants ({"cell": ...}); only spills '
-        "with the table on that cell are read out (default: any calibration cell)",
+        "with the table on that cell are read out, the others are recorded as skipped_off_cell (default: every spill)",
     )
     r.add_argument("--no-hv", action="store_true", help="do not read the HV back")
     r.add_argument(
