@@ -151,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hv-tune: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except CampaignPaused as exc:
-        console.print(f"[bold red]PAUSED[/]: {exc}")
+        if isinstance(exc.__cause__, CampaignInterrupted):  # journalled by the campaign; the session closed
+            console.print(f"[bold red]stopped[/]: {stopped_message(exc.__cause__.signame, state_path)}")
+        else:
+            console.print(f"[bold red]PAUSED[/]: {exc}")
         return EXIT_PAUSED
     except CampaignInterrupted as exc:
         console.print(f"[bold red]stopped[/]: {stopped_message(exc.signame, state_path)}")

@@ -54,8 +54,9 @@ class HCALTable:
     """Time-dynamic model of the HCAL table, served line by line by :meth:`handle`.
 
     ``speed_mm_per_s`` defaults to ``cfg.emulator.table_speed_mm_per_s`` (that key's default without a
-    config). ``clock`` is the model time source in s. Thread-safe (one lock). The table starts at rest in
-    the physics position.
+    config). ``clock`` is the model time source in s. ``on_move(module, cell)`` is called for every
+    accepted move with its target (the emulator sets the beam intensity with it). Thread-safe (one lock).
+    The table starts at rest in the physics position.
     """
 
     OVERLONG_REPLY = "ERR LINE TOO LONG"
@@ -67,6 +68,7 @@ class HCALTable:
         speed_mm_per_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         serial: str = "EMU-TABLE-0001",
+        on_move: Callable[[int, str], None] | None = None,
     ) -> None:
         if speed_mm_per_s is None:
             speed_mm_per_s = (cfg.emulator if cfg is not None else EmulatorSection()).table_speed_mm_per_s
@@ -83,6 +85,7 @@ class HCALTable:
         self._module = -1
         self._cell = PHYSICS
         self.moves: list[dict[str, Any]] = []  #: accepted moves: time, x_mm, y_mm, module
+        self.on_move = on_move  #: called with the target module and cell label of every accepted move
 
     # ------------------------------------------------------------------ kinematics
     def _where(self, now: float) -> tuple[float, float, bool]:
@@ -101,6 +104,8 @@ class HCALTable:
         self._x1, self._y1 = x, y
         self._module, self._cell = module, cell
         self.moves.append({"time": time.time(), "x_mm": x, "y_mm": y, "module": module})
+        if self.on_move is not None:
+            self.on_move(module, cell)
 
     def position(self) -> dict[str, Any]:
         """Where the beam hits: ``x_mm``, ``y_mm`` (mm), ``module`` (-1 = physics position), ``cell``

@@ -136,8 +136,10 @@ class _Job:
     arrival: float  # monotonic
 
 
-def _feed_child(cfg: Config, endpoint: str, parent_pid: int, stop: Any) -> None:
-    """Child process: run the beam simulation and push spills into the emulator's feed."""
+def _feed_child(cfg: Config, endpoint: str, parent_pid: int, stop: Any, calibration: Any = None) -> None:
+    """Child process: run the beam simulation and push spills into the emulator's feed. ``calibration``
+    (a shared flag, ``.value``): the table is on a calibration position, the beam line delivers the
+    calibration intensity (``beam.calibration_particles_per_spill``)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
@@ -154,7 +156,12 @@ def _feed_child(cfg: Config, endpoint: str, parent_pid: int, stop: Any) -> None:
 
     sender = FeedSender(cfg, endpoint, send_timeout_s=60.0)
     try:
-        n = sender.run(stop=stop)
+        m = max(1, int(round(cfg.beam.calibration_particles_per_spill)))
+
+        def intensity() -> int | None:
+            return m if calibration is not None and calibration.value else None
+
+        n = sender.run(stop=stop, intensity=intensity)
         logging.getLogger(__name__).info("beam feed done: %d spills sent", n)
     except FeedError as exc:
         logging.getLogger(__name__).error("beam feed stopped: %s", exc)
@@ -211,7 +218,8 @@ class Emulator:
 
         self.digitizer = Digitizer(cfg, self.calibration, hidden_seed=cfg.emulator.hidden_seed)
         self.hv = HVMainframe(cfg, self.calibration)
-        self.table = HCALTable(cfg)
+        self.table = HCALTable(cfg, on_move=self._table_moved)
+        self._calibration_beam_wanted: Any = None  #: shared with the feed child (set in _start_child)
         self.crate = MSADCCrate(self.digitizer, buffer=cfg.emulator.spill_buffer)
         self.msadc_faults = MSADCFaults()
         if not 0.01 <= block_timeout_s <= 60:
@@ -297,12 +305,23 @@ class Emulator:
         log.info("spill chain ready in %.2f s", dt)
         return dt
 
+    def _table_moved(self, module: int, cell: str) -> None:
+        """The table goes to a calibration position (HCAL module or ECAL cell) or back: the internal beam
+        feed generates the calibration intensity or the full one from its next spill on (spills already
+        generated are thinned on arrival, :meth:`calibration_beam`)."""
+        flag = self._calibration_beam_wanted
+        if flag is not None:
+            flag.value = module >= 0 or str(cell).startswith("ECAL-")
+
     def _start_child(self, feed_addr: str) -> None:
         ctx = mp.get_context("spawn")
         self._child_stop = ctx.Event()
+        self._calibration_beam_wanted = ctx.Value("b", False, lock=False)
+        pos = self.table.position()
+        self._table_moved(int(pos["module"]), str(pos["cell"]))
         self._child = ctx.Process(
             target=_feed_child,
-            args=(self.cfg, _connect_address(feed_addr), os.getpid(), self._child_stop),
+            args=(self.cfg, _connect_address(feed_addr), os.getpid(), self._child_stop, self._calibration_beam_wanted),
             name="na64-emulator-feed",
             daemon=True,
         )
