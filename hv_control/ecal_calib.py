@@ -143,8 +143,12 @@ class EcalCalibration(CellCampaign):
             raise ValueError(f"{path}: not a readable ecal-calib state file ({exc})") from None
 
     def passes(self) -> list[tuple[str, frozenset[str], Callable[[Any], None]]]:
-        collect = [("collect", frozenset({"collected", "done", "failed"}), self.collect_cell)]
-        return collect if self.dry_run else [*collect, ("verify", self.FINISHED, self.verify_cell)]
+        out: list[tuple[str, frozenset[str], Callable[[Any], None]]] = [
+            ("collect", frozenset({"collected", "done", "failed"}), self.collect_cell)
+        ]
+        if not self.dry_run:
+            out.append(("verify", self.FINISHED, self.verify_cell))
+        return out
 
     def after_pass(self, name: str) -> None:
         if name == "collect" and not self.solution.get("written"):

@@ -30,6 +30,7 @@ def inner(cell: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_ecal_calib_equalises_every_cell_to_the_beam_energy(tmp_path):
     r = run_ecal_calib(tmp_path)
     assert r["returncode"] == 0, r["stdout"][-3000:] + r["stderr"][-3000:]
