@@ -21,7 +21,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from detector.config import Calibration
 from detector.settings import Config
 
-from .campaign import CellCampaign, signals_interrupt, start_daq, stop_daq
+from .campaign import (
+    CampaignInterrupted,
+    CellCampaign,
+    MappingMismatch,
+    signals_interrupt,
+    start_daq,
+    stop_daq,
+)
 from .stream import StreamAmplitudes
 from .supply import HVSupply
 from .table import HCALTableDriver, TableError
@@ -69,11 +76,27 @@ def launch_daq(
     return start_daq(daq_command(endpoints_file, out, address, config, request), out / "na64-daq.log"), address
 
 
+EXIT_USAGE, EXIT_PAUSED = 2, 3  #: exit codes of a campaign tool: bad arguments; paused or stopped safely
+
+
 def stopped_message(signame: str, state_path: pathlib.Path) -> str:
     return (
         f"interrupted by {signame}: child DAQ stopped, table homed, channels left at their last verified values, "
         f"campaign journalled; resume with --resume {state_path}"
     )
+
+
+def report_stop(console: Console, prog: str, exc: BaseException, state_path: pathlib.Path) -> int:
+    """Say why a campaign stopped (a refused --resume, a pause, a signal) and return the exit code."""
+    if isinstance(exc, MappingMismatch):
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    signal_cause = exc if isinstance(exc, CampaignInterrupted) else exc.__cause__
+    if isinstance(signal_cause, CampaignInterrupted):  # journalled by the campaign; the session closed
+        console.print(f"[bold red]stopped[/]: {stopped_message(signal_cause.signame, state_path)}")
+    else:
+        console.print(f"[bold red]PAUSED[/]: {exc}")
+    return EXIT_PAUSED
 
 
 @dataclass
@@ -90,36 +113,28 @@ class Session:
 
 @contextlib.contextmanager
 def campaign_session(
-    *,
-    cfg: Config,
-    calib: Calibration,
-    endpoints: dict[str, Any],
-    endpoints_file: str,
-    config: str | None,
-    stream: str | None,
-    daq_out: pathlib.Path,
-    backend: str | None,
-    with_hv: bool = True,
+    args: Any, cfg: Config, calib: Calibration, endpoints: dict[str, Any], daq_out: pathlib.Path, with_hv: bool = True
 ) -> Iterator[Session]:
-    """Open the HV supply (``with_hv``), the table and the amplitude source (the child calibration DAQ,
-    unless ``stream`` names a running one), with SIGTERM/SIGHUP turned into a safe stop of the session's
-    campaign (:func:`hv_control.campaign.signals_interrupt`). At exit, whatever happened: the table is
-    homed, the child DAQ and its process group stopped, every connection closed (signals are ignored while
-    this happens)."""
+    """Open the HV supply (``with_hv``), the table and the amplitude source (the child calibration DAQ
+    recording into ``daq_out``, unless ``args.stream`` names a running one), with SIGTERM/SIGHUP turned
+    into a safe stop of the session's campaign (:func:`hv_control.campaign.signals_interrupt`). ``args``:
+    the tool's options ``config``, ``endpoints_file``, ``stream`` and ``backend``. At exit, whatever
+    happened: the table is homed, the child DAQ and its process group stopped, every connection closed
+    (signals are ignored while this happens)."""
     holder: dict[str, Session] = {}
     hv = table = source = daq = None
     with signals_interrupt(lambda: holder["s"].campaign if "s" in holder else None):
         try:
             if with_hv:
-                hv = HVSupply.connect(endpoints["hv"], cfg, calib, backend=backend)
-            table = HCALTableDriver.connect(endpoints["table"], backend=backend, timeout_s=cfg.hv.timeout_s)
+                hv = HVSupply.connect(endpoints["hv"], cfg, calib, backend=args.backend)
+            table = HCALTableDriver.connect(endpoints["table"], backend=args.backend, timeout_s=cfg.hv.timeout_s)
             request = None
-            if stream:
-                source = StreamAmplitudes(stream)
+            if args.stream:
+                source = StreamAmplitudes(args.stream)
             else:
                 daq_out.mkdir(parents=True, exist_ok=True)
                 request = daq_out / "calibration-request.json"
-                daq, address = launch_daq(endpoints_file, daq_out, config, request)
+                daq, address = launch_daq(args.endpoints_file, daq_out, args.config, request)
                 source = StreamAmplitudes(address)
             source.wait_for_daq(DAQ_READY_TIMEOUT_S)
             holder["s"] = Session(hv, table, source, daq, request)

@@ -16,7 +16,7 @@ from detector import channels as chmap
 from detector.config import ConfigError, load_calibration, load_config
 
 from .campaign import CampaignInterrupted, CampaignPaused, MappingMismatch, write_json_atomic
-from .campaign_cli import campaign_session, cell_progress, stopped_message
+from .campaign_cli import campaign_session, cell_progress, report_stop
 from .ecal_calib import EcalCalibration, EcalCellState, all_ecal_cells
 from .table import TableError
 
@@ -178,17 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     report.parent.mkdir(parents=True, exist_ok=True)
     campaign = None
     try:
-        with campaign_session(
-            cfg=cfg,
-            calib=calib,
-            endpoints=endpoints,
-            endpoints_file=args.endpoints_file,
-            config=args.config,
-            stream=args.stream,
-            daq_out=pathlib.Path(args.daq_out) if args.daq_out else report.parent / "calibration-runs",
-            backend=args.backend,
-            with_hv=False,
-        ) as session:
+        daq_out = pathlib.Path(args.daq_out) if args.daq_out else report.parent / "calibration-runs"
+        with campaign_session(args, cfg, calib, endpoints, daq_out, with_hv=False) as session:
 
             def describe(st: EcalCellState) -> str:
                 v = st.verification
@@ -220,18 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                     + sum(st[c].status == "done" for c in cells)
                 )
                 campaign.run()
-    except MappingMismatch as exc:
-        print(f"ecal-calib: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except CampaignPaused as exc:
-        if isinstance(exc.__cause__, CampaignInterrupted):  # journalled by the campaign; the session closed
-            console.print(f"[bold red]stopped[/]: {stopped_message(exc.__cause__.signame, state_path)}")
-        else:
-            console.print(f"[bold red]PAUSED[/]: {exc}")
-        return EXIT_PAUSED
-    except CampaignInterrupted as exc:
-        console.print(f"[bold red]stopped[/]: {stopped_message(exc.signame, state_path)}")
-        return EXIT_PAUSED
+    except (MappingMismatch, CampaignPaused, CampaignInterrupted) as exc:
+        return report_stop(console, "ecal-calib", exc, state_path)
     except (TableError, OSError, ValueError) as exc:
         console.print(f"[bold red]ecal-calib stopped[/]: {type(exc).__name__}: {exc}")
         return EXIT_PAUSED

@@ -13,7 +13,7 @@ from rich.table import Table
 from detector.config import ConfigError, load_calibration, load_config
 
 from .campaign import CampaignInterrupted, CampaignPaused, MappingMismatch
-from .campaign_cli import campaign_session, cell_progress, stopped_message
+from .campaign_cli import campaign_session, cell_progress, report_stop
 from .supply import HVError
 from .table import TableError
 from .tune import BeamLossError, Campaign, CellState, cells_of_modules, validate_target
@@ -112,16 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hv-tune: {exc}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        with campaign_session(
-            cfg=cfg,
-            calib=calib,
-            endpoints=endpoints,
-            endpoints_file=args.endpoints_file,
-            config=args.config,
-            stream=args.stream,
-            daq_out=pathlib.Path(args.daq_out) if args.daq_out else logbook.parent / "calibration-runs",
-            backend=args.backend,
-        ) as session:
+        daq_out = pathlib.Path(args.daq_out) if args.daq_out else logbook.parent / "calibration-runs"
+        with campaign_session(args, cfg, calib, endpoints, daq_out) as session:
 
             def describe(st: CellState) -> str:
                 return f" (A={st.last.amp:.0f}, HV={st.last.hv:.1f})" if st.last else ""
@@ -147,18 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                 session.campaign = campaign
                 set_completed(sum(1 for c in cells if campaign.states[c].status in campaign.FINISHED))
                 states = campaign.run()
-    except MappingMismatch as exc:
-        print(f"hv-tune: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except CampaignPaused as exc:
-        if isinstance(exc.__cause__, CampaignInterrupted):  # journalled by the campaign; the session closed
-            console.print(f"[bold red]stopped[/]: {stopped_message(exc.__cause__.signame, state_path)}")
-        else:
-            console.print(f"[bold red]PAUSED[/]: {exc}")
-        return EXIT_PAUSED
-    except CampaignInterrupted as exc:
-        console.print(f"[bold red]stopped[/]: {stopped_message(exc.signame, state_path)}")
-        return EXIT_PAUSED
+    except (MappingMismatch, CampaignPaused, CampaignInterrupted) as exc:
+        return report_stop(console, "hv-tune", exc, state_path)
     except KeyboardInterrupt:
         console.print(
             f"[bold red]interrupted[/]: channels left at their last verified voltage; resume with --resume {state_path}"
