@@ -14,7 +14,10 @@ cell's limit is never requested: the cell is marked failed with the reason.
 
 A trip, a beam loss or a failed fit pauses the campaign (:class:`CampaignPaused`): the state file
 records every cell, every channel stays at its last verified voltage (a tripped channel is switched
-off at ``hv.safe_v``), and ``--resume STATE`` continues where it stopped.
+off at ``hv.safe_v``), and ``--resume STATE`` continues where it stopped. The table moves, the wait for
+beam on the cell, the journal, the logbook, pause/resume and SIGTERM/SIGHUP are the campaign engine's
+(:mod:`hv_control.campaign`), shared with ``ecal-calib``; an HV ramp and its verification are a critical
+section a signal waits for.
 """
 
 from __future__ import annotations
