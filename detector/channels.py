@@ -112,6 +112,24 @@ def hcal_cell_name(x: int, y: int, module: int) -> str:
     return f"{x}-{y}-{module}"
 
 
+_ECAL_CELL_RE = re.compile(r"^ECAL-([0-5])-([0-5])$")
+
+
+def ecal_cell_name(x: int, y: int) -> str:
+    """Campaign name ``ECAL-x-y`` of the ECAL cell (column x, row y), whose PS and main channels are
+    ``ECAL0-x-y`` and ``ECAL1-x-y``."""
+    ecal_id(0, x, y)  # range check
+    return f"ECAL-{x}-{y}"
+
+
+def parse_ecal_cell(text: str) -> tuple[int, int]:
+    """Parse an ECAL cell name ``ECAL-x-y`` into (x, y); ValueError if malformed."""
+    m = _ECAL_CELL_RE.match(text) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f"bad ECAL cell name {text!r}: expected 'ECAL-x-y' with x, y in 0..5, e.g. 'ECAL-3-2'")
+    return int(m.group(1)), int(m.group(2))
+
+
 def _build() -> tuple[Channel, ...]:
     chans: list[Channel] = []
 

@@ -76,6 +76,7 @@ SPILL_FLAGS = (
     "disk_full",  # not written: the output disk had no room (daq.min_free_mb); the run stopped
     "write_failed",  # writing the spill file failed (I/O error, quota); the run stopped
     "truncated",  # more events accepted than daq.max_events_per_spill: only the first ones were read out
+    "skipped_off_cell",  # calibration mode: not read out, the table was not on the requested cell
 )
 #: flags of a spill whose recorded events are not all its accepted events: the DAQ's accounting does not
 #: reconcile, and an analysis leaves the whole spill out (its events and its EOT)
@@ -89,6 +90,7 @@ INCOMPLETE_SPILL_FLAGS = frozenset(
         "disk_full",
         "write_failed",
         "truncated",
+        "skipped_off_cell",
     }
 )
 assert set(SPILL_FLAGS) >= INCOMPLETE_SPILL_FLAGS

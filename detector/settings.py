@@ -206,7 +206,13 @@ class EmulatorSection(Section):
     """``[emulator]``: the emulated hardware and its hidden truth (gains the calibration must find)."""
 
     gain_spread: float = key(0.30, 0.0, 0.9, doc="hidden HCAL gain spread (+/- fraction, uniform)")
-    gain_spread_other: float = key(0.02, 0.0, 0.9, doc="hidden gain spread of ECAL, counters, SRD (calibrated)")
+    gain_spread_other: float = key(0.02, 0.0, 0.9, doc="hidden gain spread of counters, SRD (calibrated)")
+    ecal_gain_spread: float = key(
+        0.20, 0.0, 0.9, doc="hidden ECAL gain spread per cell (+/- fraction, uniform): ecal-calib must find it"
+    )
+    ecal_drift_per_hour: float = key(
+        0.002, 0.0, 0.5, doc="RMS over the ECAL channels of their linear gain drift (fraction per hour)"
+    )
     gamma_mean: float = key(7.5, 3.0, 12.0, doc="hidden gain-law exponent, mean")
     gamma_spread: float = key(0.5, 0.0, 3.0, doc="hidden gain-law exponent, RMS")
     hidden_seed: int = key(777, 0, 2**63 - 1)

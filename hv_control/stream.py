@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import zmq
@@ -19,7 +20,7 @@ import zmq
 from detector.framing import FramingError, Message, recv_message
 from detector.monitoring import TopicSeqTracker
 
-from .tune import BeamLossError
+from .campaign import BeamLossError
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,40 @@ class StreamAmplitudes:
         """Amplitudes (ADC counts, > 0 only) of calorimeter channel ``channel_id`` from spills with the beam
         on ``cell`` that started after ``since_unix``, until ``min_events`` or ``max_spills`` spills.
         BeamLossError if fewer than ``min_events // 5`` events arrive within ``timeout_s`` seconds."""
+        return self._gather(
+            lambda a: a[:, channel_id][a[:, channel_id] > 0],
+            channel_id,
+            cell,
+            since_unix,
+            min_events,
+            max_spills,
+            timeout_s,
+        )
+
+    def collect_events(
+        self, channel_ids: np.ndarray, cell: str, since_unix: float, min_events: int, max_spills: int, timeout_s: float
+    ) -> np.ndarray:
+        """Amplitudes (ADC counts) of the calorimeter channels ``channel_ids``, one row per beam event, from
+        spills with the beam on ``cell`` that started after ``since_unix`` (rows without any signal in
+        those channels dropped); otherwise as :meth:`collect`."""
+        ids = np.asarray(channel_ids, dtype=np.int64)
+
+        def rows(a: np.ndarray) -> np.ndarray:
+            sub = np.asarray(a[:, ids], dtype=np.float64)
+            return sub[(sub > 0).any(axis=1)]
+
+        return self._gather(rows, int(ids.max()), cell, since_unix, min_events, max_spills, timeout_s)
+
+    def _gather(
+        self,
+        pick: Callable[[np.ndarray], np.ndarray],
+        max_channel: int,
+        cell: str,
+        since_unix: float,
+        min_events: int,
+        max_spills: int,
+        timeout_s: float,
+    ) -> np.ndarray:
         end = time.monotonic() + timeout_s
         parts: list[np.ndarray] = []
         n = spills = 0
@@ -125,16 +160,20 @@ class StreamAmplitudes:
             msg = self._next(min(0.5, end - time.monotonic()))
             if not msg or msg.topic != "amplitudes":
                 continue
-            if msg.meta["start_unix"] <= since_unix or msg.meta.get("table", {}).get("cell") != cell:
-                continue
-            amps = msg.arrays.get("amplitudes")
-            if amps is None or amps.ndim != 2 or amps.shape[1] <= channel_id or amps.dtype.kind not in "iuf":
+            table = msg.meta.get("table")
+            start = msg.meta.get("start_unix")
+            if not isinstance(table, dict) or not isinstance(start, (int, float)) or isinstance(start, bool):
                 self.malformed += 1
                 continue
-            a = np.asarray(amps[:, channel_id], dtype=np.float64)
-            a = a[a > 0]
+            if not start > since_unix or table.get("cell") != cell:
+                continue
+            amps = msg.arrays.get("amplitudes")
+            if amps is None or amps.ndim != 2 or amps.shape[1] <= max_channel or amps.dtype.kind not in "iuf":
+                self.malformed += 1
+                continue
+            a = pick(np.asarray(amps, dtype=np.float64))
             parts.append(a)
-            n += a.size
+            n += a.shape[0]
             spills += 1
         if n < max(1, min_events // 5):
             raise BeamLossError(

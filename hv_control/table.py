@@ -1,9 +1,11 @@
-"""HCAL table driver (docs/protocols.md section 3).
+"""Calorimeter table driver (docs/protocols.md section 3).
 
-:class:`HCALTableDriver` moves the HCAL so that the calibration beam hits a chosen cell, waits until
-the table rests and verifies the final position (x, y within ``tolerance_mm``, module and cell name);
-a mismatch raises :class:`TablePositionError`. Coordinates are the beam impact point in the module
-plane in mm; cell ``x-y-m`` is centred at ``((x-1)*194, (y-1)*194)`` mm; travel is +/-450 mm.
+The ECAL and the HCAL sit on one movable platform (as in NA64). :class:`HCALTableDriver` moves it so that
+the calibration beam hits a chosen cell, waits until the table rests and verifies the final position (x, y
+within ``tolerance_mm``, module and cell name); a mismatch raises :class:`TablePositionError`. Coordinates
+are the beam impact point in mm: HCAL cell ``x-y-m`` is centred at ``((x-1)*194, (y-1)*194)`` mm in the
+module plane; ECAL cell ``ECAL-x-y`` at ``((x-3)*38.2, (y-3)*38.2)`` mm in the ECAL plane (module -1);
+travel is +/-450 mm.
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ from .instrument import InstrumentError, InstrumentProtocolError, InstrumentTime
 from .transport import LineTransport, TransportError, open_transport
 
 CELL_PITCH_MM = 194.0  #: HCAL cell pitch, mm
+ECAL_PITCH_MM = 38.2  #: ECAL cell pitch, mm
+ECAL_CENTRAL_CELL = (3, 3)  #: the ECAL cell on the beam axis at the physics position
 TRAVEL_MM = 450.0  #: travel limit of each axis, +/- mm
 PHYSICS = "PHYSICS"  #: cell label of the physics position (module -1)
 NONE = "NONE"  #: cell label when the beam is on no cell centre (or while moving)
 
-_POS = re.compile(r"POS (-?[0-9]+(?:\.[0-9]+)?) (-?[0-9]+(?:\.[0-9]+)?) (-1|[0-9]) ([0-9]-[0-9]-[0-9]|PHYSICS|NONE)$")
+_POS = re.compile(
+    r"POS (-?[0-9]+(?:\.[0-9]+)?) (-?[0-9]+(?:\.[0-9]+)?) (-1|[0-9]) ([0-9]-[0-9]-[0-9]|ECAL-[0-5]-[0-5]|PHYSICS|NONE)$"
+)
 _BUSY = re.compile(r"BUSY ([01])$")
 _ACK = re.compile(r"(OK|ERR [ -~]+)$")
 _IDN = re.compile(r"(NA64-HIL,HCAL-TABLE,[ -~]*)$")
@@ -66,6 +72,11 @@ class TablePosition:
 def cell_centre_mm(x: int, y: int) -> tuple[float, float]:
     """Impact point (mm) that centres cell column ``x``, row ``y`` (0..2) in the beam."""
     return (x - 1) * CELL_PITCH_MM, (y - 1) * CELL_PITCH_MM
+
+
+def ecal_cell_centre_mm(x: int, y: int) -> tuple[float, float]:
+    """Impact point (mm, ECAL plane) that centres ECAL cell column ``x``, row ``y`` (0..5) in the beam."""
+    return (x - ECAL_CENTRAL_CELL[0]) * ECAL_PITCH_MM, (y - ECAL_CENTRAL_CELL[1]) * ECAL_PITCH_MM
 
 
 def _searcher(pattern: re.Pattern[str]) -> Callable[[str], str | None]:
@@ -157,8 +168,10 @@ class HCALTableDriver:
         return self.position()
 
     def move_to_cell(self, cell: str, *, wait: bool = True, timeout: float | None = None) -> TablePosition:
-        """Put the centre of HCAL cell ``x-y-m`` (e.g. ``"2-1-3"``) into the beam; with ``wait``, wait
-        and verify the final position (TablePositionError on a mismatch)."""
+        """Put the centre of HCAL cell ``x-y-m`` (e.g. ``"2-1-3"``) or of ECAL cell ``ECAL-x-y`` into the
+        beam; with ``wait``, wait and verify the final position (TablePositionError on a mismatch)."""
+        if isinstance(cell, str) and cell.startswith("ECAL"):
+            return self.move_to_ecal_cell(cell, wait=wait, timeout=timeout)
         try:
             x, y, module = chmap.parse_hcal_cell(cell)
         except ValueError as exc:
@@ -169,6 +182,20 @@ class HCALTableDriver:
             return self.position()
         cx, cy = cell_centre_mm(x, y)
         return self._verify(self.wait_idle(timeout), cx, cy, module, name)
+
+    def move_to_ecal_cell(self, cell: str, *, wait: bool = True, timeout: float | None = None) -> TablePosition:
+        """Put the centre of ECAL cell ``ECAL-x-y`` into the beam (``MOVE ECAL x-y``); with ``wait``, wait
+        and verify the final position."""
+        try:
+            x, y = chmap.parse_ecal_cell(cell)
+        except ValueError as exc:
+            raise TableLimitError(str(exc)) from None
+        name = chmap.ecal_cell_name(x, y)
+        self._command(f"MOVE ECAL {x}-{y}")
+        if not wait:
+            return self.position()
+        cx, cy = ecal_cell_centre_mm(x, y)
+        return self._verify(self.wait_idle(timeout), round(cx, 1), round(cy, 1), -1, name)
 
     def move_to(
         self, x_mm: float, y_mm: float, module: int, *, wait: bool = True, timeout: float | None = None

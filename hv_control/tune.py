@@ -14,18 +14,19 @@ cell's limit is never requested: the cell is marked failed with the reason.
 
 A trip, a beam loss or a failed fit pauses the campaign (:class:`CampaignPaused`): the state file
 records every cell, every channel stays at its last verified voltage (a tripped channel is switched
-off at ``hv.safe_v``), and ``--resume STATE`` continues where it stopped.
+off at ``hv.safe_v``), and ``--resume STATE`` continues where it stopped. The table moves, the wait for
+beam on the cell, the journal, the logbook, pause/resume and SIGTERM/SIGHUP are the campaign engine's
+(:mod:`hv_control.campaign`), shared with ``ecal-calib``; an HV ramp and its verification are a critical
+section a signal waits for.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import pathlib
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,19 +35,21 @@ from detector import channels as chmap
 from detector.gain import hv_for_amplitude
 from detector.settings import Config
 
-from .peak import PeakFit, PeakFitError, fit_peak
-from .supply import HVError, HVTripError
-from .table import TableError
+from .campaign import STATE_VERSION, BeamLossError, CampaignPaused, CellCampaign, channel_mapping
+from .peak import PeakFit, fit_peak
 
-STATE_VERSION = 1
-
-
-class CampaignPaused(RuntimeError):
-    """The campaign stopped safely; the message says why and how to resume."""
-
-
-class BeamLossError(RuntimeError):
-    """No usable beam spills arrived for a measurement."""
+__all__ = [
+    "STATE_VERSION",
+    "BeamLossError",
+    "Campaign",
+    "CampaignPaused",
+    "CellState",
+    "Point",
+    "cells_of_modules",
+    "learn_gamma",
+    "propose_hv",
+    "validate_target",
+]
 
 
 class AmplitudeSource(Protocol):
@@ -123,8 +126,11 @@ def validate_target(target: float, pedestal: float = 200.0, adc_max: int = chmap
         )
 
 
-class Campaign:
-    """One HV equalisation campaign over ``cells`` (logbook names ``x-y-module``)."""
+class Campaign(CellCampaign):
+    """One HV equalisation campaign over ``cells`` (logbook names ``x-y-module``) on the campaign engine
+    (:class:`hv_control.campaign.CellCampaign`)."""
+
+    tool = "hv-tune"
 
     def __init__(
         self,
@@ -143,63 +149,74 @@ class Campaign:
         measure_timeout_s: float = 60.0,
         progress: Callable[[str, CellState], None] | None = None,
         states: dict[str, CellState] | None = None,
+        request_path: str | os.PathLike | None = None,
     ) -> None:
         validate_target(target)
         if not 0 < tolerance < 0.5:
             raise ValueError(f"tolerance {tolerance!r} must be in (0, 0.5)")
         if max_iterations < 1:
             raise ValueError(f"max_iterations {max_iterations!r} must be >= 1")
-        self.hv, self.table, self.source = hv, table, source
+        self.source = source
         self.cfg = cfg
         self.tune_cfg, self.hv_cfg = cfg.hv_tune, cfg.hv
         self.target, self.tolerance, self.max_iterations = float(target), float(tolerance), int(max_iterations)
-        self.logbook = pathlib.Path(logbook)
-        self.state_path = pathlib.Path(state_path)
         self.dry_run = dry_run
         self.measure_timeout_s = measure_timeout_s
-        self.progress = progress or (lambda what, st: None)
-        self.states: dict[str, CellState] = states or {}
+        states = states or {}
         for cell in cells:
             x, y, m = chmap.parse_hcal_cell(cell)
-            self.states.setdefault(cell, CellState(cell, chmap.hcal_id(x, y, m)))
-        self.cells = list(cells)
+            states.setdefault(cell, CellState(cell, chmap.hcal_id(x, y, m)))
+        super().__init__(
+            hv=hv,
+            table=table,
+            cells=cells,
+            logbook=logbook,
+            state_path=state_path,
+            states=states,
+            progress=progress,
+            request_path=request_path,
+        )
 
-    # ------------------------------------------------------------------ state and logbook
-    def save_state(self) -> None:
-        data = {
-            "version": STATE_VERSION,
+    # ------------------------------------------------------------------ engine hooks
+    @classmethod
+    def mapping(cls, cell: str) -> dict[str, Any]:
+        return channel_mapping(chmap.hcal_id(*chmap.parse_hcal_cell(cell)))
+
+    def stored_mapping(self, st: CellState) -> dict[str, Any]:
+        return channel_mapping(st.channel_id)
+
+    def params(self) -> dict[str, Any]:
+        return {
             "target": self.target,
             "tolerance": self.tolerance,
             "max_iterations": self.max_iterations,
             "dry_run": self.dry_run,
-            "cells": {c: asdict(s) for c, s in self.states.items()},
         }
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self.state_path)
+
+    def header(self) -> str:
+        return (
+            f"# hv-tune {time.strftime('%Y-%m-%d %H:%M:%S')} target {self.target:.0f} tolerance "
+            f"{self.tolerance:.1%}{' DRY RUN' if self.dry_run else ''}"
+        )
 
     @staticmethod
     def load_states(path: str | os.PathLike) -> dict[str, CellState]:
         """Cell states of an interrupted campaign (``--resume``); ValueError if the file is not one."""
-        p = pathlib.Path(path)
+        data = Campaign.load_journal(path)
         try:
-            data = json.loads(p.read_text())
-            if data.get("version") != STATE_VERSION:
-                raise ValueError(f"state version {data.get('version')!r}")
             out = {}
             for cell, s in data["cells"].items():
+                s = dict(s)
                 pts = [Point(**pt) for pt in s.pop("points")]
                 out[cell] = CellState(points=pts, **s)
             return out
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{p}: not a readable hv-tune state file ({exc})") from None
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a readable hv-tune state file ({exc})") from None
 
     def _log(self, st: CellState, p: Point, note: str) -> None:
-        line = f"{st.cell}   A={p.amp:.0f} HV={p.hv:.1f}   # +/-{p.err:.0f}, {p.n} events{', ' + note if note else ''}"
-        with open(self.logbook, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        self.log(
+            f"{st.cell}   A={p.amp:.0f} HV={p.hv:.1f}   # +/-{p.err:.0f}, {p.n} events{', ' + note if note else ''}"
+        )
 
     # ------------------------------------------------------------------ measurement
     def _measure(self, st: CellState, note: str) -> Point:
@@ -223,9 +240,8 @@ class Campaign:
     def _within(self, p: Point) -> bool:
         return abs(p.amp / self.target - 1.0) < self.tolerance
 
-    def _tune_cell(self, st: CellState) -> None:
-        self.progress("move", st)
-        self.table.move_to_cell(st.cell)
+    def process_cell(self, st: CellState) -> None:
+        self.move_to(st)
         if st.hv_start is None:
             st.hv_start = float(self.hv.read_channel(st.channel_id)["vmon"])
         p = self._measure(st, "start" if not st.points else "resumed")
@@ -256,57 +272,16 @@ class Campaign:
                 self.save_state()
                 return
             self.progress("ramp", st)
-            self.hv.set_voltage(st.channel_id, hv_new, max_step=max_step)
-            st.iterations += 1
+            with self.critical():  # a signal waits until the channel is at a verified value
+                self.hv.set_voltage(st.channel_id, hv_new, max_step=max_step)
+                st.iterations += 1
+                self.save_state()
             note = f"iteration {st.iterations}, gamma {gamma:.2f}" + (
                 f", step limited to {max_step:.0f} V" if limited else ""
             )
             self.progress("measure", st)
             p = self._measure(st, note)
         st.status, st.message = "done", f"{p.amp / self.target - 1:+.1%} at {p.hv:.1f} V"
-
-    def _make_safe(self, st: CellState | None, exc: BaseException) -> str:
-        """After a fault: a tripped channel is switched off at the safe voltage; the others stay at their
-        last verified voltage. Returns a description of what was done."""
-        done = []
-        if isinstance(exc, HVTripError) and st is not None:
-            try:
-                self.hv.shutdown([st.channel_id])
-                done.append(f"{st.cell} switched off at {self.hv_cfg.safe_v:.0f} V")
-            except HVError as exc2:
-                done.append(f"{st.cell}: shutdown failed ({exc2}) - check the supply")
-        return "; ".join(done) or "all channels left at their last verified voltage"
-
-    def run(self) -> dict[str, CellState]:
-        """Tune every cell not yet done; returns the states. Raises CampaignPaused on a fault."""
-        self.logbook.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.logbook, "a", encoding="utf-8") as fh:
-            fh.write(
-                f"# hv-tune {time.strftime('%Y-%m-%d %H:%M:%S')} target {self.target:.0f} tolerance "
-                f"{self.tolerance:.1%}{' DRY RUN' if self.dry_run else ''}\n"
-            )
-        current = None
-        try:
-            for cell in self.cells:
-                st = self.states[cell]
-                if st.status in ("done", "failed"):
-                    continue
-                current = st
-                self._tune_cell(st)
-                self.save_state()
-                self.progress("cell_done", st)
-        except (HVError, BeamLossError, PeakFitError, TableError) as exc:
-            what = self._make_safe(current, exc)
-            if current is not None:
-                current.status, current.message = "paused", f"{type(exc).__name__}: {exc}"
-            self.save_state()
-            cell = current.cell if current else "?"
-            raise CampaignPaused(
-                f"campaign paused at cell {cell}: {type(exc).__name__}: {exc}. {what}. "
-                f"Resume with --resume {self.state_path}"
-            ) from exc
-        self.save_state()
-        return self.states
 
 
 def cells_of_modules(modules: Iterable[int]) -> list[str]:

@@ -5,22 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from detector.config import ConfigError, load_calibration, load_config
 
-from .stream import StreamAmplitudes
-from .supply import HVError, HVSupply
-from .table import HCALTableDriver, TableError
-from .tune import BeamLossError, Campaign, CampaignPaused, CellState, cells_of_modules, validate_target
+from .campaign import CampaignInterrupted, CampaignPaused, MappingMismatch
+from .campaign_cli import campaign_session, cell_progress, report_stop
+from .supply import HVError
+from .table import TableError
+from .tune import BeamLossError, Campaign, CellState, cells_of_modules, validate_target
 
 EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USAGE, EXIT_PAUSED = 0, 1, 2, 3
 
@@ -33,8 +29,10 @@ resume state) and a summary table.
 
 Without --stream, hv-tune starts na64-daq in calibration mode as a child process and stops it at the end.
 No HV beyond a configured limit is ever requested; steps larger than hv.max_step_v are taken as explicit
-max-size steps. A trip, a beam loss or a failed fit pauses the campaign safely (exit code 3); resume with
---resume CAMPAIGN_FILE. Exit code 1: some cell did not converge or needs a voltage beyond its limit.
+max-size steps. A trip, a beam loss or a failed fit pauses the campaign safely (exit code 3); so do
+SIGTERM and SIGHUP (the child DAQ is stopped, the table homed, every channel left at a verified value);
+resume with --resume CAMPAIGN_FILE. Exit code 1: some cell did not converge or needs a voltage beyond its
+limit.
 """
 
 
@@ -64,47 +62,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--backend", choices=("serial", "visa"), help="serial transport (default: pyserial)")
     ap.add_argument("--measure-timeout", type=float, default=60.0, help="seconds to wait for beam per point")
     return ap.parse_args(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_daq(args: argparse.Namespace, out: pathlib.Path) -> tuple[subprocess.Popen, str]:
-    """Start ``na64-daq run --calibration-mode`` as a child; returns it and its stream address."""
-    address = f"tcp://127.0.0.1:{free_port()}"
-    exe = shutil.which("na64-daq", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("na64-daq")
-    cmd = [exe] if exe else [sys.executable, "-m", "online.daq_cli"]
-    # the HV serial line has one owner, hv-tune: the child DAQ must not read the HV back over it
-    cmd += [
-        "run",
-        "--endpoints-file",
-        args.endpoints_file,
-        "--out",
-        str(out),
-        "--calibration-mode",
-        "--no-hv",
-        "--monitor",
-        address,
-    ]
-    if args.config:
-        cmd += ["--config", args.config]
-    with open(out / "na64-daq.log", "ab") as log:  # the child holds its own copy of the descriptor
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, address
-
-
-def stop_daq(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def summary_table(states: dict[str, CellState], target: float) -> Table:
@@ -138,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         validate_target(target)
         cells = args.cells.split(",") if args.cells else cells_of_modules(int(m) for m in args.modules.split(","))
         endpoints = json.loads(pathlib.Path(args.endpoints_file).read_text())
-        hv_addr, table_addr = endpoints["hv"], endpoints["table"]
+        missing = [k for k in ("hv", "table") if k not in endpoints]
+        if missing:
+            raise KeyError(f"{args.endpoints_file} has no {' and no '.join(missing)} address")
     except (ConfigError, ValueError, OSError, KeyError) as exc:
         print(f"hv-tune: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -152,60 +111,36 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"hv-tune: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    daq = source = hv = table = None
     try:
-        hv = HVSupply.connect(hv_addr, cfg, calib, backend=args.backend)
-        if not args.dry_run:  # the owner of the HV programs MAXV, RUP/RDW, ISET, TRIP from config, verified
-            hv.configure()
-        table = HCALTableDriver.connect(table_addr, backend=args.backend, timeout_s=cfg.hv.timeout_s)
-        if args.stream:
-            source = StreamAmplitudes(args.stream)
-        else:
-            out = pathlib.Path(args.daq_out) if args.daq_out else logbook.parent / "calibration-runs"
-            out.mkdir(parents=True, exist_ok=True)
-            daq, address = start_daq(args, out)
-            source = StreamAmplitudes(address)
-        source.wait_for_daq(300.0)  # a first start compiles the numba kernels (cold cache)
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        ) as progress:
-            bar = progress.add_task("hv-tune", total=len(cells))
+        daq_out = pathlib.Path(args.daq_out) if args.daq_out else logbook.parent / "calibration-runs"
+        with campaign_session(args, cfg, calib, endpoints, daq_out) as session:
 
-            def report(what: str, st: CellState) -> None:
-                progress.update(
-                    bar,
-                    description=f"{st.cell}: {what}"
-                    + (f" (A={st.last.amp:.0f}, HV={st.last.hv:.1f})" if st.last else ""),
+            def describe(st: CellState) -> str:
+                return f" (A={st.last.amp:.0f}, HV={st.last.hv:.1f})" if st.last else ""
+
+            with cell_progress(console, "hv-tune", len(cells), describe) as (set_completed, report):
+                campaign = Campaign(
+                    hv=session.hv,
+                    table=session.table,
+                    source=session.source,
+                    cfg=cfg,
+                    cells=cells,
+                    target=target,
+                    tolerance=tolerance,
+                    max_iterations=iterations,
+                    logbook=logbook,
+                    state_path=state_path,
+                    dry_run=args.dry_run,
+                    measure_timeout_s=args.measure_timeout,
+                    progress=report,
+                    states=states,
+                    request_path=session.request_path,
                 )
-                if what == "cell_done":
-                    progress.advance(bar)
-
-            campaign = Campaign(
-                hv=hv,
-                table=table,
-                source=source,
-                cfg=cfg,
-                cells=cells,
-                target=target,
-                tolerance=tolerance,
-                max_iterations=iterations,
-                logbook=logbook,
-                state_path=state_path,
-                dry_run=args.dry_run,
-                measure_timeout_s=args.measure_timeout,
-                progress=report,
-                states=states,
-            )
-            progress.update(bar, completed=sum(1 for c in cells if campaign.states[c].status in ("done", "failed")))
-            states = campaign.run()
-    except CampaignPaused as exc:
-        console.print(f"[bold red]PAUSED[/]: {exc}")
-        return EXIT_PAUSED
+                session.campaign = campaign
+                set_completed(sum(1 for c in cells if campaign.states[c].status in campaign.FINISHED))
+                states = campaign.run()
+    except (MappingMismatch, CampaignPaused, CampaignInterrupted) as exc:
+        return report_stop(console, "hv-tune", exc, state_path)
     except KeyboardInterrupt:
         console.print(
             f"[bold red]interrupted[/]: channels left at their last verified voltage; resume with --resume {state_path}"
@@ -214,16 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     except (HVError, TableError, BeamLossError, OSError) as exc:
         console.print(f"[bold red]hv-tune stopped[/]: {type(exc).__name__}: {exc}")
         return EXIT_PAUSED
-    finally:
-        if table is not None:
-            try:
-                table.home()
-            except (TableError, OSError):
-                pass
-        stop_daq(daq)
-        for thing in (source, hv, table):
-            if thing is not None:
-                thing.close()
     console.print(summary_table(states, target))
     console.print(f"logbook: {logbook}\ncampaign file: {state_path}")
     bad = [c for c, s in states.items() if s.status not in ("done", "planned")]

@@ -42,6 +42,7 @@ from detector.records import INCOMPLETE_SPILL_FLAGS
 from detector.spillfile import estimated_size
 
 from .buffers import EventPool
+from .calibration_filter import CellFilter
 from .hv_readback import HVReader
 from .monitor_messages import scalers_message
 from .monitor_worker import MonitorWorker
@@ -132,6 +133,7 @@ class DAQ:
         argv: list[str] | None = None,
         hv: bool = True,
         curve_keys: tuple[bytes, bytes] | None = None,
+        calibration_request: str | None = None,
     ) -> None:
         from trigger.menu import TriggerMenu
 
@@ -153,6 +155,8 @@ class DAQ:
         self.argv = argv
         self.use_hv = hv
         self.curve_keys = curve_keys
+        #: calibration mode with a campaign's request file: only spills on the requested cell are read out
+        self.cell_filter = CellFilter(calibration_request) if self.calibration_mode and calibration_request else None
         self.gev_per_count = np.asarray(calibration.gev_per_count, dtype=np.float32)
         self._stop = threading.Event()
         self.sm = SpillStateMachine(self._on_state)
@@ -263,9 +267,13 @@ class DAQ:
             record_truth=self.daq_cfg.record_truth,
             events=self.events,
             max_events=self.daq_cfg.max_events_per_spill,
+            spill_filter=self.cell_filter.refuse if self.cell_filter is not None else None,
         )
-        # the primitive pool, faulted in now, sized for the expected intensity (it grows if needed)
-        self.readout.prepare(int(min(self.daq_cfg.chunk_records, max(self.cfg.beam.particles_per_spill, 1))))
+        # the primitive pool, faulted in now, sized for the expected intensity (it grows if needed); a
+        # calibration DAQ reads only calibration-beam spills (the others are skipped unread)
+        beam = self.cfg.beam
+        expected = beam.calibration_particles_per_spill if self.cell_filter else beam.particles_per_spill
+        self.readout.prepare(int(min(self.daq_cfg.chunk_records, max(expected, 1))))
         self._connect_crate()
         if self.use_hv and self.endpoints.get("hv"):
             self.hv_reader = HVReader(self.cfg, self.calibration, str(self.endpoints["hv"]), self.publisher)
@@ -617,10 +625,36 @@ class DAQ:
         rec.begin_spill(spill, crate_spill, detected_unix=t_detect)
         out = self._read_with_retry(spill, crate_spill, flags)
         incidents = self.crate.take_incidents()
+        if out.skipped:
+            self._record_skipped(spill, out, flags, incidents)
+            return
         flags = spill_flags(flags, incidents, out.flags)
         if set(flags) & INCOMPLETE_SPILL_FLAGS - {"truncated"}:  # a cut at the event cap is no error
             self.sm.to(State.ERROR, f"spill {spill}: {', '.join(out.errors) or ', '.join(flags)}")
         self._record(spill, out, flags, incidents, note, t0, recovers)
+
+    def _record_skipped(self, spill: int, out: SpillOutcome, flags: list[str], incidents: list[str]) -> None:
+        """Calibration mode, the table was not on the wanted cell: an empty spill flagged
+        ``skipped_off_cell`` with its accounting; the crate's copy is released."""
+        assert self.recorder is not None and self.crate is not None
+        info = out.info
+        particles = info.get("particles", 0)
+        self.recorder.record_empty(
+            spill,
+            out.crate_spill,
+            ["skipped_off_cell", *[f for f in flags if f != "skipped_off_cell"]],
+            f"not read out: {out.skipped}",
+            start_unix=float(info.get("start_unix", 0.0)),
+            length_s=float(info.get("length_s", 0.0)),
+            n_particles=int(particles) if isinstance(particles, int) and particles >= 0 else 0,
+            table=info.get("table") if isinstance(info.get("table"), dict) else {},
+            incidents=incidents,
+        )
+        self.crate.release_spill()
+        self.spills_this_session += 1
+        self.sm.to(State.READOUT, f"crate spill {out.crate_spill}: not read out")
+        self.sm.to(State.RECORDED, f"spill {spill} skipped: {out.skipped}")
+        self._log(logging.INFO, f"spill {spill} (crate spill {out.crate_spill}) skipped: {out.skipped}")
 
     def _read_with_retry(self, spill: int, crate_spill: int, flags: list[str]) -> SpillOutcome:
         """Read the spill; a readout that failed (not because the spill is gone) is retried once after a

@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="beam trigger unprescaled; publish the amplitudes topic for hv-tune",
     )
+    r.add_argument(
+        "--calibration-request",
+        metavar="PATH",
+        help='calibration mode: JSON file naming the cell a campaign wants ({"cell": ...}); only spills '
+        "with the table on that cell are read out, the others are recorded as skipped_off_cell (default: every spill)",
+    )
     r.add_argument("--no-hv", action="store_true", help="do not read the HV back")
     r.add_argument(
         "--curve-secret",
@@ -200,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             argv=list(sys.argv if argv is None else ["na64-daq", *argv]),
             hv=not args.no_hv,
             curve_keys=keys,
+            calibration_request=args.calibration_request,
         )
     except (ConfigError, ValueError) as exc:
         print(f"na64-daq: {exc}", file=sys.stderr)

@@ -75,6 +75,7 @@ class SpillOutcome:
     triggered: bool = False
     max_events: int | None = None  #: the cap that cut the accepted list (``daq.max_events_per_spill``)
     n_cut: int = 0  #: accepted events not read out because of the cap
+    skipped: str = ""  #: why the spill was not read out (calibration mode: the table was not on the cell)
 
     @property
     def n_accepted(self) -> int:
@@ -102,7 +103,9 @@ class CrateReadout:
     parallel trigger kernel. ``events`` is the pool the event buffers come from; whoever holds an
     outcome last gives ``outcome.events_base`` back to it. ``max_events``: most events read out per spill
     (None: all); a spill whose trigger accepted more is flagged ``truncated`` and only its first
-    ``max_events`` accepted events are asked of the crate."""
+    ``max_events`` accepted events are asked of the crate. ``spill_filter(info)`` (calibration mode) says
+    why a spill is not to be read out (its ``SPIL:INFO?``): then nothing more is read and the outcome's
+    ``skipped`` holds the reason."""
 
     def __init__(
         self,
@@ -114,6 +117,7 @@ class CrateReadout:
         parallel_trigger: bool | None = None,
         events: EventPool | None = None,
         max_events: int | None = None,
+        spill_filter: Callable[[dict[str, Any]], str | None] | None = None,
     ) -> None:
         self.crate = crate
         self.menu = menu
@@ -122,6 +126,7 @@ class CrateReadout:
         self.parallel_trigger = parallel_trigger_default() if parallel_trigger is None else bool(parallel_trigger)
         self.events = events if events is not None else EventPool()
         self.max_events = None if max_events is None else int(max_events)
+        self.spill_filter = spill_filter
         self.chunks = ChunkPool(self.chunk_records)
         self.times = TimesBuffer()
 
@@ -158,6 +163,11 @@ class CrateReadout:
         try:
             self.crate.select_spill(out.crate_spill)
             out.info = self.crate.spill_info()
+            if self.spill_filter is not None:
+                out.skipped = self.spill_filter(out.info) or ""
+                if out.skipped:
+                    out.timing["select_s"] = time.perf_counter() - t
+                    return False
             out.n_particles = self.crate.prim_count()
             declared = out.info.get("particles", out.n_particles)
             if declared != out.n_particles:

@@ -35,6 +35,7 @@ from detector.config import Calibration, Config
 from detector.gain import relative_gain
 from detector.parallel import run_ranges
 from sim_frontend.beam import BeamSpill, mix64
+from sim_frontend.gain_drift import GainDrift
 from sim_frontend.response import Deposits, channel_deposits
 
 N_PHASES = 1024
@@ -200,8 +201,10 @@ def _union_of_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 class Digitizer:
     """The emulated MSADC crate's signal chain, with hidden true gains that ``hv-tune`` has to find.
 
-    ``hidden_gain`` (N_CHANNELS,): HCAL uniform in 1 +/- ``emulator.gain_spread``, every other channel
-    1 +/- ``emulator.gain_spread_other``; ``hidden_gamma`` (N_CHANNELS,): gain-law exponents
+    ``hidden_gain`` (N_CHANNELS,): HCAL uniform in 1 +/- ``emulator.gain_spread``, ECAL in
+    1 +/- ``emulator.ecal_gain_spread``, every other channel 1 +/- ``emulator.gain_spread_other``; the ECAL
+    gains also drift with time and jump on request (``drift``, :class:`sim_frontend.gain_drift.GainDrift`:
+    a spill's gains are those at its start); ``hidden_gamma`` (N_CHANNELS,): gain-law exponents
     ~ N(``emulator.gamma_mean``, ``emulator.gamma_spread``), clipped to [3, 12]. Both come from
     ``hidden_seed`` (default ``emulator.hidden_seed``)."""
 
@@ -220,8 +223,13 @@ class Digitizer:
         gain = rng.uniform(1.0 - em.gain_spread_other, 1.0 + em.gain_spread_other, N_CHANNELS)
         hc = ch.ids_of_kind("hcal")
         gain[hc] = rng.uniform(1.0 - em.gain_spread, 1.0 + em.gain_spread, hc.size)
-        self.hidden_gain = gain
         self.hidden_gamma = np.clip(rng.normal(em.gamma_mean, em.gamma_spread, N_CHANNELS), 3.0, 12.0)
+        ec = ch.ids_of_kind("ecal")  # drawn apart, so that the other channels' hidden values stay as they were
+        gain[ec] = np.random.default_rng([self.hidden_seed, 0xECA1]).uniform(
+            1.0 - em.ecal_gain_spread, 1.0 + em.ecal_gain_spread, ec.size
+        )
+        self.hidden_gain = gain
+        self.drift = GainDrift(em.ecal_drift_per_hour, self.hidden_seed)
         self.noise_rms = float(noise_rms)
         self.noise_bank = pulse.make_noise_bank(seed=self.hidden_seed ^ 0x5A5A, size=NOISE_BANK_SIZE)
         self.gev_per_count = np.asarray(calibration.gev_per_count, dtype=np.float64)
@@ -241,10 +249,11 @@ class Digitizer:
         self._ecal_ids = ch.ids_of_kind("ecal")
 
     # ---------------------------------------------------------------------------------------- gains
-    def amplitude_scale(self, hv_vmon: np.ndarray) -> np.ndarray:
+    def amplitude_scale(self, hv_vmon: np.ndarray, t_unix: float | None = None) -> np.ndarray:
         """ADC counts per GeV of every channel at the monitored voltages ``hv_vmon`` (N_CHANNELS,) V:
-        ``hidden_gain / gev_per_count * (vmon / hv_set) ** hidden_gamma`` (0 where vmon <= 0). Channels
-        without a PMT (hv_set = 0: the analogue sums) take the mean HV factor of the cells they sum."""
+        ``hidden_gain / gev_per_count * (vmon / hv_set) ** hidden_gamma`` (0 where vmon <= 0), times the
+        ECAL drift and jumps at unix time ``t_unix`` (None: without them). Channels without a PMT
+        (hv_set = 0: the analogue sums) take the mean HV factor of the cells they sum."""
         v = np.asarray(hv_vmon, dtype=np.float64)
         if v.shape != (N_CHANNELS,):
             raise ValueError(f"hv_vmon must have shape ({N_CHANNELS},); got {v.shape}")
@@ -253,7 +262,8 @@ class Digitizer:
             cid = ch.by_name(name).id
             if self.hv_set[cid] <= 0:
                 factor[cid] = factor[cells].mean()
-        return self.hidden_gain / self.gev_per_count * factor
+        gain = self.hidden_gain if t_unix is None else self.hidden_gain * self.drift.factor(t_unix)
+        return gain / self.gev_per_count * factor
 
     def nominal_vmon(self) -> np.ndarray:
         """The calibration HV set points (N_CHANNELS,): VMON of a mainframe at its nominal settings."""
@@ -271,7 +281,7 @@ class Digitizer:
             raise ValueError(f"deposits are for {dep.n} particles, the spill has {n}")
         times = np.array(spill.truth["time_ns"], dtype=np.float64)  # contiguous copy, also returned
         ids = self.trigger_ids
-        scale = self.amplitude_scale(hv_vmon)[ids]
+        scale = self.amplitude_scale(hv_vmon, float(spill.start_unix))[ids]
         if out is None:
             out = np.empty((n, ch.N_TRIGGER_CHANNELS, N_SAMPLES), dtype=np.int16)
         elif out.dtype != np.int16 or out.shape[0] < n or out.shape[1:] != (ch.N_TRIGGER_CHANNELS, N_SAMPLES):
@@ -307,7 +317,7 @@ class Digitizer:
         if idx.size == 0:
             return out
         times = spill.truth["time_ns"]
-        scale = self.amplitude_scale(hv_vmon)
+        scale = self.amplitude_scale(hv_vmon, float(spill.start_unix))
         # neighbour ranges [lo, hi) of every record, and their union
         lo = np.searchsorted(times, times[idx] - self._before - 1.0, side="right")  # 1 ns margin: the kernel
         hi = np.searchsorted(times, times[idx] + self._after + 1.0, side="left")  # makes the exact cut

@@ -1,11 +1,15 @@
-"""Emulated HCAL table (docs/protocols.md section 3): an x-y stage that moves linearly in time.
+"""Emulated calorimeter table (docs/protocols.md section 3): an x-y stage that moves linearly in time.
 
-The table carries the four HCAL modules. ``MOVE CELL x-y-m`` brings the centre of cell x-y of module m
-into the calibration beam, at ``((x-1)*194, (y-1)*194)`` mm in the module plane; ``HOME`` returns to
-the physics position (beam on the ECAL centre, module -1). Motion is a straight line at a constant
-speed (mm/s) computed from the elapsed time since the move was accepted; while moving the table is
-busy and refuses another MOVE with ``ERR BUSY``. During a move, ``POS?`` reports the module the move
-goes to and cell ``NONE``; the cell name is reported only once the table rests on a cell centre.
+As in NA64, the ECAL and the HCAL sit on one movable platform. ``MOVE CELL x-y-m`` brings the centre of
+HCAL cell x-y of module m into the calibration beam, at ``((x-1)*194, (y-1)*194)`` mm in the module plane
+(the platform moved sideways so that the beam reaches the module directly); ``MOVE ECAL x-y`` shifts the
+platform so that the beam axis hits the centre of ECAL cell (x, y), at ``((x-3)*38.2, (y-3)*38.2)`` mm in
+the ECAL plane (module -1, cell label ``ECAL-x-y``; the HCAL behind moves along); ``HOME`` returns to the
+physics position (beam on the ECAL centre, which is the centre of ECAL cell (3, 3), module -1).
+Motion is a straight line at a constant speed (mm/s) computed from the elapsed time since the move was
+accepted; while moving the table is busy and refuses another MOVE with ``ERR BUSY``. During a move,
+``POS?`` reports the module the move goes to and cell ``NONE``; the cell name is reported only once the
+table rests on a cell centre.
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ from typing import Any
 from detector import channels as chmap
 from detector.settings import Config, EmulatorSection
 
+from .geometry import ECAL_CENTRAL_CELL
+from .geometry import ECAL_PITCH_MM as ECAL_CELL_PITCH_MM
+
 log = logging.getLogger(__name__)
 
 CELL_PITCH_MM = 194.0  #: HCAL cell pitch, mm
+ECAL_PITCH_MM = ECAL_CELL_PITCH_MM  #: ECAL cell pitch, mm
 TRAVEL_MM = 450.0  #: travel limit of each axis, +/- mm
 PHYSICS = "PHYSICS"
 NONE = "NONE"
@@ -37,12 +45,18 @@ def cell_centre_mm(x: int, y: int) -> tuple[float, float]:
     return (x - 1) * CELL_PITCH_MM, (y - 1) * CELL_PITCH_MM
 
 
+def ecal_cell_centre_mm(x: int, y: int) -> tuple[float, float]:
+    """Beam impact point (mm, ECAL plane) that centres ECAL cell column ``x``, row ``y`` (0..5) in the beam."""
+    return (x - ECAL_CENTRAL_CELL[0]) * ECAL_PITCH_MM, (y - ECAL_CENTRAL_CELL[1]) * ECAL_PITCH_MM
+
+
 class HCALTable:
     """Time-dynamic model of the HCAL table, served line by line by :meth:`handle`.
 
     ``speed_mm_per_s`` defaults to ``cfg.emulator.table_speed_mm_per_s`` (that key's default without a
-    config). ``clock`` is the model time source in s. Thread-safe (one lock). The table starts at rest in
-    the physics position.
+    config). ``clock`` is the model time source in s. ``on_move(module, cell)`` is called for every
+    accepted move with its target (the emulator sets the beam intensity with it). Thread-safe (one lock).
+    The table starts at rest in the physics position.
     """
 
     OVERLONG_REPLY = "ERR LINE TOO LONG"
@@ -54,6 +68,7 @@ class HCALTable:
         speed_mm_per_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         serial: str = "EMU-TABLE-0001",
+        on_move: Callable[[int, str], None] | None = None,
     ) -> None:
         if speed_mm_per_s is None:
             speed_mm_per_s = (cfg.emulator if cfg is not None else EmulatorSection()).table_speed_mm_per_s
@@ -70,6 +85,7 @@ class HCALTable:
         self._module = -1
         self._cell = PHYSICS
         self.moves: list[dict[str, Any]] = []  #: accepted moves: time, x_mm, y_mm, module
+        self.on_move = on_move  #: called with the target module and cell label of every accepted move
 
     # ------------------------------------------------------------------ kinematics
     def _where(self, now: float) -> tuple[float, float, bool]:
@@ -88,6 +104,8 @@ class HCALTable:
         self._x1, self._y1 = x, y
         self._module, self._cell = module, cell
         self.moves.append({"time": time.time(), "x_mm": x, "y_mm": y, "module": module})
+        if self.on_move is not None:
+            self.on_move(module, cell)
 
     def position(self) -> dict[str, Any]:
         """Where the beam hits: ``x_mm``, ``y_mm`` (mm), ``module`` (-1 = physics position), ``cell``
@@ -132,6 +150,16 @@ class HCALTable:
     def _move(self, upper: str, now: float) -> str:
         if self._where(now)[2]:
             return "ERR BUSY"
+        if upper.startswith("MOVE ECAL "):
+            name = "ECAL-" + upper[len("MOVE ECAL ") :]
+            try:
+                ex, ey = chmap.parse_ecal_cell(name)
+            except ValueError:
+                shown = "".join(c if " " <= c <= "~" else "?" for c in name[5:37])
+                return f"ERR BAD CELL {shown}"
+            cx, cy = ecal_cell_centre_mm(ex, ey)
+            self._start(cx, cy, -1, chmap.ecal_cell_name(ex, ey), now)
+            return "OK"
         if upper.startswith("MOVE CELL "):
             name = upper[len("MOVE CELL ") :]
             try:

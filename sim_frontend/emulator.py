@@ -20,10 +20,11 @@ detector response (``response.apply_response``), the trigger-primitive digitisat
 spills and the state becomes ``GAP``. The SCPI, serial and control servers run in their own threads and
 stay responsive while a large spill is processed.
 
-Calibration beam: when the spill arrives with the HCAL table on a module (not at the physics position),
-the spill is thinned to ``beam.calibration_particles_per_spill`` particles (the low-intensity beam of an
-HCAL calibration; :meth:`Emulator.calibration_beam`), and the response model turns them into the
-calibration particle aimed at the table position.
+Calibration beam: when the spill arrives with the table on an HCAL module or an ECAL cell (not at the
+physics position), the spill is thinned to ``beam.calibration_particles_per_spill`` particles (the
+low-intensity beam of a calibration; :meth:`Emulator.calibration_beam`). On an HCAL module the response
+model turns them into the calibration particle aimed at the table position; on an ECAL cell the beam
+particles hit that cell (the ECAL and HCAL sit on one platform, docs/protocols.md section 3).
 
 Faults (docs/protocols.md section 5) come from ``[emulator] faults`` at start and from the control
 endpoint at run time; ``feed: stall (seconds)`` discards every spill that arrives, or would complete,
@@ -135,8 +136,10 @@ class _Job:
     arrival: float  # monotonic
 
 
-def _feed_child(cfg: Config, endpoint: str, parent_pid: int, stop: Any) -> None:
-    """Child process: run the beam simulation and push spills into the emulator's feed."""
+def _feed_child(cfg: Config, endpoint: str, parent_pid: int, stop: Any, calibration: Any = None) -> None:
+    """Child process: run the beam simulation and push spills into the emulator's feed. ``calibration``
+    (a shared flag, ``.value``): the table is on a calibration position, the beam line delivers the
+    calibration intensity (``beam.calibration_particles_per_spill``)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
@@ -153,7 +156,12 @@ def _feed_child(cfg: Config, endpoint: str, parent_pid: int, stop: Any) -> None:
 
     sender = FeedSender(cfg, endpoint, send_timeout_s=60.0)
     try:
-        n = sender.run(stop=stop)
+        m = max(1, int(round(cfg.beam.calibration_particles_per_spill)))
+
+        def intensity() -> int | None:
+            return m if calibration is not None and calibration.value else None
+
+        n = sender.run(stop=stop, intensity=intensity)
         logging.getLogger(__name__).info("beam feed done: %d spills sent", n)
     except FeedError as exc:
         logging.getLogger(__name__).error("beam feed stopped: %s", exc)
@@ -210,7 +218,8 @@ class Emulator:
 
         self.digitizer = Digitizer(cfg, self.calibration, hidden_seed=cfg.emulator.hidden_seed)
         self.hv = HVMainframe(cfg, self.calibration)
-        self.table = HCALTable(cfg)
+        self.table = HCALTable(cfg, on_move=self._table_moved)
+        self._calibration_beam_wanted: Any = None  #: shared with the feed child (set in _start_child)
         self.crate = MSADCCrate(self.digitizer, buffer=cfg.emulator.spill_buffer)
         self.msadc_faults = MSADCFaults()
         if not 0.01 <= block_timeout_s <= 60:
@@ -256,6 +265,7 @@ class Emulator:
 
         ep = self.cfg.endpoints
         self._started_unix = time.time()
+        self.digitizer.drift.start(self._started_unix)  # the hidden ECAL gains drift from now on
         self.warm_up()
         self.msadc_server.start()
         self.serial = serve_line_handlers(
@@ -295,12 +305,23 @@ class Emulator:
         log.info("spill chain ready in %.2f s", dt)
         return dt
 
+    def _table_moved(self, module: int, cell: str) -> None:
+        """The table goes to a calibration position (HCAL module or ECAL cell) or back: the internal beam
+        feed generates the calibration intensity or the full one from its next spill on (spills already
+        generated are thinned on arrival, :meth:`calibration_beam`)."""
+        flag = self._calibration_beam_wanted
+        if flag is not None:
+            flag.value = module >= 0 or str(cell).startswith("ECAL-")
+
     def _start_child(self, feed_addr: str) -> None:
         ctx = mp.get_context("spawn")
         self._child_stop = ctx.Event()
+        self._calibration_beam_wanted = ctx.Value("b", False, lock=False)
+        pos = self.table.position()
+        self._table_moved(int(pos["module"]), str(pos["cell"]))
         self._child = ctx.Process(
             target=_feed_child,
-            args=(self.cfg, _connect_address(feed_addr), os.getpid(), self._child_stop),
+            args=(self.cfg, _connect_address(feed_addr), os.getpid(), self._child_stop, self._calibration_beam_wanted),
             name="na64-emulator-feed",
             daemon=True,
         )
@@ -430,16 +451,25 @@ class Emulator:
             log.warning("spill %s dropped: %d spills already wait for processing", spill.spill, MAX_PENDING_SPILLS)
 
     def calibration_beam(self, spill: Any, table: Mapping[str, Any]) -> Any:
-        """With the table on an HCAL module (``module >= 0``) the beam is the low-intensity calibration
-        beam: the spill is thinned uniformly in time to ``beam.calibration_particles_per_spill`` particles
-        (record indices renumbered 0..m-1). At the physics position the spill is returned unchanged."""
+        """With the table on a calibration position (an HCAL module, ``module >= 0``, or an ECAL cell, cell
+        ``ECAL-x-y``) the beam is the low-intensity calibration beam: the spill is thinned uniformly in time
+        to ``beam.calibration_particles_per_spill`` particles (record indices renumbered 0..m-1). On an ECAL
+        cell the platform offset moves the impact points in the detector frame (truth ``x_mm``/``y_mm``: the
+        beam hits that cell; the HCAL behind moves along). At the physics position the spill is unchanged."""
         m = int(round(self.cfg.beam.calibration_particles_per_spill))
         n = int(spill.truth.shape[0])
-        if int(table.get("module", -1)) < 0 or n <= m:
+        on_ecal = str(table.get("cell", "")).startswith("ECAL-")
+        if int(table.get("module", -1)) < 0 and not on_ecal:
             return spill
-        keep = np.unique(np.linspace(0, n - 1, m).round().astype(np.int64)) if m > 0 else np.empty(0, np.int64)
-        truth = spill.truth[keep].copy()
-        truth["index"] = np.arange(truth.shape[0], dtype=truth.dtype["index"])
+        if n > m:
+            keep = np.unique(np.linspace(0, n - 1, m).round().astype(np.int64)) if m > 0 else np.empty(0, np.int64)
+            truth = spill.truth[keep].copy()
+            truth["index"] = np.arange(truth.shape[0], dtype=truth.dtype["index"])
+        else:
+            truth = spill.truth.copy()
+        if on_ecal:
+            truth["x_mm"] += np.float32(table.get("x_mm", 0.0))
+            truth["y_mm"] += np.float32(table.get("y_mm", 0.0))
         return dataclasses.replace(spill, truth=truth)
 
     def _worker(self) -> None:
@@ -580,6 +610,8 @@ class Emulator:
             "truth": self._c_truth,
             "state": self._c_state,
             "trip": self._c_trip,
+            "gain_jump": self._c_gain_jump,
+            "gains": self._c_gains,
         }
 
     def _c_ping(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -599,6 +631,23 @@ class Emulator:
     def _c_trip(self, req: dict[str, Any]) -> dict[str, Any]:
         spec = {"endpoint": "hv", "kind": "trip", "channel_id": req.get("channel_id")}
         return {"ok": True, "faults": self.apply_fault(spec)}
+
+    def _c_gain_jump(self, req: dict[str, Any]) -> dict[str, Any]:
+        """``{"cmd": "gain_jump", "channel": "ECAL1-2-3", "factor": 1.03}``: the ECAL channel's hidden gain
+        jumps by ``factor`` for every spill that starts from now on."""
+        name = req.get("channel")
+        if not isinstance(name, str):
+            raise ValueError(f"gain_jump needs a channel name, got {name!r}")
+        factor = req.get("factor")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+            raise ValueError(f"gain_jump needs a numeric 'factor', got {factor!r}")
+        return {"ok": True, **self.digitizer.drift.jump(chmap.by_name(name).id, float(factor))}
+
+    def _c_gains(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The hidden ECAL gains now (relative to the nominal calibration), by channel name: the truth a
+        calibration is checked against."""
+        g = self.digitizer.hidden_gain * self.digitizer.drift.factor(time.time())
+        return {"ok": True, "ecal": {chmap.CHANNELS[c].name: float(g[c]) for c in chmap.ids_of_kind("ecal")}}
 
     def _c_truth(self, req: dict[str, Any]) -> dict[str, Any]:
         sid = req.get("spill")

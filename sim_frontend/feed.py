@@ -29,7 +29,7 @@ import math
 import pathlib
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -171,10 +171,13 @@ class FeedSender:
         first_spill: int = 1,
         stop: Any = None,
         send_end: bool = True,
+        intensity: Callable[[], int | None] | None = None,
     ) -> int:
         """Simulate and send ``n_spills`` spills (None: ``spill.count``, 0 = until ``stop`` is set).
         ``realtime``: one spill per ``spill.supercycle_s``, each sent at the start of its flat top;
-        else back to back. ``stop``: an object with ``is_set()`` (threading.Event). Returns spills sent."""
+        else back to back. ``stop``: an object with ``is_set()`` (threading.Event). ``intensity()``, asked
+        before each spill, may give its particle count (None: ``n_particles``; the emulator's calibration
+        beam). Returns spills sent."""
         n_total = self.cfg.spill.count if n_spills is None else int(n_spills)
         period = float(self.cfg.spill.supercycle_s)
         k = 0
@@ -184,7 +187,10 @@ class FeedSender:
                 break
             spill_no = first_spill + k
             start = max(next_start, time.time()) if realtime else time.time()
-            sp = generate_spill(self.cfg, spill_no, n_particles=n_particles, start_unix=start)
+            n_now = intensity() if intensity is not None else None
+            sp = generate_spill(
+                self.cfg, spill_no, n_particles=n_particles if n_now is None else n_now, start_unix=start
+            )
             if realtime:
                 if not _sleep_until(start, stop):
                     break

@@ -25,41 +25,56 @@ CALIBRATION_BENCH = {
 }
 
 
+#: the same bench at the emulator's full default intensity (5e6 particles per spill at the physics
+#: position, where the table starts); only the cycle, the ramps, the table and the calibration beam are
+#: the bench's
+FULL_INTENSITY_BENCH = {
+    **CALIBRATION_BENCH,
+    "spill": {"length_s": 0.3, "supercycle_s": 1.0},
+    "beam": {"calibration_particles_per_spill": 2500.0},
+}
+
+
+def hv_tune_command(tmp: pathlib.Path, emu: Any, modules: str, extra: list[str] | None = None) -> list[str]:
+    return [
+        str(BIN / "hv-tune"),
+        "--config",
+        str(emu.config_path),
+        "--endpoints-file",
+        str(emu.endpoints_path),
+        "--modules",
+        modules,
+        "--target",
+        "2500",
+        "--tolerance",
+        "0.02",
+        "--max-iterations",
+        "3",
+        "--logbook",
+        str(tmp / "logbook.txt"),
+        "--daq-out",
+        str(tmp / "daq"),
+        "--measure-timeout",
+        "120",
+        *(extra or []),
+    ]
+
+
 def run_campaign(
-    tmp: pathlib.Path, modules: str, extra: list[str] | None = None, timeout_s: float = 1200.0
+    tmp: pathlib.Path,
+    modules: str,
+    extra: list[str] | None = None,
+    timeout_s: float = 1200.0,
+    bench: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Tune ``modules`` (e.g. "0,1,2,3"); returns wall time, exit code, campaign states, the emulator's
     HV set log and the config the emulator ran with."""
     tmp.mkdir(parents=True, exist_ok=True)
     ensure_kernels_cached()  # hv-tune's own na64-daq then starts in seconds
-    with start_emulator(tmp, CALIBRATION_BENCH) as emu:
+    with start_emulator(tmp, CALIBRATION_BENCH if bench is None else bench) as emu:
         t0 = time.monotonic()
         proc = subprocess.run(
-            [
-                str(BIN / "hv-tune"),
-                "--config",
-                str(emu.config_path),
-                "--endpoints-file",
-                str(emu.endpoints_path),
-                "--modules",
-                modules,
-                "--target",
-                "2500",
-                "--tolerance",
-                "0.02",
-                "--max-iterations",
-                "3",
-                "--logbook",
-                str(tmp / "logbook.txt"),
-                "--daq-out",
-                str(tmp / "daq"),
-                "--measure-timeout",
-                "120",
-                *(extra or []),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
+            hv_tune_command(tmp, emu, modules, extra), capture_output=True, text=True, timeout=timeout_s
         )
         wall = time.monotonic() - t0
         hv_log = emu.control({"cmd": "hv_log"})["log"]

@@ -39,7 +39,12 @@ def make_config(aprime: dict[str, Any] | None = None, seed: int = 4242, **offlin
     # a loose SRD tag (the default rejects soft upstream electrons): these small runs then keep enough
     # upstream-interacted electrons in the side bands to exercise the background fit
     return load_config(None).with_overrides(
-        {"beam": {"seed": seed}, "aprime": aprime or {}, "offline": {"srd_min_gev": 0.001, **offline}}
+        {
+            "beam": {"seed": seed},
+            "aprime": aprime or {},
+            "offline": {"srd_min_gev": 0.001, **offline},
+            "emulator": {"ecal_gain_spread": 0.02},  # an ECAL as calibrated as the calibration file says
+        }
     )
 
 

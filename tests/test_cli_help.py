@@ -12,6 +12,7 @@ SCRIPTS = {
     "na64-daq": ["run"],
     "na64-monitor": ["--replay", "--screenshot"],
     "hv-tune": ["--logbook", "--dry-run", "--resume"],
+    "ecal-calib": ["--out", "--report", "--cells", "--dry-run", "--resume"],
     "na64-offline": ["yields", "limits", "select"],
 }
 

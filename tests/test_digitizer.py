@@ -33,7 +33,7 @@ def sim(cfg):
 
 
 def flat_gains(cfg):
-    return cfg.with_overrides({"emulator": {"gain_spread": 0.0, "gain_spread_other": 0.0}})
+    return cfg.with_overrides({"emulator": {"gain_spread": 0.0, "gain_spread_other": 0.0, "ecal_gain_spread": 0.0}})
 
 
 def isolated(times, window=700.0):
@@ -51,9 +51,10 @@ def test_shapes_times_and_hidden_constants(cfg, cal, sim):
     assert wf.dtype == np.int16 and wf.shape == (sp.n, 6, 32) and t.dtype == np.float64
     assert np.array_equal(t, sp.truth["time_ns"])
     assert wf.min() >= 0 and wf.max() <= ch.ADC_MAX
-    hc = ch.ids_of_kind("hcal")
-    rest = np.setdiff1d(np.arange(ch.N_CHANNELS), hc)
+    hc, ec = ch.ids_of_kind("hcal"), ch.ids_of_kind("ecal")
+    rest = np.setdiff1d(np.arange(ch.N_CHANNELS), np.concatenate([hc, ec]))
     assert np.all(np.abs(dz.hidden_gain[hc] - 1) <= 0.3) and dz.hidden_gain[hc].std() > 0.1
+    assert np.all(np.abs(dz.hidden_gain[ec] - 1) <= 0.2) and dz.hidden_gain[ec].std() > 0.07
     assert np.all(np.abs(dz.hidden_gain[rest] - 1) <= 0.02)
     assert abs(dz.hidden_gamma.mean() - 7.5) < 0.3 and 0.3 < dz.hidden_gamma.std() < 0.7
     again = Digitizer(cfg, cal)  # same hidden seed -> same hidden constants
