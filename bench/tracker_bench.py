@@ -5,7 +5,7 @@ Prints one JSON line: ``dp_over_p`` (sigma of p_reco / p_true - 1 from the Gauss
 electrons that radiated less than 1% in the beam line; p_true = beam energy at generation),
 ``dp_over_p_rms`` (RMS of the same within +/- 5 core sigma), ``angle_resolution_mrad`` (core sigma of the
 reconstructed x slope minus the true incoming slope at the first station), ``efficiency`` (events with exactly
-one reconstructed track of finite momentum and angle), ``events_per_s`` (reconstruction on one core).
+one reconstructed track of finite momentum and angle and one incoming particle), ``events_per_s`` (reconstruction on one core).
 
     python bench/tracker_bench.py [--events N] [--config FILE]
 """
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     rec = reconstruct_tracks(strips, spec)
     dt = time.perf_counter() - t0
     clean = (tr.e_front[ev] > 0.99 * e0[ev]) & (spill.truth["flags"][ev] == 0)
-    ok = np.isfinite(rec["p_gev"]) & np.isfinite(rec["angle_mrad"]) & (rec["n_tracks"] == 1)
+    ok = np.isfinite(rec["p_gev"]) & np.isfinite(rec["angle_mrad"]) & (rec["n_tracks"] == 1) & (rec["n_incoming"] == 1)
     r = rec["p_gev"][clean & ok] / e0[ev][clean & ok] - 1.0
     core = 1.4826 * np.median(np.abs(r - np.median(r)))
     rms = float(np.std(r[np.abs(r - np.median(r)) < 5 * core]))

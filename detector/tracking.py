@@ -21,7 +21,10 @@ Reconstruction (:func:`reconstruct_tracks`, numba, one pass per event):
    equal weights ``resolution_mm``), needing 3 hits with at least one on each side of the magnets;
    ``p = 1 / (1/p0 + kappa)``; y: straight lines through the Y planes (at least 2 hits);
 3. best track: most hits, then smallest chi2; track multiplicity: hit-disjoint x candidates with chi2 <
-   ``chi2_max`` taken best first; incoming angle = sqrt(b_x^2 + b_y^2) (relative to the nominal axis), mrad.
+   ``chi2_max`` taken best first (``n_tracks``), and the number of incoming particles seen before the
+   magnets, the most clusters of charge >= ``PARTICLE_CLUSTER_CHARGE`` in any upstream plane
+   (``n_incoming``: a particle bent out of the downstream chambers still counts there); incoming angle =
+   sqrt(b_x^2 + b_y^2) (relative to the nominal axis), mrad.
 
 Outputs one :data:`TRACK_DTYPE` record per event (``p_gev`` NaN when no x track).
 """
@@ -37,6 +40,9 @@ from .settings import Config
 
 C_GEV_PER_TM = 0.299792458  #: momentum kick (GeV) of a field integral of 1 T m on a unit charge, per rad
 MAX_CLUSTERS = 6  #: clusters kept per plane (largest charge first)
+#: a cluster with at least this charge (ADC counts) counts as a particle in ``n_incoming`` (a noise strip is
+#: a single strip of a few tens of counts; a particle's cluster a few hundred)
+PARTICLE_CLUSTER_CHARGE = 150.0
 
 #: one record per event: the reconstructed incoming track
 TRACK_DTYPE = np.dtype(
@@ -51,6 +57,7 @@ TRACK_DTYPE = np.dtype(
         ("ndf", "u1"),
         ("n_tracks", "u1"),  # hit-disjoint x candidates with chi2 < chi2_max
         ("n_hits", "u1"),  # planes with a hit on the best track (x and y)
+        ("n_incoming", "u1"),  # most particle-like clusters in any plane upstream of the magnets
     ]
 )
 
@@ -276,7 +283,7 @@ def _fit_view(pos, ncl, view, n_st, mats, ok, npar, dz_m, glev, sigma, chi2_max,
 
 
 @nb.njit(cache=True, nogil=True)
-def _reco_kernel(event_ptr, plane, strip, charge, n_st, pitch, half, sigma, chi2_max, mx, my, okx, oky, dz_m, glev, p0, out):
+def _reco_kernel(event_ptr, plane, strip, charge, n_st, n_up, pitch, half, sigma, chi2_max, mx, my, okx, oky, dz_m, glev, p0, out):
     n_planes = 2 * n_st
     pos = np.zeros((n_planes, MAX_CLUSTERS))
     qsum = np.zeros((n_planes, MAX_CLUSTERS))
@@ -314,6 +321,15 @@ def _reco_kernel(event_ptr, plane, strip, charge, n_st, pitch, half, sigma, chi2
             rec["chi2"] = np.nan
             rec["ndf"] = 0
         rec["n_tracks"] = np.uint8(min(ntr, 255))
+        ninc = 0
+        for pl in range(2 * n_up):
+            c = 0
+            for j in range(ncl[pl]):
+                if qsum[pl, j] >= PARTICLE_CLUSTER_CHARGE:
+                    c += 1
+            if c > ninc:
+                ninc = c
+        rec["n_incoming"] = np.uint8(ninc)
         nh = 0
         if np.isfinite(bx[3]):
             nh += int(bx[4])
@@ -336,6 +352,7 @@ def reconstruct_tracks(strips: StripData, spec: Spectrometer) -> np.ndarray:
         np.ascontiguousarray(strips.strip, dtype=np.uint16),
         np.ascontiguousarray(strips.charge, dtype=np.float32),
         spec.n_stations,
+        spec.n_upstream,
         spec.pitch_mm,
         spec.half_size_mm,
         spec.resolution_mm,

@@ -216,6 +216,21 @@ class BeamSpill:
     def n(self) -> int:
         return int(self.truth.shape[0])
 
+    def subset(self, idx: np.ndarray) -> BeamSpill:
+        """A spill of the particles ``idx`` only (truth copied, the beam-line result with it): its detector
+        response equals the full spill's for these particles (counter-based randomness)."""
+        i = np.asarray(idx, dtype=np.int64)
+        return BeamSpill(
+            self.spill,
+            self.start_unix,
+            self.length_s,
+            self.truth[i].copy(),
+            self.seed,
+            beamline=None if self.beamline is None else self.beamline.subset(i),
+            z0_xy=None if self.z0_xy is None else (self.z0_xy[0][i], self.z0_xy[1][i]),
+            bias=self.bias,
+        )
+
     def counts_by_type(self) -> dict[str, int]:
         """Number of particles of each type (names of detector.records.PARTICLE_CODES)."""
         c = np.bincount(self.truth["ptype"], minlength=len(PARTICLE_CODES))

@@ -37,6 +37,7 @@ photons (y > ``bias_y_min``) and gives each particle the likelihood-ratio weight
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -109,10 +110,14 @@ def sr_spectrum() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=1)
-def sr_photon_log_quantiles(n: int = 8192) -> np.ndarray:
-    """Quantile table of ln x, x = eps / E_c, of single SR photons (n + 1 nodes; interpolated in ln x)."""
+def sr_photon_log_quantiles(n: int = 65536) -> np.ndarray:
+    """Quantile table of ln x, x = eps / E_c, of single SR photons (n + 1 nodes; interpolated in ln x). The
+    last node is the quantile at 1 - 1/(4 n), not the end of the grid, so that the exponential tail is not
+    stretched by the interpolation."""
     x, cn, _ = sr_spectrum()
-    return np.interp(np.linspace(0.0, 1.0, n + 1), cn, np.log(x))
+    u = np.linspace(0.0, 1.0, n + 1)
+    u[-1] = 1.0 - 0.25 / n
+    return np.interp(u, cn, np.log(x))
 
 
 def critical_energy_gev(p_gev: float, field_t: float, mass_gev: float = ELECTRON_MASS_GEV) -> float:
@@ -257,12 +262,12 @@ def _sr_draw(lnodes, q, e, u):
 
 @nb.njit(cache=True, nogil=True)
 def _transport_kernel(
-    seed, idx, ptype, e_beam, x_mm, y_mm,
+    seed, idx, pindex, ptype, e_beam, x_mm, y_mm,
     kind, z_m, t_x0, kick, station, ecal_z, p0, div_mrad,
     yq_soft, yq_hard, rate_soft, rate_hard, bias, ms_factor, p_none, f_hard,
     sr_lnodes, sr_q, sr_mean_other,
     ecal_lo_x, ecal_hi_x, ecal_lo_y, ecal_hi_y, hcal_half,
-    e_front, e_side, x_out, y_out, e_sr, w_out, fl_out, st_pos,
+    e_front, e_side, x_out, y_out, e_sr, w_out, fl_out, e_el, st_pos,
 ):  # fmt: skip
     s = np.uint64(seed)
     n_steps = kind.shape[0]
@@ -284,12 +289,13 @@ def _transport_kernel(
             e_sr[n] = 0.0
             w_out[n] = 1.0
             fl_out[n] = 0
+            e_el[n] = e0
             if record:
                 for k in range(st_pos.shape[1]):
                     st_pos[n, k, 0] = np.nan
                     st_pos[n, k, 1] = np.nan
             continue
-        st = rng_state(s, np.uint64(i), np.uint64(STREAM))
+        st = rng_state(s, np.uint64(pindex[i]), np.uint64(STREAM))  # keyed by the particle: subsets agree
         x = np.float64(x_mm[i])
         y = np.float64(y_mm[i])
         st, zz = _normal(st)
@@ -405,6 +411,7 @@ def _transport_kernel(
             ef = p  # muons and hadrons: the response models them from the impact point
         e_front[n] = ef
         e_side[n] = es
+        e_el[n] = p
         e_sr[n] = sr
         w_out[n] = w
         fl_out[n] = TRUTH_BEAMLINE if is_e and p < (1.0 - BEAMLINE_FLAG_FRACTION) * e0 else 0
@@ -421,6 +428,11 @@ class Transported:
     e_sr: np.ndarray  #: synchrotron-radiation energy detected in the SRD
     weight: np.ndarray  #: bias weight (1 without brem_bias)
     flags: np.ndarray  #: TRUTH_BEAMLINE bits
+    e_particle: np.ndarray  #: energy of the particle itself at the ECAL face (after its bremsstrahlung)
+
+    def subset(self, idx: np.ndarray) -> Transported:
+        """The entries of the particles ``idx``."""
+        return Transported(*(getattr(self, f.name)[idx] for f in dataclasses.fields(self)))
 
 
 @dataclass(frozen=True)
@@ -478,13 +490,14 @@ def _run(
         e_sr=np.empty(m, np.float32),
         weight=np.empty(m, np.float64),
         flags=np.empty(m, np.uint8),
+        e_particle=np.empty(m, np.float32),
     )
     st_pos = np.full((m if n_st else 0, max(n_st, 1), 2), np.nan, np.float32)
     t = spill.truth
     _transport_kernel(
-        np.uint64(spill.seed), idx, t["ptype"], t["e_beam"], x0, y0,
+        np.uint64(spill.seed), idx, t["index"], t["ptype"], t["e_beam"], x0, y0,
         *_kernel_args(cfg, line, bias),
-        out.e_front, out.e_side, out.x_mm, out.y_mm, out.e_sr, out.weight, out.flags, st_pos,
+        out.e_front, out.e_side, out.x_mm, out.y_mm, out.e_sr, out.weight, out.flags, out.e_particle, st_pos,
     )  # fmt: skip
     return out, st_pos
 

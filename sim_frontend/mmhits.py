@@ -33,7 +33,7 @@ STREAM_HITS, STREAM_NOISE = 4, 5
 
 @nb.njit(cache=True, nogil=True)
 def _strips_kernel(
-    seed, ev_idx, nb_ptr, nb_list, nb_pos, n_st, pitch, half, sigma, eff, cs, noise, out_ptr, plane, strip, charge
+    seed, pindex, ev_idx, nb_ptr, nb_list, nb_pos, n_st, pitch, half, sigma, eff, cs, noise, out_ptr, plane, strip, charge
 ):
     s = np.uint64(seed)
     n_strips = int(round(2.0 * half / pitch))
@@ -42,7 +42,7 @@ def _strips_kernel(
     for e in range(ev_idx.shape[0]):
         out_ptr[e] = w
         for t in range(nb_ptr[e], nb_ptr[e + 1]):
-            pidx = nb_list[t]
+            pidx = pindex[nb_list[t]]
             st = rng_state(s, np.uint64(pidx), np.uint64(STREAM_HITS))
             for k in range(n_st):
                 for view in range(2):
@@ -84,7 +84,7 @@ def _strips_kernel(
                             strip[w] = j
                             charge[w] = qj
                         w += 1
-        st = rng_state(s, np.uint64(ev_idx[e]), np.uint64(STREAM_NOISE))
+        st = rng_state(s, np.uint64(pindex[ev_idx[e]]), np.uint64(STREAM_NOISE))
         for pl in range(2 * n_st):
             st, u = rng_next(st)
             pk = math.exp(-noise)
@@ -141,7 +141,7 @@ def event_strips(spill: BeamSpill, cfg: Config, events: np.ndarray) -> StripData
         strip = np.empty(cap, np.uint16)
         charge = np.empty(cap, np.float32)
         w = _strips_kernel(
-            np.uint64(spill.seed), ev, ptr, lst, np.ascontiguousarray(pos, dtype=np.float64), spec.n_stations,
+            np.uint64(spill.seed), spill.truth["index"], ev, ptr, lst, np.ascontiguousarray(pos, dtype=np.float64), spec.n_stations,
             spec.pitch_mm, spec.half_size_mm, spec.resolution_mm, float(tr.efficiency), float(tr.cluster_size),
             float(tr.noise_strips), out_ptr, plane, strip, charge,
         )  # fmt: skip

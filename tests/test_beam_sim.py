@@ -20,7 +20,7 @@ from detector.records import (
 from sim_frontend import beam, geometry, response
 
 N = 50_000
-E_, PI, MU, HALO, UP = (PARTICLE_CODES[k] for k in ("e-", "pi-", "mu-", "halo", "upstream_e-"))
+E_, PI, MU, HALO = (PARTICLE_CODES[k] for k in ("e-", "pi-", "mu-", "halo"))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,6 @@ def test_composition_within_statistics(cfg, sim):
         "K-": b.frac_kaon,
         "mu-": b.frac_muon,
         "halo": b.frac_halo,
-        "upstream_e-": b.frac_upstream,
     }
     expected["e-"] = 1 - sum(expected.values())
     for name, f in expected.items():
@@ -106,7 +105,7 @@ def test_reproducible_by_seed_and_subset(cfg, sim):
     assert other.seed != sp.seed and not np.array_equal(other.truth["time_ns"], sp.truth["time_ns"])
     # any subset of particles, re-simulated alone, gets the same deposits (counter-based randomness)
     idx = np.sort(np.random.default_rng(1).choice(N, 500, replace=False))
-    sub = beam.BeamSpill(sp.spill, sp.start_unix, sp.length_s, sp.truth[idx].copy(), sp.seed)
+    sub = sp.subset(idx)  # the truth and the beam-line transport of these particles
     sub.truth[["e_ps", "e_ecal", "e_hcal", "e_v2", "e_srd"]] = 0
     dsub = response.apply_response(sub, cfg)
     assert np.array_equal(dsub.trigger, dep.trigger[idx]) and np.array_equal(dsub.other, dep.other[idx])
