@@ -5,7 +5,8 @@ Prints one JSON line: ``dp_over_p`` (sigma of p_reco / p_true - 1 from the Gauss
 electrons that radiated less than 1% in the beam line; p_true = beam energy at generation),
 ``dp_over_p_rms`` (RMS of the same within +/- 5 core sigma), ``angle_resolution_mrad`` (core sigma of the
 reconstructed x slope minus the true incoming slope at the first station), ``efficiency`` (events with exactly
-one reconstructed track of finite momentum and angle and one incoming particle), ``events_per_s`` (reconstruction on one core).
+one reconstructed track of finite momentum and angle and one incoming particle), ``events_per_s``
+(reconstruction on one core).
 
     python bench/tracker_bench.py [--events N] [--config FILE]
 """
@@ -22,11 +23,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.config import load_config  # noqa: E402
-from detector.records import PARTICLE_CODES  # noqa: E402
-from detector.tracking import Spectrometer, reconstruct_tracks  # noqa: E402
-from sim_frontend import beamline, mmhits  # noqa: E402
-from sim_frontend.beam import generate_spill  # noqa: E402
+from detector.config import load_config
+from detector.records import PARTICLE_CODES
+from detector.tracking import Spectrometer, reconstruct_tracks
+from sim_frontend import beamline, mmhits
+from sim_frontend.beam import generate_spill
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     core = 1.4826 * np.median(np.abs(r - np.median(r)))
     rms = float(np.std(r[np.abs(r - np.median(r)) < 5 * core]))
     pos = beamline.station_positions(spill, c, ev)
-    true_slope = (pos[:, 1, 0] - pos[:, 0, 0]) / ((spec.z_m[1] - spec.z_m[0]))  # mm/m = mrad
+    true_slope = (pos[:, 1, 0] - pos[:, 0, 0]) / (spec.z_m[1] - spec.z_m[0])  # mm/m = mrad
     fit_slope = rec["slope_x_mrad"]
     d = (fit_slope - true_slope)[clean & ok & np.isfinite(fit_slope)]
     ang = 1.4826 * np.median(np.abs(d - np.median(d)))

@@ -123,7 +123,7 @@ def _check_beamline(source: str, cfg: Config) -> None:
     n = len(bl.layer_names)
     if len(bl.layer_z_m) != n or len(bl.layer_x0) != n:
         raise ConfigError(f"{source}: beamline.layer_names, layer_z_m and layer_x0 must have the same length")
-    if list(bl.layer_z_m) != sorted(bl.layer_z_m) or (n and not 0.0 <= bl.layer_z_m[0]):
+    if list(bl.layer_z_m) != sorted(bl.layer_z_m) or (n and not bl.layer_z_m[0] >= 0.0):
         raise ConfigError(f"{source}: beamline.layer_z_m must be >= 0 and increasing")
     if n and bl.layer_z_m[-1] >= bl.ecal_z_m:
         raise ConfigError(f"{source}: every beamline layer must be upstream of beamline.ecal_z_m")

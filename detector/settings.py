@@ -235,6 +235,7 @@ class TrackerSection(Section):
     cluster_size: float = key(3.0, 1.0, 20.0, doc="mean strips per particle cluster")
     time_window_ns: float = key(100.0, 1.0, 1000.0, unit="ns", doc="readout window: tracks within +/- it pile up")
     chi2_max: float = key(30.0, 0.1, 1e6, doc="track candidates with a larger chi2 are dropped")
+    min_hits_x: int = key(4, 3, 16, doc="X-plane hits of a track (3 leaves no degree of freedom for the momentum)")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ Reconstruction (:func:`reconstruct_tracks`, numba, one pass per event):
    cluster; position = charge-weighted centroid; at most ``MAX_CLUSTERS`` per plane (largest charge kept);
 2. x: every combination of one cluster (or none, for an empty plane) per X plane is fitted with the linear
    model ``x(z) = a + b (z - z_up) - kappa sum_i K_i (z - z_i)_+``, ``kappa = 1/p - 1/p0`` (least squares,
-   equal weights ``resolution_mm``), needing 3 hits with at least one on each side of the magnets;
+   equal weights ``resolution_mm``), needing ``min_hits_x`` hits (at least 3) with at least one on each side
+   of the magnets (with 3 hits the momentum has no check: any third point fits);
    ``p = 1 / (1/p0 + kappa)``; y: straight lines through the Y planes (at least 2 hits);
 3. best track: most hits, then smallest chi2; track multiplicity: hit-disjoint x candidates with chi2 <
    ``chi2_max`` taken best first (``n_tracks``), and the number of incoming particles seen before the
@@ -76,6 +77,7 @@ class Spectrometer:
     half_size_mm: float
     resolution_mm: float
     chi2_max: float
+    min_hits_x: int = 4
 
     @property
     def n_stations(self) -> int:
@@ -109,6 +111,7 @@ class Spectrometer:
             half_size_mm=float(tr.half_size_mm),
             resolution_mm=float(tr.resolution_mm),
             chi2_max=float(tr.chi2_max),
+            min_hits_x=int(tr.min_hits_x),
         )
 
     def bend_lever_m(self) -> np.ndarray:
@@ -127,7 +130,7 @@ class Spectrometer:
         for mask in range(1 << n):
             sel = np.array([(mask >> k) & 1 for k in range(n)], bool)
             up = sel[: self.n_upstream].sum()
-            if sel.sum() >= 3 and up >= 1 and sel.sum() - up >= 1:
+            if sel.sum() >= max(3, self.min_hits_x) and up >= 1 and sel.sum() - up >= 1:
                 a = np.stack([np.ones(n), dz * 1e-3, g], axis=1)[sel]  # slope in mrad: dz in m
                 mx[mask][:, sel] = np.linalg.pinv(a)
             if sel.sum() >= 2:
@@ -283,7 +286,9 @@ def _fit_view(pos, ncl, view, n_st, mats, ok, npar, dz_m, glev, sigma, chi2_max,
 
 
 @nb.njit(cache=True, nogil=True)
-def _reco_kernel(event_ptr, plane, strip, charge, n_st, n_up, pitch, half, sigma, chi2_max, mx, my, okx, oky, dz_m, glev, p0, out):
+def _reco_kernel(
+    event_ptr, plane, strip, charge, n_st, n_up, pitch, half, sigma, chi2_max, mx, my, okx, oky, dz_m, glev, p0, out
+):
     n_planes = 2 * n_st
     pos = np.zeros((n_planes, MAX_CLUSTERS))
     qsum = np.zeros((n_planes, MAX_CLUSTERS))
@@ -373,7 +378,7 @@ _MATRIX_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _matrices(spec: Spectrometer) -> tuple[np.ndarray, np.ndarray]:
-    k = (tuple(spec.z_m), spec.n_upstream, tuple(spec.magnet_z_m), tuple(spec.kick_gev))
+    k = (tuple(spec.z_m), spec.n_upstream, tuple(spec.magnet_z_m), tuple(spec.kick_gev), spec.min_hits_x)
     if k not in _MATRIX_CACHE:
         _MATRIX_CACHE[k] = spec.fit_matrices()
     return _MATRIX_CACHE[k]

@@ -19,8 +19,9 @@ likely, the bias undone by the per-event weight; then the detector response, dig
 reconstruction, the trigger's amplitude entry, the Micromegas strips and the track reconstruction, and the
 full selection. Events whose true ECAL deposit is above ``PREFILTER_ECAL_GEV`` cannot reach the signal box
 (E_ECAL < 50 GeV; the e-m resolution there is 0.7 GeV and pile-up only adds energy) and are not digitised:
-they count in the cut flow's ``all`` only, so its later lines count events with a true E_ECAL below 60 GeV. Dimuons are left at
-their natural rate and events with a dimuon or an A' are not counted here (other sources).
+they count in the cut flow's ``all`` only, so its later lines count events with a true E_ECAL below 60 GeV.
+Dimuons are left at their natural rate and events with a dimuon or an A' are not counted here (other
+sources).
 """
 
 from __future__ import annotations
@@ -105,7 +106,9 @@ def simulate_tables(
         done += electrons.size
         cand = electrons[spill.truth["e_ecal"][electrons] < prefilter_gev]
         stats["beamline_events"] += int(np.count_nonzero(spill.truth["flags"][electrons] & TRUTH_BEAMLINE))
-        stats["beamline_weight"] += float(spill.truth["weight"][electrons][spill.truth["flags"][electrons] & TRUTH_BEAMLINE != 0].sum())
+        stats["beamline_weight"] += float(
+            spill.truth["weight"][electrons][spill.truth["flags"][electrons] & TRUTH_BEAMLINE != 0].sum()
+        )
         stats["digitised"] += int(cand.size)
         for s in range(0, cand.size, CHUNK):
             idx = cand[s : s + CHUNK]
@@ -181,7 +184,7 @@ def predict(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run the estimators of ``sources`` (default: all registered) and add them up."""
-    names = list(SOURCES) if not sources else sources
+    names = sources if sources else list(SOURCES)
     unknown = [n for n in names if n not in SOURCES]
     if unknown:
         raise ValueError(f"unknown background sources {unknown}; known: {', '.join(SOURCES)}")
@@ -190,7 +193,11 @@ def predict(
     calib = load_calibration(cfg) if calib is None else calib
     res: dict[str, Any] = {}
     for name in names:
-        cb: Progress = (lambda d, tot, _n=name: progress(_n, d, tot)) if progress else (lambda d, tot: None)
+
+        def cb(done: int, total: int, _n: str = name) -> None:
+            if progress is not None:
+                progress(_n, done, total)
+
         res[name] = SOURCES[name](cfg, calib, float(eot), float(intensity), int(n_mc), int(seed), cb)
     total = sum(r["n"] for r in res.values())
     err = math.sqrt(sum(r["err"] ** 2 for r in res.values()))

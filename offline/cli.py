@@ -352,7 +352,9 @@ def _run_background_sources(args: argparse.Namespace) -> int:
     rows = [(name, r["n"], r["err"], r["mc"]["events"], r["mc"]["box_events"]) for name, r in result["sources"].items()]
     rows.append(("total", result["total"]["n"], result["total"]["err"], "", ""))
     columns = ["source", "n", "err", "MC events", "MC box events"]
-    _emit(result, args.json, _table(f"background for {args.eot:.3g} EOT at {args.intensity:.3g} e-/spill", columns, rows))
+    _emit(
+        result, args.json, _table(f"background for {args.eot:.3g} EOT at {args.intensity:.3g} e-/spill", columns, rows)
+    )
     return 0
 
 

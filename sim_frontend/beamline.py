@@ -38,6 +38,7 @@ photons (y > ``bias_y_min``) and gives each particle the likelihood-ratio weight
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -135,22 +136,29 @@ def sr_photons_per_bend(p_gev: float, kick_gev: float, mass_gev: float = ELECTRO
 
 @nb.njit(cache=True, nogil=True)
 def _sr_sample(n_mean, ec_per_gev2, e_nodes, lxq, thr, acc, n_samples, out):
-    np.random.seed(20261205)
     nq = out.shape[1] - 1
     buf = np.empty(n_samples)
     for j in range(e_nodes.shape[0]):
         e = e_nodes[j]
-        lam = n_mean
         ec = ec_per_gev2 * e * e
         for s in range(n_samples):
-            n = np.random.poisson(lam)
+            st = rng_state(np.uint64(0x5EC7), np.uint64(j * n_samples + s), np.uint64(STREAM))
+            st, u = rng_next(st)
+            pk = math.exp(-n_mean)
+            c = pk
+            n = 0
+            while u > c and n < 1000:
+                n += 1
+                pk *= n_mean / n
+                c += pk
             tot = 0.0
             for _ in range(n):
-                u = np.random.random()
+                st, u = rng_next(st)
                 pos = u * (lxq.shape[0] - 1)
                 i = int(pos)
                 eps = math.exp(lxq[i] + (lxq[i + 1] - lxq[i]) * (pos - i)) * ec
-                if eps > thr and np.random.random() < acc:
+                st, u = rng_next(st)
+                if eps > thr and u < acc:
                     tot += eps
             buf[s] = tot
         buf.sort()
@@ -196,8 +204,12 @@ class Line:
         zm = self.spec.magnet_z_m
         up = float(self.t_x0[self.z_m < zm[0]].sum())
         mid = float(self.t_x0[(self.z_m >= zm[0]) & (self.z_m <= zm[-1])].sum())
-        return {"before_magnets_x0": up, "between_magnets_x0": mid, "after_magnets_x0": self.total_x0 - up - mid,
-                "total_x0": self.total_x0}
+        return {
+            "before_magnets_x0": up,
+            "between_magnets_x0": mid,
+            "after_magnets_x0": self.total_x0 - up - mid,
+            "total_x0": self.total_x0,
+        }
 
 
 def line_from_config(cfg: Config) -> Line:
@@ -210,7 +222,7 @@ def line_from_config(cfg: Config) -> Line:
     for z, length, b in zip(bl.magnet_z_m, bl.magnet_length_m, bl.magnet_field_t, strict=True):
         steps.append((float(z), STEP_MAGNET, 0.0, C_GEV_PER_TM * b * length, float(b), -1))
     edges = sorted({0.0, float(bl.ecal_z_m), *(s[0] for s in steps)})
-    for a, b in zip(edges[:-1], edges[1:], strict=True):
+    for a, b in itertools.pairwise(edges):
         if b > a:
             steps.append((0.5 * (a + b), STEP_GAS, (b - a) / bl.gap_x0_m, 0.0, 0.0, -1))
     steps.sort(key=lambda s: (s[0], s[1]))
@@ -386,12 +398,16 @@ def _transport_kernel(
         es = 0.0
         cx = 0.0
         cy = 0.0
+        sx = 0.0
+        sy = 0.0
         if ecal_lo_x <= x < ecal_hi_x and ecal_lo_y <= y < ecal_hi_y:
             ef += p
             cx += p * x
             cy += p * y
         elif is_e and abs(x) < hcal_half and abs(y) < hcal_half:
             es += p
+            sx += p * x
+            sy += p * y
         for j in range(ng):
             xg = gx[j] + gtx[j] * dz
             yg = gy[j] + gty[j] * dz
@@ -401,9 +417,14 @@ def _transport_kernel(
                 cy += ge[j] * yg
             elif abs(xg) < hcal_half and abs(yg) < hcal_half:
                 es += ge[j]
-        if ef > 0.0:
+                sx += ge[j] * xg
+                sy += ge[j] * yg
+        if ef > 0.0:  # the shower centre in the ECAL
             x_out[n] = cx / ef
             y_out[n] = cy / ef
+        elif es > 0.0:  # nothing in the ECAL: the centre of what showers in the HCAL
+            x_out[n] = sx / es
+            y_out[n] = sy / es
         else:
             x_out[n] = x
             y_out[n] = y
@@ -423,7 +444,7 @@ class Transported:
 
     e_front: np.ndarray  #: energy entering the ECAL matrix (e-: electron + photons inside; others: p)
     e_side: np.ndarray  #: e.m. energy landing outside the ECAL on the HCAL face (showers in HCAL module 0)
-    x_mm: np.ndarray  #: energy-weighted impact point at the ECAL face
+    x_mm: np.ndarray  #: energy-weighted impact point at the ECAL face (of e_front; without it, of e_side)
     y_mm: np.ndarray
     e_sr: np.ndarray  #: synchrotron-radiation energy detected in the SRD
     weight: np.ndarray  #: bias weight (1 without brem_bias)
@@ -467,7 +488,9 @@ def _kernel_args(cfg: Config, line: Line, bias: Bias) -> tuple:
             m = masses[code]
             ec = critical_energy_gev(p0, float(line.field_t[k]), m)
             frac = float(np.interp(math.log(thr / ec), np.log(x), above, left=1.0, right=0.0)) if thr > 0 else 1.0
-            sr_other[k, code] = bl.srd_acceptance * sr_photons_per_bend(p0, float(line.kick_gev[k]), m) * SR_MEAN_X * ec * frac
+            sr_other[k, code] = (
+                bl.srd_acceptance * sr_photons_per_bend(p0, float(line.kick_gev[k]), m) * SR_MEAN_X * ec * frac
+            )
     return (
         line.kind, line.z_m, line.t_x0, line.kick_gev, line.station, line.ecal_z_m, p0, float(bl.divergence_mrad),
         brem_quantiles(y_lo, y_split), brem_quantiles(y_split, 1.0),
@@ -494,11 +517,12 @@ def _run(
     )
     st_pos = np.full((m if n_st else 0, max(n_st, 1), 2), np.nan, np.float32)
     t = spill.truth
-    _transport_kernel(
+    args = (
         np.uint64(spill.seed), idx, t["index"], t["ptype"], t["e_beam"], x0, y0,
         *_kernel_args(cfg, line, bias),
         out.e_front, out.e_side, out.x_mm, out.y_mm, out.e_sr, out.weight, out.flags, out.e_particle, st_pos,
     )  # fmt: skip
+    _transport_kernel(*args)
     return out, st_pos
 
 

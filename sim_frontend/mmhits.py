@@ -33,7 +33,23 @@ STREAM_HITS, STREAM_NOISE = 4, 5
 
 @nb.njit(cache=True, nogil=True)
 def _strips_kernel(
-    seed, pindex, ev_idx, nb_ptr, nb_list, nb_pos, n_st, pitch, half, sigma, eff, cs, noise, out_ptr, plane, strip, charge
+    seed,
+    pindex,
+    ev_idx,
+    nb_ptr,
+    nb_list,
+    nb_pos,
+    n_st,
+    pitch,
+    half,
+    sigma,
+    eff,
+    cs,
+    noise,
+    out_ptr,
+    plane,
+    strip,
+    charge,
 ):
     s = np.uint64(seed)
     n_strips = int(round(2.0 * half / pitch))
@@ -141,7 +157,8 @@ def event_strips(spill: BeamSpill, cfg: Config, events: np.ndarray) -> StripData
         strip = np.empty(cap, np.uint16)
         charge = np.empty(cap, np.float32)
         w = _strips_kernel(
-            np.uint64(spill.seed), spill.truth["index"], ev, ptr, lst, np.ascontiguousarray(pos, dtype=np.float64), spec.n_stations,
+            np.uint64(spill.seed), spill.truth["index"], ev, ptr, lst, np.ascontiguousarray(pos, dtype=np.float64),
+            spec.n_stations,
             spec.pitch_mm, spec.half_size_mm, spec.resolution_mm, float(tr.efficiency), float(tr.cluster_size),
             float(tr.noise_strips), out_ptr, plane, strip, charge,
         )  # fmt: skip

@@ -59,9 +59,7 @@ from sim_frontend import geometry as g
 from sim_frontend.beam import (
     E_MINUS,
     HALO,
-    KAON,
     MUON,
-    PION,
     PHOTON_TRACK_LENGTH_A,
     BeamSpill,
     moyal_ppf,
@@ -600,7 +598,7 @@ def _response_kernel(
                     nmip = 1.0 + (h0 + h1 + h2 + h3) / 10.0 if start < 0.0 else 1.0
                     st, vv = _mip(st, 1.0, g.LANDAU_WIDTH / math.sqrt(nmip))
                     v2 = g.V2_MIP_GEV * nmip * vv
-        if cal_module < 0 and (pt == MUON or pt == PION or pt == KAON):
+        if cal_module < 0 and pt != E_MINUS and pt != HALO:  # muons and hadrons
             srd0 = srd1 = srd2 = e_sr[i] / 3.0  # (m_e/m)^4 of an electron's: nothing above the photon threshold
         trig[i, 0] = s1
         trig[i, 1] = s2
