@@ -138,11 +138,12 @@ def _check_beamline(source: str, cfg: Config) -> None:
     if missing:
         raise ConfigError(f"{source}: tracker.stations {missing} are not beamline layers")
     z = [bl.layer_z_m[bl.layer_names.index(s)] for s in tr.stations]
-    k = tr.n_upstream
-    if not 1 <= k < len(z) or max(z[:k]) >= bl.magnet_z_m[0] or min(z[k:]) <= bl.magnet_z_m[-1]:
+    up = [v < bl.magnet_z_m[0] for v in z]
+    down = [v > bl.magnet_z_m[-1] for v in z]
+    if z != sorted(z) or not any(up) or not any(down) or not all(u or d for u, d in zip(up, down, strict=True)):
         raise ConfigError(
-            f"{source}: tracker: the first n_upstream = {k} stations must be upstream of the magnets, the rest"
-            " downstream"
+            f"{source}: tracker.stations must be in beam order, at least one before the first dipole and one after "
+            "the last, none between them"
         )
     if cfg.offline.p_min_gev >= cfg.offline.p_max_gev:
         raise ConfigError(f"{source}: offline.p_min_gev must be below offline.p_max_gev")

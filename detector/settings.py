@@ -223,10 +223,10 @@ class BeamlineSection(Section):
 @dataclass(frozen=True)
 class TrackerSection(Section):
     """``[tracker]``: the Micromegas stations (an X and a Y strip plane each; docs/physics.md 1.10). Their
-    positions and material are the beam-line layers of the same names."""
+    positions and material are the beam-line layers of the same names; the stations before the first dipole
+    measure the incoming track, those after the last one the deflected track."""
 
     stations: tuple[str, ...] = key(("MM1", "MM2", "MM3", "MM4"), doc="beamline layers that are MM stations")
-    n_upstream: int = key(2, 1, 8, doc="the first n stations are upstream of the magnets")
     pitch_mm: float = key(0.25, 0.01, 10.0, unit="mm", doc="strip pitch")
     half_size_mm: float = key(40.0, 1.0, 500.0, unit="mm", doc="half side of the active area")
     resolution_mm: float = key(0.07, 0.001, 10.0, unit="mm", doc="single-plane spatial resolution")

@@ -103,7 +103,7 @@ class Spectrometer:
         return cls(
             names=tuple(tr.stations),
             z_m=z,
-            n_upstream=int(tr.n_upstream),
+            n_upstream=int(np.count_nonzero(z < bl.magnet_z_m[0])),
             magnet_z_m=np.asarray(bl.magnet_z_m, dtype=np.float64),
             kick_gev=C_GEV_PER_TM * np.asarray(bl.magnet_field_t, np.float64) * np.asarray(bl.magnet_length_m),
             p0_gev=float(cfg.beam.energy_gev),

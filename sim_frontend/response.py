@@ -311,6 +311,8 @@ def _response_kernel(
             pt = cal_ptype
             ptype[i] = pt
             fl = (fl & TRUTH_PILEUP) | TRUTH_CALIBRATION
+            if pt == E_MINUS:  # what the beam line lets through to the calorimeters
+                e = np.float64(e_front[i] + e_side[i])
             e_inv[i] = 0.0
             st, s0 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
             st, s1 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
@@ -323,7 +325,7 @@ def _response_kernel(
             else:
                 st, u = rng_next(st)
                 z = normal_ppf(u)
-                res = math.sqrt(g.HCAL_STOCH * g.HCAL_STOCH / e + g.HCAL_CONST * g.HCAL_CONST)
+                res = math.sqrt(g.HCAL_STOCH * g.HCAL_STOCH / max(e, 0.1) + g.HCAL_CONST * g.HCAL_CONST)
                 hm = e * (1.0 + res * z)
                 if hm < 0.0:
                     hm = 0.0

@@ -40,8 +40,8 @@ def test_beamline_config_is_checked(cfg):
         cfg.with_overrides({"beamline": {"layer_x0": [0.001]}})
     with pytest.raises(ConfigError, match="not beamline layers"):
         cfg.with_overrides({"tracker": {"stations": ["MM1", "MM2", "MM3", "MMX"]}})
-    with pytest.raises(ConfigError, match="upstream of the magnets"):
-        cfg.with_overrides({"tracker": {"n_upstream": 3}})
+    with pytest.raises(ConfigError, match="none between them"):
+        cfg.with_overrides({"beamline": {"magnet_z_m": [10.5, 18.0]}})
     spec = Spectrometer.from_config(cfg)
     # 7 T m bend a 100 GeV electron by 21 mrad (docs/physics.md 1.2)
     assert spec.bend_mrad == pytest.approx(0.299792458 * 7.0 / 100.0 * 1e3, rel=1e-9)
