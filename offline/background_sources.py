@@ -72,11 +72,14 @@ def simulate_tables(
     progress: Progress,
     spill_particles: int = 200_000,
     prefilter_gev: float = PREFILTER_ECAL_GEV,
+    tracker: bool = True,
 ) -> tuple[ev.Table, int, dict[str, float]]:
     """Event tables (with truth, trigger mask and track columns) of ``n_events`` beam electrons simulated in
     spills of ``spill_particles`` at ``intensity`` e-/spill, with the bremsstrahlung ``bias``; returns the
     concatenated table of the digitised events, the number of electrons simulated and counters (electrons
-    that radiated in the beam line and their summed weight, digitised events)."""
+    that radiated in the beam line and their summed weight, digitised events). ``tracker=False`` leaves the
+    track columns out, as in a spill file recorded without the Micromegas block (the selection then cannot
+    apply the tracker cuts)."""
     from sim_frontend.digitizer import Digitizer
 
     rate = float(intensity) / float(cfg.spill.length_s)
@@ -120,8 +123,8 @@ def simulate_tables(
                 wf, calib, c, event_id=idx, trigger_mask=mask, time_ns=arrival, truth=spill.truth[idx],
                 run=0, spill=SEED_OFFSET + seed, reco=reco,
             )  # fmt: skip
-            trk = reconstruct_tracks(mmhits.event_strips(spill, c, idx), spec)
-            t.update(sel.track_columns(trk))
+            if tracker:
+                t.update(sel.track_columns(reconstruct_tracks(mmhits.event_strips(spill, c, idx), spec)))
             tables.append(t)
         progress(done, n_events)
     return (ev.concat(tables) if tables else {}), done, stats
@@ -153,9 +156,23 @@ def upstream(
     cfg: Config, calib: Calibration, eot: float, intensity: float, n_mc: int, seed: int, progress: Progress
 ) -> dict[str, Any]:
     """Electrons that interacted in the beam-line material (see the module docstring)."""
+    return upstream_prediction(cfg, calib, eot, intensity, n_mc, seed, progress)
+
+
+def upstream_prediction(
+    cfg: Config,
+    calib: Calibration,
+    eot: float,
+    intensity: float,
+    n_mc: int,
+    seed: int,
+    progress: Progress,
+    tracker: bool = True,
+) -> dict[str, Any]:
+    """:func:`upstream`; ``tracker=False``: for data recorded without the Micromegas block (no tracker cuts)."""
     c = cfg.with_overrides({"beam": {"dimuon_bias": 1.0}})
     bias = beamline.Bias(UPSTREAM_BIAS, UPSTREAM_BIAS_Y)
-    t, n_sim, stats = simulate_tables(c, calib, n_mc, seed, intensity, bias, progress)
+    t, n_sim, stats = simulate_tables(c, calib, n_mc, seed, intensity, bias, progress, tracker=tracker)
     zero_w = stats["beamline_weight"] / max(stats["beamline_events"], 1)
     out = _weighted_prediction(t, n_sim, eot, sel.Cuts.from_config(c), int(TRUTH_DIMUON | TRUTH_APRIME), zero_w)
     out["mc"].update(

@@ -94,7 +94,7 @@ def emiss_min_gev(cfg: Config) -> float:
 
 
 def _electron_only(cfg: Config) -> Config:
-    no_others = dict.fromkeys(("frac_pion", "frac_kaon", "frac_muon", "frac_halo", "frac_upstream"), 0.0)
+    no_others = dict.fromkeys(("frac_pion", "frac_kaon", "frac_muon", "frac_halo"), 0.0)
     return cfg.with_overrides({"beam": {**no_others, "dimuon_bias": 1.0}, "aprime": {"enabled": False}})
 
 
