@@ -43,7 +43,7 @@ from sim_frontend.response import apply_response
 
 from . import events as ev
 from . import selection as sel
-from .signal import trigger_mask_from_reco, trigger_menu
+from .signal import physics_only_menu, trigger_mask_from_reco
 
 Progress = Callable[[int, int], None]
 Estimator = Callable[[Config, Calibration, float, float, int, int, Progress], dict[str, Any]]
@@ -85,12 +85,7 @@ def simulate_tables(
     rate = float(intensity) / float(cfg.spill.length_s)
     base = cfg.with_overrides({"aprime": {"enabled": False}})
     digi = Digitizer(base, calib, hidden_seed=None)
-    menu = trigger_menu(base, calib)
-    menu = menu.replace(
-        physics=dataclasses.replace(menu.physics, prescale=1),
-        beam=dataclasses.replace(menu.beam, enabled=False),
-        random=dataclasses.replace(menu.random, enabled=False),
-    )
+    menu = physics_only_menu(base, calib)
     spec = Spectrometer.from_config(base)
     hv = np.asarray(calib.hv_set, dtype=np.float64)
     tables: list[ev.Table] = []

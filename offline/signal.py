@@ -135,6 +135,17 @@ def trigger_menu(cfg: Config, calib: Calibration):
     return TriggerMenu.from_config(cfg, calib)
 
 
+def physics_only_menu(cfg: Config, calib: Calibration):
+    """The configured menu with the physics trigger alone deciding: no prescale bookkeeping across chunks,
+    no beam or random triggers."""
+    menu = trigger_menu(cfg, calib)
+    return menu.replace(
+        physics=dataclasses.replace(menu.physics, prescale=1),
+        beam=dataclasses.replace(menu.beam, enabled=False),
+        random=dataclasses.replace(menu.random, enabled=False),
+    )
+
+
 def amplitude_trigger(menu, amplitudes: np.ndarray, onsets_ns: np.ndarray, arrival_ns: np.ndarray):
     """The trigger's amplitude entry (:func:`trigger.kernels.trigger_amplitudes`, the numba code online uses)."""
     from trigger.kernels import trigger_amplitudes
@@ -180,13 +191,7 @@ def simulate_events(
     spill, pick = _make_spill(cfg, mass_mev, n_events, seed, pileup)
     dep = apply_response(spill, cfg)
     digi = Digitizer(cfg, calib, hidden_seed=None)
-    menu = trigger_menu(cfg, calib)
-    # the physics trigger alone decides here: no prescale bookkeeping across chunks, no random ticks
-    menu = menu.replace(
-        physics=dataclasses.replace(menu.physics, prescale=1),
-        beam=dataclasses.replace(menu.beam, enabled=False),
-        random=dataclasses.replace(menu.random, enabled=False),
-    )
+    menu = physics_only_menu(cfg, calib)
     hv = np.asarray(calib.hv_set, dtype=np.float64)
     tables = []
     for s in range(0, pick.size, chunk):

@@ -190,6 +190,20 @@ def table_draw(q: np.ndarray, u: float) -> float:
     return q[i] + (q[i + 1] - q[i]) * f
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def poisson_inverse(u: float, lam: float, p_zero: float, k_max: int) -> int:
+    """Poisson(``lam``) count of the uniform ``u`` by inversion of the CDF (``p_zero`` = exp(-lam), passed so
+    that callers can precompute it); at most ``k_max``."""
+    pk = p_zero
+    c = pk
+    k = 0
+    while u > c and k < k_max:
+        k += 1
+        pk *= lam / k
+        c += pk
+    return k
+
+
 @nb.njit(cache=True, nogil=True)
 def draw_normal(state: np.uint64):
     state, u = rng_next(state)

@@ -51,7 +51,18 @@ from detector.records import TRUTH_BEAMLINE
 from detector.settings import Config
 from detector.tracking import C_GEV_PER_TM, Spectrometer
 from sim_frontend import geometry as g
-from sim_frontend.beam import E_MINUS, HALO, KAON, MUON, PION, BeamSpill, normal_ppf, rng_next, rng_state
+from sim_frontend.beam import (
+    E_MINUS,
+    HALO,
+    KAON,
+    MUON,
+    PION,
+    BeamSpill,
+    normal_ppf,
+    poisson_inverse,
+    rng_next,
+    rng_state,
+)
 
 ELECTRON_MASS_GEV = 0.51099895e-3
 MUON_MASS_GEV = 0.1056583755
@@ -144,13 +155,7 @@ def _sr_sample(n_mean, ec_per_gev2, e_nodes, lxq, thr, acc, n_samples, out):
         for s in range(n_samples):
             st = rng_state(np.uint64(0x5EC7), np.uint64(j * n_samples + s), np.uint64(STREAM))
             st, u = rng_next(st)
-            pk = math.exp(-n_mean)
-            c = pk
-            n = 0
-            while u > c and n < 1000:
-                n += 1
-                pk *= n_mean / n
-                c += pk
+            n = poisson_inverse(u, n_mean, math.exp(-n_mean), 1000)
             tot = 0.0
             for _ in range(n):
                 st, u = rng_next(st)
@@ -358,13 +363,7 @@ def _transport_kernel(
             if bias != 1.0:
                 w *= math.exp((bias - 1.0) * t * rate_hard)
             st, u = rng_next(st)
-            pk = p_none[k]
-            c = pk
-            nb_ = 0
-            while u > c and nb_ < 50:
-                nb_ += 1
-                pk *= lam / nb_
-                c += pk
+            nb_ = poisson_inverse(u, lam, p_none[k], 50)
             eg = 0.0
             for _m in range(nb_):
                 st, u = rng_next(st)

@@ -22,7 +22,7 @@ import numpy as np
 from detector.settings import Config
 from detector.tracking import Spectrometer, StripData
 from sim_frontend import beamline
-from sim_frontend.beam import BeamSpill, moyal_ppf, normal_ppf, rng_next, rng_state
+from sim_frontend.beam import BeamSpill, moyal_ppf, normal_ppf, poisson_inverse, rng_next, rng_state
 
 CLUSTER_MPV = 300.0  #: most probable cluster charge, ADC counts (DEFAULT)
 CLUSTER_WIDTH = 0.25  #: Moyal width of the cluster charge, relative
@@ -69,14 +69,7 @@ def _strips_kernel(
                     st, u = rng_next(st)
                     um = u_true + sigma * normal_ppf(u)
                     st, u = rng_next(st)
-                    lam = cs - 1.0
-                    pk = math.exp(-lam)
-                    c = pk
-                    ns = 1
-                    while u > c and ns < 32:
-                        pk *= lam / ns
-                        c += pk
-                        ns += 1
+                    ns = 1 + poisson_inverse(u, cs - 1.0, math.exp(1.0 - cs), 31)
                     st, u = rng_next(st)
                     q = CLUSTER_MPV * (1.0 + CLUSTER_WIDTH * moyal_ppf(u))
                     if q <= 0.0:
@@ -103,13 +96,7 @@ def _strips_kernel(
         st = rng_state(s, np.uint64(pindex[ev_idx[e]]), np.uint64(STREAM_NOISE))
         for pl in range(2 * n_st):
             st, u = rng_next(st)
-            pk = math.exp(-noise)
-            c = pk
-            nn = 0
-            while u > c and nn < 1000:
-                nn += 1
-                pk *= noise / nn
-                c += pk
+            nn = poisson_inverse(u, noise, math.exp(-noise), 1000)
             for _ in range(nn):
                 st, u = rng_next(st)
                 j = int(u * n_strips)
