@@ -6,13 +6,14 @@ relative to the nominal trajectory of a ``beam.energy_gev`` electron. The genera
 (``truth x_mm, y_mm``) is the particle's position at z = 0; :func:`transport` replaces it by the centre of
 what reaches the ECAL face. Halo muons pass outside the magnets and chambers and are not transported.
 
-Per particle, along the ordered steps of the line (thin layers at their z, the gas between them as slabs at
-the gap centres, thin-lens dipoles):
+Per particle, along the line (thin layers at their z, the gas between them as slabs at the gap centres,
+thin-lens dipoles), grouped into segments that end at an action (a station, a dipole, the ECAL face):
 
-- multiple scattering, Highland (PDG 34.15): theta0 = 13.6 MeV / p sqrt(t) (1 + 0.038 ln t), Gaussian per
-  plane, for every charged particle;
+- multiple scattering, Highland (PDG 34.15) for the summed thickness t of the segment: theta0 = 13.6 MeV / p
+  sqrt(t) (1 + 0.038 ln t), Gaussian per plane, once at the segment's X0-weighted centre, for every charged
+  particle;
 - bremsstrahlung of electrons (complete screening, PDG 34.29: dN/dy = (4/3 - 4/3 y + y^2) / y per X0 for
-  photon energy fraction y > ``brem_y_min``): a Poisson number per step, y from the spectrum; the electron
+  photon energy fraction y > ``brem_y_min``): a Poisson number per segment, y from the spectrum; the electron
   goes on with (1 - y) of its energy, the photon straight on (not bent by the dipoles); hadrons and muons
   radiate (m_e/m)^2 less and are not given any;
 - dipoles: kick K_i / p towards -x (K_i = 0.2998 B L GeV); relative to the nominal frame a photon gets
@@ -280,14 +281,14 @@ def _sr_draw(lnodes, q, e, u):
 @nb.njit(cache=True, nogil=True)
 def _transport_kernel(
     seed, idx, pindex, ptype, e_beam, x_mm, y_mm,
-    kind, z_m, t_x0, kick, station, ecal_z, p0, div_mrad,
-    yq_soft, yq_hard, rate_soft, rate_hard, bias, ms_factor, p_none, f_hard,
+    seg_t, seg_zc, seg_ms, seg_lam, seg_pnone, seg_wfac,
+    seg_end_z, seg_end_kind, seg_end_kick, seg_end_magnet, seg_end_station, ecal_z, p0, div_mrad,
+    yq_soft, yq_hard, bias, f_hard,
     sr_lnodes, sr_q, sr_mean_other,
     ecal_lo_x, ecal_hi_x, ecal_lo_y, ecal_hi_y, hcal_half,
     e_front, e_side, x_out, y_out, e_sr, w_out, fl_out, e_el, st_pos,
 ):  # fmt: skip
     s = np.uint64(seed)
-    n_steps = kind.shape[0]
     record = st_pos.shape[0] > 0
     gx = np.zeros(MAX_PHOTONS)
     gy = np.zeros(MAX_PHOTONS)
@@ -325,71 +326,74 @@ def _transport_kernel(
         w = 1.0
         sr = 0.0
         is_e = pt == E_MINUS
-        for k in range(n_steps):
-            dz = z_m[k] - z
+        for g_ in range(seg_t.shape[0]):
+            if seg_t[g_] > 0.0:
+                # the segment's material: one scattering at its X0-weighted centre (Highland for the summed
+                # thickness) and its bremsstrahlung
+                dz = seg_zc[g_] - z
+                x += tx * dz
+                y += ty * dz
+                for j in range(ng):
+                    gx[j] += gtx[j] * dz
+                    gy[j] += gty[j] * dz
+                z = seg_zc[g_]
+                th0 = HIGHLAND_GEV / p * seg_ms[g_]  # mrad
+                st, zz = _normal(st)
+                tx += th0 * zz
+                st, zz = _normal(st)
+                ty += th0 * zz
+                if is_e:
+                    w *= seg_wfac[g_]
+                    st, u = rng_next(st)
+                    nb_ = poisson_inverse(u, seg_lam[g_], seg_pnone[g_], 50)
+                    for _m in range(nb_):
+                        st, u = rng_next(st)
+                        if u < f_hard:
+                            yq = yq_hard
+                            w /= bias
+                        else:
+                            yq = yq_soft
+                        st, u = rng_next(st)
+                        pos = u * (yq.shape[0] - 1)
+                        jj = int(pos)
+                        yy = yq[jj] + (yq[jj + 1] - yq[jj]) * (pos - jj)
+                        eg = yy * p
+                        p -= eg
+                        # the photon goes on along the electron's line (the emission angle ~ m/E is
+                        # negligible), so where in the segment it was emitted does not matter
+                        j = ng if ng < MAX_PHOTONS else MAX_PHOTONS - 1
+                        if ng < MAX_PHOTONS:
+                            gx[j] = x
+                            gy[j] = y
+                            gtx[j] = tx
+                            gty[j] = ty
+                            ge[j] = eg
+                            ng += 1
+                        else:
+                            ge[j] += eg
+            # the segment's end: a station, a dipole or the ECAL face
+            dz = seg_end_z[g_] - z
             x += tx * dz
             y += ty * dz
             for j in range(ng):
                 gx[j] += gtx[j] * dz
                 gy[j] += gty[j] * dz
-            z = z_m[k]
-            kd = kind[k]
+            z = seg_end_z[g_]
+            kd = seg_end_kind[g_]
             if kd == STEP_MAGNET:
-                tx -= kick[k] * (1.0 / p - 1.0 / p0) * 1e3
+                kk = seg_end_kick[g_]
+                tx -= kk * (1.0 / p - 1.0 / p0) * 1e3
                 for j in range(ng):
-                    gtx[j] += kick[k] / p0 * 1e3
+                    gtx[j] += kk / p0 * 1e3
                 st, u = rng_next(st)
+                m_ = seg_end_magnet[g_]
                 if is_e:
-                    sr += _sr_draw(sr_lnodes, sr_q[k], p, u)
+                    sr += _sr_draw(sr_lnodes, sr_q[m_], p, u)
                 else:
-                    sr += sr_mean_other[k, pt]  # the mean at p0: (m_e/m)^4 of an electron's, below threshold
-                continue
-            if record and station[k] >= 0:
-                st_pos[n, station[k], 0] = x
-                st_pos[n, station[k], 1] = y
-            t = t_x0[k]
-            if t <= 0.0:
-                continue
-            th0 = HIGHLAND_GEV / p * ms_factor[k]  # mrad
-            st, zz = _normal(st)
-            tx += th0 * zz
-            st, zz = _normal(st)
-            ty += th0 * zz
-            if not is_e:
-                continue
-            # brems in this step: Poisson(lam_s + lam_h) by inversion (one uniform when there is none), each
-            # one hard with probability lam_h / (lam_s + lam_h)
-            lam = t * (rate_soft + rate_hard * bias)
-            if bias != 1.0:
-                w *= math.exp((bias - 1.0) * t * rate_hard)
-            st, u = rng_next(st)
-            nb_ = poisson_inverse(u, lam, p_none[k], 50)
-            eg = 0.0
-            for _m in range(nb_):
-                st, u = rng_next(st)
-                if u < f_hard[k]:
-                    yq = yq_hard
-                    if bias != 1.0:
-                        w /= bias
-                else:
-                    yq = yq_soft
-                st, u = rng_next(st)
-                pos = u * (yq.shape[0] - 1)
-                jj = int(pos)
-                yy = yq[jj] + (yq[jj + 1] - yq[jj]) * (pos - jj)
-                eg += yy * p
-                p -= yy * p
-            if eg > 0.0:
-                j = ng if ng < MAX_PHOTONS else MAX_PHOTONS - 1
-                if ng < MAX_PHOTONS:
-                    gx[j] = x
-                    gy[j] = y
-                    gtx[j] = tx
-                    gty[j] = ty
-                    ge[j] = eg
-                    ng += 1
-                else:
-                    ge[j] += eg
+                    sr += sr_mean_other[m_, pt]  # the mean at p0: (m_e/m)^4 of an electron's, below threshold
+            elif kd == STEP_LAYER and record:
+                st_pos[n, seg_end_station[g_], 0] = x
+                st_pos[n, seg_end_station[g_], 1] = y
         dz = ecal_z - z
         x += tx * dz
         y += ty * dz
@@ -463,37 +467,72 @@ class Bias:
     y_min: float = 0.3
 
 
+STEP_ECAL = 3  #: the end of the last segment
+
+
+def _segments(line: Line) -> dict[str, np.ndarray]:
+    """The steps grouped into segments that end at an action (a station, a dipole, the ECAL face): the
+    material of a segment scatters once at its X0-weighted centre with the Highland angle of its summed
+    thickness (PDG 34.15 applies to the whole thickness), and radiates."""
+    t_acc, tz_acc = 0.0, 0.0
+    rows: list[tuple[float, float, float, int, float, int, int]] = []
+    magnet = 0
+    for kind, z, t, kick, st in zip(line.kind, line.z_m, line.t_x0, line.kick_gev, line.station, strict=True):
+        if kind == STEP_MAGNET or (kind == STEP_LAYER and st >= 0):
+            zc = tz_acc / t_acc if t_acc > 0 else z
+            rows.append((t_acc, zc, float(z), int(kind), float(kick), magnet, int(st)))
+            t_acc, tz_acc = 0.0, 0.0
+            magnet += int(kind == STEP_MAGNET)
+        t_acc += float(t)
+        tz_acc += float(t) * float(z)
+    zc = tz_acc / t_acc if t_acc > 0 else line.ecal_z_m
+    rows.append((t_acc, zc, line.ecal_z_m, STEP_ECAL, 0.0, 0, -1))
+    cols = list(zip(*rows, strict=True))
+    t = np.array(cols[0], np.float64)
+    return {
+        "t": t,
+        "zc": np.array(cols[1], np.float64),
+        "ms": np.where(t > 0, np.sqrt(np.maximum(t, 1e-30)) * (1 + 0.038 * np.log(np.maximum(t, 1e-30))) * 1e3, 0.0),
+        "end_z": np.array(cols[2], np.float64),
+        "end_kind": np.array(cols[3], np.int64),
+        "end_kick": np.array(cols[4], np.float64),
+        "end_magnet": np.array(cols[5], np.int64),
+        "end_station": np.array(cols[6], np.int64),
+    }
+
+
 def _kernel_args(cfg: Config, line: Line, bias: Bias) -> tuple:
     bl = cfg.beamline
     p0 = float(cfg.beam.energy_gev)
     y_lo = float(bl.brem_y_min)
     y_split = max(min(bias.y_min, 0.999), y_lo * 1.0001)
     thr = bl.srd_photon_min_kev * 1e-6
-    n_k = line.kind.shape[0]
-    sr_q = np.zeros((n_k, 48, 257))
+    mags = np.flatnonzero(line.kind == STEP_MAGNET)
+    sr_q = np.zeros((mags.size, 48, 257))
     ln = np.zeros(48)
-    sr_other = np.zeros((n_k, 8))
+    sr_other = np.zeros((mags.size, 8))
     masses = {PION: PION_MASS_GEV, KAON: KAON_MASS_GEV, MUON: MUON_MASS_GEV}
     x, _, above = sr_spectrum()
-    t = line.t_x0
-    ms = np.where(t > 0, np.sqrt(np.maximum(t, 1e-30)) * (1.0 + 0.038 * np.log(np.maximum(t, 1e-30))) * 1e3, 0.0)
-    r_soft, r_hard = brem_rate_per_x0(y_lo, y_split), brem_rate_per_x0(y_split, 1.0)
-    lam = t * (r_soft + r_hard * bias.factor)
-    f_h = r_hard * bias.factor / (r_soft + r_hard * bias.factor)
-    for k in np.flatnonzero(line.kind == STEP_MAGNET):
+    for m_, k in enumerate(mags):
         ln, q = sr_table(float(line.kick_gev[k]), float(line.field_t[k]), thr, float(bl.srd_acceptance), 4.0 * p0)
-        sr_q[k] = q
+        sr_q[m_] = q
         for code in (PION, KAON, MUON):
             m = masses[code]
             ec = critical_energy_gev(p0, float(line.field_t[k]), m)
             frac = float(np.interp(math.log(thr / ec), np.log(x), above, left=1.0, right=0.0)) if thr > 0 else 1.0
-            sr_other[k, code] = (
+            sr_other[m_, code] = (
                 bl.srd_acceptance * sr_photons_per_bend(p0, float(line.kick_gev[k]), m) * SR_MEAN_X * ec * frac
             )
+    sg = _segments(line)
+    r_soft, r_hard = brem_rate_per_x0(y_lo, y_split), brem_rate_per_x0(y_split, 1.0)
+    lam = sg["t"] * (r_soft + r_hard * bias.factor)
+    f_h = r_hard * bias.factor / (r_soft + r_hard * bias.factor)
+    wfac = np.exp((bias.factor - 1.0) * sg["t"] * r_hard)
     return (
-        line.kind, line.z_m, line.t_x0, line.kick_gev, line.station, line.ecal_z_m, p0, float(bl.divergence_mrad),
-        brem_quantiles(y_lo, y_split), brem_quantiles(y_split, 1.0),
-        r_soft, r_hard, float(bias.factor), ms, np.exp(-lam), np.where(lam > 0, f_h, 0.0),
+        sg["t"], sg["zc"], sg["ms"], lam, np.exp(-lam), wfac,
+        sg["end_z"], sg["end_kind"], sg["end_kick"], sg["end_magnet"], sg["end_station"],
+        line.ecal_z_m, p0, float(bl.divergence_mrad),
+        brem_quantiles(y_lo, y_split), brem_quantiles(y_split, 1.0), float(bias.factor), f_h,
         ln, sr_q, sr_other,
         float(g.ECAL_LO_X), float(g.ECAL_HI_X), float(g.ECAL_LO_Y), float(g.ECAL_HI_Y), float(g.HCAL_HALF_MM),
     )  # fmt: skip
