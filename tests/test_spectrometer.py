@@ -5,6 +5,8 @@ reconstruction of detector/tracking.py, the tracker cuts of the selection and th
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import math
 
 import numpy as np
@@ -240,3 +242,37 @@ def test_background_source_registry(cfg):
     finally:
         del bs.SOURCES["test_fake"]
     assert "upstream" in bs.SOURCES
+
+
+def test_background_cli_upstream_source(tmp_path):
+    from offline.cli import main
+
+    out = tmp_path / "bg.json"
+    argv = [
+        "background",
+        "--sources",
+        "--eot",
+        "4.3e10",
+        "--intensity",
+        "5.1e6",
+        "--events",
+        "3000",
+        "--json",
+        str(out),
+    ]
+    assert main(argv) == 0
+
+    r = json.loads(out.read_text())
+    assert set(r) >= {"total", "sources"} and set(r["sources"]) == {"upstream"}
+    up = r["sources"]["upstream"]
+    assert r["total"]["n"] == pytest.approx(up["n"]) and r["total"]["err"] == pytest.approx(up["err"])
+    assert up["n"] >= 0 and up["err"] > 0
+    mc = up["mc"]
+    assert mc["events"] == 3000 and mc["bias"] == bs.UPSTREAM_BIAS
+    assert mc["material"]["total_x0"] == pytest.approx(beamline.line_from_config(load_config(None)).total_x0)
+    flow = mc["cut_flow"]
+    assert list(flow) == ["all", *sel.CUT_NAMES]
+    counts = [flow["all"]] + [flow[k]["events"] for k in sel.CUT_NAMES]
+    assert all(a >= b for a, b in itertools.pairwise(counts)) and counts[1] > 0
+    # without --sources the side-band fit needs its inputs
+    assert main(["background", "--eot", "1e10"]) == 2
