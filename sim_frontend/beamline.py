@@ -549,7 +549,7 @@ def _run(
         x_mm=np.empty(m, np.float32),
         y_mm=np.empty(m, np.float32),
         e_sr=np.empty(m, np.float32),
-        weight=np.empty(m, np.float64),
+        weight=np.empty(m, np.float32),
         flags=np.empty(m, np.uint8),
         e_particle=np.empty(m, np.float32),
     )
@@ -577,7 +577,7 @@ def transport(spill: BeamSpill, cfg: Config, bias: Bias | None = None) -> Transp
     t["y_mm"] = out.y_mm
     t["flags"] |= out.flags
     if b.factor != 1.0:
-        t["weight"] *= out.weight.astype(np.float32)
+        t["weight"] *= out.weight
     spill.beamline = out
     spill.bias = b
     return out
