@@ -252,6 +252,15 @@ def _normal(st):
     return st, normal_ppf(u)
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _drift(dz, x, y, tx, ty, gx, gy, gtx, gty, ng):
+    """Move the particle (returned x, y) and its ``ng`` photons (in place) by ``dz`` m (slopes in mrad)."""
+    for j in range(ng):
+        gx[j] += gtx[j] * dz
+        gy[j] += gty[j] * dz
+    return x + tx * dz, y + ty * dz
+
+
 @nb.njit(cache=True, nogil=True)
 def _sr_draw(lnodes, q, e, u):
     le = math.log(e)
@@ -330,12 +339,7 @@ def _transport_kernel(
             if seg_t[g_] > 0.0:
                 # the segment's material: one scattering at its X0-weighted centre (Highland for the summed
                 # thickness) and its bremsstrahlung
-                dz = seg_zc[g_] - z
-                x += tx * dz
-                y += ty * dz
-                for j in range(ng):
-                    gx[j] += gtx[j] * dz
-                    gy[j] += gty[j] * dz
+                x, y = _drift(seg_zc[g_] - z, x, y, tx, ty, gx, gy, gtx, gty, ng)
                 z = seg_zc[g_]
                 th0 = HIGHLAND_GEV / p * seg_ms[g_]  # mrad
                 st, zz = _normal(st)
@@ -372,12 +376,7 @@ def _transport_kernel(
                         else:
                             ge[j] += eg
             # the segment's end: a station, a dipole or the ECAL face
-            dz = seg_end_z[g_] - z
-            x += tx * dz
-            y += ty * dz
-            for j in range(ng):
-                gx[j] += gtx[j] * dz
-                gy[j] += gty[j] * dz
+            x, y = _drift(seg_end_z[g_] - z, x, y, tx, ty, gx, gy, gtx, gty, ng)
             z = seg_end_z[g_]
             kd = seg_end_kind[g_]
             if kd == STEP_MAGNET:
