@@ -118,6 +118,37 @@ def validate(data: Mapping[str, Any], source: str = "<config>") -> Config:
     return cfg
 
 
+def _check_beamline(source: str, cfg: Config) -> None:
+    bl, tr = cfg.beamline, cfg.tracker
+    n = len(bl.layer_names)
+    if len(bl.layer_z_m) != n or len(bl.layer_x0) != n:
+        raise ConfigError(f"{source}: beamline.layer_names, layer_z_m and layer_x0 must have the same length")
+    if list(bl.layer_z_m) != sorted(bl.layer_z_m) or (n and not bl.layer_z_m[0] >= 0.0):
+        raise ConfigError(f"{source}: beamline.layer_z_m must be >= 0 and increasing")
+    if n and bl.layer_z_m[-1] >= bl.ecal_z_m:
+        raise ConfigError(f"{source}: every beamline layer must be upstream of beamline.ecal_z_m")
+    if any(not 0.0 <= x < 1.0 for x in bl.layer_x0):
+        raise ConfigError(f"{source}: beamline.layer_x0 must be in [0, 1) radiation lengths")
+    m = len(bl.magnet_z_m)
+    if m == 0 or len(bl.magnet_length_m) != m or len(bl.magnet_field_t) != m:
+        raise ConfigError(f"{source}: beamline.magnet_z_m, magnet_length_m, magnet_field_t: same length >= 1")
+    if any(not 0.0 < z < bl.ecal_z_m for z in bl.magnet_z_m) or list(bl.magnet_z_m) != sorted(bl.magnet_z_m):
+        raise ConfigError(f"{source}: beamline.magnet_z_m must be increasing, between 0 and the ECAL")
+    missing = [s for s in tr.stations if s not in bl.layer_names]
+    if missing:
+        raise ConfigError(f"{source}: tracker.stations {missing} are not beamline layers")
+    z = [bl.layer_z_m[bl.layer_names.index(s)] for s in tr.stations]
+    up = [v < bl.magnet_z_m[0] for v in z]
+    down = [v > bl.magnet_z_m[-1] for v in z]
+    if z != sorted(z) or not any(up) or not any(down) or not all(u or d for u, d in zip(up, down, strict=True)):
+        raise ConfigError(
+            f"{source}: tracker.stations must be in beam order, at least one before the first dipole and one after "
+            "the last, none between them"
+        )
+    if cfg.offline.p_min_gev >= cfg.offline.p_max_gev:
+        raise ConfigError(f"{source}: offline.p_min_gev must be below offline.p_max_gev")
+
+
 def _check_consistency(source: str, cfg: Config) -> None:
     hv = cfg.hv
     if hv.min_v > hv.max_v:
@@ -130,9 +161,10 @@ def _check_consistency(source: str, cfg: Config) -> None:
             f"spill.supercycle_s = {cfg.spill.supercycle_s}"
         )
     b = cfg.beam
-    fracs = sum((b.frac_pion, b.frac_kaon, b.frac_muon, b.frac_halo, b.frac_upstream))
+    fracs = sum((b.frac_pion, b.frac_kaon, b.frac_muon, b.frac_halo))
     if fracs >= 1.0:
-        raise ConfigError(f"{source}: beam fractions (pion+kaon+muon+halo+upstream) add up to {fracs:.3f} >= 1")
+        raise ConfigError(f"{source}: beam fractions (pion+kaon+muon+halo) add up to {fracs:.3f} >= 1")
+    _check_beamline(source, cfg)
     host = cfg.endpoints.host
     if not (host.startswith("127.") or host in ("localhost", "::1")) and not cfg.endpoints.zmq_curve:
         raise ConfigError(

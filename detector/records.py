@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 #: particle type codes of the beam simulation (``TRUTH_DTYPE['ptype']``)
-PARTICLE_CODES = {"e-": 0, "pi-": 1, "K-": 2, "mu-": 3, "halo": 4, "upstream_e-": 5}
+PARTICLE_CODES = {"e-": 0, "pi-": 1, "K-": 2, "mu-": 3, "halo": 4}
 PARTICLE_NAMES = {v: k for k, v in PARTICLE_CODES.items()}
 
 #: truth flag bits (``TRUTH_DTYPE['flags']``)
@@ -18,6 +18,7 @@ TRUTH_DIMUON = np.uint8(2)  #: gamma -> mu+ mu- in the shower
 TRUTH_PILEUP = np.uint8(4)  #: another particle arrived within the readout window
 TRUTH_HADRONIC = np.uint8(8)  #: the particle interacted hadronically in the ECAL
 TRUTH_CALIBRATION = np.uint8(16)  #: calibration beam on an HCAL cell (table not at the physics position)
+TRUTH_BEAMLINE = np.uint8(32)  #: the e- radiated more than 5% of its energy in the beam line (bremsstrahlung)
 
 #: simulation truth of one beam particle / event (little-endian, packed)
 TRUTH_DTYPE = np.dtype(

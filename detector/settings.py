@@ -180,7 +180,6 @@ class BeamSection(Section):
     frac_muon: float = key(1e-3, 0.0, 0.5)
     frac_halo: float = key(0.126, 0.0, 0.9, doc="halo particles that fire V0 (docs/physics.md: V0/S1 = 0.126)")
     frac_halo_v1: float = key(0.05, 0.0, 1.0, doc="fraction of the halo that also fires V1")
-    frac_upstream: float = key(1e-3, 0.0, 0.2, doc="electrons that interacted upstream (soft e-)")
     dimuon_bias: float = key(
         200.0, 1.0, 1e6, doc="bias factor of gamma -> mu mu in showers of MC samples (recorded data: never biased)"
     )
@@ -189,6 +188,56 @@ class BeamSection(Section):
         "e-", choices=("e-", "pi-", "mu-"), doc="particle of the calibration beam when the table is on an HCAL cell"
     )
     calibration_particles_per_spill: float = key(2e4, 0, 1e7)
+
+
+@dataclass(frozen=True)
+class BeamlineSection(Section):
+    """``[beamline]``: everything the beam crosses upstream of the ECAL (docs/physics.md 1.10). ``z`` runs
+    along the nominal beam from the exit window of the vacuum pipe (z = 0) to the ECAL face; transverse
+    coordinates are relative to the nominal trajectory of a ``beam.energy_gev`` electron (the ECAL, MM3 and
+    MM4 sit on the deflected axis). Thin layers are listed by name with their position and thickness in
+    radiation lengths; the gaps between them are gas of radiation length ``gap_x0_m``."""
+
+    layer_names: tuple[str, ...] = key(
+        ("W0", "S0", "MM1", "MM2", "MM3", "MM4", "S1", "S2", "S3"),
+        doc="thin layers crossed by the beam (V0 and V1 have a hole for the beam and are not listed)",
+    )
+    layer_z_m: tuple[float, ...] = key(
+        (0.0, 0.5, 1.5, 8.5, 17.5, 27.5, 29.0, 29.7, 30.2), unit="m", doc="layer positions"
+    )
+    layer_x0: tuple[float, ...] = key(
+        (1.8e-3, 4.7e-3, 3.0e-3, 3.0e-3, 3.0e-3, 3.0e-3, 4.7e-3, 4.7e-3, 4.7e-3),
+        doc="layer thicknesses in radiation lengths",
+    )
+    gap_x0_m: float = key(303.9, 1.0, 1e6, unit="m", doc="radiation length of the gas between layers (air)")
+    ecal_z_m: float = key(31.0, 1.0, 200.0, unit="m", doc="ECAL front face")
+    magnet_z_m: tuple[float, ...] = key((10.5, 13.5), unit="m", doc="dipole centres")
+    magnet_length_m: tuple[float, ...] = key((2.0, 2.0), unit="m", doc="dipole field lengths")
+    magnet_field_t: tuple[float, ...] = key((1.75, 1.75), unit="T", doc="dipole fields (bend towards -x)")
+    divergence_mrad: float = key(0.05, 0.0, 10.0, unit="mrad", doc="RMS beam divergence at z = 0, per plane")
+    brem_y_min: float = key(1e-3, 1e-6, 0.1, doc="bremsstrahlung photons below this energy fraction are neglected")
+    srd_acceptance: float = key(0.9, 0.0, 1.0, doc="fraction of the SR fan that reaches the SRD")
+    srd_photon_min_kev: float = key(
+        50.0, 0.0, 1e4, unit="keV", doc="SR photons below this are absorbed before the SRD (windows, air)"
+    )
+
+
+@dataclass(frozen=True)
+class TrackerSection(Section):
+    """``[tracker]``: the Micromegas stations (an X and a Y strip plane each; docs/physics.md 1.10). Their
+    positions and material are the beam-line layers of the same names; the stations before the first dipole
+    measure the incoming track, those after the last one the deflected track."""
+
+    stations: tuple[str, ...] = key(("MM1", "MM2", "MM3", "MM4"), doc="beamline layers that are MM stations")
+    pitch_mm: float = key(0.25, 0.01, 10.0, unit="mm", doc="strip pitch")
+    half_size_mm: float = key(40.0, 1.0, 500.0, unit="mm", doc="half side of the active area")
+    resolution_mm: float = key(0.07, 0.001, 10.0, unit="mm", doc="single-plane spatial resolution")
+    efficiency: float = key(0.97, 0.0, 1.0, doc="per-plane hit efficiency")
+    noise_strips: float = key(1.0, 0.0, 100.0, doc="mean noise strips above threshold per plane and event")
+    cluster_size: float = key(3.0, 1.0, 20.0, doc="mean strips per particle cluster")
+    time_window_ns: float = key(100.0, 1.0, 1000.0, unit="ns", doc="readout window: tracks within +/- it pile up")
+    chi2_max: float = key(30.0, 0.1, 1e6, doc="track candidates with a larger chi2 are dropped")
+    min_hits_x: int = key(4, 3, 16, doc="X-plane hits of a track (3 leaves no degree of freedom for the momentum)")
 
 
 @dataclass(frozen=True)
@@ -405,6 +454,10 @@ class OfflineSection(Section):
     v2_max_mip: float = key(0.5, 0.0, 100.0)
     shape_chi2_ndf_max: float = key(4.0, 0.1, 1000.0, doc="ECAL lateral profile vs e-m expectation, chi2/ndf")
     centre_max_mm: float = key(20.0, 1.0, 200.0, unit="mm", doc="shower centre distance from the beam axis")
+    p_min_gev: float = key(95.0, 0.0, 400.0, unit="GeV", doc="momentum window of the incoming track, low edge")
+    p_max_gev: float = key(105.0, 0.0, 1000.0, unit="GeV", doc="momentum window, high edge")
+    angle_max_mrad: float = key(5.0, 0.0, 100.0, unit="mrad", doc="incoming track angle")
+    max_tracks: int = key(1, 1, 100, doc="track multiplicity: at most this many tracks")
     dask_workers: int = key(2, 1, 64)
 
 
@@ -414,6 +467,8 @@ SECTIONS: dict[str, type[Section]] = {
     "endpoints": EndpointsSection,
     "spill": SpillSection,
     "beam": BeamSection,
+    "beamline": BeamlineSection,
+    "tracker": TrackerSection,
     "aprime": AprimeSection,
     "emulator": EmulatorSection,
     "trigger": TriggerSection,
@@ -446,6 +501,8 @@ class Config:
     endpoints: EndpointsSection
     spill: SpillSection
     beam: BeamSection
+    beamline: BeamlineSection
+    tracker: TrackerSection
     aprime: AprimeSection
     emulator: EmulatorSection
     trigger: TriggerSection

@@ -85,7 +85,7 @@ def p_sr_accidental(cfg: Config, intensity: float, tail_fraction: float = BEAM_T
 def electron_fraction(cfg: Config) -> float:
     """Beam electrons per beam particle (the EOT): 1 - every other fraction of ``[beam]``."""
     b = cfg.beam
-    return 1.0 - (b.frac_pion + b.frac_kaon + b.frac_muon + b.frac_halo + b.frac_upstream)
+    return 1.0 - (b.frac_pion + b.frac_kaon + b.frac_muon + b.frac_halo)
 
 
 def run_sample(

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from rich.console import Console
@@ -313,23 +313,58 @@ def _run_limits(args: argparse.Namespace) -> int:
 def _background_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "background",
-        help="side-band exponential fit extrapolated into the signal box",
-        description="Fit exp(p0 + p1 E) to the side-band energies (binned extended likelihood) and integrate it "
-        "over the signal-box range; systematic from alternative shapes and fit ranges.",
+        help="background in the signal box: side-band fit, or per source from biased simulation (--sources)",
+        description="Without --sources: fit exp(p0 + p1 E) to the side-band energies (binned extended likelihood) "
+        "and integrate it over the signal-box range; systematic from alternative shapes and fit ranges. With "
+        "--sources: predict each background source (offline/background_sources.py registry) for --eot EOT at "
+        "--intensity e-/spill by biased simulation through the same simulation, reconstruction, trigger and "
+        "selection; JSON {total: {n, err}, sources: {name: {n, err, mc}}}.",
     )
-    parser.add_argument(
-        "--sideband", type=Path, required=True, metavar="FILE.npy", help="1D numpy array of side-band energies in GeV"
-    )
-    parser.add_argument("--fit-range", type=float_pair, required=True, metavar="LO,HI", help="fit range in GeV")
-    parser.add_argument("--box", type=float_pair, required=True, metavar="LO,HI", help="signal-box range in GeV")
+    parser.add_argument("--sideband", type=Path, metavar="FILE.npy", help="1D numpy array of side-band energies in GeV")
+    parser.add_argument("--fit-range", type=float_pair, metavar="LO,HI", help="fit range in GeV")
+    parser.add_argument("--box", type=float_pair, metavar="LO,HI", help="signal-box range in GeV")
     parser.add_argument("--bins", type=int, default=40, help="histogram bins in the fit range (default 40)")
+    parser.add_argument("--sources", action="store_true", help="predict per source from biased simulation")
+    parser.add_argument("--source", action="append", default=None, metavar="NAME", help="only this source (repeatable)")
+    parser.add_argument("--eot", type=float, default=4.3e10, help="electrons on target to predict for (default 4.3e10)")
+    parser.add_argument("--intensity", type=float, default=5.1e6, help="e-/spill (default 5.1e6)")
+    parser.add_argument("--events", type=int, default=20000, help="simulated beam electrons per source (default 2e4)")
+    parser.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
+    parser.add_argument("--config", type=Path, default=None, help="configuration file (default: the built-in defaults)")
     _add_json(parser)
     return parser
+
+
+def _run_background_sources(args: argparse.Namespace) -> int:
+    from detector.config import load_config
+    from offline import background_sources as bs
+
+    cfg = load_config(args.config)
+    with _progress() as progress:
+        tasks: dict[str, Any] = {}
+
+        def report(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(f"background source {name}", total=total)
+            progress.update(tasks[name], completed=done)
+
+        result = bs.predict(cfg, args.eot, args.intensity, args.events, args.source, seed=args.seed, progress=report)
+    rows = [(name, r["n"], r["err"], r["mc"]["events"], r["mc"]["box_events"]) for name, r in result["sources"].items()]
+    rows.append(("total", result["total"]["n"], result["total"]["err"], "", ""))
+    columns = ["source", "n", "err", "MC events", "MC box events"]
+    _emit(
+        result, args.json, _table(f"background for {args.eot:.3g} EOT at {args.intensity:.3g} e-/spill", columns, rows)
+    )
+    return 0
 
 
 def _run_background(args: argparse.Namespace) -> int:
     from offline import background
 
+    if args.sources:
+        return _run_background_sources(args)
+    if args.sideband is None or args.fit_range is None or args.box is None:
+        raise ValueError("the side-band fit needs --sideband, --fit-range and --box (or use --sources)")
     try:
         energies = np.load(args.sideband, allow_pickle=False)
     except (OSError, ValueError) as exc:

@@ -39,7 +39,7 @@ import hist
 import numpy as np
 
 from detector.config import Calibration, Config, load_calibration, load_config, validate
-from detector.records import INCOMPLETE_SPILL_FLAGS, PARTICLE_NAMES, TRUTH_APRIME, TRUTH_DIMUON
+from detector.records import INCOMPLETE_SPILL_FLAGS, PARTICLE_NAMES, TRUTH_APRIME, TRUTH_BEAMLINE, TRUTH_DIMUON
 from detector.runrecord import read_run_record
 from detector.spillfile import SpillFileError, json_default, list_spills, read_spill
 
@@ -105,6 +105,7 @@ def truth_counts(t: ev.Table, s: sel.Selection) -> dict[str, float]:
         "dimuon_recorded": int(((t["truth_flags"] & TRUTH_DIMUON) != 0).sum()),
         # the physical count: equal to dimuon_recorded in recorded data (never biased), not in an MC sample
         "dimuon_recorded_weighted": float(t["truth_weight"][(t["truth_flags"] & TRUTH_DIMUON) != 0].sum()),
+        "box_beamline": int((((t["truth_flags"] & TRUTH_BEAMLINE) != 0) & box).sum()),
     }
     for code, name in PARTICLE_NAMES.items():
         out[f"box_ptype_{name}"] = int(((t["truth_ptype"] == code) & box).sum())

@@ -6,13 +6,16 @@ Cuts, in order (each applies on top of the previous ones):
 ==============  ==========================================================================================
 ``trigger``     physics-trigger bit set in the event's trigger mask (TRIGGER_BITS["physics"])
 ``srd``         electron tag: every SRD section above ``offline.srd_min_gev`` and in time
-                (|t - t0| < ``trigger.window_ns``)
-``shower``      incoming-particle / shower-shape cut. We have NO Micromegas tracker, so the paper's
-                incoming-track cuts (momentum 100 +/- few GeV, angle < 5 mrad) are replaced by the ECAL shower
-                itself: the lateral profile must be that of an e-m shower (chi2/ndf of the 6x6 map against the
-                e-m expectation < ``shape_chi2_ndf_max``) and its centre must lie near the beam axis
-                (|x|, |y| < ``centre_max_mm``, about 4 sigma of the beam spot). Wide hadronic showers and
-                off-axis soft electrons fail it.
+                (|t - t0| < ``trigger.window_ns``): the SRD timing cut
+``momentum``    incoming momentum from the spectrometer (:mod:`detector.tracking`) in
+                [``offline.p_min_gev``, ``offline.p_max_gev``]
+``angle``       incoming track angle < ``offline.angle_max_mrad``
+``tracks``      single track: 1 .. ``offline.max_tracks`` fitted tracks and at most as many incoming
+                particles in the chambers before the magnets
+``shower``      shower-shape cut: the lateral profile must be that of an e-m shower (chi2/ndf of the 6x6
+                map against the e-m expectation < ``shape_chi2_ndf_max``) and its centre must lie near the
+                beam axis (|x|, |y| < ``centre_max_mm``, about 4 sigma of the beam spot). Wide hadronic
+                showers and off-axis electrons fail it.
 ``ps``          preshower energy E_PS > the physics-trigger threshold ``trigger.menu.physics.ps_min_gev``
 ``v2``          V2 veto: E_V2 < ``offline.v2_max_mip`` MIP
 ``hcal``        HCAL veto: E_HCAL < ``offline.hcal_box_max_gev``
@@ -20,6 +23,11 @@ Cuts, in order (each applies on top of the previous ones):
                 within +/- ``offline.pileup_window_ns`` of the nominal t0 (PAPER)
 ``box``         signal box E_ECAL < ``offline.ecal_box_max_gev``
 ==============  ==========================================================================================
+
+The three tracker cuts need the track columns (:data:`TRACK_COLUMNS`, filled by :func:`track_columns` from
+the Micromegas strip data). A table without them (a spill file recorded without the Micromegas block) cannot
+be cut on the track: there the three cuts pass every event and :attr:`Selection.tracker_applied` is False, so
+a cut flow says which case it is.
 
 Preselection = every cut but the vetoes (``v2``, ``hcal``) and the ``box``. Side bands (docs/physics.md 6.6):
 
@@ -46,8 +54,14 @@ from detector.settings import Config
 
 from .events import Table, n_rows
 
-CUT_NAMES: tuple[str, ...] = ("trigger", "srd", "shower", "ps", "v2", "hcal", "pileup", "box")
-PRESELECTION: tuple[str, ...] = ("trigger", "srd", "shower", "ps", "pileup")
+CUT_NAMES: tuple[str, ...] = (
+    "trigger", "srd", "momentum", "angle", "tracks", "shower", "ps", "v2", "hcal", "pileup", "box"
+)  # fmt: skip
+PRESELECTION: tuple[str, ...] = ("trigger", "srd", "momentum", "angle", "tracks", "shower", "ps", "pileup")
+#: event-table columns of the reconstructed incoming track (NaN / 0 without a track)
+TRACK_COLUMNS: tuple[str, ...] = (
+    "trk_p_gev", "trk_angle_mrad", "trk_n_tracks", "trk_n_incoming", "trk_chi2", "trk_ndf", "trk_n_hits"
+)  # fmt: skip
 SIDEBANDS: tuple[str, ...] = ("A", "C")
 ECAL_HCAL_RANGE_GEV = (0.0, 150.0)
 ECAL_HCAL_BINS = 150
@@ -69,6 +83,10 @@ class Cuts:
     v2_max_mip: float = 0.5
     hcal_max_gev: float = 1.0
     ecal_max_gev: float = 50.0
+    p_min_gev: float = 95.0
+    p_max_gev: float = 105.0
+    angle_max_mrad: float = 5.0
+    max_tracks: float = 1
 
     @classmethod
     def from_config(cls, cfg: Config, **overrides: float) -> Cuts:
@@ -82,6 +100,10 @@ class Cuts:
             shape_chi2_ndf_max=float(off.shape_chi2_ndf_max),
             centre_max_mm=float(off.centre_max_mm),
             ecal_max_gev=float(off.ecal_box_max_gev),
+            p_min_gev=float(off.p_min_gev),
+            p_max_gev=float(off.p_max_gev),
+            angle_max_mrad=float(off.angle_max_mrad),
+            max_tracks=float(off.max_tracks),
         )
         values.update(overrides)
         return cls(**values)
@@ -99,6 +121,16 @@ def cut_masks(t: Table, cuts: Cuts) -> OrderedDict[str, np.ndarray]:
     m = OrderedDict()
     m["trigger"] = (t["trigger_mask"] & TRIGGER_BITS["physics"]) != 0
     m["srd"] = srd_ok
+    if has_tracks(t):
+        p = t["trk_p_gev"]
+        m["momentum"] = (p >= cuts.p_min_gev) & (p <= cuts.p_max_gev)  # NaN (no track) fails
+        m["angle"] = t["trk_angle_mrad"] < cuts.angle_max_mrad
+        m["tracks"] = (
+            (t["trk_n_tracks"] >= 1) & (t["trk_n_tracks"] <= cuts.max_tracks) & (t["trk_n_incoming"] <= cuts.max_tracks)
+        )
+    else:
+        for name in ("momentum", "angle", "tracks"):
+            m[name] = np.ones(n_rows(t), dtype=bool)
     m["shower"] = (
         (chi2_ndf < cuts.shape_chi2_ndf_max)
         & (np.abs(t["ecal_x_mm"]) < cuts.centre_max_mm)
@@ -110,6 +142,24 @@ def cut_masks(t: Table, cuts: Cuts) -> OrderedDict[str, np.ndarray]:
     m["pileup"] = t["n_cells_pileup"] == 0
     m["box"] = t["e_ecal"] < cuts.ecal_max_gev
     return m
+
+
+def has_tracks(t: Table) -> bool:
+    """Whether the table carries the track columns (see the module docstring)."""
+    return all(c in t for c in TRACK_COLUMNS)
+
+
+def track_columns(tracks: np.ndarray) -> dict[str, np.ndarray]:
+    """Event-table columns :data:`TRACK_COLUMNS` from :data:`detector.tracking.TRACK_DTYPE` records."""
+    return {
+        "trk_p_gev": tracks["p_gev"].astype(np.float64),
+        "trk_angle_mrad": tracks["angle_mrad"].astype(np.float64),
+        "trk_n_tracks": tracks["n_tracks"].astype(np.int64),
+        "trk_n_incoming": tracks["n_incoming"].astype(np.int64),
+        "trk_chi2": tracks["chi2"].astype(np.float64),
+        "trk_ndf": tracks["ndf"].astype(np.int64),
+        "trk_n_hits": tracks["n_hits"].astype(np.int64),
+    }
 
 
 def cumulative(masks: OrderedDict[str, np.ndarray], names: tuple[str, ...] = CUT_NAMES) -> OrderedDict[str, np.ndarray]:
@@ -131,6 +181,7 @@ class Selection:
     passed: OrderedDict[str, np.ndarray]  #: cumulative
     preselected: np.ndarray
     sidebands: dict[str, np.ndarray]
+    tracker_applied: bool = True  #: False: the table had no track columns, the tracker cuts passed all
 
     @property
     def n_events(self) -> int:
@@ -155,7 +206,7 @@ def select(t: Table, cuts: Cuts) -> Selection:
     low_ecal = masks["box"]
     low_hcal = masks["hcal"]
     sidebands = {"A": pre & low_ecal & ~low_hcal, "C": pre & masks["v2"] & low_hcal & ~low_ecal}
-    return Selection(cuts, masks, passed, pre, sidebands)
+    return Selection(cuts, masks, passed, pre, sidebands, has_tracks(t))
 
 
 # ------------------------------------------------------------------------------------ histograms

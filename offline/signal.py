@@ -94,7 +94,7 @@ def emiss_min_gev(cfg: Config) -> float:
 
 
 def _electron_only(cfg: Config) -> Config:
-    no_others = dict.fromkeys(("frac_pion", "frac_kaon", "frac_muon", "frac_halo", "frac_upstream"), 0.0)
+    no_others = dict.fromkeys(("frac_pion", "frac_kaon", "frac_muon", "frac_halo"), 0.0)
     return cfg.with_overrides({"beam": no_others, "aprime": {"enabled": False}})
 
 
@@ -143,6 +143,17 @@ def trigger_menu(cfg: Config, calib: Calibration):
     from trigger.menu import TriggerMenu
 
     return TriggerMenu.from_config(cfg, calib)
+
+
+def physics_only_menu(cfg: Config, calib: Calibration):
+    """The configured menu with the physics trigger alone deciding: no prescale bookkeeping across chunks,
+    no beam or random triggers."""
+    menu = trigger_menu(cfg, calib)
+    return menu.replace(
+        physics=dataclasses.replace(menu.physics, prescale=1),
+        beam=dataclasses.replace(menu.beam, enabled=False),
+        random=dataclasses.replace(menu.random, enabled=False),
+    )
 
 
 def amplitude_trigger(menu, amplitudes: np.ndarray, onsets_ns: np.ndarray, arrival_ns: np.ndarray):
@@ -201,13 +212,7 @@ def mc_event_table(
     from sim_frontend.digitizer import Digitizer
 
     digi = Digitizer(cfg, calib, hidden_seed=None)
-    menu = trigger_menu(cfg, calib)
-    # the physics trigger alone decides here: no prescale bookkeeping across chunks, no random ticks
-    menu = menu.replace(
-        physics=dataclasses.replace(menu.physics, prescale=1),
-        beam=dataclasses.replace(menu.beam, enabled=False),
-        random=dataclasses.replace(menu.random, enabled=False),
-    )
+    menu = physics_only_menu(cfg, calib)
     hv = np.asarray(calib.hv_set, dtype=np.float64)
     tables = []
     for s in range(0, pick.size, chunk):

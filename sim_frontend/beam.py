@@ -7,10 +7,11 @@ Per spill (``generate_spill``):
   the flat top ``spill.length_s``: uniform order statistics, made as the normalised cumulative sum of
   ``N + 1`` exponential gaps (so the spacing is exponential and the times are sorted by construction);
 - composition: pi- (``frac_pion``), K- (``frac_kaon``), mu- (``frac_muon``), halo (``frac_halo``: muons
-  at 40-300 mm from the axis that fire S0, S1, V0 and, with ``frac_halo_v1``, V1, never S2..S4),
-  upstream-interacted soft electrons (``frac_upstream``, 10-70 GeV uniform), the rest e- of
-  ``beam.energy_gev`` with a Gaussian relative spread ``energy_spread``; beam spot Gaussian of
-  ``sigma_mm`` around (``x_mm``, ``y_mm``) at the ECAL face;
+  at 40-300 mm from the axis that fire S0, S1, V0 and, with ``frac_halo_v1``, V1, never S2..S4), the rest
+  e- of ``beam.energy_gev`` with a Gaussian relative spread ``energy_spread``; beam spot Gaussian of
+  ``sigma_mm`` around (``x_mm``, ``y_mm``) at the start of the beam line (z = 0 of ``[beamline]``). Electrons
+  that interact in the beam-line material are not a population of their own: they come out of
+  :mod:`sim_frontend.beamline`, which transports every particle to the ECAL face;
 - A' (``aprime.enabled``): each beam e- emits an invisibly decaying A' with probability
   ``n_A'/eps^2 per EOT (sim_frontend.yields, IWW, E_A' > X_MIN_APRIME * E0) * eps^2 * b_A'``;
   its energy fraction x comes from ``sim_frontend.aprime.sample_x`` (x > X_MIN_APRIME), ``e_invisible =
@@ -41,6 +42,7 @@ import math
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numba as nb
 import numpy as np
@@ -51,14 +53,11 @@ from detector.settings import Config
 
 PILEUP_WINDOW_NS = 100.0  #: TRUTH_PILEUP: another particle within +/- this, ns
 X_MIN_APRIME = 0.5  #: A' energy fractions generated: x > 0.5 (E_miss > E0/2, where the beam e- dominates)
-UPSTREAM_E_RANGE_GEV = (10.0, 70.0)
 HALO_R_MM = (40.0, 300.0)  #: halo radius range at the ECAL face (uniform in r), mm
 HALO_E_FRACTION = (0.2, 1.0)  #: halo muon energy as a fraction of the beam energy (uniform)
 PHOTON_TRACK_LENGTH_A = 0.572  #: Rossi approx. A: photon track length dT/dk = 0.572 X0 E0/k^2
 
-E_MINUS, PION, KAON, MUON, HALO, UPSTREAM = (
-    PARTICLE_CODES[k] for k in ("e-", "pi-", "K-", "mu-", "halo", "upstream_e-")
-)
+E_MINUS, PION, KAON, MUON, HALO = (PARTICLE_CODES[k] for k in ("e-", "pi-", "K-", "mu-", "halo"))
 
 # ------------------------------------------------------------------------------ counter-based RNG
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -195,6 +194,20 @@ def table_draw(q: np.ndarray, u: float) -> float:
     return q[i] + (q[i + 1] - q[i]) * f
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def poisson_inverse(u: float, lam: float, p_zero: float, k_max: int) -> int:
+    """Poisson(``lam``) count of the uniform ``u`` by inversion of the CDF (``p_zero`` = exp(-lam), passed so
+    that callers can precompute it); at most ``k_max``."""
+    pk = p_zero
+    c = pk
+    k = 0
+    while u > c and k < k_max:
+        k += 1
+        pk *= lam / k
+        c += pk
+    return k
+
+
 @nb.njit(cache=True, nogil=True)
 def draw_normal(state: np.uint64):
     state, u = rng_next(state)
@@ -211,10 +224,30 @@ class BeamSpill:
     length_s: float  #: flat-top length, s
     truth: np.ndarray  #: (N,) detector.records.TRUTH_DTYPE sorted by time_ns
     seed: int  #: per-spill seed: all later randomness derives from it and the particle index
+    #: set by sim_frontend.beamline.transport: its per-particle result, the impact points at z = 0 (x, y in
+    #: mm) and the bremsstrahlung bias used
+    beamline: Any = None
+    z0_xy: tuple[np.ndarray, np.ndarray] | None = None
+    bias: Any = None
 
     @property
     def n(self) -> int:
         return int(self.truth.shape[0])
+
+    def subset(self, idx: np.ndarray) -> BeamSpill:
+        """A spill of the particles ``idx`` only (truth copied, the beam-line result with it): its detector
+        response equals the full spill's for these particles (counter-based randomness)."""
+        i = np.asarray(idx, dtype=np.int64)
+        return BeamSpill(
+            self.spill,
+            self.start_unix,
+            self.length_s,
+            self.truth[i].copy(),
+            self.seed,
+            beamline=None if self.beamline is None else self.beamline.subset(i),
+            z0_xy=None if self.z0_xy is None else (self.z0_xy[0][i], self.z0_xy[1][i]),
+            bias=self.bias,
+        )
 
     def counts_by_type(self) -> dict[str, int]:
         """Number of particles of each type (names of detector.records.PARTICLE_CODES)."""
@@ -328,8 +361,6 @@ def _gen_kernel(
             pt = MUON
         elif u < cum[3]:
             pt = HALO
-        elif u < cum[4]:
-            pt = UPSTREAM
         else:
             pt = E_MINUS
         index[i] = i
@@ -350,13 +381,9 @@ def _gen_kernel(
             x_mm[i] = bx + sigma * z
             st, z = draw_normal(st)
             y_mm[i] = by + sigma * z
-            if pt == UPSTREAM:
-                st, u = rng_next(st)
-                e_beam[i] = UPSTREAM_E_RANGE_GEV[0] + (UPSTREAM_E_RANGE_GEV[1] - UPSTREAM_E_RANGE_GEV[0]) * u
-            else:
-                st, z = draw_normal(st)
-                e = e0 * (1.0 + spread * z)
-                e_beam[i] = e if e > 0.01 * e0 else 0.01 * e0
+            st, z = draw_normal(st)
+            e = e0 * (1.0 + spread * z)
+            e_beam[i] = e if e > 0.01 * e0 else 0.01 * e0
             if pt == E_MINUS:
                 st, u = rng_next(st)
                 if u < p_a:
@@ -378,7 +405,7 @@ def _gen_kernel(
 
 def _beam_params(cfg: Config) -> dict:
     b = cfg.beam
-    fr = [b.frac_pion, b.frac_kaon, b.frac_muon, b.frac_halo, b.frac_upstream]
+    fr = [b.frac_pion, b.frac_kaon, b.frac_muon, b.frac_halo]
     if sum(fr) >= 1.0:
         raise ValueError(f"beam fractions add up to {sum(fr):.3f} >= 1")
     return dict(

@@ -81,8 +81,9 @@ PS_MIP_GEV = 0.03  #: its preshower part (docs/physics.md 1.6)
 HCAL_MIP_GEV = 2.5  #: muon crossing one HCAL module, e-equivalent (docs/physics.md 1.4)
 MU_LOSS_ECAL_GEV = 0.3  #: true energy a muon loses crossing the ECAL
 MU_LOSS_HCAL_GEV = 1.5  #: true energy a muon loses crossing one HCAL module (1.2 m Fe)
-SRD_SECTION_GEV = 0.05  #: synchrotron light per SRD section of a 100 GeV electron (docs/physics.md 1.2)
-SRD_REL_WIDTH = 0.2  #: its relative RMS (Poisson-like: ~25 photons of ~2 MeV)
+#: relative RMS sampling fluctuation of an SRD section's signal (the photon statistics of the synchrotron
+#: radiation itself come from sim_frontend/beamline.py)
+SRD_REL_WIDTH = 0.2
 
 # e.m. showers (Longo/PDG Gamma profile dE/dt ~ t^(a-1) exp(-b t), t in X0)
 EM_B = 0.5

@@ -9,13 +9,19 @@ to the PS total, PS + main cells to the ECAL total, the HCAL cells of a module t
 Models (constants in :mod:`sim_frontend.geometry` and :mod:`sim_frontend.processes`; shower functions in
 :mod:`sim_frontend.showers`; docs/physics.md sections 1.3, 1.4, 1.6, 4, 10):
 
-- e- (beam, upstream-interacted, A' recoil, dimuon): e.m. shower of the visible energy in the ECAL with a
+- the beam line (:mod:`sim_frontend.beamline`, run here unless the spill already went through it) decides
+  what reaches the ECAL: an electron's shower is made of the energy that enters the ECAL matrix (the
+  electron and its bremsstrahlung photons that land on it, ``e_front``); e.m. energy landing beside the
+  ECAL on the HCAL face showers in HCAL module 0 (HCAL resolution); the SRD sees the synchrotron radiation
+  detected from the dipoles (``e_sr``, a third per section with ``SRD_REL_WIDTH`` sampling fluctuation;
+  (m_e/m)^4 of it for muons and hadrons);
+- e- (beam, A' recoil, dimuon): e.m. shower of the visible energy in the ECAL with a
   Gamma longitudinal profile ``t^(a-1) e^(-b t)``, ``b = 0.5``, ``a = 1 + b (ln(E/E_c) - 0.5)`` (E_c = 11 MeV
   effective), shower-to-shower log-normal fluctuation of ``a`` (10%); PS = the first 4 X0 (3-8% of 100 GeV);
   sampling fluctuations 10%/sqrt(E) split over PS and main, 1% constant term; an exponential leakage of
   mean 0.2% into HCAL module 0; lateral e.m. profile (75% in the central cell); SRD: 50 MeV per section of a
-  100 GeV electron scaled with (E/100 GeV)^2, 20% RMS; MIPs in S0..S4; nothing in V2. A beam e- produces a
-  leading hadron (1e-4, docs/physics.md 10.5) that takes its energy out of the shower.
+  MIPs in S0..S4; nothing in V2. A beam e- produces a leading hadron (1e-4, docs/physics.md 10.5) that
+  takes its energy out of the shower.
 - A': the ECAL sees ``e_beam - e_invisible``; nothing else changes.
 - dimuon: photon energy k from ``0.572 E0/k^2 sigma_BH(k)`` and x+ from ``dsigma/dx+`` of
   :mod:`sim_frontend.dimuon`; the shower keeps ``E - k``, each muon loses 0.3 GeV (visible) in the ECAL, then
@@ -65,7 +71,6 @@ from sim_frontend.beam import (
     HALO,
     MUON,
     PHOTON_TRACK_LENGTH_A,
-    UPSTREAM,
     BeamSpill,
     normal_ppf,
     rng_next,
@@ -78,11 +83,6 @@ from sim_frontend.showers import PS_FRACTION_TABLE, _mip, em_shower, hadron_depo
 TRIGGER_COLUMNS = ch.TRIGGER_CHANNEL_NAMES
 #: columns of Deposits.other
 OTHER_COLUMNS = ("S0", "S4", "V0", "V2", "SRD0", "SRD1", "SRD2")
-SRD_REF_GEV = 100.0  #: beam energy at which the SRD sees SRD_SECTION_GEV per section
-#: fraction of upstream interactions downstream of the magnets (the e- had its full energy in the magnet,
-#: so full SR). Most such interactions are bremsstrahlung whose photon stays collinear and enters the ECAL
-#: too (no missing energy); only rare large-angle processes lose energy, which this 2% stands for.
-UPSTREAM_AFTER_MAGNET = 0.02
 
 _COUNTER_COL = {name: ("trigger", i) for i, name in enumerate(TRIGGER_COLUMNS)}
 _COUNTER_COL.update({name: ("other", i) for i, name in enumerate(OTHER_COLUMNS)})
@@ -194,11 +194,13 @@ def _response_kernel(
     cal_ptype,
     cal_dx,
     cal_dy,
-    e_ref,
     force,
     v2_nmax,
     dimuon_u_min,
     weight,
+    e_front,
+    e_side,
+    e_sr,
     trig,
     other,
     hcal,
@@ -246,6 +248,8 @@ def _response_kernel(
             pt = cal_ptype
             ptype[i] = pt
             fl = (fl & TRUTH_PILEUP) | TRUTH_CALIBRATION
+            if pt == E_MINUS:  # what the beam line lets through to the calorimeters
+                e = np.float64(e_front[i] + e_side[i])
             e_inv[i] = 0.0
             st, s0 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
             st, s1 = _mip(st, g.COUNTER_MIP_GEV, g.LANDAU_WIDTH)
@@ -258,13 +262,13 @@ def _response_kernel(
             else:
                 st, u = rng_next(st)
                 z = normal_ppf(u)
-                res = math.sqrt(g.HCAL_STOCH * g.HCAL_STOCH / e + g.HCAL_CONST * g.HCAL_CONST)
+                res = math.sqrt(g.HCAL_STOCH * g.HCAL_STOCH / max(e, 0.1) + g.HCAL_CONST * g.HCAL_CONST)
                 hm = e * (1.0 + res * z)
                 if hm < 0.0:
                     hm = 0.0
                 hsh = g.SHAPE_EM if pt == E_MINUS else g.SHAPE_HAD
                 if pt == E_MINUS:
-                    sr = g.SRD_SECTION_GEV * (e / e_ref) ** 2
+                    sr = e_sr[i] / 3.0
                     st, u = rng_next(st)
                     srd0 = max(0.0, sr * (1.0 + g.SRD_REL_WIDTH * normal_ppf(u)))
                     st, u = rng_next(st)
@@ -319,11 +323,13 @@ def _response_kernel(
             # rare downstream processes draw from their own stream (the common ones keep theirs)
             sr_ = rng_state(s, np.uint64(index[i]), np.uint64(3))
             inside = g.ECAL_LO_X <= x < g.ECAL_HI_X and g.ECAL_LO_Y <= y < g.ECAL_HI_Y
-            if pt == E_MINUS or pt == UPSTREAM:  # noqa: SIM109 - two int compares in the numba kernel, no tuple
+            sr = e_sr[i] / 3.0
+            if pt == E_MINUS:
                 # ------------------------------------------------------------------ e.m. shower
+                e = np.float64(e_front[i])
                 esh_e = e
                 if (fl & TRUTH_APRIME) != 0:
-                    esh_e = e - e_inv[i]
+                    esh_e = e - e_inv[i] if e > e_inv[i] else 0.0
                 mu_e0 = 0.0
                 mu_e1 = 0.0
                 if (fl & TRUTH_DIMUON) != 0:
@@ -369,11 +375,6 @@ def _response_kernel(
                         pt_k = v * e
                         esh_e -= pt_k
                 # SRD
-                if pt == E_MINUS:
-                    sr = g.SRD_SECTION_GEV * (e / e_ref) ** 2
-                else:
-                    st, u = rng_next(st)
-                    sr = g.SRD_SECTION_GEV * ((e_ref if u < UPSTREAM_AFTER_MAGNET else e) / e_ref) ** 2
                 st, u = rng_next(st)
                 srd0 = max(0.0, sr * (1.0 + g.SRD_REL_WIDTH * normal_ppf(u)))
                 st, u = rng_next(st)
@@ -409,6 +410,13 @@ def _response_kernel(
                     h0, h1, h2, h3 = h0 + d0, h1 + d1, h2 + d2, h3 + d3
                     if d0 + d1 + d2 + d3 > 0.0:
                         hsh = g.SHAPE_HAD
+                if e_side[i] > 0.0:
+                    # e.m. energy beside the ECAL on the HCAL face: a shower in HCAL module 0
+                    st, u = rng_next(st)
+                    es = np.float64(e_side[i])
+                    res = math.sqrt(g.HCAL_STOCH * g.HCAL_STOCH / max(es, 0.1) + g.HCAL_CONST * g.HCAL_CONST)
+                    h0 += max(0.0, es * (1.0 + res * normal_ppf(u)))
+                    hsh = g.SHAPE_EM
                 for mu in range(2):
                     em = mu_e0 if mu == 0 else mu_e1
                     if em <= 0.0:
@@ -520,6 +528,8 @@ def _response_kernel(
                     ps = 0.0
                     ecal = 0.0
                     esh = g.SHAPE_NONE
+        if cal_module < 0 and pt != E_MINUS and pt != HALO:  # muons and hadrons
+            srd0 = srd1 = srd2 = e_sr[i] / 3.0  # (m_e/m)^4 of an electron's: nothing above the photon threshold
         trig[i, 0] = s1
         trig[i, 1] = s2
         trig[i, 2] = s3
@@ -575,6 +585,9 @@ def apply_response(spill: BeamSpill, cfg: Config, table: dict | None = None, for
     particle or per particle as a uint8 array; 0 for recorded data); the truth weight of a forced particle is
     multiplied by the probability of what was forced.
     Deterministic: the same spill (seed, truth) gives the same deposits."""
+    from sim_frontend import beamline
+
+    bl = spill.beamline if spill.beamline is not None else beamline.transport(spill, cfg)
     truth = spill.truth
     n = truth.shape[0]
     module, dx, dy, tinfo = _table_info(cfg, table)
@@ -608,11 +621,13 @@ def apply_response(spill: BeamSpill, cfg: Config, table: dict | None = None, for
         cal_ptype,
         dx,
         dy,
-        SRD_REF_GEV,
         np.broadcast_to(np.asarray(force, dtype=np.uint8), (n,)).copy(),
         v2_pe_max(cfg),
         float(np.interp(e0 - float(cfg.offline.ecal_box_max_gev), k_q, np.linspace(0.0, 1.0, k_q.size))),
         truth["weight"],
+        bl.e_front,
+        bl.e_side,
+        bl.e_sr,
         dep.trigger,
         dep.other,
         dep.hcal,

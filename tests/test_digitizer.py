@@ -69,7 +69,7 @@ def test_reconstruction_recovers_the_deposits(cfg, cal, sim):
     sp, dep = sim
     dz = Digitizer(flat_gains(cfg), cal)
     wf, t = dz.primitives(sp, dep, dz.nominal_vmon())
-    iso = np.flatnonzero(isolated(t) & (sp.truth["ptype"] == E_))
+    iso = np.flatnonzero(isolated(t) & (sp.truth["ptype"] == E_) & whole(sp))
     assert iso.size > 1000
     r = reco.reconstruct(wf[iso], cal.gev_per_count[TRIG])
     true = dep.trigger[iso]
@@ -88,6 +88,12 @@ def test_reconstruction_recovers_the_deposits(cfg, cal, sim):
     rh = reco.reconstruct(dzh.primitives(sp, dep, dzh.nominal_vmon())[0][iso], cal.gev_per_count[TRIG])
     g = np.median(rh.amplitude[:, 5] / r.amplitude[:, 5])
     assert abs(g / dzh.hidden_gain[TRIG[5]] - 1) < 0.003
+
+
+def whole(sp):
+    """Particles that lost no energy in the beam line (sim_frontend/beamline.py): the whole beam energy
+    reaches the calorimeters."""
+    return sp.beamline.e_front >= 0.999 * sp.truth["e_beam"]
 
 
 def hand_spill(times_ns, e_beam=100.0, seed=5):
@@ -155,7 +161,7 @@ def test_hv_gain_law(cfg, cal):
     }
     sp = beam.generate_spill(cfg, 31, n_particles=3000)
     dep = response.apply_response(sp, cfg, table=table)
-    idx = np.flatnonzero(isolated(sp.truth["time_ns"]) & (sp.truth["ptype"] != HALO))[:400]
+    idx = np.flatnonzero(isolated(sp.truth["time_ns"]) & (sp.truth["ptype"] != HALO) & whole(sp))[:400]
     amp = []
     for v in (v1, v2):
         ev = dz.events(sp, dep, idx, v)
@@ -185,7 +191,7 @@ def test_primitives_and_events_agree(cfg, cal, sim):
 def test_events_cells_reconstruct_the_channel_deposits(cfg, cal, sim):
     sp, dep = sim
     dz = Digitizer(flat_gains(cfg), cal)
-    idx = np.flatnonzero(isolated(sp.truth["time_ns"]) & (sp.truth["ptype"] == E_))[:300]
+    idx = np.flatnonzero(isolated(sp.truth["time_ns"]) & (sp.truth["ptype"] == E_) & whole(sp))[:300]
     ev = dz.events(sp, dep, idx, dz.nominal_vmon())
     r = reco.reconstruct(ev, cal.gev_per_count)
     cd = response.channel_deposits(sp, dep, idx)

@@ -23,7 +23,7 @@ def cfg():
 
 
 def _only(cfg, **fractions):
-    b = dict.fromkeys(("frac_pion", "frac_kaon", "frac_muon", "frac_halo", "frac_upstream"), 0.0)
+    b = dict.fromkeys(("frac_pion", "frac_kaon", "frac_muon", "frac_halo"), 0.0)
     b.update(fractions)
     return cfg.with_overrides({"beam": b})
 

@@ -63,6 +63,11 @@ def cut_flow_by_hand(cfg: dict, calib, path) -> tuple[dict[str, int], set[tuple[
         cuts = [
             ("trigger", (d.trigger_mask & TRIGGER_BITS["physics"]) != 0),  # the RECORDED mask, not a column
             ("srd", srd),
+            # a run recorded without the Micromegas block has no track columns: the tracker cuts pass all
+            # (offline/selection.py)
+            ("momentum", np.ones(d.n_events, bool)),
+            ("angle", np.ones(d.n_events, bool)),
+            ("tracks", np.ones(d.n_events, bool)),
             (
                 "shower",
                 (chi2_ndf < off.shape_chi2_ndf_max)

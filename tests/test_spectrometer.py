@@ -1,0 +1,278 @@
+"""The spectrometer (issue 16): beam-line configuration, the transport of sim_frontend/beamline.py
+(bremsstrahlung, dipoles, synchrotron radiation), the Micromegas strips of sim_frontend/mmhits.py, the track
+reconstruction of detector/tracking.py, the tracker cuts of the selection and the background-source registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from detector.config import ConfigError, load_config
+from detector.records import PARTICLE_CODES, TRUTH_BEAMLINE
+from detector.tracking import Spectrometer, StripData, reconstruct_tracks
+from offline import background_sources as bs
+from offline import selection as sel
+from sim_frontend import beamline, mmhits
+from sim_frontend.beam import generate_spill
+from sim_frontend.response import apply_response
+
+E_ = PARTICLE_CODES["e-"]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(None)
+
+
+def _spill(cfg, n, seed=3, **beam):
+    c = cfg.with_overrides({"beam": beam}) if beam else cfg
+    rate = c.beam.particles_per_spill / c.spill.length_s
+    c = dataclasses.replace(c, spill=dataclasses.replace(c.spill, length_s=n / rate))
+    return c, generate_spill(c, seed, n_particles=n, start_unix=0.0)
+
+
+# ------------------------------------------------------------------------------------------ config
+def test_beamline_config_is_checked(cfg):
+    with pytest.raises(ConfigError, match="same length"):
+        cfg.with_overrides({"beamline": {"layer_x0": [0.001]}})
+    with pytest.raises(ConfigError, match="not beamline layers"):
+        cfg.with_overrides({"tracker": {"stations": ["MM1", "MM2", "MM3", "MMX"]}})
+    with pytest.raises(ConfigError, match="none between them"):
+        cfg.with_overrides({"beamline": {"magnet_z_m": [10.5, 18.0]}})
+    spec = Spectrometer.from_config(cfg)
+    # 7 T m bend a 100 GeV electron by 21 mrad (docs/physics.md 1.2)
+    assert spec.bend_mrad == pytest.approx(0.299792458 * 7.0 / 100.0 * 1e3, rel=1e-9)
+    b = beamline.line_from_config(cfg).budget()
+    air = cfg.beamline.ecal_z_m / cfg.beamline.gap_x0_m
+    assert b["total_x0"] == pytest.approx(sum(cfg.beamline.layer_x0) + air, rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ spectra
+def test_synchrotron_spectrum_and_srd_energy(cfg):
+    x, cn, above = beamline.sr_spectrum()
+    # mean photon energy of the synchrotron spectrum: 8 / (15 sqrt 3) E_c
+    dlx = np.diff(np.log(x))
+    pdf = np.diff(cn)
+    xm = np.sqrt(x[1:] * x[:-1])
+    assert np.sum(pdf * xm) == pytest.approx(beamline.SR_MEAN_X, rel=0.01)
+    assert np.all(dlx > 0) and above[0] == pytest.approx(1.0, abs=1e-6) and above[-1] == 0.0
+    ec = beamline.critical_energy_gev(100.0, 1.75)
+    assert ec == pytest.approx(0.01164, rel=2e-3)  # docs/physics.md 1.2: 11.6 MeV
+    kick = 0.299792458 * 1.75 * 2.0
+    n = beamline.sr_photons_per_bend(100.0, kick)
+    assert n == pytest.approx(21.6, rel=0.01)
+    # detected SR of nominal electrons: 2 dipoles x N x <eps> x acceptance x (energy above the threshold)
+    c, sp = _spill(cfg, 40_000, frac_pion=0.0, frac_kaon=0.0, frac_muon=0.3, frac_halo=0.0)
+    tr = beamline.transport(sp, c)
+    t = sp.truth
+    plain = (t["ptype"] == E_) & (tr.e_front > 0.999 * t["e_beam"])
+    frac = float(np.interp(math.log(50e-6 / ec), np.log(x), above))
+    expect = 2 * n * beamline.SR_MEAN_X * ec * c.beamline.srd_acceptance * frac
+    assert np.mean(tr.e_sr[plain]) == pytest.approx(expect, rel=0.03)
+    # compound-Poisson spread: <x^2> = 11/27 (Sands) of 2 x 21.6 x acceptance photons
+    rel = math.sqrt(11.0 / 27.0 / beamline.SR_MEAN_X**2 / (2 * n * c.beamline.srd_acceptance))
+    assert np.std(tr.e_sr[plain]) / np.mean(tr.e_sr[plain]) == pytest.approx(rel, rel=0.06)
+    # muons: (m_e/m_mu)^4 less, nothing above the photon threshold
+    assert np.all(tr.e_sr[t["ptype"] == PARTICLE_CODES["mu-"]] == 0.0)
+    # a softer electron radiates less: E^2
+    c50, sp50 = _spill(cfg, 20_000, energy_gev=50.0)
+    tr50 = beamline.transport(sp50, c50)
+    p50 = (sp50.truth["ptype"] == E_) & (tr50.e_front > 0.999 * sp50.truth["e_beam"])
+    ratio = np.mean(tr50.e_sr[p50]) / np.mean(tr.e_sr[plain])
+    assert 0.2 < ratio < 0.3
+
+
+def test_bremsstrahlung_rate_geometry_and_bias(cfg):
+    # one thick layer before the magnets, no air: the hard-photon rate per electron is t x R(y > 0.5)
+    t0 = 0.02
+    c = cfg.with_overrides(
+        {"beamline": {"layer_names": ["W0", "MM1", "MM2", "MM3", "MM4"], "layer_z_m": [0.0, 1.5, 8.5, 17.5, 27.5],
+                      "layer_x0": [t0, 0.0, 0.0, 0.0, 0.0], "gap_x0_m": 1e6}}
+    )  # fmt: skip
+    c, sp = _spill(c, 100_000, frac_pion=0.0, frac_kaon=0.0, frac_muon=0.0, frac_halo=0.0)
+    e0 = sp.truth["e_beam"].copy()
+    tr = beamline.transport(sp, c)
+    kept = tr.e_particle / e0  # the electron's energy after the layer
+    rate = t0 * beamline.brem_rate_per_x0(0.5, 1.0)
+    hard = np.mean(kept < 0.5)
+    assert hard == pytest.approx(rate, abs=4 * math.sqrt(rate / e0.size))
+    # the flag marks electrons that radiated more than 5%
+    flagged = (sp.truth["flags"] & TRUTH_BEAMLINE) != 0
+    r5 = 1 - math.exp(-t0 * beamline.brem_rate_per_x0(0.05, 1.0))
+    assert flagged.mean() == pytest.approx(r5, abs=4 * math.sqrt(r5 / e0.size) + 2e-3)
+    # energy is conserved, and the photon of a brem before the dipoles lands K/p0 x (z_ecal - z_i) ~ 40 cm
+    # beside the axis, off the ECAL and the HCAL: after a hard brem nothing enters the ECAL (but for a hard
+    # brem in the little air left after the dipoles, whose photon goes on to the ECAL)
+    assert np.all(tr.e_front + tr.e_side <= e0 * (1 + 1e-6))
+    assert np.mean(tr.e_front[kept < 0.5] > 0.0) < 0.01
+    # biased: the hard rate x 5 with weights that undo it
+    c2, sp2 = _spill(c, 100_000, seed=4, frac_pion=0.0, frac_kaon=0.0, frac_muon=0.0, frac_halo=0.0)
+    e2 = sp2.truth["e_beam"].copy()
+    tr2 = beamline.transport(sp2, c2, beamline.Bias(5.0, 0.3))
+    hard2 = tr2.e_particle / e2 < 0.5
+    assert np.mean(hard2) > 3.5 * rate
+    w = tr2.weight
+    assert np.sum(w * hard2) / w.size == pytest.approx(rate, rel=0.12)
+    assert np.mean(w) == pytest.approx(1.0, abs=0.03)
+
+
+def test_nominal_electrons_hit_the_ecal_centre_and_subsets_agree(cfg):
+    c, sp = _spill(cfg, 20_000)
+    x0 = sp.truth["x_mm"].copy()
+    apply_response(sp, c)  # transports first
+    t = sp.truth
+    plain = (t["ptype"] == E_) & (sp.beamline.e_front > 0.999 * t["e_beam"])
+    dx = t["x_mm"][plain] - x0[plain]
+    # dispersion: a momentum offset d moves the impact by d x sum K_i / p0 (z_ecal - z_i) (~0.4 m)
+    spec = Spectrometer.from_config(c)
+    disp = float(np.sum(spec.kick_gev / spec.p0_gev * (c.beamline.ecal_z_m - spec.magnet_z_m))) * 1e3  # mm
+    d = t["e_beam"][plain] / c.beam.energy_gev - 1
+    assert np.polyfit(d, dx, 1)[0] == pytest.approx(disp, rel=0.02)
+    # the rest: divergence 0.05 mrad x 31 m and multiple scattering, ~2 mm; centred
+    rest = dx - disp * d
+    assert abs(np.median(rest)) < 0.1 and 1.2 < np.std(rest) < 2.5
+    idx = np.arange(0, 20_000, 7)
+    pos = beamline.station_positions(sp, c, idx)
+    pos2 = beamline.station_positions(sp, c, idx[::-1])[::-1]
+    np.testing.assert_array_equal(pos, pos2)
+    halo = t["ptype"][idx] == PARTICLE_CODES["halo"]
+    assert np.all(np.isnan(pos[halo])) and np.all(np.isfinite(pos[~halo]))
+
+
+# ------------------------------------------------------------------------------------------ tracking
+def test_tracking_momentum_angle_and_multiplicity(cfg):
+    c, sp = _spill(cfg, 30_000, energy_spread=0.0)
+    e0 = sp.truth["e_beam"].copy()
+    tr = beamline.transport(sp, c)
+    spec = Spectrometer.from_config(c)
+    ev = np.flatnonzero((sp.truth["ptype"] == E_) & (tr.e_front > 0.999 * e0))[:5000]
+    strips = mmhits.event_strips(sp, c, ev)
+    rec = reconstruct_tracks(strips, spec)
+    ok = np.isfinite(rec["p_gev"]) & (rec["n_tracks"] == 1) & (rec["n_incoming"] == 1)
+    assert 0.7 < ok.mean() < 0.9  # pile-up within +/- 100 ns at 5e6 e-/spill: P = 0.19
+    r = rec["p_gev"][ok] / e0[ev][ok] - 1
+    assert abs(np.median(r)) < 1e-3
+    core = 1.4826 * np.median(np.abs(r - np.median(r)))
+    assert 5e-4 < core < 5e-3
+    assert np.median(rec["angle_mrad"][ok]) < 0.2
+    # a second particle in the window is counted: isolated events have one track, crowded ones more
+    ptr, _ = mmhits.neighbours(sp.truth["time_ns"], ev, c.tracker.time_window_ns)
+    alone = np.diff(ptr) == 1
+    assert np.mean(rec["n_incoming"][alone] <= 1) > 0.99
+    crowded = (np.diff(ptr) >= 2) & (sp.truth["ptype"][ev] == E_)
+    assert np.mean(rec["n_incoming"][crowded] >= 2) > 0.5
+    # a 90 GeV beam is measured at 90 GeV: the momentum comes from the deflection
+    c90 = c.with_overrides({"beam": {"energy_gev": 90.0, "energy_spread": 0.0}})
+    sp90 = generate_spill(c90, 5, n_particles=5000, start_unix=0.0)
+    # the chambers stay aligned on the 100 GeV axis: transport with p0 = 100 GeV
+    tr90 = beamline.transport(sp90, c)
+    ev90 = np.flatnonzero((sp90.truth["ptype"] == E_) & (tr90.e_front > 0.999 * 90.0))[:500]
+    rec90 = reconstruct_tracks(mmhits.event_strips(sp90, c, ev90), spec)
+    assert np.nanmedian(rec90["p_gev"]) == pytest.approx(90.0, rel=3e-3)
+
+
+def test_clustering_of_hand_made_strips(cfg):
+    spec = Spectrometer.from_config(cfg)
+    # one event: every plane a 3-strip cluster centred on strip 160 (x = 160.5 * 0.25 - 40 = 0.125 mm) and a
+    # noise strip of 30 counts far away (at places that do not line up into a track)
+    plane, strip, charge = [], [], []
+    for p in range(spec.n_planes):
+        plane += [p, p, p, p]
+        strip += [159, 160, 161, 20 + 37 * p * p]
+        charge += [100.0, 200.0, 100.0, 30.0]
+    sd = StripData(np.array([0, len(plane)]), np.array(plane, np.uint8), np.array(strip, np.uint16),
+                   np.array(charge, np.float32))  # fmt: skip
+    rec = reconstruct_tracks(sd, spec)[0]
+    assert rec["p_gev"] == pytest.approx(spec.p0_gev, rel=1e-6)  # a straight line in the nominal frame
+    assert rec["x_mm"] == pytest.approx(0.125, abs=1e-6) and rec["angle_mrad"] == pytest.approx(0.0, abs=1e-6)
+    assert rec["n_tracks"] == 1 and rec["n_incoming"] == 1 and rec["n_hits"] == spec.n_planes
+
+
+# ------------------------------------------------------------------------------------------ selection
+def test_tracker_cuts_apply_only_with_track_columns(cfg):
+    cuts = sel.Cuts.from_config(cfg)
+    n = 5
+    t = {
+        "trigger_mask": np.ones(n, np.uint8),
+        "ecal_chi2": np.zeros(n), "ecal_ndf": np.full(n, 33), "ecal_x_mm": np.zeros(n), "ecal_y_mm": np.zeros(n),
+        "e_ps": np.ones(n), "v2_mip": np.zeros(n), "e_hcal": np.zeros(n), "n_cells_pileup": np.zeros(n, int),
+        "e_ecal": np.full(n, 30.0),
+        **{f"srd{i}": np.full(n, 0.05) for i in range(3)}, **{f"srd{i}_dt": np.zeros(n) for i in range(3)},
+    }  # fmt: skip
+    s = sel.select(t, cuts)
+    assert not s.tracker_applied and s.cut_flow()["box"] == n
+    t.update(
+        {
+            "trk_p_gev": np.array([100.0, 80.0, 100.0, 100.0, np.nan]),
+            "trk_angle_mrad": np.array([0.1, 0.1, 6.0, 0.1, np.nan]),
+            "trk_n_tracks": np.array([1, 1, 1, 2, 0]),
+            "trk_n_incoming": np.array([1, 1, 1, 2, 0]),
+            "trk_chi2": np.zeros(n), "trk_ndf": np.full(n, 3), "trk_n_hits": np.full(n, 8),
+        }
+    )  # fmt: skip
+    s = sel.select(t, cuts)
+    flow = s.cut_flow()
+    assert s.tracker_applied
+    assert (flow["srd"], flow["momentum"], flow["angle"], flow["tracks"], flow["box"]) == (5, 3, 2, 1, 1)
+    assert list(flow) == ["all", *sel.CUT_NAMES]
+
+
+def test_background_source_registry(cfg):
+    calls = []
+
+    def fake(c, calib, eot, intensity, n_mc, seed, progress):
+        calls.append((eot, intensity, n_mc))
+        progress(n_mc, n_mc)
+        return {"n": 0.03, "err": 0.04, "mc": {"events": n_mc}}
+
+    bs.register("test_fake", fake)
+    try:
+        seen = []
+        r = bs.predict(cfg, 1e10, 2e6, 10, ["test_fake"], calib=object(), progress=lambda *a: seen.append(a))
+        assert calls == [(1e10, 2e6, 10)] and seen == [("test_fake", 10, 10)]
+        assert r["total"]["n"] == pytest.approx(0.03) and r["total"]["err"] == pytest.approx(0.04)
+        assert set(r["sources"]) == {"test_fake"}
+        with pytest.raises(ValueError, match="unknown background sources"):
+            bs.predict(cfg, 1e10, 2e6, 10, ["nope"], calib=object())
+    finally:
+        del bs.SOURCES["test_fake"]
+    assert "upstream" in bs.SOURCES
+
+
+def test_background_cli_upstream_source(tmp_path):
+    from offline.cli import main
+
+    out = tmp_path / "bg.json"
+    argv = [
+        "background",
+        "--sources",
+        "--eot",
+        "4.3e10",
+        "--intensity",
+        "5.1e6",
+        "--events",
+        "3000",
+        "--json",
+        str(out),
+    ]
+    assert main(argv) == 0
+
+    r = json.loads(out.read_text())
+    assert set(r) >= {"total", "sources"} and set(r["sources"]) == {"upstream"}
+    up = r["sources"]["upstream"]
+    assert r["total"]["n"] == pytest.approx(up["n"]) and r["total"]["err"] == pytest.approx(up["err"])
+    assert up["n"] >= 0 and up["err"] > 0
+    mc = up["mc"]
+    assert mc["events"] == 3000 and mc["bias"] == bs.UPSTREAM_BIAS
+    assert mc["material"]["total_x0"] == pytest.approx(beamline.line_from_config(load_config(None)).total_x0)
+    flow = mc["cut_flow"]
+    assert list(flow) == ["all", *sel.CUT_NAMES]
+    counts = [flow["all"]] + [flow[k]["events"] for k in sel.CUT_NAMES]
+    assert all(a >= b for a, b in itertools.pairwise(counts)) and counts[1] > 0
+    # without --sources the side-band fit needs its inputs
+    assert main(["background", "--eot", "1e10"]) == 2
