@@ -41,6 +41,7 @@ from sim_frontend import beamline, mmhits
 from sim_frontend.beam import generate_spill
 from sim_frontend.response import apply_response
 
+from . import background_downstream
 from . import events as ev
 from . import selection as sel
 from .signal import physics_only_menu, trigger_mask_from_reco
@@ -183,6 +184,29 @@ def upstream_prediction(
 
 
 register("upstream", upstream)
+
+
+def _downstream(name: str) -> Estimator:
+    """The registry's form of a downstream estimator of :mod:`offline.background_downstream` (its
+    statistical and systematic errors kept, ``err`` = both in quadrature)."""
+    f = background_downstream.ESTIMATORS[name]
+
+    def estimator(
+        cfg: Config, calib: Calibration, eot: float, intensity: float, n_mc: int, seed: int, progress: Progress
+    ) -> dict[str, Any]:
+        progress(0, 1)
+        r = f(cfg, eot, intensity, n_mc=n_mc, seed=seed, calib=calib)
+        progress(1, 1)
+        err = math.hypot(float(r["err_stat"]), float(r["err_syst"]))
+        mc = {k: v for k, v in r.items() if k not in ("n", "err_stat", "err_syst")}
+        return {"n": float(r["n"]), "err": err, "err_stat": r["err_stat"], "err_syst": r["err_syst"], "mc": mc}
+
+    estimator.__doc__ = f.__doc__
+    return estimator
+
+
+for _name in background_downstream.ESTIMATORS:
+    register(_name, _downstream(_name))
 
 
 def predict(

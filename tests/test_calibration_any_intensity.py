@@ -20,6 +20,7 @@ from hvtune_live import FULL_INTENSITY_BENCH, hv_tune_command
 
 from detector import channels as chmap
 from detector.config import load_calibration, load_config
+from detector.runrecord import read_run_record
 
 TARGET, TOLERANCE = 2500.0, 0.02
 
@@ -90,11 +91,7 @@ def test_hv_tune_at_full_intensity_survives_sigterm_and_resumes(tmp_path):
     # the calibration DAQ skipped the spills off the requested cell (the full-intensity ones at home)
     runs = sorted((tmp_path / "daq").glob("run-*/run.json"))
     assert runs
-    entries = []
-    for r in runs:
-        entries += json.loads(r.read_text()).get("spills", [])
-        for lines in r.parent.glob("*.jsonl"):  # an append-only run record keeps its entries there
-            entries += [json.loads(line) for line in lines.read_text().splitlines() if line.strip()]
+    entries = [e for r in runs for e in read_run_record(r.parent)["spills"]]
     skipped = [e for e in entries if "skipped_off_cell" in e.get("flags", [])]
     read = [e for e in entries if "spill" in e and "skipped_off_cell" not in e.get("flags", [])]
     assert skipped and all(e["n_read_out"] == 0 and e["n_seen"] == 0 for e in skipped)
