@@ -25,6 +25,9 @@ Spill file::
     /events/time_ns        (n,) float64  arrival time since spill start
     /events/waveforms      (n, 121, 32) int16
     /truth                 (n,) detector.records.TRUTH_DTYPE   (only when recorded from the emulator)
+    /mm/event_ptr          (n + 1,) int64  Micromegas strips of event e: [event_ptr[e], event_ptr[e + 1])
+    /mm/plane, /mm/strip, /mm/charge   uint8, uint16, float32 (ADC counts): detector.tracking.StripData
+                           (only when the crate has the Micromegas readout; files without /mm stay readable)
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import numpy as np
 
 from .channels import N_CHANNELS, N_SAMPLES
 from .records import TRUTH_DTYPE
+from .tracking import StripData
 
 SCHEMA_VERSION = 1
 _SPILL_RE = re.compile(r"^spill-(\d+)\.h5$")
@@ -155,6 +159,7 @@ class SpillData:
     time_ns: np.ndarray
     waveforms: np.ndarray
     truth: np.ndarray | None = None
+    mm: StripData | None = None  #: the events' Micromegas strips (None: not recorded)
 
     @property
     def n_events(self) -> int:
@@ -177,6 +182,7 @@ class SpillContent:
     waveforms: np.ndarray
     truth: np.ndarray | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    mm: StripData | None = None
 
 
 def run_dir(out: str | os.PathLike, run: int) -> pathlib.Path:
@@ -207,12 +213,17 @@ def _validate_content(c: SpillContent) -> None:
             raise ValueError(f"{name} must have shape ({n},); got {getattr(c, name).shape}")
     if c.truth is not None and (c.truth.dtype != TRUTH_DTYPE or c.truth.shape != (n,)):
         raise ValueError(f"truth must be TRUTH_DTYPE of shape ({n},)")
+    if c.mm is not None and (c.mm.n_events != n or int(c.mm.event_ptr[-1]) != c.mm.plane.shape[0]):
+        raise ValueError(f"mm must hold the strips of {n} events; got {c.mm.n_events} events")
 
 
 def estimated_size(content: SpillContent) -> int:
     """An upper estimate of the spill file's size (bytes): the arrays plus HDF5 metadata (1 MB is ample:
     a 256-event chunk of waveforms needs one index entry of tens of bytes)."""
     arrays = (content.event_id, content.trigger_mask, content.time_ns, content.waveforms, content.truth)
+    if content.mm is not None:
+        mm = content.mm
+        arrays += (mm.event_ptr, mm.plane, mm.strip, mm.charge)
     data = sum(int(np.asarray(a).nbytes) for a in arrays if a is not None)
     return data + len(json.dumps(content.attrs, default=json_default)) + (1 << 20)
 
@@ -251,6 +262,8 @@ def write_spill(rdir: str | os.PathLike, content: SpillContent, compression: str
                 g.create_dataset("waveforms", data=content.waveforms, chunks=chunks, compression=compression)
                 if content.truth is not None:
                     f.create_dataset("truth", data=content.truth)
+                if content.mm is not None:
+                    _write_mm(f.create_group("mm"), content.mm, compression)
             sink.fsync()
         finally:
             sink.close()
@@ -265,6 +278,23 @@ def write_spill(rdir: str | os.PathLike, content: SpillContent, compression: str
         tmp.unlink(missing_ok=True)
         raise
     return final
+
+
+def _write_mm(g: Any, mm: StripData, compression: str | None) -> None:
+    g.create_dataset("event_ptr", data=np.asarray(mm.event_ptr, np.int64))
+    for name, dt in (("plane", np.uint8), ("strip", np.uint16), ("charge", np.float32)):
+        g.create_dataset(name, data=np.asarray(getattr(mm, name), dt), compression=compression)
+
+
+def _read_mm(g: Any, n: int) -> StripData:
+    mm = StripData(g["event_ptr"][()], g["plane"][()], g["strip"][()], g["charge"][()])
+    ptr = mm.event_ptr
+    m = mm.plane.shape[0]
+    if ptr.shape != (n + 1,) or ptr[0] != 0 or ptr[-1] != m or bool(np.any(np.diff(ptr) < 0)):
+        raise ValueError(f"/mm/event_ptr does not delimit the strips of {n} events")
+    if mm.strip.shape != (m,) or mm.charge.shape != (m,):
+        raise ValueError("/mm strip arrays differ in length")
+    return mm
 
 
 def read_spill(path: str | os.PathLike, waveforms: bool = True) -> SpillData:
@@ -290,6 +320,8 @@ def read_spill(path: str | os.PathLike, waveforms: bool = True) -> SpillData:
             data = SpillData(
                 p, attrs, eid, g["trigger_mask"][()], g["time_ns"][()], wf, f["truth"][()] if "truth" in f else None
             )
+            if "mm" in f:
+                data.mm = _read_mm(f["mm"], n)
     except SpillFileError:
         raise
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:

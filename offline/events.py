@@ -32,9 +32,11 @@ Columns (units in the name or below):
                        ``offline.pileup_window_ns`` from the calibration t0
 ``max_cell_dt_ns``     largest |t - t0| over the checked cells (0 when none)
 ``truth_*``            every field of :data:`detector.records.TRUTH_DTYPE` when the file has truth
+``trk_*``              the incoming track (:func:`track_columns`) when the file has Micromegas strips (``/mm``)
 =====================  ======================================================================================
 
-The shower-shape variable replaces the paper's incoming-track cuts (we have no Micromegas tracker): an e-m
+The shower-shape variable complements the incoming-track cuts (and stands in for them on files without
+Micromegas data): an e-m
 shower of a beam electron is compact (~75% in one cell) and centred near the beam axis, a hadron showering
 in the PS is wide and a soft upstream electron enters off axis. The expectation is the lateral profile of
 :mod:`sim_frontend.geometry` (the detector description shared with the simulation).
@@ -54,6 +56,7 @@ from detector.config import Calibration, Config
 from detector.reco import FLAG_NO_SIGNAL, FLAG_PILEUP, RecoResult, reconstruct
 from detector.records import TRUTH_DTYPE
 from detector.spillfile import SpillData
+from detector.tracking import Spectrometer, StripData, reconstruct_tracks
 from sim_frontend import geometry as geo
 
 Table = dict[str, np.ndarray]
@@ -256,6 +259,20 @@ def truth_columns(truth: np.ndarray) -> Table:
     return {f"truth_{name}": np.ascontiguousarray(truth[name]) for name in TRUTH_DTYPE.names or ()}
 
 
+def track_columns(tracks: np.ndarray) -> dict[str, np.ndarray]:
+    """Event-table columns ``trk_*`` (:data:`offline.selection.TRACK_COLUMNS`) from
+    :data:`detector.tracking.TRACK_DTYPE` records."""
+    return {
+        "trk_p_gev": tracks["p_gev"].astype(np.float64),
+        "trk_angle_mrad": tracks["angle_mrad"].astype(np.float64),
+        "trk_n_tracks": tracks["n_tracks"].astype(np.int64),
+        "trk_n_incoming": tracks["n_incoming"].astype(np.int64),
+        "trk_chi2": tracks["chi2"].astype(np.float64),
+        "trk_ndf": tracks["ndf"].astype(np.int64),
+        "trk_n_hits": tracks["n_hits"].astype(np.int64),
+    }
+
+
 def event_table_from_arrays(
     waveforms: np.ndarray,
     calib: Calibration,
@@ -268,9 +285,11 @@ def event_table_from_arrays(
     run: int = 0,
     spill: int = 0,
     reco: RecoResult | None = None,
+    mm: StripData | None = None,
 ) -> Table:
     """Event table of full-event waveforms (int16 (n, 121, 32)), e.g. straight from the digitizer
-    (the signal simulation) or from a spill file. ``reco`` may pass a reconstruction already done."""
+    (the signal simulation) or from a spill file. ``reco`` may pass a reconstruction already done; ``mm``
+    (the events' Micromegas strips) adds the track columns (:func:`detector.tracking.reconstruct_tracks`)."""
     n = waveforms.shape[0]
     if reco is None:
         reco = reconstruct(waveforms, calib.gev_per_count)
@@ -286,6 +305,10 @@ def event_table_from_arrays(
         if truth.shape != (n,):
             raise ValueError(f"truth has shape {truth.shape}, expected ({n},)")
         t.update(truth_columns(truth))
+    if mm is not None:
+        if mm.n_events != n:
+            raise ValueError(f"mm holds {mm.n_events} events, expected {n}")
+        t.update(track_columns(reconstruct_tracks(mm, Spectrometer.from_config(cfg))))
     return t
 
 
@@ -299,6 +322,7 @@ def event_table(data: SpillData, calib: Calibration, cfg: Config) -> Table:
         trigger_mask=data.trigger_mask,
         time_ns=data.time_ns,
         truth=data.truth,
+        mm=data.mm,
         run=int(data.attrs.get("run", 0)),
         spill=int(data.attrs.get("spill", 0)),
     )

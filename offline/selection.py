@@ -52,7 +52,7 @@ import numpy as np
 from detector.records import TRIGGER_BITS
 from detector.settings import Config
 
-from .events import Table, n_rows
+from .events import Table, n_rows, track_columns  # noqa: F401 (track_columns: part of this module's API)
 
 CUT_NAMES: tuple[str, ...] = (
     "trigger", "srd", "momentum", "angle", "tracks", "shower", "ps", "v2", "hcal", "pileup", "box"
@@ -147,19 +147,6 @@ def cut_masks(t: Table, cuts: Cuts) -> OrderedDict[str, np.ndarray]:
 def has_tracks(t: Table) -> bool:
     """Whether the table carries the track columns (see the module docstring)."""
     return all(c in t for c in TRACK_COLUMNS)
-
-
-def track_columns(tracks: np.ndarray) -> dict[str, np.ndarray]:
-    """Event-table columns :data:`TRACK_COLUMNS` from :data:`detector.tracking.TRACK_DTYPE` records."""
-    return {
-        "trk_p_gev": tracks["p_gev"].astype(np.float64),
-        "trk_angle_mrad": tracks["angle_mrad"].astype(np.float64),
-        "trk_n_tracks": tracks["n_tracks"].astype(np.int64),
-        "trk_n_incoming": tracks["n_incoming"].astype(np.int64),
-        "trk_chi2": tracks["chi2"].astype(np.float64),
-        "trk_ndf": tracks["ndf"].astype(np.int64),
-        "trk_n_hits": tracks["n_hits"].astype(np.int64),
-    }
 
 
 def cumulative(masks: OrderedDict[str, np.ndarray], names: tuple[str, ...] = CUT_NAMES) -> OrderedDict[str, np.ndarray]:

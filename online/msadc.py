@@ -13,6 +13,7 @@ trigger primitives                     ``PRIM:COUN?``; ``PRIM:DATA? f,n`` -> int
                                        ``PRIM:TIME? f,n`` -> float64 (n,)
 accepted list                          ``ACC:DATA <uint32 block>`` (+ ``SYST:ERR?``), ``ACC:COUN?``
 events                                 ``EVT:DATA? f,n`` -> int16 (n, 121, 32); ``EVT:TRUT? f,n`` (emulator)
+Micromegas strips                      ``MM:DATA? f,n`` -> offsets + strip records (:mod:`detector.mmblock`)
 =====================================  =========================================================
 
 Transport rules, learnt from QCoDeS and pymeasure; the transport, the retry loop, the error kinds and the
@@ -50,8 +51,10 @@ import numpy as np
 
 from detector.channels import N_CHANNELS, N_SAMPLES, N_TRIGGER_CHANNELS, TRIGGER_CHANNEL_NAMES
 from detector.hwstatus import CrateState
+from detector.mmblock import MM_STRIP_DTYPE, PTR_DTYPE, MMBlockError, decode_block, strip_data
 from detector.records import TRUTH_DTYPE
 from detector.settings import Config
+from detector.tracking import StripData
 from hv_control.instrument import (
     ErrorKinds,
     InstrumentConnectionError,
@@ -73,6 +76,8 @@ TIME_DTYPE = np.dtype("<f8")
 EVT_DTYPE = np.dtype("<i2")
 PRIM_RECORD_BYTES = N_TRIGGER_CHANNELS * N_SAMPLES * PRIM_DTYPE.itemsize  # 384
 EVENT_RECORD_BYTES = N_CHANNELS * N_SAMPLES * EVT_DTYPE.itemsize  # 7744
+#: bound on the mean Micromegas strips per event of an ``MM:DATA?`` block (above every strip of 8 planes of 1024)
+MAX_MM_STRIPS_PER_EVENT = 8192
 SPILL_STATES = CrateState.names()  #: SPIL:STAT? states
 #: the PRIM:COUN? bound is this many times the configured particles per spill (Poisson fluctuations
 #: and a crate configured for more intensity stay far below it; a corrupt count does not)
@@ -237,6 +242,7 @@ class MSADC:
         self._selected: int | None = None
         self._samples: int | None = None  #: CONF:SAMP value once configure() succeeded
         self._truth_supported: bool | None = None
+        self._mm_supported: bool | None = None
         self.idn = ""
         #: recoveries and errors since the last :meth:`take_incidents`: "timeout", "reconnected",
         #: "truncated_block", "corrupt_block", "crate_error", "retried"
@@ -416,14 +422,17 @@ class MSADC:
             if length != out.nbytes:
                 raise MSADCBlockError(f"{cmd}: block announces {length} bytes, expected {out.nbytes}", "corrupt")
             self._read_into(out.reshape(-1).view(np.uint8).data, cmd)
-            term = self._read_exact(1, cmd + " terminator")
-            if term != b"\n":
-                raise MSADCBlockError(
-                    f"{cmd}: block of {length} bytes is not followed by '\\n' (got {term!r}): "
-                    "the header lied about its length",
-                    "corrupt",
-                )
+            self._read_terminator(cmd, length)
         return out
+
+    def _read_terminator(self, cmd: str, length: int) -> None:
+        term = self._read_exact(1, cmd + " terminator")
+        if term != b"\n":
+            raise MSADCBlockError(
+                f"{cmd}: block of {length} bytes is not followed by '\\n' (got {term!r}): "
+                "the header lied about its length",
+                "corrupt",
+            )
 
     def _drain_errors(self, limit: int = 40) -> list[tuple[int, str]]:
         errs: list[tuple[int, str]] = []
@@ -651,30 +660,65 @@ class MSADC:
         cmd = f"EVT:TRUT? {int(first)},{int(count)}"
         return self._transact(cmd, lambda: self._query_block_into(cmd, out))
 
-    def truth_supported(self) -> bool:
-        """Whether the crate answers ``EVT:TRUT?`` (the emulator does, real hardware does not). Probed once
-        per driver with ``EVT:TRUT? 0,1`` followed by ``*OPC?``: a block first means yes, ``1`` first means
-        no (the failed query's error is then drained). Needs a selected spill with an accepted event."""
-        if self._truth_supported is not None:
-            return self._truth_supported
+    def read_mm(self, first: int, count: int) -> StripData:
+        """Micromegas strips of accepted events ``first..first+count-1`` (accepted-list order), ``MM:DATA?``.
+        The block must have the layout of :mod:`detector.mmblock` (at most :data:`MAX_MM_STRIPS_PER_EVENT`
+        strips per event on average): anything else raises :class:`MSADCBlockError` and is re-read."""
+        cmd = f"MM:DATA? {int(first)},{int(count)}"
+        head = (int(count) + 1) * PTR_DTYPE.itemsize
+        limit = head + int(count) * MAX_MM_STRIPS_PER_EVENT * MM_STRIP_DTYPE.itemsize
+
+        def run() -> StripData:
+            with deferred_sigint():
+                self._write(cmd)
+                length = self._read_block_header(cmd)
+                if not head <= length <= limit:
+                    raise MSADCBlockError(f"{cmd}: block announces {length} bytes, expected {head}..{limit}", "corrupt")
+                buf = np.empty(length, np.uint8)
+                self._read_into(buf.data, cmd)
+                self._read_terminator(cmd, length)
+            try:
+                ptr, rec = decode_block(buf, int(count))
+            except MMBlockError as exc:
+                raise MSADCBlockError(f"{cmd}: {exc}", "corrupt") from None
+            return strip_data(ptr, rec)
+
+        return self._transact(cmd, run)
+
+    def _probe(self, cmd: str) -> bool:
+        """Whether the crate answers the block query ``cmd``: sent with ``*OPC?``; a block first means yes,
+        ``1`` first means no (the failed query's error is then drained)."""
 
         def run() -> bool:
             with deferred_sigint():
-                self._write("EVT:TRUT? 0,1")
+                self._write(cmd)
                 self._write("*OPC?")
-                first = self._read_exact(1, "EVT:TRUT? probe")
+                first = self._read_exact(1, f"{cmd} probe")
                 if first == b"#":
-                    nd = self._read_exact(1, "EVT:TRUT? probe")
-                    digits = self._read_exact(int(nd), "EVT:TRUT? probe") if nd.isdigit() else b""
+                    nd = self._read_exact(1, f"{cmd} probe")
+                    digits = self._read_exact(int(nd), f"{cmd} probe") if nd.isdigit() else b""
                     length = parse_block_header(b"#" + nd + digits)
-                    self._read_exact(length + 1, "EVT:TRUT? probe")
+                    self._read_exact(length + 1, f"{cmd} probe")
                     self._read_line("*OPC?")
                     return True
                 self._read_line("*OPC?")
                 self._drain_errors()
                 return False
 
-        self._truth_supported = self._transact("EVT:TRUT? probe", run)
+        return self._transact(f"{cmd} probe", run)
+
+    def mm_supported(self) -> bool:
+        """Whether the crate has the Micromegas readout (``MM:DATA? 0,0`` answers a block). Probed once per
+        driver; needs a selected spill."""
+        if self._mm_supported is None:
+            self._mm_supported = self._probe("MM:DATA? 0,0")
+        return self._mm_supported
+
+    def truth_supported(self) -> bool:
+        """Whether the crate answers ``EVT:TRUT?`` (the emulator does, real hardware does not). Probed once
+        per driver with ``EVT:TRUT? 0,1`` (:meth:`_probe`). Needs a selected spill with an accepted event."""
+        if self._truth_supported is None:
+            self._truth_supported = self._probe("EVT:TRUT? 0,1")
         return self._truth_supported
 
     def upload_accepted(self, indices: np.ndarray) -> None:

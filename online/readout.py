@@ -7,7 +7,8 @@ The steps, in the order the data flows:
    buffers (a pool of 3, a queue of at most 2 full chunks) while this thread runs the numba trigger on
    the previous chunk, so transfer and trigger overlap;
 3. upload the accepted list and verify it with ``ACC:COUN?``;
-4. read ``EVT:DATA?`` in chunks straight into a recycled event buffer;
+4. read ``EVT:DATA?`` in chunks straight into a recycled event buffer, each chunk followed by its Micromegas
+   strips (``MM:DATA?``, when the crate has the Micromegas module);
 5. check that the crate still has this spill selected with this accepted list (``SPIL:SEL?``,
    ``ACC:COUN?``): otherwise another client interfered and the events are discarded;
 6. read ``EVT:TRUT?`` when ``record_truth`` is asked for and the crate offers it.
@@ -35,7 +36,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from detector import channels as ch
+from detector import mmblock
 from detector.records import TRUTH_DTYPE
+from detector.tracking import StripData
 
 from .buffers import ChunkPool, EventPool, TimesBuffer
 from .msadc import EVENT_RECORD_BYTES, MSADC, PRIM_RECORD_BYTES, MSADCCrateError, MSADCError, MSADCReplyError
@@ -65,6 +68,7 @@ class SpillOutcome:
     events: np.ndarray = field(default_factory=lambda: np.empty((0, ch.N_CHANNELS, ch.N_SAMPLES), np.int16))
     n_read_out: int = 0
     truth: np.ndarray | None = None
+    mm: StripData | None = None  #: Micromegas strips of the events read out (None: the crate has no MM module)
     events_base: np.ndarray | None = None  #: the pooled buffer ``events`` is a view of
     scalers: dict[str, int] = field(default_factory=dict)
     triggers: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -306,17 +310,27 @@ class CrateReadout:
         out.events_base = self.events.take(n_acc)
         out.events = out.events_base[:n_acc]
         step = max(1, min(EVENT_BLOCK, self.chunk_records * PRIM_RECORD_BYTES // EVENT_RECORD_BYTES))
+        mm: list[StripData] = []
+        t_mm = 0.0
         try:
+            with_mm = n_acc > 0 and self.crate.mm_supported()
             for first in range(0, n_acc, step):
                 c = min(step, n_acc - first)
                 self.crate.read_events(first, c, out=out.events[first : first + c])
+                if with_mm:
+                    tm = time.perf_counter()
+                    mm.append(self.crate.read_mm(first, c))
+                    t_mm += time.perf_counter() - tm
                 out.n_read_out = first + c
         except MSADCError as exc:
             self._fail(out, exc, f"event readout ({out.n_read_out} of {n_acc})")
             out.events = out.events[: out.n_read_out]
+            out.mm = mmblock.concat(mm) if mm else None
             return False
+        out.mm = mmblock.concat(mm) if with_mm else None
         out.timing["events_s"] = time.perf_counter() - t
         out.timing["event_bytes"] = float(out.events.nbytes)
+        out.timing["mm_s"] = t_mm
         return True
 
     def _verify_selection(self, out: SpillOutcome) -> bool:
@@ -334,6 +348,7 @@ class CrateReadout:
             self._fail(out, exc, "selection check after the event readout (events discarded)")
             out.n_read_out = 0
             out.events = out.events[:0]
+            out.mm = None if out.mm is None else mmblock.empty()
             return False
         return True
 

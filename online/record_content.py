@@ -76,6 +76,7 @@ def build_spill(
     info = out.info
     table = info.get("table", {}) if isinstance(info.get("table"), dict) else {}
     truth = out.truth[:n] if out.truth is not None and out.truth.shape[0] >= n else None
+    mm = out.mm if out.mm is not None and out.mm.n_events == n else None
     extra = {
         "timing": out.timing,
         "errors": out.errors,
@@ -105,6 +106,7 @@ def build_spill(
         out.events,
         truth,
         attrs,
+        mm,
     )
     entry = {
         "crate_spill": int(out.crate_spill),
@@ -123,6 +125,7 @@ def build_spill(
         "errors": out.errors,
         "incidents": incidents,
         "truth": truth is not None,
+        "mm": mm is not None,
         "note": note,
     }
     if out.max_events is not None:

@@ -36,6 +36,7 @@ from detector.hwstatus import CrateState
 from detector.records import TRUTH_DTYPE
 
 from .crate_spill import SpillRecord, truth_summary
+from .emu_mm import MMReadout
 from .scpi import (
     ESR_OPC,
     BinaryReply,
@@ -146,11 +147,15 @@ class MSADCCrate:
         Object with ``events(spill, deposits, indices, hv_vmon) -> int16 (n, 121, 32)``; used by ``EVT:DATA?``.
     buffer:
         How many completed spills are kept (``emulator.spill_buffer``).
+    mm:
+        The Micromegas readout module (``MM:`` commands), None for a crate without one.
     serial:
         Serial number reported by ``*IDN?``.
     """
 
-    def __init__(self, digitizer: DigitizerLike | None, buffer: int = 2, serial: str = "EMU-0001") -> None:
+    def __init__(
+        self, digitizer: DigitizerLike | None, buffer: int = 2, serial: str = "EMU-0001", mm: MMReadout | None = None
+    ) -> None:
         if not 1 <= int(buffer) <= 1024:
             raise ValueError(f"spill buffer must hold 1..1024 spills, got {buffer!r}")
         self.digitizer = digitizer
@@ -173,6 +178,8 @@ class MSADCCrate:
         self._latency_ns = DEFAULT_LATENCY_NS
         self._samples = chmap.N_SAMPLES
         self.commands = self._build_table()
+        if mm is not None:  # the Micromegas readout module (sim_frontend.emu_mm)
+            mm.register(self.commands, self._selected_record, self._range, self._noargs)
         self._local = threading.local()
         self._lookahead = _Lookahead()
         self.counters = {

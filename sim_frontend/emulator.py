@@ -54,6 +54,7 @@ from detector.config import Calibration, Config, load_calibration
 
 from . import control as ctl
 from .emu_hv import HVMainframe
+from .emu_mm import MMReadout
 from .emu_msadc import SCALER_THRESHOLD_MIP, MSADCCrate, SpillRecord, truth_summary
 from .emu_table import HCALTable
 from .faults import MSADCFaults
@@ -220,7 +221,8 @@ class Emulator:
         self.hv = HVMainframe(cfg, self.calibration)
         self.table = HCALTable(cfg, on_move=self._table_moved)
         self._calibration_beam_wanted: Any = None  #: shared with the feed child (set in _start_child)
-        self.crate = MSADCCrate(self.digitizer, buffer=cfg.emulator.spill_buffer)
+        self.mm = MMReadout(cfg)
+        self.crate = MSADCCrate(self.digitizer, buffer=cfg.emulator.spill_buffer, mm=self.mm)
         self.msadc_faults = MSADCFaults()
         if not 0.01 <= block_timeout_s <= 60:
             raise ValueError(f"block timeout must be in [0.01, 60] s, got {block_timeout_s}")
@@ -301,6 +303,8 @@ class Emulator:
             spill, {"x_mm": 0.0, "y_mm": 0.0, "module": -1, "cell": "PHYSICS"}, self.digitizer.nominal_vmon()
         )
         self.digitizer.events(spill, record.deposits, np.arange(2), record.vmon)
+        record.accepted = np.arange(2, dtype=np.uint32)
+        self.mm.block(record, 0, 2)  # the Micromegas strip kernels
         dt = time.monotonic() - t0
         log.info("spill chain ready in %.2f s", dt)
         return dt

@@ -444,3 +444,65 @@ def test_real_digitizer_events_match_primitives(rm):
             assert res.query("SYST:ERR?") == '0,"No error"'
         finally:
             res.close()
+
+
+def test_micromegas_block_bytes(rm):
+    """MM:DATA? over the wire with stock pyvisa: the documented layout, byte for byte (uint32 offsets, then
+    10-byte strip records with 3 samples), equal to the strips mmhits makes for those accepted events."""
+    from detector.config import load_calibration, load_config
+    from detector.mmblock import SAMPLE_SHAPE
+    from sim_frontend import mmhits
+    from sim_frontend.beam import generate_spill
+    from sim_frontend.digitizer import Digitizer
+    from sim_frontend.emu_mm import MMReadout
+    from sim_frontend.response import apply_response, hardware_scalers
+
+    cfg = load_config(None)
+    spill = generate_spill(cfg, 4, n_particles=2000)
+    dep = apply_response(spill, cfg, None)
+    dig = Digitizer(cfg, load_calibration(cfg))
+    prim, times = dig.primitives(spill, dep, dig.nominal_vmon())
+    crate = MSADCCrate(dig, buffer=1, mm=MMReadout(cfg))
+    crate.spill_completed(SpillRecord(spill, dep, prim, times, {}, dig.nominal_vmon(), hardware_scalers(dep)))
+    idx = np.array([3, 17, 500, 1999], dtype=np.uint32)
+    with MSADCServer(crate) as server:
+        res = open_crate(rm, server)
+        try:
+            assert res.query("MM:PLAN?") == str(2 * len(cfg.tracker.stations))
+            assert res.query("MM:SAMP?") == "3"
+            res.write("SPIL:SEL 4")
+            res.write_binary_values("ACC:DATA ", idx, datatype="I")
+            res.write("MM:DATA? 1,3")
+            raw = read_block(res)
+            res.write("MM:DATA? 0,0")
+            assert read_block(res) == b"\x00\x00\x00\x00"  # no events: the single offset 0
+            res.write("MM:DATA? 2,3")  # beyond the 4 accepted events
+            res.write("*OPC?")
+            assert res.read() == "1"
+            assert res.query("SYST:ERR?").startswith("-222,")
+            assert res.query("SYST:ERR?") == '0,"No error"'
+        finally:
+            res.close()
+    ptr = np.frombuffer(raw[:16], "<u4")
+    want = mmhits.event_strips(spill, cfg, idx[1:].astype(np.int64))
+    np.testing.assert_array_equal(ptr, want.event_ptr)
+    assert ptr[-1] > 3 * 8  # every beam electron leaves a cluster in most of the 8 planes
+    body = raw[16:]
+    assert len(body) == 10 * int(ptr[-1])
+    for k in (0, int(ptr[-1]) // 2, int(ptr[-1]) - 1):  # plane u1, reserved u1, strip <u2, 3 x <i2
+        rec = body[10 * k : 10 * k + 10]
+        assert rec[0] == want.plane[k] and rec[1] == 0
+        assert int.from_bytes(rec[2:4], "little") == want.strip[k]
+        adc = [int.from_bytes(rec[4 + 2 * j : 6 + 2 * j], "little", signed=True) for j in range(3)]
+        assert adc == [round(float(want.charge[k]) * s) for s in SAMPLE_SHAPE]
+        assert adc[1] == max(adc)  # the second sample is at the pulse peak
+
+
+def test_crate_without_micromegas_refuses_mm_queries(crate_server, rm):
+    _, server = crate_server
+    res = open_crate(rm, server)
+    try:
+        res.write("MM:DATA? 0,0")
+        assert res.query("SYST:ERR?").startswith("-113,")
+    finally:
+        res.close()
