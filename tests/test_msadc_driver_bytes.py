@@ -397,3 +397,68 @@ def test_parse_helpers():
     for bad in (b"#", b"#0", b"#3a12", b"X312", b"#312"):
         with pytest.raises(MSADCBlockError):
             msadc.parse_block_header(bad)
+
+
+def _mm_payload(ptr: list[int], recs: list[tuple[int, int, tuple[int, int, int]]]) -> bytes:
+    """An MM:DATA? payload written by hand from the documented layout (docs/protocols.md 1.x, MM:DATA?)."""
+    out = b"".join(int(p).to_bytes(4, "little") for p in ptr)
+    for plane, strip, adc in recs:
+        out += bytes([plane, 0]) + strip.to_bytes(2, "little") + b"".join(a.to_bytes(2, "little", signed=True) for a in adc)
+    return out
+
+
+def test_micromegas_probe_and_block_bytes():
+    recs = [(0, 160, (247, 300, 273)), (1, 161, (20, 30, 25)), (6, 5, (100, 180, 150))]
+    payload = _mm_payload([0, 2, 2, 3], recs)
+    script = HELLO + [
+        (b"MM:DATA? 0,0\n*OPC?\n", block(b"\0\0\0\0") + b"1\n"),
+        (b"MM:DATA? 4,3\n", block(payload)),
+    ]
+    crate = ScriptedCrate(script)
+    d = _open(crate)
+    assert d.mm_supported() is True
+    assert d.mm_supported() is True  # cached: no second probe
+    s = d.read_mm(4, 3)
+    d.close()
+    crate.check()
+    assert s.event_ptr.tolist() == [0, 2, 2, 3]
+    assert s.plane.tolist() == [0, 1, 6] and s.strip.tolist() == [160, 161, 5]
+    assert s.charge.tolist() == [300.0, 30.0, 180.0]  # the peak sample
+
+
+def test_micromegas_probe_unsupported():
+    script = HELLO + [
+        (b"MM:DATA? 0,0\n*OPC?\n", b"1\n"),
+        (b"SYST:ERR?\n", b'-113,"Undefined header"\n'),
+        (b"SYST:ERR?\n", NOERR),
+    ]
+    crate = ScriptedCrate(script)
+    d = _open(crate)
+    assert d.mm_supported() is False
+    d.close()
+    crate.check()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        _mm_payload([0, 2], [(0, 1, (1, 2, 1))]),  # last offset 2, one strip follows
+        _mm_payload([1, 1], [(0, 1, (1, 2, 1))]),  # first offset not 0
+        _mm_payload([0, 1], [(0, 1, (1, 2, 1))]) + b"\0\0\0",  # not whole strip records
+        b"\0\0",  # shorter than the offsets
+        b"\0" * (8 + 10 * (msadc.MAX_MM_STRIPS_PER_EVENT + 1)),  # more strips than any event can have
+    ],
+)
+def test_bad_micromegas_block_is_reread(bad):
+    good = _mm_payload([0, 1], [(2, 7, (1, 2, 1))])
+    crate = ScriptedCrate(
+        HELLO + SEL3 + [(b"MM:DATA? 0,1\n", block(bad))], RECONNECT_SEL3 + [(b"MM:DATA? 0,1\n", block(good))]
+    )
+    d = _open(crate, timeout_ms=EXPIRE_MS)
+    _select3(d)
+    s = d.read_mm(0, 1)
+    d.close()
+    crate.check()
+    assert s.plane.tolist() == [2] and s.strip.tolist() == [7] and s.charge.tolist() == [2.0]
+    inc = d.take_incidents()
+    assert "retried" in inc and "corrupt_block" in inc, inc
