@@ -64,6 +64,11 @@ def test_three_spills_recorded_and_published(tmp_path):
     assert rec["totals"]["eot"] == sum(e["eot"] for e in rec["spills"])
     d = read_spill(files[0])
     assert d.waveforms.shape == (d.n_events, 121, 32) and d.truth is not None
+    # the Micromegas strips of every recorded event (MM:DATA?): each beam event leaves clusters in the chambers
+    assert all(e["mm"] is True for e in rec["spills"])
+    assert d.mm is not None and d.mm.n_events == d.n_events > 0
+    per_event = np.diff(d.mm.event_ptr)
+    assert np.median(per_event) >= 8 and d.mm.plane.max() == 7 and d.mm.charge.min() >= 20.0
     assert set(np.unique(d.trigger_mask)) <= set(range(1, 16))
     assert d.attrs["trigger_menu"]["triggers"]["beam"]["prescale"] == 1000
 

@@ -28,7 +28,9 @@ from oracle import start_oracle
 
 from detector.config import load_calibration, load_config
 from detector.records import TRIGGER_BITS
+from detector.records import PARTICLE_CODES
 from detector.runrecord import read_run_record
+from detector.tracking import Spectrometer, reconstruct_tracks
 from detector.spillfile import list_spills, read_spill, run_dir
 from offline.events import event_table_from_arrays
 
@@ -53,7 +55,9 @@ def cut_flow_by_hand(cfg: dict, calib, path) -> tuple[dict[str, int], set[tuple[
         truth=d.truth,
         run=int(d.attrs["run"]),
         spill=int(d.attrs["spill"]),
+        mm=d.mm,
     )
+    assert d.mm is not None and d.mm.n_events == d.n_events  # the DAQ recorded the Micromegas block
     off, window = cfg.offline, cfg.trigger.window_ns
     chi2_ndf = t["ecal_chi2"] / np.maximum(t["ecal_ndf"], 1)
     srd = np.ones(d.n_events, bool)
@@ -63,11 +67,13 @@ def cut_flow_by_hand(cfg: dict, calib, path) -> tuple[dict[str, int], set[tuple[
         cuts = [
             ("trigger", (d.trigger_mask & TRIGGER_BITS["physics"]) != 0),  # the RECORDED mask, not a column
             ("srd", srd),
-            # a run recorded without the Micromegas block has no track columns: the tracker cuts pass all
-            # (offline/selection.py)
-            ("momentum", np.ones(d.n_events, bool)),
-            ("angle", np.ones(d.n_events, bool)),
-            ("tracks", np.ones(d.n_events, bool)),
+            # the tracker cuts on the tracks reconstructed from the recorded Micromegas strips
+            ("momentum", (t["trk_p_gev"] >= off.p_min_gev) & (t["trk_p_gev"] <= off.p_max_gev)),
+            ("angle", t["trk_angle_mrad"] < off.angle_max_mrad),
+            (
+                "tracks",
+                (t["trk_n_tracks"] >= 1) & (t["trk_n_tracks"] <= off.max_tracks) & (t["trk_n_incoming"] <= off.max_tracks),
+            ),
             (
                 "shower",
                 (chi2_ndf < off.shape_chi2_ndf_max)
@@ -150,3 +156,16 @@ def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
     for name in ("A", "C"):
         assert np.load(out / f"sideband_{name}.npy").shape == (sel["sidebands"][name]["n"],)
     assert read_run_record(daq.rdir)["totals"]["spills"] == SPILLS
+
+    # the recorded Micromegas strips: the track momentum of the beam electrons peaks at the beam energy
+    p_e = []
+    for p in files:
+        d = read_spill(p, waveforms=False)
+        tracks = reconstruct_tracks(d.mm, Spectrometer.from_config(cfg))
+        p_e.append(tracks["p_gev"][d.truth["ptype"] == PARTICLE_CODES["e-"]])
+    p_e = np.concatenate(p_e)
+    assert p_e.size > 50 and np.isfinite(p_e).mean() > 0.8, (p_e.size, np.isfinite(p_e).mean())
+    counts, edges = np.histogram(p_e[np.isfinite(p_e)], bins=np.arange(50.0, 150.5, 2.0))
+    peak = 0.5 * (edges[counts.argmax()] + edges[counts.argmax() + 1])
+    assert abs(peak - cfg.beam.energy_gev) <= 3.0, peak
+    assert abs(np.nanmedian(p_e) / cfg.beam.energy_gev - 1) < 0.02, np.nanmedian(p_e)
