@@ -294,8 +294,8 @@ def _reco_kernel(
     qsum = np.zeros((n_planes, MAX_CLUSTERS))
     ncl = np.zeros(n_planes, np.int64)
     used = np.zeros((n_st, MAX_CLUSTERS), np.bool_)
-    bx = np.zeros(5)
-    by = np.zeros(4)
+    bx = np.zeros(6)  # _fit_view's best: npar parameters, chi2, hits, ndf
+    by = np.zeros(5)
     for e in range(event_ptr.shape[0] - 1):
         a, b = event_ptr[e], event_ptr[e + 1]
         _clusters(plane[a:b], strip[a:b], charge[a:b], n_planes, pitch, half, pos, qsum, ncl)

@@ -363,15 +363,18 @@ def test_truth_probe_supported_and_read():
     crate.check()
 
 
-def test_truth_probe_unsupported():
+@pytest.mark.parametrize(
+    "probe,method", [(b"EVT:TRUT? 0,1", "truth_supported"), (b"MM:DATA? 0,0", "mm_supported")]
+)
+def test_block_probe_unsupported(probe, method):
     script = HELLO + [
-        (b"EVT:TRUT? 0,1\n*OPC?\n", b"1\n"),
+        (probe + b"\n*OPC?\n", b"1\n"),
         (b"SYST:ERR?\n", b'-113,"Undefined header"\n'),
         (b"SYST:ERR?\n", NOERR),
     ]
     crate = ScriptedCrate(script)
     d = _open(crate)
-    assert d.truth_supported() is False
+    assert getattr(d, method)() is False
     d.close()
     crate.check()
 
@@ -424,19 +427,6 @@ def test_micromegas_probe_and_block_bytes():
     assert s.event_ptr.tolist() == [0, 2, 2, 3]
     assert s.plane.tolist() == [0, 1, 6] and s.strip.tolist() == [160, 161, 5]
     assert s.charge.tolist() == [300.0, 30.0, 180.0]  # the peak sample
-
-
-def test_micromegas_probe_unsupported():
-    script = HELLO + [
-        (b"MM:DATA? 0,0\n*OPC?\n", b"1\n"),
-        (b"SYST:ERR?\n", b'-113,"Undefined header"\n'),
-        (b"SYST:ERR?\n", NOERR),
-    ]
-    crate = ScriptedCrate(script)
-    d = _open(crate)
-    assert d.mm_supported() is False
-    d.close()
-    crate.check()
 
 
 @pytest.mark.parametrize(
