@@ -51,14 +51,25 @@ class MMReadout:
         selected: Callable[[], SpillRecord],
         event_range: Callable[[list[str], int, str, int], tuple[int, int]],
         noargs: Callable[[list[str], str], Any],
+        lookahead: Any,
     ) -> None:
         """Add the ``MM:`` commands to the crate's ``table``; ``selected()`` is the selected spill's record
-        (or raises the crate's error), ``event_range`` the crate's ``<first>,<count>`` parser."""
+        (or raises the crate's error), ``event_range`` the crate's ``<first>,<count>`` parser, ``lookahead``
+        a :class:`sim_frontend.emu_msadc.Lookahead` of its own (the next block is made in the background
+        while one is sent, as for ``EVT:DATA?``)."""
 
         def data(args: list[str]) -> BinaryReply:
             rec = selected()
-            first, count = event_range(args, rec.accepted.size, "MM:DATA?", MAX_MM_EVENTS_PER_QUERY)
-            return BinaryReply(np.frombuffer(self.block(rec, first, count), np.uint8))
+            acc = rec.accepted
+            first, count = event_range(args, acc.size, "MM:DATA?", MAX_MM_EVENTS_PER_QUERY)
+            payload = lookahead.take((rec, acc, first, count))
+            if payload is None:
+                payload = self.block(rec, first, count)
+            nxt = first + count
+            if count and nxt < acc.size:  # the readout goes on with the next block: make it while this one is sent
+                n_next = min(count, acc.size - nxt)
+                lookahead.start((rec, acc, nxt, n_next), lambda: self.block(rec, nxt, n_next))
+            return BinaryReply(np.frombuffer(payload, np.uint8))
 
         table.add("MM:DATA?", data, data=True)
         table.add("MM:PLANes?", lambda a: noargs(a, "MM:PLAN?") or str(self.spec.n_planes))

@@ -95,23 +95,24 @@ def new_boot_id() -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-class _Lookahead:
-    """The next ``EVT:DATA?`` block, digitised in a background thread while the server sends the previous
-    one (a readout reads the accepted events block after block). A block is taken only by the query with the
+class Lookahead:
+    """The next block of a block query (``EVT:DATA?``, ``MM:DATA?``), made in a background thread while the
+    server sends the previous one (a readout reads the accepted events block after block). A block is taken only by the query with the
     same key (spill record, accepted list, first, count: compared by identity and value); anything else
     discards it."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name  #: the thread's name
         self._lock = threading.Lock()
         self._key: tuple[Any, ...] | None = None
         self._thread: threading.Thread | None = None
-        self._result: list[np.ndarray] = []
+        self._result: list[Any] = []
 
     @staticmethod
     def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
         return a[0] is b[0] and a[1] is b[1] and a[2:] == b[2:]
 
-    def take(self, key: tuple[Any, ...]) -> np.ndarray | None:
+    def take(self, key: tuple[Any, ...]) -> Any:
         """The block of ``key`` if it was started (waits for it); None otherwise or if it failed."""
         with self._lock:
             th, k, res = self._thread, self._key, self._result
@@ -124,15 +125,15 @@ class _Lookahead:
     def start(self, key: tuple[Any, ...], compute: Any) -> None:
         """Compute ``compute()`` for ``key`` in a background thread (after the previous one ended)."""
         self.take(("", "", None))  # wait for and drop any block still in flight
-        res: list[np.ndarray] = []
+        res: list[Any] = []
 
         def run() -> None:
             try:
                 res.append(compute())
             except Exception:  # the query recomputes it and reports the error itself
-                log.debug("EVT:DATA? look-ahead failed", exc_info=True)
+                log.debug("%s failed", self.name, exc_info=True)
 
-        th = threading.Thread(target=run, name="evt-lookahead", daemon=True)
+        th = threading.Thread(target=run, name=self.name, daemon=True)
         with self._lock:
             self._thread, self._key, self._result = th, key, res
         th.start()
@@ -179,9 +180,9 @@ class MSADCCrate:
         self._samples = chmap.N_SAMPLES
         self.commands = self._build_table()
         if mm is not None:  # the Micromegas readout module (sim_frontend.emu_mm)
-            mm.register(self.commands, self._selected_record, self._range, self._noargs)
+            mm.register(self.commands, self._selected_record, self._range, self._noargs, Lookahead("mm-lookahead"))
         self._local = threading.local()
-        self._lookahead = _Lookahead()
+        self._lookahead = Lookahead("evt-lookahead")
         self.counters = {
             "commands": 0,
             "queries": 0,
