@@ -102,4 +102,6 @@ def concat(parts: list[StripData]) -> StripData:
 
 def empty(n_events: int = 0) -> StripData:
     """``n_events`` events without strips."""
-    return StripData(np.zeros(n_events + 1, np.int64), np.empty(0, np.uint8), np.empty(0, np.uint16), np.empty(0, np.float32))
+    return StripData(
+        np.zeros(n_events + 1, np.int64), np.empty(0, np.uint8), np.empty(0, np.uint16), np.empty(0, np.float32)
+    )

@@ -97,9 +97,9 @@ def new_boot_id() -> str:
 # --------------------------------------------------------------------------------------------------
 class Lookahead:
     """The next block of a block query (``EVT:DATA?``, ``MM:DATA?``), made in a background thread while the
-    server sends the previous one (a readout reads the accepted events block after block). A block is taken only by the query with the
-    same key (spill record, accepted list, first, count: compared by identity and value); anything else
-    discards it."""
+    server sends the previous one (a readout reads the accepted events block after block). A block is taken
+    only by the query with the same key (spill record, accepted list, first, count: compared by identity and
+    value); anything else discards it."""
 
     def __init__(self, name: str) -> None:
         self.name = name  #: the thread's name

@@ -363,9 +363,7 @@ def test_truth_probe_supported_and_read():
     crate.check()
 
 
-@pytest.mark.parametrize(
-    "probe,method", [(b"EVT:TRUT? 0,1", "truth_supported"), (b"MM:DATA? 0,0", "mm_supported")]
-)
+@pytest.mark.parametrize("probe,method", [(b"EVT:TRUT? 0,1", "truth_supported"), (b"MM:DATA? 0,0", "mm_supported")])
 def test_block_probe_unsupported(probe, method):
     script = HELLO + [
         (probe + b"\n*OPC?\n", b"1\n"),
@@ -406,7 +404,11 @@ def _mm_payload(ptr: list[int], recs: list[tuple[int, int, tuple[int, int, int]]
     """An MM:DATA? payload written by hand from the documented layout (docs/protocols.md 1.x, MM:DATA?)."""
     out = b"".join(int(p).to_bytes(4, "little") for p in ptr)
     for plane, strip, adc in recs:
-        out += bytes([plane, 0]) + strip.to_bytes(2, "little") + b"".join(a.to_bytes(2, "little", signed=True) for a in adc)
+        out += (
+            bytes([plane, 0])
+            + strip.to_bytes(2, "little")
+            + b"".join(a.to_bytes(2, "little", signed=True) for a in adc)
+        )
     return out
 
 

@@ -27,11 +27,10 @@ from emulator_fixture import deep_merge, start_emulator
 from oracle import start_oracle
 
 from detector.config import load_calibration, load_config
-from detector.records import TRIGGER_BITS
-from detector.records import PARTICLE_CODES
+from detector.records import PARTICLE_CODES, TRIGGER_BITS
 from detector.runrecord import read_run_record
-from detector.tracking import Spectrometer, reconstruct_tracks
 from detector.spillfile import list_spills, read_spill, run_dir
+from detector.tracking import Spectrometer, reconstruct_tracks
 from offline.events import event_table_from_arrays
 
 pytestmark = pytest.mark.slow
@@ -72,7 +71,9 @@ def cut_flow_by_hand(cfg: dict, calib, path) -> tuple[dict[str, int], set[tuple[
             ("angle", t["trk_angle_mrad"] < off.angle_max_mrad),
             (
                 "tracks",
-                (t["trk_n_tracks"] >= 1) & (t["trk_n_tracks"] <= off.max_tracks) & (t["trk_n_incoming"] <= off.max_tracks),
+                (t["trk_n_tracks"] >= 1)
+                & (t["trk_n_tracks"] <= off.max_tracks)
+                & (t["trk_n_incoming"] <= off.max_tracks),
             ),
             (
                 "shower",
