@@ -198,7 +198,9 @@ def _downstream(name: str) -> Estimator:
         r = f(cfg, eot, intensity, n_mc=n_mc, seed=seed, calib=calib)
         progress(1, 1)
         err = math.hypot(float(r["err_stat"]), float(r["err_syst"]))
-        mc = {k: v for k, v in r.items() if k not in ("n", "err_stat", "err_syst")}
+        box = sum(int(smp.get("selected", 0)) for smp in r.get("samples", []))
+        mc = {"events": r["mc_events"], "box_events": box}
+        mc.update({k: v for k, v in r.items() if k not in ("n", "err_stat", "err_syst")})
         return {"n": float(r["n"]), "err": err, "err_stat": r["err_stat"], "err_syst": r["err_syst"], "mc": mc}
 
     estimator.__doc__ = f.__doc__

@@ -139,11 +139,12 @@ def test_no_injection_box_consistent_with_the_upstream_prediction(plain):
     assert abs(m.n_obs - pred["n"]) < 3 * sigma, (m.n_obs, pred["n"], pred["err"])
     # side bands: C (E_ECAL >= 50 GeV with nothing behind) is empty with this beam line (an electron whose whole
     # energy is not in the ECAL was bent away from it, and the photon of a brem after the dipoles goes into the
-    # ECAL with it); A holds dimuons and the events whose lost photon or electron showered in the HCAL
+    # ECAL with it); A holds dimuons (at their physical rate: recorded data are unbiased) and the events
+    # whose lost photon or electron showered in the HCAL
     c = m.sidebands["C"]
     assert ev.n_rows(c) == 0
     a = m.sidebands["A"]
-    assert ev.n_rows(a) >= 10
+    assert ev.n_rows(a) >= 1
     assert np.all(a["e_ecal"] < 50) and np.all(a["e_hcal"] >= 1.0)
     assert np.all((a["truth_flags"] & (TRUTH_BEAMLINE | TRUTH_DIMUON)) != 0)
     assert np.any((a["truth_flags"] & TRUTH_BEAMLINE) != 0)
