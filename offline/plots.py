@@ -64,7 +64,7 @@ def plot_exclusion(
     ``simulated_mev``: masses whose signal efficiency was simulated (marked on the curve)."""
     m, eps = _finite_curve(masses_mev, eps_90)
     fig, ax = _new_axes()
-    top = max(1.0, float(eps.max()) * 30.0)
+    top = 1.0 if eps.min() < 1.0 else float(eps.max()) * 30.0  # eps > 1 is no coupling to exclude
     ax.fill_between(m, eps, top, color="C0", alpha=0.25, lw=0, label="excluded (90% CL)")
     ax.plot(m, eps, color="C0", lw=2, marker="o" if m.size < 8 else None, label=label)
     if len(simulated_mev):
@@ -172,7 +172,8 @@ def plot_ecal_vs_hcal(
     dense = np.ma.masked_where(counts <= sparse_max, counts)
     norm = matplotlib.colors.LogNorm(vmin=1, vmax=max(2.0, counts.max()))
     mesh = ax.pcolormesh(x_edges, y_edges, dense.T, norm=norm, cmap="viridis")
-    fig.colorbar(mesh, ax=ax, label=f"events per bin (> {sparse_max})")
+    if (counts > sparse_max).any():
+        fig.colorbar(mesh, ax=ax, label=f"events per bin (> {sparse_max})")
     sparse = sparse_events(e_ecal, e_hcal, counts, x_edges, y_edges, sparse_max)
     label = f"one event (bins with <= {sparse_max})"
     ax.plot(e_ecal[sparse], e_hcal[sparse], "o", ms=4, color="black", mfc="none", label=label)
