@@ -390,6 +390,10 @@ SUBCOMMANDS: dict[str, tuple[ParserBuilder, Handler]] = {
 from offline import commands as _commands  # noqa: E402
 
 SUBCOMMANDS.update(_commands.SUBCOMMANDS)
+# efficiency (Table II factors), dimuons (control sample): offline/physics_commands.py
+from offline import physics_commands as _physics  # noqa: E402
+
+SUBCOMMANDS.update(_physics.SUBCOMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:

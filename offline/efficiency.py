@@ -32,9 +32,8 @@ from detector.tracking import Spectrometer, reconstruct_tracks
 from sim_frontend import mmhits
 from sim_frontend.response import apply_response
 
-from . import aprime_depth
+from . import aprime_depth, paper2016
 from . import events as ev
-from . import paper2016
 from . import selection as sel
 from .signal import _make_spill, emiss_min_gev, mc_event_table
 
@@ -122,9 +121,7 @@ def signal_efficiency(
         "emiss_min_gev": emiss_min_gev(c),
         **table,
         "at_depth": bool(at_depth),
-        "ps_threshold_correction": aprime_depth.ps_threshold_correction(
-            ps_face, dep.trigger[pick, 4], ps_min
-        ),
+        "ps_threshold_correction": aprime_depth.ps_threshold_correction(ps_face, dep.trigger[pick, 4], ps_min),
         "depth_x0_mean": float(np.mean(depth["t_x0"])) if depth else 0.0,
         "tracker_applied": bool(s.tracker_applied),
         "cut_flow": dict(s.cut_flow()),
