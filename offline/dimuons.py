@@ -21,21 +21,18 @@ import numpy as np
 
 from detector.config import Calibration, Config, load_calibration
 from detector.records import TRUTH_DIMUON, TRUTH_PILEUP
-from detector.tracking import Spectrometer, reconstruct_tracks
-from sim_frontend import mmhits
 from sim_frontend.beam import dimuon_probability
 from sim_frontend.response import apply_response
 
 from . import events as ev
 from . import selection as sel
-from .signal import mc_beam, mc_event_table
+from .signal import mc_beam, mc_event_table, mc_track_columns
 
 ECAL_MAX_GEV = 60.0  #: E_ECAL of a dimuon candidate below this (the paper's Table I)
 HCAL_WINDOW_GEV = (1.0, 6.0)  #: MIP-like energy of two muons in one HCAL module (docs/physics.md 6.4)
 HCAL_MODULES = (0, 3)  #: modules the window applies to: the paper's HCAL1 and HCAL4
 INCOMING_CUTS = ("trigger", "srd", "momentum", "angle", "tracks", "pileup")
 SEED_OFFSET = 0xD1D0  #: spill-number offset of the dimuon MC
-TRACK_CHUNK = 4096
 
 
 def dimuon_mask(t: ev.Table, cuts: sel.Cuts) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -75,15 +72,7 @@ def mc_dimuons(
     truth["weight"][pick] = p_mumu
     dep = apply_response(spill, c)
     t = mc_event_table(c, calib, spill, dep, pick)
-    spec = Spectrometer.from_config(c)
-    t.update(
-        ev.concat(
-            [
-                sel.track_columns(reconstruct_tracks(mmhits.event_strips(spill, c, pick[s : s + TRACK_CHUNK]), spec))
-                for s in range(0, pick.size, TRACK_CHUNK)
-            ]
-        )
-    )
+    t.update(mc_track_columns(c, spill, pick))
     mask, steps = dimuon_mask(t, sel.Cuts.from_config(c))
     w = np.asarray(t["truth_weight"], dtype=np.float64)
     per_eot = float(w[mask].sum()) / n_mc

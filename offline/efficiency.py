@@ -28,14 +28,11 @@ from typing import Any
 import numpy as np
 
 from detector.config import Calibration, Config, load_calibration
-from detector.tracking import Spectrometer, reconstruct_tracks
-from sim_frontend import mmhits
 from sim_frontend.response import apply_response
 
 from . import aprime_depth, paper2016
-from . import events as ev
 from . import selection as sel
-from .signal import _make_spill, emiss_min_gev, mc_event_table
+from .signal import _make_spill, emiss_min_gev, mc_event_table, mc_track_columns
 
 FACTORS: dict[str, tuple[str, ...]] = {
     "eps_e": ("srd", "momentum", "angle", "tracks", "pileup"),
@@ -52,7 +49,6 @@ PAPER_FACTORS: dict[str, tuple[float, float]] = {
     "eps_v": paper2016.TABLE_II["eps_veto_v2"],
     "eps_hcal": paper2016.TABLE_II["eps_hcal_selection"],
 }
-TRACK_CHUNK = 4096
 
 
 def _binomial(k: int, n: int) -> tuple[float, float]:
@@ -103,12 +99,7 @@ def signal_efficiency(
     ps_face = dep.trigger[pick, 4].copy()
     depth = aprime_depth.emit_at_depth(spill, dep, pick, seed) if at_depth else None
     t = mc_event_table(c, calib, spill, dep, pick)
-    spec = Spectrometer.from_config(c)
-    tracks = [
-        sel.track_columns(reconstruct_tracks(mmhits.event_strips(spill, c, pick[s : s + TRACK_CHUNK]), spec))
-        for s in range(0, pick.size, TRACK_CHUNK)
-    ]
-    t.update(ev.concat(tracks))
+    t.update(mc_track_columns(c, spill, pick))
     s = sel.select(t, sel.Cuts.from_config(c))
     table = factor_table(dict(s.masks))
     if table["selected"] != int(s.passed["box"].sum()):
