@@ -97,7 +97,7 @@ def signal_efficiency(
     spill, pick = _make_spill(c, mass_mev, n_events, seed, pileup=True)
     dep = apply_response(spill, c)
     ps_face = dep.trigger[pick, 4].copy()
-    depth = aprime_depth.emit_at_depth(spill, dep, pick, seed) if at_depth else None
+    depth = aprime_depth.emit_at_depth(spill, dep, pick, seed, mass_mev, emiss_min_gev(c)) if at_depth else None
     t = mc_event_table(c, calib, spill, dep, pick)
     t.update(mc_track_columns(c, spill, pick))
     s = sel.select(t, sel.Cuts.from_config(c))

@@ -50,6 +50,18 @@ def test_depth_follows_the_primary_track_length_above_e_aprime():
     assert np.all((e >= 60.0) & (e <= 100.0)) and e.mean() < 95.0
 
 
+def test_emission_inside_the_shower_conserves_energy_and_stays_above_emiss():
+    rng = np.random.default_rng(3)
+    e = np.full(3000, 100.0)
+    t, e_e, e_a = aprime_depth.sample_emission(0.0167, e, 50.0, rng)
+    assert np.all((e_a >= 50.0) & (e_a <= e_e) & (e_e <= e)) and np.all(t >= 0)
+    assert np.mean(e_a > 50.0) > 0.99
+    # the emitter has lost energy before radiating: E_e < E for most events, the deeper the softer
+    assert np.mean(e_e < 99.0) > 0.3 and np.corrcoef(t, e_e)[0, 1] < -0.3
+    # a light A' takes nearly all of the emitter's energy
+    assert np.median(e_a / e_e) > 0.9
+
+
 def test_ps_threshold_correction_is_the_ratio_of_fractions_above_threshold():
     face = np.array([0.5, 0.5, 0.5, 0.5, 0.1])  # 4 of 5 above 0.3
     depth = np.array([0.5, 0.2, 0.5, 0.3, 0.4])  # 3 of 5 (0.3 is not above)
@@ -74,9 +86,9 @@ def test_efficiency_command_writes_the_factor_table(tmp_path, capsys):
         k, n = r[f"{f}_events"] if f != "total" else (r["selected"], r["events"])
         assert 0 < r[f] <= 1 and r[f] == pytest.approx(k / n)
         assert r[f"{f}_err"] == pytest.approx(math.sqrt(r[f] * (1 - r[f]) / n))
-    # the A' emitted inside the shower leaves less in the preshower than at the face
+    # the A' radiated after the primary has showered part of its energy: more events above the PS threshold
     assert r["at_depth"] is True and 0.0 < r["depth_x0_mean"] < 2.0
-    assert 0.8 < r["ps_threshold_correction"] < 1.0
+    assert 1.1 < r["ps_threshold_correction"] < 2.0
     assert r["paper"]["total"] == 0.50 and r["paper"]["eps_e"] == [0.58, 0.03]
     face = _efficiency(tmp_path, "--face")
     assert face["ps_threshold_correction"] == 1.0 and face["depth_x0_mean"] == 0.0
