@@ -446,11 +446,11 @@ def print_summary(out: pathlib.Path, seconds: float) -> None:
         for row in limits.get("scan") or limits.get("points") or []:
             decade = abs(math.log10(row["mass_mev"]) - round(math.log10(row["mass_mev"]))) < 1e-9
             if decade or not row.get("efficiency_interpolated", False):
-                eff = f"{row['efficiency']:.3g}" + (" (interpolated)" if row.get("efficiency_interpolated") else "")
+                how = " (interpolated)" if row.get("efficiency_interpolated") else ""
                 y01 = row.get("y90_alphaD_0.1")
                 lt.add_row(
                     f"{row['mass_mev']:g}",
-                    eff,
+                    f"{row['efficiency']:.3g}{how}",
                     f"{row['eps_90']:.3g}",
                     f"{row['y90_alphaD_0.5']:.3g}",
                     "-" if y01 is None else f"{y01:.3g}",

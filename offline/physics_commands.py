@@ -57,7 +57,7 @@ def efficiency_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def _factor_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
     paper = r.get("paper") or {}
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for name in ("eps_e", "eps_ecal", "eps_v", "eps_hcal", "total"):
         ref = paper.get(name)
         if name == "total" and paper:
