@@ -238,6 +238,22 @@ def mc_event_table(
     return ev.concat(tables)
 
 
+def mc_track_columns(cfg: Config, spill: BeamSpill, pick: np.ndarray, chunk: int = 4096) -> ev.Table:
+    """Track columns (:data:`offline.selection.TRACK_COLUMNS`) of the MC particles ``pick`` of ``spill``:
+    their Micromegas strips (the spill went through the beam line) and the track reconstruction, the rows
+    in the order of ``pick`` (that of :func:`mc_event_table`)."""
+    from detector.tracking import Spectrometer, reconstruct_tracks
+    from sim_frontend import mmhits
+
+    spec = Spectrometer.from_config(cfg)
+    return ev.concat(
+        [
+            sel.track_columns(reconstruct_tracks(mmhits.event_strips(spill, cfg, pick[s : s + chunk]), spec))
+            for s in range(0, pick.size, chunk)
+        ]
+    )
+
+
 def simulate_signal(
     cfg: Config, mass_mev: float, n_events: int, calib: Calibration | None = None, seed: int = 1, pileup: bool = False
 ) -> SignalResult:
