@@ -71,7 +71,9 @@ ped_sums = arrays(
 
 
 @settings(max_examples=200, deadline=None)
-@given(arrays(np.int16, st.tuples(st.integers(1, 20), st.just(6), st.just(32)), elements=sample_values), ped_sums, ped_sums)
+@given(
+    arrays(np.int16, st.tuples(st.integers(1, 20), st.just(6), st.just(32)), elements=sample_values), ped_sums, ped_sums
+)
 def test_summary_is_the_definition_for_any_pedestals(prims: np.ndarray, se: np.ndarray, so: np.ndarray) -> None:
     check(prims, se, so)
 

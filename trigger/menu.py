@@ -410,9 +410,7 @@ class TriggerMenu:
                 f"known: {', '.join(TRIGGER_NAMES)} and lines with kind = 'energy'"
             )
         kinds = {"physics": EnergyTrigger, "beam": BeamTrigger, "random": RandomTrigger, "dimuon": EnergyTrigger}
-        kw: dict[str, Any] = {
-            k: (tuple(v) if k in PER_CHANNEL else v) for k, v in d.items() if k in known
-        }
+        kw: dict[str, Any] = {k: (tuple(v) if k in PER_CHANNEL else v) for k, v in d.items() if k in known}
         try:
             for n, t in trig.items():
                 if n in kinds:

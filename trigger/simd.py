@@ -65,6 +65,8 @@ def ped_lanes(se: tuple[int, ...] | np.ndarray, so: tuple[int, ...] | np.ndarray
             raise ValueError(f"pedestal sums beyond +-{PED_BOUND}: {se[c]}, {so[c]}")
         out[2 * u], out[2 * u + 1] = int(se[c]), int(so[c])
     return out
+
+
 # shuffle masks (32-bit units) of the reduction tree
 _HALF_LO, _HALF_HI = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
 _QUAD_LO, _QUAD_HI = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
