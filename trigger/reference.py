@@ -165,7 +165,8 @@ def reconstruct_trigger_channels(menu: TriggerMenu, prims: np.ndarray) -> tuple[
     ``detector.reco.reconstruct_numpy`` on the menu's calibrated pedestals (in blocks of :data:`RECO_CHUNK`
     records to bound memory)."""
     g = np.asarray(menu.gev_per_count, dtype=np.float32)
-    peds = tuple(np.asarray(x, dtype=np.float64) * 0.25 for x in menu.pedestal_sums)
+    even, odd = (np.asarray(x, dtype=np.float64) * 0.25 for x in menu.pedestal_sums)
+    peds = (even, odd)
     n = prims.shape[0]
     amp = np.empty((n, ch.N_TRIGGER_CHANNELS), np.float32)
     t = np.empty((n, ch.N_TRIGGER_CHANNELS), np.float32)
