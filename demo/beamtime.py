@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -438,12 +439,26 @@ def print_summary(out: pathlib.Path, seconds: float) -> None:
     lim = out / "offline-run2" / "summary.json"
     if lim.exists():
         s = json.loads(lim.read_text())
-        lt = Table(title="90% CL limits from run 2 (no A' injected)")
-        for col in ("m_A' [MeV]", "eps_90", "y_90 (alpha_D = 0.5)"):
+        lt = Table(title="90% CL limits from run 2 (no A' injected), from the mass scan of exclusion.png")
+        for col in ("m_A' [MeV]", "efficiency", "eps_90", "y_90 (alpha_D = 0.5)", "y_90 (alpha_D = 0.1)"):
             lt.add_column(col)
-        for row in ((s.get("limits") or {}).get("points") or [])[:8]:
-            lt.add_row(f"{row['mass_mev']:g}", f"{row['eps_90']:.3g}", f"{row['y90_alphaD_0.5']:.3g}")
+        limits = s.get("limits") or {}
+        for row in limits.get("scan") or limits.get("points") or []:
+            decade = abs(math.log10(row["mass_mev"]) - round(math.log10(row["mass_mev"]))) < 1e-9
+            if decade or not row.get("efficiency_interpolated", False):
+                how = " (interpolated)" if row.get("efficiency_interpolated") else ""
+                y01 = row.get("y90_alphaD_0.1")
+                lt.add_row(
+                    f"{row['mass_mev']:g}",
+                    f"{row['efficiency']:.3g}{how}",
+                    f"{row['eps_90']:.3g}",
+                    f"{row['y90_alphaD_0.5']:.3g}",
+                    "-" if y01 is None else f"{y01:.3g}",
+                )
         console.print(lt)
+        console.print(
+            f"plots: {', '.join(str(p.relative_to(out.parent)) for p in sorted(out.glob('offline-run*/*.png')))}"
+        )
         eff = out / "signal-efficiency.json"
         if eff.exists():
             console.print(f"signal efficiency (simulate): {eff.read_text().strip()[:300]}")

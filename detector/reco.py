@@ -335,15 +335,25 @@ def reconstruct(
     return r
 
 
-def reconstruct_numpy(waveforms: np.ndarray, gev_per_count: np.ndarray, threshold: float = ZS_THRESHOLD) -> RecoResult:
+def reconstruct_numpy(
+    waveforms: np.ndarray,
+    gev_per_count: np.ndarray,
+    threshold: float = ZS_THRESHOLD,
+    pedestals: tuple[np.ndarray, np.ndarray] | None = None,
+) -> RecoResult:
     """The same algorithm as :func:`reconstruct`, vectorised with numpy (the reference and the
-    benchmark baseline)."""
+    benchmark baseline). ``pedestals`` = (even, odd) arrays of one value per channel (ADC counts) replace
+    step 1 (the per-waveform pedestals from the first samples) by those fixed ones (the trigger's
+    calibrated pedestals: ``trigger.menu``)."""
     wf, g = _check(waveforms, gev_per_count)
     n_e, n_c, _ = wf.shape
     w = wf.reshape(-1, N_SAMPLES).astype(np.float64)
     m = w.shape[0]
-    pe = w[:, 0 : 2 * N_PED : 2].sum(axis=1) * 0.25
-    po = w[:, 1 : 2 * N_PED : 2].sum(axis=1) * 0.25
+    if pedestals is None:
+        pe = w[:, 0 : 2 * N_PED : 2].sum(axis=1) * 0.25
+        po = w[:, 1 : 2 * N_PED : 2].sum(axis=1) * 0.25
+    else:
+        pe, po = (np.tile(np.asarray(x, dtype=np.float64).reshape(n_c), n_e) for x in pedestals)
     ped = np.empty_like(w)
     ped[:, 0::2] = pe[:, None]
     ped[:, 1::2] = po[:, None]

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from detector.config import Calibration, Config, load_calibration
-from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_DIMUON, TRUTH_PILEUP
+from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_BEAMLINE, TRUTH_DIMUON, TRUTH_PILEUP
 from sim_frontend import processes as pr
 from sim_frontend.beam import dimuon_probability
 from sim_frontend.response import apply_response
@@ -110,18 +110,23 @@ def run_sample(
     force = np.zeros(spill.n, dtype=np.uint8)
     force[pick] = sample.force
     dep = apply_response(spill, c, force=force)
-    w_gen = t["weight"][pick].astype(np.float64)
+    # an electron that radiated in the beam line belongs to the ``upstream`` source (offline/background_sources.py):
+    # not counted here, neither in the box nor in the weight an empty box's bound is made of
+    own = (t["flags"][pick] & TRUTH_BEAMLINE) == 0
+    w_gen = np.where(own, t["weight"][pick].astype(np.float64), 0.0)
     table = mc_event_table(c, calib, spill, dep, pick)
     s = sel.select(table, sel.Cuts.from_config(c))
     if sample.accidental_sr:
         box = sel.cumulative(s.masks, _ECAL_CUTS)["box"]
     else:
         box = s.in_box
+    box = box & ((table["truth_flags"] & TRUTH_BEAMLINE) == 0)
     w = np.asarray(table["truth_weight"], dtype=np.float64)[box]
     assert not np.any((table["truth_flags"][box] & TRUTH_APRIME) != 0)
     return {
         "name": sample.name,
         "mc_events": int(pick.size),
+        "mc_own": int(own.sum()),  # MC events of this source (not radiated in the beam line)
         "selected": int(box.sum()),
         "sum_w": float(w.sum()),
         "sum_w2": float((w * w).sum()),

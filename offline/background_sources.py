@@ -44,7 +44,7 @@ from sim_frontend.response import apply_response
 from . import background_downstream
 from . import events as ev
 from . import selection as sel
-from .signal import physics_only_menu, trigger_mask_from_reco
+from .signal import physics_only_menu, trigger_mask
 
 Progress = Callable[[int, int], None]
 Estimator = Callable[[Config, Calibration, float, float, int, int, Progress], dict[str, Any]]
@@ -114,7 +114,7 @@ def simulate_tables(
             wf = digi.events(spill, deposits, idx, hv)
             reco = reconstruct(wf, calib.gev_per_count)
             arrival = spill.truth["time_ns"][idx].astype(np.float64)
-            mask = trigger_mask_from_reco(menu, reco, arrival)
+            mask = trigger_mask(menu, wf, arrival)
             t = ev.event_table_from_arrays(
                 wf, calib, c, event_id=idx, trigger_mask=mask, time_ns=arrival, truth=spill.truth[idx],
                 run=0, spill=SEED_OFFSET + seed, reco=reco,
@@ -198,7 +198,9 @@ def _downstream(name: str) -> Estimator:
         r = f(cfg, eot, intensity, n_mc=n_mc, seed=seed, calib=calib)
         progress(1, 1)
         err = math.hypot(float(r["err_stat"]), float(r["err_syst"]))
-        mc = {k: v for k, v in r.items() if k not in ("n", "err_stat", "err_syst")}
+        box = sum(int(smp.get("selected", 0)) for smp in r.get("samples", []))
+        mc = {"events": r["mc_events"], "box_events": box}
+        mc.update({k: v for k, v in r.items() if k not in ("n", "err_stat", "err_syst")})
         return {"n": float(r["n"]), "err": err, "err_stat": r["err_stat"], "err_syst": r["err_syst"], "mc": mc}
 
     estimator.__doc__ = f.__doc__

@@ -301,7 +301,7 @@ def _run_limits(args: argparse.Namespace) -> int:
 
         plots.plot_exclusion([p.mass_mev for p in points], [p.eps_90 for p in points], args.plot)
         m_chi = [p.mass_mev / 3.0 for p in points]
-        y_by_alpha = {a: [p.y90[a] for p in points] for a in (0.5, 0.005)}
+        y_by_alpha = {a: [float(lim.y90(p.eps_90, a)) for p in points] for a in (0.5, 0.1)}
         plots.plot_y_vs_mchi(m_chi, y_by_alpha, args.plot.with_name(args.plot.stem + "_y" + args.plot.suffix))
     rows = [(p.mass_mev, p.eps_90, p.n90, p.y90[0.5], p.y90[0.005]) for p in points]
     columns = ["m_A' [MeV]", "eps_90", "N_90", "y_90 (aD=0.5)", "y_90 (aD=0.005)"]
@@ -390,6 +390,10 @@ SUBCOMMANDS: dict[str, tuple[ParserBuilder, Handler]] = {
 from offline import commands as _commands  # noqa: E402
 
 SUBCOMMANDS.update(_commands.SUBCOMMANDS)
+# efficiency (Table II factors), dimuons (control sample): offline/physics_commands.py
+from offline import physics_commands as _physics  # noqa: E402
+
+SUBCOMMANDS.update(_physics.SUBCOMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,9 @@ path, writes the figure there and returns the path."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +19,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 _LABEL = "NA64-like"
+MASS_SCAN_RANGE_MEV = (1.0, 1000.0)  #: m_A' axis of the exclusion plot
+SPARSE_BIN_EVENTS = 2  #: E_ECAL-E_HCAL bins with at most this many events are drawn as markers
 
 
 def _finish(fig: plt.Figure, path: str | Path) -> Path:
@@ -41,29 +45,108 @@ def _finite_curve(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return x[keep][order], y[keep][order]
 
 
+def _masses_axis(ax: plt.Axes, lo_mev: float, hi_mev: float) -> None:
+    ax.set_xscale("log")
+    ax.set_xlim(lo_mev, hi_mev)
+
+
 def plot_exclusion(
-    masses_mev: ArrayLike, eps_90: ArrayLike, path: str | Path, label: str = "90% CL upper limit", title: str = ""
+    masses_mev: ArrayLike,
+    eps_90: ArrayLike,
+    path: str | Path,
+    label: str = "90% CL upper limit",
+    info: str = "",
+    mass_range_mev: tuple[float, float] = MASS_SCAN_RANGE_MEV,
+    simulated_mev: Sequence[float] = (),
 ) -> Path:
-    """Excluded region above eps_90(m_A') in log-log axes (m_A' in MeV)."""
+    """eps_90(m_A') in log-log axes over ``mass_range_mev`` (MeV), the excluded region above the curve
+    shaded; ``info`` (exposure, observed events) goes in the legend, the experiment label above the axes;
+    ``simulated_mev``: masses whose signal efficiency was simulated (marked on the curve)."""
     m, eps = _finite_curve(masses_mev, eps_90)
     fig, ax = _new_axes()
-    ax.plot(m, eps, color="C0", lw=2, label=label)
-    ax.fill_between(m, eps, eps.max() * 10, color="C0", alpha=0.25)
-    ax.set(xscale="log", yscale="log", xlabel=r"$m_{A'}$ [MeV]", ylabel=r"$\epsilon$", title=title)
-    ax.legend(loc="lower right")
-    mplhep.label.exp_text(_LABEL, "invisible mode", ax=ax, loc=0)
+    top = 1.0 if eps.min() < 1.0 else float(eps.max()) * 30.0  # eps > 1 is no coupling to exclude
+    ax.fill_between(m, eps, top, color="C0", alpha=0.25, lw=0, label="excluded (90% CL)")
+    ax.plot(m, eps, color="C0", lw=2, marker="o" if m.size < 8 else None, label=label)
+    if len(simulated_mev):
+        ms = np.asarray(simulated_mev, dtype=float)
+        ax.plot(ms, np.exp(np.interp(np.log(ms), np.log(m), np.log(eps))), "s", color="C1", ms=8,
+                label="efficiency simulated", zorder=3)  # fmt: skip
+    _masses_axis(ax, *mass_range_mev)
+    ax.set(yscale="log", ylim=(float(eps.min()) / 10.0, top), xlabel=r"$m_{A'}$ [MeV]")
+    ax.set_ylabel(r"kinetic mixing $\epsilon$")  # a lone rotated epsilon reads as omega
+    ax.legend(loc="lower right", title=info or None, fontsize=14, title_fontsize=14)
+    mplhep.label.exp_text(_LABEL, r"invisible mode, $A' \to \chi\bar\chi$", ax=ax, loc=0, fontsize=16)
     return _finish(fig, path)
 
 
-def plot_y_vs_mchi(m_chi_mev: ArrayLike, y90_by_alpha_d: Mapping[float, ArrayLike], path: str | Path) -> Path:
-    """y_90 = eps_90^2 alpha_D (m_chi/m_A')^4 vs m_chi (MeV) for each alpha_D, log-log."""
+def plot_y_vs_mchi(
+    m_chi_mev: ArrayLike,
+    y90_by_alpha_d: Mapping[float, ArrayLike],
+    path: str | Path,
+    info: str = "",
+    mass_ratio: float = 3.0,
+) -> Path:
+    """y_90 = eps_90^2 alpha_D (m_chi/m_A')^4 vs m_chi (MeV) for each alpha_D, log-log (the region above
+    each curve is excluded for that alpha_D)."""
     fig, ax = _new_axes()
+    lo, hi = math.inf, 0.0
     for i, (alpha_d, y) in enumerate(sorted(y90_by_alpha_d.items(), reverse=True)):
         m, yy = _finite_curve(m_chi_mev, y)
-        ax.plot(m, yy, color=f"C{i}", lw=2, label=rf"$\alpha_D = {alpha_d:g}$, $m_{{A'}} = 3 m_\chi$")
-    ax.set(xscale="log", yscale="log", xlabel=r"$m_\chi$ [MeV]", ylabel=r"$y = \epsilon^2 \alpha_D (m_\chi/m_{A'})^4$")
-    ax.legend(loc="upper left")
+        ax.plot(m, yy, color=f"C{i}", lw=2, marker="o" if m.size < 8 else None, label=rf"$\alpha_D = {alpha_d:g}$")
+        lo, hi = min(lo, float(yy.min())), max(hi, float(yy.max()))
+        xlo, xhi = float(m.min()), float(m.max())
+    ax.set(xscale="log", yscale="log", ylim=(lo / 10.0, hi * 100.0), xlim=(xlo, xhi))
+    ax.set_xlabel(r"$m_\chi$ [MeV]")
+    ax.set_ylabel(r"$y = \epsilon^2 \alpha_D (m_\chi/m_{A'})^4$")
+    title = rf"90% CL, $m_{{A'}} = {mass_ratio:g}\,m_\chi$" + (f"\n{info}" if info else "")
+    ax.legend(loc="upper left", title=title, fontsize=14, title_fontsize=14)
+    mplhep.label.exp_text(_LABEL, "excluded above the curves", ax=ax, loc=0, fontsize=16)
     return _finish(fig, path)
+
+
+@dataclass(frozen=True)
+class Region:
+    """An axis-aligned rectangle of the E_ECAL-E_HCAL plane (GeV), lower edges included, upper excluded."""
+
+    name: str
+    x0: float
+    y0: float
+    width: float
+    height: float
+
+    def count(self, e_ecal: np.ndarray, e_hcal: np.ndarray) -> int:
+        in_x = (e_ecal >= self.x0) & (e_ecal < self.x0 + self.width)
+        return int((in_x & (e_hcal >= self.y0) & (e_hcal < self.y0 + self.height)).sum())
+
+
+def box_and_sidebands(
+    box_ecal_max_gev: float, box_hcal_max_gev: float, e_ecal_hi: float, e_hcal_hi: float
+) -> list[Region]:
+    """The signal box and the side bands A (E_ECAL < box edge, E_HCAL above the HCAL cut) and C (E_ECAL above
+    the box edge, E_HCAL below the cut) of offline/selection.py, drawn up to the plot edges (GeV)."""
+    return [
+        Region("signal box", 0.0, 0.0, box_ecal_max_gev, box_hcal_max_gev),
+        Region("side band A", 0.0, box_hcal_max_gev, box_ecal_max_gev, e_hcal_hi - box_hcal_max_gev),
+        Region("side band C", box_ecal_max_gev, 0.0, e_ecal_hi - box_ecal_max_gev, box_hcal_max_gev),
+    ]
+
+
+_REGION_STYLE = {"signal box": ("red", None), "side band A": ("C1", "//"), "side band C": ("C3", "\\\\")}
+
+
+def sparse_events(
+    e_ecal: np.ndarray,
+    e_hcal: np.ndarray,
+    counts: np.ndarray,
+    x_edges: np.ndarray,
+    y_edges: np.ndarray,
+    sparse_max: int,
+) -> np.ndarray:
+    """Mask of the events inside the histogram range whose bin holds at most ``sparse_max`` events."""
+    ix = np.clip(np.searchsorted(x_edges, e_ecal, side="right") - 1, 0, counts.shape[0] - 1)
+    iy = np.clip(np.searchsorted(y_edges, e_hcal, side="right") - 1, 0, counts.shape[1] - 1)
+    inside = (e_ecal >= x_edges[0]) & (e_ecal <= x_edges[-1]) & (e_hcal >= y_edges[0]) & (e_hcal <= y_edges[-1])
+    return inside & (counts[ix, iy] <= sparse_max)
 
 
 def plot_ecal_vs_hcal(
@@ -74,22 +157,36 @@ def plot_ecal_vs_hcal(
     box_hcal_max_gev: float = 1.0,
     bins: int | Sequence[int] = (120, 60),
     ranges: Sequence[Sequence[float]] = ((0.0, 120.0), (0.0, 60.0)),
+    sparse_max: int = SPARSE_BIN_EVENTS,
 ) -> Path:
-    """2D histogram of E_ECAL vs E_HCAL (GeV, log colour scale) with the signal box drawn."""
+    """E_ECAL vs E_HCAL (GeV): a 2D histogram (log colour scale) where bins hold more than ``sparse_max``
+    events, one marker per event elsewhere (so single events stay visible); the signal box and the side
+    bands (:func:`box_and_sidebands`) drawn, their legend entries carrying the number of plotted events
+    inside. E_HCAL on a symlog axis (linear below 1 GeV), so the box, only ``box_hcal_max_gev`` tall, is
+    readable next to the hadronic showers."""
     e_ecal, e_hcal = np.asarray(e_ecal_gev, dtype=float), np.asarray(e_hcal_gev, dtype=float)
     if e_ecal.shape != e_hcal.shape:
         raise ValueError("E_ECAL and E_HCAL arrays must have the same shape")
     counts, x_edges, y_edges = np.histogram2d(e_ecal, e_hcal, bins=bins, range=ranges)
     fig, ax = _new_axes()
-    masked = np.ma.masked_equal(counts, 0)
-    norm = matplotlib.colors.LogNorm(vmin=1, vmax=max(1.0, counts.max()))
-    mesh = ax.pcolormesh(x_edges, y_edges, masked.T, norm=norm, cmap="viridis")
-    fig.colorbar(mesh, ax=ax, label="events")
-    ax.add_patch(matplotlib.patches.Rectangle((0, 0), box_ecal_max_gev, box_hcal_max_gev, fill=False, ec="red", lw=2))
-    ax.annotate(
-        "signal box", (box_ecal_max_gev, box_hcal_max_gev), color="red", xytext=(5, 5), textcoords="offset points"
-    )
-    ax.set(xlabel=r"$E_{ECAL}$ [GeV]", ylabel=r"$E_{HCAL}$ [GeV]")
+    dense = np.ma.masked_where(counts <= sparse_max, counts)
+    norm = matplotlib.colors.LogNorm(vmin=1, vmax=max(2.0, counts.max()))
+    mesh = ax.pcolormesh(x_edges, y_edges, dense.T, norm=norm, cmap="viridis")
+    if (counts > sparse_max).any():
+        fig.colorbar(mesh, ax=ax, label=f"events per bin (> {sparse_max})")
+    sparse = sparse_events(e_ecal, e_hcal, counts, x_edges, y_edges, sparse_max)
+    label = f"one event (bins with <= {sparse_max})"
+    ax.plot(e_ecal[sparse], e_hcal[sparse], "o", ms=4, color="black", mfc="none", label=label)
+    x_hi, y_hi = float(x_edges[-1]), float(y_edges[-1])
+    for r in box_and_sidebands(box_ecal_max_gev, box_hcal_max_gev, x_hi, y_hi):
+        colour, hatch = _REGION_STYLE[r.name]
+        label = f"{r.name} ({r.count(e_ecal, e_hcal)})"
+        patch = matplotlib.patches.Rectangle((r.x0, r.y0), r.width, r.height, fill=False, ec=colour, hatch=hatch)
+        patch.set(label=label, lw=2.5 if hatch is None else 1.5, alpha=1.0 if hatch is None else 0.6)
+        ax.add_patch(patch)
+    ax.set_yscale("symlog", linthresh=1.0, linscale=1.0)
+    ax.set(xlim=(x_edges[0], x_hi), ylim=(y_edges[0], y_hi), xlabel=r"$E_{ECAL}$ [GeV]", ylabel=r"$E_{HCAL}$ [GeV]")
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=2, fontsize=13, frameon=False, borderaxespad=0.0)
     return _finish(fig, path)
 
 

@@ -37,6 +37,10 @@ TRIGGER_EDGE_MARGIN_GEV = 10.0
 BACKGROUND_BINS = 10
 DEFAULT_MASSES_MEV = (1.0, 16.7, 100.0, 500.0)
 DEFAULT_SIGNAL_EVENTS = 2000
+#: A' masses of the exclusion scan (MeV): log-spaced over the plot's 1 MeV - 1 GeV
+SCAN_MASSES_MEV: tuple[float, ...] = tuple(float(m) for m in np.geomspace(1.0, 1000.0, 31))
+#: alpha_D values of the (m_chi, y) plot (the paper's two)
+PLOT_ALPHA_D: tuple[float, ...] = (0.5, 0.1)
 
 
 def background_estimate(
@@ -146,6 +150,7 @@ def compute_limits(
                 "n_aprime_eps1": p.n_aprime_eps1,
             }
         )
+    scan = mass_scan(signal, exposures, n90, e0, emiss, table)
     return {
         "n90": n90,
         "n_obs": int(sum(r["n_obs"] for _, r in runs_in)),
@@ -155,8 +160,46 @@ def compute_limits(
         "systematics": syst.as_dict(),
         "method": "fast",
         "points": points,
+        "scan": scan,
         "runs": [{"name": pathlib.Path(n).name, "n_eot": r["eot"], "n_obs": r["n_obs"]} for n, r in runs_in],
     }
+
+
+def scan_efficiency(signal: list[dict[str, Any]], masses_mev: Sequence[float]) -> np.ndarray:
+    """Signal efficiency at ``masses_mev``: linear in log(m_A') between the simulated masses, held at the
+    nearest simulated value outside them (one simulated mass: that efficiency everywhere)."""
+    sim = sorted((float(s["mass_mev"]), float(s["efficiency"])) for s in signal)
+    if not sim:
+        raise ValueError("no simulated signal efficiency to scan with")
+    m_sim, e_sim = np.log([m for m, _ in sim]), np.array([e for _, e in sim])
+    return np.interp(np.log(np.asarray(masses_mev, dtype=float)), m_sim, e_sim)
+
+
+def mass_scan(
+    signal: list[dict[str, Any]],
+    exposures,
+    n90: float,
+    e0_gev: float,
+    emiss_gev: float,
+    table,
+    masses_mev: Sequence[float] = SCAN_MASSES_MEV,
+) -> list[dict[str, Any]]:
+    """eps_90 and y_90 (``PLOT_ALPHA_D``) over the mass scan, the efficiency from :func:`scan_efficiency`
+    (``efficiency_interpolated`` says which masses were not simulated)."""
+    from sim_frontend import yields
+
+    from . import limits as lim
+
+    simulated = {float(s["mass_mev"]) for s in signal}
+    masses = sorted(set(map(float, masses_mev)) | simulated)
+    out = []
+    for m, eff in zip(masses, scan_efficiency(signal, masses)):
+        if eff <= 0.0:
+            continue
+        yld = yields.yield_per_eot(m * 1e-3, e0_gev, emiss_gev, "IWW", table=table)
+        p = lim.limit_points([m], [yld], exposures(min(float(eff), 1.0)), n90, PLOT_ALPHA_D)[0]
+        out.append({**p.as_json(), "efficiency": float(eff), "efficiency_interpolated": m not in simulated})
+    return out
 
 
 def _ecal_hcal_samples(h) -> tuple[np.ndarray, np.ndarray]:
@@ -188,22 +231,23 @@ def make_plots(
     )
     files.append(plots.plot_cutflow(dict(merged.cut_flow), out / "cutflow.png"))
     if lim_result:
-        pts = [p for p in lim_result["points"] if math.isfinite(p["eps_90"])]
+        pts = [p for p in lim_result.get("scan") or lim_result["points"] if math.isfinite(p["eps_90"])]
         if len(pts) >= 1:
             m = [p["mass_mev"] for p in pts]
+            info = f"{lim_result['eot']:.3g} EOT, {lim_result['n_obs']} observed"
+            simulated = [p["mass_mev"] for p in pts if not p.get("efficiency_interpolated", False)]
             files.append(
                 plots.plot_exclusion(
-                    m,
-                    [p["eps_90"] for p in pts],
-                    out / "exclusion.png",
-                    title=f"{lim_result['eot']:.3g} EOT, {lim_result['n_obs']} observed",
+                    m, [p["eps_90"] for p in pts], out / "exclusion.png", info=info, simulated_mev=simulated
                 )
             )
+            alphas = [a for a in PLOT_ALPHA_D if f"y90_alphaD_{a:g}" in pts[0]]
             files.append(
                 plots.plot_y_vs_mchi(
                     [x / 3.0 for x in m],
-                    {a: [p[f"y90_alphaD_{a:g}"] for p in pts] for a in (0.5, 0.005)},
+                    {a: [p[f"y90_alphaD_{a:g}"] for p in pts] for a in alphas},
                     out / "y_vs_mchi.png",
+                    info=info,
                 )
             )
     return files

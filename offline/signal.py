@@ -12,8 +12,10 @@ Per mass:
    ``sim_frontend.digitizer.Digitizer.events`` at the nominal HV (calibration ``hv_set``, no hidden gain
    spread);
 3. reconstruction: :func:`detector.reco.reconstruct` of all channels (the offline event table);
-4. trigger: the trigger's amplitude entry on the amplitudes and onsets of the six trigger channels
-   (S1, S2, S3, V1, PS_SUM, ECAL_SUM) reconstructed from the full event -- the same code as online;
+4. trigger: the trigger's waveform entry on the six trigger channels (S1, S2, S3, V1, PS_SUM, ECAL_SUM) of
+   the full event (bit-identical to the primitives) -- the same code and the same input as online, its
+   calibrated pedestals included (not the offline reconstruction's per-event ones, which an earlier
+   particle's tail can raise: :mod:`trigger.menu`);
 5. selection: :mod:`offline.selection` (every cut, box included).
 
 Efficiency = selected / generated, with the binomial error sqrt(e (1 - e) / N).
@@ -156,24 +158,16 @@ def physics_only_menu(cfg: Config, calib: Calibration):
     )
 
 
-def amplitude_trigger(menu, amplitudes: np.ndarray, onsets_ns: np.ndarray, arrival_ns: np.ndarray):
-    """The trigger's amplitude entry (:func:`trigger.kernels.trigger_amplitudes`, the numba code online uses)."""
-    from trigger.kernels import trigger_amplitudes
+def trigger_mask(menu, wf: np.ndarray, arrival_ns: np.ndarray) -> np.ndarray:
+    """Trigger mask (uint8 per event) of full events ``wf`` (int16 (N, N_CHANNELS, 32)) arriving at
+    ``arrival_ns`` (ns): their six trigger channels through the trigger's waveform entry
+    (:func:`trigger.kernels.trigger_waveforms`, the numba code online runs on the primitives)."""
+    from trigger.kernels import trigger_waveforms
 
-    return trigger_amplitudes(
-        menu,
-        np.ascontiguousarray(amplitudes),
-        np.ascontiguousarray(onsets_ns),
-        np.ascontiguousarray(arrival_ns, dtype=np.float64),
-    )
-
-
-def trigger_mask_from_reco(menu, reco, arrival_ns: np.ndarray) -> np.ndarray:
-    """Trigger mask (uint8 per event) from the full-event reconstruction: amplitudes and onsets of the
-    six trigger channels fed to the trigger's amplitude entry (the same code as online)."""
     ids = ch.trigger_channel_ids()
     order = np.argsort(arrival_ns, kind="stable")
-    res = amplitude_trigger(menu, reco.amplitude[order][:, ids], reco.time_ns[order][:, ids], arrival_ns[order])
+    prims = np.ascontiguousarray(wf[order][:, ids])
+    res = trigger_waveforms(menu, prims, np.ascontiguousarray(arrival_ns[order], dtype=np.float64))
     mask_sorted = np.zeros(order.size, np.uint8)
     mask_sorted[res.accepted] = res.mask
     mask = np.zeros(order.size, np.uint8)
@@ -207,7 +201,7 @@ def mc_event_table(
 ) -> ev.Table:
     """Event table of the MC particles ``pick`` of ``spill`` (after the response ``dep``): full events from
     the digitiser at the nominal HV (pile-up of their neighbours included), the offline reconstruction, the
-    physics trigger recomputed from them (prescale 1, the beam and random triggers off) and the truth,
+    physics trigger recomputed from their waveforms (prescale 1, the beam and random triggers off) and the truth,
     weights included -- the chain recorded data go through."""
     from sim_frontend.digitizer import Digitizer
 
@@ -220,7 +214,7 @@ def mc_event_table(
         wf = digi.events(spill, dep, idx, hv)
         reco = reconstruct(wf, calib.gev_per_count)
         arrival = spill.truth["time_ns"][idx].astype(np.float64)
-        mask = trigger_mask_from_reco(menu, reco, arrival)
+        mask = trigger_mask(menu, wf, arrival)
         tables.append(
             ev.event_table_from_arrays(
                 wf,
@@ -236,6 +230,22 @@ def mc_event_table(
             )
         )
     return ev.concat(tables)
+
+
+def mc_track_columns(cfg: Config, spill: BeamSpill, pick: np.ndarray, chunk: int = 4096) -> ev.Table:
+    """Track columns (:data:`offline.selection.TRACK_COLUMNS`) of the MC particles ``pick`` of ``spill``:
+    their Micromegas strips (the spill went through the beam line) and the track reconstruction, the rows
+    in the order of ``pick`` (that of :func:`mc_event_table`)."""
+    from detector.tracking import Spectrometer, reconstruct_tracks
+    from sim_frontend import mmhits
+
+    spec = Spectrometer.from_config(cfg)
+    return ev.concat(
+        [
+            sel.track_columns(reconstruct_tracks(mmhits.event_strips(spill, cfg, pick[s : s + chunk]), spec))
+            for s in range(0, pick.size, chunk)
+        ]
+    )
 
 
 def simulate_signal(

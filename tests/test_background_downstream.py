@@ -33,7 +33,7 @@ def test_hadron_electroproduction_is_below_the_paper_bound(cfg, calib):
     pt = next(s for s in r["samples"] if s["name"] == "ep_punchthrough")
     # neutral leading hadrons with E_h > 50 GeV vanish: P(v > 1/2) x neutral x the selection efficiency
     p_v = math.log(2) / math.log(1 / processes.EP_V_MIN)
-    frac = pt["selected"] / pt["mc_events"]
+    frac = pt["selected"] / pt["mc_own"]  # of the events that did not radiate in the beam line
     assert 0.3 * p_v * processes.EP_NEUTRAL_FRACTION < frac < p_v * processes.EP_NEUTRAL_FRACTION
     assert 0 < r["n"] < 0.001 and r["err_stat"] < 0.5 * r["n"]  # Table III: < 0.001
     # order of magnitude from the inputs: 1e-4 x P(v > 1/2) x neutral x exp(-(31.5 - ~0.1) lambda)
@@ -52,8 +52,9 @@ def test_punchthrough_and_dimuon_loss_bounds(cfg, calib):
     r = bd.punchthrough(cfg, EOT, INTENSITY, n_mc=300, seed=4, calib=calib)
     assert set(r) >= KEYS and r["mc_events"] == 300
     assert r["n"] == 0 and r["n_upper_90"] < 0.003  # Table III: < 0.001; our bound from 300 forced events
-    d = bd.dimuon_loss(cfg, EOT, INTENSITY, n_mc=300, seed=4, calib=calib)
-    assert d["mc_events"] == 300 and d["n"] >= 0
+    # the bound from an empty box is the mean generated weight: heavy-tailed, 300 events do not fix it
+    d = bd.dimuon_loss(cfg, EOT, INTENSITY, n_mc=1000, seed=4, calib=calib)
+    assert d["mc_events"] == 1000 and d["n"] >= 0
     bound = d["n"] if d["n_upper_90"] is None else d["n_upper_90"]
     assert bound < 0.015  # the paper: 0.005 +/- 0.001 -- ours may only be below
 

@@ -135,6 +135,8 @@ def test_registry_has_every_subcommand_with_help() -> None:
         "select",
         "report",
         "export",
+        "efficiency",
+        "dimuons",
     }
     for name in cli.SUBCOMMANDS:
         with pytest.raises(SystemExit) as exc:

@@ -15,7 +15,15 @@ from detector import channels as ch
 from detector.config import load_calibration
 from detector.pulse import pulse_samples
 from detector.reco import reconstruct
-from detector.records import PARTICLE_CODES, TRIGGER_BITS, TRUTH_APRIME, TRUTH_BEAMLINE, TRUTH_DIMUON, TRUTH_PILEUP
+from detector.records import (
+    PARTICLE_CODES,
+    TRIGGER_BITS,
+    TRUTH_APRIME,
+    TRUTH_BEAMLINE,
+    TRUTH_DIMUON,
+    TRUTH_HADRONIC,
+    TRUTH_PILEUP,
+)
 from detector.runrecord import read_run_record
 from detector.spillfile import list_spills, read_spill
 from offline import background_sources as bs
@@ -139,14 +147,14 @@ def test_no_injection_box_consistent_with_the_upstream_prediction(plain):
     assert abs(m.n_obs - pred["n"]) < 3 * sigma, (m.n_obs, pred["n"], pred["err"])
     # side bands: C (E_ECAL >= 50 GeV with nothing behind) is empty with this beam line (an electron whose whole
     # energy is not in the ECAL was bent away from it, and the photon of a brem after the dipoles goes into the
-    # ECAL with it); A holds dimuons and the events whose lost photon or electron showered in the HCAL
+    # ECAL with it); A holds dimuons (at their physical rate: recorded data are unbiased) and the events
+    # whose lost photon or electron showered in the HCAL, or a hadronic event (leading-hadron electroproduction)
     c = m.sidebands["C"]
     assert ev.n_rows(c) == 0
     a = m.sidebands["A"]
-    assert ev.n_rows(a) >= 10
+    assert ev.n_rows(a) >= 1
     assert np.all(a["e_ecal"] < 50) and np.all(a["e_hcal"] >= 1.0)
-    assert np.all((a["truth_flags"] & (TRUTH_BEAMLINE | TRUTH_DIMUON)) != 0)
-    assert np.any((a["truth_flags"] & TRUTH_BEAMLINE) != 0)
+    assert np.all((a["truth_flags"] & (TRUTH_BEAMLINE | TRUTH_DIMUON | TRUTH_HADRONIC)) != 0)
     # with no side-band events the estimate reports its failure instead of a number
     bad = report.background_estimate(c["e_ecal"], cfg)
     assert bad["error"] and bad["n_b"] == 0.0
@@ -211,8 +219,14 @@ def test_pileup_cut_in_simulated_pileup():
         rejected = pre & ~s.masks["pileup"]
         rates[pileup] = rejected.sum() / pre.sum()
         if pileup:
-            pu = pre & ((t["truth_flags"] & TRUTH_PILEUP) != 0)
-            assert pu.sum() >= 3
-            assert rejected[pu].mean() >= 0.8
+            pu = (t["truth_flags"] & TRUTH_PILEUP) != 0
+            # a neighbour's pulse adds to the trigger's ECAL sum (calibrated pedestals): E_ECAL < 80 GeV
+            # fails for most pile-up, so the trigger itself removes most of it
+            trig = s.masks["trigger"]
+            assert trig[pu].mean() < 0.5 * trig[~pu].mean()
+            # the pile-up cut on the simulated pile-up that passes the other cuts (the trigger aside)
+            other = np.logical_and.reduce([s.masks[k] for k in ("srd", "shower", "ps", "v2", "hcal")])
+            assert (other & pu).sum() >= 3
+            assert (~s.masks["pileup"][other & pu]).mean() >= 0.8
     assert rates[False] < 0.02
     assert rates[True] > 3 * rates[False] + 0.02

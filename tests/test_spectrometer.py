@@ -263,9 +263,12 @@ def test_background_cli_upstream_source(tmp_path):
     assert main(argv) == 0
 
     r = json.loads(out.read_text())
-    assert set(r) >= {"total", "sources"} and set(r["sources"]) == {"upstream"}
+    assert set(r) >= {"total", "sources"} and set(r["sources"]) == set(bs.SOURCES)
+    assert set(bs.SOURCES) >= {"upstream", "dimuon_loss", "target_interactions", "punchthrough"}
     up = r["sources"]["upstream"]
-    assert r["total"]["n"] == pytest.approx(up["n"]) and r["total"]["err"] == pytest.approx(up["err"])
+    srcs = r["sources"].values()
+    assert r["total"]["n"] == pytest.approx(sum(s["n"] for s in srcs))
+    assert r["total"]["err"] == pytest.approx(math.sqrt(sum(s["err"] ** 2 for s in srcs)))
     assert up["n"] >= 0 and up["err"] > 0
     mc = up["mc"]
     assert mc["events"] == 3000 and mc["bias"] == bs.UPSTREAM_BIAS

@@ -1,6 +1,7 @@
 """The explicit-vector record summary of the waveform trigger (trigger.simd) against its numpy definition:
-exact peaks (4x pedestal-subtracted value), first peak samples of S1..S3 and saturation bits, on
-hypothesis-generated int16 records (any value, ties, flat records, full scale, extremes of int16)."""
+exact peaks (4x value above the given pedestal sums), first peak samples of S1..S3 and saturation bits, on
+hypothesis-generated int16 records (any value, ties, flat records, full scale, extremes of int16) and
+pedestal sums (any in the allowed range)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from trigger import simd
 
 
 @nb.njit(cache=True)
-def _summaries(p: np.ndarray, first: int) -> np.ndarray:
+def _summaries(p: np.ndarray, first: int, lanes: np.ndarray) -> np.ndarray:
     out = np.empty((p.shape[0] - first, simd.N_CHANNELS + simd.N_COUNTERS + 1), np.int64)
     for i in range(first, p.shape[0]):
-        t = simd.record_summary(p, i)
+        t = simd.record_summary(p, i, lanes)
         for k in range(out.shape[1]):
             out[i - first, k] = t[k]
     return out
@@ -32,9 +33,13 @@ def _prefetch_all(p: np.ndarray, ahead: int) -> int:
     return p.shape[0]
 
 
-def check(prims: np.ndarray) -> None:
-    got = _summaries(prims, 0)
-    want = simd.record_summary_numpy(prims)
+#: the calibrated pedestal sums of config/calibration.toml's trigger channels (4x 120/125, ..., 160/152)
+CALIB = (np.array([480, 480, 480, 480, 640, 640]), np.array([500, 500, 500, 472, 608, 608]))
+
+
+def check(prims: np.ndarray, se: np.ndarray = CALIB[0], so: np.ndarray = CALIB[1]) -> None:
+    got = _summaries(prims, 0, simd.ped_lanes(se, so))
+    want = simd.record_summary_numpy(prims, se, so)
     bad = np.flatnonzero((got != want).any(axis=1))
     assert bad.size == 0, f"record {bad[0]}: {got[bad[0]].tolist()} != {want[bad[0]].tolist()}"
 
@@ -56,6 +61,28 @@ def test_summary_is_the_definition(prims: np.ndarray) -> None:
     check(prims)
 
 
+ped_sums = arrays(
+    np.int64,
+    6,
+    elements=st.one_of(
+        st.integers(-simd.PED_BOUND, simd.PED_BOUND), st.sampled_from([-simd.PED_BOUND, 0, 1, simd.PED_BOUND])
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    arrays(np.int16, st.tuples(st.integers(1, 20), st.just(6), st.just(32)), elements=sample_values), ped_sums, ped_sums
+)
+def test_summary_is_the_definition_for_any_pedestals(prims: np.ndarray, se: np.ndarray, so: np.ndarray) -> None:
+    check(prims, se, so)
+
+
+def test_pedestal_lanes_refuse_sums_beyond_the_bound() -> None:
+    with pytest.raises(ValueError, match="pedestal sums"):
+        simd.ped_lanes([simd.PED_BOUND + 1] + [0] * 5, [0] * 6)
+
+
 def test_summary_on_pulses_noise_and_ties() -> None:
     rng = np.random.default_rng(11)
     pulses = rng.normal(100.0, 3.0, (5000, 6, 32))
@@ -64,10 +91,9 @@ def test_summary_on_pulses_noise_and_ties() -> None:
     ties = rng.integers(0, 3, (5000, 6, 32)).astype(np.int16)  # many equal maxima, both parities
     for p in (prims, ties):
         check(p)
-        got = _summaries(p, 0)
+        got = _summaries(p, 0, simd.ped_lanes(*CALIB))
         # the properties the trigger relies on, stated directly
-        se = p[:, :3, 0:8:2].astype(np.int64).sum(axis=2)
-        so = p[:, :3, 1:8:2].astype(np.int64).sum(axis=2)
+        se, so = CALIB[0][None, :3], CALIB[1][None, :3]
         k = got[:, 6:9]
         w = np.take_along_axis(p[:, :3].astype(np.int64), k[:, :, None], axis=2)[:, :, 0]
         assert (4 * w - np.where(k % 2 == 0, se, so) == got[:, :3]).all()
@@ -81,11 +107,12 @@ def test_summary_on_an_unaligned_view_and_the_last_record() -> None:
     p = raw[2:].view(np.int16).reshape(7, 6, 32)  # 2-byte aligned records
     p[:] = rng.integers(-500, 5000, p.shape)
     check(p)
-    assert (_summaries(p, 6) == simd.record_summary_numpy(p[6:])).all()
+    lanes = simd.ped_lanes(*CALIB)
+    assert (_summaries(p, 6, lanes) == simd.record_summary_numpy(p[6:], *CALIB)).all()
     assert _prefetch_all(p, 1000) == 7
 
 
 def test_summary_refuses_other_layouts() -> None:
     p = np.zeros((4, 6, 64), np.int16)[:, :, ::2]
     with pytest.raises(nb.core.errors.TypingError):
-        _summaries(p, 0)
+        _summaries(p, 0, simd.ped_lanes(*CALIB))

@@ -121,12 +121,8 @@ def window_table(menu: TriggerMenu) -> np.ndarray:
 
 
 # ====================================================================== reconstruction pieces
-@nb.njit(**INLINE)
-def _peds(p, i, c):
-    """Sums of the 4 even and 4 odd pedestal samples of p[i, c] (ADC counts; pedestal = sum / 4)."""
-    se = np.int64(p[i, c, 0]) + np.int64(p[i, c, 2]) + np.int64(p[i, c, 4]) + np.int64(p[i, c, 6])
-    so = np.int64(p[i, c, 1]) + np.int64(p[i, c, 3]) + np.int64(p[i, c, 5]) + np.int64(p[i, c, 7])
-    return se, so
+# se, so below: the channel's calibrated pedestal sums (4x the pedestal of the even / odd samples, ADC
+# counts; trigger.menu.TriggerMenu.pedestal_sums), not the record's first samples
 
 
 @nb.njit(**INLINE)
@@ -141,13 +137,13 @@ def _rawmax(p, i, c):
 
 
 @nb.njit(**INLINE)
-def _keymax(p, i, c):
-    """Peak sample k (numpy's argmax: the first maximum) of the pedestal-subtracted samples of p[i, c],
-    4x that maximum, and the pedestal sums (se, so), exactly, in one vectorised pass over int32 keys
-    ``32 * (4 w_j - 4 ped_j) + (31 - j)`` (|key| < 2^24 for any int16 input). The sums are computed here
-    in int32 (not passed in as int64): LLVM then keeps the whole loop in int32 lanes."""
-    se32 = np.int32(np.int32(p[i, c, 0]) + np.int32(p[i, c, 2]) + np.int32(p[i, c, 4]) + np.int32(p[i, c, 6]))
-    so32 = np.int32(np.int32(p[i, c, 1]) + np.int32(p[i, c, 3]) + np.int32(p[i, c, 5]) + np.int32(p[i, c, 7]))
+def _keymax(p, i, c, se, so):
+    """Peak sample k (numpy's argmax: the first maximum) of the pedestal-subtracted samples of p[i, c]
+    (pedestal sums se, so) and 4x that maximum, exactly, in one vectorised pass over int32 keys
+    ``32 * (4 w_j - 4 ped_j) + (31 - j)`` (|key| < 2^24 for any int16 input and |se|, |so| <= 2^17). The
+    sums enter as int32: LLVM then keeps the whole loop in int32 lanes."""
+    se32 = np.int32(se)
+    so32 = np.int32(so)
     m = np.int32(-2147483648)
     for j in range(p.shape[2]):
         key = np.int32(
@@ -155,7 +151,7 @@ def _keymax(p, i, c):
         )
         m = key if key > m else m
     mm = np.int64(m)
-    return np.int64(NS - 1) - (mm & 31), mm >> 5, np.int64(se32), np.int64(so32)
+    return np.int64(NS - 1) - (mm & 31), mm >> 5
 
 
 @nb.njit(**INLINE)
@@ -195,11 +191,12 @@ def _window(rw, c, k, diff, best):
 
 
 @nb.njit(**JIT_NONRT)
-def exact(p, i, c, zs):
-    """(amplitude ADC counts, onset ns) of p[i, c] as float32 values, exactly as
-    ``detector.reco.reconstruct_numpy`` computes them, saturated pulses included. The rare path: a call."""
+def exact(p, i, c, zs, se, so):
+    """(amplitude ADC counts, onset ns) of p[i, c] (pedestal sums se, so) as float32 values, exactly as
+    ``detector.reco.reconstruct_numpy`` computes them with those pedestals, saturated pulses included. The
+    rare path: a call."""
     sat = _rawmax(p, i, c) >= ADC_MAX
-    k, s4, se, so = _keymax(p, i, c)
+    k, s4 = _keymax(p, i, c, se, so)
     pe = se * 0.25
     po = so * 0.25
     best = s4 * 0.25
@@ -249,10 +246,10 @@ def _amp_range(p, i, c, k, s4):
 
 
 @nb.njit(**JIT_NONRT)
-def _sum_amp_range(p, i, c, s4):
-    """:func:`_amp_range` of a channel whose peak sample is not known yet (PS, ECAL sums): a call, for the
-    few records whose energy is within AMP_BOUND of a cut."""
-    return _amp_range(p, i, c, _keymax(p, i, c)[0], s4)
+def _sum_amp_range(p, i, c, s4, se, so):
+    """:func:`_amp_range` of a channel (pedestal sums se, so) whose peak sample is not known yet (PS, ECAL
+    sums): a call, for the few records whose energy is within AMP_BOUND of a cut."""
+    return _amp_range(p, i, c, _keymax(p, i, c, se, so)[0], s4)
 
 
 @nb.njit(**INLINE)
@@ -274,10 +271,9 @@ def _decide(lo, hi, g, x, above):
 
 
 @nb.njit(**JIT_NONRT)
-def _s_fit(p, i, c, k, s4, need_amp):
-    """(onset ns, amplitude ADC counts) of the unsaturated pulse p[i, c] (peak k, 4x value s4), the
-    amplitude only with ``need_amp`` (else the peak value: no exp). A call, for the rare records: the
-    amplitude within 4.2e-4 of the threshold, or the onset in a window's guard band."""
-    se, so = _peds(p, i, c)
+def _s_fit(p, i, c, k, s4, need_amp, se, so):
+    """(onset ns, amplitude ADC counts) of the unsaturated pulse p[i, c] (peak k, 4x value s4, pedestal
+    sums se, so), the amplitude only with ``need_amp`` (else the peak value: no exp). A call, for the rare
+    records: the amplitude within 4.2e-4 of the threshold, or the onset in a window's guard band."""
     wm, wp = _neighbours(p, i, c, k)
     return _time_amp(k, s4, se * 0.25, so * 0.25, wm, wp, need_amp)

@@ -30,7 +30,11 @@ Definitions (docs/physics.md 1.6; every number below is a field of :class:`Trigg
   record. Arrival times must be non-decreasing.
 
 The reconstruction the waveform trigger uses is that of :mod:`detector.reco` (zero-suppression
-threshold ``zs_threshold_adc``); amplitudes and times are rounded to float32 exactly as
+threshold ``zs_threshold_adc``) with each channel's **calibrated pedestals** (``pedestal_even`` /
+``pedestal_odd``, from the calibration, in quarter ADC counts: :attr:`TriggerMenu.pedestal_sums`), not a
+per-record baseline from the first samples: those can hold an earlier particle's tail, which would pull the
+peak - baseline of the next pulse down (an analogue sum discriminated against a fixed level sees the tail
+add to the signal, never subtract from it); amplitudes and times are rounded to float32 exactly as
 ``detector.reco.reconstruct_numpy`` returns them, so re-triggering recorded float32 amplitudes gives
 the same decisions as the online waveform trigger.
 """
@@ -55,6 +59,8 @@ from detector.records import TRIGGER_BITS, trigger_bits
 TRIGGER_NAMES: tuple[str, ...] = tuple(TRIGGER_BITS)
 #: the energy lines every menu has (further ones: :attr:`TriggerMenu.further_lines`)
 ENERGY_NAMES: tuple[str, ...] = ("physics", "dimuon")
+#: the per-channel fields of :class:`TriggerMenu` (one value per trigger channel)
+PER_CHANNEL: tuple[str, ...] = ("t0_ns", "gev_per_count", "pedestal_even", "pedestal_odd")
 #: the counters of the primitive block (indices 0..3 of TRIGGER_CHANNEL_NAMES)
 COUNTER_NAMES: tuple[str, ...] = ch.TRIGGER_CHANNEL_NAMES[:4]
 PS_INDEX = ch.TRIGGER_CHANNEL_NAMES.index("PS_SUM")
@@ -165,6 +171,9 @@ class TriggerMenu:
     mip_adc: float = 200.0  #: ADC counts of one MIP in a counter
     t0_ns: tuple[float, ...] = (100.0,) * 6  #: ns, nominal onset per trigger channel
     gev_per_count: tuple[float, ...] = (5e-6,) * 4 + (0.008, 0.04)  #: GeV per ADC count per channel
+    #: ADC counts, calibrated pedestal of the even / odd samples per channel (config/calibration.toml's)
+    pedestal_even: tuple[float, ...] = (120.0, 120.0, 120.0, 120.0, 160.0, 160.0)
+    pedestal_odd: tuple[float, ...] = (125.0, 125.0, 125.0, 118.0, 152.0, 152.0)
     spill_length_s: float = 4.8  #: s, spill (flat-top) length: span of the random ticks
     physics: EnergyTrigger = field(default_factory=EnergyTrigger)
     beam: BeamTrigger = field(default_factory=BeamTrigger)
@@ -186,14 +195,19 @@ class TriggerMenu:
         set_(self, "spill_length_s", _num("spill_length_s", self.spill_length_s, 0.0, lo_open=True))
         set_(self, "zs_threshold_adc", _num("zs_threshold_adc", self.zs_threshold_adc, 0.0, lo_open=True))
         set_(self, "beam_energy_gev", _num("beam_energy_gev", self.beam_energy_gev, 0.0, lo_open=True))
-        for name in ("t0_ns", "gev_per_count"):
+        for name in PER_CHANNEL:
             vals = getattr(self, name)
             if isinstance(vals, (str, bytes)) or len(vals) != ch.N_TRIGGER_CHANNELS:
                 raise MenuError(
                     f"trigger menu: {name} needs one value per trigger channel "
                     f"({', '.join(ch.TRIGGER_CHANNEL_NAMES)}); got {vals!r}"
                 )
-            set_(self, name, tuple(_num(f"{name}[{ch.TRIGGER_CHANNEL_NAMES[i]}]", v, 0.0) for i, v in enumerate(vals)))
+            hi = float(ch.ADC_MAX) if name.startswith("pedestal") else None
+            set_(
+                self,
+                name,
+                tuple(_num(f"{name}[{ch.TRIGGER_CHANNEL_NAMES[i]}]", v, 0.0, hi) for i, v in enumerate(vals)),
+            )
         for name, cls in (
             ("physics", EnergyTrigger),
             ("beam", BeamTrigger),
@@ -332,6 +346,8 @@ class TriggerMenu:
                 mip_adc=trig.mip_adc,
                 t0_ns=tuple(float(x) for x in np.asarray(calibration.t0_ns)[ids]),
                 gev_per_count=tuple(float(x) for x in np.asarray(calibration.gev_per_count)[ids]),
+                pedestal_even=tuple(float(x) for x in np.asarray(calibration.pedestal_even)[ids]),
+                pedestal_odd=tuple(float(x) for x in np.asarray(calibration.pedestal_odd)[ids]),
                 spill_length_s=cfg.spill.length_s,
                 physics=EnergyTrigger.from_table("physics", menu["physics"]),
                 beam=BeamTrigger(**menu["beam"]),
@@ -363,6 +379,8 @@ class TriggerMenu:
             "channels": list(ch.TRIGGER_CHANNEL_NAMES),
             "t0_ns": list(self.t0_ns),
             "gev_per_count": list(self.gev_per_count),
+            "pedestal_even": list(self.pedestal_even),
+            "pedestal_odd": list(self.pedestal_odd),
             "triggers": {
                 n: {
                     **({"kind": "energy"} if isinstance(t, EnergyTrigger) else {}),
@@ -392,9 +410,7 @@ class TriggerMenu:
                 f"known: {', '.join(TRIGGER_NAMES)} and lines with kind = 'energy'"
             )
         kinds = {"physics": EnergyTrigger, "beam": BeamTrigger, "random": RandomTrigger, "dimuon": EnergyTrigger}
-        kw: dict[str, Any] = {
-            k: (tuple(v) if k in ("t0_ns", "gev_per_count") else v) for k, v in d.items() if k in known
-        }
+        kw: dict[str, Any] = {k: (tuple(v) if k in PER_CHANNEL else v) for k, v in d.items() if k in known}
         try:
             for n, t in trig.items():
                 if n in kinds:
@@ -444,6 +460,14 @@ class TriggerMenu:
     def counter_threshold_adc(self) -> float:
         """Counter threshold in ADC counts (``counter_threshold_mip * mip_adc``)."""
         return self.counter_threshold_mip * self.mip_adc
+
+    @property
+    def pedestal_sums(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(even, odd) per channel: 4x the calibrated pedestal rounded to an integer (the sum of four
+        samples at the pedestal, ADC counts): the trigger subtracts ``sum / 4`` from every even / odd
+        sample, in the exact integer arithmetic of its peak search."""
+        q = lambda v: tuple(int(round(4.0 * x)) for x in v)  # noqa: E731
+        return q(self.pedestal_even), q(self.pedestal_odd)
 
     def counter_window_ns(self, c: int) -> tuple[float, float]:
         """Inclusive coincidence window ``(t0 - window_ns, t0 + window_ns)`` (ns) of counter ``c`` (0..3)."""

@@ -25,6 +25,7 @@ import numpy as np
 from detector.records import MAX_TRIGGERS, TRIGGER_MASK_DTYPE
 
 from .menu import ECAL_INDEX, PS_INDEX, TriggerMenu
+from .simd import ped_lanes
 
 # per-record raw bits
 RB_S1, RB_S2, RB_S3, RB_V1, RB_PISI, RB_EOT = range(6)
@@ -65,6 +66,9 @@ class KernelParams:
     win_hi: tuple[float, ...]  #: (4,) ns, window end (inclusive)
     gev_ps: float  #: GeV per ADC count of PS_SUM
     gev_ecal: float  #: GeV per ADC count of ECAL_SUM
+    ped_se: tuple[int, ...]  #: (6,) 4x the calibrated pedestal of the even samples per channel (ADC counts)
+    ped_so: tuple[int, ...]  #: (6,) the same of the odd samples
+    ped_lanes: tuple[int, ...]  #: (16,) int32: (ped_se, ped_so) in the lanes of :func:`trigger.simd.record_summary`
     rate_hz: float  #: random trigger rate (1 when disabled: no division by 0)
     n_ticks: int  #: random ticks in the spill (0 when disabled)
     beam_enabled: int  #: 0 or 1
@@ -101,6 +105,9 @@ def params_dtype(n_lines: int) -> np.dtype:
         {
             "win_lo": (np.dtype(np.float64), (4,)),
             "win_hi": (np.dtype(np.float64), (4,)),
+            "ped_se": (np.dtype(np.int64), (6,)),
+            "ped_so": (np.dtype(np.int64), (6,)),
+            "ped_lanes": (np.dtype(np.int32), (16,)),
             "lines": (LINE_DTYPE, (n_lines,)),
         },
     )
@@ -124,6 +131,7 @@ def kernel_params(menu: TriggerMenu) -> KernelParams:
         for n, t in menu.energy_lines
     )
     w = [menu.counter_window_ns(c) for c in range(4)]
+    se, so = menu.pedestal_sums
     return KernelParams(
         menu.counter_threshold_adc,
         menu.zs_threshold_adc,
@@ -131,6 +139,9 @@ def kernel_params(menu: TriggerMenu) -> KernelParams:
         tuple(x[1] for x in w),
         menu.gev_per_count[PS_INDEX],
         menu.gev_per_count[ECAL_INDEX],
+        se,
+        so,
+        tuple(int(x) for x in ped_lanes(se, so)),
         menu.random.rate_hz if menu.random.enabled else 1.0,
         menu.n_random_ticks,
         int(menu.beam.enabled),

@@ -4,7 +4,8 @@ benchmark baseline. Definitions are in :mod:`trigger.menu`.
 - :func:`amplitude_trigger`: amplitudes (ADC counts) and onset times (ns) per trigger channel ->
   :class:`~trigger.menu.TriggerResult`;
 - :func:`waveform_trigger`: trigger primitives (int16 waveforms) -> ``detector.reco.reconstruct_numpy``
-  on the six channels -> :func:`amplitude_trigger` on its float32 amplitudes and times;
+  on the six channels with the menu's calibrated pedestals -> :func:`amplitude_trigger` on its float32
+  amplitudes and times;
 - :func:`synthesize_primitives` and :func:`electron_spill`: reference inputs (waveforms built with
   ``detector.pulse``) for tests and benchmarks.
 """
@@ -161,13 +162,16 @@ def amplitude_trigger(
 
 def reconstruct_trigger_channels(menu: TriggerMenu, prims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float32 amplitudes (ADC counts) and onsets (ns) of the six trigger channels, with
-    ``detector.reco.reconstruct_numpy`` (in blocks of :data:`RECO_CHUNK` records to bound memory)."""
+    ``detector.reco.reconstruct_numpy`` on the menu's calibrated pedestals (in blocks of :data:`RECO_CHUNK`
+    records to bound memory)."""
     g = np.asarray(menu.gev_per_count, dtype=np.float32)
+    even, odd = (np.asarray(x, dtype=np.float64) * 0.25 for x in menu.pedestal_sums)
+    peds = (even, odd)
     n = prims.shape[0]
     amp = np.empty((n, ch.N_TRIGGER_CHANNELS), np.float32)
     t = np.empty((n, ch.N_TRIGGER_CHANNELS), np.float32)
     for s in range(0, n, RECO_CHUNK):
-        r = reconstruct_numpy(prims[s : s + RECO_CHUNK], g, menu.zs_threshold_adc)
+        r = reconstruct_numpy(prims[s : s + RECO_CHUNK], g, menu.zs_threshold_adc, peds)
         amp[s : s + RECO_CHUNK] = r.amplitude
         t[s : s + RECO_CHUNK] = r.time_ns
     return amp, t

@@ -1,24 +1,27 @@
 """Explicit-vector summary of one trigger record, as a numba intrinsic (LLVM vector IR).
 
 The waveform trigger needs, per record and per channel, the exact peak of the pedestal-subtracted waveform
-(value, and for the counters the sample index) and whether a sample is saturated. Written as scalar loops,
+(value, and for the counters the sample index) and whether a sample is saturated. The pedestals are the
+channels' calibrated ones (:attr:`trigger.menu.TriggerMenu.pedestal_sums`), loop-invariant: one vector
+load of :func:`ped_lanes` per record. Written as scalar loops,
 numba/LLVM vectorises each channel's 32-sample reduction on its own (in int32 lanes, to carry the sample
 index in the key) and pays a full horizontal reduction per channel. Here:
 
 - the peak is searched on the raw int16 samples, per parity: the pedestal of even samples is
   ``se / 4`` and of odd ones ``so / 4``, so ``max_j (4 w_j - P_j) = max(4 max_even w - se, 4 max_odd w - so)``
   (``P_j`` = se for even j, so for odd j): one int16 maximum per channel (16 lanes per 256-bit register);
-- the six channels are reduced together by a transpose-and-max tree (18 shuffles and maxima for all six),
-  and so are the pedestal sums (int32, exact for any int16 input);
+- the six channels are reduced together by a transpose-and-max tree (18 shuffles and maxima for all six);
 - the peak sample of a counter is the first sample equal to its parity's maximum, among the parities that
   reach the peak: two compares, a bit mask and a trailing-zero count, no second pass.
 
 ``<16 x i16>`` / ``<8 x i32>`` vectors: AVX2 registers on x86, legalised by LLVM for any other target, so the
 code is portable; the result is the scalar definition below, bit for bit, whatever the target.
 
-Definition of ``record_summary(p, i)`` (p a C-contiguous int16 array of shape (N, 6, 32): the layout is
-typed, the shape is the caller's to check; 0 <= i < N is NOT bounds-checked: the caller owns the index).
-For channel c with samples w_j (ADC counts):
+Definition of ``record_summary(p, i, lanes)`` (p a C-contiguous int16 array of shape (N, 6, 32): the layout is
+typed, the shape is the caller's to check; 0 <= i < N is NOT bounds-checked: the caller owns the index;
+``lanes`` = :func:`ped_lanes` of the pedestal sums se_c, so_c, 16 contiguous int32, with
+``|se_c|, |so_c| <= 2^17``). For channel c with samples w_j (ADC counts) and ``P_j`` = se_c for even j,
+so_c for odd j:
 ``best4_c = max_j (4 w_j - P_j)`` (4x the pedestal-subtracted peak value, exact int32),
 ``k_c`` = the first j reaching it (numpy's argmax; returned for the counters c = 0, 1, 2),
 ``sat_c = max_j w_j >= ADC_MAX``. Returns the int32 tuple
@@ -43,12 +46,27 @@ _I16 = ir.IntType(16)
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 _W16 = ir.VectorType(_I16, 16)  # 16 samples
-_W8 = ir.VectorType(_I16, 8)  # 8 samples (the pedestal window)
 _V32 = ir.VectorType(_I32, 8)
 _V32x16 = ir.VectorType(_I32, 16)
 SUMMARY = types.UniTuple(types.int32, N_CHANNELS + N_COUNTERS + 1)
 #: 32-bit unit of the reduced vectors that holds channel c's (even, odd) pair
 UNIT_OF = (0, 4, 2, 6, 1, 5)
+#: channel in each unit of the reduced vectors (units 3 and 7 repeat channels 4 and 5)
+CHANNEL_OF_UNIT = (0, 4, 2, 4, 1, 5, 3, 5)
+PED_BOUND = 1 << 17  #: largest |pedestal sum| record_summary takes (4 int16 samples): no int32 overflow
+
+
+def ped_lanes(se: tuple[int, ...] | np.ndarray, so: tuple[int, ...] | np.ndarray) -> np.ndarray:
+    """The pedestal sums (even ``se``, odd ``so``, one per channel: 4x the pedestal, ADC counts) as the int32
+    lanes :func:`record_summary` subtracts: lanes 2u, 2u + 1 = (se, so) of the channel in unit u."""
+    out = np.empty(16, np.int32)
+    for u, c in enumerate(CHANNEL_OF_UNIT):
+        if not (abs(int(se[c])) <= PED_BOUND and abs(int(so[c])) <= PED_BOUND):
+            raise ValueError(f"pedestal sums beyond +-{PED_BOUND}: {se[c]}, {so[c]}")
+        out[2 * u], out[2 * u + 1] = int(se[c]), int(so[c])
+    return out
+
+
 # shuffle masks (32-bit units) of the reduction tree
 _HALF_LO, _HALF_HI = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
 _QUAD_LO, _QUAD_HI = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
@@ -74,16 +92,14 @@ def _combine(b: ir.IRBuilder, x, y, lo: list[int], hi: list[int], op):
     return op(b, b.bitcast(l, x.type), b.bitcast(h, x.type))
 
 
-def _tree(b: ir.IRBuilder, vecs: list, op, last: bool):
-    """Reduce six vectors of eight 32-bit units jointly: to one unit per channel (``last``; channel c in
-    unit UNIT_OF[c] of the result) or to one 64-bit pair per channel (units [c0 c2 c1 c3], [c4 c4 c5 c5])."""
+def _tree(b: ir.IRBuilder, vecs: list, op):
+    """Reduce six vectors of eight 32-bit units jointly to one unit per channel (channel c in unit
+    UNIT_OF[c] of the result)."""
     t01 = _combine(b, vecs[0], vecs[1], _HALF_LO, _HALF_HI, op)  # [a a a a b b b b]
     t23 = _combine(b, vecs[2], vecs[3], _HALF_LO, _HALF_HI, op)
     t45 = _combine(b, vecs[4], vecs[5], _HALF_LO, _HALF_HI, op)
     u0 = _combine(b, t01, t23, _QUAD_LO, _QUAD_HI, op)  # [a a c c b b d d]
     u1 = _combine(b, t45, t45, _QUAD_LO, _QUAD_HI, op)  # [e e e e f f f f]
-    if not last:
-        return u0, u1
     return _combine(b, u0, u1, _PAIR_LO, _PAIR_HI, op)  # [a e c e b f d f]
 
 
@@ -92,7 +108,7 @@ def _ptr(b: ir.IRBuilder, rec, byte_offset: int, ty: ir.Type):
 
 
 @intrinsic
-def record_summary(typingctx, prims, index):
+def record_summary(typingctx, prims, index, lanes):
     """See the module docstring."""
     if not (
         isinstance(prims, types.Array)
@@ -100,25 +116,28 @@ def record_summary(typingctx, prims, index):
         and prims.ndim == 3
         and prims.layout == "C"
         and isinstance(index, types.Integer)
+        and isinstance(lanes, types.Array)
+        and lanes.dtype == types.int32
+        and lanes.ndim == 1
+        and lanes.layout == "C"
     ):
         return None
-    sig = SUMMARY(prims, index)
+    sig = SUMMARY(prims, index, lanes)
 
     def codegen(context, b, signature, args):
         arr = context.make_array(signature.args[0])(context, b, args[0])
         i = context.cast(b, args[1], signature.args[1], types.intp)
         rec = cgutils.pointer_add(b, arr.data, b.mul(i, b.extract_value(arr.strides, 0)))
-        halves, peaks, peds = [], [], []
+        halves, peaks = [], []
         for c in range(N_CHANNELS):
             lo = b.load(_ptr(b, rec, 2 * N_SAMPLES * c, _W16), align=2)
             hi = b.load(_ptr(b, rec, 2 * N_SAMPLES * c + 32, _W16), align=2)
             halves.append((lo, hi))
             peaks.append(_smax(b, lo, hi))  # lane l: max of samples l and l + 16
-            peds.append(b.sext(b.load(_ptr(b, rec, 2 * N_SAMPLES * c, _W8), align=2), _V32))
-        v = _tree(b, peaks, _smax, last=True)  # units: (max even, max odd) per channel
-        s0, s1 = _tree(b, peds, lambda bb, x, y: bb.add(x, y), last=False)
-        # pedestal sums in the layout of v's units, as int32 pairs (se, so)
-        sums = b.shuffle_vector(s0, s1, _mask([0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15]))
+        v = _tree(b, peaks, _smax)  # units: (max even, max odd) per channel
+        # pedestal sums in the layout of v's units, as int32 pairs (se, so): ped_lanes
+        ped = context.make_array(signature.args[2])(context, b, args[2])
+        sums = b.load(b.bitcast(ped.data, _V32x16.as_pointer()), align=4)
         m = b.sext(b.bitcast(v, _W16), _V32x16)  # (max even, max odd) per unit, int32
         cand = b.sub(b.shl(m, _const(_V32x16, [2] * 16)), sums)
         best = _smax(b, cand, b.shuffle_vector(cand, cand, _mask([j ^ 1 for j in range(16)])))
@@ -150,13 +169,12 @@ def record_summary(typingctx, prims, index):
     return sig, codegen
 
 
-def record_summary_numpy(prims: np.ndarray) -> np.ndarray:
-    """The definition in numpy: (N, 10) int64 rows ``(best4_0..5, k_0..2, sat)`` (for the tests)."""
+def record_summary_numpy(prims: np.ndarray, se: np.ndarray, so: np.ndarray) -> np.ndarray:
+    """The definition in numpy: (N, 10) int64 rows ``(best4_0..5, k_0..2, sat)`` of the primitives with
+    pedestal sums ``se``, ``so`` (one per channel) (for the tests)."""
     p = prims.astype(np.int64)
-    se = p[:, :, 0:8:2].sum(axis=2)
-    so = p[:, :, 1:8:2].sum(axis=2)
     j = np.arange(N_SAMPLES)
-    v = 4 * p - np.where(j % 2 == 0, se[:, :, None], so[:, :, None])
+    v = 4 * p - np.where(j % 2 == 0, np.asarray(se, np.int64)[:, None], np.asarray(so, np.int64)[:, None])
     out = np.empty((p.shape[0], N_CHANNELS + N_COUNTERS + 1), np.int64)
     out[:, :N_CHANNELS] = v.max(axis=2)
     out[:, N_CHANNELS : N_CHANNELS + N_COUNTERS] = v[:, :N_COUNTERS].argmax(axis=2)

@@ -2,8 +2,9 @@
 primitives (N, 6, 32), reconstructing a channel only as far as the decision needs (:mod:`trigger.bounds`):
 
 * every record starts with :func:`trigger.simd.record_summary` (explicit LLVM vectors, the six channels
-  reduced together): the exact pedestal-subtracted peak of each channel, the peak sample of S1..S3 and
-  the saturation bits; the next records' cache lines are prefetched (:data:`PREFETCH_RECORDS`);
+  reduced together): the exact peak of each channel above its calibrated pedestal (not a baseline from the
+  record's first samples, which can sit on an earlier particle's tail: :mod:`trigger.menu`), the peak
+  sample of S1..S3 and the saturation bits; the next records' cache lines are prefetched (:data:`PREFETCH_RECORDS`);
 * counters above threshold and in their windows on the bounds, the exact reconstruction where they do not
   tell;
 * PS/ECAL only for PiSi records, and only as far as the menu's energy lines need: each line's cuts are
@@ -29,15 +30,16 @@ from .simd import prefetch_record, record_summary
 
 
 @nb.njit(**INLINE)
-def _s_counter(p, i, c, sat, k, s4, thr, zs):
-    """S1/S2/S3 of record i with exact peak (sample k, 4x value s4) and saturation flag: (above threshold,
-    onset known, onset ns). The amplitude is decided on its bounds [best, AMP_BOUND * best] when they tell."""
+def _s_counter(p, i, c, sat, k, s4, thr, zs, se, so):
+    """S1/S2/S3 of record i with exact peak (sample k, 4x value s4), saturation flag and pedestal sums se,
+    so: (above threshold, onset known, onset ns). The amplitude is decided on its bounds [best, AMP_BOUND *
+    best] when they tell."""
     best = s4 * 0.25
     up = False
     known = False
     t = 0.0
     if sat:  # exact reconstruction of the saturated pulse
-        a, t = exact(p, i, c, zs)
+        a, t = exact(p, i, c, zs, se, so)
         up = a >= thr
         known = True
     elif best >= zs:
@@ -48,7 +50,7 @@ def _s_counter(p, i, c, sat, k, s4, thr, zs):
             below = _decide(lo, hi, 1.0, thr, False)  # 1: A < thr, 0: A >= thr, 2: too close
             up = below == 0
             if below == 2:
-                t, a = _s_fit(p, i, c, k, s4, np.bool_(True))
+                t, a = _s_fit(p, i, c, k, s4, np.bool_(True), se, so)
                 up = a >= thr
                 known = True
     return up, known, t
@@ -69,9 +71,9 @@ def _s_window(p, i, c, k, s4, known, t, rw, lo, hi):
 
 
 @nb.njit(**INLINE)
-def _s_onset_in(p, i, c, k, s4, lo, hi):
+def _s_onset_in(p, i, c, k, s4, lo, hi, se, so):
     """The guard-band case of :func:`_s_window`: the onset from the interpolation, in [lo, hi]?"""
-    tt = _s_fit(p, i, c, k, s4, np.bool_(False))[0]
+    tt = _s_fit(p, i, c, k, s4, np.bool_(False), se, so)[0]
     return 1 if lo <= tt <= hi else 0
 
 
@@ -93,18 +95,19 @@ def _inside(lo, hi, g, gt, lt):
 
 
 @nb.njit(**JIT_NONRT)
-def _sum_inside(p, i, c, q, sat, zs, g, gt, lt):
-    """:func:`_inside` for the sum channel c of record i (4x peak q, saturated or not), decided: on the
+def _sum_inside(p, i, c, q, sat, zs, g, gt, lt, se, so):
+    """:func:`_inside` for the sum channel c of record i (4x peak q, saturated or not, pedestal sums se,
+    so), decided: on the
     neighbour-ratio bounds of an unsaturated pulse, else on the exact amplitude. A call: only for the
     records whose amplitude bounds straddle a cut, or a saturated sum."""
     d = 2
     if not sat:
         lo, hi = _amp_bounds(q, zs)
         if lo > 0.0:
-            lo, hi = _sum_amp_range(p, i, c, q)
+            lo, hi = _sum_amp_range(p, i, c, q, se, so)
         d = _inside(lo, hi, g, gt, lt)
     if d == 2:
-        a = exact(p, i, c, zs)[0]
+        a = exact(p, i, c, zs, se, so)[0]
         d = _inside(a, a, g, gt, lt)
     return d
 
@@ -123,6 +126,9 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt):
     lo0, hi0, lo1, hi1 = P.win_lo[0], P.win_hi[0], P.win_lo[1], P.win_hi[1]
     lo2, hi2, lo3, hi3 = P.win_lo[2], P.win_hi[2], P.win_lo[3], P.win_hi[3]
     gps, gec = P.gev_ps, P.gev_ecal
+    pse, pso, lanes = P.ped_se, P.ped_so, P.ped_lanes  # the calibrated pedestal sums
+    se0, se1, se2, se3, sep, see = pse[0], pse[1], pse[2], pse[3], pse[PS_INDEX], pse[ECAL_INDEX]
+    so0, so1, so2, so3, sop, soe = pso[0], pso[1], pso[2], pso[3], pso[PS_INDEX], pso[ECAL_INDEX]
     eot_lines = False  # an enabled line that needs EOT / that takes PiSi without the veto
     pisi_lines = False
     for j in range(lines.shape[0]):
@@ -142,18 +148,18 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt):
     for i in range(b1 - b0):
         prefetch_record(p, i + PREFETCH_RECORDS)
         # exact peaks (4x value) of the six channels, peak samples of S1..S3, saturation bits
-        q0, q1, q2, q3, qp, qe, k0, k1, k2, sat = record_summary(p, i)
+        q0, q1, q2, q3, qp, qe, k0, k1, k2, sat = record_summary(p, i, lanes)
         # --- counters above threshold (the scalers)
-        a0, kn0, t0 = _s_counter(p, i, c0, (sat & 1) != 0, k0, q0, thr, zs)
-        a1, kn1, t1 = _s_counter(p, i, c1, (sat & 2) != 0, k1, q1, thr, zs)
-        a2, kn2, t2 = _s_counter(p, i, c2, (sat & 4) != 0, k2, q2, thr, zs)
+        a0, kn0, t0 = _s_counter(p, i, c0, (sat & 1) != 0, k0, q0, thr, zs, se0, so0)
+        a1, kn1, t1 = _s_counter(p, i, c1, (sat & 2) != 0, k1, q1, thr, zs, se1, so1)
+        a2, kn2, t2 = _s_counter(p, i, c2, (sat & 4) != 0, k2, q2, thr, zs, se2, so2)
         sat3 = (sat & 8) != 0
         vlo, vhi = _amp_bounds(q3, zs)
         a3 = vlo >= thr
         kn3 = False
         t3 = 0.0
         if sat3 or (not a3 and vhi >= thr):
-            a, t3 = exact(p, i, c3, zs)
+            a, t3 = exact(p, i, c3, zs, se3, so3)
             a3 = a >= thr
             kn3 = True
         r = np.int64(a0) | (np.int64(a1) << 1) | (np.int64(a2) << 2) | (np.int64(a3) << 3)
@@ -164,16 +170,16 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt):
         pisi = a0 & a1 & a2
         if pisi and (d0 | d1 | d2) >= 2:
             if d0 == 2:
-                d0 = _s_onset_in(p, i, c0, k0, q0, lo0, hi0)
+                d0 = _s_onset_in(p, i, c0, k0, q0, lo0, hi0, se0, so0)
             if d1 == 2:
-                d1 = _s_onset_in(p, i, c1, k1, q1, lo1, hi1)
+                d1 = _s_onset_in(p, i, c1, k1, q1, lo1, hi1, se1, so1)
             if d2 == 2:
-                d2 = _s_onset_in(p, i, c2, k2, q2, lo2, hi2)
+                d2 = _s_onset_in(p, i, c2, k2, q2, lo2, hi2, se2, so2)
         pisi = pisi & ((d0 & d1 & d2) == 1)
         if pisi:
             r |= 1 << RB_PISI
             if a3 and not kn3:
-                t3 = exact(p, i, c3, zs)[1]
+                t3 = exact(p, i, c3, zs, se3, so3)[1]
             eot = not (a3 and lo3 <= t3 <= hi3)
             if eot:
                 r |= 1 << RB_EOT
@@ -189,9 +195,9 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt):
                         dp = 2 if satp else _inside(plo, phi, gps, ln.ps_gt, ln.ps_lt)
                         de = 2 if sate else _inside(elo, ehi, gec, ln.ec_gt, ln.ec_lt)
                         if dp == 2 and de != 0:
-                            dp = _sum_inside(p, i, cps, qp, satp, zs, gps, ln.ps_gt, ln.ps_lt)
+                            dp = _sum_inside(p, i, cps, qp, satp, zs, gps, ln.ps_gt, ln.ps_lt, sep, sop)
                         if de == 2 and dp != 0:
-                            de = _sum_inside(p, i, cec, qe, sate, zs, gec, ln.ec_gt, ln.ec_lt)
+                            de = _sum_inside(p, i, cec, qe, sate, zs, gec, ln.ec_gt, ln.ec_lt, see, soe)
                         if dp == 1 and de == 1:
                             r |= np.int64(1) << (RB_LINE0 + j)
         bv0[i] = np.uint8(r & 255)
