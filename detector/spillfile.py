@@ -220,10 +220,16 @@ def _validate_content(c: SpillContent) -> None:
 def estimated_size(content: SpillContent) -> int:
     """An upper estimate of the spill file's size (bytes): the arrays plus HDF5 metadata (1 MB is ample:
     a 256-event chunk of waveforms needs one index entry of tens of bytes)."""
-    arrays = (content.event_id, content.trigger_mask, content.time_ns, content.waveforms, content.truth)
+    arrays: list[np.ndarray | None] = [
+        content.event_id,
+        content.trigger_mask,
+        content.time_ns,
+        content.waveforms,
+        content.truth,
+    ]
     if content.mm is not None:
         mm = content.mm
-        arrays += (mm.event_ptr, mm.plane, mm.strip, mm.charge)
+        arrays += [mm.event_ptr, mm.plane, mm.strip, mm.charge]
     data = sum(int(np.asarray(a).nbytes) for a in arrays if a is not None)
     return data + len(json.dumps(content.attrs, default=json_default)) + (1 << 20)
 
