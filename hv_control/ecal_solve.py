@@ -15,8 +15,8 @@ calibration puts the peak, not that mean, at the beam energy: each cell's target
 ``T_cell = E_beam M / P``, the mean its kept events have when their peak sits at ``E_beam``. The least
 squares does not put each cell's mean exactly at its target (the constants are shared between cells), so
 the targets are then corrected by the peaks' misses, ``T_cell *= E_beam / P``, and the constants solved
-again until every cell's peak is at the beam energy within ``tol``. Channels that no selected event reaches keep their
-old constant.
+again until every cell's peak is at the beam energy within ``tol``. Channels that no selected event
+reaches keep their old constant.
 """
 
 from __future__ import annotations
