@@ -28,7 +28,7 @@ from detector.settings import Config
 from .calib_file import write_calibration
 from .campaign import BeamLossError, CellCampaign, channel_mapping
 from .ecal_solve import N_ECAL, solve_constants
-from .peak import fit_peak
+from .peak import fit_core
 
 TOOL = "ecal-calib"
 ECAL_IDS = np.arange(N_ECAL)
@@ -207,7 +207,7 @@ class EcalCalibration(CellCampaign):
     def verify_cell(self, st: EcalCellState) -> None:
         a = self._events(st)
         e = a @ self.constants()
-        fit = fit_peak(e, min_events=min(100, self.events_per_cell))
+        fit = fit_core(e, min_events=min(100, self.events_per_cell))
         st.verification = {
             "peak_gev": float(fit.mean),
             "peak_error_gev": float(fit.error),

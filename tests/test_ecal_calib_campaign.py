@@ -41,7 +41,7 @@ class ShowerBeam:
 
 
 def test_pause_resume_and_verification(tmp_path, showers):  # noqa: F811
-    cfg, cells = showers
+    cfg, cells, _ = showers
     cal = load_calibration(cfg)
     c_nom = cal.gev_per_count[: chmap.N_ECAL].astype(np.float64)
     gain = np.random.default_rng(4).uniform(0.8, 1.2, chmap.N_ECAL)

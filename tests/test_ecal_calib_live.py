@@ -1,12 +1,13 @@
 """Acceptance of ecal-calib (issue 19): against the emulator with randomised ECAL gains (+/-20%), through
 the real protocols (table over serial, a real na64-daq in calibration mode over ZeroMQ): after the campaign
 every cell's beam-electron peak is within +/-1% of the beam energy, and the energy resolution is the
-simulated one within 10%."""
+simulated one within 10%: the core width of the true ECAL deposit of the beam electrons that our simulation
+(sim_frontend, the same config: beam, beam line, ECAL) aims at the inner cells, measured as ecal-calib
+measures the peak (hv_control.peak.fit_core)."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -14,19 +15,34 @@ from ecalcalib_live import run_ecal_calib
 
 from detector import channels as chmap
 from detector.config import load_calibration, load_config
-from sim_frontend import geometry as g
-
-
-def simulated_resolution(cfg) -> float:
-    """sigma/E of the simulated ECAL for beam electrons: sampling and constant terms (+) the beam's
-    momentum spread."""
-    e = cfg.beam.energy_gev
-    return math.sqrt(g.ECAL_STOCH**2 / e + g.ECAL_CONST**2 + cfg.beam.energy_spread**2)
+from hv_control.peak import fit_core
+from sim_frontend.beam import E_MINUS, generate_spill
+from sim_frontend.emu_table import ecal_cell_centre_mm
+from sim_frontend.response import apply_response
 
 
 def inner(cell: str) -> bool:
     x, y = chmap.parse_ecal_cell(cell)
     return 0 < x < chmap.N_ECAL_X - 1 and 0 < y < chmap.N_ECAL_Y - 1
+
+
+def simulated_resolution(cfg, particles_per_cell: int = 3000) -> float:
+    """sigma/E of the ECAL for the beam electrons, simulated: per inner cell, beam particles aimed at its
+    centre are transported through the beam line (bremsstrahlung: the radiative low tail) into the ECAL;
+    the core width over the peak of the true ECAL deposit of the electrons (fit_core); the median over the
+    inner cells, as the test takes the measured one."""
+    res = []
+    for i, (x, y) in enumerate((x, y) for y in range(chmap.N_ECAL_Y) for x in range(chmap.N_ECAL_X)):
+        if not inner(chmap.ecal_cell_name(x, y)):
+            continue
+        sp = generate_spill(cfg, 7000 + i, n_particles=particles_per_cell)
+        cx, cy = ecal_cell_centre_mm(x, y)
+        sp.truth["x_mm"] += np.float32(cx)
+        sp.truth["y_mm"] += np.float32(cy)
+        apply_response(sp, cfg)
+        fit = fit_core(sp.truth["e_ecal"][sp.truth["ptype"] == E_MINUS])
+        res.append(fit.sigma / fit.mean)
+    return float(np.median(res))
 
 
 @pytest.mark.slow
