@@ -94,7 +94,9 @@ def test_hv_tune_at_full_intensity_survives_sigterm_and_resumes(tmp_path):
     entries = [e for r in runs for e in read_run_record(r.parent)["spills"]]
     skipped = [e for e in entries if "skipped_off_cell" in e.get("flags", [])]
     read = [e for e in entries if "spill" in e and "skipped_off_cell" not in e.get("flags", [])]
-    assert skipped and all(e["n_read_out"] == 0 and e["n_seen"] == 0 for e in skipped)
+    # whether a full-intensity spill at home completes while the DAQ runs depends on when the first spill
+    # comes (a skip is shown deterministically in test_calibration_filter_live.py); a skipped one read nothing
+    assert all(e["n_read_out"] == 0 and e["n_seen"] == 0 for e in skipped)
     assert read and all(e["n_particles"] <= 2500 for e in read)  # never a full-intensity spill read out
 
     # the supply was programmed at start (MAXV, RUP/RDW) and no set point went beyond a limit

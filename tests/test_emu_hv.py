@@ -333,6 +333,9 @@ def test_pty_drop_stops_answering_until_cleared() -> None:
         srv.faults.clear()
         port.write(b"$BD:04,CMD:MON,CH:0,PAR:BDNCH\r\n")
         assert port.readline() == b"#BD:04,CMD:OK,VAL:18\r\n"  # the first reply is the one after the clear
+        while srv.stats["replies"] < 1:  # the server counts a reply after writing it
+            assert time.monotonic() < deadline, srv.stats
+            time.sleep(0.01)
         assert srv.stats["replies"] == 1 and srv.stats["requests"] == 1
         port.close()
 
