@@ -35,20 +35,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from detector import channels as ch
 from detector.config import Calibration, Config, dump_toml
-from detector.reco import reconstruct
 from detector.records import INCOMPLETE_SPILL_FLAGS
 from detector.spillfile import estimated_size
 
 from .buffers import EventPool
 from .calibration_filter import CellFilter
 from .hv_readback import HVReader
+from .kernels import prepare_kernels
 from .monitor_messages import scalers_message
 from .monitor_worker import MonitorWorker
 from .msadc import MSADC, MSADCCrateError, MSADCError, MSADCLockedError, MSADCSpillLost
 from .publisher import Heartbeat, Publisher
-from .readout import CrateReadout, SpillOutcome, parallel_trigger_default
+from .readout import CrateReadout, SpillOutcome
 from .record_content import build_spill, calibration_summary, run_thresholds, spill_flags
 from .recorder import RunRecorder
 from .recovery import RECOVERABLE_FLAGS, buffered_spills, resume_point, still_holds, unwritten
@@ -56,7 +55,7 @@ from .spill_report import print_line, progress_line
 from .spill_state import TRANSITIONS, IllegalTransition, SpillStateMachine, State
 
 if TYPE_CHECKING:
-    from trigger.menu import TriggerMenu
+    pass
 
 __all__ = [
     "DAQ",
@@ -78,28 +77,6 @@ LOCK_WAIT_S = 10.0  #: how long a refused SYST:LOCK is retried (a dead DAQ's loc
 #: that many spills lost from the ring: no ring holds so many
 MAX_LOST_PER_TAKE = 64
 MAX_SKIPPED_RANGES = 256  #: skipped-id ranges remembered (oldest forgotten)
-
-
-def prepare_kernels(
-    menu: TriggerMenu | None = None, parallel_trigger: bool | None = None, timings: dict[str, float] | None = None
-) -> float:
-    """Compile (or load from numba's on-disk cache) every kernel the spill loop and its monitor worker call,
-    with the real dtypes on tiny arrays, so that the first spill is not spent compiling: the trigger's
-    waveform entry for ``menu`` (None: the default menu), serial, and parallel only when the readout runs
-    it (``parallel_trigger``, default :func:`online.readout.parallel_trigger_default`), and the pulse
-    reconstruction. Returns the seconds it took (a load from the cache takes about a second); ``timings``,
-    when given, receives the seconds per group (``trigger``, ``reconstruction``)."""
-    from trigger.kernels import warm_up
-
-    parallel = parallel_trigger_default() if parallel_trigger is None else bool(parallel_trigger)
-    t = time.perf_counter()
-    t_trig = warm_up(menu, amplitude=False, parallel=parallel)
-    t_reco = time.perf_counter()
-    reconstruct(np.zeros((1, ch.N_CHANNELS, ch.N_SAMPLES), np.int16), np.ones(ch.N_CHANNELS, np.float32), parallel=True)
-    t_end = time.perf_counter()
-    if timings is not None:
-        timings.update(trigger=t_trig, reconstruction=t_end - t_reco)
-    return t_end - t
 
 
 def _ids_outside(first: int, last: int, ranges: list[tuple[int, int]]) -> list[int]:
