@@ -19,6 +19,7 @@ from typing import Any
 
 from .emu_msadc import MAX_LINE_BYTES, MAX_UPLOAD_BYTES, MSADCCrate, Session
 from .faults import MSADCFaults
+from .listen import listen_socket
 from .scpi import BinaryReply, Block, Line, ParseError, Reply, StreamParser, split_header
 
 log = logging.getLogger("sim_frontend.emu_msadc")
@@ -85,14 +86,7 @@ class MSADCServer:
     def start(self) -> MSADCServer:
         if self._thread is not None:
             return self
-        lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            lst.bind((self.host, self.port))
-            lst.listen(8)
-        except OSError:
-            lst.close()
-            raise
+        lst = listen_socket(self.host, self.port, backlog=8)
         self.port = lst.getsockname()[1]
         self._listener = lst
         self._wake_r, self._wake_w = os.pipe()

@@ -44,6 +44,7 @@ from typing import Any
 from detector.hwstatus import LINE_OWNED_REPLY
 
 from .faults import CountedFaults
+from .listen import listen_socket
 
 log = logging.getLogger(__name__)
 
@@ -334,10 +335,7 @@ class TcpLineServer(_LineServer):
         """Bind, listen and start the serving thread; returns self (``port`` is the bound port)."""
         if self._thread is not None:
             return self
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.host, self.port))
-        listener.listen(4)
+        listener = listen_socket(self.host, self.port, backlog=4)
         self.port = listener.getsockname()[1]
         self._listener = listener
         self._start_thread(self._run)
