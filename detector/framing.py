@@ -109,6 +109,20 @@ def encode(
     return [topic.encode("ascii"), head, *payloads]
 
 
+def as_received(
+    topic: str,
+    seq: int,
+    arrays: dict[str, np.ndarray] | None = None,
+    meta: dict[str, Any] | None = None,
+    run: int | None = None,
+    spill: int | None = None,
+    now: float | None = None,
+) -> Message:
+    """The message a subscriber would decode from these contents: framed by :func:`encode` and decoded by
+    :func:`decode` (the replay and the synthetic source hand the monitor messages exactly as received)."""
+    return decode(encode(topic, seq, arrays, meta, run, spill, now))
+
+
 def _no_constant(name: str) -> Any:
     """``json.loads`` hook: NaN and +/-Infinity are not JSON (``encode`` never writes them)."""
     raise FramingError(f"header contains {name}, which is not JSON (only finite numbers are)")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from detector import channels as ch
-from detector.framing import Message, decode, encode
+from detector.framing import Message, as_received
 from detector.monitoring import DAQState, TopicSequence
 from detector.runrecord import read_run_record
 from detector.settings import Config
@@ -62,8 +62,7 @@ class ReplayBuilder:
         spill: int | None = None,
         now: float | None = None,
     ) -> Message:
-        frames = encode(topic, self.seq.take(topic), arrays, meta, self.run, spill, time.time() if now is None else now)
-        return decode(frames)
+        return as_received(topic, self.seq.take(topic), arrays, meta, self.run, spill, now)
 
     def log_message(self, text: str, level: str = "INFO", spill: int | None = None) -> Message:
         return self.message("log", meta={"level": level, "text": text}, spill=spill)

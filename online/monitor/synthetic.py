@@ -27,7 +27,7 @@ import numpy as np
 
 from detector import channels as ch
 from detector import monitoring as mon
-from detector.framing import Message, decode, encode
+from detector.framing import Message, as_received, encode
 from detector.hwstatus import HVStatus
 from detector.monitoring import ECAL_EDGES, HCAL_EDGES, DAQState
 
@@ -136,16 +136,8 @@ class SyntheticDAQ:
         for _ in range(self.skip_seq):
             self.seq.take(topic)
         self.skip_seq = 0
-        frames = encode(
-            topic,
-            self.seq.take(topic),
-            arrays,
-            meta,
-            self.run,
-            self.spill if spill is None else spill,
-            time.time() if now is None else now,
-        )
-        return decode(frames)
+        spill = self.spill if spill is None else spill
+        return as_received(topic, self.seq.take(topic), arrays, meta, self.run, spill, now)
 
     def status(self, state: str | None = None, now: float | None = None, message: str = "") -> Message:
         now = time.time() if now is None else now
