@@ -34,17 +34,15 @@ from typing import Any
 import numpy as np
 
 from detector.config import Calibration, Config, load_calibration
-from detector.reco import reconstruct
 from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_BEAMLINE, TRUTH_DIMUON
-from detector.tracking import Spectrometer, reconstruct_tracks
-from sim_frontend import beamline, mmhits
+from sim_frontend import beamline
 from sim_frontend.beam import generate_spill
 from sim_frontend.response import apply_response
 
 from . import background_downstream
 from . import events as ev
 from . import selection as sel
-from .signal import physics_only_menu, trigger_mask
+from .signal import mc_event_table, mc_track_columns
 
 Progress = Callable[[int, int], None]
 Estimator = Callable[[Config, Calibration, float, float, int, int, Progress], dict[str, Any]]
@@ -81,14 +79,8 @@ def simulate_tables(
     that radiated in the beam line and their summed weight, digitised events). ``tracker=False`` leaves the
     track columns out, as in a spill file recorded without the Micromegas block (the selection then cannot
     apply the tracker cuts)."""
-    from sim_frontend.digitizer import Digitizer
-
     rate = float(intensity) / float(cfg.spill.length_s)
     base = cfg.with_overrides({"aprime": {"enabled": False}})
-    digi = Digitizer(base, calib, hidden_seed=None)
-    menu = physics_only_menu(base, calib)
-    spec = Spectrometer.from_config(base)
-    hv = np.asarray(calib.hv_set, dtype=np.float64)
     tables: list[ev.Table] = []
     stats = {"beamline_events": 0, "beamline_weight": 0.0, "digitised": 0}
     done = 0
@@ -109,18 +101,10 @@ def simulate_tables(
             spill.truth["weight"][electrons][spill.truth["flags"][electrons] & TRUTH_BEAMLINE != 0].sum()
         )
         stats["digitised"] += int(cand.size)
-        for s in range(0, cand.size, CHUNK):
-            idx = cand[s : s + CHUNK]
-            wf = digi.events(spill, deposits, idx, hv)
-            reco = reconstruct(wf, calib.gev_per_count)
-            arrival = spill.truth["time_ns"][idx].astype(np.float64)
-            mask = trigger_mask(menu, wf, arrival)
-            t = ev.event_table_from_arrays(
-                wf, calib, c, event_id=idx, trigger_mask=mask, time_ns=arrival, truth=spill.truth[idx],
-                run=0, spill=SEED_OFFSET + seed, reco=reco,
-            )  # fmt: skip
+        if cand.size:
+            t = mc_event_table(c, calib, spill, deposits, cand, chunk=CHUNK)
             if tracker:
-                t.update(sel.track_columns(reconstruct_tracks(mmhits.event_strips(spill, c, idx), spec)))
+                t.update(mc_track_columns(c, spill, cand, chunk=CHUNK))
             tables.append(t)
         progress(done, n_events)
     return (ev.concat(tables) if tables else {}), done, stats
