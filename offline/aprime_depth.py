@@ -143,6 +143,10 @@ def emit_at_depth(
         ecal_new[k] = ec_r + ec_g + g.ECAL_MIP_GEV * min(t[k], g.ECAL_X0) / g.ECAL_X0
     dep.trigger[pick, 4] = ps_new.astype(np.float32)
     dep.trigger[pick, 5] = ecal_new.astype(np.float32)
+    # the cells share the sums with the shape code's lateral profile: a redrawn event whose face response
+    # left nothing visible (E_A' drawn above the energy that reached the ECAL) now has an e.m. shower there
+    redrawn = pick[ok & (ecal_new > 0.0)]
+    dep.shape[redrawn, 0] = g.SHAPE_EM
     truth["e_ps"][pick] = ps_new.astype(np.float32)
     truth["e_ecal"][pick] = ecal_new.astype(np.float32)
     truth["e_invisible"][pick] = e_a.astype(np.float32)
