@@ -11,8 +11,12 @@ the offline selection (:mod:`offline.selection`).
 Factors, each the fraction passing its cuts among the events that passed the factors before it (so their
 product is the total), with binomial errors sqrt(e (1 - e) / n):
 
-- ``eps_e`` incoming electron: SRD, momentum, angle, track multiplicity, pile-up;
-- ``eps_ecal`` ECAL: the physics trigger (its PS and ECAL thresholds), shower shape, PS, signal box;
+- ``eps_e`` incoming electron: SRD, momentum, angle, track multiplicity -- the cuts upstream of the ECAL,
+  on every simulated beam electron (the paper measures it on beam electrons: nothing downstream, the A'
+  included, changes it);
+- ``eps_ecal`` ECAL: the physics trigger (its PS and ECAL thresholds), shower shape, PS, the ECAL pile-up
+  criterion (a single pulse at the trigger time in every cell above 1 GeV: an ECAL cut, whose rate
+  dependence the paper's eps_ECAL carries), signal box;
 - ``eps_v`` the V2 veto; ``eps_hcal`` the HCAL veto.
 
 ``ps_threshold_correction``: the PS-threshold efficiency with the A' at its depth over that with the A' at
@@ -35,8 +39,8 @@ from . import selection as sel
 from .signal import _make_spill, emiss_min_gev, mc_event_table, mc_track_columns
 
 FACTORS: dict[str, tuple[str, ...]] = {
-    "eps_e": ("srd", "momentum", "angle", "tracks", "pileup"),
-    "eps_ecal": ("trigger", "shower", "ps", "box"),
+    "eps_e": ("srd", "momentum", "angle", "tracks"),
+    "eps_ecal": ("trigger", "shower", "ps", "pileup", "box"),
     "eps_v": ("v2",),
     "eps_hcal": ("hcal",),
 }

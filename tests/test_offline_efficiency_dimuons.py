@@ -29,35 +29,46 @@ def test_factor_table_is_sequential_and_multiplies_to_the_total():
     assert t["eps_hcal_err"] == 0.0
 
 
-def test_depth_follows_the_primary_track_length_above_e_aprime():
-    u = (np.arange(4000) + 0.5) / 4000
-    shallow = aprime_depth.sample_depth(np.full(u.size, 0.05), u)  # E_A' = 95% of E: the primary at once
-    deep = aprime_depth.sample_depth(np.full(u.size, math.log(2.0)), u)  # E_A' = E/2
-    assert np.all((shallow >= 0) & (shallow <= 40.0)) and np.all((deep >= 0) & (deep <= 40.0))
-    # mean of t under P(b t, L): Integral t P / Integral P over t (numerically, b = 4/3)
+def test_primary_path_track_length_above_e_miss_is_tsais():
+    """The bremsstrahlung path of the primary: its track length above E and the mean depth of that track
+    length agree with the Tsai/Rossi form P(b t, ln(E0/E)) (b = 4/3) the 1D cascade is checked against."""
     from scipy import integrate, special
 
-    for lr, sample in ((0.05, shallow), (math.log(2.0), deep)):
+    rng = np.random.default_rng(5)
+    n = 20000
+    path = aprime_depth.primary_path(np.full(n, 100.0), 20.0, rng)
+    assert np.all(np.diff(path.e_after_gev, axis=1)[np.isfinite(path.t_x0[:, 1:])] < 0)  # only ever loses energy
+    # energy conservation: the photons and the remaining primary carry E0
+    last = np.where(np.isfinite(path.t_x0), path.e_after_gev, np.inf).min(axis=1)
+    np.testing.assert_allclose(path.photon_gev.sum(axis=1) + np.minimum(last, 100.0), 100.0, rtol=1e-9)
+    depth = np.linspace(0.0, aprime_depth.T_CAP_X0, 501)
+    for e_min in (50.0, 80.0):
+        alive = np.array([np.mean(path.energy_at(np.full(n, t)) > e_min) for t in depth])
+        lr = math.log(100.0 / e_min)
 
         def p(t: float, lr: float = lr) -> float:
             return special.gammainc(4.0 / 3.0 * t, lr) if t > 0 else 1.0
 
-        num = integrate.quad(lambda t, p=p: t * p(t), 0, 40, limit=200)[0]
-        mean = num / integrate.quad(p, 0, 40, limit=200)[0]
-        assert sample.mean() == pytest.approx(mean, rel=0.02)
-    assert deep.mean() > 2 * shallow.mean()
-    e = aprime_depth.sample_emitter_energy(np.full(u.size, 100.0), np.full(u.size, 60.0), deep, u)
-    assert np.all((e >= 60.0) & (e <= 100.0)) and e.mean() < 95.0
+        tsai = integrate.quad(p, 0, 40, limit=200)[0]
+        mean_tsai = integrate.quad(lambda t, p=p: t * p(t), 0, 40, limit=200)[0] / tsai
+        track = integrate.trapezoid(alive, depth)
+        assert track == pytest.approx(tsai, rel=0.08)
+        assert integrate.trapezoid(depth * alive, depth) / track == pytest.approx(mean_tsai, rel=0.08)
 
 
 def test_emission_inside_the_shower_conserves_energy_and_stays_above_emiss():
     rng = np.random.default_rng(3)
     e = np.full(3000, 100.0)
-    t, e_e, e_a = aprime_depth.sample_emission(0.0167, e, 50.0, rng)
-    assert np.all((e_a >= 50.0) & (e_a <= e_e) & (e_e <= e)) and np.all(t >= 0)
+    em = aprime_depth.sample_emission(0.0167, e, 50.0, rng)
+    t, e_e, e_a = em.t_x0, em.e_emitter_gev, em.e_aprime_gev
+    assert np.all((e_a >= 50.0) & (e_a <= e_e) & (e_e <= e)) and np.all((t >= 0) & (t <= aprime_depth.T_CAP_X0))
     assert np.mean(e_a > 50.0) > 0.99
     # the emitter has lost energy before radiating: E_e < E for most events, the deeper the softer
     assert np.mean(e_e < 99.0) > 0.3 and np.corrcoef(t, e_e)[0, 1] < -0.3
+    # what it lost went into photons radiated before the emission point, converting behind it
+    np.testing.assert_allclose(em.photon_gev.sum(axis=1), e - e_e, atol=1e-9)
+    has = em.photon_gev > 0
+    assert np.all(em.photon_conv_x0[has] > 0) and np.mean(has.sum(axis=1) >= 2) > 0.3
     # a light A' takes nearly all of the emitter's energy
     assert np.median(e_a / e_e) > 0.9
 
