@@ -63,19 +63,24 @@ def _binomial(k: int, n: int) -> tuple[float, float]:
 
 
 def factor_table(masks: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Sequential factors of :data:`FACTORS` and the total from the per-cut masks (one boolean per event)."""
+    """Sequential factors of :data:`FACTORS` and the total from the per-cut masks (one boolean per event),
+    with ``factor_cut_flow``: the events left after each cut, the cuts taken in the factors' order (each
+    factor is the count after its last cut over the count after the previous factor's last cut)."""
     n = int(next(iter(masks.values())).size)
     alive = np.ones(n, dtype=bool)
     out: dict[str, Any] = {}
+    flow = {"all": n}  # cumulative, in the factors' order
     for name, cuts in FACTORS.items():
         passed = alive.copy()
         for c in cuts:
             passed &= masks[c]
+            flow[c] = int(passed.sum())
         out[name], out[f"{name}_err"] = _binomial(int(passed.sum()), int(alive.sum()))
         out[f"{name}_events"] = [int(passed.sum()), int(alive.sum())]
         alive = passed
     out["total"], out["total_err"] = _binomial(int(alive.sum()), n)
     out["selected"], out["events"] = int(alive.sum()), n
+    out["factor_cut_flow"] = flow
     return out
 
 

@@ -73,6 +73,31 @@ def test_emission_inside_the_shower_conserves_energy_and_stays_above_emiss():
     assert np.median(e_a / e_e) > 0.9
 
 
+def test_redrawn_deposits_reach_the_cells():
+    """The cells share the redrawn PS and ECAL sums: also for events whose face response left nothing visible
+    (the A' drawn above the energy that reached the ECAL), which had no lateral shape."""
+    from detector import channels as ch
+    from detector.config import load_config
+    from sim_frontend.response import apply_response, channel_deposits
+
+    from offline.signal import _make_spill, emiss_min_gev
+
+    cfg = load_config(None).with_overrides({"beam": {"particles_per_spill": 1.5e6}})
+    spill, pick = _make_spill(cfg, 16.7, 600, 2, pileup=True)
+    dep = apply_response(spill, cfg)
+    empty_face = dep.trigger[pick, 5] == 0.0
+    d = aprime_depth.emit_at_depth(spill, dep, pick, 2, 16.7, emiss_min_gev(cfg))
+    cells = channel_deposits(spill, dep, pick)
+    ps_cells = cells[:, ch.ECAL_FIRST : ch.ECAL_FIRST + ch.N_ECAL].reshape(-1, 2, 36)[:, 0].sum(axis=1)
+    all_cells = cells[:, ch.ECAL_FIRST : ch.ECAL_FIRST + ch.N_ECAL].sum(axis=1)
+    redrawn = d["redrawn"] & (dep.trigger[pick, 5] > 0)
+    assert (empty_face & redrawn).sum() >= 5  # such events exist in the sample
+    np.testing.assert_allclose(ps_cells[redrawn], dep.trigger[pick, 4][redrawn], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(all_cells[redrawn], dep.trigger[pick, 5][redrawn], rtol=1e-4, atol=1e-4)
+    # several photons of the primary shower before the emission point in most events
+    assert np.mean(d["n_photons"][d["redrawn"]] >= 1) > 0.5
+
+
 def test_ps_threshold_correction_is_the_ratio_of_fractions_above_threshold():
     face = np.array([0.5, 0.5, 0.5, 0.5, 0.1])  # 4 of 5 above 0.3
     depth = np.array([0.5, 0.2, 0.5, 0.3, 0.4])  # 3 of 5 (0.3 is not above)
@@ -93,6 +118,15 @@ def test_efficiency_command_writes_the_factor_table(tmp_path, capsys):
     assert r["events"] == 400 and r["intensity"] == 5.1e6 and r["tracker_applied"] is True
     assert math.prod(r[f] for f in FACTORS) == pytest.approx(r["total"], rel=1e-12)
     assert r["selected"] == r["cut_flow"]["box"]
+    # each factor from the cut flow taken in the factors' order: after its last cut / after the previous one
+    flow = r["factor_cut_flow"]
+    assert list(flow) == ["all", *(c for cuts in efficiency.FACTORS.values() for c in cuts)]
+    assert list(flow.values()) == sorted(flow.values(), reverse=True) and flow["all"] == 400
+    before = flow["all"]
+    for f, cuts in efficiency.FACTORS.items():
+        assert r[f"{f}_events"] == [flow[cuts[-1]], before]
+        before = flow[cuts[-1]]
+    assert r["total"] == pytest.approx(before / 400) and sorted(r["cut_flow"].values())[0] == before
     for f in (*FACTORS, "total"):
         k, n = r[f"{f}_events"] if f != "total" else (r["selected"], r["events"])
         assert 0 < r[f] <= 1 and r[f] == pytest.approx(k / n)
