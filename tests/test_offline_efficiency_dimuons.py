@@ -78,9 +78,8 @@ def test_redrawn_deposits_reach_the_cells():
     (the A' drawn above the energy that reached the ECAL), which had no lateral shape."""
     from detector import channels as ch
     from detector.config import load_config
-    from sim_frontend.response import apply_response, channel_deposits
-
     from offline.signal import _make_spill, emiss_min_gev
+    from sim_frontend.response import apply_response, channel_deposits
 
     cfg = load_config(None).with_overrides({"beam": {"particles_per_spill": 1.5e6}})
     spill, pick = _make_spill(cfg, 16.7, 600, 2, pileup=True)
