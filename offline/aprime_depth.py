@@ -1,4 +1,4 @@
-"""The A' emitted inside the ECAL shower, at a depth the shower track length implies (issue 18, Table II).
+"""The A' emitted inside the ECAL shower, at a depth the primary's path implies (issue 18, Table II).
 
 :func:`sim_frontend.response.apply_response` lets an A' electron shower its visible energy E - E_A' from the
 ECAL face, with E_A' = x E drawn for the full beam energy. For a light A' x is close to 1, so the recoil
@@ -7,15 +7,20 @@ electron of the shower somewhere along its track; with E_A' > E_miss,min (half t
 only the primary can radiate it, after it has already radiated part of its energy. :func:`emit_at_depth`
 redraws the A' and the ECAL and preshower deposits of the A' events accordingly:
 
-1. emission depth t (X0): density proportional to the primary's track length above E_miss,min per unit
-   depth, P(b t, ln(E/E_miss,min)) (Tsai/Rossi, :func:`sim_frontend.cascade.tsai_primary_track_length`,
-   b = 4/3), drawn by inverting its cumulative on a grid over the ECAL depth;
-2. the emitter's energy E_e: ln(E/E_e) Gamma-distributed with shape b t, truncated to E_e > E_miss,min;
-   (t, E_e) kept with the probability sigma(E_e)/sigma(E) of radiating an A' above E_miss,min (rejection);
+1. the primary's path (:func:`primary_path`): bremsstrahlung emissions at exponential intervals (rate
+   R_b per X0 for photon fractions y > ``Y_MIN``, :func:`sim_frontend.cascade.brems_rate_per_x0`), y from
+   the complete-screening spectrum (the cascade's sampler), the electron keeping (1 - y) -- the same
+   physics as the 1D cascade (docs/physics.md 3.4) -- up to ``T_CAP_X0``;
+2. the emission point: (path, depth t) kept with probability sigma(E(t)) / sigma(E) of radiating an A'
+   above E_miss,min at the primary's energy E(t) there (t uniform in [0, ``T_CAP_X0``], rejection, the
+   rejected redrawn with a new path): the depth follows the primary's track length above E_miss,min
+   (Tsai/Rossi, :func:`sim_frontend.cascade.tsai_primary_track_length`), the emitter energy E_e = E(t);
 3. E_A' = x E_e with x from the IWW spectrum at E_e (:func:`sim_frontend.aprime.sample_x`), E_A' > E_miss,min;
-4. what the primary radiated before t (E - E_e, bremsstrahlung photons) showers from t_g = u t + a
-   conversion depth (exponential, 9/7 X0); the recoil electron (E_e - E_A') showers from t; both with
-   :func:`sim_frontend.showers.em_shower` (the response's shower: profile, fluctuations, containment);
+4. each bremsstrahlung photon radiated before t showers from its own conversion depth (its emission depth +
+   an exponential of mean 9/7 X0), the recoil electron (E_e - E_A') from t; all with
+   :func:`sim_frontend.showers.em_shower` (the response's shower: profile, fluctuations, containment).
+   Several photons converting at their own depths, not one photon carrying E - E_e: the preshower sees the
+   early ones, as in a real shower;
 5. the primary's ionisation up to t: the MIP deposits of the ECAL and PS, in proportion to the depth.
 
 :func:`ps_threshold_correction` is the ratio of the PS-threshold efficiencies of the two placements on the
@@ -26,37 +31,71 @@ inside the 40 X0 ECAL).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
 
 from sim_frontend import geometry as g
 from sim_frontend.beam import BeamSpill, rng_state
-from sim_frontend.cascade import PHOTON_CONVERSION_RATE_PER_X0, TSAI_B
+from sim_frontend.cascade import PHOTON_CONVERSION_RATE_PER_X0, _sample_brems_y_numpy, brems_rate_per_x0
 from sim_frontend.response import Deposits
 from sim_frontend.showers import PS_FRACTION_TABLE, em_shower
 
-DEPTH_GRID_POINTS = 400  #: points of the depth grid over the ECAL (X0) for the inverse cumulative
 STREAM = 0xDE97  #: random stream of the depth redraw (independent of the response's streams)
+#: bremsstrahlung photons of the primary below this energy fraction are neglected (they carry ~1e-3 of its
+#: energy per X0)
+Y_MIN = 1e-3
+#: deepest emission point considered (X0): a 100 GeV primary keeps E > 50 GeV beyond it with a probability
+#: P(b T, ln 2) (Tsai) below 1e-4, which the rejection ignores
+T_CAP_X0 = 5.0
+SIGMA_GRID_POINTS = 256  #: energies of the sigma(E, E_A' > E_miss,min) table the rejection interpolates
+MAX_PASSES = 2000  #: rejection passes before giving up (each accepts ~ the track length / T_CAP_X0)
 
 
-def sample_depth(log_ratio: np.ndarray, u: np.ndarray, t_max_x0: float = g.ECAL_X0) -> np.ndarray:
-    """Emission depth (X0) for each event with ln(E/E_A') = ``log_ratio``, from uniforms ``u``: the inverse
-    of the cumulative of P(b t, ln(E/E_A')) over [0, t_max_x0]."""
-    t = np.linspace(0.0, t_max_x0, DEPTH_GRID_POINTS)
-    lr = np.asarray(log_ratio, dtype=float)[:, None]
-    dens = np.where(t[None, :] > 0, special.gammainc(TSAI_B * np.maximum(t[None, :], 1e-12), lr), 1.0)
-    cum = np.concatenate([np.zeros((lr.shape[0], 1)), np.cumsum(0.5 * (dens[:, 1:] + dens[:, :-1]), axis=1)], axis=1)
-    cum /= cum[:, -1:]
-    return np.array([np.interp(ui, c, t) for ui, c in zip(np.asarray(u, dtype=float), cum)])
+@dataclass
+class PrimaryPath:
+    """Bremsstrahlung emissions of the primaries of a block of events, padded to the longest path:
+    ``t_x0`` (n, k) emission depths (inf beyond the path's end), ``photon_gev`` (n, k) photon energies (0
+    beyond), ``e_after_gev`` (n, k) the primary's energy after each emission, ``e0_gev`` (n,) at the face."""
+
+    t_x0: np.ndarray
+    photon_gev: np.ndarray
+    e_after_gev: np.ndarray
+    e0_gev: np.ndarray
+
+    def energy_at(self, t_x0: np.ndarray) -> np.ndarray:
+        """Energy (GeV) of each primary at depth ``t_x0`` (n,)."""
+        k = (self.t_x0 <= np.asarray(t_x0)[:, None]).sum(axis=1)
+        after = np.take_along_axis(self.e_after_gev, np.maximum(k - 1, 0)[:, None], axis=1)[:, 0]
+        return np.where(k > 0, after, self.e0_gev)
 
 
-def sample_emitter_energy(e_gev: np.ndarray, e_aprime_gev: np.ndarray, t_x0: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Energy (GeV) of the primary at depth t: ln(E/E_e) ~ Gamma(b t), truncated to E_e > E_A'."""
-    shape = np.maximum(TSAI_B * np.asarray(t_x0, dtype=float), 1e-9)
-    top = special.gammainc(shape, np.log(e_gev / e_aprime_gev))
-    s = special.gammaincinv(shape, np.clip(np.asarray(u) * top, 1e-300, None))
-    return np.maximum(e_gev * np.exp(-s), e_aprime_gev)
+def primary_path(
+    e_gev: np.ndarray, e_stop_gev: float, rng: np.random.Generator, t_cap_x0: float = T_CAP_X0, y_min: float = Y_MIN
+) -> PrimaryPath:
+    """Bremsstrahlung path of primaries of ``e_gev`` (GeV) through the ECAL (step 1 of the module docstring),
+    followed until their energy falls below ``e_stop_gev`` or the depth passes ``t_cap_x0``."""
+    e0 = np.asarray(e_gev, dtype=np.float64)
+    n = e0.size
+    rate = brems_rate_per_x0(y_min)
+    t, e = np.zeros(n), e0.copy()
+    active = np.arange(n)
+    ts, ks, es = [], [], []
+    while active.size:
+        t[active] += rng.exponential(1.0 / rate, active.size)
+        active = active[t[active] <= t_cap_x0]
+        y = _sample_brems_y_numpy(active.size, y_min, rng)
+        k = y * e[active]
+        e[active] -= k
+        col_t, col_k = np.full(n, np.inf), np.zeros(n)
+        col_t[active], col_k[active] = t[active], k
+        ts.append(col_t)
+        ks.append(col_k)
+        es.append(e.copy())
+        active = active[e[active] >= e_stop_gev]
+    if not ts:
+        return PrimaryPath(np.full((n, 0), np.inf), np.zeros((n, 0)), np.zeros((n, 0)), e0)
+    return PrimaryPath(np.stack(ts, axis=1), np.stack(ks, axis=1), np.stack(es, axis=1), e0)
 
 
 def _sigma_above(mass_gev: float, e_gev: np.ndarray, emiss_min_gev: float) -> np.ndarray:
@@ -70,28 +109,53 @@ def _sigma_above(mass_gev: float, e_gev: np.ndarray, emiss_min_gev: float) -> np
     return out
 
 
-def sample_emission(
-    mass_gev: float, e_gev: np.ndarray, emiss_min_gev: float, rng: np.random.Generator, max_passes: int = 50
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Depth t (X0), emitter energy E_e and A' energy (GeV) of an A' with E_A' > ``emiss_min_gev`` radiated by
-    the primary of energy ``e_gev``: (t, E_e) from the primary's track length above E_miss,min (steps 1-2 of
-    the module docstring with E_A' -> E_miss,min), kept with probability sigma(E_e, E_A' > E_miss,min) /
-    sigma(E, same) (rejection, redrawing the rejected), then x = E_A'/E_e from the IWW spectrum."""
+@dataclass
+class Emission:
+    """A' emissions of a block of events (:func:`sample_emission`): depth ``t_x0``, emitter energy
+    ``e_emitter_gev``, A' energy ``e_aprime_gev`` (n,), and the primary's bremsstrahlung photons radiated
+    before the emission: energies ``photon_gev`` and conversion depths ``photon_conv_x0`` (n, k; 0 GeV where
+    there is none)."""
+
+    t_x0: np.ndarray
+    e_emitter_gev: np.ndarray
+    e_aprime_gev: np.ndarray
+    photon_gev: np.ndarray
+    photon_conv_x0: np.ndarray
+
+
+def sample_emission(mass_gev: float, e_gev: np.ndarray, emiss_min_gev: float, rng: np.random.Generator) -> Emission:
+    """The A' (E_A' > ``emiss_min_gev``) radiated by primaries of ``e_gev`` (GeV) along their path: steps
+    1-3 of the module docstring, and the photons radiated before it with their conversion depths."""
     from sim_frontend import aprime
 
+    e_gev = np.asarray(e_gev, dtype=np.float64)
     n = e_gev.size
+    grid = np.linspace(emiss_min_gev, max(float(e_gev.max()), emiss_min_gev) * 1.0001, SIGMA_GRID_POINTS)
+    sig_grid = _sigma_above(mass_gev, grid, emiss_min_gev)
+    sigma_top = np.interp(e_gev, grid, sig_grid)
     t, e_e = np.zeros(n), e_gev.copy()
+    k_max = 0
+    photons: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (events, energies, depths)
     todo = np.arange(n)
-    sigma_top = _sigma_above(mass_gev, e_gev, emiss_min_gev)
-    for _ in range(max_passes):
+    for _ in range(MAX_PASSES):
         if todo.size == 0:
             break
-        lr = np.log(e_gev[todo] / emiss_min_gev)
-        tt = sample_depth(lr, rng.random(todo.size))
-        ee = sample_emitter_energy(e_gev[todo], np.full(todo.size, emiss_min_gev), tt, rng.random(todo.size))
-        keep = rng.random(todo.size) * sigma_top[todo] <= _sigma_above(mass_gev, ee, emiss_min_gev)
+        path = primary_path(e_gev[todo], emiss_min_gev, rng)
+        tt = rng.uniform(0.0, T_CAP_X0, todo.size)
+        ee = path.energy_at(tt)
+        keep = (ee > emiss_min_gev) & (rng.random(todo.size) * sigma_top[todo] <= np.interp(ee, grid, sig_grid))
+        before = path.t_x0[keep] < tt[keep, None]
+        photons.append((todo[keep], np.where(before, path.photon_gev[keep], 0.0), path.t_x0[keep]))
+        k_max = max(k_max, path.t_x0.shape[1])
         t[todo[keep]], e_e[todo[keep]] = tt[keep], ee[keep]
         todo = todo[~keep]
+    if todo.size:
+        raise RuntimeError(f"{todo.size} A' emissions not placed after {MAX_PASSES} passes")
+    photon_gev, photon_t = np.zeros((n, k_max)), np.zeros((n, k_max))
+    for idx, k, tk in photons:
+        photon_gev[idx, : k.shape[1]] = k
+        photon_t[idx, : k.shape[1]] = np.where(k > 0, tk, 0.0)
+    conv = photon_t + rng.exponential(1.0 / PHOTON_CONVERSION_RATE_PER_X0, photon_t.shape)
     # x relative to the emitter, per energy bin (the IWW grid is built per energy)
     e_a = np.empty(n)
     edges = np.quantile(e_e, np.linspace(0.0, 1.0, 17))
@@ -102,7 +166,7 @@ def sample_emission(
             e_lo = float(e_e[sel].min())  # x_min of the bin's softest emitter: every E_A' above E_miss,min
             x = aprime.sample_x(mass_gev, e_lo, sel.size, rng, x_min=min(emiss_min_gev / e_lo, 1.0 - 1e-6))
             e_a[sel] = np.maximum(x * e_e[sel], emiss_min_gev)
-    return t, e_e, np.minimum(e_a, e_e)
+    return Emission(t, e_e, np.minimum(e_a, e_e), photon_gev, np.where(photon_gev > 0, conv, 0.0))
 
 
 def emit_at_depth(
@@ -124,25 +188,33 @@ def emit_at_depth(
     rng = np.random.default_rng([int(seed), int(spill.seed) & 0xFFFFFFFF, STREAM])
     t, e_emit = np.zeros(pick.size), e.copy()
     e_a = truth["e_invisible"][pick].astype(np.float64)
-    if ok.any():
-        t[ok], e_emit[ok], e_a[ok] = sample_emission(mass_mev * 1e-3, e[ok], emiss_min_gev, rng)
-    u_g, u_c = rng.random((2, pick.size))
-    t_gamma = u_g * t - np.log1p(-u_c) / PHOTON_CONVERSION_RATE_PER_X0
+    n_photons = np.zeros(pick.size, dtype=np.int64)
     ps_face = dep.trigger[pick, 4].astype(np.float64)
     ps_new, ecal_new = ps_face.copy(), dep.trigger[pick, 5].astype(np.float64)
     x, y = truth["x_mm"][pick].astype(np.float64), truth["y_mm"][pick].astype(np.float64)
     base = np.uint64(spill.seed) ^ np.uint64(STREAM)
-    for k in np.flatnonzero(ok):
-        st = np.uint64(rng_state(base, np.uint64(truth["index"][pick[k]]), np.uint64(7)))
-        st, ps_r, ec_r, _ = em_shower(st, e_emit[k] - e_a[k], x[k], y[k], PS_FRACTION_TABLE, t[k])
-        ps_g = ec_g = 0.0
-        if e[k] - e_emit[k] > 0.0:
-            # numba hands the state back as a Python int: the next call needs the uint64 again
-            _, ps_g, ec_g, _ = em_shower(np.uint64(st), e[k] - e_emit[k], x[k], y[k], PS_FRACTION_TABLE, t_gamma[k])
-        ps_new[k] = ps_r + ps_g + g.PS_MIP_GEV * min(t[k], g.PS_X0) / g.PS_X0
-        ecal_new[k] = ec_r + ec_g + g.ECAL_MIP_GEV * min(t[k], g.ECAL_X0) / g.ECAL_X0
+    rows = np.flatnonzero(ok)
+    if rows.size:
+        em = sample_emission(mass_mev * 1e-3, e[rows], emiss_min_gev, rng)
+        t[rows], e_emit[rows], e_a[rows] = em.t_x0, em.e_emitter_gev, em.e_aprime_gev
+        n_photons[rows] = (em.photon_gev > 0).sum(axis=1)
+        for j, k in enumerate(rows):
+            st = np.uint64(rng_state(base, np.uint64(truth["index"][pick[k]]), np.uint64(7)))
+            st, ps_k, ec_k, _ = em_shower(st, e_emit[k] - e_a[k], x[k], y[k], PS_FRACTION_TABLE, t[k])
+            for kg, tc in zip(em.photon_gev[j], em.photon_conv_x0[j]):
+                if kg > 0.0:
+                    # numba hands the state back as a Python int: the next call needs the uint64 again
+                    st, ps_g, ec_g, _ = em_shower(np.uint64(st), kg, x[k], y[k], PS_FRACTION_TABLE, tc)
+                    ps_k += ps_g
+                    ec_k += ec_g
+            ps_new[k] = ps_k + g.PS_MIP_GEV * min(t[k], g.PS_X0) / g.PS_X0
+            ecal_new[k] = ec_k + g.ECAL_MIP_GEV * min(t[k], g.ECAL_X0) / g.ECAL_X0
     dep.trigger[pick, 4] = ps_new.astype(np.float32)
     dep.trigger[pick, 5] = ecal_new.astype(np.float32)
+    # the cells share the sums with the shape code's lateral profile: a redrawn event whose face response
+    # left nothing visible (E_A' drawn above the energy that reached the ECAL) now has an e.m. shower there
+    redrawn = pick[ok & (ecal_new > 0.0)]
+    dep.shape[redrawn, 0] = g.SHAPE_EM
     truth["e_ps"][pick] = ps_new.astype(np.float32)
     truth["e_ecal"][pick] = ecal_new.astype(np.float32)
     truth["e_invisible"][pick] = e_a.astype(np.float32)
@@ -153,6 +225,7 @@ def emit_at_depth(
         "ps_face_gev": ps_face,
         "ps_depth_gev": ps_new,
         "redrawn": ok,
+        "n_photons": n_photons,
     }
 
 

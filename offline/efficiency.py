@@ -11,8 +11,12 @@ the offline selection (:mod:`offline.selection`).
 Factors, each the fraction passing its cuts among the events that passed the factors before it (so their
 product is the total), with binomial errors sqrt(e (1 - e) / n):
 
-- ``eps_e`` incoming electron: SRD, momentum, angle, track multiplicity, pile-up;
-- ``eps_ecal`` ECAL: the physics trigger (its PS and ECAL thresholds), shower shape, PS, signal box;
+- ``eps_e`` incoming electron: SRD, momentum, angle, track multiplicity -- the cuts upstream of the ECAL,
+  on every simulated beam electron (the paper measures it on beam electrons: nothing downstream, the A'
+  included, changes it);
+- ``eps_ecal`` ECAL: the physics trigger (its PS and ECAL thresholds), shower shape, PS, the ECAL pile-up
+  criterion (a single pulse at the trigger time in every cell above 1 GeV: an ECAL cut, whose rate
+  dependence the paper's eps_ECAL carries), signal box;
 - ``eps_v`` the V2 veto; ``eps_hcal`` the HCAL veto.
 
 ``ps_threshold_correction``: the PS-threshold efficiency with the A' at its depth over that with the A' at
@@ -35,8 +39,8 @@ from . import selection as sel
 from .signal import _make_spill, emiss_min_gev, mc_event_table, mc_track_columns
 
 FACTORS: dict[str, tuple[str, ...]] = {
-    "eps_e": ("srd", "momentum", "angle", "tracks", "pileup"),
-    "eps_ecal": ("trigger", "shower", "ps", "box"),
+    "eps_e": ("srd", "momentum", "angle", "tracks"),
+    "eps_ecal": ("trigger", "shower", "ps", "pileup", "box"),
     "eps_v": ("v2",),
     "eps_hcal": ("hcal",),
 }
@@ -59,19 +63,24 @@ def _binomial(k: int, n: int) -> tuple[float, float]:
 
 
 def factor_table(masks: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Sequential factors of :data:`FACTORS` and the total from the per-cut masks (one boolean per event)."""
+    """Sequential factors of :data:`FACTORS` and the total from the per-cut masks (one boolean per event),
+    with ``factor_cut_flow``: the events left after each cut, the cuts taken in the factors' order (each
+    factor is the count after its last cut over the count after the previous factor's last cut)."""
     n = int(next(iter(masks.values())).size)
     alive = np.ones(n, dtype=bool)
     out: dict[str, Any] = {}
+    flow = {"all": n}  # cumulative, in the factors' order
     for name, cuts in FACTORS.items():
         passed = alive.copy()
         for c in cuts:
             passed &= masks[c]
+            flow[c] = int(passed.sum())
         out[name], out[f"{name}_err"] = _binomial(int(passed.sum()), int(alive.sum()))
         out[f"{name}_events"] = [int(passed.sum()), int(alive.sum())]
         alive = passed
     out["total"], out["total_err"] = _binomial(int(alive.sum()), n)
     out["selected"], out["events"] = int(alive.sum()), n
+    out["factor_cut_flow"] = flow
     return out
 
 

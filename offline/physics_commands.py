@@ -47,7 +47,7 @@ def efficiency_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="A' signal events in the beam at --intensity (pile-up), the A' emitted at a depth of the "
         "shower the primary's track length implies, through the response, tracking, digitisation, "
         "reconstruction, trigger and selection. Output: {eps_e, eps_ecal, eps_v, eps_hcal, total, each with "
-        "*_err, ps_threshold_correction, cut_flow, paper}.",
+        "*_err, factor_cut_flow, ps_threshold_correction, cut_flow, paper}.",
     )
     p.add_argument("--mass", type=_positive_float, required=True, help="A' mass in MeV")
     p.add_argument("--face", action="store_true", help="emit the A' at the ECAL face instead (comparison)")
@@ -94,6 +94,12 @@ def efficiency_run(args: argparse.Namespace) -> int:
     for row in _factor_rows(r):
         t.add_row(*row)
     _out.print(t)
+    flow = Table(title="cut flow (factors' order)")
+    for c in ("cut", "events"):
+        flow.add_column(c, justify="right")
+    for k, v in r["factor_cut_flow"].items():
+        flow.add_row(k, str(v))
+    _out.print(flow)
     _out.print(
         f"PS-threshold correction (A' at depth / at the ECAL face): {r['ps_threshold_correction']:.3f}; "
         f"mean emission depth {r['depth_x0_mean']:.2f} X0; tracker cuts applied: {r['tracker_applied']}"

@@ -16,7 +16,9 @@ Cuts, in order (each applies on top of the previous ones):
                 map against the e-m expectation < ``shape_chi2_ndf_max``) and its centre must lie near the
                 beam axis (|x|, |y| < ``centre_max_mm``, about 4 sigma of the beam spot). Wide hadronic
                 showers and off-axis electrons fail it.
-``ps``          preshower energy E_PS > the physics-trigger threshold ``trigger.menu.physics.ps_min_gev``
+``ps``          preshower energy E_PS > the physics-trigger threshold ``trigger.menu.physics.ps_min_gev``,
+                on the analogue sum PS_SUM the trigger cuts on (``e_ps_sum``): the cell sum ``e_ps`` loses
+                the zero-suppressed tails of a small shower and would cut harder than the trigger
 ``v2``          V2 veto: E_V2 < ``offline.v2_max_mip`` MIP
 ``hcal``        HCAL veto: E_HCAL < ``offline.hcal_box_max_gev``
 ``pileup``      every ECAL cell above ``offline.cell_pileup_min_gev`` shows a single pulse (no pile-up flag)
@@ -136,7 +138,7 @@ def cut_masks(t: Table, cuts: Cuts) -> OrderedDict[str, np.ndarray]:
         & (np.abs(t["ecal_x_mm"]) < cuts.centre_max_mm)
         & (np.abs(t["ecal_y_mm"]) < cuts.centre_max_mm)
     )  # NaN (no energy) fails
-    m["ps"] = t["e_ps"] > cuts.ps_min_gev
+    m["ps"] = t["e_ps_sum"] > cuts.ps_min_gev
     m["v2"] = t["v2_mip"] < cuts.v2_max_mip
     m["hcal"] = t["e_hcal"] < cuts.hcal_max_gev
     m["pileup"] = t["n_cells_pileup"] == 0

@@ -87,7 +87,7 @@ def test_histograms_and_cut_flow_carry_the_weights():
         "ecal_ndf": np.ones(n),
         "ecal_x_mm": np.zeros(n),
         "ecal_y_mm": np.zeros(n),
-        "e_ps": np.full(n, 1.0),
+        "e_ps_sum": np.full(n, 1.0),
         "v2_mip": np.zeros(n),
         "e_hcal": np.zeros(n),
         "n_cells_pileup": np.zeros(n, np.int64),

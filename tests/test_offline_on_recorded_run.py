@@ -81,7 +81,7 @@ def cut_flow_by_hand(cfg: dict, calib, path) -> tuple[dict[str, int], set[tuple[
                 & (np.abs(t["ecal_x_mm"]) < off.centre_max_mm)
                 & (np.abs(t["ecal_y_mm"]) < off.centre_max_mm),
             ),
-            ("ps", t["e_ps"] > cfg.trigger.menu["physics"].ps_min_gev),
+            ("ps", t["e_ps_sum"] > cfg.trigger.menu["physics"].ps_min_gev),
             ("v2", t["v2_mip"] < off.v2_max_mip),
             ("hcal", t["e_hcal"] < off.hcal_box_max_gev),
             ("pileup", t["n_cells_pileup"] == 0),

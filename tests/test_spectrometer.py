@@ -200,7 +200,7 @@ def test_tracker_cuts_apply_only_with_track_columns(cfg):
     t = {
         "trigger_mask": np.ones(n, np.uint8),
         "ecal_chi2": np.zeros(n), "ecal_ndf": np.full(n, 33), "ecal_x_mm": np.zeros(n), "ecal_y_mm": np.zeros(n),
-        "e_ps": np.ones(n), "v2_mip": np.zeros(n), "e_hcal": np.zeros(n), "n_cells_pileup": np.zeros(n, int),
+        "e_ps_sum": np.ones(n), "v2_mip": np.zeros(n), "e_hcal": np.zeros(n), "n_cells_pileup": np.zeros(n, int),
         "e_ecal": np.full(n, 30.0),
         **{f"srd{i}": np.full(n, 0.05) for i in range(3)}, **{f"srd{i}_dt": np.zeros(n) for i in range(3)},
     }  # fmt: skip
