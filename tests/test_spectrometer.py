@@ -295,3 +295,20 @@ def test_background_cli_upstream_source(tmp_path):
     assert all(a >= b for a, b in itertools.pairwise(counts)) and counts[1] > 0
     # without --sources the side-band fit needs its inputs
     assert main(["background", "--eot", "1e10"]) == 2
+
+
+def test_neighbours_lists_the_event_first_then_everyone_in_its_window():
+    # particles at these times (ns); events in any order, duplicates allowed
+    times = np.array([0.0, 50.0, 120.0, 130.0, 400.0, 401.0, 402.0, 900.0])
+    ev = np.array([3, 0, 5, 7, 5, 2])
+    ptr, lst = mmhits.neighbours(times, ev, 100.0)
+    segs = [lst[a:b].tolist() for a, b in itertools.pairwise(ptr)]
+    assert segs == [[3, 1, 2], [0, 1], [5, 4, 6], [7], [5, 4, 6], [2, 1, 3]]
+    # the same as the definition, on a crowded random spill
+    rng = np.random.default_rng(1)
+    t = np.sort(rng.uniform(0.0, 1e6, 20_000))
+    ev = rng.integers(0, t.size, 3000)
+    ptr, lst = mmhits.neighbours(t, ev, 100.0)
+    for n in range(0, ev.size, 7):
+        inside = np.flatnonzero(np.abs(t - t[ev[n]]) <= 100.0)
+        assert lst[ptr[n]] == ev[n] and lst[ptr[n] + 1 : ptr[n + 1]].tolist() == inside[inside != ev[n]].tolist()
