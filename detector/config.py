@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import pathlib
 import tomllib
@@ -134,6 +135,16 @@ def _check_beamline(source: str, cfg: Config) -> None:
         raise ConfigError(f"{source}: beamline.magnet_z_m, magnet_length_m, magnet_field_t: same length >= 1")
     if any(not 0.0 < z < bl.ecal_z_m for z in bl.magnet_z_m) or list(bl.magnet_z_m) != sorted(bl.magnet_z_m):
         raise ConfigError(f"{source}: beamline.magnet_z_m must be increasing, between 0 and the ECAL")
+    pipes = list(zip(bl.pipe_from_m, bl.pipe_to_m, strict=False))
+    if len(bl.pipe_from_m) != len(bl.pipe_to_m) or any(
+        not 0.0 <= a < b <= bl.ecal_z_m or any(a <= z <= b for z in bl.layer_z_m) for a, b in pipes
+    ):
+        raise ConfigError(
+            f"{source}: beamline.pipe_from_m and pipe_to_m: same length, each pipe within [0, ecal_z_m] with no "
+            "layer inside it or on its ends"
+        )
+    if any(b1 > a2 for (_, b1), (a2, _) in itertools.pairwise(pipes)):
+        raise ConfigError(f"{source}: beamline pipes must be in beam order and must not overlap")
     missing = [s for s in tr.stations if s not in bl.layer_names]
     if missing:
         raise ConfigError(f"{source}: tracker.stations {missing} are not beamline layers")

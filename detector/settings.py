@@ -196,7 +196,9 @@ class BeamlineSection(Section):
     along the nominal beam from the exit window of the vacuum pipe (z = 0) to the ECAL face; transverse
     coordinates are relative to the nominal trajectory of a ``beam.energy_gev`` electron (the ECAL, MM3 and
     MM4 sit on the deflected axis). Thin layers are listed by name with their position and thickness in
-    radiation lengths; the gaps between them are gas of radiation length ``gap_x0_m``."""
+    radiation lengths; the gaps between them are gas of radiation length ``gap_x0_m``, except inside the beam
+    pipes (``pipe_from_m`` .. ``pipe_to_m``: vacuum pipes and vessels, or helium bags), which are filled with
+    ``pipe_gas_x0_m`` (0: vacuum) and closed at both ends by a window of ``pipe_window_x0``."""
 
     layer_names: tuple[str, ...] = key(
         ("W0", "S0", "MM1", "MM2", "MM3", "MM4", "S1", "S2", "S3"),
@@ -210,6 +212,14 @@ class BeamlineSection(Section):
         doc="layer thicknesses in radiation lengths",
     )
     gap_x0_m: float = key(303.9, 1.0, 1e6, unit="m", doc="radiation length of the gas between layers (air)")
+    pipe_from_m: tuple[float, ...] = key(
+        (2.0, 9.0, 18.0), unit="m", doc="upstream ends of the beam pipes (no layer inside a pipe; ends not on a layer)"
+    )
+    pipe_to_m: tuple[float, ...] = key((8.0, 17.0, 27.0), unit="m", doc="downstream ends of the beam pipes")
+    pipe_gas_x0_m: float = key(
+        0.0, 0.0, 1e7, unit="m", doc="radiation length of what fills the pipes (0: vacuum; helium: 5671 m)"
+    )
+    pipe_window_x0: float = key(1.8e-3, 0.0, 0.1, doc="thickness of each pipe end window in radiation lengths")
     ecal_z_m: float = key(31.0, 1.0, 200.0, unit="m", doc="ECAL front face")
     magnet_z_m: tuple[float, ...] = key((10.5, 13.5), unit="m", doc="dipole centres")
     magnet_length_m: tuple[float, ...] = key((2.0, 2.0), unit="m", doc="dipole field lengths")

@@ -16,18 +16,27 @@ from typing import Any
 
 import numpy as np
 
+from detector import records as rc
 from detector.config import Config, load_calibration, load_config
-from detector.records import PARTICLE_NAMES, TRIGGER_BITS, TRUTH_APRIME, TRUTH_DIMUON, TRUTH_HADRONIC, TRUTH_PILEUP
+from detector.records import PARTICLE_NAMES, TRIGGER_BITS
+
+_PROCESSES = (
+    (rc.TRUTH_APRIME, "aprime"),
+    (rc.TRUTH_DIMUON, "dimuon"),
+    (rc.TRUTH_HADRONIC, "interaction"),
+    (rc.TRUTH_BEAMLINE, "beamline"),
+)
 
 
 def process_label(ptype: int, flags: int) -> str:
     """``<particle>[:<process>]`` of one record: dimuon, A', hadronic interaction (or hard muon
-    interaction, electroproduction), pile-up; the first that applies."""
+    interaction, electroproduction), bremsstrahlung in the beam-line material (more than 5% radiated),
+    pile-up; the first that applies."""
     name = PARTICLE_NAMES.get(int(ptype), f"type{int(ptype)}")
-    for bit, label in ((TRUTH_APRIME, "aprime"), (TRUTH_DIMUON, "dimuon"), (TRUTH_HADRONIC, "interaction")):
+    for bit, label in _PROCESSES:
         if flags & bit:
             return f"{name}:{label}"
-    return f"{name}:pileup" if flags & TRUTH_PILEUP else name
+    return f"{name}:pileup" if flags & rc.TRUTH_PILEUP else name
 
 
 def physics_trigger_composition(cfg: Config, n_particles: int, spill: int = 1) -> dict[str, Any]:

@@ -6,8 +6,9 @@ relative to the nominal trajectory of a ``beam.energy_gev`` electron. The genera
 (``truth x_mm, y_mm``) is the particle's position at z = 0; :func:`transport` replaces it by the centre of
 what reaches the ECAL face. Halo muons pass outside the magnets and chambers and are not transported.
 
-Per particle, along the line (thin layers at their z, the gas between them as slabs at the gap centres,
-thin-lens dipoles), grouped into segments that end at an action (a station, a dipole, the ECAL face):
+Per particle, along the line (thin layers and the beam pipes' end windows at their z, the gas between them
+as slabs at the gap centres: air, or what fills a pipe (vacuum: nothing), thin-lens dipoles), grouped into
+segments that end at an action (a station, a dipole, the ECAL face):
 
 - multiple scattering, Highland (PDG 34.15) for the summed thickness t of the segment: theta0 = 13.6 MeV / p
   sqrt(t) (1 + 0.038 ln t), Gaussian per plane, once at the segment's X0-weighted centre, for every charged
@@ -225,12 +226,17 @@ def line_from_config(cfg: Config) -> Line:
     for name, z, t in zip(bl.layer_names, bl.layer_z_m, bl.layer_x0, strict=True):
         st = spec.names.index(name) if name in spec.names else -1
         steps.append((float(z), STEP_LAYER, float(t), 0.0, 0.0, st))
+    pipes = list(zip(bl.pipe_from_m, bl.pipe_to_m, strict=True))
+    for ends in pipes:  # the windows that close each pipe
+        steps += [(float(z), STEP_LAYER, float(bl.pipe_window_x0), 0.0, 0.0, -1) for z in ends]
     for z, length, b in zip(bl.magnet_z_m, bl.magnet_length_m, bl.magnet_field_t, strict=True):
         steps.append((float(z), STEP_MAGNET, 0.0, C_GEV_PER_TM * b * length, float(b), -1))
     edges = sorted({0.0, float(bl.ecal_z_m), *(s[0] for s in steps)})
     for a, b in itertools.pairwise(edges):
-        if b > a:
-            steps.append((0.5 * (a + b), STEP_GAS, (b - a) / bl.gap_x0_m, 0.0, 0.0, -1))
+        if b > a:  # the pipe ends are edges: a gap is wholly inside a pipe or wholly outside
+            inside = any(lo <= 0.5 * (a + b) <= hi for lo, hi in pipes)
+            x0 = bl.pipe_gas_x0_m if inside else bl.gap_x0_m
+            steps.append((0.5 * (a + b), STEP_GAS, (b - a) / x0 if x0 > 0.0 else 0.0, 0.0, 0.0, -1))
     steps.sort(key=lambda s: (s[0], s[1]))
     arr = list(zip(*steps, strict=True))
     return Line(

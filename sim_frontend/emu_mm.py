@@ -36,6 +36,7 @@ class MMReadout:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.spec = Spectrometer.from_config(cfg)
+        self._lookahead: Any = None  #: the crate's MM lookahead (set by :meth:`register`)
 
     def block(self, rec: SpillRecord, first: int, count: int) -> bytes:
         """The ``MM:DATA?`` payload of accepted events ``first..first+count-1`` of ``rec``."""
@@ -44,6 +45,16 @@ class MMReadout:
         if getattr(spill, "z0_xy", None) is None:
             raise ScpiError(-200, f"spill {rec.spill_id} was not transported through the beam line")
         return encode_block(mmhits.event_strips(spill, self.cfg, idx))
+
+    def prefetch(self, rec: SpillRecord, first: int, count: int) -> None:
+        """Start making the block of accepted events ``first..first+count-1`` in the background, unless it is
+        being made already: the crate calls it when ``EVT:DATA?`` asks for those events, whose ``MM:DATA?``
+        follows (so the first block, too, overlaps the event digitisation)."""
+        la = self._lookahead
+        key = (rec, rec.accepted, first, count)
+        if la is None or count <= 0 or la.pending(key):
+            return
+        la.start(key, lambda: self.block(rec, first, count))
 
     def register(
         self,
@@ -56,7 +67,8 @@ class MMReadout:
         """Add the ``MM:`` commands to the crate's ``table``; ``selected()`` is the selected spill's record
         (or raises the crate's error), ``event_range`` the crate's ``<first>,<count>`` parser, ``lookahead``
         a :class:`sim_frontend.emu_msadc.Lookahead` of its own (the next block is made in the background
-        while one is sent, as for ``EVT:DATA?``)."""
+        while one is sent, as for ``EVT:DATA?``; :meth:`prefetch` starts one from the event readout)."""
+        self._lookahead = lookahead
 
         def data(args: list[str]) -> BinaryReply:
             rec = selected()

@@ -122,6 +122,11 @@ class Lookahead:
         th.join()
         return res[0] if res and self._same(k, key) else None
 
+    def pending(self, key: tuple[Any, ...]) -> bool:
+        """Whether the block of ``key`` is being made (or made and not yet taken)."""
+        with self._lock:
+            return self._thread is not None and self._key is not None and self._same(self._key, key)
+
     def start(self, key: tuple[Any, ...], compute: Any) -> None:
         """Compute ``compute()`` for ``key`` in a background thread (after the previous one ended)."""
         self.take(("", "", None))  # wait for and drop any block still in flight
@@ -179,6 +184,7 @@ class MSADCCrate:
         self._latency_ns = DEFAULT_LATENCY_NS
         self._samples = chmap.N_SAMPLES
         self.commands = self._build_table()
+        self.mm = mm
         if mm is not None:  # the Micromegas readout module (sim_frontend.emu_mm)
             mm.register(self.commands, self._selected_record, self._range, self._noargs, Lookahead("mm-lookahead"))
         self._local = threading.local()
@@ -687,6 +693,8 @@ class MSADCCrate:
             idx = np.ascontiguousarray(acc[lo : lo + n], dtype=np.int64)
             return np.ascontiguousarray(digitizer.events(rec.spill, rec.deposits, idx, rec.vmon), dtype="<i2")
 
+        if self.mm is not None:  # the readout asks for these events' strips next: make them meanwhile
+            self.mm.prefetch(rec, first, count)
         wf = self._lookahead.take((rec, acc, first, count))
         if wf is None:
             wf = block(first, count)

@@ -117,14 +117,13 @@ def neighbours(times_ns: np.ndarray, events: np.ndarray, window_ns: float) -> tu
     t = times_ns[ev]
     lo = np.searchsorted(times_ns, t - window_ns, side="left")
     hi = np.searchsorted(times_ns, t + window_ns, side="right")
-    counts = hi - lo
+    counts = hi - lo  # >= 1: the range holds the event itself
     ptr = np.zeros(ev.size + 1, np.int64)
     ptr[1:] = np.cumsum(counts)
-    lst = np.empty(int(ptr[-1]), np.int64)
-    for n in range(ev.size):
-        others = np.arange(lo[n], hi[n])
-        lst[ptr[n]] = ev[n]
-        lst[ptr[n] + 1 : ptr[n + 1]] = others[others != ev[n]]
+    # slot j of an event's segment: the event first (j = 0), then its range lo..hi-1 without it
+    j = np.arange(int(ptr[-1]), dtype=np.int64) - np.repeat(ptr[:-1], counts)
+    lst = np.repeat(lo, counts) + j - (j <= np.repeat(ev - lo, counts))
+    lst[ptr[:-1]] = ev
     return ptr, lst
 
 

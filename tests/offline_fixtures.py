@@ -36,11 +36,13 @@ START_UNIX = 1.7e9
 
 
 def make_config(aprime: dict[str, Any] | None = None, seed: int = 4242, **offline: Any) -> Config:
-    # a loose SRD tag (the default rejects soft upstream electrons): these small runs then keep enough
-    # upstream-interacted electrons in the side bands to exercise the background fit
+    # a loose SRD tag (the default rejects soft upstream electrons) and the beam line without its vacuum pipes
+    # (air all the way, 0.135 X0: docs/physics.md 1.10): these small runs then keep enough upstream-interacted
+    # electrons in the box and the side bands to exercise the box count and the background fit
     return load_config(None).with_overrides(
         {
             "beam": {"seed": seed},
+            "beamline": {"pipe_from_m": [], "pipe_to_m": []},
             "aprime": aprime or {},
             "offline": {"srd_min_gev": 0.001, **offline},
             "emulator": {"ecal_gain_spread": 0.02},  # an ECAL as calibrated as the calibration file says

@@ -28,8 +28,8 @@ def calib(cfg):
 
 
 def test_hadron_electroproduction_is_below_the_paper_bound(cfg, calib):
-    r = bd.hadron_electroproduction(cfg, EOT, INTENSITY, n_mc=400, seed=3, calib=calib)
-    assert set(r) >= KEYS and r["mc_events"] == 800
+    r = bd.hadron_electroproduction(cfg, EOT, INTENSITY, n_mc=1600, seed=3, calib=calib)
+    assert set(r) >= KEYS and r["mc_events"] == 3200
     pt = next(s for s in r["samples"] if s["name"] == "ep_punchthrough")
     # neutral leading hadrons with E_h > 50 GeV vanish: P(v > 1/2) x neutral x the selection efficiency
     p_v = math.log(2) / math.log(1 / processes.EP_V_MIN)

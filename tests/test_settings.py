@@ -57,6 +57,8 @@ OTHER_VALUES: dict[str, object] = {
     "beamline.magnet_z_m": [10.0, 13.0],
     "beamline.magnet_length_m": [1.5, 1.5],
     "beamline.magnet_field_t": [2.0, 2.0],
+    "beamline.pipe_from_m": [2.5, 9.0, 18.0],
+    "beamline.pipe_to_m": [8.0, 16.5, 27.0],
     "tracker.stations": ["MM1", "MM2", "MM3", "S1"],
     "offline.p_max_gev": 110.0,
 }

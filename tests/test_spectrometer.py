@@ -47,9 +47,25 @@ def test_beamline_config_is_checked(cfg):
     spec = Spectrometer.from_config(cfg)
     # 7 T m bend a 100 GeV electron by 21 mrad (docs/physics.md 1.2)
     assert spec.bend_mrad == pytest.approx(0.299792458 * 7.0 / 100.0 * 1e3, rel=1e-9)
+    with pytest.raises(ConfigError, match="no layer inside"):  # MM2 (8.5 m) inside a pipe
+        cfg.with_overrides({"beamline": {"pipe_from_m": [2.0, 9.0, 18.0], "pipe_to_m": [8.6, 17.0, 27.0]}})
+    with pytest.raises(ConfigError, match="must not overlap"):
+        cfg.with_overrides({"beamline": {"pipe_from_m": [9.0, 10.0], "pipe_to_m": [11.0, 12.0]}})
+    bl = cfg.beamline
     b = beamline.line_from_config(cfg).budget()
-    air = cfg.beamline.ecal_z_m / cfg.beamline.gap_x0_m
-    assert b["total_x0"] == pytest.approx(sum(cfg.beamline.layer_x0) + air, rel=1e-9)
+    piped = sum(hi - lo for lo, hi in zip(bl.pipe_from_m, bl.pipe_to_m, strict=True))
+    assert piped > 0 and bl.pipe_gas_x0_m == 0.0  # the default line: vacuum pipes
+    air = (bl.ecal_z_m - piped) / bl.gap_x0_m
+    windows = 2 * len(bl.pipe_from_m) * bl.pipe_window_x0
+    assert b["total_x0"] == pytest.approx(sum(bl.layer_x0) + windows + air, rel=1e-9)
+    # between the dipoles the beam is in vacuum: no material at all
+    assert b["between_magnets_x0"] == 0.0
+    # helium in the pipes instead of vacuum: its radiation length over the piped length
+    he = beamline.line_from_config(cfg.with_overrides({"beamline": {"pipe_gas_x0_m": 5671.0}})).budget()
+    assert he["total_x0"] - b["total_x0"] == pytest.approx(piped / 5671.0, rel=1e-9)
+    # no pipes: air all the way (the budget of the line before the pipes)
+    bare = cfg.with_overrides({"beamline": {"pipe_from_m": [], "pipe_to_m": []}})
+    assert beamline.line_from_config(bare).total_x0 == pytest.approx(sum(bl.layer_x0) + bl.ecal_z_m / bl.gap_x0_m)
 
 
 # ------------------------------------------------------------------------------------------ spectra
@@ -92,7 +108,7 @@ def test_bremsstrahlung_rate_geometry_and_bias(cfg):
     t0 = 0.02
     c = cfg.with_overrides(
         {"beamline": {"layer_names": ["W0", "MM1", "MM2", "MM3", "MM4"], "layer_z_m": [0.0, 1.5, 8.5, 17.5, 27.5],
-                      "layer_x0": [t0, 0.0, 0.0, 0.0, 0.0], "gap_x0_m": 1e6}}
+                      "layer_x0": [t0, 0.0, 0.0, 0.0, 0.0], "gap_x0_m": 1e6, "pipe_window_x0": 0.0}}
     )  # fmt: skip
     c, sp = _spill(c, 100_000, frac_pion=0.0, frac_kaon=0.0, frac_muon=0.0, frac_halo=0.0)
     e0 = sp.truth["e_beam"].copy()
@@ -279,3 +295,20 @@ def test_background_cli_upstream_source(tmp_path):
     assert all(a >= b for a, b in itertools.pairwise(counts)) and counts[1] > 0
     # without --sources the side-band fit needs its inputs
     assert main(["background", "--eot", "1e10"]) == 2
+
+
+def test_neighbours_lists_the_event_first_then_everyone_in_its_window():
+    # particles at these times (ns); events in any order, duplicates allowed
+    times = np.array([0.0, 50.0, 120.0, 130.0, 400.0, 401.0, 402.0, 900.0])
+    ev = np.array([3, 0, 5, 7, 5, 2])
+    ptr, lst = mmhits.neighbours(times, ev, 100.0)
+    segs = [lst[a:b].tolist() for a, b in itertools.pairwise(ptr)]
+    assert segs == [[3, 1, 2], [0, 1], [5, 4, 6], [7], [5, 4, 6], [2, 1, 3]]
+    # the same as the definition, on a crowded random spill
+    rng = np.random.default_rng(1)
+    t = np.sort(rng.uniform(0.0, 1e6, 20_000))
+    ev = rng.integers(0, t.size, 3000)
+    ptr, lst = mmhits.neighbours(t, ev, 100.0)
+    for n in range(0, ev.size, 7):
+        inside = np.flatnonzero(np.abs(t - t[ev[n]]) <= 100.0)
+        assert lst[ptr[n]] == ev[n] and lst[ptr[n] + 1 : ptr[n + 1]].tolist() == inside[inside != ev[n]].tolist()
