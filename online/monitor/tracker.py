@@ -9,7 +9,8 @@ spill with few tracks neither hides a move nor raises a false alarm.
 Alarm (:meth:`MomentumWatch.evaluate`): ALARM when the peak is more than ``monitor.momentum_alarm_pct``
 percent from the reference. The reference is the beam energy of the configuration (``beam.energy_gev``;
 a monitor without configuration takes the DAQ's, the ``p0_gev`` of the messages), or, with
-``monitor.momentum_reference_spills`` = N > 0, the peak of the run's first N spills (then the alarm says
+``monitor.momentum_reference_spills`` = N > 0, the peak of the run's first N spills (at least N, and as
+many as it takes to have :data:`MIN_PEAK_EVENTS` in the peak window; then the alarm says
 that the momentum moved during the run, whatever the beam line was set to).
 """
 
@@ -67,13 +68,18 @@ class MomentumWatch:
         if edges != self.edges or counts.shape != (edges[2],):
             self.recent.clear()
             self.first, self.first_spills, self.edges = None, 0, edges
+            self.reference_gev = math.nan
         p0 = msg.meta.get("p0_gev")
         if isinstance(p0, (int, float)) and not isinstance(p0, bool):
             self.p0_gev = float(p0)
         self.recent.append(counts)
-        if self.first_spills < self.reference_spills:
+        if self.reference_spills > 0 and not math.isfinite(self.reference_gev):
+            # the first spills, until there are N of them and enough entries for a peak: fixed from then on
             self.first = counts.copy() if self.first is None else self.first + counts
             self.first_spills += 1
+            peak, n = momentum_peak(self.first, edges)
+            if self.first_spills >= self.reference_spills and n >= MIN_PEAK_EVENTS:
+                self.reference_gev = peak
         self._update()
 
     def _update(self) -> None:
@@ -86,11 +92,7 @@ class MomentumWatch:
             self.peak_gev, self.peak_events, self.peak_spills = peak, n, k
             if n >= MIN_PEAK_EVENTS:
                 break
-        if self.reference_spills > 0:
-            done = self.first is not None and self.first_spills >= self.reference_spills
-            peak, n = momentum_peak(self.first, self.edges) if done else (math.nan, 0)
-            self.reference_gev = peak if n >= MIN_PEAK_EVENTS else math.nan
-        else:
+        if self.reference_spills <= 0:
             self.reference_gev = self.beam_energy_gev if self.beam_energy_gev > 0 else self.p0_gev
 
     def evaluate(self) -> tuple[bool | None, str]:
