@@ -253,7 +253,7 @@ def merge(results: Iterable[SpillResult], cuts: sel.Cuts) -> MergedSelection:
             m.hists[name] += h
             rh[name] += h
         tag = run.setdefault("tagged_electrons", {"beam_electrons": 0, "good_track": 0})
-        for k in tag:
+        for k in ("beam_electrons", "good_track"):
             tag[k] += int(r.tagged.get(k, 0))
         tag["efficiency"], tag["efficiency_err"] = _binomial(tag["good_track"], tag["beam_electrons"])
         boxes.append(r.box)

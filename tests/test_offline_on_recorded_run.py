@@ -103,6 +103,22 @@ def cut_flow_by_hand(cfg: dict, calib, path) -> tuple[dict[str, int], set[tuple[
     return flow, {(spill, int(e)) for e in d.event_id[passed]}, (int(tagged.sum()), int(good.sum()))
 
 
+def offline_cli(*args: str) -> None:
+    """Run ``na64-offline ARGS`` (the real command line, a subprocess) and require success."""
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "offline.cli", *args],
+        cwd=str(REPO_ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
     with (
         start_emulator(tmp_path, RUN_CONFIG, ["--no-pty"]) as emu,
@@ -119,18 +135,7 @@ def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
     heads = [read_spill(p, waveforms=False) for p in files]
 
     out = tmp_path / "selection"
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    )
-    proc = subprocess.run(
-        [sys.executable, "-m", "offline.cli", "select", str(daq.rdir), "--out", str(out), "--serial"],
-        cwd=str(REPO_ROOT),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    offline_cli("select", str(daq.rdir), "--out", str(out), "--serial")
     sel = json.loads((out / "selection.json").read_text())
 
     # bookkeeping: every spill in, none excluded or flagged, no read error
@@ -189,16 +194,7 @@ def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
     sig = tmp_path / "signal.json"
     sig.write_text(json.dumps({"mass_mev": 16.7, "events": 1000, "efficiency": 0.5, "efficiency_err": 0.02}))
     rep = tmp_path / "report"
-    proc = subprocess.run(
-        [sys.executable, "-m", "offline.cli", "report", str(daq.rdir), "--out", str(rep), "--serial"]
-        + ["--signal-json", str(sig)],
-        cwd=str(REPO_ROOT),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    offline_cli("report", str(daq.rdir), "--out", str(rep), "--serial", "--signal-json", str(sig))
     summary = json.loads((rep / "summary.json").read_text())
     assert summary["cut_flow"] == flow
     te = summary["tagged_electrons"][str(daq.rdir)]
