@@ -72,7 +72,7 @@ SIDEBANDS: tuple[str, ...] = ("A", "C")
 ECAL_HCAL_RANGE_GEV = (0.0, 150.0)
 ECAL_HCAL_BINS = 150
 MOMENTUM_RANGE_GEV = (0.0, 200.0)  #: the spectrometer momentum histograms
-MOMENTUM_BINS = 400
+MOMENTUM_BINS = 200
 
 #: shower-shape cut defaults (no config key: documented here)
 SHAPE_CHI2_NDF_MAX = 4.0
@@ -259,9 +259,9 @@ def fill_histograms(h: dict[str, hist.Hist], t: Table, sel: Selection) -> None:
     flow = [w.sum()] + [w[m].sum() for m in sel.passed.values()]
     h["cutflow"].fill(cut=np.arange(len(flow)), weight=np.asarray(flow, dtype=np.float64))
     if sel.tracker_applied:
-        for trig in ("beam", "physics"):
-            m = ((t["trigger_mask"] & TRIGGER_BITS[trig]) != 0) & np.isfinite(t["trk_p_gev"])
-            h[f"momentum_{trig}"].fill(p=t["trk_p_gev"][m], weight=w[m])
+        for kind in ("beam", "physics"):
+            m = ((t["trigger_mask"] & TRIGGER_BITS[kind]) != 0) & np.isfinite(t["trk_p_gev"])
+            h[f"momentum_{kind}"].fill(p=t["trk_p_gev"][m], weight=w[m])
 
 
 def tagged_electrons(t: Table, sel: Selection) -> dict[str, int]:
