@@ -226,3 +226,7 @@ def test_spectrometer_view_shows_the_run_sums(qtbot, qapp, tmp_path):
     win.show_central("tracker")
     path = tmp_path / "monitor-tracker.png"
     assert win.screenshot(path) and path.stat().st_size > 50_000
+    # "Reset accumulators" empties the view
+    win.model.reset()
+    win.tick()
+    assert v.c_mom.yData.sum() == 0 and len(v.b_eff.opts["height"]) == 0 and not v.l_peak.isVisible()

@@ -137,7 +137,15 @@ class TrackerView(TopicView):
     def draw(self, m: M.MonitorModel) -> None:
         msg = m.latest.get("tracker")
         sums = m.sums.get("tracker")
-        if msg is None or sums is None:
+        if msg is None or sums is None:  # nothing yet, or the accumulators were reset: empty plots
+            for c in (self.c_mom, self.c_angle, *self.c_prof["X"], *self.c_prof["Y"]):
+                c.setData([0.0, 1.0], [0.0])
+            for b in (self.b_mult, self.b_eff, self.b_strips, self.b_clusters):
+                b.setOpts(x=[], height=[])
+            for t in self.eff_text:
+                t.setText("")
+            self.l_ref.setVisible(False)
+            self.l_peak.setVisible(False)
             return
         meta = msg.meta
         planes = [str(p) for p in meta.get("planes", [])]
