@@ -167,6 +167,19 @@ def test_momentum_alarm_on_the_configured_beam_energy():
     assert a.level == M.OK and model.momentum.peak_spills >= 2
 
 
+def test_a_malformed_tracker_message_is_counted_and_changes_nothing():
+    model = M.MonitorModel(M.MonitorSettings(beam_energy_gev=100.0))
+    daq = SyntheticDAQ(seed=4)
+    _spills(model, daq, 2)
+    before = {k: v.copy() for k, v in model.sums["tracker"].items()}
+    good = next(m for m in daq.spill_messages() if m.topic == "tracker")
+    for meta in ({**good.meta, "momentum_edges": [0.0, 200.0, 399]}, {**good.meta, "momentum_edges": "x"}):
+        model.apply([_framed("tracker", good.arrays, meta, seq=good.seq)], now=2000.0)
+    assert model.content_errors == 2 and len(model.momentum.recent) == 2
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.sums["tracker"][k], v)
+
+
 def test_momentum_alarm_without_config_uses_the_daq_beam_energy_and_the_first_spills_mode():
     model = M.MonitorModel(M.MonitorSettings(beam_energy_gev=0.0))
     daq = SyntheticDAQ(seed=6)

@@ -384,6 +384,7 @@ class MonitorModel:
 
     def _on_tracker(self, msg: Message, now: float) -> None:
         """Run sums and latest message as for any topic, plus the momentum peak (online.monitor.tracker)."""
+        _array(msg, "momentum", (_edges(msg.meta, "momentum_edges")[2],))  # checked before anything is summed
         self._on_generic(msg, now)
         self.momentum.add(msg)
 
