@@ -32,9 +32,12 @@ from .framing import SCHEMA_VERSION, Message, SeqTracker
 
 __all__ = [
     "ACCUMULATING",
+    "ANGLE_EDGES",
     "ECAL_EDGES",
     "HCAL_EDGES",
     "LATEST_WINS",
+    "MOMENTUM_EDGES",
+    "N_MULTIPLICITY",
     "SCHEMA_VERSION",
     "TOPICS",
     "TOPIC_NAMES",
@@ -65,6 +68,12 @@ class DAQState(str, enum.Enum):
 ECAL_EDGES: tuple[float, float, int] = (0.0, 150.0, 150)
 #: GeV, E_HCAL axis of the ``ecal_hcal`` histogram [lo, hi, n bins]
 HCAL_EDGES: tuple[float, float, int] = (0.0, 150.0, 150)
+#: GeV, the ``tracker`` momentum spectrum [lo, hi, n bins]
+MOMENTUM_EDGES: tuple[float, float, int] = (0.0, 200.0, 400)
+#: mrad, the ``tracker`` incoming-angle histogram [lo, hi, n bins]
+ANGLE_EDGES: tuple[float, float, int] = (0.0, 10.0, 100)
+#: bins of the ``tracker`` track multiplicity: 0, 1, ..., the last one counts that many or more
+N_MULTIPLICITY = 8
 
 
 class ContentError(ValueError):
@@ -234,6 +243,26 @@ TOPICS: dict[str, TopicSpec] = {
             ),
             optional=("unix",),
         ),
+        TopicSpec(
+            "tracker",
+            "per spill (when the Micromegas were read out)",
+            accumulate=True,
+            arrays=(
+                ArraySpec("momentum", "<i8", ("n_p",), "events per momentum bin (events with an x track)"),
+                ArraySpec("angle", "<i8", ("n_angle",), "events per incoming-angle bin (x and y track)"),
+                ArraySpec("multiplicity", "<i8", (N_MULTIPLICITY,), "events with 0, 1, ... (last: or more) tracks"),
+                ArraySpec("profile", "<i8", ("n_planes", "n_pos"), "largest particle cluster per event, per plane"),
+                ArraySpec("strips", "<i8", ("n_planes",), "strips read out, summed over the events"),
+                ArraySpec("clusters", "<i8", ("n_planes",), "clusters, summed over the events"),
+                ArraySpec("eff_ref", "<i8", ("n_planes",), "events with a particle in every other plane"),
+                ArraySpec("eff_hit", "<i8", ("n_planes",), "... of which this plane has one too"),
+            ),
+            meta=("events", "planes", "p0_gev", "momentum_edges", "angle_edges", "profile_edges"),
+            doc="planes are 2 k (X) and 2 k + 1 (Y) of station k, named in `planes`; `p0_gev` the DAQ's "
+            "configured beam energy; `profile_edges` [lo, hi, n] in mm (the chambers' active area); a particle "
+            "is a cluster of charge >= `detector.tracking.PARTICLE_CLUSTER_CHARGE`",
+            edges={"momentum_edges": MOMENTUM_EDGES, "angle_edges": ANGLE_EDGES},
+        ),
         TopicSpec("log", "on events worth a line", accumulate=True, meta=("level", "text")),
     )
 }
@@ -341,7 +370,7 @@ def markdown_table() -> str:
         "",
         (
             f"Schema version {SCHEMA_VERSION}; `seq` counts per topic; `?` marks optional meta keys; "
-            f"histogram binning: {edges} (GeV)."
+            f"histogram binning: {edges} (GeV; `angle_edges` in mrad)."
         ),
         DOC_END,
     ]

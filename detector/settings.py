@@ -448,6 +448,10 @@ class MonitorSection(Section):
     stall_s: float = key(60.0, 1.0, 3600.0, unit="s")
     history_spills: int = key(500, 10, 100000)
     signal_efficiency: float = key(0.5, 0.01, 1.0, doc="signal efficiency for the live sensitivity view")
+    momentum_alarm_pct: float = key(2.0, 0.1, 100.0, doc="alarm when the beam momentum peak moves by more (%)")
+    momentum_reference_spills: int = key(
+        0, 0, 10000, doc="0: the peak is compared with beam.energy_gev; N: with the run's first N spills"
+    )
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,14 @@ Reconstruction (:func:`reconstruct_tracks`, numba, one pass per event):
    (``n_incoming``: a particle bent out of the downstream chambers still counts there); incoming angle =
    sqrt(b_x^2 + b_y^2) (relative to the nominal axis), mrad.
 
-Outputs one :data:`TRACK_DTYPE` record per event (``p_gev`` NaN when no x track).
+Outputs one :data:`TRACK_DTYPE` record per event (``p_gev`` NaN when no x track) and, on request, from the
+same clustering pass, a :class:`PlaneSummary` per event and plane (strips, clusters, the largest cluster).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import numba as nb
 import numpy as np
@@ -159,10 +161,13 @@ class StripData:
 
 # ------------------------------------------------------------------------------------------ kernels
 @nb.njit(cache=True, nogil=True)
-def _clusters(plane, strip, charge, n_planes, pitch, half, pos, qsum, ncl):
-    """Cluster the strips of one event: per plane at most MAX_CLUSTERS positions (mm) and charges."""
+def _clusters(plane, strip, charge, n_planes, pitch, half, pos, qsum, ncl, nall, nstr):
+    """Cluster the strips of one event: per plane at most MAX_CLUSTERS positions (mm) and charges; ``nall``
+    counts every cluster of a plane, ``nstr`` its strips."""
     for p in range(n_planes):
         ncl[p] = 0
+        nall[p] = 0
+        nstr[p] = 0
     order = np.argsort(plane.astype(np.int64) * 65536 + strip.astype(np.int64))
     m = order.shape[0]
     i = 0
@@ -181,9 +186,12 @@ def _clusters(plane, strip, charge, n_planes, pitch, half, pos, qsum, ncl):
             q += charge[kk]
             qs += charge[kk] * (strip[kk] + 0.5)
             j += 1
-        i = j
         if q <= 0.0 or p >= n_planes:
+            i = j
             continue
+        nall[p] += 1
+        nstr[p] += j - i
+        i = j
         x = qs / q * pitch - half
         c = ncl[p]
         if c < MAX_CLUSTERS:
@@ -287,18 +295,32 @@ def _fit_view(pos, ncl, view, n_st, mats, ok, npar, dz_m, glev, sigma, chi2_max,
 
 @nb.njit(cache=True, nogil=True)
 def _reco_kernel(
-    event_ptr, plane, strip, charge, n_st, n_up, pitch, half, sigma, chi2_max, mx, my, okx, oky, dz_m, glev, p0, out
-):
+    event_ptr, plane, strip, charge, n_st, n_up, pitch, half, sigma, chi2_max, mx, my, okx, oky, dz_m, glev, p0, out,
+    pl_strips, pl_clusters, pl_lead_mm, pl_lead_q,
+):  # fmt: skip
     n_planes = 2 * n_st
     pos = np.zeros((n_planes, MAX_CLUSTERS))
     qsum = np.zeros((n_planes, MAX_CLUSTERS))
     ncl = np.zeros(n_planes, np.int64)
+    nall = np.zeros(n_planes, np.int64)
+    nstr = np.zeros(n_planes, np.int64)
+    with_planes = pl_strips.shape[0] > 0
     used = np.zeros((n_st, MAX_CLUSTERS), np.bool_)
     bx = np.zeros(6)  # _fit_view's best: npar parameters, chi2, hits, ndf
     by = np.zeros(5)
     for e in range(event_ptr.shape[0] - 1):
         a, b = event_ptr[e], event_ptr[e + 1]
-        _clusters(plane[a:b], strip[a:b], charge[a:b], n_planes, pitch, half, pos, qsum, ncl)
+        _clusters(plane[a:b], strip[a:b], charge[a:b], n_planes, pitch, half, pos, qsum, ncl, nall, nstr)
+        if with_planes:
+            for pl in range(n_planes):
+                pl_strips[e, pl] = min(nstr[pl], 65535)
+                pl_clusters[e, pl] = min(nall[pl], 65535)
+                jl = -1
+                for j in range(ncl[pl]):
+                    if jl < 0 or qsum[pl, j] > qsum[pl, jl]:
+                        jl = j
+                pl_lead_mm[e, pl] = pos[pl, jl] if jl >= 0 else np.nan
+                pl_lead_q[e, pl] = qsum[pl, jl] if jl >= 0 else 0.0
         ntr = _fit_view(pos, ncl, 0, n_st, mx, okx, 3, dz_m, glev, sigma, chi2_max, used, bx)
         _fit_view(pos, ncl, 1, n_st, my, oky, 2, dz_m, glev, sigma, chi2_max, used, by)
         rec = out[e]
@@ -343,11 +365,47 @@ def _reco_kernel(
         rec["n_hits"] = np.uint8(nh)
 
 
-def reconstruct_tracks(strips: StripData, spec: Spectrometer) -> np.ndarray:
-    """One :data:`TRACK_DTYPE` record per event of ``strips`` (see the module docstring)."""
+@dataclass
+class PlaneSummary:
+    """Per event and plane (arrays (n_events, n_planes)) what the clustering saw: the monitor's beam
+    profiles, plane efficiencies and noise (:func:`reconstruct_tracks` with ``planes=True``)."""
+
+    n_strips: np.ndarray  #: u2, strips read out
+    n_clusters: np.ndarray  #: u2, clusters (every one, not only the MAX_CLUSTERS kept for the fit)
+    lead_mm: np.ndarray  #: f4, position of the largest-charge cluster, mm (NaN: no cluster)
+    lead_charge: np.ndarray  #: f4, its charge, ADC counts (0: no cluster)
+
+    @classmethod
+    def zeros(cls, n_events: int, n_planes: int) -> PlaneSummary:
+        shape = (n_events, n_planes)
+        return cls(
+            np.zeros(shape, np.uint16), np.zeros(shape, np.uint16), np.full(shape, np.nan, np.float32),
+            np.zeros(shape, np.float32),
+        )  # fmt: skip
+
+    @property
+    def particle(self) -> np.ndarray:
+        """bool: the plane has a particle-like cluster (charge >= :data:`PARTICLE_CLUSTER_CHARGE`)."""
+        return self.lead_charge >= PARTICLE_CLUSTER_CHARGE
+
+
+@overload
+def reconstruct_tracks(strips: StripData, spec: Spectrometer) -> np.ndarray: ...
+@overload
+def reconstruct_tracks(
+    strips: StripData, spec: Spectrometer, planes: Literal[True]
+) -> tuple[np.ndarray, PlaneSummary]: ...
+
+
+def reconstruct_tracks(
+    strips: StripData, spec: Spectrometer, planes: bool = False
+) -> np.ndarray | tuple[np.ndarray, PlaneSummary]:
+    """One :data:`TRACK_DTYPE` record per event of ``strips`` (see the module docstring); with ``planes``
+    also the :class:`PlaneSummary` of the same pass."""
     out = np.zeros(strips.n_events, TRACK_DTYPE)
+    summ = PlaneSummary.zeros(strips.n_events if planes else 0, spec.n_planes)
     if strips.n_events == 0:
-        return out
+        return (out, summ) if planes else out
     mx, my = _matrices(spec)
     dz = spec.z_m - spec.z_m[0]
     glev = -spec.bend_lever_m() * 1e3
@@ -370,8 +428,12 @@ def reconstruct_tracks(strips: StripData, spec: Spectrometer) -> np.ndarray:
         glev,
         spec.p0_gev,
         out,
+        summ.n_strips,
+        summ.n_clusters,
+        summ.lead_mm,
+        summ.lead_charge,
     )
-    return out
+    return (out, summ) if planes else out
 
 
 _MATRIX_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}

@@ -58,7 +58,7 @@ SYST_REL = {
     "punchthrough": 0.3,  # photon track length of approximation A near E0
     "hadron_electroproduction": 1.0,  # the 1e-4 per e- of the paper is an order of magnitude
 }
-_ECAL_CUTS = tuple(c for c in sel.CUT_NAMES if c != "srd")
+_ECAL_CUTS = tuple(c for c in sel.CUT_NAMES if c not in sel.SRD_CUTS)
 
 
 @dataclass(frozen=True)

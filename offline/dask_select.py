@@ -25,6 +25,7 @@ events would bias the signal yield per EOT.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import time
@@ -80,6 +81,7 @@ class SpillResult:
     box: ev.Table = field(default_factory=dict)
     sidebands: dict[str, ev.Table] = field(default_factory=dict)
     truth: dict[str, float] | None = None
+    tagged: dict[str, int] = field(default_factory=dict)  #: selection.tagged_electrons
     flags: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
@@ -122,6 +124,7 @@ def process_table(t: ev.Table, cuts: sel.Cuts, result: SpillResult) -> SpillResu
     result.box = _keep(t, s.in_box)
     result.sidebands = {name: _keep(t, m) for name, m in s.sidebands.items()}
     result.truth = truth_counts(t, s) if "truth_flags" in t else None
+    result.tagged = sel.tagged_electrons(t, s)
     return result
 
 
@@ -157,6 +160,7 @@ class MergedSelection:
     cut_flow: OrderedDict[str, int] = field(default_factory=OrderedDict)
     by_run: dict[str, dict[str, Any]] = field(default_factory=dict)
     hists: dict[str, hist.Hist] = field(default_factory=sel.new_histograms)
+    run_hists: dict[str, dict[str, hist.Hist]] = field(default_factory=dict)  #: the same, per run directory
     box: ev.Table = field(default_factory=dict)
     sidebands: dict[str, ev.Table] = field(default_factory=dict)
     truth: dict[str, float] | None = None
@@ -204,6 +208,14 @@ _SIDEBAND_DOC = {
 }
 
 
+def _binomial(k: int, n: int) -> tuple[float | None, float | None]:
+    """k / n and its binomial error (None, None without events)."""
+    if n <= 0:
+        return None, None
+    f = k / n
+    return f, math.sqrt(max(f * (1.0 - f), 0.0) / n)
+
+
 def merge(results: Iterable[SpillResult], cuts: sel.Cuts) -> MergedSelection:
     """Add partial results in (run directory, run, spill) order (deterministic)."""
     m = MergedSelection(cuts=cuts)
@@ -236,8 +248,14 @@ def merge(results: Iterable[SpillResult], cuts: sel.Cuts) -> MergedSelection:
         for name, n in r.cut_flow.items():
             m.cut_flow[name] = m.cut_flow.get(name, 0) + n
             run["cut_flow"][name] = run["cut_flow"].get(name, 0) + n
+        rh = m.run_hists.setdefault(r.run_dir, sel.new_histograms())
         for name, h in r.hists.items():
             m.hists[name] += h
+            rh[name] += h
+        tag = run.setdefault("tagged_electrons", {"beam_electrons": 0, "good_track": 0})
+        for k in ("beam_electrons", "good_track"):
+            tag[k] += int(r.tagged.get(k, 0))
+        tag["efficiency"], tag["efficiency_err"] = _binomial(tag["good_track"], tag["beam_electrons"])
         boxes.append(r.box)
         for name in sel.SIDEBANDS:
             sides[name].append(r.sidebands.get(name, {}))

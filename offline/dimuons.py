@@ -31,7 +31,7 @@ from .signal import mc_beam, mc_event_table, mc_track_columns
 ECAL_MAX_GEV = 60.0  #: E_ECAL of a dimuon candidate below this (the paper's Table I)
 HCAL_WINDOW_GEV = (1.0, 6.0)  #: MIP-like energy of two muons in one HCAL module (docs/physics.md 6.4)
 HCAL_MODULES = (0, 3)  #: modules the window applies to: the paper's HCAL1 and HCAL4
-INCOMING_CUTS = ("trigger", "srd", "momentum", "angle", "tracks", "pileup")
+INCOMING_CUTS = ("trigger", "srd", "srd_time", "momentum", "angle", "tracks", "pileup")
 SEED_OFFSET = 0xD1D0  #: spill-number offset of the dimuon MC
 
 

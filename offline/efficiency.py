@@ -39,7 +39,7 @@ from . import selection as sel
 from .signal import _make_spill, emiss_min_gev, mc_event_table, mc_track_columns
 
 FACTORS: dict[str, tuple[str, ...]] = {
-    "eps_e": ("srd", "momentum", "angle", "tracks"),
+    "eps_e": ("srd", "srd_time", "momentum", "angle", "tracks"),
     "eps_ecal": ("trigger", "shower", "ps", "pileup", "box"),
     "eps_v": ("v2",),
     "eps_hcal": ("hcal",),

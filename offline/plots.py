@@ -1,6 +1,6 @@
 """Offline figures (matplotlib with the mplhep style, Agg backend): exclusion in (m_A', eps), y vs m_chi,
-E_ECAL vs E_HCAL with the signal box, and the cut flow. Every function takes arrays/dicts and an output
-path, writes the figure there and returns the path."""
+E_ECAL vs E_HCAL with the signal box, the cut flow and the incoming-momentum spectrum. Every function takes
+arrays/dicts and an output path, writes the figure there and returns the path."""
 
 from __future__ import annotations
 
@@ -210,4 +210,31 @@ def plot_cutflow(cutflow: Mapping[str, float], path: str | Path) -> Path:
         )
     ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
     ax.set(yscale="log", ylabel="events", ylim=(0.3, 30.0 * max(counts.max(), 1.0)))
+    return _finish(fig, path)
+
+
+def plot_momentum(
+    edges: ArrayLike,
+    spectra: Mapping[str, ArrayLike],
+    window_gev: tuple[float, float],
+    path: str | Path,
+    info: str = "",
+) -> Path:
+    """Incoming-momentum spectra (events per bin, one step curve per label, bin ``edges`` in GeV) with the
+    selection's momentum window shaded; log scale (the bremsstrahlung tail)."""
+    e = np.asarray(edges, dtype=float)
+    if e.ndim != 1 or e.size < 2:
+        raise ValueError("edges must be a 1D array of at least 2 values")
+    fig, ax = _new_axes()
+    ax.axvspan(*window_gev, color="C2", alpha=0.15, label=f"window {window_gev[0]:g}-{window_gev[1]:g} GeV")
+    top = 1.0
+    for i, (label, counts) in enumerate(spectra.items()):
+        c = np.asarray(counts, dtype=float)
+        if c.shape != (e.size - 1,):
+            raise ValueError(f"{label}: {c.size} counts for {e.size - 1} bins")
+        ax.stairs(c, e, color=f"C{i}", linewidth=1.5, label=f"{label} ({c.sum():.0f})")
+        top = max(top, float(c.max()))
+    ax.set(xlabel="incoming momentum p [GeV]", ylabel="events per bin", yscale="log", ylim=(0.5, 3.0 * top))
+    ax.set_xlim(e[0], e[-1])
+    ax.legend(loc="upper left", fontsize=12, title=info or None, title_fontsize=12)
     return _finish(fig, path)

@@ -12,9 +12,12 @@
    attribute ``eot`` = PiSi AND NOT V1), the simulated efficiency, the observed events in the box and its
    share (by EOT) of the background; N_90 by the counting CLs; eps_90 and y_90 per mass with the A' yield per
    EOT of ``sim_frontend.yields`` (IWW, E_A' > E0 - box edge);
-5. plots (``offline/plots.py``): exclusion, y vs m_chi, E_ECAL vs E_HCAL with the box, cut flow;
+5. plots (``offline/plots.py``): exclusion, y vs m_chi, E_ECAL vs E_HCAL with the box, cut flow, and per
+   run the incoming-momentum spectrum of the beam- and physics-trigger events (``momentum_run<N>.png``);
 6. ``summary.json`` and ``summary.txt`` listing every file written, plus ``runs.json`` (input of
-   ``na64-offline limits --runs``, efficiency of the reference mass).
+   ``na64-offline limits --runs``, efficiency of the reference mass). Per run they give the tagged-electron
+   efficiency: the fraction of the SRD-tagged beam-trigger electrons with a good single track in the
+   momentum window (:func:`offline.selection.tagged_electrons`).
 """
 
 from __future__ import annotations
@@ -230,6 +233,14 @@ def make_plots(
         )
     )
     files.append(plots.plot_cutflow(dict(merged.cut_flow), out / "cutflow.png"))
+    window = (float(cfg.offline.p_min_gev), float(cfg.offline.p_max_gev))
+    for rd, h in merged.run_hists.items():
+        spectra = {f"{t} trigger": h[f"momentum_{t}"].values() for t in ("beam", "physics")}
+        if sum(float(c.sum()) for c in spectra.values()) <= 0:
+            continue  # recorded without the Micromegas block: no tracks
+        run = merged.by_run.get(rd, {}).get("run", 0)
+        edges = h["momentum_beam"].axes[0].edges
+        files.append(plots.plot_momentum(edges, spectra, window, out / f"momentum_run{run}.png", f"run {run}"))
     if lim_result:
         pts = [p for p in lim_result.get("scan") or lim_result["points"] if math.isfinite(p["eps_90"])]
         if len(pts) >= 1:
@@ -332,6 +343,11 @@ def make_report(
         "limits": lim_result,
         "limits_error": lim_error,
         "truth": merged.truth,
+        "tagged_electrons": {
+            rd: {"run": r.get("run"), **r["tagged_electrons"]}
+            for rd, r in merged.by_run.items()
+            if "tagged_electrons" in r
+        },
         "errors": merged.errors,
         "excluded_spills": merged.excluded_spills,
     }
@@ -352,6 +368,16 @@ def summary_text(s: dict[str, Any]) -> str:
         frac = f"  ({n / prev:.3f})" if prev else ""
         lines.append(f"  {name:<10s} {n:>10d}{frac}")
         prev = n
+    tagged = s.get("tagged_electrons") or {}
+    if tagged:
+        lines += ["", "tagged-electron efficiency (SRD-tagged beam triggers with a good single track in the window):"]
+    for t in tagged.values():
+        eff = (
+            f"{t['efficiency']:.4f} +/- {t['efficiency_err']:.4f}"
+            if t.get("efficiency") is not None
+            else "no tagged electrons"
+        )
+        lines.append(f"  run {t['run']}: {t['good_track']} / {t['beam_electrons']} = {eff}")
     b = s["background"]
     lines += [
         "",

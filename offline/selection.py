@@ -5,8 +5,8 @@ Cuts, in order (each applies on top of the previous ones):
 
 ==============  ==========================================================================================
 ``trigger``     physics-trigger bit set in the event's trigger mask (TRIGGER_BITS["physics"])
-``srd``         electron tag: every SRD section above ``offline.srd_min_gev`` and in time
-                (|t - t0| < ``trigger.window_ns``): the SRD timing cut
+``srd``         electron tag: every SRD section above ``offline.srd_min_gev``
+``srd_time``    SRD timing: every SRD section in time, |t - t0| < ``trigger.window_ns``
 ``momentum``    incoming momentum from the spectrometer (:mod:`detector.tracking`) in
                 [``offline.p_min_gev``, ``offline.p_max_gev``]
 ``angle``       incoming track angle < ``offline.angle_max_mrad``
@@ -57,9 +57,15 @@ from detector.settings import Config
 from .events import Table, n_rows, track_columns  # noqa: F401 (track_columns: part of this module's API)
 
 CUT_NAMES: tuple[str, ...] = (
-    "trigger", "srd", "momentum", "angle", "tracks", "shower", "ps", "v2", "hcal", "pileup", "box"
+    "trigger", "srd", "srd_time", "momentum", "angle", "tracks", "shower", "ps", "v2", "hcal", "pileup", "box"
 )  # fmt: skip
-PRESELECTION: tuple[str, ...] = ("trigger", "srd", "momentum", "angle", "tracks", "shower", "ps", "pileup")
+PRESELECTION: tuple[str, ...] = (
+    "trigger", "srd", "srd_time", "momentum", "angle", "tracks", "shower", "ps", "pileup"
+)  # fmt: skip
+#: the SRD tag, energy and timing (the electron identification before the tracker)
+SRD_CUTS: tuple[str, ...] = ("srd", "srd_time")
+#: the tracker cuts: a good single track in the momentum window
+TRACKER_CUTS: tuple[str, ...] = ("momentum", "angle", "tracks")
 #: event-table columns of the reconstructed incoming track (NaN / 0 without a track)
 TRACK_COLUMNS: tuple[str, ...] = (
     "trk_p_gev", "trk_angle_mrad", "trk_n_tracks", "trk_n_incoming", "trk_chi2", "trk_ndf", "trk_n_hits"
@@ -67,6 +73,8 @@ TRACK_COLUMNS: tuple[str, ...] = (
 SIDEBANDS: tuple[str, ...] = ("A", "C")
 ECAL_HCAL_RANGE_GEV = (0.0, 150.0)
 ECAL_HCAL_BINS = 150
+MOMENTUM_RANGE_GEV = (0.0, 200.0)  #: the spectrometer momentum histograms
+MOMENTUM_BINS = 200
 
 #: shower-shape cut defaults (no config key: documented here)
 SHAPE_CHI2_NDF_MAX = 4.0
@@ -117,12 +125,15 @@ class Cuts:
 def cut_masks(t: Table, cuts: Cuts) -> OrderedDict[str, np.ndarray]:
     """Each cut on its own (boolean arrays over the events of ``t``), in :data:`CUT_NAMES` order."""
     srd_ok = np.ones(n_rows(t), dtype=bool)
+    srd_in_time = np.ones(n_rows(t), dtype=bool)
     for i in range(3):
-        srd_ok &= (t[f"srd{i}"] > cuts.srd_min_gev) & (np.abs(t[f"srd{i}_dt"]) < cuts.srd_window_ns)
+        srd_ok &= t[f"srd{i}"] > cuts.srd_min_gev
+        srd_in_time &= np.abs(t[f"srd{i}_dt"]) < cuts.srd_window_ns  # NaN (no pulse) fails
     chi2_ndf = t["ecal_chi2"] / np.maximum(t["ecal_ndf"], 1)
     m = OrderedDict()
     m["trigger"] = (t["trigger_mask"] & TRIGGER_BITS["physics"]) != 0
     m["srd"] = srd_ok
+    m["srd_time"] = srd_in_time
     if has_tracks(t):
         p = t["trk_p_gev"]
         m["momentum"] = (p >= cuts.p_min_gev) & (p <= cuts.p_max_gev)  # NaN (no track) fails
@@ -131,7 +142,7 @@ def cut_masks(t: Table, cuts: Cuts) -> OrderedDict[str, np.ndarray]:
             (t["trk_n_tracks"] >= 1) & (t["trk_n_tracks"] <= cuts.max_tracks) & (t["trk_n_incoming"] <= cuts.max_tracks)
         )
     else:
-        for name in ("momentum", "angle", "tracks"):
+        for name in TRACKER_CUTS:
             m[name] = np.ones(n_rows(t), dtype=bool)
     m["shower"] = (
         (chi2_ndf < cuts.shape_chi2_ndf_max)
@@ -201,7 +212,8 @@ def select(t: Table, cuts: Cuts) -> Selection:
 # ------------------------------------------------------------------------------------ histograms
 def new_histograms() -> dict[str, hist.Hist]:
     """Empty histograms (Weight storage): E_ECAL vs E_HCAL for physics triggers and after the
-    preselection, and the cut flow."""
+    preselection, the cut flow, and the incoming momentum of the beam-trigger and of the physics-trigger
+    events (spectrometer; filled when the table has the track columns)."""
     lo, hi = ECAL_HCAL_RANGE_GEV
 
     def ecal_hcal(title: str) -> hist.Hist:
@@ -220,6 +232,14 @@ def new_histograms() -> dict[str, hist.Hist]:
             storage=hist.storage.Weight(),
             label="cut flow",
         ),
+        **{
+            f"momentum_{trig}": hist.Hist(
+                hist.axis.Regular(MOMENTUM_BINS, *MOMENTUM_RANGE_GEV, name="p", label="incoming momentum [GeV]"),
+                storage=hist.storage.Weight(),
+                label=f"{trig} trigger",
+            )
+            for trig in ("beam", "physics")
+        },
     }
 
 
@@ -240,6 +260,26 @@ def fill_histograms(h: dict[str, hist.Hist], t: Table, sel: Selection) -> None:
     h["ecal_vs_hcal"].fill(e_ecal=t["e_ecal"][pre], e_hcal=t["e_hcal"][pre], weight=w[pre])
     flow = [w.sum()] + [w[m].sum() for m in sel.passed.values()]
     h["cutflow"].fill(cut=np.arange(len(flow)), weight=np.asarray(flow, dtype=np.float64))
+    if sel.tracker_applied:
+        for kind in ("beam", "physics"):
+            m = ((t["trigger_mask"] & TRIGGER_BITS[kind]) != 0) & np.isfinite(t["trk_p_gev"])
+            h[f"momentum_{kind}"].fill(p=t["trk_p_gev"][m], weight=w[m])
+
+
+def tagged_electrons(t: Table, sel: Selection) -> dict[str, int]:
+    """The tracker's efficiency on tagged electrons: ``beam_electrons``, the beam-trigger events the SRD tags
+    as electrons (:data:`SRD_CUTS`: energy and timing), and ``good_track``, those of them with a good single
+    track in the momentum window (every cut of :data:`TRACKER_CUTS`). Event counts (not weighted);
+    both 0 for a table without the track columns."""
+    if not sel.tracker_applied:
+        return {"beam_electrons": 0, "good_track": 0}
+    tag = (t["trigger_mask"] & TRIGGER_BITS["beam"]) != 0
+    for name in SRD_CUTS:
+        tag = tag & sel.masks[name]
+    good = tag.copy()
+    for name in TRACKER_CUTS:
+        good &= sel.masks[name]
+    return {"beam_electrons": int(tag.sum()), "good_track": int(good.sum())}
 
 
 def histograms_to_arrays(h: dict[str, hist.Hist]) -> dict[str, np.ndarray]:

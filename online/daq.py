@@ -261,6 +261,7 @@ class DAQ:
             sample_waveforms=self.daq_cfg.sample_waveforms,
             calibration_mode=self.calibration_mode,
             release=self.events.release,
+            spectrometer=MonitorWorker.geometry(self.cfg),
         )
         self.monitor_worker.start()
 

@@ -8,7 +8,8 @@ live stream showed for it:
 - :func:`scalers_message`: ``scalers`` from the spill's accounting (the run-record entry live, the spill
   file's attributes in replay: both carry the same keys);
 - :func:`event_messages`: ``calo``, ``ecal_hcal``, ``waveforms`` and (calibration mode) ``amplitudes`` from
-  :func:`detector.reco.reconstruct` of the recorded waveforms.
+  :func:`detector.reco.reconstruct` of the recorded waveforms, and ``tracker`` (:func:`tracker_message`) from
+  :func:`detector.tracking.reconstruct_tracks` of the recorded Micromegas strips.
 
 Waveform sampling rule (deterministic, so live and replay agree): :func:`sample_indices`, ``k`` events
 evenly spaced over the spill, first and last included. Reconstruction runs in chunks of
@@ -19,13 +20,18 @@ and in replay).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from detector import channels as ch
 from detector import monitoring as mon
 from detector.records import SCALER_NAMES, TRIGGER_BITS
+
+if TYPE_CHECKING:  # detector.tracking loads numba: imported where the tracks are reconstructed
+    from detector.tracking import PlaneSummary, Spectrometer, StripData
+
+PROFILE_BIN_MM = 0.5  #: bin width of the ``tracker`` beam profiles, mm
 
 RECO_CHUNK = 16384  #: events reconstructed at a time
 
@@ -125,11 +131,14 @@ def event_messages(
     amplitudes: bool,
     table: dict[str, Any] | None = None,
     start_unix: float = 0.0,
+    mm: StripData | None = None,
+    spectrometer: Spectrometer | None = None,
 ) -> list[Outgoing]:
-    """``calo``, ``ecal_hcal``, ``waveforms`` (if ``n_waveforms`` > 0) and ``amplitudes`` (if
-    ``amplitudes``: calibration mode) of one spill's recorded events. ``waveforms`` int16
-    (events, channels, samples); ``gev_per_count`` GeV per ADC count per channel; ``table`` the HCAL-table
-    position of the spill; ``start_unix`` its start (unix s)."""
+    """``calo``, ``ecal_hcal``, ``waveforms`` (if ``n_waveforms`` > 0), ``amplitudes`` (if
+    ``amplitudes``: calibration mode) and ``tracker`` (if the spill has Micromegas strips ``mm`` and a
+    ``spectrometer`` is given) of one spill's recorded events. ``waveforms`` int16 (events, channels,
+    samples); ``gev_per_count`` GeV per ADC count per channel; ``table`` the HCAL-table position of the spill;
+    ``start_unix`` its start (unix s)."""
     from detector.reco import reconstruct
 
     n = int(waveforms.shape[0])
@@ -197,4 +206,62 @@ def event_messages(
                 },
             )
         )
+    if mm is not None and spectrometer is not None:
+        out.append(tracker_message(mm, spectrometer))
     return out
+
+
+def tracker_message(mm: StripData, spec: Spectrometer) -> Outgoing:
+    """``tracker`` of one spill: its recorded Micromegas strips reconstructed once
+    (:func:`detector.tracking.reconstruct_tracks`) and histogrammed (:func:`tracker_histograms`)."""
+    from detector.tracking import reconstruct_tracks
+
+    tracks, planes = reconstruct_tracks(mm, spec, planes=True)
+    return tracker_histograms(tracks, planes, spec)
+
+
+def _hist(x: np.ndarray, edges: tuple[float, float, int]) -> np.ndarray:
+    lo, hi, n = edges
+    x = x[np.isfinite(x)]
+    return np.histogram(x, bins=n, range=(lo, hi))[0].astype(np.int64)
+
+
+def tracker_histograms(tracks: np.ndarray, planes: PlaneSummary, spec: Spectrometer) -> Outgoing:
+    """``tracker`` from per-event tracks (:data:`detector.tracking.TRACK_DTYPE`) and their
+    :class:`~detector.tracking.PlaneSummary`. Plane efficiency (tag and probe): among the events with a
+    particle-like cluster in every other plane (``eff_ref``), those with one in this plane too (``eff_hit``).
+    Beam profile: the position of each plane's largest cluster when it is particle-like."""
+    n_pl = spec.n_planes
+    half = spec.half_size_mm
+    pe = (-half, half, max(1, int(round(2.0 * half / PROFILE_BIN_MM))))
+    part = planes.particle
+    n_part = part.sum(axis=1)
+    full = n_part == n_pl
+    eff_hit = np.full(n_pl, int(full.sum()), np.int64)
+    eff_ref = eff_hit + (~part & (n_part == n_pl - 1)[:, None]).sum(axis=0)
+    profile = np.zeros((n_pl, pe[2]), np.int64)
+    for p in range(n_pl):
+        profile[p] = _hist(planes.lead_mm[part[:, p], p].astype(np.float64), pe)
+    mult = np.bincount(np.minimum(tracks["n_tracks"], mon.N_MULTIPLICITY - 1), minlength=mon.N_MULTIPLICITY)
+    names = [f"{st}{v}" for st in spec.names for v in ("X", "Y")]
+    return Outgoing(
+        "tracker",
+        {
+            "momentum": _hist(tracks["p_gev"].astype(np.float64), mon.MOMENTUM_EDGES),
+            "angle": _hist(tracks["angle_mrad"].astype(np.float64), mon.ANGLE_EDGES),
+            "multiplicity": mult.astype(np.int64),
+            "profile": profile,
+            "strips": planes.n_strips.sum(axis=0, dtype=np.int64),
+            "clusters": planes.n_clusters.sum(axis=0, dtype=np.int64),
+            "eff_ref": eff_ref.astype(np.int64),
+            "eff_hit": eff_hit,
+        },
+        {
+            "events": int(tracks.shape[0]),
+            "planes": names,
+            "p0_gev": float(spec.p0_gev),
+            "momentum_edges": list(mon.MOMENTUM_EDGES),
+            "angle_edges": list(mon.ANGLE_EDGES),
+            "profile_edges": [float(pe[0]), float(pe[1]), int(pe[2])],
+        },
+    )

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from detector.settings import Config
 from detector.spillfile import SpillContent
+from detector.tracking import Spectrometer
 
 from .monitor_messages import event_messages
 from .publisher import Publisher
@@ -20,13 +22,14 @@ log = logging.getLogger("online.daq")
 
 
 class MonitorWorker(threading.Thread):
-    """Reconstructs the recorded events of a spill and publishes ``calo``, ``ecal_hcal``, ``waveforms`` and
-    (calibration mode) ``amplitudes``. Lossy: while it is busy a newer spill replaces a waiting one.
+    """Reconstructs the recorded events of a spill and publishes ``calo``, ``ecal_hcal``, ``waveforms``,
+    (calibration mode) ``amplitudes`` and ``tracker``. Lossy: while it is busy a newer spill replaces a waiting one.
 
     ``publisher``: where the topics go (``None``: nothing is published); ``gev_per_count``: the calibration
     (GeV per ADC count, per channel); ``sample_waveforms``: waveforms published per spill; ``calibration_mode``:
     publish ``amplitudes`` too; ``release(base)``: gives a spill's event buffer back once it is done with
-    (or skipped)."""
+    (or skipped); ``spectrometer``: the tracker geometry (``tracker`` is published for spills with Micromegas
+    strips)."""
 
     def __init__(
         self,
@@ -36,6 +39,7 @@ class MonitorWorker(threading.Thread):
         sample_waveforms: int,
         calibration_mode: bool,
         release: Callable[[np.ndarray | None], None],
+        spectrometer: Spectrometer | None = None,
     ) -> None:
         super().__init__(name="monitor-worker", daemon=True)
         self.publisher = publisher
@@ -43,9 +47,15 @@ class MonitorWorker(threading.Thread):
         self.sample_waveforms = int(sample_waveforms)
         self.calibration_mode = bool(calibration_mode)
         self.release = release
+        self.spectrometer = spectrometer
         self._q: queue.Queue[Any] = queue.Queue(maxsize=1)
         self.skipped = 0
         self.done = 0
+
+    @staticmethod
+    def geometry(cfg: Config) -> Spectrometer:
+        """The tracker geometry of a configuration (the ``spectrometer`` argument)."""
+        return Spectrometer.from_config(cfg)
 
     def submit(self, spill: int, content: SpillContent, info: dict[str, Any], base: np.ndarray | None = None) -> None:
         """Queue a spill for monitoring; a spill still waiting is replaced (and counted as skipped).
@@ -104,5 +114,7 @@ class MonitorWorker(threading.Thread):
             amplitudes=self.calibration_mode,
             table=info.get("table"),
             start_unix=float(info.get("start_unix", 0.0)),
+            mm=content.mm,
+            spectrometer=self.spectrometer,
         ):
             pub.publish(m.topic, m.arrays, m.meta, spill=spill)

@@ -74,7 +74,7 @@ def test_three_spills_recorded_and_published(tmp_path):
 
     # the monitoring stream: every topic (amplitudes only in calibration mode), an increasing sequence per topic
     assert not sub.malformed
-    assert {"status", "scalers", "calo", "ecal_hcal", "waveforms", "hv", "log"} <= sub.topics()
+    assert {"status", "scalers", "calo", "ecal_hcal", "waveforms", "tracker", "hv", "log"} <= sub.topics()
     for topic in sub.topics():
         seqs = [m.seq for m in sub.of(topic)]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)

@@ -40,9 +40,10 @@ SPILLS = 3
 RUN_CONFIG = deep_merge(DAQ_TEST_CONFIG, {"offline": {"srd_min_gev": 0.001}})
 
 
-def cut_flow_by_hand(cfg: dict, calib, path) -> tuple[dict[str, int], set[tuple[int, int]]]:
+def cut_flow_by_hand(cfg: dict, calib, path) -> tuple[dict[str, int], set[tuple[int, int]], tuple[int, int]]:
     """The selection of one spill file, the cuts written out here (docs of offline/selection.py), applied in
-    order: the cut flow and the (spill, event id) of the events in the box."""
+    order: the cut flow, the (spill, event id) of the events in the box, and the tagged electrons (beam
+    triggers with both SRD cuts) with those of them that pass the three tracker cuts."""
     d = read_spill(path)
     t = event_table_from_arrays(
         d.waveforms,
@@ -60,12 +61,15 @@ def cut_flow_by_hand(cfg: dict, calib, path) -> tuple[dict[str, int], set[tuple[
     off, window = cfg.offline, cfg.trigger.window_ns
     chi2_ndf = t["ecal_chi2"] / np.maximum(t["ecal_ndf"], 1)
     srd = np.ones(d.n_events, bool)
+    srd_time = np.ones(d.n_events, bool)
     for i in range(3):
-        srd &= (t[f"srd{i}"] > off.srd_min_gev) & (np.abs(t[f"srd{i}_dt"]) < window)
+        srd &= t[f"srd{i}"] > off.srd_min_gev
+        srd_time &= np.abs(t[f"srd{i}_dt"]) < window
     with np.errstate(invalid="ignore"):  # NaN (no energy) fails the comparisons, as it must
         cuts = [
             ("trigger", (d.trigger_mask & TRIGGER_BITS["physics"]) != 0),  # the RECORDED mask, not a column
-            ("srd", srd),
+            ("srd", srd),  # the SRD energy tag and, on its own line, the SRD timing
+            ("srd_time", srd_time),
             # the tracker cuts on the tracks reconstructed from the recorded Micromegas strips
             ("momentum", (t["trk_p_gev"] >= off.p_min_gev) & (t["trk_p_gev"] <= off.p_max_gev)),
             ("angle", t["trk_angle_mrad"] < off.angle_max_mrad),
@@ -93,7 +97,26 @@ def cut_flow_by_hand(cfg: dict, calib, path) -> tuple[dict[str, int], set[tuple[
         passed &= mask
         flow[name] = int(passed.sum())
     spill = int(d.attrs["spill"])
-    return flow, {(spill, int(e)) for e in d.event_id[passed]}
+    c = dict(cuts)
+    tagged = ((d.trigger_mask & TRIGGER_BITS["beam"]) != 0) & c["srd"] & c["srd_time"]
+    good = tagged & c["momentum"] & c["angle"] & c["tracks"]
+    return flow, {(spill, int(e)) for e in d.event_id[passed]}, (int(tagged.sum()), int(good.sum()))
+
+
+def offline_cli(*args: str) -> None:
+    """Run ``na64-offline ARGS`` (the real command line, a subprocess) and require success."""
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "offline.cli", *args],
+        cwd=str(REPO_ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
@@ -112,18 +135,7 @@ def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
     heads = [read_spill(p, waveforms=False) for p in files]
 
     out = tmp_path / "selection"
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    )
-    proc = subprocess.run(
-        [sys.executable, "-m", "offline.cli", "select", str(daq.rdir), "--out", str(out), "--serial"],
-        cwd=str(REPO_ROOT),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    offline_cli("select", str(daq.rdir), "--out", str(out), "--serial")
     sel = json.loads((out / "selection.json").read_text())
 
     # bookkeeping: every spill in, none excluded or flagged, no read error
@@ -143,10 +155,12 @@ def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
     calib = load_calibration(cfg)
     flow: dict[str, int] = {}
     box: set[tuple[int, int]] = set()
+    tagged = [0, 0]
     for p in files:
-        f, b = cut_flow_by_hand(cfg, calib, p)
+        f, b, tg = cut_flow_by_hand(cfg, calib, p)
         flow = {k: flow.get(k, 0) + v for k, v in f.items()}
         box |= b
+        tagged = [tagged[0] + tg[0], tagged[1] + tg[1]]
     assert sel["cut_order"] == [k for k in flow if k != "all"]
     assert sel["cut_flow"] == flow
     assert flow["trigger"] > 0 and flow["srd"] > 0, flow  # a selection that selects something
@@ -175,3 +189,19 @@ def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
     assert abs(peak - cfg.beam.energy_gev) <= 3.0, peak
     near = np.abs(fin / cfg.beam.energy_gev - 1) < 0.05
     assert near.sum() > 50 and abs(np.median(fin[near]) / cfg.beam.energy_gev - 1) < 0.01, (near.sum(), np.median(fin))
+
+    # the run report: the tagged-electron efficiency and the momentum spectrum of the run
+    sig = tmp_path / "signal.json"
+    sig.write_text(json.dumps({"mass_mev": 16.7, "events": 1000, "efficiency": 0.5, "efficiency_err": 0.02}))
+    rep = tmp_path / "report"
+    offline_cli("report", str(daq.rdir), "--out", str(rep), "--serial", "--signal-json", str(sig))
+    summary = json.loads((rep / "summary.json").read_text())
+    assert summary["cut_flow"] == flow
+    te = summary["tagged_electrons"][str(daq.rdir)]
+    assert (te["run"], te["beam_electrons"], te["good_track"]) == (21, *tagged)
+    assert tagged[0] > 0 and te["efficiency"] == pytest.approx(tagged[1] / tagged[0])
+    assert te["efficiency_err"] == pytest.approx(np.sqrt(te["efficiency"] * (1 - te["efficiency"]) / tagged[0]))
+    txt = (rep / "summary.txt").read_text()
+    assert f"run 21: {tagged[1]} / {tagged[0]} = {te['efficiency']:.4f}" in txt
+    png = rep / "momentum_run21.png"
+    assert str(png) in summary["files"] and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -225,7 +225,7 @@ def test_pileup_cut_in_simulated_pileup():
             trig = s.masks["trigger"]
             assert trig[pu].mean() < 0.5 * trig[~pu].mean()
             # the pile-up cut on the simulated pile-up that passes the other cuts (the trigger aside)
-            other = np.logical_and.reduce([s.masks[k] for k in ("srd", "shower", "ps", "v2", "hcal")])
+            other = np.logical_and.reduce([s.masks[k] for k in ("srd", "srd_time", "shower", "ps", "v2", "hcal")])
             assert (other & pu).sum() >= 3
             assert (~s.masks["pileup"][other & pu]).mean() >= 0.8
     assert rates[False] < 0.02

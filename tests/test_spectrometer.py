@@ -236,6 +236,22 @@ def test_tracker_cuts_apply_only_with_track_columns(cfg):
     assert s.tracker_applied
     assert (flow["srd"], flow["momentum"], flow["angle"], flow["tracks"], flow["box"]) == (5, 3, 2, 1, 1)
     assert list(flow) == ["all", *sel.CUT_NAMES]
+    # SRD timing is its own line of the cut flow: an SRD pulse out of time fails it, not the energy tag
+    t["srd1_dt"] = np.array([0.0, 0.0, 0.0, 50.0, np.nan])
+    s = sel.select(t, cuts)
+    assert s.masks["srd"].all() and s.masks["srd_time"].tolist() == [True, True, True, False, False]
+    flow = s.cut_flow()
+    assert (flow["srd"], flow["srd_time"], flow["momentum"], flow["tracks"]) == (5, 3, 2, 1)
+    # the tagged electrons: beam triggers with both SRD cuts, and of those the ones with a good track
+    from detector.records import TRIGGER_BITS
+
+    t["trigger_mask"] = np.array([TRIGGER_BITS["beam"]] * 4 + [TRIGGER_BITS["physics"]], np.uint8)
+    s = sel.select(t, cuts)
+    assert sel.tagged_electrons(t, s) == {"beam_electrons": 3, "good_track": 1}  # events 0-2; 1 and 2 fail
+    h = sel.new_histograms()
+    sel.fill_histograms(h, t, s)
+    assert h["momentum_beam"].values().sum() == 4 and h["momentum_physics"].values().sum() == 0  # NaN: no track
+    assert h["momentum_beam"][sel.hist.loc(100.0)].value == 3 and h["momentum_beam"][sel.hist.loc(80.0)].value == 1
 
 
 def test_background_source_registry(cfg):

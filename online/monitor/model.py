@@ -47,6 +47,7 @@ from detector.settings import Config
 
 from .history import History
 from .sensitivity import SENSITIVITY_MASSES_MEV, Sensitivity  # noqa: F401 - SENSITIVITY_MASSES_MEV: the views' default
+from .tracker import MomentumWatch
 
 log = logging.getLogger("online.monitor")
 
@@ -59,8 +60,8 @@ EXTRA_SECTIONS = ("rates", "sens", "alarms")
 #: alarm levels
 NONE, OK, WARN, ALARM = -1, 0, 1, 2
 LEVEL_NAMES = {NONE: "n/a", OK: "OK", WARN: "WARNING", ALARM: "ALARM"}
-ALARM_KEYS = ("daq", "beam", "hv", "missed", "data")
-ALARM_TITLES = {"daq": "DAQ", "beam": "BEAM", "hv": "HV", "missed": "MISSED", "data": "DATA"}
+ALARM_KEYS = ("daq", "beam", "momentum", "hv", "missed", "data")
+ALARM_TITLES = {"daq": "DAQ", "beam": "BEAM", "momentum": "MOMENTUM", "hv": "HV", "missed": "MISSED", "data": "DATA"}
 
 #: per-channel HV condition codes, worst last
 HV_OK, HV_OFF, HV_RAMPING, HV_DEVIATION, HV_FAULTED, HV_TRIPPED = range(6)
@@ -84,6 +85,9 @@ class MonitorSettings:
     supercycle_s: float = 30.0
     rate_mean_spills: int = 20  #: spills in the running mean of S1 for the rate-drop alarm
     log_lines: int = 2000
+    momentum_alarm_pct: float = 2.0  #: percent; see online.monitor.tracker
+    beam_energy_gev: float = 0.0  #: GeV, the momentum alarm's reference (0: the DAQ's, from the messages)
+    momentum_reference_spills: int = 0
 
     @classmethod
     def from_config(cls, cfg: Config) -> MonitorSettings:
@@ -102,6 +106,9 @@ class MonitorSettings:
             ecal_box_max_gev=float(off.ecal_box_max_gev),
             hcal_box_max_gev=float(off.hcal_box_max_gev),
             supercycle_s=float(cfg.spill.supercycle_s),
+            momentum_alarm_pct=float(m.momentum_alarm_pct),
+            beam_energy_gev=float(cfg.beam.energy_gev),
+            momentum_reference_spills=int(m.momentum_reference_spills),
         )
 
 
@@ -262,6 +269,8 @@ class MonitorModel:
         self.eh_hcal_edges: tuple[float, float, int] | None = None
         self.eh_spills = 0
         self.reach: list[tuple[float, float]] = self.sensitivity.reach(0.0)
+        s = self.s
+        self.momentum = MomentumWatch(s.momentum_alarm_pct, s.beam_energy_gev, s.momentum_reference_spills)
         self.sums = {}
         for k in ("rates", "calo", "ecal_hcal", "sens", *(t for t in ACCUMULATING if t != "log")):
             self.version[k] += 1
@@ -372,6 +381,12 @@ class MonitorModel:
             {k: np.array(v) for k, v in msg.arrays.items()},
         )
         self.version[msg.topic] += 1
+
+    def _on_tracker(self, msg: Message, now: float) -> None:
+        """Run sums and latest message as for any topic, plus the momentum peak (online.monitor.tracker)."""
+        _array(msg, "momentum", (_edges(msg.meta, "momentum_edges")[2],))  # checked before anything is summed
+        self._on_generic(msg, now)
+        self.momentum.add(msg)
 
     def _on_status(self, msg: Message, now: float) -> None:
         m = msg.meta
@@ -563,6 +578,7 @@ class MonitorModel:
         new = {
             "daq": self._alarm_daq(now),
             "beam": self._alarm_beam(now),
+            "momentum": self._alarm_momentum(),
             "hv": self._alarm_hv(),
             "missed": self._alarm_missed(now),
             "data": self._alarm_data(now),
@@ -618,6 +634,10 @@ class MonitorModel:
         if np.isfinite(mean):
             return OK, f"S1 {s1:.3g} = {s1 / mean:.0%} of mean"
         return OK, f"S1 {s1:.3g}"
+
+    def _alarm_momentum(self) -> tuple[int, str]:
+        moved, text = self.momentum.evaluate()
+        return ({None: NONE, False: OK, True: ALARM}[moved], text)
 
     def _alarm_hv(self) -> tuple[int, str]:
         if self.hv_ids.size == 0:

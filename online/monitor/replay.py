@@ -9,7 +9,8 @@ Per spill (:class:`ReplayBuilder`):
 - ``calo``, ``ecal_hcal``, ``waveforms``, ``amplitudes`` from :func:`online.monitor_messages.event_messages`
   with the calibration of :func:`detector.config.load_calibration`; ``amplitudes`` when the run was
   taken in calibration mode (spill attribute ``extra.calibration_mode``; a spill file without it gets
-  them too);
+  them too); ``tracker`` when the spill file has the Micromegas strips (``/mm``), with the tracker geometry
+  of the configuration;
 - ``hv`` when the spill attributes carry arrays ``vset``/``vmon``/``imon``/``status``/``channel_ids``
   (or a table per channel name);
 - ``status`` RECORDED after every spill (spill flags travel in ``scalers`` and are logged by the model).
@@ -48,6 +49,9 @@ class ReplayBuilder:
         self.cfg = cfg if cfg is not None else load_config(None)
         self.calibration = calibration if calibration is not None else load_calibration(self.cfg)
         self.n_waveforms = int(self.cfg.daq.sample_waveforms if n_waveforms is None else n_waveforms)
+        from detector.tracking import Spectrometer
+
+        self.spectrometer = Spectrometer.from_config(self.cfg)
         self.seq = TopicSequence()
         self.eot_total: int | float = 0
         self.events_total = 0
@@ -130,6 +134,8 @@ class ReplayBuilder:
                 amplitudes=bool(calib),
                 table=sd.attrs.get("table"),
                 start_unix=float(sd.attrs.get("start_unix", 0.0)),
+                mm=sd.mm,
+                spectrometer=self.spectrometer,
             ):
                 out.append(self.message(m.topic, m.arrays, m.meta, spill=spill, now=now))
         hv = self._hv_arrays(sd.attrs.get("hv"))

@@ -11,7 +11,8 @@ trigger prescaled 1/1000 (its raw count is the EOT), random trigger 10 Hz; the E
 has the 100 GeV electron peak, the hadron band E_ECAL + E_HCAL ~ 100 GeV, dimuons, muons and a few
 upstream-interaction events near the signal box. Waveforms are made with the detector's own pulse
 model (:func:`detector.pulse.synthesize`). Fault knobs: ``beam_factor`` (rate drop / no beam),
-``trip`` and ``deviate`` (HV), ``error`` (DAQ state ERROR), ``skip_seq`` (sequence gaps). Topics, binning,
+``momentum_factor`` (beam momentum moved), ``trip`` and ``deviate`` (HV), ``error`` (DAQ state ERROR),
+``skip_seq`` (sequence gaps). Topics, binning,
 states and status bits come from the contract (:mod:`detector.monitoring`, :mod:`detector.hwstatus`); a
 topic of the contract without a generator here gets random arrays of its declared shapes.
 """
@@ -103,6 +104,8 @@ class SyntheticDAQ:
         self.deviate: dict[int, float] = {}  #: channel id -> VMON - VSET (V)
         self.error = ""  #: non-empty: the DAQ reports state ERROR
         self.skip_seq = 0  #: skip this many sequence numbers of the next message's topic
+        self.momentum_factor = 1.0  #: beam momentum / beam energy (the momentum alarm)
+        self._spec: Any = None
         self.gev_per_count = _default_gev_per_count()
         self.hv_ids = np.array([c.id for c in ch.CHANNELS if c.hv_board is not None], dtype=np.int64)
         self.hv_vset = _default_hv_set()[self.hv_ids].astype(np.float32)
@@ -319,6 +322,32 @@ class SyntheticDAQ:
             now=now,
         )
 
+    def tracker(self, now: float) -> Message:
+        """``tracker`` through the DAQ's own histogramming (:func:`online.monitor_messages.tracker_histograms`)
+        of made-up tracks: the beam peak at ``momentum_factor`` x the beam energy with 1% resolution, a
+        bremsstrahlung tail, 0.15 mrad angles, pile-up tracks, 97% efficient planes, a 5 mm beam spot."""
+        from detector.config import load_config
+        from detector.tracking import TRACK_DTYPE, PlaneSummary, Spectrometer
+        from online.monitor_messages import tracker_histograms
+
+        if self._spec is None:
+            self._spec = Spectrometer.from_config(load_config(None))
+        spec, rng = self._spec, self.rng
+        n = self.hist_events if self._accepted else 0
+        t = np.zeros(n, TRACK_DTYPE)
+        brem = rng.random(n) < 0.08
+        p = spec.p0_gev * self.momentum_factor * rng.normal(1.0, 0.01, n)
+        t["p_gev"] = np.where(brem, p * rng.uniform(0.5, 1.0, n), p)
+        t["angle_mrad"] = np.hypot(*rng.normal(0.0, 0.15, (2, n))) + np.where(brem, rng.exponential(1.5, n), 0.0)
+        t["n_tracks"] = rng.choice(4, size=n, p=[0.10, 0.75, 0.13, 0.02])
+        planes = PlaneSummary.zeros(n, spec.n_planes)
+        planes.n_strips[:] = rng.poisson(4.0, planes.n_strips.shape)
+        planes.n_clusters[:] = rng.poisson(2.0, planes.n_clusters.shape)
+        planes.lead_mm[:] = rng.normal(0.0, 5.0, planes.lead_mm.shape)
+        planes.lead_charge[:] = np.where(rng.random(planes.lead_charge.shape) < 0.97, 300.0, 30.0)
+        m = tracker_histograms(t, planes, spec)
+        return self.message(m.topic, m.arrays, m.meta, now=now)
+
     def generic(self, spec: mon.TopicSpec, now: float) -> Message:
         """A message of a topic without its own generator: random values of each declared array (a
         named dimension is 8), each meta key 0."""
@@ -338,8 +367,9 @@ class SyntheticDAQ:
             out += [self.status(s.value, now) for s in (DAQState.SPILL, DAQState.END_OF_SPILL, DAQState.READOUT)]
         out.append(self.scalers(now))
         self.last_spill_unix = now
-        own = {"status", "scalers", "log", "calo", "ecal_hcal", "waveforms", "amplitudes", "hv"}
+        own = {"status", "scalers", "log", "calo", "ecal_hcal", "waveforms", "amplitudes", "hv", "tracker"}
         out += [self.calo(now), self.ecal_hcal(now), self.waveforms(now), self.amplitudes(now), self.hv(now)]
+        out.append(self.tracker(now))
         out += [self.generic(t, now) for t in mon.TOPICS.values() if t.name not in own]
         out.append(self.status(DAQState.RECORDED.value, now))
         if self.spill % 10 == 0:

@@ -50,14 +50,24 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.setDockOptions(QtWidgets.QMainWindow.AnimatedDocks | QtWidgets.QMainWindow.AllowNestedDocks)
         self.views: list[Any] = []
         self.docks: dict[str, QtWidgets.QDockWidget] = {}
+        self.tabs: QtWidgets.QTabWidget | None = None  #: the central views when there are several
+        central: list[tuple[str, Any]] = []
         for spec in V.registered():  # every view registered in online.monitor.views
             w = spec.build(self.settings)
             setattr(self, spec.attr, w)
             self.views.append(w)
             if spec.area == "central":
-                self.setCentralWidget(w)
+                central.append((spec.title, w))
             else:
                 self._dock(spec.key, spec.title, w, _AREAS[spec.area])
+        if len(central) == 1:
+            self.setCentralWidget(central[0][1])
+        elif central:  # several central views: tabs, in registration order
+            self.tabs = QtWidgets.QTabWidget()
+            self.tabs.setObjectName("central_tabs")
+            for title, w in central:
+                self.tabs.addTab(w, title)
+            self.setCentralWidget(self.tabs)
         self.maps.channelSelected.connect(self.waveforms.set_channel)
         self.waveforms.combo.currentIndexChanged.connect(self.maps.select_channel)
         self.maps.select_channel(self.waveforms.channel)
@@ -182,6 +192,11 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.timer.stop()
         self.stop_sources()
         super().closeEvent(ev)
+
+    def show_central(self, attr: str) -> None:
+        """Bring the central view ``attr`` (its registry attribute, e.g. ``"tracker"``) to the front."""
+        if self.tabs is not None:
+            self.tabs.setCurrentWidget(getattr(self, attr))
 
     def screenshot(self, path: str | pathlib.Path) -> bool:
         """Bring every view up to date and write a PNG of the whole window."""

@@ -79,7 +79,7 @@ class StatusPanel(QtWidgets.QWidget):
 
 @register("alarms", "Alarms", "top", 20)
 class AlarmPanel(QtWidgets.QWidget):
-    """One coloured tile per alarm: DAQ, BEAM, HV, MISSED, DATA."""
+    """One coloured tile per alarm (:data:`~online.monitor.model.ALARM_KEYS`)."""
 
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
