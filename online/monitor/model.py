@@ -46,6 +46,7 @@ from detector.monitoring import ACCUMULATING, LATEST_WINS, TOPIC_NAMES, ContentE
 from detector.settings import Config
 
 from .history import History
+from .led import LedMonitor
 from .sensitivity import SENSITIVITY_MASSES_MEV, Sensitivity  # noqa: F401 - SENSITIVITY_MASSES_MEV: the views' default
 
 log = logging.getLogger("online.monitor")
@@ -59,8 +60,8 @@ EXTRA_SECTIONS = ("rates", "sens", "alarms")
 #: alarm levels
 NONE, OK, WARN, ALARM = -1, 0, 1, 2
 LEVEL_NAMES = {NONE: "n/a", OK: "OK", WARN: "WARNING", ALARM: "ALARM"}
-ALARM_KEYS = ("daq", "beam", "hv", "missed", "data")
-ALARM_TITLES = {"daq": "DAQ", "beam": "BEAM", "hv": "HV", "missed": "MISSED", "data": "DATA"}
+ALARM_KEYS = ("daq", "beam", "hv", "missed", "data", "led")
+ALARM_TITLES = {"daq": "DAQ", "beam": "BEAM", "hv": "HV", "missed": "MISSED", "data": "DATA", "led": "LED"}
 
 #: per-channel HV condition codes, worst last
 HV_OK, HV_OFF, HV_RAMPING, HV_DEVIATION, HV_FAULTED, HV_TRIPPED = range(6)
@@ -84,6 +85,8 @@ class MonitorSettings:
     supercycle_s: float = 30.0
     rate_mean_spills: int = 20  #: spills in the running mean of S1 for the rate-drop alarm
     log_lines: int = 2000
+    led_alarm_pct: float = 2.0  #: per cent from the LED reference (``monitor.led_alarm_pct``)
+    led_reference_spills: int = 3  #: spills that make the LED reference (``led.reference_spills``)
 
     @classmethod
     def from_config(cls, cfg: Config) -> MonitorSettings:
@@ -102,6 +105,8 @@ class MonitorSettings:
             ecal_box_max_gev=float(off.ecal_box_max_gev),
             hcal_box_max_gev=float(off.hcal_box_max_gev),
             supercycle_s=float(cfg.spill.supercycle_s),
+            led_alarm_pct=float(m.led_alarm_pct),
+            led_reference_spills=int(cfg.led.reference_spills),
         )
 
 
@@ -263,6 +268,7 @@ class MonitorModel:
         self.eh_spills = 0
         self.reach: list[tuple[float, float]] = self.sensitivity.reach(0.0)
         self.sums = {}
+        self.led = LedMonitor(self.s.led_alarm_pct, self.s.led_reference_spills, self.s.history_spills)
         for k in ("rates", "calo", "ecal_hcal", "sens", *(t for t in ACCUMULATING if t != "log")):
             self.version[k] += 1
 
@@ -510,6 +516,12 @@ class MonitorModel:
         self.amplitude_meta = dict(msg.meta)
         self.version["amplitudes"] += 1
 
+    def _on_led(self, msg: Message, now: float) -> None:
+        mon.check(msg)
+        self._check_run(msg.run, now)
+        self.led.add(-1 if msg.spill is None else int(msg.spill), _meta_num(msg.meta, "unix"), msg.arrays["amplitude"])
+        self.version["led"] += 1
+
     def _on_hv(self, msg: Message, now: float) -> None:
         ids = _array(msg, "channel_ids", ndim=1)
         n = ids.shape[0]
@@ -566,6 +578,7 @@ class MonitorModel:
             "hv": self._alarm_hv(),
             "missed": self._alarm_missed(now),
             "data": self._alarm_data(now),
+            "led": self._alarm_led(),
         }
         changed = False
         for key, (level, text) in new.items():
@@ -659,6 +672,10 @@ class MonitorModel:
             last = self.link.last_malformed or self.last_content_error
             return WARN, f"{tot} malformed: {last}"[:160]
         return OK, f"{tot} malformed" if tot else "all messages well-formed"
+
+    def _alarm_led(self) -> tuple[int, str]:
+        bad, text = self.led.alarm()
+        return (NONE if bad is None else ALARM if bad else OK), text
 
     @property
     def worst_level(self) -> int:
