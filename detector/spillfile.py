@@ -375,6 +375,21 @@ def read_spill(path: str | os.PathLike, waveforms: bool = True) -> SpillData:
     return data
 
 
+def read_led(path: str | os.PathLike) -> LedEvents | None:
+    """Only the LED events of a spill file (None: the file has none); :class:`SpillFileError` as
+    :func:`read_spill`."""
+    p = pathlib.Path(path)
+    try:
+        with h5py.File(p, "r") as f:
+            if f.attrs.get("schema_version") != SCHEMA_VERSION:
+                raise SpillFileError(f"{p}: schema version {f.attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+            return _read_led(f["led"], True) if "led" in f else None
+    except SpillFileError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        raise SpillFileError(f"{p}: unreadable LED events ({exc})") from None
+
+
 def list_spills(rdir: str | os.PathLike) -> list[pathlib.Path]:
     """Finished spill files of a run directory, by spill number (temporary files are ignored)."""
     rdir = pathlib.Path(rdir)
