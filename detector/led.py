@@ -1,4 +1,4 @@
-"""LED gain monitoring (docs/physics.md 1.11): what an LED event block is, and the ONE definition of the
+"""LED gain monitoring (docs/physics.md 7.2): what an LED event block is, and the ONE definition of the
 per-spill LED amplitude of a cell, of a run's LED reference and of the correction factor, used by the DAQ's
 monitoring message, the monitor's alarm and the offline correction alike.
 
@@ -47,8 +47,10 @@ class LedEvents:
         """ValueError unless the arrays agree (m pulses, int16 waveforms of every channel)."""
         m = self.n
         if self.waveforms.dtype != np.int16 or self.waveforms.shape != (m, ch.N_CHANNELS, ch.N_SAMPLES):
-            raise ValueError(f"LED waveforms must be int16 ({m}, {ch.N_CHANNELS}, {ch.N_SAMPLES}); got "
-                             f"{self.waveforms.dtype} {self.waveforms.shape}")
+            raise ValueError(
+                f"LED waveforms must be int16 ({m}, {ch.N_CHANNELS}, {ch.N_SAMPLES}); got "
+                f"{self.waveforms.dtype} {self.waveforms.shape}"
+            )
         for name in ("time_ns", "event_type"):
             if np.asarray(getattr(self, name)).shape != (m,):
                 raise ValueError(f"LED {name} must have shape ({m},)")

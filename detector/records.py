@@ -63,8 +63,6 @@ def trigger_bits(further: tuple[str, ...] = ()) -> dict[str, np.uint8]:
     return {**TRIGGER_BITS, **{n: TRIGGER_MASK_DTYPE.type(1 << (len(TRIGGER_BITS) + k)) for k, n in enumerate(further)}}
 
 
-
-
 class EventType(enum.IntEnum):
     """What triggered a recorded event: the trigger menu's lines on the beam (``/events`` of a spill file,
     whose ``trigger_mask`` says which lines), or the LED pulser out of spill (``/led``; never in ``/events``,

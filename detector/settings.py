@@ -275,7 +275,7 @@ class EmulatorSection(Section):
 
 @dataclass(frozen=True)
 class LedSection(Section):
-    """``[led]``: the LED gain-monitoring system (docs/physics.md 1.11): a pulser that fires every calorimeter
+    """``[led]``: the LED gain-monitoring system (docs/physics.md 7.2): a pulser that fires every calorimeter
     cell in the supercycle gap after each spill's flat top, its LED trigger read out by the DAQ, and the
     reference the monitor's alarm and the offline correction compare against."""
 

@@ -382,7 +382,9 @@ def read_led(path: str | os.PathLike) -> LedEvents | None:
     try:
         with h5py.File(p, "r") as f:
             if f.attrs.get("schema_version") != SCHEMA_VERSION:
-                raise SpillFileError(f"{p}: schema version {f.attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+                raise SpillFileError(
+                    f"{p}: schema version {f.attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}"
+                )
             return _read_led(f["led"], True) if "led" in f else None
     except SpillFileError:
         raise

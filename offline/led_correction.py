@@ -1,4 +1,4 @@
-"""Offline LED gain correction per spill (issue 19 point 4; docs/physics.md 1.11).
+"""Offline LED gain correction per spill (issue 19 point 4; docs/physics.md 7.2).
 
 For a spill with LED events and a run reference (:func:`run_reference`: the first ``led.reference_spills``
 spills of the run with LED events, :class:`detector.led.LedReference`), the factor of ECAL cell ``c`` is

@@ -81,10 +81,11 @@ def _integer(v: Any, what: str, lo: int, hi: int) -> int:
 def parse_info(reply: str, spill: int | None, max_records: int) -> dict[str, Any]:
     """``SPIL:INFO?`` -> the spill description, checked field by field (every key but ``spill`` may be
     missing; a key that is there must be valid): ``spill`` (== ``spill`` if given), ``particles``
-    (0..``max_records``), ``led`` (LED pulses after the flat top, 0..``MAX_LED_PULSES``), ``start_unix`` / ``complete_unix`` (unix s) and ``length_s`` (s),
-    finite and bounded; ``seed`` and ``accepted`` integers; ``table`` an object (``x_mm``, ``y_mm`` finite,
-    ``module`` an integer, ``cell`` a string); ``scalers`` an object of non-negative integers. Only these
-    keys are returned (a crate's extra keys are not carried into the run record)."""
+    (0..``max_records``), ``led`` (LED pulses after the flat top, 0..``MAX_LED_PULSES``), ``start_unix`` /
+    ``complete_unix`` (unix s) and ``length_s`` (s), finite and bounded; ``seed`` and ``accepted`` integers;
+    ``table`` an object (``x_mm``, ``y_mm`` finite, ``module`` an integer, ``cell`` a string); ``scalers`` an
+    object of non-negative integers. Only these keys are returned (a crate's extra keys are not carried into
+    the run record)."""
     try:
         info = json.loads(reply, parse_constant=_no_constant)
     except (json.JSONDecodeError, RecursionError) as exc:

@@ -657,8 +657,9 @@ class MSADC:
         pulses ``first..first+count-1`` fired after the selected spill (``LED:DATA?``, ``LED:TIME?``)."""
         wf = np.empty((count, N_CHANNELS, N_SAMPLES), EVT_DTYPE)
         times = np.empty(count, TIME_DTYPE)
-        for cmd, buf in ((f"LED:DATA? {int(first)},{int(count)}", wf), (f"LED:TIME? {int(first)},{int(count)}", times)):
-            self._transact(cmd, lambda cmd=cmd, buf=buf: self._query_block_into(cmd, buf))
+        data, when = f"LED:DATA? {int(first)},{int(count)}", f"LED:TIME? {int(first)},{int(count)}"
+        self._transact(data, lambda: self._query_block_into(data, wf))
+        self._transact(when, lambda: self._query_block_into(when, times))
         return wf, times
 
     def read_truth(self, first: int, count: int, out: np.ndarray | None = None) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The emulator's LED pulser (issue 19 point 4; docs/physics.md 1.11): in the supercycle gap after each
+"""The emulator's LED pulser (issue 19 point 4; docs/physics.md 7.2): in the supercycle gap after each
 spill's flat top it fires ``led.pulses_per_cycle`` pulses, ``led.period_ms`` apart, the first ``led.delay_s``
 after the end of the flat top, into every calorimeter cell (:data:`detector.led.LED_CHANNELS`).
 

@@ -34,13 +34,13 @@ def chain():
 
 
 def fire(chain, spill: int, vmon=None, t_unix: float = 1e9) -> LedEvents:
-    cfg, cal, dig, pulser = chain
+    _, _, dig, pulser = chain
     v = dig.nominal_vmon() if vmon is None else vmon
     return pulser.fire(spill, 4.8, t_unix, lambda light, t: dig.led_events(light, t, v, t_unix, 77 + spill))
 
 
 def test_led_amplitude_is_light_times_hidden_gain_with_photostatistics(chain):
-    cfg, cal, dig, _ = chain
+    cfg, _, dig, _ = chain
     led = fire(chain, 1)
     assert led.waveforms.shape == (cfg.led.pulses_per_cycle, ch.N_CHANNELS, ch.N_SAMPLES)
     # out of spill: every pulse after the flat top, period apart
@@ -59,7 +59,7 @@ def test_led_amplitude_is_light_times_hidden_gain_with_photostatistics(chain):
 
 
 def test_led_follows_gain_jump_and_hv_of_one_cell_only(chain):
-    cfg, cal, dig, _ = chain
+    _, _, dig, _ = chain
     before, _ = cell_means(fire(chain, 5).waveforms)
     dig.drift.jump(CELL, 1.03, t_unix=1e9 - 1)
     try:
@@ -85,13 +85,15 @@ def test_crate_led_queries_through_the_driver(chain):
     from sim_frontend.msadc_server import MSADCServer
     from sim_frontend.response import apply_response, hardware_scalers
 
-    cfg, cal, dig, _ = chain
+    cfg, _, dig, _ = chain
     crate = MSADCCrate(dig, buffer=2)
     for sid, with_led in ((3, True), (4, False)):
         spill = generate_spill(cfg, sid, n_particles=500)
         dep = apply_response(spill, cfg, None)
         prim, times = dig.primitives(spill, dep, dig.nominal_vmon())
-        rec = SpillRecord(spill, dep, prim, times, {"cell": "PHYSICS", "module": -1}, dig.nominal_vmon(), hardware_scalers(dep))
+        rec = SpillRecord(
+            spill, dep, prim, times, {"cell": "PHYSICS", "module": -1}, dig.nominal_vmon(), hardware_scalers(dep)
+        )
         rec.led = fire(chain, sid) if with_led else None
         crate.spill_completed(rec)
     with MSADCServer(crate) as server:
@@ -175,7 +177,7 @@ def test_offline_correction_scales_the_ecal_cells_of_the_spill(chain):
     from detector.reco import reconstruct
     from offline.led_correction import correct
 
-    cfg, cal, dig, _ = chain
+    _, cal, dig, _ = chain
     ref, _ = cell_means(fire(chain, 11).waveforms)
     dig.drift.jump(CELL, 1.03, t_unix=1e9 - 1)
     try:
@@ -224,7 +226,7 @@ def test_led_view_draws_every_cell_and_the_alarm(qtbot, qapp, tmp_path):
     from online.monitor import views as V
     from online.monitor.window import MonitorWindow
 
-    M, model, _ = _model_with_led(jump_at=6, spills=10)
+    _, model, _ = _model_with_led(jump_at=6, spills=10)
     V.apply_dark_theme(qapp)
     win = MonitorWindow(model.s, model=model)
     qtbot.addWidget(win)

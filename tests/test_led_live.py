@@ -26,8 +26,8 @@ from emulator_fixture import deep_merge, start_emulator
 
 from detector import channels as ch
 from detector.config import load_calibration, load_config
-from detector.records import PARTICLE_CODES, TRIGGER_BITS
 from detector.reco import reconstruct
+from detector.records import PARTICLE_CODES, TRIGGER_BITS
 from detector.spillfile import list_spills, read_spill
 from hv_control.peak import fit_core
 from offline.led_correction import correct, corrected_event_table, run_reference
@@ -71,13 +71,17 @@ def test_led_alarm_within_two_spills_and_offline_correction(tmp_path):
                 alarm_of[int(msg.spill)] = (a.level, model.led.alarming().tolist())
 
     with start_emulator(tmp_path, cfg_over, ["--no-pty"]) as emu:
-        daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=SPILLS, monitor=address)
+        daq = start_daq(
+            tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=SPILLS, monitor=address
+        )
         wait_until(lambda: (pump(), len(led_spills) >= SPILLS_BEFORE)[1], 180, "LED messages of the first spills")
         n_before = spills_recorded(daq)
         reply = emu.control({"cmd": "gain_jump", "channel": CELL, "factor": 1.03})
         t_jump = float(reply["unix"])
         k0 = len(led_spills)
-        wait_until(lambda: (pump(), model.alarms["led"].level == M.ALARM or len(led_spills) >= k0 + 3)[1], 60, "LED alarm")
+        wait_until(
+            lambda: (pump(), model.alarms["led"].level == M.ALARM or len(led_spills) >= k0 + 3)[1], 60, "LED alarm"
+        )
         assert daq.wait(120) == 0, daq.log()[-3000:]
         pump()
         sub.stop()
@@ -129,8 +133,10 @@ def test_led_alarm_within_two_spills_and_offline_correction(tmp_path):
         assert f.error < 0.002 * f.mean, (k, f)
     raw = fit["raw"].mean / fit["before"].mean
     cor = fit["corrected"].mean / fit["before"].mean
-    print(f"LED alarm after {first + 1} spill(s); cell peak after/before: raw {raw:.4f}, corrected {cor:.4f}; "
-          f"E_ECAL corrected {fit['e_ecal'].mean / fit['e_ecal_before'].mean:.4f}; {n_after} spills after the jump")
+    print(
+        f"LED alarm after {first + 1} spill(s); cell peak after/before: raw {raw:.4f}, corrected {cor:.4f}; "
+        f"E_ECAL corrected {fit['e_ecal'].mean / fit['e_ecal_before'].mean:.4f}; {n_after} spills after the jump"
+    )
     assert raw == pytest.approx(1.03, abs=0.006), raw
     assert abs(cor - 1.0) < 0.01, cor
     # the event table's E_ECAL (all cells, corrected in the selection path) back at its pre-jump peak too

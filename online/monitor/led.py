@@ -66,7 +66,8 @@ class LedMonitor:
         bad = self.alarming()
         if bad.size:
             worst = ", ".join(
-                f"{ch.CHANNELS[i].name} {self.deviation[i]:+.1f}%" for i in bad[np.argsort(-np.abs(self.deviation[bad]))][:4]
+                f"{ch.CHANNELS[i].name} {self.deviation[i]:+.1f}%"
+                for i in bad[np.argsort(-np.abs(self.deviation[bad]))][:4]
             )
             more = " ..." if bad.size > 4 else ""
             return True, f"{bad.size} cell(s) beyond {self.alarm_pct:g}% of the LED reference: {worst}{more}"

@@ -11,7 +11,7 @@ from PyQt5 import QtWidgets
 from detector import channels as ch
 
 from .. import model as M
-from .base import LEVEL_COLOURS, _elastic, _font, register
+from .base import LEVEL_COLOURS, ChannelPlot, register
 
 _GREY = (150, 160, 170, 90)
 _RED = "#ff5252"
@@ -19,48 +19,19 @@ _CHOSEN = "#ffd740"
 
 
 @register("led", "LED gain monitoring", "bottom", 75)
-class LedView(QtWidgets.QWidget):
+class LedView(ChannelPlot):
     """LED amplitude / reference of every calorimeter cell against time (s since the first LED spill)."""
 
     def __init__(self, channel: str = "ECAL1-2-2", parent: QtWidgets.QWidget | None = None) -> None:
-        super().__init__(parent)
-        lay = QtWidgets.QVBoxLayout(self)
-        lay.setContentsMargins(2, 2, 2, 2)
-        bar = QtWidgets.QHBoxLayout()
-        self.combo = QtWidgets.QComboBox()
-        self.combo.addItems([c.name for c in ch.CHANNELS[: ch.N_CALO]])
-        self.combo.setFont(_font(11, True))
-        self.combo.setMaxVisibleItems(25)
-        self.info = _elastic(QtWidgets.QLabel("no LED data yet"))
-        self.info.setFont(_font(10))
-        bar.addWidget(QtWidgets.QLabel("Cell:"))
-        bar.addWidget(self.combo)
-        bar.addWidget(self.info, 1)
-        lay.addLayout(bar)
-        self.plot = pg.PlotWidget()
-        self.plot.setLabel("bottom", "time since the first LED spill (s)")
-        self.plot.setLabel("left", "LED amplitude / reference (%)")
-        self.plot.showGrid(x=True, y=True, alpha=0.25)
-        lay.addWidget(self.plot, 1)
+        names = [c.name for c in ch.CHANNELS[: ch.N_CALO]]
+        super().__init__(
+            channel, names, "LED data", "time since the first LED spill (s)", "LED amplitude / reference (%)", parent
+        )
         self.curves = [self.plot.plot([], [], pen=pg.mkPen(_GREY, width=1)) for _ in range(ch.N_CALO)]
         self.chosen_curve = self.plot.plot([], [], pen=pg.mkPen(_CHOSEN, width=2.5), symbol="o", symbolSize=5)
         self.band = [pg.InfiniteLine(angle=0, pen=pg.mkPen(_RED, width=1, style=2)) for _ in range(2)]
         for line in self.band:
             self.plot.addItem(line)
-        self.channel = ch.by_name(channel).id
-        self.combo.setCurrentIndex(self.channel)
-        self.combo.currentIndexChanged.connect(self._combo_changed)
-        self._version: tuple[int, int] | None = None
-
-    def _combo_changed(self, index: int) -> None:
-        self.channel = int(index)
-        self._version = None
-
-    def set_channel(self, cid: int) -> None:
-        if 0 <= cid < ch.N_CALO and cid != self.combo.currentIndex():
-            self.combo.setCurrentIndex(int(cid))
-        self.channel = int(cid)
-        self._version = None
 
     def refresh(self, m: M.MonitorModel, now: float) -> None:
         v = (m.version.get("led", 0), m.version.get("alarms", 0))
@@ -69,8 +40,8 @@ class LedView(QtWidgets.QWidget):
         self._version = v
         led = m.led
         pct = led.alarm_pct
-        for line, y in zip(self.band, (-pct, pct)):
-            line.setValue(y)
+        for line, level_pct in zip(self.band, (-pct, pct)):
+            line.setValue(level_pct)
         rel = 100.0 * (led.relative() - 1.0)
         t = np.asarray(led.unix, np.float64)
         t = t - t[0] if t.size else t
