@@ -75,6 +75,7 @@ def test_led_alarm_within_two_spills_and_offline_correction(tmp_path):
             tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=SPILLS, monitor=address
         )
         wait_until(lambda: (pump(), len(led_spills) >= SPILLS_BEFORE)[1], 180, "LED messages of the first spills")
+        wait_until(lambda: emu.state()["state"] == "GAP", 30, "the gap between two spills")
         n_before = spills_recorded(daq)
         reply = emu.control({"cmd": "gain_jump", "channel": CELL, "factor": 1.03})
         t_jump = float(reply["unix"])
