@@ -369,6 +369,7 @@ class CrateReadout:
             out.n_read_out = 0
             out.events = out.events[:0]
             out.mm = None if out.mm is None else mmblock.empty()
+            out.led = None  # read under the same selection: not trusted either
             return False
         return True
 

@@ -546,7 +546,10 @@ class Emulator:
             seed = int(getattr(record.spill, "seed", 0)) ^ 0x1ED1ED
             return self.digitizer.led_events(light, times, record.vmon, t, seed & 0xFFFFFFFFFFFFFFFF)
 
-        record.led = self.led.fire(record.spill_id, float(record.spill.length_s), t, digitise)
+        try:
+            record.led = self.led.fire(record.spill_id, float(record.spill.length_s), t, digitise)
+        except Exception:  # the LED must never stop the spills from completing
+            log.exception("LED pulses of spill %s failed", record.spill_id)
 
     def scalers(self, spill: Any, dep: Any) -> dict[str, int]:
         """Hardware scalers S0..S3, V0, V1 of a spill: particles depositing above 0.5 MIP."""
