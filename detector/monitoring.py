@@ -263,6 +263,18 @@ TOPICS: dict[str, TopicSpec] = {
             "is a cluster of charge >= `detector.tracking.PARTICLE_CLUSTER_CHARGE`",
             edges={"momentum_edges": MOMENTUM_EDGES, "angle_edges": ANGLE_EDGES},
         ),
+        TopicSpec(
+            "led",
+            "per spill with LED events",
+            accumulate=True,
+            arrays=(
+                ArraySpec("amplitude", "<f8", (ch.N_CALO,), "mean LED amplitude per calorimeter cell, ADC counts"),
+                ArraySpec("rms", "<f8", (ch.N_CALO,), "RMS over the pulses, ADC counts"),
+            ),
+            meta=("pulses", "unix"),
+            doc="`detector.led.cell_means` of the LED pulses after the flat top (NaN: no pulse); `unix` the "
+            "end of the flat top (s)",
+        ),
         TopicSpec("log", "on events worth a line", accumulate=True, meta=("level", "text")),
     )
 }

@@ -6,6 +6,8 @@ simulation is one structured record per event (:data:`TRUTH_DTYPE`).
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
 
 #: particle type codes of the beam simulation (``TRUTH_DTYPE['ptype']``)
@@ -59,6 +61,15 @@ def trigger_bits(further: tuple[str, ...] = ()) -> dict[str, np.uint8]:
     if len(names) > MAX_TRIGGERS:
         raise ValueError(f"{len(names)} triggers, but the trigger mask ({TRIGGER_MASK_DTYPE}) holds {MAX_TRIGGERS}")
     return {**TRIGGER_BITS, **{n: TRIGGER_MASK_DTYPE.type(1 << (len(TRIGGER_BITS) + k)) for k, n in enumerate(further)}}
+
+
+class EventType(enum.IntEnum):
+    """What triggered a recorded event: the trigger menu's lines on the beam (``/events`` of a spill file,
+    whose ``trigger_mask`` says which lines), or the LED pulser out of spill (``/led``; never in ``/events``,
+    so that no physics selection can see an LED event)."""
+
+    BEAM = 0
+    LED = 1
 
 
 #: hardware scaler names reported by the crate per spill

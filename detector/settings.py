@@ -283,6 +283,25 @@ class EmulatorSection(Section):
     faults: tuple[dict[str, Any], ...] = key((), doc="faults active at start, as tables {endpoint, kind, ...}")
 
 
+@dataclass(frozen=True)
+class LedSection(Section):
+    """``[led]``: the LED gain-monitoring system (docs/physics.md 7.2): a pulser that fires every calorimeter
+    cell in the supercycle gap after each spill's flat top, its LED trigger read out by the DAQ, and the
+    reference the monitor's alarm and the offline correction compare against."""
+
+    enabled: bool = key(True, doc="the emulator's LED pulser fires after every spill; the DAQ reads the LED events")
+    pulses_per_cycle: int = key(50, 1, 1000, doc="LED pulses in the gap after each spill")
+    delay_s: float = key(0.2, 0.0, 60.0, unit="s", doc="from the end of the flat top to the first LED pulse")
+    period_ms: float = key(5.0, 0.01, 1000.0, unit="ms", doc="spacing of the LED pulses")
+    amplitude_adc: float = key(1500.0, 10.0, 3500.0, unit="ADC counts", doc="LED amplitude of a cell at gain 1")
+    photoelectrons: float = key(2000.0, 10.0, 1e6, doc="photoelectrons per pulse and cell (photostatistics)")
+    jitter: float = key(0.005, 0.0, 0.2, doc="relative RMS pulse-to-pulse LED intensity, common to all cells")
+    drift_per_hour: float = key(-0.0002, -0.1, 0.1, doc="LED intensity drift (fraction per hour)")
+    reference_spills: int = key(
+        3, 1, 1000, doc="spills with LED events at the start of a run that make its LED reference"
+    )
+
+
 # ------------------------------------------------------------------------------------- trigger menu
 @dataclass(frozen=True)
 class BeamLine(Section):
@@ -452,6 +471,9 @@ class MonitorSection(Section):
     momentum_reference_spills: int = key(
         0, 0, 10000, doc="0: the peak is compared with beam.energy_gev; N: with the run's first N spills"
     )
+    led_alarm_pct: float = key(
+        2.0, 0.1, 100.0, unit="%", doc="alarm when a cell's LED amplitude moves this far from its reference"
+    )
 
 
 @dataclass(frozen=True)
@@ -473,6 +495,7 @@ class OfflineSection(Section):
     angle_max_mrad: float = key(5.0, 0.0, 100.0, unit="mrad", doc="incoming track angle")
     max_tracks: int = key(1, 1, 100, doc="track multiplicity: at most this many tracks")
     dask_workers: int = key(2, 1, 64)
+    led_correction: bool = key(True, doc="scale ECAL energies per spill and cell by LED reference / LED mean")
 
 
 #: section name -> class, in file order
@@ -485,6 +508,7 @@ SECTIONS: dict[str, type[Section]] = {
     "tracker": TrackerSection,
     "aprime": AprimeSection,
     "emulator": EmulatorSection,
+    "led": LedSection,
     "trigger": TriggerSection,
     "daq": DaqSection,
     "hv": HvSection,
@@ -519,6 +543,7 @@ class Config:
     tracker: TrackerSection
     aprime: AprimeSection
     emulator: EmulatorSection
+    led: LedSection
     trigger: TriggerSection
     daq: DaqSection
     hv: HvSection

@@ -25,6 +25,10 @@ Spill file::
     /events/time_ns        (n,) float64  arrival time since spill start
     /events/waveforms      (n, 121, 32) int16
     /truth                 (n,) detector.records.TRUTH_DTYPE   (only when recorded from the emulator)
+    /led/pulse             (m,) uint32   LED pulse number in the cycle (detector.led: the LED events of the gap
+    /led/event_type        (m,) uint8    after the flat top, detector.records.EventType.LED; kept apart from
+    /led/time_ns           (m,) float64  /events so that no physics selection sees them; files without /led
+    /led/waveforms         (m, 121, 32) int16   stay readable: ``led`` is None)
     /mm/event_ptr          (n + 1,) int64  Micromegas strips of event e: [event_ptr[e], event_ptr[e + 1])
     /mm/plane, /mm/strip, /mm/charge   uint8, uint16, float32 (ADC counts): detector.tracking.StripData
                            (only when the crate has the Micromegas readout; files without /mm stay readable)
@@ -46,6 +50,7 @@ import h5py
 import numpy as np
 
 from .channels import N_CHANNELS, N_SAMPLES
+from .led import LedEvents
 from .records import TRUTH_DTYPE
 from .tracking import StripData
 
@@ -160,6 +165,7 @@ class SpillData:
     waveforms: np.ndarray
     truth: np.ndarray | None = None
     mm: StripData | None = None  #: the events' Micromegas strips (None: not recorded)
+    led: LedEvents | None = None  #: the LED events after the flat top (None: not recorded)
 
     @property
     def n_events(self) -> int:
@@ -183,6 +189,7 @@ class SpillContent:
     truth: np.ndarray | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
     mm: StripData | None = None
+    led: LedEvents | None = None
 
 
 def run_dir(out: str | os.PathLike, run: int) -> pathlib.Path:
@@ -215,6 +222,8 @@ def _validate_content(c: SpillContent) -> None:
         raise ValueError(f"truth must be TRUTH_DTYPE of shape ({n},)")
     if c.mm is not None and (c.mm.n_events != n or int(c.mm.event_ptr[-1]) != c.mm.plane.shape[0]):
         raise ValueError(f"mm must hold the strips of {n} events; got {c.mm.n_events} events")
+    if c.led is not None:
+        c.led.check()
 
 
 def estimated_size(content: SpillContent) -> int:
@@ -230,6 +239,8 @@ def estimated_size(content: SpillContent) -> int:
     if content.mm is not None:
         mm = content.mm
         arrays += [mm.event_ptr, mm.plane, mm.strip, mm.charge]
+    if content.led is not None:
+        arrays += [content.led.pulse, content.led.event_type, content.led.time_ns, content.led.waveforms]
     data = sum(int(np.asarray(a).nbytes) for a in arrays if a is not None)
     return data + len(json.dumps(content.attrs, default=json_default)) + (1 << 20)
 
@@ -270,6 +281,8 @@ def write_spill(rdir: str | os.PathLike, content: SpillContent, compression: str
                     f.create_dataset("truth", data=content.truth)
                 if content.mm is not None:
                     _write_mm(f.create_group("mm"), content.mm, compression)
+                if content.led is not None:
+                    _write_led(f.create_group("led"), content.led, compression)
             sink.fsync()
         finally:
             sink.close()
@@ -290,6 +303,25 @@ def _write_mm(g: Any, mm: StripData, compression: str | None) -> None:
     g.create_dataset("event_ptr", data=np.asarray(mm.event_ptr, np.int64))
     for name, dt in (("plane", np.uint8), ("strip", np.uint16), ("charge", np.float32)):
         g.create_dataset(name, data=np.asarray(getattr(mm, name), dt), compression=compression)
+
+
+def _write_led(g: Any, led: LedEvents, compression: str | None) -> None:
+    g.create_dataset("pulse", data=np.asarray(led.pulse, np.uint32))
+    g.create_dataset("event_type", data=np.asarray(led.event_type, np.uint8))
+    g.create_dataset("time_ns", data=np.asarray(led.time_ns, np.float64))
+    g.create_dataset("waveforms", data=led.waveforms, compression=compression)
+
+
+def _read_led(g: Any, waveforms: bool) -> LedEvents:
+    pulse = g["pulse"][()]
+    m = pulse.shape[0]
+    wf = g["waveforms"][()] if waveforms else np.empty((0, N_CHANNELS, N_SAMPLES), np.int16)
+    led = LedEvents(pulse, g["time_ns"][()], wf, g["event_type"][()])
+    if waveforms:
+        led.check()
+    elif led.time_ns.shape != (m,) or led.event_type.shape != (m,):
+        raise ValueError(f"/led arrays differ in length ({m} pulses)")
+    return led
 
 
 def _read_mm(g: Any, n: int) -> StripData:
@@ -328,6 +360,8 @@ def read_spill(path: str | os.PathLike, waveforms: bool = True) -> SpillData:
             )
             if "mm" in f:
                 data.mm = _read_mm(f["mm"], n)
+            if "led" in f:
+                data.led = _read_led(f["led"], waveforms)
     except SpillFileError:
         raise
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
@@ -339,6 +373,23 @@ def read_spill(path: str | os.PathLike, waveforms: bool = True) -> SpillData:
     if data.attrs.get("n_recorded") != n:
         raise SpillFileError(f"{p}: n_recorded = {data.attrs.get('n_recorded')} but {n} events are stored")
     return data
+
+
+def read_led(path: str | os.PathLike) -> LedEvents | None:
+    """Only the LED events of a spill file (None: the file has none); :class:`SpillFileError` as
+    :func:`read_spill`."""
+    p = pathlib.Path(path)
+    try:
+        with h5py.File(p, "r") as f:
+            if f.attrs.get("schema_version") != SCHEMA_VERSION:
+                raise SpillFileError(
+                    f"{p}: schema version {f.attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}"
+                )
+            return _read_led(f["led"], True) if "led" in f else None
+    except SpillFileError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        raise SpillFileError(f"{p}: unreadable LED events ({exc})") from None
 
 
 def list_spills(rdir: str | os.PathLike) -> list[pathlib.Path]:

@@ -46,6 +46,7 @@ from detector.spillfile import SpillFileError, json_default, list_spills, read_s
 
 from . import events as ev
 from . import selection as sel
+from .led_correction import corrected_event_table, led_summary
 
 #: columns kept for every event in the box and in the side bands
 BOX_COLUMNS = (
@@ -85,6 +86,7 @@ class SpillResult:
     flags: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    led: dict[str, Any] = field(default_factory=dict)  #: the LED correction of the spill (offline.led_correction)
 
 
 def _keep(t: ev.Table, mask: np.ndarray) -> ev.Table:
@@ -142,7 +144,7 @@ def process_spill(path: str | os.PathLike, cfg: Config, calib: Calibration, run_
     result.spill = int(data.attrs.get("spill", 0))
     result.eot = float(data.attrs.get("eot", 0) or 0)
     result.flags = data.flags
-    table = ev.event_table(data, calib, cfg)
+    table, result.led = corrected_event_table(data, calib, cfg)
     process_table(table, sel.Cuts.from_config(cfg), result)
     result.seconds = time.perf_counter() - t0
     return result
@@ -169,6 +171,7 @@ class MergedSelection:
     #: spills left out (events and EOT): their recorded events are not all their accepted events
     excluded_spills: list[dict[str, Any]] = field(default_factory=list)
     task_seconds: float = 0.0
+    led: list[dict[str, Any]] = field(default_factory=list)  #: per spill: the LED correction applied
 
     @property
     def n_obs(self) -> int:
@@ -199,6 +202,7 @@ class MergedSelection:
             "errors": self.errors,
             "flagged_spills": self.flagged_spills,
             "excluded_spills": self.excluded_spills,
+            "led_correction": led_summary(self.led),
         }
 
 
@@ -238,6 +242,7 @@ def merge(results: Iterable[SpillResult], cuts: sel.Cuts) -> MergedSelection:
             )
             continue
         m.n_spills += 1
+        m.led.append({"run_dir": r.run_dir, "spill": r.spill, **r.led})
         m.n_events += r.n_events
         m.eot += r.eot
         m.task_seconds += r.seconds

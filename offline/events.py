@@ -312,8 +312,10 @@ def event_table_from_arrays(
     return t
 
 
-def event_table(data: SpillData, calib: Calibration, cfg: Config) -> Table:
-    """Event table of one spill file read with :func:`detector.spillfile.read_spill`."""
+def event_table(data: SpillData, calib: Calibration, cfg: Config, reco: RecoResult | None = None) -> Table:
+    """Event table of one spill file read with :func:`detector.spillfile.read_spill` (its ``/events`` only:
+    the LED events are never in it); ``reco`` may pass its reconstruction (e.g. LED-corrected:
+    :mod:`offline.led_correction`)."""
     return event_table_from_arrays(
         data.waveforms,
         calib,
@@ -325,6 +327,7 @@ def event_table(data: SpillData, calib: Calibration, cfg: Config) -> Table:
         mm=data.mm,
         run=int(data.attrs.get("run", 0)),
         spill=int(data.attrs.get("spill", 0)),
+        reco=reco,
     )
 
 

@@ -35,6 +35,7 @@ from detector.settings import Config
 from detector.spillfile import json_default
 
 from . import dask_select as ds
+from .led_correction import led_summary
 
 TRIGGER_EDGE_MARGIN_GEV = 10.0
 BACKGROUND_BINS = 10
@@ -350,6 +351,7 @@ def make_report(
         },
         "errors": merged.errors,
         "excluded_spills": merged.excluded_spills,
+        "led_correction": {k: v for k, v in led_summary(merged.led).items() if k != "spills"},
     }
     p_json, p_txt = out / "summary.json", out / "summary.txt"
     files += [p_json, p_txt]
@@ -411,6 +413,15 @@ def summary_text(s: dict[str, Any]) -> str:
         lines += ["", "incomplete spills left out (events and EOT):"] + [
             f"  {x['run_dir']} spill {x['spill']}: {', '.join(x['flags'])}, EOT {x['eot']:.6g}"
             for x in s["excluded_spills"]
+        ]
+    led = s.get("led_correction") or {}
+    if led:
+        big = led.get("largest")
+        lines += [
+            "",
+            f"LED correction: {led.get('spills_corrected', 0)} spills corrected"
+            + "".join(f", {n} not ({why})" for why, n in (led.get("spills_not_corrected") or {}).items())
+            + (f"; largest {big['change_pct']:+.2f}% ({big['cell']}, spill {big['spill']})" if big else ""),
         ]
     if s["errors"]:
         lines += ["", "unreadable spill files:"] + [f"  {e}" for e in s["errors"]]

@@ -15,6 +15,7 @@ import math
 import re
 from typing import Any
 
+MAX_LED_PULSES = 1 << 16  #: most LED pulses a crate may declare for one spill (``SPIL:INFO?`` ``led``)
 MAX_SPILL_ID = 2**31 - 1  #: crate spill ids are 0..2^31-1 (-1 in SPIL:STAT? / SPIL:SEL?: none)
 MAX_LIST_IDS = 1024  #: SPIL:LIST? never lists more ids than this (the emulator's ring holds at most 1024)
 MAX_SCALER = 2**62  #: a hardware scaler above this is a corrupt value
@@ -80,10 +81,11 @@ def _integer(v: Any, what: str, lo: int, hi: int) -> int:
 def parse_info(reply: str, spill: int | None, max_records: int) -> dict[str, Any]:
     """``SPIL:INFO?`` -> the spill description, checked field by field (every key but ``spill`` may be
     missing; a key that is there must be valid): ``spill`` (== ``spill`` if given), ``particles``
-    (0..``max_records``), ``start_unix`` / ``complete_unix`` (unix s) and ``length_s`` (s),
-    finite and bounded; ``seed`` and ``accepted`` integers; ``table`` an object (``x_mm``, ``y_mm`` finite,
-    ``module`` an integer, ``cell`` a string); ``scalers`` an object of non-negative integers. Only these
-    keys are returned (a crate's extra keys are not carried into the run record)."""
+    (0..``max_records``), ``led`` (LED pulses after the flat top, 0..``MAX_LED_PULSES``), ``start_unix`` /
+    ``complete_unix`` (unix s) and ``length_s`` (s), finite and bounded; ``seed`` and ``accepted`` integers;
+    ``table`` an object (``x_mm``, ``y_mm`` finite, ``module`` an integer, ``cell`` a string); ``scalers`` an
+    object of non-negative integers. Only these keys are returned (a crate's extra keys are not carried into
+    the run record)."""
     try:
         info = json.loads(reply, parse_constant=_no_constant)
     except (json.JSONDecodeError, RecursionError) as exc:
@@ -106,6 +108,8 @@ def parse_info(reply: str, spill: int | None, max_records: int) -> dict[str, Any
         out["seed"] = _integer(info["seed"], "seed", 0, 2**64 - 1)
     if "accepted" in info:
         out["accepted"] = _integer(info["accepted"], "accepted", 0, max_records)
+    if "led" in info:
+        out["led"] = _integer(info["led"], "led", 0, MAX_LED_PULSES)
     table = info.get("table", {})
     if not isinstance(table, dict):
         raise ReplyError(f"SPIL:INFO? table: {str(table)[:60]!r} is not an object")

@@ -43,7 +43,7 @@ from .buffers import EventPool
 from .calibration_filter import CellFilter
 from .hv_readback import HVReader
 from .kernels import prepare_kernels
-from .monitor_messages import scalers_message
+from .monitor_messages import led_message, scalers_message
 from .monitor_worker import MonitorWorker
 from .msadc import MSADC, MSADCCrateError, MSADCError, MSADCLockedError, MSADCSpillLost
 from .publisher import Heartbeat, Publisher
@@ -55,7 +55,7 @@ from .spill_report import print_line, progress_line
 from .spill_state import TRANSITIONS, IllegalTransition, SpillStateMachine, State
 
 if TYPE_CHECKING:
-    pass
+    from detector.led import LedEvents
 
 __all__ = [
     "DAQ",
@@ -245,6 +245,7 @@ class DAQ:
             events=self.events,
             max_events=self.daq_cfg.max_events_per_spill,
             spill_filter=self.cell_filter.refuse if self.cell_filter is not None else None,
+            read_led=self.cfg.led.enabled,
         )
         # the primitive pool, faulted in now, sized for the expected intensity (it grows if needed); a
         # calibration DAQ reads only calibration-beam spills (the others are skipped unread)
@@ -719,7 +720,7 @@ class DAQ:
         self.spills_this_session += 1
         self.last_spill_unix = float(out.info.get("start_unix", 0.0)) + float(out.info.get("length_s", 0.0))
         self.sm.to(State.RECORDED, f"spill {spill}: {content.event_id.shape[0]} events recorded")
-        self._publish_scalers(spill, entry)
+        self._publish_scalers(spill, entry, content.led)
         self._progress(spill, entry, out.timing.get("total_s", 0.0))
         if self.monitor_worker is not None and content.event_id.shape[0]:
             self.monitor_worker.submit(spill, content, out.info, out.events_base)
@@ -777,11 +778,14 @@ class DAQ:
         self.stop("disk_full")
 
     # --------------------------------------------------------------------------- reporting
-    def _publish_scalers(self, spill: int, entry: dict[str, Any]) -> None:
+    def _publish_scalers(self, spill: int, entry: dict[str, Any], led: LedEvents | None = None) -> None:
         if self.publisher is not None:
             totals = self.recorder.totals if self.recorder else {}
             m = scalers_message(entry, int(entry.get("n_recorded", 0)), int(totals.get("eot", 0)))
             self.publisher.publish(m.topic, meta=m.meta, spill=spill)
+            if led is not None and led.n:  # small (out of spill), published with the scalers: never dropped
+                m = led_message(led, self.last_spill_unix)
+                self.publisher.publish(m.topic, m.arrays, m.meta, spill=spill)
 
     def _progress(self, spill: int, entry: dict[str, Any], seconds: float) -> None:
         totals = self.recorder.totals if self.recorder else {}

@@ -7,6 +7,7 @@ live stream showed for it:
 
 - :func:`scalers_message`: ``scalers`` from the spill's accounting (the run-record entry live, the spill
   file's attributes in replay: both carry the same keys);
+- :func:`led_message`: ``led`` from the spill's LED events;
 - :func:`event_messages`: ``calo``, ``ecal_hcal``, ``waveforms`` and (calibration mode) ``amplitudes`` from
   :func:`detector.reco.reconstruct` of the recorded waveforms, and ``tracker`` (:func:`tracker_message`) from
   :func:`detector.tracking.reconstruct_tracks` of the recorded Micromegas strips.
@@ -26,6 +27,7 @@ import numpy as np
 
 from detector import channels as ch
 from detector import monitoring as mon
+from detector.led import LedEvents, cell_means
 from detector.records import SCALER_NAMES, TRIGGER_BITS
 
 if TYPE_CHECKING:  # detector.tracking loads numba: imported where the tracks are reconstructed
@@ -119,6 +121,13 @@ def scalers_message(
         "scalers": sc,
     }
     return Outgoing("scalers", meta=meta)
+
+
+def led_message(led: LedEvents, unix: float) -> Outgoing:
+    """``led`` of one spill: the cell means of its LED events (:func:`detector.led.cell_means`); ``unix``
+    the end of its flat top (s)."""
+    mean, rms = cell_means(led.waveforms)
+    return Outgoing("led", {"amplitude": mean, "rms": rms}, {"pulses": led.n, "unix": float(unix)})
 
 
 def event_messages(

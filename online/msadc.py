@@ -652,6 +652,16 @@ class MSADC:
         cmd = f"EVT:DATA? {int(first)},{int(count)}"
         return self._transact(cmd, lambda: self._query_block_into(cmd, out))
 
+    def read_led(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Waveforms int16 (count, 121, 32) and times float64 (count,) (ns since the spill start) of the LED
+        pulses ``first..first+count-1`` fired after the selected spill (``LED:DATA?``, ``LED:TIME?``)."""
+        wf = np.empty((count, N_CHANNELS, N_SAMPLES), EVT_DTYPE)
+        times = np.empty(count, TIME_DTYPE)
+        data, when = f"LED:DATA? {int(first)},{int(count)}", f"LED:TIME? {int(first)},{int(count)}"
+        self._transact(data, lambda: self._query_block_into(data, wf))
+        self._transact(when, lambda: self._query_block_into(when, times))
+        return wf, times
+
     def read_truth(self, first: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
         """*emulator only*: simulation truth of accepted events (detector.records.TRUTH_DTYPE)."""
         if out is None:

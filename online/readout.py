@@ -8,7 +8,8 @@ The steps, in the order the data flows:
    the previous chunk, so transfer and trigger overlap;
 3. upload the accepted list and verify it with ``ACC:COUN?``;
 4. read ``EVT:DATA?`` in chunks straight into a recycled event buffer, each chunk followed by its Micromegas
-   strips (``MM:DATA?``, when the crate has the Micromegas module);
+   strips (``MM:DATA?``, when the crate has the Micromegas module); then the LED events the pulser fired
+   after the flat top (``LED:DATA?``, ``LED:TIME?``; ``SPIL:INFO?`` says how many), kept apart from them;
 5. check that the crate still has this spill selected with this accepted list (``SPIL:SEL?``,
    ``ACC:COUN?``): otherwise another client interfered and the events are discarded;
 6. read ``EVT:TRUT?`` when ``record_truth`` is asked for and the crate offers it.
@@ -37,6 +38,7 @@ import numpy as np
 
 from detector import channels as ch
 from detector import mmblock
+from detector.led import LedEvents
 from detector.records import TRUTH_DTYPE
 from detector.tracking import StripData
 
@@ -69,6 +71,7 @@ class SpillOutcome:
     n_read_out: int = 0
     truth: np.ndarray | None = None
     mm: StripData | None = None  #: Micromegas strips of the events read out (None: the crate has no MM module)
+    led: LedEvents | None = None  #: the LED events fired after the flat top (None: none read)
     events_base: np.ndarray | None = None  #: the pooled buffer ``events`` is a view of
     scalers: dict[str, int] = field(default_factory=dict)
     triggers: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -122,8 +125,10 @@ class CrateReadout:
         events: EventPool | None = None,
         max_events: int | None = None,
         spill_filter: Callable[[dict[str, Any]], str | None] | None = None,
+        read_led: bool = True,
     ) -> None:
         self.crate = crate
+        self.read_led = bool(read_led)
         self.menu = menu
         self.chunk_records = int(chunk_records)
         self.record_truth = bool(record_truth)
@@ -155,6 +160,8 @@ class CrateReadout:
             return out
         if not self._read_events(out):
             return out
+        if self.read_led and int(out.info.get("led", 0)) > 0:
+            self._read_led(out)
         if not self._verify_selection(out):
             return out
         if self.record_truth and out.accepted.size:
@@ -333,6 +340,19 @@ class CrateReadout:
         out.timing["mm_s"] = t_mm
         return True
 
+    def _read_led(self, out: SpillOutcome) -> None:
+        """The LED events fired after the spill's flat top (``SPIL:INFO?`` ``led`` of them): a failure costs
+        the LED events only (noted in ``errors``), never the physics events."""
+        t = time.perf_counter()
+        n = int(out.info["led"])
+        try:
+            wf, times = self.crate.read_led(0, n)
+            out.led = LedEvents(np.arange(n, dtype=np.uint32), times, wf)
+        except MSADCError as exc:
+            out.errors.append(f"LED events not recorded: {exc}")
+            log.warning("crate spill %d: LED events not recorded (%s)", out.crate_spill, exc)
+        out.timing["led_s"] = time.perf_counter() - t
+
     def _verify_selection(self, out: SpillOutcome) -> bool:
         """After the events: the crate still has this spill selected and holds this accepted list
         (``SPIL:SEL?``, ``ACC:COUN?``). If another client changed either during the readout, the events
@@ -349,6 +369,7 @@ class CrateReadout:
             out.n_read_out = 0
             out.events = out.events[:0]
             out.mm = None if out.mm is None else mmblock.empty()
+            out.led = None  # read under the same selection: not trusted either
             return False
         return True
 

@@ -96,6 +96,7 @@ def build_spill(
         "hv": hv or {},
         "table": table,
         "extra": extra,
+        "n_led": 0 if out.led is None else out.led.n,
     }
     content = SpillContent(
         run,
@@ -107,6 +108,7 @@ def build_spill(
         truth,
         attrs,
         mm,
+        out.led,
     )
     entry = {
         "crate_spill": int(out.crate_spill),
@@ -126,6 +128,7 @@ def build_spill(
         "incidents": incidents,
         "truth": truth is not None,
         "mm": mm is not None,
+        "n_led": attrs["n_led"],
         "note": note,
     }
     if out.max_events is not None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from detector.led import LedEvents
 from detector.records import PARTICLE_NAMES, TRUTH_APRIME, TRUTH_CALIBRATION, TRUTH_DIMUON, TRUTH_HADRONIC, TRUTH_PILEUP
 
 
@@ -21,7 +22,8 @@ class SpillRecord:
     TRUTH_DTYPE sorted by time), ``deposits`` what the response model made of it, ``primitives`` the
     digitised trigger waveforms (N, 6, 32) int16 and ``times`` their arrival times (N,) ns since the
     spill start. ``table`` and ``vmon`` are the HCAL table position and the HV VMON (V, by channel id)
-    at spill time; ``scalers`` the hardware counters; ``accepted`` the uploaded accepted list."""
+    at spill time; ``scalers`` the hardware counters; ``accepted`` the uploaded accepted list; ``led`` the
+    LED pulses fired in the gap after the flat top (None: no LED pulser)."""
 
     spill: Any
     deposits: Any
@@ -32,6 +34,11 @@ class SpillRecord:
     scalers: dict[str, int]
     complete_unix: float = field(default_factory=time.time)
     accepted: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint32))
+    led: LedEvents | None = None
+
+    @property
+    def n_led(self) -> int:
+        return 0 if self.led is None else self.led.n
 
     @property
     def spill_id(self) -> int:
@@ -59,6 +66,7 @@ class SpillRecord:
             },
             "scalers": {k: int(v) for k, v in self.scalers.items()},
             "accepted": int(self.accepted.size),
+            "led": self.n_led,
         }
 
 

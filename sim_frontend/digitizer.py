@@ -305,6 +305,43 @@ class Digitizer:
             )
         return out, times
 
+    # ---------------------------------------------------------------------------------- LED pulses
+    def led_events(
+        self, light: np.ndarray, times_ns: np.ndarray, hv_vmon: np.ndarray, t_unix: float, seed: int
+    ) -> np.ndarray:
+        """Full waveforms int16 (m, N_CHANNELS, 32) of LED pulses: ``light`` (m, N_CHANNELS) deposit-equivalent
+        GeV per pulse and channel (:class:`sim_frontend.led_pulser.LedPulser`), ``times_ns`` (m,) their times
+        (ms apart: no pile-up between them), the gains at unix time ``t_unix`` and HV ``hv_vmon``; noise
+        offsets hashed from ``seed`` and record numbers above any beam record's. The same kernel as
+        :meth:`events`."""
+        dep = np.ascontiguousarray(light, dtype=np.float32)
+        m = dep.shape[0]
+        if dep.shape != (m, N_CHANNELS) or np.shape(times_ns) != (m,):
+            raise ValueError(f"LED light must be (m, {N_CHANNELS}) with m times; got {dep.shape}, {np.shape(times_ns)}")
+        out = np.empty((m, N_CHANNELS, N_SAMPLES), dtype=np.int16)
+        if m == 0:
+            return out
+        rows = np.arange(m, dtype=np.int64)
+        _events_kernel(
+            rows + (1 << 40),  # record numbers for the noise hash: apart from the beam records'
+            rows,
+            rows,
+            np.ones(m, dtype=np.int64),
+            np.ascontiguousarray(times_ns, dtype=np.float64),
+            dep,
+            self.amplitude_scale(hv_vmon, float(t_unix)),
+            self.t0_ns,
+            self.ped_pattern,
+            np.float32(self.noise_rms),
+            self.noise_bank,
+            np.uint64(seed),
+            TEMPLATE_TABLE,
+            self._before,
+            self._after,
+            out,
+        )
+        return out
+
     # -------------------------------------------------------------------------------------- events
     def events(self, spill: BeamSpill, dep: Deposits, indices: np.ndarray, hv_vmon: np.ndarray) -> np.ndarray:
         """Full waveforms int16 (len(indices), N_CHANNELS, 32) of the records ``indices`` (any order),

@@ -516,6 +516,9 @@ class MSADCCrate:
         add("EVT|EVENT:DATA?", self._evt_data, data=True)
         add("EVT|EVENT:TRUTh?", self._evt_truth, data=True)
         add("EVT|EVENT:INDex:DATA?", self._evt_index_data, data=True)
+        add("LED:COUNt?", lambda a: str(self._spill_arg(a, 0, "LED:COUN?")[0].n_led))
+        add("LED:DATA?", self._led_data, data=True)
+        add("LED:TIME?", self._led_time, data=True)
         return t
 
     @staticmethod
@@ -722,6 +725,25 @@ class MSADCCrate:
         return BinaryReply(
             np.ascontiguousarray(self.digitizer.events(rec.spill, rec.deposits, idx, rec.vmon), dtype="<i2")
         )
+
+    def _led_block(self, args: list[str], name: str) -> tuple[Any, int, int]:
+        rec, args = self._spill_arg(args, 2, name)
+        first, count = self._range(args, rec.n_led, name, MAX_EVENTS_PER_QUERY)
+        return rec.led, first, count
+
+    def _led_data(self, args: list[str]) -> BinaryReply:
+        """``LED:DATA? [<first>,<count>[,<spill>]]``: waveforms (count, 121, 32) int16 of the LED pulses fired
+        in the gap after the spill (docs/protocols.md 1.5)."""
+        led, first, count = self._led_block(args, "LED:DATA?")
+        if led is None:
+            return BinaryReply(np.empty((0, chmap.N_CHANNELS, chmap.N_SAMPLES), dtype="<i2"))
+        return BinaryReply(np.ascontiguousarray(led.waveforms[first : first + count], dtype="<i2"))
+
+    def _led_time(self, args: list[str]) -> BinaryReply:
+        """``LED:TIME? [<first>,<count>[,<spill>]]``: the LED pulses' times (float64 ns since the spill start)."""
+        led, first, count = self._led_block(args, "LED:TIME?")
+        times = np.empty(0) if led is None else led.time_ns[first : first + count]
+        return BinaryReply(np.ascontiguousarray(times, dtype="<f8"))
 
     def _evt_truth(self, args: list[str]) -> BinaryReply:
         rec = self._selected_record()

@@ -58,6 +58,7 @@ from .emu_mm import MMReadout
 from .emu_msadc import SCALER_THRESHOLD_MIP, MSADCCrate, SpillRecord, truth_summary
 from .emu_table import HCALTable
 from .faults import MSADCFaults
+from .led_pulser import LedPulser
 from .msadc_server import MSADCServer
 from .serial_server import FaultState, LineServers, serve_line_handlers
 
@@ -218,6 +219,9 @@ class Emulator:
         from .digitizer import Digitizer
 
         self.digitizer = Digitizer(cfg, self.calibration, hidden_seed=cfg.emulator.hidden_seed)
+        self.led = (
+            LedPulser(cfg.led, self.calibration.gev_per_count, self.digitizer.hidden_seed) if cfg.led.enabled else None
+        )
         self.hv = HVMainframe(cfg, self.calibration)
         self.table = HCALTable(cfg, on_move=self._table_moved)
         self._calibration_beam_wanted: Any = None  #: shared with the feed child (set in _start_child)
@@ -268,6 +272,8 @@ class Emulator:
         ep = self.cfg.endpoints
         self._started_unix = time.time()
         self.digitizer.drift.start(self._started_unix)  # the hidden ECAL gains drift from now on
+        if self.led is not None:
+            self.led.start(self._started_unix)
         self.warm_up()
         self.msadc_server.start()
         self.serial = serve_line_handlers(
@@ -500,6 +506,7 @@ class Emulator:
                 self.crate.spill_abandoned(int(job.spill.spill))
                 continue
             record.complete_unix = time.time()
+            self.fire_led(record)
             self.crate.spill_completed(record)
             self.stats["spills_completed"] += 1
             with self._lock:
@@ -526,6 +533,23 @@ class Emulator:
             vmon=np.asarray(vmon, dtype=np.float64).copy(),
             scalers=scalers,
         )
+
+    def fire_led(self, record: SpillRecord) -> None:
+        """The LED pulses of the gap after the flat top of ``record`` (none without the pulser), with the
+        gains at the end of the flat top (``record.complete_unix``): a gain jump injected between two spills
+        shows in the LED pulses after the next one, as in its beam events."""
+        if self.led is None:
+            return
+        t = float(record.complete_unix)
+
+        def digitise(light: np.ndarray, times: np.ndarray) -> np.ndarray:
+            seed = int(getattr(record.spill, "seed", 0)) ^ 0x1ED1ED
+            return self.digitizer.led_events(light, times, record.vmon, t, seed & 0xFFFFFFFFFFFFFFFF)
+
+        try:
+            record.led = self.led.fire(record.spill_id, float(record.spill.length_s), t, digitise)
+        except Exception:  # the LED must never stop the spills from completing
+            log.exception("LED pulses of spill %s failed", record.spill_id)
 
     def scalers(self, spill: Any, dep: Any) -> dict[str, int]:
         """Hardware scalers S0..S3, V0, V1 of a spill: particles depositing above 0.5 MIP."""

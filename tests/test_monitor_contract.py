@@ -28,7 +28,7 @@ def test_protocols_doc_table_is_generated_from_the_contract():
 def test_every_topic_is_accumulating_or_latest_wins():
     assert set(mon.TOPICS) == mon.ACCUMULATING | mon.LATEST_WINS
     assert not mon.ACCUMULATING & mon.LATEST_WINS
-    assert {"scalers", "calo", "ecal_hcal", "tracker", "log"} == mon.ACCUMULATING
+    assert {"scalers", "calo", "ecal_hcal", "tracker", "log", "led"} == mon.ACCUMULATING
 
 
 def _msg(topic, arrays=None, meta=None):

@@ -21,7 +21,7 @@ from detector.config import load_config
 from detector.spillfile import list_spills, read_spill
 from online.monitor.replay import ReplayBuilder
 
-SPILL_TOPICS = ("scalers", "calo", "ecal_hcal", "waveforms", "amplitudes", "tracker")
+SPILL_TOPICS = ("scalers", "led", "calo", "ecal_hcal", "waveforms", "amplitudes", "tracker")
 
 
 @pytest.mark.slow

@@ -46,6 +46,7 @@ from detector.monitoring import ACCUMULATING, LATEST_WINS, TOPIC_NAMES, ContentE
 from detector.settings import Config
 
 from .history import History
+from .led import LedMonitor
 from .sensitivity import SENSITIVITY_MASSES_MEV, Sensitivity  # noqa: F401 - SENSITIVITY_MASSES_MEV: the views' default
 from .tracker import MomentumWatch
 
@@ -60,8 +61,16 @@ EXTRA_SECTIONS = ("rates", "sens", "alarms")
 #: alarm levels
 NONE, OK, WARN, ALARM = -1, 0, 1, 2
 LEVEL_NAMES = {NONE: "n/a", OK: "OK", WARN: "WARNING", ALARM: "ALARM"}
-ALARM_KEYS = ("daq", "beam", "momentum", "hv", "missed", "data")
-ALARM_TITLES = {"daq": "DAQ", "beam": "BEAM", "momentum": "MOMENTUM", "hv": "HV", "missed": "MISSED", "data": "DATA"}
+ALARM_KEYS = ("daq", "beam", "momentum", "hv", "missed", "data", "led")
+ALARM_TITLES = {
+    "daq": "DAQ",
+    "beam": "BEAM",
+    "momentum": "MOMENTUM",
+    "hv": "HV",
+    "missed": "MISSED",
+    "data": "DATA",
+    "led": "LED",
+}
 
 #: per-channel HV condition codes, worst last
 HV_OK, HV_OFF, HV_RAMPING, HV_DEVIATION, HV_FAULTED, HV_TRIPPED = range(6)
@@ -88,6 +97,8 @@ class MonitorSettings:
     momentum_alarm_pct: float = 2.0  #: percent; see online.monitor.tracker
     beam_energy_gev: float = 0.0  #: GeV, the momentum alarm's reference (0: the DAQ's, from the messages)
     momentum_reference_spills: int = 0
+    led_alarm_pct: float = 2.0  #: per cent from the LED reference (``monitor.led_alarm_pct``)
+    led_reference_spills: int = 3  #: spills that make the LED reference (``led.reference_spills``)
 
     @classmethod
     def from_config(cls, cfg: Config) -> MonitorSettings:
@@ -109,6 +120,8 @@ class MonitorSettings:
             momentum_alarm_pct=float(m.momentum_alarm_pct),
             beam_energy_gev=float(cfg.beam.energy_gev),
             momentum_reference_spills=int(m.momentum_reference_spills),
+            led_alarm_pct=float(m.led_alarm_pct),
+            led_reference_spills=int(cfg.led.reference_spills),
         )
 
 
@@ -272,6 +285,7 @@ class MonitorModel:
         s = self.s
         self.momentum = MomentumWatch(s.momentum_alarm_pct, s.beam_energy_gev, s.momentum_reference_spills)
         self.sums = {}
+        self.led = LedMonitor(self.s.led_alarm_pct, self.s.led_reference_spills, self.s.history_spills)
         for k in ("rates", "calo", "ecal_hcal", "sens", *(t for t in ACCUMULATING if t != "log")):
             self.version[k] += 1
 
@@ -525,6 +539,12 @@ class MonitorModel:
         self.amplitude_meta = dict(msg.meta)
         self.version["amplitudes"] += 1
 
+    def _on_led(self, msg: Message, now: float) -> None:
+        mon.check(msg)
+        self._check_run(msg.run, now)
+        self.led.add(-1 if msg.spill is None else int(msg.spill), _meta_num(msg.meta, "unix"), msg.arrays["amplitude"])
+        self.version["led"] += 1
+
     def _on_hv(self, msg: Message, now: float) -> None:
         ids = _array(msg, "channel_ids", ndim=1)
         n = ids.shape[0]
@@ -582,6 +602,7 @@ class MonitorModel:
             "hv": self._alarm_hv(),
             "missed": self._alarm_missed(now),
             "data": self._alarm_data(now),
+            "led": self._alarm_led(),
         }
         changed = False
         for key, (level, text) in new.items():
@@ -679,6 +700,10 @@ class MonitorModel:
             last = self.link.last_malformed or self.last_content_error
             return WARN, f"{tot} malformed: {last}"[:160]
         return OK, f"{tot} malformed" if tot else "all messages well-formed"
+
+    def _alarm_led(self) -> tuple[int, str]:
+        bad, text = self.led.alarm()
+        return (NONE if bad is None else ALARM if bad else OK), text
 
     @property
     def worst_level(self) -> int:

@@ -6,6 +6,7 @@ one code path.
 Per spill (:class:`ReplayBuilder`):
 
 - ``scalers`` from the spill attributes (:func:`online.monitor_messages.scalers_message`);
+- ``led`` from the spill's LED events (:func:`online.monitor_messages.led_message`);
 - ``calo``, ``ecal_hcal``, ``waveforms``, ``amplitudes`` from :func:`online.monitor_messages.event_messages`
   with the calibration of :func:`detector.config.load_calibration`; ``amplitudes`` when the run was
   taken in calibration mode (spill attribute ``extra.calibration_mode``; a spill file without it gets
@@ -35,7 +36,7 @@ from detector.runrecord import read_run_record
 from detector.settings import Config
 from detector.spillfile import SpillData, SpillFileError, list_spills, read_spill
 
-from ..monitor_messages import event_messages, scalers_message
+from ..monitor_messages import event_messages, led_message, scalers_message
 
 log = logging.getLogger("online.monitor.replay")
 
@@ -122,6 +123,10 @@ class ReplayBuilder:
         self.eot_total += sc.meta["eot"]
         sc.meta["eot_total"] = self.eot_total
         out = [self.message(sc.topic, meta=sc.meta, spill=spill, now=now)]
+        if sd.led is not None and sd.led.n:  # as live: right after the scalers
+            end = float(sd.attrs.get("start_unix", 0.0)) + float(sd.attrs.get("length_s", 0.0))
+            m = led_message(sd.led, end)
+            out.append(self.message(m.topic, m.arrays, m.meta, spill=spill, now=now))
         extra = sd.attrs.get("extra")
         calib = extra.get("calibration_mode", True) if isinstance(extra, dict) else True
         if sd.n_events:

@@ -106,6 +106,7 @@ class SyntheticDAQ:
         self.skip_seq = 0  #: skip this many sequence numbers of the next message's topic
         self.momentum_factor = 1.0  #: beam momentum / beam energy (the momentum alarm)
         self._spec: Any = None
+        self.led_gain: dict[int, float] = {}  #: calorimeter cell -> factor on its LED amplitude (a gain jump)
         self.gev_per_count = _default_gev_per_count()
         self.hv_ids = np.array([c.id for c in ch.CHANNELS if c.hv_board is not None], dtype=np.int64)
         self.hv_vset = _default_hv_set()[self.hv_ids].astype(np.float32)
@@ -348,6 +349,14 @@ class SyntheticDAQ:
         m = tracker_histograms(t, planes, spec)
         return self.message(m.topic, m.arrays, m.meta, now=now)
 
+    def led(self, now: float) -> Message:
+        """LED cell means: 1500 ADC counts x a fixed per-cell gain, 0.3% spill-to-spill noise, x ``led_gain``."""
+        gain = np.random.default_rng(7).uniform(0.8, 1.2, ch.N_CALO)
+        a = 1500.0 * gain * self.rng.normal(1.0, 0.003, ch.N_CALO)
+        for cid, f in self.led_gain.items():
+            a[cid] *= f
+        return self.message("led", {"amplitude": a, "rms": 0.023 * a}, meta={"pulses": 50, "unix": now}, now=now)
+
     def generic(self, spec: mon.TopicSpec, now: float) -> Message:
         """A message of a topic without its own generator: random values of each declared array (a
         named dimension is 8), each meta key 0."""
@@ -367,9 +376,10 @@ class SyntheticDAQ:
             out += [self.status(s.value, now) for s in (DAQState.SPILL, DAQState.END_OF_SPILL, DAQState.READOUT)]
         out.append(self.scalers(now))
         self.last_spill_unix = now
-        own = {"status", "scalers", "log", "calo", "ecal_hcal", "waveforms", "amplitudes", "hv", "tracker"}
+        own = {"status", "scalers", "log", "calo", "ecal_hcal", "waveforms", "amplitudes", "hv", "tracker", "led"}
         out += [self.calo(now), self.ecal_hcal(now), self.waveforms(now), self.amplitudes(now), self.hv(now)]
         out.append(self.tracker(now))
+        out.append(self.led(now))
         out += [self.generic(t, now) for t in mon.TOPICS.values() if t.name not in own]
         out.append(self.status(DAQState.RECORDED.value, now))
         if self.spill % 10 == 0:

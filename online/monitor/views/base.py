@@ -317,3 +317,52 @@ class TopicView(QtWidgets.QWidget):
 
     def draw(self, m: M.MonitorModel) -> None:
         raise NotImplementedError
+
+
+class ChannelPlot(QtWidgets.QWidget):
+    """Base of a view of one channel at a time: a bar with the channel combo box (``names``, the channel id
+    is the index) and an elastic info label, over one plot (``xlabel``, ``ylabel``); choosing a channel (in
+    the box, or :meth:`set_channel` from a map click) sets ``channel`` and forces a redraw."""
+
+    def __init__(
+        self,
+        channel: str,
+        names: list[str],
+        what: str,
+        xlabel: str,
+        ylabel: str,
+        parent: QtWidgets.QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(2, 2, 2, 2)
+        bar = QtWidgets.QHBoxLayout()
+        self.combo = QtWidgets.QComboBox()
+        self.combo.addItems(names)
+        self.combo.setFont(_font(11, True))
+        self.combo.setMaxVisibleItems(25)
+        self.info = _elastic(QtWidgets.QLabel(f"no {what} yet"))
+        self.info.setFont(_font(10))
+        bar.addWidget(QtWidgets.QLabel("Channel:"))
+        bar.addWidget(self.combo)
+        bar.addWidget(self.info, 1)
+        lay.addLayout(bar)
+        self.plot = pg.PlotWidget()
+        self.plot.setLabel("bottom", xlabel)
+        self.plot.setLabel("left", ylabel)
+        self.plot.showGrid(x=True, y=True, alpha=0.25)
+        lay.addWidget(self.plot, 1)
+        self.channel = names.index(channel)
+        self.combo.setCurrentIndex(self.channel)
+        self.combo.currentIndexChanged.connect(self._combo_changed)
+        self._version: Any = None
+
+    def _combo_changed(self, index: int) -> None:
+        self.channel = int(index)
+        self._version = None
+
+    def set_channel(self, cid: int) -> None:
+        if 0 <= cid < self.combo.count() and cid != self.combo.currentIndex():
+            self.combo.setCurrentIndex(int(cid))  # emits -> _combo_changed
+        self.channel = int(cid)
+        self._version = None

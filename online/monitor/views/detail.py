@@ -12,12 +12,24 @@ from PyQt5 import QtCore, QtGui, QtWidgets
 from detector import channels as ch
 
 from .. import model as M
-from .base import HV_COLOURS, LEVEL_COLOURS, StableRange, Tile, _elastic, _font, fmt_count, fmt_eps, nice_ceil, register
+from .base import (
+    HV_COLOURS,
+    LEVEL_COLOURS,
+    ChannelPlot,
+    StableRange,
+    Tile,
+    _elastic,
+    _font,
+    fmt_count,
+    fmt_eps,
+    nice_ceil,
+    register,
+)
 
 
 # ------------------------------------------------------------------------------------------------
 @register("waveforms", "Waveforms", "bottom", 70)
-class WaveformView(QtWidgets.QWidget):
+class WaveformView(ChannelPlot):
     """The latest sample waveforms of one channel (``waveforms`` topic); the channel is chosen in the
     combo box or by clicking a map cell."""
 
@@ -42,43 +54,12 @@ class WaveformView(QtWidgets.QWidget):
     )
 
     def __init__(self, channel: str = "ECAL1-2-2", parent: QtWidgets.QWidget | None = None) -> None:
-        super().__init__(parent)
-        lay = QtWidgets.QVBoxLayout(self)
-        lay.setContentsMargins(2, 2, 2, 2)
-        bar = QtWidgets.QHBoxLayout()
-        self.combo = QtWidgets.QComboBox()
-        self.combo.addItems([c.name for c in ch.CHANNELS])
-        self.combo.setFont(_font(11, True))
-        self.combo.setMaxVisibleItems(25)
-        self.info = _elastic(QtWidgets.QLabel("no waveforms yet"))
-        self.info.setFont(_font(10))
-        bar.addWidget(QtWidgets.QLabel("Channel:"))
-        bar.addWidget(self.combo)
-        bar.addWidget(self.info, 1)
-        lay.addLayout(bar)
-        self.plot = pg.PlotWidget()
-        self.plot.setLabel("bottom", "time in readout window (ns)")
-        self.plot.setLabel("left", "ADC counts")
-        self.plot.showGrid(x=True, y=True, alpha=0.25)
-        lay.addWidget(self.plot, 1)
+        names = [c.name for c in ch.CHANNELS]
+        super().__init__(channel, names, "waveforms", "time in readout window (ns)", "ADC counts", parent)
         self.t_ns = np.arange(ch.N_SAMPLES) * ch.SAMPLE_NS
         self.plot.setXRange(0.0, ch.N_SAMPLES * ch.SAMPLE_NS, padding=0.01)
         self.range = StableRange(self.plot.getPlotItem())
         self.curves = [self.plot.plot([], [], pen=pg.mkPen(self.PALETTE[i], width=1.5)) for i in range(self.MAX_CURVES)]
-        self.channel = ch.by_name(channel).id
-        self.combo.setCurrentIndex(self.channel)
-        self.combo.currentIndexChanged.connect(self._combo_changed)
-        self._version: tuple[int, int] | None = None
-
-    def _combo_changed(self, index: int) -> None:
-        self.channel = int(index)
-        self._version = None
-
-    def set_channel(self, cid: int) -> None:
-        if cid != self.combo.currentIndex():
-            self.combo.setCurrentIndex(int(cid))  # emits -> _combo_changed
-        self.channel = int(cid)
-        self._version = None
 
     def shown(self) -> list[np.ndarray]:
         """y data of the visible curves (for tests)."""
