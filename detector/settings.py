@@ -485,7 +485,11 @@ class OfflineSection(Section):
     cell_pileup_min_gev: float = key(1.0, 0.0, 100.0, unit="GeV")
     pileup_window_ns: float = key(2.0, 0.1, 100.0, unit="ns")
     srd_min_gev: float = key(
-        0.025, 0.0, 1.0, unit="GeV", doc="SR per SRD section: half of a 100 GeV e-'s, so soft upstream e- fail the tag"
+        0.015,
+        0.0,
+        1.0,
+        unit="GeV",
+        doc="SR per SRD section; the paper's working point: 95% of the beam electrons tagged (docs/physics.md 1.10)",
     )
     v2_max_mip: float = key(0.5, 0.0, 100.0)
     shape_chi2_ndf_max: float = key(4.0, 0.1, 1000.0, doc="ECAL lateral profile vs e-m expectation, chi2/ndf")

@@ -86,7 +86,7 @@ class Cuts:
     """Cut values. :meth:`from_config` reads them from a validated configuration."""
 
     ps_min_gev: float = 0.3
-    srd_min_gev: float = 0.025
+    srd_min_gev: float = 0.015
     srd_window_ns: float = 10.0
     shape_chi2_ndf_max: float = SHAPE_CHI2_NDF_MAX
     centre_max_mm: float = CENTRE_MAX_MM
