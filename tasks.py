@@ -84,48 +84,58 @@ def ensure_venv() -> None:
 
 #: compiles (or loads from numba's on-disk cache) the kernels of the DAQ (trigger, reconstruction) and of the
 #: emulator's spill chain, so that neither the tests nor the demo wait for a cold compile: two groups, each in
-#: its own process (they compile in parallel on two cores), each printing one progress line
+#: its own process (they compile in parallel on two cores); every step prints one line "what ... seconds"
 WARM_KERNELS = {
-    "the DAQ's trigger and reconstruction": """
+    "daq": """
 from detector.config import load_config
 from online.daq import prepare_kernels
 from trigger.menu import TriggerMenu
 steps = {}
 prepare_kernels(TriggerMenu.from_config(load_config(None)), timings=steps)
-print(", ".join(f"{k} {v:.1f} s" for k, v in steps.items()), flush=True)
+print("the DAQ's trigger and reconstruction ...", ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()), flush=True)
 """,
-    "the emulator's spill chain": """
+    "emulator": """
 from detector.config import load_config
 from sim_frontend.emulator import Emulator
-print(f"{Emulator(load_config(None), pty=False).warm_up():.1f} s", flush=True)
+print(f"the emulator's spill chain ... {Emulator(load_config(None), pty=False).warm_up():.1f} s", flush=True)
 """,
 }
+#: for the tests, after the DAQ's kernels in the same process: the trigger's other entries (amplitude entry,
+#: parallel passes) that the trigger tests call on every core count, compiled once here rather than by the
+#: first trigger test of each pytest worker at the same time
+WARM_TEST_KERNELS = """
+import trigger.kernels as K
+print(f"the trigger's amplitude entry and parallel passes ... {K.warm_up():.1f} s", flush=True)
+"""
 
 
 class KernelWarmUp:
-    """The kernel groups of :data:`WARM_KERNELS` compiling (or loading) in parallel child processes; the
-    caller may do other work (the static checks) until :meth:`wait`."""
+    """The kernel groups of :data:`WARM_KERNELS` (with ``tests``, :data:`WARM_TEST_KERNELS` too) compiling or
+    loading in parallel child processes; the caller may do other work (the static checks) until :meth:`wait`."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], tests: bool = False) -> None:
         say("preparing the numba kernels (loaded from the cache, or compiled once: a minute or two on 2 cores)")
         self.t0 = time.perf_counter()
+        codes = dict(WARM_KERNELS)
+        if tests:
+            codes["daq"] += WARM_TEST_KERNELS
         self.procs = {
             name: subprocess.Popen(
-                [str(PY), "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                [str(PY), "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
-            for name, code in WARM_KERNELS.items()
+            for name, code in codes.items()
         }
 
     def wait(self) -> bool:
-        """Wait for every group, print its line (its whole output if it failed); True if all succeeded."""
+        """Wait for every group and print its lines (its error output too if it failed); True if all succeeded."""
         ok = True
         for name, proc in self.procs.items():
-            out, _ = proc.communicate()
-            if proc.returncode == 0:
-                say(f"kernels: {name} ... {out.strip().splitlines()[-1] if out.strip() else 'done'}")
-            else:
+            out, err = proc.communicate()
+            for line in out.splitlines():
+                say(f"kernels: {line}")
+            if proc.returncode != 0:
                 ok = False
-                say(f"kernels: {name} failed (exit status {proc.returncode}):\n{out}")
+                say(f"kernels: the {name} group failed (exit status {proc.returncode}):\n{err}")
         if ok:
             say(f"kernels ready in {time.perf_counter() - self.t0:.1f} s")
         return ok
@@ -154,7 +164,7 @@ def main(args: list[str]) -> int:
     env = dict(os.environ, PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
     if task == "bench":
         return run([str(PY), str(ROOT / "bench" / "run_all"), *rest], env)
-    kernels = KernelWarmUp(env)
+    kernels = KernelWarmUp(env, tests=task == "test")
     if task == "test" and not rest:  # the whole suite: lint, format and types first (while the kernels compile)
         for name, argv in STATIC_CHECKS:
             say(name)
