@@ -20,20 +20,22 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 #: keeps its place after them.
 LONGEST_FIRST = (
     "test_fault_matrix.py",
-    "test_calibration_any_intensity.py",
-    "test_trigger.py",
     "test_trigger_hypothesis.py",
-    "test_ecal_calib_live.py",
     "test_daq_faults.py",
+    "test_ecal_calib_live.py",
+    "test_calibration_any_intensity.py",
     "test_hv_tune_live.py",
-    "test_daq_disk.py",
-    "test_trigger_lines.py",
+    "test_trigger.py",
     "test_daq_integration.py",
-    "test_ecal_solve.py",
-    "test_daq_records.py",
-    "test_spectrometer.py",
     "test_limits.py",
+    "test_daq_records.py",
     "test_ecal_calib_campaign.py",
+    "test_daq_disk.py",
+    "test_offline_on_recorded_run.py",
+    "test_spectrometer.py",
+    "test_emulator_process.py",
+    "test_ecal_solve.py",
+    "test_trigger_lines.py",
 )
 
 
