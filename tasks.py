@@ -21,6 +21,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 import venv
 
 ROOT = pathlib.Path(__file__).resolve().parent
@@ -82,29 +83,69 @@ def ensure_venv() -> None:
 
 
 #: compiles (or loads from numba's on-disk cache) the kernels of the DAQ (trigger, reconstruction) and of the
-#: emulator's spill chain, so that neither the tests nor the demo wait for a cold compile; one progress line
-#: per group
-WARM_KERNELS = """
-import time
-t = time.perf_counter()
+#: emulator's spill chain, so that neither the tests nor the demo wait for a cold compile: two groups, each in
+#: its own process (they compile in parallel on two cores); every step prints one line "what ... seconds"
+WARM_KERNELS = {
+    "daq": """
 from detector.config import load_config
 from online.daq import prepare_kernels
-from sim_frontend.emulator import Emulator
 from trigger.menu import TriggerMenu
-cfg = load_config(None)
 steps = {}
-print("[tasks] kernels: the DAQ's trigger and reconstruction ...", end=" ", flush=True)
-prepare_kernels(TriggerMenu.from_config(cfg), timings=steps)
-print(", ".join(f"{k} {v:.1f} s" for k, v in steps.items()), flush=True)
-print("[tasks] kernels: the emulator's spill chain ...", end=" ", flush=True)
-print(f"{Emulator(cfg, pty=False).warm_up():.1f} s", flush=True)
-print(f"[tasks] kernels ready in {time.perf_counter() - t:.1f} s", flush=True)
+prepare_kernels(TriggerMenu.from_config(load_config(None)), timings=steps)
+print("the DAQ's trigger and reconstruction ...", ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()), flush=True)
+""",
+    "emulator": """
+from detector.config import load_config
+from sim_frontend.emulator import Emulator
+print(f"the emulator's spill chain ... {Emulator(load_config(None), pty=False).warm_up():.1f} s", flush=True)
+""",
+}
+#: for the tests, after the DAQ's kernels in the same process: the trigger's other entries (amplitude entry,
+#: parallel passes) that the trigger tests call on every core count, compiled once here rather than by the
+#: first trigger test of each pytest worker at the same time
+WARM_TEST_KERNELS = """
+import trigger.kernels as K
+print(f"the trigger's amplitude entry and parallel passes ... {K.warm_up():.1f} s", flush=True)
 """
 
 
-def ensure_kernels(env: dict[str, str]) -> None:
-    say("preparing the numba kernels (loaded from the cache, or compiled once: about half a minute on 2 cores)")
-    subprocess.run([str(PY), "-c", WARM_KERNELS], cwd=ROOT, env=env, check=True)
+class KernelWarmUp:
+    """The kernel groups of :data:`WARM_KERNELS` (with ``tests``, :data:`WARM_TEST_KERNELS` too) compiling or
+    loading in parallel child processes; the caller may do other work (the static checks) until :meth:`wait`."""
+
+    def __init__(self, env: dict[str, str], tests: bool = False) -> None:
+        say("preparing the numba kernels (loaded from the cache, or compiled once: a minute or two on 2 cores)")
+        self.t0 = time.perf_counter()
+        codes = dict(WARM_KERNELS)
+        if tests:
+            codes["daq"] += WARM_TEST_KERNELS
+        self.procs = {
+            name: subprocess.Popen(
+                [str(PY), "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for name, code in codes.items()
+        }
+
+    def wait(self) -> bool:
+        """Wait for every group and print its lines (its error output too if it failed); True if all succeeded."""
+        ok = True
+        for name, proc in self.procs.items():
+            out, err = proc.communicate()
+            for line in out.splitlines():
+                say(f"kernels: {line}")
+            if proc.returncode != 0:
+                ok = False
+                say(f"kernels: the {name} group failed (exit status {proc.returncode}):\n{err}")
+        if ok:
+            say(f"kernels ready in {time.perf_counter() - self.t0:.1f} s")
+        return ok
+
+    def stop(self) -> None:
+        """Stop the groups still running (the task failed before it needed them)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+            proc.communicate()
 
 
 def run(argv: list[str], env: dict[str, str] | None = None) -> int:
@@ -121,21 +162,23 @@ def main(args: list[str]) -> int:
         return 2
     ensure_venv()
     env = dict(os.environ, PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
-    if task in ("setup", "demo", "test"):
-        ensure_kernels(env)
-    if task == "setup":
-        return 0
-    if task == "demo":
-        return run([str(PY), "-m", "demo.beamtime", *rest], env)
     if task == "bench":
         return run([str(PY), str(ROOT / "bench" / "run_all"), *rest], env)
-    env["QT_QPA_PLATFORM"] = "offscreen"
-    if not rest:  # the whole suite: lint, format and types first (a selection of tests skips them)
+    kernels = KernelWarmUp(env, tests=task == "test")
+    if task == "test" and not rest:  # the whole suite: lint, format and types first (while the kernels compile)
         for name, argv in STATIC_CHECKS:
             say(name)
             if run([str(PY), "-m", *argv], env) != 0:
                 say(f"{name} failed")
+                kernels.stop()
                 return 1
+    if not kernels.wait():
+        return 1
+    if task == "setup":
+        return 0
+    if task == "demo":
+        return run([str(PY), "-m", "demo.beamtime", *rest], env)
+    env["QT_QPA_PLATFORM"] = "offscreen"
     # two workers, one test file each at a time (module fixtures stay in one process)
     code = run([str(PY), "-m", "pytest", "-m", "not soak", "-n", "2", "--dist", "loadfile", *rest], env)
     return 1 if code == 5 else code  # "no tests ran" is a failure too

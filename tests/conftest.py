@@ -6,8 +6,50 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("PYQTGRAPH_QT_LIB", "PyQt5")
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=60)
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=25)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+#: the test files that take longest (emulator campaigns, the fault matrix, trigger kernels on many spills),
+#: longest first. Under ``-n 2 --dist loadfile`` (tasks.py) they are handed out first, so that the two
+#: workers finish together instead of one worker running the last long campaign alone; a file not listed
+#: keeps its place after them.
+LONGEST_FIRST = (
+    "test_fault_matrix.py",
+    "test_trigger_hypothesis.py",
+    "test_daq_faults.py",
+    "test_ecal_calib_live.py",
+    "test_calibration_any_intensity.py",
+    "test_hv_tune_live.py",
+    "test_trigger.py",
+    "test_daq_integration.py",
+    "test_limits.py",
+    "test_daq_records.py",
+    "test_ecal_calib_campaign.py",
+    "test_daq_disk.py",
+    "test_offline_on_recorded_run.py",
+    "test_spectrometer.py",
+    "test_emulator_process.py",
+    "test_ecal_solve.py",
+    "test_trigger_lines.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # xdist's loadfile schedule orders the files by their number of tests (most first) unless told not to:
+    # the long one-test campaigns would come last; keep the collection order (sorted below) instead
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, the files of :data:`LONGEST_FIRST` first, in its order (a stable sort: the tests of a
+    file stay together and in their order); a run without workers keeps pytest's order."""
+    if not hasattr(config, "workerinput"):
+        return
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

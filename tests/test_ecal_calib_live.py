@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 import pytest
-from ecalcalib_live import run_ecal_calib
+from ecalcalib_live import ECAL_TEST_BENCH, run_ecal_calib
 
 from detector import channels as chmap
 from detector.config import load_calibration, load_config
@@ -48,7 +48,7 @@ def simulated_resolution(cfg, particles_per_cell: int = 3000) -> float:
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_ecal_calib_equalises_every_cell_to_the_beam_energy(tmp_path):
-    r = run_ecal_calib(tmp_path)
+    r = run_ecal_calib(tmp_path, bench=ECAL_TEST_BENCH)
     assert r["returncode"] == 0, r["stdout"][-3000:] + r["stderr"][-3000:]
     rep = r["report"]
     cfg = load_config(r["config_path"])
