@@ -171,9 +171,9 @@ def test_dimuons_mc_writes_selected_per_eot(tmp_path, capsys):
 def test_signal_efficiency_per_intensity_against_table_ii():
     """16.7 MeV at the paper's two intensities: the total falls with the rate as the paper's (0.50 / 0.73),
     through the incoming-electron and ECAL factors (pile-up: "eps_ECAL and eps_e are the most rate
-    dependent"), while the veto factors stay within Table II's. The totals themselves stay below the
-    paper's bands with the default cuts and beam line (docs/physics.md 6.3: the SRD threshold, the
-    tracker's 4-of-4 planes and the air in the beam line)."""
+    dependent"), while the veto factors stay within two standard deviations of Table II's (V2: 0.98
+    against 0.94 +/- 0.03). The total at 5.1e6 is inside the paper's band (0.50 +/- 0.13); at 1.5e6 it
+    stays ~0.03 below the band (docs/physics.md 6.3.1), which is not asserted either way."""
     from detector.config import load_config
 
     cfg = load_config(None)
@@ -182,9 +182,10 @@ def test_signal_efficiency_per_intensity_against_table_ii():
     ratio = hi["total"] / lo["total"]
     ratio_err = ratio * math.hypot(hi["total_err"] / hi["total"], lo["total_err"] / lo["total"])
     assert abs(ratio - 0.50 / 0.73) < 0.1 + 2 * ratio_err
+    assert abs(hi["total"] - 0.50) < 0.13
     for f in ("eps_e", "eps_ecal"):
         assert hi[f] < lo[f] - 2 * math.hypot(hi[f"{f}_err"], lo[f"{f}_err"])
     for f, (value, err) in efficiency.PAPER_FACTORS.items():
         if f in ("eps_v", "eps_hcal"):
-            assert abs(hi[f] - value) < err + 3 * hi[f"{f}_err"]
+            assert abs(hi[f] - value) < 2 * math.hypot(err, hi[f"{f}_err"])
             assert lo[f] >= hi[f] - 3 * math.hypot(hi[f"{f}_err"], lo[f"{f}_err"])
