@@ -191,25 +191,27 @@ def plot_ecal_vs_hcal(
 
 
 def plot_cutflow(cutflow: Mapping[str, float], path: str | Path) -> Path:
-    """Bar chart of events surviving each cut (in order), log scale, annotated with the count and the
-    fraction kept by that step."""
+    """Horizontal bar chart of events surviving each cut (in order, top to bottom), log scale, each bar
+    annotated with the count and the fraction kept by that step (readable with a dozen cuts)."""
     if not cutflow:
         raise ValueError("empty cut flow")
     names, counts = list(cutflow), np.asarray(list(cutflow.values()), dtype=float)
     fig, ax = _new_axes()
-    bars = ax.bar(np.arange(len(names)), np.maximum(counts, 0.5), color="C0")
+    y = np.arange(len(names))
+    bars = ax.barh(y, np.maximum(counts, 0.5), color="C0")
     previous = np.concatenate([[counts[0]], counts[:-1]])
     for bar, n, prev in zip(bars, counts, previous):
         frac = n / prev if prev > 0 else 0.0
         ax.annotate(
-            f"{n:.3g}\n(x{frac:.3g})",
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=10,
+            f" {n:.3g}  (x{frac:.3g})",
+            (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+            ha="left",
+            va="center",
+            fontsize=11,
         )
-    ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
-    ax.set(yscale="log", ylabel="events", ylim=(0.3, 30.0 * max(counts.max(), 1.0)))
+    ax.set_yticks(y, names, fontsize=14)
+    ax.invert_yaxis()
+    ax.set(xscale="log", xlabel="events", xlim=(0.3, 300.0 * max(counts.max(), 1.0)))
     return _finish(fig, path)
 
 
