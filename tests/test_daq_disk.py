@@ -30,13 +30,12 @@ from online.recorder import RecorderError, RunRecorder
 
 pytestmark = pytest.mark.slow
 
-#: the crate keeps 16 spills (12.8 s of the compressed cycle): a DAQ restarted a few seconds after the last
-#: one stopped starts on the oldest buffered spill, which must not be overwritten while it is being read
-#: (with 6 spills it was, on a loaded machine: flagged spill_lost, correctly, but not what these tests test)
-RESTART_CONFIG = deep_merge(DAQ_TEST_CONFIG, {"emulator": {"spill_buffer": 16}})
-#: the spill the DAQ could not write must still be in the crate when the third DAQ starts: 16 spills of a
-#: slower cycle (32 s)
-RECOVERY_CONFIG = deep_merge(DAQ_TEST_CONFIG, {"spill": {"supercycle_s": 2.0}, "emulator": {"spill_buffer": 16}})
+#: the crate keeps 16 spills (its most) of a 2 s cycle: 32 s. A DAQ restarted after the last one stopped
+#: continues with the crate spill after the last one recorded, which must not leave the ring while it is
+#: being read: with 6 spills of the 0.8 s cycle it did, and with 16 (12.8 s) at load 8, when a restart took
+#: longer (flagged spill_lost, correctly, but not what these tests test); and the spill a DAQ could not
+#: write must still be in the crate when the next DAQ starts
+RESTART_CONFIG = deep_merge(DAQ_TEST_CONFIG, {"spill": {"supercycle_s": 2.0}, "emulator": {"spill_buffer": 16}})
 
 
 @pytest.fixture
@@ -85,7 +84,7 @@ def _record_two_spills(tmp_path, emu, run: int, out=None):
 
 def test_a_spill_that_cannot_be_written_is_flagged_and_the_run_stops_cleanly(tmp_path):
     with (
-        start_emulator(tmp_path, RECOVERY_CONFIG, ["--no-pty"]) as emu,
+        start_emulator(tmp_path, RESTART_CONFIG, ["--no-pty"]) as emu,
         start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 5)) as oracle,
     ):
         out = tmp_path / "data"
