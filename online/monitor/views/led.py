@@ -24,9 +24,7 @@ class LedView(ChannelPlot):
 
     def __init__(self, channel: str = "ECAL1-2-2", parent: QtWidgets.QWidget | None = None) -> None:
         names = [c.name for c in ch.CHANNELS[: ch.N_CALO]]
-        super().__init__(
-            channel, names, "LED data", "since the first LED spill (s)", "LED / ref. - 1 (%)", parent
-        )
+        super().__init__(channel, names, "LED data", "since the first LED spill (s)", "LED / ref. - 1 (%)", parent)
         self.curves = [self.plot.plot([], [], pen=pg.mkPen(_GREY, width=1)) for _ in range(ch.N_CALO)]
         self.chosen_curve = self.plot.plot([], [], pen=pg.mkPen(_CHOSEN, width=2.5), symbol="o", symbolSize=5)
         self.band = [pg.InfiniteLine(angle=0, pen=pg.mkPen(_RED, width=1, style=2)) for _ in range(2)]
