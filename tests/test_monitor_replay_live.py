@@ -14,7 +14,7 @@ from daq_helpers import (
     start_daq,
     wait_until,
 )
-from emulator_fixture import start_emulator
+from emulator_fixture import deep_merge, start_emulator
 
 from detector import monitoring as mon
 from detector.config import load_config
@@ -22,6 +22,9 @@ from detector.spillfile import list_spills, read_spill
 from online.monitor.replay import ReplayBuilder
 
 SPILL_TOPICS = ("scalers", "led", "calo", "ecal_hcal", "waveforms", "amplitudes", "tracker")
+#: the calibration mode accepts ~85% of the particles: the crate keeps 16 spills (12.8 s) so that a DAQ
+#: slowed by a loaded machine still reads every spill whole (with 6 it once lost spill 3 mid-readout)
+CONFIG = deep_merge(DAQ_TEST_CONFIG, {"emulator": {"spill_buffer": 16}})
 
 
 @pytest.mark.slow
@@ -31,7 +34,7 @@ def test_replay_gives_the_messages_the_live_daq_published(tmp_path):
     sub.start()
     sub.ready.wait(5)
     try:
-        with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu:
+        with start_emulator(tmp_path, CONFIG, ["--no-pty"]) as emu:
             daq = start_daq(
                 tmp_path,
                 emu.config_path,
@@ -55,16 +58,19 @@ def test_replay_gives_the_messages_the_live_daq_published(tmp_path):
     assert not sub.malformed
     live = {(m.topic, m.spill): m for m in sub.messages if m.topic in SPILL_TOPICS}
     builder = ReplayBuilder(cfg)
-    compared = with_events = 0
+    compared = with_events = needed = 0
     for path in list_spills(daq.rdir):
         sd = read_spill(path)
         spill = int(sd.attrs["spill"])
         replayed = {m.topic: m for m in builder.messages(sd) if m.topic in SPILL_TOPICS}
         published = {t for t, s in live if s == spill}
-        # a spill with events: every topic, live and replayed; a lost (empty) spill: no event topics at all
+        # a spill with events: every topic, live and replayed (a spill whose readout broke off keeps the events
+        # read, never its LED events); a lost (empty) spill: no event topics at all
         if sd.n_events:
             with_events += 1
-            assert set(replayed) == published == set(SPILL_TOPICS), (spill, set(replayed), published)
+            expected = set(SPILL_TOPICS) - ({"led"} if "readout_incomplete" in sd.flags else set())
+            assert set(replayed) == published == expected, (spill, sd.flags, set(replayed), published)
+            needed += len(expected)
         else:
             assert set(replayed) == {"scalers"} and published <= {"scalers"}
         for topic in published:
@@ -78,7 +84,7 @@ def test_replay_gives_the_messages_the_live_daq_published(tmp_path):
                 assert np.array_equal(b, a), (topic, name)
             mon.check(rm, strict=True)
             compared += 1
-    assert with_events >= 1 and compared >= len(SPILL_TOPICS) * with_events
+    assert with_events >= 1 and compared >= needed
     # the samples are spread over the spill: first and last recorded events included
     spill, wf = max((s, m) for (t, s), m in live.items() if t == "waveforms")
     sd = read_spill(next(p for p in list_spills(daq.rdir) if int(read_spill(p).attrs["spill"]) == spill))
