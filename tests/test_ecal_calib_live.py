@@ -26,23 +26,21 @@ def inner(cell: str) -> bool:
     return 0 < x < chmap.N_ECAL_X - 1 and 0 < y < chmap.N_ECAL_Y - 1
 
 
-def simulated_resolution(cfg, particles_per_cell: int = 3000) -> float:
-    """sigma/E of the ECAL for the beam electrons, simulated: per inner cell, beam particles aimed at its
+def simulated_resolutions(cfg, particles_per_cell: int = 3000) -> dict[str, float]:
+    """sigma/E of the ECAL for the beam electrons, simulated per cell: beam particles aimed at the cell's
     centre are transported through the beam line (bremsstrahlung: the radiative low tail) into the ECAL;
-    the core width over the peak of the true ECAL deposit of the electrons (fit_core); the median over the
-    inner cells, as the test takes the measured one."""
-    res = []
+    the core width over the peak of the true ECAL deposit of the electrons (fit_core), as ecal-calib
+    measures it. At the border the lateral leakage out of the matrix widens it."""
+    res = {}
     for i, (x, y) in enumerate((x, y) for y in range(chmap.N_ECAL_Y) for x in range(chmap.N_ECAL_X)):
-        if not inner(chmap.ecal_cell_name(x, y)):
-            continue
         sp = generate_spill(cfg, 7000 + i, n_particles=particles_per_cell)
         cx, cy = ecal_cell_centre_mm(x, y)
         sp.truth["x_mm"] += np.float32(cx)
         sp.truth["y_mm"] += np.float32(cy)
         apply_response(sp, cfg)
         fit = fit_core(sp.truth["e_ecal"][sp.truth["ptype"] == E_MINUS])
-        res.append(fit.sigma / fit.mean)
-    return float(np.median(res))
+        res[chmap.ecal_cell_name(x, y)] = fit.sigma / fit.mean
+    return res
 
 
 @pytest.mark.slow
@@ -57,11 +55,15 @@ def test_ecal_calib_equalises_every_cell_to_the_beam_energy(tmp_path):
     for cell, v in ver.items():
         assert v["beam_gev"] == cfg.beam.energy_gev
         assert abs(v["peak_gev"] / v["beam_gev"] - 1) < 0.01, (cell, v)
-    # the resolution: inside the matrix the simulated one within 10%; at the border lateral leakage adds
-    sim = simulated_resolution(cfg)
+    # the resolution: inside the matrix (median over the inner cells) the simulated one within 10%; every
+    # cell, the border ones with their lateral leakage too, its own simulated one within 25% (the
+    # statistics of ~2400 events per cell and of the simulation: a few per cent each)
+    sim = simulated_resolutions(cfg)
     res_inner = np.median([v["resolution"] for c, v in ver.items() if inner(c)])
-    assert abs(res_inner / sim - 1) < 0.10, (res_inner, sim)
-    assert all(v["resolution"] < 3 * sim for v in ver.values())
+    sim_inner = np.median([r for c, r in sim.items() if inner(c)])
+    assert abs(res_inner / sim_inner - 1) < 0.10, (res_inner, sim_inner)
+    off = {c: v["resolution"] / sim[c] - 1 for c, v in ver.items()}
+    assert all(abs(d) < 0.25 for d in off.values()), off
     # before: the hidden gains put the cells far from the beam energy (the test can fail)
     old = load_calibration(cfg)
     hidden = r["hidden_gains"]
