@@ -76,27 +76,25 @@ ECAL_HCAL_BINS = 150
 MOMENTUM_RANGE_GEV = (0.0, 200.0)  #: the spectrometer momentum histograms
 MOMENTUM_BINS = 200
 
-#: shower-shape cut defaults (no config key: documented here)
-SHAPE_CHI2_NDF_MAX = 4.0
-CENTRE_MAX_MM = 20.0
-
 
 @dataclass(frozen=True)
 class Cuts:
-    """Cut values. :meth:`from_config` reads them from a validated configuration."""
+    """Cut values, read from a validated configuration by :meth:`from_config` (their defaults and
+    documentation are the config keys': ``offline.*``, ``trigger.window_ns`` and the physics trigger line's
+    ``ps_min_gev``; no value is written here a second time)."""
 
-    ps_min_gev: float = 0.3
-    srd_min_gev: float = 0.015
-    srd_window_ns: float = 10.0
-    shape_chi2_ndf_max: float = SHAPE_CHI2_NDF_MAX
-    centre_max_mm: float = CENTRE_MAX_MM
-    v2_max_mip: float = 0.5
-    hcal_max_gev: float = 1.0
-    ecal_max_gev: float = 50.0
-    p_min_gev: float = 95.0
-    p_max_gev: float = 105.0
-    angle_max_mrad: float = 5.0
-    max_tracks: float = 1
+    ps_min_gev: float
+    srd_min_gev: float
+    srd_window_ns: float
+    shape_chi2_ndf_max: float
+    centre_max_mm: float
+    v2_max_mip: float
+    hcal_max_gev: float
+    ecal_max_gev: float
+    p_min_gev: float
+    p_max_gev: float
+    angle_max_mrad: float
+    max_tracks: float
 
     @classmethod
     def from_config(cls, cfg: Config, **overrides: float) -> Cuts:

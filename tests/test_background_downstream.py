@@ -94,7 +94,7 @@ def test_histograms_and_cut_flow_carry_the_weights():
         "e_ecal": np.where(np.arange(n) < 10, 20.0, 90.0),
         "truth_weight": np.full(n, 0.25, np.float32),
     }
-    s = sel.select(t, sel.Cuts())
+    s = sel.select(t, sel.Cuts.from_config(load_config(None)))
     h = sel.new_histograms()
     sel.fill_histograms(h, t, s)
     assert h["ecal_vs_hcal_trigger"].values().sum() == pytest.approx(0.25 * n)
