@@ -94,17 +94,22 @@ def efficiency_run(args: argparse.Namespace) -> int:
     for row in _factor_rows(r):
         t.add_row(*row)
     _out.print(t)
-    flow = Table(title="cut flow (factors' order)")
-    for c in ("cut", "events"):
-        flow.add_column(c, justify="right")
-    for k, v in r["factor_cut_flow"].items():
-        flow.add_row(k, str(v))
-    _out.print(flow)
+    _print_cut_flow("cut flow (factors' order)", "cut", "events", r["factor_cut_flow"])
     _out.print(
         f"PS-threshold correction (A' at depth / at the ECAL face): {r['ps_threshold_correction']:.3f}; "
         f"mean emission depth {r['depth_x0_mean']:.2f} X0; tracker cuts applied: {r['tracker_applied']}"
     )
     return 0
+
+
+def _print_cut_flow(title: str, step: str, count: str, flow: dict[str, int]) -> None:
+    """Print a cut flow (events left after each step, in order) as a two-column table."""
+    t = Table(title=title)
+    for c in (step, count):
+        t.add_column(c, justify="right")
+    for k, v in flow.items():
+        t.add_row(k, str(v))
+    _out.print(t)
 
 
 # ------------------------------------------------------------------------------------------ dimuons
@@ -133,12 +138,7 @@ def dimuons_run(args: argparse.Namespace) -> int:
         r = mc_dimuons(cfg, args.intensity, args.events, args.eot, seed=args.seed)
     if args.json is not None:
         _write_json(args.json, r)
-    t = Table(title=f"dimuon selection (MC), {args.intensity:.3g} per spill")
-    for c in ("step", "MC events"):
-        t.add_column(c, justify="right")
-    for k, v in r["cut_flow"].items():
-        t.add_row(k, str(v))
-    _out.print(t)
+    _print_cut_flow(f"dimuon selection (MC), {args.intensity:.3g} per spill", "step", "MC events", r["cut_flow"])
     _out.print(
         f"selected per EOT: {r['selected_per_eot']:.3g} +/- {r['selected_per_eot_err']:.2g}; "
         f"for {r['eot']:.3g} EOT: {r['selected']:.4g} +/- {r['selected_err']:.3g}"
