@@ -16,13 +16,16 @@ Reconstruction (:func:`reconstruct_tracks`, numba, one pass per event):
 
 1. clustering: per plane, strips sorted by number, adjacent strips (gap of at most one strip) form a
    cluster; position = charge-weighted centroid; at most ``MAX_CLUSTERS`` per plane (largest charge kept);
-2. x: every combination of one cluster (or none, for an empty plane) per X plane is fitted with the linear
+2. x: every combination of one cluster per X plane that has any (when none of them makes a track: one
+   cluster or none per plane) is fitted with the linear
    model ``x(z) = a + b (z - z_up) - kappa sum_i K_i (z - z_i)_+``, ``kappa = 1/p - 1/p0`` (least squares,
    equal weights ``resolution_mm``), needing ``min_hits_x`` hits (at least 3) with at least one on each side
    of the magnets (with 3 hits the momentum has no check: any third point fits);
    ``p = 1 / (1/p0 + kappa)``; y: straight lines through the Y planes (at least 2 hits);
-3. best track: most hits, then smallest chi2; track multiplicity: hit-disjoint x candidates with chi2 <
-   ``chi2_max`` taken best first (``n_tracks``), and the number of incoming particles seen before the
+3. best track: of the candidates with chi2 < ``chi2_max`` (per view: a larger chi2 means hits of different
+   particles or noise that do not line up, no track; ``p_gev`` NaN when x has none), most hits, then smallest
+   chi2; track multiplicity: hit-disjoint x candidates with chi2 < ``chi2_max`` taken best first
+   (``n_tracks``), and the number of incoming particles seen before the
    magnets, the most clusters of charge >= ``PARTICLE_CLUSTER_CHARGE`` in any upstream plane
    (``n_incoming``: a particle bent out of the downstream chambers still counts there); incoming angle =
    sqrt(b_x^2 + b_y^2) (relative to the nominal axis), mrad.
@@ -209,15 +212,17 @@ def _clusters(plane, strip, charge, n_planes, pitch, half, pos, qsum, ncl, nall,
 
 
 @nb.njit(cache=True, nogil=True)
-def _fit_view(pos, ncl, view, n_st, mats, ok, npar, dz_m, glev, sigma, chi2_max, used_best, best):
-    """All cluster combinations of one view (0 = x, 1 = y): best fit into ``best`` (params..., chi2, nhit,
-    ndf); returns the number of hit-disjoint candidates below chi2_max (x only; y returns 0)."""
+def _fit_view(pos, ncl, view, n_st, mats, ok, npar, dz_m, glev, sigma, chi2_max, used_best, best, skip):
+    """All cluster combinations of one view (0 = x, 1 = y), one cluster per plane that has any (``skip``:
+    one or none, so a missed hit beside a noise cluster can be left out): best fit into ``best`` (params...,
+    chi2, nhit, ndf; nhit 0 when no candidate has chi2 < chi2_max); returns the number of hit-disjoint
+    candidates below chi2_max (x only; y returns 0)."""
     choice = np.zeros(n_st, np.int64)
     nopt = np.zeros(n_st, np.int64)
     total = 1
     for k in range(n_st):
         c = ncl[2 * k + view]
-        nopt[k] = c if c > 0 else 1
+        nopt[k] = c + 1 if skip else max(c, 1)
         total *= nopt[k]
     ncand = 0
     cand_chi2 = np.empty(total)
@@ -231,7 +236,7 @@ def _fit_view(pos, ncl, view, n_st, mats, ok, npar, dz_m, glev, sigma, chi2_max,
         for k in range(n_st):
             choice[k] = r % nopt[k]
             r //= nopt[k]
-            if ncl[2 * k + view] > 0:
+            if choice[k] < ncl[2 * k + view]:
                 mask |= 1 << k
         if not ok[mask]:
             continue
@@ -257,6 +262,8 @@ def _fit_view(pos, ncl, view, n_st, mats, ok, npar, dz_m, glev, sigma, chi2_max,
         for k in range(n_st):
             cand_hits[ncand, k] = choice[k] if (mask >> k) & 1 else -1
         ncand += 1
+        if chi2 >= chi2_max:  # not a track: hits of different particles (or noise) do not line up
+            continue
         if nh > best[npar + 1] or (nh == best[npar + 1] and chi2 < best[npar]):
             for q in range(npar):
                 best[q] = par[q]
@@ -321,8 +328,12 @@ def _reco_kernel(
                         jl = j
                 pl_lead_mm[e, pl] = pos[pl, jl] if jl >= 0 else np.nan
                 pl_lead_q[e, pl] = qsum[pl, jl] if jl >= 0 else 0.0
-        ntr = _fit_view(pos, ncl, 0, n_st, mx, okx, 3, dz_m, glev, sigma, chi2_max, used, bx)
-        _fit_view(pos, ncl, 1, n_st, my, oky, 2, dz_m, glev, sigma, chi2_max, used, by)
+        ntr = _fit_view(pos, ncl, 0, n_st, mx, okx, 3, dz_m, glev, sigma, chi2_max, used, bx, False)
+        if bx[4] == 0:  # no track through a cluster of every plane: leave planes out
+            ntr = _fit_view(pos, ncl, 0, n_st, mx, okx, 3, dz_m, glev, sigma, chi2_max, used, bx, True)
+        _fit_view(pos, ncl, 1, n_st, my, oky, 2, dz_m, glev, sigma, chi2_max, used, by, False)
+        if by[3] == 0:
+            _fit_view(pos, ncl, 1, n_st, my, oky, 2, dz_m, glev, sigma, chi2_max, used, by, True)
         rec = out[e]
         if bx[4] > 0 and np.isfinite(bx[3]):
             inv = 1.0 / p0 + bx[2]
