@@ -288,7 +288,7 @@ def test_background_cli_upstream_source(tmp_path):
         "--intensity",
         "5.1e6",
         "--events",
-        "3000",
+        "20000",  # the upstream source digitises only its split set (~0.5% of the electrons, SPLIT_K times)
         "--json",
         str(out),
     ]
@@ -303,7 +303,7 @@ def test_background_cli_upstream_source(tmp_path):
     assert r["total"]["err"] == pytest.approx(math.sqrt(sum(s["err"] ** 2 for s in srcs)))
     assert up["n"] >= 0 and up["err"] > 0
     mc = up["mc"]
-    assert mc["events"] == 3000 and mc["bias"] == bs.UPSTREAM_BIAS
+    assert mc["events"] == 20000 and mc["bias"] == bs.FORCE_FACTOR
     assert mc["material"]["total_x0"] == pytest.approx(beamline.line_from_config(load_config(None)).total_x0)
     flow = mc["cut_flow"]
     assert list(flow) == ["all", *sel.CUT_NAMES]
