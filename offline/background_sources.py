@@ -81,6 +81,10 @@ FORCE_Y_MIN = 0.4  #: photons above this energy fraction are forced (the electro
 SPLIT_K = 20  #: downstream replicas of every event of the split set
 PREFILTER_ECAL_GEV = 60.0  #: energy entering the ECAL matrix above which an event cannot reach the box
 CHUNK = 4096
+#: MC events (the biased electrons) are at least this far apart in time (ns): none is in the pile-up of another
+#: (the digitiser sees 350 ns before and 300 ns after an event, the chambers +/- 100 ns); the pile-up around
+#: them is transported unbiased
+ISOLATION_NS = 500.0
 SEED_OFFSET = 0xB6D0  #: spill-number offset of the background simulation
 REPLICA_SEED = 0x5B11  #: seed key of the downstream replicas
 #: where the beam-line electron's energy went (transport truth), for the cut flow by mechanism
@@ -113,6 +117,18 @@ def replica_spill(spill: BeamSpill, k: int) -> BeamSpill:
     return dataclasses.replace(spill, truth=spill.truth.copy(), seed=seed)
 
 
+def isolated(times_ns: np.ndarray, cand: np.ndarray, gap_ns: float = ISOLATION_NS) -> np.ndarray:
+    """The candidates (indices into the time-sorted ``times_ns``, ascending) kept first-come: each at least
+    ``gap_ns`` after the previous kept one."""
+    keep = np.zeros(cand.size, dtype=bool)
+    last = -np.inf
+    for j, t in enumerate(times_ns[cand].tolist()):
+        if t - last >= gap_ns:
+            keep[j] = True
+            last = t
+    return cand[keep]
+
+
 def _mechanism(bl: beamline.Transported, idx: np.ndarray) -> np.ndarray:
     """Index into :data:`MECHANISMS`: nothing on the ECAL or the HCAL face, something on the HCAL face only,
     something in the ECAL matrix."""
@@ -135,12 +151,13 @@ def simulate_tables(
 ) -> tuple[ev.Table, int, dict[str, float]]:
     """Event tables (with truth, trigger mask and track columns) of the beam-line events of ``n_events`` beam
     electrons simulated in spills of ``spill_particles`` at ``intensity`` e-/spill, with the bremsstrahlung
-    ``bias``; returns the concatenated table of the digitised events, the number of electrons simulated and
-    counters. Digitised: electrons flagged TRUTH_BEAMLINE whose energy entering the ECAL matrix is below
-    ``prefilter_gev`` and, with ``tracker``, that pass the tracker cuts (their track columns are computed
-    once); each of them ``split_k`` times (:func:`replica_spill`), each replica with 1/``split_k`` of its
-    weight (column ``split_id`` numbers the split events). ``tracker=False`` leaves the track columns out, as
-    in a spill file recorded without the Micromegas block."""
+    ``bias`` (the MC events: electrons :func:`isolated` from each other, the only biased particles); returns
+    the concatenated table of the digitised events, the number of electrons simulated and counters.
+    Digitised: electrons flagged TRUTH_BEAMLINE whose energy entering the ECAL matrix is below ``prefilter_gev``
+    and, with ``tracker``, that pass the tracker cuts (their track columns are computed once); each of them
+    ``split_k`` times (:func:`replica_spill`), each replica with 1/``split_k`` of its weight (column
+    ``split_id`` numbers the split events). ``tracker=False`` leaves the track columns out, as in a spill file
+    recorded without the Micromegas block."""
     rate = float(intensity) / float(cfg.spill.length_s)
     base = cfg.with_overrides({"aprime": {"enabled": False}})
     cuts = sel.Cuts.from_config(base)
@@ -150,12 +167,13 @@ def simulate_tables(
     k = 0
     p_e = max(1e-3, 1.0 - sum((base.beam.frac_pion, base.beam.frac_kaon, base.beam.frac_muon, base.beam.frac_halo)))
     while done < n_events:
-        n_part = int(min(spill_particles, (n_events - done) / p_e * 1.05 + 1000))
+        n_part = int(min(spill_particles, (n_events - done) / (0.5 * p_e) + 1000))
         c = dataclasses.replace(base, spill=dataclasses.replace(base.spill, length_s=n_part / rate))
         spill = generate_spill(c, SEED_OFFSET + 1000 * seed + k, n_particles=n_part, start_unix=0.0)
         k += 1
-        bl = beamline.transport(spill, c, bias)
-        electrons = np.flatnonzero(spill.truth["ptype"] == PARTICLE_CODES["e-"])[: n_events - done]
+        electrons = np.flatnonzero(spill.truth["ptype"] == PARTICLE_CODES["e-"])
+        electrons = isolated(spill.truth["time_ns"], electrons)[: n_events - done]
+        bl = beamline.transport(spill, c, dataclasses.replace(bias, only=spill.truth["index"][electrons]))
         done += electrons.size
         radiated = electrons[(bl.flags[electrons] & TRUTH_BEAMLINE) != 0]
         stats["beamline_events"] += int(radiated.size)

@@ -467,11 +467,14 @@ class Transported:
 @dataclass(frozen=True)
 class Bias:
     """Hard-bremsstrahlung biasing: photons with y > ``y_min`` are made ``factor`` times more likely in the
-    material of the segments that end at or before ``z_max_m`` (m; default: the whole line)."""
+    material of the segments that end at or before ``z_max_m`` (m; default: the whole line), for the particles
+    whose truth ``index`` is in ``only`` (default: all; the others, e.g. the pile-up around biased MC events,
+    are transported unbiased)."""
 
     factor: float = 1.0
     y_min: float = 0.3
     z_max_m: float = math.inf
+    only: np.ndarray | None = dataclasses.field(default=None, compare=False)
 
 
 STEP_ECAL = 3  #: the end of the last segment
@@ -549,6 +552,16 @@ def _kernel_args(cfg: Config, line: Line, bias: Bias) -> tuple:
 def _run(
     spill: BeamSpill, cfg: Config, idx: np.ndarray, n_st: int, bias: Bias, x0: np.ndarray, y0: np.ndarray
 ) -> tuple[Transported, np.ndarray]:
+    if bias.only is not None and bias.factor != 1.0:  # the biased particles, then the others, merged
+        on = np.isin(spill.truth["index"][idx], bias.only)
+        runs = [
+            _run(spill, cfg, idx[on], n_st, dataclasses.replace(bias, only=None), x0, y0),
+            _run(spill, cfg, idx[~on], n_st, Bias(), x0, y0),
+        ]
+        order = np.argsort(np.concatenate([np.flatnonzero(on), np.flatnonzero(~on)]), kind="stable")
+        fields = [f.name for f in dataclasses.fields(Transported)]
+        out = Transported(*(np.concatenate([getattr(r[0], f) for r in runs])[order] for f in fields))
+        return out, (np.concatenate([runs[0][1], runs[1][1]])[order] if n_st else runs[0][1])
     line = line_from_config(cfg)
     m = idx.shape[0]
     out = Transported(

@@ -3,6 +3,7 @@ bremsstrahlung and the downstream splitting estimate the same expectation as the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -10,10 +11,11 @@ import numpy as np
 import pytest
 
 from detector.config import load_calibration, load_config
-from detector.records import TRUTH_BEAMLINE
+from detector.records import PARTICLE_CODES, TRUTH_BEAMLINE
 from offline import background_sources as bs
 from offline import selection as sel
 from sim_frontend import beamline
+from sim_frontend.beam import generate_spill
 
 INTENSITY = 5.1e6
 
@@ -106,3 +108,37 @@ def test_prediction_json_keys_and_zero_bound(cfg, calib):
         assert up["n"] == 0.0 and up["err"] == pytest.approx(1.14 * 4.3e10 / 20_000 * zero_w)
     else:
         assert up["n"] > 0 and up["err"] > 0
+
+
+def test_only_the_mc_events_are_biased_and_they_are_isolated(cfg):
+    # the pile-up around the biased MC events is transported as without bias; the MC events as with it
+    n = 20_000
+    c = dataclasses.replace(cfg, spill=dataclasses.replace(cfg.spill, length_s=n * cfg.spill.length_s / INTENSITY))
+
+    def spill():
+        return generate_spill(c, 4242, n_particles=n, start_unix=0.0)
+
+    s_mix, s_plain, s_all = spill(), spill(), spill()
+    t = s_mix.truth
+    electrons = np.flatnonzero(t["ptype"] == PARTICLE_CODES["e-"])
+    prim = bs.isolated(t["time_ns"], electrons)
+    assert 0.3 * electrons.size < prim.size < 0.9 * electrons.size  # at the beam's rate some are too close
+    assert np.all(np.diff(t["time_ns"][prim]) >= bs.ISOLATION_NS)
+    dropped = np.setdiff1d(electrons, prim)  # each one close after a kept one
+    assert np.all(t["time_ns"][dropped] - t["time_ns"][prim[np.searchsorted(prim, dropped) - 1]] < bs.ISOLATION_NS)
+    forced = bs.upstream_bias(cfg)
+    mix = beamline.transport(s_mix, c, dataclasses.replace(forced, only=t["index"][prim]))
+    plain = beamline.transport(s_plain, c, beamline.Bias())
+    full = beamline.transport(s_all, c, forced)
+    rest = np.setdiff1d(np.arange(s_mix.n), prim)
+    for f in ("e_front", "e_side", "x_mm", "e_sr", "weight", "e_particle"):
+        np.testing.assert_array_equal(getattr(mix, f)[rest], getattr(plain, f)[rest])
+        np.testing.assert_array_equal(getattr(mix, f)[prim], getattr(full, f)[prim])
+    assert np.all(mix.weight[rest] == 1.0) and np.mean(mix.weight[prim] < 0.5) > 0.4
+    pick = np.concatenate([prim[:50], rest[:50]])
+    np.testing.assert_array_equal(
+        beamline.station_positions(s_mix, c, pick[50:]), beamline.station_positions(s_plain, c, pick[50:])
+    )
+    np.testing.assert_array_equal(
+        beamline.station_positions(s_mix, c, pick[:50]), beamline.station_positions(s_all, c, pick[:50])
+    )
