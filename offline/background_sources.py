@@ -21,12 +21,13 @@ to other sources, and so do electrons that did not radiate (their hadronic inter
 electroproduction source).
 
 Where the survivors come from (with the tracker): a hard photon (y > ``FORCE_Y_MIN``) radiated before the
-first dipole lands ~40 cm beside the ECAL, beyond the HCAL face, and the electron keeping < 0.6 E0 is bent
-beyond it on the other side: nothing of the primary reaches a calorimeter. Its Micromegas hits upstream of
-the magnets, with the hits of a pile-up particle in MM3/MM4 within the chambers' time window, make a
-~100 GeV track; everything else in the event (the trigger, the SRD tag in time, the ECAL shower) has to come
-from its pile-up. A photon radiated between or after the dipoles lands on the HCAL face or in the ECAL with
-the electron (vetoed, or E_ECAL ~ E0).
+first dipole lands ~40 cm beside the ECAL, beyond the HCAL face, and the electron keeping < 0.58 E0 is bent
+beyond it on the other side: nothing of the primary reaches a calorimeter (with more energy it lands on the
+HCAL face: vetoed). Its Micromegas hits upstream of the magnets, with the hits of a pile-up particle in
+MM3/MM4 within the chambers' time window, make a ~100 GeV track; at 0.5-0.58 E0 its own synchrotron light
+still gives the SRD tag; the trigger and the ECAL energy come from an out-of-time pile-up pulse, which the
+pile-up cut rejects. A photon radiated between or after the dipoles lands on the HCAL face or in the ECAL
+with the electron (vetoed, or E_ECAL ~ E0).
 
 Variance reduction (both keep the estimate unbiased):
 
@@ -42,9 +43,13 @@ Variance reduction (both keep the estimate unbiased):
    noise, with a new seed; the particles, times, beam-line result and tracker hits kept), each replica with
    1/``SPLIT_K`` of its weight. The error adds the replicas of one event before squaring (they are
    correlated); with no event in the box it is the 68% bound of zero events (1.14) at the weight of one
-   replica. Electrons outside the split set are not digitised: the cut flow counts replicas of the split set
-   (its ``all`` line: the simulated electrons), and ``mc.mechanism`` splits its weighted lines by where the
+   replica (``mc.bound_per_event``: at the weight of one split event, for replicas that decide alike).
+   Electrons outside the split set are not digitised: the cut flow counts replicas of the split set (its
+   ``all`` line: the simulated electrons), and ``mc.mechanism`` splits its weighted lines by where the
    electron's energy went (:data:`MECHANISMS`).
+
+The MC events are electrons :func:`isolated` from each other by ``ISOLATION_NS`` and only they are biased
+(``beamline.Bias.only``): the pile-up around them is transported as in nature.
 
 Without the tracker (``tracker=False``, data recorded without the Micromegas block) the hard bremsstrahlung
 (y > ``UPSTREAM_BIAS_Y``) is made ``UPSTREAM_BIAS`` times more likely along the whole line, with no
@@ -272,6 +277,8 @@ def upstream_prediction(
             "bias_y_min": b.y_min,
             "bias_z_max_m": b.z_max_m if math.isfinite(b.z_max_m) else None,
             "split_k": k,
+            # the zero-event bound counting every split event once (its replicas are correlated)
+            "bound_per_event": 1.14 * eot / n_sim * zero_w * k,
             "prefilter_ecal_gev": PREFILTER_ECAL_GEV,
             **stats,
             "material": beamline.line_from_config(c).budget(),

@@ -95,6 +95,7 @@ def test_prediction_json_keys_and_zero_bound(cfg, calib):
     assert {
         "events", "box_events", "cut_flow", "mechanism", "bias", "bias_y_min", "bias_z_max_m", "split_k",
         "split_events", "split_weight", "beamline_events", "beamline_weight", "digitised", "material",
+        "bound_per_event",
     } <= set(mc)  # fmt: skip
     assert mc["split_k"] == bs.SPLIT_K and mc["digitised"] == bs.SPLIT_K * mc["split_events"] > 0
     assert list(mc["cut_flow"]) == ["all", *sel.CUT_NAMES]
@@ -106,6 +107,7 @@ def test_prediction_json_keys_and_zero_bound(cfg, calib):
         # the 68% bound of zero events at the weight of one replica of a split event
         zero_w = mc["split_weight"] / mc["split_events"] / mc["split_k"]
         assert up["n"] == 0.0 and up["err"] == pytest.approx(1.14 * 4.3e10 / 20_000 * zero_w)
+        assert mc["bound_per_event"] == pytest.approx(mc["split_k"] * up["err"])
     else:
         assert up["n"] > 0 and up["err"] > 0
 
