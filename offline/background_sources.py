@@ -86,9 +86,9 @@ FORCE_Y_MIN = 0.4  #: photons above this energy fraction are forced (the electro
 SPLIT_K = 20  #: downstream replicas of every event of the split set
 PREFILTER_ECAL_GEV = 60.0  #: energy entering the ECAL matrix above which an event cannot reach the box
 CHUNK = 4096
-#: MC events (the biased electrons) are at least this far apart in time (ns): none is in the pile-up of another
-#: (the digitiser sees 350 ns before and 300 ns after an event, the chambers +/- 100 ns); the pile-up around
-#: them is transported unbiased
+#: MC events (the biased electrons) are at least this far apart in time (ns), more than the digitiser's reach
+#: around an event (the pulse template before it, the readout window after it) and the chambers' time window:
+#: none is in the pile-up of another; the pile-up around them is transported unbiased
 ISOLATION_NS = 500.0
 SEED_OFFSET = 0xB6D0  #: spill-number offset of the background simulation
 REPLICA_SEED = 0x5B11  #: seed key of the downstream replicas
@@ -112,14 +112,16 @@ def upstream_bias(cfg: Config, tracker: bool = True) -> beamline.Bias:
     return beamline.Bias(FORCE_FACTOR, FORCE_Y_MIN, float(min(cfg.beamline.magnet_z_m)))
 
 
-def replica_spill(spill: BeamSpill, k: int) -> BeamSpill:
+def replica_spill(spill: BeamSpill, k: int, truth: np.ndarray) -> BeamSpill:
     """Replica ``k`` of a transported spill for the downstream splitting: the same particles, times and beam-line
     result (impact points, energies, SR, tracker hits), a new seed for everything downstream of the tracker
-    (detector response of every particle, digitiser noise); replica 0 is the spill itself."""
+    (detector response of every particle, digitiser noise); replica 0 is the spill itself. ``truth``: the
+    spill's truth as the transport left it (a copy of it is the replica's: no flag of another replica's
+    response carries over)."""
     if k == 0:
         return spill
     seed = int(np.random.SeedSequence([int(spill.seed), REPLICA_SEED, int(k)]).generate_state(1, np.uint64)[0])
-    return dataclasses.replace(spill, truth=spill.truth.copy(), seed=seed)
+    return dataclasses.replace(spill, truth=truth.copy(), seed=seed)
 
 
 def isolated(times_ns: np.ndarray, cand: np.ndarray, gap_ns: float = ISOLATION_NS) -> np.ndarray:
@@ -194,8 +196,9 @@ def simulate_tables(
         stats["split_events"] += int(cand.size)
         stats["split_weight"] += float(spill.truth["weight"][cand].sum())
         if cand.size:
+            transported = spill.truth.copy()
             for r in range(split_k):
-                rep = replica_spill(spill, r)
+                rep = replica_spill(spill, r, transported)
                 deposits = apply_response(rep, c)
                 t = mc_event_table(c, calib, rep, deposits, cand, chunk=CHUNK)
                 t.update(trk)

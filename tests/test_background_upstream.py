@@ -16,6 +16,7 @@ from offline import background_sources as bs
 from offline import selection as sel
 from sim_frontend import beamline
 from sim_frontend.beam import generate_spill
+from sim_frontend.response import apply_response
 
 INTENSITY = 5.1e6
 
@@ -144,3 +145,16 @@ def test_only_the_mc_events_are_biased_and_they_are_isolated(cfg):
     np.testing.assert_array_equal(
         beamline.station_positions(s_mix, c, pick[:50]), beamline.station_positions(s_all, c, pick[:50])
     )
+
+
+def test_replica_starts_from_the_transported_truth(cfg):
+    spill = generate_spill(cfg, 77, n_particles=5000, start_unix=0.0)
+    beamline.transport(spill, cfg, bs.upstream_bias(cfg))
+    transported = spill.truth.copy()
+    apply_response(spill, cfg)  # replica 0: the spill itself, its truth filled (and flagged) by the response
+    assert bs.replica_spill(spill, 0, transported) is spill
+    rep = bs.replica_spill(spill, 1, transported)
+    assert np.array_equal(rep.truth, transported) and rep.truth is not transported
+    assert rep.seed != spill.seed and rep.seed == bs.replica_spill(spill, 1, transported).seed
+    assert rep.beamline is spill.beamline and rep.z0_xy is spill.z0_xy and rep.bias is spill.bias
+    assert bs.replica_spill(spill, 2, transported).seed not in (spill.seed, rep.seed)
