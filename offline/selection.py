@@ -132,16 +132,7 @@ def cut_masks(t: Table, cuts: Cuts) -> OrderedDict[str, np.ndarray]:
     m["trigger"] = (t["trigger_mask"] & TRIGGER_BITS["physics"]) != 0
     m["srd"] = srd_ok
     m["srd_time"] = srd_in_time
-    if has_tracks(t):
-        p = t["trk_p_gev"]
-        m["momentum"] = (p >= cuts.p_min_gev) & (p <= cuts.p_max_gev)  # NaN (no track) fails
-        m["angle"] = t["trk_angle_mrad"] < cuts.angle_max_mrad
-        m["tracks"] = (
-            (t["trk_n_tracks"] >= 1) & (t["trk_n_tracks"] <= cuts.max_tracks) & (t["trk_n_incoming"] <= cuts.max_tracks)
-        )
-    else:
-        for name in TRACKER_CUTS:
-            m[name] = np.ones(n_rows(t), dtype=bool)
+    m.update(tracker_masks(t, cuts))
     m["shower"] = (
         (chi2_ndf < cuts.shape_chi2_ndf_max)
         & (np.abs(t["ecal_x_mm"]) < cuts.centre_max_mm)
@@ -152,6 +143,22 @@ def cut_masks(t: Table, cuts: Cuts) -> OrderedDict[str, np.ndarray]:
     m["hcal"] = t["e_hcal"] < cuts.hcal_max_gev
     m["pileup"] = t["n_cells_pileup"] == 0
     m["box"] = t["e_ecal"] < cuts.ecal_max_gev
+    return m
+
+
+def tracker_masks(t: Table, cuts: Cuts) -> OrderedDict[str, np.ndarray]:
+    """The :data:`TRACKER_CUTS` on their own; they need only the track columns (all pass without them)."""
+    m = OrderedDict()
+    if has_tracks(t):
+        p = t["trk_p_gev"]
+        m["momentum"] = (p >= cuts.p_min_gev) & (p <= cuts.p_max_gev)  # NaN (no track) fails
+        m["angle"] = t["trk_angle_mrad"] < cuts.angle_max_mrad
+        m["tracks"] = (
+            (t["trk_n_tracks"] >= 1) & (t["trk_n_tracks"] <= cuts.max_tracks) & (t["trk_n_incoming"] <= cuts.max_tracks)
+        )
+    else:
+        for name in TRACKER_CUTS:
+            m[name] = np.ones(n_rows(t), dtype=bool)
     return m
 
 

@@ -32,9 +32,9 @@ segments that end at an action (a station, a dipole, the ECAL face):
   module 0; the rest is lost.
 
 All randomness is counter based (stream 3 of :func:`sim_frontend.beam.rng_state`, keyed by the particle
-index), so any subset of particles is transported identically. ``brem_bias`` > 1 multiplies the rate of hard
-photons (y > ``bias_y_min``) and gives each particle the likelihood-ratio weight
-``b^-n_hard exp((b - 1) Lambda_hard)``.
+index), so any subset of particles is transported identically. A :class:`Bias` with ``factor`` b > 1 multiplies the
+rate of hard photons (y > ``y_min``), in the segments ending at or before ``z_max_m``, and gives each particle
+the likelihood-ratio weight ``b^-n_hard exp((b - 1) Lambda_hard)``.
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ def _transport_kernel(
     seed, idx, pindex, ptype, e_beam, x_mm, y_mm,
     seg_t, seg_zc, seg_ms, seg_lam, seg_pnone, seg_wfac,
     seg_end_z, seg_end_kind, seg_end_kick, seg_end_magnet, seg_end_station, ecal_z, p0, div_mrad,
-    yq_soft, yq_hard, bias, f_hard,
+    yq_soft, yq_hard, seg_bias, seg_fhard,
     sr_lnodes, sr_q, sr_mean_other,
     ecal_lo_x, ecal_hi_x, ecal_lo_y, ecal_hi_y, hcal_half,
     e_front, e_side, x_out, y_out, e_sr, w_out, fl_out, e_el, st_pos,
@@ -358,9 +358,9 @@ def _transport_kernel(
                     nb_ = poisson_inverse(u, seg_lam[g_], seg_pnone[g_], 50)
                     for _m in range(nb_):
                         st, u = rng_next(st)
-                        if u < f_hard:
+                        if u < seg_fhard[g_]:
                             yq = yq_hard
-                            w /= bias
+                            w /= seg_bias[g_]
                         else:
                             yq = yq_soft
                         st, u = rng_next(st)
@@ -466,10 +466,15 @@ class Transported:
 
 @dataclass(frozen=True)
 class Bias:
-    """Hard-bremsstrahlung biasing: photons with y > ``y_min`` are made ``factor`` times more likely."""
+    """Hard-bremsstrahlung biasing: photons with y > ``y_min`` are made ``factor`` times more likely in the
+    material of the segments that end at or before ``z_max_m`` (m; default: the whole line), for the particles
+    whose truth ``index`` is in ``only`` (default: all; the others, e.g. the pile-up around biased MC events,
+    are transported unbiased)."""
 
     factor: float = 1.0
     y_min: float = 0.3
+    z_max_m: float = math.inf
+    only: np.ndarray | None = dataclasses.field(default=None, compare=False)
 
 
 STEP_ECAL = 3  #: the end of the last segment
@@ -530,14 +535,15 @@ def _kernel_args(cfg: Config, line: Line, bias: Bias) -> tuple:
             )
     sg = _segments(line)
     r_soft, r_hard = brem_rate_per_x0(y_lo, y_split), brem_rate_per_x0(y_split, 1.0)
-    lam = sg["t"] * (r_soft + r_hard * bias.factor)
-    f_h = r_hard * bias.factor / (r_soft + r_hard * bias.factor)
-    wfac = np.exp((bias.factor - 1.0) * sg["t"] * r_hard)
+    b = np.where(sg["end_z"] <= bias.z_max_m, float(bias.factor), 1.0)  # per segment
+    lam = sg["t"] * (r_soft + r_hard * b)
+    f_h = r_hard * b / (r_soft + r_hard * b)
+    wfac = np.exp((b - 1.0) * sg["t"] * r_hard)
     return (
         sg["t"], sg["zc"], sg["ms"], lam, np.exp(-lam), wfac,
         sg["end_z"], sg["end_kind"], sg["end_kick"], sg["end_magnet"], sg["end_station"],
         line.ecal_z_m, p0, float(bl.divergence_mrad),
-        brem_quantiles(y_lo, y_split), brem_quantiles(y_split, 1.0), float(bias.factor), f_h,
+        brem_quantiles(y_lo, y_split), brem_quantiles(y_split, 1.0), b, f_h,
         ln, sr_q, sr_other,
         float(g.ECAL_LO_X), float(g.ECAL_HI_X), float(g.ECAL_LO_Y), float(g.ECAL_HI_Y), float(g.HCAL_HALF_MM),
     )  # fmt: skip
@@ -546,6 +552,16 @@ def _kernel_args(cfg: Config, line: Line, bias: Bias) -> tuple:
 def _run(
     spill: BeamSpill, cfg: Config, idx: np.ndarray, n_st: int, bias: Bias, x0: np.ndarray, y0: np.ndarray
 ) -> tuple[Transported, np.ndarray]:
+    if bias.only is not None and bias.factor != 1.0:  # the biased particles, then the others, merged
+        on = np.isin(spill.truth["index"][idx], bias.only)
+        runs = [
+            _run(spill, cfg, idx[on], n_st, dataclasses.replace(bias, only=None), x0, y0),
+            _run(spill, cfg, idx[~on], n_st, Bias(), x0, y0),
+        ]
+        order = np.argsort(np.concatenate([np.flatnonzero(on), np.flatnonzero(~on)]), kind="stable")
+        fields = [f.name for f in dataclasses.fields(Transported)]
+        out = Transported(*(np.concatenate([getattr(r[0], f) for r in runs])[order] for f in fields))
+        return out, (np.concatenate([runs[0][1], runs[1][1]])[order] if n_st else runs[0][1])
     line = line_from_config(cfg)
     m = idx.shape[0]
     out = Transported(

@@ -320,9 +320,12 @@ def test_background_cli_upstream_source(tmp_path):
     assert r["total"]["err"] == pytest.approx(math.sqrt(sum(s["err"] ** 2 for s in srcs)))
     assert up["n"] >= 0 and up["err"] > 0
     mc = up["mc"]
-    assert mc["events"] == 3000 and mc["bias"] == bs.UPSTREAM_BIAS
+    assert mc["events"] == 3000 and mc["bias"] == bs.FORCE_FACTOR
     assert mc["material"]["total_x0"] == pytest.approx(beamline.line_from_config(load_config(None)).total_x0)
-    flow = mc["cut_flow"]
+    # the upstream source alone, with enough electrons for triggers among its split set (~0.5% of the
+    # electrons, each SPLIT_K times; ~1% of those trigger, whole split events together)
+    assert main([*argv[:6], "--events", "100000", "--source", "upstream", "--json", str(out)]) == 0
+    flow = json.loads(out.read_text())["sources"]["upstream"]["mc"]["cut_flow"]
     assert list(flow) == ["all", *sel.CUT_NAMES]
     counts = [flow["all"]] + [flow[k]["events"] for k in sel.CUT_NAMES]
     assert all(a >= b for a, b in itertools.pairwise(counts)) and counts[1] > 0
