@@ -52,6 +52,7 @@ from .signal import _electron_only, mc_beam, mc_event_table
 SEED_OFFSET = 0xB6D0  #: spill-number offset of the background MC (independent of data and signal spills)
 N_MC_DEFAULT = 4000  #: MC events per sample
 N_TAIL_DEFAULT = 4000  #: simulated tail electrons behind :func:`accidental_tag`
+TAG_BIN_GEV = 5.0  #: energy bins of the tail electrons in :func:`accidental_tag`'s ``by_energy``
 #: relative uncertainty of the low-energy tail's size (``beam.tail_x0``, DEFAULT: docs/physics.md 1.1)
 TAIL_SYST_REL = 1.0
 #: relative systematic uncertainty of each source from its dominant input (docs/physics.md 10.7)
@@ -87,7 +88,8 @@ def accidental_tag(
     the selection. A tail electron gives the tag when it passes the SRD cuts (``srd``, ``srd_time``) of its own
     event while nothing of it enters the ECAL (the transport's geometry) and it passes the V2 and HCAL cuts.
     Returns ``p_sr`` = P(a tail electron within +/- ``trigger.window_ns``) x ``p_tag_given_tail``, its
-    statistical error, the tail electrons' rate and the MC statistics."""
+    statistical error, the tail electrons' rate, the MC statistics and, per ``TAG_BIN_GEV`` of the tail
+    electron's energy, how many passed the SRD cuts, missed the ECAL and gave the tag (``by_energy``)."""
     p_tail = tail_probability(cfg)
     window_s = 2.0 * float(cfg.trigger.window_ns) * 1e-9
     rate = float(intensity) * electron_fraction(cfg) / float(cfg.spill.length_s) * p_tail  # tail e- per s
@@ -101,8 +103,18 @@ def accidental_tag(
     pick = np.arange(spill.n)
     table = mc_event_table(c, calib, spill, dep, pick)
     m = sel.cut_masks(table, sel.Cuts.from_config(c))
-    tag = m["srd"] & m["srd_time"] & m["v2"] & m["hcal"] & (spill.beamline.e_front[pick] == 0.0)
+    srd = m["srd"] & m["srd_time"]
+    out_ecal = spill.beamline.e_front[pick] == 0.0
+    tag = srd & out_ecal & m["v2"] & m["hcal"]
     w = np.asarray(table["truth_weight"], dtype=np.float64)
+    e = spill.truth["e_beam"][pick]
+    edges = np.arange(0.0, float(c.beam.energy_gev) + TAG_BIN_GEV, TAG_BIN_GEV)
+    by_energy = [
+        {"e_lo": float(lo), "e_hi": float(lo + TAG_BIN_GEV), "n": int(b.sum()), "srd": int((b & srd).sum()),
+         "out_of_ecal": int((b & out_ecal).sum()), "tagged": int((b & tag).sum())}
+        for lo in edges[:-1]
+        if (b := (e >= lo) & (e < lo + TAG_BIN_GEV)).any()
+    ]  # fmt: skip
     f = float(w[tag].sum() / w.sum())
     f_err = math.sqrt(max(f * (1.0 - f), 1.0 / n_tail**2) / n_tail)  # binomial (equal weights)
     return {
@@ -112,6 +124,7 @@ def accidental_tag(
         "p_tag_given_tail": f,
         "p_sr": p_in_time * f,
         "p_sr_err": p_in_time * f_err,
+        "by_energy": by_energy,
     }
 
 
