@@ -20,7 +20,6 @@ samples once the transport decays particles in flight; this source forces no dec
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from detector.config import Calibration, Config, load_calibration
@@ -58,7 +57,6 @@ def accidental_sr(
     runs = [bd.run_sample(cfg, cal, s, n_mc, seed, intensity) for s in samples]
     parts = [bd.combine(SOURCE, [r], q, n_eot, p_sr) for r, q in zip(runs, per, strict=True)]
     out = bd._sum_parts(SOURCE, parts)
-    rel_tag = float(tag["p_sr_err"]) / p_sr if p_sr > 0 else 0.0
-    out["err_stat"] = math.hypot(out["err_stat"], out["n"] * rel_tag)
+    bd.add_tag_error(out, tag)
     out["inputs"] = {"p_sr_accidental": p_sr, "accidental_tag": tag}
     return out

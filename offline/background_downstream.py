@@ -136,6 +136,13 @@ def p_sr_accidental(
     return float(accidental_tag(cfg, _calib(cfg, calib), intensity, n_tail, seed)["p_sr"])
 
 
+def add_tag_error(out: dict[str, Any], tag: dict[str, Any]) -> None:
+    """Add the statistical error of the accidental tag (``tag["p_sr_err"]``, relative to ``p_sr``) to the
+    estimate ``out``'s ``err_stat`` in quadrature."""
+    p, dp = float(tag["p_sr"]), float(tag.get("p_sr_err", 0.0))
+    out["err_stat"] = math.hypot(out["err_stat"], out["n"] * dp / p if p > 0 else 0.0)
+
+
 def electron_fraction(cfg: Config) -> float:
     """Beam electrons per beam particle (the EOT): 1 - every other fraction of ``[beam]``."""
     b = cfg.beam
@@ -246,6 +253,7 @@ def target_interactions(
     runs = [run_sample(cfg, calib, s, n_mc, seed, intensity) for s in samples]
     parts = [combine("target_interactions", [r], q, n_eot, p_sr) for r, q in zip(runs, per)]
     out = _sum_parts("target_interactions", parts)
+    add_tag_error(out, tag)
     out["inputs"] = {"p_sr_accidental": p_sr, "cex_fraction": pr.CEX_FRACTION, "mu_hard_prob": pr.MU_HARD_PROB}
     out["inputs"]["accidental_tag"] = tag
     return out
