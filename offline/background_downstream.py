@@ -43,7 +43,7 @@ import numpy as np
 from detector.config import Calibration, Config, load_calibration
 from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_BEAMLINE, TRUTH_DIMUON, TRUTH_PILEUP
 from sim_frontend import processes as pr
-from sim_frontend.beam import Bias, dimuon_probability, generate_spill, tail_probability
+from sim_frontend.beam import BeamSpill, Bias, dimuon_probability, generate_spill, tail_probability
 from sim_frontend.response import apply_response
 
 from . import selection as sel
@@ -149,13 +149,9 @@ def electron_fraction(cfg: Config) -> float:
     return 1.0 - (b.frac_pion + b.frac_kaon + b.frac_muon + b.frac_halo)
 
 
-def run_sample(
-    cfg: Config, calib: Calibration, sample: Sample, n_mc: int, seed: int, intensity: float
-) -> dict[str, Any]:
-    """Simulate one sample at ``intensity`` (pile-up of the physical beam included) and select it. Returns
-    the weight sums of the MC events in the box, the generated weight sum and the timing."""
-    t0 = time.perf_counter()
-    c = cfg.with_overrides({"beam": {"particles_per_spill": float(intensity)}, "aprime": {"enabled": False}})
+def sample_spill(c: Config, sample: Sample, n_mc: int, seed: int) -> tuple[BeamSpill, np.ndarray]:
+    """The MC spill of ``sample`` (configuration ``c`` at the sample's intensity): an unbiased beam whose
+    ``n_mc`` picked electrons become the sample's particles (unforced weights 1, or the dimuon's)."""
     spill_no = SEED_OFFSET + 97 * seed + sum(map(ord, sample.name)) % 97
     spill, pick = mc_beam(c, n_mc, spill_no, pileup=True)
     t = spill.truth
@@ -163,11 +159,29 @@ def run_sample(
     codes = np.array([p for p, _ in sample.particles], dtype=np.uint8)
     frac = np.array([f for _, f in sample.particles], dtype=np.float64)
     t["ptype"][pick] = codes[rng.choice(codes.size, size=pick.size, p=frac / frac.sum())]
+    if np.any(codes != PARTICLE_CODES["e-"]):
+        # muons and hadrons have no low-energy tail (electrons radiated it): their energies are the same
+        # spill's without the tail (the tail's own random stream leaves every other draw unchanged)
+        core, _ = mc_beam(c.with_overrides({"beam": {"tail_x0": 0.0}}), n_mc, spill_no, pileup=True)
+        other = t["ptype"][pick] != PARTICLE_CODES["e-"]
+        t["e_beam"][pick[other]] = core.truth["e_beam"][pick[other]]
     t["flags"][pick] &= np.uint8(TRUTH_PILEUP)
     t["weight"][pick] = 1.0
     if sample.dimuon:
         t["flags"][pick] |= TRUTH_DIMUON
         t["weight"][pick] = dimuon_probability(float(c.beam.energy_gev))
+    return spill, pick
+
+
+def run_sample(
+    cfg: Config, calib: Calibration, sample: Sample, n_mc: int, seed: int, intensity: float
+) -> dict[str, Any]:
+    """Simulate one sample at ``intensity`` (pile-up of the physical beam included) and select it. Returns
+    the weight sums of the MC events in the box, the generated weight sum and the timing."""
+    t0 = time.perf_counter()
+    c = cfg.with_overrides({"beam": {"particles_per_spill": float(intensity)}, "aprime": {"enabled": False}})
+    spill, pick = sample_spill(c, sample, n_mc, seed)
+    t = spill.truth
     force = np.zeros(spill.n, dtype=np.uint8)
     force[pick] = sample.force
     dep = apply_response(spill, c, force=force)

@@ -163,3 +163,20 @@ def test_accidental_sr_source_keys_and_bound(cfg, calib):
         if s["selected"] == 0:  # an empty box: 2.30 events at the natural weight 1
             assert s["n_upper_90"] == pytest.approx(2.303 * EOT * per[s["name"]] * tag["p_sr"] / 300, rel=1e-9)
     assert r["err_syst"] == pytest.approx(bd.TAIL_SYST_REL * r["n"])
+
+
+def test_mc_hadrons_and_muons_have_no_tail_but_their_pile_up_has(cfg):
+    """A downstream sample turns picked beam electrons into muons and hadrons: those take the energies of the
+    same spill without the tail (electrons radiated it), while the pile-up around them keeps it."""
+    c = cfg.with_overrides({"beam": {"particles_per_spill": INTENSITY}})
+    mu = PARTICLE_CODES["mu-"]
+    spill, pick = bd.sample_spill(c, bd.Sample("t", ((mu, 1.0),), 0), 20_000, 3)
+    t = spill.truth
+    assert np.all(t["ptype"][pick] == mu) and t["e_beam"][pick].min() > 90.0
+    rest = np.setdiff1d(np.flatnonzero(t["ptype"] == PARTICLE_CODES["e-"]), pick)
+    n_tail = np.count_nonzero(t["e_beam"][rest] < 94.0)
+    expect = rest.size * beam.tail_probability(c)
+    assert abs(n_tail - expect) < 5 * math.sqrt(expect)
+    # an electron sample keeps its tail electrons (they are beam electrons)
+    spill_e, pick_e = bd.sample_spill(c, bd.Sample("t", ((PARTICLE_CODES["e-"], 1.0),), 0), 20_000, 3)
+    assert np.count_nonzero(spill_e.truth["e_beam"][pick_e] < 94.0) > 0.3 * pick_e.size * beam.tail_probability(c)
