@@ -180,6 +180,10 @@ class BeamSection(Section):
     frac_muon: float = key(1e-3, 0.0, 0.5)
     frac_halo: float = key(0.126, 0.0, 0.9, doc="halo particles that fire V0 (docs/physics.md: V0/S1 = 0.126)")
     frac_halo_v1: float = key(0.05, 0.0, 1.0, doc="fraction of the halo that also fires V1")
+    tail_x0: float = key(
+        2e-3, 0.0, 0.1, doc="X0 crossed after H4's momentum selection, before z = 0 (the low-energy tail)"
+    )
+    tail_y_min: float = key(0.05, 1e-3, 0.5, doc="smallest energy fraction a tail electron lost upstream")
     dimuon_bias: float = key(
         200.0, 1.0, 1e6, doc="bias factor of gamma -> mu mu in showers of MC samples (recorded data: never biased)"
     )

@@ -9,8 +9,8 @@ scaled to ``n_eot`` electrons on target at ``intensity`` e-/spill.
                             neutron; ordinary inelastic) and beam mu- interacting hard in the ECAL with the muon
                             lost (V2 photoelectron inefficiency, range, geometry). These particles carry no
                             synchrotron radiation: they pass the SRD tag only with an accidental tag from an
-                            in-time beam-tail electron bent out of the acceptance, whose probability is an input
-                            (``p_sr_accidental``; the beam line of offline/background_sources.py computes it)
+                            in-time electron of the beam's low-energy tail bent out of the acceptance, whose
+                            probability :func:`p_sr_accidental` measures on simulated tail electrons
 ``dimuon_loss``             beam e- with gamma -> mu+ mu- in the shower and both muons missed by V2 (photoelectron
                             statistics) and by the HCAL (range, leaving sideways)
 ``punchthrough``            a hard primary bremsstrahlung photon that crosses the whole ECAL without converting
@@ -24,7 +24,10 @@ squared weights; err_syst from the relative uncertainty of the source's dominant
 ``n_upper_90``: 90% CL upper bound when no MC event of the source reaches the box (2.30 events x the mean
 forced weight of each sample, summed; per sample in ``samples``, where an unforced sample's bound is only
 as good as its MC statistics).
-Decays in flight and the accidental SR tag itself need the beam line and are not estimated here.
+The accidental SR tag (:func:`accidental_tag`): tail electrons of the simulated beam (``beam.tail_x0``,
+:mod:`sim_frontend.beam`) through the beam line, the detector response, digitisation, reconstruction and the
+selection's SRD cuts; P_SR = P(a tail electron within the SRD window) x P(its SRD tag passes and it leaves
+nothing in the ECAL, V2 and HCAL). Decays in flight need the beam line and are not estimated here.
 """
 
 from __future__ import annotations
@@ -40,23 +43,25 @@ import numpy as np
 from detector.config import Calibration, Config, load_calibration
 from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_BEAMLINE, TRUTH_DIMUON, TRUTH_PILEUP
 from sim_frontend import processes as pr
-from sim_frontend.beam import dimuon_probability
+from sim_frontend.beam import BeamSpill, Bias, dimuon_probability, generate_spill, tail_probability
 from sim_frontend.response import apply_response
 
 from . import selection as sel
-from .signal import mc_beam, mc_event_table
+from .signal import _electron_only, mc_beam, mc_event_table
 
 SEED_OFFSET = 0xB6D0  #: spill-number offset of the background MC (independent of data and signal spills)
 N_MC_DEFAULT = 4000  #: MC events per sample
-#: fraction of beam electrons in the 50-70 GeV low-energy tail that the magnets bend out of the ECAL while
-#: their synchrotron light still reaches the SRD (DEFAULT, UNSURE; docs/physics.md 1.9 and 10.7)
-BEAM_TAIL_OUT_FRACTION = 1.0e-3
+N_TAIL_DEFAULT = 4000  #: simulated tail electrons behind :func:`accidental_tag`
+TAG_BIN_GEV = 5.0  #: energy bins of the tail electrons in :func:`accidental_tag`'s ``by_energy``
+#: relative uncertainty of the low-energy tail's size (``beam.tail_x0``, DEFAULT: docs/physics.md 1.1)
+TAIL_SYST_REL = 1.0
 #: relative systematic uncertainty of each source from its dominant input (docs/physics.md 10.7)
 SYST_REL = {
-    "target_interactions": 0.58,  # charge-exchange cross-sections on Pb 30% (PAPER) (+) accidental SR tag 50%
+    "target_interactions": math.hypot(0.3, TAIL_SYST_REL),  # charge exchange on Pb 30% (PAPER) (+) the tail's size
     "dimuon_loss": 0.5,  # V2 photoelectrons per MIP (DEFAULT 60, +/- 20%) in the forced miss probability
     "punchthrough": 0.3,  # photon track length of approximation A near E0
     "hadron_electroproduction": 1.0,  # the 1e-4 per e- of the paper is an order of magnitude
+    "accidental_sr": TAIL_SYST_REL,  # the tail's size (offline/background_accidental.py)
 }
 _ECAL_CUTS = tuple(c for c in sel.CUT_NAMES if c not in sel.SRD_CUTS)
 
@@ -74,18 +79,98 @@ class Sample:
     accidental_sr: bool = False
 
 
-def p_sr_accidental(cfg: Config, intensity: float, tail_fraction: float = BEAM_TAIL_OUT_FRACTION) -> float:
+def accidental_tag(
+    cfg: Config, calib: Calibration, intensity: float, n_tail: int = N_TAIL_DEFAULT, seed: int = 1
+) -> dict[str, Any]:
+    """The accidental SR tag of a particle without synchrotron light (docs/physics.md 1.9, 10.7): ``n_tail``
+    electrons of the beam's low-energy tail (every electron made a tail electron by the generator's tail bias),
+    one per event and far apart in time, through the beam line, the response, digitisation, reconstruction and
+    the selection. A tail electron gives the tag when it passes the SRD cuts (``srd``, ``srd_time``) of its own
+    event while nothing of it enters the ECAL (the transport's geometry) and it passes the V2 and HCAL cuts.
+    Returns ``p_sr`` = P(a tail electron within +/- ``trigger.window_ns``) x ``p_tag_given_tail``, its
+    statistical error, the tail electrons' rate, the MC statistics and, per ``TAG_BIN_GEV`` of the tail
+    electron's energy, how many passed the SRD cuts, missed the ECAL and gave the tag (``by_energy``)."""
+    p_tail = tail_probability(cfg)
+    window_s = 2.0 * float(cfg.trigger.window_ns) * 1e-9
+    rate = float(intensity) * electron_fraction(cfg) / float(cfg.spill.length_s) * p_tail  # tail e- per s
+    p_in_time = -math.expm1(-rate * window_s)
+    out: dict[str, Any] = {"p_tail": p_tail, "tail_rate_hz": rate, "p_in_time": p_in_time, "n_tail": 0}
+    if p_tail <= 0.0 or n_tail < 1:
+        return {**out, "p_tag_given_tail": 0.0, "p_sr": 0.0, "p_sr_err": 0.0, "tagged": 0}
+    c = _electron_only(cfg)
+    spill = generate_spill(c, SEED_OFFSET + 0x7A11 + int(seed), n_particles=int(n_tail), bias=Bias(tail=1.0 / p_tail))
+    dep = apply_response(spill, c)
+    pick = np.arange(spill.n)
+    table = mc_event_table(c, calib, spill, dep, pick)
+    m = sel.cut_masks(table, sel.Cuts.from_config(c))
+    srd = m["srd"] & m["srd_time"]
+    out_ecal = spill.beamline.e_front[pick] == 0.0
+    tag = srd & out_ecal & m["v2"] & m["hcal"]
+    w = np.asarray(table["truth_weight"], dtype=np.float64)
+    e = spill.truth["e_beam"][pick]
+    edges = np.arange(0.0, float(c.beam.energy_gev) + TAG_BIN_GEV, TAG_BIN_GEV)
+    by_energy = [
+        {"e_lo": float(lo), "e_hi": float(lo + TAG_BIN_GEV), "n": int(b.sum()), "srd": int((b & srd).sum()),
+         "out_of_ecal": int((b & out_ecal).sum()), "tagged": int((b & tag).sum())}
+        for lo in edges[:-1]
+        if (b := (e >= lo) & (e < lo + TAG_BIN_GEV)).any()
+    ]  # fmt: skip
+    f = float(w[tag].sum() / w.sum())
+    f_err = math.sqrt(max(f * (1.0 - f), 1.0 / n_tail**2) / n_tail)  # binomial (equal weights)
+    return {
+        **out,
+        "n_tail": int(n_tail),
+        "tagged": int(tag.sum()),
+        "p_tag_given_tail": f,
+        "p_sr": p_in_time * f,
+        "p_sr_err": p_in_time * f_err,
+        "by_energy": by_energy,
+    }
+
+
+def p_sr_accidental(
+    cfg: Config, intensity: float, calib: Calibration | None = None, n_tail: int = N_TAIL_DEFAULT, seed: int = 1
+) -> float:
     """Probability that a beam hadron or muon carries an in-time SR tag from a beam-tail electron bent out of
-    the acceptance: tail fraction x electron rate (intensity / spill length) x the SRD window (2 x
-    ``trigger.window_ns``)."""
-    rate = float(intensity) / float(cfg.spill.length_s)
-    return float(tail_fraction) * rate * 2.0 * float(cfg.trigger.window_ns) * 1e-9
+    the acceptance (``p_sr`` of :func:`accidental_tag`)."""
+    return float(accidental_tag(cfg, _calib(cfg, calib), intensity, n_tail, seed)["p_sr"])
+
+
+def add_tag_error(out: dict[str, Any], tag: dict[str, Any]) -> None:
+    """Add the statistical error of the accidental tag (``tag["p_sr_err"]``, relative to ``p_sr``) to the
+    estimate ``out``'s ``err_stat`` in quadrature."""
+    p, dp = float(tag["p_sr"]), float(tag.get("p_sr_err", 0.0))
+    out["err_stat"] = math.hypot(out["err_stat"], out["n"] * dp / p if p > 0 else 0.0)
 
 
 def electron_fraction(cfg: Config) -> float:
     """Beam electrons per beam particle (the EOT): 1 - every other fraction of ``[beam]``."""
     b = cfg.beam
     return 1.0 - (b.frac_pion + b.frac_kaon + b.frac_muon + b.frac_halo)
+
+
+def sample_spill(c: Config, sample: Sample, n_mc: int, seed: int) -> tuple[BeamSpill, np.ndarray]:
+    """The MC spill of ``sample`` (configuration ``c`` at the sample's intensity): an unbiased beam whose
+    ``n_mc`` picked electrons become the sample's particles (unforced weights 1, or the dimuon's)."""
+    spill_no = SEED_OFFSET + 97 * seed + sum(map(ord, sample.name)) % 97
+    spill, pick = mc_beam(c, n_mc, spill_no, pileup=True)
+    t = spill.truth
+    rng = np.random.default_rng([seed, spill_no, 0xB6])
+    codes = np.array([p for p, _ in sample.particles], dtype=np.uint8)
+    frac = np.array([f for _, f in sample.particles], dtype=np.float64)
+    t["ptype"][pick] = codes[rng.choice(codes.size, size=pick.size, p=frac / frac.sum())]
+    if np.any(codes != PARTICLE_CODES["e-"]):
+        # muons and hadrons have no low-energy tail (electrons radiated it): their energies are the same
+        # spill's without the tail (the tail's own random stream leaves every other draw unchanged)
+        core, _ = mc_beam(c.with_overrides({"beam": {"tail_x0": 0.0}}), n_mc, spill_no, pileup=True)
+        other = t["ptype"][pick] != PARTICLE_CODES["e-"]
+        t["e_beam"][pick[other]] = core.truth["e_beam"][pick[other]]
+    t["flags"][pick] &= np.uint8(TRUTH_PILEUP)
+    t["weight"][pick] = 1.0
+    if sample.dimuon:
+        t["flags"][pick] |= TRUTH_DIMUON
+        t["weight"][pick] = dimuon_probability(float(c.beam.energy_gev))
+    return spill, pick
 
 
 def run_sample(
@@ -95,18 +180,8 @@ def run_sample(
     the weight sums of the MC events in the box, the generated weight sum and the timing."""
     t0 = time.perf_counter()
     c = cfg.with_overrides({"beam": {"particles_per_spill": float(intensity)}, "aprime": {"enabled": False}})
-    spill_no = SEED_OFFSET + 97 * seed + sum(map(ord, sample.name)) % 97
-    spill, pick = mc_beam(c, n_mc, spill_no, pileup=True)
+    spill, pick = sample_spill(c, sample, n_mc, seed)
     t = spill.truth
-    rng = np.random.default_rng([seed, spill_no, 0xB6])
-    codes = np.array([p for p, _ in sample.particles], dtype=np.uint8)
-    frac = np.array([f for _, f in sample.particles], dtype=np.float64)
-    t["ptype"][pick] = codes[rng.choice(codes.size, size=pick.size, p=frac / frac.sum())]
-    t["flags"][pick] &= np.uint8(TRUTH_PILEUP)
-    t["weight"][pick] = 1.0
-    if sample.dimuon:
-        t["flags"][pick] |= TRUTH_DIMUON
-        t["weight"][pick] = dimuon_probability(float(c.beam.energy_gev))
     force = np.zeros(spill.n, dtype=np.uint8)
     force[pick] = sample.force
     dep = apply_response(spill, c, force=force)
@@ -116,12 +191,13 @@ def run_sample(
     w_gen = np.where(own, t["weight"][pick].astype(np.float64), 0.0)
     table = mc_event_table(c, calib, spill, dep, pick)
     s = sel.select(table, sel.Cuts.from_config(c))
-    if sample.accidental_sr:
-        box = sel.cumulative(s.masks, _ECAL_CUTS)["box"]
-    else:
-        box = s.in_box
-    box = box & ((table["truth_flags"] & TRUTH_BEAMLINE) == 0)
-    w = np.asarray(table["truth_weight"], dtype=np.float64)[box]
+    # the SRD tag of an accidental sample is the probability its estimator multiplies by, not a cut
+    passed = sel.cumulative(s.masks, _ECAL_CUTS if sample.accidental_sr else sel.CUT_NAMES)
+    mine = (table["truth_flags"] & TRUTH_BEAMLINE) == 0
+    w_all = np.asarray(table["truth_weight"], dtype=np.float64)
+    flow = {k: {"events": int((m & mine).sum()), "weighted": float(w_all[m & mine].sum())} for k, m in passed.items()}
+    box = passed["box"] & mine
+    w = w_all[box]
     assert not np.any((table["truth_flags"][box] & TRUTH_APRIME) != 0)
     return {
         "name": sample.name,
@@ -131,6 +207,7 @@ def run_sample(
         "sum_w": float(w.sum()),
         "sum_w2": float((w * w).sum()),
         "mean_w_generated": float(w_gen.mean()) if w_gen.size else 0.0,
+        "cut_flow": flow,
         "seconds": time.perf_counter() - t0,
     }
 
@@ -173,7 +250,7 @@ def target_interactions(
     p_sr: float | None = None,
 ) -> dict[str, Any]:
     """mu, pi, K interactions in the ECAL (see the module docstring); ``p_sr``: probability of an accidental
-    SR tag (default :func:`p_sr_accidental`)."""
+    SR tag (default: :func:`accidental_tag`'s, measured at ``intensity``)."""
     calib = _calib(cfg, calib)
     b = cfg.beam
     pi, k, mu = PARTICLE_CODES["pi-"], PARTICLE_CODES["K-"], PARTICLE_CODES["mu-"]
@@ -183,13 +260,16 @@ def target_interactions(
         Sample("inelastic", hadrons, pr.FORCE_HADRON_ECAL | pr.FORCE_NO_CEX | pr.FORCE_V2_MISS, accidental_sr=True),
         Sample("muon_hard", ((mu, 1.0),), pr.FORCE_MU_HARD | pr.FORCE_V2_MISS, accidental_sr=True),
     ]
-    p_sr = p_sr_accidental(cfg, intensity) if p_sr is None else float(p_sr)
+    tag = accidental_tag(cfg, calib, intensity, seed=seed) if p_sr is None else {"p_sr": float(p_sr)}
+    p_sr = float(tag["p_sr"])
     fe = electron_fraction(cfg)
     per = [(b.frac_pion + b.frac_kaon) / fe, (b.frac_pion + b.frac_kaon) / fe, b.frac_muon / fe]
     runs = [run_sample(cfg, calib, s, n_mc, seed, intensity) for s in samples]
     parts = [combine("target_interactions", [r], q, n_eot, p_sr) for r, q in zip(runs, per)]
     out = _sum_parts("target_interactions", parts)
+    add_tag_error(out, tag)
     out["inputs"] = {"p_sr_accidental": p_sr, "cex_fraction": pr.CEX_FRACTION, "mu_hard_prob": pr.MU_HARD_PROB}
+    out["inputs"]["accidental_tag"] = tag
     return out
 
 

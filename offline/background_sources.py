@@ -71,7 +71,7 @@ from sim_frontend import beamline
 from sim_frontend.beam import BeamSpill, generate_spill
 from sim_frontend.response import apply_response
 
-from . import background_downstream
+from . import background_accidental, background_downstream
 from . import events as ev
 from . import selection as sel
 from .signal import mc_event_table, mc_track_columns
@@ -293,16 +293,16 @@ def upstream_prediction(
 register("upstream", upstream)
 
 
-def _downstream(name: str) -> Estimator:
+def _downstream(name: str, f: Callable[..., dict[str, Any]] | None = None) -> Estimator:
     """The registry's form of a downstream estimator of :mod:`offline.background_downstream` (its
     statistical and systematic errors kept, ``err`` = both in quadrature)."""
-    f = background_downstream.ESTIMATORS[name]
+    est = background_downstream.ESTIMATORS[name] if f is None else f
 
     def estimator(
         cfg: Config, calib: Calibration, eot: float, intensity: float, n_mc: int, seed: int, progress: Progress
     ) -> dict[str, Any]:
         progress(0, 1)
-        r = f(cfg, eot, intensity, n_mc=n_mc, seed=seed, calib=calib)
+        r = est(cfg, eot, intensity, n_mc=n_mc, seed=seed, calib=calib)
         progress(1, 1)
         err = math.hypot(float(r["err_stat"]), float(r["err_syst"]))
         box = sum(int(smp.get("selected", 0)) for smp in r.get("samples", []))
@@ -310,12 +310,13 @@ def _downstream(name: str) -> Estimator:
         mc.update({k: v for k, v in r.items() if k not in ("n", "err_stat", "err_syst")})
         return {"n": float(r["n"]), "err": err, "err_stat": r["err_stat"], "err_syst": r["err_syst"], "mc": mc}
 
-    estimator.__doc__ = f.__doc__
+    estimator.__doc__ = est.__doc__
     return estimator
 
 
 for _name in background_downstream.ESTIMATORS:
     register(_name, _downstream(_name))
+register("accidental_sr", _downstream("accidental_sr", background_accidental.accidental_sr))
 
 
 def predict(

@@ -12,6 +12,15 @@ Per spill (``generate_spill``):
   ``sigma_mm`` around (``x_mm``, ``y_mm``) at the start of the beam line (z = 0 of ``[beamline]``). Electrons
   that interact in the beam-line material are not a population of their own: they come out of
   :mod:`sim_frontend.beamline`, which transports every particle to the ECAL face;
+- low-energy tail (docs/physics.md 1.1): an electron radiated in the ``tail_x0`` radiation lengths the H4 beam
+  crosses after its momentum selection and before z = 0 with probability ``1 - exp(-tail_x0 * R)``, R the
+  bremsstrahlung photons per X0 with energy fraction y in [``tail_y_min``, ``TAIL_Y_MAX``]
+  (:mod:`sim_frontend.bremsstrahlung`); it arrives with (1 - y) of its energy, y from that spectrum (one
+  photon: the thickness is a few 1e-3 X0), and goes through the same beam line as the others (the dipoles
+  bend it by 21 mrad x E0/E, its synchrotron light scales as E^2). The photon it radiated goes straight on
+  with it and is not simulated: it stays on the undeflected line, ~40 cm beside the ECAL and outside the
+  HCAL (docs/physics.md 1.10). Its own counter-based stream (``TAIL_STREAM``) decides, so the other
+  draws of every particle are those of a beam without tail;
 - A' (``aprime.enabled``): each beam e- emits an invisibly decaying A' with probability
   ``n_A'/eps^2 per EOT (sim_frontend.yields, IWW, E_A' > X_MIN_APRIME * E0) * eps^2 * b_A'``;
   its energy fraction x comes from ``sim_frontend.aprime.sample_x`` (x > X_MIN_APRIME), ``e_invisible =
@@ -23,12 +32,13 @@ Per spill (``generate_spill``):
   Bethe-Heitler cross-section of ``sim_frontend.dimuon``; 1.6e-4 per 100 GeV e- in Pb) times ``b_mumu``;
   weight = 1/b_mumu, flag TRUTH_DIMUON. The muon kinematics are drawn by the detector response
   (:mod:`sim_frontend.response`) from the same seed;
-- the biases b_A', b_mumu come from the ``bias`` argument (:class:`Bias`) and are 1 unless an MC sample asks
-  for them: recorded data (the emulator's feed) are never biased, so their rates are physical. MC samples
-  (offline simulation: signal efficiency, background estimates, dimuon studies) take
-  ``Bias.from_config(cfg)`` (``beam.dimuon_bias``, ``aprime.bias``) or their own;
+- the biases b_A', b_mumu (and b_tail of the low-energy tail) come from the ``bias`` argument (:class:`Bias`)
+  and are 1 unless an MC sample asks for them: recorded data (the emulator's feed) are never biased, so their
+  rates are physical. MC samples (offline simulation: signal efficiency, background estimates, dimuon
+  studies) take ``Bias.from_config(cfg)`` (``beam.dimuon_bias``, ``aprime.bias``) or their own;
 - unbiased electrons get the weight ``(1 - p_A' - p_mumu) / (1 - b_A' p_A' - b_mumu p_mumu)`` so that the
-  weighted sample stays unbiased (1 when nothing is biased);
+  weighted sample stays unbiased (1 when nothing is biased); the tail's bias multiplies it by 1/b_tail for a
+  tail electron and by ``(1 - p_tail) / (1 - b_tail p_tail)`` for the others;
 - TRUTH_PILEUP for every particle with another one within +/- ``PILEUP_WINDOW_NS`` (100 ns).
 
 All randomness is counter based: a particle's random numbers are a pure function of the spill seed, its
@@ -50,12 +60,15 @@ from scipy.special import ndtri
 
 from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_DIMUON, TRUTH_DTYPE, TRUTH_PILEUP
 from detector.settings import Config
+from sim_frontend.bremsstrahlung import brem_quantiles, brem_rate_per_x0
 
 PILEUP_WINDOW_NS = 100.0  #: TRUTH_PILEUP: another particle within +/- this, ns
 X_MIN_APRIME = 0.5  #: A' energy fractions generated: x > 0.5 (E_miss > E0/2, where the beam e- dominates)
 HALO_R_MM = (40.0, 300.0)  #: halo radius range at the ECAL face (uniform in r), mm
 HALO_E_FRACTION = (0.2, 1.0)  #: halo muon energy as a fraction of the beam energy (uniform)
 PHOTON_TRACK_LENGTH_A = 0.572  #: Rossi approx. A: photon track length dT/dk = 0.572 X0 E0/k^2
+TAIL_Y_MAX = 0.99  #: largest energy fraction a tail electron lost upstream (it keeps at least 1% of E0)
+TAIL_STREAM = 5  #: counter-RNG stream of the low-energy-tail decision
 
 E_MINUS, PION, KAON, MUON, HALO = (PARTICLE_CODES[k] for k in ("e-", "pi-", "K-", "mu-", "halo"))
 
@@ -264,10 +277,11 @@ class Bias:
 
     dimuon: float = 1.0  #: gamma -> mu+ mu- in the shower
     aprime: float = 1.0  #: A' emission
+    tail: float = 1.0  #: low-energy beam tail (1 / :func:`tail_probability` makes every electron a tail electron)
 
     def __post_init__(self) -> None:
-        if not (self.dimuon >= 1.0 and self.aprime >= 1.0):
-            raise ValueError(f"biases must be >= 1, got dimuon {self.dimuon}, aprime {self.aprime}")
+        if not (self.dimuon >= 1.0 and self.aprime >= 1.0 and self.tail >= 1.0):
+            raise ValueError(f"biases must be >= 1, got dimuon {self.dimuon}, aprime {self.aprime}, tail {self.tail}")
 
     @classmethod
     def from_config(cls, cfg: Config) -> Bias:
@@ -310,6 +324,27 @@ def aprime_probability(cfg: Config) -> float:
     return _aprime_yield_eps1(ap.mass_mev * 1e-3, float(cfg.beam.energy_gev)) * ap.epsilon**2
 
 
+def tail_probability(cfg: Config) -> float:
+    """Probability that a beam electron is in the low-energy tail: 1 - exp(-``beam.tail_x0`` x photons per X0
+    with y in [``beam.tail_y_min``, TAIL_Y_MAX])."""
+    b = cfg.beam
+    if b.tail_x0 <= 0.0:
+        return 0.0
+    return -math.expm1(-float(b.tail_x0) * brem_rate_per_x0(float(b.tail_y_min), TAIL_Y_MAX))
+
+
+def tail_fraction(cfg: Config, e_lo_gev: float, e_hi_gev: float) -> float:
+    """Fraction of the beam electrons whose tail energy (1 - y) E0 lies in [``e_lo_gev``, ``e_hi_gev``] (the
+    nominal energy E0, without the Gaussian spread)."""
+    e0 = float(cfg.beam.energy_gev)
+    y_lo = max(1.0 - e_hi_gev / e0, float(cfg.beam.tail_y_min))
+    y_hi = min(1.0 - e_lo_gev / e0, TAIL_Y_MAX)
+    if y_hi <= y_lo:
+        return 0.0
+    full = brem_rate_per_x0(float(cfg.beam.tail_y_min), TAIL_Y_MAX)
+    return tail_probability(cfg) * brem_rate_per_x0(y_lo, y_hi) / full
+
+
 # ------------------------------------------------------------------------------ generator kernel
 @nb.njit(cache=True, nogil=True)
 def _gen_kernel(
@@ -328,6 +363,10 @@ def _gen_kernel(
     w_a,
     w_d,
     w_norm,
+    p_t,
+    yq_t,
+    w_t,
+    w_nt,
     index,
     t_out,
     ptype,
@@ -383,17 +422,25 @@ def _gen_kernel(
             y_mm[i] = by + sigma * z
             st, z = draw_normal(st)
             e = e0 * (1.0 + spread * z)
+            if pt == E_MINUS:
+                st_t, u = rng_next(rng_state(s, np.uint64(i), np.uint64(TAIL_STREAM)))
+                if u < p_t:  # radiated upstream: the low-energy tail
+                    st_t, u = rng_next(st_t)
+                    e *= 1.0 - table_draw(yq_t, u)
+                    w *= w_t
+                else:
+                    w *= w_nt
             e_beam[i] = e if e > 0.01 * e0 else 0.01 * e0
             if pt == E_MINUS:
                 st, u = rng_next(st)
                 if u < p_a:
                     fl |= TRUTH_APRIME
-                    w = w_a
+                    w *= w_a
                 elif u < p_a + p_d:
                     fl |= TRUTH_DIMUON
-                    w = w_d
+                    w *= w_d
                 else:
-                    w = w_norm
+                    w *= w_norm
         e_inv[i] = 0.0
         weight[i] = w
         # pile-up with the previous particle (the next one sets it below)
@@ -450,6 +497,13 @@ def generate_spill(
             "electron exceed 0.5: lower the A' bias, aprime.epsilon or the dimuon bias"
         )
     w_norm = (1.0 - p_a - p_d) / (1.0 - p_a * b_a - p_d * b_d)
+    p_t = tail_probability(cfg)
+    b_t = float(bias.tail)
+    if p_t * b_t > 1.0 + 1e-12:
+        raise ValueError(f"tail probability {p_t:.3g} x bias {b_t:g} exceeds 1")
+    p_tb = min(p_t * b_t, 1.0)
+    w_nt = (1.0 - p_t) / (1.0 - p_tb) if p_tb < 1.0 else 0.0  # electrons outside the tail (none at p_tb = 1)
+    y_min = float(cfg.beam.tail_y_min)
     truth = np.zeros(n, dtype=TRUTH_DTYPE)
     _gen_kernel(
         n,
@@ -467,6 +521,10 @@ def generate_spill(
         1.0 / b_a,
         1.0 / b_d,
         w_norm,
+        p_tb,
+        brem_quantiles(y_min, TAIL_Y_MAX),
+        1.0 / b_t,
+        w_nt,
         truth["index"],
         truth["time_ns"],
         truth["ptype"],

@@ -65,6 +65,7 @@ from sim_frontend.beam import (
     rng_next,
     rng_state,
 )
+from sim_frontend.bremsstrahlung import brem_quantiles, brem_rate_per_x0
 
 ELECTRON_MASS_GEV = 0.51099895e-3
 MUON_MASS_GEV = 0.1056583755
@@ -82,26 +83,6 @@ STEP_LAYER, STEP_GAS, STEP_MAGNET = 0, 1, 2
 
 
 # ------------------------------------------------------------------------------ spectra
-def _brem_density(y: np.ndarray) -> np.ndarray:
-    return (4.0 / 3.0 - 4.0 / 3.0 * y + y * y) / y
-
-
-def brem_rate_per_x0(y_lo: float, y_hi: float) -> float:
-    """Photons per radiation length with energy fraction in [y_lo, y_hi] (complete screening)."""
-    return 4.0 / 3.0 * math.log(y_hi / y_lo) - 4.0 / 3.0 * (y_hi - y_lo) + 0.5 * (y_hi**2 - y_lo**2)
-
-
-@lru_cache(maxsize=16)
-def brem_quantiles(y_lo: float, y_hi: float, n: int = 4096) -> np.ndarray:
-    """Quantile table (n + 1 nodes at u = j/n) of y in [y_lo, y_hi] with density (4/3 - 4/3 y + y^2)/y."""
-    ly = np.linspace(math.log(y_lo), math.log(y_hi), 20001)
-    y = np.exp(ly)
-    f = _brem_density(y) * y  # density in ln y
-    c = np.concatenate([[0.0], np.cumsum(0.5 * (f[1:] + f[:-1]) * np.diff(ly))])
-    c /= c[-1]
-    return np.exp(np.interp(np.linspace(0.0, 1.0, n + 1), c, ly))
-
-
 @lru_cache(maxsize=1)
 def sr_spectrum() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x grid, photon-number CDF, fraction of the energy above x) of the synchrotron spectrum,

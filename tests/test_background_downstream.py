@@ -11,7 +11,7 @@ import pytest
 from detector.config import load_calibration, load_config
 from offline import background_downstream as bd
 from offline import selection as sel
-from sim_frontend import processes
+from sim_frontend import beam, processes
 
 EOT, INTENSITY = 4.3e10, 5.1e6  # Table III exposure, Table II intensity
 KEYS = {"n", "err_stat", "err_syst", "mc_events"}
@@ -66,8 +66,12 @@ def test_target_interactions_scale_with_the_accidental_tag(cfg, calib):
     assert r2["n"] == pytest.approx(1e-3 * r1["n"], rel=1e-9, abs=1e-300)
     for a, b in zip(r1["samples"], r2["samples"]):
         assert b["n_upper_90"] == pytest.approx(1e-3 * a["n_upper_90"], rel=1e-9)
-    p = bd.p_sr_accidental(cfg, INTENSITY)
-    assert p == pytest.approx(bd.BEAM_TAIL_OUT_FRACTION * INTENSITY / 4.8 * 20e-9)
+    # the default accidental tag is measured on simulated tail electrons: in time x tagged, nothing typed in
+    tag = bd.accidental_tag(cfg, calib, INTENSITY, n_tail=400, seed=5)
+    rate = INTENSITY * bd.electron_fraction(cfg) / 4.8 * beam.tail_probability(cfg)
+    assert tag["p_in_time"] == pytest.approx(rate * 20e-9, rel=1e-3) and tag["n_tail"] == 400
+    assert tag["p_sr"] == pytest.approx(tag["p_in_time"] * tag["tagged"] / 400, rel=1e-9)
+    assert bd.p_sr_accidental(cfg, INTENSITY, calib, n_tail=400, seed=5) == tag["p_sr"]
     cex = next(s for s in r1["samples"] if s["name"] == "cex")
     # charge exchange with an accidental SR tag: an e.m. shower of ~100 GeV, so mostly not in the box
     assert cex["mean_w_generated"] == pytest.approx((1 - math.exp(-1.5)) * processes.CEX_FRACTION, rel=1e-6)
