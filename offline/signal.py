@@ -8,7 +8,8 @@ Per mass:
    A' with x = E_A'/E0 drawn from :func:`sim_frontend.aprime.sample_x` restricted to
    E_A' > E_miss,min = E0 - ``offline.ecal_box_max_gev`` (the yield definition of ``sim_frontend.yields``
    with the same E_miss,min, so efficiency x yield = the expected signal in the box);
-2. detector: :func:`sim_frontend.response.apply_response` (the ECAL sees E0 - E_A'), full events from
+2. detector: :func:`sim_frontend.response.apply_response`, the A' emitted inside the ECAL shower at a depth
+   the primary's path implies (:mod:`sim_frontend.aprime_depth`, as in the emulator), full events from
    ``sim_frontend.digitizer.Digitizer.events`` at the nominal HV (calibration ``hv_set``, no hidden gain
    spread);
 3. reconstruction: :func:`detector.reco.reconstruct` of all channels (the offline event table);
@@ -40,6 +41,7 @@ from detector.config import Calibration, Config, load_calibration
 from detector.reco import reconstruct
 from detector.records import PARTICLE_CODES, TRIGGER_BITS, TRUTH_APRIME, TRUTH_DIMUON
 from sim_frontend import aprime
+from sim_frontend.aprime_depth import AprimeEmission
 from sim_frontend.beam import BeamSpill, generate_spill
 from sim_frontend.response import Deposits, apply_response
 
@@ -192,7 +194,8 @@ def simulate_events(
         raise ValueError(f"A' mass must be > 0 MeV, got {mass_mev}")
     calib = load_calibration(cfg) if calib is None else calib
     spill, pick = _make_spill(cfg, mass_mev, n_events, seed, pileup)
-    dep = apply_response(spill, cfg)
+    x_min = emiss_min_gev(cfg) / float(cfg.beam.energy_gev)  # as _make_spill draws it
+    dep = apply_response(spill, cfg, aprime=AprimeEmission(float(mass_mev), x_min, seed))
     return mc_event_table(cfg, calib, spill, dep, pick, chunk)
 
 
