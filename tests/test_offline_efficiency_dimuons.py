@@ -250,3 +250,32 @@ def test_signal_efficiency_per_intensity_against_table_ii():
         if f in ("eps_v", "eps_hcal"):
             assert abs(hi[f] - value) < 2 * math.hypot(err, hi[f"{f}_err"])
             assert lo[f] >= hi[f] - 3 * math.hypot(hi[f"{f}_err"], lo[f"{f}_err"])
+
+
+def test_dimuons_mc_without_pileup_does_not_depend_on_the_intensity(tmp_path):
+    """The MC of data/MC (the paper's Table I): the electrons alone, so the beam intensity changes nothing;
+    with pile-up fewer dimuons pass (the incoming cuts lose events to neighbours in time)."""
+    res = {}
+    for name, extra in (("lo", ["--intensity", "1e6", "--no-pileup"]), ("hi", ["--intensity", "5e6", "--no-pileup"])):
+        out = tmp_path / f"{name}.json"
+        assert main(["dimuons", "--mc", "--eot", "1e8", "--events", "3000", "--json", str(out), *extra]) == 0
+        res[name] = json.loads(out.read_text())
+    assert res["lo"]["pileup"] is False and res["lo"]["cut_flow"] == res["hi"]["cut_flow"]
+    assert res["lo"]["selected_per_eot"] == res["hi"]["selected_per_eot"] > 0
+    piled = tmp_path / "piled.json"
+    assert (
+        main(["dimuons", "--mc", "--eot", "1e8", "--events", "3000", "--intensity", "5e6", "--json", str(piled)]) == 0
+    )
+    p = json.loads(piled.read_text())
+    assert p["pileup"] is True and p["cut_flow"]["pileup"] < res["hi"]["cut_flow"]["pileup"]
+
+
+def test_dimuons_rejects_bad_input(tmp_path):
+    assert main(["dimuons", "--mc", "--intensity", "1e6"]) == 2  # MC alone needs --eot
+    assert main(["dimuons", "--eot", "1e6", "--intensity", "1e6"]) == 2  # neither runs nor --mc
+    assert main(["dimuons", str(tmp_path / "nope")]) == 2  # no such run directory
+    bad = tmp_path / "mc.json"
+    bad.write_text('{"selected_per_eot": 1e-5}')
+    assert main(["dimuons", str(tmp_path), "--mc-json", str(bad)]) == 2  # no error in it
+    with pytest.raises(SystemExit):
+        main(["dimuons", str(tmp_path), "--mc", "--mc-json", str(bad)])  # one MC source
