@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from daq_helpers import (
     DAQ_TEST_CONFIG,
-    REPO_ROOT,
     _no_daq_left_behind,  # noqa: F401  (autouse fixture)
     start_daq,
 )
 from emulator_fixture import deep_merge, start_emulator
+from test_offline_on_recorded_run import offline_cli
 
 from detector.config import load_calibration, load_config
 from detector.records import TRUTH_DIMUON
@@ -30,6 +27,7 @@ from detector.runrecord import read_run_record
 from detector.spillfile import list_spills, read_spill
 from offline import events as ev
 from offline import selection as sel
+from offline.cli import main
 from offline.dimuons import ECAL_MAX_GEV, INCOMING_CUTS
 
 pytestmark = pytest.mark.slow
@@ -46,21 +44,7 @@ HCAL_INSIDE_GEV = (1.3, 5.5)
 MC = {"selected_per_eot": 5e-6, "selected_per_eot_err": 2e-7, "pileup": False}
 
 
-def offline_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "offline.cli", *args],
-        cwd=str(REPO_ROOT),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-def test_dimuons_in_a_run_recorded_by_the_daq(tmp_path):
+def test_dimuons_in_a_run_recorded_by_the_daq(tmp_path, capsys):
     with start_emulator(tmp_path, RUN_CONFIG, ["--no-pty"]) as emu:
         daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=31, spills=SPILLS)
         assert daq.wait(400) == 0, daq.log()[-6000:]
@@ -72,9 +56,7 @@ def test_dimuons_in_a_run_recorded_by_the_daq(tmp_path):
     mc_json = tmp_path / "mc.json"
     mc_json.write_text(json.dumps(MC))
     out = tmp_path / "dimuons.json"
-    proc = offline_cli("dimuons", str(daq.rdir), "--mc-json", str(mc_json), "--json", str(out))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "dimuons in recorded runs" in proc.stdout
+    offline_cli("dimuons", str(daq.rdir), "--mc-json", str(mc_json), "--json", str(out))  # the real command line
     res = json.loads(out.read_text())
     assert set(res) == {"runs", "mc", "mc_pileup"} and res["mc"] == MC and res["mc_pileup"] is False
     (r,) = res["runs"]
@@ -126,7 +108,12 @@ def test_dimuons_in_a_run_recorded_by_the_daq(tmp_path):
     )
     assert r["paper"] is None  # 3e5 per spill: no Table I row within 20%
 
+    # the printed table, in process
+    capsys.readouterr()
+    assert main(["dimuons", str(daq.rdir), "--mc-json", str(mc_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "dimuons in recorded runs" in printed and f"{r['data_mc']:.3f} +/- {r['data_mc_err']:.3f}" in printed
     # an MC prediction with pile-up is refused: data/MC is defined against the MC without it
     mc_json.write_text(json.dumps({**MC, "pileup": True}))
-    proc = offline_cli("dimuons", str(daq.rdir), "--mc-json", str(mc_json))
-    assert proc.returncode == 2 and "pile-up" in proc.stderr
+    assert main(["dimuons", str(daq.rdir), "--mc-json", str(mc_json)]) == 2
+    assert "pile-up" in capsys.readouterr().err
