@@ -37,7 +37,7 @@ from sim_frontend.response import apply_response
 
 from . import paper2016
 from . import selection as sel
-from .signal import _make_spill, emiss_min_gev, mc_event_table, mc_track_columns
+from .signal import _make_spill, emiss_min_gev, mc_event_table, mc_track_columns, signal_emission
 
 FACTORS: dict[str, tuple[str, ...]] = {
     "eps_e": ("srd", "srd_time", "momentum", "angle", "tracks"),
@@ -105,9 +105,7 @@ def signal_efficiency(
     c = cfg.with_overrides({"beam": {"particles_per_spill": float(intensity)}})
     calib = load_calibration(c) if calib is None else calib
     spill, pick = _make_spill(c, mass_mev, n_events, seed, pileup=True)
-    e_min = emiss_min_gev(c) / float(c.beam.energy_gev)  # the signal sample's x_min (offline.signal._make_spill)
-    emission = aprime_depth.AprimeEmission(float(mass_mev), e_min, seed, at_face=not at_depth)
-    dep = apply_response(spill, c, aprime=emission)
+    dep = apply_response(spill, c, aprime=signal_emission(c, mass_mev, seed, at_face=not at_depth))
     if at_depth:
         if not np.array_equal(dep.aprime["index"], pick):
             raise RuntimeError("the response placed other A' events than the signal sample's")

@@ -97,6 +97,13 @@ def emiss_min_gev(cfg: Config) -> float:
     return float(cfg.beam.energy_gev) - float(cfg.offline.ecal_box_max_gev)
 
 
+def signal_emission(cfg: Config, mass_mev: float, seed: int, at_face: bool = False) -> AprimeEmission:
+    """How the response emits the A' of the signal sample (:func:`_make_spill`): ``mass_mev``, E_A' above
+    E_miss,min as the fraction of each electron's beam energy its x is drawn above, at its depth in the
+    shower unless ``at_face``."""
+    return AprimeEmission(float(mass_mev), emiss_min_gev(cfg) / float(cfg.beam.energy_gev), seed, at_face)
+
+
 def _electron_only(cfg: Config) -> Config:
     no_others = dict.fromkeys(("frac_pion", "frac_kaon", "frac_muon", "frac_halo"), 0.0)
     return cfg.with_overrides({"beam": no_others, "aprime": {"enabled": False}})
@@ -135,7 +142,9 @@ def _make_spill(cfg: Config, mass_mev: float, n: int, seed: int, pileup: bool):
     e0 = float(cfg.beam.energy_gev)
     spill, pick = mc_beam(cfg, n, SEED_OFFSET + seed, pileup)
     rng = np.random.default_rng([seed, int(round(mass_mev * 1000)), 0xA9])
-    x = aprime.sample_x(mass_mev * 1e-3, e0, pick.size, rng, x_min=emiss_min_gev(cfg) / e0)
+    x = aprime.sample_x(
+        mass_mev * 1e-3, e0, pick.size, rng, x_min=signal_emission(cfg, mass_mev, seed).emiss_min_fraction
+    )
     t = spill.truth
     t["flags"][pick] = (t["flags"][pick] & ~np.uint8(TRUTH_DIMUON)) | TRUTH_APRIME
     t["e_invisible"][pick] = (x * t["e_beam"][pick]).astype(np.float32)
@@ -194,8 +203,7 @@ def simulate_events(
         raise ValueError(f"A' mass must be > 0 MeV, got {mass_mev}")
     calib = load_calibration(cfg) if calib is None else calib
     spill, pick = _make_spill(cfg, mass_mev, n_events, seed, pileup)
-    x_min = emiss_min_gev(cfg) / float(cfg.beam.energy_gev)  # as _make_spill draws it
-    dep = apply_response(spill, cfg, aprime=AprimeEmission(float(mass_mev), x_min, seed))
+    dep = apply_response(spill, cfg, aprime=signal_emission(cfg, mass_mev, seed))
     return mc_event_table(cfg, calib, spill, dep, pick, chunk)
 
 
