@@ -203,7 +203,11 @@ def _dimuons_data(args: argparse.Namespace) -> int:
     with Progress(console=_err, transient=True) as prog:
         for d in dirs:
             task = prog.add_task(f"dimuons in {d.name}", total=None)
-            r = run_dimuons(d, cfg, progress=lambda k, n, task=task: prog.update(task, completed=k, total=n))
+
+            def advance(k: int, n: int, task: Any = task) -> None:
+                prog.update(task, completed=k, total=n)
+
+            r = run_dimuons(d, cfg, progress=advance)
             if mc is not None:
                 r["data_mc"], r["data_mc_err"] = data_over_mc(r, mc)
             r["paper"] = paper_table_i(r["intensity"])
