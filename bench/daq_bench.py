@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _config(path: Path, particles: float) -> None:
+def _config(path: Path, particles: float, seed: int | None = None) -> None:
     path.write_text(f"""
 [spill]
 length_s = {SPILL_S}
 supercycle_s = {SUPERCYCLE_S}
 [beam]
 particles_per_spill = {float(particles)!r}
+{"" if seed is None else f"seed = {int(seed)}"}
 [emulator]
 spill_buffer = 2
 [daq]
@@ -97,11 +99,19 @@ def _record(rdir: Path) -> dict[str, Any] | None:
         return None
 
 
-def run_point(particles: float, spills: int, work: Path, timeout_per_spill: float) -> dict[str, Any]:
-    """One intensity: emulator + DAQ, ``spills`` spills pushed one by one; the DAQ's own timings."""
+def run_point(
+    particles: float,
+    spills: int,
+    work: Path,
+    timeout_per_spill: float,
+    seed: int | None = None,
+    on_spill: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """One intensity: emulator + DAQ, ``spills`` spills pushed one by one; the DAQ's own timings. The run is
+    ``work/data/run-000001``; ``seed``: the beam's (``beam.seed``); ``on_spill(recorded, spills)`` after each."""
     work.mkdir(parents=True, exist_ok=True)
     cfg = work / "bench.toml"
-    _config(cfg, particles)
+    _config(cfg, particles, seed)
     ep = work / "endpoints.json"
     out = work / "data"
     env = _env()
@@ -190,6 +200,8 @@ def run_point(particles: float, spills: int, work: Path, timeout_per_spill: floa
                     f"spill {k + 1} recorded",
                     [emu, daq],
                 )
+                if on_spill is not None:
+                    on_spill(k + 1, spills)
             daq.wait(timeout_per_spill)
             rec = read_run_record(rdir)
         finally:

@@ -4,7 +4,7 @@
 The chain: ``n`` beam electrons embedded in the beam of the configured composition at ``intensity``
 particles per spill (pile-up, :func:`offline.signal.mc_beam`) emit an A' (E_A' > E_miss,min); the detector
 response (:func:`sim_frontend.response.apply_response`) with the A' emitted at a depth of the shower the
-track length implies (:func:`offline.aprime_depth.emit_at_depth`); the Micromegas hits and the track
+track length implies (:func:`sim_frontend.aprime_depth.emit_at_depth`); the Micromegas hits and the track
 reconstruction; digitisation, reconstruction and the physics trigger (:func:`offline.signal.mc_event_table`);
 the offline selection (:mod:`offline.selection`).
 
@@ -20,7 +20,7 @@ product is the total), with binomial errors sqrt(e (1 - e) / n):
 - ``eps_v`` the V2 veto; ``eps_hcal`` the HCAL veto.
 
 ``ps_threshold_correction``: the PS-threshold efficiency with the A' at its depth over that with the A' at
-the ECAL face, on the same events (:func:`offline.aprime_depth.ps_threshold_correction`); the total already
+the ECAL face, on the same events (:func:`sim_frontend.aprime_depth.ps_threshold_correction`); the total already
 contains it, through the redrawn deposits.
 """
 
@@ -32,11 +32,12 @@ from typing import Any
 import numpy as np
 
 from detector.config import Calibration, Config, load_calibration
+from sim_frontend import aprime_depth
 from sim_frontend.response import apply_response
 
-from . import aprime_depth, paper2016
+from . import paper2016
 from . import selection as sel
-from .signal import _make_spill, emiss_min_gev, mc_event_table, mc_track_columns
+from .signal import _make_spill, emiss_min_gev, mc_event_table, mc_track_columns, signal_emission
 
 FACTORS: dict[str, tuple[str, ...]] = {
     "eps_e": ("srd", "srd_time", "momentum", "angle", "tracks"),
@@ -104,9 +105,13 @@ def signal_efficiency(
     c = cfg.with_overrides({"beam": {"particles_per_spill": float(intensity)}})
     calib = load_calibration(c) if calib is None else calib
     spill, pick = _make_spill(c, mass_mev, n_events, seed, pileup=True)
-    dep = apply_response(spill, c)
-    ps_face = dep.trigger[pick, 4].copy()
-    depth = aprime_depth.emit_at_depth(spill, dep, pick, seed, mass_mev, emiss_min_gev(c)) if at_depth else None
+    dep = apply_response(spill, c, aprime=signal_emission(c, mass_mev, seed, at_face=not at_depth))
+    if at_depth:
+        if not np.array_equal(dep.aprime["index"], pick):
+            raise RuntimeError("the response placed other A' events than the signal sample's")
+        ps_face = dep.aprime["ps_face_gev"]
+    else:
+        ps_face = dep.trigger[pick, 4].copy()
     t = mc_event_table(c, calib, spill, dep, pick)
     t.update(mc_track_columns(c, spill, pick))
     s = sel.select(t, sel.Cuts.from_config(c))
@@ -122,7 +127,7 @@ def signal_efficiency(
         **table,
         "at_depth": bool(at_depth),
         "ps_threshold_correction": aprime_depth.ps_threshold_correction(ps_face, dep.trigger[pick, 4], ps_min),
-        "depth_x0_mean": float(np.mean(depth["t_x0"])) if depth else 0.0,
+        "depth_x0_mean": float(np.mean(dep.aprime["t_x0"])) if at_depth else 0.0,
         "tracker_applied": bool(s.tracker_applied),
         "cut_flow": dict(s.cut_flow()),
         "paper": paper_reference(intensity),

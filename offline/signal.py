@@ -8,7 +8,8 @@ Per mass:
    A' with x = E_A'/E0 drawn from :func:`sim_frontend.aprime.sample_x` restricted to
    E_A' > E_miss,min = E0 - ``offline.ecal_box_max_gev`` (the yield definition of ``sim_frontend.yields``
    with the same E_miss,min, so efficiency x yield = the expected signal in the box);
-2. detector: :func:`sim_frontend.response.apply_response` (the ECAL sees E0 - E_A'), full events from
+2. detector: :func:`sim_frontend.response.apply_response`, the A' emitted inside the ECAL shower at a depth
+   the primary's path implies (:mod:`sim_frontend.aprime_depth`, as in the emulator), full events from
    ``sim_frontend.digitizer.Digitizer.events`` at the nominal HV (calibration ``hv_set``, no hidden gain
    spread);
 3. reconstruction: :func:`detector.reco.reconstruct` of all channels (the offline event table);
@@ -40,6 +41,7 @@ from detector.config import Calibration, Config, load_calibration
 from detector.reco import reconstruct
 from detector.records import PARTICLE_CODES, TRIGGER_BITS, TRUTH_APRIME, TRUTH_DIMUON
 from sim_frontend import aprime
+from sim_frontend.aprime_depth import AprimeEmission
 from sim_frontend.beam import BeamSpill, generate_spill
 from sim_frontend.response import Deposits, apply_response
 
@@ -95,6 +97,13 @@ def emiss_min_gev(cfg: Config) -> float:
     return float(cfg.beam.energy_gev) - float(cfg.offline.ecal_box_max_gev)
 
 
+def signal_emission(cfg: Config, mass_mev: float, seed: int, at_face: bool = False) -> AprimeEmission:
+    """How the response emits the A' of the signal sample (:func:`_make_spill`): ``mass_mev``, E_A' above
+    E_miss,min as the fraction of each electron's beam energy its x is drawn above, at its depth in the
+    shower unless ``at_face``."""
+    return AprimeEmission(float(mass_mev), emiss_min_gev(cfg) / float(cfg.beam.energy_gev), seed, at_face)
+
+
 def _electron_only(cfg: Config) -> Config:
     no_others = dict.fromkeys(("frac_pion", "frac_kaon", "frac_muon", "frac_halo"), 0.0)
     return cfg.with_overrides({"beam": no_others, "aprime": {"enabled": False}})
@@ -133,7 +142,9 @@ def _make_spill(cfg: Config, mass_mev: float, n: int, seed: int, pileup: bool):
     e0 = float(cfg.beam.energy_gev)
     spill, pick = mc_beam(cfg, n, SEED_OFFSET + seed, pileup)
     rng = np.random.default_rng([seed, int(round(mass_mev * 1000)), 0xA9])
-    x = aprime.sample_x(mass_mev * 1e-3, e0, pick.size, rng, x_min=emiss_min_gev(cfg) / e0)
+    x = aprime.sample_x(
+        mass_mev * 1e-3, e0, pick.size, rng, x_min=signal_emission(cfg, mass_mev, seed).emiss_min_fraction
+    )
     t = spill.truth
     t["flags"][pick] = (t["flags"][pick] & ~np.uint8(TRUTH_DIMUON)) | TRUTH_APRIME
     t["e_invisible"][pick] = (x * t["e_beam"][pick]).astype(np.float32)
@@ -192,7 +203,7 @@ def simulate_events(
         raise ValueError(f"A' mass must be > 0 MeV, got {mass_mev}")
     calib = load_calibration(cfg) if calib is None else calib
     spill, pick = _make_spill(cfg, mass_mev, n_events, seed, pileup)
-    dep = apply_response(spill, cfg)
+    dep = apply_response(spill, cfg, aprime=signal_emission(cfg, mass_mev, seed))
     return mc_event_table(cfg, calib, spill, dep, pick, chunk)
 
 

@@ -22,7 +22,9 @@ Models (constants in :mod:`sim_frontend.geometry` and :mod:`sim_frontend.process
   mean 0.2% into HCAL module 0; lateral e.m. profile (75% in the central cell); SRD: 50 MeV per section of a
   MIPs in S0..S4; nothing in V2. A beam e- produces a leading hadron (1e-4, docs/physics.md 10.5) that
   takes its energy out of the shower.
-- A': the ECAL sees ``e_beam - e_invisible``; nothing else changes.
+- A': emitted inside the ECAL shower at a depth the primary's path implies (:mod:`sim_frontend.aprime_depth`,
+  :class:`~sim_frontend.aprime_depth.AprimeEmission`: the beam generator's A' by default): the PS and ECAL
+  see the primary's photons radiated before it and the recoil shower from there; nothing else changes.
 - dimuon: photon energy k from ``0.572 E0/k^2 sigma_BH(k)`` and x+ from ``dsigma/dx+`` of
   :mod:`sim_frontend.dimuon`; the shower keeps ``E - k``, each muon loses 0.3 GeV (visible) in the ECAL, then
   is transported behind it (:func:`sim_frontend.processes.muon_downstream`: production angle, multiple
@@ -66,6 +68,7 @@ from detector.settings import Config
 from sim_frontend import geometry as g
 from sim_frontend import physics_constants as pc
 from sim_frontend import processes as pr
+from sim_frontend.aprime_depth import AprimeEmission, emit_at_depth
 from sim_frontend.beam import (
     E_MINUS,
     HALO,
@@ -108,6 +111,9 @@ class Deposits:
     hcal_shift_mm: tuple[float, float] = (0.0, 0.0)
     calibration_module: int = -1
     table: dict = field(default_factory=dict)
+    #: the A' emissions placed inside the shower (:func:`sim_frontend.aprime_depth.emit_at_depth`'s result,
+    #: ``index`` = the particles); empty when there is none
+    aprime: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -576,7 +582,13 @@ def v2_pe_max(cfg: Config) -> int:
     return int(math.ceil(float(cfg.offline.v2_max_mip) * pr.V2_PE_PER_MIP)) - 1
 
 
-def apply_response(spill: BeamSpill, cfg: Config, table: dict | None = None, force: int | np.ndarray = 0) -> Deposits:
+def apply_response(
+    spill: BeamSpill,
+    cfg: Config,
+    table: dict | None = None,
+    force: int | np.ndarray = 0,
+    aprime: AprimeEmission | None = None,
+) -> Deposits:
     """Detector response of every particle of ``spill``: returns the compact :class:`Deposits` and fills
     the truth fields e_ps, e_ecal, e_hcal, e_v2, e_srd (and, in calibration mode, ptype/flags) in place.
 
@@ -584,6 +596,8 @@ def apply_response(spill: BeamSpill, cfg: Config, table: dict | None = None, for
     ``force``: forced processes of a biased MC sample (bits ``sim_frontend.processes.FORCE_*``, for every
     particle or per particle as a uint8 array; 0 for recorded data); the truth weight of a forced particle is
     multiplied by the probability of what was forced.
+    ``aprime``: where the A' of the TRUTH_APRIME electrons is emitted (default: the beam generator's A',
+    ``AprimeEmission.from_config(cfg)``, at its depth in the shower; never in calibration mode).
     Deterministic: the same spill (seed, truth) gives the same deposits."""
     from sim_frontend import beamline
 
@@ -640,6 +654,11 @@ def apply_response(spill: BeamSpill, cfg: Config, table: dict | None = None, for
     )
     if module >= 0:
         truth["weight"][truth["ptype"] != PARTICLE_CODES["halo"]] = 1.0
+    else:
+        em = AprimeEmission.from_config(cfg) if aprime is None else aprime
+        pick = np.flatnonzero((truth["flags"] & TRUTH_APRIME) != 0)
+        if pick.size and not em.at_face:
+            dep.aprime = emit_at_depth(spill, dep, pick, em.seed, em.mass_mev, em.emiss_min_fraction)
     return dep
 
 

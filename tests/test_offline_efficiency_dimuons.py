@@ -9,8 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from offline import aprime_depth, efficiency
+from offline import efficiency
 from offline.cli import main
+from sim_frontend import aprime_depth
 
 FACTORS = ("eps_e", "eps_ecal", "eps_v", "eps_hcal")
 
@@ -83,9 +84,11 @@ def test_redrawn_deposits_reach_the_cells():
 
     cfg = load_config(None).with_overrides({"beam": {"particles_per_spill": 1.5e6}})
     spill, pick = _make_spill(cfg, 16.7, 600, 2, pileup=True)
-    dep = apply_response(spill, cfg)
+    x_min = emiss_min_gev(cfg) / cfg.beam.energy_gev
+    dep = apply_response(spill, cfg, aprime=aprime_depth.AprimeEmission(16.7, x_min, at_face=True))
+    assert dep.aprime == {}  # at the face: nothing redrawn yet
     empty_face = dep.trigger[pick, 5] == 0.0
-    d = aprime_depth.emit_at_depth(spill, dep, pick, 2, 16.7, emiss_min_gev(cfg))
+    d = aprime_depth.emit_at_depth(spill, dep, pick, 2, 16.7, x_min)
     cells = channel_deposits(spill, dep, pick)
     ps_cells = cells[:, ch.ECAL_FIRST : ch.ECAL_FIRST + ch.N_ECAL].reshape(-1, 2, 36)[:, 0].sum(axis=1)
     all_cells = cells[:, ch.ECAL_FIRST : ch.ECAL_FIRST + ch.N_ECAL].sum(axis=1)
@@ -95,6 +98,64 @@ def test_redrawn_deposits_reach_the_cells():
     np.testing.assert_allclose(all_cells[redrawn], dep.trigger[pick, 5][redrawn], rtol=1e-4, atol=1e-4)
     # several photons of the primary shower before the emission point in most events
     assert np.mean(d["n_photons"][d["redrawn"]] >= 1) > 0.5
+
+
+def test_the_emulators_aprime_injection_is_emitted_at_its_depth():
+    """The beam generator's A' (the emulator's injection: ``aprime.enabled``, the configured mass) goes through
+    the depth model by default (``apply_response``): on the same spill, the A' events' preshower deposits are
+    redrawn from the face placement, more of them pass the PS threshold, E_A' stays above the generator's
+    E_miss,min, the truth follows the deposits, and no other particle changes."""
+    import dataclasses
+
+    from detector.config import load_config
+    from detector.records import TRUTH_APRIME
+    from sim_frontend.beam import X_MIN_APRIME, generate_spill
+    from sim_frontend.response import apply_response
+
+    cfg = load_config(None).with_overrides(
+        {"beam": {"particles_per_spill": 3e4}, "aprime": {"enabled": True, "epsilon": 1.0}}
+    )
+    deep, face = generate_spill(cfg, 7), generate_spill(cfg, 7)
+    dep = apply_response(deep, cfg)
+    at_face = dataclasses.replace(aprime_depth.AprimeEmission.from_config(cfg), at_face=True)
+    dep_face = apply_response(face, cfg, aprime=at_face)
+    ap = np.flatnonzero((deep.truth["flags"] & TRUTH_APRIME) != 0)
+    assert ap.size > 100 and dep_face.aprime == {}
+    np.testing.assert_array_equal(dep.aprime["index"], ap)
+    redrawn = dep.aprime["redrawn"]
+    assert redrawn.mean() > 0.8
+    np.testing.assert_array_equal(dep.aprime["ps_face_gev"], dep_face.trigger[ap, 4])  # redrawn from the face
+    x = deep.truth["e_invisible"][ap][redrawn] / deep.truth["e_beam"][ap][redrawn]
+    assert np.all(x >= X_MIN_APRIME * (1 - 1e-6))
+    np.testing.assert_array_equal(deep.truth["e_ps"][ap], dep.trigger[ap, 4])
+    np.testing.assert_array_equal(deep.truth["e_ecal"][ap], dep.trigger[ap, 5])
+    ps_min = float(cfg.trigger.menu["physics"].ps_min_gev)
+    assert aprime_depth.ps_threshold_correction(dep_face.trigger[ap, 4], dep.trigger[ap, 4], ps_min) > 1.1
+    others = np.setdiff1d(np.arange(dep.n), ap)
+    np.testing.assert_array_equal(dep.trigger[others], dep_face.trigger[others])
+    np.testing.assert_array_equal(dep.hcal, dep_face.hcal)
+    # deterministic, as the emulator needs: the same spill again gives the same deposits
+    np.testing.assert_array_equal(apply_response(generate_spill(cfg, 7), cfg).trigger, dep.trigger)
+
+
+def test_simulate_emits_the_aprime_at_its_depth():
+    """``na64-offline simulate``'s events (:func:`offline.signal.simulate_events`) carry the A' at its depth:
+    more of them above the PS threshold in truth than the same electrons with the A' at the ECAL face."""
+    import dataclasses
+
+    from detector.config import load_config
+    from offline.signal import _make_spill, emiss_min_gev, simulate_events
+    from sim_frontend.response import apply_response
+
+    cfg = load_config(None)
+    t = simulate_events(cfg, 16.7, 400, seed=3)
+    spill, pick = _make_spill(cfg, 16.7, 400, 3, pileup=False)
+    em = aprime_depth.AprimeEmission(16.7, emiss_min_gev(cfg) / cfg.beam.energy_gev, 3)
+    face = apply_response(spill, cfg, aprime=dataclasses.replace(em, at_face=True))
+    ps_min = float(cfg.trigger.menu["physics"].ps_min_gev)
+    assert aprime_depth.ps_threshold_correction(face.trigger[pick, 4], t["truth_e_ps"], ps_min) > 1.1
+    x = t["truth_e_invisible"] / t["truth_e_beam"]
+    assert np.all(x >= emiss_min_gev(cfg) / cfg.beam.energy_gev * (1 - 1e-6))
 
 
 def test_ps_threshold_correction_is_the_ratio_of_fractions_above_threshold():
@@ -189,3 +250,32 @@ def test_signal_efficiency_per_intensity_against_table_ii():
         if f in ("eps_v", "eps_hcal"):
             assert abs(hi[f] - value) < 2 * math.hypot(err, hi[f"{f}_err"])
             assert lo[f] >= hi[f] - 3 * math.hypot(hi[f"{f}_err"], lo[f"{f}_err"])
+
+
+def test_dimuons_mc_without_pileup_does_not_depend_on_the_intensity(tmp_path):
+    """The MC of data/MC (the paper's Table I): the electrons alone, so the beam intensity changes nothing;
+    with pile-up fewer dimuons pass (the incoming cuts lose events to neighbours in time)."""
+    res = {}
+    for name, extra in (("lo", ["--intensity", "1e6", "--no-pileup"]), ("hi", ["--intensity", "5e6", "--no-pileup"])):
+        out = tmp_path / f"{name}.json"
+        assert main(["dimuons", "--mc", "--eot", "1e8", "--events", "3000", "--json", str(out), *extra]) == 0
+        res[name] = json.loads(out.read_text())
+    assert res["lo"]["pileup"] is False and res["lo"]["cut_flow"] == res["hi"]["cut_flow"]
+    assert res["lo"]["selected_per_eot"] == res["hi"]["selected_per_eot"] > 0
+    piled = tmp_path / "piled.json"
+    assert (
+        main(["dimuons", "--mc", "--eot", "1e8", "--events", "3000", "--intensity", "5e6", "--json", str(piled)]) == 0
+    )
+    p = json.loads(piled.read_text())
+    assert p["pileup"] is True and p["cut_flow"]["pileup"] < res["hi"]["cut_flow"]["pileup"]
+
+
+def test_dimuons_rejects_bad_input(tmp_path):
+    assert main(["dimuons", "--mc", "--intensity", "1e6"]) == 2  # MC alone needs --eot
+    assert main(["dimuons", "--eot", "1e6", "--intensity", "1e6"]) == 2  # neither runs nor --mc
+    assert main(["dimuons", str(tmp_path / "nope")]) == 2  # no such run directory
+    bad = tmp_path / "mc.json"
+    bad.write_text('{"selected_per_eot": 1e-5}')
+    assert main(["dimuons", str(tmp_path), "--mc-json", str(bad)]) == 2  # no error in it
+    with pytest.raises(SystemExit):
+        main(["dimuons", str(tmp_path), "--mc", "--mc-json", str(bad)])  # one MC source

@@ -1,11 +1,14 @@
-"""The A' emitted inside the ECAL shower, at a depth the primary's path implies (issue 18, Table II).
+"""The A' emitted inside the ECAL shower, at a depth the primary's path implies (docs/physics.md 6.3.1,
+the paper's Table II).
 
-:func:`sim_frontend.response.apply_response` lets an A' electron shower its visible energy E - E_A' from the
-ECAL face, with E_A' = x E drawn for the full beam energy. For a light A' x is close to 1, so the recoil
-shower is soft and often leaves too little in the preshower. In the target the A' is radiated by an
-electron of the shower somewhere along its track; with E_A' > E_miss,min (half the beam energy and more)
-only the primary can radiate it, after it has already radiated part of its energy. :func:`emit_at_depth`
-redraws the A' and the ECAL and preshower deposits of the A' events accordingly:
+The response kernel (:func:`sim_frontend.response.apply_response`) first lets an A' electron shower its
+visible energy E - E_A' from the ECAL face, with E_A' = x E drawn for the full beam energy. For a light A' x
+is close to 1, so that recoil shower is soft and often leaves too little in the preshower. In the target the
+A' is radiated by an electron of the shower somewhere along its track; with E_A' > E_miss,min (half the beam
+energy and more) only the primary can radiate it, after it has already radiated part of its energy.
+:func:`emit_at_depth`, which ``apply_response`` calls on every A' electron (the emulator's injection and the
+offline signal simulation alike, :class:`AprimeEmission`), redraws the A' and the ECAL and preshower
+deposits of the A' events accordingly:
 
 1. the primary's path (:func:`primary_path`): bremsstrahlung emissions at exponential intervals (rate
    R_b per X0 for photon fractions y > ``Y_MIN``, :func:`sim_frontend.cascade.brems_rate_per_x0`), y from
@@ -32,14 +35,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from detector.settings import Config
 from sim_frontend import geometry as g
-from sim_frontend.beam import BeamSpill, rng_state
+from sim_frontend.beam import X_MIN_APRIME, BeamSpill, rng_state
 from sim_frontend.cascade import PHOTON_CONVERSION_RATE_PER_X0, _sample_brems_y_numpy, brems_rate_per_x0
-from sim_frontend.response import Deposits
 from sim_frontend.showers import PS_FRACTION_TABLE, em_shower
+
+if TYPE_CHECKING:
+    from sim_frontend.response import Deposits
 
 STREAM = 0xDE97  #: random stream of the depth redraw (independent of the response's streams)
 #: bremsstrahlung photons of the primary below this energy fraction are neglected (they carry ~1e-3 of its
@@ -50,6 +57,26 @@ Y_MIN = 1e-3
 T_CAP_X0 = 5.0
 SIGMA_GRID_POINTS = 256  #: energies of the sigma(E, E_A' > E_miss,min) table the rejection interpolates
 MAX_PASSES = 2000  #: rejection passes before giving up (each accepts ~ the track length / T_CAP_X0)
+
+
+@dataclass(frozen=True)
+class AprimeEmission:
+    """How :func:`sim_frontend.response.apply_response` places the A' of the TRUTH_APRIME electrons: mass
+    ``mass_mev`` (MeV), ``emiss_min_fraction`` the smallest A' energy of the sample over the electron's beam
+    energy, ``seed`` a random
+    stream (combined with the spill's seed), ``at_face`` True to keep the A' at the ECAL face (the
+    comparison of ``na64-offline efficiency --face``), else emitted at its depth (:func:`emit_at_depth`)."""
+
+    mass_mev: float
+    emiss_min_fraction: float
+    seed: int = 0
+    at_face: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> AprimeEmission:
+        """The beam generator's A' (:func:`sim_frontend.beam.generate_spill`): ``aprime.mass_mev``, E_A' above
+        ``X_MIN_APRIME`` of the electron's beam energy; at its depth."""
+        return cls(float(cfg.aprime.mass_mev), X_MIN_APRIME)
 
 
 @dataclass
@@ -170,13 +197,15 @@ def sample_emission(mass_gev: float, e_gev: np.ndarray, emiss_min_gev: float, rn
 
 
 def emit_at_depth(
-    spill: BeamSpill, dep: Deposits, pick: np.ndarray, seed: int, mass_mev: float, emiss_min_gev: float
+    spill: BeamSpill, dep: Deposits, pick: np.ndarray, seed: int, mass_mev: float, emiss_min_fraction: float
 ) -> dict[str, np.ndarray]:
-    """Redraw the A' of the events ``pick`` of ``spill`` (``mass_mev``, E_A' > ``emiss_min_gev``) as radiated
-    inside the shower (:func:`sample_emission`) and their PS and ECAL deposits (in ``dep`` and in the
-    truth, E_A' in ``e_invisible``). Returns per picked event the depth ``t_x0``, the emitter energy
-    ``e_emitter_gev``, the A' energy and the preshower deposit before (``ps_face_gev``, the A' at the face)
-    and after (``ps_depth_gev``) the redraw."""
+    """Redraw the A' of the events ``pick`` of ``spill`` (``mass_mev``, E_A' > E_miss,min =
+    ``emiss_min_fraction`` x the electron's beam energy ``e_beam``, the definition the beam generator and the
+    signal sample draw x with) as radiated inside the shower (:func:`sample_emission`, drawn at the mean beam
+    energy of the events and scaled to each one's: the beam's spread is ~1%) and their PS and ECAL deposits
+    (in ``dep`` and in the truth, E_A' in ``e_invisible``). Returns per picked event (``index``: ``pick``) the
+    depth ``t_x0``, the emitter energy ``e_emitter_gev``, the A' energy and the preshower deposit before
+    (``ps_face_gev``, the A' at the face) and after (``ps_depth_gev``) the redraw."""
     from detector.records import TRUTH_APRIME
 
     truth = spill.truth
@@ -184,7 +213,8 @@ def emit_at_depth(
     if spill.beamline is None:
         raise ValueError("the spill has no beam-line transport: run apply_response first")
     e = spill.beamline.e_front[pick].astype(np.float64)
-    ok = ((truth["flags"][pick] & TRUTH_APRIME) != 0) & (e > emiss_min_gev * (1.0 + 1e-6))
+    e_beam = truth["e_beam"][pick].astype(np.float64)
+    ok = ((truth["flags"][pick] & TRUTH_APRIME) != 0) & (e > emiss_min_fraction * e_beam * (1.0 + 1e-6))
     rng = np.random.default_rng([int(seed), int(spill.seed) & 0xFFFFFFFF, STREAM])
     t, e_emit = np.zeros(pick.size), e.copy()
     e_a = truth["e_invisible"][pick].astype(np.float64)
@@ -195,13 +225,15 @@ def emit_at_depth(
     base = np.uint64(spill.seed) ^ np.uint64(STREAM)
     rows = np.flatnonzero(ok)
     if rows.size:
-        em = sample_emission(mass_mev * 1e-3, e[rows], emiss_min_gev, rng)
-        t[rows], e_emit[rows], e_a[rows] = em.t_x0, em.e_emitter_gev, em.e_aprime_gev
+        e_ref = float(np.mean(e_beam[rows]))
+        scale = e_beam[rows] / e_ref
+        em = sample_emission(mass_mev * 1e-3, e[rows] / scale, emiss_min_fraction * e_ref, rng)
+        t[rows], e_emit[rows], e_a[rows] = em.t_x0, em.e_emitter_gev * scale, em.e_aprime_gev * scale
         n_photons[rows] = (em.photon_gev > 0).sum(axis=1)
         for j, k in enumerate(rows):
             st = np.uint64(rng_state(base, np.uint64(truth["index"][pick[k]]), np.uint64(7)))
             st, ps_k, ec_k, _ = em_shower(st, e_emit[k] - e_a[k], x[k], y[k], PS_FRACTION_TABLE, t[k])
-            for kg, tc in zip(em.photon_gev[j], em.photon_conv_x0[j]):
+            for kg, tc in zip(em.photon_gev[j] * scale[j], em.photon_conv_x0[j]):
                 if kg > 0.0:
                     # numba hands the state back as a Python int: the next call needs the uint64 again
                     st, ps_g, ec_g, _ = em_shower(np.uint64(st), kg, x[k], y[k], PS_FRACTION_TABLE, tc)
@@ -219,6 +251,7 @@ def emit_at_depth(
     truth["e_ecal"][pick] = ecal_new.astype(np.float32)
     truth["e_invisible"][pick] = e_a.astype(np.float32)
     return {
+        "index": pick,
         "t_x0": t,
         "e_emitter_gev": e_emit,
         "e_aprime_gev": e_a,
