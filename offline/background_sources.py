@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from detector.config import Calibration, Config, load_calibration
-from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_BEAMLINE, TRUTH_DIMUON
+from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_BEAMLINE, TRUTH_DECAY, TRUTH_DIMUON
 from sim_frontend import beamline
 from sim_frontend.beam import generate_spill
 from sim_frontend.response import apply_response
@@ -154,7 +154,7 @@ def upstream_prediction(
     bias = beamline.Bias(UPSTREAM_BIAS, UPSTREAM_BIAS_Y)
     t, n_sim, stats = simulate_tables(c, calib, n_mc, seed, intensity, bias, progress, tracker=tracker)
     zero_w = stats["beamline_weight"] / max(stats["beamline_events"], 1)
-    out = _weighted_prediction(t, n_sim, eot, sel.Cuts.from_config(c), int(TRUTH_DIMUON | TRUTH_APRIME), zero_w)
+    out = _weighted_prediction(t, n_sim, eot, sel.Cuts.from_config(c), int(TRUTH_DIMUON | TRUTH_APRIME | TRUTH_DECAY), zero_w)
     out["mc"].update(
         {
             "bias": UPSTREAM_BIAS,
@@ -224,3 +224,7 @@ def predict(
     total = sum(r["n"] for r in res.values())
     err = math.sqrt(sum(r["err"] ** 2 for r in res.values()))
     return {"eot": eot, "intensity": intensity, "total": {"n": total, "err": err}, "sources": res}
+
+from .background_decays import decays_in_flight  # noqa: E402 (it imports from this module)
+
+register("decays_in_flight", decays_in_flight)
