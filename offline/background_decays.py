@@ -14,7 +14,7 @@ box and are not digitised (they count in the cut flow's ``all`` only).
 n = N_EOT x sum over channels of (parents per EOT) x sum(w in box) / N_MC, parents per EOT = frac_parent /
 frac_e (``[beam]``). err_stat from the sum of the squared weights (with no MC event in the box: the 68% bound
 of zero events, 1.14 x the mean generated weight); err_syst = :data:`SYST_REL` x n (the beam's mu, pi, K
-content, the dominant input: docs/physics.md 1.11). ``n_upper_90``: 2.30 x the mean weight per channel,
+content, known to a factor ~3, the dominant input: docs/physics.md 1.11). ``n_upper_90``: 2.30 x the mean weight per channel,
 summed, when no MC event is in the box.
 """
 
@@ -37,10 +37,10 @@ from .background_downstream import electron_fraction
 from .signal import mc_beam, mc_event_table, mc_track_columns
 
 SEED_OFFSET = 0xDEC0  #: spill-number offset of the decay samples
-#: relative systematic uncertainty: the beam's mu-, pi-, K- fractions (DEFAULT values of ``[beam]``, no
-#: measured composition at hand; docs/physics.md 1.11); the PDG lifetimes and branching ratios (< 1%) and
-#: the Ke3 form factor slope add nothing visible next to it
-SYST_REL = 0.5
+#: relative systematic uncertainty: the beam's mu-, pi-, K- fractions, known to a factor ~3 (``[beam]``
+#: DEFAULT values; docs/physics.md 1.1 quotes pi/e ~ 3e-3..1e-2, UNSURE; 1.11); the PDG lifetimes and
+#: branching ratios (< 1%) and the Ke3 form-factor slope add nothing visible next to it
+SYST_REL = 1.0
 CHUNK = 4096
 BATCH = 50_000  #: MC events per simulated spill slice
 MIN_SHARE = 0.02  #: least share of the MC events of a channel
