@@ -14,8 +14,9 @@ box and are not digitised (they count in the cut flow's ``all`` only).
 n = N_EOT x sum over channels of (parents per EOT) x sum(w in box) / N_MC, parents per EOT = frac_parent /
 frac_e (``[beam]``). err_stat from the sum of the squared weights (with no MC event in the box: the 68% bound
 of zero events, 1.14 x the mean generated weight); err_syst = :data:`SYST_REL` x n (the beam's mu, pi, K
-content, known to a factor ~3, the dominant input: docs/physics.md 1.11). ``n_upper_90``: 2.30 x the mean weight per channel,
-summed, when no MC event is in the box.
+content, known to a factor ~3, the dominant input: docs/physics.md 1.11). ``n_upper_90``: 2.30 x the mean
+weight per channel, summed, when no MC event is in the box. The MC events are shared by the channels as
+:func:`allocation` says.
 """
 
 from __future__ import annotations

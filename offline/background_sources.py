@@ -154,7 +154,9 @@ def upstream_prediction(
     bias = beamline.Bias(UPSTREAM_BIAS, UPSTREAM_BIAS_Y)
     t, n_sim, stats = simulate_tables(c, calib, n_mc, seed, intensity, bias, progress, tracker=tracker)
     zero_w = stats["beamline_weight"] / max(stats["beamline_events"], 1)
-    out = _weighted_prediction(t, n_sim, eot, sel.Cuts.from_config(c), int(TRUTH_DIMUON | TRUTH_APRIME | TRUTH_DECAY), zero_w)
+    out = _weighted_prediction(
+        t, n_sim, eot, sel.Cuts.from_config(c), int(TRUTH_DIMUON | TRUTH_APRIME | TRUTH_DECAY), zero_w
+    )
     out["mc"].update(
         {
             "bias": UPSTREAM_BIAS,
@@ -224,6 +226,7 @@ def predict(
     total = sum(r["n"] for r in res.values())
     err = math.sqrt(sum(r["err"] ** 2 for r in res.values()))
     return {"eot": eot, "intensity": intensity, "total": {"n": total, "err": err}, "sources": res}
+
 
 from .background_decays import decays_in_flight  # noqa: E402 (it imports from this module)
 
