@@ -45,6 +45,7 @@ SYST_REL = 1.0
 CHUNK = 4096
 BATCH = 50_000  #: MC events per simulated spill slice
 MIN_SHARE = 0.02  #: least share of the MC events of a channel
+NEAR_CUT = "hcal"  #: events passing the cuts up to this one are listed in ``near_box_events``
 _PARENT = {dk.MU_ENUNU: "mu-", dk.PI_ENU: "pi-", dk.K_ENU: "K-", dk.KE3: "K-"}
 
 
@@ -58,15 +59,16 @@ def run_channel(
 ) -> dict[str, Any]:
     """Simulate and select ``n_mc`` forced decays of ``channel`` (``cfg``: at the intensity of the sample), in
     batches of :data:`BATCH`. Returns the weighted cut flow (with, per cut, where the surviving parents
-    decayed: before, between or after the dipole kicks), the weight sums of the box events and their
-    decay points."""
+    decayed: before, between or after the dipole kicks), the weight sums of the box events, and the box
+    events and those passing every cut up to :data:`NEAR_CUT` listed (:func:`_rows`)."""
     from .background_sources import PREFILTER_ECAL_GEV  # that module registers this one: imported here
 
     t0 = time.perf_counter()
     cuts = sel.Cuts.from_config(cfg)
     kicks = sorted(float(z) for z in cfg.beamline.magnet_z_m)
     flow: dict[str, Any] = {}
-    box_rows: dict[str, list[float]] = {"w": [], "z_decay_m": [], "e_ecal_gev": [], "trk_p_gev": []}
+    box_rows: dict[str, list[float]] = {k: [] for k in _ROW_KEYS}
+    near_rows: dict[str, list[float]] = {k: [] for k in _ROW_KEYS}
     w_gen_sum = 0.0
     n_cand = 0
     for b, lo in enumerate(range(0, n_mc, BATCH)):
@@ -92,11 +94,8 @@ def run_channel(
             w = tb["truth_weight"].astype(np.float64)
             for name, m in res.passed.items():
                 _add(flow, name, m, w, bl.z_decay[idx], kicks)
-            box = res.in_box
-            box_rows["w"] += w[box].tolist()
-            box_rows["z_decay_m"] += bl.z_decay[idx][box].astype(float).tolist()
-            box_rows["e_ecal_gev"] += np.asarray(tb["e_ecal"])[box].astype(float).tolist()
-            box_rows["trk_p_gev"] += np.asarray(tb["trk_p_gev"])[box].astype(float).tolist()
+            _rows(box_rows, res.in_box, w, tb, res, bl, idx)
+            _rows(near_rows, res.passed[NEAR_CUT], w, tb, res, bl, idx)
         if progress is not None:
             progress(lo + n, n_mc)
     w_box = np.asarray(box_rows["w"])
@@ -110,9 +109,47 @@ def run_channel(
         "sum_w": float(w_box.sum()),
         "sum_w2": float((w_box**2).sum()),
         "box_events": box_rows,
+        "near_box_events": near_rows,
         "cut_flow": flow,
         "seconds": time.perf_counter() - t0,
     }
+
+
+_ROW_KEYS = (
+    "w",
+    "z_decay_m",
+    "e_electron_gev",
+    "x_ecal_mm",
+    "e_ecal_gev",
+    "e_hcal_gev",
+    "trk_p_gev",
+    "neighbour",
+    "pileup",
+    "box",
+)
+
+
+def _rows(
+    rows: dict[str, list[float]], m: np.ndarray, w: np.ndarray, tb: dict, res: Any, bl: Any, idx: np.ndarray
+) -> None:
+    """Append the events ``m`` of the table ``tb`` (spill rows ``idx``, selection ``res``) to ``rows``: weight,
+    decay point, the decay electron's energy and x at the ECAL face (truth), reconstructed E_ECAL, E_HCAL and
+    momentum, whether another beam particle came within 100 ns (truth), and whether they pass the pile-up cut
+    and the box cut on their own (1/0)."""
+    vals = {
+        "w": w[m],
+        "z_decay_m": bl.z_decay[idx][m],
+        "e_electron_gev": bl.e_particle[idx][m],
+        "x_ecal_mm": bl.x_mm[idx][m],
+        "e_ecal_gev": np.asarray(tb["e_ecal"])[m],
+        "e_hcal_gev": np.asarray(tb["e_hcal"])[m],
+        "trk_p_gev": np.asarray(tb["trk_p_gev"])[m],
+    }
+    vals["neighbour"] = (np.asarray(tb["truth_flags"])[m] & TRUTH_PILEUP) != 0
+    vals["pileup"] = res.masks["pileup"][m]
+    vals["box"] = res.masks["box"][m]
+    for k, v in vals.items():
+        rows[k] += np.asarray(v, dtype=float).tolist()
 
 
 def _add(flow: dict[str, Any], cut: str, m: np.ndarray, w: np.ndarray, z: np.ndarray, kicks: list[float]) -> None:
