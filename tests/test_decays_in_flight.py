@@ -178,6 +178,9 @@ def test_decays_in_flight_source_runs_with_its_keys(tmp_path):
     # the generated weights are the forced probabilities: the expected decays per EOT of each channel
     for ch in mc["channels"]:
         assert ch["per_eot"] * ch["mean_w_generated"] == pytest.approx(ch["natural_per_eot"], rel=0.02)
+        listed = ((ch["box_events"], ch["selected"]), (ch["near_box_events"], ch["cut_flow"][bd.NEAR_CUT]["events"]))
+        for rows, count in listed:
+            assert set(rows) >= {"w", "z_decay_m", "e_ecal_gev"} and all(len(v) == count for v in rows.values())
     assert flow["all"]["expected"] == pytest.approx(
         4.3e10 * sum(c["natural_per_eot"] for c in mc["channels"]), rel=0.02
     )
