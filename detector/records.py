@@ -21,6 +21,7 @@ TRUTH_PILEUP = np.uint8(4)  #: another particle arrived within the readout windo
 TRUTH_HADRONIC = np.uint8(8)  #: the particle interacted hadronically in the ECAL
 TRUTH_CALIBRATION = np.uint8(16)  #: calibration beam on an HCAL cell (table not at the physics position)
 TRUTH_BEAMLINE = np.uint8(32)  #: the e- radiated more than 5% of its energy in the beam line (bremsstrahlung)
+TRUTH_DECAY = np.uint8(64)  #: a beam mu-, pi- or K- decayed in flight in the beam line; an e- arrives
 
 #: simulation truth of one beam particle / event (little-endian, packed)
 TRUTH_DTYPE = np.dtype(

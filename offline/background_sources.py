@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 
 from detector.config import Calibration, Config, load_calibration
-from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_BEAMLINE, TRUTH_DIMUON
+from detector.records import PARTICLE_CODES, TRUTH_APRIME, TRUTH_BEAMLINE, TRUTH_DECAY, TRUTH_DIMUON
 from sim_frontend import beamline
 from sim_frontend.beam import BeamSpill, generate_spill
 from sim_frontend.response import apply_response
@@ -272,7 +272,7 @@ def upstream_prediction(
     k = (SPLIT_K if tracker else 1) if split_k is None else int(split_k)
     t, n_sim, stats = simulate_tables(c, calib, n_mc, seed, intensity, b, progress, tracker=tracker, split_k=k)
     zero_w = stats["split_weight"] / max(stats["split_events"], 1) / k
-    exclude = int(TRUTH_DIMUON | TRUTH_APRIME)
+    exclude = int(TRUTH_DIMUON | TRUTH_APRIME | TRUTH_DECAY)  # decays in flight: their own source
     out = _weighted_prediction(t, n_sim, eot, sel.Cuts.from_config(c), exclude, zero_w)
     out["mc"].update(
         {
@@ -348,3 +348,8 @@ def predict(
     total = sum(r["n"] for r in res.values())
     err = math.sqrt(sum(r["err"] ** 2 for r in res.values()))
     return {"eot": eot, "intensity": intensity, "total": {"n": total, "err": err}, "sources": res}
+
+
+from .background_decays import decays_in_flight  # noqa: E402 (it imports from this module)
+
+register("decays_in_flight", decays_in_flight)

@@ -25,6 +25,12 @@ segments that end at an action (a station, a dipole, the ECAL face):
   within ``srd_acceptance``. Electrons draw the summed detected energy from a per-dipole quantile table made
   with that photon-by-photon simulation (one draw per dipole, :func:`sr_table`); muons and hadrons get the
   mean, which carries (m_e/m)^4 and is below any photon threshold;
+- decays in flight (:mod:`sim_frontend.decays`, docs/physics.md 1.11): a mu-, pi- or K- decays at the z of
+  the exponential decay law (decay length p/m c tau) into a channel with an electron, with its branching
+  ratio (other channels: no decay); from there the electron goes on as any electron (scattering,
+  bremsstrahlung, its own kick and SR), the photons of a Ke3 pi0 straight on, the neutrinos are lost. MC
+  samples may force a channel inside the line (``force_decay``), the weight then P(decay before the
+  ECAL face) x BR; the decay's randomness is its own stream (``STREAM_DECAY``);
 - Micromegas: the position at every station (:func:`station_positions`) for the hits of
   :mod:`sim_frontend.mmhits`;
 - at the ECAL face: photons and the electron inside the ECAL matrix make the shower (energy ``e_front`` at
@@ -49,9 +55,10 @@ import numba as nb
 import numpy as np
 from scipy.special import kv
 
-from detector.records import TRUTH_BEAMLINE
+from detector.records import PARTICLE_CODES, TRUTH_BEAMLINE, TRUTH_DECAY
 from detector.settings import Config
 from detector.tracking import C_GEV_PER_TM, Spectrometer
+from sim_frontend import decays as dk
 from sim_frontend import geometry as g
 from sim_frontend.beam import (
     E_MINUS,
@@ -78,6 +85,7 @@ HIGHLAND_GEV = 0.0136
 BEAMLINE_FLAG_FRACTION = 0.05  #: TRUTH_BEAMLINE when more than this energy fraction was radiated
 MAX_PHOTONS = 16  #: photon slots per particle (further photons merge into the last)
 STREAM = 3  #: counter-RNG stream of the transport
+STREAM_DECAY = 9  #: counter-RNG stream of the decays in flight (the other draws of a particle keep theirs)
 
 STEP_LAYER, STEP_GAS, STEP_MAGNET = 0, 1, 2
 
@@ -275,6 +283,56 @@ def _sr_draw(lnodes, q, e, u):
 
 
 @nb.njit(cache=True, nogil=True)
+def _decay_point(s, pidx, pt, p, force, dk_parent, ecal_z, w):
+    """(decay RNG state, channel, decay z (m), weight) of a particle of type ``pt`` and momentum ``p``: the
+    exponential decay law, channel by branching ratio, no decay (0, inf) when it decays beyond the ECAL face
+    or into a channel without an electron; ``force`` > 0: that channel forced inside the line, the weight
+    multiplied by its probability (decay before the ECAL face) x BR."""
+    sd = rng_state(s, np.uint64(pidx), np.uint64(STREAM_DECAY))
+    if force > 0:
+        force = np.int64(force)
+        if dk_parent[force] != pt:
+            return sd, 0, math.inf, w
+        lam = p / dk.PARENT_MASS[force] * dk.PARENT_CTAU[force]
+        prob = -math.expm1(-ecal_z / lam)
+        sd, u = rng_next(sd)
+        return sd, force, -lam * math.log1p(-u * prob), w * prob * dk.BR[force]
+    sd, u = rng_next(sd)
+    sd, v = rng_next(sd)
+    c = 0.0
+    for k in range(1, dk_parent.shape[0]):
+        if dk_parent[k] == pt:
+            c += dk.BR[k]
+            if v < c:
+                zd = -p / dk.PARENT_MASS[k] * dk.PARENT_CTAU[k] * math.log1p(-u)
+                return (sd, k, zd, w) if zd < ecal_z else (sd, 0, math.inf, w)
+    return sd, 0, math.inf, w
+
+
+@nb.njit(cache=True, nogil=True)
+def _decay_at(dz, x, y, tx, ty, p, sd, ch, prod, gx, gy, gtx, gty, ge, ng):
+    """Move on by ``dz`` to the decay point and decay: the electron goes on with the parent's slopes plus its
+    decay angle (returned: x, y, slopes, momentum, RNG state, photon count), the photons join the photon
+    slots, the neutrinos leave."""
+    x, y = _drift(dz, x, y, tx, ty, gx, gy, gtx, gty, ng)
+    sd = dk.decay_products(sd, ch, p, prod)
+    for k in range(1, prod.shape[0]):
+        if prod[k, 0] > 0.0:
+            j = ng if ng < MAX_PHOTONS else MAX_PHOTONS - 1
+            if ng < MAX_PHOTONS:
+                gx[j] = x
+                gy[j] = y
+                gtx[j] = tx + prod[k, 1] / max(prod[k, 3], 1e-9) * 1e3
+                gty[j] = ty + prod[k, 2] / max(prod[k, 3], 1e-9) * 1e3
+                ge[j] = prod[k, 0]
+                ng += 1
+            else:
+                ge[j] += prod[k, 0]
+    pz = max(prod[0, 3], 1e-9)
+    return x, y, tx + prod[0, 1] / pz * 1e3, ty + prod[0, 2] / pz * 1e3, max(prod[0, 0], 1e-4), sd, ng
+
+
+@nb.njit(cache=True, nogil=True)
 def _transport_kernel(
     seed, idx, pindex, ptype, e_beam, x_mm, y_mm,
     seg_t, seg_zc, seg_ms, seg_lam, seg_pnone, seg_wfac,
@@ -282,7 +340,8 @@ def _transport_kernel(
     yq_soft, yq_hard, seg_bias, seg_fhard,
     sr_lnodes, sr_q, sr_mean_other,
     ecal_lo_x, ecal_hi_x, ecal_lo_y, ecal_hi_y, hcal_half,
-    e_front, e_side, x_out, y_out, e_sr, w_out, fl_out, e_el, st_pos,
+    force_dk, dk_parent,
+    e_front, e_side, x_out, y_out, e_sr, w_out, fl_out, e_el, st_pos, dk_out, zd_out,
 ):  # fmt: skip
     s = np.uint64(seed)
     record = st_pos.shape[0] > 0
@@ -291,6 +350,7 @@ def _transport_kernel(
     gtx = np.zeros(MAX_PHOTONS)
     gty = np.zeros(MAX_PHOTONS)
     ge = np.zeros(MAX_PHOTONS)
+    prod = np.zeros((3, 4))
     for n in range(idx.shape[0]):
         i = idx[n]
         pt = ptype[i]
@@ -304,6 +364,8 @@ def _transport_kernel(
             w_out[n] = 1.0
             fl_out[n] = 0
             e_el[n] = e0
+            dk_out[n] = 0
+            zd_out[n] = np.nan
             if record:
                 for k in range(st_pos.shape[1]):
                     st_pos[n, k, 0] = np.nan
@@ -322,7 +384,13 @@ def _transport_kernel(
         w = 1.0
         sr = 0.0
         is_e = pt == E_MINUS
+        sd, ch, zd, w = _decay_point(s, pindex[i], pt, p, force_dk[i], dk_parent, ecal_z, w)
+        z_dec = zd
+        e_dec = e0  # the electron's energy where it starts (after a decay: at the decay)
         for g_ in range(seg_t.shape[0]):
+            if zd < seg_zc[g_] and seg_t[g_] > 0.0:  # the decay before the segment's material
+                x, y, tx, ty, p, sd, ng = _decay_at(zd - z, x, y, tx, ty, p, sd, ch, prod, gx, gy, gtx, gty, ge, ng)
+                z, zd, e_dec, is_e = z_dec, math.inf, p, True
             if seg_t[g_] > 0.0:
                 # the segment's material: one scattering at its X0-weighted centre (Highland for the summed
                 # thickness) and its bremsstrahlung
@@ -362,6 +430,9 @@ def _transport_kernel(
                             ng += 1
                         else:
                             ge[j] += eg
+            if zd < seg_end_z[g_]:  # the decay before the segment's end
+                x, y, tx, ty, p, sd, ng = _decay_at(zd - z, x, y, tx, ty, p, sd, ch, prod, gx, gy, gtx, gty, ge, ng)
+                z, zd, e_dec, is_e = z_dec, math.inf, p, True
             # the segment's end: a station, a dipole or the ECAL face
             x, y = _drift(seg_end_z[g_] - z, x, y, tx, ty, gx, gy, gtx, gty, ng)
             z = seg_end_z[g_]
@@ -424,7 +495,9 @@ def _transport_kernel(
         e_el[n] = p
         e_sr[n] = sr
         w_out[n] = w
-        fl_out[n] = TRUTH_BEAMLINE if is_e and p < (1.0 - BEAMLINE_FLAG_FRACTION) * e0 else 0
+        fl_out[n] = TRUTH_BEAMLINE if is_e and p < (1.0 - BEAMLINE_FLAG_FRACTION) * e_dec else 0
+        dk_out[n] = ch
+        zd_out[n] = z_dec if ch > 0 else np.nan
 
 
 @dataclass
@@ -439,6 +512,10 @@ class Transported:
     weight: np.ndarray  #: bias weight (1 without brem_bias)
     flags: np.ndarray  #: TRUTH_BEAMLINE bits
     e_particle: np.ndarray  #: energy of the particle itself at the ECAL face (after its bremsstrahlung)
+    decay: np.ndarray  #: channel of a decay in flight (sim_frontend.decays codes; 0: none)
+    z_decay: np.ndarray  #: where it decayed, m (NaN: no decay)
+    parent: np.ndarray  #: particle type at z = 0 (a decayed one arrives as an e-)
+    forced: np.ndarray  #: the decay channel forced (MC only; 0: natural)
 
     def subset(self, idx: np.ndarray) -> Transported:
         """The entries of the particles ``idx``."""
@@ -531,13 +608,14 @@ def _kernel_args(cfg: Config, line: Line, bias: Bias) -> tuple:
 
 
 def _run(
-    spill: BeamSpill, cfg: Config, idx: np.ndarray, n_st: int, bias: Bias, x0: np.ndarray, y0: np.ndarray
-) -> tuple[Transported, np.ndarray]:
+    spill: BeamSpill, cfg: Config, idx: np.ndarray, n_st: int, bias: Bias, x0: np.ndarray, y0: np.ndarray,
+    ptype: np.ndarray, force: np.ndarray,
+) -> tuple[Transported, np.ndarray]:  # fmt: skip
     if bias.only is not None and bias.factor != 1.0:  # the biased particles, then the others, merged
         on = np.isin(spill.truth["index"][idx], bias.only)
         runs = [
-            _run(spill, cfg, idx[on], n_st, dataclasses.replace(bias, only=None), x0, y0),
-            _run(spill, cfg, idx[~on], n_st, Bias(), x0, y0),
+            _run(spill, cfg, idx[on], n_st, dataclasses.replace(bias, only=None), x0, y0, ptype, force),
+            _run(spill, cfg, idx[~on], n_st, Bias(), x0, y0, ptype, force),
         ]
         order = np.argsort(np.concatenate([np.flatnonzero(on), np.flatnonzero(~on)]), kind="stable")
         fields = [f.name for f in dataclasses.fields(Transported)]
@@ -554,31 +632,45 @@ def _run(
         weight=np.empty(m, np.float32),
         flags=np.empty(m, np.uint8),
         e_particle=np.empty(m, np.float32),
+        decay=np.empty(m, np.uint8),
+        z_decay=np.empty(m, np.float32),
+        parent=ptype[idx].copy(),
+        forced=force[idx].copy(),
     )
     st_pos = np.full((m if n_st else 0, max(n_st, 1), 2), np.nan, np.float32)
     t = spill.truth
     args = (
-        np.uint64(spill.seed), idx, t["index"], t["ptype"], t["e_beam"], x0, y0,
-        *_kernel_args(cfg, line, bias),
+        np.uint64(spill.seed), idx, t["index"], ptype, t["e_beam"], x0, y0,
+        *_kernel_args(cfg, line, bias), force, dk.channel_parents(PARTICLE_CODES),
         out.e_front, out.e_side, out.x_mm, out.y_mm, out.e_sr, out.weight, out.flags, out.e_particle, st_pos,
+        out.decay, out.z_decay,
     )  # fmt: skip
     _transport_kernel(*args)
     return out, st_pos
 
 
-def transport(spill: BeamSpill, cfg: Config, bias: Bias | None = None) -> Transported:
+def transport(
+    spill: BeamSpill, cfg: Config, bias: Bias | None = None, force_decay: np.ndarray | None = None
+) -> Transported:
     """Transport every particle of ``spill`` (see the module docstring); the result is also kept as
     ``spill.beamline``. The truth impact point (x_mm, y_mm) becomes the centre at the ECAL face, the truth
-    weight is multiplied by the bias weight and TRUTH_BEAMLINE is set."""
+    weight is multiplied by the bias weight and TRUTH_BEAMLINE is set. A mu-, pi- or K- that decayed in
+    flight into an electron arrives as an e- (truth ptype; its type at z = 0 is ``parent``), flagged
+    TRUTH_DECAY. ``force_decay`` (MC only): per particle, a :mod:`sim_frontend.decays` channel forced
+    inside the line (0: natural), the truth weight multiplied by its probability."""
     b = bias or Bias()
     idx = np.arange(spill.n, dtype=np.int64)
     t = spill.truth
     spill.z0_xy = (t["x_mm"].copy(), t["y_mm"].copy())
-    out, _ = _run(spill, cfg, idx, 0, b, *spill.z0_xy)
+    force = np.zeros(spill.n, np.uint8) if force_decay is None else np.asarray(force_decay, np.uint8)
+    out, _ = _run(spill, cfg, idx, 0, b, *spill.z0_xy, t["ptype"].copy(), force)
     t["x_mm"] = out.x_mm
     t["y_mm"] = out.y_mm
     t["flags"] |= out.flags
-    if b.factor != 1.0:
+    decayed = out.decay > 0
+    t["flags"][decayed] |= TRUTH_DECAY
+    t["ptype"][decayed] = E_MINUS
+    if b.factor != 1.0 or force.any():
         t["weight"] *= out.weight
     spill.beamline = out
     spill.bias = b
@@ -593,5 +685,6 @@ def station_positions(spill: BeamSpill, cfg: Config, indices: np.ndarray) -> np.
     if z0 is None:
         raise ValueError("station_positions needs a spill that went through beamline.transport")
     n_st = len(cfg.tracker.stations)
-    _, pos = _run(spill, cfg, idx, n_st, spill.bias or Bias(), *z0)
+    bl = spill.beamline
+    _, pos = _run(spill, cfg, idx, n_st, spill.bias or Bias(), *z0, bl.parent, bl.forced)
     return pos
