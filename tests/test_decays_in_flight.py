@@ -30,8 +30,9 @@ def cfg():
 
 def _beam(cfg, n, ptype, seed=5):
     """A spill of ``n`` particles of type ``ptype`` on the beam axis at the beam energy (an electron-only beam
-    turned into them: no halo)."""
-    c = cfg.with_overrides({"beam": {"frac_pion": 0.0, "frac_kaon": 0.0, "frac_muon": 0.0, "frac_halo": 0.0}})
+    turned into them: no halo, and no low-energy tail, which only electrons have)."""
+    zero = {"frac_pion": 0.0, "frac_kaon": 0.0, "frac_muon": 0.0, "frac_halo": 0.0, "tail_x0": 0.0}
+    c = cfg.with_overrides({"beam": zero})
     c = dataclasses.replace(c, spill=dataclasses.replace(c.spill, length_s=n / 1e6))
     sp = generate_spill(c, seed, n_particles=n, start_unix=0.0)
     sp.truth["ptype"][:] = ptype
