@@ -42,9 +42,7 @@ GATE = (np.array([0, 0, 0, 0, 8, 8]), np.array([31, 31, 31, 31, 11, 11]))
 FULL_CAPS = simd.gate_caps(*WHOLE)
 
 
-def check(
-    prims: np.ndarray, se: np.ndarray = CALIB[0], so: np.ndarray = CALIB[1], gate: tuple = WHOLE
-) -> None:
+def check(prims: np.ndarray, se: np.ndarray = CALIB[0], so: np.ndarray = CALIB[1], gate: tuple = WHOLE) -> None:
     got = _summaries(prims, 0, simd.ped_lanes(se, so), simd.gate_caps(*gate))
     want = simd.record_summary_numpy(prims, se, so, *gate)
     bad = np.flatnonzero((got != want).any(axis=1))

@@ -169,12 +169,12 @@ def reconstruct_trigger_channels(menu: TriggerMenu, prims: np.ndarray) -> tuple[
     g = np.asarray(menu.gev_per_count, dtype=np.float32)
     even, odd = (np.asarray(x, dtype=np.float64) * 0.25 for x in menu.pedestal_sums)
     peds = (even, odd)
-    gate = tuple(np.array(x, dtype=np.int64) for x in zip(*menu.gate_samples))
+    first, last = (np.array(x, dtype=np.int64) for x in zip(*menu.gate_samples))
     n = prims.shape[0]
     amp = np.empty((n, ch.N_TRIGGER_CHANNELS), np.float32)
     t = np.empty((n, ch.N_TRIGGER_CHANNELS), np.float32)
     for s in range(0, n, RECO_CHUNK):
-        r = reconstruct_numpy(prims[s : s + RECO_CHUNK], g, menu.zs_threshold_adc, peds, gate)
+        r = reconstruct_numpy(prims[s : s + RECO_CHUNK], g, menu.zs_threshold_adc, peds, (first, last))
         amp[s : s + RECO_CHUNK] = r.amplitude
         t[s : s + RECO_CHUNK] = r.time_ns
     return amp, t

@@ -87,9 +87,9 @@ def gate_caps(first: tuple[int, ...] | np.ndarray, last: tuple[int, ...] | np.nd
         lo, hi = int(first[c]), int(last[c])
         if c not in GATED:
             if (lo, hi) != (0, N_SAMPLES - 1):
-                raise ValueError(f"channel {c} is not gated by record_summary: its samples must be 0..31, got {lo}..{hi}")
+                raise ValueError(f"channel {c} is not gated by record_summary: its samples are 0..31, not {lo}..{hi}")
             continue
-        if not (0 <= lo and hi <= N_SAMPLES - 1 and hi - lo >= 1):
+        if not (lo >= 0 and hi <= N_SAMPLES - 1 and hi - lo >= 1):
             raise ValueError(f"gate {lo}..{hi} of channel {c} must hold an even and an odd sample of 0..31")
         g = GATED.index(c)
         out[g * N_SAMPLES : (g + 1) * N_SAMPLES] = np.where((j >= lo) & (j <= hi), 32767, -32768)

@@ -4,7 +4,8 @@ primitives (N, 6, 32), reconstructing a channel only as far as the decision need
 * every record starts with :func:`trigger.simd.record_summary` (explicit LLVM vectors, the six channels
   reduced together): the exact peak of each channel above its calibrated pedestal (not a baseline from the
   record's first samples, which can sit on an earlier particle's tail: :mod:`trigger.menu`), the PS and
-  ECAL sums' within their energy gate, the peak sample of S1..S3 and the saturation bits; the next records' cache lines are prefetched (:data:`PREFETCH_RECORDS`);
+  ECAL sums' within their energy gate, the peak sample of S1..S3 and the saturation bits; the next
+  records' cache lines are prefetched (:data:`PREFETCH_RECORDS`);
 * counters above threshold and in their windows on the bounds, the exact reconstruction where they do not
   tell;
 * PS/ECAL only for PiSi records, and only as far as the menu's energy lines need: each line's cuts are
