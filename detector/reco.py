@@ -119,19 +119,27 @@ def peak_fit(k: int, best: float, sm: float, sp: float, need_amp: bool) -> tuple
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def saturated_fit(w: np.ndarray, pe: float, po: float, threshold: float, amp: float, t0: float) -> tuple[float, float]:
-    """(amplitude ADC counts, onset ns) of a saturated waveform ``w`` (a sample at ADC_MAX; pedestals pe, po):
-    the first two samples after the saturated plateau (else the two before it) fix onset and amplitude in
-    closed form, ``s[j+1]/s[j] = ((d+T)/d)^2 exp(-T/tau)`` for a sample d ns after the onset. Returns
-    ``(amp, t0)`` as given (the peak sample's) when the closed form does not apply."""
-    je = N_SAMPLES - 1
-    while je >= 0 and w[je] < ADC_MAX:
+def saturated_fit(
+    w: np.ndarray, pe: float, po: float, threshold: float, amp: float, t0: float, j_lo: int, j_hi: int
+) -> tuple[float, float]:
+    """(amplitude ADC counts, onset ns) of a saturated waveform ``w`` (a sample at ADC_MAX among samples
+    ``j_lo..j_hi``, the whole record 0..31 or a gate; pedestals pe, po): the first two samples after the
+    saturated plateau (else the two before it) fix onset and amplitude in closed form, ``s[j+1]/s[j] =
+    ((d+T)/d)^2 exp(-T/tau)`` for a sample d ns after the onset. The plateau is the run of saturated samples
+    that holds the last (the first, for the samples before it) saturated sample of ``j_lo..j_hi``, continued
+    beyond that range. Returns ``(amp, t0)`` as given (the peak sample's) when the closed form does not apply."""
+    je = j_hi
+    while je >= j_lo and w[je] < ADC_MAX:
         je -= 1
+    while je + 1 < N_SAMPLES and w[je + 1] >= ADC_MAX:
+        je += 1
     j1 = je + 1
     if j1 + 1 >= N_SAMPLES:
-        j1 = 0
-        while j1 < N_SAMPLES and w[j1] < ADC_MAX:
+        j1 = j_lo
+        while j1 <= j_hi and w[j1] < ADC_MAX:
             j1 += 1
+        while j1 > 0 and w[j1 - 1] >= ADC_MAX:
+            j1 -= 1
         j1 -= 2
     if j1 >= 0:
         v1 = w[j1] - (pe if (j1 & 1) == 0 else po)
@@ -268,7 +276,7 @@ def _reconstruct_range(wf, e0, e1, gev_per_count, threshold, ped_e, ped_o, amp, 
             t0 = k * SAMPLE_NS - PEAK_DELAY_NS
             if sat:
                 f |= FLAG_SATURATED
-                a, t0 = saturated_fit(wf[e, c], pe, po, threshold, a, t0)
+                a, t0 = saturated_fit(wf[e, c], pe, po, threshold, a, t0, 0, n - 1)
             elif 0 < k < n - 1:
                 sm = wf[e, c, k - 1] - (pe if ((k - 1) & 1) == 0 else po)
                 sp = wf[e, c, k + 1] - (pe if ((k + 1) & 1) == 0 else po)
@@ -340,11 +348,15 @@ def reconstruct_numpy(
     gev_per_count: np.ndarray,
     threshold: float = ZS_THRESHOLD,
     pedestals: tuple[np.ndarray, np.ndarray] | None = None,
+    gate: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> RecoResult:
     """The same algorithm as :func:`reconstruct`, vectorised with numpy (the reference and the
     benchmark baseline). ``pedestals`` = (even, odd) arrays of one value per channel (ADC counts) replace
     step 1 (the per-waveform pedestals from the first samples) by those fixed ones (the trigger's
-    calibrated pedestals: ``trigger.menu``)."""
+    calibrated pedestals: ``trigger.menu``). ``gate`` = (first, last) arrays of one sample index per
+    channel (inclusive) restrict the peak search (steps 2-3) and the saturation (step 4: the plateau that
+    holds the gate's saturated samples, :func:`saturated_fit`) to those samples (the trigger's energy gate:
+    ``trigger.menu``); the interpolation still reads the peak sample's neighbours outside the gate."""
     wf, g = _check(waveforms, gev_per_count)
     n_e, n_c, _ = wf.shape
     w = wf.reshape(-1, N_SAMPLES).astype(np.float64)
@@ -358,8 +370,14 @@ def reconstruct_numpy(
     ped[:, 0::2] = pe[:, None]
     ped[:, 1::2] = po[:, None]
     s = w - ped
-    sat = (w >= ADC_MAX).any(axis=1)
-    k = s.argmax(axis=1)
+    idx = np.arange(N_SAMPLES)[None, :]
+    in_gate = np.ones_like(s, dtype=bool)
+    if gate is not None:
+        g0, g1 = (np.tile(np.asarray(x, dtype=np.int64).reshape(n_c), n_e)[:, None] for x in gate)
+        in_gate = (idx >= g0) & (idx <= g1)
+    sat_all = w >= ADC_MAX
+    sat = (sat_all & in_gate).any(axis=1)
+    k = np.where(in_gate, s, -np.inf).argmax(axis=1)
     rows = np.arange(m)
     best = s[rows, k]
     nosig = (best < threshold) & ~sat
@@ -390,9 +408,14 @@ def reconstruct_numpy(
     # saturation: closed form on the two samples after the plateau (else before it)
     if sat.any():
         rs = rows[sat]
-        satm = w[rs] >= ADC_MAX
+        satm = sat_all[rs] & in_gate[rs]
         last = N_SAMPLES - 1 - satm[:, ::-1].argmax(axis=1)
         first = satm.argmax(axis=1)
+        # the plateau holding them, continued beyond the gate
+        after = (idx > last[:, None]) & ~sat_all[rs]
+        last = np.where(after.any(axis=1), after.argmax(axis=1) - 1, N_SAMPLES - 1)
+        before = (idx < first[:, None]) & ~sat_all[rs]
+        first = np.where(before.any(axis=1), N_SAMPLES - before[:, ::-1].argmax(axis=1), 0)
         j1 = np.where(last + 2 < N_SAMPLES, last + 1, first - 2)
         ok = j1 >= 0
         rs, j1 = rs[ok], j1[ok]
@@ -409,7 +432,6 @@ def reconstruct_numpy(
         amp[rs[good]] = v1[good] / tv[good]
         t0[rs[good]] = j1[good] * SAMPLE_NS - d[good]
     # second local maximum with prominence
-    idx = np.arange(N_SAMPLES)[None, :]
     loc = np.zeros_like(s, dtype=bool)
     loc[:, 1:-1] = (s[:, 1:-1] > s[:, :-2]) & (s[:, 1:-1] >= s[:, 2:]) & (s[:, 1:-1] >= threshold)
     loc &= (np.abs(idx - k[:, None]) > 1) & (w < ADC_MAX)

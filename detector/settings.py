@@ -388,6 +388,14 @@ class TriggerSection(Section):
     window_ns: float = key(10.0, 0.5, 100.0, unit="ns", doc="counter coincidence half-window")
     counter_threshold_mip: float = key(0.5, 0.05, 10.0, doc="S and V threshold in MIP")
     mip_adc: float = key(200.0, 1.0, 4000.0, unit="ADC counts", doc="counter amplitude of one MIP")
+    energy_gate_ns: float = key(
+        50.0,
+        25.0,
+        1000.0,
+        unit="ns",
+        doc="full width of the gate, centred on each energy sum's nominal peak time (calibration t0 + the "
+        "template's onset-to-peak delay), in which the PS_SUM and ECAL_SUM amplitudes are taken (docs/physics.md 1.6)",
+    )
     menu: MenuLines = dataclasses.field(default_factory=_menu_default)
 
     @classmethod

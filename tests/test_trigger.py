@@ -301,7 +301,7 @@ def test_amplitude_range_contains_the_reconstructed_amplitude() -> None:
     width = []
     for i in range(n):
         se = so = 4 * int(ped[i])  # the record's pedestal, as the trigger's calibrated one
-        kk, s4 = B._keymax(p, i, 0, se, so)
+        kk, s4 = B._keymax(p, i, 0, se, so, 0, ch.N_SAMPLES - 1)
         if s4 * 0.25 < 10.0:
             continue
         lo, hi = B._amp_range(p, i, 0, kk, s4)
@@ -484,3 +484,58 @@ def test_warm_up_and_cache() -> None:
     hits, misses = json.loads(out.stdout.strip().splitlines()[-1])
     # loaded from the on-disk cache: no compilation in a fresh process
     assert misses == 0 and hits > 0, out.stdout
+
+
+# ---------------------------------------------------------------------- the energy gate (issue 18)
+def _one_event(menu: TriggerMenu, later_ns: float, later_ecal_gev: float, seed: int = 3) -> np.ndarray:
+    """One record: an in-time electron (S1..S3 1 MIP, E_PS 2 GeV, E_ECAL 30 GeV at the nominal onsets)
+    and a second particle ``later_ns`` after it (3 GeV in the PS, ``later_ecal_gev`` in the ECAL sum, 0.8 MIP
+    in the counters when it is more than 50 ns away: closer, it would move their onsets)."""
+    g = np.asarray(menu.gev_per_count)
+    t0 = np.asarray(menu.t0_ns)
+    amp = np.array([[menu.mip_adc] * 3 + [0.0, 2.0 / g[4], 30.0 / g[5]]])
+    mip = 0.8 * menu.mip_adc if abs(later_ns) > 50.0 else 0.0
+    later = np.array([mip] * 3 + [0.0, 3.0 / g[4], later_ecal_gev / g[5]])
+    extra = (np.zeros(6, np.int64), np.arange(6), later, t0 + later_ns)
+    return R.synthesize_primitives(amp, t0[None, :], extra, seed=seed)
+
+
+@pytest.mark.parametrize(
+    "later_ns, gate_ns, physics",
+    [
+        (200.0, 50.0, 1),  # a 100 GeV particle 200 ns later: outside the gate, the electron triggers
+        (200.0, 800.0, 0),  # the gate is the whole record: its ECAL peak (> 80 GeV) vetoes the event
+        (10.0, 50.0, 0),  # 10 ns later: inside the gate, the analogue sums add up
+        (-200.0, 50.0, 1),  # 200 ns earlier: only its tail (< 1e-3 of it) reaches the gate
+    ],
+)
+def test_energy_gate_second_particle(menu: TriggerMenu, later_ns: float, gate_ns: float, physics: int) -> None:
+    m = menu.replace(energy_gate_ns=gate_ns)
+    prims = _one_event(m, later_ns, 100.0)
+    tau = np.zeros(1)
+    ref = R.waveform_trigger(m, prims, tau)
+    assert ref.scalers["EOT"] == 1
+    assert ref.scalers["physics_raw"] == physics
+    assert K.trigger_waveforms(m, prims, tau).same_as(ref)
+    assert K.trigger_waveforms(m, prims, tau, parallel=True).same_as(ref)
+    a, t = R.reconstruct_trigger_channels(m, prims)
+    assert K.trigger_amplitudes(m, a, t, tau).same_as(ref)
+    e_ecal = float(a[0, 5]) * m.gev_per_count[5]
+    assert (e_ecal < 80.0) == bool(physics)
+    if physics:  # the electron's own energy, within the noise
+        assert e_ecal == pytest.approx(30.0, abs=0.3)
+
+
+def test_energy_gate_samples_and_validation(menu: TriggerMenu) -> None:
+    # default: nominal peak 100 + 24 ns, +/- 25 ns -> samples 8 (100 ns) .. 11 (137.5 ns); counters: all
+    assert menu.energy_gate_ns == load_config(None).trigger.energy_gate_ns
+    assert menu.gate_samples == ((0, 31),) * 4 + ((8, 11),) * 2
+    assert menu.replace(energy_gate_ns=25.0).gate_samples[4:] == ((9, 10),) * 2  # 111.5 .. 136.5 ns
+    assert menu.replace(energy_gate_ns=1000.0).gate_samples == ((0, 31),) * 6
+    assert TriggerMenu.from_dict(menu.to_dict()) == menu
+    with pytest.raises(MenuError, match="energy gate of PS_SUM"):
+        menu.replace(energy_gate_ns=10.0, t0_ns=(100.0,) * 4 + (101.0, 100.0))  # 120 .. 130 ns: sample 10 only
+    with pytest.raises(MenuError, match="energy_gate_ns"):
+        menu.replace(energy_gate_ns=0.0)
+    with pytest.raises(ConfigError, match="energy_gate_ns"):
+        validate({"trigger": {"energy_gate_ns": 12.0}}, "test")

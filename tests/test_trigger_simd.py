@@ -1,7 +1,8 @@
 """The explicit-vector record summary of the waveform trigger (trigger.simd) against its numpy definition:
 exact peaks (4x value above the given pedestal sums), first peak samples of S1..S3 and saturation bits, on
 hypothesis-generated int16 records (any value, ties, flat records, full scale, extremes of int16) and
-pedestal sums (any in the allowed range)."""
+pedestal sums (any in the allowed range), with the energy sums' samples taken in any gate (two or more
+samples) or the whole record."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from trigger import simd
 
 
 @nb.njit(cache=True)
-def _summaries(p: np.ndarray, first: int, lanes: np.ndarray) -> np.ndarray:
+def _summaries(p: np.ndarray, first: int, lanes: np.ndarray, caps: np.ndarray) -> np.ndarray:
     out = np.empty((p.shape[0] - first, simd.N_CHANNELS + simd.N_COUNTERS + 1), np.int64)
     for i in range(first, p.shape[0]):
-        t = simd.record_summary(p, i, lanes)
+        t = simd.record_summary(p, i, lanes, caps)
         for k in range(out.shape[1]):
             out[i - first, k] = t[k]
     return out
@@ -35,13 +36,27 @@ def _prefetch_all(p: np.ndarray, ahead: int) -> int:
 
 #: the calibrated pedestal sums of config/calibration.toml's trigger channels (4x 120/125, ..., 160/152)
 CALIB = (np.array([480, 480, 480, 480, 640, 640]), np.array([500, 500, 500, 472, 608, 608]))
+#: the whole record for every channel, and the default menu's energy gate (samples 8..11 of the sums)
+WHOLE = (np.zeros(6, np.int64), np.full(6, 31))
+GATE = (np.array([0, 0, 0, 0, 8, 8]), np.array([31, 31, 31, 31, 11, 11]))
+FULL_CAPS = simd.gate_caps(*WHOLE)
 
 
-def check(prims: np.ndarray, se: np.ndarray = CALIB[0], so: np.ndarray = CALIB[1]) -> None:
-    got = _summaries(prims, 0, simd.ped_lanes(se, so))
-    want = simd.record_summary_numpy(prims, se, so)
+def check(prims: np.ndarray, se: np.ndarray = CALIB[0], so: np.ndarray = CALIB[1], gate: tuple = WHOLE) -> None:
+    got = _summaries(prims, 0, simd.ped_lanes(se, so), simd.gate_caps(*gate))
+    want = simd.record_summary_numpy(prims, se, so, *gate)
     bad = np.flatnonzero((got != want).any(axis=1))
     assert bad.size == 0, f"record {bad[0]}: {got[bad[0]].tolist()} != {want[bad[0]].tolist()}"
+
+
+@st.composite
+def gates(draw) -> tuple:
+    """Any gates of the two energy sums with an even and an odd sample (the counters: the whole record)."""
+    first, last = WHOLE[0].copy(), WHOLE[1].copy()
+    for c in simd.GATED:
+        first[c] = draw(st.integers(0, 30))
+        last[c] = draw(st.integers(int(first[c]) + 1, 31))
+    return first, last
 
 
 sample_values = st.one_of(
@@ -59,6 +74,7 @@ sample_values = st.one_of(
 @example(np.full((2, 6, 32), ADC_MAX, np.int16))
 def test_summary_is_the_definition(prims: np.ndarray) -> None:
     check(prims)
+    check(prims, gate=GATE)
 
 
 ped_sums = arrays(
@@ -72,10 +88,32 @@ ped_sums = arrays(
 
 @settings(max_examples=200, deadline=None)
 @given(
-    arrays(np.int16, st.tuples(st.integers(1, 20), st.just(6), st.just(32)), elements=sample_values), ped_sums, ped_sums
+    arrays(np.int16, st.tuples(st.integers(1, 20), st.just(6), st.just(32)), elements=sample_values),
+    ped_sums,
+    ped_sums,
+    gates(),
 )
-def test_summary_is_the_definition_for_any_pedestals(prims: np.ndarray, se: np.ndarray, so: np.ndarray) -> None:
-    check(prims, se, so)
+def test_summary_is_the_definition_for_any_pedestals_and_gates(
+    prims: np.ndarray, se: np.ndarray, so: np.ndarray, gate: tuple
+) -> None:
+    check(prims, se, so, gate)
+
+
+def test_gate_caps_refuse_gated_counters_and_one_sample_gates() -> None:
+    with pytest.raises(ValueError, match="not gated"):
+        simd.gate_caps([1, 0, 0, 0, 8, 8], [31, 31, 31, 31, 11, 11])
+    with pytest.raises(ValueError, match="an even and an odd"):
+        simd.gate_caps([0, 0, 0, 0, 8, 9], [31, 31, 31, 31, 11, 9])
+
+
+def test_summary_gate_excludes_a_later_pulse_and_its_saturation() -> None:
+    p = np.full((1, 6, 32), 150, np.int16)
+    p[0, 4:, 10] = 1000  # in the gate 8..11
+    p[0, 4:, 20] = ADC_MAX  # a later particle, saturated, outside it
+    whole = _summaries(p, 0, simd.ped_lanes(*CALIB), FULL_CAPS)[0]
+    gated = _summaries(p, 0, simd.ped_lanes(*CALIB), simd.gate_caps(*GATE))[0]
+    assert whole[4] == 4 * ADC_MAX - 640 and whole[9] == 0b110000
+    assert gated[4] == 4 * 1000 - 640 and gated[5] == 4 * 1000 - 640 and gated[9] == 0
 
 
 def test_pedestal_lanes_refuse_sums_beyond_the_bound() -> None:
@@ -91,7 +129,8 @@ def test_summary_on_pulses_noise_and_ties() -> None:
     ties = rng.integers(0, 3, (5000, 6, 32)).astype(np.int16)  # many equal maxima, both parities
     for p in (prims, ties):
         check(p)
-        got = _summaries(p, 0, simd.ped_lanes(*CALIB))
+        check(p, gate=GATE)
+        got = _summaries(p, 0, simd.ped_lanes(*CALIB), FULL_CAPS)
         # the properties the trigger relies on, stated directly
         se, so = CALIB[0][None, :3], CALIB[1][None, :3]
         k = got[:, 6:9]
@@ -108,11 +147,11 @@ def test_summary_on_an_unaligned_view_and_the_last_record() -> None:
     p[:] = rng.integers(-500, 5000, p.shape)
     check(p)
     lanes = simd.ped_lanes(*CALIB)
-    assert (_summaries(p, 6, lanes) == simd.record_summary_numpy(p[6:], *CALIB)).all()
+    assert (_summaries(p, 6, lanes, FULL_CAPS) == simd.record_summary_numpy(p[6:], *CALIB)).all()
     assert _prefetch_all(p, 1000) == 7
 
 
 def test_summary_refuses_other_layouts() -> None:
     p = np.zeros((4, 6, 64), np.int16)[:, :, ::2]
     with pytest.raises(nb.core.errors.TypingError):
-        _summaries(p, 0, simd.ped_lanes(*CALIB))
+        _summaries(p, 0, simd.ped_lanes(*CALIB), FULL_CAPS)

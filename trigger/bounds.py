@@ -122,30 +122,32 @@ def window_table(menu: TriggerMenu) -> np.ndarray:
 
 # ====================================================================== reconstruction pieces
 # se, so below: the channel's calibrated pedestal sums (4x the pedestal of the even / odd samples, ADC
-# counts; trigger.menu.TriggerMenu.pedestal_sums), not the record's first samples
+# counts; trigger.menu.TriggerMenu.pedestal_sums), not the record's first samples; g0, g1: the first and
+# last sample (inclusive) of the channel's peak search (trigger.menu.TriggerMenu.gate_samples: the energy
+# gate of the sums, 0..31 for the counters)
 
 
 @nb.njit(**INLINE)
-def _rawmax(p, i, c):
-    """Largest raw sample of p[i, c]. The loop runs to the run-time ``p.shape[2]``: with a compile-time
+def _rawmax(p, i, c, g0, g1):
+    """Largest raw sample of p[i, c, g0:g1 + 1]. The loop runs to run-time bounds: with a compile-time
     trip count LLVM unrolls it into branches instead of vectorising it (int16 lanes)."""
     m = np.int16(-32768)
-    for j in range(p.shape[2]):
+    for j in range(g0, g1 + 1):
         v = p[i, c, j]
         m = v if v > m else m
     return np.int64(m)
 
 
 @nb.njit(**INLINE)
-def _keymax(p, i, c, se, so):
-    """Peak sample k (numpy's argmax: the first maximum) of the pedestal-subtracted samples of p[i, c]
+def _keymax(p, i, c, se, so, g0, g1):
+    """Peak sample k (numpy's argmax: the first maximum) of the pedestal-subtracted samples g0..g1 of p[i, c]
     (pedestal sums se, so) and 4x that maximum, exactly, in one vectorised pass over int32 keys
     ``32 * (4 w_j - 4 ped_j) + (31 - j)`` (|key| < 2^24 for any int16 input and |se|, |so| <= 2^17). The
     sums enter as int32: LLVM then keeps the whole loop in int32 lanes."""
     se32 = np.int32(se)
     so32 = np.int32(so)
     m = np.int32(-2147483648)
-    for j in range(p.shape[2]):
+    for j in range(g0, g1 + 1):
         key = np.int32(
             np.int32(128) * np.int32(p[i, c, j]) - np.int32(32) * (se32 if (j & 1) == 0 else so32) + KEY_J[j]
         )
@@ -191,12 +193,12 @@ def _window(rw, c, k, diff, best):
 
 
 @nb.njit(**JIT_NONRT)
-def exact(p, i, c, zs, se, so):
-    """(amplitude ADC counts, onset ns) of p[i, c] (pedestal sums se, so) as float32 values, exactly as
-    ``detector.reco.reconstruct_numpy`` computes them with those pedestals, saturated pulses included. The
-    rare path: a call."""
-    sat = _rawmax(p, i, c) >= ADC_MAX
-    k, s4 = _keymax(p, i, c, se, so)
+def exact(p, i, c, zs, se, so, g0, g1):
+    """(amplitude ADC counts, onset ns) of p[i, c] (pedestal sums se, so, peak searched in samples g0..g1) as
+    float32 values, exactly as ``detector.reco.reconstruct_numpy`` computes them with those pedestals and
+    that gate, saturated pulses included. The rare path: a call."""
+    sat = _rawmax(p, i, c, g0, g1) >= ADC_MAX
+    k, s4 = _keymax(p, i, c, se, so, g0, g1)
     pe = se * 0.25
     po = so * 0.25
     best = s4 * 0.25
@@ -207,7 +209,7 @@ def exact(p, i, c, zs, se, so):
             wm, wp = _neighbours(p, i, c, k)
             t, amp = _time_amp(k, s4, pe, po, wm, wp, True)
     else:
-        amp, t = saturated_fit(p[i, c], pe, po, zs, best, k * SAMPLE_NS - PEAK_DELAY_NS)
+        amp, t = saturated_fit(p[i, c], pe, po, zs, best, k * SAMPLE_NS - PEAK_DELAY_NS, g0, g1)
         amp = np.float64(np.float32(amp))
         t = np.float64(np.float32(t))
     return amp, t
@@ -246,10 +248,10 @@ def _amp_range(p, i, c, k, s4):
 
 
 @nb.njit(**JIT_NONRT)
-def _sum_amp_range(p, i, c, s4, se, so):
-    """:func:`_amp_range` of a channel (pedestal sums se, so) whose peak sample is not known yet (PS, ECAL
-    sums): a call, for the few records whose energy is within AMP_BOUND of a cut."""
-    return _amp_range(p, i, c, _keymax(p, i, c, se, so)[0], s4)
+def _sum_amp_range(p, i, c, s4, se, so, g0, g1):
+    """:func:`_amp_range` of a channel (pedestal sums se, so, gate g0..g1) whose peak sample is not known yet
+    (PS, ECAL sums): a call, for the few records whose energy is within AMP_BOUND of a cut."""
+    return _amp_range(p, i, c, _keymax(p, i, c, se, so, g0, g1)[0], s4)
 
 
 @nb.njit(**INLINE)

@@ -13,7 +13,15 @@ Definitions (docs/physics.md 1.6; every number below is a field of :class:`Trigg
 - **PiSi**: S1, S2 and S3 all fired (in time).
 - **EOT** (electrons on target): PiSi AND NOT V1, i.e. a clean beam particle entering the ECAL.
 - **energies**: ``E = A * gev_per_count`` (GeV, float64 arithmetic on the float32 amplitude) of the
-  analogue sums PS_SUM and ECAL_SUM.
+  analogue sums PS_SUM and ECAL_SUM, each amplitude taken in the **energy gate** (below).
+- **energy gate**: the samples ``j`` of a sum with ``|j * 12.5 ns - (t0_ns + PEAK_DELAY_NS)| <=
+  energy_gate_ns / 2`` (its nominal peak time: the record is opened ``t0_ns`` before the triggering
+  particle, :mod:`sim_frontend.digitizer`), clipped to the record (:attr:`TriggerMenu.gate_samples`). The
+  sum's peak sample and its saturation are searched among those samples only; the amplitude and onset are
+  then reconstructed as without the gate (the 3-point interpolation reads the peak sample's neighbours
+  even when they lie outside the gate). What a discriminator in coincidence with S1 x S2 x S3 sees: an
+  earlier particle's tail adds to the samples in the gate, a particle arriving after the gate does not
+  count. The counters S1..S3, V1 take the whole record.
 - **energy lines**: EOT (PiSi when the line's ``veto`` is off) AND ``E_PS > ps_min_gev`` AND
   ``E_ECAL < ecal_max_gev`` (and, when set, ``E_PS < ps_max_gev`` and ``E_ECAL > ecal_min_gev``), prescaled.
   **physics** (Tr(A')) and **dimuon** are the two every menu has; a config adds further ones as
@@ -169,6 +177,8 @@ class TriggerMenu:
     window_ns: float = 10.0  #: ns, half-width of the counter coincidence window
     counter_threshold_mip: float = 0.5  #: MIP, S1..S3 and V1 threshold
     mip_adc: float = 200.0  #: ADC counts of one MIP in a counter
+    #: ns, full width of the energy gate around each sum's nominal peak time (module docstring)
+    energy_gate_ns: float = 50.0
     t0_ns: tuple[float, ...] = (100.0,) * 6  #: ns, nominal onset per trigger channel
     gev_per_count: tuple[float, ...] = (5e-6,) * 4 + (0.008, 0.04)  #: GeV per ADC count per channel
     #: ADC counts, calibrated pedestal of the even / odd samples per channel (config/calibration.toml's)
@@ -192,6 +202,7 @@ class TriggerMenu:
             self, "counter_threshold_mip", _num("counter_threshold_mip", self.counter_threshold_mip, 0.0, lo_open=True)
         )
         set_(self, "mip_adc", _num("mip_adc", self.mip_adc, 0.0, lo_open=True))
+        set_(self, "energy_gate_ns", _num("energy_gate_ns", self.energy_gate_ns, 0.0, lo_open=True))
         set_(self, "spill_length_s", _num("spill_length_s", self.spill_length_s, 0.0, lo_open=True))
         set_(self, "zs_threshold_adc", _num("zs_threshold_adc", self.zs_threshold_adc, 0.0, lo_open=True))
         set_(self, "beam_energy_gev", _num("beam_energy_gev", self.beam_energy_gev, 0.0, lo_open=True))
@@ -217,6 +228,7 @@ class TriggerMenu:
             if not isinstance(getattr(self, name), cls):
                 raise MenuError(f"trigger menu: {name} must be a {cls.__name__}, got {getattr(self, name)!r}")
         self._check_counters()
+        self._check_gates()
         for name in ENERGY_NAMES:
             set_(self, name, self._check_energy(name, getattr(self, name)))
         further = []
@@ -271,6 +283,16 @@ class TriggerMenu:
                     f"trigger menu: the {name} coincidence window [{a:g}, {b:g}] ns (t0_ns +/- "
                     f"window_ns) lies outside the readout window [{lo:g}, {hi:g}] ns: {name} could "
                     "never be in time"
+                )
+
+    def _check_gates(self) -> None:
+        for c in (PS_INDEX, ECAL_INDEX):
+            first, last = self.gate_samples[c]
+            if last - first < 1:
+                raise MenuError(
+                    f"trigger menu: the energy gate of {ch.TRIGGER_CHANNEL_NAMES[c]} (energy_gate_ns = "
+                    f"{self.energy_gate_ns:g} around its nominal peak at {self.t0_ns[c] + PEAK_DELAY_NS:g} ns) "
+                    f"holds samples {first}..{last} of the record: it needs at least two (an even and an odd one)"
                 )
 
     def _check_energy(self, name: str, t: EnergyTrigger) -> EnergyTrigger:
@@ -344,6 +366,7 @@ class TriggerMenu:
                 window_ns=trig.window_ns,
                 counter_threshold_mip=trig.counter_threshold_mip,
                 mip_adc=trig.mip_adc,
+                energy_gate_ns=trig.energy_gate_ns,
                 t0_ns=tuple(float(x) for x in np.asarray(calibration.t0_ns)[ids]),
                 gev_per_count=tuple(float(x) for x in np.asarray(calibration.gev_per_count)[ids]),
                 pedestal_even=tuple(float(x) for x in np.asarray(calibration.pedestal_even)[ids]),
@@ -372,6 +395,8 @@ class TriggerMenu:
             "window_ns": self.window_ns,
             "counter_threshold_mip": self.counter_threshold_mip,
             "mip_adc": self.mip_adc,
+            "energy_gate_ns": self.energy_gate_ns,
+            "gate_samples": [list(g) for g in self.gate_samples],
             "counter_threshold_adc": self.counter_threshold_adc,
             "zs_threshold_adc": self.zs_threshold_adc,
             "spill_length_s": self.spill_length_s,
@@ -397,7 +422,7 @@ class TriggerMenu:
     def from_dict(cls, d: Mapping[str, Any]) -> TriggerMenu:
         """Inverse of :meth:`to_dict` (derived keys are ignored), e.g. to re-trigger a recorded run with the
         menu it was taken with."""
-        derived = {"counter_threshold_adc", "channels", "random_ticks", "eot_definition"}
+        derived = {"counter_threshold_adc", "gate_samples", "channels", "random_ticks", "eot_definition"}
         known = {f.name for f in dataclasses.fields(cls)} - set(TRIGGER_NAMES) - {"further_lines"}
         unknown = set(d) - known - derived - {"triggers"}
         if unknown:
@@ -468,6 +493,21 @@ class TriggerMenu:
         sample, in the exact integer arithmetic of its peak search."""
         q = lambda v: tuple(int(round(4.0 * x)) for x in v)  # noqa: E731
         return q(self.pedestal_even), q(self.pedestal_odd)
+
+    @property
+    def gate_samples(self) -> tuple[tuple[int, int], ...]:
+        """(first, last) sample (inclusive) per trigger channel in which its peak is searched: the energy
+        gate of PS_SUM and ECAL_SUM (module docstring), the whole record for the counters."""
+        out = []
+        for c in range(ch.N_TRIGGER_CHANNELS):
+            first, last = 0, ch.N_SAMPLES - 1
+            if c in (PS_INDEX, ECAL_INDEX):
+                peak = self.t0_ns[c] + PEAK_DELAY_NS
+                half = 0.5 * self.energy_gate_ns
+                first = max(first, math.ceil((peak - half) / ch.SAMPLE_NS))
+                last = min(last, math.floor((peak + half) / ch.SAMPLE_NS))
+            out.append((int(first), int(last)))
+        return tuple(out)
 
     def counter_window_ns(self, c: int) -> tuple[float, float]:
         """Inclusive coincidence window ``(t0 - window_ns, t0 + window_ns)`` (ns) of counter ``c`` (0..3)."""

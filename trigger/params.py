@@ -25,7 +25,7 @@ import numpy as np
 from detector.records import MAX_TRIGGERS, TRIGGER_MASK_DTYPE
 
 from .menu import ECAL_INDEX, PS_INDEX, TriggerMenu
-from .simd import ped_lanes
+from .simd import gate_caps, ped_lanes
 
 # per-record raw bits
 RB_S1, RB_S2, RB_S3, RB_V1, RB_PISI, RB_EOT = range(6)
@@ -69,6 +69,9 @@ class KernelParams:
     ped_se: tuple[int, ...]  #: (6,) 4x the calibrated pedestal of the even samples per channel (ADC counts)
     ped_so: tuple[int, ...]  #: (6,) the same of the odd samples
     ped_lanes: tuple[int, ...]  #: (16,) int32: (ped_se, ped_so) in the lanes of :func:`trigger.simd.record_summary`
+    gate_lo: tuple[int, ...]  #: (6,) first sample of each channel's peak search (the sums' energy gate)
+    gate_hi: tuple[int, ...]  #: (6,) last sample (inclusive)
+    gate_caps: tuple[int, ...]  #: (64,) int16: the gates as :func:`trigger.simd.gate_caps`
     rate_hz: float  #: random trigger rate (1 when disabled: no division by 0)
     n_ticks: int  #: random ticks in the spill (0 when disabled)
     beam_enabled: int  #: 0 or 1
@@ -108,6 +111,9 @@ def params_dtype(n_lines: int) -> np.dtype:
             "ped_se": (np.dtype(np.int64), (6,)),
             "ped_so": (np.dtype(np.int64), (6,)),
             "ped_lanes": (np.dtype(np.int32), (16,)),
+            "gate_lo": (np.dtype(np.int64), (6,)),
+            "gate_hi": (np.dtype(np.int64), (6,)),
+            "gate_caps": (np.dtype(np.int16), (64,)),
             "lines": (LINE_DTYPE, (n_lines,)),
         },
     )
@@ -132,6 +138,7 @@ def kernel_params(menu: TriggerMenu) -> KernelParams:
     )
     w = [menu.counter_window_ns(c) for c in range(4)]
     se, so = menu.pedestal_sums
+    first, last = (tuple(g[k] for g in menu.gate_samples) for k in (0, 1))
     return KernelParams(
         menu.counter_threshold_adc,
         menu.zs_threshold_adc,
@@ -142,6 +149,9 @@ def kernel_params(menu: TriggerMenu) -> KernelParams:
         se,
         so,
         tuple(int(x) for x in ped_lanes(se, so)),
+        first,
+        last,
+        tuple(int(x) for x in gate_caps(first, last)),
         menu.random.rate_hz if menu.random.enabled else 1.0,
         menu.n_random_ticks,
         int(menu.beam.enabled),

@@ -12,16 +12,21 @@ index in the key) and pays a full horizontal reduction per channel. Here:
   (``P_j`` = se for even j, so for odd j): one int16 maximum per channel (16 lanes per 256-bit register);
 - the six channels are reduced together by a transpose-and-max tree (18 shuffles and maxima for all six);
 - the peak sample of a counter is the first sample equal to its parity's maximum, among the parities that
-  reach the peak: two compares, a bit mask and a trailing-zero count, no second pass.
+  reach the peak: two compares, a bit mask and a trailing-zero count, no second pass;
+- the energy sums PS_SUM and ECAL_SUM (:data:`GATED`) are searched in their energy gate only
+  (:attr:`trigger.menu.TriggerMenu.gate_samples`): each half-vector is first clamped from above by
+  :func:`gate_caps` (int16 max in the gate, int16 min outside), two more minima per sum, so a sample outside
+  the gate takes part in neither the peak nor the saturation.
 
 ``<16 x i16>`` / ``<8 x i32>`` vectors: AVX2 registers on x86, legalised by LLVM for any other target, so the
 code is portable; the result is the scalar definition below, bit for bit, whatever the target.
 
-Definition of ``record_summary(p, i, lanes)`` (p a C-contiguous int16 array of shape (N, 6, 32): the layout is
-typed, the shape is the caller's to check; 0 <= i < N is NOT bounds-checked: the caller owns the index;
-``lanes`` = :func:`ped_lanes` of the pedestal sums se_c, so_c, 16 contiguous int32, with
-``|se_c|, |so_c| <= 2^17``). For channel c with samples w_j (ADC counts) and ``P_j`` = se_c for even j,
-so_c for odd j:
+Definition of ``record_summary(p, i, lanes, caps)`` (p a C-contiguous int16 array of shape (N, 6, 32): the
+layout is typed, the shape is the caller's to check; 0 <= i < N is NOT bounds-checked: the caller owns the
+index; ``lanes`` = :func:`ped_lanes` of the pedestal sums se_c, so_c, 16 contiguous int32, with
+``|se_c|, |so_c| <= 2^17``; ``caps`` = :func:`gate_caps` of the samples G_c of each channel: all 32 for the
+counters, for a gated channel at least one even and one odd sample). For channel c with samples w_j (ADC
+counts) and ``P_j`` = se_c for even j, so_c for odd j, j in G_c:
 ``best4_c = max_j (4 w_j - P_j)`` (4x the pedestal-subtracted peak value, exact int32),
 ``k_c`` = the first j reaching it (numpy's argmax; returned for the counters c = 0, 1, 2),
 ``sat_c = max_j w_j >= ADC_MAX``. Returns the int32 tuple
@@ -37,6 +42,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from detector.channels import ADC_MAX
+
+from .menu import ECAL_INDEX, PS_INDEX
 
 N_CHANNELS = 6
 N_COUNTERS = 3  #: channels whose peak sample is returned (S1, S2, S3)
@@ -54,6 +61,8 @@ UNIT_OF = (0, 4, 2, 6, 1, 5)
 #: channel in each unit of the reduced vectors (units 3 and 7 repeat channels 4 and 5)
 CHANNEL_OF_UNIT = (0, 4, 2, 4, 1, 5, 3, 5)
 PED_BOUND = 1 << 17  #: largest |pedestal sum| record_summary takes (4 int16 samples): no int32 overflow
+#: the channels whose samples record_summary takes in a gate (the energy sums), in the order of gate_caps
+GATED = (PS_INDEX, ECAL_INDEX)
 
 
 def ped_lanes(se: tuple[int, ...] | np.ndarray, so: tuple[int, ...] | np.ndarray) -> np.ndarray:
@@ -64,6 +73,26 @@ def ped_lanes(se: tuple[int, ...] | np.ndarray, so: tuple[int, ...] | np.ndarray
         if not (abs(int(se[c])) <= PED_BOUND and abs(int(so[c])) <= PED_BOUND):
             raise ValueError(f"pedestal sums beyond +-{PED_BOUND}: {se[c]}, {so[c]}")
         out[2 * u], out[2 * u + 1] = int(se[c]), int(so[c])
+    return out
+
+
+def gate_caps(first: tuple[int, ...] | np.ndarray, last: tuple[int, ...] | np.ndarray) -> np.ndarray:
+    """The int16 caps record_summary clamps the gated channels' samples with: (len(GATED) x 32,), for
+    gated channel g (GATED[g]) and sample j at 32 g + j: 32767 if ``first[c] <= j <= last[c]``, else -32768.
+    ``first``, ``last``: the first and last sample (inclusive) per channel; ValueError if a channel
+    outside GATED is not the whole record or a gate lacks an even or an odd sample."""
+    out = np.empty(len(GATED) * N_SAMPLES, np.int16)
+    j = np.arange(N_SAMPLES)
+    for c in range(N_CHANNELS):
+        lo, hi = int(first[c]), int(last[c])
+        if c not in GATED:
+            if (lo, hi) != (0, N_SAMPLES - 1):
+                raise ValueError(f"channel {c} is not gated by record_summary: its samples are 0..31, not {lo}..{hi}")
+            continue
+        if not (lo >= 0 and hi <= N_SAMPLES - 1 and hi - lo >= 1):
+            raise ValueError(f"gate {lo}..{hi} of channel {c} must hold an even and an odd sample of 0..31")
+        g = GATED.index(c)
+        out[g * N_SAMPLES : (g + 1) * N_SAMPLES] = np.where((j >= lo) & (j <= hi), 32767, -32768)
     return out
 
 
@@ -83,6 +112,10 @@ def _mask(idx: list[int]) -> ir.Constant:
 
 def _smax(b: ir.IRBuilder, x, y):
     return b.select(b.icmp_signed(">", x, y), x, y)
+
+
+def _smin(b: ir.IRBuilder, x, y):
+    return b.select(b.icmp_signed("<", x, y), x, y)
 
 
 def _combine(b: ir.IRBuilder, x, y, lo: list[int], hi: list[int], op):
@@ -108,7 +141,7 @@ def _ptr(b: ir.IRBuilder, rec, byte_offset: int, ty: ir.Type):
 
 
 @intrinsic
-def record_summary(typingctx, prims, index, lanes):
+def record_summary(typingctx, prims, index, lanes, caps):
     """See the module docstring."""
     if not (
         isinstance(prims, types.Array)
@@ -120,18 +153,27 @@ def record_summary(typingctx, prims, index, lanes):
         and lanes.dtype == types.int32
         and lanes.ndim == 1
         and lanes.layout == "C"
+        and isinstance(caps, types.Array)
+        and caps.dtype == types.int16
+        and caps.ndim == 1
+        and caps.layout == "C"
     ):
         return None
-    sig = SUMMARY(prims, index, lanes)
+    sig = SUMMARY(prims, index, lanes, caps)
 
     def codegen(context, b, signature, args):
         arr = context.make_array(signature.args[0])(context, b, args[0])
         i = context.cast(b, args[1], signature.args[1], types.intp)
         rec = cgutils.pointer_add(b, arr.data, b.mul(i, b.extract_value(arr.strides, 0)))
+        cap = context.make_array(signature.args[3])(context, b, args[3]).data
         halves, peaks = [], []
         for c in range(N_CHANNELS):
             lo = b.load(_ptr(b, rec, 2 * N_SAMPLES * c, _W16), align=2)
             hi = b.load(_ptr(b, rec, 2 * N_SAMPLES * c + 32, _W16), align=2)
+            if c in GATED:  # samples outside the gate -> int16 min: in neither the peak nor the saturation
+                g = GATED.index(c)
+                lo = _smin(b, lo, b.load(_ptr(b, cap, 2 * N_SAMPLES * g, _W16), align=2))
+                hi = _smin(b, hi, b.load(_ptr(b, cap, 2 * N_SAMPLES * g + 32, _W16), align=2))
             halves.append((lo, hi))
             peaks.append(_smax(b, lo, hi))  # lane l: max of samples l and l + 16
         v = _tree(b, peaks, _smax)  # units: (max even, max odd) per channel
@@ -169,16 +211,23 @@ def record_summary(typingctx, prims, index, lanes):
     return sig, codegen
 
 
-def record_summary_numpy(prims: np.ndarray, se: np.ndarray, so: np.ndarray) -> np.ndarray:
+def record_summary_numpy(
+    prims: np.ndarray, se: np.ndarray, so: np.ndarray, first: np.ndarray | None = None, last: np.ndarray | None = None
+) -> np.ndarray:
     """The definition in numpy: (N, 10) int64 rows ``(best4_0..5, k_0..2, sat)`` of the primitives with
-    pedestal sums ``se``, ``so`` (one per channel) (for the tests)."""
+    pedestal sums ``se``, ``so`` (one per channel), each channel's samples ``first[c]..last[c]`` (None:
+    the whole record) (for the tests)."""
     p = prims.astype(np.int64)
     j = np.arange(N_SAMPLES)
+    lo = np.zeros(N_CHANNELS, np.int64) if first is None else np.asarray(first, np.int64)
+    hi = np.full(N_CHANNELS, N_SAMPLES - 1) if last is None else np.asarray(last, np.int64)
+    gate = (j[None, :] >= lo[:, None]) & (j[None, :] <= hi[:, None])
     v = 4 * p - np.where(j % 2 == 0, np.asarray(se, np.int64)[:, None], np.asarray(so, np.int64)[:, None])
+    v = np.where(gate, v, np.iinfo(np.int64).min)
     out = np.empty((p.shape[0], N_CHANNELS + N_COUNTERS + 1), np.int64)
     out[:, :N_CHANNELS] = v.max(axis=2)
     out[:, N_CHANNELS : N_CHANNELS + N_COUNTERS] = v[:, :N_COUNTERS].argmax(axis=2)
-    out[:, -1] = ((p.max(axis=2) >= ADC_MAX) << np.arange(N_CHANNELS)).sum(axis=1)
+    out[:, -1] = ((np.where(gate, p, -1).max(axis=2) >= ADC_MAX) << np.arange(N_CHANNELS)).sum(axis=1)
     return out
 
 

@@ -3,8 +3,9 @@ primitives (N, 6, 32), reconstructing a channel only as far as the decision need
 
 * every record starts with :func:`trigger.simd.record_summary` (explicit LLVM vectors, the six channels
   reduced together): the exact peak of each channel above its calibrated pedestal (not a baseline from the
-  record's first samples, which can sit on an earlier particle's tail: :mod:`trigger.menu`), the peak
-  sample of S1..S3 and the saturation bits; the next records' cache lines are prefetched (:data:`PREFETCH_RECORDS`);
+  record's first samples, which can sit on an earlier particle's tail: :mod:`trigger.menu`), the PS and
+  ECAL sums' within their energy gate, the peak sample of S1..S3 and the saturation bits; the next
+  records' cache lines are prefetched (:data:`PREFETCH_RECORDS`);
 * counters above threshold and in their windows on the bounds, the exact reconstruction where they do not
   tell;
 * PS/ECAL only for PiSi records, and only as far as the menu's energy lines need: each line's cuts are
@@ -30,16 +31,16 @@ from .simd import prefetch_record, record_summary
 
 
 @nb.njit(**INLINE)
-def _s_counter(p, i, c, sat, k, s4, thr, zs, se, so):
-    """S1/S2/S3 of record i with exact peak (sample k, 4x value s4), saturation flag and pedestal sums se,
-    so: (above threshold, onset known, onset ns). The amplitude is decided on its bounds [best, AMP_BOUND *
-    best] when they tell."""
+def _s_counter(p, i, c, sat, k, s4, thr, zs, se, so, g0, g1):
+    """S1/S2/S3 of record i with exact peak (sample k, 4x value s4), saturation flag, pedestal sums se,
+    so and peak search g0..g1 (the whole record): (above threshold, onset known, onset ns). The amplitude is
+    decided on its bounds [best, AMP_BOUND * best] when they tell."""
     best = s4 * 0.25
     up = False
     known = False
     t = 0.0
     if sat:  # exact reconstruction of the saturated pulse
-        a, t = exact(p, i, c, zs, se, so)
+        a, t = exact(p, i, c, zs, se, so, g0, g1)
         up = a >= thr
         known = True
     elif best >= zs:
@@ -95,19 +96,19 @@ def _inside(lo, hi, g, gt, lt):
 
 
 @nb.njit(**JIT_NONRT)
-def _sum_inside(p, i, c, q, sat, zs, g, gt, lt, se, so):
-    """:func:`_inside` for the sum channel c of record i (4x peak q, saturated or not, pedestal sums se,
-    so), decided: on the
+def _sum_inside(p, i, c, q, sat, zs, g, gt, lt, se, so, g0, g1):
+    """:func:`_inside` for the sum channel c of record i (4x peak q in its energy gate g0..g1, saturated or
+    not, pedestal sums se, so), decided: on the
     neighbour-ratio bounds of an unsaturated pulse, else on the exact amplitude. A call: only for the
     records whose amplitude bounds straddle a cut, or a saturated sum."""
     d = 2
     if not sat:
         lo, hi = _amp_bounds(q, zs)
         if lo > 0.0:
-            lo, hi = _sum_amp_range(p, i, c, q, se, so)
+            lo, hi = _sum_amp_range(p, i, c, q, se, so, g0, g1)
         d = _inside(lo, hi, g, gt, lt)
     if d == 2:
-        a = exact(p, i, c, zs, se, so)[0]
+        a = exact(p, i, c, zs, se, so, g0, g1)[0]
         d = _inside(a, a, g, gt, lt)
     return d
 
@@ -127,6 +128,9 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt):
     lo2, hi2, lo3, hi3 = P.win_lo[2], P.win_hi[2], P.win_lo[3], P.win_hi[3]
     gps, gec = P.gev_ps, P.gev_ecal
     pse, pso, lanes = P.ped_se, P.ped_so, P.ped_lanes  # the calibrated pedestal sums
+    caps, glo, ghi = P.gate_caps, P.gate_lo, P.gate_hi  # the peak searches: the sums' energy gates
+    g00, g01, g10, g11, g20, g21, g30, g31 = glo[0], ghi[0], glo[1], ghi[1], glo[2], ghi[2], glo[3], ghi[3]
+    gp0, gp1, ge0, ge1 = glo[PS_INDEX], ghi[PS_INDEX], glo[ECAL_INDEX], ghi[ECAL_INDEX]
     se0, se1, se2, se3, sep, see = pse[0], pse[1], pse[2], pse[3], pse[PS_INDEX], pse[ECAL_INDEX]
     so0, so1, so2, so3, sop, soe = pso[0], pso[1], pso[2], pso[3], pso[PS_INDEX], pso[ECAL_INDEX]
     eot_lines = False  # an enabled line that needs EOT / that takes PiSi without the veto
@@ -148,18 +152,18 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt):
     for i in range(b1 - b0):
         prefetch_record(p, i + PREFETCH_RECORDS)
         # exact peaks (4x value) of the six channels, peak samples of S1..S3, saturation bits
-        q0, q1, q2, q3, qp, qe, k0, k1, k2, sat = record_summary(p, i, lanes)
+        q0, q1, q2, q3, qp, qe, k0, k1, k2, sat = record_summary(p, i, lanes, caps)
         # --- counters above threshold (the scalers)
-        a0, kn0, t0 = _s_counter(p, i, c0, (sat & 1) != 0, k0, q0, thr, zs, se0, so0)
-        a1, kn1, t1 = _s_counter(p, i, c1, (sat & 2) != 0, k1, q1, thr, zs, se1, so1)
-        a2, kn2, t2 = _s_counter(p, i, c2, (sat & 4) != 0, k2, q2, thr, zs, se2, so2)
+        a0, kn0, t0 = _s_counter(p, i, c0, (sat & 1) != 0, k0, q0, thr, zs, se0, so0, g00, g01)
+        a1, kn1, t1 = _s_counter(p, i, c1, (sat & 2) != 0, k1, q1, thr, zs, se1, so1, g10, g11)
+        a2, kn2, t2 = _s_counter(p, i, c2, (sat & 4) != 0, k2, q2, thr, zs, se2, so2, g20, g21)
         sat3 = (sat & 8) != 0
         vlo, vhi = _amp_bounds(q3, zs)
         a3 = vlo >= thr
         kn3 = False
         t3 = 0.0
         if sat3 or (not a3 and vhi >= thr):
-            a, t3 = exact(p, i, c3, zs, se3, so3)
+            a, t3 = exact(p, i, c3, zs, se3, so3, g30, g31)
             a3 = a >= thr
             kn3 = True
         r = np.int64(a0) | (np.int64(a1) << 1) | (np.int64(a2) << 2) | (np.int64(a3) << 3)
@@ -179,7 +183,7 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt):
         if pisi:
             r |= 1 << RB_PISI
             if a3 and not kn3:
-                t3 = exact(p, i, c3, zs, se3, so3)[1]
+                t3 = exact(p, i, c3, zs, se3, so3, g30, g31)[1]
             eot = not (a3 and lo3 <= t3 <= hi3)
             if eot:
                 r |= 1 << RB_EOT
@@ -195,9 +199,9 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt):
                         dp = 2 if satp else _inside(plo, phi, gps, ln.ps_gt, ln.ps_lt)
                         de = 2 if sate else _inside(elo, ehi, gec, ln.ec_gt, ln.ec_lt)
                         if dp == 2 and de != 0:
-                            dp = _sum_inside(p, i, cps, qp, satp, zs, gps, ln.ps_gt, ln.ps_lt, sep, sop)
+                            dp = _sum_inside(p, i, cps, qp, satp, zs, gps, ln.ps_gt, ln.ps_lt, sep, sop, gp0, gp1)
                         if de == 2 and dp != 0:
-                            de = _sum_inside(p, i, cec, qe, sate, zs, gec, ln.ec_gt, ln.ec_lt, see, soe)
+                            de = _sum_inside(p, i, cec, qe, sate, zs, gec, ln.ec_gt, ln.ec_lt, see, soe, ge0, ge1)
                         if dp == 1 and de == 1:
                             r |= np.int64(1) << (RB_LINE0 + j)
         bv0[i] = np.uint8(r & 255)
