@@ -9,8 +9,8 @@ Registry: :data:`SOURCES` maps a source name to an estimator, a function
 events; ``progress(done, total)``: called as the work advances. ``n`` is the expected number of events in
 the signal box after every cut for ``eot`` EOT, ``err`` its MC-statistical error, ``mc`` the statistics used
 (``events`` simulated, bias, raw and weighted box counts ``box_events``, cut flow, and ``n_upper_90``: the 90%
-CL upper bound for ``eot`` when the estimate is zero -- no MC event of the source in the box -- else None). Add a source with
-:func:`register`.
+CL upper bound for ``eot`` when the estimate is zero -- no MC event of the source in the box -- else None).
+Add a source with :func:`register`.
 :func:`predict` runs the chosen sources and returns ``{"total": {"n", "err"}, "sources": {name: ...}}``
 (errors added in quadrature).
 
