@@ -267,6 +267,7 @@ def background_run2(
             str(BACKGROUND_EVENTS),
             "--config",
             str(cfg_path),
+            "--serial",  # on the demo's two cores a LocalCluster's start-up costs more than it saves
             "--json",
             str(out / "background-run2.json"),
         ],

@@ -335,6 +335,43 @@ for _name in background_downstream.ESTIMATORS:
 register("accidental_sr", _downstream("accidental_sr", background_accidental.accidental_sr))
 
 
+def chosen(sources: list[str] | None, eot: float, intensity: float, n_mc: int) -> list[str]:
+    """The registered names of ``sources`` (default: all registered), after checking the arguments of a
+    prediction; ValueError for an unknown source, ``eot`` or ``intensity`` <= 0, ``n_mc`` < 1."""
+    names = list(sources) if sources else list(SOURCES)
+    unknown = [n for n in names if n not in SOURCES]
+    if unknown:
+        raise ValueError(f"unknown background sources {unknown}; known: {', '.join(SOURCES)}")
+    if eot <= 0 or intensity <= 0 or n_mc < 1:
+        raise ValueError("eot and intensity must be > 0 and n_mc >= 1")
+    return names
+
+
+def run_source(
+    estimator: Estimator,
+    cfg: Config,
+    calib: Calibration,
+    eot: float,
+    intensity: float,
+    n_mc: int,
+    seed: int,
+    progress: Progress,
+) -> dict[str, Any]:
+    """One source's result (``estimator`` of :data:`SOURCES`) with ``seconds``, the wall time of its
+    estimator (s); the same in this process and in a Dask task (:mod:`offline.dask_background`)."""
+    t0 = time.perf_counter()
+    r = estimator(cfg, calib, float(eot), float(intensity), int(n_mc), int(seed), progress)
+    r["seconds"] = time.perf_counter() - t0
+    return r
+
+
+def table(res: dict[str, dict[str, Any]], eot: float, intensity: float) -> dict[str, Any]:
+    """The background table of the per-source results ``res``: their sum, errors added in quadrature."""
+    total = sum(r["n"] for r in res.values())
+    err = math.sqrt(sum(r["err"] ** 2 for r in res.values()))
+    return {"eot": eot, "intensity": intensity, "total": {"n": total, "err": err}, "sources": res}
+
+
 def predict(
     cfg: Config,
     eot: float,
@@ -345,14 +382,10 @@ def predict(
     seed: int = 1,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the estimators of ``sources`` (default: all registered) and add them up; each source's result
-    carries ``seconds``, the wall time of its estimator."""
-    names = sources if sources else list(SOURCES)
-    unknown = [n for n in names if n not in SOURCES]
-    if unknown:
-        raise ValueError(f"unknown background sources {unknown}; known: {', '.join(SOURCES)}")
-    if eot <= 0 or intensity <= 0 or n_mc < 1:
-        raise ValueError("eot and intensity must be > 0 and n_mc >= 1")
+    """Run the estimators of ``sources`` (default: all registered) in this process, one after the other, and
+    add them up (:func:`table`); each source's result carries ``seconds``, the wall time of its estimator.
+    :func:`offline.dask_background.predict_dask` runs them as Dask tasks, with the same result."""
+    names = chosen(sources, eot, intensity, n_mc)
     calib = load_calibration(cfg) if calib is None else calib
     res: dict[str, Any] = {}
     for name in names:
@@ -361,12 +394,8 @@ def predict(
             if progress is not None:
                 progress(_n, done, total)
 
-        t0 = time.perf_counter()
-        res[name] = SOURCES[name](cfg, calib, float(eot), float(intensity), int(n_mc), int(seed), cb)
-        res[name]["seconds"] = time.perf_counter() - t0
-    total = sum(r["n"] for r in res.values())
-    err = math.sqrt(sum(r["err"] ** 2 for r in res.values()))
-    return {"eot": eot, "intensity": intensity, "total": {"n": total, "err": err}, "sources": res}
+        res[name] = run_source(SOURCES[name], cfg, calib, eot, intensity, n_mc, seed, cb)
+    return table(res, eot, intensity)
 
 
 from .background_decays import decays_in_flight  # noqa: E402 (it imports from this module)

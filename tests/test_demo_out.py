@@ -51,7 +51,7 @@ def test_run2_box_is_opened_beside_the_expectation_of_every_source(tmp_path):
 
     out = tmp_path / "background-run2.json"
     eot, events = 1.6e6, 200
-    argv = ["background", "--sources", "--eot", str(eot), "--intensity", "3e5", "--events", str(events)]
+    argv = ["background", "--sources", "--eot", str(eot), "--intensity", "3e5", "--events", str(events), "--serial"]
     assert offline([*argv, "--config", str(ROOT / "config" / "demo.toml"), "--json", str(out)]) == 0
     bkg = json.loads(out.read_text())
     rows = background_rows(bkg, 3)
