@@ -20,6 +20,7 @@ from typing import Any
 from detector.config import Calibration, Config, load_calibration
 
 from . import background_sources as bs
+from .dask_select import dask_client
 
 #: a task sends a progress event at most this often (s), and always its last one
 PROGRESS_EVERY_S = 0.25
@@ -74,7 +75,7 @@ def predict_dask(
     scheduler at ``scheduler`` (an address such as ``tcp://127.0.0.1:8786``), else on a LocalCluster of
     ``n_workers`` processes started and stopped here. ``progress(source, done, total)`` is called from the
     client's event thread and this one (serialised by a lock)."""
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import as_completed
 
     names = bs.chosen(sources, eot, intensity, n_mc)
     if n_workers < 1:
@@ -93,18 +94,9 @@ def predict_dask(
             if progress is not None:
                 progress(name, done, total)
 
-    own_cluster = own_client = None
     token = uuid.uuid4().hex[:12]  # fresh keys and topic: never a stale result or event of an earlier call
     topic = f"background-progress-{token}"
-    try:
-        if client is None:
-            if scheduler:
-                client = own_client = Client(scheduler, timeout="30s")
-            else:
-                own_cluster = LocalCluster(
-                    n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
-                )
-                client = own_client = Client(own_cluster)
+    with dask_client(scheduler, n_workers, client) as client:
         client.subscribe_topic(topic, lambda event: report(*event[1]))
         try:
             futures = {
@@ -132,9 +124,4 @@ def predict_dask(
                 report(name, done, total, last=True)
         finally:
             client.unsubscribe_topic(topic)
-    finally:
-        if own_client is not None:
-            own_client.close()
-        if own_cluster is not None:
-            own_cluster.close()
     return bs.table({name: res[name] for name in names}, eot, intensity)
