@@ -8,7 +8,9 @@ Registry: :data:`SOURCES` maps a source name to an estimator, a function
 ``eot``: electrons on target to predict for; ``intensity``: e-/spill (sets the pile-up); ``n_mc``: simulated
 events; ``progress(done, total)``: called as the work advances. ``n`` is the expected number of events in
 the signal box after every cut for ``eot`` EOT, ``err`` its MC-statistical error, ``mc`` the statistics used
-(events simulated, bias, raw and weighted box counts, cut flow). Add a source with :func:`register`.
+(``events`` simulated, bias, raw and weighted box counts ``box_events``, cut flow, and ``n_upper_90``: the 90%
+CL upper bound for ``eot`` when the estimate is zero -- no MC event of the source in the box -- else None).
+Add a source with :func:`register`.
 :func:`predict` runs the chosen sources and returns ``{"total": {"n", "err"}, "sources": {name: ...}}``
 (errors added in quadrature).
 
@@ -60,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -282,12 +285,25 @@ def upstream_prediction(
             "split_k": k,
             # the zero-event bound counting every split event once (its replicas are correlated)
             "bound_per_event": 1.14 * eot / n_sim * zero_w * k,
+            # 90% CL bound of an empty box, the key every source reports (None when the box is not empty)
+            "n_upper_90": _upper_90(eot, n_sim, stats) if out["mc"]["box_events"] == 0 else None,
             "prefilter_ecal_gev": PREFILTER_ECAL_GEV,
             **stats,
             "material": beamline.line_from_config(c).budget(),
         }
     )
     return out
+
+
+def _upper_90(eot: float, n_sim: int, stats: dict[str, float]) -> float:
+    """The 90% CL upper bound (2.303 events) of an empty upstream box for ``eot`` EOT, at the mean weight of one
+    split event (its replicas decide alike); with no event in the split set, at the mean weight of the
+    electrons that radiated in the beam line (each could have been one)."""
+    if stats["split_events"]:
+        w = stats["split_weight"] / stats["split_events"]
+    else:
+        w = stats["beamline_weight"] / stats["beamline_events"] if stats["beamline_events"] else 1.0
+    return 2.303 * eot / n_sim * w
 
 
 register("upstream", upstream)
@@ -319,6 +335,43 @@ for _name in background_downstream.ESTIMATORS:
 register("accidental_sr", _downstream("accidental_sr", background_accidental.accidental_sr))
 
 
+def chosen(sources: list[str] | None, eot: float, intensity: float, n_mc: int) -> list[str]:
+    """The registered names of ``sources`` (default: all registered), after checking the arguments of a
+    prediction; ValueError for an unknown source, ``eot`` or ``intensity`` <= 0, ``n_mc`` < 1."""
+    names = list(sources) if sources else list(SOURCES)
+    unknown = [n for n in names if n not in SOURCES]
+    if unknown:
+        raise ValueError(f"unknown background sources {unknown}; known: {', '.join(SOURCES)}")
+    if eot <= 0 or intensity <= 0 or n_mc < 1:
+        raise ValueError("eot and intensity must be > 0 and n_mc >= 1")
+    return names
+
+
+def run_source(
+    estimator: Estimator,
+    cfg: Config,
+    calib: Calibration,
+    eot: float,
+    intensity: float,
+    n_mc: int,
+    seed: int,
+    progress: Progress,
+) -> dict[str, Any]:
+    """One source's result (``estimator`` of :data:`SOURCES`) with ``seconds``, the wall time of its
+    estimator (s); the same in this process and in a Dask task (:mod:`offline.dask_background`)."""
+    t0 = time.perf_counter()
+    r = estimator(cfg, calib, float(eot), float(intensity), int(n_mc), int(seed), progress)
+    r["seconds"] = time.perf_counter() - t0
+    return r
+
+
+def table(res: dict[str, dict[str, Any]], eot: float, intensity: float) -> dict[str, Any]:
+    """The background table of the per-source results ``res``: their sum, errors added in quadrature."""
+    total = sum(r["n"] for r in res.values())
+    err = math.sqrt(sum(r["err"] ** 2 for r in res.values()))
+    return {"eot": eot, "intensity": intensity, "total": {"n": total, "err": err}, "sources": res}
+
+
 def predict(
     cfg: Config,
     eot: float,
@@ -329,13 +382,10 @@ def predict(
     seed: int = 1,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the estimators of ``sources`` (default: all registered) and add them up."""
-    names = sources if sources else list(SOURCES)
-    unknown = [n for n in names if n not in SOURCES]
-    if unknown:
-        raise ValueError(f"unknown background sources {unknown}; known: {', '.join(SOURCES)}")
-    if eot <= 0 or intensity <= 0 or n_mc < 1:
-        raise ValueError("eot and intensity must be > 0 and n_mc >= 1")
+    """Run the estimators of ``sources`` (default: all registered) in this process, one after the other, and
+    add them up (:func:`table`); each source's result carries ``seconds``, the wall time of its estimator.
+    :func:`offline.dask_background.predict_dask` runs them as Dask tasks, with the same result."""
+    names = chosen(sources, eot, intensity, n_mc)
     calib = load_calibration(cfg) if calib is None else calib
     res: dict[str, Any] = {}
     for name in names:
@@ -344,10 +394,8 @@ def predict(
             if progress is not None:
                 progress(_n, done, total)
 
-        res[name] = SOURCES[name](cfg, calib, float(eot), float(intensity), int(n_mc), int(seed), cb)
-    total = sum(r["n"] for r in res.values())
-    err = math.sqrt(sum(r["err"] ** 2 for r in res.values()))
-    return {"eot": eot, "intensity": intensity, "total": {"n": total, "err": err}, "sources": res}
+        res[name] = run_source(SOURCES[name], cfg, calib, eot, intensity, n_mc, seed, cb)
+    return table(res, eot, intensity)
 
 
 from .background_decays import decays_in_flight  # noqa: E402 (it imports from this module)

@@ -318,7 +318,8 @@ def _background_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         "and integrate it over the signal-box range; systematic from alternative shapes and fit ranges. With "
         "--sources: predict each background source (offline/background_sources.py registry) for --eot EOT at "
         "--intensity e-/spill by biased simulation through the same simulation, reconstruction, trigger and "
-        "selection; JSON {total: {n, err}, sources: {name: {n, err, mc}}}.",
+        "selection (one Dask task per source; --serial: in this process, the same numbers); JSON {total: {n, err}, "
+        "sources: {name: {n, err, mc, seconds}}}.",
     )
     parser.add_argument("--sideband", type=Path, metavar="FILE.npy", help="1D numpy array of side-band energies in GeV")
     parser.add_argument("--fit-range", type=float_pair, metavar="LO,HI", help="fit range in GeV")
@@ -331,6 +332,9 @@ def _background_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     parser.add_argument("--events", type=int, default=20000, help="simulated beam electrons per source (default 2e4)")
     parser.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
     parser.add_argument("--config", type=Path, default=None, help="configuration file (default: the built-in defaults)")
+    from offline.commands import add_dask_options
+
+    add_dask_options(parser)  # --sources: one Dask task per source
     _add_json(parser)
     return parser
 
@@ -348,7 +352,15 @@ def _run_background_sources(args: argparse.Namespace) -> int:
                 tasks[name] = progress.add_task(f"background source {name}", total=total)
             progress.update(tasks[name], completed=done)
 
-        result = bs.predict(cfg, args.eot, args.intensity, args.events, args.source, seed=args.seed, progress=report)
+        what = (cfg, args.eot, args.intensity, args.events, args.source)
+        if args.serial:
+            result = bs.predict(*what, seed=args.seed, progress=report)
+        else:
+            from offline.commands import dask_workers
+            from offline.dask_background import predict_dask
+
+            n_workers = dask_workers(args, cfg)
+            result = predict_dask(*what, seed=args.seed, progress=report, scheduler=args.scheduler, n_workers=n_workers)
     rows = [(name, r["n"], r["err"], r["mc"]["events"], r["mc"]["box_events"]) for name, r in result["sources"].items()]
     rows.append(("total", result["total"]["n"], result["total"]["err"], "", ""))
     columns = ["source", "n", "err", "MC events", "MC box events"]

@@ -117,7 +117,8 @@ def simulate_run(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ select
-def _add_dask(p: argparse.ArgumentParser) -> None:
+def add_dask_options(p: argparse.ArgumentParser) -> None:
+    """``--scheduler``, ``--workers``, ``--serial`` of a subcommand that runs on Dask (read by :func:`dask_workers`)."""
     p.add_argument(
         "--scheduler",
         metavar="ADDRESS",
@@ -129,11 +130,16 @@ def _add_dask(p: argparse.ArgumentParser) -> None:
         default=None,
         help="LocalCluster worker processes (default offline.dask_workers)",
     )
-    p.add_argument("--serial", action="store_true", help="no Dask: process the spills in this process")
+    p.add_argument("--serial", action="store_true", help="no Dask: do the work in this process")
+
+
+def _add_dask(p: argparse.ArgumentParser) -> None:
+    add_dask_options(p)
     p.add_argument("--config", type=pathlib.Path, help="configuration TOML (default: the one stored in the run record)")
 
 
-def _workers(args: argparse.Namespace, cfg: Config | None) -> int:
+def dask_workers(args: argparse.Namespace, cfg: Config | None) -> int:
+    """``--workers``, else the configuration's ``offline.dask_workers``."""
     if args.workers is not None:
         return args.workers
     from detector.config import load_config
@@ -160,7 +166,7 @@ def select_run(args: argparse.Namespace) -> int:
 
     cfg = _config(args.config)
     m = select_runs(
-        _run_dirs(args.run_dirs), args.out, args.scheduler, _workers(args, cfg), config=cfg, serial=args.serial
+        _run_dirs(args.run_dirs), args.out, args.scheduler, dask_workers(args, cfg), config=cfg, serial=args.serial
     )
     _out.print(_cutflow_table(f"cut flow: {m.n_spills} spills, EOT {m.eot:.4g}", dict(m.cut_flow)))
     if m.excluded_spills:
@@ -224,7 +230,7 @@ def report_run(args: argparse.Namespace) -> int:
         _run_dirs(args.run_dirs),
         args.out,
         scheduler=args.scheduler,
-        n_workers=_workers(args, cfg),
+        n_workers=dask_workers(args, cfg),
         config=cfg,
         masses_mev=args.masses,
         signal_events=args.signal_events,

@@ -24,6 +24,7 @@ events would bias the signal yield per EOT.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -32,7 +33,7 @@ import time
 import tomllib
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -350,6 +351,27 @@ def run_serial(
     return out
 
 
+@contextlib.contextmanager
+def dask_client(scheduler: str | None, n_workers: int, client: Any = None) -> Iterator[Any]:
+    """``client`` as it is; else a Client of the scheduler at ``scheduler`` (an address such as
+    ``tcp://127.0.0.1:8786``), else of a LocalCluster of ``n_workers`` processes x 1 thread: the ones made
+    here are closed on leaving."""
+    from dask.distributed import Client, LocalCluster
+
+    if client is not None:
+        yield client
+        return
+    if scheduler:
+        with Client(scheduler, timeout="30s") as c:
+            yield c
+        return
+    with (
+        LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as c,
+    ):
+        yield c
+
+
 def run_dask(
     tasks: Sequence[tuple[str, str]],
     cfg_of: dict[str, Config],
@@ -361,18 +383,9 @@ def run_dask(
 ) -> list[SpillResult]:
     """One task per spill file on a LocalCluster (``n_workers`` processes x 1 thread), on the scheduler at
     ``scheduler`` (an address such as ``tcp://127.0.0.1:8786``), or on an existing ``client``."""
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import as_completed
 
-    own_cluster = own_client = None
-    try:
-        if client is None:
-            if scheduler:
-                client = own_client = Client(scheduler, timeout="30s")
-            else:
-                own_cluster = LocalCluster(
-                    n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
-                )
-                client = own_client = Client(own_cluster)
+    with dask_client(scheduler, n_workers, client) as client:
         token = uuid.uuid4().hex[:12]  # fresh keys: never a stale result of an earlier call
         futures = [
             client.submit(process_spill, p, cfg_of[rd], calib_of[rd], rd, key=f"select-{token}-{i}", pure=False)
@@ -392,11 +405,6 @@ def run_dask(
             if prog:
                 prog.stop()
         return results
-    finally:
-        if own_client is not None:
-            own_client.close()
-        if own_cluster is not None:
-            own_cluster.close()
 
 
 def select_runs(

@@ -1,6 +1,9 @@
-"""The demo's ``--out`` (demo/beamtime.py): never deletes a directory it did not create."""
+"""The demo's ``--out`` (demo/beamtime.py): never deletes a directory it did not create; its summary's
+background table (run 2's box opened beside the expectation per source)."""
 
 from __future__ import annotations
+
+import pytest
 
 from demo.beamtime import MARKER, main, prepare_out
 
@@ -31,3 +34,53 @@ def test_new_empty_and_own_directories_are_used(tmp_path):
     (new / "beamtime.toml").write_text("old")
     assert prepare_out(new) is None  # the demo's own earlier output: emptied and reused
     assert sorted(p.name for p in new.iterdir()) == [MARKER]
+
+
+def test_run2_box_is_opened_beside_the_expectation_of_every_source(tmp_path):
+    """The summary's background table (demo/beamtime.py) from the JSON of the real ``background --sources``
+    with tiny MC statistics: a row per registered source (n +/- err, or the 90% CL bound of an empty MC box),
+    the total and the observed count."""
+    import json
+    import re
+
+    from rich.console import Console
+
+    from demo.beamtime import ROOT, background_rows, background_table
+    from offline import background_sources as bs
+    from offline.cli import main as offline
+
+    out = tmp_path / "background-run2.json"
+    eot, events = 1.6e6, 200
+    argv = ["background", "--sources", "--eot", str(eot), "--intensity", "3e5", "--events", str(events), "--serial"]
+    assert offline([*argv, "--config", str(ROOT / "config" / "demo.toml"), "--json", str(out)]) == 0
+    bkg = json.loads(out.read_text())
+    rows = background_rows(bkg, 3)
+    assert [r[0] for r in rows] == [*bs.SOURCES, "total", "observed in the box"]
+    kinds = set()
+    for (name, expected, used), r in zip(rows, bkg["sources"].values()):
+        mc = r["mc"]
+        assert r["seconds"] > 0 and used == f"{mc['events']} ({mc['box_events']} in the box)"
+        if mc["box_events"] == 0:  # an empty MC box: its bound, never a bare zero
+            assert r["n"] == 0 and mc["n_upper_90"] > 0, name
+            assert expected == f"< {mc['n_upper_90']:.2g} (90% CL)"
+            kinds.add("bound")
+        else:
+            assert r["n"] > 0 and mc["n_upper_90"] is None, name
+            assert expected == f"{r['n']:.2g} ± {r['err']:.2g}"
+            kinds.add("estimate")
+    assert kinds == {"bound", "estimate"}  # this seed exercises both (hadron electroproduction fills its box)
+    # the upstream bound: 2.303 events at the mean weight of one split event, scaled from the MC electrons
+    up = bkg["sources"]["upstream"]["mc"]
+    assert up["n_upper_90"] == pytest.approx(2.303 * eot / events * up["split_weight"] / up["split_events"])
+    bounds = sum(r["mc"]["n_upper_90"] or 0.0 for r in bkg["sources"].values())
+    tot = bkg["total"]
+    assert rows[-2] == (
+        "total",
+        f"{tot['n']:.2g} ± {tot['err']:.2g} (+ < {bounds:.2g} from the empty boxes)",
+        str(sum(r["mc"]["events"] for r in bkg["sources"].values())),
+    )
+    assert rows[-1] == ("observed in the box", "3", "")
+    con = Console(record=True, width=200)
+    con.print(background_table(bkg, 3))
+    text = con.export_text()
+    assert "1.6e+06 EOT" in text and all(re.search(rf"\b{n}\b", text) for n in bs.SOURCES)

@@ -302,6 +302,7 @@ def test_background_cli_upstream_source(tmp_path):
     argv = [
         "background",
         "--sources",
+        "--serial",
         "--eot",
         "4.3e10",
         "--intensity",
@@ -326,7 +327,7 @@ def test_background_cli_upstream_source(tmp_path):
     assert mc["material"]["total_x0"] == pytest.approx(beamline.line_from_config(load_config(None)).total_x0)
     # the upstream source alone, with enough electrons for triggers among its split set (~0.5% of the
     # electrons, each SPLIT_K times; ~1% of those trigger, whole split events together)
-    assert main([*argv[:6], "--events", "100000", "--source", "upstream", "--json", str(out)]) == 0
+    assert main([*argv[:7], "--events", "100000", "--source", "upstream", "--json", str(out)]) == 0
     flow = json.loads(out.read_text())["sources"]["upstream"]["mc"]["cut_flow"]
     assert list(flow) == ["all", *sel.CUT_NAMES]
     counts = [flow["all"]] + [flow[k]["events"] for k in sel.CUT_NAMES]
