@@ -36,7 +36,7 @@ def _task(
     intensity: float,
     n_mc: int,
     seed: int,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], tuple[int, int]]:
     """One source on a Dask worker (:func:`offline.background_sources.run_source`), its progress sent as
     ``(name, done, total)`` events on ``topic``; returns the result and its last progress ``(done, total)``
     (the client's bar ends there, whenever the events arrive)."""
