@@ -281,6 +281,7 @@ def background_rows(bkg: dict[str, Any], n_obs: int | None) -> list[tuple[str, s
     sources beside it) and the ``n_obs`` events observed in the box."""
     rows: list[tuple[str, str, str]] = []
     bounds = 0.0
+    n_sum, var = 0.0, 0.0  # the sources with events in their MC box (an empty box's err is its bound's scale)
     for name, r in bkg["sources"].items():
         mc = r["mc"]
         upper = mc.get("n_upper_90")
@@ -288,10 +289,10 @@ def background_rows(bkg: dict[str, Any], n_obs: int | None) -> list[tuple[str, s
             bounds += float(upper)
             expected = f"< {upper:.2g} (90% CL)"
         else:
+            n_sum, var = n_sum + float(r["n"]), var + float(r["err"]) ** 2
             expected = f"{r['n']:.2g} ± {r['err']:.2g}"
         rows.append((name, expected, f"{mc['events']} ({mc['box_events']} in the box)"))
-    tot = bkg["total"]
-    total = f"{tot['n']:.2g} ± {tot['err']:.2g}" + (f" (+ < {bounds:.2g} from the empty boxes)" if bounds else "")
+    total = f"{n_sum:.2g} ± {var**0.5:.2g}" + (f" (+ < {bounds:.2g} from the empty boxes)" if bounds else "")
     events = sum(int(r["mc"]["events"]) for r in bkg["sources"].values())
     rows.append(("total", total, str(events)))
     rows.append(("observed in the box", "-" if n_obs is None else str(n_obs), ""))
