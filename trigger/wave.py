@@ -1,22 +1,28 @@
 """Pass A of the waveform entry (online): per record, the raw bits (:mod:`trigger.params`) from the int16
-primitives (N, 6, 32), reconstructing a channel only as far as the decision needs (:mod:`trigger.bounds`):
+primitives (N, 6, 32), reconstructing a channel only as far as the decision needs (:mod:`trigger.bounds`).
+A block runs in sub-blocks of :data:`SUB_BLOCK` records, each in two loops:
 
-* every record starts with :func:`trigger.simd.record_summary` (explicit LLVM vectors, the six channels
-  reduced together): the exact peak of each channel above its calibrated pedestal (not a baseline from the
-  record's first samples, which can sit on an earlier particle's tail: :mod:`trigger.menu`), the PS and
-  ECAL sums' within their energy gate, the peak sample of S1..S3 and the saturation bits; the next
-  records' cache lines are prefetched (:data:`PREFETCH_RECORDS`);
-* counters above threshold and in their windows on the bounds, the exact reconstruction where they do not
-  tell;
-* PS/ECAL only for PiSi records, and only as far as the menu's energy lines need: each line's cuts are
-  decided on the amplitude bounds, in the rare undecided case by a call that refines them by the
-  neighbour ratio, exactly if still undecided.
+* the summaries: :func:`trigger.simd.record_summary` of every record (explicit LLVM vectors, the six
+  channels reduced together) into a small int32 buffer: the exact peak of each channel above its
+  calibrated pedestal (not a baseline from the record's first samples, which can sit on an earlier
+  particle's tail: :mod:`trigger.menu`), the PS and ECAL sums' within their energy gate, the peak sample of
+  S1..S3 and the saturation bits. A loop without branches: the CPU overlaps many records;
+* the decisions, from the buffer (a record's decision no longer waits for its own summary's latency), the
+  next sub-block's cache lines prefetched meanwhile (so that the memory stream runs under the decisions):
+  the common record by :func:`_fast_bits` (no saturated counter, counter amplitudes decided on their bounds
+  or in AMP_BOUND's band on the neighbour ratio, S1..S3 windows on the window table, V1's onset computed
+  only when V1 is above threshold in a PiSi record), every other record by the general path
+  :func:`_record_bits` (a call: the exact reconstruction where the bounds do not tell);
+* PS/ECAL only for PiSi records, and only as far as the menu's energy lines need (:func:`_pisi_bits`, shared
+  by both paths): each line's cuts are decided on the amplitude bounds, in the rare undecided case by a
+  call that refines them by the neighbour ratio, exactly if still undecided.
 
-Numba notes (measured on this code): block loops run over block views from index 0 (no negative-index
-wraparound code, which otherwise blocks vectorisation); the line loop's trip count is the parameter
-record's line count, a compile-time constant.
+Every record needs its PiSi and EOT bits (the scalers, the beam line), so the counters' windows are decided
+for every record with S1..S3 above threshold whatever its energy. Numba notes (measured on this code,
+docs/performance.md): block loops run over block views from index 0 (no negative-index wraparound code,
+which otherwise blocks vectorisation); the line loop's trip count is the parameter record's line count, a
+compile-time constant; the decisions written without branches (selects) were slower than with them.
 """
-
 from __future__ import annotations
 
 import numba as nb
@@ -76,11 +82,6 @@ def _s_onset_in(p, i, c, k, s4, lo, hi, se, so):
     """The guard-band case of :func:`_s_window`: the onset from the interpolation, in [lo, hi]?"""
     tt = _s_fit(p, i, c, k, s4, np.bool_(False), se, so)[0]
     return 1 if lo <= tt <= hi else 0
-
-
-#: records ahead of the one being triggered whose cache lines are prefetched (6 KB: measured best of
-#: 2..64 on the 5e6-record spill; without it the summary's loads and the memory stream do not overlap)
-PREFETCH_RECORDS = 16
 
 
 @nb.njit(**INLINE)
@@ -252,9 +253,11 @@ def _fast_bits(p, i, P, rw, q0, q1, q2, q3, qp, qe, k0, k1, k2, sat, pisi_lines,
     return r, ok
 
 
-#: records per sub-block: the summaries of a sub-block are computed first (a branch-free loop), then the
-#: decisions read them back (their buffer, SUB_BLOCK x 64 bytes, stays in L1)
-SUB_BLOCK = 256
+#: records per sub-block: the summaries of a sub-block are computed first (a loop without branches), then
+#: the decisions read them back (their buffer, SUB_BLOCK x 64 bytes, stays in L1); the decisions prefetch the
+#: next sub-block's records (SUB_BLOCK x 384 bytes ahead: 64 measured as good as 256 and 1024 in cache, a
+#: little better on a whole spill)
+SUB_BLOCK = 64
 #: int32 columns of a summary row (the ten values of :func:`trigger.simd.record_summary`, padded)
 SUMMARY_COLUMNS = 16
 
@@ -278,13 +281,13 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf):
     for s0 in range(0, m, SUB_BLOCK):
         s1 = min(s0 + SUB_BLOCK, m)
         for i in range(s0, s1):
-            prefetch_record(p, i + PREFETCH_RECORDS)
             # exact peaks (4x value) of the six channels, peak samples of S1..S3, saturation bits
             q0, q1, q2, q3, qp, qe, k0, k1, k2, sat = record_summary(p, i, lanes, caps)
             row = buf[i - s0]
             row[0], row[1], row[2], row[3], row[4], row[5] = q0, q1, q2, q3, qp, qe
             row[6], row[7], row[8], row[9] = k0, k1, k2, sat
         for i in range(s0, s1):
+            prefetch_record(p, i + SUB_BLOCK)  # the next sub-block (beyond the array: harmless)
             row = buf[i - s0]
             q0, q1, q2, q3, qp, qe = row[0], row[1], row[2], row[3], row[4], row[5]
             k0, k1, k2, sat = row[6], row[7], row[8], row[9]
