@@ -23,6 +23,7 @@ docs/performance.md): block loops run over block views from index 0 (no negative
 which otherwise blocks vectorisation); the line loop's trip count is the parameter record's line count, a
 compile-time constant; the decisions written without branches (selects) were slower than with them.
 """
+
 from __future__ import annotations
 
 import numba as nb
