@@ -47,7 +47,7 @@ from sim_frontend.beam import BeamSpill, Bias, dimuon_probability, generate_spil
 from sim_frontend.response import apply_response
 
 from . import selection as sel
-from .signal import _electron_only, mc_beam, mc_event_table
+from .signal import electron_only, mc_beam, mc_event_table
 
 SEED_OFFSET = 0xB6D0  #: spill-number offset of the background MC (independent of data and signal spills)
 N_MC_DEFAULT = 4000  #: MC events per sample
@@ -97,7 +97,7 @@ def accidental_tag(
     out: dict[str, Any] = {"p_tail": p_tail, "tail_rate_hz": rate, "p_in_time": p_in_time, "n_tail": 0}
     if p_tail <= 0.0 or n_tail < 1:
         return {**out, "p_tag_given_tail": 0.0, "p_sr": 0.0, "p_sr_err": 0.0, "tagged": 0}
-    c = _electron_only(cfg)
+    c = electron_only(cfg)
     spill = generate_spill(c, SEED_OFFSET + 0x7A11 + int(seed), n_particles=int(n_tail), bias=Bias(tail=1.0 / p_tail))
     dep = apply_response(spill, c)
     pick = np.arange(spill.n)

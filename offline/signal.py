@@ -104,7 +104,8 @@ def signal_emission(cfg: Config, mass_mev: float, seed: int, at_face: bool = Fal
     return AprimeEmission(float(mass_mev), emiss_min_gev(cfg) / float(cfg.beam.energy_gev), seed, at_face)
 
 
-def _electron_only(cfg: Config) -> Config:
+def electron_only(cfg: Config) -> Config:
+    """``cfg`` with a beam of electrons only (no pions, kaons, muons or halo) and no A' injection."""
     no_others = dict.fromkeys(("frac_pion", "frac_kaon", "frac_muon", "frac_halo"), 0.0)
     return cfg.with_overrides({"beam": no_others, "aprime": {"enabled": False}})
 
@@ -132,7 +133,7 @@ def mc_beam(cfg: Config, n: int, spill_no: int, pileup: bool) -> tuple[BeamSpill
             raise RuntimeError("not enough beam electrons for the signal events; raise PILEUP_BEAM_FACTOR")
         pick = electrons[np.linspace(0, electrons.size - 1, n).round().astype(np.int64)]
     else:
-        spill = generate_spill(_electron_only(cfg), spill_no, n_particles=n, start_unix=0.0)
+        spill = generate_spill(electron_only(cfg), spill_no, n_particles=n, start_unix=0.0)
         pick = np.arange(n)
     return spill, pick
 
