@@ -150,12 +150,9 @@ def spill_dimuons(path: str | os.PathLike, cfg: Config, calib: Calibration) -> d
     return out
 
 
-def _run_intensity(run_dir: str | os.PathLike, spills: set[int]) -> float:
-    """Mean beam particles per spill (the run record's ``n_particles``) over the spills ``spills``."""
-    try:
-        entries = read_run_record(run_dir).get("spills", [])
-    except SpillFileError:
-        return math.nan
+def _run_intensity(record: dict[str, Any], spills: set[int]) -> float:
+    """Mean beam particles per spill (the run ``record``'s ``n_particles``) over the spills ``spills``."""
+    entries = record.get("spills", [])
     n = [float(e.get("n_particles", 0)) for e in entries if int(e.get("spill", -1)) in spills]
     return float(np.mean(n)) if n else math.nan
 
@@ -180,7 +177,6 @@ def run_dimuons(
     excluded: list[dict[str, Any]] = []
     errors: list[str] = []
     counted: set[int] = set()
-    run = 0
     for i, path in enumerate(files):
         try:
             r = spill_dimuons(path, cfg, calib)
@@ -201,15 +197,16 @@ def run_dimuons(
         if progress is not None:
             progress(i + 1, len(files))
     try:
-        run = int(read_run_record(run_dir).get("run", 0))
+        record = read_run_record(run_dir)
     except SpillFileError:
-        pass
+        record = {}
+    run = int(record.get("run", 0))
     # Poisson error; one event's when none was selected (the ratio's error then still says something)
     per_eot, err = (selected / eot, math.sqrt(max(selected, 1)) / eot) if eot > 0 else (math.nan, math.nan)
     return {
         "run_dir": str(pathlib.Path(run_dir)),
         "run": run,
-        "intensity": _run_intensity(run_dir, counted),
+        "intensity": _run_intensity(record, counted),
         "intensity_configured": float(cfg.beam.particles_per_spill),
         "n_spills": n_spills,
         "eot": eot,
