@@ -21,6 +21,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import venv
 
@@ -148,6 +149,21 @@ class KernelWarmUp:
             proc.communicate()
 
 
+#: GiB the test suite needs free in the temporary directory: its DAQ, calibration and offline tests record
+#: spill files there (the directories of passed tests are removed at the end: pyproject's retention policy)
+TEST_DISK_GIB = 8.0
+
+
+def enough_disk(where: pathlib.Path, need_gib: float, what: str) -> bool:
+    """Is there ``need_gib`` GiB free at ``where``? If not, say so plainly (a full disk otherwise shows as
+    dozens of unrelated test failures and hung recorders)."""
+    free = shutil.disk_usage(where).free / 2**30
+    if free < need_gib:
+        say(f"only {free:.1f} GiB free in {where}: {what} needs {need_gib:g} GiB; free some space first")
+        return False
+    return True
+
+
 def run(argv: list[str], env: dict[str, str] | None = None) -> int:
     return subprocess.run(argv, cwd=ROOT, env=env).returncode
 
@@ -164,6 +180,8 @@ def main(args: list[str]) -> int:
     env = dict(os.environ, PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
     if task == "bench":
         return run([str(PY), str(ROOT / "bench" / "run_all"), *rest], env)
+    if task == "test" and not enough_disk(pathlib.Path(tempfile.gettempdir()), TEST_DISK_GIB, "the test suite"):
+        return 1
     kernels = KernelWarmUp(env, tests=task == "test")
     if task == "test" and not rest:  # the whole suite: lint, format and types first (while the kernels compile)
         for name, argv in STATIC_CHECKS:

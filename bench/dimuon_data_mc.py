@@ -9,7 +9,8 @@
    data/MC ~ ``EXPECTED_RATIO`` and the EOT per particle ``EOT_PER_PARTICLE``).
 3. ``na64-offline dimuons RUN_DIRS --mc-json MC`` and the comparison with Table I.
 
-Progress on stderr; the result (the command's JSON plus the table) on stdout and in ``--out``.
+Progress on stderr; the result (the command's JSON plus the table) on stdout. With ``--out DIR`` the recorded
+runs and JSON files are kept there; without it they go in a temporary directory removed at the end.
 Run: ``.venv/bin/python bench/dimuon_data_mc.py [--spills N] [--mc-events N] [--out DIR]``.
 """
 
@@ -18,9 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,12 +62,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spills", type=int, default=None, help="spills per run (default: from --precision)")
     ap.add_argument("--precision", type=float, default=0.03, help="statistical error on data/MC to aim for")
     ap.add_argument("--mc-events", type=int, default=200000, help="MC electrons of the prediction")
-    ap.add_argument("--out", type=Path, default=None, help="work directory (default: a new one under /tmp)")
+    ap.add_argument("--out", type=Path, default=None, help="work directory, kept (default: temporary, removed)")
     ap.add_argument("--timeout-per-spill", type=float, default=900.0)
     args = ap.parse_args(argv)
-    intensities = [float(x) for x in args.intensities.split(",") if x.strip()]
-    out = (args.out or Path(f"/tmp/dimuon_data_mc_{os.getpid()}")).resolve()
+    out = (args.out or Path(tempfile.mkdtemp(prefix="dimuon_data_mc_"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _measure(args, out)
+    finally:
+        if args.out is None:
+            shutil.rmtree(out, ignore_errors=True)  # gigabytes of recorded spills
+
+
+def _measure(args: argparse.Namespace, out: Path) -> int:
+    """The three steps of the module docstring in ``out``; prints the table and the summary."""
+    intensities = [float(x) for x in args.intensities.split(",") if x.strip()]
     t0 = time.monotonic()
 
     mc_json = out / "mc.json"
@@ -108,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [{k: r[k] for k in (*keys, "data_mc_err", "paper")} for r in res["runs"]],
         "mc": {k: mc[k] for k in ("mc_events", "selected_mc_events", "selected_per_eot", "selected_per_eot_err")},
         "seconds": round(time.monotonic() - t0),
-        "out": str(out),
+        "out": str(out) if args.out else None,
     }
     print(json.dumps(summary))
     return 0

@@ -76,7 +76,7 @@ def main() -> int:
         for n_workers in (1, 2):
             with (
                 LocalCluster(
-                    n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
+                    n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=ds.DASHBOARD_ADDRESS
                 ) as cluster,
                 Client(cluster) as client,
             ):

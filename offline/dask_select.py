@@ -351,6 +351,11 @@ def run_serial(
     return out
 
 
+#: where a LocalCluster made here serves its dashboard: a free loopback port (the default, 8787, is taken by
+#: the second of two clusters running at once)
+DASHBOARD_ADDRESS = "127.0.0.1:0"
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None, n_workers: int, client: Any = None) -> Iterator[Any]:
     """``client`` as it is; else a Client of the scheduler at ``scheduler`` (an address such as
@@ -366,7 +371,9 @@ def dask_client(scheduler: str | None, n_workers: int, client: Any = None) -> It
             yield c
         return
     with (
-        LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=DASHBOARD_ADDRESS
+        ) as cluster,
         Client(cluster) as c,
     ):
         yield c

@@ -13,6 +13,7 @@ from detector.config import load_config
 from offline import background_sources as bs
 from offline.cli import main
 from offline.dask_background import predict_dask
+from offline.dask_select import DASHBOARD_ADDRESS
 
 ARGS = ["background", "--sources", "--eot", "1.6e6", "--intensity", "3e5", "--events", "200", "--seed", "3"]
 
@@ -30,7 +31,7 @@ def _without_timing(x):
 def cluster():
     from dask.distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=DASHBOARD_ADDRESS) as c:
         yield c
 
 

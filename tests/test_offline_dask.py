@@ -77,7 +77,9 @@ def test_existing_scheduler_by_address_equals_serial(runs, serial, tmp_path):
     from dask.distributed import LocalCluster
 
     _, m_s = serial
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=ds.DASHBOARD_ADDRESS
+    ) as cluster:
         m_d = ds.select_runs(runs, tmp_path, scheduler=cluster.scheduler_address, progress=False)
     _assert_same(m_s, m_d)
 
