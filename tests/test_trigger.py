@@ -586,12 +586,12 @@ def test_counter_gate_samples_and_validation(menu: TriggerMenu) -> None:
     assert menu.to_dict()["counter_gate_ns"] == 40.0
     wide = menu.replace(window_ns=25.0, counter_gate_ns=70.0)  # 75..125 ns: samples 8..12
     assert wide.window_samples(0) == (8, 12) and wide.gate_samples[:4] == ((8, 12),) * 4
-    with pytest.raises(MenuError, match="widen counter_gate_ns to at least 2 x .* = 70 ns"):
+    with pytest.raises(MenuError, match=r"widen counter_gate_ns to at least 2 x .* = 70 ns"):
         menu.replace(window_ns=25.0)  # the default 40 ns gate holds samples 9..11 only
     # checked on the samples: 30 ns (109..139 ns) still holds 9..11 for S1; S2 5 ns later (peak at 129 ns)
     # holds 10..11, but an onset at 95 ns can come from sample 9
     assert menu.replace(counter_gate_ns=30.0).gate_samples[0] == (9, 11)
-    with pytest.raises(MenuError, match="counter gate of S2 .* holds samples 10..11 .* samples 9..11"):
+    with pytest.raises(MenuError, match=r"counter gate of S2 .* holds samples 10\.\.11 .* samples 9\.\.11"):
         menu.replace(t0_ns=(100.0, 105.0, 100.0, 100.0, 100.0, 100.0), counter_gate_ns=30.0)
     with pytest.raises(MenuError, match="counter_gate_ns"):
         menu.replace(counter_gate_ns=0.0)

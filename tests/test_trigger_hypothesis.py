@@ -1,7 +1,7 @@
 """Property tests of the online trigger: on hypothesis-generated spills (S1, S2, S3, V1, PS, ECAL
 waveforms from detector.pulse with random energies and times, V1 hits, pile-up, out-of-time counters,
-saturation; energy and counter gates from the narrowest allowed to the whole record, so that later pulses fall inside and
-outside them) and menus, numba == numpy reference exactly (accepted indices, masks, scalers), for the
+saturation; energy and counter gates from the narrowest allowed to the whole record, so that later pulses
+fall inside and outside them) and menus, numba == numpy reference exactly (accepted indices, masks, scalers), for the
 waveform and the amplitude entry, serial, parallel and in random chunks; spills of several kernel blocks
 (:data:`trigger.accept.BLOCK` records) cut at and around block boundaries, with prescale counters and random
 ticks that carry across blocks and chunks, and menus with further energy lines."""

@@ -314,11 +314,12 @@ class TriggerMenu:
             if c < len(COUNTER_NAMES):
                 need = self.window_samples(c)
                 if need is not None and not (first <= need[0] and need[1] <= last):
+                    reach = PEAK_DELTA_MAX * ch.SAMPLE_NS
                     raise MenuError(
                         f"trigger menu: {what}, but an onset in its coincidence window (t0_ns +/- window_ns = "
                         f"{self.t0_ns[c]:g} +/- {self.window_ns:g} ns) can be reconstructed from a peak in "
                         f"samples {need[0]}..{need[1]}: widen counter_gate_ns to at least 2 x (window_ns + "
-                        f"{PEAK_DELTA_MAX * ch.SAMPLE_NS:g} ns) = {2 * (self.window_ns + PEAK_DELTA_MAX * ch.SAMPLE_NS):g} ns"
+                        f"{reach:g} ns) = {2 * (self.window_ns + reach):g} ns"
                     )
 
     def _check_energy(self, name: str, t: EnergyTrigger) -> EnergyTrigger:

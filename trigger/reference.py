@@ -5,8 +5,8 @@ benchmark baseline. Definitions are in :mod:`trigger.menu`.
   :class:`~trigger.menu.TriggerResult`;
 - :func:`waveform_trigger`: trigger primitives (int16 waveforms) -> ``detector.reco.reconstruct_numpy``
   on the six channels with the menu's calibrated pedestals, each channel's peak taken in its gate (the
-  counter gate, the sums' energy gate: :attr:`~trigger.menu.TriggerMenu.gate_samples`) -> :func:`amplitude_trigger` on its float32 amplitudes
-  and times;
+  counter gate, the sums' energy gate: :attr:`~trigger.menu.TriggerMenu.gate_samples`) ->
+  :func:`amplitude_trigger` on its float32 amplitudes and times;
 - :func:`synthesize_primitives` and :func:`electron_spill`: reference inputs (waveforms built with
   ``detector.pulse``) for tests and benchmarks.
 """
