@@ -396,6 +396,15 @@ class TriggerSection(Section):
         doc="full width of the gate, centred on each energy sum's nominal peak time (calibration t0 + the "
         "template's onset-to-peak delay), in which the PS_SUM and ECAL_SUM amplitudes are taken (docs/physics.md 1.6)",
     )
+    counter_gate_ns: float = key(
+        40.0,
+        20.0,
+        1000.0,
+        unit="ns",
+        doc="full width of the gate, centred on each counter's (S1..S3, V1) nominal peak time, in which its "
+        "amplitude and onset are taken; it must hold every onset in the +/- window_ns coincidence window "
+        "(at least 2 x (window_ns + 10 ns), checked by the trigger menu: docs/physics.md 1.6)",
+    )
     menu: MenuLines = dataclasses.field(default_factory=_menu_default)
 
     @classmethod

@@ -527,11 +527,12 @@ def test_energy_gate_second_particle(menu: TriggerMenu, later_ns: float, gate_ns
 
 
 def test_energy_gate_samples_and_validation(menu: TriggerMenu) -> None:
-    # default: nominal peak 100 + 24 ns, +/- 25 ns -> samples 8 (100 ns) .. 11 (137.5 ns); counters: all
+    # default: nominal peak 100 + 24 ns, +/- 25 ns -> samples 8 (100 ns) .. 11 (137.5 ns); counters +/- 20 ns
+    # -> 9 (112.5 ns) .. 11
     assert menu.energy_gate_ns == load_config(None).trigger.energy_gate_ns
-    assert menu.gate_samples == ((0, 31),) * 4 + ((8, 11),) * 2
+    assert menu.gate_samples == ((9, 11),) * 4 + ((8, 11),) * 2
     assert menu.replace(energy_gate_ns=25.0).gate_samples[4:] == ((9, 10),) * 2  # 111.5 .. 136.5 ns
-    assert menu.replace(energy_gate_ns=1000.0).gate_samples == ((0, 31),) * 6
+    assert menu.replace(energy_gate_ns=1000.0, counter_gate_ns=1000.0).gate_samples == ((0, 31),) * 6
     assert TriggerMenu.from_dict(menu.to_dict()) == menu
     with pytest.raises(MenuError, match="energy gate of PS_SUM"):
         menu.replace(energy_gate_ns=10.0, t0_ns=(100.0,) * 4 + (101.0, 100.0))  # 120 .. 130 ns: sample 10 only
@@ -539,3 +540,60 @@ def test_energy_gate_samples_and_validation(menu: TriggerMenu) -> None:
         menu.replace(energy_gate_ns=0.0)
     with pytest.raises(ConfigError, match="energy_gate_ns"):
         validate({"trigger": {"energy_gate_ns": 12.0}}, "test")
+
+
+# ---------------------------------------------------------------------- the counter gate (issue 18)
+@pytest.mark.parametrize("ecal_gev, physics", [(30.0, 1), (100.0, 0)])
+@pytest.mark.parametrize("gate_ns, in_time", [(40.0, 1), (800.0, 0)])
+def test_counter_gate_later_larger_counter_pulse(
+    menu: TriggerMenu, ecal_gev: float, physics: int, gate_ns: float, in_time: int
+) -> None:
+    """A 100 GeV beam electron in time (S1..S3 1 MIP, 2 GeV in the PS, ``ecal_gev`` in the ECAL: 30 GeV is
+    an A' candidate, 100 GeV a clean electron) and a second particle 200 ns later with LARGER counter
+    pulses (3 MIP) and 100 GeV in the ECAL. With the counter gate the in-time pulses make PiSi, EOT and
+    (for 30 GeV) the physics trigger; with a gate spanning the whole record the later pulses are the
+    counters' peaks, their onsets outside the coincidence window: nothing in time. The counter scalers
+    count the record either way. Reference and kernels agree."""
+    m = menu.replace(counter_gate_ns=gate_ns)
+    g = np.asarray(m.gev_per_count)
+    t0 = np.asarray(m.t0_ns)
+    amp = np.array([[m.mip_adc] * 3 + [0.0, 2.0 / g[4], ecal_gev / g[5]]])
+    later = np.array([3.0 * m.mip_adc] * 3 + [0.0, 3.0 / g[4], 100.0 / g[5]])
+    prims = R.synthesize_primitives(amp, t0[None, :], (np.zeros(6, np.int64), np.arange(6), later, t0 + 200.0), seed=5)
+    tau = np.zeros(1)
+    ref = R.waveform_trigger(m, prims, tau)
+    assert [ref.scalers[k] for k in ("S1", "S2", "S3", "V1")] == [1, 1, 1, 0]
+    assert ref.scalers["PiSi"] == in_time and ref.scalers["EOT"] == in_time
+    assert ref.scalers["physics_raw"] == physics * in_time
+    assert ref.scalers["beam_raw"] == in_time
+    assert K.trigger_waveforms(m, prims, tau).same_as(ref), K.trigger_waveforms(m, prims, tau).difference(ref)
+    assert K.trigger_waveforms(m, prims, tau, parallel=True).same_as(ref)
+    a, t = R.reconstruct_trigger_channels(m, prims)
+    assert K.trigger_amplitudes(m, a, t, tau).same_as(ref)
+    if in_time:  # the in-time pulse's own amplitude and onset
+        assert a[0, :3] == pytest.approx([m.mip_adc] * 3, rel=0.05)
+        assert t[0, :3] == pytest.approx(t0[:3], abs=2.0)
+    else:  # the later particle's
+        assert a[0, :3] == pytest.approx([3.0 * m.mip_adc] * 3, rel=0.05)
+        assert t[0, :3] == pytest.approx(t0[:3] + 200.0, abs=2.0)
+
+
+def test_counter_gate_samples_and_validation(menu: TriggerMenu) -> None:
+    assert menu.counter_gate_ns == load_config(None).trigger.counter_gate_ns == 40.0
+    # onsets 90..110 ns: from peak samples 9 ((9 + 0.8) * 12.5 - 24 = 98.5 ns) .. 11 (11 - 0.8: 103.5 ns)
+    assert [menu.window_samples(c) for c in range(4)] == [(9, 11)] * 4
+    assert TriggerMenu.from_dict(menu.to_dict()) == menu
+    assert menu.to_dict()["counter_gate_ns"] == 40.0
+    wide = menu.replace(window_ns=25.0, counter_gate_ns=70.0)  # 75..125 ns: samples 8..12
+    assert wide.window_samples(0) == (8, 12) and wide.gate_samples[:4] == ((8, 12),) * 4
+    with pytest.raises(MenuError, match=r"widen counter_gate_ns to at least 2 x .* = 70 ns"):
+        menu.replace(window_ns=25.0)  # the default 40 ns gate holds samples 9..11 only
+    # checked on the samples: 30 ns (109..139 ns) still holds 9..11 for S1; S2 5 ns later (peak at 129 ns)
+    # holds 10..11, but an onset at 95 ns can come from sample 9
+    assert menu.replace(counter_gate_ns=30.0).gate_samples[0] == (9, 11)
+    with pytest.raises(MenuError, match=r"counter gate of S2 .* holds samples 10\.\.11 .* samples 9\.\.11"):
+        menu.replace(t0_ns=(100.0, 105.0, 100.0, 100.0, 100.0, 100.0), counter_gate_ns=30.0)
+    with pytest.raises(MenuError, match="counter_gate_ns"):
+        menu.replace(counter_gate_ns=0.0)
+    with pytest.raises(ConfigError, match="counter_gate_ns"):
+        validate({"trigger": {"counter_gate_ns": 10.0}}, "test")

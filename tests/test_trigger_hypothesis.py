@@ -1,7 +1,7 @@
 """Property tests of the online trigger: on hypothesis-generated spills (S1, S2, S3, V1, PS, ECAL
 waveforms from detector.pulse with random energies and times, V1 hits, pile-up, out-of-time counters,
-saturation; energy gates from two samples to the whole record, so that later pulses fall inside and
-outside them) and menus, numba == numpy reference exactly (accepted indices, masks, scalers), for the
+saturation; energy and counter gates from the narrowest allowed to the whole record, so that later pulses
+fall inside and outside them) and menus, numba == numpy reference exactly (accepted indices, masks, scalers), for the
 waveform and the amplitude entry, serial, parallel and in random chunks; spills of several kernel blocks
 (:data:`trigger.accept.BLOCK` records) cut at and around block boundaries, with prescale counters and random
 ticks that carry across blocks and chunks, and menus with further energy lines."""
@@ -43,9 +43,12 @@ def menus(draw) -> TriggerMenu:
     ec = draw(st.sampled_from([20.0, 60.0, 80.0, 100.0]))
     on = draw(st.lists(st.booleans(), min_size=4, max_size=4))
     on[1] = on[1] or not any(on)  # a menu must enable something
+    window = draw(st.sampled_from([2.0, 5.0, 10.0, 25.0]))
     return BASE.replace(
-        window_ns=draw(st.sampled_from([2.0, 5.0, 10.0, 25.0])),
+        window_ns=window,
         energy_gate_ns=draw(st.sampled_from([25.0, 37.5, 50.0, 100.0, 800.0])),
+        # the narrowest counter gate the window allows, a little and much wider, the whole record
+        counter_gate_ns=2.0 * (window + 10.0) + draw(st.sampled_from([0.0, 12.5, 60.0, 800.0])),
         counter_threshold_mip=draw(st.sampled_from([0.2, 0.5, 0.75, 1.0])),
         t0_ns=tuple(draw(st.sampled_from([95.0, 100.0, 104.3])) for _ in range(6)),
         physics=EnergyTrigger(on[0], draw(st.integers(1, 4)), ps, ec),

@@ -1,7 +1,7 @@
 """The explicit-vector record summary of the waveform trigger (trigger.simd) against its numpy definition:
 exact peaks (4x value above the given pedestal sums), first peak samples of S1..S3 and saturation bits, on
 hypothesis-generated int16 records (any value, ties, flat records, full scale, extremes of int16) and
-pedestal sums (any in the allowed range), with the energy sums' samples taken in any gate (two or more
+pedestal sums (any in the allowed range), with every channel's samples taken in any gate (two or more
 samples) or the whole record."""
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ def _prefetch_all(p: np.ndarray, ahead: int) -> int:
 
 #: the calibrated pedestal sums of config/calibration.toml's trigger channels (4x 120/125, ..., 160/152)
 CALIB = (np.array([480, 480, 480, 480, 640, 640]), np.array([500, 500, 500, 472, 608, 608]))
-#: the whole record for every channel, and the default menu's energy gate (samples 8..11 of the sums)
+#: the whole record for every channel, and the default menu's gates (samples 9..11 of the counters, 8..11
+#: of the sums)
 WHOLE = (np.zeros(6, np.int64), np.full(6, 31))
-GATE = (np.array([0, 0, 0, 0, 8, 8]), np.array([31, 31, 31, 31, 11, 11]))
+GATE = (np.array([9, 9, 9, 9, 8, 8]), np.array([11, 11, 11, 11, 11, 11]))
 FULL_CAPS = simd.gate_caps(*WHOLE)
 
 
@@ -51,7 +52,7 @@ def check(prims: np.ndarray, se: np.ndarray = CALIB[0], so: np.ndarray = CALIB[1
 
 @st.composite
 def gates(draw) -> tuple:
-    """Any gates of the two energy sums with an even and an odd sample (the counters: the whole record)."""
+    """Any gates of the six channels with an even and an odd sample."""
     first, last = WHOLE[0].copy(), WHOLE[1].copy()
     for c in simd.GATED:
         first[c] = draw(st.integers(0, 30))
@@ -99,11 +100,29 @@ def test_summary_is_the_definition_for_any_pedestals_and_gates(
     check(prims, se, so, gate)
 
 
-def test_gate_caps_refuse_gated_counters_and_one_sample_gates() -> None:
-    with pytest.raises(ValueError, match="not gated"):
-        simd.gate_caps([1, 0, 0, 0, 8, 8], [31, 31, 31, 31, 11, 11])
+def test_gate_caps_refuse_one_sample_gates() -> None:
     with pytest.raises(ValueError, match="an even and an odd"):
         simd.gate_caps([0, 0, 0, 0, 8, 9], [31, 31, 31, 31, 11, 9])
+    with pytest.raises(ValueError, match="an even and an odd"):
+        simd.gate_caps([5, 0, 0, 0, 8, 8], [5, 31, 31, 31, 11, 11])  # a counter's too
+
+
+def test_summary_counter_gate_takes_the_in_time_pulse() -> None:
+    """A larger counter pulse later in the record: its peak (value, sample, saturation) outside the
+    counter gate 9..11 is not the counter's; a record of int16-min samples: the peak sample is searched in
+    the gate only (the samples clamped outside it equal int16 min too)."""
+    p = np.full((2, 6, 32), 150, np.int16)
+    p[0, :4, 10] = 400  # the in-time pulse
+    p[0, :4, 26] = ADC_MAX  # a later particle, saturated
+    p[1, :3, :] = -32768  # every sample at int16 min: the peak is the first even sample (se < so) in the gate
+    whole = _summaries(p, 0, simd.ped_lanes(*CALIB), FULL_CAPS)
+    gated = _summaries(p, 0, simd.ped_lanes(*CALIB), simd.gate_caps(*GATE))
+    assert whole[0, :3].tolist() == [4 * ADC_MAX - 480] * 3 and whole[0, 6:9].tolist() == [26] * 3
+    assert whole[0, 9] == 0b1111
+    assert gated[0, :3].tolist() == [4 * 400 - 480] * 3 and gated[0, 6:9].tolist() == [10] * 3
+    assert gated[0, 9] == 0
+    assert gated[1, 6:9].tolist() == [10] * 3 and whole[1, 6:9].tolist() == [0] * 3
+    check(p, gate=GATE)
 
 
 def test_summary_gate_excludes_a_later_pulse_and_its_saturation() -> None:

@@ -123,8 +123,8 @@ def window_table(menu: TriggerMenu) -> np.ndarray:
 # ====================================================================== reconstruction pieces
 # se, so below: the channel's calibrated pedestal sums (4x the pedestal of the even / odd samples, ADC
 # counts; trigger.menu.TriggerMenu.pedestal_sums), not the record's first samples; g0, g1: the first and
-# last sample (inclusive) of the channel's peak search (trigger.menu.TriggerMenu.gate_samples: the energy
-# gate of the sums, 0..31 for the counters)
+# last sample (inclusive) of the channel's peak search (trigger.menu.TriggerMenu.gate_samples: the counter
+# gate of S1..S3, V1, the energy gate of the sums)
 
 
 @nb.njit(**INLINE)

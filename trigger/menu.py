@@ -8,8 +8,8 @@ Definitions (docs/physics.md 1.6; every number below is a field of :class:`Trigg
   MIP) **and** its onset time ``t`` lies in ``[t0_ns - window_ns, t0_ns + window_ns]`` (both edges
   included; ``t0_ns`` is the channel's nominal onset from the calibration). A channel without signal
   has ``A = 0`` and ``t = NaN`` and never fires.
-- **counter scalers** ``S1``, ``S2``, ``S3``, ``V1``: records with the amplitude at or above threshold,
-  whatever its time (what a discriminator + scaler counts).
+- **counter scalers** ``S1``, ``S2``, ``S3``, ``V1``: records with the amplitude (taken in the counter
+  gate, below) at or above threshold, whatever its time (what a discriminator + scaler counts).
 - **PiSi**: S1, S2 and S3 all fired (in time).
 - **EOT** (electrons on target): PiSi AND NOT V1, i.e. a clean beam particle entering the ECAL.
 - **energies**: ``E = A * gev_per_count`` (GeV, float64 arithmetic on the float32 amplitude) of the
@@ -21,7 +21,18 @@ Definitions (docs/physics.md 1.6; every number below is a field of :class:`Trigg
   then reconstructed as without the gate (the 3-point interpolation reads the peak sample's neighbours
   even when they lie outside the gate). What a discriminator in coincidence with S1 x S2 x S3 sees: an
   earlier particle's tail adds to the samples in the gate, a particle arriving after the gate does not
-  count. The counters S1..S3, V1 take the whole record.
+  count.
+- **counter gate**: the same for S1, S2, S3 and V1 with the full width ``counter_gate_ns`` around each
+  counter's nominal peak time ``t0_ns + PEAK_DELAY_NS``: the amplitude, onset and saturation of a counter
+  are those of its largest pulse in that gate, so a larger pulse of a later (or earlier) beam particle in
+  the record does not replace the in-time one (a discriminator in coincidence sees the in-time particle;
+  the later one is its own record). The gate must hold every sample from which the reconstruction can
+  return an onset in the coincidence window (the peak sample k gives ``(k + delta) * 12.5 ns -
+  PEAK_DELAY_NS`` with the interpolation's ``|delta| <= PEAK_DELTA_MAX`` samples), i.e. ``counter_gate_ns
+  / 2 >= window_ns + PEAK_DELTA_MAX * 12.5 ns``: checked per counter on the samples themselves
+  (:class:`MenuError` otherwise). Then an in-time pulse is reconstructed exactly as in the whole record,
+  and a pulse whose in-gate maximum is a gate edge sample on its rising or falling flank has its onset
+  outside the window, as without the gate.
 - **energy lines**: EOT (PiSi when the line's ``veto`` is off) AND ``E_PS > ps_min_gev`` AND
   ``E_ECAL < ecal_max_gev`` (and, when set, ``E_PS < ps_max_gev`` and ``E_ECAL > ecal_min_gev``), prescaled.
   **physics** (Tr(A')) and **dimuon** are the two every menu has; a config adds further ones as
@@ -60,7 +71,7 @@ import numpy as np
 from detector import channels as ch
 from detector.config import Calibration, Config, ConfigError, load_calibration, load_config
 from detector.pulse import PEAK_DELAY_NS
-from detector.reco import ZS_THRESHOLD
+from detector.reco import PEAK_DELTA, ZS_THRESHOLD
 from detector.records import TRIGGER_BITS, trigger_bits
 
 #: trigger names every menu has, in bit order (physics, beam, random, dimuon)
@@ -92,6 +103,8 @@ EOT_DEFINITION = "PiSi AND NOT V1: S1, S2, S3 above threshold and in time, V1 no
 #: onsets the reconstruction can return for an unsaturated pulse (ns): a coincidence window outside
 #: this range can never be met
 ONSET_RANGE_NS = (-PEAK_DELAY_NS - ch.SAMPLE_NS, ch.N_SAMPLES * ch.SAMPLE_NS)
+#: samples: the largest offset of the interpolated peak from the peak sample (``detector.reco``'s table)
+PEAK_DELTA_MAX = float(max(-PEAK_DELTA[0], PEAK_DELTA[-1]))
 
 
 class MenuError(ConfigError):
@@ -179,6 +192,8 @@ class TriggerMenu:
     mip_adc: float = 200.0  #: ADC counts of one MIP in a counter
     #: ns, full width of the energy gate around each sum's nominal peak time (module docstring)
     energy_gate_ns: float = 50.0
+    #: ns, full width of the counter gate around each counter's nominal peak time (module docstring)
+    counter_gate_ns: float = 40.0
     t0_ns: tuple[float, ...] = (100.0,) * 6  #: ns, nominal onset per trigger channel
     gev_per_count: tuple[float, ...] = (5e-6,) * 4 + (0.008, 0.04)  #: GeV per ADC count per channel
     #: ADC counts, calibrated pedestal of the even / odd samples per channel (config/calibration.toml's)
@@ -203,6 +218,7 @@ class TriggerMenu:
         )
         set_(self, "mip_adc", _num("mip_adc", self.mip_adc, 0.0, lo_open=True))
         set_(self, "energy_gate_ns", _num("energy_gate_ns", self.energy_gate_ns, 0.0, lo_open=True))
+        set_(self, "counter_gate_ns", _num("counter_gate_ns", self.counter_gate_ns, 0.0, lo_open=True))
         set_(self, "spill_length_s", _num("spill_length_s", self.spill_length_s, 0.0, lo_open=True))
         set_(self, "zs_threshold_adc", _num("zs_threshold_adc", self.zs_threshold_adc, 0.0, lo_open=True))
         set_(self, "beam_energy_gev", _num("beam_energy_gev", self.beam_energy_gev, 0.0, lo_open=True))
@@ -286,14 +302,25 @@ class TriggerMenu:
                 )
 
     def _check_gates(self) -> None:
-        for c in (PS_INDEX, ECAL_INDEX):
+        for c in range(ch.N_TRIGGER_CHANNELS):
             first, last = self.gate_samples[c]
+            kind, key = ("counter", "counter_gate_ns") if c < len(COUNTER_NAMES) else ("energy", "energy_gate_ns")
+            what = (
+                f"the {kind} gate of {ch.TRIGGER_CHANNEL_NAMES[c]} ({key} = {getattr(self, key):g} around its "
+                f"nominal peak at {self.t0_ns[c] + PEAK_DELAY_NS:g} ns) holds samples {first}..{last} of the record"
+            )
             if last - first < 1:
-                raise MenuError(
-                    f"trigger menu: the energy gate of {ch.TRIGGER_CHANNEL_NAMES[c]} (energy_gate_ns = "
-                    f"{self.energy_gate_ns:g} around its nominal peak at {self.t0_ns[c] + PEAK_DELAY_NS:g} ns) "
-                    f"holds samples {first}..{last} of the record: it needs at least two (an even and an odd one)"
-                )
+                raise MenuError(f"trigger menu: {what}: it needs at least two (an even and an odd one)")
+            if c < len(COUNTER_NAMES):
+                need = self.window_samples(c)
+                if need is not None and not (first <= need[0] and need[1] <= last):
+                    reach = PEAK_DELTA_MAX * ch.SAMPLE_NS
+                    raise MenuError(
+                        f"trigger menu: {what}, but an onset in its coincidence window (t0_ns +/- window_ns = "
+                        f"{self.t0_ns[c]:g} +/- {self.window_ns:g} ns) can be reconstructed from a peak in "
+                        f"samples {need[0]}..{need[1]}: widen counter_gate_ns to at least 2 x (window_ns + "
+                        f"{reach:g} ns) = {2 * (self.window_ns + reach):g} ns"
+                    )
 
     def _check_energy(self, name: str, t: EnergyTrigger) -> EnergyTrigger:
         if not isinstance(t, EnergyTrigger):
@@ -367,6 +394,7 @@ class TriggerMenu:
                 counter_threshold_mip=trig.counter_threshold_mip,
                 mip_adc=trig.mip_adc,
                 energy_gate_ns=trig.energy_gate_ns,
+                counter_gate_ns=trig.counter_gate_ns,
                 t0_ns=tuple(float(x) for x in np.asarray(calibration.t0_ns)[ids]),
                 gev_per_count=tuple(float(x) for x in np.asarray(calibration.gev_per_count)[ids]),
                 pedestal_even=tuple(float(x) for x in np.asarray(calibration.pedestal_even)[ids]),
@@ -396,6 +424,7 @@ class TriggerMenu:
             "counter_threshold_mip": self.counter_threshold_mip,
             "mip_adc": self.mip_adc,
             "energy_gate_ns": self.energy_gate_ns,
+            "counter_gate_ns": self.counter_gate_ns,
             "gate_samples": [list(g) for g in self.gate_samples],
             "counter_threshold_adc": self.counter_threshold_adc,
             "zs_threshold_adc": self.zs_threshold_adc,
@@ -496,18 +525,31 @@ class TriggerMenu:
 
     @property
     def gate_samples(self) -> tuple[tuple[int, int], ...]:
-        """(first, last) sample (inclusive) per trigger channel in which its peak is searched: the energy
-        gate of PS_SUM and ECAL_SUM (module docstring), the whole record for the counters."""
+        """(first, last) sample (inclusive) per trigger channel in which its peak is searched: the counter
+        gate of S1..S3, V1 and the energy gate of PS_SUM and ECAL_SUM (module docstring), clipped to the
+        record."""
         out = []
         for c in range(ch.N_TRIGGER_CHANNELS):
-            first, last = 0, ch.N_SAMPLES - 1
-            if c in (PS_INDEX, ECAL_INDEX):
-                peak = self.t0_ns[c] + PEAK_DELAY_NS
-                half = 0.5 * self.energy_gate_ns
-                first = max(first, math.ceil((peak - half) / ch.SAMPLE_NS))
-                last = min(last, math.floor((peak + half) / ch.SAMPLE_NS))
+            peak = self.t0_ns[c] + PEAK_DELAY_NS
+            half = 0.5 * (self.counter_gate_ns if c < len(COUNTER_NAMES) else self.energy_gate_ns)
+            first = max(0, math.ceil((peak - half) / ch.SAMPLE_NS))
+            last = min(ch.N_SAMPLES - 1, math.floor((peak + half) / ch.SAMPLE_NS))
             out.append((int(first), int(last)))
         return tuple(out)
+
+    def window_samples(self, c: int) -> tuple[int, int] | None:
+        """(first, last) peak sample of counter ``c`` (0..3) from which the reconstruction can return an
+        onset in its coincidence window (float32 onset ``(k + delta) * SAMPLE_NS - PEAK_DELAY_NS`` with
+        ``|delta| <= PEAK_DELTA_MAX`` for an inner sample, ``k * SAMPLE_NS - PEAK_DELAY_NS`` at the record's
+        edges); None if there is none. The counter gate must hold them (:meth:`_check_gates`)."""
+        lo, hi = self.counter_window_ns(c)
+        k = np.arange(ch.N_SAMPLES, dtype=np.float64)
+        inner = (k > 0) & (k < ch.N_SAMPLES - 1)
+        reach = np.where(inner, PEAK_DELTA_MAX, 0.0)
+        t_min = ((k - reach) * ch.SAMPLE_NS - PEAK_DELAY_NS).astype(np.float32)
+        t_max = ((k + reach) * ch.SAMPLE_NS - PEAK_DELAY_NS).astype(np.float32)
+        ok = np.flatnonzero((t_max >= lo) & (t_min <= hi))
+        return None if ok.size == 0 else (int(ok[0]), int(ok[-1]))
 
     def counter_window_ns(self, c: int) -> tuple[float, float]:
         """Inclusive coincidence window ``(t0 - window_ns, t0 + window_ns)`` (ns) of counter ``c`` (0..3)."""

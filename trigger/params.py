@@ -25,7 +25,7 @@ import numpy as np
 from detector.records import MAX_TRIGGERS, TRIGGER_MASK_DTYPE
 
 from .menu import ECAL_INDEX, PS_INDEX, TriggerMenu
-from .simd import gate_caps, ped_lanes
+from .simd import GATED, N_SAMPLES, gate_caps, ped_lanes
 
 # per-record raw bits
 RB_S1, RB_S2, RB_S3, RB_V1, RB_PISI, RB_EOT = range(6)
@@ -69,9 +69,9 @@ class KernelParams:
     ped_se: tuple[int, ...]  #: (6,) 4x the calibrated pedestal of the even samples per channel (ADC counts)
     ped_so: tuple[int, ...]  #: (6,) the same of the odd samples
     ped_lanes: tuple[int, ...]  #: (16,) int32: (ped_se, ped_so) in the lanes of :func:`trigger.simd.record_summary`
-    gate_lo: tuple[int, ...]  #: (6,) first sample of each channel's peak search (the sums' energy gate)
+    gate_lo: tuple[int, ...]  #: (6,) first sample of each channel's peak search (counter / energy gate)
     gate_hi: tuple[int, ...]  #: (6,) last sample (inclusive)
-    gate_caps: tuple[int, ...]  #: (64,) int16: the gates as :func:`trigger.simd.gate_caps`
+    gate_caps: tuple[int, ...]  #: (6 x 32,) int16: the gates as :func:`trigger.simd.gate_caps`
     rate_hz: float  #: random trigger rate (1 when disabled: no division by 0)
     n_ticks: int  #: random ticks in the spill (0 when disabled)
     beam_enabled: int  #: 0 or 1
@@ -113,7 +113,7 @@ def params_dtype(n_lines: int) -> np.dtype:
             "ped_lanes": (np.dtype(np.int32), (16,)),
             "gate_lo": (np.dtype(np.int64), (6,)),
             "gate_hi": (np.dtype(np.int64), (6,)),
-            "gate_caps": (np.dtype(np.int16), (64,)),
+            "gate_caps": (np.dtype(np.int16), (len(GATED) * N_SAMPLES,)),
             "lines": (LINE_DTYPE, (n_lines,)),
         },
     )

@@ -4,9 +4,9 @@ benchmark baseline. Definitions are in :mod:`trigger.menu`.
 - :func:`amplitude_trigger`: amplitudes (ADC counts) and onset times (ns) per trigger channel ->
   :class:`~trigger.menu.TriggerResult`;
 - :func:`waveform_trigger`: trigger primitives (int16 waveforms) -> ``detector.reco.reconstruct_numpy``
-  on the six channels with the menu's calibrated pedestals and the sums' energy gate
-  (:attr:`~trigger.menu.TriggerMenu.gate_samples`) -> :func:`amplitude_trigger` on its float32 amplitudes
-  and times;
+  on the six channels with the menu's calibrated pedestals, each channel's peak taken in its gate (the
+  counter gate, the sums' energy gate: :attr:`~trigger.menu.TriggerMenu.gate_samples`) ->
+  :func:`amplitude_trigger` on its float32 amplitudes and times;
 - :func:`synthesize_primitives` and :func:`electron_spill`: reference inputs (waveforms built with
   ``detector.pulse``) for tests and benchmarks.
 """
@@ -163,8 +163,8 @@ def amplitude_trigger(
 
 def reconstruct_trigger_channels(menu: TriggerMenu, prims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float32 amplitudes (ADC counts) and onsets (ns) of the six trigger channels, with
-    ``detector.reco.reconstruct_numpy`` on the menu's calibrated pedestals, the PS and ECAL sums' peak
-    taken in the energy gate (in blocks of :data:`RECO_CHUNK` records to bound memory): the input of the
+    ``detector.reco.reconstruct_numpy`` on the menu's calibrated pedestals, each channel's peak taken in
+    its gate (counter gate, energy gate) (in blocks of :data:`RECO_CHUNK` records to bound memory): the input of the
     amplitude entry."""
     g = np.asarray(menu.gev_per_count, dtype=np.float32)
     even, odd = (np.asarray(x, dtype=np.float64) * 0.25 for x in menu.pedestal_sums)

@@ -13,10 +13,12 @@ index in the key) and pays a full horizontal reduction per channel. Here:
 - the six channels are reduced together by a transpose-and-max tree (18 shuffles and maxima for all six);
 - the peak sample of a counter is the first sample equal to its parity's maximum, among the parities that
   reach the peak: two compares, a bit mask and a trailing-zero count, no second pass;
-- the energy sums PS_SUM and ECAL_SUM (:data:`GATED`) are searched in their energy gate only
-  (:attr:`trigger.menu.TriggerMenu.gate_samples`): each half-vector is first clamped from above by
-  :func:`gate_caps` (int16 max in the gate, int16 min outside), two more minima per sum, so a sample outside
-  the gate takes part in neither the peak nor the saturation.
+- every channel (:data:`GATED`: the counters in their counter gate, the energy sums PS_SUM and ECAL_SUM in
+  their energy gate, :attr:`trigger.menu.TriggerMenu.gate_samples`) is searched in its gate only: each
+  half-vector is first clamped from above by :func:`gate_caps` (int16 max in the gate, int16 min outside),
+  two more minima per channel, so a sample outside the gate takes part in neither the peak nor the
+  saturation; the peak sample of a counter is searched among the samples in its gate (the caps' sign
+  bits: a clamped sample can equal an in-gate maximum of int16 min).
 
 ``<16 x i16>`` / ``<8 x i32>`` vectors: AVX2 registers on x86, legalised by LLVM for any other target, so the
 code is portable; the result is the scalar definition below, bit for bit, whatever the target.
@@ -24,8 +26,8 @@ code is portable; the result is the scalar definition below, bit for bit, whatev
 Definition of ``record_summary(p, i, lanes, caps)`` (p a C-contiguous int16 array of shape (N, 6, 32): the
 layout is typed, the shape is the caller's to check; 0 <= i < N is NOT bounds-checked: the caller owns the
 index; ``lanes`` = :func:`ped_lanes` of the pedestal sums se_c, so_c, 16 contiguous int32, with
-``|se_c|, |so_c| <= 2^17``; ``caps`` = :func:`gate_caps` of the samples G_c of each channel: all 32 for the
-counters, for a gated channel at least one even and one odd sample). For channel c with samples w_j (ADC
+``|se_c|, |so_c| <= 2^17``; ``caps`` = :func:`gate_caps` of the samples G_c of each channel, at least one
+even and one odd sample each). For channel c with samples w_j (ADC
 counts) and ``P_j`` = se_c for even j, so_c for odd j, j in G_c:
 ``best4_c = max_j (4 w_j - P_j)`` (4x the pedestal-subtracted peak value, exact int32),
 ``k_c`` = the first j reaching it (numpy's argmax; returned for the counters c = 0, 1, 2),
@@ -43,8 +45,6 @@ from numba.extending import intrinsic
 
 from detector.channels import ADC_MAX
 
-from .menu import ECAL_INDEX, PS_INDEX
-
 N_CHANNELS = 6
 N_COUNTERS = 3  #: channels whose peak sample is returned (S1, S2, S3)
 N_SAMPLES = 32
@@ -61,8 +61,9 @@ UNIT_OF = (0, 4, 2, 6, 1, 5)
 #: channel in each unit of the reduced vectors (units 3 and 7 repeat channels 4 and 5)
 CHANNEL_OF_UNIT = (0, 4, 2, 4, 1, 5, 3, 5)
 PED_BOUND = 1 << 17  #: largest |pedestal sum| record_summary takes (4 int16 samples): no int32 overflow
-#: the channels whose samples record_summary takes in a gate (the energy sums), in the order of gate_caps
-GATED = (PS_INDEX, ECAL_INDEX)
+#: the channels whose samples record_summary takes in a gate (all: the counters' counter gate, the energy
+#: sums' energy gate), in the order of gate_caps
+GATED = tuple(range(N_CHANNELS))
 
 
 def ped_lanes(se: tuple[int, ...] | np.ndarray, so: tuple[int, ...] | np.ndarray) -> np.ndarray:
@@ -79,16 +80,12 @@ def ped_lanes(se: tuple[int, ...] | np.ndarray, so: tuple[int, ...] | np.ndarray
 def gate_caps(first: tuple[int, ...] | np.ndarray, last: tuple[int, ...] | np.ndarray) -> np.ndarray:
     """The int16 caps record_summary clamps the gated channels' samples with: (len(GATED) x 32,), for
     gated channel g (GATED[g]) and sample j at 32 g + j: 32767 if ``first[c] <= j <= last[c]``, else -32768.
-    ``first``, ``last``: the first and last sample (inclusive) per channel; ValueError if a channel
-    outside GATED is not the whole record or a gate lacks an even or an odd sample."""
+    ``first``, ``last``: the first and last sample (inclusive) per channel; ValueError if a gate lacks an
+    even or an odd sample."""
     out = np.empty(len(GATED) * N_SAMPLES, np.int16)
     j = np.arange(N_SAMPLES)
-    for c in range(N_CHANNELS):
+    for c in GATED:
         lo, hi = int(first[c]), int(last[c])
-        if c not in GATED:
-            if (lo, hi) != (0, N_SAMPLES - 1):
-                raise ValueError(f"channel {c} is not gated by record_summary: its samples are 0..31, not {lo}..{hi}")
-            continue
         if not (lo >= 0 and hi <= N_SAMPLES - 1 and hi - lo >= 1):
             raise ValueError(f"gate {lo}..{hi} of channel {c} must hold an even and an odd sample of 0..31")
         g = GATED.index(c)
@@ -166,14 +163,20 @@ def record_summary(typingctx, prims, index, lanes, caps):
         i = context.cast(b, args[1], signature.args[1], types.intp)
         rec = cgutils.pointer_add(b, arr.data, b.mul(i, b.extract_value(arr.strides, 0)))
         cap = context.make_array(signature.args[3])(context, b, args[3]).data
-        halves, peaks = [], []
+        halves, peaks, ingate = [], [], []
+        zero16 = _const(_W16, [0] * 16)
         for c in range(N_CHANNELS):
             lo = b.load(_ptr(b, rec, 2 * N_SAMPLES * c, _W16), align=2)
             hi = b.load(_ptr(b, rec, 2 * N_SAMPLES * c + 32, _W16), align=2)
-            if c in GATED:  # samples outside the gate -> int16 min: in neither the peak nor the saturation
-                g = GATED.index(c)
-                lo = _smin(b, lo, b.load(_ptr(b, cap, 2 * N_SAMPLES * g, _W16), align=2))
-                hi = _smin(b, hi, b.load(_ptr(b, cap, 2 * N_SAMPLES * g + 32, _W16), align=2))
+            # samples outside the gate -> int16 min: in neither the peak nor the saturation
+            g = GATED.index(c)
+            cap_lo = b.load(_ptr(b, cap, 2 * N_SAMPLES * g, _W16), align=2)
+            cap_hi = b.load(_ptr(b, cap, 2 * N_SAMPLES * g + 32, _W16), align=2)
+            lo, hi = _smin(b, lo, cap_lo), _smin(b, hi, cap_hi)
+            if c < N_COUNTERS:  # bit j: sample j in the gate (cap > 0)
+                in_lo = b.zext(b.bitcast(b.icmp_signed(">", cap_lo, zero16), _I16), _I32)
+                in_hi = b.zext(b.bitcast(b.icmp_signed(">", cap_hi, zero16), _I16), _I32)
+                ingate.append(b.or_(in_lo, b.shl(in_hi, _const(_I32, 16))))
             halves.append((lo, hi))
             peaks.append(_smax(b, lo, hi))  # lane l: max of samples l and l + 16
         v = _tree(b, peaks, _smax)  # units: (max even, max odd) per channel
@@ -193,7 +196,7 @@ def record_summary(typingctx, prims, index, lanes, caps):
             lo, hi = halves[c]
             eq_lo = b.zext(b.bitcast(b.icmp_signed("==", lo, pair), _I16), _I32)
             eq_hi = b.zext(b.bitcast(b.icmp_signed("==", hi, pair), _I16), _I32)
-            eq = b.or_(eq_lo, b.shl(eq_hi, _const(_I32, 16)))  # bit j: w_j = its parity's max
+            eq = b.and_(b.or_(eq_lo, b.shl(eq_hi, _const(_I32, 16))), ingate[c])  # bit j: in gate, = parity's max
             w = b.lshr(wins, _const(_I32, 2 * u))
             even = b.select(b.trunc(w, _I1), _const(_I32, 0x55555555), _const(_I32, 0))
             odd = b.select(

@@ -5,7 +5,7 @@ A block runs in sub-blocks of :data:`SUB_BLOCK` records, each in two loops:
 * the summaries: :func:`trigger.simd.record_summary` of every record (explicit LLVM vectors, the six
   channels reduced together) into a small int32 buffer: the exact peak of each channel above its
   calibrated pedestal (not a baseline from the record's first samples, which can sit on an earlier
-  particle's tail: :mod:`trigger.menu`), the PS and ECAL sums' within their energy gate, the peak sample of
+  particle's tail: :mod:`trigger.menu`) within its gate (counter gate, the sums' energy gate), the peak sample of
   S1..S3 and the saturation bits. A loop without branches: the CPU overlaps many records;
 * the decisions, from the buffer (a record's decision no longer waits for its own summary's latency), the
   next sub-block's cache lines prefetched meanwhile (so that the memory stream runs under the decisions):
@@ -40,7 +40,7 @@ from .simd import prefetch_record, record_summary
 @nb.njit(**INLINE)
 def _s_counter(p, i, c, sat, k, s4, thr, zs, se, so, g0, g1):
     """S1/S2/S3 of record i with exact peak (sample k, 4x value s4), saturation flag, pedestal sums se,
-    so and peak search g0..g1 (the whole record): (above threshold, onset known, onset ns). The amplitude is
+    so and peak search g0..g1 (its counter gate): (above threshold, onset known, onset ns). The amplitude is
     decided on its bounds [best, AMP_BOUND * best] when they tell."""
     best = s4 * 0.25
     up = False
@@ -271,7 +271,7 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf):
     b0 = b * BLOCK
     b1 = min(b0 + BLOCK, n)
     P = params[0]
-    lanes, caps = P.ped_lanes, P.gate_caps  # the calibrated pedestals, the sums' energy gates
+    lanes, caps = P.ped_lanes, P.gate_caps  # the calibrated pedestals, the channels' gates
     pisi_lines, eot_lines = _line_kinds(P.lines)
     n_planes = bits.shape[0]
     # block views: loop indices from 0 are provably non-negative (no wraparound code in the hot loop)
