@@ -18,6 +18,11 @@ Per waveform (32 samples of 12-bit ADC counts):
 6. energy = amplitude x GeV-per-count of the channel.
 
 ``time_ns`` is the pulse onset in the window (ns), the same ``t0`` that :mod:`detector.pulse` takes.
+
+An optional gate per channel (first, last sample: :func:`detector.gate.peak_gate`) restricts the search of
+steps 2-4 (peak sample, zero suppression, saturation) to those samples: the pulse in time with the trigger
+rather than the largest one in the record. The interpolation still reads the peak sample's neighbours and
+step 5 the whole record (a pulse outside the gate flags ``PILEUP``). Without a gate: the whole record.
 """
 
 from __future__ import annotations
@@ -182,6 +187,26 @@ def _scan(wf, e, c):
     return mx, m >> 5, np.int64(N_SAMPLES - 1) - (m & 31), se, so
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _scan_gate(wf, e, c, j_lo, j_hi):
+    """:func:`_scan` of waveform wf[e, c] with the peak and the largest raw sample searched among the
+    samples ``j_lo .. j_hi`` only (a gate, ``0 <= j_lo <= j_hi <= 31``): the same five values, the peak
+    sample the first in the gate reaching the maximum of ``4 w_j - P_j``."""
+    se = np.int32(wf[e, c, 0]) + np.int32(wf[e, c, 2]) + np.int32(wf[e, c, 4]) + np.int32(wf[e, c, 6])
+    so = np.int32(wf[e, c, 1]) + np.int32(wf[e, c, 3]) + np.int32(wf[e, c, 5]) + np.int32(wf[e, c, 7])
+    m = np.int32(-2147483648)
+    k = np.int64(j_lo)
+    mx = np.int16(-32768)
+    for j in range(j_lo, j_hi + 1):
+        v = wf[e, c, j]
+        q = np.int32(4) * np.int32(v) - (se if (j & 1) == 0 else so)
+        if q > m:
+            m = q
+            k = np.int64(j)
+        mx = v if v > mx else mx
+    return mx, m, k, se, so
+
+
 @nb.njit(cache=True, nogil=True)
 def _template_residual(wf, e, c, k, pe, po, best, amp, t0):
     """Pile-up by the residual of the inner unsaturated pulse wf[e, c] (peak sample k, peak value ``best``,
@@ -252,13 +277,25 @@ def _second_peak(wf, e, c, k, se, so, threshold):
 
 
 @nb.njit(cache=True, nogil=True)
-def _reconstruct_range(wf, e0, e1, gev_per_count, threshold, ped_e, ped_o, amp, time, energy, flags):
+def _reconstruct_range(wf, e0, e1, gev_per_count, threshold, gate_lo, gate_hi, ped_e, ped_o, amp, time, energy, flags):
     """Reconstruct events e0 .. e1 - 1 of wf (int16 (events, channels, 32)) into the output arrays (module
-    docstring, steps 1-6)."""
+    docstring, steps 1-6). ``gate_lo``, ``gate_hi``: None (every channel over the whole record: this
+    specialisation compiles without the gate code) or the first and last sample of each channel's peak
+    search (int64 (channels,))."""
     n = wf.shape[2]
     for e in range(e0, e1):
         for c in range(wf.shape[1]):
-            mx, b4, k, se, so = _scan(wf, e, c)
+            j_lo = 0
+            j_hi = n - 1
+            if gate_lo is None:
+                mx, b4, k, se, so = _scan(wf, e, c)
+            else:
+                j_lo = gate_lo[c]
+                j_hi = gate_hi[c]
+                if j_lo == 0 and j_hi == n - 1:
+                    mx, b4, k, se, so = _scan(wf, e, c)
+                else:
+                    mx, b4, k, se, so = _scan_gate(wf, e, c, j_lo, j_hi)
             pe = se * 0.25
             po = so * 0.25
             ped_e[e, c] = pe
@@ -276,7 +313,7 @@ def _reconstruct_range(wf, e0, e1, gev_per_count, threshold, ped_e, ped_o, amp, 
             t0 = k * SAMPLE_NS - PEAK_DELAY_NS
             if sat:
                 f |= FLAG_SATURATED
-                a, t0 = saturated_fit(wf[e, c], pe, po, threshold, a, t0, 0, n - 1)
+                a, t0 = saturated_fit(wf[e, c], pe, po, threshold, a, t0, j_lo, j_hi)
             elif 0 < k < n - 1:
                 sm = wf[e, c, k - 1] - (pe if ((k - 1) & 1) == 0 else po)
                 sp = wf[e, c, k + 1] - (pe if ((k + 1) & 1) == 0 else po)
@@ -324,18 +361,34 @@ def _check(waveforms: np.ndarray, gev_per_count: np.ndarray) -> tuple[np.ndarray
 MIN_EVENTS_PER_THREAD = 512
 
 
+def _check_gate(gate: tuple[np.ndarray, np.ndarray], n_c: int) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = (np.ascontiguousarray(np.broadcast_to(np.asarray(x), (n_c,)), dtype=np.int64) for x in gate)
+    if np.any(lo < 0) or np.any(hi > N_SAMPLES - 1) or np.any(lo > hi):
+        raise ValueError(f"gate must hold 0 <= first <= last <= {N_SAMPLES - 1} per channel; got {lo}, {hi}")
+    return lo, hi
+
+
 def reconstruct(
-    waveforms: np.ndarray, gev_per_count: np.ndarray, threshold: float = ZS_THRESHOLD, parallel: bool = False
+    waveforms: np.ndarray,
+    gev_per_count: np.ndarray,
+    threshold: float = ZS_THRESHOLD,
+    parallel: bool = False,
+    gate: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> RecoResult:
     """Reconstruct every waveform of ``waveforms`` (int16, (events, channels, 32)) with numba.
     ``gev_per_count`` has one value per channel (GeV per ADC count); ``threshold`` in ADC counts.
     ``parallel`` splits the events into contiguous ranges, one per numba thread, reconstructed by the one
-    compiled kernel in Python threads (:func:`detector.parallel.run_ranges`): the same result."""
+    compiled kernel in Python threads (:func:`detector.parallel.run_ranges`): the same result.
+    ``gate`` = (first, last) sample index (inclusive) per channel: the peak (steps 2-3) and the saturation
+    (step 4) of that channel are searched among those samples only, the interpolation and the pile-up flags
+    read the whole record, as :func:`reconstruct_numpy`'s ``gate`` (:func:`detector.gate.peak_gate` makes
+    one); without it every channel is searched over the whole record."""
     wf, g = _check(waveforms, gev_per_count)
     n_e = wf.shape[0]
+    lo, hi = (None, None) if gate is None else _check_gate(gate, wf.shape[1])
     r = _alloc(n_e, wf.shape[1])
     out = (r.pedestal_even, r.pedestal_odd, r.amplitude, r.time_ns, r.energy_gev, r.flags)
-    args = (g, float(threshold), *out)
+    args = (g, float(threshold), lo, hi, *out)
     if parallel:
         run_ranges(lambda lo, hi: _reconstruct_range(wf, lo, hi, *args), n_e, MIN_EVENTS_PER_THREAD)
     else:

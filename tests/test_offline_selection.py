@@ -208,6 +208,38 @@ def test_pileup_cut_removes_overlapping_and_out_of_time_pulses(injected):
             assert np.all(tt["n_cells_pileup"] >= 1)
 
 
+def test_fast_channels_take_their_in_time_pulse(injected):
+    """A larger pulse of a later beam particle in the SRD sections, V2 and the counters of a box event (150 ns
+    after the nominal onset, in the same record) leaves their columns as they were: the table takes each
+    fast channel's in-time pulse (offline.events.IN_TIME_CHANNELS); over the whole record it would not."""
+    rd, _ = injected
+    cfg, calib = ds.run_setup(rd)
+    cuts = sel.Cuts.from_config(cfg)
+    data = read_spill(list_spills(rd)[0])
+    t = ev.event_table(data, calib, cfg)
+    good = np.flatnonzero(sel.select(t, cuts).in_box)[:5]
+    assert good.size >= 3
+    wf = data.waveforms[good].copy()
+    ids = [ch.by_name(name).id for name in ev.IN_TIME_CHANNELS]
+    assert set(ev.IN_TIME_CHANNELS) == {"SRD0", "SRD1", "SRD2", "V2", "S0", "S1", "S2", "S3", "S4", "V0", "V1"}
+    for cid in ids:
+        late = pulse_samples(3000.0, float(calib.t0_ns[cid]) + 150.0)
+        wf[:, cid] = np.clip(wf[:, cid] + np.rint(late), 0, ch.ADC_MAX).astype(np.int16)
+    tt = ev.event_table_from_arrays(wf, calib, cfg, trigger_mask=data.trigger_mask[good])
+    cols = [*ev.SRD_COLUMNS, *(f"{c}_dt" for c in ev.SRD_COLUMNS), "v2_mip", "e_v2", *ev.COUNTER_COLUMNS]
+    for col in cols:
+        np.testing.assert_array_equal(tt[col], t[col][good], err_msg=col)
+    assert sel.cut_masks(tt, cuts)["srd_time"].all() and sel.cut_masks(tt, cuts)["v2"].all()
+    # the whole record takes the later pulse
+    whole = reconstruct(wf, calib.gev_per_count)
+    assert np.all(np.abs(whole.time_ns[:, ids] - calib.t0_ns[ids] - 150.0) < 1.0)
+    first, last = ev.in_time_gate(calib, cfg)
+    gated = np.zeros(ch.N_CHANNELS, bool)
+    gated[ids] = True
+    assert np.all(first[~gated] == 0) and np.all(last[~gated] == ch.N_SAMPLES - 1)
+    assert np.all(first[gated] == 9) and np.all(last[gated] == 11)  # t0 100 ns: peak 124 ns +/- 20 ns
+
+
 def test_pileup_cut_in_simulated_pileup():
     cfg = fx.make_config(None)
     calib = load_calibration(cfg)
