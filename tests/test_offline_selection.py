@@ -238,6 +238,13 @@ def test_fast_channels_take_their_in_time_pulse(injected):
     gated[ids] = True
     assert np.all(first[~gated] == 0) and np.all(last[~gated] == ch.N_SAMPLES - 1)
     assert np.all(first[gated] == 9) and np.all(last[gated] == 11)  # t0 100 ns: peak 124 ns +/- 20 ns
+    # the trigger's counter gate: the same samples for the counters it takes (one definition)
+    from trigger.menu import COUNTER_NAMES, TriggerMenu
+
+    menu = TriggerMenu.from_config(cfg, calib)
+    for c, name in enumerate(COUNTER_NAMES):
+        cid = ch.by_name(name).id
+        assert (first[cid], last[cid]) == menu.gate_samples[c], name
 
 
 def test_pileup_cut_in_simulated_pileup():
