@@ -19,10 +19,12 @@ Per waveform (32 samples of 12-bit ADC counts):
 
 ``time_ns`` is the pulse onset in the window (ns), the same ``t0`` that :mod:`detector.pulse` takes.
 
-An optional gate per channel (first, last sample: :func:`detector.gate.peak_gate`) restricts the search of
-steps 2-4 (peak sample, zero suppression, saturation) to those samples: the pulse in time with the trigger
-rather than the largest one in the record. The interpolation still reads the peak sample's neighbours and
-step 5 the whole record (a pulse outside the gate flags ``PILEUP``). Without a gate: the whole record.
+An optional gate per channel (first, last sample: :func:`detector.gate.peak_gate`) restricts steps 2-5
+(peak sample, zero suppression, saturation, both pile-up checks) to those samples: the pulse in time with
+the trigger rather than the largest one in the record, and pile-up only by a pulse inside the gate (a pulse
+outside it neither replaces the channel's pulse nor flags ``PILEUP``). The interpolation, the saturated
+plateau and a second peak's neighbours and valley may still read samples just outside the gate. Without a
+gate: the whole record.
 """
 
 from __future__ import annotations
@@ -208,10 +210,10 @@ def _scan_gate(wf, e, c, j_lo, j_hi):
 
 
 @nb.njit(cache=True, nogil=True)
-def _template_residual(wf, e, c, k, pe, po, best, amp, t0):
+def _template_residual(wf, e, c, k, pe, po, best, amp, t0, j_lo, j_hi):
     """Pile-up by the residual of the inner unsaturated pulse wf[e, c] (peak sample k, peak value ``best``,
-    fitted amplitude ``amp`` and onset ``t0``) against the fitted template, on the samples away from the
-    peak (module docstring, step 5). The template on the sample grid relative to the peak sample:
+    fitted amplitude ``amp`` and onset ``t0``) against the fitted template, on the samples ``j_lo .. j_hi``
+    (the gate, or the whole record 0 .. 31) away from the peak (module docstring, step 5). The template on the sample grid relative to the peak sample:
     ``amp * template(d_j) = best * (d_j / d_k)^2 * exp(-(j - k) T / tau)`` (d_j = j T - t0 ns after the
     onset), one branch-free pass that vectorises; the slope allowance only when a sample is off."""
     n = wf.shape[2]
@@ -225,13 +227,13 @@ def _template_residual(wf, e, c, k, pe, po, best, amp, t0):
         pred = scale * (d * d) * pw[j]
         pred = pred if (d > 0.0) & (d < TEMPLATE_LENGTH_NS) else 0.0
         sj = wf[e, c, j] - (pe if (j & 1) == 0 else po)
-        off |= ((j < k - 1) | (j > k + 1)) & (abs(sj - pred) > tol)
+        off |= ((j < k - 1) | (j > k + 1)) & (j >= j_lo) & (j <= j_hi) & (abs(sj - pred) > tol)
     if not off:
         return False
     # rare: allow for the onset's uncertainty on the template's slope there (pred > 0 only after the onset)
     dt_tol = RESIDUAL_TIME_NS_COUNTS / amp
     for j in range(n):
-        if j >= k - 1 and j <= k + 1:
+        if (j >= k - 1 and j <= k + 1) or j < j_lo or j > j_hi:
             continue
         d = j * SAMPLE_NS - t0
         pred = scale * (d * d) * pw[j] if (d > 0.0 and d < TEMPLATE_LENGTH_NS) else 0.0
@@ -243,9 +245,10 @@ def _template_residual(wf, e, c, k, pe, po, best, amp, t0):
 
 
 @nb.njit(cache=True, nogil=True)
-def _second_peak(wf, e, c, k, se, so, threshold):
-    """Pile-up by a second peak in wf[e, c] (peak sample k, pedestal sums se, so): a local maximum at least
-    ``threshold`` above the pedestal, not next to k, unsaturated, standing PILEUP_PROMINENCE above the
+def _second_peak(wf, e, c, k, se, so, threshold, j_lo, j_hi):
+    """Pile-up by a second peak in wf[e, c] (peak sample k, pedestal sums se, so): a local maximum among the
+    samples ``j_lo .. j_hi`` (the gate, or the whole record 0 .. 31) at least ``threshold`` above the
+    pedestal, not next to k, unsaturated, standing PILEUP_PROMINENCE above the
     valley to k (module docstring, step 5). In the exact integers ``q_j = 4 w_j - P_j`` (4x the
     pedestal-subtracted samples); a branch-free screen for any candidate first."""
     n = wf.shape[2]
@@ -255,11 +258,13 @@ def _second_peak(wf, e, c, k, se, so, threshold):
         qm = np.int32(4) * np.int32(wf[e, c, j - 1]) - (so if (j & 1) == 0 else se)
         q = np.int32(4) * np.int32(wf[e, c, j]) - (se if (j & 1) == 0 else so)
         qp = np.int32(4) * np.int32(wf[e, c, j + 1]) - (so if (j & 1) == 0 else se)
-        cand |= (q > qm) & (q >= qp) & (q >= thr4) & ((j < k - 1) | (j > k + 1)) & (wf[e, c, j] < ADC_MAX)
+        cand |= (q > qm) & (q >= qp) & (q >= thr4) & ((j < k - 1) | (j > k + 1)) & (j >= j_lo) & (j <= j_hi) & (
+            wf[e, c, j] < ADC_MAX
+        )
     if not cand:
         return False
     for j in range(1, n - 1):
-        if (j >= k - 1 and j <= k + 1) or wf[e, c, j] >= ADC_MAX:
+        if (j >= k - 1 and j <= k + 1) or j < j_lo or j > j_hi or wf[e, c, j] >= ADC_MAX:
             continue
         q = np.int32(4) * np.int32(wf[e, c, j]) - (se if (j & 1) == 0 else so)
         qm = np.int32(4) * np.int32(wf[e, c, j - 1]) - (so if (j & 1) == 0 else se)
@@ -318,11 +323,11 @@ def _reconstruct_range(wf, e0, e1, gev_per_count, threshold, gate_lo, gate_hi, p
                 sm = wf[e, c, k - 1] - (pe if ((k - 1) & 1) == 0 else po)
                 sp = wf[e, c, k + 1] - (pe if ((k + 1) & 1) == 0 else po)
                 t0, a = peak_fit(k, best, sm, sp, True)
-                if _template_residual(wf, e, c, k, pe, po, best, a, t0):
+                if _template_residual(wf, e, c, k, pe, po, best, a, t0, j_lo, j_hi):
                     f |= FLAG_PILEUP
             else:
                 f |= FLAG_EDGE
-            if (f & FLAG_PILEUP) == 0 and _second_peak(wf, e, c, k, se, so, threshold):
+            if (f & FLAG_PILEUP) == 0 and _second_peak(wf, e, c, k, se, so, threshold, j_lo, j_hi):
                 f |= FLAG_PILEUP
             amp[e, c] = a
             time[e, c] = t0
@@ -379,9 +384,9 @@ def reconstruct(
     ``gev_per_count`` has one value per channel (GeV per ADC count); ``threshold`` in ADC counts.
     ``parallel`` splits the events into contiguous ranges, one per numba thread, reconstructed by the one
     compiled kernel in Python threads (:func:`detector.parallel.run_ranges`): the same result.
-    ``gate`` = (first, last) sample index (inclusive) per channel: the peak (steps 2-3) and the saturation
-    (step 4) of that channel are searched among those samples only, the interpolation and the pile-up flags
-    read the whole record, as :func:`reconstruct_numpy`'s ``gate`` (:func:`detector.gate.peak_gate` makes
+    ``gate`` = (first, last) sample index (inclusive) per channel: the peak (steps 2-3), the saturation
+    (step 4) and the pile-up (step 5) of that channel are searched among those samples only, as
+    :func:`reconstruct_numpy`'s ``gate`` (:func:`detector.gate.peak_gate` makes
     one); without it every channel is searched over the whole record."""
     wf, g = _check(waveforms, gev_per_count)
     n_e = wf.shape[0]
@@ -407,9 +412,10 @@ def reconstruct_numpy(
     benchmark baseline). ``pedestals`` = (even, odd) arrays of one value per channel (ADC counts) replace
     step 1 (the per-waveform pedestals from the first samples) by those fixed ones (the trigger's
     calibrated pedestals: ``trigger.menu``). ``gate`` = (first, last) arrays of one sample index per
-    channel (inclusive) restrict the peak search (steps 2-3) and the saturation (step 4: the plateau that
-    holds the gate's saturated samples, :func:`saturated_fit`) to those samples (the trigger's energy gate:
-    ``trigger.menu``); the interpolation still reads the peak sample's neighbours outside the gate."""
+    channel (inclusive) restrict the peak search (steps 2-3), the saturation (step 4: the plateau that
+    holds the gate's saturated samples, :func:`saturated_fit`) and the pile-up checks (step 5) to those
+    samples (the trigger's energy gate: ``trigger.menu``); the interpolation still reads the peak sample's
+    neighbours outside the gate."""
     wf, g = _check(waveforms, gev_per_count)
     n_e, n_c, _ = wf.shape
     w = wf.reshape(-1, N_SAMPLES).astype(np.float64)
@@ -455,7 +461,7 @@ def reconstruct_numpy(
     with np.errstate(divide="ignore", invalid="ignore"):
         slope = np.where((dj > 0) & (pred > 0), np.abs(pred * (TEMPLATE_N / dj - 1.0 / TEMPLATE_TAU_NS)), 0.0)
     tol_j = tol[:, None] + slope * (RESIDUAL_TIME_NS_COUNTS / amp[inner])[:, None]
-    far = np.abs(np.arange(N_SAMPLES)[None, :] - ki[:, None]) > 1
+    far = (np.abs(np.arange(N_SAMPLES)[None, :] - ki[:, None]) > 1) & in_gate[inner]
     bad = (far & (np.abs(s[inner] - pred) > tol_j)).any(axis=1)
     flags[ri[bad]] |= FLAG_PILEUP
     # saturation: closed form on the two samples after the plateau (else before it)
@@ -487,7 +493,7 @@ def reconstruct_numpy(
     # second local maximum with prominence
     loc = np.zeros_like(s, dtype=bool)
     loc[:, 1:-1] = (s[:, 1:-1] > s[:, :-2]) & (s[:, 1:-1] >= s[:, 2:]) & (s[:, 1:-1] >= threshold)
-    loc &= (np.abs(idx - k[:, None]) > 1) & (w < ADC_MAX)
+    loc &= (np.abs(idx - k[:, None]) > 1) & (w < ADC_MAX) & in_gate
     left = np.where(idx < k[:, None], s, np.inf)
     suffix_min = np.minimum.accumulate(left[:, ::-1], axis=1)[:, ::-1]  # min(left[j:])
     valley_l = np.full_like(s, np.inf)

@@ -13,8 +13,16 @@ nominal peak, the calibration ``t0_ns`` + the template's peak delay), the same g
 and V1 in (:mod:`trigger.menu`). A later (or earlier) beam particle in the same 400 ns record is its own
 event: its pulse in these channels does not replace the event's own (docs/physics.md 6.3.1). The gate
 holds every peak sample of an onset within ``trigger.window_ns`` of t0 (the trigger menu checks it), so
-an in-time pulse is reconstructed as over the whole record. The calorimeters are read over the whole
-record, as before: the ECAL pile-up criterion (``n_cells_pileup``, the paper's) looks at all of it.
+an in-time pulse is reconstructed as over the whole record.
+
+Calorimeter cells (ECAL and HCAL, :data:`CALO_KINDS`) are reconstructed in their pile-up range: the samples
+within ``offline.pileup_range_ns`` of each cell's nominal peak (the shaper pulse's length, docs/physics.md
+1.7). Their peak (energy, time) and their pile-up flag (a second pulse or a residual against the template:
+:mod:`detector.reco`, step 5) come from those samples only, so the ECAL pile-up criterion
+(``n_cells_pileup``, the paper's) counts a particle whose pulse overlaps the event's own, and a particle
+later in the 400 ns record, beyond the pulse length, neither flags a cell nor replaces its pulse. The HCAL
+by the same argument: its energy (the veto, the dimuon MIP modules) is the event's own pulse, not a later
+particle's. The analogue sums PS_SUM and ECAL_SUM stay over the whole record.
 
 Columns (units in the name or below):
 
@@ -39,8 +47,8 @@ Columns (units in the name or below):
                        (NaN without signal)
 ``S0..S4, V0, V1``     counter and veto amplitudes in MIP
 ``n_cells_pileup_check``  ECAL cells with E > ``offline.cell_pileup_min_gev``
-``n_cells_pileup``     of those, cells with a second pulse (FLAG_PILEUP) or a time more than
-                       ``offline.pileup_window_ns`` from the calibration t0
+``n_cells_pileup``     of those, cells with a second pulse (FLAG_PILEUP, within ``offline.pileup_range_ns`` of
+                       the nominal peak) or a time more than ``offline.pileup_window_ns`` from the calibration t0
 ``max_cell_dt_ns``     largest |t - t0| over the checked cells (0 when none)
 ``truth_*``            every field of :data:`detector.records.TRUTH_DTYPE` when the file has truth
 ``trk_*``              the incoming track (:func:`track_columns`) when the file has Micromegas strips (``/mm``)
@@ -88,18 +96,24 @@ SRD_COLUMNS = ("srd0", "srd1", "srd2")
 #: the fast channels the table takes in time (module docstring, "In-time channels"): the SRD sections, V2
 #: and the counter columns, each in the counter gate around its own nominal peak
 IN_TIME_CHANNELS: tuple[str, ...] = (*ch.SRD_NAMES, "V2", *COUNTER_COLUMNS)
+#: the channel kinds (:data:`detector.channels.KINDS`) reconstructed in their pile-up range
+#: (``offline.pileup_range_ns``, module docstring)
+CALO_KINDS: tuple[str, ...] = ("ecal", "hcal")
 
 
 def in_time_gate(calib: Calibration, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """(first, last) sample (inclusive, int64 (121,)) of each channel's peak search in the offline
-    reconstruction: the :data:`IN_TIME_CHANNELS` in a gate of full width ``trigger.counter_gate_ns`` around
-    their nominal peak (calibration ``t0_ns`` + the template's peak delay: :func:`detector.gate.peak_gate`),
-    every other channel over the whole record."""
+    """(first, last) sample (inclusive, int64 (121,)) of each channel's peak and pile-up search in the
+    offline reconstruction, around its nominal peak (calibration ``t0_ns`` + the template's peak delay:
+    :func:`detector.gate.peak_gate`): the :data:`IN_TIME_CHANNELS` in a gate of full width
+    ``trigger.counter_gate_ns``, the calorimeter cells (:data:`CALO_KINDS`) within +/-
+    ``offline.pileup_range_ns``, every other channel over the whole record."""
     first = np.zeros(ch.N_CHANNELS, dtype=np.int64)
     last = np.full(ch.N_CHANNELS, ch.N_SAMPLES - 1, dtype=np.int64)
+    t0_all = np.asarray(calib.t0_ns, dtype=np.float64)
     ids = np.array([ch.by_name(name).id for name in IN_TIME_CHANNELS])
-    t0_ns = np.asarray(calib.t0_ns, dtype=np.float64)[ids]
-    first[ids], last[ids] = peak_gate(t0_ns, float(cfg.trigger.counter_gate_ns))
+    first[ids], last[ids] = peak_gate(t0_all[ids], float(cfg.trigger.counter_gate_ns))
+    calo = np.concatenate([ch.ids_of_kind(kind) for kind in CALO_KINDS])
+    first[calo], last[calo] = peak_gate(t0_all[calo], 2.0 * float(cfg.offline.pileup_range_ns))
     return first, last
 
 

@@ -181,7 +181,9 @@ def test_numba_gate_equals_numpy_gate_with_pulses_outside_the_gate():
     assert np.all(a.amplitude[outside] < whole.amplitude[outside])
 
 
-def test_gate_takes_the_in_time_pulse_and_flags_the_later_one():
+def test_gate_takes_the_in_time_pulse_and_ignores_the_later_one():
+    """A larger pulse 150 ns after the in-time one: outside a 40 ns gate it neither replaces the in-time
+    pulse nor flags PILEUP (step 5 reads the gate only); the whole record takes it."""
     n = 500
     amp1 = np.full((n, 1), 300.0)
     t1 = np.full((n, 1), 100.0)
@@ -194,9 +196,41 @@ def test_gate_takes_the_in_time_pulse_and_flags_the_later_one():
     r = reco.reconstruct(wf, np.ones(1), gate=(np.atleast_1d(first), np.atleast_1d(last)))
     assert np.all(np.abs(r.amplitude[:, 0] - 300.0) < 9.0 + 3.0)
     assert np.all(np.abs(r.time_ns[:, 0] - 100.0) < 0.05 + 150.0 / 300.0)
-    assert np.all(r.flags[:, 0] == reco.FLAG_PILEUP)
+    assert np.all(r.flags[:, 0] == 0)
     whole = reco.reconstruct(wf, np.ones(1))
     assert np.all(np.abs(whole.time_ns[:, 0] - 250.0) < 1.0)
+    assert np.all(whole.flags[:, 0] == reco.FLAG_PILEUP)
+
+
+@pytest.mark.parametrize("amp2", [50.0, 300.0, 1500.0, 8000.0])
+def test_pileup_inside_the_gate_flags_and_outside_does_not_numba_equals_numpy(amp2):
+    """The calorimeter's pile-up range (+/-100 ns around the nominal peak, a 200 ns gate): a second pulse
+    50 ns after the event's own (inside) flags PILEUP, one 200 ns after (outside) leaves the cell as
+    without it; numba == numpy, and the ungated reconstruction (the DAQ's) still flags both."""
+    n = 400
+    amp1 = np.full((n, 1), 400.0)
+    t1 = np.full((n, 1), 100.0)
+    ped = np.array([150.0])
+    first, last = gate.peak_gate(100.0, 200.0)
+    assert (int(first), int(last)) == (2, 17)  # 25 .. 212.5 ns around the peak at 124 ns
+    g = (np.atleast_1d(first), np.atleast_1d(last))
+    alone = reco.reconstruct(_pulses_on_channels(amp1, t1, 0 * amp1, t1, ped, ped + 6, seed=5), np.ones(1), gate=g)
+    assert np.all(alone.flags[:, 0] == 0)
+    for dt, flagged in ((50.0, True), (200.0, False)):
+        wf = _pulses_on_channels(amp1, t1, np.full((n, 1), amp2), t1 + dt, ped, ped + 6, seed=5)
+        a = reco.reconstruct(wf, np.ones(1), gate=g)
+        b = reco.reconstruct_numpy(wf, np.ones(1), gate=g)
+        for name in ("amplitude", "time_ns", "energy_gev", "flags"):
+            np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-3, err_msg=name)
+        pile = (a.flags[:, 0] & reco.FLAG_PILEUP) != 0
+        if flagged:
+            assert pile.all(), dt
+        else:
+            assert not pile.any(), dt
+            np.testing.assert_array_equal(a.amplitude, alone.amplitude)  # same noise seed: the same samples
+            np.testing.assert_array_equal(a.time_ns, alone.time_ns)
+        whole = reco.reconstruct(wf, np.ones(1))
+        assert np.all((whole.flags[:, 0] & reco.FLAG_PILEUP) != 0), dt
 
 
 def test_reconstruct_rejects_a_bad_gate():
