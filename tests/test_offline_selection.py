@@ -3,6 +3,7 @@ events against the truth and the simulated efficiency, the background side band,
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -208,6 +209,48 @@ def test_pileup_cut_removes_overlapping_and_out_of_time_pulses(injected):
             assert np.all(tt["n_cells_pileup"] >= 1)
 
 
+def test_pileup_cut_counts_a_later_particle_only_within_the_pulse_length(injected):
+    """A later beam particle in the hottest ECAL cell and in an HCAL cell of box events: 50 ns after the
+    event's own pulse it flags the cell (the pulses overlap); 200 ns after, beyond the pile-up range
+    (offline.pileup_range_ns = 100 ns, the pulse length), it neither flags the cell nor changes the
+    calorimeter columns. With the range over the whole record (400 ns) the 200 ns one flags it too."""
+    rd, _ = injected
+    cfg, calib = ds.run_setup(rd)
+    cuts = sel.Cuts.from_config(cfg)
+    data = read_spill(list_spills(rd)[0])
+    t = ev.event_table(data, calib, cfg)
+    s = sel.select(t, cuts)
+    good = np.flatnonzero(s.in_box & (t["e_ecal"] > 5))[:5]
+    assert good.size >= 3
+    wf = data.waveforms[good]
+    e_cells = reconstruct(wf, calib.gev_per_count).energy_gev[:, : ch.N_ECAL]
+    hot = e_cells.argmax(axis=1)
+    amp = e_cells[np.arange(good.size), hot] / calib.gev_per_count[hot]
+    t0 = calib.t0_ns[hot]
+    hc = ch.hcal_id(1, 1, 0)
+
+    def with_later(dt: float) -> np.ndarray:
+        out = []
+        for i in range(good.size):
+            w = _replace_cell(wf[i], calib, hot[i], [(amp[i], t0[i]), (1.5 * amp[i], t0[i] + dt)])
+            out.append(_replace_cell(w, calib, hc, [(1500.0, calib.t0_ns[hc] + dt)]))
+        return np.stack(out)
+
+    clean = np.stack([_replace_cell(wf[i], calib, hot[i], [(amp[i], t0[i])]) for i in range(good.size)])
+    tc = ev.event_table_from_arrays(clean, calib, cfg, trigger_mask=data.trigger_mask[good])
+    assert sel.cut_masks(tc, cuts)["pileup"].all() and np.all(tc["e_hcal"] < 1.0)
+    late = ev.event_table_from_arrays(with_later(200.0), calib, cfg, trigger_mask=data.trigger_mask[good])
+    assert sel.cut_masks(late, cuts)["pileup"].all()
+    for col in ("e_ecal", "e_ps", "e_ecal_main", "e_hcal", "n_cells_pileup", "n_cells_pileup_check"):
+        np.testing.assert_array_equal(late[col], tc[col], err_msg=col)
+    near = ev.event_table_from_arrays(with_later(50.0), calib, cfg, trigger_mask=data.trigger_mask[good])
+    assert not sel.cut_masks(near, cuts)["pileup"].any() and np.all(near["n_cells_pileup"] >= 1)
+    whole_cfg = dataclasses.replace(cfg, offline=dataclasses.replace(cfg.offline, pileup_range_ns=400.0))
+    whole = ev.event_table_from_arrays(with_later(200.0), calib, whole_cfg, trigger_mask=data.trigger_mask[good])
+    assert not sel.cut_masks(whole, cuts)["pileup"].any()
+    assert np.all(whole["e_hcal"] > 1.0)  # the later particle's HCAL pulse taken for the event's
+
+
 def test_fast_channels_take_their_in_time_pulse(injected):
     """A larger pulse of a later beam particle in the SRD sections, V2 and the counters of a box event (150 ns
     after the nominal onset, in the same record) leaves their columns as they were: the table takes each
@@ -236,8 +279,13 @@ def test_fast_channels_take_their_in_time_pulse(injected):
     first, last = ev.in_time_gate(calib, cfg)
     gated = np.zeros(ch.N_CHANNELS, bool)
     gated[ids] = True
-    assert np.all(first[~gated] == 0) and np.all(last[~gated] == ch.N_SAMPLES - 1)
+    calo = np.zeros(ch.N_CHANNELS, bool)
+    calo[: ch.N_CALO] = True
+    assert set(ev.CALO_KINDS) == {ch.CHANNELS[i].kind for i in range(ch.N_CALO)}
+    assert np.all(first[~gated & ~calo] == 0) and np.all(last[~gated & ~calo] == ch.N_SAMPLES - 1)  # the sums
     assert np.all(first[gated] == 9) and np.all(last[gated] == 11)  # t0 100 ns: peak 124 ns +/- 20 ns
+    assert cfg.offline.pileup_range_ns == 100.0
+    assert np.all(first[calo] == 2) and np.all(last[calo] == 17)  # peak 124 ns +/- 100 ns: 25 .. 212.5 ns
     # the trigger's counter gate: the same samples for the counters it takes (one definition)
     from trigger.menu import COUNTER_NAMES, TriggerMenu
 
