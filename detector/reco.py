@@ -213,9 +213,10 @@ def _scan_gate(wf, e, c, j_lo, j_hi):
 def _template_residual(wf, e, c, k, pe, po, best, amp, t0, j_lo, j_hi):
     """Pile-up by the residual of the inner unsaturated pulse wf[e, c] (peak sample k, peak value ``best``,
     fitted amplitude ``amp`` and onset ``t0``) against the fitted template, on the samples ``j_lo .. j_hi``
-    (the gate, or the whole record 0 .. 31) away from the peak (module docstring, step 5). The template on the sample grid relative to the peak sample:
-    ``amp * template(d_j) = best * (d_j / d_k)^2 * exp(-(j - k) T / tau)`` (d_j = j T - t0 ns after the
-    onset), one branch-free pass that vectorises; the slope allowance only when a sample is off."""
+    (the gate, or the whole record 0 .. 31) away from the peak (module docstring, step 5). The template on
+    the sample grid relative to the peak sample: ``amp * template(d_j) = best * (d_j / d_k)^2 * exp(-(j - k)
+    T / tau)`` (d_j = j T - t0 ns after the onset), one branch-free pass that vectorises; the slope allowance
+    only when a sample is off."""
     n = wf.shape[2]
     tol = max(RESIDUAL_MIN, RESIDUAL_FRACTION * amp)
     dk = k * SAMPLE_NS - t0
@@ -258,8 +259,14 @@ def _second_peak(wf, e, c, k, se, so, threshold, j_lo, j_hi):
         qm = np.int32(4) * np.int32(wf[e, c, j - 1]) - (so if (j & 1) == 0 else se)
         q = np.int32(4) * np.int32(wf[e, c, j]) - (se if (j & 1) == 0 else so)
         qp = np.int32(4) * np.int32(wf[e, c, j + 1]) - (so if (j & 1) == 0 else se)
-        cand |= (q > qm) & (q >= qp) & (q >= thr4) & ((j < k - 1) | (j > k + 1)) & (j >= j_lo) & (j <= j_hi) & (
-            wf[e, c, j] < ADC_MAX
+        cand |= (
+            (q > qm)
+            & (q >= qp)
+            & (q >= thr4)
+            & ((j < k - 1) | (j > k + 1))
+            & (j >= j_lo)
+            & (j <= j_hi)
+            & (wf[e, c, j] < ADC_MAX)
         )
     if not cand:
         return False

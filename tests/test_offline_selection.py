@@ -173,7 +173,9 @@ def _replace_cell(wf: np.ndarray, calib, cid: int, pulses: list[tuple[float, flo
     return out
 
 
-def test_pileup_cut_removes_overlapping_and_out_of_time_pulses(injected):
+def _box_events_hottest_cell(injected):
+    """Up to 5 box events of the injected run with E_ECAL > 5 GeV: (cfg, calib, cuts, spill data, their
+    indices, waveforms, hottest ECAL cell, its amplitude in ADC counts and nominal onset in ns)."""
     rd, _ = injected
     cfg, calib = ds.run_setup(rd)
     cuts = sel.Cuts.from_config(cfg)
@@ -186,7 +188,11 @@ def test_pileup_cut_removes_overlapping_and_out_of_time_pulses(injected):
     e_cells = reconstruct(wf, calib.gev_per_count).energy_gev[:, : ch.N_ECAL]
     hot = e_cells.argmax(axis=1)
     amp = e_cells[np.arange(good.size), hot] / calib.gev_per_count[hot]
-    t0 = calib.t0_ns[hot]
+    return cfg, calib, cuts, data, good, wf, hot, amp, calib.t0_ns[hot]
+
+
+def test_pileup_cut_removes_overlapping_and_out_of_time_pulses(injected):
+    cfg, calib, cuts, data, good, wf, hot, amp, t0 = _box_events_hottest_cell(injected)
     variants = {
         "clean": np.stack([_replace_cell(wf[i], calib, hot[i], [(amp[i], t0[i])]) for i in range(good.size)]),
         "second_pulse": np.stack(
@@ -214,19 +220,7 @@ def test_pileup_cut_counts_a_later_particle_only_within_the_pulse_length(injecte
     event's own pulse it flags the cell (the pulses overlap); 200 ns after, beyond the pile-up range
     (offline.pileup_range_ns = 100 ns, the pulse length), it neither flags the cell nor changes the
     calorimeter columns. With the range over the whole record (400 ns) the 200 ns one flags it too."""
-    rd, _ = injected
-    cfg, calib = ds.run_setup(rd)
-    cuts = sel.Cuts.from_config(cfg)
-    data = read_spill(list_spills(rd)[0])
-    t = ev.event_table(data, calib, cfg)
-    s = sel.select(t, cuts)
-    good = np.flatnonzero(s.in_box & (t["e_ecal"] > 5))[:5]
-    assert good.size >= 3
-    wf = data.waveforms[good]
-    e_cells = reconstruct(wf, calib.gev_per_count).energy_gev[:, : ch.N_ECAL]
-    hot = e_cells.argmax(axis=1)
-    amp = e_cells[np.arange(good.size), hot] / calib.gev_per_count[hot]
-    t0 = calib.t0_ns[hot]
+    cfg, calib, cuts, data, good, wf, hot, amp, t0 = _box_events_hottest_cell(injected)
     hc = ch.hcal_id(1, 1, 0)
 
     def with_later(dt: float) -> np.ndarray:
