@@ -510,7 +510,7 @@ class OfflineSection(Section):
         20.0,
         400.0,
         unit="ns",
-        doc="calorimeter cells: peak and pile-up within +/- this of their nominal peak (docs/physics.md 1.7)",
+        doc="calorimeter cells: peak and pile-up within +/- this of their nominal peak (docs/physics.md 1.3)",
     )
     srd_min_gev: float = key(
         0.015,

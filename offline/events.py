@@ -17,7 +17,7 @@ an in-time pulse is reconstructed as over the whole record.
 
 Calorimeter cells (ECAL and HCAL, :data:`CALO_KINDS`) are reconstructed in their pile-up range: the samples
 within ``offline.pileup_range_ns`` of each cell's nominal peak (the shaper pulse's length, docs/physics.md
-1.7). Their peak (energy, time) and their pile-up flag (a second pulse or a residual against the template:
+1.3). Their peak (energy, time) and their pile-up flag (a second pulse or a residual against the template:
 :mod:`detector.reco`, step 5) come from those samples only, so the ECAL pile-up criterion
 (``n_cells_pileup``, the paper's) counts a particle whose pulse overlaps the event's own, and a particle
 later in the 400 ns record, beyond the pulse length, neither flags a cell nor replaces its pulse. The HCAL
