@@ -18,6 +18,13 @@ Per waveform (32 samples of 12-bit ADC counts):
 6. energy = amplitude x GeV-per-count of the channel.
 
 ``time_ns`` is the pulse onset in the window (ns), the same ``t0`` that :mod:`detector.pulse` takes.
+
+An optional gate per channel (first, last sample: :func:`detector.gate.peak_gate`) restricts steps 2-5
+(peak sample, zero suppression, saturation, both pile-up checks) to those samples: the pulse in time with
+the trigger rather than the largest one in the record, and pile-up only by a pulse inside the gate (a pulse
+outside it neither replaces the channel's pulse nor flags ``PILEUP``). The interpolation, the saturated
+plateau and a second peak's neighbours and valley may still read samples just outside the gate. Without a
+gate: the whole record.
 """
 
 from __future__ import annotations
@@ -182,13 +189,34 @@ def _scan(wf, e, c):
     return mx, m >> 5, np.int64(N_SAMPLES - 1) - (m & 31), se, so
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _scan_gate(wf, e, c, j_lo, j_hi):
+    """:func:`_scan` of waveform wf[e, c] with the peak and the largest raw sample searched among the
+    samples ``j_lo .. j_hi`` only (a gate, ``0 <= j_lo <= j_hi <= 31``): the same five values, the peak
+    sample the first in the gate reaching the maximum of ``4 w_j - P_j``."""
+    se = np.int32(wf[e, c, 0]) + np.int32(wf[e, c, 2]) + np.int32(wf[e, c, 4]) + np.int32(wf[e, c, 6])
+    so = np.int32(wf[e, c, 1]) + np.int32(wf[e, c, 3]) + np.int32(wf[e, c, 5]) + np.int32(wf[e, c, 7])
+    m = np.int32(-2147483648)
+    k = np.int64(j_lo)
+    mx = np.int16(-32768)
+    for j in range(j_lo, j_hi + 1):
+        v = wf[e, c, j]
+        q = np.int32(4) * np.int32(v) - (se if (j & 1) == 0 else so)
+        if q > m:
+            m = q
+            k = np.int64(j)
+        mx = v if v > mx else mx
+    return mx, m, k, se, so
+
+
 @nb.njit(cache=True, nogil=True)
-def _template_residual(wf, e, c, k, pe, po, best, amp, t0):
+def _template_residual(wf, e, c, k, pe, po, best, amp, t0, j_lo, j_hi):
     """Pile-up by the residual of the inner unsaturated pulse wf[e, c] (peak sample k, peak value ``best``,
-    fitted amplitude ``amp`` and onset ``t0``) against the fitted template, on the samples away from the
-    peak (module docstring, step 5). The template on the sample grid relative to the peak sample:
-    ``amp * template(d_j) = best * (d_j / d_k)^2 * exp(-(j - k) T / tau)`` (d_j = j T - t0 ns after the
-    onset), one branch-free pass that vectorises; the slope allowance only when a sample is off."""
+    fitted amplitude ``amp`` and onset ``t0``) against the fitted template, on the samples ``j_lo .. j_hi``
+    (the gate, or the whole record 0 .. 31) away from the peak (module docstring, step 5). The template on
+    the sample grid relative to the peak sample: ``amp * template(d_j) = best * (d_j / d_k)^2 * exp(-(j - k)
+    T / tau)`` (d_j = j T - t0 ns after the onset), one branch-free pass that vectorises; the slope allowance
+    only when a sample is off."""
     n = wf.shape[2]
     tol = max(RESIDUAL_MIN, RESIDUAL_FRACTION * amp)
     dk = k * SAMPLE_NS - t0
@@ -200,13 +228,13 @@ def _template_residual(wf, e, c, k, pe, po, best, amp, t0):
         pred = scale * (d * d) * pw[j]
         pred = pred if (d > 0.0) & (d < TEMPLATE_LENGTH_NS) else 0.0
         sj = wf[e, c, j] - (pe if (j & 1) == 0 else po)
-        off |= ((j < k - 1) | (j > k + 1)) & (abs(sj - pred) > tol)
+        off |= ((j < k - 1) | (j > k + 1)) & (j >= j_lo) & (j <= j_hi) & (abs(sj - pred) > tol)
     if not off:
         return False
     # rare: allow for the onset's uncertainty on the template's slope there (pred > 0 only after the onset)
     dt_tol = RESIDUAL_TIME_NS_COUNTS / amp
     for j in range(n):
-        if j >= k - 1 and j <= k + 1:
+        if (j >= k - 1 and j <= k + 1) or j < j_lo or j > j_hi:
             continue
         d = j * SAMPLE_NS - t0
         pred = scale * (d * d) * pw[j] if (d > 0.0 and d < TEMPLATE_LENGTH_NS) else 0.0
@@ -218,9 +246,10 @@ def _template_residual(wf, e, c, k, pe, po, best, amp, t0):
 
 
 @nb.njit(cache=True, nogil=True)
-def _second_peak(wf, e, c, k, se, so, threshold):
-    """Pile-up by a second peak in wf[e, c] (peak sample k, pedestal sums se, so): a local maximum at least
-    ``threshold`` above the pedestal, not next to k, unsaturated, standing PILEUP_PROMINENCE above the
+def _second_peak(wf, e, c, k, se, so, threshold, j_lo, j_hi):
+    """Pile-up by a second peak in wf[e, c] (peak sample k, pedestal sums se, so): a local maximum among the
+    samples ``j_lo .. j_hi`` (the gate, or the whole record 0 .. 31) at least ``threshold`` above the
+    pedestal, not next to k, unsaturated, standing PILEUP_PROMINENCE above the
     valley to k (module docstring, step 5). In the exact integers ``q_j = 4 w_j - P_j`` (4x the
     pedestal-subtracted samples); a branch-free screen for any candidate first."""
     n = wf.shape[2]
@@ -230,11 +259,19 @@ def _second_peak(wf, e, c, k, se, so, threshold):
         qm = np.int32(4) * np.int32(wf[e, c, j - 1]) - (so if (j & 1) == 0 else se)
         q = np.int32(4) * np.int32(wf[e, c, j]) - (se if (j & 1) == 0 else so)
         qp = np.int32(4) * np.int32(wf[e, c, j + 1]) - (so if (j & 1) == 0 else se)
-        cand |= (q > qm) & (q >= qp) & (q >= thr4) & ((j < k - 1) | (j > k + 1)) & (wf[e, c, j] < ADC_MAX)
+        cand |= (
+            (q > qm)
+            & (q >= qp)
+            & (q >= thr4)
+            & ((j < k - 1) | (j > k + 1))
+            & (j >= j_lo)
+            & (j <= j_hi)
+            & (wf[e, c, j] < ADC_MAX)
+        )
     if not cand:
         return False
     for j in range(1, n - 1):
-        if (j >= k - 1 and j <= k + 1) or wf[e, c, j] >= ADC_MAX:
+        if (j >= k - 1 and j <= k + 1) or j < j_lo or j > j_hi or wf[e, c, j] >= ADC_MAX:
             continue
         q = np.int32(4) * np.int32(wf[e, c, j]) - (se if (j & 1) == 0 else so)
         qm = np.int32(4) * np.int32(wf[e, c, j - 1]) - (so if (j & 1) == 0 else se)
@@ -252,13 +289,25 @@ def _second_peak(wf, e, c, k, se, so, threshold):
 
 
 @nb.njit(cache=True, nogil=True)
-def _reconstruct_range(wf, e0, e1, gev_per_count, threshold, ped_e, ped_o, amp, time, energy, flags):
+def _reconstruct_range(wf, e0, e1, gev_per_count, threshold, gate_lo, gate_hi, ped_e, ped_o, amp, time, energy, flags):
     """Reconstruct events e0 .. e1 - 1 of wf (int16 (events, channels, 32)) into the output arrays (module
-    docstring, steps 1-6)."""
+    docstring, steps 1-6). ``gate_lo``, ``gate_hi``: None (every channel over the whole record: this
+    specialisation compiles without the gate code) or the first and last sample of each channel's peak
+    search (int64 (channels,))."""
     n = wf.shape[2]
     for e in range(e0, e1):
         for c in range(wf.shape[1]):
-            mx, b4, k, se, so = _scan(wf, e, c)
+            j_lo = 0
+            j_hi = n - 1
+            if gate_lo is None:
+                mx, b4, k, se, so = _scan(wf, e, c)
+            else:
+                j_lo = gate_lo[c]
+                j_hi = gate_hi[c]
+                if j_lo == 0 and j_hi == n - 1:
+                    mx, b4, k, se, so = _scan(wf, e, c)
+                else:
+                    mx, b4, k, se, so = _scan_gate(wf, e, c, j_lo, j_hi)
             pe = se * 0.25
             po = so * 0.25
             ped_e[e, c] = pe
@@ -276,16 +325,16 @@ def _reconstruct_range(wf, e0, e1, gev_per_count, threshold, ped_e, ped_o, amp, 
             t0 = k * SAMPLE_NS - PEAK_DELAY_NS
             if sat:
                 f |= FLAG_SATURATED
-                a, t0 = saturated_fit(wf[e, c], pe, po, threshold, a, t0, 0, n - 1)
+                a, t0 = saturated_fit(wf[e, c], pe, po, threshold, a, t0, j_lo, j_hi)
             elif 0 < k < n - 1:
                 sm = wf[e, c, k - 1] - (pe if ((k - 1) & 1) == 0 else po)
                 sp = wf[e, c, k + 1] - (pe if ((k + 1) & 1) == 0 else po)
                 t0, a = peak_fit(k, best, sm, sp, True)
-                if _template_residual(wf, e, c, k, pe, po, best, a, t0):
+                if _template_residual(wf, e, c, k, pe, po, best, a, t0, j_lo, j_hi):
                     f |= FLAG_PILEUP
             else:
                 f |= FLAG_EDGE
-            if (f & FLAG_PILEUP) == 0 and _second_peak(wf, e, c, k, se, so, threshold):
+            if (f & FLAG_PILEUP) == 0 and _second_peak(wf, e, c, k, se, so, threshold, j_lo, j_hi):
                 f |= FLAG_PILEUP
             amp[e, c] = a
             time[e, c] = t0
@@ -324,18 +373,34 @@ def _check(waveforms: np.ndarray, gev_per_count: np.ndarray) -> tuple[np.ndarray
 MIN_EVENTS_PER_THREAD = 512
 
 
+def _check_gate(gate: tuple[np.ndarray, np.ndarray], n_c: int) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = (np.ascontiguousarray(np.broadcast_to(np.asarray(x), (n_c,)), dtype=np.int64) for x in gate)
+    if np.any(lo < 0) or np.any(hi > N_SAMPLES - 1) or np.any(lo > hi):
+        raise ValueError(f"gate must hold 0 <= first <= last <= {N_SAMPLES - 1} per channel; got {lo}, {hi}")
+    return lo, hi
+
+
 def reconstruct(
-    waveforms: np.ndarray, gev_per_count: np.ndarray, threshold: float = ZS_THRESHOLD, parallel: bool = False
+    waveforms: np.ndarray,
+    gev_per_count: np.ndarray,
+    threshold: float = ZS_THRESHOLD,
+    parallel: bool = False,
+    gate: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> RecoResult:
     """Reconstruct every waveform of ``waveforms`` (int16, (events, channels, 32)) with numba.
     ``gev_per_count`` has one value per channel (GeV per ADC count); ``threshold`` in ADC counts.
     ``parallel`` splits the events into contiguous ranges, one per numba thread, reconstructed by the one
-    compiled kernel in Python threads (:func:`detector.parallel.run_ranges`): the same result."""
+    compiled kernel in Python threads (:func:`detector.parallel.run_ranges`): the same result.
+    ``gate`` = (first, last) sample index (inclusive) per channel: the peak (steps 2-3), the saturation
+    (step 4) and the pile-up (step 5) of that channel are searched among those samples only, as
+    :func:`reconstruct_numpy`'s ``gate`` (:func:`detector.gate.peak_gate` makes
+    one); without it every channel is searched over the whole record."""
     wf, g = _check(waveforms, gev_per_count)
     n_e = wf.shape[0]
+    lo, hi = (None, None) if gate is None else _check_gate(gate, wf.shape[1])
     r = _alloc(n_e, wf.shape[1])
     out = (r.pedestal_even, r.pedestal_odd, r.amplitude, r.time_ns, r.energy_gev, r.flags)
-    args = (g, float(threshold), *out)
+    args = (g, float(threshold), lo, hi, *out)
     if parallel:
         run_ranges(lambda lo, hi: _reconstruct_range(wf, lo, hi, *args), n_e, MIN_EVENTS_PER_THREAD)
     else:
@@ -354,9 +419,10 @@ def reconstruct_numpy(
     benchmark baseline). ``pedestals`` = (even, odd) arrays of one value per channel (ADC counts) replace
     step 1 (the per-waveform pedestals from the first samples) by those fixed ones (the trigger's
     calibrated pedestals: ``trigger.menu``). ``gate`` = (first, last) arrays of one sample index per
-    channel (inclusive) restrict the peak search (steps 2-3) and the saturation (step 4: the plateau that
-    holds the gate's saturated samples, :func:`saturated_fit`) to those samples (the trigger's energy gate:
-    ``trigger.menu``); the interpolation still reads the peak sample's neighbours outside the gate."""
+    channel (inclusive) restrict the peak search (steps 2-3), the saturation (step 4: the plateau that
+    holds the gate's saturated samples, :func:`saturated_fit`) and the pile-up checks (step 5) to those
+    samples (the trigger's energy gate: ``trigger.menu``); the interpolation still reads the peak sample's
+    neighbours outside the gate."""
     wf, g = _check(waveforms, gev_per_count)
     n_e, n_c, _ = wf.shape
     w = wf.reshape(-1, N_SAMPLES).astype(np.float64)
@@ -402,7 +468,7 @@ def reconstruct_numpy(
     with np.errstate(divide="ignore", invalid="ignore"):
         slope = np.where((dj > 0) & (pred > 0), np.abs(pred * (TEMPLATE_N / dj - 1.0 / TEMPLATE_TAU_NS)), 0.0)
     tol_j = tol[:, None] + slope * (RESIDUAL_TIME_NS_COUNTS / amp[inner])[:, None]
-    far = np.abs(np.arange(N_SAMPLES)[None, :] - ki[:, None]) > 1
+    far = (np.abs(np.arange(N_SAMPLES)[None, :] - ki[:, None]) > 1) & in_gate[inner]
     bad = (far & (np.abs(s[inner] - pred) > tol_j)).any(axis=1)
     flags[ri[bad]] |= FLAG_PILEUP
     # saturation: closed form on the two samples after the plateau (else before it)
@@ -434,7 +500,7 @@ def reconstruct_numpy(
     # second local maximum with prominence
     loc = np.zeros_like(s, dtype=bool)
     loc[:, 1:-1] = (s[:, 1:-1] > s[:, :-2]) & (s[:, 1:-1] >= s[:, 2:]) & (s[:, 1:-1] >= threshold)
-    loc &= (np.abs(idx - k[:, None]) > 1) & (w < ADC_MAX)
+    loc &= (np.abs(idx - k[:, None]) > 1) & (w < ADC_MAX) & in_gate
     left = np.where(idx < k[:, None], s, np.inf)
     suffix_min = np.minimum.accumulate(left[:, ::-1], axis=1)[:, ::-1]  # min(left[j:])
     valley_l = np.full_like(s, np.inf)

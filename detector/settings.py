@@ -505,6 +505,13 @@ class OfflineSection(Section):
     hcal_box_max_gev: float = key(1.0, 0.0, 100.0, unit="GeV")
     cell_pileup_min_gev: float = key(1.0, 0.0, 100.0, unit="GeV")
     pileup_window_ns: float = key(2.0, 0.1, 100.0, unit="ns")
+    pileup_range_ns: float = key(
+        100.0,
+        20.0,
+        400.0,
+        unit="ns",
+        doc="calorimeter cells: peak and pile-up within +/- this of their nominal peak (docs/physics.md 1.3)",
+    )
     srd_min_gev: float = key(
         0.015,
         0.0,

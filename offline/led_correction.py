@@ -20,7 +20,7 @@ import numpy as np
 from detector import channels as ch
 from detector.config import Calibration, Config
 from detector.led import LedEvents, LedReference, cell_means, correction_factor
-from detector.reco import RecoResult, reconstruct
+from detector.reco import RecoResult
 from detector.spillfile import SpillData, SpillFileError, list_spills, read_led
 
 from . import events as ev
@@ -83,7 +83,7 @@ def corrected_event_table(data: SpillData, calib: Calibration, cfg: Config) -> t
     run reference is that of the file's run directory)."""
     if not cfg.offline.led_correction:
         return ev.event_table(data, calib, cfg), {"corrected": False, "reason": "offline.led_correction is off"}
-    reco = reconstruct(data.waveforms, calib.gev_per_count)
+    reco = ev.reconstruct_events(data.waveforms, calib, cfg)
     info = correct(reco, data.led, run_reference(str(data.path.parent), cfg.led.reference_spills))
     return ev.event_table(data, calib, cfg, reco=reco), info
 

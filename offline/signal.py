@@ -12,7 +12,7 @@ Per mass:
    the primary's path implies (:mod:`sim_frontend.aprime_depth`, as in the emulator), full events from
    ``sim_frontend.digitizer.Digitizer.events`` at the nominal HV (calibration ``hv_set``, no hidden gain
    spread);
-3. reconstruction: :func:`detector.reco.reconstruct` of all channels (the offline event table);
+3. reconstruction: :func:`offline.events.reconstruct_events` of all channels (the offline event table);
 4. trigger: the trigger's waveform entry on the six trigger channels (S1, S2, S3, V1, PS_SUM, ECAL_SUM) of
    the full event (bit-identical to the primitives) -- the same code and the same input as online, its
    calibrated pedestals included (not the offline reconstruction's per-event ones, which an earlier
@@ -38,7 +38,6 @@ import numpy as np
 
 from detector import channels as ch
 from detector.config import Calibration, Config, load_calibration
-from detector.reco import reconstruct
 from detector.records import PARTICLE_CODES, TRIGGER_BITS, TRUTH_APRIME, TRUTH_DIMUON
 from sim_frontend import aprime
 from sim_frontend.aprime_depth import AprimeEmission
@@ -224,7 +223,7 @@ def mc_event_table(
     for s in range(0, pick.size, chunk):
         idx = pick[s : s + chunk]
         wf = digi.events(spill, dep, idx, hv)
-        reco = reconstruct(wf, calib.gev_per_count)
+        reco = ev.reconstruct_events(wf, calib, cfg)
         arrival = spill.truth["time_ns"][idx].astype(np.float64)
         mask = trigger_mask(menu, wf, arrival)
         tables.append(

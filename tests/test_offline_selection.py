@@ -3,6 +3,7 @@ events against the truth and the simulated efficiency, the background side band,
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -172,7 +173,9 @@ def _replace_cell(wf: np.ndarray, calib, cid: int, pulses: list[tuple[float, flo
     return out
 
 
-def test_pileup_cut_removes_overlapping_and_out_of_time_pulses(injected):
+def _box_events_hottest_cell(injected):
+    """Up to 5 box events of the injected run with E_ECAL > 5 GeV: (cfg, calib, cuts, spill data, their
+    indices, waveforms, hottest ECAL cell, its amplitude in ADC counts and nominal onset in ns)."""
     rd, _ = injected
     cfg, calib = ds.run_setup(rd)
     cuts = sel.Cuts.from_config(cfg)
@@ -185,7 +188,11 @@ def test_pileup_cut_removes_overlapping_and_out_of_time_pulses(injected):
     e_cells = reconstruct(wf, calib.gev_per_count).energy_gev[:, : ch.N_ECAL]
     hot = e_cells.argmax(axis=1)
     amp = e_cells[np.arange(good.size), hot] / calib.gev_per_count[hot]
-    t0 = calib.t0_ns[hot]
+    return cfg, calib, cuts, data, good, wf, hot, amp, calib.t0_ns[hot]
+
+
+def test_pileup_cut_removes_overlapping_and_out_of_time_pulses(injected):
+    cfg, calib, cuts, data, good, wf, hot, amp, t0 = _box_events_hottest_cell(injected)
     variants = {
         "clean": np.stack([_replace_cell(wf[i], calib, hot[i], [(amp[i], t0[i])]) for i in range(good.size)]),
         "second_pulse": np.stack(
@@ -206,6 +213,80 @@ def test_pileup_cut_removes_overlapping_and_out_of_time_pulses(injected):
         else:
             assert not passed.any(), (name, tt["n_cells_pileup"], tt["max_cell_dt_ns"])
             assert np.all(tt["n_cells_pileup"] >= 1)
+
+
+def test_pileup_cut_counts_a_later_particle_only_within_the_pulse_length(injected):
+    """A later beam particle in the hottest ECAL cell and in an HCAL cell of box events: 50 ns after the
+    event's own pulse it flags the cell (the pulses overlap); 200 ns after, beyond the pile-up range
+    (offline.pileup_range_ns = 100 ns, the pulse length), it neither flags the cell nor changes the
+    calorimeter columns. With the range over the whole record (400 ns) the 200 ns one flags it too."""
+    cfg, calib, cuts, data, good, wf, hot, amp, t0 = _box_events_hottest_cell(injected)
+    hc = ch.hcal_id(1, 1, 0)
+
+    def with_later(dt: float) -> np.ndarray:
+        out = []
+        for i in range(good.size):
+            w = _replace_cell(wf[i], calib, hot[i], [(amp[i], t0[i]), (1.5 * amp[i], t0[i] + dt)])
+            out.append(_replace_cell(w, calib, hc, [(1500.0, calib.t0_ns[hc] + dt)]))
+        return np.stack(out)
+
+    clean = np.stack([_replace_cell(wf[i], calib, hot[i], [(amp[i], t0[i])]) for i in range(good.size)])
+    tc = ev.event_table_from_arrays(clean, calib, cfg, trigger_mask=data.trigger_mask[good])
+    assert sel.cut_masks(tc, cuts)["pileup"].all() and np.all(tc["e_hcal"] < 1.0)
+    late = ev.event_table_from_arrays(with_later(200.0), calib, cfg, trigger_mask=data.trigger_mask[good])
+    assert sel.cut_masks(late, cuts)["pileup"].all()
+    for col in ("e_ecal", "e_ps", "e_ecal_main", "e_hcal", "n_cells_pileup", "n_cells_pileup_check"):
+        np.testing.assert_array_equal(late[col], tc[col], err_msg=col)
+    near = ev.event_table_from_arrays(with_later(50.0), calib, cfg, trigger_mask=data.trigger_mask[good])
+    assert not sel.cut_masks(near, cuts)["pileup"].any() and np.all(near["n_cells_pileup"] >= 1)
+    whole_cfg = dataclasses.replace(cfg, offline=dataclasses.replace(cfg.offline, pileup_range_ns=400.0))
+    whole = ev.event_table_from_arrays(with_later(200.0), calib, whole_cfg, trigger_mask=data.trigger_mask[good])
+    assert not sel.cut_masks(whole, cuts)["pileup"].any()
+    assert np.all(whole["e_hcal"] > 1.0)  # the later particle's HCAL pulse taken for the event's
+
+
+def test_fast_channels_take_their_in_time_pulse(injected):
+    """A larger pulse of a later beam particle in the SRD sections, V2 and the counters of a box event (150 ns
+    after the nominal onset, in the same record) leaves their columns as they were: the table takes each
+    fast channel's in-time pulse (offline.events.IN_TIME_CHANNELS); over the whole record it would not."""
+    rd, _ = injected
+    cfg, calib = ds.run_setup(rd)
+    cuts = sel.Cuts.from_config(cfg)
+    data = read_spill(list_spills(rd)[0])
+    t = ev.event_table(data, calib, cfg)
+    good = np.flatnonzero(sel.select(t, cuts).in_box)[:5]
+    assert good.size >= 3
+    wf = data.waveforms[good].copy()
+    ids = [ch.by_name(name).id for name in ev.IN_TIME_CHANNELS]
+    assert set(ev.IN_TIME_CHANNELS) == {"SRD0", "SRD1", "SRD2", "V2", "S0", "S1", "S2", "S3", "S4", "V0", "V1"}
+    for cid in ids:
+        late = pulse_samples(3000.0, float(calib.t0_ns[cid]) + 150.0)
+        wf[:, cid] = np.clip(wf[:, cid] + np.rint(late), 0, ch.ADC_MAX).astype(np.int16)
+    tt = ev.event_table_from_arrays(wf, calib, cfg, trigger_mask=data.trigger_mask[good])
+    cols = [*ev.SRD_COLUMNS, *(f"{c}_dt" for c in ev.SRD_COLUMNS), "v2_mip", "e_v2", *ev.COUNTER_COLUMNS]
+    for col in cols:
+        np.testing.assert_array_equal(tt[col], t[col][good], err_msg=col)
+    assert sel.cut_masks(tt, cuts)["srd_time"].all() and sel.cut_masks(tt, cuts)["v2"].all()
+    # the whole record takes the later pulse
+    whole = reconstruct(wf, calib.gev_per_count)
+    assert np.all(np.abs(whole.time_ns[:, ids] - calib.t0_ns[ids] - 150.0) < 1.0)
+    first, last = ev.in_time_gate(calib, cfg)
+    gated = np.zeros(ch.N_CHANNELS, bool)
+    gated[ids] = True
+    calo = np.zeros(ch.N_CHANNELS, bool)
+    calo[: ch.N_CALO] = True
+    assert set(ev.CALO_KINDS) == {ch.CHANNELS[i].kind for i in range(ch.N_CALO)}
+    assert np.all(first[~gated & ~calo] == 0) and np.all(last[~gated & ~calo] == ch.N_SAMPLES - 1)  # the sums
+    assert np.all(first[gated] == 9) and np.all(last[gated] == 11)  # t0 100 ns: peak 124 ns +/- 20 ns
+    assert cfg.offline.pileup_range_ns == 100.0
+    assert np.all(first[calo] == 2) and np.all(last[calo] == 17)  # peak 124 ns +/- 100 ns: 25 .. 212.5 ns
+    # the trigger's counter gate: the same samples for the counters it takes (one definition)
+    from trigger.menu import COUNTER_NAMES, TriggerMenu
+
+    menu = TriggerMenu.from_config(cfg, calib)
+    for c, name in enumerate(COUNTER_NAMES):
+        cid = ch.by_name(name).id
+        assert (first[cid], last[cid]) == menu.gate_samples[c], name
 
 
 def test_pileup_cut_in_simulated_pileup():

@@ -70,6 +70,7 @@ import numpy as np
 
 from detector import channels as ch
 from detector.config import Calibration, Config, ConfigError, load_calibration, load_config
+from detector.gate import peak_gate
 from detector.pulse import PEAK_DELAY_NS
 from detector.reco import PEAK_DELTA, ZS_THRESHOLD
 from detector.records import TRIGGER_BITS, trigger_bits
@@ -527,15 +528,11 @@ class TriggerMenu:
     def gate_samples(self) -> tuple[tuple[int, int], ...]:
         """(first, last) sample (inclusive) per trigger channel in which its peak is searched: the counter
         gate of S1..S3, V1 and the energy gate of PS_SUM and ECAL_SUM (module docstring), clipped to the
-        record."""
-        out = []
-        for c in range(ch.N_TRIGGER_CHANNELS):
-            peak = self.t0_ns[c] + PEAK_DELAY_NS
-            half = 0.5 * (self.counter_gate_ns if c < len(COUNTER_NAMES) else self.energy_gate_ns)
-            first = max(0, math.ceil((peak - half) / ch.SAMPLE_NS))
-            last = min(ch.N_SAMPLES - 1, math.floor((peak + half) / ch.SAMPLE_NS))
-            out.append((int(first), int(last)))
-        return tuple(out)
+        record (:func:`detector.gate.peak_gate`)."""
+        n_cnt = len(COUNTER_NAMES)
+        width = [self.counter_gate_ns] * n_cnt + [self.energy_gate_ns] * (ch.N_TRIGGER_CHANNELS - n_cnt)
+        first, last = peak_gate(np.asarray(self.t0_ns, dtype=np.float64), np.asarray(width, dtype=np.float64))
+        return tuple((int(a), int(b)) for a, b in zip(first, last))
 
     def window_samples(self, c: int) -> tuple[int, int] | None:
         """(first, last) peak sample of counter ``c`` (0..3) from which the reconstruction can return an
