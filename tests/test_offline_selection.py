@@ -302,10 +302,12 @@ def test_pileup_cut_in_simulated_pileup():
         rates[pileup] = rejected.sum() / pre.sum()
         if pileup:
             pu = (t["truth_flags"] & TRUTH_PILEUP) != 0
-            # a neighbour's pulse adds to the trigger's ECAL sum (calibrated pedestals): E_ECAL < 80 GeV
-            # fails for most pile-up, so the trigger itself removes most of it
+            # a neighbour whose pulse reaches the ECAL sum's 50 ns energy gate (an earlier one's tail, or one
+            # inside it: about a third of the 400 ns record) adds to E_ECAL and fails E_ECAL < 80 GeV; a later
+            # one is outside the energy and counter gates and leaves the trigger to the offline pile-up cut.
+            # (Counters and sums over the whole record, the trigger kept 0.39 of the clean rate.)
             trig = s.masks["trigger"]
-            assert trig[pu].mean() < 0.5 * trig[~pu].mean()
+            assert 0.45 * trig[~pu].mean() < trig[pu].mean() < 0.8 * trig[~pu].mean()
             # the pile-up cut on the simulated pile-up that passes the other cuts (the trigger aside)
             other = np.logical_and.reduce([s.masks[k] for k in ("srd", "srd_time", "shower", "ps", "v2", "hcal")])
             assert (other & pu).sum() >= 3
