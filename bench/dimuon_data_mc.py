@@ -34,7 +34,7 @@ from daq_bench import _env, run_point  # noqa: E402
 
 INTENSITIES = (1.8e6, 3.2e6, 4.6e6)  #: e-/spill of the paper's three runs (Table I)
 EXPECTED_RATIO = 0.85  #: data/MC assumed when sizing the runs (Table I's middle row)
-EOT_PER_PARTICLE = 0.78  #: EOT (PiSi, not V1) per beam particle of the default beam, to size the runs
+EOT_PER_PARTICLE = 0.85  #: EOT (PiSi, not V1) per beam particle of the default beam, to size the runs (6.4.1)
 
 
 def _log(msg: str) -> None:
