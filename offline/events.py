@@ -22,8 +22,7 @@ within ``offline.pileup_range_ns`` of each cell's nominal peak (the shaper pulse
 (``n_cells_pileup``, the paper's) counts a particle whose pulse overlaps the event's own, and a particle
 later in the 400 ns record, beyond the pulse length, neither flags a cell nor replaces its pulse. The HCAL
 by the same argument: its energy (the veto, the dimuon MIP modules) is the event's own pulse, not a later
-particle's. The analogue sums PS_SUM and ECAL_SUM (:data:`GATED_SUMS`) are taken in the trigger's energy gate
-(``trigger.energy_gate_ns``), so ``e_ps_sum`` is the amplitude the trigger cut on.
+particle's. The analogue sums PS_SUM and ECAL_SUM stay over the whole record.
 
 Columns (units in the name or below):
 
@@ -100,9 +99,6 @@ IN_TIME_CHANNELS: tuple[str, ...] = (*ch.SRD_NAMES, "V2", *COUNTER_COLUMNS)
 #: the channel kinds (:data:`detector.channels.KINDS`) reconstructed in their pile-up range
 #: (``offline.pileup_range_ns``, module docstring)
 CALO_KINDS: tuple[str, ...] = ("ecal", "hcal")
-#: the analogue sums, taken in the trigger's energy gate (``trigger.energy_gate_ns``): the ``ps`` cut is on the
-#: amplitude the trigger cut on
-GATED_SUMS: tuple[str, ...] = ch.SUM_NAMES
 
 
 def in_time_gate(calib: Calibration, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -110,8 +106,7 @@ def in_time_gate(calib: Calibration, cfg: Config) -> tuple[np.ndarray, np.ndarra
     offline reconstruction, around its nominal peak (calibration ``t0_ns`` + the template's peak delay:
     :func:`detector.gate.peak_gate`): the :data:`IN_TIME_CHANNELS` in a gate of full width
     ``trigger.counter_gate_ns``, the calorimeter cells (:data:`CALO_KINDS`) within +/-
-    ``offline.pileup_range_ns``, the analogue sums (:data:`GATED_SUMS`) in the trigger's energy gate
-    ``trigger.energy_gate_ns`` (every channel of the table has its gate)."""
+    ``offline.pileup_range_ns``, every other channel over the whole record."""
     first = np.zeros(ch.N_CHANNELS, dtype=np.int64)
     last = np.full(ch.N_CHANNELS, ch.N_SAMPLES - 1, dtype=np.int64)
     t0_all = np.asarray(calib.t0_ns, dtype=np.float64)
@@ -119,8 +114,6 @@ def in_time_gate(calib: Calibration, cfg: Config) -> tuple[np.ndarray, np.ndarra
     first[ids], last[ids] = peak_gate(t0_all[ids], float(cfg.trigger.counter_gate_ns))
     calo = np.concatenate([ch.ids_of_kind(kind) for kind in CALO_KINDS])
     first[calo], last[calo] = peak_gate(t0_all[calo], 2.0 * float(cfg.offline.pileup_range_ns))
-    sums = np.array([ch.by_name(name).id for name in GATED_SUMS])
-    first[sums], last[sums] = peak_gate(t0_all[sums], float(cfg.trigger.energy_gate_ns))
     return first, last
 
 
