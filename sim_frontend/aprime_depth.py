@@ -21,9 +21,11 @@ deposits of the A' events accordingly:
 3. E_A' = x E_e with x from the IWW spectrum at E_e (:func:`sim_frontend.aprime.sample_x`), E_A' > E_miss,min;
 4. each bremsstrahlung photon radiated before t showers from its own conversion depth (its emission depth +
    an exponential of mean 9/7 X0), the recoil electron (E_e - E_A') from t; all with
-   :func:`sim_frontend.showers.em_shower` (the response's shower: profile, fluctuations, containment).
-   Several photons converting at their own depths, not one photon carrying E - E_e: the preshower sees the
-   early ones, as in a real shower;
+   :func:`sim_frontend.showers.em_shower` (the response's shower: profile, fluctuations, containment);
+   the photons the electron radiated in the beam line behind the magnets and that land on the ECAL with it
+   (the transport's ``e_front - e_particle``) shower likewise from their own conversion depth (their sum as
+   one photon): they are not the emitter's energy. Several photons converting at their own depths, not
+   one photon carrying E - E_e: the preshower sees the early ones, as in a real shower;
 5. the primary's ionisation up to t: the MIP deposits of the ECAL and PS, in proportion to the depth.
 
 :func:`ps_threshold_correction` is the ratio of the PS-threshold efficiencies of the two placements on the
@@ -212,18 +214,29 @@ def emit_at_depth(
     pick = np.asarray(pick, dtype=np.int64)
     if spill.beamline is None:
         raise ValueError("the spill has no beam-line transport: run apply_response first")
-    e = spill.beamline.e_front[pick].astype(np.float64)
+    e_front = spill.beamline.e_front[pick].astype(np.float64)
+    e_el = spill.beamline.e_particle[pick].astype(np.float64)
+    # the electron itself entered the ECAL matrix (e_front holds it and its beam-line photons that land there):
+    # it is the emitter; those photons shower from their own conversion depth, in front of the PS
+    inside = e_front >= e_el * (1.0 - 1e-6)
+    e = np.where(inside, e_el, 0.0)
+    e_gamma = e_front - e
     e_beam = truth["e_beam"][pick].astype(np.float64)
-    ok = ((truth["flags"][pick] & TRUTH_APRIME) != 0) & (e > emiss_min_fraction * e_beam * (1.0 + 1e-6))
+    flagged = (truth["flags"][pick] & TRUTH_APRIME) != 0
+    ok = flagged & (e > emiss_min_fraction * e_beam * (1.0 + 1e-6))
     rng = np.random.default_rng([int(seed), int(spill.seed) & 0xFFFFFFFF, STREAM])
     t, e_emit = np.zeros(pick.size), e.copy()
     e_a = truth["e_invisible"][pick].astype(np.float64)
+    # an electron that reaches the ECAL with E_miss,min or less (it radiated in the beam line, or was bent
+    # off the ECAL) cannot radiate such an A': it showers as any electron, with nothing invisible
+    e_a[flagged & ~ok] = 0.0
     n_photons = np.zeros(pick.size, dtype=np.int64)
     ps_face = dep.trigger[pick, 4].astype(np.float64)
     ps_new, ecal_new = ps_face.copy(), dep.trigger[pick, 5].astype(np.float64)
     x, y = truth["x_mm"][pick].astype(np.float64), truth["y_mm"][pick].astype(np.float64)
     base = np.uint64(spill.seed) ^ np.uint64(STREAM)
     rows = np.flatnonzero(ok)
+    in_shower: dict[int, list[tuple[float, float]]] = {}  # event -> (energy, conversion depth) of its photons
     if rows.size:
         e_ref = float(np.mean(e_beam[rows]))
         scale = e_beam[rows] / e_ref
@@ -231,21 +244,25 @@ def emit_at_depth(
         t[rows], e_emit[rows], e_a[rows] = em.t_x0, em.e_emitter_gev * scale, em.e_aprime_gev * scale
         n_photons[rows] = (em.photon_gev > 0).sum(axis=1)
         for j, k in enumerate(rows):
-            st = np.uint64(rng_state(base, np.uint64(truth["index"][pick[k]]), np.uint64(7)))
-            st, ps_k, ec_k, _ = em_shower(st, e_emit[k] - e_a[k], x[k], y[k], PS_FRACTION_TABLE, t[k])
-            for kg, tc in zip(em.photon_gev[j] * scale[j], em.photon_conv_x0[j]):
-                if kg > 0.0:
-                    # numba hands the state back as a Python int: the next call needs the uint64 again
-                    st, ps_g, ec_g, _ = em_shower(np.uint64(st), kg, x[k], y[k], PS_FRACTION_TABLE, tc)
-                    ps_k += ps_g
-                    ec_k += ec_g
-            ps_new[k] = ps_k + g.PS_MIP_GEV * min(t[k], g.PS_X0) / g.PS_X0
-            ecal_new[k] = ec_k + g.ECAL_MIP_GEV * min(t[k], g.ECAL_X0) / g.ECAL_X0
+            in_shower[int(k)] = list(zip(em.photon_gev[j] * scale[j], em.photon_conv_x0[j]))
+    conv_front = rng.exponential(1.0 / PHOTON_CONVERSION_RATE_PER_X0, pick.size)
+    for k in np.flatnonzero(flagged):
+        st = np.uint64(rng_state(base, np.uint64(truth["index"][pick[k]]), np.uint64(7)))
+        ps_k = ec_k = 0.0
+        showers = [(e_emit[k] - e_a[k], t[k]), *in_shower.get(int(k), []), (e_gamma[k], conv_front[k])]
+        for kg, tc in showers:  # the recoil (or the electron) first, then the photons
+            if kg > 0.0:
+                # numba hands the state back as a Python int: the next call needs the uint64 again
+                st, ps_g, ec_g, _ = em_shower(np.uint64(st), kg, x[k], y[k], PS_FRACTION_TABLE, tc)
+                ps_k += ps_g
+                ec_k += ec_g
+        ps_new[k] = ps_k + g.PS_MIP_GEV * min(t[k], g.PS_X0) / g.PS_X0
+        ecal_new[k] = ec_k + g.ECAL_MIP_GEV * min(t[k], g.ECAL_X0) / g.ECAL_X0
     dep.trigger[pick, 4] = ps_new.astype(np.float32)
     dep.trigger[pick, 5] = ecal_new.astype(np.float32)
     # the cells share the sums with the shape code's lateral profile: a redrawn event whose face response
     # left nothing visible (E_A' drawn above the energy that reached the ECAL) now has an e.m. shower there
-    redrawn = pick[ok & (ecal_new > 0.0)]
+    redrawn = pick[flagged & (ecal_new > 0.0)]
     dep.shape[redrawn, 0] = g.SHAPE_EM
     truth["e_ps"][pick] = ps_new.astype(np.float32)
     truth["e_ecal"][pick] = ecal_new.astype(np.float32)
