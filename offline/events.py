@@ -6,23 +6,23 @@ per-event quantities below are then computed with vectorised numpy and returned 
 1D arrays (a "table"), ready for the selection (:mod:`offline.selection`), for Dask partial results and for
 the ROOT export.
 
-In-time channels (:data:`IN_TIME_CHANNELS`, :func:`in_time_gate`): the fast scintillators -- the SRD
-sections, V2 and the counters S0..S4, V0, V1 -- are reconstructed from their pulse in time with the trigger:
-their peak is searched in the counter gate (``trigger.counter_gate_ns`` full width around each channel's own
-nominal peak, the calibration ``t0_ns`` + the template's peak delay), the same gate the trigger takes S1..S3
-and V1 in (:mod:`trigger.menu`). A later (or earlier) beam particle in the same 400 ns record is its own
-event: its pulse in these channels does not replace the event's own (docs/physics.md 6.3.1). The gate
-holds every peak sample of an onset within ``trigger.window_ns`` of t0 (the trigger menu checks it), so
-an in-time pulse is reconstructed as over the whole record.
+In-time channels (:func:`detector.gate.in_time_gate`, :data:`detector.gate.IN_TIME_CHANNELS`): the fast
+scintillators -- the SRD sections, V2 and the counters S0..S4, V0, V1 -- are reconstructed from their pulse in
+time with the trigger: their peak is searched in the counter gate (``trigger.counter_gate_ns`` full width
+around each channel's own nominal peak, the calibration ``t0_ns`` + the template's peak delay), the same gate
+the trigger takes S1..S3 and V1 in (:mod:`trigger.menu`). A later (or earlier) beam particle in the same 400
+ns record is its own event: its pulse in these channels does not replace the event's own (docs/physics.md
+6.3.1). The gate holds every peak sample of an onset within ``trigger.window_ns`` of t0 (the trigger menu
+checks it), so an in-time pulse is reconstructed as over the whole record.
 
-Calorimeter cells (ECAL and HCAL, :data:`CALO_KINDS`) are reconstructed in their pile-up range: the samples
-within ``offline.pileup_range_ns`` of each cell's nominal peak (the shaper pulse's length, docs/physics.md
-1.3). Their peak (energy, time) and their pile-up flag (a second pulse or a residual against the template:
-:mod:`detector.reco`, step 5) come from those samples only, so the ECAL pile-up criterion
-(``n_cells_pileup``, the paper's) counts a particle whose pulse overlaps the event's own, and a particle
-later in the 400 ns record, beyond the pulse length, neither flags a cell nor replaces its pulse. The HCAL
-by the same argument: its energy (the veto, the dimuon MIP modules) is the event's own pulse, not a later
-particle's. The analogue sums PS_SUM and ECAL_SUM stay over the whole record.
+Calorimeter cells (ECAL and HCAL, :data:`detector.gate.CALO_KINDS`) are reconstructed in their pile-up range:
+the samples within ``offline.pileup_range_ns`` of each cell's nominal peak (the shaper pulse's length,
+docs/physics.md 1.3). Their peak (energy, time) and their pile-up flag (a second pulse or a residual against
+the template: :mod:`detector.reco`, step 5) come from those samples only, so the ECAL pile-up criterion
+(``n_cells_pileup``, the paper's) counts a particle whose pulse overlaps the event's own, and a particle later
+in the 400 ns record, beyond the pulse length, neither flags a cell nor replaces its pulse. The HCAL by the
+same argument: its energy (the veto, the dimuon MIP modules) is the event's own pulse, not a later particle's.
+The analogue sums PS_SUM and ECAL_SUM stay over the whole record.
 
 Columns (units in the name or below):
 
@@ -72,7 +72,7 @@ import numpy as np
 
 from detector import channels as ch
 from detector.config import Calibration, Config
-from detector.gate import peak_gate
+from detector.gate import in_time_gate
 from detector.reco import FLAG_NO_SIGNAL, FLAG_PILEUP, RecoResult, reconstruct
 from detector.records import TRUTH_DTYPE
 from detector.spillfile import SpillData
@@ -93,33 +93,11 @@ _PIX = ch.N_ECAL_X * ch.N_ECAL_Y
 _ID = {name: ch.by_name(name).id for name in (*ch.COUNTER_NAMES, *ch.VETO_NAMES, *ch.SRD_NAMES, *ch.SUM_NAMES)}
 COUNTER_COLUMNS = ("S0", "S1", "S2", "S3", "S4", "V0", "V1")
 SRD_COLUMNS = ("srd0", "srd1", "srd2")
-#: the fast channels the table takes in time (module docstring, "In-time channels"): the SRD sections, V2
-#: and the counter columns, each in the counter gate around its own nominal peak
-IN_TIME_CHANNELS: tuple[str, ...] = (*ch.SRD_NAMES, "V2", *COUNTER_COLUMNS)
-#: the channel kinds (:data:`detector.channels.KINDS`) reconstructed in their pile-up range
-#: (``offline.pileup_range_ns``, module docstring)
-CALO_KINDS: tuple[str, ...] = ("ecal", "hcal")
-
-
-def in_time_gate(calib: Calibration, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """(first, last) sample (inclusive, int64 (121,)) of each channel's peak and pile-up search in the
-    offline reconstruction, around its nominal peak (calibration ``t0_ns`` + the template's peak delay:
-    :func:`detector.gate.peak_gate`): the :data:`IN_TIME_CHANNELS` in a gate of full width
-    ``trigger.counter_gate_ns``, the calorimeter cells (:data:`CALO_KINDS`) within +/-
-    ``offline.pileup_range_ns``, every other channel over the whole record."""
-    first = np.zeros(ch.N_CHANNELS, dtype=np.int64)
-    last = np.full(ch.N_CHANNELS, ch.N_SAMPLES - 1, dtype=np.int64)
-    t0_all = np.asarray(calib.t0_ns, dtype=np.float64)
-    ids = np.array([ch.by_name(name).id for name in IN_TIME_CHANNELS])
-    first[ids], last[ids] = peak_gate(t0_all[ids], float(cfg.trigger.counter_gate_ns))
-    calo = np.concatenate([ch.ids_of_kind(kind) for kind in CALO_KINDS])
-    first[calo], last[calo] = peak_gate(t0_all[calo], 2.0 * float(cfg.offline.pileup_range_ns))
-    return first, last
 
 
 def reconstruct_events(waveforms: np.ndarray, calib: Calibration, cfg: Config, parallel: bool = False) -> RecoResult:
     """The offline reconstruction of full-event waveforms (int16 (n, 121, 32)): :func:`detector.reco.reconstruct`
-    with the calibration's GeV per count and the :func:`in_time_gate`."""
+    with the calibration's GeV per count and :func:`detector.gate.in_time_gate`."""
     return reconstruct(waveforms, calib.gev_per_count, parallel=parallel, gate=in_time_gate(calib, cfg))
 
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from detector.config import Calibration, Config, dump_toml
+from detector.gate import in_time_gate
 from detector.records import INCOMPLETE_SPILL_FLAGS
 from detector.spillfile import estimated_size
 
@@ -263,6 +264,7 @@ class DAQ:
             calibration_mode=self.calibration_mode,
             release=self.events.release,
             spectrometer=MonitorWorker.geometry(self.cfg),
+            gate=in_time_gate(self.calibration, self.cfg),
         )
         self.monitor_worker.start()
 

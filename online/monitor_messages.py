@@ -142,12 +142,14 @@ def event_messages(
     start_unix: float = 0.0,
     mm: StripData | None = None,
     spectrometer: Spectrometer | None = None,
+    gate: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Outgoing]:
     """``calo``, ``ecal_hcal``, ``waveforms`` (if ``n_waveforms`` > 0), ``amplitudes`` (if
     ``amplitudes``: calibration mode) and ``tracker`` (if the spill has Micromegas strips ``mm`` and a
     ``spectrometer`` is given) of one spill's recorded events. ``waveforms`` int16 (events, channels,
     samples); ``gev_per_count`` GeV per ADC count per channel; ``table`` the HCAL-table position of the spill;
-    ``start_unix`` its start (unix s)."""
+    ``start_unix`` its start (unix s); ``gate`` each channel's (first, last) sample, the event's own pulse as
+    offline takes it (:func:`detector.gate.in_time_gate`; None: the whole record)."""
     from detector.reco import reconstruct
 
     n = int(waveforms.shape[0])
@@ -161,7 +163,7 @@ def event_messages(
     beam = (np.asarray(trigger_mask) & TRIGGER_BITS["beam"]) != 0
     amps: list[np.ndarray] = []
     for lo in range(0, n, RECO_CHUNK):
-        r = reconstruct(waveforms[lo : lo + RECO_CHUNK], g, parallel=True)
+        r = reconstruct(waveforms[lo : lo + RECO_CHUNK], g, parallel=True, gate=gate)
         e = r.energy_gev
         cell_e += e.sum(axis=0, dtype=np.float64)
         cell_occ += (r.amplitude > 0).sum(axis=0)

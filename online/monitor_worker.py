@@ -29,7 +29,8 @@ class MonitorWorker(threading.Thread):
     (GeV per ADC count, per channel); ``sample_waveforms``: waveforms published per spill; ``calibration_mode``:
     publish ``amplitudes`` too; ``release(base)``: gives a spill's event buffer back once it is done with
     (or skipped); ``spectrometer``: the tracker geometry (``tracker`` is published for spills with Micromegas
-    strips)."""
+    strips); ``gate``: each channel's samples of the event's own pulse (:func:`detector.gate.in_time_gate`,
+    as offline reconstructs them; None: the whole record)."""
 
     def __init__(
         self,
@@ -40,6 +41,7 @@ class MonitorWorker(threading.Thread):
         calibration_mode: bool,
         release: Callable[[np.ndarray | None], None],
         spectrometer: Spectrometer | None = None,
+        gate: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         super().__init__(name="monitor-worker", daemon=True)
         self.publisher = publisher
@@ -48,6 +50,7 @@ class MonitorWorker(threading.Thread):
         self.calibration_mode = bool(calibration_mode)
         self.release = release
         self.spectrometer = spectrometer
+        self.gate = gate
         self._q: queue.Queue[Any] = queue.Queue(maxsize=1)
         self.skipped = 0
         self.done = 0
@@ -116,5 +119,6 @@ class MonitorWorker(threading.Thread):
             start_unix=float(info.get("start_unix", 0.0)),
             mm=content.mm,
             spectrometer=self.spectrometer,
+            gate=self.gate,
         ):
             pub.publish(m.topic, m.arrays, m.meta, spill=spill)

@@ -63,6 +63,40 @@ def test_sample_indices_are_evenly_spread(n, k, expected):
     assert sample_indices(n, k).tolist() == expected
 
 
+def test_monitor_takes_each_cell_in_its_own_time_as_offline():
+    """The monitoring (and the amplitudes hv-tune equalises on) reconstructs each channel in the event gate
+    offline uses (detector.gate.in_time_gate): a larger pulse of a later beam particle in the same record,
+    beyond the pulse length, leaves the event's HCAL amplitude and calorimeter energy as they were; over the
+    whole record it would replace them."""
+    from detector.config import load_calibration, load_config
+    from detector.gate import in_time_gate
+    from detector.pulse import pulse_samples, synthesize
+
+    cfg = load_config(None)
+    calib = load_calibration(cfg)
+    cell = ch.hcal_id(1, 1, 0)
+    n = 6
+    amp = np.zeros((n, ch.N_CHANNELS))
+    amp[:, cell] = 400.0
+    wf = synthesize(amp, np.broadcast_to(calib.t0_ns, amp.shape), 150.0, 156.0, noise_rms=0.0, seed=2)
+    late = np.rint(pulse_samples(1500.0, float(calib.t0_ns[cell]) + 200.0))
+    wf[:, cell] = np.clip(wf[:, cell] + late, 0, ch.ADC_MAX).astype(np.int16)
+    mask = np.full(n, TRIGGER_BITS["beam"], np.uint8)
+    g = np.asarray(calib.gev_per_count)
+
+    def published(gate):
+        msgs = event_messages(wf, np.arange(n, dtype=np.uint32), mask, g, n_waveforms=0, amplitudes=True, gate=gate)
+        by = {m.topic: m for m in msgs}
+        where = tuple(np.argwhere(ch.hcal_map(np.arange(ch.N_CHANNELS)) == cell)[0])
+        return by["amplitudes"].arrays["amplitudes"][:, cell], by["calo"].arrays["hcal_energy"][where]
+
+    a_gated, e_gated = published(in_time_gate(calib, cfg))
+    a_whole, e_whole = published(None)
+    np.testing.assert_allclose(a_gated, 400.0, rtol=0.02)
+    assert np.all(a_whole > 1400.0)  # the later particle's pulse
+    assert e_gated == pytest.approx(n * 400.0 * g[cell], rel=0.02) and e_whole > 3 * e_gated
+
+
 def test_producer_messages_are_exactly_as_declared():
     from detector.pulse import synthesize
 

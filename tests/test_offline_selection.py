@@ -13,6 +13,7 @@ import offline_fixtures as fx
 import pytest
 
 from detector import channels as ch
+from detector import gate
 from detector.config import load_calibration
 from detector.pulse import pulse_samples
 from detector.reco import reconstruct
@@ -248,7 +249,7 @@ def test_pileup_cut_counts_a_later_particle_only_within_the_pulse_length(injecte
 def test_fast_channels_take_their_in_time_pulse(injected):
     """A larger pulse of a later beam particle in the SRD sections, V2 and the counters of a box event (150 ns
     after the nominal onset, in the same record) leaves their columns as they were: the table takes each
-    fast channel's in-time pulse (offline.events.IN_TIME_CHANNELS); over the whole record it would not."""
+    fast channel's in-time pulse (detector.gate.IN_TIME_CHANNELS); over the whole record it would not."""
     rd, _ = injected
     cfg, calib = ds.run_setup(rd)
     cuts = sel.Cuts.from_config(cfg)
@@ -257,8 +258,8 @@ def test_fast_channels_take_their_in_time_pulse(injected):
     good = np.flatnonzero(sel.select(t, cuts).in_box)[:5]
     assert good.size >= 3
     wf = data.waveforms[good].copy()
-    ids = [ch.by_name(name).id for name in ev.IN_TIME_CHANNELS]
-    assert set(ev.IN_TIME_CHANNELS) == {"SRD0", "SRD1", "SRD2", "V2", "S0", "S1", "S2", "S3", "S4", "V0", "V1"}
+    ids = [ch.by_name(name).id for name in gate.IN_TIME_CHANNELS]
+    assert set(gate.IN_TIME_CHANNELS) == {"SRD0", "SRD1", "SRD2", "V2", "S0", "S1", "S2", "S3", "S4", "V0", "V1"}
     for cid in ids:
         late = pulse_samples(3000.0, float(calib.t0_ns[cid]) + 150.0)
         wf[:, cid] = np.clip(wf[:, cid] + np.rint(late), 0, ch.ADC_MAX).astype(np.int16)
@@ -270,12 +271,12 @@ def test_fast_channels_take_their_in_time_pulse(injected):
     # the whole record takes the later pulse
     whole = reconstruct(wf, calib.gev_per_count)
     assert np.all(np.abs(whole.time_ns[:, ids] - calib.t0_ns[ids] - 150.0) < 1.0)
-    first, last = ev.in_time_gate(calib, cfg)
+    first, last = gate.in_time_gate(calib, cfg)
     gated = np.zeros(ch.N_CHANNELS, bool)
     gated[ids] = True
     calo = np.zeros(ch.N_CHANNELS, bool)
     calo[: ch.N_CALO] = True
-    assert set(ev.CALO_KINDS) == {ch.CHANNELS[i].kind for i in range(ch.N_CALO)}
+    assert set(gate.CALO_KINDS) == {ch.CHANNELS[i].kind for i in range(ch.N_CALO)}
     assert np.all(first[~gated & ~calo] == 0) and np.all(last[~gated & ~calo] == ch.N_SAMPLES - 1)  # the sums
     assert np.all(first[gated] == 9) and np.all(last[gated] == 11)  # t0 100 ns: peak 124 ns +/- 20 ns
     assert cfg.offline.pileup_range_ns == 100.0

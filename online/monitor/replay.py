@@ -31,6 +31,7 @@ import numpy as np
 
 from detector import channels as ch
 from detector.framing import Message, as_received
+from detector.gate import in_time_gate
 from detector.monitoring import DAQState, TopicSequence
 from detector.runrecord import read_run_record
 from detector.settings import Config
@@ -53,6 +54,7 @@ class ReplayBuilder:
         from detector.tracking import Spectrometer
 
         self.spectrometer = Spectrometer.from_config(self.cfg)
+        self.gate = in_time_gate(self.calibration, self.cfg)
         self.seq = TopicSequence()
         self.eot_total: int | float = 0
         self.events_total = 0
@@ -141,6 +143,7 @@ class ReplayBuilder:
                 start_unix=float(sd.attrs.get("start_unix", 0.0)),
                 mm=sd.mm,
                 spectrometer=self.spectrometer,
+                gate=self.gate,
             ):
                 out.append(self.message(m.topic, m.arrays, m.meta, spill=spill, now=now))
         hv = self._hv_arrays(sd.attrs.get("hv"))
