@@ -9,15 +9,28 @@ removed). :func:`configure` runs when ``detector`` is imported, i.e. before any 
 project is defined; it sets ``NUMBA_CACHE_DIR`` (inherited by the DAQ and emulator processes) without
 importing numba, and numba's live setting if numba is already imported. A ``NUMBA_CACHE_DIR`` set by the
 user (not by this module) wins.
+
+Numba compiles a cached function and writes its cache files without any lock between processes. Two
+processes compiling at the same time (the parallel kernel warm-up of ``tasks.py``, two pytest workers, the DAQ
+and the emulator starting together, Dask workers) can leave an entry that crashes every process that loads it
+later with a segmentation fault (numba issues 4807 and 10128; seen here: `tracking._reco_kernel` written during
+a parallel warm-up segfaulted in every later process until the cache was rebuilt). :func:`install_compile_lock`
+makes numba's in-process compiler lock also hold an exclusive ``flock`` on a file in the cache directory, so
+that only one process at a time compiles or loads cached code. It is registered as numba's ``init`` extension
+entry point (pyproject ``[project.entry-points.numba_extensions]``): numba runs it before it compiles anything,
+in every process of the installed project.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 #: the packages whose functions, constants and intrinsics jitted code inlines across modules (hashed
 #: together; a jitted function elsewhere, e.g. in offline/events.py, only inlines from these)
@@ -25,6 +38,7 @@ JIT_PACKAGES = ("detector", "trigger", "sim_frontend")
 ROOT = Path(__file__).resolve().parent.parent
 #: environment marker: NUMBA_CACHE_DIR was set by configure() (of the checkout it names), not by the user
 MARK = "NA64_HIL_JIT_CACHE_OF"
+LOCK_NAME = ".compile.lock"  #: the lock file in the cache directory (:func:`install_compile_lock`)
 
 
 def source_key(root: Path = ROOT) -> str:
@@ -50,8 +64,62 @@ def configure(root: Path = ROOT) -> str | None:
     config = sys.modules.get("numba.core.config")
     if config is not None:  # numba read its environment already
         config.CACHE_DIR = cache_dir  # type: ignore[attr-defined]
+        install_compile_lock()
     if cache_root.is_dir():
         for old in cache_root.iterdir():
             if str(old) != cache_dir and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
     return cache_dir
+
+
+def lock_path() -> str:
+    """The file whose ``flock`` serialises compilation across processes: in numba's cache directory (the
+    temporary directory when numba caches beside the sources)."""
+    from numba.core import config
+
+    where = str(getattr(config, "CACHE_DIR", "") or "") or tempfile.gettempdir()
+    os.makedirs(where, exist_ok=True)
+    return os.path.join(where, LOCK_NAME)
+
+
+class _FileLockState:
+    """Depth of numba's (reentrant) compiler lock in this process and the open lock file while it is held."""
+
+    depth = 0
+    fd: int | None = None
+
+
+def install_compile_lock() -> None:
+    """Make numba's global compiler lock (held while numba compiles, and while it loads or saves cached code)
+    also hold an exclusive ``flock`` on :func:`lock_path` from its outermost acquisition to its release, so
+    that at most one process at a time compiles or touches the cache (module docstring). Idempotent; the
+    depth counter changes only under numba's own lock, so threads need nothing more."""
+    from numba.core import compiler_lock
+
+    cls: Any = compiler_lock._CompilerLock
+    if getattr(cls, "_na64_file_lock", False):
+        return
+    acquire, release = cls.acquire, cls.release
+
+    def locked_acquire(self: Any) -> None:
+        acquire(self)
+        if _FileLockState.depth == 0:
+            try:
+                fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                release(self)
+                raise
+            _FileLockState.fd = fd
+        _FileLockState.depth += 1
+
+    def locked_release(self: Any) -> None:
+        _FileLockState.depth -= 1
+        if _FileLockState.depth == 0 and _FileLockState.fd is not None:
+            fd, _FileLockState.fd = _FileLockState.fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        release(self)
+
+    cls.acquire, cls.release = locked_acquire, locked_release  # __enter__, __exit__ and __call__ use them
+    cls._na64_file_lock = True

@@ -70,3 +70,82 @@ def test_a_fresh_interpreter_uses_the_current_key_and_detector_does_not_import_n
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=jitcache.ROOT
     )
     assert out.stdout.split() == ["True", want]
+
+
+def test_numba_installs_the_compile_lock_through_the_entry_point() -> None:
+    """The project registers detector.jitcache.install_compile_lock as numba's ``init`` extension: a fresh
+    interpreter that compiles anything has numba's compiler lock holding the file lock, with no import of
+    ours (numba runs the entry point before it compiles)."""
+    from importlib.metadata import entry_points
+
+    eps = [e.value for e in entry_points(group="numba_extensions", name="init")]
+    assert "detector.jitcache:install_compile_lock" in eps
+    code = (
+        "import numba\n"
+        "from numba.core import compiler_lock\n"
+        "before = getattr(compiler_lock._CompilerLock, '_na64_file_lock', False)\n"
+        "numba.njit(lambda x: x + 1)(1)\n"
+        "print(before, compiler_lock._CompilerLock._na64_file_lock)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.split() == ["False", "True"]
+
+
+def _blocked_on_flock(pid: int) -> bool:
+    """Does /proc/locks show ``pid`` waiting for an flock (a ``->`` line)?"""
+    for line in Path("/proc/locks").read_text().splitlines():
+        f = line.split()
+        if len(f) > 5 and f[1] == "->" and f[2] == "FLOCK" and f[5] == str(pid):
+            return True
+    return False
+
+
+def test_a_second_process_waits_while_one_holds_the_compiler_lock(tmp_path: Path) -> None:
+    """Two processes on one kernel cache: while A holds numba's compiler lock, B's compilation of a cached
+    function blocks on the lock file (seen in /proc/locks, not timed) and finishes once A lets go, and the cache
+    entry it wrote loads in a third process."""
+    import time
+
+    cache = tmp_path / "cache"
+    (tmp_path / "kern.py").write_text(
+        "import numba\n\n@numba.njit(cache=True)\ndef twice(x):\n    return 2 * x\n", encoding="utf-8"
+    )
+    env = {k: v for k, v in os.environ.items() if k != jitcache.MARK}
+    env.update(NUMBA_CACHE_DIR=str(cache), PYTHONPATH=f"{tmp_path}{os.pathsep}{jitcache.ROOT}")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys\nfrom detector.jitcache import install_compile_lock\ninstall_compile_lock()\n"
+            "from numba.core.compiler_lock import global_compiler_lock as g\n"
+            "with g:\n    print('held', flush=True)\n    sys.stdin.readline()\nprint('released', flush=True)\n"
+        )],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    compiler = None
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "held"
+        compiler = subprocess.Popen(
+            [sys.executable, "-c", "import kern; print(kern.twice(21), flush=True)"],
+            stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not _blocked_on_flock(compiler.pid):
+            assert compiler.poll() is None, "the second process compiled while the first held the lock"
+            assert time.monotonic() < deadline, "the second process never waited for the lock file"
+            time.sleep(0.05)
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "released"
+        out, _ = compiler.communicate(timeout=300)
+        assert compiler.returncode == 0 and out.strip() == "42"
+    finally:
+        for p in (holder, compiler):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert list(cache.rglob("kern.twice-*.nbi"))  # B saved its entry, and it loads:
+    again = subprocess.run(
+        [sys.executable, "-c", "import kern; print(kern.twice(4), kern.twice.stats.cache_hits)"],
+        capture_output=True, text=True, check=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert again.stdout.split()[0] == "8" and "1" in again.stdout.split()[1]
