@@ -145,7 +145,7 @@ def test_a_second_process_waits_while_one_holds_the_compiler_lock(tmp_path: Path
                 p.wait()
     assert list(cache.rglob("kern.twice-*.nbi"))  # B saved its entry, and it loads:
     again = subprocess.run(
-        [sys.executable, "-c", "import kern; print(kern.twice(4), kern.twice.stats.cache_hits)"],
+        [sys.executable, "-c", "import kern; print(kern.twice(4), sum(kern.twice.stats.cache_hits.values()))"],
         capture_output=True, text=True, check=True, env=env, cwd=tmp_path, timeout=300,
     )  # fmt: skip
-    assert again.stdout.split()[0] == "8" and "1" in again.stdout.split()[1]
+    assert again.stdout.split() == ["8", "1"]
