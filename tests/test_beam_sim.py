@@ -255,7 +255,7 @@ def test_aprime_injection(cfg):
     ap = (t["flags"] & TRUTH_APRIME) != 0
     n_e = np.sum(t["ptype"] == E_)
     assert abs(ap.sum() - n_e * p * 1e4) < 5 * math.sqrt(n_e * p * 1e4)
-    a = t[ap & (sp.beamline.e_front >= 0.999 * t["e_beam"])]  # no energy lost in the beam line
+    a = t[ap & (sp.beamline.e_particle >= 0.999 * t["e_beam"])]  # the electron lost no energy in the beam line
     x = a["e_invisible"] / a["e_beam"]
     assert np.all((x > beam.X_MIN_APRIME) & (x < 1))
     visible = a["e_beam"] - a["e_invisible"]
