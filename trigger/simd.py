@@ -138,15 +138,29 @@ def _ptr(b: ir.IRBuilder, rec, byte_offset: int, ty: ir.Type):
     return cgutils.pointer_add(b, rec, _const(_I64, byte_offset), return_type=ty.as_pointer())
 
 
-@intrinsic
-def record_summary(typingctx, prims, index, lanes, caps):
-    """See the module docstring."""
-    if not (
+def _is_record(prims, index) -> bool:
+    """Are (prims, index) the types of an int16 C-contiguous (N, 6, 32) array and a record index?"""
+    return (
         isinstance(prims, types.Array)
         and prims.dtype == types.int16
         and prims.ndim == 3
         and prims.layout == "C"
         and isinstance(index, types.Integer)
+    )
+
+
+def _record_ptr(context, b: ir.IRBuilder, signature, args):
+    """Pointer to the first byte of record args[1] of the array args[0] (no bounds check)."""
+    arr = context.make_array(signature.args[0])(context, b, args[0])
+    i = context.cast(b, args[1], signature.args[1], types.intp)
+    return cgutils.pointer_add(b, arr.data, b.mul(i, b.extract_value(arr.strides, 0)))
+
+
+@intrinsic
+def record_summary(typingctx, prims, index, lanes, caps):
+    """See the module docstring."""
+    if not (
+        _is_record(prims, index)
         and isinstance(lanes, types.Array)
         and lanes.dtype == types.int32
         and lanes.ndim == 1
@@ -160,9 +174,7 @@ def record_summary(typingctx, prims, index, lanes, caps):
     sig = SUMMARY(prims, index, lanes, caps)
 
     def codegen(context, b, signature, args):
-        arr = context.make_array(signature.args[0])(context, b, args[0])
-        i = context.cast(b, args[1], signature.args[1], types.intp)
-        rec = cgutils.pointer_add(b, arr.data, b.mul(i, b.extract_value(arr.strides, 0)))
+        rec = _record_ptr(context, b, signature, args)
         cap = context.make_array(signature.args[3])(context, b, args[3]).data
         halves, peaks, ingate = [], [], []
         zero16 = _const(_W16, [0] * 16)
@@ -246,10 +258,7 @@ def _prefetch_typer(locality: int):
         sig = types.void(prims, index)
 
         def codegen(context, b, signature, args):
-            arr = context.make_array(signature.args[0])(context, b, args[0])
-            i = context.cast(b, args[1], signature.args[1], types.intp)
-            stride = b.extract_value(arr.strides, 0)
-            rec = cgutils.pointer_add(b, arr.data, b.mul(i, stride))
+            rec = _record_ptr(context, b, signature, args)
             i8p = ir.IntType(8).as_pointer()
             fn = cgutils.get_or_insert_function(
                 b.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]), "llvm.prefetch.p0"
@@ -278,21 +287,12 @@ def neighbour_diffs(typingctx, prims, index, k0, k1, k2):
     k0, k1, k2 in 0..31, the neighbours clamped to the record: :func:`trigger.bounds._neighbours`) as an
     int32 3-tuple; p and the index as :func:`record_summary` takes them (not bounds-checked). Loads at
     computed addresses, without the index arithmetic of numba's array indexing."""
-    if not (
-        isinstance(prims, types.Array)
-        and prims.dtype == types.int16
-        and prims.ndim == 3
-        and prims.layout == "C"
-        and isinstance(index, types.Integer)
-        and all(isinstance(k, types.Integer) for k in (k0, k1, k2))
-    ):
+    if not (_is_record(prims, index) and all(isinstance(k, types.Integer) for k in (k0, k1, k2))):
         return None
     sig = types.UniTuple(types.int32, 3)(prims, index, k0, k1, k2)
 
     def codegen(context, b, signature, args):
-        arr = context.make_array(signature.args[0])(context, b, args[0])
-        i = context.cast(b, args[1], signature.args[1], types.intp)
-        rec = cgutils.pointer_add(b, arr.data, b.mul(i, b.extract_value(arr.strides, 0)))
+        rec = _record_ptr(context, b, signature, args)
         i16p = _I16.as_pointer()
         out = []
         for c in range(N_COUNTERS):
