@@ -251,9 +251,10 @@ T_ZS, T_THR, T_BAND, T_LINE0, LINE_Q = 0, 1, 2, 3, 8
 
 
 @nb.njit(**JIT_NONRT)
-def _first_q(kind, a, b, c):
+def _first_q(kind, a, b):
     """The least integer 4x peak q in [_Q_LO, _Q_HI] (_Q_HI + 1 if none) for which the float64 predicate
-    ``kind`` of ``best = q * 0.25`` holds, by bisection: every predicate is monotonic in q (false, then true)
+    ``kind`` of ``best = q * 0.25`` holds, by bisection: every predicate is monotonic in q (false, then true;
+    the gain b >= 0: trigger.menu checks it)
     and is written exactly as the scalar decisions compute it, so ``q >= result`` is the same decision:
     0: best >= a; 1: best * AMP_BOUND >= a; 2: best * b > a; 3: best * AMP_BOUND * b >= a;
     4: best * AMP_BOUND * b > a; 5: best * b >= a."""
@@ -291,9 +292,10 @@ def _q_thresholds(params):
     P = params[0]
     lines = P.lines
     out = np.empty(T_LINE0 + LINE_Q * lines.shape[0], np.int32)
-    out[T_ZS] = _first_q(0, P.zs_adc, 0.0, 0.0)
-    out[T_THR] = _first_q(0, P.thr_adc, 0.0, 0.0)
-    out[T_BAND] = _first_q(1, P.thr_adc, 0.0, 0.0)
+    # the kind as a run-time integer: a literal argument compiles _first_q once per kind
+    out[T_ZS] = _first_q(np.int64(0), P.zs_adc, 0.0)
+    out[T_THR] = _first_q(np.int64(0), P.thr_adc, 0.0)
+    out[T_BAND] = _first_q(np.int64(1), P.thr_adc, 0.0)
     for n in range(lines.shape[0]):
         ln = lines[n]
         for h in range(2):
@@ -301,10 +303,10 @@ def _q_thresholds(params):
             gt = ln.ps_gt if h == 0 else ln.ec_gt
             lt = ln.ps_lt if h == 0 else ln.ec_lt
             o = T_LINE0 + LINE_Q * n + 4 * h
-            out[o] = _first_q(2, gt, g, 0.0)  # lo g > gt
-            out[o + 1] = _first_q(3, lt, g, 0.0)  # hi g >= lt: not (hi g < lt)
-            out[o + 2] = _first_q(4, gt, g, 0.0)  # hi g > gt: not (hi g <= gt)
-            out[o + 3] = _first_q(5, lt, g, 0.0)  # lo g >= lt
+            out[o] = _first_q(np.int64(2), gt, g)  # lo g > gt
+            out[o + 1] = _first_q(np.int64(3), lt, g)  # hi g >= lt: not (hi g < lt)
+            out[o + 2] = _first_q(np.int64(4), gt, g)  # hi g > gt: not (hi g <= gt)
+            out[o + 3] = _first_q(np.int64(5), lt, g)  # lo g >= lt
     return out
 
 
