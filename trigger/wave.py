@@ -230,8 +230,7 @@ def _record_bits(p, i, params, rw, q0, q1, q2, q3, qp, qe, k0, k1, k2, sat):
 
 
 #: records per sub-block: the summaries of a sub-block are computed first (a loop without branches), then
-#: decided from the buffer (its columns, SUMMARY_COLUMNS x SUB_BLOCK int32, stay in L1); the last loop
-#: prefetches the next sub-block's records (SUB_BLOCK x 384 bytes ahead)
+#: decided from the buffer (its columns, SUMMARY_COLUMNS x SUB_BLOCK int32, stay in L1)
 SUB_BLOCK = 64
 #: records ahead that the summaries prefetch into L2 (into L1 they would evict the sub-block being decided)
 PREFETCH_AHEAD = 4 * SUB_BLOCK
@@ -254,8 +253,8 @@ T_ZS, T_THR, T_BAND, T_LINE0, LINE_Q = 0, 1, 2, 3, 8
 def _first_q(kind, a, b):
     """The least integer 4x peak q in [_Q_LO, _Q_HI] (_Q_HI + 1 if none) for which the float64 predicate
     ``kind`` of ``best = q * 0.25`` holds, by bisection: every predicate is monotonic in q (false, then true;
-    the gain b >= 0: trigger.menu checks it)
-    and is written exactly as the scalar decisions compute it, so ``q >= result`` is the same decision:
+    the gain b >= 0: trigger.menu checks it) and is written exactly as the scalar decisions compute it, so
+    ``q >= result`` is the same decision:
     0: best >= a; 1: best * AMP_BOUND >= a; 2: best * b > a; 3: best * AMP_BOUND * b >= a;
     4: best * AMP_BOUND * b > a; 5: best * b >= a."""
     lo = _Q_LO
@@ -288,7 +287,7 @@ def _q_thresholds(params):
     integer thresholds on q (int32): T_ZS (``best >= zs``), T_THR (``best >= thr``), T_BAND (``best *
     AMP_BOUND >= thr``), and per energy line n at T_LINE0 + LINE_Q n, for PS then ECAL (gain g, cuts gt, lt)
     of a sum above zs (:func:`_inside` on :func:`trigger.bounds._amp_bounds`): ``lo g > gt``, ``hi g >= lt``,
-    ``hi g > gt``, ``lo g >= lt``; then the verdict (1 or 0, else 2) of a sum below zs (lo = hi = 0)."""
+    ``hi g > gt``, ``lo g >= lt`` (a sum below zs has lo = hi = 0: one verdict per cut, :func:`_decide_sub`)."""
     P = params[0]
     lines = P.lines
     out = np.empty(T_LINE0 + LINE_Q * lines.shape[0], np.int32)
@@ -313,7 +312,7 @@ def _q_thresholds(params):
 @nb.njit(**INLINE)
 def _window_vec(wf, c, q, k, d):
     """(in, out) of counter c's onset and its window, :func:`trigger.bounds._window` on the flat window table
-    ``wf`` (:data:`WINDOW_FLAT`) without branches: neither in its guard band."""
+    ``wf`` (:data:`WINDOW_FLAT`) without branches: both false in its guard band."""
     best = np.float64(q) * 0.25
     x = np.float64(d)
     r = 4 * (NS * c + (k & (NS - 1)))
