@@ -42,6 +42,7 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+from numba.np.arrayobj import populate_array
 
 from detector.channels import ADC_MAX
 
@@ -137,15 +138,29 @@ def _ptr(b: ir.IRBuilder, rec, byte_offset: int, ty: ir.Type):
     return cgutils.pointer_add(b, rec, _const(_I64, byte_offset), return_type=ty.as_pointer())
 
 
-@intrinsic
-def record_summary(typingctx, prims, index, lanes, caps):
-    """See the module docstring."""
-    if not (
+def _is_record(prims, index) -> bool:
+    """Are (prims, index) the types of an int16 C-contiguous (N, 6, 32) array and a record index?"""
+    return (
         isinstance(prims, types.Array)
         and prims.dtype == types.int16
         and prims.ndim == 3
         and prims.layout == "C"
         and isinstance(index, types.Integer)
+    )
+
+
+def _record_ptr(context, b: ir.IRBuilder, signature, args):
+    """Pointer to the first byte of record args[1] of the array args[0] (no bounds check)."""
+    arr = context.make_array(signature.args[0])(context, b, args[0])
+    i = context.cast(b, args[1], signature.args[1], types.intp)
+    return cgutils.pointer_add(b, arr.data, b.mul(i, b.extract_value(arr.strides, 0)))
+
+
+@intrinsic
+def record_summary(typingctx, prims, index, lanes, caps):
+    """See the module docstring."""
+    if not (
+        _is_record(prims, index)
         and isinstance(lanes, types.Array)
         and lanes.dtype == types.int32
         and lanes.ndim == 1
@@ -159,9 +174,7 @@ def record_summary(typingctx, prims, index, lanes, caps):
     sig = SUMMARY(prims, index, lanes, caps)
 
     def codegen(context, b, signature, args):
-        arr = context.make_array(signature.args[0])(context, b, args[0])
-        i = context.cast(b, args[1], signature.args[1], types.intp)
-        rec = cgutils.pointer_add(b, arr.data, b.mul(i, b.extract_value(arr.strides, 0)))
+        rec = _record_ptr(context, b, signature, args)
         cap = context.make_array(signature.args[3])(context, b, args[3]).data
         halves, peaks, ingate = [], [], []
         zero16 = _const(_W16, [0] * 16)
@@ -234,27 +247,86 @@ def record_summary_numpy(
     return out
 
 
+def _prefetch_typer(locality: int):
+    """The typer of an intrinsic that prefetches (read) the cache lines of record ``index`` of p with LLVM's
+    ``locality`` (3: into every cache level, 2: not into L1); an index beyond the array is harmless (a
+    prefetch never faults)."""
+
+    def typer(typingctx, prims, index):
+        if not (isinstance(prims, types.Array) and prims.ndim == 3 and isinstance(index, types.Integer)):
+            return None
+        sig = types.void(prims, index)
+
+        def codegen(context, b, signature, args):
+            rec = _record_ptr(context, b, signature, args)
+            i8p = ir.IntType(8).as_pointer()
+            fn = cgutils.get_or_insert_function(
+                b.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]), "llvm.prefetch.p0"
+            )
+            n_lines = prims.dtype.bitwidth // 8 * N_CHANNELS * N_SAMPLES // 64
+            for line in range(n_lines):
+                ptr = cgutils.pointer_add(b, rec, _const(_I64, 64 * line), return_type=i8p)
+                b.call(fn, [ptr, _const(_I32, 0), _const(_I32, locality), _const(_I32, 1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return typer
+
+
+#: ``prefetch_record(p, index)``: software prefetch of record ``index`` of p into all cache levels
+prefetch_record = intrinsic(_prefetch_typer(3))
+#: ``prefetch_record_l2(p, index)``: the same into L2, not L1: a prefetch far ahead then evicts nothing the
+#: current records still need from L1
+prefetch_record_l2 = intrinsic(_prefetch_typer(2))
+
+
 @intrinsic
-def prefetch_record(typingctx, prims, index):
-    """Software prefetch (read, into all cache levels) of the cache lines of record ``index`` of p; an
-    index beyond the array is harmless (a prefetch never faults)."""
-    if not (isinstance(prims, types.Array) and prims.ndim == 3 and isinstance(index, types.Integer)):
+def neighbour_diffs(typingctx, prims, index, k0, k1, k2):
+    """``(w[k+1] - w[k-1])`` of channels 0, 1, 2 of record ``index`` (raw int16 samples w, peak samples
+    k0, k1, k2 in 0..31, the neighbours clamped to the record: :func:`trigger.bounds._neighbours`) as an
+    int32 3-tuple; p and the index as :func:`record_summary` takes them (not bounds-checked). Loads at
+    computed addresses, without the index arithmetic of numba's array indexing."""
+    if not (_is_record(prims, index) and all(isinstance(k, types.Integer) for k in (k0, k1, k2))):
         return None
-    sig = types.void(prims, index)
+    sig = types.UniTuple(types.int32, 3)(prims, index, k0, k1, k2)
 
     def codegen(context, b, signature, args):
-        arr = context.make_array(signature.args[0])(context, b, args[0])
-        i = context.cast(b, args[1], signature.args[1], types.intp)
-        stride = b.extract_value(arr.strides, 0)
-        rec = cgutils.pointer_add(b, arr.data, b.mul(i, stride))
-        i8p = ir.IntType(8).as_pointer()
-        fn = cgutils.get_or_insert_function(
-            b.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]), "llvm.prefetch.p0"
-        )
-        n_lines = prims.dtype.bitwidth // 8 * N_CHANNELS * N_SAMPLES // 64
-        for line in range(n_lines):
-            ptr = cgutils.pointer_add(b, rec, _const(_I64, 64 * line), return_type=i8p)
-            b.call(fn, [ptr, _const(_I32, 0), _const(_I32, 3), _const(_I32, 1)])
-        return context.get_dummy_value()
+        rec = _record_ptr(context, b, signature, args)
+        i16p = _I16.as_pointer()
+        out = []
+        for c in range(N_COUNTERS):
+            k = context.cast(b, args[2 + c], signature.args[2 + c], types.int64)
+            up = _smin(b, b.add(k, _const(_I64, 1)), _const(_I64, N_SAMPLES - 1))
+            dn = _smax(b, b.sub(k, _const(_I64, 1)), _const(_I64, 0))
+            base = _const(_I64, 2 * N_SAMPLES * c)
+            wp = b.load(cgutils.pointer_add(b, rec, b.add(base, b.shl(up, _const(_I64, 1))), return_type=i16p), align=2)
+            wm = b.load(cgutils.pointer_add(b, rec, b.add(base, b.shl(dn, _const(_I64, 1))), return_type=i16p), align=2)
+            out.append(b.sub(b.sext(wp, _I32), b.sext(wm, _I32)))
+        return context.make_tuple(b, signature.return_type, out)
+
+    return sig, codegen
+
+
+@intrinsic
+def stack_f64(typingctx, n):
+    """A 1-d float64 array of ``n`` (a literal int) elements, uninitialised, in the caller's stack frame (no
+    meminfo: only for kernels without NRT, and it must not outlive the caller). LLVM sees that its data
+    aliases no array argument, so a loop that reads it at data-dependent indices (a table look-up) and
+    stores into argument arrays still vectorises (gathers): with an argument array as the table the loop
+    vectoriser needs run-time alias checks it cannot form for indirect loads, and gives up."""
+    if not isinstance(n, types.IntegerLiteral) or n.literal_value <= 0:
+        return None
+    size = n.literal_value
+    aryty = types.Array(types.float64, 1, "C")
+    sig = aryty(n)
+
+    def codegen(context, b, signature, args):
+        ary = context.make_array(aryty)(context, b)
+        data = cgutils.alloca_once(b, context.get_data_type(types.float64), size=size)
+        itemsize = context.get_constant(types.intp, 8)
+        shape = [context.get_constant(types.intp, size)]
+        populate_array(ary, data=data, shape=shape, strides=[itemsize], itemsize=itemsize, meminfo=None)
+        return ary._getvalue()
 
     return sig, codegen

@@ -1,27 +1,32 @@
 """Pass A of the waveform entry (online): per record, the raw bits (:mod:`trigger.params`) from the int16
 primitives (N, 6, 32), reconstructing a channel only as far as the decision needs (:mod:`trigger.bounds`).
-A block runs in sub-blocks of :data:`SUB_BLOCK` records, each in two loops:
+A block runs in sub-blocks of :data:`SUB_BLOCK` records, their summaries in the columns of a small int32
+buffer (structure of arrays, L1-resident):
 
 * the summaries: :func:`trigger.simd.record_summary` of every record (explicit LLVM vectors, the six
-  channels reduced together) into a small int32 buffer: the exact peak of each channel above its
-  calibrated pedestal (not a baseline from the record's first samples, which can sit on an earlier
-  particle's tail: :mod:`trigger.menu`) within its gate (counter gate, the sums' energy gate), the peak sample of
-  S1..S3 and the saturation bits. A loop without branches: the CPU overlaps many records;
-* the decisions, from the buffer (a record's decision no longer waits for its own summary's latency), the
-  next sub-block's cache lines prefetched meanwhile (so that the memory stream runs under the decisions):
-  the common record by :func:`_fast_bits` (no saturated counter, counter amplitudes decided on their bounds
-  or in AMP_BOUND's band on the neighbour ratio, S1..S3 windows on the window table, V1's onset computed
-  only when V1 is above threshold in a PiSi record), every other record by the general path
-  :func:`_record_bits` (a call: the exact reconstruction where the bounds do not tell);
-* PS/ECAL only for PiSi records, and only as far as the menu's energy lines need (:func:`_pisi_bits`, shared
-  by both paths): each line's cuts are decided on the amplitude bounds, in the rare undecided case by a
-  call that refines them by the neighbour ratio, exactly if still undecided.
+  channels reduced together): the exact peak of each channel above its calibrated pedestal (not a
+  baseline from the record's first samples, which can sit on an earlier particle's tail:
+  :mod:`trigger.menu`) within its gate (counter gate, the sums' energy gate), the peak sample of S1..S3 and
+  the saturation bits. A loop without branches (the CPU overlaps many records) that prefetches the records
+  :data:`PREFETCH_AHEAD` ahead into L2; then the counters' neighbour differences
+  (:func:`trigger.simd.neighbour_diffs`);
+* the decisions of the common records, several records at a time (:func:`_decide_sub`: loops over the
+  columns that LLVM vectorises): the counters on integer thresholds of their peaks (:func:`_q_thresholds`,
+  exactly the float compares of the scalar path), those in AMP_BOUND's band on the neighbour ratio (a short
+  scalar loop: few records), S1..S3 windows on the window table (gathers from a stack copy), PiSi, EOT and
+  each energy line on the PS/ECAL amplitude bounds, and a mask of the records these do not decide;
+* the general path :func:`_record_bits` (a call: the exact reconstruction where the bounds do not tell)
+  for the masked records: saturated counters, an amplitude or onset in a guard band, V1 above threshold in
+  a PiSi record (its onset), an energy line's cut within a sum's bounds (:func:`_pisi_bits`: refined by the
+  neighbour ratio, exactly if still undecided).
 
 Every record needs its PiSi and EOT bits (the scalers, the beam line), so the counters' windows are decided
 for every record with S1..S3 above threshold whatever its energy. Numba notes (measured on this code,
 docs/performance.md): block loops run over block views from index 0 (no negative-index wraparound code,
 which otherwise blocks vectorisation); the line loop's trip count is the parameter record's line count, a
-compile-time constant; the decisions written without branches (selects) were slower than with them.
+compile-time constant; a table the vectorised loops look up at data-dependent indices must not be an
+argument array (the loop vectoriser cannot check it against the stores and gives up): the window table is
+copied per block into a stack array (:func:`trigger.simd.stack_f64`).
 """
 
 from __future__ import annotations
@@ -30,11 +35,22 @@ import numba as nb
 import numpy as np
 
 from .accept import BLOCK, block_counts
-from .bounds import AMP_BOUND, _amp_bounds, _amp_range, _decide, _neighbours, _s_fit, _sum_amp_range, _window, exact
+from .bounds import (
+    AMP_BOUND,
+    NS,
+    _amp_bounds,
+    _amp_range,
+    _decide,
+    _neighbours,
+    _s_fit,
+    _sum_amp_range,
+    _window,
+    exact,
+)  # fmt: skip
 from .jit import INLINE, JIT, JIT_NONRT
 from .menu import ECAL_INDEX, PS_INDEX
 from .params import RB_EOT, RB_LINE0, RB_PISI
-from .simd import prefetch_record, record_summary
+from .simd import neighbour_diffs, prefetch_record_l2, record_summary, stack_f64
 
 
 @nb.njit(**INLINE)
@@ -213,66 +229,199 @@ def _record_bits(p, i, params, rw, q0, q1, q2, q3, qp, qe, k0, k1, k2, sat):
     return r
 
 
-@nb.njit(**INLINE)
-def _counter_bound(p, i, c, k, q, thr, zs):
-    """(above threshold, decided) of the unsaturated counter c of record i (peak sample k, 4x peak value q)
-    on its amplitude bounds, in AMP_BOUND's band on the neighbour ratio (:func:`_s_counter` without the
-    exact reconstruction)."""
-    best = q * 0.25
-    sig = best >= zs
-    up = sig & (best >= thr)
-    ok = up | (not sig) | (best * AMP_BOUND < thr)
-    if not ok:
-        lo, hi = _amp_range(p, i, c, k, q)
-        below = _decide(lo, hi, 1.0, thr, False)  # 1: A < thr, 0: A >= thr, 2: too close
-        up = below == 0
-        ok = below != 2
-    return up, ok
-
-
-@nb.njit(**INLINE)
-def _fast_bits(p, i, P, rw, q0, q1, q2, q3, qp, qe, k0, k1, k2, sat, pisi_lines, eot_lines):
-    """(raw bits, decided) of record i from its summary, for the common records: no saturated counter,
-    every amplitude and onset decided on its bounds, the onsets of S1..S3 from the summary's peak
-    samples. Not decided: the caller takes :func:`_record_bits`."""
-    thr = P.thr_adc
-    zs = P.zs_adc
-    a0, ok0 = _counter_bound(p, i, np.int64(0), k0, q0, thr, zs)
-    a1, ok1 = _counter_bound(p, i, np.int64(1), k1, q1, thr, zs)
-    a2, ok2 = _counter_bound(p, i, np.int64(2), k2, q2, thr, zs)
-    v = q3 * 0.25
-    a3 = (v >= zs) & (v >= thr)
-    ok = ok0 & ok1 & ok2 & (a3 | (v < zs) | (v * AMP_BOUND < thr)) & ((sat & 15) == 0)
-    r = np.int64(a0) | (np.int64(a1) << 1) | (np.int64(a2) << 2) | (np.int64(a3) << 3)
-    if ok and a0 & a1 & a2:
-        d0 = _s_window(p, i, np.int64(0), k0, q0, False, 0.0, rw, 0.0, 0.0)
-        d1 = _s_window(p, i, np.int64(1), k1, q1, False, 0.0, rw, 0.0, 0.0)
-        d2 = _s_window(p, i, np.int64(2), k2, q2, False, 0.0, rw, 0.0, 0.0)
-        ok = (d0 | d1 | d2) < 2
-        if ok and (d0 & d1 & d2) == 1:
-            r |= _pisi_bits(p, i, P, a3, False, 0.0, sat, qp, qe, pisi_lines, eot_lines)
-    return r, ok
-
-
 #: records per sub-block: the summaries of a sub-block are computed first (a loop without branches), then
-#: the decisions read them back (their buffer, SUB_BLOCK x 64 bytes, stays in L1); the decisions prefetch the
-#: next sub-block's records (SUB_BLOCK x 384 bytes ahead: 64 measured as good as 256 and 1024 in cache, a
-#: little better on a whole spill)
+#: decided from the buffer (its columns, SUMMARY_COLUMNS x SUB_BLOCK int32, stay in L1)
 SUB_BLOCK = 64
-#: int32 columns of a summary row (the ten values of :func:`trigger.simd.record_summary`, padded)
+#: records ahead that the summaries prefetch into L2 (into L1 they would evict the sub-block being decided)
+PREFETCH_AHEAD = 4 * SUB_BLOCK
+#: int32 columns of the sub-block buffer: Q0..Q_E the six channels' 4x peaks, K0..K2 the counters' peak
+#: samples, SAT the saturation bits, D0..D2 the counters' neighbour differences w[k+1] - w[k-1] (clamped at
+#: the edges, as :func:`trigger.bounds._neighbours`), R the raw bits decided, U 1 where not decided, BAND
+#: bit c where counter c's amplitude bounds straddle the threshold
+Q0, Q_PS, Q_E, K0, SAT, D0, COL_R, COL_U, COL_BAND = 0, 4, 5, 6, 9, 10, 13, 14, 15
 SUMMARY_COLUMNS = 16
+#: the window table as the decisions read it: (3 * NS * 4,), row 4 (NS c + k) for counter c, sample k
+WINDOW_FLAT = 3 * NS * 4
+#: range of the 4x peaks (int16 samples, pedestal sums within +-2^17: trigger.simd.PED_BOUND) searched for
+#: the integer thresholds
+_Q_LO, _Q_HI = -(1 << 20), 1 << 20
+#: the integer thresholds (:func:`_q_thresholds`): the counters', then per energy line LINE_Q of them
+T_ZS, T_THR, T_BAND, T_LINE0, LINE_Q = 0, 1, 2, 3, 8
 
 
 @nb.njit(**JIT_NONRT)
-def _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf):
+def _first_q(kind, a, b):
+    """The least integer 4x peak q in [_Q_LO, _Q_HI] (_Q_HI + 1 if none) for which the float64 predicate
+    ``kind`` of ``best = q * 0.25`` holds, by bisection: every predicate is monotonic in q (false, then true;
+    the gain b >= 0: trigger.menu checks it) and is written exactly as the scalar decisions compute it, so
+    ``q >= result`` is the same decision:
+    0: best >= a; 1: best * AMP_BOUND >= a; 2: best * b > a; 3: best * AMP_BOUND * b >= a;
+    4: best * AMP_BOUND * b > a; 5: best * b >= a."""
+    lo = _Q_LO
+    hi = _Q_HI + 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        best = mid * 0.25
+        if kind == 0:
+            t = best >= a
+        elif kind == 1:
+            t = best * AMP_BOUND >= a
+        elif kind == 2:
+            t = best * b > a
+        elif kind == 3:
+            t = best * AMP_BOUND * b >= a
+        elif kind == 4:
+            t = best * AMP_BOUND * b > a
+        else:
+            t = best * b >= a
+        if t:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@nb.njit(**JIT)
+def _q_thresholds(params):
+    """The decisions on a 4x peak q that the common path makes as float64 compares of ``best = q / 4``, as
+    integer thresholds on q (int32): T_ZS (``best >= zs``), T_THR (``best >= thr``), T_BAND (``best *
+    AMP_BOUND >= thr``), and per energy line n at T_LINE0 + LINE_Q n, for PS then ECAL (gain g, cuts gt, lt)
+    of a sum above zs (:func:`_inside` on :func:`trigger.bounds._amp_bounds`): ``lo g > gt``, ``hi g >= lt``,
+    ``hi g > gt``, ``lo g >= lt`` (a sum below zs has lo = hi = 0: one verdict per cut, :func:`_decide_sub`)."""
+    P = params[0]
+    lines = P.lines
+    out = np.empty(T_LINE0 + LINE_Q * lines.shape[0], np.int32)
+    # the kind as a run-time integer: a literal argument compiles _first_q once per kind
+    out[T_ZS] = _first_q(np.int64(0), P.zs_adc, 0.0)
+    out[T_THR] = _first_q(np.int64(0), P.thr_adc, 0.0)
+    out[T_BAND] = _first_q(np.int64(1), P.thr_adc, 0.0)
+    for n in range(lines.shape[0]):
+        ln = lines[n]
+        for h in range(2):
+            g = P.gev_ps if h == 0 else P.gev_ecal
+            gt = ln.ps_gt if h == 0 else ln.ec_gt
+            lt = ln.ps_lt if h == 0 else ln.ec_lt
+            o = T_LINE0 + LINE_Q * n + 4 * h
+            out[o] = _first_q(np.int64(2), gt, g)  # lo g > gt
+            out[o + 1] = _first_q(np.int64(3), lt, g)  # hi g >= lt: not (hi g < lt)
+            out[o + 2] = _first_q(np.int64(4), gt, g)  # hi g > gt: not (hi g <= gt)
+            out[o + 3] = _first_q(np.int64(5), lt, g)  # lo g >= lt
+    return out
+
+
+@nb.njit(**INLINE)
+def _window_vec(wf, c, q, k, d):
+    """(in, out) of counter c's onset and its window, :func:`trigger.bounds._window` on the flat window table
+    ``wf`` (:data:`WINDOW_FLAT`) without branches: both false in its guard band."""
+    best = np.float64(q) * 0.25
+    x = np.float64(d)
+    r = 4 * (NS * c + (k & (NS - 1)))
+    inw = (best * wf[r] <= x) & (x <= best * wf[r + 1])
+    out = (x < best * wf[r + 2]) | (x > best * wf[r + 3])
+    return inw, out
+
+
+@nb.njit(**INLINE)
+def _inside_q(q, s, tzs, t0, t1, t2, t3, zero_d):
+    """:func:`_inside` of a sum (4x peak q, saturated s) on its amplitude bounds, from the integer
+    thresholds tzs, t0..t3 (:func:`_q_thresholds`) and the verdict ``zero_d`` below zs: flags (1, 2, 0)."""
+    sig = q >= tzs
+    one = (q >= t0) & (q < t1)
+    zero = (not one) & ((q < t2) | (q >= t3))
+    one = (sig & one) | ((not sig) & (zero_d == 1))
+    zero = (sig & zero) | ((not sig) & (zero_d == 0))
+    return one & (not s), ((not one) & (not zero)) | s, zero & (not s)
+
+
+@nb.njit(**INLINE)
+def _decide_sub(p, s0, buf, ns, P, wf, qt):
+    """The raw bits of the common records of sub-block s0 (``ns`` records) from the buffer's summaries into
+    column COL_R, and COL_U = 1 for the records these bounds do not decide (a saturated counter, an amplitude
+    or onset in a guard band, V1 above threshold in a PiSi record: its onset; an energy line's cut within
+    a sum's bounds or a saturated sum): :func:`_record_bits` decides those. Counted loops over the int32
+    columns without branches or calls, so that LLVM vectorises them (the counters; their windows, PiSi and
+    EOT; one loop per energy line), comparing the peaks with integer thresholds (``qt``:
+    :func:`_q_thresholds`) and the neighbour ratios with the window table (``wf``: :data:`WINDOW_FLAT`, a
+    stack array: :func:`trigger.simd.stack_f64`); a scalar loop between them decides the counters in
+    AMP_BOUND's band (few records) on the neighbour ratio."""
+    thr = P.thr_adc
+    q0, q1, q2, q3, qp, qe = buf[Q0], buf[Q0 + 1], buf[Q0 + 2], buf[Q0 + 3], buf[Q_PS], buf[Q_E]
+    k0, k1, k2, sb = buf[K0], buf[K0 + 1], buf[K0 + 2], buf[SAT]
+    e0, e1, e2 = buf[D0], buf[D0 + 1], buf[D0 + 2]
+    rb, ub, bb = buf[COL_R], buf[COL_U], buf[COL_BAND]
+    tzs, tthr, tband = qt[T_ZS], qt[T_THR], qt[T_BAND]
+    for j in range(ns):  # counters on their bounds
+        c0, c1, c2, v = q0[j], q1[j], q2[j], q3[j]
+        up0 = (c0 >= tzs) & (c0 >= tthr)
+        up1 = (c1 >= tzs) & (c1 >= tthr)
+        up2 = (c2 >= tzs) & (c2 >= tthr)
+        n0 = (c0 >= tzs) & (not up0) & (c0 >= tband)
+        n1 = (c1 >= tzs) & (not up1) & (c1 >= tband)
+        n2 = (c2 >= tzs) & (not up2) & (c2 >= tband)
+        a3 = (v >= tzs) & (v >= tthr)
+        ok3 = a3 | (v < tzs) | (v < tband)
+        rb[j] = np.int32(up0) | (np.int32(up1) << 1) | (np.int32(up2) << 2) | (np.int32(a3) << 3)
+        bb[j] = np.int32(n0) | (np.int32(n1) << 1) | (np.int32(n2) << 2)
+        ub[j] = np.int32((not ok3) | ((sb[j] & 15) != 0))
+    for j in range(ns):  # the band: rare, a branch
+        if bb[j] != 0:
+            i = s0 + j
+            r = rb[j]
+            for c in range(3):
+                if (bb[j] >> c) & 1:
+                    lo, hi = _amp_range(p, i, np.int64(c), buf[K0 + c, j], buf[Q0 + c, j])
+                    below = _decide(lo, hi, 1.0, thr, False)  # 1: A < thr, 0: A >= thr, 2: too close
+                    r |= np.int32(below == 0) << c
+                    ub[j] |= np.int32(below == 2)
+            rb[j] = r
+    for j in range(ns):  # windows, PiSi, EOT
+        r = rb[j]
+        w0, o0 = _window_vec(wf, 0, q0[j], k0[j], e0[j])
+        w1, o1 = _window_vec(wf, 1, q1[j], k1[j], e1[j])
+        w2, o2 = _window_vec(wf, 2, q2[j], k2[j], e2[j])
+        cand = ((r & 7) == 7) & (ub[j] == 0)
+        pisi = cand & w0 & w1 & w2
+        a3 = (r & 8) != 0
+        eot = pisi & (not a3)
+        rb[j] = r | (np.int32(pisi) << RB_PISI) | (np.int32(eot) << RB_EOT)
+        # not PiSi is decided when a counter is certainly out; with V1 above threshold EOT needs its onset
+        ub[j] |= np.int32((cand & (not pisi) & (not (o0 | o1 | o2))) | (pisi & a3))
+    lines = P.lines
+    for n in range(lines.shape[0]):
+        ln = lines[n]
+        en = ln.enabled != 0
+        noveto = ln.veto == 0
+        o = T_LINE0 + LINE_Q * n
+        zp = _inside(0.0, 0.0, P.gev_ps, ln.ps_gt, ln.ps_lt)
+        ze = _inside(0.0, 0.0, P.gev_ecal, ln.ec_gt, ln.ec_lt)
+        bit = np.int32(1) << (RB_LINE0 + n)
+        tp0, tp1, tp2, tp3 = qt[o], qt[o + 1], qt[o + 2], qt[o + 3]  # locals: qt might alias the columns
+        te0, te1, te2, te3 = qt[o + 4], qt[o + 5], qt[o + 6], qt[o + 7]
+        for j in range(ns):
+            r = rb[j]
+            s = sb[j]
+            act = ((r & (1 << RB_PISI)) != 0) & en & (((r & (1 << RB_EOT)) != 0) | noveto)
+            p1, p2, p0 = _inside_q(qp[j], (s & (1 << PS_INDEX)) != 0, tzs, tp0, tp1, tp2, tp3, zp)
+            c1, c2, c0 = _inside_q(qe[j], (s & (1 << ECAL_INDEX)) != 0, tzs, te0, te1, te2, te3, ze)
+            ub[j] |= np.int32(act & ((p2 & (not c0)) | (c2 & (not p0))))  # _pisi_bits would call
+            rb[j] = r | (bit if act & p1 & c1 else np.int32(0))
+
+
+@nb.njit(**JIT_NONRT)
+def _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt):
     """Raw bits of the records of block b (into the bit planes ``bits``) and the block's counts, from the
-    waveforms; ``buf``: (SUB_BLOCK, SUMMARY_COLUMNS) int32 scratch for the summaries."""
+    waveforms; ``buf``: (SUMMARY_COLUMNS, SUB_BLOCK) int32 scratch for the summaries; ``qt``: the integer
+    thresholds (:func:`_q_thresholds`)."""
     n = times.shape[0]
     b0 = b * BLOCK
     b1 = min(b0 + BLOCK, n)
     P = params[0]
     lanes, caps = P.ped_lanes, P.gate_caps  # the calibrated pedestals, the channels' gates
-    pisi_lines, eot_lines = _line_kinds(P.lines)
+    wf = stack_f64(WINDOW_FLAT)
+    for c in range(3):
+        for k in range(NS):
+            for col in range(4):
+                wf[4 * (NS * c + k) + col] = rw[c, k, col]
     n_planes = bits.shape[0]
     # block views: loop indices from 0 are provably non-negative (no wraparound code in the hot loop)
     p = p[b0:b1]
@@ -283,18 +432,25 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf):
         s1 = min(s0 + SUB_BLOCK, m)
         for i in range(s0, s1):
             # exact peaks (4x value) of the six channels, peak samples of S1..S3, saturation bits
+            prefetch_record_l2(p, i + PREFETCH_AHEAD)  # beyond the array: harmless
             q0, q1, q2, q3, qp, qe, k0, k1, k2, sat = record_summary(p, i, lanes, caps)
-            row = buf[i - s0]
-            row[0], row[1], row[2], row[3], row[4], row[5] = q0, q1, q2, q3, qp, qe
-            row[6], row[7], row[8], row[9] = k0, k1, k2, sat
+            j = i - s0
+            buf[Q0, j], buf[Q0 + 1, j], buf[Q0 + 2, j], buf[Q0 + 3, j] = q0, q1, q2, q3
+            buf[Q_PS, j], buf[Q_E, j] = qp, qe
+            buf[K0, j], buf[K0 + 1, j], buf[K0 + 2, j], buf[SAT, j] = k0, k1, k2, sat
+        for i in range(s0, s1):  # the counters' neighbours (their loads wait for no summary here)
+            j = i - s0
+            d = neighbour_diffs(p, i, buf[K0, j], buf[K0 + 1, j], buf[K0 + 2, j])
+            buf[D0, j], buf[D0 + 1, j], buf[D0 + 2, j] = d
+        _decide_sub(p, s0, buf, s1 - s0, P, wf, qt)
         for i in range(s0, s1):
-            prefetch_record(p, i + SUB_BLOCK)  # the next sub-block (beyond the array: harmless)
-            row = buf[i - s0]
-            q0, q1, q2, q3, qp, qe = row[0], row[1], row[2], row[3], row[4], row[5]
-            k0, k1, k2, sat = row[6], row[7], row[8], row[9]
-            r, ok = _fast_bits(p, i, P, rw, q0, q1, q2, q3, qp, qe, k0, k1, k2, sat, pisi_lines, eot_lines)
-            if not ok:
-                r = _record_bits(p, i, params, rw, q0, q1, q2, q3, qp, qe, k0, k1, k2, sat)
+            j = i - s0
+            r = np.int64(buf[COL_R, j])
+            if buf[COL_U, j] != 0:
+                r = _record_bits(
+                    p, i, params, rw, buf[Q0, j], buf[Q0 + 1, j], buf[Q0 + 2, j], buf[Q0 + 3, j], buf[Q_PS, j],
+                    buf[Q_E, j], buf[K0, j], buf[K0 + 1, j], buf[K0 + 2, j], buf[SAT, j],
+                )  # fmt: skip
             bv0[i] = np.uint8(r & 255)
             if n_planes > 1:
                 bv1[i] = np.uint8(r >> 8)
@@ -304,14 +460,16 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf):
 @nb.njit(**JIT)
 def wave_pass_a(p, times, prev_t, params, rw, bits, cnt):
     """Pass A of the waveform entry, serial."""
-    buf = np.empty((SUB_BLOCK, SUMMARY_COLUMNS), np.int32)
+    buf = np.empty((SUMMARY_COLUMNS, SUB_BLOCK), np.int32)
+    qt = _q_thresholds(params)
     for b in range(cnt.shape[0]):
-        _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf)
+        _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt)
 
 
 @nb.njit(parallel=True, **JIT)
 def wave_pass_a_par(p, times, prev_t, params, rw, bits, cnt):
     """Pass A of the waveform entry, prange over blocks."""
+    qt = _q_thresholds(params)
     for b in nb.prange(cnt.shape[0]):
-        buf = np.empty((SUB_BLOCK, SUMMARY_COLUMNS), np.int32)
-        _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf)
+        buf = np.empty((SUMMARY_COLUMNS, SUB_BLOCK), np.int32)
+        _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt)
