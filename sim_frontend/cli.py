@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-pty", action="store_true", help="serve HV and table over TCP only (no ptys)")
     p.add_argument(
+        "--digitise-on-demand",
+        action="store_true",
+        help="digitise a spill's trigger primitives when they are first read, not at completion "
+        "(a spill nobody reads costs no digitisation)",
+    )
+    p.add_argument(
         "--block-timeout",
         type=float,
         default=1.0,
@@ -168,7 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         threading.Thread(target=_watch_parent, args=(args.parent_pid, stop), daemon=True).start()
 
     try:
-        emu = Emulator(cfg, calibration, pty=not args.no_pty, faults=faults, block_timeout_s=args.block_timeout)
+        emu = Emulator(
+            cfg,
+            calibration,
+            pty=not args.no_pty,
+            faults=faults,
+            block_timeout_s=args.block_timeout,
+            digitise_on_demand=args.digitise_on_demand,
+        )
     except (ValueError, KeyError) as exc:
         print(f"na64-emulator: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2

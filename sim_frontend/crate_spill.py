@@ -4,7 +4,9 @@ command semantics (:mod:`sim_frontend.emu_msadc`)."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,18 +25,35 @@ class SpillRecord:
     digitised trigger waveforms (N, 6, 32) int16 and ``times`` their arrival times (N,) ns since the
     spill start. ``table`` and ``vmon`` are the HCAL table position and the HV VMON (V, by channel id)
     at spill time; ``scalers`` the hardware counters; ``accepted`` the uploaded accepted list; ``led`` the
-    LED pulses fired in the gap after the flat top (None: no LED pulser)."""
+    LED pulses fired in the gap after the flat top (None: no LED pulser).
+
+    Digitised on demand (the emulator's ``--digitise-on-demand``): ``primitives`` and ``times`` are None
+    and ``digitise()`` makes them (the same numbers: they depend only on the spill, its deposits and its HV
+    snapshot) the first time a reader asks for them (:meth:`trigger_primitives`); a spill nobody reads is
+    never digitised. Everything else (deposits, scalers, ``SPIL:INFO?``) is the same either way."""
 
     spill: Any
     deposits: Any
-    primitives: np.ndarray
-    times: np.ndarray
+    primitives: np.ndarray | None
+    times: np.ndarray | None
     table: dict[str, Any]
     vmon: np.ndarray
     scalers: dict[str, int]
     complete_unix: float = field(default_factory=time.time)
     accepted: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint32))
     led: LedEvents | None = None
+    digitise: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False, compare=False)
+    _digitising: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def trigger_primitives(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(primitives, times)``, digitised now if the spill was kept undigitised."""
+        with self._digitising:
+            if self.primitives is None or self.times is None:
+                assert self.digitise is not None, "a spill record without primitives and without a digitiser"
+                prim, times = self.digitise()
+                self.primitives = np.ascontiguousarray(prim, dtype="<i2")
+                self.times = np.ascontiguousarray(times, dtype="<f8")
+            return self.primitives, self.times
 
     @property
     def n_led(self) -> int:
@@ -46,6 +65,8 @@ class SpillRecord:
 
     @property
     def particles(self) -> int:
+        if self.primitives is None:
+            return int(self.spill.truth.shape[0])
         return int(self.primitives.shape[0])
 
     def info(self) -> dict[str, Any]:

@@ -656,12 +656,12 @@ class MSADCCrate:
     def _prim_data(self, args: list[str]) -> BinaryReply:
         rec, args = self._spill_arg(args, 2, "PRIM:DATA?")
         first, count = self._range(args, rec.particles, "PRIM:DATA?")
-        return BinaryReply(rec.primitives[first : first + count])
+        return BinaryReply(rec.trigger_primitives()[0][first : first + count])
 
     def _prim_time(self, args: list[str]) -> BinaryReply:
         rec, args = self._spill_arg(args, 2, "PRIM:TIME?")
         first, count = self._range(args, rec.particles, "PRIM:TIME?")
-        return BinaryReply(np.ascontiguousarray(rec.times[first : first + count], dtype="<f8"))
+        return BinaryReply(np.ascontiguousarray(rec.trigger_primitives()[1][first : first + count], dtype="<f8"))
 
     def _acc_data(self, payload: bytes) -> None:
         rec = self._selected_record()

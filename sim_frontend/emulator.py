@@ -15,7 +15,8 @@ Spill flow. When a spill arrives on the feed, the emulator takes a snapshot of t
 every HV VMON (the "spill time" state the detector response and the gains depend on), tells the crate
 the beam is on (``SPIL:STAT?`` = ``SPILL``) and hands the spill to a worker thread, which runs the
 detector response (``response.apply_response``), the trigger-primitive digitisation
-(``Digitizer.primitives``) and the hardware scalers. The spill completes ``length_s`` after its arrival
+(``Digitizer.primitives``; with ``digitise_on_demand`` only when a reader first asks for the primitives)
+and the hardware scalers. The spill completes ``length_s`` after its arrival
 (or when the work is done, if later): it is pushed into the crate's ring of ``emulator.spill_buffer``
 spills and the state becomes ``GAP``. The SCPI, serial and control servers run in their own threads and
 stay responsive while a large spill is processed.
@@ -188,6 +189,10 @@ class Emulator:
         Fault tables activated at start, in addition to ``cfg.emulator.faults``.
     block_timeout_s:
         Silence (s) after which an incomplete binary upload to the crate counts as truncated (``-160``).
+    digitise_on_demand:
+        Digitise a spill's trigger primitives when a reader first asks for them (``PRIM:DATA?``,
+        ``PRIM:TIME?``), not when it completes: a spill nobody reads (a calibration DAQ skips the
+        full-intensity ones) costs no digitisation. Deposits, scalers and ``SPIL:INFO?`` are unchanged.
 
     ``start()`` binds every server and returns :meth:`endpoints`; ``stop()`` closes everything
     (threads joined, sockets and pty fds closed, the feed child process ended). Also a context manager.
@@ -201,8 +206,10 @@ class Emulator:
         pty: bool = True,
         faults: Sequence[Mapping[str, Any]] = (),
         block_timeout_s: float = 1.0,
+        digitise_on_demand: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.digitise_on_demand = bool(digitise_on_demand)
         self.calibration = calibration if calibration is not None else load_calibration(cfg)
         self.host = cfg.endpoints.host
         if not (self.host.startswith("127.") or self.host == "localhost"):
@@ -308,6 +315,7 @@ class Emulator:
         record = self.process_spill(
             spill, {"x_mm": 0.0, "y_mm": 0.0, "module": -1, "cell": "PHYSICS"}, self.digitizer.nominal_vmon()
         )
+        record.trigger_primitives()
         self.digitizer.events(spill, record.deposits, np.arange(2), record.vmon)
         record.accepted = np.arange(2, dtype=np.uint32)
         self.mm.block(record, 0, 2)  # the Micromegas strip kernels
@@ -521,18 +529,21 @@ class Emulator:
         t0 = time.monotonic()
         tab = {k: table[k] for k in ("x_mm", "y_mm", "module", "cell") if k in table}
         dep = apply_response(spill, self.cfg, tab)
-        prim, times = self.digitizer.primitives(spill, dep, vmon)
-        scalers = self.scalers(spill, dep)
-        self.stats["last_processing_s"] = time.monotonic() - t0
-        return SpillRecord(
+        vmon = np.asarray(vmon, dtype=np.float64).copy()
+        record = SpillRecord(
             spill=spill,
             deposits=dep,
-            primitives=np.ascontiguousarray(prim, dtype="<i2"),
-            times=np.ascontiguousarray(times, dtype="<f8"),
+            primitives=None,
+            times=None,
             table=dict(table),
-            vmon=np.asarray(vmon, dtype=np.float64).copy(),
-            scalers=scalers,
+            vmon=vmon,
+            scalers=self.scalers(spill, dep),
+            digitise=lambda: self.digitizer.primitives(spill, dep, vmon),
         )
+        if not self.digitise_on_demand:
+            record.trigger_primitives()
+        self.stats["last_processing_s"] = time.monotonic() - t0
+        return record
 
     def fire_led(self, record: SpillRecord) -> None:
         """The LED pulses of the gap after the flat top of ``record`` (none without the pulser), with the

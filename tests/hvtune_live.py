@@ -25,14 +25,19 @@ CALIBRATION_BENCH = {
 }
 
 
-#: the same bench at the emulator's full default intensity (5e6 particles per spill at the physics
+#: the tests' bench: the calibration bench with the supply's fastest ramps (500 V/s, the upper bound of
+#: hv.ramp_up_v_per_s), so that a one-step ramp adds less to a measurement's readout and fit before the
+#: next spill; the cycle, the hidden gains, the calibration beam and the statistics per point are the bench's
+HVTUNE_TEST_BENCH = {
+    **CALIBRATION_BENCH,
+    "emulator": {**CALIBRATION_BENCH["emulator"], "hv_rup_v_per_s": 500.0, "hv_rdw_v_per_s": 500.0},
+    "hv": {**CALIBRATION_BENCH["hv"], "ramp_up_v_per_s": 500.0, "ramp_down_v_per_s": 500.0},
+}
+
+#: the tests' bench at the emulator's full default intensity (5e6 particles per spill at the physics
 #: position, where the table starts); only the cycle, the ramps, the table and the calibration beam are
 #: the bench's
-FULL_INTENSITY_BENCH = {
-    **CALIBRATION_BENCH,
-    "spill": {"length_s": 0.3, "supercycle_s": 1.0},
-    "beam": {"calibration_particles_per_spill": 2500.0},
-}
+FULL_INTENSITY_BENCH = {**HVTUNE_TEST_BENCH, "beam": {"calibration_particles_per_spill": 2500.0}}
 
 
 def hv_tune_command(tmp: pathlib.Path, emu: Any, modules: str, extra: list[str] | None = None) -> list[str]:

@@ -44,7 +44,9 @@ def _done_cells(path) -> int:
 def test_hv_tune_at_full_intensity_survives_sigterm_and_resumes(tmp_path):
     ensure_kernels_cached()
     state_path = tmp_path / "logbook.txt.campaign.json"
-    with start_emulator(tmp_path, FULL_INTENSITY_BENCH, base=None) as emu:
+    # the crate digitises a spill's trigger primitives when they are read: the full-intensity spills at home,
+    # which the calibration DAQ skips unread, cost their simulation and scalers but no digitisation
+    with start_emulator(tmp_path, FULL_INTENSITY_BENCH, base=None, extra_args=["--digitise-on-demand"]) as emu:
         assert emu.state()["table"]["cell"] == "PHYSICS"
         cmd = hv_tune_command(tmp_path, emu, "0,1,2,3")
         first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from hvtune_live import run_campaign
+from hvtune_live import HVTUNE_TEST_BENCH, run_campaign
 
 from detector import channels as chmap
 from detector.config import load_calibration, load_config
@@ -39,7 +39,7 @@ def assert_hv_programmed_first(hv_log: list[dict], config_path) -> None:
 
 @pytest.mark.slow
 def test_one_cell_programs_the_hv_first_and_converges(tmp_path):
-    r = run_campaign(tmp_path, "0", extra=["--cells", "1-1-0"])
+    r = run_campaign(tmp_path, "0", extra=["--cells", "1-1-0"], bench=HVTUNE_TEST_BENCH)
     assert r["returncode"] == 0, r["stdout"][-3000:] + r["stderr"][-3000:]
     assert r["campaign"]["cells"]["1-1-0"]["status"] == "done"
     assert_hv_programmed_first(r["hv_log"], r["config_path"])
@@ -77,7 +77,7 @@ def check_against_hidden_gains(config_path, final_hv: dict[int, float]) -> None:
 
 @pytest.mark.slow
 def test_all_36_hcal_cells_equalised_in_at_most_3_iterations(tmp_path):
-    r = run_campaign(tmp_path, "0,1,2,3")
+    r = run_campaign(tmp_path, "0,1,2,3", bench=HVTUNE_TEST_BENCH)
     assert r["returncode"] == 0, r["stdout"][-3000:] + r["stderr"][-3000:]
     cells = r["campaign"]["cells"]
     assert len(cells) == 36
