@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from detector.config import Calibration, Config, dump_toml
-from detector.gate import in_time_gate
 from detector.records import INCOMPLETE_SPILL_FLAGS
 from detector.spillfile import estimated_size
 
@@ -264,15 +263,14 @@ class DAQ:
             calibration_mode=self.calibration_mode,
             release=self.events.release,
             spectrometer=MonitorWorker.geometry(self.cfg),
-            gate=in_time_gate(self.calibration, self.cfg),
+            gate=MonitorWorker.event_gate(self.cfg, self.calibration),
         )
         self.monitor_worker.start()
 
     def _claim_crate(self) -> None:
-        """Open the crate and take its data commands (``SYST:LOCK``). A refusal is retried for
-        :data:`LOCK_WAIT_S` (the lock of a DAQ that died expires in the crate), then raised
-        (:class:`MSADCLockedError`: na64-daq exits naming the owner). A crate not reachable yet is left to
-        :meth:`_connect_crate`."""
+        """Open the crate and take its data commands (``SYST:LOCK``). A refusal is retried for :data:`LOCK_WAIT_S` (the
+        lock of a DAQ that died expires in the crate), then raised (:class:`MSADCLockedError`: na64-daq exits naming the
+        owner). A crate not reachable yet is left to :meth:`_connect_crate`."""
         assert self.crate is not None
         deadline = time.monotonic() + LOCK_WAIT_S
         while True:

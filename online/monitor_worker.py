@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from detector.config import Calibration
+from detector.gate import in_time_gate
 from detector.settings import Config
 from detector.spillfile import SpillContent
 from detector.tracking import Spectrometer
@@ -59,6 +61,11 @@ class MonitorWorker(threading.Thread):
     def geometry(cfg: Config) -> Spectrometer:
         """The tracker geometry of a configuration (the ``spectrometer`` argument)."""
         return Spectrometer.from_config(cfg)
+
+    @staticmethod
+    def event_gate(cfg: Config, calibration: Calibration) -> tuple[np.ndarray, np.ndarray]:
+        """Each channel's samples of the event's own pulse (the ``gate`` argument): the offline event gate."""
+        return in_time_gate(calibration, cfg)
 
     def submit(self, spill: int, content: SpillContent, info: dict[str, Any], base: np.ndarray | None = None) -> None:
         """Queue a spill for monitoring; a spill still waiting is replaced (and counted as skipped).
