@@ -10,15 +10,15 @@ project is defined; it sets ``NUMBA_CACHE_DIR`` (inherited by the DAQ and emulat
 importing numba, and numba's live setting if numba is already imported. A ``NUMBA_CACHE_DIR`` set by the
 user (not by this module) wins.
 
-Numba compiles a cached function and writes its cache files without any lock between processes. Two
-processes compiling at the same time (the parallel kernel warm-up of ``tasks.py``, two pytest workers, the DAQ
-and the emulator starting together, Dask workers) can leave an entry that crashes every process that loads it
-later with a segmentation fault (numba issues 4807 and 10128; seen here: `tracking._reco_kernel` written during
-a parallel warm-up segfaulted in every later process until the cache was rebuilt). :func:`install_compile_lock`
-makes numba's in-process compiler lock also hold an exclusive ``flock`` on a file in the cache directory, so
-that only one process at a time compiles or loads cached code. It is registered as numba's ``init`` extension
-entry point (pyproject ``[project.entry-points.numba_extensions]``): numba runs it before it compiles anything,
-in every process of the installed project.
+Numba compiles a cached function and writes its cache files without any lock between processes; two processes
+compiling at the same time (the kernel warm-up of ``tasks.py``, two pytest workers, the DAQ and the emulator
+starting together, Dask workers) can leave an entry that crashes every process that loads it later with a
+segmentation fault (numba issues 4807 and 10128). :func:`install_compile_lock` makes numba's in-process
+compiler lock also hold an exclusive ``flock`` on a file in the cache directory, so that only one process at a
+time compiles or loads cached code. It is registered as numba's ``init`` extension entry point (pyproject
+``[project.entry-points.numba_extensions]``): numba runs it before it compiles anything, in every process of
+the installed project. (A crash seen here that the lock did not prevent, a ``tracking._reco_kernel`` entry
+compiled by a pytest worker after many other kernels, is avoided by the order of the warm-up: ``tasks.py``.)
 """
 
 from __future__ import annotations
@@ -104,10 +104,13 @@ def install_compile_lock() -> None:
     def locked_acquire(self: Any) -> None:
         acquire(self)
         if _FileLockState.depth == 0:
+            fd = -1
             try:
                 fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except BaseException:
+                if fd >= 0:
+                    os.close(fd)
                 release(self)
                 raise
             _FileLockState.fd = fd
