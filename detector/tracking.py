@@ -16,6 +16,7 @@ Reconstruction (:func:`reconstruct_tracks`, numba, one pass per event):
 
 1. clustering: per plane, strips sorted by number, adjacent strips (gap of at most one strip) form a
    cluster; position = charge-weighted centroid; at most ``MAX_CLUSTERS`` per plane (largest charge kept);
+   only clusters of charge >= ``HIT_MIN_CHARGE`` are hit candidates of the fits (noise strips are not);
 2. x: every combination of one cluster per X plane that has any (when none of them makes a track: one
    cluster or none per plane) is fitted with the linear
    model ``x(z) = a + b (z - z_up) - kappa sum_i K_i (z - z_i)_+``, ``kappa = 1/p - 1/p0`` (least squares,
@@ -49,6 +50,14 @@ MAX_CLUSTERS = 6  #: clusters kept per plane (largest charge first)
 #: a cluster with at least this charge (ADC counts) counts as a particle in ``n_incoming`` (a noise strip is
 #: a single strip of a few tens of counts; a particle's cluster a few hundred)
 PARTICLE_CLUSTER_CHARGE = 150.0
+#: clusters with less charge (ADC counts) are not hit candidates of the track fits: noise strips (the
+#: zero-suppression threshold plus an exponential of a few tens of counts) fall below it, a particle's cluster
+#: (a Landau of most probable value a few hundred counts) almost never does. Lower than
+#: :data:`PARTICLE_CLUSTER_CHARGE` because the costs differ: a particle cluster lost here loses the track (it
+#: needs every X plane), a noise cluster counted there loses the event as two incoming particles. Without it,
+#: with one degree of freedom in x, a combination of noise clusters often fits better than the particle's own
+#: hits and gives a wrong momentum.
+HIT_MIN_CHARGE = 100.0
 
 #: one record per event: the reconstructed incoming track
 TRACK_DTYPE = np.dtype(
@@ -212,6 +221,19 @@ def _clusters(plane, strip, charge, n_planes, pitch, half, pos, qsum, ncl, nall,
 
 
 @nb.njit(cache=True, nogil=True)
+def _keep_hits(pos, qsum, ncl, n_planes):
+    """Keep, per plane and in order, the clusters of charge >= HIT_MIN_CHARGE (the fits' hit candidates)."""
+    for p in range(n_planes):
+        c = 0
+        for j in range(ncl[p]):
+            if qsum[p, j] >= HIT_MIN_CHARGE:
+                pos[p, c] = pos[p, j]
+                qsum[p, c] = qsum[p, j]
+                c += 1
+        ncl[p] = c
+
+
+@nb.njit(cache=True, nogil=True)
 def _fit_view(pos, ncl, view, n_st, mats, ok, npar, dz_m, glev, sigma, chi2_max, used_best, best, skip):
     """All cluster combinations of one view (0 = x, 1 = y), one cluster per plane that has any (``skip``:
     one or none, so a missed hit beside a noise cluster can be left out): best fit into ``best`` (params...,
@@ -328,6 +350,7 @@ def _reco_kernel(
                         jl = j
                 pl_lead_mm[e, pl] = pos[pl, jl] if jl >= 0 else np.nan
                 pl_lead_q[e, pl] = qsum[pl, jl] if jl >= 0 else 0.0
+        _keep_hits(pos, qsum, ncl, n_planes)
         ntr = _fit_view(pos, ncl, 0, n_st, mx, okx, 3, dz_m, glev, sigma, chi2_max, used, bx, False)
         if bx[4] == 0:  # no track through a cluster of every plane: leave planes out
             ntr = _fit_view(pos, ncl, 0, n_st, mx, okx, 3, dz_m, glev, sigma, chi2_max, used, bx, True)

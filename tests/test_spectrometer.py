@@ -14,7 +14,7 @@ import pytest
 
 from detector.config import ConfigError, load_config
 from detector.records import PARTICLE_CODES, TRUTH_BEAMLINE
-from detector.tracking import Spectrometer, StripData, reconstruct_tracks
+from detector.tracking import HIT_MIN_CHARGE, Spectrometer, StripData, reconstruct_tracks
 from offline import background_sources as bs
 from offline import selection as sel
 from sim_frontend import beamline, mmhits
@@ -22,6 +22,8 @@ from sim_frontend.beam import generate_spill
 from sim_frontend.response import apply_response
 
 E_ = PARTICLE_CODES["e-"]
+NOISE_CHARGE = 60.0  # ADC counts: a noise strip (threshold + an exponential of a few tens of counts)
+PARTICLE_CHARGE = 400.0  # ADC counts: the 3-strip clusters of the hand-made events
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +211,37 @@ def test_clustering_of_hand_made_strips(cfg):
     assert rec["p_gev"] == pytest.approx(spec.p0_gev, rel=1e-6)  # a straight line in the nominal frame
     assert rec["x_mm"] == pytest.approx(0.125, abs=1e-6) and rec["angle_mrad"] == pytest.approx(0.0, abs=1e-6)
     assert rec["n_tracks"] == 1 and rec["n_incoming"] == 1 and rec["n_hits"] == spec.n_planes
+
+
+def test_noise_strips_that_line_up_do_not_replace_the_particles_hits(cfg):
+    """With 4 X hits and 3 parameters, a combination of noise strips can fit better than the particle's own
+    hits (chi2 ~1.6 against ~5.5 here) and would give its momentum (95 GeV here): noise strips are not hit
+    candidates (charge < HIT_MIN_CHARGE), so the particle's 100 GeV track is found; the same strips with a
+    particle's charge are candidates and win on chi2, which shows the trap is set."""
+    spec = Spectrometer.from_config(cfg)
+    assert NOISE_CHARGE < HIT_MIN_CHARGE <= PARTICLE_CHARGE
+    true_x = [160, 161, 160, 160]  # cluster centre strip per station: x = 0.125, 0.375, 0.125, 0.125 mm
+    noise_x = [200, 200, 175, 131]  # one strip per X plane on the line of a 95 GeV track at x = 10 mm
+
+    def event(noise_charge: float) -> StripData:
+        plane, strip, charge = [], [], []
+        for p in range(spec.n_planes):
+            c = true_x[p // 2] if p % 2 == 0 else 160
+            plane += [p, p, p]
+            strip += [c - 1, c, c + 1]
+            charge += [100.0, 200.0, 100.0]
+            if p % 2 == 0:
+                plane.append(p)
+                strip.append(noise_x[p // 2])
+                charge.append(noise_charge)
+        return StripData(np.array([0, len(plane)]), np.array(plane, np.uint8), np.array(strip, np.uint16),
+                         np.array(charge, np.float32))  # fmt: skip
+
+    rec = reconstruct_tracks(event(NOISE_CHARGE), spec)[0]
+    assert rec["p_gev"] == pytest.approx(99.86, abs=0.05) and rec["chi2"] == pytest.approx(5.51, abs=0.05)
+    assert rec["n_tracks"] == 1 and rec["n_incoming"] == 1
+    trap = reconstruct_tracks(event(PARTICLE_CHARGE), spec)[0]
+    assert trap["p_gev"] == pytest.approx(95.03, abs=0.05) and trap["chi2"] < rec["chi2"]
 
 
 def test_hits_that_do_not_line_up_make_no_track(cfg):
