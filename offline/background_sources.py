@@ -172,7 +172,10 @@ def simulate_tables(
     base = cfg.with_overrides({"aprime": {"enabled": False}})
     cuts = sel.Cuts.from_config(base)
     tables: list[ev.Table] = []
-    stats = {"beamline_events": 0, "beamline_weight": 0.0, "split_events": 0, "split_weight": 0.0, "digitised": 0}
+    stats = {
+        "beamline_events": 0, "beamline_weight": 0.0, "prefilter_events": 0, "prefilter_weight": 0.0,
+        "split_events": 0, "split_weight": 0.0, "digitised": 0,
+    }  # fmt: skip
     done = 0
     k = 0
     p_e = max(1e-3, 1.0 - sum((base.beam.frac_pion, base.beam.frac_kaon, base.beam.frac_muon, base.beam.frac_halo)))
@@ -189,6 +192,8 @@ def simulate_tables(
         stats["beamline_events"] += int(radiated.size)
         stats["beamline_weight"] += float(spill.truth["weight"][radiated].sum())
         cand = radiated[bl.e_front[radiated] < prefilter_gev]
+        stats["prefilter_events"] += int(cand.size)
+        stats["prefilter_weight"] += float(spill.truth["weight"][cand].sum())
         trk: ev.Table = {}
         if tracker and cand.size:
             trk = mc_track_columns(c, spill, cand, chunk=CHUNK)

@@ -37,8 +37,10 @@ def _quiet(done: int, total: int) -> None:
 
 def test_forced_bremsstrahlung_estimates_the_unbiased_rates(cfg, calib):
     # the same quantities from the plain simulation (no bias) and from the forced one, on independent samples:
-    # electrons that radiated in the beam line, and those of them that pass the tracker cuts (the split set)
-    n = 60_000
+    # electrons that radiated in the beam line, those of them bent off the ECAL (below the prefilter energy:
+    # the forced population) and those of these that pass the tracker cuts (the split set: about 3e-5 of the
+    # electrons, a mismeasured momentum, so the plain sample is large)
+    n = 1_000_000
     plain = bs.upstream_prediction(cfg, calib, 1e10, INTENSITY, n, 11, _quiet, split_k=1, bias=beamline.Bias())
     forced = bs.upstream_prediction(cfg, calib, 1e10, INTENSITY, n, 12, _quiet, split_k=1)
     p, f = plain["mc"], forced["mc"]
@@ -48,7 +50,8 @@ def test_forced_bremsstrahlung_estimates_the_unbiased_rates(cfg, calib):
     assert f["split_events"] > 8 * p["split_events"] >= 8 * 5
     # ... with weights that give back the plain rates (errors: Poisson of the plain counts; the forced weights
     # of one hard photon are nearly equal, so the forced relative error is 1/sqrt(count))
-    for key, count in (("beamline_weight", "beamline_events"), ("split_weight", "split_events")):
+    pairs = (("beamline_weight", "beamline_events"), ("prefilter_weight", "prefilter_events"))
+    for key, count in (*pairs, ("split_weight", "split_events")):
         rate_p, rate_f = p[key] / n, f[key] / n
         err = math.hypot(rate_p / math.sqrt(p[count]), 1.5 * rate_f / math.sqrt(f[count]))
         assert abs(rate_p - rate_f) < 3.5 * err, (key, rate_p, rate_f, err)
@@ -56,9 +59,9 @@ def test_forced_bremsstrahlung_estimates_the_unbiased_rates(cfg, calib):
 
 def test_splitting_replicates_downstream_only_and_keeps_the_weight(cfg, calib):
     bias = bs.upstream_bias(cfg)
-    one, n1, s1 = bs.simulate_tables(cfg, calib, 40_000, 5, INTENSITY, bias, _quiet, split_k=1)
+    one, n1, s1 = bs.simulate_tables(cfg, calib, 150_000, 5, INTENSITY, bias, _quiet, split_k=1)
     k = 6
-    many, nk, sk = bs.simulate_tables(cfg, calib, 40_000, 5, INTENSITY, bias, _quiet, split_k=k)
+    many, nk, sk = bs.simulate_tables(cfg, calib, 150_000, 5, INTENSITY, bias, _quiet, split_k=k)
     assert n1 == nk and s1["split_events"] == sk["split_events"] > 50
     assert sk["digitised"] == k * s1["digitised"]
     ids = many["split_id"]

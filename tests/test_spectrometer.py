@@ -358,8 +358,8 @@ def test_background_cli_upstream_source(tmp_path):
     mc = up["mc"]
     assert mc["events"] == 3000 and mc["bias"] == bs.FORCE_FACTOR
     assert mc["material"]["total_x0"] == pytest.approx(beamline.line_from_config(load_config(None)).total_x0)
-    # the upstream source alone, with enough electrons for triggers among its split set (~0.5% of the
-    # electrons, each SPLIT_K times; ~1% of those trigger, whole split events together)
+    # the upstream source alone, with enough electrons for triggers among its split set (~0.04% of the
+    # electrons, each SPLIT_K times; ~1.5% of those trigger, whole split events together)
     assert main([*argv[:7], "--events", "100000", "--source", "upstream", "--json", str(out)]) == 0
     flow = json.loads(out.read_text())["sources"]["upstream"]["mc"]["cut_flow"]
     assert list(flow) == ["all", *sel.CUT_NAMES]
