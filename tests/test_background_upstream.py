@@ -112,6 +112,8 @@ def test_prediction_json_keys_and_zero_bound(cfg, calib):
         zero_w = mc["split_weight"] / mc["split_events"] / mc["split_k"]
         assert up["n"] == 0.0 and up["err"] == pytest.approx(1.14 * 4.3e10 / 20_000 * zero_w)
         assert mc["bound_per_event"] == pytest.approx(mc["split_k"] * up["err"])
+        # the 90% CL bound: 2.303 events at the mean weight of one split event
+        assert mc["n_upper_90"] == pytest.approx(2.303 * 4.3e10 / 20_000 * mc["split_weight"] / mc["split_events"])
     else:
         assert up["n"] > 0 and up["err"] > 0
 
