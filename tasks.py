@@ -86,24 +86,18 @@ def ensure_venv() -> None:
 #: compiles (or loads from numba's on-disk cache) the kernels of the DAQ (tracker, trigger, reconstruction) and of
 #: the emulator's spill chain, so that neither the tests nor the demo wait for a cold compile: two groups, each in
 #: its own process (their compilations take turns: detector.jitcache); every step prints one line "what ...
-#: seconds". The tracker's kernel comes first in a fresh process: its cache entry, compiled in a pytest worker
-#: after many other kernels, segfaulted every process that loaded it (2026-12-05, not understood; numba caches
-#: code whose internal symbols are numbered per process)
+#: seconds". The DAQ's warm-up (online.kernels.prepare_kernels) compiles the tracker's kernel first, in a fresh
+#: process: its cache entry, compiled in a pytest worker after many other kernels, segfaulted every process that
+#: loaded it (2026-12-05, not understood)
 WARM_KERNELS = {
     "daq": """
-import time
-import numpy as np
 from detector.config import load_config
-from detector.tracking import Spectrometer, StripData, reconstruct_tracks
-t0 = time.perf_counter()  # first, in a process that has compiled nothing yet (see below)
-strips = StripData(*(np.zeros(n, d) for n, d in ((2, np.int64), (0, np.uint8), (0, np.uint16), (0, np.float32))))
-reconstruct_tracks(strips, Spectrometer.from_config(load_config(None)), planes=True)
-print(f"the tracker's reconstruction ... {time.perf_counter() - t0:.1f} s", flush=True)
 from online.daq import prepare_kernels
 from trigger.menu import TriggerMenu
 steps = {}
 prepare_kernels(TriggerMenu.from_config(load_config(None)), timings=steps)
-print("the DAQ's trigger and reconstruction ...", ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()), flush=True)
+times = ", ".join(f"{k} {v:.1f} s" for k, v in steps.items())
+print(f"the DAQ's tracker, trigger and reconstruction ... {times}", flush=True)
 """,
     "emulator": """
 from detector.config import load_config

@@ -162,6 +162,12 @@ class StripData:
     strip: np.ndarray  #: u2
     charge: np.ndarray  #: f4, ADC counts
 
+    @classmethod
+    def empty(cls, n_events: int) -> StripData:
+        """``n_events`` events without strips (what a kernel warm-up reconstructs)."""
+        ptr = np.zeros(n_events + 1, np.int64)
+        return cls(ptr, np.zeros(0, np.uint8), np.zeros(0, np.uint16), np.zeros(0, np.float32))
+
     @property
     def n_events(self) -> int:
         return int(self.event_ptr.shape[0] - 1)
@@ -351,12 +357,18 @@ def _reco_kernel(
                 pl_lead_mm[e, pl] = pos[pl, jl] if jl >= 0 else np.nan
                 pl_lead_q[e, pl] = qsum[pl, jl] if jl >= 0 else 0.0
         _keep_hits(pos, qsum, ncl, n_planes)
-        ntr = _fit_view(pos, ncl, 0, n_st, mx, okx, 3, dz_m, glev, sigma, chi2_max, used, bx, False)
-        if bx[4] == 0:  # no track through a cluster of every plane: leave planes out
-            ntr = _fit_view(pos, ncl, 0, n_st, mx, okx, 3, dz_m, glev, sigma, chi2_max, used, bx, True)
-        _fit_view(pos, ncl, 1, n_st, my, oky, 2, dz_m, glev, sigma, chi2_max, used, by, False)
-        if by[3] == 0:
-            _fit_view(pos, ncl, 1, n_st, my, oky, 2, dz_m, glev, sigma, chi2_max, used, by, True)
+        ntr = 0
+        # view and pass are loop variables, not literals: numba compiles one _fit_view, not one per constant
+        for view in range(2):
+            mats, ok, best = (mx, okx, bx) if view == 0 else (my, oky, by)
+            npar = 3 - view
+            for second in range(2):  # second pass: no track through a cluster of every plane, leave planes out
+                skip = second == 1
+                n = _fit_view(pos, ncl, view, n_st, mats, ok, npar, dz_m, glev, sigma, chi2_max, used, best, skip)
+                if view == 0:
+                    ntr = n
+                if best[npar + 1] > 0:
+                    break
         rec = out[e]
         if bx[4] > 0 and np.isfinite(bx[3]):
             inv = 1.0 / p0 + bx[2]
