@@ -397,7 +397,7 @@ def window_bits(typingctx, buf, j, n, tab, prims, s0, q_row, k_row, w_row):
                 base = N_SAMPLES * (WINDOW_COLS * c + col)  # first entry of the column
                 if avx512:
                     lo, hi = (
-                        b.load(b.bitcast(cgutils.pointer_add(b, t, _const(_I64, 4 * (base + h))), ft.as_pointer()), align=4)
+                        b.load(cgutils.pointer_add(b, t, _const(_I64, 4 * (base + h)), ft.as_pointer()), align=4)
                         for h in (0, 16)
                     )
                     fn = ir.FunctionType(ft, [ft, _V32x16, ft])

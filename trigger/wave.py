@@ -356,7 +356,7 @@ def _decide_sub(p, s0, buf, ns, P, rw, qt, tab):
     on the window table ``rw`` (few records each)."""
     thr = P.thr_adc
     q0, q1, q2, q3, qp, qe = buf[Q0], buf[Q0 + 1], buf[Q0 + 2], buf[Q0 + 3], buf[Q_PS], buf[Q_E]
-    k0, k1, k2, sb = buf[K0], buf[K0 + 1], buf[K0 + 2], buf[SAT]
+    sb = buf[SAT]
     rb, ub, bb, wb = buf[COL_R], buf[COL_U], buf[COL_BAND], buf[COL_W]
     tzs, tthr, tband = qt[T_ZS], qt[T_THR], qt[T_BAND]
     for j in range(ns):  # counters on their bounds
