@@ -338,13 +338,14 @@ def _neighbour_x(b: ir.IRBuilder, rec0, offsets, k, c: int, live):
 
 
 @intrinsic
-def window_bits(typingctx, buf, j, n, tab, prims, s0, q_row, k_row, w_row):
+def window_bits(typingctx, buf, j, n, tab, prims, s0, q_row, k_row, w_row, row_len):
     """The coincidence-window verdicts of S1..S3 for the records s0 + j .. s0 + j + 15 of ``prims`` (int16
     (N, 6, 32), C-contiguous, as :func:`record_summary`; the records j + lane >= n are not read), from their
-    summaries in lanes j..j + 15 of the int32 buffer ``buf`` (2-d, C-contiguous, a row per column: rows
-    q_row + c the 4x peaks q, k_row + c the peak samples k of counter c = 0, 1, 2; literal row numbers;
-    j + 16 <= buf.shape[1] is the caller's, not checked), into row ``w_row``: bit c = counter c's onset in
-    its window, bit 3 + c = out of it, neither = undecided (the guard band, or q <= 0). The neighbour ratio
+    summaries in lanes j..j + 15 of the int32 buffer ``buf`` (1-d, C-contiguous, rows of ``row_len``
+    entries, one per column: rows q_row + c the 4x peaks q, k_row + c the peak samples k of counter c = 0,
+    1, 2; literal row numbers and length; j + 16 <= row_len is the caller's, not checked), into row
+    ``w_row``: bit c = counter c's onset in its window, bit 3 + c = out of it, neither = undecided (the
+    guard band, or q <= 0). The neighbour ratio
     is ``x / best`` with x = w[k+1] - w[k-1] (:func:`_neighbour_x`) and best = q / 4, compared as x against
     ``best * T`` on ``tab``: float32 (3 x 4 x 32,) at 32 (4 c + col) + k, the columns in_lo, in_hi, out_lo,
     out_hi of :func:`trigger.bounds.window_table` rounded outward (in_lo and out_hi up, in_hi and out_lo
@@ -357,26 +358,25 @@ def window_bits(typingctx, buf, j, n, tab, prims, s0, q_row, k_row, w_row):
     products float32 with embedded rounding; on other targets per-lane loads and float64 products (exact
     in the same sense: rounded to nearest, monotonic in T)."""
     ok = (
-        isinstance(buf, types.Array) and buf.dtype == types.int32 and buf.ndim == 2 and buf.layout == "C"
+        isinstance(buf, types.Array) and buf.dtype == types.int32 and buf.ndim == 1 and buf.layout == "C"
         and isinstance(j, types.Integer) and isinstance(n, types.Integer)
         and isinstance(tab, types.Array) and tab.dtype == types.float32 and tab.ndim == 1 and tab.layout == "C"
         and _is_record(prims, s0)
-        and all(isinstance(x, types.IntegerLiteral) for x in (q_row, k_row, w_row))
+        and all(isinstance(x, types.IntegerLiteral) for x in (q_row, k_row, w_row, row_len))
     )  # fmt: skip
     if not ok:
         return None
-    rq, rk, rw = (x.literal_value for x in (q_row, k_row, w_row))
-    sig = types.void(buf, j, n, tab, prims, s0, q_row, k_row, w_row)
+    rq, rk, rw, rlen = (x.literal_value for x in (q_row, k_row, w_row, row_len))
+    sig = types.void(buf, j, n, tab, prims, s0, q_row, k_row, w_row, row_len)
     avx512 = target_has_avx512()
 
     def codegen(context, b, signature, args):
         arr = context.make_array(signature.args[0])(context, b, args[0])
-        stride = b.extract_value(arr.strides, 0)
         jj = context.cast(b, args[1], signature.args[1], types.int64)
         lane0 = cgutils.pointer_add(b, arr.data, b.shl(jj, _const(_I64, 2)))
 
         def row(r):
-            return b.bitcast(cgutils.pointer_add(b, lane0, b.mul(stride, _const(_I64, r))), _V32x16.as_pointer())
+            return b.bitcast(cgutils.pointer_add(b, lane0, _const(_I64, 4 * rlen * r)), _V32x16.as_pointer())
 
         t = context.make_array(signature.args[3])(context, b, args[3]).data
         rec0 = _record_ptr(context, b, types.void(*signature.args[4:6]), args[4:6])

@@ -232,7 +232,7 @@ def _record_bits(p, i, params, rw, q0, q1, q2, q3, qp, qe, k0, k1, k2, sat):
 
 
 #: records per sub-block: the summaries of a sub-block are computed first (a loop without branches), then
-#: decided from the buffer (its columns, SUMMARY_COLUMNS x SUB_BLOCK int32, stay in L1)
+#: decided from the buffer (its SUMMARY_COLUMNS columns of SUB_BLOCK int32, one after the other, stay in L1)
 SUB_BLOCK = 64
 #: records ahead that the summaries prefetch into L2 (into L1 they would evict the sub-block being decided)
 PREFETCH_AHEAD = 4 * SUB_BLOCK
@@ -248,6 +248,18 @@ _V1_PISI = (1 << 3) | (1 << RB_PISI)
 _Q_LO, _Q_HI = -(1 << 20), 1 << 20
 #: the integer thresholds (:func:`_q_thresholds`): the counters', then per energy line LINE_Q of them
 T_ZS, T_THR, T_BAND, T_LINE0, LINE_Q = 0, 1, 2, 3, 8
+
+
+@nb.njit(**INLINE)
+def _col(buf, c):
+    """Column c of the sub-block buffer (a view of its SUB_BLOCK int32)."""
+    return buf[c * SUB_BLOCK : (c + 1) * SUB_BLOCK]
+
+
+@nb.njit(**INLINE)
+def _at(buf, c, j):
+    """Column c of record j of the sub-block buffer."""
+    return buf[c * SUB_BLOCK + j]
 
 
 @nb.njit(**JIT_NONRT)
@@ -355,9 +367,10 @@ def _decide_sub(p, s0, buf, ns, P, rw, qt, tab):
     AMP_BOUND's band on the neighbour ratio and V1's window in a PiSi record with V1 above threshold (EOT)
     on the window table ``rw`` (few records each)."""
     thr = P.thr_adc
-    q0, q1, q2, q3, qp, qe = buf[Q0], buf[Q0 + 1], buf[Q0 + 2], buf[Q0 + 3], buf[Q_PS], buf[Q_E]
-    sb = buf[SAT]
-    rb, ub, bb, wb = buf[COL_R], buf[COL_U], buf[COL_BAND], buf[COL_W]
+    q0, q1, q2, q3 = _col(buf, Q0), _col(buf, Q0 + 1), _col(buf, Q0 + 2), _col(buf, Q0 + 3)
+    qp, qe = _col(buf, Q_PS), _col(buf, Q_E)
+    sb = _col(buf, SAT)
+    rb, ub, bb, wb = _col(buf, COL_R), _col(buf, COL_U), _col(buf, COL_BAND), _col(buf, COL_W)
     tzs, tthr, tband = qt[T_ZS], qt[T_THR], qt[T_BAND]
     for j in range(ns):  # counters on their bounds
         c0, c1, c2, v = q0[j], q1[j], q2[j], q3[j]
@@ -378,13 +391,13 @@ def _decide_sub(p, s0, buf, ns, P, rw, qt, tab):
             r = rb[j]
             for c in range(3):
                 if (bb[j] >> c) & 1:
-                    lo, hi = _amp_range(p, i, np.int64(c), buf[K0 + c, j], buf[Q0 + c, j])
+                    lo, hi = _amp_range(p, i, np.int64(c), _at(buf, K0 + c, j), _at(buf, Q0 + c, j))
                     below = _decide(lo, hi, 1.0, thr, False)  # 1: A < thr, 0: A >= thr, 2: too close
                     r |= np.int32(below == 0) << c
                     ub[j] |= np.int32(below == 2)
             rb[j] = r
     for j in range(0, ns, WINDOW_LANES):  # S1..S3 in / out of their windows
-        window_bits(buf, j, ns, tab, p, s0, Q0, K0, COL_W)
+        window_bits(buf, j, ns, tab, p, s0, Q0, K0, COL_W, SUB_BLOCK)
     for j in range(ns):  # PiSi, EOT
         r = rb[j]
         w = wb[j]
@@ -429,9 +442,9 @@ def _decide_sub(p, s0, buf, ns, P, rw, qt, tab):
 @nb.njit(**JIT_NONRT)
 def _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt, tab):
     """Raw bits of the records of block b (into the bit planes ``bits``) and the block's counts, from the
-    waveforms; ``buf``: (SUMMARY_COLUMNS, SUB_BLOCK) int32 scratch for the summaries; ``qt``: the integer
-    thresholds (:func:`_q_thresholds`); ``tab``: the window table of :func:`trigger.simd.window_bits`
-    (:func:`_window_f32`)."""
+    waveforms; ``buf``: (SUMMARY_COLUMNS * SUB_BLOCK,) int32 scratch for the summaries, column c at
+    c * SUB_BLOCK; ``qt``: the integer thresholds (:func:`_q_thresholds`); ``tab``: the window table of
+    :func:`trigger.simd.window_bits` (:func:`_window_f32`)."""
     n = times.shape[0]
     b0 = b * BLOCK
     b1 = min(b0 + BLOCK, n)
@@ -450,17 +463,21 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt, tab):
             prefetch_record_l2(p, i + PREFETCH_AHEAD)  # beyond the array: harmless
             q0, q1, q2, q3, qp, qe, k0, k1, k2, sat = record_summary(p, i, lanes, caps)
             j = i - s0
-            buf[Q0, j], buf[Q0 + 1, j], buf[Q0 + 2, j], buf[Q0 + 3, j] = q0, q1, q2, q3
-            buf[Q_PS, j], buf[Q_E, j] = qp, qe
-            buf[K0, j], buf[K0 + 1, j], buf[K0 + 2, j], buf[SAT, j] = k0, k1, k2, sat
+            # at constant offsets from j (a 2-d buffer's run-time row stride cost an add per store)
+            buf[Q0 * SUB_BLOCK + j], buf[(Q0 + 1) * SUB_BLOCK + j] = q0, q1
+            buf[(Q0 + 2) * SUB_BLOCK + j], buf[(Q0 + 3) * SUB_BLOCK + j] = q2, q3
+            buf[Q_PS * SUB_BLOCK + j], buf[Q_E * SUB_BLOCK + j] = qp, qe
+            buf[K0 * SUB_BLOCK + j], buf[(K0 + 1) * SUB_BLOCK + j], buf[(K0 + 2) * SUB_BLOCK + j] = k0, k1, k2
+            buf[SAT * SUB_BLOCK + j] = sat
         ns = s1 - s0
         _decide_sub(p, s0, buf, ns, P, rw, qt, tab)
-        rb = buf[COL_R]
+        rb = _col(buf, COL_R)
         for j in range(ns):  # the general path (a call) for the records not decided
-            if buf[COL_U, j] != 0:
+            if _at(buf, COL_U, j) != 0:
                 rb[j] = np.int32(_record_bits(
-                    p, s0 + j, params, rw, buf[Q0, j], buf[Q0 + 1, j], buf[Q0 + 2, j], buf[Q0 + 3, j],
-                    buf[Q_PS, j], buf[Q_E, j], buf[K0, j], buf[K0 + 1, j], buf[K0 + 2, j], buf[SAT, j],
+                    p, s0 + j, params, rw, _at(buf, Q0, j), _at(buf, Q0 + 1, j), _at(buf, Q0 + 2, j),
+                    _at(buf, Q0 + 3, j), _at(buf, Q_PS, j), _at(buf, Q_E, j), _at(buf, K0, j), _at(buf, K0 + 1, j),
+                    _at(buf, K0 + 2, j), _at(buf, SAT, j),
                 ))  # fmt: skip
         o0 = bv0[s0:s1]  # the bit planes: loops without branches (vectorised)
         for j in range(ns):
@@ -475,7 +492,7 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt, tab):
 @nb.njit(**JIT)
 def wave_pass_a(p, times, prev_t, params, rw, bits, cnt):
     """Pass A of the waveform entry, serial."""
-    buf = np.empty((SUMMARY_COLUMNS, SUB_BLOCK), np.int32)
+    buf = np.empty(SUMMARY_COLUMNS * SUB_BLOCK, np.int32)
     qt = _q_thresholds(params)
     tab = _window_f32(rw)
     for b in range(cnt.shape[0]):
@@ -488,5 +505,5 @@ def wave_pass_a_par(p, times, prev_t, params, rw, bits, cnt):
     qt = _q_thresholds(params)
     tab = _window_f32(rw)
     for b in nb.prange(cnt.shape[0]):
-        buf = np.empty((SUMMARY_COLUMNS, SUB_BLOCK), np.int32)
+        buf = np.empty(SUMMARY_COLUMNS * SUB_BLOCK, np.int32)
         _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt, tab)
