@@ -77,13 +77,13 @@ def _onset32(k: np.ndarray, r: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=32)
 def window_table(menu: TriggerMenu) -> np.ndarray:
-    """Per counter S1..S3 and peak sample k, the neighbour ratios r for which the onset is in the
-    coincidence window, so that the hot loop decides ``t0 - w <= t <= t0 + w`` with two comparisons
+    """Per counter S1..S3, V1 (rows 0..3: V1's for EOT) and peak sample k, the neighbour ratios r for which
+    the onset is in the coincidence window, so that the hot loop decides ``t0 - w <= t <= t0 + w`` with two comparisons
     instead of the table interpolation: rows (r_in_lo, r_in_hi, r_out_lo, r_out_hi), in the window if
     ``r_in_lo <= r <= r_in_hi``, out if ``r < r_out_lo or r > r_out_hi``, else (a guard band of 1e-9
     relative around each crossing, where rounding could be non-monotonic) the onset is computed. The
     crossings are found by bisection on the exact onset function (monotonic in r up to rounding)."""
-    tab = np.empty((3, NS, 4))
+    tab = np.empty((4, NS, 4))
     ks = np.arange(1, NS - 1, dtype=np.int64)
     r0 = np.full(ks.size, XP[0] - 1.0)
     r1 = np.full(ks.size, XP[-1] + 1.0)
@@ -106,7 +106,7 @@ def window_table(menu: TriggerMenu) -> np.ndarray:
             x = np.where(g1 <= level, np.inf, np.where(g0 > level, -np.inf, x))
         return x
 
-    for c in range(3):
+    for c in range(4):
         lo, hi = menu.counter_window_ns(c)
         a = crossing(lo, True)
         b = crossing(hi, False)

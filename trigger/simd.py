@@ -42,7 +42,6 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
-from numba.np.arrayobj import populate_array
 
 from detector.channels import ADC_MAX
 
@@ -281,52 +280,146 @@ prefetch_record = intrinsic(_prefetch_typer(3))
 prefetch_record_l2 = intrinsic(_prefetch_typer(2))
 
 
+_V64x16 = ir.VectorType(_I64, 16)
+_F32x16 = ir.VectorType(ir.FloatType(), 16)
+_F64x16 = ir.VectorType(ir.DoubleType(), 16)
+#: records (lanes) per call of :func:`window_bits`
+WINDOW_LANES = 16
+#: counters of :func:`window_bits`' table (S1..S3), its columns per counter (in_lo, in_hi, out_lo, out_hi)
+WINDOW_COUNTERS, WINDOW_COLS = N_COUNTERS, 4
+#: _MM_FROUND_TO_POS_INF / _MM_FROUND_TO_NEG_INF with _MM_FROUND_NO_EXC: the products' rounding per column
+_ROUND_UP, _ROUND_DOWN = 10, 9
+_COL_ROUND = (_ROUND_UP, _ROUND_DOWN, _ROUND_DOWN, _ROUND_UP)
+
+
+def target_has_avx512() -> bool:
+    """Does numba's compile target have AVX-512F (the host CPU unless NUMBA_CPU_NAME / NUMBA_CPU_FEATURES name
+    another)? numba's on-disk cache is keyed by the CPU name and features, so a cached kernel never runs
+    on a target other than the one it was compiled for."""
+    import llvmlite.binding as llb
+    from numba.core import config
+
+    feats = config.CPU_FEATURES
+    if feats is None:
+        if config.CPU_NAME not in (None, "host"):
+            return False
+        feats = llb.get_host_cpu_features().flatten()
+    return "+avx512f" in feats.split(",")
+
+
+def _splat(b: ir.IRBuilder, x, ty: ir.VectorType):
+    undef = ir.Constant(ty, ir.Undefined)
+    return b.shuffle_vector(b.insert_element(undef, x, _const(_I32, 0)), undef, _mask([0] * ty.count))
+
+
+def _neighbour_x(b: ir.IRBuilder, rec0, offsets, k, c: int, live):
+    """``w[k+1] - w[k-1]`` (int32 lanes; the neighbours clamped to the record, as
+    :func:`trigger.bounds._neighbours`) of channel c of the records at byte offsets ``offsets`` (int64
+    lanes) from ``rec0``, peak samples k (int32 lanes, 0..31): one 8-byte gather per record (samples
+    start..start + 3, start = clamp(k - 1, 0, 28), hold both neighbours); lanes not ``live`` are not
+    loaded (their result is meaningless)."""
+    one, zero = _const(_V32x16, [1] * 16), _const(_V32x16, [0] * 16)
+    km = _smax(b, b.sub(k, one), zero)
+    kp = _smin(b, b.add(k, one), _const(_V32x16, [N_SAMPLES - 1] * 16))
+    start = _smin(b, km, _const(_V32x16, [N_SAMPLES - 4] * 16))
+    off = b.add(offsets, b.shl(b.zext(start, _V64x16), _const(_V64x16, [1] * 16)))
+    off = b.add(off, _const(_V64x16, [2 * N_SAMPLES * c] * 16))
+    i8p = ir.IntType(8).as_pointer()
+    ptrs = b.inttoptr(b.add(_splat(b, b.ptrtoint(rec0, _I64), _V64x16), off), ir.VectorType(i8p, 16))
+    fty = ir.FunctionType(_V64x16, [ir.VectorType(i8p, 16), _I32, ir.VectorType(_I1, 16), _V64x16])
+    gather = cgutils.get_or_insert_function(b.module, fty, "llvm.masked.gather.v16i64.v16p0")
+    g = b.call(gather, [ptrs, _const(_I32, 2), live, _const(_V64x16, [0] * 16)])
+
+    def sample(kk):  # the int16 sample kk - start (0..3) of the 8 bytes, as int32
+        sh = b.zext(b.shl(b.sub(kk, start), _const(_V32x16, [4] * 16)), _V64x16)
+        return b.sext(b.trunc(b.lshr(g, sh), ir.VectorType(_I16, 16)), _V32x16)
+
+    return b.sub(sample(kp), sample(km))
+
+
 @intrinsic
-def neighbour_diffs(typingctx, prims, index, k0, k1, k2):
-    """``(w[k+1] - w[k-1])`` of channels 0, 1, 2 of record ``index`` (raw int16 samples w, peak samples
-    k0, k1, k2 in 0..31, the neighbours clamped to the record: :func:`trigger.bounds._neighbours`) as an
-    int32 3-tuple; p and the index as :func:`record_summary` takes them (not bounds-checked). Loads at
-    computed addresses, without the index arithmetic of numba's array indexing."""
-    if not (_is_record(prims, index) and all(isinstance(k, types.Integer) for k in (k0, k1, k2))):
+def window_bits(typingctx, buf, j, n, tab, prims, s0, q_row, k_row, w_row, row_len):
+    """The coincidence-window verdicts of S1..S3 for the records s0 + j .. s0 + j + 15 of ``prims`` (int16
+    (N, 6, 32), C-contiguous, as :func:`record_summary`; the records j + lane >= n are not read), from their
+    summaries in lanes j..j + 15 of the int32 buffer ``buf`` (1-d, C-contiguous, rows of ``row_len``
+    entries, one per column: rows q_row + c the 4x peaks q, k_row + c the peak samples k of counter c = 0,
+    1, 2; literal row numbers and length; j + 16 <= row_len is the caller's, not checked), into row
+    ``w_row``: bit c = counter c's onset in its window, bit 3 + c = out of it, neither = undecided (the
+    guard band, or q <= 0). The neighbour ratio
+    is ``x / best`` with x = w[k+1] - w[k-1] (:func:`_neighbour_x`) and best = q / 4, compared as x against
+    ``best * T`` on ``tab``: float32 (3 x 4 x 32,) at 32 (4 c + col) + k, the columns in_lo, in_hi, out_lo,
+    out_hi of :func:`trigger.bounds.window_table` rounded outward (in_lo and out_hi up, in_hi and out_lo
+    down: the in and out regions only shrink). The products are rounded away from each verdict (up where
+    they bound x from below, down from above), so that for best > 0 "in" implies the scalar path's
+    ``best * T0 <= x <= best * T1`` in float64 and "out" its ``x < best * T2 or x > best * T3`` (a float32
+    product rounded down that exceeds the integer x exceeds it by a float32 step, far more than the float64
+    rounding): the verdicts given are the scalar path's; the few records between go to the general path.
+    With AVX-512 the look-ups are two-source permutes of the 32-entry columns (``vpermt2ps``) and the
+    products float32 with embedded rounding; on other targets per-lane loads and float64 products (exact
+    in the same sense: rounded to nearest, monotonic in T)."""
+    ok = (
+        isinstance(buf, types.Array) and buf.dtype == types.int32 and buf.ndim == 1 and buf.layout == "C"
+        and isinstance(j, types.Integer) and isinstance(n, types.Integer)
+        and isinstance(tab, types.Array) and tab.dtype == types.float32 and tab.ndim == 1 and tab.layout == "C"
+        and _is_record(prims, s0)
+        and all(isinstance(x, types.IntegerLiteral) for x in (q_row, k_row, w_row, row_len))
+    )  # fmt: skip
+    if not ok:
         return None
-    sig = types.UniTuple(types.int32, 3)(prims, index, k0, k1, k2)
+    rq, rk, rw, rlen = (x.literal_value for x in (q_row, k_row, w_row, row_len))
+    sig = types.void(buf, j, n, tab, prims, s0, q_row, k_row, w_row, row_len)
+    avx512 = target_has_avx512()
 
     def codegen(context, b, signature, args):
-        rec = _record_ptr(context, b, signature, args)
-        i16p = _I16.as_pointer()
-        out = []
-        for c in range(N_COUNTERS):
-            k = context.cast(b, args[2 + c], signature.args[2 + c], types.int64)
-            up = _smin(b, b.add(k, _const(_I64, 1)), _const(_I64, N_SAMPLES - 1))
-            dn = _smax(b, b.sub(k, _const(_I64, 1)), _const(_I64, 0))
-            base = _const(_I64, 2 * N_SAMPLES * c)
-            wp = b.load(cgutils.pointer_add(b, rec, b.add(base, b.shl(up, _const(_I64, 1))), return_type=i16p), align=2)
-            wm = b.load(cgutils.pointer_add(b, rec, b.add(base, b.shl(dn, _const(_I64, 1))), return_type=i16p), align=2)
-            out.append(b.sub(b.sext(wp, _I32), b.sext(wm, _I32)))
-        return context.make_tuple(b, signature.return_type, out)
+        arr = context.make_array(signature.args[0])(context, b, args[0])
+        jj = context.cast(b, args[1], signature.args[1], types.int64)
+        lane0 = cgutils.pointer_add(b, arr.data, b.shl(jj, _const(_I64, 2)))
 
-    return sig, codegen
+        def row(r):
+            return b.bitcast(cgutils.pointer_add(b, lane0, _const(_I64, 4 * rlen * r)), _V32x16.as_pointer())
 
-
-@intrinsic
-def stack_f64(typingctx, n):
-    """A 1-d float64 array of ``n`` (a literal int) elements, uninitialised, in the caller's stack frame (no
-    meminfo: only for kernels without NRT, and it must not outlive the caller). LLVM sees that its data
-    aliases no array argument, so a loop that reads it at data-dependent indices (a table look-up) and
-    stores into argument arrays still vectorises (gathers): with an argument array as the table the loop
-    vectoriser needs run-time alias checks it cannot form for indirect loads, and gives up."""
-    if not isinstance(n, types.IntegerLiteral) or n.literal_value <= 0:
-        return None
-    size = n.literal_value
-    aryty = types.Array(types.float64, 1, "C")
-    sig = aryty(n)
-
-    def codegen(context, b, signature, args):
-        ary = context.make_array(aryty)(context, b)
-        data = cgutils.alloca_once(b, context.get_data_type(types.float64), size=size)
-        itemsize = context.get_constant(types.intp, 8)
-        shape = [context.get_constant(types.intp, size)]
-        populate_array(ary, data=data, shape=shape, strides=[itemsize], itemsize=itemsize, meminfo=None)
-        return ary._getvalue()
+        t = context.make_array(signature.args[3])(context, b, args[3]).data
+        rec0 = _record_ptr(context, b, types.void(*signature.args[4:6]), args[4:6])
+        rstride = b.extract_value(context.make_array(signature.args[4])(context, b, args[4]).strides, 0)
+        lanes = b.add(_splat(b, jj, _V64x16), _const(_V64x16, list(range(16))))
+        nn = context.cast(b, args[2], signature.args[2], types.int64)
+        live = b.icmp_signed("<", lanes, _splat(b, nn, _V64x16))
+        offsets = b.mul(lanes, _splat(b, rstride, _V64x16))
+        ft = _F32x16 if avx512 else _F64x16
+        res = _const(_V32x16, [0] * 16)
+        for c in range(WINDOW_COUNTERS):
+            q = b.load(row(rq + c), align=4)
+            k = b.and_(b.load(row(rk + c), align=4), _const(_V32x16, [N_SAMPLES - 1] * 16))
+            x = b.sitofp(_neighbour_x(b, rec0, offsets, k, c, live), ft)
+            best = b.fmul(b.sitofp(q, ft), ir.Constant(ft, [0.25] * 16))
+            prod = []
+            for col in range(WINDOW_COLS):
+                base = N_SAMPLES * (WINDOW_COLS * c + col)  # first entry of the column
+                if avx512:
+                    lo, hi = (
+                        b.load(cgutils.pointer_add(b, t, _const(_I64, 4 * (base + h)), ft.as_pointer()), align=4)
+                        for h in (0, 16)
+                    )
+                    fn = ir.FunctionType(ft, [ft, _V32x16, ft])
+                    perm = cgutils.get_or_insert_function(b.module, fn, "llvm.x86.avx512.vpermi2var.ps.512")
+                    tv = b.call(perm, [lo, k, hi])
+                    fn = ir.FunctionType(ft, [ft, ft, _I32])
+                    mul = cgutils.get_or_insert_function(b.module, fn, "llvm.x86.avx512.mul.ps.512")
+                    prod.append(b.call(mul, [best, tv, _const(_I32, _COL_ROUND[col])]))
+                else:
+                    tv = ir.Constant(ft, ir.Undefined)
+                    f32p = ir.FloatType().as_pointer()
+                    for lane in range(16):
+                        idx = b.zext(b.extract_element(k, _const(_I32, lane)), _I64)
+                        ptr = cgutils.pointer_add(b, t, b.shl(b.add(idx, _const(_I64, base)), _const(_I64, 2)), f32p)
+                        tv = b.insert_element(tv, b.fpext(b.load(ptr, align=4), ir.DoubleType()), _const(_I32, lane))
+                    prod.append(b.fmul(best, tv))
+            pos = b.icmp_signed(">", q, _const(_V32x16, [0] * 16))
+            inw = b.and_(b.and_(b.fcmp_ordered("<=", prod[0], x), b.fcmp_ordered("<=", x, prod[1])), pos)
+            out = b.and_(b.or_(b.fcmp_ordered("<", x, prod[2]), b.fcmp_ordered(">", x, prod[3])), pos)
+            res = b.or_(res, b.shl(b.zext(inw, _V32x16), _const(_V32x16, [c] * 16)))
+            res = b.or_(res, b.shl(b.zext(out, _V32x16), _const(_V32x16, [WINDOW_COUNTERS + c] * 16)))
+        b.store(res, row(rw), align=4)
+        return context.get_dummy_value()
 
     return sig, codegen

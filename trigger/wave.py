@@ -8,25 +8,26 @@ buffer (structure of arrays, L1-resident):
   baseline from the record's first samples, which can sit on an earlier particle's tail:
   :mod:`trigger.menu`) within its gate (counter gate, the sums' energy gate), the peak sample of S1..S3 and
   the saturation bits. A loop without branches (the CPU overlaps many records) that prefetches the records
-  :data:`PREFETCH_AHEAD` ahead into L2; then the counters' neighbour differences
-  (:func:`trigger.simd.neighbour_diffs`);
+  :data:`PREFETCH_AHEAD` ahead into L2;
 * the decisions of the common records, several records at a time (:func:`_decide_sub`: loops over the
   columns that LLVM vectorises): the counters on integer thresholds of their peaks (:func:`_q_thresholds`,
   exactly the float compares of the scalar path), those in AMP_BOUND's band on the neighbour ratio (a short
-  scalar loop: few records), S1..S3 windows on the window table (gathers from a stack copy), PiSi, EOT and
-  each energy line on the PS/ECAL amplitude bounds, and a mask of the records these do not decide;
+  scalar loop: few records), S1..S3 windows on the window table (:func:`trigger.simd.window_bits`: 16
+  records at a time, the neighbours gathered, the table's columns permuted in registers), PiSi, EOT (V1's
+  window, when V1 is above threshold in a PiSi record, in a short scalar loop on the table) and each energy
+  line on the PS/ECAL amplitude bounds, and a mask of the records these do not decide;
 * the general path :func:`_record_bits` (a call: the exact reconstruction where the bounds do not tell)
-  for the masked records: saturated counters, an amplitude or onset in a guard band, V1 above threshold in
-  a PiSi record (its onset), an energy line's cut within a sum's bounds (:func:`_pisi_bits`: refined by the
+  for the masked records: saturated counters, an amplitude or onset in a guard band (V1's included), an
+  energy line's cut within a sum's bounds (:func:`_pisi_bits`: refined by the
   neighbour ratio, exactly if still undecided).
 
 Every record needs its PiSi and EOT bits (the scalers, the beam line), so the counters' windows are decided
 for every record with S1..S3 above threshold whatever its energy. Numba notes (measured on this code,
 docs/performance.md): block loops run over block views from index 0 (no negative-index wraparound code,
 which otherwise blocks vectorisation); the line loop's trip count is the parameter record's line count, a
-compile-time constant; a table the vectorised loops look up at data-dependent indices must not be an
-argument array (the loop vectoriser cannot check it against the stores and gives up): the window table is
-copied per block into a stack array (:func:`trigger.simd.stack_f64`).
+compile-time constant; a table looked up at data-dependent indices in a loop LLVM is to vectorise must not
+be an argument array (the loop vectoriser cannot check it against the stores and gives up): the window
+look-ups are explicit vector code instead (:func:`trigger.simd.window_bits`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from .bounds import (
     _amp_bounds,
     _amp_range,
     _decide,
+    _keymax,
     _neighbours,
     _s_fit,
     _sum_amp_range,
@@ -50,7 +52,7 @@ from .bounds import (
 from .jit import INLINE, JIT, JIT_NONRT
 from .menu import ECAL_INDEX, PS_INDEX
 from .params import RB_EOT, RB_LINE0, RB_PISI
-from .simd import neighbour_diffs, prefetch_record_l2, record_summary, stack_f64
+from .simd import WINDOW_COLS, WINDOW_COUNTERS, WINDOW_LANES, prefetch_record_l2, record_summary, window_bits
 
 
 @nb.njit(**INLINE)
@@ -189,7 +191,7 @@ def _line_kinds(lines):
 def _record_bits(p, i, params, rw, q0, q1, q2, q3, qp, qe, k0, k1, k2, sat):
     """Raw bits of record i with summary (q0..qe, k0..k2, sat) in every case: saturated channels, amplitudes
     and onsets whose bounds do not tell (the exact reconstruction where they still do not). A call: the
-    general path for the few records :func:`_fast_bits` does not decide."""
+    general path for the few records :func:`_decide_sub` does not decide."""
     P = params[0]
     thr = P.thr_adc
     zs = P.zs_adc
@@ -230,23 +232,34 @@ def _record_bits(p, i, params, rw, q0, q1, q2, q3, qp, qe, k0, k1, k2, sat):
 
 
 #: records per sub-block: the summaries of a sub-block are computed first (a loop without branches), then
-#: decided from the buffer (its columns, SUMMARY_COLUMNS x SUB_BLOCK int32, stay in L1)
+#: decided from the buffer (its SUMMARY_COLUMNS columns of SUB_BLOCK int32, one after the other, stay in L1)
 SUB_BLOCK = 64
 #: records ahead that the summaries prefetch into L2 (into L1 they would evict the sub-block being decided)
 PREFETCH_AHEAD = 4 * SUB_BLOCK
 #: int32 columns of the sub-block buffer: Q0..Q_E the six channels' 4x peaks, K0..K2 the counters' peak
-#: samples, SAT the saturation bits, D0..D2 the counters' neighbour differences w[k+1] - w[k-1] (clamped at
-#: the edges, as :func:`trigger.bounds._neighbours`), R the raw bits decided, U 1 where not decided, BAND
-#: bit c where counter c's amplitude bounds straddle the threshold
-Q0, Q_PS, Q_E, K0, SAT, D0, COL_R, COL_U, COL_BAND = 0, 4, 5, 6, 9, 10, 13, 14, 15
-SUMMARY_COLUMNS = 16
-#: the window table as the decisions read it: (3 * NS * 4,), row 4 (NS c + k) for counter c, sample k
-WINDOW_FLAT = 3 * NS * 4
+#: samples, SAT the saturation bits, R the raw bits decided, U 1 where not decided, BAND bit c where counter
+#: c's amplitude bounds straddle the threshold, W the window verdicts (:func:`trigger.simd.window_bits`)
+Q0, Q_PS, Q_E, K0, SAT, COL_R, COL_U, COL_BAND, COL_W = 0, 4, 5, 6, 9, 10, 11, 12, 13
+SUMMARY_COLUMNS = 14
+#: raw bits of a PiSi record with V1 above threshold (EOT then needs V1's onset)
+_V1_PISI = (1 << 3) | (1 << RB_PISI)
 #: range of the 4x peaks (int16 samples, pedestal sums within +-2^17: trigger.simd.PED_BOUND) searched for
 #: the integer thresholds
 _Q_LO, _Q_HI = -(1 << 20), 1 << 20
 #: the integer thresholds (:func:`_q_thresholds`): the counters', then per energy line LINE_Q of them
 T_ZS, T_THR, T_BAND, T_LINE0, LINE_Q = 0, 1, 2, 3, 8
+
+
+@nb.njit(**INLINE)
+def _col(buf, c):
+    """Column c of the sub-block buffer (a view of its SUB_BLOCK int32)."""
+    return buf[c * SUB_BLOCK : (c + 1) * SUB_BLOCK]
+
+
+@nb.njit(**INLINE)
+def _at(buf, c, j):
+    """Column c of record j of the sub-block buffer."""
+    return buf[c * SUB_BLOCK + j]
 
 
 @nb.njit(**JIT_NONRT)
@@ -309,16 +322,24 @@ def _q_thresholds(params):
     return out
 
 
-@nb.njit(**INLINE)
-def _window_vec(wf, c, q, k, d):
-    """(in, out) of counter c's onset and its window, :func:`trigger.bounds._window` on the flat window table
-    ``wf`` (:data:`WINDOW_FLAT`) without branches: both false in its guard band."""
-    best = np.float64(q) * 0.25
-    x = np.float64(d)
-    r = 4 * (NS * c + (k & (NS - 1)))
-    inw = (best * wf[r] <= x) & (x <= best * wf[r + 1])
-    out = (x < best * wf[r + 2]) | (x > best * wf[r + 3])
-    return inw, out
+@nb.njit(**JIT)
+def _window_f32(rw):
+    """The window table (:func:`trigger.bounds.window_table`) of S1..S3 as :func:`trigger.simd.window_bits`
+    reads it: float32 (3 x 4 x NS,), column col of counter c at NS (4 c + col), rounded outward (in_lo and
+    out_hi up, in_hi and out_lo down: its in and out verdicts imply the float64 table's)."""
+    out = np.empty(WINDOW_COUNTERS * WINDOW_COLS * NS, np.float32)
+    for c in range(WINDOW_COUNTERS):
+        for col in range(WINDOW_COLS):
+            for k in range(NS):
+                x = rw[c, k, col]
+                f = np.float32(x)
+                if col == 0 or col == 3:
+                    if np.float64(f) < x:
+                        f = np.nextafter(f, np.float32(np.inf))
+                elif np.float64(f) > x:
+                    f = np.nextafter(f, np.float32(-np.inf))
+                out[NS * (WINDOW_COLS * c + col) + k] = f
+    return out
 
 
 @nb.njit(**INLINE)
@@ -334,21 +355,22 @@ def _inside_q(q, s, tzs, t0, t1, t2, t3, zero_d):
 
 
 @nb.njit(**INLINE)
-def _decide_sub(p, s0, buf, ns, P, wf, qt):
+def _decide_sub(p, s0, buf, ns, P, rw, qt, tab):
     """The raw bits of the common records of sub-block s0 (``ns`` records) from the buffer's summaries into
     column COL_R, and COL_U = 1 for the records these bounds do not decide (a saturated counter, an amplitude
     or onset in a guard band, V1 above threshold in a PiSi record: its onset; an energy line's cut within
     a sum's bounds or a saturated sum): :func:`_record_bits` decides those. Counted loops over the int32
     columns without branches or calls, so that LLVM vectorises them (the counters; their windows, PiSi and
     EOT; one loop per energy line), comparing the peaks with integer thresholds (``qt``:
-    :func:`_q_thresholds`) and the neighbour ratios with the window table (``wf``: :data:`WINDOW_FLAT`, a
-    stack array: :func:`trigger.simd.stack_f64`); a scalar loop between them decides the counters in
-    AMP_BOUND's band (few records) on the neighbour ratio."""
+    :func:`_q_thresholds`) and the neighbour ratios with the window table (:func:`trigger.simd.window_bits`
+    on ``tab``, :func:`_window_f32`, 16 records at a time); scalar loops between them decide the counters in
+    AMP_BOUND's band on the neighbour ratio and V1's window in a PiSi record with V1 above threshold (EOT)
+    on the window table ``rw`` (few records each)."""
     thr = P.thr_adc
-    q0, q1, q2, q3, qp, qe = buf[Q0], buf[Q0 + 1], buf[Q0 + 2], buf[Q0 + 3], buf[Q_PS], buf[Q_E]
-    k0, k1, k2, sb = buf[K0], buf[K0 + 1], buf[K0 + 2], buf[SAT]
-    e0, e1, e2 = buf[D0], buf[D0 + 1], buf[D0 + 2]
-    rb, ub, bb = buf[COL_R], buf[COL_U], buf[COL_BAND]
+    q0, q1, q2, q3 = _col(buf, Q0), _col(buf, Q0 + 1), _col(buf, Q0 + 2), _col(buf, Q0 + 3)
+    qp, qe = _col(buf, Q_PS), _col(buf, Q_E)
+    sb = _col(buf, SAT)
+    rb, ub, bb, wb = _col(buf, COL_R), _col(buf, COL_U), _col(buf, COL_BAND), _col(buf, COL_W)
     tzs, tthr, tband = qt[T_ZS], qt[T_THR], qt[T_BAND]
     for j in range(ns):  # counters on their bounds
         c0, c1, c2, v = q0[j], q1[j], q2[j], q3[j]
@@ -369,23 +391,33 @@ def _decide_sub(p, s0, buf, ns, P, wf, qt):
             r = rb[j]
             for c in range(3):
                 if (bb[j] >> c) & 1:
-                    lo, hi = _amp_range(p, i, np.int64(c), buf[K0 + c, j], buf[Q0 + c, j])
+                    lo, hi = _amp_range(p, i, np.int64(c), _at(buf, K0 + c, j), _at(buf, Q0 + c, j))
                     below = _decide(lo, hi, 1.0, thr, False)  # 1: A < thr, 0: A >= thr, 2: too close
                     r |= np.int32(below == 0) << c
                     ub[j] |= np.int32(below == 2)
             rb[j] = r
-    for j in range(ns):  # windows, PiSi, EOT
+    for j in range(0, ns, WINDOW_LANES):  # S1..S3 in / out of their windows
+        window_bits(buf, j, ns, tab, p, s0, Q0, K0, COL_W, SUB_BLOCK)
+    for j in range(ns):  # PiSi, EOT
         r = rb[j]
-        w0, o0 = _window_vec(wf, 0, q0[j], k0[j], e0[j])
-        w1, o1 = _window_vec(wf, 1, q1[j], k1[j], e1[j])
-        w2, o2 = _window_vec(wf, 2, q2[j], k2[j], e2[j])
+        w = wb[j]
         cand = ((r & 7) == 7) & (ub[j] == 0)
-        pisi = cand & w0 & w1 & w2
+        pisi = cand & ((w & 7) == 7)
         a3 = (r & 8) != 0
         eot = pisi & (not a3)
         rb[j] = r | (np.int32(pisi) << RB_PISI) | (np.int32(eot) << RB_EOT)
-        # not PiSi is decided when a counter is certainly out; with V1 above threshold EOT needs its onset
-        ub[j] |= np.int32((cand & (not pisi) & (not (o0 | o1 | o2))) | (pisi & a3))
+        # not PiSi is decided when a counter is certainly out
+        ub[j] |= np.int32(cand & (not pisi) & ((w & (7 << 3)) == 0))
+    c3 = np.int64(3)
+    for j in range(ns):  # V1 above threshold in a PiSi record: EOT is V1 out of its window (rare, a branch)
+        r = rb[j]
+        if (r & _V1_PISI) == _V1_PISI and ub[j] == 0:
+            i = s0 + j
+            k = _keymax(p, i, c3, P.ped_se[3], P.ped_so[3], P.gate_lo[3], P.gate_hi[3])[0]
+            wm, wp = _neighbours(p, i, c3, k)
+            d = _window(rw, c3, k, np.float64(wp - wm), q3[j] * 0.25)  # 1 in, 0 out, 2 guard band
+            rb[j] = r | (np.int32(d == 0) << RB_EOT)
+            ub[j] = np.int32(d == 2)
     lines = P.lines
     for n in range(lines.shape[0]):
         ln = lines[n]
@@ -408,20 +440,16 @@ def _decide_sub(p, s0, buf, ns, P, wf, qt):
 
 
 @nb.njit(**JIT_NONRT)
-def _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt):
+def _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt, tab):
     """Raw bits of the records of block b (into the bit planes ``bits``) and the block's counts, from the
-    waveforms; ``buf``: (SUMMARY_COLUMNS, SUB_BLOCK) int32 scratch for the summaries; ``qt``: the integer
-    thresholds (:func:`_q_thresholds`)."""
+    waveforms; ``buf``: (SUMMARY_COLUMNS * SUB_BLOCK,) int32 scratch for the summaries, column c at
+    c * SUB_BLOCK; ``qt``: the integer thresholds (:func:`_q_thresholds`); ``tab``: the window table of
+    :func:`trigger.simd.window_bits` (:func:`_window_f32`)."""
     n = times.shape[0]
     b0 = b * BLOCK
     b1 = min(b0 + BLOCK, n)
     P = params[0]
     lanes, caps = P.ped_lanes, P.gate_caps  # the calibrated pedestals, the channels' gates
-    wf = stack_f64(WINDOW_FLAT)
-    for c in range(3):
-        for k in range(NS):
-            for col in range(4):
-                wf[4 * (NS * c + k) + col] = rw[c, k, col]
     n_planes = bits.shape[0]
     # block views: loop indices from 0 are provably non-negative (no wraparound code in the hot loop)
     p = p[b0:b1]
@@ -435,41 +463,47 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt):
             prefetch_record_l2(p, i + PREFETCH_AHEAD)  # beyond the array: harmless
             q0, q1, q2, q3, qp, qe, k0, k1, k2, sat = record_summary(p, i, lanes, caps)
             j = i - s0
-            buf[Q0, j], buf[Q0 + 1, j], buf[Q0 + 2, j], buf[Q0 + 3, j] = q0, q1, q2, q3
-            buf[Q_PS, j], buf[Q_E, j] = qp, qe
-            buf[K0, j], buf[K0 + 1, j], buf[K0 + 2, j], buf[SAT, j] = k0, k1, k2, sat
-        for i in range(s0, s1):  # the counters' neighbours (their loads wait for no summary here)
-            j = i - s0
-            d = neighbour_diffs(p, i, buf[K0, j], buf[K0 + 1, j], buf[K0 + 2, j])
-            buf[D0, j], buf[D0 + 1, j], buf[D0 + 2, j] = d
-        _decide_sub(p, s0, buf, s1 - s0, P, wf, qt)
-        for i in range(s0, s1):
-            j = i - s0
-            r = np.int64(buf[COL_R, j])
-            if buf[COL_U, j] != 0:
-                r = _record_bits(
-                    p, i, params, rw, buf[Q0, j], buf[Q0 + 1, j], buf[Q0 + 2, j], buf[Q0 + 3, j], buf[Q_PS, j],
-                    buf[Q_E, j], buf[K0, j], buf[K0 + 1, j], buf[K0 + 2, j], buf[SAT, j],
-                )  # fmt: skip
-            bv0[i] = np.uint8(r & 255)
-            if n_planes > 1:
-                bv1[i] = np.uint8(r >> 8)
+            # at constant offsets from j (a 2-d buffer's run-time row stride cost an add per store)
+            buf[Q0 * SUB_BLOCK + j], buf[(Q0 + 1) * SUB_BLOCK + j] = q0, q1
+            buf[(Q0 + 2) * SUB_BLOCK + j], buf[(Q0 + 3) * SUB_BLOCK + j] = q2, q3
+            buf[Q_PS * SUB_BLOCK + j], buf[Q_E * SUB_BLOCK + j] = qp, qe
+            buf[K0 * SUB_BLOCK + j], buf[(K0 + 1) * SUB_BLOCK + j], buf[(K0 + 2) * SUB_BLOCK + j] = k0, k1, k2
+            buf[SAT * SUB_BLOCK + j] = sat
+        ns = s1 - s0
+        _decide_sub(p, s0, buf, ns, P, rw, qt, tab)
+        rb = _col(buf, COL_R)
+        for j in range(ns):  # the general path (a call) for the records not decided
+            if _at(buf, COL_U, j) != 0:
+                rb[j] = np.int32(_record_bits(
+                    p, s0 + j, params, rw, _at(buf, Q0, j), _at(buf, Q0 + 1, j), _at(buf, Q0 + 2, j),
+                    _at(buf, Q0 + 3, j), _at(buf, Q_PS, j), _at(buf, Q_E, j), _at(buf, K0, j), _at(buf, K0 + 1, j),
+                    _at(buf, K0 + 2, j), _at(buf, SAT, j),
+                ))  # fmt: skip
+        o0 = bv0[s0:s1]  # the bit planes: loops without branches (vectorised)
+        for j in range(ns):
+            o0[j] = np.uint8(rb[j] & 255)
+        if n_planes > 1:
+            o1 = bv1[s0:s1]
+            for j in range(ns):
+                o1[j] = np.uint8(rb[j] >> 8)
     block_counts(bits, times, b, b0, b1, prev_t, cnt)
 
 
 @nb.njit(**JIT)
 def wave_pass_a(p, times, prev_t, params, rw, bits, cnt):
     """Pass A of the waveform entry, serial."""
-    buf = np.empty((SUMMARY_COLUMNS, SUB_BLOCK), np.int32)
+    buf = np.empty(SUMMARY_COLUMNS * SUB_BLOCK, np.int32)
     qt = _q_thresholds(params)
+    tab = _window_f32(rw)
     for b in range(cnt.shape[0]):
-        _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt)
+        _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt, tab)
 
 
 @nb.njit(parallel=True, **JIT)
 def wave_pass_a_par(p, times, prev_t, params, rw, bits, cnt):
     """Pass A of the waveform entry, prange over blocks."""
     qt = _q_thresholds(params)
+    tab = _window_f32(rw)
     for b in nb.prange(cnt.shape[0]):
-        buf = np.empty((SUMMARY_COLUMNS, SUB_BLOCK), np.int32)
-        _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt)
+        buf = np.empty(SUMMARY_COLUMNS * SUB_BLOCK, np.int32)
+        _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt, tab)
