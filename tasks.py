@@ -86,18 +86,22 @@ def ensure_venv() -> None:
 #: compiles (or loads from numba's on-disk cache) the kernels of the DAQ (tracker, trigger, reconstruction) and of
 #: the emulator's spill chain, so that neither the tests nor the demo wait for a cold compile: two groups, each in
 #: its own process (their compilations take turns: detector.jitcache); every step prints one line "what ...
-#: seconds". The DAQ's warm-up (online.kernels.prepare_kernels) compiles the tracker's kernel first, in a fresh
-#: process: its cache entry, compiled in a pytest worker after many other kernels, segfaulted every process that
-#: loaded it (2026-12-05, not understood)
+#: seconds". The tracker's kernel comes first in a fresh process: its cache entry, compiled in a pytest worker
+#: after many other kernels, segfaulted every process that loaded it (2026-12-05, not understood; the DAQ
+#: itself compiles it lazily, in its monitor worker: docs/performance.md 2026-12-06)
 WARM_KERNELS = {
     "daq": """
+import time
 from detector.config import load_config
+from detector.tracking import Spectrometer, StripData, reconstruct_tracks
+t0 = time.perf_counter()  # first, in a process that has compiled nothing yet (see below)
+reconstruct_tracks(StripData.empty(1), Spectrometer.from_config(load_config(None)), planes=True)
+print(f"the tracker's reconstruction ... {time.perf_counter() - t0:.1f} s", flush=True)
 from online.daq import prepare_kernels
 from trigger.menu import TriggerMenu
 steps = {}
 prepare_kernels(TriggerMenu.from_config(load_config(None)), timings=steps)
-times = ", ".join(f"{k} {v:.1f} s" for k, v in steps.items())
-print(f"the DAQ's tracker, trigger and reconstruction ... {times}", flush=True)
+print("the DAQ's trigger and reconstruction ...", ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()), flush=True)
 """,
     "emulator": """
 from detector.config import load_config

@@ -18,8 +18,7 @@ compiler lock also hold an exclusive ``flock`` on a file in the cache directory,
 time compiles or loads cached code. It is registered as numba's ``init`` extension entry point (pyproject
 ``[project.entry-points.numba_extensions]``): numba runs it before it compiles anything, in every process of
 the installed project. (A crash seen here that the lock did not prevent, a ``tracking._reco_kernel`` entry
-compiled by a pytest worker after many other kernels, is avoided by the order of the DAQ's warm-up,
-``online.kernels.prepare_kernels``: the tracker first.)
+compiled by a pytest worker after many other kernels, is avoided by the order of the warm-up: ``tasks.py``.)
 """
 
 from __future__ import annotations

@@ -8,9 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from detector import channels as ch
-from detector.config import load_config
 from detector.reco import reconstruct
-from detector.tracking import Spectrometer, StripData, reconstruct_tracks
 
 from .readout import parallel_trigger_default
 
@@ -22,25 +20,19 @@ def prepare_kernels(
     menu: TriggerMenu | None = None, parallel_trigger: bool | None = None, timings: dict[str, float] | None = None
 ) -> float:
     """Compile (or load from numba's on-disk cache) every kernel the spill loop and its monitor worker call,
-    with the real dtypes on tiny arrays, so that the first spill is not spent compiling: first the tracker's
-    reconstruction (the monitor worker's; before the others, in a process that has compiled nothing else yet:
-    a cache entry of it compiled after many other kernels once crashed every process that loaded it,
-    detector/jitcache.py), then the trigger's waveform entry for ``menu`` (None: the default menu), serial,
-    and parallel only when the readout runs it (``parallel_trigger``, default
-    :func:`online.readout.parallel_trigger_default`), and the pulse reconstruction. Returns the seconds it
-    took (a load from the cache takes about a second); ``timings``, when given, receives the seconds per group
-    (``tracker``, ``trigger``, ``reconstruction``)."""
+    with the real dtypes on tiny arrays, so that the first spill is not spent compiling: the trigger's
+    waveform entry for ``menu`` (None: the default menu), serial, and parallel only when the readout runs
+    it (``parallel_trigger``, default :func:`online.readout.parallel_trigger_default`), and the pulse
+    reconstruction. Returns the seconds it took (a load from the cache takes about a second); ``timings``,
+    when given, receives the seconds per group (``trigger``, ``reconstruction``)."""
     from trigger.kernels import warm_up
 
     parallel = parallel_trigger_default() if parallel_trigger is None else bool(parallel_trigger)
     t = time.perf_counter()
-    # the default geometry: only the argument types decide what is compiled
-    reconstruct_tracks(StripData.empty(1), Spectrometer.from_config(load_config(None)), planes=True)
-    t_trk = time.perf_counter()
     t_trig = warm_up(menu, amplitude=False, parallel=parallel)
     t_reco = time.perf_counter()
     reconstruct(np.zeros((1, ch.N_CHANNELS, ch.N_SAMPLES), np.int16), np.ones(ch.N_CHANNELS, np.float32), parallel=True)
     t_end = time.perf_counter()
     if timings is not None:
-        timings.update(tracker=t_trk - t, trigger=t_trig, reconstruction=t_end - t_reco)
+        timings.update(trigger=t_trig, reconstruction=t_end - t_reco)
     return t_end - t

@@ -151,12 +151,15 @@ def test_a_second_process_waits_while_one_holds_the_compiler_lock(tmp_path: Path
     assert again.stdout.split() == ["8", "1"]
 
 
-def test_the_daq_warm_up_takes_the_trackers_kernel_first() -> None:
-    """online.kernels.prepare_kernels (the DAQ's start, tasks.py's warm-up) loads or compiles the tracker's
-    kernel before any other kernel of the project: its cache entry, compiled in a process after many other
-    kernels, once crashed every process that loaded it (detector/jitcache.py). Every cached kernel passes
-    through numba's Cache.load_overload, on a load and before a compile alike: its order is recorded."""
-    code = """
+def test_the_warm_up_takes_the_trackers_kernel_first() -> None:
+    """tasks.py's warm-up of the DAQ's kernels loads or compiles the tracker's kernel before any other kernel of
+    the project: its cache entry, compiled in a process after many other kernels, once crashed every process
+    that loaded it (detector/jitcache.py). Every cached kernel passes through numba's Cache.load_overload, on
+    a load and before a compile alike: its order is recorded."""
+    import tasks
+
+    code = (
+        """
 import numba.core.caching as caching
 order = []
 _load = caching.Cache.load_overload
@@ -165,14 +168,15 @@ def load_overload(self, sig, target_context):
     order.append(f.__module__ + "." + f.__qualname__)
     return _load(self, sig, target_context)
 caching.Cache.load_overload = load_overload
-from online.kernels import prepare_kernels
-steps = {}
-prepare_kernels(timings=steps)
-ours = [o for o in order if o.split(".")[0] in ("detector", "trigger", "sim_frontend", "online")]
-print(ours[0], len(ours), sorted(steps))
 """
+        + tasks.WARM_KERNELS["daq"]
+        + """
+ours = [o for o in order if o.split(".")[0] in ("detector", "trigger", "sim_frontend", "online")]
+print("ORDER", ours[0], len(ours))
+"""
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=jitcache.ROOT)
     assert r.returncode == 0, r.stderr
-    first, n, steps = r.stdout.split(maxsplit=2)
+    line = next(x for x in r.stdout.splitlines() if x.startswith("ORDER"))
+    _, first, n = line.split()
     assert first == "detector.tracking._reco_kernel" and int(n) > 3
-    assert steps.strip() == "['reconstruction', 'tracker', 'trigger']"
