@@ -299,9 +299,9 @@ def target_has_avx512() -> bool:
     import llvmlite.binding as llb
     from numba.core import config
 
-    feats = config.CPU_FEATURES
+    feats = getattr(config, "CPU_FEATURES", None)  # numba sets its config attributes at run time
     if feats is None:
-        if config.CPU_NAME not in (None, "host"):
+        if getattr(config, "CPU_NAME", None) not in (None, "host"):
             return False
         feats = llb.get_host_cpu_features().flatten()
     return "+avx512f" in feats.split(",")
