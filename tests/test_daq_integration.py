@@ -147,8 +147,11 @@ def test_calibration_mode_publishes_amplitudes_and_sigterm_stops_cleanly(tmp_pat
     assert a.arrays["amplitudes"].shape[1] == 108 and a.arrays["amplitudes"].dtype == np.float32
     assert a.arrays["amplitudes"].shape[0] > 0 and {"x_mm", "y_mm"} <= set(a.meta["table"])
     e = {x["spill"]: x for x in rec["spills"]}[a.spill]
-    # one row per recorded event of the spill; every accepted beam event recorded unless the spill says it is
-    # not (a loaded machine can lose the crate mid-readout: the spill keeps what it read, flagged)
-    assert a.arrays["amplitudes"].shape[0] == e["n_recorded"] or "retried" in e["flags"]
-    assert e["n_recorded"] == e["triggers"]["beam"]["accepted"] or "readout_incomplete" in e["flags"]
+    # one row per recorded beam-trigger event of the spill (other triggers' events are recorded too)
+    n_amp, accepted = a.arrays["amplitudes"].shape[0], e["triggers"]["beam"]["accepted"]
+    if "retried" not in e["flags"]:
+        if "readout_incomplete" in e["flags"]:  # the crate lost mid-readout: the spill keeps what it read
+            assert 0 < n_amp <= min(accepted, e["n_recorded"])
+        else:
+            assert n_amp == accepted
     assert sub.of("status")[-1].meta["message"].startswith("stopped")
