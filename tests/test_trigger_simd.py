@@ -30,7 +30,7 @@ def _summaries(p: np.ndarray, first: int, lanes: np.ndarray, caps: np.ndarray) -
 @nb.njit(cache=True)
 def _prefetch_all(p: np.ndarray, ahead: int) -> int:
     for i in range(p.shape[0]):
-        simd.prefetch_record(p, i + ahead)  # beyond the end too: a prefetch never faults
+        simd.prefetch_record_l2(p, i + ahead)  # beyond the end too: a prefetch never faults
     return p.shape[0]
 
 

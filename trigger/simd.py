@@ -273,10 +273,8 @@ def _prefetch_typer(locality: int):
     return typer
 
 
-#: ``prefetch_record(p, index)``: software prefetch of record ``index`` of p into all cache levels
-prefetch_record = intrinsic(_prefetch_typer(3))
-#: ``prefetch_record_l2(p, index)``: the same into L2, not L1: a prefetch far ahead then evicts nothing the
-#: current records still need from L1
+#: ``prefetch_record_l2(p, index)``: software prefetch of record ``index`` of p into L2, not L1: a prefetch
+#: far ahead then evicts nothing the current records still need from L1
 prefetch_record_l2 = intrinsic(_prefetch_typer(2))
 
 
