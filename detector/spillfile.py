@@ -36,12 +36,15 @@ Spill file::
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_mod
 import io
 import json
 import os
 import pathlib
+import queue
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,6 +149,14 @@ class _FailSafeFile(io.RawIOBase):
             except OSError as exc:
                 self.error = exc
 
+    def datasync(self) -> None:
+        """Flush the data written so far to the disk (``fdatasync``); an error is kept as any other."""
+        if self.error is None:
+            try:
+                os.fdatasync(self.fd)
+            except OSError as exc:
+                self.error = exc
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -245,58 +256,209 @@ def estimated_size(content: SpillContent) -> int:
     return data + len(json.dumps(content.attrs, default=json_default)) + (1 << 20)
 
 
+class SpillFileStream:
+    """One spill file written while its events arrive: the waveforms of ``n_events`` events are put in blocks,
+    in order, as the readout gets them (:meth:`put`), and :meth:`finish` adds everything else and moves the
+    file into place; the ONE way a spill file is written (:func:`write_spill` is a stream finished at once).
+
+    With ``threaded`` a writer thread takes the blocks (h5py releases the GIL in its dataset writes), so the
+    disk write overlaps the readout of the next block; the block's memory must stay untouched until
+    :meth:`finish` or :meth:`abort`. A failed write (disk full, I/O error) is kept and raised by
+    :meth:`finish` as :class:`SpillWriteError`; the partial file is removed either way.
+    Refuses to overwrite an existing finished spill file (FileExistsError)."""
+
+    #: blocks of at least this many bytes are flushed to the disk by the writer thread as they are written,
+    #: so that the final fsync of :meth:`finish` has little left to do
+    SYNC_BYTES = 64 << 20
+
+    def __init__(
+        self,
+        rdir: str | os.PathLike,
+        spill: int,
+        n_events: int,
+        compression: str | None = None,
+        threaded: bool = False,
+    ) -> None:
+        self.rdir = pathlib.Path(rdir)
+        self.rdir.mkdir(parents=True, exist_ok=True)
+        self.spill = int(spill)
+        self.capacity = int(n_events)
+        self.compression = compression
+        self.final = spill_path(self.rdir, spill)
+        if self.final.exists():
+            raise FileExistsError(f"{self.final} exists already; a finished spill is never overwritten")
+        self.tmp = self.rdir / f".{self.final.name}.tmp-{os.getpid()}"
+        self.rows_written = 0  #: events put so far (rows [0, rows_written) of the waveforms)
+        self._blocks: list[tuple[int, np.ndarray]] = []
+        self._failure: BaseException | None = None
+        self._queue: queue.SimpleQueue[tuple[int, np.ndarray] | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._unsynced = 0
+        self.finished = False  #: the file is in place
+        self.sink = _FailSafeFile(self.tmp)
+        try:
+            self.file = h5py.File(self.sink, "w", libver="latest")
+            n = self.capacity
+            chunks = (max(1, min(n, 256)), N_CHANNELS, N_SAMPLES) if n else None
+            self.waveforms = self.file.create_group("events").create_dataset(
+                "waveforms",
+                shape=(n, N_CHANNELS, N_SAMPLES),
+                dtype=np.int16,
+                chunks=chunks,
+                maxshape=(None, N_CHANNELS, N_SAMPLES) if n else None,
+                compression=compression,
+            )
+        except BaseException:
+            self._discard()
+            raise
+        if threaded:
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._writer, name=f"spill-{self.spill}-writer", daemon=True)
+            self._thread.start()
+
+    @property
+    def bytes_put(self) -> int:
+        """Bytes of waveforms put so far."""
+        return self.rows_written * N_CHANNELS * N_SAMPLES * 2
+
+    def put(self, first: int, block: np.ndarray) -> None:
+        """The waveforms of events ``first .. first + len(block) - 1`` (int16, events x channels x samples);
+        blocks come in order, each starting where the last ended."""
+        if first != self.rows_written or block.dtype != np.int16 or block.shape[1:] != (N_CHANNELS, N_SAMPLES):
+            raise ValueError(
+                f"spill {self.spill}: block of {block.dtype} {block.shape} at event {first}; expected int16 "
+                f"(n, {N_CHANNELS}, {N_SAMPLES}) at event {self.rows_written}"
+            )
+        if first + block.shape[0] > self.capacity:
+            raise ValueError(f"spill {self.spill}: events up to {first + block.shape[0]} put, {self.capacity} opened")
+        self.rows_written = first + block.shape[0]
+        self._blocks.append((first, block))
+        if self._queue is not None:
+            self._queue.put((first, block))
+        else:
+            self._write(first, block)
+
+    def _write(self, first: int, block: np.ndarray) -> None:
+        self.waveforms[first : first + block.shape[0]] = block
+        self._unsynced += block.nbytes
+        if self._thread is not None and self._unsynced >= self.SYNC_BYTES:
+            self.sink.datasync()
+            self._unsynced = 0
+
+    def _writer(self) -> None:
+        assert self._queue is not None
+        while (item := self._queue.get()) is not None:
+            if self._failure is None:
+                try:
+                    self._write(*item)
+                except BaseException as exc:  # noqa: BLE001 (kept for finish(), which raises it in the caller's thread)
+                    self._failure = exc
+
+    def _join(self) -> None:
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._failure is not None:
+            raise self._failure
+
+    def finish(self, content: SpillContent) -> pathlib.Path:
+        """Write the rest of ``content`` (its events must be the first ``len(content.event_id)`` put, or
+        fewer: the file keeps as many as ``content`` has), flush, fsync, move the file into place and return
+        its path. Rows ``content`` holds beyond those put are written here; a put block that is not
+        ``content``'s own memory is written again from ``content``."""
+        try:
+            _validate_content(content)
+            self._join()
+            n = content.event_id.shape[0]
+            if n > self.capacity:
+                raise ValueError(f"spill {self.spill}: {n} events to record, the file was opened for {self.capacity}")
+            for first, block in self._blocks:  # the file must hold exactly content's waveforms
+                last = min(first + block.shape[0], n)
+                if first < n and not _same_memory(block[: last - first], content.waveforms[first:last]):
+                    self._write(first, content.waveforms[first:last])
+            if n > self.rows_written:
+                self._write(self.rows_written, content.waveforms[self.rows_written : n])
+            if n < self.capacity:
+                self.waveforms.resize(n, axis=0)
+            self._write_rest(content)
+            self.file.close()
+            self.sink.fsync()
+            self.sink.close()
+            if self.sink.error is not None:
+                e = self.sink.error
+                raise SpillWriteError(
+                    e.errno or errno_mod.EIO, f"spill {content.spill} not written to {self.rdir}: {e.strerror or e}"
+                )
+            os.replace(self.tmp, self.final)
+            self.finished = True
+            fsync_dir(self.rdir)
+        except BaseException:
+            if not self.finished:
+                self._discard()
+            raise
+        return self.final
+
+    def _write_rest(self, content: SpillContent) -> None:
+        f, compression = self.file, self.compression
+        attrs = dict(content.attrs)
+        attrs.update(
+            schema_version=SCHEMA_VERSION,
+            run=int(content.run),
+            spill=int(content.spill),
+            n_recorded=int(content.event_id.shape[0]),
+            written_unix=time.time(),
+        )
+        for k, v in attrs.items():
+            f.attrs[k] = json.dumps(v) if k in _JSON_ATTRS else v
+        g = f["events"]
+        g.create_dataset("event_id", data=np.asarray(content.event_id, dtype=np.uint32))
+        g.create_dataset("trigger_mask", data=np.asarray(content.trigger_mask, dtype=np.uint8))
+        g.create_dataset("time_ns", data=np.asarray(content.time_ns, dtype=np.float64))
+        if content.truth is not None:
+            f.create_dataset("truth", data=content.truth)
+        if content.mm is not None:
+            _write_mm(f.create_group("mm"), content.mm, compression)
+        if content.led is not None:
+            _write_led(f.create_group("led"), content.led, compression)
+
+    def abort(self) -> None:
+        """Give up this spill file: the writer stops, the partial file is removed (idempotent; nothing
+        happens to a finished file)."""
+        if self.finished:
+            return
+        with contextlib.suppress(BaseException):
+            self._join()
+        self._discard()
+
+    def _discard(self) -> None:
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        file = getattr(self, "file", None)
+        if file is not None and file.id.valid:
+            with contextlib.suppress(Exception):
+                file.close()
+        self.sink.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` are the same bytes of the same buffer (same start, shape and strides)."""
+    return (
+        a.shape == b.shape
+        and a.strides == b.strides
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
+
+
 def write_spill(rdir: str | os.PathLike, content: SpillContent, compression: str | None = None) -> pathlib.Path:
     """Write one spill file atomically into run directory ``rdir`` and return its path.
     Refuses to overwrite an existing finished spill file (FileExistsError); a failed write (disk full,
     I/O error) raises :class:`SpillWriteError` and leaves nothing behind."""
     _validate_content(content)
-    rdir = pathlib.Path(rdir)
-    rdir.mkdir(parents=True, exist_ok=True)
-    final = spill_path(rdir, content.spill)
-    if final.exists():
-        raise FileExistsError(f"{final} exists already; a finished spill is never overwritten")
-    tmp = rdir / f".{final.name}.tmp-{os.getpid()}"
-    n = content.event_id.shape[0]
-    attrs = dict(content.attrs)
-    attrs.update(
-        schema_version=SCHEMA_VERSION,
-        run=int(content.run),
-        spill=int(content.spill),
-        n_recorded=int(n),
-        written_unix=time.time(),
-    )
-    try:
-        sink = _FailSafeFile(tmp)
-        try:
-            with h5py.File(sink, "w", libver="latest") as f:
-                for k, v in attrs.items():
-                    f.attrs[k] = json.dumps(v) if k in _JSON_ATTRS else v
-                g = f.create_group("events")
-                g.create_dataset("event_id", data=np.asarray(content.event_id, dtype=np.uint32))
-                g.create_dataset("trigger_mask", data=np.asarray(content.trigger_mask, dtype=np.uint8))
-                g.create_dataset("time_ns", data=np.asarray(content.time_ns, dtype=np.float64))
-                chunks = (max(1, min(n, 256)), N_CHANNELS, N_SAMPLES) if n else None
-                g.create_dataset("waveforms", data=content.waveforms, chunks=chunks, compression=compression)
-                if content.truth is not None:
-                    f.create_dataset("truth", data=content.truth)
-                if content.mm is not None:
-                    _write_mm(f.create_group("mm"), content.mm, compression)
-                if content.led is not None:
-                    _write_led(f.create_group("led"), content.led, compression)
-            sink.fsync()
-        finally:
-            sink.close()
-        if sink.error is not None:
-            e = sink.error
-            raise SpillWriteError(
-                e.errno or errno_mod.EIO, f"spill {content.spill} not written to {rdir}: {e.strerror or e}"
-            )
-        os.replace(tmp, final)
-        fsync_dir(rdir)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return final
+    return SpillFileStream(rdir, content.spill, content.event_id.shape[0], compression).finish(content)
 
 
 def _write_mm(g: Any, mm: StripData, compression: str | None) -> None:

@@ -53,6 +53,7 @@ from .recorder import RunRecorder
 from .recovery import RECOVERABLE_FLAGS, buffered_spills, resume_point, still_holds, unwritten
 from .spill_report import print_line, progress_line
 from .spill_state import TRANSITIONS, IllegalTransition, SpillStateMachine, State
+from .spill_stream import SpillStreamer
 
 if TYPE_CHECKING:
     from detector.led import LedEvents
@@ -147,6 +148,7 @@ class DAQ:
         self.last_spill_unix = 0.0
         self.spills_this_session = 0
         self.readout: CrateReadout | None = None
+        self.streamer: SpillStreamer | None = None  #: streams each spill's events to its file during the readout
         self.events = EventPool()  #: event buffers: taken by the readout, given back by the monitor worker
         self.ready = False  #: kernels compiled, crate configured: spills are taken from now on
         self._pending_flags: list[str] = []
@@ -221,6 +223,7 @@ class DAQ:
             min_free_bytes=float(self.daq_cfg.min_free_mb) * 1e6,
         )
         self.recorder.open()
+        self.streamer = SpillStreamer(self.recorder)
         for problem in self.recorder.session["journal_problems"] + self.recorder.session["journal_repaired"]:
             self._log(logging.WARNING, f"run record: {problem}")
         if self.recorder.restarted:
@@ -246,6 +249,7 @@ class DAQ:
             max_events=self.daq_cfg.max_events_per_spill,
             spill_filter=self.cell_filter.refuse if self.cell_filter is not None else None,
             read_led=self.cfg.led.enabled,
+            sink=self.streamer,
         )
         # the primitive pool, faulted in now, sized for the expected intensity (it grows if needed); a
         # calibration DAQ reads only calibration-beam spills (the others are skipped unread)
@@ -312,6 +316,8 @@ class DAQ:
         self.ready = True
 
     def close(self) -> None:
+        if self.streamer is not None:
+            self.streamer.abort()
         for worker in (self.monitor_worker, self.hv_reader):
             if worker is not None:
                 worker.stop()
@@ -602,9 +608,12 @@ class DAQ:
         flags = list(extra_flags or []) + self._pending_flags
         self._pending_flags = []
         rec.begin_spill(spill, crate_spill, detected_unix=t_detect)
+        assert self.streamer is not None
+        self.streamer.arm(spill)
         out = self._read_with_retry(spill, crate_spill, flags)
         incidents = self.crate.take_incidents()
         if out.skipped:
+            self.streamer.abort()
             self._record_skipped(spill, out, flags, incidents)
             return
         flags = spill_flags(flags, incidents, out.flags)
@@ -702,13 +711,17 @@ class DAQ:
             entry["recovers"] = int(recovers)
         rec.session["crate_stats"] = dict(self.crate.stats)
         out.timing["daq_s_before_write"] = time.perf_counter() - t0
-        problem = rec.space_problem(estimated_size(content))
+        assert self.streamer is not None
+        stream = self.streamer.take()  # the spill file the events went to while they were read out
+        problem = rec.space_problem(estimated_size(content) - (stream.bytes_put if stream is not None else 0))
         flag = "disk_full"
         if problem is None:
             try:
-                rec.record_spill(content, entry)
+                rec.record_spill(content, entry, stream=stream)
             except OSError as exc:  # SpillWriteError (disk full, I/O error) or the run record
                 problem, flag = str(exc), "write_failed"
+        if stream is not None:
+            stream.abort()  # nothing left to do after a finished file; a partial one is removed
         if problem is not None:
             self._not_recorded(spill, out, entry, flag, problem)
             return

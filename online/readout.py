@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -90,6 +90,18 @@ class SpillOutcome:
         return int(self.accepted.size) + self.n_cut
 
 
+class EventSink(Protocol):
+    """Takes a spill's events while they are read out (the DAQ streams them into the spill file)."""
+
+    def open(self, out: SpillOutcome) -> None:
+        """The events of ``out`` (``out.accepted.size`` of them, into ``out.events``) are about to be read;
+        a second call for the same outcome starts over (the readout was retried)."""
+
+    def rows(self, out: SpillOutcome, first: int, count: int) -> None:
+        """Events ``first .. first + count - 1`` of ``out.events`` are read; they stay untouched until the
+        spill is recorded."""
+
+
 class _ReaderFailed(Exception):
     def __init__(self, exc: BaseException, first: int) -> None:
         super().__init__(str(exc))
@@ -112,7 +124,7 @@ class CrateReadout:
     (None: all); a spill whose trigger accepted more is flagged ``truncated`` and only its first
     ``max_events`` accepted events are asked of the crate. ``spill_filter(info)`` (calibration mode) says
     why a spill is not to be read out (its ``SPIL:INFO?``): then nothing more is read and the outcome's
-    ``skipped`` holds the reason."""
+    ``skipped`` holds the reason. ``sink`` gets each block of events as soon as it is read."""
 
     def __init__(
         self,
@@ -126,8 +138,10 @@ class CrateReadout:
         max_events: int | None = None,
         spill_filter: Callable[[dict[str, Any]], str | None] | None = None,
         read_led: bool = True,
+        sink: EventSink | None = None,
     ) -> None:
         self.crate = crate
+        self.sink = sink
         self.read_led = bool(read_led)
         self.menu = menu
         self.chunk_records = int(chunk_records)
@@ -319,11 +333,15 @@ class CrateReadout:
         step = max(1, min(EVENT_BLOCK, self.chunk_records * PRIM_RECORD_BYTES // EVENT_RECORD_BYTES))
         mm: list[StripData] = []
         t_mm = 0.0
+        if self.sink is not None:
+            self.sink.open(out)
         try:
             with_mm = n_acc > 0 and self.crate.mm_supported()
             for first in range(0, n_acc, step):
                 c = min(step, n_acc - first)
                 self.crate.read_events(first, c, out=out.events[first : first + c])
+                if self.sink is not None:
+                    self.sink.rows(out, first, c)
                 if with_mm:
                     tm = time.perf_counter()
                     mm.append(self.crate.read_mm(first, c))

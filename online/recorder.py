@@ -51,7 +51,15 @@ from detector.runrecord import (
     read_run_record,
     run_totals,
 )
-from detector.spillfile import SpillContent, SpillFileError, list_spills, read_spill, run_dir, write_spill
+from detector.spillfile import (
+    SpillContent,
+    SpillFileError,
+    SpillFileStream,
+    list_spills,
+    read_spill,
+    run_dir,
+    write_spill,
+)
 
 __all__ = ["RecorderError", "RunRecorder", "is_complete", "next_run_number", "reconcile"]
 
@@ -344,10 +352,15 @@ class RunRecorder:
         self._writer.begin(self.record["in_flight"])
 
     def record_spill(
-        self, content: SpillContent, entry: dict[str, Any], compression: str | None = None
+        self,
+        content: SpillContent,
+        entry: dict[str, Any],
+        compression: str | None = None,
+        stream: SpillFileStream | None = None,
     ) -> pathlib.Path:
-        """Write the spill file and add ``entry`` (accounting, flags, scalers, ...) to the run record.
-        ``n_recorded`` is set from the content; an entry that does not reconcile gets ``readout_incomplete``."""
+        """Write the spill file (finish ``stream``, the file the events were streamed into, when given) and
+        add ``entry`` (accounting, flags, scalers, ...) to the run record. ``n_recorded`` is set from the
+        content; an entry that does not reconcile gets ``readout_incomplete``."""
         entry = dict(entry)
         entry["spill"] = int(content.spill)
         entry["n_recorded"] = int(content.event_id.shape[0])
@@ -362,7 +375,7 @@ class RunRecorder:
         if "max_events" in entry:
             content.attrs["max_events"] = int(entry["max_events"])
         t0 = time.perf_counter()
-        path = write_spill(self.rdir, content, compression=compression)
+        path = stream.finish(content) if stream is not None else write_spill(self.rdir, content, compression)
         entry["file"] = path.name
         entry["write_s"] = time.perf_counter() - t0
         entry["recorded_unix"] = time.time()

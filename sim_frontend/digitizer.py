@@ -353,7 +353,7 @@ class Digitizer:
         out = np.empty((idx.size, N_CHANNELS, N_SAMPLES), dtype=np.int16)
         if idx.size == 0:
             return out
-        times = spill.truth["time_ns"]
+        times = spill.times_ns
         scale = self.amplitude_scale(hv_vmon, float(spill.start_unix))
         # neighbour ranges [lo, hi) of every record, and their union
         lo = np.searchsorted(times, times[idx] - self._before - 1.0, side="right")  # 1 ns margin: the kernel

@@ -133,7 +133,7 @@ def event_strips(spill: BeamSpill, cfg: Config, events: np.ndarray) -> StripData
     tr = cfg.tracker
     spec = Spectrometer.from_config(cfg)
     ev = np.asarray(events, dtype=np.int64)
-    ptr, lst = neighbours(spill.truth["time_ns"], ev, float(tr.time_window_ns))
+    ptr, lst = neighbours(spill.times_ns, ev, float(tr.time_window_ns))
     uniq, inv = np.unique(lst, return_inverse=True)
     pos = beamline.station_positions(spill, cfg, uniq)[inv] if uniq.size else np.zeros((0, spec.n_stations, 2))
     cap = int(lst.size * spec.n_planes * (tr.cluster_size + 3) + ev.size * spec.n_planes * (3 * tr.noise_strips + 4))

@@ -159,7 +159,7 @@ def test_a_failed_spill_write_leaves_hdf5_usable_and_nothing_behind(tmp_path):
         import errno, os, resource, signal, sys
         import numpy as np
         sys.path.insert(0, {str(REPO_ROOT)!r})
-        from detector.spillfile import SpillContent, SpillWriteError, read_spill, write_spill
+        from detector.spillfile import SpillContent, SpillFileStream, SpillWriteError, read_spill, write_spill
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
         def content(spill, n):
@@ -174,11 +174,21 @@ def test_a_failed_spill_write_leaves_hdf5_usable_and_nothing_behind(tmp_path):
         except SpillWriteError as e:
             assert e.errno == errno.EFBIG and "spill 2 not written" in str(e), e
         write_spill(d, content(3, 50))
+        big = content(4, 2000)  # streamed from the writer thread, as the DAQ does: the error comes at finish
+        stream = SpillFileStream(d, 4, 2000, threaded=True)
+        for first in range(0, 2000, 500):
+            stream.put(first, big.waveforms[first : first + 500])
+        try:
+            stream.finish(big)
+            raise SystemExit("the oversized stream did not fail")
+        except SpillWriteError as e:
+            assert e.errno == errno.EFBIG and "spill 4 not written" in str(e), e
+        write_spill(d, content(5, 20))
         print(sorted(os.listdir(d)), read_spill(os.path.join(d, "spill-000003.h5")).n_events)
     """)
     r = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.split() == ["['spill-000001.h5',", "'spill-000003.h5']", "50"]
+    assert r.stdout.split() == ["['spill-000001.h5',", "'spill-000003.h5',", "'spill-000005.h5']", "50"]
 
 
 def test_the_run_stops_before_a_spill_that_would_not_fit(tmp_path, private_disk):

@@ -46,6 +46,67 @@ def test_a_finished_spill_is_never_overwritten(tmp_path):
     assert sf.read_spill(sf.spill_path(rdir, 1)).n_events == 4
 
 
+def test_a_stream_written_from_its_thread_block_by_block_equals_the_whole_write(tmp_path):
+    """The DAQ streams the events into the spill file while it reads them out: the file equals one written
+    at once from the same content, every dataset and attribute but the write time."""
+    c = content(1, n=700)
+    stream = sf.SpillFileStream(sf.run_dir(tmp_path, 3), 1, 700, threaded=True)
+    for first in range(0, 700, 256):
+        stream.put(first, c.waveforms[first : first + 256])
+    assert stream.rows_written == 700 and stream.bytes_put == c.waveforms.nbytes
+    streamed = sf.read_spill(stream.finish(c))
+    whole = sf.read_spill(sf.write_spill(tmp_path / "whole", c))
+    for name in ("event_id", "trigger_mask", "time_ns", "waveforms", "truth"):
+        np.testing.assert_array_equal(getattr(streamed, name), getattr(whole, name))
+    assert {k: v for k, v in streamed.attrs.items() if k != "written_unix"} == {
+        k: v for k, v in whole.attrs.items() if k != "written_unix"
+    }
+    assert sorted(p.name for p in sf.run_dir(tmp_path, 3).iterdir()) == ["spill-000001.h5"]
+
+
+def test_a_stream_keeps_exactly_the_events_recorded(tmp_path):
+    """A readout that stopped early records fewer events than the stream was opened for; a block that is
+    not the recorded content's own memory is written again from the content."""
+    rdir = sf.run_dir(tmp_path, 3)
+    c = content(2, n=5)
+    stream = sf.SpillFileStream(rdir, 2, 10, threaded=True)
+    other = np.full((6, 121, 32), 7, np.int16)  # e.g. a buffer the readout dropped and replaced
+    stream.put(0, other)
+    d = sf.read_spill(stream.finish(c))
+    assert d.n_events == 5
+    np.testing.assert_array_equal(d.waveforms, c.waveforms)
+    stream.abort()  # after finish: nothing happens to the finished file
+    assert sf.read_spill(sf.spill_path(rdir, 2)).n_events == 5
+
+    more = content(3, n=4)
+    stream = sf.SpillFileStream(rdir, 3, 4)
+    stream.put(0, more.waveforms[:2])  # the rest comes with the content
+    np.testing.assert_array_equal(sf.read_spill(stream.finish(more)).waveforms, more.waveforms)
+
+
+def test_a_stream_refuses_blocks_out_of_order_and_an_aborted_one_leaves_nothing(tmp_path):
+    rdir = sf.run_dir(tmp_path, 3)
+    c = content(4, n=8)
+    stream = sf.SpillFileStream(rdir, 4, 8, threaded=True)
+    stream.put(0, c.waveforms[:3])
+    with pytest.raises(ValueError, match="at event 5; expected int16 .* at event 3"):
+        stream.put(5, c.waveforms[5:])
+    with pytest.raises(ValueError, match="up to 11 put, 8 opened"):
+        stream.put(3, np.zeros((8, 121, 32), np.int16))
+    with pytest.raises(ValueError, match="expected int16"):
+        stream.put(3, c.waveforms[3:].astype(np.int32))
+    stream.abort()
+    stream.abort()
+    assert list(rdir.iterdir()) == []
+    with pytest.raises(ValueError, match="10 events to record, the file was opened for 8"):
+        sf.SpillFileStream(rdir, 4, 8).finish(content(4, n=10))
+    assert list(rdir.iterdir()) == []
+    sf.write_spill(rdir, c)
+    with pytest.raises(FileExistsError):
+        sf.SpillFileStream(rdir, 4, 8, threaded=True)
+    assert sorted(p.name for p in rdir.iterdir()) == ["spill-000004.h5"]
+
+
 def test_list_ignores_temporaries_and_sorts(tmp_path):
     rdir = sf.run_dir(tmp_path, 3)
     for s in (10, 2, 1):
