@@ -53,8 +53,13 @@ def encode_block(strips: StripData) -> bytes:
 
 
 def strip_charge(records: np.ndarray) -> np.ndarray:
-    """Strip charges (ADC counts, float32) of :data:`MM_STRIP_DTYPE` records: the largest sample."""
-    return records["adc"].max(axis=1).astype(np.float32) if records.shape[0] else np.empty(0, np.float32)
+    """Strip charges (ADC counts, float32) of :data:`MM_STRIP_DTYPE` records: the largest sample (taken sample
+    by sample: a reduction over the short, unaligned axis of the packed records is 5x slower)."""
+    adc = records["adc"]
+    peak = adc[:, 0]
+    for k in range(1, N_MM_SAMPLES):
+        peak = np.maximum(peak, adc[:, k])
+    return peak.astype(np.float32)
 
 
 def strip_data(event_ptr: np.ndarray, records: np.ndarray) -> StripData:

@@ -50,6 +50,11 @@ class TimesBuffer:
         return self._buf[:n]
 
 
+def _with_headroom(n: int) -> int:
+    """Events of a new event buffer for ``n`` events: 10 % more, at least 16 more."""
+    return max(int(n * 1.1) + 16, 1)
+
+
 class EventPool:
     """Event buffers (int16, events x channels x samples): at most ``keep`` idle ones are kept, the
     largest."""
@@ -58,15 +63,38 @@ class EventPool:
         self.keep = int(keep)
         self._pool: list[np.ndarray] = []
         self._lock = threading.Lock()
+        self._filling: np.ndarray | None = None  #: the buffer :meth:`prefault` is faulting in
+        self._filled = 0  #: its elements faulted in so far
 
     def take(self, n: int) -> np.ndarray:
-        """A buffer for at least ``n`` events: the smallest recycled one that fits (already faulted in)
-        or a new one with 10 % headroom."""
+        """A buffer for at least ``n`` events: the smallest recycled one that fits (already faulted in), the
+        one :meth:`prefault` prepared, or a new one with 10 % headroom."""
         with self._lock:
             fits = [i for i, b in enumerate(self._pool) if b.shape[0] >= n]
             if fits:
                 return self._pool.pop(min(fits, key=lambda i: self._pool[i].shape[0]))
-        return np.empty((max(int(n * 1.1) + 16, 1), ch.N_CHANNELS, ch.N_SAMPLES), np.int16)
+            if self._filling is not None and self._filling.shape[0] >= n:
+                buf, self._filling = self._filling, None
+                return buf
+        return np.empty((_with_headroom(n), ch.N_CHANNELS, ch.N_SAMPLES), np.int16)
+
+    def prefault(self, n: int, step_bytes: int = 8 << 20) -> bool:
+        """Fault in (a step of ``step_bytes`` at a time) a buffer for ``n`` events unless the pool has one:
+        the readout calls it while it waits for the primitives, so that the event readout does not pay the
+        page faults of fresh memory. True if it did some work, False once nothing is left to do."""
+        with self._lock:
+            if any(b.shape[0] >= n for b in self._pool):
+                return False
+            if self._filling is None or self._filling.shape[0] < n:
+                self._filling = np.empty((_with_headroom(n), ch.N_CHANNELS, ch.N_SAMPLES), np.int16)
+                self._filled = 0
+            flat = self._filling.reshape(-1)
+            if self._filled >= flat.size:
+                return False
+            end = min(flat.size, self._filled + step_bytes // flat.itemsize)
+            flat[self._filled : end] = 0
+            self._filled = end
+            return True
 
     def release(self, base: np.ndarray | None) -> None:
         """Give a buffer back once nothing uses it any more; a second release of the same buffer and

@@ -241,10 +241,11 @@ class CrateReadout:
         th = threading.Thread(target=reader, name="prim-reader", daemon=True)
         th.start()
         failure: BaseException | None = None
+        n_acc = 0
         try:
             while True:
                 tw = time.perf_counter()
-                item = full.get()
+                item = self._next_chunk(full, out, n_acc)
                 t_wait += time.perf_counter() - tw
                 if item is None:
                     break
@@ -254,7 +255,7 @@ class CrateReadout:
                 first, c, buf = item
                 tt = time.perf_counter()
                 try:
-                    trig.process(buf[:c], out.times[first : first + c], first)
+                    n_acc += trig.process(buf[:c], out.times[first : first + c], first)[0].size
                 except ValueError as exc:  # e.g. arrival times not increasing: corrupt data
                     failure = exc
                     break
@@ -293,6 +294,21 @@ class CrateReadout:
             self._fail(out, failure, f"primitive readout/trigger ({out.n_seen} of {n} records)")
             return
         out.triggered = True
+
+    def _next_chunk(self, full: queue.Queue[Any], out: SpillOutcome, n_acc: int) -> Any:
+        """The reader's next item; while it is not there, the event buffer for the accepted events expected
+        (those so far, scaled to the whole spill, after a quarter of it) is faulted in."""
+        n, seen = out.n_particles, out.n_seen
+        expect = int(n_acc * n / seen) if seen >= n // 4 and seen else 0
+        if self.max_events is not None:
+            expect = min(expect, self.max_events)
+        while expect:
+            try:
+                return full.get_nowait()
+            except queue.Empty:
+                if not self.events.prefault(expect):
+                    break
+        return full.get()
 
     def _cap(self, out: SpillOutcome) -> None:
         """Keep the first ``max_events`` accepted events for the readout; the rest are counted in ``n_cut``
