@@ -279,7 +279,7 @@ class Digitizer:
         n = spill.n
         if dep.n != n:
             raise ValueError(f"deposits are for {dep.n} particles, the spill has {n}")
-        times = np.array(spill.truth["time_ns"], dtype=np.float64)  # contiguous copy, also returned
+        times = spill.times_ns  # the spill's contiguous copy (read only), also returned
         ids = self.trigger_ids
         scale = self.amplitude_scale(hv_vmon, float(spill.start_unix))[ids]
         if out is None:
