@@ -113,6 +113,7 @@ def _strips(n: int):
         (np.arange(m) % 8).astype(np.uint8),
         (np.arange(m) * 5).astype(np.uint16),
         np.linspace(20, 400, m).astype(np.float32),
+        np.linspace(-90, 90, m).astype(np.float32),
     )
 
 
