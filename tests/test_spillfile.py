@@ -124,9 +124,26 @@ def test_micromegas_strips_round_trip_and_old_files_stay_readable(tmp_path):
     c = content(1)
     c.mm = _strips(4)
     d = sf.read_spill(sf.write_spill(rdir, c))
-    for name in ("event_ptr", "plane", "strip", "charge"):
+    for name in ("event_ptr", "plane", "strip", "charge", "time_ns"):
         np.testing.assert_array_equal(getattr(d.mm, name), getattr(c.mm, name))
-    assert d.mm.charge.dtype == np.float32 and d.mm.n_events == 4
+    assert d.mm.charge.dtype == np.float32 and d.mm.time_ns.dtype == np.float32 and d.mm.n_events == 4
+    assert np.ptp(d.mm.time_ns) > 100.0  # the times as written, not zeros
+    # a file written before the strip times (no /mm/time_ns): every strip in time (0), the rest as written
+    p_old = sf.write_spill(rdir, c.__class__(**{**c.__dict__, "spill": 5}))
+    with h5py.File(p_old, "r+") as f:
+        del f["mm/time_ns"]
+    old = sf.read_spill(p_old).mm
+    assert old is not None and old.time_ns.dtype == np.float32
+    np.testing.assert_array_equal(old.time_ns, np.zeros(old.charge.shape, np.float32))
+    for name in ("event_ptr", "plane", "strip", "charge"):
+        np.testing.assert_array_equal(getattr(old, name), getattr(c.mm, name))
+    # a time array of another length: a clear error
+    p_bad = sf.write_spill(rdir, c.__class__(**{**c.__dict__, "spill": 6}))
+    with h5py.File(p_bad, "r+") as f:
+        del f["mm/time_ns"]
+        f["mm/time_ns"] = np.zeros(2, np.float32)
+    with pytest.raises(sf.SpillFileError, match=r"spill-000006\.h5"):
+        sf.read_spill(p_bad)
     # a file without the /mm group (recorded before the Micromegas readout existed) reads with mm None
     assert sf.read_spill(sf.write_spill(rdir, content(2))).mm is None
     # offsets that do not delimit the strips: a clear error naming the file
