@@ -497,9 +497,9 @@ def test_micromegas_block_bytes(rm):
         assert adc == strip_samples(want.charge[k : k + 1], want.time_ns[k : k + 1])[0].tolist()
     # the strips of the events' own particles are in time: the second sample at the pulse peak, q x SAMPLE_SHAPE
     k = int(np.argmin(np.abs(want.time_ns)))
-    assert abs(want.time_ns[k]) < 1.0
+    assert abs(want.time_ns[k]) < 3.0
     adc = [int.from_bytes(body[10 * k + 4 + 2 * j : 10 * k + 6 + 2 * j], "little", signed=True) for j in range(3)]
-    assert adc == pytest.approx([float(want.charge[k]) * s for s in SAMPLE_SHAPE], abs=0.6 + 0.03 * max(adc))
+    assert adc == pytest.approx([float(want.charge[k]) * s for s in SAMPLE_SHAPE], abs=0.6 + 0.05 * max(adc))
     assert adc[1] == max(adc)
 
 
