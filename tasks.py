@@ -92,11 +92,14 @@ def ensure_venv() -> None:
 WARM_KERNELS = {
     "daq": """
 import time
+import numpy as np
 from detector.config import load_config
 from detector.tracking import Spectrometer, StripData, reconstruct_tracks
 t0 = time.perf_counter()  # first, in a process that has compiled nothing yet (see below)
 reconstruct_tracks(StripData.empty(1), Spectrometer.from_config(load_config(None)), planes=True)
-print(f"the tracker's reconstruction ... {time.perf_counter() - t0:.1f} s", flush=True)
+from detector.mmblock import strip_charge_time
+strip_charge_time(np.zeros((1, 3), np.int16))
+print(f"the tracker's reconstruction and strip decoding ... {time.perf_counter() - t0:.1f} s", flush=True)
 from online.daq import prepare_kernels
 from trigger.menu import TriggerMenu
 steps = {}

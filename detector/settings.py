@@ -250,6 +250,10 @@ class TrackerSection(Section):
     noise_strips: float = key(1.0, 0.0, 100.0, doc="mean noise strips above threshold per plane and event")
     cluster_size: float = key(3.0, 1.0, 20.0, doc="mean strips per particle cluster")
     time_window_ns: float = key(100.0, 1.0, 1000.0, unit="ns", doc="readout window: tracks within +/- it pile up")
+    time_resolution_ns: float = key(10.0, 0.1, 100.0, unit="ns", doc="hit time resolution (APV25 sample ratios)")
+    hit_time_cut_ns: float = key(
+        40.0, 1.0, 1000.0, unit="ns", doc="clusters with |time| above it are not hit candidates of the track fits"
+    )
     chi2_max: float = key(30.0, 0.1, 1e6, doc="track candidates with a larger chi2 are dropped")
     min_hits_x: int = key(4, 3, 16, doc="X-plane hits of a track (3 leaves no degree of freedom for the momentum)")
 

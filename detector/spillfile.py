@@ -31,6 +31,7 @@ Spill file::
     /led/waveforms         (m, 121, 32) int16   stay readable: ``led`` is None)
     /mm/event_ptr          (n + 1,) int64  Micromegas strips of event e: [event_ptr[e], event_ptr[e + 1])
     /mm/plane, /mm/strip, /mm/charge   uint8, uint16, float32 (ADC counts): detector.tracking.StripData
+    /mm/time_ns            float32 (ns after the trigger, NaN: none; files without it are read as 0: in time)
                            (only when the crate has the Micromegas readout; files without /mm stay readable)
 """
 
@@ -249,7 +250,7 @@ def estimated_size(content: SpillContent) -> int:
     ]
     if content.mm is not None:
         mm = content.mm
-        arrays += [mm.event_ptr, mm.plane, mm.strip, mm.charge]
+        arrays += [mm.event_ptr, mm.plane, mm.strip, mm.charge, mm.time_ns]
     if content.led is not None:
         arrays += [content.led.pulse, content.led.event_type, content.led.time_ns, content.led.waveforms]
     data = sum(int(np.asarray(a).nbytes) for a in arrays if a is not None)
@@ -463,7 +464,7 @@ def write_spill(rdir: str | os.PathLike, content: SpillContent, compression: str
 
 def _write_mm(g: Any, mm: StripData, compression: str | None) -> None:
     g.create_dataset("event_ptr", data=np.asarray(mm.event_ptr, np.int64))
-    for name, dt in (("plane", np.uint8), ("strip", np.uint16), ("charge", np.float32)):
+    for name, dt in (("plane", np.uint8), ("strip", np.uint16), ("charge", np.float32), ("time_ns", np.float32)):
         g.create_dataset(name, data=np.asarray(getattr(mm, name), dt), compression=compression)
 
 
@@ -487,12 +488,15 @@ def _read_led(g: Any, waveforms: bool) -> LedEvents:
 
 
 def _read_mm(g: Any, n: int) -> StripData:
-    mm = StripData(g["event_ptr"][()], g["plane"][()], g["strip"][()], g["charge"][()])
+    charge = g["charge"][()]
+    # files written before the strip times: every strip in time, as the reconstruction took them then
+    time = g["time_ns"][()] if "time_ns" in g else np.zeros(charge.shape, np.float32)
+    mm = StripData(g["event_ptr"][()], g["plane"][()], g["strip"][()], charge, time)
     ptr = mm.event_ptr
     m = mm.plane.shape[0]
     if ptr.shape != (n + 1,) or ptr[0] != 0 or ptr[-1] != m or bool(np.any(np.diff(ptr) < 0)):
         raise ValueError(f"/mm/event_ptr does not delimit the strips of {n} events")
-    if mm.strip.shape != (m,) or mm.charge.shape != (m,):
+    if mm.strip.shape != (m,) or mm.charge.shape != (m,) or mm.time_ns.shape != (m,):
         raise ValueError("/mm strip arrays differ in length")
     return mm
 

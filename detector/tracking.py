@@ -9,14 +9,19 @@ kicks ``K_i = C B_i L_i`` (GeV, C = 0.299792458 GeV / (T m)) that bend a negativ
 ``beam.energy_gev`` electron, so a nominal track is x = y = 0 everywhere.
 
 Strip data of a block of events (:class:`StripData`): flat arrays ``plane`` (u1), ``strip`` (u2), ``charge``
-(f4, ADC counts, zero-suppressed) with ``event_ptr`` (n + 1) delimiting the events; strips of an event in any
-order.
+(f4, ADC counts, zero-suppressed) and ``time_ns`` (f4: the strip's hit time relative to the event's trigger,
+ns, from the APV25 samples, :mod:`detector.mmblock`; 0 = in time, NaN = no time: never in time) with
+``event_ptr`` (n + 1) delimiting the events; strips of an event in any order.
 
 Reconstruction (:func:`reconstruct_tracks`, numba, one pass per event):
 
-1. clustering: per plane, strips sorted by number, adjacent strips (gap of at most one strip) form a
-   cluster; position = charge-weighted centroid; at most ``MAX_CLUSTERS`` per plane (largest charge kept);
-   only clusters of charge >= ``HIT_MIN_CHARGE`` are hit candidates of the fits (noise strips are not);
+1. clustering: per plane, the strips in time (|time| <= ``hit_time_cut_ns``) and the others (later or
+   earlier beam particles of the readout window: pile-up; no time) apart, sorted by number, adjacent strips
+   (gap of at most one strip) form a cluster, so a pile-up particle's strips beside or on the event's own
+   particle's do not move its cluster; position = charge-weighted centroid, time = charge-weighted mean of
+   its strips' times (NaN when none has one); at most ``MAX_CLUSTERS`` per plane (largest charge kept);
+   only clusters of charge >= ``HIT_MIN_CHARGE`` (noise strips are not) and of |time| <= ``hit_time_cut_ns``
+   are hit candidates of the fits;
 2. x: every combination of one cluster per X plane that has any (when none of them makes a track: one
    cluster or none per plane) is fitted with the linear
    model ``x(z) = a + b (z - z_up) - kappa sum_i K_i (z - z_i)_+``, ``kappa = 1/p - 1/p0`` (least squares,
@@ -27,12 +32,13 @@ Reconstruction (:func:`reconstruct_tracks`, numba, one pass per event):
    particles or noise that do not line up, no track; ``p_gev`` NaN when x has none), most hits, then smallest
    chi2; track multiplicity: hit-disjoint x candidates with chi2 < ``chi2_max`` taken best first
    (``n_tracks``), and the number of incoming particles seen before the
-   magnets, the most clusters of charge >= ``PARTICLE_CLUSTER_CHARGE`` in any upstream plane
+   magnets, the most in-time clusters of charge >= ``PARTICLE_CLUSTER_CHARGE`` in any upstream plane
    (``n_incoming``: a particle bent out of the downstream chambers still counts there); incoming angle =
    sqrt(b_x^2 + b_y^2) (relative to the nominal axis), mrad.
 
 Outputs one :data:`TRACK_DTYPE` record per event (``p_gev`` NaN when no x track) and, on request, from the
-same clustering pass, a :class:`PlaneSummary` per event and plane (strips, clusters, the largest cluster).
+same clustering pass, a :class:`PlaneSummary` per event and plane (strips, clusters, the largest cluster; in
+time or not).
 """
 
 from __future__ import annotations
@@ -72,7 +78,7 @@ TRACK_DTYPE = np.dtype(
         ("ndf", "u1"),
         ("n_tracks", "u1"),  # hit-disjoint x candidates with chi2 < chi2_max
         ("n_hits", "u1"),  # planes with a hit on the best track (x and y)
-        ("n_incoming", "u1"),  # most particle-like clusters in any plane upstream of the magnets
+        ("n_incoming", "u1"),  # most in-time particle-like clusters in any plane upstream of the magnets
     ]
 )
 
@@ -92,6 +98,7 @@ class Spectrometer:
     resolution_mm: float
     chi2_max: float
     min_hits_x: int = 4
+    hit_time_cut_ns: float = np.inf  #: clusters with a larger |time| (or none) are not hit candidates, ns
 
     @property
     def n_stations(self) -> int:
@@ -126,6 +133,7 @@ class Spectrometer:
             resolution_mm=float(tr.resolution_mm),
             chi2_max=float(tr.chi2_max),
             min_hits_x=int(tr.min_hits_x),
+            hit_time_cut_ns=float(tr.hit_time_cut_ns),
         )
 
     def bend_lever_m(self) -> np.ndarray:
@@ -161,48 +169,61 @@ class StripData:
     plane: np.ndarray  #: u1: 2 * station + (0 = X, 1 = Y)
     strip: np.ndarray  #: u2
     charge: np.ndarray  #: f4, ADC counts
+    time_ns: np.ndarray  #: f4, hit time relative to the event's trigger, ns (0: in time; NaN: none)
 
     @classmethod
     def empty(cls, n_events: int) -> StripData:
         """``n_events`` events without strips (what a kernel warm-up reconstructs)."""
         ptr = np.zeros(n_events + 1, np.int64)
-        return cls(ptr, np.zeros(0, np.uint8), np.zeros(0, np.uint16), np.zeros(0, np.float32))
+        return cls(ptr, np.zeros(0, np.uint8), np.zeros(0, np.uint16), np.zeros(0, np.float32), np.zeros(0, np.float32))
 
     @property
     def n_events(self) -> int:
         return int(self.event_ptr.shape[0] - 1)
 
-    def event(self, e: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def event(self, e: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(plane, strip, charge, time_ns) of event ``e``."""
         s = slice(int(self.event_ptr[e]), int(self.event_ptr[e + 1]))
-        return self.plane[s], self.strip[s], self.charge[s]
+        return self.plane[s], self.strip[s], self.charge[s], self.time_ns[s]
 
 
 # ------------------------------------------------------------------------------------------ kernels
 @nb.njit(cache=True, nogil=True)
-def _clusters(plane, strip, charge, n_planes, pitch, half, pos, qsum, ncl, nall, nstr):
-    """Cluster the strips of one event: per plane at most MAX_CLUSTERS positions (mm) and charges; ``nall``
-    counts every cluster of a plane, ``nstr`` its strips."""
+def _clusters(plane, strip, charge, time, t_cut, n_planes, pitch, half, pos, qsum, tcl, ncl, nall, nstr):
+    """Cluster the strips of one event, those of |time| <= ``t_cut`` (ns) apart from the others: per plane at
+    most MAX_CLUSTERS positions (mm), charges and times (ns, charge-weighted over the strips that have one;
+    NaN when none has); ``nall`` counts every cluster of a plane, ``nstr`` its strips."""
     for p in range(n_planes):
         ncl[p] = 0
         nall[p] = 0
         nstr[p] = 0
-    order = np.argsort(plane.astype(np.int64) * 65536 + strip.astype(np.int64))
-    m = order.shape[0]
+    m = plane.shape[0]
+    key = np.empty(m, np.int64)
+    for k in range(m):
+        late = 0 if abs(time[k]) <= t_cut else 1  # NaN: not in time
+        key[k] = (np.int64(plane[k]) * 2 + late) * 65536 + np.int64(strip[k])
+    order = np.argsort(key)
     i = 0
     while i < m:
         k = order[i]
         p = plane[k]
+        group = key[k] // 65536
         last = np.int64(strip[k])
         q = 0.0
         qs = 0.0
+        qt = 0.0
+        qtw = 0.0
         j = i
         while j < m:
             kk = order[j]
-            if plane[kk] != p or np.int64(strip[kk]) - last > 2:
+            if key[kk] // 65536 != group or np.int64(strip[kk]) - last > 2:
                 break
             last = np.int64(strip[kk])
             q += charge[kk]
             qs += charge[kk] * (strip[kk] + 0.5)
+            if np.isfinite(time[kk]):
+                qt += charge[kk] * time[kk]
+                qtw += charge[kk]
             j += 1
         if q <= 0.0 or p >= n_planes:
             i = j
@@ -211,10 +232,12 @@ def _clusters(plane, strip, charge, n_planes, pitch, half, pos, qsum, ncl, nall,
         nstr[p] += j - i
         i = j
         x = qs / q * pitch - half
+        tc = qt / qtw if qtw > 0.0 else np.nan
         c = ncl[p]
         if c < MAX_CLUSTERS:
             pos[p, c] = x
             qsum[p, c] = q
+            tcl[p, c] = tc
             ncl[p] = c + 1
         else:  # replace the smallest cluster if this one is larger
             jmin = 0
@@ -224,17 +247,20 @@ def _clusters(plane, strip, charge, n_planes, pitch, half, pos, qsum, ncl, nall,
             if q > qsum[p, jmin]:
                 pos[p, jmin] = x
                 qsum[p, jmin] = q
+                tcl[p, jmin] = tc
 
 
 @nb.njit(cache=True, nogil=True)
-def _keep_hits(pos, qsum, ncl, n_planes):
-    """Keep, per plane and in order, the clusters of charge >= HIT_MIN_CHARGE (the fits' hit candidates)."""
+def _keep_hits(pos, qsum, tcl, ncl, n_planes, t_cut):
+    """Keep, per plane and in order, the clusters of charge >= HIT_MIN_CHARGE and |time| <= ``t_cut`` (ns; a
+    NaN time fails) (the fits' hit candidates)."""
     for p in range(n_planes):
         c = 0
         for j in range(ncl[p]):
-            if qsum[p, j] >= HIT_MIN_CHARGE:
+            if qsum[p, j] >= HIT_MIN_CHARGE and abs(tcl[p, j]) <= t_cut:
                 pos[p, c] = pos[p, j]
                 qsum[p, c] = qsum[p, j]
+                tcl[p, c] = tcl[p, j]
                 c += 1
         ncl[p] = c
 
@@ -330,12 +356,13 @@ def _fit_view(pos, ncl, view, n_st, mats, ok, npar, dz_m, glev, sigma, chi2_max,
 
 @nb.njit(cache=True, nogil=True)
 def _reco_kernel(
-    event_ptr, plane, strip, charge, n_st, n_up, pitch, half, sigma, chi2_max, mx, my, okx, oky, dz_m, glev, p0, out,
-    pl_strips, pl_clusters, pl_lead_mm, pl_lead_q,
+    event_ptr, plane, strip, charge, time, n_st, n_up, pitch, half, sigma, chi2_max, t_cut, mx, my, okx, oky, dz_m,
+    glev, p0, out, pl_strips, pl_clusters, pl_lead_mm, pl_lead_q,
 ):  # fmt: skip
     n_planes = 2 * n_st
     pos = np.zeros((n_planes, MAX_CLUSTERS))
     qsum = np.zeros((n_planes, MAX_CLUSTERS))
+    tcl = np.zeros((n_planes, MAX_CLUSTERS))
     ncl = np.zeros(n_planes, np.int64)
     nall = np.zeros(n_planes, np.int64)
     nstr = np.zeros(n_planes, np.int64)
@@ -345,7 +372,10 @@ def _reco_kernel(
     by = np.zeros(5)
     for e in range(event_ptr.shape[0] - 1):
         a, b = event_ptr[e], event_ptr[e + 1]
-        _clusters(plane[a:b], strip[a:b], charge[a:b], n_planes, pitch, half, pos, qsum, ncl, nall, nstr)
+        _clusters(
+            plane[a:b], strip[a:b], charge[a:b], time[a:b], t_cut, n_planes, pitch, half, pos, qsum, tcl, ncl, nall,
+            nstr,
+        )  # fmt: skip
         if with_planes:
             for pl in range(n_planes):
                 pl_strips[e, pl] = min(nstr[pl], 65535)
@@ -356,7 +386,7 @@ def _reco_kernel(
                         jl = j
                 pl_lead_mm[e, pl] = pos[pl, jl] if jl >= 0 else np.nan
                 pl_lead_q[e, pl] = qsum[pl, jl] if jl >= 0 else 0.0
-        _keep_hits(pos, qsum, ncl, n_planes)
+        _keep_hits(pos, qsum, tcl, ncl, n_planes, t_cut)
         ntr = 0
         # view and pass are loop variables, not literals: numba compiles one _fit_view, not one per constant
         for view in range(2):
@@ -460,12 +490,14 @@ def reconstruct_tracks(
         np.ascontiguousarray(strips.plane, dtype=np.uint8),
         np.ascontiguousarray(strips.strip, dtype=np.uint16),
         np.ascontiguousarray(strips.charge, dtype=np.float32),
+        np.ascontiguousarray(strips.time_ns, dtype=np.float32),
         spec.n_stations,
         spec.n_upstream,
         spec.pitch_mm,
         spec.half_size_mm,
         spec.resolution_mm,
         spec.chi2_max,
+        float(spec.hit_time_cut_ns),
         mx,
         my,
         np.abs(mx).sum(axis=(1, 2)) > 0,

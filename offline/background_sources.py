@@ -279,7 +279,12 @@ def upstream_prediction(
     b = upstream_bias(c, tracker) if bias is None else bias
     k = (SPLIT_K if tracker else 1) if split_k is None else int(split_k)
     t, n_sim, stats = simulate_tables(c, calib, n_mc, seed, intensity, b, progress, tracker=tracker, split_k=k)
-    zero_w = stats["split_weight"] / max(stats["split_events"], 1) / k
+    # the weight of one replica, for the zero-event bound; with no event in the split set, that of the electrons
+    # that radiated in the beam line (each could have been one), as in _upper_90
+    if stats["split_events"]:
+        zero_w = stats["split_weight"] / stats["split_events"] / k
+    else:
+        zero_w = (stats["beamline_weight"] / stats["beamline_events"] if stats["beamline_events"] else 1.0) / k
     exclude = int(TRUTH_DIMUON | TRUTH_APRIME | TRUTH_DECAY)  # decays in flight: their own source
     out = _weighted_prediction(t, n_sim, eot, sel.Cuts.from_config(c), exclude, zero_w)
     out["mc"].update(

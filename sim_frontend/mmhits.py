@@ -6,8 +6,13 @@ every event it appears in): a hit with probability ``efficiency`` when inside th
 position is the true one smeared by ``resolution_mm``; the cluster has 1 + Poisson(``cluster_size`` - 1)
 strips centred on it, sharing a Moyal-distributed charge (most probable ``CLUSTER_MPV`` ADC counts) by a
 Gaussian of sigma = a quarter of the cluster width; strips below ``STRIP_THRESHOLD`` are zero-suppressed.
+Every strip of the hit carries the hit time: the particle's arrival time relative to the event's own
+particle (0 for it) plus a Gaussian of sigma ``time_resolution_ns`` drawn per particle and plane (stream
+:data:`STREAM_HIT_TIME`, keyed by the particle index: a pile-up particle's measured time is the same in
+every event it appears in, up to the event's own arrival time).
 Noise: Poisson(``noise_strips``) single strips per plane at random positions (stream 5 keyed by the event's
-particle index), charge threshold + exponential(``NOISE_MEAN``).
+particle index), charge threshold + exponential(``NOISE_MEAN``), time uniform over +/- ``time_window_ns``
+(stream :data:`STREAM_NOISE_TIME`).
 
 Output: :class:`detector.tracking.StripData`, one entry per requested event, in the requested order.
 """
@@ -29,6 +34,7 @@ CLUSTER_WIDTH = 0.25  #: Moyal width of the cluster charge, relative
 STRIP_THRESHOLD = 20.0  #: zero-suppression threshold per strip, ADC counts (DEFAULT)
 NOISE_MEAN = 15.0  #: mean charge above threshold of a noise strip, ADC counts
 STREAM_HITS, STREAM_NOISE = 4, 5
+STREAM_HIT_TIME, STREAM_NOISE_TIME = 10, 11  #: own streams: the positions and charges do not change with them
 
 
 @nb.njit(cache=True, nogil=True)
@@ -39,6 +45,7 @@ def _strips_kernel(
     nb_ptr,
     nb_list,
     nb_pos,
+    nb_dt,
     n_st,
     pitch,
     half,
@@ -46,10 +53,13 @@ def _strips_kernel(
     eff,
     cs,
     noise,
+    sigma_t,
+    window,
     out_ptr,
     plane,
     strip,
     charge,
+    time,
 ):
     s = np.uint64(seed)
     n_strips = int(round(2.0 * half / pitch))
@@ -60,9 +70,12 @@ def _strips_kernel(
         for t in range(nb_ptr[e], nb_ptr[e + 1]):
             pidx = pindex[nb_list[t]]
             st = rng_state(s, np.uint64(pidx), np.uint64(STREAM_HITS))
+            stt = rng_state(s, np.uint64(pidx), np.uint64(STREAM_HIT_TIME))
             for k in range(n_st):
                 for view in range(2):
                     u_true = nb_pos[t, k, view]
+                    stt, u = rng_next(stt)
+                    th = nb_dt[t] + sigma_t * normal_ppf(u)
                     st, u = rng_next(st)
                     if not (u < eff) or not (abs(u_true) < half):  # NaN (halo) fails too
                         continue
@@ -92,8 +105,10 @@ def _strips_kernel(
                             plane[w] = 2 * k + view
                             strip[w] = j
                             charge[w] = qj
+                            time[w] = th
                         w += 1
         st = rng_state(s, np.uint64(pindex[ev_idx[e]]), np.uint64(STREAM_NOISE))
+        stt = rng_state(s, np.uint64(pindex[ev_idx[e]]), np.uint64(STREAM_NOISE_TIME))
         for pl in range(2 * n_st):
             st, u = rng_next(st)
             nn = poisson_inverse(u, noise, math.exp(-noise), 1000)
@@ -101,10 +116,12 @@ def _strips_kernel(
                 st, u = rng_next(st)
                 j = int(u * n_strips)
                 st, u = rng_next(st)
+                stt, ut = rng_next(stt)
                 if w < cap:
                     plane[w] = pl
                     strip[w] = j
                     charge[w] = STRIP_THRESHOLD - NOISE_MEAN * math.log(1.0 - u)
+                    time[w] = window * (2.0 * ut - 1.0)
                 w += 1
     out_ptr[ev_idx.shape[0]] = w
     return w
@@ -129,11 +146,13 @@ def neighbours(times_ns: np.ndarray, events: np.ndarray, window_ns: float) -> tu
 
 def event_strips(spill: BeamSpill, cfg: Config, events: np.ndarray) -> StripData:
     """Strip data of the events ``events`` (particle indices of ``spill``; the spill went through
-    :func:`sim_frontend.beamline.transport`)."""
+    :func:`sim_frontend.beamline.transport`); strip times relative to each event's own particle."""
     tr = cfg.tracker
     spec = Spectrometer.from_config(cfg)
     ev = np.asarray(events, dtype=np.int64)
-    ptr, lst = neighbours(spill.times_ns, ev, float(tr.time_window_ns))
+    times = spill.times_ns
+    ptr, lst = neighbours(times, ev, float(tr.time_window_ns))
+    dt = times[lst] - np.repeat(times[ev], np.diff(ptr))
     uniq, inv = np.unique(lst, return_inverse=True)
     pos = beamline.station_positions(spill, cfg, uniq)[inv] if uniq.size else np.zeros((0, spec.n_stations, 2))
     cap = int(lst.size * spec.n_planes * (tr.cluster_size + 3) + ev.size * spec.n_planes * (3 * tr.noise_strips + 4))
@@ -142,12 +161,14 @@ def event_strips(spill: BeamSpill, cfg: Config, events: np.ndarray) -> StripData
         plane = np.empty(cap, np.uint8)
         strip = np.empty(cap, np.uint16)
         charge = np.empty(cap, np.float32)
+        time = np.empty(cap, np.float32)
         w = _strips_kernel(
             np.uint64(spill.seed), spill.truth["index"], ev, ptr, lst, np.ascontiguousarray(pos, dtype=np.float64),
-            spec.n_stations,
+            dt, spec.n_stations,
             spec.pitch_mm, spec.half_size_mm, spec.resolution_mm, float(tr.efficiency), float(tr.cluster_size),
-            float(tr.noise_strips), out_ptr, plane, strip, charge,
+            float(tr.noise_strips), float(tr.time_resolution_ns), float(tr.time_window_ns), out_ptr, plane, strip,
+            charge, time,
         )  # fmt: skip
         if w <= cap:
-            return StripData(out_ptr, plane[:w].copy(), strip[:w].copy(), charge[:w].copy())
+            return StripData(out_ptr, plane[:w].copy(), strip[:w].copy(), charge[:w].copy(), time[:w].copy())
         cap = int(w)

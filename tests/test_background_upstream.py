@@ -62,7 +62,9 @@ def test_splitting_replicates_downstream_only_and_keeps_the_weight(cfg, calib):
     one, n1, s1 = bs.simulate_tables(cfg, calib, 150_000, 5, INTENSITY, bias, _quiet, split_k=1)
     k = 6
     many, nk, sk = bs.simulate_tables(cfg, calib, 150_000, 5, INTENSITY, bias, _quiet, split_k=k)
-    assert n1 == nk and s1["split_events"] == sk["split_events"] > 50
+    # 25 split events (68 before the Micromegas hit times: those that took their track from a pile-up
+    # particle out of time no longer pass the tracker cuts)
+    assert n1 == nk and s1["split_events"] == sk["split_events"] > 20
     assert sk["digitised"] == k * s1["digitised"]
     ids = many["split_id"]
     m = s1["split_events"]

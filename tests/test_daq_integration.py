@@ -68,7 +68,11 @@ def test_three_spills_recorded_and_published(tmp_path):
     assert all(e["mm"] is True for e in rec["spills"])
     assert d.mm is not None and d.mm.n_events == d.n_events > 0
     per_event = np.diff(d.mm.event_ptr)
-    assert np.median(per_event) >= 8 and d.mm.plane.max() == 7 and d.mm.charge.min() >= 20.0
+    assert np.median(per_event) >= 8 and d.mm.plane.max() == 7 and d.mm.charge.min() >= 0.0
+    # strips above the 20-count threshold, their charge decoded from the samples within the rounding (15%,
+    # tests/test_mmblock.py) when in time; a strip of a later particle may be sampled before its pulse
+    in_time = np.abs(d.mm.time_ns) <= 40.0
+    assert in_time.mean() > 0.5 and d.mm.charge[in_time].min() >= 17.0
     assert set(np.unique(d.trigger_mask)) <= set(range(1, 16))
     assert d.attrs["trigger_menu"]["triggers"]["beam"]["prescale"] == 1000
 

@@ -450,7 +450,7 @@ def test_micromegas_block_bytes(rm):
     """MM:DATA? over the wire with stock pyvisa: the documented layout, byte for byte (uint32 offsets, then
     10-byte strip records with 3 samples), equal to the strips mmhits makes for those accepted events."""
     from detector.config import load_calibration, load_config
-    from detector.mmblock import SAMPLE_SHAPE
+    from detector.mmblock import SAMPLE_SHAPE, strip_samples
     from sim_frontend import mmhits
     from sim_frontend.beam import generate_spill
     from sim_frontend.digitizer import Digitizer
@@ -494,8 +494,13 @@ def test_micromegas_block_bytes(rm):
         assert rec[0] == want.plane[k] and rec[1] == 0
         assert int.from_bytes(rec[2:4], "little") == want.strip[k]
         adc = [int.from_bytes(rec[4 + 2 * j : 6 + 2 * j], "little", signed=True) for j in range(3)]
-        assert adc == [round(float(want.charge[k]) * s) for s in SAMPLE_SHAPE]
-        assert adc[1] == max(adc)  # the second sample is at the pulse peak
+        assert adc == strip_samples(want.charge[k : k + 1], want.time_ns[k : k + 1])[0].tolist()
+    # the strips of the events' own particles are in time: the second sample at the pulse peak, q x SAMPLE_SHAPE
+    k = int(np.argmin(np.abs(want.time_ns)))
+    assert abs(want.time_ns[k]) < 3.0
+    adc = [int.from_bytes(body[10 * k + 4 + 2 * j : 10 * k + 6 + 2 * j], "little", signed=True) for j in range(3)]
+    assert adc == pytest.approx([float(want.charge[k]) * s for s in SAMPLE_SHAPE], abs=0.6 + 0.05 * max(adc))
+    assert adc[1] == max(adc)
 
 
 def test_crate_without_micromegas_refuses_mm_queries(crate_server, rm):

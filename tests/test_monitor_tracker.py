@@ -59,7 +59,10 @@ def hand_made(spec):
         events.append((plane, strip, charge))
     ptr = np.cumsum([0] + [len(e[0]) for e in events])
     cat = [np.concatenate([np.asarray(e[k], float) for e in events]) for k in range(3)]
-    return StripData(ptr, cat[0].astype(np.uint8), cat[1].astype(np.uint16), cat[2].astype(np.float32))
+    m = cat[0].shape[0]
+    return StripData(
+        ptr, cat[0].astype(np.uint8), cat[1].astype(np.uint16), cat[2].astype(np.float32), np.zeros(m, np.float32)
+    )
 
 
 def test_plane_summary_comes_from_the_same_clustering_pass(spec):

@@ -86,8 +86,8 @@ def test_full_readout_matches_the_reference_reader(emu):
     k = acc.size // 3
     parts = mmblock.concat([d.read_mm(0, k), d.read_mm(k, acc.size - k)])
     mm = d.read_mm(0, acc.size)
-    for name in ("event_ptr", "plane", "strip", "charge"):
-        assert np.array_equal(getattr(parts, name), getattr(mm, name)), name
+    for name in ("event_ptr", "plane", "strip", "charge", "time_ns"):
+        assert np.array_equal(getattr(parts, name), getattr(mm, name), equal_nan=True), name
     assert mm.n_events == acc.size and np.median(np.diff(mm.event_ptr)) >= 8
     ref = resource_manager().open_resource(emu.msadc, read_termination="\n", write_termination="\n", timeout=5000)
     try:
@@ -99,7 +99,8 @@ def test_full_readout_matches_the_reference_reader(emu):
     assert np.array_equal(ptr, mm.event_ptr)
     rec = np.frombuffer(raw[4 * (acc.size + 1) :], np.uint8).reshape(-1, 10)
     assert np.array_equal(rec[:, 0], mm.plane) and np.array_equal(rec[:, 2:4].copy().view("<u2")[:, 0], mm.strip)
-    assert np.array_equal(rec[:, 4:].copy().view("<i2").max(axis=1), mm.charge)
+    charge, time = mmblock.strip_charge_time(rec[:, 4:].copy().view("<i2"))
+    assert np.array_equal(charge, mm.charge) and np.array_equal(time, mm.time_ns, equal_nan=True)
     with pytest.raises(MSADCCrateError) as ei:  # index beyond N: -222, previous list kept
         d.upload_accepted(np.array([n + 5]))
     assert -222 in ei.value.codes and d.accepted_count() == acc.size

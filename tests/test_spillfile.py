@@ -89,7 +89,7 @@ def test_a_stream_refuses_blocks_out_of_order_and_an_aborted_one_leaves_nothing(
     c = content(4, n=8)
     stream = sf.SpillFileStream(rdir, 4, 8, threaded=True)
     stream.put(0, c.waveforms[:3])
-    with pytest.raises(ValueError, match="at event 5; expected int16 .* at event 3"):
+    with pytest.raises(ValueError, match=r"at event 5; expected int16 .* at event 3"):
         stream.put(5, c.waveforms[5:])
     with pytest.raises(ValueError, match="up to 11 put, 8 opened"):
         stream.put(3, np.zeros((8, 121, 32), np.int16))
@@ -174,6 +174,7 @@ def _strips(n: int):
         (np.arange(m) % 8).astype(np.uint8),
         (np.arange(m) * 5).astype(np.uint16),
         np.linspace(20, 400, m).astype(np.float32),
+        np.linspace(-90, 90, m).astype(np.float32),
     )
 
 
@@ -184,9 +185,26 @@ def test_micromegas_strips_round_trip_and_old_files_stay_readable(tmp_path):
     c = content(1)
     c.mm = _strips(4)
     d = sf.read_spill(sf.write_spill(rdir, c))
-    for name in ("event_ptr", "plane", "strip", "charge"):
+    for name in ("event_ptr", "plane", "strip", "charge", "time_ns"):
         np.testing.assert_array_equal(getattr(d.mm, name), getattr(c.mm, name))
-    assert d.mm.charge.dtype == np.float32 and d.mm.n_events == 4
+    assert d.mm.charge.dtype == np.float32 and d.mm.time_ns.dtype == np.float32 and d.mm.n_events == 4
+    assert np.ptp(d.mm.time_ns) > 100.0  # the times as written, not zeros
+    # a file written before the strip times (no /mm/time_ns): every strip in time (0), the rest as written
+    p_old = sf.write_spill(rdir, c.__class__(**{**c.__dict__, "spill": 5}))
+    with h5py.File(p_old, "r+") as f:
+        del f["mm/time_ns"]
+    old = sf.read_spill(p_old).mm
+    assert old is not None and old.time_ns.dtype == np.float32
+    np.testing.assert_array_equal(old.time_ns, np.zeros(old.charge.shape, np.float32))
+    for name in ("event_ptr", "plane", "strip", "charge"):
+        np.testing.assert_array_equal(getattr(old, name), getattr(c.mm, name))
+    # a time array of another length: a clear error
+    p_bad = sf.write_spill(rdir, c.__class__(**{**c.__dict__, "spill": 6}))
+    with h5py.File(p_bad, "r+") as f:
+        del f["mm/time_ns"]
+        f["mm/time_ns"] = np.zeros(2, np.float32)
+    with pytest.raises(sf.SpillFileError, match=r"spill-000006\.h5"):
+        sf.read_spill(p_bad)
     # a file without the /mm group (recorded before the Micromegas readout existed) reads with mm None
     assert sf.read_spill(sf.write_spill(rdir, content(2))).mm is None
     # offsets that do not delimit the strips: a clear error naming the file
