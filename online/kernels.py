@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from detector import channels as ch
+from detector.mmblock import N_MM_SAMPLES, strip_charge_time
 from detector.reco import reconstruct
 
 from .readout import parallel_trigger_default
@@ -22,9 +23,10 @@ def prepare_kernels(
     """Compile (or load from numba's on-disk cache) every kernel the spill loop and its monitor worker call,
     with the real dtypes on tiny arrays, so that the first spill is not spent compiling: the trigger's
     waveform entry for ``menu`` (None: the default menu), serial, and parallel only when the readout runs
-    it (``parallel_trigger``, default :func:`online.readout.parallel_trigger_default`), and the pulse
-    reconstruction. Returns the seconds it took (a load from the cache takes about a second); ``timings``,
-    when given, receives the seconds per group (``trigger``, ``reconstruction``)."""
+    it (``parallel_trigger``, default :func:`online.readout.parallel_trigger_default`), the pulse
+    reconstruction and the Micromegas strip decoding. Returns the seconds it took (a load from the cache
+    takes about a second); ``timings``, when given, receives the seconds per group (``trigger``,
+    ``reconstruction``: the pulse and strip kernels)."""
     from trigger.kernels import warm_up
 
     parallel = parallel_trigger_default() if parallel_trigger is None else bool(parallel_trigger)
@@ -32,6 +34,7 @@ def prepare_kernels(
     t_trig = warm_up(menu, amplitude=False, parallel=parallel)
     t_reco = time.perf_counter()
     reconstruct(np.zeros((1, ch.N_CHANNELS, ch.N_SAMPLES), np.int16), np.ones(ch.N_CHANNELS, np.float32), parallel=True)
+    strip_charge_time(np.zeros((1, N_MM_SAMPLES), np.int16))  # the Micromegas strips of every block read out
     t_end = time.perf_counter()
     if timings is not None:
         timings.update(trigger=t_trig, reconstruction=t_end - t_reco)
