@@ -253,6 +253,44 @@ def test_window_edges_waveform(menu: TriggerMenu) -> None:
     assert 0 < r.scalers["PiSi"] < n
 
 
+def test_counter_band_waveform(menu: TriggerMenu) -> None:
+    """S1..S3 peaks swept across the counter threshold's band (amplitude bounds [best, AMP_BOUND best]
+    straddling it: :func:`trigger.wave._decide_sub` decides them on the neighbour ratio), all three counters
+    in the band in whole sub-blocks and peaks at both edges of the band and beyond: the waveform entry
+    agrees with the numpy reference record by record."""
+    from trigger import simd
+    from trigger import wave as W
+    from trigger.params import pack
+
+    thr = menu.counter_threshold_adc
+    rng = np.random.default_rng(5)
+    n = 4000
+    amp = np.tile([0.0, 0.0, 0.0, 0.0, 200.0, 1000.0], (n, 1))
+    amp[:, :3] = rng.uniform(0.7 * thr, 1.35 * thr, (n, 3))
+    ons = np.tile(np.array(menu.t0_ns), (n, 1))
+    ons[:, :3] += rng.uniform(-2.0, 2.0, (n, 3))
+    prims = R.synthesize_primitives(amp, ons, seed=3)
+    se, so = menu.pedestal_sums
+    gate = np.array(menu.gate_samples)
+    q = simd.record_summary_numpy(prims, np.array(se), np.array(so), gate[:, 0], gate[:, 1])[:, :3]
+    qt = W._q_thresholds(pack(menu))
+    band = (q >= qt[W.T_ZS]) & (q < qt[W.T_THR]) & (q >= qt[W.T_BAND])
+    # whole sub-blocks with all three counters in the band first
+    order = np.argsort(~band.all(axis=1), kind="stable")
+    prims, band, q = prims[order], band[order], q[order]
+    assert band[: 2 * W.SUB_BLOCK].all()
+    # peaks at the band's edges (the 4x peak's steps are 4: within one step of each edge) and beyond them
+    assert q[band].min() < qt[W.T_BAND] + 4 and q[band].max() >= qt[W.T_THR] - 4
+    assert (q < qt[W.T_BAND]).any() and (q >= qt[W.T_THR]).any()
+    tau = np.arange(n) * 1e3 + 1.0
+    m = menu.replace(beam=BeamTrigger(True, 1))
+    r = K.trigger_waveforms(m, prims, tau)
+    assert_same(r, R.waveform_trigger(m, prims, tau))
+    # the band decides both ways for every counter
+    for c, name in enumerate(("S1", "S2", "S3")):
+        assert 0 < r.scalers[name] - int((q[:, c] >= qt[W.T_THR]).sum()) < int(band[:, c].sum())
+
+
 def test_window_table_decisions(menu: TriggerMenu) -> None:
     """The per-(counter, peak sample) ratio bounds, compared as ``diff`` against ``best * r`` (no
     division), decide the window exactly like the onset computed from ``diff / best``, also for integer
