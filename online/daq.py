@@ -50,7 +50,7 @@ from .publisher import Heartbeat, Publisher
 from .readout import CrateReadout, SpillOutcome
 from .record_content import build_spill, calibration_summary, run_thresholds, spill_flags
 from .recorder import RunRecorder
-from .recovery import RECOVERABLE_FLAGS, buffered_spills, resume_point, still_holds, unwritten
+from .recovery import RECOVERABLE_FLAGS, buffered_spills, ids_outside, resume_point, still_holds, unwritten
 from .spill_report import print_line, progress_line
 from .spill_state import TRANSITIONS, IllegalTransition, SpillStateMachine, State
 from .spill_stream import SpillStreamer
@@ -78,18 +78,6 @@ LOCK_WAIT_S = 10.0  #: how long a refused SYST:LOCK is retried (a dead DAQ's loc
 #: that many spills lost from the ring: no ring holds so many
 MAX_LOST_PER_TAKE = 64
 MAX_SKIPPED_RANGES = 256  #: skipped-id ranges remembered (oldest forgotten)
-
-
-def _ids_outside(first: int, last: int, ranges: list[tuple[int, int]]) -> list[int]:
-    """The ids of ``first..last`` not in any of ``ranges`` (inclusive (a, b) pairs); the caller bounds
-    their number."""
-    out: list[int] = []
-    k = first
-    for a, b in sorted(ranges):
-        out += range(k, min(a, last + 1))
-        k = max(k, b + 1)
-    out += range(k, last + 1)
-    return out
 
 
 class DAQ:
@@ -569,7 +557,7 @@ class DAQ:
             self._log(logging.WARNING, f"crate spill id jumped from {next_crate - 1} to {target} (noted as one gap)")
             self._process(self.recorder.next_spill, target)
             return target + 1
-        for lost in _ids_outside(next_crate, target - 1, skipped):
+        for lost in ids_outside(next_crate, target - 1, skipped):
             if self.stopping:
                 return lost
             self.sm.to(State.END_OF_SPILL, f"crate spill {lost} left the crate unread")
@@ -597,7 +585,7 @@ class DAQ:
         """Read, trigger, read out and record one crate spill as DAQ spill ``spill`` (``recovers``: the DAQ
         spill, not written before, whose crate spill this is)."""
         rec = self.recorder
-        assert rec is not None and self.crate is not None and self.readout is not None
+        assert rec is not None and self.crate is not None and self.readout is not None and self.streamer is not None
         t_detect = time.time()
         t0 = time.perf_counter()
         self.current_spill = spill
@@ -608,7 +596,6 @@ class DAQ:
         flags = list(extra_flags or []) + self._pending_flags
         self._pending_flags = []
         rec.begin_spill(spill, crate_spill, detected_unix=t_detect)
-        assert self.streamer is not None
         self.streamer.arm(spill)
         out = self._read_with_retry(spill, crate_spill, flags)
         incidents = self.crate.take_incidents()
@@ -690,7 +677,7 @@ class DAQ:
         take it), then publish the scalers, print the progress line and hand the events to the monitor
         worker. ``t0``: ``time.perf_counter()`` when the spill was detected."""
         rec = self.recorder
-        assert rec is not None and self.crate is not None
+        assert rec is not None and self.crate is not None and self.streamer is not None
         t_rec = time.perf_counter()
         hv = self.hv_reader.snapshot() if self.hv_reader is not None else None
         content, entry = build_spill(
@@ -711,7 +698,6 @@ class DAQ:
             entry["recovers"] = int(recovers)
         rec.session["crate_stats"] = dict(self.crate.stats)
         out.timing["daq_s_before_write"] = time.perf_counter() - t0
-        assert self.streamer is not None
         stream = self.streamer.take()  # the spill file the events went to while they were read out
         problem = rec.space_problem(estimated_size(content) - (stream.bytes_put if stream is not None else 0))
         flag = "disk_full"

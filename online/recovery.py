@@ -78,6 +78,18 @@ def resume_point(crate: MSADC, last: int | None, last_complete: int) -> tuple[in
 RECOVERABLE_FLAGS = frozenset({"disk_full", "write_failed"})
 
 
+def ids_outside(first: int, last: int, ranges: list[tuple[int, int]]) -> list[int]:
+    """The crate spill ids of ``first..last`` not in any of ``ranges`` (inclusive (a, b) pairs: the ids the
+    DAQ skipped on purpose), i.e. the ones lost; the caller bounds their number."""
+    out: list[int] = []
+    k = first
+    for a, b in sorted(ranges):
+        out += range(k, min(a, last + 1))
+        k = max(k, b + 1)
+    out += range(k, last + 1)
+    return out
+
+
 def unwritten(spills: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Entries of a run record (by spill number) whose spill was read but not written (a flag of
     :data:`RECOVERABLE_FLAGS`) and whose crate spill has no later entry (no recovery recorded since)."""

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from online import daq_cli
+from online.recovery import ids_outside
 from online.spill_state import TRANSITIONS, IllegalTransition, SpillStateMachine, State
 
 
@@ -88,3 +89,10 @@ def test_event_buffers_recycle_whatever_their_sizes(tmp_path):
     assert [id(b) for b in pool._pool] == [id(bufs[0]), id(bufs[2])]  # the two largest are kept
     assert pool.take(10000) is bufs[2]
     assert pool.take(100) is bufs[0] and pool._pool == []
+
+
+def test_the_lost_crate_spill_ids_are_those_outside_the_skipped_ranges():
+    assert ids_outside(3, 9, []) == [3, 4, 5, 6, 7, 8, 9]
+    assert ids_outside(3, 9, [(5, 6), (1, 3)]) == [4, 7, 8, 9]  # ranges in any order, overlapping the ends
+    assert ids_outside(3, 9, [(2, 20)]) == []
+    assert ids_outside(5, 4, []) == []
