@@ -143,18 +143,11 @@ class _FailSafeFile(io.RawIOBase):
     def flush(self) -> None:
         pass
 
-    def fsync(self) -> None:
+    def fsync(self, data_only: bool = False) -> None:
+        """Flush to the disk (``fsync``, or ``fdatasync`` with ``data_only``); an error is kept as any other."""
         if self.error is None:
             try:
-                os.fsync(self.fd)
-            except OSError as exc:
-                self.error = exc
-
-    def datasync(self) -> None:
-        """Flush the data written so far to the disk (``fdatasync``); an error is kept as any other."""
-        if self.error is None:
-            try:
-                os.fdatasync(self.fd)
+                (os.fdatasync if data_only else os.fsync)(self.fd)
             except OSError as exc:
                 self.error = exc
 
@@ -343,7 +336,7 @@ class SpillFileStream:
         self.waveforms[first : first + block.shape[0]] = block
         self._unsynced += block.nbytes
         if self._thread is not None and self._unsynced >= self.SYNC_BYTES:
-            self.sink.datasync()
+            self.sink.fsync(data_only=True)
             self._unsynced = 0
 
     def _writer(self) -> None:
@@ -355,13 +348,12 @@ class SpillFileStream:
                 except BaseException as exc:  # noqa: BLE001 (kept for finish(), which raises it in the caller's thread)
                     self._failure = exc
 
-    def _join(self) -> None:
+    def _stop_writer(self) -> None:
+        """The writer thread (if any) writes what it was given and ends."""
         if self._thread is not None and self._queue is not None:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
-        if self._failure is not None:
-            raise self._failure
 
     def finish(self, content: SpillContent) -> pathlib.Path:
         """Write the rest of ``content`` (its events must be the first ``len(content.event_id)`` put, or
@@ -370,7 +362,9 @@ class SpillFileStream:
         ``content``'s own memory is written again from ``content``."""
         try:
             _validate_content(content)
-            self._join()
+            self._stop_writer()
+            if self._failure is not None:
+                raise self._failure
             n = content.event_id.shape[0]
             if n > self.capacity:
                 raise ValueError(f"spill {self.spill}: {n} events to record, the file was opened for {self.capacity}")
@@ -426,17 +420,11 @@ class SpillFileStream:
     def abort(self) -> None:
         """Give up this spill file: the writer stops, the partial file is removed (idempotent; nothing
         happens to a finished file)."""
-        if self.finished:
-            return
-        with contextlib.suppress(BaseException):
-            self._join()
-        self._discard()
+        if not self.finished:
+            self._discard()
 
     def _discard(self) -> None:
-        if self._thread is not None and self._queue is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+        self._stop_writer()
         file = getattr(self, "file", None)
         if file is not None and file.id.valid:
             with contextlib.suppress(Exception):

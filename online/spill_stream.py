@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import logging
 
-from detector.channels import N_CHANNELS, N_SAMPLES
 from detector.spillfile import SpillFileStream
 
+from .msadc import EVENT_RECORD_BYTES
 from .readout import SpillOutcome
 from .recorder import RunRecorder
 
 log = logging.getLogger("online.daq")
-
-#: bytes of one event's waveforms in the spill file
-EVENT_BYTES = N_CHANNELS * N_SAMPLES * 2
 
 
 class SpillStreamer:
@@ -43,7 +40,7 @@ class SpillStreamer:
         if self.spill is None:
             return
         n = int(out.accepted.size)
-        problem = self.recorder.space_problem(n * EVENT_BYTES)
+        problem = self.recorder.space_problem(n * EVENT_RECORD_BYTES)
         if problem is not None:  # recording the spill finds the same and flags it
             return
         try:
