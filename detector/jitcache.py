@@ -28,9 +28,12 @@ only the counter tells them apart, and it counts from 1 in every process. When t
 processes whose counters stood at the same value there (a matter of what each had compiled before), their
 symbols were equal, and the JIT linker of a process that loaded both entries bound the tracker's call to the
 weak symbol defined first: the sort, which returns the sorted array instead of the index array, so the
-tracker read outside its arrays. :func:`install_process_unique_ids` starts the counter of every process at
-its own random block, so no two processes can name two functions alike (the names within a process stay
-unique as before), whatever each compiled before.
+tracker read outside its arrays (loaded the other way round, ``_sr_sample``'s sort ran the argsort and left
+the synchrotron-radiation quantiles unsorted, silently). :func:`install_process_unique_ids` starts the counter
+of every process (and of a forked child) at its own random block, so no two processes can name two functions
+alike (the names within a process stay unique as before), whatever each compiled before. Entries written
+before this (small ids) are not in the keyed directory (this file is part of the key); a cache directory set
+by the user may still hold them.
 
 Both are installed by :func:`numba_init`, numba's ``init`` extension entry point (pyproject
 ``[project.entry-points.numba_extensions]``): numba runs it before it compiles anything, in every process of
@@ -156,13 +159,18 @@ def install_process_unique_ids() -> None:
     different symbol names, so weak definitions of two different functions in cache entries written by two
     processes cannot bind to each other (module docstring). Ids already handed out in this process stay
     below the block (it starts at 2**UID_BLOCK_BITS or higher), so names within the process stay unique.
-    Idempotent."""
+    A forked child draws a block of its own (it would otherwise go on counting like its parent). Idempotent."""
     from numba.core import bytecode
 
     cls: Any = bytecode.FunctionIdentity
     if getattr(cls, "_na64_unique_ids", False):
         return
-    cls._unique_ids = itertools.count((1 + secrets.randbits(UID_BLOCKS_BITS)) << UID_BLOCK_BITS)
+
+    def new_block() -> None:
+        cls._unique_ids = itertools.count((1 + secrets.randbits(UID_BLOCKS_BITS)) << UID_BLOCK_BITS)
+
+    new_block()
+    os.register_at_fork(after_in_child=new_block)
     cls._na64_unique_ids = True
 
 
