@@ -18,7 +18,8 @@ compiler lock also hold an exclusive ``flock`` on a file in the cache directory,
 time compiles or loads cached code.
 
 Cache entries written by different processes can also clash by symbol name (issue 14; numba 0.68, the cause
-of the ``tracking._reco_kernel`` entries that segfaulted every process loading them). Numba names a compiled
+of the ``tracking._reco_kernel`` entries that segfaulted every process loading them; numba issue 10486, open,
+where the same workaround is discussed). Numba names a compiled
 function by its qualified name, its argument types and a per-process counter (``FunctionIdentity``'s unique
 id, the ``[abi:v<id>]`` tag of the mangled name), and it keeps the callees linked into a cached object as
 weak (``linkonce_odr``) definitions. Two functions with the same name and argument types but different code
