@@ -86,16 +86,16 @@ def ensure_venv() -> None:
 #: compiles (or loads from numba's on-disk cache) the kernels of the DAQ (tracker, trigger, reconstruction) and of
 #: the emulator's spill chain, so that neither the tests nor the demo wait for a cold compile: two groups, each in
 #: its own process (their compilations take turns: detector.jitcache); every step prints one line "what ...
-#: seconds". The tracker's kernel comes first in a fresh process: its cache entry, compiled in a pytest worker
-#: after many other kernels, segfaulted every process that loaded it (2026-12-05, not understood; the DAQ
-#: itself compiles it lazily, in its monitor worker: docs/performance.md 2026-12-06)
+#: seconds". The tracker is here because the DAQ compiles it lazily, in its monitor worker (docs/performance.md
+#: 2026-12-06). The order of the kernels does not matter: the tracker's cache entry that once segfaulted every
+#: process loading it came from numba's per-process function names, not from an order (detector.jitcache)
 WARM_KERNELS = {
     "daq": """
 import time
 import numpy as np
 from detector.config import load_config
 from detector.tracking import Spectrometer, StripData, reconstruct_tracks
-t0 = time.perf_counter()  # first, in a process that has compiled nothing yet (see below)
+t0 = time.perf_counter()
 reconstruct_tracks(StripData.empty(1), Spectrometer.from_config(load_config(None)), planes=True)
 from detector.mmblock import strip_charge_time
 strip_charge_time(np.zeros((1, 3), np.int16))

@@ -15,17 +15,39 @@ compiling at the same time (the kernel warm-up of ``tasks.py``, two pytest worke
 starting together, Dask workers) can leave an entry that crashes every process that loads it later with a
 segmentation fault (numba issues 4807 and 10128). :func:`install_compile_lock` makes numba's in-process
 compiler lock also hold an exclusive ``flock`` on a file in the cache directory, so that only one process at a
-time compiles or loads cached code. It is registered as numba's ``init`` extension entry point (pyproject
+time compiles or loads cached code.
+
+Cache entries written by different processes can also clash by symbol name (issue 14; numba 0.68, the cause
+of the ``tracking._reco_kernel`` entries that segfaulted every process loading them; numba issue 10486, open,
+where the same workaround is discussed). Numba names a compiled
+function by its qualified name, its argument types and a per-process counter (``FunctionIdentity``'s unique
+id, the ``[abi:v<id>]`` tag of the mangled name), and it keeps the callees linked into a cached object as
+weak (``linkonce_odr``) definitions. Two functions with the same name and argument types but different code
+exist: numba's sort and argsort are both ``make_quicksort_impl.<locals>.run_quicksort1(array(float64))``
+(``buf.sort()`` in ``sim_frontend.beamline._sr_sample``, ``np.argsort`` in ``detector.tracking._fit_view``);
+only the counter tells them apart, and it counts from 1 in every process. When the two were compiled in two
+processes whose counters stood at the same value there (a matter of what each had compiled before), their
+symbols were equal, and the JIT linker of a process that loaded both entries bound the tracker's call to the
+weak symbol defined first: the sort, which returns the sorted array instead of the index array, so the
+tracker read outside its arrays (loaded the other way round, ``_sr_sample``'s sort ran the argsort and left
+the synchrotron-radiation quantiles unsorted, silently). :func:`install_process_unique_ids` starts the counter
+of every process (and of a forked child) at its own random block, so no two processes can name two functions
+alike (the names within a process stay unique as before), whatever each compiled before. Entries written
+before this (small ids) are not in the keyed directory (this file is part of the key); a cache directory set
+by the user may still hold them.
+
+Both are installed by :func:`numba_init`, numba's ``init`` extension entry point (pyproject
 ``[project.entry-points.numba_extensions]``): numba runs it before it compiles anything, in every process of
-the installed project. (A crash seen here that the lock did not prevent, a ``tracking._reco_kernel`` entry
-compiled by a pytest worker after many other kernels, is avoided by the order of the warm-up: ``tasks.py``.)
+the installed project.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -39,6 +61,10 @@ ROOT = Path(__file__).resolve().parent.parent
 #: environment marker: NUMBA_CACHE_DIR was set by configure() (of the checkout it names), not by the user
 MARK = "NA64_HIL_JIT_CACHE_OF"
 LOCK_NAME = ".compile.lock"  #: the lock file in the cache directory (:func:`install_compile_lock`)
+#: a process numbers the functions numba compiles within its own block of 2**UID_BLOCK_BITS ids, one of
+#: 2**UID_BLOCKS_BITS blocks drawn at random (:func:`install_process_unique_ids`)
+UID_BLOCK_BITS = 24
+UID_BLOCKS_BITS = 39
 
 
 def source_key(root: Path = ROOT) -> str:
@@ -64,7 +90,7 @@ def configure(root: Path = ROOT) -> str | None:
     config = sys.modules.get("numba.core.config")
     if config is not None:  # numba read its environment already
         config.CACHE_DIR = cache_dir  # type: ignore[attr-defined]
-        install_compile_lock()
+        numba_init()
     if cache_root.is_dir():
         for old in cache_root.iterdir():
             if str(old) != cache_dir and old.is_dir():
@@ -126,3 +152,31 @@ def install_compile_lock() -> None:
 
     cls.acquire, cls.release = locked_acquire, locked_release  # __enter__, __exit__ and __call__ use them
     cls._na64_file_lock = True
+
+
+def install_process_unique_ids() -> None:
+    """Start numba's counter of compiled functions (``FunctionIdentity``'s unique id, part of every mangled
+    symbol name) at a random block of its own in this process: functions compiled in two processes get
+    different symbol names, so weak definitions of two different functions in cache entries written by two
+    processes cannot bind to each other (module docstring). Ids already handed out in this process stay
+    below the block (it starts at 2**UID_BLOCK_BITS or higher), so names within the process stay unique.
+    A forked child draws a block of its own (it would otherwise go on counting like its parent). Idempotent."""
+    from numba.core import bytecode
+
+    cls: Any = bytecode.FunctionIdentity
+    if getattr(cls, "_na64_unique_ids", False):
+        return
+
+    def new_block() -> None:
+        cls._unique_ids = itertools.count((1 + secrets.randbits(UID_BLOCKS_BITS)) << UID_BLOCK_BITS)
+
+    new_block()
+    os.register_at_fork(after_in_child=new_block)
+    cls._na64_unique_ids = True
+
+
+def numba_init() -> None:
+    """numba's ``init`` extension entry point (pyproject): the per-process function ids and the compile lock
+    (module docstring)."""
+    install_process_unique_ids()
+    install_compile_lock()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -72,23 +73,39 @@ def test_a_fresh_interpreter_uses_the_current_key_and_detector_does_not_import_n
     assert out.stdout.split() == ["True", want]
 
 
-def test_numba_installs_the_compile_lock_through_the_entry_point() -> None:
-    """The project registers detector.jitcache.install_compile_lock as numba's ``init`` extension: a fresh
-    interpreter that compiles anything has numba's compiler lock holding the file lock, with no import of
-    ours (numba runs the entry point before it compiles)."""
+def test_numba_installs_the_compile_lock_and_the_function_ids_through_the_entry_point() -> None:
+    """The project registers detector.jitcache.numba_init as numba's ``init`` extension: a fresh interpreter
+    that compiles anything has numba's compiler lock holding the file lock and numbers its functions from a
+    block of its own (two interpreters and a forked child of each: four blocks), with no import of ours (numba
+    runs the entry point before it compiles)."""
     from importlib.metadata import entry_points
 
     eps = [e.value for e in entry_points(group="numba_extensions", name="init")]
-    assert "detector.jitcache:install_compile_lock" in eps
+    assert "detector.jitcache:numba_init" in eps
     code = (
         "import numba\n"
-        "from numba.core import compiler_lock\n"
+        "from numba.core import bytecode, compiler_lock\n"
         "before = getattr(compiler_lock._CompilerLock, '_na64_file_lock', False)\n"
         "numba.njit(lambda x: x + 1)(1)\n"
-        "print(before, compiler_lock._CompilerLock._na64_file_lock)\n"
+        "uid = next(bytecode.FunctionIdentity._unique_ids)\n"
+        "import os\n"
+        "r, w = os.pipe()\n"
+        "if os.fork() == 0:\n"
+        "    os.write(w, str(next(bytecode.FunctionIdentity._unique_ids)).encode())\n"
+        "    os._exit(0)\n"
+        "os.close(w)\n"
+        "child = int(os.read(r, 64))\n"
+        "print(before, compiler_lock._CompilerLock._na64_file_lock, uid, child)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
-    assert out.stdout.split() == ["False", "True"]
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+        for _ in range(2)
+    ]
+    outs = [r.stdout.split() for r in runs]
+    assert [o[:2] for o in outs] == [["False", "True"]] * 2
+    uids = [int(u) for o in outs for u in o[2:]]  # interpreter 1, its forked child, interpreter 2, its child
+    assert all(u >= 2**jitcache.UID_BLOCK_BITS for u in uids)  # not numba's count from 1
+    assert len({u >> jitcache.UID_BLOCK_BITS for u in uids}) == 4
 
 
 def _blocked_on_flock(pid: int) -> bool:
@@ -151,32 +168,105 @@ def test_a_second_process_waits_while_one_holds_the_compiler_lock(tmp_path: Path
     assert again.stdout.split() == ["8", "1"]
 
 
-def test_the_warm_up_takes_the_trackers_kernel_first() -> None:
-    """tasks.py's warm-up of the DAQ's kernels loads or compiles the tracker's kernel before any other kernel of
-    the project: its cache entry, compiled in a process after many other kernels, once crashed every process
-    that loaded it (detector/jitcache.py). Every cached kernel passes through numba's Cache.load_overload, on
-    a load and before a compile alike: its order is recorded."""
-    import tasks
+#: a process that runs its arguments in order: "sort" loads or compiles sim_frontend.beamline._sr_sample, whose
+#: ``buf.sort()`` makes numba compile its quicksort of a float64 array, and prints its cache hits and whether
+#: the quantiles it returns are in order; "tracker" reconstructs two parallel nominal tracks with
+#: detector.tracking, whose _fit_view sorts its candidates with ``np.argsort`` of a float64 array.
+#: ``ADVANCE``: first draw that many function ids from numba's counter, what compiling as many functions would do
+_SORT_AND_TRACKER = """
+import sys
+import numpy as np
+from numba.core import bytecode, entrypoints
+from detector.config import load_config
+from detector.tracking import Spectrometer, StripData, reconstruct_tracks
+from sim_frontend.beamline import _sr_sample, sr_photon_log_quantiles
 
-    code = (
-        """
-import numba.core.caching as caching
-order = []
-_load = caching.Cache.load_overload
-def load_overload(self, sig, target_context):
-    f = self._py_func
-    order.append(f.__module__ + "." + f.__qualname__)
-    return _load(self, sig, target_context)
-caching.Cache.load_overload = load_overload
+def sort():
+    out = np.zeros((2, 9))
+    _sr_sample(3.0, 1e-2, np.array([50.0, 100.0]), sr_photon_log_quantiles(), 0.0, 1.0, 64, out)
+    in_order = bool(np.all(np.diff(out, axis=1) >= 0.0) and out[:, -1].min() > 0.0)
+    print("sort", sum(_sr_sample.stats.cache_hits.values()), in_order, flush=True)
+
+def tracker():
+    spec = Spectrometer.from_config(load_config(None))
+    plane, strip, charge = [], [], []
+    for p in range(spec.n_planes):
+        for c in (160, 260):
+            plane += [p, p, p]
+            strip += [c - 1, c, c + 1]
+            charge += [100.0, 200.0, 100.0]
+    sd = StripData(np.array([0, len(plane)]), np.array(plane, np.uint8), np.array(strip, np.uint16),
+                   np.array(charge, np.float32), np.zeros(len(plane), np.float32))
+    rec = reconstruct_tracks(sd, spec)[0]
+    print("tracks", int(rec["n_tracks"]), float(rec["p_gev"]) / spec.p0_gev, flush=True)
+
+entrypoints.init_all()  # numba's own start (the project's init extension), as at its first compile
+for _ in range(ADVANCE):
+    next(bytecode.FunctionIdentity._unique_ids)
+for step in sys.argv[1:]:
+    {"sort": sort, "tracker": tracker}[step]()
 """
-        + tasks.WARM_KERNELS["daq"]
-        + """
-ours = [o for o in order if o.split(".")[0] in ("detector", "trigger", "sim_frontend", "online")]
-print("ORDER", ours[0], len(ours))
-"""
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=jitcache.ROOT)
-    assert r.returncode == 0, r.stderr
-    line = next(x for x in r.stdout.splitlines() if x.startswith("ORDER"))
-    _, first, n = line.split()
-    assert first == "detector.tracking._reco_kernel" and int(n) > 3
+
+#: numba's quicksort (or argsort) in a mangled name: its function id tag ``v<id>`` and its second abi tag (the
+#: flags), each an Itanium abi tag ``B<length><text>``; the argument types follow
+_QUICKSORT = re.compile(rb"run_quicksort1B\d+v(\d+)B(\d+)")
+
+
+def _quicksort_ids(cache: Path, entry: str) -> set[int]:
+    """The function ids of numba's quicksort of a float64 array (sort or argsort) in the cache entries of
+    ``entry`` (their object code and bitcode hold the mangled names)."""
+    found = set()
+    for f in cache.rglob(f"{entry}-*.nbc"):
+        data = f.read_bytes()
+        for m in _QUICKSORT.finditer(data):
+            after = m.end() + int(m.group(2))
+            if data[after : after + 15] == b"E5ArrayIdLi1E1C":
+                found.add(int(m.group(1)))
+    assert found, f"no float64 quicksort in the cache entries of {entry}"
+    return found
+
+
+def test_cache_entries_of_two_processes_cannot_bind_to_each_others_functions(tmp_path: Path) -> None:
+    """Issue 14, the tracker's cache entry that segfaulted every process that loaded it (detector/jitcache.py):
+    numba names a function by its name, argument types and a per-process count; numba's sort and argsort of a
+    float64 array differ only by that count, and a cache entry keeps such callees as weak symbols. Process A
+    compiles the tracker (argsort in _fit_view) into a cache; process B, fresh like A, compiles _sr_sample
+    (a sort) into the same cache after as many other functions as make its count of the sort equal A's count
+    of the argsort, if a number of prior compilations can do that; process C loads both entries and
+    reconstructs, and D loads them the other way round. With numba's counts from 1 in every process, C's
+    tracker bound the sort and crashed, and D's sort bound the tracker's argsort and left the synchrotron
+    radiation quantiles out of order; with a block of ids per process no number of prior compilations makes
+    the two names equal."""
+    cache, probe = tmp_path / "cache", tmp_path / "probe"
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", jitcache.MARK)}
+    env["PYTHONFAULTHANDLER"] = "1"
+
+    def run(where: Path, advance: int, *args: str) -> subprocess.CompletedProcess[str]:
+        code = _SORT_AND_TRACKER.replace("ADVANCE", str(advance))
+        return subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, cwd=jitcache.ROOT,
+            env=dict(env, NUMBA_CACHE_DIR=str(where)),
+        )  # fmt: skip
+
+    # A: the tracker alone (its entry is sound on its own)
+    a = run(cache, 0, "tracker")
+    assert a.returncode == 0 and a.stdout.split() == ["tracks", "2", "1.0"], a.stderr[-3000:]
+    (argsort_id,) = _quicksort_ids(cache, "tracking._fit_view")
+    # B's twin on a scratch cache: the count at which a fresh process compiles the sort
+    probed = run(probe, 0, "sort")
+    assert probed.returncode == 0 and probed.stdout.split() == ["sort", "0", "True"], probed.stderr[-3000:]
+    (sort_id_fresh,) = _quicksort_ids(probe, "beamline._sr_sample")
+    advance = argsort_id - sort_id_fresh
+    aligned = 0 <= advance < 1_000_000  # numba 0.68 alone: both count from 1, so always
+    b = run(cache, advance if aligned else 0, "sort")
+    assert b.returncode == 0 and b.stdout.split() == ["sort", "0", "True"], b.stderr[-3000:]
+    (sort_id,) = _quicksort_ids(cache, "beamline._sr_sample")
+    # C: loads the sort's entry, then the tracker's, and reconstructs (the tracker bound the sort: segfault)
+    c = run(cache, 0, "sort", "tracker")
+    assert c.returncode == 0, f"exit status {c.returncode}\n{c.stderr[-3000:]}"
+    assert c.stdout.split() == ["sort", "1", "True", "tracks", "2", "1.0"]
+    # D: the other order (the sort bound the tracker's argsort: no crash, but the quantiles out of order)
+    d = run(cache, 0, "tracker", "sort")
+    assert d.returncode == 0, f"exit status {d.returncode}\n{d.stderr[-3000:]}"
+    assert d.stdout.split() == ["tracks", "2", "1.0", "sort", "1", "True"]
+    assert sort_id != argsort_id and not aligned
