@@ -18,7 +18,7 @@ deposits of the A' events accordingly:
    above E_miss,min at the primary's energy E(t) there (t uniform in [0, ``T_CAP_X0``], rejection, the
    rejected redrawn with a new path): the depth follows the primary's track length above E_miss,min
    (Tsai/Rossi, :func:`sim_frontend.cascade.tsai_primary_track_length`), the emitter energy E_e = E(t);
-3. E_A' = x E_e with x from the IWW spectrum at E_e (:func:`sim_frontend.aprime.sample_x`), E_A' > E_miss,min;
+3. E_A' = x E_e with x from the IWW spectrum at E_e truncated at E_A' > E_miss,min (:func:`aprime_energy`);
 4. each bremsstrahlung photon radiated before t showers from its own conversion depth (its emission depth +
    an exponential of mean 9/7 X0), the recoil electron (E_e - E_A') from t; all with
    :func:`sim_frontend.showers.em_shower` (the response's shower: profile, fluctuations, containment);
@@ -43,6 +43,7 @@ import numpy as np
 
 from detector.settings import Config
 from sim_frontend import geometry as g
+from sim_frontend import physics_constants as pc
 from sim_frontend.beam import X_MIN_APRIME, BeamSpill, rng_state
 from sim_frontend.cascade import PHOTON_CONVERSION_RATE_PER_X0, _sample_brems_y_numpy, brems_rate_per_x0
 from sim_frontend.showers import PS_FRACTION_TABLE, em_shower
@@ -59,6 +60,8 @@ Y_MIN = 1e-3
 T_CAP_X0 = 5.0
 SIGMA_GRID_POINTS = 256  #: energies of the sigma(E, E_A' > E_miss,min) table the rejection interpolates
 MAX_PASSES = 2000  #: rejection passes before giving up (each accepts ~ the track length / T_CAP_X0)
+ENERGY_BINS = 16  #: emitter-energy bins of :func:`aprime_energy` (one x grid each)
+X_PASSES = 200  #: rejection passes of :func:`aprime_energy` before an emitter at the threshold takes E_miss,min
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,41 @@ def _sigma_above(mass_gev: float, e_gev: np.ndarray, emiss_min_gev: float) -> np
     return out
 
 
+def aprime_energy(mass_gev: float, e_e: np.ndarray, emiss_min_gev: float, rng: np.random.Generator) -> np.ndarray:
+    """A' energies E_A' = x E_e (GeV) radiated by emitters of ``e_e`` (GeV), E_A' > ``emiss_min_gev``: x from the
+    IWW spectrum (:func:`sim_frontend.aprime.sample_x`) truncated at E_miss,min / E_e for each emitter.
+
+    The emitters are grouped in :data:`ENERGY_BINS` quantile bins with one x grid each, drawn at the bin's
+    softest emitter from the lowest x any of its emitters needs (E_miss,min over the bin's hardest); an x with
+    x E_e <= E_miss,min is drawn again. That is exact up to the energy dependence of the spectrum's shape,
+    which the IWW form (2.3 (c)) has only through the kinematic factor sqrt(x^2 E^2 - m^2) (negligible for
+    x E >> m): a drawn x is accepted with the truncation of its own emitter. An emitter so close to
+    E_miss,min that X_PASSES draws give nothing above it takes E_miss,min."""
+    from sim_frontend import aprime
+
+    e_e = np.asarray(e_e, dtype=np.float64)
+    e_a = np.full(e_e.size, float(emiss_min_gev))
+    if e_e.size == 0:
+        return e_a
+    edges = np.quantile(e_e, np.linspace(0.0, 1.0, ENERGY_BINS + 1))
+    which = np.clip(np.searchsorted(edges, e_e, side="right") - 1, 0, ENERGY_BINS - 1)
+    for b in range(ENERGY_BINS):
+        todo = np.flatnonzero(which == b)
+        if todo.size == 0:
+            continue
+        e_lo, e_hi = float(e_e[todo].min()), float(e_e[todo].max())
+        x_hi = 1.0 - pc.M_E_GEV / e_lo  # the kinematic end of the bin's grid
+        x_min = min(emiss_min_gev / e_hi, x_hi - 1e-9)
+        for _ in range(X_PASSES):
+            ea = aprime.sample_x(mass_gev, e_lo, todo.size, rng, x_min=x_min) * e_e[todo]
+            ok = ea > emiss_min_gev
+            e_a[todo[ok]] = ea[ok]
+            todo = todo[~ok]
+            if todo.size == 0:
+                break
+    return np.minimum(e_a, e_e)
+
+
 @dataclass
 class Emission:
     """A' emissions of a block of events (:func:`sample_emission`): depth ``t_x0``, emitter energy
@@ -155,7 +193,6 @@ class Emission:
 def sample_emission(mass_gev: float, e_gev: np.ndarray, emiss_min_gev: float, rng: np.random.Generator) -> Emission:
     """The A' (E_A' > ``emiss_min_gev``) radiated by primaries of ``e_gev`` (GeV) along their path: steps
     1-3 of the module docstring, and the photons radiated before it with their conversion depths."""
-    from sim_frontend import aprime
 
     e_gev = np.asarray(e_gev, dtype=np.float64)
     n = e_gev.size
@@ -185,17 +222,8 @@ def sample_emission(mass_gev: float, e_gev: np.ndarray, emiss_min_gev: float, rn
         photon_gev[idx, : k.shape[1]] = k
         photon_t[idx, : k.shape[1]] = np.where(k > 0, tk, 0.0)
     conv = photon_t + rng.exponential(1.0 / PHOTON_CONVERSION_RATE_PER_X0, photon_t.shape)
-    # x relative to the emitter, per energy bin (the IWW grid is built per energy)
-    e_a = np.empty(n)
-    edges = np.quantile(e_e, np.linspace(0.0, 1.0, 17))
-    which = np.clip(np.searchsorted(edges, e_e, side="right") - 1, 0, 15)
-    for b in range(16):
-        sel = np.flatnonzero(which == b)
-        if sel.size:
-            e_lo = float(e_e[sel].min())  # x_min of the bin's softest emitter: every E_A' above E_miss,min
-            x = aprime.sample_x(mass_gev, e_lo, sel.size, rng, x_min=min(emiss_min_gev / e_lo, 1.0 - 1e-6))
-            e_a[sel] = np.maximum(x * e_e[sel], emiss_min_gev)
-    return Emission(t, e_e, np.minimum(e_a, e_e), photon_gev, np.where(photon_gev > 0, conv, 0.0))
+    e_a = aprime_energy(mass_gev, e_e, emiss_min_gev, rng)
+    return Emission(t, e_e, e_a, photon_gev, np.where(photon_gev > 0, conv, 0.0))
 
 
 def emit_at_depth(

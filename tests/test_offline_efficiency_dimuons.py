@@ -74,6 +74,28 @@ def test_emission_inside_the_shower_conserves_energy_and_stays_above_emiss():
     assert np.median(e_a / e_e) > 0.9
 
 
+def test_aprime_energy_follows_each_emitters_own_truncated_spectrum():
+    """E_A' > E_miss,min truncates the IWW x spectrum at E_miss,min / E_e of each emitter, not at that of the
+    softest emitter of its energy bin: emitters of 52.5-53.3 GeV (the lowest bin of a 50.2-100 GeV sample)
+    give x < 0.99 as often as the spectrum says (0.364 at 52.9 GeV; never before: the bin's x started at
+    50 / 50.2 = 0.996), and so do emitters of 75 and 99 GeV."""
+    from sim_frontend import aprime
+
+    m = 0.0167
+    rng = np.random.default_rng(11)
+    e = rng.uniform(50.2, 100.0, 40000)
+    e_a = aprime_depth.aprime_energy(m, e, 50.0, rng)
+    assert np.all((e_a > 50.0) & (e_a <= e))
+    for lo, hi in ((52.5, 53.3), (74.5, 75.5), (98.5, 99.5)):
+        s = (e > lo) & (e < hi)
+        mid = 0.5 * (lo + hi)
+        expect = float(aprime.sigma_x_range(m, mid, 50.0 / mid, 0.99) / aprime.sigma_x_range(m, mid, 50.0 / mid, None))
+        got = float(np.mean(e_a[s] / e[s] < 0.99))
+        assert got == pytest.approx(expect, abs=4.0 * math.sqrt(expect * (1.0 - expect) / s.sum()))
+    # an emitter within an electron mass of E_miss,min cannot radiate above it: it takes E_miss,min
+    assert aprime_depth.aprime_energy(m, np.array([50.0002, 80.0]), 50.0, rng)[0] == 50.0
+
+
 def test_redrawn_deposits_reach_the_cells():
     """The cells share the redrawn PS and ECAL sums: also for events whose face response left nothing visible
     (the A' drawn above the energy that reached the ECAL), which had no lateral shape."""
