@@ -20,6 +20,7 @@ from daq_helpers import (
     _no_daq_left_behind,  # noqa: F401  (autouse fixture)
     check_run,
     start_daq,
+    wait_until,
 )
 from emulator_fixture import REPO_ROOT, deep_merge, start_emulator
 from oracle import start_oracle
@@ -98,6 +99,13 @@ def test_a_spill_that_cannot_be_written_is_flagged_and_the_run_stops_cleanly(tmp
         second = start_daq(
             tmp_path, emu.config_path, emu.endpoints_path, out, run=5, spills=3, name="daq2", file_size_limit=limit
         )
+        # from the failed write on, the feed is stalled (the crate takes no new spill) until the restarted DAQ
+        # below has recovered the flagged spill: the crate must still hold it however long the exit, the checks
+        # and the next start-up (its kernels included) take on a loaded machine (16 spills of 2 s otherwise)
+        wait_until(
+            lambda: "File too large" in second.log() or second.proc.poll() is not None, 120, "daq2's failed write"
+        )
+        emu.control({"cmd": "fault", "endpoint": "feed", "kind": "stall", "seconds": 3600})
         rc = second.wait(120)
         log = second.log()
         assert rc == 1, f"exit status {rc} (a segfault is -11)\n{log[-4000:]}"
@@ -116,6 +124,8 @@ def test_a_spill_that_cannot_be_written_is_flagged_and_the_run_stops_cleanly(tmp
         # room again: a restarted DAQ first recovers the flagged spill from the crate's buffer (a new spill,
         # the flagged entry stays as it was), then continues the run
         third = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=5, spills=2, name="daq3")
+        wait_until(lambda: "recovering spill 3" in third.log() or third.proc.poll() is not None, 300, "daq3's recovery")
+        emu.control({"cmd": "clear_faults"})  # the feed again: daq3 records one more spill
         assert third.wait(120) == 0, third.log()[-4000:]
         assert "recovering spill 3 (write_failed) from the crate's buffer as spill 4" in third.log()
         rec = check_run(first.rdir, emu, oracle)
