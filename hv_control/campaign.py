@@ -285,6 +285,7 @@ class CellCampaign:
         """Visit every cell not yet finished in each pass (then :meth:`after_pass`); returns the states.
         Raises CampaignPaused on a fault or a signal (journal written, channels safe)."""
         current = None
+        finished: frozenset[str] = frozenset()
         try:
             self.start()
             for name, finished, step in self.passes():
@@ -294,6 +295,7 @@ class CellCampaign:
                         continue
                     current = st
                     step(st)
+                    current = None  # finished its step: a signal from here on pauses between cells
                     self.save_state()
                     self.progress("cell_done", st)
                     self.checkpoint()
@@ -302,9 +304,11 @@ class CellCampaign:
                 self.save_state()
         except self.FAULTS as exc:
             what = self.make_safe(current, exc)
-            self._pause(current, f"{type(exc).__name__}: {exc}", what, exc)
+            self._pause(_unfinished(current, finished), f"{type(exc).__name__}: {exc}", what, exc)
         except CampaignInterrupted as exc:
-            self._pause(current, str(exc), "channels left at their last verified values", exc)
+            # a signal is raised wherever the main thread is outside a critical section, also just after a
+            # cell's step returned: a cell whose step finished it keeps its status (it is journaled as such)
+            self._pause(_unfinished(current, finished), str(exc), "channels left at their last verified values", exc)
         self.announce(None)
         self.save_state()
         return self.states
@@ -313,8 +317,14 @@ class CellCampaign:
         if st is not None:
             st.status, st.message = "paused", why
         self.save_state()
-        where = f"at cell {st.cell}" if st is not None else "after the last cell"
+        where = f"at cell {st.cell}" if st is not None else "between cells"
         raise CampaignPaused(f"campaign paused {where}: {why}. {what}. Resume with --resume {self.state_path}") from exc
+
+
+def _unfinished(st: Any, finished: frozenset[str]) -> Any:
+    """The cell a pause interrupts: ``st`` unless its step of the current pass had finished it (status in
+    ``finished``), else None."""
+    return None if st is None or st.status in finished else st
 
 
 # ---------------------------------------------------------------------- signals and the child DAQ

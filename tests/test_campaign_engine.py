@@ -100,6 +100,28 @@ def test_sigterm_waits_for_the_ramp_then_pauses_and_journals(tmp_path):
     assert all(s.status == "done" for s in c2.run().values())
 
 
+def test_a_signal_right_after_a_cell_is_journaled_done_keeps_it_done(tmp_path):
+    """SIGTERM as the journal first shows a cell done (what an operator, or the live test, reacts to): the
+    campaign pauses before the next cell and the finished cell stays done in the journal (it was journaled as
+    paused, so that a resume tuned it again: 2 done cells found after 3 were seen)."""
+    cfg, _cal, _mf, _tab, hv, table, beam = bench(tmp_path)
+    holder: dict = {}
+
+    def progress(what, st):
+        if what == "cell_done":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cells = ["1-1-2", "2-1-2", "0-1-2"]
+    c = campaign(tmp_path, cfg, hv, table, beam, cells, progress=progress)
+    holder["c"] = c
+    with signals_interrupt(lambda: holder.get("c")), pytest.raises(CampaignPaused, match="interrupted by SIGTERM"):
+        c.run()
+    st = json.loads((tmp_path / "state.json").read_text())["cells"]
+    assert [st[n]["status"] for n in cells] == ["done", "pending", "pending"]
+    c2 = campaign(tmp_path, cfg, hv, table, beam, cells, states=Campaign.load_states(tmp_path / "state.json"))
+    assert all(s.status == "done" for s in c2.run().values())
+
+
 def test_signal_before_a_campaign_exists_raises_at_once():
     from hv_control.campaign import CampaignInterrupted
 
