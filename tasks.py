@@ -113,11 +113,12 @@ print(f"the emulator's spill chain ... {Emulator(load_config(None), pty=False).w
 """,
 }
 #: for the tests, after the DAQ's kernels in the same process: the trigger's other entries (amplitude entry,
-#: parallel passes) that the trigger tests call on every core count, compiled once here rather than by the
-#: first trigger test of each pytest worker at the same time
+#: parallel passes) that the trigger tests call on every core count, for every number of energy lines their
+#: menus have (tests/warm_kernels.py), compiled once here rather than by the first trigger test of each pytest
+#: worker at the same time
 WARM_TEST_KERNELS = """
-import trigger.kernels as K
-print(f"the trigger's amplitude entry and parallel passes ... {K.warm_up():.1f} s", flush=True)
+import runpy
+runpy.run_path("tests/warm_kernels.py", run_name="__main__")
 """
 
 
