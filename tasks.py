@@ -127,7 +127,8 @@ class KernelWarmUp:
     loading in parallel child processes; the caller may do other work (the static checks) until :meth:`wait`."""
 
     def __init__(self, env: dict[str, str], tests: bool = False) -> None:
-        say("preparing the numba kernels (loaded from the cache, or compiled once: a minute or two on 2 cores)")
+        once = "about five minutes with the tests' menus" if tests else "a minute or two"
+        say(f"preparing the numba kernels (loaded from the cache, or compiled once: {once} on 2 cores)")
         self.t0 = time.perf_counter()
         codes = dict(WARM_KERNELS)
         if tests:
