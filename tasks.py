@@ -112,10 +112,9 @@ from sim_frontend.emulator import Emulator
 print(f"the emulator's spill chain ... {Emulator(load_config(None), pty=False).warm_up():.1f} s", flush=True)
 """,
 }
-#: for the tests, after the DAQ's kernels in the same process: the trigger's other entries (amplitude entry,
-#: parallel passes) that the trigger tests call on every core count, for every number of energy lines their
-#: menus have (tests/warm_kernels.py), compiled once here rather than by the first trigger test of each pytest
-#: worker at the same time
+#: for the tests, after the DAQ's kernels in the same process: the trigger's amplitude entry and the kernel of
+#: menus with further energy lines that the trigger tests call (tests/warm_kernels.py), compiled once here
+#: rather than by the first trigger test of each pytest worker at the same time
 WARM_TEST_KERNELS = """
 import runpy
 runpy.run_path("tests/warm_kernels.py", run_name="__main__")

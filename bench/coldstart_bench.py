@@ -64,7 +64,7 @@ def _child(groups: list[str]) -> dict[str, Any]:
     if "all" in groups:
         from trigger.kernels import warm_up
 
-        timed("trigger_rest", lambda: warm_up(menu, amplitude=True, parallel=True))
+        timed("trigger_rest", lambda: warm_up(menu, amplitude=True))
     out["specialisations"] = _specialisations()
     return out
 

@@ -11,27 +11,21 @@ from detector import channels as ch
 from detector.mmblock import N_MM_SAMPLES, strip_charge_time
 from detector.reco import reconstruct
 
-from .readout import parallel_trigger_default
-
 if TYPE_CHECKING:
     from trigger.menu import TriggerMenu
 
 
-def prepare_kernels(
-    menu: TriggerMenu | None = None, parallel_trigger: bool | None = None, timings: dict[str, float] | None = None
-) -> float:
+def prepare_kernels(menu: TriggerMenu | None = None, timings: dict[str, float] | None = None) -> float:
     """Compile (or load from numba's on-disk cache) every kernel the spill loop and its monitor worker call,
     with the real dtypes on tiny arrays, so that the first spill is not spent compiling: the trigger's
-    waveform entry for ``menu`` (None: the default menu), serial, and parallel only when the readout runs
-    it (``parallel_trigger``, default :func:`online.readout.parallel_trigger_default`), the pulse
+    waveform entry for ``menu`` (None: the default menu; its parallel path runs the same kernels), the pulse
     reconstruction and the Micromegas strip decoding. Returns the seconds it took (a load from the cache
     takes about a second); ``timings``, when given, receives the seconds per group (``trigger``,
     ``reconstruction``: the pulse and strip kernels)."""
     from trigger.kernels import warm_up
 
-    parallel = parallel_trigger_default() if parallel_trigger is None else bool(parallel_trigger)
     t = time.perf_counter()
-    t_trig = warm_up(menu, amplitude=False, parallel=parallel)
+    t_trig = warm_up(menu, amplitude=False)
     t_reco = time.perf_counter()
     reconstruct(np.zeros((1, ch.N_CHANNELS, ch.N_SAMPLES), np.int16), np.ones(ch.N_CHANNELS, np.float32), parallel=True)
     strip_charge_time(np.zeros((1, N_MM_SAMPLES), np.int16))  # the Micromegas strips of every block read out

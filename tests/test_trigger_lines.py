@@ -115,3 +115,23 @@ def test_bad_lines_refused() -> None:
         TriggerMenu.from_config(
             validate({"trigger": {"menu": {"muon": {"kind": "energy", "ps_min_gev": 3.0, "ps_max_gev": 2.0}}}})
         )
+
+
+def test_menus_with_further_lines_share_one_kernel_record_type(menu: TriggerMenu) -> None:
+    """numba compiles a kernel per numba type of its parameter record: every menu with further lines (one
+    to the most a menu can hold) packs to the same record type, padded with disabled lines that have no
+    mask bit, and the default menu keeps its own two-line record (one bit plane)."""
+    import numba as nb
+
+    from trigger.params import MAX_LINES, kernel_lines, n_planes, pack
+
+    base = TriggerMenu()
+    line = dict(menu.further_lines)["highps"]
+    menus = [base.replace(further_lines=tuple((f"x{k}", line) for k in range(n))) for n in range(1, MAX_LINES - 1)]
+    types = {nb.typeof(pack(m)) for m in menus}
+    assert len(types) == 1 and nb.typeof(pack(base)) not in types
+    assert {kernel_lines(m) for m in menus} == {MAX_LINES} and kernel_lines(base) == 2
+    assert n_planes(base) == 1 and {n_planes(m) for m in menus} == {2}
+    lines = pack(menus[0])[0]["lines"]  # physics, dimuon, x0, then the padding
+    assert lines["enabled"].tolist() == [int(t.enabled) for _, t in menus[0].energy_lines] + [0, 0, 0]
+    assert lines["mask"].tolist() == [int(menus[0].trigger_bits[n]) for n, _ in menus[0].energy_lines] + [0, 0, 0]

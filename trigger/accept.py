@@ -1,11 +1,12 @@
 """Passes B and C of the trigger, and the per-block counts of pass A (both entries).
 
-A chunk is processed in three passes over blocks of :data:`BLOCK` records (serial, or ``prange`` over
-blocks when ``parallel``): (A) per-record raw bits + per-block counts, no per-event scatter
-(:mod:`trigger.wave`, :mod:`trigger.amp`); (B) per block, from the block-start prescale counters
-(exclusive prefix sums of the counts) and the random-tick state (a function of the previous record's
-time only), the accepted masks, touching only blocks where a prescale counter wraps or a tick falls;
-(C) gather of the accepted indices. Serial, parallel and any chunking give bit-identical results.
+A chunk is processed in three passes over blocks of :data:`BLOCK` records (passes A and B serial, or in
+contiguous ranges of blocks on threads when ``parallel``: :func:`detector.parallel.run_ranges`): (A)
+per-record raw bits + per-block counts, no per-event scatter (:mod:`trigger.wave`, :mod:`trigger.amp`);
+(B) per block, from the block-start prescale counters (exclusive prefix sums of the counts) and the
+random-tick state (a function of the previous record's time only), the accepted masks, touching only
+blocks where a prescale counter wraps or a tick falls; (C) gather of the accepted indices. Serial,
+parallel and any chunking give bit-identical results.
 Layouts of the raw bits and the count columns: :mod:`trigger.params`.
 """
 
@@ -198,16 +199,10 @@ def _accept_block(bits, amask, times, b, prev_t, cstart, cnt, params, acc):
 
 
 @nb.njit(**JIT)
-def pass_b(bits, amask, times, prev_t, cstart, cnt, params, acc):
-    """Pass B (accepted masks into ``amask``, counts into ``acc``), serial."""
-    for b in range(cnt.shape[0]):
-        _accept_block(bits, amask, times, b, prev_t, cstart, cnt, params, acc)
-
-
-@nb.njit(parallel=True, **JIT)
-def pass_b_par(bits, amask, times, prev_t, cstart, cnt, params, acc):
-    """Pass B, prange over blocks."""
-    for b in nb.prange(cnt.shape[0]):
+def pass_b(bits, amask, times, prev_t, cstart, cnt, params, acc, b_lo, b_hi):
+    """Pass B (accepted masks into ``amask``, counts into ``acc``) over blocks ``b_lo .. b_hi - 1`` (disjoint
+    ranges may run in threads)."""
+    for b in range(b_lo, b_hi):
         _accept_block(bits, amask, times, b, prev_t, cstart, cnt, params, acc)
 
 

@@ -104,16 +104,9 @@ def _amp_block(ac, tc, times, b, prev_t, tha, tht, params, bits, cnt):
 
 
 @nb.njit(**JIT)
-def amp_pass_a(ac, tc, times, prev_t, tha, tht, params, bits, cnt):
-    """Pass A of the amplitude entry, serial."""
-    for b in range(cnt.shape[0]):
-        _amp_block(ac, tc, times, b, prev_t, tha, tht, params, bits, cnt)
-
-
-@nb.njit(parallel=True, **JIT)
-def amp_pass_a_par(ac, tc, times, prev_t, tha, tht, params, bits, cnt):
-    """Pass A of the amplitude entry, prange over blocks."""
-    for b in nb.prange(cnt.shape[0]):
+def amp_pass_a(ac, tc, times, prev_t, tha, tht, params, bits, cnt, b_lo, b_hi):
+    """Pass A of the amplitude entry over blocks ``b_lo .. b_hi - 1`` (disjoint ranges may run in threads)."""
+    for b in range(b_lo, b_hi):
         _amp_block(ac, tc, times, b, prev_t, tha, tht, params, bits, cnt)
 
 

@@ -27,14 +27,28 @@ from collections.abc import Callable
 import numpy as np
 
 from detector import channels as ch
+from detector.parallel import run_ranges
 
-from .accept import BLOCK, pass_b, pass_b_par, pass_c
-from .amp import amp_pass_a, amp_pass_a_par, amp_thresholds
+from .accept import BLOCK, pass_b, pass_c
+from .amp import amp_pass_a, amp_thresholds
 from .bounds import window_table
 from .menu import COUNTER_NAMES, TriggerMenu, TriggerResult
-from .params import A_BEAM, A_LINE0, A_RAND, A_REC, C_EOT, C_PISI, C_S1, MASK_DTYPE, RB_LINE0, n_planes, pack
+from .params import (
+    A_BEAM,
+    A_LINE0,
+    A_RAND,
+    A_REC,
+    C_EOT,
+    C_PISI,
+    C_S1,
+    MASK_DTYPE,
+    RB_LINE0,
+    kernel_lines,
+    n_planes,
+    pack,
+)
 from .reference import check_inputs, check_primitives, unsorted_error
-from .wave import wave_pass_a, wave_pass_a_par
+from .wave import wave_pass_a
 
 assert sys.byteorder == "little"
 
@@ -45,8 +59,9 @@ class SpillTrigger:
 
     ``process`` (waveform entry) and ``process_amplitudes`` (amplitude entry) take consecutive chunks;
     ``first_index`` is the spill index of the chunk's first record (it must follow the previous chunk).
-    ``finish`` returns the :class:`~trigger.menu.TriggerResult` of the spill. ``parallel`` runs every
-    pass as a ``prange`` over blocks (numba's thread count) with identical results.
+    ``finish`` returns the :class:`~trigger.menu.TriggerResult` of the spill. ``parallel`` runs passes A
+    and B in contiguous ranges of blocks on numba's thread count of threads (the same compiled serial
+    kernels: :func:`detector.parallel.run_ranges`), with identical results.
     """
 
     def __init__(self, menu: TriggerMenu, parallel: bool = False) -> None:
@@ -55,10 +70,11 @@ class SpillTrigger:
         self.menu = menu
         self.parallel = bool(parallel)
         self._params = pack(menu)
-        self._n_lines = len(menu.energy_lines)
+        self._n_lines = kernel_lines(menu)  # line slots: the menu's energy lines, then disabled padding
         self._planes = n_planes(menu)
-        # prescale counters (raw triggers since the last accepted one): beam, then the energy lines
-        self._prescale = np.array([menu.beam.prescale] + [t.prescale for _, t in menu.energy_lines], np.int64)
+        # prescale counters (raw triggers since the last accepted one): beam, then the line slots
+        prescales = [menu.beam.prescale] + [t.prescale for _, t in menu.energy_lines]
+        self._prescale = np.array(prescales + [1] * (1 + self._n_lines - len(prescales)), np.int64)
         self._counter = np.zeros(self._prescale.size, np.int64)
         self._prev_t = -np.inf  # arrival time of the last record seen (ns)
         self._next_index = 0
@@ -83,8 +99,8 @@ class SpillTrigger:
         tau = np.ascontiguousarray(tau)
 
         def pass_a(bits: np.ndarray, cnt: np.ndarray) -> None:
-            fn = wave_pass_a_par if self.parallel else wave_pass_a
-            fn(p, tau, self._prev_t, self._params, window_table(self.menu), bits, cnt)
+            rw = window_table(self.menu)
+            self._blocks(lambda lo, hi: wave_pass_a(p, tau, self._prev_t, self._params, rw, bits, cnt, lo, hi), cnt)
 
         return self._chunk(pass_a, tau, first_index)
 
@@ -98,20 +114,21 @@ class SpillTrigger:
         tha, tht = amp_thresholds(self.menu, a.dtype, t.dtype)
 
         def pass_a(bits: np.ndarray, cnt: np.ndarray) -> None:
-            fn = amp_pass_a_par if self.parallel else amp_pass_a
-            fn(
-                tuple(a[:, c] for c in range(6)),
-                tuple(t[:, c] for c in range(4)),
-                tau,
-                self._prev_t,
-                tha,
-                tht,
-                self._params,
-                bits,
-                cnt,
+            ac = tuple(a[:, c] for c in range(6))
+            tc = tuple(t[:, c] for c in range(4))
+            self._blocks(
+                lambda lo, hi: amp_pass_a(ac, tc, tau, self._prev_t, tha, tht, self._params, bits, cnt, lo, hi), cnt
             )
 
         return self._chunk(pass_a, tau, first_index)
+
+    def _blocks(self, kernel: Callable[[int, int], None], cnt: np.ndarray) -> None:
+        """Run ``kernel(lo, hi)`` over the chunk's blocks (the rows of ``cnt``): in this thread, or in
+        contiguous ranges on threads when ``parallel``."""
+        if self.parallel:
+            run_ranges(kernel, cnt.shape[0])
+        else:
+            kernel(0, cnt.shape[0])
 
     def _chunk(
         self, pass_a: Callable[[np.ndarray, np.ndarray], None], tau: np.ndarray, first_index: int | None
@@ -139,7 +156,8 @@ class SpillTrigger:
         cstart = np.ascontiguousarray((self._counter[None, :] + csum - raw) % self._prescale[None, :])
         acc = np.empty((n_blocks, self._acc.size), np.int64)
         amask = np.empty(n, MASK_DTYPE)  # written (zeroed first) only in blocks with accepted records
-        (pass_b_par if self.parallel else pass_b)(bits, amask, tau, self._prev_t, cstart, cnt, self._params, acc)
+        prev_t = self._prev_t
+        self._blocks(lambda lo, hi: pass_b(bits, amask, tau, prev_t, cstart, cnt, self._params, acc, lo, hi), cnt)
         offsets = np.zeros(n_blocks + 1, np.int64)
         np.cumsum(acc[:, A_REC], out=offsets[1:])
         idx = np.empty(offsets[-1], np.int64)
@@ -198,11 +216,12 @@ def trigger_amplitudes(
     return st.finish()
 
 
-def warm_up(menu: TriggerMenu | None = None, amplitude: bool = True, parallel: bool = True) -> float:
+def warm_up(menu: TriggerMenu | None = None, amplitude: bool = True) -> float:
     """Compile (or load from the on-disk cache: a few hundred ms) the kernels with the real dtypes on tiny
-    arrays, for ``menu`` (None: the default menu; the kernels are compiled per number of energy lines): the
-    waveform entry (int16 primitives, float64 times) and, with ``amplitude``, the amplitude entry (float32 and
-    float64, columnar and row-major); serial, and with ``parallel`` also the parallel passes. Call once at
+    arrays, for ``menu`` (None: the default menu; the kernels are compiled once for menus without further
+    energy lines and once for menus with them: :func:`trigger.params.kernel_lines`): the waveform entry
+    (int16 primitives, float64 times) and, with ``amplitude``, the amplitude entry (float32 and float64,
+    columnar and row-major). The parallel path runs the same compiled kernels on threads. Call once at
     start-up. Returns the seconds it took."""
     import time
 
@@ -211,11 +230,10 @@ def warm_up(menu: TriggerMenu | None = None, amplitude: bool = True, parallel: b
     prims = np.zeros((3, ch.N_TRIGGER_CHANNELS, ch.N_SAMPLES), np.int16)
     prims[0, :3, 8:] = 300  # one PiSi record, accepted by the random tick at t = 0
     tau = np.array([0.0, 1.0, 2.0])
-    for par in (False, True) if parallel else (False,):
-        trigger_waveforms(menu, prims, tau, par)
-        if amplitude:
-            for dt in (np.float32, np.float64):
-                for order in ("C", "F"):
-                    a = np.zeros((3, ch.N_TRIGGER_CHANNELS), dt, order=order)
-                    trigger_amplitudes(menu, a, a, tau, par)
+    trigger_waveforms(menu, prims, tau)
+    if amplitude:
+        for dt in (np.float32, np.float64):
+            for order in ("C", "F"):
+                a = np.zeros((3, ch.N_TRIGGER_CHANNELS), dt, order=order)
+                trigger_amplitudes(menu, a, a, tau)
     return time.perf_counter() - t

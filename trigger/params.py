@@ -3,8 +3,10 @@ dataclasses below, read by field name in numba), and the layout of the per-recor
 counts the passes exchange.
 
 The record holds the energy lines as a nested array of :class:`LineParams` records: its length is part
-of the record's numba type, so each kernel is compiled for the menu's line count (a compile-time trip
-count: LLVM unrolls the line loop).
+of the record's numba type (a compile-time trip count: LLVM unrolls the line loop), so each kernel is
+compiled once per length. There are two lengths (:func:`kernel_lines`): the two lines of every menu
+(physics, dimuon), and :data:`MAX_LINES` for any menu with further lines, padded with disabled lines
+that never fire (one compile covers every such menu, instead of one per line count).
 
 Raw bits (pass A -> B): bit ``RB_*`` of record i; energy line j has bit ``RB_LINE0 + j``. They are stored in
 bit planes of uint8, plane q holding bits 8q .. 8q + 7 (``bits[q, i]``): one plane for a menu with up to
@@ -78,7 +80,7 @@ class KernelParams:
     beam_prescale: int
     beam_mask: int  #: bits in the trigger mask
     random_mask: int
-    lines: tuple[LineParams, ...]  #: the energy lines (physics, dimuon, further ones)
+    lines: tuple[LineParams, ...]  #: the energy lines (physics, dimuon, further ones), padded (:func:`kernel_lines`)
 
 
 _SCALAR = {int: np.int64, float: np.float64}
@@ -99,6 +101,17 @@ def record_dtype(cls: type, shapes: dict[str, tuple[np.dtype, tuple[int, ...]]] 
 
 
 LINE_DTYPE = record_dtype(LineParams)
+#: energy lines of every menu (physics, dimuon): the kernels' record holds exactly these when there are no others
+BASE_LINES = 2
+
+
+def kernel_lines(menu: TriggerMenu) -> int:
+    """Energy-line slots of the menu's parameter record: :data:`BASE_LINES` for a menu without further
+    lines, else :data:`MAX_LINES` (the menu's lines, then disabled ones)."""
+    n = len(menu.energy_lines)
+    if not 1 <= n <= MAX_LINES:
+        raise ValueError(f"a menu has 1 to {MAX_LINES} energy lines, this one {n}")
+    return n if n <= BASE_LINES else MAX_LINES
 
 
 def params_dtype(n_lines: int) -> np.dtype:
@@ -136,6 +149,8 @@ def kernel_params(menu: TriggerMenu) -> KernelParams:
         )
         for n, t in menu.energy_lines
     )
+    # the padding: a copy of the first line, disabled and without a mask bit (its thresholds stay finite)
+    lines += (dataclasses.replace(lines[0], enabled=0, prescale=1, mask=0),) * (kernel_lines(menu) - len(lines))
     w = [menu.counter_window_ns(c) for c in range(4)]
     se, so = menu.pedestal_sums
     first, last = (tuple(g[k] for g in menu.gate_samples) for k in (0, 1))
@@ -177,5 +192,5 @@ def pack(menu: TriggerMenu) -> np.ndarray:
 
 
 def n_planes(menu: TriggerMenu) -> int:
-    """uint8 planes of the raw bits of a menu."""
-    return (RB_LINE0 + len(menu.energy_lines) + 7) // 8
+    """uint8 planes of the raw bits of a menu (of its kernel record's line slots)."""
+    return (RB_LINE0 + kernel_lines(menu) + 7) // 8

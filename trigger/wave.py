@@ -490,20 +490,10 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt, tab):
 
 
 @nb.njit(**JIT)
-def wave_pass_a(p, times, prev_t, params, rw, bits, cnt):
-    """Pass A of the waveform entry, serial."""
+def wave_pass_a(p, times, prev_t, params, rw, bits, cnt, b_lo, b_hi):
+    """Pass A of the waveform entry over blocks ``b_lo .. b_hi - 1`` (disjoint ranges may run in threads)."""
     buf = np.empty(SUMMARY_COLUMNS * SUB_BLOCK, np.int32)
     qt = _q_thresholds(params)
     tab = _window_f32(rw)
-    for b in range(cnt.shape[0]):
-        _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt, tab)
-
-
-@nb.njit(parallel=True, **JIT)
-def wave_pass_a_par(p, times, prev_t, params, rw, bits, cnt):
-    """Pass A of the waveform entry, prange over blocks."""
-    qt = _q_thresholds(params)
-    tab = _window_f32(rw)
-    for b in nb.prange(cnt.shape[0]):
-        buf = np.empty(SUMMARY_COLUMNS * SUB_BLOCK, np.int32)
+    for b in range(b_lo, b_hi):
         _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt, tab)
