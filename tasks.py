@@ -126,7 +126,7 @@ class KernelWarmUp:
     loading in parallel child processes; the caller may do other work (the static checks) until :meth:`wait`."""
 
     def __init__(self, env: dict[str, str], tests: bool = False) -> None:
-        once = "about five minutes with the tests' menus" if tests else "a minute or two"
+        once = "two or three minutes with the tests' kernels" if tests else "a minute or two"
         say(f"preparing the numba kernels (loaded from the cache, or compiled once: {once} on 2 cores)")
         self.t0 = time.perf_counter()
         codes = dict(WARM_KERNELS)
