@@ -26,13 +26,15 @@ ECAL_BENCH = {
 
 #: the acceptance test's bench: the same hidden gains and cells, with a calibration spill large enough that
 #: one spill gives the campaign's events per cell (2500 particles often fall just short: two spills per
-#: visit), on a shorter SPS cycle (a 0.2 s flat top every 0.8 s: the readout of a spill and the table's move
-#: to the next cell fit within one cycle, so that every visit takes the next spill); the statistics per cell
-#: (at least --events) are the campaign's own
+#: visit), on a shorter SPS cycle (a 0.2 s flat top every 0.5 s: the readout of a spill and the table's move
+#: to the next cell fit in the 0.3 s gap, so that every visit takes the next spill; the LED pulses inside
+#: that gap, 0.02 s after the flat top, 50 pulses 2 ms apart); the statistics per cell (at least --events)
+#: are the campaign's own
 ECAL_TEST_BENCH = {
     **ECAL_BENCH,
-    "spill": {"length_s": 0.2, "supercycle_s": 0.8},
+    "spill": {"length_s": 0.2, "supercycle_s": 0.5},
     "beam": {"particles_per_spill": 2e4, "calibration_particles_per_spill": 3000.0},
+    "led": {"delay_s": 0.02, "period_ms": 2.0},
 }
 
 

@@ -27,11 +27,17 @@ CALIBRATION_BENCH = {
 
 #: the tests' bench: the calibration bench with the supply's fastest ramps (500 V/s, the upper bound of
 #: hv.ramp_up_v_per_s), so that a one-step ramp adds less to a measurement's readout and fit before the
-#: next spill; the cycle, the hidden gains, the calibration beam and the statistics per point are the bench's
+#: next spill, on a shorter SPS cycle: a 0.2 s flat top every 0.5 s (the campaign takes one spill per
+#: measurement; the readout, the fit and the next HV step fit in the 0.3 s gap, so that a measurement
+#: takes the next spill), with the LED pulses inside that gap (0.02 s after the flat top, 50 pulses 2 ms
+#: apart). The hidden gains, the calibration beam (particles per spill) and the statistics per point are
+#: the bench's
 HVTUNE_TEST_BENCH = {
     **CALIBRATION_BENCH,
+    "spill": {"length_s": 0.2, "supercycle_s": 0.5},
     "emulator": {**CALIBRATION_BENCH["emulator"], "hv_rup_v_per_s": 500.0, "hv_rdw_v_per_s": 500.0},
     "hv": {**CALIBRATION_BENCH["hv"], "ramp_up_v_per_s": 500.0, "ramp_down_v_per_s": 500.0},
+    "led": {"delay_s": 0.02, "period_ms": 2.0},
 }
 
 #: the tests' bench at the emulator's full default intensity (5e6 particles per spill at the physics

@@ -10,10 +10,13 @@ it releases it with ``SPIL:REL``). What the DAQ sees of the crate is unchanged: 
 it is too slow for, but the oracle does not, so that nothing depends on who wins a race.
 
 While the run goes on, a thread releases the spills the DAQ will never record (it read the run record:
-crate spills before its last recorded one that it neither recorded nor holds in flight). :meth:`Oracle.check`
-(after the run) then reads, per recorded spill, ``SPIL:INFO? <spill>``, ``PRIM:DATA?``/``PRIM:TIME?
-0,<N>,<spill>``, runs :func:`trigger.reference.waveform_trigger` with the run's menu, reads the waveforms
-of the reference's accepted records by index (``EVT:IND:DATA? <spill>,<index>,...``) and requires: event
+crate spills before its last recorded one that it neither recorded nor holds in flight) and decides each
+spill as soon as the run record lists it (the same :meth:`Oracle.decide` that :meth:`Oracle.check` calls;
+a spill it could not decide is decided again there), so that the reading and the reference trigger overlap
+the run instead of following it. Deciding a spill reads ``SPIL:INFO? <spill>``, ``PRIM:DATA?``/``PRIM:TIME?
+0,<N>,<spill>``, runs :func:`trigger.reference.waveform_trigger` with the run's menu and reads the waveforms
+of the reference's accepted records by index (``EVT:IND:DATA? <spill>,<index>,...``). :meth:`Oracle.check`
+(after the run) decides the recorded spills not decided yet and requires, per recorded spill: event
 ids and trigger masks equal to the reference's (for a spill flagged incomplete: the prefix it recorded),
 every recorded waveform equal to the crate's waveform of the reference record, and for a spill the
 trigger saw whole: accepted count, EOT, scalers and trigger counts equal to the reference. A recorded
@@ -92,6 +95,8 @@ class Oracle(threading.Thread):
         self.failure: str | None = None  #: the release thread broke (connection, ...)
         self._stop_evt = threading.Event()
         self._io = threading.Lock()  #: one pyvisa resource, used by the thread and check()
+        self._deciding = threading.Lock()  #: one decision at a time: a spill is read and released once
+        self._tried: set[int] = set()  #: crate spills the thread tried to decide (once each)
         self._rm: Any = None
         self._res: Any = None
 
@@ -103,6 +108,11 @@ class Oracle(threading.Thread):
             self.resource, read_termination="\n", write_termination="\n", timeout=int(self.timeout_s * 1000)
         )
         res.chunk_size = 1 << 20
+        # pyvisa-py's socket session receives at most 4 KiB per recv() call (its max_recv_size); the binary
+        # blocks (:meth:`_query_block`) are read 1 MiB per call (another backend has no such attribute)
+        session = getattr(self._rm.visalib, "sessions", {}).get(res.session)
+        if isinstance(getattr(session, "max_recv_size", None), int):
+            session.max_recv_size = max(session.max_recv_size, 1 << 20)
         res.write("SYST:OBS ON")
         res.write("SYST:OBS:HOLD ON")
         self._res = res
@@ -149,17 +159,48 @@ class Oracle(threading.Thread):
     def run(self) -> None:
         try:
             while not self._stop_evt.wait(self.poll_s):
-                self._release(self.not_needed(self._list()))
+                rec = self._run_record()
+                self._release(self.not_needed(self._list(), rec))
+                for crate_spill in self.to_decide(rec):
+                    if self._stop_evt.is_set():
+                        break
+                    self._tried.add(crate_spill)
+                    self.decide(crate_spill)  # a string (could not be read) is not kept: check() tries again
         except Exception as exc:  # noqa: BLE001 - reported by check()
             self.failure = f"{type(exc).__name__}: {exc}"
 
-    def not_needed(self, held: list[int]) -> list[int]:
+    def _run_record(self) -> dict[str, Any] | None:
+        try:
+            return read_run_record(self.rdir)
+        except Exception:  # noqa: BLE001 - no run record yet, or being replaced: try again later
+            return None
+
+    def to_decide(self, rec: dict[str, Any] | None) -> list[int]:
+        """Crate spills of recorded entries that read data from the crate, not yet decided nor tried by the
+        thread, as :meth:`check` will decide them (a spill flagged ``truncated`` is left to it: it decides
+        the recorded prefix)."""
+        if rec is None:
+            return []
+        out: list[int] = []
+        for e in rec["spills"]:
+            if not e.get("n_particles") and not e.get("n_recorded"):
+                continue
+            s = int(e["crate_spill"])
+            if (
+                "truncated" not in e["flags"]
+                and s > self.floor
+                and s not in self.decided
+                and s not in self._tried
+                and s not in out
+            ):
+                out.append(s)
+        return out
+
+    def not_needed(self, held: list[int], rec: dict[str, Any] | None) -> list[int]:
         """Held crate spills no DAQ of this run will record: before its last recorded (or in-flight)
         crate spill, neither recorded with data nor in flight (a restarted DAQ re-reads the spill in
-        flight, then continues after the last recorded one)."""
-        try:
-            rec = read_run_record(self.rdir)
-        except Exception:  # noqa: BLE001 - no run record yet, or being replaced: try again later
+        flight, then continues after the last recorded one). ``rec``: the run record (None: not yet)."""
+        if rec is None:
             return []
         keep = {int(e["crate_spill"]) for e in rec["spills"] if e.get("n_particles") or e.get("n_recorded")}
         mark = [int(e["crate_spill"]) for e in rec["spills"]]
@@ -171,14 +212,39 @@ class Oracle(threading.Thread):
 
     # ---------------------------------------------------------------------------------- reading
     def _query_block(self, cmd: str, datatype: str, points: int) -> np.ndarray:
-        return self._res.query_binary_values(
-            cmd, datatype=datatype, is_big_endian=False, container=np.ndarray, data_points=points
-        )
+        """The reply of ``cmd``: an IEEE 488.2 definite-length block (``#<n><length><bytes>`` and the read
+        termination) of ``points`` little-endian values of ``datatype``, read with stock pyvisa calls
+        (``write``, ``read_bytes``) and checked here: the header's length, the terminator. While the block is
+        read the termination character is off: with it on, pyvisa-py ends every read at the next 0x0A byte of
+        the binary data (a few hundred bytes per call; a calibration spill's 0.2 GB of waveforms took ~3 s
+        through ``query_binary_values``)."""
+        res, dtype = self._res, np.dtype(datatype).newbyteorder("<")
+        term_en = pyvisa.constants.ResourceAttribute.termchar_enabled
+        res.write(cmd)
+        res.set_visa_attribute(term_en, False)
+        try:
+            head = res.read_bytes(2)
+            if head[:1] != b"#" or not head[1:2].isdigit() or head[1:2] == b"0":
+                raise AssertionError(f"{cmd}: the reply is not a definite-length block: {head!r}")
+            digits = res.read_bytes(int(head[1:2]))
+            if not digits.isdigit() or int(digits) != points * dtype.itemsize:
+                raise AssertionError(f"{cmd}: a block of {digits!r} bytes, expected {points * dtype.itemsize}")
+            data = res.read_bytes(int(digits))
+            end = res.read_bytes(len(res.read_termination or ""))
+        finally:
+            res.set_visa_attribute(term_en, True)
+        if end != (res.read_termination or "").encode():
+            raise AssertionError(f"{cmd}: the block ends with {end!r}, not the read termination")
+        return np.frombuffer(data, dtype)
 
     def decide(self, crate_spill: int, upto: int | None = None) -> Decided | str:
         """Read crate spill ``crate_spill`` (held or buffered), trigger it with the reference and read the
         waveforms of every accepted record (of the first ``upto``: a spill the DAQ truncated); then release
         it. A string says why it could not be read."""
+        with self._deciding:
+            return self._decide(crate_spill, upto)
+
+    def _decide(self, crate_spill: int, upto: int | None) -> Decided | str:
         if crate_spill in self.decided:
             return self.decided[crate_spill]
         if crate_spill <= self.floor:

@@ -31,12 +31,18 @@ from online.recorder import RecorderError, RunRecorder
 
 pytestmark = pytest.mark.slow
 
-#: the crate keeps 16 spills (its most) of a 2 s cycle: 32 s. A DAQ restarted after the last one stopped
-#: continues with the crate spill after the last one recorded, which must not leave the ring while it is
-#: being read: with 6 spills of the 0.8 s cycle it did, and with 16 (12.8 s) at load 8, when a restart took
-#: longer (flagged spill_lost, correctly, but not what these tests test); and the spill a DAQ could not
-#: write must still be in the crate when the next DAQ starts
-RESTART_CONFIG = deep_merge(DAQ_TEST_CONFIG, {"spill": {"supercycle_s": 2.0}, "emulator": {"spill_buffer": 16}})
+#: A DAQ restarted after the last one stopped continues with the crate spill after the last one recorded,
+#: which must not leave the crate's ring before it is read: on a timed cycle it did (6 spills of a 0.8 s
+#: cycle; 16 spills, 12.8 s, at load 8, when a restart took longer: flagged spill_lost, correctly, but not
+#: what these tests test); and the spill a DAQ could not write must still be in the crate when the next DAQ
+#: starts. So the feed is stalled from a DAQ's exit until the next one is ready (:func:`_restart`): nothing
+#: leaves the ring meanwhile however long the restart takes, and the cycle is the tests' 0.5 s (0.3 s flat
+#: top; the LED pulses inside the 0.2 s gap, 0.02 s after it, 50 pulses 2 ms apart), the ring its largest
+#: (16 spills)
+RESTART_CONFIG = deep_merge(
+    DAQ_TEST_CONFIG,
+    {"spill": {"supercycle_s": 0.5}, "emulator": {"spill_buffer": 16}, "led": {"delay_s": 0.02, "period_ms": 2.0}},
+)
 
 
 @pytest.fixture
@@ -72,13 +78,29 @@ def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _stall_feed(emu) -> None:
+    """No new spill enters the crate (so none leaves its ring) until the stall is cleared."""
+    reply = emu.control({"cmd": "fault", "endpoint": "feed", "kind": "stall", "seconds": 3600})
+    assert reply.get("ok"), reply
+
+
+def _restart(tmp_path, emu, config_path, out, *, run: int, spills: int, name: str, **kw):
+    """Start the next na64-daq of ``run`` while the feed is stalled (the caller stalled it when the previous
+    DAQ stopped), and let the spills come again once it is ready (its crate configured) or gone."""
+    daq = start_daq(tmp_path, config_path, emu.endpoints_path, out, run=run, spills=spills, name=name, **kw)
+    wait_until(lambda: "configured; run" in daq.log() or daq.proc.poll() is not None, 120, f"{name} ready")
+    emu.control({"cmd": "clear_faults"})
+    return daq
+
+
 def _record_two_spills(tmp_path, emu, run: int, out=None):
-    """A first na64-daq records spills 1 and 2 of ``run`` (into ``out``, default ``tmp_path/data``); returns
-    it, its spill files and their digests."""
+    """A first na64-daq records spills 1 and 2 of ``run`` (into ``out``, default ``tmp_path/data``), then the
+    feed is stalled for the next DAQ (:func:`_restart`); returns it, its spill files and their digests."""
     first = start_daq(
         tmp_path, emu.config_path, emu.endpoints_path, out or tmp_path / "data", run=run, spills=2, name="daq1"
     )
     assert first.wait(120) == 0, first.log()[-4000:]
+    _stall_feed(emu)
     files = list_spills(first.rdir)
     return first, files, {p.name: _digest(p) for p in files}
 
@@ -96,12 +118,10 @@ def test_a_spill_that_cannot_be_written_is_flagged_and_the_run_stops_cleanly(tmp
         assert record_size * 4 < limit, "the run record must still be writable under the limit"
 
         # the same run, continued by a DAQ whose spill files cannot be written
-        second = start_daq(
-            tmp_path, emu.config_path, emu.endpoints_path, out, run=5, spills=3, name="daq2", file_size_limit=limit
-        )
+        second = _restart(tmp_path, emu, emu.config_path, out, run=5, spills=3, name="daq2", file_size_limit=limit)
         # from the failed write on, the feed is stalled (the crate takes no new spill) until the restarted DAQ
         # below has recovered the flagged spill: the crate must still hold it however long the exit, the checks
-        # and the next start-up (its kernels included) take on a loaded machine (16 spills of 2 s otherwise)
+        # and the next start-up (its kernels included) take on a loaded machine
         wait_until(
             lambda: "File too large" in second.log() or second.proc.poll() is not None, 120, "daq2's failed write"
         )
@@ -222,8 +242,9 @@ def test_the_run_stops_before_a_spill_that_would_not_fit(tmp_path, private_disk)
         reserve = load_config(emu.config_path).with_overrides({"daq": {"min_free_mb": (free - 1.5 * size) / 1e6}})
         tight = tmp_path / "tight.toml"
         tight.write_text(dump_toml(reserve), encoding="utf-8")
-        second = start_daq(tmp_path, tight, emu.endpoints_path, out, run=7, spills=5, name="daq2")
+        second = _restart(tmp_path, emu, tight, out, run=7, spills=5, name="daq2")
         rc = second.wait(120)
+        _stall_feed(emu)
         log = second.log()
         assert rc == 1, f"exit status {rc}\n{log[-4000:]}"
         assert "the next spill may not fit" in log and "nothing lost" in log and "--run 7" in log, log[-4000:]
@@ -235,7 +256,7 @@ def test_the_run_stops_before_a_spill_that_would_not_fit(tmp_path, private_disk)
         assert rec["sessions"][-1]["stop_reason"] == "disk_full"
         assert {p.name: _digest(p) for p in files} == digests, "a finished spill file changed"
 
-        third = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=7, spills=1, name="daq3")
+        third = _restart(tmp_path, emu, emu.config_path, out, run=7, spills=1, name="daq3")
         assert third.wait(120) == 0, third.log()[-4000:]
         rec = check_run(first.rdir, emu, oracle)
         assert [e["spill"] for e in rec["spills"]] == [1, 2, 3, 4] and rec["spills"][-1]["flags"] == []

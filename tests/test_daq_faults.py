@@ -1,12 +1,15 @@
 """Acceptance: na64-daq survives the emulator's faults and a kill -9.
 
-Each case runs the emulator and na64-daq as subprocesses over several spills, injects one fault, and
-checks: every finished spill is intact, the damaged spill is flagged (or retried and marked so), the run
-goes on, and the accounting reconciles (accepted == recorded unless a flag says why)."""
+Each case runs na64-daq as a subprocess over several spills of the module's emulator (one subprocess
+for the module, its faults cleared before every case; the counters a case checks are taken as
+differences from the case's start), injects one fault, and checks: every finished spill is intact, the
+damaged spill is flagged (or retried and marked so), the run goes on, and the accounting reconciles
+(accepted == recorded unless a flag says why)."""
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,10 +24,36 @@ from daq_helpers import (
 from emulator_fixture import EmulatorHandle, deep_merge, start_emulator
 from oracle import start_oracle
 
+from detector.config import dump_toml, load_config
 from detector.records import INCOMPLETE_SPILL_FLAGS
 from detector.spillfile import run_dir
 
 pytestmark = pytest.mark.slow
+
+#: the DAQ test settings on a 0.5 s cycle (0.3 s flat top; the LED pulses inside the 0.2 s gap, 0.02 s after
+#: the flat top, 50 pulses 2 ms apart); the faults act in seconds (timeouts, delays, stalls), the cases count
+#: spills. The crate's ring holds 12 spills (6 s; 6 spills of the 0.8 s cycle held 4.8 s)
+FAULTS_CONFIG = deep_merge(
+    DAQ_TEST_CONFIG,
+    {"spill": {"supercycle_s": 0.5}, "emulator": {"spill_buffer": 12}, "led": {"delay_s": 0.02, "period_ms": 2.0}},
+)
+
+
+@pytest.fixture(scope="module")
+def shared_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorHandle]:
+    with start_emulator(tmp_path_factory.mktemp("daq_faults"), FAULTS_CONFIG, ["--no-pty"]) as emu:
+        yield emu
+
+
+@pytest.fixture
+def emu(shared_emulator: EmulatorHandle) -> EmulatorHandle:
+    """The module's emulator, alive, with no fault active (a pause released, a stall ended)."""
+    shared_emulator.check_alive()
+    reply = shared_emulator.control({"cmd": "clear_faults"})
+    assert reply.get("ok"), reply
+    faults = shared_emulator.state()["faults"]
+    assert faults["msadc"]["pause"]["paused"] is None and faults["feed"]["stall_s"] == 0, faults
+    return shared_emulator
 
 
 def _sessions_stat(rec: dict, key: str) -> int:
@@ -32,6 +61,7 @@ def _sessions_stat(rec: dict, key: str) -> int:
 
 
 def _fired(emu: EmulatorHandle, kind: str) -> int:
+    """How often the msadc fault ``kind`` fired since the emulator started (a case takes differences)."""
     return int(emu.state()["faults_fired"]["msadc"][kind])
 
 
@@ -52,20 +82,19 @@ def _release(emu: EmulatorHandle) -> None:
 
 
 @pytest.mark.parametrize("fault", ["drop", "truncate", "corrupt"])
-def test_block_and_connection_faults_are_retried(tmp_path, fault):
-    """The fault hits the first data query of the run: the driver reconnects, re-selects and re-reads."""
-    with (
-        start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty", "--fault", f"msadc:{fault}"]) as emu,
-        start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1)) as oracle,
-    ):
+def test_block_and_connection_faults_are_retried(tmp_path, emu, fault):
+    """The fault, armed before the DAQ starts, hits the first data query of the run: the driver reconnects,
+    re-selects and re-reads."""
+    stat = {"drop": "dropped", "truncate": "truncated", "corrupt": "corrupted"}[fault]
+    fired0, server0 = _fired(emu, fault), emu.state()["msadc_server"][stat]
+    with start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1)) as oracle:
+        reply = emu.control({"cmd": "fault", "endpoint": "msadc", "kind": fault})  # the oracle is exempt
+        assert reply.get("ok"), reply
         daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=3, extra=["--no-hv"])
         assert daq.wait(120) == 0, daq.log()[-6000:]
         rec = check_run(daq.rdir, emu, oracle)
-        assert _fired(emu, fault) == 1
-        assert (
-            emu.state()["msadc_server"][{"drop": "dropped", "truncate": "truncated", "corrupt": "corrupted"}[fault]]
-            == 1
-        )
+        assert _fired(emu, fault) - fired0 == 1
+        assert emu.state()["msadc_server"][stat] - server0 == 1
     first = rec["spills"][0]
     assert "retried" in first["flags"] and "reconnected" in first["flags"], first
     assert rec["totals"]["complete_spills"] == 3
@@ -73,21 +102,19 @@ def test_block_and_connection_faults_are_retried(tmp_path, fault):
     assert _sessions_stat(rec, "reconnects") >= 1
 
 
-def test_no_reply_and_slow_crate(tmp_path):
+def test_no_reply_and_slow_crate(tmp_path, emu):
     """Queries without reply (timeouts) are retried; then a crate slower than the DAQ's timeout while it
     reads a spill's primitives (the DAQ is paused at ``PRIM:DATA?``, the delay set, the pause released):
     that spill is flagged with the timeout and recorded as far as it was read, and once the crate is fast
     again the run records complete spills."""
-    with (
-        start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu,
-        start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1)) as oracle,
-    ):
+    no_reply0, delay0 = _fired(emu, "no_reply"), _fired(emu, "delay")
+    with start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1)) as oracle:
         daq = start_daq(
             tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=None, extra=["--no-hv"]
         )
         wait_until(lambda: spills_recorded(daq) >= 1, 90, "first spill")
         emu.control({"cmd": "fault", "endpoint": "msadc", "kind": "no_reply", "count": 2})
-        emu.wait_for(lambda s: s["faults_fired"]["msadc"]["no_reply"] == 2, 90, "both replies withheld")
+        emu.wait_for(lambda s: s["faults_fired"]["msadc"]["no_reply"] - no_reply0 == 2, 90, "both replies withheld")
 
         paused = _pause_at(emu, "PRIM:DATA?")
         slow = int(paused["selected"])
@@ -102,7 +129,7 @@ def test_no_reply_and_slow_crate(tmp_path):
                 return None
 
         flagged = wait_until(lambda: entry_of(slow), 120, f"crate spill {slow} recorded")
-        assert _fired(emu, "delay") >= 1
+        assert _fired(emu, "delay") - delay0 >= 1
         emu.control({"cmd": "clear_faults"})
         n_flagged = len(daq.record()["spills"])
         wait_until(
@@ -122,13 +149,12 @@ def test_no_reply_and_slow_crate(tmp_path):
     assert rec["sessions"][-1]["stop_reason"] == "SIGINT"
 
 
-def test_feed_stall_is_noted_and_the_run_continues(tmp_path):
-    cfg = deep_merge(DAQ_TEST_CONFIG, {"daq": {"spill_timeout_s": 1.2}})
-    with (
-        start_emulator(tmp_path, cfg, ["--no-pty"]) as emu,
-        start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1)) as oracle,
-    ):
-        daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=3, extra=["--no-hv"])
+def test_feed_stall_is_noted_and_the_run_continues(tmp_path, emu):
+    # the DAQ's own configuration: the emulator's, with a stall noted after 1.2 s without a spill
+    daq_config = tmp_path / "daq.toml"
+    daq_config.write_text(dump_toml(load_config(emu.config_path).with_overrides({"daq": {"spill_timeout_s": 1.2}})))
+    with start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 1)) as oracle:
+        daq = start_daq(tmp_path, daq_config, emu.endpoints_path, tmp_path / "data", spills=3, extra=["--no-hv"])
         wait_until(lambda: spills_recorded(daq) >= 1, 90, "first spill")
         stalled_before = emu.state()["spills"]["spills_stalled"]
         emu.control({"cmd": "fault", "endpoint": "feed", "kind": "stall", "seconds": 2.5})
@@ -142,14 +168,11 @@ def test_feed_stall_is_noted_and_the_run_continues(tmp_path):
     assert "feed stalled" in daq.log()
 
 
-def test_kill_9_mid_readout_then_restart_with_the_same_run_number(tmp_path):
+def test_kill_9_mid_readout_then_restart_with_the_same_run_number(tmp_path, emu):
     """The DAQ is paused by the crate at its ``EVT:DATA?`` of a spill (in flight in the run record) and
     killed there; the feed is stalled meanwhile so that the crate still holds that spill when the DAQ is
     restarted: the restarted DAQ re-reads it (flagged retried) and continues the numbering."""
-    with (
-        start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu,
-        start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 5)) as oracle,
-    ):
+    with start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 5)) as oracle:
         out = tmp_path / "data"
         daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=5, spills=None, extra=["--no-hv"])
         wait_until(lambda: spills_recorded(daq) >= 2, 90, "two spills")

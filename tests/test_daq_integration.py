@@ -6,6 +6,7 @@ published waveforms are the crate's waveforms of their records."""
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from daq_helpers import (
     start_daq,
     wait_until,
 )
-from emulator_fixture import start_emulator
+from emulator_fixture import EmulatorHandle, deep_merge, start_emulator
 from oracle import start_oracle
 
 from detector.records import TRIGGER_BITS
@@ -27,25 +28,38 @@ from detector.spillfile import list_spills, read_spill, run_dir
 
 pytestmark = pytest.mark.slow
 
+#: the DAQ test settings on a 0.5 s cycle (0.3 s flat top; the LED pulses inside the 0.2 s gap, 0.02 s after
+#: the flat top, 50 pulses 2 ms apart) with a ring of 12 spills (6 s)
+INTEGRATION_CONFIG = deep_merge(
+    DAQ_TEST_CONFIG,
+    {"spill": {"supercycle_s": 0.5}, "emulator": {"spill_buffer": 12}, "led": {"delay_s": 0.02, "period_ms": 2.0}},
+)
 
-def test_three_spills_recorded_and_published(tmp_path):
-    with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu:
-        mon = f"tcp://127.0.0.1:{free_port()}"
-        sub = Subscriber(mon)
-        sub.start()
-        assert sub.ready.wait(30)
-        with start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 12)) as oracle:
-            daq = start_daq(
-                tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=12, spills=3, monitor=mon
-            )
-            rc = daq.wait(120)
-            assert rc == 0, daq.log()[-6000:]
-            # published in the spill loop, before the DAQ exits: the scalers of its last spill
-            wait_until(lambda: [m.spill for m in sub.of("scalers")][-1:] == [3], 30, "the scalers of spill 3")
-            sub.stop()
-            rec = check_run(daq.rdir, emu, oracle)
-            published = oracle.check_published(daq.rdir, sub.of("waveforms"))
-        assert not published, published
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorHandle]:
+    """One emulator for the module's runs (no test injects a fault; each run has its own directory)."""
+    with start_emulator(tmp_path_factory.mktemp("daq_integration"), INTEGRATION_CONFIG, ["--no-pty"]) as emu:
+        yield emu
+
+
+def test_three_spills_recorded_and_published(tmp_path, emulator):
+    emu = emulator
+    emu.check_alive()
+    mon = f"tcp://127.0.0.1:{free_port()}"
+    sub = Subscriber(mon)
+    sub.start()
+    assert sub.ready.wait(30)
+    with start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 12)) as oracle:
+        daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=12, spills=3, monitor=mon)
+        rc = daq.wait(120)
+        assert rc == 0, daq.log()[-6000:]
+        # published in the spill loop, before the DAQ exits: the scalers of its last spill
+        wait_until(lambda: [m.spill for m in sub.of("scalers")][-1:] == [3], 30, "the scalers of spill 3")
+        sub.stop()
+        rec = check_run(daq.rdir, emu, oracle)
+        published = oracle.check_published(daq.rdir, sub.of("waveforms"))
+    assert not published, published
 
     files = list_spills(daq.rdir)
     assert [p.name for p in files] == ["spill-000001.h5", "spill-000002.h5", "spill-000003.h5"]
@@ -104,45 +118,46 @@ def test_three_spills_recorded_and_published(tmp_path):
     assert hv.arrays["vmon"].dtype == np.float32 and hv.arrays["channel_ids"].shape == hv.arrays["vset"].shape
 
 
-def test_calibration_mode_publishes_amplitudes_and_sigterm_stops_cleanly(tmp_path):
-    with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu:
-        mon = f"tcp://127.0.0.1:{free_port()}"
-        sub = Subscriber(mon)
-        sub.start()
-        assert sub.ready.wait(30)
-        with start_oracle(
-            emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 3), calibration_mode=True
-        ) as oracle:
-            daq = start_daq(
-                tmp_path,
-                emu.config_path,
-                emu.endpoints_path,
-                tmp_path / "data",
-                run=3,
-                spills=None,
-                monitor=mon,
-                extra=["--calibration-mode", "--no-hv"],
-            )
-            # the amplitudes go out on the monitor's lossy path (a newer spill replaces a waiting one): wait for
-            # the first one while the DAQ keeps taking spills, not for a spill count that a loaded machine may
-            # reach before the monitor worker has published anything
-            wait_until(
-                lambda: (spills_recorded(daq) >= 2 and bool(sub.of("amplitudes"))) or daq.proc.poll() is not None,
-                180,
-                "two spills and an amplitudes message",
-            )
-            daq.proc.send_signal(signal.SIGTERM)
-            rc = daq.wait(60)
-            assert rc == 0, daq.log()[-6000:]
-            wait_until(
-                lambda: sub.of("status") and sub.of("status")[-1].meta["message"].startswith("stopped"),
-                30,
-                "the final status message",
-            )
-            sub.stop()
-            rec = check_run(daq.rdir, emu, oracle)
-            published = oracle.check_published(daq.rdir, sub.of("waveforms"))
-        assert not published, published
+def test_calibration_mode_publishes_amplitudes_and_sigterm_stops_cleanly(tmp_path, emulator):
+    emu = emulator
+    emu.check_alive()
+    mon = f"tcp://127.0.0.1:{free_port()}"
+    sub = Subscriber(mon)
+    sub.start()
+    assert sub.ready.wait(30)
+    with start_oracle(
+        emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 3), calibration_mode=True
+    ) as oracle:
+        daq = start_daq(
+            tmp_path,
+            emu.config_path,
+            emu.endpoints_path,
+            tmp_path / "data",
+            run=3,
+            spills=None,
+            monitor=mon,
+            extra=["--calibration-mode", "--no-hv"],
+        )
+        # the amplitudes go out on the monitor's lossy path (a newer spill replaces a waiting one): wait for
+        # the first one while the DAQ keeps taking spills, not for a spill count that a loaded machine may
+        # reach before the monitor worker has published anything
+        wait_until(
+            lambda: (spills_recorded(daq) >= 2 and bool(sub.of("amplitudes"))) or daq.proc.poll() is not None,
+            180,
+            "two spills and an amplitudes message",
+        )
+        daq.proc.send_signal(signal.SIGTERM)
+        rc = daq.wait(60)
+        assert rc == 0, daq.log()[-6000:]
+        wait_until(
+            lambda: sub.of("status") and sub.of("status")[-1].meta["message"].startswith("stopped"),
+            30,
+            "the final status message",
+        )
+        sub.stop()
+        rec = check_run(daq.rdir, emu, oracle)
+        published = oracle.check_published(daq.rdir, sub.of("waveforms"))
+    assert not published, published
     assert rec["trigger_menu"]["triggers"]["beam"]["prescale"] == 1
     assert rec["sessions"][-1]["stop_reason"] == "SIGTERM"
     amps = sub.of("amplitudes")

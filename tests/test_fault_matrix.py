@@ -32,6 +32,7 @@ The matrix is printed in the terminal summary (no ``-s`` needed).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -59,11 +60,15 @@ from online.recorder import reconcile
 
 pytestmark = pytest.mark.slow
 
-#: FAST_CONFIG-like: 0.3 s spills every 1 s, 2e4 particles; short DAQ and HV timeouts so that faults bite
+#: 0.3 s spills every 0.5 s, 2e4 particles; short DAQ and HV timeouts so that faults bite. The faults act
+#: in seconds (their holds, timeouts and stalls), the cases count spills: the cycle only sets how long a case
+#: waits for its spills. The crate's ring holds 12 spills (6 s, as 6 spills of a 1 s cycle did), the LED
+#: pulses fit the 0.2 s gap after the flat top (0.02 s, then 50 pulses 2 ms apart)
 MATRIX_CONFIG: dict[str, Any] = {
-    "spill": {"length_s": 0.3, "supercycle_s": 1.0},
+    "spill": {"length_s": 0.3, "supercycle_s": 0.5},
     "beam": {"particles_per_spill": 2e4, "calibration_particles_per_spill": 2e3},
-    "emulator": {"spill_buffer": 6, "table_speed_mm_per_s": 1000.0},
+    "emulator": {"spill_buffer": 12, "table_speed_mm_per_s": 1000.0},
+    "led": {"delay_s": 0.02, "period_ms": 2.0},
     "daq": {
         "timeout_ms": 1500,
         "retries": 2,
@@ -75,7 +80,7 @@ MATRIX_CONFIG: dict[str, Any] = {
     },
     "hv": {"timeout_s": 1.0, "retries": 1},
 }
-SPILLS_PER_CASE = 4  #: plus one per second a fault is held (the run must go on after it)
+SPILLS_PER_CASE = 4  #: plus the spills of the time a fault is held, and one more (the run must go on after it)
 TRIP_CHANNEL = "HCAL-1-1-2"
 ST_TRIP = 0x80
 TABLE_CELL = "0-0-0"
@@ -100,10 +105,21 @@ CASES: dict[tuple[str, str], tuple[dict[str, Any], float | None]] = {
     ("feed", "stall"): ({"seconds": 3.5}, None),  # > daq.spill_timeout_s: noted as a stall
 }
 
-#: cases whose fault takes a while to play out: an hv no_reply of 3 costs the read-back 3 timeouts of
-#: hv.timeout_s (two in one failed read, one more after the reconnect), one read per spill; after a
-#: lost reply the transport waits up to two more timeouts for it before its next request (docs/protocols.md 2.5)
-EXTRA_SPILLS = {("hv", "no_reply"): 4, ("table", "no_reply"): 3}
+#: cases whose fault takes a while to play out (seconds, taken as spills of the cycle): an hv no_reply of 3
+#: costs the read-back 3 timeouts of hv.timeout_s (two in one failed read, one more after the reconnect), one
+#: read per spill; after a lost reply the transport waits up to two more timeouts for it before its next
+#: request (docs/protocols.md 2.5)
+EXTRA_SECONDS = {("hv", "no_reply"): 4.0, ("table", "no_reply"): 3.0}
+
+
+def spills_of_case(endpoint: str, kind: str) -> int:
+    """Spills the DAQ records in a case: :data:`SPILLS_PER_CASE`, plus the spills of the seconds the fault is
+    held and one more, plus those of its :data:`EXTRA_SECONDS`, on the cycle of :data:`MATRIX_CONFIG`."""
+    cycle = float(MATRIX_CONFIG["spill"]["supercycle_s"])
+    hold_s = CASES[(endpoint, kind)][1]
+    held = math.ceil(hold_s / cycle) + 1 if hold_s else 0
+    return SPILLS_PER_CASE + held + math.ceil(EXTRA_SECONDS.get((endpoint, kind), 0.0) / cycle)
+
 
 #: channels the HV-writing client sets (ECAL0 cells: not the tripped one), volts around their set point
 HV_WRITER_CHANNELS = ("ECAL0-0-0", "ECAL0-0-1", "ECAL0-0-2")
@@ -461,7 +477,7 @@ def test_fault_matrix(
 ) -> None:
     emu = matrix_emulator
     params, hold_s = CASES[(endpoint, kind)]
-    n_spills = SPILLS_PER_CASE + (int(hold_s) + 1 if hold_s else 0) + EXTRA_SPILLS.get((endpoint, kind), 0)
+    n_spills = spills_of_case(endpoint, kind)
     row = Row(endpoint, kind)
     matrix_report.rows.append(row)
     t_case = time.monotonic()
