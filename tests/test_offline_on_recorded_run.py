@@ -154,28 +154,32 @@ def offline_clis(*commands: tuple[str, ...]) -> Iterator[list[subprocess.Popen[s
 
 
 def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
-    with (
-        start_emulator(tmp_path, RUN_CONFIG, ["--no-pty"]) as emu,
-        start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 21)) as oracle,
-    ):
-        daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=21, spills=SPILLS)
-        rc = daq.wait(300)
-        assert rc == 0, daq.log()[-6000:]
-        rec = check_run(daq.rdir, emu, oracle)  # the recorded events are the reference trigger's
-        cfg = load_config(emu.config_path)
-
-    files = list_spills(daq.rdir)
-    assert len(files) == SPILLS and rec["totals"]["complete_spills"] == SPILLS, [e["flags"] for e in rec["spills"]]
-    heads = [read_spill(p, waveforms=False) for p in files]
-
-    # the two commands run beside each other and beside the checks by hand (the real command lines)
     out, rep = tmp_path / "selection", tmp_path / "report"
     sig = tmp_path / "signal.json"
     sig.write_text(json.dumps({"mass_mev": 16.7, "events": 1000, "efficiency": 0.5, "efficiency_err": 0.02}))
-    with offline_clis(
-        ("select", str(daq.rdir), "--out", str(out), "--serial"),
-        ("report", str(daq.rdir), "--out", str(rep), "--serial", "--signal-json", str(sig)),
-    ) as (select, report):
+    with contextlib.ExitStack() as stack:
+        emu = stack.enter_context(start_emulator(tmp_path, RUN_CONFIG, ["--no-pty"]))
+        oracle = stack.enter_context(start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 21)))
+        daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=21, spills=SPILLS)
+        rc = daq.wait(300)
+        assert rc == 0, daq.log()[-6000:]
+        # the two commands on the finished run (the real command lines), beside the oracle's check and the checks
+        # by hand below
+        select, report = stack.enter_context(
+            offline_clis(
+                ("select", str(daq.rdir), "--out", str(out), "--serial"),
+                ("report", str(daq.rdir), "--out", str(rep), "--serial", "--signal-json", str(sig)),
+            )
+        )
+        rec = check_run(daq.rdir, emu, oracle)  # the recorded events are the reference trigger's
+        cfg = load_config(emu.config_path)
+        oracle.stop()
+        emu.stop()  # done with the crate: its beam no longer takes a core from the commands
+
+        files = list_spills(daq.rdir)
+        assert len(files) == SPILLS and rec["totals"]["complete_spills"] == SPILLS, [e["flags"] for e in rec["spills"]]
+        heads = [read_spill(p, waveforms=False) for p in files]
+
         # the cut flow and the events in the box: the cuts applied by hand, spill by spill, summed here
         calib = load_calibration(cfg)
         flow: dict[str, int] = {}
