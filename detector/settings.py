@@ -431,6 +431,14 @@ class DaqSection(Section):
     calibration_mode: bool = key(False, doc="beam trigger unprescaled; publish amplitudes")
     heartbeat_s: float = key(1.0, 0.05, 60.0, unit="s")
     spill_timeout_s: float = key(120.0, 0.1, 3600.0, unit="s", doc="no spill for this long = DAQ stalled")
+    lock_wait_s: float = key(
+        10.0,
+        0.0,
+        600.0,
+        unit="s",
+        doc="a crate locked by another DAQ is asked again for this long before na64-daq gives up (the lock of "
+        "a DAQ that died expires in the crate)",
+    )
     max_events_per_spill: int = key(
         200_000,
         1,

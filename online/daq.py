@@ -73,7 +73,6 @@ __all__ = [
 log = logging.getLogger("online.daq")
 
 ANY_SPILL = -1  #: "the first spill the crate completes" (the crate had none at start)
-LOCK_WAIT_S = 10.0  #: how long a refused SYST:LOCK is retried (a dead DAQ's lock expires in the crate) (s)
 #: more missing crate spill ids than this between two reads are a numbering jump (one gap note), not
 #: that many spills lost from the ring: no ring holds so many
 MAX_LOST_PER_TAKE = 64
@@ -260,11 +259,11 @@ class DAQ:
         self.monitor_worker.start()
 
     def _claim_crate(self) -> None:
-        """Open the crate and take its data commands (``SYST:LOCK``). A refusal is retried for :data:`LOCK_WAIT_S` (the
+        """Open the crate and take its data commands (``SYST:LOCK``). A refusal is retried for ``daq.lock_wait_s`` (the
         lock of a DAQ that died expires in the crate), then raised (:class:`MSADCLockedError`: na64-daq exits naming the
         owner). A crate not reachable yet is left to :meth:`_connect_crate`."""
         assert self.crate is not None
-        deadline = time.monotonic() + LOCK_WAIT_S
+        deadline = time.monotonic() + self.daq_cfg.lock_wait_s
         while True:
             try:
                 self.crate.open()

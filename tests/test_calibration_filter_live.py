@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from daq_helpers import _no_daq_left_behind, ensure_kernels_cached, spills_recorded, start_daq, wait_until  # noqa: F401
 from emulator_fixture import start_emulator
+from short_cycle import LED_IN_A_SHORT_GAP
 
 from hv_control.campaign import write_json_atomic
 from hv_control.table import HCALTableDriver
 
+#: a spill every 0.5 s (0.3 s flat top, the LED pulses inside the 0.2 s gap): the DAQ skips a spill at home at
+#: once and reads one of the calibration beam within 0.15 s of its flat top
 CONFIG = {
-    "spill": {"length_s": 0.3, "supercycle_s": 1.0},
+    "spill": {"length_s": 0.3, "supercycle_s": 0.5},
     "beam": {"particles_per_spill": 3e4, "calibration_particles_per_spill": 1500.0},
     "emulator": {"table_speed_mm_per_s": 4000.0},
+    "led": LED_IN_A_SHORT_GAP,
 }
 
 

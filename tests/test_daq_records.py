@@ -15,16 +15,19 @@ from daq_helpers import (
 )
 from emulator_fixture import deep_merge, start_emulator
 from oracle import start_oracle
+from short_cycle import SHORT_CYCLE
 
 from detector.spillfile import read_spill, run_dir
 
 pytestmark = pytest.mark.slow
 
 CAP = 2000
+#: 1e5 particles in a 0.5 s flat top, a spill every 1.5 s (the DAQ reads its capped spill within 0.2 s of the
+#: flat top's end; the oracle holds every spill it checks, however late)
 HIGH = deep_merge(
     DAQ_TEST_CONFIG,
     {
-        "spill": {"length_s": 0.5, "supercycle_s": 3.0},
+        "spill": {"length_s": 0.5, "supercycle_s": 1.5},
         "beam": {"particles_per_spill": 1e5},
         "daq": {"max_events_per_spill": CAP, "timeout_ms": 20000},
     },
@@ -61,7 +64,7 @@ def test_calibration_daq_at_high_intensity_reads_at_most_the_cap(tmp_path):
 def test_a_closed_stdout_never_stops_the_recording(tmp_path):
     """``na64-daq run ... | head -1``: the reader of stdout is gone before the first progress line; the
     DAQ records every spill it was asked for and exits 0."""
-    with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu:
+    with start_emulator(tmp_path, deep_merge(DAQ_TEST_CONFIG, SHORT_CYCLE), ["--no-pty"]) as emu:
         out = tmp_path / "data"
         daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, out, run=4, spills=3, stdout=subprocess.PIPE)
         daq.proc.stdout.close()  # the pipe's only reader: the DAQ's next write gets EPIPE

@@ -19,7 +19,7 @@ from daq_helpers import (
     start_daq,
 )
 from emulator_fixture import deep_merge, start_emulator
-from test_offline_on_recorded_run import offline_cli
+from test_offline_on_recorded_run import finish_offline_cli, offline_clis
 
 from detector.config import load_calibration, load_config
 from detector.records import TRUTH_DIMUON
@@ -34,10 +34,12 @@ pytestmark = pytest.mark.slow
 
 SPILLS = 5
 PARTICLES = 4e5
-#: 4e5 particles in 1 s, near the rate of the paper's run I (1.8e6 in 4.8 s); ~10 dimuons selected in the run
+#: 4e5 particles in 1 s, near the rate of the paper's run I (1.8e6 in 4.8 s); ~10 dimuons selected in the run.
+#: A spill every 1.5 s: the DAQ records one within about 0.5 s of its flat top's end, and the crate keeps 6
+#: (9 s) for a DAQ slowed by a loaded machine; the LED pulses (0.2 s + 50 x 5 ms) fit in the 0.5 s gap
 RUN_CONFIG = deep_merge(
     DAQ_TEST_CONFIG,
-    {"spill": {"length_s": 1.0, "supercycle_s": 2.5}, "beam": {"particles_per_spill": PARTICLES}},
+    {"spill": {"length_s": 1.0, "supercycle_s": 1.5}, "beam": {"particles_per_spill": PARTICLES}},
 )
 #: the HCAL1 and HCAL4 energies (GeV) of two muons, well inside the selection's window (1, 6) GeV
 HCAL_INSIDE_GEV = (1.3, 5.5)
@@ -56,7 +58,23 @@ def test_dimuons_in_a_run_recorded_by_the_daq(tmp_path, capsys):
     mc_json = tmp_path / "mc.json"
     mc_json.write_text(json.dumps(MC))
     out = tmp_path / "dimuons.json"
-    offline_cli("dimuons", str(daq.rdir), "--mc-json", str(mc_json), "--json", str(out))  # the real command line
+    calib = load_calibration(cfg)
+    cuts = sel.Cuts.from_config(cfg)
+    # the real command line, beside the truth of every recorded event read here
+    with offline_clis(("dimuons", str(daq.rdir), "--mc-json", str(mc_json), "--json", str(out))) as (command,):
+        truth = []
+        for p in files:
+            d = read_spill(p)
+            t = ev.event_table(d, calib, cfg)
+            is_dimuon = (d.truth["flags"] & TRUTH_DIMUON) != 0
+            # the true dimuons with a soft ECAL in truth and both HCAL modules inside the window that pass the
+            # incoming cuts
+            incoming = np.logical_and.reduce([sel.select(t, cuts).masks[c] for c in INCOMING_CUTS])
+            lo, hi = HCAL_INSIDE_GEV
+            mips = np.logical_and.reduce([(t[f"e_hcal{m}"] > lo) & (t[f"e_hcal{m}"] < hi) for m in (0, 3)])
+            want = is_dimuon & incoming & (d.truth["e_ecal"] < ECAL_MAX_GEV - 10.0) & mips
+            truth.append((int(d.attrs["spill"]), d.event_id, is_dimuon, want, d.truth))
+        finish_offline_cli(command)
     res = json.loads(out.read_text())
     assert set(res) == {"runs", "mc", "mc_pileup"} and res["mc"] == MC and res["mc_pileup"] is False
     (r,) = res["runs"]
@@ -72,25 +90,14 @@ def test_dimuons_in_a_run_recorded_by_the_daq(tmp_path, capsys):
     assert r["events"] == sum(h.n_events for h in heads) == r["cut_flow"]["all"]
 
     # against the truth recorded with the events
-    calib = load_calibration(cfg)
-    cuts = sel.Cuts.from_config(cfg)
     selected = {tuple(e) for e in r["selected_events"]}
     assert len(selected) == r["selected"] == len(r["selected_events"])
     dimuons, expected, found = 0, 0, 0
-    for p in files:
-        d = read_spill(p)
-        t = ev.event_table(d, calib, cfg)
-        spill = int(d.attrs["spill"])
-        is_dimuon = (d.truth["flags"] & TRUTH_DIMUON) != 0
-        picked = np.array([(spill, int(i)) in selected for i in d.event_id])
+    for spill, event_id, is_dimuon, want, true in truth:
+        picked = np.array([(spill, int(i)) in selected for i in event_id])
         # purity: every selected event is a true dimuon
-        assert not np.any(picked & ~is_dimuon), d.truth[picked & ~is_dimuon]
-        # completeness: the true dimuons with a soft ECAL in truth and both HCAL modules inside the window
-        # that pass the incoming cuts
-        incoming = np.logical_and.reduce([sel.select(t, cuts).masks[c] for c in INCOMING_CUTS])
-        lo, hi = HCAL_INSIDE_GEV
-        mips = np.logical_and.reduce([(t[f"e_hcal{m}"] > lo) & (t[f"e_hcal{m}"] < hi) for m in (0, 3)])
-        want = is_dimuon & incoming & (d.truth["e_ecal"] < ECAL_MAX_GEV - 10.0) & mips
+        assert not np.any(picked & ~is_dimuon), true[picked & ~is_dimuon]
+        # completeness: every wanted true dimuon is selected
         dimuons += int(is_dimuon.sum())
         expected += int(want.sum())
         found += int((want & picked).sum())

@@ -22,7 +22,7 @@ from daq_helpers import (
     start_daq,
     wait_until,
 )
-from emulator_fixture import to_toml
+from emulator_fixture import deep_merge, to_toml
 from hostile_crate import HostileCrate
 from oracle import start_oracle
 
@@ -50,9 +50,9 @@ def hostile():
     h.stop()
 
 
-def setup_files(tmp_path: Path, resource: str) -> tuple[Path, Path]:
+def setup_files(tmp_path: Path, resource: str, overrides: dict | None = None) -> tuple[Path, Path]:
     cfg = tmp_path / "daq.toml"
-    cfg.write_text(to_toml(DAQ_TEST_CONFIG), encoding="utf-8")
+    cfg.write_text(to_toml(deep_merge(DAQ_TEST_CONFIG, overrides)), encoding="utf-8")
     ep = tmp_path / "endpoints.json"
     ep.write_text(json.dumps({"msadc": resource}))
     return cfg, ep
@@ -139,8 +139,12 @@ def check_recorded(daq, h: HostileCrate, n_spills: int) -> None:
     assert "the MSADC crate restarted" in daq.log()
 
 
+#: how long the second DAQ asks the owned crate again before it gives up (default 10 s; the refusal is the same)
+LOCK_WAIT_S = 1.0
+
+
 def test_second_daq_on_the_crate_is_refused(tmp_path, hostile):
-    cfg_path, ep_path = setup_files(tmp_path, hostile.resource)
+    cfg_path, ep_path = setup_files(tmp_path, hostile.resource, {"daq": {"lock_wait_s": LOCK_WAIT_S}})
     first = start_daq(tmp_path, cfg_path, ep_path, tmp_path / "a", spills=None, extra=["--no-hv"], name="daq-a")
     wait_until(lambda: hostile.crate.snapshot()["owner"] is not None, 300, "the first DAQ to take the crate")
     owner = hostile.crate.snapshot()["owner"]

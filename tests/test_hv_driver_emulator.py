@@ -242,8 +242,10 @@ def test_no_reply_gives_a_clear_timeout(pty_rig: Rig) -> None:
 
 def test_a_lost_reply_is_retried(pty_rig: Rig) -> None:
     pty_rig.supply.close()
-    # the lost reply's timeout must expire, the retry's reply must arrive within the same timeout
-    cfg = CFG.with_overrides({"hv": {"timeout_s": 2.0}})
+    # the lost reply's timeout must expire, the retry's reply must arrive within the same timeout (the
+    # mainframe is a thread of this process behind a pty: milliseconds); the test waits out that timeout and
+    # the next request's resynchronisation (at most two timeouts: the lost reply never comes)
+    cfg = CFG.with_overrides({"hv": {"timeout_s": 1.0}})
     supply = HVSupply.connect(pty_rig.address, cfg, CAL, poll_s=0.01)
     pty_rig.faults.set("no_reply", count=1)
     try:

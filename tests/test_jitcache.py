@@ -236,24 +236,37 @@ def test_cache_entries_of_two_processes_cannot_bind_to_each_others_functions(tmp
     reconstructs, and D loads them the other way round. With numba's counts from 1 in every process, C's
     tracker bound the sort and crashed, and D's sort bound the tracker's argsort and left the synchrotron
     radiation quantiles out of order; with a block of ids per process no number of prior compilations makes
-    the two names equal."""
+    the two names equal. (A and B's probe write separate caches, C and D only load: each pair runs at once.)"""
     cache, probe = tmp_path / "cache", tmp_path / "probe"
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", jitcache.MARK)}
     env["PYTHONFAULTHANDLER"] = "1"
 
-    def run(where: Path, advance: int, *args: str) -> subprocess.CompletedProcess[str]:
+    def start(where: Path, advance: int, *args: str) -> subprocess.Popen[str]:
         code = _SORT_AND_TRACKER.replace("ADVANCE", str(advance))
-        return subprocess.run(
-            [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, cwd=jitcache.ROOT,
-            env=dict(env, NUMBA_CACHE_DIR=str(where)),
+        return subprocess.Popen(
+            [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=jitcache.ROOT, env=dict(env, NUMBA_CACHE_DIR=str(where)),
         )  # fmt: skip
 
-    # A: the tracker alone (its entry is sound on its own)
-    a = run(cache, 0, "tracker")
+    def finish(*procs: subprocess.Popen[str]) -> list[subprocess.CompletedProcess[str]]:
+        """Wait for every process (none is left running, whatever happens)."""
+        try:
+            outs = [p.communicate(timeout=300) for p in procs]
+            return [subprocess.CompletedProcess(p.args, p.returncode, *o) for p, o in zip(procs, outs, strict=True)]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+
+    def run(where: Path, advance: int, *args: str) -> subprocess.CompletedProcess[str]:
+        return finish(start(where, advance, *args))[0]
+
+    # A: the tracker alone (its entry is sound on its own); beside it, B's twin on a scratch cache: the count
+    # at which a fresh process compiles the sort
+    a, probed = finish(start(cache, 0, "tracker"), start(probe, 0, "sort"))
     assert a.returncode == 0 and a.stdout.split() == ["tracks", "2", "1.0"], a.stderr[-3000:]
     (argsort_id,) = _quicksort_ids(cache, "tracking._fit_view")
-    # B's twin on a scratch cache: the count at which a fresh process compiles the sort
-    probed = run(probe, 0, "sort")
     assert probed.returncode == 0 and probed.stdout.split() == ["sort", "0", "True"], probed.stderr[-3000:]
     (sort_id_fresh,) = _quicksort_ids(probe, "beamline._sr_sample")
     advance = argsort_id - sort_id_fresh
@@ -261,12 +274,11 @@ def test_cache_entries_of_two_processes_cannot_bind_to_each_others_functions(tmp
     b = run(cache, advance if aligned else 0, "sort")
     assert b.returncode == 0 and b.stdout.split() == ["sort", "0", "True"], b.stderr[-3000:]
     (sort_id,) = _quicksort_ids(cache, "beamline._sr_sample")
-    # C: loads the sort's entry, then the tracker's, and reconstructs (the tracker bound the sort: segfault)
-    c = run(cache, 0, "sort", "tracker")
+    # C: loads the sort's entry, then the tracker's, and reconstructs (the tracker bound the sort: segfault);
+    # D: the other order (the sort bound the tracker's argsort: no crash, but the quantiles out of order)
+    c, d = finish(start(cache, 0, "sort", "tracker"), start(cache, 0, "tracker", "sort"))
     assert c.returncode == 0, f"exit status {c.returncode}\n{c.stderr[-3000:]}"
     assert c.stdout.split() == ["sort", "1", "True", "tracks", "2", "1.0"]
-    # D: the other order (the sort bound the tracker's argsort: no crash, but the quantiles out of order)
-    d = run(cache, 0, "tracker", "sort")
     assert d.returncode == 0, f"exit status {d.returncode}\n{d.stderr[-3000:]}"
     assert d.stdout.split() == ["tracks", "2", "1.0", "sort", "1", "True"]
     assert sort_id != argsort_id and not aligned

@@ -23,6 +23,7 @@ from daq_helpers import (
     wait_until,
 )
 from emulator_fixture import deep_merge, start_emulator
+from short_cycle import LED_IN_A_SHORT_GAP
 
 from detector import channels as ch
 from detector.config import load_calibration, load_config
@@ -36,6 +37,9 @@ from online.monitor import model as M
 CELL = "ECAL1-3-3"  #: the main-section cell the beam is centred on
 SPILLS_BEFORE = 4  #: spills recorded before the jump (the first led.reference_spills make the reference)
 SPILLS = 11
+#: a spill every 0.6 s: the 0.3 s flat top of DAQ_TEST_CONFIG, then a 0.3 s gap (the DAQ records a spill of 2500
+#: events about 0.15 s after its flat top) with the LED pulses inside it
+SUPERCYCLE_S = 0.6
 
 
 @pytest.mark.slow
@@ -45,9 +49,10 @@ def test_led_alarm_within_two_spills_and_offline_correction(tmp_path):
     cfg_over = deep_merge(
         DAQ_TEST_CONFIG,
         {
-            "spill": {"supercycle_s": 1.2},
+            "spill": {"supercycle_s": SUPERCYCLE_S},
             "beam": {"particles_per_spill": 2500, "sigma_mm": 3.0},
             "daq": {"calibration_mode": True},  # every beam particle read out: the cell's peak
+            "led": LED_IN_A_SHORT_GAP,
         },
     )
     address = f"tcp://127.0.0.1:{free_port()}"

@@ -14,7 +14,8 @@ from daq_helpers import (
     free_port,
     start_daq,
 )
-from emulator_fixture import start_emulator
+from emulator_fixture import deep_merge, start_emulator
+from short_cycle import SHORT_CYCLE
 
 from online.monitor import model as M
 from online.monitor import views as V
@@ -33,7 +34,7 @@ def test_every_view_fills_from_a_live_emulator_and_daq_run(qtbot, qapp, tmp_path
     qtbot.waitExposed(win)
     address = f"tcp://127.0.0.1:{free_port()}"
     try:
-        with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty"]) as emu:
+        with start_emulator(tmp_path, deep_merge(DAQ_TEST_CONFIG, SHORT_CYCLE), ["--no-pty"]) as emu:
             win.connect_stream(address)
             daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", spills=4, monitor=address)
             m = win.model

@@ -15,6 +15,7 @@ from daq_helpers import (
     wait_until,
 )
 from emulator_fixture import deep_merge, start_emulator
+from short_cycle import SHORT_CYCLE
 
 from detector import monitoring as mon
 from detector.config import load_config
@@ -22,9 +23,13 @@ from detector.spillfile import list_spills, read_spill
 from online.monitor.replay import ReplayBuilder
 
 SPILL_TOPICS = ("scalers", "led", "calo", "ecal_hcal", "waveforms", "amplitudes", "tracker")
-#: the calibration mode accepts ~85% of the particles: the crate keeps 16 spills (12.8 s) so that a DAQ
-#: slowed by a loaded machine still reads every spill whole (with 6 it once lost spill 3 mid-readout)
-CONFIG = deep_merge(DAQ_TEST_CONFIG, {"emulator": {"spill_buffer": 16}})
+#: the calibration mode accepts ~85% of the particles: 1.2e4 per spill (two primitive chunks of DAQ_TEST_CONFIG's
+#: 8192, some 25 event chunks; the replay is compared message by message, not statistically), a spill every
+#: 0.5 s, and the crate keeps 16 spills (8 s) so that a DAQ slowed by a loaded machine still reads every spill
+#: whole (with 6 spills of 3e4 particles, 4.8 s, it once lost spill 3 mid-readout)
+CONFIG = deep_merge(
+    deep_merge(DAQ_TEST_CONFIG, SHORT_CYCLE), {"beam": {"particles_per_spill": 1.2e4}, "emulator": {"spill_buffer": 16}}
+)
 
 
 @pytest.mark.slow

@@ -21,7 +21,8 @@ from daq_helpers import (
     start_daq,
     wait_until,
 )
-from emulator_fixture import start_emulator
+from emulator_fixture import deep_merge, start_emulator
+from short_cycle import SHORT_CYCLE
 
 from detector.config import load_config
 from online.monitor import model as M
@@ -45,7 +46,8 @@ def test_tracker_views_fill_and_the_momentum_alarm_follows_the_beam(qtbot, qapp,
     sub.start()
     sub.ready.wait(5)
     try:
-        with start_emulator(tmp_path, DAQ_TEST_CONFIG, ["--no-pty", "--external-feed"]) as emu:
+        config = deep_merge(DAQ_TEST_CONFIG, SHORT_CYCLE)  # the test's feed sends a spill every 0.5 s
+        with start_emulator(tmp_path, config, ["--no-pty", "--external-feed"]) as emu:
             cfg = load_config(emu.config_path)
             assert cfg.beam.energy_gev == 100.0
             daq = start_daq(

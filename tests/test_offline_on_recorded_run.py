@@ -9,10 +9,12 @@ bookkeeping, the JSON output) is recomputed independently."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -25,6 +27,7 @@ from daq_helpers import (
 )
 from emulator_fixture import deep_merge, start_emulator
 from oracle import start_oracle
+from short_cycle import SHORT_CYCLE
 
 from detector.config import load_calibration, load_config
 from detector.records import PARTICLE_CODES, TRIGGER_BITS, TRUTH_BEAMLINE
@@ -36,8 +39,9 @@ from offline.events import event_table_from_arrays
 pytestmark = pytest.mark.slow
 
 SPILLS = 3
-#: a loose SRD tag, as in tests/offline_fixtures.py: these small runs then keep events past every cut
-RUN_CONFIG = deep_merge(DAQ_TEST_CONFIG, {"offline": {"srd_min_gev": 0.001}})
+#: a loose SRD tag, as in tests/offline_fixtures.py: these small runs then keep events past every cut; a spill
+#: every 0.5 s
+RUN_CONFIG = deep_merge(deep_merge(DAQ_TEST_CONFIG, SHORT_CYCLE), {"offline": {"srd_min_gev": 0.001}})
 
 
 def cut_flow_by_hand(cfg: dict, calib, path) -> tuple[dict[str, int], set[tuple[int, int]], tuple[int, int]]:
@@ -103,39 +107,101 @@ def cut_flow_by_hand(cfg: dict, calib, path) -> tuple[dict[str, int], set[tuple[
     return flow, {(spill, int(e)) for e in d.event_id[passed]}, (int(tagged.sum()), int(good.sum()))
 
 
-def offline_cli(*args: str) -> None:
-    """Run ``na64-offline ARGS`` (the real command line, a subprocess) and require success."""
+def start_offline_cli(*args: str) -> subprocess.Popen[str]:
+    """Start ``na64-offline ARGS`` (the real command line, a subprocess); :func:`finish_offline_cli` waits."""
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     )
-    proc = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-m", "offline.cli", *args],
         cwd=str(REPO_ROOT),
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=400,
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def finish_offline_cli(proc: subprocess.Popen[str]) -> None:
+    """Wait for a command of :func:`start_offline_cli` and require success."""
+    try:
+        _, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-4000:]
+
+
+def offline_cli(*args: str) -> None:
+    """Run ``na64-offline ARGS`` (the real command line, a subprocess) and require success."""
+    finish_offline_cli(start_offline_cli(*args))
+
+
+@contextlib.contextmanager
+def offline_clis(*commands: tuple[str, ...]) -> Iterator[list[subprocess.Popen[str]]]:
+    """The commands ``na64-offline ARGS`` running beside each other (and beside the test, which waits for each
+    with :func:`finish_offline_cli`); none is left running at the exit."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        procs += [start_offline_cli(*args) for args in commands]
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
-    with (
-        start_emulator(tmp_path, RUN_CONFIG, ["--no-pty"]) as emu,
-        start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 21)) as oracle,
-    ):
+    out, rep = tmp_path / "selection", tmp_path / "report"
+    sig = tmp_path / "signal.json"
+    sig.write_text(json.dumps({"mass_mev": 16.7, "events": 1000, "efficiency": 0.5, "efficiency_err": 0.02}))
+    with contextlib.ExitStack() as stack:
+        emu = stack.enter_context(start_emulator(tmp_path, RUN_CONFIG, ["--no-pty"]))
+        oracle = stack.enter_context(start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 21)))
         daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=21, spills=SPILLS)
         rc = daq.wait(300)
         assert rc == 0, daq.log()[-6000:]
+        # the two commands on the finished run (the real command lines), beside the oracle's check and the checks
+        # by hand below
+        select, report = stack.enter_context(
+            offline_clis(
+                ("select", str(daq.rdir), "--out", str(out), "--serial"),
+                ("report", str(daq.rdir), "--out", str(rep), "--serial", "--signal-json", str(sig)),
+            )
+        )
         rec = check_run(daq.rdir, emu, oracle)  # the recorded events are the reference trigger's
         cfg = load_config(emu.config_path)
+        oracle.stop()
+        emu.stop()  # done with the crate: its beam no longer takes a core from the commands
 
-    files = list_spills(daq.rdir)
-    assert len(files) == SPILLS and rec["totals"]["complete_spills"] == SPILLS, [e["flags"] for e in rec["spills"]]
-    heads = [read_spill(p, waveforms=False) for p in files]
+        files = list_spills(daq.rdir)
+        assert len(files) == SPILLS and rec["totals"]["complete_spills"] == SPILLS, [e["flags"] for e in rec["spills"]]
+        heads = [read_spill(p, waveforms=False) for p in files]
 
-    out = tmp_path / "selection"
-    offline_cli("select", str(daq.rdir), "--out", str(out), "--serial")
+        # the cut flow and the events in the box: the cuts applied by hand, spill by spill, summed here
+        calib = load_calibration(cfg)
+        flow: dict[str, int] = {}
+        box: set[tuple[int, int]] = set()
+        tagged = [0, 0]
+        for p in files:
+            f, b, tg = cut_flow_by_hand(cfg, calib, p)
+            flow = {k: flow.get(k, 0) + v for k, v in f.items()}
+            box |= b
+            tagged = [tagged[0] + tg[0], tagged[1] + tg[1]]
+        # the recorded Micromegas strips: the track momentum of every recorded beam electron
+        p_e, radiated = [], []
+        for p in files:
+            d = read_spill(p, waveforms=False)
+            tracks = reconstruct_tracks(d.mm, Spectrometer.from_config(cfg))
+            e = d.truth["ptype"] == PARTICLE_CODES["e-"]
+            p_e.append(tracks["p_gev"][e])
+            # radiated in the beam line, or before it (the beam's low-energy tail)
+            soft = d.truth["e_beam"][e] < 0.95 * cfg.beam.energy_gev
+            radiated.append(((d.truth["flags"][e] & TRUTH_BEAMLINE) != 0) | soft)
+        finish_offline_cli(select)
+        finish_offline_cli(report)
     sel = json.loads((out / "selection.json").read_text())
 
     # bookkeeping: every spill in, none excluded or flagged, no read error
@@ -151,16 +217,7 @@ def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
     by_run = sel["by_run"][str(daq.rdir)]
     assert (by_run["n_spills"], by_run["eot"], by_run["n_events"]) == (SPILLS, eot, n_events)
 
-    # the cut flow and the events in the box: the cuts applied by hand, spill by spill, summed here
-    calib = load_calibration(cfg)
-    flow: dict[str, int] = {}
-    box: set[tuple[int, int]] = set()
-    tagged = [0, 0]
-    for p in files:
-        f, b, tg = cut_flow_by_hand(cfg, calib, p)
-        flow = {k: flow.get(k, 0) + v for k, v in f.items()}
-        box |= b
-        tagged = [tagged[0] + tg[0], tagged[1] + tg[1]]
+    # the cut flow and the events in the box against the cuts applied by hand
     assert sel["cut_order"] == [k for k in flow if k != "all"]
     assert sel["cut_flow"] == flow
     assert flow["trigger"] > 0 and flow["srd"] > 0, flow  # a selection that selects something
@@ -172,16 +229,7 @@ def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
         assert np.load(out / f"sideband_{name}.npy").shape == (sel["sidebands"][name]["n"],)
     assert read_run_record(daq.rdir)["totals"]["spills"] == SPILLS
 
-    # the recorded Micromegas strips: the track momentum of the beam electrons peaks at the beam energy
-    p_e, radiated = [], []
-    for p in files:
-        d = read_spill(p, waveforms=False)
-        tracks = reconstruct_tracks(d.mm, Spectrometer.from_config(cfg))
-        e = d.truth["ptype"] == PARTICLE_CODES["e-"]
-        p_e.append(tracks["p_gev"][e])
-        # radiated in the beam line, or before it (the beam's low-energy tail)
-        soft = d.truth["e_beam"][e] < 0.95 * cfg.beam.energy_gev
-        radiated.append(((d.truth["flags"][e] & TRUTH_BEAMLINE) != 0) | soft)
+    # the track momentum of the beam electrons peaks at the beam energy
     p_e, radiated = np.concatenate(p_e), np.concatenate(radiated)
     # (recorded events are triggered ones, mostly by the physics trigger, E_ECAL < 80 GeV: many electrons
     # radiated upstream (in the line or before it) and were bent out of MM3/MM4, where their hits and a pile-up
@@ -196,10 +244,6 @@ def test_offline_select_on_a_run_recorded_by_the_daq(tmp_path):
     assert near.sum() > 50 and abs(np.median(fin[near]) / cfg.beam.energy_gev - 1) < 0.01, (near.sum(), np.median(fin))
 
     # the run report: the tagged-electron efficiency and the momentum spectrum of the run
-    sig = tmp_path / "signal.json"
-    sig.write_text(json.dumps({"mass_mev": 16.7, "events": 1000, "efficiency": 0.5, "efficiency_err": 0.02}))
-    rep = tmp_path / "report"
-    offline_cli("report", str(daq.rdir), "--out", str(rep), "--serial", "--signal-json", str(sig))
     summary = json.loads((rep / "summary.json").read_text())
     assert summary["cut_flow"] == flow
     te = summary["tagged_electrons"][str(daq.rdir)]

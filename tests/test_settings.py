@@ -177,8 +177,8 @@ def test_every_key_loads_into_its_attribute(tmp_path, dotted, field):
             {"daq": {"bogus": 1}},
             (
                 "f.toml: unknown key 'daq.bogus'; known keys here: calibration_mode, chunk_records, heartbeat_s, "
-                "max_events_per_spill, min_free_mb, poll_interval_s, record_truth, retries, sample_waveforms, "
-                "spill_timeout_s, timeout_ms, visa_library"
+                "lock_wait_s, max_events_per_spill, min_free_mb, poll_interval_s, record_truth, retries, "
+                "sample_waveforms, spill_timeout_s, timeout_ms, visa_library"
             ),
         ),
         ({"hv": {"min_v": 900.0, "max_v": 800.0}}, "f.toml: hv.min_v = 900.0 is above hv.max_v = 800.0"),
