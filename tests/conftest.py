@@ -20,28 +20,29 @@ settings.register_profile("dev", deadline=None, suppress_health_check=[HealthChe
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-#: the test files that take longest (emulator campaigns, the fault matrix, trigger kernels on many spills),
+#: the test files that take longest (emulator campaigns, the fault matrix, DAQ runs, compiles on empty caches),
 #: longest first. Under ``-n 2 --dist loadfile`` (tasks.py) they are handed out first, so that the two
 #: workers finish together instead of one worker running the last long campaign alone; a file not listed
 #: keeps its place after them.
-LONGEST_FIRST = (
+LONGEST_FIRST = (  # summed test seconds of a full -n 2 run, 2026-12-06 (session 10): 147 down to 12
     "test_fault_matrix.py",
-    "test_trigger_hypothesis.py",
-    "test_daq_faults.py",
     "test_ecal_calib_live.py",
     "test_calibration_any_intensity.py",
+    "test_daq_faults.py",
     "test_hv_tune_live.py",
-    "test_trigger.py",
-    "test_daq_integration.py",
-    "test_limits.py",
-    "test_daq_records.py",
-    "test_ecal_calib_campaign.py",
-    "test_daq_disk.py",
-    "test_offline_on_recorded_run.py",
-    "test_spectrometer.py",
     "test_emulator_process.py",
+    "test_jitcache.py",
+    "test_daq_integration.py",
+    "test_daq_disk.py",
+    "test_limits.py",
+    "test_dimuons_on_recorded_run.py",
+    "test_led_live.py",
+    "test_daq_records.py",
+    "test_hv_driver_emulator.py",
+    "test_hostile_crate.py",
+    "test_offline_on_recorded_run.py",
+    "test_trigger_hypothesis.py",
     "test_ecal_solve.py",
-    "test_trigger_lines.py",
 )
 
 
