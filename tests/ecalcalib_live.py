@@ -13,6 +13,7 @@ from typing import Any
 
 from daq_helpers import ensure_kernels_cached
 from emulator_fixture import start_emulator
+from short_cycle import LED_IN_A_SHORT_GAP
 
 BIN = pathlib.Path(sys.executable).parent
 
@@ -34,7 +35,7 @@ ECAL_TEST_BENCH = {
     **ECAL_BENCH,
     "spill": {"length_s": 0.2, "supercycle_s": 0.5},
     "beam": {"particles_per_spill": 2e4, "calibration_particles_per_spill": 3000.0},
-    "led": {"delay_s": 0.02, "period_ms": 2.0},
+    "led": LED_IN_A_SHORT_GAP,
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from daq_helpers import ensure_kernels_cached
 from emulator_fixture import start_emulator
+from short_cycle import LED_IN_A_SHORT_GAP
 
 BIN = pathlib.Path(sys.executable).parent
 
@@ -37,7 +38,7 @@ HVTUNE_TEST_BENCH = {
     "spill": {"length_s": 0.2, "supercycle_s": 0.5},
     "emulator": {**CALIBRATION_BENCH["emulator"], "hv_rup_v_per_s": 500.0, "hv_rdw_v_per_s": 500.0},
     "hv": {**CALIBRATION_BENCH["hv"], "ramp_up_v_per_s": 500.0, "ramp_down_v_per_s": 500.0},
-    "led": {"delay_s": 0.02, "period_ms": 2.0},
+    "led": LED_IN_A_SHORT_GAP,
 }
 
 #: the tests' bench at the emulator's full default intensity (5e6 particles per spill at the physics

@@ -24,6 +24,7 @@ from daq_helpers import (
 )
 from emulator_fixture import REPO_ROOT, deep_merge, start_emulator
 from oracle import start_oracle
+from short_cycle import SHORT_CYCLE
 
 from detector.config import dump_toml, load_config
 from detector.spillfile import list_spills, read_spill, run_dir
@@ -36,12 +37,11 @@ pytestmark = pytest.mark.slow
 #: cycle; 16 spills, 12.8 s, at load 8, when a restart took longer: flagged spill_lost, correctly, but not
 #: what these tests test); and the spill a DAQ could not write must still be in the crate when the next DAQ
 #: starts. So the feed is stalled from a DAQ's exit until the next one is ready (:func:`_restart`): nothing
-#: leaves the ring meanwhile however long the restart takes, and the cycle is the tests' 0.5 s (0.3 s flat
-#: top; the LED pulses inside the 0.2 s gap, 0.02 s after it, 50 pulses 2 ms apart), the ring its largest
-#: (16 spills)
+#: leaves the ring meanwhile however long the restart takes, and the cycle is the tests' short one
+#: (tests/short_cycle.py), the ring its largest (16 spills)
 RESTART_CONFIG = deep_merge(
     DAQ_TEST_CONFIG,
-    {"spill": {"supercycle_s": 0.5}, "emulator": {"spill_buffer": 16}, "led": {"delay_s": 0.02, "period_ms": 2.0}},
+    {**SHORT_CYCLE, "emulator": {"spill_buffer": 16}},
 )
 
 

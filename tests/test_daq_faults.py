@@ -23,6 +23,7 @@ from daq_helpers import (
 )
 from emulator_fixture import EmulatorHandle, deep_merge, start_emulator
 from oracle import start_oracle
+from short_cycle import SHORT_CYCLE
 
 from detector.config import dump_toml, load_config
 from detector.records import INCOMPLETE_SPILL_FLAGS
@@ -30,12 +31,11 @@ from detector.spillfile import run_dir
 
 pytestmark = pytest.mark.slow
 
-#: the DAQ test settings on a 0.5 s cycle (0.3 s flat top; the LED pulses inside the 0.2 s gap, 0.02 s after
-#: the flat top, 50 pulses 2 ms apart); the faults act in seconds (timeouts, delays, stalls), the cases count
-#: spills. The crate's ring holds 12 spills (6 s; 6 spills of the 0.8 s cycle held 4.8 s)
+#: the DAQ test settings on the short cycle (tests/short_cycle.py); the faults act in seconds (timeouts, delays,
+#: stalls), the cases count spills. The crate's ring holds 12 spills (6 s; 6 spills of the 0.8 s cycle held 4.8 s)
 FAULTS_CONFIG = deep_merge(
     DAQ_TEST_CONFIG,
-    {"spill": {"supercycle_s": 0.5}, "emulator": {"spill_buffer": 12}, "led": {"delay_s": 0.02, "period_ms": 2.0}},
+    {**SHORT_CYCLE, "emulator": {"spill_buffer": 12}},
 )
 
 

@@ -22,17 +22,17 @@ from daq_helpers import (
 )
 from emulator_fixture import EmulatorHandle, deep_merge, start_emulator
 from oracle import start_oracle
+from short_cycle import SHORT_CYCLE
 
 from detector.records import TRIGGER_BITS
 from detector.spillfile import list_spills, read_spill, run_dir
 
 pytestmark = pytest.mark.slow
 
-#: the DAQ test settings on a 0.5 s cycle (0.3 s flat top; the LED pulses inside the 0.2 s gap, 0.02 s after
-#: the flat top, 50 pulses 2 ms apart) with a ring of 12 spills (6 s)
+#: the DAQ test settings on the short cycle (tests/short_cycle.py) with a ring of 12 spills (6 s)
 INTEGRATION_CONFIG = deep_merge(
     DAQ_TEST_CONFIG,
-    {"spill": {"supercycle_s": 0.5}, "emulator": {"spill_buffer": 12}, "led": {"delay_s": 0.02, "period_ms": 2.0}},
+    {**SHORT_CYCLE, "emulator": {"spill_buffer": 12}},
 )
 
 
@@ -43,13 +43,21 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorHandl
         yield emu
 
 
-def test_three_spills_recorded_and_published(tmp_path, emulator):
-    emu = emulator
-    emu.check_alive()
+@pytest.fixture
+def monitor() -> Iterator[tuple[str, Subscriber]]:
+    """A monitoring endpoint for the DAQ and a subscriber to it, connected (stopped at the end)."""
     mon = f"tcp://127.0.0.1:{free_port()}"
     sub = Subscriber(mon)
     sub.start()
     assert sub.ready.wait(30)
+    yield mon, sub
+    sub.stop()
+
+
+def test_three_spills_recorded_and_published(tmp_path, emulator, monitor):
+    emu = emulator
+    emu.check_alive()
+    mon, sub = monitor
     with start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 12)) as oracle:
         daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=12, spills=3, monitor=mon)
         rc = daq.wait(120)
@@ -118,13 +126,10 @@ def test_three_spills_recorded_and_published(tmp_path, emulator):
     assert hv.arrays["vmon"].dtype == np.float32 and hv.arrays["channel_ids"].shape == hv.arrays["vset"].shape
 
 
-def test_calibration_mode_publishes_amplitudes_and_sigterm_stops_cleanly(tmp_path, emulator):
+def test_calibration_mode_publishes_amplitudes_and_sigterm_stops_cleanly(tmp_path, emulator, monitor):
     emu = emulator
     emu.check_alive()
-    mon = f"tcp://127.0.0.1:{free_port()}"
-    sub = Subscriber(mon)
-    sub.start()
-    assert sub.ready.wait(30)
+    mon, sub = monitor
     with start_oracle(
         emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 3), calibration_mode=True
     ) as oracle:

@@ -50,6 +50,7 @@ from daq_helpers import (
 )
 from emulator_fixture import EmulatorHandle, start_emulator
 from oracle import start_oracle
+from short_cycle import LED_IN_A_SHORT_GAP
 
 from detector import channels as chmap
 from detector.config import load_calibration, load_config
@@ -68,7 +69,7 @@ MATRIX_CONFIG: dict[str, Any] = {
     "spill": {"length_s": 0.3, "supercycle_s": 0.5},
     "beam": {"particles_per_spill": 2e4, "calibration_particles_per_spill": 2e3},
     "emulator": {"spill_buffer": 12, "table_speed_mm_per_s": 1000.0},
-    "led": {"delay_s": 0.02, "period_ms": 2.0},
+    "led": LED_IN_A_SHORT_GAP,
     "daq": {
         "timeout_ms": 1500,
         "retries": 2,
