@@ -6,8 +6,8 @@ The groups, timed in this order in one process: ``daq`` (what ``na64-daq`` prepa
 first spill, :func:`online.daq.prepare_kernels`, for the default config's menu: the time it logs as
 "kernels ready in X s"; its steps ``trigger`` and ``reconstruction`` in ``daq_steps_wall_s``),
 ``emulator`` (the emulator's spill chain, :meth:`sim_frontend.emulator.Emulator.warm_up`) and, with
-``--all``, ``trigger_rest`` (the trigger kernels the DAQ does not call on this machine: the amplitude entry
-of the offline re-trigger and the parallel passes). Wall seconds and CPU seconds of the process
+``--all``, ``trigger_rest`` (the trigger kernels the DAQ does not call: the amplitude entry of the offline
+re-trigger; the parallel path runs the serial kernels on threads). Wall seconds and CPU seconds of the process
 (``time.process_time``: on a busy machine the CPU figure is the one to compare) per group.
 
 Prints one JSON line: ``cold`` and ``warm`` (per group ``[wall_s, cpu_s]``), ``daq_cold_s`` (the DAQ's
