@@ -85,7 +85,7 @@ def ensure_venv() -> None:
 
 #: compiles (or loads from numba's on-disk cache) the kernels of the DAQ (tracker, trigger, reconstruction) and of
 #: the emulator's spill chain, so that neither the tests nor the demo wait for a cold compile: two groups, each in
-#: its own process (their compilations take turns: detector.jitcache); every step prints one line "what ...
+#: its own process, compiling in parallel (detector.jitcache); every step prints one line "what ...
 #: seconds". The tracker is here because the DAQ compiles it lazily, in its monitor worker (docs/performance.md
 #: 2026-12-06). The order of the kernels does not matter: the tracker's cache entry that once segfaulted every
 #: process loading it came from numba's per-process function names, not from an order (detector.jitcache)
@@ -112,9 +112,9 @@ from sim_frontend.emulator import Emulator
 print(f"the emulator's spill chain ... {Emulator(load_config(None), pty=False).warm_up():.1f} s", flush=True)
 """,
 }
-#: for the tests, after the DAQ's kernels in the same process: the trigger's amplitude entry and the kernel of
-#: menus with further energy lines that the trigger tests call (tests/warm_kernels.py), compiled once here
-#: rather than by the first trigger test of each pytest worker at the same time
+#: for the tests, a third group: the trigger's amplitude entry and the kernel of menus with further energy lines
+#: that the trigger tests call (tests/warm_kernels.py), compiled once here rather than by the first trigger test
+#: of each pytest worker at the same time
 WARM_TEST_KERNELS = """
 import runpy
 runpy.run_path("tests/warm_kernels.py", run_name="__main__")
@@ -126,12 +126,12 @@ class KernelWarmUp:
     loading in parallel child processes; the caller may do other work (the static checks) until :meth:`wait`."""
 
     def __init__(self, env: dict[str, str], tests: bool = False) -> None:
-        once = "two or three minutes with the tests' kernels" if tests else "a minute or two"
+        once = "one or two minutes with the tests' kernels" if tests else "about a minute"
         say(f"preparing the numba kernels (loaded from the cache, or compiled once: {once} on 2 cores)")
         self.t0 = time.perf_counter()
         codes = dict(WARM_KERNELS)
         if tests:
-            codes["daq"] += WARM_TEST_KERNELS
+            codes["tests"] = WARM_TEST_KERNELS
         self.procs = {
             name: subprocess.Popen(
                 [str(PY), "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -10,12 +10,19 @@ project is defined; it sets ``NUMBA_CACHE_DIR`` (inherited by the DAQ and emulat
 importing numba, and numba's live setting if numba is already imported. A ``NUMBA_CACHE_DIR`` set by the
 user (not by this module) wins.
 
-Numba compiles a cached function and writes its cache files without any lock between processes; two processes
-compiling at the same time (the kernel warm-up of ``tasks.py``, two pytest workers, the DAQ and the emulator
-starting together, Dask workers) can leave an entry that crashes every process that loads it later with a
-segmentation fault (numba issues 4807 and 10128). :func:`install_compile_lock` makes numba's in-process
-compiler lock also hold an exclusive ``flock`` on a file in the cache directory, so that only one process at a
-time compiles or loads cached code.
+Numba writes a function's cache entry without any lock between processes: it reads the function's index,
+picks the first free data file number, writes the index, then the data file (each file atomically, by
+rename). Two processes saving two signatures of one function at the same time (the kernel warm-up of
+``tasks.py``, two pytest workers, the DAQ and the emulator starting together, Dask workers) can both pick
+number 1, and the index of one may end up naming the data file of the other: every process that loads that
+entry later runs machine code compiled for other argument types and crashes (numba issue 4807, segfaults of a
+cache generated in parallel; issue 10128 is a race between a gufunc's two entries, and the project has no
+gufuncs).
+:func:`install_entry_locks` makes numba's reads and writes of one function's entry hold an exclusive
+``flock`` on a lock file beside that function's index (:func:`entry_lock`), so that they take turns per
+function. Compilation itself needs no lock: processes compile in parallel, and only the few milliseconds of
+reading or writing the same function's files are serialised. (Until 2026-12-06 one lock file held numba's
+whole compiler lock across processes, so that only one process at a time could compile anything.)
 
 Cache entries written by different processes can also clash by symbol name (issue 14; numba 0.68, the cause
 of the ``tracking._reco_kernel`` entries that segfaulted every process loading them; numba issue 10486, open,
@@ -43,14 +50,16 @@ the installed project.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import hashlib
 import itertools
 import os
 import secrets
 import shutil
 import sys
-import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +69,7 @@ JIT_PACKAGES = ("detector", "trigger", "sim_frontend")
 ROOT = Path(__file__).resolve().parent.parent
 #: environment marker: NUMBA_CACHE_DIR was set by configure() (of the checkout it names), not by the user
 MARK = "NA64_HIL_JIT_CACHE_OF"
-LOCK_NAME = ".compile.lock"  #: the lock file in the cache directory (:func:`install_compile_lock`)
+LOCK_SUFFIX = ".lock"  #: a function's lock file is its index file's path with this appended (:func:`entry_lock`)
 #: a process numbers the functions numba compiles within its own block of 2**UID_BLOCK_BITS ids, one of
 #: 2**UID_BLOCKS_BITS blocks drawn at random (:func:`install_process_unique_ids`)
 UID_BLOCK_BITS = 24
@@ -98,60 +107,41 @@ def configure(root: Path = ROOT) -> str | None:
     return cache_dir
 
 
-def lock_path() -> str:
-    """The file whose ``flock`` serialises compilation across processes: in numba's cache directory (the
-    temporary directory when numba caches beside the sources)."""
-    from numba.core import config
-
-    where = str(getattr(config, "CACHE_DIR", "") or "") or tempfile.gettempdir()
-    os.makedirs(where, exist_ok=True)
-    return os.path.join(where, LOCK_NAME)
-
-
-class _FileLockState:
-    """Depth of numba's (reentrant) compiler lock in this process and the open lock file while it is held."""
-
-    depth = 0
-    fd: int | None = None
+@contextlib.contextmanager
+def entry_lock(index_path: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the lock file of the cache entry whose index is ``index_path`` (created
+    beside it if needed) for the duration of the block; waits, without a timeout, while another process holds
+    it (a holder only reads or writes two small files)."""
+    os.makedirs(os.path.dirname(index_path), exist_ok=True)  # numba may read an entry before it made the directory
+    fd = os.open(index_path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the flock
 
 
-def install_compile_lock() -> None:
-    """Make numba's global compiler lock (held while numba compiles, and while it loads or saves cached code)
-    also hold an exclusive ``flock`` on :func:`lock_path` from its outermost acquisition to its release, so
-    that at most one process at a time compiles or touches the cache (module docstring). Idempotent; the
-    depth counter changes only under numba's own lock, so threads need nothing more."""
-    from numba.core import compiler_lock
+def install_entry_locks() -> None:
+    """Make numba's reads and writes of a function's cache entry (``IndexDataCacheFile.load``, ``save`` and
+    ``flush``: the index and the data file together) hold that function's :func:`entry_lock` (module
+    docstring). Idempotent; within a process numba's own compiler lock already serialises them."""
+    from numba.core import caching
 
-    cls: Any = compiler_lock._CompilerLock
-    if getattr(cls, "_na64_file_lock", False):
+    cls: Any = caching.IndexDataCacheFile
+    if getattr(cls, "_na64_entry_locks", False):
         return
-    acquire, release = cls.acquire, cls.release
 
-    def locked_acquire(self: Any) -> None:
-        acquire(self)
-        if _FileLockState.depth == 0:
-            fd = -1
-            try:
-                fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except BaseException:
-                if fd >= 0:
-                    os.close(fd)
-                release(self)
-                raise
-            _FileLockState.fd = fd
-        _FileLockState.depth += 1
+    def locked(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def under_lock(self: Any, *args: Any) -> Any:
+            with entry_lock(self._index_path):
+                return method(self, *args)
 
-    def locked_release(self: Any) -> None:
-        _FileLockState.depth -= 1
-        if _FileLockState.depth == 0 and _FileLockState.fd is not None:
-            fd, _FileLockState.fd = _FileLockState.fd, None
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-        release(self)
+        return under_lock
 
-    cls.acquire, cls.release = locked_acquire, locked_release  # __enter__, __exit__ and __call__ use them
-    cls._na64_file_lock = True
+    for name in ("load", "save", "flush"):
+        setattr(cls, name, locked(getattr(cls, name)))
+    cls._na64_entry_locks = True
 
 
 def install_process_unique_ids() -> None:
@@ -176,7 +166,7 @@ def install_process_unique_ids() -> None:
 
 
 def numba_init() -> None:
-    """numba's ``init`` extension entry point (pyproject): the per-process function ids and the compile lock
-    (module docstring)."""
+    """numba's ``init`` extension entry point (pyproject): the per-process function ids and the per-function
+    cache entry locks (module docstring)."""
     install_process_unique_ids()
-    install_compile_lock()
+    install_entry_locks()

@@ -73,19 +73,19 @@ def test_a_fresh_interpreter_uses_the_current_key_and_detector_does_not_import_n
     assert out.stdout.split() == ["True", want]
 
 
-def test_numba_installs_the_compile_lock_and_the_function_ids_through_the_entry_point() -> None:
+def test_numba_installs_the_entry_locks_and_the_function_ids_through_the_entry_point() -> None:
     """The project registers detector.jitcache.numba_init as numba's ``init`` extension: a fresh interpreter
-    that compiles anything has numba's compiler lock holding the file lock and numbers its functions from a
-    block of its own (two interpreters and a forked child of each: four blocks), with no import of ours (numba
-    runs the entry point before it compiles)."""
+    that compiles anything has numba's reads and writes of a cache entry holding that entry's file lock, and
+    numbers its functions from a block of its own (two interpreters and a forked child of each: four blocks),
+    with no import of ours (numba runs the entry point before it compiles)."""
     from importlib.metadata import entry_points
 
     eps = [e.value for e in entry_points(group="numba_extensions", name="init")]
     assert "detector.jitcache:numba_init" in eps
     code = (
         "import numba\n"
-        "from numba.core import bytecode, compiler_lock\n"
-        "before = getattr(compiler_lock._CompilerLock, '_na64_file_lock', False)\n"
+        "from numba.core import bytecode, caching\n"
+        "before = getattr(caching.IndexDataCacheFile, '_na64_entry_locks', False)\n"
         "numba.njit(lambda x: x + 1)(1)\n"
         "uid = next(bytecode.FunctionIdentity._unique_ids)\n"
         "import os\n"
@@ -95,7 +95,7 @@ def test_numba_installs_the_compile_lock_and_the_function_ids_through_the_entry_
         "    os._exit(0)\n"
         "os.close(w)\n"
         "child = int(os.read(r, 64))\n"
-        "print(before, compiler_lock._CompilerLock._na64_file_lock, uid, child)\n"
+        "print(before, caching.IndexDataCacheFile._na64_entry_locks, uid, child)\n"
     )
     runs = [
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
@@ -117,23 +117,33 @@ def _blocked_on_flock(pid: int) -> bool:
     return False
 
 
-def test_a_second_process_waits_while_one_holds_the_compiler_lock(tmp_path: Path) -> None:
-    """Two processes on one kernel cache: while A holds numba's compiler lock, B's compilation of a cached
-    function blocks on the lock file (seen in /proc/locks, not timed) and finishes once A lets go, and the cache
-    entry it wrote loads in a third process."""
+#: two cached kernels in one module; the cache of the test below
+_KERN = (
+    "import numba\n\n@numba.njit(cache=True)\ndef twice(x):\n    return 2 * x\n\n"
+    "@numba.njit(cache=True)\ndef thrice(x):\n    return 3 * x\n"
+)
+
+
+def test_processes_compile_in_parallel_and_take_turns_on_one_functions_cache_entry(tmp_path: Path) -> None:
+    """Three processes on one kernel cache: while A holds the entry lock of ``twice``, B (compiling
+    ``twice``) blocks on that lock file before it reads or writes the entry (seen in /proc/locks, not timed),
+    while C compiles and saves ``thrice`` without waiting; once A lets go, B finishes, and both entries load
+    in a fourth process."""
     import time
 
     cache = tmp_path / "cache"
-    (tmp_path / "kern.py").write_text(
-        "import numba\n\n@numba.njit(cache=True)\ndef twice(x):\n    return 2 * x\n", encoding="utf-8"
-    )
+    (tmp_path / "kern.py").write_text(_KERN, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != jitcache.MARK}
     env.update(NUMBA_CACHE_DIR=str(cache), PYTHONPATH=f"{tmp_path}{os.pathsep}{jitcache.ROOT}")
+    where = "import kern\nprint(kern.twice._cache._cache_file._index_path)"  # numba's FunctionCache of twice
+    index = subprocess.run(
+        [sys.executable, "-c", where], capture_output=True, text=True, check=True, env=env, cwd=tmp_path, timeout=300
+    ).stdout.strip()
+    assert index.startswith(str(cache)) and index.endswith(".nbi")
     holder = subprocess.Popen(
         [sys.executable, "-c", (
-            "import sys\nfrom detector.jitcache import install_compile_lock\ninstall_compile_lock()\n"
-            "from numba.core.compiler_lock import global_compiler_lock as g\n"
-            "with g:\n    print('held', flush=True)\n    sys.stdin.readline()\nprint('released', flush=True)\n"
+            f"import sys\nfrom detector.jitcache import entry_lock\nwith entry_lock({index!r}):\n"
+            "    print('held', flush=True)\n    sys.stdin.readline()\nprint('released', flush=True)\n"
         )],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
@@ -145,10 +155,15 @@ def test_a_second_process_waits_while_one_holds_the_compiler_lock(tmp_path: Path
             [sys.executable, "-c", "import kern; print(kern.twice(21), flush=True)"],
             stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
         )  # fmt: skip
+        other = subprocess.run(
+            [sys.executable, "-c", "import kern; print(kern.thrice(14), sum(kern.thrice.stats.cache_misses.values()))"],
+            capture_output=True, text=True, check=True, env=env, cwd=tmp_path, timeout=300,
+        )  # fmt: skip
+        assert other.stdout.split() == ["42", "1"]  # compiled (a miss) and saved while the lock of twice was held
         deadline = time.monotonic() + 120
         while not _blocked_on_flock(compiler.pid):
-            assert compiler.poll() is None, "the second process compiled while the first held the lock"
-            assert time.monotonic() < deadline, "the second process never waited for the lock file"
+            assert compiler.poll() is None, "the process compiling twice touched its entry while it was locked"
+            assert time.monotonic() < deadline, "the process compiling twice never waited for the entry lock"
             time.sleep(0.05)
         holder.stdin.write("go\n")
         holder.stdin.flush()
@@ -160,12 +175,14 @@ def test_a_second_process_waits_while_one_holds_the_compiler_lock(tmp_path: Path
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
-    assert list(cache.rglob("kern.twice-*.nbi"))  # B saved its entry, and it loads:
     again = subprocess.run(
-        [sys.executable, "-c", "import kern; print(kern.twice(4), sum(kern.twice.stats.cache_hits.values()))"],
+        [sys.executable, "-c", (
+            "import kern\nprint(kern.twice(4), kern.thrice(4), sum(kern.twice.stats.cache_hits.values()),"
+            " sum(kern.thrice.stats.cache_hits.values()))"
+        )],
         capture_output=True, text=True, check=True, env=env, cwd=tmp_path, timeout=300,
     )  # fmt: skip
-    assert again.stdout.split() == ["8", "1"]
+    assert again.stdout.split() == ["8", "12", "1", "1"]
 
 
 #: a process that runs its arguments in order: "sort" loads or compiles sim_frontend.beamline._sr_sample, whose

@@ -1,6 +1,6 @@
 """The trigger kernels the tests call beyond the DAQ's own: compiled (or loaded from numba's cache) once by
-``python3 tasks.py test`` before the suite, beside the static checks, instead of inside the first pytest
-worker that needs them (where a compile holds the cross-process compile lock: detector.jitcache).
+``python3 tasks.py test`` before the suite, beside the static checks, instead of inside the first trigger test
+of each pytest worker, both compiling the same kernels at the same time.
 
 numba compiles the trigger kernels once for menus without further energy lines and once for menus with
 them (padded to the most lines a menu can have: trigger.params.kernel_lines); the tests use menus with 1, 2
