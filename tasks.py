@@ -164,6 +164,10 @@ class KernelWarmUp:
 #: GiB the test suite needs free in the temporary directory: its DAQ, calibration and offline tests record
 #: spill files there (the directories of passed tests are removed at the end: pyproject's retention policy)
 TEST_DISK_GIB = 8.0
+#: pytest workers: one more than the cores, because most of the suite's time is real time (spill cycles, ramps,
+#: table moves) in which a worker waits on its emulator and DAQ processes: on 2 cores, 2 workers use about one
+#: core on average (docs/performance.md)
+TEST_WORKERS = max(2, (os.cpu_count() or 1) + 1)
 
 
 def enough_disk(where: pathlib.Path, need_gib: float, what: str) -> bool:
@@ -209,8 +213,8 @@ def main(args: list[str]) -> int:
     if task == "demo":
         return run([str(PY), "-m", "demo.beamtime", *rest], env)
     env["QT_QPA_PLATFORM"] = "offscreen"
-    # two workers, one test file each at a time (module fixtures stay in one process)
-    code = run([str(PY), "-m", "pytest", "-m", "not soak", "-n", "2", "--dist", "loadfile", *rest], env)
+    # one test file per worker at a time (module fixtures stay in one process); TEST_WORKERS workers
+    code = run([str(PY), "-m", "pytest", "-m", "not soak", "-n", str(TEST_WORKERS), "--dist", "loadfile", *rest], env)
     return 1 if code == 5 else code  # "no tests ran" is a failure too
 
 
