@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import venv
+from collections.abc import Iterable
 
 ROOT = pathlib.Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -114,19 +115,24 @@ print(f"the emulator's spill chain ... {Emulator(load_config(None), pty=False).w
 }
 #: for the tests, a third group: the trigger's amplitude entry and the kernel of menus with further energy lines
 #: that the trigger tests call (tests/warm_kernels.py), compiled once here rather than by the first trigger test
-#: of each pytest worker at the same time
+#: of each pytest worker at the same time. The suite does not wait for it: its first files are the long real-time
+#: ones (tests/conftest.py), which use only the DAQ's and the emulator's kernels, so this group goes on compiling
+#: beside them, at a lower CPU priority (BACKGROUND_NICE) so that their processes keep up with the spill cycle
 WARM_TEST_KERNELS = """
 import runpy
 runpy.run_path("tests/warm_kernels.py", run_name="__main__")
 """
+#: niceness added to the processes of :data:`WARM_TEST_KERNELS`
+BACKGROUND_NICE = 10
 
 
 class KernelWarmUp:
-    """The kernel groups of :data:`WARM_KERNELS` (with ``tests``, :data:`WARM_TEST_KERNELS` too) compiling or
-    loading in parallel child processes; the caller may do other work (the static checks) until :meth:`wait`."""
+    """The kernel groups of :data:`WARM_KERNELS` (with ``tests``, :data:`WARM_TEST_KERNELS` too, niced)
+    compiling or loading in parallel child processes; the caller may do other work (the static checks, the
+    tests) until it :meth:`wait` s for them."""
 
     def __init__(self, env: dict[str, str], tests: bool = False) -> None:
-        once = "one or two minutes with the tests' kernels" if tests else "about a minute"
+        once = "about a minute" + (", the tests' own kernels a minute more beside the first tests" if tests else "")
         say(f"preparing the numba kernels (loaded from the cache, or compiled once: {once} on 2 cores)")
         self.t0 = time.perf_counter()
         codes = dict(WARM_KERNELS)
@@ -134,23 +140,32 @@ class KernelWarmUp:
             codes["tests"] = WARM_TEST_KERNELS
         self.procs = {
             name: subprocess.Popen(
-                [str(PY), "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                [str(PY), "-c", code],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                preexec_fn=None if name in WARM_KERNELS else lambda: os.nice(BACKGROUND_NICE),
             )
             for name, code in codes.items()
         }
 
-    def wait(self) -> bool:
-        """Wait for every group and print its lines (its error output too if it failed); True if all succeeded."""
+    def wait(self, names: Iterable[str] | None = None, announce: bool = True) -> bool:
+        """Wait for the groups ``names`` (None: all still unreported) and print their lines (their error output
+        too if one failed), then, with ``announce``, the time since the start; True if all of them succeeded."""
         ok = True
-        for name, proc in self.procs.items():
+        for name in list(self.procs if names is None else names):
+            proc = self.procs.pop(name)
             out, err = proc.communicate()
             for line in out.splitlines():
                 say(f"kernels: {line}")
             if proc.returncode != 0:
                 ok = False
                 say(f"kernels: the {name} group failed (exit status {proc.returncode}):\n{err}")
-        if ok:
-            say(f"kernels ready in {time.perf_counter() - self.t0:.1f} s")
+        if ok and announce:
+            rest = " (the tests' own still compiling)" if self.procs else ""
+            say(f"kernels ready in {time.perf_counter() - self.t0:.1f} s{rest}")
         return ok
 
     def stop(self) -> None:
@@ -159,6 +174,7 @@ class KernelWarmUp:
             if proc.poll() is None:
                 proc.terminate()
             proc.communicate()
+        self.procs.clear()
 
 
 #: GiB the test suite needs free in the temporary directory: its DAQ, calibration and offline tests record
@@ -167,7 +183,7 @@ TEST_DISK_GIB = 8.0
 #: pytest workers: one more than the cores, because most of the suite's time is real time (spill cycles, ramps,
 #: table moves) in which a worker waits on its emulator and DAQ processes: on 2 cores, 2 workers use about one
 #: core on average (docs/performance.md)
-TEST_WORKERS = max(2, (os.cpu_count() or 1) + 1)
+TEST_WORKERS = max(2, len(os.sched_getaffinity(0)) + 1)
 
 
 def enough_disk(where: pathlib.Path, need_gib: float, what: str) -> bool:
@@ -206,7 +222,8 @@ def main(args: list[str]) -> int:
                 say(f"{name} failed")
                 kernels.stop()
                 return 1
-    if not kernels.wait():
+    if not kernels.wait(WARM_KERNELS):
+        kernels.stop()
         return 1
     if task == "setup":
         return 0
@@ -215,7 +232,8 @@ def main(args: list[str]) -> int:
     env["QT_QPA_PLATFORM"] = "offscreen"
     # one test file per worker at a time (module fixtures stay in one process); TEST_WORKERS workers
     code = run([str(PY), "-m", "pytest", "-m", "not soak", "-n", str(TEST_WORKERS), "--dist", "loadfile", *rest], env)
-    return 1 if code == 5 else code  # "no tests ran" is a failure too
+    warmed = kernels.wait(announce=False)  # the tests' own kernels, long done by now; a failure fails the task
+    return 1 if code == 5 or (code == 0 and not warmed) else code  # "no tests ran" is a failure too
 
 
 if __name__ == "__main__":
