@@ -80,7 +80,13 @@ def ensure_venv() -> None:
         venv.EnvBuilder(with_pip=True, clear=False).create(VENV)
     say("installing na64-hil and its dependencies into .venv (about a minute)")
     subprocess.run([str(PY), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-    subprocess.run([str(PY), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]"], check=True, cwd=ROOT)
+    # pip byte-compiles what it installs on one core; compileall does the same on every core (half the time here).
+    # Its exit status is not checked: like pip, it leaves alone the few files of packages that do not compile
+    pip = [str(PY), "-m", "pip", "install", "-q", "--no-compile", "-e", f"{ROOT}[test]"]
+    subprocess.run(pip, check=True, cwd=ROOT)
+    where = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    site = subprocess.run([str(PY), "-c", where], check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run([str(PY), "-m", "compileall", "-q", "-j", "0", site], stdout=subprocess.DEVNULL)
     STAMP.write_text(digest)
 
 
@@ -115,25 +121,22 @@ print(f"the emulator's spill chain ... {Emulator(load_config(None), pty=False).w
 }
 #: for the tests, a third group: the trigger's amplitude entry and the kernel of menus with further energy lines
 #: that the trigger tests call (tests/warm_kernels.py), compiled once here rather than by the first trigger test
-#: of each pytest worker at the same time. The suite does not wait for it: its first files are the long real-time
-#: ones (tests/conftest.py), which use only the DAQ's and the emulator's kernels, so this group goes on compiling
-#: beside them, at a lower CPU priority (BACKGROUND_NICE) so that their processes keep up with the spill cycle
+#: of each pytest worker at the same time. The suite does not wait for it: the files that call these kernels come
+#: last (tests/conftest.py, CALLS_THE_TESTS_KERNELS), so this group compiles beside the first, long real-time files
 WARM_TEST_KERNELS = """
 import runpy
 runpy.run_path("tests/warm_kernels.py", run_name="__main__")
 """
-#: niceness added to the processes of :data:`WARM_TEST_KERNELS`
-BACKGROUND_NICE = 10
 
 
 class KernelWarmUp:
-    """The kernel groups of :data:`WARM_KERNELS` (with ``tests``, :data:`WARM_TEST_KERNELS` too, niced)
-    compiling or loading in parallel child processes; the caller may do other work (the static checks, the
+    """The kernel groups of :data:`WARM_KERNELS` (with ``tests``, :data:`WARM_TEST_KERNELS` too) compiling
+    or loading in parallel child processes; the caller may do other work (the static checks, the
     tests) until it :meth:`wait` s for them."""
 
     def __init__(self, env: dict[str, str], tests: bool = False) -> None:
-        once = "about a minute" + (", the tests' own kernels a minute more beside the first tests" if tests else "")
-        say(f"preparing the numba kernels (loaded from the cache, or compiled once: {once} on 2 cores)")
+        more = "; the tests' own go on beside the first tests" if tests else ""
+        say(f"preparing the numba kernels (loaded from the cache, or compiled once: about a minute on 2 cores{more})")
         self.t0 = time.perf_counter()
         codes = dict(WARM_KERNELS)
         if tests:
@@ -146,7 +149,6 @@ class KernelWarmUp:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-                preexec_fn=None if name in WARM_KERNELS else lambda: os.nice(BACKGROUND_NICE),
             )
             for name, code in codes.items()
         }

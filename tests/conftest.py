@@ -41,8 +41,18 @@ LONGEST_FIRST = (  # summed test seconds of a full -n 2 run, 2026-12-06 (session
     "test_hv_driver_emulator.py",
     "test_hostile_crate.py",
     "test_offline_on_recorded_run.py",
-    "test_trigger_hypothesis.py",
     "test_ecal_solve.py",
+)
+
+
+#: the files that call the trigger kernels of tests/warm_kernels.py (the amplitude entry, menus with further
+#: energy lines): last under xdist, so that ``python3 tasks.py test``, which starts the suite while it still
+#: compiles them (tasks.py, WARM_TEST_KERNELS), has them ready before these files need them
+CALLS_THE_TESTS_KERNELS = (
+    "test_trigger.py",
+    "test_trigger_hypothesis.py",
+    "test_trigger_lines.py",
+    "test_trigger_simd.py",
 )
 
 
@@ -54,9 +64,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist, the files of :data:`LONGEST_FIRST` first, in its order (a stable sort: the tests of a
-    file stay together and in their order); a run without workers keeps pytest's order."""
+    """Under xdist, the files of :data:`LONGEST_FIRST` first, in its order, and those of
+    :data:`CALLS_THE_TESTS_KERNELS` last (a stable sort: the tests of a file stay together and in their order); a
+    run without workers keeps pytest's order."""
     if not hasattr(config, "workerinput"):
         return
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    rank.update((name, len(LONGEST_FIRST) + 1) for name in CALLS_THE_TESTS_KERNELS)
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))
