@@ -6,7 +6,7 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("PYQTGRAPH_QT_LIB", "PyQt5")
 # numba's parallel kernels run on OpenMP (libgomp) threads, which by default spin-wait after every parallel
-# region. The suite runs two pytest workers beside emulator and DAQ subprocesses on two cores: the spinning
+# region. The suite runs three pytest workers beside emulator and DAQ subprocesses on two cores: the spinning
 # threads took the cores from the processes that had work (figures: docs/performance.md, 2026-12-06, the test
 # suite's wall time). Passive threads sleep at once; the kernels compute the same.
 # Set before anything loads libgomp; the emulators and DAQs the tests start inherit it.
@@ -21,7 +21,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 #: the test files that take longest (emulator campaigns, the fault matrix, DAQ runs, compiles on empty caches),
-#: longest first. Under ``-n 2 --dist loadfile`` (tasks.py) they are handed out first, so that the two
+#: longest first. Under ``-n N --dist loadfile`` (tasks.py) they are handed out first, so that the
 #: workers finish together instead of one worker running the last long campaign alone; a file not listed
 #: keeps its place after them.
 LONGEST_FIRST = (  # summed test seconds of a full -n 2 run, 2026-12-06 (session 10): 147 down to 12
