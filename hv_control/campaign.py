@@ -332,7 +332,8 @@ def _unfinished(st: Any, finished: frozenset[str]) -> Any:
 def signals_interrupt(campaign_ref: Callable[[], CellCampaign | None]) -> Iterator[None]:
     """Within the block, SIGTERM and SIGHUP stop the campaign returned by ``campaign_ref()`` at its next
     safe point (:meth:`CellCampaign.on_signal`), or raise :class:`CampaignInterrupted` at once when no
-    campaign runs yet. The previous handlers are restored afterwards."""
+    campaign runs yet. A SIGHUP the process was started ignoring (``nohup hv-tune ...``: the operator asked
+    the campaign to outlive its terminal) stays ignored. The previous handlers are restored afterwards."""
 
     def handler(signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -341,7 +342,8 @@ def signals_interrupt(campaign_ref: Callable[[], CellCampaign | None]) -> Iterat
             raise CampaignInterrupted(name)
         c.on_signal(name)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    caught = [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN else [])
+    old = {s: signal.signal(s, handler) for s in caught}
     try:
         yield
     finally:

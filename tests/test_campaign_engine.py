@@ -122,12 +122,38 @@ def test_a_signal_right_after_a_cell_is_journaled_done_keeps_it_done(tmp_path):
     assert all(s.status == "done" for s in c2.run().values())
 
 
-def test_signal_before_a_campaign_exists_raises_at_once():
+@pytest.fixture
+def sighup_default():
+    """SIGHUP at its default disposition for the test (a test run started under ``nohup`` inherits it
+    ignored), the inherited one restored afterwards."""
+    inherited = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGHUP, inherited)
+
+
+def test_signal_before_a_campaign_exists_raises_at_once(sighup_default):
     from hv_control.campaign import CampaignInterrupted
 
     with signals_interrupt(lambda: None), pytest.raises(CampaignInterrupted, match="SIGHUP"):
         os.kill(os.getpid(), signal.SIGHUP)
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # the previous handler is back
+
+
+def test_a_sighup_ignored_at_start_stays_ignored_and_sigterm_still_interrupts():
+    """Started under ``nohup`` (SIGHUP ignored), a campaign outlives its terminal: a hangup changes nothing,
+    SIGTERM still stops it, and SIGHUP is ignored again afterwards."""
+    from hv_control.campaign import CampaignInterrupted
+
+    inherited = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with signals_interrupt(lambda: None):
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: nothing is raised
+            with pytest.raises(CampaignInterrupted, match="SIGTERM"):
+                os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, inherited)
 
 
 def test_stop_daq_stops_the_whole_process_group(tmp_path):
