@@ -4,6 +4,7 @@ calibration DAQ's spill filter (online/calibration_filter.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -122,21 +123,24 @@ def test_a_signal_right_after_a_cell_is_journaled_done_keeps_it_done(tmp_path):
     assert all(s.status == "done" for s in c2.run().values())
 
 
-@pytest.fixture
-def sighup_default():
-    """SIGHUP at its default disposition for the test (a test run started under ``nohup`` inherits it
-    ignored), the inherited one restored afterwards."""
-    inherited = signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    yield
-    signal.signal(signal.SIGHUP, inherited)
+@contextlib.contextmanager
+def sighup_disposition(handler):
+    """SIGHUP set to ``handler`` for the block (a test run started under ``nohup`` inherits it ignored), the
+    inherited disposition restored afterwards."""
+    inherited = signal.signal(signal.SIGHUP, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, inherited)
 
 
-def test_signal_before_a_campaign_exists_raises_at_once(sighup_default):
+def test_signal_before_a_campaign_exists_raises_at_once():
     from hv_control.campaign import CampaignInterrupted
 
-    with signals_interrupt(lambda: None), pytest.raises(CampaignInterrupted, match="SIGHUP"):
-        os.kill(os.getpid(), signal.SIGHUP)
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # the previous handler is back
+    with sighup_disposition(signal.SIG_DFL):
+        with signals_interrupt(lambda: None), pytest.raises(CampaignInterrupted, match="SIGHUP"):
+            os.kill(os.getpid(), signal.SIGHUP)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # the previous handler is back
 
 
 def test_a_sighup_ignored_at_start_stays_ignored_and_sigterm_still_interrupts():
@@ -144,16 +148,13 @@ def test_a_sighup_ignored_at_start_stays_ignored_and_sigterm_still_interrupts():
     SIGTERM still stops it, and SIGHUP is ignored again afterwards."""
     from hv_control.campaign import CampaignInterrupted
 
-    inherited = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
+    with sighup_disposition(signal.SIG_IGN):
         with signals_interrupt(lambda: None):
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGHUP)  # ignored: nothing is raised
             with pytest.raises(CampaignInterrupted, match="SIGTERM"):
                 os.kill(os.getpid(), signal.SIGTERM)
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGHUP, inherited)
 
 
 def test_stop_daq_stops_the_whole_process_group(tmp_path):

@@ -1,6 +1,7 @@
 """The trigger kernels the tests call beyond the DAQ's own: compiled (or loaded from numba's cache) once by
-``python3 tasks.py test`` before the suite, beside the static checks, instead of inside the first trigger test
-of each pytest worker, both compiling the same kernels at the same time.
+``python3 tasks.py test`` beside the static checks and the first test files (the files that call them run last:
+tests/conftest.py), instead of inside the first trigger test of each pytest worker, each compiling the same
+kernels at the same time.
 
 numba compiles the trigger kernels once for menus without further energy lines and once for menus with
 them (padded to the most lines a menu can have: trigger.params.kernel_lines); the tests use menus with 1, 2
