@@ -40,7 +40,7 @@ from sim_frontend.response import Deposits, channel_deposits
 
 N_PHASES = 1024
 N_TSAMP = int(math.ceil(pulse.TEMPLATE_LENGTH_NS / SAMPLE_NS))  # 20 samples cover the template
-BLOCK = 4096  # records per parallel work item
+BLOCK = 4096  # records per work item of the trigger primitives (the unit of the ranges run on threads)
 #: noise bank length: 128 kB stays in the L2 cache (random offsets into a 4 MB bank cost 3x the run time);
 #: a waveform reads 32 consecutive values at one of 32736 offsets
 NOISE_BANK_SIZE = 1 << 15
@@ -101,13 +101,15 @@ def _store_wave(pb, r, touched, ped_row, rms, bank, off, out_row):
             out_row[k] = np.int16(min(max(v, np.float32(0.0)), np.float32(ADC_MAX)))
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
-def _primitives_kernel(times, dep, scale, t0, ped, rms, bank, cids, seed, tmpl, before, after, out):
+@nb.njit(cache=True, nogil=True)
+def _primitives_kernel(b_lo, b_hi, times, dep, scale, t0, ped, rms, bank, cids, seed, tmpl, before, after, out):
+    """Trigger-primitive records of blocks ``b_lo .. b_hi - 1`` (BLOCK records each) of the spill: the blocks
+    are independent, so contiguous ranges of them run in Python threads (:func:`detector.parallel.run_ranges`)
+    on this one serial kernel, with the same result as one call over all blocks."""
     n = times.shape[0]
     nc = dep.shape[1]
     bank_n = bank.shape[0] - N_SAMPLES
-    nblk = (n + BLOCK - 1) // BLOCK
-    for b in nb.prange(nblk):
+    for b in range(b_lo, b_hi):
         i0 = b * BLOCK
         i1 = min(n, i0 + BLOCK)
         buf = np.zeros((nc, BUF_LEN), dtype=np.float32)  # pulses only (pedestal + noise at the end)
@@ -288,7 +290,7 @@ class Digitizer:
             raise ValueError(f"out must be int16 (>= {n}, 6, 32); got {out.dtype} {out.shape}")
         out = out[:n]
         if n:
-            _primitives_kernel(
+            args = (
                 times,
                 np.ascontiguousarray(dep.trigger),
                 scale,
@@ -303,6 +305,7 @@ class Digitizer:
                 self._after,
                 out,
             )
+            run_ranges(lambda b_lo, b_hi: _primitives_kernel(b_lo, b_hi, *args), (n + BLOCK - 1) // BLOCK)
         return out, times
 
     # ---------------------------------------------------------------------------------- LED pulses
