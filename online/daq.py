@@ -323,6 +323,10 @@ class DAQ:
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if self.publisher is not None:
+            if self.recorder is not None and self.recorder.record:  # the monitor's log shows how the run ended
+                self.publisher.log(
+                    "INFO", f"end of run ({self._exit_reason}): {self.recorder.summary()}", spill=self.current_spill
+                )
             meta, spill = self._status_meta()
             meta["message"] = f"stopped ({self._exit_reason})"
             self.publisher.publish("status", meta=meta, spill=spill)

@@ -232,13 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     rec = daq.recorder
     if rec is not None and rec.record:
-        t = rec.totals
-        print(
-            f"na64-daq: run {run} in {rec.rdir}: {t.get('spills', 0)} spills "
-            f"({t.get('flagged_spills', 0)} flagged, {t.get('lost_spills', 0)} lost), "
-            f"{t.get('events_recorded', 0)} events, EOT {t.get('eot', 0)}",
-            file=sys.stderr,
-        )
+        print(f"na64-daq: {rec.summary()}", file=sys.stderr)
     return status
 
 

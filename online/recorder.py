@@ -321,6 +321,15 @@ class RunRecorder:
     def totals(self) -> dict[str, Any]:
         return self.record["totals"]
 
+    def summary(self) -> str:
+        """One line on the run so far: ``run 12 in DIR: 3 spills (0 flagged, 0 lost), 818 events, EOT 78503``."""
+        t = self.record.get("totals") or {}
+        return (
+            f"run {self.run} in {self.rdir}: {t.get('spills', 0)} spills "
+            f"({t.get('flagged_spills', 0)} flagged, {t.get('lost_spills', 0)} lost), "
+            f"{t.get('events_recorded', 0)} events, EOT {t.get('eot', 0)}"
+        )
+
     # ------------------------------------------------------------------------------- disk
     def free_bytes(self) -> int:
         """Free bytes on the filesystem of the run directory, for this (unprivileged) user."""
