@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -12,13 +13,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
+from launcher import LaunchedProcess, fresh_processes, launch
 
 from detector.framing import FramingError, recv_message
 from detector.runrecord import read_run_record
@@ -51,7 +53,7 @@ def free_port() -> int:
 
 @dataclass
 class DAQProcess:
-    proc: subprocess.Popen
+    proc: subprocess.Popen | LaunchedProcess
     out: Path
     run: int
     log_path: Path
@@ -85,7 +87,7 @@ class DAQProcess:
         return read_run_record(self.rdir)
 
 
-_STARTED: list[subprocess.Popen] = []
+_STARTED: list[subprocess.Popen | LaunchedProcess] = []
 _KERNELS_READY = False
 
 
@@ -126,14 +128,14 @@ def start_daq(
     name: str = "daq",
     file_size_limit: int | None = None,
     stdout: Any = None,
+    fresh: bool = False,
 ) -> DAQProcess:
-    """``file_size_limit`` (bytes): RLIMIT_FSIZE of the DAQ process, so that writing a larger file fails
+    """Start ``python -m online.daq_cli run ...`` as a fork of the tests' warm server (tests/launcher.py), or
+    as a new interpreter with ``fresh``, with a ``stdout``, or under ``NA64_TEST_FRESH_PROCESSES=1``.
+    ``file_size_limit`` (bytes): RLIMIT_FSIZE of the DAQ process, so that writing a larger file fails
     with EFBIG as a full disk fails with ENOSPC (SIGXFSZ ignored: the write returns the error).
     ``stdout``: where the DAQ's stdout goes (default: the log, with stderr)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "online.daq_cli",
+    args = [
         "run",
         "--config",
         str(config_path),
@@ -148,12 +150,21 @@ def start_daq(
         *extra,
     ]
     if spills is not None:
-        cmd += ["--spills", str(spills)]
-    ensure_kernels_cached()
+        args += ["--spills", str(spills)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     log_path = tmp_path / f"{name}.log"
+    proc: subprocess.Popen | LaunchedProcess
+    if not (fresh or stdout is not None or fresh_processes()):
+        log_path.touch()
+        proc = launch(
+            "online.daq_cli", args, log_path=log_path, cwd=REPO_ROOT, env=env, file_size_limit=file_size_limit
+        )
+        _STARTED.append(proc)
+        return DAQProcess(proc, out, run, log_path)
+    ensure_kernels_cached()
+    cmd = [sys.executable, "-m", "online.daq_cli", *args]
 
     def limit_file_size() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -199,7 +210,8 @@ class Subscriber(threading.Thread):
         self.messages: list[Any] = []
         self.malformed: list[str] = []
         self._stop_evt = threading.Event()
-        self.ready = threading.Event()
+        self.ready = threading.Event()  #: the socket is connecting (the publisher may not be bound yet)
+        self.connected = threading.Event()  #: a message arrived: everything published from now on arrives
 
     def run(self) -> None:
         s = zmq.Context.instance().socket(zmq.SUB)
@@ -212,6 +224,7 @@ class Subscriber(threading.Thread):
         while not self._stop_evt.is_set():
             try:
                 self.messages.append(recv_message(s))
+                self.connected.set()
             except zmq.Again:
                 continue
             except FramingError as exc:
@@ -227,6 +240,25 @@ class Subscriber(threading.Thread):
 
     def of(self, topic: str) -> list[Any]:
         return [m for m in self.messages if m.topic == topic]
+
+
+@contextlib.contextmanager
+def first_spill_after_subscription(emu: Any, sub: Subscriber, timeout_s: float = 60.0) -> Iterator[None]:
+    """Start the DAQ inside this block: its first ``PRIM:DATA?`` to the crate (the first command of its first
+    spill; the oracle's are exempt) is held by the emulator's pause hook until ``sub`` has received a message
+    (the DAQ's ``status`` heartbeat). A PUB socket drops what it sends before a subscriber is connected; with
+    this handshake, every message of every spill of the run reaches ``sub``, however fast the DAQ started."""
+    reply = emu.control({"cmd": "fault", "endpoint": "msadc", "kind": "pause", "at": "PRIM:DATA?", "count": 1})
+    assert reply.get("ok"), reply
+    try:
+        yield
+        assert sub.connected.wait(timeout_s), f"no monitoring message within {timeout_s} s"
+        emu.wait_for(
+            lambda st: st["faults"]["msadc"]["pause"]["paused"] is not None, timeout_s, "the DAQ's first spill"
+        )
+    finally:
+        reply = emu.control({"cmd": "fault", "endpoint": "msadc", "kind": "pause", "count": 0})
+    assert reply.get("ok"), reply
 
 
 def check_run(rdir: Path, emu: Any, oracle: Any) -> dict[str, Any]:

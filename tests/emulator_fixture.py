@@ -20,8 +20,9 @@ Usage in a test module (``tests/`` is on ``sys.path`` under pytest's default imp
 
 ``start_emulator`` writes the merged configuration (``FAST_CONFIG`` deep-merged with
 ``config_overrides``; pass ``base=None`` for the plain defaults) to ``tmp_path/emulator.toml``, runs
-``[sys.executable, "-m", "sim_frontend.cli", --config, --endpoints-file, *extra_args]`` in its own
-session with stdout/stderr to ``tmp_path/emulator.log``, waits until the endpoints file appears
+``python -m sim_frontend.cli --config --endpoints-file *extra_args`` in its own session with stdout/stderr to
+``tmp_path/emulator.log`` (as a fork of the tests' warm server, tests/launcher.py; ``fresh=True``, an ``env``,
+or ``NA64_TEST_FRESH_PROCESSES=1``: as a new interpreter), waits until the endpoints file appears
 (``startup_timeout_s``), and returns an :class:`EmulatorHandle`. If the process dies first, the
 exception carries the tail of its log. ``EmulatorHandle.stop()`` (also on fixture teardown and at
 ``with`` exit) sends SIGTERM, waits, then SIGKILLs the process group: no process is left behind, the
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from launcher import LaunchedProcess, fresh_processes, launch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +115,7 @@ class EmulatorError(RuntimeError):
 class EmulatorHandle:
     """A running ``na64-emulator`` subprocess and its endpoints."""
 
-    proc: subprocess.Popen
+    proc: subprocess.Popen | LaunchedProcess
     endpoints: dict[str, Any]
     config_path: Path
     endpoints_path: Path
@@ -234,7 +236,7 @@ class EmulatorHandle:
 
 #: emulators started by this process and not stopped yet (stopped at interpreter exit as a last resort;
 #: the emulator also shuts itself down when this process ends: ``--parent-pid``)
-_LIVE: dict[int, subprocess.Popen] = {}
+_LIVE: dict[int, subprocess.Popen | LaunchedProcess] = {}
 
 
 @atexit.register
@@ -243,7 +245,7 @@ def _stop_forgotten() -> None:
         _terminate(proc, 5.0)
 
 
-def _terminate(proc: subprocess.Popen, timeout_s: float) -> int:
+def _terminate(proc: subprocess.Popen | LaunchedProcess, timeout_s: float) -> int:
     """SIGTERM the emulator, wait, SIGKILL its process group if needed, and make sure that no live
     member of the group (the emulator's beam-feed child) is left."""
     _LIVE.pop(proc.pid, None)
@@ -313,12 +315,14 @@ def start_emulator(
     startup_timeout_s: float = 240.0,
     env: dict[str, str] | None = None,
     name: str = "emulator",
+    fresh: bool = False,
 ) -> EmulatorHandle:
     """Start ``na64-emulator`` as a subprocess on free loopback ports and wait until it listens.
 
     ``config_overrides`` is a nested dict of config sections deep-merged over ``base`` (default
     :data:`FAST_CONFIG`); ``extra_args`` are further command-line options (``--external-feed``,
     ``--fault msadc:delay:0.2``, ``--seed 3``, ...). ``name`` prefixes the files written to ``tmp_path``.
+    ``fresh``: start a new interpreter, not a fork of the warm server (also with ``env``: tests/launcher.py).
     """
     tmp_path = Path(tmp_path)
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -331,10 +335,7 @@ def start_emulator(
         endpoints_path.unlink()
     except FileNotFoundError:
         pass
-    cmd = [
-        sys.executable,
-        "-m",
-        "sim_frontend.cli",
+    args = [
         "--config",
         str(config_path),
         "--endpoints-file",
@@ -343,20 +344,25 @@ def start_emulator(
         str(os.getpid()),
         *map(str, extra_args),
     ]
+    cmd = [sys.executable, "-m", "sim_frontend.cli", *args]
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), full_env.get("PYTHONPATH", "")) if p)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     full_env.update(env or {})
-    with open(log_path, "wb") as log_file:  # the child keeps its own descriptor
-        proc = subprocess.Popen(
-            cmd,
-            cwd=str(REPO_ROOT),
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc: subprocess.Popen | LaunchedProcess
+    with open(log_path, "wb") as log_file:  # the child keeps its own descriptor (a fork opens the file again)
+        if fresh or env or fresh_processes():
+            proc = subprocess.Popen(
+                cmd,
+                cwd=str(REPO_ROOT),
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        else:
+            proc = launch("sim_frontend.cli", args, log_path=log_path, cwd=REPO_ROOT, env=full_env)
     handle = EmulatorHandle(proc, {}, config_path, endpoints_path, log_path, cfg)
     _LIVE[proc.pid] = proc
     try:

@@ -15,6 +15,7 @@ from daq_helpers import (
     Subscriber,
     _no_daq_left_behind,  # noqa: F401  (autouse fixture)
     check_run,
+    first_spill_after_subscription,
     free_port,
     spills_recorded,
     start_daq,
@@ -59,7 +60,10 @@ def test_three_spills_recorded_and_published(tmp_path, emulator, monitor):
     emu.check_alive()
     mon, sub = monitor
     with start_oracle(emu.endpoints_path, emu.config_path, run_dir(tmp_path / "data", 12)) as oracle:
-        daq = start_daq(tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=12, spills=3, monitor=mon)
+        with first_spill_after_subscription(emu, sub):
+            daq = start_daq(
+                tmp_path, emu.config_path, emu.endpoints_path, tmp_path / "data", run=12, spills=3, monitor=mon
+            )
         rc = daq.wait(120)
         assert rc == 0, daq.log()[-6000:]
         # published in the spill loop, before the DAQ exits: the scalers of its last spill
@@ -101,6 +105,7 @@ def test_three_spills_recorded_and_published(tmp_path, emulator, monitor):
     # the monitoring stream: every topic (amplitudes only in calibration mode), an increasing sequence per topic
     assert not sub.malformed
     assert {"status", "scalers", "calo", "ecal_hcal", "waveforms", "tracker", "hv", "log"} <= sub.topics()
+    assert sub.of("log")[-1].meta["text"].startswith(f"end of run (stopped): run 12 in {daq.rdir}: 3 spills (0 flagged")
     for topic in sub.topics():
         seqs = [m.seq for m in sub.of(topic)]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
