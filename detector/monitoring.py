@@ -275,7 +275,12 @@ TOPICS: dict[str, TopicSpec] = {
             doc="`detector.led.cell_means` of the LED pulses after the flat top (NaN: no pulse); `unix` the "
             "end of the flat top (s)",
         ),
-        TopicSpec("log", "on events worth a line", accumulate=True, meta=("level", "text")),
+        TopicSpec(
+            "log",
+            "on events worth a line (the last: `end of run (reason): run N in DIR: ...`)",
+            accumulate=True,
+            meta=("level", "text"),
+        ),
     )
 }
 
