@@ -170,8 +170,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    if args.parent_pid:
-        threading.Thread(target=_watch_parent, args=(args.parent_pid, stop), daemon=True).start()
 
     try:
         emu = Emulator(
@@ -186,13 +184,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"na64-emulator: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     try:
-        endpoints = emu.start()
+        endpoints = emu.start()  # forks the beam-feed child while no other thread runs (Emulator._fork_child)
     except OSError as exc:
         print(f"na64-emulator: cannot start the servers: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # a fault with a bad parameter
         print(f"na64-emulator: {exc}", file=sys.stderr)
         return 2
+    if args.parent_pid:
+        threading.Thread(target=_watch_parent, args=(args.parent_pid, stop), daemon=True).start()
     try:
         if args.endpoints_file:
             write_endpoints(args.endpoints_file, endpoints)

@@ -173,6 +173,22 @@ def _feed_child(cfg: Config, endpoint: str, parent_pid: int, stop: Any, calibrat
         sender.close()
 
 
+def _forked_feed_child(conn: Any, cfg: Config, parent_pid: int, stop: Any, calibration: Any) -> None:
+    """The beam-feed child forked by :meth:`Emulator._fork_child`: the default SIGTERM (not the handler
+    inherited from the emulator's command line), then the feed address from ``conn`` (EOF: the emulator
+    stopped before its servers started), then :func:`_feed_child`."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        endpoint = conn.recv()
+    except EOFError:
+        return
+    finally:
+        conn.close()
+    _feed_child(cfg, endpoint, parent_pid, stop, calibration)
+
+
 class Emulator:
     """All emulated instruments of the bench in one object (see the module docstring).
 
@@ -251,6 +267,8 @@ class Emulator:
         self._truth: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
         self._child: Any = None
         self._child_stop: Any = None
+        self._child_conn: Any = None  #: the forked feed child's pipe until it has the feed address
+        self._child_start: str | None = None  #: how the feed child was started: "fork" or "spawn"
         self._started_unix = 0.0
         self._endpoints: dict[str, Any] = {}
         self.stats = {
@@ -282,6 +300,7 @@ class Emulator:
         if self.led is not None:
             self.led.start(self._started_unix)
         self.warm_up()
+        self._fork_child()
         self.msadc_server.start()
         self.serial = serve_line_handlers(
             {"hv": self.hv.handle, "table": self.table.handle},
@@ -331,18 +350,48 @@ class Emulator:
         if flag is not None:
             flag.value = module >= 0 or str(cell).startswith("ECAL-")
 
-    def _start_child(self, feed_addr: str) -> None:
-        ctx = mp.get_context("spawn")
+    def _fork_child(self) -> None:
+        """Start the beam-feed child by ``fork`` while this process has no other thread and no socket yet: it
+        shares the modules and kernels loaded here, where a spawned child imports and loads them again
+        (about a second of CPU and of waiting for the first spill). It waits for the feed address, which
+        :meth:`_start_child` sends once the receiver is bound. With other threads running (an emulator
+        inside a bigger program), nothing is forked here and :meth:`_start_child` spawns the child."""
+        if self.external_feed or threading.active_count() != 1 or "fork" not in mp.get_all_start_methods():
+            return
+        ctx = mp.get_context("fork")
+        self._new_child_flags(ctx)
+        child_end, self._child_conn = ctx.Pipe(duplex=False)  # (the reading end, the writing end)
+        self._child = ctx.Process(
+            target=_forked_feed_child,
+            args=(child_end, self.cfg, os.getpid(), self._child_stop, self._calibration_beam_wanted),
+            name="na64-emulator-feed",
+            daemon=True,
+        )
+        self._child_start = "fork"
+        self._child.start()
+        child_end.close()
+
+    def _new_child_flags(self, ctx: Any) -> None:
         self._child_stop = ctx.Event()
         self._calibration_beam_wanted = ctx.Value("b", False, lock=False)
         pos = self.table.position()
         self._table_moved(int(pos["module"]), str(pos["cell"]))
+
+    def _start_child(self, feed_addr: str) -> None:
+        if self._child_conn is not None:  # forked before the servers started: tell it where to send
+            self._child_conn.send(_connect_address(feed_addr))
+            self._child_conn.close()
+            self._child_conn = None
+            return
+        ctx = mp.get_context("spawn")
+        self._new_child_flags(ctx)
         self._child = ctx.Process(
             target=_feed_child,
             args=(self.cfg, _connect_address(feed_addr), os.getpid(), self._child_stop, self._calibration_beam_wanted),
             name="na64-emulator-feed",
             daemon=True,
         )
+        self._child_start = "spawn"
         self._child.start()
 
     def stop(self) -> None:
@@ -373,6 +422,9 @@ class Emulator:
     def _stop_child(self) -> None:
         child, self._child = self._child, None
         self._child_stop.set()
+        if self._child_conn is not None:  # a forked child still waiting for the address: it reads EOF and ends
+            self._child_conn.close()
+            self._child_conn = None
         if child.pid is None:  # never started
             return
         child.join(timeout=3.0)
@@ -719,6 +771,7 @@ class Emulator:
             "feed": {
                 "external": self.external_feed,
                 "child_alive": self.child_alive,
+                "child_start": self._child_start,
                 "malformed": int(getattr(self.receiver, "malformed", 0) or 0),
             },
             "msadc_server": dict(self.msadc_server.stats),

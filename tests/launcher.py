@@ -13,6 +13,10 @@ process of its own, as with ``subprocess.Popen(start_new_session=True)``:
   uncaught exception is printed to the log and exits 1; death by a signal reads as ``-signum``;
 - at its end the ``atexit`` handlers run (the child then leaves with ``os._exit``: no interpreter finalisation).
 
+As with multiprocessing's other start methods than ``fork``, the child imports the caller's main module (as
+``__mp_main__``) if it has one (a pytest-xdist worker has none): a script that launches programs must keep its
+code under ``if __name__ == "__main__":`` (bench/hvtune_bench.py does).
+
 What a fork does not exercise, and where the tests that need it start a fresh interpreter (``fresh=True`` of
 ``start_emulator`` and ``start_daq``, or ``NA64_TEST_FRESH_PROCESSES=1`` for the whole suite): the interpreter's
 own start (the ``-m`` entry, import errors, a cold kernel cache), its finalisation ("Exception ignored"

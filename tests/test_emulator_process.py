@@ -373,10 +373,13 @@ def test_bad_command_line_and_config(tmp_path):
         start_emulator(tmp_path, {"spill": {"length_s": 5.0, "supercycle_s": 1.0}})
 
 
-def test_sigterm_shuts_down_cleanly(tmp_path):
-    with start_emulator(tmp_path, CYCLE) as h:
+@pytest.mark.parametrize("fresh", [True, False], ids=["new-interpreter", "forked-launch"])
+def test_sigterm_shuts_down_cleanly(tmp_path, fresh):
+    """Also: the beam-feed child is forked before any server thread (Emulator._fork_child), both when
+    na64-emulator starts as a new interpreter and when the tests launch it as a fork (tests/launcher.py)."""
+    with start_emulator(tmp_path, CYCLE, fresh=fresh) as h:
         h.wait_for_spills(1)
-        assert h.state()["feed"]["child_alive"]
+        assert h.state()["feed"]["child_alive"] and h.state()["feed"]["child_start"] == "fork"
         pid = h.proc.pid
         h.proc.send_signal(signal.SIGTERM)
         assert h.proc.wait(timeout=60) == 0
@@ -455,3 +458,29 @@ def test_emulator_follows_a_dead_test_process(tmp_path):
         os.killpg(pid, signal.SIGKILL)
     assert not alive
     assert "parent process" in (tmp_path / "emulator.log").read_text()
+
+
+def test_an_emulator_in_a_threaded_process_spawns_its_feed_child(tmp_path):
+    """Forking a process with other threads is unsafe (a lock held by one of them stays held in the child): an
+    emulator started inside such a program spawns its beam-feed child instead, and spills still flow."""
+    import threading
+
+    from emulator_fixture import FAST_CONFIG, deep_merge, to_toml
+
+    from detector.config import load_calibration, load_config
+    from sim_frontend.emulator import Emulator
+
+    (tmp_path / "emu.toml").write_text(to_toml(deep_merge(FAST_CONFIG, CYCLE)))
+    cfg = load_config(tmp_path / "emu.toml")
+    other = threading.Event()
+    th = threading.Thread(target=other.wait, daemon=True)
+    th.start()
+    try:
+        with Emulator(cfg, load_calibration(cfg), pty=False) as emu:
+            assert emu.state()["feed"]["child_start"] == "spawn"
+            deadline = time.monotonic() + 120
+            while emu.state()["crate"]["spills_completed"] < 1:
+                assert time.monotonic() < deadline, "no spill from the spawned feed child in 120 s"
+                time.sleep(0.1)
+    finally:
+        other.set()
