@@ -5,12 +5,6 @@ import os
 # Qt must run offscreen; this has to happen before anything imports Qt (docs/stack.md).
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("PYQTGRAPH_QT_LIB", "PyQt5")
-# numba's parallel kernels run on OpenMP (libgomp) threads, which by default spin-wait after every parallel
-# region. The suite runs three pytest workers beside emulator and DAQ subprocesses on two cores: the spinning
-# threads took the cores from the processes that had work (figures: docs/performance.md, 2026-12-06, the test
-# suite's wall time). Passive threads sleep at once; the kernels compute the same.
-# Set before anything loads libgomp; the emulators and DAQs the tests start inherit it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 from hypothesis import HealthCheck, settings
