@@ -320,13 +320,11 @@ class DAQ:
             except OSError as exc:  # e.g. a full disk: the previous run.json stays intact
                 log.critical("run record not updated at the end of the run: %s", exc)
                 self._exit_status = 1
+        if self.recorder is not None and self.recorder.record:  # on stderr and the monitor's log: how the run ended
+            self._log(logging.INFO, f"end of run ({self._exit_reason}): {self.recorder.summary()}")
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if self.publisher is not None:
-            if self.recorder is not None and self.recorder.record:  # the monitor's log shows how the run ended
-                self.publisher.log(
-                    "INFO", f"end of run ({self._exit_reason}): {self.recorder.summary()}", spill=self.current_spill
-                )
             meta, spill = self._status_meta()
             meta["message"] = f"stopped ({self._exit_reason})"
             self.publisher.publish("status", meta=meta, spill=spill)

@@ -230,10 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # e.g. the data disk is full: nothing more can be recorded
         print(f"na64-daq: cannot record: {exc}", file=sys.stderr)
         return 1
-    rec = daq.recorder
-    if rec is not None and rec.record:
-        print(f"na64-daq: {rec.summary()}", file=sys.stderr)
-    return status
+    return status  # the run's summary is the DAQ's last log line (DAQ.close)
 
 
 if __name__ == "__main__":
