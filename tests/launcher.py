@@ -187,6 +187,7 @@ def launch(
         name=f"launched {module}",
     )
     process.start()
+    _LAUNCHED[:] = [p for p in _LAUNCHED if p.exitcode is None]  # the ended ones' handles keep what they need
     _LAUNCHED.append(process)
     return LaunchedProcess(process, [sys.executable, "-m", module, *argv])
 
