@@ -159,7 +159,13 @@ def start_daq(
     if not (fresh or stdout is not None or fresh_processes()):
         log_path.touch()
         proc = launch(
-            "online.daq_cli", args, log_path=log_path, cwd=REPO_ROOT, env=env, file_size_limit=file_size_limit
+            "online.daq_cli",
+            args,
+            log_path=log_path,
+            cwd=REPO_ROOT,
+            env=env,
+            file_size_limit=file_size_limit,
+            new_session=False,  # as the Popen below: in the test's process group
         )
         _STARTED.append(proc)
         return DAQProcess(proc, out, run, log_path)

@@ -6,7 +6,8 @@ and the numba kernels loaded from the cache (about 1 s); the suite starts about 
 programs and loaded their kernels once (tests/launch_preload.py), one server per test process. The child is a
 process of its own, as with ``subprocess.Popen(start_new_session=True)``:
 
-- its own pid and its own session and process group (signals to its group reach it and its children);
+- its own pid; with ``new_session`` (the emulator's) its own session and process group (signals to its group
+  reach it and its children), else the caller's process group, as a plain ``Popen`` would leave it;
 - stdin from /dev/null; stdout and stderr appended to the log file (unbuffered, as ``PYTHONUNBUFFERED=1``);
 - the given working directory, environment (``os.environ``, inherited by its own children) and argv;
 - it runs the program's ``main(argv)`` as ``python -m <module>`` would, and exits with its return value; an
@@ -99,11 +100,18 @@ def _stream(fd: int) -> io.TextIOWrapper:
 
 
 def _child(
-    module: str, argv: list[str], log_path: str, cwd: str, env: dict[str, str], file_size_limit: int | None
+    module: str,
+    argv: list[str],
+    log_path: str,
+    cwd: str,
+    env: dict[str, str],
+    file_size_limit: int | None,
+    new_session: bool,
 ) -> None:
     """The launched process (runs in the fork): become what ``subprocess.Popen`` would have started, then run
-    ``module.main(argv)``."""
-    os.setsid()
+    ``module.main(argv)``. Without ``new_session`` it stays in the fork server's process group, the caller's."""
+    if new_session:
+        os.setsid()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
@@ -177,13 +185,16 @@ def launch(
     cwd: Path = REPO_ROOT,
     env: Mapping[str, str] | None = None,
     file_size_limit: int | None = None,
+    new_session: bool = True,
 ) -> LaunchedProcess:
     """Start ``python -m <module> <argv...>`` as a fork of the warm server (module docstring); ``env``: its whole
-    environment (default: this process's); ``file_size_limit``: RLIMIT_FSIZE in bytes, SIGXFSZ ignored."""
+    environment (default: this process's); ``file_size_limit``: RLIMIT_FSIZE in bytes, SIGXFSZ ignored;
+    ``new_session``: ``Popen(start_new_session=True)``'s own session and process group."""
     ctx = _context()
+    environ = dict(os.environ if env is None else env)
     process = ctx.Process(
         target=_child,
-        args=(module, list(argv), str(log_path), str(cwd), dict(os.environ if env is None else env), file_size_limit),
+        args=(module, list(argv), str(log_path), str(cwd), environ, file_size_limit, new_session),
         name=f"launched {module}",
     )
     process.start()
@@ -194,11 +205,14 @@ def launch(
 
 @atexit.register
 def _kill_forgotten() -> None:
-    """At this process's exit, before multiprocessing joins its children: SIGKILL the groups still alive."""
+    """At this process's exit, before multiprocessing joins its children: SIGKILL what is still alive."""
     for process in _LAUNCHED:
         if process.exitcode is None and process.pid is not None:
             try:
-                os.killpg(process.pid, signal.SIGKILL)
+                if os.getpgid(process.pid) == process.pid:  # its own group: its children too
+                    os.killpg(process.pid, signal.SIGKILL)
+                else:
+                    os.kill(process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
             process.join(10)

@@ -37,6 +37,13 @@ def test_a_launched_program_is_a_process_of_its_own_with_its_kernels_loaded(tmp_
     assert "to stdout" in log and "to stderr" in log and "atexit ran" in log
 
 
+def test_without_a_new_session_it_stays_in_the_callers_process_group(tmp_path):
+    proc, report = _launch(tmp_path, "0", new_session=False)
+    assert proc.wait(120) == 0
+    facts = json.loads(report.read_text())
+    assert facts["pgid"] == os.getpgid(0) and facts["sid"] == os.getsid(0)
+
+
 def test_an_exception_exits_1_with_its_traceback_in_the_log(tmp_path):
     proc, _ = _launch(tmp_path, "raise")
     assert proc.wait(120) == 1
