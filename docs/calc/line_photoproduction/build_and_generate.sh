@@ -12,7 +12,7 @@ cd "$OUT"
 [ -d pythia8mc-8.318.0 ] || tar -xzf pythia8mc-8.318.0.tar.gz
 SRC="$OUT/pythia8mc-8.318.0/pythia8318"
 ls "$SRC"/src/*.cc | xargs -P "$(nproc)" -I{} sh -c \
-  'o="$0/obj/$(basename {} .cc).o"; [ -f "$o" ] || g++ -O2 -std=c++11 -DNOPLUGIN -I"$1/plugins/python/include" -c {} -o "$o"' \
+  'o="$0/obj/$(basename {} .cc).o"; [ -f "$o" ] || g++ -O2 -std=c++11 -DNOPLUGIN -DXMLDIR="\"$1/share/Pythia8/xmldoc\"" -I"$1/plugins/python/include" -c {} -o "$o"' \
   "$OUT" "$SRC"
 g++ -O2 -std=c++11 -I"$SRC/plugins/python/include" "$HERE/gen.cc" obj/*.o -o gen -lz -ldl
 ./gen "$N" 11 2212 "$SRC/share/Pythia8/xmldoc" > events_p.txt 2> gen_p.log &
