@@ -42,7 +42,7 @@ def read_events(paths: list[Path]) -> tuple[np.ndarray, float, int]:
     sigmas: list[float] = []
     n_events = 0
     for path in paths:
-        last = -1
+        index: dict[int, int] = {}  # the generator's event numbers skip the events Pythia failed to make
         for line in path.read_text().splitlines():
             if line.startswith("# sigmaGen_mb"):
                 sigmas.append(float(line.split()[2]))
@@ -51,11 +51,11 @@ def read_events(paths: list[Path]) -> tuple[np.ndarray, float, int]:
             if len(fields) != 7 or not line[0].isdigit():
                 continue
             event, pdg, e, px, py, pz, charge = (float(f) for f in fields)
-            last = int(event)
+            k = index.setdefault(int(event), n_events + len(index))
             if abs(int(pdg)) in NEUTRINOS or pz <= 0.0:
                 continue
-            rows.append([n_events + event, pdg, e, px / pz, py / pz, charge])
-        n_events += last + 1
+            rows.append([k, pdg, e, px / pz, py / pz, charge])
+        n_events += len(index)
     if not sigmas:
         raise SystemExit("no '# sigmaGen_mb' line: the generator did not finish")
     return np.array(rows), float(np.mean(sigmas)), n_events
