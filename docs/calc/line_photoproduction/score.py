@@ -4,11 +4,11 @@ A calculation (docs/physics.md 1.10, "Hadron production in the line material"), 
 Pythia events e- N -> e- X (``gen.cc``; energy transfer nu > ~49 GeV) are placed at every step of the configured
 beam line behind the last dipole and their final-state particles are followed in straight lines to the
 configured calorimeters. An event counts as box-like when the electromagnetic energy entering the ECAL face is
-between 0.5 and 50 GeV (the scattered electron and photons: the trigger's PS and ECAL conditions and the
-box's E_ECAL) and no particle above 1 GeV would be seen by the HCAL veto (a hadron or muon entering the ECAL or
-the HCAL face, an electron or photon on the HCAL face beside the ECAL). Nothing else of the selection is
-applied (tracker, SRD, shower shape, V2, pile-up), and an optional square V1 with a square hole vetoes charged
-particles crossing it: V1's size is not in the configuration (docs/physics.md 1.2).
+between 0.5 GeV and the box's E_ECAL edge (the scattered electron and photons: the trigger's PS and ECAL
+conditions and the box) and no particle above the box's E_HCAL edge would be seen by the HCAL veto (a hadron or
+muon entering the ECAL or the HCAL face, an electron or photon on the HCAL face beside the ECAL). Nothing else
+of the selection is applied (tracker, SRD, shower shape, V2, pile-up), and an optional square V1 with a square
+hole vetoes charged particles crossing it: V1's size is not in the configuration (docs/physics.md 1.2).
 
 Usage: python docs/calc/line_photoproduction/score.py EVENTS.txt [EVENTS.txt ...] [--v1 HOLE_M HALF_M]
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.config import load_config
+from detector.config import Config, load_config
 from sim_frontend import beamline, geometry, processes
 
 AVOGADRO = 6.022e23
@@ -29,8 +29,7 @@ AVOGADRO = 6.022e23
 X0_G_CM2, A_NUCLEUS = 42.7, 12.0
 #: photoproduction on nuclei ~ A^0.91 x that on a nucleon at these energies (UNSURE: shadowing, recalled)
 SHADOWING_POWER = 0.91
-E_VETO_GEV = 1.0
-E_BOX_GEV = (0.5, 50.0)
+E_ECAL_MIN_GEV = 0.5  #: below it the trigger's preshower and ECAL conditions are taken as failed
 NEUTRINOS = (12, 14, 16)
 N_ROTATIONS = 16
 
@@ -82,12 +81,14 @@ def interaction_points(cfg_path: str | None) -> list[tuple[str, float, float]]:
 
 
 def box_fraction(
-    p: np.ndarray, n_events: int, z: float, ecal_z: float, v1: tuple[float, float] | None, rng: np.random.Generator
+    p: np.ndarray, n_events: int, z: float, cfg: Config, v1: tuple[float, float] | None, rng: np.random.Generator
 ) -> float:
     """Fraction of the events, produced at z [m], that look like a box event (module docstring)."""
     ev = p[:, 0].astype(np.int64)
     pdg, e, tx, ty, charge = np.abs(p[:, 1]).astype(np.int64), p[:, 2], p[:, 3], p[:, 4], p[:, 5]
     em = np.isin(pdg, (11, 22))
+    ecal_z = cfg.beamline.ecal_z_m
+    e_box, e_veto = cfg.offline.ecal_box_max_gev, cfg.offline.hcal_box_max_gev
     hcal_z = ecal_z + processes.ECAL_LENGTH_M + processes.HCAL_DIST_M
     half_h = geometry.HCAL_HALF_MM * 1e-3
     total = 0.0
@@ -102,14 +103,14 @@ def box_fraction(
             & (ye < geometry.ECAL_HI_Y)
         )
         in_hcal = (np.abs(rx * (hcal_z - z)) < half_h) & (np.abs(ry * (hcal_z - z)) < half_h)
-        seen = np.where(em, ~in_ecal & in_hcal, in_ecal | in_hcal) & (e > E_VETO_GEV)
+        seen = np.where(em, ~in_ecal & in_hcal, in_ecal | in_hcal) & (e > e_veto)
         if v1 is not None:
             hole, half = v1
             ax, ay = np.abs(rx * (ecal_z - z)), np.abs(ry * (ecal_z - z))
             seen |= (charge != 0) & (ax < half) & (ay < half) & ~((ax < hole) & (ay < hole))
         e_ecal = np.bincount(ev, weights=np.where(em & in_ecal, e, 0.0), minlength=n_events)
         vetoed = np.bincount(ev, weights=seen.astype(float), minlength=n_events) > 0
-        total += float(np.mean((e_ecal > E_BOX_GEV[0]) & (e_ecal < E_BOX_GEV[1]) & ~vetoed))
+        total += float(np.mean((e_ecal > E_ECAL_MIN_GEV) & (e_ecal < e_box) & ~vetoed))
     return total / N_ROTATIONS
 
 
@@ -131,7 +132,7 @@ def main() -> None:
     print(f"{'what':8s} {'z [m]':>7s} {'X0':>9s} {'P(box)':>9s} {'events':>10s}")
     total = 0.0
     for what, z, t in interaction_points(args.config):
-        f = box_fraction(particles, n_events, z, cfg.beamline.ecal_z_m, args.v1, rng)
+        f = box_fraction(particles, n_events, z, cfg, args.v1, rng)
         n = args.eot * t * per_x0 * f
         total += n
         print(f"{what:8s} {z:7.2f} {t:9.2e} {f:9.2e} {n:10.3g}")
