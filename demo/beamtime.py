@@ -301,9 +301,13 @@ def background_rows(bkg: dict[str, Any], n_obs: int | None) -> list[tuple[str, s
 
 def background_table(bkg: dict[str, Any], n_obs: int | None) -> Table:
     """The rich table of :func:`background_rows` for run 2's EOT."""
+    missing = [
+        f"{name}: {r['mc']['not_simulated']}" for name, r in bkg["sources"].items() if r["mc"].get("not_simulated")
+    ]
     t = Table(
         title=f"run 2's box opened: expected background per source for {bkg['eot']:.3g} EOT (no A' injected)",
-        caption="< : 90% CL bound of a source whose MC box was empty, as small as its MC statistics allow",
+        caption="< : 90% CL bound of a source whose MC box was empty, as small as its MC statistics allow"
+        + "".join(f"\nnot simulated in {m}" for m in missing),
     )
     for col in ("source", "expected events", "MC events used"):
         t.add_column(col)

@@ -53,6 +53,12 @@ Variance reduction (both keep the estimate unbiased):
 The MC events are electrons :func:`isolated` from each other by ``ISOLATION_NS`` and only they are biased
 (``beamline.Bias.only``): the pile-up around them is transported as in nature.
 
+Not simulated (:data:`UPSTREAM_NOT_SIMULATED`, carried in ``mc.not_simulated``): hadron photo- and
+electroproduction in the line material, the mechanism NA64 names for this background. Scored on the default
+layout with Pythia events it would give ~1.9e3 box-like events for 4.3e10 EOT, nearly all from the material
+13-14 m before the ECAL (docs/physics.md 1.10, ``docs/calc/line_photoproduction``): its size is decided by a
+layout that no source gives.
+
 Without the tracker (``tracker=False``, data recorded without the Micromegas block) the hard bremsstrahlung
 (y > ``UPSTREAM_BIAS_Y``) is made ``UPSTREAM_BIAS`` times more likely along the whole line, with no
 splitting. Dimuons are left at their natural rate.
@@ -88,6 +94,11 @@ FORCE_FACTOR = 40.0  #: hard-bremsstrahlung rate multiplier before the first dip
 FORCE_Y_MIN = 0.4  #: photons above this energy fraction are forced (the electron is bent off the HCAL face)
 SPLIT_K = 20  #: downstream replicas of every event of the split set
 PREFILTER_ECAL_GEV = 60.0  #: energy entering the ECAL matrix above which an event cannot reach the box
+#: what the upstream source leaves out, said beside its numbers (``mc.not_simulated``)
+UPSTREAM_NOT_SIMULATED = (
+    "hadron photo- and electroproduction in the beam-line material: in the default layout ~1.9e3 box-like events "
+    "for 4.3e10 EOT (docs/physics.md 1.10)"
+)
 CHUNK = 4096
 #: MC events (the biased electrons) are at least this far apart in time (ns), more than the digitiser's reach
 #: around an event (the pulse template before it, the readout window after it) and the chambers' time window:
@@ -298,6 +309,7 @@ def upstream_prediction(
             # 90% CL bound of an empty box, the key every source reports (None when the box is not empty)
             "n_upper_90": _upper_90(eot, n_sim, stats) if out["mc"]["box_events"] == 0 else None,
             "prefilter_ecal_gev": PREFILTER_ECAL_GEV,
+            "not_simulated": UPSTREAM_NOT_SIMULATED,
             **stats,
             "material": beamline.line_from_config(c).budget(),
         }

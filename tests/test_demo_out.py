@@ -90,3 +90,6 @@ def test_run2_box_is_opened_beside_the_expectation_of_every_source(tmp_path):
     con.print(background_table(bkg, 3))
     text = con.export_text()
     assert "1.6e+06 EOT" in text and all(re.search(rf"\b{n}\b", text) for n in bs.SOURCES)
+    # what the upstream source leaves out is said under the table, with where it is worked out
+    assert up["not_simulated"] == bs.UPSTREAM_NOT_SIMULATED and "docs/physics.md 1.10" in up["not_simulated"]
+    assert "not simulated in upstream: hadron photo- and electroproduction" in " ".join(text.split())
