@@ -16,10 +16,11 @@ import numba as nb
 import numpy as np
 
 from .jit import INLINE, JIT, JIT_NONRT
-from .params import A_BEAM, A_LINE0, A_RAND, A_REC, C_PISI, RB_LINE0, RB_PISI
+from .params import A_BEAM, A_LINE0, A_RAND, A_REC, C_PISI, MASK_DTYPE, RB_LINE0, RB_PISI
 
 BLOCK = 1024  #: records per block (pass A/B/C grain)
 ONES8 = np.uint64(0x0101010101010101)
+assert np.dtype(MASK_DTYPE).itemsize == 1, "passes B and C view eight masks as one uint64"
 
 
 @nb.njit(**JIT_NONRT)
@@ -95,13 +96,22 @@ def _scan_prescaled(bits, amask, b0, b1, shift, c, p, total, m):
     triggers since the last accepted one and the block holds ``total`` raw ones, so (c + total) // p are
     accepted; OR ``m`` into amask there. Eight records at a time (SWAR on a uint64 view of the bits) are
     skipped while the next accept is not among them; the scan stops at the last accept. Returns the
-    number accepted."""
-    n_exp = (c + total) // p
-    need = p - c
-    n_acc = 0
+    number accepted. A prescale of 1 (c is then 0) accepts every record with the bit: eight at a time, the
+    bit's byte lanes times ``m`` (< 256: no carry between lanes) ORed into the masks."""
     nw = (b1 - b0) >> 3
     words = bits[b0 : b0 + 8 * nw].view(np.uint64)
     sh = np.uint64(shift)
+    if p == 1:
+        mw = amask[b0 : b0 + 8 * nw].view(np.uint64)
+        m64 = np.uint64(m)
+        for i in range(nw):
+            mw[i] |= ((words[i] >> sh) & ONES8) * m64
+        for q in range(b0 + 8 * nw, b1):
+            amask[q] |= m * ((bits[q] >> shift) & 1)
+        return total
+    n_exp = (c + total) // p
+    need = p - c
+    n_acc = 0
     i = 0
     while n_acc < n_exp and i < nw:
         x = (words[i] >> sh) & ONES8
