@@ -465,6 +465,83 @@ def test_parallel_equals_serial(menu: TriggerMenu, spill: tuple[np.ndarray, np.n
     assert_same(K.trigger_amplitudes(m, amp, ons, tau, parallel=True), K.trigger_amplitudes(m, amp, ons, tau))
 
 
+def _garbage_scratch(records: int) -> None:
+    """Leave one work-array set (trigger.kernels._Scratch) of every byte 0xFF, for ``records`` records of
+    up to two bit planes, as the only free one: whatever a chunk does not write itself shows."""
+    K._SCRATCH.clear()
+    s = K._Scratch()
+    s.views(2, records, records // 1024 + 1, 8 * 2 + 1, 16)
+    for a in (s.bits, s.amask, s.cnt, s.acc):
+        a.view(np.uint8)[:] = 0xFF
+    K._SCRATCH.append(s)
+
+
+def test_reused_work_arrays_give_the_results_of_fresh_ones(
+    menu: TriggerMenu, spill: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """The work arrays of passes A and B are reused across calls (grow-only, shared by every SpillTrigger):
+    calls on other records, a smaller call after a larger one, a menu with two bit planes after one with
+    one, the amplitude entry after the waveform entry, and two spills whose chunks alternate all give the
+    results of calls into new arrays (here left full of 0xFF bytes), and a later call changes no array an
+    earlier one returned."""
+    from trigger.params import n_planes
+
+    prims, tau = spill
+    m1 = menu.replace(beam=BeamTrigger(True, 1), random=RandomTrigger(True, 3000.0))
+    line = dataclasses.replace(menu.energy_lines[0][1], prescale=3)
+    m2 = menu.replace(beam=BeamTrigger(True, 7), further_lines=(("x1", line),))
+    assert n_planes(m1) == 1 and n_planes(m2) == 2
+    cases = [
+        (m1, prims, tau),
+        (m2, prims[1000:2500], tau[1000:2500] - tau[1000]),  # smaller, other records, two planes
+        (m1, prims[4000:4100], tau[4000:4100]),
+        (m2, prims, tau),
+    ]
+    fresh = []
+    for m, p, t in cases:
+        _garbage_scratch(p.shape[0])
+        fresh.append(K.trigger_waveforms(m, p, t))
+    assert fresh[0].scalers["beam_accepted"] > 1000 and fresh[3].scalers["x1_accepted"] > 0
+    K._SCRATCH.clear()
+    got = [K.trigger_waveforms(m, p, t) for m, p, t in cases]
+    kept = [(r.accepted.copy(), r.mask.copy()) for r in got]
+    for r, f in zip(got, fresh):
+        assert_same(r, f)
+    amp, ons = R.reconstruct_trigger_channels(m2, prims)
+    assert_same(K.trigger_amplitudes(m2, amp, ons, tau), fresh[3])
+    # two spills, their chunks in turn (the one free work-array set goes back and forth)
+    sa, sb = K.SpillTrigger(m1), K.SpillTrigger(m2)
+    for s in range(0, 3000, 600):
+        sa.process(prims[s : s + 600], tau[s : s + 600], s)
+        sb.process(prims[s + 3000 : s + 3600], tau[s + 3000 : s + 3600], s)
+    assert_same(sa.finish(), K.trigger_waveforms(m1, prims[:3000], tau[:3000]))
+    assert_same(sb.finish(), K.trigger_waveforms(m2, prims[3000:], tau[3000:]))
+    for r, (idx, mask) in zip(got, kept):
+        assert np.array_equal(r.accepted, idx) and np.array_equal(r.mask, mask)
+
+
+def test_rare_records_at_every_position_of_a_sub_block(menu: TriggerMenu) -> None:
+    """The records the common path leaves to a scalar loop (a saturated counter: the general path) are
+    taken from the set bits of a word per sub-block: at each of its 64 positions alone, in full
+    sub-blocks, at the first and last one, and in a short last sub-block: the decisions of the numpy
+    reference, record by record."""
+    from trigger import wave as W
+
+    base, _ = R.electron_spill(menu, 4 * W.SUB_BLOCK + 5, seed=21, spill_ns=3e6)
+    n = base.shape[0]
+    sat = np.zeros(n, bool)
+    sat[np.arange(W.SUB_BLOCK) * (W.SUB_BLOCK + 1) % (2 * W.SUB_BLOCK)] = True  # each position once
+    sat[2 * W.SUB_BLOCK : 3 * W.SUB_BLOCK] = True  # a whole sub-block
+    sat[[3 * W.SUB_BLOCK, 4 * W.SUB_BLOCK - 1, n - 1]] = True
+    prims = base.copy()
+    prims[sat, 0, 10] = ch.ADC_MAX  # S1 saturates in its gate
+    tau = np.arange(n) * 1e3 + 1.0
+    m = menu.replace(beam=BeamTrigger(True, 1))
+    ref = R.waveform_trigger(m, prims, tau)
+    assert 0 < ref.scalers["PiSi"] < n and ref.scalers["S1"] >= sat.sum()
+    assert_same(K.trigger_waveforms(m, prims, tau), ref)
+
+
 # ---------------------------------------------------------------------- API behaviour
 def test_bad_input_refused(menu: TriggerMenu, spill: tuple[np.ndarray, np.ndarray]) -> None:
     prims, tau = spill[0][:50], spill[1][:50]

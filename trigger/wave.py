@@ -21,6 +21,11 @@ buffer (structure of arrays, L1-resident):
   energy line's cut within a sum's bounds (:func:`_pisi_bits`: refined by the
   neighbour ratio, exactly if still undecided).
 
+The scalar loops over rare records (the band, V1's window, the general path) visit only those: a loop
+without branches (vectorised) sets bit j of a uint64 for each record j of the sub-block that needs it, the
+scalar loop takes the set bits lowest first (:func:`trigger.simd.trailing_zeros`), instead of a
+load, a compare and a branch per record of the sub-block.
+
 Every record needs its PiSi and EOT bits (the scalers, the beam line), so the counters' windows are decided
 for every record with S1..S3 above threshold whatever its energy. Numba notes (measured on this code,
 docs/performance.md): block loops run over block views from index 0 (no negative-index wraparound code,
@@ -52,7 +57,15 @@ from .bounds import (
 from .jit import INLINE, JIT, JIT_NONRT
 from .menu import ECAL_INDEX, PS_INDEX
 from .params import RB_EOT, RB_LINE0, RB_PISI
-from .simd import WINDOW_COLS, WINDOW_COUNTERS, WINDOW_LANES, prefetch_record_l2, record_summary, window_bits
+from .simd import (
+    WINDOW_COLS,
+    WINDOW_COUNTERS,
+    WINDOW_LANES,
+    prefetch_record_l2,
+    record_summary,
+    trailing_zeros,
+    window_bits,
+)
 
 
 @nb.njit(**INLINE)
@@ -234,6 +247,7 @@ def _record_bits(p, i, params, rw, q0, q1, q2, q3, qp, qe, k0, k1, k2, sat):
 #: records per sub-block: the summaries of a sub-block are computed first (a loop without branches), then
 #: decided from the buffer (its SUMMARY_COLUMNS columns of SUB_BLOCK int32, one after the other, stay in L1)
 SUB_BLOCK = 64
+assert SUB_BLOCK <= 64, "the rare records of a sub-block are the set bits of one uint64"
 #: records ahead that the summaries prefetch into L2 (into L1 they would evict the sub-block being decided)
 PREFETCH_AHEAD = 4 * SUB_BLOCK
 #: int32 columns of the sub-block buffer: Q0..Q_E the six channels' 4x peaks, K0..K2 the counters' peak
@@ -365,7 +379,8 @@ def _decide_sub(p, s0, buf, ns, P, rw, qt, tab):
     :func:`_q_thresholds`) and the neighbour ratios with the window table (:func:`trigger.simd.window_bits`
     on ``tab``, :func:`_window_f32`, 16 records at a time); scalar loops between them decide the counters in
     AMP_BOUND's band on the neighbour ratio and V1's window in a PiSi record with V1 above threshold (EOT)
-    on the window table ``rw`` (few records each)."""
+    on the window table ``rw`` (few records each: a vectorised loop collects them as the set bits of a
+    uint64, the scalar loop visits only those, lowest first)."""
     thr = P.thr_adc
     q0, q1, q2, q3 = _col(buf, Q0), _col(buf, Q0 + 1), _col(buf, Q0 + 2), _col(buf, Q0 + 3)
     qp, qe = _col(buf, Q_PS), _col(buf, Q_E)
@@ -385,17 +400,21 @@ def _decide_sub(p, s0, buf, ns, P, rw, qt, tab):
         rb[j] = np.int32(up0) | (np.int32(up1) << 1) | (np.int32(up2) << 2) | (np.int32(a3) << 3)
         bb[j] = np.int32(n0) | (np.int32(n1) << 1) | (np.int32(n2) << 2)
         ub[j] = np.int32((not ok3) | ((sb[j] & 15) != 0))
-    for j in range(ns):  # the band: rare, a branch
-        if bb[j] != 0:
-            i = s0 + j
-            r = rb[j]
-            for c in range(3):
-                if (bb[j] >> c) & 1:
-                    lo, hi = _amp_range(p, i, np.int64(c), _at(buf, K0 + c, j), _at(buf, Q0 + c, j))
-                    below = _decide(lo, hi, 1.0, thr, False)  # 1: A < thr, 0: A >= thr, 2: too close
-                    r |= np.int32(below == 0) << c
-                    ub[j] |= np.int32(below == 2)
-            rb[j] = r
+    band = np.uint64(0)
+    for j in range(ns):  # the band: rare; its records as the set bits of a word
+        band |= np.uint64(bb[j] != 0) << np.uint64(j)
+    while band != 0:
+        j = trailing_zeros(band)
+        band &= band - np.uint64(1)
+        i = s0 + j
+        r = rb[j]
+        for c in range(3):
+            if (bb[j] >> c) & 1:
+                lo, hi = _amp_range(p, i, np.int64(c), _at(buf, K0 + c, j), _at(buf, Q0 + c, j))
+                below = _decide(lo, hi, 1.0, thr, False)  # 1: A < thr, 0: A >= thr, 2: too close
+                r |= np.int32(below == 0) << c
+                ub[j] |= np.int32(below == 2)
+        rb[j] = r
     for j in range(0, ns, WINDOW_LANES):  # S1..S3 in / out of their windows
         window_bits(buf, j, ns, tab, p, s0, Q0, K0, COL_W, SUB_BLOCK)
     for j in range(ns):  # PiSi, EOT
@@ -409,15 +428,19 @@ def _decide_sub(p, s0, buf, ns, P, rw, qt, tab):
         # not PiSi is decided when a counter is certainly out
         ub[j] |= np.int32(cand & (not pisi) & ((w & (7 << 3)) == 0))
     c3 = np.int64(3)
-    for j in range(ns):  # V1 above threshold in a PiSi record: EOT is V1 out of its window (rare, a branch)
+    v1 = np.uint64(0)
+    for j in range(ns):  # V1 above threshold in a PiSi record: EOT is V1 out of its window (rare)
+        v1 |= np.uint64(((rb[j] & _V1_PISI) == _V1_PISI) & (ub[j] == 0)) << np.uint64(j)
+    while v1 != 0:
+        j = trailing_zeros(v1)
+        v1 &= v1 - np.uint64(1)
         r = rb[j]
-        if (r & _V1_PISI) == _V1_PISI and ub[j] == 0:
-            i = s0 + j
-            k = _keymax(p, i, c3, P.ped_se[3], P.ped_so[3], P.gate_lo[3], P.gate_hi[3])[0]
-            wm, wp = _neighbours(p, i, c3, k)
-            d = _window(rw, c3, k, np.float64(wp - wm), q3[j] * 0.25)  # 1 in, 0 out, 2 guard band
-            rb[j] = r | (np.int32(d == 0) << RB_EOT)
-            ub[j] = np.int32(d == 2)
+        i = s0 + j
+        k = _keymax(p, i, c3, P.ped_se[3], P.ped_so[3], P.gate_lo[3], P.gate_hi[3])[0]
+        wm, wp = _neighbours(p, i, c3, k)
+        d = _window(rw, c3, k, np.float64(wp - wm), q3[j] * 0.25)  # 1 in, 0 out, 2 guard band
+        rb[j] = r | (np.int32(d == 0) << RB_EOT)
+        ub[j] = np.int32(d == 2)
     lines = P.lines
     for n in range(lines.shape[0]):
         ln = lines[n]
@@ -472,13 +495,18 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt, tab):
         ns = s1 - s0
         _decide_sub(p, s0, buf, ns, P, rw, qt, tab)
         rb = _col(buf, COL_R)
-        for j in range(ns):  # the general path (a call) for the records not decided
-            if _at(buf, COL_U, j) != 0:
-                rb[j] = np.int32(_record_bits(
-                    p, s0 + j, params, rw, _at(buf, Q0, j), _at(buf, Q0 + 1, j), _at(buf, Q0 + 2, j),
-                    _at(buf, Q0 + 3, j), _at(buf, Q_PS, j), _at(buf, Q_E, j), _at(buf, K0, j), _at(buf, K0 + 1, j),
-                    _at(buf, K0 + 2, j), _at(buf, SAT, j),
-                ))  # fmt: skip
+        ub = _col(buf, COL_U)
+        gen = np.uint64(0)
+        for j in range(ns):  # the records not decided, as the set bits of a word
+            gen |= np.uint64(ub[j] != 0) << np.uint64(j)
+        while gen != 0:  # the general path (a call)
+            j = trailing_zeros(gen)
+            gen &= gen - np.uint64(1)
+            rb[j] = np.int32(_record_bits(
+                p, s0 + j, params, rw, _at(buf, Q0, j), _at(buf, Q0 + 1, j), _at(buf, Q0 + 2, j),
+                _at(buf, Q0 + 3, j), _at(buf, Q_PS, j), _at(buf, Q_E, j), _at(buf, K0, j), _at(buf, K0 + 1, j),
+                _at(buf, K0 + 2, j), _at(buf, SAT, j),
+            ))  # fmt: skip
         o0 = bv0[s0:s1]  # the bit planes: loops without branches (vectorised)
         for j in range(ns):
             o0[j] = np.uint8(rb[j] & 255)
