@@ -542,6 +542,31 @@ def test_rare_records_at_every_position_of_a_sub_block(menu: TriggerMenu) -> Non
     assert_same(K.trigger_waveforms(m, prims, tau), ref)
 
 
+def test_energy_lines_in_their_bands_and_saturated_sums(menu: TriggerMenu) -> None:
+    """PiSi records decided but for an energy line (trigger.wave._line_path): the ECAL sum swept across both
+    lines' cuts within AMP_BOUND (44-88 GeV against 60 and 80), the PS sum across its 0.3 GeV cut, saturated
+    sums, with and without V1 (the lines' veto): the decisions of the numpy reference, record by record,
+    both ways for both lines."""
+    rng = np.random.default_rng(8)
+    n = 3000
+    g = menu.gev_per_count
+    amp = np.zeros((n, 6))
+    amp[:, :3] = 300.0
+    amp[:, 3] = np.where(rng.random(n) < 0.3, 300.0, 0.0)
+    amp[:, 4] = np.where(rng.random(n) < 0.3, rng.uniform(0.2, 0.4, n), 0.5) / g[4]
+    amp[:, 5] = rng.uniform(44.0, 88.0, n) / g[5]
+    amp[rng.random(n) < 0.1, 5] = 6000.0  # saturates
+    amp[rng.random(n) < 0.05, 4] = 6000.0
+    ons = np.tile(np.array(menu.t0_ns), (n, 1))
+    prims = R.synthesize_primitives(amp, ons, seed=9)
+    tau = np.arange(n) * 1e3 + 1.0
+    ref = R.waveform_trigger(menu, prims, tau)
+    for name in ("physics", "dimuon"):
+        assert 300 < ref.scalers[f"{name}_raw"] < ref.scalers["EOT"] - 300
+    assert ref.scalers["physics_raw"] - ref.scalers["dimuon_raw"] > 300  # ECAL 60-80 GeV
+    assert_same(K.trigger_waveforms(menu, prims, tau), ref)
+
+
 # ---------------------------------------------------------------------- API behaviour
 def test_bad_input_refused(menu: TriggerMenu, spill: tuple[np.ndarray, np.ndarray]) -> None:
     prims, tau = spill[0][:50], spill[1][:50]
