@@ -138,6 +138,24 @@ def _scan_prescaled(bits, amask, b0, b1, shift, c, p, total, m):
 
 
 @nb.njit(**INLINE)
+def _nonzero_count(amask, b0, b1):
+    """Records in [b0, b1) whose mask is not zero: eight at a time (each byte's bits ORed into its lowest
+    bit, the lowest bits summed by :func:`_byte_sum`)."""
+    nw = (b1 - b0) >> 3
+    words = amask[b0 : b0 + 8 * nw].view(np.uint64)
+    n = 0
+    for i in range(nw):
+        w = words[i]
+        w |= w >> np.uint64(4)
+        w |= w >> np.uint64(2)
+        w |= w >> np.uint64(1)
+        n += _byte_sum(w & ONES8)
+    for q in range(b0 + 8 * nw, b1):
+        n += amask[q] != 0
+    return n
+
+
+@nb.njit(**INLINE)
 def _first_at_or_after(times, b0, b1, x):
     """First index in [b0, b1) with times >= x (sorted times), b1 if none."""
     lo = b0
@@ -175,8 +193,7 @@ def _accept_block(bits, amask, times, b, prev_t, cstart, cnt, params, acc):
     need_r = times[b1 - 1] >= next_t
     if not (need_l or need_r):
         return
-    for i in range(b0, b1):
-        amask[i] = 0
+    amask[b0:b1] = 0
     if need_b:
         acc[b, A_BEAM] = _scan_prescaled(
             bits[0], amask, b0, b1, RB_PISI, cstart[b, 0], P.beam_prescale, cnt[b, C_PISI], P.beam_mask
@@ -202,10 +219,7 @@ def _accept_block(bits, amask, times, b, prev_t, cstart, cnt, params, acc):
             if j + 1 >= n_ticks:
                 break
             i = _first_at_or_after(times, i + 1, b1, _tick(j + 1, rate))
-    n_rec = 0
-    for i in range(b0, b1):
-        n_rec += amask[i] != 0
-    acc[b, A_REC] = n_rec
+    acc[b, A_REC] = _nonzero_count(amask, b0, b1)
 
 
 @nb.njit(**JIT)
