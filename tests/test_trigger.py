@@ -545,8 +545,9 @@ def test_rare_records_at_every_position_of_a_sub_block(menu: TriggerMenu) -> Non
 def test_energy_lines_in_their_bands_and_saturated_sums(menu: TriggerMenu) -> None:
     """PiSi records decided but for an energy line (trigger.wave._line_path): the ECAL sum swept across both
     lines' cuts within AMP_BOUND (44-88 GeV against 60 and 80), the PS sum across its 0.3 GeV cut, saturated
-    sums, with and without V1 (the lines' veto): the decisions of the numpy reference, record by record,
-    both ways for both lines."""
+    sums (large pulses, and small ones with one saturated sample, whose peak bounds nothing), with and
+    without V1 (the lines' veto): the decisions of the numpy reference, record by record, both ways for both
+    lines."""
     rng = np.random.default_rng(8)
     n = 3000
     g = menu.gev_per_count
@@ -557,8 +558,13 @@ def test_energy_lines_in_their_bands_and_saturated_sums(menu: TriggerMenu) -> No
     amp[:, 5] = rng.uniform(44.0, 88.0, n) / g[5]
     amp[rng.random(n) < 0.1, 5] = 6000.0  # saturates
     amp[rng.random(n) < 0.05, 4] = 6000.0
+    spike = rng.random(n) < 0.05  # a 30 GeV pulse with one saturated sample in the gate: its peak says
+    amp[spike, 5] = 30.0 / g[5]  # 157 GeV, the saturated fit about 30
     ons = np.tile(np.array(menu.t0_ns), (n, 1))
     prims = R.synthesize_primitives(amp, ons, seed=9)
+    gate = menu.gate_samples[5]
+    prims[spike, 5, rng.integers(gate[0], gate[1] + 1, int(spike.sum()))] = ch.ADC_MAX
+    assert (R.reconstruct_trigger_channels(menu, prims[spike])[0][:, 5] * g[5] < 40.0).mean() > 0.7
     tau = np.arange(n) * 1e3 + 1.0
     ref = R.waveform_trigger(menu, prims, tau)
     for name in ("physics", "dimuon"):

@@ -130,27 +130,24 @@ def _inside(lo, hi, g, gt, lt):
 
 
 @nb.njit(**JIT_NONRT)
-def _sum_inside(p, i, c, q, sat, zs, g, gt, lt, se, so, g0, g1):
-    """:func:`_inside` for the sum channel c of record i (4x peak q in its energy gate g0..g1, saturated or
-    not, pedestal sums se, so), decided: on the
-    neighbour-ratio bounds of an unsaturated pulse, else on the exact amplitude. A call: only for the
-    records whose amplitude bounds straddle a cut, or a saturated sum."""
-    d = 2
-    if not sat:
-        lo, hi = _amp_bounds(q, zs)
-        if lo > 0.0:
-            lo, hi = _sum_amp_range(p, i, c, q, se, so, g0, g1)
-        d = _inside(lo, hi, g, gt, lt)
-    if d == 2:
-        a = exact(p, i, c, zs, se, so, g0, g1)[0]
-        d = _inside(a, a, g, gt, lt)
-    return d
+def _sum_refine(p, i, c, q, sat, zs, lo, hi, stage, se, so, g0, g1):
+    """The next, tighter interval (lo, hi, stage) holding the float32 amplitude of the sum channel c of
+    record i (4x peak q in its energy gate g0..g1, saturated or not, pedestal sums se, so) after [lo, hi] at
+    ``stage``: 0 the peak bounds (:func:`trigger.bounds._amp_bounds`; no bound for a saturated sum), 1 the
+    neighbour-ratio range of an unsaturated pulse with signal, 2 the exact amplitude (lo = hi). A call: only
+    for the records whose amplitude bounds straddle a cut, or a saturated sum."""
+    if stage == 0 and not sat and lo > 0.0:
+        lo, hi = _sum_amp_range(p, i, c, q, se, so, g0, g1)
+        return lo, hi, 1
+    a = exact(p, i, c, zs, se, so, g0, g1)[0]
+    return a, a, 2
 
 
 @nb.njit(**INLINE)
 def _lines_bits(p, i, P, eot, sat, qp, qe):
-    """The energy-line bits of PiSi record i (EOT ``eot``; sums' 4x peaks qp, qe, saturation bits sat),
-    decided on the PS/ECAL amplitude bounds when they tell, else by :func:`_sum_inside`."""
+    """The energy-line bits of PiSi record i (EOT ``eot``; sums' 4x peaks qp, qe, saturation bits sat):
+    each line on the PS/ECAL amplitude intervals, refined (:func:`_sum_refine`) only while they straddle
+    its cut and the other sum does not already fail it; a refinement serves every line after it."""
     zs = P.zs_adc
     r = np.int64(0)
     lines = P.lines
@@ -160,21 +157,25 @@ def _lines_bits(p, i, P, eot, sat, qp, qe):
     plo, phi = _amp_bounds(qp, zs)
     sate = (sat & (1 << ECAL_INDEX)) != 0
     elo, ehi = _amp_bounds(qe, zs)
+    sp = 0  # the intervals' stages
+    se = 0
     for j in range(lines.shape[0]):
         ln = lines[j]
         if ln.enabled != 0 and (eot or ln.veto == 0):
-            dp = 2 if satp else _inside(plo, phi, gps, ln.ps_gt, ln.ps_lt)
-            de = 2 if sate else _inside(elo, ehi, gec, ln.ec_gt, ln.ec_lt)
-            if dp == 2 and de != 0:
-                dp = _sum_inside(
-                    p, i, cps, qp, satp, zs, gps, ln.ps_gt, ln.ps_lt,
+            dp = 2 if satp and sp < 2 else _inside(plo, phi, gps, ln.ps_gt, ln.ps_lt)
+            de = 2 if sate and se < 2 else _inside(elo, ehi, gec, ln.ec_gt, ln.ec_lt)
+            while dp == 2 and de != 0 and sp < 2:
+                plo, phi, sp = _sum_refine(
+                    p, i, cps, qp, satp, zs, plo, phi, sp,
                     P.ped_se[PS_INDEX], P.ped_so[PS_INDEX], P.gate_lo[PS_INDEX], P.gate_hi[PS_INDEX],
                 )  # fmt: skip
-            if de == 2 and dp != 0:
-                de = _sum_inside(
-                    p, i, cec, qe, sate, zs, gec, ln.ec_gt, ln.ec_lt,
+                dp = _inside(plo, phi, gps, ln.ps_gt, ln.ps_lt)
+            while de == 2 and dp != 0 and se < 2:
+                elo, ehi, se = _sum_refine(
+                    p, i, cec, qe, sate, zs, elo, ehi, se,
                     P.ped_se[ECAL_INDEX], P.ped_so[ECAL_INDEX], P.gate_lo[ECAL_INDEX], P.gate_hi[ECAL_INDEX],
                 )  # fmt: skip
+                de = _inside(elo, ehi, gec, ln.ec_gt, ln.ec_lt)
             if dp == 1 and de == 1:
                 r |= np.int64(1) << (RB_LINE0 + j)
     return r
