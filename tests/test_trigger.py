@@ -291,6 +291,36 @@ def test_counter_band_waveform(menu: TriggerMenu) -> None:
         assert 0 < r.scalers[name] - int((q[:, c] >= qt[W.T_THR]).sum()) < int(band[:, c].sum())
 
 
+def test_v1_band_waveform(menu: TriggerMenu) -> None:
+    """V1's peak swept across the counter threshold's band in PiSi records (trigger.wave._decide_sub decides
+    it on the neighbour ratio at V1's peak sample, found there), in time and out of its window: V1's scaler
+    and EOT agree with the numpy reference record by record, and the band decides both ways."""
+    from trigger import simd
+    from trigger import wave as W
+    from trigger.params import pack
+
+    thr = menu.counter_threshold_adc
+    rng = np.random.default_rng(6)
+    n = 3000
+    amp = np.tile([300.0, 300.0, 300.0, 0.0, 200.0, 1000.0], (n, 1))
+    amp[:, 3] = rng.uniform(0.7 * thr, 1.35 * thr, n)
+    ons = np.tile(np.array(menu.t0_ns), (n, 1))
+    ons[:, 3] += np.where(rng.random(n) < 0.3, rng.uniform(-40.0, 40.0, n), rng.uniform(-2.0, 2.0, n))
+    prims = R.synthesize_primitives(amp, ons, seed=4)
+    se, so = menu.pedestal_sums
+    gate = np.array(menu.gate_samples)
+    q = simd.record_summary_numpy(prims, np.array(se), np.array(so), gate[:, 0], gate[:, 1])[:, 3]
+    qt = W._q_thresholds(pack(menu))
+    band = (q >= qt[W.T_ZS]) & (q < qt[W.T_THR]) & (q >= qt[W.T_BAND])
+    assert band.sum() > 1000
+    tau = np.arange(n) * 1e3 + 1.0
+    m = menu.replace(beam=BeamTrigger(True, 1))
+    ref = R.waveform_trigger(m, prims, tau)
+    assert_same(K.trigger_waveforms(m, prims, tau), ref)
+    assert 0 < ref.scalers["V1"] - int((q >= qt[W.T_THR]).sum()) < int(band.sum())
+    assert 0 < ref.scalers["PiSi"] - ref.scalers["EOT"] < ref.scalers["V1"]
+
+
 def test_window_table_decisions(menu: TriggerMenu) -> None:
     """The per-(counter, peak sample) ratio bounds, compared as ``diff`` against ``best * r`` (no
     division), decide the window exactly like the onset computed from ``diff / best``, also for integer

@@ -12,8 +12,9 @@ buffer (structure of arrays, L1-resident):
 * the decisions of the common records, several records at a time (:func:`_decide_sub`: loops over the
   columns that LLVM vectorises): the counters on integer thresholds of their peaks (:func:`_q_thresholds`,
   exactly the float compares of the scalar path), those in AMP_BOUND's band on the neighbour ratio (a short
-  scalar loop: few records), S1..S3 windows on the window table (:func:`trigger.simd.window_bits`: 16
-  records at a time, the neighbours gathered, the table's columns permuted in registers), PiSi, EOT (V1's
+  scalar loop: few records; V1's peak sample found there), S1..S3 windows on the window table
+  (:func:`trigger.simd.window_bits`: 16 records at a time, the neighbours gathered, the table's columns
+  permuted in registers), PiSi, EOT (V1's
   window, when V1 is above threshold in a PiSi record, in a short scalar loop on the table) and each energy
   line on the PS/ECAL amplitude bounds, and a mask of the records these do not decide;
 * the general path :func:`_record_bits` (a call: the exact reconstruction where the bounds do not tell)
@@ -273,7 +274,8 @@ assert SUB_BLOCK <= 64, "the rare records of a sub-block are the set bits of one
 PREFETCH_AHEAD = 4 * SUB_BLOCK
 #: int32 columns of the sub-block buffer: Q0..Q_E the six channels' 4x peaks, K0..K2 the counters' peak
 #: samples, SAT the saturation bits, R the raw bits decided, U 1 where not decided, BAND bit c where counter
-#: c's amplitude bounds straddle the threshold, W the window verdicts (:func:`trigger.simd.window_bits`),
+#: c's (S1, S2, S3, V1) amplitude bounds straddle the threshold, W the window verdicts
+#: (:func:`trigger.simd.window_bits`),
 #: L 1 where only an energy line is not decided (:func:`_line_path`)
 Q0, Q_PS, Q_E, K0, SAT, COL_R, COL_U, COL_BAND, COL_W, COL_L = 0, 4, 5, 6, 9, 10, 11, 12, 13, 14
 SUMMARY_COLUMNS = 15
@@ -400,9 +402,9 @@ def _decide_sub(p, s0, buf, ns, P, rw, qt, tab):
     columns without branches or calls, so that LLVM vectorises them (the counters; their windows, PiSi and
     EOT; one loop per energy line), comparing the peaks with integer thresholds (``qt``:
     :func:`_q_thresholds`) and the neighbour ratios with the window table (:func:`trigger.simd.window_bits`
-    on ``tab``, :func:`_window_f32`, 16 records at a time); scalar loops between them decide the counters in
-    AMP_BOUND's band on the neighbour ratio and V1's window in a PiSi record with V1 above threshold (EOT)
-    on the window table ``rw`` (few records each: a vectorised loop collects them as the set bits of a
+    on ``tab``, :func:`_window_f32`, 16 records at a time); scalar loops between them decide the counters
+    (V1 included) in AMP_BOUND's band on the neighbour ratio and V1's window in a PiSi record with V1 above
+    threshold (EOT) on the window table ``rw`` (few records each: a vectorised loop collects them as the set bits of a
     uint64, the scalar loop visits only those, lowest first)."""
     thr = P.thr_adc
     q0, q1, q2, q3 = _col(buf, Q0), _col(buf, Q0 + 1), _col(buf, Q0 + 2), _col(buf, Q0 + 3)
@@ -420,10 +422,10 @@ def _decide_sub(p, s0, buf, ns, P, rw, qt, tab):
         n1 = (c1 >= tzs) & (not up1) & (c1 >= tband)
         n2 = (c2 >= tzs) & (not up2) & (c2 >= tband)
         a3 = (v >= tzs) & (v >= tthr)
-        ok3 = a3 | (v < tzs) | (v < tband)
+        n3 = (v >= tzs) & (not a3) & (v >= tband)
         rb[j] = np.int32(up0) | (np.int32(up1) << 1) | (np.int32(up2) << 2) | (np.int32(a3) << 3)
-        bb[j] = np.int32(n0) | (np.int32(n1) << 1) | (np.int32(n2) << 2)
-        ub[j] = np.int32((not ok3) | ((sb[j] & 15) != 0))
+        bb[j] = np.int32(n0) | (np.int32(n1) << 1) | (np.int32(n2) << 2) | (np.int32(n3) << 3)
+        ub[j] = np.int32((sb[j] & 15) != 0)
         lb[j] = 0
     band = np.uint64(0)
     for j in range(ns):  # the band: rare; its records as the set bits of a word
@@ -433,9 +435,13 @@ def _decide_sub(p, s0, buf, ns, P, rw, qt, tab):
         band &= band - np.uint64(1)
         i = s0 + j
         r = rb[j]
-        for c in range(3):
+        for c in range(4):
             if (bb[j] >> c) & 1:
-                lo, hi = _amp_range(p, i, np.int64(c), _at(buf, K0 + c, j), _at(buf, Q0 + c, j))
+                if c < 3:
+                    k = np.int64(_at(buf, K0 + c, j))
+                else:  # V1's peak sample is not in the summary
+                    k = _keymax(p, i, np.int64(3), P.ped_se[3], P.ped_so[3], P.gate_lo[3], P.gate_hi[3])[0]
+                lo, hi = _amp_range(p, i, np.int64(c), k, _at(buf, Q0 + c, j))
                 below = _decide(lo, hi, 1.0, thr, False)  # 1: A < thr, 0: A >= thr, 2: too close
                 r |= np.int32(below == 0) << c
                 ub[j] |= np.int32(below == 2)
