@@ -144,11 +144,13 @@ def _sum_refine(p, i, c, q, sat, zs, lo, hi, stage, se, so, g0, g1):
     return a, a, 2
 
 
-@nb.njit(**INLINE)
+@nb.njit(**JIT_NONRT)
 def _lines_bits(p, i, P, eot, sat, qp, qe):
     """The energy-line bits of PiSi record i (EOT ``eot``; sums' 4x peaks qp, qe, saturation bits sat):
     each line on the PS/ECAL amplitude intervals, refined (:func:`_sum_refine`) only while they straddle
-    its cut and the other sum does not already fail it; a refinement serves every line after it."""
+    its cut and the other sum does not already fail it; a refinement serves every line after it. A call
+    (compiled once for :func:`_pisi_bits` and :func:`_line_path`): only for the records whose lines are
+    not decided on the bounds of :func:`_decide_sub`."""
     zs = P.zs_adc
     r = np.int64(0)
     lines = P.lines
