@@ -313,6 +313,9 @@ def test_v1_band_waveform(menu: TriggerMenu) -> None:
     qt = W._q_thresholds(pack(menu))
     band = (q >= qt[W.T_ZS]) & (q < qt[W.T_THR]) & (q >= qt[W.T_BAND])
     assert band.sum() > 1000
+    # peaks at the band's edges (the 4x peak's steps are 4: within one step of each edge) and beyond them
+    assert q[band].min() < qt[W.T_BAND] + 4 and q[band].max() >= qt[W.T_THR] - 4
+    assert (q < qt[W.T_BAND]).any() and (q >= qt[W.T_THR]).any()
     tau = np.arange(n) * 1e3 + 1.0
     m = menu.replace(beam=BeamTrigger(True, 1))
     ref = R.waveform_trigger(m, prims, tau)
