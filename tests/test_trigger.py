@@ -291,6 +291,39 @@ def test_counter_band_waveform(menu: TriggerMenu) -> None:
         assert 0 < r.scalers[name] - int((q[:, c] >= qt[W.T_THR]).sum()) < int(band[:, c].sum())
 
 
+def test_v1_band_waveform(menu: TriggerMenu) -> None:
+    """V1's peak swept across the counter threshold's band in PiSi records (trigger.wave._decide_sub decides
+    it on the neighbour ratio at V1's peak sample, found there), in time and out of its window: V1's scaler
+    and EOT agree with the numpy reference record by record, and the band decides both ways."""
+    from trigger import simd
+    from trigger import wave as W
+    from trigger.params import pack
+
+    thr = menu.counter_threshold_adc
+    rng = np.random.default_rng(6)
+    n = 3000
+    amp = np.tile([300.0, 300.0, 300.0, 0.0, 200.0, 1000.0], (n, 1))
+    amp[:, 3] = rng.uniform(0.7 * thr, 1.35 * thr, n)
+    ons = np.tile(np.array(menu.t0_ns), (n, 1))
+    ons[:, 3] += np.where(rng.random(n) < 0.3, rng.uniform(-40.0, 40.0, n), rng.uniform(-2.0, 2.0, n))
+    prims = R.synthesize_primitives(amp, ons, seed=4)
+    se, so = menu.pedestal_sums
+    gate = np.array(menu.gate_samples)
+    q = simd.record_summary_numpy(prims, np.array(se), np.array(so), gate[:, 0], gate[:, 1])[:, 3]
+    qt = W._q_thresholds(pack(menu))
+    band = (q >= qt[W.T_ZS]) & (q < qt[W.T_THR]) & (q >= qt[W.T_BAND])
+    assert band.sum() > 1000
+    # peaks at the band's edges (the 4x peak's steps are 4: within one step of each edge) and beyond them
+    assert q[band].min() < qt[W.T_BAND] + 4 and q[band].max() >= qt[W.T_THR] - 4
+    assert (q < qt[W.T_BAND]).any() and (q >= qt[W.T_THR]).any()
+    tau = np.arange(n) * 1e3 + 1.0
+    m = menu.replace(beam=BeamTrigger(True, 1))
+    ref = R.waveform_trigger(m, prims, tau)
+    assert_same(K.trigger_waveforms(m, prims, tau), ref)
+    assert 0 < ref.scalers["V1"] - int((q >= qt[W.T_THR]).sum()) < int(band.sum())
+    assert 0 < ref.scalers["PiSi"] - ref.scalers["EOT"] < ref.scalers["V1"]
+
+
 def test_window_table_decisions(menu: TriggerMenu) -> None:
     """The per-(counter, peak sample) ratio bounds, compared as ``diff`` against ``best * r`` (no
     division), decide the window exactly like the onset computed from ``diff / best``, also for integer
@@ -463,6 +496,114 @@ def test_parallel_equals_serial(menu: TriggerMenu, spill: tuple[np.ndarray, np.n
     assert_same(K.trigger_waveforms(m, prims, tau, parallel=True), K.trigger_waveforms(m, prims, tau))
     amp, ons = R.reconstruct_trigger_channels(m, prims)
     assert_same(K.trigger_amplitudes(m, amp, ons, tau, parallel=True), K.trigger_amplitudes(m, amp, ons, tau))
+
+
+def _garbage_scratch(records: int) -> None:
+    """Leave one work-array set (trigger.kernels._Scratch) of every byte 0xFF, for ``records`` records of
+    up to two bit planes, as the only free one: whatever a chunk does not write itself shows."""
+    K._SCRATCH.clear()
+    s = K._Scratch()
+    s.views(2, records, records // 1024 + 1, 8 * 2 + 1, 16)
+    for a in (s.bits, s.amask, s.cnt, s.acc):
+        a.view(np.uint8)[:] = 0xFF
+    K._SCRATCH.append(s)
+
+
+def test_reused_work_arrays_give_the_results_of_fresh_ones(
+    menu: TriggerMenu, spill: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """The work arrays of passes A and B are reused across calls (grow-only, shared by every SpillTrigger):
+    calls on other records, a smaller call after a larger one, a menu with two bit planes after one with
+    one, the amplitude entry after the waveform entry, and two spills whose chunks alternate all give the
+    results of calls into new arrays (here left full of 0xFF bytes), and a later call changes no array an
+    earlier one returned."""
+    from trigger.params import n_planes
+
+    prims, tau = spill
+    m1 = menu.replace(beam=BeamTrigger(True, 1), random=RandomTrigger(True, 3000.0))
+    line = dataclasses.replace(menu.energy_lines[0][1], prescale=3)
+    m2 = menu.replace(beam=BeamTrigger(True, 7), further_lines=(("x1", line),))
+    assert n_planes(m1) == 1 and n_planes(m2) == 2
+    cases = [
+        (m1, prims, tau),
+        (m2, prims[1000:2500], tau[1000:2500] - tau[1000]),  # smaller, other records, two planes
+        (m1, prims[4000:4100], tau[4000:4100]),
+        (m2, prims, tau),
+    ]
+    fresh = []
+    for m, p, t in cases:
+        _garbage_scratch(p.shape[0])
+        fresh.append(K.trigger_waveforms(m, p, t))
+    assert fresh[0].scalers["beam_accepted"] > 1000 and fresh[3].scalers["x1_accepted"] > 0
+    K._SCRATCH.clear()
+    got = [K.trigger_waveforms(m, p, t) for m, p, t in cases]
+    kept = [(r.accepted.copy(), r.mask.copy()) for r in got]
+    for r, f in zip(got, fresh):
+        assert_same(r, f)
+    amp, ons = R.reconstruct_trigger_channels(m2, prims)
+    assert_same(K.trigger_amplitudes(m2, amp, ons, tau), fresh[3])
+    # two spills, their chunks in turn (the one free work-array set goes back and forth)
+    sa, sb = K.SpillTrigger(m1), K.SpillTrigger(m2)
+    for s in range(0, 3000, 600):
+        sa.process(prims[s : s + 600], tau[s : s + 600], s)
+        sb.process(prims[s + 3000 : s + 3600], tau[s + 3000 : s + 3600], s)
+    assert_same(sa.finish(), K.trigger_waveforms(m1, prims[:3000], tau[:3000]))
+    assert_same(sb.finish(), K.trigger_waveforms(m2, prims[3000:], tau[3000:]))
+    for r, (idx, mask) in zip(got, kept):
+        assert np.array_equal(r.accepted, idx) and np.array_equal(r.mask, mask)
+
+
+def test_rare_records_at_every_position_of_a_sub_block(menu: TriggerMenu) -> None:
+    """The records the common path leaves to a scalar loop (a saturated counter: the general path) are
+    taken from the set bits of a word per sub-block: at each of its 64 positions alone, in full
+    sub-blocks, at the first and last one, and in a short last sub-block: the decisions of the numpy
+    reference, record by record."""
+    from trigger import wave as W
+
+    base, _ = R.electron_spill(menu, 4 * W.SUB_BLOCK + 5, seed=21, spill_ns=3e6)
+    n = base.shape[0]
+    sat = np.zeros(n, bool)
+    sat[np.arange(W.SUB_BLOCK) * (W.SUB_BLOCK + 1) % (2 * W.SUB_BLOCK)] = True  # each position once
+    sat[2 * W.SUB_BLOCK : 3 * W.SUB_BLOCK] = True  # a whole sub-block
+    sat[[3 * W.SUB_BLOCK, 4 * W.SUB_BLOCK - 1, n - 1]] = True
+    prims = base.copy()
+    prims[sat, 0, 10] = ch.ADC_MAX  # S1 saturates in its gate
+    tau = np.arange(n) * 1e3 + 1.0
+    m = menu.replace(beam=BeamTrigger(True, 1))
+    ref = R.waveform_trigger(m, prims, tau)
+    assert 0 < ref.scalers["PiSi"] < n and ref.scalers["S1"] >= sat.sum()
+    assert_same(K.trigger_waveforms(m, prims, tau), ref)
+
+
+def test_energy_lines_in_their_bands_and_saturated_sums(menu: TriggerMenu) -> None:
+    """PiSi records decided but for an energy line (trigger.wave._line_path): the ECAL sum swept across both
+    lines' cuts within AMP_BOUND (44-88 GeV against 60 and 80), the PS sum across its 0.3 GeV cut, saturated
+    sums (large pulses, and small ones with one saturated sample, whose peak bounds nothing), with and
+    without V1 (the lines' veto): the decisions of the numpy reference, record by record, both ways for both
+    lines."""
+    rng = np.random.default_rng(8)
+    n = 3000
+    g = menu.gev_per_count
+    amp = np.zeros((n, 6))
+    amp[:, :3] = 300.0
+    amp[:, 3] = np.where(rng.random(n) < 0.3, 300.0, 0.0)
+    amp[:, 4] = np.where(rng.random(n) < 0.3, rng.uniform(0.2, 0.4, n), 0.5) / g[4]
+    amp[:, 5] = rng.uniform(44.0, 88.0, n) / g[5]
+    amp[rng.random(n) < 0.1, 5] = 6000.0  # saturates
+    amp[rng.random(n) < 0.05, 4] = 6000.0
+    spike = rng.random(n) < 0.05  # a 30 GeV pulse with one saturated sample in the gate: its peak says
+    amp[spike, 5] = 30.0 / g[5]  # 157 GeV, the saturated fit about 30
+    ons = np.tile(np.array(menu.t0_ns), (n, 1))
+    prims = R.synthesize_primitives(amp, ons, seed=9)
+    gate = menu.gate_samples[5]
+    prims[spike, 5, rng.integers(gate[0], gate[1] + 1, int(spike.sum()))] = ch.ADC_MAX
+    assert (R.reconstruct_trigger_channels(menu, prims[spike])[0][:, 5] * g[5] < 40.0).mean() > 0.7
+    tau = np.arange(n) * 1e3 + 1.0
+    ref = R.waveform_trigger(menu, prims, tau)
+    for name in ("physics", "dimuon"):
+        assert 300 < ref.scalers[f"{name}_raw"] < ref.scalers["EOT"] - 300
+    assert ref.scalers["physics_raw"] - ref.scalers["dimuon_raw"] > 300  # ECAL 60-80 GeV
+    assert_same(K.trigger_waveforms(menu, prims, tau), ref)
 
 
 # ---------------------------------------------------------------------- API behaviour

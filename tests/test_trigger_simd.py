@@ -174,3 +174,22 @@ def test_summary_refuses_other_layouts() -> None:
     p = np.zeros((4, 6, 64), np.int16)[:, :, ::2]
     with pytest.raises(nb.core.errors.TypingError):
         _summaries(p, 0, simd.ped_lanes(*CALIB), FULL_CAPS)
+
+
+@nb.njit(cache=True)
+def _trailing_zeros_all(x: np.ndarray) -> np.ndarray:
+    out = np.empty(x.size, np.int64)
+    for i in range(x.size):
+        out[i] = simd.trailing_zeros(x[i])
+    return out
+
+
+def test_trailing_zeros_is_the_lowest_set_bit() -> None:
+    """trigger.simd.trailing_zeros: the index of the lowest set bit of a uint64 (64 for 0), every bit
+    position alone and under random higher bits."""
+    rng = np.random.default_rng(4)
+    pos = np.arange(64, dtype=np.uint64)
+    high = rng.integers(0, 2**63, 64, dtype=np.uint64) << np.uint64(1)
+    x = np.concatenate([np.uint64(1) << pos, (high | np.uint64(1)) << pos, np.zeros(1, np.uint64)])
+    want = np.concatenate([pos, pos, [64]]).astype(np.int64)
+    assert np.array_equal(_trailing_zeros_all(x), want)

@@ -16,10 +16,11 @@ import numba as nb
 import numpy as np
 
 from .jit import INLINE, JIT, JIT_NONRT
-from .params import A_BEAM, A_LINE0, A_RAND, A_REC, C_PISI, RB_LINE0, RB_PISI
+from .params import A_BEAM, A_LINE0, A_RAND, A_REC, C_PISI, MASK_DTYPE, RB_LINE0, RB_PISI
 
 BLOCK = 1024  #: records per block (pass A/B/C grain)
 ONES8 = np.uint64(0x0101010101010101)
+assert np.dtype(MASK_DTYPE).itemsize == 1, "passes B and C view eight masks as one uint64"
 
 
 @nb.njit(**JIT_NONRT)
@@ -95,13 +96,22 @@ def _scan_prescaled(bits, amask, b0, b1, shift, c, p, total, m):
     triggers since the last accepted one and the block holds ``total`` raw ones, so (c + total) // p are
     accepted; OR ``m`` into amask there. Eight records at a time (SWAR on a uint64 view of the bits) are
     skipped while the next accept is not among them; the scan stops at the last accept. Returns the
-    number accepted."""
-    n_exp = (c + total) // p
-    need = p - c
-    n_acc = 0
+    number accepted. A prescale of 1 (c is then 0) accepts every record with the bit: eight at a time, the
+    bit's byte lanes times ``m`` (< 256: no carry between lanes) ORed into the masks."""
     nw = (b1 - b0) >> 3
     words = bits[b0 : b0 + 8 * nw].view(np.uint64)
     sh = np.uint64(shift)
+    if p == 1:
+        mw = amask[b0 : b0 + 8 * nw].view(np.uint64)
+        m64 = np.uint64(m)
+        for i in range(nw):
+            mw[i] |= ((words[i] >> sh) & ONES8) * m64
+        for q in range(b0 + 8 * nw, b1):
+            amask[q] |= m * ((bits[q] >> shift) & 1)
+        return total
+    n_exp = (c + total) // p
+    need = p - c
+    n_acc = 0
     i = 0
     while n_acc < n_exp and i < nw:
         x = (words[i] >> sh) & ONES8
@@ -125,6 +135,24 @@ def _scan_prescaled(bits, amask, b0, b1, shift, c, p, total, m):
             need = p
         q += 1
     return n_acc
+
+
+@nb.njit(**INLINE)
+def _nonzero_count(amask, b0, b1):
+    """Records in [b0, b1) whose mask is not zero: eight at a time (each byte's bits ORed into its lowest
+    bit, the lowest bits summed by :func:`_byte_sum`)."""
+    nw = (b1 - b0) >> 3
+    words = amask[b0 : b0 + 8 * nw].view(np.uint64)
+    n = 0
+    for i in range(nw):
+        w = words[i]
+        w |= w >> np.uint64(4)
+        w |= w >> np.uint64(2)
+        w |= w >> np.uint64(1)
+        n += _byte_sum(w & ONES8)
+    for q in range(b0 + 8 * nw, b1):
+        n += amask[q] != 0
+    return n
 
 
 @nb.njit(**INLINE)
@@ -165,8 +193,7 @@ def _accept_block(bits, amask, times, b, prev_t, cstart, cnt, params, acc):
     need_r = times[b1 - 1] >= next_t
     if not (need_l or need_r):
         return
-    for i in range(b0, b1):
-        amask[i] = 0
+    amask[b0:b1] = 0
     if need_b:
         acc[b, A_BEAM] = _scan_prescaled(
             bits[0], amask, b0, b1, RB_PISI, cstart[b, 0], P.beam_prescale, cnt[b, C_PISI], P.beam_mask
@@ -192,10 +219,7 @@ def _accept_block(bits, amask, times, b, prev_t, cstart, cnt, params, acc):
             if j + 1 >= n_ticks:
                 break
             i = _first_at_or_after(times, i + 1, b1, _tick(j + 1, rate))
-    n_rec = 0
-    for i in range(b0, b1):
-        n_rec += amask[i] != 0
-    acc[b, A_REC] = n_rec
+    acc[b, A_REC] = _nonzero_count(amask, b0, b1)
 
 
 @nb.njit(**JIT)

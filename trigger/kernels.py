@@ -22,7 +22,9 @@ amplitude then sits exactly on the cut.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -51,6 +53,66 @@ from .reference import check_inputs, check_primitives, unsorted_error
 from .wave import wave_pass_a
 
 assert sys.byteorder == "little"
+
+
+def _at_least(a: np.ndarray, size: int) -> np.ndarray:
+    """``a`` if it holds ``size`` elements, else a new 1-d array of ``size`` of its dtype (grow-only)."""
+    return a if a.size >= size else np.empty(size, a.dtype)
+
+
+class _Scratch:
+    """The work arrays of one chunk's passes A and B: the raw-bit planes (planes x n uint8), the accepted
+    masks (n), the per-block counts and accepted counts (int64). Grow-only 1-d buffers whose leading
+    elements are viewed as C-contiguous arrays of the chunk's shape, so that chunks and spills after the
+    first write into pages already mapped (freshly allocated output pages cost ~1 ns per record:
+    docs/performance.md). Every element a chunk reads is written by that chunk first (pass A writes every
+    raw bit and count, pass B zeroes the masks of the blocks it accepts in and every accepted count, pass C
+    reads only those blocks), and nothing returned to a caller is a view of them."""
+
+    __slots__ = ("acc", "amask", "bits", "cnt")
+
+    def __init__(self) -> None:
+        self.bits = np.empty(0, np.uint8)
+        self.amask = np.empty(0, MASK_DTYPE)
+        self.cnt = np.empty(0, np.int64)
+        self.acc = np.empty(0, np.int64)
+
+    def views(
+        self, planes: int, n: int, n_blocks: int, n_cnt: int, n_acc: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(bits (planes, n), amask (n,), cnt (n_blocks, n_cnt), acc (n_blocks, n_acc)): uninitialised."""
+        self.bits = _at_least(self.bits, planes * n)
+        self.amask = _at_least(self.amask, n)
+        self.cnt = _at_least(self.cnt, n_blocks * n_cnt)
+        self.acc = _at_least(self.acc, n_blocks * n_acc)
+        return (
+            self.bits[: planes * n].reshape(planes, n),
+            self.amask[:n],
+            self.cnt[: n_blocks * n_cnt].reshape(n_blocks, n_cnt),
+            self.acc[: n_blocks * n_acc].reshape(n_blocks, n_acc),
+        )
+
+
+#: free work arrays (:class:`_Scratch`), shared by every :class:`SpillTrigger` of the process: a chunk takes
+#: one (a new one when none is free: chunks triggered at once in several threads each have their own) and
+#: gives it back; at most _SCRATCH_KEEP are kept, each as large as the largest chunk it served (3 bytes
+#: per record with the default menu's two bit planes and uint8 masks)
+_SCRATCH: list[_Scratch] = []
+_SCRATCH_KEEP = 2
+_SCRATCH_LOCK = threading.Lock()
+
+
+@contextmanager
+def _scratch() -> Iterator[_Scratch]:
+    """A :class:`_Scratch` for the duration of one chunk."""
+    with _SCRATCH_LOCK:
+        s = _SCRATCH.pop() if _SCRATCH else _Scratch()
+    try:
+        yield s
+    finally:
+        with _SCRATCH_LOCK:
+            if len(_SCRATCH) < _SCRATCH_KEEP:
+                _SCRATCH.append(s)
 
 
 class SpillTrigger:
@@ -144,32 +206,34 @@ class SpillTrigger:
         if n == 0:
             return np.empty(0, np.int64), np.empty(0, MASK_DTYPE)
         n_blocks = (n + BLOCK - 1) // BLOCK
-        bits = np.empty((self._planes, n), np.uint8)
-        bits[1:] = 0  # the amplitude entry only ORs line bits into the upper planes
-        cnt = np.empty((n_blocks, self._counts.size), np.int64)
-        pass_a(bits, cnt)
-        if cnt[:, -1].any():
-            prev = np.concatenate([[self._prev_t], tau[:-1]])
-            raise unsorted_error(first + int(np.argmax(~(tau >= prev))))
-        raw = np.concatenate([cnt[:, C_PISI : C_PISI + 1], cnt[:, RB_LINE0 : RB_LINE0 + self._n_lines]], axis=1)
-        csum = np.cumsum(raw, axis=0)
-        cstart = np.ascontiguousarray((self._counter[None, :] + csum - raw) % self._prescale[None, :])
-        acc = np.empty((n_blocks, self._acc.size), np.int64)
-        amask = np.empty(n, MASK_DTYPE)  # written (zeroed first) only in blocks with accepted records
-        prev_t = self._prev_t
-        self._blocks(lambda lo, hi: pass_b(bits, amask, tau, prev_t, cstart, cnt, self._params, acc, lo, hi), cnt)
-        offsets = np.zeros(n_blocks + 1, np.int64)
-        np.cumsum(acc[:, A_REC], out=offsets[1:])
-        idx = np.empty(offsets[-1], np.int64)
-        mask = np.empty(offsets[-1], MASK_DTYPE)
-        if idx.size:
-            pass_c(amask, acc, offsets, first, idx, mask)
+        with _scratch() as scratch:
+            bits, amask, cnt, acc = scratch.views(self._planes, n, n_blocks, self._counts.size, self._acc.size)
+            # pass A writes the first and the last plane in full (both entries); the masks are written (zeroed
+            # first) only in blocks with accepted records, and pass C reads only those
+            bits[1 : self._planes - 1] = 0
+            pass_a(bits, cnt)
+            if cnt[:, -1].any():
+                prev = np.concatenate([[self._prev_t], tau[:-1]])
+                raise unsorted_error(first + int(np.argmax(~(tau >= prev))))
+            raw = np.concatenate([cnt[:, C_PISI : C_PISI + 1], cnt[:, RB_LINE0 : RB_LINE0 + self._n_lines]], axis=1)
+            csum = np.cumsum(raw, axis=0)
+            cstart = np.ascontiguousarray((self._counter[None, :] + csum - raw) % self._prescale[None, :])
+            prev_t = self._prev_t
+            self._blocks(lambda lo, hi: pass_b(bits, amask, tau, prev_t, cstart, cnt, self._params, acc, lo, hi), cnt)
+            offsets = np.zeros(n_blocks + 1, np.int64)
+            np.cumsum(acc[:, A_REC], out=offsets[1:])
+            idx = np.empty(offsets[-1], np.int64)
+            mask = np.empty(offsets[-1], MASK_DTYPE)
+            if idx.size:
+                pass_c(amask, acc, offsets, first, idx, mask)
+            counts = cnt.sum(axis=0)
+            accepted = acc.sum(axis=0)
         # commit the state only now that the chunk is known good
         self._counter = (self._counter + csum[-1]) % self._prescale
         self._prev_t = float(tau[-1])
         self._next_index = first + n
-        self._counts += cnt.sum(axis=0)
-        self._acc += acc.sum(axis=0)
+        self._counts += counts
+        self._acc += accepted
         self._idx.append(idx)
         self._mask.append(mask)
         return idx, mask

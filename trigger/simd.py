@@ -421,3 +421,18 @@ def window_bits(typingctx, buf, j, n, tab, prims, s0, q_row, k_row, w_row, row_l
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def trailing_zeros(typingctx, x):
+    """Trailing zero bits of the uint64 ``x`` (``llvm.cttz.i64``: one instruction, 64 for x = 0): the
+    index of x's lowest set bit."""
+    if not (isinstance(x, types.Integer) and x.bitwidth == 64 and not x.signed):
+        return None
+    sig = types.int64(x)
+
+    def codegen(context, b, signature, args):
+        fn = cgutils.get_or_insert_function(b.module, ir.FunctionType(_I64, [_I64, _I1]), "llvm.cttz.i64")
+        return b.call(fn, [args[0], _const(_I1, 0)])
+
+    return sig, codegen

@@ -12,14 +12,21 @@ buffer (structure of arrays, L1-resident):
 * the decisions of the common records, several records at a time (:func:`_decide_sub`: loops over the
   columns that LLVM vectorises): the counters on integer thresholds of their peaks (:func:`_q_thresholds`,
   exactly the float compares of the scalar path), those in AMP_BOUND's band on the neighbour ratio (a short
-  scalar loop: few records), S1..S3 windows on the window table (:func:`trigger.simd.window_bits`: 16
-  records at a time, the neighbours gathered, the table's columns permuted in registers), PiSi, EOT (V1's
+  scalar loop: few records; V1's peak sample found there), S1..S3 windows on the window table
+  (:func:`trigger.simd.window_bits`: 16 records at a time, the neighbours gathered, the table's columns
+  permuted in registers), PiSi, EOT (V1's
   window, when V1 is above threshold in a PiSi record, in a short scalar loop on the table) and each energy
   line on the PS/ECAL amplitude bounds, and a mask of the records these do not decide;
 * the general path :func:`_record_bits` (a call: the exact reconstruction where the bounds do not tell)
-  for the masked records: saturated counters, an amplitude or onset in a guard band (V1's included), an
-  energy line's cut within a sum's bounds (:func:`_pisi_bits`: refined by the
-  neighbour ratio, exactly if still undecided).
+  for the masked records: saturated counters, an amplitude or onset in a guard band (V1's included);
+* the lines alone :func:`_line_path` (a call) for the records decided but for an energy line, its cut
+  within a sum's bounds or the sum saturated (:func:`_lines_bits`: refined by the neighbour ratio, exactly
+  if still undecided; the general path decides the lines the same way).
+
+The scalar loops over rare records (the band, V1's window, the general path, the lines alone) visit only those: a loop
+without branches (vectorised) sets bit j of a uint64 for each record j of the sub-block that needs it, the
+scalar loop takes the set bits lowest first (:func:`trigger.simd.trailing_zeros`), instead of a
+load, a compare and a branch per record of the sub-block.
 
 Every record needs its PiSi and EOT bits (the scalers, the beam line), so the counters' windows are decided
 for every record with S1..S3 above threshold whatever its energy. Numba notes (measured on this code,
@@ -52,7 +59,15 @@ from .bounds import (
 from .jit import INLINE, JIT, JIT_NONRT
 from .menu import ECAL_INDEX, PS_INDEX
 from .params import RB_EOT, RB_LINE0, RB_PISI
-from .simd import WINDOW_COLS, WINDOW_COUNTERS, WINDOW_LANES, prefetch_record_l2, record_summary, window_bits
+from .simd import (
+    WINDOW_COLS,
+    WINDOW_COUNTERS,
+    WINDOW_LANES,
+    prefetch_record_l2,
+    record_summary,
+    trailing_zeros,
+    window_bits,
+)
 
 
 @nb.njit(**INLINE)
@@ -116,28 +131,63 @@ def _inside(lo, hi, g, gt, lt):
 
 
 @nb.njit(**JIT_NONRT)
-def _sum_inside(p, i, c, q, sat, zs, g, gt, lt, se, so, g0, g1):
-    """:func:`_inside` for the sum channel c of record i (4x peak q in its energy gate g0..g1, saturated or
-    not, pedestal sums se, so), decided: on the
-    neighbour-ratio bounds of an unsaturated pulse, else on the exact amplitude. A call: only for the
-    records whose amplitude bounds straddle a cut, or a saturated sum."""
-    d = 2
-    if not sat:
-        lo, hi = _amp_bounds(q, zs)
-        if lo > 0.0:
-            lo, hi = _sum_amp_range(p, i, c, q, se, so, g0, g1)
-        d = _inside(lo, hi, g, gt, lt)
-    if d == 2:
-        a = exact(p, i, c, zs, se, so, g0, g1)[0]
-        d = _inside(a, a, g, gt, lt)
-    return d
+def _sum_refine(p, i, c, q, sat, zs, lo, hi, stage, se, so, g0, g1):
+    """The next, tighter interval (lo, hi, stage) holding the float32 amplitude of the sum channel c of
+    record i (4x peak q in its energy gate g0..g1, saturated or not, pedestal sums se, so) after [lo, hi] at
+    ``stage``: 0 the peak bounds (:func:`trigger.bounds._amp_bounds`; no bound for a saturated sum), 1 the
+    neighbour-ratio range of an unsaturated pulse with signal, 2 the exact amplitude (lo = hi). A call: only
+    for the records whose amplitude bounds straddle a cut, or a saturated sum."""
+    if stage == 0 and not sat and lo > 0.0:
+        lo, hi = _sum_amp_range(p, i, c, q, se, so, g0, g1)
+        return lo, hi, 1
+    a = exact(p, i, c, zs, se, so, g0, g1)[0]
+    return a, a, 2
+
+
+@nb.njit(**JIT_NONRT)
+def _lines_bits(p, i, P, eot, sat, qp, qe):
+    """The energy-line bits of PiSi record i (EOT ``eot``; sums' 4x peaks qp, qe, saturation bits sat):
+    each line on the PS/ECAL amplitude intervals, refined (:func:`_sum_refine`) only while they straddle
+    its cut and the other sum does not already fail it; a refinement serves every line after it. A call
+    (compiled once for :func:`_pisi_bits` and :func:`_line_path`): only for the records whose lines are
+    not decided on the bounds of :func:`_decide_sub`."""
+    zs = P.zs_adc
+    r = np.int64(0)
+    lines = P.lines
+    gps, gec = P.gev_ps, P.gev_ecal
+    cps, cec = np.int64(PS_INDEX), np.int64(ECAL_INDEX)
+    satp = (sat & (1 << PS_INDEX)) != 0
+    plo, phi = _amp_bounds(qp, zs)
+    sate = (sat & (1 << ECAL_INDEX)) != 0
+    elo, ehi = _amp_bounds(qe, zs)
+    sp = 0  # the intervals' stages
+    se = 0
+    for j in range(lines.shape[0]):
+        ln = lines[j]
+        if ln.enabled != 0 and (eot or ln.veto == 0):
+            dp = 2 if satp and sp < 2 else _inside(plo, phi, gps, ln.ps_gt, ln.ps_lt)
+            de = 2 if sate and se < 2 else _inside(elo, ehi, gec, ln.ec_gt, ln.ec_lt)
+            while dp == 2 and de != 0 and sp < 2:
+                plo, phi, sp = _sum_refine(
+                    p, i, cps, qp, satp, zs, plo, phi, sp,
+                    P.ped_se[PS_INDEX], P.ped_so[PS_INDEX], P.gate_lo[PS_INDEX], P.gate_hi[PS_INDEX],
+                )  # fmt: skip
+                dp = _inside(plo, phi, gps, ln.ps_gt, ln.ps_lt)
+            while de == 2 and dp != 0 and se < 2:
+                elo, ehi, se = _sum_refine(
+                    p, i, cec, qe, sate, zs, elo, ehi, se,
+                    P.ped_se[ECAL_INDEX], P.ped_so[ECAL_INDEX], P.gate_lo[ECAL_INDEX], P.gate_hi[ECAL_INDEX],
+                )  # fmt: skip
+                de = _inside(elo, ehi, gec, ln.ec_gt, ln.ec_lt)
+            if dp == 1 and de == 1:
+                r |= np.int64(1) << (RB_LINE0 + j)
+    return r
 
 
 @nb.njit(**INLINE)
 def _pisi_bits(p, i, P, a3, kn3, t3, sat, qp, qe, pisi_lines, eot_lines):
     """The bits of a PiSi record beyond the counters: PiSi, EOT (V1 not in its window: its onset t3 if
-    ``kn3``, else computed here when V1 is above threshold) and the energy lines, decided on the PS/ECAL
-    amplitude bounds when they tell."""
+    ``kn3``, else computed here when V1 is above threshold) and the energy lines (:func:`_lines_bits`)."""
     zs = P.zs_adc
     r = np.int64(1) << RB_PISI
     if a3 and not kn3:
@@ -146,31 +196,18 @@ def _pisi_bits(p, i, P, a3, kn3, t3, sat, qp, qe, pisi_lines, eot_lines):
     if eot:
         r |= 1 << RB_EOT
     if pisi_lines or (eot and eot_lines):
-        lines = P.lines
-        gps, gec = P.gev_ps, P.gev_ecal
-        cps, cec = np.int64(PS_INDEX), np.int64(ECAL_INDEX)
-        satp = (sat & (1 << PS_INDEX)) != 0
-        plo, phi = _amp_bounds(qp, zs)
-        sate = (sat & (1 << ECAL_INDEX)) != 0
-        elo, ehi = _amp_bounds(qe, zs)
-        for j in range(lines.shape[0]):
-            ln = lines[j]
-            if ln.enabled != 0 and (eot or ln.veto == 0):
-                dp = 2 if satp else _inside(plo, phi, gps, ln.ps_gt, ln.ps_lt)
-                de = 2 if sate else _inside(elo, ehi, gec, ln.ec_gt, ln.ec_lt)
-                if dp == 2 and de != 0:
-                    dp = _sum_inside(
-                        p, i, cps, qp, satp, zs, gps, ln.ps_gt, ln.ps_lt,
-                        P.ped_se[PS_INDEX], P.ped_so[PS_INDEX], P.gate_lo[PS_INDEX], P.gate_hi[PS_INDEX],
-                    )  # fmt: skip
-                if de == 2 and dp != 0:
-                    de = _sum_inside(
-                        p, i, cec, qe, sate, zs, gec, ln.ec_gt, ln.ec_lt,
-                        P.ped_se[ECAL_INDEX], P.ped_so[ECAL_INDEX], P.gate_lo[ECAL_INDEX], P.gate_hi[ECAL_INDEX],
-                    )  # fmt: skip
-                if dp == 1 and de == 1:
-                    r |= np.int64(1) << (RB_LINE0 + j)
+        r |= _lines_bits(p, i, P, eot, sat, qp, qe)
     return r
+
+
+@nb.njit(**JIT_NONRT)
+def _line_path(p, i, params, r, qp, qe, sat):
+    """The raw bits of PiSi record i that :func:`_decide_sub` decided but for an energy line (a cut within
+    a sum's amplitude bounds, or a saturated sum): its counter, PiSi and EOT bits in ``r`` (exact: the
+    common path decided them), the lines as :func:`_pisi_bits` decides them. A call, for the few such
+    records (the general path :func:`_record_bits` would reconstruct the whole record again)."""
+    eot = ((r >> RB_EOT) & 1) != 0
+    return (np.int64(r) & ((np.int64(1) << RB_LINE0) - 1)) | _lines_bits(p, i, params[0], eot, sat, qp, qe)
 
 
 @nb.njit(**INLINE)
@@ -234,13 +271,16 @@ def _record_bits(p, i, params, rw, q0, q1, q2, q3, qp, qe, k0, k1, k2, sat):
 #: records per sub-block: the summaries of a sub-block are computed first (a loop without branches), then
 #: decided from the buffer (its SUMMARY_COLUMNS columns of SUB_BLOCK int32, one after the other, stay in L1)
 SUB_BLOCK = 64
+assert SUB_BLOCK <= 64, "the rare records of a sub-block are the set bits of one uint64"
 #: records ahead that the summaries prefetch into L2 (into L1 they would evict the sub-block being decided)
 PREFETCH_AHEAD = 4 * SUB_BLOCK
 #: int32 columns of the sub-block buffer: Q0..Q_E the six channels' 4x peaks, K0..K2 the counters' peak
 #: samples, SAT the saturation bits, R the raw bits decided, U 1 where not decided, BAND bit c where counter
-#: c's amplitude bounds straddle the threshold, W the window verdicts (:func:`trigger.simd.window_bits`)
-Q0, Q_PS, Q_E, K0, SAT, COL_R, COL_U, COL_BAND, COL_W = 0, 4, 5, 6, 9, 10, 11, 12, 13
-SUMMARY_COLUMNS = 14
+#: c's (S1, S2, S3, V1) amplitude bounds straddle the threshold, W the window verdicts
+#: (:func:`trigger.simd.window_bits`),
+#: L 1 where only an energy line is not decided (:func:`_line_path`)
+Q0, Q_PS, Q_E, K0, SAT, COL_R, COL_U, COL_BAND, COL_W, COL_L = 0, 4, 5, 6, 9, 10, 11, 12, 13, 14
+SUMMARY_COLUMNS = 15
 #: raw bits of a PiSi record with V1 above threshold (EOT then needs V1's onset)
 _V1_PISI = (1 << 3) | (1 << RB_PISI)
 #: range of the 4x peaks (int16 samples, pedestal sums within +-2^17: trigger.simd.PED_BOUND) searched for
@@ -357,20 +397,23 @@ def _inside_q(q, s, tzs, t0, t1, t2, t3, zero_d):
 @nb.njit(**INLINE)
 def _decide_sub(p, s0, buf, ns, P, rw, qt, tab):
     """The raw bits of the common records of sub-block s0 (``ns`` records) from the buffer's summaries into
-    column COL_R, and COL_U = 1 for the records these bounds do not decide (a saturated counter, an amplitude
-    or onset in a guard band, V1 above threshold in a PiSi record: its onset; an energy line's cut within
-    a sum's bounds or a saturated sum): :func:`_record_bits` decides those. Counted loops over the int32
+    column COL_R, COL_U = 1 for the records these bounds do not decide (a saturated counter, an amplitude
+    or onset in a guard band, V1 above threshold in a PiSi record: its onset): :func:`_record_bits` decides
+    those, and COL_L = 1 for those whose only undecided bit is an energy line's (its cut within a sum's
+    bounds or a saturated sum): :func:`_line_path` decides those. Counted loops over the int32
     columns without branches or calls, so that LLVM vectorises them (the counters; their windows, PiSi and
     EOT; one loop per energy line), comparing the peaks with integer thresholds (``qt``:
     :func:`_q_thresholds`) and the neighbour ratios with the window table (:func:`trigger.simd.window_bits`
-    on ``tab``, :func:`_window_f32`, 16 records at a time); scalar loops between them decide the counters in
-    AMP_BOUND's band on the neighbour ratio and V1's window in a PiSi record with V1 above threshold (EOT)
-    on the window table ``rw`` (few records each)."""
+    on ``tab``, :func:`_window_f32`, 16 records at a time); scalar loops between them decide the counters
+    (V1 included) in AMP_BOUND's band on the neighbour ratio and V1's window in a PiSi record with V1 above
+    threshold (EOT) on the window table ``rw`` (few records each: a vectorised loop collects them as the set bits of a
+    uint64, the scalar loop visits only those, lowest first)."""
     thr = P.thr_adc
     q0, q1, q2, q3 = _col(buf, Q0), _col(buf, Q0 + 1), _col(buf, Q0 + 2), _col(buf, Q0 + 3)
     qp, qe = _col(buf, Q_PS), _col(buf, Q_E)
     sb = _col(buf, SAT)
     rb, ub, bb, wb = _col(buf, COL_R), _col(buf, COL_U), _col(buf, COL_BAND), _col(buf, COL_W)
+    lb = _col(buf, COL_L)
     tzs, tthr, tband = qt[T_ZS], qt[T_THR], qt[T_BAND]
     for j in range(ns):  # counters on their bounds
         c0, c1, c2, v = q0[j], q1[j], q2[j], q3[j]
@@ -381,21 +424,30 @@ def _decide_sub(p, s0, buf, ns, P, rw, qt, tab):
         n1 = (c1 >= tzs) & (not up1) & (c1 >= tband)
         n2 = (c2 >= tzs) & (not up2) & (c2 >= tband)
         a3 = (v >= tzs) & (v >= tthr)
-        ok3 = a3 | (v < tzs) | (v < tband)
+        n3 = (v >= tzs) & (not a3) & (v >= tband)
         rb[j] = np.int32(up0) | (np.int32(up1) << 1) | (np.int32(up2) << 2) | (np.int32(a3) << 3)
-        bb[j] = np.int32(n0) | (np.int32(n1) << 1) | (np.int32(n2) << 2)
-        ub[j] = np.int32((not ok3) | ((sb[j] & 15) != 0))
-    for j in range(ns):  # the band: rare, a branch
-        if bb[j] != 0:
-            i = s0 + j
-            r = rb[j]
-            for c in range(3):
-                if (bb[j] >> c) & 1:
-                    lo, hi = _amp_range(p, i, np.int64(c), _at(buf, K0 + c, j), _at(buf, Q0 + c, j))
-                    below = _decide(lo, hi, 1.0, thr, False)  # 1: A < thr, 0: A >= thr, 2: too close
-                    r |= np.int32(below == 0) << c
-                    ub[j] |= np.int32(below == 2)
-            rb[j] = r
+        bb[j] = np.int32(n0) | (np.int32(n1) << 1) | (np.int32(n2) << 2) | (np.int32(n3) << 3)
+        ub[j] = np.int32((sb[j] & 15) != 0)
+        lb[j] = 0
+    band = np.uint64(0)
+    for j in range(ns):  # the band: rare; its records as the set bits of a word
+        band |= np.uint64(bb[j] != 0) << np.uint64(j)
+    while band != 0:
+        j = trailing_zeros(band)
+        band &= band - np.uint64(1)
+        i = s0 + j
+        r = rb[j]
+        for c in range(4):
+            if (bb[j] >> c) & 1:
+                if c < 3:
+                    k = np.int64(_at(buf, K0 + c, j))
+                else:  # V1's peak sample is not in the summary
+                    k = _keymax(p, i, np.int64(3), P.ped_se[3], P.ped_so[3], P.gate_lo[3], P.gate_hi[3])[0]
+                lo, hi = _amp_range(p, i, np.int64(c), k, _at(buf, Q0 + c, j))
+                below = _decide(lo, hi, 1.0, thr, False)  # 1: A < thr, 0: A >= thr, 2: too close
+                r |= np.int32(below == 0) << c
+                ub[j] |= np.int32(below == 2)
+        rb[j] = r
     for j in range(0, ns, WINDOW_LANES):  # S1..S3 in / out of their windows
         window_bits(buf, j, ns, tab, p, s0, Q0, K0, COL_W, SUB_BLOCK)
     for j in range(ns):  # PiSi, EOT
@@ -409,15 +461,19 @@ def _decide_sub(p, s0, buf, ns, P, rw, qt, tab):
         # not PiSi is decided when a counter is certainly out
         ub[j] |= np.int32(cand & (not pisi) & ((w & (7 << 3)) == 0))
     c3 = np.int64(3)
-    for j in range(ns):  # V1 above threshold in a PiSi record: EOT is V1 out of its window (rare, a branch)
+    v1 = np.uint64(0)
+    for j in range(ns):  # V1 above threshold in a PiSi record: EOT is V1 out of its window (rare)
+        v1 |= np.uint64(((rb[j] & _V1_PISI) == _V1_PISI) & (ub[j] == 0)) << np.uint64(j)
+    while v1 != 0:
+        j = trailing_zeros(v1)
+        v1 &= v1 - np.uint64(1)
         r = rb[j]
-        if (r & _V1_PISI) == _V1_PISI and ub[j] == 0:
-            i = s0 + j
-            k = _keymax(p, i, c3, P.ped_se[3], P.ped_so[3], P.gate_lo[3], P.gate_hi[3])[0]
-            wm, wp = _neighbours(p, i, c3, k)
-            d = _window(rw, c3, k, np.float64(wp - wm), q3[j] * 0.25)  # 1 in, 0 out, 2 guard band
-            rb[j] = r | (np.int32(d == 0) << RB_EOT)
-            ub[j] = np.int32(d == 2)
+        i = s0 + j
+        k = _keymax(p, i, c3, P.ped_se[3], P.ped_so[3], P.gate_lo[3], P.gate_hi[3])[0]
+        wm, wp = _neighbours(p, i, c3, k)
+        d = _window(rw, c3, k, np.float64(wp - wm), q3[j] * 0.25)  # 1 in, 0 out, 2 guard band
+        rb[j] = r | (np.int32(d == 0) << RB_EOT)
+        ub[j] = np.int32(d == 2)
     lines = P.lines
     for n in range(lines.shape[0]):
         ln = lines[n]
@@ -435,7 +491,7 @@ def _decide_sub(p, s0, buf, ns, P, rw, qt, tab):
             act = ((r & (1 << RB_PISI)) != 0) & en & (((r & (1 << RB_EOT)) != 0) | noveto)
             p1, p2, p0 = _inside_q(qp[j], (s & (1 << PS_INDEX)) != 0, tzs, tp0, tp1, tp2, tp3, zp)
             c1, c2, c0 = _inside_q(qe[j], (s & (1 << ECAL_INDEX)) != 0, tzs, te0, te1, te2, te3, ze)
-            ub[j] |= np.int32(act & ((p2 & (not c0)) | (c2 & (not p0))))  # _pisi_bits would call
+            lb[j] |= np.int32(act & ((p2 & (not c0)) | (c2 & (not p0))))  # _lines_bits would call
             rb[j] = r | (bit if act & p1 & c1 else np.int32(0))
 
 
@@ -472,13 +528,28 @@ def _wave_block(p, times, b, prev_t, params, rw, bits, cnt, buf, qt, tab):
         ns = s1 - s0
         _decide_sub(p, s0, buf, ns, P, rw, qt, tab)
         rb = _col(buf, COL_R)
-        for j in range(ns):  # the general path (a call) for the records not decided
-            if _at(buf, COL_U, j) != 0:
-                rb[j] = np.int32(_record_bits(
-                    p, s0 + j, params, rw, _at(buf, Q0, j), _at(buf, Q0 + 1, j), _at(buf, Q0 + 2, j),
-                    _at(buf, Q0 + 3, j), _at(buf, Q_PS, j), _at(buf, Q_E, j), _at(buf, K0, j), _at(buf, K0 + 1, j),
-                    _at(buf, K0 + 2, j), _at(buf, SAT, j),
-                ))  # fmt: skip
+        ub = _col(buf, COL_U)
+        gen = np.uint64(0)
+        for j in range(ns):  # the records not decided, as the set bits of a word
+            gen |= np.uint64(ub[j] != 0) << np.uint64(j)
+        while gen != 0:  # the general path (a call)
+            j = trailing_zeros(gen)
+            gen &= gen - np.uint64(1)
+            rb[j] = np.int32(_record_bits(
+                p, s0 + j, params, rw, _at(buf, Q0, j), _at(buf, Q0 + 1, j), _at(buf, Q0 + 2, j),
+                _at(buf, Q0 + 3, j), _at(buf, Q_PS, j), _at(buf, Q_E, j), _at(buf, K0, j), _at(buf, K0 + 1, j),
+                _at(buf, K0 + 2, j), _at(buf, SAT, j),
+            ))  # fmt: skip
+        lb = _col(buf, COL_L)
+        lin = np.uint64(0)
+        for j in range(ns):  # decided but for an energy line
+            lin |= np.uint64((lb[j] != 0) & (ub[j] == 0)) << np.uint64(j)
+        while lin != 0:  # the lines alone (a call)
+            j = trailing_zeros(lin)
+            lin &= lin - np.uint64(1)
+            rb[j] = np.int32(
+                _line_path(p, s0 + j, params, rb[j], _at(buf, Q_PS, j), _at(buf, Q_E, j), _at(buf, SAT, j))
+            )
         o0 = bv0[s0:s1]  # the bit planes: loops without branches (vectorised)
         for j in range(ns):
             o0[j] = np.uint8(rb[j] & 255)
