@@ -126,15 +126,12 @@ def peak_fit(k: int, best: float, sm: float, sp: float, need_amp: bool) -> tuple
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def saturated_fit(
-    w: np.ndarray, pe: float, po: float, threshold: float, amp: float, t0: float, j_lo: int, j_hi: int
-) -> tuple[float, float]:
-    """(amplitude ADC counts, onset ns) of a saturated waveform ``w`` (a sample at ADC_MAX among samples
-    ``j_lo..j_hi``, the whole record 0..31 or a gate; pedestals pe, po): the first two samples after the
-    saturated plateau (else the two before it) fix onset and amplitude in closed form, ``s[j+1]/s[j] =
-    ((d+T)/d)^2 exp(-T/tau)`` for a sample d ns after the onset. The plateau is the run of saturated samples
-    that holds the last (the first, for the samples before it) saturated sample of ``j_lo..j_hi``, continued
-    beyond that range. Returns ``(amp, t0)`` as given (the peak sample's) when the closed form does not apply."""
+def _saturated_pair(w: np.ndarray, j_lo: int, j_hi: int) -> int:
+    """The first of the two samples j1, j1 + 1 of a saturated waveform ``w`` (a sample at ADC_MAX among
+    samples ``j_lo..j_hi``) from which :func:`saturated_fit` computes its closed form: the two after the
+    plateau that holds the last saturated sample of ``j_lo..j_hi`` (the run continued beyond that range),
+    else (the plateau reaches the last two samples) the two before the plateau that holds the first; a
+    negative j1 when there are none."""
     je = j_hi
     while je >= j_lo and w[je] < ADC_MAX:
         je -= 1
@@ -148,6 +145,20 @@ def saturated_fit(
         while j1 > 0 and w[j1 - 1] >= ADC_MAX:
             j1 -= 1
         j1 -= 2
+    return j1
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def saturated_fit(
+    w: np.ndarray, pe: float, po: float, threshold: float, amp: float, t0: float, j_lo: int, j_hi: int
+) -> tuple[float, float]:
+    """(amplitude ADC counts, onset ns) of a saturated waveform ``w`` (a sample at ADC_MAX among samples
+    ``j_lo..j_hi``, the whole record 0..31 or a gate; pedestals pe, po): the first two samples after the
+    saturated plateau (else the two before it) fix onset and amplitude in closed form, ``s[j+1]/s[j] =
+    ((d+T)/d)^2 exp(-T/tau)`` for a sample d ns after the onset. The plateau is the run of saturated samples
+    that holds the last (the first, for the samples before it) saturated sample of ``j_lo..j_hi``, continued
+    beyond that range. Returns ``(amp, t0)`` as given (the peak sample's) when the closed form does not apply."""
+    j1 = _saturated_pair(w, j_lo, j_hi)
     if j1 >= 0:
         v1 = w[j1] - (pe if (j1 & 1) == 0 else po)
         v2 = w[j1 + 1] - (pe if ((j1 + 1) & 1) == 0 else po)
@@ -160,6 +171,24 @@ def saturated_fit(
                     amp = v1 / tv
                     t0 = j1 * SAMPLE_NS - d
     return amp, t0
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def saturated_amp_low(w: np.ndarray, pe: float, po: float, threshold: float, amp: float, j_lo: int, j_hi: int) -> float:
+    """A lower bound (ADC counts) of the amplitude :func:`saturated_fit` returns for the same arguments,
+    without its square root and exp: its closed form gives ``v1 / template(d)`` with ``v1`` the first
+    pedestal-subtracted sample of its pair (:func:`_saturated_pair`) and a unit-peak template, ``0 <
+    template <= 1`` (to rounding), so at least ``v1``; when the closed form does not apply it returns
+    ``amp`` as given. Hence ``min(v1, amp)`` when the pair exists with ``v1 > threshold`` and ``v2 > 0``,
+    else ``amp``. (The float32 rounding of the amplitude cannot cross it either: v1 and a peak value are
+    quarter counts, float32 values.)"""
+    j1 = _saturated_pair(w, j_lo, j_hi)
+    if j1 >= 0:
+        v1 = w[j1] - (pe if (j1 & 1) == 0 else po)
+        v2 = w[j1 + 1] - (pe if ((j1 + 1) & 1) == 0 else po)
+        if v1 > threshold and v2 > 0.0:
+            return min(v1, amp)
+    return amp
 
 
 @nb.njit(cache=True, nogil=True, inline="always")

@@ -14,7 +14,8 @@ import pytest
 
 from detector import channels as ch
 from detector.config import ConfigError, load_calibration, load_config, validate
-from detector.reco import peak_delta, reconstruct_numpy
+from detector.pulse import PEAK_DELAY_NS
+from detector.reco import peak_delta, reconstruct_numpy, saturated_amp_low, saturated_fit
 from detector.records import TRIGGER_BITS
 from trigger import amp as A
 from trigger import bounds as B
@@ -604,6 +605,87 @@ def test_energy_lines_in_their_bands_and_saturated_sums(menu: TriggerMenu) -> No
         assert 300 < ref.scalers[f"{name}_raw"] < ref.scalers["EOT"] - 300
     assert ref.scalers["physics_raw"] - ref.scalers["dimuon_raw"] > 300  # ECAL 60-80 GeV
     assert_same(K.trigger_waveforms(menu, prims, tau), ref)
+
+
+def test_saturated_sum_lower_bound_at_the_ecal_cuts(menu: TriggerMenu) -> None:
+    """A saturated ECAL sum decided on its lower bound (trigger.bounds._sat_amp_low: the saturated fit's
+    amplitude v1 / template(d) is at least v1, the first sample of its closed form's pair): v1 swept in
+    counts across each line's ECAL cut (80 and 60 GeV), the next sample putting the fitted onset where v1
+    is the template's peak (amplitude = v1 to 1e-6), so that the records one count below a cut fire the line
+    and those at or above it do not, record by record as the numpy reference decides them (a bound one
+    count higher decides the first wrongly). The bound is v1 on these records and never exceeds the fit."""
+    rng = np.random.default_rng(12)
+    g = menu.gev_per_count
+    ecal = 5
+    j_lo, j1 = menu.gate_samples[ecal]
+    se, so = (x[ecal] * 0.25 for x in menu.pedestal_sums)
+    ped = np.where(np.arange(ch.N_SAMPLES) % 2 == 0, se, so)
+    ratio = (1.0 + ch.SAMPLE_NS / PEAK_DELAY_NS) ** 2 * math.exp(-ch.SAMPLE_NS / 12.0)  # d = 24 ns
+    cuts = [menu.physics.ecal_max_gev / g[ecal], menu.dimuon.ecal_max_gev / g[ecal]]  # counts
+    steps = np.arange(-6, 7)
+    reps = 8
+    n = len(cuts) * steps.size * reps
+    amp = np.zeros((n, 6))
+    amp[:, :3] = menu.mip_adc
+    amp[:, 4] = 1.0 / g[4]  # PS above its cut
+    ons = np.tile(np.array(menu.t0_ns), (n, 1))
+    prims = R.synthesize_primitives(amp, ons, seed=13)
+    v1 = np.floor(np.repeat(cuts, steps.size * reps) + ped[j1]) + np.tile(np.repeat(steps, reps), len(cuts))
+    v1 = v1 - ped[j1]
+    w = prims[:, ecal]
+    w[:, j1 - 1] = ch.ADC_MAX  # the plateau: one sample in the gate, its last one next
+    w[:, j1] = v1 + ped[j1]
+    w[:, j1 + 1] = np.rint(ratio * v1 + ped[j1 + 1])
+    w[:, j_lo : j1 - 1] = np.minimum(w[:, j_lo : j1 - 1], ch.ADC_MAX - 1)
+    w[:, j1 + 2 :] += rng.integers(-1, 2, (n, ch.N_SAMPLES - j1 - 2)).astype(np.int16)
+    a = R.reconstruct_trigger_channels(menu, prims)[0][:, ecal].astype(np.float64)
+    low = np.array([B._sat_amp_low(prims, i, ecal, menu.zs_threshold_adc, 4 * se, 4 * so, j_lo, j1,
+                                   int(np.max(4 * (prims[i, ecal, j_lo : j1 + 1] - ped[j_lo : j1 + 1]))))
+                    for i in range(n)])  # fmt: skip
+    assert np.array_equal(low, v1) and np.all(a >= low) and np.all(a - v1 < 1e-6 * v1)
+    tau = np.arange(n) * 1e3 + 1.0
+    ref = R.waveform_trigger(menu, prims, tau)
+    mask = np.zeros(n, np.int64)
+    mask[ref.accepted] = ref.mask.astype(np.int64)  # prescale 1: accepted = fired
+    for cut, bit in zip(cuts, (PHYS, DIM)):
+        near = np.abs(v1 - cut) <= 6.5
+        fired = (mask & bit) != 0
+        assert np.array_equal(fired[near], v1[near] < cut)  # the reference: v1 below the cut fires
+        assert ((v1 < cut) & (v1 >= cut - 1) & near).sum() >= reps  # one count below the cut
+    assert_same(K.trigger_waveforms(menu, prims, tau), ref)
+
+
+def test_saturated_amp_low_never_exceeds_the_fit() -> None:
+    """detector.reco.saturated_amp_low against saturated_fit's float32 amplitude, on a grid of the closed
+    form's pair (v1 from below zs to 4000 counts, v2 / v1 from -0.1 to 3: onsets on both sides of the
+    template's peak, where 1 / template = 1, and the cases where the closed form does not apply), with the
+    plateau before and after the pair: the bound holds everywhere, and is v1 where the fit applies."""
+    pe, po, zs = 100.25, 97.5, 10.0
+    ped = np.where(np.arange(ch.N_SAMPLES) % 2 == 0, pe, po)
+    ratio_peak = (1.0 + ch.SAMPLE_NS / PEAK_DELAY_NS) ** 2 * math.exp(-ch.SAMPLE_NS / 12.0)
+    ratios = np.concatenate([np.linspace(-0.1, 3.0, 157), ratio_peak * (1.0 + np.linspace(-1e-3, 1e-3, 41))])
+    n_fit = 0
+    for v1_raw in (105, 110, 111, 150, 700, 1999, 2100, 3999):
+        for r in ratios:
+            for after in (True, False):
+                w = np.rint(ped).astype(np.int16)
+                if after:  # plateau 9..10, the pair 11, 12
+                    j1, j_lo, j_hi = 11, 8, 11
+                    w[9:11] = ch.ADC_MAX
+                else:  # plateau to the end: the pair before it, 27, 28
+                    j1, j_lo, j_hi = 27, 26, 31
+                    w[29:] = ch.ADC_MAX
+                w[j1] = v1_raw
+                w[j1 + 1] = min(int(np.rint(r * (v1_raw - ped[j1]) + ped[j1 + 1])), ch.ADC_MAX - 1)
+                best = float(np.max(w[j_lo : j_hi + 1] - ped[j_lo : j_hi + 1]))
+                a = float(np.float32(saturated_fit(w, pe, po, zs, best, 0.0, j_lo, j_hi)[0]))
+                low = saturated_amp_low(w, pe, po, zs, best, j_lo, j_hi)
+                assert low <= a, (v1_raw, r, after)
+                v1 = v1_raw - ped[j1]
+                if a != best:  # the closed form applied
+                    n_fit += 1
+                    assert low == min(v1, best)
+    assert n_fit > 2000
 
 
 # ---------------------------------------------------------------------- API behaviour

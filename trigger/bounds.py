@@ -4,8 +4,9 @@ decide a cut without it.
 
 - an unsaturated amplitude A satisfies ``best <= A <= AMP_BOUND * best`` (``best`` the peak value), so a
   threshold or an energy cut is decided without the template fit (exp) unless the cut lies in that band;
-  inside the band the neighbour ratio bounds A to 4.2e-4 (:data:`AMP_RANGE`); saturated channels and what
-  is still undecided take the exact reconstruction (:func:`exact`, a call);
+  inside the band the neighbour ratio bounds A to 4.2e-4 (:data:`AMP_RANGE`); a saturated channel's A is
+  at least the first sample of its closed form's pair (:func:`_sat_amp_low`); what is still undecided
+  takes the exact reconstruction (:func:`exact`, a call);
 - S1..S3 coincidence window: decided on the neighbour ratio ``r`` against per-(counter, peak sample)
   bounds (:func:`window_table`), by the interpolated onset only in a 1e-9 guard band.
 """
@@ -19,7 +20,7 @@ import numpy as np
 
 from detector import channels as ch
 from detector.pulse import PEAK_DELAY_NS, template
-from detector.reco import PEAK_DELTA, PEAK_R, peak_fit, saturated_fit
+from detector.reco import PEAK_DELTA, PEAK_R, peak_fit, saturated_amp_low, saturated_fit
 
 from .jit import INLINE, JIT_NONRT
 from .menu import TriggerMenu
@@ -213,6 +214,15 @@ def exact(p, i, c, zs, se, so, g0, g1):
         amp = np.float64(np.float32(amp))
         t = np.float64(np.float32(t))
     return amp, t
+
+
+@nb.njit(**INLINE)
+def _sat_amp_low(p, i, c, zs, se, so, g0, g1, s4):
+    """A lower bound (ADC counts) of the float32 amplitude :func:`exact` returns for the saturated channel
+    p[i, c] (4x peak s4 in its gate g0..g1, pedestal sums se, so): :func:`detector.reco.saturated_amp_low`,
+    without the square root and exp of the saturated fit. Its v1 and peak value are quarter counts below
+    2^17 in magnitude (float32 values), so rounding the fitted amplitude to float32 cannot take it below."""
+    return saturated_amp_low(p[i, c], se * 0.25, so * 0.25, zs, s4 * 0.25, g0, g1)
 
 
 @nb.njit(**INLINE)

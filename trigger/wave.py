@@ -20,8 +20,9 @@ buffer (structure of arrays, L1-resident):
 * the general path :func:`_record_bits` (a call: the exact reconstruction where the bounds do not tell)
   for the masked records: saturated counters, an amplitude or onset in a guard band (V1's included);
 * the lines alone :func:`_line_path` (a call) for the records decided but for an energy line, its cut
-  within a sum's bounds or the sum saturated (:func:`_lines_bits`: refined by the neighbour ratio, exactly
-  if still undecided; the general path decides the lines the same way).
+  within a sum's bounds or the sum saturated (:func:`_lines_bits`: refined by the neighbour ratio, a
+  saturated sum by its lower bound :func:`trigger.bounds._sat_amp_low`, exactly if still undecided; the
+  general path decides the lines the same way).
 
 The scalar loops over rare records (the band, V1's window, the general path, the lines alone) visit only those: a loop
 without branches (vectorised) sets bit j of a uint64 for each record j of the sub-block that needs it, the
@@ -52,6 +53,7 @@ from .bounds import (
     _keymax,
     _neighbours,
     _s_fit,
+    _sat_amp_low,
     _sum_amp_range,
     _window,
     exact,
@@ -135,11 +137,16 @@ def _sum_refine(p, i, c, q, sat, zs, lo, hi, stage, se, so, g0, g1):
     """The next, tighter interval (lo, hi, stage) holding the float32 amplitude of the sum channel c of
     record i (4x peak q in its energy gate g0..g1, saturated or not, pedestal sums se, so) after [lo, hi] at
     ``stage``: 0 the peak bounds (:func:`trigger.bounds._amp_bounds`; no bound for a saturated sum), 1 the
-    neighbour-ratio range of an unsaturated pulse with signal, 2 the exact amplitude (lo = hi). A call: only
-    for the records whose amplitude bounds straddle a cut, or a saturated sum."""
-    if stage == 0 and not sat and lo > 0.0:
-        lo, hi = _sum_amp_range(p, i, c, q, se, so, g0, g1)
-        return lo, hi, 1
+    neighbour-ratio range of an unsaturated pulse with signal, or for a saturated sum [its lower bound
+    (:func:`trigger.bounds._sat_amp_low`), +inf] (its amplitude is finite: :func:`_inside` on this interval
+    decides a cut that its lower bound alone decides), 2 the exact amplitude (lo = hi). A call: only for the
+    records whose amplitude bounds straddle a cut, or a saturated sum."""
+    if stage == 0:
+        if sat:
+            return _sat_amp_low(p, i, c, zs, se, so, g0, g1, q), np.inf, 1
+        if lo > 0.0:
+            lo, hi = _sum_amp_range(p, i, c, q, se, so, g0, g1)
+            return lo, hi, 1
     a = exact(p, i, c, zs, se, so, g0, g1)[0]
     return a, a, 2
 
@@ -165,8 +172,8 @@ def _lines_bits(p, i, P, eot, sat, qp, qe):
     for j in range(lines.shape[0]):
         ln = lines[j]
         if ln.enabled != 0 and (eot or ln.veto == 0):
-            dp = 2 if satp and sp < 2 else _inside(plo, phi, gps, ln.ps_gt, ln.ps_lt)
-            de = 2 if sate and se < 2 else _inside(elo, ehi, gec, ln.ec_gt, ln.ec_lt)
+            dp = 2 if satp and sp == 0 else _inside(plo, phi, gps, ln.ps_gt, ln.ps_lt)
+            de = 2 if sate and se == 0 else _inside(elo, ehi, gec, ln.ec_gt, ln.ec_lt)
             while dp == 2 and de != 0 and sp < 2:
                 plo, phi, sp = _sum_refine(
                     p, i, cps, qp, satp, zs, plo, phi, sp,
