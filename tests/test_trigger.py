@@ -292,6 +292,42 @@ def test_counter_band_waveform(menu: TriggerMenu) -> None:
         assert 0 < r.scalers[name] - int((q[:, c] >= qt[W.T_THR]).sum()) < int(band[:, c].sum())
 
 
+def test_line_range_tests_equal_the_bounds_verdict(menu: TriggerMenu) -> None:
+    """trigger.wave._inside_q (two range tests on the integer thresholds, a sum below zs as the peak 0)
+    gives _inside's verdict on the amplitude bounds for every 4x peak within 12 of each
+    threshold and of zs, saturated or not, for cuts above, below and around 0 GeV and absent ones; a gain
+    that is not finite is refused."""
+    from trigger import wave as W
+    from trigger.params import pack
+
+    zs = menu.zs_threshold_adc
+    cuts = [(0.3, math.inf), (-math.inf, 80.0), (-math.inf, 60.0), (2.0, 6.0), (-1.0, 5.0), (-2.0, -1.0), (20.0, 95.0)]
+    params = pack(menu).copy()
+    n_checked = 0
+    for g in (0.008, 0.04, 1e-5):
+        for gt, lt in cuts:
+            params["gev_ps"] = g
+            ln = params["lines"][0, 0]
+            ln["ps_gt"], ln["ps_lt"] = gt, lt
+            qt = W._q_thresholds(params)
+            t = [int(x) for x in qt[W.T_LINE0 : W.T_LINE0 + 4]]
+            w1, w3 = W._q_widths(*t)
+            tzs = int(qt[W.T_ZS])
+            edges = [tzs] + [x for x in t if abs(x) < 1 << 20]
+            for q in sorted({e + d for e in edges for d in range(-12, 13)}):
+                lo, hi = B._amp_bounds(q, zs)
+                want = W._inside(lo, hi, g, gt, lt)
+                for sat in (False, True):
+                    one, und, zero = W._inside_q(np.int32(q), sat, tzs, t[0], w1, t[2], w3)
+                    got = 2 if und else (1 if one else (0 if zero else -1))
+                    assert got == (2 if sat else want), (g, gt, lt, q, sat)
+                    n_checked += 1
+    assert n_checked > 2000
+    params["gev_ps"] = math.inf
+    with pytest.raises(ValueError, match="amplitude 0"):
+        W._q_thresholds(params)
+
+
 def test_v1_band_waveform(menu: TriggerMenu) -> None:
     """V1's peak swept across the counter threshold's band in PiSi records (trigger.wave._decide_sub decides
     it on the neighbour ratio at V1's peak sample, found there), in time and out of its window: V1's scaler

@@ -347,10 +347,12 @@ def _q_thresholds(params):
     integer thresholds on q (int32): T_ZS (``best >= zs``), T_THR (``best >= thr``), T_BAND (``best *
     AMP_BOUND >= thr``), and per energy line n at T_LINE0 + LINE_Q n, for PS then ECAL (gain g, cuts gt, lt)
     of a sum above zs (:func:`_inside` on :func:`trigger.bounds._amp_bounds`): ``lo g > gt``, ``hi g >= lt``,
-    ``hi g > gt``, ``lo g >= lt`` (a sum below zs has lo = hi = 0: one verdict per cut, that of the peak
-    :func:`_below_zs_q`, checked here: ValueError if none gives it)."""
+    ``hi g > gt``, ``lo g >= lt`` (a sum below zs has lo = hi = 0: one verdict per cut, that of q = 0,
+    checked here: ValueError if not, as for a gain that is not finite)."""
     P = params[0]
     lines = P.lines
+    if not P.zs_adc > 0.0:  # _inside_q: lo <= hi above zs
+        raise ValueError("trigger: the zero-suppression threshold must be > 0")
     out = np.empty(T_LINE0 + LINE_Q * lines.shape[0], np.int32)
     # the kind as a run-time integer: a literal argument compiles _first_q once per kind
     out[T_ZS] = _first_q(np.int64(0), P.zs_adc, 0.0)
@@ -367,14 +369,15 @@ def _q_thresholds(params):
             out[o + 1] = _first_q(np.int64(3), lt, g)  # hi g >= lt: not (hi g < lt)
             out[o + 2] = _first_q(np.int64(4), gt, g)  # hi g > gt: not (hi g <= gt)
             out[o + 3] = _first_q(np.int64(5), lt, g)  # lo g >= lt
-            # a sum below zs: _inside_q takes it as the peak _below_zs_q, which must give its verdict
+            # a sum below zs: _inside_q takes it as the peak q = 0, whose verdicts must be _inside's on [0, 0]
             zd = _inside(0.0, 0.0, g, gt, lt)
-            qz = _below_zs_q(zd, out[o])
             w1, w3 = _q_widths(out[o], out[o + 1], out[o + 2], out[o + 3])
-            one = np.uint32(qz - out[o]) < w1
-            zero = np.uint32(qz - out[o + 2]) >= w3
+            one = np.uint32(0 - out[o]) < w1
+            zero = np.uint32(0 - out[o + 2]) >= w3
             if not ((zd == 1 and one and not zero) or (zd == 0 and zero and not one)):
-                raise ValueError("trigger: an energy cut whose verdict below zs no peak represents (gain not finite?)")
+                raise ValueError(
+                    "trigger: an energy cut's verdict at amplitude 0 is not that of q = 0 (gain not finite?)"
+                )
     return out
 
 
@@ -399,15 +402,6 @@ def _window_f32(rw):
 
 
 @nb.njit(**INLINE)
-def _below_zs_q(zero_d, t0):
-    """The 4x peak that stands for a sum below zs (amplitude 0, verdict ``zero_d`` = :func:`_inside` on
-    [0, 0], 0 or 1 for a finite gain) in :func:`_inside_q` for a cut with integer thresholds t0.. : below
-    every threshold (verdict 0), or t0 (verdict 1: ``0 > gt`` puts t0 <= 0 and ``0 < lt`` t1 > 0).
-    :func:`_q_thresholds` checks that it gives ``zero_d``."""
-    return np.int32(_Q_LO - 1) if zero_d == 0 else np.int32(t0)
-
-
-@nb.njit(**INLINE)
 def _q_widths(t0, t1, t2, t3):
     """(w1, w3) uint32: ``t0 <= q < t1`` is ``uint32(q - t0) < w1`` and ``t2 <= q < t3`` is ``uint32(q - t2) <
     w3`` (|q|, |t| <= 2^20 + 1: no overflow; an empty range has width 0)."""
@@ -415,14 +409,15 @@ def _q_widths(t0, t1, t2, t3):
 
 
 @nb.njit(**INLINE)
-def _inside_q(q, s, tzs, t0, w1, t2, w3, qz):
+def _inside_q(q, s, tzs, t0, w1, t2, w3):
     """:func:`_inside` of a sum (4x peak q, saturated s) on its amplitude bounds, from the integer
-    thresholds tzs, t0, t2 and widths w1, w3 (:func:`_q_widths`) of :func:`_q_thresholds`, a sum below zs
-    taken as the peak qz (:func:`_below_zs_q`): flags (1, 2, 0). 1 is ``t0 <= q < t1`` (A g > gt and
-    A g < lt for every A in [lo, hi]), 0 is ``q < t2 or q >= t3`` (hi g <= gt or lo g >= lt): they exclude
-    each other (lo <= hi, g >= 0, the rounded products monotonic in A), so each is one range test (a
-    subtraction and an unsigned compare): this loop runs for every record and line."""
-    qq = q if q >= tzs else qz
+    thresholds tzs, t0, t2 and widths w1, w3 (:func:`_q_widths`) of :func:`_q_thresholds`: flags (1, 2, 0).
+    1 is ``t0 <= q < t1`` (A g > gt and A g < lt for every A in [lo, hi]), 0 is ``q < t2 or q >= t3``
+    (hi g <= gt or lo g >= lt): they exclude each other for a sum above zs (0 <= lo <= hi, g >= 0, the
+    rounded products monotonic in A), so each is one range test (a subtraction and an unsigned compare):
+    this loop runs for every record and line. A sum below zs (amplitude 0) is taken as the peak q = 0,
+    whose bounds are [0, 0] (:func:`_q_thresholds` checks that its verdicts are _inside's on [0, 0])."""
+    qq = q if q >= tzs else np.int32(0)
     one = np.uint32(qq - t0) < w1
     zero = np.uint32(qq - t2) >= w3
     return one & (not s), ((not one) & (not zero)) | s, zero & (not s)
@@ -514,19 +509,16 @@ def _decide_sub(p, s0, buf, ns, P, rw, qt, tab):
         en = ln.enabled != 0
         noveto = ln.veto == 0
         o = T_LINE0 + LINE_Q * n
-        zp = _inside(0.0, 0.0, P.gev_ps, ln.ps_gt, ln.ps_lt)
-        ze = _inside(0.0, 0.0, P.gev_ecal, ln.ec_gt, ln.ec_lt)
         bit = np.int32(1) << (RB_LINE0 + n)
         tp0, tp2, te0, te2 = qt[o], qt[o + 2], qt[o + 4], qt[o + 6]  # locals: qt might alias the columns
         wp1, wp3 = _q_widths(tp0, qt[o + 1], tp2, qt[o + 3])
         we1, we3 = _q_widths(te0, qt[o + 5], te2, qt[o + 7])
-        qzp, qze = _below_zs_q(zp, tp0), _below_zs_q(ze, te0)
         for j in range(ns):
             r = rb[j]
             s = sb[j]
             act = ((r & (1 << RB_PISI)) != 0) & en & (((r & (1 << RB_EOT)) != 0) | noveto)
-            p1, p2, p0 = _inside_q(qp[j], (s & (1 << PS_INDEX)) != 0, tzs, tp0, wp1, tp2, wp3, qzp)
-            c1, c2, c0 = _inside_q(qe[j], (s & (1 << ECAL_INDEX)) != 0, tzs, te0, we1, te2, we3, qze)
+            p1, p2, p0 = _inside_q(qp[j], (s & (1 << PS_INDEX)) != 0, tzs, tp0, wp1, tp2, wp3)
+            c1, c2, c0 = _inside_q(qe[j], (s & (1 << ECAL_INDEX)) != 0, tzs, te0, we1, te2, we3)
             lb[j] |= np.int32(act & ((p2 & (not c0)) | (c2 & (not p0))))  # _lines_bits would call
             rb[j] = r | (bit if act & p1 & c1 else np.int32(0))
 
