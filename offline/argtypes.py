@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 import numpy as np
 
@@ -27,3 +28,36 @@ def float_pair(text: str) -> tuple[float, float]:
     if not lo < hi:
         raise argparse.ArgumentTypeError(f"expected LO < HI, got {text!r}")
     return lo, hi
+
+
+def positive_int(text: str) -> int:
+    """Parse an integer >= 1 (argparse type): event counts, worker counts."""
+    try:
+        v = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from exc
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """Parse a finite number > 0 (argparse type): masses, intensities, EOT."""
+    try:
+        v = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return v
+
+
+def random_seed(text: str) -> int:
+    """Parse a random seed (argparse type): an integer >= 0, as numpy's generators take."""
+    try:
+        v = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from exc
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {v}")
+    return v

@@ -27,7 +27,7 @@ from offline import limits as lim
 from offline import paper2016
 from sim_frontend import dimuon, yields
 
-from .argtypes import float_list, float_pair
+from .argtypes import float_list, float_pair, random_seed
 
 _err = Console(stderr=True)
 _out = Console()
@@ -127,7 +127,7 @@ def _add_yield_options(parser: argparse.ArgumentParser) -> None:
         default=yields.DEFAULT_N_SHOWERS,
         help=f"cascades for the track-length table (default {yields.DEFAULT_N_SHOWERS})",
     )
-    parser.add_argument("--seed", type=int, default=yields.DEFAULT_SEED, help="cascade random seed")
+    parser.add_argument("--seed", type=random_seed, default=yields.DEFAULT_SEED, help="cascade random seed")
 
 
 def _yields_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -330,7 +330,7 @@ def _background_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     parser.add_argument("--eot", type=float, default=4.3e10, help="electrons on target to predict for (default 4.3e10)")
     parser.add_argument("--intensity", type=float, default=5.1e6, help="e-/spill (default 5.1e6)")
     parser.add_argument("--events", type=int, default=20000, help="simulated beam electrons per source (default 2e4)")
-    parser.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
+    parser.add_argument("--seed", type=random_seed, default=1, help="simulation seed (default 1)")
     parser.add_argument("--config", type=Path, default=None, help="configuration file (default: the built-in defaults)")
     from offline.commands import add_dask_options
 

@@ -13,23 +13,13 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from .argtypes import float_list, float_pair
+from .argtypes import float_list, float_pair, positive_int, random_seed
 
 if TYPE_CHECKING:
     from detector.settings import Config
 
 _err = Console(stderr=True)
 _out = Console()
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from exc
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
 
 
 def _config(path: pathlib.Path | None) -> Config | None:
@@ -75,12 +65,12 @@ def simulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "triggered, selected, efficiency, efficiency_err, cut_flow} (a list for several masses).",
     )
     p.add_argument("--mass", type=float_list, required=True, metavar="M[,M2,...]", help="A' mass(es) in MeV")
-    p.add_argument("--events", type=_positive_int, default=2000, help="signal events per mass (default 2000)")
+    p.add_argument("--events", type=positive_int, default=2000, help="signal events per mass (default 2000)")
     p.add_argument("--config", type=pathlib.Path, help="configuration TOML (default: built-in defaults)")
     p.add_argument(
         "--pileup", action="store_true", help="embed the signal in the beam at the configured intensity (pile-up)"
     )
-    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--seed", type=random_seed, default=1, help="random seed (default 1)")
     p.add_argument("--json", type=pathlib.Path, metavar="PATH", help="write the result there (default: print JSON)")
     return p
 
@@ -126,7 +116,7 @@ def add_dask_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="LocalCluster worker processes (default offline.dask_workers)",
     )
@@ -203,7 +193,7 @@ def report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="M1,M2,...",
         help="A' masses in MeV for the efficiency and limits (default 1,16.7,100,500)",
     )
-    p.add_argument("--signal-events", type=_positive_int, default=2000, help="simulated signal events per mass")
+    p.add_argument("--signal-events", type=positive_int, default=2000, help="simulated signal events per mass")
     p.add_argument(
         "--signal-json",
         type=pathlib.Path,

@@ -6,36 +6,26 @@
 from __future__ import annotations
 
 import argparse
-import math
 import pathlib
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from .commands import Handler, ParserBuilder, _config, _positive_int, _write_json
+from .argtypes import positive_float, positive_int, random_seed
+from .commands import Handler, ParserBuilder, _config, _write_json
 
 _err = Console(stderr=True)
 _out = Console()
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return v
-
-
 def _common(p: argparse.ArgumentParser, events: int) -> None:
     p.add_argument(
-        "--intensity", type=_positive_float, required=True, help="beam particles per spill (sets the pile-up)"
+        "--intensity", type=positive_float, required=True, help="beam particles per spill (sets the pile-up)"
     )
-    p.add_argument("--events", type=_positive_int, default=events, help=f"MC events (default {events})")
+    p.add_argument("--events", type=positive_int, default=events, help=f"MC events (default {events})")
     p.add_argument("--config", type=pathlib.Path, help="configuration TOML (default: built-in defaults)")
-    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--seed", type=random_seed, default=1, help="random seed (default 1)")
     p.add_argument("--json", type=pathlib.Path, metavar="PATH", help="write the result there")
 
 
@@ -49,7 +39,7 @@ def efficiency_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         "reconstruction, trigger and selection. Output: {eps_e, eps_ecal, eps_v, eps_hcal, total, each with "
         "*_err, factor_cut_flow, ps_threshold_correction, cut_flow, paper}.",
     )
-    p.add_argument("--mass", type=_positive_float, required=True, help="A' mass in MeV")
+    p.add_argument("--mass", type=positive_float, required=True, help="A' mass in MeV")
     p.add_argument("--face", action="store_true", help="emit the A' at the ECAL face instead (comparison)")
     _common(p, 2000)
     return p
@@ -133,14 +123,14 @@ def dimuons_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     src.add_argument(
         "--mc-json", type=pathlib.Path, metavar="FILE", help="the MC prediction (no pile-up) to compare with"
     )
-    p.add_argument("--eot", type=_positive_float, help="electrons on target to predict for (MC alone)")
-    p.add_argument("--intensity", type=_positive_float, help="beam particles per spill (MC alone: sets the pile-up)")
+    p.add_argument("--eot", type=positive_float, help="electrons on target to predict for (MC alone)")
+    p.add_argument("--intensity", type=positive_float, help="beam particles per spill (MC alone: sets the pile-up)")
     p.add_argument("--no-pileup", action="store_true", help="MC alone: the electrons without pile-up")
-    p.add_argument("--events", type=_positive_int, default=4000, help="MC events (default 4000)")
+    p.add_argument("--events", type=positive_int, default=4000, help="MC events (default 4000)")
     p.add_argument(
         "--config", type=pathlib.Path, help="configuration TOML (default: the run's own, else built-in defaults)"
     )
-    p.add_argument("--seed", type=int, default=1, help="random seed of the MC (default 1)")
+    p.add_argument("--seed", type=random_seed, default=1, help="random seed of the MC (default 1)")
     p.add_argument("--json", type=pathlib.Path, metavar="PATH", help="write the result there")
     return p
 

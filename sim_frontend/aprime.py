@@ -42,10 +42,14 @@ def _positive(name: str, value: ArrayLike) -> NDArray[np.float64]:
 
 
 def _check_above_threshold(mass_gev: NDArray, e0_gev: NDArray) -> None:
-    threshold = kinematic_threshold_gev(mass_gev)
-    if np.any(e0_gev <= np.maximum(threshold, pc.M_E_GEV + mass_gev)):
+    threshold = np.maximum(kinematic_threshold_gev(mass_gev), pc.M_E_GEV + mass_gev)
+    below = np.broadcast_to(e0_gev <= threshold, np.broadcast(e0_gev, threshold).shape)
+    if np.any(below):
+        i = np.unravel_index(int(np.argmax(below)), below.shape)
+        e, m, thr = (float(np.broadcast_to(a, below.shape)[i]) for a in (e0_gev, mass_gev, threshold))
         raise ValueError(
-            f"electron energy {e0_gev!r} GeV is below the A' production threshold for m = {mass_gev!r} GeV"
+            f"electron energy {e:g} GeV is below the A' production threshold {thr:g} GeV for m = {m:g} GeV"
+            f" ({int(below.sum())} of {below.size} energy/mass pairs)"
         )
 
 

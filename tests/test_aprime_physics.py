@@ -138,6 +138,17 @@ def test_absurd_input_raises_value_error(call) -> None:
         call()
 
 
+def test_below_threshold_names_the_numbers() -> None:
+    """The error names the first energy/mass pair below the threshold in plain numbers (it printed numpy
+    array reprs, and no threshold), and how many pairs are below it."""
+    with pytest.raises(ValueError) as exc:
+        aprime.sigma_iww(np.array([0.01, 0.5]), 0.3)
+    msg = str(exc.value)
+    assert "electron energy 0.3 GeV" in msg and "for m = 0.5 GeV" in msg and "array" not in msg
+    thr = float(aprime.kinematic_threshold_gev(0.5))
+    assert f"threshold {thr:g} GeV" in msg and "(1 of 2 energy/mass pairs)" in msg
+
+
 def test_check22_y_parameter() -> None:
     y = aprime.y_parameter(1.24e-4, 0.5, 20.0 / 3.0, 20.0)
     assert y == pytest.approx(9.49e-11, rel=0.005)

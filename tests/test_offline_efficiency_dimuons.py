@@ -224,11 +224,18 @@ def test_efficiency_command_writes_the_factor_table(tmp_path, capsys):
     assert face["eps_e"] == r["eps_e"]  # the same electrons: only the ECAL side moves
 
 
-def test_efficiency_rejects_bad_input():
+def test_efficiency_rejects_bad_input(capsys):
     with pytest.raises(SystemExit):
         main(["efficiency", "--mass", "16.7", "--intensity", "-1"])
     with pytest.raises(SystemExit):
         main(["efficiency", "--mass", "0", "--intensity", "1e6"])
+    capsys.readouterr()
+    # a negative seed is refused by argparse, naming the option (it reached numpy: "expected non-negative integer")
+    for command in (["efficiency", "--mass", "16.7", "--intensity", "1e6"], ["dimuons", "--mc", "--eot", "1e8"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*command, "--seed", "-5"])
+        assert exc.value.code == 2
+        assert "argument --seed: expected a seed >= 0, got -5" in capsys.readouterr().err
 
 
 def test_dimuons_mc_writes_selected_per_eot(tmp_path, capsys):
