@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 def float_list(text: str) -> list[float]:
@@ -30,12 +34,16 @@ def float_pair(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _parsed(text: str, conv: Callable[[str], T], what: str) -> T:
+    try:
+        return conv(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from exc
+
+
 def positive_int(text: str) -> int:
     """Parse an integer >= 1 (argparse type): event counts, worker counts."""
-    try:
-        v = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from exc
+    v = _parsed(text, int, "an integer")
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
     return v
@@ -43,10 +51,7 @@ def positive_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """Parse a finite number > 0 (argparse type): masses, intensities, EOT."""
-    try:
-        v = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
+    v = _parsed(text, float, "a number")
     if not (math.isfinite(v) and v > 0):
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return v
@@ -54,10 +59,7 @@ def positive_float(text: str) -> float:
 
 def random_seed(text: str) -> int:
     """Parse a random seed (argparse type): an integer >= 0, as numpy's generators take."""
-    try:
-        v = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from exc
+    v = _parsed(text, int, "an integer seed")
     if v < 0:
         raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {v}")
     return v
