@@ -57,6 +57,14 @@ def positive_float(text: str) -> float:
     return v
 
 
+def nonnegative_float(text: str) -> float:
+    """Parse a finite number >= 0 (argparse type): backgrounds, relative systematics."""
+    v = _parsed(text, float, "a number")
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v
+
+
 def random_seed(text: str) -> int:
     """Parse a random seed (argparse type): an integer >= 0, as numpy's generators take."""
     v = _parsed(text, int, "an integer seed")

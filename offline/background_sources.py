@@ -359,13 +359,13 @@ register("accidental_sr", _downstream("accidental_sr", background_accidental.acc
 
 def chosen(sources: list[str] | None, eot: float, intensity: float, n_mc: int) -> list[str]:
     """The registered names of ``sources`` (default: all registered), after checking the arguments of a
-    prediction; ValueError for an unknown source, ``eot`` or ``intensity`` <= 0, ``n_mc`` < 1."""
+    prediction; ValueError for an unknown source, ``eot`` or ``intensity`` not a finite number > 0, ``n_mc`` < 1."""
     names = list(sources) if sources else list(SOURCES)
     unknown = [n for n in names if n not in SOURCES]
     if unknown:
         raise ValueError(f"unknown background sources {unknown}; known: {', '.join(SOURCES)}")
-    if eot <= 0 or intensity <= 0 or n_mc < 1:
-        raise ValueError("eot and intensity must be > 0 and n_mc >= 1")
+    if not (math.isfinite(eot) and eot > 0 and math.isfinite(intensity) and intensity > 0) or n_mc < 1:
+        raise ValueError(f"eot and intensity must be finite and > 0, n_mc >= 1; got {eot}, {intensity}, {n_mc}")
     return names
 
 

@@ -27,7 +27,7 @@ from offline import limits as lim
 from offline import paper2016
 from sim_frontend import dimuon, yields
 
-from .argtypes import float_list, float_pair, random_seed
+from .argtypes import float_list, float_pair, nonnegative_float, positive_float, positive_int, random_seed
 
 _err = Console(stderr=True)
 _out = Console()
@@ -216,20 +216,20 @@ def _limits_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--eot",
-        type=float,
+        type=positive_float,
         default=paper2016.TOTAL_EOT_2016,
         help="electrons on target, split over the 2016 intensity bins (default 4.3e10)",
     )
     parser.add_argument("--efficiency", type=float, default=0.50, help="signal efficiency (default 0.50, Table II)")
     parser.add_argument(
         "--background",
-        type=float,
+        type=nonnegative_float,
         default=paper2016.TABLE_III_TOTAL[0],
         help="expected background events (default 0.12, Table III)",
     )
     parser.add_argument(
         "--background-err",
-        type=float,
+        type=nonnegative_float,
         default=paper2016.TABLE_III_TOTAL[1],
         help="absolute background uncertainty (default 0.04)",
     )
@@ -241,16 +241,18 @@ def _limits_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="per-run results ({'runs': [{name, n_eot, efficiency, n_obs, background, "
         "background_err}], 'systematics': {...}}); replaces --eot/--efficiency/--background/--observed",
     )
-    parser.add_argument("--eot-syst", type=float, default=0.02, help="relative n_EOT systematic (default 0.02)")
+    parser.add_argument(
+        "--eot-syst", type=nonnegative_float, default=0.02, help="relative n_EOT systematic (default 0.02)"
+    )
     parser.add_argument(
         "--efficiency-syst",
-        type=float,
+        type=nonnegative_float,
         default=0.15,
         help="relative efficiency systematic (default 0.15, paper: 10-20%%)",
     )
     parser.add_argument(
         "--yield-syst",
-        type=float,
+        type=nonnegative_float,
         default=paper2016.A_PRIME_YIELD_REL_SYST,
         help="relative A' yield systematic (default 0.10)",
     )
@@ -261,7 +263,7 @@ def _limits_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="fast: counting model with log-normal smearing (default); pyhf-toys: pyhf multi-bin "
         "model with toys (~20 s); pyhf-asymptotic: wrong at near-zero background",
     )
-    parser.add_argument("--ntoys", type=int, default=20_000, help="toys per CLs evaluation for pyhf-toys")
+    parser.add_argument("--ntoys", type=positive_int, default=20_000, help="toys per CLs evaluation for pyhf-toys")
     parser.add_argument(
         "--plot", type=Path, metavar="PNG", help="write the exclusion plot there (and the y plot next to it, *_y.png)"
     )
@@ -327,9 +329,13 @@ def _background_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     parser.add_argument("--bins", type=int, default=40, help="histogram bins in the fit range (default 40)")
     parser.add_argument("--sources", action="store_true", help="predict per source from biased simulation")
     parser.add_argument("--source", action="append", default=None, metavar="NAME", help="only this source (repeatable)")
-    parser.add_argument("--eot", type=float, default=4.3e10, help="electrons on target to predict for (default 4.3e10)")
-    parser.add_argument("--intensity", type=float, default=5.1e6, help="e-/spill (default 5.1e6)")
-    parser.add_argument("--events", type=int, default=20000, help="simulated beam electrons per source (default 2e4)")
+    parser.add_argument(
+        "--eot", type=positive_float, default=4.3e10, help="electrons on target to predict for (default 4.3e10)"
+    )
+    parser.add_argument("--intensity", type=positive_float, default=5.1e6, help="e-/spill (default 5.1e6)")
+    parser.add_argument(
+        "--events", type=positive_int, default=20000, help="simulated beam electrons per source (default 2e4)"
+    )
     parser.add_argument("--seed", type=random_seed, default=1, help="simulation seed (default 1)")
     parser.add_argument("--config", type=Path, default=None, help="configuration file (default: the built-in defaults)")
     from offline.commands import add_dask_options

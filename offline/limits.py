@@ -57,8 +57,11 @@ class RunExposure:
             raise ValueError(f"run {self.name}: efficiency must be in (0, 1], got {self.efficiency}")
         if self.n_obs < 0 or int(self.n_obs) != self.n_obs:
             raise ValueError(f"run {self.name}: n_obs must be a non-negative integer, got {self.n_obs}")
-        if self.background < 0 or self.background_err < 0:
-            raise ValueError(f"run {self.name}: background and its error must be >= 0")
+        if not all(math.isfinite(v) and v >= 0 for v in (self.background, self.background_err)):
+            raise ValueError(
+                f"run {self.name}: background and its error must be finite and >= 0, "
+                f"got {self.background}, {self.background_err}"
+            )
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,11 @@ class SignalSystematics:
     n_eot: float = 0.02
     efficiency: float = 0.15
     aprime_yield: float = paper2016.A_PRIME_YIELD_REL_SYST
+
+    def __post_init__(self) -> None:
+        bad = {k: v for k, v in self.as_dict().items() if not (math.isfinite(v) and v >= 0)}
+        if bad:
+            raise ValueError(f"relative systematics must be finite and >= 0, got {bad}")
 
     def as_dict(self) -> dict[str, float]:
         return {"n_eot": self.n_eot, "efficiency": self.efficiency, "aprime_yield": self.aprime_yield}

@@ -82,6 +82,17 @@ def test_bad_inputs() -> None:
         limits.n90_for_runs(limits.paper_2016_runs(), NO_SYST, method="bayes")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -0.1])
+def test_non_finite_background_and_systematics_are_refused(bad: float) -> None:
+    """NaN and inf passed the ">= 0" checks and reached the CLs solver ("The function value at x=0.0 is NaN")."""
+    with pytest.raises(ValueError, match="background and its error must be finite"):
+        limits.RunExposure("x", n_eot=1e10, efficiency=0.5, background=bad)
+    with pytest.raises(ValueError, match="background and its error must be finite"):
+        limits.RunExposure("x", n_eot=1e10, efficiency=0.5, background=0.1, background_err=bad)
+    with pytest.raises(ValueError, match="relative systematics must be finite"):
+        limits.SignalSystematics(0.02, bad, 0.1)
+
+
 # --- pyhf cross-checks ----------------------------------------------------------------
 def test_fast_agrees_with_pyhf_asymptotic_at_large_background() -> None:
     for syst in (NO_SYST, limits.SignalSystematics(0.02, 0.10, 0.10)):

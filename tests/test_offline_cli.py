@@ -117,6 +117,26 @@ def test_bad_input_returns_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert exc.value.code == 2
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["limits", "--background", "inf"], "argument --background: expected a number >= 0, got 'inf'"),
+        (["limits", "--eot-syst", "nan"], "argument --eot-syst: expected a number >= 0, got 'nan'"),
+        (["limits", "--ntoys", "0"], "argument --ntoys: expected an integer >= 1, got 0"),
+        (["background", "--sources", "--eot", "nan"], "argument --eot: expected a number > 0, got 'nan'"),
+        (["background", "--sources", "--events", "0"], "argument --events: expected an integer >= 1, got 0"),
+    ],
+)
+def test_non_finite_numbers_are_refused_by_the_parser(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """These reached the computation: NaN in the background JSON, the CLs solver failing on NaN."""
+    with pytest.raises(SystemExit) as exc:
+        _run(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["dimuon", "yields", "limits", "background"])
 def test_each_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
