@@ -29,8 +29,8 @@ def float_pair(text: str) -> tuple[float, float]:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}") from exc
-    if not lo < hi:
-        raise argparse.ArgumentTypeError(f"expected LO < HI, got {text!r}")
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise argparse.ArgumentTypeError(f"expected finite LO < HI, got {text!r}")
     return lo, hi
 
 

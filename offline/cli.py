@@ -111,7 +111,7 @@ def _run_dimuon(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- yields
 def _add_yield_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--e0", type=float, default=100.0, help="beam energy in GeV (default 100)")
+    parser.add_argument("--e0", type=positive_float, default=100.0, help="beam energy in GeV (default 100)")
     parser.add_argument(
         "--emiss-min",
         type=float,
@@ -123,7 +123,7 @@ def _add_yield_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--n-showers",
-        type=int,
+        type=positive_int,
         default=yields.DEFAULT_N_SHOWERS,
         help=f"cascades for the track-length table (default {yields.DEFAULT_N_SHOWERS})",
     )
@@ -150,7 +150,7 @@ def _yields_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--spectra", action="store_true", help="also write the A' energy spectra dn/dE_A' (1/GeV per EOT, eps = 1)"
     )
-    parser.add_argument("--spectrum-bins", type=int, default=50, help="E_A' bins from 0 to E0 (default 50)")
+    parser.add_argument("--spectrum-bins", type=positive_int, default=50, help="E_A' bins from 0 to E0 (default 50)")
     _add_json(parser)
     return parser
 
@@ -326,7 +326,7 @@ def _background_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     parser.add_argument("--sideband", type=Path, metavar="FILE.npy", help="1D numpy array of side-band energies in GeV")
     parser.add_argument("--fit-range", type=float_pair, metavar="LO,HI", help="fit range in GeV")
     parser.add_argument("--box", type=float_pair, metavar="LO,HI", help="signal-box range in GeV")
-    parser.add_argument("--bins", type=int, default=40, help="histogram bins in the fit range (default 40)")
+    parser.add_argument("--bins", type=positive_int, default=40, help="histogram bins in the fit range (default 40)")
     parser.add_argument("--sources", action="store_true", help="predict per source from biased simulation")
     parser.add_argument("--source", action="append", default=None, metavar="NAME", help="only this source (repeatable)")
     parser.add_argument(

@@ -125,6 +125,10 @@ def test_bad_input_returns_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         (["limits", "--ntoys", "0"], "argument --ntoys: expected an integer >= 1, got 0"),
         (["background", "--sources", "--eot", "nan"], "argument --eot: expected a number > 0, got 'nan'"),
         (["background", "--sources", "--events", "0"], "argument --events: expected an integer >= 1, got 0"),
+        (["background", "--bins", "-3"], "argument --bins: expected an integer >= 1, got -3"),
+        (["yields", "--spectrum-bins", "0"], "argument --spectrum-bins: expected an integer >= 1, got 0"),
+        (["yields", "--e0", "inf"], "argument --e0: expected a number > 0, got 'inf'"),
+        (["background", "--fit-range", "1,inf"], "argument --fit-range: expected finite LO < HI, got '1,inf'"),
     ],
 )
 def test_non_finite_numbers_are_refused_by_the_parser(
