@@ -16,7 +16,7 @@ from detector import channels as chmap
 from detector.config import ConfigError, load_calibration, load_config
 
 from .campaign import CampaignInterrupted, CampaignPaused, MappingMismatch, write_json_atomic
-from .campaign_cli import campaign_session, cell_progress, report_stop
+from .campaign_cli import campaign_session, cell_progress, report_stop, timeout_seconds
 from .ecal_calib import EcalCalibration, EcalCellState, all_ecal_cells
 from .table import TableError
 
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--stream", help="monitoring stream of a running calibration na64-daq")
     ap.add_argument("--daq-out", help="where the child na64-daq records (default: beside the report)")
     ap.add_argument("--backend", choices=("serial", "visa"), help="serial transport (default: pyserial)")
-    ap.add_argument("--measure-timeout", type=float, default=60.0, help="seconds to wait for beam per cell")
+    ap.add_argument("--measure-timeout", type=timeout_seconds, default=60.0, help="seconds to wait for beam per cell")
     return ap.parse_args(argv)
 
 
@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             chmap.parse_ecal_cell(cell)
         if args.events < 200:
             raise ValueError(f"--events {args.events}: at least 200 beam events per cell are needed")
+        if not 0.0 < args.tolerance < 1.0:  # NaN fails too: with it every verified peak would pass
+            raise ValueError(f"--tolerance {args.tolerance}: a relative tolerance in (0, 1) is needed")
         endpoints = json.loads(pathlib.Path(args.endpoints_file).read_text())
         if "table" not in endpoints:
             raise KeyError(f"{args.endpoints_file} has no table address")

@@ -13,7 +13,7 @@ from rich.table import Table
 from detector.config import ConfigError, load_calibration, load_config
 
 from .campaign import CampaignInterrupted, CampaignPaused, MappingMismatch
-from .campaign_cli import campaign_session, cell_progress, report_stop
+from .campaign_cli import campaign_session, cell_progress, report_stop, timeout_seconds
 from .supply import HVError
 from .table import TableError
 from .tune import BeamLossError, Campaign, CellState, cells_of_modules, validate_target
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--daq-out", help="where the child na64-daq records the calibration run (default: beside the logbook)"
     )
     ap.add_argument("--backend", choices=("serial", "visa"), help="serial transport (default: pyserial)")
-    ap.add_argument("--measure-timeout", type=float, default=60.0, help="seconds to wait for beam per point")
+    ap.add_argument("--measure-timeout", type=timeout_seconds, default=60.0, help="seconds to wait for beam per point")
     return ap.parse_args(argv)
 
 
@@ -87,11 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=False)
     try:
         cfg = load_config(args.config)
+        # the command line overrides [hv_tune] through the config, so its ranges apply to both
+        given = {"target": args.target, "tolerance": args.tolerance, "max_iterations": args.max_iterations}
+        overrides = {k: v for k, v in given.items() if v is not None}
+        if overrides:
+            cfg = cfg.with_overrides({"hv_tune": overrides})
         calib = load_calibration(cfg)
-        tune = cfg.hv_tune
-        target = args.target if args.target is not None else tune.target
-        tolerance = args.tolerance if args.tolerance is not None else tune.tolerance
-        iterations = args.max_iterations if args.max_iterations is not None else tune.max_iterations
+        target, tolerance, iterations = cfg.hv_tune.target, cfg.hv_tune.tolerance, cfg.hv_tune.max_iterations
         validate_target(target)
         cells = args.cells.split(",") if args.cells else cells_of_modules(int(m) for m in args.modules.split(","))
         endpoints = json.loads(pathlib.Path(args.endpoints_file).read_text())

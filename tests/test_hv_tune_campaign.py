@@ -302,3 +302,48 @@ def test_no_measurement_or_config_sets_a_voltage_beyond_the_limit(
         if e["par"] == "VSET" and e["accepted"] and e["channel_id"] is not None:
             assert e["value"] <= min(limit, max_v) + 1e-9
     assert np.all(mf.vmon_by_channel_id()[chmap.HCAL_FIRST : chmap.HCAL_FIRST + 9] <= min(limit, max_v) + 1e-6)
+
+
+@pytest.mark.parametrize(
+    ("tool", "argv", "message"),
+    [
+        ("tune", ["--tolerance", "5"], "key 'hv_tune.tolerance' = 5.0 is out of range"),
+        ("tune", ["--tolerance", "nan"], "key 'hv_tune.tolerance' = nan is not finite"),
+        ("tune", ["--max-iterations", "0"], "key 'hv_tune.max_iterations' = 0 is out of range"),
+        ("tune", ["--target", "50"], "key 'hv_tune.target' = 50.0 is out of range"),
+        ("calib", ["--tolerance", "nan"], "--tolerance nan: a relative tolerance in (0, 1) is needed"),
+        ("calib", ["--tolerance", "2"], "--tolerance 2.0: a relative tolerance in (0, 1) is needed"),
+    ],
+)
+def test_campaign_options_are_checked_before_any_hardware(tmp_path, capsys, tool, argv, message):
+    """The command-line values pass the same ranges as [hv_tune] in the config (--tolerance 5 or
+    --max-iterations 0 were taken as given); ecal-calib's --tolerance nan let every verified peak pass. The
+    endpoints file is empty, so reaching the hardware would fail with another message."""
+    from hv_control import ecal_calib_cli, tune_cli
+
+    endpoints = tmp_path / "endpoints.json"
+    endpoints.write_text("{}")
+    if tool == "tune":
+        code = tune_cli.main(["--endpoints-file", str(endpoints), "--logbook", str(tmp_path / "lb.txt"), *argv])
+    else:
+        out = ["--out", str(tmp_path / "c.toml"), "--report", str(tmp_path / "r.json")]
+        code = ecal_calib_cli.main(["--endpoints-file", str(endpoints), *out, *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "lb.txt").exists() and not (tmp_path / "c.toml").exists()
+
+
+@pytest.mark.parametrize("tool", ["tune", "calib"])
+@pytest.mark.parametrize("bad", ["nan", "inf", "-5", "0"])
+def test_measure_timeout_must_be_finite_seconds(tmp_path, capsys, tool, bad):
+    from hv_control import ecal_calib_cli, tune_cli
+
+    if tool == "tune":
+        main, required = tune_cli.main, ["--endpoints-file", "e.json", "--logbook", "l"]
+    else:
+        main, required = ecal_calib_cli.main, ["--endpoints-file", "e.json", "--out", "o", "--report", "r"]
+    with pytest.raises(SystemExit) as exc:
+        main([*required, "--measure-timeout", bad])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --measure-timeout: expected a finite number of seconds > 0, got '{bad}'" in err
