@@ -4,9 +4,7 @@ at the end, whatever happened), SIGTERM/SIGHUP handling and the per-cell progres
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import math
 import pathlib
 import shutil
 import signal
@@ -36,17 +34,6 @@ from .supply import HVSupply
 from .table import HCALTableDriver, TableError
 
 DAQ_READY_TIMEOUT_S = 300.0  #: a first DAQ start compiles the numba kernels (cold cache)
-
-
-def timeout_seconds(text: str) -> float:
-    """Parse a wait in seconds (argparse type for ``--measure-timeout``): a finite number > 0."""
-    try:
-        v = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from exc
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
-    return v
 
 
 def free_port() -> int:

@@ -13,10 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from detector import channels as chmap
+from detector.cli_types import positive_float
 from detector.config import ConfigError, load_calibration, load_config
 
 from .campaign import CampaignInterrupted, CampaignPaused, MappingMismatch, write_json_atomic
-from .campaign_cli import campaign_session, cell_progress, report_stop, timeout_seconds
+from .campaign_cli import campaign_session, cell_progress, report_stop
 from .ecal_calib import EcalCalibration, EcalCellState, all_ecal_cells
 from .table import TableError
 
@@ -56,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--stream", help="monitoring stream of a running calibration na64-daq")
     ap.add_argument("--daq-out", help="where the child na64-daq records (default: beside the report)")
     ap.add_argument("--backend", choices=("serial", "visa"), help="serial transport (default: pyserial)")
-    ap.add_argument("--measure-timeout", type=timeout_seconds, default=60.0, help="seconds to wait for beam per cell")
+    ap.add_argument("--measure-timeout", type=positive_float, default=60.0, help="seconds to wait for beam per cell")
     return ap.parse_args(argv)
 
 

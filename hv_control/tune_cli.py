@@ -10,10 +10,11 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from detector.cli_types import positive_float
 from detector.config import ConfigError, load_calibration, load_config
 
 from .campaign import CampaignInterrupted, CampaignPaused, MappingMismatch
-from .campaign_cli import campaign_session, cell_progress, report_stop, timeout_seconds
+from .campaign_cli import campaign_session, cell_progress, report_stop
 from .supply import HVError
 from .table import TableError
 from .tune import BeamLossError, Campaign, CellState, cells_of_modules, validate_target
@@ -60,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--daq-out", help="where the child na64-daq records the calibration run (default: beside the logbook)"
     )
     ap.add_argument("--backend", choices=("serial", "visa"), help="serial transport (default: pyserial)")
-    ap.add_argument("--measure-timeout", type=timeout_seconds, default=60.0, help="seconds to wait for beam per point")
+    ap.add_argument("--measure-timeout", type=positive_float, default=60.0, help="seconds to wait for beam per point")
     return ap.parse_args(argv)
 
 

@@ -23,11 +23,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from detector.cli_types import nonnegative_float, positive_float, positive_int, random_seed
 from offline import limits as lim
 from offline import paper2016
 from sim_frontend import dimuon, yields
 
-from .argtypes import float_list, float_pair, nonnegative_float, positive_float, positive_int, random_seed
+from .argtypes import float_list, float_pair
 
 _err = Console(stderr=True)
 _out = Console()

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from .argtypes import float_list, float_pair, positive_int, random_seed
+from detector.cli_types import positive_int, random_seed
+
+from .argtypes import float_list, float_pair
 
 if TYPE_CHECKING:
     from detector.settings import Config

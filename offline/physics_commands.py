@@ -12,7 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .argtypes import positive_float, positive_int, random_seed
+from detector.cli_types import positive_float, positive_int, random_seed
+
 from .commands import Handler, ParserBuilder, _config, _write_json
 
 _err = Console(stderr=True)

@@ -17,6 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from detector.cli_types import nonnegative_float
+
 DESCRIPTION = """\
 Run control of the NA64 bench. Connects to the MSADC crate (VISA) and the HV supplies (read-back only),
 then per spill: waits for the end of the spill, reads the trigger primitives, runs the trigger, uploads
@@ -90,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--wait-endpoints",
-        type=float,
+        type=nonnegative_float,
         default=10.0,
         metavar="SECONDS",
         help="wait this long for the endpoints file to appear (default 10)",

@@ -18,6 +18,8 @@ import pathlib
 import sys
 from typing import cast
 
+from detector.cli_types import nonnegative_float
+
 DESCRIPTION = """\
 Control-room monitor of the NA64 DAQ. Shows run/spill/DAQ state, rates per spill (S0, S1, V0, every
 trigger raw and accepted, EOT), ECAL and HCAL maps (energy or occupancy; click a cell for its
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--synthetic", action="store_true", help="show a built-in synthetic DAQ stream (no socket)")
     p.add_argument(
         "--replay-interval",
-        type=float,
+        type=nonnegative_float,
         default=0.5,
         metavar="S",
         help="seconds between replayed (or synthetic) spills (default %(default)s)",
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PNG",
         help="write a PNG of the whole window after --exit-after seconds (default 3 s) and exit",
     )
-    p.add_argument("--exit-after", type=float, metavar="S", help="quit after S seconds (exit status 0)")
+    p.add_argument("--exit-after", type=nonnegative_float, metavar="S", help="quit after S seconds (exit status 0)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -79,9 +81,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logger = logging.getLogger("online.monitor")
-    if args.exit_after is not None and args.exit_after < 0:
-        print("na64-monitor: --exit-after must be >= 0", file=sys.stderr)
-        return 2
     if args.efficiency is not None and not 0 < args.efficiency <= 1:
         print("na64-monitor: --efficiency must be in (0, 1]", file=sys.stderr)
         return 2
