@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     app = cast(QtWidgets.QApplication, QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1]))
     apply_dark_theme(app)
     win = MonitorWindow(settings)
-    if win.model.sensitivity.error:
-        logger.info("sensitivity view: %s", win.model.sensitivity.error)
+    if win.model.sensitivity.error:  # a file given but unusable is worth a warning; none configured is not
+        log = logger.warning if win.model.sensitivity.path else logger.info
+        log("sensitivity view: %s", win.model.sensitivity.error)
     if args.replay:
         win.start_replay(args.replay, cfg, args.replay_interval)
     elif args.synthetic:

@@ -295,6 +295,16 @@ def test_sensitivity_missing_or_bad_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"yields": [{"mass_mev": 1.0}]}))
     assert "unusable" in M.Sensitivity(str(bad)).error
+    # each wrong shape says what is expected (they gave "'yields'" or "list indices must be integers")
+    for content, says in (
+        ({"garbage": 1}, "expected an object with a 'yields' list"),
+        ([{"mass_mev": 16.7, "yield_per_eot_eps1": 1e-9}], "expected an object with a 'yields' list"),
+        ({"yields": [{"mass_mev": 1.0}]}, "yields row 0 is not an object with 'mass_mev' and 'yield_per_eot_eps1'"),
+        ({"yields": [3]}, "yields row 0 is not an object"),
+    ):
+        bad.write_text(json.dumps(content))
+        sens = M.Sensitivity(str(bad))
+        assert says in sens.error and not sens.ok and sens.masses.size == 0
 
 
 def test_settings_from_config():

@@ -43,7 +43,12 @@ class Sensitivity:
 
     def _load(self, p: pathlib.Path) -> None:
         data = json.loads(p.read_text(encoding="utf-8"))
-        rows = data["yields"]
+        rows = data.get("yields") if isinstance(data, dict) else None
+        if not isinstance(rows, list):
+            raise ValueError("expected an object with a 'yields' list, as `na64-offline yields --json` writes")
+        for i, r in enumerate(rows):
+            if not isinstance(r, dict) or not {"mass_mev", "yield_per_eot_eps1"} <= r.keys():
+                raise ValueError(f"yields row {i} is not an object with 'mass_mev' and 'yield_per_eot_eps1'")
         m = np.array([float(r["mass_mev"]) for r in rows])
         y = np.array([float(r["yield_per_eot_eps1"]) for r in rows])
         good = np.isfinite(m) & np.isfinite(y) & (m > 0) & (y > 0)
